@@ -1,0 +1,17 @@
+"""fastmlp: fast multilayer perceptrons on the CPU.
+
+>>> import fastmlp as fm
+>>> model = fm.Model([fm.Dense(4, activation="sigmoid"), fm.Dense(2, activation="sigmoid")],
+...                  input_dim=3, loss="mse", optimizer=fm.SGD(lr=0.5), seed=0)
+"""
+from .backends import available_backends
+from .io import load
+from .model import History, Model, TrainingDiverged
+from .network import Dense
+from .optimizers import SGD, Adam
+from .threads import set_num_threads, thread_info
+
+__version__ = "0.1.0"
+
+__all__ = ["Model", "Dense", "SGD", "Adam", "History", "TrainingDiverged", "load",
+           "available_backends", "set_num_threads", "thread_info", "__version__"]

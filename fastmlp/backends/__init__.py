@@ -1,0 +1,57 @@
+"""Backends: one contract, several implementations, one test suite.
+
+A backend is a class built once per model as ``Backend(net, dtype)`` (``net`` a
+:class:`fastmlp.network.Network`). It never validates: the Model hands it
+C-contiguous arrays of the model dtype with matching shapes, ``theta`` the flat
+parameter vector, ``T`` targets as floats (n, outputs), and ``state`` an
+:class:`fastmlp.optimizers.OptimizerState`. It must provide:
+
+``predict(theta, X) -> Y``                         new array (n, outputs)
+``evaluate(theta, X, T) -> float``                 mean loss
+``loss_and_gradient(theta, X, T, grad) -> float``  grad (n_params,) OVERWRITTEN
+``train_step(theta, state, X, T) -> float``        one update, in place; batch loss before it
+``train_epoch(theta, state, X, T, perm, batch_size) -> float``
+    one train_step per batch of rows perm[i:i + batch_size] (the last may be
+    short); returns sum(batch loss * batch rows) / n.
+
+``predict`` must be safe to call from several threads at once on one model.
+"""
+from __future__ import annotations
+
+import importlib
+
+# name -> "module:Class"; a backend is available when its module imports.
+_REGISTRY = {
+    "numpy": "fastmlp.backends.reference:NumpyBackend",
+    "numba": "fastmlp.backends.numba:NumbaBackend",
+    "cython": "fastmlp.backends.cython:CythonBackend",
+}
+_import_errors: dict[str, str] = {}
+
+
+def _load(name):
+    module, cls = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def available_backends():
+    """Names of the backends that import on this machine, e.g. ["numpy", "numba"]."""
+    names = []
+    for name in _REGISTRY:
+        try:
+            _load(name)
+        except ImportError as exc:
+            _import_errors[name] = str(exc)
+        else:
+            names.append(name)
+    return names
+
+
+def get_backend(name):
+    """The backend class for ``name``; a clear error if unknown or not importable."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(_REGISTRY)}")
+    try:
+        return _load(name)
+    except ImportError as exc:
+        raise ValueError(f"backend {name!r} is not available here: {exc}") from None

@@ -1,0 +1,89 @@
+"""The pure-NumPy reference backend: the oracle for every test and the
+baseline of every benchmark. Plain, competent NumPy: X @ W + b, the activation
+table, matmuls for the backward pass, nothing clever."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import activations as act
+from .. import optimizers
+from ..losses import MSE
+
+
+class NumpyBackend:
+    """Reference implementation of the backend contract (see fastmlp.backends)."""
+
+    name = "numpy"
+
+    def __init__(self, net, dtype):
+        self.net = net
+        self.dtype = np.dtype(dtype)
+        self.acts = [act.BY_CODE[int(c)] for c in net.act_codes]
+        self._grad = np.zeros(net.n_params, dtype=self.dtype)
+
+    def _params(self, i, alpha):
+        """The activation's parameter: the trainable vector for prelu, else the scalar."""
+        return alpha if alpha is not None else float(self.net.act_params[i])
+
+    def _forward(self, theta, X):
+        """Pre-activations and outputs of every layer: lists of (n, units)."""
+        zs, fs, a = [], [], X
+        for i, (W, b, alpha) in enumerate(self.net.layer_views(theta)):
+            z = a @ W
+            z += b
+            a = self.acts[i].forward(z, self._params(i, alpha))
+            zs.append(z)
+            fs.append(a)
+        return zs, fs
+
+    def predict(self, theta, X):
+        return self._forward(theta, X)[1][-1]
+
+    def evaluate(self, theta, X, T):
+        zs, fs = self._forward(theta, X)
+        return self.net.loss.value(zs[-1], fs[-1], T)
+
+    def _delta(self, i, z, f, alpha, dout):
+        """dE/dz of layer i from dE/df: the chain rule through its activation."""
+        a = self.acts[i]
+        if a.code == act.SOFTMAX:
+            return act.softmax_vjp(f, dout)
+        return dout * a.derivative(z, f, self._params(i, alpha))
+
+    def loss_and_gradient(self, theta, X, T, grad):
+        """Mean loss; grad (n_params,) is overwritten with dE/dtheta."""
+        net = self.net
+        zs, fs = self._forward(theta, X)
+        loss = net.loss.value(zs[-1], fs[-1], T)
+        views = net.layer_views(theta)
+        gviews = net.layer_views(grad)
+        last = len(views) - 1
+        fused = net.loss.code != MSE  # softmax/sigmoid + cross-entropy: dE/dz directly
+        dout = net.loss.gradient(fs[-1], T)  # dE/df of the current layer (dE/dz when fused)
+        for i in range(last, -1, -1):
+            W, b, alpha = views[i]
+            gW, gb, galpha = gviews[i]
+            delta = dout if (fused and i == last) else self._delta(i, zs[i], fs[i], alpha, dout)
+            a_prev = X if i == 0 else fs[i - 1]
+            gW[...] = a_prev.T @ delta
+            gb[...] = delta.sum(axis=0)
+            if galpha is not None:
+                # d prelu / d alpha = z where z < 0, else 0
+                galpha[...] = (dout * np.minimum(zs[i], 0)).sum(axis=0)
+            if i > 0:
+                dout = delta @ W.T
+        return loss
+
+    def train_step(self, theta, state, X, T):
+        """One update on the batch (X, T); returns the batch loss before the update."""
+        loss = self.loss_and_gradient(theta, X, T, self._grad)
+        optimizers.update(theta, self._grad, state)
+        return loss
+
+    def train_epoch(self, theta, state, X, T, perm, batch_size):
+        """One train_step per batch of rows perm[i:i + batch_size]; mean loss over rows."""
+        n, total = len(perm), 0.0
+        for start in range(0, n, batch_size):
+            idx = perm[start:start + batch_size]
+            total += self.train_step(theta, state, X[idx], T[idx]) * len(idx)
+        return total / n

@@ -1,0 +1,157 @@
+"""Architecture: ``Dense`` layers and the ``Network`` they form.
+
+All parameters of a network live in ONE flat vector ``theta`` (llm.c style),
+in :meth:`fastmlp.Model.get_weights` order: W1 (in, out) row-major, b1 (out,),
+alpha1 (out,) for a prelu layer, then W2, b2, ... . ``Network.offsets`` says
+where each piece starts, so every backend (NumPy, Numba, Cython) addresses the
+same memory, optimisers update all layers in one pass, and saving is one array.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import activations as act
+from . import losses
+
+# Columns of Network.offsets.
+W_OFF, B_OFF, ALPHA_OFF = range(3)
+
+
+class Dense:
+    """A fully connected layer: f(x W + b) with ``units`` outputs.
+
+    ``params`` set the activation's parameter: ``a`` for linear (slope),
+    ``alpha`` for leaky_relu, elu and prelu (prelu's is the initial value of
+    its trainable per-unit alpha).
+
+    >>> import fastmlp as fm
+    >>> fm.Dense(16, activation="leaky_relu", alpha=0.1)
+    Dense(16, activation='leaky_relu', alpha=0.1)
+    """
+
+    def __init__(self, units, activation="linear", **params):
+        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
+            raise ValueError(f"Dense units must be a positive integer, got {units!r}")
+        self.units = int(units)
+        self.activation = act.get(activation)
+        allowed = {self.activation.param} - {None}
+        unknown = set(params) - allowed
+        if unknown:
+            raise TypeError(f"activation {activation!r} takes parameters {sorted(allowed) or 'none'}, "
+                            f"got {sorted(unknown)}")
+        self.param = float(params.get(self.activation.param, self.activation.default))
+        if not np.isfinite(self.param):
+            raise ValueError(f"{self.activation.param} must be finite, got {self.param}")
+
+    def config(self):
+        cfg = {"units": self.units, "activation": self.activation.name}
+        if self.activation.param:
+            cfg[self.activation.param] = self.param
+        return cfg
+
+    def __repr__(self):
+        extra = f", {self.activation.param}={self.param}" if self.activation.param else ""
+        return f"Dense({self.units}, activation={self.activation.name!r}{extra})"
+
+
+class Network:
+    """A stack of Dense layers, a loss, and the layout of their flat parameters.
+
+    Attributes, all plain arrays so compiled kernels can take them:
+    dims int64 (L+1,): input width then each layer's units;
+    act_codes int64 (L,); act_params float64 (L,);
+    offsets int64 (L, 3): start of W, b and alpha (-1 if none) in theta;
+    n_params: length of theta; loss: the :class:`fastmlp.losses.Loss` row.
+    """
+
+    def __init__(self, layers, input_dim, loss):
+        layers = list(layers)
+        if not layers or not all(isinstance(l, Dense) for l in layers):
+            raise TypeError("layers must be a non-empty list of fm.Dense")
+        if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) or input_dim < 1:
+            raise ValueError(f"input_dim must be a positive integer, got {input_dim!r}")
+        self.layers = layers
+        self.loss = losses.get(loss)
+        for i, layer in enumerate(layers[:-1]):
+            if layer.activation.code == act.SOFTMAX:
+                raise ValueError(f"softmax is only allowed on the output layer, found on layer {i + 1}")
+        out_act = layers[-1].activation.name
+        if self.loss.output and out_act != self.loss.output:
+            raise ValueError(f"loss {self.loss.name!r} needs a {self.loss.output} output layer, "
+                             f"got {out_act!r}")
+        self.dims = np.array([int(input_dim)] + [l.units for l in layers], dtype=np.int64)
+        self.act_codes = np.array([l.activation.code for l in layers], dtype=np.int64)
+        self.act_params = np.array([l.param for l in layers], dtype=np.float64)
+        self.offsets = np.full((len(layers), 3), -1, dtype=np.int64)
+        shapes, pos = [], 0
+        for i, layer in enumerate(layers):
+            n_in, n_out = self.dims[i], self.dims[i + 1]
+            self.offsets[i, W_OFF] = pos
+            shapes.append((int(n_in), int(n_out)))
+            pos += n_in * n_out
+            self.offsets[i, B_OFF] = pos
+            shapes.append((int(n_out),))
+            pos += n_out
+            if layer.activation.code == act.PRELU:
+                self.offsets[i, ALPHA_OFF] = pos
+                shapes.append((int(n_out),))
+                pos += n_out
+        self.shapes = shapes
+        self.n_params = int(pos)
+
+    @property
+    def input_dim(self):
+        return int(self.dims[0])
+
+    @property
+    def output_dim(self):
+        return int(self.dims[-1])
+
+    def split(self, theta):
+        """Views of theta in get_weights() order: [W1, b1, (alpha1), W2, ...]."""
+        views, pos = [], 0
+        for shape in self.shapes:
+            size = int(np.prod(shape))
+            views.append(theta[pos:pos + size].reshape(shape))
+            pos += size
+        return views
+
+    def layer_views(self, theta):
+        """Per layer, (W (in, out), b (out,), alpha (out,) or None) as views of theta."""
+        out = []
+        for i in range(len(self.layers)):
+            n_in, n_out = int(self.dims[i]), int(self.dims[i + 1])
+            w, b, a = self.offsets[i]
+            alpha = theta[a:a + n_out] if a >= 0 else None
+            out.append((theta[w:w + n_in * n_out].reshape(n_in, n_out), theta[b:b + n_out], alpha))
+        return out
+
+    def init_params(self, rng, dtype):
+        """Glorot-uniform weights (He-uniform for the ReLU family), zero biases.
+
+        Drawn in float64 and then cast, so float32 and float64 models with the
+        same seed start from the same weights.
+        """
+        theta = np.zeros(self.n_params, dtype=np.float64)
+        for layer, (W, b, alpha) in zip(self.layers, self.layer_views(theta)):
+            fan_in, fan_out = W.shape
+            if layer.activation.init == "he":
+                limit = np.sqrt(6.0 / fan_in)
+            else:
+                limit = np.sqrt(6.0 / (fan_in + fan_out))
+            W[...] = rng.uniform(-limit, limit, size=W.shape)
+            if alpha is not None:
+                alpha[...] = layer.param
+        return theta.astype(dtype)
+
+    def config(self):
+        return {"input_dim": self.input_dim, "loss": self.loss.name,
+                "layers": [l.config() for l in self.layers]}
+
+    @classmethod
+    def from_config(cls, config):
+        layers = []
+        for cfg in config["layers"]:
+            cfg = dict(cfg)
+            layers.append(Dense(cfg.pop("units"), cfg.pop("activation"), **cfg))
+        return cls(layers, config["input_dim"], config["loss"])

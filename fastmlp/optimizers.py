@@ -1,0 +1,183 @@
+"""Optimisers, simplest first; each updates one flat parameter vector in place.
+
+The lessons write the update as V <- V + eta * grad; that climbs the loss. Every
+optimiser here *descends*: theta <- theta - lr * (step direction).
+
+The state of an optimiser is a few arrays the size of the parameter vector
+(see :class:`OptimizerState`), so every backend updates all layers in one pass
+and a saved model resumes training exactly where it stopped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SGD_CODE, ADAM_CODE = 0, 1
+
+# Positions in OptimizerState.hyper, shared with the compiled kernels.
+LR, MOMENTUM, NESTEROV, WEIGHT_DECAY, BETA1, BETA2, EPS = range(7)
+
+
+def _positive(name, value):
+    if not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _in_unit_interval(name, value):
+    if not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+class SGD:
+    """Stochastic gradient descent with optional momentum and weight decay.
+
+    PyTorch's convention: g <- grad + weight_decay * theta; with momentum,
+    v <- momentum * v + g and the step is v (or g + momentum * v for Nesterov);
+    theta <- theta - lr * step.
+
+    >>> import fastmlp as fm
+    >>> opt = fm.SGD(lr=0.1, momentum=0.9)
+    """
+
+    code = SGD_CODE
+    n_buffers = 1
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+        self.lr = _positive("lr", lr)
+        self.momentum = _in_unit_interval("momentum", momentum)
+        self.nesterov = bool(nesterov)
+        self.weight_decay = _in_unit_interval("weight_decay", weight_decay)
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+
+    def config(self):
+        return {"name": "sgd", "lr": self.lr, "momentum": self.momentum,
+                "nesterov": self.nesterov, "weight_decay": self.weight_decay}
+
+    def hyper(self):
+        h = np.zeros(7)
+        h[[LR, MOMENTUM, NESTEROV, WEIGHT_DECAY]] = (
+            self.lr, self.momentum, float(self.nesterov), self.weight_decay)
+        return h
+
+    def __repr__(self):
+        return f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, weight_decay={self.weight_decay})"
+
+
+class Adam:
+    """Adam (Kingma & Ba) with bias correction; ``weight_decay`` is L2 added to the gradient.
+
+    m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
+    theta <- theta - lr * m_hat / (sqrt(v_hat) + eps), with m_hat = m / (1 - b1^t),
+    v_hat = v / (1 - b2^t) and t the step count.
+
+    >>> import fastmlp as fm
+    >>> opt = fm.Adam(lr=1e-3)
+    """
+
+    code = ADAM_CODE
+    n_buffers = 2
+
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        self.lr = _positive("lr", lr)
+        self.beta1 = _in_unit_interval("beta1", beta1)
+        self.beta2 = _in_unit_interval("beta2", beta2)
+        self.eps = _positive("eps", eps)
+        self.weight_decay = _in_unit_interval("weight_decay", weight_decay)
+
+    def config(self):
+        return {"name": "adam", "lr": self.lr, "beta1": self.beta1, "beta2": self.beta2,
+                "eps": self.eps, "weight_decay": self.weight_decay}
+
+    def hyper(self):
+        h = np.zeros(7)
+        h[[LR, WEIGHT_DECAY, BETA1, BETA2, EPS]] = (
+            self.lr, self.weight_decay, self.beta1, self.beta2, self.eps)
+        return h
+
+    def __repr__(self):
+        return f"Adam(lr={self.lr}, beta1={self.beta1}, beta2={self.beta2}, eps={self.eps}, weight_decay={self.weight_decay})"
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+
+
+def from_config(config: dict):
+    """Rebuild an optimiser from :meth:`config` (used by :func:`fastmlp.load`)."""
+    config = dict(config)
+    name = config.pop("name", None)
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[name](**config)
+
+
+def get(optimizer):
+    """Accept an optimiser instance or its name ("sgd", "adam") with default settings."""
+    if optimizer is None:
+        return SGD()
+    if isinstance(optimizer, (SGD, Adam)):
+        return optimizer
+    if isinstance(optimizer, str):
+        if optimizer.lower() not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+        return OPTIMIZERS[optimizer.lower()]()
+    raise TypeError(f"optimizer must be fm.SGD, fm.Adam or a name, got {type(optimizer).__name__}")
+
+
+@dataclass
+class OptimizerState:
+    """Everything an update needs, as arrays a compiled kernel can take.
+
+    code: SGD_CODE or ADAM_CODE; hyper: float64 (7,) indexed by LR, MOMENTUM, ...;
+    buffers: (2, n_params) in the model dtype (momentum / Adam's m and v);
+    step: int64 (1,), the number of updates done (Adam's bias correction).
+    """
+
+    code: int
+    hyper: np.ndarray
+    buffers: np.ndarray
+    step: np.ndarray
+
+    @classmethod
+    def new(cls, optimizer, n_params, dtype):
+        return cls(optimizer.code, optimizer.hyper(), np.zeros((2, n_params), dtype=dtype),
+                   np.zeros(1, dtype=np.int64))
+
+    def copy_from(self, other):
+        np.copyto(self.buffers, other.buffers)
+        np.copyto(self.step, other.step)
+
+
+def update(theta, grad, state: OptimizerState):
+    """Reference update, in place: theta (p,), grad (p,) -> theta, state advanced one step."""
+    # Python floats keep float32 arithmetic in float32 (NumPy's weak scalars).
+    h = [float(x) for x in state.hyper]
+    lr, wd = h[LR], h[WEIGHT_DECAY]
+    g = grad + wd * theta if wd else grad
+    state.step[0] += 1
+    if state.code == SGD_CODE:
+        mu = h[MOMENTUM]
+        if mu:
+            v = state.buffers[0]
+            v *= mu
+            v += g
+            g = g + mu * v if h[NESTEROV] else v
+        theta -= (lr * g).astype(theta.dtype, copy=False)
+    else:
+        b1, b2, eps = h[BETA1], h[BETA2], h[EPS]
+        m, v = state.buffers
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * g * g
+        t = int(state.step[0])
+        m_hat = m / (1 - b1 ** t)
+        v_hat = v / (1 - b2 ** t)
+        theta -= (lr * m_hat / (np.sqrt(v_hat) + eps)).astype(theta.dtype, copy=False)

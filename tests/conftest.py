@@ -1,0 +1,52 @@
+"""Shared fixtures: every test that takes ``backend`` runs on every backend
+that imports here, against the NumPy reference.
+
+Set FASTMLP_REQUIRE_BACKENDS=numpy,numba,cython (as .ci/run does) to make a
+missing backend a failure rather than a silent skip.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import fastmlp as fm
+
+BACKENDS = fm.available_backends()
+COMPILED = [b for b in BACKENDS if b != "numpy"]
+
+# Agreement with the reference, per dtype, on values of order 1.
+TOLERANCES = {
+    "float32": {"rtol": 2e-4, "atol": 2e-5},
+    "float64": {"rtol": 1e-9, "atol": 1e-11},
+}
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture(params=COMPILED or [pytest.param(None, marks=pytest.mark.skip("no compiled backend"))])
+def compiled_backend(request):
+    return request.param
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture
+def tol(dtype):
+    return TOLERANCES[dtype]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+def test_required_backends_are_available():
+    required = [b for b in os.environ.get("FASTMLP_REQUIRE_BACKENDS", "numpy").split(",") if b]
+    missing = [b for b in required if b not in BACKENDS]
+    assert not missing, f"backends {missing} failed to import: {fm.backends._import_errors}"
