@@ -45,8 +45,3 @@ def tol(dtype):
 def rng():
     return np.random.default_rng(12345)
 
-
-def test_required_backends_are_available():
-    required = [b for b in os.environ.get("FASTMLP_REQUIRE_BACKENDS", "numpy").split(",") if b]
-    missing = [b for b in required if b not in BACKENDS]
-    assert not missing, f"backends {missing} failed to import: {fm.backends._import_errors}"
