@@ -33,7 +33,9 @@ def save(model, path):
         "optimizer": model.optimizer.config(),
         "dtype": model.dtype.name,
         "backend": model.backend,
-        "seed": model.seed,
+        # JSON cannot hold np.int64 or a SeedSequence; rng_state restores the stream anyway
+        "seed": (int(model.seed) if isinstance(model.seed, (int, np.integer))
+                 and not isinstance(model.seed, bool) else None),
         "rng_state": model._rng.bit_generator.state,
     }
     blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
@@ -68,16 +70,21 @@ def _bad(path, why):
 
 def _read(path):
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
+        npz = np.load(path, allow_pickle=False)
+        if isinstance(npz, np.lib.npyio.NpzFile):
+            with npz:
+                return {k: npz[k] for k in npz.files}
     except FileNotFoundError:
         raise
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise _bad(path, "it contains pickled objects, which fastmlp never loads") from None
         raise _bad(path, f"damaged or truncated ({exc})") from None
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
+    # zipfile raises RuntimeError / NotImplementedError for damaged flag / method fields
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, RuntimeError,
+            NotImplementedError) as exc:
         raise _bad(path, f"damaged or truncated ({type(exc).__name__}: {exc})") from None
+    raise _bad(path, "it holds a single NumPy array, not a fastmlp .npz archive")
 
 
 def load(path, backend=None):

@@ -47,7 +47,8 @@ def check_targets(Y, n_rows, net, dtype):
         raise TypeError(f"Y must be numeric, got dtype {arr.dtype}")
     if arr.ndim == 0 or arr.shape[0] != n_rows:
         raise ValueError(f"Y has {arr.shape[0] if arr.ndim else 0} rows but X has {n_rows}")
-    labels = (loss == CROSS_ENTROPY and (arr.ndim == 1 or arr.shape[1] == 1) and n_out > 1)
+    labels = (loss == CROSS_ENTROPY and n_out > 1
+              and (arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == 1)))
     if labels:
         flat = arr.reshape(-1)
         if not np.issubdtype(flat.dtype, np.integer):
