@@ -110,9 +110,25 @@ class Model:
 
     # -- computing ---------------------------------------------------------------
     def predict(self, X):
-        """Network outputs (n, outputs) for inputs X (n, input_dim)."""
+        """Network outputs (n, outputs) for inputs X (n, input_dim).
+
+        Large inputs go through the backend in blocks of rows written into one
+        preallocated output, so memory stays bounded by the output plus one
+        block's activations, however many rows X has.
+        """
         X = validation.check_inputs(X, self.net.input_dim, self.dtype)
-        return self._engine.predict(self._theta, X)
+        rows = self._predict_block_rows()
+        if len(X) <= rows:
+            return self._engine.predict(self._theta, X)
+        out = np.empty((len(X), self.net.output_dim), dtype=self.dtype)
+        for start in range(0, len(X), rows):
+            out[start:start + rows] = self._engine.predict(self._theta, X[start:start + rows])
+        return out
+
+    def _predict_block_rows(self):
+        """Rows per predict block: about 32 MiB of activations (z and f of every layer)."""
+        per_row = 2 * int(self.net.dims[1:].sum()) * self.dtype.itemsize
+        return int(min(65536, max(256, (32 << 20) // per_row)))
 
     def evaluate(self, X, Y):
         """Mean loss over (X, Y), a float."""
@@ -197,16 +213,19 @@ class Model:
 
     def _check_finite(self, loss, epoch):
         where = f"in epoch {epoch}"
+        bad = [i + 1 for i, (W, b, alpha) in enumerate(self.net.layer_views(self._theta))
+               if not (np.isfinite(W).all() and np.isfinite(b).all()
+                       and (alpha is None or np.isfinite(alpha).all()))]
+        # Name the first layer whose weights went bad, also when the loss did.
+        layer = f"layer {bad[0]}'s weights became NaN or inf" if bad else ""
         if not np.isfinite(loss):
-            raise TrainingDiverged(f"training diverged {where}: the loss became {loss}; "
+            raise TrainingDiverged(f"training diverged {where}: the loss became {loss}"
+                                   f"{' and ' + layer if layer else ''}; "
                                    "the weights of the last finite epoch were kept "
                                    "(try a smaller learning rate)")
-        for i, (W, b, alpha) in enumerate(self.net.layer_views(self._theta)):
-            if not (np.isfinite(W).all() and np.isfinite(b).all()
-                    and (alpha is None or np.isfinite(alpha).all())):
-                raise TrainingDiverged(f"training diverged {where}: layer {i + 1}'s weights "
-                                       "became NaN or inf; the weights of the last finite epoch "
-                                       "were kept (try a smaller learning rate)")
+        if bad:
+            raise TrainingDiverged(f"training diverged {where}: {layer}; the weights of the "
+                                   "last finite epoch were kept (try a smaller learning rate)")
 
     def _warn_if_untrainable(self):
         dead = [i + 1 for i, l in enumerate(self.net.layers)

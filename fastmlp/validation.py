@@ -12,6 +12,18 @@ import numpy as np
 from .losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY
 
 
+def _all_finite(a):
+    """True when every entry of ``a`` is finite, without an a-sized temporary.
+
+    A sum is finite only if every term is (inf and NaN propagate), so the
+    float64 sum answers at once; only when it overflows are entries checked.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.sum(a, dtype=np.float64)):
+            return True
+    return bool(np.isfinite(a).all())
+
+
 def as_float_matrix(a, name, dtype):
     """``a`` as a C-contiguous 2-D array of ``dtype``; rejects non-numeric, empty, NaN/inf."""
     arr = np.asarray(a)
@@ -26,7 +38,7 @@ def as_float_matrix(a, name, dtype):
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is empty: it has 0 rows")
     out = np.ascontiguousarray(arr, dtype=dtype)
-    if not np.isfinite(out).all():
+    if not _all_finite(out):
         bad = np.argwhere(~np.isfinite(out))[0]
         raise ValueError(f"{name} contains NaN or inf (first at row {bad[0]}, column {bad[1]})")
     return out
