@@ -12,7 +12,6 @@ after training.
 import argparse
 import sys
 
-
 import fastmlp as fm
 from fastmlp import datasets
 
