@@ -180,10 +180,15 @@ class Model:
                 self._rng.shuffle(perm)
             np.copyto(saved_theta, self._theta)
             saved_state.copy_from(self._state)
-            loss = float(self._engine.train_epoch(self._theta, self._state, X, T, perm, batch_size))
             try:
+                # Overflow on the way to divergence is reported once, as TrainingDiverged,
+                # not as NumPy warnings (which, as errors, would stop mid-epoch).
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    loss = float(self._engine.train_epoch(self._theta, self._state, X, T,
+                                                          perm, batch_size))
                 self._check_finite(loss, epoch + 1)
-            except TrainingDiverged:
+            except BaseException:
+                # Diverged or interrupted: never leave the weights half an epoch updated.
                 np.copyto(self._theta, saved_theta)
                 self._state.copy_from(saved_state)
                 raise
