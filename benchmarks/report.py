@@ -168,7 +168,10 @@ def main(argv=None):
     if "numpy" not in backends:
         backends.insert(0, "numpy")  # the baseline of every ratio
     for b in backends:
-        fm.backends.get_backend(b)  # a clear error for an unknown or missing backend
+        try:
+            fm.backends.get_backend(b)
+        except ValueError as exc:
+            parser.error(str(exc))
 
     import scipy.linalg.blas  # noqa: F401  load scipy's BLAS so its threads are set and shown
     with_torch = not args.no_torch and torch_available()
@@ -194,8 +197,10 @@ def main(argv=None):
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"results": results, "sgemm": sgemm, "env": environment(args.threads)},
-                      f, indent=1)
+            keys = ("first_call_s", "median_s", "samples")
+            raw = {w: {b: dict(zip(keys, r)) for b, r in res.items()} for w, res in results.items()}
+            json.dump({"results": raw, "sgemm": {w: dict(zip(keys, r)) for w, r in sgemm.items()},
+                       "env": environment(args.threads)}, f, indent=1)
 
 
 if __name__ == "__main__":
