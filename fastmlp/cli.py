@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -42,6 +43,16 @@ def _layers(text):
     if any(u < 1 for u in units):
         raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
     return units
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _load(args):
@@ -92,7 +103,8 @@ def _accuracy(model, X, y):
     return float(np.mean(model.predict(X).argmax(axis=1) == y))
 
 
-def train(args, out=sys.stdout):
+def train(args, out=None):
+    out = out or sys.stdout
     X, y, classes, description = _load(args)
     if args.test_fraction == 0:
         X_train, X_test, y_train, y_test = X, X[:0], y, y[:0]
@@ -160,7 +172,8 @@ def _vehicle_table(model, X_raw, X, Y, out):
     return right
 
 
-def vehicles(args, out=sys.stdout):
+def vehicles(args, out=None):
+    out = out or sys.stdout
     X_raw, Y = datasets.load_vehicles()
     X, _, _ = datasets.standardize(X_raw)
     model = fm.Model([fm.Dense(4, activation="sigmoid"), fm.Dense(2, activation="sigmoid")],
@@ -217,8 +230,8 @@ def make_parser():
                    help=f"learning rate (default {DEFAULT_LR['adam']} for adam, "
                    f"{DEFAULT_LR['sgd']} for sgd)")
     t.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
-    t.add_argument("--epochs", type=int, default=20, help="default 20")
-    t.add_argument("--batch-size", type=int, default=32, help="default 32")
+    t.add_argument("--epochs", type=_positive_int, default=20, help="default 20")
+    t.add_argument("--batch-size", type=_positive_int, default=32, help="default 32")
     t.add_argument("--test-fraction", type=float, default=0.2,
                    help="rows held out for accuracy (default 0.2; 0 = none)")
     t.add_argument("--save", metavar="PATH", help="save the trained model (fm.load reads it)")
@@ -230,11 +243,15 @@ def make_parser():
                        "bike) on a 3-4-2 sigmoid network with MSE and SGD; prints each row's "
                        "squared error before and after training.")
     v.add_argument("--lr", type=float, default=0.5, help="SGD learning rate (default 0.5)")
-    v.add_argument("--epochs", type=int, default=5000, help="at most this many (default 5000)")
+    v.add_argument("--epochs", type=_positive_int, default=5000, help="at most this many (default 5000)")
     v.add_argument("--tol", type=float, default=1e-3, help="stop when E <= tol (default 0.001)")
     _common(v)
     v.set_defaults(run=vehicles)
     return parser
+
+
+def _one_line_warning(message, category, *args, **kwargs):
+    print(f"fastmlp: warning: {message}", file=sys.stderr)
 
 
 def _silence_stdout():
@@ -251,10 +268,10 @@ def main(argv=None):
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    if getattr(args, "epochs", 1) < 1:
-        parser.error(f"--epochs must be at least 1, got {args.epochs}")
     try:
-        return args.run(args)
+        with warnings.catch_warnings():  # restores showwarning afterwards
+            warnings.showwarning = _one_line_warning
+            return args.run(args)
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): stop quietly, as Unix tools do.
         _silence_stdout()
