@@ -77,8 +77,11 @@ def _read(path):
     except FileNotFoundError:
         raise
     except ValueError as exc:
-        if "pickle" in str(exc).lower():
+        if "object arrays" in str(exc).lower():
             raise _bad(path, "it contains pickled objects, which fastmlp never loads") from None
+        if "pickle" in str(exc).lower():  # numpy's guess for any file that is not .npz/.npy
+            raise _bad(path, "damaged or truncated, or a foreign format (neither .npz nor "
+                             "a NumPy array; pickles are never loaded)") from None
         raise _bad(path, f"damaged or truncated ({exc})") from None
     # zipfile raises RuntimeError / NotImplementedError for damaged flag / method fields
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, RuntimeError,

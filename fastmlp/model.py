@@ -177,7 +177,9 @@ class Model:
         saved_state = optimizers.OptimizerState.new(self.optimizer, self.net.n_params, self.dtype)
         for epoch in range(epochs):
             if shuffle:
-                self._rng.shuffle(perm)
+                # a fresh permutation (not a reshuffle of the last one), so the order depends
+                # only on the generator and fit(1) + save/load + fit(1) == fit(2)
+                perm = self._rng.permutation(len(X)).astype(np.int64, copy=False)
             np.copyto(saved_theta, self._theta)
             saved_state.copy_from(self._state)
             try:
