@@ -77,6 +77,8 @@ def _build(args, n_in, n_out):
     if name not in DEFAULT_LR:
         raise ValueError(f"unknown optimizer {args.optimizer!r}; choose one of {sorted(DEFAULT_LR)}")
     lr = DEFAULT_LR[name] if args.lr is None else args.lr
+    if name == "adam" and args.momentum:
+        raise ValueError("--momentum applies to --optimizer sgd only")
     optimizer = fm.Adam(lr=lr) if name == "adam" else fm.SGD(lr=lr, momentum=args.momentum)
     if args.loss not in OUTPUT_ACTIVATION:
         raise ValueError(f"unknown loss {args.loss!r}; choose one of {sorted(OUTPUT_ACTIVATION)}")
@@ -168,7 +170,7 @@ def _vehicle_table(model, X_raw, X, Y, out):
         print(f"  {x[0]:6.0f} {x[1]:6.1f} {x[2]:6.0f} | {truth:5s}  [{t[0]:g} {t[1]:g}]  | "
               f"[{p[0]:.3f} {p[1]:.3f}] | [{err[0]:.4f} {err[1]:.4f}] | {guess:4s} "
               f"{'ok' if truth == guess else 'WRONG'}", file=out)
-    print(f"  mean loss E = {float(np.mean(np.sum((P - Y) ** 2, axis=1))):.6f}", file=out)
+    print(f"  mean loss E = {model.evaluate(X, Y):.6f}", file=out)
     return right
 
 
@@ -200,8 +202,10 @@ def vehicles(args, out=None):
 # -- entry point -------------------------------------------------------------------
 
 def _common(p):
+    # Static text: listing the importable backends here would import numba on every run.
     p.add_argument("--backend", default="numpy",
-                   help=f"compute backend; here: {', '.join(fm.available_backends())} (default numpy)")
+                   help="numpy (default, the reference), numba or cython where installed; "
+                   "fastmlp.available_backends() lists them")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--seed", type=int, default=0, help="initialisation, shuffling, split (default 0)")
 
@@ -243,7 +247,8 @@ def make_parser():
                        "bike) on a 3-4-2 sigmoid network with MSE and SGD; prints each row's "
                        "squared error before and after training.")
     v.add_argument("--lr", type=float, default=0.5, help="SGD learning rate (default 0.5)")
-    v.add_argument("--epochs", type=_positive_int, default=5000, help="at most this many (default 5000)")
+    v.add_argument("--epochs", type=_positive_int, default=5000,
+                   help="at most this many (default 5000)")
     v.add_argument("--tol", type=float, default=1e-3, help="stop when E <= tol (default 0.001)")
     _common(v)
     v.set_defaults(run=vehicles)

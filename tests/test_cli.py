@@ -140,6 +140,7 @@ def test_bad_csv_from_the_shell_has_no_traceback(tmp_path):
     (["--activation", "wiggle"], "unknown activation 'wiggle'"),
     (["--activation", "softmax"], "softmax is only allowed on the output layer"),
     (["--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'"),
+    (["--momentum", "0.9"], "--momentum applies to --optimizer sgd only"),
     (["--loss", "hinge"], "unknown loss 'hinge'"),
     (["--lr", "-1"], "lr must be"),
     (["--test-fraction", "1.5"], "test_fraction"),
