@@ -1,0 +1,699 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, language_level=3
+"""Cython kernels of the ``"cython"`` backend: fused layers, losses, optimisers,
+and whole train steps and epochs run in C with the GIL released.
+
+Layout and maths are those of the NumPy reference (fastmlp.backends.reference):
+theta is the flat parameter vector addressed by ``Network.offsets``; every
+array is row-major. Kernels never check sizes: :class:`Engine` checks every
+array it is given before any of them runs.
+
+Each kernel's docstring says which buffers it OVERWRITES and which it
+ACCUMULATES into.
+"""
+import numpy as np
+
+cimport numpy as cnp
+from cpython.pythread cimport (NOWAIT_LOCK, WAIT_LOCK, PyThread_acquire_lock,
+                               PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_release_lock, PyThread_type_lock)
+from cython cimport floating
+from libc.math cimport pow, sqrt, sqrtf
+from libc.stdint cimport int64_t
+from libc.string cimport memcpy
+
+from _activations cimport (LEAKY_RELU, PRELU, RELU, SOFTMAX, activate, derivative,
+                           fexp, flog, softplus)
+from _blas cimport SMALL_GEMM, gemm
+
+cnp.import_array()
+
+# Loss and optimiser codes and hyper-parameter positions: fastmlp.losses / fastmlp.optimizers.
+cdef enum:
+    MSE = 0
+    CROSS_ENTROPY = 1
+    BINARY_CROSS_ENTROPY = 2
+    SGD_CODE = 0
+    ADAM_CODE = 1
+    H_LR = 0
+    H_MOMENTUM = 1
+    H_NESTEROV = 2
+    H_WEIGHT_DECAY = 3
+    H_BETA1 = 4
+    H_BETA2 = 5
+    H_EPS = 6
+
+# For tests: the codes compiled in here must equal the Python tables'.
+ACTIVATION_CODES = {"relu": RELU, "leaky_relu": LEAKY_RELU, "prelu": PRELU, "softmax": SOFTMAX}
+LOSS_CODES = {"mse": MSE, "cross_entropy": CROSS_ENTROPY,
+              "binary_cross_entropy": BINARY_CROSS_ENTROPY}
+SMALL_GEMM_FLOPS = SMALL_GEMM
+
+
+# -- layers ----------------------------------------------------------------------
+
+cdef void bias_activation_forward(Py_ssize_t rows, Py_ssize_t n, floating* z, const floating* b,
+                                  int code, floating p, const floating* alpha,
+                                  floating* f) noexcept nogil:
+    """One pass after the GEMM: z (rows, n) holds x W on entry and x W + b on exit;
+    f (rows, n) is OVERWRITTEN with the activation. f may be z (only outputs kept).
+    alpha (n,): prelu's per-unit parameter (NULL otherwise)."""
+    cdef Py_ssize_t r, j
+    cdef floating v, m, s
+    cdef floating* zr
+    cdef floating* fr
+    for r in range(rows):
+        zr = z + r * n
+        fr = f + r * n
+        if code == RELU:
+            for j in range(n):
+                v = zr[j] + b[j]
+                zr[j] = v
+                fr[j] = 0 if v < 0 else v
+        elif code == PRELU:
+            for j in range(n):
+                v = zr[j] + b[j]
+                zr[j] = v
+                fr[j] = alpha[j] * v if v < 0 else v
+        elif code == SOFTMAX:
+            m = zr[0] + b[0]
+            for j in range(n):
+                v = zr[j] + b[j]
+                zr[j] = v
+                if v > m:
+                    m = v
+            s = 0
+            for j in range(n):
+                v = fexp(zr[j] - m)
+                fr[j] = v
+                s += v
+            s = 1 / s
+            for j in range(n):
+                fr[j] *= s
+        else:
+            for j in range(n):
+                v = zr[j] + b[j]
+                zr[j] = v
+                fr[j] = activate(code, v, p)
+
+
+cdef void activation_backward(Py_ssize_t rows, Py_ssize_t n, floating* dout, const floating* z,
+                              const floating* f, int code, floating p, const floating* alpha,
+                              floating* galpha) noexcept nogil:
+    """dout (rows, n): dE/df on entry, OVERWRITTEN in place with delta = dE/dz.
+    For prelu, galpha (n,) is OVERWRITTEN with dE/dalpha = sum_r dE/df * min(z, 0)."""
+    cdef Py_ssize_t r, j
+    cdef floating s, v
+    cdef floating* dr
+    if code == PRELU:
+        for j in range(n):
+            galpha[j] = 0
+    for r in range(rows):
+        dr = dout + r * n
+        if code == RELU:
+            for j in range(n):
+                dr[j] = dr[j] if z[r * n + j] > 0 else 0
+        elif code == PRELU:
+            for j in range(n):
+                v = z[r * n + j]
+                if v < 0:
+                    galpha[j] += dr[j] * v
+                    dr[j] *= alpha[j]
+        elif code == SOFTMAX:
+            # The softmax Jacobian-vector product p * (dp - sum(dp * p)).
+            s = 0
+            for j in range(n):
+                s += dr[j] * f[r * n + j]
+            for j in range(n):
+                dr[j] = f[r * n + j] * (dr[j] - s)
+        else:
+            for j in range(n):
+                dr[j] *= derivative(code, z[r * n + j], f[r * n + j], p)
+
+
+cdef void dense_backward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const floating* x,
+                         const floating* W, const floating* delta, floating* dx, floating* gW,
+                         floating* gb, bint sgd, floating lr, floating* b) noexcept nogil:
+    """Backward through z = x W + b, given delta = dE/dz (rows, n_out) and x (rows, n_in).
+
+    dx (rows, n_in) is OVERWRITTEN with delta W^T, from W as it was on entry;
+    skipped when NULL (the first layer). gb (n_out,) is OVERWRITTEN with sum_r delta.
+    sgd false: gW (n_in, n_out) is OVERWRITTEN with x^T delta.
+    sgd true (plain SGD folded into the GEMM): gW is W itself and ACCUMULATES
+    -lr x^T delta; b -= lr * gb. The weight gradient is never materialised.
+    """
+    cdef Py_ssize_t r, j
+    if dx != NULL:
+        gemm(False, True, <int>rows, <int>n_in, <int>n_out, <floating>1, delta, <int>n_out,
+             W, <int>n_out, <floating>0, dx, <int>n_in)
+    for j in range(n_out):
+        gb[j] = 0
+    for r in range(rows):
+        for j in range(n_out):
+            gb[j] += delta[r * n_out + j]
+    if sgd:
+        gemm(True, False, <int>n_in, <int>n_out, <int>rows, -lr, x, <int>n_in, delta, <int>n_out,
+             <floating>1, gW, <int>n_out)
+        for j in range(n_out):
+            b[j] -= lr * gb[j]
+    else:
+        gemm(True, False, <int>n_in, <int>n_out, <int>rows, <floating>1, x, <int>n_in, delta,
+             <int>n_out, <floating>0, gW, <int>n_out)
+
+
+# -- losses ----------------------------------------------------------------------
+
+cdef double loss_forward_backward(Py_ssize_t rows, Py_ssize_t n, int loss, const floating* z,
+                                  const floating* f, const floating* t, floating* dout,
+                                  floating scale) noexcept nogil:
+    """The loss SUMMED over rows (callers divide), from the output layer's z and f
+    (rows, n) and targets t. Unless NULL, dout (rows, n) is OVERWRITTEN with
+    scale * dE/df for mse, or dE/dz = scale * (f - t) for the fused pairs
+    softmax + cross_entropy and sigmoid + binary_cross_entropy; scale = 1 / rows."""
+    cdef Py_ssize_t r, j, i
+    cdef double total = 0, m, s, logsum
+    cdef floating d
+    if loss == CROSS_ENTROPY:
+        # -sum t * log_softmax(z), the log-softmax exact where softmax underflows.
+        for r in range(rows):
+            i = r * n
+            m = z[i]
+            for j in range(n):
+                if z[i + j] > m:
+                    m = z[i + j]
+            s = 0
+            for j in range(n):
+                s += fexp(<double>(z[i + j]) - m)
+            logsum = m + flog(s)
+            for j in range(n):
+                total -= t[i + j] * (z[i + j] - logsum)
+    elif loss == BINARY_CROSS_ENTROPY:
+        for i in range(rows * n):
+            total += <double>softplus(z[i]) - <double>t[i] * z[i]
+    else:
+        for i in range(rows * n):
+            d = f[i] - t[i]
+            total += <double>d * d
+            if dout != NULL:
+                dout[i] = 2 * scale * d
+        return total
+    if dout != NULL:
+        for i in range(rows * n):
+            dout[i] = (f[i] - t[i]) * scale
+    return total
+
+
+# -- optimisers ------------------------------------------------------------------
+
+cdef void optimizer_update(Py_ssize_t n, floating* theta, const floating* grad, floating* buf0,
+                           floating* buf1, int code, const double* h,
+                           int64_t t) noexcept nogil:
+    """One pass over theta (n,), IN PLACE, as fastmlp.optimizers.update; t is the
+    step count after this update. buf0/buf1 (n,): momentum, or Adam's m and v."""
+    cdef Py_ssize_t i
+    cdef floating g, v, m
+    cdef floating lr = <floating>h[H_LR], wd = <floating>h[H_WEIGHT_DECAY]
+    cdef floating mu = <floating>h[H_MOMENTUM]
+    cdef bint nesterov = h[H_NESTEROV] != 0
+    cdef floating b1 = <floating>h[H_BETA1], b2 = <floating>h[H_BETA2], eps = <floating>h[H_EPS]
+    cdef floating c1 = <floating>(1 - h[H_BETA1]), c2 = <floating>(1 - h[H_BETA2])
+    cdef floating k1 = <floating>(1 - pow(h[H_BETA1], <double>t))
+    cdef floating k2 = <floating>(1 - pow(h[H_BETA2], <double>t))
+    for i in range(n):
+        g = grad[i] + wd * theta[i]
+        if code == SGD_CODE:
+            if mu != 0:
+                v = mu * buf0[i] + g
+                buf0[i] = v
+                g = g + mu * v if nesterov else v
+            theta[i] -= lr * g
+        else:
+            m = b1 * buf0[i] + c1 * g
+            v = b2 * buf1[i] + c2 * g * g
+            buf0[i] = m
+            buf1[i] = v
+            if floating is float:
+                theta[i] -= lr * (m / k1) / (sqrtf(v / k2) + eps)
+            else:
+                theta[i] -= lr * (m / k1) / (sqrt(v / k2) + eps)
+
+
+# -- whole network ---------------------------------------------------------------
+
+cdef struct Net:
+    int L
+    int loss
+    Py_ssize_t n_params
+    const int64_t* dims      # (L + 1,)
+    const int64_t* codes     # (L,)
+    const double* params     # (L,)
+    const int64_t* offsets   # (L, 3): W, b, alpha (-1 if none)
+    const int64_t* cum       # (L + 1,): start of each layer's columns in the z/f buffers
+
+
+cdef struct Work:
+    Py_ssize_t cap           # rows the buffers hold
+    void* z                  # (cap, cum[L]): every layer's x W + b
+    void* f                  # (cap, cum[L]): every layer's output
+    void* d0                 # (cap, widest layer): dE/df, then delta, of one layer
+    void* d1                 # (cap, widest layer): the same for the layer below
+    void* xb                 # (cap, inputs): a mini-batch gathered through perm
+    void* tb                 # (cap, outputs)
+    void* grad               # (n_params,)
+
+
+cdef void network_forward(const Net* net, const Work* w, const floating* theta,
+                          const floating* x, Py_ssize_t rows) noexcept nogil:
+    """Every layer's z and f for rows (<= w.cap) of x, OVERWRITTEN in w.z and w.f."""
+    cdef int i
+    cdef Py_ssize_t n_in, n_out
+    cdef const floating* a = x
+    cdef floating* z
+    cdef floating* f
+    cdef const int64_t* off
+    for i in range(net.L):
+        n_in, n_out = net.dims[i], net.dims[i + 1]
+        off = net.offsets + 3 * i
+        z = <floating*>w.z + w.cap * net.cum[i]
+        f = <floating*>w.f + w.cap * net.cum[i]
+        gemm(False, False, <int>rows, <int>n_out, <int>n_in, <floating>1, a, <int>n_in,
+             theta + off[0], <int>n_out, <floating>0, z, <int>n_out)
+        bias_activation_forward(rows, n_out, z, theta + off[1], <int>net.codes[i],
+                                <floating>net.params[i], theta + off[2] if off[2] >= 0 else NULL, f)
+        a = f
+
+
+cdef double network_backward(const Net* net, const Work* w, floating* theta, const floating* x,
+                             const floating* t, Py_ssize_t rows, floating* grad, bint sgd,
+                             floating lr) noexcept nogil:
+    """After network_forward on the same rows: returns the mean loss.
+
+    sgd false: grad (n_params,) is OVERWRITTEN with dE/dtheta; theta is untouched.
+    sgd true: plain SGD with rate lr is applied to theta layer by layer (each
+    layer's dx computed before its W changes); grad is scratch for b and alpha.
+    """
+    cdef int i, L = net.L
+    cdef Py_ssize_t j, n_in, n_out
+    cdef const int64_t* off
+    cdef floating* dcur = <floating*>w.d0
+    cdef floating* dnext = <floating*>w.d1
+    cdef floating* tmp
+    cdef floating* z
+    cdef floating* alpha
+    cdef const floating* xprev
+    cdef bint fused = net.loss != MSE
+    cdef floating* zl = <floating*>w.z + w.cap * net.cum[L - 1]
+    cdef floating* fl = <floating*>w.f + w.cap * net.cum[L - 1]
+    cdef double loss = loss_forward_backward(rows, net.dims[L], net.loss, zl, fl, t, dcur,
+                                             <floating>1 / <floating>rows) / rows
+    for i in range(L - 1, -1, -1):
+        n_in, n_out = net.dims[i], net.dims[i + 1]
+        off = net.offsets + 3 * i
+        alpha = theta + off[2] if off[2] >= 0 else NULL
+        if not (fused and i == L - 1):
+            z = <floating*>w.z + w.cap * net.cum[i]
+            activation_backward(rows, n_out, dcur, z, <floating*>w.f + w.cap * net.cum[i],
+                                <int>net.codes[i], <floating>net.params[i], alpha,
+                                grad + off[2] if alpha != NULL else NULL)
+            if sgd and alpha != NULL:
+                for j in range(n_out):
+                    alpha[j] -= lr * grad[off[2] + j]
+        xprev = x if i == 0 else <floating*>w.f + w.cap * net.cum[i - 1]
+        dense_backward(rows, n_in, n_out, xprev, theta + off[0], dcur,
+                       dnext if i > 0 else NULL, theta + off[0] if sgd else grad + off[0],
+                       grad + off[1], sgd, lr, theta + off[1])
+        tmp = dcur
+        dcur = dnext
+        dnext = tmp
+    return loss
+
+
+cdef double train_step(const Net* net, const Work* w, floating* theta, const floating* x,
+                       const floating* t, Py_ssize_t rows, floating* buffers, int code,
+                       const double* h, int64_t* step) noexcept nogil:
+    """One update of theta on rows of (x, t), IN PLACE; returns the loss before it.
+    buffers (2, n_params): the optimiser's state; step (1,) is incremented."""
+    cdef bint plain = code == SGD_CODE and h[H_MOMENTUM] == 0 and h[H_WEIGHT_DECAY] == 0
+    network_forward(net, w, theta, x, rows)
+    cdef double loss = network_backward(net, w, theta, x, t, rows, <floating*>w.grad, plain,
+                                        <floating>h[H_LR])
+    step[0] += 1
+    if not plain:
+        optimizer_update(net.n_params, theta, <floating*>w.grad, buffers,
+                         buffers + net.n_params, code, h, step[0])
+    return loss
+
+
+cdef double train_epoch(const Net* net, const Work* w, floating* theta, const floating* X,
+                        const floating* T, const int64_t* perm, Py_ssize_t n,
+                        Py_ssize_t batch, floating* buffers, int code, const double* h,
+                        int64_t* step) noexcept nogil:
+    """One train_step per batch of rows perm[i:i + batch] (each < len(X), checked by
+    the caller), gathered into w.xb/w.tb; returns sum(batch loss * rows) / n."""
+    cdef Py_ssize_t start, r, rows
+    cdef Py_ssize_t n_in = net.dims[0], n_out = net.dims[net.L]
+    cdef floating* xb = <floating*>w.xb
+    cdef floating* tb = <floating*>w.tb
+    cdef double total = 0
+    start = 0
+    while start < n:
+        rows = min(batch, n - start)
+        for r in range(rows):
+            memcpy(xb + r * n_in, X + perm[start + r] * n_in, n_in * sizeof(floating))
+            memcpy(tb + r * n_out, T + perm[start + r] * n_out, n_out * sizeof(floating))
+        total += train_step(net, w, theta, xb, tb, rows, buffers, code, h, step) * rows
+        start += batch
+    return total / n
+
+
+cdef double infer(const Net* net, const floating* theta, const floating* X, Py_ssize_t n,
+                  Py_ssize_t chunk, floating* p0, floating* p1, floating* zl, floating* out,
+                  const floating* T) noexcept nogil:
+    """Forward pass over X (n, inputs) in chunks of rows, with caller buffers p0, p1
+    (chunk, widest layer) so concurrent calls share nothing.
+
+    T NULL (predict): out (n, outputs) is OVERWRITTEN with the outputs; returns 0.
+    Otherwise (evaluate): out and zl are (chunk, outputs) scratch; returns the
+    loss summed over all rows.
+    """
+    cdef Py_ssize_t start, rows, n_in, n_out
+    cdef int i, L = net.L
+    cdef const int64_t* off
+    cdef const floating* a
+    cdef floating* z
+    cdef floating* f
+    cdef double total = 0
+    start = 0
+    while start < n:
+        rows = min(chunk, n - start)
+        a = X + start * net.dims[0]
+        for i in range(L):
+            n_in, n_out = net.dims[i], net.dims[i + 1]
+            off = net.offsets + 3 * i
+            if i < L - 1:
+                z = p0 if i % 2 == 0 else p1
+                f = z
+            elif T == NULL:
+                z = out + start * n_out
+                f = z
+            else:
+                z = zl
+                f = out
+            gemm(False, False, <int>rows, <int>n_out, <int>n_in, <floating>1, a, <int>n_in,
+                 theta + off[0], <int>n_out, <floating>0, z, <int>n_out)
+            bias_activation_forward(rows, n_out, z, theta + off[1], <int>net.codes[i],
+                                    <floating>net.params[i],
+                                    theta + off[2] if off[2] >= 0 else NULL, f)
+            a = f
+        if T != NULL:
+            total += loss_forward_backward(rows, net.dims[L], net.loss, zl, out,
+                                           T + start * net.dims[L], <floating*>NULL,
+                                           <floating>0)
+        start += chunk
+    return total
+
+
+# -- Python entry points -----------------------------------------------------------
+
+cdef int _C_ALIGNED = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+cdef int _WRITABLE = _C_ALIGNED | cnp.NPY_ARRAY_WRITEABLE
+cdef Py_ssize_t _INT_MAX = 2147483647  # BLAS takes 32-bit sizes
+
+
+cdef char* _array(object obj, int typenum, Py_ssize_t d0, Py_ssize_t d1, bint writable,
+                  str name) except NULL:
+    """obj's data after checking it is an aligned C-contiguous array of typenum with
+    shape (d0,) when d1 < 0, else (d0, d1); d0 < 0 accepts any 1 <= rows < 2**31."""
+    if not cnp.PyArray_Check(obj):
+        raise TypeError(f"{name} must be a NumPy array, got {type(obj).__name__}")
+    cdef cnp.ndarray a = <cnp.ndarray>obj
+    cdef int flags = _WRITABLE if writable else _C_ALIGNED
+    cdef int ndim = 1 if d1 < 0 else 2
+    cdef bint ok = (cnp.PyArray_NDIM(a) == ndim and cnp.PyArray_TYPE(a) == typenum
+                    and (cnp.PyArray_FLAGS(a) & flags) == flags)
+    if ok:
+        ok = (cnp.PyArray_DIMS(a)[0] == d0 if d0 >= 0
+              else 1 <= cnp.PyArray_DIMS(a)[0] <= _INT_MAX)
+        ok = ok and (ndim == 1 or cnp.PyArray_DIMS(a)[1] == d1)
+    if not ok:
+        want = cnp.PyArray_DescrFromType(typenum)
+        shape = ("n" if d0 < 0 else str(d0)) + ("" if d1 < 0 else f", {d1}")
+        raise ValueError(f"{name} must be a {'writable ' if writable else ''}C-contiguous "
+                         f"{want} array of shape ({shape}), got {obj.dtype} {obj.shape} "
+                         f"(C-contiguous: {obj.flags.c_contiguous}, writable: {obj.flags.writeable})")
+    return <char*>cnp.PyArray_DATA(a)
+
+
+cdef class Engine:
+    """Compiled network of one dtype with its training workspace.
+
+    Engine(dims, act_codes, act_params, offsets, loss_code, n_params, dtype) takes
+    the arrays of a fastmlp.network.Network. Every method checks its arrays'
+    dtype, layout and shape before any kernel runs. The workspace grows to the
+    largest batch seen and is reused; train_step, train_epoch and
+    loss_and_gradient hold a per-engine lock around it, while predict and
+    evaluate allocate their own buffers and may run concurrently.
+    """
+    cdef Net net
+    cdef Work work
+    cdef readonly object dtype
+    cdef int typenum
+    cdef Py_ssize_t widest, itemsize
+    cdef object _keep      # arrays that Net points into
+    cdef object _bufs      # arrays that Work points into
+    cdef PyThread_type_lock lock
+
+    def __cinit__(self):
+        self.lock = PyThread_allocate_lock()
+        if self.lock == NULL:
+            raise MemoryError("cannot allocate a lock")
+
+    def __dealloc__(self):
+        if self.lock != NULL:
+            PyThread_free_lock(self.lock)
+
+    def __init__(self, dims, act_codes, act_params, offsets, int loss_code, Py_ssize_t n_params,
+                 dtype):
+        dims = np.ascontiguousarray(dims, dtype=np.int64)
+        L = len(dims) - 1
+        codes = np.ascontiguousarray(act_codes, dtype=np.int64)
+        params = np.ascontiguousarray(act_params, dtype=np.float64)
+        offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        if L < 1 or codes.shape != (L,) or params.shape != (L,) or offsets.shape != (L, 3):
+            raise ValueError("dims, act_codes, act_params and offsets disagree on the layer count")
+        if dims.min() < 1 or dims.max() > _INT_MAX:
+            raise ValueError(f"layer widths must be in [1, 2**31), got {dims.tolist()}")
+        if codes.min() < 0 or codes.max() > SOFTMAX or not 0 <= loss_code <= BINARY_CROSS_ENTROPY:
+            raise ValueError("unknown activation or loss code")
+        sizes = np.stack([dims[:L] * dims[1:], dims[1:], dims[1:]], axis=1)
+        if (offsets[:, :2].min() < 0 or (offsets + sizes).max() > n_params
+                or ((offsets[:, 2] >= 0) != (codes == PRELU)).any()):
+            raise ValueError("parameter offsets fall outside theta")
+        self.dtype = np.dtype(dtype)
+        self.itemsize = self.dtype.itemsize
+        if self.dtype == np.float32:
+            self.typenum = cnp.NPY_FLOAT32
+        elif self.dtype == np.float64:
+            self.typenum = cnp.NPY_FLOAT64
+        else:
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        cum = np.zeros(L + 1, dtype=np.int64)
+        cum[1:] = np.cumsum(dims[1:])
+        self._keep = (dims, codes, params, offsets, cum)
+        self.net.L = L
+        self.net.loss = loss_code
+        self.net.n_params = n_params
+        self.net.dims = <int64_t*>cnp.PyArray_DATA(dims)
+        self.net.codes = <int64_t*>cnp.PyArray_DATA(codes)
+        self.net.params = <double*>cnp.PyArray_DATA(params)
+        self.net.offsets = <int64_t*>cnp.PyArray_DATA(offsets)
+        self.net.cum = <int64_t*>cnp.PyArray_DATA(cum)
+        self.widest = int(dims[1:].max())
+        self.work.cap = 0
+        self._reserve(1)
+
+    cdef int _reserve(self, Py_ssize_t rows) except -1:
+        """Grow the workspace to hold ``rows`` rows (it never shrinks)."""
+        if rows <= self.work.cap:
+            return 0
+        cdef const int64_t* dims = self.net.dims
+        z = np.empty(rows * self.net.cum[self.net.L], dtype=self.dtype)
+        f = np.empty_like(z)
+        d = np.empty(2 * rows * self.widest, dtype=self.dtype)
+        xb = np.empty(rows * dims[0], dtype=self.dtype)
+        tb = np.empty(rows * dims[self.net.L], dtype=self.dtype)
+        grad = np.empty(self.net.n_params, dtype=self.dtype)
+        self._bufs = (z, f, d, xb, tb, grad)
+        self.work.z = cnp.PyArray_DATA(z)
+        self.work.f = cnp.PyArray_DATA(f)
+        self.work.d0 = cnp.PyArray_DATA(d)
+        self.work.d1 = <char*>cnp.PyArray_DATA(d) + rows * self.widest * self.itemsize
+        self.work.xb = cnp.PyArray_DATA(xb)
+        self.work.tb = cnp.PyArray_DATA(tb)
+        self.work.grad = cnp.PyArray_DATA(grad)
+        self.work.cap = rows
+        return 0
+
+    cdef inline void _lock(self):
+        if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
+            with nogil:
+                PyThread_acquire_lock(self.lock, WAIT_LOCK)
+
+    cdef Py_ssize_t _rows(self, object X, object T) except -1:
+        _array(X, self.typenum, -1, self.net.dims[0], False, "X")
+        cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>X)[0]
+        _array(T, self.typenum, n, self.net.dims[self.net.L], False, "T")
+        return n
+
+    def train_step(self, theta, state, X, T):
+        """One optimiser step on (X, T); theta and state updated in place. Returns the
+        batch loss before the step."""
+        cdef Py_ssize_t P = self.net.n_params
+        cdef char* th = _array(theta, self.typenum, P, -1, True, "theta")
+        cdef Py_ssize_t n = self._rows(X, T)
+        cdef char* x = <char*>cnp.PyArray_DATA(<cnp.ndarray>X)
+        cdef char* t = <char*>cnp.PyArray_DATA(<cnp.ndarray>T)
+        cdef char* buf = _array(state.buffers, self.typenum, 2, P, True, "state.buffers")
+        cdef double* h = <double*>_array(state.hyper, cnp.NPY_FLOAT64, 7, -1, False, "state.hyper")
+        cdef int64_t* step = <int64_t*>_array(state.step, cnp.NPY_INT64, 1, -1, True, "state.step")
+        cdef int code = state.code
+        cdef double loss
+        if code != SGD_CODE and code != ADAM_CODE:
+            raise ValueError(f"unknown optimizer code {code}")
+        self._lock()
+        try:
+            self._reserve(n)
+            with nogil:
+                if self.typenum == cnp.NPY_FLOAT64:
+                    loss = train_step(&self.net, &self.work, <double*>th, <double*>x, <double*>t,
+                                      n, <double*>buf, code, h, step)
+                else:
+                    loss = train_step(&self.net, &self.work, <float*>th, <float*>x, <float*>t,
+                                      n, <float*>buf, code, h, step)
+        finally:
+            PyThread_release_lock(self.lock)
+        return loss
+
+    def train_epoch(self, theta, state, X, T, perm, Py_ssize_t batch_size):
+        """One train_step per batch of rows perm[i:i + batch_size]; returns the mean
+        loss over rows, sum(batch loss * batch rows) / len(perm)."""
+        cdef Py_ssize_t P = self.net.n_params
+        cdef char* th = _array(theta, self.typenum, P, -1, True, "theta")
+        cdef Py_ssize_t n_rows = self._rows(X, T)
+        cdef char* x = <char*>cnp.PyArray_DATA(<cnp.ndarray>X)
+        cdef char* t = <char*>cnp.PyArray_DATA(<cnp.ndarray>T)
+        cdef int64_t* pm = <int64_t*>_array(perm, cnp.NPY_INT64, -1, -1, False, "perm")
+        cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>perm)[0], i
+        cdef char* buf = _array(state.buffers, self.typenum, 2, P, True, "state.buffers")
+        cdef double* h = <double*>_array(state.hyper, cnp.NPY_FLOAT64, 7, -1, False, "state.hyper")
+        cdef int64_t* step = <int64_t*>_array(state.step, cnp.NPY_INT64, 1, -1, True, "state.step")
+        cdef int code = state.code
+        cdef double loss
+        cdef bint bad = False
+        if code != SGD_CODE and code != ADAM_CODE:
+            raise ValueError(f"unknown optimizer code {code}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        with nogil:
+            for i in range(n):
+                if pm[i] < 0 or pm[i] >= n_rows:
+                    bad = True
+                    break
+        if bad:
+            raise ValueError(f"perm must hold row indices in [0, {n_rows}), found {perm[i]}")
+        batch_size = min(batch_size, n)
+        self._lock()
+        try:
+            self._reserve(batch_size)
+            with nogil:
+                if self.typenum == cnp.NPY_FLOAT64:
+                    loss = train_epoch(&self.net, &self.work, <double*>th, <double*>x,
+                                       <double*>t, pm, n, batch_size, <double*>buf, code, h, step)
+                else:
+                    loss = train_epoch(&self.net, &self.work, <float*>th, <float*>x,
+                                       <float*>t, pm, n, batch_size, <float*>buf, code, h, step)
+        finally:
+            PyThread_release_lock(self.lock)
+        return loss
+
+    def loss_and_gradient(self, theta, X, T, grad):
+        """Mean loss of (X, T); grad (n_params,) is OVERWRITTEN with dE/dtheta."""
+        cdef Py_ssize_t P = self.net.n_params
+        cdef char* th = _array(theta, self.typenum, P, -1, False, "theta")
+        cdef char* g = _array(grad, self.typenum, P, -1, True, "grad")
+        cdef Py_ssize_t n = self._rows(X, T)
+        cdef char* x = <char*>cnp.PyArray_DATA(<cnp.ndarray>X)
+        cdef char* t = <char*>cnp.PyArray_DATA(<cnp.ndarray>T)
+        cdef double loss
+        self._lock()
+        try:
+            self._reserve(n)
+            with nogil:
+                # sgd=False: theta is only read.
+                if self.typenum == cnp.NPY_FLOAT64:
+                    network_forward(&self.net, &self.work, <double*>th, <double*>x, n)
+                    loss = network_backward(&self.net, &self.work, <double*>th, <double*>x,
+                                            <double*>t, n, <double*>g, False, 0)
+                else:
+                    network_forward(&self.net, &self.work, <float*>th, <float*>x, n)
+                    loss = network_backward(&self.net, &self.work, <float*>th, <float*>x,
+                                            <float*>t, n, <float*>g, False, 0)
+        finally:
+            PyThread_release_lock(self.lock)
+        return loss
+
+    def predict(self, theta, X, Py_ssize_t chunk=256):
+        """Outputs (n, outputs), a new array; X processed ``chunk`` rows at a time."""
+        return self._infer(theta, X, None, chunk)
+
+    def evaluate(self, theta, X, T, Py_ssize_t chunk=256):
+        """Mean loss over (X, T), computed ``chunk`` rows at a time."""
+        return self._infer(theta, X, T, chunk)
+
+    cdef object _infer(self, theta, X, T, Py_ssize_t chunk):
+        cdef char* th = _array(theta, self.typenum, self.net.n_params, -1, False, "theta")
+        cdef char* x = _array(X, self.typenum, -1, self.net.dims[0], False, "X")
+        cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>X)[0]
+        cdef Py_ssize_t n_out = self.net.dims[self.net.L]
+        cdef char* t = NULL
+        if T is not None:
+            t = _array(T, self.typenum, n, n_out, False, "T")
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        chunk = min(chunk, n)
+        # Per-call buffers, so concurrent calls share nothing mutable.
+        scratch = np.empty(2 * chunk * self.widest, dtype=self.dtype)
+        if T is None:
+            out = np.empty((n, n_out), dtype=self.dtype)
+        else:
+            out = np.empty(2 * chunk * n_out, dtype=self.dtype)
+        cdef char* p0 = <char*>cnp.PyArray_DATA(scratch)
+        cdef char* p1 = p0 + chunk * self.widest * self.itemsize
+        cdef char* o = <char*>cnp.PyArray_DATA(out)
+        cdef char* zl = o + chunk * n_out * self.itemsize  # evaluate only
+        cdef double total
+        with nogil:
+            if self.typenum == cnp.NPY_FLOAT64:
+                total = infer(&self.net, <double*>th, <double*>x, n, chunk, <double*>p0,
+                              <double*>p1, <double*>zl, <double*>o, <double*>t)
+            else:
+                total = infer(&self.net, <float*>th, <float*>x, n, chunk, <float*>p0,
+                              <float*>p1, <float*>zl, <float*>o, <float*>t)
+        return out if T is None else total / n
+
+
+def _gemm(bint trans_a, bint trans_b, double alpha, cnp.ndarray a, cnp.ndarray b, double beta,
+          cnp.ndarray c):
+    """Test hook: c = alpha op(a) op(b) + beta c through the kernels' gemm, in place."""
+    cdef int m = c.shape[0], n = c.shape[1]
+    cdef int k = a.shape[0] if trans_a else a.shape[1]
+    if ((b.shape[1] if trans_b else b.shape[0]) != k or (a.shape[1] if trans_a else a.shape[0]) != m
+            or (b.shape[0] if trans_b else b.shape[1]) != n):
+        raise ValueError("shapes do not match")
+    for arr in (a, b, c):
+        _array(arr, cnp.PyArray_TYPE(c), arr.shape[0], arr.shape[1], arr is c, "operand")
+    if cnp.PyArray_TYPE(c) == cnp.NPY_FLOAT64:
+        gemm(trans_a, trans_b, m, n, k, alpha, <double*>a.data, a.shape[1], <double*>b.data,
+             b.shape[1], beta, <double*>c.data, n)
+    else:
+        gemm(trans_a, trans_b, m, n, k, <float>alpha, <float*>a.data, a.shape[1],
+             <float*>b.data, b.shape[1], <float>beta, <float*>c.data, n)
