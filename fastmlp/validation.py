@@ -37,7 +37,8 @@ def as_float_matrix(a, name, dtype):
         raise ValueError(f"{name} must be 2-D (samples, features), got shape {arr.shape}")
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is empty: it has 0 rows")
-    out = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
+        out = np.ascontiguousarray(arr, dtype=dtype)
     if not _all_finite(out):
         bad = np.argwhere(~np.isfinite(out))[0]
         raise ValueError(f"{name} contains NaN or inf (first at row {bad[0]}, column {bad[1]})")
