@@ -158,8 +158,9 @@ class Model:
         Each epoch visits every row once in batches of ``batch_size`` (None =
         the whole set, 1 = per-sample SGD), shuffled when ``shuffle``. Stops after
         ``epochs`` or as soon as an epoch's mean loss is <= ``tol`` (the
-        lessons' E <= epsilon). If the loss or a weight becomes NaN or inf, the
-        weights of the last finite epoch are restored and TrainingDiverged is raised.
+        lessons' E <= epsilon). If the loss, a weight or the optimiser state becomes
+        NaN or inf, the weights and optimiser state of the last finite epoch are
+        restored and TrainingDiverged (naming the epoch and layer) is raised.
         """
         X, T = self._data(X, Y)
         epochs = validation.check_count(epochs, "epochs")
@@ -233,6 +234,12 @@ class Model:
         if bad:
             raise TrainingDiverged(f"training diverged {where}: {layer}; the weights of the "
                                    "last finite epoch were kept (try a smaller learning rate)")
+        # An inf in Adam's v (g^2 overflowed) freezes weights silently: also divergence.
+        if not np.isfinite(self._state.buffers).all():
+            raise TrainingDiverged(f"training diverged {where}: the optimiser state became NaN "
+                                   "or inf (gradients overflowed); the weights and state of the "
+                                   "last finite epoch were kept (try a smaller learning rate "
+                                   "or rescale the data)")
 
     def _warn_if_untrainable(self):
         dead = [i + 1 for i, l in enumerate(self.net.layers)
