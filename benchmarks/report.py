@@ -188,12 +188,15 @@ def main(argv=None):
                    "> `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/report.py`")
         print(warning.replace("> ", ""), file=sys.stderr)
 
+    load_before = os.getloadavg()[0]
     results, sgemm = run(workloads, backends, with_torch, args.min_time,
                          log=lambda s: print(s, file=sys.stderr, flush=True))
     lines = ["## fastmlp benchmark (float32, SGD lr 0.01)", ""]
     if warning:
         lines += [warning, ""]
     lines += markdown(workloads, results, sgemm) + [""] + environment(args.threads)
+    lines.append(f"- 1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} "
+                 "after (well above 0 means other work shared the cores: numbers are noisy)")
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:
