@@ -4,6 +4,7 @@ training at once, give exactly what one thread gives, on every backend.
 The parallel speed-up of compiled backends is measured and printed
 (``pytest -s``) but not asserted: on a shared CI machine timings are noise.
 """
+import os
 import threading
 import time
 
@@ -111,18 +112,21 @@ def test_parallel_predict_speedup_is_measured(compiled_backend, record_property)
                       fm.Dense(10, activation="softmax")], input_dim=784, loss="cross_entropy",
                      backend=compiled_backend, seed=0)
     X = rng.normal(size=(2048, 784)).astype(np.float32)
-    want = model.predict(X)
+    # OpenBLAS's bits depend on its own thread count, so the reference is taken under the same limit.
+    reps, one, many = 4, np.inf, np.inf
     with threadpoolctl.threadpool_limits(1):
-        model.predict(X)
-        t0 = time.perf_counter()
-        for _ in range(N_THREADS):
-            model.predict(X)
-        one = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        got = run_in_threads([lambda: model.predict(X)] * N_THREADS)
-        many = time.perf_counter() - t0
-    assert all(y.tobytes() == want.tobytes() for y in got)
+        want = model.predict(X)
+        for _ in range(3):  # best of 3: the machine is shared
+            t0 = time.perf_counter()
+            for _ in range(N_THREADS * reps):
+                model.predict(X)
+            one = min(one, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            got = run_in_threads([lambda: [model.predict(X) for _ in range(reps)]] * N_THREADS)
+            many = min(many, time.perf_counter() - t0)
+            assert all(y.tobytes() == want.tobytes() for runs in got for y in runs)
     speedup = one / many
     record_property("parallel_predict_speedup", speedup)
-    print(f"\n{compiled_backend}: 8 predicts of 2048x784 -> 256 -> 128 -> 10: "
-          f"1 thread {one:.3f} s, 8 threads {many:.3f} s, speed-up x{speedup:.2f}")
+    print(f"\n{compiled_backend}: {N_THREADS * reps} predicts of 2048x784 -> 256 -> 128 -> 10, "
+          f"BLAS on 1 thread: serial {one:.3f} s, {N_THREADS} threads {many:.3f} s, "
+          f"speed-up x{speedup:.2f} on {os.cpu_count()} cores")
