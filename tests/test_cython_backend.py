@@ -1,0 +1,281 @@
+"""What only the Cython backend promises: its compiled tables match Python's,
+its GEMM layer is right for every transpose, bad arrays are refused before
+any unchecked kernel runs, the GIL is released, parallel models do not
+interfere, nothing is compiled at first call, and the sources ship in the sdist.
+
+Agreement with the reference on every activation, loss and optimiser is in
+the shared suites (``backend`` / ``compiled_backend`` fixtures).
+"""
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastmlp as fm
+from fastmlp import activations, losses, optimizers
+from fastmlp.backends.reference import NumpyBackend
+
+kernels = pytest.importorskip("fastmlp.kernels.cython_mlp")
+from fastmlp.backends.cython import CythonBackend  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _model(dims=(5, 7, 3), hidden="tanh", output="softmax", loss="cross_entropy",
+           optimizer=None, dtype="float64", seed=0):
+    layers = [fm.Dense(u, activation=hidden) for u in dims[1:-1]]
+    layers.append(fm.Dense(dims[-1], activation=output))
+    return fm.Model(layers, input_dim=dims[0], loss=loss, optimizer=optimizer or fm.SGD(lr=0.1),
+                    backend="cython", dtype=dtype, seed=seed)
+
+
+def _data(model, n, seed=1):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, model.net.input_dim)).astype(model.dtype)
+    T = np.eye(model.net.output_dim, dtype=model.dtype)[rng.integers(0, model.net.output_dim, n)]
+    return X, T
+
+
+def test_compiled_codes_match_the_python_tables():
+    for name, code in kernels.ACTIVATION_CODES.items():
+        assert activations.get(name).code == code
+    for name, code in kernels.LOSS_CODES.items():
+        assert losses.get(name).code == code
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (6, 4, 3), (3, 1, 5), (37, 29, 41), (64, 130, 70)])
+@pytest.mark.parametrize("alpha, beta", [(1.0, 0.0), (-0.3, 1.0), (2.0, 0.5)])
+def test_gemm_matches_numpy_on_both_paths(dtype, tol, trans_a, trans_b, m, n, k, alpha, beta):
+    """Small products take the plain loops, large ones BLAS; both must be exact GEMMs."""
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    a = rng.normal(size=(k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.normal(size=(n, k) if trans_b else (k, n)).astype(dtype)
+    c = rng.normal(size=(m, n)).astype(dtype)
+    if beta == 0:
+        c[0, 0] = np.nan  # beta = 0 overwrites: the old contents are never read
+    expected = alpha * ((a.T if trans_a else a) @ (b.T if trans_b else b))
+    if beta:
+        expected += beta * c
+    kernels._gemm(trans_a, trans_b, alpha, a, b, beta, c)
+    np.testing.assert_allclose(c, expected, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10 * k)
+
+
+def test_gemm_sizes_straddle_the_small_path_threshold():
+    small = kernels.SMALL_GEMM_FLOPS
+    assert 6 * 4 * 3 <= small < 37 * 29 * 41
+
+
+def test_batch_size_changes_reuse_a_growing_workspace(dtype, tol):
+    """Batches of 3, then 11 (the workspace grows), then 2 rows: every step as the reference."""
+    m = _model(dtype=dtype, optimizer=fm.Adam(lr=0.01))
+    ref = NumpyBackend(m.net, m.dtype)
+    theta, state = m._theta.copy(), optimizers.OptimizerState.new(m.optimizer, m.n_params, m.dtype)
+    for n in (3, 11, 2, 11):
+        X, T = _data(m, n, seed=n)
+        got = m._engine.train_step(m._theta, m._state, X, T)
+        want = ref.train_step(theta, state, X, T)
+        np.testing.assert_allclose(got, want, **tol)
+        np.testing.assert_allclose(m._theta, theta, **tol)
+
+
+def test_loss_and_gradient_leaves_theta_alone():
+    m = _model()
+    X, T = _data(m, 9)
+    before = m._theta.copy()
+    grad = np.full(m.n_params, np.nan)
+    m._engine.loss_and_gradient(m._theta, X, T, grad)
+    assert np.array_equal(m._theta, before)
+    assert np.isfinite(grad).all()  # every entry overwritten
+
+
+def test_predict_in_chunks_equals_one_chunk(dtype, tol):
+    m = _model(dims=(4, 9, 6, 2), hidden="elu", output="sigmoid", loss="binary_cross_entropy",
+               dtype=dtype)
+    X, _ = _data(m, 23)
+    whole = m._engine.engine.predict(m._theta, X, 23)
+    for chunk in (1, 5, 22):
+        np.testing.assert_allclose(m._engine.engine.predict(m._theta, X, chunk), whole, **tol)
+    np.testing.assert_allclose(whole, NumpyBackend(m.net, m.dtype).predict(m._theta, X), **tol)
+
+
+# -- refusing arrays the kernels must not see ----------------------------------------
+
+def _bad_calls(m):
+    e, theta, state = m._engine, m._theta, m._state
+    X, T = _data(m, 4)
+    perm = np.arange(4, dtype=np.int64)
+    f32 = np.float32 if m.dtype == np.float64 else np.float64
+    ro = theta.copy()
+    ro.flags.writeable = False
+    bad_state = optimizers.OptimizerState(state.code, state.hyper, state.buffers[:, :-1],
+                                          state.step)
+    return {
+        "X other dtype": lambda: e.train_step(theta, state, X.astype(f32), T),
+        "X wrong width": lambda: e.train_step(theta, state, X[:, :-1].copy(), T),
+        "X Fortran order": lambda: e.predict(theta, np.asfortranarray(X)),
+        "X strided": lambda: e.predict(theta, np.repeat(X, 2, axis=0)[::2]),
+        "X 1-D": lambda: e.predict(theta, X[0]),
+        "X list": lambda: e.predict(theta, X.tolist()),
+        "T rows": lambda: e.train_step(theta, state, X, T[:-1]),
+        "T width": lambda: e.evaluate(theta, X, T[:, :-1].copy()),
+        "theta short": lambda: e.predict(theta[:-1], X),
+        "theta read-only": lambda: e.train_step(ro, state, X, T),
+        "grad short": lambda: e.loss_and_gradient(theta, X, T, np.empty(m.n_params - 1, m.dtype)),
+        "state buffers": lambda: e.train_step(theta, bad_state, X, T),
+        "perm too large": lambda: e.train_epoch(theta, state, X, T, perm + 1, 2),
+        "perm negative": lambda: e.train_epoch(theta, state, X, T, perm - 1, 2),
+        "perm int32": lambda: e.train_epoch(theta, state, X, T, perm.astype(np.int32), 2),
+        "batch 0": lambda: e.train_epoch(theta, state, X, T, perm, 0),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_calls(_model())))
+def test_bad_arrays_are_refused_before_any_kernel_runs(case, dtype):
+    m = _model(dtype=dtype)
+    before = m._theta.copy(), m._state.step.copy()
+    with pytest.raises((ValueError, TypeError)):
+        _bad_calls(m)[case]()
+    assert np.array_equal(m._theta, before[0]) and np.array_equal(m._state.step, before[1])
+
+
+# -- threads -----------------------------------------------------------------------
+
+def _train(m, X, T, epochs=5):
+    perm = np.arange(len(X), dtype=np.int64)
+    rng = np.random.default_rng(7)
+    losses_ = []
+    for _ in range(epochs):
+        rng.shuffle(perm)
+        losses_.append(m._engine.train_epoch(m._theta, m._state, X, T, perm, 16))
+    return losses_
+
+
+@pytest.mark.parametrize("optimizer", [fm.SGD(lr=0.05), fm.Adam(lr=0.01)])
+def test_two_models_training_in_two_threads_equal_one_after_the_other(dtype, optimizer):
+    def pair():
+        a = _model(dims=(20, 48, 32, 4), hidden="relu", optimizer=optimizer, dtype=dtype, seed=1)
+        b = _model(dims=(20, 48, 32, 4), hidden="sigmoid", optimizer=optimizer, dtype=dtype, seed=2)
+        return a, b
+
+    a, b = pair()
+    Xa, Ta = _data(a, 400, seed=3)
+    Xb, Tb = _data(b, 400, seed=4)
+    seq = [_train(a, Xa, Ta), _train(b, Xb, Tb)]
+
+    c, d = pair()
+    par = [None, None]
+    barrier = threading.Barrier(2)
+
+    def work(i, m, X, T):
+        barrier.wait()
+        par[i] = _train(m, X, T)
+
+    threads = [threading.Thread(target=work, args=(0, c, Xa, Ta)),
+               threading.Thread(target=work, args=(1, d, Xb, Tb))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert par == seq
+    assert np.array_equal(c._theta, a._theta) and np.array_equal(d._theta, b._theta)
+
+
+def test_one_model_trained_from_two_threads_stays_consistent():
+    """The workspace lock serialises the steps: the result is some order of the same steps."""
+    m = _model(dims=(8, 16, 3), dtype="float64")
+    X, T = _data(m, 64)
+    threads = [threading.Thread(target=_train, args=(m, X, T, 20)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert np.isfinite(m._theta).all() and m._state.step[0] == 2 * 20 * 4
+
+
+def _longest_pause(call):
+    """Run call() in a thread while this thread ticks in Python; the longest stretch
+    of the call during which this thread could not run, and the call's duration."""
+    inside = {}
+
+    def work():
+        inside["enter"] = time.perf_counter()
+        call()
+        inside["exit"] = time.perf_counter()
+
+    t = threading.Thread(target=work)
+    ticks = []
+    t.start()
+    while t.is_alive():
+        ticks.append(time.perf_counter())
+    t.join()
+    enter, leave = inside["enter"], inside["exit"]
+    points = [enter] + [x for x in ticks if enter < x < leave] + [leave]
+    return float(np.max(np.diff(points))), leave - enter
+
+
+@pytest.mark.parametrize("call", ["train_epoch", "predict"])
+def test_the_gil_is_released_while_kernels_run(call):
+    m = _model(dims=(256, 256, 256, 10), hidden="relu", dtype="float64")
+    X, T = _data(m, 8192 if call == "predict" else 4096)
+    perm = np.arange(len(X), dtype=np.int64)
+    if call == "predict":
+        pause, duration = _longest_pause(lambda: m._engine.predict(m._theta, X))
+    else:
+        pause, duration = _longest_pause(
+            lambda: m._engine.train_epoch(m._theta, m._state, X, T, perm, 64))
+    assert pause < 0.5 * duration, (pause, duration)
+
+    # The detector itself: the gemm test hook keeps the GIL, and is caught.
+    a = np.ones((1000, 1000))
+    c = np.empty_like(a)
+    pause, duration = _longest_pause(lambda: kernels._gemm(False, False, 1.0, a, a, 0.0, c))
+    assert pause > 0.5 * duration, (pause, duration)
+
+
+# -- shipping ------------------------------------------------------------------------
+
+FIRST_CALL = """
+import time, numpy as np, fastmlp as fm
+rng = np.random.default_rng(0)
+out = []
+for dims, hidden, output, loss, opt in [((3, 4, 2), "sigmoid", "sigmoid", "mse", fm.SGD(lr=0.5)),
+                                        ((64, 32, 10), "relu", "softmax", "cross_entropy", fm.Adam())]:
+    m = fm.Model([fm.Dense(dims[1], activation=hidden), fm.Dense(dims[2], activation=output)],
+                 input_dim=dims[0], loss=loss, optimizer=opt, backend="cython", seed=0)
+    X = rng.normal(size=(32, dims[0])).astype(np.float32)
+    T = np.eye(dims[2], dtype=np.float32)[rng.integers(0, dims[2], 32)]
+    start = time.perf_counter()
+    m._engine.train_step(m._theta, m._state, X, T)
+    m._engine.predict(m._theta, X)
+    out.append(time.perf_counter() - start)
+print(max(out) * 1e3)
+"""
+
+
+def test_first_call_in_a_fresh_process_compiles_nothing():
+    """No JIT: the first train step and predict of a new process take <= 50 ms."""
+    # One BLAS thread, so the measurement is not of thread start-up on a busy machine.
+    env = {**__import__("os").environ, "OPENBLAS_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", FIRST_CALL], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert float(res.stdout) <= 50.0
+
+
+def test_sdist_ships_the_cython_sources(tmp_path):
+    res = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (archive,) = tmp_path.glob("*.tar.gz")
+    names = {Path(n).name for n in tarfile.open(archive).getnames()}
+    wanted = {p.name for p in (ROOT / "kernels").glob("*.pyx")} | {
+        p.name for p in (ROOT / "kernels").glob("*.pxd")}
+    assert {"cython_mlp.pyx", "_blas.pxd", "_activations.pxd"} <= wanted
+    assert wanted <= names, wanted - names
