@@ -91,12 +91,17 @@ def environment(threads):
 
 
 def run(workloads, backends, with_torch, min_time, log):
-    """results[workload][backend] = (first s, median s, samples); sgemm[workload] likewise."""
+    """results[workload][backend] = (first s, median s, samples); sgemm[workload] likewise.
+
+    The sgemm baseline is measured before and after the backends and the faster
+    kept, so a burst of other load cannot flatter the backends' share of it."""
     results, sgemm = {}, {}
     for w in workloads:
         results[w.name] = {}
-        names = backends + (["torch"] if with_torch else [])
-        for name in names:
+        baseline = []
+        if w.name in GFLOP_WORKLOADS:
+            baseline.append(_sgemm(w, min_time, log))
+        for name in backends + (["torch"] if with_torch else []):
             if name == "torch":
                 from torch_case import TorchCase
                 case = TorchCase(w)
@@ -106,11 +111,17 @@ def run(workloads, backends, with_torch, min_time, log):
             log(f"{w.name:9s} {name:7s} {w.rows / results[w.name][name][1]:14,.0f} samples/s")
             del case
             time.sleep(PAUSE_S)
-        if w.name in GFLOP_WORKLOADS:
-            sgemm[w.name] = measure(SgemmCase(w.dims, w.rows), min_time)
-            log(f"{w.name:9s} sgemm   {w.flops / sgemm[w.name][1] / 1e9:14,.1f} GFLOP/s")
-            time.sleep(PAUSE_S)
+        if baseline:
+            baseline.append(_sgemm(w, min_time, log))
+            sgemm[w.name] = min(baseline, key=lambda r: r[1])
     return results, sgemm
+
+
+def _sgemm(w, min_time, log):
+    result = measure(SgemmCase(w.dims, w.rows), min_time)
+    log(f"{w.name:9s} sgemm   {w.flops / result[1] / 1e9:14,.1f} GFLOP/s")
+    time.sleep(PAUSE_S)
+    return result
 
 
 def markdown(workloads, results, sgemm):
@@ -139,7 +150,7 @@ def markdown(workloads, results, sgemm):
         out += ["", f"{wname} train step: {w.flops / 1e9:.2f} GFLOP of GEMMs per step "
                 "(forward, dW of every layer, dx of all but the first)", "",
                 "| | ms/step | GFLOP/s | % of sgemm |", "|---|---:|---:|---:|",
-                f"| scipy sgemm, same GEMMs | {sg_median * 1e3:.1f} | {sg:.1f} | 100 |"]
+                f"| scipy sgemm, same GEMMs (faster of before/after) | {sg_median * 1e3:.1f} | {sg:.1f} | 100 |"]
         for name in names:
             median = results[wname][name][1]
             gf = w.flops / median / 1e9
