@@ -109,6 +109,16 @@ def test_shuffle_is_reproducible_with_the_seed(backend, data):
     assert not _same_weights(a, d)
 
 
+def test_fit_in_two_calls_equals_one_call(backend, data):
+    """Each epoch's order comes only from the generator, so fit may be called in pieces."""
+    X, y = data
+    a, b = _classifier(backend, seed=3), _classifier(backend, seed=3)
+    a.fit(X, y, epochs=4, batch_size=6)
+    b.fit(X, y, epochs=1, batch_size=6)
+    b.fit(X, y, epochs=3, batch_size=6)
+    assert _same_weights(a, b)
+
+
 def test_fit_learns(backend, data):
     X, y = data
     model = _classifier(backend, optimizer=fm.Adam(lr=0.03))
@@ -195,8 +205,9 @@ def test_set_weights_round_trip_and_effect(backend, rng):
     (lambda ws: ws[:1] + [np.full(3, np.nan)] + ws[2:], "weight 1 must be finite numbers"),
     (lambda ws: ws[:1] + [np.array(["a", "b", "c"])] + ws[2:], "weight 1 must be finite numbers"),
 ])
-def test_set_weights_rejects_bad_arrays(bad, match):
-    model = fm.Model([fm.Dense(3, "prelu"), fm.Dense(2, "linear")], input_dim=4, seed=0)
+def test_set_weights_rejects_bad_arrays(backend, bad, match):
+    model = fm.Model([fm.Dense(3, "prelu"), fm.Dense(2, "linear")], input_dim=4,
+                     backend=backend, seed=0)
     before = model.get_weights()
     with pytest.raises(ValueError, match=match):
         model.set_weights(bad(model.get_weights()))
