@@ -23,7 +23,7 @@ from libc.string cimport memcpy
 
 from _activations cimport (LEAKY_RELU, PRELU, RELU, SOFTMAX, activate, derivative,
                            fexp, flog, softplus)
-from _blas cimport SMALL_GEMM, gemm
+from _blas cimport SMALL_GEMM, blas_gemm, gemm, small_gemm
 
 cnp.import_array()
 
@@ -682,8 +682,9 @@ cdef class Engine:
 
 
 def _gemm(bint trans_a, bint trans_b, double alpha, cnp.ndarray a, cnp.ndarray b, double beta,
-          cnp.ndarray c):
-    """Test hook: c = alpha op(a) op(b) + beta c through the kernels' gemm, in place."""
+          cnp.ndarray c, int path=-1):
+    """Test hook: c = alpha op(a) op(b) + beta c, in place, through the kernels' gemm
+    (path -1), its plain loops (0) or BLAS (1). Holds the GIL."""
     cdef int m = c.shape[0], n = c.shape[1]
     cdef int k = a.shape[0] if trans_a else a.shape[1]
     if ((b.shape[1] if trans_b else b.shape[0]) != k or (a.shape[1] if trans_a else a.shape[0]) != m
@@ -692,8 +693,19 @@ def _gemm(bint trans_a, bint trans_b, double alpha, cnp.ndarray a, cnp.ndarray b
     for arr in (a, b, c):
         _array(arr, cnp.PyArray_TYPE(c), arr.shape[0], arr.shape[1], arr is c, "operand")
     if cnp.PyArray_TYPE(c) == cnp.NPY_FLOAT64:
-        gemm(trans_a, trans_b, m, n, k, alpha, <double*>a.data, a.shape[1], <double*>b.data,
-             b.shape[1], beta, <double*>c.data, n)
+        _gemm_path(path, trans_a, trans_b, m, n, k, alpha, <double*>a.data, a.shape[1],
+                   <double*>b.data, b.shape[1], beta, <double*>c.data, n)
     else:
-        gemm(trans_a, trans_b, m, n, k, <float>alpha, <float*>a.data, a.shape[1],
-             <float*>b.data, b.shape[1], <float>beta, <float*>c.data, n)
+        _gemm_path(path, trans_a, trans_b, m, n, k, <float>alpha, <float*>a.data, a.shape[1],
+                   <float*>b.data, b.shape[1], <float>beta, <float*>c.data, n)
+
+
+cdef void _gemm_path(int path, bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
+                     const floating* a, int lda, const floating* b, int ldb, floating beta,
+                     floating* c, int ldc) noexcept:
+    if path == 0:
+        small_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    elif path == 1:
+        blas_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    else:
+        gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)

@@ -52,8 +52,9 @@ def test_compiled_codes_match_the_python_tables():
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("m, n, k", [(1, 1, 1), (6, 4, 3), (3, 1, 5), (37, 29, 41), (64, 130, 70)])
 @pytest.mark.parametrize("alpha, beta", [(1.0, 0.0), (-0.3, 1.0), (2.0, 0.5)])
-def test_gemm_matches_numpy_on_both_paths(dtype, tol, trans_a, trans_b, m, n, k, alpha, beta):
-    """Small products take the plain loops, large ones BLAS; both must be exact GEMMs."""
+@pytest.mark.parametrize("path", [-1, 0, 1], ids=["auto", "loops", "blas"])
+def test_gemm_matches_numpy_on_both_paths(dtype, tol, trans_a, trans_b, m, n, k, alpha, beta, path):
+    """Small products take the plain loops, large ones BLAS; both are the same GEMM."""
     rng = np.random.default_rng(m * 1000 + n * 10 + k)
     a = rng.normal(size=(k, m) if trans_a else (m, k)).astype(dtype)
     b = rng.normal(size=(n, k) if trans_b else (k, n)).astype(dtype)
@@ -63,7 +64,7 @@ def test_gemm_matches_numpy_on_both_paths(dtype, tol, trans_a, trans_b, m, n, k,
     expected = alpha * ((a.T if trans_a else a) @ (b.T if trans_b else b))
     if beta:
         expected += beta * c
-    kernels._gemm(trans_a, trans_b, alpha, a, b, beta, c)
+    kernels._gemm(trans_a, trans_b, alpha, a, b, beta, c, path)
     np.testing.assert_allclose(c, expected, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10 * k)
 
 
