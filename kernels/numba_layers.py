@@ -1,0 +1,132 @@
+"""One dense layer forward and backward, the losses, and the fused optimiser passes.
+
+Every kernel writes into buffers the caller owns; docstrings say which
+arguments are overwritten and which accumulate. Shapes: n rows, k_in inputs,
+k outputs; W (k_in, k) row-major as in ``theta``. Sums of losses are float64.
+"""
+from __future__ import annotations
+
+import math
+
+from numba import njit
+
+from fastmlp.activations import LINEAR
+from fastmlp.losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MSE
+
+from .numba_activations import act_backward, bias_act_forward
+from .numba_blas import gemm_nn, gemm_nt, gemm_tn
+
+
+@njit(cache=True)
+def dense_forward(X, W, b, alpha, Z, A, code, p):
+    """Z (n, k) = X (n, k_in) @ W + b and A (n, k) = f(Z), both OVERWRITTEN (A may be Z)."""
+    gemm_nn(X, W, Z, 1.0, 0.0)
+    bias_act_forward(Z, b, A, code, p, alpha)
+
+
+@njit(cache=True)
+def dense_backward(X, W, b, alpha, Z, A, D, dX, code, p, gW, gb, galpha, beta, lr, decay):
+    """Backpropagate through one layer; with ``lr > 0`` also apply plain SGD to it.
+
+    D (n, k): dE/dA in, OVERWRITTEN with delta = dE/dZ (see ``act_backward``).
+    dX (n, k_in): OVERWRITTEN with delta @ W.T, computed before W changes;
+    pass a 0-row array for the first layer, which needs none.
+    ``lr == 0``: gW (k_in, k), gb, galpha = beta * old + this batch's gradient.
+    ``lr > 0`` (plain SGD, beta must be 0): W <- decay * W - lr * X.T @ delta in
+    the GEMM itself, so dW is never formed; b and alpha likewise through gb and
+    galpha, which are OVERWRITTEN with their gradients on the way.
+    """
+    act_backward(D, Z, A, code, p, alpha, gb, galpha, beta)
+    if dX.shape[0] > 0:
+        gemm_nt(D, W, dX, 1.0, 0.0)
+    if lr == 0:
+        gemm_tn(X, D, gW, 1.0, beta)
+        return
+    gemm_tn(X, D, W, -lr, decay)
+    for j in range(b.shape[0]):
+        b[j] = decay * b[j] - lr * gb[j]
+    for j in range(galpha.shape[0]):
+        alpha[j] = decay * alpha[j] - lr * galpha[j]
+
+
+@njit(cache=True)
+def loss_forward_backward(Z, A, T, loss, scale, D):
+    """Sum over rows of the loss, and D (n, k) OVERWRITTEN with scale * dE_sum/d(output).
+
+    For mse D is dE/dA = 2 scale (A - T); for the fused pairs (softmax +
+    cross-entropy, sigmoid + binary cross-entropy) it is dE/dZ = scale (A - T)
+    directly. Pass scale = 1 / (rows in the whole batch) for the mean loss.
+    """
+    total = loss_value(Z, A, T, loss)
+    n, k = A.shape
+    c = 2.0 * scale if loss == MSE else scale
+    for i in range(n):
+        for j in range(k):
+            D[i, j] = c * (A[i, j] - T[i, j])
+    return total
+
+
+@njit(cache=True)
+def loss_value(Z, A, T, loss):
+    """Sum over rows (float64) of the loss, computed stably from the pre-activations Z."""
+    n, k = A.shape
+    total = 0.0
+    if loss == MSE:
+        for i in range(n):
+            for j in range(k):
+                d = A[i, j] - T[i, j]
+                total += d * d
+    elif loss == CROSS_ENTROPY:  # -sum t * log_softmax(z)
+        for i in range(n):
+            m = Z[i, 0]
+            for j in range(k):
+                m = max(m, Z[i, j])
+            s = 0.0
+            for j in range(k):
+                s += math.exp(Z[i, j] - m)
+            lse = m + math.log(s)
+            for j in range(k):
+                total -= T[i, j] * (Z[i, j] - lse)
+    elif loss == BINARY_CROSS_ENTROPY:  # softplus(z) - t z
+        for i in range(n):
+            for j in range(k):
+                z = Z[i, j]
+                total += max(z, 0.0) + math.log1p(math.exp(-abs(z))) - T[i, j] * z
+    return total
+
+
+@njit(cache=True)
+def output_code(loss, code):
+    """The code the output layer's backward uses: its own under mse; LINEAR (with
+    p = 1, an identity) for the fused losses, whose D is already dE/dZ."""
+    return code if loss == MSE else LINEAR
+
+
+@njit(cache=True)
+def sgd_update(theta, grad, v, lr, momentum, nesterov, decay):
+    """theta (p,) -= lr * step, in place; v (p,) is the momentum buffer, updated in place.
+
+    g = grad + decay * theta; with momentum v = momentum v + g and the step is v
+    (g + momentum v for Nesterov), else g.
+    """
+    for i in range(theta.shape[0]):
+        g = grad[i] + decay * theta[i] if decay != 0 else grad[i]
+        if momentum != 0:
+            vi = momentum * v[i] + g
+            v[i] = vi
+            g = g + momentum * vi if nesterov else vi
+        theta[i] -= lr * g
+
+
+@njit(cache=True)
+def adam_update(theta, grad, m, v, lr, beta1, beta2, eps, decay, t):
+    """Adam step t (1-based) in place on theta, m and v (all (p,)); grad is read only."""
+    c1 = 1.0 / (1.0 - beta1 ** t)
+    c2 = 1.0 / (1.0 - beta2 ** t)
+    for i in range(theta.shape[0]):
+        g = grad[i] + decay * theta[i] if decay != 0 else grad[i]
+        mi = beta1 * m[i] + (1.0 - beta1) * g
+        vi = beta2 * v[i] + (1.0 - beta2) * g * g
+        m[i] = mi
+        v[i] = vi
+        theta[i] -= lr * (mi * c1) / (math.sqrt(vi * c2) + eps)
