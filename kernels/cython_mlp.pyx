@@ -473,6 +473,8 @@ cdef class Engine:
 
     def __init__(self, dims, act_codes, act_params, offsets, int loss_code, Py_ssize_t n_params,
                  dtype):
+        if self.net.L:
+            raise RuntimeError("an Engine is initialised once")  # kernels may be running on it
         dims = np.ascontiguousarray(dims, dtype=np.int64)
         L = len(dims) - 1
         codes = np.ascontiguousarray(act_codes, dtype=np.int64)
@@ -593,6 +595,8 @@ cdef class Engine:
             raise ValueError(f"unknown optimizer code {code}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if n == 0:
+            raise ValueError("perm is empty: an epoch needs at least one row")
         with nogil:
             for i in range(n):
                 if pm[i] < 0 or pm[i] >= n_rows:

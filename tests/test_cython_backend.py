@@ -108,6 +108,11 @@ def test_predict_in_chunks_equals_one_chunk(dtype, tol):
 
 # -- refusing arrays the kernels must not see ----------------------------------------
 
+def _engine_args(m):
+    net = m.net
+    return net.dims, net.act_codes, net.act_params, net.offsets, net.loss.code, net.n_params, m.dtype
+
+
 def _bad_calls(m):
     e, theta, state = m._engine, m._theta, m._state
     X, T = _data(m, 4)
@@ -134,6 +139,9 @@ def _bad_calls(m):
         "perm negative": lambda: e.train_epoch(theta, state, X, T, perm - 1, 2),
         "perm int32": lambda: e.train_epoch(theta, state, X, T, perm.astype(np.int32), 2),
         "batch 0": lambda: e.train_epoch(theta, state, X, T, perm, 0),
+        "perm empty": lambda: e.train_epoch(theta, state, X, T, perm[:0], 2),
+        "chunk 0": lambda: e.engine.predict(theta, X, 0),
+        "engine re-initialised": lambda: e.engine.__init__(*_engine_args(m)),
     }
 
 
@@ -141,9 +149,30 @@ def _bad_calls(m):
 def test_bad_arrays_are_refused_before_any_kernel_runs(case, dtype):
     m = _model(dtype=dtype)
     before = m._theta.copy(), m._state.step.copy()
-    with pytest.raises((ValueError, TypeError)):
+    with pytest.raises((ValueError, TypeError, RuntimeError)):
         _bad_calls(m)[case]()
     assert np.array_equal(m._theta, before[0]) and np.array_equal(m._state.step, before[1])
+
+
+@pytest.mark.parametrize("change", ["offset past theta", "prelu alpha missing", "short dims",
+                                    "unknown activation", "unknown loss", "float16"])
+def test_engine_refuses_a_layout_that_does_not_fit_theta(change):
+    dims, codes, params, offsets, loss, n_params, dtype = _engine_args(_model(dims=(5, 7, 3)))
+    dims, codes, offsets = dims.copy(), codes.copy(), offsets.copy()
+    if change == "offset past theta":
+        offsets[1, 1] += 1  # b2 would end one past theta
+    elif change == "prelu alpha missing":
+        codes[0] = activations.PRELU
+    elif change == "short dims":
+        dims = dims[:-1]
+    elif change == "unknown activation":
+        codes[0] = 99
+    elif change == "unknown loss":
+        loss = 7
+    else:
+        dtype = np.float16
+    with pytest.raises(ValueError):
+        kernels.Engine(dims, codes, params, offsets, loss, n_params, dtype)
 
 
 # -- threads -----------------------------------------------------------------------

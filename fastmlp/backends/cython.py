@@ -16,7 +16,7 @@ except ImportError as exc:  # not built: `pip install .` or `python setup.py bui
 
 # Rows per predict/evaluate chunk: big enough for BLAS to run at full speed,
 # small enough that a layer's outputs stay in cache for the next layer.
-CHUNK_ROWS = 256
+CHUNK_ROWS = 512
 
 
 class CythonBackend:
