@@ -21,8 +21,9 @@ from libc.math cimport pow, sqrt, sqrtf
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from _activations cimport (LEAKY_RELU, PRELU, RELU, SOFTMAX, activate, derivative,
-                           fexp, flog, softplus)
+from _activations cimport (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, RELU, SIGMOID,
+                           SIGN, SOFTMAX, SOFTPLUS, STEP, TANH, activate, derivative, fexp,
+                           flog, softplus)
 from _blas cimport SMALL_GEMM, blas_gemm, gemm, small_gemm
 
 cnp.import_array()
@@ -43,9 +44,16 @@ cdef enum:
     H_EPS = 6
 
 # For tests: the codes compiled in here must equal the Python tables'.
-ACTIVATION_CODES = {"relu": RELU, "leaky_relu": LEAKY_RELU, "prelu": PRELU, "softmax": SOFTMAX}
+ACTIVATION_CODES = {"step": STEP, "sign": SIGN, "linear": LINEAR,
+                    "piecewise_linear": PIECEWISE_LINEAR, "sigmoid": SIGMOID, "tanh": TANH,
+                    "relu": RELU, "leaky_relu": LEAKY_RELU, "prelu": PRELU, "elu": ELU,
+                    "softplus": SOFTPLUS, "softmax": SOFTMAX}
 LOSS_CODES = {"mse": MSE, "cross_entropy": CROSS_ENTROPY,
               "binary_cross_entropy": BINARY_CROSS_ENTROPY}
+OPTIMIZER_CODES = {"sgd": SGD_CODE, "adam": ADAM_CODE}
+HYPER_POSITIONS = {"LR": H_LR, "MOMENTUM": H_MOMENTUM, "NESTEROV": H_NESTEROV,
+                   "WEIGHT_DECAY": H_WEIGHT_DECAY, "BETA1": H_BETA1, "BETA2": H_BETA2,
+                   "EPS": H_EPS}
 SMALL_GEMM_FLOPS = SMALL_GEMM
 
 
@@ -219,7 +227,7 @@ cdef void optimizer_update(Py_ssize_t n, floating* theta, const floating* grad, 
     cdef floating k1 = <floating>(1 - pow(h[H_BETA1], <double>t))
     cdef floating k2 = <floating>(1 - pow(h[H_BETA2], <double>t))
     for i in range(n):
-        g = grad[i] + wd * theta[i]
+        g = grad[i] + wd * theta[i] if wd != 0 else grad[i]
         if code == SGD_CODE:
             if mu != 0:
                 v = mu * buf0[i] + g

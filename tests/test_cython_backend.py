@@ -42,10 +42,11 @@ def _data(model, n, seed=1):
 
 
 def test_compiled_codes_match_the_python_tables():
-    for name, code in kernels.ACTIVATION_CODES.items():
-        assert activations.get(name).code == code
-    for name, code in kernels.LOSS_CODES.items():
-        assert losses.get(name).code == code
+    assert kernels.ACTIVATION_CODES == {a.name: a.code for a in activations.ACTIVATIONS.values()}
+    assert kernels.LOSS_CODES == {l.name: l.code for l in losses.LOSSES.values()}
+    assert kernels.OPTIMIZER_CODES == {n: c.code for n, c in optimizers.OPTIMIZERS.items()}
+    assert kernels.HYPER_POSITIONS == {k: getattr(optimizers, k) for k in kernels.HYPER_POSITIONS}
+    assert len(kernels.HYPER_POSITIONS) == len(fm.SGD().hyper())
 
 
 @pytest.mark.parametrize("trans_a", [False, True])
