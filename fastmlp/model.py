@@ -96,7 +96,8 @@ class Model:
         """Replace all parameters; shapes must match :meth:`get_weights`."""
         weights = list(weights)
         if len(weights) != len(self.net.shapes):
-            raise ValueError(f"expected {len(self.net.shapes)} arrays, got {len(weights)}")
+            raise ValueError(f"set_weights: expected {len(self.net.shapes)} arrays, got "
+                             f"{len(weights)} (weight shapes {self.net.shapes})")
         new = []
         for i, (w, shape) in enumerate(zip(weights, self.net.shapes)):
             w = np.asarray(w)

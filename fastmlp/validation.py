@@ -24,9 +24,18 @@ def _all_finite(a):
     return bool(np.isfinite(a).all())
 
 
+def _asarray(a, name):
+    """np.asarray, with NumPy's error for ragged nested lists reworded to name the argument."""
+    try:
+        return np.asarray(a)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a rectangular array of numbers: its rows differ in "
+                         f"length ({exc})") from None
+
+
 def as_float_matrix(a, name, dtype):
     """``a`` as a C-contiguous 2-D array of ``dtype``; rejects non-numeric, empty, NaN/inf."""
-    arr = np.asarray(a)
+    arr = _asarray(a, name)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.complexfloating):
@@ -55,7 +64,7 @@ def check_inputs(X, input_dim, dtype):
 def check_targets(Y, n_rows, net, dtype):
     """Targets as floats (n, outputs); integer class labels become one-hot rows."""
     n_out, loss = net.output_dim, net.loss.code
-    arr = np.asarray(Y)
+    arr = _asarray(Y, "Y")
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise TypeError(f"Y must be numeric, got dtype {arr.dtype}")
     if arr.ndim == 0 or arr.shape[0] != n_rows:
