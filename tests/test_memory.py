@@ -1,0 +1,173 @@
+"""Memory: training does not leak, a compiled train step allocates nothing once
+its workspace is warm, and predict on 10 million rows stays within the output
+plus a bounded block of activations."""
+import gc
+import json
+import os
+import re
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastmlp as fm
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+MB = 1 << 20
+
+
+def rss():
+    """Resident set size of this process in bytes (/proc/self/statm, field 2)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def classifier(backend, dtype="float32", optimizer=None):
+    return fm.Model([fm.Dense(64, activation="relu"), fm.Dense(32, activation="tanh"),
+                     fm.Dense(3, activation="softmax")], input_dim=20, loss="cross_entropy",
+                    optimizer=optimizer or fm.Adam(lr=1e-3), backend=backend, dtype=dtype, seed=0)
+
+
+def batch(dtype, rows=256):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(rows, 20)).astype(dtype)
+    T = np.eye(3, dtype=dtype)[rng.integers(0, 3, size=rows)]
+    return X, T
+
+
+def test_10000_train_steps_grow_rss_by_less_than_5_mb(backend):
+    model = classifier(backend)
+    X, T = batch("float32", rows=32)
+    for _ in range(500):  # warm: JIT, workspaces, allocator pools
+        model.train_on_batch(X, T)
+    gc.collect()
+    before = rss()
+    for _ in range(10_000):
+        model.train_on_batch(X, T)
+    gc.collect()
+    grown = rss() - before
+    assert grown < 5 * MB, f"{backend}: 10,000 train steps grew RSS by {grown / MB:.1f} MB"
+
+
+def test_fit_for_10000_steps_grows_rss_by_less_than_5_mb(backend):
+    model = classifier(backend, optimizer=fm.SGD(lr=1e-3, momentum=0.9))
+    rng = np.random.default_rng(1)
+    X, labels = rng.normal(size=(1000, 20)), rng.integers(0, 3, size=1000)
+    model.fit(X, labels, epochs=5, batch_size=10)
+    gc.collect()
+    before = rss()
+    model.fit(X, labels, epochs=100, batch_size=10)  # 100 epochs x 100 batches
+    gc.collect()
+    grown = rss() - before
+    assert grown < 5 * MB, f"{backend}: fit over 10,000 steps grew RSS by {grown / MB:.1f} MB"
+
+
+@pytest.mark.parametrize("optimizer", [lambda: fm.SGD(lr=1e-3, momentum=0.9), lambda: fm.Adam()],
+                         ids=["sgd", "adam"])
+def test_compiled_train_step_allocates_nothing(compiled_backend, dtype, optimizer):
+    """tracemalloc sees every NumPy and Python allocation: a warm train step makes none
+    (the float it returns aside), neither kept nor temporary."""
+    model = classifier(compiled_backend, dtype, optimizer())
+    X, T = batch(dtype)
+    engine, theta, state = model._engine, model._theta, model._state
+    for _ in range(5):
+        engine.train_step(theta, state, X, T)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start, _ = tracemalloc.get_traced_memory()
+        for _ in range(200):
+            engine.train_step(theta, state, X, T)
+        end, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # One batch of activations is 256 x 64 x itemsize >= 64 KB; allow a few small objects.
+    assert end - start < 1024 and peak - start < 4096, (
+        f"{compiled_backend}: 200 warm train steps: kept {end - start} B, peak {peak - start} B")
+
+
+NRT_SCRIPT = r"""
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from numba.core.runtime import rtsys
+import fastmlp as fm
+from test_memory import classifier, batch
+out = {}
+for dtype in ("float32", "float64"):
+    for name, opt in (("sgd", fm.SGD(lr=1e-3, momentum=0.9)), ("adam", fm.Adam())):
+        model = classifier("numba", dtype, opt)
+        X, T = batch(dtype)
+        for _ in range(5):
+            model._engine.train_step(model._theta, model._state, X, T)
+        before = rtsys.get_allocation_stats().alloc
+        for _ in range(100):
+            model._engine.train_step(model._theta, model._state, X, T)
+        out[f"{dtype} {name}"] = (rtsys.get_allocation_stats().alloc - before) / 100
+print(json.dumps(out))
+"""
+
+
+def test_numba_train_step_makes_no_nrt_allocations():
+    """Numba's own allocator (NRT) is invisible to tracemalloc: count its allocations."""
+    if "numba" not in fm.available_backends():
+        pytest.skip("numba backend not available")
+    env = dict(os.environ, NUMBA_NRT_STATS="1")
+    out = subprocess.run([sys.executable, "-c", NRT_SCRIPT, os.path.dirname(__file__)],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    per_step = json.loads(out.stdout.strip().splitlines()[-1])
+    assert all(v == 0 for v in per_step.values()), f"NRT allocations per warm train step: {per_step}"
+
+
+PREDICT_SCRIPT = r"""
+import json, re, sys
+import numpy as np
+import fastmlp as fm
+
+def peak():
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) * 1024
+
+backend, rows = sys.argv[1], int(sys.argv[2])
+model = fm.Model([fm.Dense(16, activation="tanh"), fm.Dense(16, activation="relu"), fm.Dense(1)],
+                 input_dim=2, backend=backend, seed=0)
+X = np.random.default_rng(0).normal(size=(rows, 2)).astype(np.float32)
+small = model.predict(X[:1000])          # warm: JIT, workspaces
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")                          # reset the peak to the current RSS
+before = peak()
+y = model.predict(X)
+grown = peak() - before
+ok = y.shape == (rows, 1) and np.isfinite(y).all() and np.allclose(y[:1000], small, rtol=1e-5, atol=1e-6)
+print(json.dumps({"grown": grown, "output": y.nbytes, "ok": bool(ok)}))
+"""
+
+
+def test_predict_on_10_million_rows_in_bounded_memory(backend):
+    rows = 10_000_000
+    out = subprocess.run([sys.executable, "-c", PREDICT_SCRIPT, backend, str(rows)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["ok"], r
+    # Unchunked, the hidden activations alone would be 10M x 32 x 4 B x 2 = 2.5 GB.
+    limit = r["output"] + 48 * MB
+    assert r["grown"] < limit, (f"{backend}: predict on {rows} rows raised peak RSS by "
+                                f"{r['grown'] / MB:.0f} MB (output {r['output'] / MB:.0f} MB)")
+
+
+def test_model_predict_blocks_match_one_call(backend, dtype):
+    """Blocked predict (rows beyond one block) equals the backend on each block.
+
+    Bit for bit per block; a row's bits may depend on which block holds it (BLAS
+    picks its kernel by the number of rows), so whole calls agree within rounding."""
+    model = classifier(backend, dtype)
+    rows = model._predict_block_rows()
+    X = np.random.default_rng(4).normal(size=(2 * rows + 17, 20)).astype(dtype)
+    y = model.predict(X)
+    for start in (0, rows, 2 * rows):
+        part = X[start:start + rows]
+        np.testing.assert_array_equal(y[start:start + rows], model._engine.predict(model._theta, part))
