@@ -41,6 +41,38 @@ def arrays_x():
     }
 
 
+def bad_values_x(dtype):
+    """Inputs of the right shape but wrong values or types: name -> X."""
+    X = np.random.default_rng(4).normal(size=(N, D))
+    cases = {}
+    values = [("NaN", np.nan), ("inf", np.inf), ("-inf", -np.inf)]
+    if dtype == "float32":
+        values.append(("1e300", 1e300))  # finite in float64, inf once converted
+    for name, value in values:
+        bad = X.copy()
+        bad[N - 1, D - 1] = value
+        cases[f"X with {name}"] = bad
+    cases["X strings"] = X.astype(str)
+    cases["X complex"] = X.astype(complex)
+    cases["X objects"] = X.astype(object)
+    return cases
+
+
+def bad_values_y(loss):
+    """Targets of the right shape but wrong values: name -> Y."""
+    Y = np.eye(K)[np.arange(N) % K]
+    cases = {}
+    for name, value in [("NaN", np.nan), ("inf", np.inf), ("2.0", 2.0), ("-0.5", -0.5)]:
+        bad = Y.copy()
+        bad[0, 0] = value
+        cases[f"Y with {name}"] = bad
+    cases["Y strings"] = Y.astype(str)
+    if loss == "cross_entropy":
+        cases["Y labels 0.5"] = np.full(N, 0.5)
+        cases["Y labels NaN"] = np.full(N, np.nan)
+    return cases
+
+
 def arrays_y(loss):
     """Targets of every wrong shape for an N-row X: name -> Y."""
     rng = np.random.default_rng(1)
@@ -111,7 +143,7 @@ def run_all_cases(backend):
             spy = model._engine = Spy(model._engine)
             Y = np.eye(K)[rng.integers(0, K, size=N)]
             calls = {}
-            for name, bad_x in arrays_x().items():
+            for name, bad_x in {**arrays_x(), **bad_values_x(dtype)}.items():
                 calls[f"predict {name}"] = lambda bx=bad_x: model.predict(bx)
                 calls[f"evaluate {name}"] = lambda bx=bad_x: model.evaluate(bx, Y)
                 calls[f"gradients {name}"] = lambda bx=bad_x: model.gradients(bx, Y)
@@ -119,7 +151,10 @@ def run_all_cases(backend):
                 calls[f"fit {name}"] = lambda bx=bad_x: model.fit(bx, Y, epochs=1)
                 calls[f"fit validation {name}"] = lambda bx=bad_x: model.fit(
                     X, Y, epochs=1, validation_data=(bx, Y))
-            for name, bad_y in arrays_y(loss).items():
+            bad_ys = {**arrays_y(loss), **bad_values_y(loss)}
+            if loss == "mse":  # any finite target is fine for mse
+                bad_ys = {k: v for k, v in bad_ys.items() if not k.endswith(("2.0", "-0.5"))}
+            for name, bad_y in bad_ys.items():
                 calls[f"evaluate {name}"] = lambda by=bad_y: model.evaluate(X, by)
                 calls[f"gradients {name}"] = lambda by=bad_y: model.gradients(X, by)
                 calls[f"train_on_batch {name}"] = lambda by=bad_y: model.train_on_batch(X, by)
@@ -171,7 +206,7 @@ def test_every_bad_shape_is_refused_before_the_backend(backend):
             problems.append(f"{case}: {kind}")
         elif called:
             problems.append(f"{case}: backend method(s) {called} ran before the error")
-        elif not any(word in message for word in ("X", "Y", "weight", "batch_size", "label")):
+        elif not any(word in message for word in ("X", "Y", "target", "weight", "batch_size", "label")):
             problems.append(f"{case}: the message does not name the argument: {message!r}")
     assert not problems, "\n".join(problems[:40])
 
