@@ -71,7 +71,7 @@ def _xgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, l
     return sig, codegen
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _scale(C, beta):
     """C *= beta in place; beta = 0 writes zeros (never reads C)."""
     m, n = C.shape
@@ -80,7 +80,7 @@ def _scale(C, beta):
             C[i, j] = 0 if beta == 0 else beta * C[i, j]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def gemm_nn(A, B, C, alpha, beta):
     """C (m, n) = alpha * A (m, k) @ B (k, n) + beta * C."""
     m, k = A.shape
@@ -97,7 +97,7 @@ def gemm_nn(A, B, C, alpha, beta):
                 C[i, j] += s * B[p, j]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def gemm_tn(A, B, C, alpha, beta):
     """C (m, n) = alpha * A (k, m).T @ B (k, n) + beta * C: the weight gradient x^T delta."""
     k, m = A.shape
@@ -113,7 +113,7 @@ def gemm_tn(A, B, C, alpha, beta):
                 C[i, j] += s * B[p, j]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def gemm_nt(A, B, C, alpha, beta):
     """C (m, n) = alpha * A (m, k) @ B (n, k).T + beta * C: the input gradient delta W^T."""
     m, k = A.shape

@@ -17,14 +17,14 @@ from .numba_activations import act_backward, bias_act_forward
 from .numba_blas import gemm_nn, gemm_nt, gemm_tn
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def dense_forward(X, W, b, alpha, Z, A, code, p):
     """Z (n, k) = X (n, k_in) @ W + b and A (n, k) = f(Z), both OVERWRITTEN (A may be Z)."""
     gemm_nn(X, W, Z, 1.0, 0.0)
     bias_act_forward(Z, b, A, code, p, alpha)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def dense_backward(X, W, b, alpha, Z, A, D, dX, code, p, gW, gb, galpha, beta, lr, decay):
     """Backpropagate through one layer; with ``lr > 0`` also apply plain SGD to it.
 
@@ -49,7 +49,7 @@ def dense_backward(X, W, b, alpha, Z, A, D, dX, code, p, gW, gb, galpha, beta, l
         alpha[j] = decay * alpha[j] - lr * galpha[j]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def loss_forward_backward(Z, A, T, loss, scale, D):
     """Sum over rows of the loss, and D (n, k) OVERWRITTEN with scale * dE_sum/d(output).
 
@@ -66,7 +66,7 @@ def loss_forward_backward(Z, A, T, loss, scale, D):
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def loss_value(Z, A, T, loss):
     """Sum over rows (float64) of the loss, computed stably from the pre-activations Z."""
     n, k = A.shape
@@ -95,7 +95,7 @@ def loss_value(Z, A, T, loss):
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def output_code(loss, code):
     """The code the output layer's backward uses: its own under mse; LINEAR (with
     p = 1, an identity) for the fused losses, whose D is already dE/dZ."""

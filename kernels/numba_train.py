@@ -1,125 +1,113 @@
 """Whole-network Numba kernels: one compiled call per train step, epoch, gradient or prediction.
 
-The network is described to the kernels by two per-model arrays built once by
-:func:`build_plan`: ``plan`` (int64: sizes, activation codes, offsets into
-``theta`` and into the workspace) and ``fparams`` (each layer's activation
-parameter, in the model dtype). Training scratch lives in ONE flat workspace
-``ws`` per model and row capacity: every layer's Z and A (cap, units) and two
-ping-pong gradient buffers (cap, widest layer). Nothing is allocated per step.
+The network is described to the kernels by ``plan`` (int64, built once per
+model by :func:`build_plan`: sizes, activation codes, offsets into ``theta``
+and into the workspace). Training uses ONE flat workspace ``ws`` per model:
+the activation parameters, a gradient vector, two gather buffers for the rows
+of a batch, every layer's Z and A (cap, units) and two ping-pong gradient
+buffers (cap, widest layer). Nothing is allocated per step.
 
-Batches larger than the capacity are processed in row chunks whose gradients
-accumulate; only a batch that fits one chunk gets plain SGD folded into the
+Every training entry point runs :func:`_run`, one loop over batches and row
+chunks of at most ``cap`` rows: a batch larger than that accumulates its
+gradient chunk by chunk; a batch that fits gets plain SGD folded into the
 weight-gradient GEMM. ``predict`` and ``evaluate`` allocate their own small
 buffers per call, so they are safe to run from several threads at once.
 
 Numba's on-disk cache checks only a function's own source file, and the
-functions here embed the kernels they call: after editing numba_blas,
-numba_activations or numba_layers, delete ``kernels/__pycache__/*.nb[ic]``.
-(Installing a release rewrites every file, so users never see stale code.)
+functions here embed the kernels they call: after editing another
+``numba_*.py``, delete ``kernels/__pycache__/*.nb[ic]``. (Installing a release
+rewrites every file, so users never see stale code.)
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from fastmlp.losses import MSE
 from fastmlp.optimizers import (ADAM_CODE, BETA1, BETA2, EPS, LR, MOMENTUM, NESTEROV,
                                 SGD_CODE, WEIGHT_DECAY)
 
-from .numba_activations import bias_act_forward
 from .numba_layers import (adam_update, dense_backward, dense_forward, loss_forward_backward,
                            loss_value, output_code, sgd_update)
+from .numba_views import borrow, matrix
 
 # plan header, then one row of _ROW entries per layer
-_L, _LOSS, _CAP, _G0, _G1, _HEAD = range(6)
+_L, _LOSS, _CAP, _NPARAMS, _FP, _GRAD, _XB, _TB, _G0, _G1, _HEAD = range(11)
 _NIN, _NOUT, _CODE, _W, _B, _ALPHA, _Z, _A, _ROW = range(9)
+_TRAIN, _GRADIENT = 0, 1
 
 
-def build_plan(dims, act_codes, offsets, loss_code, cap):
-    """(plan int64, workspace length) for a network at ``cap`` rows per chunk.
+def build_plan(dims, act_codes, offsets, loss_code, n_params, cap):
+    """(plan int64, workspace length) for a network trained ``cap`` rows at a time.
 
     dims (L+1,), act_codes (L,), offsets (L, 3) as in :class:`fastmlp.network.Network`.
+    The caller writes the activation parameters to ws[plan[_FP]:plan[_FP] + L].
     """
+    dims = [int(d) for d in dims]
     n_layers = len(act_codes)
     plan = np.zeros(_HEAD + _ROW * n_layers, dtype=np.int64)
-    plan[[_L, _LOSS, _CAP]] = n_layers, loss_code, cap
+    sizes = {_FP: n_layers, _GRAD: n_params, _XB: 2 * cap * dims[0], _TB: 2 * cap * dims[-1],
+             _G0: cap * max(dims[1:]), _G1: cap * max(dims[1:])}
     pos = 0
+    for key, size in sizes.items():
+        plan[key], pos = pos, pos + size
+    plan[[_L, _LOSS, _CAP, _NPARAMS]] = n_layers, loss_code, cap, n_params
     for l in range(n_layers):
         row = _HEAD + _ROW * l
         plan[row + _NIN], plan[row + _NOUT], plan[row + _CODE] = dims[l], dims[l + 1], act_codes[l]
         plan[row + _W: row + _ALPHA + 1] = offsets[l]
         plan[row + _Z], plan[row + _A] = pos, pos + cap * dims[l + 1]
         pos += 2 * cap * dims[l + 1]
-    widest = int(max(dims[1:]))
-    plan[_G0], plan[_G1] = pos, pos + cap * widest
-    return plan, int(pos + 2 * cap * widest)
+    return plan, pos
 
 
-@njit(cache=True)
+@njit(inline="always")
 def _params(theta, plan, l):
     """Views of layer l's W (k_in, k), b (k,) and alpha (k,), or (0,) if it has none."""
     row = _HEAD + _ROW * l
     k_in, k = plan[row + _NIN], plan[row + _NOUT]
     w, b, a = plan[row + _W], plan[row + _B], plan[row + _ALPHA]
     alpha = theta[a:a + k] if a >= 0 else theta[0:0]
-    return theta[w:w + k_in * k].reshape((k_in, k)), theta[b:b + k], alpha
+    return matrix(theta, w, k_in, k), theta[b:b + k], alpha
 
 
-@njit(cache=True)
-def _view(ws, start, n, k):
-    return ws[start:start + n * k].reshape((n, k))
-
-
-@njit(cache=True)
-def _chunk(theta, grad, X, T, ws, plan, fparams, scale, beta, lr, decay):
+@njit(inline="always")
+def _chunk(theta, grad, X, T, ws, plan, scale, beta, lr, decay):
     """Forward and backward over the rows of X (n <= cap); returns the summed loss.
 
     lr == 0: grad = beta * grad + scale * d(summed loss)/dtheta.
     lr > 0: plain SGD applied to theta layer by layer (beta must be 0).
     """
     n = X.shape[0]
-    n_layers, loss = plan[_L], plan[_LOSS]
+    n_layers, loss, fp = plan[_L], plan[_LOSS], plan[_FP]
     inp = X
     for l in range(n_layers):
         row = _HEAD + _ROW * l
         k = plan[row + _NOUT]
         W, b, alpha = _params(theta, plan, l)
-        A = _view(ws, plan[row + _A], n, k)
-        dense_forward(inp, W, b, alpha, _view(ws, plan[row + _Z], n, k), A,
-                      plan[row + _CODE], fparams[l])
+        A = matrix(ws, plan[row + _A], n, k)
+        dense_forward(inp, W, b, alpha, matrix(ws, plan[row + _Z], n, k), A,
+                      plan[row + _CODE], ws[fp + l])
         inp = A
     row = _HEAD + _ROW * (n_layers - 1)
     k = plan[row + _NOUT]
-    D = _view(ws, plan[_G0], n, k)
-    total = loss_forward_backward(_view(ws, plan[row + _Z], n, k), inp, T, loss, scale, D)
+    D = matrix(ws, plan[_G0], n, k)
+    total = loss_forward_backward(matrix(ws, plan[row + _Z], n, k), inp, T, loss, scale, D)
     gbuf = 0
     for l in range(n_layers - 1, -1, -1):
         row = _HEAD + _ROW * l
         k_in, k = plan[row + _NIN], plan[row + _NOUT]
-        code, p = plan[row + _CODE], fparams[l]
+        code, p = plan[row + _CODE], ws[fp + l]
         if l == n_layers - 1 and code != output_code(loss, code):
             code, p = output_code(loss, code), X.dtype.type(1.0)
-        inp = X if l == 0 else _view(ws, plan[row - _ROW + _A], n, k_in)
-        dX = _view(ws, plan[_G0 + 1 - gbuf], n if l > 0 else 0, k_in)
+        inp = X if l == 0 else matrix(ws, plan[row - _ROW + _A], n, k_in)
+        dX = matrix(ws, plan[_G0 + 1 - gbuf], n if l > 0 else 0, k_in)
         W, b, alpha = _params(theta, plan, l)
         gW, gb, galpha = _params(grad, plan, l)
-        dense_backward(inp, W, b, alpha, _view(ws, plan[row + _Z], n, k),
-                       _view(ws, plan[row + _A], n, k), D, dX, code, p,
+        dense_backward(inp, W, b, alpha, matrix(ws, plan[row + _Z], n, k),
+                       matrix(ws, plan[row + _A], n, k), D, dX, code, p,
                        gW, gb, galpha, beta, lr, decay)
         D, gbuf = dX, 1 - gbuf
     return total
-
-
-@njit(cache=True)
-def loss_and_gradient(theta, grad, X, T, ws, plan, fparams):
-    """Mean loss over X (n, k_0), T (n, k_L); grad (p,) OVERWRITTEN with its gradient."""
-    n, cap = X.shape[0], plan[_CAP]
-    total = 0.0
-    for start in range(0, n, cap):
-        stop = min(start + cap, n)
-        total += _chunk(theta, grad, X[start:stop], T[start:stop], ws, plan, fparams,
-                        1.0 / n, 0.0 if start == 0 else 1.0, 0.0, 1.0)
-    return total / n
 
 
 @njit(cache=True)
@@ -133,47 +121,96 @@ def _update(theta, grad, bufs, hyper, step, opt):
                    hyper[WEIGHT_DECAY])
 
 
-@njit(cache=True)
-def train_step(theta, grad, X, T, bufs, hyper, step, opt, ws, plan, fparams):
-    """One optimiser step on (X, T), in place on theta, bufs (2, p) and step (1,).
-
-    opt: SGD_CODE or ADAM_CODE; hyper: float64 (7,) as in OptimizerState.
-    Returns the mean loss before the step. grad (p,) is scratch.
-    """
-    n = X.shape[0]
-    if opt == SGD_CODE and hyper[MOMENTUM] == 0 and n <= plan[_CAP]:
-        lr = hyper[LR]
-        total = _chunk(theta, grad, X, T, ws, plan, fparams, 1.0 / n, 0.0, lr,
-                       1.0 - lr * hyper[WEIGHT_DECAY])
-        step[0] += 1
-        return total / n
-    loss = loss_and_gradient(theta, grad, X, T, ws, plan, fparams)
-    _update(theta, grad, bufs, hyper, step, opt)
-    return loss
+@njit(inline="always")
+def _gather(X, T, perm, start, stop, ws, plan, half):
+    """Rows perm[start:stop] of X and T into gather buffer ``half`` (0 or 1)."""
+    k_in, k_out, cap = X.shape[1], T.shape[1], plan[_CAP]
+    xb = matrix(ws, plan[_XB] + half * cap * k_in, stop - start, k_in)
+    tb = matrix(ws, plan[_TB] + half * cap * k_out, stop - start, k_out)
+    for i in range(stop - start):
+        r = perm[start + i]
+        for j in range(k_in):
+            xb[i, j] = X[r, j]
+        for j in range(k_out):
+            tb[i, j] = T[r, j]
+    return xb, tb
 
 
 @njit(cache=True)
-def train_epoch(theta, grad, X, T, perm, batch_size, Xb, Tb, bufs, hyper, step, opt,
-                ws, plan, fparams):
-    """One train_step per batch of rows perm[i:i + batch_size] (the last may be short).
-
-    Xb (>= batch_size * k_0,), Tb (>= batch_size * k_L,) are gather scratch.
-    Returns sum(batch loss * batch rows) / n.
+def _run(theta, grad, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan, mode):
+    """Batches of rows perm[i:i + batch_size] (or of X itself if perm is empty),
+    each in chunks of at most cap rows. mode _TRAIN: one optimiser step per batch;
+    _GRADIENT: grad (p,) = gradient of the mean loss, no step. Returns sum of
+    (batch loss * batch rows) / rows.
     """
-    n, k_in, k_out = perm.shape[0], X.shape[1], T.shape[1]
+    theta, grad, X, T, perm = borrow(theta), borrow(grad), borrow(X), borrow(T), borrow(perm)
+    bufs, hyper, step, ws, plan = borrow(bufs), borrow(hyper), borrow(step), borrow(ws), borrow(plan)
+    gather = perm.shape[0] > 0
+    n, cap = perm.shape[0] if gather else X.shape[0], plan[_CAP]
     total = 0.0
-    for start in range(0, n, batch_size):
-        rows = min(batch_size, n - start)
-        xb = Xb[:rows * k_in].reshape((rows, k_in))
-        tb = Tb[:rows * k_out].reshape((rows, k_out))
-        for i in range(rows):
-            r = perm[start + i]
-            for j in range(k_in):
-                xb[i, j] = X[r, j]
-            for j in range(k_out):
-                tb[i, j] = T[r, j]
-        total += train_step(theta, grad, xb, tb, bufs, hyper, step, opt, ws, plan, fparams) * rows
+    # Each chunk's rows are gathered while the previous chunk computes: reading
+    # rows just written stalls on store-to-load forwarding (a third of a
+    # per-sample step at the vehicle net's size).
+    xb, tb = X[0:0], T[0:0]
+    if gather:
+        xb, tb = _gather(X, T, perm, 0, min(cap, batch_size, n), ws, plan, 0)
+    half = 0
+    bstart = 0
+    while bstart < n:
+        bstop = min(bstart + batch_size, n)
+        fold = (mode == _TRAIN and opt == SGD_CODE and hyper[MOMENTUM] == 0
+                and bstop - bstart <= cap)
+        lr = hyper[LR] if fold else 0.0
+        decay = 1.0 - lr * hyper[WEIGHT_DECAY] if fold else 1.0
+        cstart = bstart
+        while cstart < bstop:
+            cstop = min(cstart + cap, bstop)
+            if gather:
+                xc, tc = xb, tb
+                next_stop = min(cstop + cap, bstop if cstop < bstop else min(cstop + batch_size, n))
+                if cstop < n:
+                    half = 1 - half
+                    xb, tb = _gather(X, T, perm, cstop, next_stop, ws, plan, half)
+            else:
+                xc, tc = X[cstart:cstop], T[cstart:cstop]
+            total += _chunk(theta, grad, xc, tc, ws, plan, 1.0 / (bstop - bstart),
+                            0.0 if cstart == bstart else 1.0, lr, decay)
+            cstart = cstop
+        if mode == _TRAIN:
+            if fold:
+                step[0] += 1
+            else:
+                _update(theta, grad, bufs, hyper, step, opt)
+        bstart = bstop
     return total / n
+
+
+@njit(cache=True)
+def train_step(theta, X, T, bufs, hyper, step, opt, ws, plan):
+    """One optimiser step on X (n, k_0), T (n, k_L), in place on theta (p,), bufs (2, p)
+    and step (1,); returns the mean loss before it. opt: SGD_CODE or ADAM_CODE,
+    hyper: float64 (7,) as in OptimizerState."""
+    grad = ws[plan[_GRAD]:plan[_GRAD] + plan[_NPARAMS]]
+    # int(): a literal argument would compile _run once more, for that constant
+    return _run(theta, grad, X, T, plan[0:0], X.shape[0], bufs, hyper, step, opt, ws, plan,
+                int(_TRAIN))
+
+
+@njit(cache=True)
+def train_epoch(theta, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan):
+    """One train_step per batch of rows perm[i:i + batch_size] (the last may be short);
+    returns sum(batch loss * batch rows) / n."""
+    grad = ws[plan[_GRAD]:plan[_GRAD] + plan[_NPARAMS]]
+    return _run(theta, grad, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan,
+                int(_TRAIN))
+
+
+@njit(cache=True)
+def loss_and_gradient(theta, grad, X, T, ws, plan):
+    """Mean loss over X (n, k_0), T (n, k_L); grad (p,) OVERWRITTEN with its gradient."""
+    no_state = matrix(ws, 0, 0, 0)
+    return _run(theta, grad, X, T, plan[0:0], X.shape[0], no_state, np.zeros(7), plan[0:0],
+                int(SGD_CODE), ws, plan, int(_GRADIENT))
 
 
 @njit(cache=True)
@@ -183,6 +220,8 @@ def _forward_rows(theta, X, plan, fparams, buf, out, zout):
     The output layer's pre-activations go to zout (c, k_L) and its outputs to
     out (c, k_L); zout may be out itself when Z is not needed.
     """
+    theta, X, plan, fparams = borrow(theta), borrow(X), borrow(plan), borrow(fparams)
+    buf, out, zout = borrow(buf), borrow(out), borrow(zout)
     n, n_layers = X.shape[0], plan[_L]
     half = buf.shape[0] // 2
     inp = X
@@ -193,20 +232,25 @@ def _forward_rows(theta, X, plan, fparams, buf, out, zout):
         if l == n_layers - 1:
             dense_forward(inp, W, b, alpha, zout, out, plan[row + _CODE], fparams[l])
         else:
-            Z = _view(buf, (l % 2) * half, n, k)
+            Z = matrix(buf, (l % 2) * half, n, k)
             dense_forward(inp, W, b, alpha, Z, Z, plan[row + _CODE], fparams[l])
             inp = Z
 
 
 @njit(cache=True)
+def _widest(plan):
+    widest = 0
+    for l in range(plan[_L]):
+        widest = max(widest, plan[_HEAD + _ROW * l + _NOUT])
+    return widest
+
+
+@njit(cache=True)
 def predict(theta, X, plan, fparams, chunk):
     """Outputs (n, k_L), a new array, computed ``chunk`` rows at a time."""
-    n, n_layers = X.shape[0], plan[_L]
-    widest = 0
-    for l in range(n_layers):
-        widest = max(widest, plan[_HEAD + _ROW * l + _NOUT])
-    Y = np.empty((n, plan[_HEAD + _ROW * (n_layers - 1) + _NOUT]), dtype=X.dtype)
-    buf = np.empty(2 * min(chunk, n) * widest, dtype=X.dtype)
+    n = X.shape[0]
+    Y = np.empty((n, plan[_HEAD + _ROW * (plan[_L] - 1) + _NOUT]), dtype=X.dtype)
+    buf = np.empty(2 * min(chunk, n) * _widest(plan), dtype=X.dtype)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         _forward_rows(theta, X[start:stop], plan, fparams, buf, Y[start:stop], Y[start:stop])
@@ -216,13 +260,9 @@ def predict(theta, X, plan, fparams, chunk):
 @njit(cache=True)
 def evaluate(theta, X, T, plan, fparams, chunk):
     """Mean loss over X (n, k_0), T (n, k_L), computed ``chunk`` rows at a time."""
-    n, n_layers = X.shape[0], plan[_L]
-    k_out = T.shape[1]
-    widest = 0
-    for l in range(n_layers):
-        widest = max(widest, plan[_HEAD + _ROW * l + _NOUT])
+    n, k_out = X.shape[0], T.shape[1]
     c = min(chunk, n)
-    buf = np.empty(2 * c * widest, dtype=X.dtype)
+    buf = np.empty(2 * c * _widest(plan), dtype=X.dtype)
     Z, A = np.empty((c, k_out), dtype=X.dtype), np.empty((c, k_out), dtype=X.dtype)
     total = 0.0
     for start in range(0, n, chunk):

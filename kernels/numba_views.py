@@ -1,0 +1,52 @@
+"""Array views for the Numba kernels that cost no reference counting.
+
+An array view made inside ``@njit`` code normally increments and decrements
+its parent's reference count with atomic operations; at the 3-4-2 vehicle net's
+sizes those atomics took half of a train step. The kernels therefore work on
+borrowed arrays: the Python caller keeps every argument alive for the whole
+call, and no borrowed array (or view of one) is ever returned.
+"""
+from __future__ import annotations
+
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+from numba.np.arrayobj import populate_array
+
+
+@intrinsic
+def borrow(typingctx, arr):
+    """The same array, not reference counted (nor are views made from it)."""
+    def codegen(context, builder, signature, args):
+        src = context.make_array(signature.args[0])(context, builder, args[0])
+        dst = context.make_array(signature.return_type)(context, builder)
+        populate_array(dst, data=src.data, shape=src.shape, strides=src.strides,
+                       itemsize=src.itemsize, meminfo=None)
+        return dst._getvalue()
+
+    return arr(arr), codegen
+
+
+@intrinsic
+def matrix(typingctx, flat, start, n, k):
+    """flat[start:start + n * k] as a borrowed (n, k) C-contiguous view.
+
+    No bounds check: the caller's layout (the plan) guarantees the range.
+    """
+    if not (isinstance(flat, types.Array) and flat.ndim == 1):
+        return None
+    result = flat.copy(ndim=2, layout="C")
+
+    def codegen(context, builder, signature, args):
+        src = context.make_array(signature.args[0])(context, builder, args[0])
+        dst = context.make_array(result)(context, builder)
+        offset, rows, cols = (context.cast(builder, args[i], signature.args[i], types.intp)
+                              for i in (1, 2, 3))
+        populate_array(dst, data=builder.gep(src.data, [offset]),
+                       shape=cgutils.pack_array(builder, [rows, cols]),
+                       strides=cgutils.pack_array(builder, [builder.mul(cols, src.itemsize),
+                                                            src.itemsize]),
+                       itemsize=src.itemsize, meminfo=None)
+        return dst._getvalue()
+
+    return result(flat, start, n, k), codegen
