@@ -4,7 +4,6 @@ plus a bounded block of activations."""
 import gc
 import json
 import os
-import re
 import subprocess
 import sys
 import tracemalloc
@@ -67,8 +66,8 @@ def test_fit_for_10000_steps_grows_rss_by_less_than_5_mb(backend):
 @pytest.mark.parametrize("optimizer", [lambda: fm.SGD(lr=1e-3, momentum=0.9), lambda: fm.Adam()],
                          ids=["sgd", "adam"])
 def test_compiled_train_step_allocates_nothing(compiled_backend, dtype, optimizer):
-    """tracemalloc sees every NumPy and Python allocation: a warm train step makes none
-    (the float it returns aside), neither kept nor temporary."""
+    """tracemalloc sees every NumPy, Python and Numba-runtime allocation: a warm train
+    step makes none (the float it returns aside), neither kept nor temporary."""
     model = classifier(compiled_backend, dtype, optimizer())
     X, T = batch(dtype)
     engine, theta, state = model._engine, model._theta, model._state
@@ -88,38 +87,28 @@ def test_compiled_train_step_allocates_nothing(compiled_backend, dtype, optimize
         f"{compiled_backend}: 200 warm train steps: kept {end - start} B, peak {peak - start} B")
 
 
-NRT_SCRIPT = r"""
-import json, sys
-import numpy as np
-sys.path.insert(0, sys.argv[1])
-from numba.core.runtime import rtsys
-import fastmlp as fm
-from test_memory import classifier, batch
-out = {}
-for dtype in ("float32", "float64"):
-    for name, opt in (("sgd", fm.SGD(lr=1e-3, momentum=0.9)), ("adam", fm.Adam())):
-        model = classifier("numba", dtype, opt)
-        X, T = batch(dtype)
-        for _ in range(5):
-            model._engine.train_step(model._theta, model._state, X, T)
-        before = rtsys.get_allocation_stats().alloc
-        for _ in range(100):
-            model._engine.train_step(model._theta, model._state, X, T)
-        out[f"{dtype} {name}"] = (rtsys.get_allocation_stats().alloc - before) / 100
-print(json.dumps(out))
-"""
+def test_tracemalloc_sees_numba_allocations():
+    """Numba's runtime allocates through PyMem_RawMalloc, which tracemalloc traces, so the
+    test above catches a temporary array in a Numba kernel too. (Each array argument
+    passed in from Python costs a ~100 B MemInfo; that is not a buffer and stays under it.)"""
+    numba = pytest.importorskip("numba")
 
+    @numba.njit
+    def temporary(x):
+        t = np.empty(10_000)
+        t[:] = x[0]
+        return t.sum()
 
-def test_numba_train_step_makes_no_nrt_allocations():
-    """Numba's own allocator (NRT) is invisible to tracemalloc: count its allocations."""
-    if "numba" not in fm.available_backends():
-        pytest.skip("numba backend not available")
-    env = dict(os.environ, NUMBA_NRT_STATS="1")
-    out = subprocess.run([sys.executable, "-c", NRT_SCRIPT, os.path.dirname(__file__)],
-                         capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    per_step = json.loads(out.stdout.strip().splitlines()[-1])
-    assert all(v == 0 for v in per_step.values()), f"NRT allocations per warm train step: {per_step}"
+    x = np.ones(4)
+    temporary(x)
+    tracemalloc.start()
+    try:
+        start, _ = tracemalloc.get_traced_memory()
+        temporary(x)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - start >= 80_000
 
 
 PREDICT_SCRIPT = r"""
