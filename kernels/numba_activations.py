@@ -7,34 +7,38 @@ code per element is about 100 times slower for ReLU. The loops are written out
 rather than generated from one scalar table through ``inline="always"``, which
 tripled the compile time.
 
-``p`` is the activation's scalar parameter in the array dtype; prelu reads its
-trainable per-unit alpha (k,) instead.
+exp, log1p and tanh are :mod:`numba_math`'s vectorisable versions. ``p`` is the
+activation's scalar parameter in the array dtype; prelu reads its trainable
+per-unit alpha (k,) instead.
 """
 from __future__ import annotations
-
-import math
 
 from numba import njit
 
 from fastmlp.activations import (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, RELU,
                                  SIGMOID, SIGN, SOFTMAX, SOFTPLUS, STEP, TANH)
 
+from .numba_math import INLINE, KERNEL
+from .numba_math import exp as _exp
+from .numba_math import log1p as _log1p
+from .numba_math import tanh as _tanh
 
-@njit(inline="always")
+
+@njit(**INLINE)
 def _sigmoid(z):
     """1 / (1 + e^-z) without overflow; a select, not a branch, on the sign of z."""
-    e = math.exp(-abs(z))
+    e = _exp(-abs(z))
     r = 1.0 / (1.0 + e)
     return r if z >= 0 else e * r
 
 
-@njit(inline="always")
+@njit(**INLINE)
 def _softplus(z):
     """ln(1 + e^z) as max(z, 0) + log1p(e^-|z|)."""
-    return max(z, 0.0) + math.log1p(math.exp(-abs(z)))
+    return max(z, 0.0) + _log1p(_exp(-abs(z)))
 
 
-@njit(inline="always")
+@njit(**INLINE)
 def _step_sign_pwl(code, z):
     """The three piecewise-constant/linear units of the lessons (rare: one shared loop)."""
     if code == STEP:
@@ -44,7 +48,7 @@ def _step_sign_pwl(code, z):
     return min(max(z + 0.5, 0.0), 1.0)  # piecewise linear
 
 
-@njit(cache=True)
+@njit(**KERNEL)
 def _softmax_forward(Z, b, A):
     n, k = Z.shape
     for i in range(n):
@@ -55,14 +59,14 @@ def _softmax_forward(Z, b, A):
             m = max(m, z)
         s = 0.0
         for j in range(k):
-            e = math.exp(Z[i, j] - m)
+            e = _exp(Z[i, j] - m)
             A[i, j] = e
             s += e
         for j in range(k):
             A[i, j] = A[i, j] / s
 
 
-@njit(cache=True)
+@njit(**KERNEL)
 def bias_act_forward(Z, b, A, code, p, alpha):
     """Z (n, k) += b (k,) in place; A (n, k) = f(Z), OVERWRITTEN. A may be Z itself.
 
@@ -87,7 +91,7 @@ def bias_act_forward(Z, b, A, code, p, alpha):
             for j in range(k):
                 z = Z[i, j] + b[j]
                 Z[i, j] = z
-                A[i, j] = math.tanh(z)
+                A[i, j] = _tanh(z)
         elif code == LINEAR:
             for j in range(k):
                 z = Z[i, j] + b[j]
@@ -107,7 +111,7 @@ def bias_act_forward(Z, b, A, code, p, alpha):
             for j in range(k):
                 z = Z[i, j] + b[j]
                 Z[i, j] = z
-                A[i, j] = z if z >= 0 else p * math.expm1(z)
+                A[i, j] = z if z >= 0 else p * (_exp(z) - 1.0)
         elif code == SOFTPLUS:
             for j in range(k):
                 z = Z[i, j] + b[j]
@@ -120,7 +124,7 @@ def bias_act_forward(Z, b, A, code, p, alpha):
                 A[i, j] = _step_sign_pwl(code, z)
 
 
-@njit(cache=True)
+@njit(**KERNEL)
 def _softmax_backward(D, A, gb):
     """delta = J^T dout per row without forming J: p * (dout - sum(dout * p))."""
     n, k = D.shape
@@ -134,7 +138,7 @@ def _softmax_backward(D, A, gb):
             gb[j] += delta
 
 
-@njit(cache=True)
+@njit(**KERNEL)
 def act_backward(D, Z, A, code, p, alpha, gb, galpha, beta):
     """Chain rule through the activation, in one pass over the layer.
 

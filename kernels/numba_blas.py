@@ -20,6 +20,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import get_cython_function_address, intrinsic
 
+from .numba_math import INLINE
+
 for _name in ("sgemm", "dgemm"):
     llvm.add_symbol("fastmlp_" + _name,
                     get_cython_function_address("scipy.linalg.cython_blas", _name))
@@ -71,7 +73,7 @@ def _xgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, l
     return sig, codegen
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def _scale(C, beta):
     """C *= beta in place; beta = 0 writes zeros (never reads C)."""
     m, n = C.shape
@@ -80,7 +82,7 @@ def _scale(C, beta):
             C[i, j] = 0 if beta == 0 else beta * C[i, j]
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def gemm_nn(A, B, C, alpha, beta):
     """C (m, n) = alpha * A (m, k) @ B (k, n) + beta * C."""
     m, k = A.shape
@@ -97,7 +99,7 @@ def gemm_nn(A, B, C, alpha, beta):
                 C[i, j] += s * B[p, j]
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def gemm_tn(A, B, C, alpha, beta):
     """C (m, n) = alpha * A (k, m).T @ B (k, n) + beta * C: the weight gradient x^T delta."""
     k, m = A.shape
@@ -113,7 +115,7 @@ def gemm_tn(A, B, C, alpha, beta):
                 C[i, j] += s * B[p, j]
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def gemm_nt(A, B, C, alpha, beta):
     """C (m, n) = alpha * A (m, k) @ B (n, k).T + beta * C: the input gradient delta W^T."""
     m, k = A.shape

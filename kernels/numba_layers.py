@@ -15,16 +15,19 @@ from fastmlp.losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MSE
 
 from .numba_activations import act_backward, bias_act_forward
 from .numba_blas import gemm_nn, gemm_nt, gemm_tn
+from .numba_math import INLINE, KERNEL
+from .numba_math import exp as _exp
+from .numba_math import log1p as _log1p
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def dense_forward(X, W, b, alpha, Z, A, code, p):
     """Z (n, k) = X (n, k_in) @ W + b and A (n, k) = f(Z), both OVERWRITTEN (A may be Z)."""
     gemm_nn(X, W, Z, 1.0, 0.0)
     bias_act_forward(Z, b, A, code, p, alpha)
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def dense_backward(X, W, b, alpha, Z, A, D, dX, code, p, gW, gb, galpha, beta, lr, decay):
     """Backpropagate through one layer; with ``lr > 0`` also apply plain SGD to it.
 
@@ -49,7 +52,7 @@ def dense_backward(X, W, b, alpha, Z, A, D, dX, code, p, gW, gb, galpha, beta, l
         alpha[j] = decay * alpha[j] - lr * galpha[j]
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def loss_forward_backward(Z, A, T, loss, scale, D):
     """Sum over rows of the loss, and D (n, k) OVERWRITTEN with scale * dE_sum/d(output).
 
@@ -66,7 +69,7 @@ def loss_forward_backward(Z, A, T, loss, scale, D):
     return total
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def loss_value(Z, A, T, loss):
     """Sum over rows (float64) of the loss, computed stably from the pre-activations Z."""
     n, k = A.shape
@@ -83,7 +86,7 @@ def loss_value(Z, A, T, loss):
                 m = max(m, Z[i, j])
             s = 0.0
             for j in range(k):
-                s += math.exp(Z[i, j] - m)
+                s += _exp(Z[i, j] - m)
             lse = m + math.log(s)
             for j in range(k):
                 total -= T[i, j] * (Z[i, j] - lse)
@@ -91,18 +94,18 @@ def loss_value(Z, A, T, loss):
         for i in range(n):
             for j in range(k):
                 z = Z[i, j]
-                total += max(z, 0.0) + math.log1p(math.exp(-abs(z))) - T[i, j] * z
+                total += max(z, 0.0) + _log1p(_exp(-abs(z))) - T[i, j] * z
     return total
 
 
-@njit(cache=True, inline="always")
+@njit(**INLINE)
 def output_code(loss, code):
     """The code the output layer's backward uses: its own under mse; LINEAR (with
     p = 1, an identity) for the fused losses, whose D is already dE/dZ."""
     return code if loss == MSE else LINEAR
 
 
-@njit(cache=True)
+@njit(**KERNEL)
 def sgd_update(theta, grad, v, lr, momentum, nesterov, decay):
     """theta (p,) -= lr * step, in place; v (p,) is the momentum buffer, updated in place.
 
@@ -118,7 +121,7 @@ def sgd_update(theta, grad, v, lr, momentum, nesterov, decay):
         theta[i] -= lr * g
 
 
-@njit(cache=True)
+@njit(**KERNEL)
 def adam_update(theta, grad, m, v, lr, beta1, beta2, eps, decay, t):
     """Adam step t (1-based) in place on theta, m and v (all (p,)); grad is read only."""
     c1 = 1.0 / (1.0 - beta1 ** t)

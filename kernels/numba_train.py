@@ -28,6 +28,7 @@ from fastmlp.optimizers import (ADAM_CODE, BETA1, BETA2, EPS, LR, MOMENTUM, NEST
 
 from .numba_layers import (adam_update, dense_backward, dense_forward, loss_forward_backward,
                            loss_value, output_code, sgd_update)
+from .numba_math import INLINE, KERNEL
 from .numba_views import borrow, matrix
 
 # plan header, then one row of _ROW entries per layer
@@ -60,7 +61,7 @@ def build_plan(dims, act_codes, offsets, loss_code, n_params, cap):
     return plan, pos
 
 
-@njit(inline="always")
+@njit(**INLINE)
 def _params(theta, plan, l):
     """Views of layer l's W (k_in, k), b (k,) and alpha (k,), or (0,) if it has none."""
     row = _HEAD + _ROW * l
@@ -70,7 +71,7 @@ def _params(theta, plan, l):
     return matrix(theta, w, k_in, k), theta[b:b + k], alpha
 
 
-@njit(inline="always")
+@njit(**INLINE)
 def _chunk(theta, grad, X, T, ws, plan, scale, beta, lr, decay):
     """Forward and backward over the rows of X (n <= cap); returns the summed loss.
 
@@ -110,7 +111,7 @@ def _chunk(theta, grad, X, T, ws, plan, scale, beta, lr, decay):
     return total
 
 
-@njit(cache=True)
+@njit(**KERNEL)
 def _update(theta, grad, bufs, hyper, step, opt):
     step[0] += 1
     if opt == ADAM_CODE:
@@ -121,7 +122,7 @@ def _update(theta, grad, bufs, hyper, step, opt):
                    hyper[WEIGHT_DECAY])
 
 
-@njit(inline="always")
+@njit(**INLINE)
 def _gather(X, T, perm, start, stop, ws, plan, half):
     """Rows perm[start:stop] of X and T into gather buffer ``half`` (0 or 1)."""
     k_in, k_out, cap = X.shape[1], T.shape[1], plan[_CAP]
@@ -136,7 +137,7 @@ def _gather(X, T, perm, start, stop, ws, plan, half):
     return xb, tb
 
 
-@njit(cache=True)
+@njit(**KERNEL)
 def _run(theta, grad, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan, mode):
     """Batches of rows perm[i:i + batch_size] (or of X itself if perm is empty),
     each in chunks of at most cap rows. mode _TRAIN: one optimiser step per batch;
@@ -185,7 +186,7 @@ def _run(theta, grad, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan, 
     return total / n
 
 
-@njit(cache=True)
+@njit(**KERNEL)
 def train_step(theta, X, T, bufs, hyper, step, opt, ws, plan):
     """One optimiser step on X (n, k_0), T (n, k_L), in place on theta (p,), bufs (2, p)
     and step (1,); returns the mean loss before it. opt: SGD_CODE or ADAM_CODE,
@@ -196,7 +197,7 @@ def train_step(theta, X, T, bufs, hyper, step, opt, ws, plan):
                 int(_TRAIN))
 
 
-@njit(cache=True)
+@njit(**KERNEL)
 def train_epoch(theta, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan):
     """One train_step per batch of rows perm[i:i + batch_size] (the last may be short);
     returns sum(batch loss * batch rows) / n."""
@@ -205,7 +206,7 @@ def train_epoch(theta, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan)
                 int(_TRAIN))
 
 
-@njit(cache=True)
+@njit(**KERNEL)
 def loss_and_gradient(theta, grad, X, T, ws, plan):
     """Mean loss over X (n, k_0), T (n, k_L); grad (p,) OVERWRITTEN with its gradient."""
     no_state = matrix(ws, 0, 0, 0)
@@ -213,7 +214,7 @@ def loss_and_gradient(theta, grad, X, T, ws, plan):
                 int(SGD_CODE), ws, plan, int(_GRADIENT))
 
 
-@njit(cache=True)
+@njit(**KERNEL)
 def _forward_rows(theta, X, plan, fparams, buf, out, zout):
     """Forward X (c, k_0) in place through two (c * widest) halves of buf.
 
@@ -237,7 +238,7 @@ def _forward_rows(theta, X, plan, fparams, buf, out, zout):
             inp = Z
 
 
-@njit(cache=True)
+@njit(**KERNEL)
 def _widest(plan):
     widest = 0
     for l in range(plan[_L]):
@@ -245,7 +246,7 @@ def _widest(plan):
     return widest
 
 
-@njit(cache=True)
+@njit(**KERNEL)
 def predict(theta, X, plan, fparams, chunk):
     """Outputs (n, k_L), a new array, computed ``chunk`` rows at a time."""
     n = X.shape[0]
@@ -257,7 +258,7 @@ def predict(theta, X, plan, fparams, chunk):
     return Y
 
 
-@njit(cache=True)
+@njit(**KERNEL)
 def evaluate(theta, X, T, plan, fparams, chunk):
     """Mean loss over X (n, k_0), T (n, k_L), computed ``chunk`` rows at a time."""
     n, k_out = X.shape[0], T.shape[1]

@@ -124,6 +124,24 @@ def test_train_step_and_epoch(compiled_backend, hidden, output, loss, optimizer,
     check_training(pair, *pair.data(8), tol, batch_size=3)
 
 
+EXTREMES = [-800, -100, -30, -5, -1, -0.3, -0.0625, -1e-3, -1e-8, -1e-300, 0.0,
+            1e-300, 1e-8, 1e-3, 0.0625, 0.3, 1, 5, 30, 100, 800]
+
+
+@pytest.mark.parametrize("activation", HIDDEN + ["softmax"])
+def test_extreme_and_tiny_pre_activations(compiled_backend, activation, dtype, tol):
+    """Identity weights put every pre-activation on a grid from -800 to 800 (and
+    down to 1e-300): saturation, cancellation and underflow in each activation."""
+    k = len(EXTREMES)
+    pair = Pair(compiled_backend, [dense(k, activation)], k, "mse", fm.SGD(), dtype)
+    for theta in pair.thetas:
+        W, b, alpha = pair.net.layer_views(theta)[0]
+        W[...], b[...] = np.eye(k), 0.0
+    X = np.array([EXTREMES, EXTREMES[::-1]], dtype=pair.dtype)
+    T = np.random.default_rng(0).random((2, k)).astype(pair.dtype)
+    check_forward_and_gradient(pair, X, T, tol)
+
+
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
 def test_blas_sized_layers(compiled_backend, optimizer, dtype, tol):
     """Layers big enough for the BLAS path, with widths off every SIMD multiple."""
