@@ -57,11 +57,11 @@ def _softmax_forward(Z, b, A):
             z = Z[i, j] + b[j]
             Z[i, j] = z
             m = max(m, z)
+        for j in range(k):  # apart from the sum, which would keep it from vectorising
+            A[i, j] = _exp(Z[i, j] - m)
         s = 0.0
         for j in range(k):
-            e = _exp(Z[i, j] - m)
-            A[i, j] = e
-            s += e
+            s += A[i, j]
         for j in range(k):
             A[i, j] = A[i, j] / s
 

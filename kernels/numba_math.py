@@ -16,8 +16,11 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-# Options of every kernel in kernels/numba_*.py.
+# Options of every kernel in kernels/numba_*.py. The entry points that the backend
+# calls add nogil=True, so models (and one model's predict) run in parallel threads;
+# train_step alone keeps the GIL: releasing it costs 50 ns of the vehicle net's 1.3 us.
 KERNEL = {"cache": True, "error_model": "numpy"}
+ENTRY = dict(KERNEL, nogil=True)
 INLINE = {"inline": "always", "error_model": "numpy"}
 
 _LOG2E = 1.4426950408889634

@@ -28,7 +28,7 @@ from fastmlp.optimizers import (ADAM_CODE, BETA1, BETA2, EPS, LR, MOMENTUM, NEST
 
 from .numba_layers import (adam_update, dense_backward, dense_forward, loss_forward_backward,
                            loss_value, output_code, sgd_update)
-from .numba_math import INLINE, KERNEL
+from .numba_math import ENTRY, INLINE, KERNEL
 from .numba_views import borrow, matrix
 
 # plan header, then one row of _ROW entries per layer
@@ -197,7 +197,7 @@ def train_step(theta, X, T, bufs, hyper, step, opt, ws, plan):
                 int(_TRAIN))
 
 
-@njit(**KERNEL)
+@njit(**ENTRY)
 def train_epoch(theta, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan):
     """One train_step per batch of rows perm[i:i + batch_size] (the last may be short);
     returns sum(batch loss * batch rows) / n."""
@@ -206,7 +206,7 @@ def train_epoch(theta, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan)
                 int(_TRAIN))
 
 
-@njit(**KERNEL)
+@njit(**ENTRY)
 def loss_and_gradient(theta, grad, X, T, ws, plan):
     """Mean loss over X (n, k_0), T (n, k_L); grad (p,) OVERWRITTEN with its gradient."""
     no_state = matrix(ws, 0, 0, 0)
@@ -216,15 +216,15 @@ def loss_and_gradient(theta, grad, X, T, ws, plan):
 
 @njit(**KERNEL)
 def _forward_rows(theta, X, plan, fparams, buf, out, zout):
-    """Forward X (c, k_0) in place through two (c * widest) halves of buf.
-
-    The output layer's pre-activations go to zout (c, k_L) and its outputs to
-    out (c, k_L); zout may be out itself when Z is not needed.
+    """Forward X (c, k_0) through three (c * widest) thirds of buf: one for Z, two
+    for alternating layer outputs. The output layer's Z goes to zout (c, k_L) and
+    its outputs to out (c, k_L). Z and A are never the same array: LLVM will not
+    vectorise a pass whose output may overlap its input (in place was 4x slower).
     """
     theta, X, plan, fparams = borrow(theta), borrow(X), borrow(plan), borrow(fparams)
     buf, out, zout = borrow(buf), borrow(out), borrow(zout)
     n, n_layers = X.shape[0], plan[_L]
-    half = buf.shape[0] // 2
+    third = buf.shape[0] // 3
     inp = X
     for l in range(n_layers):
         row = _HEAD + _ROW * l
@@ -233,9 +233,10 @@ def _forward_rows(theta, X, plan, fparams, buf, out, zout):
         if l == n_layers - 1:
             dense_forward(inp, W, b, alpha, zout, out, plan[row + _CODE], fparams[l])
         else:
-            Z = matrix(buf, (l % 2) * half, n, k)
-            dense_forward(inp, W, b, alpha, Z, Z, plan[row + _CODE], fparams[l])
-            inp = Z
+            A = matrix(buf, (1 + l % 2) * third, n, k)
+            dense_forward(inp, W, b, alpha, matrix(buf, 0, n, k), A, plan[row + _CODE],
+                          fparams[l])
+            inp = A
 
 
 @njit(**KERNEL)
@@ -246,24 +247,27 @@ def _widest(plan):
     return widest
 
 
-@njit(**KERNEL)
+@njit(**ENTRY)
 def predict(theta, X, plan, fparams, chunk):
     """Outputs (n, k_L), a new array, computed ``chunk`` rows at a time."""
     n = X.shape[0]
+    c = min(chunk, n)
     Y = np.empty((n, plan[_HEAD + _ROW * (plan[_L] - 1) + _NOUT]), dtype=X.dtype)
-    buf = np.empty(2 * min(chunk, n) * _widest(plan), dtype=X.dtype)
+    buf = np.empty(3 * c * _widest(plan), dtype=X.dtype)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        _forward_rows(theta, X[start:stop], plan, fparams, buf, Y[start:stop], Y[start:stop])
+        y = Y[start:stop]
+        _forward_rows(theta, X[start:stop], plan, fparams, buf, y,
+                      matrix(buf, 0, stop - start, y.shape[1]))
     return Y
 
 
-@njit(**KERNEL)
+@njit(**ENTRY)
 def evaluate(theta, X, T, plan, fparams, chunk):
     """Mean loss over X (n, k_0), T (n, k_L), computed ``chunk`` rows at a time."""
     n, k_out = X.shape[0], T.shape[1]
     c = min(chunk, n)
-    buf = np.empty(2 * c * _widest(plan), dtype=X.dtype)
+    buf = np.empty(3 * c * _widest(plan), dtype=X.dtype)
     Z, A = np.empty((c, k_out), dtype=X.dtype), np.empty((c, k_out), dtype=X.dtype)
     total = 0.0
     for start in range(0, n, chunk):
