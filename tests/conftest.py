@@ -4,8 +4,6 @@ that imports here, against the NumPy reference.
 Set FASTMLP_REQUIRE_BACKENDS=numpy,numba,cython (as .ci/run does) to make a
 missing backend a failure rather than a silent skip.
 """
-import os
-
 import numpy as np
 import pytest
 
@@ -14,11 +12,7 @@ import fastmlp as fm
 BACKENDS = fm.available_backends()
 COMPILED = [b for b in BACKENDS if b != "numpy"]
 
-# Agreement with the reference, per dtype, on values of order 1.
-TOLERANCES = {
-    "float32": {"rtol": 2e-4, "atol": 2e-5},
-    "float64": {"rtol": 1e-9, "atol": 1e-11},
-}
+from tolerances import TOLERANCES
 
 
 @pytest.fixture(params=BACKENDS)

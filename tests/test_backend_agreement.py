@@ -16,7 +16,7 @@ from fastmlp.datasets import load_vehicles, standardize
 from fastmlp.network import Network
 from fastmlp.optimizers import OptimizerState
 
-from conftest import TOLERANCES
+from tolerances import TOLERANCES
 
 # Non-default parameters, so a kernel that ignores one is caught.
 PARAMS = {"linear": {"a": 0.8}, "leaky_relu": {"alpha": 0.1}, "prelu": {"alpha": 0.2},

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
-from conftest import TOLERANCES
+from tolerances import TOLERANCES
 
 SCRIPT = r"""
 import hashlib, json, sys
