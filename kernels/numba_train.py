@@ -7,7 +7,7 @@ the activation parameters, a gradient vector, two gather buffers for the rows
 of a batch, every layer's Z and A (cap, units) and two ping-pong gradient
 buffers (cap, widest layer). Nothing is allocated per step.
 
-Every training entry point runs :func:`_run`, one loop over batches and row
+Every training entry point runs :func:`run`, one loop over batches and row
 chunks of at most ``cap`` rows: a batch larger than that accumulates its
 gradient chunk by chunk; a batch that fits gets plain SGD folded into the
 weight-gradient GEMM. ``predict`` and ``evaluate`` allocate their own small
@@ -34,7 +34,7 @@ from .numba_views import borrow, matrix
 # plan header, then one row of _ROW entries per layer
 _L, _LOSS, _CAP, _NPARAMS, _FP, _GRAD, _XB, _TB, _G0, _G1, _HEAD = range(11)
 _NIN, _NOUT, _CODE, _W, _B, _ALPHA, _Z, _A, _ROW = range(9)
-_TRAIN, _GRADIENT = 0, 1
+TRAIN, GRADIENT = 0, 1  # run's modes
 
 
 def build_plan(dims, act_codes, offsets, loss_code, n_params, cap):
@@ -137,12 +137,17 @@ def _gather(X, T, perm, start, stop, ws, plan, half):
     return xb, tb
 
 
-@njit(**KERNEL)
-def _run(theta, grad, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan, mode):
+@njit(**ENTRY)
+def run(theta, grad, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan, mode):
     """Batches of rows perm[i:i + batch_size] (or of X itself if perm is empty),
-    each in chunks of at most cap rows. mode _TRAIN: one optimiser step per batch;
-    _GRADIENT: grad (p,) = gradient of the mean loss, no step. Returns sum of
-    (batch loss * batch rows) / rows.
+    each in chunks of at most cap rows; returns sum(batch loss * batch rows) / rows.
+
+    mode TRAIN: one optimiser step per batch on theta (p,), bufs (2, p), step (1,),
+    with opt SGD_CODE or ADAM_CODE and hyper float64 (7,) as in OptimizerState;
+    grad (p,) is scratch. mode GRADIENT: grad OVERWRITTEN with the gradient of
+    the mean loss; bufs, hyper, step and opt are not read.
+    The backend calls this directly for epochs and gradients: each thin @njit
+    wrapper around it costs a second of LLVM at first compile.
     """
     theta, grad, X, T, perm = borrow(theta), borrow(grad), borrow(X), borrow(T), borrow(perm)
     bufs, hyper, step, ws, plan = borrow(bufs), borrow(hyper), borrow(step), borrow(ws), borrow(plan)
@@ -159,7 +164,7 @@ def _run(theta, grad, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan, 
     bstart = 0
     while bstart < n:
         bstop = min(bstart + batch_size, n)
-        fold = (mode == _TRAIN and opt == SGD_CODE and hyper[MOMENTUM] == 0
+        fold = (mode == TRAIN and opt == SGD_CODE and hyper[MOMENTUM] == 0
                 and bstop - bstart <= cap)
         lr = hyper[LR] if fold else 0.0
         decay = 1.0 - lr * hyper[WEIGHT_DECAY] if fold else 1.0
@@ -177,7 +182,7 @@ def _run(theta, grad, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan, 
             total += _chunk(theta, grad, xc, tc, ws, plan, 1.0 / (bstop - bstart),
                             0.0 if cstart == bstart else 1.0, lr, decay)
             cstart = cstop
-        if mode == _TRAIN:
+        if mode == TRAIN:
             if fold:
                 step[0] += 1
             else:
@@ -192,26 +197,9 @@ def train_step(theta, X, T, bufs, hyper, step, opt, ws, plan):
     and step (1,); returns the mean loss before it. opt: SGD_CODE or ADAM_CODE,
     hyper: float64 (7,) as in OptimizerState."""
     grad = ws[plan[_GRAD]:plan[_GRAD] + plan[_NPARAMS]]
-    # int(): a literal argument would compile _run once more, for that constant
-    return _run(theta, grad, X, T, plan[0:0], X.shape[0], bufs, hyper, step, opt, ws, plan,
-                int(_TRAIN))
-
-
-@njit(**ENTRY)
-def train_epoch(theta, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan):
-    """One train_step per batch of rows perm[i:i + batch_size] (the last may be short);
-    returns sum(batch loss * batch rows) / n."""
-    grad = ws[plan[_GRAD]:plan[_GRAD] + plan[_NPARAMS]]
-    return _run(theta, grad, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan,
-                int(_TRAIN))
-
-
-@njit(**ENTRY)
-def loss_and_gradient(theta, grad, X, T, ws, plan):
-    """Mean loss over X (n, k_0), T (n, k_L); grad (p,) OVERWRITTEN with its gradient."""
-    no_state = matrix(ws, 0, 0, 0)
-    return _run(theta, grad, X, T, plan[0:0], X.shape[0], no_state, np.zeros(7), plan[0:0],
-                int(SGD_CODE), ws, plan, int(_GRADIENT))
+    # int(): a literal argument would compile run once more, for that constant
+    return run(theta, grad, X, T, plan[0:0], X.shape[0], bufs, hyper, step, opt, ws, plan,
+               int(TRAIN))
 
 
 @njit(**KERNEL)

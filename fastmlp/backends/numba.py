@@ -16,6 +16,10 @@ try:
 except ImportError as exc:  # numba or scipy missing
     raise ImportError(f"the Numba kernels need numba and scipy ({exc})") from None
 
+from ..optimizers import SGD_CODE
+
+_NO_PERM, _NO_HYPER, _NO_STEP = (np.zeros(0, dtype=np.int64), np.zeros(7),
+                                 np.zeros(1, dtype=np.int64))
 # Rows per training chunk: the workspace never holds more rows of activations.
 MAX_ROWS = 1024
 # Bytes of one layer's outputs per predict/evaluate chunk: enough rows for BLAS
@@ -33,6 +37,7 @@ class NumbaBackend:
         self.net = net
         self.dtype = np.dtype(dtype)
         self._fparams = net.act_params.astype(self.dtype)
+        self._no_bufs = np.zeros((0, 0), dtype=self.dtype)  # a gradient needs no state
         self._reserve(1)
         widest = int(net.dims[1:].max())
         self._chunk = max(1, PREDICT_BYTES // (self.dtype.itemsize * widest))
@@ -46,9 +51,10 @@ class NumbaBackend:
         plan, size = kt.build_plan(net.dims, net.act_codes, net.offsets, net.loss.code,
                                    net.n_params, cap)
         ws = np.zeros(size, dtype=self.dtype)
-        fp = plan[kt._FP]
+        fp, grad = plan[kt._FP], plan[kt._GRAD]
         ws[fp:fp + len(self._fparams)] = self._fparams
         self._plan, self._ws, self._cap = plan, ws, cap
+        self._grad = ws[grad:grad + net.n_params]
 
     def predict(self, theta, X):
         return kt.predict(theta, X, self._plan, self._fparams, self._chunk)
@@ -58,7 +64,8 @@ class NumbaBackend:
 
     def loss_and_gradient(self, theta, X, T, grad):
         self._reserve(len(X))
-        return kt.loss_and_gradient(theta, grad, X, T, self._ws, self._plan)
+        return kt.run(theta, grad, X, T, _NO_PERM, len(X), self._no_bufs, _NO_HYPER, _NO_STEP,
+                      SGD_CODE, self._ws, self._plan, kt.GRADIENT)
 
     def train_step(self, theta, state, X, T):
         if len(X) > self._cap:
@@ -70,5 +77,5 @@ class NumbaBackend:
         batch_size = int(batch_size)
         self._reserve(min(batch_size, len(perm)))
         perm = np.ascontiguousarray(perm, dtype=np.int64)
-        return kt.train_epoch(theta, X, T, perm, batch_size, state.buffers, state.hyper,
-                              state.step, state.code, self._ws, self._plan)
+        return kt.run(theta, self._grad, X, T, perm, batch_size, state.buffers, state.hyper,
+                      state.step, state.code, self._ws, self._plan, kt.TRAIN)
