@@ -17,6 +17,9 @@ def set_num_threads(n):
     global _limiter
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"number of threads must be a positive integer, got {n!r}")
+    # threadpoolctl limits only the BLAS libraries already loaded: load scipy's
+    # (the Numba and Cython kernels' BLAS) now, or a backend built later ignores n.
+    import scipy.linalg.cython_blas  # noqa: F401
     _limiter = threadpoolctl.threadpool_limits(limits=n, user_api="blas")
     try:
         import numba
