@@ -42,10 +42,11 @@ def dense_backward(X, W, b, alpha, Z, A, D, dX, code, p, gW, gb, galpha, beta, l
     act_backward(D, Z, A, code, p, alpha, gb, galpha, beta)
     if dX.shape[0] > 0:
         gemm_nt(D, W, dX, 1.0, 0.0)
-    if lr == 0:
-        gemm_tn(X, D, gW, 1.0, beta)
+    # one call site: this body is inlined, and each GEMM copy costs compile time
+    fold = lr != 0
+    gemm_tn(X, D, W if fold else gW, -lr if fold else 1.0, decay if fold else beta)
+    if not fold:
         return
-    gemm_tn(X, D, W, -lr, decay)
     for j in range(b.shape[0]):
         b[j] = decay * b[j] - lr * gb[j]
     for j in range(galpha.shape[0]):
