@@ -41,7 +41,6 @@ def build_plan(dims, act_codes, offsets, loss_code, n_params, cap):
     """(plan int64, workspace length) for a network trained ``cap`` rows at a time.
 
     dims (L+1,), act_codes (L,), offsets (L, 3) as in :class:`fastmlp.network.Network`.
-    The caller writes the activation parameters to ws[plan[_FP]:plan[_FP] + L].
     """
     dims = [int(d) for d in dims]
     n_layers = len(act_codes)
@@ -59,6 +58,18 @@ def build_plan(dims, act_codes, offsets, loss_code, n_params, cap):
         plan[row + _Z], plan[row + _A] = pos, pos + cap * dims[l + 1]
         pos += 2 * cap * dims[l + 1]
     return plan, pos
+
+
+def new_workspace(net, dtype, cap):
+    """(plan, ws, grad) for ``net`` (a :class:`fastmlp.network.Network`) trained at most
+    ``cap`` rows at a time: ws holds the activation parameters and every buffer;
+    grad (p,) is its gradient vector, a view of ws."""
+    plan, size = build_plan(net.dims, net.act_codes, net.offsets, net.loss.code,
+                            net.n_params, cap)
+    ws = np.zeros(size, dtype=dtype)
+    fp, grad = plan[_FP], plan[_GRAD]
+    ws[fp:fp + len(net.act_params)] = net.act_params
+    return plan, ws, ws[grad:grad + net.n_params]
 
 
 @njit(**INLINE)
@@ -154,9 +165,9 @@ def run(theta, grad, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan, m
     gather = perm.shape[0] > 0
     n, cap = perm.shape[0] if gather else X.shape[0], plan[_CAP]
     total = 0.0
-    # Each chunk's rows are gathered while the previous chunk computes: reading
-    # rows just written stalls on store-to-load forwarding (a third of a
-    # per-sample step at the vehicle net's size).
+    # Rows are gathered one chunk ahead, into the other half of the gather buffer:
+    # reading rows just written stalls on store-to-load forwarding (that cost a
+    # third of a per-sample step at the vehicle net's size).
     xb, tb = X[0:0], T[0:0]
     if gather:
         xb, tb = _gather(X, T, perm, 0, min(cap, batch_size, n), ws, plan, 0)

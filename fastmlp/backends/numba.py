@@ -38,6 +38,7 @@ class NumbaBackend:
         self.dtype = np.dtype(dtype)
         self._fparams = net.act_params.astype(self.dtype)
         self._no_bufs = np.zeros((0, 0), dtype=self.dtype)  # a gradient needs no state
+        self._cap = 0
         self._reserve(1)
         widest = int(net.dims[1:].max())
         self._chunk = max(1, PREDICT_BYTES // (self.dtype.itemsize * widest))
@@ -45,16 +46,9 @@ class NumbaBackend:
     def _reserve(self, rows):
         """Make the workspace hold batches of ``rows`` rows (or MAX_ROWS-row chunks)."""
         cap = min(rows, MAX_ROWS)
-        if getattr(self, "_cap", 0) >= cap:
-            return
-        net = self.net
-        plan, size = kt.build_plan(net.dims, net.act_codes, net.offsets, net.loss.code,
-                                   net.n_params, cap)
-        ws = np.zeros(size, dtype=self.dtype)
-        fp, grad = plan[kt._FP], plan[kt._GRAD]
-        ws[fp:fp + len(self._fparams)] = self._fparams
-        self._plan, self._ws, self._cap = plan, ws, cap
-        self._grad = ws[grad:grad + net.n_params]
+        if cap > self._cap:
+            self._plan, self._ws, self._grad = kt.new_workspace(self.net, self.dtype, cap)
+            self._cap = cap
 
     def predict(self, theta, X):
         return kt.predict(theta, X, self._plan, self._fparams, self._chunk)
@@ -75,6 +69,8 @@ class NumbaBackend:
 
     def train_epoch(self, theta, state, X, T, perm, batch_size):
         batch_size = int(batch_size)
+        if batch_size < 1:  # the kernel would never advance
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._reserve(min(batch_size, len(perm)))
         perm = np.ascontiguousarray(perm, dtype=np.int64)
         return kt.run(theta, self._grad, X, T, perm, batch_size, state.buffers, state.hyper,
