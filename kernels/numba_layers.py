@@ -22,7 +22,10 @@ from .numba_math import log1p as _log1p
 
 @njit(**INLINE)
 def dense_forward(X, W, b, alpha, Z, A, code, p):
-    """Z (n, k) = X (n, k_in) @ W + b and A (n, k) = f(Z), both OVERWRITTEN (A may be Z)."""
+    """Z (n, k) = X (n, k_in) @ W + b and A (n, k) = f(Z), both OVERWRITTEN.
+
+    A may be Z, but LLVM keeps a pass whose arrays may overlap scalar: 4x slower.
+    """
     gemm_nn(X, W, Z, 1.0, 0.0)
     bias_act_forward(Z, b, A, code, p, alpha)
 
@@ -37,7 +40,9 @@ def dense_backward(X, W, b, alpha, Z, A, D, dX, code, p, gW, gb, galpha, beta, l
     ``lr == 0``: gW (k_in, k), gb, galpha = beta * old + this batch's gradient.
     ``lr > 0`` (plain SGD, beta must be 0): W <- decay * W - lr * X.T @ delta in
     the GEMM itself, so dW is never formed; b and alpha likewise through gb and
-    galpha, which are OVERWRITTEN with their gradients on the way.
+    galpha, which are OVERWRITTEN with their gradients on the way. (Measured against
+    a GEMM into gW and then an update pass: train steps 5-25 % faster on W2,
+    1-6 % on W3, 8 % on W4.)
     """
     act_backward(D, Z, A, code, p, alpha, gb, galpha, beta)
     if dX.shape[0] > 0:
