@@ -1,11 +1,13 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, language_level=3
-"""Cython kernels of the ``"cython"`` backend: fused layers, losses, optimisers,
-and whole train steps and epochs run in C with the GIL released.
+"""The ``"cython"`` backend: whole train steps, epochs and inference run in C with
+the GIL released, and :class:`Engine`, their checked Python entry point.
 
-Layout and maths are those of the NumPy reference (fastmlp.backends.reference):
-theta is the flat parameter vector addressed by ``Network.offsets``; every
-array is row-major. Kernels never check sizes: :class:`Engine` checks every
-array it is given before any of them runs.
+The per-layer, loss and optimiser kernels are ``cdef inline`` fused-type
+functions in the .pxd files beside this one (_layers, _losses, _optimizers,
+_activations, _blas). Layout and maths are those of the NumPy reference
+(fastmlp.backends.reference): theta is the flat parameter vector addressed by
+``Network.offsets``; every array is row-major. Kernels never check sizes:
+:class:`Engine` checks every array it is given before any of them runs.
 
 Each kernel's docstring says which buffers it OVERWRITES and which it
 ACCUMULATES into.
@@ -17,31 +19,18 @@ from cpython.pythread cimport (NOWAIT_LOCK, WAIT_LOCK, PyThread_acquire_lock,
                                PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_release_lock, PyThread_type_lock)
 from cython cimport floating
-from libc.math cimport pow, sqrt, sqrtf
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
 from _activations cimport (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, RELU, SIGMOID,
-                           SIGN, SOFTMAX, SOFTPLUS, STEP, TANH, activate, derivative, fexp,
-                           flog, softplus)
+                           SIGN, SOFTMAX, SOFTPLUS, STEP, TANH)
 from _blas cimport SMALL_GEMM, blas_gemm, gemm, small_gemm
+from _layers cimport activation_backward, dense_backward, dense_forward
+from _losses cimport BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MSE, loss_forward_backward
+from _optimizers cimport (ADAM_CODE, H_BETA1, H_BETA2, H_EPS, H_LR, H_MOMENTUM, H_NESTEROV,
+                          H_WEIGHT_DECAY, SGD_CODE, optimizer_update)
 
 cnp.import_array()
-
-# Loss and optimiser codes and hyper-parameter positions: fastmlp.losses / fastmlp.optimizers.
-cdef enum:
-    MSE = 0
-    CROSS_ENTROPY = 1
-    BINARY_CROSS_ENTROPY = 2
-    SGD_CODE = 0
-    ADAM_CODE = 1
-    H_LR = 0
-    H_MOMENTUM = 1
-    H_NESTEROV = 2
-    H_WEIGHT_DECAY = 3
-    H_BETA1 = 4
-    H_BETA2 = 5
-    H_EPS = 6
 
 # For tests: the codes compiled in here must equal the Python tables'.
 ACTIVATION_CODES = {"step": STEP, "sign": SIGN, "linear": LINEAR,
@@ -55,194 +44,6 @@ HYPER_POSITIONS = {"LR": H_LR, "MOMENTUM": H_MOMENTUM, "NESTEROV": H_NESTEROV,
                    "WEIGHT_DECAY": H_WEIGHT_DECAY, "BETA1": H_BETA1, "BETA2": H_BETA2,
                    "EPS": H_EPS}
 SMALL_GEMM_FLOPS = SMALL_GEMM
-
-
-# -- layers ----------------------------------------------------------------------
-
-cdef void bias_activation_forward(Py_ssize_t rows, Py_ssize_t n, floating* z, const floating* b,
-                                  int code, floating p, const floating* alpha,
-                                  floating* f) noexcept nogil:
-    """One pass after the GEMM: z (rows, n) holds x W on entry and x W + b on exit;
-    f (rows, n) is OVERWRITTEN with the activation. f may be z (only outputs kept).
-    alpha (n,): prelu's per-unit parameter (NULL otherwise)."""
-    cdef Py_ssize_t r, j
-    cdef floating v, m, s
-    cdef floating* zr
-    cdef floating* fr
-    for r in range(rows):
-        zr = z + r * n
-        fr = f + r * n
-        if code == RELU:
-            for j in range(n):
-                v = zr[j] + b[j]
-                zr[j] = v
-                fr[j] = 0 if v < 0 else v
-        elif code == PRELU:
-            for j in range(n):
-                v = zr[j] + b[j]
-                zr[j] = v
-                fr[j] = alpha[j] * v if v < 0 else v
-        elif code == SOFTMAX:
-            m = zr[0] + b[0]
-            for j in range(n):
-                v = zr[j] + b[j]
-                zr[j] = v
-                if v > m:
-                    m = v
-            s = 0
-            for j in range(n):
-                v = fexp(zr[j] - m)
-                fr[j] = v
-                s += v
-            s = 1 / s
-            for j in range(n):
-                fr[j] *= s
-        else:
-            for j in range(n):
-                v = zr[j] + b[j]
-                zr[j] = v
-                fr[j] = activate(code, v, p)
-
-
-cdef void activation_backward(Py_ssize_t rows, Py_ssize_t n, floating* dout, const floating* z,
-                              const floating* f, int code, floating p, const floating* alpha,
-                              floating* galpha) noexcept nogil:
-    """dout (rows, n): dE/df on entry, OVERWRITTEN in place with delta = dE/dz.
-    For prelu, galpha (n,) is OVERWRITTEN with dE/dalpha = sum_r dE/df * min(z, 0)."""
-    cdef Py_ssize_t r, j
-    cdef floating s, v
-    cdef floating* dr
-    if code == PRELU:
-        for j in range(n):
-            galpha[j] = 0
-    for r in range(rows):
-        dr = dout + r * n
-        if code == RELU:
-            for j in range(n):
-                dr[j] = dr[j] if z[r * n + j] > 0 else 0
-        elif code == PRELU:
-            for j in range(n):
-                v = z[r * n + j]
-                if v < 0:
-                    galpha[j] += dr[j] * v
-                    dr[j] *= alpha[j]
-        elif code == SOFTMAX:
-            # The softmax Jacobian-vector product p * (dp - sum(dp * p)).
-            s = 0
-            for j in range(n):
-                s += dr[j] * f[r * n + j]
-            for j in range(n):
-                dr[j] = f[r * n + j] * (dr[j] - s)
-        else:
-            for j in range(n):
-                dr[j] *= derivative(code, z[r * n + j], f[r * n + j], p)
-
-
-cdef void dense_backward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const floating* x,
-                         const floating* W, const floating* delta, floating* dx, floating* gW,
-                         floating* gb, bint sgd, floating lr, floating* b) noexcept nogil:
-    """Backward through z = x W + b, given delta = dE/dz (rows, n_out) and x (rows, n_in).
-
-    dx (rows, n_in) is OVERWRITTEN with delta W^T, from W as it was on entry;
-    skipped when NULL (the first layer). gb (n_out,) is OVERWRITTEN with sum_r delta.
-    sgd false: gW (n_in, n_out) is OVERWRITTEN with x^T delta.
-    sgd true (plain SGD folded into the GEMM): gW is W itself and ACCUMULATES
-    -lr x^T delta; b -= lr * gb. The weight gradient is never materialised.
-    """
-    cdef Py_ssize_t r, j
-    if dx != NULL:
-        gemm(False, True, <int>rows, <int>n_in, <int>n_out, <floating>1, delta, <int>n_out,
-             W, <int>n_out, <floating>0, dx, <int>n_in)
-    for j in range(n_out):
-        gb[j] = 0
-    for r in range(rows):
-        for j in range(n_out):
-            gb[j] += delta[r * n_out + j]
-    if sgd:
-        gemm(True, False, <int>n_in, <int>n_out, <int>rows, -lr, x, <int>n_in, delta, <int>n_out,
-             <floating>1, gW, <int>n_out)
-        for j in range(n_out):
-            b[j] -= lr * gb[j]
-    else:
-        gemm(True, False, <int>n_in, <int>n_out, <int>rows, <floating>1, x, <int>n_in, delta,
-             <int>n_out, <floating>0, gW, <int>n_out)
-
-
-# -- losses ----------------------------------------------------------------------
-
-cdef double loss_forward_backward(Py_ssize_t rows, Py_ssize_t n, int loss, const floating* z,
-                                  const floating* f, const floating* t, floating* dout,
-                                  floating scale) noexcept nogil:
-    """The loss SUMMED over rows (callers divide), from the output layer's z and f
-    (rows, n) and targets t. Unless NULL, dout (rows, n) is OVERWRITTEN with
-    scale * dE/df for mse, or dE/dz = scale * (f - t) for the fused pairs
-    softmax + cross_entropy and sigmoid + binary_cross_entropy; scale = 1 / rows."""
-    cdef Py_ssize_t r, j, i
-    cdef double total = 0, m, s, logsum
-    cdef floating d
-    if loss == CROSS_ENTROPY:
-        # -sum t * log_softmax(z), the log-softmax exact where softmax underflows.
-        for r in range(rows):
-            i = r * n
-            m = z[i]
-            for j in range(n):
-                if z[i + j] > m:
-                    m = z[i + j]
-            s = 0
-            for j in range(n):
-                s += fexp(<double>(z[i + j]) - m)
-            logsum = m + flog(s)
-            for j in range(n):
-                total -= t[i + j] * (z[i + j] - logsum)
-    elif loss == BINARY_CROSS_ENTROPY:
-        for i in range(rows * n):
-            total += <double>softplus(z[i]) - <double>t[i] * z[i]
-    else:
-        for i in range(rows * n):
-            d = f[i] - t[i]
-            total += <double>d * d
-            if dout != NULL:
-                dout[i] = 2 * scale * d
-        return total
-    if dout != NULL:
-        for i in range(rows * n):
-            dout[i] = (f[i] - t[i]) * scale
-    return total
-
-
-# -- optimisers ------------------------------------------------------------------
-
-cdef void optimizer_update(Py_ssize_t n, floating* theta, const floating* grad, floating* buf0,
-                           floating* buf1, int code, const double* h,
-                           int64_t t) noexcept nogil:
-    """One pass over theta (n,), IN PLACE, as fastmlp.optimizers.update; t is the
-    step count after this update. buf0/buf1 (n,): momentum, or Adam's m and v."""
-    cdef Py_ssize_t i
-    cdef floating g, v, m
-    cdef floating lr = <floating>h[H_LR], wd = <floating>h[H_WEIGHT_DECAY]
-    cdef floating mu = <floating>h[H_MOMENTUM]
-    cdef bint nesterov = h[H_NESTEROV] != 0
-    cdef floating b1 = <floating>h[H_BETA1], b2 = <floating>h[H_BETA2], eps = <floating>h[H_EPS]
-    cdef floating c1 = <floating>(1 - h[H_BETA1]), c2 = <floating>(1 - h[H_BETA2])
-    cdef floating k1 = <floating>(1 - pow(h[H_BETA1], <double>t))
-    cdef floating k2 = <floating>(1 - pow(h[H_BETA2], <double>t))
-    for i in range(n):
-        g = grad[i] + wd * theta[i] if wd != 0 else grad[i]
-        if code == SGD_CODE:
-            if mu != 0:
-                v = mu * buf0[i] + g
-                buf0[i] = v
-                g = g + mu * v if nesterov else v
-            theta[i] -= lr * g
-        else:
-            m = b1 * buf0[i] + c1 * g
-            v = b2 * buf1[i] + c2 * g * g
-            buf0[i] = m
-            buf1[i] = v
-            if floating is float:
-                theta[i] -= lr * (m / k1) / (sqrtf(v / k2) + eps)
-            else:
-                theta[i] -= lr * (m / k1) / (sqrt(v / k2) + eps)
 
 
 # -- whole network ---------------------------------------------------------------
@@ -283,10 +84,8 @@ cdef void network_forward(const Net* net, const Work* w, const floating* theta,
         off = net.offsets + 3 * i
         z = <floating*>w.z + w.cap * net.cum[i]
         f = <floating*>w.f + w.cap * net.cum[i]
-        gemm(False, False, <int>rows, <int>n_out, <int>n_in, <floating>1, a, <int>n_in,
-             theta + off[0], <int>n_out, <floating>0, z, <int>n_out)
-        bias_activation_forward(rows, n_out, z, theta + off[1], <int>net.codes[i],
-                                <floating>net.params[i], theta + off[2] if off[2] >= 0 else NULL, f)
+        dense_forward(rows, n_in, n_out, a, theta + off[0], theta + off[1], <int>net.codes[i],
+                      <floating>net.params[i], theta + off[2] if off[2] >= 0 else NULL, z, f)
         a = f
 
 
@@ -406,11 +205,9 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
             else:
                 z = zl
                 f = out
-            gemm(False, False, <int>rows, <int>n_out, <int>n_in, <floating>1, a, <int>n_in,
-                 theta + off[0], <int>n_out, <floating>0, z, <int>n_out)
-            bias_activation_forward(rows, n_out, z, theta + off[1], <int>net.codes[i],
-                                    <floating>net.params[i],
-                                    theta + off[2] if off[2] >= 0 else NULL, f)
+            dense_forward(rows, n_in, n_out, a, theta + off[0], theta + off[1],
+                          <int>net.codes[i], <floating>net.params[i],
+                          theta + off[2] if off[2] >= 0 else NULL, z, f)
             a = f
         if T != NULL:
             total += loss_forward_backward(rows, net.dims[L], net.loss, zl, out,

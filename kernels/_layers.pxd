@@ -1,0 +1,146 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, language_level=3
+"""One dense layer f = act(x W + b), forward and backward, for float and double.
+
+Every array is row-major; ``rows`` is the batch. The caller checks sizes and
+owns every buffer. dense_backward undoes the GEMM and activation_backward the
+activation, so a layer's backward is activation_backward then dense_backward.
+"""
+from cython cimport floating
+
+from _activations cimport PRELU, RELU, SOFTMAX, activate, derivative, fexp
+from _blas cimport gemm
+
+
+cdef inline void bias_activation_forward(Py_ssize_t rows, Py_ssize_t n, floating* z,
+                                         const floating* b, int code, floating p,
+                                         const floating* alpha, floating* f) noexcept nogil:
+    """The pass after the GEMM: z += b, f = act(z).
+
+    z (rows, n): IN x W, OUT x W + b (updated in place).
+    b (n,), alpha (n,): IN; alpha is prelu's per-unit parameter, NULL otherwise.
+    f (rows, n): OUT, OVERWRITTEN with the activation. f may be z (only outputs kept).
+    """
+    cdef Py_ssize_t r, j
+    cdef floating v, m, s
+    cdef floating* zr
+    cdef floating* fr
+    for r in range(rows):
+        zr = z + r * n
+        fr = f + r * n
+        if code == RELU:
+            for j in range(n):
+                v = zr[j] + b[j]
+                zr[j] = v
+                fr[j] = 0 if v < 0 else v
+        elif code == PRELU:
+            for j in range(n):
+                v = zr[j] + b[j]
+                zr[j] = v
+                fr[j] = alpha[j] * v if v < 0 else v
+        elif code == SOFTMAX:
+            m = zr[0] + b[0]
+            for j in range(n):
+                v = zr[j] + b[j]
+                zr[j] = v
+                if v > m:
+                    m = v
+            s = 0
+            for j in range(n):
+                v = fexp(zr[j] - m)
+                fr[j] = v
+                s += v
+            s = 1 / s
+            for j in range(n):
+                fr[j] *= s
+        else:
+            for j in range(n):
+                v = zr[j] + b[j]
+                zr[j] = v
+                fr[j] = activate(code, v, p)
+
+
+cdef inline void dense_forward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,
+                               const floating* x, const floating* W, const floating* b,
+                               int code, floating p, const floating* alpha, floating* z,
+                               floating* f) noexcept nogil:
+    """f = act(x W + b).
+
+    x (rows, n_in), W (n_in, n_out), b (n_out,), alpha (n_out,) or NULL: IN.
+    z (rows, n_out): OUT, OVERWRITTEN with x W + b.
+    f (rows, n_out): OUT, OVERWRITTEN with the activation; may be z (z then lost).
+    """
+    gemm(False, False, <int>rows, <int>n_out, <int>n_in, <floating>1, x, <int>n_in,
+         W, <int>n_out, <floating>0, z, <int>n_out)
+    bias_activation_forward(rows, n_out, z, b, code, p, alpha, f)
+
+
+cdef inline void activation_backward(Py_ssize_t rows, Py_ssize_t n, floating* dout,
+                                     const floating* z, const floating* f, int code, floating p,
+                                     const floating* alpha, floating* galpha) noexcept nogil:
+    """dE/df -> dE/dz through f = act(z).
+
+    dout (rows, n): IN dE/df, OUT delta = dE/dz (OVERWRITTEN in place).
+    z, f (rows, n): IN, the forward pass's pre-activation and output.
+    alpha (n,): IN, prelu only (NULL otherwise).
+    galpha (n,): OUT, prelu only: OVERWRITTEN with dE/dalpha = sum_r dE/df * min(z, 0).
+    """
+    cdef Py_ssize_t r, j
+    cdef floating s, v
+    cdef floating* dr
+    if code == PRELU:
+        for j in range(n):
+            galpha[j] = 0
+    for r in range(rows):
+        dr = dout + r * n
+        if code == RELU:
+            for j in range(n):
+                dr[j] = dr[j] if z[r * n + j] > 0 else 0
+        elif code == PRELU:
+            for j in range(n):
+                v = z[r * n + j]
+                if v < 0:
+                    galpha[j] += dr[j] * v
+                    dr[j] *= alpha[j]
+        elif code == SOFTMAX:
+            # The softmax Jacobian-vector product p * (dp - sum(dp * p)).
+            s = 0
+            for j in range(n):
+                s += dr[j] * f[r * n + j]
+            for j in range(n):
+                dr[j] = f[r * n + j] * (dr[j] - s)
+        else:
+            for j in range(n):
+                dr[j] *= derivative(code, z[r * n + j], f[r * n + j], p)
+
+
+cdef inline void dense_backward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,
+                                const floating* x, const floating* W, const floating* delta,
+                                floating* dx, floating* gW, floating* gb, bint sgd, floating lr,
+                                floating* b) noexcept nogil:
+    """Backward through z = x W + b.
+
+    x (rows, n_in), W (n_in, n_out), delta = dE/dz (rows, n_out): IN.
+    dx (rows, n_in): OUT, OVERWRITTEN with delta W^T from W as it was on entry;
+    skipped when NULL (the first layer).
+    gb (n_out,): OUT, OVERWRITTEN with sum_r delta.
+    sgd false: gW (n_in, n_out) is OVERWRITTEN with x^T delta; b is unused.
+    sgd true (plain SGD folded into the GEMM): gW is W itself and ACCUMULATES
+    -lr x^T delta, and b (n_out,) -= lr * gb. The weight gradient is never materialised.
+    """
+    cdef Py_ssize_t r, j
+    if dx != NULL:
+        gemm(False, True, <int>rows, <int>n_in, <int>n_out, <floating>1, delta, <int>n_out,
+             W, <int>n_out, <floating>0, dx, <int>n_in)
+    for j in range(n_out):
+        gb[j] = 0
+    for r in range(rows):
+        for j in range(n_out):
+            gb[j] += delta[r * n_out + j]
+    if sgd:
+        gemm(True, False, <int>n_in, <int>n_out, <int>rows, -lr, x, <int>n_in, delta, <int>n_out,
+             <floating>1, gW, <int>n_out)
+        for j in range(n_out):
+            b[j] -= lr * gb[j]
+    else:
+        gemm(True, False, <int>n_in, <int>n_out, <int>rows, <floating>1, x, <int>n_in, delta,
+             <int>n_out, <floating>0, gW, <int>n_out)

@@ -1,0 +1,55 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, language_level=3
+"""fastmlp.losses on the output layer, for float and double, by the same codes."""
+from cython cimport floating
+
+from _activations cimport fexp, flog, softplus
+
+cdef enum:
+    MSE = 0
+    CROSS_ENTROPY = 1
+    BINARY_CROSS_ENTROPY = 2
+
+
+cdef inline double loss_forward_backward(Py_ssize_t rows, Py_ssize_t n, int loss,
+                                         const floating* z, const floating* f,
+                                         const floating* t, floating* dout,
+                                         floating scale) noexcept nogil:
+    """The loss SUMMED over rows (callers divide), and its gradient.
+
+    z, f (rows, n): IN, the output layer's pre-activation and output; t (rows, n): IN targets.
+    dout (rows, n): OUT unless NULL, OVERWRITTEN with scale * dE/df for mse, or
+    dE/dz = scale * (f - t) for the fused pairs softmax + cross_entropy and
+    sigmoid + binary_cross_entropy (the output layer's activation_backward is then
+    skipped). scale is 1 / rows for a mean.
+    """
+    cdef Py_ssize_t r, j, i
+    cdef double total = 0, m, s, logsum
+    cdef floating d
+    if loss == CROSS_ENTROPY:
+        # -sum t * log_softmax(z), the log-softmax exact where softmax underflows.
+        for r in range(rows):
+            i = r * n
+            m = z[i]
+            for j in range(n):
+                if z[i + j] > m:
+                    m = z[i + j]
+            s = 0
+            for j in range(n):
+                s += fexp(<double>(z[i + j]) - m)
+            logsum = m + flog(s)
+            for j in range(n):
+                total -= t[i + j] * (z[i + j] - logsum)
+    elif loss == BINARY_CROSS_ENTROPY:
+        for i in range(rows * n):
+            total += <double>softplus(z[i]) - <double>t[i] * z[i]
+    else:
+        for i in range(rows * n):
+            d = f[i] - t[i]
+            total += <double>d * d
+            if dout != NULL:
+                dout[i] = 2 * scale * d
+        return total
+    if dout != NULL:
+        for i in range(rows * n):
+            dout[i] = (f[i] - t[i]) * scale
+    return total
