@@ -1,4 +1,4 @@
-# cython: language_level=3
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, language_level=3
 """fastmlp.activations, one element at a time, by the same integer codes.
 
 ``p`` is the activation's parameter: the slope of linear, alpha of leaky_relu
