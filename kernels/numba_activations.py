@@ -7,8 +7,10 @@ code per element is about 100 times slower for ReLU. The loops are written out
 rather than generated from one scalar table through ``inline="always"``, which
 tripled the compile time.
 
-exp, log1p and tanh are :mod:`numba_math`'s vectorisable versions. ``p`` is the
-activation's scalar parameter in the array dtype; prelu reads its trainable
+exp, log1p and tanh are :mod:`numba_math`'s vectorisable versions. Every
+constant is in the array dtype (``zero``, ``one``, ``like``): a float64 literal
+would turn a float32 loop into a float64 one at half the vector width. ``p`` is
+the activation's scalar parameter in the array dtype; prelu reads its trainable
 per-unit alpha (k,) instead.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fastmlp.activations import (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PREL
 
 from .numba_math import INLINE, KERNEL
 from .numba_math import exp as _exp
+from .numba_math import like
 from .numba_math import log1p as _log1p
 from .numba_math import tanh as _tanh
 
@@ -27,15 +30,16 @@ from .numba_math import tanh as _tanh
 @njit(**INLINE)
 def _sigmoid(z):
     """1 / (1 + e^-z) without overflow; a select, not a branch, on the sign of z."""
+    one = like(1.0, z)
     e = _exp(-abs(z))
-    r = 1.0 / (1.0 + e)
+    r = one / (one + e)
     return r if z >= 0 else e * r
 
 
 @njit(**INLINE)
 def _softplus(z):
     """ln(1 + e^z) as max(z, 0) + log1p(e^-|z|)."""
-    return max(z, 0.0) + _log1p(_exp(-abs(z)))
+    return max(z, like(0.0, z)) + _log1p(_exp(-abs(z)))
 
 
 @njit(**INLINE)
@@ -62,8 +66,9 @@ def _softmax_forward(Z, b, A):
         s = 0.0
         for j in range(k):
             s += A[i, j]
+        s_ = like(s, m)  # m is in the array dtype
         for j in range(k):
-            A[i, j] = A[i, j] / s
+            A[i, j] = A[i, j] / s_
 
 
 @njit(**KERNEL)
@@ -76,12 +81,13 @@ def bias_act_forward(Z, b, A, code, p, alpha):
         _softmax_forward(Z, b, A)
         return
     n, k = Z.shape
+    zero, one = Z.dtype.type(0.0), Z.dtype.type(1.0)
     for i in range(n):
         if code == RELU:
             for j in range(k):
                 z = Z[i, j] + b[j]
                 Z[i, j] = z
-                A[i, j] = z if z > 0 else 0.0
+                A[i, j] = z if z > 0 else zero
         elif code == SIGMOID:
             for j in range(k):
                 z = Z[i, j] + b[j]
@@ -111,7 +117,7 @@ def bias_act_forward(Z, b, A, code, p, alpha):
             for j in range(k):
                 z = Z[i, j] + b[j]
                 Z[i, j] = z
-                A[i, j] = z if z >= 0 else p * (_exp(z) - 1.0)
+                A[i, j] = z if z >= 0 else p * (_exp(z) - one)
         elif code == SOFTPLUS:
             for j in range(k):
                 z = Z[i, j] + b[j]
@@ -158,18 +164,19 @@ def act_backward(D, Z, A, code, p, alpha, gb, galpha, beta):
         _softmax_backward(D, A, gb)
         return
     n, k = D.shape
+    zero, one = D.dtype.type(0.0), D.dtype.type(1.0)
     for i in range(n):
         if code == RELU:
             for j in range(k):
-                D[i, j] = D[i, j] if Z[i, j] > 0 else 0.0
+                D[i, j] = D[i, j] if Z[i, j] > 0 else zero
         elif code == SIGMOID:
             for j in range(k):
                 f = A[i, j]
-                D[i, j] = D[i, j] * (f * (1.0 - f))
+                D[i, j] = D[i, j] * (f * (one - f))
         elif code == TANH:
             for j in range(k):
                 f = A[i, j]
-                D[i, j] = D[i, j] * (1.0 - f * f)
+                D[i, j] = D[i, j] * (one - f * f)
         elif code == LINEAR:
             for j in range(k):
                 D[i, j] = D[i, j] * p
@@ -179,7 +186,7 @@ def act_backward(D, Z, A, code, p, alpha, gb, galpha, beta):
         elif code == PRELU:
             for j in range(k):
                 d, z = D[i, j], Z[i, j]
-                galpha[j] += d * min(z, 0.0)  # d prelu / d alpha = min(z, 0)
+                galpha[j] += d * min(z, zero)  # d prelu / d alpha = min(z, 0)
                 D[i, j] = d if z >= 0 else d * alpha[j]
         elif code == ELU:
             for j in range(k):
@@ -189,9 +196,9 @@ def act_backward(D, Z, A, code, p, alpha, gb, galpha, beta):
                 D[i, j] = D[i, j] * _sigmoid(Z[i, j])
         elif code == PIECEWISE_LINEAR:
             for j in range(k):
-                D[i, j] = D[i, j] if -0.5 < Z[i, j] < 0.5 else 0.0
+                D[i, j] = D[i, j] if -0.5 < Z[i, j] < 0.5 else zero
         else:  # step, sign: no gradient flows
             for j in range(k):
-                D[i, j] = 0.0
+                D[i, j] = zero
         for j in range(k):
             gb[j] += D[i, j]
