@@ -14,7 +14,10 @@ if sources:
             f"fastmlp.kernels.{src.stem}",
             [str(src)],
             include_dirs=[np.get_include()],
-            extra_compile_args=["-O3"],
+            # -fno-trapping-math lets GCC turn a ternary whose sides compute (p * z if
+            # z < 0 else z) into a select, which the vectoriser needs; results, NaN and
+            # inf are unchanged (unlike -ffast-math); only FP status flags may differ.
+            extra_compile_args=["-O3", "-fno-trapping-math"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         )
         for src in sources

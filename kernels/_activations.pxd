@@ -4,10 +4,14 @@
 ``p`` is the activation's parameter: the slope of linear, alpha of leaky_relu
 and elu, and for prelu the alpha of the element's unit (the caller picks it).
 Softmax is row-wise and lives in the layer kernels. Every formula is the
-reference's, written so that no |z| (up to 1e4 and beyond) overflows.
+reference's, written so that no |z| (up to 1e4 and beyond) overflows. The
+transcendental ones come from _vmath, so that the layer kernels' per-activation
+loops over them vectorise.
 """
 from cython cimport floating
-from libc.math cimport exp, expf, log1p, log1pf, expm1, expm1f, tanh, tanhf, log, logf
+from libc.math cimport log, logf
+
+from _vmath cimport vexpm1, vsigmoid, vsoftplus, vtanh
 
 cdef enum:
     STEP = 0
@@ -24,32 +28,11 @@ cdef enum:
     SOFTMAX = 11
 
 
-cdef inline floating fexp(floating x) noexcept nogil:
-    if floating is float:
-        return expf(x)
-    else:
-        return exp(x)
-
-
 cdef inline floating flog(floating x) noexcept nogil:
     if floating is float:
         return logf(x)
     else:
         return log(x)
-
-
-cdef inline floating sigmoid(floating z) noexcept nogil:
-    """1 / (1 + e^-z) through e^-|z|, which never overflows."""
-    cdef floating e = fexp(-z if z >= 0 else z)
-    return 1 / (1 + e) if z >= 0 else e / (1 + e)
-
-
-cdef inline floating softplus(floating z) noexcept nogil:
-    """ln(1 + e^z) = max(z, 0) + log1p(e^-|z|)."""
-    if floating is float:
-        return (z if z > 0 else 0) + log1pf(expf(-z if z >= 0 else z))
-    else:
-        return (z if z > 0 else 0) + log1p(exp(-z if z >= 0 else z))
 
 
 cdef inline floating activate(int code, floating z, floating p) noexcept nogil:
@@ -61,21 +44,13 @@ cdef inline floating activate(int code, floating z, floating p) noexcept nogil:
     if code == LEAKY_RELU or code == PRELU:
         return p * z if z < 0 else z
     if code == SIGMOID:
-        return sigmoid(z)
+        return vsigmoid(z)
     if code == TANH:
-        if floating is float:
-            return tanhf(z)
-        else:
-            return tanh(z)
+        return vtanh(z)
     if code == ELU:
-        if z < 0:
-            if floating is float:
-                return p * expm1f(z)
-            else:
-                return p * expm1(z)
-        return z
+        return p * vexpm1(z if z < 0 else <floating>0) if z < 0 else z
     if code == SOFTPLUS:
-        return softplus(z)
+        return vsoftplus(z)
     if code == PIECEWISE_LINEAR:
         z = z + <floating>0.5
         return 0 if z < 0 else (1 if z > 1 else z)
@@ -101,7 +76,7 @@ cdef inline floating derivative(int code, floating z, floating f, floating p) no
     if code == ELU:
         return f + p if z < 0 else 1
     if code == SOFTPLUS:
-        return sigmoid(z)
+        return vsigmoid(z)
     if code == PIECEWISE_LINEAR:
         return 1 if (z > -0.5 and z < 0.5) else 0
     return 0  # step, sign

@@ -2,7 +2,8 @@
 """fastmlp.losses on the output layer, for float and double, by the same codes."""
 from cython cimport floating
 
-from _activations cimport fexp, flog, softplus
+from _activations cimport flog
+from _vmath cimport vexp, vsoftplus
 
 cdef enum:
     MSE = 0
@@ -35,13 +36,13 @@ cdef inline double loss_forward_backward(Py_ssize_t rows, Py_ssize_t n, int loss
                     m = z[i + j]
             s = 0
             for j in range(n):
-                s += fexp(<double>(z[i + j]) - m)
+                s += vexp(<double>(z[i + j]) - m)
             logsum = m + flog(s)
             for j in range(n):
                 total -= t[i + j] * (z[i + j] - logsum)
     elif loss == BINARY_CROSS_ENTROPY:
         for i in range(rows * n):
-            total += <double>softplus(z[i]) - <double>t[i] * z[i]
+            total += <double>vsoftplus(z[i]) - <double>t[i] * z[i]
     else:
         for i in range(rows * n):
             d = f[i] - t[i]
