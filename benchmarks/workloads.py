@@ -60,7 +60,14 @@ WORKLOADS = [
     Workload("predict", _MNIST, "relu", "softmax", "cross_entropy", 512, kind="predict",
              about="predict on W2's net, batch 512"),
 ]
-BY_NAME = {w.name: w for w in WORKLOADS}
+# W3 with other hidden activations: the transcendental passes (exp, tanh, log1p).
+# Not in the default run; ask for them with report.py --workloads W3-tanh,...
+ACTIVATION_WORKLOADS = [
+    Workload(f"W3-{act}", _MNIST, act, "softmax", "cross_entropy", 512,
+             about=f"784-256-128-10 {act}/softmax CE, train step, batch 512")
+    for act in ("tanh", "sigmoid", "elu", "softplus")
+]
+BY_NAME = {w.name: w for w in WORKLOADS + ACTIVATION_WORKLOADS}
 
 
 def make_data(w, seed=0):
