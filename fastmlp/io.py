@@ -98,7 +98,7 @@ def load(path, backend=None):
     ValueError; the file is never modified.
     """
     from .model import Model
-    from .network import Dense
+    from .network import Network
 
     path = os.fspath(path)
     arrays = _read(path)
@@ -115,11 +115,7 @@ def load(path, backend=None):
         raise _bad(path, f"format version {header.get('version')!r}; this fastmlp reads {VERSION}")
     try:
         net_cfg, dtype = header["network"], header["dtype"]
-        layers = []
-        for cfg in net_cfg["layers"]:
-            cfg = dict(cfg)
-            layers.append(Dense(cfg.pop("units"), cfg.pop("activation"), **cfg))
-        model = Model(layers, net_cfg["input_dim"], loss=net_cfg["loss"],
+        model = Model(Network.layers_from_config(net_cfg), net_cfg["input_dim"], loss=net_cfg["loss"],
                       optimizer=optimizers.from_config(header["optimizer"]),
                       backend=backend or header["backend"], dtype=dtype, seed=header["seed"])
         model._rng.bit_generator.state = header["rng_state"]

@@ -148,10 +148,11 @@ class Network:
         return {"input_dim": self.input_dim, "loss": self.loss.name,
                 "layers": [l.config() for l in self.layers]}
 
-    @classmethod
-    def from_config(cls, config):
+    @staticmethod
+    def layers_from_config(config):
+        """The Dense layers described by :meth:`config` (used by :func:`fastmlp.load`)."""
         layers = []
         for cfg in config["layers"]:
             cfg = dict(cfg)
             layers.append(Dense(cfg.pop("units"), cfg.pop("activation"), **cfg))
-        return cls(layers, config["input_dim"], config["loss"])
+        return layers
