@@ -6,6 +6,7 @@ here, once per call, so the backends never see a bad shape.
 """
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -70,6 +71,13 @@ class Model:
         self._rng = np.random.default_rng(seed)
         self._theta = self.net.init_params(self._rng, self.dtype)
         self._state = optimizers.OptimizerState.new(self.optimizer, self.net.n_params, self.dtype)
+        self._scaling = None          # (mean, scale) float64 (input_dim,), applied by every call
+        self.classes_ = None          # class labels, when fit was given labels
+        self.feature_names_in_ = None
+        # Training mutates theta, the optimiser state and the generator: one trainer at a
+        # time per model. Readers (predict, evaluate, gradients) do not take it.
+        self._lock = threading.RLock()
+        self._snapshot = None         # train_on_batch's rollback buffers, allocated on first use
 
     # -- inspection --------------------------------------------------------------
     @property
@@ -100,14 +108,93 @@ class Model:
                              f"{len(weights)} (weight shapes {self.net.shapes})")
         new = []
         for i, (w, shape) in enumerate(zip(weights, self.net.shapes)):
-            w = np.asarray(w)
+            w = validation.as_array(w, f"weight {i}")
             if w.shape != shape:
                 raise ValueError(f"weight {i} has shape {w.shape}, expected {shape}")
-            if not np.issubdtype(w.dtype, np.number) or not np.isfinite(w).all():
-                raise ValueError(f"weight {i} must be finite numbers")
-            new.append(w)
-        for view, w in zip(self.net.split(self._theta), new):
-            view[...] = w
+            new.append(validation.as_finite(w, f"weight {i}", self.dtype))
+        with self._lock:
+            for view, w in zip(self.net.split(self._theta), new):
+                view[...] = w
+
+    def get_state(self):
+        """Copies of everything training changes: a dict with "theta" (n_params,),
+        "opt_buffers" (2, n_params), "opt_step" int64 (1,) and "rng_state" (the
+        generator's bit_generator.state). :meth:`set_state` restores it exactly."""
+        return {"theta": self._theta.copy(), "opt_buffers": self._state.buffers.copy(),
+                "opt_step": self._state.step.copy(),
+                "rng_state": self._rng.bit_generator.state}
+
+    def set_state(self, state):
+        """Restore a :meth:`get_state` dict (shapes and dtypes checked; values finite)."""
+        theta = np.asarray(state["theta"])
+        buffers, step = np.asarray(state["opt_buffers"]), np.asarray(state["opt_step"])
+        if theta.shape != self._theta.shape or buffers.shape != self._state.buffers.shape:
+            raise ValueError(f"state does not match this model: theta {theta.shape} and "
+                             f"opt_buffers {buffers.shape}, expected {self._theta.shape} "
+                             f"and {self._state.buffers.shape}")
+        if step.shape != (1,) or not np.issubdtype(step.dtype, np.integer) or step[0] < 0:
+            raise ValueError(f"opt_step must be one integer >= 0, got {step!r}")
+        theta = validation.as_finite(theta, "theta", self.dtype)
+        buffers = validation.as_finite(buffers, "opt_buffers", self.dtype)
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng_state"]   # raises on a malformed state
+        with self._lock:
+            self._theta[...] = theta
+            self._state.buffers[...] = buffers
+            self._state.step[...] = step
+            self._rng.bit_generator.state = state["rng_state"]
+
+    @property
+    def input_scaling(self):
+        """None, or (mean, scale): float64 (input_dim,) arrays; every call then uses
+        (X - mean) / scale, computed in float64 before the cast to the model dtype."""
+        return None if self._scaling is None else tuple(a.copy() for a in self._scaling)
+
+    def set_input_scaling(self, mean, scale):
+        """Standardise inputs inside the model ((X - mean) / scale in float64); None clears.
+
+        Keeping the scaler apart from the weights keeps large offsets exact (a
+        Unix time of 1.7e9 has a float32 spacing of 128: folded into float32
+        weights its signal would be lost)."""
+        if mean is None and scale is None:
+            self._scaling = None
+            return
+        d = self.net.input_dim
+        mean = validation.as_finite(validation.as_array(mean, "mean"), "mean", np.float64)
+        scale = validation.as_finite(validation.as_array(scale, "scale"), "scale", np.float64)
+        if mean.shape != (d,) or scale.shape != (d,):
+            raise ValueError(f"mean and scale must have shape ({d},), got {mean.shape} "
+                             f"and {scale.shape}")
+        if not (scale > 0).all():
+            raise ValueError("scale must be > 0 everywhere (use 1 for constant features)")
+        self._scaling = (mean.copy(), scale.copy())
+
+    def __getstate__(self):
+        # The same data save() writes; the backend engine is rebuilt on unpickling.
+        return {"config": self._config(), "state": self.get_state(),
+                "input_scaling": self._scaling, "classes_": self.classes_,
+                "feature_names_in_": self.feature_names_in_}
+
+    def __setstate__(self, pickled):
+        cfg = pickled["config"]
+        self.__init__(Network.layers_from_config(cfg["network"]), cfg["network"]["input_dim"],
+                      loss=cfg["network"]["loss"],
+                      optimizer=optimizers.from_config(cfg["optimizer"]),
+                      backend=cfg["backend"], dtype=cfg["dtype"], seed=cfg["seed"])
+        self.set_state(pickled["state"])
+        scaling = pickled["input_scaling"]
+        if scaling is not None:
+            self.set_input_scaling(*scaling)
+        self.classes_ = pickled["classes_"]
+        self.feature_names_in_ = pickled["feature_names_in_"]
+
+    def _config(self):
+        """What rebuilds this model (architecture, optimiser, dtype, backend, seed) as JSON types."""
+        seed = self.seed
+        return {"network": self.net.config(), "optimizer": self.optimizer.config(),
+                "dtype": self.dtype.name, "backend": self.backend,
+                "seed": int(seed) if isinstance(seed, (int, np.integer))
+                and not isinstance(seed, bool) else None}
 
     # -- computing ---------------------------------------------------------------
     def predict(self, X):
@@ -115,9 +202,10 @@ class Model:
 
         Large inputs go through the backend in blocks of rows written into one
         preallocated output, so memory stays bounded by the output plus one
-        block's activations, however many rows X has.
+        block's activations, however many rows X has. Safe to call from several
+        threads at once.
         """
-        X = validation.check_inputs(X, self.net.input_dim, self.dtype)
+        X = validation.check_inputs(X, self.net.input_dim, self.dtype, self._scaling)
         rows = self._predict_block_rows()
         if len(X) <= rows:
             return self._engine.predict(self._theta, X)
@@ -132,24 +220,38 @@ class Model:
         return int(min(65536, max(256, (32 << 20) // per_row)))
 
     def evaluate(self, X, Y):
-        """Mean loss over (X, Y), a float."""
+        """Mean loss over (X, Y), a float. Safe to call from several threads at once."""
         X, T = self._data(X, Y)
         return float(self._engine.evaluate(self._theta, X, T))
 
     def gradients(self, X, Y):
-        """(loss, grads): the mean loss and its gradient, in get_weights() order. No update."""
+        """(loss, grads): the mean loss and its gradient, in get_weights() order. No update.
+        Safe to call from several threads at once."""
         X, T = self._data(X, Y)
         grad = np.empty(self.net.n_params, dtype=self.dtype)
         loss = self._engine.loss_and_gradient(self._theta, X, T, grad)
-        return float(loss), [g.copy() for g in self.net.split(grad)]
+        return float(loss), self.net.split(grad)
 
     def train_on_batch(self, X, Y):
-        """One optimiser step on (X, Y); returns the batch loss before the step."""
+        """One optimiser step on (X, Y); returns the batch loss before the step.
+
+        A step whose loss, weights or optimiser state is not finite is undone
+        (the model is left exactly as before it) and TrainingDiverged says which.
+        """
         X, T = self._data(X, Y)
-        loss = float(self._engine.train_step(self._theta, self._state, X, T))
-        if not np.isfinite(loss):
-            raise TrainingDiverged(f"the batch loss is {loss}: the weights are no longer finite "
-                                   "(try a smaller learning rate)")
+        with self._lock:
+            saved_theta, saved_state = self._snapshot_buffers()
+            np.copyto(saved_theta, self._theta)
+            saved_state.copy_from(self._state)
+            try:
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    loss = float(self._engine.train_step(self._theta, self._state, X, T))
+                self._check_finite(loss, "in this train_on_batch step", "the model was left "
+                                   "as it was before the step")
+            except BaseException:
+                np.copyto(self._theta, saved_theta)
+                self._state.copy_from(saved_state)
+                raise
         return loss
 
     def fit(self, X, Y, epochs=1, batch_size=32, tol=None, shuffle=True,
@@ -160,15 +262,19 @@ class Model:
         the whole set, 1 = per-sample SGD), shuffled when ``shuffle``. Stops after
         ``epochs`` or as soon as an epoch's mean loss is <= ``tol`` (the
         lessons' E <= epsilon). If the loss, a weight or the optimiser state becomes
-        NaN or inf, the weights and optimiser state of the last finite epoch are
-        restored and TrainingDiverged (naming the epoch and layer) is raised.
+        NaN or inf, or the epoch is interrupted (Ctrl-C), the weights, optimiser
+        state and shuffling generator of the last finite epoch are restored;
+        divergence raises TrainingDiverged naming the epoch and layer.
         """
         X, T = self._data(X, Y)
         epochs = validation.check_count(epochs, "epochs")
         batch_size = validation.check_batch_size(batch_size, len(X))
-        if tol is not None and (not np.isscalar(tol) or not np.isfinite(tol) or tol < 0):
-            raise ValueError(f"tol must be a finite number >= 0 or None, got {tol!r}")
+        tol = validation.check_tol(tol)
         if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be a tuple (X_val, Y_val), got "
+                                 f"{type(validation_data).__name__} of length "
+                                 f"{len(validation_data) if hasattr(validation_data, '__len__') else '?'}")
             Xv, Tv = self._data(*validation_data)
         self._warn_if_untrainable()
         history = History()
@@ -177,36 +283,40 @@ class Model:
         perm = np.arange(len(X), dtype=np.int64)
         saved_theta = np.empty_like(self._theta)
         saved_state = optimizers.OptimizerState.new(self.optimizer, self.net.n_params, self.dtype)
-        for epoch in range(epochs):
-            if shuffle:
-                # a fresh permutation (not a reshuffle of the last one), so the order depends
-                # only on the generator and fit(1) + save/load + fit(1) == fit(2)
-                perm = self._rng.permutation(len(X)).astype(np.int64, copy=False)
-            np.copyto(saved_theta, self._theta)
-            saved_state.copy_from(self._state)
-            try:
-                # Overflow on the way to divergence is reported once, as TrainingDiverged,
-                # not as NumPy warnings (which, as errors, would stop mid-epoch).
-                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                    loss = float(self._engine.train_epoch(self._theta, self._state, X, T,
-                                                          perm, batch_size))
-                self._check_finite(loss, epoch + 1)
-            except BaseException:
-                # Diverged or interrupted: never leave the weights half an epoch updated.
-                np.copyto(self._theta, saved_theta)
-                self._state.copy_from(saved_state)
-                raise
-            history.epoch.append(epoch)
-            history.history["loss"].append(loss)
-            message = f"epoch {epoch + 1}/{epochs}  loss {loss:.6g}"
-            if validation_data is not None:
-                val = float(self._engine.evaluate(self._theta, Xv, Tv))
-                history.history["val_loss"].append(val)
-                message += f"  val_loss {val:.6g}"
-            if verbose:
-                print(message, flush=True)
-            if tol is not None and loss <= tol:
-                break
+        with self._lock:
+            for epoch in range(epochs):
+                saved_rng = self._rng.bit_generator.state
+                np.copyto(saved_theta, self._theta)
+                saved_state.copy_from(self._state)
+                try:
+                    if shuffle:
+                        # a fresh permutation (not a reshuffle of the last one), so the order
+                        # depends only on the generator and fit(1) + save/load + fit(1) == fit(2)
+                        perm = self._rng.permutation(len(X)).astype(np.int64, copy=False)
+                    # Overflow on the way to divergence is reported once, as TrainingDiverged,
+                    # not as NumPy warnings (which, as errors, would stop mid-epoch).
+                    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                        loss = float(self._engine.train_epoch(self._theta, self._state, X, T,
+                                                              perm, batch_size))
+                    self._check_finite(loss, f"in epoch {epoch + 1}", "the weights of the "
+                                       "last finite epoch were kept")
+                except BaseException:
+                    # Diverged or interrupted: never leave the model half an epoch updated.
+                    np.copyto(self._theta, saved_theta)
+                    self._state.copy_from(saved_state)
+                    self._rng.bit_generator.state = saved_rng
+                    raise
+                history.epoch.append(epoch)
+                history.history["loss"].append(loss)
+                message = f"epoch {epoch + 1}/{epochs}  loss {loss:.6g}"
+                if validation_data is not None:
+                    val = float(self._engine.evaluate(self._theta, Xv, Tv))
+                    history.history["val_loss"].append(val)
+                    message += f"  val_loss {val:.6g}"
+                if verbose:
+                    print(message, flush=True)
+                if tol is not None and loss <= tol:
+                    break
         return history
 
     # -- saving ------------------------------------------------------------------
@@ -217,30 +327,36 @@ class Model:
 
     # -- helpers -----------------------------------------------------------------
     def _data(self, X, Y):
-        X = validation.check_inputs(X, self.net.input_dim, self.dtype)
+        X = validation.check_inputs(X, self.net.input_dim, self.dtype, self._scaling)
         return X, validation.check_targets(Y, len(X), self.net, self.dtype)
 
-    def _check_finite(self, loss, epoch):
-        where = f"in epoch {epoch}"
-        bad = [i + 1 for i, (W, b, alpha) in enumerate(self.net.layer_views(self._theta))
-               if not (np.isfinite(W).all() and np.isfinite(b).all()
-                       and (alpha is None or np.isfinite(alpha).all()))]
-        # Name the first layer whose weights went bad, also when the loss did.
-        layer = f"layer {bad[0]}'s weights became NaN or inf" if bad else ""
-        if not np.isfinite(loss):
-            raise TrainingDiverged(f"training diverged {where}: the loss became {loss}"
-                                   f"{' and ' + layer if layer else ''}; "
-                                   "the weights of the last finite epoch were kept "
-                                   "(try a smaller learning rate)")
-        if bad:
-            raise TrainingDiverged(f"training diverged {where}: {layer}; the weights of the "
-                                   "last finite epoch were kept (try a smaller learning rate)")
+    def _snapshot_buffers(self):
+        """(theta, OptimizerState) buffers that train_on_batch saves into before each step."""
+        if self._snapshot is None:
+            self._snapshot = (np.empty_like(self._theta), optimizers.OptimizerState.new(
+                self.optimizer, self.net.n_params, self.dtype))
+        return self._snapshot
+
+    def _check_finite(self, loss, where, kept):
+        """Raise TrainingDiverged, saying truly what went non-finite, unless all is finite."""
+        bad = []
+        if not validation.all_finite(self._theta):
+            bad = [i + 1 for i, (W, b, alpha) in enumerate(self.net.layer_views(self._theta))
+                   if not (np.isfinite(W).all() and np.isfinite(b).all()
+                           and (alpha is None or np.isfinite(alpha).all()))]
         # An inf in Adam's v (g^2 overflowed) freezes weights silently: also divergence.
-        if not np.isfinite(self._state.buffers).all():
-            raise TrainingDiverged(f"training diverged {where}: the optimiser state became NaN "
-                                   "or inf (gradients overflowed); the weights and state of the "
-                                   "last finite epoch were kept (try a smaller learning rate "
-                                   "or rescale the data)")
+        state_bad = not validation.all_finite(self._state.buffers)
+        if np.isfinite(loss) and not bad and not state_bad:
+            return
+        what = []
+        if not np.isfinite(loss):
+            what.append(f"the loss became {loss}")
+        if bad:  # name the first layer whose weights went bad, also when the loss did
+            what.append(f"layer {bad[0]}'s weights became NaN or inf")
+        if state_bad:
+            what.append("the optimiser state became NaN or inf (gradients overflowed)")
+        raise TrainingDiverged(f"training diverged {where}: {' and '.join(what)}; {kept} "
+                               "(try a smaller learning rate or rescale the data)")
 
     def _warn_if_untrainable(self):
         dead = [i + 1 for i, l in enumerate(self.net.layers)

@@ -79,6 +79,11 @@ class Network:
         if self.loss.output and out_act != self.loss.output:
             raise ValueError(f"loss {self.loss.name!r} needs a {self.loss.output} output layer, "
                              f"got {out_act!r}")
+        if self.loss.name == "cross_entropy" and layers[-1].units == 1:
+            # softmax over one unit is always 1, so the loss is 0 and nothing is learnt
+            raise ValueError("cross_entropy with a 1-unit softmax output always has loss 0: for "
+                             "two classes use Dense(1, activation='sigmoid') with "
+                             "loss='binary_cross_entropy', or Dense(2, activation='softmax')")
         self.dims = np.array([int(input_dim)] + [l.units for l in layers], dtype=np.int64)
         self.act_codes = np.array([l.activation.code for l in layers], dtype=np.int64)
         self.act_params = np.array([l.param for l in layers], dtype=np.float64)

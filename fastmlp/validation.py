@@ -12,7 +12,7 @@ import numpy as np
 from .losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY
 
 
-def _all_finite(a):
+def all_finite(a):
     """True when every entry of ``a`` is finite, without an a-sized temporary.
 
     A sum is finite only if every term is (inf and NaN propagate), so the
@@ -24,8 +24,13 @@ def _all_finite(a):
     return bool(np.isfinite(a).all())
 
 
-def _asarray(a, name):
-    """np.asarray, with NumPy's error for ragged nested lists reworded to name the argument."""
+def as_array(a, name):
+    """np.asarray, refusing masked arrays and rewording NumPy's ragged-list error."""
+    if isinstance(a, np.ma.MaskedArray):
+        # np.asarray would drop the mask and train on the hidden values.
+        raise TypeError(f"{name} is a masked array: fastmlp does not honour masks; pass "
+                        f"{name}.filled(value) or drop the masked rows "
+                        f"({name}[~{name}.mask.any(axis=1)])")
     try:
         return np.asarray(a)
     except ValueError as exc:
@@ -33,29 +38,62 @@ def _asarray(a, name):
                          f"length ({exc})") from None
 
 
-def as_float_matrix(a, name, dtype):
-    """``a`` as a C-contiguous 2-D array of ``dtype``; rejects non-numeric, empty, NaN/inf."""
-    arr = _asarray(a, name)
+def _check_real(arr, name):
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.complexfloating):
         raise TypeError(f"{name} must be real, got dtype {arr.dtype}")
+
+
+def as_finite(arr, name, dtype):
+    """``arr`` (any shape) as a C-contiguous, aligned array of ``dtype`` whose values are
+    finite and representable: values that overflow ``dtype`` (1e39 in float32) are refused."""
+    _check_real(arr, name)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    if not out.flags.aligned:  # e.g. a memmap at an odd offset; compiled code needs alignment
+        out = out.copy()
+    if not all_finite(out):
+        src = np.asarray(arr)
+        where = np.unravel_index(int(np.argmin(np.isfinite(out))), out.shape)
+        at = (f"row {where[0]}, column {where[1]}" if out.ndim == 2
+              else f"index {tuple(int(i) for i in where)}")
+        if np.issubdtype(src.dtype, np.floating) and np.isfinite(src[where]):
+            raise ValueError(f"{name} has a value too large for {np.dtype(dtype).name} "
+                             f"({float(src[where])!r} at {at})")
+        raise ValueError(f"{name} contains NaN or inf (first at {at})")
+    return out
+
+
+def as_float_matrix(a, name, dtype, scaling=None):
+    """``a`` as a C-contiguous 2-D array of ``dtype``; rejects non-numeric, empty, NaN/inf.
+
+    ``scaling`` (mean, scale), float64 (k,): returns (a - mean) / scale, computed in float64.
+    """
+    arr = as_array(a, name)
+    _check_real(arr, name)
     if arr.ndim == 1:
         arr = arr.reshape(-1, 1)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (samples, features), got shape {arr.shape}")
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is empty: it has 0 rows")
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
-        out = np.ascontiguousarray(arr, dtype=dtype)
-    if not _all_finite(out):
-        bad = np.argwhere(~np.isfinite(out))[0]
-        raise ValueError(f"{name} contains NaN or inf (first at row {bad[0]}, column {bad[1]})")
+    if scaling is not None and arr.shape[1] == len(scaling[0]):
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = (arr.astype(np.float64, copy=False) - scaling[0]) / scaling[1]
+    out = as_finite(arr, name, dtype)
     return out
 
 
-def check_inputs(X, input_dim, dtype):
-    X = as_float_matrix(X, "X", dtype)
+def check_inputs(X, input_dim, dtype, scaling=None):
+    """X as (n, input_dim) in ``dtype``; a 1-D X is n samples of one feature."""
+    arr = as_array(X, "X")
+    if arr.ndim == 1 and input_dim > 1 and len(arr):
+        one = f"; for one sample use X.reshape(1, -1), shape (1, {input_dim})" \
+            if len(arr) == input_dim else ""
+        raise ValueError(f"X must be 2-D (samples, features), got a 1-D array of length "
+                         f"{len(arr)} and the model expects input_dim={input_dim}{one}")
+    X = as_float_matrix(arr, "X", dtype, scaling)
     if X.shape[1] != input_dim:
         raise ValueError(f"X has {X.shape[1]} columns but the model expects input_dim={input_dim}")
     return X
@@ -64,9 +102,8 @@ def check_inputs(X, input_dim, dtype):
 def check_targets(Y, n_rows, net, dtype):
     """Targets as floats (n, outputs); integer class labels become one-hot rows."""
     n_out, loss = net.output_dim, net.loss.code
-    arr = _asarray(Y, "Y")
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise TypeError(f"Y must be numeric, got dtype {arr.dtype}")
+    arr = as_array(Y, "Y")
+    _check_real(arr, "Y")
     if arr.ndim == 0 or arr.shape[0] != n_rows:
         raise ValueError(f"Y has {arr.shape[0] if arr.ndim else 0} rows but X has {n_rows}")
     labels = (loss == CROSS_ENTROPY and n_out > 1
@@ -98,6 +135,18 @@ def check_batch_size(batch_size, n_rows):
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     return min(int(batch_size), n_rows)
+
+
+def check_tol(tol):
+    """None, or a finite real number >= 0."""
+    if tol is None:
+        return None
+    if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, (int, float, np.integer,
+                                                                 np.floating)):
+        raise TypeError(f"tol must be a number >= 0 or None, got {type(tol).__name__} {tol!r}")
+    if not np.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol must be a finite number >= 0 or None, got {tol!r}")
+    return float(tol)
 
 
 def check_count(value, name, minimum=0):

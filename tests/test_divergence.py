@@ -126,9 +126,15 @@ def test_interrupted_epoch_leaves_weights_of_the_last_complete_one(backend, dtyp
     assert_same_bits(snapshot(m), snapshot(reference))
 
 
-def test_train_on_batch_reports_divergence(backend, dtype):
+def test_train_on_batch_reports_divergence_and_undoes_the_step(backend, dtype):
     X, Y = data()
-    m = model(backend, dtype, fm.SGD(lr=1e3))
-    with np.errstate(all="ignore"), pytest.raises(fm.TrainingDiverged, match="no longer finite"):
+    m = model(backend, dtype, fm.SGD(lr=1e3, momentum=0.9))
+    with np.errstate(all="ignore"), pytest.raises(fm.TrainingDiverged,
+                                                  match="in this train_on_batch step"):
         for _ in range(100):
+            before = m.get_state()
             m.train_on_batch(X, Y)
+    after = m.get_state()  # exactly as before the step that diverged
+    for key in ("theta", "opt_buffers", "opt_step"):
+        np.testing.assert_array_equal(after[key], before[key])
+    assert np.isfinite(after["theta"]).all()

@@ -199,17 +199,23 @@ def test_set_weights_round_trip_and_effect(backend, rng):
     np.testing.assert_array_equal(model.get_weights()[0], W1)
 
 
-@pytest.mark.parametrize("bad,match", [
-    (lambda ws: ws[:-1], "expected 5 arrays, got 4"),
-    (lambda ws: [ws[0].T] + ws[1:], r"weight 0 has shape \(3, 4\), expected \(4, 3\)"),
-    (lambda ws: ws[:1] + [np.full(3, np.nan)] + ws[2:], "weight 1 must be finite numbers"),
-    (lambda ws: ws[:1] + [np.array(["a", "b", "c"])] + ws[2:], "weight 1 must be finite numbers"),
+@pytest.mark.parametrize("bad,error,match", [
+    (lambda ws: ws[:-1], ValueError, "expected 5 arrays, got 4"),
+    (lambda ws: [ws[0].T] + ws[1:], ValueError, r"weight 0 has shape \(3, 4\), expected \(4, 3\)"),
+    (lambda ws: ws[:1] + [np.full(3, np.nan)] + ws[2:], ValueError, "weight 1 contains NaN or inf"),
+    (lambda ws: ws[:1] + [np.array(["a", "b", "c"])] + ws[2:], TypeError, "weight 1 must be numeric"),
+    # values that do not fit float32 would be stored as inf, and save() could not write them
+    (lambda ws: ws[:1] + [np.full(3, 1e39)] + ws[2:], ValueError, "weight 1 has a value too large for float32"),
+    # the imaginary part used to be dropped with only a warning
+    (lambda ws: ws[:1] + [np.full(3, 1 + 2j)] + ws[2:], TypeError, "weight 1 must be real"),
+    (lambda ws: ws[:1] + [np.ma.masked_array(np.ones(3), [0, 1, 0])] + ws[2:], TypeError,
+     "weight 1 is a masked array"),
 ])
-def test_set_weights_rejects_bad_arrays(backend, bad, match):
+def test_set_weights_rejects_bad_arrays(backend, bad, error, match):
     model = fm.Model([fm.Dense(3, "prelu"), fm.Dense(2, "linear")], input_dim=4,
                      backend=backend, seed=0)
     before = model.get_weights()
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         model.set_weights(bad(model.get_weights()))
     for a, b in zip(model.get_weights(), before):
         np.testing.assert_array_equal(a, b)

@@ -1,0 +1,180 @@
+"""Model-level contracts decided in issue 8: what is refused, what a failed step
+leaves behind, interrupted fits, input scaling, state and pickling, on every backend."""
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+import fastmlp as fm
+
+
+def small(backend, dtype="float32", optimizer=None, loss="mse", out="linear", units=2):
+    return fm.Model([fm.Dense(5, "tanh"), fm.Dense(units, out)], input_dim=3, loss=loss,
+                    optimizer=optimizer or fm.SGD(lr=0.05, momentum=0.9), backend=backend,
+                    dtype=dtype, seed=0)
+
+
+def data(n=40, k=2):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(n, 3))
+    return X, X @ rng.normal(size=(3, k))
+
+
+def assert_same_state(a, b):
+    for key in ("theta", "opt_buffers", "opt_step"):
+        assert a[key].tobytes() == b[key].tobytes(), key
+    assert a["rng_state"] == b["rng_state"]
+
+
+# -- item 4: a 1-unit softmax with cross-entropy has loss 0 whatever it predicts
+def test_one_unit_softmax_cross_entropy_is_refused():
+    with pytest.raises(ValueError, match="1-unit softmax.*binary_cross_entropy"):
+        fm.Model([fm.Dense(1, "softmax")], input_dim=3, loss="cross_entropy")
+
+
+# -- item 5: the message is true, and the failed step is undone
+def test_overflowing_loss_with_finite_weights_says_so(backend):
+    """The MSE of outputs near 1e161 overflows float64 while the weights stay finite."""
+    m = fm.Model([fm.Dense(1, "linear")], input_dim=1, optimizer=fm.SGD(lr=1e-30),
+                 backend=backend, dtype="float64", seed=0)
+    m.set_weights([np.full((1, 1), 1e160), np.zeros(1)])
+    before = m.get_state()
+    with np.errstate(all="ignore"), pytest.raises(fm.TrainingDiverged) as info:
+        m.train_on_batch(np.full((4, 1), 10.0), np.zeros((4, 1)))
+    assert "the loss became inf" in str(info.value)
+    assert "weights" not in str(info.value).split(";")[0]  # the weights were finite
+    assert "left as it was before the step" in str(info.value)
+    assert_same_state(m.get_state(), before)
+
+
+# -- item 6: Ctrl-C rolls back the shuffling generator too
+class _Interrupting:
+    """Wraps a backend so that its first train_epoch runs, then raises KeyboardInterrupt."""
+
+    def __init__(self, engine):
+        self._engine, self.calls = engine, 0
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def train_epoch(self, *args):
+        self.calls += 1
+        loss = self._engine.train_epoch(*args)
+        if self.calls == 1:
+            raise KeyboardInterrupt
+        return loss
+
+
+def test_interrupted_fit_rolls_back_the_generator(backend, dtype):
+    X, Y = data()
+    straight = small(backend, dtype)
+    straight.fit(X, Y, epochs=2, batch_size=8)
+    m = small(backend, dtype)
+    m.fit(X, Y, epochs=1, batch_size=8)
+    engine = m._engine
+    m._engine = _Interrupting(engine)
+    with pytest.raises(KeyboardInterrupt):
+        m.fit(X, Y, epochs=3, batch_size=8)
+    m._engine = engine
+    m.fit(X, Y, epochs=1, batch_size=8)
+    assert_same_state(m.get_state(), straight.get_state())  # fit(1) + interrupted + fit(1) == fit(2)
+
+
+# -- item 7: masks are not silently dropped
+@pytest.mark.parametrize("which", ["X", "Y"])
+def test_masked_arrays_are_refused(backend, which):
+    X, Y = data()
+    m = small(backend)
+    args = {"X": np.ma.masked_array(X, np.zeros_like(X, bool)), "Y": Y}
+    if which == "Y":
+        args = {"X": X, "Y": np.ma.masked_array(Y, np.zeros_like(Y, bool))}
+    with pytest.raises(TypeError, match=f"{which} is a masked array"):
+        m.fit(args["X"], args["Y"])
+
+
+# -- item 20: clear messages for fit's arguments and 1-D rows
+@pytest.mark.parametrize("tol,error,match", [
+    ("0.1", TypeError, "tol must be a number >= 0 or None, got str '0.1'"),
+    (-1.0, ValueError, "tol must be a finite number >= 0"),
+    (np.nan, ValueError, "tol must be a finite number >= 0"),
+    (True, TypeError, "tol must be a number"),
+])
+def test_fit_tol_is_checked(backend, tol, error, match):
+    with pytest.raises(error, match=match):
+        small(backend).fit(*data(), tol=tol)
+
+
+@pytest.mark.parametrize("bad", [lambda X, Y: (X,), lambda X, Y: (X, Y, Y), lambda X, Y: X])
+def test_validation_data_must_be_a_pair(backend, bad):
+    X, Y = data()
+    with pytest.raises(ValueError, match=r"validation_data must be a tuple \(X_val, Y_val\)"):
+        small(backend).fit(X, Y, validation_data=bad(X, Y))
+
+
+def test_one_dimensional_row_gets_a_reshape_hint(backend):
+    with pytest.raises(ValueError, match=r"X must be 2-D.*X.reshape\(1, -1\), shape \(1, 3\)"):
+        small(backend).predict(np.zeros(3))
+
+
+# -- item 17 (validation part): unaligned arrays are copied, not refused
+def test_unaligned_input_is_accepted(backend, dtype):
+    X, Y = data(n=30)
+    raw = np.zeros(X.size * np.dtype(dtype).itemsize + 1, dtype=np.uint8)
+    unaligned = np.frombuffer(raw.data, dtype=dtype, count=X.size, offset=1).reshape(X.shape)
+    assert not unaligned.flags.aligned
+    # frombuffer over a bytearray is read-only; fill through a writable twin
+    np.frombuffer(memoryview(raw)[1:], dtype=dtype, count=X.size).reshape(X.shape)[...] = X
+    m = small(backend, dtype)
+    np.testing.assert_array_equal(m.predict(unaligned), m.predict(X.astype(dtype)))
+    m.fit(unaligned, Y, epochs=1)
+
+
+# -- input scaling kept apart from the float32 weights (item 3, model part)
+def test_input_scaling_keeps_large_offsets_exact(backend):
+    rng = np.random.default_rng(0)
+    t = 1.7e9 + rng.integers(0, 1000, size=(200, 1)).astype(np.float64)  # Unix-time-like
+    X = np.hstack([t, rng.normal(size=(200, 2))])
+    mean, scale = X.mean(0), X.std(0)
+    m = small(backend)
+    m.set_input_scaling(mean, scale)
+    expected = small(backend).predict((X - mean) / scale)  # same seed: same weights
+    np.testing.assert_allclose(m.predict(X), expected, rtol=1e-5, atol=1e-6)
+    assert m.input_scaling[0].dtype == np.float64
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        m.set_input_scaling(mean, np.zeros(3))
+    m.set_input_scaling(None, None)
+    assert m.input_scaling is None
+
+
+# -- state and pickling
+def test_get_state_set_state_round_trip(backend, dtype):
+    X, Y = data()
+    a = small(backend, dtype, fm.Adam(lr=0.01))
+    a.fit(X, Y, epochs=2)
+    b = small(backend, dtype, fm.Adam(lr=0.01))
+    b.set_state(a.get_state())
+    a.fit(X, Y, epochs=1)
+    b.fit(X, Y, epochs=1)
+    assert_same_state(a.get_state(), b.get_state())
+    bad = a.get_state()
+    bad["theta"] = bad["theta"][:-1]
+    with pytest.raises(ValueError, match="state does not match this model"):
+        b.set_state(bad)
+
+
+@pytest.mark.parametrize("clone", [lambda m: pickle.loads(pickle.dumps(m)), copy.copy,
+                                   copy.deepcopy], ids=["pickle", "copy", "deepcopy"])
+def test_pickle_and_copy_predict_bit_identically(backend, dtype, clone):
+    X, Y = data()
+    m = small(backend, dtype, fm.Adam(lr=0.01))
+    m.set_input_scaling(X.mean(0), X.std(0))
+    m.fit(X, Y, epochs=2)
+    c = clone(m)
+    assert c.backend == m.backend and c.dtype == m.dtype
+    assert c.predict(X).tobytes() == m.predict(X).tobytes()
+    assert_same_state(c.get_state(), m.get_state())
+    c.fit(X, Y, epochs=1)  # independent: training the copy leaves the original alone
+    assert c.predict(X).tobytes() != m.predict(X).tobytes()
+    m.fit(X, Y, epochs=1)
+    assert c.predict(X).tobytes() == m.predict(X).tobytes()  # same data, same generator
