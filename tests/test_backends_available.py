@@ -15,3 +15,31 @@ def test_unknown_backend_is_a_clear_error():
     import pytest
     with pytest.raises(ValueError, match="unknown backend 'tensorflow'"):
         fm.Model([fm.Dense(1)], input_dim=1, backend="tensorflow")
+
+
+def test_source_tree_shadowing_the_install_is_explained(tmp_path):
+    """After `pip install .`, running inside the clone imports ./fastmlp, which has no
+    compiled kernels: the error says so instead of blaming numba or scipy."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(fm.__file__).resolve().parents[1]
+    shutil.copytree(root / "fastmlp", tmp_path / "fastmlp",
+                    ignore=shutil.ignore_patterns("__pycache__", "data"))
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "setup.py").write_text("")
+    # An editable install maps fastmlp.kernels to the clone whatever shadows fastmlp: drop its
+    # finder, as a plain `pip install .` has none.
+    code = ("import sys\n"
+            "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]\n"
+            "import fastmlp as fm\n"
+            "print(fm.available_backends())\n"
+            "try:\n    fm.Model([fm.Dense(1)], input_dim=1, backend='numba')\n"
+            "except ValueError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert "['numpy']" in out.stdout
+    assert "imported from its source tree" in out.stdout and "pip install -e ." in out.stdout

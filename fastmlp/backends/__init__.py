@@ -19,6 +19,7 @@ parameter vector, ``T`` targets as floats (n, outputs), and ``state`` an
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 # name -> "module:Class"; a backend is available when its module imports.
 _REGISTRY = {
@@ -31,7 +32,21 @@ _import_errors: dict[str, str] = {}
 
 def _load(name):
     module, cls = _REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ImportError as exc:
+        raise ImportError(_explain(exc)) from None
+
+
+def _explain(exc):
+    """The import error, or what is really wrong when a source tree shadows the install."""
+    package = Path(__file__).resolve().parents[1]
+    source_tree = (package.parent / "kernels").is_dir() and (package.parent / "setup.py").is_file()
+    if "fastmlp.kernels" in str(exc) and source_tree:
+        return (f"fastmlp is imported from its source tree ({package}), which has no compiled "
+                "kernels: that folder shadows the installed package. Install the clone with "
+                "`pip install -e .`, or run from another folder")
+    return str(exc)
 
 
 def available_backends():
