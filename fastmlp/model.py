@@ -7,12 +7,14 @@ here, once per call, so the backends never see a bad shape.
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 
 import numpy as np
 
 from . import activations as act
-from . import optimizers, validation
+from . import labels, optimizers, validation
+from . import metrics as metric_table
 from .backends import get_backend
 from .network import Network
 
@@ -23,12 +25,35 @@ class TrainingDiverged(FloatingPointError):
     """Raised by :meth:`Model.fit` when the loss or a weight stops being finite."""
 
 
+_HOOKS = ("set_model", "on_train_begin", "on_epoch_end", "on_train_end")
+
+
+def _hook(callback, name, *args):
+    method = getattr(callback, name, None)
+    if method is not None:
+        method(*args)
+
+
+def _feature_names(X):
+    """Column names of a DataFrame-like X (as a unicode array), else None."""
+    columns = getattr(X, "columns", None)
+    if columns is None or not hasattr(X, "shape"):
+        return None
+    return np.asarray([str(c) for c in columns])
+
+
 class History:
-    """What :meth:`Model.fit` returns: ``history["loss"]`` is one mean loss per epoch."""
+    """What :meth:`Model.fit` returns: ``history["loss"]`` is one mean loss per epoch,
+    and every other logged value (val_loss, metrics, samples_per_s) a list beside it."""
 
     def __init__(self):
         self.history = {"loss": []}
         self.epoch = []
+
+    def record(self, epoch, logs):
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
 
     def __repr__(self):
         return f"History(epochs={len(self.epoch)}, loss={self.history['loss'][-1:]})"
@@ -254,37 +279,56 @@ class Model:
                 raise
         return loss
 
+    def predict_classes(self, X):
+        """Class labels (n,) for X: ``classes_[argmax]`` for a softmax, > 0.5 for one
+        sigmoid unit (indices when the model was never given labels); several sigmoid
+        units give a 0/1 indicator (n, k)."""
+        return labels.decode(self.predict(X), self.net, self.classes_)
+
     def fit(self, X, Y, epochs=1, batch_size=32, tol=None, shuffle=True,
-            validation_data=None, verbose=0):
-        """Train by mini-batch gradient descent.
+            validation_data=None, validation_split=0.0, metrics=None, callbacks=None,
+            verbose=0):
+        """Train by mini-batch gradient descent; returns the :class:`History`.
 
         Each epoch visits every row once in batches of ``batch_size`` (None =
         the whole set, 1 = per-sample SGD), shuffled when ``shuffle``. Stops after
-        ``epochs`` or as soon as an epoch's mean loss is <= ``tol`` (the
-        lessons' E <= epsilon). If the loss, a weight or the optimiser state becomes
-        NaN or inf, or the epoch is interrupted (Ctrl-C), the weights, optimiser
-        state and shuffling generator of the last finite epoch are restored;
-        divergence raises TrainingDiverged naming the epoch and layer.
+        ``epochs``, as soon as an epoch's mean loss is <= ``tol`` (the lessons'
+        E <= epsilon), or when a callback sets ``model.stop_training``.
+
+        validation_data: (X_val, Y_val); or validation_split: the fraction of rows
+        held out for validation, taken from the end of X before any shuffling.
+        metrics: names from :mod:`fastmlp.metrics` ("accuracy", "mae", ...), recorded
+        per epoch on the training rows and, as "val_<name>", on the validation rows.
+        callbacks: objects with any of set_model, on_train_begin, on_epoch_end,
+        on_train_end (see :mod:`fastmlp.callbacks`). verbose: 0 silent, 1 a progress
+        bar, 2 one line per epoch.
+
+        If the loss, a weight or the optimiser state becomes NaN or inf, or the
+        epoch is interrupted (Ctrl-C), the weights, optimiser state and shuffling
+        generator of the last finite epoch are restored; divergence raises
+        TrainingDiverged naming the epoch and layer.
         """
-        X, T = self._data(X, Y)
+        X, T = self._data(X, Y, learn=True)
         epochs = validation.check_count(epochs, "epochs")
-        batch_size = validation.check_batch_size(batch_size, len(X))
         tol = validation.check_tol(tol)
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("validation_data must be a tuple (X_val, Y_val), got "
-                                 f"{type(validation_data).__name__} of length "
-                                 f"{len(validation_data) if hasattr(validation_data, '__len__') else '?'}")
-            Xv, Tv = self._data(*validation_data)
+        X, T, val = self._validation_rows(X, T, validation_data, validation_split)
+        batch_size = validation.check_batch_size(batch_size, len(X))
+        metric_fns = metric_table.get(metrics)
+        callbacks = self._callbacks(callbacks, verbose)
         self._warn_if_untrainable()
-        history = History()
-        if validation_data is not None:
-            history.history["val_loss"] = []
+        self.history = history = History()
+        self.stop_training = False
+        for cb in callbacks:
+            _hook(cb, "set_model", self)
+            _hook(cb, "on_train_begin", {"epochs": epochs, "samples": len(X),
+                                         "batch_size": batch_size})
         perm = np.arange(len(X), dtype=np.int64)
         saved_theta = np.empty_like(self._theta)
         saved_state = optimizers.OptimizerState.new(self.optimizer, self.net.n_params, self.dtype)
+        logs = {}
         with self._lock:
             for epoch in range(epochs):
+                start = time.perf_counter()
                 saved_rng = self._rng.bit_generator.state
                 np.copyto(saved_theta, self._theta)
                 saved_state.copy_from(self._state)
@@ -306,18 +350,28 @@ class Model:
                     self._state.copy_from(saved_state)
                     self._rng.bit_generator.state = saved_rng
                     raise
-                history.epoch.append(epoch)
-                history.history["loss"].append(loss)
-                message = f"epoch {epoch + 1}/{epochs}  loss {loss:.6g}"
-                if validation_data is not None:
-                    val = float(self._engine.evaluate(self._theta, Xv, Tv))
-                    history.history["val_loss"].append(val)
-                    message += f"  val_loss {val:.6g}"
-                if verbose:
-                    print(message, flush=True)
-                if tol is not None and loss <= tol:
+                seconds = time.perf_counter() - start
+                logs = {"loss": loss, **self._scores(metric_fns, X, T)}
+                if val is not None:
+                    logs["val_loss"] = float(self._engine.evaluate(self._theta, *val))
+                    logs.update({f"val_{k}": v for k, v in self._scores(metric_fns, *val).items()})
+                logs["samples_per_s"] = len(X) / seconds if seconds > 0 else float("inf")
+                history.record(epoch, logs)
+                if verbose == 2:
+                    print(f"epoch {epoch + 1}/{epochs}  " + "  ".join(
+                        f"{k} {v:.6g}" for k, v in logs.items()), flush=True)
+                for cb in callbacks:
+                    _hook(cb, "on_epoch_end", epoch, logs)
+                if self.stop_training or (tol is not None and loss <= tol):
                     break
+        for cb in callbacks:
+            _hook(cb, "on_train_end", logs)
         return history
+
+    def to_onnx(self, path, opset=None):
+        """Write the model as an ONNX graph (needs the ``onnx`` extra); see fastmlp.onnx_export."""
+        from .onnx_export import to_onnx
+        return to_onnx(self, path, opset=opset)
 
     # -- saving ------------------------------------------------------------------
     def save(self, path):
@@ -326,9 +380,61 @@ class Model:
         save(self, path)
 
     # -- helpers -----------------------------------------------------------------
-    def _data(self, X, Y):
+    def _data(self, X, Y, learn=False):
+        """(X, T) as the backends take them. Labels of any kind become class indices;
+        ``learn`` (training calls) records classes_ and feature names the first time."""
+        names = _feature_names(X)
+        if names is not None and self.feature_names_in_ is not None \
+                and not np.array_equal(names, self.feature_names_in_):
+            raise ValueError(f"X has feature names {names.tolist()[:8]} but the model was "
+                             f"trained with {self.feature_names_in_.tolist()[:8]}")
         X = validation.check_inputs(X, self.net.input_dim, self.dtype, self._scaling)
+        Y = validation.as_array(Y, "Y")
+        if labels.is_labels(Y, self.net) and len(Y) == len(X):
+            Y, classes = labels.encode(Y, self.net, self.classes_)
+            if learn and self.classes_ is None:
+                self.classes_ = classes
+        if learn and names is not None:
+            self.feature_names_in_ = names
         return X, validation.check_targets(Y, len(X), self.net, self.dtype)
+
+    def _validation_rows(self, X, T, validation_data, validation_split):
+        """(X, T, (X_val, T_val) or None): validation_split holds out the last rows."""
+        split = validation.check_fraction(validation_split, "validation_split")
+        if validation_data is not None:
+            if split:
+                raise ValueError("give validation_data or validation_split, not both")
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be a tuple (X_val, Y_val), got "
+                                 f"{type(validation_data).__name__} of length "
+                                 f"{len(validation_data) if hasattr(validation_data, '__len__') else '?'}")
+            return X, T, self._data(*validation_data)
+        if not split:
+            return X, T, None
+        n_val = int(round(len(X) * split))
+        if not 1 <= n_val < len(X):
+            raise ValueError(f"validation_split={validation_split} of {len(X)} rows leaves "
+                             f"{n_val} for validation and {len(X) - n_val} for training; "
+                             "both need at least one")
+        return X[:-n_val], T[:-n_val], (X[-n_val:], T[-n_val:])
+
+    def _scores(self, metric_fns, X, T):
+        if not metric_fns:
+            return {}
+        P = self._engine.predict(self._theta, X)
+        return {name: fn(P, T) for name, fn in metric_fns}
+
+    def _callbacks(self, callbacks, verbose):
+        if verbose not in (0, 1, 2, False, True):
+            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+        callbacks = list(callbacks or [])
+        for cb in callbacks:
+            if not any(hasattr(cb, h) for h in _HOOKS):
+                raise TypeError(f"callbacks must define one of {_HOOKS}, got {cb!r}")
+        if verbose == 1:
+            from .callbacks import ProgressBar
+            callbacks.append(ProgressBar())
+        return callbacks
 
     def _snapshot_buffers(self):
         """(theta, OptimizerState) buffers that train_on_batch saves into before each step."""

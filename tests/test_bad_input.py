@@ -121,8 +121,9 @@ def test_nan_or_inf_in_Y(backend, xy, call, value):
 
 @pytest.mark.parametrize("call", list(CALLS))
 @pytest.mark.parametrize("labels,match", [
-    ([0, 1, 2, 3, 0, 1, 2, 0], r"class labels must be in \[0, 3\), got values from 0 to 3"),
-    ([0, 1, 2, -1, 0, 1, 2, 0], r"class labels must be in \[0, 3\), got values from -1 to 2"),
+    # labels that are not indices 0..2 must be exactly 3 distinct values (then they name the classes)
+    ([0, 1, 2, 3, 0, 1, 2, 0], r"Y has 4 distinct labels \[0, 1, 2, 3\] but the model has 3 classes"),
+    ([0, 1, 2, -1, 0, 1, 2, 0], r"Y has 4 distinct labels \[-1, 0, 1, 2\] but the model has 3 classes"),
     ([0, 1.5, 2, 1, 0, 1, 2, 0], "class labels in Y must be integers"),
     ([0, np.nan, 2, 1, 0, 1, 2, 0], "Y contains NaN or inf"),
 ])
@@ -131,7 +132,9 @@ def test_bad_class_labels(backend, xy, call, labels, match):
 
 
 @pytest.mark.parametrize("Y,exc,match", [
-    (np.array(["a"] * 8), TypeError, "Y must be numeric"),
+    # strings are class labels now: one label cannot name three classes
+    (np.array(["a"] * 8), ValueError, r"Y has 1 distinct labels \['a'\] but the model has 3 classes"),
+    (np.array([1, "a"] * 4, dtype=object), TypeError, "class labels must be all numbers or all strings"),
     (np.zeros((8, 1, 3)), ValueError, "Y must be 2-D"),
     (np.zeros((8, 1, 2), dtype=int), ValueError, "Y must be 2-D"),
     (np.float64(0.0), ValueError, "Y has 0 rows but X has 8"),

@@ -1,0 +1,123 @@
+"""Replacing a file atomically, without surprises.
+
+:func:`replace` writes a temporary file beside the target, flushes it to disk
+and renames it over the target, so a crash leaves the old file or the new one,
+never half of either. Around that:
+
+- a symbolic link is followed: its target is replaced, the link stays;
+- anything that exists and is not a regular file (a directory, a device, a
+  fifo, a socket) is refused with ValueError, never replaced;
+- the new file keeps the old file's permission bits; a new file gets
+  0666 & ~umask, as ``open(path, "w")`` would give it;
+- the temporary file is named ``.fastmlp-<pid>-<random>.tmp``. A writer killed
+  mid-save leaves it behind; every save first deletes such files whose writer
+  process is gone, so repeated crashes leave at most one per folder.
+  (A folder shared between machines could hold a live writer's file whose pid
+  means nothing here: that writer's rename then fails, its old file is kept.)
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+import tempfile
+import threading
+
+_TEMP = re.compile(r"\.fastmlp-(\d+)-[a-z0-9_]+\.tmp\Z")
+_umask_lock = threading.Lock()
+
+_KINDS = [(stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a fifo"), (stat.S_ISSOCK, "a socket")]
+
+
+def replace(path, write):
+    """Call ``write(f)`` on a new binary file ``f`` and rename it over ``path``."""
+    target = os.path.realpath(path)
+    shown = path if target == os.path.abspath(path) else f"{path} (a link to {target})"
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, f"cannot save {shown}: no such folder", folder)
+    mode = _mode_for(target, shown)
+    remove_stale_temporaries(folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".fastmlp-{os.getpid()}-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def _mode_for(target, shown):
+    """Permission bits for the new file; ValueError if ``target`` is not a regular file."""
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+    for is_kind, kind in _KINDS:
+        if is_kind(st.st_mode):
+            raise ValueError(f"cannot save to {shown}: it is {kind}, not a regular file; "
+                             "save replaces only regular files")
+    return stat.S_IMODE(st.st_mode) & 0o777
+
+
+def current_umask():
+    """The process umask, without changing it where Linux tells it (/proc)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # Reading it elsewhere means setting it: 0o077 for that instant, so a file another
+    # thread creates meanwhile gets stricter permissions, never looser.
+    with _umask_lock:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder):
+    """Delete ``.fastmlp-<pid>-*.tmp`` files in ``folder`` whose writer process is gone."""
+    if os.name != "posix":  # elsewhere os.kill(pid, 0) would terminate the process
+        return
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        match = _TEMP.match(name)
+        if match and not _alive(int(match.group(1))):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
+def _alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError, OSError):
+        return True  # exists but is not ours, or not a pid we can judge: keep its file
+    return True

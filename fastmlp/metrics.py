@@ -1,0 +1,48 @@
+"""Metrics that ``Model.fit(metrics=[...])`` records per epoch, by name.
+
+Each takes the network outputs P (n, k) and the float targets T (n, k) the model
+trains on (one-hot rows for class labels) and returns a float.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def accuracy(P, T):
+    """Fraction of rows classified right: argmax for several outputs, > 0.5 for one.
+    With several sigmoid (multi-label) outputs, the fraction of outputs right."""
+    if P.shape[1] == 1:
+        return float(np.mean((P[:, 0] > 0.5) == (T[:, 0] > 0.5)))
+    return float(np.mean(P.argmax(axis=1) == T.argmax(axis=1)))
+
+
+def binary_accuracy(P, T):
+    """Fraction of outputs on the right side of 0.5 (multi-label)."""
+    return float(np.mean((P > 0.5) == (T > 0.5)))
+
+
+def mae(P, T):
+    """Mean absolute error over every output."""
+    return float(np.mean(np.abs(P.astype(np.float64) - T)))
+
+
+def rmse(P, T):
+    """Root of the mean squared error over every output."""
+    return float(np.sqrt(np.mean(np.square(P.astype(np.float64) - T))))
+
+
+METRICS = {f.__name__: f for f in (accuracy, binary_accuracy, mae, rmse)}
+
+
+def get(names):
+    """[(name, function)] for a list of metric names; a clear error for unknown ones."""
+    if names is None:
+        return []
+    if isinstance(names, str):
+        names = [names]
+    out = []
+    for name in names:
+        if name not in METRICS:
+            raise ValueError(f"unknown metric {name!r}; choose from {sorted(METRICS)}")
+        out.append((name, METRICS[name]))
+    return out
