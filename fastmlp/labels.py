@@ -50,8 +50,8 @@ def encode(Y, net, classes):
         if np.issubdtype(flat.dtype, np.floating) and np.any(flat != np.round(flat)):
             raise ValueError("class labels in Y must be integers (or strings)")
     if classes is None:
-        if flat.dtype != bool and np.issubdtype(flat.dtype, np.number):
-            return Y, (np.arange(k) if _are_indices(flat, k) else _found(flat, k))
+        if flat.dtype != bool and np.issubdtype(flat.dtype, np.number) and _are_indices(flat, k):
+            return Y, np.arange(k)
         classes = _found(flat, k)
     classes = np.asarray(classes)
     if (classes.dtype.kind in "iu" and flat.dtype.kind in "iuf"
