@@ -16,6 +16,7 @@ from . import activations as act
 from . import labels, optimizers, validation
 from . import metrics as metric_table
 from .backends import get_backend
+from .backends import resolve as resolve_backend
 from .network import Network
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -75,7 +76,8 @@ class Model:
     input_dim : int, number of input features.
     loss : "mse", "cross_entropy" (softmax output) or "binary_cross_entropy" (sigmoid output).
     optimizer : fm.SGD or fm.Adam (default SGD(lr=0.01)).
-    backend : a name from fm.available_backends().
+    backend : "auto" (default: the fastest available, cython, then numba, then numpy) or a
+        name from fm.available_backends(); ``model.backend`` is the one chosen.
     dtype : "float32" (default) or "float64", kept end to end.
     seed : int or None; makes initialisation and shuffling reproducible.
 
@@ -85,13 +87,13 @@ class Model:
     (3, 1)
     """
 
-    def __init__(self, layers, input_dim, loss="mse", optimizer=None, backend="numpy",
+    def __init__(self, layers, input_dim, loss="mse", optimizer=None, backend="auto",
                  dtype="float32", seed=None):
         self.net = Network(layers, input_dim, loss)
         self.dtype = _dtype(dtype)
         self.optimizer = optimizers.get(optimizer)
-        self.backend = backend
-        self._engine = get_backend(backend)(self.net, self.dtype)
+        self.backend = resolve_backend(backend)
+        self._engine = get_backend(self.backend)(self.net, self.dtype)
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._theta = self.net.init_params(self._rng, self.dtype)

@@ -62,10 +62,22 @@ def available_backends():
     return names
 
 
+# What backend="auto" picks: the fastest that imports here.
+AUTO_ORDER = ("cython", "numba", "numpy")
+
+
+def resolve(name):
+    """The backend name that ``name`` means here: "auto" -> the first of AUTO_ORDER that imports."""
+    if name == "auto":
+        available = available_backends()
+        return next(b for b in AUTO_ORDER if b in available)
+    return name
+
+
 def get_backend(name):
     """The backend class for ``name``; a clear error if unknown or not importable."""
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(_REGISTRY)}")
+        raise ValueError(f"unknown backend {name!r}; choose 'auto' or one of {sorted(_REGISTRY)}")
     try:
         return _load(name)
     except ImportError as exc:

@@ -1,0 +1,231 @@
+"""The shared part of fastmlp.sklearn's estimators: parameters, model building, the epoch loop.
+
+Private: import the estimators from :mod:`fastmlp.sklearn`, which also says how
+scikit-learn's parameters map onto fastmlp's.
+"""
+from __future__ import annotations
+
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+import fastmlp as fm
+from fastmlp.activations import ACTIVATIONS
+
+_SKLEARN_NAMES = {"identity": "linear", "logistic": "sigmoid"}
+_HIDDEN_ACTIVATIONS = (set(ACTIVATIONS) - {"softmax"}) | set(_SKLEARN_NAMES)
+_BACKEND_PREFERENCE = ("cython", "numba", "numpy")
+
+
+def resolve_backend(name):
+    """"auto" -> the fastest backend that imports here; other names are checked."""
+    available = fm.available_backends()
+    if name == "auto":
+        return next(b for b in _BACKEND_PREFERENCE if b in available)
+    if name not in available:
+        raise ValueError(f"backend {name!r} is not available here; choose 'auto' or one of "
+                         f"{available}")
+    return name
+
+
+class BaseMLP(BaseEstimator):
+    """What both estimators share: parameters, model building and the epoch loop.
+
+    Subclasses define ``_targets(y, first, classes)`` (the float targets T and
+    the output layer), ``_validation_score(X_val, T_val)``, ``_stratify`` (split
+    the validation rows by label) and prediction.
+    """
+
+    _parameter_constraints = {
+        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions(_HIDDEN_ACTIVATIONS)],
+        "solver": [StrOptions({"adam", "sgd"})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "momentum": [Interval(Real, 0, 1, closed="left")],
+        "nesterovs_momentum": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "backend": [StrOptions({"auto", "numpy", "numba", "cython"})],
+        "dtype": [StrOptions({"float32", "float64"})],
+    }
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate_init=0.001, max_iter=200,
+                 shuffle=True, random_state=None, tol=1e-4, verbose=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
+                 backend="auto", dtype="float32"):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.backend = backend
+        self.dtype = dtype
+
+    # -- training ----------------------------------------------------------------
+    def fit(self, X, y):
+        """Train a new model for up to ``max_iter`` epochs; returns self."""
+        self._validate_params()
+        return self._fit(X, y, incremental=False)
+
+    def _fit(self, X, y, incremental, classes=None):
+        first = not (incremental and hasattr(self, "model_"))
+        X, y = validate_data(self, X, y, reset=first, multi_output=True, order="C",
+                             dtype=self.dtype, y_numeric=isinstance(self, RegressorMixin))
+        T, output = self._targets(y, first, classes)
+        rng = check_random_state(self.random_state)
+        early = self.early_stopping and not incremental
+        if early:
+            X, X_val, T, T_val = self._split(X, T, y, rng)
+        batch_size = self._batch_size(len(X))
+        if first:
+            self.model_ = self._build(output, batch_size, rng.randint(np.iinfo(np.int32).max))
+            self.loss_curve_, self.n_iter_, self.t_ = [], 0, 0
+            self.best_loss_, self._no_improvement = np.inf, 0
+            self.validation_scores_ = [] if early else None
+            self.best_validation_score_ = -np.inf if early else None
+        best_state = None
+        for _ in range(1 if incremental else self.max_iter):
+            history = self.model_.fit(X, T, epochs=1, batch_size=batch_size,
+                                      shuffle=self.shuffle)
+            loss = history.history["loss"][0]
+            self.loss_curve_.append(loss)
+            self.n_iter_ += 1
+            self.t_ += len(X)
+            if self.verbose:
+                print(f"Iteration {self.n_iter_}, loss = {loss:.8f}", flush=True)
+            if early:
+                score = self._validation_score(X_val, T_val)
+                if self._record_validation(score):
+                    best_state = self.model_.get_state()
+                if self.verbose:
+                    print(f"Validation score: {score:.6f}", flush=True)
+            else:
+                self._record_loss(loss)
+            if incremental:
+                break
+            if self._no_improvement > self.n_iter_no_change:
+                what = "Validation score" if early else "Training loss"
+                if self.verbose:
+                    print(f"{what} did not improve more than tol={self.tol} for "
+                          f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+                break
+        else:
+            if not incremental:
+                warnings.warn(f"Stochastic optimizer: maximum iterations ({self.max_iter}) "
+                              "reached and the optimization hasn't converged yet.",
+                              ConvergenceWarning)
+        if early:
+            self.model_.set_state(best_state)
+            self.best_loss_ = None   # scikit-learn's convention with early stopping
+        return self
+
+    def _record_loss(self, loss):
+        # scikit-learn's rule: no improvement unless the loss beats the best by tol
+        self._no_improvement = 0 if loss <= self.best_loss_ - self.tol else self._no_improvement + 1
+        self.best_loss_ = min(self.best_loss_, loss)
+
+    def _record_validation(self, score):
+        """Append a validation score; True when it is the best so far."""
+        self.validation_scores_.append(score)
+        best = self.best_validation_score_
+        self._no_improvement = 0 if score >= best + self.tol else self._no_improvement + 1
+        if score > best:
+            self.best_validation_score_ = score
+            return True
+        return False
+
+    def _split(self, X, T, y, rng):
+        """scikit-learn's held-out split (stratified by label for single-label classifiers)."""
+        X, X_val, T, T_val = train_test_split(X, T, random_state=rng,
+                                              stratify=y if self._stratify else None,
+                                              test_size=self.validation_fraction)
+        if len(X_val) < 2:
+            raise ValueError(f"The validation set is too small: {len(X_val)} sample(s) with "
+                             f"validation_fraction={self.validation_fraction}; increase it "
+                             "or use early_stopping=False")
+        return np.ascontiguousarray(X), np.ascontiguousarray(X_val), T, T_val
+
+    def _batch_size(self, n):
+        if self.batch_size == "auto":
+            return min(200, n)
+        if self.batch_size > n:
+            warnings.warn(f"Got batch_size={self.batch_size} larger than the {n} samples; "
+                          "it is clipped to the sample size")
+        return min(self.batch_size, n)
+
+    def _build(self, output, batch_size, seed):
+        units, act, loss = output
+        sizes = self.hidden_layer_sizes
+        sizes = [sizes] if isinstance(sizes, Integral) else list(sizes)
+        if any(isinstance(s, bool) or not isinstance(s, Integral) or s < 1 for s in sizes):
+            raise ValueError(f"hidden_layer_sizes must be positive integers, got "
+                             f"{self.hidden_layer_sizes!r}")
+        hidden = _SKLEARN_NAMES.get(self.activation, self.activation)
+        layers = [fm.Dense(int(s), activation=hidden) for s in sizes] + [fm.Dense(units, act)]
+        scale = 2 * units if loss == "mse" else 1   # see the module docstring
+        decay = self.alpha * scale / batch_size
+        if decay >= 1:
+            raise ValueError(f"alpha={self.alpha} gives a weight decay of {decay:.3g} per "
+                             "step, which must be < 1: use a smaller alpha or a larger "
+                             "batch_size")
+        if self.solver == "adam":
+            opt = fm.Adam(lr=self.learning_rate_init, beta1=self.beta_1, beta2=self.beta_2,
+                          eps=self.epsilon, weight_decay=decay)
+        else:
+            opt = fm.SGD(lr=self.learning_rate_init, momentum=self.momentum,
+                         nesterov=self.nesterovs_momentum and self.momentum > 0,
+                         weight_decay=decay)
+        model = fm.Model(layers, input_dim=self.n_features_in_, loss=loss, optimizer=opt,
+                         backend=resolve_backend(self.backend), dtype=self.dtype, seed=seed)
+        if hasattr(self, "feature_names_in_"):
+            model.feature_names_in_ = np.asarray(self.feature_names_in_, dtype=str)
+        classes = getattr(self, "classes_", None)
+        if classes is not None and not self._multilabel:
+            # the Model keeps numbers or unicode strings (what fm.save can write)
+            if classes.dtype.kind in "biufU":
+                model.classes_ = classes.copy()
+            elif all(isinstance(c, str) for c in classes):
+                model.classes_ = classes.astype(str)
+        return model
+
+    def _outputs(self, X):
+        """Network outputs (n, outputs) as float64, after scikit-learn's input checks."""
+        check_is_fitted(self, "model_")
+        X = validate_data(self, X, reset=False, order="C", dtype=self.dtype)
+        return self.model_.predict(X).astype(np.float64)
+
+

@@ -1,0 +1,184 @@
+"""scikit-learn estimators over :class:`fastmlp.Model`: ``MLPClassifier`` and ``MLPRegressor``.
+
+They take scikit-learn's ``sklearn.neural_network`` parameters where those
+exist, plus ``backend`` and ``dtype``, and pass ``check_estimator``:
+
+>>> from fastmlp.sklearn import MLPClassifier
+>>> clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=50, random_state=0)  # doctest: +SKIP
+>>> clf.fit(X, y).predict_proba(X)                                               # doctest: +SKIP
+
+Differences from scikit-learn, and why:
+
+* ``alpha`` (L2) becomes the optimiser's weight decay, which adds wd * theta to
+  the gradient of the batch's mean loss. scikit-learn adds alpha / (2 * batch)
+  * ||W||^2 to its loss, whose gradient is alpha / batch * W, so
+  ``weight_decay = alpha / batch_size`` (times 2 * n_outputs for the regressor,
+  because fastmlp's mse sums squared errors over the outputs where
+  scikit-learn's halves their mean). It also decays the biases, which
+  scikit-learn leaves alone. It must come out below 1.
+* ``loss_curve_`` and ``best_loss_`` are fastmlp's mean training loss
+  (cross_entropy, binary_cross_entropy or mse, see the README), without the L2 term.
+* ``solver`` is "adam" or "sgd" with a constant learning rate (no "lbfgs",
+  ``learning_rate`` schedules or ``warm_start``). SGD's Nesterov momentum is
+  PyTorch's form.
+* ``activation`` is any fastmlp hidden activation; scikit-learn's "identity"
+  and "logistic" mean "linear" and "sigmoid".
+* Early stopping restores the best epoch's whole training state (weights,
+  optimiser state, generator), so a later ``partial_fit`` continues from there.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+try:  # absolute imports: `sklearn` is scikit-learn, not this module
+    from sklearn.base import ClassifierMixin, RegressorMixin
+    from sklearn.metrics import r2_score
+    from sklearn.utils.multiclass import check_classification_targets, type_of_target
+    from sklearn.utils.validation import column_or_1d
+
+    from fastmlp._sklearn_base import BaseMLP, resolve_backend
+except ImportError as exc:  # validate_data and __sklearn_tags__ need scikit-learn >= 1.6
+    raise ImportError("fastmlp.sklearn needs scikit-learn >= 1.6: "
+                      "pip install fastmlp[sklearn]") from exc
+
+__all__ = ["MLPClassifier", "MLPRegressor", "expected_failed_checks", "resolve_backend"]
+
+
+def expected_failed_checks(estimator):
+    """The scikit-learn estimator checks that cannot pass for ``estimator``, with the reason.
+
+    For ``check_estimator(est, expected_failed_checks=expected_failed_checks(est))``
+    and ``parametrize_with_checks(..., expected_failed_checks=expected_failed_checks)``.
+    """
+    if estimator.dtype != "float32" or not isinstance(estimator, RegressorMixin):
+        return {}
+    # Classifier outputs are probabilities <= 1, where atol=1e-7 covers a few float32 ulps.
+    return {"check_methods_subset_invariance":
+            "float32 predictions of a subset can differ from the full batch's in the last "
+            "bit (BLAS may sum in another order for another row count), which exceeds the "
+            "check's atol=1e-7 for outputs above ~1; float64 passes"}
+
+
+class MLPClassifier(ClassifierMixin, BaseMLP):
+    """Multi-layer perceptron classifier on fastmlp (scikit-learn's parameters).
+
+    Labels may be of any kind (strings, any integers, bools); ``classes_``
+    holds them sorted. Two classes train one sigmoid unit with
+    binary_cross_entropy, more a softmax layer with cross_entropy, and a 2-D
+    0/1 indicator ``y`` (multilabel) one sigmoid unit per column.
+    """
+
+    _stratify = property(lambda self: not self._multilabel)
+
+    def partial_fit(self, X, y, classes=None):
+        """One epoch over (X, y), continuing from the current weights. The first call
+        needs ``classes``, every label y will ever hold (ignored for multilabel y)."""
+        self._validate_params()
+        if not hasattr(self, "model_") and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit")
+        if hasattr(self, "model_") and classes is not None and not np.array_equal(
+                np.unique(classes), self.classes_):
+            raise ValueError(f"classes={classes!r} differs from the classes of the first "
+                             f"call, {self.classes_.tolist()}")
+        return self._fit(X, y, incremental=True, classes=classes)
+
+    def _targets(self, y, first, classes):
+        """Encode labels: T float (n, units) in the model dtype, and (units, activation, loss)."""
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        check_classification_targets(y)
+        kind = type_of_target(y)
+        if kind == "multiclass-multioutput":
+            raise ValueError("multiclass-multioutput targets are not supported: use one "
+                             "classifier per output, or a 0/1 indicator matrix (multilabel)")
+        if first:
+            self._multilabel = kind == "multilabel-indicator"
+            if self._multilabel:
+                self.classes_, self._y_dtype = np.arange(y.shape[1]), y.dtype
+            else:
+                self.classes_ = np.unique(y if classes is None else classes)
+            if len(self.classes_) < 2:
+                raise ValueError(f"MLPClassifier needs samples of at least 2 classes, got 1 "
+                                 f"class: {self.classes_[0]!r}")
+        elif self._multilabel != (kind == "multilabel-indicator") or (
+                self._multilabel and y.shape[1] != len(self.classes_)):
+            raise ValueError(f"y is {kind}, which does not match the targets this model was "
+                             "first trained on")
+        if self._multilabel:
+            return np.ascontiguousarray(y, dtype=self.dtype), (len(self.classes_), "sigmoid",
+                                                               "binary_cross_entropy")
+        unknown = ~np.isin(y, self.classes_)
+        if unknown.any():
+            raise ValueError(f"y contains labels not in classes_ {self.classes_.tolist()}: "
+                             f"{np.unique(y[unknown]).tolist()[:10]}")
+        codes = np.searchsorted(self.classes_, y)
+        k = len(self.classes_)
+        if k == 2:
+            return codes.astype(self.dtype).reshape(-1, 1), (1, "sigmoid", "binary_cross_entropy")
+        T = np.zeros((len(y), k), dtype=self.dtype)
+        T[np.arange(len(y)), codes] = 1
+        return T, (k, "softmax", "cross_entropy")
+
+    def _validation_score(self, X_val, T_val):
+        """Accuracy on held-out rows (exact match of all labels for multilabel)."""
+        P = self.model_.predict(X_val)
+        if P.shape[1] == 1 or self._multilabel:
+            return float(np.mean(np.all((P > 0.5) == (T_val > 0.5), axis=1)))
+        return float(np.mean(P.argmax(1) == T_val.argmax(1)))
+
+    def predict_proba(self, X):
+        """Class probabilities, float64 (n, n_classes), columns in ``classes_`` order."""
+        P = self._outputs(X)
+        if P.shape[1] == 1 and not self._multilabel:
+            P = np.hstack([1 - P, P])
+        return P
+
+    def predict_log_proba(self, X):
+        """log of :meth:`predict_proba`."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+    def predict(self, X):
+        """Predicted labels (n,); for multilabel a 0/1 matrix (n, n_classes) of y's dtype."""
+        P = self.predict_proba(X)
+        if self._multilabel:
+            return (P > 0.5).astype(self._y_dtype)
+        return self.classes_[P.argmax(axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+
+class MLPRegressor(RegressorMixin, BaseMLP):
+    """Multi-layer perceptron regressor on fastmlp: linear outputs, mse loss.
+
+    ``y`` may be 1-D (predictions are then 1-D) or 2-D (n, n_outputs)."""
+
+    _stratify = False
+
+    def partial_fit(self, X, y):
+        """One epoch over (X, y), continuing from the current weights."""
+        self._validate_params()
+        return self._fit(X, y, incremental=True)
+
+    def _targets(self, y, first, classes):
+        """T float (n, n_outputs) in the model dtype, and (n_outputs, "linear", "mse")."""
+        if first:
+            self._y_1d = y.ndim == 1
+        T = np.ascontiguousarray(y.reshape(len(y), -1), dtype=self.dtype)
+        return T, (T.shape[1], "linear", "mse")
+
+    def _validation_score(self, X_val, T_val):
+        return float(r2_score(T_val, self.model_.predict(X_val)))
+
+    def predict(self, X):
+        """Predictions, float64: (n,) when fit saw a 1-D y, else (n, n_outputs)."""
+        P = self._outputs(X)
+        return P.ravel() if self._y_1d else P
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
