@@ -259,6 +259,42 @@ class Model:
         loss = self._engine.loss_and_gradient(self._theta, X, T, grad)
         return float(loss), self.net.split(grad)
 
+    def gradient_vector(self, X, Y, out=None):
+        """(loss, grad): the mean loss over (X, Y) and its gradient as ONE flat vector
+        (n_params,) in get_weights() order, written into ``out`` when given (a
+        C-contiguous array of the model dtype). No update. For data-parallel training:
+        sum the vectors of several workers, then :meth:`apply_gradient`."""
+        X, T = self._data(X, Y)
+        if out is None:
+            out = np.empty(self.net.n_params, dtype=self.dtype)
+        elif (not isinstance(out, np.ndarray) or out.shape != (self.net.n_params,)
+              or out.dtype != self.dtype or not out.flags.c_contiguous or not out.flags.writeable):
+            raise ValueError(f"out must be a writeable C-contiguous {self.dtype.name} array of "
+                             f"shape ({self.net.n_params},)")
+        loss = self._engine.loss_and_gradient(self._theta, X, T, out)
+        return float(loss), out
+
+    def apply_gradient(self, grad):
+        """One optimiser step with a given flat gradient (n_params,) (e.g. the mean of
+        several workers'); a step that makes the weights non-finite is undone and raises
+        TrainingDiverged."""
+        grad = validation.as_finite(validation.as_array(grad, "grad"), "grad", self.dtype)
+        if grad.shape != (self.net.n_params,):
+            raise ValueError(f"grad must have shape ({self.net.n_params},), got {grad.shape}")
+        with self._lock:
+            saved_theta, saved_state = self._snapshot_buffers()
+            np.copyto(saved_theta, self._theta)
+            saved_state.copy_from(self._state)
+            try:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    optimizers.update(self._theta, grad, self._state)
+                self._check_finite(0.0, "in apply_gradient", "the model was left as it was "
+                                   "before the step")
+            except BaseException:
+                np.copyto(self._theta, saved_theta)
+                self._state.copy_from(saved_state)
+                raise
+
     def train_on_batch(self, X, Y):
         """One optimiser step on (X, Y); returns the batch loss before the step.
 
