@@ -1,135 +1,300 @@
-"""Saving and loading models: one ``.npz`` file, never pickle.
+"""Saving and loading models: one uncompressed ``.npz`` file, never pickle.
 
-The file holds three numeric arrays (``theta``, the flat parameters;
-``opt_buffers`` and ``opt_step``, the optimiser state) and ``header``, a UTF-8
-JSON document stored as uint8: format version, architecture with activation
-parameters, loss, optimiser and its settings, dtype, backend, seed and the
-random generator's state. It is written to a temporary file in the same folder,
-flushed to disk and renamed over the target, so a crash mid-save leaves the
-previous file intact. Loading uses ``allow_pickle=False`` and checks every
-piece against the header before building the model.
+The file holds ``header``, a UTF-8 JSON document stored as uint8 (format
+version, architecture with activation parameters, loss, optimiser and its
+settings, dtype, backend, seed and the random generator's state), the flat
+parameters ``theta`` (n_params,), the optimiser state ``opt_buffers``
+(2, n_params) and ``opt_step`` int64 (1,), and, when the model has them,
+``input_mean`` and ``input_scale`` float64 (input_dim,), ``classes`` (1-D,
+numbers or strings) and ``feature_names`` (input_dim,) strings. A file with any
+of these last four is format version 2 (an older fastmlp would ignore them and
+predict wrongly, so it must refuse the file); one without is version 1, which
+every fastmlp reads.
+
+save:
+- refuses (ValueError, nothing written, an existing file kept) non-finite
+  parameters or optimiser state, and anything else load would refuse;
+- writes a temporary file beside the target and renames it over the target,
+  so a crash mid-save leaves the previous file whole; follows a symbolic link
+  to its target, and refuses to replace anything that is not a regular file;
+- keeps an existing file's permission bits; a new file gets 0666 & ~umask;
+- deletes the ``.fastmlp-<pid>-*.tmp`` files that killed saves left in the
+  folder, once their writer process is gone (see :mod:`fastmlp._atomic`).
+
+load reads no pickle and uses memory proportional to the file's real size:
+every header field's type and range, every member's name, dtype and shape and
+the parameter count the architecture implies are checked before any array is
+read or the model built. Every damaged, truncated, foreign, pickled or crafted
+file raises ``ValueError("<path> is not a readable fastmlp model file: ...")``;
+the file is never modified.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-import zipfile
+from collections import namedtuple
+from reprlib import repr as _short
 
 import numpy as np
 
-from . import optimizers
+from . import _atomic, losses, optimizers
+from . import activations as act
+from ._npz import Archive, FormatError
+from .network import Dense
 
 FORMAT = "fastmlp-model"
-VERSION = 1
+VERSION = 2              # the newest version written; version 1 files have no optional members
+READS = (1, 2)
+REQUIRED = ("header", "theta", "opt_buffers", "opt_step")
+OPTIONAL = ("input_mean", "input_scale", "classes", "feature_names")
+MAX_HEADER_BYTES = 1 << 20
+MAX_STEP = 2 ** 53       # Adam's bias correction takes the step as a float64
+
+# What the arrays must match: from the model on save, from the header on load.
+Spec = namedtuple("Spec", "n_params input_dim dtype adam")
 
 
 def save(model, path):
     """Write ``model`` to ``path`` (any name; no suffix is added), atomically."""
     path = os.fspath(path)
+    state = model.get_state()
+    arrays = {"theta": state["theta"], "opt_buffers": state["opt_buffers"],
+              "opt_step": state["opt_step"], **_optional_arrays(model)}
+    spec = Spec(model.net.n_params, model.net.input_dim, model.dtype,
+                isinstance(model.optimizer, optimizers.Adam))
+    problem = _save_problem(arrays, spec)
+    if problem:
+        raise ValueError(f"{problem}: not saved to {path}, an existing file there is kept")
     header = {
-        "format": FORMAT, "version": VERSION,
+        "format": FORMAT, "version": 2 if set(OPTIONAL) & set(arrays) else 1,
         "network": model.net.config(),
         "optimizer": model.optimizer.config(),
         "dtype": model.dtype.name,
         "backend": model.backend,
         # JSON cannot hold np.int64 or a SeedSequence; rng_state restores the stream anyway
         "seed": (int(model.seed) if isinstance(model.seed, (int, np.integer))
-                 and not isinstance(model.seed, bool) else None),
-        "rng_state": model._rng.bit_generator.state,
+                 and not isinstance(model.seed, bool) and model.seed >= 0 else None),
+        "rng_state": state["rng_state"],
     }
-    blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastmlp-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, header=blob, theta=model._theta, opt_buffers=model._state.buffers,
-                     opt_step=model._state.step)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    blob = np.frombuffer(json.dumps(header, allow_nan=False).encode("utf-8"), dtype=np.uint8)
+    if blob.size > MAX_HEADER_BYTES:
+        raise ValueError(f"the model's description takes {blob.size} bytes, more than load "
+                         f"reads ({MAX_HEADER_BYTES}): not saved to {path}")
+    _atomic.replace(path, lambda f: np.savez(f, header=blob, **arrays))
 
 
-def _bad(path, why):
-    return ValueError(f"{path} is not a readable fastmlp model file: {why}")
-
-
-def _read(path):
-    try:
-        npz = np.load(path, allow_pickle=False)
-        if isinstance(npz, np.lib.npyio.NpzFile):
-            with npz:
-                return {k: npz[k] for k in npz.files}
-    except FileNotFoundError:
-        raise
-    except ValueError as exc:
-        if "object arrays" in str(exc).lower():
-            raise _bad(path, "it contains pickled objects, which fastmlp never loads") from None
-        if "pickle" in str(exc).lower():  # numpy's guess for any file that is not .npz/.npy
-            raise _bad(path, "damaged or truncated, or a foreign format (neither .npz nor "
-                             "a NumPy array; pickles are never loaded)") from None
-        raise _bad(path, f"damaged or truncated ({exc})") from None
-    # zipfile raises RuntimeError / NotImplementedError for damaged flag / method fields
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, RuntimeError,
-            NotImplementedError) as exc:
-        raise _bad(path, f"damaged or truncated ({type(exc).__name__}: {exc})") from None
-    raise _bad(path, "it holds a single NumPy array, not a fastmlp .npz archive")
+def _optional_arrays(model):
+    arrays = {}
+    if model.input_scaling is not None:
+        mean, scale = model.input_scaling
+        arrays["input_mean"] = np.asarray(mean, dtype=np.float64)
+        arrays["input_scale"] = np.asarray(scale, dtype=np.float64)
+    for name, value in (("classes", model.classes_), ("feature_names", model.feature_names_in_)):
+        if value is not None:
+            arrays[name] = np.asarray(value)
+    return arrays
 
 
 def load(path, backend=None):
     """Read a model written by :meth:`fastmlp.Model.save`.
 
     ``backend`` overrides the saved backend name (a model saved on "numba" can
-    be loaded on "numpy"). Damaged, truncated, foreign or pickled files raise
-    ValueError; the file is never modified.
+    be loaded on "numpy"). Damaged, truncated, foreign, pickled or crafted files
+    raise ValueError; the file is never modified.
     """
-    from .model import Model
-    from .network import Network
+    from .backends import available_backends, get_backend
 
     path = os.fspath(path)
-    arrays = _read(path)
-    missing = {"header", "theta", "opt_buffers", "opt_step"} - set(arrays)
-    if missing:
-        raise _bad(path, f"missing {sorted(missing)}")
+    if backend is not None:
+        get_backend(backend)  # a bad argument is the caller's error, not the file's
     try:
-        header = json.loads(arrays["header"].tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _bad(path, f"damaged header ({exc})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise _bad(path, "not written by fastmlp")
-    if header.get("version") != VERSION:
-        raise _bad(path, f"format version {header.get('version')!r}; this fastmlp reads {VERSION}")
+        with Archive(path, REQUIRED, OPTIONAL) as archive:
+            header = _read_header(archive)
+            spec = Spec(header["n_params"], header["input_dim"], np.dtype(header["dtype"]),
+                        isinstance(header["optimizer"], optimizers.Adam))
+            arrays = {}
+            for name in [n for n in REQUIRED + OPTIONAL if n in archive.names and n != "header"]:
+                problem = _layout_problem(name, *archive.describe(name), spec)
+                if problem:
+                    raise FormatError(problem)
+                arrays[name] = archive.read(name)
+        problem = _value_problem(arrays, spec)
+        if problem:
+            raise FormatError(problem)
+    except FormatError as exc:
+        raise ValueError(f"{path} is not a readable fastmlp model file: {exc}") from None
+    if backend is None:
+        backend = header["backend"] or "numpy"
+        if backend not in available_backends():
+            raise ValueError(f"{path} was saved for backend {backend!r}, which is not available "
+                             f"here ({available_backends()}); pass backend= to fm.load")
+    return _build(path, header, arrays, backend)
+
+
+def _build(path, header, arrays, backend):
+    from .model import Model
+
     try:
-        net_cfg, dtype = header["network"], header["dtype"]
-        model = Model(Network.layers_from_config(net_cfg), net_cfg["input_dim"], loss=net_cfg["loss"],
-                      optimizer=optimizers.from_config(header["optimizer"]),
-                      backend=backend or header["backend"], dtype=dtype, seed=header["seed"])
-        model._rng.bit_generator.state = header["rng_state"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _bad(path, f"invalid header ({exc})") from None
-    theta, buffers, step = arrays["theta"], arrays["opt_buffers"], arrays["opt_step"]
-    if theta.shape != model._theta.shape or theta.dtype != model.dtype:
-        raise _bad(path, f"parameters have shape {theta.shape} and dtype {theta.dtype}, but the "
-                         f"architecture needs {model._theta.shape} {model.dtype}")
-    if buffers.shape != model._state.buffers.shape or step.shape != (1,):
-        raise _bad(path, "optimiser state does not match the architecture")
-    if not np.isfinite(theta).all():
-        raise _bad(path, "parameters contain NaN or inf")
-    model._theta[...] = theta
-    model._state.buffers[...] = buffers
-    model._state.step[...] = step
+        model = Model(header["layers"], header["input_dim"], loss=header["loss"],
+                      optimizer=header["optimizer"], backend=backend, dtype=header["dtype"],
+                      seed=header["seed"])
+    except (TypeError, ValueError) as exc:  # e.g. softmax on a hidden layer
+        raise ValueError(f"{path} is not a readable fastmlp model file: invalid header ({exc})") from None
+    model.set_state({"theta": arrays["theta"], "opt_buffers": arrays["opt_buffers"],
+                     "opt_step": arrays["opt_step"], "rng_state": header["rng_state"]})
+    if "input_mean" in arrays:
+        model.set_input_scaling(arrays["input_mean"].copy(), arrays["input_scale"].copy())
+    if "classes" in arrays:
+        model.classes_ = arrays["classes"].copy()
+    if "feature_names" in arrays:
+        model.feature_names_in_ = arrays["feature_names"].copy()
     return model
+
+
+# -- the header ------------------------------------------------------------------------
+
+def _read_header(archive):
+    """The header's fields, each checked for type and range; FormatError if any is wrong."""
+    dtype, shape = archive.describe("header")
+    if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_HEADER_BYTES:
+        raise FormatError(f"damaged header (dtype {dtype}, shape {shape}; expected at most "
+                          f"{MAX_HEADER_BYTES} bytes of UTF-8 JSON)")
+    try:
+        header = json.loads(archive.read("header").tobytes().decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # also bad UTF-8, and ints of 4300+ digits
+        raise FormatError(f"damaged header ({type(exc).__name__}: {exc})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise FormatError("not written by fastmlp")
+    version = header.get("version")
+    if type(version) is not int or version not in READS:
+        raise FormatError(f"format version {_short(version)}; this fastmlp reads {list(READS)}")
+    try:
+        return _check_fields(header)
+    except KeyError as exc:
+        raise FormatError(f"invalid header (missing field {exc})") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise FormatError(f"invalid header ({exc})") from None
+
+
+def _check_fields(header):
+    net = header["network"]
+    _require(isinstance(net, dict), "network must be an object")
+    input_dim = _positive_int(net["input_dim"], "network.input_dim")
+    layers, n_params = _layers(net["layers"], input_dim)
+    config = header["optimizer"]
+    _require(isinstance(config, dict) and all(type(v) in (int, float, bool) for k, v in
+                                              config.items() if k != "name"),
+             f"optimizer must be an object of numbers, got {_short(config)}")
+    dtype, backend, seed = header["dtype"], header["backend"], header["seed"]
+    _require(dtype in ("float32", "float64"), f"dtype must be 'float32' or 'float64', got {_short(dtype)}")
+    _require(backend is None or isinstance(backend, str), f"backend must be a name, got {_short(backend)}")
+    _require(seed is None or (type(seed) is int and seed >= 0),
+             f"seed must be an integer >= 0 or null, got {_short(seed)}")
+    return {"layers": layers, "input_dim": input_dim, "n_params": n_params,
+            "loss": losses.get(net["loss"]).name, "optimizer": optimizers.from_config(config),
+            "dtype": dtype, "backend": backend, "seed": seed,
+            "rng_state": _rng_state(header["rng_state"])}
+
+
+def _layers(configs, input_dim):
+    """The header's Dense layers and the parameter count they imply.
+
+    The count is arithmetic on the header's numbers (Network counts the same way
+    once built), so an absurd claim is refused before anything is allocated.
+    """
+    _require(isinstance(configs, list) and configs, "network.layers must be a non-empty list")
+    layers, n_params, fan_in = [], 0, input_dim
+    for i, config in enumerate(configs, 1):
+        _require(isinstance(config, dict), f"layer {i} must be an object")
+        params = dict(config)
+        units = _positive_int(params.pop("units", None), f"layer {i} units")
+        activation = act.get(params.pop("activation", None))
+        for key, value in params.items():
+            _require(type(value) in (int, float), f"layer {i} {key} must be a number, got {_short(value)}")
+        layers.append(Dense(units, activation.name, **params))  # checks names and finiteness
+        n_params += (fan_in + (2 if activation.code == act.PRELU else 1)) * units
+        fan_in = units
+    return layers, n_params
+
+
+def _rng_state(state):
+    """numpy's PCG64 state dict, exactly: {'bit_generator': 'PCG64', 'state': {'state': s,
+    'inc': i}, 'has_uint32': 0 or 1, 'uinteger': u}, s and i in [0, 2**128), u in [0, 2**32)."""
+    def uint(value, bits):
+        return type(value) is int and 0 <= value < 2 ** bits
+
+    inner = state.get("state") if isinstance(state, dict) else None
+    _require(isinstance(state, dict)
+             and set(state) == {"bit_generator", "state", "has_uint32", "uinteger"}
+             and state["bit_generator"] == "PCG64"
+             and isinstance(inner, dict) and set(inner) == {"state", "inc"}
+             and uint(inner["state"], 128) and uint(inner["inc"], 128)
+             and uint(state["has_uint32"], 1) and uint(state["uinteger"], 32),
+             f"rng_state is not numpy's PCG64 state: {_short(state)}")
+    return state
+
+
+def _positive_int(value, name):
+    _require(type(value) is int and value >= 1, f"{name} must be an integer >= 1, got {_short(value)}")
+    return value
+
+
+def _require(ok, why):
+    if not ok:
+        raise ValueError(why)
+
+
+# -- the arrays: the same checks on save and on load -----------------------------------
+
+_NAMES = {"theta": "parameters", "opt_buffers": "optimiser state (opt_buffers)",
+          "opt_step": "optimiser state (opt_step)", "input_mean": "input_mean",
+          "input_scale": "input_scale", "classes": "classes", "feature_names": "feature_names"}
+
+
+def _layout_problem(name, dtype, shape, spec):
+    """Why an array of this dtype and shape cannot be member ``name``, or None."""
+    n, d = spec.n_params, spec.input_dim
+    if name == "classes":
+        ok, need = dtype.kind in "biufU" and len(shape) == 1 and shape[0] >= 1, "a 1-D array of numbers or strings"
+    elif name == "feature_names":
+        ok, need = dtype.kind == "U" and shape == (d,), f"({d},) strings"
+    else:
+        want = {"theta": (spec.dtype, (n,)), "opt_buffers": (spec.dtype, (2, n)),
+                "opt_step": (np.dtype(np.int64), (1,)), "input_mean": (np.dtype(np.float64), (d,)),
+                "input_scale": (np.dtype(np.float64), (d,))}[name]
+        ok, need = dtype == want[0] and shape == want[1], f"{want[1]} {want[0]}"
+    if ok:
+        return None
+    return f"{_NAMES[name]} have shape {shape} and dtype {dtype}, but the model needs {need}"
+
+
+def _save_problem(arrays, spec):
+    """Why save must refuse these arrays (load checks the same, member by member), or None."""
+    for name, array in arrays.items():
+        problem = _layout_problem(name, array.dtype, array.shape, spec)
+        if problem:
+            return problem
+    return _value_problem(arrays, spec)
+
+
+def _value_problem(arrays, spec):
+    """Why these arrays (with the right layouts) cannot be a model's state, or None."""
+    buffers, step = arrays["opt_buffers"], int(arrays["opt_step"][0])
+    if not np.isfinite(arrays["theta"]).all():
+        return "parameters contain NaN or inf"
+    if not np.isfinite(buffers).all():
+        return "optimiser state (opt_buffers) contains NaN or inf"
+    if spec.adam and (buffers[1] < 0).any():
+        return "Adam's second-moment buffer (opt_buffers[1]) has negative values"
+    if not 0 <= step < MAX_STEP:
+        return f"optimiser step count {step} is outside [0, 2**53)"
+    if ("input_mean" in arrays) != ("input_scale" in arrays):
+        return "input_mean and input_scale come together or not at all"
+    if "input_mean" in arrays and not (np.isfinite(arrays["input_mean"]).all()
+                                       and np.isfinite(arrays["input_scale"]).all()
+                                       and (arrays["input_scale"] > 0).all()):
+        return "input scaling must be finite, with input_scale > 0"
+    classes = arrays.get("classes")
+    if classes is not None and classes.dtype.kind == "f" and not np.isfinite(classes).all():
+        return "classes contain NaN or inf"
+    return None
