@@ -3,9 +3,12 @@
 * :func:`load_digits`: the UCI 8x8 handwritten digits (1797 samples, 64
   features 0..16, 10 classes; CC BY 4.0, see ``fastmlp/data/README.md``).
 * :func:`load_vehicles`: the lessons' toy table (wheels, height, weight -> car/bike).
-* :func:`load_csv`: a user's classification table (header row, numeric features).
-* :func:`train_test_split` and :func:`standardize` (statistics of the training
-  rows only, so nothing about the held-out rows leaks into training).
+* :func:`read_csv`: a user's table (header row, numeric features, a target
+  column), then :func:`class_labels` or :func:`numeric_target` for its target;
+  :func:`load_csv` does both for a classification table.
+* :func:`train_test_split`, :func:`standardization` and :func:`standardize`
+  (statistics of the training rows only, so nothing about the held-out rows
+  leaks into training; finite values up to float64's maximum do not overflow).
 
 >>> from fastmlp import datasets
 >>> X, y = datasets.load_digits()
@@ -17,7 +20,9 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import zlib
 from importlib import resources
+from typing import NamedTuple
 
 import numpy as np
 
@@ -71,66 +76,195 @@ def train_test_split(X, y, test_fraction=0.2, seed=0):
     return X[train], X[test], y[train], y[test]
 
 
-def standardize(train, *others):
-    """Scale columns to mean 0, std 1 using ``train``'s statistics.
+def standardization(train, names=None):
+    """Column statistics for standardizing: ``(mean, scale)``, both float64 (d,).
 
-    Returns ``(train_scaled, *others_scaled, mean, std)``; every array is (n, d)
-    float64. Constant columns (std 0, e.g. the digits' always-blank corner
-    pixels) get std 1, so they become 0 instead of NaN.
+    ``train`` (n, d). ``scale`` is the standard deviation, or 1 for a constant
+    column (std 0, e.g. the digits' always-blank corner pixels), so it becomes 0
+    instead of NaN. The statistics are computed on each column divided by a power
+    of two near its largest |value|: bit for bit what the plain formulas give
+    where they do not overflow, and finite for values up to float64's maximum
+    (1.8e308). A ValueError naming
+    the column (``names[j]``, else its index) is raised if even then
+    ``(train - mean) / scale`` would overflow.
     """
     train = np.asarray(train, dtype=np.float64)
     if train.ndim != 2 or len(train) == 0:
         raise ValueError(f"train must be a non-empty 2-D array, got shape {train.shape}")
-    mean = train.mean(axis=0)
-    std = train.std(axis=0)
-    std[std == 0] = 1.0
+    _, exponent = np.frexp(np.abs(train).max(axis=0))
+    # 2**(e-1) <= peak < 2**e; dividing by 2**(e-1) is exact and keeps |values| < 2,
+    # and 2**(e-1) itself stays finite even for peak near float64's maximum (e = 1024).
+    unit = np.ldexp(1.0, exponent - 1)
+    scaled = train / unit
+    mean = scaled.mean(axis=0) * unit
+    scale = scaled.std(axis=0) * unit
+    scale[scale == 0] = 1.0
+    check_standardizable(train, mean, scale, names)
+    return mean, scale
+
+
+def check_standardizable(X, mean, scale, names=None):
+    """ValueError naming the first column of X (n, d) that holds NaN or inf, or whose
+    ``(X - mean) / scale`` overflows."""
+    X = np.asarray(X, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite((X - mean) / scale).all(axis=0)
+    if not finite.all():
+        j = int(np.argmin(finite))
+        name = repr(names[j]) if names is not None else str(j)
+        if not np.isfinite(X[:, j]).all():
+            raise ValueError(f"column {name} contains NaN or inf")
+        raise ValueError(f"column {name} has values too large to standardize "
+                         f"(|x| up to {np.abs(X[:, j]).max():.3g}); rescale it, e.g. divide "
+                         "it by a power of ten")
+
+
+def standardize(train, *others):
+    """Scale columns to mean 0, std 1 using ``train``'s statistics.
+
+    Returns ``(train_scaled, *others_scaled, mean, std)``; every array is (n, d)
+    float64; ``mean`` and ``std`` come from :func:`standardization` (constant
+    columns get std 1).
+    """
+    mean, std = standardization(train)
+    for other in others:
+        check_standardizable(other, mean, std)
     scaled = [(np.asarray(a, dtype=np.float64) - mean) / std for a in (train, *others)]
     return (*scaled, mean, std)
 
 
-def load_csv(path, target=None):
-    """A classification table from a CSV file with a header row (``.csv.gz`` too).
+class Table(NamedTuple):
+    """A CSV table as :func:`read_csv` returns it."""
 
-    ``target`` names the label column (default: the last one); its values,
-    numbers or strings, become class indices in sorted order. Every other
-    column must be numeric. Returns ``(X float64 (n, d), y int64 (n,),
-    classes list[str], features list[str])``; any problem is a ValueError
-    naming the file, line and column.
+    path: str
+    X: np.ndarray        # features, float64 (n, d), in file column order
+    features: list       # their names (d,)
+    target: str          # the target column's name
+    cells: list          # its cells, stripped strings (n,)
+    lines: list          # the file line of each row (n,), for error messages
+
+
+def load_csv(path, target=None):
+    """A classification table: ``read_csv`` then ``class_labels``.
+
+    Returns ``(X float64 (n, d), y int64 (n,), classes list[str], features
+    list[str])``; any problem is a ValueError naming the file (and the line and
+    column where there is one).
+    """
+    table = read_csv(path, target)
+    y, classes = class_labels(table)
+    return table.X, y, classes, table.features
+
+
+def read_csv(path, target=None):
+    """A :class:`Table` from a CSV file with a header row (``.csv.gz`` too).
+
+    ``target`` names the target column (default: the last one); every other
+    column must be numeric. Every problem, the file's own included (missing,
+    a directory, unreadable, not UTF-8, not gzip or truncated gzip, empty,
+    header only), is a ValueError starting with the file's name, e.g.
+    ``"f.csv, line 2, column 'colour': 'red' is not a number"``.
     """
     path = os.fspath(path)
-    try:
-        header, rows, lines = _read_rows(path)
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except csv.Error as exc:
-        raise ValueError(f"{path} is not a readable CSV file: {exc}") from None
+    header, rows, lines = _read_rows(path)
     if not rows:
-        raise ValueError(f"{path} has a header but no data rows")
+        raise ValueError(f"{path}: has a header but no data rows")
     if target is None:
         target = header[-1]
     if target not in header:
         shown = ", ".join(header[:20]) + (", ..." if len(header) > 20 else "")
-        raise ValueError(f"{path} has no column {target!r}; its columns are: {shown}")
+        raise ValueError(f"{path}: no column {target!r}; its columns are: {shown}")
     if len(header) < 2:
-        raise ValueError(f"{path} has only the target column {target!r}; no feature columns")
+        raise ValueError(f"{path}: has only the target column {target!r}; no feature columns")
     t = header.index(target)
     features = [h for i, h in enumerate(header) if i != t]
     columns = list(zip(*rows))
     X = np.empty((len(rows), len(features)), dtype=np.float64)
     for j, i in enumerate(i for i in range(len(header)) if i != t):
         X[:, j] = _numeric_column(path, header[i], columns[i], lines)
-    y, classes = _encode_labels(path, target, columns[t], lines)
-    return X, y, classes, features
+    cells = [c.strip() for c in columns[t]]
+    for cell, line in zip(cells, lines):
+        if not cell:
+            raise ValueError(f"{path}, line {line}, target column {target!r}: missing value")
+    return Table(path, X, features, target, cells, lines)
+
+
+def numeric_target(table, required=True):
+    """The target column as float64 (n,).
+
+    When a cell is not a finite number: a ValueError naming its line if
+    ``required``, else None (the column holds text labels).
+    """
+    try:
+        values = np.array(table.cells).astype(np.float64)
+    except ValueError:
+        values = None
+    if values is not None and np.isfinite(values).all():
+        return values
+    values = np.empty(len(table.cells), dtype=np.float64)
+    for k, (cell, line) in enumerate(zip(table.cells, table.lines)):
+        try:
+            values[k] = float(cell)
+        except ValueError:
+            values[k] = np.nan
+        if not np.isfinite(values[k]):
+            if not required:
+                return None
+            raise ValueError(f"{table.path}, line {line}, target column {table.target!r}: "
+                             f"{cell!r} is not a finite number (a regression target must be "
+                             "numeric)")
+    return values
+
+
+def class_labels(table):
+    """Class labels -> (indices int64 (n,), class names). Numeric labels sort as numbers."""
+    numbers = numeric_target(table, required=False)
+    if numbers is not None:
+        keys = numbers.tolist()
+        classes = sorted(set(keys))
+        names = [f"{c:g}" for c in classes]
+    else:
+        keys = table.cells
+        classes = names = sorted(set(keys))
+    if len(classes) < 2:
+        raise ValueError(f"{table.path}: target column {table.target!r} has only one class "
+                         f"({names[0]!r}); a classifier needs at least 2")
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[k] for k in keys], dtype=np.int64), names
 
 
 def _read_rows(path):
-    """(header, rows, line numbers) of a CSV file; blank lines skipped, ragged rows rejected."""
-    opener = gzip.open if path.endswith(".gz") else open
+    """(header, rows, line numbers) of a CSV file; blank lines skipped, ragged rows rejected.
+
+    Failures of the file itself become one ValueError naming it.
+    """
+    try:
+        return _parse_rows(path)
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start:exc.start + 1].hex()
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{bad}: {exc.reason}); save it as "
+                         "UTF-8") from None
+    except gzip.BadGzipFile as exc:
+        raise ValueError(f"{path}: not a valid gzip file ({exc})") from None
+    except EOFError:
+        raise ValueError(f"{path}: the gzip data is truncated (the file ends before its "
+                         "compressed stream does)") from None
+    except zlib.error as exc:
+        raise ValueError(f"{path}: damaged gzip data ({exc})") from None
+    except OSError as exc:  # missing, a directory, no permission, ...
+        raise ValueError(f"{path}: {exc.strerror or exc}") from None
+    except csv.Error as exc:
+        raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
+
+
+def _parse_rows(path):
+    opener = gzip.open if path.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or not any(h.strip() for h in header):
-            raise ValueError(f"{path} is empty: expected a header row naming the columns")
+            raise ValueError(f"{path}: the file is empty: expected a header row naming the "
+                             "columns")
         header = [h.strip() for h in header]
         _check_header(path, header)
         rows, lines = [], []
@@ -177,28 +311,3 @@ def _numeric_column(path, name, cells, lines):
         if not np.isfinite(out[k]):
             raise ValueError(f"{where}: {cell!r} is not a finite number")
     return out
-
-
-def _encode_labels(path, name, cells, lines):
-    """Class labels -> (indices int64 (n,), class names). Numeric labels sort as numbers."""
-    cells = [c.strip() for c in cells]
-    for cell, line in zip(cells, lines):
-        if not cell:
-            raise ValueError(f"{path}, line {line}, target column {name!r}: missing label")
-    try:
-        numbers = [float(c) for c in cells]
-        numeric = all(np.isfinite(numbers))
-    except ValueError:
-        numeric = False
-    if numeric:
-        keys = numbers
-        classes = sorted(set(numbers))
-        names = [f"{c:g}" for c in classes]
-    else:
-        keys = cells
-        classes = names = sorted(set(cells))
-    if len(classes) < 2:
-        raise ValueError(f"{path}: target column {name!r} has only one class ({names[0]!r}); "
-                         "a classifier needs at least 2")
-    index = {c: i for i, c in enumerate(classes)}
-    return np.array([index[k] for k in keys], dtype=np.int64), names

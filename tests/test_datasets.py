@@ -1,5 +1,6 @@
 """The shipped data sets, the CSV loader and the split/standardize helpers."""
 import gzip
+import os
 
 import numpy as np
 import pytest
@@ -116,7 +117,7 @@ def test_csv_gz(tmp_path):
     ("a,b,y\n1,2,0\n3,4,5,1\n", "y", r"line 3: 4 fields"),
     ("a,y\n1,0\n,1\n", "y", r"line 3, column 'a': missing value"),
     ("a,y\n1,0\nnan,1\n", "y", r"column 'a': 'nan' is not a finite number"),
-    ("a,y\n1,0\n2,\n", "y", r"target column 'y': missing label"),
+    ("a,y\n1,0\n2,\n", "y", r"line 3, target column 'y': missing value"),
     ("a,y\n1,0\n2,0\n", "y", r"only one class"),
     ("a,a,y\n1,2,0\n", "y", r"'a' appears twice"),
     ("a,,y\n1,2,0\n", "y", r"column 2 of the header has no name"),
@@ -135,6 +136,88 @@ def test_csv_not_utf8(tmp_path):
         datasets.load_csv(path, "y")
 
 
-def test_csv_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError):
+def test_standardization_matches_the_plain_formulas_bit_for_bit(rng):
+    X = rng.normal(5.0, 3.0, size=(100, 4)) * [1, 1e-100, 1e100, 1.7e9]
+    mean, scale = datasets.standardization(X)
+    np.testing.assert_array_equal(mean, X.mean(axis=0))
+    np.testing.assert_array_equal(scale, X.std(axis=0))
+
+
+def test_standardization_of_values_near_float64_max(rng):
+    """Issue 8.19: the plain mean/std overflow to inf for finite values near 1.7e308."""
+    X = rng.uniform(0.5, 1.0, size=(50, 2)) * 1.7e308
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(X.mean(axis=0)).all()  # what the old code computed
+    mean, scale = datasets.standardization(X)
+    assert np.isfinite(mean).all() and np.isfinite(scale).all()
+    np.testing.assert_allclose(mean, (X / 1e300).mean(axis=0) * 1e300, rtol=1e-14)
+    np.testing.assert_allclose(scale, (X / 1e300).std(axis=0) * 1e300, rtol=1e-12)
+    Xs = datasets.standardize(X)[0]
+    np.testing.assert_allclose(Xs.std(axis=0), 1, rtol=1e-12)
+
+
+def test_standardization_names_a_column_it_cannot_scale():
+    X = np.array([[1.0, 1.7e308]] * 9 + [[2.0, -1.7e308]])
+    with pytest.raises(ValueError, match=r"column 'huge' has values too large to standardize "
+                                         r"\(\|x\| up to 1.7e\+308\)"):
+        datasets.standardization(X, ["small", "huge"])
+    mean, scale = datasets.standardization(X[:9], ["small", "huge"])  # fine on its own rows
+    with pytest.raises(ValueError, match="column 1 has values too large"):
+        datasets.check_standardizable(X, mean, scale)
+    with pytest.raises(ValueError, match="column 'huge' contains NaN or inf"):
+        datasets.standardization([[1.0, 2.0], [2.0, np.nan]], ["small", "huge"])
+
+
+def test_read_csv_then_regression_or_classification_targets(tmp_path):
+    path = write(tmp_path, "a,y\n1,2.5\n2,-1e3\n3,2.5\n")
+    table = datasets.read_csv(path)
+    assert table.target == "y" and table.features == ["a"] and table.lines == [2, 3, 4]
+    np.testing.assert_array_equal(datasets.numeric_target(table), [2.5, -1000, 2.5])
+    y, classes = datasets.class_labels(table)
+    assert classes == ["-1000", "2.5"] and y.tolist() == [1, 0, 1]
+
+
+def test_numeric_target_names_a_text_cell(tmp_path):
+    table = datasets.read_csv(write(tmp_path, "a,y\n1,2.5\n2,big\n"))
+    assert datasets.numeric_target(table, required=False) is None
+    with pytest.raises(ValueError, match=r"line 3, target column 'y': 'big' is not a finite number"):
+        datasets.numeric_target(table)
+
+
+def _gz(text):
+    return gzip.compress(text.encode())
+
+
+LONG = "a,y\n" + "1,0\n2,1\n" * 500
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("cut.csv.gz", _gz(LONG)[:-30], "the gzip data is truncated"),
+    ("plain.csv.gz", b"a,y\n1,0\n", r"not a valid gzip file \(Not a gzipped file"),
+    ("crc.csv.gz", _gz(LONG)[:-8] + b"\0\0\0\0" + _gz(LONG)[-4:], "not a valid gzip file"),
+    ("flipped.csv.gz", _gz(LONG)[:30] + b"\xff" * 40 + _gz(LONG)[70:], "gzip"),
+    ("latin1.csv", "a,y\n1,caf\xe9\n".encode("latin-1"), r"not UTF-8 text \(byte 0xe9"),
+    ("long.csv", b"a,y\n1," + b"x" * 200_000 + b"\n", r"not a readable CSV file \(field larger"),
+])
+def test_damaged_files_are_a_value_error_naming_the_file(tmp_path, name, content, message):
+    """Issue 8.18: these gave EOFError, zlib.error or an error without the file's name."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as info:
+        datasets.load_csv(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_missing_file_and_directory_are_value_errors_naming_them(tmp_path):
+    with pytest.raises(ValueError, match=r"nope.csv: No such file or directory$"):
         datasets.load_csv(tmp_path / "nope.csv")
+    with pytest.raises(ValueError, match=f"^{tmp_path}: Is a directory$"):
+        datasets.load_csv(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_file(tmp_path):
+    path = write(tmp_path, "a,y\n1,0\n")
+    path.chmod(0)
+    with pytest.raises(ValueError, match="Permission denied"):
+        datasets.load_csv(path)
