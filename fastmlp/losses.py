@@ -7,10 +7,17 @@ The model computes the classification losses from the output layer's
 pre-activations ``z`` rather than from probabilities, so they stay finite when
 a probability underflows to 0:
 
-* ``cross_entropy`` with a softmax output: -sum_c t_c log_softmax(z)_c, and the
-  softmax and loss derivatives fuse to delta = (p - t) / n.
+* ``cross_entropy`` with a softmax output: -sum_c t_c log_softmax(z)_c. The
+  softmax and loss derivatives fuse to delta = (p s - t) / n, where
+  s = sum_c t_c is the row's target sum (PyTorch's general formula): any
+  targets in [0, 1] are accepted, and one-hot or soft-label rows (s = 1) give
+  the familiar (p - t) / n. A row of zeros has loss 0 and gradient 0.
 * ``binary_cross_entropy`` with sigmoid outputs: softplus(z) - t z per output,
-  and again delta = (p - t) / n.
+  and delta = (p - t) / n, exact for any t (each output is its own Bernoulli).
+
+Every value and gradient divides by ``n``, the rows of the whole batch
+(default: the rows given), so a batch may be processed in blocks of rows
+whose values and gradients add up to the batch's.
 
 The standalone functions at the bottom take probabilities, for users and for
 the lessons' worked numbers.
@@ -26,27 +33,34 @@ from . import activations as act
 MSE, CROSS_ENTROPY, BINARY_CROSS_ENTROPY = range(3)
 
 
-def _mse_value(z, y, t):
+def _mse_value(z, y, t, n=None):
     d = y - t
-    return float(np.sum(d * d, dtype=np.float64)) / len(y)
+    return float(np.sum(d * d, dtype=np.float64)) / (n or len(y))
 
 
-def _mse_output_gradient(y, t):
-    """dE/dy of the mean squared error, (n, k)."""
-    return (2.0 / len(y)) * (y - t)
+def _mse_output_gradient(y, t, n=None):
+    """dE/dy of the mean squared error, (rows, k)."""
+    return (2.0 / (n or len(y))) * (y - t)
 
 
-def _ce_value(z, y, t):
-    return -float(np.sum(t * act.log_softmax(z), dtype=np.float64)) / len(y)
+def _ce_value(z, y, t, n=None):
+    return -float(np.sum(t * act.log_softmax(z), dtype=np.float64)) / (n or len(y))
 
 
-def _bce_value(z, y, t):
-    return float(np.sum(act.softplus(z) - t * z, dtype=np.float64)) / len(y)
+def _ce_delta(y, t, n=None):
+    """delta = dE/dz (rows, k) of softmax + cross-entropy: (p s - t) / n with
+    s (rows, 1) each row's target sum, so targets need not sum to 1."""
+    s = t.sum(axis=1, keepdims=True)
+    return (y * s - t) / (n or len(y))
 
 
-def _fused_delta(y, t):
-    """delta = dE/dz for softmax + cross-entropy and sigmoid + binary cross-entropy."""
-    return (y - t) / len(y)
+def _bce_value(z, y, t, n=None):
+    return float(np.sum(act.softplus(z) - t * z, dtype=np.float64)) / (n or len(y))
+
+
+def _bce_delta(y, t, n=None):
+    """delta = dE/dz (rows, k) of sigmoid + binary cross-entropy: (p - t) / n."""
+    return (y - t) / (n or len(y))
 
 
 @dataclass(frozen=True)
@@ -55,15 +69,15 @@ class Loss:
 
     name: str
     code: int
-    value: callable          # (z, y, t) -> float, mean over samples
-    gradient: callable       # mse: dE/dy; fused losses: dE/dz directly
+    value: callable          # (z, y, t, n=rows) -> float, sum over the rows / n
+    gradient: callable       # (y, t, n=rows): mse dE/dy; fused losses dE/dz directly
     output: str | None = None
 
 
 LOSSES = {l.name: l for l in [
     Loss("mse", MSE, _mse_value, _mse_output_gradient),
-    Loss("cross_entropy", CROSS_ENTROPY, _ce_value, _fused_delta, output="softmax"),
-    Loss("binary_cross_entropy", BINARY_CROSS_ENTROPY, _bce_value, _fused_delta, output="sigmoid"),
+    Loss("cross_entropy", CROSS_ENTROPY, _ce_value, _ce_delta, output="softmax"),
+    Loss("binary_cross_entropy", BINARY_CROSS_ENTROPY, _bce_value, _bce_delta, output="sigmoid"),
 ]}
 
 

@@ -101,13 +101,15 @@ cdef inline void dense_forward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_ou
 
 cdef inline void activation_backward(Py_ssize_t rows, Py_ssize_t n, floating* dout,
                                      const floating* z, const floating* f, int code, floating p,
-                                     const floating* alpha, floating* galpha) noexcept nogil:
+                                     const floating* alpha, floating* galpha,
+                                     bint accumulate) noexcept nogil:
     """dE/df -> dE/dz through f = act(z).
 
     dout (rows, n): IN dE/df, OUT delta = dE/dz (OVERWRITTEN in place).
     z, f (rows, n): IN, the forward pass's pre-activation and output.
     alpha (n,): IN, prelu only (NULL otherwise).
-    galpha (n,): OUT, prelu only: OVERWRITTEN with dE/dalpha = sum_r dE/df * min(z, 0).
+    galpha (n,): OUT, prelu only: dE/dalpha = sum_r dE/df * min(z, 0), OVERWRITTEN,
+    or ACCUMULATED (added) when ``accumulate``.
     """
     cdef Py_ssize_t r, j
     cdef floating s, v, a
@@ -115,7 +117,7 @@ cdef inline void activation_backward(Py_ssize_t rows, Py_ssize_t n, floating* do
     cdef const floating* zr
     cdef const floating* fr
     cdef floating one = 1  # a bare 1 would be a C double and widen float loops
-    if code == PRELU:
+    if code == PRELU and not accumulate:
         for j in range(n):
             galpha[j] = 0
     for r in range(rows):
@@ -158,24 +160,27 @@ cdef inline void activation_backward(Py_ssize_t rows, Py_ssize_t n, floating* do
 
 cdef inline void dense_backward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,
                                 const floating* x, const floating* W, const floating* delta,
-                                floating* dx, floating* gW, floating* gb, bint sgd, floating lr,
-                                floating* b) noexcept nogil:
+                                floating* dx, floating* gW, floating* gb, bint accumulate,
+                                bint sgd, floating lr, floating* b) noexcept nogil:
     """Backward through z = x W + b.
 
     x (rows, n_in), W (n_in, n_out), delta = dE/dz (rows, n_out): IN.
     dx (rows, n_in): OUT, OVERWRITTEN with delta W^T from W as it was on entry;
     skipped when NULL (the first layer).
-    gb (n_out,): OUT, OVERWRITTEN with sum_r delta.
-    sgd false: gW (n_in, n_out) is OVERWRITTEN with x^T delta; b is unused.
-    sgd true (plain SGD folded into the GEMM): gW is W itself and ACCUMULATES
-    -lr x^T delta, and b (n_out,) -= lr * gb. The weight gradient is never materialised.
+    gb (n_out,): OUT, sum_r delta: OVERWRITTEN, or ACCUMULATED when ``accumulate``.
+    sgd false: gW (n_in, n_out) gets x^T delta: OVERWRITTEN, or ACCUMULATED when
+    ``accumulate`` (a batch processed in chunks of rows); b is unused.
+    sgd true (plain SGD folded into the GEMM; accumulate must be false): gW is W
+    itself and ACCUMULATES -lr x^T delta, gb is OVERWRITTEN, and b (n_out,) -= lr * gb.
+    The weight gradient is never materialised.
     """
     cdef Py_ssize_t r, j
     if dx != NULL:
         gemm(False, True, <int>rows, <int>n_in, <int>n_out, <floating>1, delta, <int>n_out,
              W, <int>n_out, <floating>0, dx, <int>n_in)
-    for j in range(n_out):
-        gb[j] = 0
+    if not accumulate:
+        for j in range(n_out):
+            gb[j] = 0
     for r in range(rows):
         for j in range(n_out):
             gb[j] += delta[r * n_out + j]
@@ -186,4 +191,4 @@ cdef inline void dense_backward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_o
             b[j] -= lr * gb[j]
     else:
         gemm(True, False, <int>n_in, <int>n_out, <int>rows, <floating>1, x, <int>n_in, delta,
-             <int>n_out, <floating>0, gW, <int>n_out)
+             <int>n_out, <floating>1 if accumulate else <floating>0, gW, <int>n_out)

@@ -18,16 +18,19 @@ cdef inline double loss_forward_backward(Py_ssize_t rows, Py_ssize_t n, int loss
     """The loss SUMMED over rows (callers divide), and its gradient.
 
     z, f (rows, n): IN, the output layer's pre-activation and output; t (rows, n): IN targets.
-    dout (rows, n): OUT unless NULL, OVERWRITTEN with scale * dE/df for mse, or
-    dE/dz = scale * (f - t) for the fused pairs softmax + cross_entropy and
-    sigmoid + binary_cross_entropy (the output layer's activation_backward is then
-    skipped). scale is 1 / rows for a mean.
+    dout (rows, n): OUT unless NULL, OVERWRITTEN with scale * dE/df for mse, or with
+    dE/dz directly for the fused pairs (the output layer's activation_backward is
+    then skipped): softmax + cross_entropy gives scale * (f * s - t), s the row's
+    target sum (1 for one-hot and soft-label rows; rows need not sum to 1), and
+    sigmoid + binary_cross_entropy gives scale * (f - t). scale is 1 / (rows of
+    the whole batch) for a mean.
     """
     cdef Py_ssize_t r, j, i
     cdef double total = 0, m, s, logsum
-    cdef floating d
+    cdef floating d, tj, tsum
     if loss == CROSS_ENTROPY:
-        # -sum t * log_softmax(z), the log-softmax exact where softmax underflows.
+        # -sum t * log_softmax(z), the log-softmax exact where softmax underflows;
+        # the target sum is taken in the same pass over the row as the loss.
         for r in range(rows):
             i = r * n
             m = z[i]
@@ -38,19 +41,24 @@ cdef inline double loss_forward_backward(Py_ssize_t rows, Py_ssize_t n, int loss
             for j in range(n):
                 s += vexp(<double>(z[i + j]) - m)
             logsum = m + flog(s)
+            tsum = 0
             for j in range(n):
-                total -= t[i + j] * (z[i + j] - logsum)
+                tj = t[i + j]
+                tsum += tj
+                total -= tj * (z[i + j] - logsum)
+            if dout != NULL:
+                for j in range(n):
+                    dout[i + j] = (f[i + j] * tsum - t[i + j]) * scale
     elif loss == BINARY_CROSS_ENTROPY:
         for i in range(rows * n):
             total += <double>vsoftplus(z[i]) - <double>t[i] * z[i]
+        if dout != NULL:
+            for i in range(rows * n):
+                dout[i] = (f[i] - t[i]) * scale
     else:
         for i in range(rows * n):
             d = f[i] - t[i]
             total += <double>d * d
             if dout != NULL:
                 dout[i] = 2 * scale * d
-        return total
-    if dout != NULL:
-        for i in range(rows * n):
-            dout[i] = (f[i] - t[i]) * scale
     return total

@@ -90,13 +90,16 @@ cdef void network_forward(const Net* net, const Work* w, const floating* theta,
 
 
 cdef double network_backward(const Net* net, const Work* w, floating* theta, const floating* x,
-                             const floating* t, Py_ssize_t rows, floating* grad, bint sgd,
+                             const floating* t, Py_ssize_t rows, floating scale,
+                             bint accumulate, floating* grad, bint sgd,
                              floating lr) noexcept nogil:
-    """After network_forward on the same rows: returns the mean loss.
+    """After network_forward on the same rows: returns the loss SUMMED over the rows.
 
-    sgd false: grad (n_params,) is OVERWRITTEN with dE/dtheta; theta is untouched.
-    sgd true: plain SGD with rate lr is applied to theta layer by layer (each
-    layer's dx computed before its W changes); grad is scratch for b and alpha.
+    sgd false: grad (n_params,) gets scale * d(summed loss)/dtheta, OVERWRITTEN, or
+    ACCUMULATED when ``accumulate`` (the later chunks of a batch); theta is untouched.
+    sgd true (accumulate false): plain SGD with rate lr is applied to theta layer
+    by layer (each layer's dx computed before its W changes); grad is scratch for
+    b and alpha. scale is 1 / (rows of the whole batch).
     """
     cdef int i, L = net.L
     cdef Py_ssize_t j, n_in, n_out
@@ -110,8 +113,7 @@ cdef double network_backward(const Net* net, const Work* w, floating* theta, con
     cdef bint fused = net.loss != MSE
     cdef floating* zl = <floating*>w.z + w.cap * net.cum[L - 1]
     cdef floating* fl = <floating*>w.f + w.cap * net.cum[L - 1]
-    cdef double loss = loss_forward_backward(rows, net.dims[L], net.loss, zl, fl, t, dcur,
-                                             <floating>1 / <floating>rows) / rows
+    cdef double loss = loss_forward_backward(rows, net.dims[L], net.loss, zl, fl, t, dcur, scale)
     for i in range(L - 1, -1, -1):
         n_in, n_out = net.dims[i], net.dims[i + 1]
         off = net.offsets + 3 * i
@@ -120,33 +122,85 @@ cdef double network_backward(const Net* net, const Work* w, floating* theta, con
             z = <floating*>w.z + w.cap * net.cum[i]
             activation_backward(rows, n_out, dcur, z, <floating*>w.f + w.cap * net.cum[i],
                                 <int>net.codes[i], <floating>net.params[i], alpha,
-                                grad + off[2] if alpha != NULL else NULL)
+                                grad + off[2] if alpha != NULL else NULL, accumulate)
             if sgd and alpha != NULL:
                 for j in range(n_out):
                     alpha[j] -= lr * grad[off[2] + j]
         xprev = x if i == 0 else <floating*>w.f + w.cap * net.cum[i - 1]
         dense_backward(rows, n_in, n_out, xprev, theta + off[0], dcur,
                        dnext if i > 0 else NULL, theta + off[0] if sgd else grad + off[0],
-                       grad + off[1], sgd, lr, theta + off[1])
+                       grad + off[1], accumulate, sgd, lr, theta + off[1])
         tmp = dcur
         dcur = dnext
         dnext = tmp
     return loss
 
 
-cdef double train_step(const Net* net, const Work* w, floating* theta, const floating* x,
-                       const floating* t, Py_ssize_t rows, floating* buffers, int code,
-                       const double* h, int64_t* step) noexcept nogil:
-    """One update of theta on rows of (x, t), IN PLACE; returns the loss before it.
-    buffers (2, n_params): the optimiser's state; step (1,) is incremented."""
+cdef void gather(const Net* net, const Work* w, const floating* X, const floating* T,
+                 const int64_t* perm, Py_ssize_t rows) noexcept nogil:
+    """Rows perm[0:rows] (rows <= w.cap) of X and T, OVERWRITTEN into w.xb and w.tb."""
+    cdef Py_ssize_t r, n_in = net.dims[0], n_out = net.dims[net.L]
+    cdef floating* xb = <floating*>w.xb
+    cdef floating* tb = <floating*>w.tb
+    for r in range(rows):
+        memcpy(xb + r * n_in, X + perm[r] * n_in, n_in * sizeof(floating))
+        memcpy(tb + r * n_out, T + perm[r] * n_out, n_out * sizeof(floating))
+
+
+cdef double batch_gradient(const Net* net, const Work* w, floating* theta, const floating* X,
+                           const floating* T, const int64_t* perm, Py_ssize_t rows,
+                           floating* grad) noexcept nogil:
+    """Mean loss of a batch; grad (n_params,) OVERWRITTEN with its gradient; theta only read.
+
+    The batch is rows perm[0:rows] of (X, T), gathered a chunk at a time, or the
+    first ``rows`` rows of X and T when perm is NULL. It is processed in chunks
+    of at most w.cap rows, the gradient accumulated over them, so the workspace
+    stays bounded however large the batch.
+    """
+    cdef Py_ssize_t start = 0, c
+    cdef Py_ssize_t n_in = net.dims[0], n_out = net.dims[net.L]
+    cdef const floating* x
+    cdef const floating* t
+    cdef floating scale = <floating>1 / <floating>rows
+    cdef double total = 0
+    while start < rows:
+        c = min(w.cap, rows - start)
+        if perm != NULL:
+            gather(net, w, X, T, perm + start, c)
+            x, t = <floating*>w.xb, <floating*>w.tb
+        else:
+            x, t = X + start * n_in, T + start * n_out
+        network_forward(net, w, theta, x, c)
+        total += network_backward(net, w, theta, x, t, c, scale, start > 0, grad, False, 0)
+        start += c
+    return total / rows
+
+
+cdef double train_batch(const Net* net, const Work* w, floating* theta, const floating* X,
+                        const floating* T, const int64_t* perm, Py_ssize_t rows,
+                        floating* buffers, int code, const double* h,
+                        int64_t* step) noexcept nogil:
+    """One update of theta on a batch (as batch_gradient's), IN PLACE; returns the
+    loss before it. buffers (2, n_params): the optimiser's state; step (1,) is
+    incremented. Plain SGD on a batch that fits the workspace is folded into the
+    backward pass's weight GEMMs; anything else computes the gradient, then updates."""
     cdef bint plain = code == SGD_CODE and h[H_MOMENTUM] == 0 and h[H_WEIGHT_DECAY] == 0
-    network_forward(net, w, theta, x, rows)
-    cdef double loss = network_backward(net, w, theta, x, t, rows, <floating*>w.grad, plain,
-                                        <floating>h[H_LR])
+    cdef const floating* x = X
+    cdef const floating* t = T
+    cdef double loss
+    if plain and rows <= w.cap:
+        if perm != NULL:
+            gather(net, w, X, T, perm, rows)
+            x, t = <floating*>w.xb, <floating*>w.tb
+        network_forward(net, w, theta, x, rows)
+        loss = network_backward(net, w, theta, x, t, rows, <floating>1 / <floating>rows, False,
+                                <floating*>w.grad, True, <floating>h[H_LR]) / rows
+        step[0] += 1
+        return loss
+    loss = batch_gradient(net, w, theta, X, T, perm, rows, <floating*>w.grad)
     step[0] += 1
-    if not plain:
-        optimizer_update(net.n_params, theta, <floating*>w.grad, buffers,
-                         buffers + net.n_params, code, h, step[0])
+    optimizer_update(net.n_params, theta, <floating*>w.grad, buffers, buffers + net.n_params,
+                     code, h, step[0])
     return loss
 
 
@@ -154,20 +208,14 @@ cdef double train_epoch(const Net* net, const Work* w, floating* theta, const fl
                         const floating* T, const int64_t* perm, Py_ssize_t n,
                         Py_ssize_t batch, floating* buffers, int code, const double* h,
                         int64_t* step) noexcept nogil:
-    """One train_step per batch of rows perm[i:i + batch] (each < len(X), checked by
-    the caller), gathered into w.xb/w.tb; returns sum(batch loss * rows) / n."""
-    cdef Py_ssize_t start, r, rows
-    cdef Py_ssize_t n_in = net.dims[0], n_out = net.dims[net.L]
-    cdef floating* xb = <floating*>w.xb
-    cdef floating* tb = <floating*>w.tb
+    """One train_batch per batch of rows perm[i:i + batch] (each < len(X), checked by
+    the caller); returns sum(batch loss * rows) / n."""
+    cdef Py_ssize_t start = 0, rows
     cdef double total = 0
-    start = 0
     while start < n:
         rows = min(batch, n - start)
-        for r in range(rows):
-            memcpy(xb + r * n_in, X + perm[start + r] * n_in, n_in * sizeof(floating))
-            memcpy(tb + r * n_out, T + perm[start + r] * n_out, n_out * sizeof(floating))
-        total += train_step(net, w, theta, xb, tb, rows, buffers, code, h, step) * rows
+        total += train_batch(net, w, theta, X, T, perm + start, rows, buffers, code, h,
+                             step) * rows
         start += batch
     return total / n
 
@@ -222,6 +270,21 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
 cdef int _C_ALIGNED = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
 cdef int _WRITABLE = _C_ALIGNED | cnp.NPY_ARRAY_WRITEABLE
 cdef Py_ssize_t _INT_MAX = 2147483647  # BLAS takes 32-bit sizes
+# Rows of the training workspace: bigger batches are processed in chunks of this
+# many rows (their gradient accumulated), so memory stays bounded (the Numba
+# backend's MAX_ROWS, for the same reason).
+cdef Py_ssize_t _MAX_ROWS = 1024
+MAX_ROWS = _MAX_ROWS  # for Python readers and tests
+
+
+cdef object _aligned(object obj):
+    """obj, or an aligned copy of it when it is a C-contiguous array whose data is not
+    aligned to its item size (a memmap at an odd offset, np.frombuffer with an offset):
+    inputs are copied, never refused, for that."""
+    if cnp.PyArray_Check(obj):
+        if (cnp.PyArray_FLAGS(<cnp.ndarray>obj) & _C_ALIGNED) == cnp.NPY_ARRAY_C_CONTIGUOUS:
+            return np.array(obj, order="C")
+    return obj
 
 
 cdef char* _array(object obj, int typenum, Py_ssize_t d0, Py_ssize_t d1, bint writable,
@@ -242,9 +305,11 @@ cdef char* _array(object obj, int typenum, Py_ssize_t d0, Py_ssize_t d1, bint wr
     if not ok:
         want = cnp.PyArray_DescrFromType(typenum)
         shape = ("n" if d0 < 0 else str(d0)) + ("" if d1 < 0 else f", {d1}")
-        raise ValueError(f"{name} must be a {'writable ' if writable else ''}C-contiguous "
+        fl = obj.flags
+        raise ValueError(f"{name} must be a {'writable ' if writable else ''}aligned C-contiguous "
                          f"{want} array of shape ({shape}), got {obj.dtype} {obj.shape} "
-                         f"(C-contiguous: {obj.flags.c_contiguous}, writable: {obj.flags.writeable})")
+                         f"(C-contiguous: {fl.c_contiguous}, aligned: {fl.aligned}, "
+                         f"writable: {fl.writeable})")
     return <char*>cnp.PyArray_DATA(a)
 
 
@@ -253,10 +318,13 @@ cdef class Engine:
 
     Engine(dims, act_codes, act_params, offsets, loss_code, n_params, dtype) takes
     the arrays of a fastmlp.network.Network. Every method checks its arrays'
-    dtype, layout and shape before any kernel runs. The workspace grows to the
-    largest batch seen and is reused; train_step, train_epoch and
-    loss_and_gradient hold a per-engine lock around it, while predict and
-    evaluate allocate their own buffers and may run concurrently.
+    dtype, layout and shape before any kernel runs (unaligned inputs X, T and
+    perm are copied). The workspace holds at most MAX_ROWS rows (bigger batches
+    go through it in chunks) and is reused. train_step and train_epoch hold a
+    per-engine lock around it; loss_and_gradient uses it when the lock is free
+    and a workspace of its own otherwise; predict and evaluate allocate their
+    own buffers. So predict, evaluate and loss_and_gradient may run from many
+    threads at once, each giving the single-thread result bit for bit.
     """
     cdef Net net
     cdef Work work
@@ -318,10 +386,10 @@ cdef class Engine:
         self.work.cap = 0
         self._reserve(1)
 
-    cdef int _reserve(self, Py_ssize_t rows) except -1:
-        """Grow the workspace to hold ``rows`` rows (it never shrinks)."""
-        if rows <= self.work.cap:
-            return 0
+    cdef object _new_work(self, Work* w, Py_ssize_t rows):
+        """Fill w with buffers for batches (or chunks) of min(rows, MAX_ROWS) rows;
+        returns the arrays it points into, which must outlive its use."""
+        rows = min(rows, _MAX_ROWS)
         cdef const int64_t* dims = self.net.dims
         z = np.empty(rows * self.net.cum[self.net.L], dtype=self.dtype)
         f = np.empty_like(z)
@@ -329,15 +397,20 @@ cdef class Engine:
         xb = np.empty(rows * dims[0], dtype=self.dtype)
         tb = np.empty(rows * dims[self.net.L], dtype=self.dtype)
         grad = np.empty(self.net.n_params, dtype=self.dtype)
-        self._bufs = (z, f, d, xb, tb, grad)
-        self.work.z = cnp.PyArray_DATA(z)
-        self.work.f = cnp.PyArray_DATA(f)
-        self.work.d0 = cnp.PyArray_DATA(d)
-        self.work.d1 = <char*>cnp.PyArray_DATA(d) + rows * self.widest * self.itemsize
-        self.work.xb = cnp.PyArray_DATA(xb)
-        self.work.tb = cnp.PyArray_DATA(tb)
-        self.work.grad = cnp.PyArray_DATA(grad)
-        self.work.cap = rows
+        w.z = cnp.PyArray_DATA(z)
+        w.f = cnp.PyArray_DATA(f)
+        w.d0 = cnp.PyArray_DATA(d)
+        w.d1 = <char*>cnp.PyArray_DATA(d) + rows * self.widest * self.itemsize
+        w.xb = cnp.PyArray_DATA(xb)
+        w.tb = cnp.PyArray_DATA(tb)
+        w.grad = cnp.PyArray_DATA(grad)
+        w.cap = rows
+        return (z, f, d, xb, tb, grad)
+
+    cdef int _reserve(self, Py_ssize_t rows) except -1:
+        """Grow the shared workspace (lock held) to min(rows, MAX_ROWS) rows; it never shrinks."""
+        if min(rows, _MAX_ROWS) > self.work.cap:
+            self._bufs = self._new_work(&self.work, rows)
         return 0
 
     cdef inline void _lock(self):
@@ -354,6 +427,7 @@ cdef class Engine:
     def train_step(self, theta, state, X, T):
         """One optimiser step on (X, T); theta and state updated in place. Returns the
         batch loss before the step."""
+        X, T = _aligned(X), _aligned(T)
         cdef Py_ssize_t P = self.net.n_params
         cdef char* th = _array(theta, self.typenum, P, -1, True, "theta")
         cdef Py_ssize_t n = self._rows(X, T)
@@ -371,11 +445,11 @@ cdef class Engine:
             self._reserve(n)
             with nogil:
                 if self.typenum == cnp.NPY_FLOAT64:
-                    loss = train_step(&self.net, &self.work, <double*>th, <double*>x, <double*>t,
-                                      n, <double*>buf, code, h, step)
+                    loss = train_batch(&self.net, &self.work, <double*>th, <double*>x,
+                                       <double*>t, NULL, n, <double*>buf, code, h, step)
                 else:
-                    loss = train_step(&self.net, &self.work, <float*>th, <float*>x, <float*>t,
-                                      n, <float*>buf, code, h, step)
+                    loss = train_batch(&self.net, &self.work, <float*>th, <float*>x,
+                                       <float*>t, NULL, n, <float*>buf, code, h, step)
         finally:
             PyThread_release_lock(self.lock)
         return loss
@@ -383,6 +457,7 @@ cdef class Engine:
     def train_epoch(self, theta, state, X, T, perm, Py_ssize_t batch_size):
         """One train_step per batch of rows perm[i:i + batch_size]; returns the mean
         loss over rows, sum(batch loss * batch rows) / len(perm)."""
+        X, T, perm = _aligned(X), _aligned(T), _aligned(perm)
         cdef Py_ssize_t P = self.net.n_params
         cdef char* th = _array(theta, self.typenum, P, -1, True, "theta")
         cdef Py_ssize_t n_rows = self._rows(X, T)
@@ -425,7 +500,11 @@ cdef class Engine:
         return loss
 
     def loss_and_gradient(self, theta, X, T, grad):
-        """Mean loss of (X, T); grad (n_params,) is OVERWRITTEN with dE/dtheta."""
+        """Mean loss of (X, T); grad (n_params,) is OVERWRITTEN with dE/dtheta.
+
+        Uses the shared workspace when no other call holds it, else one of its own
+        (allocated for this call), so concurrent calls never wait or interfere."""
+        X, T = _aligned(X), _aligned(T)
         cdef Py_ssize_t P = self.net.n_params
         cdef char* th = _array(theta, self.typenum, P, -1, False, "theta")
         cdef char* g = _array(grad, self.typenum, P, -1, True, "grad")
@@ -433,30 +512,35 @@ cdef class Engine:
         cdef char* x = <char*>cnp.PyArray_DATA(<cnp.ndarray>X)
         cdef char* t = <char*>cnp.PyArray_DATA(<cnp.ndarray>T)
         cdef double loss
-        self._lock()
+        cdef Work own
+        cdef Work* w = &self.work
+        cdef bint shared = PyThread_acquire_lock(self.lock, NOWAIT_LOCK)
+        keep = None
         try:
-            self._reserve(n)
+            if shared:
+                self._reserve(n)
+            else:
+                keep = self._new_work(&own, n)
+                w = &own
             with nogil:
-                # sgd=False: theta is only read.
                 if self.typenum == cnp.NPY_FLOAT64:
-                    network_forward(&self.net, &self.work, <double*>th, <double*>x, n)
-                    loss = network_backward(&self.net, &self.work, <double*>th, <double*>x,
-                                            <double*>t, n, <double*>g, False, 0)
+                    loss = batch_gradient(&self.net, w, <double*>th, <double*>x, <double*>t,
+                                          NULL, n, <double*>g)
                 else:
-                    network_forward(&self.net, &self.work, <float*>th, <float*>x, n)
-                    loss = network_backward(&self.net, &self.work, <float*>th, <float*>x,
-                                            <float*>t, n, <float*>g, False, 0)
+                    loss = batch_gradient(&self.net, w, <float*>th, <float*>x, <float*>t,
+                                          NULL, n, <float*>g)
         finally:
-            PyThread_release_lock(self.lock)
+            if shared:
+                PyThread_release_lock(self.lock)
         return loss
 
     def predict(self, theta, X, Py_ssize_t chunk=256):
         """Outputs (n, outputs), a new array; X processed ``chunk`` rows at a time."""
-        return self._infer(theta, X, None, chunk)
+        return self._infer(theta, _aligned(X), None, chunk)
 
     def evaluate(self, theta, X, T, Py_ssize_t chunk=256):
         """Mean loss over (X, T), computed ``chunk`` rows at a time."""
-        return self._infer(theta, X, T, chunk)
+        return self._infer(theta, _aligned(X), _aligned(T), chunk)
 
     cdef object _infer(self, theta, X, T, Py_ssize_t chunk):
         cdef char* th = _array(theta, self.typenum, self.net.n_params, -1, False, "theta")

@@ -62,17 +62,47 @@ def dense_backward(X, W, b, alpha, Z, A, D, dX, code, p, gW, gb, galpha, beta, l
 def loss_forward_backward(Z, A, T, loss, scale, D):
     """Sum over rows of the loss, and D (n, k) OVERWRITTEN with scale * dE_sum/d(output).
 
-    For mse D is dE/dA = 2 scale (A - T); for the fused pairs (softmax +
-    cross-entropy, sigmoid + binary cross-entropy) it is dE/dZ = scale (A - T)
-    directly. Pass scale = 1 / (rows in the whole batch) for the mean loss.
+    For mse D is dE/dA = 2 scale (A - T). For the fused pairs it is dE/dZ
+    directly: softmax + cross-entropy gives scale (A s - T), s = sum_j T[i, j]
+    the row's target sum (s = 1 for one-hot and soft-label rows; targets need
+    not sum to 1); sigmoid + binary cross-entropy gives scale (A - T).
+    Pass scale = 1 / (rows in the whole batch) for the mean loss.
     """
-    total = loss_value(Z, A, T, loss)
     n, k = A.shape
+    if loss == CROSS_ENTROPY:
+        # one pass per row: the loss, the target sum s, then the row of D
+        total = 0.0
+        for i in range(n):
+            lse = _logsumexp(Z, i)
+            s = A.dtype.type(0.0)  # in the array dtype: a float32 row stays float32
+            for j in range(k):
+                t = T[i, j]
+                s += t
+                total -= t * (Z[i, j] - lse)
+            for j in range(k):
+                D[i, j] = scale * (A[i, j] * s - T[i, j])
+        return total
+    total = loss_value(Z, A, T, loss)
     c = 2.0 * scale if loss == MSE else scale
     for i in range(n):
         for j in range(k):
             D[i, j] = c * (A[i, j] - T[i, j])
     return total
+
+
+@njit(**INLINE)
+def _logsumexp(Z, i):
+    """log sum_j e^Z[i, j] of row i, shifted by its maximum so nothing overflows.
+    (Row i by index, not as a view Z[i]: a view of a reference-counted array costs
+    two atomic operations.)"""
+    k = Z.shape[1]
+    m = Z[i, 0]
+    for j in range(k):
+        m = max(m, Z[i, j])
+    s = 0.0
+    for j in range(k):
+        s += _exp(Z[i, j] - m)
+    return m + math.log(s)
 
 
 @njit(**INLINE)
@@ -87,13 +117,7 @@ def loss_value(Z, A, T, loss):
                 total += d * d
     elif loss == CROSS_ENTROPY:  # -sum t * log_softmax(z)
         for i in range(n):
-            m = Z[i, 0]
-            for j in range(k):
-                m = max(m, Z[i, j])
-            s = 0.0
-            for j in range(k):
-                s += _exp(Z[i, j] - m)
-            lse = m + math.log(s)
+            lse = _logsumexp(Z, i)
             for j in range(k):
                 total -= T[i, j] * (Z[i, j] - lse)
     elif loss == BINARY_CROSS_ENTROPY:  # softplus(z) - t z

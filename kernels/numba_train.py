@@ -11,7 +11,9 @@ Every training entry point runs :func:`run`, one loop over batches and row
 chunks of at most ``cap`` rows: a batch larger than that accumulates its
 gradient chunk by chunk; a batch that fits gets plain SGD folded into the
 weight-gradient GEMM. ``predict`` and ``evaluate`` allocate their own small
-buffers per call, so they are safe to run from several threads at once.
+buffers per call, so they are safe to run from several threads at once; ``run``
+and ``train_step`` write into the workspace they are given, so concurrent calls
+need workspaces of their own (the backend sees to it).
 
 Numba's on-disk cache checks only a function's own source file, and the
 functions here embed the kernels they call: after editing another

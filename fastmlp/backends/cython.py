@@ -1,9 +1,12 @@
 """The ``"cython"`` backend: ahead-of-time compiled kernels, no JIT, GIL released.
 
 A thin adaptor over :class:`fastmlp.kernels.cython_mlp.Engine`, which holds the
-network's layout and a training workspace, checks every array it is given, and
-runs whole train steps and epochs in C. Several models may train or predict
-in parallel threads; one model's predict is safe from several threads at once.
+network's layout and a training workspace of at most ``cython_mlp.MAX_ROWS`` rows (bigger
+batches go through it in chunks), checks every array it is given (copying
+unaligned inputs), and runs whole train steps and epochs in C. Several models
+may train or predict in parallel threads; one model's predict, evaluate and
+loss_and_gradient are safe from several threads at once, each giving the
+single-thread result bit for bit (see Engine).
 """
 from __future__ import annotations
 

@@ -1,6 +1,14 @@
 """The pure-NumPy reference backend: the oracle for every test and the
 baseline of every benchmark. Plain, competent NumPy: X @ W + b, the activation
-table, matmuls for the backward pass, nothing clever."""
+table, matmuls for the backward pass, nothing clever.
+
+evaluate and loss_and_gradient walk the rows in blocks (:func:`block_rows`),
+adding up each block's loss and gradient, each divided by the whole batch's
+row count: memory stays bounded by one block's activations however many rows
+there are. Nothing mutable is shared between calls except train_step's
+gradient buffer, so predict, evaluate and loss_and_gradient are safe from
+several threads at once.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +16,15 @@ import numpy as np
 from .. import activations as act
 from .. import optimizers
 from ..losses import MSE
+
+# Bytes of activations (z and f of every layer) per block of rows.
+BLOCK_BYTES = 32 << 20
+
+
+def block_rows(net, dtype):
+    """Rows per block: about BLOCK_BYTES of activations, at least 256 rows."""
+    per_row = 2 * int(net.dims[1:].sum()) * np.dtype(dtype).itemsize
+    return max(256, BLOCK_BYTES // per_row)
 
 
 class NumpyBackend:
@@ -20,6 +37,7 @@ class NumpyBackend:
         self.dtype = np.dtype(dtype)
         self.acts = [act.BY_CODE[int(c)] for c in net.act_codes]
         self._grad = np.zeros(net.n_params, dtype=self.dtype)
+        self._block = block_rows(net, self.dtype)
 
     def _params(self, i, alpha):
         """The activation's parameter: the trainable vector for prelu, else the scalar."""
@@ -39,9 +57,16 @@ class NumpyBackend:
     def predict(self, theta, X):
         return self._forward(theta, X)[1][-1]
 
+    def _blocks(self, n):
+        """(start, stop) of each block of rows of an n-row batch."""
+        return [(start, min(start + self._block, n)) for start in range(0, n, self._block)]
+
     def evaluate(self, theta, X, T):
-        zs, fs = self._forward(theta, X)
-        return self.net.loss.value(zs[-1], fs[-1], T)
+        n, total = len(X), 0.0
+        for start, stop in self._blocks(n):
+            zs, fs = self._forward(theta, X[start:stop])
+            total += self.net.loss.value(zs[-1], fs[-1], T[start:stop], n)
+        return total
 
     def _delta(self, i, z, f, alpha, dout):
         """dE/dz of layer i from dE/df: the chain rule through its activation."""
@@ -52,24 +77,32 @@ class NumpyBackend:
 
     def loss_and_gradient(self, theta, X, T, grad):
         """Mean loss; grad (n_params,) is overwritten with dE/dtheta."""
+        n, loss = len(X), 0.0
+        grad[...] = 0
+        for start, stop in self._blocks(n):
+            loss += self._add_block_gradient(theta, X[start:stop], T[start:stop], n, grad)
+        return loss
+
+    def _add_block_gradient(self, theta, X, T, n, grad):
+        """Loss of the rows (X, T) summed and divided by n; its gradient ADDED to grad."""
         net = self.net
         zs, fs = self._forward(theta, X)
-        loss = net.loss.value(zs[-1], fs[-1], T)
+        loss = net.loss.value(zs[-1], fs[-1], T, n)
         views = net.layer_views(theta)
         gviews = net.layer_views(grad)
         last = len(views) - 1
         fused = net.loss.code != MSE  # softmax/sigmoid + cross-entropy: dE/dz directly
-        dout = net.loss.gradient(fs[-1], T)  # dE/df of the current layer (dE/dz when fused)
+        dout = net.loss.gradient(fs[-1], T, n)  # dE/df of the current layer (dE/dz when fused)
         for i in range(last, -1, -1):
             W, b, alpha = views[i]
             gW, gb, galpha = gviews[i]
             delta = dout if (fused and i == last) else self._delta(i, zs[i], fs[i], alpha, dout)
             a_prev = X if i == 0 else fs[i - 1]
-            gW[...] = a_prev.T @ delta
-            gb[...] = delta.sum(axis=0)
+            gW += a_prev.T @ delta
+            gb += delta.sum(axis=0)
             if galpha is not None:
                 # d prelu / d alpha = z where z < 0, else 0
-                galpha[...] = (dout * np.minimum(zs[i], 0)).sum(axis=0)
+                galpha += (dout * np.minimum(zs[i], 0)).sum(axis=0)
             if i > 0:
                 dout = delta @ W.T
         return loss
