@@ -14,7 +14,9 @@ parameter vector, ``T`` targets as floats (n, outputs), and ``state`` an
     one train_step per batch of rows perm[i:i + batch_size] (the last may be
     short); returns sum(batch loss * batch rows) / n.
 
-``predict`` must be safe to call from several threads at once on one model.
+``predict``, ``evaluate`` and ``loss_and_gradient`` must be safe from several threads at
+once on one model, each giving the single-thread result bit for bit; ``train_step`` and
+``train_epoch`` run one at a time per model (the Model holds its lock around them).
 """
 from __future__ import annotations
 
