@@ -325,7 +325,7 @@ class Model:
 
     def fit(self, X, Y, epochs=1, batch_size=32, tol=None, shuffle=True,
             validation_data=None, validation_split=0.0, metrics=None, callbacks=None,
-            verbose=0):
+            verbose=0, gradient_norms=False):
         """Train by mini-batch gradient descent; returns the :class:`History`.
 
         Each epoch visits every row once in batches of ``batch_size`` (None =
@@ -339,7 +339,10 @@ class Model:
         per epoch on the training rows and, as "val_<name>", on the validation rows.
         callbacks: objects with any of set_model, on_train_begin, on_epoch_end,
         on_train_end (see :mod:`fastmlp.callbacks`). verbose: 0 silent, 1 a progress
-        bar, 2 one line per epoch.
+        bar, 2 one line per epoch. gradient_norms: record history["grad_norm"], per epoch
+        the RMS over its steps of each layer's weight-gradient norm ||dE/dW_l|| (summed
+        inside the compiled step; plain SGD then forms dW instead of folding the update
+        into the GEMM) -- vanishing or exploding gradients made visible.
 
         If the loss, a weight or the optimiser state becomes NaN or inf, or the
         epoch is interrupted (Ctrl-C), the weights, optimiser state and shuffling
@@ -363,6 +366,8 @@ class Model:
         perm = np.arange(len(X), dtype=np.int64)
         saved_theta = np.empty_like(self._theta)
         saved_state = optimizers.OptimizerState.new(self.optimizer, self.net.n_params, self.dtype)
+        norms = np.zeros(len(self.net.layers)) if gradient_norms else None
+        steps = -(-len(X) // batch_size)
         logs = {}
         with self._lock:
             for epoch in range(epochs):
@@ -378,8 +383,14 @@ class Model:
                     # Overflow on the way to divergence is reported once, as TrainingDiverged,
                     # not as NumPy warnings (which, as errors, would stop mid-epoch).
                     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                        loss = float(self._engine.train_epoch(self._theta, self._state, X, T,
-                                                              perm, batch_size))
+                        if norms is None:
+                            loss = self._engine.train_epoch(self._theta, self._state, X, T,
+                                                            perm, batch_size)
+                        else:
+                            norms[:] = 0
+                            loss = self._engine.train_epoch(self._theta, self._state, X, T,
+                                                            perm, batch_size, norms=norms)
+                    loss = float(loss)
                     self._check_finite(loss, f"in epoch {epoch + 1}", "the weights of the "
                                        "last finite epoch were kept")
                 except BaseException:
@@ -394,6 +405,8 @@ class Model:
                     logs["val_loss"] = float(self._engine.evaluate(self._theta, *val))
                     logs.update({f"val_{k}": v for k, v in self._scores(metric_fns, *val).items()})
                 logs["samples_per_s"] = len(X) / seconds if seconds > 0 else float("inf")
+                if norms is not None:
+                    logs["grad_norm"] = np.sqrt(norms / steps).tolist()
                 history.record(epoch, logs)
                 if verbose == 2:
                     print(f"epoch {epoch + 1}/{epochs}  " + "  ".join(
