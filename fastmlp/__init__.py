@@ -4,9 +4,10 @@
 >>> model = fm.Model([fm.Dense(4, activation="sigmoid"), fm.Dense(2, activation="sigmoid")],
 ...                  input_dim=3, loss="mse", optimizer=fm.SGD(lr=0.5), seed=0)
 """
+from . import callbacks
 from .backends import available_backends
-from .io import load
-from .model import History, Model, TrainingDiverged
+from .callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar
+from .model import History, Model, TrainingDiverged, load
 from .network import Dense
 from .optimizers import SGD, Adam
 from .threads import set_num_threads, thread_info
@@ -14,4 +15,5 @@ from .threads import set_num_threads, thread_info
 __version__ = "0.1.0"
 
 __all__ = ["Model", "Dense", "SGD", "Adam", "History", "TrainingDiverged", "load",
+           "Callback", "EarlyStopping", "ModelCheckpoint", "ProgressBar",
            "available_backends", "set_num_threads", "thread_info", "__version__"]

@@ -13,7 +13,7 @@ header claims. :class:`Archive` checks before it reads a byte of data:
   before :meth:`read` reads exactly that many bytes; the member's size must
   match, and object (pickled) dtypes are refused.
 
-Every problem raises :class:`FormatError` saying why; ``fastmlp.io.load``
+Every problem raises :class:`FormatError` saying why; ``fastmlp.load``
 turns it into its documented ValueError.
 """
 from __future__ import annotations

@@ -95,12 +95,13 @@ def _optional_arrays(model):
     return arrays
 
 
-def load(path, backend=None):
-    """Read a model written by :meth:`fastmlp.Model.save`.
+def read(path, backend=None):
+    """(header, arrays, backend): a file written by :func:`save`, every member and header
+    field checked (see the module docstring); ``backend`` is the one to build the model on
+    (the saved one unless overridden). :func:`fastmlp.load` builds the Model from them.
 
-    ``backend`` overrides the saved backend name (a model saved on "numba" can
-    be loaded on "numpy"). Damaged, truncated, foreign, pickled or crafted files
-    raise ValueError; the file is never modified.
+    Damaged, truncated, foreign, pickled or crafted files raise ValueError; the file is
+    never modified.
     """
     from .backends import available_backends, get_backend
 
@@ -122,33 +123,18 @@ def load(path, backend=None):
         if problem:
             raise FormatError(problem)
     except FormatError as exc:
-        raise ValueError(f"{path} is not a readable fastmlp model file: {exc}") from None
+        raise bad_file(path, exc) from None
     if backend is None:
         backend = header["backend"] or "numpy"
         if backend not in available_backends():
             raise ValueError(f"{path} was saved for backend {backend!r}, which is not available "
                              f"here ({available_backends()}); pass backend= to fm.load")
-    return _build(path, header, arrays, backend)
+    return header, arrays, backend
 
 
-def _build(path, header, arrays, backend):
-    from .model import Model
-
-    try:
-        model = Model(header["layers"], header["input_dim"], loss=header["loss"],
-                      optimizer=header["optimizer"], backend=backend, dtype=header["dtype"],
-                      seed=header["seed"])
-    except (TypeError, ValueError) as exc:  # e.g. softmax on a hidden layer
-        raise ValueError(f"{path} is not a readable fastmlp model file: invalid header ({exc})") from None
-    model.set_state({"theta": arrays["theta"], "opt_buffers": arrays["opt_buffers"],
-                     "opt_step": arrays["opt_step"], "rng_state": header["rng_state"]})
-    if "input_mean" in arrays:
-        model.set_input_scaling(arrays["input_mean"].copy(), arrays["input_scale"].copy())
-    if "classes" in arrays:
-        model.classes_ = arrays["classes"].copy()
-    if "feature_names" in arrays:
-        model.feature_names_in_ = arrays["feature_names"].copy()
-    return model
+def bad_file(path, why):
+    """The one error every unreadable model file gives."""
+    return ValueError(f"{os.fspath(path)} is not a readable fastmlp model file: {why}")
 
 
 # -- the header ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from . import activations as act
-from . import labels, optimizers, validation
+from . import io, labels, optimizers, validation
 from . import metrics as metric_table
 from .backends import get_backend
 from .backends import resolve as resolve_backend
@@ -409,8 +409,8 @@ class Model:
                     logs["grad_norm"] = np.sqrt(norms / steps).tolist()
                 history.record(epoch, logs)
                 if verbose == 2:
-                    print(f"epoch {epoch + 1}/{epochs}  " + "  ".join(
-                        f"{k} {v:.6g}" for k, v in logs.items()), flush=True)
+                    from .callbacks import format_logs
+                    print(f"epoch {epoch + 1}/{epochs}  {format_logs(logs)}", flush=True)
                 for cb in callbacks:
                     _hook(cb, "on_epoch_end", epoch, logs)
                 if self.stop_training or (tol is not None and loss <= tol):
@@ -427,8 +427,7 @@ class Model:
     # -- saving ------------------------------------------------------------------
     def save(self, path):
         """Write the model to one file, atomically (see fastmlp.io)."""
-        from .io import save
-        save(self, path)
+        io.save(self, path)
 
     # -- helpers -----------------------------------------------------------------
     def _data(self, X, Y, learn=False):
@@ -522,3 +521,27 @@ class Model:
             warnings.warn(f"layer(s) {dead} use step/sign, whose derivative is 0: no gradient "
                           "flows through them, so the layers before them cannot learn",
                           RuntimeWarning, stacklevel=3)
+
+
+def load(path, backend=None):
+    """Read a model written by :meth:`Model.save` (never unpickles; see fastmlp.io).
+
+    ``backend`` overrides the saved backend name (a model saved on "numba" can be
+    loaded on "numpy"). Damaged, truncated, foreign, pickled or crafted files raise
+    ValueError; the file is never modified.
+    """
+    header, arrays, backend = io.read(path, backend)
+    try:
+        model = Model(header["layers"], header["input_dim"], loss=header["loss"],
+                      optimizer=header["optimizer"], backend=backend, dtype=header["dtype"],
+                      seed=header["seed"])
+    except (TypeError, ValueError) as exc:  # e.g. softmax on a hidden layer
+        raise io.bad_file(path, f"invalid header ({exc})") from None
+    model.set_state({"theta": arrays["theta"], "opt_buffers": arrays["opt_buffers"],
+                     "opt_step": arrays["opt_step"], "rng_state": header["rng_state"]})
+    if "input_mean" in arrays:
+        model.set_input_scaling(arrays["input_mean"], arrays["input_scale"])
+    for attr, name in (("classes_", "classes"), ("feature_names_in_", "feature_names")):
+        if name in arrays:
+            setattr(model, attr, arrays[name].copy())  # the archive's arrays are read-only
+    return model

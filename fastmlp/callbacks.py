@@ -1,0 +1,284 @@
+"""Callbacks: code that :meth:`Model.fit` runs around each epoch (Keras's protocol).
+
+A callback may define any of these methods; ``fit`` calls them in this order:
+
+* ``set_model(model)``, once, before training;
+* ``on_train_begin(logs)``, once, logs ``{"epochs", "samples", "batch_size"}``;
+* ``on_epoch_end(epoch, logs)`` after every epoch; ``epoch`` counts from 0 and
+  ``logs`` holds floats: ``"loss"``, ``"val_loss"`` (with validation data),
+  metrics such as ``"accuracy"`` / ``"val_accuracy"``, ``"samples_per_s"``, and
+  ``"grad_norm"`` (a list of per-layer floats) when ``fit(gradient_norms=True)``;
+* ``on_train_end(logs)``, once, also after an early stop (not when an
+  exception ends ``fit``).
+
+A callback stops training by setting ``model.stop_training = True``.
+
+>>> import numpy as np, fastmlp as fm
+>>> from fastmlp.callbacks import EarlyStopping
+>>> X = np.random.default_rng(0).normal(size=(40, 3)); Y = X[:, :1] ** 2
+>>> m = fm.Model([fm.Dense(8, "tanh"), fm.Dense(1)], input_dim=3, seed=0)
+>>> stop = EarlyStopping("val_loss", patience=3, restore_best_weights=True)
+>>> h = m.fit(X[:30], Y[:30], epochs=50, validation_data=(X[30:], Y[30:]), callbacks=[stop])
+"""
+from __future__ import annotations
+
+import numbers
+import os
+import sys
+
+import numpy as np
+
+# Keys of the epoch logs that are not a metric to print next to the loss.
+_NOT_SHOWN = ("samples_per_s", "grad_norm")
+
+
+class Callback:
+    """Base class: every hook is a no-op; ``self.model`` is the model being fitted."""
+
+    model = None
+
+    def set_model(self, model):
+        self.model = model
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
+
+
+# -- watching one logged value ---------------------------------------------------------
+
+def _check_mode(monitor, mode):
+    """'min' or 'max' for ``monitor``; 'auto' means 'max' for accuracies, else 'min'."""
+    if not isinstance(monitor, str) or not monitor:
+        raise TypeError(f"monitor must be the name of a logged value such as 'val_loss', "
+                        f"got {monitor!r}")
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode == "auto":
+        return "max" if "acc" in monitor else "min"
+    return mode
+
+
+def _check_number(value, name, allow_none=False):
+    if allow_none and value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not np.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _monitored(logs, monitor, who):
+    """logs[monitor] as a float; a clear error when the epoch did not log it."""
+    logs = logs or {}
+    if monitor not in logs:
+        hint = (" (val_* values need fit(validation_data=...) or validation_split)"
+                if monitor.startswith("val_") else "")
+        raise ValueError(f"{who}: monitor {monitor!r} is not in the epoch logs; available: "
+                         f"{sorted(logs)}{hint}")
+    value = logs[monitor]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{who}: monitor {monitor!r} must be a number, got {value!r}")
+    return float(value)
+
+
+def _improves(value, best, mode, min_delta):
+    """Whether ``value`` beats ``best`` by more than ``min_delta`` (any ``value`` beats None)."""
+    if best is None:
+        return True
+    if mode == "min":
+        return value + min_delta < best
+    return value - min_delta > best
+
+
+class EarlyStopping(Callback):
+    """Stop training when a monitored value has stopped improving (Keras 3's semantics).
+
+    Parameters
+    ----------
+    monitor : name of a logged value, e.g. "val_loss", "loss", "val_accuracy".
+    patience : training stops at the ``patience``-th epoch in a row without
+        improvement (0 and 1 both stop at the first, as in Keras).
+    min_delta : an epoch improves only if it beats the best by more than this.
+    mode : "min", "max", or "auto" ("max" when the name contains "acc", else "min").
+    restore_best_weights : at the end of training (stopped early or not) put the
+        model back exactly as it was after the best epoch: the whole
+        :meth:`Model.get_state` (weights, optimiser buffers and step, random
+        generator), so predictions, a further ``fit`` and ``save`` all continue
+        from the best epoch, not from a mix of best weights and later optimiser state.
+    baseline : training also stops if the value has not beaten ``baseline``
+        within ``patience`` epochs (the best epoch is still tracked).
+
+    After ``fit``: ``best`` (the best value), ``best_epoch`` (0-based) and
+    ``stopped_epoch`` (0-based epoch at which it stopped training; 0 if it did not).
+    """
+
+    def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto",
+                 restore_best_weights=False, baseline=None):
+        self.mode = _check_mode(monitor, mode)
+        self.monitor = monitor
+        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) \
+                or patience < 0:
+            raise ValueError(f"patience must be an integer >= 0, got {patience!r}")
+        self.patience = int(patience)
+        self.min_delta = abs(_check_number(min_delta, "min_delta"))  # Keras: the sign is ignored
+        self.restore_best_weights = bool(restore_best_weights)
+        self.baseline = _check_number(baseline, "baseline", allow_none=True)
+        self._reset()
+
+    def _reset(self):
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best = None
+        self.best_epoch = 0
+        self.best_state = None
+
+    def on_train_begin(self, logs=None):
+        self._reset()   # an instance may serve several fits
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = _monitored(logs, self.monitor, "EarlyStopping")
+        self.wait += 1
+        if _improves(value, self.best, self.mode, self.min_delta):
+            self.best, self.best_epoch = value, epoch
+            if self.restore_best_weights:
+                self.best_state = self.model.get_state()
+            # The wait restarts only when the value also beats the baseline.
+            if self.baseline is None or _improves(value, self.baseline, self.mode,
+                                                  self.min_delta):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.restore_best_weights and self.best_state is not None:
+            self.model.set_state(self.best_state)
+
+
+class ModelCheckpoint(Callback):
+    """Save the model with ``model.save`` (atomic) when a monitored value improves.
+
+    Parameters
+    ----------
+    path : file name; may hold ``{epoch}`` (1-based, like Keras) and logged
+        values, e.g. ``"ckpt-{epoch:03d}-{val_loss:.3f}.fastmlp"``.
+    monitor, mode : as in :class:`EarlyStopping` (any strict improvement saves).
+    save_best_only : False saves after every epoch, whatever the monitored value.
+
+    After ``fit``: ``best``, ``best_epoch`` (0-based) and ``last_saved`` (the path
+    written last, or None).
+    """
+
+    def __init__(self, path, monitor="val_loss", mode="auto", save_best_only=True):
+        try:
+            self.path = os.fspath(path)
+        except TypeError:
+            raise TypeError(f"path must be a str or os.PathLike, got {path!r}") from None
+        self.mode = _check_mode(monitor, mode)
+        self.monitor = monitor
+        self.save_best_only = bool(save_best_only)
+        self.best = None
+        self.best_epoch = None
+        self.last_saved = None
+
+    def on_train_begin(self, logs=None):
+        self.best, self.best_epoch = None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.save_best_only:
+            value = _monitored(logs, self.monitor, "ModelCheckpoint")
+            if not _improves(value, self.best, self.mode, 0.0):
+                return
+            self.best, self.best_epoch = value, epoch
+        path = self._format(epoch, logs)
+        self.model.save(path)
+        self.last_saved = path
+
+    def _format(self, epoch, logs):
+        try:
+            return self.path.format(**{**logs, "epoch": epoch + 1})
+        except KeyError as exc:
+            raise ValueError(f"ModelCheckpoint path {self.path!r} names {exc.args[0]!r}, which "
+                             f"is not logged; available: {['epoch'] + sorted(logs)}") from None
+        except (ValueError, IndexError) as exc:
+            raise ValueError(f"ModelCheckpoint path {self.path!r} is not a valid format string "
+                             f"({exc}); write a literal brace as {{{{ or }}}}") from None
+
+
+# -- progress ---------------------------------------------------------------------------
+
+def _import_tqdm():
+    """tqdm's class, or None when tqdm is not installed (an optional extra)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
+
+
+def format_logs(logs):
+    """One line of an epoch's logs: loss, the other metrics, the val_* ones, samples/s.
+
+    >>> format_logs({"loss": 0.25, "val_loss": 0.5, "accuracy": 0.9, "samples_per_s": 12345.6})
+    'loss 0.25  accuracy 0.9  val_loss 0.5  12,346 samples/s'
+    """
+    shown = {k: v for k, v in logs.items() if k not in _NOT_SHOWN
+             and isinstance(v, numbers.Real) and not isinstance(v, bool)}
+    train = [k for k in shown if not k.startswith("val_")]
+    order = sorted(train, key=lambda k: k != "loss") + [k for k in shown if k.startswith("val_")]
+    parts = [f"{k} {shown[k]:.4g}" for k in order]
+    if isinstance(logs.get("samples_per_s"), numbers.Real):
+        parts.append(f"{logs['samples_per_s']:,.0f} samples/s")
+    return "  ".join(parts)
+
+
+class ProgressBar(Callback):
+    """One progress bar per fit over the epochs: epoch, loss, validation metrics, samples/s.
+
+    Uses tqdm when it is installed (``pip install fastmlp[progress]``), else
+    prints one plain line per epoch. ``file``: where to write (default: the
+    current ``sys.stderr``). ``fit(verbose=1)`` adds one.
+    """
+
+    def __init__(self, file=None):
+        self.file = file
+        self._bar = None
+        self._epochs = None
+
+    def _out(self):
+        return self.file if self.file is not None else sys.stderr
+
+    def on_train_begin(self, logs=None):
+        self._close()   # a bar left open by a fit that raised
+        self._epochs = (logs or {}).get("epochs")
+        tqdm = _import_tqdm()
+        if tqdm is not None:
+            self._bar = tqdm(total=self._epochs, file=self._out(), leave=True, unit="epoch",
+                             dynamic_ncols=True,
+                             bar_format="epoch {n_fmt}/{total_fmt} |{bar:20}| "
+                                        "[{elapsed}<{remaining}{postfix}]")
+
+    def on_epoch_end(self, epoch, logs=None):
+        line = format_logs(logs or {})
+        if self._bar is not None:
+            self._bar.set_postfix_str(line, refresh=False)
+            self._bar.update(1)
+            return
+        total = f"/{self._epochs}" if self._epochs is not None else ""
+        print(f"epoch {epoch + 1}{total}  {line}", file=self._out(), flush=True)
+
+    def on_train_end(self, logs=None):
+        self._close()
+
+    def _close(self):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
