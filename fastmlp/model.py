@@ -6,6 +6,8 @@ here, once per call, so the backends never see a bad shape.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
 import time
 import warnings
@@ -105,6 +107,18 @@ class Model:
         # time per model. Readers (predict, evaluate, gradients) do not take it.
         self._lock = threading.RLock()
         self._snapshot = None         # train_on_batch's rollback buffers, allocated on first use
+        # Rows per predict block: about 32 MiB of activations (z and f of every layer).
+        per_row = 2 * int(self.net.dims[1:].sum()) * self.dtype.itemsize
+        self._block_rows = int(min(65536, max(256, (32 << 20) // per_row)))
+        self._unit_targets = self.net.loss.output is not None  # cross-entropies: t in [0, 1]
+        # The reference backend computes with NumPy, whose overflow warnings become one
+        # TrainingDiverged; compiled kernels raise none, so they skip the errstate cost.
+        self._quiet = (functools.partial(np.errstate, over="ignore", invalid="ignore",
+                                         divide="ignore")
+                       if self.backend == "numpy" else contextlib.nullcontext)
+        # Plain SGD never touches the optimiser buffers: nothing there to check.
+        self._check_state = self.optimizer.code != optimizers.SGD_CODE or \
+            self.optimizer.momentum != 0
 
     # -- inspection --------------------------------------------------------------
     @property
@@ -232,8 +246,9 @@ class Model:
         block's activations, however many rows X has. Safe to call from several
         threads at once.
         """
-        X = validation.check_inputs(X, self.net.input_dim, self.dtype, self._scaling)
-        rows = self._predict_block_rows()
+        if self._scaling is not None or not validation.ready(X, self.net.input_dim, self.dtype):
+            X = validation.check_inputs(X, self.net.input_dim, self.dtype, self._scaling)
+        rows = self._block_rows
         if len(X) <= rows:
             return self._engine.predict(self._theta, X)
         out = np.empty((len(X), self.net.output_dim), dtype=self.dtype)
@@ -241,10 +256,6 @@ class Model:
             out[start:start + rows] = self._engine.predict(self._theta, X[start:start + rows])
         return out
 
-    def _predict_block_rows(self):
-        """Rows per predict block: about 32 MiB of activations (z and f of every layer)."""
-        per_row = 2 * int(self.net.dims[1:].sum()) * self.dtype.itemsize
-        return int(min(65536, max(256, (32 << 20) // per_row)))
 
     def evaluate(self, X, Y):
         """Mean loss over (X, Y), a float. Safe to call from several threads at once."""
@@ -307,7 +318,7 @@ class Model:
             np.copyto(saved_theta, self._theta)
             saved_state.copy_from(self._state)
             try:
-                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                with self._quiet():
                     loss = float(self._engine.train_step(self._theta, self._state, X, T))
                 self._check_finite(loss, "in this train_on_batch step", "the model was left "
                                    "as it was before the step")
@@ -433,6 +444,12 @@ class Model:
     def _data(self, X, Y, learn=False):
         """(X, T) as the backends take them. Labels of any kind become class indices;
         ``learn`` (training calls) records classes_ and feature names the first time."""
+        net = self.net
+        if (self._scaling is None and validation.ready(X, net.input_dim, self.dtype)
+                and (validation.ready_unit(Y, net.output_dim, self.dtype) if self._unit_targets
+                     else validation.ready(Y, net.output_dim, self.dtype))
+                and len(Y) == len(X)):
+            return X, Y  # already checked arrays: no copy, O(1) Python work
         names = _feature_names(X)
         if names is not None and self.feature_names_in_ is not None \
                 and not np.array_equal(names, self.feature_names_in_):
@@ -496,12 +513,12 @@ class Model:
     def _check_finite(self, loss, where, kept):
         """Raise TrainingDiverged, saying truly what went non-finite, unless all is finite."""
         bad = []
-        if not validation.all_finite(self._theta):
+        if not validation.finite(self._theta):
             bad = [i + 1 for i, (W, b, alpha) in enumerate(self.net.layer_views(self._theta))
                    if not (np.isfinite(W).all() and np.isfinite(b).all()
                            and (alpha is None or np.isfinite(alpha).all()))]
         # An inf in Adam's v (g^2 overflowed) freezes weights silently: also divergence.
-        state_bad = not validation.all_finite(self._state.buffers)
+        state_bad = self._check_state and not validation.finite(self._state.buffers)
         if np.isfinite(loss) and not bad and not state_bad:
             return
         what = []

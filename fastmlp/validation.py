@@ -7,9 +7,41 @@ of the model dtype whose shapes match the network.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY
+
+
+# Zeros to dot small arrays with: x . 0 is NaN exactly when some x is NaN or inf and,
+# unlike a sum, never overflows. np.vdot (unlike @ and np.dot) raises no FP error under
+# np.errstate(all="raise"): test_divergence checks that.
+_ZEROS = {np.dtype(t): np.zeros(4096, dtype=t) for t in (np.float32, np.float64)}
+
+
+def finite(a):
+    """True when every entry of ``a`` (float32/float64, any layout) is finite; quick, silent."""
+    if a.size <= 4096 and a.flags.c_contiguous:
+        return math.isfinite(np.vdot(a.reshape(-1), _ZEROS[a.dtype][:a.size]))
+    # NaN propagates through max and min without a warning; inf shows as the max or min
+    return (math.isfinite(np.maximum.reduce(a, axis=None))
+            and math.isfinite(np.minimum.reduce(a, axis=None)))
+
+
+def ready(a, cols, dtype):
+    """True when ``a`` is already what the backends take: a C-contiguous, aligned 2-D
+    ndarray of ``dtype`` with ``cols`` columns and at least one row, all finite. O(1)
+    Python work and one vectorised pass; anything else goes through the full checks."""
+    return (type(a) is np.ndarray and a.dtype == dtype and a.ndim == 2 and a.shape[0] > 0
+            and a.shape[1] == cols and a.flags.c_contiguous and a.flags.aligned and finite(a))
+
+
+def ready_unit(a, cols, dtype):
+    """As :func:`ready`, for targets that must lie in [0, 1] (NaN fails the comparisons)."""
+    return (type(a) is np.ndarray and a.dtype == dtype and a.ndim == 2 and a.shape[0] > 0
+            and a.shape[1] == cols and a.flags.c_contiguous and a.flags.aligned
+            and np.minimum.reduce(a, axis=None) >= 0 and np.maximum.reduce(a, axis=None) <= 1)
 
 
 def all_finite(a):

@@ -154,7 +154,7 @@ def test_model_predict_blocks_match_one_call(backend, dtype):
     Bit for bit per block; a row's bits may depend on which block holds it (BLAS
     picks its kernel by the number of rows), so whole calls agree within rounding."""
     model = classifier(backend, dtype)
-    rows = model._predict_block_rows()
+    rows = model._block_rows
     X = np.random.default_rng(4).normal(size=(2 * rows + 17, 20)).astype(dtype)
     y = model.predict(X)
     for start in (0, rows, 2 * rows):
