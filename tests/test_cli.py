@@ -64,8 +64,9 @@ def test_train_help():
     assert result.returncode == 0
     for option in ("--data", "--target", "--layers", "--activation", "--epochs", "--backend",
                    "--batch-size", "--lr", "--optimizer", "--dtype", "--seed",
-                   "--test-fraction", "--loss", "--save"):
+                   "--test-fraction", "--loss", "--save", "--progress", "--plot"):
         assert option in result.stdout
+    assert "auto (default: the fastest here" in " ".join(result.stdout.split())
 
 
 def test_no_command_prints_help_and_fails(capsys):

@@ -1,0 +1,110 @@
+"""The ``fastmlp`` command's option types and defaults: argparse's parsers for each option.
+
+Each parser raises ``argparse.ArgumentTypeError``, which argparse prefixes with the
+option's name (``argument --seed: expected a non-negative integer, got '-1'``).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+from fastmlp import activations
+from fastmlp.backends import get_backend, resolve
+
+DEFAULT_LR = {"adam": 3e-3, "sgd": 0.1}
+OUTPUT_ACTIVATION = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid", "mse": "sigmoid"}
+TASKS = ("auto", "classification", "regression")
+# --task auto: a numeric target with more distinct values than this is a quantity, not labels.
+MAX_AUTO_CLASSES = 20
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def layers(text):
+    """'64,32' -> [64, 32]; '' -> [] (no hidden layer)."""
+    try:
+        units = [int(u) for u in text.split(",") if u.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 64,32, got {text!r}")
+    if any(u < 1 for u in units):
+        raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
+    return units
+
+
+def _integer(minimum, wording):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {wording}, got {text!r}")
+        return value
+    return parse
+
+
+def _number(accept, wording):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and accept(value)):
+            raise argparse.ArgumentTypeError(f"expected {wording}, got {text!r}")
+        return value
+    return parse
+
+
+def name_from(names, what):
+    """A parser accepting one of ``names`` (any case), returned in lower case."""
+    def parse(text):
+        if text.lower() not in names:
+            raise argparse.ArgumentTypeError(f"unknown {what} {text!r}; choose one of "
+                                             f"{sorted(names)}")
+        return text.lower()
+    return parse
+
+
+def hidden_activation(text):
+    try:
+        activations.get(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if text == "softmax":
+        raise argparse.ArgumentTypeError("softmax is only allowed on the output layer "
+                                         "(--loss cross_entropy gives a softmax output)")
+    return text
+
+
+positive_int = _integer(1, "a positive integer")
+seed = _integer(0, "a non-negative integer")
+positive_float = _number(lambda v: v > 0, "a finite number > 0")
+fraction = _number(lambda v: 0 <= v < 1, "a number from 0 (none held out) up to, not "
+                   "including, 1")
+momentum = _number(lambda v: 0 <= v < 1, "a number in [0, 1)")
+non_negative_float = _number(lambda v: v >= 0, "a finite number >= 0")
+
+
+def add_common(parser):
+    """--backend, --dtype, --seed: shared by every command."""
+    # Static text: listing the importable backends here would import numba on every run.
+    parser.add_argument("--backend", default="auto",
+                        help="auto (default: the fastest here, cython, then numba, then "
+                        "numpy), numpy (the reference), numba or cython where installed; "
+                        "fastmlp.available_backends() lists them")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--seed", type=seed, default=0,
+                        help="initialisation, shuffling, split (default 0)")
+
+
+def check_backend(name):
+    """Refuse an unknown or unavailable --backend (ValueError naming the option)."""
+    try:
+        get_backend(resolve(name))
+    except ValueError as exc:
+        raise ValueError(f"--backend {name}: {exc}") from None

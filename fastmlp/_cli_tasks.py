@@ -1,0 +1,117 @@
+"""``fastmlp train``'s two tasks: what ``fit`` is given and how the held-out rows are scored.
+
+:class:`Classification` scores accuracy, :class:`Regression` RMSE (in the
+target's units) and R^2. Both give ``scores`` as a dict of floats named as
+fit's logs name validation metrics (``val_accuracy``; ``val_rmse``, ``val_r2``),
+so they go into the history, the progress bar and the --plot curves as they are.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fastmlp import datasets
+
+
+class Classification:
+    """A classifier: fit takes the class labels (cross_entropy) or their one-hot rows (the
+    sigmoid losses), and it is scored by accuracy."""
+
+    def __init__(self, data, loss):
+        self.classes = np.asarray(data.classes)    # names (k,), in the data's class order
+        self.n_out = len(self.classes)
+        self.loss = loss
+        self.summary = f"{self.n_out} classes"
+
+    def prepare(self, model):
+        """Give the model its classes before fit: all of them (a class may have no training
+        row) in the data's order (numeric labels sort as numbers, unlike their names), so
+        fit's labels map to the same output units as the class indices always did."""
+        model.classes_ = self.classes
+
+    def targets(self, y):
+        """What fit takes for class indices y (n,): labels (n,) for cross_entropy (fit maps
+        them through model.classes_), one-hot rows (n, k) for the sigmoid outputs."""
+        if self.loss == "cross_entropy":
+            return self.classes[y]
+        return np.eye(self.n_out)[y]
+
+    def scores(self, model, X, y):
+        """{"val_accuracy": fraction of rows X whose most probable class is y}."""
+        return {"val_accuracy": float(np.mean(model.predict(X).argmax(axis=1) == y))}
+
+    def describe(self, scores):
+        return f"accuracy {scores['val_accuracy']:.4f}"
+
+    def report(self, model, X, y, held_out):
+        acc = self.scores(model, X, y)["val_accuracy"]
+        if not held_out:
+            return f"training accuracy: {100 * acc:.2f} % (no rows held out)"
+        return f"held-out accuracy: {100 * acc:.2f} % ({int(round(acc * len(y)))}/{len(y)} rows)"
+
+    def predictions(self, model, X):
+        """Class probabilities (m, k)."""
+        return model.predict(X)
+
+    def prepare_to_save(self, model):
+        """Nothing to change; returns what the saved model outputs."""
+        names = self.classes.tolist()
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        return f"outputs are the probabilities of the classes {shown}"
+
+
+class Regression:
+    """A regressor's targets y float64 (n,), standardized in float64 for training (so the
+    linear output unit starts at the right scale), and scores (RMSE, R^2)."""
+
+    def __init__(self, data, y_train, y_test):
+        self.target = data.target
+        (self.mean,), (self.scale,) = datasets.standardization(y_train[:, None], [data.target])
+        datasets.check_standardizable(y_test[:, None], self.mean, self.scale, [data.target])
+        self.n_out = 1
+        self.summary = f"numeric target (mean {self.mean:.6g}, std {self.scale:.6g})"
+
+    def prepare(self, model):
+        """Nothing to set before fit (a regressor has no classes)."""
+
+    def targets(self, y):
+        """The standardized targets (n, 1) fit takes for y (n,)."""
+        return ((y - self.mean) / self.scale)[:, None]
+
+    def scores(self, model, X, y):
+        """{"val_rmse": RMSE in the target's units, "val_r2": R^2}, computed in standardized
+        units (no overflow for huge targets). R^2 uses y's own mean, as sklearn's r2_score
+        does; NaN if y is constant."""
+        t = (y - self.mean) / self.scale
+        sse = float(np.sum((model.predict(X)[:, 0].astype(np.float64) - t) ** 2))
+        sst = float(np.sum((t - t.mean()) ** 2))
+        return {"val_rmse": math.sqrt(sse / len(t)) * self.scale,
+                "val_r2": 1.0 - sse / sst if sst > 0 else math.nan}
+
+    def describe(self, scores):
+        return f"RMSE {scores['val_rmse']:.6g}  R^2 {scores['val_r2']:.4f}"
+
+    def report(self, model, X, y, held_out):
+        scores = self.scores(model, X, y)
+        which, rows = ("held-out", f"{len(y)} rows") if held_out else \
+            ("training", f"{len(y)} rows, none held out")
+        return (f"{which} RMSE: {scores['val_rmse']:.6g} (target std {self.scale:.6g}), "
+                f"R^2: {scores['val_r2']:.4f} ({rows})")
+
+    def predictions(self, model, X):
+        """Targets float64 (m,), in the target's units."""
+        return model.predict(X)[:, 0].astype(np.float64) * self.scale + self.mean
+
+    def prepare_to_save(self, model):
+        """Fold y = mean + scale * output into the linear output layer, so the saved model
+        outputs the target in its own units. Exact to the output's float tolerance: unlike
+        folding the input scaling, this involves no cancellation."""
+        weights = model.get_weights()
+        W, b = weights[-2].astype(np.float64), weights[-1].astype(np.float64)
+        weights[-2], weights[-1] = W * self.scale, b * self.scale + self.mean
+        if not all(np.isfinite(np.asarray(w, dtype=model.dtype)).all() for w in weights[-2:]):
+            raise ValueError(f"--save: the target's values are too large for a "
+                             f"{model.dtype.name} model; use --dtype float64")
+        model.set_weights(weights)
+        return f"outputs the target {self.target!r} in its own units"

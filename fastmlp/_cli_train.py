@@ -1,0 +1,149 @@
+"""``fastmlp train``: check the outputs, load the data, build the model, train it with one
+``fit`` call whose callbacks report each epoch, then report, save and plot."""
+from __future__ import annotations
+
+import sys
+from typing import NamedTuple
+
+import numpy as np
+
+import fastmlp as fm
+from fastmlp import datasets
+from fastmlp._cli_data import Data, load_data, split
+from fastmlp._cli_options import DEFAULT_LR, OUTPUT_ACTIVATION, check_backend
+from fastmlp._cli_outputs import check_plot, check_save_path, save_model, write_plot
+from fastmlp._cli_tasks import Classification, Regression
+from fastmlp.callbacks import Callback, ProgressBar
+
+
+class Training(NamedTuple):
+    """What :func:`run_train` returns."""
+
+    model: fm.Model          # as saved (with --save) or as trained
+    data: Data
+    X_test: np.ndarray       # held-out raw features, float64 (m, d)
+    y_test: np.ndarray       # their labels or targets (m,)
+    predictions: np.ndarray  # the trained model's outputs on X_test, before any saving:
+                             # class probabilities (m, k) or targets float64 (m,)
+    history: fm.History      # fit's, with the held-out scores of every epoch
+
+
+class EpochReport(Callback):
+    """After each epoch: score the held-out rows, put the scores in the epoch's logs (so a
+    ProgressBar after this callback shows them) and in ``model.history`` (fit records the
+    logs before its callbacks run; the --plot curves read the history), and print the
+    epoch's line (unless a progress bar shows the epochs instead).
+
+    ``seconds`` sums the epochs' training time, from fit's ``samples_per_s`` (which leaves
+    out this scoring)."""
+
+    def __init__(self, task, X_test, y_test, epochs, rows, out, print_lines=True):
+        self.task, self.X_test, self.y_test = task, X_test, y_test
+        self.epochs, self.rows, self.out, self.print_lines = epochs, rows, out, print_lines
+        self.seconds = 0.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds += self.rows / logs["samples_per_s"]
+        line = f"epoch {epoch + 1:>{len(str(self.epochs))}}/{self.epochs}  loss {logs['loss']:.4f}"
+        if len(self.y_test):
+            scores = self.task.scores(self.model, self.X_test, self.y_test)
+            logs.update(scores)
+            for name, value in scores.items():
+                self.model.history.history.setdefault(name, []).append(value)
+            line += "  held-out " + self.task.describe(scores)
+        if self.print_lines:
+            print(f"{line}  {logs['samples_per_s']:,.0f} samples/s", file=self.out, flush=True)
+
+
+def train(args, out=None):
+    run_train(args, out)
+    return 0
+
+
+def run_train(args, out=None):
+    """The whole ``train`` command; returns a :class:`Training`."""
+    out = out or sys.stdout
+    if args.task != "auto":
+        _loss(args, args.task)  # a --loss that contradicts --task: say so before reading data
+    if args.save:
+        check_save_path(args.save, args.data)
+    if args.plot:
+        check_plot(args.plot, args.data, args.save)
+    data = load_data(args)
+    X_train, X_test, y_train, y_test = split(args, data)
+    mean, scale = datasets.standardization(X_train, data.features)
+    datasets.check_standardizable(X_test, mean, scale, data.features)
+    loss = _loss(args, data.task)
+    if data.task == "regression":
+        task, output = Regression(data, y_train, y_test), "linear"
+    else:
+        task, output = Classification(data, loss), OUTPUT_ACTIVATION[loss]
+    model, optimizer = _build(args, X_train.shape[1], task.n_out, loss, output)
+    # The scaler is the model's own float64 step: fit and predict take raw features, and
+    # the model trained here is the model saved, scaler included.
+    model.set_input_scaling(mean, scale)
+    model.feature_names_in_ = np.array(data.features)
+    task.prepare(model)
+    held_out = len(y_test) > 0
+    dims = "-".join(str(d) for d in model.net.dims)
+    print(f"data: {data.description}\n      {len(data.X)} rows, {X_train.shape[1]} features, "
+          f"{task.summary}; {len(X_train)} for training, {len(X_test)} held out", file=out)
+    print(f"model: {dims} {args.activation} -> {output}, loss {loss}, {optimizer}, batch "
+          f"{args.batch_size}, backend {model.backend}, {args.dtype}; {data.task} ({data.why})",
+          file=out)
+    history, seconds = _fit(args, model, task, X_train, y_train, X_test, y_test, out)
+    print(task.report(model, *((X_test, y_test) if held_out else (X_train, y_train)), held_out),
+          file=out)
+    samples = len(history.epoch) * len(X_train)
+    print(f"training: {len(history.epoch)} epochs x {len(X_train)} rows in {seconds:.2f} s = "
+          f"{samples / seconds if seconds > 0 else float('inf'):,.0f} samples/s", file=out)
+    predictions = task.predictions(model, X_test) if held_out else None
+    if args.save:
+        outputs = task.prepare_to_save(model)
+        save_model(model, args.save)
+        print(f"saved to {args.save}: takes raw features in file column order (the "
+              f"standardization is stored in the file and applied by predict); {outputs}",
+              file=out)
+    if args.plot:
+        write_plot(history, args.plot)
+        print(f"curves written to {args.plot}: loss{' and held-out scores' if held_out else ''} "
+              "per epoch, per-layer gradient norms", file=out)
+    return Training(model, data, X_test, y_test, predictions, history)
+
+
+def _fit(args, model, task, X_train, y_train, X_test, y_test, out):
+    """One fit over all the epochs; (history, training seconds). With --plot, fit also
+    records the held-out loss and the per-layer gradient norms the plot draws."""
+    report = EpochReport(task, X_test, y_test, args.epochs, len(X_train), out,
+                         print_lines=not args.progress)
+    callbacks = [report, ProgressBar()] if args.progress else [report]
+    plot_held_out = args.plot and len(y_test) > 0
+    history = model.fit(X_train, task.targets(y_train), epochs=args.epochs,
+                        batch_size=args.batch_size, callbacks=callbacks,
+                        validation_data=(X_test, task.targets(y_test)) if plot_held_out else None,
+                        gradient_norms=bool(args.plot))
+    return history, report.seconds
+
+
+def _loss(args, task):
+    if task == "classification":
+        return args.loss or "cross_entropy"
+    if args.loss not in (None, "mse"):
+        raise ValueError(f"--loss {args.loss}: regression trains with mse (the only "
+                         "regression loss); drop --loss or use --task classification")
+    return "mse"
+
+
+def _build(args, n_in, n_out, loss, output):
+    """(model, optimizer text); errors name the option at fault."""
+    check_backend(args.backend)
+    lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
+    if args.optimizer == "adam" and args.momentum:
+        raise ValueError("--momentum applies to --optimizer sgd only")
+    optimizer = (fm.Adam(lr=lr) if args.optimizer == "adam"
+                 else fm.SGD(lr=lr, momentum=args.momentum))
+    layers = [fm.Dense(u, activation=args.activation) for u in args.layers]
+    layers.append(fm.Dense(n_out, activation=output))
+    model = fm.Model(layers, input_dim=n_in, loss=loss, optimizer=optimizer,
+                     backend=args.backend, dtype=args.dtype, seed=args.seed)
+    return model, f"{type(optimizer).__name__}(lr={lr:g})"
