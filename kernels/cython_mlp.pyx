@@ -89,10 +89,27 @@ cdef void network_forward(const Net* net, const Work* w, const floating* theta,
         a = f
 
 
+cdef inline double sum_squares(Py_ssize_t n, const floating* a) noexcept nogil:
+    """sum of a[0:n] squared, accumulated in double. Four partial sums: GCC may not
+    reorder one strict double sum, a chain of dependent 4-cycle adds."""
+    cdef Py_ssize_t i, n4 = n - n % 4
+    cdef double v0, v1, v2, v3, s0 = 0, s1 = 0, s2 = 0, s3 = 0
+    for i in range(0, n4, 4):
+        v0, v1, v2, v3 = a[i], a[i + 1], a[i + 2], a[i + 3]
+        s0 += v0 * v0
+        s1 += v1 * v1
+        s2 += v2 * v2
+        s3 += v3 * v3
+    for i in range(n4, n):
+        v0 = a[i]
+        s0 += v0 * v0
+    return (s0 + s1) + (s2 + s3)
+
+
 cdef double network_backward(const Net* net, const Work* w, floating* theta, const floating* x,
                              const floating* t, Py_ssize_t rows, floating scale,
                              bint accumulate, floating* grad, bint sgd,
-                             floating lr) noexcept nogil:
+                             floating lr, double* norms) noexcept nogil:
     """After network_forward on the same rows: returns the loss SUMMED over the rows.
 
     sgd false: grad (n_params,) gets scale * d(summed loss)/dtheta, OVERWRITTEN, or
@@ -100,6 +117,9 @@ cdef double network_backward(const Net* net, const Work* w, floating* theta, con
     sgd true (accumulate false): plain SGD with rate lr is applied to theta layer
     by layer (each layer's dx computed before its W changes); grad is scratch for
     b and alpha. scale is 1 / (rows of the whole batch).
+    norms (L,) or NULL (sgd false; pass it on a batch's last chunk only): each layer's
+    ||dE/dW||^2, summed over its finished gW right after the GEMM that wrote it
+    (still in cache), is ADDED to norms[i].
     """
     cdef int i, L = net.L
     cdef Py_ssize_t j, n_in, n_out
@@ -130,6 +150,8 @@ cdef double network_backward(const Net* net, const Work* w, floating* theta, con
         dense_backward(rows, n_in, n_out, xprev, theta + off[0], dcur,
                        dnext if i > 0 else NULL, theta + off[0] if sgd else grad + off[0],
                        grad + off[1], accumulate, sgd, lr, theta + off[1])
+        if norms != NULL:
+            norms[i] += sum_squares(n_in * n_out, grad + off[0])
         tmp = dcur
         dcur = dnext
         dnext = tmp
@@ -149,13 +171,14 @@ cdef void gather(const Net* net, const Work* w, const floating* X, const floatin
 
 cdef double batch_gradient(const Net* net, const Work* w, floating* theta, const floating* X,
                            const floating* T, const int64_t* perm, Py_ssize_t rows,
-                           floating* grad) noexcept nogil:
+                           floating* grad, double* norms) noexcept nogil:
     """Mean loss of a batch; grad (n_params,) OVERWRITTEN with its gradient; theta only read.
 
     The batch is rows perm[0:rows] of (X, T), gathered a chunk at a time, or the
     first ``rows`` rows of X and T when perm is NULL. It is processed in chunks
     of at most w.cap rows, the gradient accumulated over them, so the workspace
-    stays bounded however large the batch.
+    stays bounded however large the batch. norms (L,) or NULL: each layer's
+    ||dE/dW||^2 of the whole batch ADDED (during the last chunk).
     """
     cdef Py_ssize_t start = 0, c
     cdef Py_ssize_t n_in = net.dims[0], n_out = net.dims[net.L]
@@ -171,7 +194,8 @@ cdef double batch_gradient(const Net* net, const Work* w, floating* theta, const
         else:
             x, t = X + start * n_in, T + start * n_out
         network_forward(net, w, theta, x, c)
-        total += network_backward(net, w, theta, x, t, c, scale, start > 0, grad, False, 0)
+        total += network_backward(net, w, theta, x, t, c, scale, start > 0, grad, False, 0,
+                                  norms if start + c == rows else NULL)
         start += c
     return total / rows
 
@@ -179,12 +203,15 @@ cdef double batch_gradient(const Net* net, const Work* w, floating* theta, const
 cdef double train_batch(const Net* net, const Work* w, floating* theta, const floating* X,
                         const floating* T, const int64_t* perm, Py_ssize_t rows,
                         floating* buffers, int code, const double* h,
-                        int64_t* step) noexcept nogil:
+                        int64_t* step, double* norms) noexcept nogil:
     """One update of theta on a batch (as batch_gradient's), IN PLACE; returns the
     loss before it. buffers (2, n_params): the optimiser's state; step (1,) is
     incremented. Plain SGD on a batch that fits the workspace is folded into the
-    backward pass's weight GEMMs; anything else computes the gradient, then updates."""
-    cdef bint plain = code == SGD_CODE and h[H_MOMENTUM] == 0 and h[H_WEIGHT_DECAY] == 0
+    backward pass's weight GEMMs; anything else computes the gradient, then updates.
+    norms (L,) or NULL: each layer's ||dE/dW||^2 ADDED; it turns the fold off, since
+    the gradient must then be formed."""
+    cdef bint plain = (code == SGD_CODE and h[H_MOMENTUM] == 0 and h[H_WEIGHT_DECAY] == 0
+                       and norms == NULL)
     cdef const floating* x = X
     cdef const floating* t = T
     cdef double loss
@@ -194,10 +221,10 @@ cdef double train_batch(const Net* net, const Work* w, floating* theta, const fl
             x, t = <floating*>w.xb, <floating*>w.tb
         network_forward(net, w, theta, x, rows)
         loss = network_backward(net, w, theta, x, t, rows, <floating>1 / <floating>rows, False,
-                                <floating*>w.grad, True, <floating>h[H_LR]) / rows
+                                <floating*>w.grad, True, <floating>h[H_LR], NULL) / rows
         step[0] += 1
         return loss
-    loss = batch_gradient(net, w, theta, X, T, perm, rows, <floating*>w.grad)
+    loss = batch_gradient(net, w, theta, X, T, perm, rows, <floating*>w.grad, norms)
     step[0] += 1
     optimizer_update(net.n_params, theta, <floating*>w.grad, buffers, buffers + net.n_params,
                      code, h, step[0])
@@ -207,15 +234,16 @@ cdef double train_batch(const Net* net, const Work* w, floating* theta, const fl
 cdef double train_epoch(const Net* net, const Work* w, floating* theta, const floating* X,
                         const floating* T, const int64_t* perm, Py_ssize_t n,
                         Py_ssize_t batch, floating* buffers, int code, const double* h,
-                        int64_t* step) noexcept nogil:
+                        int64_t* step, double* norms) noexcept nogil:
     """One train_batch per batch of rows perm[i:i + batch] (each < len(X), checked by
-    the caller); returns sum(batch loss * rows) / n."""
+    the caller); returns sum(batch loss * rows) / n. norms (L,) or NULL: every
+    batch ADDS each layer's ||dE/dW||^2 (see train_batch)."""
     cdef Py_ssize_t start = 0, rows
     cdef double total = 0
     while start < n:
         rows = min(batch, n - start)
         total += train_batch(net, w, theta, X, T, perm + start, rows, buffers, code, h,
-                             step) * rows
+                             step, norms) * rows
         start += batch
     return total / n
 
@@ -446,17 +474,23 @@ cdef class Engine:
             with nogil:
                 if self.typenum == cnp.NPY_FLOAT64:
                     loss = train_batch(&self.net, &self.work, <double*>th, <double*>x,
-                                       <double*>t, NULL, n, <double*>buf, code, h, step)
+                                       <double*>t, NULL, n, <double*>buf, code, h, step,
+                                       NULL)
                 else:
                     loss = train_batch(&self.net, &self.work, <float*>th, <float*>x,
-                                       <float*>t, NULL, n, <float*>buf, code, h, step)
+                                       <float*>t, NULL, n, <float*>buf, code, h, step,
+                                       NULL)
         finally:
             PyThread_release_lock(self.lock)
         return loss
 
-    def train_epoch(self, theta, state, X, T, perm, Py_ssize_t batch_size):
+    def train_epoch(self, theta, state, X, T, perm, Py_ssize_t batch_size, norms=None):
         """One train_step per batch of rows perm[i:i + batch_size]; returns the mean
-        loss over rows, sum(batch loss * batch rows) / len(perm)."""
+        loss over rows, sum(batch loss * batch rows) / len(perm).
+
+        norms: None, or a float64 array (n_layers,) to which every step ADDS each
+        layer's squared weight-gradient norm ||dE/dW||^2 (plain SGD then forms the
+        gradient instead of folding the update into the GEMM)."""
         X, T, perm = _aligned(X), _aligned(T), _aligned(perm)
         cdef Py_ssize_t P = self.net.n_params
         cdef char* th = _array(theta, self.typenum, P, -1, True, "theta")
@@ -471,6 +505,9 @@ cdef class Engine:
         cdef int code = state.code
         cdef double loss
         cdef bint bad = False
+        cdef double* nrm = NULL
+        if norms is not None:
+            nrm = <double*>_array(norms, cnp.NPY_FLOAT64, self.net.L, -1, True, "norms")
         if code != SGD_CODE and code != ADAM_CODE:
             raise ValueError(f"unknown optimizer code {code}")
         if batch_size < 1:
@@ -491,10 +528,12 @@ cdef class Engine:
             with nogil:
                 if self.typenum == cnp.NPY_FLOAT64:
                     loss = train_epoch(&self.net, &self.work, <double*>th, <double*>x,
-                                       <double*>t, pm, n, batch_size, <double*>buf, code, h, step)
+                                       <double*>t, pm, n, batch_size, <double*>buf, code, h, step,
+                                       nrm)
                 else:
                     loss = train_epoch(&self.net, &self.work, <float*>th, <float*>x,
-                                       <float*>t, pm, n, batch_size, <float*>buf, code, h, step)
+                                       <float*>t, pm, n, batch_size, <float*>buf, code, h, step,
+                                       nrm)
         finally:
             PyThread_release_lock(self.lock)
         return loss
@@ -525,10 +564,10 @@ cdef class Engine:
             with nogil:
                 if self.typenum == cnp.NPY_FLOAT64:
                     loss = batch_gradient(&self.net, w, <double*>th, <double*>x, <double*>t,
-                                          NULL, n, <double*>g)
+                                          NULL, n, <double*>g, NULL)
                 else:
                     loss = batch_gradient(&self.net, w, <float*>th, <float*>x, <float*>t,
-                                          NULL, n, <float*>g)
+                                          NULL, n, <float*>g, NULL)
         finally:
             if shared:
                 PyThread_release_lock(self.lock)

@@ -10,9 +10,13 @@ parameter vector, ``T`` targets as floats (n, outputs), and ``state`` an
 ``evaluate(theta, X, T) -> float``                 mean loss
 ``loss_and_gradient(theta, X, T, grad) -> float``  grad (n_params,) OVERWRITTEN
 ``train_step(theta, state, X, T) -> float``        one update, in place; batch loss before it
-``train_epoch(theta, state, X, T, perm, batch_size) -> float``
+``train_epoch(theta, state, X, T, perm, batch_size, norms=None) -> float``
     one train_step per batch of rows perm[i:i + batch_size] (the last may be
     short); returns sum(batch loss * batch rows) / n.
+    norms: None, or a writable C-contiguous float64 array (n_layers,) to which
+    every step ADDS, for each layer l, ||dE/dW_l||_F^2 (the batch's mean-loss
+    gradient with respect to W_l alone, before weight decay), summed inside the
+    step as the gradient is formed; plain SGD is then not folded into the GEMM.
 
 ``predict``, ``evaluate`` and ``loss_and_gradient`` must be safe from several threads at
 once on one model, each giving the single-thread result bit for bit; ``train_step`` and

@@ -26,9 +26,12 @@ except ImportError as exc:  # numba or scipy missing
     raise ImportError(f"the Numba kernels need numba and scipy ({exc})") from None
 
 from ..optimizers import SGD_CODE
+from .reference import check_norms
 
-_NO_PERM, _NO_HYPER, _NO_STEP = (np.zeros(0, dtype=np.int64), np.zeros(7),
-                                 np.zeros(1, dtype=np.int64))
+# "none" arrays of the kernels' types: an empty array, never None, so one compiled
+# `run` serves every call (None would compile a second specialisation).
+_NO_PERM, _NO_HYPER, _NO_STEP, _NO_NORMS = (np.zeros(0, dtype=np.int64), np.zeros(7),
+                                            np.zeros(1, dtype=np.int64), np.zeros(0))
 # Rows per training chunk: the workspace never holds more rows of activations.
 MAX_ROWS = 1024
 # Bytes of one layer's outputs per predict/evaluate chunk: enough rows for BLAS
@@ -82,7 +85,7 @@ class NumbaBackend:
             work = self._new_work(len(X))   # none spare, or too small (then dropped)
         try:
             return kt.run(theta, grad, X, T, _NO_PERM, len(X), self._no_bufs, _NO_HYPER,
-                          _NO_STEP, SGD_CODE, work[1], work[0], kt.GRADIENT)
+                          _NO_STEP, SGD_CODE, work[1], work[0], kt.GRADIENT, _NO_NORMS)
         finally:
             self._spare.append(work)
 
@@ -93,11 +96,15 @@ class NumbaBackend:
         return kt.train_step(theta, X, T, state.buffers, state.hyper, state.step, state.code,
                              ws, plan)
 
-    def train_epoch(self, theta, state, X, T, perm, batch_size):
+    def train_epoch(self, theta, state, X, T, perm, batch_size, norms=None):
         batch_size = int(batch_size)
         if batch_size < 1:  # the kernel would never advance
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         perm = np.ascontiguousarray(perm, dtype=np.int64)
+        if norms is None:
+            norms = _NO_NORMS
+        else:
+            check_norms(norms, len(self.net.layers))
         plan, ws, grad, _ = self._train_work(min(batch_size, len(perm)))
         return kt.run(theta, grad, X, T, perm, batch_size, state.buffers, state.hyper,
-                      state.step, state.code, ws, plan, kt.TRAIN)
+                      state.step, state.code, ws, plan, kt.TRAIN, norms)

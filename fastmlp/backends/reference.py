@@ -113,10 +113,32 @@ class NumpyBackend:
         optimizers.update(theta, self._grad, state)
         return loss
 
-    def train_epoch(self, theta, state, X, T, perm, batch_size):
-        """One train_step per batch of rows perm[i:i + batch_size]; mean loss over rows."""
+    def train_epoch(self, theta, state, X, T, perm, batch_size, norms=None):
+        """One train_step per batch of rows perm[i:i + batch_size]; mean loss over rows.
+
+        norms: None, or float64 (n_layers,) to which each step ADDS ||dE/dW_l||^2,
+        the squared Frobenius norm of its weight gradient, layer by layer.
+        """
+        if norms is not None:
+            check_norms(norms, len(self.net.layers))
         n, total = len(perm), 0.0
         for start in range(0, n, batch_size):
             idx = perm[start:start + batch_size]
             total += self.train_step(theta, state, X[idx], T[idx]) * len(idx)
+            if norms is not None:
+                # self._grad still holds this step's gradient: train_step only reads it
+                for l, (gW, _, _) in enumerate(self.net.layer_views(self._grad)):
+                    norms[l] += np.square(gW, dtype=np.float64).sum()
         return total / n
+
+
+def check_norms(norms, n_layers):
+    """A clear ValueError unless norms is a writable C-contiguous float64 array
+    (n_layers,): backends add into it in place, so a converted copy would lose the sums."""
+    if not (isinstance(norms, np.ndarray) and norms.dtype == np.float64
+            and norms.shape == (n_layers,) and norms.flags.c_contiguous
+            and norms.flags.writeable):
+        got = (f"{norms.dtype} array {norms.shape}" if isinstance(norms, np.ndarray)
+               else type(norms).__name__)
+        raise ValueError(f"norms must be a writable C-contiguous float64 array of shape "
+                         f"({n_layers},), got {got}")
