@@ -1,8 +1,8 @@
 """The benchmark workloads, shared by the pytest benchmarks and report.py.
 
 Every backend is timed at the backend-contract level, below input validation:
-``engine.train_step(theta, state, X, T)``, ``engine.train_epoch(theta, state,
-X, T, perm, batch_size)`` or ``engine.predict(theta, X)``, on C-contiguous
+``engine.train_step(X, T)``, ``engine.train_epoch(
+X, T, perm, batch_size)`` or ``engine.predict(X)``, on C-contiguous
 float32 arrays built once (T one-hot), so each backend does the same work.
 Data are synthetic, drawn from a fixed seed; the optimiser is SGD(lr=0.01).
 """
@@ -89,15 +89,15 @@ class Case:
                               seed=seed)
         self.X, self.T, self.labels = make_data(w, seed)
         self.perm = np.arange(w.rows, dtype=np.int64)
-        m, engine = self.model, self.model._engine
-        theta, state, X, T = m._theta, m._state, self.X, self.T
+        engine = self.model.engine
+        X, T = self.X, self.T
         if w.kind == "step":
-            self.run = lambda: engine.train_step(theta, state, X, T)
+            self.run = lambda: engine.train_step(X, T)
         elif w.kind == "epoch":
             perm, bs = self.perm, w.epoch_batch
-            self.run = lambda: engine.train_epoch(theta, state, X, T, perm, bs)
+            self.run = lambda: engine.train_epoch(X, T, perm, bs)
         else:
-            self.run = lambda: engine.predict(theta, X)
+            self.run = lambda: engine.predict(X)
 
     def check(self, result):
         """Raise if a call's result shows it did not do the claimed work."""

@@ -4,7 +4,7 @@
 >>> model = fm.Model([fm.Dense(4, activation="sigmoid"), fm.Dense(2, activation="sigmoid")],
 ...                  input_dim=3, loss="mse", optimizer=fm.SGD(lr=0.5), seed=0)
 """
-from . import callbacks
+from . import callbacks  # noqa: F401  (fm.callbacks, as in Keras)
 from .backends import available_backends
 from .callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar
 from .model import History, Model, TrainingDiverged, load

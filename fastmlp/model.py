@@ -95,11 +95,13 @@ class Model:
         self.dtype = _dtype(dtype)
         self.optimizer = optimizers.get(optimizer)
         self.backend = resolve_backend(backend)
-        self._engine = get_backend(self.backend)(self.net, self.dtype)
+        backend_class = get_backend(self.backend)
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._theta = self.net.init_params(self._rng, self.dtype)
         self._state = optimizers.OptimizerState.new(self.optimizer, self.net.n_params, self.dtype)
+        # The backend owns views of theta and the state: every call passes only data.
+        self._engine = backend_class(self.net, self.dtype, self._theta, self._state)
         self._scaling = None          # (mean, scale) float64 (input_dim,), applied by every call
         self.classes_ = None          # class labels, when fit was given labels
         self.feature_names_in_ = None
@@ -121,6 +123,14 @@ class Model:
             self.optimizer.momentum != 0
 
     # -- inspection --------------------------------------------------------------
+    @property
+    def engine(self):
+        """The backend object, for benchmarks and advanced use: it owns this model's
+        parameters and optimiser state, and its methods (see fastmlp.backends) take
+        data only, already validated: C-contiguous, aligned arrays of the model dtype
+        with the right shapes. Anything else is undefined; use the Model's methods."""
+        return self._engine
+
     @property
     def layers(self):
         return self.net.layers
@@ -250,24 +260,24 @@ class Model:
             X = validation.check_inputs(X, self.net.input_dim, self.dtype, self._scaling)
         rows = self._block_rows
         if len(X) <= rows:
-            return self._engine.predict(self._theta, X)
+            return self._engine.predict(X)
         out = np.empty((len(X), self.net.output_dim), dtype=self.dtype)
         for start in range(0, len(X), rows):
-            out[start:start + rows] = self._engine.predict(self._theta, X[start:start + rows])
+            out[start:start + rows] = self._engine.predict(X[start:start + rows])
         return out
 
 
     def evaluate(self, X, Y):
         """Mean loss over (X, Y), a float. Safe to call from several threads at once."""
         X, T = self._data(X, Y)
-        return float(self._engine.evaluate(self._theta, X, T))
+        return float(self._engine.evaluate(X, T))
 
     def gradients(self, X, Y):
         """(loss, grads): the mean loss and its gradient, in get_weights() order. No update.
         Safe to call from several threads at once."""
         X, T = self._data(X, Y)
         grad = np.empty(self.net.n_params, dtype=self.dtype)
-        loss = self._engine.loss_and_gradient(self._theta, X, T, grad)
+        loss = self._engine.loss_and_gradient(X, T, grad)
         return float(loss), self.net.split(grad)
 
     def gradient_vector(self, X, Y, out=None):
@@ -282,7 +292,7 @@ class Model:
               or out.dtype != self.dtype or not out.flags.c_contiguous or not out.flags.writeable):
             raise ValueError(f"out must be a writeable C-contiguous {self.dtype.name} array of "
                              f"shape ({self.net.n_params},)")
-        loss = self._engine.loss_and_gradient(self._theta, X, T, out)
+        loss = self._engine.loss_and_gradient(X, T, out)
         return float(loss), out
 
     def apply_gradient(self, grad):
@@ -319,7 +329,7 @@ class Model:
             saved_state.copy_from(self._state)
             try:
                 with self._quiet():
-                    loss = float(self._engine.train_step(self._theta, self._state, X, T))
+                    loss = float(self._engine.train_step(X, T))
                 self._check_finite(loss, "in this train_on_batch step", "the model was left "
                                    "as it was before the step")
             except BaseException:
@@ -395,11 +405,11 @@ class Model:
                     # not as NumPy warnings (which, as errors, would stop mid-epoch).
                     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                         if norms is None:
-                            loss = self._engine.train_epoch(self._theta, self._state, X, T,
+                            loss = self._engine.train_epoch(X, T,
                                                             perm, batch_size)
                         else:
                             norms[:] = 0
-                            loss = self._engine.train_epoch(self._theta, self._state, X, T,
+                            loss = self._engine.train_epoch(X, T,
                                                             perm, batch_size, norms=norms)
                     loss = float(loss)
                     self._check_finite(loss, f"in epoch {epoch + 1}", "the weights of the "
@@ -413,7 +423,7 @@ class Model:
                 seconds = time.perf_counter() - start
                 logs = {"loss": loss, **self._scores(metric_fns, X, T)}
                 if val is not None:
-                    logs["val_loss"] = float(self._engine.evaluate(self._theta, *val))
+                    logs["val_loss"] = float(self._engine.evaluate(*val))
                     logs.update({f"val_{k}": v for k, v in self._scores(metric_fns, *val).items()})
                 logs["samples_per_s"] = len(X) / seconds if seconds > 0 else float("inf")
                 if norms is not None:
@@ -488,7 +498,7 @@ class Model:
     def _scores(self, metric_fns, X, T):
         if not metric_fns:
             return {}
-        P = self._engine.predict(self._theta, X)
+        P = self._engine.predict(X)
         return {name: fn(P, T) for name, fn in metric_fns}
 
     def _callbacks(self, callbacks, verbose):

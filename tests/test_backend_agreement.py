@@ -52,9 +52,9 @@ class Pair:
         theta += 0.3 * rng.standard_normal(theta.shape)
         self.engines, self.thetas, self.states = [], [], []
         for cls in (NumpyBackend, get_backend(backend)):
-            self.engines.append(cls(self.net, self.dtype))
             self.thetas.append(theta.astype(self.dtype))
             self.states.append(OptimizerState.new(optimizer, self.net.n_params, self.dtype))
+            self.engines.append(cls(self.net, self.dtype, self.thetas[-1], self.states[-1]))
 
     def data(self, n, seed=1):
         rng = np.random.default_rng(seed)
@@ -68,14 +68,7 @@ class Pair:
 
     def both(self, method, *args):
         """method run on (reference, compiled), each on its own theta and state."""
-        out = []
-        for engine, theta, state in zip(self.engines, self.thetas, self.states):
-            call = getattr(engine, method)
-            if method in ("train_step", "train_epoch"):
-                out.append(call(theta, state, *args))
-            else:
-                out.append(call(theta, *args))
-        return out
+        return [getattr(engine, method)(*args) for engine in self.engines]
 
     def assert_params_agree(self, tol, what):
         ref, other = self.thetas
@@ -92,8 +85,7 @@ def check_forward_and_gradient(pair, X, T, tol):
     ref, other = pair.both("evaluate", X, T)
     assert other == pytest.approx(ref, rel=tol["rtol"], abs=tol["atol"]), "evaluate"
     grads = [np.full(pair.net.n_params, np.nan, dtype=pair.dtype) for _ in range(2)]
-    losses = [engine.loss_and_gradient(theta, X, T, g)
-              for engine, theta, g in zip(pair.engines, pair.thetas, grads)]
+    losses = [engine.loss_and_gradient(X, T, g) for engine, g in zip(pair.engines, grads)]
     assert losses[1] == pytest.approx(losses[0], rel=tol["rtol"], abs=tol["atol"]), "loss"
     np.testing.assert_allclose(grads[1], grads[0], **tol, err_msg="loss_and_gradient")
 

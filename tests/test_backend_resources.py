@@ -138,7 +138,7 @@ def test_reference_blocks_give_one_blocks_numbers(dtype):
     X, Y = _data(1000, "cross_entropy", seed=5)
     model = _model("numpy", dtype, "prelu-ce", "adam")
     whole = model.evaluate(X, Y), model.gradients(X, Y)
-    model._engine._block = 300          # four blocks, the last one short
+    model.engine._block = 300          # four blocks, the last one short
     blocked = model.evaluate(X, Y), model.gradients(X, Y)
     tol = TOLERANCES[dtype]
     np.testing.assert_allclose(blocked[0], whole[0], **tol)
@@ -205,10 +205,10 @@ def test_backends_themselves_accept_unaligned_inputs(backend, dtype):
     def run(X, T, perm):
         m = fm.Model([fm.Dense(8, activation="relu"), fm.Dense(2, activation="softmax")],
                      input_dim=3, loss="cross_entropy", backend=backend, dtype=dtype, seed=1)
-        e, theta, state = m._engine, m._theta, m._state
+        e, theta = m.engine, m.engine.theta
         grad = np.empty_like(theta)
-        out = [e.predict(theta, X), e.evaluate(theta, X, T), e.loss_and_gradient(theta, X, T, grad),
-               grad, e.train_step(theta, state, X, T), e.train_epoch(theta, state, X, T, perm, 32)]
+        out = [e.predict(X), e.evaluate(X, T), e.loss_and_gradient(X, T, grad),
+               grad, e.train_step(X, T), e.train_epoch(X, T, perm, 32)]
         return out + [theta]
 
     for got, want in zip(run(_unaligned(X), _unaligned(T), _unaligned(perm)), run(X, T, perm)):
@@ -223,4 +223,4 @@ def test_cython_says_when_an_output_array_is_unaligned():
     T = np.eye(2, dtype=np.float32)[[0, 1, 0, 1]]
     with pytest.raises(ValueError, match=r"grad must be a writable aligned C-contiguous .*"
                                          r"aligned: False"):
-        m._engine.loss_and_gradient(m._theta, X, T, _unaligned(np.zeros(m.n_params, np.float32)))
+        m.engine.loss_and_gradient(X, T, _unaligned(np.zeros(m.n_params, np.float32)))

@@ -8,13 +8,13 @@ one of them above the compiled backends' 1024-row chunk, so a workspace
 resized or reused under another call would show. BLAS is held to one thread:
 its bits may depend on its thread count, and this checks the backends, not BLAS.
 """
-import threading
 
 import numpy as np
 import pytest
 import threadpoolctl
 
 import fastmlp as fm
+from helpers import run_in_threads
 
 N_THREADS, CALLS = 4, 30
 ROWS = (3, 64, 300, 1500)  # one batch size per thread
@@ -29,29 +29,6 @@ def _model(backend, dtype):
 def _data(rows, seed):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(rows, 10)), rng.integers(0, 4, size=rows)
-
-
-def _in_threads(fns):
-    """Run every fn in its own thread, all released at once; their results in order."""
-    barrier = threading.Barrier(len(fns))
-    results, errors = [None] * len(fns), []
-
-    def work(i, fn):
-        try:
-            barrier.wait()
-            results[i] = fn()
-        except BaseException as exc:  # surfaced below, not lost in the thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i, fn)) for i, fn in enumerate(fns)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    if errors:
-        raise errors[0]
-    return results
 
 
 def _as_bytes(result):
@@ -76,7 +53,7 @@ def test_one_model_from_4_threads_gives_the_single_thread_result(backend, dtype,
     data = [_data(rows, seed) for seed, rows in enumerate(ROWS)]
     with threadpoolctl.threadpool_limits(1):
         want = [_as_bytes(call(model, X, Y)) for X, Y in data]
-        got = _in_threads([lambda X=X, Y=Y: [_as_bytes(call(model, X, Y)) for _ in range(CALLS)]
+        got = run_in_threads([lambda X=X, Y=Y: [_as_bytes(call(model, X, Y)) for _ in range(CALLS)]
                            for X, Y in data])
     wrong = sum(r != w for w, runs in zip(want, got) for r in runs)
     assert wrong == 0, f"{backend} {method}: {wrong} of {N_THREADS * CALLS} results differ"
@@ -89,7 +66,7 @@ def test_gradients_while_another_model_trains_and_this_one_predicts(backend, dty
     with threadpoolctl.threadpool_limits(1):
         want_grad, want_pred = _as_bytes(model.gradients(X, Y)), _as_bytes(model.predict(X))
         want_small = _as_bytes(model.gradients(X[:7], Y[:7]))
-        got = _in_threads([lambda: [_as_bytes(model.gradients(X, Y)) for _ in range(10)],
+        got = run_in_threads([lambda: [_as_bytes(model.gradients(X, Y)) for _ in range(10)],
                            lambda: [_as_bytes(model.predict(X)) for _ in range(10)],
                            lambda: [_as_bytes(model.gradients(X[:7], Y[:7])) for _ in range(10)],
                            lambda: other.fit(X, Y, epochs=2, batch_size=64)])

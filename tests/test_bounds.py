@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
+from helpers import spy_on_engine
 
 N, D, K = 6, 3, 2  # rows, input_dim, outputs of the test model
 
@@ -110,22 +111,6 @@ def weights_cases(model):
     return cases
 
 
-class Spy:
-    """Wraps a backend and records whether any of its methods was called."""
-
-    def __init__(self, engine):
-        self._engine, self.called = engine, []
-
-    def __getattr__(self, name):
-        attr = getattr(self._engine, name)
-        if callable(attr):
-            def wrapped(*args, **kwargs):
-                self.called.append(name)
-                return attr(*args, **kwargs)
-            return wrapped
-        return attr
-
-
 def make_model(backend, dtype, loss):
     out = {"mse": "linear", "cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}[loss]
     return fm.Model([fm.Dense(4, activation="relu"), fm.Dense(K, activation=out)], input_dim=D,
@@ -140,7 +125,7 @@ def run_all_cases(backend):
     for dtype in ("float32", "float64"):
         for loss in ("mse", "cross_entropy", "binary_cross_entropy"):
             model = make_model(backend, dtype, loss)
-            spy = model._engine = Spy(model._engine)
+            called = spy_on_engine(model.engine)
             Y = np.eye(K)[rng.integers(0, K, size=N)]
             calls = {}
             for name, bad_x in {**arrays_x(), **bad_values_x(dtype)}.items():
@@ -165,18 +150,18 @@ def run_all_cases(backend):
                 calls[f"fit batch_size={bs!r}"] = lambda bs=bs: model.fit(X, Y, batch_size=bs)
             for name, ws in weights_cases(model).items():
                 calls[f"set_weights {name}"] = lambda ws=ws: model.set_weights(ws)
-            before = model._theta.copy()
+            before = model.engine.theta.copy()
             for name, call in calls.items():
-                spy.called.clear()
+                called.clear()
                 try:
                     call()
                 except (ValueError, TypeError) as exc:
-                    results[f"{dtype} {loss} {name}"] = [type(exc).__name__, str(exc), list(spy.called)]
+                    results[f"{dtype} {loss} {name}"] = [type(exc).__name__, str(exc), list(called)]
                 else:
-                    results[f"{dtype} {loss} {name}"] = ["no error", "", list(spy.called)]
+                    results[f"{dtype} {loss} {name}"] = ["no error", "", list(called)]
             # Nothing refused may have touched the weights.
             results[f"{dtype} {loss} weights unchanged"] = [
-                "ok" if model._theta.tobytes() == before.tobytes() else "changed", "", []]
+                "ok" if model.engine.theta.tobytes() == before.tobytes() else "changed", "", []]
     return results
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
+from helpers import numeric_gradients
 
 ISSUE_TARGETS = np.array([[1, 1, 0], [0, 0, 0], [.5, 0, 0], [0, 1, 0]], dtype=float)
 H = 1e-6
@@ -23,25 +24,6 @@ def _model(backend, dtype, hidden=True, optimizer=None):
     return fm.Model(layers + [fm.Dense(3, activation="softmax")], input_dim=4,
                     loss="cross_entropy", optimizer=optimizer or fm.Adam(lr=0.05),
                     backend=backend, dtype=dtype, seed=3)
-
-
-def _finite_differences(model, X, T):
-    """Central differences of model.evaluate (float64), in get_weights() order."""
-    weights = model.get_weights()
-    grads = []
-    for k, w in enumerate(weights):
-        g = np.empty_like(w)
-        for idx in np.ndindex(w.shape):
-            values = []
-            for step in (H, -H):
-                moved = [v.copy() for v in weights]
-                moved[k][idx] += step
-                model.set_weights(moved)
-                values.append(model.evaluate(X, T))
-            g[idx] = (values[0] - values[1]) / (2 * H)
-        grads.append(g)
-    model.set_weights(weights)
-    return grads
 
 
 def _targets(kind, rows=4):
@@ -57,7 +39,7 @@ def test_gradients_match_finite_differences_for_any_targets_in_0_1(backend, dtyp
     X = np.random.default_rng(1).normal(size=(4, 4))
     T = _targets(kind)
     oracle = _model(backend, "float64", hidden)
-    want = _finite_differences(oracle, X, T)
+    want = numeric_gradients(oracle, X, T)
     model = _model(backend, dtype, hidden)
     model.set_weights(oracle.get_weights())
     loss, grads = model.gradients(X, T)

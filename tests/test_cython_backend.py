@@ -21,7 +21,6 @@ from fastmlp import activations, losses, optimizers
 from fastmlp.backends.reference import NumpyBackend
 
 kernels = pytest.importorskip("fastmlp.kernels.cython_mlp")
-from fastmlp.backends.cython import CythonBackend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,23 +76,23 @@ def test_gemm_sizes_straddle_the_small_path_threshold():
 def test_batch_size_changes_reuse_a_growing_workspace(dtype, tol):
     """Batches of 3, then 11 (the workspace grows), then 2 rows: every step as the reference."""
     m = _model(dtype=dtype, optimizer=fm.Adam(lr=0.01))
-    ref = NumpyBackend(m.net, m.dtype)
-    theta, state = m._theta.copy(), optimizers.OptimizerState.new(m.optimizer, m.n_params, m.dtype)
+    theta, state = m.engine.theta.copy(), optimizers.OptimizerState.new(m.optimizer, m.n_params, m.dtype)
+    ref = NumpyBackend(m.net, m.dtype, theta, state)
     for n in (3, 11, 2, 11):
         X, T = _data(m, n, seed=n)
-        got = m._engine.train_step(m._theta, m._state, X, T)
-        want = ref.train_step(theta, state, X, T)
+        got = m.engine.train_step(X, T)
+        want = ref.train_step(X, T)
         np.testing.assert_allclose(got, want, **tol)
-        np.testing.assert_allclose(m._theta, theta, **tol)
+        np.testing.assert_allclose(m.engine.theta, theta, **tol)
 
 
 def test_loss_and_gradient_leaves_theta_alone():
     m = _model()
     X, T = _data(m, 9)
-    before = m._theta.copy()
+    before = m.engine.theta.copy()
     grad = np.full(m.n_params, np.nan)
-    m._engine.loss_and_gradient(m._theta, X, T, grad)
-    assert np.array_equal(m._theta, before)
+    m.engine.loss_and_gradient(X, T, grad)
+    assert np.array_equal(m.engine.theta, before)
     assert np.isfinite(grad).all()  # every entry overwritten
 
 
@@ -101,10 +100,11 @@ def test_predict_in_chunks_equals_one_chunk(dtype, tol):
     m = _model(dims=(4, 9, 6, 2), hidden="elu", output="sigmoid", loss="binary_cross_entropy",
                dtype=dtype)
     X, _ = _data(m, 23)
-    whole = m._engine.engine.predict(m._theta, X, 23)
+    whole = m.engine.engine.predict(m.engine.theta, X, 23)
     for chunk in (1, 5, 22):
-        np.testing.assert_allclose(m._engine.engine.predict(m._theta, X, chunk), whole, **tol)
-    np.testing.assert_allclose(whole, NumpyBackend(m.net, m.dtype).predict(m._theta, X), **tol)
+        np.testing.assert_allclose(m.engine.engine.predict(m.engine.theta, X, chunk), whole, **tol)
+    ref = NumpyBackend(m.net, m.dtype, m.engine.theta, m.engine.state)
+    np.testing.assert_allclose(whole, ref.predict(X), **tol)
 
 
 # -- refusing arrays the kernels must not see ----------------------------------------
@@ -115,7 +115,7 @@ def _engine_args(m):
 
 
 def _bad_calls(m):
-    e, theta, state = m._engine, m._theta, m._state
+    e, theta, state = m.engine, m.engine.theta, m.engine.state
     X, T = _data(m, 4)
     perm = np.arange(4, dtype=np.int64)
     f32 = np.float32 if m.dtype == np.float64 else np.float64
@@ -124,23 +124,23 @@ def _bad_calls(m):
     bad_state = optimizers.OptimizerState(state.code, state.hyper, state.buffers[:, :-1],
                                           state.step)
     return {
-        "X other dtype": lambda: e.train_step(theta, state, X.astype(f32), T),
-        "X wrong width": lambda: e.train_step(theta, state, X[:, :-1].copy(), T),
-        "X Fortran order": lambda: e.predict(theta, np.asfortranarray(X)),
-        "X strided": lambda: e.predict(theta, np.repeat(X, 2, axis=0)[::2]),
-        "X 1-D": lambda: e.predict(theta, X[0]),
-        "X list": lambda: e.predict(theta, X.tolist()),
-        "T rows": lambda: e.train_step(theta, state, X, T[:-1]),
-        "T width": lambda: e.evaluate(theta, X, T[:, :-1].copy()),
-        "theta short": lambda: e.predict(theta[:-1], X),
-        "theta read-only": lambda: e.train_step(ro, state, X, T),
-        "grad short": lambda: e.loss_and_gradient(theta, X, T, np.empty(m.n_params - 1, m.dtype)),
-        "state buffers": lambda: e.train_step(theta, bad_state, X, T),
-        "perm too large": lambda: e.train_epoch(theta, state, X, T, perm + 1, 2),
-        "perm negative": lambda: e.train_epoch(theta, state, X, T, perm - 1, 2),
-        "perm int32": lambda: e.train_epoch(theta, state, X, T, perm.astype(np.int32), 2),
-        "batch 0": lambda: e.train_epoch(theta, state, X, T, perm, 0),
-        "perm empty": lambda: e.train_epoch(theta, state, X, T, perm[:0], 2),
+        "X other dtype": lambda: e.engine.train_step(theta, state, X.astype(f32), T),
+        "X wrong width": lambda: e.engine.train_step(theta, state, X[:, :-1].copy(), T),
+        "X Fortran order": lambda: e.engine.predict(theta, np.asfortranarray(X)),
+        "X strided": lambda: e.engine.predict(theta, np.repeat(X, 2, axis=0)[::2]),
+        "X 1-D": lambda: e.engine.predict(theta, X[0]),
+        "X list": lambda: e.engine.predict(theta, X.tolist()),
+        "T rows": lambda: e.engine.train_step(theta, state, X, T[:-1]),
+        "T width": lambda: e.engine.evaluate(theta, X, T[:, :-1].copy()),
+        "theta short": lambda: e.engine.predict(theta[:-1], X),
+        "theta read-only": lambda: e.engine.train_step(ro, state, X, T),
+        "grad short": lambda: e.engine.loss_and_gradient(theta, X, T, np.empty(m.n_params - 1, m.dtype)),
+        "state buffers": lambda: e.engine.train_step(theta, bad_state, X, T),
+        "perm too large": lambda: e.engine.train_epoch(theta, state, X, T, perm + 1, 2),
+        "perm negative": lambda: e.engine.train_epoch(theta, state, X, T, perm - 1, 2),
+        "perm int32": lambda: e.engine.train_epoch(theta, state, X, T, perm.astype(np.int32), 2),
+        "batch 0": lambda: e.engine.train_epoch(theta, state, X, T, perm, 0),
+        "perm empty": lambda: e.engine.train_epoch(theta, state, X, T, perm[:0], 2),
         "chunk 0": lambda: e.engine.predict(theta, X, 0),
         "engine re-initialised": lambda: e.engine.__init__(*_engine_args(m)),
     }
@@ -149,10 +149,10 @@ def _bad_calls(m):
 @pytest.mark.parametrize("case", list(_bad_calls(_model())))
 def test_bad_arrays_are_refused_before_any_kernel_runs(case, dtype):
     m = _model(dtype=dtype)
-    before = m._theta.copy(), m._state.step.copy()
+    before = m.engine.theta.copy(), m.engine.state.step.copy()
     with pytest.raises((ValueError, TypeError, RuntimeError)):
         _bad_calls(m)[case]()
-    assert np.array_equal(m._theta, before[0]) and np.array_equal(m._state.step, before[1])
+    assert np.array_equal(m.engine.theta, before[0]) and np.array_equal(m.engine.state.step, before[1])
 
 
 @pytest.mark.parametrize("change", ["offset past theta", "prelu alpha missing", "short dims",
@@ -184,7 +184,7 @@ def _train(m, X, T, epochs=5):
     losses_ = []
     for _ in range(epochs):
         rng.shuffle(perm)
-        losses_.append(m._engine.train_epoch(m._theta, m._state, X, T, perm, 16))
+        losses_.append(m.engine.train_epoch(X, T, perm, 16))
     return losses_
 
 
@@ -215,7 +215,7 @@ def test_two_models_training_in_two_threads_equal_one_after_the_other(dtype, opt
     for t in threads:
         t.join()
     assert par == seq
-    assert np.array_equal(c._theta, a._theta) and np.array_equal(d._theta, b._theta)
+    assert np.array_equal(c.engine.theta, a.engine.theta) and np.array_equal(d.engine.theta, b.engine.theta)
 
 
 def test_one_model_trained_from_two_threads_stays_consistent():
@@ -227,7 +227,7 @@ def test_one_model_trained_from_two_threads_stays_consistent():
         t.start()
     for t in threads:
         t.join()
-    assert np.isfinite(m._theta).all() and m._state.step[0] == 2 * 20 * 4
+    assert np.isfinite(m.engine.theta).all() and m.engine.state.step[0] == 2 * 20 * 4
 
 
 def _longest_pause(call):
@@ -257,10 +257,10 @@ def test_the_gil_is_released_while_kernels_run(call):
     X, T = _data(m, 8192 if call == "predict" else 4096)
     perm = np.arange(len(X), dtype=np.int64)
     if call == "predict":
-        pause, duration = _longest_pause(lambda: m._engine.predict(m._theta, X))
+        pause, duration = _longest_pause(lambda: m.engine.predict(X))
     else:
         pause, duration = _longest_pause(
-            lambda: m._engine.train_epoch(m._theta, m._state, X, T, perm, 64))
+            lambda: m.engine.train_epoch(X, T, perm, 64))
     assert pause < 0.5 * duration, (pause, duration)
 
     # The detector itself: the gemm test hook keeps the GIL, and is caught.
@@ -283,8 +283,8 @@ for dims, hidden, output, loss, opt in [((3, 4, 2), "sigmoid", "sigmoid", "mse",
     X = rng.normal(size=(32, dims[0])).astype(np.float32)
     T = np.eye(dims[2], dtype=np.float32)[rng.integers(0, dims[2], 32)]
     start = time.perf_counter()
-    m._engine.train_step(m._theta, m._state, X, T)
-    m._engine.predict(m._theta, X)
+    m.engine.train_step(X, T)
+    m.engine.predict(X)
     out.append(time.perf_counter() - start)
 print(max(out) * 1e3)
 """

@@ -22,8 +22,8 @@ fm.set_num_threads(threads)
 sys.path.insert(0, sys.argv[4])
 from test_determinism import train
 m = train(backend, dtype)
-print(json.dumps({"sha": hashlib.sha256(m._theta.tobytes()).hexdigest(),
-                  "state": hashlib.sha256(m._state.buffers.tobytes()).hexdigest()}))
+print(json.dumps({"sha": hashlib.sha256(m.engine.theta.tobytes()).hexdigest(),
+                  "state": hashlib.sha256(m.engine.state.buffers.tobytes()).hexdigest()}))
 """
 
 
@@ -45,8 +45,8 @@ def train(backend, dtype, epochs=3):
 
 
 def digest(m):
-    return {"sha": hashlib.sha256(m._theta.tobytes()).hexdigest(),
-            "state": hashlib.sha256(m._state.buffers.tobytes()).hexdigest()}
+    return {"sha": hashlib.sha256(m.engine.theta.tobytes()).hexdigest(),
+            "state": hashlib.sha256(m.engine.state.buffers.tobytes()).hexdigest()}
 
 
 def in_subprocess(backend, dtype, threads):
@@ -65,9 +65,9 @@ def test_run_to_run_bit_identical(backend, dtype):
     other = fm.Model([fm.Dense(32, activation="tanh"), fm.Dense(16, activation="elu"),
                       fm.Dense(3, activation="softmax")], input_dim=10, loss="cross_entropy",
                      backend=backend, dtype=dtype, seed=43)
-    assert other._theta.tobytes() != fm.Model(
+    assert other.engine.theta.tobytes() != fm.Model(
         other.layers, input_dim=10, loss="cross_entropy", backend=backend, dtype=dtype,
-        seed=42)._theta.tobytes()
+        seed=42).engine.theta.tobytes()
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -96,7 +96,7 @@ def test_backends_agree_after_fit(compiled_backend, dtype):
     ref, other = train("numpy", dtype), train(compiled_backend, dtype)
     for i, (a, b) in enumerate(zip(ref.get_weights(), other.get_weights())):
         np.testing.assert_allclose(b, a, **tol, err_msg=f"weight {i}")
-    np.testing.assert_allclose(other._state.buffers, ref._state.buffers, **tol)
+    np.testing.assert_allclose(other.engine.state.buffers, ref.engine.state.buffers, **tol)
     X, labels = data()
     np.testing.assert_allclose(other.predict(X), ref.predict(X), **tol)
     assert other.evaluate(X, labels) == pytest.approx(ref.evaluate(X, labels), rel=tol["rtol"] * 10)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
+from helpers import interrupt_epoch
 
 # SGD with momentum 0.9 at lr 0.1 on this 4-8-2 linear regression diverges in
 # epoch 4 (float32 and float64, on the reference): three finite epochs first.
@@ -28,7 +29,7 @@ def model(backend, dtype, optimizer=None):
 
 def snapshot(m):
     """Bit-exact copies of everything training may change."""
-    return m._theta.copy(), m._state.buffers.copy(), m._state.step.copy()
+    return m.engine.theta.copy(), m.engine.state.buffers.copy(), m.engine.state.step.copy()
 
 
 def assert_same_bits(a, b):
@@ -62,7 +63,7 @@ def test_keeps_exact_weights_and_state_of_last_finite_epoch(backend, dtype, shuf
     finite = model(backend, dtype)
     history = finite.fit(X, Y, epochs=epoch - 1, batch_size=16, shuffle=shuffle)
     assert np.isfinite(history.history["loss"]).all()
-    assert int(finite._state.step[0]) == (epoch - 1) * 4
+    assert int(finite.engine.state.step[0]) == (epoch - 1) * 4
     assert_same_bits(snapshot(diverging), snapshot(finite))
     # And it still predicts: nothing half-updated.
     np.testing.assert_array_equal(diverging.predict(X), finite.predict(X))
@@ -98,29 +99,12 @@ def test_divergence_is_an_error_not_warnings(backend, dtype):
     assert_same_bits(snapshot(m), snapshot(finite))
 
 
-class _InterruptingEngine:
-    """Wraps a backend: its second train_epoch updates the weights, then is interrupted."""
-
-    def __init__(self, engine):
-        self._engine, self.calls = engine, 0
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    def train_epoch(self, *args):
-        self.calls += 1
-        loss = self._engine.train_epoch(*args)
-        if self.calls == 2:
-            raise KeyboardInterrupt
-        return loss
-
-
-def test_interrupted_epoch_leaves_weights_of_the_last_complete_one(backend, dtype):
+def test_interrupted_epoch_leaves_weights_of_the_last_complete_one(backend, dtype, monkeypatch):
     X, Y = data()
     m = model(backend, dtype, fm.Adam(lr=0.01))
     reference = model(backend, dtype, fm.Adam(lr=0.01))
     reference.fit(X, Y, epochs=1, batch_size=16, shuffle=False)
-    m._engine = _InterruptingEngine(m._engine)
+    interrupt_epoch(monkeypatch, m.engine, on_call=2)  # the second epoch updates, then Ctrl-C
     with pytest.raises(KeyboardInterrupt):
         m.fit(X, Y, epochs=5, batch_size=16, shuffle=False)
     assert_same_bits(snapshot(m), snapshot(reference))

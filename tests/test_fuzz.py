@@ -106,8 +106,8 @@ def near_kinks(model, X, dtype):
     of the dot product's terms, with c a generous multiple of the dtype's eps.
     """
     net = model.net
-    theta = model._theta.astype(np.float64)
-    ref = NumpyBackend(net, np.float64)
+    theta = model.engine.theta.astype(np.float64)
+    ref = NumpyBackend(net, np.float64, theta, None)  # only its forward pass is used
     zs, fs = ref._forward(theta, X.astype(model.dtype).astype(np.float64))
     c = 16 * np.sqrt(net.dims[:-1].max()) * EPS[dtype.name]
     bad = np.zeros(len(X), dtype=bool)
@@ -169,7 +169,7 @@ def check_against_reference(backend, spec, loss, optimizer, dtype, X, Y, fuzzing
     d = X.shape[1]
     ref = build(spec, d, loss, optimizer, "numpy", dtype)
     model = build(spec, d, loss, optimizer, backend, dtype)
-    assert model._theta.tobytes() == ref._theta.tobytes()
+    assert model.engine.theta.tobytes() == ref.engine.theta.tobytes()
     dtype = model.dtype
 
     keep = ~near_kinks(ref, X, dtype)
@@ -192,17 +192,17 @@ def check_against_reference(backend, spec, loss, optimizer, dtype, X, Y, fuzzing
 
     # One update: the compiled step must apply the optimiser to its own gradient as the
     # reference update would (so Adam's g / sqrt(v) is not judged on rounding of g ~ 0).
-    expected = model._theta.copy()
+    expected = model.engine.theta.copy()
     state = optimizers.OptimizerState.new(model.optimizer, model.n_params, dtype)
     grad = np.concatenate([g.ravel() for g in g_c]).astype(dtype)
     with np.errstate(all="ignore"):
         optimizers.update(expected, grad, state)
     step_loss = model.train_on_batch(X, Y)
     close(step_loss, loss_ref, dtype, "train step loss")
-    close(model._theta, expected, dtype, "weights after one step",
+    close(model.engine.theta, expected, dtype, "weights after one step",
           extra=optimizer.lr * SCALE_TOL[dtype.name] * max(1.0, float(np.abs(grad).max())))
-    close(model._state.buffers, state.buffers, dtype, "optimiser state after one step")
-    assert int(model._state.step[0]) == 1
+    close(model.engine.state.buffers, state.buffers, dtype, "optimiser state after one step")
+    assert int(model.engine.state.step[0]) == 1
     assert np.isfinite(model.predict(X)).all()
 
 
@@ -220,4 +220,4 @@ def test_compiled_fit_matches_reference_for_one_epoch(compiled_backend, n, units
     losses = [m.fit(X, Y, epochs=1, batch_size=batch).history["loss"][0] for m in models]
     dtype = models[0].dtype
     close(losses[1], losses[0], dtype, "epoch loss")
-    close(models[1]._theta, models[0]._theta, dtype, "weights after an epoch")
+    close(models[1].engine.theta, models[0].engine.theta, dtype, "weights after an epoch")

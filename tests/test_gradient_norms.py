@@ -50,7 +50,7 @@ def _rows(batch_size):
 def _epoch(model, X, T, perm, batch_size, **norms):
     """One epoch through the backend contract, as Model.fit calls it; ``norms=buf``
     passed on as given, left out when not given."""
-    return model._engine.train_epoch(model._theta, model._state, X, T, perm, batch_size,
+    return model.engine.train_epoch(X, T, perm, batch_size,
                                      **norms)
 
 
@@ -91,14 +91,14 @@ def test_norms_leave_training_unchanged(backend, dtype, tol, optimizer, batch_si
     norms = np.zeros(3)
     loss_watched = _epoch(watched, X, T, perm, batch_size, norms=norms)
     assert np.all(norms > 0) and np.all(np.isfinite(norms))
-    assert int(watched._state.step[0]) == int(plain._state.step[0]) == -(-len(X) // batch_size)
+    assert int(watched.engine.state.step[0]) == int(plain.engine.state.step[0]) == -(-len(X) // batch_size)
     if optimizer in FOLDED and batch_size != BIG_BATCH:
-        np.testing.assert_allclose(watched._theta, plain._theta, **tol)
+        np.testing.assert_allclose(watched.engine.theta, plain.engine.theta, **tol)
         assert loss_watched == pytest.approx(loss, rel=tol["rtol"] * 10, abs=tol["atol"])
     else:
         # the same passes in the same order: bit for bit
-        np.testing.assert_array_equal(watched._theta, plain._theta)
-        np.testing.assert_array_equal(watched._state.buffers, plain._state.buffers)
+        np.testing.assert_array_equal(watched.engine.theta, plain.engine.theta)
+        np.testing.assert_array_equal(watched.engine.state.buffers, plain.engine.state.buffers)
         assert loss_watched == loss
 
 
@@ -109,7 +109,7 @@ def test_norms_none_is_the_default(backend, dtype):
     loss_a = _epoch(a, X, T, perm, 7)
     loss_b = _epoch(b, X, T, perm, 7, norms=None)
     assert np.isfinite(loss_a) and loss_a == loss_b
-    np.testing.assert_array_equal(a._theta, b._theta)
+    np.testing.assert_array_equal(a.engine.theta, b.engine.theta)
     # and training still learns
     for _ in range(20):
         last = _epoch(a, X, T, perm, 7)
@@ -121,10 +121,10 @@ def test_norms_none_is_the_default(backend, dtype):
 def test_bad_norms_buffer_is_refused(backend, bad):
     X, T = _data(40, "float64")
     model = _model(backend, "float64", "adam")
-    before = model._theta.copy()
+    before = model.engine.theta.copy()
     with pytest.raises((ValueError, TypeError), match="norms"):
         _epoch(model, X, T, np.arange(40, dtype=np.int64), 7, norms=bad)
-    np.testing.assert_array_equal(model._theta, before)
+    np.testing.assert_array_equal(model.engine.theta, before)
 
 
 def test_read_only_norms_buffer_is_refused(backend):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
+from helpers import numeric_gradients
 from fastmlp import activations as act
 
 HIDDEN = [name for name in act.ACTIVATIONS if name != "softmax"]
@@ -30,27 +31,6 @@ def _targets(kind, rng, n):
     if kind == "labels":
         return rng.integers(0, 3, size=n)
     return rng.integers(0, 2, size=(n, 3)).astype(float)
-
-
-def numeric_gradients(model, X, Y, h=H):
-    """Central differences of model.evaluate, one weight at a time, in get_weights() order."""
-    weights = model.get_weights()
-    grads = []
-    for w in weights:
-        g = np.empty_like(w)
-        for idx in np.ndindex(w.shape):
-            old = w[idx]
-            w[idx] = old + h
-            model.set_weights(weights)
-            up = model.evaluate(X, Y)
-            w[idx] = old - h
-            model.set_weights(weights)
-            down = model.evaluate(X, Y)
-            w[idx] = old
-            g[idx] = (up - down) / (2 * h)
-        grads.append(g)
-    model.set_weights(weights)
-    return grads
 
 
 def assert_gradients_close(analytic, numeric, rtol=1e-5, atol=1e-8):

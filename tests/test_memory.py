@@ -70,15 +70,15 @@ def test_compiled_train_step_allocates_nothing(compiled_backend, dtype, optimize
     step makes none (the float it returns aside), neither kept nor temporary."""
     model = classifier(compiled_backend, dtype, optimizer())
     X, T = batch(dtype)
-    engine, theta, state = model._engine, model._theta, model._state
+    engine = model.engine
     for _ in range(5):
-        engine.train_step(theta, state, X, T)
+        engine.train_step(X, T)
     gc.collect()
     tracemalloc.start()
     try:
         start, _ = tracemalloc.get_traced_memory()
         for _ in range(200):
-            engine.train_step(theta, state, X, T)
+            engine.train_step(X, T)
         end, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -159,4 +159,4 @@ def test_model_predict_blocks_match_one_call(backend, dtype):
     y = model.predict(X)
     for start in (0, rows, 2 * rows):
         part = X[start:start + rows]
-        np.testing.assert_array_equal(y[start:start + rows], model._engine.predict(model._theta, part))
+        np.testing.assert_array_equal(y[start:start + rows], model.engine.predict(part))

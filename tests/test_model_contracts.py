@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
+from helpers import interrupt_epoch
 
 
 def small(backend, dtype="float32", optimizer=None, loss="mse", out="linear", units=2):
@@ -49,34 +50,16 @@ def test_overflowing_loss_with_finite_weights_says_so(backend):
 
 
 # -- item 6: Ctrl-C rolls back the shuffling generator too
-class _Interrupting:
-    """Wraps a backend so that its first train_epoch runs, then raises KeyboardInterrupt."""
-
-    def __init__(self, engine):
-        self._engine, self.calls = engine, 0
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    def train_epoch(self, *args):
-        self.calls += 1
-        loss = self._engine.train_epoch(*args)
-        if self.calls == 1:
-            raise KeyboardInterrupt
-        return loss
-
-
-def test_interrupted_fit_rolls_back_the_generator(backend, dtype):
+def test_interrupted_fit_rolls_back_the_generator(backend, dtype, monkeypatch):
     X, Y = data()
     straight = small(backend, dtype)
     straight.fit(X, Y, epochs=2, batch_size=8)
     m = small(backend, dtype)
     m.fit(X, Y, epochs=1, batch_size=8)
-    engine = m._engine
-    m._engine = _Interrupting(engine)
-    with pytest.raises(KeyboardInterrupt):
-        m.fit(X, Y, epochs=3, batch_size=8)
-    m._engine = engine
+    with monkeypatch.context() as patch:
+        interrupt_epoch(patch, m.engine, on_call=1)
+        with pytest.raises(KeyboardInterrupt):
+            m.fit(X, Y, epochs=3, batch_size=8)
     m.fit(X, Y, epochs=1, batch_size=8)
     assert_same_state(m.get_state(), straight.get_state())  # fit(1) + interrupted + fit(1) == fit(2)
 

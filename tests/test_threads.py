@@ -5,39 +5,15 @@ The parallel speed-up of compiled backends is measured and printed
 (``pytest -s``) but not asserted: on a shared CI machine timings are noise.
 """
 import os
-import threading
 import time
 
 import numpy as np
-import pytest
 import threadpoolctl
 
 import fastmlp as fm
+from helpers import run_in_threads
 
 N_THREADS = 8
-
-
-def run_in_threads(fns):
-    """Call every fn in its own thread, all released at once; their results in order."""
-    barrier = threading.Barrier(len(fns))
-    results, errors = [None] * len(fns), []
-
-    def work(i, fn):
-        try:
-            barrier.wait()
-            results[i] = fn()
-        except BaseException as exc:  # surfaced below, not lost in the thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i, fn)) for i, fn in enumerate(fns)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    if errors:
-        raise errors[0]
-    return results
 
 
 def classifier(backend, dtype, seed=0, hidden=(48, 32)):

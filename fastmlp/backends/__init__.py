@@ -1,16 +1,17 @@
 """Backends: one contract, several implementations, one test suite.
 
-A backend is a class built once per model as ``Backend(net, dtype)`` (``net`` a
-:class:`fastmlp.network.Network`). It never validates: the Model hands it
-C-contiguous arrays of the model dtype with matching shapes, ``theta`` the flat
-parameter vector, ``T`` targets as floats (n, outputs), and ``state`` an
-:class:`fastmlp.optimizers.OptimizerState`. It must provide:
+A backend is a class built once per model as ``Backend(net, dtype, theta, state)``:
+``net`` a :class:`fastmlp.network.Network`, ``theta`` the model's flat parameter vector
+(n_params,) and ``state`` its :class:`fastmlp.optimizers.OptimizerState`. The backend
+keeps them and updates them in place, so each call passes only data. It never
+validates: the Model hands it C-contiguous, aligned arrays of the model dtype with
+matching shapes, ``T`` targets as floats (n, outputs). It must provide:
 
-``predict(theta, X) -> Y``                         new array (n, outputs)
-``evaluate(theta, X, T) -> float``                 mean loss
-``loss_and_gradient(theta, X, T, grad) -> float``  grad (n_params,) OVERWRITTEN
-``train_step(theta, state, X, T) -> float``        one update, in place; batch loss before it
-``train_epoch(theta, state, X, T, perm, batch_size, norms=None) -> float``
+``predict(X) -> Y``                         new array (n, outputs)
+``evaluate(X, T) -> float``                 mean loss
+``loss_and_gradient(X, T, grad) -> float``  grad (n_params,) OVERWRITTEN
+``train_step(X, T) -> float``               one update of theta and state; batch loss before it
+``train_epoch(X, T, perm, batch_size, norms=None) -> float``
     one train_step per batch of rows perm[i:i + batch_size] (the last may be
     short); returns sum(batch loss * batch rows) / n.
     norms: None, or a writable C-contiguous float64 array (n_layers,) to which

@@ -10,6 +10,8 @@ single-thread result bit for bit (see Engine).
 """
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 try:
@@ -27,18 +29,15 @@ class CythonBackend:
 
     name = "cython"
 
-    def __init__(self, net, dtype):
+    def __init__(self, net, dtype, theta, state):
         self.net = net
         self.dtype = np.dtype(dtype)
+        self.theta, self.state = theta, state
         self.engine = Engine(net.dims, net.act_codes, net.act_params, net.offsets,
                              net.loss.code, net.n_params, self.dtype)
-        # Bound straight to the compiled methods: no extra Python frame per step.
-        self.train_step = self.engine.train_step
-        self.train_epoch = self.engine.train_epoch
-        self.loss_and_gradient = self.engine.loss_and_gradient
-
-    def predict(self, theta, X):
-        return self.engine.predict(theta, X, CHUNK_ROWS)
-
-    def evaluate(self, theta, X, T):
-        return self.engine.evaluate(theta, X, T, CHUNK_ROWS)
+        # The compiled methods with this model's arrays bound in: no Python frame per call.
+        self.train_step = partial(self.engine.train_step, theta, state)
+        self.train_epoch = partial(self.engine.train_epoch, theta, state)
+        self.loss_and_gradient = partial(self.engine.loss_and_gradient, theta)
+        self.predict = partial(self.engine.predict, theta, chunk=CHUNK_ROWS)
+        self.evaluate = partial(self.engine.evaluate, theta, chunk=CHUNK_ROWS)

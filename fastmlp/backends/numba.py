@@ -45,9 +45,10 @@ class NumbaBackend:
 
     name = "numba"
 
-    def __init__(self, net, dtype):
+    def __init__(self, net, dtype, theta, state):
         self.net = net
         self.dtype = np.dtype(dtype)
+        self.theta, self.state = theta, state
         self._fparams = net.act_params.astype(self.dtype)
         self._no_bufs = np.zeros((0, 0), dtype=self.dtype)  # a gradient needs no state
         # Workspaces are (plan, ws, grad, cap) tuples, replaced whole, never mutated.
@@ -69,13 +70,13 @@ class NumbaBackend:
             self._train = self._new_work(rows)
         return self._train
 
-    def predict(self, theta, X):
-        return kt.predict(theta, X, self._plan, self._fparams, self._chunk)
+    def predict(self, X):
+        return kt.predict(self.theta, X, self._plan, self._fparams, self._chunk)
 
-    def evaluate(self, theta, X, T):
-        return kt.evaluate(theta, X, T, self._plan, self._fparams, self._chunk)
+    def evaluate(self, X, T):
+        return kt.evaluate(self.theta, X, T, self._plan, self._fparams, self._chunk)
 
-    def loss_and_gradient(self, theta, X, T, grad):
+    def loss_and_gradient(self, X, T, grad):
         # list.pop and list.append are atomic: no two calls ever hold one workspace
         try:
             work = self._spare.pop()
@@ -84,19 +85,20 @@ class NumbaBackend:
         if work is None or min(len(X), MAX_ROWS) > work[3]:
             work = self._new_work(len(X))   # none spare, or too small (then dropped)
         try:
-            return kt.run(theta, grad, X, T, _NO_PERM, len(X), self._no_bufs, _NO_HYPER,
+            return kt.run(self.theta, grad, X, T, _NO_PERM, len(X), self._no_bufs, _NO_HYPER,
                           _NO_STEP, SGD_CODE, work[1], work[0], kt.GRADIENT, _NO_NORMS)
         finally:
             self._spare.append(work)
 
-    def train_step(self, theta, state, X, T):
+    def train_step(self, X, T):
         plan, ws, _, cap = self._train
         if len(X) > cap:
             plan, ws, _, _ = self._train_work(len(X))
-        return kt.train_step(theta, X, T, state.buffers, state.hyper, state.step, state.code,
-                             ws, plan)
+        state = self.state
+        return kt.train_step(self.theta, X, T, state.buffers, state.hyper, state.step,
+                             state.code, ws, plan)
 
-    def train_epoch(self, theta, state, X, T, perm, batch_size, norms=None):
+    def train_epoch(self, X, T, perm, batch_size, norms=None):
         batch_size = int(batch_size)
         if batch_size < 1:  # the kernel would never advance
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -106,5 +108,6 @@ class NumbaBackend:
         else:
             check_norms(norms, len(self.net.layers))
         plan, ws, grad, _ = self._train_work(min(batch_size, len(perm)))
-        return kt.run(theta, grad, X, T, perm, batch_size, state.buffers, state.hyper,
+        state = self.state
+        return kt.run(self.theta, grad, X, T, perm, batch_size, state.buffers, state.hyper,
                       state.step, state.code, ws, plan, kt.TRAIN, norms)

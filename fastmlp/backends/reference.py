@@ -32,9 +32,10 @@ class NumpyBackend:
 
     name = "numpy"
 
-    def __init__(self, net, dtype):
+    def __init__(self, net, dtype, theta, state):
         self.net = net
         self.dtype = np.dtype(dtype)
+        self.theta, self.state = theta, state
         self.acts = [act.BY_CODE[int(c)] for c in net.act_codes]
         self._grad = np.zeros(net.n_params, dtype=self.dtype)
         self._block = block_rows(net, self.dtype)
@@ -54,15 +55,15 @@ class NumpyBackend:
             fs.append(a)
         return zs, fs
 
-    def predict(self, theta, X):
-        return self._forward(theta, X)[1][-1]
+    def predict(self, X):
+        return self._forward(self.theta, X)[1][-1]
 
     def _blocks(self, n):
         """(start, stop) of each block of rows of an n-row batch."""
         return [(start, min(start + self._block, n)) for start in range(0, n, self._block)]
 
-    def evaluate(self, theta, X, T):
-        n, total = len(X), 0.0
+    def evaluate(self, X, T):
+        theta, n, total = self.theta, len(X), 0.0
         for start, stop in self._blocks(n):
             zs, fs = self._forward(theta, X[start:stop])
             total += self.net.loss.value(zs[-1], fs[-1], T[start:stop], n)
@@ -75,9 +76,9 @@ class NumpyBackend:
             return act.softmax_vjp(f, dout)
         return dout * a.derivative(z, f, self._params(i, alpha))
 
-    def loss_and_gradient(self, theta, X, T, grad):
+    def loss_and_gradient(self, X, T, grad):
         """Mean loss; grad (n_params,) is overwritten with dE/dtheta."""
-        n, loss = len(X), 0.0
+        theta, n, loss = self.theta, len(X), 0.0
         grad[...] = 0
         for start, stop in self._blocks(n):
             loss += self._add_block_gradient(theta, X[start:stop], T[start:stop], n, grad)
@@ -107,13 +108,13 @@ class NumpyBackend:
                 dout = delta @ W.T
         return loss
 
-    def train_step(self, theta, state, X, T):
+    def train_step(self, X, T):
         """One update on the batch (X, T); returns the batch loss before the update."""
-        loss = self.loss_and_gradient(theta, X, T, self._grad)
-        optimizers.update(theta, self._grad, state)
+        loss = self.loss_and_gradient(X, T, self._grad)
+        optimizers.update(self.theta, self._grad, self.state)
         return loss
 
-    def train_epoch(self, theta, state, X, T, perm, batch_size, norms=None):
+    def train_epoch(self, X, T, perm, batch_size, norms=None):
         """One train_step per batch of rows perm[i:i + batch_size]; mean loss over rows.
 
         norms: None, or float64 (n_layers,) to which each step ADDS ||dE/dW_l||^2,
@@ -124,7 +125,7 @@ class NumpyBackend:
         n, total = len(perm), 0.0
         for start in range(0, n, batch_size):
             idx = perm[start:start + batch_size]
-            total += self.train_step(theta, state, X[idx], T[idx]) * len(idx)
+            total += self.train_step(X[idx], T[idx]) * len(idx)
             if norms is not None:
                 # self._grad still holds this step's gradient: train_step only reads it
                 for l, (gW, _, _) in enumerate(self.net.layer_views(self._grad)):

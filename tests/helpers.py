@@ -1,0 +1,79 @@
+"""What several test modules share: finite differences, a thread runner, and ways to
+watch or interrupt a model's backend through its public ``engine``."""
+import threading
+
+import numpy as np
+
+H = 1e-6  # central-difference step, for float64 models
+
+
+def numeric_gradients(model, X, Y, h=H):
+    """Central differences of model.evaluate, one weight at a time, in get_weights() order."""
+    weights = model.get_weights()
+    grads = []
+    for k, w in enumerate(weights):
+        g = np.empty_like(w)
+        for idx in np.ndindex(w.shape):
+            values = []
+            for step in (h, -h):
+                moved = [v.copy() for v in weights]
+                moved[k][idx] += step
+                model.set_weights(moved)
+                values.append(model.evaluate(X, Y))
+            g[idx] = (values[0] - values[1]) / (2 * h)
+        grads.append(g)
+    model.set_weights(weights)
+    return grads
+
+
+def run_in_threads(fns, timeout=300):
+    """Call every fn in its own thread, all released at once; their results in order."""
+    barrier = threading.Barrier(len(fns))
+    results, errors = [None] * len(fns), []
+
+    def work(i, fn):
+        try:
+            barrier.wait()
+            results[i] = fn()
+        except BaseException as exc:  # surfaced below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i, fn)) for i, fn in enumerate(fns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    if errors:
+        raise errors[0]
+    return results
+
+
+ENGINE_METHODS = ("predict", "evaluate", "loss_and_gradient", "train_step", "train_epoch")
+
+
+def spy_on_engine(engine):
+    """Record, in the returned list, the name of every backend method called from now on."""
+    called = []
+    for name in ENGINE_METHODS:
+        real = getattr(engine, name)
+
+        def wrapped(*args, _name=name, _real=real, **kwargs):
+            called.append(_name)
+            return _real(*args, **kwargs)
+        setattr(engine, name, wrapped)
+    return called
+
+
+def interrupt_epoch(monkeypatch, engine, on_call):
+    """Make the engine's train_epoch number ``on_call`` (1-based) run, then raise
+    KeyboardInterrupt, as Ctrl-C arriving at the end of that epoch would."""
+    real, calls = engine.train_epoch, []
+
+    def train_epoch(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        if len(calls) == on_call:
+            raise KeyboardInterrupt
+        return loss
+    monkeypatch.setattr(engine, "train_epoch", train_epoch)
