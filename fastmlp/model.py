@@ -280,6 +280,17 @@ class Model:
         loss = self._engine.loss_and_gradient(X, T, grad)
         return float(loss), self.net.split(grad)
 
+    def prepare(self, X, Y):
+        """(X, T): inputs and targets validated and converted once, as the methods above
+        do on every call (labels become class indices and are recorded in classes_), for
+        loops that call ``model.engine`` directly (see fastmlp.distributed)."""
+        return self._data(X, Y, learn=True)
+
+    def permutation(self, n):
+        """The next epoch's order of n rows, drawn from the model's generator exactly as
+        ``fit`` draws it (int64 (n,)), so a custom training loop shuffles the same way."""
+        return self._rng.permutation(n).astype(np.int64, copy=False)
+
     def gradient_vector(self, X, Y, out=None):
         """(loss, grad): the mean loss over (X, Y) and its gradient as ONE flat vector
         (n_params,) in get_weights() order, written into ``out`` when given (a
@@ -400,7 +411,7 @@ class Model:
                     if shuffle:
                         # a fresh permutation (not a reshuffle of the last one), so the order
                         # depends only on the generator and fit(1) + save/load + fit(1) == fit(2)
-                        perm = self._rng.permutation(len(X)).astype(np.int64, copy=False)
+                        perm = self.permutation(len(X))
                     # Overflow on the way to divergence is reported once, as TrainingDiverged,
                     # not as NumPy warnings (which, as errors, would stop mid-epoch).
                     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -467,7 +478,9 @@ class Model:
                              f"trained with {self.feature_names_in_.tolist()[:8]}")
         X = validation.check_inputs(X, self.net.input_dim, self.dtype, self._scaling)
         Y = validation.as_array(Y, "Y")
-        if labels.is_labels(Y, self.net) and len(Y) == len(X):
+        if Y.ndim and len(Y) != len(X):  # before labels: their errors would mislead
+            raise ValueError(f"Y has {len(Y)} rows but X has {len(X)}")
+        if labels.is_labels(Y, self.net):
             Y, classes = labels.encode(Y, self.net, self.classes_)
             if learn and self.classes_ is None:
                 self.classes_ = classes

@@ -1,0 +1,454 @@
+"""Synchronous data-parallel training over MPI (``pip install "fastmlp[mpi]"``).
+
+Every rank holds a shard of the training rows and an identical copy of the model.
+:func:`fit` walks the global batches a single process would use on the
+concatenated data; for each, every rank computes its rows' share of the batch's
+mean gradient (their summed gradient / the batch's rows) into one flat vector, one
+``Allreduce`` adds the shares into the mean, and every rank applies the same
+optimiser step to it. The result
+equals ``Model.fit`` on the concatenated rows with the same (global) batch size,
+up to float re-association::
+
+    mpiexec -n 4 python -m mpi4py train.py      # or: srun -n 4 python -m mpi4py train.py
+
+    # train.py
+    from mpi4py import MPI
+    from fastmlp import distributed
+    comm = MPI.COMM_WORLD
+    X_mine, Y_mine = ...          # this rank's rows: rank r holds the r-th block, in rank order
+    history = distributed.fit(model, X_mine, Y_mine, comm, epochs=10, batch_size=512)
+
+(``python -m mpi4py`` aborts the whole job when an exception escapes a script
+anywhere, also outside ``fit``.)
+
+Rules
+-----
+* Rank 0's weights, optimiser state, random generator, input scaling and
+  ``classes_`` are broadcast at the start; the ranks stay identical after that
+  (``check_consistency=True`` compares a hash of the whole state every epoch).
+  The architecture, optimiser and dtype, and ``epochs``, ``batch_size`` and
+  ``shuffle``, must agree on every rank; the backend may differ.
+* Shards may differ in size (an empty one is allowed); rank r's rows are rows
+  offset_r .. offset_r + n_r - 1 of the global data, offsets in rank order.
+  String labels are encoded with the union of every rank's labels.
+* ``validation_data`` is this rank's shard of the validation rows (None is an
+  empty shard): ``val_loss`` is the mean over the union, as one process would
+  compute it on the concatenated validation rows. To validate on one rank only,
+  pass the data there and None elsewhere.
+* Logs, ``History`` and the ``stop_training`` decision are the same on every rank
+  (the logs are made of allreduced numbers; rank 0's ``stop_training`` is
+  broadcast after the callbacks of each epoch).
+* Callbacks run on every rank, except those that write files or the terminal,
+  which run on rank 0 only: :class:`~fastmlp.callbacks.ModelCheckpoint`,
+  :class:`~fastmlp.callbacks.ProgressBar` (``verbose=1``), and any callback with
+  an attribute ``rank_zero_only = True``. ``verbose=2`` prints on rank 0 only.
+* Failures end the job on every rank, never a hang: an exception on one rank is
+  carried by the next collective (an error flag in the gradient buffer, or the
+  agreement after each phase: setup, each epoch, its callbacks, on_train_end),
+  and every rank raises :class:`DistributedError` naming the failing ranks and
+  their errors (TrainingDiverged when every rank diverged). A failure while
+  training an epoch first restores every rank's model to the start of that epoch,
+  as Model.fit does. Anything that cannot be agreed on (an exception inside MPI,
+  KeyboardInterrupt) prints the error and calls ``comm.Abort``.
+* The ranks stay identical because every rank applies the same update to the
+  same reduced gradient; that needs an allreduce that gives every rank the same
+  bits (the default algorithms of MPICH and Open MPI do), which
+  ``check_consistency`` verifies.
+
+Communication: one ``Allreduce`` per step, after the whole backward pass, of
+n_params + 2 numbers (gradient, summed loss, error flag). It is not overlapped
+with the backward pass because the backends compute every layer's gradient in
+one compiled call (there is no point to start layer k's reduction from), and
+because MPICH progresses a non-blocking reduction only inside MPI calls, so with
+one thread per rank an ``Iallreduce`` would not advance while the kernels run.
+On W3 (784-256-128-10, 235k float32 parameters, 940 KB per step) the reduction
+measures 0.12 ms of a 1.5 ms step at 2 ranks (benchmarks/mpi_scaling.py): 8 %, which
+bounds what overlap could win. After the reduction every rank runs the same update
+as Model.fit (``optimizers.update``), and, like Model.fit, checks the weights once
+per epoch.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from . import labels, optimizers, validation
+from .callbacks import ModelCheckpoint, ProgressBar
+from .model import History, TrainingDiverged, _hook
+
+# Callbacks that write files or the terminal: one writer per job, rank 0.
+RANK_ZERO_ONLY = (ModelCheckpoint, ProgressBar)
+
+
+class DistributedError(RuntimeError):
+    """Raised on every rank when one or more ranks failed, or the ranks disagree.
+
+    ``failures`` maps each failing rank to its error, ``"TypeName: message"``."""
+
+    def __init__(self, message, failures=None):
+        super().__init__(message)
+        self.failures = dict(failures or {})
+
+
+def fit(model, X_local, Y_local, comm, epochs=1, batch_size=32, shuffle=True,
+        validation_data=None, callbacks=None, verbose=0, check_consistency=False):
+    """Train ``model`` on the rows of every rank together; returns the :class:`History`
+    (the same on every rank). Collective: every rank of ``comm`` must call it.
+
+    X_local (n_r, input_dim), Y_local (n_r, outputs) or labels (n_r,): this rank's rows.
+    comm: an mpi4py communicator (``MPI.COMM_WORLD``). batch_size: rows per GLOBAL
+    batch (None: all rows); each step uses the rows of that batch on every rank.
+    Other arguments as in :meth:`Model.fit`; see the module docstring for the rules.
+    """
+    try:
+        from mpi4py import MPI   # the optional [mpi] extra: imported only here
+    except ImportError as exc:
+        raise ImportError(f"fastmlp.distributed needs mpi4py and an MPI library: "
+                          f"pip install 'fastmlp[mpi]' ({exc})") from None
+    if not all(hasattr(comm, name) for name in ("Get_rank", "Get_size", "Allreduce",
+                                                "allgather", "bcast")):
+        raise TypeError(f"comm must be an mpi4py communicator such as MPI.COMM_WORLD, "
+                        f"got {type(comm).__name__}")
+    run = _Run(model, comm, MPI)
+    try:
+        return run.fit(X_local, Y_local, epochs, batch_size, shuffle, validation_data,
+                       callbacks, verbose, check_consistency)
+    except BaseException as exc:
+        if getattr(exc, "_raised_on_every_rank", False) or run.size == 1:
+            raise
+        # Raised on this rank alone, where the others cannot hear of it: they would wait
+        # in the next collective forever. Say what happened, then end the whole job.
+        print(f"fastmlp.distributed: rank {run.rank} of {run.size} stopped by an exception "
+              f"the other ranks cannot be told about; aborting the MPI job:\n"
+              f"{traceback.format_exc()}", file=sys.stderr, flush=True)
+        comm.Abort(1)
+        raise
+
+
+def _everywhere(exc):
+    """Mark ``exc`` as raised at the same point on every rank (so no Abort is needed)."""
+    exc._raised_on_every_rank = True
+    return exc
+
+
+def _ranks(ranks):
+    return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
+
+
+def _short(value, width=100):
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _describe(exc):
+    return None if exc is None else f"{type(exc).__name__}: {exc}"
+
+
+def _state_digest(model):
+    """sha256 of everything training changes (weights, optimiser buffers and step)."""
+    state = model.get_state()
+    digest = hashlib.sha256()
+    for key in ("theta", "opt_buffers", "opt_step"):
+        digest.update(np.ascontiguousarray(state[key]).tobytes())
+    return digest.hexdigest()
+
+
+def _batch_rows(perm, offset, n_local, batch_size):
+    """This rank's rows in each global batch perm[s:s + batch_size].
+
+    Returns (rows, bounds): batch k uses local rows rows[bounds[k]:bounds[k + 1]],
+    in the order the batch lists them. perm int64 (n_global,)."""
+    local = perm - offset
+    mine = (local >= 0) & (local < n_local)
+    before = np.concatenate(([0], np.cumsum(mine)))     # my rows among perm[:i]
+    edges = np.append(np.arange(0, len(perm), batch_size), len(perm))
+    return local[mine], before[edges]
+
+
+class _Run:
+    """One call of :func:`fit`: the communicator, this rank and the agreement steps."""
+
+    def __init__(self, model, comm, MPI):
+        self.model, self.comm, self.MPI = model, comm, MPI
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+
+    # -- agreement ---------------------------------------------------------------
+    def agree(self, error, when, extra=None):
+        """Collective: every rank's (error, extra); raises on every rank if any failed.
+
+        Returns the list of every rank's ``extra``, in rank order."""
+        reports = self.comm.allgather((_describe(error), extra))
+        failures = {r: text for r, (text, _) in enumerate(reports) if text is not None}
+        if failures:
+            raise _everywhere(self._failure(failures, error, when)) from error
+        return [extra for _, extra in reports]
+
+    def _failure(self, failures, error, when):
+        if len(failures) == self.size and isinstance(error, TrainingDiverged):
+            return TrainingDiverged(str(error))   # a divergence, the same on every rank
+        by_text = {}
+        for r, text in failures.items():   # one line per distinct error, not per rank
+            by_text.setdefault(text, []).append(r)
+        what = "; ".join(f"{_ranks(ranks)}: {text}" for text, ranks in by_text.items())
+        return DistributedError(f"distributed fit: {_ranks(list(failures))} of {self.size} "
+                                f"failed {when}: {what}", failures)
+
+    def check_same(self, values, what):
+        """Raise on every rank unless every rank's value equals rank 0's."""
+        differ = [r for r, v in enumerate(values) if v != values[0]]
+        if differ:
+            r = differ[0]
+            raise _everywhere(DistributedError(
+                f"distributed fit: {what} differs between rank 0 ({_short(values[0])}) and "
+                f"rank {r} ({_short(values[r])}); every rank must agree"))
+
+    # -- setting up --------------------------------------------------------------
+    def fit(self, X, Y, epochs, batch_size, shuffle, validation_data, callbacks, verbose,
+            check_consistency):
+        model = self.model
+        error, facts = None, None
+        try:
+            epochs = validation.check_count(epochs, "epochs")
+            if batch_size is not None:
+                validation.check_batch_size(batch_size, 1)
+            callbacks = [cb for cb in model._callbacks(callbacks, verbose)
+                         if self.rank == 0 or not self._rank_zero_only(cb)]
+            cfg = model._config()
+            same = {"model (network, optimizer, dtype)":
+                    (cfg["network"], cfg["optimizer"], cfg["dtype"]),
+                    "(epochs, batch_size, shuffle, check_consistency)":
+                    (epochs, batch_size, bool(shuffle), bool(check_consistency))}
+            facts = {"same": same, "rows": self._row_count(X), "labels": self._labels(Y)}
+        except Exception as exc:
+            error = exc
+        facts = self.agree(error, "checking the arguments and labels", facts)
+        for key in facts[0]["same"]:   # what every rank must have been given alike
+            self.check_same([f["same"][key] for f in facts], key)
+        counts = [f["rows"] for f in facts]
+        self.n_global, self.offset = sum(counts), sum(counts[:self.rank])
+        if self.n_global == 0:
+            raise _everywhere(ValueError("distributed fit: every rank's X is empty (0 rows)"))
+        self.batch_size = validation.check_batch_size(batch_size, self.n_global)
+
+        shared = (model.get_state(), model.input_scaling, model.classes_) \
+            if self.rank == 0 else None
+        shared = self.comm.bcast(shared, root=0)
+        error = None
+        try:
+            self._take(shared, [f["labels"] for f in facts])
+            self.X, self.T = self._data(X, Y, "X", "Y")
+            self.val = self._validation(validation_data)
+        except Exception as exc:
+            error = exc
+        val_rows = self.agree(error, "preparing the data",
+                              0 if error is not None or self.val is None else len(self.val[0]))
+        self.n_val = sum(val_rows)
+        return self.train(epochs, bool(shuffle), callbacks, verbose, check_consistency)
+
+    @staticmethod
+    def _rank_zero_only(cb):
+        return isinstance(cb, RANK_ZERO_ONLY) or getattr(cb, "rank_zero_only", False) is True
+
+    @staticmethod
+    def _row_count(X):
+        X = validation.as_array(X, "X")
+        if X.ndim == 0:
+            raise ValueError("X must be 2-D (samples, features), got a scalar")
+        return int(X.shape[0])
+
+    def _labels(self, Y):
+        """The distinct labels of Y (when Y holds labels), for the union over ranks."""
+        Y = validation.as_array(Y, "Y")
+        if Y.ndim == 0 or len(Y) == 0 or not labels.is_labels(Y, self.model.net):
+            return None
+        flat = labels._as_labels(Y.reshape(-1))
+        if np.issubdtype(flat.dtype, np.floating) and not np.isfinite(flat).all():
+            # here, so the error names this rank rather than every rank's union
+            raise ValueError(f"Y contains NaN or inf (first at row "
+                             f"{int(np.argmin(np.isfinite(flat)))})")
+        return np.unique(flat)
+
+    def _take(self, shared, label_sets):
+        """Start from rank 0's model; classes_ from every rank's labels when unset."""
+        state, scaling, classes = shared
+        model = self.model
+        if self.rank != 0:
+            model.set_state(state)
+            model.set_input_scaling(*(scaling or (None, None)))
+            model.classes_ = classes
+        found = [s for s in label_sets if s is not None]
+        if model.classes_ is None and found:
+            _, model.classes_ = labels.encode(np.concatenate(found), model.net, None)
+
+    def _data(self, X, Y, x_name, y_name):
+        """(X, T) as the backend takes them; an empty shard stays empty."""
+        model = self.model
+        n_x, n_y = (validation.as_array(a, name).shape[:1] for a, name in ((X, x_name),
+                                                                          (Y, y_name)))
+        if n_x and n_y and n_x != n_y:   # before labels are looked at: a clear message
+            raise ValueError(f"{y_name} has {n_y[0]} rows but {x_name} has {n_x[0]}")
+        if n_x != (0,):
+            return model.prepare(X, Y)
+        net = model.net
+        return (np.empty((0, net.input_dim), model.dtype),
+                np.empty((0, net.output_dim), model.dtype))
+
+    def _validation(self, validation_data):
+        if validation_data is None:
+            return None
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("validation_data must be a tuple (X_val, Y_val) of this rank's "
+                             f"validation rows, or None; got {type(validation_data).__name__}")
+        return self._data(*validation_data, "X_val", "Y_val")
+
+    # -- training ----------------------------------------------------------------
+    def train(self, epochs, shuffle, callbacks, verbose, check_consistency):
+        model = self.model
+        n = model.n_params
+        # One buffer per step: the gradient, then the summed loss, then the error flag.
+        self.buf = np.zeros(n + 2, dtype=model.dtype)
+        model.history = history = History()
+        model.stop_training = False
+        if self.rank == 0:
+            model._warn_if_untrainable()
+        error = None
+        try:
+            for cb in callbacks:
+                _hook(cb, "set_model", model)
+                _hook(cb, "on_train_begin", {"epochs": epochs, "samples": self.n_global,
+                                             "batch_size": self.batch_size})
+        except Exception as exc:
+            error = exc
+        self.agree(error, "in on_train_begin")
+        logs = {}
+        for epoch in range(epochs):
+            logs = self.epoch(epoch, shuffle)
+            history.record(epoch, logs)
+            if verbose == 2 and self.rank == 0:
+                print(f"epoch {epoch + 1}/{epochs}  " + "  ".join(
+                    f"{k} {v:.6g}" for k, v in logs.items()), flush=True)
+            error = None
+            try:
+                for cb in callbacks:
+                    _hook(cb, "on_epoch_end", epoch, logs)
+            except Exception as exc:
+                error = exc
+            self.end_of_phase(error, f"the callbacks of epoch {epoch + 1}",
+                              check_consistency)
+            if model.stop_training:
+                break
+        error = None
+        try:
+            for cb in callbacks:
+                _hook(cb, "on_train_end", logs)
+        except Exception as exc:
+            error = exc
+        self.end_of_phase(error, "on_train_end", check_consistency)
+        return history
+
+    def end_of_phase(self, error, phase, check_consistency):
+        """Agree on errors, rank 0's stop_training and (optionally) the model state."""
+        model = self.model
+        digest = _state_digest(model) if check_consistency and error is None else None
+        reports = self.agree(error, f"in {phase}", (model.stop_training, digest))
+        model.stop_training = bool(reports[0][0])
+        if check_consistency:
+            self.check_same([d for _, d in reports], "the sha256 of the model state (weights "
+                            f"and optimiser) after {phase}")
+
+    def epoch(self, epoch, shuffle):
+        """Train one epoch; returns its logs (the same on every rank)."""
+        model = self.model
+        saved = model.get_state()
+        start = time.perf_counter()
+        error, rows, bounds = None, None, None
+        try:
+            perm = (model.permutation(self.n_global) if shuffle
+                    else np.arange(self.n_global, dtype=np.int64))
+            rows, bounds = _batch_rows(perm, self.offset, len(self.X), self.batch_size)
+        except Exception as exc:
+            error = exc
+        with model._lock:   # one trainer at a time per model, as in Model.fit
+            error, loss = self.steps(epoch, rows, bounds, error)
+        seconds = time.perf_counter() - start
+        val_sum = 0.0
+        if error is None and self.val is not None and len(self.val[0]):
+            try:
+                val_sum = float(model.engine.evaluate(*self.val)) * len(self.val[0])
+            except Exception as exc:
+                error = exc
+        try:
+            reports = self.agree(error, f"in epoch {epoch + 1}", (val_sum, seconds))
+        except BaseException:
+            model.set_state(saved)   # never leave the model half an epoch updated
+            raise
+        logs = {"loss": loss}
+        if self.n_val:
+            logs["val_loss"] = sum(v for v, _ in reports) / self.n_val
+        slowest = max(s for _, s in reports)
+        logs["samples_per_s"] = self.n_global / slowest if slowest > 0 else float("inf")
+        return logs
+
+    def steps(self, epoch, rows, bounds, error):
+        """One reduction and one optimiser step per global batch; (error, mean loss).
+
+        After a local error this rank sends the error flag instead of a gradient, and
+        every rank stops at that step. Like Model.fit, the weights are checked once per
+        epoch (a NaN weight after an update is reported as TrainingDiverged, and the
+        caller restores the epoch's start); the per-step snapshot of
+        Model.apply_gradient would cost 10 times the SGD update itself (0.39 against
+        0.04 ms on W3), every step, on every rank."""
+        model, n, buf = self.model, self.model.n_params, self.buf
+        grad, loss_sum = buf[:n], 0.0   # after the reduction: the batch's mean gradient
+        for k, first in enumerate(range(0, self.n_global, self.batch_size)):
+            batch_rows = min(self.batch_size, self.n_global - first)
+            if error is None:
+                try:
+                    self.local_gradient(rows[bounds[k]:bounds[k + 1]], batch_rows)
+                except Exception as exc:
+                    error = exc
+            if error is not None:   # tell every rank, in this step's reduction
+                buf[:] = 0
+                buf[n + 1] = 1
+            self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+            if buf[n + 1] != 0:     # the same integer on every rank: all stop here
+                break
+            try:
+                loss_sum += float(buf[n])
+                if not np.isfinite(buf[n]):
+                    raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the loss "
+                                           f"became {float(buf[n])}; the weights of the "
+                                           "last finite epoch were kept (try a smaller "
+                                           "learning rate or rescale the data)")
+                with np.errstate(over="ignore", invalid="ignore"):
+                    optimizers.update(model.engine.theta, grad, model.engine.state)
+            except Exception as exc:
+                error = exc          # sent with the next step's reduction, or agreed below
+        loss = loss_sum / self.n_global
+        if error is None:
+            try:
+                model._check_finite(loss, f"in epoch {epoch + 1}", "the weights of the last "
+                                    "finite epoch were kept")
+            except TrainingDiverged as exc:
+                error = exc
+        return error, loss
+
+    def local_gradient(self, rows, batch_rows):
+        """Into the buffer: this rank's share of the batch's mean gradient, (sum of the
+        gradients over ``rows``) / batch_rows, and the summed loss over ``rows``; zeros
+        when the batch has none of this rank's rows. The reduction then sums the
+        shares into the batch mean, with no second pass over the gradient."""
+        model, buf, n = self.model, self.buf, self.model.n_params
+        m = len(rows)
+        if m == 0:
+            buf[:] = 0
+            return
+        grad = buf[:n]
+        loss = model.engine.loss_and_gradient(self.X[rows], self.T[rows], grad)
+        grad *= m / batch_rows        # the backend gives the mean over this rank's m rows
+        buf[n] = loss * m
+        buf[n + 1] = 0

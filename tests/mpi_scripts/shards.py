@@ -1,0 +1,165 @@
+"""Run under ``mpiexec -n 2`` by tests/test_distributed.py: distributed.fit on shards.
+
+    python shards.py MODE BACKEND OUTDIR
+
+MODE: "equivalence" (every optimiser case; each rank writes OUTDIR/rank<r>.npz),
+"callbacks" (EarlyStopping + ModelCheckpoint), or a failure: "nan_x" / "nan_y"
+(rank 1's X / labels have a NaN), "short_y" (rank 1's Y has a row fewer than its
+X), "step_fails" (rank 1's gradient raises at the 3rd step), "callback_fails" (a
+callback raises on rank 1 in epoch 2), "drift" (rank 1's weights are changed behind
+fit's back, check_consistency=True), "interrupt" (KeyboardInterrupt on rank 1: no
+agreement possible, the job is aborted), "diverge" (TrainingDiverged), "mismatch"
+(rank 1 asks for one more epoch). The data and the cases are defined here and
+imported by the test, which trains one process on the concatenated rows.
+"""
+import os
+import sys
+
+import numpy as np
+
+import fastmlp as fm
+from fastmlp.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+N_ROWS, N_VAL, BATCH, EPOCHS = 63, 20, 10, 3
+# Rank 0 holds rows [0, 37), rank 1 rows [37, 63): uneven, and batches mix both.
+SPLIT = 37
+CLASSES = np.array(["ant", "bee", "cat"])
+
+CASES = {
+    "sgd": lambda: fm.SGD(lr=0.2),
+    "momentum": lambda: fm.SGD(lr=0.1, momentum=0.9),
+    "nesterov_decay": lambda: fm.SGD(lr=0.1, momentum=0.8, nesterov=True, weight_decay=0.01),
+    "adam": lambda: fm.Adam(lr=0.01, weight_decay=0.001),
+}
+
+
+def data():
+    """(X (63, 5), labels (63,) strings, X_val (20, 5), labels_val (20,)) float64.
+
+    Rank 1's rows (37..62) have no "cat", so the classes are the union over ranks."""
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(N_ROWS + N_VAL, 5))
+    codes = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int) + (X[:, 2] > 1).astype(int)
+    codes[SPLIT:N_ROWS] = np.minimum(codes[SPLIT:N_ROWS], 1)
+    y = CLASSES[codes]
+    return X[:N_ROWS], y[:N_ROWS], X[N_ROWS:], y[N_ROWS:]
+
+
+def model(optimizer, backend="numpy"):
+    return fm.Model([fm.Dense(7, activation="tanh"), fm.Dense(3, activation="softmax")],
+                    input_dim=5, loss="cross_entropy", optimizer=optimizer, backend=backend,
+                    dtype="float64", seed=3)
+
+
+def main(mode, backend, outdir):
+    from mpi4py import MPI
+
+    from fastmlp import distributed
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    X, y, X_val, y_val = data()
+    # ranks after the second (mpiexec -n 3) hold no rows at all
+    rows = [slice(0, SPLIT), slice(SPLIT, N_ROWS)][rank] if rank < 2 else slice(N_ROWS, None)
+    X_mine, y_mine = X[rows], y[rows]
+    # Rank 0 holds every validation row, rank 1 none: val_loss is over the union.
+    val = (X_val, y_val) if rank == 0 else None
+    # Ranks start differently: fit must broadcast rank 0's weights and generator.
+    m = model(CASES["momentum"](), backend)
+    if rank != 0:
+        m.set_weights([w + 1.0 for w in m.get_weights()])
+
+    if mode == "equivalence":
+        out = {}
+        for case, make in CASES.items():
+            m = model(make(), backend)
+            if rank != 0:
+                m.set_state({**m.get_state(), "rng_state":
+                             np.random.default_rng(99).bit_generator.state})
+            h = distributed.fit(m, X_mine, y_mine, comm, epochs=EPOCHS, batch_size=BATCH,
+                                validation_data=val, check_consistency=True)
+            out[f"{case}_theta"] = m.get_state()["theta"]
+            out[f"{case}_loss"] = h.history["loss"]
+            out[f"{case}_val_loss"] = h.history["val_loss"]
+            out[f"{case}_classes"] = m.classes_
+        np.savez(os.path.join(outdir, f"rank{rank}.npz"), **out)
+        print(f"rank {rank}: {len(X_mine)} rows", flush=True)
+        return
+    if mode == "callbacks":
+        folder = outdir if rank == 0 else os.path.join(outdir, "rank1")
+        os.makedirs(folder, exist_ok=True)
+        stop = EarlyStopping("loss", patience=1, min_delta=10.0, restore_best_weights=True)
+        save = ModelCheckpoint(os.path.join(folder, "ckpt-{epoch}.fastmlp"),
+                               save_best_only=False)
+        h = distributed.fit(m, X_mine, y_mine, comm, epochs=10, batch_size=BATCH,
+                            validation_data=val, callbacks=[stop, save],
+                            check_consistency=True)
+        np.savez(os.path.join(outdir, f"rank{rank}.npz"), theta=m.get_state()["theta"],
+                 loss=h.history["loss"], val_loss=h.history["val_loss"],
+                 stopped=stop.stopped_epoch, last_saved=str(save.last_saved))
+        return
+    callbacks, check = [], False
+    if mode == "diverge":   # relu -> linear, MSE, SGD(lr=10): one process diverges in epoch 1
+        def regressor():
+            return fm.Model([fm.Dense(7, activation="relu"), fm.Dense(1)], input_dim=5,
+                            loss="mse", optimizer=fm.SGD(lr=10.0), dtype="float64", seed=3)
+        m = regressor()
+        start = regressor().get_state()["theta"]   # rank 0's, which fit starts from
+        try:
+            distributed.fit(m, X_mine, X_mine[:, :1], comm, epochs=EPOCHS, batch_size=BATCH)
+        except fm.TrainingDiverged as exc:
+            # every rank: the same error, and the model as it was at the epoch's start
+            restored = np.array_equal(m.get_state()["theta"], start)
+            with open(os.path.join(outdir, f"rank{rank}.error"), "w") as file:
+                file.write(f"{type(exc).__name__}: {exc} (restored: {restored})")
+            sys.exit(3)
+    if mode == "nan_x" and rank == 1:
+        X_mine = X_mine.copy()
+        X_mine[4, 2] = np.nan
+    if mode == "nan_y":   # numeric labels on both ranks, a NaN on rank 1
+        y_mine = np.searchsorted(CLASSES, y_mine).astype(float)
+        if rank == 1:
+            y_mine[6] = np.nan
+    if mode == "short_y" and rank == 1:
+        y_mine = y_mine[:-1]
+    if mode == "step_fails" and rank == 1:
+        real, calls = m.engine.loss_and_gradient, []
+
+        def failing(*args):
+            calls.append(1)
+            if len(calls) == 3:
+                raise MemoryError("simulated: no memory for the 3rd step's gradient")
+            return real(*args)
+        m.engine.loss_and_gradient = failing
+    if mode in ("callback_fails", "interrupt", "drift") and rank == 1:
+        callbacks = [_Trouble(mode)]
+    check = mode == "drift"
+    try:
+        epochs = EPOCHS + 1 if mode == "mismatch" and rank == 1 else EPOCHS
+        distributed.fit(m, X_mine, y_mine, comm, epochs=epochs, batch_size=BATCH,
+                        callbacks=callbacks, check_consistency=check)
+    except distributed.DistributedError as exc:
+        # one file per rank: the two ranks' output interleaves on stdout and stderr
+        with open(os.path.join(outdir, f"rank{rank}.error"), "w") as file:
+            file.write(f"{type(exc).__name__}: {exc}")
+        raise
+    print(f"rank {rank}: fit returned", flush=True)
+
+
+class _Trouble(Callback):
+    """Misbehaves at the end of epoch 2 (index 1), on the rank that has it."""
+
+    def __init__(self, mode):
+        self.mode = mode
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch != 1:
+            return
+        if self.mode == "callback_fails":
+            raise OSError("simulated: disk full while writing a log")
+        if self.mode == "interrupt":
+            raise KeyboardInterrupt("simulated Ctrl-C on one rank")
+        self.model.set_weights([w * 1.5 for w in self.model.get_weights()])
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

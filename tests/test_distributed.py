@@ -1,0 +1,181 @@
+"""fastmlp.distributed under ``mpiexec -n 2``, each job in a subprocess.
+
+Equivalence with one process training on the concatenated rows (every optimiser,
+float64, every backend), identical ranks, callbacks on every rank and checkpoints
+on rank 0, and failures that end the job on every rank with the error, never a hang.
+The jobs run tests/mpi_scripts/shards.py; skipped without mpi4py or mpiexec.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastmlp as fm
+
+pytest.importorskip("mpi4py", reason="fastmlp.distributed needs mpi4py (pip install "
+                    "'fastmlp[mpi]')")
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE / "mpi_scripts"))
+import shards  # noqa: E402  (the data and cases the MPI job uses)
+
+# The mpiexec beside this Python first (the mpich wheel's, matching the MPI that mpi4py
+# loads); a system one of another MPI would start unconnected single-rank processes.
+MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) \
+    or shutil.which("mpiexec")
+if MPIEXEC is None:
+    pytest.skip("no mpiexec on PATH (pip install mpich)", allow_module_level=True)
+
+# Numba's first compile in each rank is the slow part; a hang would take forever.
+TIMEOUT = 240
+ROOT = HERE.parent
+
+
+def mpiexec(args, ranks=2, timeout=TIMEOUT):
+    """Run ``python ARGS`` on ``ranks`` ranks; (returncode, stdout, stderr).
+
+    Fails the test if the job does not end within ``timeout`` (it is killed)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "NUMBA_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    job = subprocess.Popen([MPIEXEC, "-n", str(ranks), sys.executable, *args], cwd=ROOT,
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        out, err = job.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        out, err = job.communicate()
+        pytest.fail(f"the MPI job hung (killed after {timeout} s)\nstdout:\n{out}\n"
+                    f"stderr:\n{err[-3000:]}")
+    return job.returncode, out, err
+
+
+def run_shards(mode, backend, outdir, ranks=2):
+    return mpiexec([str(HERE / "mpi_scripts" / "shards.py"), mode, backend, str(outdir)],
+                   ranks=ranks)
+
+
+def test_two_ranks_equal_one_process_on_the_concatenated_rows(backend, tmp_path):
+    check_equivalence(backend, tmp_path, n_ranks=2)
+
+
+def test_a_rank_without_rows_contributes_nothing(tmp_path):
+    check_equivalence("numpy", tmp_path, n_ranks=3)
+
+
+def check_equivalence(backend, tmp_path, n_ranks):
+    rc, out, err = run_shards("equivalence", backend, tmp_path, n_ranks)
+    assert rc == 0, err[-3000:]
+    if n_ranks == 3:
+        assert "rank 2: 0 rows" in out
+    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in range(n_ranks)]
+    X, y, X_val, y_val = shards.data()
+    tol = {"rtol": 1e-9, "atol": 1e-11}
+    for case, make in shards.CASES.items():
+        single = shards.model(make(), backend="numpy")   # the reference: one process
+        history = single.fit(X, y, epochs=shards.EPOCHS, batch_size=shards.BATCH,
+                             validation_data=(X_val, y_val))
+        # the ranks are identical, bit for bit ...
+        for rank in ranks[1:]:
+            assert np.array_equal(ranks[0][f"{case}_theta"], rank[f"{case}_theta"]), case
+        # ... and equal to one process up to float re-association
+        theta = single.get_state()["theta"]
+        assert not np.allclose(theta, shards.model(make()).get_state()["theta"])  # it trained
+        np.testing.assert_allclose(ranks[0][f"{case}_theta"], theta, **tol, err_msg=case)
+        for key in ("loss", "val_loss"):
+            for rank in ranks:
+                np.testing.assert_allclose(rank[f"{case}_{key}"], history.history[key], **tol,
+                                           err_msg=f"{case} {key}")
+        # rank 1 has no "cat" (rank 2 no labels): the classes are the union of every rank's
+        for rank in ranks:
+            assert rank[f"{case}_classes"].tolist() == single.classes_.tolist() \
+                == ["ant", "bee", "cat"]
+
+
+def test_callbacks_agree_and_only_rank_0_writes_checkpoints(tmp_path):
+    rc, out, err = run_shards("callbacks", "numpy", tmp_path)
+    assert rc == 0, err[-3000:]
+    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
+    # EarlyStopping(min_delta=10) stops at the 2nd epoch, on both ranks, with equal logs
+    for key in ("loss", "val_loss"):
+        assert len(ranks[0][key]) == 2
+        assert np.array_equal(ranks[0][key], ranks[1][key])
+    assert int(ranks[0]["stopped"]) == int(ranks[1]["stopped"]) == 1
+    # rank 0 saved after each epoch; rank 1's ModelCheckpoint (its own folder) never ran
+    assert sorted(p.name for p in tmp_path.glob("*.fastmlp")) == ["ckpt-1.fastmlp",
+                                                                  "ckpt-2.fastmlp"]
+    assert list((tmp_path / "rank1").iterdir()) == []
+    assert str(ranks[0]["last_saved"]) == str(tmp_path / "ckpt-2.fastmlp")
+    assert str(ranks[1]["last_saved"]) == "None"
+    # restore_best_weights put both ranks back to epoch 1, the state ckpt-1 saved
+    best = fm.load(tmp_path / "ckpt-1.fastmlp").get_state()["theta"]
+    assert np.array_equal(ranks[0]["theta"], best)
+    assert np.array_equal(ranks[1]["theta"], best)
+
+
+FAILURES = {
+    # mode: what stderr must say; every rank raises DistributedError naming rank 1
+    "nan_x": "rank 1 of 2 failed preparing the data: rank 1: ValueError: X contains NaN or inf "
+             "(first at row 4, column 2)",
+    "nan_y": "rank 1 of 2 failed checking the arguments and labels: rank 1: ValueError: Y "
+             "contains NaN or inf (first at row 6)",
+    "short_y": "rank 1 of 2 failed preparing the data: rank 1: ValueError: Y has 25 rows but "
+               "X has 26",
+    "step_fails": "rank 1 of 2 failed in epoch 1: rank 1: MemoryError: simulated: no memory "
+                  "for the 3rd step's gradient",
+    "callback_fails": "rank 1 of 2 failed in the callbacks of epoch 2: rank 1: OSError: "
+                      "simulated: disk full while writing a log",
+    "mismatch": "(epochs, batch_size, shuffle, check_consistency) differs between rank 0 "
+                "((3, 10, True, False)) and rank 1 ((4, 10, True, False)); every rank must "
+                "agree",
+    "drift": "the sha256 of the model state (weights and optimiser) after the callbacks of "
+             "epoch 2 differs between rank 0",
+}
+
+
+@pytest.mark.parametrize("mode", sorted(FAILURES))
+def test_a_failing_rank_ends_the_job_on_every_rank_with_its_error(mode, tmp_path):
+    rc, out, err = run_shards(mode, "numpy", tmp_path)
+    assert rc != 0
+    assert "fit returned" not in out
+    # every rank raised the same error (an agreement, not an abort) and let it end the job
+    for rank in (0, 1):
+        raised = (tmp_path / f"rank{rank}.error").read_text()
+        assert raised.startswith("DistributedError: distributed fit: ")
+        assert FAILURES[mode] in raised, raised
+    assert "DistributedError" in err and "MPI_Abort" not in err
+
+
+def test_divergence_raises_training_diverged_on_every_rank_and_restores_the_epoch(tmp_path):
+    rc, out, err = run_shards("diverge", "numpy", tmp_path)
+    assert rc == 3, err[-3000:]
+    for rank in (0, 1):
+        raised = (tmp_path / f"rank{rank}.error").read_text()
+        assert raised.startswith("TrainingDiverged: training diverged in epoch 1: "), raised
+        assert "the weights of the last finite epoch were kept" in raised
+        assert raised.endswith("(restored: True)")
+
+
+def test_an_exception_that_cannot_be_agreed_on_aborts_the_job(tmp_path):
+    rc, out, err = run_shards("interrupt", "numpy", tmp_path)
+    assert rc != 0
+    assert "fit returned" not in out
+    assert "rank 1 of 2 stopped by an exception the other ranks cannot be told about; " \
+           "aborting the MPI job" in err, err
+    assert "KeyboardInterrupt: simulated Ctrl-C on one rank" in err
+    # (MPICH's own "MPI_Abort" line races with the job's end: not checked)
+    assert not list(tmp_path.glob("*.error"))   # no rank reached an agreement
+
+
+def test_the_example_reaches_the_single_process_accuracy():
+    rc, out, err = mpiexec(["-m", "mpi4py", "examples/distributed.py"])
+    assert rc == 0, err[-3000:]
+    lines = {line.split(":")[0].strip(): line for line in out.splitlines()}
+    ranks, single = lines["2 ranks"].split(), lines["one process"].split()
+    acc_ranks, acc_single = float(ranks[-1]), float(single[-1])
+    assert acc_ranks == acc_single >= 0.95, out
+    assert float(lines["largest weight difference"].split()[-1]) < 1e-4, out
