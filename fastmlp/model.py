@@ -391,6 +391,10 @@ class Model:
         self._warn_if_untrainable()
         self.history = history = History()
         self.stop_training = False
+        if not (callbacks or val or metric_fns or verbose or gradient_norms):
+            with self._lock:
+                self._fit_quietly(X, T, epochs, batch_size, tol, shuffle, history)
+            return history
         for cb in callbacks:
             _hook(cb, "set_model", self)
             _hook(cb, "on_train_begin", {"epochs": epochs, "samples": len(X),
@@ -450,6 +454,84 @@ class Model:
         for cb in callbacks:
             _hook(cb, "on_train_end", logs)
         return history
+
+    # Work per chunk of epochs trained between two looks from Python, in multiply-adds:
+    # about 20 ms, so Ctrl-C stays prompt and an undone chunk is cheap to replay.
+    _CHUNK_WORK = 20_000_000
+
+    def _fit_quietly(self, X, T, epochs, batch_size, tol, shuffle, history):
+        """fit when nothing is reported between epochs: orders drawn for many epochs at
+        once, one snapshot per chunk of epochs instead of one per epoch.
+
+        A chunk that diverges or is interrupted is undone by restoring its snapshot and
+        replaying the epochs before the bad one (the same data, orders and kernels give
+        the same bits), and the generator is left as if only those epochs had been
+        drawn, so the outcome is exactly the per-epoch loop's.
+        """
+        n = len(X)
+        per_epoch = max(1, n * self.net.n_params)
+        chunk = int(max(1, min(epochs, 1024, self._CHUNK_WORK // per_epoch, (1 << 20) // n)))
+        saved_theta, saved_state = self._snapshot_buffers()
+        orders = None if shuffle else np.broadcast_to(np.arange(n, dtype=np.int64), (chunk, n))
+        done = 0
+        while done < epochs:
+            k = min(chunk, epochs - done)
+            rng_before = self._rng.bit_generator.state
+            if shuffle:
+                orders = self._draw_orders(k, n)
+            np.copyto(saved_theta, self._theta)
+            saved_state.copy_from(self._state)
+            start = time.perf_counter()
+            losses, finished, error = self._epochs(X, T, orders, k, batch_size, tol, done)
+            seconds = time.perf_counter() - start
+            if error is not None:
+                # Undo the chunk, then redo its epochs before the bad one.
+                np.copyto(self._theta, saved_theta)
+                self._state.copy_from(saved_state)
+                self._rng.bit_generator.state = rng_before
+                if finished and shuffle:
+                    orders = self._draw_orders(finished, n)
+                with self._quiet():
+                    for e in range(finished):
+                        self._engine.train_epoch(X, T, orders[e], batch_size)
+                self._record(history, done, losses[:finished], n, seconds, len(losses))
+                raise error
+            if shuffle and len(losses) < k:   # stopped at tol: draw only what was used
+                self._rng.bit_generator.state = rng_before
+                self._draw_orders(len(losses), n)
+            self._record(history, done, losses, n, seconds, len(losses))
+            done += len(losses)
+            if len(losses) < k:
+                break
+
+    def _draw_orders(self, k, n):
+        """k epochs' orders (k, n), the same numbers k calls of permutation(n) would give."""
+        orders = np.tile(np.arange(n, dtype=np.int64), (k, 1))
+        return self._rng.permuted(orders, axis=1, out=orders)
+
+    def _epochs(self, X, T, orders, k, batch_size, tol, done):
+        """Up to k epochs; (losses, epochs finished cleanly, error or None). Stops after
+        an epoch whose loss is <= tol, or at one that diverges or is interrupted."""
+        losses = []
+        try:
+            for e in range(k):
+                with self._quiet():
+                    loss = float(self._engine.train_epoch(X, T, orders[e], batch_size))
+                self._check_finite(loss, f"in epoch {done + e + 1}", "the weights of the "
+                                   "last finite epoch were kept")
+                losses.append(loss)
+                if tol is not None and loss <= tol:
+                    break
+        except BaseException as exc:  # TrainingDiverged, KeyboardInterrupt, ...
+            return losses, len(losses), exc
+        return losses, len(losses), None
+
+    @staticmethod
+    def _record(history, done, losses, n, seconds, epochs_run):
+        rate = n * max(epochs_run, 1) / seconds if seconds > 0 else float("inf")
+        history.epoch.extend(range(done, done + len(losses)))
+        history.history["loss"].extend(losses)
+        history.history.setdefault("samples_per_s", []).extend([rate] * len(losses))
 
     def to_onnx(self, path, opset=None):
         """Write the model as an ONNX graph (needs the ``onnx`` extra); see fastmlp.onnx_export."""

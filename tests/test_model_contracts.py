@@ -161,3 +161,33 @@ def test_pickle_and_copy_predict_bit_identically(backend, dtype, clone):
     assert c.predict(X).tobytes() != m.predict(X).tobytes()
     m.fit(X, Y, epochs=1)
     assert c.predict(X).tobytes() == m.predict(X).tobytes()  # same data, same generator
+
+
+# -- fit's quiet path (many epochs between looks from Python) equals the per-epoch loop
+class _NoOp:
+    def on_epoch_end(self, epoch, logs):
+        pass
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("tol", [None, 0.5])
+def test_quiet_fit_equals_the_per_epoch_loop(backend, dtype, shuffle, tol):
+    X, Y = data()
+    quiet, loud = small(backend, dtype), small(backend, dtype)
+    hq = quiet.fit(X, Y, epochs=300, batch_size=8, shuffle=shuffle, tol=tol)
+    hl = loud.fit(X, Y, epochs=300, batch_size=8, shuffle=shuffle, tol=tol, callbacks=[_NoOp()])
+    assert hq.history["loss"] == hl.history["loss"] and hq.epoch == hl.epoch
+    assert_same_state(quiet.get_state(), loud.get_state())
+    if tol is not None:
+        assert len(hq.epoch) < 300  # it did stop early
+
+
+def test_quiet_fit_chunks_many_small_epochs(backend, monkeypatch):
+    """With a tiny chunk budget, several chunks; the same result as one chunk."""
+    X, Y = data()
+    a, b = small(backend), small(backend)
+    monkeypatch.setattr(fm.Model, "_CHUNK_WORK", 1)
+    a.fit(X, Y, epochs=7, batch_size=8)
+    monkeypatch.undo()
+    b.fit(X, Y, epochs=7, batch_size=8)
+    assert_same_state(a.get_state(), b.get_state())
