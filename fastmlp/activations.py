@@ -1,7 +1,8 @@
 """Activations and their derivatives: one table, each function beside its twin.
 
 These are the plain NumPy definitions (the reference). The compiled backends
-implement the same table by the same integer ``code``.
+implement the same table by the same integer ``code`` (from :mod:`fastmlp.codes`);
+CONTRIBUTING.md lists what to edit to add one.
 
 Every ``forward(z, p)`` maps pre-activations ``z`` (n, units) to outputs of the
 same shape; every ``derivative(z, f, p)`` returns df/dz elementwise, given both
@@ -25,8 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-STEP, SIGN, LINEAR, PIECEWISE_LINEAR, SIGMOID, TANH = range(6)
-RELU, LEAKY_RELU, PRELU, ELU, SOFTPLUS, SOFTMAX = range(6, 12)
+from .codes import (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, RELU, SIGMOID, SIGN,
+                    SOFTMAX, SOFTPLUS, STEP, TANH, UnknownCode)
 
 
 def sigmoid(z):
@@ -120,7 +121,19 @@ ACTIVATIONS = {a.name: a for a in [
                None),
 ]}
 
-BY_CODE = {a.code: a for a in ACTIVATIONS.values()}
+class ByCode(dict):
+    """code -> table row; an unknown code raises :class:`fastmlp.codes.UnknownCode`
+    (a ValueError and a KeyError) naming the codes there are."""
+
+    def __init__(self, kind, rows):
+        super().__init__((row.code, row) for row in rows)
+        self.kind = kind
+
+    def __missing__(self, code):
+        raise UnknownCode(f"unknown {self.kind} code {code!r}; known codes are {sorted(self)}")
+
+
+BY_CODE = ByCode("activation", ACTIVATIONS.values())
 
 
 def get(name: str) -> Activation:

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import activations as act
-
-MSE, CROSS_ENTROPY, BINARY_CROSS_ENTROPY = range(3)
+from .codes import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MSE
 
 
 def _mse_value(z, y, t, n=None):
@@ -79,6 +78,9 @@ LOSSES = {l.name: l for l in [
     Loss("cross_entropy", CROSS_ENTROPY, _ce_value, _ce_delta, output="softmax"),
     Loss("binary_cross_entropy", BINARY_CROSS_ENTROPY, _bce_value, _bce_delta, output="sigmoid"),
 ]}
+
+
+BY_CODE = act.ByCode("loss", LOSSES.values())
 
 
 def get(name: str) -> Loss:

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SGD_CODE, ADAM_CODE = 0, 1
-
-# Positions in OptimizerState.hyper, shared with the compiled kernels.
-LR, MOMENTUM, NESTEROV, WEIGHT_DECAY, BETA1, BETA2, EPS = range(7)
+# The codes and the positions in OptimizerState.hyper, shared with the compiled kernels.
+from .codes import (ADAM_CODE, BETA1, BETA2, EPS, LR, MOMENTUM, N_HYPER, NESTEROV,
+                    SGD_CODE, WEIGHT_DECAY, UnknownCode)
 
 
 def _positive(name, value):
@@ -62,7 +61,7 @@ class SGD:
                 "nesterov": self.nesterov, "weight_decay": self.weight_decay}
 
     def hyper(self):
-        h = np.zeros(7)
+        h = np.zeros(N_HYPER)
         h[[LR, MOMENTUM, NESTEROV, WEIGHT_DECAY]] = (
             self.lr, self.momentum, float(self.nesterov), self.weight_decay)
         return h
@@ -97,7 +96,7 @@ class Adam:
                 "eps": self.eps, "weight_decay": self.weight_decay}
 
     def hyper(self):
-        h = np.zeros(7)
+        h = np.zeros(N_HYPER)
         h[[LR, WEIGHT_DECAY, BETA1, BETA2, EPS]] = (
             self.lr, self.weight_decay, self.beta1, self.beta2, self.eps)
         return h
@@ -122,7 +121,7 @@ def get(optimizer):
     """Accept an optimiser instance or its name ("sgd", "adam") with default settings."""
     if optimizer is None:
         return SGD()
-    if isinstance(optimizer, (SGD, Adam)):
+    if isinstance(optimizer, tuple(OPTIMIZERS.values())):
         return optimizer
     if isinstance(optimizer, str):
         if optimizer.lower() not in OPTIMIZERS:
@@ -135,7 +134,7 @@ def get(optimizer):
 class OptimizerState:
     """Everything an update needs, as arrays a compiled kernel can take.
 
-    code: SGD_CODE or ADAM_CODE; hyper: float64 (7,) indexed by LR, MOMENTUM, ...;
+    code: SGD_CODE or ADAM_CODE; hyper: float64 (N_HYPER,) indexed by LR, MOMENTUM, ...;
     buffers: (2, n_params) in the model dtype (momentum / Adam's m and v);
     step: int64 (1,), the number of updates done (Adam's bias correction).
     """
@@ -157,6 +156,9 @@ class OptimizerState:
 
 def update(theta, grad, state: OptimizerState):
     """Reference update, in place: theta (p,), grad (p,) -> theta, state advanced one step."""
+    if state.code not in (SGD_CODE, ADAM_CODE):
+        raise UnknownCode(f"unknown optimizer code {state.code!r}; known codes are "
+                          f"{sorted(c.code for c in OPTIMIZERS.values())}")
     # Python floats keep float32 arithmetic in float32 (NumPy's weak scalars).
     h = [float(x) for x in state.hyper]
     lr, wd = h[LR], h[WEIGHT_DECAY]
@@ -170,7 +172,7 @@ def update(theta, grad, state: OptimizerState):
             v += g
             g = g + mu * v if h[NESTEROV] else v
         theta -= (lr * g).astype(theta.dtype, copy=False)
-    else:
+    elif state.code == ADAM_CODE:
         b1, b2, eps = h[BETA1], h[BETA2], h[EPS]
         m, v = state.buffers
         m *= b1

@@ -1,31 +1,29 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, language_level=3
-"""fastmlp.activations, one element at a time, by the same integer codes.
+"""fastmlp.activations over one row of a layer, one section per activation.
 
-``p`` is the activation's parameter: the slope of linear, alpha of leaky_relu
-and elu, and for prelu the alpha of the element's unit (the caller picks it).
-Softmax is row-wise and lives in the layer kernels. Every formula is the
-reference's, written so that no |z| (up to 1e4 and beyond) overflows. The
-transcendental ones come from _vmath, so that the layer kernels' per-activation
-loops over them vectorise.
+Each section holds the activation's two passes over a row of n units, side by side:
+
+* ``<name>_forward(n, z, b, p, alpha, f)``: z (n,) += b (n,) in place, and
+  f (n,) = act(z), OVERWRITTEN (f may be z);
+* ``<name>_backward(n, d, z, f, p, alpha, galpha)``: d (n,) holds dE/df and is
+  OVERWRITTEN with delta = dE/dz; z and f are the forward pass's.
+
+``p`` is the activation's parameter (slope of linear, alpha of leaky_relu and
+elu); prelu reads its per-unit alpha (n,) instead and ADDS dE/dalpha to
+galpha (n,); others ignore alpha and galpha. Each loop is one branch-free body
+that GCC vectorises (a ternary whose sides are both computed compiles to a
+select under setup.py's -fno-trapping-math). Softmax is row-wise like the
+others. _layers.pxd dispatches on the code (:mod:`fastmlp.codes`, through the
+generated _codes.pxd). Every formula is the reference's, written so that no
+|z| (up to 1e4 and beyond) overflows; the transcendental ones come from _vmath.
+
+Every bare number is a typed local (``zero``, ``one``): Cython writes a literal
+as a C double, which would compute a float loop in double.
 """
 from cython cimport floating
 from libc.math cimport log, logf
 
-from _vmath cimport vexpm1, vsigmoid, vsoftplus, vtanh
-
-cdef enum:
-    STEP = 0
-    SIGN = 1
-    LINEAR = 2
-    PIECEWISE_LINEAR = 3
-    SIGMOID = 4
-    TANH = 5
-    RELU = 6
-    LEAKY_RELU = 7
-    PRELU = 8
-    ELU = 9
-    SOFTPLUS = 10
-    SOFTMAX = 11
+from _vmath cimport vexp, vexpm1, vsigmoid, vsoftplus, vtanh
 
 
 cdef inline floating flog(floating x) noexcept nogil:
@@ -35,48 +33,254 @@ cdef inline floating flog(floating x) noexcept nogil:
         return log(x)
 
 
-cdef inline floating activate(int code, floating z, floating p) noexcept nogil:
-    """f(z) of the activation ``code``; NaN stays NaN so divergence is seen."""
-    if code == RELU:
-        return 0 if z < 0 else z
-    if code == LINEAR:
-        return p * z
-    if code == LEAKY_RELU or code == PRELU:
-        return p * z if z < 0 else z
-    if code == SIGMOID:
-        return vsigmoid(z)
-    if code == TANH:
-        return vtanh(z)
-    if code == ELU:
-        return p * vexpm1(z if z < 0 else <floating>0) if z < 0 else z
-    if code == SOFTPLUS:
-        return vsoftplus(z)
-    if code == PIECEWISE_LINEAR:
-        z = z + <floating>0.5
-        return 0 if z < 0 else (1 if z > 1 else z)
-    if code == STEP:
-        return 1 if z > 0 else (0 if z < 0 else <floating>0.5)
-    if code == SIGN:
-        return 1 if z > 0 else (-1 if z < 0 else z)
-    return z
+# -- step: 1 above 0, 0 below, 1/2 at 0; no gradient flows ----------------------------
+
+cdef inline void step_forward(Py_ssize_t n, floating* z, const floating* b, floating p,
+                              const floating* alpha, floating* f) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating v, zero = 0, half = 0.5, one = 1
+    for j in range(n):
+        v = z[j] + b[j]
+        z[j] = v
+        f[j] = one if v > 0 else (zero if v < 0 else half)
 
 
-cdef inline floating derivative(int code, floating z, floating f, floating p) noexcept nogil:
-    """df/dz at z, given f = activate(code, z, p). Not for softmax."""
-    if code == RELU:
-        return 1 if z > 0 else 0
-    if code == LINEAR:
-        return p
-    if code == LEAKY_RELU or code == PRELU:
-        return p if z < 0 else 1
-    if code == SIGMOID:
-        return f * (1 - f)
-    if code == TANH:
-        return 1 - f * f
-    if code == ELU:
-        return f + p if z < 0 else 1
-    if code == SOFTPLUS:
-        return vsigmoid(z)
-    if code == PIECEWISE_LINEAR:
-        return 1 if (z > -0.5 and z < 0.5) else 0
-    return 0  # step, sign
+cdef inline void zero_backward(Py_ssize_t n, floating* d, const floating* z, const floating* f,
+                               floating p, const floating* alpha, floating* galpha) noexcept nogil:
+    """The derivative of step and sign: 0 wherever it exists."""
+    cdef Py_ssize_t j
+    cdef floating zero = 0
+    for j in range(n):
+        d[j] *= zero
+
+
+# -- sign: -1, 0, 1; no gradient flows (backward: zero_backward) ----------------------
+
+cdef inline void sign_forward(Py_ssize_t n, floating* z, const floating* b, floating p,
+                              const floating* alpha, floating* f) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating v, one = 1
+    for j in range(n):
+        v = z[j] + b[j]
+        z[j] = v
+        f[j] = one if v > 0 else (-one if v < 0 else v)  # v: 0, -0 or NaN
+
+
+# -- linear: p z ---------------------------------------------------------------------
+
+cdef inline void linear_forward(Py_ssize_t n, floating* z, const floating* b, floating p,
+                                const floating* alpha, floating* f) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating v
+    for j in range(n):
+        v = z[j] + b[j]
+        z[j] = v
+        f[j] = p * v
+
+
+cdef inline void linear_backward(Py_ssize_t n, floating* d, const floating* z, const floating* f,
+                                 floating p, const floating* alpha, floating* galpha) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(n):
+        d[j] *= p
+
+
+# -- piecewise linear: clip(z + 1/2, 0, 1) ----------------------------------------------
+
+cdef inline void piecewise_linear_forward(Py_ssize_t n, floating* z, const floating* b,
+                                          floating p, const floating* alpha,
+                                          floating* f) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating v, zero = 0, half = 0.5, one = 1
+    for j in range(n):
+        v = z[j] + b[j]
+        z[j] = v
+        v = v + half
+        f[j] = zero if v < 0 else (one if v > 1 else v)
+
+
+cdef inline void piecewise_linear_backward(Py_ssize_t n, floating* d, const floating* z,
+                                           const floating* f, floating p, const floating* alpha,
+                                           floating* galpha) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating zero = 0, half = 0.5, one = 1
+    for j in range(n):
+        d[j] *= one if (z[j] > -half and z[j] < half) else zero
+
+
+# -- sigmoid --------------------------------------------------------------------------
+
+cdef inline void sigmoid_forward(Py_ssize_t n, floating* z, const floating* b, floating p,
+                                 const floating* alpha, floating* f) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating v
+    for j in range(n):
+        v = z[j] + b[j]
+        z[j] = v
+        f[j] = vsigmoid(v)
+
+
+cdef inline void sigmoid_backward(Py_ssize_t n, floating* d, const floating* z, const floating* f,
+                                  floating p, const floating* alpha, floating* galpha) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating one = 1
+    for j in range(n):
+        d[j] *= f[j] * (one - f[j])
+
+
+# -- tanh -----------------------------------------------------------------------------
+
+cdef inline void tanh_forward(Py_ssize_t n, floating* z, const floating* b, floating p,
+                              const floating* alpha, floating* f) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating v
+    for j in range(n):
+        v = z[j] + b[j]
+        z[j] = v
+        f[j] = vtanh(v)
+
+
+cdef inline void tanh_backward(Py_ssize_t n, floating* d, const floating* z, const floating* f,
+                               floating p, const floating* alpha, floating* galpha) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating one = 1
+    for j in range(n):
+        d[j] *= one - f[j] * f[j]
+
+
+# -- relu: derivative 0 at z <= 0 ------------------------------------------------------
+
+cdef inline void relu_forward(Py_ssize_t n, floating* z, const floating* b, floating p,
+                              const floating* alpha, floating* f) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating v, zero = 0
+    for j in range(n):
+        v = z[j] + b[j]
+        z[j] = v
+        f[j] = zero if v < 0 else v
+
+
+cdef inline void relu_backward(Py_ssize_t n, floating* d, const floating* z, const floating* f,
+                               floating p, const floating* alpha, floating* galpha) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating zero = 0
+    for j in range(n):
+        d[j] = d[j] if z[j] > 0 else zero
+
+
+# -- leaky relu: p z below 0 -------------------------------------------------------------
+
+cdef inline void leaky_relu_forward(Py_ssize_t n, floating* z, const floating* b, floating p,
+                                    const floating* alpha, floating* f) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating v
+    for j in range(n):
+        v = z[j] + b[j]
+        z[j] = v
+        f[j] = p * v if v < 0 else v
+
+
+cdef inline void leaky_relu_backward(Py_ssize_t n, floating* d, const floating* z,
+                                     const floating* f, floating p, const floating* alpha,
+                                     floating* galpha) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating one = 1
+    for j in range(n):
+        d[j] *= p if z[j] < 0 else one
+
+
+# -- prelu: alpha[j] z below 0, alpha trainable per unit ------------------------------------
+
+cdef inline void prelu_forward(Py_ssize_t n, floating* z, const floating* b, floating p,
+                               const floating* alpha, floating* f) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating v, a
+    for j in range(n):
+        v = z[j] + b[j]
+        z[j] = v
+        a = alpha[j]  # loaded unconditionally, so the ternary can be a select
+        f[j] = a * v if v < 0 else v
+
+
+cdef inline void prelu_backward(Py_ssize_t n, floating* d, const floating* z, const floating* f,
+                                floating p, const floating* alpha, floating* galpha) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating v
+    for j in range(n):
+        v = z[j]
+        if v < 0:
+            galpha[j] += d[j] * v  # d prelu / d alpha = min(z, 0)
+            d[j] *= alpha[j]
+
+
+# -- elu: p (e^z - 1) below 0, through expm1 so it is accurate near 0 ------------------------
+
+cdef inline void elu_forward(Py_ssize_t n, floating* z, const floating* b, floating p,
+                             const floating* alpha, floating* f) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating v, zero = 0
+    for j in range(n):
+        v = z[j] + b[j]
+        z[j] = v
+        f[j] = p * vexpm1(v if v < 0 else zero) if v < 0 else v
+
+
+cdef inline void elu_backward(Py_ssize_t n, floating* d, const floating* z, const floating* f,
+                              floating p, const floating* alpha, floating* galpha) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating a, one = 1
+    for j in range(n):
+        a = f[j] + p  # loaded unconditionally, so the ternary can be a select
+        d[j] *= a if z[j] < 0 else one
+
+
+# -- softplus: ln(1 + e^z), which never overflows -----------------------------------------------
+
+cdef inline void softplus_forward(Py_ssize_t n, floating* z, const floating* b, floating p,
+                                  const floating* alpha, floating* f) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating v
+    for j in range(n):
+        v = z[j] + b[j]
+        z[j] = v
+        f[j] = vsoftplus(v)
+
+
+cdef inline void softplus_backward(Py_ssize_t n, floating* d, const floating* z,
+                                   const floating* f, floating p, const floating* alpha,
+                                   floating* galpha) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(n):
+        d[j] *= vsigmoid(z[j])
+
+
+# -- softmax: over the row, shifted by its maximum --------------------------------------------
+
+cdef inline void softmax_forward(Py_ssize_t n, floating* z, const floating* b, floating p,
+                                 const floating* alpha, floating* f) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating v, s, m = z[0] + b[0]
+    for j in range(n):
+        v = z[j] + b[j]
+        z[j] = v
+        if v > m:
+            m = v
+    for j in range(n):
+        f[j] = vexp(z[j] - m)
+    s = 0
+    for j in range(n):
+        s += f[j]
+    s = 1 / s
+    for j in range(n):
+        f[j] *= s
+
+
+cdef inline void softmax_backward(Py_ssize_t n, floating* d, const floating* z, const floating* f,
+                                  floating p, const floating* alpha, floating* galpha) noexcept nogil:
+    """The softmax Jacobian-vector product f * (d - sum(d * f))."""
+    cdef Py_ssize_t j
+    cdef floating s = 0
+    for j in range(n):
+        s += d[j] * f[j]
+    for j in range(n):
+        d[j] = f[j] * (d[j] - s)

@@ -7,81 +7,66 @@ activation, so a layer's backward is activation_backward then dense_backward.
 """
 from cython cimport floating
 
-from _activations cimport (ELU, PRELU, RELU, SIGMOID, SOFTMAX, SOFTPLUS, TANH, activate,
-                           derivative)
+from libc.math cimport NAN
+
+from _activations cimport (elu_backward, elu_forward, leaky_relu_backward, leaky_relu_forward,
+                           linear_backward, linear_forward, piecewise_linear_backward,
+                           piecewise_linear_forward, prelu_backward, prelu_forward,
+                           relu_backward, relu_forward, sigmoid_backward, sigmoid_forward,
+                           sign_forward, softmax_backward, softmax_forward, softplus_backward,
+                           softplus_forward, step_forward, tanh_backward, tanh_forward,
+                           zero_backward)
 from _blas cimport gemm
-from _vmath cimport vexp, vexpm1, vsigmoid, vsoftplus, vtanh
+from _codes cimport (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, RELU, SIGMOID, SIGN,
+                     SOFTMAX, SOFTPLUS, STEP, TANH)
 
 
-cdef inline void bias_activation_forward(Py_ssize_t rows, Py_ssize_t n, floating* z,
+cdef inline int bias_activation_forward(Py_ssize_t rows, Py_ssize_t n, floating* z,
                                          const floating* b, int code, floating p,
                                          const floating* alpha, floating* f) noexcept nogil:
-    """The pass after the GEMM: z += b, f = act(z).
+    """The pass after the GEMM: z += b, f = act(z), a row at a time (see _activations).
 
     z (rows, n): IN x W, OUT x W + b (updated in place).
     b (n,), alpha (n,): IN; alpha is prelu's per-unit parameter, NULL otherwise.
     f (rows, n): OUT, OVERWRITTEN with the activation. f may be z (only outputs kept).
-    Each common activation has its own loop: one branch-free body that GCC vectorises.
+    Returns 0, or -1 for a code with no section (f is then NaN; the Engine refuses
+    such codes before any kernel runs).
     """
     cdef Py_ssize_t r, j
-    cdef floating v, m, s, a
-    cdef floating zero = 0  # a bare 0 would be a C double and widen float loops
     cdef floating* zr
     cdef floating* fr
     for r in range(rows):
         zr = z + r * n
         fr = f + r * n
         if code == RELU:
-            for j in range(n):
-                v = zr[j] + b[j]
-                zr[j] = v
-                fr[j] = 0 if v < 0 else v
-        elif code == PRELU:
-            for j in range(n):
-                v = zr[j] + b[j]
-                zr[j] = v
-                a = alpha[j]  # loaded unconditionally, so the ternary can be a select
-                fr[j] = a * v if v < 0 else v
-        elif code == TANH:
-            for j in range(n):
-                v = zr[j] + b[j]
-                zr[j] = v
-                fr[j] = vtanh(v)
+            relu_forward(n, zr, b, p, alpha, fr)
         elif code == SIGMOID:
-            for j in range(n):
-                v = zr[j] + b[j]
-                zr[j] = v
-                fr[j] = vsigmoid(v)
+            sigmoid_forward(n, zr, b, p, alpha, fr)
+        elif code == TANH:
+            tanh_forward(n, zr, b, p, alpha, fr)
+        elif code == LINEAR:
+            linear_forward(n, zr, b, p, alpha, fr)
+        elif code == LEAKY_RELU:
+            leaky_relu_forward(n, zr, b, p, alpha, fr)
+        elif code == PRELU:
+            prelu_forward(n, zr, b, p, alpha, fr)
         elif code == ELU:
-            for j in range(n):
-                v = zr[j] + b[j]
-                zr[j] = v
-                fr[j] = p * vexpm1(v if v < 0 else zero) if v < 0 else v
+            elu_forward(n, zr, b, p, alpha, fr)
         elif code == SOFTPLUS:
-            for j in range(n):
-                v = zr[j] + b[j]
-                zr[j] = v
-                fr[j] = vsoftplus(v)
+            softplus_forward(n, zr, b, p, alpha, fr)
         elif code == SOFTMAX:
-            m = zr[0] + b[0]
-            for j in range(n):
-                v = zr[j] + b[j]
-                zr[j] = v
-                if v > m:
-                    m = v
-            for j in range(n):
-                fr[j] = vexp(zr[j] - m)
-            s = 0
-            for j in range(n):
-                s += fr[j]
-            s = 1 / s
-            for j in range(n):
-                fr[j] *= s
+            softmax_forward(n, zr, b, p, alpha, fr)
+        elif code == PIECEWISE_LINEAR:
+            piecewise_linear_forward(n, zr, b, p, alpha, fr)
+        elif code == STEP:
+            step_forward(n, zr, b, p, alpha, fr)
+        elif code == SIGN:
+            sign_forward(n, zr, b, p, alpha, fr)
         else:
             for j in range(n):
-                v = zr[j] + b[j]
-                zr[j] = v
-                fr[j] = activate(code, v, p)
+                fr[j] = <floating>NAN
+            return -1
+    return 0
 
 
 cdef inline void dense_forward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,
@@ -99,24 +84,24 @@ cdef inline void dense_forward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_ou
     bias_activation_forward(rows, n_out, z, b, code, p, alpha, f)
 
 
-cdef inline void activation_backward(Py_ssize_t rows, Py_ssize_t n, floating* dout,
+cdef inline int activation_backward(Py_ssize_t rows, Py_ssize_t n, floating* dout,
                                      const floating* z, const floating* f, int code, floating p,
                                      const floating* alpha, floating* galpha,
                                      bint accumulate) noexcept nogil:
-    """dE/df -> dE/dz through f = act(z).
+    """dE/df -> dE/dz through f = act(z), a row at a time (see _activations).
 
     dout (rows, n): IN dE/df, OUT delta = dE/dz (OVERWRITTEN in place).
     z, f (rows, n): IN, the forward pass's pre-activation and output.
     alpha (n,): IN, prelu only (NULL otherwise).
     galpha (n,): OUT, prelu only: dE/dalpha = sum_r dE/df * min(z, 0), OVERWRITTEN,
     or ACCUMULATED (added) when ``accumulate``.
+    Returns 0, or -1 for a code with no section (dout is then NaN; the Engine
+    refuses such codes before any kernel runs).
     """
     cdef Py_ssize_t r, j
-    cdef floating s, v, a
     cdef floating* dr
     cdef const floating* zr
     cdef const floating* fr
-    cdef floating one = 1  # a bare 1 would be a C double and widen float loops
     if code == PRELU and not accumulate:
         for j in range(n):
             galpha[j] = 0
@@ -125,37 +110,32 @@ cdef inline void activation_backward(Py_ssize_t rows, Py_ssize_t n, floating* do
         zr = z + r * n
         fr = f + r * n
         if code == RELU:
-            for j in range(n):
-                dr[j] = dr[j] if zr[j] > 0 else 0
-        elif code == TANH:
-            for j in range(n):
-                dr[j] *= one - fr[j] * fr[j]
+            relu_backward(n, dr, zr, fr, p, alpha, galpha)
         elif code == SIGMOID:
-            for j in range(n):
-                dr[j] *= fr[j] * (one - fr[j])
-        elif code == ELU:
-            for j in range(n):
-                a = fr[j] + p  # loaded unconditionally, so the ternary can be a select
-                dr[j] *= a if zr[j] < 0 else one
-        elif code == SOFTPLUS:
-            for j in range(n):
-                dr[j] *= vsigmoid(zr[j])
+            sigmoid_backward(n, dr, zr, fr, p, alpha, galpha)
+        elif code == TANH:
+            tanh_backward(n, dr, zr, fr, p, alpha, galpha)
+        elif code == LINEAR:
+            linear_backward(n, dr, zr, fr, p, alpha, galpha)
+        elif code == LEAKY_RELU:
+            leaky_relu_backward(n, dr, zr, fr, p, alpha, galpha)
         elif code == PRELU:
-            for j in range(n):
-                v = zr[j]
-                if v < 0:
-                    galpha[j] += dr[j] * v
-                    dr[j] *= alpha[j]
+            prelu_backward(n, dr, zr, fr, p, alpha, galpha)
+        elif code == ELU:
+            elu_backward(n, dr, zr, fr, p, alpha, galpha)
+        elif code == SOFTPLUS:
+            softplus_backward(n, dr, zr, fr, p, alpha, galpha)
         elif code == SOFTMAX:
-            # The softmax Jacobian-vector product p * (dp - sum(dp * p)).
-            s = 0
-            for j in range(n):
-                s += dr[j] * f[r * n + j]
-            for j in range(n):
-                dr[j] = f[r * n + j] * (dr[j] - s)
+            softmax_backward(n, dr, zr, fr, p, alpha, galpha)
+        elif code == PIECEWISE_LINEAR:
+            piecewise_linear_backward(n, dr, zr, fr, p, alpha, galpha)
+        elif code == STEP or code == SIGN:
+            zero_backward(n, dr, zr, fr, p, alpha, galpha)
         else:
             for j in range(n):
-                dr[j] *= derivative(code, z[r * n + j], f[r * n + j], p)
+                dr[j] = <floating>NAN
+            return -1
+    return 0
 
 
 cdef inline void dense_backward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,

@@ -1,14 +1,11 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, language_level=3
 """fastmlp.losses on the output layer, for float and double, by the same codes."""
 from cython cimport floating
+from libc.math cimport NAN
 
 from _activations cimport flog
+from _codes cimport BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MSE
 from _vmath cimport vexp, vsoftplus
-
-cdef enum:
-    MSE = 0
-    CROSS_ENTROPY = 1
-    BINARY_CROSS_ENTROPY = 2
 
 
 cdef inline double loss_forward_backward(Py_ssize_t rows, Py_ssize_t n, int loss,
@@ -23,7 +20,7 @@ cdef inline double loss_forward_backward(Py_ssize_t rows, Py_ssize_t n, int loss
     then skipped): softmax + cross_entropy gives scale * (f * s - t), s the row's
     target sum (1 for one-hot and soft-label rows; rows need not sum to 1), and
     sigmoid + binary_cross_entropy gives scale * (f - t). scale is 1 / (rows of
-    the whole batch) for a mean.
+    the whole batch) for a mean. An unknown loss code gives NaN.
     """
     cdef Py_ssize_t r, j, i
     cdef double total = 0, m, s, logsum
@@ -55,10 +52,15 @@ cdef inline double loss_forward_backward(Py_ssize_t rows, Py_ssize_t n, int loss
         if dout != NULL:
             for i in range(rows * n):
                 dout[i] = (f[i] - t[i]) * scale
-    else:
+    elif loss == MSE:
         for i in range(rows * n):
             d = f[i] - t[i]
             total += <double>d * d
             if dout != NULL:
                 dout[i] = 2 * scale * d
+    else:  # no such loss: the Engine refuses its code before any kernel runs
+        total = NAN
+        if dout != NULL:
+            for i in range(rows * n):
+                dout[i] = <floating>NAN
     return total

@@ -22,28 +22,72 @@ from cython cimport floating
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
-from _activations cimport (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, RELU, SIGMOID,
-                           SIGN, SOFTMAX, SOFTPLUS, STEP, TANH)
 from _blas cimport SMALL_GEMM, blas_gemm, gemm, small_gemm
-from _layers cimport activation_backward, dense_backward, dense_forward
-from _losses cimport BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MSE, loss_forward_backward
-from _optimizers cimport (ADAM_CODE, H_BETA1, H_BETA2, H_EPS, H_LR, H_MOMENTUM, H_NESTEROV,
-                          H_WEIGHT_DECAY, SGD_CODE, optimizer_update)
+from _codes cimport (BINARY_CROSS_ENTROPY, CROSS_ENTROPY, EPS, LR, MOMENTUM, MSE, N_HYPER,
+                     PRELU, SGD_CODE, WEIGHT_DECAY, compiled_codes)
+from _layers cimport activation_backward, bias_activation_forward, dense_backward, dense_forward
+from _losses cimport loss_forward_backward
+from _optimizers cimport optimizer_update
 
 cnp.import_array()
 
-# For tests: the codes compiled in here must equal the Python tables'.
-ACTIVATION_CODES = {"step": STEP, "sign": SIGN, "linear": LINEAR,
-                    "piecewise_linear": PIECEWISE_LINEAR, "sigmoid": SIGMOID, "tanh": TANH,
-                    "relu": RELU, "leaky_relu": LEAKY_RELU, "prelu": PRELU, "elu": ELU,
-                    "softplus": SOFTPLUS, "softmax": SOFTMAX}
-LOSS_CODES = {"mse": MSE, "cross_entropy": CROSS_ENTROPY,
-              "binary_cross_entropy": BINARY_CROSS_ENTROPY}
-OPTIMIZER_CODES = {"sgd": SGD_CODE, "adam": ADAM_CODE}
-HYPER_POSITIONS = {"LR": H_LR, "MOMENTUM": H_MOMENTUM, "NESTEROV": H_NESTEROV,
-                   "WEIGHT_DECAY": H_WEIGHT_DECAY, "BETA1": H_BETA1, "BETA2": H_BETA2,
-                   "EPS": H_EPS}
 SMALL_GEMM_FLOPS = SMALL_GEMM
+# Every code as compiled in here, by its name in fastmlp.codes (tests compare them).
+CODES = compiled_codes()
+
+
+# -- which codes have kernels ------------------------------------------------------
+# Asked of the kernels' own dispatch, once, on one element: an activation whose
+# passes return 0, a loss whose value of zeros is finite, an optimiser whose
+# update of zeros is finite. So the list of codes the Engine accepts is the
+# dispatch itself, and an unknown code is refused before any kernel runs.
+
+cdef int _MAX_CODE = 64
+cdef bint _known_activation[64]
+cdef bint _known_loss[64]
+cdef bint _known_optimizer[64]
+
+
+cdef void _probe_codes():
+    cdef double z[1]
+    cdef double f[1]
+    cdef double one[1]
+    cdef double theta[1]
+    cdef double buf[2]
+    cdef double h[N_HYPER]
+    cdef double loss
+    cdef int code, k
+    for code in range(_MAX_CODE):
+        z[0] = 0
+        one[0] = 1
+        _known_activation[code] = (
+            bias_activation_forward(1, 1, z, z, code, <double>1, one, f) == 0
+            and activation_backward(1, 1, one, z, f, code, <double>1, one, one, True) == 0)
+        z[0] = 0
+        loss = loss_forward_backward(1, 1, code, z, z, z, f, <double>1)
+        _known_loss[code] = loss == loss  # not NaN
+        theta[0] = 0
+        buf[0] = buf[1] = 0
+        for k in range(N_HYPER):
+            h[k] = 0
+        h[EPS] = 1
+        optimizer_update(1, theta, z, buf, buf + 1, code, h, 1)
+        _known_optimizer[code] = theta[0] == 0
+
+
+_probe_codes()
+
+
+def known_codes():
+    """{"activation": [...], "loss": [...], "optimizer": [...]}: the codes whose
+    kernels are compiled in here."""
+    return {"activation": [c for c in range(_MAX_CODE) if _known_activation[c]],
+            "loss": [c for c in range(_MAX_CODE) if _known_loss[c]],
+            "optimizer": [c for c in range(_MAX_CODE) if _known_optimizer[c]]}
+
+
+cdef inline bint _has(const bint* known, long code) noexcept:
+    return 0 <= code < _MAX_CODE and known[code]
 
 
 # -- whole network ---------------------------------------------------------------
@@ -130,7 +174,7 @@ cdef double network_backward(const Net* net, const Work* w, floating* theta, con
     cdef floating* z
     cdef floating* alpha
     cdef const floating* xprev
-    cdef bint fused = net.loss != MSE
+    cdef bint fused = net.loss == CROSS_ENTROPY or net.loss == BINARY_CROSS_ENTROPY
     cdef floating* zl = <floating*>w.z + w.cap * net.cum[L - 1]
     cdef floating* fl = <floating*>w.f + w.cap * net.cum[L - 1]
     cdef double loss = loss_forward_backward(rows, net.dims[L], net.loss, zl, fl, t, dcur, scale)
@@ -210,7 +254,7 @@ cdef double train_batch(const Net* net, const Work* w, floating* theta, const fl
     backward pass's weight GEMMs; anything else computes the gradient, then updates.
     norms (L,) or NULL: each layer's ||dE/dW||^2 ADDED; it turns the fold off, since
     the gradient must then be formed."""
-    cdef bint plain = (code == SGD_CODE and h[H_MOMENTUM] == 0 and h[H_WEIGHT_DECAY] == 0
+    cdef bint plain = (code == SGD_CODE and h[MOMENTUM] == 0 and h[WEIGHT_DECAY] == 0
                        and norms == NULL)
     cdef const floating* x = X
     cdef const floating* t = T
@@ -221,7 +265,7 @@ cdef double train_batch(const Net* net, const Work* w, floating* theta, const fl
             x, t = <floating*>w.xb, <floating*>w.tb
         network_forward(net, w, theta, x, rows)
         loss = network_backward(net, w, theta, x, t, rows, <floating>1 / <floating>rows, False,
-                                <floating*>w.grad, True, <floating>h[H_LR], NULL) / rows
+                                <floating*>w.grad, True, <floating>h[LR], NULL) / rows
         step[0] += 1
         return loss
     loss = batch_gradient(net, w, theta, X, T, perm, rows, <floating*>w.grad, norms)
@@ -376,17 +420,23 @@ cdef class Engine:
                  dtype):
         if self.net.L:
             raise RuntimeError("an Engine is initialised once")  # kernels may be running on it
-        dims = np.ascontiguousarray(dims, dtype=np.int64)
+        # Copies: the kernels read these for the Engine's life, checked once here.
+        dims = np.array(dims, dtype=np.int64, order="C")
         L = len(dims) - 1
-        codes = np.ascontiguousarray(act_codes, dtype=np.int64)
-        params = np.ascontiguousarray(act_params, dtype=np.float64)
-        offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        codes = np.array(act_codes, dtype=np.int64, order="C")
+        params = np.array(act_params, dtype=np.float64, order="C")
+        offsets = np.array(offsets, dtype=np.int64, order="C")
         if L < 1 or codes.shape != (L,) or params.shape != (L,) or offsets.shape != (L, 3):
             raise ValueError("dims, act_codes, act_params and offsets disagree on the layer count")
         if dims.min() < 1 or dims.max() > _INT_MAX:
             raise ValueError(f"layer widths must be in [1, 2**31), got {dims.tolist()}")
-        if codes.min() < 0 or codes.max() > SOFTMAX or not 0 <= loss_code <= BINARY_CROSS_ENTROPY:
-            raise ValueError("unknown activation or loss code")
+        for c in codes:
+            if not _has(_known_activation, c):
+                raise ValueError(f"unknown activation code {c}: the Cython kernels have no "
+                                 f"section for it (known: {known_codes()['activation']})")
+        if not _has(_known_loss, loss_code):
+            raise ValueError(f"unknown loss code {loss_code}: the Cython kernels have no "
+                             f"section for it (known: {known_codes()['loss']})")
         sizes = np.stack([dims[:L] * dims[1:], dims[1:], dims[1:]], axis=1)
         if (offsets[:, :2].min() < 0 or (offsets + sizes).max() > n_params
                 or ((offsets[:, 2] >= 0) != (codes == PRELU)).any()):
@@ -462,12 +512,12 @@ cdef class Engine:
         cdef char* x = <char*>cnp.PyArray_DATA(<cnp.ndarray>X)
         cdef char* t = <char*>cnp.PyArray_DATA(<cnp.ndarray>T)
         cdef char* buf = _array(state.buffers, self.typenum, 2, P, True, "state.buffers")
-        cdef double* h = <double*>_array(state.hyper, cnp.NPY_FLOAT64, 7, -1, False, "state.hyper")
+        cdef double* h = <double*>_array(state.hyper, cnp.NPY_FLOAT64, N_HYPER, -1, False, "state.hyper")
         cdef int64_t* step = <int64_t*>_array(state.step, cnp.NPY_INT64, 1, -1, True, "state.step")
         cdef int code = state.code
         cdef double loss
-        if code != SGD_CODE and code != ADAM_CODE:
-            raise ValueError(f"unknown optimizer code {code}")
+        if not _has(_known_optimizer, code):
+            raise ValueError(f"unknown optimizer code {code} (known: {known_codes()['optimizer']})")
         self._lock()
         try:
             self._reserve(n)
@@ -500,7 +550,7 @@ cdef class Engine:
         cdef int64_t* pm = <int64_t*>_array(perm, cnp.NPY_INT64, -1, -1, False, "perm")
         cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>perm)[0], i
         cdef char* buf = _array(state.buffers, self.typenum, 2, P, True, "state.buffers")
-        cdef double* h = <double*>_array(state.hyper, cnp.NPY_FLOAT64, 7, -1, False, "state.hyper")
+        cdef double* h = <double*>_array(state.hyper, cnp.NPY_FLOAT64, N_HYPER, -1, False, "state.hyper")
         cdef int64_t* step = <int64_t*>_array(state.step, cnp.NPY_INT64, 1, -1, True, "state.step")
         cdef int code = state.code
         cdef double loss
@@ -508,8 +558,8 @@ cdef class Engine:
         cdef double* nrm = NULL
         if norms is not None:
             nrm = <double*>_array(norms, cnp.NPY_FLOAT64, self.net.L, -1, True, "norms")
-        if code != SGD_CODE and code != ADAM_CODE:
-            raise ValueError(f"unknown optimizer code {code}")
+        if not _has(_known_optimizer, code):
+            raise ValueError(f"unknown optimizer code {code} (known: {known_codes()['optimizer']})")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if n == 0:

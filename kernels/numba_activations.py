@@ -1,13 +1,22 @@
 """The activation table for the Numba kernels: forward and derivative by integer code.
 
-Same codes and the same formulas as :mod:`fastmlp.activations` (the reference),
-element by element. Each pass branches on the code once per row and then runs
-that activation's own loop over the row, which LLVM vectorises; a branch on the
-code per element is about 100 times slower for ReLU. The loops are written out
-rather than generated from one scalar table through ``inline="always"``, which
-tripled the compile time.
+Same codes (:mod:`fastmlp.codes`) and the same formulas as
+:mod:`fastmlp.activations` (the reference), element by element. Each pass
+branches on the code once per row and then runs that activation's own loop
+over the row, which LLVM vectorises; a branch on the code per element is about
+100 times slower for ReLU. Both passes list the activations in the same order,
+so an activation's forward loop and its derivative loop are found at the same
+place in each; a code that has no loop raises ValueError.
 
-exp, log1p and tanh are :mod:`numba_math`'s vectorisable versions. Every
+The loops are written out in the two passes. Measured alternatives, each
+giving one function per activation with its forward beside its derivative:
+scalar helpers inlined into shared loops (by Numba or by LLVM), or a
+whole-layer function per activation and pass, both raised the first compile
+from 13.5 s to 17.5-19.5 s per dtype (every @njit function costs its own
+compile); generating the loops from one scalar table through
+``inline="always"`` tripled it.
+
+exp, expm1, log1p and tanh are :mod:`numba_math`'s vectorisable versions. Every
 constant is in the array dtype (``zero``, ``one``, ``like``): a float64 literal
 would turn a float32 loop into a float64 one at half the vector width. ``p`` is
 the activation's scalar parameter in the array dtype; prelu reads its trainable
@@ -17,11 +26,12 @@ from __future__ import annotations
 
 from numba import njit
 
-from fastmlp.activations import (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, RELU,
-                                 SIGMOID, SIGN, SOFTMAX, SOFTPLUS, STEP, TANH)
+from fastmlp.codes import (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, RELU, SIGMOID,
+                           SIGN, SOFTMAX, SOFTPLUS, STEP, TANH)
 
 from .numba_math import INLINE, KERNEL
 from .numba_math import exp as _exp
+from .numba_math import expm1 as _expm1
 from .numba_math import like
 from .numba_math import log1p as _log1p
 from .numba_math import tanh as _tanh
@@ -40,16 +50,6 @@ def _sigmoid(z):
 def _softplus(z):
     """ln(1 + e^z) as max(z, 0) + log1p(e^-|z|)."""
     return max(z, like(0.0, z)) + _log1p(_exp(-abs(z)))
-
-
-@njit(**INLINE)
-def _step_sign_pwl(code, z):
-    """The three piecewise-constant/linear units of the lessons (rare: one shared loop)."""
-    if code == STEP:
-        return 1.0 if z > 0 else (0.0 if z < 0 else 0.5)
-    if code == SIGN:
-        return 1.0 if z > 0 else (-1.0 if z < 0 else 0.0)
-    return min(max(z + 0.5, 0.0), 1.0)  # piecewise linear
 
 
 @njit(**KERNEL)
@@ -81,7 +81,7 @@ def bias_act_forward(Z, b, A, code, p, alpha):
         _softmax_forward(Z, b, A)
         return
     n, k = Z.shape
-    zero, one = Z.dtype.type(0.0), Z.dtype.type(1.0)
+    zero, half, one = Z.dtype.type(0.0), Z.dtype.type(0.5), Z.dtype.type(1.0)
     for i in range(n):
         if code == RELU:
             for j in range(k):
@@ -117,17 +117,29 @@ def bias_act_forward(Z, b, A, code, p, alpha):
             for j in range(k):
                 z = Z[i, j] + b[j]
                 Z[i, j] = z
-                A[i, j] = z if z >= 0 else p * (_exp(z) - one)
+                A[i, j] = z if z >= 0 else p * _expm1(min(z, zero))
         elif code == SOFTPLUS:
             for j in range(k):
                 z = Z[i, j] + b[j]
                 Z[i, j] = z
                 A[i, j] = _softplus(z)
-        else:  # step, sign, piecewise linear
+        elif code == PIECEWISE_LINEAR:
             for j in range(k):
                 z = Z[i, j] + b[j]
                 Z[i, j] = z
-                A[i, j] = _step_sign_pwl(code, z)
+                A[i, j] = min(max(z + half, zero), one)
+        elif code == STEP:
+            for j in range(k):
+                z = Z[i, j] + b[j]
+                Z[i, j] = z
+                A[i, j] = one if z > 0 else (zero if z < 0 else half)
+        elif code == SIGN:
+            for j in range(k):
+                z = Z[i, j] + b[j]
+                Z[i, j] = z
+                A[i, j] = one if z > 0 else (-one if z < 0 else zero)
+        else:
+            raise ValueError("unknown activation code")
 
 
 @njit(**KERNEL)
@@ -197,8 +209,10 @@ def act_backward(D, Z, A, code, p, alpha, gb, galpha, beta):
         elif code == PIECEWISE_LINEAR:
             for j in range(k):
                 D[i, j] = D[i, j] if -0.5 < Z[i, j] < 0.5 else zero
-        else:  # step, sign: no gradient flows
+        elif code == STEP or code == SIGN:  # no gradient flows
             for j in range(k):
                 D[i, j] = zero
+        else:
+            raise ValueError("unknown activation code")
         for j in range(k):
             gb[j] += D[i, j]

@@ -10,8 +10,7 @@ import math
 
 from numba import njit
 
-from fastmlp.activations import LINEAR
-from fastmlp.losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MSE
+from fastmlp.codes import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, LINEAR, MSE
 
 from .numba_activations import act_backward, bias_act_forward
 from .numba_blas import gemm_nn, gemm_nt, gemm_tn
@@ -67,6 +66,7 @@ def loss_forward_backward(Z, A, T, loss, scale, D):
     the row's target sum (s = 1 for one-hot and soft-label rows; targets need
     not sum to 1); sigmoid + binary cross-entropy gives scale (A - T).
     Pass scale = 1 / (rows in the whole batch) for the mean loss.
+    An unknown loss code raises ValueError.
     """
     n, k = A.shape
     if loss == CROSS_ENTROPY:
@@ -82,8 +82,13 @@ def loss_forward_backward(Z, A, T, loss, scale, D):
             for j in range(k):
                 D[i, j] = scale * (A[i, j] * s - T[i, j])
         return total
+    if loss == MSE:
+        c = 2.0 * scale
+    elif loss == BINARY_CROSS_ENTROPY:
+        c = scale
+    else:
+        raise ValueError("unknown loss code")
     total = loss_value(Z, A, T, loss)
-    c = 2.0 * scale if loss == MSE else scale
     for i in range(n):
         for j in range(k):
             D[i, j] = c * (A[i, j] - T[i, j])
@@ -125,6 +130,8 @@ def loss_value(Z, A, T, loss):
             for j in range(k):
                 z = Z[i, j]
                 total += max(z, 0.0) + _log1p(_exp(-abs(z))) - T[i, j] * z
+    else:
+        raise ValueError("unknown loss code")
     return total
 
 
@@ -132,7 +139,11 @@ def loss_value(Z, A, T, loss):
 def output_code(loss, code):
     """The code the output layer's backward uses: its own under mse; LINEAR (with
     p = 1, an identity) for the fused losses, whose D is already dE/dZ."""
-    return code if loss == MSE else LINEAR
+    if loss == MSE:
+        return code
+    if loss == CROSS_ENTROPY or loss == BINARY_CROSS_ENTROPY:
+        return LINEAR
+    raise ValueError("unknown loss code")
 
 
 @njit(**KERNEL)

@@ -1,4 +1,4 @@
-"""exp, tanh and log1p that LLVM can vectorise, for the Numba kernels' elementwise loops.
+"""exp, expm1, tanh and log1p that LLVM can vectorise, for the Numba kernels' elementwise loops.
 
 ``math.exp`` and ``math.tanh`` compile to calls into libm, one element at a
 time; these are branch-free polynomials (select, never branch), so a loop of
@@ -29,6 +29,9 @@ from numba.extending import intrinsic, overload
 KERNEL = {"cache": True, "error_model": "numpy"}
 ENTRY = dict(KERNEL, nogil=True)
 INLINE = {"inline": "always", "error_model": "numpy"}
+# Small scalar helpers: compiled once each, then inlined by LLVM (not by Numba's
+# IR inliner, which repeats type inference at every call site).
+SCALAR = {"error_model": "numpy"}
 _OVERLOAD = {"error_model": "numpy"}
 
 
@@ -58,7 +61,9 @@ _LOG2E = 1.4426950408889634
 _LN2_HI = 0.6931471803691238       # ln 2 split in two so n * ln2 is exact to 2^-60
 _LN2_LO = 1.9082149292705877e-10
 _SHIFTER = 6755399441055744.0      # 1.5 * 2^52: x + _SHIFTER rounds x to an integer
-_EXP_LO, _EXP_HI = -708.0, 709.0   # exp stays a normal float64 in between
+# Clamped to _EXP_LO, n = -1023 and 2^n's bits are those of +0: e^x is 0 from
+# there down (a true e^x < 2.3e-308 there) and expm1 -1, as _vmath.pxd's.
+_EXP_LO, _EXP_HI = -709.0, 709.0
 _LN2 = 0.6931471805599453
 _SQRT2 = 1.4142135623730951
 
@@ -82,8 +87,8 @@ def _pow2_64(typingctx, t):
 def _exp64(x):
     """e^x: x = n ln2 + r, |r| <= ln2 / 2, e^r by its Taylor series to r^11, times 2^n.
 
-    Clamped to [-708, 709] (NaN passes through): below, e^x < 3e-308 is returned
-    as about 3e-308; the kernels never need e^x above.
+    Clamped to [-709, 709] (NaN passes through): e^x is 0 below about -708.7,
+    where it is no longer a normal float64; the kernels never need e^x above.
     """
     x = _EXP_LO if x < _EXP_LO else x
     x = _EXP_HI if x > _EXP_HI else x
@@ -94,6 +99,23 @@ def _exp64(x):
         1 / 720 + r * (1 / 5040 + r * (1 / 40320 + r * (1 / 362880 + r * (
             1 / 3628800 + r * (1 / 39916800)))))))))))
     return p * _pow2_64(t)
+
+
+@njit(**INLINE)
+def _expm164(x):
+    """e^x - 1, accurate near 0 (ELU): x = n ln2 + r as in _exp64, then
+    2^n (e^r - 1) + (2^n - 1), which is e^r - 1 itself for n = 0; e^r - 1 by its
+    Taylor series to r^13 on |r| <= ln2 / 2. -1 below -709 (NaN passes through)."""
+    x = _EXP_LO if x < _EXP_LO else x
+    x = _EXP_HI if x > _EXP_HI else x
+    t = x * _LOG2E + _SHIFTER
+    n = t - _SHIFTER
+    r = (x - n * _LN2_HI) - n * _LN2_LO
+    em1 = r + r * r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720 + r * (
+        1 / 5040 + r * (1 / 40320 + r * (1 / 362880 + r * (1 / 3628800 + r * (
+            1 / 39916800 + r * (1 / 479001600 + r * (1 / 6227020800))))))))))))
+    scale = _pow2_64(t)
+    return scale * em1 + (scale - 1.0)
 
 
 @njit(**INLINE)
@@ -134,10 +156,13 @@ _LOG2E_F = _F(_LOG2E)
 _LN2_HI_F = _F(0.693359375)        # 9 bits: n * _LN2_HI_F is exact for |n| < 2^15
 _LN2_LO_F = _F(-2.12194440e-4)     # ln 2 = _LN2_HI_F + _LN2_LO_F to float32 precision
 _SHIFTER_F = _F(12582912.0)        # 1.5 * 2^23
-_EXP_LO_F, _EXP_HI_F = _F(-87.0), _F(88.0)  # exp stays a normal float32 in between
+_EXP_LO_F, _EXP_HI_F = _F(-88.0), _F(88.0)  # below, n = -127 and 2^n is +0 (see _EXP_LO)
 # e^r = 1 + r + r^2 P(r) on |r| <= ln2 / 2, minimax P (Cephes expf), error ~1e-7
 _E0, _E1, _E2 = _F(5.0000001201e-1), _F(1.6666665459e-1), _F(4.1665795894e-2)
 _E3, _E4, _E5 = _F(8.3334519073e-3), _F(1.3981999507e-3), _F(1.9875691500e-4)
+# e^r - 1 = r + r^2 P(r) on |r| <= ln2 / 2, minimax quartic P (_vmath.pxd's _em1), error 9e-8
+_M0, _M1, _M2 = _F(0.4999999701976776), _F(0.16666541993618011), _F(0.04166758805513382)
+_M3, _M4 = _F(0.00836667139083147), _F(0.0013858656166121364)
 # tanh a = a + a^3 Q(a^2) on a <= 0.625, minimax Q (Cephes tanhf)
 _T0, _T1, _T2 = _F(-3.33332819422e-1), _F(1.33314422036e-1), _F(-5.37397155531e-2)
 _T3, _T4 = _F(2.06390887954e-2), _F(-5.70498872745e-3)
@@ -162,7 +187,8 @@ def _pow2_32(typingctx, t):
 
 @njit(**INLINE)
 def _exp32(x):
-    """e^x as _exp64, clamped to [-87, 88], with a degree-7 minimax polynomial."""
+    """e^x as _exp64, clamped to [-88, 88] (0 below about -87.7, where e^x is no
+    longer a normal float32), with a degree-7 minimax polynomial."""
     x = _EXP_LO_F if x < _EXP_LO_F else x
     x = _EXP_HI_F if x > _EXP_HI_F else x
     t = x * _LOG2E_F + _SHIFTER_F
@@ -170,6 +196,19 @@ def _exp32(x):
     r = (x - n * _LN2_HI_F) - n * _LN2_LO_F
     p = _1 + r + r * r * (_E0 + r * (_E1 + r * (_E2 + r * (_E3 + r * (_E4 + r * _E5)))))
     return p * _pow2_32(t)
+
+
+@njit(**INLINE)
+def _expm132(x):
+    """e^x - 1 as _expm164, with a quartic minimax e^r - 1; -1 below -88."""
+    x = _EXP_LO_F if x < _EXP_LO_F else x
+    x = _EXP_HI_F if x > _EXP_HI_F else x
+    t = x * _LOG2E_F + _SHIFTER_F
+    n = t - _SHIFTER_F
+    r = (x - n * _LN2_HI_F) - n * _LN2_LO_F
+    em1 = r + r * r * (_M0 + r * (_M1 + r * (_M2 + r * (_M3 + r * _M4))))
+    scale = _pow2_32(t)
+    return scale * em1 + (scale - _1)
 
 
 @njit(**INLINE)
@@ -202,6 +241,11 @@ def exp(x):
     """e^x in x's float type (see _exp64, _exp32); for compiled code only."""
 
 
+def expm1(x):
+    """e^x - 1 in x's float type, accurate near 0 (see _expm164, _expm132); for
+    compiled code only."""
+
+
 def tanh(x):
     """tanh x in x's float type (see _tanh64, _tanh32); for compiled code only."""
 
@@ -215,6 +259,7 @@ def like(c, z):
 
 
 _dispatch(exp, _exp64, _exp32)
+_dispatch(expm1, _expm164, _expm132)
 _dispatch(tanh, _tanh64, _tanh32)
 _dispatch(log1p, _log1p64, _log1p32)
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from fastmlp.optimizers import (ADAM_CODE, BETA1, BETA2, EPS, LR, MOMENTUM, NESTEROV,
-                                SGD_CODE, WEIGHT_DECAY)
+from fastmlp.codes import (ADAM_CODE, BETA1, BETA2, EPS, GRADIENT, LR, MOMENTUM, NESTEROV,
+                           SGD_CODE, TRAIN, WEIGHT_DECAY)
 
 from .numba_layers import (adam_update, dense_backward, dense_forward, loss_forward_backward,
                            loss_value, output_code, sgd_update)
@@ -37,7 +37,6 @@ from .numba_views import borrow, matrix
 # plan header, then one row of _ROW entries per layer
 _L, _LOSS, _CAP, _NPARAMS, _FP, _GRAD, _XB, _TB, _G0, _G1, _HEAD = range(11)
 _NIN, _NOUT, _CODE, _W, _B, _ALPHA, _Z, _A, _ROW = range(9)
-TRAIN, GRADIENT = 0, 1  # run's modes
 
 
 def build_plan(dims, act_codes, offsets, loss_code, n_params, cap):
@@ -145,13 +144,16 @@ def _chunk(theta, grad, X, T, ws, plan, scale, beta, lr, decay, norms, last):
 
 @njit(**KERNEL)
 def _update(theta, grad, bufs, hyper, step, opt):
-    step[0] += 1
     if opt == ADAM_CODE:
+        step[0] += 1
         adam_update(theta, grad, bufs[0], bufs[1], hyper[LR], hyper[BETA1], hyper[BETA2],
                     hyper[EPS], hyper[WEIGHT_DECAY], step[0])
-    else:
+    elif opt == SGD_CODE:
+        step[0] += 1
         sgd_update(theta, grad, bufs[0], hyper[LR], hyper[MOMENTUM], hyper[NESTEROV] != 0,
                    hyper[WEIGHT_DECAY])
+    else:
+        raise ValueError("unknown optimizer code")
 
 
 @njit(**INLINE)
@@ -183,8 +185,14 @@ def run(theta, grad, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan, m
     weight decay) to norms[l], and plain SGD is not folded into the GEMM: the
     same updates as without norms, up to that fold's rounding.
     The backend calls this directly for epochs and gradients: each thin @njit
-    wrapper around it costs a second of LLVM at first compile.
+    wrapper around it costs a second of LLVM at first compile. An unknown mode,
+    or optimiser code in mode TRAIN, raises ValueError before any work.
     """
+    if mode == TRAIN:
+        if opt != SGD_CODE and opt != ADAM_CODE:
+            raise ValueError("unknown optimizer code")
+    elif mode != GRADIENT:
+        raise ValueError("unknown run mode")
     theta, grad, X, T, perm = borrow(theta), borrow(grad), borrow(X), borrow(T), borrow(perm)
     bufs, hyper, step, ws, plan = borrow(bufs), borrow(hyper), borrow(step), borrow(ws), borrow(plan)
     norms = borrow(norms)

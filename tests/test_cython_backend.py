@@ -40,14 +40,6 @@ def _data(model, n, seed=1):
     return X, T
 
 
-def test_compiled_codes_match_the_python_tables():
-    assert kernels.ACTIVATION_CODES == {a.name: a.code for a in activations.ACTIVATIONS.values()}
-    assert kernels.LOSS_CODES == {l.name: l.code for l in losses.LOSSES.values()}
-    assert kernels.OPTIMIZER_CODES == {n: c.code for n, c in optimizers.OPTIMIZERS.items()}
-    assert kernels.HYPER_POSITIONS == {k: getattr(optimizers, k) for k in kernels.HYPER_POSITIONS}
-    assert len(kernels.HYPER_POSITIONS) == len(fm.SGD().hyper())
-
-
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("m, n, k", [(1, 1, 1), (6, 4, 3), (3, 1, 5), (37, 29, 41), (64, 130, 70)])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import activations as act
-from .. import optimizers
+from .. import losses, optimizers
 from ..losses import MSE
 
 # Bytes of activations (z and f of every layer) per block of rows.
@@ -92,7 +92,7 @@ class NumpyBackend:
         views = net.layer_views(theta)
         gviews = net.layer_views(grad)
         last = len(views) - 1
-        fused = net.loss.code != MSE  # softmax/sigmoid + cross-entropy: dE/dz directly
+        fused = losses.BY_CODE[net.loss.code].output is not None  # raises for an unknown code  # softmax/sigmoid + cross-entropy: dE/dz directly
         dout = net.loss.gradient(fs[-1], T, n)  # dE/df of the current layer (dE/dz when fused)
         for i in range(last, -1, -1):
             W, b, alpha = views[i]
