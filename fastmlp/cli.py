@@ -5,6 +5,7 @@
     fastmlp train --data houses.csv --target price --loss mse    # regression
     fastmlp train --progress --plot curves.png    # a progress bar; loss and gradient-norm curves
     fastmlp vehicles --backend numpy    # the lessons' car/bike example
+    fastmlp warmup                      # compile the Numba kernels ahead of time
 
 ``train`` holds out ``--test-fraction`` of the rows, standardizes the features
 with the training rows' statistics (kept in the model as its own float64 step,
@@ -99,12 +100,34 @@ def _add_vehicles(sub):
     v.set_defaults(run=vehicles)
 
 
+def _add_warmup(sub):
+    w = sub.add_parser("warmup", help="compile the Numba kernels ahead of time",
+                       description="Compile (or load from the disk cache) the Numba kernels "
+                       "for float32 and float64, so that the first model built later starts "
+                       "at once. The cache lives beside the kernels (Numba's cache=True).")
+    w.set_defaults(run=warmup)
+
+
+def warmup(args, out=None):
+    """The warmup command: compile every Numba kernel for both dtypes, saying how long it took."""
+    from fastmlp import warmup as _warmup
+    out = out or sys.stdout
+    if "numba" not in fm.available_backends():
+        raise ValueError("the numba backend is not available here: "
+                         f"{fm.backends._import_errors.get('numba', 'numba is not installed')}")
+    for dtype in ("float32", "float64"):
+        seconds = _warmup.numba_kernels(dtype, notice=False)
+        print(f"numba kernels for {dtype}: ready in {seconds:.1f} s", file=out, flush=True)
+    return 0
+
+
 def make_parser():
     parser = opt.Parser(prog="fastmlp", description="Fast multilayer perceptrons on the CPU.")
     parser.add_argument("--version", action="version", version=f"fastmlp {fm.__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,vehicles}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,vehicles,warmup}")
     _add_train(sub)
     _add_vehicles(sub)
+    _add_warmup(sub)
     return parser
 
 

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from . import activations as act
-from . import io, labels, optimizers, validation
+from . import io, labels, optimizers, validation, warmup
 from . import metrics as metric_table
 from .backends import get_backend
 from .backends import resolve as resolve_backend
@@ -96,6 +96,8 @@ class Model:
         self.optimizer = optimizers.get(optimizer)
         self.backend = resolve_backend(backend)
         backend_class = get_backend(self.backend)
+        if self.backend == "numba":
+            warmup.numba_kernels(self.dtype)  # compiles once per process; says so if slow
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._theta = self.net.init_params(self._rng, self.dtype)
@@ -472,7 +474,8 @@ class Model:
         per_epoch = max(1, n * self.net.n_params)
         chunk = int(max(1, min(epochs, 1024, self._CHUNK_WORK // per_epoch, (1 << 20) // n)))
         saved_theta, saved_state = self._snapshot_buffers()
-        orders = None if shuffle else np.broadcast_to(np.arange(n, dtype=np.int64), (chunk, n))
+        # writable C arrays, as the shuffled orders are: Numba compiles per array type
+        orders = None if shuffle else np.tile(np.arange(n, dtype=np.int64), (chunk, 1))
         done = 0
         while done < epochs:
             k = min(chunk, epochs - done)

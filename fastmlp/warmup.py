@@ -1,0 +1,67 @@
+"""Numba's first compile, made visible and movable.
+
+The Numba kernels compile on first use per dtype (≈ 13 s on 2 cores) and are then
+cached on disk, so later processes load them in a fraction of a second. A model on
+the "numba" backend calls :func:`numba_kernels` when it is built: every kernel a
+model can call is compiled (or loaded) there, on a tiny network, and one line goes
+to stderr if that takes more than a second. ``python -m fastmlp warmup`` does it
+ahead of time for both dtypes.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import numpy as np
+
+_ready = set()          # dtypes whose kernels this process has compiled or loaded
+_lock = threading.RLock()  # the tiny model built while holding it asks again
+NOTICE_AFTER_S = 1.0
+
+
+def numba_kernels(dtype, notice=True):
+    """Compile or load every Numba kernel for ``dtype``; seconds it took (0 if done before)."""
+    dtype = np.dtype(dtype)
+    with _lock:
+        if dtype in _ready:
+            return 0.0
+        _ready.add(dtype)  # first, so the tiny model built below does not recurse here
+        timer = threading.Timer(NOTICE_AFTER_S, _notice, args=(dtype,)) if notice else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        start = time.perf_counter()
+        try:
+            _exercise(dtype)
+        except BaseException:
+            _ready.discard(dtype)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        return time.perf_counter() - start
+
+
+def _notice(dtype):
+    print(f"fastmlp: compiling the Numba kernels for {dtype.name} (first use in this "
+          "environment, about 15 s; cached on disk afterwards; `python -m fastmlp warmup` "
+          "does it ahead of time)...", file=sys.stderr, flush=True)
+
+
+def _exercise(dtype):
+    """Every call a Model makes into the Numba kernels, once, with the argument types it uses."""
+    from .model import Model
+    from .network import Dense
+    from .optimizers import Adam
+
+    m = Model([Dense(3, "prelu"), Dense(2, "softmax")], input_dim=2, loss="cross_entropy",
+              optimizer=Adam(), backend="numba", dtype=dtype.name, seed=0)
+    X = np.zeros((4, 2), dtype=dtype)
+    T = np.tile(np.eye(2, dtype=dtype), (2, 1))
+    m.predict(X)
+    m.evaluate(X, T)
+    m.gradients(X, T)
+    m.train_on_batch(X, T)
+    m.fit(X, T, epochs=1, batch_size=2)
+    m.fit(X, T, epochs=1, batch_size=2, gradient_norms=True, shuffle=False)
