@@ -97,7 +97,7 @@ class Model:
         self.backend = resolve_backend(backend)
         backend_class = get_backend(self.backend)
         if self.backend == "numba":
-            warmup.numba_kernels(self.dtype)  # compiles once per process; says so if slow
+            warmup.numba_kernels(self.dtype, model_class=Model)  # once per process; says so if slow
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._theta = self.net.init_params(self._rng, self.dtype)

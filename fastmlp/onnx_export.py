@@ -182,10 +182,10 @@ def _check_opset(onnx, opset):
 def build_onnx(model, opset=None):
     """The ONNX ``ModelProto`` of ``model`` (see the module docstring), checked."""
     from . import __version__
-    from .model import Model
 
     onnx = _import_onnx()
-    if not isinstance(model, Model):
+    # duck-typed, so this module does not import fastmlp.model (which imports it lazily)
+    if not all(hasattr(model, a) for a in ("net", "get_weights", "input_scaling", "dtype")):
         raise TypeError(f"expected a fastmlp.Model, got {type(model).__name__}")
     opset = _check_opset(onnx, opset)
     helper = onnx.helper

@@ -15,13 +15,17 @@ import time
 
 import numpy as np
 
+from .network import Dense
+from .optimizers import Adam
+
 _ready = set()          # dtypes whose kernels this process has compiled or loaded
 _lock = threading.RLock()  # the tiny model built while holding it asks again
 NOTICE_AFTER_S = 1.0
 
 
-def numba_kernels(dtype, notice=True):
-    """Compile or load every Numba kernel for ``dtype``; seconds it took (0 if done before)."""
+def numba_kernels(dtype, notice=True, model_class=None):
+    """Compile or load every Numba kernel for ``dtype``; seconds it took (0 if done before).
+    ``model_class``: fastmlp.Model (passed in, so that this module does not import it)."""
     dtype = np.dtype(dtype)
     with _lock:
         if dtype in _ready:
@@ -33,7 +37,7 @@ def numba_kernels(dtype, notice=True):
             timer.start()
         start = time.perf_counter()
         try:
-            _exercise(dtype)
+            _exercise(dtype, model_class)
         except BaseException:
             _ready.discard(dtype)
             raise
@@ -49,12 +53,8 @@ def _notice(dtype):
           "does it ahead of time)...", file=sys.stderr, flush=True)
 
 
-def _exercise(dtype):
+def _exercise(dtype, Model):
     """Every call a Model makes into the Numba kernels, once, with the argument types it uses."""
-    from .model import Model
-    from .network import Dense
-    from .optimizers import Adam
-
     m = Model([Dense(3, "prelu"), Dense(2, "softmax")], input_dim=2, loss="cross_entropy",
               optimizer=Adam(), backend="numba", dtype=dtype.name, seed=0)
     X = np.zeros((4, 2), dtype=dtype)

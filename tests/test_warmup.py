@@ -14,7 +14,7 @@ needs_numba = pytest.mark.skipif("numba" not in fm.available_backends(),
 def test_slow_first_compile_prints_one_line(monkeypatch, capsys):
     monkeypatch.setattr(warmup, "_ready", set())
     monkeypatch.setattr(warmup, "NOTICE_AFTER_S", 0.01)
-    monkeypatch.setattr(warmup, "_exercise", lambda dtype: time.sleep(0.3))
+    monkeypatch.setattr(warmup, "_exercise", lambda dtype, cls: time.sleep(0.3))
     seconds = warmup.numba_kernels("float32")
     err = capsys.readouterr().err
     assert seconds >= 0.3
@@ -24,7 +24,7 @@ def test_slow_first_compile_prints_one_line(monkeypatch, capsys):
 
 def test_fast_load_prints_nothing(monkeypatch, capsys):
     monkeypatch.setattr(warmup, "_ready", set())
-    monkeypatch.setattr(warmup, "_exercise", lambda dtype: None)
+    monkeypatch.setattr(warmup, "_exercise", lambda dtype, cls: None)
     warmup.numba_kernels("float64")
     assert capsys.readouterr().err == ""
 
@@ -32,7 +32,7 @@ def test_fast_load_prints_nothing(monkeypatch, capsys):
 def test_a_failed_warmup_is_retried(monkeypatch):
     monkeypatch.setattr(warmup, "_ready", set())
 
-    def boom(dtype):
+    def boom(dtype, cls):
         raise RuntimeError("no compiler")
     monkeypatch.setattr(warmup, "_exercise", boom)
     with pytest.raises(RuntimeError):
