@@ -10,10 +10,10 @@ from .callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar
 from .model import History, Model, TrainingDiverged, load
 from .network import Dense
 from .optimizers import SGD, Adam
-from .threads import set_num_threads, thread_info
+from .threads import blas_in_use, set_num_threads, thread_info
 
 __version__ = "0.1.0"
 
 __all__ = ["Model", "Dense", "SGD", "Adam", "History", "TrainingDiverged", "load",
            "Callback", "EarlyStopping", "ModelCheckpoint", "ProgressBar",
-           "available_backends", "set_num_threads", "thread_info", "__version__"]
+           "available_backends", "set_num_threads", "thread_info", "blas_in_use", "__version__"]

@@ -2,23 +2,31 @@
 
 NumPy and SciPy each bundle their own OpenBLAS, and Numba may run a pool of
 its own: left alone on a 2-core machine they oversubscribe it. The compiled
-kernels do their elementwise passes on the calling thread and leave the cores
-to BLAS, so one limit governs everything.
+kernels call NumPy's BLAS (see fastmlp/blas.py), so NumPy work and fastmlp
+steps share one pool; they do their elementwise passes on the calling thread
+and leave the cores to BLAS, so one limit governs everything.
 """
 from __future__ import annotations
 
+import os
+
 import threadpoolctl
 
+from . import blas
+from .blas import kernel_blas
+
+blas.choice()  # a bad FASTMLP_BLAS fails `import fastmlp`, not a kernel call later
 _limiter = None
 
 
 def set_num_threads(n):
-    """Use at most ``n`` threads in every BLAS (numpy's and scipy's) and in Numba."""
+    """Use at most ``n`` threads in every BLAS (numpy's, which the kernels use, and
+    scipy's) and in Numba."""
     global _limiter
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"number of threads must be a positive integer, got {n!r}")
     # threadpoolctl limits only the BLAS libraries already loaded: load scipy's
-    # (the Numba and Cython kernels' BLAS) now, or a backend built later ignores n.
+    # (Numba's np.dot, and the kernels' fallback) now, or one loaded later ignores n.
     import scipy.linalg.cython_blas  # noqa: F401
     _limiter = threadpoolctl.threadpool_limits(limits=n, user_api="blas")
     try:
@@ -28,8 +36,21 @@ def set_num_threads(n):
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
+def blas_in_use():
+    """The BLAS the compiled kernels call: {"source": "numpy" or "scipy", "filepath":
+    its shared library, "sgemm" and "dgemm": symbol names, "int_bits": 64 (ILP64) or
+    32, "reason": why this one (a fallback says what was missing)}.
+    ``FASTMLP_BLAS=scipy`` chooses SciPy's; the default takes NumPy's."""
+    blas = kernel_blas()
+    return {key: getattr(blas, key)
+            for key in ("source", "filepath", "sgemm", "dgemm", "int_bits", "reason")}
+
+
 def thread_info():
-    """Which BLAS libraries are loaded, their kernels (architecture) and thread counts."""
-    return [{k: info.get(k) for k in ("internal_api", "version", "architecture",
-                                        "num_threads", "filepath")}
+    """Which BLAS libraries are loaded, their kernels (architecture) and thread counts;
+    ``used_by_kernels`` marks the one fastmlp's compiled kernels call."""
+    used = kernel_blas().filepath
+    return [{**{k: info.get(k) for k in ("internal_api", "version", "architecture",
+                                           "num_threads", "filepath")},
+             "used_by_kernels": os.path.realpath(info.get("filepath", "")) == used}
             for info in threadpoolctl.threadpool_info() if info.get("user_api") == "blas"]

@@ -5,9 +5,73 @@ BLAS is column-major; a row-major (m, n) matrix is the column-major
 transpose, so C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T by swapping
 the operands. Products too small to repay a BLAS call (the 3-4-2 net, batch 1)
 run as plain loops.
+
+The BLAS is the one fastmlp.blas.kernel_blas() names: NumPy's own (ILP64 on
+NumPy's wheels), so NumPy and the kernels share one thread pool, or SciPy's
+cython_blas as the fallback. Its ?gemm addresses are read once, at the first
+BLAS-sized product, into static pointers of the module that cimports this file.
 """
 from cython cimport floating
+from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+ctypedef void (*sgemm64_t)(const char*, const char*, const int64_t*, const int64_t*,
+                           const int64_t*, const float*, const float*, const int64_t*,
+                           const float*, const int64_t*, const float*, float*,
+                           const int64_t*) noexcept nogil
+ctypedef void (*dgemm64_t)(const char*, const char*, const int64_t*, const int64_t*,
+                           const int64_t*, const double*, const double*, const int64_t*,
+                           const double*, const int64_t*, const double*, double*,
+                           const int64_t*) noexcept nogil
+ctypedef void (*sgemm32_t)(const char*, const char*, const int*, const int*, const int*,
+                           const float*, const float*, const int*, const float*, const int*,
+                           const float*, float*, const int*) noexcept nogil
+ctypedef void (*dgemm32_t)(const char*, const char*, const int*, const int*, const int*,
+                           const double*, const double*, const int*, const double*, const int*,
+                           const double*, double*, const int*) noexcept nogil
+
+cdef extern from *:
+    """
+    /* fastmlp's ?gemm (see kernels/_blas.pxd): [0] sgemm, [1] dgemm, and their integer
+       width, 0 until loaded. The width is stored last with release order, so a thread
+       that reads it non-zero (acquire) sees the pointers. */
+    static void *fastmlp_gemm_address[2] = {0, 0};
+    #if defined(_MSC_VER)  /* MSVC's volatile accesses are acquire/release on x86 and x64 */
+    static volatile int fastmlp_gemm_int_bits = 0;
+    static __inline int fastmlp_gemm_int_bits_get(void) { return fastmlp_gemm_int_bits; }
+    static __inline void fastmlp_gemm_int_bits_set(int bits) { fastmlp_gemm_int_bits = bits; }
+    #else
+    static int fastmlp_gemm_int_bits = 0;
+    static inline int fastmlp_gemm_int_bits_get(void) {
+        return __atomic_load_n(&fastmlp_gemm_int_bits, __ATOMIC_ACQUIRE); }
+    static inline void fastmlp_gemm_int_bits_set(int bits) {
+        __atomic_store_n(&fastmlp_gemm_int_bits, bits, __ATOMIC_RELEASE); }
+    #endif
+    """
+    void* fastmlp_gemm_address[2]
+    int fastmlp_gemm_int_bits_get() noexcept nogil
+    void fastmlp_gemm_int_bits_set(int bits) noexcept nogil
+
+
+cdef inline int load_kernel_blas() noexcept nogil:
+    """Read fastmlp.blas.kernel_blas()'s addresses into the pointers; returns the
+    integer width. Takes the GIL, once per process (a dict look-up after the first
+    module to call it). Were the lookup to fail, SciPy's cython_blas is used."""
+    cdef int bits = 32
+    with gil:
+        try:
+            from fastmlp.blas import kernel_blas
+            blas = kernel_blas()
+            fastmlp_gemm_address[0] = <void*><size_t>blas.sgemm_address
+            fastmlp_gemm_address[1] = <void*><size_t>blas.dgemm_address
+            bits = blas.int_bits
+        except BaseException:  # nowhere to raise from a nogil kernel: a BLAS that works
+            fastmlp_gemm_address[0] = <void*>sgemm
+            fastmlp_gemm_address[1] = <void*>dgemm
+            bits = 32
+    fastmlp_gemm_int_bits_set(bits)
+    return bits
+
 
 # m * n * k at or below which plain loops beat a BLAS call. OpenBLAS's own
 # small-matrix path costs ~15-60 ns more per call than the loops up to about
@@ -38,10 +102,23 @@ cdef inline void blas_gemm(bint trans_a, bint trans_b, int m, int n, int k, floa
                            floating beta, floating* c, int ldc) noexcept nogil:
     cdef char ta = b'T' if trans_b else b'N'
     cdef char tb = b'T' if trans_a else b'N'
-    if floating is float:
-        sgemm(&ta, &tb, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
+    cdef int bits = fastmlp_gemm_int_bits_get()
+    cdef int64_t m64 = m, n64 = n, k64 = k, lda64 = lda, ldb64 = ldb, ldc64 = ldc
+    if bits == 0:
+        bits = load_kernel_blas()
+    if bits == 64:
+        if floating is float:
+            (<sgemm64_t>fastmlp_gemm_address[0])(&ta, &tb, &n64, &m64, &k64, &alpha, b, &ldb64,
+                                                 a, &lda64, &beta, c, &ldc64)
+        else:
+            (<dgemm64_t>fastmlp_gemm_address[1])(&ta, &tb, &n64, &m64, &k64, &alpha, b, &ldb64,
+                                                 a, &lda64, &beta, c, &ldc64)
+    elif floating is float:
+        (<sgemm32_t>fastmlp_gemm_address[0])(&ta, &tb, &n, &m, &k, &alpha, b, &ldb, a, &lda,
+                                             &beta, c, &ldc)
     else:
-        dgemm(&ta, &tb, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
+        (<dgemm32_t>fastmlp_gemm_address[1])(&ta, &tb, &n, &m, &k, &alpha, b, &ldb, a, &lda,
+                                             &beta, c, &ldc)
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,

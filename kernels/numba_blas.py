@@ -1,4 +1,4 @@
-"""Row-major GEMM for the Numba kernels: scipy's BLAS for real work, loops for tiny work.
+"""Row-major GEMM for the Numba kernels: NumPy's BLAS for real work, loops for tiny work.
 
 ``gemm_nn``, ``gemm_tn`` and ``gemm_nt`` compute ``C = alpha * op(A) op(B) + beta * C``
 on C-contiguous 2-D arrays (views of the flat workspaces are fine). ``beta = 0``
@@ -6,32 +6,45 @@ OVERWRITES C (its old contents are never read, even if NaN); ``beta != 0``
 accumulates into it. Unlike ``np.dot``, ``alpha`` and ``beta`` let plain SGD fold
 its update into the weight-gradient product: ``W <- beta W - lr x^T delta``.
 
-BLAS is scipy's ``scipy.linalg.cython_blas`` sgemm/dgemm (the OpenBLAS that
-``np.dot`` uses inside ``@njit``), called by symbol name so ``cache=True`` works:
-the address is registered with LLVM at every import, never baked into the cache.
-Products of fewer than ``SMALL_FLOPS`` multiply-adds run as plain loops. Measured
-per call (float32, ns, loops / BLAS): 6x3x4 43/15 with OpenBLAS's AVX-512 small-
-matrix path, 45/74 with Haswell kernels; 8x8x8 89/24 and 90/92; 16x16x16 467/60 and
-469/210. Loops still win the 3-4-2 vehicle net's whole step (1.32 vs 1.34-1.56 us;
-per-sample epoch 2.1 vs 2.8-3.6 us), where the transposed products cost BLAS most.
+BLAS is the one ``fastmlp.blas.kernel_blas()`` names: NumPy's own (ILP64 on NumPy's
+wheels), so NumPy and the kernels share one thread pool, or SciPy's as the fallback.
+The kernels always call ``fastmlp_sgemm64``/``fastmlp_dgemm64`` with 64-bit integers,
+by symbol name so ``cache=True`` works: the address is registered with LLVM at every
+import, never baked into the cache, and a cache compiled under one choice stays valid
+under the other. An LP64 BLAS (SciPy's) sits behind a small compiled shim that
+narrows the integers. Products of fewer than ``SMALL_FLOPS`` multiply-adds run as
+plain loops. Measured per call (float32, ns, loops / BLAS): 6x3x4 43/15 with
+OpenBLAS's AVX-512 small-matrix path, 45/74 with Haswell kernels; 8x8x8 89/24 and
+90/92; 16x16x16 467/60 and 469/210. Loops still win the 3-4-2 vehicle net's whole
+step (1.32 vs 1.34-1.56 us; per-sample epoch 2.1 vs 2.8-3.6 us), where the
+transposed products cost BLAS most.
 """
 from __future__ import annotations
 
 import llvmlite.binding as llvm
 from llvmlite import ir
-from numba import njit, types
+from numba import cfunc, njit, types
 from numba.core import cgutils
-from numba.extending import get_cython_function_address, intrinsic
+from numba.extending import intrinsic
 
+from ..blas import kernel_blas, scipy_gemm_addresses
 from .numba_math import INLINE
-
-for _name in ("sgemm", "dgemm"):
-    llvm.add_symbol("fastmlp_" + _name,
-                    get_cython_function_address("scipy.linalg.cython_blas", _name))
 
 # Below this many multiply-adds (m * n * k) the loops are about as fast as BLAS or faster.
 SMALL_FLOPS = 512
 _N, _T = ord("N"), ord("T")
+_FLOATS = {types.float32: "s", types.float64: "d"}
+
+
+def _call_gemm(context, builder, dtype, symbol, int_bits, refs):
+    """Call the Fortran ?gemm ``symbol`` (``dtype``'s prefix is prepended) on its 13
+    pointer arguments ``refs``; its integers are ``int_bits`` wide."""
+    fl = context.get_value_type(dtype).as_pointer()
+    ch, it = ir.IntType(8).as_pointer(), ir.IntType(int_bits).as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [ch, ch, it, it, it, fl, fl, it, fl, it, fl, fl, it])
+    fn = cgutils.get_or_insert_function(builder.module, fnty,
+                                        f"fastmlp_{_FLOATS[dtype]}{symbol}")
+    builder.call(fn, refs)
 
 
 @intrinsic
@@ -39,27 +52,18 @@ def _xgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, l
     """Column-major Fortran ?gemm on the data pointers of a, b, c (all one float dtype)."""
     arrays = (a, b, c)
     if not (all(isinstance(x, types.Array) for x in arrays)
-            and a.dtype in (types.float32, types.float64)
-            and b.dtype == a.dtype and c.dtype == a.dtype):
+            and a.dtype in _FLOATS and b.dtype == a.dtype and c.dtype == a.dtype):
         return None
     dtype = a.dtype
     sig = types.none(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
     def codegen(context, builder, signature, args):
-        fl = context.get_value_type(dtype)
-        i8, i32 = ir.IntType(8), ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [
-            i8.as_pointer(), i8.as_pointer(), i32.as_pointer(), i32.as_pointer(),
-            i32.as_pointer(), fl.as_pointer(), fl.as_pointer(), i32.as_pointer(),
-            fl.as_pointer(), i32.as_pointer(), fl.as_pointer(), fl.as_pointer(),
-            i32.as_pointer()])
-        name = "fastmlp_sgemm" if dtype == types.float32 else "fastmlp_dgemm"
-        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
         sargs = signature.args
 
-        def ref_int(i, ty):  # Fortran takes every scalar by reference
+        def ref_int(i, bits):  # Fortran takes every scalar by reference
             val = context.cast(builder, args[i], sargs[i], types.int64)
-            return cgutils.alloca_once_value(builder, builder.trunc(val, ty))
+            return cgutils.alloca_once_value(builder, builder.trunc(val, ir.IntType(bits))
+                                             if bits < 64 else val)
 
         def ref_float(i):
             return cgutils.alloca_once_value(
@@ -68,12 +72,60 @@ def _xgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, l
         def data(i):
             return context.make_array(sargs[i])(context, builder, args[i]).data
 
-        builder.call(fn, [ref_int(0, i8), ref_int(1, i8), ref_int(2, i32), ref_int(3, i32),
-                          ref_int(4, i32), ref_float(5), data(6), ref_int(7, i32), data(8),
-                          ref_int(9, i32), ref_float(10), data(11), ref_int(12, i32)])
+        _call_gemm(context, builder, dtype, "gemm64", 64, [
+            ref_int(0, 8), ref_int(1, 8), ref_int(2, 64), ref_int(3, 64), ref_int(4, 64),
+            ref_float(5), data(6), ref_int(7, 64), data(8), ref_int(9, 64), ref_float(10),
+            data(11), ref_int(12, 64)])
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def _narrowing_gemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """The LP64 ``fastmlp_?gemm32`` on ILP64 arguments (all pointers): the shim's body."""
+    dtype = a.dtype
+    sig = types.none(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+    def codegen(context, builder, signature, args):
+        refs = list(args)
+        for i in (2, 3, 4, 7, 9, 12):  # m, n, k, lda, ldb, ldc
+            narrow = builder.trunc(builder.load(args[i]), ir.IntType(32))
+            refs[i] = cgutils.alloca_once_value(builder, narrow)
+        _call_gemm(context, builder, dtype, "gemm32", 32, refs)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _register_blas():
+    """Point ``fastmlp_?gemm64`` at the kernels' BLAS (through a narrowing shim if LP64)."""
+    blas = kernel_blas()
+    # Numba's cache is keyed on each kernel's own file, not on this one: kernels cached
+    # before this module changed still call the old names with 32-bit integers. They get
+    # a BLAS of that ABI rather than a null symbol (a crash). Never change the ABI behind
+    # a registered name; add a new name instead.
+    for prefix, address in zip("sd", scipy_gemm_addresses()):
+        llvm.add_symbol(f"fastmlp_{prefix}gemm", address)
+    addresses = {"s": blas.sgemm_address, "d": blas.dgemm_address}
+    if blas.int_bits == 64:
+        for prefix, address in addresses.items():
+            llvm.add_symbol(f"fastmlp_{prefix}gemm64", address)
+        return
+    char, i64 = types.CPointer(types.int8), types.CPointer(types.int64)
+    for prefix, fl in (("s", types.float32), ("d", types.float64)):
+        llvm.add_symbol(f"fastmlp_{prefix}gemm32", addresses[prefix])
+        p = types.CPointer(fl)
+        shim = cfunc(types.void(char, char, i64, i64, i64, p, p, i64, p, i64, p, p, i64),
+                     cache=True)(_narrowing_gemm_body)
+        llvm.add_symbol(f"fastmlp_{prefix}gemm64", shim.address)
+
+
+def _narrowing_gemm_body(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    _narrowing_gemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+_register_blas()
 
 
 @njit(**INLINE)
