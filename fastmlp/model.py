@@ -45,6 +45,25 @@ def _feature_names(X):
     return np.asarray([str(c) for c in columns])
 
 
+class _Snapshot:
+    """A copy of the optimiser state's buffers that are in use (plain SGD: none, momentum:
+    v, Adam: m and v) and its step: what a rollback needs, no more."""
+
+    def __init__(self, state):
+        self.rows = 0 if state.code == optimizers.SGD_CODE and state.hyper[optimizers.MOMENTUM] == 0 \
+            else 1 if state.code == optimizers.SGD_CODE else 2
+        self.buffers = np.empty_like(state.buffers[:self.rows])
+        self.step = state.step.copy()
+
+    def copy_from(self, state):
+        np.copyto(self.buffers, state.buffers[:self.rows])
+        np.copyto(self.step, state.step)
+
+    def restore(self, state):
+        np.copyto(state.buffers[:self.rows], self.buffers)
+        np.copyto(state.step, self.step)
+
+
 class History:
     """What :meth:`Model.fit` returns: ``history["loss"]`` is one mean loss per epoch,
     and every other logged value (val_loss, metrics, samples_per_s) a list beside it."""
@@ -253,20 +272,15 @@ class Model:
     def predict(self, X):
         """Network outputs (n, outputs) for inputs X (n, input_dim).
 
-        Large inputs go through the backend in blocks of rows written into one
-        preallocated output, so memory stays bounded by the output plus one
-        block's activations, however many rows X has. Safe to call from several
-        threads at once.
+        One backend call writes into one preallocated output, taking X in chunks
+        of rows (fastmlp.rules.predict_rows), so memory stays bounded by the
+        output plus one chunk's activations, however many rows X has. Safe to
+        call from several threads at once.
         """
         if self._scaling is not None or not validation.ready(X, self.net.input_dim, self.dtype):
             X = validation.check_inputs(X, self.net.input_dim, self.dtype, self._scaling)
-        rows = self._block_rows
-        if len(X) <= rows:
-            return self._engine.predict(X)
         out = np.empty((len(X), self.net.output_dim), dtype=self.dtype)
-        for start in range(0, len(X), rows):
-            out[start:start + rows] = self._engine.predict(X[start:start + rows])
-        return out
+        return self._engine.predict(X, out)
 
 
     def evaluate(self, X, Y):
@@ -326,7 +340,7 @@ class Model:
                                    "before the step")
             except BaseException:
                 np.copyto(self._theta, saved_theta)
-                self._state.copy_from(saved_state)
+                saved_state.restore(self._state)
                 raise
 
     def train_on_batch(self, X, Y):
@@ -347,7 +361,7 @@ class Model:
                                    "as it was before the step")
             except BaseException:
                 np.copyto(self._theta, saved_theta)
-                self._state.copy_from(saved_state)
+                saved_state.restore(self._state)
                 raise
         return loss
 
@@ -403,7 +417,7 @@ class Model:
                                          "batch_size": batch_size})
         perm = np.arange(len(X), dtype=np.int64)
         saved_theta = np.empty_like(self._theta)
-        saved_state = optimizers.OptimizerState.new(self.optimizer, self.net.n_params, self.dtype)
+        saved_state = _Snapshot(self._state)
         norms = np.zeros(len(self.net.layers)) if gradient_norms else None
         steps = -(-len(X) // batch_size)
         logs = {}
@@ -434,7 +448,7 @@ class Model:
                 except BaseException:
                     # Diverged or interrupted: never leave the model half an epoch updated.
                     np.copyto(self._theta, saved_theta)
-                    self._state.copy_from(saved_state)
+                    saved_state.restore(self._state)
                     self._rng.bit_generator.state = saved_rng
                     raise
                 seconds = time.perf_counter() - start
@@ -490,7 +504,7 @@ class Model:
             if error is not None:
                 # Undo the chunk, then redo its epochs before the bad one.
                 np.copyto(self._theta, saved_theta)
-                self._state.copy_from(saved_state)
+                saved_state.restore(self._state)
                 self._rng.bit_generator.state = rng_before
                 if finished and shuffle:
                     orders = self._draw_orders(finished, n)
@@ -614,8 +628,7 @@ class Model:
     def _snapshot_buffers(self):
         """(theta, OptimizerState) buffers that train_on_batch saves into before each step."""
         if self._snapshot is None:
-            self._snapshot = (np.empty_like(self._theta), optimizers.OptimizerState.new(
-                self.optimizer, self.net.n_params, self.dtype))
+            self._snapshot = (np.empty_like(self._theta), _Snapshot(self._state))
         return self._snapshot
 
     def _check_finite(self, loss, where, kept):
