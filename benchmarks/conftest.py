@@ -1,55 +1,54 @@
-"""pytest-benchmark fixtures: every benchmark runs on every backend that
-imports here (``fm.available_backends()``), so new backends join by themselves.
+"""pytest fixtures for the benchmarks.
 
-``pytest benchmarks`` times them; ``pytest benchmarks --benchmark-disable``
-runs each call once, as a smoke test (what CI does). For numbers, unset the
-OpenBLAS overrides: ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE pytest benchmarks``.
+``pytest benchmarks --benchmark-disable`` (CI's smoke test) runs every workload
+once in every column that imports here and checks that each did the same work
+as competent NumPy; ``pytest benchmarks`` also times the public-API columns
+with pytest-benchmark. Optional frameworks (torch, jax, onnxruntime) are skipped
+when missing. For numbers, unset the OpenBLAS overrides:
+``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE pytest benchmarks``; report.py
+gives the full comparison.
 """
-import time
+import functools
 
 import pytest
 
-import fastmlp as fm
+from columns import BASELINE, BY_NAME as COLUMN, evidence, run_once
+from workloads import BY_NAME, WORKLOADS
 
-from workloads import WORKLOADS, Case
-
-BACKENDS = fm.available_backends()
-_RESULTS = []  # (workload, backend, samples/s, first call s) for the summary
+_RESULTS = []  # (workload, column, samples/s) for the summary
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return request.param
+def require(column_name):
+    """The column, or skip the test when its package does not import here."""
+    column = COLUMN[column_name]
+    if not column.available():
+        pytest.skip(f"{column_name} is not available here")
+    return column
+
+
+@functools.cache
+def baseline_evidence(workload_name):
+    """Competent NumPy's weights (training) or outputs (predict) after one call."""
+    w = BY_NAME[workload_name]
+    return evidence(w, run_once(COLUMN[BASELINE], w))
 
 
 @pytest.fixture
-def run_case(benchmark):
-    """Time ``Case(workload, backend).run`` with ``benchmark``.
-
-    When timing is on, one untimed warm-up call comes first (JIT compilation
-    excluded from the timings, its duration kept as ``first_call_s``); with
-    --benchmark-disable the call runs exactly once. Samples/s and GFLOP/s
-    go into ``extra_info``.
-    """
-    def run(workload, backend):
-        case = Case(workload, backend)
-        benchmark.group = workload.name
-        benchmark.extra_info.update(workload=workload.name, backend=backend, rows=workload.rows)
-        first = None
+def time_public(benchmark):
+    """Time ``case.run`` with pytest-benchmark after one untimed warm-up call (JIT
+    compilation is not timed); samples/s go into extra_info. With --benchmark-disable
+    the call runs exactly once."""
+    def run(w, column_name, case):
         if benchmark.enabled:
-            start = time.perf_counter()
-            case.check(case.run())
-            first = time.perf_counter() - start
-            benchmark.extra_info["first_call_s"] = first
-        case.check(benchmark(case.run))
+            case.run()
+        benchmark.group = w.name
+        benchmark.extra_info.update(workload=w.name, column=column_name, samples=w.samples)
+        result = benchmark(case.run)
         if benchmark.enabled and benchmark.stats is not None:
-            median = benchmark.stats.stats.median
-            rate = workload.rows / median
+            rate = w.samples / benchmark.stats.stats.median
             benchmark.extra_info["samples_per_s"] = rate
-            if workload.flops:
-                benchmark.extra_info["gflops"] = workload.flops / median / 1e9
-            _RESULTS.append((workload.name, backend, rate, first))
-        return case
+            _RESULTS.append((w.name, column_name, rate))
+        return result
     return run
 
 
@@ -57,7 +56,7 @@ def pytest_terminal_summary(terminalreporter):
     if not _RESULTS:
         return
     tr = terminalreporter
-    tr.section("fastmlp samples/s (median; first call includes any JIT compile)")
+    tr.section("samples/s (median); the comparison with ratios: benchmarks/report.py")
     order = {w.name: i for i, w in enumerate(WORKLOADS)}
-    for name, backend, rate, first in sorted(_RESULTS, key=lambda r: order[r[0]]):
-        tr.write_line(f"{name:10s} {backend:8s} {rate:14,.0f} samples/s   first call {first * 1e3:9.2f} ms")
+    for name, column, rate in sorted(_RESULTS, key=lambda r: order.get(r[0], 99)):
+        tr.write_line(f"{name:14s} {column:8s} {rate:14,.0f} samples/s")

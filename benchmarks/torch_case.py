@@ -1,42 +1,60 @@
-"""The same workloads in PyTorch, for comparison only (torch is optional).
+"""The workloads in PyTorch eager mode, for comparison only (torch is optional).
 
-nn.Sequential of Linear layers, torch.optim.SGD(lr=0.01), float32, the same
-data as the fastmlp cases. Cross-entropy takes logits (softmax fused into the
-loss, as in fastmlp); MSE is fastmlp's: mean over rows of the sum over outputs.
+nn.Sequential of Linear layers started from the workload's weights (columns.py
+checks the work is the same), torch.optim.SGD, float32, the same data. Cross-
+entropy takes logits (softmax fused into the loss, as in fastmlp); MSE is
+fastmlp's: mean over rows of the sum over outputs. fit draws each epoch's
+permutation from the same generator state as fastmlp and indexes the batch
+with ``index_select``. Threads: the caller's ``torch.set_num_threads``.
 """
 from __future__ import annotations
 
-from workloads import LR, make_data
+import numpy as np
+
+from workloads import make_data, start, start_rng
+
+
+def available():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class TorchCase:
     """A workload in PyTorch: ``run()`` does one timed call."""
 
-    def __init__(self, w, seed=0):
+    def __init__(self, w):
         import torch
         from torch import nn
 
-        self.workload, self.backend = w, "torch"
-        torch.manual_seed(seed)
-        acts = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "softmax": None}
-        mods = []
+        self.workload, self.torch = w, torch
+        acts = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "softmax": None}
+        theta, pos, mods, self.linears = start(w)[0], 0, [], []
         for i, (a, b) in enumerate(zip(w.dims[:-1], w.dims[1:])):
-            mods.append(nn.Linear(a, b))
+            lin = nn.Linear(a, b)
+            with torch.no_grad():   # fastmlp's W is (in, out); torch's weight is (out, in)
+                lin.weight.copy_(torch.from_numpy(theta[pos:pos + a * b].reshape(a, b).T.copy()))
+                lin.bias.copy_(torch.from_numpy(theta[pos + a * b:pos + a * b + b].copy()))
+            pos += a * b + b
+            mods.append(lin)
+            self.linears.append(lin)
             act = acts[w.hidden if i < len(w.dims) - 2 else w.output]
             if act is not None:
                 mods.append(act())
         self.net = nn.Sequential(*mods)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=LR)
-        X, T, labels = make_data(w, seed)
-        self.X = torch.from_numpy(X)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=w.lr)
+        X, T, labels = make_data(w)
+        self.X = torch.from_numpy(X.copy())
         if w.loss == "mse":
-            self.target = torch.from_numpy(T)
+            self.target = torch.from_numpy(T.copy())
             self.loss = lambda y, t: ((y - t) ** 2).sum(dim=1).mean()
         else:
-            self.target = torch.from_numpy(labels)
+            self.target = torch.from_numpy(labels.copy())
             self.loss = nn.functional.cross_entropy
-        self.torch = torch
-        self.run = {"step": self._step, "epoch": self._epoch, "predict": self._predict}[w.kind]
+        self.rng = start_rng(w)
+        self.run = {"step": self._step, "fit": self._fit, "predict": self._predict}[w.kind]
 
     def _train(self, X, target):
         self.opt.zero_grad()
@@ -48,20 +66,28 @@ class TorchCase:
     def _step(self):
         return self._train(self.X, self.target)
 
-    def _epoch(self):
-        n, bs, total = len(self.X), self.workload.epoch_batch, 0.0
-        for i in range(0, n, bs):
-            rows = min(bs, n - i)
-            total += self._train(self.X[i:i + bs], self.target[i:i + bs]) * rows
-        return total / n
+    def _fit(self):
+        w, torch = self.workload, self.torch
+        loss = 0.0
+        for _ in range(w.epochs):
+            perm = torch.from_numpy(self.rng.permutation(w.rows))
+            total = 0.0
+            for i in range(0, w.rows, w.batch_size):
+                idx = perm[i:i + w.batch_size]
+                total += self._train(self.X.index_select(0, idx),
+                                     self.target.index_select(0, idx)) * len(idx)
+            loss = total / w.rows
+        return loss
 
     def _predict(self):
         with self.torch.inference_mode():
             y = self.net(self.X)
-            return self.torch.softmax(y, dim=1) if self.workload.output == "softmax" else y
+            y = self.torch.softmax(y, dim=1) if self.workload.output == "softmax" else y
+            return y.numpy()
 
-    def check(self, result):
-        import numpy as np
-
-        if not np.isfinite(np.asarray(result)).all():
-            raise AssertionError(f"{self.workload.name} on torch: non-finite result")
+    def weights(self):
+        """Flat float32 (n_params,) in fastmlp's get_weights() order."""
+        parts = []
+        for lin in self.linears:
+            parts += [lin.weight.detach().numpy().T.ravel(), lin.bias.detach().numpy()]
+        return np.concatenate(parts)

@@ -1,14 +1,21 @@
-"""The benchmark workloads, shared by the pytest benchmarks and report.py.
+"""The benchmark rows, their data and start, and the fastmlp cases that time them.
 
-Every backend is timed at the backend-contract level, below input validation:
-``engine.train_step(X, T)``, ``engine.train_epoch(
-X, T, perm, batch_size)`` or ``engine.predict(X)``, on C-contiguous
-float32 arrays built once (T one-hot), so each backend does the same work.
-Data are synthetic, drawn from a fixed seed; the optimiser is SGD(lr=0.01).
+A workload is one timed call (``kind``): "fit" (``epochs`` epochs of mini-batch
+SGD over ``rows`` rows in batches of ``batch_size``, each epoch over a fresh
+permutation from the model's generator), "step" (one SGD step on the batch) or
+"predict". Every column (see columns.py) starts from the same weights (those
+of a fastmlp model built with seed 0), the same generator state and the same
+C-contiguous float32 data, so each does the same work; ``same_work`` in
+columns.py checks it.
+
+fastmlp is timed two ways: the public API (``model.fit``, ``model.train_on_batch``,
+``model.predict``: what users call, validation included) and the kernel level
+(``model.engine``: calls on already validated data, below the Python API).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -16,12 +23,13 @@ import fastmlp as fm
 
 DTYPE = np.float32
 LR = 0.01
+VEHICLES_LR = 0.5   # the README's API example
+SEED = 0
 
 
 @dataclass(frozen=True)
 class Workload:
-    """One timed call. ``kind`` is "step", "epoch" (train_epoch over ``rows``
-    rows in batches of ``epoch_batch``) or "predict"; ``rows`` = samples per call."""
+    """One timed call; ``samples`` = rows processed per call (rows x epochs for fit)."""
 
     name: str
     dims: tuple            # input width, then each layer's units
@@ -29,85 +37,153 @@ class Workload:
     output: str            # output activation
     loss: str
     rows: int
-    kind: str = "step"
-    epoch_batch: int = 1
+    kind: str = "step"     # "fit", "step" or "predict"
+    epochs: int = 1
+    batch_size: int = 0    # fit only
+    lr: float = LR
+    data: str = "random"   # or "vehicles": the README's six rows
     about: str = ""
+
+    @property
+    def samples(self):
+        return self.rows * self.epochs
+
+    @property
+    def trains(self):
+        return self.kind != "predict"
 
     @property
     def flops(self):
         """GEMM FLOPs of one call (see train_flops / predict_flops)."""
         if self.kind == "predict":
             return predict_flops(self.dims, self.rows)
-        return train_flops(self.dims, self.rows)  # linear in rows, so also one epoch
+        return train_flops(self.dims, self.samples)  # linear in rows
 
     def layers(self):
         acts = [self.hidden] * (len(self.dims) - 2) + [self.output]
         return [fm.Dense(u, activation=a) for u, a in zip(self.dims[1:], acts)]
 
+    def model(self, backend):
+        """The fastmlp model of this workload: seed 0, float32, SGD(lr)."""
+        return fm.Model(self.layers(), input_dim=self.dims[0], loss=self.loss,
+                        optimizer=fm.SGD(lr=self.lr), backend=backend, dtype="float32",
+                        seed=SEED)
 
-_MNIST = (784, 256, 128, 10)
+
+_VEHICLES = dict(dims=(3, 4, 2), hidden="sigmoid", output="sigmoid", loss="mse", rows=6,
+                 lr=VEHICLES_LR, data="vehicles")
+_MNIST = dict(dims=(784, 256, 128, 10), hidden="relu", output="softmax", loss="cross_entropy")
+_WIDE = dict(dims=(2048, 2048, 2048, 10), hidden="relu", output="softmax", loss="cross_entropy")
+VEHICLES_EPOCHS = 1000
 WORKLOADS = [
-    Workload("W1", (3, 4, 2), "sigmoid", "sigmoid", "mse", 6,
-             about="vehicles 3-4-2 sigmoid/MSE, train step, batch 6"),
-    Workload("W1-epoch", (3, 4, 2), "sigmoid", "sigmoid", "mse", 6, kind="epoch",
-             about="vehicles 3-4-2, train_epoch of 6 rows at batch 1 (per-sample SGD)"),
-    Workload("W2", _MNIST, "relu", "softmax", "cross_entropy", 64,
-             about="784-256-128-10 relu/softmax CE, train step, batch 64"),
-    Workload("W3", _MNIST, "relu", "softmax", "cross_entropy", 512,
-             about="784-256-128-10 relu/softmax CE, train step, batch 512"),
-    Workload("W4", (2048, 2048, 2048, 10), "relu", "softmax", "cross_entropy", 512,
-             about="2048-2048-2048-10 relu/softmax CE, train step, batch 512"),
-    Workload("predict", _MNIST, "relu", "softmax", "cross_entropy", 512, kind="predict",
-             about="predict on W2's net, batch 512"),
+    Workload("vehicles-fit", **_VEHICLES, kind="fit", epochs=VEHICLES_EPOCHS, batch_size=6,
+             about=f"vehicles 3-4-2 sigmoid/MSE, fit(epochs={VEHICLES_EPOCHS}, batch_size=6)"),
+    Workload("vehicles-step", **_VEHICLES, kind="step",
+             about="vehicles, train_on_batch on the 6 rows"),
+    Workload("vehicles-b1", **_VEHICLES, kind="fit", epochs=1, batch_size=1,
+             about="vehicles, fit(epochs=1, batch_size=1): one 6-row epoch of per-sample SGD"),
+    Workload("predict-1", **_MNIST, rows=1, kind="predict",
+             about="1-row predict, 784-256-128-10 relu/softmax"),
+    Workload("W2", **_MNIST, rows=64, about="784-256-128-10 relu/softmax CE, train_on_batch b64"),
+    Workload("W3", **_MNIST, rows=512, about="784-256-128-10 relu/softmax CE, train_on_batch b512"),
+    Workload("W4", **_WIDE, rows=512, about="2048-2048-2048-10 relu/softmax CE, train_on_batch b512"),
+    Workload("predict-W2", **_MNIST, rows=512, kind="predict", about="predict b512, W2 net"),
+    Workload("predict-W4", **_WIDE, rows=512, kind="predict", about="predict b512, W4 net"),
 ]
-# W3 with other hidden activations: the transcendental passes (exp, tanh, log1p).
-# Not in the default run; ask for them with report.py --workloads W3-tanh,...
+# W3 with other hidden activations. Not in the default run: report.py --workloads W3-tanh,...
 ACTIVATION_WORKLOADS = [
-    Workload(f"W3-{act}", _MNIST, act, "softmax", "cross_entropy", 512,
-             about=f"784-256-128-10 {act}/softmax CE, train step, batch 512")
-    for act in ("tanh", "sigmoid", "elu", "softplus")
+    Workload(f"W3-{act}", **{**_MNIST, "hidden": act}, rows=512,
+             about=f"784-256-128-10 {act}/softmax CE, train_on_batch b512")
+    for act in ("tanh", "sigmoid")
 ]
 BY_NAME = {w.name: w for w in WORKLOADS + ACTIVATION_WORKLOADS}
 
 
-def make_data(w, seed=0):
-    """X (rows, in) standard normal and one-hot T (rows, out), C-contiguous float32."""
-    rng = np.random.default_rng(seed)
-    X = np.ascontiguousarray(rng.standard_normal((w.rows, w.dims[0])), dtype=DTYPE)
-    labels = rng.integers(0, w.dims[-1], w.rows)
+def vehicles_data():
+    """The README's six rows (wheels, height, weight), standardized; one-hot car/bike."""
+    X = np.array([[4, 6, 500], [4, 5.5, 600], [4, 5, 550],
+                  [2, 3, 200], [2, 3.5, 150], [2, 4, 250]], dtype=float)
+    X = (X - X.mean(0)) / X.std(0)
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    return X, labels
+
+
+@cache
+def _data(w):
+    if w.data == "vehicles":
+        X, labels = vehicles_data()
+    else:
+        rng = np.random.default_rng(SEED)
+        X = rng.standard_normal((w.rows, w.dims[0]))
+        labels = rng.integers(0, w.dims[-1], w.rows)
+    X = np.ascontiguousarray(X, dtype=DTYPE)
     T = np.ascontiguousarray(np.eye(w.dims[-1], dtype=DTYPE)[labels])
+    for a in (X, T, labels):
+        a.flags.writeable = False  # shared by every column: nobody may change them
     return X, T, labels
 
 
-class Case:
-    """A workload on one fastmlp backend: ``run()`` does one timed call."""
+def make_data(w):
+    """(X (rows, in), one-hot T (rows, out), labels (rows,)): C-contiguous float32,
+    read-only, the same arrays for every column."""
+    return _data(w)
 
-    def __init__(self, w, backend, seed=0):
-        self.workload, self.backend = w, backend
-        self.model = fm.Model(w.layers(), input_dim=w.dims[0], loss=w.loss,
-                              optimizer=fm.SGD(lr=LR), backend=backend, dtype="float32",
-                              seed=seed)
-        self.X, self.T, self.labels = make_data(w, seed)
-        self.perm = np.arange(w.rows, dtype=np.int64)
-        engine = self.model.engine
-        X, T = self.X, self.T
-        if w.kind == "step":
-            self.run = lambda: engine.train_step(X, T)
-        elif w.kind == "epoch":
-            perm, bs = self.perm, w.epoch_batch
-            self.run = lambda: engine.train_epoch(X, T, perm, bs)
+
+@cache
+def _start(w):
+    state = w.model("numpy").get_state()
+    theta = state["theta"]
+    theta.flags.writeable = False
+    return theta, state["rng_state"]
+
+
+def start(w):
+    """(theta (n_params,) float32 in get_weights() order, rng_state): every column's
+    starting weights and the shuffling generator's state, those of ``w.model``."""
+    return _start(w)
+
+
+def start_rng(w):
+    """A generator in the state of a fresh model's, to draw fit's permutations."""
+    rng = np.random.Generator(np.random.PCG64())
+    rng.bit_generator.state = start(w)[1]
+    return rng
+
+
+class FastmlpCase:
+    """A workload on one fastmlp backend, through the public API (``level="api"``)
+    or the backend object (``level="kernel"``). ``run()`` does one timed call."""
+
+    def __init__(self, w, backend, level="api"):
+        self.workload, self.backend, self.level = w, backend, level
+        self.model = model = w.model(backend)
+        X, T, _ = make_data(w)
+        self.X, self.T = X, T
+        if level == "api":
+            self.run = {
+                "fit": lambda: model.fit(X, T, epochs=w.epochs,
+                                         batch_size=w.batch_size).history["loss"][-1],
+                "step": lambda: model.train_on_batch(X, T),
+                "predict": lambda: model.predict(X),
+            }[w.kind]
+        elif level == "kernel":
+            engine = model.engine
+            self.run = {"fit": self._kernel_fit, "step": lambda: engine.train_step(X, T),
+                        "predict": lambda: engine.predict(X)}[w.kind]
         else:
-            self.run = lambda: engine.predict(X)
+            raise ValueError(f"level must be 'api' or 'kernel', got {level!r}")
 
-    def check(self, result):
-        """Raise if a call's result shows it did not do the claimed work."""
-        if self.workload.kind == "predict":
-            if np.shape(result) != (self.workload.rows, self.workload.dims[-1]):
-                raise AssertionError(f"predict returned shape {np.shape(result)}")
-            if not np.isfinite(result).all():
-                raise AssertionError("predict returned non-finite values")
-        elif not np.isfinite(float(result)):
-            raise AssertionError(f"{self.workload.name} on {self.backend}: loss {result}")
+    def _kernel_fit(self):
+        """fit's work at the backend level: per epoch a permutation and one train_epoch."""
+        w, model = self.workload, self.model
+        loss = 0.0
+        for _ in range(w.epochs):
+            loss = model.engine.train_epoch(self.X, self.T, model.permutation(w.rows),
+                                            w.batch_size)
+        return loss
+
+    def weights(self):
+        return self.model.get_state()["theta"]
 
 
 def train_flops(dims, rows):
@@ -156,7 +232,3 @@ class SgemmCase:
             out = self.sgemm(1.0, B.T, A.T, beta=0.0, c=C.T, trans_a=tb, trans_b=ta,
                              overwrite_c=1)
         return out
-
-    def check(self, result):
-        if not np.isfinite(result).all():
-            raise AssertionError("sgemm returned non-finite values")

@@ -1,0 +1,56 @@
+"""report.py and the pipeline row run end to end (tiny timings: a smoke test, no numbers)."""
+import numpy as np
+import pytest
+
+import pipeline
+import report
+from columns import BY_NAME as COLUMN
+
+
+@pytest.mark.parametrize("column", pipeline.COLUMNS)
+def test_pipeline_trains_on_the_preprocessed_batch(column):
+    if not COLUMN[column].available():
+        pytest.skip(f"{column} is not available here")
+    p = pipeline.Pipeline(column)
+    np.testing.assert_allclose(p.Z, p.X_raw @ p.P, rtol=1e-4, atol=1e-4)
+    assert np.isfinite(p.step())
+    result = pipeline.measure(column, min_time=0.0)
+    assert set(result) == {"alone", "inside", "gemm", "penalty"}
+    assert result["alone"] > 0 and result["inside"] > 0
+    assert result["penalty"] == pytest.approx(result["inside"] / result["alone"] - 1)
+
+
+def test_report_prints_tables_and_targets(capsys):
+    columns = [c for c in ("cython", "numba") if COLUMN[c].available()]
+    report.main(["--workloads", "vehicles-step,predict-1", "--columns", ",".join(columns),
+                 "--min-time", "0.01", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "| vehicles-step: vehicles, train_on_batch on the 6 rows | 6 |" in out
+    assert "| 1-row predict ≥ 2.5× NumPy |" in out
+    assert "| pipeline penalty ≤ 10 % |" in out
+    for b in columns:
+        assert f"**{b}**: fastmlp, backend='{b}', public API" in out
+    # a target whose row was not run is not judged
+    assert "| W4 ≥ 1.1× NumPy | n/a (not run) | n/a (not run) |" in out
+    assert "load average" in out
+
+
+def _cells(**medians):
+    return {name: {"per_call": m, "first": m, "spread": 1.0} for name, m in medians.items()}
+
+
+def test_targets_are_judged_from_the_run():
+    results = {"W3": _cells(numpy=1.0, cython=0.8, numba=0.9, jax=0.85),
+               "W4": _cells(numpy=1.0, cython=0.9, numba=0.5)}
+    sgemm = {"W4": {"per_call": 0.855}}
+    pipe = {"cython": {"penalty": 0.05}, "numba": {"penalty": 0.5}}
+    judged = dict(report.targets(results, sgemm, pipe))
+    assert judged["W3 ≥ 1.15× NumPy"] == {"cython": (True, "1.25×"), "numba": (False, "1.11×")}
+    assert judged["W3 ≥ JAX"]["cython"] == (True, "1.06×")
+    assert judged["W3 ≥ JAX"]["numba"][0] is False
+    assert judged["W4 ≥ 95 % of the sgemm rate"]["cython"] == (True, "95 %")
+    # numba "faster than sgemm on the same GEMMs": the sgemm timing was disturbed
+    assert judged["W4 ≥ 95 % of the sgemm rate"]["numba"][0] is None
+    assert judged["pipeline penalty ≤ 10 %"] == {"cython": (True, "+5 %"), "numba": (False, "+50 %")}
+    assert judged["W2 ≥ 1.4× NumPy"]["cython"] == (None, "not run")
+    assert judged["predict-W2 ≥ onnxruntime"]["cython"] == (None, "not run")
