@@ -49,6 +49,37 @@ TRAIN = 0
 GRADIENT = 1
 
 
+# The layout both compiled backends read: an int64 "plan" built by
+# fastmlp.network.Network.plan(cap, ...) for a workspace of ``cap`` rows. Its
+# header fields first, then one row of LAYER_FIELDS per layer from PLAN_HEAD on.
+# Offsets count elements of theta (LAYER_W/B/ALPHA) or of the one flat workspace
+# (WS_*, LAYER_Z/F).
+PLAN_LAYERS = 0       # L
+PLAN_LOSS = 1         # the loss code
+PLAN_FUSED = 2        # 1: the loss gives dE/dz of the output layer (fastmlp.rules.fused_output)
+PLAN_N_PARAMS = 3     # length of theta
+PLAN_WIDEST = 4       # widest layer (units)
+PLAN_FOLD_ROWS = 5    # plain SGD folds into the GEMM up to this batch size (fastmlp.rules)
+PLAN_CAP = 6          # rows the workspace holds
+PLAN_WS_SIZE = 7      # elements of the workspace
+WS_ACT_PARAMS = 8     # (L,) each layer's activation parameter, in the model dtype
+WS_GRAD = 9           # (n_params,) the gradient vector
+WS_XB = 10            # (2, cap, inputs): two halves of gathered input rows
+WS_TB = 11            # (2, cap, outputs): the same for the targets
+WS_D0 = 12            # (cap, widest): dE/df, then delta, of one layer
+WS_D1 = 13            # (cap, widest): the same for the layer below
+PLAN_HEAD = 14
+# A layer's row
+LAYER_N_IN = 0
+LAYER_N_OUT = 1
+LAYER_ACT = 2         # activation code (its parameter: Network.act_params)
+LAYER_W = 3           # W (n_in, n_out) in theta
+LAYER_B = 4           # b (n_out,) in theta
+LAYER_ALPHA = 5       # prelu's alpha (n_out,) in theta, -1 for none
+LAYER_Z = 6           # z (cap, n_out) in the workspace
+LAYER_F = 7           # f (cap, n_out) in the workspace
+LAYER_FIELDS = 8
+
 class UnknownCode(ValueError, KeyError):
     """A code that no table row (or no kernel) has: a ValueError, and a KeyError
     for code that looks codes up in a dict."""

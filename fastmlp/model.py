@@ -130,9 +130,6 @@ class Model:
         # time per model. Readers (predict, evaluate, gradients) do not take it.
         self._lock = threading.RLock()
         self._snapshot = None         # train_on_batch's rollback buffers, allocated on first use
-        # Rows per predict block: about 32 MiB of activations (z and f of every layer).
-        per_row = 2 * int(self.net.dims[1:].sum()) * self.dtype.itemsize
-        self._block_rows = int(min(65536, max(256, (32 << 20) // per_row)))
         self._unit_targets = self.net.loss.output is not None  # cross-entropies: t in [0, 1]
         # The reference backend computes with NumPy, whose overflow warnings become one
         # TrainingDiverged; compiled kernels raise none, so they skip the errstate cost.

@@ -5,13 +5,25 @@ in :meth:`fastmlp.Model.get_weights` order: W1 (in, out) row-major, b1 (out,),
 alpha1 (out,) for a prelu layer, then W2, b2, ... . ``Network.offsets`` says
 where each piece starts, so every backend (NumPy, Numba, Cython) addresses the
 same memory, optimisers update all layers in one pass, and saving is one array.
+
+The layout is built here once, with named fields (the ``PLAN_*``, ``WS_*`` and
+``LAYER_*`` positions of :mod:`fastmlp.codes`, as llm.c's structs name theirs):
+``Network.layer_table`` holds each layer's sizes, activation and offsets in
+theta, and :meth:`Network.plan` adds, for a workspace of ``cap`` rows, where
+every buffer lies in that one flat workspace. Both compiled backends run on
+that plan (Numba reads it as is, Cython fills its Net and Work structs from
+it); neither derives an offset of its own.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import activations as act
-from . import losses
+from . import losses, rules
+from .codes import (LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS, LAYER_N_IN,
+                    LAYER_N_OUT, LAYER_W, LAYER_Z, PLAN_CAP, PLAN_FOLD_ROWS, PLAN_FUSED,
+                    PLAN_HEAD, PLAN_LAYERS, PLAN_LOSS, PLAN_N_PARAMS, PLAN_WIDEST, PLAN_WS_SIZE,
+                    WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD, WS_TB, WS_XB)
 
 # Columns of Network.offsets.
 W_OFF, B_OFF, ALPHA_OFF = range(3)
@@ -58,9 +70,12 @@ class Network:
     """A stack of Dense layers, a loss, and the layout of their flat parameters.
 
     Attributes, all plain arrays so compiled kernels can take them:
+    layer_table int64 (L, LAYER_FIELDS): per layer LAYER_N_IN, LAYER_N_OUT,
+    LAYER_ACT, and LAYER_W, LAYER_B, LAYER_ALPHA (-1 if none), the starts of its
+    pieces in theta (LAYER_Z and LAYER_F are -1 here: :meth:`plan` places them);
     dims int64 (L+1,): input width then each layer's units;
-    act_codes int64 (L,); act_params float64 (L,);
-    offsets int64 (L, 3): start of W, b and alpha (-1 if none) in theta;
+    act_codes int64 (L,): a view of layer_table's LAYER_ACT column; act_params float64 (L,);
+    offsets int64 (L, 3): a view of layer_table's LAYER_W, LAYER_B, LAYER_ALPHA columns;
     n_params: length of theta; loss: the :class:`fastmlp.losses.Loss` row.
     """
 
@@ -85,24 +100,64 @@ class Network:
                              "two classes use Dense(1, activation='sigmoid') with "
                              "loss='binary_cross_entropy', or Dense(2, activation='softmax')")
         self.dims = np.array([int(input_dim)] + [l.units for l in layers], dtype=np.int64)
-        self.act_codes = np.array([l.activation.code for l in layers], dtype=np.int64)
         self.act_params = np.array([l.param for l in layers], dtype=np.float64)
-        self.offsets = np.full((len(layers), 3), -1, dtype=np.int64)
+        table = np.full((len(layers), LAYER_FIELDS), -1, dtype=np.int64)
         shapes, pos = [], 0
         for i, layer in enumerate(layers):
-            n_in, n_out = self.dims[i], self.dims[i + 1]
-            self.offsets[i, W_OFF] = pos
-            shapes.append((int(n_in), int(n_out)))
+            n_in, n_out = int(self.dims[i]), int(self.dims[i + 1])
+            row = table[i]
+            row[LAYER_N_IN], row[LAYER_N_OUT] = n_in, n_out
+            row[LAYER_ACT] = layer.activation.code
+            row[LAYER_W] = pos
+            shapes.append((n_in, n_out))
             pos += n_in * n_out
-            self.offsets[i, B_OFF] = pos
-            shapes.append((int(n_out),))
+            row[LAYER_B] = pos
+            shapes.append((n_out,))
             pos += n_out
             if layer.activation.code == act.PRELU:
-                self.offsets[i, ALPHA_OFF] = pos
-                shapes.append((int(n_out),))
+                row[LAYER_ALPHA] = pos
+                shapes.append((n_out,))
                 pos += n_out
+        self.layer_table = table
+        # Views, not copies: the table stays the one record of codes and offsets.
+        self.act_codes = table[:, LAYER_ACT]
+        self.offsets = table[:, LAYER_W:LAYER_ALPHA + 1]
         self.shapes = shapes
         self.n_params = int(pos)
+
+    def plan(self, cap, fold_rows=0):
+        """The kernels' description of this network with a workspace of ``cap`` rows:
+        int64 (PLAN_HEAD + L * LAYER_FIELDS,), the fields named in fastmlp.codes.
+
+        Header: PLAN_LAYERS, PLAN_LOSS, PLAN_FUSED (:func:`fastmlp.rules.fused_output`),
+        PLAN_N_PARAMS, PLAN_WIDEST, PLAN_FOLD_ROWS (min(``fold_rows``, cap), ``fold_rows``
+        from :func:`fastmlp.rules.sgd_fold_rows`: a folded batch must fit one chunk), PLAN_CAP, PLAN_WS_SIZE and the offsets
+        in the one flat workspace of WS_ACT_PARAMS (L,), WS_GRAD (n_params,),
+        WS_XB (2, cap, inputs), WS_TB (2, cap, outputs), WS_D0 and WS_D1 (cap, widest).
+        Then layer_table's rows, with LAYER_Z and LAYER_F: each layer's z and f
+        (cap, n_out) in the workspace. Built from the current codes and loss.
+        """
+        cap = int(cap)
+        if cap < 1:
+            raise ValueError(f"a workspace needs cap >= 1 rows, got {cap}")
+        n_layers, widest = len(self.layers), int(self.dims[1:].max())
+        plan = np.empty(PLAN_HEAD + LAYER_FIELDS * n_layers, dtype=np.int64)
+        plan[PLAN_LAYERS], plan[PLAN_LOSS] = n_layers, self.loss.code
+        plan[PLAN_FUSED] = rules.fused_output(self.loss)
+        plan[PLAN_N_PARAMS], plan[PLAN_WIDEST] = self.n_params, widest
+        plan[PLAN_FOLD_ROWS], plan[PLAN_CAP] = min(int(fold_rows), cap), cap
+        pos = 0
+        for field, size in ((WS_ACT_PARAMS, n_layers), (WS_GRAD, self.n_params),
+                            (WS_XB, 2 * cap * self.input_dim), (WS_TB, 2 * cap * self.output_dim),
+                            (WS_D0, cap * widest), (WS_D1, cap * widest)):
+            plan[field], pos = pos, pos + size
+        rows = plan[PLAN_HEAD:].reshape(n_layers, LAYER_FIELDS)
+        rows[...] = self.layer_table
+        for row in rows:
+            size = cap * int(row[LAYER_N_OUT])
+            row[LAYER_Z], row[LAYER_F], pos = pos, pos + size, pos + 2 * size
+        plan[PLAN_WS_SIZE] = pos
+        return plan
 
     @property
     def input_dim(self):

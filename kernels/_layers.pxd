@@ -141,7 +141,8 @@ cdef inline int activation_backward(Py_ssize_t rows, Py_ssize_t n, floating* dou
 cdef inline void dense_backward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,
                                 const floating* x, const floating* W, const floating* delta,
                                 floating* dx, floating* gW, floating* gb, bint accumulate,
-                                bint sgd, floating lr, floating* b) noexcept nogil:
+                                bint sgd, floating lr, floating decay,
+                                floating* b) noexcept nogil:
     """Backward through z = x W + b.
 
     x (rows, n_in), W (n_in, n_out), delta = dE/dz (rows, n_out): IN.
@@ -150,8 +151,9 @@ cdef inline void dense_backward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_o
     gb (n_out,): OUT, sum_r delta: OVERWRITTEN, or ACCUMULATED when ``accumulate``.
     sgd false: gW (n_in, n_out) gets x^T delta: OVERWRITTEN, or ACCUMULATED when
     ``accumulate`` (a batch processed in chunks of rows); b is unused.
-    sgd true (plain SGD folded into the GEMM; accumulate must be false): gW is W
-    itself and ACCUMULATES -lr x^T delta, gb is OVERWRITTEN, and b (n_out,) -= lr * gb.
+    sgd true (plain SGD folded into the GEMM, fastmlp.rules.sgd_fold_rows; accumulate
+    must be false): gW is W itself, W <- decay W - lr x^T delta (decay = 1 - lr *
+    weight_decay), gb is OVERWRITTEN, and b (n_out,) <- decay b - lr gb.
     The weight gradient is never materialised.
     """
     cdef Py_ssize_t r, j
@@ -165,10 +167,16 @@ cdef inline void dense_backward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_o
         for j in range(n_out):
             gb[j] += delta[r * n_out + j]
     if sgd:
-        gemm(True, False, <int>n_in, <int>n_out, <int>rows, -lr, x, <int>n_in, delta, <int>n_out,
-             <floating>1, gW, <int>n_out)
-        for j in range(n_out):
-            b[j] -= lr * gb[j]
+        if decay == 1:  # no weight decay: a constant beta lets the small GEMM skip a multiply
+            gemm(True, False, <int>n_in, <int>n_out, <int>rows, -lr, x, <int>n_in, delta,
+                 <int>n_out, <floating>1, gW, <int>n_out)
+            for j in range(n_out):
+                b[j] -= lr * gb[j]
+        else:
+            gemm(True, False, <int>n_in, <int>n_out, <int>rows, -lr, x, <int>n_in, delta,
+                 <int>n_out, decay, gW, <int>n_out)
+            for j in range(n_out):
+                b[j] = decay * b[j] - lr * gb[j]
     else:
         gemm(True, False, <int>n_in, <int>n_out, <int>rows, <floating>1, x, <int>n_in, delta,
              <int>n_out, <floating>1 if accumulate else <floating>0, gW, <int>n_out)

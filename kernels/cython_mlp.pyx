@@ -5,8 +5,9 @@ the GIL released, and :class:`Engine`, their checked Python entry point.
 The per-layer, loss and optimiser kernels are ``cdef inline`` fused-type
 functions in the .pxd files beside this one (_layers, _losses, _optimizers,
 _activations, _blas). Layout and maths are those of the NumPy reference
-(fastmlp.backends.reference): theta is the flat parameter vector addressed by
-``Network.offsets``; every array is row-major. Kernels never check sizes:
+(fastmlp.backends.reference): theta is the flat parameter vector, and theta and
+the workspace are addressed through the plan of fastmlp.network.Network.plan,
+the layout the Numba kernels use too; every array is row-major. Kernels never check sizes:
 :class:`Engine` checks every array it is given before any of them runs.
 
 Each kernel's docstring says which buffers it OVERWRITES and which it
@@ -23,8 +24,11 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
 from _blas cimport SMALL_GEMM, blas_gemm, gemm, small_gemm
-from _codes cimport (BINARY_CROSS_ENTROPY, CROSS_ENTROPY, EPS, LR, MOMENTUM, MSE, N_HYPER,
-                     PRELU, SGD_CODE, WEIGHT_DECAY, compiled_codes)
+from _codes cimport (EPS, LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS, LAYER_N_IN,
+                     LAYER_N_OUT, LAYER_W, LAYER_Z, LR, N_HYPER, PLAN_CAP, PLAN_FOLD_ROWS,
+                     PLAN_FUSED, PLAN_HEAD, PLAN_LAYERS, PLAN_LOSS, PLAN_N_PARAMS, PLAN_WIDEST,
+                     PLAN_WS_SIZE, PRELU, WEIGHT_DECAY, WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD,
+                     WS_TB, WS_XB, compiled_codes)
 from _layers cimport activation_backward, bias_activation_forward, dense_backward, dense_forward
 from _losses cimport loss_forward_backward
 from _optimizers cimport optimizer_update
@@ -91,45 +95,55 @@ cdef inline bint _has(const bint* known, long code) noexcept:
 
 
 # -- whole network ---------------------------------------------------------------
+# Both structs are filled from a plan of fastmlp.network.Network.plan (the layout
+# the Numba kernels run on too): a row of LAYER_FIELDS per layer, fields named in
+# fastmlp.codes. Net's rows come from one plan; a Work's from the plan of its cap,
+# whose LAYER_Z and LAYER_F place each layer's buffers in that Work's workspace.
 
 cdef struct Net:
     int L
     int loss
+    bint fused               # the loss gives dE/dz of the output layer (PLAN_FUSED)
     Py_ssize_t n_params
-    const int64_t* dims      # (L + 1,)
-    const int64_t* codes     # (L,)
-    const double* params     # (L,)
-    const int64_t* offsets   # (L, 3): W, b, alpha (-1 if none)
-    const int64_t* cum       # (L + 1,): start of each layer's columns in the z/f buffers
+    const int64_t* layers    # (L, LAYER_FIELDS): sizes, activation, offsets in theta
+    const double* params     # (L,): each layer's activation parameter
 
 
 cdef struct Work:
-    Py_ssize_t cap           # rows the buffers hold
-    void* z                  # (cap, cum[L]): every layer's x W + b
-    void* f                  # (cap, cum[L]): every layer's output
-    void* d0                 # (cap, widest layer): dE/df, then delta, of one layer
-    void* d1                 # (cap, widest layer): the same for the layer below
-    void* xb                 # (cap, inputs): a mini-batch gathered through perm
-    void* tb                 # (cap, outputs)
-    void* grad               # (n_params,)
+    Py_ssize_t cap           # rows the buffers hold (PLAN_CAP)
+    Py_ssize_t fold_rows     # plain SGD folds into the GEMM up to this batch (PLAN_FOLD_ROWS)
+    const int64_t* layers    # its plan's rows: as Net's, with LAYER_Z and LAYER_F
+    void* ws                 # the one flat workspace its plan lays out
+    void* d0                 # WS_D0 (cap, widest layer): dE/df, then delta, of one layer
+    void* d1                 # WS_D1 (cap, widest layer): the same for the layer below
+    void* xb                 # WS_XB (cap, inputs): a mini-batch gathered through perm
+    void* tb                 # WS_TB (cap, outputs)
+    void* grad               # WS_GRAD (n_params,)
+
+
+cdef inline const int64_t* layer_row(const int64_t* layers, int i) noexcept nogil:
+    """Layer i's row of a plan's layer rows."""
+    return layers + i * LAYER_FIELDS
+
+
+cdef inline const floating* alpha_of(const floating* theta, const int64_t* row) noexcept nogil:
+    """prelu's alpha in theta, or NULL for a layer without one."""
+    return theta + row[LAYER_ALPHA] if row[LAYER_ALPHA] >= 0 else NULL
 
 
 cdef void network_forward(const Net* net, const Work* w, const floating* theta,
                           const floating* x, Py_ssize_t rows) noexcept nogil:
-    """Every layer's z and f for rows (<= w.cap) of x, OVERWRITTEN in w.z and w.f."""
+    """Every layer's z and f for rows (<= w.cap) of x, OVERWRITTEN in w's workspace."""
     cdef int i
-    cdef Py_ssize_t n_in, n_out
     cdef const floating* a = x
-    cdef floating* z
     cdef floating* f
-    cdef const int64_t* off
+    cdef const int64_t* row
     for i in range(net.L):
-        n_in, n_out = net.dims[i], net.dims[i + 1]
-        off = net.offsets + 3 * i
-        z = <floating*>w.z + w.cap * net.cum[i]
-        f = <floating*>w.f + w.cap * net.cum[i]
-        dense_forward(rows, n_in, n_out, a, theta + off[0], theta + off[1], <int>net.codes[i],
-                      <floating>net.params[i], theta + off[2] if off[2] >= 0 else NULL, z, f)
+        row = layer_row(w.layers, i)
+        f = <floating*>w.ws + row[LAYER_F]
+        dense_forward(rows, row[LAYER_N_IN], row[LAYER_N_OUT], a, theta + row[LAYER_W],
+                      theta + row[LAYER_B], <int>row[LAYER_ACT], <floating>net.params[i],
+                      alpha_of(theta, row), <floating*>w.ws + row[LAYER_Z], f)
         a = f
 
 
@@ -153,59 +167,60 @@ cdef inline double sum_squares(Py_ssize_t n, const floating* a) noexcept nogil:
 cdef double network_backward(const Net* net, const Work* w, floating* theta, const floating* x,
                              const floating* t, Py_ssize_t rows, floating scale,
                              bint accumulate, floating* grad, bint sgd,
-                             floating lr, double* norms) noexcept nogil:
+                             floating lr, floating decay, double* norms) noexcept nogil:
     """After network_forward on the same rows: returns the loss SUMMED over the rows.
 
     sgd false: grad (n_params,) gets scale * d(summed loss)/dtheta, OVERWRITTEN, or
     ACCUMULATED when ``accumulate`` (the later chunks of a batch); theta is untouched.
-    sgd true (accumulate false): plain SGD with rate lr is applied to theta layer
-    by layer (each layer's dx computed before its W changes); grad is scratch for
-    b and alpha. scale is 1 / (rows of the whole batch).
+    sgd true (accumulate false): plain SGD with rate lr and decay factor
+    1 - lr * weight_decay is applied to theta layer by layer (each layer's dx
+    computed before its W changes; see fastmlp.rules.sgd_fold_rows); grad is
+    scratch for b and alpha. scale is 1 / (rows of the whole batch).
     norms (L,) or NULL (sgd false; pass it on a batch's last chunk only): each layer's
     ||dE/dW||^2, summed over its finished gW right after the GEMM that wrote it
     (still in cache), is ADDED to norms[i].
     """
     cdef int i, L = net.L
     cdef Py_ssize_t j, n_in, n_out
-    cdef const int64_t* off
+    cdef const int64_t* row = layer_row(w.layers, L - 1)
     cdef floating* dcur = <floating*>w.d0
     cdef floating* dnext = <floating*>w.d1
     cdef floating* tmp
-    cdef floating* z
     cdef floating* alpha
     cdef const floating* xprev
-    cdef bint fused = net.loss == CROSS_ENTROPY or net.loss == BINARY_CROSS_ENTROPY
-    cdef floating* zl = <floating*>w.z + w.cap * net.cum[L - 1]
-    cdef floating* fl = <floating*>w.f + w.cap * net.cum[L - 1]
-    cdef double loss = loss_forward_backward(rows, net.dims[L], net.loss, zl, fl, t, dcur, scale)
+    cdef double loss = loss_forward_backward(rows, row[LAYER_N_OUT], net.loss,
+                                             <floating*>w.ws + row[LAYER_Z],
+                                             <floating*>w.ws + row[LAYER_F], t, dcur, scale)
     for i in range(L - 1, -1, -1):
-        n_in, n_out = net.dims[i], net.dims[i + 1]
-        off = net.offsets + 3 * i
-        alpha = theta + off[2] if off[2] >= 0 else NULL
-        if not (fused and i == L - 1):
-            z = <floating*>w.z + w.cap * net.cum[i]
-            activation_backward(rows, n_out, dcur, z, <floating*>w.f + w.cap * net.cum[i],
-                                <int>net.codes[i], <floating>net.params[i], alpha,
-                                grad + off[2] if alpha != NULL else NULL, accumulate)
+        row = layer_row(w.layers, i)
+        n_in, n_out = row[LAYER_N_IN], row[LAYER_N_OUT]
+        alpha = <floating*>alpha_of(theta, row)
+        if not (net.fused and i == L - 1):  # fused: dcur is already dE/dz
+            activation_backward(rows, n_out, dcur, <floating*>w.ws + row[LAYER_Z],
+                                <floating*>w.ws + row[LAYER_F], <int>row[LAYER_ACT],
+                                <floating>net.params[i], alpha,
+                                grad + row[LAYER_ALPHA] if alpha != NULL else NULL, accumulate)
             if sgd and alpha != NULL:
                 for j in range(n_out):
-                    alpha[j] -= lr * grad[off[2] + j]
-        xprev = x if i == 0 else <floating*>w.f + w.cap * net.cum[i - 1]
-        dense_backward(rows, n_in, n_out, xprev, theta + off[0], dcur,
-                       dnext if i > 0 else NULL, theta + off[0] if sgd else grad + off[0],
-                       grad + off[1], accumulate, sgd, lr, theta + off[1])
+                    alpha[j] = decay * alpha[j] - lr * grad[row[LAYER_ALPHA] + j]
+        xprev = x if i == 0 else <floating*>w.ws + layer_row(w.layers, i - 1)[LAYER_F]
+        dense_backward(rows, n_in, n_out, xprev, theta + row[LAYER_W], dcur,
+                       dnext if i > 0 else NULL,
+                       theta + row[LAYER_W] if sgd else grad + row[LAYER_W],
+                       grad + row[LAYER_B], accumulate, sgd, lr, decay, theta + row[LAYER_B])
         if norms != NULL:
-            norms[i] += sum_squares(n_in * n_out, grad + off[0])
+            norms[i] += sum_squares(n_in * n_out, grad + row[LAYER_W])
         tmp = dcur
         dcur = dnext
         dnext = tmp
     return loss
 
 
-cdef void gather(const Net* net, const Work* w, const floating* X, const floating* T,
-                 const int64_t* perm, Py_ssize_t rows) noexcept nogil:
-    """Rows perm[0:rows] (rows <= w.cap) of X and T, OVERWRITTEN into w.xb and w.tb."""
-    cdef Py_ssize_t r, n_in = net.dims[0], n_out = net.dims[net.L]
+cdef void gather(const Work* w, const floating* X, const floating* T, const int64_t* perm,
+                 Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil:
+    """Rows perm[0:rows] (rows <= w.cap) of X (., n_in) and T (., n_out), OVERWRITTEN
+    into w.xb and w.tb."""
+    cdef Py_ssize_t r
     cdef floating* xb = <floating*>w.xb
     cdef floating* tb = <floating*>w.tb
     for r in range(rows):
@@ -225,7 +240,8 @@ cdef double batch_gradient(const Net* net, const Work* w, floating* theta, const
     ||dE/dW||^2 of the whole batch ADDED (during the last chunk).
     """
     cdef Py_ssize_t start = 0, c
-    cdef Py_ssize_t n_in = net.dims[0], n_out = net.dims[net.L]
+    cdef Py_ssize_t n_in = layer_row(net.layers, 0)[LAYER_N_IN]
+    cdef Py_ssize_t n_out = layer_row(net.layers, net.L - 1)[LAYER_N_OUT]
     cdef const floating* x
     cdef const floating* t
     cdef floating scale = <floating>1 / <floating>rows
@@ -233,12 +249,12 @@ cdef double batch_gradient(const Net* net, const Work* w, floating* theta, const
     while start < rows:
         c = min(w.cap, rows - start)
         if perm != NULL:
-            gather(net, w, X, T, perm + start, c)
+            gather(w, X, T, perm + start, c, n_in, n_out)
             x, t = <floating*>w.xb, <floating*>w.tb
         else:
             x, t = X + start * n_in, T + start * n_out
         network_forward(net, w, theta, x, c)
-        total += network_backward(net, w, theta, x, t, c, scale, start > 0, grad, False, 0,
+        total += network_backward(net, w, theta, x, t, c, scale, start > 0, grad, False, 0, 1,
                                   norms if start + c == rows else NULL)
         start += c
     return total / rows
@@ -250,22 +266,23 @@ cdef double train_batch(const Net* net, const Work* w, floating* theta, const fl
                         int64_t* step, double* norms) noexcept nogil:
     """One update of theta on a batch (as batch_gradient's), IN PLACE; returns the
     loss before it. buffers (2, n_params): the optimiser's state; step (1,) is
-    incremented. Plain SGD on a batch that fits the workspace is folded into the
-    backward pass's weight GEMMs; anything else computes the gradient, then updates.
+    incremented. A batch of at most w.fold_rows rows (fastmlp.rules.sgd_fold_rows:
+    plain SGD, weight decay included) has its update folded into the backward
+    pass's weight GEMMs; anything else computes the gradient, then updates.
     norms (L,) or NULL: each layer's ||dE/dW||^2 ADDED; it turns the fold off, since
     the gradient must then be formed."""
-    cdef bint plain = (code == SGD_CODE and h[MOMENTUM] == 0 and h[WEIGHT_DECAY] == 0
-                       and norms == NULL)
     cdef const floating* x = X
     cdef const floating* t = T
     cdef double loss
-    if plain and rows <= w.cap:
+    if rows <= w.fold_rows and norms == NULL:
         if perm != NULL:
-            gather(net, w, X, T, perm, rows)
+            gather(w, X, T, perm, rows, layer_row(net.layers, 0)[LAYER_N_IN],
+                   layer_row(net.layers, net.L - 1)[LAYER_N_OUT])
             x, t = <floating*>w.xb, <floating*>w.tb
         network_forward(net, w, theta, x, rows)
         loss = network_backward(net, w, theta, x, t, rows, <floating>1 / <floating>rows, False,
-                                <floating*>w.grad, True, <floating>h[LR], NULL) / rows
+                                <floating*>w.grad, True, <floating>h[LR],
+                                <floating>(1 - h[LR] * h[WEIGHT_DECAY]), NULL) / rows
         step[0] += 1
         return loss
     loss = batch_gradient(net, w, theta, X, T, perm, rows, <floating*>w.grad, norms)
@@ -302,20 +319,21 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
     Otherwise (evaluate): out and zl are (chunk, outputs) scratch; returns the
     loss summed over all rows.
     """
-    cdef Py_ssize_t start, rows, n_in, n_out
     cdef int i, L = net.L
-    cdef const int64_t* off
+    cdef Py_ssize_t start = 0, rows, n_out
+    cdef Py_ssize_t n_in = layer_row(net.layers, 0)[LAYER_N_IN]
+    cdef Py_ssize_t k_out = layer_row(net.layers, L - 1)[LAYER_N_OUT]
+    cdef const int64_t* row
     cdef const floating* a
     cdef floating* z
     cdef floating* f
     cdef double total = 0
-    start = 0
     while start < n:
         rows = min(chunk, n - start)
-        a = X + start * net.dims[0]
+        a = X + start * n_in
         for i in range(L):
-            n_in, n_out = net.dims[i], net.dims[i + 1]
-            off = net.offsets + 3 * i
+            row = layer_row(net.layers, i)
+            n_out = row[LAYER_N_OUT]
             if i < L - 1:
                 z = p0 if i % 2 == 0 else p1
                 f = z
@@ -325,14 +343,13 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
             else:
                 z = zl
                 f = out
-            dense_forward(rows, n_in, n_out, a, theta + off[0], theta + off[1],
-                          <int>net.codes[i], <floating>net.params[i],
-                          theta + off[2] if off[2] >= 0 else NULL, z, f)
+            dense_forward(rows, row[LAYER_N_IN], n_out, a, theta + row[LAYER_W],
+                          theta + row[LAYER_B], <int>row[LAYER_ACT], <floating>net.params[i],
+                          alpha_of(theta, row), z, f)
             a = f
         if T != NULL:
-            total += loss_forward_backward(rows, net.dims[L], net.loss, zl, out,
-                                           T + start * net.dims[L], <floating*>NULL,
-                                           <floating>0)
+            total += loss_forward_backward(rows, k_out, net.loss, zl, out, T + start * k_out,
+                                           <floating*>NULL, <floating>0)
         start += chunk
     return total
 
@@ -342,11 +359,6 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
 cdef int _C_ALIGNED = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
 cdef int _WRITABLE = _C_ALIGNED | cnp.NPY_ARRAY_WRITEABLE
 cdef Py_ssize_t _INT_MAX = 2147483647  # BLAS takes 32-bit sizes
-# Rows of the training workspace: bigger batches are processed in chunks of this
-# many rows (their gradient accumulated), so memory stays bounded (the Numba
-# backend's MAX_ROWS, for the same reason).
-cdef Py_ssize_t _MAX_ROWS = 1024
-MAX_ROWS = _MAX_ROWS  # for Python readers and tests
 
 
 cdef object _aligned(object obj):
@@ -388,21 +400,26 @@ cdef char* _array(object obj, int typenum, Py_ssize_t d0, Py_ssize_t d1, bint wr
 cdef class Engine:
     """Compiled network of one dtype with its training workspace.
 
-    Engine(dims, act_codes, act_params, offsets, loss_code, n_params, dtype) takes
-    the arrays of a fastmlp.network.Network. Every method checks its arrays'
-    dtype, layout and shape before any kernel runs (unaligned inputs X, T and
-    perm are copied). The workspace holds at most MAX_ROWS rows (bigger batches
-    go through it in chunks) and is reused. train_step and train_epoch hold a
-    per-engine lock around it; loss_and_gradient uses it when the lock is free
-    and a workspace of its own otherwise; predict and evaluate allocate their
-    own buffers. So predict, evaluate and loss_and_gradient may run from many
-    threads at once, each giving the single-thread result bit for bit.
+    Engine(net, dtype, train_rows, predict_rows, fold_rows) takes a
+    fastmlp.network.Network and the rules of fastmlp.rules: its Net and every
+    Work are filled from ``net.plan(cap, fold_rows)``, the layout the Numba
+    kernels run on too. The plan is checked once per workspace, every method
+    checks its arrays' dtype, layout and shape before any kernel runs (unaligned
+    inputs X, T and perm are copied). The workspace holds at most ``train_rows``
+    rows (bigger batches go through it in chunks) and is reused; predict and
+    evaluate take ``predict_rows`` rows at a time. train_step and train_epoch
+    hold a per-engine lock around the workspace; loss_and_gradient uses it when
+    the lock is free and a workspace of its own otherwise; predict and evaluate
+    allocate their own buffers. So predict, evaluate and loss_and_gradient may run
+    from many threads at once, each giving the single-thread result bit for bit.
     """
     cdef Net net
     cdef Work work
     cdef readonly object dtype
+    cdef readonly Py_ssize_t train_rows, predict_rows, fold_rows
     cdef int typenum
-    cdef Py_ssize_t widest, itemsize
+    cdef Py_ssize_t widest, itemsize, n_in, n_out
+    cdef object _network   # the fastmlp.network.Network whose plans fill the structs
     cdef object _keep      # arrays that Net points into
     cdef object _bufs      # arrays that Work points into
     cdef PyThread_type_lock lock
@@ -416,31 +433,13 @@ cdef class Engine:
         if self.lock != NULL:
             PyThread_free_lock(self.lock)
 
-    def __init__(self, dims, act_codes, act_params, offsets, int loss_code, Py_ssize_t n_params,
-                 dtype):
+    def __init__(self, net, dtype, Py_ssize_t train_rows, Py_ssize_t predict_rows,
+                 Py_ssize_t fold_rows):
         if self.net.L:
             raise RuntimeError("an Engine is initialised once")  # kernels may be running on it
-        # Copies: the kernels read these for the Engine's life, checked once here.
-        dims = np.array(dims, dtype=np.int64, order="C")
-        L = len(dims) - 1
-        codes = np.array(act_codes, dtype=np.int64, order="C")
-        params = np.array(act_params, dtype=np.float64, order="C")
-        offsets = np.array(offsets, dtype=np.int64, order="C")
-        if L < 1 or codes.shape != (L,) or params.shape != (L,) or offsets.shape != (L, 3):
-            raise ValueError("dims, act_codes, act_params and offsets disagree on the layer count")
-        if dims.min() < 1 or dims.max() > _INT_MAX:
-            raise ValueError(f"layer widths must be in [1, 2**31), got {dims.tolist()}")
-        for c in codes:
-            if not _has(_known_activation, c):
-                raise ValueError(f"unknown activation code {c}: the Cython kernels have no "
-                                 f"section for it (known: {known_codes()['activation']})")
-        if not _has(_known_loss, loss_code):
-            raise ValueError(f"unknown loss code {loss_code}: the Cython kernels have no "
-                             f"section for it (known: {known_codes()['loss']})")
-        sizes = np.stack([dims[:L] * dims[1:], dims[1:], dims[1:]], axis=1)
-        if (offsets[:, :2].min() < 0 or (offsets + sizes).max() > n_params
-                or ((offsets[:, 2] >= 0) != (codes == PRELU)).any()):
-            raise ValueError("parameter offsets fall outside theta")
+        if train_rows < 1 or predict_rows < 1:
+            raise ValueError(f"train_rows and predict_rows must be >= 1, got {train_rows} "
+                             f"and {predict_rows}")
         self.dtype = np.dtype(dtype)
         self.itemsize = self.dtype.itemsize
         if self.dtype == np.float32:
@@ -449,45 +448,90 @@ cdef class Engine:
             self.typenum = cnp.NPY_FLOAT64
         else:
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
-        cum = np.zeros(L + 1, dtype=np.int64)
-        cum[1:] = np.cumsum(dims[1:])
-        self._keep = (dims, codes, params, offsets, cum)
+        self._network = net
+        self.train_rows, self.predict_rows, self.fold_rows = train_rows, predict_rows, fold_rows
+        # Copies: the kernels read these for the Engine's life, checked once here.
+        plan = self._plan(1)
+        params = np.array(net.act_params, dtype=np.float64, order="C")
+        L = int(plan[PLAN_LAYERS])
+        if params.shape != (L,):
+            raise ValueError(f"act_params has shape {params.shape}, the plan {L} layers")
+        rows = plan[PLAN_HEAD:].reshape(L, LAYER_FIELDS)
+        self._keep = (plan, params)
         self.net.L = L
-        self.net.loss = loss_code
-        self.net.n_params = n_params
-        self.net.dims = <int64_t*>cnp.PyArray_DATA(dims)
-        self.net.codes = <int64_t*>cnp.PyArray_DATA(codes)
+        self.net.loss = <int>plan[PLAN_LOSS]
+        self.net.fused = plan[PLAN_FUSED] != 0
+        self.net.n_params = plan[PLAN_N_PARAMS]
+        self.net.layers = <int64_t*>cnp.PyArray_DATA(plan) + PLAN_HEAD
         self.net.params = <double*>cnp.PyArray_DATA(params)
-        self.net.offsets = <int64_t*>cnp.PyArray_DATA(offsets)
-        self.net.cum = <int64_t*>cnp.PyArray_DATA(cum)
-        self.widest = int(dims[1:].max())
+        self.widest = plan[PLAN_WIDEST]
+        self.n_in, self.n_out = rows[0, LAYER_N_IN], rows[L - 1, LAYER_N_OUT]
         self.work.cap = 0
         self._reserve(1)
 
+    cdef object _plan(self, Py_ssize_t cap):
+        """net.plan(cap, fold_rows) as a C-contiguous int64 copy, checked: sizes that
+        chain, known codes, pieces inside theta and buffers inside the workspace."""
+        plan = np.array(self._network.plan(cap, self.fold_rows), dtype=np.int64, order="C")
+        if plan.ndim != 1 or len(plan) < PLAN_HEAD + LAYER_FIELDS:
+            raise ValueError("the plan has no layer")
+        L = int(plan[PLAN_LAYERS])
+        if L < 1 or len(plan) != PLAN_HEAD + L * LAYER_FIELDS:
+            raise ValueError(f"the plan's length {len(plan)} does not hold {L} layers")
+        rows = plan[PLAN_HEAD:].reshape(L, LAYER_FIELDS)
+        n_in, n_out = rows[:, LAYER_N_IN], rows[:, LAYER_N_OUT]
+        if min(n_in.min(), n_out.min()) < 1 or max(n_in.max(), n_out.max()) > _INT_MAX:
+            raise ValueError(f"layer widths must be in [1, 2**31), got {n_in.tolist()} -> "
+                             f"{n_out.tolist()}")
+        if (n_in[1:] != n_out[:-1]).any():
+            raise ValueError("a layer's inputs differ from the previous layer's outputs")
+        if plan[PLAN_WIDEST] != n_out.max() or plan[PLAN_CAP] != cap:
+            raise ValueError("the plan's widest layer or capacity is wrong")
+        for c in rows[:, LAYER_ACT]:
+            if not _has(_known_activation, c):
+                raise ValueError(f"unknown activation code {c}: the Cython kernels have no "
+                                 f"section for it (known: {known_codes()['activation']})")
+        if not _has(_known_loss, plan[PLAN_LOSS]):
+            raise ValueError(f"unknown loss code {plan[PLAN_LOSS]}: the Cython kernels have no "
+                             f"section for it (known: {known_codes()['loss']})")
+        pieces = np.stack([n_in * n_out, n_out, n_out], axis=1)
+        at = rows[:, LAYER_W:LAYER_ALPHA + 1]
+        has_alpha = at[:, 2] >= 0
+        if (at[:, :2].min() < 0 or (at + pieces).max() > plan[PLAN_N_PARAMS]
+                or (has_alpha != (rows[:, LAYER_ACT] == PRELU)).any()):
+            raise ValueError("parameter offsets fall outside theta")
+        buffers = [(plan[WS_ACT_PARAMS], L), (plan[WS_GRAD], plan[PLAN_N_PARAMS]),
+                   (plan[WS_XB], 2 * cap * n_in[0]), (plan[WS_TB], 2 * cap * n_out[-1]),
+                   (plan[WS_D0], cap * n_out.max()), (plan[WS_D1], cap * n_out.max())]
+        buffers += [(z, cap * k) for z, k in zip(rows[:, LAYER_Z], n_out)]
+        buffers += [(f, cap * k) for f, k in zip(rows[:, LAYER_F], n_out)]
+        if min(s for s, _ in buffers) < 0 or max(s + k for s, k in buffers) > plan[PLAN_WS_SIZE]:
+            raise ValueError("workspace offsets fall outside the workspace")
+        return plan
+
     cdef object _new_work(self, Work* w, Py_ssize_t rows):
-        """Fill w with buffers for batches (or chunks) of min(rows, MAX_ROWS) rows;
-        returns the arrays it points into, which must outlive its use."""
-        rows = min(rows, _MAX_ROWS)
-        cdef const int64_t* dims = self.net.dims
-        z = np.empty(rows * self.net.cum[self.net.L], dtype=self.dtype)
-        f = np.empty_like(z)
-        d = np.empty(2 * rows * self.widest, dtype=self.dtype)
-        xb = np.empty(rows * dims[0], dtype=self.dtype)
-        tb = np.empty(rows * dims[self.net.L], dtype=self.dtype)
-        grad = np.empty(self.net.n_params, dtype=self.dtype)
-        w.z = cnp.PyArray_DATA(z)
-        w.f = cnp.PyArray_DATA(f)
-        w.d0 = cnp.PyArray_DATA(d)
-        w.d1 = <char*>cnp.PyArray_DATA(d) + rows * self.widest * self.itemsize
-        w.xb = cnp.PyArray_DATA(xb)
-        w.tb = cnp.PyArray_DATA(tb)
-        w.grad = cnp.PyArray_DATA(grad)
-        w.cap = rows
-        return (z, f, d, xb, tb, grad)
+        """Fill w with a workspace for batches (or chunks) of min(rows, train_rows) rows,
+        laid out by its plan; returns the arrays it points into, which must outlive its use."""
+        cdef Py_ssize_t cap = max(1, min(rows, self.train_rows))
+        plan = self._plan(cap)
+        cdef const int64_t* p = <int64_t*>cnp.PyArray_DATA(<cnp.ndarray>plan)
+        ws = np.empty(p[PLAN_WS_SIZE], dtype=self.dtype)
+        cdef char* base = <char*>cnp.PyArray_DATA(<cnp.ndarray>ws)
+        cdef Py_ssize_t size = self.itemsize
+        w.ws = base
+        w.d0 = base + p[WS_D0] * size
+        w.d1 = base + p[WS_D1] * size
+        w.xb = base + p[WS_XB] * size
+        w.tb = base + p[WS_TB] * size
+        w.grad = base + p[WS_GRAD] * size
+        w.layers = p + PLAN_HEAD
+        w.fold_rows = p[PLAN_FOLD_ROWS]
+        w.cap = cap
+        return (plan, ws)
 
     cdef int _reserve(self, Py_ssize_t rows) except -1:
-        """Grow the shared workspace (lock held) to min(rows, MAX_ROWS) rows; it never shrinks."""
-        if min(rows, _MAX_ROWS) > self.work.cap:
+        """Grow the shared workspace (lock held) to min(rows, train_rows) rows; it never shrinks."""
+        if min(rows, self.train_rows) > self.work.cap:
             self._bufs = self._new_work(&self.work, rows)
         return 0
 
@@ -497,10 +541,33 @@ cdef class Engine:
                 PyThread_acquire_lock(self.lock, WAIT_LOCK)
 
     cdef Py_ssize_t _rows(self, object X, object T) except -1:
-        _array(X, self.typenum, -1, self.net.dims[0], False, "X")
+        _array(X, self.typenum, -1, self.n_in, False, "X")
         cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>X)[0]
-        _array(T, self.typenum, n, self.net.dims[self.net.L], False, "T")
+        _array(T, self.typenum, n, self.n_out, False, "T")
         return n
+
+    def layout(self):
+        """What the Net and shared Work structs hold, read back from them (for tests):
+        {"net": the Net's header fields by PLAN_* name and "layers" (L, LAYER_FIELDS),
+        "work": the Work's PLAN_CAP, PLAN_FOLD_ROWS, WS_* offsets (elements from the
+        workspace's start) and "layers" (L, LAYER_FIELDS)}."""
+        cdef Py_ssize_t i, size = self.itemsize
+        cdef char* base = <char*>self.work.ws
+        L = self.net.L
+        net_rows = np.array([self.net.layers[i] for i in range(L * LAYER_FIELDS)], dtype=np.int64)
+        work_rows = np.array([self.work.layers[i] for i in range(L * LAYER_FIELDS)], dtype=np.int64)
+        return {
+            "net": {"PLAN_LAYERS": L, "PLAN_LOSS": self.net.loss, "PLAN_FUSED": int(self.net.fused),
+                    "PLAN_N_PARAMS": self.net.n_params, "PLAN_WIDEST": self.widest,
+                    "layers": net_rows.reshape(L, LAYER_FIELDS)},
+            "work": {"PLAN_CAP": self.work.cap, "PLAN_FOLD_ROWS": self.work.fold_rows,
+                     "WS_D0": (<char*>self.work.d0 - base) // size,
+                     "WS_D1": (<char*>self.work.d1 - base) // size,
+                     "WS_XB": (<char*>self.work.xb - base) // size,
+                     "WS_TB": (<char*>self.work.tb - base) // size,
+                     "WS_GRAD": (<char*>self.work.grad - base) // size,
+                     "layers": work_rows.reshape(L, LAYER_FIELDS)},
+        }
 
     def train_step(self, theta, state, X, T):
         """One optimiser step on (X, T); theta and state updated in place. Returns the
@@ -623,34 +690,34 @@ cdef class Engine:
                 PyThread_release_lock(self.lock)
         return loss
 
-    def predict(self, theta, X, Py_ssize_t chunk=256):
-        """Outputs (n, outputs), a new array; X processed ``chunk`` rows at a time."""
-        return self._infer(theta, _aligned(X), None, chunk)
+    def predict(self, theta, X, out=None):
+        """The outputs of X (n, inputs): ``out`` (n, outputs), OVERWRITTEN and returned
+        (a new array when None); X processed ``predict_rows`` rows at a time."""
+        return self._infer(theta, _aligned(X), None, out)
 
-    def evaluate(self, theta, X, T, Py_ssize_t chunk=256):
-        """Mean loss over (X, T), computed ``chunk`` rows at a time."""
-        return self._infer(theta, _aligned(X), _aligned(T), chunk)
+    def evaluate(self, theta, X, T):
+        """Mean loss over (X, T), computed ``predict_rows`` rows at a time."""
+        return self._infer(theta, _aligned(X), _aligned(T), None)
 
-    cdef object _infer(self, theta, X, T, Py_ssize_t chunk):
+    cdef object _infer(self, theta, X, T, out):
         cdef char* th = _array(theta, self.typenum, self.net.n_params, -1, False, "theta")
-        cdef char* x = _array(X, self.typenum, -1, self.net.dims[0], False, "X")
+        cdef char* x = _array(X, self.typenum, -1, self.n_in, False, "X")
         cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>X)[0]
-        cdef Py_ssize_t n_out = self.net.dims[self.net.L]
+        cdef Py_ssize_t n_out = self.n_out
+        cdef Py_ssize_t chunk = min(self.predict_rows, n)
         cdef char* t = NULL
         if T is not None:
             t = _array(T, self.typenum, n, n_out, False, "T")
-        if chunk < 1:
-            raise ValueError(f"chunk must be >= 1, got {chunk}")
-        chunk = min(chunk, n)
-        # Per-call buffers, so concurrent calls share nothing mutable.
-        scratch = np.empty(2 * chunk * self.widest, dtype=self.dtype)
-        if T is None:
+            out = np.empty(2 * chunk * n_out, dtype=self.dtype)  # the last layer's z and f
+        elif out is None:
             out = np.empty((n, n_out), dtype=self.dtype)
         else:
-            out = np.empty(2 * chunk * n_out, dtype=self.dtype)
+            _array(out, self.typenum, n, n_out, True, "out")
+        # Per-call buffers, so concurrent calls share nothing mutable.
+        scratch = np.empty(2 * chunk * self.widest, dtype=self.dtype)
         cdef char* p0 = <char*>cnp.PyArray_DATA(scratch)
         cdef char* p1 = p0 + chunk * self.widest * self.itemsize
-        cdef char* o = <char*>cnp.PyArray_DATA(out)
+        cdef char* o = <char*>cnp.PyArray_DATA(<cnp.ndarray>out)
         cdef char* zl = o + chunk * n_out * self.itemsize  # evaluate only
         cdef double total
         with nogil:

@@ -1,17 +1,18 @@
 """Whole-network Numba kernels: one compiled call per train step, epoch, gradient or prediction.
 
-The network is described to the kernels by ``plan`` (int64, built once per
-model by :func:`build_plan`: sizes, activation codes, offsets into ``theta``
-and into the workspace). Training uses ONE flat workspace ``ws`` per model:
-the activation parameters, a gradient vector, two gather buffers for the rows
-of a batch, every layer's Z and A (cap, units) and two ping-pong gradient
-buffers (cap, widest layer). Nothing is allocated per step.
+The network is described to the kernels by ``plan``, the int64 layout that
+:meth:`fastmlp.network.Network.plan` builds (fields named in fastmlp.codes:
+sizes, activation codes, offsets into ``theta`` and into the workspace, and
+the rules of fastmlp.rules). Training uses ONE flat workspace ``ws`` per model,
+laid out by that plan: the activation parameters, a gradient vector, two gather
+buffers for the rows of a batch, every layer's Z and A (cap, units) and two
+ping-pong gradient buffers (cap, widest layer). Nothing is allocated per step.
 
 Every training entry point runs :func:`run`, one loop over batches and row
 chunks of at most ``cap`` rows: a batch larger than that accumulates its
-gradient chunk by chunk; a batch that fits gets plain SGD folded into the
-weight-gradient GEMM (unless per-layer gradient norms are asked for: those
-need the gradient formed). ``predict`` and ``evaluate`` allocate their own small
+gradient chunk by chunk; a batch of at most plan[PLAN_FOLD_ROWS] rows gets plain
+SGD folded into the weight-gradient GEMM (unless per-layer gradient norms are
+asked for: those need the gradient formed). ``predict`` and ``evaluate`` allocate their own small
 buffers per call, so they are safe to run from several threads at once; ``run``
 and ``train_step`` write into the workspace they are given, so concurrent calls
 need workspaces of their own (the backend sees to it).
@@ -26,60 +27,43 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from fastmlp.codes import (ADAM_CODE, BETA1, BETA2, EPS, GRADIENT, LR, MOMENTUM, NESTEROV,
-                           SGD_CODE, TRAIN, WEIGHT_DECAY)
+from fastmlp.codes import (ADAM_CODE, BETA1, BETA2, EPS, GRADIENT, LAYER_ACT, LAYER_ALPHA,
+                           LAYER_B, LAYER_F, LAYER_FIELDS, LAYER_N_IN, LAYER_N_OUT, LAYER_W,
+                           LAYER_Z, LINEAR, LR, MOMENTUM, NESTEROV, PLAN_CAP, PLAN_FOLD_ROWS,
+                           PLAN_FUSED, PLAN_HEAD, PLAN_LAYERS, PLAN_LOSS, PLAN_N_PARAMS,
+                           PLAN_WIDEST, PLAN_WS_SIZE, SGD_CODE, TRAIN, WEIGHT_DECAY,
+                           WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD, WS_TB, WS_XB)
 
 from .numba_layers import (adam_update, dense_backward, dense_forward, loss_forward_backward,
-                           loss_value, output_code, sgd_update)
+                           loss_value, sgd_update)
 from .numba_math import ENTRY, INLINE, KERNEL
 from .numba_views import borrow, matrix
 
-# plan header, then one row of _ROW entries per layer
-_L, _LOSS, _CAP, _NPARAMS, _FP, _GRAD, _XB, _TB, _G0, _G1, _HEAD = range(11)
-_NIN, _NOUT, _CODE, _W, _B, _ALPHA, _Z, _A, _ROW = range(9)
 
-
-def build_plan(dims, act_codes, offsets, loss_code, n_params, cap):
-    """(plan int64, workspace length) for a network trained ``cap`` rows at a time.
-
-    dims (L+1,), act_codes (L,), offsets (L, 3) as in :class:`fastmlp.network.Network`.
-    """
-    dims = [int(d) for d in dims]
-    n_layers = len(act_codes)
-    plan = np.zeros(_HEAD + _ROW * n_layers, dtype=np.int64)
-    sizes = {_FP: n_layers, _GRAD: n_params, _XB: 2 * cap * dims[0], _TB: 2 * cap * dims[-1],
-             _G0: cap * max(dims[1:]), _G1: cap * max(dims[1:])}
-    pos = 0
-    for key, size in sizes.items():
-        plan[key], pos = pos, pos + size
-    plan[[_L, _LOSS, _CAP, _NPARAMS]] = n_layers, loss_code, cap, n_params
-    for l in range(n_layers):
-        row = _HEAD + _ROW * l
-        plan[row + _NIN], plan[row + _NOUT], plan[row + _CODE] = dims[l], dims[l + 1], act_codes[l]
-        plan[row + _W: row + _ALPHA + 1] = offsets[l]
-        plan[row + _Z], plan[row + _A] = pos, pos + cap * dims[l + 1]
-        pos += 2 * cap * dims[l + 1]
-    return plan, pos
-
-
-def new_workspace(net, dtype, cap):
+def new_workspace(net, dtype, cap, fold_rows=0):
     """(plan, ws, grad) for ``net`` (a :class:`fastmlp.network.Network`) trained at most
-    ``cap`` rows at a time: ws holds the activation parameters and every buffer;
-    grad (p,) is its gradient vector, a view of ws."""
-    plan, size = build_plan(net.dims, net.act_codes, net.offsets, net.loss.code,
-                            net.n_params, cap)
-    ws = np.zeros(size, dtype=dtype)
-    fp, grad = plan[_FP], plan[_GRAD]
+    ``cap`` rows at a time: plan = net.plan(cap, fold_rows); ws, laid out by it, holds
+    the activation parameters and every buffer; grad (p,) is its gradient vector, a
+    view of ws."""
+    plan = net.plan(cap, fold_rows)
+    ws = np.zeros(plan[PLAN_WS_SIZE], dtype=dtype)
+    fp, grad = plan[WS_ACT_PARAMS], plan[WS_GRAD]
     ws[fp:fp + len(net.act_params)] = net.act_params
     return plan, ws, ws[grad:grad + net.n_params]
 
 
 @njit(**INLINE)
+def _row(l):
+    """Start of layer l's row in a plan."""
+    return PLAN_HEAD + LAYER_FIELDS * l
+
+
+@njit(**INLINE)
 def _params(theta, plan, l):
     """Views of layer l's W (k_in, k), b (k,) and alpha (k,), or (0,) if it has none."""
-    row = _HEAD + _ROW * l
-    k_in, k = plan[row + _NIN], plan[row + _NOUT]
-    w, b, a = plan[row + _W], plan[row + _B], plan[row + _ALPHA]
+    row = _row(l)
+    k_in, k = plan[row + LAYER_N_IN], plan[row + LAYER_N_OUT]
+    w, b, a = plan[row + LAYER_W], plan[row + LAYER_B], plan[row + LAYER_ALPHA]
     alpha = theta[a:a + k] if a >= 0 else theta[0:0]
     return matrix(theta, w, k_in, k), theta[b:b + k], alpha
 
@@ -107,36 +91,38 @@ def _chunk(theta, grad, X, T, ws, plan, scale, beta, lr, decay, norms, last):
     after the GEMM that finishes gW_l, while it is still in cache.
     """
     n = X.shape[0]
-    n_layers, loss, fp = plan[_L], plan[_LOSS], plan[_FP]
+    n_layers, loss, fp = plan[PLAN_LAYERS], plan[PLAN_LOSS], plan[WS_ACT_PARAMS]
     inp = X
     for l in range(n_layers):
-        row = _HEAD + _ROW * l
-        k = plan[row + _NOUT]
+        row = _row(l)
+        k = plan[row + LAYER_N_OUT]
         W, b, alpha = _params(theta, plan, l)
-        A = matrix(ws, plan[row + _A], n, k)
-        dense_forward(inp, W, b, alpha, matrix(ws, plan[row + _Z], n, k), A,
-                      plan[row + _CODE], ws[fp + l])
+        A = matrix(ws, plan[row + LAYER_F], n, k)
+        dense_forward(inp, W, b, alpha, matrix(ws, plan[row + LAYER_Z], n, k), A,
+                      plan[row + LAYER_ACT], ws[fp + l])
         inp = A
-    row = _HEAD + _ROW * (n_layers - 1)
-    k = plan[row + _NOUT]
-    D = matrix(ws, plan[_G0], n, k)
-    total = loss_forward_backward(matrix(ws, plan[row + _Z], n, k), inp, T, loss, scale, D)
+    row = _row(n_layers - 1)
+    k = plan[row + LAYER_N_OUT]
+    D = matrix(ws, plan[WS_D0], n, k)
+    total = loss_forward_backward(matrix(ws, plan[row + LAYER_Z], n, k), inp, T, loss, scale, D)
     gbuf = 0
     for l in range(n_layers - 1, -1, -1):
-        row = _HEAD + _ROW * l
-        k_in, k = plan[row + _NIN], plan[row + _NOUT]
-        code, p = plan[row + _CODE], ws[fp + l]
-        if l == n_layers - 1 and code != output_code(loss, code):
-            code, p = output_code(loss, code), X.dtype.type(1.0)
-        inp = X if l == 0 else matrix(ws, plan[row - _ROW + _A], n, k_in)
-        dX = matrix(ws, plan[_G0 + 1 - gbuf], n if l > 0 else 0, k_in)
+        row = _row(l)
+        k_in, k = plan[row + LAYER_N_IN], plan[row + LAYER_N_OUT]
+        code, p = plan[row + LAYER_ACT], ws[fp + l]
+        if l == n_layers - 1 and plan[PLAN_FUSED]:
+            # D is already dE/dz (fastmlp.rules.fused_output): LINEAR with p = 1 is
+            # the identity, and still sums the bias gradient
+            code, p = LINEAR, X.dtype.type(1.0)
+        inp = X if l == 0 else matrix(ws, plan[_row(l - 1) + LAYER_F], n, k_in)
+        dX = matrix(ws, plan[WS_D1 if gbuf == 0 else WS_D0], n if l > 0 else 0, k_in)
         W, b, alpha = _params(theta, plan, l)
         gW, gb, galpha = _params(grad, plan, l)
-        dense_backward(inp, W, b, alpha, matrix(ws, plan[row + _Z], n, k),
-                       matrix(ws, plan[row + _A], n, k), D, dX, code, p,
+        dense_backward(inp, W, b, alpha, matrix(ws, plan[row + LAYER_Z], n, k),
+                       matrix(ws, plan[row + LAYER_F], n, k), D, dX, code, p,
                        gW, gb, galpha, beta, lr, decay)
         if last:
-            w = plan[row + _W]
+            w = plan[row + LAYER_W]
             norms[l] += _sum_squares(grad[w:w + k_in * k])
         D, gbuf = dX, 1 - gbuf
     return total
@@ -159,9 +145,9 @@ def _update(theta, grad, bufs, hyper, step, opt):
 @njit(**INLINE)
 def _gather(X, T, perm, start, stop, ws, plan, half):
     """Rows perm[start:stop] of X and T into gather buffer ``half`` (0 or 1)."""
-    k_in, k_out, cap = X.shape[1], T.shape[1], plan[_CAP]
-    xb = matrix(ws, plan[_XB] + half * cap * k_in, stop - start, k_in)
-    tb = matrix(ws, plan[_TB] + half * cap * k_out, stop - start, k_out)
+    k_in, k_out, cap = X.shape[1], T.shape[1], plan[PLAN_CAP]
+    xb = matrix(ws, plan[WS_XB] + half * cap * k_in, stop - start, k_in)
+    tb = matrix(ws, plan[WS_TB] + half * cap * k_out, stop - start, k_out)
     for i in range(stop - start):
         r = perm[start + i]
         for j in range(k_in):
@@ -183,7 +169,9 @@ def run(theta, grad, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan, m
     norms: float64 (n_layers,) or (0,) for none (one type, so one compilation
     serves both). Given, each batch ADDS ||dE/dW_l||^2 of its mean loss (before
     weight decay) to norms[l], and plain SGD is not folded into the GEMM: the
-    same updates as without norms, up to that fold's rounding.
+    same updates as without norms, up to that fold's rounding. Otherwise a batch
+    of at most plan[PLAN_FOLD_ROWS] rows (fastmlp.rules.sgd_fold_rows) has its plain
+    SGD update, weight decay included, folded into the weight-gradient GEMMs.
     The backend calls this directly for epochs and gradients: each thin @njit
     wrapper around it costs a second of LLVM at first compile. An unknown mode,
     or optimiser code in mode TRAIN, raises ValueError before any work.
@@ -198,7 +186,7 @@ def run(theta, grad, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan, m
     norms = borrow(norms)
     want_norms = norms.shape[0] > 0
     gather = perm.shape[0] > 0
-    n, cap = perm.shape[0] if gather else X.shape[0], plan[_CAP]
+    n, cap = perm.shape[0] if gather else X.shape[0], plan[PLAN_CAP]
     total = 0.0
     # Rows are gathered one chunk ahead, into the other half of the gather buffer:
     # reading rows just written stalls on store-to-load forwarding (that cost a
@@ -210,8 +198,7 @@ def run(theta, grad, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan, m
     bstart = 0
     while bstart < n:
         bstop = min(bstart + batch_size, n)
-        fold = (mode == TRAIN and opt == SGD_CODE and hyper[MOMENTUM] == 0
-                and bstop - bstart <= cap and not want_norms)
+        fold = mode == TRAIN and bstop - bstart <= plan[PLAN_FOLD_ROWS] and not want_norms
         lr = hyper[LR] if fold else 0.0
         decay = 1.0 - lr * hyper[WEIGHT_DECAY] if fold else 1.0
         cstart = bstart
@@ -243,7 +230,7 @@ def train_step(theta, X, T, bufs, hyper, step, opt, ws, plan):
     """One optimiser step on X (n, k_0), T (n, k_L), in place on theta (p,), bufs (2, p)
     and step (1,); returns the mean loss before it. opt: SGD_CODE or ADAM_CODE,
     hyper: float64 (7,) as in OptimizerState."""
-    grad = ws[plan[_GRAD]:plan[_GRAD] + plan[_NPARAMS]]
+    grad = ws[plan[WS_GRAD]:plan[WS_GRAD] + plan[PLAN_N_PARAMS]]
     # int(): a literal argument would compile run once more, for that constant;
     # hyper[0:0] types as the backend's empty norms array, for the same reason
     return run(theta, grad, X, T, plan[0:0], X.shape[0], bufs, hyper, step, opt, ws, plan,
@@ -259,43 +246,34 @@ def _forward_rows(theta, X, plan, fparams, buf, out, zout):
     """
     theta, X, plan, fparams = borrow(theta), borrow(X), borrow(plan), borrow(fparams)
     buf, out, zout = borrow(buf), borrow(out), borrow(zout)
-    n, n_layers = X.shape[0], plan[_L]
+    n, n_layers = X.shape[0], plan[PLAN_LAYERS]
     third = buf.shape[0] // 3
     inp = X
     for l in range(n_layers):
-        row = _HEAD + _ROW * l
-        k = plan[row + _NOUT]
+        row = _row(l)
+        k = plan[row + LAYER_N_OUT]
         W, b, alpha = _params(theta, plan, l)
         if l == n_layers - 1:
-            dense_forward(inp, W, b, alpha, zout, out, plan[row + _CODE], fparams[l])
+            dense_forward(inp, W, b, alpha, zout, out, plan[row + LAYER_ACT], fparams[l])
         else:
             A = matrix(buf, (1 + l % 2) * third, n, k)
-            dense_forward(inp, W, b, alpha, matrix(buf, 0, n, k), A, plan[row + _CODE],
+            dense_forward(inp, W, b, alpha, matrix(buf, 0, n, k), A, plan[row + LAYER_ACT],
                           fparams[l])
             inp = A
 
 
-@njit(**KERNEL)
-def _widest(plan):
-    widest = 0
-    for l in range(plan[_L]):
-        widest = max(widest, plan[_HEAD + _ROW * l + _NOUT])
-    return widest
-
-
 @njit(**ENTRY)
-def predict(theta, X, plan, fparams, chunk):
-    """Outputs (n, k_L), a new array, computed ``chunk`` rows at a time."""
+def predict(theta, X, plan, fparams, chunk, Y):
+    """Y (n, k_L) OVERWRITTEN with the outputs of X (n, k_0), computed ``chunk`` rows
+    at a time (fastmlp.rules.predict_rows)."""
     n = X.shape[0]
     c = min(chunk, n)
-    Y = np.empty((n, plan[_HEAD + _ROW * (plan[_L] - 1) + _NOUT]), dtype=X.dtype)
-    buf = np.empty(3 * c * _widest(plan), dtype=X.dtype)
+    buf = np.empty(3 * c * plan[PLAN_WIDEST], dtype=X.dtype)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         y = Y[start:stop]
         _forward_rows(theta, X[start:stop], plan, fparams, buf, y,
                       matrix(buf, 0, stop - start, y.shape[1]))
-    return Y
 
 
 @njit(**ENTRY)
@@ -303,12 +281,12 @@ def evaluate(theta, X, T, plan, fparams, chunk):
     """Mean loss over X (n, k_0), T (n, k_L), computed ``chunk`` rows at a time."""
     n, k_out = X.shape[0], T.shape[1]
     c = min(chunk, n)
-    buf = np.empty(3 * c * _widest(plan), dtype=X.dtype)
+    buf = np.empty(3 * c * plan[PLAN_WIDEST], dtype=X.dtype)
     Z, A = np.empty((c, k_out), dtype=X.dtype), np.empty((c, k_out), dtype=X.dtype)
     total = 0.0
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         z, a = Z[:stop - start], A[:stop - start]
         _forward_rows(theta, X[start:stop], plan, fparams, buf, a, z)
-        total += loss_value(z, a, T[start:stop], plan[_LOSS])
+        total += loss_value(z, a, T[start:stop], plan[PLAN_LOSS])
     return total / n

@@ -132,20 +132,20 @@ def test_batches_larger_than_a_chunk_match_the_reference(backend, dtype, case, o
 
 
 def test_reference_blocks_give_one_blocks_numbers(dtype):
-    """The reference's evaluate and gradients over several blocks of rows equal one block's."""
-    from fastmlp.backends import reference
+    """The reference's evaluate and gradients over several chunks of rows equal one chunk's."""
+    from fastmlp import rules
 
     X, Y = _data(1000, "cross_entropy", seed=5)
     model = _model("numpy", dtype, "prelu-ce", "adam")
     whole = model.evaluate(X, Y), model.gradients(X, Y)
-    model.engine._block = 300          # four blocks, the last one short
+    model.engine._train_rows = model.engine._predict_rows = 300   # four chunks, the last short
     blocked = model.evaluate(X, Y), model.gradients(X, Y)
     tol = TOLERANCES[dtype]
     np.testing.assert_allclose(blocked[0], whole[0], **tol)
     np.testing.assert_allclose(blocked[1][0], whole[1][0], **tol)
     for g, w in zip(blocked[1][1], whole[1][1]):
         np.testing.assert_allclose(g, w, **tol)
-    assert reference.block_rows(model.net, np.float32) >= 256
+    assert rules.predict_rows(model.net, np.float32) >= rules.PREDICT_MIN_ROWS
 
 
 # -- unaligned inputs --------------------------------------------------------------

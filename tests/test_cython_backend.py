@@ -6,6 +6,7 @@ interfere, nothing is compiled at first call, and the sources ship in the sdist.
 Agreement with the reference on every activation, loss and optimiser is in
 the shared suites (``backend`` / ``compiled_backend`` fixtures).
 """
+import dataclasses
 import subprocess
 import sys
 import tarfile
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
-from fastmlp import activations, losses, optimizers
+from fastmlp import activations, codes, losses, optimizers, rules
 from fastmlp.backends.reference import NumpyBackend
 
 kernels = pytest.importorskip("fastmlp.kernels.cython_mlp")
@@ -88,13 +89,23 @@ def test_loss_and_gradient_leaves_theta_alone():
     assert np.isfinite(grad).all()  # every entry overwritten
 
 
+def _engine(m, predict_rows, train_rows=rules.TRAIN_ROWS):
+    return kernels.Engine(m.net, m.dtype, train_rows, predict_rows,
+                          rules.sgd_fold_rows(m.engine.state))
+
+
 def test_predict_in_chunks_equals_one_chunk(dtype, tol):
     m = _model(dims=(4, 9, 6, 2), hidden="elu", output="sigmoid", loss="binary_cross_entropy",
                dtype=dtype)
-    X, _ = _data(m, 23)
-    whole = m.engine.engine.predict(m.engine.theta, X, 23)
+    X, T = _data(m, 23)
+    theta = m.engine.theta
+    whole = _engine(m, 23).predict(theta, X)
+    loss = _engine(m, 23).evaluate(theta, X, T)
     for chunk in (1, 5, 22):
-        np.testing.assert_allclose(m.engine.engine.predict(m.engine.theta, X, chunk), whole, **tol)
+        out = np.full_like(whole, np.nan)
+        assert _engine(m, chunk).predict(theta, X, out) is out
+        np.testing.assert_allclose(out, whole, **tol)
+        np.testing.assert_allclose(_engine(m, chunk).evaluate(theta, X, T), loss, **tol)
     ref = NumpyBackend(m.net, m.dtype, m.engine.theta, m.engine.state)
     np.testing.assert_allclose(whole, ref.predict(X), **tol)
 
@@ -102,8 +113,7 @@ def test_predict_in_chunks_equals_one_chunk(dtype, tol):
 # -- refusing arrays the kernels must not see ----------------------------------------
 
 def _engine_args(m):
-    net = m.net
-    return net.dims, net.act_codes, net.act_params, net.offsets, net.loss.code, net.n_params, m.dtype
+    return m.net, m.dtype, rules.TRAIN_ROWS, rules.predict_rows(m.net, m.dtype), 0
 
 
 def _bad_calls(m):
@@ -133,7 +143,11 @@ def _bad_calls(m):
         "perm int32": lambda: e.engine.train_epoch(theta, state, X, T, perm.astype(np.int32), 2),
         "batch 0": lambda: e.engine.train_epoch(theta, state, X, T, perm, 0),
         "perm empty": lambda: e.engine.train_epoch(theta, state, X, T, perm[:0], 2),
-        "chunk 0": lambda: e.engine.predict(theta, X, 0),
+        "out other dtype": lambda: e.engine.predict(theta, X, np.empty((4, 3), f32)),
+        "out short": lambda: e.engine.predict(theta, X, np.empty((3, 3), m.dtype)),
+        "out strided": lambda: e.engine.predict(theta, X, np.empty((4, 6), m.dtype)[:, ::2]),
+        "out read-only": lambda: e.engine.predict(theta, X, ro[:12].reshape(4, 3)),
+        "predict_rows 0": lambda: kernels.Engine(m.net, m.dtype, 8, 0, 0),
         "engine re-initialised": lambda: e.engine.__init__(*_engine_args(m)),
     }
 
@@ -147,25 +161,34 @@ def test_bad_arrays_are_refused_before_any_kernel_runs(case, dtype):
     assert np.array_equal(m.engine.theta, before[0]) and np.array_equal(m.engine.state.step, before[1])
 
 
-@pytest.mark.parametrize("change", ["offset past theta", "prelu alpha missing", "short dims",
-                                    "unknown activation", "unknown loss", "float16"])
-def test_engine_refuses_a_layout_that_does_not_fit_theta(change):
-    dims, codes, params, offsets, loss, n_params, dtype = _engine_args(_model(dims=(5, 7, 3)))
-    dims, codes, offsets = dims.copy(), codes.copy(), offsets.copy()
+@pytest.mark.parametrize("change", ["offset past theta", "prelu alpha missing", "widths differ",
+                                    "unknown activation", "unknown loss", "float16",
+                                    "workspace past its end"])
+def test_engine_refuses_a_layout_that_does_not_fit_theta(change, monkeypatch):
+    net, dtype, *rows = _engine_args(_model(dims=(5, 7, 3)))
+    table = net.layer_table
     if change == "offset past theta":
-        offsets[1, 1] += 1  # b2 would end one past theta
+        table[1, codes.LAYER_B] += 1  # b2 would end one past theta
     elif change == "prelu alpha missing":
-        codes[0] = activations.PRELU
-    elif change == "short dims":
-        dims = dims[:-1]
+        table[0, codes.LAYER_ACT] = activations.PRELU
+    elif change == "widths differ":
+        table[1, codes.LAYER_N_IN] -= 1
     elif change == "unknown activation":
-        codes[0] = 99
+        table[0, codes.LAYER_ACT] = 99
     elif change == "unknown loss":
-        loss = 7
+        net.loss = dataclasses.replace(net.loss, code=7)
+    elif change == "workspace past its end":
+        plan = net.plan
+
+        def short(cap, fold_rows=0):
+            p = plan(cap, fold_rows)
+            p[codes.PLAN_WS_SIZE] -= 1
+            return p
+        monkeypatch.setattr(net, "plan", short)
     else:
         dtype = np.float16
     with pytest.raises(ValueError):
-        kernels.Engine(dims, codes, params, offsets, loss, n_params, dtype)
+        kernels.Engine(net, dtype, *rows)
 
 
 # -- threads -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
+from fastmlp import rules
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MB = 1 << 20
@@ -148,15 +149,19 @@ def test_predict_on_10_million_rows_in_bounded_memory(backend):
                                 f"{r['grown'] / MB:.0f} MB (output {r['output'] / MB:.0f} MB)")
 
 
-def test_model_predict_blocks_match_one_call(backend, dtype):
-    """Blocked predict (rows beyond one block) equals the backend on each block.
+def test_model_predict_chunks_match_one_call(backend, dtype):
+    """Predict over several chunks of rows (fastmlp.rules.predict_rows) equals the
+    backend on each chunk, and writes into the output the caller passed.
 
-    Bit for bit per block; a row's bits may depend on which block holds it (BLAS
+    Bit for bit per chunk; a row's bits may depend on which chunk holds it (BLAS
     picks its kernel by the number of rows), so whole calls agree within rounding."""
     model = classifier(backend, dtype)
-    rows = model._block_rows
+    rows = rules.predict_rows(model.net, model.dtype)
     X = np.random.default_rng(4).normal(size=(2 * rows + 17, 20)).astype(dtype)
     y = model.predict(X)
     for start in (0, rows, 2 * rows):
         part = X[start:start + rows]
         np.testing.assert_array_equal(y[start:start + rows], model.engine.predict(part))
+    out = np.full((len(X), 3), np.nan, dtype=dtype)
+    assert model.engine.predict(X, out) is out
+    np.testing.assert_array_equal(out, y)

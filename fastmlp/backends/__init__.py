@@ -5,9 +5,15 @@ A backend is a class built once per model as ``Backend(net, dtype, theta, state)
 (n_params,) and ``state`` its :class:`fastmlp.optimizers.OptimizerState`. The backend
 keeps them and updates them in place, so each call passes only data. It never
 validates: the Model hands it C-contiguous, aligned arrays of the model dtype with
-matching shapes, ``T`` targets as floats (n, outputs). It must provide:
+matching shapes, ``T`` targets as floats (n, outputs). It follows the rules of
+:mod:`fastmlp.rules` (fused output gradients, when plain SGD folds into the GEMM,
+training and predict chunk sizes) and, when compiled, runs on the layout of
+:meth:`fastmlp.network.Network.plan`. It must provide:
 
-``predict(X) -> Y``                         new array (n, outputs)
+``predict(X, out=None) -> out``             out (n, outputs) OVERWRITTEN with the outputs
+    and returned; ``out`` is caller-allocated (C-contiguous, the model dtype) or
+    None for a new array. X is taken in chunks of ``rules.predict_rows`` rows,
+    once, inside the backend, so memory stays bounded by out plus one chunk.
 ``evaluate(X, T) -> float``                 mean loss
 ``loss_and_gradient(X, T, grad) -> float``  grad (n_params,) OVERWRITTEN
 ``train_step(X, T) -> float``               one update of theta and state; batch loss before it
@@ -17,7 +23,8 @@ matching shapes, ``T`` targets as floats (n, outputs). It must provide:
     norms: None, or a writable C-contiguous float64 array (n_layers,) to which
     every step ADDS, for each layer l, ||dE/dW_l||_F^2 (the batch's mean-loss
     gradient with respect to W_l alone, before weight decay), summed inside the
-    step as the gradient is formed; plain SGD is then not folded into the GEMM.
+    step as the gradient is formed; plain SGD is then not folded into the GEMM
+    (see ``rules.sgd_fold_rows``).
 
 ``predict``, ``evaluate`` and ``loss_and_gradient`` must be safe from several threads at
 once on one model, each giving the single-thread result bit for bit; ``train_step`` and

@@ -1,12 +1,15 @@
 """The ``"cython"`` backend: ahead-of-time compiled kernels, no JIT, GIL released.
 
-A thin adaptor over :class:`fastmlp.kernels.cython_mlp.Engine`, which holds the
-network's layout and a training workspace of at most ``cython_mlp.MAX_ROWS`` rows (bigger
-batches go through it in chunks), checks every array it is given (copying
-unaligned inputs), and runs whole train steps and epochs in C. Several models
-may train or predict in parallel threads; one model's predict, evaluate and
-loss_and_gradient are safe from several threads at once, each giving the
-single-thread result bit for bit (see Engine).
+A thin adaptor over :class:`fastmlp.kernels.cython_mlp.Engine`, which fills its
+structs from the network's plan (:meth:`fastmlp.network.Network.plan`, the
+layout the Numba kernels run on too), follows the rules of :mod:`fastmlp.rules`
+(a training workspace of at most ``rules.TRAIN_ROWS`` rows, bigger batches
+going through it in chunks; predict and evaluate in ``rules.predict_rows``
+chunks; plain SGD folded as ``rules.sgd_fold_rows`` says), checks every array
+it is given (copying unaligned inputs), and runs whole train steps and epochs
+in C. Several models may train or predict in parallel threads; one model's
+predict, evaluate and loss_and_gradient are safe from several threads at once,
+each giving the single-thread result bit for bit (see Engine).
 """
 from __future__ import annotations
 
@@ -19,9 +22,7 @@ try:
 except ImportError as exc:  # not built: `pip install .` or `python setup.py build_ext --inplace`
     raise ImportError(f"the Cython extension fastmlp.kernels.cython_mlp is not built ({exc})") from None
 
-# Rows per predict/evaluate chunk: big enough for BLAS to run at full speed,
-# small enough that a layer's outputs stay in cache for the next layer.
-CHUNK_ROWS = 512
+from .. import rules
 
 
 class CythonBackend:
@@ -33,11 +34,11 @@ class CythonBackend:
         self.net = net
         self.dtype = np.dtype(dtype)
         self.theta, self.state = theta, state
-        self.engine = Engine(net.dims, net.act_codes, net.act_params, net.offsets,
-                             net.loss.code, net.n_params, self.dtype)
+        self.engine = Engine(net, self.dtype, rules.TRAIN_ROWS, rules.predict_rows(net, self.dtype),
+                             rules.sgd_fold_rows(state))
         # The compiled methods with this model's arrays bound in: no Python frame per call.
         self.train_step = partial(self.engine.train_step, theta, state)
         self.train_epoch = partial(self.engine.train_epoch, theta, state)
         self.loss_and_gradient = partial(self.engine.loss_and_gradient, theta)
-        self.predict = partial(self.engine.predict, theta, chunk=CHUNK_ROWS)
-        self.evaluate = partial(self.engine.evaluate, theta, chunk=CHUNK_ROWS)
+        self.predict = partial(self.engine.predict, theta)
+        self.evaluate = partial(self.engine.evaluate, theta)

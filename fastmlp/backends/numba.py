@@ -1,11 +1,13 @@
 """The ``"numba"`` backend: JIT-compiled fused kernels, one compiled call per operation.
 
-A thin adaptor: it keeps the kernels' description of the network (``plan``)
-and one training workspace per model, grown to the largest batch seen (up to
-``MAX_ROWS`` rows; bigger batches are processed in chunks), and forwards each
-contract call to one ``@njit`` function in :mod:`fastmlp.kernels.numba_train`.
-Kernels compile on first use per dtype and are cached on disk (``cache=True``),
-so later processes load them instead of recompiling.
+A thin adaptor: it keeps the kernels' description of the network (the plan of
+:meth:`fastmlp.network.Network.plan`, which carries the rules of
+:mod:`fastmlp.rules`) and one training workspace per model, grown to the
+largest batch seen (up to ``rules.TRAIN_ROWS`` rows; bigger batches are
+processed in chunks), and forwards each contract call to one ``@njit``
+function in :mod:`fastmlp.kernels.numba_train`. Kernels compile on first use
+per dtype and are cached on disk (``cache=True``), so later processes load them
+instead of recompiling.
 
 Threads: predict and evaluate allocate their buffers per call, and each
 loss_and_gradient call takes a spare gradient workspace that no other call is
@@ -25,6 +27,7 @@ try:
 except ImportError as exc:  # numba or scipy missing
     raise ImportError(f"the Numba kernels need numba and scipy ({exc})") from None
 
+from .. import rules
 from ..optimizers import SGD_CODE
 from .reference import check_norms
 
@@ -32,12 +35,6 @@ from .reference import check_norms
 # `run` serves every call (None would compile a second specialisation).
 _NO_PERM, _NO_HYPER, _NO_STEP, _NO_NORMS = (np.zeros(0, dtype=np.int64), np.zeros(7),
                                             np.zeros(1, dtype=np.int64), np.zeros(0))
-# Rows per training chunk: the workspace never holds more rows of activations.
-MAX_ROWS = 1024
-# Bytes of one layer's outputs per predict/evaluate chunk: enough rows for BLAS
-# to run at full speed while a layer's outputs stay in L2 for the next one
-# (W2's net at 512 rows: 64-row chunks 1.3x slower, 256 and more alike).
-PREDICT_BYTES = 512 * 1024
 
 
 class NumbaBackend:
@@ -51,30 +48,35 @@ class NumbaBackend:
         self.theta, self.state = theta, state
         self._fparams = net.act_params.astype(self.dtype)
         self._no_bufs = np.zeros((0, 0), dtype=self.dtype)  # a gradient needs no state
+        self._fold_rows = rules.sgd_fold_rows(state)
+        self._predict_rows = rules.predict_rows(net, self.dtype)
+        self._outputs = net.output_dim
         # Workspaces are (plan, ws, grad, cap) tuples, replaced whole, never mutated.
         self._train = self._new_work(1)     # the trainers'
         self._spare = []                    # loss_and_gradient's, not in use right now
         # predict and evaluate read only the plan's layer rows, the same for every cap.
         self._plan = self._train[0]
-        widest = int(net.dims[1:].max())
-        self._chunk = max(1, PREDICT_BYTES // (self.dtype.itemsize * widest))
 
     def _new_work(self, rows):
-        """(plan, ws, grad, cap): a workspace for batches of ``rows`` rows (or MAX_ROWS-row chunks)."""
-        cap = min(rows, MAX_ROWS)
-        return (*kt.new_workspace(self.net, self.dtype, cap), cap)
+        """(plan, ws, grad, cap): a workspace for batches of ``rows`` rows (or
+        TRAIN_ROWS-row chunks)."""
+        cap = rules.train_rows(rows)
+        return (*kt.new_workspace(self.net, self.dtype, cap, self._fold_rows), cap)
 
     def _train_work(self, rows):
         """The trainers' workspace, grown to hold ``rows`` rows."""
-        if min(rows, MAX_ROWS) > self._train[3]:
+        if rules.train_rows(rows) > self._train[3]:
             self._train = self._new_work(rows)
         return self._train
 
-    def predict(self, X):
-        return kt.predict(self.theta, X, self._plan, self._fparams, self._chunk)
+    def predict(self, X, out=None):
+        if out is None:
+            out = np.empty((len(X), self._outputs), dtype=self.dtype)
+        kt.predict(self.theta, X, self._plan, self._fparams, self._predict_rows, out)
+        return out
 
     def evaluate(self, X, T):
-        return kt.evaluate(self.theta, X, T, self._plan, self._fparams, self._chunk)
+        return kt.evaluate(self.theta, X, T, self._plan, self._fparams, self._predict_rows)
 
     def loss_and_gradient(self, X, T, grad):
         # list.pop and list.append are atomic: no two calls ever hold one workspace
@@ -82,7 +84,7 @@ class NumbaBackend:
             work = self._spare.pop()
         except IndexError:
             work = None
-        if work is None or min(len(X), MAX_ROWS) > work[3]:
+        if work is None or rules.train_rows(len(X)) > work[3]:
             work = self._new_work(len(X))   # none spare, or too small (then dropped)
         try:
             return kt.run(self.theta, grad, X, T, _NO_PERM, len(X), self._no_bufs, _NO_HYPER,

@@ -2,29 +2,22 @@
 baseline of every benchmark. Plain, competent NumPy: X @ W + b, the activation
 table, matmuls for the backward pass, nothing clever.
 
-evaluate and loss_and_gradient walk the rows in blocks (:func:`block_rows`),
-adding up each block's loss and gradient, each divided by the whole batch's
-row count: memory stays bounded by one block's activations however many rows
-there are. Nothing mutable is shared between calls except train_step's
-gradient buffer, so predict, evaluate and loss_and_gradient are safe from
-several threads at once.
+It follows the rules of :mod:`fastmlp.rules`, as the compiled backends do:
+predict and evaluate walk the rows in chunks of ``rules.predict_rows``,
+loss_and_gradient in chunks of at most ``rules.TRAIN_ROWS``, adding up each
+chunk's loss and gradient, each divided by the whole batch's row count: memory
+stays bounded by one chunk's activations however many rows there are. The
+output layer's activation derivative is skipped where ``rules.fused_output``
+says the loss gives dE/dz. Nothing mutable is shared between calls except
+train_step's gradient buffer, so predict, evaluate and loss_and_gradient are
+safe from several threads at once.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .. import activations as act
-from .. import losses, optimizers
-from ..losses import MSE
-
-# Bytes of activations (z and f of every layer) per block of rows.
-BLOCK_BYTES = 32 << 20
-
-
-def block_rows(net, dtype):
-    """Rows per block: about BLOCK_BYTES of activations, at least 256 rows."""
-    per_row = 2 * int(net.dims[1:].sum()) * np.dtype(dtype).itemsize
-    return max(256, BLOCK_BYTES // per_row)
+from .. import losses, optimizers, rules
 
 
 class NumpyBackend:
@@ -38,7 +31,8 @@ class NumpyBackend:
         self.theta, self.state = theta, state
         self.acts = [act.BY_CODE[int(c)] for c in net.act_codes]
         self._grad = np.zeros(net.n_params, dtype=self.dtype)
-        self._block = block_rows(net, self.dtype)
+        self._train_rows = rules.TRAIN_ROWS                      # rows per gradient chunk
+        self._predict_rows = rules.predict_rows(net, self.dtype)  # per predict/evaluate chunk
 
     def _params(self, i, alpha):
         """The activation's parameter: the trainable vector for prelu, else the scalar."""
@@ -55,16 +49,16 @@ class NumpyBackend:
             fs.append(a)
         return zs, fs
 
-    def predict(self, X):
-        return self._forward(self.theta, X)[1][-1]
-
-    def _blocks(self, n):
-        """(start, stop) of each block of rows of an n-row batch."""
-        return [(start, min(start + self._block, n)) for start in range(0, n, self._block)]
+    def predict(self, X, out=None):
+        if out is None:
+            out = np.empty((len(X), self.net.output_dim), dtype=self.dtype)
+        for start, stop in _chunks(len(X), self._predict_rows):
+            out[start:stop] = self._forward(self.theta, X[start:stop])[1][-1]
+        return out
 
     def evaluate(self, X, T):
         theta, n, total = self.theta, len(X), 0.0
-        for start, stop in self._blocks(n):
+        for start, stop in _chunks(n, self._predict_rows):
             zs, fs = self._forward(theta, X[start:stop])
             total += self.net.loss.value(zs[-1], fs[-1], T[start:stop], n)
         return total
@@ -80,7 +74,7 @@ class NumpyBackend:
         """Mean loss; grad (n_params,) is overwritten with dE/dtheta."""
         theta, n, loss = self.theta, len(X), 0.0
         grad[...] = 0
-        for start, stop in self._blocks(n):
+        for start, stop in _chunks(n, self._train_rows):
             loss += self._add_block_gradient(theta, X[start:stop], T[start:stop], n, grad)
         return loss
 
@@ -92,7 +86,8 @@ class NumpyBackend:
         views = net.layer_views(theta)
         gviews = net.layer_views(grad)
         last = len(views) - 1
-        fused = losses.BY_CODE[net.loss.code].output is not None  # raises for an unknown code  # softmax/sigmoid + cross-entropy: dE/dz directly
+        # softmax/sigmoid + cross-entropy: dE/dz directly (BY_CODE raises for an unknown code)
+        fused = rules.fused_output(losses.BY_CODE[net.loss.code])
         dout = net.loss.gradient(fs[-1], T, n)  # dE/df of the current layer (dE/dz when fused)
         for i in range(last, -1, -1):
             W, b, alpha = views[i]
@@ -131,6 +126,11 @@ class NumpyBackend:
                 for l, (gW, _, _) in enumerate(self.net.layer_views(self._grad)):
                     norms[l] += np.square(gW, dtype=np.float64).sum()
         return total / n
+
+
+def _chunks(n, rows):
+    """(start, stop) of each chunk of ``rows`` rows of an n-row batch, the last maybe short."""
+    return [(start, min(start + rows, n)) for start in range(0, n, rows)]
 
 
 def check_norms(norms, n_layers):

@@ -1,0 +1,75 @@
+"""The rules every backend follows, decided here once.
+
+Which loss gradient fuses with its output activation, when plain SGD folds its
+update into the weight-gradient GEMM, how many rows a training workspace holds,
+and how many rows predict and evaluate take at a time. The compiled kernels
+read the first two from the plan (:meth:`fastmlp.network.Network.plan`,
+fields ``PLAN_FUSED`` and ``PLAN_FOLD_ROWS``) and are given the row counts;
+no backend decides any of them on its own.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .codes import MOMENTUM, SGD_CODE
+
+# Rows a training workspace holds at most: a bigger batch goes through it in
+# chunks of this many rows, its gradient accumulated, so memory stays bounded
+# however large the batch (one gradients() on a million rows once took 3.2 GB).
+TRAIN_ROWS = 1024
+
+# predict and evaluate take rows in chunks holding about PREDICT_BYTES of the
+# widest layer's outputs, and at least PREDICT_MIN_ROWS: enough rows for BLAS
+# to run at full speed while a layer's outputs stay in L2 for the next layer.
+# Measured on 784-256-128-10 at 512 rows: 64-row chunks 1.3x slower, 256 and
+# more alike (the floor); a 4-16-16-1 net gets chunks of thousands of rows, which
+# keeps the per-chunk overhead (the reference's NumPy calls) small on long inputs.
+PREDICT_BYTES = 512 * 1024
+PREDICT_MIN_ROWS = 256
+
+
+def fused_output(loss):
+    """True when ``loss`` (a :class:`fastmlp.losses.Loss` row) and its output
+    activation fuse: the loss row names the activation it pairs with
+    (softmax + cross_entropy, sigmoid + binary_cross_entropy), whose Jacobian
+    cancels against the loss's, so the loss kernel gives dE/dz of the output layer
+    directly and the output layer's activation derivative is skipped."""
+    return loss.output is not None
+
+
+def train_rows(rows):
+    """Rows of the training workspace for batches of ``rows`` rows: min(rows, TRAIN_ROWS)."""
+    return max(1, min(int(rows), TRAIN_ROWS))
+
+
+def predict_rows(net, dtype):
+    """Rows per predict/evaluate chunk for ``net`` (a :class:`fastmlp.network.Network`)
+    in ``dtype``: PREDICT_BYTES of its widest layer, at least PREDICT_MIN_ROWS."""
+    widest = int(net.dims[1:].max())
+    return max(PREDICT_MIN_ROWS, PREDICT_BYTES // (np.dtype(dtype).itemsize * widest))
+
+
+def sgd_fold_rows(state):
+    """The largest batch (rows) whose plain SGD update folds into the weight GEMM,
+    0 for never; ``state`` an :class:`fastmlp.optimizers.OptimizerState`.
+
+    Folding means the backward pass updates W <- d W - lr x^T delta in the GEMM
+    that would have formed dE/dW (b and alpha likewise), so the gradient is never
+    written and no update pass follows (train steps 5-25 % faster on
+    784-256-128-10). It needs:
+    * SGD without momentum: a momentum step is v = mu v + g, which needs g formed;
+    * weight decay is folded, not refused: theta - lr (g + wd theta) =
+      (1 - lr wd) theta - lr g, so it is the GEMM's beta d = 1 - lr wd, exact up
+      to rounding (refusing it, as the Cython kernels once did, made SGD with
+      weight decay pay a gradient pass and an update pass: 655 -> 389 us per
+      784-256-128-10 step of 64 rows once folded);
+    * the batch in one chunk (<= TRAIN_ROWS rows): a batch processed in chunks
+      must accumulate its whole gradient before theta may change;
+    * no per-layer gradient norms asked for (they need dE/dW formed): the
+      kernels check that one per call, as it is an argument of the call.
+    The kernels fold a batch of n rows when n <= this and no norms are asked for.
+    The optimiser's kind and momentum are read once, when the backend is built
+    (a Model never changes them; set_state restores buffers and step only).
+    """
+    plain = state.code == SGD_CODE and float(state.hyper[MOMENTUM]) == 0
+    return TRAIN_ROWS if plain else 0
