@@ -166,7 +166,7 @@ def sgemm_table(results, sgemm):
                 "(forward, dW of every layer, dx of all but the first; elementwise work not "
                 "counted)", "",
                 "| | ms/step | GFLOP/s | % of sgemm |", "|---|---:|---:|---:|",
-                f"| scipy sgemm, the same GEMMs (same rounds) | "
+                f"| sgemm (np.matmul, the BLAS the kernels call), the same GEMMs (same rounds) | "
                 f"{sg['per_call'] * 1e3:.1f} | {rate:.1f} | 100 |"]
         for name, cell in results[wname].items():
             gf = w.flops / cell["per_call"] / 1e9

@@ -211,24 +211,21 @@ def train_gemms(dims, rows):
 
 
 class SgemmCase:
-    """The same GEMMs as one train step, through scipy's BLAS ``sgemm``
-    (the library the compiled backends call), on preallocated C-contiguous
-    operands; row-major C = op(A) op(B) is Fortran Cᵀ = op(B)ᵀ op(A)ᵀ."""
+    """The same GEMMs as one train step, through NumPy's ``np.matmul(..., out=)`` —
+    NumPy's own OpenBLAS, the library the compiled backends call (fastmlp.blas_in_use())
+    — on preallocated C-contiguous operands."""
 
     def __init__(self, dims, rows, seed=0):
-        from scipy.linalg import blas
-        self.sgemm = blas.sgemm
         rng = np.random.default_rng(seed)
         self.ops = []
         for m, k, n, ta, tb in train_gemms(dims, rows):
             A = rng.standard_normal((k, m) if ta else (m, k)).astype(DTYPE)
             B = rng.standard_normal((n, k) if tb else (k, n)).astype(DTYPE)
             C = np.empty((m, n), dtype=DTYPE)
-            self.ops.append((A, B, C, ta, tb))
+            self.ops.append((A.T if ta else A, B.T if tb else B, C))
         self.flops = train_flops(dims, rows)
 
     def run(self):
-        for A, B, C, ta, tb in self.ops:
-            out = self.sgemm(1.0, B.T, A.T, beta=0.0, c=C.T, trans_a=tb, trans_b=ta,
-                             overwrite_c=1)
+        for A, B, C in self.ops:
+            out = np.matmul(A, B, out=C)
         return out
