@@ -474,7 +474,8 @@ class Model:
 
     def _fit_quietly(self, X, T, epochs, batch_size, tol, shuffle, history):
         """fit when nothing is reported between epochs: orders drawn for many epochs at
-        once, one snapshot per chunk of epochs instead of one per epoch.
+        once, one snapshot per chunk of epochs instead of one per epoch, and each chunk
+        one compiled call where the backend has train_epochs.
 
         A chunk that diverges or is interrupted is undone by restoring its snapshot and
         replaying the epochs before the bad one (the same data, orders and kernels give
@@ -496,7 +497,7 @@ class Model:
             np.copyto(saved_theta, self._theta)
             saved_state.copy_from(self._state)
             start = time.perf_counter()
-            losses, finished, error = self._epochs(X, T, orders, k, batch_size, tol, done)
+            losses, finished, error = self._epochs(X, T, orders[:k], batch_size, tol, done)
             seconds = time.perf_counter() - start
             if error is not None:
                 # Undo the chunk, then redo its epochs before the bad one.
@@ -506,8 +507,12 @@ class Model:
                 if finished and shuffle:
                     orders = self._draw_orders(finished, n)
                 with self._quiet():
-                    for e in range(finished):
-                        self._engine.train_epoch(X, T, orders[e], batch_size)
+                    if finished and getattr(self._engine, "train_epochs", None) is not None:
+                        self._engine.train_epochs(X, T, orders[:finished], batch_size, -1.0,
+                                                  np.empty(finished))
+                    else:
+                        for e in range(finished):
+                            self._engine.train_epoch(X, T, orders[e], batch_size)
                 self._record(history, done, losses[:finished], n, seconds, len(losses))
                 raise error
             if shuffle and len(losses) < k:   # stopped at tol: draw only what was used
@@ -515,7 +520,7 @@ class Model:
                 self._draw_orders(len(losses), n)
             self._record(history, done, losses, n, seconds, len(losses))
             done += len(losses)
-            if len(losses) < k:
+            if len(losses) < k or (tol is not None and losses[-1] <= tol):
                 break
 
     def _draw_orders(self, k, n):
@@ -523,22 +528,47 @@ class Model:
         orders = np.tile(np.arange(n, dtype=np.int64), (k, 1))
         return self._rng.permuted(orders, axis=1, out=orders)
 
-    def _epochs(self, X, T, orders, k, batch_size, tol, done):
-        """Up to k epochs; (losses, epochs finished cleanly, error or None). Stops after
-        an epoch whose loss is <= tol, or at one that diverges or is interrupted."""
-        losses = []
+    def _epochs(self, X, T, orders, batch_size, tol, done):
+        """One epoch per row of orders (k, n); (losses, epochs finished cleanly, error or
+        None). Stops after an epoch whose loss is <= tol, or at one that diverges (the
+        model then holds that epoch's state) or is interrupted. One train_epochs call
+        where the backend has it (Ctrl-C then undoes the whole chunk), else one
+        train_epoch call per epoch."""
+        train_epochs = getattr(self._engine, "train_epochs", None)
+        losses, finished = [], 0
         try:
-            for e in range(k):
-                with self._quiet():
-                    loss = float(self._engine.train_epoch(X, T, orders[e], batch_size))
-                self._check_finite(loss, f"in epoch {done + e + 1}", "the weights of the "
-                                   "last finite epoch were kept")
-                losses.append(loss)
-                if tol is not None and loss <= tol:
-                    break
-        except BaseException as exc:  # TrainingDiverged, KeyboardInterrupt, ...
-            return losses, len(losses), exc
-        return losses, len(losses), None
+            if train_epochs is None:
+                for e in range(len(orders)):
+                    with self._quiet():
+                        loss = float(self._engine.train_epoch(X, T, orders[e], batch_size))
+                    self._check_finite(loss, f"in epoch {done + e + 1}", "the weights of the "
+                                       "last finite epoch were kept")
+                    losses.append(loss)
+                    finished += 1
+                    if tol is not None and loss <= tol:
+                        break
+                return losses, finished, None
+            out = np.empty(len(orders))
+            with self._quiet():
+                finished_now, status = train_epochs(X, T, orders, batch_size,
+                                                    -1.0 if tol is None else tol, out)
+            losses, finished = out[:finished_now].tolist(), finished_now
+            if status == 2:
+                # the model holds the bad epoch's state: _check_finite names what went bad
+                where = f"in epoch {done + finished + 1}"
+                self._check_finite(float(out[finished]), where, "the weights of the last "
+                                   "finite epoch were kept")
+                raise TrainingDiverged(f"training diverged {where}; the weights of the last "
+                                       "finite epoch were kept")
+        except TrainingDiverged as exc:
+            return losses, finished, exc
+        except BaseException as exc:  # KeyboardInterrupt, ...
+            if train_epochs is None:
+                return losses, finished, exc
+            # Ctrl-C is raised once the call has returned, its epochs unchecked: the
+            # whole chunk is undone
+            return [], 0, exc
+        return losses, finished, None
 
     @staticmethod
     def _record(history, done, losses, n, seconds, epochs_run):

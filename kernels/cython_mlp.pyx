@@ -25,9 +25,9 @@ from libc.string cimport memcpy
 
 from _blas cimport SMALL_GEMM, blas_gemm, gemm, small_gemm
 from _codes cimport (EPS, LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS, LAYER_N_IN,
-                     LAYER_N_OUT, LAYER_W, LAYER_Z, LR, N_HYPER, PLAN_CAP, PLAN_FOLD_ROWS,
+                     LAYER_N_OUT, LAYER_W, LAYER_Z, LR, MOMENTUM, N_HYPER, PLAN_CAP, PLAN_FOLD_ROWS,
                      PLAN_FUSED, PLAN_HEAD, PLAN_LAYERS, PLAN_LOSS, PLAN_N_PARAMS, PLAN_WIDEST,
-                     PLAN_WS_SIZE, PRELU, WEIGHT_DECAY, WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD,
+                     PLAN_WS_SIZE, PRELU, SGD_CODE, WEIGHT_DECAY, WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD,
                      WS_TB, WS_XB, compiled_codes)
 from _layers cimport activation_backward, bias_activation_forward, dense_backward, dense_forward
 from _losses cimport loss_forward_backward
@@ -307,6 +307,44 @@ cdef double train_epoch(const Net* net, const Work* w, floating* theta, const fl
                              step, norms) * rows
         start += batch
     return total / n
+
+
+cdef inline bint all_finite(Py_ssize_t n, const floating* a) noexcept nogil:
+    """Whether a (n,) is all finite: x - x is 0 for every finite x and NaN otherwise,
+    so one OR over lanes, which vectorises (a branch per element would not)."""
+    cdef Py_ssize_t i
+    cdef int bad = 0
+    for i in range(n):
+        bad |= (a[i] - a[i]) != 0
+    return bad == 0
+
+
+cdef int train_epochs(const Net* net, const Work* w, floating* theta, const floating* X,
+                      const floating* T, const int64_t* orders, Py_ssize_t k, Py_ssize_t n,
+                      Py_ssize_t batch, floating* buffers, int code, const double* h,
+                      int64_t* step, double tol, double* losses, Py_ssize_t* done) noexcept nogil:
+    """train_epoch over rows orders[e] (orders (k, n)) for e = 0, 1, ...: losses[e]
+    OVERWRITTEN with each epoch's loss, which is checked, with theta and the optimiser
+    buffers in use (momentum: v; Adam: m and v), to be finite. Stops at the first
+    epoch that is not (returns 2, done[0] = the clean epochs before it), or after one
+    whose loss is <= tol when tol >= 0 (returns 1); else returns 0, done[0] = k."""
+    cdef Py_ssize_t e
+    cdef double loss
+    cdef Py_ssize_t in_use = (0 if code == SGD_CODE and h[MOMENTUM] == 0
+                              else 1 if code == SGD_CODE else 2) * net.n_params
+    for e in range(k):
+        loss = train_epoch(net, w, theta, X, T, orders + e * n, n, batch, buffers, code, h,
+                           step, NULL)
+        losses[e] = loss
+        if not ((loss - loss) == 0 and all_finite(net.n_params, theta)
+                and all_finite(in_use, buffers)):
+            done[0] = e
+            return 2
+        if tol >= 0 and loss <= tol:
+            done[0] = e + 1
+            return 1
+    done[0] = k
+    return 0
 
 
 cdef double infer(const Net* net, const floating* theta, const floating* X, Py_ssize_t n,
@@ -654,6 +692,65 @@ cdef class Engine:
         finally:
             PyThread_release_lock(self.lock)
         return loss
+
+    def train_epochs(self, theta, state, X, T, orders, Py_ssize_t batch_size, double tol,
+                     losses):
+        """train_epoch once per row of orders (k, n), in one call with the GIL released;
+        returns (epochs done, status). losses float64 (k,) OVERWRITTEN with each run
+        epoch's loss. After each epoch the loss, theta and the optimiser buffers in use
+        are checked to be finite: status 2 at the first epoch where they are not (its
+        loss written; done counts the clean epochs before it), status 1 after an epoch
+        whose loss is <= tol (tol < 0: none), else status 0 and done == k."""
+        X, T, orders = _aligned(X), _aligned(T), _aligned(orders)
+        cdef Py_ssize_t P = self.net.n_params
+        cdef char* th = _array(theta, self.typenum, P, -1, True, "theta")
+        cdef Py_ssize_t n_rows = self._rows(X, T)
+        cdef char* x = <char*>cnp.PyArray_DATA(<cnp.ndarray>X)
+        cdef char* t = <char*>cnp.PyArray_DATA(<cnp.ndarray>T)
+        if not cnp.PyArray_Check(orders) or cnp.PyArray_NDIM(<cnp.ndarray>orders) != 2:
+            raise ValueError("orders must be a 2-D int64 array (epochs, rows)")
+        cdef Py_ssize_t k = cnp.PyArray_DIMS(<cnp.ndarray>orders)[0]
+        cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>orders)[1], i
+        cdef int64_t* pm = <int64_t*>_array(orders, cnp.NPY_INT64, k, n, False, "orders")
+        cdef double* out = <double*>_array(losses, cnp.NPY_FLOAT64, k, -1, True, "losses")
+        cdef char* buf = _array(state.buffers, self.typenum, 2, P, True, "state.buffers")
+        cdef double* h = <double*>_array(state.hyper, cnp.NPY_FLOAT64, N_HYPER, -1, False, "state.hyper")
+        cdef int64_t* step = <int64_t*>_array(state.step, cnp.NPY_INT64, 1, -1, True, "state.step")
+        cdef int code = state.code
+        cdef int status = 0
+        cdef Py_ssize_t done = 0
+        cdef bint bad = False
+        if not _has(_known_optimizer, code):
+            raise ValueError(f"unknown optimizer code {code} (known: {known_codes()['optimizer']})")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if k == 0:
+            return 0, 0
+        if n == 0:
+            raise ValueError("orders has no rows: an epoch needs at least one row")
+        with nogil:
+            for i in range(k * n):
+                if pm[i] < 0 or pm[i] >= n_rows:
+                    bad = True
+                    break
+        if bad:
+            raise ValueError(f"orders must hold row indices in [0, {n_rows}), found {pm[i]}")
+        batch_size = min(batch_size, n)
+        self._lock()
+        try:
+            self._reserve(batch_size)
+            with nogil:
+                if self.typenum == cnp.NPY_FLOAT64:
+                    status = train_epochs(&self.net, &self.work, <double*>th, <double*>x,
+                                          <double*>t, pm, k, n, batch_size, <double*>buf, code,
+                                          h, step, tol, out, &done)
+                else:
+                    status = train_epochs(&self.net, &self.work, <float*>th, <float*>x,
+                                          <float*>t, pm, k, n, batch_size, <float*>buf, code,
+                                          h, step, tol, out, &done)
+        finally:
+            PyThread_release_lock(self.lock)
+        return done, status
 
     def loss_and_gradient(self, theta, X, T, grad):
         """Mean loss of (X, T); grad (n_params,) is OVERWRITTEN with dE/dtheta.

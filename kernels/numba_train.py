@@ -157,72 +157,117 @@ def _gather(X, T, perm, start, stop, ws, plan, half):
     return xb, tb
 
 
+@njit(**INLINE)
+def _finite(loss, theta, bufs, rows):
+    """Whether loss, theta (p,) and bufs[:rows] (2, p) are all finite: x - x is 0 for
+    every finite x and NaN otherwise, so one OR over lanes, which vectorises (a
+    branch per element would not)."""
+    bad = (loss - loss) != 0.0
+    for i in range(theta.shape[0]):
+        bad |= (theta[i] - theta[i]) != 0
+    for r in range(rows):
+        for i in range(bufs.shape[1]):
+            bad |= (bufs[r, i] - bufs[r, i]) != 0
+    return not bad
+
+
 @njit(**ENTRY)
-def run(theta, grad, X, T, perm, batch_size, bufs, hyper, step, opt, ws, plan, mode, norms):
-    """Batches of rows perm[i:i + batch_size] (or of X itself if perm is empty),
-    each in chunks of at most cap rows; returns sum(batch loss * batch rows) / rows.
+def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan, mode, norms,
+        tol, losses):
+    """One epoch per row of orders (k, n): batches of rows orders[e, i:i + batch_size]
+    (or of X itself if n == 0), each in chunks of at most cap rows. Returns the last
+    epoch's sum(batch loss * batch rows) / rows, unless losses is given.
 
     mode TRAIN: one optimiser step per batch on theta (p,), bufs (2, p), step (1,),
     with opt SGD_CODE or ADAM_CODE and hyper float64 (7,) as in OptimizerState;
     grad (p,) is scratch. mode GRADIENT: grad OVERWRITTEN with the gradient of
-    the mean loss; bufs, hyper, step and opt are not read.
+    the mean loss (orders (1, 0)); bufs, hyper, step and opt are not read.
     norms: float64 (n_layers,) or (0,) for none (one type, so one compilation
     serves both). Given, each batch ADDS ||dE/dW_l||^2 of its mean loss (before
     weight decay) to norms[l], and plain SGD is not folded into the GEMM: the
     same updates as without norms, up to that fold's rounding. Otherwise a batch
     of at most plan[PLAN_FOLD_ROWS] rows (fastmlp.rules.sgd_fold_rows) has its plain
     SGD update, weight decay included, folded into the weight-gradient GEMMs.
+    losses: float64 (k,), or (0,) for none. Given (mode TRAIN), each epoch's loss is
+    written to losses[e] and checked, with theta and the optimiser buffers in use
+    (momentum: v; Adam: m and v), to be finite; the epochs stop at the first that
+    is not (status 2: losses[e] written, e epochs done) or after one whose loss
+    is <= tol when tol >= 0 (status 1); else status 0, k done. Then the return is
+    4 * done + status (see :func:`epochs_result`).
     The backend calls this directly for epochs and gradients: each thin @njit
-    wrapper around it costs a second of LLVM at first compile. An unknown mode,
-    or optimiser code in mode TRAIN, raises ValueError before any work.
+    wrapper around it costs a second of LLVM at first compile, so one function
+    serves one epoch and many. An unknown mode, or optimiser code in mode TRAIN,
+    raises ValueError before any work.
     """
     if mode == TRAIN:
         if opt != SGD_CODE and opt != ADAM_CODE:
             raise ValueError("unknown optimizer code")
     elif mode != GRADIENT:
         raise ValueError("unknown run mode")
-    theta, grad, X, T, perm = borrow(theta), borrow(grad), borrow(X), borrow(T), borrow(perm)
+    theta, grad, X, T = borrow(theta), borrow(grad), borrow(X), borrow(T)
+    orders = borrow(orders)
     bufs, hyper, step, ws, plan = borrow(bufs), borrow(hyper), borrow(step), borrow(ws), borrow(plan)
-    norms = borrow(norms)
-    want_norms = norms.shape[0] > 0
-    gather = perm.shape[0] > 0
-    n, cap = perm.shape[0] if gather else X.shape[0], plan[PLAN_CAP]
-    total = 0.0
-    # Rows are gathered one chunk ahead, into the other half of the gather buffer:
-    # reading rows just written stalls on store-to-load forwarding (that cost a
-    # third of a per-sample step at the vehicle net's size).
-    xb, tb = X[0:0], T[0:0]
-    if gather:
-        xb, tb = _gather(X, T, perm, 0, min(cap, batch_size, n), ws, plan, 0)
-    half = 0
-    bstart = 0
-    while bstart < n:
-        bstop = min(bstart + batch_size, n)
-        fold = mode == TRAIN and bstop - bstart <= plan[PLAN_FOLD_ROWS] and not want_norms
-        lr = hyper[LR] if fold else 0.0
-        decay = 1.0 - lr * hyper[WEIGHT_DECAY] if fold else 1.0
-        cstart = bstart
-        while cstart < bstop:
-            cstop = min(cstart + cap, bstop)
-            if gather:
-                xc, tc = xb, tb
-                next_stop = min(cstop + cap, bstop if cstop < bstop else min(cstop + batch_size, n))
-                if cstop < n:
-                    half = 1 - half
-                    xb, tb = _gather(X, T, perm, cstop, next_stop, ws, plan, half)
-            else:
-                xc, tc = X[cstart:cstop], T[cstart:cstop]
-            total += _chunk(theta, grad, xc, tc, ws, plan, 1.0 / (bstop - bstart),
-                            0.0 if cstart == bstart else 1.0, lr, decay, norms,
-                            want_norms and cstop == bstop)
-            cstart = cstop
-        if mode == TRAIN:
-            if fold:
-                step[0] += 1
-            else:
-                _update(theta, grad, bufs, hyper, step, opt)
-        bstart = bstop
-    return total / n
+    norms, losses = borrow(norms), borrow(losses)
+    want_norms, report = norms.shape[0] > 0, losses.shape[0] > 0
+    # the optimiser buffers in use, for the finiteness check
+    in_use = 0 if opt == SGD_CODE and hyper[MOMENTUM] == 0 else 1 if opt == SGD_CODE else 2
+    gather = orders.shape[1] > 0
+    n, cap = orders.shape[1] if gather else X.shape[0], plan[PLAN_CAP]
+    epoch_loss = 0.0
+    for e in range(orders.shape[0]):
+        perm = orders[e]
+        total = 0.0
+        # Rows are gathered one chunk ahead, into the other half of the gather buffer:
+        # reading rows just written stalls on store-to-load forwarding (that cost a
+        # third of a per-sample step at the vehicle net's size).
+        xb, tb = X[0:0], T[0:0]
+        if gather:
+            xb, tb = _gather(X, T, perm, 0, min(cap, batch_size, n), ws, plan, 0)
+        half = 0
+        bstart = 0
+        while bstart < n:
+            bstop = min(bstart + batch_size, n)
+            fold = mode == TRAIN and bstop - bstart <= plan[PLAN_FOLD_ROWS] and not want_norms
+            lr = hyper[LR] if fold else 0.0
+            decay = 1.0 - lr * hyper[WEIGHT_DECAY] if fold else 1.0
+            cstart = bstart
+            while cstart < bstop:
+                cstop = min(cstart + cap, bstop)
+                if gather:
+                    xc, tc = xb, tb
+                    next_stop = min(cstop + cap,
+                                    bstop if cstop < bstop else min(cstop + batch_size, n))
+                    if cstop < n:
+                        half = 1 - half
+                        xb, tb = _gather(X, T, perm, cstop, next_stop, ws, plan, half)
+                else:
+                    xc, tc = X[cstart:cstop], T[cstart:cstop]
+                total += _chunk(theta, grad, xc, tc, ws, plan, 1.0 / (bstop - bstart),
+                                0.0 if cstart == bstart else 1.0, lr, decay, norms,
+                                want_norms and cstop == bstop)
+                cstart = cstop
+            if mode == TRAIN:
+                if fold:
+                    step[0] += 1
+                else:
+                    _update(theta, grad, bufs, hyper, step, opt)
+            bstart = bstop
+        epoch_loss = total / n
+        if report:
+            losses[e] = epoch_loss
+            if not _finite(epoch_loss, theta, bufs, in_use):
+                return 4.0 * e + 2
+            if tol >= 0 and epoch_loss <= tol:
+                return 4.0 * (e + 1) + 1
+    if report:
+        return 4.0 * orders.shape[0]
+    return epoch_loss
+
+
+def epochs_result(code):
+    """(epochs done, status) from what :func:`run` returns when given losses."""
+    done, status = divmod(int(code), 4)
+    return done, status
 
 
 @njit(**KERNEL)
@@ -233,8 +278,9 @@ def train_step(theta, X, T, bufs, hyper, step, opt, ws, plan):
     grad = ws[plan[WS_GRAD]:plan[WS_GRAD] + plan[PLAN_N_PARAMS]]
     # int(): a literal argument would compile run once more, for that constant;
     # hyper[0:0] types as the backend's empty norms array, for the same reason
-    return run(theta, grad, X, T, plan[0:0], X.shape[0], bufs, hyper, step, opt, ws, plan,
-               int(TRAIN), hyper[0:0])
+    # (1, 0) orders: one pass over X as it is; hyper[0:0] is the empty losses array too
+    return run(theta, grad, X, T, plan[0:0].reshape((1, 0)), X.shape[0], bufs, hyper, step,
+               opt, ws, plan, int(TRAIN), hyper[0:0], -1.0, hyper[0:0])
 
 
 @njit(**KERNEL)

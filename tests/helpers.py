@@ -77,3 +77,6 @@ def interrupt_epoch(monkeypatch, engine, on_call):
             raise KeyboardInterrupt
         return loss
     monkeypatch.setattr(engine, "train_epoch", train_epoch)
+    # fit's quiet path trains a chunk of epochs in one train_epochs call, where Ctrl-C is
+    # seen only between chunks: hidden, so that fit takes its one-call-per-epoch path
+    monkeypatch.setattr(engine, "train_epochs", None, raising=False)

@@ -26,9 +26,22 @@ training and predict chunk sizes) and, when compiled, runs on the layout of
     step as the gradient is formed; plain SGD is then not folded into the GEMM
     (see ``rules.sgd_fold_rows``).
 
+``train_epochs(X, T, orders, batch_size, tol, losses) -> (epochs_done, status)``
+    train_epoch once per row of orders, int64 (k, n) C-contiguous (row e is epoch
+    e's order), all in ONE call (compiled: no Python between epochs), each epoch
+    bit for bit what train_epoch gives. losses float64 (k,) is OVERWRITTEN with
+    each epoch's loss as it finishes. After each epoch the loss, theta and the
+    optimiser buffers in use (plain SGD: none, momentum: v, Adam: m and v) are
+    checked to be finite: at the first epoch where they are not, it stops with
+    status 2, that epoch's loss written and epochs_done counting the clean epochs
+    before it (theta and state are left as that epoch made them). Otherwise it
+    stops after an epoch whose loss is <= tol (tol < 0: none) with status 1, or
+    runs all k: status 0, epochs_done = k.
+
 ``predict``, ``evaluate`` and ``loss_and_gradient`` must be safe from several threads at
-once on one model, each giving the single-thread result bit for bit; ``train_step`` and
-``train_epoch`` run one at a time per model (the Model holds its lock around them).
+once on one model, each giving the single-thread result bit for bit; ``train_step``,
+``train_epoch`` and ``train_epochs`` run one at a time per model (the Model holds its
+lock around them).
 """
 from __future__ import annotations
 

@@ -5,9 +5,10 @@ A thin adaptor: it keeps the kernels' description of the network (the plan of
 :mod:`fastmlp.rules`) and one training workspace per model, grown to the
 largest batch seen (up to ``rules.TRAIN_ROWS`` rows; bigger batches are
 processed in chunks), and forwards each contract call to one ``@njit``
-function in :mod:`fastmlp.kernels.numba_train`. Kernels compile on first use
-per dtype and are cached on disk (``cache=True``), so later processes load them
-instead of recompiling.
+function in :mod:`fastmlp.kernels.numba_train` (train_epochs too: a chunk of
+epochs is one call of ``run``, which checks finiteness and tol in compiled
+code). Kernels compile on first use per dtype and are cached on disk
+(``cache=True``), so later processes load them instead of recompiling.
 
 Threads: predict and evaluate allocate their buffers per call, and each
 loss_and_gradient call takes a spare gradient workspace that no other call is
@@ -33,8 +34,9 @@ from .reference import check_norms
 
 # "none" arrays of the kernels' types: an empty array, never None, so one compiled
 # `run` serves every call (None would compile a second specialisation).
-_NO_PERM, _NO_HYPER, _NO_STEP, _NO_NORMS = (np.zeros(0, dtype=np.int64), np.zeros(7),
-                                            np.zeros(1, dtype=np.int64), np.zeros(0))
+# _NO_ORDERS (1, 0): one pass over X as it is. _NO_NORMS is also the "no losses" array.
+_NO_ORDERS, _NO_HYPER, _NO_STEP, _NO_NORMS = (np.zeros((1, 0), dtype=np.int64), np.zeros(7),
+                                              np.zeros(1, dtype=np.int64), np.zeros(0))
 
 
 class NumbaBackend:
@@ -87,8 +89,9 @@ class NumbaBackend:
         if work is None or rules.train_rows(len(X)) > work[3]:
             work = self._new_work(len(X))   # none spare, or too small (then dropped)
         try:
-            return kt.run(self.theta, grad, X, T, _NO_PERM, len(X), self._no_bufs, _NO_HYPER,
-                          _NO_STEP, SGD_CODE, work[1], work[0], kt.GRADIENT, _NO_NORMS)
+            return kt.run(self.theta, grad, X, T, _NO_ORDERS, len(X), self._no_bufs, _NO_HYPER,
+                          _NO_STEP, SGD_CODE, work[1], work[0], kt.GRADIENT, _NO_NORMS, -1.0,
+                          _NO_NORMS)
         finally:
             self._spare.append(work)
 
@@ -104,12 +107,28 @@ class NumbaBackend:
         batch_size = int(batch_size)
         if batch_size < 1:  # the kernel would never advance
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        perm = np.ascontiguousarray(perm, dtype=np.int64)
+        perm = np.ascontiguousarray(perm, dtype=np.int64).reshape(1, -1)
         if norms is None:
             norms = _NO_NORMS
         else:
             check_norms(norms, len(self.net.layers))
-        plan, ws, grad, _ = self._train_work(min(batch_size, len(perm)))
+        plan, ws, grad, _ = self._train_work(min(batch_size, perm.shape[1]))
         state = self.state
         return kt.run(self.theta, grad, X, T, perm, batch_size, state.buffers, state.hyper,
-                      state.step, state.code, ws, plan, kt.TRAIN, norms)
+                      state.step, state.code, ws, plan, kt.TRAIN, norms, -1.0, _NO_NORMS)
+
+    def train_epochs(self, X, T, orders, batch_size, tol, losses):
+        batch_size = int(batch_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        k = len(orders)
+        if losses.shape != (k,) or losses.dtype != np.float64:
+            raise ValueError(f"losses must be float64 of shape ({k},), got {losses.dtype} "
+                             f"{losses.shape}")
+        if k == 0:
+            return 0, 0
+        plan, ws, grad, _ = self._train_work(min(batch_size, orders.shape[1]))
+        state = self.state
+        return kt.epochs_result(kt.run(self.theta, grad, X, T, orders, batch_size, state.buffers,
+                                       state.hyper, state.step, state.code, ws, plan, kt.TRAIN,
+                                       _NO_NORMS, float(tol), losses))

@@ -127,6 +127,20 @@ class NumpyBackend:
                     norms[l] += np.square(gW, dtype=np.float64).sum()
         return total / n
 
+    def train_epochs(self, X, T, orders, batch_size, tol, losses):
+        """train_epoch per row of orders (k, n); (epochs done, status): see fastmlp.backends."""
+        state = self.state
+        in_use = 0 if state.code == optimizers.SGD_CODE and \
+            state.hyper[optimizers.MOMENTUM] == 0 else 1 if state.code == optimizers.SGD_CODE else 2
+        for e, perm in enumerate(orders):
+            losses[e] = loss = self.train_epoch(X, T, perm, batch_size)
+            if not (np.isfinite(loss) and np.isfinite(self.theta).all()
+                    and np.isfinite(state.buffers[:in_use]).all()):
+                return e, 2
+            if 0 <= tol and loss <= tol:
+                return e + 1, 1
+        return len(orders), 0
+
 
 def _chunks(n, rows):
     """(start, stop) of each chunk of ``rows`` rows of an n-row batch, the last maybe short."""
