@@ -1,5 +1,6 @@
 """What several test modules share: finite differences, a thread runner, and ways to
 watch or interrupt a model's backend through its public ``engine``."""
+import json
 import threading
 
 import numpy as np
@@ -80,3 +81,25 @@ def interrupt_epoch(monkeypatch, engine, on_call):
     # fit's quiet path trains a chunk of epochs in one train_epochs call, where Ctrl-C is
     # seen only between chunks: hidden, so that fit takes its one-call-per-epoch path
     monkeypatch.setattr(engine, "train_epochs", None, raising=False)
+
+
+def run_cli(capsys, *argv):
+    """(exit status, stdout, stderr) of the fastmlp command; usage errors exit via argparse."""
+    from fastmlp import cli
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def saved_arrays(path):
+    """The members of a saved model file, as arrays (never unpickled)."""
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def saved_header(arrays):
+    """The JSON header of a saved model file's members."""
+    return json.loads(arrays["header"].tobytes().decode("utf-8"))

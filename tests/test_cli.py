@@ -10,19 +10,13 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
+from helpers import run_cli
 from fastmlp import cli, datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(capsys, *argv):
-    """(exit status, stdout, stderr) of the command; usage errors exit through argparse."""
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def one_line_error(code, err):

@@ -9,20 +9,14 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
+from helpers import run_cli
 from fastmlp import cli, datasets
 from fastmlp.backends import resolve
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def run(capsys, *argv):
-    """(exit status, stdout, stderr) of the command; usage errors exit through argparse."""
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def blobs_csv(tmp_path, n=60, seed=0, labels=("no", "yes")):

@@ -13,15 +13,10 @@ import pytest
 
 import fastmlp as fm
 from fastmlp import cli
+from helpers import run_cli
 
 
-def run(capsys, *argv):
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def linear_csv(tmp_path, n=400, seed=0, offset=150.0, noise=0.1, name="linear.csv"):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
-from fastmlp import activations, codes, losses, optimizers, rules
+from fastmlp import activations, codes, optimizers, rules
 from fastmlp.backends.reference import NumpyBackend
 
 kernels = pytest.importorskip("fastmlp.kernels.cython_mlp")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
+from helpers import saved_arrays, saved_header
 from fastmlp import io as fio
 
 
@@ -31,13 +32,7 @@ def saved(tmp_path, data):
     return model, path
 
 
-def _arrays(path):
-    with np.load(path, allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
-
-
-def _header(arrays):
-    return json.loads(arrays["header"].tobytes().decode("utf-8"))
+_arrays, _header = saved_arrays, saved_header
 
 
 def _with_header(arrays, header):
