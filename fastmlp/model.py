@@ -346,8 +346,23 @@ class Model:
         A step whose loss, weights or optimiser state is not finite is undone
         (the model is left exactly as before it) and TrainingDiverged says which.
         """
-        X, T = self._data(X, Y)
+        net = self.net
         with self._lock:
+            # Arrays already as the backends take them: one compiled call checks them,
+            # saves, steps and checks the result (the backend's train_step_checked).
+            if (self._scaling is None and type(X) is np.ndarray and type(Y) is np.ndarray
+                    and X.dtype == self.dtype and Y.dtype == self.dtype
+                    and X.ndim == 2 and Y.ndim == 2 and 0 < len(X) == len(Y)
+                    and X.shape[1] == net.input_dim and Y.shape[1] == net.output_dim
+                    and X.flags.c_contiguous and Y.flags.c_contiguous
+                    and X.flags.aligned and Y.flags.aligned):
+                loss, status = self._engine.train_step_checked(X, Y)
+                if not status:
+                    return float(loss)
+                # 1: X or Y not finite, or targets outside [0, 1]: nothing ran, and the
+                # checks below raise the exact message. 2: the step diverged and was
+                # undone: it runs once more below, to say what went bad, and is undone.
+            X, T = self._data(X, Y)
             saved_theta, saved_state = self._snapshot_buffers()
             np.copyto(saved_theta, self._theta)
             saved_state.copy_from(self._state)

@@ -347,6 +347,41 @@ cdef int train_epochs(const Net* net, const Work* w, floating* theta, const floa
     return 0
 
 
+cdef int train_checked(const Net* net, const Work* w, floating* theta, const floating* X,
+                       const floating* T, Py_ssize_t rows, floating* buffers, int code,
+                       const double* h, int64_t* step, bint unit, floating* backup,
+                       double* loss) noexcept nogil:
+    """train_batch on (X, T) (rows, inputs), (rows, outputs), guarded: returns 1, touching
+    nothing, when X or T is not finite (or, ``unit``, T is outside [0, 1]); else theta
+    and the optimiser buffers in use are copied into backup (>= 3 * n_params) and the
+    step counter kept, the step runs (loss[0] its loss) and, unless the loss, theta
+    and those buffers are all finite, everything is copied back: returns 2; else 0."""
+    cdef Py_ssize_t P = net.n_params, i
+    cdef Py_ssize_t n_t = rows * layer_row(net.layers, net.L - 1)[LAYER_N_OUT]
+    cdef Py_ssize_t in_use = (0 if code == SGD_CODE and h[MOMENTUM] == 0
+                              else 1 if code == SGD_CODE else 2) * P
+    cdef int64_t saved_step = step[0]
+    cdef int bad = 0
+    if not all_finite(rows * layer_row(net.layers, 0)[LAYER_N_IN], X):
+        return 1
+    if unit:  # NaN fails both comparisons; & and no branch, so the loop vectorises
+        for i in range(n_t):
+            bad |= ((T[i] >= 0) & (T[i] <= 1)) == 0
+        if bad:
+            return 1
+    elif not all_finite(n_t, T):
+        return 1
+    memcpy(backup, theta, P * sizeof(floating))
+    memcpy(backup + P, buffers, in_use * sizeof(floating))
+    loss[0] = train_batch(net, w, theta, X, T, NULL, rows, buffers, code, h, step, NULL)
+    if (loss[0] - loss[0]) == 0 and all_finite(P, theta) and all_finite(in_use, buffers):
+        return 0
+    memcpy(theta, backup, P * sizeof(floating))
+    memcpy(buffers, backup + P, in_use * sizeof(floating))
+    step[0] = saved_step
+    return 2
+
+
 cdef double infer(const Net* net, const floating* theta, const floating* X, Py_ssize_t n,
                   Py_ssize_t chunk, floating* p0, floating* p1, floating* zl, floating* out,
                   const floating* T) noexcept nogil:
@@ -460,6 +495,8 @@ cdef class Engine:
     cdef object _network   # the fastmlp.network.Network whose plans fill the structs
     cdef object _keep      # arrays that Net points into
     cdef object _bufs      # arrays that Work points into
+    cdef object _backup    # train_step_checked's copy of theta and buffers (3, n_params)
+    cdef bint unit_targets  # cross-entropies: targets must lie in [0, 1]
     cdef PyThread_type_lock lock
 
     def __cinit__(self):
@@ -506,6 +543,7 @@ cdef class Engine:
         self.n_in, self.n_out = rows[0, LAYER_N_IN], rows[L - 1, LAYER_N_OUT]
         self.work.cap = 0
         self._reserve(1)
+        self.unit_targets = net.loss.output is not None
 
     cdef object _plan(self, Py_ssize_t cap):
         """net.plan(cap, fold_rows) as a C-contiguous int64 copy, checked: sizes that
@@ -638,6 +676,46 @@ cdef class Engine:
         finally:
             PyThread_release_lock(self.lock)
         return loss
+
+    def train_step_checked(self, theta, state, X, T):
+        """train_step, guarded, in one call with the GIL released; returns (loss, status).
+        Status 1: X or T is not finite (or, for a cross-entropy, T is outside [0, 1]);
+        nothing ran or changed (loss NaN). Status 2: the step made the loss, theta or
+        the optimiser buffers in use non-finite and was undone: theta, state.buffers
+        and state.step are as before it. Status 0: the step of train_step, bit for bit."""
+        X, T = _aligned(X), _aligned(T)
+        cdef Py_ssize_t P = self.net.n_params
+        cdef char* th = _array(theta, self.typenum, P, -1, True, "theta")
+        cdef Py_ssize_t n = self._rows(X, T)
+        cdef char* x = <char*>cnp.PyArray_DATA(<cnp.ndarray>X)
+        cdef char* t = <char*>cnp.PyArray_DATA(<cnp.ndarray>T)
+        cdef char* buf = _array(state.buffers, self.typenum, 2, P, True, "state.buffers")
+        cdef double* h = <double*>_array(state.hyper, cnp.NPY_FLOAT64, N_HYPER, -1, False, "state.hyper")
+        cdef int64_t* step = <int64_t*>_array(state.step, cnp.NPY_INT64, 1, -1, True, "state.step")
+        cdef int code = state.code
+        cdef double loss = float("nan")
+        cdef int status
+        cdef char* backup
+        if not _has(_known_optimizer, code):
+            raise ValueError(f"unknown optimizer code {code} (known: {known_codes()['optimizer']})")
+        self._lock()
+        try:
+            self._reserve(n)
+            if self._backup is None:  # once per engine, the first time
+                self._backup = np.empty(3 * P, dtype=self.dtype)
+            backup = <char*>cnp.PyArray_DATA(<cnp.ndarray>self._backup)
+            with nogil:
+                if self.typenum == cnp.NPY_FLOAT64:
+                    status = train_checked(&self.net, &self.work, <double*>th, <double*>x,
+                                           <double*>t, n, <double*>buf, code, h, step,
+                                           self.unit_targets, <double*>backup, &loss)
+                else:
+                    status = train_checked(&self.net, &self.work, <float*>th, <float*>x,
+                                           <float*>t, n, <float*>buf, code, h, step,
+                                           self.unit_targets, <float*>backup, &loss)
+        finally:
+            PyThread_release_lock(self.lock)
+        return loss, status
 
     def train_epoch(self, theta, state, X, T, perm, Py_ssize_t batch_size, norms=None):
         """One train_step per batch of rows perm[i:i + batch_size]; returns the mean

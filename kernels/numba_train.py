@@ -271,16 +271,51 @@ def epochs_result(code):
 
 
 @njit(**KERNEL)
-def train_step(theta, X, T, bufs, hyper, step, opt, ws, plan):
+def train_step(theta, X, T, bufs, hyper, step, opt, ws, plan, backup, check):
     """One optimiser step on X (n, k_0), T (n, k_L), in place on theta (p,), bufs (2, p)
-    and step (1,); returns the mean loss before it. opt: SGD_CODE or ADAM_CODE,
-    hyper: float64 (7,) as in OptimizerState."""
+    and step (1,); returns (the mean loss before it, status). opt: SGD_CODE or
+    ADAM_CODE, hyper: float64 (7,) as in OptimizerState.
+
+    check 0: the step alone, status 0. check 1 or 2 (2: targets must lie in [0, 1]),
+    with backup (>= 3p,) of theta's dtype: status 1 (loss NaN, nothing touched) when X
+    or T is not finite (2: or T is outside [0, 1]); else theta and the buffers in use
+    (momentum: v; Adam: m and v) are copied into backup and, unless the step leaves
+    the loss, theta and those buffers finite (status 0), they and step are put back:
+    status 2. One function for both, so the guard costs no second compile of run."""
+    p = theta.shape[0]
+    in_use = 0 if opt == SGD_CODE and hyper[MOMENTUM] == 0 else 1 if opt == SGD_CODE else 2
+    if check:
+        # x - x is 0 for finite x, NaN otherwise; NaN fails both range comparisons
+        bad = False
+        for i in range(X.shape[0]):
+            for j in range(X.shape[1]):
+                bad |= (X[i, j] - X[i, j]) != 0
+        for i in range(T.shape[0]):
+            if check == 2:
+                for j in range(T.shape[1]):
+                    bad |= not ((T[i, j] >= 0) & (T[i, j] <= 1))
+            else:
+                for j in range(T.shape[1]):
+                    bad |= (T[i, j] - T[i, j]) != 0
+        if bad:
+            return np.nan, 1
+        backup[:p] = theta
+        for r in range(in_use):
+            backup[(r + 1) * p:(r + 2) * p] = bufs[r]
+    saved_step = step[0]
     grad = ws[plan[WS_GRAD]:plan[WS_GRAD] + plan[PLAN_N_PARAMS]]
     # int(): a literal argument would compile run once more, for that constant;
     # hyper[0:0] types as the backend's empty norms array, for the same reason
     # (1, 0) orders: one pass over X as it is; hyper[0:0] is the empty losses array too
-    return run(theta, grad, X, T, plan[0:0].reshape((1, 0)), X.shape[0], bufs, hyper, step,
+    loss = run(theta, grad, X, T, plan[0:0].reshape((1, 0)), X.shape[0], bufs, hyper, step,
                opt, ws, plan, int(TRAIN), hyper[0:0], -1.0, hyper[0:0])
+    if not check or _finite(loss, theta, bufs, in_use):
+        return loss, 0
+    theta[:] = backup[:p]
+    for r in range(in_use):
+        bufs[r] = backup[(r + 1) * p:(r + 2) * p]
+    step[0] = saved_step
+    return loss, 2
 
 
 @njit(**KERNEL)

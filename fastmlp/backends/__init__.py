@@ -17,6 +17,15 @@ training and predict chunk sizes) and, when compiled, runs on the layout of
 ``evaluate(X, T) -> float``                 mean loss
 ``loss_and_gradient(X, T, grad) -> float``  grad (n_params,) OVERWRITTEN
 ``train_step(X, T) -> float``               one update of theta and state; batch loss before it
+``train_step_checked(X, T) -> (loss, status)``
+    train_step, guarded, in ONE call (compiled: no Python inside): status 1 when X
+    or T is not finite, or, for a cross-entropy (``net.loss.output`` set), T is
+    outside [0, 1]: nothing ran or changed, loss NaN (the Model then raises the
+    exact message). Otherwise theta, the optimiser buffers in use (plain SGD: none,
+    momentum: v, Adam: m and v) and state.step are copied to a backup the backend
+    owns (allocated once, never per call) and the step runs, bit for bit train_step's;
+    if the loss, theta or those buffers are then not finite, they are restored from
+    the backup (the model exactly as before) and status is 2; else status 0.
 ``train_epoch(X, T, perm, batch_size, norms=None) -> float``
     one train_step per batch of rows perm[i:i + batch_size] (the last may be
     short); returns sum(batch loss * batch rows) / n.
@@ -40,8 +49,8 @@ training and predict chunk sizes) and, when compiled, runs on the layout of
 
 ``predict``, ``evaluate`` and ``loss_and_gradient`` must be safe from several threads at
 once on one model, each giving the single-thread result bit for bit; ``train_step``,
-``train_epoch`` and ``train_epochs`` run one at a time per model (the Model holds its
-lock around them).
+``train_step_checked``, ``train_epoch`` and ``train_epochs`` run one at a time per model
+(the Model holds its lock around them).
 """
 from __future__ import annotations
 

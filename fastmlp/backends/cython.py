@@ -6,10 +6,11 @@ layout the Numba kernels run on too), follows the rules of :mod:`fastmlp.rules`
 (a training workspace of at most ``rules.TRAIN_ROWS`` rows, bigger batches
 going through it in chunks; predict and evaluate in ``rules.predict_rows``
 chunks; plain SGD folded as ``rules.sgd_fold_rows`` says), checks every array
-it is given (copying unaligned inputs), and runs whole train steps, epochs and
-chunks of epochs in C. Several models may train or predict in parallel threads; one model's
-predict, evaluate and loss_and_gradient are safe from several threads at once,
-each giving the single-thread result bit for bit (see Engine).
+it is given (copying unaligned inputs), and runs whole train steps (guarded ones
+too: train_step_checked), epochs and chunks of epochs in C. Several models may
+train or predict in parallel threads; one model's predict, evaluate and
+loss_and_gradient are safe from several threads at once, each giving the
+single-thread result bit for bit (see Engine).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class CythonBackend:
                              rules.sgd_fold_rows(state))
         # The compiled methods with this model's arrays bound in: no Python frame per call.
         self.train_step = partial(self.engine.train_step, theta, state)
+        self.train_step_checked = partial(self.engine.train_step_checked, theta, state)
         self.train_epoch = partial(self.engine.train_epoch, theta, state)
         self.train_epochs = partial(self.engine.train_epochs, theta, state)
         self.loss_and_gradient = partial(self.engine.loss_and_gradient, theta)

@@ -5,7 +5,8 @@ A thin adaptor: it keeps the kernels' description of the network (the plan of
 :mod:`fastmlp.rules`) and one training workspace per model, grown to the
 largest batch seen (up to ``rules.TRAIN_ROWS`` rows; bigger batches are
 processed in chunks), and forwards each contract call to one ``@njit``
-function in :mod:`fastmlp.kernels.numba_train` (train_epochs too: a chunk of
+function in :mod:`fastmlp.kernels.numba_train` (train_step and train_step_checked
+are one function, train_epochs too: a chunk of
 epochs is one call of ``run``, which checks finiteness and tol in compiled
 code). Kernels compile on first use per dtype and are cached on disk
 (``cache=True``), so later processes load them instead of recompiling.
@@ -53,6 +54,10 @@ class NumbaBackend:
         self._fold_rows = rules.sgd_fold_rows(state)
         self._predict_rows = rules.predict_rows(net, self.dtype)
         self._outputs = net.output_dim
+        # train_step_checked's copy of theta and the optimiser buffers (3 * n_params,):
+        # allocated once; kt.train_step's check 2 also wants targets in [0, 1].
+        self._backup = np.empty(3 * net.n_params, dtype=self.dtype)
+        self._check = 2 if net.loss.output is not None else 1
         # Workspaces are (plan, ws, grad, cap) tuples, replaced whole, never mutated.
         self._train = self._new_work(1)     # the trainers'
         self._spare = []                    # loss_and_gradient's, not in use right now
@@ -101,7 +106,15 @@ class NumbaBackend:
             plan, ws, _, _ = self._train_work(len(X))
         state = self.state
         return kt.train_step(self.theta, X, T, state.buffers, state.hyper, state.step,
-                             state.code, ws, plan)
+                             state.code, ws, plan, self._backup, 0)[0]
+
+    def train_step_checked(self, X, T):
+        plan, ws, _, cap = self._train
+        if len(X) > cap:
+            plan, ws, _, _ = self._train_work(len(X))
+        state = self.state
+        return kt.train_step(self.theta, X, T, state.buffers, state.hyper, state.step,
+                             state.code, ws, plan, self._backup, self._check)
 
     def train_epoch(self, X, T, perm, batch_size, norms=None):
         batch_size = int(batch_size)

@@ -31,6 +31,7 @@ class NumpyBackend:
         self.theta, self.state = theta, state
         self.acts = [act.BY_CODE[int(c)] for c in net.act_codes]
         self._grad = np.zeros(net.n_params, dtype=self.dtype)
+        self._backup = None  # train_step_checked's copy of theta and buffers, on first use
         self._train_rows = rules.TRAIN_ROWS                      # rows per gradient chunk
         self._predict_rows = rules.predict_rows(net, self.dtype)  # per predict/evaluate chunk
 
@@ -109,6 +110,30 @@ class NumpyBackend:
         optimizers.update(self.theta, self._grad, self.state)
         return loss
 
+    def train_step_checked(self, X, T):
+        """train_step, guarded; (loss, status): see fastmlp.backends. NumPy's overflow
+        warnings are silenced here: divergence is reported by the status."""
+        state = self.state
+        unit = self.net.loss.output is not None
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            if not (np.isfinite(X).all() and (((T >= 0) & (T <= 1)).all() if unit
+                                              else np.isfinite(T).all())):
+                return float("nan"), 1
+            in_use = _buffers_in_use(state)
+            if self._backup is None:  # (3, n_params), once
+                self._backup = np.empty((3, self.net.n_params), dtype=self.dtype)
+            backup, step = self._backup, state.step[0]
+            backup[0] = self.theta
+            backup[1:1 + in_use] = state.buffers[:in_use]
+            loss = self.train_step(X, T)
+            if (np.isfinite(loss) and np.isfinite(self.theta).all()
+                    and np.isfinite(state.buffers[:in_use]).all()):
+                return loss, 0
+        self.theta[:] = backup[0]
+        state.buffers[:in_use] = backup[1:1 + in_use]
+        state.step[0] = step
+        return loss, 2
+
     def train_epoch(self, X, T, perm, batch_size, norms=None):
         """One train_step per batch of rows perm[i:i + batch_size]; mean loss over rows.
 
@@ -130,8 +155,7 @@ class NumpyBackend:
     def train_epochs(self, X, T, orders, batch_size, tol, losses):
         """train_epoch per row of orders (k, n); (epochs done, status): see fastmlp.backends."""
         state = self.state
-        in_use = 0 if state.code == optimizers.SGD_CODE and \
-            state.hyper[optimizers.MOMENTUM] == 0 else 1 if state.code == optimizers.SGD_CODE else 2
+        in_use = _buffers_in_use(state)
         for e, perm in enumerate(orders):
             losses[e] = loss = self.train_epoch(X, T, perm, batch_size)
             if not (np.isfinite(loss) and np.isfinite(self.theta).all()
@@ -140,6 +164,13 @@ class NumpyBackend:
             if 0 <= tol and loss <= tol:
                 return e + 1, 1
         return len(orders), 0
+
+
+def _buffers_in_use(state):
+    """Rows of state.buffers the optimiser uses: plain SGD 0, momentum 1 (v), Adam 2 (m, v)."""
+    if state.code != optimizers.SGD_CODE:
+        return 2
+    return 1 if state.hyper[optimizers.MOMENTUM] != 0 else 0
 
 
 def _chunks(n, rows):
