@@ -131,6 +131,7 @@ class Model:
         self._lock = threading.RLock()
         self._snapshot = None         # train_on_batch's rollback buffers, allocated on first use
         self._unit_targets = self.net.loss.output is not None  # cross-entropies: t in [0, 1]
+        self._checked_step = self.net.n_params <= self._CHECKED_STEP_PARAMS
         # The reference backend computes with NumPy, whose overflow warnings become one
         # TrainingDiverged; compiled kernels raise none, so they skip the errstate cost.
         self._quiet = (functools.partial(np.errstate, over="ignore", invalid="ignore",
@@ -348,9 +349,12 @@ class Model:
         """
         net = self.net
         with self._lock:
-            # Arrays already as the backends take them: one compiled call checks them,
-            # saves, steps and checks the result (the backend's train_step_checked).
-            if (self._scaling is None and type(X) is np.ndarray and type(Y) is np.ndarray
+            # Arrays already as the backends take them, on a small network: one compiled
+            # call checks them, saves, steps and checks the result (train_step_checked).
+            # On larger ones the checks below (BLAS dots) and np.copyto are faster than
+            # the kernel's scalar loops, and the Python around them no longer matters.
+            if (self._checked_step and self._scaling is None
+                    and type(X) is np.ndarray and type(Y) is np.ndarray
                     and X.dtype == self.dtype and Y.dtype == self.dtype
                     and X.ndim == 2 and Y.ndim == 2 and 0 < len(X) == len(Y)
                     and X.shape[1] == net.input_dim and Y.shape[1] == net.output_dim
@@ -482,6 +486,9 @@ class Model:
         for cb in callbacks:
             _hook(cb, "on_train_end", logs)
         return history
+
+    # Networks up to this many parameters take train_on_batch's one-call checked step.
+    _CHECKED_STEP_PARAMS = 16384
 
     # Work per chunk of epochs trained between two looks from Python, in multiply-adds:
     # about 20 ms, so Ctrl-C stays prompt and an undone chunk is cheap to replay.
