@@ -49,6 +49,16 @@ def predict_rows(net, dtype):
     return max(PREDICT_MIN_ROWS, PREDICT_BYTES // (np.dtype(dtype).itemsize * widest))
 
 
+def buffers_in_use(state):
+    """Rows of ``state.buffers`` (an :class:`fastmlp.optimizers.OptimizerState`) that its
+    update reads and writes: plain SGD 0, momentum 1 (v), Adam 2 (m and v). Only those
+    can go non-finite, so only those are checked and backed up for a rollback (the
+    Numba and Cython kernels write the same rule as ``_buffers_in_use``/``buffers_in_use``)."""
+    if state.code != SGD_CODE:
+        return 2
+    return 1 if float(state.hyper[MOMENTUM]) != 0 else 0
+
+
 def sgd_fold_rows(state):
     """The largest batch (rows) whose plain SGD update folds into the weight GEMM,
     0 for never; ``state`` an :class:`fastmlp.optimizers.OptimizerState`.

@@ -319,6 +319,14 @@ cdef inline bint all_finite(Py_ssize_t n, const floating* a) noexcept nogil:
     return bad == 0
 
 
+cdef inline Py_ssize_t buffers_in_use(int code, const double* h) noexcept nogil:
+    """Rows of the optimiser buffers its update uses: plain SGD 0, momentum 1 (v), Adam 2
+    (m, v); the same rule as fastmlp.rules.buffers_in_use (checked and backed up)."""
+    if code != SGD_CODE:
+        return 2
+    return 1 if h[MOMENTUM] != 0 else 0
+
+
 cdef int train_epochs(const Net* net, const Work* w, floating* theta, const floating* X,
                       const floating* T, const int64_t* orders, Py_ssize_t k, Py_ssize_t n,
                       Py_ssize_t batch, floating* buffers, int code, const double* h,
@@ -330,8 +338,7 @@ cdef int train_epochs(const Net* net, const Work* w, floating* theta, const floa
     whose loss is <= tol when tol >= 0 (returns 1); else returns 0, done[0] = k."""
     cdef Py_ssize_t e
     cdef double loss
-    cdef Py_ssize_t in_use = (0 if code == SGD_CODE and h[MOMENTUM] == 0
-                              else 1 if code == SGD_CODE else 2) * net.n_params
+    cdef Py_ssize_t in_use = buffers_in_use(code, h) * net.n_params
     for e in range(k):
         loss = train_epoch(net, w, theta, X, T, orders + e * n, n, batch, buffers, code, h,
                            step, NULL)
@@ -358,8 +365,7 @@ cdef int train_checked(const Net* net, const Work* w, floating* theta, const flo
     and those buffers are all finite, everything is copied back: returns 2; else 0."""
     cdef Py_ssize_t P = net.n_params, i
     cdef Py_ssize_t n_t = rows * layer_row(net.layers, net.L - 1)[LAYER_N_OUT]
-    cdef Py_ssize_t in_use = (0 if code == SGD_CODE and h[MOMENTUM] == 0
-                              else 1 if code == SGD_CODE else 2) * P
+    cdef Py_ssize_t in_use = buffers_in_use(code, h) * P
     cdef int64_t saved_step = step[0]
     cdef int bad = 0
     if not all_finite(rows * layer_row(net.layers, 0)[LAYER_N_IN], X):
@@ -468,6 +474,21 @@ cdef char* _array(object obj, int typenum, Py_ssize_t d0, Py_ssize_t d1, bint wr
                          f"(C-contiguous: {fl.c_contiguous}, aligned: {fl.aligned}, "
                          f"writable: {fl.writeable})")
     return <char*>cnp.PyArray_DATA(a)
+
+
+cdef int _check_rows(const int64_t* pm, Py_ssize_t count, Py_ssize_t n_rows,
+                     str name) except -1:
+    """Refuse an order whose entries are not row indices in [0, n_rows)."""
+    cdef Py_ssize_t i
+    cdef bint bad = False
+    with nogil:
+        for i in range(count):
+            if pm[i] < 0 or pm[i] >= n_rows:
+                bad = True
+                break
+    if bad:
+        raise ValueError(f"{name} must hold row indices in [0, {n_rows}), found {pm[i]}")
+    return 0
 
 
 cdef class Engine:
@@ -622,6 +643,17 @@ cdef class Engine:
         _array(T, self.typenum, n, self.n_out, False, "T")
         return n
 
+    cdef int _state(self, state, char** buf, double** h, int64_t** step) except -1:
+        """Point buf, h and step at state.buffers (2, n_params), .hyper and .step, each
+        checked; returns state.code, refused unless the kernels know it."""
+        cdef int code = state.code
+        buf[0] = _array(state.buffers, self.typenum, 2, self.net.n_params, True, "state.buffers")
+        h[0] = <double*>_array(state.hyper, cnp.NPY_FLOAT64, N_HYPER, -1, False, "state.hyper")
+        step[0] = <int64_t*>_array(state.step, cnp.NPY_INT64, 1, -1, True, "state.step")
+        if not _has(_known_optimizer, code):
+            raise ValueError(f"unknown optimizer code {code} (known: {known_codes()['optimizer']})")
+        return code
+
     def layout(self):
         """What the Net and shared Work structs hold, read back from them (for tests):
         {"net": the Net's header fields by PLAN_* name and "layers" (L, LAYER_FIELDS),
@@ -654,13 +686,11 @@ cdef class Engine:
         cdef Py_ssize_t n = self._rows(X, T)
         cdef char* x = <char*>cnp.PyArray_DATA(<cnp.ndarray>X)
         cdef char* t = <char*>cnp.PyArray_DATA(<cnp.ndarray>T)
-        cdef char* buf = _array(state.buffers, self.typenum, 2, P, True, "state.buffers")
-        cdef double* h = <double*>_array(state.hyper, cnp.NPY_FLOAT64, N_HYPER, -1, False, "state.hyper")
-        cdef int64_t* step = <int64_t*>_array(state.step, cnp.NPY_INT64, 1, -1, True, "state.step")
-        cdef int code = state.code
+        cdef char* buf
+        cdef double* h
+        cdef int64_t* step
+        cdef int code = self._state(state, &buf, &h, &step)
         cdef double loss
-        if not _has(_known_optimizer, code):
-            raise ValueError(f"unknown optimizer code {code} (known: {known_codes()['optimizer']})")
         self._lock()
         try:
             self._reserve(n)
@@ -689,15 +719,13 @@ cdef class Engine:
         cdef Py_ssize_t n = self._rows(X, T)
         cdef char* x = <char*>cnp.PyArray_DATA(<cnp.ndarray>X)
         cdef char* t = <char*>cnp.PyArray_DATA(<cnp.ndarray>T)
-        cdef char* buf = _array(state.buffers, self.typenum, 2, P, True, "state.buffers")
-        cdef double* h = <double*>_array(state.hyper, cnp.NPY_FLOAT64, N_HYPER, -1, False, "state.hyper")
-        cdef int64_t* step = <int64_t*>_array(state.step, cnp.NPY_INT64, 1, -1, True, "state.step")
-        cdef int code = state.code
+        cdef char* buf
+        cdef double* h
+        cdef int64_t* step
+        cdef int code = self._state(state, &buf, &h, &step)
         cdef double loss = float("nan")
         cdef int status
         cdef char* backup
-        if not _has(_known_optimizer, code):
-            raise ValueError(f"unknown optimizer code {code} (known: {known_codes()['optimizer']})")
         self._lock()
         try:
             self._reserve(n)
@@ -731,29 +759,20 @@ cdef class Engine:
         cdef char* x = <char*>cnp.PyArray_DATA(<cnp.ndarray>X)
         cdef char* t = <char*>cnp.PyArray_DATA(<cnp.ndarray>T)
         cdef int64_t* pm = <int64_t*>_array(perm, cnp.NPY_INT64, -1, -1, False, "perm")
-        cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>perm)[0], i
-        cdef char* buf = _array(state.buffers, self.typenum, 2, P, True, "state.buffers")
-        cdef double* h = <double*>_array(state.hyper, cnp.NPY_FLOAT64, N_HYPER, -1, False, "state.hyper")
-        cdef int64_t* step = <int64_t*>_array(state.step, cnp.NPY_INT64, 1, -1, True, "state.step")
-        cdef int code = state.code
+        cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>perm)[0]
+        cdef char* buf
+        cdef double* h
+        cdef int64_t* step
+        cdef int code = self._state(state, &buf, &h, &step)
         cdef double loss
-        cdef bint bad = False
         cdef double* nrm = NULL
         if norms is not None:
             nrm = <double*>_array(norms, cnp.NPY_FLOAT64, self.net.L, -1, True, "norms")
-        if not _has(_known_optimizer, code):
-            raise ValueError(f"unknown optimizer code {code} (known: {known_codes()['optimizer']})")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if n == 0:
             raise ValueError("perm is empty: an epoch needs at least one row")
-        with nogil:
-            for i in range(n):
-                if pm[i] < 0 or pm[i] >= n_rows:
-                    bad = True
-                    break
-        if bad:
-            raise ValueError(f"perm must hold row indices in [0, {n_rows}), found {perm[i]}")
+        _check_rows(pm, n, n_rows, "perm")
         batch_size = min(batch_size, n)
         self._lock()
         try:
@@ -788,31 +807,22 @@ cdef class Engine:
         if not cnp.PyArray_Check(orders) or cnp.PyArray_NDIM(<cnp.ndarray>orders) != 2:
             raise ValueError("orders must be a 2-D int64 array (epochs, rows)")
         cdef Py_ssize_t k = cnp.PyArray_DIMS(<cnp.ndarray>orders)[0]
-        cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>orders)[1], i
+        cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>orders)[1]
         cdef int64_t* pm = <int64_t*>_array(orders, cnp.NPY_INT64, k, n, False, "orders")
         cdef double* out = <double*>_array(losses, cnp.NPY_FLOAT64, k, -1, True, "losses")
-        cdef char* buf = _array(state.buffers, self.typenum, 2, P, True, "state.buffers")
-        cdef double* h = <double*>_array(state.hyper, cnp.NPY_FLOAT64, N_HYPER, -1, False, "state.hyper")
-        cdef int64_t* step = <int64_t*>_array(state.step, cnp.NPY_INT64, 1, -1, True, "state.step")
-        cdef int code = state.code
+        cdef char* buf
+        cdef double* h
+        cdef int64_t* step
+        cdef int code = self._state(state, &buf, &h, &step)
         cdef int status = 0
         cdef Py_ssize_t done = 0
-        cdef bint bad = False
-        if not _has(_known_optimizer, code):
-            raise ValueError(f"unknown optimizer code {code} (known: {known_codes()['optimizer']})")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if k == 0:
             return 0, 0
         if n == 0:
             raise ValueError("orders has no rows: an epoch needs at least one row")
-        with nogil:
-            for i in range(k * n):
-                if pm[i] < 0 or pm[i] >= n_rows:
-                    bad = True
-                    break
-        if bad:
-            raise ValueError(f"orders must hold row indices in [0, {n_rows}), found {pm[i]}")
+        _check_rows(pm, k * n, n_rows, "orders")
         batch_size = min(batch_size, n)
         self._lock()
         try:

@@ -158,6 +158,15 @@ def _gather(X, T, perm, start, stop, ws, plan, half):
 
 
 @njit(**INLINE)
+def _buffers_in_use(opt, hyper):
+    """Rows of bufs the optimiser's update uses: plain SGD 0, momentum 1 (v), Adam 2 (m, v);
+    the same rule as fastmlp.rules.buffers_in_use (checked and backed up)."""
+    if opt != SGD_CODE:
+        return 2
+    return 1 if hyper[MOMENTUM] != 0 else 0
+
+
+@njit(**INLINE)
 def _finite(loss, theta, bufs, rows):
     """Whether loss, theta (p,) and bufs[:rows] (2, p) are all finite: x - x is 0 for
     every finite x and NaN otherwise, so one OR over lanes, which vectorises (a
@@ -210,7 +219,7 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
     norms, losses = borrow(norms), borrow(losses)
     want_norms, report = norms.shape[0] > 0, losses.shape[0] > 0
     # the optimiser buffers in use, for the finiteness check
-    in_use = 0 if opt == SGD_CODE and hyper[MOMENTUM] == 0 else 1 if opt == SGD_CODE else 2
+    in_use = _buffers_in_use(opt, hyper)
     gather = orders.shape[1] > 0
     n, cap = orders.shape[1] if gather else X.shape[0], plan[PLAN_CAP]
     epoch_loss = 0.0
@@ -283,7 +292,7 @@ def train_step(theta, X, T, bufs, hyper, step, opt, ws, plan, backup, check):
     the loss, theta and those buffers finite (status 0), they and step are put back:
     status 2. One function for both, so the guard costs no second compile of run."""
     p = theta.shape[0]
-    in_use = 0 if opt == SGD_CODE and hyper[MOMENTUM] == 0 else 1 if opt == SGD_CODE else 2
+    in_use = _buffers_in_use(opt, hyper)
     if check:
         # x - x is 0 for finite x, NaN otherwise; NaN fails both range comparisons
         bad = False

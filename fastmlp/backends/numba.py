@@ -101,20 +101,20 @@ class NumbaBackend:
             self._spare.append(work)
 
     def train_step(self, X, T):
-        plan, ws, _, cap = self._train
-        if len(X) > cap:
-            plan, ws, _, _ = self._train_work(len(X))
-        state = self.state
-        return kt.train_step(self.theta, X, T, state.buffers, state.hyper, state.step,
-                             state.code, ws, plan, self._backup, 0)[0]
+        return self._step(X, T, 0)[0]
 
     def train_step_checked(self, X, T):
+        return self._step(X, T, self._check)
+
+    def _step(self, X, T, check):
+        """kt.train_step on the trainers' workspace: (loss, status); check 0 (plain),
+        1 (guarded) or 2 (guarded, targets in [0, 1]), as the kernel documents."""
         plan, ws, _, cap = self._train
         if len(X) > cap:
             plan, ws, _, _ = self._train_work(len(X))
         state = self.state
         return kt.train_step(self.theta, X, T, state.buffers, state.hyper, state.step,
-                             state.code, ws, plan, self._backup, self._check)
+                             state.code, ws, plan, self._backup, check)
 
     def train_epoch(self, X, T, perm, batch_size, norms=None):
         batch_size = int(batch_size)

@@ -119,7 +119,7 @@ class NumpyBackend:
             if not (np.isfinite(X).all() and (((T >= 0) & (T <= 1)).all() if unit
                                               else np.isfinite(T).all())):
                 return float("nan"), 1
-            in_use = _buffers_in_use(state)
+            in_use = rules.buffers_in_use(state)
             if self._backup is None:  # (3, n_params), once
                 self._backup = np.empty((3, self.net.n_params), dtype=self.dtype)
             backup, step = self._backup, state.step[0]
@@ -155,7 +155,7 @@ class NumpyBackend:
     def train_epochs(self, X, T, orders, batch_size, tol, losses):
         """train_epoch per row of orders (k, n); (epochs done, status): see fastmlp.backends."""
         state = self.state
-        in_use = _buffers_in_use(state)
+        in_use = rules.buffers_in_use(state)
         for e, perm in enumerate(orders):
             losses[e] = loss = self.train_epoch(X, T, perm, batch_size)
             if not (np.isfinite(loss) and np.isfinite(self.theta).all()
@@ -166,11 +166,6 @@ class NumpyBackend:
         return len(orders), 0
 
 
-def _buffers_in_use(state):
-    """Rows of state.buffers the optimiser uses: plain SGD 0, momentum 1 (v), Adam 2 (m, v)."""
-    if state.code != optimizers.SGD_CODE:
-        return 2
-    return 1 if state.hyper[optimizers.MOMENTUM] != 0 else 0
 
 
 def _chunks(n, rows):
