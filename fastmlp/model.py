@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from . import activations as act
-from . import io, labels, optimizers, validation, warmup
+from . import io, labels, optimizers, rules, validation, warmup
 from . import metrics as metric_table
 from .backends import get_backend
 from .backends import resolve as resolve_backend
@@ -46,22 +46,28 @@ def _feature_names(X):
 
 
 class _Snapshot:
-    """A copy of the optimiser state's buffers that are in use (plain SGD: none, momentum:
-    v, Adam: m and v) and its step: what a rollback needs, no more."""
+    """What a training step or epoch changes in theta and the optimiser state: theta, the
+    buffers in use (fastmlp.rules.buffers_in_use: none for plain SGD) and the step.
+    save() copies them aside, restore() puts them back: what a rollback needs, no more."""
 
-    def __init__(self, state):
-        self.rows = 0 if state.code == optimizers.SGD_CODE and state.hyper[optimizers.MOMENTUM] == 0 \
-            else 1 if state.code == optimizers.SGD_CODE else 2
-        self.buffers = np.empty_like(state.buffers[:self.rows])
-        self.step = state.step.copy()
+    def __init__(self, theta, state):
+        self._live = theta, state
+        rows = rules.buffers_in_use(state)
+        self._theta = np.empty_like(theta)
+        self._buffers = np.empty_like(state.buffers[:rows])
+        self._step = state.step.copy()
 
-    def copy_from(self, state):
-        np.copyto(self.buffers, state.buffers[:self.rows])
-        np.copyto(self.step, state.step)
+    def save(self):
+        theta, state = self._live
+        np.copyto(self._theta, theta)
+        np.copyto(self._buffers, state.buffers[:len(self._buffers)])
+        np.copyto(self._step, state.step)
 
-    def restore(self, state):
-        np.copyto(state.buffers[:self.rows], self.buffers)
-        np.copyto(state.step, self.step)
+    def restore(self):
+        theta, state = self._live
+        np.copyto(theta, self._theta)
+        np.copyto(state.buffers[:len(self._buffers)], self._buffers)
+        np.copyto(state.step, self._step)
 
 
 class History:
@@ -129,7 +135,7 @@ class Model:
         # Training mutates theta, the optimiser state and the generator: one trainer at a
         # time per model. Readers (predict, evaluate, gradients) do not take it.
         self._lock = threading.RLock()
-        self._snapshot = None         # train_on_batch's rollback buffers, allocated on first use
+        self._snapshot = None         # the rollback copy (_rollback), made on first use
         self._unit_targets = self.net.loss.output is not None  # cross-entropies: t in [0, 1]
         self._checked_step = self.net.n_params <= self._CHECKED_STEP_PARAMS
         # The reference backend computes with NumPy, whose overflow warnings become one
@@ -138,8 +144,7 @@ class Model:
                                          divide="ignore")
                        if self.backend == "numpy" else contextlib.nullcontext)
         # Plain SGD never touches the optimiser buffers: nothing there to check.
-        self._check_state = self.optimizer.code != optimizers.SGD_CODE or \
-            self.optimizer.momentum != 0
+        self._check_state = rules.buffers_in_use(self._state) > 0
 
     # -- inspection --------------------------------------------------------------
     @property
@@ -328,17 +333,15 @@ class Model:
         if grad.shape != (self.net.n_params,):
             raise ValueError(f"grad must have shape ({self.net.n_params},), got {grad.shape}")
         with self._lock:
-            saved_theta, saved_state = self._snapshot_buffers()
-            np.copyto(saved_theta, self._theta)
-            saved_state.copy_from(self._state)
+            snapshot = self._rollback()
+            snapshot.save()
             try:
                 with np.errstate(over="ignore", invalid="ignore"):
                     optimizers.update(self._theta, grad, self._state)
                 self._check_finite(0.0, "in apply_gradient", "the model was left as it was "
                                    "before the step")
             except BaseException:
-                np.copyto(self._theta, saved_theta)
-                saved_state.restore(self._state)
+                snapshot.restore()
                 raise
 
     def train_on_batch(self, X, Y):
@@ -367,17 +370,15 @@ class Model:
                 # checks below raise the exact message. 2: the step diverged and was
                 # undone: it runs once more below, to say what went bad, and is undone.
             X, T = self._data(X, Y)
-            saved_theta, saved_state = self._snapshot_buffers()
-            np.copyto(saved_theta, self._theta)
-            saved_state.copy_from(self._state)
+            snapshot = self._rollback()
+            snapshot.save()
             try:
                 with self._quiet():
                     loss = float(self._engine.train_step(X, T))
                 self._check_finite(loss, "in this train_on_batch step", "the model was left "
                                    "as it was before the step")
             except BaseException:
-                np.copyto(self._theta, saved_theta)
-                saved_state.restore(self._state)
+                snapshot.restore()
                 raise
         return loss
 
@@ -432,17 +433,15 @@ class Model:
             _hook(cb, "on_train_begin", {"epochs": epochs, "samples": len(X),
                                          "batch_size": batch_size})
         perm = np.arange(len(X), dtype=np.int64)
-        saved_theta = np.empty_like(self._theta)
-        saved_state = _Snapshot(self._state)
         norms = np.zeros(len(self.net.layers)) if gradient_norms else None
         steps = -(-len(X) // batch_size)
         logs = {}
         with self._lock:
+            snapshot = self._rollback()
             for epoch in range(epochs):
                 start = time.perf_counter()
                 saved_rng = self._rng.bit_generator.state
-                np.copyto(saved_theta, self._theta)
-                saved_state.copy_from(self._state)
+                snapshot.save()
                 try:
                     if shuffle:
                         # a fresh permutation (not a reshuffle of the last one), so the order
@@ -463,8 +462,7 @@ class Model:
                                        "last finite epoch were kept")
                 except BaseException:
                     # Diverged or interrupted: never leave the model half an epoch updated.
-                    np.copyto(self._theta, saved_theta)
-                    saved_state.restore(self._state)
+                    snapshot.restore()
                     self._rng.bit_generator.state = saved_rng
                     raise
                 seconds = time.perf_counter() - start
@@ -507,7 +505,7 @@ class Model:
         n = len(X)
         per_epoch = max(1, n * self.net.n_params)
         chunk = int(max(1, min(epochs, 1024, self._CHUNK_WORK // per_epoch, (1 << 20) // n)))
-        saved_theta, saved_state = self._snapshot_buffers()
+        snapshot = self._rollback()
         # writable C arrays, as the shuffled orders are: Numba compiles per array type
         orders = None if shuffle else np.tile(np.arange(n, dtype=np.int64), (chunk, 1))
         done = 0
@@ -516,15 +514,13 @@ class Model:
             rng_before = self._rng.bit_generator.state
             if shuffle:
                 orders = self._draw_orders(k, n)
-            np.copyto(saved_theta, self._theta)
-            saved_state.copy_from(self._state)
+            snapshot.save()
             start = time.perf_counter()
             losses, finished, error = self._epochs(X, T, orders[:k], batch_size, tol, done)
             seconds = time.perf_counter() - start
             if error is not None:
                 # Undo the chunk, then redo its epochs before the bad one.
-                np.copyto(self._theta, saved_theta)
-                saved_state.restore(self._state)
+                snapshot.restore()
                 self._rng.bit_generator.state = rng_before
                 if finished and shuffle:
                     orders = self._draw_orders(finished, n)
@@ -674,10 +670,11 @@ class Model:
             callbacks.append(ProgressBar())
         return callbacks
 
-    def _snapshot_buffers(self):
-        """(theta, OptimizerState) buffers that train_on_batch saves into before each step."""
+    def _rollback(self):
+        """The model's one :class:`_Snapshot` (made on first use), saved before a step or
+        epoch and restored if it goes wrong; only used with the lock held."""
         if self._snapshot is None:
-            self._snapshot = (np.empty_like(self._theta), _Snapshot(self._state))
+            self._snapshot = _Snapshot(self._theta, self._state)
         return self._snapshot
 
     def _check_finite(self, loss, where, kept):
