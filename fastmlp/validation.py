@@ -53,18 +53,6 @@ def ready_unit(a, cols, dtype):
             and np.minimum.reduce(a, axis=None) >= 0 and np.maximum.reduce(a, axis=None) <= 1)
 
 
-def all_finite(a):
-    """True when every entry of ``a`` is finite, without an a-sized temporary.
-
-    A sum is finite only if every term is (inf and NaN propagate), so the
-    float64 sum answers at once; only when it overflows are entries checked.
-    """
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.sum(a, dtype=np.float64)):
-            return True
-    return bool(np.isfinite(a).all())
-
-
 def as_array(a, name):
     """np.asarray, refusing masked arrays and rewording NumPy's ragged-list error."""
     if isinstance(a, np.ma.MaskedArray):
@@ -94,7 +82,7 @@ def as_finite(arr, name, dtype):
         out = np.ascontiguousarray(arr, dtype=dtype)
     if not out.flags.aligned:  # e.g. a memmap at an odd offset; compiled code needs alignment
         out = out.copy()
-    if not all_finite(out):
+    if not finite(out):
         src = np.asarray(arr)
         where = np.unravel_index(int(np.argmin(np.isfinite(out))), out.shape)
         at = (f"row {where[0]}, column {where[1]}" if out.ndim == 2
