@@ -45,13 +45,18 @@ def _feature_names(X):
     return np.asarray([str(c) for c in columns])
 
 
+def _nothing():
+    """pull and push of a backend whose parameters live in the host arrays."""
+
+
 class _Snapshot:
     """What a training step or epoch changes in theta and the optimiser state: theta, the
     buffers in use (fastmlp.rules.buffers_in_use: none for plain SGD) and the step.
     save() copies them aside, restore() puts them back: what a rollback needs, no more."""
 
-    def __init__(self, theta, state):
+    def __init__(self, theta, state, pull, push):
         self._live = theta, state
+        self._pull, self._push = pull, push   # the backend's, for parameters on a device
         rows = rules.buffers_in_use(state)
         self._theta = np.empty_like(theta)
         self._buffers = np.empty_like(state.buffers[:rows])
@@ -59,6 +64,7 @@ class _Snapshot:
 
     def save(self):
         theta, state = self._live
+        self._pull()
         np.copyto(self._theta, theta)
         np.copyto(self._buffers, state.buffers[:len(self._buffers)])
         np.copyto(self._step, state.step)
@@ -68,6 +74,7 @@ class _Snapshot:
         np.copyto(theta, self._theta)
         np.copyto(state.buffers[:len(self._buffers)], self._buffers)
         np.copyto(state.step, self._step)
+        self._push()
 
 
 class History:
@@ -129,6 +136,13 @@ class Model:
         self._state = optimizers.OptimizerState.new(self.optimizer, self.net.n_params, self.dtype)
         # The backend owns views of theta and the state: every call passes only data.
         self._engine = backend_class(self.net, self.dtype, self._theta, self._state)
+        # A backend that keeps theta and the state on a device (see fastmlp.backends)
+        # copies them to the host arrays before the Model reads them (pull) and back
+        # after the Model writes them (push); CPU backends work on the host arrays.
+        self._pull = getattr(self._engine, "pull", _nothing)
+        self._push = getattr(self._engine, "push", _nothing)
+        self._to_device = getattr(self._engine, "to_device", None)
+        self._on_device = self._to_device is not None
         self._scaling = None          # (mean, scale) float64 (input_dim,), applied by every call
         self.classes_ = None          # class labels, when fit was given labels
         self.feature_names_in_ = None
@@ -137,7 +151,8 @@ class Model:
         self._lock = threading.RLock()
         self._snapshot = None         # the rollback copy (_rollback), made on first use
         self._unit_targets = self.net.loss.output is not None  # cross-entropies: t in [0, 1]
-        self._checked_step = self.net.n_params <= self._CHECKED_STEP_PARAMS
+        # On a device the backup of the checked step is a device copy: cheap at any size.
+        self._checked_step = self._on_device or self.net.n_params <= self._CHECKED_STEP_PARAMS
         # The reference backend computes with NumPy, whose overflow warnings become one
         # TrainingDiverged; compiled kernels raise none, so they skip the errstate cost.
         self._quiet = (functools.partial(np.errstate, over="ignore", invalid="ignore",
@@ -173,6 +188,7 @@ class Model:
 
     def get_weights(self):
         """Copies of [W1 (in, out), b1 (out,), (prelu alpha1 (out,)), W2, b2, ...]."""
+        self._pull()
         return [v.copy() for v in self.net.split(self._theta)]
 
     def set_weights(self, weights):
@@ -188,13 +204,16 @@ class Model:
                 raise ValueError(f"weight {i} has shape {w.shape}, expected {shape}")
             new.append(validation.as_finite(w, f"weight {i}", self.dtype))
         with self._lock:
+            self._pull()   # the host copy of the optimiser state must stay current
             for view, w in zip(self.net.split(self._theta), new):
                 view[...] = w
+            self._push()
 
     def get_state(self):
         """Copies of everything training changes: a dict with "theta" (n_params,),
         "opt_buffers" (2, n_params), "opt_step" int64 (1,) and "rng_state" (the
         generator's bit_generator.state). :meth:`set_state` restores it exactly."""
+        self._pull()
         return {"theta": self._theta.copy(), "opt_buffers": self._state.buffers.copy(),
                 "opt_step": self._state.step.copy(),
                 "rng_state": self._rng.bit_generator.state}
@@ -218,6 +237,7 @@ class Model:
             self._state.buffers[...] = buffers
             self._state.step[...] = step
             self._rng.bit_generator.state = state["rng_state"]
+            self._push()
 
     @property
     def input_scaling(self):
@@ -279,12 +299,38 @@ class Model:
         of rows (fastmlp.rules.predict_rows), so memory stays bounded by the
         output plus one chunk's activations, however many rows X has. Safe to
         call from several threads at once.
+
+        On the "cuda" backend X may also be a device array (anything with
+        ``__cuda_array_interface__``: a Numba device array, a CuPy array, a PyTorch
+        CUDA tensor) of the model dtype: it is read where it is, without a copy, and
+        the outputs come back as a Numba device array.
         """
+        if self._on_device and hasattr(X, "__cuda_array_interface__"):
+            return self._predict_on_device(X)
         if self._scaling is not None or not validation.ready(X, self.net.input_dim, self.dtype):
             X = validation.check_inputs(X, self.net.input_dim, self.dtype, self._scaling)
         out = np.empty((len(X), self.net.output_dim), dtype=self.dtype)
         return self._engine.predict(X, out)
 
+
+    def _predict_on_device(self, X):
+        """predict for a device array X (n, input_dim): checked where it lies."""
+        iface = X.__cuda_array_interface__
+        shape, dtype = tuple(iface["shape"]), np.dtype(iface["typestr"])
+        if len(shape) != 2 or shape[1] != self.net.input_dim:
+            raise ValueError(f"X must have shape (n, {self.net.input_dim}), got {shape}")
+        if dtype != self.dtype:
+            raise TypeError(f"a device array X must be {self.dtype.name} like the model, got "
+                            f"{dtype.name}: convert it on the device first")
+        strides = iface.get("strides")
+        if strides is not None and tuple(strides) != (shape[1] * dtype.itemsize, dtype.itemsize):
+            raise ValueError("a device array X must be C-contiguous")
+        if self._scaling is not None:
+            raise ValueError("this model standardises its inputs (set_input_scaling), which "
+                             "is done on the host: pass X as a NumPy array")
+        if not self._engine.all_finite(X):
+            raise ValueError("X contains NaN or inf")
+        return self._engine.predict(X)
 
     def evaluate(self, X, Y):
         """Mean loss over (X, Y), a float. Safe to call from several threads at once."""
@@ -338,6 +384,7 @@ class Model:
             try:
                 with np.errstate(over="ignore", invalid="ignore"):
                     optimizers.update(self._theta, grad, self._state)
+                self._push()
                 self._check_finite(0.0, "in apply_gradient", "the model was left as it was "
                                    "before the step")
             except BaseException:
@@ -424,9 +471,12 @@ class Model:
         self._warn_if_untrainable()
         self.history = history = History()
         self.stop_training = False
+        # A device backend gets the training set once per fit (metrics read the host copy).
+        Xd, Td = (X, T) if self._to_device is None else self._to_device(X, T)
+        val_d = val if val is None or self._to_device is None else self._to_device(*val)
         if not (callbacks or val or metric_fns or verbose or gradient_norms):
             with self._lock:
-                self._fit_quietly(X, T, epochs, batch_size, tol, shuffle, history)
+                self._fit_quietly(Xd, Td, epochs, batch_size, tol, shuffle, history)
             return history
         for cb in callbacks:
             _hook(cb, "set_model", self)
@@ -451,12 +501,11 @@ class Model:
                     # not as NumPy warnings (which, as errors, would stop mid-epoch).
                     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                         if norms is None:
-                            loss = self._engine.train_epoch(X, T,
-                                                            perm, batch_size)
+                            loss = self._engine.train_epoch(Xd, Td, perm, batch_size)
                         else:
                             norms[:] = 0
-                            loss = self._engine.train_epoch(X, T,
-                                                            perm, batch_size, norms=norms)
+                            loss = self._engine.train_epoch(Xd, Td, perm, batch_size,
+                                                            norms=norms)
                     loss = float(loss)
                     self._check_finite(loss, f"in epoch {epoch + 1}", "the weights of the "
                                        "last finite epoch were kept")
@@ -468,7 +517,7 @@ class Model:
                 seconds = time.perf_counter() - start
                 logs = {"loss": loss, **self._scores(metric_fns, X, T)}
                 if val is not None:
-                    logs["val_loss"] = float(self._engine.evaluate(*val))
+                    logs["val_loss"] = float(self._engine.evaluate(*val_d))
                     logs.update({f"val_{k}": v for k, v in self._scores(metric_fns, *val).items()})
                 logs["samples_per_s"] = len(X) / seconds if seconds > 0 else float("inf")
                 if norms is not None:
@@ -674,12 +723,13 @@ class Model:
         """The model's one :class:`_Snapshot` (made on first use), saved before a step or
         epoch and restored if it goes wrong; only used with the lock held."""
         if self._snapshot is None:
-            self._snapshot = _Snapshot(self._theta, self._state)
+            self._snapshot = _Snapshot(self._theta, self._state, self._pull, self._push)
         return self._snapshot
 
     def _check_finite(self, loss, where, kept):
         """Raise TrainingDiverged, saying truly what went non-finite, unless all is finite."""
         bad = []
+        self._pull()
         if not validation.finite(self._theta):
             bad = [i + 1 for i, (W, b, alpha) in enumerate(self.net.layer_views(self._theta))
                    if not (np.isfinite(W).all() and np.isfinite(b).all()

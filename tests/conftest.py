@@ -3,13 +3,34 @@ that imports here, against the NumPy reference.
 
 Set FASTMLP_REQUIRE_BACKENDS=numpy,numba,cython (as .ci/run does) to make a
 missing backend a failure rather than a silent skip.
+
+Set FASTMLP_TEST_BACKENDS=cuda (a comma-separated list) to run the shared suite on
+those backends only: .ci/run runs the "cuda" backend that way under the Numba CUDA
+simulator (NUMBA_ENABLE_CUDASIM=1, in its own pytest process), whose Python threads
+are far too slow to run every CPU test beside it. A named backend that does not
+import here is an error, not a skip.
 """
+import os
+
 import numpy as np
 import pytest
 
 import fastmlp as fm
 
-BACKENDS = fm.available_backends()
+
+def _backends():
+    available = fm.available_backends()
+    chosen = [b for b in os.environ.get("FASTMLP_TEST_BACKENDS", "").split(",") if b]
+    if not chosen:
+        return available
+    missing = [b for b in chosen if b not in available]
+    if missing:
+        raise pytest.UsageError(f"FASTMLP_TEST_BACKENDS names {missing}, which do not import "
+                                f"here (available: {available})")
+    return chosen
+
+
+BACKENDS = _backends()
 COMPILED = [b for b in BACKENDS if b != "numpy"]
 
 from tolerances import TOLERANCES
