@@ -62,6 +62,8 @@ _REGISTRY = {
     "numpy": "fastmlp.backends.reference:NumpyBackend",
     "numba": "fastmlp.backends.numba:NumbaBackend",
     "cython": "fastmlp.backends.cython:CythonBackend",
+    # an NVIDIA GPU through numba-cuda; its import fails, saying why, without one
+    "cuda": "fastmlp.backends.cuda:CudaBackend",
 }
 _import_errors: dict[str, str] = {}
 
@@ -98,7 +100,8 @@ def available_backends():
     return names
 
 
-# What backend="auto" picks: the fastest that imports here.
+# What backend="auto" picks: the fastest CPU backend that imports here ("cuda" is asked
+# for by name: a GPU pays off only for large batches, and moves where the data live).
 AUTO_ORDER = ("cython", "numba", "numpy")
 
 
