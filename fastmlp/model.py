@@ -151,8 +151,12 @@ class Model:
         self._lock = threading.RLock()
         self._snapshot = None         # the rollback copy (_rollback), made on first use
         self._unit_targets = self.net.loss.output is not None  # cross-entropies: t in [0, 1]
-        # On a device the backup of the checked step is a device copy: cheap at any size.
-        self._checked_step = self._on_device or self.net.n_params <= self._CHECKED_STEP_PARAMS
+        # On a device the backup of the checked step is a device copy, and a backend whose
+        # guarded step proves its update finite before writing copies nothing: cheap at any
+        # size. Elsewhere the step's backup copy pays only on small networks.
+        self._checked_step = (self._on_device
+                              or getattr(backend_class, "guarded_step_is_free", False)
+                              or self.net.n_params <= self._CHECKED_STEP_PARAMS)
         # The reference backend computes with NumPy, whose overflow warnings become one
         # TrainingDiverged; compiled kernels raise none, so they skip the errstate cost.
         self._quiet = (functools.partial(np.errstate, over="ignore", invalid="ignore",
@@ -305,7 +309,7 @@ class Model:
         CUDA tensor) of the model dtype: it is read where it is, without a copy, and
         the outputs come back as a Numba device array.
         """
-        if self._on_device and hasattr(X, "__cuda_array_interface__"):
+        if self._on_device and self._engine.is_device_array(X):
             return self._predict_on_device(X)
         if self._scaling is not None or not validation.ready(X, self.net.input_dim, self.dtype):
             X = validation.check_inputs(X, self.net.input_dim, self.dtype, self._scaling)
@@ -315,15 +319,14 @@ class Model:
 
     def _predict_on_device(self, X):
         """predict for a device array X (n, input_dim): checked where it lies."""
-        iface = X.__cuda_array_interface__
-        shape, dtype = tuple(iface["shape"]), np.dtype(iface["typestr"])
+        X = self._engine.as_device(X)
+        shape, dtype = tuple(X.shape), np.dtype(X.dtype)
         if len(shape) != 2 or shape[1] != self.net.input_dim:
             raise ValueError(f"X must have shape (n, {self.net.input_dim}), got {shape}")
         if dtype != self.dtype:
             raise TypeError(f"a device array X must be {self.dtype.name} like the model, got "
                             f"{dtype.name}: convert it on the device first")
-        strides = iface.get("strides")
-        if strides is not None and tuple(strides) != (shape[1] * dtype.itemsize, dtype.itemsize):
+        if not X.is_c_contiguous():
             raise ValueError("a device array X must be C-contiguous")
         if self._scaling is not None:
             raise ValueError("this model standardises its inputs (set_input_scaling), which "
@@ -399,10 +402,11 @@ class Model:
         """
         net = self.net
         with self._lock:
-            # Arrays already as the backends take them, on a small network: one compiled
-            # call checks them, saves, steps and checks the result (train_step_checked).
-            # On larger ones the checks below (BLAS dots) and np.copyto are faster than
-            # the kernel's scalar loops, and the Python around them no longer matters.
+            # Arrays already as the backends take them: one compiled call checks them and
+            # steps, guarded (train_step_checked), on a small network or where that costs
+            # no copy (a device; guarded_step_is_free). On larger networks of other
+            # backends the checks below (BLAS dots) and np.copyto beat the kernel's
+            # scalar loops, and the Python around them no longer matters.
             if (self._checked_step and self._scaling is None
                     and type(X) is np.ndarray and type(Y) is np.ndarray
                     and X.dtype == self.dtype and Y.dtype == self.dtype
@@ -534,7 +538,8 @@ class Model:
             _hook(cb, "on_train_end", logs)
         return history
 
-    # Networks up to this many parameters take train_on_batch's one-call checked step.
+    # Networks up to this many parameters take train_on_batch's one-call checked step on
+    # every backend (above it, only where that step copies nothing: see __init__).
     _CHECKED_STEP_PARAMS = 16384
 
     # Work per chunk of epochs trained between two looks from Python, in multiply-adds:

@@ -120,6 +120,9 @@ class CudaBackend:
     """Backend contract (see fastmlp.backends) on an NVIDIA GPU."""
 
     name = "cuda"
+    # How the Model recognises and reads a GPU array (predict's device path).
+    is_device_array = staticmethod(is_device_array)
+    as_device = staticmethod(as_device)
 
     def __init__(self, net, dtype, theta, state):
         self.net = net
