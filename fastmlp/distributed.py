@@ -404,6 +404,9 @@ class _Run:
         0.04 ms on W3), every step, on every rank."""
         model, n, buf = self.model, self.model.n_params, self.buf
         grad, loss_sum = buf[:n], 0.0   # after the reduction: the batch's mean gradient
+        # Written here, outside the backend: tell it (a device copies theta back; a
+        # copy-free guarded step drops the bounds it keeps on theta).
+        push = getattr(model.engine, "push", lambda: None)
         for k, first in enumerate(range(0, self.n_global, self.batch_size)):
             batch_rows = min(self.batch_size, self.n_global - first)
             if error is None:
@@ -426,6 +429,7 @@ class _Run:
                                            "learning rate or rescale the data)")
                 with np.errstate(over="ignore", invalid="ignore"):
                     optimizers.update(model.engine.theta, grad, model.engine.state)
+                push()
             except Exception as exc:
                 error = exc          # sent with the next step's reduction, or agreed below
         loss = loss_sum / self.n_global

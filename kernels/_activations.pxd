@@ -5,8 +5,10 @@ Each section holds the activation's two passes over a row of n units, side by si
 
 * ``<name>_forward(n, z, b, p, alpha, f)``: z (n,) += b (n,) in place, and
   f (n,) = act(z), OVERWRITTEN (f may be z);
-* ``<name>_backward(n, d, z, f, p, alpha, galpha)``: d (n,) holds dE/df and is
-  OVERWRITTEN with delta = dE/dz; z and f are the forward pass's.
+* ``<name>_backward(n, g, zd, f, p, alpha, galpha)``: g (n,) holds dE/df; zd (n,)
+  holds the forward pass's z and is OVERWRITTEN with delta = dE/dz (each element
+  read before it is written, so a train step keeps every layer's delta in that
+  layer's z buffer for the update sweep); f is the forward pass's output.
 
 ``p`` is the activation's parameter (slope of linear, alpha of leaky_relu and
 elu); prelu reads its per-unit alpha (n,) instead and ADDS dE/dalpha to
@@ -45,13 +47,13 @@ cdef inline void step_forward(Py_ssize_t n, floating* z, const floating* b, floa
         f[j] = one if v > 0 else (zero if v < 0 else half)
 
 
-cdef inline void zero_backward(Py_ssize_t n, floating* d, const floating* z, const floating* f,
+cdef inline void zero_backward(Py_ssize_t n, const floating* g, floating* zd, const floating* f,
                                floating p, const floating* alpha, floating* galpha) noexcept nogil:
     """The derivative of step and sign: 0 wherever it exists."""
     cdef Py_ssize_t j
     cdef floating zero = 0
     for j in range(n):
-        d[j] *= zero
+        zd[j] = g[j] * zero
 
 
 # -- sign: -1, 0, 1; no gradient flows (backward: zero_backward) ----------------------
@@ -78,11 +80,11 @@ cdef inline void linear_forward(Py_ssize_t n, floating* z, const floating* b, fl
         f[j] = p * v
 
 
-cdef inline void linear_backward(Py_ssize_t n, floating* d, const floating* z, const floating* f,
+cdef inline void linear_backward(Py_ssize_t n, const floating* g, floating* zd, const floating* f,
                                  floating p, const floating* alpha, floating* galpha) noexcept nogil:
     cdef Py_ssize_t j
     for j in range(n):
-        d[j] *= p
+        zd[j] = g[j] * p
 
 
 # -- piecewise linear: clip(z + 1/2, 0, 1) ----------------------------------------------
@@ -99,13 +101,13 @@ cdef inline void piecewise_linear_forward(Py_ssize_t n, floating* z, const float
         f[j] = zero if v < 0 else (one if v > 1 else v)
 
 
-cdef inline void piecewise_linear_backward(Py_ssize_t n, floating* d, const floating* z,
+cdef inline void piecewise_linear_backward(Py_ssize_t n, const floating* g, floating* zd,
                                            const floating* f, floating p, const floating* alpha,
                                            floating* galpha) noexcept nogil:
     cdef Py_ssize_t j
     cdef floating zero = 0, half = 0.5, one = 1
     for j in range(n):
-        d[j] *= one if (z[j] > -half and z[j] < half) else zero
+        zd[j] = g[j] * (one if (zd[j] > -half and zd[j] < half) else zero)
 
 
 # -- sigmoid --------------------------------------------------------------------------
@@ -120,12 +122,12 @@ cdef inline void sigmoid_forward(Py_ssize_t n, floating* z, const floating* b, f
         f[j] = vsigmoid(v)
 
 
-cdef inline void sigmoid_backward(Py_ssize_t n, floating* d, const floating* z, const floating* f,
+cdef inline void sigmoid_backward(Py_ssize_t n, const floating* g, floating* zd, const floating* f,
                                   floating p, const floating* alpha, floating* galpha) noexcept nogil:
     cdef Py_ssize_t j
     cdef floating one = 1
     for j in range(n):
-        d[j] *= f[j] * (one - f[j])
+        zd[j] = g[j] * (f[j] * (one - f[j]))
 
 
 # -- tanh -----------------------------------------------------------------------------
@@ -140,12 +142,12 @@ cdef inline void tanh_forward(Py_ssize_t n, floating* z, const floating* b, floa
         f[j] = vtanh(v)
 
 
-cdef inline void tanh_backward(Py_ssize_t n, floating* d, const floating* z, const floating* f,
+cdef inline void tanh_backward(Py_ssize_t n, const floating* g, floating* zd, const floating* f,
                                floating p, const floating* alpha, floating* galpha) noexcept nogil:
     cdef Py_ssize_t j
     cdef floating one = 1
     for j in range(n):
-        d[j] *= one - f[j] * f[j]
+        zd[j] = g[j] * (one - f[j] * f[j])
 
 
 # -- relu: derivative 0 at z <= 0 ------------------------------------------------------
@@ -160,12 +162,13 @@ cdef inline void relu_forward(Py_ssize_t n, floating* z, const floating* b, floa
         f[j] = zero if v < 0 else v
 
 
-cdef inline void relu_backward(Py_ssize_t n, floating* d, const floating* z, const floating* f,
+cdef inline void relu_backward(Py_ssize_t n, const floating* g, floating* zd, const floating* f,
                                floating p, const floating* alpha, floating* galpha) noexcept nogil:
     cdef Py_ssize_t j
-    cdef floating zero = 0
+    cdef floating v, zero = 0
     for j in range(n):
-        d[j] = d[j] if z[j] > 0 else zero
+        v = g[j]  # loaded unconditionally, so the ternary can be a select
+        zd[j] = v if zd[j] > 0 else zero
 
 
 # -- leaky relu: p z below 0 -------------------------------------------------------------
@@ -180,13 +183,13 @@ cdef inline void leaky_relu_forward(Py_ssize_t n, floating* z, const floating* b
         f[j] = p * v if v < 0 else v
 
 
-cdef inline void leaky_relu_backward(Py_ssize_t n, floating* d, const floating* z,
+cdef inline void leaky_relu_backward(Py_ssize_t n, const floating* g, floating* zd,
                                      const floating* f, floating p, const floating* alpha,
                                      floating* galpha) noexcept nogil:
     cdef Py_ssize_t j
     cdef floating one = 1
     for j in range(n):
-        d[j] *= p if z[j] < 0 else one
+        zd[j] = g[j] * (p if zd[j] < 0 else one)
 
 
 # -- prelu: alpha[j] z below 0, alpha trainable per unit ------------------------------------
@@ -202,15 +205,17 @@ cdef inline void prelu_forward(Py_ssize_t n, floating* z, const floating* b, flo
         f[j] = a * v if v < 0 else v
 
 
-cdef inline void prelu_backward(Py_ssize_t n, floating* d, const floating* z, const floating* f,
+cdef inline void prelu_backward(Py_ssize_t n, const floating* g, floating* zd, const floating* f,
                                 floating p, const floating* alpha, floating* galpha) noexcept nogil:
     cdef Py_ssize_t j
     cdef floating v
     for j in range(n):
-        v = z[j]
+        v = zd[j]
         if v < 0:
-            galpha[j] += d[j] * v  # d prelu / d alpha = min(z, 0)
-            d[j] *= alpha[j]
+            galpha[j] += g[j] * v  # d prelu / d alpha = min(z, 0)
+            zd[j] = g[j] * alpha[j]
+        else:
+            zd[j] = g[j]
 
 
 # -- elu: p (e^z - 1) below 0, through expm1 so it is accurate near 0 ------------------------
@@ -225,13 +230,13 @@ cdef inline void elu_forward(Py_ssize_t n, floating* z, const floating* b, float
         f[j] = p * vexpm1(v if v < 0 else zero) if v < 0 else v
 
 
-cdef inline void elu_backward(Py_ssize_t n, floating* d, const floating* z, const floating* f,
+cdef inline void elu_backward(Py_ssize_t n, const floating* g, floating* zd, const floating* f,
                               floating p, const floating* alpha, floating* galpha) noexcept nogil:
     cdef Py_ssize_t j
     cdef floating a, one = 1
     for j in range(n):
         a = f[j] + p  # loaded unconditionally, so the ternary can be a select
-        d[j] *= a if z[j] < 0 else one
+        zd[j] = g[j] * (a if zd[j] < 0 else one)
 
 
 # -- softplus: ln(1 + e^z), which never overflows -----------------------------------------------
@@ -246,12 +251,12 @@ cdef inline void softplus_forward(Py_ssize_t n, floating* z, const floating* b, 
         f[j] = vsoftplus(v)
 
 
-cdef inline void softplus_backward(Py_ssize_t n, floating* d, const floating* z,
+cdef inline void softplus_backward(Py_ssize_t n, const floating* g, floating* zd,
                                    const floating* f, floating p, const floating* alpha,
                                    floating* galpha) noexcept nogil:
     cdef Py_ssize_t j
     for j in range(n):
-        d[j] *= vsigmoid(z[j])
+        zd[j] = g[j] * vsigmoid(zd[j])
 
 
 # -- softmax: over the row, shifted by its maximum --------------------------------------------
@@ -275,12 +280,12 @@ cdef inline void softmax_forward(Py_ssize_t n, floating* z, const floating* b, f
         f[j] *= s
 
 
-cdef inline void softmax_backward(Py_ssize_t n, floating* d, const floating* z, const floating* f,
+cdef inline void softmax_backward(Py_ssize_t n, const floating* g, floating* zd, const floating* f,
                                   floating p, const floating* alpha, floating* galpha) noexcept nogil:
     """The softmax Jacobian-vector product f * (d - sum(d * f))."""
     cdef Py_ssize_t j
     cdef floating s = 0
     for j in range(n):
-        s += d[j] * f[j]
+        s += g[j] * f[j]
     for j in range(n):
-        d[j] = f[j] * (d[j] - s)
+        zd[j] = f[j] * (g[j] - s)

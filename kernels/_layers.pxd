@@ -2,8 +2,14 @@
 """One dense layer f = act(x W + b), forward and backward, for float and double.
 
 Every array is row-major; ``rows`` is the batch. The caller checks sizes and
-owns every buffer. dense_backward undoes the GEMM and activation_backward the
-activation, so a layer's backward is activation_backward then dense_backward.
+owns every buffer. A layer's backward is activation_backward (dE/df -> delta),
+dense_backward_input (delta -> the layer below's dE/df) and dense_backward_params
+(delta -> dE/dW and dE/db, or the folded SGD update): a train step runs the first
+two for every layer, then the third, so nothing is written to theta before every
+delta is known (see cython_mlp.train_guarded).
+
+``fmax`` / ``dmax`` arguments, when not NULL, get max |f| / max |delta| of what
+the pass wrote (inf if any is NaN or inf), from each row while it is in cache.
 """
 from cython cimport floating
 
@@ -17,24 +23,28 @@ from _activations cimport (elu_backward, elu_forward, leaky_relu_backward, leaky
                            softplus_forward, step_forward, tanh_backward, tanh_forward,
                            zero_backward)
 from _blas cimport gemm
+from _guard cimport abs_max
 from _codes cimport (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, RELU, SIGMOID, SIGN,
                      SOFTMAX, SOFTPLUS, STEP, TANH)
 
 
 cdef inline int bias_activation_forward(Py_ssize_t rows, Py_ssize_t n, floating* z,
                                          const floating* b, int code, floating p,
-                                         const floating* alpha, floating* f) noexcept nogil:
+                                         const floating* alpha, floating* f,
+                                         double* fmax) noexcept nogil:
     """The pass after the GEMM: z += b, f = act(z), a row at a time (see _activations).
 
     z (rows, n): IN x W, OUT x W + b (updated in place).
     b (n,), alpha (n,): IN; alpha is prelu's per-unit parameter, NULL otherwise.
     f (rows, n): OUT, OVERWRITTEN with the activation. f may be z (only outputs kept).
+    fmax (1,): OUT unless NULL, OVERWRITTEN with max |f| (inf if one is NaN or inf).
     Returns 0, or -1 for a code with no section (f is then NaN; the Engine refuses
     such codes before any kernel runs).
     """
     cdef Py_ssize_t r, j
     cdef floating* zr
     cdef floating* fr
+    cdef double m = 0, mr
     for r in range(rows):
         zr = z + r * n
         fr = f + r * n
@@ -66,42 +76,51 @@ cdef inline int bias_activation_forward(Py_ssize_t rows, Py_ssize_t n, floating*
             for j in range(n):
                 fr[j] = <floating>NAN
             return -1
+        if fmax != NULL:
+            mr = abs_max(n, fr)
+            m = mr if mr > m else m
+    if fmax != NULL:
+        fmax[0] = m
     return 0
 
 
 cdef inline void dense_forward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,
                                const floating* x, const floating* W, const floating* b,
                                int code, floating p, const floating* alpha, floating* z,
-                               floating* f) noexcept nogil:
+                               floating* f, double* fmax) noexcept nogil:
     """f = act(x W + b).
 
     x (rows, n_in), W (n_in, n_out), b (n_out,), alpha (n_out,) or NULL: IN.
     z (rows, n_out): OUT, OVERWRITTEN with x W + b.
     f (rows, n_out): OUT, OVERWRITTEN with the activation; may be z (z then lost).
+    fmax (1,): OUT unless NULL, max |f| (see bias_activation_forward).
     """
     gemm(False, False, <int>rows, <int>n_out, <int>n_in, <floating>1, x, <int>n_in,
          W, <int>n_out, <floating>0, z, <int>n_out)
-    bias_activation_forward(rows, n_out, z, b, code, p, alpha, f)
+    bias_activation_forward(rows, n_out, z, b, code, p, alpha, f, fmax)
 
 
-cdef inline int activation_backward(Py_ssize_t rows, Py_ssize_t n, floating* dout,
-                                     const floating* z, const floating* f, int code, floating p,
+cdef inline int activation_backward(Py_ssize_t rows, Py_ssize_t n, const floating* dout,
+                                     floating* z, const floating* f, int code, floating p,
                                      const floating* alpha, floating* galpha,
-                                     bint accumulate) noexcept nogil:
+                                     bint accumulate, double* dmax) noexcept nogil:
     """dE/df -> dE/dz through f = act(z), a row at a time (see _activations).
 
-    dout (rows, n): IN dE/df, OUT delta = dE/dz (OVERWRITTEN in place).
-    z, f (rows, n): IN, the forward pass's pre-activation and output.
+    dout (rows, n): IN dE/df.
+    z (rows, n): IN the forward pass's pre-activation, OUT delta = dE/dz (OVERWRITTEN).
+    f (rows, n): IN, the forward pass's output.
     alpha (n,): IN, prelu only (NULL otherwise).
     galpha (n,): OUT, prelu only: dE/dalpha = sum_r dE/df * min(z, 0), OVERWRITTEN,
     or ACCUMULATED (added) when ``accumulate``.
-    Returns 0, or -1 for a code with no section (dout is then NaN; the Engine
+    dmax (1,): OUT unless NULL, OVERWRITTEN with max |delta| (inf if one is NaN or inf).
+    Returns 0, or -1 for a code with no section (delta is then NaN; the Engine
     refuses such codes before any kernel runs).
     """
     cdef Py_ssize_t r, j
-    cdef floating* dr
-    cdef const floating* zr
+    cdef const floating* dr
+    cdef floating* zr
     cdef const floating* fr
+    cdef double m = 0, mr
     if code == PRELU and not accumulate:
         for j in range(n):
             galpha[j] = 0
@@ -133,33 +152,42 @@ cdef inline int activation_backward(Py_ssize_t rows, Py_ssize_t n, floating* dou
             zero_backward(n, dr, zr, fr, p, alpha, galpha)
         else:
             for j in range(n):
-                dr[j] = <floating>NAN
+                zr[j] = <floating>NAN
             return -1
+        if dmax != NULL:
+            mr = abs_max(n, zr)
+            m = mr if mr > m else m
+    if dmax != NULL:
+        dmax[0] = m
     return 0
 
 
-cdef inline void dense_backward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,
-                                const floating* x, const floating* W, const floating* delta,
-                                floating* dx, floating* gW, floating* gb, bint accumulate,
-                                bint sgd, floating lr, floating decay,
-                                floating* b) noexcept nogil:
-    """Backward through z = x W + b.
+cdef inline void dense_backward_input(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,
+                                      const floating* W, const floating* delta,
+                                      floating* dx) noexcept nogil:
+    """Backward through z = x W + b to the input: dx (rows, n_in) OVERWRITTEN with
+    delta W^T; W (n_in, n_out) and delta = dE/dz (rows, n_out): IN."""
+    gemm(False, True, <int>rows, <int>n_in, <int>n_out, <floating>1, delta, <int>n_out,
+         W, <int>n_out, <floating>0, dx, <int>n_in)
 
-    x (rows, n_in), W (n_in, n_out), delta = dE/dz (rows, n_out): IN.
-    dx (rows, n_in): OUT, OVERWRITTEN with delta W^T from W as it was on entry;
-    skipped when NULL (the first layer).
+
+cdef inline void dense_backward_params(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,
+                                       const floating* x, const floating* delta, floating* gW,
+                                       floating* gb, bint accumulate, bint sgd, floating lr,
+                                       floating decay, floating* b) noexcept nogil:
+    """Backward through z = x W + b to the parameters.
+
+    x (rows, n_in), delta = dE/dz (rows, n_out): IN.
     gb (n_out,): OUT, sum_r delta: OVERWRITTEN, or ACCUMULATED when ``accumulate``.
     sgd false: gW (n_in, n_out) gets x^T delta: OVERWRITTEN, or ACCUMULATED when
     ``accumulate`` (a batch processed in chunks of rows); b is unused.
     sgd true (plain SGD folded into the GEMM, fastmlp.rules.sgd_fold_rows; accumulate
     must be false): gW is W itself, W <- decay W - lr x^T delta (decay = 1 - lr *
     weight_decay), gb is OVERWRITTEN, and b (n_out,) <- decay b - lr gb.
-    The weight gradient is never materialised.
+    The weight gradient is never materialised. W's old value must no longer be
+    needed: dense_backward_input of this layer runs first.
     """
     cdef Py_ssize_t r, j
-    if dx != NULL:
-        gemm(False, True, <int>rows, <int>n_in, <int>n_out, <floating>1, delta, <int>n_out,
-             W, <int>n_out, <floating>0, dx, <int>n_in)
     if not accumulate:
         for j in range(n_out):
             gb[j] = 0

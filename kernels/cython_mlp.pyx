@@ -20,6 +20,8 @@ from cpython.pythread cimport (NOWAIT_LOCK, WAIT_LOCK, PyThread_acquire_lock,
                                PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_release_lock, PyThread_type_lock)
 from cython cimport floating
+from libc.float cimport DBL_MAX, FLT_MAX
+from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
@@ -29,7 +31,9 @@ from _codes cimport (EPS, LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS
                      PLAN_FUSED, PLAN_HEAD, PLAN_LAYERS, PLAN_LOSS, PLAN_N_PARAMS, PLAN_WIDEST,
                      PLAN_WS_SIZE, PRELU, SGD_CODE, WEIGHT_DECAY, WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD,
                      WS_TB, WS_XB, compiled_codes)
-from _layers cimport activation_backward, bias_activation_forward, dense_backward, dense_forward
+from _guard cimport Bounds, abs_max, below, prove_update
+from _layers cimport (activation_backward, bias_activation_forward, dense_backward_input,
+                      dense_backward_params, dense_forward)
 from _losses cimport loss_forward_backward
 from _optimizers cimport optimizer_update
 
@@ -65,8 +69,8 @@ cdef void _probe_codes():
         z[0] = 0
         one[0] = 1
         _known_activation[code] = (
-            bias_activation_forward(1, 1, z, z, code, <double>1, one, f) == 0
-            and activation_backward(1, 1, one, z, f, code, <double>1, one, one, True) == 0)
+            bias_activation_forward(1, 1, z, z, code, <double>1, one, f, NULL) == 0
+            and activation_backward(1, 1, one, z, f, code, <double>1, one, one, True, NULL) == 0)
         z[0] = 0
         loss = loss_forward_backward(1, 1, code, z, z, z, f, <double>1)
         _known_loss[code] = loss == loss  # not NaN
@@ -114,11 +118,13 @@ cdef struct Work:
     Py_ssize_t fold_rows     # plain SGD folds into the GEMM up to this batch (PLAN_FOLD_ROWS)
     const int64_t* layers    # its plan's rows: as Net's, with LAYER_Z and LAYER_F
     void* ws                 # the one flat workspace its plan lays out
-    void* d0                 # WS_D0 (cap, widest layer): dE/df, then delta, of one layer
-    void* d1                 # WS_D1 (cap, widest layer): the same for the layer below
+    void* d0                 # WS_D0 (cap, widest layer): dE/df of the layer being undone
+    void* d1                 # WS_D1 (cap, widest layer): the output layer's dE/df (its delta
+                             # when fused); every other layer's delta replaces its z
     void* xb                 # WS_XB (cap, inputs): a mini-batch gathered through perm
     void* tb                 # WS_TB (cap, outputs)
     void* grad               # WS_GRAD (n_params,)
+    double* maxima           # (4, layers) float64: a guarded step's Guard arrays
 
 
 cdef inline const int64_t* layer_row(const int64_t* layers, int i) noexcept nogil:
@@ -131,9 +137,19 @@ cdef inline const floating* alpha_of(const floating* theta, const int64_t* row) 
     return theta + row[LAYER_ALPHA] if row[LAYER_ALPHA] >= 0 else NULL
 
 
+cdef inline floating* delta_of(const Net* net, const Work* w, floating* ws, int i) noexcept nogil:
+    """Where layer i's delta = dE/dz lies after network_deltas: w.d1 for a fused output
+    layer, else in place of its z; ws is w.ws."""
+    if net.fused and i == net.L - 1:
+        return <floating*>w.d1
+    return ws + layer_row(w.layers, i)[LAYER_Z]
+
+
 cdef void network_forward(const Net* net, const Work* w, const floating* theta,
-                          const floating* x, Py_ssize_t rows) noexcept nogil:
-    """Every layer's z and f for rows (<= w.cap) of x, OVERWRITTEN in w's workspace."""
+                          const floating* x, Py_ssize_t rows, double* fmax) noexcept nogil:
+    """Every layer's z and f for rows (<= w.cap) of x, OVERWRITTEN in w's workspace.
+    fmax (L,) or NULL: fmax[i] OVERWRITTEN with max |f| of every layer but the last
+    (inf if NaN or inf), whose outputs feed no GEMM; fmax[L - 1] = 0."""
     cdef int i
     cdef const floating* a = x
     cdef floating* f
@@ -143,8 +159,11 @@ cdef void network_forward(const Net* net, const Work* w, const floating* theta,
         f = <floating*>w.ws + row[LAYER_F]
         dense_forward(rows, row[LAYER_N_IN], row[LAYER_N_OUT], a, theta + row[LAYER_W],
                       theta + row[LAYER_B], <int>row[LAYER_ACT], <floating>net.params[i],
-                      alpha_of(theta, row), <floating*>w.ws + row[LAYER_Z], f)
+                      alpha_of(theta, row), <floating*>w.ws + row[LAYER_Z], f,
+                      fmax + i if fmax != NULL and i < net.L - 1 else NULL)
         a = f
+    if fmax != NULL:
+        fmax[net.L - 1] = 0
 
 
 cdef inline double sum_squares(Py_ssize_t n, const floating* a) noexcept nogil:
@@ -164,56 +183,101 @@ cdef inline double sum_squares(Py_ssize_t n, const floating* a) noexcept nogil:
     return (s0 + s1) + (s2 + s3)
 
 
-cdef double network_backward(const Net* net, const Work* w, floating* theta, const floating* x,
-                             const floating* t, Py_ssize_t rows, floating scale,
-                             bint accumulate, floating* grad, bint sgd,
-                             floating lr, floating decay, double* norms) noexcept nogil:
-    """After network_forward on the same rows: returns the loss SUMMED over the rows.
+cdef double network_deltas(const Net* net, const Work* w, const floating* theta,
+                           const floating* t, Py_ssize_t rows, floating scale, bint accumulate,
+                           floating* grad, double* dmax) noexcept nogil:
+    """The backward pass's first sweep, after network_forward on the same rows: returns
+    the loss SUMMED over the rows, and every layer's delta = scale * dE/dz is
+    OVERWRITTEN where delta_of says (in place of z, whose last use is its
+    activation's derivative), each from the old weights. theta is only read: nothing
+    is decided about the update yet. prelu's dE/dalpha (times scale) goes to grad,
+    OVERWRITTEN or ACCUMULATED when ``accumulate``; w.d0 and w.d1 are scratch.
+    dmax (L,) or NULL: max |delta| of each layer OVERWRITTEN (inf if NaN or inf)."""
+    cdef int i, L = net.L
+    cdef const int64_t* row = layer_row(w.layers, L - 1)
+    cdef floating* dout = <floating*>w.d1   # dE/df of layer i
+    cdef floating* delta
+    cdef const floating* alpha
+    cdef double loss = loss_forward_backward(rows, row[LAYER_N_OUT], net.loss,
+                                             <floating*>w.ws + row[LAYER_Z],
+                                             <floating*>w.ws + row[LAYER_F], t, dout, scale)
+    for i in range(L - 1, -1, -1):
+        row = layer_row(w.layers, i)
+        delta = delta_of(net, w, <floating*>w.ws, i)
+        alpha = alpha_of(theta, row)
+        if delta == dout:  # fused: the loss gave dE/dz
+            if dmax != NULL:
+                dmax[i] = abs_max(rows * row[LAYER_N_OUT], delta)
+        else:
+            activation_backward(rows, row[LAYER_N_OUT], dout, delta,
+                                <floating*>w.ws + row[LAYER_F], <int>row[LAYER_ACT],
+                                <floating>net.params[i], alpha,
+                                grad + row[LAYER_ALPHA] if alpha != NULL else NULL, accumulate,
+                                dmax + i if dmax != NULL else NULL)
+        if i > 0:
+            dout = <floating*>w.d0
+            dense_backward_input(rows, row[LAYER_N_IN], row[LAYER_N_OUT], theta + row[LAYER_W],
+                                 delta, dout)
+    return loss
 
-    sgd false: grad (n_params,) gets scale * d(summed loss)/dtheta, OVERWRITTEN, or
-    ACCUMULATED when ``accumulate`` (the later chunks of a batch); theta is untouched.
+
+cdef void network_params(const Net* net, const Work* w, floating* theta, const floating* x,
+                         Py_ssize_t rows, bint accumulate, floating* grad, bint sgd,
+                         floating lr, floating decay, double* norms) noexcept nogil:
+    """The backward pass's second sweep, after network_deltas on the same rows.
+
+    sgd false: grad (n_params,) gets dE/dW and dE/db (delta carries the scale),
+    OVERWRITTEN, or ACCUMULATED when ``accumulate`` (the later chunks of a batch);
+    prelu's part was written by network_deltas; theta is untouched.
     sgd true (accumulate false): plain SGD with rate lr and decay factor
-    1 - lr * weight_decay is applied to theta layer by layer (each layer's dx
-    computed before its W changes; see fastmlp.rules.sgd_fold_rows); grad is
-    scratch for b and alpha. scale is 1 / (rows of the whole batch).
+    1 - lr * weight_decay is applied to theta (see fastmlp.rules.sgd_fold_rows);
+    grad is scratch for b and holds alpha's gradient.
     norms (L,) or NULL (sgd false; pass it on a batch's last chunk only): each layer's
     ||dE/dW||^2, summed over its finished gW right after the GEMM that wrote it
     (still in cache), is ADDED to norms[i].
     """
-    cdef int i, L = net.L
+    cdef int i
     cdef Py_ssize_t j, n_in, n_out
-    cdef const int64_t* row = layer_row(w.layers, L - 1)
-    cdef floating* dcur = <floating*>w.d0
-    cdef floating* dnext = <floating*>w.d1
-    cdef floating* tmp
+    cdef const int64_t* row
     cdef floating* alpha
     cdef const floating* xprev
-    cdef double loss = loss_forward_backward(rows, row[LAYER_N_OUT], net.loss,
-                                             <floating*>w.ws + row[LAYER_Z],
-                                             <floating*>w.ws + row[LAYER_F], t, dcur, scale)
-    for i in range(L - 1, -1, -1):
+    for i in range(net.L - 1, -1, -1):
         row = layer_row(w.layers, i)
         n_in, n_out = row[LAYER_N_IN], row[LAYER_N_OUT]
         alpha = <floating*>alpha_of(theta, row)
-        if not (net.fused and i == L - 1):  # fused: dcur is already dE/dz
-            activation_backward(rows, n_out, dcur, <floating*>w.ws + row[LAYER_Z],
-                                <floating*>w.ws + row[LAYER_F], <int>row[LAYER_ACT],
-                                <floating>net.params[i], alpha,
-                                grad + row[LAYER_ALPHA] if alpha != NULL else NULL, accumulate)
-            if sgd and alpha != NULL:
-                for j in range(n_out):
-                    alpha[j] = decay * alpha[j] - lr * grad[row[LAYER_ALPHA] + j]
+        if sgd and alpha != NULL:
+            for j in range(n_out):
+                alpha[j] = decay * alpha[j] - lr * grad[row[LAYER_ALPHA] + j]
         xprev = x if i == 0 else <floating*>w.ws + layer_row(w.layers, i - 1)[LAYER_F]
-        dense_backward(rows, n_in, n_out, xprev, theta + row[LAYER_W], dcur,
-                       dnext if i > 0 else NULL,
-                       theta + row[LAYER_W] if sgd else grad + row[LAYER_W],
-                       grad + row[LAYER_B], accumulate, sgd, lr, decay, theta + row[LAYER_B])
+        dense_backward_params(rows, n_in, n_out, xprev, delta_of(net, w, <floating*>w.ws, i),
+                              theta + row[LAYER_W] if sgd else grad + row[LAYER_W],
+                              grad + row[LAYER_B], accumulate, sgd, lr, decay,
+                              theta + row[LAYER_B])
         if norms != NULL:
             norms[i] += sum_squares(n_in * n_out, grad + row[LAYER_W])
-        tmp = dcur
-        dcur = dnext
-        dnext = tmp
-    return loss
+
+
+# What a guarded step measures while the data is in cache (arrays (L,) in a Work's
+# ``maxima``): the gradient bounds it proves its update with.
+cdef struct Guard:
+    double xmax        # max |x| of the batch
+    double* fmax       # max |f| of each layer, of the chunk just run (network_forward)
+    double* dmax       # max |delta| of each layer, likewise (network_deltas)
+    double* gw         # bound on |dE/dW| of each layer, ACCUMULATED over the chunks
+    double* gb         # bound on |dE/db|, likewise
+    bint finite        # every maximum so far is finite
+
+
+cdef void guard_chunk(const Net* net, Guard* g, Py_ssize_t rows) noexcept nogil:
+    """Add a chunk of ``rows`` rows to g's gradient bounds: |dE/dW| = |x^T delta| <=
+    rows max|x| max|delta| and |dE/db| <= rows max|delta|, delta scaled as the loss is."""
+    cdef int i
+    cdef double a
+    for i in range(net.L):
+        a = g.xmax if i == 0 else g.fmax[i - 1]
+        g.finite = g.finite and below(a, INFINITY) and below(g.dmax[i], INFINITY)
+        g.gw[i] += rows * a * g.dmax[i]
+        g.gb[i] += rows * g.dmax[i]
 
 
 cdef void gather(const Work* w, const floating* X, const floating* T, const int64_t* perm,
@@ -230,14 +294,15 @@ cdef void gather(const Work* w, const floating* X, const floating* T, const int6
 
 cdef double batch_gradient(const Net* net, const Work* w, floating* theta, const floating* X,
                            const floating* T, const int64_t* perm, Py_ssize_t rows,
-                           floating* grad, double* norms) noexcept nogil:
+                           floating* grad, double* norms, Guard* guard) noexcept nogil:
     """Mean loss of a batch; grad (n_params,) OVERWRITTEN with its gradient; theta only read.
 
     The batch is rows perm[0:rows] of (X, T), gathered a chunk at a time, or the
     first ``rows`` rows of X and T when perm is NULL. It is processed in chunks
     of at most w.cap rows, the gradient accumulated over them, so the workspace
     stays bounded however large the batch. norms (L,) or NULL: each layer's
-    ||dE/dW||^2 of the whole batch ADDED (during the last chunk).
+    ||dE/dW||^2 of the whole batch ADDED (during the last chunk). guard or NULL:
+    each chunk's maxima added to its bounds (guard_chunk; xmax set by the caller).
     """
     cdef Py_ssize_t start = 0, c
     cdef Py_ssize_t n_in = layer_row(net.layers, 0)[LAYER_N_IN]
@@ -253,9 +318,13 @@ cdef double batch_gradient(const Net* net, const Work* w, floating* theta, const
             x, t = <floating*>w.xb, <floating*>w.tb
         else:
             x, t = X + start * n_in, T + start * n_out
-        network_forward(net, w, theta, x, c)
-        total += network_backward(net, w, theta, x, t, c, scale, start > 0, grad, False, 0, 1,
-                                  norms if start + c == rows else NULL)
+        network_forward(net, w, theta, x, c, guard.fmax if guard != NULL else NULL)
+        total += network_deltas(net, w, theta, t, c, scale, start > 0, grad,
+                                guard.dmax if guard != NULL else NULL)
+        network_params(net, w, theta, x, c, start > 0, grad, False, 0, 1,
+                       norms if start + c == rows else NULL)
+        if guard != NULL:
+            guard_chunk(net, guard, c)
         start += c
     return total / rows
 
@@ -270,7 +339,7 @@ cdef double train_batch(const Net* net, const Work* w, floating* theta, const fl
     plain SGD, weight decay included) has its update folded into the backward
     pass's weight GEMMs; anything else computes the gradient, then updates.
     norms (L,) or NULL: each layer's ||dE/dW||^2 ADDED; it turns the fold off, since
-    the gradient must then be formed."""
+    the gradient must then be formed. train_guarded runs the same passes."""
     cdef const floating* x = X
     cdef const floating* t = T
     cdef double loss
@@ -279,13 +348,14 @@ cdef double train_batch(const Net* net, const Work* w, floating* theta, const fl
             gather(w, X, T, perm, rows, layer_row(net.layers, 0)[LAYER_N_IN],
                    layer_row(net.layers, net.L - 1)[LAYER_N_OUT])
             x, t = <floating*>w.xb, <floating*>w.tb
-        network_forward(net, w, theta, x, rows)
-        loss = network_backward(net, w, theta, x, t, rows, <floating>1 / <floating>rows, False,
-                                <floating*>w.grad, True, <floating>h[LR],
-                                <floating>(1 - h[LR] * h[WEIGHT_DECAY]), NULL) / rows
+        network_forward(net, w, theta, x, rows, NULL)
+        loss = network_deltas(net, w, theta, t, rows, <floating>1 / <floating>rows, False,
+                              <floating*>w.grad, NULL) / rows
+        network_params(net, w, theta, x, rows, False, <floating*>w.grad, True,
+                       <floating>h[LR], <floating>(1 - h[LR] * h[WEIGHT_DECAY]), NULL)
         step[0] += 1
         return loss
-    loss = batch_gradient(net, w, theta, X, T, perm, rows, <floating*>w.grad, norms)
+    loss = batch_gradient(net, w, theta, X, T, perm, rows, <floating*>w.grad, norms, NULL)
     step[0] += 1
     optimizer_update(net.n_params, theta, <floating*>w.grad, buffers, buffers + net.n_params,
                      code, h, step[0])
@@ -354,36 +424,130 @@ cdef int train_epochs(const Net* net, const Work* w, floating* theta, const floa
     return 0
 
 
-cdef int train_checked(const Net* net, const Work* w, floating* theta, const floating* X,
+cdef inline double nan_max(double a, double b) noexcept nogil:
+    """max(a, b), NaN if either is."""
+    return b if not (b <= a) else a
+
+
+cdef void measure(Bounds* b, Py_ssize_t n, const floating* theta, const floating* buffers,
+                  Py_ssize_t in_use) noexcept nogil:
+    """b OVERWRITTEN with the maxima of theta (n,) and of the buffers' in_use rows, read
+    in one pass each (inf where one is NaN or inf)."""
+    b.known = True
+    b.in_use = in_use
+    b.theta = abs_max(n, theta)
+    b.buf0 = abs_max(n, buffers) if in_use >= 1 else 0
+    b.buf1 = abs_max(n, buffers + n) if in_use >= 2 else 0
+
+
+cdef int train_guarded(const Net* net, const Work* w, floating* theta, const floating* X,
                        const floating* T, Py_ssize_t rows, floating* buffers, int code,
-                       const double* h, int64_t* step, bint unit, floating* backup,
-                       double* loss) noexcept nogil:
-    """train_batch on (X, T) (rows, inputs), (rows, outputs), guarded: returns 1, touching
-    nothing, when X or T is not finite (or, ``unit``, T is outside [0, 1]); else theta
-    and the optimiser buffers in use are copied into backup (>= 3 * n_params) and the
-    step counter kept, the step runs (loss[0] its loss) and, unless the loss, theta
-    and those buffers are all finite, everything is copied back: returns 2; else 0."""
+                       const double* h, int64_t* step, bint unit, Bounds* bounds,
+                       floating* backup, double* loss) noexcept nogil:
+    """train_batch on (X, T) (rows, inputs), (rows, outputs), guarded, with no copy of
+    theta when its update is proven finite before it is written. Returns:
+
+    1: X or T is not finite (or, ``unit``, T is outside [0, 1]); nothing ran or changed.
+    2: the step would make the loss, theta or the optimiser buffers in use non-finite;
+       theta, buffers and step are as before it, bit for bit.
+    3: the update could not be proven finite and backup is NULL; nothing changed (call
+       again with a backup of n_params * (1 + buffers in use) elements).
+    0: the step of train_batch, bit for bit; loss[0] its loss.
+
+    How: the forward pass notes max |f| of each layer and the backward pass computes
+    every layer's delta (network_deltas, noting max |delta|) before anything is
+    written; a non-finite loss or maximum means the update would be non-finite
+    (an inf or NaN input or delta reaches every product and sum it is in), so the
+    step stops there: 2. Else the gradient is bounded by the maxima (guard_chunk)
+    and the update by ``bounds`` (prove_update): below the limit, it is written
+    (network_params, or optimizer_update) and bounds raised to the new ones. If not,
+    bounds are measured afresh (one read of theta and the buffers) and the proof
+    retried; failing again, the step runs on a backup and is checked as before this
+    design: undone (2) unless theta and the buffers are finite, whose maxima, read
+    by that check, become the bounds. bounds.proven/measured/backed_up count the paths.
+    """
     cdef Py_ssize_t P = net.n_params, i
-    cdef Py_ssize_t n_t = rows * layer_row(net.layers, net.L - 1)[LAYER_N_OUT]
-    cdef Py_ssize_t in_use = buffers_in_use(code, h) * P
+    cdef int L = net.L
+    cdef Py_ssize_t n_t = rows * layer_row(net.layers, L - 1)[LAYER_N_OUT]
+    cdef Py_ssize_t in_use = buffers_in_use(code, h)
+    cdef floating* grad = <floating*>w.grad
+    cdef bint fold = rows <= w.fold_rows
+    cdef bint proven
+    cdef double G = 0, unit_round, limit
     cdef int64_t saved_step = step[0]
     cdef int bad = 0
-    if not all_finite(rows * layer_row(net.layers, 0)[LAYER_N_IN], X):
+    cdef const int64_t* row
+    cdef Bounds after
+    cdef Guard g
+    if floating is float:
+        unit_round, limit = 2.0 ** -24, FLT_MAX / 16
+    else:
+        unit_round, limit = 2.0 ** -53, DBL_MAX / 16
+    g.xmax = abs_max(rows * layer_row(net.layers, 0)[LAYER_N_IN], X)
+    if not below(g.xmax, INFINITY):
         return 1
     if unit:  # NaN fails both comparisons; & and no branch, so the loop vectorises
         for i in range(n_t):
             bad |= ((T[i] >= 0) & (T[i] <= 1)) == 0
         if bad:
             return 1
-    elif not all_finite(n_t, T):
+    elif not below(abs_max(n_t, T), INFINITY):
         return 1
-    memcpy(backup, theta, P * sizeof(floating))
-    memcpy(backup + P, buffers, in_use * sizeof(floating))
-    loss[0] = train_batch(net, w, theta, X, T, NULL, rows, buffers, code, h, step, NULL)
-    if (loss[0] - loss[0]) == 0 and all_finite(P, theta) and all_finite(in_use, buffers):
+    g.fmax, g.dmax, g.gw, g.gb = w.maxima, w.maxima + L, w.maxima + 2 * L, w.maxima + 3 * L
+    for i in range(L):
+        g.gw[i] = g.gb[i] = 0
+    g.finite = True
+    if fold:
+        network_forward(net, w, theta, X, rows, g.fmax)
+        loss[0] = network_deltas(net, w, theta, T, rows, <floating>1 / <floating>rows, False,
+                                 grad, g.dmax) / rows
+        guard_chunk(net, &g, rows)
+    else:
+        loss[0] = batch_gradient(net, w, theta, X, T, NULL, rows, grad, NULL, &g)
+    for i in range(L):
+        row = layer_row(net.layers, i)
+        G = nan_max(G, nan_max(g.gw[i], g.gb[i]))
+        if row[LAYER_ALPHA] >= 0:  # prelu: alpha's gradient as it is, n_out numbers
+            G = nan_max(G, abs_max(row[LAYER_N_OUT], grad + row[LAYER_ALPHA]))
+    if not (g.finite and (loss[0] - loss[0]) == 0 and below(G, INFINITY)):
+        return 2
+    if bounds.in_use != in_use:
+        bounds.known = False
+    proven = bounds.known and prove_update(bounds, G, rows, code, h, saved_step + 1, unit_round,
+                                           limit, &after)
+    if not proven:
+        measure(bounds, P, theta, buffers, in_use)
+        proven = prove_update(bounds, G, rows, code, h, saved_step + 1, unit_round, limit,
+                              &after)
+        bounds.measured += 1
+    if not proven:
+        if backup == NULL:
+            return 3
+        memcpy(backup, theta, P * sizeof(floating))
+        memcpy(backup + P, buffers, in_use * P * sizeof(floating))
+        bounds.backed_up += 1
+    else:
+        bounds.proven += 1
+    if fold:
+        network_params(net, w, theta, X, rows, False, grad, True, <floating>h[LR],
+                       <floating>(1 - h[LR] * h[WEIGHT_DECAY]), NULL)
+        step[0] += 1
+    else:
+        step[0] += 1
+        optimizer_update(P, theta, grad, buffers, buffers + P, code, h, step[0])
+    if proven:
+        after.proven, after.measured, after.backed_up = (
+            bounds.proven, bounds.measured, bounds.backed_up)
+        bounds[0] = after
         return 0
-    memcpy(theta, backup, P * sizeof(floating))
-    memcpy(buffers, backup + P, in_use * sizeof(floating))
+    measure(&after, P, theta, buffers, in_use)
+    if below(after.theta, INFINITY) and below(after.buf0, INFINITY) and below(after.buf1, INFINITY):
+        after.proven, after.measured, after.backed_up = (
+            bounds.proven, bounds.measured, bounds.backed_up)
+        bounds[0] = after
+        return 0
+    memcpy(theta, backup, P * sizeof(floating))   # bounds still hold for what is restored
+    memcpy(buffers, backup + P, in_use * P * sizeof(floating))
     step[0] = saved_step
     return 2
 
@@ -424,7 +588,7 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
                 f = out
             dense_forward(rows, row[LAYER_N_IN], n_out, a, theta + row[LAYER_W],
                           theta + row[LAYER_B], <int>row[LAYER_ACT], <floating>net.params[i],
-                          alpha_of(theta, row), z, f)
+                          alpha_of(theta, row), z, f, NULL)
             a = f
         if T != NULL:
             total += loss_forward_backward(rows, k_out, net.loss, zl, out, T + start * k_out,
@@ -516,7 +680,9 @@ cdef class Engine:
     cdef object _network   # the fastmlp.network.Network whose plans fill the structs
     cdef object _keep      # arrays that Net points into
     cdef object _bufs      # arrays that Work points into
-    cdef object _backup    # train_step_checked's copy of theta and buffers (3, n_params)
+    cdef object _backup    # train_step_checked's copy of theta and buffers in use, when needed
+    cdef Bounds bounds     # train_step_checked's bounds on theta and the buffers ...
+    cdef object _bounded   # ... of these arrays: (theta, state.buffers)
     cdef bint unit_targets  # cross-entropies: targets must lie in [0, 1]
     cdef PyThread_type_lock lock
 
@@ -624,7 +790,9 @@ cdef class Engine:
         w.layers = p + PLAN_HEAD
         w.fold_rows = p[PLAN_FOLD_ROWS]
         w.cap = cap
-        return (plan, ws)
+        maxima = np.zeros(4 * self.net.L, dtype=np.float64)
+        w.maxima = <double*>cnp.PyArray_DATA(maxima)
+        return (plan, ws, maxima)
 
     cdef int _reserve(self, Py_ssize_t rows) except -1:
         """Grow the shared workspace (lock held) to min(rows, train_rows) rows; it never shrinks."""
@@ -694,6 +862,7 @@ cdef class Engine:
         self._lock()
         try:
             self._reserve(n)
+            self.bounds.known = False  # theta and the state change unguarded
             with nogil:
                 if self.typenum == cnp.NPY_FLOAT64:
                     loss = train_batch(&self.net, &self.work, <double*>th, <double*>x,
@@ -710,9 +879,15 @@ cdef class Engine:
     def train_step_checked(self, theta, state, X, T):
         """train_step, guarded, in one call with the GIL released; returns (loss, status).
         Status 1: X or T is not finite (or, for a cross-entropy, T is outside [0, 1]);
-        nothing ran or changed (loss NaN). Status 2: the step made the loss, theta or
-        the optimiser buffers in use non-finite and was undone: theta, state.buffers
-        and state.step are as before it. Status 0: the step of train_step, bit for bit."""
+        nothing ran or changed (loss NaN). Status 2: the step would have made the loss,
+        theta or the optimiser buffers in use non-finite: theta, state.buffers and
+        state.step are as before it. Status 0: the step of train_step, bit for bit.
+
+        Copy-free (see train_guarded): the Engine keeps upper bounds on max |theta| and
+        the buffers of the (theta, state.buffers) it was last given, and proves each
+        update finite before writing it; anything else that writes them must call
+        forget_bounds() (the backend's push() does), or the next proof may be wrong.
+        A backup (theta and the buffers in use) is allocated only when a proof fails."""
         X, T = _aligned(X), _aligned(T)
         cdef Py_ssize_t P = self.net.n_params
         cdef char* th = _array(theta, self.typenum, P, -1, True, "theta")
@@ -724,26 +899,49 @@ cdef class Engine:
         cdef int64_t* step
         cdef int code = self._state(state, &buf, &h, &step)
         cdef double loss = float("nan")
-        cdef int status
-        cdef char* backup
+        cdef int status = 3
+        cdef char* backup = NULL
         self._lock()
         try:
             self._reserve(n)
-            if self._backup is None:  # once per engine, the first time
-                self._backup = np.empty(3 * P, dtype=self.dtype)
-            backup = <char*>cnp.PyArray_DATA(<cnp.ndarray>self._backup)
-            with nogil:
-                if self.typenum == cnp.NPY_FLOAT64:
-                    status = train_checked(&self.net, &self.work, <double*>th, <double*>x,
-                                           <double*>t, n, <double*>buf, code, h, step,
-                                           self.unit_targets, <double*>backup, &loss)
-                else:
-                    status = train_checked(&self.net, &self.work, <float*>th, <float*>x,
-                                           <float*>t, n, <float*>buf, code, h, step,
-                                           self.unit_targets, <float*>backup, &loss)
+            bounded = self._bounded
+            if bounded is None or bounded[0] is not theta or bounded[1] is not state.buffers:
+                self.bounds.known = False
+                self._bounded = (theta, state.buffers)
+            if self._backup is not None:
+                backup = <char*>cnp.PyArray_DATA(<cnp.ndarray>self._backup)
+            while status == 3:  # at most twice: 3 only when there is no backup
+                with nogil:
+                    if self.typenum == cnp.NPY_FLOAT64:
+                        status = train_guarded(&self.net, &self.work, <double*>th, <double*>x,
+                                               <double*>t, n, <double*>buf, code, h, step,
+                                               self.unit_targets, &self.bounds,
+                                               <double*>backup, &loss)
+                    else:
+                        status = train_guarded(&self.net, &self.work, <float*>th, <float*>x,
+                                               <float*>t, n, <float*>buf, code, h, step,
+                                               self.unit_targets, &self.bounds,
+                                               <float*>backup, &loss)
+                if status == 3:  # theta and both buffers, whatever the optimiser
+                    self._backup = np.empty(3 * P, dtype=self.dtype)
+                    backup = <char*>cnp.PyArray_DATA(<cnp.ndarray>self._backup)
         finally:
             PyThread_release_lock(self.lock)
         return loss, status
+
+    def forget_bounds(self):
+        """Say that theta or the optimiser state was written outside train_step_checked:
+        its next call measures them again (one read) instead of trusting its bounds."""
+        self._lock()
+        self.bounds.known = False
+        PyThread_release_lock(self.lock)
+
+    def guard_paths(self):
+        """How train_step_checked wrote its steps so far (for tests): {"proven": on
+        bounds alone, "measured": after measuring theta and the buffers, "backed_up":
+        with a backup, the update not provably finite}."""
+        return {"proven": self.bounds.proven, "measured": self.bounds.measured,
+                "backed_up": self.bounds.backed_up}
 
     def train_epoch(self, theta, state, X, T, perm, Py_ssize_t batch_size, norms=None):
         """One train_step per batch of rows perm[i:i + batch_size]; returns the mean
@@ -777,6 +975,7 @@ cdef class Engine:
         self._lock()
         try:
             self._reserve(batch_size)
+            self.bounds.known = False  # theta and the state change unguarded
             with nogil:
                 if self.typenum == cnp.NPY_FLOAT64:
                     loss = train_epoch(&self.net, &self.work, <double*>th, <double*>x,
@@ -827,6 +1026,7 @@ cdef class Engine:
         self._lock()
         try:
             self._reserve(batch_size)
+            self.bounds.known = False  # theta and the state change unguarded
             with nogil:
                 if self.typenum == cnp.NPY_FLOAT64:
                     status = train_epochs(&self.net, &self.work, <double*>th, <double*>x,
@@ -866,10 +1066,10 @@ cdef class Engine:
             with nogil:
                 if self.typenum == cnp.NPY_FLOAT64:
                     loss = batch_gradient(&self.net, w, <double*>th, <double*>x, <double*>t,
-                                          NULL, n, <double*>g, NULL)
+                                          NULL, n, <double*>g, NULL, NULL)
                 else:
                     loss = batch_gradient(&self.net, w, <float*>th, <float*>x, <float*>t,
-                                          NULL, n, <float*>g, NULL)
+                                          NULL, n, <float*>g, NULL, NULL)
         finally:
             if shared:
                 PyThread_release_lock(self.lock)

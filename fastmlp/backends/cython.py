@@ -7,7 +7,8 @@ layout the Numba kernels run on too), follows the rules of :mod:`fastmlp.rules`
 going through it in chunks; predict and evaluate in ``rules.predict_rows``
 chunks; plain SGD folded as ``rules.sgd_fold_rows`` says), checks every array
 it is given (copying unaligned inputs), and runs whole train steps (guarded ones
-too: train_step_checked), epochs and chunks of epochs in C. Several models may
+too: train_step_checked, which proves each update finite before writing it and so
+copies nothing), epochs and chunks of epochs in C. Several models may
 train or predict in parallel threads; one model's predict, evaluate and
 loss_and_gradient are safe from several threads at once, each giving the
 single-thread result bit for bit (see Engine).
@@ -30,6 +31,10 @@ class CythonBackend:
     """Backend contract (see fastmlp.backends) over compiled Cython kernels."""
 
     name = "cython"
+    # train_step_checked costs what train_step costs (no copy of theta: the Engine
+    # keeps bounds on theta and the optimiser buffers and proves each update finite
+    # before it writes), so the Model takes it for every network size.
+    guarded_step_is_free = True
 
     def __init__(self, net, dtype, theta, state):
         self.net = net
@@ -45,3 +50,11 @@ class CythonBackend:
         self.loss_and_gradient = partial(self.engine.loss_and_gradient, theta)
         self.predict = partial(self.engine.predict, theta)
         self.evaluate = partial(self.engine.evaluate, theta)
+
+    def push(self):
+        """The Model wrote theta or the optimiser state (set_weights, set_state, load, a
+        rollback, apply_gradient): the guarded step's bounds on them no longer hold."""
+        self.engine.forget_bounds()
+
+    def pull(self):
+        """Nothing to do: the kernels work on the host arrays themselves."""
