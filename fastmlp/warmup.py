@@ -1,11 +1,14 @@
 """Numba's first compile, made visible and movable.
 
-The Numba kernels compile on first use per dtype (≈ 13 s on 2 cores) and are then
+The Numba kernels compile on first use per dtype (about half of the 13-15 s on 2
+cores it took before the kernels were linked by name, kernels/numba_link.py) and are then
 cached on disk, so later processes load them in a fraction of a second. A model on
-the "numba" backend calls :func:`numba_kernels` when it is built: every kernel a
-model can call is compiled (or loaded) there, on a tiny network, and one line goes
-to stderr if that takes more than a second. ``python -m fastmlp warmup`` does it
-ahead of time for both dtypes.
+the "numba" backend calls :func:`numba_kernels` when it is built: every kernel that
+fit, predict, gradients and train_on_batch call is compiled (or loaded) there, on a
+tiny network, and one line goes to stderr if that takes more than a second.
+``evaluate``'s own kernel compiles on its first call (half a second), so that a
+model that never evaluates never waits for it. ``python -m fastmlp warmup`` does
+the same ahead of time for both dtypes.
 """
 from __future__ import annotations
 
@@ -49,18 +52,18 @@ def numba_kernels(dtype, notice=True, model_class=None):
 
 def _notice(dtype):
     print(f"fastmlp: compiling the Numba kernels for {dtype.name} (first use in this "
-          "environment, about 15 s; cached on disk afterwards; `python -m fastmlp warmup` "
+          "environment, a few seconds; cached on disk afterwards; `python -m fastmlp warmup` "
           "does it ahead of time)...", file=sys.stderr, flush=True)
 
 
 def _exercise(dtype, Model):
-    """Every call a Model makes into the Numba kernels, once, with the argument types it uses."""
+    """Every call a Model makes into the Numba kernels but evaluate, once, with the
+    argument types it uses."""
     m = Model([Dense(3, "prelu"), Dense(2, "softmax")], input_dim=2, loss="cross_entropy",
               optimizer=Adam(), backend="numba", dtype=dtype.name, seed=0)
     X = np.zeros((4, 2), dtype=dtype)
     T = np.tile(np.eye(2, dtype=dtype), (2, 1))
     m.predict(X)
-    m.evaluate(X, T)
     m.gradients(X, T)
     m.train_on_batch(X, T)
     m.fit(X, T, epochs=1, batch_size=2)

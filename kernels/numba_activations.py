@@ -14,7 +14,9 @@ scalar helpers inlined into shared loops (by Numba or by LLVM), or a
 whole-layer function per activation and pass, both raised the first compile
 from 13.5 s to 17.5-19.5 s per dtype (every @njit function costs its own
 compile); generating the loops from one scalar table through
-``inline="always"`` tripled it.
+``inline="always"`` tripled it. (Then every caller also re-optimised the code
+of every kernel it called; since callers link to kernels by name
+(:mod:`numba_link`), the two passes here compile once per dtype, about 1.5 s.)
 
 exp, expm1, log1p and tanh are :mod:`numba_math`'s vectorisable versions. Every
 constant is in the array dtype (``zero``, ``one``, ``like``): a float64 literal
@@ -29,6 +31,7 @@ from numba import njit
 from fastmlp.codes import (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, RELU, SIGMOID,
                            SIGN, SOFTMAX, SOFTPLUS, STEP, TANH)
 
+from .numba_link import separate
 from .numba_math import INLINE, KERNEL
 from .numba_math import exp as _exp
 from .numba_math import expm1 as _expm1
@@ -71,6 +74,9 @@ def _softmax_forward(Z, b, A):
             A[i, j] = A[i, j] / s_
 
 
+_softmax_forward_linked = separate(_softmax_forward)
+
+
 @njit(**KERNEL)
 def bias_act_forward(Z, b, A, code, p, alpha):
     """Z (n, k) += b (k,) in place; A (n, k) = f(Z), OVERWRITTEN. A may be Z itself.
@@ -78,7 +84,7 @@ def bias_act_forward(Z, b, A, code, p, alpha):
     ``alpha`` (k,) is prelu's per-unit parameter (any array for other codes).
     """
     if code == SOFTMAX:
-        _softmax_forward(Z, b, A)
+        _softmax_forward_linked(Z, b, A)
         return
     n, k = Z.shape
     zero, half, one = Z.dtype.type(0.0), Z.dtype.type(0.5), Z.dtype.type(1.0)
@@ -156,6 +162,9 @@ def _softmax_backward(D, A, gb):
             gb[j] += delta
 
 
+_softmax_backward_linked = separate(_softmax_backward)
+
+
 @njit(**KERNEL)
 def act_backward(D, Z, A, code, p, alpha, gb, galpha, beta):
     """Chain rule through the activation, in one pass over the layer.
@@ -173,7 +182,7 @@ def act_backward(D, Z, A, code, p, alpha, gb, galpha, beta):
         for j in range(galpha.shape[0]):
             galpha[j] = 0 if beta == 0 else beta * galpha[j]
     if code == SOFTMAX:
-        _softmax_backward(D, A, gb)
+        _softmax_backward_linked(D, A, gb)
         return
     n, k = D.shape
     zero, one = D.dtype.type(0.0), D.dtype.type(1.0)

@@ -26,8 +26,17 @@ from numba.extending import intrinsic, overload
 # Options of every kernel in kernels/numba_*.py. The entry points that the backend
 # calls add nogil=True, so models (and one model's predict) run in parallel threads;
 # train_step alone keeps the GIL: releasing it costs 50 ns of the vehicle net's 1.3 us.
-KERNEL = {"cache": True, "error_model": "numpy"}
+# Kernels allocate nothing, so they compile without Numba's reference counting
+# (_nrt=False): no increments and decrements of array views to emit, lower and
+# optimise away (that was a sixth of the first compile), and none at run time.
+# predict and evaluate allocate their buffers, so they keep it (ALLOCATING_ENTRY).
+# Every kernel is cached: callers link to it by name (numba_link), so a caller loaded
+# from the cache loads it too.
+KERNEL = {"cache": True, "error_model": "numpy", "_nrt": False}
 ENTRY = dict(KERNEL, nogil=True)
+ALLOCATING_ENTRY = dict(ENTRY, _nrt=True)
+# Numba's IR inliner copies the callee's IR block by block, each copy with the whole
+# variable scope: keep it to small bodies (a big one cost seconds to inline).
 INLINE = {"inline": "always", "error_model": "numpy"}
 # Small scalar helpers: compiled once each, then inlined by LLVM (not by Numba's
 # IR inliner, which repeats type inference at every call site).

@@ -17,10 +17,17 @@ buffers per call, so they are safe to run from several threads at once; ``run``
 and ``train_step`` write into the workspace they are given, so concurrent calls
 need workspaces of their own (the backend sees to it).
 
-Numba's on-disk cache checks only a function's own source file, and the
-functions here embed the kernels they call: after editing another
-``numba_*.py``, delete ``kernels/__pycache__/*.nb[ic]``. (Installing a release
-rewrites every file, so users never see stale code.)
+Each kernel compiles once per dtype and calls the kernels below it by name
+(the ``_linked`` stand-ins, see :mod:`numba_link`) instead of compiling their
+code into its own, which halved a new user's first compile (13-15 s per dtype
+on 2 cores before). The chunk loop of ``run`` is written out in it, not called:
+a call per batch cost a quarter of the vehicle net's per-sample epoch. No kernel allocates (predict and evaluate allocate their buffers),
+so they compile without reference counting (numba_math.KERNEL).
+
+Numba's on-disk cache checks only a function's own source file, and a caller
+assumes its callees' signatures: after editing a ``numba_*.py``, delete
+``kernels/__pycache__/*.nb[ic]``. (Installing a release rewrites every file, so
+users never see stale code.)
 """
 from __future__ import annotations
 
@@ -34,10 +41,11 @@ from fastmlp.codes import (ADAM_CODE, BETA1, BETA2, EPS, GRADIENT, LAYER_ACT, LA
                            PLAN_WIDEST, PLAN_WS_SIZE, SGD_CODE, TRAIN, WEIGHT_DECAY,
                            WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD, WS_TB, WS_XB)
 
-from .numba_layers import (adam_update, dense_backward, dense_forward, loss_forward_backward,
-                           loss_value, sgd_update)
-from .numba_math import ENTRY, INLINE, KERNEL
-from .numba_views import borrow, matrix
+from .numba_layers import (adam_update, dense_backward, dense_forward, dense_forward_kernel,
+                           loss_forward_backward, loss_value_kernel, sgd_update)
+from .numba_link import separate
+from .numba_math import ALLOCATING_ENTRY, ENTRY, INLINE, KERNEL
+from .numba_views import matrix
 
 
 def new_workspace(net, dtype, cap, fold_rows=0):
@@ -80,64 +88,23 @@ def _sum_squares(a):
     return total
 
 
-@njit(**INLINE)
-def _chunk(theta, grad, X, T, ws, plan, scale, beta, lr, decay, norms, last):
-    """Forward and backward over the rows of X (n <= cap); returns the summed loss.
+_sum_squares_linked = separate(_sum_squares)
 
-    lr == 0: grad = beta * grad + scale * d(summed loss)/dtheta.
-    lr > 0: plain SGD applied to theta layer by layer (beta must be 0).
-    ``last`` (the batch's last chunk, lr == 0): norms (n_layers,) float64 gets
-    ||gW_l||^2 of the whole batch's weight gradient ADDED, layer by layer right
-    after the GEMM that finishes gW_l, while it is still in cache.
-    """
-    n = X.shape[0]
-    n_layers, loss, fp = plan[PLAN_LAYERS], plan[PLAN_LOSS], plan[WS_ACT_PARAMS]
-    inp = X
-    for l in range(n_layers):
-        row = _row(l)
-        k = plan[row + LAYER_N_OUT]
-        W, b, alpha = _params(theta, plan, l)
-        A = matrix(ws, plan[row + LAYER_F], n, k)
-        dense_forward(inp, W, b, alpha, matrix(ws, plan[row + LAYER_Z], n, k), A,
-                      plan[row + LAYER_ACT], ws[fp + l])
-        inp = A
-    row = _row(n_layers - 1)
-    k = plan[row + LAYER_N_OUT]
-    D = matrix(ws, plan[WS_D0], n, k)
-    total = loss_forward_backward(matrix(ws, plan[row + LAYER_Z], n, k), inp, T, loss, scale, D)
-    gbuf = 0
-    for l in range(n_layers - 1, -1, -1):
-        row = _row(l)
-        k_in, k = plan[row + LAYER_N_IN], plan[row + LAYER_N_OUT]
-        code, p = plan[row + LAYER_ACT], ws[fp + l]
-        if l == n_layers - 1 and plan[PLAN_FUSED]:
-            # D is already dE/dz (fastmlp.rules.fused_output): LINEAR with p = 1 is
-            # the identity, and still sums the bias gradient
-            code, p = LINEAR, X.dtype.type(1.0)
-        inp = X if l == 0 else matrix(ws, plan[_row(l - 1) + LAYER_F], n, k_in)
-        dX = matrix(ws, plan[WS_D1 if gbuf == 0 else WS_D0], n if l > 0 else 0, k_in)
-        W, b, alpha = _params(theta, plan, l)
-        gW, gb, galpha = _params(grad, plan, l)
-        dense_backward(inp, W, b, alpha, matrix(ws, plan[row + LAYER_Z], n, k),
-                       matrix(ws, plan[row + LAYER_F], n, k), D, dX, code, p,
-                       gW, gb, galpha, beta, lr, decay)
-        if last:
-            w = plan[row + LAYER_W]
-            norms[l] += _sum_squares(grad[w:w + k_in * k])
-        D, gbuf = dX, 1 - gbuf
-    return total
+
+_adam_update_linked = separate(adam_update)
+_sgd_update_linked = separate(sgd_update)
 
 
 @njit(**KERNEL)
 def _update(theta, grad, bufs, hyper, step, opt):
     if opt == ADAM_CODE:
         step[0] += 1
-        adam_update(theta, grad, bufs[0], bufs[1], hyper[LR], hyper[BETA1], hyper[BETA2],
-                    hyper[EPS], hyper[WEIGHT_DECAY], step[0])
+        _adam_update_linked(theta, grad, bufs[0], bufs[1], hyper[LR], hyper[BETA1], hyper[BETA2],
+                            hyper[EPS], hyper[WEIGHT_DECAY], step[0])
     elif opt == SGD_CODE:
         step[0] += 1
-        sgd_update(theta, grad, bufs[0], hyper[LR], hyper[MOMENTUM], hyper[NESTEROV] != 0,
-                   hyper[WEIGHT_DECAY])
+        _sgd_update_linked(theta, grad, bufs[0], hyper[LR], hyper[MOMENTUM],
+                           hyper[NESTEROV] != 0, hyper[WEIGHT_DECAY])
     else:
         raise ValueError("unknown optimizer code")
 
@@ -180,6 +147,9 @@ def _finite(loss, theta, bufs, rows):
     return not bad
 
 
+_update_linked = separate(_update)
+
+
 @njit(**ENTRY)
 def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan, mode, norms,
         tol, losses):
@@ -213,15 +183,12 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
             raise ValueError("unknown optimizer code")
     elif mode != GRADIENT:
         raise ValueError("unknown run mode")
-    theta, grad, X, T = borrow(theta), borrow(grad), borrow(X), borrow(T)
-    orders = borrow(orders)
-    bufs, hyper, step, ws, plan = borrow(bufs), borrow(hyper), borrow(step), borrow(ws), borrow(plan)
-    norms, losses = borrow(norms), borrow(losses)
     want_norms, report = norms.shape[0] > 0, losses.shape[0] > 0
     # the optimiser buffers in use, for the finiteness check
     in_use = _buffers_in_use(opt, hyper)
     gather = orders.shape[1] > 0
     n, cap = orders.shape[1] if gather else X.shape[0], plan[PLAN_CAP]
+    n_layers, loss_code, fp = plan[PLAN_LAYERS], plan[PLAN_LOSS], plan[WS_ACT_PARAMS]
     epoch_loss = 0.0
     for e in range(orders.shape[0]):
         perm = orders[e]
@@ -251,15 +218,58 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                         xb, tb = _gather(X, T, perm, cstop, next_stop, ws, plan, half)
                 else:
                     xc, tc = X[cstart:cstop], T[cstart:cstop]
-                total += _chunk(theta, grad, xc, tc, ws, plan, 1.0 / (bstop - bstart),
-                                0.0 if cstart == bstart else 1.0, lr, decay, norms,
-                                want_norms and cstop == bstop)
+                # One chunk, forward and backward (written out here: as a function
+                # of its own it cost a call per batch, a quarter of a per-sample
+                # epoch, and as Numba-inlined code seconds of first compile).
+                # lr == 0: grad = beta * grad + d(mean batch loss)/dtheta, beta 0 on a
+                # batch's first chunk. lr > 0: plain SGD applied to theta layer by
+                # layer. On the batch's last chunk (lr == 0), norms gets ||gW_l||^2 of
+                # the whole batch's weight gradient ADDED, layer by layer right after
+                # the GEMM that finishes gW_l, while it is still in cache.
+                rows, scale = cstop - cstart, 1.0 / (bstop - bstart)
+                beta = 0.0 if cstart == bstart else 1.0
+                last = want_norms and cstop == bstop
+                inp = xc
+                for l in range(n_layers):
+                    row = _row(l)
+                    k = plan[row + LAYER_N_OUT]
+                    W, b, alpha = _params(theta, plan, l)
+                    A = matrix(ws, plan[row + LAYER_F], rows, k)
+                    dense_forward(inp, W, b, alpha, matrix(ws, plan[row + LAYER_Z], rows, k), A,
+                                  plan[row + LAYER_ACT], ws[fp + l])
+                    inp = A
+                row = _row(n_layers - 1)
+                k = plan[row + LAYER_N_OUT]
+                D = matrix(ws, plan[WS_D0], rows, k)
+                total += loss_forward_backward(matrix(ws, plan[row + LAYER_Z], rows, k), inp, tc,
+                                               loss_code, scale, D)
+                gbuf = 0
+                for l in range(n_layers - 1, -1, -1):
+                    row = _row(l)
+                    k_in, k = plan[row + LAYER_N_IN], plan[row + LAYER_N_OUT]
+                    code, p = plan[row + LAYER_ACT], ws[fp + l]
+                    if l == n_layers - 1 and plan[PLAN_FUSED]:
+                        # D is already dE/dz (fastmlp.rules.fused_output): LINEAR with
+                        # p = 1 is the identity, and still sums the bias gradient
+                        code, p = LINEAR, X.dtype.type(1.0)
+                    inp = xc if l == 0 else matrix(ws, plan[_row(l - 1) + LAYER_F], rows, k_in)
+                    dX = matrix(ws, plan[WS_D1 if gbuf == 0 else WS_D0], rows if l > 0 else 0,
+                                k_in)
+                    W, b, alpha = _params(theta, plan, l)
+                    gW, gb, galpha = _params(grad, plan, l)
+                    dense_backward(inp, W, b, alpha, matrix(ws, plan[row + LAYER_Z], rows, k),
+                                   matrix(ws, plan[row + LAYER_F], rows, k), D, dX, code, p,
+                                   gW, gb, galpha, beta, lr, decay)
+                    if last:
+                        w = plan[row + LAYER_W]
+                        norms[l] += _sum_squares_linked(grad[w:w + k_in * k])
+                    D, gbuf = dX, 1 - gbuf
                 cstart = cstop
             if mode == TRAIN:
                 if fold:
                     step[0] += 1
                 else:
-                    _update(theta, grad, bufs, hyper, step, opt)
+                    _update_linked(theta, grad, bufs, hyper, step, opt)
             bstart = bstop
         epoch_loss = total / n
         if report:
@@ -279,6 +289,28 @@ def epochs_result(code):
     return done, status
 
 
+_run_linked = separate(run)
+
+
+@njit(**INLINE)
+def _copy_state(theta, bufs, rows, backup, save):
+    """backup (>= 3p,) = theta (p,), then bufs[:rows] (2, p) if save, else the reverse.
+    Loops, not slice assignments: those compile a shape-mismatch error message,
+    string formatting and all, which took 2 s of the first compile."""
+    p = theta.shape[0]
+    for i in range(p):
+        if save:
+            backup[i] = theta[i]
+        else:
+            theta[i] = backup[i]
+    for r in range(rows):
+        for i in range(p):
+            if save:
+                backup[(r + 1) * p + i] = bufs[r, i]
+            else:
+                bufs[r, i] = backup[(r + 1) * p + i]
+
+
 @njit(**KERNEL)
 def train_step(theta, X, T, bufs, hyper, step, opt, ws, plan, backup, check):
     """One optimiser step on X (n, k_0), T (n, k_L), in place on theta (p,), bufs (2, p)
@@ -291,7 +323,6 @@ def train_step(theta, X, T, bufs, hyper, step, opt, ws, plan, backup, check):
     (momentum: v; Adam: m and v) are copied into backup and, unless the step leaves
     the loss, theta and those buffers finite (status 0), they and step are put back:
     status 2. One function for both, so the guard costs no second compile of run."""
-    p = theta.shape[0]
     in_use = _buffers_in_use(opt, hyper)
     if check:
         # x - x is 0 for finite x, NaN otherwise; NaN fails both range comparisons
@@ -308,23 +339,22 @@ def train_step(theta, X, T, bufs, hyper, step, opt, ws, plan, backup, check):
                     bad |= (T[i, j] - T[i, j]) != 0
         if bad:
             return np.nan, 1
-        backup[:p] = theta
-        for r in range(in_use):
-            backup[(r + 1) * p:(r + 2) * p] = bufs[r]
+        _copy_state(theta, bufs, in_use, backup, True)
     saved_step = step[0]
     grad = ws[plan[WS_GRAD]:plan[WS_GRAD] + plan[PLAN_N_PARAMS]]
     # int(): a literal argument would compile run once more, for that constant;
     # hyper[0:0] types as the backend's empty norms array, for the same reason
     # (1, 0) orders: one pass over X as it is; hyper[0:0] is the empty losses array too
-    loss = run(theta, grad, X, T, plan[0:0].reshape((1, 0)), X.shape[0], bufs, hyper, step,
-               opt, ws, plan, int(TRAIN), hyper[0:0], -1.0, hyper[0:0])
+    loss = _run_linked(theta, grad, X, T, plan[0:0].reshape((1, 0)), X.shape[0], bufs, hyper,
+                       step, opt, ws, plan, int(TRAIN), hyper[0:0], -1.0, hyper[0:0])
     if not check or _finite(loss, theta, bufs, in_use):
         return loss, 0
-    theta[:] = backup[:p]
-    for r in range(in_use):
-        bufs[r] = backup[(r + 1) * p:(r + 2) * p]
+    _copy_state(theta, bufs, in_use, backup, False)
     step[0] = saved_step
     return loss, 2
+
+
+_dense_forward_linked = separate(dense_forward_kernel)
 
 
 @njit(**KERNEL)
@@ -334,8 +364,6 @@ def _forward_rows(theta, X, plan, fparams, buf, out, zout):
     its outputs to out (c, k_L). Z and A are never the same array: LLVM will not
     vectorise a pass whose output may overlap its input (in place was 4x slower).
     """
-    theta, X, plan, fparams = borrow(theta), borrow(X), borrow(plan), borrow(fparams)
-    buf, out, zout = borrow(buf), borrow(out), borrow(zout)
     n, n_layers = X.shape[0], plan[PLAN_LAYERS]
     third = buf.shape[0] // 3
     inp = X
@@ -344,15 +372,19 @@ def _forward_rows(theta, X, plan, fparams, buf, out, zout):
         k = plan[row + LAYER_N_OUT]
         W, b, alpha = _params(theta, plan, l)
         if l == n_layers - 1:
-            dense_forward(inp, W, b, alpha, zout, out, plan[row + LAYER_ACT], fparams[l])
+            _dense_forward_linked(inp, W, b, alpha, zout, out, plan[row + LAYER_ACT], fparams[l])
         else:
             A = matrix(buf, (1 + l % 2) * third, n, k)
-            dense_forward(inp, W, b, alpha, matrix(buf, 0, n, k), A, plan[row + LAYER_ACT],
-                          fparams[l])
+            _dense_forward_linked(inp, W, b, alpha, matrix(buf, 0, n, k), A,
+                                  plan[row + LAYER_ACT], fparams[l])
             inp = A
 
 
-@njit(**ENTRY)
+_forward_rows_linked = separate(_forward_rows)
+_loss_value_linked = separate(loss_value_kernel)
+
+
+@njit(**ALLOCATING_ENTRY)
 def predict(theta, X, plan, fparams, chunk, Y):
     """Y (n, k_L) OVERWRITTEN with the outputs of X (n, k_0), computed ``chunk`` rows
     at a time (fastmlp.rules.predict_rows)."""
@@ -362,11 +394,11 @@ def predict(theta, X, plan, fparams, chunk, Y):
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         y = Y[start:stop]
-        _forward_rows(theta, X[start:stop], plan, fparams, buf, y,
-                      matrix(buf, 0, stop - start, y.shape[1]))
+        _forward_rows_linked(theta, X[start:stop], plan, fparams, buf, y,
+                             matrix(buf, 0, stop - start, y.shape[1]))
 
 
-@njit(**ENTRY)
+@njit(**ALLOCATING_ENTRY)
 def evaluate(theta, X, T, plan, fparams, chunk):
     """Mean loss over X (n, k_0), T (n, k_L), computed ``chunk`` rows at a time."""
     n, k_out = X.shape[0], T.shape[1]
@@ -377,6 +409,6 @@ def evaluate(theta, X, T, plan, fparams, chunk):
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         z, a = Z[:stop - start], A[:stop - start]
-        _forward_rows(theta, X[start:stop], plan, fparams, buf, a, z)
-        total += loss_value(z, a, T[start:stop], plan[PLAN_LOSS])
+        _forward_rows_linked(theta, X[start:stop], plan, fparams, buf, a, z)
+        total += _loss_value_linked(z, a, T[start:stop], plan[PLAN_LOSS])
     return total / n

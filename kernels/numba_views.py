@@ -2,9 +2,11 @@
 
 An array view made inside ``@njit`` code normally increments and decrements
 its parent's reference count with atomic operations; at the 3-4-2 vehicle net's
-sizes those atomics took half of a train step. The kernels therefore work on
-borrowed arrays: the Python caller keeps every argument alive for the whole
-call, and no borrowed array (or view of one) is ever returned.
+sizes those atomics took half of a train step. The kernels compile without
+reference counting (numba_math.KERNEL), and ``matrix`` makes its views with
+none either, so that predict and evaluate, which keep it to allocate, can pass
+them on: the caller keeps every array alive for the whole call, and no view is
+ever returned.
 """
 from __future__ import annotations
 
@@ -12,19 +14,6 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
-
-
-@intrinsic
-def borrow(typingctx, arr):
-    """The same array, not reference counted (nor are views made from it)."""
-    def codegen(context, builder, signature, args):
-        src = context.make_array(signature.args[0])(context, builder, args[0])
-        dst = context.make_array(signature.return_type)(context, builder)
-        populate_array(dst, data=src.data, shape=src.shape, strides=src.strides,
-                       itemsize=src.itemsize, meminfo=None)
-        return dst._getvalue()
-
-    return arr(arr), codegen
 
 
 @intrinsic

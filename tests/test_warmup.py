@@ -1,4 +1,7 @@
 """Numba's first compile: a one-line notice when it is slow, and `fastmlp warmup`."""
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -47,3 +50,53 @@ def test_warmup_command_readies_both_dtypes(capsys):
     assert [line.split(":")[0] for line in out] == ["numba kernels for float32",
                                                      "numba kernels for float64"]
     assert {np.dtype("float32"), np.dtype("float64")} <= warmup._ready
+
+
+# Run in fresh processes with an empty cache: the first compiles the kernels, the second
+# loads them. It prints the results of one model, the cache misses (kernels compiled, not
+# loaded) and, for each entry point, which fastmlp kernels its compiled module defines.
+_FRESH_PROCESS = """
+import re, sys
+import numpy as np
+import fastmlp as fm
+from fastmlp import warmup
+from fastmlp.kernels import numba_activations, numba_layers, numba_train
+warmup.numba_kernels("float32", notice=False, model_class=fm.Model)
+m = fm.Model([fm.Dense(5, "tanh"), fm.Dense(3, "softmax")], input_dim=4,
+             loss="cross_entropy", optimizer=fm.Adam(), backend="numba", seed=1)
+X = np.random.default_rng(0).random((20, 4), dtype=np.float32)
+T = np.eye(3, dtype=np.float32)[np.arange(20) % 3]
+m.fit(X, T, epochs=2, batch_size=8)
+m.train_on_batch(X, T)
+print(repr(np.concatenate([m.predict(X).ravel(), [m.evaluate(X, T)]]).tolist()))
+kernels = [d for mod in (numba_activations, numba_layers, numba_train) for d in vars(mod).values()
+           if hasattr(d, "stats") and d.py_func.__module__ == mod.__name__]
+print(sum(sum(d.stats.cache_misses.values()) for d in kernels))
+if sys.argv[1] == "compiled":
+    for d in (numba_train.run, numba_train.train_step, numba_train.predict):
+        names = set()
+        for ir in d.inspect_llvm().values():
+            names |= set(re.findall(r"^define .*@\\"?_ZN7fastmlp7kernels\\d+(\\w+?)B", ir, re.M))
+        print(d.__name__, *sorted(names))
+"""
+
+
+def _fresh_process(cache_dir, role):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
+    done = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, role], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+@needs_numba
+def test_kernels_compile_once_and_later_processes_load_them(tmp_path):
+    compiled = _fresh_process(tmp_path, "compiled")
+    # each entry point's module holds its own code only: the kernels it calls are linked
+    # by name (kernels/numba_link), not compiled into it again
+    assert compiled[2:] == ["run numba_train3run", "train_step numba_train10train_step",
+                            "predict numba_train7predict"]
+    assert int(compiled[1]) > 0
+    loaded = _fresh_process(tmp_path, "loaded")
+    assert loaded[0] == compiled[0]   # the same numbers, bit for bit
+    assert loaded[1] == "0"           # nothing compiled again

@@ -8,8 +8,9 @@ processed in chunks), and forwards each contract call to one ``@njit``
 function in :mod:`fastmlp.kernels.numba_train` (train_step and train_step_checked
 are one function, train_epochs too: a chunk of
 epochs is one call of ``run``, which checks finiteness and tol in compiled
-code). Kernels compile on first use per dtype and are cached on disk
-(``cache=True``), so later processes load them instead of recompiling.
+code). Kernels compile on first use per dtype, each once (they call one another
+by name: kernels/numba_link.py), and are cached on disk (``cache=True``), so
+later processes load them instead of recompiling.
 
 Threads: predict and evaluate allocate their buffers per call, and each
 loss_and_gradient call takes a spare gradient workspace that no other call is

@@ -1,0 +1,80 @@
+"""Calls between separately compiled Numba kernels, linked by name, as a C linker would.
+
+When one ``@njit`` function calls another, Numba copies the callee's whole
+compiled module into the caller's and runs LLVM's full optimisation and code
+generation over the copy again. LLVM inlines none of the kernels' big callees
+(checked in their optimised IR: every such call stays a call), so all that work
+only repeats itself: ``train_step`` re-optimised all of ``run``, which
+re-optimised the layer and activation kernels, and the first compile of the
+kernels took 13-15 s per dtype. ``separate(f)`` is a stand-in for ``f`` inside
+``@njit`` code that emits the same native call, but to a symbol named after f
+and its argument types, bound to f's compiled code when the caller is compiled
+or loaded from the cache. Each kernel's code is then optimised once.
+
+The call is Numba's own (``call_internal``: return value, status and exception
+propagate exactly as for an ordinary call), so a kernel behaves the same
+whether its callees are linked in or not. On a cache load the caller's
+``reload_init`` hook compiles or loads the callee and binds the symbol before
+the caller's machine code is linked, so an unresolved symbol cannot happen.
+Bindings are by argument types only: after changing a kernel's return type,
+delete ``kernels/__pycache__/*.nb[ic]`` (as after any edit of a callee's file).
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import importlib
+import inspect
+
+import llvmlite.binding as llvm
+from numba import types
+from numba.extending import intrinsic
+
+
+def _symbol(module, name, argtypes):
+    key = hashlib.sha1(repr(argtypes).encode()).hexdigest()[:16]
+    return f"fastmlp.{module}.{name}.{key}"
+
+
+def bind(module, name, argtypes):
+    """Compile (or load) ``module.name`` for ``argtypes`` and bind its symbol; its
+    compile result. Also the cache-load hook: a module-level function, so it pickles."""
+    dispatcher = getattr(importlib.import_module(module), name)
+    dispatcher.compile(argtypes)
+    cres = dispatcher.overloads[argtypes]
+    llvm.add_symbol(_symbol(module, name, argtypes),
+                    cres.library.get_pointer_to_function(cres.fndesc.mangled_name))
+    return cres
+
+
+def separate(dispatcher):
+    """``dispatcher`` to be called from @njit code without compiling its code into
+    the caller's (see the module docstring). Call it with the arguments of
+    ``dispatcher``, positionally."""
+    module = dispatcher.py_func.__module__
+    # the module attribute that holds it (bind looks it up again on a cache load)
+    name = next(k for k, v in vars(importlib.import_module(module)).items() if v is dispatcher)
+
+    def typer(*args):
+        argtypes = tuple(types.unliteral(a) for a in args)
+        cres = bind(module, name, argtypes)
+        fndesc = copy.copy(cres.fndesc)
+        fndesc.mangled_name = _symbol(module, name, argtypes)
+        reload = functools.partial(bind, module, name, argtypes)
+
+        def codegen(context, builder, signature, llargs):
+            context.active_code_library._reload_init.add(reload)
+            cast = [context.cast(builder, v, t, u)
+                    for v, t, u in zip(llargs, signature.args, argtypes)]
+            return context.call_internal(builder, fndesc, cres.signature, cast)
+
+        return cres.signature.return_type(*args), codegen
+
+    # @intrinsic needs the parameters named: the callee's, forwarded to typer
+    params = ", ".join(inspect.signature(dispatcher.py_func).parameters)
+    scope = {"typer": typer}
+    exec(f"def call(typingctx, {params}):\n    return typer({params})\n", scope)
+    call = intrinsic(scope["call"])
+    call.__name__ = call.__qualname__ = f"separate_{name}"
+    return call
