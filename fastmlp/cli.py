@@ -116,7 +116,8 @@ def warmup(args, out=None):
         raise ValueError("the numba backend is not available here: "
                          f"{fm.backends._import_errors.get('numba', 'numba is not installed')}")
     for dtype in ("float32", "float64"):
-        seconds = _warmup.numba_kernels(dtype, notice=False, model_class=fm.Model)
+        seconds = _warmup.numba_kernels(dtype, notice=False, model_class=fm.Model,
+                                        complete=True)
         print(f"numba kernels for {dtype}: ready in {seconds:.1f} s", file=out, flush=True)
     return 0
 

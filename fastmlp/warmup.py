@@ -26,9 +26,11 @@ _lock = threading.RLock()  # the tiny model built while holding it asks again
 NOTICE_AFTER_S = 1.0
 
 
-def numba_kernels(dtype, notice=True, model_class=None):
-    """Compile or load every Numba kernel for ``dtype``; seconds it took (0 if done before).
-    ``model_class``: fastmlp.Model (passed in, so that this module does not import it)."""
+def numba_kernels(dtype, notice=True, model_class=None, complete=False):
+    """Compile or load the Numba kernels a model uses for ``dtype``; seconds it took (0 if
+    done before). ``model_class``: fastmlp.Model (passed in, so that this module does not
+    import it). ``complete``: evaluate's kernel too, which a model's first use leaves to
+    its first evaluate (about half a second), as ``fastmlp warmup`` wants everything."""
     dtype = np.dtype(dtype)
     with _lock:
         if dtype in _ready:
@@ -40,7 +42,7 @@ def numba_kernels(dtype, notice=True, model_class=None):
             timer.start()
         start = time.perf_counter()
         try:
-            _exercise(dtype, model_class)
+            _exercise(dtype, model_class, complete)
         except BaseException:
             _ready.discard(dtype)
             raise
@@ -56,9 +58,9 @@ def _notice(dtype):
           "does it ahead of time)...", file=sys.stderr, flush=True)
 
 
-def _exercise(dtype, Model):
-    """Every call a Model makes into the Numba kernels but evaluate, once, with the
-    argument types it uses."""
+def _exercise(dtype, Model, complete=False):
+    """Every call a Model makes into the Numba kernels (but evaluate unless ``complete``),
+    once, with the argument types it uses."""
     m = Model([Dense(3, "prelu"), Dense(2, "softmax")], input_dim=2, loss="cross_entropy",
               optimizer=Adam(), backend="numba", dtype=dtype.name, seed=0)
     X = np.zeros((4, 2), dtype=dtype)
@@ -68,3 +70,5 @@ def _exercise(dtype, Model):
     m.train_on_batch(X, T)
     m.fit(X, T, epochs=1, batch_size=2)
     m.fit(X, T, epochs=1, batch_size=2, gradient_norms=True, shuffle=False)
+    if complete:
+        m.evaluate(X, T)

@@ -17,7 +17,7 @@ needs_numba = pytest.mark.skipif("numba" not in fm.available_backends(),
 def test_slow_first_compile_prints_one_line(monkeypatch, capsys):
     monkeypatch.setattr(warmup, "_ready", set())
     monkeypatch.setattr(warmup, "NOTICE_AFTER_S", 0.01)
-    monkeypatch.setattr(warmup, "_exercise", lambda dtype, cls: time.sleep(0.3))
+    monkeypatch.setattr(warmup, "_exercise", lambda dtype, cls, complete: time.sleep(0.3))
     seconds = warmup.numba_kernels("float32")
     err = capsys.readouterr().err
     assert seconds >= 0.3
@@ -27,7 +27,7 @@ def test_slow_first_compile_prints_one_line(monkeypatch, capsys):
 
 def test_fast_load_prints_nothing(monkeypatch, capsys):
     monkeypatch.setattr(warmup, "_ready", set())
-    monkeypatch.setattr(warmup, "_exercise", lambda dtype, cls: None)
+    monkeypatch.setattr(warmup, "_exercise", lambda dtype, cls, complete: None)
     warmup.numba_kernels("float64")
     assert capsys.readouterr().err == ""
 
