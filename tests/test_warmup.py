@@ -35,7 +35,7 @@ def test_fast_load_prints_nothing(monkeypatch, capsys):
 def test_a_failed_warmup_is_retried(monkeypatch):
     monkeypatch.setattr(warmup, "_ready", set())
 
-    def boom(dtype, cls):
+    def boom(dtype, cls, complete):
         raise RuntimeError("no compiler")
     monkeypatch.setattr(warmup, "_exercise", boom)
     with pytest.raises(RuntimeError):
