@@ -12,7 +12,7 @@ Bounds are kept in float64 and every one is an upper bound, rounding included:
 see prove_update.
 """
 from cython cimport floating
-from libc.math cimport pow
+from libc.math cimport fabs, pow
 from libc.stdint cimport int64_t
 
 from _codes cimport ADAM_CODE, BETA1, BETA2, EPS, LR, MOMENTUM, NESTEROV, SGD_CODE, WEIGHT_DECAY
@@ -117,6 +117,8 @@ cdef struct Bounds:
     double theta
     double buf0              # momentum's v, or Adam's m
     double buf1              # Adam's v
+    bint v_negative          # Adam's v holds a value below 0 (a host write: an Adam step
+                             # keeps v >= 0), whose sqrt is NaN: nothing can be proven
     int64_t proven           # guarded steps written on the bounds as they were,
     int64_t measured         # ... those that measured the maxima first,
     int64_t backed_up        # ... and those that needed a backup (counts, for tests)
@@ -125,6 +127,16 @@ cdef struct Bounds:
 cdef inline bint below(double x, double limit) noexcept nogil:
     """x < limit, false for NaN."""
     return x < limit
+
+
+cdef inline bint any_negative(Py_ssize_t n, const floating* a) noexcept nogil:
+    """Whether some a[i] (n,) is below 0 (-0 and NaN are not); an OR over lanes, which
+    vectorises."""
+    cdef Py_ssize_t i
+    cdef int neg = 0
+    for i in range(n):
+        neg |= a[i] < 0
+    return neg != 0
 
 
 cdef inline bint prove_update(const Bounds* now, double grad, Py_ssize_t rows, int code,
@@ -137,29 +149,35 @@ cdef inline bint prove_update(const Bounds* now, double grad, Py_ssize_t rows, i
     The bounds follow fastmlp.optimizers.update (g = grad + wd theta; SGD: v = mu v + g,
     step v, or g + mu v for Nesterov; Adam: m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
     step lr (m / k1) / (sqrt(v / k2) + eps) <= lr |m / k1| max(1, 1 / eps), the first
-    factor also bounding the product lr (m / k1) computed on the way); the folded
+    factor also bounding the product lr (m / k1) computed on the way, and v >= 0, which
+    an Adam step keeps but a host write may break: ``now.v_negative`` proves nothing); the folded
     plain-SGD update (1 - lr wd) theta - lr grad is bounded by the same
     theta + lr (grad + wd theta). Each is the exact value's bound times ``slack``
     = 1 + (rows + 32) unit, unit the dtype's rounding unit: a sum of rows products
     computed in any order (the GEMM) is within (rows) unit of the sum of their
     magnitudes, and each further operation adds one unit; float64 rounding of these
     bounds is 2^29 times smaller. Hyper-parameters are taken as the kernels round
-    them to the dtype (``unit`` 2^-24: float), so lr = 1e200, inf in float, fails.
+    them to the dtype (``unit`` 2^-24: float), so lr = 1e200, inf in float, fails; Adam's
+    1 - beta1 and 1 - beta2 as the kernel does, rounded from the double's (beta1 =
+    1 - 1e-8 is 1 in float, yet 1 - beta1 is 1e-8 there, not 0).
     ``limit`` (the dtype's max / 16) leaves a factor 16 beyond all of that.
     """
     cdef double s = 1 + (rows + 32) * unit
     cdef bint f32 = unit > 1e-10
     cdef double lr = h[LR], wd = h[WEIGHT_DECAY], mu = h[MOMENTUM]
     cdef double b1 = h[BETA1], b2 = h[BETA2], eps = h[EPS], k1, k2
+    cdef double c1 = 1 - h[BETA1], c2 = 1 - h[BETA2]
     cdef double g, v, m, step, inv_eps
-    if f32:  # the values the float kernels compute with
+    if f32:  # the values the float kernels compute with (_optimizers.optimizer_update)
         lr, wd, mu = <float>lr, <float>wd, <float>mu
         b1, b2, eps = <float>b1, <float>b2, <float>eps
+        c1, c2 = <float>c1, <float>c2
     g = (grad + wd * now.theta) * s
     after.known = True
     after.in_use = now.in_use
     after.buf0 = now.buf0
     after.buf1 = now.buf1
+    after.v_negative = now.v_negative
     if not (below(lr, limit) and below(g, limit)):
         return False
     if code == SGD_CODE:
@@ -172,12 +190,15 @@ cdef inline bint prove_update(const Bounds* now, double grad, Py_ssize_t rows, i
         after.theta = (now.theta + step) * s
         return below(step, limit) and below(after.theta, limit) and below(after.buf0, limit)
     if code == ADAM_CODE:
+        if now.v_negative:
+            return False
         k1 = 1 - pow(h[BETA1], <double>t)
         k2 = 1 - pow(h[BETA2], <double>t)
         if f32:
             k1, k2 = <float>k1, <float>k2
-        m = (b1 * now.buf0 + (1 - b1) * g) * s
-        v = (b2 * now.buf1 + (1 - b2) * (g * g * s)) * s
+        k1, k2 = fabs(k1), fabs(k2)   # in (0, 1] but for a step count that wrapped
+        m = (b1 * now.buf0 + c1 * g) * s
+        v = (b2 * now.buf1 + c2 * (g * g * s)) * s
         inv_eps = 1 / eps if eps < 1 else 1
         step = lr * (m / k1) * inv_eps * s * s
         after.buf0, after.buf1 = m, v

@@ -31,7 +31,7 @@ from _codes cimport (EPS, LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS
                      PLAN_FUSED, PLAN_HEAD, PLAN_LAYERS, PLAN_LOSS, PLAN_N_PARAMS, PLAN_WIDEST,
                      PLAN_WS_SIZE, PRELU, SGD_CODE, WEIGHT_DECAY, WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD,
                      WS_TB, WS_XB, compiled_codes)
-from _guard cimport Bounds, abs_max, below, prove_update
+from _guard cimport Bounds, abs_max, any_negative, below, prove_update
 from _layers cimport (activation_backward, bias_activation_forward, dense_backward_input,
                       dense_backward_params, dense_forward)
 from _losses cimport loss_forward_backward
@@ -432,12 +432,14 @@ cdef inline double nan_max(double a, double b) noexcept nogil:
 cdef void measure(Bounds* b, Py_ssize_t n, const floating* theta, const floating* buffers,
                   Py_ssize_t in_use) noexcept nogil:
     """b OVERWRITTEN with the maxima of theta (n,) and of the buffers' in_use rows, read
-    in one pass each (inf where one is NaN or inf)."""
+    in one pass each (inf where one is NaN or inf), and whether Adam's v (in use: 2) holds
+    a value below 0 (a second pass, on this path only: set_state accepts one)."""
     b.known = True
     b.in_use = in_use
     b.theta = abs_max(n, theta)
     b.buf0 = abs_max(n, buffers) if in_use >= 1 else 0
     b.buf1 = abs_max(n, buffers + n) if in_use >= 2 else 0
+    b.v_negative = in_use >= 2 and any_negative(n, buffers + n)
 
 
 cdef int train_guarded(const Net* net, const Work* w, floating* theta, const floating* X,
@@ -509,8 +511,11 @@ cdef int train_guarded(const Net* net, const Work* w, floating* theta, const flo
         G = nan_max(G, nan_max(g.gw[i], g.gb[i]))
         if row[LAYER_ALPHA] >= 0:  # prelu: alpha's gradient as it is, n_out numbers
             G = nan_max(G, abs_max(row[LAYER_N_OUT], grad + row[LAYER_ALPHA]))
-    if not (g.finite and (loss[0] - loss[0]) == 0 and below(G, INFINITY)):
+    if not (g.finite and (loss[0] - loss[0]) == 0):
         return 2
+    # G itself may be inf or NaN with every maximum finite: the bound overflowed (rows
+    # max|x| max|delta| with the two maxima in different rows), not the gradient. No
+    # proof holds then, and the backup path decides.
     if bounds.in_use != in_use:
         bounds.known = False
     proven = bounds.known and prove_update(bounds, G, rows, code, h, saved_step + 1, unit_round,
