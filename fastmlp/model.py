@@ -234,6 +234,10 @@ class Model:
             raise ValueError(f"opt_step must be one integer >= 0, got {step!r}")
         theta = validation.as_finite(theta, "theta", self.dtype)
         buffers = validation.as_finite(buffers, "opt_buffers", self.dtype)
+        if self._state.code == optimizers.ADAM_CODE and (buffers[1] < 0).any():
+            # sqrt(v) of Adam's step would be NaN (fastmlp.load refuses such files too)
+            raise ValueError("opt_buffers[1] is Adam's second-moment estimate and must be "
+                             ">= 0; it has negative values")
         rng = np.random.default_rng()
         rng.bit_generator.state = state["rng_state"]   # raises on a malformed state
         with self._lock:

@@ -256,3 +256,13 @@ def test_training_diverged_restores_the_last_finite_weights(backend, rng):
     with pytest.raises(fm.TrainingDiverged):
         model.fit(X, Y, epochs=50, batch_size=None)
     assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_set_state_refuses_a_negative_adam_second_moment(backend):
+    m = fm.Model([fm.Dense(2)], input_dim=3, optimizer=fm.Adam(), backend=backend, seed=0)
+    state = m.get_state()
+    state["opt_buffers"][1, 0] = -1.0
+    before = m.get_state()
+    with pytest.raises(ValueError, match="second-moment estimate and must be >= 0"):
+        m.set_state(state)
+    np.testing.assert_array_equal(m.get_state()["opt_buffers"], before["opt_buffers"])
