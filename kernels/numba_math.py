@@ -278,3 +278,50 @@ def _like(c, z):
     if z == types.float32:
         return lambda c, z: np.float32(c)
     return lambda c, z: float(c)
+
+
+# --- max |a|, NaN and inf included ---------------------------------------------
+
+@intrinsic
+def _magnitude(typingctx, x):
+    """The bits of x (float32 or float64) as a signed integer of its width, sign bit
+    cleared: for one sign bit patterns order as the values do, and NaN and inf lie
+    above every finite value, so an integer max finds max |x| and any NaN or inf."""
+    if x not in (types.float32, types.float64):
+        return None
+    kind = types.int32 if x == types.float32 else types.int64
+
+    def codegen(context, builder, sig, args):
+        lt = ir.IntType(kind.bitwidth)
+        bits = builder.bitcast(args[0], lt)
+        return builder.and_(bits, ir.Constant(lt, (1 << (kind.bitwidth - 1)) - 1))
+
+    return kind(x), codegen
+
+
+@intrinsic
+def _from_magnitude(typingctx, m):
+    """The float whose bits are m (int32: float32, int64: float64)."""
+    if m not in (types.int32, types.int64):
+        return None
+    kind = types.float32 if m == types.int32 else types.float64
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType() if m == types.int32 else ir.DoubleType())
+
+    return kind(m), codegen
+
+
+@njit(**KERNEL)
+def abs_max(A, r0, r1):
+    """max |A[r0:r1]| (float64) over rows r0..r1 of A (n, k), 0 when empty; inf when
+    one is NaN or inf. An integer max over the magnitudes' bits (_magnitude), which
+    vectorises; a float max that must see NaN does not."""
+    m = _magnitude(A.dtype.type(0.0))
+    for i in range(r0, r1):
+        for j in range(A.shape[1]):
+            v = _magnitude(A[i, j])
+            m = v if v > m else m
+    if m >= _magnitude(A.dtype.type(np.inf)):
+        return np.inf
+    return float(_from_magnitude(m))

@@ -6,7 +6,14 @@ sizes, activation codes, offsets into ``theta`` and into the workspace, and
 the rules of fastmlp.rules). Training uses ONE flat workspace ``ws`` per model,
 laid out by that plan: the activation parameters, a gradient vector, two gather
 buffers for the rows of a batch, every layer's Z and A (cap, units) and two
-ping-pong gradient buffers (cap, widest layer). Nothing is allocated per step.
+gradient buffers (cap, widest layer). Nothing is allocated per step.
+
+A chunk's backward pass is two sweeps, as the Cython kernels' (cython_mlp.train_guarded):
+first every layer's delta, each in place of its Z (a fused output layer's in WS_D1,
+where the loss writes dE/df; every dE/df below goes through WS_D0), from the old
+weights; then the parameter sweep (the weight-gradient GEMMs, or the folded SGD
+update). So nothing is written before every delta is known, and the guarded step
+(train_step, check > 0) proves its update finite there, copying nothing (see _guard).
 
 Every training entry point runs :func:`run`, one loop over batches and row
 chunks of at most ``cap`` rows: a batch larger than that accumulates its
@@ -34,17 +41,19 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from fastmlp.codes import (ADAM_CODE, BETA1, BETA2, EPS, GRADIENT, LAYER_ACT, LAYER_ALPHA,
+from fastmlp.codes import (ADAM_CODE, BETA1, BETA2, EPS, GRADIENT, NESTEROV as _NESTEROV, LAYER_ACT, LAYER_ALPHA,
                            LAYER_B, LAYER_F, LAYER_FIELDS, LAYER_N_IN, LAYER_N_OUT, LAYER_W,
                            LAYER_Z, LINEAR, LR, MOMENTUM, NESTEROV, PLAN_CAP, PLAN_FOLD_ROWS,
                            PLAN_FUSED, PLAN_HEAD, PLAN_LAYERS, PLAN_LOSS, PLAN_N_PARAMS,
                            PLAN_WIDEST, PLAN_WS_SIZE, SGD_CODE, TRAIN, WEIGHT_DECAY,
                            WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD, WS_TB, WS_XB)
 
-from .numba_layers import (adam_update, dense_backward, dense_forward, dense_forward_kernel,
+from .numba_activations import act_backward
+from .numba_blas import gemm_nt
+from .numba_layers import (adam_update, dense_forward, dense_forward_kernel, dense_params,
                            loss_forward_backward, loss_value_kernel, sgd_update)
 from .numba_link import separate
-from .numba_math import ALLOCATING_ENTRY, ENTRY, INLINE, KERNEL
+from .numba_math import ALLOCATING_ENTRY, ENTRY, INLINE, KERNEL, abs_max
 from .numba_views import matrix
 
 
@@ -58,6 +67,26 @@ def new_workspace(net, dtype, cap, fold_rows=0):
     fp, grad = plan[WS_ACT_PARAMS], plan[WS_GRAD]
     ws[fp:fp + len(net.act_params)] = net.act_params
     return plan, ws, ws[grad:grad + net.n_params]
+
+
+# The guarded step's record, float64 (G_HEAD + 4 * layers,), one per backend (new_guard):
+# upper bounds on max |theta| and the optimiser buffers in use, valid while G_KNOWN and
+# only for the arrays they were taken of (the backend forgets them on any other write);
+# path counters (for tests); the dtype's rounding unit and the proof's limit (max / 16);
+# then per step: max |X|, status, path, the bounds after the update, a finite flag, and
+# per layer max |f|, max |delta| and the bounds on |dE/dW| and |dE/db|.
+(G_KNOWN, G_IN_USE, G_THETA, G_BUF0, G_BUF1, G_PROVEN, G_MEASURED, G_BACKED_UP, G_UNIT,
+ G_LIMIT, G_XMAX, G_STATUS, G_PATH, G_AFTER, G_FINITE, G_HEAD) = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+                                                                 10, 11, 12, 13, 16, 17)
+
+
+def new_guard(net, dtype):
+    """A fresh guard record (see G_*) for ``net`` in ``dtype``: nothing known."""
+    guard = np.zeros(G_HEAD + 4 * len(net.layers))
+    f32 = np.dtype(dtype) == np.float32
+    guard[G_UNIT] = 2.0 ** -24 if f32 else 2.0 ** -53
+    guard[G_LIMIT] = float(np.finfo(dtype).max) / 16
+    return guard
 
 
 @njit(**INLINE)
@@ -150,9 +179,155 @@ def _finite(loss, theta, bufs, rows):
 _update_linked = separate(_update)
 
 
+@njit(**INLINE)
+def _copy_state(theta, bufs, rows, backup, save):
+    """backup (>= 3p,) = theta (p,), then bufs[:rows] (2, p) if save, else the reverse.
+    Loops, not slice assignments: those compile a shape-mismatch error message,
+    string formatting and all, which took 2 s of the first compile."""
+    p = theta.shape[0]
+    for i in range(p):
+        if save:
+            backup[i] = theta[i]
+        else:
+            theta[i] = backup[i]
+    for r in range(rows):
+        for i in range(p):
+            if save:
+                backup[(r + 1) * p + i] = bufs[r, i]
+            else:
+                bufs[r, i] = backup[(r + 1) * p + i]
+
+
+# linked, not compiled into each caller again (tests/test_warmup checks run's and
+# train_step's modules hold their own code only)
+_abs_max_linked = separate(abs_max)
+
+
+@njit(**KERNEL)
+def _guard(theta, bufs, grad, plan, h, opt, step, guard, loss, rows, batch_rows, backup,
+           phase):
+    """The guarded step's bookkeeping and two decisions (see run's guard); returns 2 to
+    stop, else 0.
+
+    phase 0, after a chunk of ``rows`` rows' deltas: its maxima are added to the
+    gradient bounds (|dE/dW| = |x^T delta| <= rows max|x| max|delta|, |dE/db| <= rows
+    max|delta|, delta scaled as the loss is). Phase 1, the same on the batch's last
+    chunk, then, every delta known and nothing written: 2 if the loss or a
+    maximum is not finite (an inf or NaN input or delta reaches every product and sum
+    it is in); else the update is proven finite from the bounds (measured afresh, one
+    read of theta and the buffers in use, when unknown or when that fails), or,
+    failing, theta and those buffers are backed up. Phase 2, once the update is
+    written: a proven one's bounds become the new ones; a backed-up one is measured,
+    and restored with the step counter (2) unless finite, its maxima becoming the
+    bounds. rows: the chunk's (phases 0, 1); batch_rows: the batch's (the proof's). The proof is the Cython kernels' prove_update (kernels/_guard.pxd says why
+    each bound holds, rounding included), written out once here: every @njit function
+    and every call site of one costs first-compile time."""
+    n_layers = plan[PLAN_LAYERS]
+    if phase < 2:
+        for l in range(n_layers):
+            a = guard[G_XMAX] if l == 0 else guard[G_HEAD + l - 1]
+            dmax = guard[G_HEAD + n_layers + l]
+            if not (a < np.inf and dmax < np.inf):
+                guard[G_FINITE] = 0
+            guard[G_HEAD + 2 * n_layers + l] += rows * a * dmax
+            guard[G_HEAD + 3 * n_layers + l] += rows * dmax
+        if phase == 0:
+            return 0
+    after, rows = phase == 2, batch_rows
+    in_use = _buffers_in_use(opt, h)
+    G = 0.0
+    if not after:
+        for l in range(n_layers):
+            v = max(guard[G_HEAD + 2 * n_layers + l], guard[G_HEAD + 3 * n_layers + l])
+            G = v if not (v <= G) else G  # NaN wins
+            row = _row(l)
+            if plan[row + LAYER_ALPHA] >= 0:  # prelu: alpha's gradient as it is
+                v = _abs_max_linked(matrix(grad, plan[row + LAYER_ALPHA], 1,
+                                           plan[row + LAYER_N_OUT]), 0, 1)
+                G = v if not (v <= G) else G
+        if not (guard[G_FINITE] != 0 and (loss - loss) == 0 and G < np.inf):
+            return 2
+        if guard[G_IN_USE] != in_use:
+            guard[G_KNOWN] = 0
+    elif guard[G_PATH] == 0:  # proven: the bounds it proved
+        guard[G_THETA], guard[G_BUF0], guard[G_BUF1] = (guard[G_AFTER], guard[G_AFTER + 1],
+                                                        guard[G_AFTER + 2])
+        return 0
+    unit, limit = guard[G_UNIT], guard[G_LIMIT]
+    proven = False
+    for attempt in range(2):  # on the bounds known, then on bounds measured afresh
+        if after or attempt == 1:
+            at = G_AFTER if after else G_THETA
+            for r in range(3):
+                guard[at + r] = (_abs_max_linked(matrix(theta, 0, 1, theta.shape[0])
+                                                 if r == 0 else bufs, max(r - 1, 0), max(r, 1))
+                                 if r <= in_use else 0.0)
+            if after:
+                break
+            guard[G_KNOWN], guard[G_IN_USE] = 1.0, in_use
+            guard[G_MEASURED] += 1
+        elif guard[G_KNOWN] == 0:
+            continue
+        # bounds after the update (prove_update), into guard[G_AFTER:G_AFTER + 3]
+        s = 1 + (rows + 32) * unit
+        lr, wd, mu = h[LR], h[WEIGHT_DECAY], h[MOMENTUM]
+        b1, b2, eps = h[BETA1], h[BETA2], h[EPS]
+        k1 = 1 - h[BETA1] ** float(step[0] + 1)
+        k2 = 1 - h[BETA2] ** float(step[0] + 1)
+        if unit > 1e-10:  # float32: the values the float kernels compute with
+            lr, wd, mu = float(np.float32(lr)), float(np.float32(wd)), float(np.float32(mu))
+            b1, b2, eps = float(np.float32(b1)), float(np.float32(b2)), float(np.float32(eps))
+            k1, k2 = float(np.float32(k1)), float(np.float32(k2))
+        theta_b, buf0, buf1 = guard[G_THETA], guard[G_BUF0], guard[G_BUF1]
+        g = (G + wd * theta_b) * s
+        if not (lr < limit and g < limit):
+            continue
+        if opt == SGD_CODE:
+            step_b = g
+            if mu != 0:
+                buf0 = (mu * buf0 + g) * s
+                step_b = (g + mu * buf0) * s if h[_NESTEROV] != 0 else buf0
+            step_b = lr * step_b * s
+            ok = buf0 < limit
+        else:
+            buf0 = (b1 * buf0 + (1 - b1) * g) * s
+            buf1 = (b2 * buf1 + (1 - b2) * (g * g * s)) * s
+            inv_eps = 1 / eps if eps < 1 else 1.0
+            step_b = lr * (buf0 / k1) * inv_eps * s * s
+            ok = (g * g < limit and buf0 / k1 < limit and buf1 / k2 < limit
+                  and buf1 < limit)
+        guard[G_AFTER], guard[G_AFTER + 1], guard[G_AFTER + 2] = (theta_b + step_b) * s, buf0, buf1
+        proven = ok and step_b < limit and guard[G_AFTER] < limit
+        if proven:
+            break
+    if after:
+        proven = (guard[G_AFTER] < np.inf and guard[G_AFTER + 1] < np.inf
+                  and guard[G_AFTER + 2] < np.inf)
+        if proven:  # finite: its maxima are the bounds
+            guard[G_THETA], guard[G_BUF0], guard[G_BUF1] = (guard[G_AFTER], guard[G_AFTER + 1],
+                                                            guard[G_AFTER + 2])
+            guard[G_KNOWN], guard[G_IN_USE] = 1.0, in_use
+        else:  # put back (the bounds still hold for what is restored)
+            step[0] -= 1
+    elif proven:
+        guard[G_PROVEN] += 1
+        guard[G_PATH] = 0
+    else:
+        guard[G_BACKED_UP] += 1
+        guard[G_PATH] = 1
+    if not proven:  # one call site: each inlined copy costs compile time
+        _copy_state(theta, bufs, in_use, backup, not after)
+        return 2 if after else 0
+    return 0
+
+
+_guard_linked = separate(_guard)
+_act_backward_linked = separate(act_backward)
+
+
 @njit(**ENTRY)
 def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan, mode, norms,
-        tol, losses):
+        tol, losses, guard, backup):
     """One epoch per row of orders (k, n): batches of rows orders[e, i:i + batch_size]
     (or of X itself if n == 0), each in chunks of at most cap rows. Returns the last
     epoch's sum(batch loss * batch rows) / rows, unless losses is given.
@@ -177,6 +352,12 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
     wrapper around it costs a second of LLVM at first compile, so one function
     serves one epoch and many. An unknown mode, or optimiser code in mode TRAIN,
     raises ValueError before any work.
+    guard: (0,) for none, or (train_step's guarded step, one batch, mode TRAIN) the
+    guard record (G_*; X's maximum and the per-step fields reset by the caller): the
+    maxima are noted as the passes run, and after the last chunk's deltas, before
+    anything is written, :func:`_guard` stops the step (status 2), proves its update
+    finite, or backs theta up; after the update it checks what it could not prove.
+    backup (>= 3p,): theta's dtype, the guard's backup (read only with a guard).
     """
     if mode == TRAIN:
         if opt != SGD_CODE and opt != ADAM_CODE:
@@ -229,6 +410,7 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                 rows, scale = cstop - cstart, 1.0 / (bstop - bstart)
                 beta = 0.0 if cstart == bstart else 1.0
                 last = want_norms and cstop == bstop
+                guarded = guard.shape[0] > 0
                 inp = xc
                 for l in range(n_layers):
                     row = _row(l)
@@ -237,39 +419,64 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                     A = matrix(ws, plan[row + LAYER_F], rows, k)
                     dense_forward(inp, W, b, alpha, matrix(ws, plan[row + LAYER_Z], rows, k), A,
                                   plan[row + LAYER_ACT], ws[fp + l])
+                    if guarded:  # max |f| of the hidden layers (the output feeds no GEMM)
+                        guard[G_HEAD + l] = (_abs_max_linked(A, 0, rows) if l < n_layers - 1
+                                             else 0.0)
                     inp = A
                 row = _row(n_layers - 1)
                 k = plan[row + LAYER_N_OUT]
-                D = matrix(ws, plan[WS_D0], rows, k)
+                D = matrix(ws, plan[WS_D1], rows, k)
                 total += loss_forward_backward(matrix(ws, plan[row + LAYER_Z], rows, k), inp, tc,
                                                loss_code, scale, D)
-                gbuf = 0
+                # The first sweep: every layer's delta, from the old weights, in place of
+                # its z (the fused output layer's stays in WS_D1, D already dE/dz:
+                # fastmlp.rules.fused_output); each dE/df below through WS_D0.
                 for l in range(n_layers - 1, -1, -1):
                     row = _row(l)
                     k_in, k = plan[row + LAYER_N_IN], plan[row + LAYER_N_OUT]
-                    code, p = plan[row + LAYER_ACT], ws[fp + l]
+                    W, b, alpha = _params(theta, plan, l)
+                    delta = matrix(ws, plan[row + LAYER_Z], rows, k)
                     if l == n_layers - 1 and plan[PLAN_FUSED]:
-                        # D is already dE/dz (fastmlp.rules.fused_output): LINEAR with
-                        # p = 1 is the identity, and still sums the bias gradient
-                        code, p = LINEAR, X.dtype.type(1.0)
+                        delta = D
+                    else:
+                        gW, gb, galpha = _params(grad, plan, l)
+                        _act_backward_linked(D, delta, matrix(ws, plan[row + LAYER_F], rows, k),
+                                             plan[row + LAYER_ACT], ws[fp + l], alpha, galpha,
+                                             beta)
+                    if guarded:  # max |delta|, while still in cache (L2 at W2's sizes)
+                        guard[G_HEAD + n_layers + l] = _abs_max_linked(delta, 0, rows)
+                    if l > 0:
+                        D = matrix(ws, plan[WS_D0], rows, k_in)
+                        gemm_nt(delta, W, D, 1.0, 0.0)
+                if guarded and _guard_linked(theta, bufs, grad, plan, hyper, opt, step, guard,
+                                             total / n, rows, bstop - bstart, backup,
+                                             1 if cstop == bstop else 0) == 2:
+                    guard[G_STATUS] = 2
+                    return total / n
+                # The second sweep: the parameters' gradients, or the folded update.
+                for l in range(n_layers - 1, -1, -1):
+                    row = _row(l)
+                    k_in, k = plan[row + LAYER_N_IN], plan[row + LAYER_N_OUT]
                     inp = xc if l == 0 else matrix(ws, plan[_row(l - 1) + LAYER_F], rows, k_in)
-                    dX = matrix(ws, plan[WS_D1 if gbuf == 0 else WS_D0], rows if l > 0 else 0,
-                                k_in)
+                    delta = matrix(ws, plan[row + LAYER_Z], rows, k)
+                    if l == n_layers - 1 and plan[PLAN_FUSED]:
+                        delta = matrix(ws, plan[WS_D1], rows, k)
                     W, b, alpha = _params(theta, plan, l)
                     gW, gb, galpha = _params(grad, plan, l)
-                    dense_backward(inp, W, b, alpha, matrix(ws, plan[row + LAYER_Z], rows, k),
-                                   matrix(ws, plan[row + LAYER_F], rows, k), D, dX, code, p,
-                                   gW, gb, galpha, beta, lr, decay)
+                    dense_params(inp, delta, W, b, alpha, gW, gb, galpha, beta, lr, decay)
                     if last:
                         w = plan[row + LAYER_W]
                         norms[l] += _sum_squares_linked(grad[w:w + k_in * k])
-                    D, gbuf = dX, 1 - gbuf
                 cstart = cstop
             if mode == TRAIN:
                 if fold:
                     step[0] += 1
                 else:
                     _update_linked(theta, grad, bufs, hyper, step, opt)
+                if guard.shape[0] > 0 and _guard_linked(theta, bufs, grad, plan, hyper, opt,
+                                                        step, guard, total / n, 0,
+                                                        bstop - bstart, backup, 2) == 2:
+                    guard[G_STATUS] = 2
             bstart = bstop
         epoch_loss = total / n
         if report:
@@ -292,44 +499,24 @@ def epochs_result(code):
 _run_linked = separate(run)
 
 
-@njit(**INLINE)
-def _copy_state(theta, bufs, rows, backup, save):
-    """backup (>= 3p,) = theta (p,), then bufs[:rows] (2, p) if save, else the reverse.
-    Loops, not slice assignments: those compile a shape-mismatch error message,
-    string formatting and all, which took 2 s of the first compile."""
-    p = theta.shape[0]
-    for i in range(p):
-        if save:
-            backup[i] = theta[i]
-        else:
-            theta[i] = backup[i]
-    for r in range(rows):
-        for i in range(p):
-            if save:
-                backup[(r + 1) * p + i] = bufs[r, i]
-            else:
-                bufs[r, i] = backup[(r + 1) * p + i]
-
-
 @njit(**KERNEL)
-def train_step(theta, X, T, bufs, hyper, step, opt, ws, plan, backup, check):
+def train_step(theta, X, T, bufs, hyper, step, opt, ws, plan, backup, check, guard):
     """One optimiser step on X (n, k_0), T (n, k_L), in place on theta (p,), bufs (2, p)
     and step (1,); returns (the mean loss before it, status). opt: SGD_CODE or
     ADAM_CODE, hyper: float64 (7,) as in OptimizerState.
 
     check 0: the step alone, status 0. check 1 or 2 (2: targets must lie in [0, 1]),
-    with backup (>= 3p,) of theta's dtype: status 1 (loss NaN, nothing touched) when X
-    or T is not finite (2: or T is outside [0, 1]); else theta and the buffers in use
-    (momentum: v; Adam: m and v) are copied into backup and, unless the step leaves
-    the loss, theta and those buffers finite (status 0), they and step are put back:
-    status 2. One function for both, so the guard costs no second compile of run."""
-    in_use = _buffers_in_use(opt, hyper)
+    guarded with the guard record (G_*; its bounds must be of this theta and bufs) and
+    backup (>= 3p,) of theta's dtype: status 1 (loss NaN, nothing touched) when X or T
+    is not finite (2: or T is outside [0, 1]); status 2 when the step would make the
+    loss, theta or the buffers in use (momentum: v; Adam: m and v) non-finite: they
+    and step are as before it, bit for bit; else status 0, the step of check 0 bit for
+    bit. Copy-free when the update is proven finite before it is written (see run and
+    _guard). One function for both, so the guard costs no second compile of run."""
     if check:
-        # x - x is 0 for finite x, NaN otherwise; NaN fails both range comparisons
-        bad = False
-        for i in range(X.shape[0]):
-            for j in range(X.shape[1]):
-                bad |= (X[i, j] - X[i, j]) != 0
+        xmax = _abs_max_linked(X, 0, X.shape[0])
+        # NaN fails both range comparisons
+        bad = not (xmax < np.inf)
         for i in range(T.shape[0]):
             if check == 2:
                 for j in range(T.shape[1]):
@@ -339,19 +526,17 @@ def train_step(theta, X, T, bufs, hyper, step, opt, ws, plan, backup, check):
                     bad |= (T[i, j] - T[i, j]) != 0
         if bad:
             return np.nan, 1
-        _copy_state(theta, bufs, in_use, backup, True)
-    saved_step = step[0]
+        guard[G_XMAX], guard[G_STATUS], guard[G_FINITE] = xmax, 0.0, 1.0
+        for i in range(G_HEAD + 2 * plan[PLAN_LAYERS], guard.shape[0]):
+            guard[i] = 0.0
     grad = ws[plan[WS_GRAD]:plan[WS_GRAD] + plan[PLAN_N_PARAMS]]
     # int(): a literal argument would compile run once more, for that constant;
     # hyper[0:0] types as the backend's empty norms array, for the same reason
     # (1, 0) orders: one pass over X as it is; hyper[0:0] is the empty losses array too
     loss = _run_linked(theta, grad, X, T, plan[0:0].reshape((1, 0)), X.shape[0], bufs, hyper,
-                       step, opt, ws, plan, int(TRAIN), hyper[0:0], -1.0, hyper[0:0])
-    if not check or _finite(loss, theta, bufs, in_use):
-        return loss, 0
-    _copy_state(theta, bufs, in_use, backup, False)
-    step[0] = saved_step
-    return loss, 2
+                       step, opt, ws, plan, int(TRAIN), hyper[0:0], -1.0, hyper[0:0],
+                       guard if check else guard[0:0], backup)
+    return loss, int(guard[G_STATUS]) if check else 0
 
 
 _dense_forward_linked = separate(dense_forward_kernel)

@@ -195,7 +195,7 @@ def test_unknown_numba_run_mode_raises():
     with pytest.raises(ValueError, match="unknown run mode"):
         kt.run(theta, grad, X, T, np.zeros((1, 0), np.int64), len(X), np.zeros((2, net.n_params)),
                hyper, np.zeros(1, np.int64), codes.SGD_CODE, ws, plan, 7, np.zeros(0), -1.0,
-               np.zeros(0))
+               np.zeros(0), np.zeros(0), np.empty(3 * net.n_params))
 
 
 def test_reference_tables_refuse_unknown_codes():

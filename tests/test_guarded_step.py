@@ -19,8 +19,28 @@ OPTIMIZERS = {
     "adam": lambda: fm.Adam(lr=0.01),
     "adam-decay": lambda: fm.Adam(lr=0.01, weight_decay=0.1),
 }
-needs_cython = pytest.mark.skipif("cython" not in available_backends(),
-                                  reason="the Cython backend is not built")
+# the backends whose guarded step keeps bounds (guarded_step_is_free), built here
+COPY_FREE = [b for b in ("cython", "numba") if b in available_backends()]
+copy_free = pytest.mark.parametrize("guarded_backend", COPY_FREE)
+
+
+def guard_paths(m):
+    """The engine's path counters, wherever the backend keeps them."""
+    engine = m.engine
+    return (engine.guard_paths if hasattr(engine, "guard_paths") else engine.engine.guard_paths)()
+
+
+def checked_step_on(m, theta, state, X, T):
+    """The model's guarded step on other arrays than its own (theta, state)."""
+    engine = m.engine
+    if not hasattr(engine, "guard_paths"):  # cython: the Engine takes them
+        return engine.engine.train_step_checked(theta, state, X, T)
+    own = engine.theta, engine.state
+    engine.theta, engine.state = theta, state
+    try:
+        return engine.train_step_checked(X, T)
+    finally:
+        engine.theta, engine.state = own
 
 
 def state_bytes(m):
@@ -73,17 +93,17 @@ def test_guarded_step_is_train_step_bit_for_bit_w2(backend, dtype, opt):
     assert_steps_agree(lambda: w2_net(backend, dtype, OPTIMIZERS[opt]()), [64, 64, 7])
 
 
-@needs_cython
+@copy_free
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
-def test_large_network_takes_the_copy_free_guarded_step(dtype, opt, monkeypatch):
-    m, twin = (w2_net("cython", dtype, OPTIMIZERS[opt]()) for _ in range(2))
+def test_large_network_takes_the_copy_free_guarded_step(guarded_backend, dtype, opt, monkeypatch):
+    m, twin = (w2_net(guarded_backend, dtype, OPTIMIZERS[opt]()) for _ in range(2))
     assert m.n_params > m._CHECKED_STEP_PARAMS
     monkeypatch.setattr(m._engine, "train_step", None)  # the snapshot path would call it
     for step in range(3):
         X, T = batch(m, 64, step)
         assert m.train_on_batch(X, T) == twin.engine.train_step(X, T)
     assert state_bytes(m) == state_bytes(twin)
-    paths = m.engine.engine.guard_paths()
+    paths = guard_paths(m)
     assert paths == {"proven": 3, "measured": 1, "backed_up": 0}, paths
 
 
@@ -202,10 +222,10 @@ def zero_first_column(X):
     return X
 
 
-@needs_cython
-def test_bounds_are_measured_again_after_set_weights(dtype):
+@copy_free
+def test_bounds_are_measured_again_after_set_weights(guarded_backend, dtype):
     # SGD with decay factor 1 - lr wd = -4: W1[0, 0] = 0.9 max becomes -3.6 max (inf).
-    make = lambda: w2_net("cython", dtype, fm.SGD(lr=10.0, weight_decay=0.5), units=(32,))
+    make = lambda: w2_net(guarded_backend, dtype, fm.SGD(lr=10.0, weight_decay=0.5), units=(32,))
     m = make()
     X, T = batch(m, 64, 0)
     X = zero_first_column(X) * 1e-3
@@ -216,14 +236,14 @@ def test_bounds_are_measured_again_after_set_weights(dtype):
     with pytest.raises(fm.TrainingDiverged, match="layer 1's weights became NaN or inf"):
         m.train_on_batch(X, T)
     assert state_bytes(m) == before
-    paths = m.engine.engine.guard_paths()
+    paths = guard_paths(m)
     assert paths["measured"] >= 2 and paths["backed_up"] >= 1, paths
 
 
-@needs_cython
-def test_a_finite_step_the_bounds_cannot_prove_runs_on_a_backup(dtype):
+@copy_free
+def test_a_finite_step_the_bounds_cannot_prove_runs_on_a_backup(guarded_backend, dtype):
     # W1[0, 0] = max / 2 is above the proof's limit (max / 16), and stays finite.
-    plain, guarded = (w2_net("cython", dtype, fm.SGD(lr=0.01), units=(32,)) for _ in range(2))
+    plain, guarded = (w2_net(guarded_backend, dtype, fm.SGD(lr=0.01), units=(32,)) for _ in range(2))
     for m in (plain, guarded):
         huge_first_weight(m, np.finfo(dtype).max / 2)
     X, T = batch(plain, 64, 0)
@@ -232,15 +252,14 @@ def test_a_finite_step_the_bounds_cannot_prove_runs_on_a_backup(dtype):
         assert guarded.train_on_batch(X, T) == plain.engine.train_step(X, T)
         assert state_bytes(guarded) == state_bytes(plain)
     assert guarded.get_weights()[0][0, 0] == np.finfo(dtype).max / 2
-    paths = guarded.engine.engine.guard_paths()
+    paths = guard_paths(guarded)
     assert paths["proven"] == 0 and paths["backed_up"] == 2, paths
 
 
-@needs_cython
-def test_every_outside_write_makes_the_next_step_measure(dtype):
-    m = w2_net("cython", dtype, fm.SGD(lr=0.01, momentum=0.9), units=(32,))
+@copy_free
+def test_every_outside_write_makes_the_next_step_measure(guarded_backend, dtype):
+    m = w2_net(guarded_backend, dtype, fm.SGD(lr=0.01, momentum=0.9), units=(32,))
     X, T = batch(m, 64, 0)
-    engine = m.engine.engine
     writes = [lambda: m.set_weights(m.get_weights()),
               lambda: m.set_state(m.get_state()),
               lambda: m.apply_gradient(np.zeros(m.n_params)),
@@ -249,14 +268,14 @@ def test_every_outside_write_makes_the_next_step_measure(dtype):
     m.train_on_batch(X, T)
     for write in writes:
         m.train_on_batch(X, T)
-        measured = engine.guard_paths()["measured"]
+        measured = guard_paths(m)["measured"]
         write()
         m.train_on_batch(X, T)
-        assert engine.guard_paths()["measured"] == measured + 1
+        assert guard_paths(m)["measured"] == measured + 1
     # another theta given to the engine: its bounds are not those of the model's
     theta, state = m.engine.theta.copy(), m.get_state()
-    measured = engine.guard_paths()["measured"]
+    measured = guard_paths(m)["measured"]
     buffers = fm.optimizers.OptimizerState.new(m.optimizer, m.n_params, m.dtype)
-    engine.train_step_checked(theta, buffers, X, T)
-    assert engine.guard_paths()["measured"] == measured + 1
+    checked_step_on(m, theta, buffers, X, T)
+    assert guard_paths(m)["measured"] == measured + 1
     assert state_bytes(m) == [state[k].tobytes() for k in ("theta", "opt_buffers", "opt_step")]

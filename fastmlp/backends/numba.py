@@ -45,6 +45,10 @@ class NumbaBackend:
     """Backend contract (see fastmlp.backends) over Numba kernels."""
 
     name = "numba"
+    # train_step_checked costs what train_step costs (no copy of theta: the kernels keep
+    # bounds on theta and the optimiser buffers and prove each update finite before
+    # writing it, kt.run's guard), so the Model takes it for every network size.
+    guarded_step_is_free = True
 
     def __init__(self, net, dtype, theta, state):
         self.net = net
@@ -59,6 +63,9 @@ class NumbaBackend:
         # allocated once; kt.train_step's check 2 also wants targets in [0, 1].
         self._backup = np.empty(3 * net.n_params, dtype=self.dtype)
         self._check = 2 if net.loss.output is not None else 1
+        # the guarded step's bounds and counters (kt.G_*), valid for these arrays only
+        self._guard = kt.new_guard(net, self.dtype)
+        self._bounded = (theta, state.buffers)
         # Workspaces are (plan, ws, grad, cap) tuples, replaced whole, never mutated.
         self._train = self._new_work(1)     # the trainers'
         self._spare = []                    # loss_and_gradient's, not in use right now
@@ -97,11 +104,28 @@ class NumbaBackend:
         try:
             return kt.run(self.theta, grad, X, T, _NO_ORDERS, len(X), self._no_bufs, _NO_HYPER,
                           _NO_STEP, SGD_CODE, work[1], work[0], kt.GRADIENT, _NO_NORMS, -1.0,
-                          _NO_NORMS)
+                          _NO_NORMS, _NO_NORMS, self._backup)
         finally:
             self._spare.append(work)
 
+    def push(self):
+        """The Model wrote theta or the optimiser state (set_weights, set_state, load, a
+        rollback, apply_gradient): the guarded step's bounds on them no longer hold."""
+        self._guard[kt.G_KNOWN] = 0
+
+    def pull(self):
+        """Nothing to do: the kernels work on the host arrays themselves."""
+
+    def guard_paths(self):
+        """How train_step_checked wrote its steps so far (for tests): {"proven": on
+        bounds alone, "measured": after measuring theta and the buffers, "backed_up":
+        with a backup, the update not provably finite}."""
+        g = self._guard
+        return {"proven": int(g[kt.G_PROVEN]), "measured": int(g[kt.G_MEASURED]),
+                "backed_up": int(g[kt.G_BACKED_UP])}
+
     def train_step(self, X, T):
+        self._guard[kt.G_KNOWN] = 0  # theta and the state change unguarded
         return self._step(X, T, 0)[0]
 
     def train_step_checked(self, X, T):
@@ -114,8 +138,12 @@ class NumbaBackend:
         if len(X) > cap:
             plan, ws, _, _ = self._train_work(len(X))
         state = self.state
+        if check and (self._bounded[0] is not self.theta
+                      or self._bounded[1] is not state.buffers):
+            self._guard[kt.G_KNOWN] = 0  # bounds of other arrays
+            self._bounded = (self.theta, state.buffers)
         return kt.train_step(self.theta, X, T, state.buffers, state.hyper, state.step,
-                             state.code, ws, plan, self._backup, check)
+                             state.code, ws, plan, self._backup, check, self._guard)
 
     def train_epoch(self, X, T, perm, batch_size, norms=None):
         batch_size = int(batch_size)
@@ -128,8 +156,10 @@ class NumbaBackend:
             check_norms(norms, len(self.net.layers))
         plan, ws, grad, _ = self._train_work(min(batch_size, perm.shape[1]))
         state = self.state
+        self._guard[kt.G_KNOWN] = 0  # theta and the state change unguarded
         return kt.run(self.theta, grad, X, T, perm, batch_size, state.buffers, state.hyper,
-                      state.step, state.code, ws, plan, kt.TRAIN, norms, -1.0, _NO_NORMS)
+                      state.step, state.code, ws, plan, kt.TRAIN, norms, -1.0, _NO_NORMS,
+                      _NO_NORMS, self._backup)
 
     def train_epochs(self, X, T, orders, batch_size, tol, losses):
         batch_size = int(batch_size)
@@ -143,6 +173,8 @@ class NumbaBackend:
             return 0, 0
         plan, ws, grad, _ = self._train_work(min(batch_size, orders.shape[1]))
         state = self.state
+        self._guard[kt.G_KNOWN] = 0  # theta and the state change unguarded
         return kt.epochs_result(kt.run(self.theta, grad, X, T, orders, batch_size, state.buffers,
                                        state.hyper, state.step, state.code, ws, plan, kt.TRAIN,
-                                       _NO_NORMS, float(tol), losses))
+                                       _NO_NORMS, float(tol), losses, _NO_NORMS,
+                                       self._backup))
