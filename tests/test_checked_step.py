@@ -130,6 +130,9 @@ def test_diverged_step_is_undone_with_todays_message(backend, dtype, opt):
 
 @pytest.mark.parametrize("opt", ["momentum", "adam"])
 def test_warm_checked_step_allocates_nothing(compiled_backend, dtype, opt):
+    if compiled_backend == "cuda":
+        pytest.skip("a CUDA launch allocates Python objects (the simulator also one "
+                    "thread per GPU thread): the host-memory promise is the CPU backends'")
     m = classifier(compiled_backend, dtype, OPTIMIZERS[opt]())
     X, T = data(m, rows=64)
     for _ in range(5):
