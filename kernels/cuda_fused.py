@@ -46,7 +46,7 @@ from numba import cuda
 from fastmlp.codes import (BINARY_CROSS_ENTROPY, CROSS_ENTROPY, LAYER_ACT, LAYER_ALPHA, LAYER_B,
                            LAYER_N_IN, LAYER_N_OUT, LAYER_W, PRELU, SOFTMAX)
 
-from .cuda_math import for_dtype
+from .cuda_math import for_dtype, kernel
 
 MAX_UNITS = 128          # widest layer of the fused narrow path (the issue's limit)
 MAX_TILE = 128           # rows per tile at most
@@ -325,7 +325,7 @@ def _kernels(dtype):
         cuda.syncthreads()
         return s
 
-    @cuda.jit
+    @kernel
     def tile_gradient(theta, aparams, table, lay, X, T, rows, first, count, tile, x_off, d0, d1,
                       loss_code, n_f, mse_scale, partial, partial_loss, step, bump):
         """Per-block gradient of rows[first:first + count]: block b OVERWRITES partial[b]
@@ -354,7 +354,7 @@ def _kernels(dtype):
         if tid == 0:
             partial_loss[blk] = s
 
-    @cuda.jit
+    @kernel
     def tile_forward(theta, aparams, table, lay, X, T, rows, count, tile, x_off, out, want_out,
                      loss_code, partial_loss, want_loss):
         """Forward pass of X[:count] tile by tile: with want_out, out[:count] (rows, outputs)
@@ -384,7 +384,7 @@ def _kernels(dtype):
             if tid == 0:
                 partial_loss[blk] = s
 
-    @cuda.jit
+    @kernel
     def reduce_gradient(partial, n_blocks, partial_loss, n, grad, loss, slot):
         """grad[i] = sum over blocks b < n_blocks of partial[b, i], in block order
         (OVERWRITTEN); thread 0: loss[slot] = sum of partial_loss / n."""
@@ -400,7 +400,7 @@ def _kernels(dtype):
                 g += partial[b, i]
             grad[i] = g
 
-    @cuda.jit
+    @kernel
     def reduce_update(partial, n_blocks, partial_loss, n, loss, slot, theta, bufs, hyper, step,
                       opt_code):
         """As reduce_gradient, then theta[i] (and bufs[:, i]) updated in place by the
@@ -417,7 +417,7 @@ def _kernels(dtype):
                 g += partial[b, i]
             opt_update(opt_code, hyper, step[0], i, theta, g, bufs)
 
-    @cuda.jit
+    @kernel
     def sum_loss(partial_loss, n_blocks, n, loss, slot):
         """loss[slot] = sum of partial_loss[:n_blocks] / n, in block order (one thread)."""
         if cuda.grid(1) == 0:
@@ -426,7 +426,7 @@ def _kernels(dtype):
                 s += partial_loss[b]
             loss[slot] = s / n
 
-    @cuda.jit
+    @kernel
     def tiny_epochs(theta, bufs, hyper, step, opt_code, in_use, aparams, table, lay, x_off, d0,
                     d1, X, T, orders, batch, loss_code, tol, losses, status):
         """train_epoch once per row of orders (k, n) in ONE block: per batch of rows

@@ -62,16 +62,12 @@ GPU_SHAPE = (16, 4, 16, 128, 256, 32, 8)
 SIM_SHAPE = (4, 2, 4, 16, 8, 4, 2)
 
 
-def _simulated():
-    from numba.core import config
-    return bool(config.ENABLE_CUDASIM)
-
-
 @lru_cache(maxsize=None)
 def kernels(dtype, shape=None):
     """The compiled kernels for ``dtype`` (float32/float64) and block ``shape`` (as
     GPU_SHAPE, the default; SIM_SHAPE under the simulator), as a namespace."""
-    shape = tuple(shape) if shape is not None else (SIM_SHAPE if _simulated() else GPU_SHAPE)
+    shape = tuple(shape) if shape is not None else (SIM_SHAPE if cuda_math.simulated()
+                                                            else GPU_SHAPE)
     tpb, r, bk, row_threads, reduce_threads, col_width, col_lanes = shape
     bm = tpb * r
     ftype = np.dtype(dtype).type
@@ -81,7 +77,7 @@ def kernels(dtype, shape=None):
     act, act_grad, opt_update, sigmoid = m.act, m.act_grad, m.opt_update, m.sigmoid
     zero, one = ftype(0.0), ftype(1.0)
 
-    @cuda.jit
+    @cuda_math.kernel
     def gemm(M, N, K, A, a_off, lda, ta, B, b_off, ldb, tb, C, c_off, Z, z_off, f_off,
              accumulate, mode, code, p, theta, bias_off, alpha_off):
         As = cuda.shared.array((bk, bm + 1), sh_type)   # op(A) tile, k-major
@@ -148,7 +144,7 @@ def kernels(dtype, shape=None):
                         else:
                             C[c_off + e] = v
 
-    @cuda.jit
+    @cuda_math.kernel
     def softmax_rows(n, k, Z, z_off, F, f_off):
         row = cuda.grid(1)
         if row < n:
@@ -164,7 +160,7 @@ def kernels(dtype, shape=None):
             for j in range(k):
                 F[f_off + base + j] = F[f_off + base + j] / s
 
-    @cuda.jit
+    @cuda_math.kernel
     def loss_rows(n, k, loss, fused, code, p, Z, z_off, F, f_off, T, t_off, D, d_off,
                   scale, want_grad, rows):
         """scale: dE/d(output) per unit difference, in the dtype: 2 / n for MSE, else
@@ -219,7 +215,7 @@ def kernels(dtype, shape=None):
                         D[d_off + base + j] = (F[f_off + base + j] - t) * scale
             rows[row] = total
 
-    @cuda.jit
+    @cuda_math.kernel
     def col_grad(n, k, D, d_off, Z, z_off, theta, alpha_off, grad, gb_off, ga_off,
                  accumulate):
         part = cuda.shared.array((col_lanes, col_width), sh_type)
@@ -258,7 +254,7 @@ def kernels(dtype, shape=None):
                 else:
                     grad[ga_off + col] = sa
 
-    @cuda.jit
+    @cuda_math.kernel
     def reduce_sum(x, off, size, squared, out, slot, scale, accumulate, slot2, scale2):
         part = cuda.shared.array(reduce_threads, float64)
         t = cuda.threadIdx.x
@@ -283,20 +279,20 @@ def kernels(dtype, shape=None):
             if slot2 >= 0:
                 out[slot2] += total * scale2
 
-    @cuda.jit
+    @cuda_math.kernel
     def optimizer(n, code, hyper, t, theta, grad, g_off, bufs):
         i = cuda.grid(1)
         if i < n:
             opt_update(code, hyper, t, i, theta, grad[g_off + i], bufs)
 
-    @cuda.jit
+    @cuda_math.kernel
     def gather_rows(order, o_off, rows, src, width, dst, d_off):
         e = cuda.grid(1)
         if e < rows * width:
             r_, c = e // width, e % width
             dst[d_off + e] = src[order[o_off + r_] * width + c]
 
-    @cuda.jit
+    @cuda_math.kernel
     def flag_bad(x, off, size, unit, flag, slot):
         i = cuda.grid(1)
         if i < size:

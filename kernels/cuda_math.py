@@ -20,6 +20,7 @@ the code arguments are runtime integers, so one kernel serves every activation.
 from __future__ import annotations
 
 import math
+import types
 from types import SimpleNamespace
 
 import numpy as np
@@ -28,6 +29,34 @@ from numba import cuda
 from fastmlp.codes import (ADAM_CODE, BETA1, BETA2, ELU, EPS, LEAKY_RELU, LINEAR, LR, MOMENTUM,
                            NESTEROV, PIECEWISE_LINEAR, PRELU, RELU, SGD_CODE, SIGMOID, SIGN,
                            SOFTPLUS, STEP, TANH, WEIGHT_DECAY)
+
+
+def simulated():
+    """True under the Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1, read at numba's import)."""
+    from numba.core import config
+    return bool(config.ENABLE_CUDASIM)
+
+
+def kernel(fn):
+    """``cuda.jit`` of a kernel (device functions take ``cuda.jit(device=True)``).
+
+    Under the simulator every GPU thread is a Python thread computing with NumPy
+    scalars, which warn on overflow where a GPU silently gives inf or NaN; a
+    warnings-as-errors filter (a test's, a user's) would turn those into exceptions
+    in the middle of a kernel. So there each thread runs under
+    ``np.errstate(all="ignore")``, as a GPU computes. The wrapper is built on fn's own
+    globals, into which the simulator swaps its fake ``cuda`` module."""
+    if not simulated():
+        return cuda.jit(fn)
+    errstate = np.errstate
+
+    def quiet(*args):
+        with errstate(all="ignore"):
+            fn(*args)
+    run = types.FunctionType(quiet.__code__, fn.__globals__, fn.__name__, None,
+                             quiet.__closure__)
+    run.__doc__ = fn.__doc__
+    return cuda.jit(run)
 
 
 def _build(ftype):

@@ -198,16 +198,21 @@ def test_pull_copies_only_when_the_device_is_newer_and_push_reaches_the_device()
 
 
 @needs_cuda
-def test_to_device_copies_once_and_streams_beyond_the_budget(monkeypatch):
+@pytest.mark.parametrize("fused", [False, True], ids=["general", "fused"])
+def test_to_device_copies_once_and_streams_beyond_the_budget(monkeypatch, fused):
     """Within the budget the set is copied; beyond it the host arrays come back and
-    every batch is streamed: both train to the same weights."""
+    every batch is streamed: both train to the same weights, on the general path and on
+    the fused step (the tiny-network kernel, which needs the set on the device, off)."""
     import fastmlp.backends.cuda as backend
+    monkeypatch.setattr(backend, "FUSED", fused)
+    monkeypatch.setattr(backend, "TINY", False)
     X, T = _data(12)
     perm = np.random.default_rng(0).permutation(12)
     results = []
     for budget in (1 << 30, 16):
         monkeypatch.setattr(backend, "DEVICE_BUDGET_BYTES", budget)
         m = _model()
+        assert m.engine.fused == fused
         Xd, Td = m.engine.to_device(X, T)
         assert (Xd is X) == (budget == 16)
         loss = m.engine.train_epoch(Xd, Td, perm, 5)

@@ -51,6 +51,27 @@ training and predict chunk sizes) and, when compiled, runs on the layout of
 once on one model, each giving the single-thread result bit for bit; ``train_step``,
 ``train_step_checked``, ``train_epoch`` and ``train_epochs`` run one at a time per model
 (the Model holds its lock around them).
+
+Optional, for a backend whose parameters live on a device (``"cuda"``); the Model uses
+each one that is present (``getattr``) and otherwise works on the host arrays:
+
+``pull()``                 make the host ``theta`` and ``state`` (the arrays given to
+    ``__init__``) current; the Model calls it before every host read of them
+    (get_weights, get_state, save, a rollback snapshot, ...). Cheap when nothing changed.
+``push()``                 the Model wrote the host theta / state (set_weights, set_state,
+    load, a rollback restore, a changed hyper-parameter): copy them to the device before
+    the next kernel. Every pull/push pair brackets the host access, under the Model's lock.
+``to_device(X, T) -> (X, T)``  the training set where training reads it: copied to the
+    device once (fit calls it once per fit, and once for validation data), device arrays
+    passed through, or the host arrays themselves (to be streamed batch by batch) when
+    they exceed the backend's memory budget. What it returns goes to ``train_epoch``,
+    ``train_epochs`` and ``evaluate`` as X and T.
+``all_finite(X) -> bool``  every element of X (a device or host array) finite: predict's
+    input check for device arrays, without a copy to the host.
+``is_device_array(x) -> bool``  x is an array this backend reads on the device
+    (``__cuda_array_interface__``); ``predict`` then takes it without a copy to the host
+    and returns a device array.
+``as_device(x)``           the backend's own view of such an array, no copy.
 """
 from __future__ import annotations
 
