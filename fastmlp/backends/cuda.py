@@ -91,7 +91,7 @@ from ..codes import (LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_N_IN,  # no
 from ..kernels import cuda_fused as cf  # noqa: E402
 from ..kernels import cuda_layers as cl  # noqa: E402
 from ..kernels import cuda_math  # noqa: E402
-from .reference import check_norms  # noqa: E402
+from .reference import check_batch_size, check_losses, check_norms  # noqa: E402
 
 # A training set larger than this (X and T together, bytes) is not copied to the
 # device: fit streams it batch by batch from the host instead. Set it before fit.
@@ -715,9 +715,7 @@ class CudaBackend:
         return self.to_device(X, T)
 
     def train_epoch(self, X, T, perm, batch_size, norms=None):
-        batch_size = int(batch_size)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_batch_size(batch_size)
         if norms is not None:
             check_norms(norms, len(self.net.layers))
         self._ready()
@@ -743,13 +741,9 @@ class CudaBackend:
         return float(w.sums.copy_to_host()[_EPOCH])
 
     def train_epochs(self, X, T, orders, batch_size, tol, losses):
-        batch_size = int(batch_size)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_batch_size(batch_size)
         k = len(orders)
-        if losses.shape != (k,) or losses.dtype != np.float64:
-            raise ValueError(f"losses must be float64 of shape ({k},), got {losses.dtype} "
-                             f"{losses.shape}")
+        check_losses(losses, k)
         if k == 0:
             return 0, 0
         self._ready()

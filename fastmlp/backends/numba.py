@@ -32,7 +32,7 @@ except ImportError as exc:  # numba or scipy missing
 
 from .. import rules
 from ..optimizers import SGD_CODE
-from .reference import check_norms
+from .reference import check_batch_size, check_losses, check_norms
 
 # "none" arrays of the kernels' types: an empty array, never None, so one compiled
 # `run` serves every call (None would compile a second specialisation).
@@ -146,9 +146,7 @@ class NumbaBackend:
                              state.code, ws, plan, self._backup, check, self._guard)
 
     def train_epoch(self, X, T, perm, batch_size, norms=None):
-        batch_size = int(batch_size)
-        if batch_size < 1:  # the kernel would never advance
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_batch_size(batch_size)
         perm = np.ascontiguousarray(perm, dtype=np.int64).reshape(1, -1)
         if norms is None:
             norms = _NO_NORMS
@@ -162,13 +160,9 @@ class NumbaBackend:
                       _NO_NORMS, self._backup)
 
     def train_epochs(self, X, T, orders, batch_size, tol, losses):
-        batch_size = int(batch_size)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_batch_size(batch_size)
         k = len(orders)
-        if losses.shape != (k,) or losses.dtype != np.float64:
-            raise ValueError(f"losses must be float64 of shape ({k},), got {losses.dtype} "
-                             f"{losses.shape}")
+        check_losses(losses, k)
         if k == 0:
             return 0, 0
         plan, ws, grad, _ = self._train_work(min(batch_size, orders.shape[1]))

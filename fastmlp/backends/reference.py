@@ -173,6 +173,21 @@ def _chunks(n, rows):
     return [(start, min(start + rows, n)) for start in range(0, n, rows)]
 
 
+def check_batch_size(batch_size):
+    """batch_size as an int >= 1 (a kernel given 0 would never advance), else ValueError."""
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return batch_size
+
+
+def check_losses(losses, k):
+    """A clear ValueError unless losses is float64 (k,): train_epochs writes into it."""
+    if losses.shape != (k,) or losses.dtype != np.float64:
+        raise ValueError(f"losses must be float64 of shape ({k},), got {losses.dtype} "
+                         f"{losses.shape}")
+
+
 def check_norms(norms, n_layers):
     """A clear ValueError unless norms is a writable C-contiguous float64 array
     (n_layers,): backends add into it in place, so a converted copy would lose the sums."""
