@@ -384,21 +384,27 @@ def _kernels(dtype):
             if tid == 0:
                 partial_loss[blk] = s
 
-    @kernel
-    def reduce_gradient(partial, n_blocks, partial_loss, n, grad, loss, slot):
-        """grad[i] = sum over blocks b < n_blocks of partial[b, i], in block order
-        (OVERWRITTEN); thread 0: loss[slot] = sum of partial_loss / n."""
-        i = cuda.grid(1)
+    @cuda.jit(device=True)
+    def sum_blocks(partial, n_blocks, partial_loss, n, loss, slot, i):
+        """Parameter i's gradient: the sum over blocks b < n_blocks of partial[b, i], in
+        block order (the same bits every run); thread 0 also writes loss[slot] = the sum
+        of partial_loss / n."""
         if i == 0:
             s = 0.0
             for b in range(n_blocks):
                 s += partial_loss[b]
             loss[slot] = s / n
+        g = partial[0, i]
+        for b in range(1, n_blocks):
+            g += partial[b, i]
+        return g
+
+    @kernel
+    def reduce_gradient(partial, n_blocks, partial_loss, n, grad, loss, slot):
+        """grad[i] = sum_blocks (OVERWRITTEN), and the loss."""
+        i = cuda.grid(1)
         if i < grad.shape[0]:
-            g = partial[0, i]
-            for b in range(1, n_blocks):
-                g += partial[b, i]
-            grad[i] = g
+            grad[i] = sum_blocks(partial, n_blocks, partial_loss, n, loss, slot, i)
 
     @kernel
     def reduce_update(partial, n_blocks, partial_loss, n, loss, slot, theta, bufs, hyper, step,
@@ -406,15 +412,8 @@ def _kernels(dtype):
         """As reduce_gradient, then theta[i] (and bufs[:, i]) updated in place by the
         optimiser with that gradient, step[0] its step count (already advanced)."""
         i = cuda.grid(1)
-        if i == 0:
-            s = 0.0
-            for b in range(n_blocks):
-                s += partial_loss[b]
-            loss[slot] = s / n
         if i < theta.shape[0]:
-            g = partial[0, i]
-            for b in range(1, n_blocks):
-                g += partial[b, i]
+            g = sum_blocks(partial, n_blocks, partial_loss, n, loss, slot, i)
             opt_update(opt_code, hyper, step[0], i, theta, g, bufs)
 
     @kernel
