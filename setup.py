@@ -49,7 +49,10 @@ if sources:
         Extension(
             f"fastmlp.kernels.{src.stem}",
             [str(src)],
-            include_dirs=[np.get_include()],
+            include_dirs=[np.get_include(), "kernels"],
+            # C headers the kernels include (_gemv.h: the small-batch predict's GEMV):
+            # a change rebuilds, and the sdist ships them (with MANIFEST.in).
+            depends=[str(h) for h in sorted(Path("kernels").glob("*.h"))],
             # -fno-trapping-math lets GCC turn a ternary whose sides compute (p * z if
             # z < 0 else z) into a select, which the vectoriser needs; results, NaN and
             # inf are unchanged (unlike -ffast-math); only FP status flags may differ.

@@ -27,6 +27,16 @@ TRAIN_ROWS = 1024
 PREDICT_BYTES = 512 * 1024
 PREDICT_MIN_ROWS = 256
 
+# A predict (or evaluate) chunk of at most this many rows runs each layer as
+# hand-written GEMV loops (the Cython backend's kernels/_gemv.h: W's rows streamed
+# once per tile of up to 4 rows, the outputs kept in registers) instead of a BLAS
+# call, whose set-up and thread hand-off dominate a 1-row predict. Measured on
+# 784-256-128-10 (AVX-512, OpenBLAS with 2 threads and with 1), loops vs BLAS: 1 row
+# 7.6 vs 10-14 us in float32 (22 vs 32 in float64); 2 and 4 rows within 15 % either
+# way; 3, 5, 6 and 8 rows 1.2-4x faster in float32 and 0.9-1.7x in float64; 12 and
+# 16 rows slower in float64 (0.7-1.0x): so up to 8.
+PREDICT_SMALL_ROWS = 8
+
 
 def fused_output(loss):
     """True when ``loss`` (a :class:`fastmlp.losses.Loss` row) and its output

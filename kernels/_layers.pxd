@@ -23,6 +23,7 @@ from _activations cimport (elu_backward, elu_forward, leaky_relu_backward, leaky
                            softplus_forward, step_forward, tanh_backward, tanh_forward,
                            zero_backward)
 from _blas cimport gemm
+from _gemv cimport xw
 from _guard cimport abs_max
 from _codes cimport (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, RELU, SIGMOID, SIGN,
                      SOFTMAX, SOFTPLUS, STEP, TANH)
@@ -98,6 +99,17 @@ cdef inline void dense_forward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_ou
     gemm(False, False, <int>rows, <int>n_out, <int>n_in, <floating>1, x, <int>n_in,
          W, <int>n_out, <floating>0, z, <int>n_out)
     bias_activation_forward(rows, n_out, z, b, code, p, alpha, f, fmax)
+
+
+cdef inline void small_dense_forward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,
+                                     const floating* x, const floating* W, const floating* b,
+                                     int code, floating p, const floating* alpha, floating* z,
+                                     floating* f) noexcept nogil:
+    """dense_forward for a few rows (fastmlp.rules.PREDICT_SMALL_ROWS): x W by the GEMV
+    loops of _gemv.h instead of a BLAS call, then the same bias and activation pass.
+    Arguments as dense_forward's (no fmax)."""
+    xw(rows, n_in, n_out, x, W, z)
+    bias_activation_forward(rows, n_out, z, b, code, p, alpha, f, NULL)
 
 
 cdef inline int activation_backward(Py_ssize_t rows, Py_ssize_t n, const floating* dout,

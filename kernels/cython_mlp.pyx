@@ -21,7 +21,7 @@ from cpython.pythread cimport (NOWAIT_LOCK, WAIT_LOCK, PyThread_acquire_lock,
                                PyThread_release_lock, PyThread_type_lock)
 from cython cimport floating
 from libc.float cimport DBL_MAX, FLT_MAX
-from libc.math cimport INFINITY
+from libc.math cimport INFINITY, NAN
 from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 
@@ -32,14 +32,18 @@ from _codes cimport (EPS, LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS
                      PLAN_WS_SIZE, PRELU, SGD_CODE, WEIGHT_DECAY, WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD,
                      WS_TB, WS_XB, compiled_codes)
 from _guard cimport Bounds, abs_max, any_negative, below, prove_update
+from _gemv cimport fm_gemv_use
 from _layers cimport (activation_backward, bias_activation_forward, dense_backward_input,
-                      dense_backward_params, dense_forward)
+                      dense_backward_params, dense_forward, small_dense_forward)
 from _losses cimport loss_forward_backward
 from _optimizers cimport optimizer_update
 
 cnp.import_array()
 
 SMALL_GEMM_FLOPS = SMALL_GEMM
+# Bytes per vector of the small-batch GEMV copy in use (_gemv.h): 64 AVX-512F, 32 AVX2
+# with FMA, 16 the SSE2 (or other GNU target's) baseline, 0 plain C.
+GEMV_BYTES = fm_gemv_use(64)
 # Every code as compiled in here, by its name in fastmlp.codes (tests compare them).
 CODES = compiled_codes()
 
@@ -558,14 +562,19 @@ cdef int train_guarded(const Net* net, const Work* w, floating* theta, const flo
 
 
 cdef double infer(const Net* net, const floating* theta, const floating* X, Py_ssize_t n,
-                  Py_ssize_t chunk, floating* p0, floating* p1, floating* zl, floating* out,
-                  const floating* T) noexcept nogil:
+                  Py_ssize_t chunk, Py_ssize_t small, floating* p0, floating* p1, floating* zl,
+                  floating* out, const floating* T, bint check) noexcept nogil:
     """Forward pass over X (n, inputs) in chunks of rows, with caller buffers p0, p1
-    (chunk, widest layer) so concurrent calls share nothing.
+    (chunk, widest layer) so concurrent calls share nothing. A chunk of at most
+    ``small`` rows (fastmlp.rules.PREDICT_SMALL_ROWS) goes through the GEMV loops of
+    _gemv.h, a bigger one through gemm (see small_dense_forward).
 
     T NULL (predict): out (n, outputs) is OVERWRITTEN with the outputs; returns 0.
     Otherwise (evaluate): out and zl are (chunk, outputs) scratch; returns the
     loss summed over all rows.
+    check (predict): each chunk of X is first checked to be finite, in one pass that
+    leaves it in cache for the first layer; at the first one that is not, returns NaN
+    (out then undefined).
     """
     cdef int i, L = net.L
     cdef Py_ssize_t start = 0, rows, n_out
@@ -579,6 +588,8 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
     while start < n:
         rows = min(chunk, n - start)
         a = X + start * n_in
+        if check and not below(abs_max(rows * n_in, a), INFINITY):
+            return NAN
         for i in range(L):
             row = layer_row(net.layers, i)
             n_out = row[LAYER_N_OUT]
@@ -591,9 +602,14 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
             else:
                 z = zl
                 f = out
-            dense_forward(rows, row[LAYER_N_IN], n_out, a, theta + row[LAYER_W],
-                          theta + row[LAYER_B], <int>row[LAYER_ACT], <floating>net.params[i],
-                          alpha_of(theta, row), z, f, NULL)
+            if rows <= small:
+                small_dense_forward(rows, row[LAYER_N_IN], n_out, a, theta + row[LAYER_W],
+                                    theta + row[LAYER_B], <int>row[LAYER_ACT],
+                                    <floating>net.params[i], alpha_of(theta, row), z, f)
+            else:
+                dense_forward(rows, row[LAYER_N_IN], n_out, a, theta + row[LAYER_W],
+                              theta + row[LAYER_B], <int>row[LAYER_ACT], <floating>net.params[i],
+                              alpha_of(theta, row), z, f, NULL)
             a = f
         if T != NULL:
             total += loss_forward_backward(rows, k_out, net.loss, zl, out, T + start * k_out,
@@ -607,6 +623,10 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
 cdef int _C_ALIGNED = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
 cdef int _WRITABLE = _C_ALIGNED | cnp.NPY_ARRAY_WRITEABLE
 cdef Py_ssize_t _INT_MAX = 2147483647  # BLAS takes 32-bit sizes
+# A predict's scratch (2 chunks of its widest layer) lives on the stack up to this many
+# doubles (16 KiB: 8 rows of 784-256-128-10 in float32), well inside any thread's stack.
+cdef enum:
+    _STACK_DOUBLES = 2048
 
 
 cdef object _aligned(object obj):
@@ -670,7 +690,10 @@ cdef class Engine:
     checks its arrays' dtype, layout and shape before any kernel runs (unaligned
     inputs X, T and perm are copied). The workspace holds at most ``train_rows``
     rows (bigger batches go through it in chunks) and is reused; predict and
-    evaluate take ``predict_rows`` rows at a time. train_step and train_epoch
+    evaluate take ``predict_rows`` rows at a time, a chunk of at most ``small_rows``
+    rows (fastmlp.rules.PREDICT_SMALL_ROWS; 0: none) through the GEMV loops of
+    _gemv.h rather than BLAS; predict_checked also checks X finite on the way.
+    train_step and train_epoch
     hold a per-engine lock around the workspace; loss_and_gradient uses it when
     the lock is free and a workspace of its own otherwise; predict and evaluate
     allocate their own buffers. So predict, evaluate and loss_and_gradient may run
@@ -679,7 +702,7 @@ cdef class Engine:
     cdef Net net
     cdef Work work
     cdef readonly object dtype
-    cdef readonly Py_ssize_t train_rows, predict_rows, fold_rows
+    cdef readonly Py_ssize_t train_rows, predict_rows, fold_rows, small_rows
     cdef int typenum
     cdef Py_ssize_t widest, itemsize, n_in, n_out
     cdef object _network   # the fastmlp.network.Network whose plans fill the structs
@@ -701,12 +724,14 @@ cdef class Engine:
             PyThread_free_lock(self.lock)
 
     def __init__(self, net, dtype, Py_ssize_t train_rows, Py_ssize_t predict_rows,
-                 Py_ssize_t fold_rows):
+                 Py_ssize_t fold_rows, Py_ssize_t small_rows=0):
         if self.net.L:
             raise RuntimeError("an Engine is initialised once")  # kernels may be running on it
         if train_rows < 1 or predict_rows < 1:
             raise ValueError(f"train_rows and predict_rows must be >= 1, got {train_rows} "
                              f"and {predict_rows}")
+        if small_rows < 0:
+            raise ValueError(f"small_rows must be >= 0, got {small_rows}")
         self.dtype = np.dtype(dtype)
         self.itemsize = self.dtype.itemsize
         if self.dtype == np.float32:
@@ -717,6 +742,7 @@ cdef class Engine:
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
         self._network = net
         self.train_rows, self.predict_rows, self.fold_rows = train_rows, predict_rows, fold_rows
+        self.small_rows = small_rows
         # Copies: the kernels read these for the Engine's life, checked once here.
         plan = self._plan(1)
         params = np.array(net.act_params, dtype=np.float64, order="C")
@@ -1083,19 +1109,36 @@ cdef class Engine:
     def predict(self, theta, X, out=None):
         """The outputs of X (n, inputs): ``out`` (n, outputs), OVERWRITTEN and returned
         (a new array when None); X processed ``predict_rows`` rows at a time."""
-        return self._infer(theta, _aligned(X), None, out)
+        return self._infer(theta, _aligned(X), None, out, False)
+
+    def predict_checked(self, theta, X, out):
+        """predict into ``out`` (n, outputs), OVERWRITTEN, checking on the way that X (n,
+        inputs) is finite: returns True when it is, False when X holds NaN or inf (out is
+        then undefined). Each chunk of X is checked just before the first layer reads it,
+        while it is in cache, so no separate pass over X is made. X and out must be
+        aligned C-contiguous arrays of the dtype (X is not copied); the same outputs as
+        predict, bit for bit."""
+        return self._infer(theta, X, None, out, True) is out
 
     def evaluate(self, theta, X, T):
         """Mean loss over (X, T), computed ``predict_rows`` rows at a time."""
-        return self._infer(theta, _aligned(X), _aligned(T), None)
+        return self._infer(theta, _aligned(X), _aligned(T), None, False)
 
-    cdef object _infer(self, theta, X, T, out):
+    cdef object _infer(self, theta, X, T, out, bint check):
+        """predict (T None) or evaluate; with ``check``, predict returns None instead of
+        out when X is not finite."""
         cdef char* th = _array(theta, self.typenum, self.net.n_params, -1, False, "theta")
         cdef char* x = _array(X, self.typenum, -1, self.n_in, False, "X")
         cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>X)[0]
         cdef Py_ssize_t n_out = self.n_out
         cdef Py_ssize_t chunk = min(self.predict_rows, n)
         cdef char* t = NULL
+        # Per-call buffers, so concurrent calls share nothing mutable: on the stack when
+        # they fit (the small predicts, whose time a NumPy allocation would show in).
+        cdef double stack[_STACK_DOUBLES]
+        cdef char* p0 = <char*>stack
+        cdef Py_ssize_t need = 2 * chunk * self.widest * self.itemsize
+        scratch = None
         if T is not None:
             t = _array(T, self.typenum, n, n_out, False, "T")
             out = np.empty(2 * chunk * n_out, dtype=self.dtype)  # the last layer's z and f
@@ -1103,21 +1146,32 @@ cdef class Engine:
             out = np.empty((n, n_out), dtype=self.dtype)
         else:
             _array(out, self.typenum, n, n_out, True, "out")
-        # Per-call buffers, so concurrent calls share nothing mutable.
-        scratch = np.empty(2 * chunk * self.widest, dtype=self.dtype)
-        cdef char* p0 = <char*>cnp.PyArray_DATA(scratch)
+        if need > _STACK_DOUBLES * <Py_ssize_t>sizeof(double):
+            scratch = np.empty(2 * chunk * self.widest, dtype=self.dtype)
+            p0 = <char*>cnp.PyArray_DATA(scratch)
         cdef char* p1 = p0 + chunk * self.widest * self.itemsize
         cdef char* o = <char*>cnp.PyArray_DATA(<cnp.ndarray>out)
         cdef char* zl = o + chunk * n_out * self.itemsize  # evaluate only
+        cdef Py_ssize_t small = self.small_rows
         cdef double total
         with nogil:
             if self.typenum == cnp.NPY_FLOAT64:
-                total = infer(&self.net, <double*>th, <double*>x, n, chunk, <double*>p0,
-                              <double*>p1, <double*>zl, <double*>o, <double*>t)
+                total = infer(&self.net, <double*>th, <double*>x, n, chunk, small,
+                              <double*>p0, <double*>p1, <double*>zl, <double*>o, <double*>t,
+                              check)
             else:
-                total = infer(&self.net, <float*>th, <float*>x, n, chunk, <float*>p0,
-                              <float*>p1, <float*>zl, <float*>o, <float*>t)
-        return out if T is None else total / n
+                total = infer(&self.net, <float*>th, <float*>x, n, chunk, small,
+                              <float*>p0, <float*>p1, <float*>zl, <float*>o, <float*>t, check)
+        if T is not None:
+            return total / n
+        return out if total == 0 else None
+
+
+def _use_gemv(int nbytes):
+    """Test hook: run the small-batch GEMV copy of at most ``nbytes`` (16, 32 or 64) that
+    this processor supports; returns its width (see _gemv.h), which GEMV_BYTES keeps
+    naming the import-time choice of. Not while kernels run in other threads."""
+    return fm_gemv_use(nbytes)
 
 
 def _gemm(bint trans_a, bint trans_b, double alpha, cnp.ndarray a, cnp.ndarray b, double beta,

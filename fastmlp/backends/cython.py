@@ -5,7 +5,10 @@ structs from the network's plan (:meth:`fastmlp.network.Network.plan`, the
 layout the Numba kernels run on too), follows the rules of :mod:`fastmlp.rules`
 (a training workspace of at most ``rules.TRAIN_ROWS`` rows, bigger batches
 going through it in chunks; predict and evaluate in ``rules.predict_rows``
-chunks; plain SGD folded as ``rules.sgd_fold_rows`` says), checks every array
+chunks, those of at most ``rules.PREDICT_SMALL_ROWS`` rows through hand-written
+GEMV loops rather than BLAS; plain SGD folded as ``rules.sgd_fold_rows`` says),
+offers predict_checked (predict checking X finite in the same pass, so the Model
+skips its validation pass for ready arrays), checks every array
 it is given (copying unaligned inputs), and runs whole train steps (guarded ones
 too: train_step_checked, which proves each update finite before writing it and so
 copies nothing), epochs and chunks of epochs in C. Several models may
@@ -41,7 +44,7 @@ class CythonBackend:
         self.dtype = np.dtype(dtype)
         self.theta, self.state = theta, state
         self.engine = Engine(net, self.dtype, rules.TRAIN_ROWS, rules.predict_rows(net, self.dtype),
-                             rules.sgd_fold_rows(state))
+                             rules.sgd_fold_rows(state), rules.PREDICT_SMALL_ROWS)
         # The compiled methods with this model's arrays bound in: no Python frame per call.
         self.train_step = partial(self.engine.train_step, theta, state)
         self.train_step_checked = partial(self.engine.train_step_checked, theta, state)
@@ -49,6 +52,7 @@ class CythonBackend:
         self.train_epochs = partial(self.engine.train_epochs, theta, state)
         self.loss_and_gradient = partial(self.engine.loss_and_gradient, theta)
         self.predict = partial(self.engine.predict, theta)
+        self.predict_checked = partial(self.engine.predict_checked, theta)
         self.evaluate = partial(self.engine.evaluate, theta)
 
     def push(self):

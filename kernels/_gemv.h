@@ -1,0 +1,171 @@
+/* z = x W for a few rows of x (the small-batch predict of kernels/cython_mlp.pyx),
+   as wide as the processor allows.
+
+   A 1-row predict is one GEMV per layer, for which a BLAS call costs its set-up and
+   its thread hand-off, and the extension itself is built for baseline x86-64 (SSE2),
+   so that wheels run on any x86-64. So the loops of _gemv_impl.h are compiled here
+   once per instruction set, with GCC's (and clang's) vector extensions and target
+   attributes, and fm_gemv_use(64) picks the widest one the processor and OS support:
+   AVX-512F, AVX2 with FMA, or the SSE2 baseline. Other GNU targets (aarch64, ...)
+   get the 16-byte vector copy, and other compilers (MSVC) plain C loops.
+
+   fm_xw_f32 / fm_xw_f64 (rows, n_in, n_out, x, W, z): z (rows, n_out) OVERWRITTEN
+   with x (rows, n_in) W (n_in, n_out), all row-major, rows >= 1. Multiply-adds may
+   be fused (one rounding), as BLAS does; the sum over n_in runs in index order per
+   lane of partial sums, so every call on the same data gives the same bits. */
+#ifndef FASTMLP_GEMV_H
+#define FASTMLP_GEMV_H
+
+#include <string.h>
+
+typedef void (*fm_xw_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, const float*,
+                            float*);
+typedef void (*fm_xw_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, const double*,
+                            double*);
+
+#if defined(__GNUC__) && !defined(FM_GEMV_PLAIN)  /* GCC and clang */
+
+#define FM_FN_(name, sfx) fm_##name##_##sfx
+#define FM_FN2(name, sfx) FM_FN_(name, sfx)
+
+/* the baseline copy: 16-byte vectors (SSE2 on x86-64, NEON on aarch64) */
+typedef float fm_f32x4 __attribute__((vector_size(16)));
+typedef double fm_f64x2 __attribute__((vector_size(16)));
+#define FM_ATTR
+#define FM_NV 8
+#define FM_T float
+#define FM_V fm_f32x4
+#define FM_W 4
+#define FM_FN(name) FM_FN2(name, f32_base)
+#include "_gemv_impl.h"
+#undef FM_T
+#undef FM_V
+#undef FM_W
+#undef FM_FN
+#define FM_T double
+#define FM_V fm_f64x2
+#define FM_W 2
+#define FM_FN(name) FM_FN2(name, f64_base)
+#include "_gemv_impl.h"
+#undef FM_T
+#undef FM_V
+#undef FM_W
+#undef FM_FN
+#undef FM_ATTR
+#undef FM_NV
+
+#if defined(__x86_64__) || defined(__i386__)
+#define FM_GEMV_X86 1
+
+/* AVX2 + FMA: 16 ymm registers, 8 of them accumulators */
+typedef float fm_f32x8 __attribute__((vector_size(32)));
+typedef double fm_f64x4 __attribute__((vector_size(32)));
+#define FM_ATTR __attribute__((target("avx2,fma")))
+#define FM_NV 8
+#define FM_T float
+#define FM_V fm_f32x8
+#define FM_W 8
+#define FM_FN(name) FM_FN2(name, f32_avx2)
+#include "_gemv_impl.h"
+#undef FM_T
+#undef FM_V
+#undef FM_W
+#undef FM_FN
+#define FM_T double
+#define FM_V fm_f64x4
+#define FM_W 4
+#define FM_FN(name) FM_FN2(name, f64_avx2)
+#include "_gemv_impl.h"
+#undef FM_T
+#undef FM_V
+#undef FM_W
+#undef FM_FN
+#undef FM_ATTR
+#undef FM_NV
+
+/* AVX-512F: 32 zmm registers, 16 of them accumulators */
+typedef float fm_f32x16 __attribute__((vector_size(64)));
+typedef double fm_f64x8 __attribute__((vector_size(64)));
+#define FM_ATTR __attribute__((target("avx512f")))
+#define FM_NV 16
+#define FM_T float
+#define FM_V fm_f32x16
+#define FM_W 16
+#define FM_FN(name) FM_FN2(name, f32_avx512)
+#include "_gemv_impl.h"
+#undef FM_T
+#undef FM_V
+#undef FM_W
+#undef FM_FN
+#define FM_T double
+#define FM_V fm_f64x8
+#define FM_W 8
+#define FM_FN(name) FM_FN2(name, f64_avx512)
+#include "_gemv_impl.h"
+#undef FM_T
+#undef FM_V
+#undef FM_W
+#undef FM_FN
+#undef FM_ATTR
+#undef FM_NV
+#endif  /* x86 */
+
+static fm_xw_f32_t fm_xw_f32 = fm_xw_f32_base;
+static fm_xw_f64_t fm_xw_f64 = fm_xw_f64_base;
+
+/* Use the widest copy of at most ``bytes`` (16, 32 or 64) that the processor and OS
+   support; returns its width in bytes. Called once at import with 64, before any
+   thread can run the kernels (and by a test hook, with none running). */
+static int fm_gemv_use(int bytes)
+{
+    fm_xw_f32 = fm_xw_f32_base;
+    fm_xw_f64 = fm_xw_f64_base;
+#ifdef FM_GEMV_X86
+    __builtin_cpu_init();
+    if (bytes >= 64 && __builtin_cpu_supports("avx512f")) {
+        fm_xw_f32 = fm_xw_f32_avx512;
+        fm_xw_f64 = fm_xw_f64_avx512;
+        return 64;
+    }
+    if (bytes >= 32 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        fm_xw_f32 = fm_xw_f32_avx2;
+        fm_xw_f64 = fm_xw_f64_avx2;
+        return 32;
+    }
+#endif
+    (void)bytes;
+    return 16;
+}
+
+#else  /* another compiler: plain loops, which it may vectorise for its baseline */
+
+#define FM_PLAIN_XW(T, name)                                                           \
+    static void name(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const T* x,    \
+                     const T* W, T* z)                                                  \
+    {                                                                                   \
+        Py_ssize_t r, i, j;                                                             \
+        for (r = 0; r < rows; r++) {                                                    \
+            T* zr = z + r * n_out;                                                      \
+            for (j = 0; j < n_out; j++)                                                 \
+                zr[j] = 0;                                                              \
+            for (i = 0; i < n_in; i++) {                                                \
+                const T xi = x[r * n_in + i];                                           \
+                const T* wi = W + i * n_out;                                            \
+                for (j = 0; j < n_out; j++)                                             \
+                    zr[j] += xi * wi[j];                                                \
+            }                                                                           \
+        }                                                                               \
+    }
+FM_PLAIN_XW(float, fm_xw_f32_plain)
+FM_PLAIN_XW(double, fm_xw_f64_plain)
+#undef FM_PLAIN_XW
+
+static fm_xw_f32_t fm_xw_f32 = fm_xw_f32_plain;
+static fm_xw_f64_t fm_xw_f64 = fm_xw_f64_plain;
+
+/* 0: no vector copies here */
+static int fm_gemv_use(int bytes) { (void)bytes; return 0; }
+
+#endif  /* __GNUC__ */
+
+#endif  /* FASTMLP_GEMV_H */

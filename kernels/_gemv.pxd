@@ -1,0 +1,22 @@
+# cython: language_level=3
+"""x W for a few rows of x, through the loops of _gemv.h (compiled there once per
+instruction set, the widest the processor runs picked at import): the small-batch
+predict's GEMV, which needs no BLAS call and no thread hand-off."""
+from cython cimport floating
+
+cdef extern from "_gemv.h":
+    int fm_gemv_use(int nbytes) noexcept nogil
+    void fm_xw_f32(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const float* x,
+                   const float* W, float* z) noexcept nogil
+    void fm_xw_f64(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const double* x,
+                   const double* W, double* z) noexcept nogil
+
+
+cdef inline void xw(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const floating* x,
+                    const floating* W, floating* z) noexcept nogil:
+    """z (rows, n_out) OVERWRITTEN with x (rows, n_in) W (n_in, n_out), all row-major,
+    rows >= 1. W's rows are streamed once per tile of 1-4 rows of x (see _gemv_impl.h)."""
+    if floating is float:
+        fm_xw_f32(rows, n_in, n_out, x, W, z)
+    else:
+        fm_xw_f64(rows, n_in, n_out, x, W, z)
