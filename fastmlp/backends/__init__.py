@@ -52,6 +52,15 @@ once on one model, each giving the single-thread result bit for bit; ``train_ste
 ``train_step_checked``, ``train_epoch`` and ``train_epochs`` run one at a time per model
 (the Model holds its lock around them).
 
+Optional, for a compiled backend (``"cython"``, ``"numba"``); the Model uses it when present:
+
+``predict_checked(X, out) -> bool``          predict into out (n, outputs), OVERWRITTEN,
+    checking X on the way: True when every value of X is finite, False when X holds NaN
+    or inf (out is then undefined, and the Model raises its usual message). The check
+    runs inside the compiled call, on each chunk just before the first layer reads it,
+    so a ready array costs the Model no separate validation pass. The caller still
+    guarantees the layout (C-contiguous, aligned, the model dtype and width).
+
 Optional, for a backend whose parameters live on a device (``"cuda"``); the Model uses
 each one that is present (``getattr``) and otherwise works on the host arrays:
 
