@@ -2,9 +2,10 @@
 
 Same codes (:mod:`fastmlp.codes`) and the same formulas as
 :mod:`fastmlp.activations` (the reference), element by element. Each pass
-branches on the code once per row and then runs that activation's own loop
-over the row, which LLVM vectorises; a branch on the code per element is about
-100 times slower for ReLU. Both passes list the activations in the same order,
+branches on the code once and then runs that activation's own loop over the
+layer's n * k elements as one flat array (prelu and softmax row by row), which
+LLVM vectorises; a branch on the code per element is about 100 times slower for
+ReLU, and a loop per row of a narrow layer (2 or 4 units) is too short to vectorise. Both passes list the activations in the same order,
 so an activation's forward loop and its derivative loop are found at the same
 place in each; a code that has no loop raises ValueError.
 
@@ -38,6 +39,7 @@ from .numba_math import expm1 as _expm1
 from .numba_math import like
 from .numba_math import log1p as _log1p
 from .numba_math import tanh as _tanh
+from .numba_views import flat
 
 
 @njit(**INLINE)
@@ -80,8 +82,13 @@ _softmax_forward_linked = separate(_softmax_forward)
 @njit(**KERNEL)
 def bias_act_forward(Z, b, A, code, p, alpha):
     """Z (n, k) += b (k,) in place; A (n, k) = f(Z), OVERWRITTEN. A may be Z itself.
+    Both C-contiguous.
 
     ``alpha`` (k,) is prelu's per-unit parameter (any array for other codes).
+    The bias goes in row by row; the activation then runs as one loop over all n * k
+    elements (prelu, whose alpha is per unit, row by row): a narrow layer's rows of 2
+    or 4 elements are too short to vectorise (a 3-4-2 sigmoid net's forward pass took
+    twice as long row by row), and the second pass over Z costs a wide layer little.
     """
     if code == SOFTMAX:
         _softmax_forward_linked(Z, b, A)
@@ -89,63 +96,53 @@ def bias_act_forward(Z, b, A, code, p, alpha):
     n, k = Z.shape
     zero, half, one = Z.dtype.type(0.0), Z.dtype.type(0.5), Z.dtype.type(1.0)
     for i in range(n):
-        if code == RELU:
+        for j in range(k):
+            Z[i, j] += b[j]
+    if code == PRELU:
+        for i in range(n):
             for j in range(k):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
-                A[i, j] = z if z > 0 else zero
-        elif code == SIGMOID:
-            for j in range(k):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
-                A[i, j] = _sigmoid(z)
-        elif code == TANH:
-            for j in range(k):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
-                A[i, j] = _tanh(z)
-        elif code == LINEAR:
-            for j in range(k):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
-                A[i, j] = p * z
-        elif code == LEAKY_RELU:
-            for j in range(k):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
-                A[i, j] = z if z >= 0 else p * z
-        elif code == PRELU:
-            for j in range(k):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
+                z = Z[i, j]
                 A[i, j] = z if z >= 0 else alpha[j] * z
-        elif code == ELU:
-            for j in range(k):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
-                A[i, j] = z if z >= 0 else p * _expm1(min(z, zero))
-        elif code == SOFTPLUS:
-            for j in range(k):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
-                A[i, j] = _softplus(z)
-        elif code == PIECEWISE_LINEAR:
-            for j in range(k):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
-                A[i, j] = min(max(z + half, zero), one)
-        elif code == STEP:
-            for j in range(k):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
-                A[i, j] = one if z > 0 else (zero if z < 0 else half)
-        elif code == SIGN:
-            for j in range(k):
-                z = Z[i, j] + b[j]
-                Z[i, j] = z
-                A[i, j] = one if z > 0 else (-one if z < 0 else zero)
-        else:
-            raise ValueError("unknown activation code")
+        return
+    zf, af = flat(Z, 0, n * k), flat(A, 0, n * k)
+    m = zf.shape[0]
+    if code == RELU:
+        for t in range(m):
+            z = zf[t]
+            af[t] = z if z > 0 else zero
+    elif code == SIGMOID:
+        for t in range(m):
+            af[t] = _sigmoid(zf[t])
+    elif code == TANH:
+        for t in range(m):
+            af[t] = _tanh(zf[t])
+    elif code == LINEAR:
+        for t in range(m):
+            af[t] = p * zf[t]
+    elif code == LEAKY_RELU:
+        for t in range(m):
+            z = zf[t]
+            af[t] = z if z >= 0 else p * z
+    elif code == ELU:
+        for t in range(m):
+            z = zf[t]
+            af[t] = z if z >= 0 else p * _expm1(min(z, zero))
+    elif code == SOFTPLUS:
+        for t in range(m):
+            af[t] = _softplus(zf[t])
+    elif code == PIECEWISE_LINEAR:
+        for t in range(m):
+            af[t] = min(max(zf[t] + half, zero), one)
+    elif code == STEP:
+        for t in range(m):
+            z = zf[t]
+            af[t] = one if z > 0 else (zero if z < 0 else half)
+    elif code == SIGN:
+        for t in range(m):
+            z = zf[t]
+            af[t] = one if z > 0 else (-one if z < 0 else zero)
+    else:
+        raise ValueError("unknown activation code")
 
 
 @njit(**KERNEL)
@@ -183,44 +180,48 @@ def act_backward(G, Z, A, code, p, alpha, galpha, beta):
         _softmax_backward_linked(G, A, Z)
         return
     zero, one = Z.dtype.type(0.0), Z.dtype.type(1.0)
-    for i in range(n):
-        if code == RELU:
-            for j in range(k):
-                g = G[i, j]
-                Z[i, j] = g if Z[i, j] > 0 else zero
-        elif code == SIGMOID:
-            for j in range(k):
-                f = A[i, j]
-                Z[i, j] = G[i, j] * (f * (one - f))
-        elif code == TANH:
-            for j in range(k):
-                f = A[i, j]
-                Z[i, j] = G[i, j] * (one - f * f)
-        elif code == LINEAR:
-            for j in range(k):
-                Z[i, j] = G[i, j] * p
-        elif code == LEAKY_RELU:
-            for j in range(k):
-                g = G[i, j]
-                Z[i, j] = g if Z[i, j] >= 0 else g * p
-        elif code == PRELU:
+    if code == PRELU:  # alpha per unit: row by row
+        for i in range(n):
             for j in range(k):
                 g, z = G[i, j], Z[i, j]
                 galpha[j] += g * min(z, zero)  # d prelu / d alpha = min(z, 0)
                 Z[i, j] = g if z >= 0 else g * alpha[j]
-        elif code == ELU:
-            for j in range(k):
-                g = G[i, j]
-                Z[i, j] = g if Z[i, j] >= 0 else g * (A[i, j] + p)
-        elif code == SOFTPLUS:
-            for j in range(k):
-                Z[i, j] = G[i, j] * _sigmoid(Z[i, j])
-        elif code == PIECEWISE_LINEAR:
-            for j in range(k):
-                g = G[i, j]
-                Z[i, j] = g if -0.5 < Z[i, j] < 0.5 else zero
-        elif code == STEP or code == SIGN:  # no gradient flows
-            for j in range(k):
-                Z[i, j] = zero
-        else:
-            raise ValueError("unknown activation code")
+        return
+    # one loop over all n * k elements, as bias_act_forward's
+    gf, zf, af = flat(G, 0, n * k), flat(Z, 0, n * k), flat(A, 0, n * k)
+    m = zf.shape[0]
+    if code == RELU:
+        for t in range(m):
+            g = gf[t]
+            zf[t] = g if zf[t] > 0 else zero
+    elif code == SIGMOID:
+        for t in range(m):
+            f = af[t]
+            zf[t] = gf[t] * (f * (one - f))
+    elif code == TANH:
+        for t in range(m):
+            f = af[t]
+            zf[t] = gf[t] * (one - f * f)
+    elif code == LINEAR:
+        for t in range(m):
+            zf[t] = gf[t] * p
+    elif code == LEAKY_RELU:
+        for t in range(m):
+            g = gf[t]
+            zf[t] = g if zf[t] >= 0 else g * p
+    elif code == ELU:
+        for t in range(m):
+            g = gf[t]
+            zf[t] = g if zf[t] >= 0 else g * (af[t] + p)
+    elif code == SOFTPLUS:
+        for t in range(m):
+            zf[t] = gf[t] * _sigmoid(zf[t])
+    elif code == PIECEWISE_LINEAR:
+        for t in range(m):
+            g = gf[t]
+            zf[t] = g if -0.5 < zf[t] < 0.5 else zero
+    elif code == STEP or code == SIGN:  # no gradient flows
+        for t in range(m):
+            zf[t] = zero
+    else:
+        raise ValueError("unknown activation code")

@@ -28,7 +28,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..blas import kernel_blas, scipy_gemm_addresses
-from .numba_math import INLINE
+from .numba_math import INLINE, SCALAR
 
 # Below this many multiply-adds (m * n * k) the loops are about as fast as BLAS or faster.
 SMALL_FLOPS = 512
@@ -128,13 +128,19 @@ def _narrowing_gemm_body(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c
 _register_blas()
 
 
+@njit(**SCALAR)
+def _mad(a, b, s):
+    """s + a * b rounded once to s's type, as an FMA: the float64 product of two
+    float32 values is exact, and its sum rounds once more, to float32 (float64 values:
+    a plain multiply and add)."""
+    return type(s)(float(s) + float(a) * float(b))
+
+
 @njit(**INLINE)
-def _scale(C, beta):
-    """C *= beta in place; beta = 0 writes zeros (never reads C)."""
-    m, n = C.shape
-    for i in range(m):
-        for j in range(n):
-            C[i, j] = 0 if beta == 0 else beta * C[i, j]
+def _store(C, i, j, s, alpha, beta):
+    """C[i, j] = alpha * s + beta * C[i, j], alpha and beta in C's dtype; beta 0 never
+    reads C[i, j]. (The tiny products' one write per element, as _blas.pxd's small_gemm.)"""
+    C[i, j] = alpha * s if beta == 0 else beta * C[i, j] + alpha * s
 
 
 @njit(**INLINE)
@@ -146,12 +152,18 @@ def gemm_nn(A, B, C, alpha, beta):
         # row-major C = A B is column-major C^T = B^T A^T
         _xgemm(_N, _N, n, m, k, alpha, B, n, A, k, beta, C, n)
         return
-    _scale(C, beta)
+    # Dot products in C's dtype, each multiply-add rounded once (_mad), as BLAS's FMA
+    # kernels do: a row's outputs are the same whichever rows share its call, BLAS or
+    # these loops (sklearn's subset-invariance check holds float32 to 1e-7). alpha and
+    # beta in C's dtype: a float64 one made a float32 loop float64, three conversions
+    # per multiply-add and C stored after each (a third of the vehicle net's step).
+    al, be, zero = C.dtype.type(alpha), C.dtype.type(beta), C.dtype.type(0.0)
     for i in range(m):
-        for p in range(k):
-            s = alpha * A[i, p]
-            for j in range(n):
-                C[i, j] += s * B[p, j]
+        for j in range(n):
+            s = zero
+            for p in range(k):
+                s = _mad(A[i, p], B[p, j], s)
+            _store(C, i, j, s, al, be)
 
 
 @njit(**INLINE)
@@ -162,12 +174,13 @@ def gemm_tn(A, B, C, alpha, beta):
     if m * n * k >= SMALL_FLOPS:
         _xgemm(_N, _T, n, m, k, alpha, B, n, A, m, beta, C, n)
         return
-    _scale(C, beta)
-    for p in range(k):
-        for i in range(m):
-            s = alpha * A[p, i]
-            for j in range(n):
-                C[i, j] += s * B[p, j]
+    al, be, zero = C.dtype.type(alpha), C.dtype.type(beta), C.dtype.type(0.0)
+    for i in range(m):
+        for j in range(n):
+            s = zero
+            for p in range(k):
+                s = _mad(A[p, i], B[p, j], s)
+            _store(C, i, j, s, al, be)
 
 
 @njit(**INLINE)
@@ -178,10 +191,10 @@ def gemm_nt(A, B, C, alpha, beta):
     if m * n * k >= SMALL_FLOPS:
         _xgemm(_T, _N, n, m, k, alpha, B, k, A, k, beta, C, n)
         return
-    _scale(C, beta)
+    al, be, zero = C.dtype.type(alpha), C.dtype.type(beta), C.dtype.type(0.0)
     for i in range(m):
         for j in range(n):
-            s = 0.0
+            s = zero
             for p in range(k):
-                s += A[i, p] * B[j, p]
-            C[i, j] += alpha * s
+                s = _mad(A[i, p], B[j, p], s)
+            _store(C, i, j, s, al, be)

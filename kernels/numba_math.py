@@ -23,6 +23,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from .numba_views import flat
+
 # Options of every kernel in kernels/numba_*.py. The entry points that the backend
 # calls add nogil=True, so models (and one model's predict) run in parallel threads;
 # train_step alone keeps the GIL: releasing it costs 50 ns of the vehicle net's 1.3 us.
@@ -314,14 +316,14 @@ def _from_magnitude(typingctx, m):
 
 @njit(**KERNEL)
 def abs_max(A, r0, r1):
-    """max |A[r0:r1]| (float64) over rows r0..r1 of A (n, k), 0 when empty; inf when
+    """max |A[r0:r1]| (float64) over rows r0..r1 of A (n, k) C-contiguous, 0 when empty; inf when
     one is NaN or inf. An integer max over the magnitudes' bits (_magnitude), which
     vectorises; a float max that must see NaN does not."""
     m = _magnitude(A.dtype.type(0.0))
-    for i in range(r0, r1):
-        for j in range(A.shape[1]):
-            v = _magnitude(A[i, j])
-            m = v if v > m else m
+    a = flat(A, r0 * A.shape[1], r1 * A.shape[1])  # one loop: a narrow A's rows are short
+    for i in range(a.shape[0]):
+        v = _magnitude(a[i])
+        m = v if v > m else m
     if m >= _magnitude(A.dtype.type(np.inf)):
         return np.inf
     return float(_from_magnitude(m))

@@ -13,7 +13,7 @@ first every layer's delta, each in place of its Z (a fused output layer's in WS_
 where the loss writes dE/df; every dE/df below goes through WS_D0), from the old
 weights; then the parameter sweep (the weight-gradient GEMMs, or the folded SGD
 update). So nothing is written before every delta is known, and the guarded step
-(train_step, check > 0) proves its update finite there, copying nothing (see _guard).
+(run given a guard record) proves its update finite there, copying nothing (see _guard).
 
 Every training entry point runs :func:`run`, one loop over batches and row
 chunks of at most ``cap`` rows: a batch larger than that accumulates its
@@ -21,8 +21,8 @@ gradient chunk by chunk; a batch of at most plan[PLAN_FOLD_ROWS] rows gets plain
 SGD folded into the weight-gradient GEMM (unless per-layer gradient norms are
 asked for: those need the gradient formed). ``predict`` and ``evaluate`` allocate their own small
 buffers per call, so they are safe to run from several threads at once; ``run``
-and ``train_step`` write into the workspace they are given, so concurrent calls
-need workspaces of their own (the backend sees to it).
+writes into the workspace it is given, so concurrent calls need workspaces of their
+own (the backend sees to it).
 
 Each kernel compiles once per dtype and calls the kernels below it by name
 (the ``_linked`` stand-ins, see :mod:`numba_link`) instead of compiling their
@@ -74,10 +74,11 @@ def new_workspace(net, dtype, cap, fold_rows=0):
 # only for the arrays they were taken of (the backend forgets them on any other write);
 # path counters (for tests); the dtype's rounding unit and the proof's limit (max / 16);
 # then per step: max |X|, status, path, the bounds after the update, a finite flag, and
-# per layer max |f|, max |delta| and the bounds on |dE/dW| and |dE/db|.
+# per layer max |f|, max |delta| and the bounds on |dE/dW| and |dE/db|. G_TARGETS: 1 when
+# the loss is a cross-entropy, whose targets must lie in [0, 1] (run checks them).
 (G_KNOWN, G_IN_USE, G_THETA, G_BUF0, G_BUF1, G_PROVEN, G_MEASURED, G_BACKED_UP, G_UNIT,
- G_LIMIT, G_XMAX, G_STATUS, G_PATH, G_AFTER, G_FINITE, G_HEAD) = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
-                                                                 10, 11, 12, 13, 16, 17)
+ G_LIMIT, G_XMAX, G_STATUS, G_PATH, G_AFTER, G_FINITE, G_TARGETS, G_HEAD) = (
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17, 18)
 
 
 def new_guard(net, dtype):
@@ -86,6 +87,7 @@ def new_guard(net, dtype):
     f32 = np.dtype(dtype) == np.float32
     guard[G_UNIT] = 2.0 ** -24 if f32 else 2.0 ** -53
     guard[G_LIMIT] = float(np.finfo(dtype).max) / 16
+    guard[G_TARGETS] = 1.0 if net.loss.output is not None else 0.0
     return guard
 
 
@@ -198,8 +200,8 @@ def _copy_state(theta, bufs, rows, backup, save):
                 bufs[r, i] = backup[(r + 1) * p + i]
 
 
-# linked, not compiled into each caller again (tests/test_warmup checks run's and
-# train_step's modules hold their own code only)
+# linked, not compiled into each caller again (tests/test_warmup checks that run's
+# module holds its own code only)
 _abs_max_linked = separate(abs_max)
 
 
@@ -325,13 +327,39 @@ _guard_linked = separate(_guard)
 _act_backward_linked = separate(act_backward)
 
 
+@njit(**INLINE)
+def _inputs_ok(X, T, plan, guard):
+    """The guarded step's check of X (n, k_0) and T (n, k_L): False when X or T is not
+    finite, or guard[G_TARGETS] and T is outside [0, 1]. Else X's maximum and the
+    per-step fields of guard are reset for the step, and True."""
+    xmax = _abs_max_linked(X, 0, X.shape[0])
+    # NaN fails both range comparisons
+    bad = not (xmax < np.inf)
+    unit = guard[G_TARGETS] != 0
+    for i in range(T.shape[0]):
+        if unit:
+            for j in range(T.shape[1]):
+                bad |= not ((T[i, j] >= 0) & (T[i, j] <= 1))
+        else:
+            for j in range(T.shape[1]):
+                bad |= (T[i, j] - T[i, j]) != 0
+    if bad:
+        return False
+    guard[G_XMAX], guard[G_STATUS], guard[G_FINITE] = xmax, 0.0, 1.0
+    for i in range(G_HEAD + 2 * plan[PLAN_LAYERS], guard.shape[0]):
+        guard[i] = 0.0
+    return True
+
+
 @njit(**ENTRY)
 def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan, mode, norms,
         tol, losses, guard, backup):
     """One epoch per row of orders (k, n): batches of rows orders[e, i:i + batch_size]
-    (or of X itself if n == 0), each in chunks of at most cap rows. Returns the last
-    epoch's sum(batch loss * batch rows) / rows, unless losses is given.
+    (or of X itself if n == 0), each in chunks of at most cap rows. Returns (value,
+    status): value the last epoch's sum(batch loss * batch rows) / rows, unless losses
+    is given; status the guarded step's (below), 0 without a guard.
 
+    batch_size: rows per batch; any number >= the rows makes X one batch.
     mode TRAIN: one optimiser step per batch on theta (p,), bufs (2, p), step (1,),
     with opt SGD_CODE or ADAM_CODE and hyper float64 (7,) as in OptimizerState;
     grad (p,) is scratch. mode GRADIENT: grad OVERWRITTEN with the gradient of
@@ -352,11 +380,17 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
     wrapper around it costs a second of LLVM at first compile, so one function
     serves one epoch and many. An unknown mode, or optimiser code in mode TRAIN,
     raises ValueError before any work.
-    guard: (0,) for none, or (train_step's guarded step, one batch, mode TRAIN) the
-    guard record (G_*; X's maximum and the per-step fields reset by the caller): the
-    maxima are noted as the passes run, and after the last chunk's deltas, before
-    anything is written, :func:`_guard` stops the step (status 2), proves its update
-    finite, or backs theta up; after the update it checks what it could not prove.
+    guard: (0,) for none, or (the guarded train step: one batch, orders (1, 0), mode
+    TRAIN) the guard record (G_*; its bounds must be of this theta and bufs): status 1
+    (value NaN, nothing touched) when X or T is not finite, or guard[G_TARGETS] and T
+    is outside [0, 1]; else the maxima are noted as the passes run, and after the last
+    chunk's deltas, before anything is written, :func:`_guard` stops the step (status
+    2: theta, bufs and step as before it, bit for bit), proves its update finite, or
+    backs theta up; after the update it checks what it could not prove (status 2 and
+    restored if not finite). Status 0 is the unguarded step bit for bit. Copy-free
+    when the update is proven finite before it is written (see _guard). The backend
+    calls this for train_step and train_step_checked too: a wrapper kernel's call,
+    every array passed as its fields, cost a tenth of the vehicle net's step.
     backup (>= 3p,): theta's dtype, the guard's backup (read only with a guard).
     """
     if mode == TRAIN:
@@ -364,6 +398,9 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
             raise ValueError("unknown optimizer code")
     elif mode != GRADIENT:
         raise ValueError("unknown run mode")
+    guarded = guard.shape[0] > 0
+    if guarded and not _inputs_ok(X, T, plan, guard):
+        return np.nan, 1
     want_norms, report = norms.shape[0] > 0, losses.shape[0] > 0
     # the optimiser buffers in use, for the finiteness check
     in_use = _buffers_in_use(opt, hyper)
@@ -410,7 +447,6 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                 rows, scale = cstop - cstart, 1.0 / (bstop - bstart)
                 beta = 0.0 if cstart == bstart else 1.0
                 last = want_norms and cstop == bstop
-                guarded = guard.shape[0] > 0
                 inp = xc
                 for l in range(n_layers):
                     row = _row(l)
@@ -452,7 +488,7 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                                              total / n, rows, bstop - bstart, backup,
                                              1 if cstop == bstop else 0) == 2:
                     guard[G_STATUS] = 2
-                    return total / n
+                    return total / n, 2
                 # The second sweep: the parameters' gradients, or the folded update.
                 for l in range(n_layers - 1, -1, -1):
                     row = _row(l)
@@ -473,7 +509,7 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                     step[0] += 1
                 else:
                     _update_linked(theta, grad, bufs, hyper, step, opt)
-                if guard.shape[0] > 0 and _guard_linked(theta, bufs, grad, plan, hyper, opt,
+                if guarded and _guard_linked(theta, bufs, grad, plan, hyper, opt,
                                                         step, guard, total / n, 0,
                                                         bstop - bstart, backup, 2) == 2:
                     guard[G_STATUS] = 2
@@ -482,61 +518,18 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
         if report:
             losses[e] = epoch_loss
             if not _finite(epoch_loss, theta, bufs, in_use):
-                return 4.0 * e + 2
+                return 4.0 * e + 2, 0
             if tol >= 0 and epoch_loss <= tol:
-                return 4.0 * (e + 1) + 1
+                return 4.0 * (e + 1) + 1, 0
     if report:
-        return 4.0 * orders.shape[0]
-    return epoch_loss
+        return 4.0 * orders.shape[0], 0
+    return epoch_loss, int(guard[G_STATUS]) if guarded else 0
 
 
 def epochs_result(code):
-    """(epochs done, status) from what :func:`run` returns when given losses."""
+    """(epochs done, status) from the value :func:`run` returns when given losses."""
     done, status = divmod(int(code), 4)
     return done, status
-
-
-_run_linked = separate(run)
-
-
-@njit(**KERNEL)
-def train_step(theta, X, T, bufs, hyper, step, opt, ws, plan, backup, check, guard):
-    """One optimiser step on X (n, k_0), T (n, k_L), in place on theta (p,), bufs (2, p)
-    and step (1,); returns (the mean loss before it, status). opt: SGD_CODE or
-    ADAM_CODE, hyper: float64 (7,) as in OptimizerState.
-
-    check 0: the step alone, status 0. check 1 or 2 (2: targets must lie in [0, 1]),
-    guarded with the guard record (G_*; its bounds must be of this theta and bufs) and
-    backup (>= 3p,) of theta's dtype: status 1 (loss NaN, nothing touched) when X or T
-    is not finite (2: or T is outside [0, 1]); status 2 when the step would make the
-    loss, theta or the buffers in use (momentum: v; Adam: m and v) non-finite: they
-    and step are as before it, bit for bit; else status 0, the step of check 0 bit for
-    bit. Copy-free when the update is proven finite before it is written (see run and
-    _guard). One function for both, so the guard costs no second compile of run."""
-    if check:
-        xmax = _abs_max_linked(X, 0, X.shape[0])
-        # NaN fails both range comparisons
-        bad = not (xmax < np.inf)
-        for i in range(T.shape[0]):
-            if check == 2:
-                for j in range(T.shape[1]):
-                    bad |= not ((T[i, j] >= 0) & (T[i, j] <= 1))
-            else:
-                for j in range(T.shape[1]):
-                    bad |= (T[i, j] - T[i, j]) != 0
-        if bad:
-            return np.nan, 1
-        guard[G_XMAX], guard[G_STATUS], guard[G_FINITE] = xmax, 0.0, 1.0
-        for i in range(G_HEAD + 2 * plan[PLAN_LAYERS], guard.shape[0]):
-            guard[i] = 0.0
-    grad = ws[plan[WS_GRAD]:plan[WS_GRAD] + plan[PLAN_N_PARAMS]]
-    # int(): a literal argument would compile run once more, for that constant;
-    # hyper[0:0] types as the backend's empty norms array, for the same reason
-    # (1, 0) orders: one pass over X as it is; hyper[0:0] is the empty losses array too
-    loss = _run_linked(theta, grad, X, T, plan[0:0].reshape((1, 0)), X.shape[0], bufs, hyper,
-                       step, opt, ws, plan, int(TRAIN), hyper[0:0], -1.0, hyper[0:0],
-                       guard if check else guard[0:0], backup)
-    return loss, int(guard[G_STATUS]) if check else 0
 
 
 _dense_forward_linked = separate(dense_forward_kernel)
@@ -570,17 +563,27 @@ _loss_value_linked = separate(loss_value_kernel)
 
 
 @njit(**ALLOCATING_ENTRY)
-def predict(theta, X, plan, fparams, chunk, Y):
+def predict(theta, X, plan, fparams, chunk, Y, check):
     """Y (n, k_L) OVERWRITTEN with the outputs of X (n, k_0), computed ``chunk`` rows
-    at a time (fastmlp.rules.predict_rows)."""
+    at a time (fastmlp.rules.predict_rows). Returns True; with ``check``, whether
+    every value of X is finite, each chunk checked just before its first layer reads
+    it, from cache (False: Y is undefined).
+
+    Every chunk goes through BLAS, a single row too: the loops of a GEMV
+    (sum_i x_i W[i, :], as the Cython backend's for rules.PREDICT_SMALL_ROWS rows)
+    took 12.6 us for a 1-row predict of 784-256-128-10 float32 against BLAS's 9.5:
+    Numba's loops keep the sums in memory, not in registers."""
     n = X.shape[0]
     c = min(chunk, n)
     buf = np.empty(3 * c * plan[PLAN_WIDEST], dtype=X.dtype)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
+        if check and not (_abs_max_linked(X, start, stop) < np.inf):
+            return False
         y = Y[start:stop]
         _forward_rows_linked(theta, X[start:stop], plan, fparams, buf, y,
                              matrix(buf, 0, stop - start, y.shape[1]))
+    return True
 
 
 @njit(**ALLOCATING_ENTRY)

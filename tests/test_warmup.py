@@ -73,7 +73,7 @@ kernels = [d for mod in (numba_activations, numba_layers, numba_train) for d in 
            if hasattr(d, "stats") and d.py_func.__module__ == mod.__name__]
 print(sum(sum(d.stats.cache_misses.values()) for d in kernels))
 if sys.argv[1] == "compiled":
-    for d in (numba_train.run, numba_train.train_step, numba_train.predict):
+    for d in (numba_train.run, numba_train.predict):
         names = set()
         for ir in d.inspect_llvm().values():
             names |= set(re.findall(r"^define .*@\\"?_ZN7fastmlp7kernels\\d+(\\w+?)B", ir, re.M))
@@ -94,8 +94,7 @@ def test_kernels_compile_once_and_later_processes_load_them(tmp_path):
     compiled = _fresh_process(tmp_path, "compiled")
     # each entry point's module holds its own code only: the kernels it calls are linked
     # by name (kernels/numba_link), not compiled into it again
-    assert compiled[2:] == ["run numba_train3run", "train_step numba_train10train_step",
-                            "predict numba_train7predict"]
+    assert compiled[2:] == ["run numba_train3run", "predict numba_train7predict"]
     assert int(compiled[1]) > 0
     loaded = _fresh_process(tmp_path, "loaded")
     assert loaded[0] == compiled[0]   # the same numbers, bit for bit

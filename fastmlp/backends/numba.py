@@ -5,12 +5,24 @@ A thin adaptor: it keeps the kernels' description of the network (the plan of
 :mod:`fastmlp.rules`) and one training workspace per model, grown to the
 largest batch seen (up to ``rules.TRAIN_ROWS`` rows; bigger batches are
 processed in chunks), and forwards each contract call to one ``@njit``
-function in :mod:`fastmlp.kernels.numba_train` (train_step and train_step_checked
-are one function, train_epochs too: a chunk of
-epochs is one call of ``run``, which checks finiteness and tol in compiled
-code). Kernels compile on first use per dtype, each once (they call one another
-by name: kernels/numba_link.py), and are cached on disk (``cache=True``), so
-later processes load them instead of recompiling.
+function in :mod:`fastmlp.kernels.numba_train`: every training call (train_step
+and train_step_checked too, with the guard record) to ``run``, which checks
+finiteness and tol in compiled code; predict and predict_checked to ``predict``
+(which, unlike the Cython backend, has no GEMV loops for rules.PREDICT_SMALL_ROWS
+rows: kt.predict says why).
+Kernels compile on first use per dtype, each once (they call one another by
+name: kernels/numba_link.py), and are cached on disk (``cache=True``), so later
+processes load them instead of recompiling.
+
+Calls skip Numba's dispatcher (see :func:`_entry_point`): each kernel has ONE
+signature per dtype, X and T typed read-only so that a read-only input (a
+memory-mapped file, a broadcast) needs no second compile, and the backend calls
+that signature's compiled entry point directly. The dispatcher's type resolution
+cost a quarter of the vehicle net's train_on_batch. The backend contract
+(fastmlp.backends) guarantees what the types assume: C-contiguous, aligned arrays
+of the model dtype with the right number of dimensions; arrays that arrive from
+outside the contract's guarantees (a caller's gradient, norms or losses array)
+are checked, and anything else goes through the dispatcher, which types it.
 
 Threads: predict and evaluate allocate their buffers per call, and each
 loss_and_gradient call takes a spare gradient workspace that no other call is
@@ -23,22 +35,88 @@ per-sample step of the vehicle net.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 try:
+    import numba
     from ..kernels import numba_train as kt
 except ImportError as exc:  # numba or scipy missing
     raise ImportError(f"the Numba kernels need numba and scipy ({exc})") from None
 
 from .. import rules
+from ..codes import GRADIENT, TRAIN
 from ..optimizers import SGD_CODE
 from .reference import check_batch_size, check_losses, check_norms
 
 # "none" arrays of the kernels' types: an empty array, never None, so one compiled
 # `run` serves every call (None would compile a second specialisation).
-# _NO_ORDERS (1, 0): one pass over X as it is. _NO_NORMS is also the "no losses" array.
+# _NO_ORDERS (1, 0): one pass over X as it is. _NO_NORMS is also the "no losses" and
+# the "no guard" array.
 _NO_ORDERS, _NO_HYPER, _NO_STEP, _NO_NORMS = (np.zeros((1, 0), dtype=np.int64), np.zeros(7),
                                               np.zeros(1, dtype=np.int64), np.zeros(0))
+# run's batch_size for "all of X is one batch" (any size >= the rows will do)
+_ONE_BATCH = 2 ** 62
+# the kernels' arguments typed read-only (X, T, orders), by position
+_RUN_READ_ONLY, _PREDICT_READ_ONLY, _EVALUATE_READ_ONLY = (2, 3, 4), (1,), (1, 2)
+
+
+def _fits(a, ndim, dtype, write):
+    """Whether ``a`` is what a kernel's signature types it as: a plain C-contiguous,
+    aligned ndarray of ``dtype`` with ``ndim`` dimensions (writeable if ``write``)."""
+    if type(a) is not np.ndarray:
+        return False
+    flags = a.flags
+    return (a.ndim == ndim and a.dtype == dtype and flags.c_contiguous and flags.aligned
+            and (flags.writeable or not write))
+
+
+_ENTRIES = {}   # (kernel, signature) -> its compiled entry point, shared by every model
+_ENTRIES_LOCK = threading.Lock()
+
+
+def _signature(template, read_only):
+    """The Numba types of a template call's arguments, those at positions ``read_only``
+    typed read-only: a writeable array passes where a read-only one is typed, and the
+    kernel never writes them, so a read-only input needs no second compile."""
+    types = [numba.typeof(a) for a in template]
+    for i in read_only:
+        types[i] = types[i].copy(readonly=True)
+    return tuple(types)
+
+
+def _entry_point(kernel, signature):
+    """``kernel``'s compiled code for ``signature`` (compiled, or loaded from the disk
+    cache, on first use), as the C function Numba's dispatcher calls once it has typed
+    the arguments: it unboxes them with no type check beyond the item size, so callers
+    pass arguments of exactly those types."""
+    key = (kernel, signature)
+    entry = _ENTRIES.get(key)
+    if entry is None:
+        with _ENTRIES_LOCK:
+            if key not in _ENTRIES:
+                kernel.compile(signature)
+                _ENTRIES[key] = kernel.overloads[signature].entry_point
+            entry = _ENTRIES[key]
+    return entry
+
+
+def _lazy(owner, name, kernel, signature):
+    """``kernel``'s entry point for ``signature`` if it is known, else a stand-in that
+    finds it on its first call and puts it in ``owner.name`` (the first predict
+    compiles predict, not the model's construction)."""
+    entry = _ENTRIES.get((kernel, signature))
+    if entry is not None:
+        return entry
+
+    def first_call(*args):
+        entry = _entry_point(kernel, signature)
+        if getattr(owner, name) is first_call:
+            setattr(owner, name, entry)
+        return entry(*args)
+
+    return first_call
 
 
 class NumbaBackend:
@@ -53,24 +131,77 @@ class NumbaBackend:
     def __init__(self, net, dtype, theta, state):
         self.net = net
         self.dtype = np.dtype(dtype)
-        self.theta, self.state = theta, state
         self._fparams = net.act_params.astype(self.dtype)
         self._no_bufs = np.zeros((0, 0), dtype=self.dtype)  # a gradient needs no state
         self._fold_rows = rules.sgd_fold_rows(state)
         self._predict_rows = rules.predict_rows(net, self.dtype)
         self._outputs = net.output_dim
-        # train_step_checked's copy of theta and the optimiser buffers (3 * n_params,):
-        # allocated once; kt.train_step's check 2 also wants targets in [0, 1].
+        # the guarded step's backup of theta and the optimiser buffers (3 * n_params,):
+        # allocated once
         self._backup = np.empty(3 * net.n_params, dtype=self.dtype)
-        self._check = 2 if net.loss.output is not None else 1
         # the guarded step's bounds and counters (kt.G_*), valid for these arrays only
         self._guard = kt.new_guard(net, self.dtype)
-        self._bounded = (theta, state.buffers)
         # Workspaces are (plan, ws, grad, cap) tuples, replaced whole, never mutated.
         self._train = self._new_work(1)     # the trainers'
         self._spare = []                    # loss_and_gradient's, not in use right now
         # predict and evaluate read only the plan's layer rows, the same for every cap.
         self._plan = self._train[0]
+        self._theta, self._state = theta, state
+        self._bind()
+
+    # theta and state are the Model's, updated in place (fastmlp.backends); tests swap in
+    # others, and then the entry points and the guard's bounds are of other arrays
+    @property
+    def theta(self):
+        return self._theta
+
+    @theta.setter
+    def theta(self, theta):
+        self._theta = theta
+        self._bind()
+
+    @property
+    def state(self):
+        return self._state
+
+    @state.setter
+    def state(self, state):
+        self._state = state
+        self._bind()
+
+    def _bind(self):
+        """Entry points and argument tuples for the arrays held now: theta, the state
+        (its buffers, hyper-parameters, step and optimiser code) and the trainers'
+        workspace. The guard's bounds are forgotten: they were of the arrays before.
+        An array not as the Model makes it leaves the kernel to the dispatcher."""
+        theta, state = self._theta, self._state
+        plan, ws, grad, cap = self._train
+        self._guard[kt.G_KNOWN] = 0
+        X = np.zeros((1, self.net.input_dim), dtype=self.dtype)
+        Y = np.zeros((1, self._outputs), dtype=self.dtype)
+        theta_ok = _fits(theta, 1, self.dtype, True)
+        state_ok = (_fits(state.buffers, 2, self.dtype, True)
+                    and _fits(state.hyper, 1, np.float64, True)
+                    and _fits(state.step, 1, np.int64, True))
+        # train_step's run arguments but X and T: all of X is one batch (orders (1, 0),
+        # batch_size _ONE_BATCH); the guard record or none
+        self._grad = grad
+        self._plain = (_NO_ORDERS, _ONE_BATCH, state.buffers, state.hyper, state.step,
+                       state.code, ws, plan, TRAIN, _NO_NORMS, -1.0, _NO_NORMS, _NO_NORMS,
+                       self._backup)
+        self._checked = self._plain[:12] + (self._guard, self._backup)
+        self._code, self._cap = state.code, cap
+        self._run = kt.run
+        if theta_ok and state_ok:
+            self._run = _lazy(self, "_run", kt.run, _signature(
+                (theta, grad, X, Y) + self._checked, _RUN_READ_ONLY))
+        # predict and evaluate read theta only
+        self._predict, self._evaluate = kt.predict, kt.evaluate
+        if theta_ok:
+            self._predict = _lazy(self, "_predict", kt.predict, _signature(
+                (theta, X, plan, self._fparams, 1, Y, 0), _PREDICT_READ_ONLY))
+            self._evaluate = _lazy(self, "_evaluate", kt.evaluate, _signature(
+                (theta, X, Y, plan, self._fparams, 1), _EVALUATE_READ_ONLY))
 
     def _new_work(self, rows):
         """(plan, ws, grad, cap): a workspace for batches of ``rows`` rows (or
@@ -82,16 +213,28 @@ class NumbaBackend:
         """The trainers' workspace, grown to hold ``rows`` rows."""
         if rules.train_rows(rows) > self._train[3]:
             self._train = self._new_work(rows)
+            guard_known = self._guard[kt.G_KNOWN]
+            self._bind()   # the step's arguments name the workspace
+            self._guard[kt.G_KNOWN] = guard_known  # still of the same theta and state
         return self._train
 
     def predict(self, X, out=None):
         if out is None:
             out = np.empty((len(X), self._outputs), dtype=self.dtype)
-        kt.predict(self.theta, X, self._plan, self._fparams, self._predict_rows, out)
+        self._predict(self._theta, X, self._plan, self._fparams, self._predict_rows, out, 0)
         return out
 
+    def predict_checked(self, X, out):
+        """predict into out (n, outputs), OVERWRITTEN, checking X (n, inputs) on the way:
+        True when every value of X is finite; False when X holds NaN or inf (out is then
+        undefined). Each chunk of X is checked just before the first layer reads it, in
+        the same compiled call (see kt.predict: BLAS for every chunk, a row too)."""
+        return self._predict(self._theta, X, self._plan, self._fparams, self._predict_rows,
+                             out, 1)
+
     def evaluate(self, X, T):
-        return kt.evaluate(self.theta, X, T, self._plan, self._fparams, self._predict_rows)
+        return self._evaluate(self._theta, X, T, self._plan, self._fparams,
+                              self._predict_rows)
 
     def loss_and_gradient(self, X, T, grad):
         # list.pop and list.append are atomic: no two calls ever hold one workspace
@@ -101,10 +244,11 @@ class NumbaBackend:
             work = None
         if work is None or rules.train_rows(len(X)) > work[3]:
             work = self._new_work(len(X))   # none spare, or too small (then dropped)
+        run = self._run if _fits(grad, 1, self.dtype, True) else kt.run
         try:
-            return kt.run(self.theta, grad, X, T, _NO_ORDERS, len(X), self._no_bufs, _NO_HYPER,
-                          _NO_STEP, SGD_CODE, work[1], work[0], kt.GRADIENT, _NO_NORMS, -1.0,
-                          _NO_NORMS, _NO_NORMS, self._backup)
+            return run(self._theta, grad, X, T, _NO_ORDERS, len(X), self._no_bufs, _NO_HYPER,
+                       _NO_STEP, SGD_CODE, work[1], work[0], GRADIENT, _NO_NORMS, -1.0,
+                       _NO_NORMS, _NO_NORMS, self._backup)[0]
         finally:
             self._spare.append(work)
 
@@ -125,25 +269,27 @@ class NumbaBackend:
                 "backed_up": int(g[kt.G_BACKED_UP])}
 
     def train_step(self, X, T):
+        if len(X) > self._cap or self._state.code != self._code:
+            self._refresh(len(X))
         self._guard[kt.G_KNOWN] = 0  # theta and the state change unguarded
-        return self._step(X, T, 0)[0]
+        return self._run(*((self._theta, self._grad, X, T) + self._plain))[0]
 
     def train_step_checked(self, X, T):
-        return self._step(X, T, self._check)
+        """One guarded run (see kt.run's guard): (loss, status)."""
+        if len(X) > self._cap or self._state.code != self._code:
+            self._refresh(len(X))
+        # one tuple built (a call written f(*a, X, T, *b) builds a list, then a tuple:
+        # 0.1 us more, a tenth of the vehicle net's step)
+        return self._run(*((self._theta, self._grad, X, T) + self._checked))
 
-    def _step(self, X, T, check):
-        """kt.train_step on the trainers' workspace: (loss, status); check 0 (plain),
-        1 (guarded) or 2 (guarded, targets in [0, 1]), as the kernel documents."""
-        plan, ws, _, cap = self._train
-        if len(X) > cap:
-            plan, ws, _, _ = self._train_work(len(X))
-        state = self.state
-        if check and (self._bounded[0] is not self.theta
-                      or self._bounded[1] is not state.buffers):
-            self._guard[kt.G_KNOWN] = 0  # bounds of other arrays
-            self._bounded = (self.theta, state.buffers)
-        return kt.train_step(self.theta, X, T, state.buffers, state.hyper, state.step,
-                             state.code, ws, plan, self._backup, check, self._guard)
+    def _refresh(self, rows):
+        """The step's arguments after a batch bigger than the workspace or a change of
+        the optimiser code (a test's: a Model never changes it)."""
+        self._train_work(rows)
+        if self._state.code != self._code:
+            guard_known = self._guard[kt.G_KNOWN]
+            self._bind()
+            self._guard[kt.G_KNOWN] = guard_known
 
     def train_epoch(self, X, T, perm, batch_size, norms=None):
         batch_size = check_batch_size(batch_size)
@@ -153,11 +299,12 @@ class NumbaBackend:
         else:
             check_norms(norms, len(self.net.layers))
         plan, ws, grad, _ = self._train_work(min(batch_size, perm.shape[1]))
-        state = self.state
+        state = self._state
         self._guard[kt.G_KNOWN] = 0  # theta and the state change unguarded
-        return kt.run(self.theta, grad, X, T, perm, batch_size, state.buffers, state.hyper,
-                      state.step, state.code, ws, plan, kt.TRAIN, norms, -1.0, _NO_NORMS,
-                      _NO_NORMS, self._backup)
+        run = self._run if perm.flags.aligned else kt.run
+        return run(self._theta, grad, X, T, perm, batch_size, state.buffers, state.hyper,
+                   state.step, state.code, ws, plan, TRAIN, norms, -1.0, _NO_NORMS,
+                   _NO_NORMS, self._backup)[0]
 
     def train_epochs(self, X, T, orders, batch_size, tol, losses):
         batch_size = check_batch_size(batch_size)
@@ -166,9 +313,12 @@ class NumbaBackend:
         if k == 0:
             return 0, 0
         plan, ws, grad, _ = self._train_work(min(batch_size, orders.shape[1]))
-        state = self.state
+        state = self._state
         self._guard[kt.G_KNOWN] = 0  # theta and the state change unguarded
-        return kt.epochs_result(kt.run(self.theta, grad, X, T, orders, batch_size, state.buffers,
-                                       state.hyper, state.step, state.code, ws, plan, kt.TRAIN,
-                                       _NO_NORMS, float(tol), losses, _NO_NORMS,
-                                       self._backup))
+        run = self._run
+        if not (_fits(losses, 1, np.float64, True) and _fits(orders, 2, np.int64, False)):
+            run = kt.run
+        return kt.epochs_result(run(self._theta, grad, X, T, orders, batch_size, state.buffers,
+                                    state.hyper, state.step, state.code, ws, plan, TRAIN,
+                                    _NO_NORMS, float(tol), losses, _NO_NORMS,
+                                    self._backup)[0])
