@@ -32,7 +32,7 @@ from _codes cimport (EPS, LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS
                      PLAN_WS_SIZE, PRELU, SGD_CODE, WEIGHT_DECAY, WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD,
                      WS_TB, WS_XB, compiled_codes)
 from _guard cimport Bounds, abs_max, any_negative, below, prove_update
-from _gemv cimport fm_gemv_use
+from _gemv cimport fm_gemv_use, fm_xw_f32, fm_xw_f64
 from _layers cimport (activation_backward, bias_activation_forward, dense_backward_input,
                       dense_backward_params, dense_forward, small_dense_forward)
 from _losses cimport loss_forward_backward
@@ -1172,6 +1172,14 @@ def _use_gemv(int nbytes):
     this processor supports; returns its width (see _gemv.h), which GEMV_BYTES keeps
     naming the import-time choice of. Not while kernels run in other threads."""
     return fm_gemv_use(nbytes)
+
+
+def gemv_addresses():
+    """(float32, float64): the addresses of the small-batch GEMV copies in use (_gemv.h's
+    fm_xw_f32 and fm_xw_f64, picked at import), C functions (rows, n_in, n_out, x, W, z)
+    with Py_ssize_t sizes. The Numba kernels call these same loops by name (see
+    kernels/numba_gemv.py), so both backends run one GEMV code."""
+    return <size_t><void*>fm_xw_f32, <size_t><void*>fm_xw_f64
 
 
 def _gemm(bint trans_a, bint trans_b, double alpha, cnp.ndarray a, cnp.ndarray b, double beta,

@@ -48,8 +48,9 @@ from fastmlp.codes import (ADAM_CODE, BETA1, BETA2, EPS, GRADIENT, NESTEROV as _
                            PLAN_WIDEST, PLAN_WS_SIZE, SGD_CODE, TRAIN, WEIGHT_DECAY,
                            WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD, WS_TB, WS_XB)
 
-from .numba_activations import act_backward
+from .numba_activations import act_backward, bias_act_forward
 from .numba_blas import gemm_nt
+from .numba_gemv import xw
 from .numba_layers import (adam_update, dense_forward, dense_forward_kernel, dense_params,
                            loss_forward_backward, loss_value_kernel, sgd_update)
 from .numba_link import separate
@@ -533,14 +534,17 @@ def epochs_result(code):
 
 
 _dense_forward_linked = separate(dense_forward_kernel)
+_bias_act_forward_linked = separate(bias_act_forward)
 
 
 @njit(**KERNEL)
-def _forward_rows(theta, X, plan, fparams, buf, out, zout):
+def _forward_rows(theta, X, plan, fparams, buf, out, zout, small):
     """Forward X (c, k_0) through three (c * widest) thirds of buf: one for Z, two
     for alternating layer outputs. The output layer's Z goes to zout (c, k_L) and
     its outputs to out (c, k_L). Z and A are never the same array: LLVM will not
     vectorise a pass whose output may overlap its input (in place was 4x slower).
+    ``small`` (c <= rules.PREDICT_SMALL_ROWS): each layer's X W by the C GEMV loops
+    (numba_gemv.xw, the Cython backend's), else by BLAS (dense_forward's gemm_nn).
     """
     n, n_layers = X.shape[0], plan[PLAN_LAYERS]
     third = buf.shape[0] // 3
@@ -549,13 +553,15 @@ def _forward_rows(theta, X, plan, fparams, buf, out, zout):
         row = _row(l)
         k = plan[row + LAYER_N_OUT]
         W, b, alpha = _params(theta, plan, l)
-        if l == n_layers - 1:
-            _dense_forward_linked(inp, W, b, alpha, zout, out, plan[row + LAYER_ACT], fparams[l])
+        last = l == n_layers - 1
+        Z = zout if last else matrix(buf, 0, n, k)
+        A = out if last else matrix(buf, (1 + l % 2) * third, n, k)
+        if small:
+            xw(inp, W, Z)
+            _bias_act_forward_linked(Z, b, A, plan[row + LAYER_ACT], fparams[l], alpha)
         else:
-            A = matrix(buf, (1 + l % 2) * third, n, k)
-            _dense_forward_linked(inp, W, b, alpha, matrix(buf, 0, n, k), A,
-                                  plan[row + LAYER_ACT], fparams[l])
-            inp = A
+            _dense_forward_linked(inp, W, b, alpha, Z, A, plan[row + LAYER_ACT], fparams[l])
+        inp = A
 
 
 _forward_rows_linked = separate(_forward_rows)
@@ -563,16 +569,17 @@ _loss_value_linked = separate(loss_value_kernel)
 
 
 @njit(**ALLOCATING_ENTRY)
-def predict(theta, X, plan, fparams, chunk, Y, check):
+def predict(theta, X, plan, fparams, chunk, Y, check, small):
     """Y (n, k_L) OVERWRITTEN with the outputs of X (n, k_0), computed ``chunk`` rows
     at a time (fastmlp.rules.predict_rows). Returns True; with ``check``, whether
     every value of X is finite, each chunk checked just before its first layer reads
     it, from cache (False: Y is undefined).
 
-    Every chunk goes through BLAS, a single row too: the loops of a GEMV
-    (sum_i x_i W[i, :], as the Cython backend's for rules.PREDICT_SMALL_ROWS rows)
-    took 12.6 us for a 1-row predict of 784-256-128-10 float32 against BLAS's 9.5:
-    Numba's loops keep the sums in memory, not in registers."""
+    A chunk of at most ``small`` rows (fastmlp.rules.PREDICT_SMALL_ROWS; 0: none) runs
+    each layer's X W through the C GEMV loops the Cython backend runs (numba_gemv),
+    a bigger one through BLAS: a BLAS call's set-up and thread hand-off dominate a
+    1-row predict, and the GEMV loops written in Numba lost to BLAS (12.6 us against
+    9.5 for 784-256-128-10 float32: Numba's loops keep the sums in memory)."""
     n = X.shape[0]
     c = min(chunk, n)
     buf = np.empty(3 * c * plan[PLAN_WIDEST], dtype=X.dtype)
@@ -582,13 +589,14 @@ def predict(theta, X, plan, fparams, chunk, Y, check):
             return False
         y = Y[start:stop]
         _forward_rows_linked(theta, X[start:stop], plan, fparams, buf, y,
-                             matrix(buf, 0, stop - start, y.shape[1]))
+                             matrix(buf, 0, stop - start, y.shape[1]), stop - start <= small)
     return True
 
 
 @njit(**ALLOCATING_ENTRY)
-def evaluate(theta, X, T, plan, fparams, chunk):
-    """Mean loss over X (n, k_0), T (n, k_L), computed ``chunk`` rows at a time."""
+def evaluate(theta, X, T, plan, fparams, chunk, small):
+    """Mean loss over X (n, k_0), T (n, k_L), computed ``chunk`` rows at a time, a chunk
+    of at most ``small`` rows through the C GEMV loops (as :func:`predict`)."""
     n, k_out = X.shape[0], T.shape[1]
     c = min(chunk, n)
     buf = np.empty(3 * c * plan[PLAN_WIDEST], dtype=X.dtype)
@@ -597,6 +605,7 @@ def evaluate(theta, X, T, plan, fparams, chunk):
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         z, a = Z[:stop - start], A[:stop - start]
-        _forward_rows_linked(theta, X[start:stop], plan, fparams, buf, a, z)
+        _forward_rows_linked(theta, X[start:stop], plan, fparams, buf, a, z,
+                             stop - start <= small)
         total += _loss_value_linked(z, a, T[start:stop], plan[PLAN_LOSS])
     return total / n

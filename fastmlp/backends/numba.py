@@ -8,8 +8,8 @@ processed in chunks), and forwards each contract call to one ``@njit``
 function in :mod:`fastmlp.kernels.numba_train`: every training call (train_step
 and train_step_checked too, with the guard record) to ``run``, which checks
 finiteness and tol in compiled code; predict and predict_checked to ``predict``
-(which, unlike the Cython backend, has no GEMV loops for rules.PREDICT_SMALL_ROWS
-rows: kt.predict says why).
+(which, as the Cython backend does, runs a chunk of at most rules.PREDICT_SMALL_ROWS
+rows through the C GEMV loops of kernels/_gemv.h: kernels/numba_gemv.py).
 Kernels compile on first use per dtype, each once (they call one another by
 name: kernels/numba_link.py), and are cached on disk (``cache=True``), so later
 processes load them instead of recompiling.
@@ -58,6 +58,8 @@ _NO_ORDERS, _NO_HYPER, _NO_STEP, _NO_NORMS = (np.zeros((1, 0), dtype=np.int64), 
                                               np.zeros(1, dtype=np.int64), np.zeros(0))
 # run's batch_size for "all of X is one batch" (any size >= the rows will do)
 _ONE_BATCH = 2 ** 62
+# predict's and evaluate's chunks of at most this many rows run the C GEMV loops
+_SMALL = rules.PREDICT_SMALL_ROWS
 # the kernels' arguments typed read-only (X, T, orders), by position
 _RUN_READ_ONLY, _PREDICT_READ_ONLY, _EVALUATE_READ_ONLY = (2, 3, 4), (1,), (1, 2)
 
@@ -199,9 +201,9 @@ class NumbaBackend:
         self._predict, self._evaluate = kt.predict, kt.evaluate
         if theta_ok:
             self._predict = _lazy(self, "_predict", kt.predict, _signature(
-                (theta, X, plan, self._fparams, 1, Y, 0), _PREDICT_READ_ONLY))
+                (theta, X, plan, self._fparams, 1, Y, 0, _SMALL), _PREDICT_READ_ONLY))
             self._evaluate = _lazy(self, "_evaluate", kt.evaluate, _signature(
-                (theta, X, Y, plan, self._fparams, 1), _EVALUATE_READ_ONLY))
+                (theta, X, Y, plan, self._fparams, 1, _SMALL), _EVALUATE_READ_ONLY))
 
     def _new_work(self, rows):
         """(plan, ws, grad, cap): a workspace for batches of ``rows`` rows (or
@@ -221,20 +223,21 @@ class NumbaBackend:
     def predict(self, X, out=None):
         if out is None:
             out = np.empty((len(X), self._outputs), dtype=self.dtype)
-        self._predict(self._theta, X, self._plan, self._fparams, self._predict_rows, out, 0)
+        self._predict(self._theta, X, self._plan, self._fparams, self._predict_rows, out, 0,
+                      _SMALL)
         return out
 
     def predict_checked(self, X, out):
         """predict into out (n, outputs), OVERWRITTEN, checking X (n, inputs) on the way:
         True when every value of X is finite; False when X holds NaN or inf (out is then
         undefined). Each chunk of X is checked just before the first layer reads it, in
-        the same compiled call (see kt.predict: BLAS for every chunk, a row too)."""
+        the same compiled call (kt.predict)."""
         return self._predict(self._theta, X, self._plan, self._fparams, self._predict_rows,
-                             out, 1)
+                             out, 1, _SMALL)
 
     def evaluate(self, X, T):
         return self._evaluate(self._theta, X, T, self._plan, self._fparams,
-                              self._predict_rows)
+                              self._predict_rows, _SMALL)
 
     def loss_and_gradient(self, X, T, grad):
         # list.pop and list.append are atomic: no two calls ever hold one workspace

@@ -1,0 +1,112 @@
+"""x W for a few rows of x in the Numba kernels, through the Cython backend's GEMV loops.
+
+A predict (or evaluate) chunk of at most ``fastmlp.rules.PREDICT_SMALL_ROWS`` rows
+computes each layer's x W with the C loops of kernels/_gemv.h (compiled there once per
+instruction set, the widest the processor runs picked when the Cython extension is
+imported), not with a BLAS call, whose set-up and thread hand-off dominate a 1-row
+predict. One source of truth for those loops, as BLAS is for the big products: GEMV
+loops written in Numba lost to BLAS (their sums stay in memory, not in registers:
+12.6 us for a 1-row 784-256-128-10 float32 predict against BLAS's 9.5).
+
+The kernels call ``fastmlp_xw_f32`` / ``fastmlp_xw_f64`` by symbol name, as
+numba_blas calls BLAS, so ``cache=True`` works: the address is registered with LLVM at
+every import of this module, before any kernel that calls it is compiled or loaded
+from the cache, and never baked into the cache. The symbol is ALWAYS bound: to the
+Cython extension's loops (``cython_mlp.gemv_addresses``) when it imports, else to a
+compiled stand-in of the same C signature that runs numba_blas's ``gemm_nn`` (BLAS, or
+its loops for tiny products), what every chunk ran before. :data:`BOUND` says which.
+The copy bound is the one the extension picked at its import (its ``_use_gemv`` test
+hook, called later, moves the Cython kernels only).
+Never change the C signature behind a registered name (a cached kernel keeps calling
+it): add a new name instead.
+"""
+from __future__ import annotations
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+from numba import carray, cfunc, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .numba_blas import gemm_nn
+from .numba_math import INLINE
+
+_SYMBOLS = {types.float32: "fastmlp_xw_f32", types.float64: "fastmlp_xw_f64"}
+
+# Which code the symbols are bound to: "cython" (the extension's GEMV loops) or
+# "fallback" (the stand-in below, when the extension does not import).
+BOUND = ""
+
+
+def _c_signature(dtype):
+    """The C signature of fm_xw_f32 / fm_xw_f64 (_gemv.h) as Numba types:
+    void (Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const T* x, const T* W, T* z)."""
+    p = types.CPointer(dtype)
+    return types.void(types.intp, types.intp, types.intp, p, p, p)
+
+
+def _fallback_body(rows, n_in, n_out, x, W, z):
+    """z (rows, n_out) OVERWRITTEN with x (rows, n_in) W (n_in, n_out), all row-major:
+    the stand-in for the C loops, as every chunk ran before them."""
+    gemm_nn(carray(x, (rows, n_in)), carray(W, (n_in, n_out)), carray(z, (rows, n_out)),
+            1.0, 0.0)
+
+
+def _cython_addresses():
+    """(float32, float64) addresses of the Cython extension's GEMV copies in use, or None
+    when the extension (or its address function) is not there."""
+    try:
+        from .cython_mlp import gemv_addresses
+        return gemv_addresses()
+    except Exception:  # not built, stale or broken: the Numba backend must not depend
+        return None    # on the extension loading, only run faster with it
+
+
+def _register():
+    """Bind ``fastmlp_xw_f32`` / ``fastmlp_xw_f64``: the Cython loops, else the stand-in."""
+    global BOUND
+    addresses = _cython_addresses()
+    BOUND = "cython"
+    if addresses is None:
+        BOUND = "fallback"
+        addresses = [cfunc(_c_signature(dtype), cache=True)(_fallback_body).address
+                     for dtype in _SYMBOLS]
+    for symbol, address in zip(_SYMBOLS.values(), addresses):
+        llvm.add_symbol(symbol, address)
+
+
+_register()
+
+
+@intrinsic
+def _xw_call(typingctx, x, W, z):
+    """fastmlp_xw_<dtype>(rows, n_in, n_out, x, W, z) on the arrays' data pointers."""
+    arrays = (x, W, z)
+    if not (all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" for a in arrays)
+            and x.dtype in _SYMBOLS and W.dtype == x.dtype and z.dtype == x.dtype):
+        return None
+    dtype = x.dtype
+    sig = types.none(x, W, z)
+
+    def codegen(context, builder, signature, args):
+        xa, Wa, za = (context.make_array(t)(context, builder, v)
+                      for t, v in zip(signature.args, args))
+        rows, n_in = cgutils.unpack_tuple(builder, xa.shape, 2)
+        n_out = cgutils.unpack_tuple(builder, za.shape, 2)[1]
+        p = context.get_value_type(dtype).as_pointer()
+        intp = context.get_value_type(types.intp)
+        fnty = ir.FunctionType(ir.VoidType(), [intp, intp, intp, p, p, p])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _SYMBOLS[dtype])
+        builder.call(fn, [rows, n_in, n_out, xa.data, Wa.data, za.data])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(**INLINE)
+def xw(x, W, z):
+    """z (rows, n_out) OVERWRITTEN with x (rows, n_in) @ W (n_in, n_out), all C-contiguous,
+    rows >= 1 and n_in >= 1 (the C loops' contract), by the loops of _gemv.h. Meant for
+    at most rules.PREDICT_SMALL_ROWS rows: W is read once per 4 rows of x. Multiply-adds
+    may be fused; every call on the same data gives the same bits."""
+    _xw_call(x, W, z)
