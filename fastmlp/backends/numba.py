@@ -14,7 +14,7 @@ Kernels compile on first use per dtype, each once (they call one another by
 name: kernels/numba_link.py), and are cached on disk (``cache=True``), so later
 processes load them instead of recompiling.
 
-Calls skip Numba's dispatcher (see :func:`_entry_point`): each kernel has ONE
+Calls skip Numba's dispatcher (see :mod:`._numba_entry`): each kernel has ONE
 signature per dtype, X and T typed read-only so that a read-only input (a
 memory-mapped file, a broadcast) needs no second compile, and the backend calls
 that signature's compiled entry point directly. The dispatcher's type resolution
@@ -35,13 +35,11 @@ per-sample step of the vehicle net.
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 try:
-    import numba
     from ..kernels import numba_train as kt
+    from ._numba_entry import entry_point_or_stand_in, fits, signature
 except ImportError as exc:  # numba or scipy missing
     raise ImportError(f"the Numba kernels need numba and scipy ({exc})") from None
 
@@ -62,63 +60,6 @@ _ONE_BATCH = 2 ** 62
 _SMALL = rules.PREDICT_SMALL_ROWS
 # the kernels' arguments typed read-only (X, T, orders), by position
 _RUN_READ_ONLY, _PREDICT_READ_ONLY, _EVALUATE_READ_ONLY = (2, 3, 4), (1,), (1, 2)
-
-
-def _fits(a, ndim, dtype, write):
-    """Whether ``a`` is what a kernel's signature types it as: a plain C-contiguous,
-    aligned ndarray of ``dtype`` with ``ndim`` dimensions (writeable if ``write``)."""
-    if type(a) is not np.ndarray:
-        return False
-    flags = a.flags
-    return (a.ndim == ndim and a.dtype == dtype and flags.c_contiguous and flags.aligned
-            and (flags.writeable or not write))
-
-
-_ENTRIES = {}   # (kernel, signature) -> its compiled entry point, shared by every model
-_ENTRIES_LOCK = threading.Lock()
-
-
-def _signature(template, read_only):
-    """The Numba types of a template call's arguments, those at positions ``read_only``
-    typed read-only: a writeable array passes where a read-only one is typed, and the
-    kernel never writes them, so a read-only input needs no second compile."""
-    types = [numba.typeof(a) for a in template]
-    for i in read_only:
-        types[i] = types[i].copy(readonly=True)
-    return tuple(types)
-
-
-def _entry_point(kernel, signature):
-    """``kernel``'s compiled code for ``signature`` (compiled, or loaded from the disk
-    cache, on first use), as the C function Numba's dispatcher calls once it has typed
-    the arguments: it unboxes them with no type check beyond the item size, so callers
-    pass arguments of exactly those types."""
-    key = (kernel, signature)
-    entry = _ENTRIES.get(key)
-    if entry is None:
-        with _ENTRIES_LOCK:
-            if key not in _ENTRIES:
-                kernel.compile(signature)
-                _ENTRIES[key] = kernel.overloads[signature].entry_point
-            entry = _ENTRIES[key]
-    return entry
-
-
-def _lazy(owner, name, kernel, signature):
-    """``kernel``'s entry point for ``signature`` if it is known, else a stand-in that
-    finds it on its first call and puts it in ``owner.name`` (the first predict
-    compiles predict, not the model's construction)."""
-    entry = _ENTRIES.get((kernel, signature))
-    if entry is not None:
-        return entry
-
-    def first_call(*args):
-        entry = _entry_point(kernel, signature)
-        if getattr(owner, name) is first_call:
-            setattr(owner, name, entry)
-        return entry(*args)
-
-    return first_call
 
 
 class NumbaBackend:
@@ -181,10 +122,10 @@ class NumbaBackend:
         self._guard[kt.G_KNOWN] = 0
         X = np.zeros((1, self.net.input_dim), dtype=self.dtype)
         Y = np.zeros((1, self._outputs), dtype=self.dtype)
-        theta_ok = _fits(theta, 1, self.dtype, True)
-        state_ok = (_fits(state.buffers, 2, self.dtype, True)
-                    and _fits(state.hyper, 1, np.float64, True)
-                    and _fits(state.step, 1, np.int64, True))
+        theta_ok = fits(theta, 1, self.dtype, True)
+        state_ok = (fits(state.buffers, 2, self.dtype, True)
+                    and fits(state.hyper, 1, np.float64, True)
+                    and fits(state.step, 1, np.int64, True))
         # train_step's run arguments but X and T: all of X is one batch (orders (1, 0),
         # batch_size _ONE_BATCH); the guard record or none
         self._grad = grad
@@ -195,15 +136,18 @@ class NumbaBackend:
         self._code, self._cap = state.code, cap
         self._run = kt.run
         if theta_ok and state_ok:
-            self._run = _lazy(self, "_run", kt.run, _signature(
-                (theta, grad, X, Y) + self._checked, _RUN_READ_ONLY))
+            self._run = entry_point_or_stand_in(
+                self, "_run", kt.run,
+                signature((theta, grad, X, Y) + self._checked, _RUN_READ_ONLY))
         # predict and evaluate read theta only
         self._predict, self._evaluate = kt.predict, kt.evaluate
         if theta_ok:
-            self._predict = _lazy(self, "_predict", kt.predict, _signature(
-                (theta, X, plan, self._fparams, 1, Y, 0, _SMALL), _PREDICT_READ_ONLY))
-            self._evaluate = _lazy(self, "_evaluate", kt.evaluate, _signature(
-                (theta, X, Y, plan, self._fparams, 1, _SMALL), _EVALUATE_READ_ONLY))
+            self._predict = entry_point_or_stand_in(
+                self, "_predict", kt.predict,
+                signature((theta, X, plan, self._fparams, 1, Y, 0, _SMALL), _PREDICT_READ_ONLY))
+            self._evaluate = entry_point_or_stand_in(
+                self, "_evaluate", kt.evaluate,
+                signature((theta, X, Y, plan, self._fparams, 1, _SMALL), _EVALUATE_READ_ONLY))
 
     def _new_work(self, rows):
         """(plan, ws, grad, cap): a workspace for batches of ``rows`` rows (or
@@ -247,7 +191,7 @@ class NumbaBackend:
             work = None
         if work is None or rules.train_rows(len(X)) > work[3]:
             work = self._new_work(len(X))   # none spare, or too small (then dropped)
-        run = self._run if _fits(grad, 1, self.dtype, True) else kt.run
+        run = self._run if fits(grad, 1, self.dtype, True) else kt.run
         try:
             return run(self._theta, grad, X, T, _NO_ORDERS, len(X), self._no_bufs, _NO_HYPER,
                        _NO_STEP, SGD_CODE, work[1], work[0], GRADIENT, _NO_NORMS, -1.0,
@@ -319,7 +263,7 @@ class NumbaBackend:
         state = self._state
         self._guard[kt.G_KNOWN] = 0  # theta and the state change unguarded
         run = self._run
-        if not (_fits(losses, 1, np.float64, True) and _fits(orders, 2, np.int64, False)):
+        if not (fits(losses, 1, np.float64, True) and fits(orders, 2, np.int64, False)):
             run = kt.run
         return kt.epochs_result(run(self._theta, grad, X, T, orders, batch_size, state.buffers,
                                     state.hyper, state.step, state.code, ws, plan, TRAIN,
