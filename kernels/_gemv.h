@@ -38,19 +38,11 @@ typedef double fm_f64x2 __attribute__((vector_size(16)));
 #define FM_W 4
 #define FM_FN(name) FM_FN2(name, f32_base)
 #include "_gemv_impl.h"
-#undef FM_T
-#undef FM_V
-#undef FM_W
-#undef FM_FN
 #define FM_T double
 #define FM_V fm_f64x2
 #define FM_W 2
 #define FM_FN(name) FM_FN2(name, f64_base)
 #include "_gemv_impl.h"
-#undef FM_T
-#undef FM_V
-#undef FM_W
-#undef FM_FN
 #undef FM_ATTR
 #undef FM_NV
 
@@ -67,19 +59,11 @@ typedef double fm_f64x4 __attribute__((vector_size(32)));
 #define FM_W 8
 #define FM_FN(name) FM_FN2(name, f32_avx2)
 #include "_gemv_impl.h"
-#undef FM_T
-#undef FM_V
-#undef FM_W
-#undef FM_FN
 #define FM_T double
 #define FM_V fm_f64x4
 #define FM_W 4
 #define FM_FN(name) FM_FN2(name, f64_avx2)
 #include "_gemv_impl.h"
-#undef FM_T
-#undef FM_V
-#undef FM_W
-#undef FM_FN
 #undef FM_ATTR
 #undef FM_NV
 
@@ -93,19 +77,11 @@ typedef double fm_f64x8 __attribute__((vector_size(64)));
 #define FM_W 16
 #define FM_FN(name) FM_FN2(name, f32_avx512)
 #include "_gemv_impl.h"
-#undef FM_T
-#undef FM_V
-#undef FM_W
-#undef FM_FN
 #define FM_T double
 #define FM_V fm_f64x8
 #define FM_W 8
 #define FM_FN(name) FM_FN2(name, f64_avx512)
 #include "_gemv_impl.h"
-#undef FM_T
-#undef FM_V
-#undef FM_W
-#undef FM_FN
 #undef FM_ATTR
 #undef FM_NV
 #endif  /* x86 */

@@ -9,6 +9,10 @@
      FM_ATTR     the function attribute naming the instruction set, or nothing
      FM_FN(name) the name with this copy's suffix
 
+   It #undefs the four per-dtype ones (FM_T, FM_V, FM_W, FM_FN) at its end, so the
+   next copy defines its own; FM_NV and FM_ATTR, shared by an instruction set's two
+   dtypes, are left to the includer.
+
    Layout: x (rows, n_in), W (n_in, n_out) and z (rows, n_out), all row-major, as
    theta and the predict buffers hold them. z[r, :] = sum_i x[r, i] W[i, :], a tile of
    z (up to 4 rows by up to FM_NV vectors of columns) kept in registers for the whole
@@ -118,3 +122,7 @@ FM_FN(xw)(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const FM_T* x, con
 
 #undef FM_TILE
 #undef FM_ROWS
+#undef FM_T
+#undef FM_V
+#undef FM_W
+#undef FM_FN
