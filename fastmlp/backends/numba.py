@@ -112,14 +112,16 @@ class NumbaBackend:
         self._state = state
         self._bind()
 
-    def _bind(self):
+    def _bind(self, keep_bounds=False):
         """Entry points and argument tuples for the arrays held now: theta, the state
         (its buffers, hyper-parameters, step and optimiser code) and the trainers'
-        workspace. The guard's bounds are forgotten: they were of the arrays before.
+        workspace. The guard's bounds are forgotten (they were of the arrays before)
+        unless ``keep_bounds``: only the workspace or the optimiser code changed.
         An array not as the Model makes it leaves the kernel to the dispatcher."""
         theta, state = self._theta, self._state
         plan, ws, grad, cap = self._train
-        self._guard[kt.G_KNOWN] = 0
+        if not keep_bounds:
+            self._guard[kt.G_KNOWN] = 0
         X = np.zeros((1, self.net.input_dim), dtype=self.dtype)
         Y = np.zeros((1, self._outputs), dtype=self.dtype)
         theta_ok = fits(theta, 1, self.dtype, True)
@@ -159,9 +161,9 @@ class NumbaBackend:
         """The trainers' workspace, grown to hold ``rows`` rows."""
         if rules.train_rows(rows) > self._train[3]:
             self._train = self._new_work(rows)
-            guard_known = self._guard[kt.G_KNOWN]
-            self._bind()   # the step's arguments name the workspace
-            self._guard[kt.G_KNOWN] = guard_known  # still of the same theta and state
+            # the step's arguments name the workspace; the bounds are still of theta and
+            # the state
+            self._bind(keep_bounds=True)
         return self._train
 
     def predict(self, X, out=None):
@@ -234,9 +236,7 @@ class NumbaBackend:
         the optimiser code (a test's: a Model never changes it)."""
         self._train_work(rows)
         if self._state.code != self._code:
-            guard_known = self._guard[kt.G_KNOWN]
-            self._bind()
-            self._guard[kt.G_KNOWN] = guard_known
+            self._bind(keep_bounds=True)
 
     def train_epoch(self, X, T, perm, batch_size, norms=None):
         batch_size = check_batch_size(batch_size)
