@@ -319,14 +319,13 @@ class Model:
         if self._scaling is None and validation.laid_out(X, self._width[0], self.dtype):
             # Checked as it is computed (the backend reads X anyway), so a ready array
             # costs no validation pass: all a 1-row predict can afford.
+            out = np.empty((X.shape[0], self._width[1]), dtype=self.dtype)
             checked = getattr(self._engine, "predict_checked", None)
             if checked is not None:
-                out = np.empty((X.shape[0], self._width[1]), dtype=self.dtype)
                 if checked(X, out):
                     return out
             elif validation.finite(X):
-                return self._engine.predict(X, np.empty((X.shape[0], self._width[1]),
-                                                        dtype=self.dtype))
+                return self._engine.predict(X, out)
             # not finite: check_inputs raises the usual message, naming the first one
         X = validation.check_inputs(X, self.net.input_dim, self.dtype, self._scaling)
         out = np.empty((len(X), self.net.output_dim), dtype=self.dtype)
