@@ -22,6 +22,8 @@ from fastmlp import activations as act
 from fastmlp import optimizers
 from fastmlp.backends.reference import NumpyBackend
 
+from strategies import HIDDEN, architectures
+
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow,
                                                  HealthCheck.function_scoped_fixture])
@@ -29,7 +31,6 @@ settings.register_profile("hunt", max_examples=int(os.environ.get("FASTMLP_FUZZ_
                           deadline=None, suppress_health_check=list(HealthCheck))
 settings.load_profile("hunt" if "FASTMLP_FUZZ_EXAMPLES" in os.environ else "ci")
 
-HIDDEN = [a for a in act.ACTIVATIONS if a != "softmax"]
 # Activations whose value or derivative jumps at a point (z values where it does).
 KINKS = {"step": [0.0], "sign": [0.0], "relu": [0.0], "leaky_relu": [0.0], "prelu": [0.0],
          "elu": [0.0], "piecewise_linear": [-0.5, 0.5]}
@@ -39,22 +40,9 @@ SCALE_TOL = {"float32": 2e-3, "float64": 1e-8}
 EPS = {"float32": np.finfo(np.float32).eps, "float64": np.finfo(np.float64).eps}
 
 
-@st.composite
-def layers(draw):
-    hidden = []
-    for _ in range(draw(st.integers(0, 2))):
-        name = draw(st.sampled_from(HIDDEN))
-        hidden.append((draw(st.integers(1, 300)), name, draw(param_of(name))))
-    output, loss = draw(st.sampled_from(
-        [(name, "mse") for name in act.ACTIVATIONS]
-        + [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy")] * 3))
-    units = draw(st.integers(2 if output == "softmax" else 1, 300))
-    return hidden + [(units, output, draw(param_of(output)))], loss
-
-
-def param_of(name):
-    p = act.get(name).param
-    return st.floats(*PARAM_RANGES[p]) if p else st.none()
+def layers():
+    """0-2 hidden layers, each layer 1-300 units."""
+    return architectures(2, 300, PARAM_RANGES, 3)
 
 
 def optimizer_strategy():

@@ -30,6 +30,8 @@ from fastmlp import activations as act
 from fastmlp import rules
 from fastmlp.backends import available_backends
 
+from strategies import architectures as any_architecture
+
 pytestmark = [pytest.mark.skipif("cython" not in available_backends(),
                                  reason="the Cython backend is not built"),
               # fit on a step/sign net says its layers cannot learn: true, and beside the point
@@ -50,23 +52,9 @@ MIN_EXP = {"float32": -45, "float64": -323}
 
 # -- what the hostile user draws -------------------------------------------------------
 
-def param_of(name):
-    p = act.get(name).param
-    return st.floats(*PARAM_RANGES[p]) if p else st.none()
-
-
-@st.composite
-def architectures(draw):
+def architectures():
     """([(units, activation, param)], loss): 1-4 layers of 1-40 units."""
-    hidden = []
-    for _ in range(draw(st.integers(0, 3))):
-        name = draw(st.sampled_from([a for a in act.ACTIVATIONS if a != "softmax"]))
-        hidden.append((draw(st.integers(1, 40)), name, draw(param_of(name))))
-    output, loss = draw(st.sampled_from(
-        [(name, "mse") for name in act.ACTIVATIONS]
-        + [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy")] * 4))
-    units = draw(st.integers(2 if output == "softmax" else 1, 40))
-    return hidden + [(units, output, draw(param_of(output)))], loss
+    return any_architecture(3, 40, PARAM_RANGES, 4)
 
 
 def unit_interval():
