@@ -420,18 +420,10 @@ class Model:
             # steps, guarded (train_step_checked), on a small network or where that costs
             # no copy (a device; guarded_step_is_free). On larger networks of other
             # backends the checks below (BLAS dots) and np.copyto beat the kernel's
-            # scalar loops, and the Python around them no longer matters. (Written for
-            # speed: on the lessons' 3-4-2 net this test is most of the call.)
+            # scalar loops, and the Python around them no longer matters.
             if (self._checked_step and self._scaling is None
-                    and type(X) is np.ndarray and type(Y) is np.ndarray
-                    and X.dtype == self.dtype and Y.dtype == self.dtype):
-                xs, ys, fx, fy = X.shape, Y.shape, X.flags, Y.flags
-                ready = (len(xs) == 2 and ys == (xs[0], self._width[1]) and xs[0] > 0
-                         and xs[1] == self._width[0] and fx.c_contiguous and fy.c_contiguous
-                         and fx.aligned and fy.aligned)
-            else:
-                ready = False
-            if ready:
+                    and validation.laid_out_xy(X, Y, self._width[0], self._width[1],
+                                               self.dtype)):
                 loss, status = self._engine.train_step_checked(X, Y)
                 if not status:
                     return float(loss)
