@@ -3,9 +3,11 @@
 Every kernel writes into buffers the caller owns; docstrings say which
 arguments are overwritten and which accumulate. The layer and loss kernels are
 inlined into the training chunk, which runs them once per batch (a call each
-made the vehicle net's epoch 1.6x slower), and compiled on their own as
-``*_kernel`` for the forward pass and evaluate, which call them by name
-(:mod:`numba_link`) instead of compiling a second copy. Shapes: n rows, k_in inputs,
+made the vehicle net's epoch 1.6x slower); ``loss_value`` is also compiled on its own
+as ``loss_value_kernel`` for evaluate, which calls it by name (:mod:`numba_link`)
+instead of compiling a second copy. (The forward pass of predict and evaluate runs
+numba_blas.gemm_nn and the linked bias_act_forward itself: a compiled dense_forward of
+its own cost a third of a second of the first compile.) Shapes: n rows, k_in inputs,
 k outputs; W (k_in, k) row-major as in ``theta``. Sums of losses are float64.
 """
 from __future__ import annotations
@@ -152,6 +154,10 @@ def loss_value(Z, A, T, loss):
     return total
 
 
+# Compiled on its own, once per dtype, for evaluate, which calls it by name.
+loss_value_kernel = njit(**KERNEL)(loss_value.py_func)
+
+
 @njit(**KERNEL)
 def sgd_update(theta, grad, v, lr, momentum, nesterov, decay):
     """theta (p,) -= lr * step, in place; v (p,) is the momentum buffer, updated in place.
@@ -181,7 +187,3 @@ def adam_update(theta, grad, m, v, lr, beta1, beta2, eps, decay, t):
         v[i] = vi
         theta[i] -= lr * (mi * c1) / (math.sqrt(vi * c2) + eps)
 
-
-# Compiled on their own, once per dtype, for the callers that link to them by name.
-dense_forward_kernel = njit(**KERNEL)(dense_forward.py_func)
-loss_value_kernel = njit(**KERNEL)(loss_value.py_func)

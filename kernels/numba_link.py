@@ -48,16 +48,26 @@ def bind(module, name, argtypes):
     return cres
 
 
-def separate(dispatcher):
+def _argtype(t, read_only):
+    """The type ``dispatcher`` is compiled for, for an argument typed ``t`` at a call."""
+    t = types.unliteral(t)
+    if read_only and isinstance(t, types.Array) and t.mutable:
+        t = t.copy(readonly=True)  # a writeable array passes where a read-only one is typed
+    return t
+
+
+def separate(dispatcher, read_only=False):
     """``dispatcher`` to be called from @njit code without compiling its code into
     the caller's (see the module docstring). Call it with the arguments of
-    ``dispatcher``, positionally."""
+    ``dispatcher``, positionally. ``read_only``: the kernel writes none of its array
+    arguments; it is compiled for them typed read-only, so writeable and read-only
+    arrays share one compile (each signature is a compile of its own)."""
     module = dispatcher.py_func.__module__
     # the module attribute that holds it (bind looks it up again on a cache load)
     name = next(k for k, v in vars(importlib.import_module(module)).items() if v is dispatcher)
 
     def typer(*args):
-        argtypes = tuple(types.unliteral(a) for a in args)
+        argtypes = tuple(_argtype(a, read_only) for a in args)
         cres = bind(module, name, argtypes)
         fndesc = copy.copy(cres.fndesc)
         fndesc.mangled_name = _symbol(module, name, argtypes)

@@ -34,7 +34,12 @@ from .numba_views import flat
 # predict and evaluate allocate their buffers, so they keep it (ALLOCATING_ENTRY).
 # Every kernel is cached: callers link to it by name (numba_link), so a caller loaded
 # from the cache loads it too.
-KERNEL = {"cache": True, "error_model": "numpy", "_nrt": False}
+# No cfunc wrapper (the C-callable one behind ``.cfunc`` and first-class function
+# calls, which nothing here uses): one function less to lower and optimise per kernel.
+# forceinline set, so that a kernel first compiled from a HELPER's body (numba_link binds
+# it there) does not inherit the helper's.
+KERNEL = {"cache": True, "error_model": "numpy", "_nrt": False, "no_cfunc_wrapper": True,
+          "forceinline": False}
 ENTRY = dict(KERNEL, nogil=True)
 ALLOCATING_ENTRY = dict(ENTRY, _nrt=True)
 # Numba's IR inliner copies the callee's IR block by block, each copy with the whole
@@ -43,6 +48,11 @@ INLINE = {"inline": "always", "error_model": "numpy"}
 # Small scalar helpers: compiled once each, then inlined by LLVM (not by Numba's
 # IR inliner, which repeats type inference at every call site).
 SCALAR = {"error_model": "numpy"}
+# Helpers of the kernels: typed and lowered once per signature, and inlined by LLVM
+# (forceinline: LLVM's alwaysinline) into the caller when it is optimised; Numba's IR
+# inliner (INLINE) types their body again at every call site. No reference counting,
+# as the kernels; not cached on their own: the caller's cached code holds them.
+HELPER = {"error_model": "numpy", "_nrt": False, "forceinline": True, "no_cfunc_wrapper": True}
 _OVERLOAD = {"error_model": "numpy"}
 
 

@@ -49,12 +49,12 @@ from fastmlp.codes import (ADAM_CODE, BETA1, BETA2, EPS, GRADIENT, NESTEROV as _
                            WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD, WS_TB, WS_XB)
 
 from .numba_activations import act_backward, bias_act_forward
-from .numba_blas import gemm_nt
+from .numba_blas import gemm_nn, gemm_nt
 from .numba_gemv import xw
-from .numba_layers import (adam_update, dense_forward, dense_forward_kernel, dense_params,
-                           loss_forward_backward, loss_value_kernel, sgd_update)
+from .numba_layers import (adam_update, dense_forward, dense_params, loss_forward_backward,
+                           loss_value_kernel, sgd_update)
 from .numba_link import separate
-from .numba_math import ALLOCATING_ENTRY, ENTRY, INLINE, KERNEL, abs_max
+from .numba_math import ALLOCATING_ENTRY, ENTRY, HELPER, KERNEL, abs_max
 from .numba_views import matrix
 
 
@@ -92,13 +92,13 @@ def new_guard(net, dtype):
     return guard
 
 
-@njit(**INLINE)
+@njit(**HELPER)
 def _row(l):
     """Start of layer l's row in a plan."""
     return PLAN_HEAD + LAYER_FIELDS * l
 
 
-@njit(**INLINE)
+@njit(**HELPER)
 def _params(theta, plan, l):
     """Views of layer l's W (k_in, k), b (k,) and alpha (k,), or (0,) if it has none."""
     row = _row(l)
@@ -141,7 +141,10 @@ def _update(theta, grad, bufs, hyper, step, opt):
         raise ValueError("unknown optimizer code")
 
 
-@njit(**INLINE)
+_update_linked = separate(_update)
+
+
+@njit(**HELPER)
 def _gather(X, T, perm, start, stop, ws, plan, half):
     """Rows perm[start:stop] of X and T into gather buffer ``half`` (0 or 1)."""
     k_in, k_out, cap = X.shape[1], T.shape[1], plan[PLAN_CAP]
@@ -156,7 +159,7 @@ def _gather(X, T, perm, start, stop, ws, plan, half):
     return xb, tb
 
 
-@njit(**INLINE)
+@njit(**HELPER)
 def _buffers_in_use(opt, hyper):
     """Rows of bufs the optimiser's update uses: plain SGD 0, momentum 1 (v), Adam 2 (m, v);
     the same rule as fastmlp.rules.buffers_in_use (checked and backed up)."""
@@ -165,7 +168,7 @@ def _buffers_in_use(opt, hyper):
     return 1 if hyper[MOMENTUM] != 0 else 0
 
 
-@njit(**INLINE)
+@njit(**HELPER)
 def _finite(loss, theta, bufs, rows):
     """Whether loss, theta (p,) and bufs[:rows] (2, p) are all finite: x - x is 0 for
     every finite x and NaN otherwise, so one OR over lanes, which vectorises (a
@@ -179,10 +182,7 @@ def _finite(loss, theta, bufs, rows):
     return not bad
 
 
-_update_linked = separate(_update)
-
-
-@njit(**INLINE)
+@njit(**HELPER)
 def _copy_state(theta, bufs, rows, backup, save):
     """backup (>= 3p,) = theta (p,), then bufs[:rows] (2, p) if save, else the reverse.
     Loops, not slice assignments: those compile a shape-mismatch error message,
@@ -203,7 +203,7 @@ def _copy_state(theta, bufs, rows, backup, save):
 
 # linked, not compiled into each caller again (tests/test_warmup checks that run's
 # module holds its own code only)
-_abs_max_linked = separate(abs_max)
+_abs_max_linked = separate(abs_max, read_only=True)
 
 
 @njit(**KERNEL)
@@ -328,7 +328,7 @@ _guard_linked = separate(_guard)
 _act_backward_linked = separate(act_backward)
 
 
-@njit(**INLINE)
+@njit(**HELPER)
 def _inputs_ok(X, T, plan, guard):
     """The guarded step's check of X (n, k_0) and T (n, k_L): False when X or T is not
     finite, or guard[G_TARGETS] and T is outside [0, 1]. Else X's maximum and the
@@ -416,8 +416,9 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
         # reading rows just written stalls on store-to-load forwarding (that cost a
         # third of a per-sample step at the vehicle net's size).
         xb, tb = X[0:0], T[0:0]
-        if gather:
-            xb, tb = _gather(X, T, perm, 0, min(cap, batch_size, n), ws, plan, 0)
+        if gather:  # int64 0s, not literal 0s: those would compile _gather a second time
+            xb, tb = _gather(X, T, perm, np.int64(0), min(cap, batch_size, n), ws, plan,
+                             np.int64(0))
         half = 0
         bstart = 0
         while bstart < n:
@@ -533,7 +534,6 @@ def epochs_result(code):
     return done, status
 
 
-_dense_forward_linked = separate(dense_forward_kernel)
 _bias_act_forward_linked = separate(bias_act_forward)
 
 
@@ -544,7 +544,7 @@ def _forward_rows(theta, X, plan, fparams, buf, out, zout, small):
     its outputs to out (c, k_L). Z and A are never the same array: LLVM will not
     vectorise a pass whose output may overlap its input (in place was 4x slower).
     ``small`` (c <= rules.PREDICT_SMALL_ROWS): each layer's X W by the C GEMV loops
-    (numba_gemv.xw, the Cython backend's), else by BLAS (dense_forward's gemm_nn).
+    (numba_gemv.xw, the Cython backend's), else by BLAS (numba_blas.gemm_nn).
     """
     n, n_layers = X.shape[0], plan[PLAN_LAYERS]
     third = buf.shape[0] // 3
@@ -558,9 +558,9 @@ def _forward_rows(theta, X, plan, fparams, buf, out, zout, small):
         A = out if last else matrix(buf, (1 + l % 2) * third, n, k)
         if small:
             xw(inp, W, Z)
-            _bias_act_forward_linked(Z, b, A, plan[row + LAYER_ACT], fparams[l], alpha)
         else:
-            _dense_forward_linked(inp, W, b, alpha, Z, A, plan[row + LAYER_ACT], fparams[l])
+            gemm_nn(inp, W, Z, 1.0, 0.0)
+        _bias_act_forward_linked(Z, b, A, plan[row + LAYER_ACT], fparams[l], alpha)
         inp = A
 
 
