@@ -21,7 +21,8 @@ _limiter = None
 
 def set_num_threads(n):
     """Use at most ``n`` threads in every BLAS (numpy's, which the kernels use, and
-    scipy's) and in Numba."""
+    scipy's), in Numba, and in the small-batch predict's GEMV (its one worker thread,
+    kernels/_gemv_pool.h: used when n >= 2)."""
     global _limiter
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"number of threads must be a positive integer, got {n!r}")
@@ -29,11 +30,22 @@ def set_num_threads(n):
     # (Numba's np.dot, and the kernels' fallback) now, or one loaded later ignores n.
     import scipy.linalg.cython_blas  # noqa: F401
     _limiter = threadpoolctl.threadpool_limits(limits=n, user_api="blas")
+    _limit_gemv(n)
     try:
         import numba
     except ImportError:
         return
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def _limit_gemv(n):
+    """At most ``n`` threads in the GEMV loops of kernels/_gemv.h, which the Cython
+    extension holds and the Numba kernels call too (none to limit without it)."""
+    try:
+        from .kernels.cython_mlp import gemv_threads
+    except ImportError:
+        return
+    gemv_threads(n)
 
 
 def blas_in_use():

@@ -12,16 +12,20 @@
    fm_xw_f32 / fm_xw_f64 (rows, n_in, n_out, x, W, z): z (rows, n_out) OVERWRITTEN
    with x (rows, n_in) W (n_in, n_out), all row-major, rows >= 1. Multiply-adds may
    be fused (one rounding), as BLAS does; the sum over n_in runs in index order per
-   lane of partial sums, so every call on the same data gives the same bits. */
+   lane of partial sums, so every call on the same data gives the same bits. A big W
+   (fm_gemv_cut) is summed in two parts over n_in, the first rows of W then the rest,
+   added at the end: by the calling thread and a worker thread (_gemv_pool.h) when
+   fm_gemv_threads allows 2, else one after the other, with the same bits. */
 #ifndef FASTMLP_GEMV_H
 #define FASTMLP_GEMV_H
 
 #include <string.h>
 
-typedef void (*fm_xw_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, const float*,
-                            float*);
-typedef void (*fm_xw_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, const double*,
-                            double*);
+/* One copy's loops (_gemv_impl.h's xw): (rows, ldx, n_in, n_out, add, x, W, z). */
+typedef void (*fm_xw_copy_f32_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, int,
+                                 const float*, const float*, float*);
+typedef void (*fm_xw_copy_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, int,
+                                 const double*, const double*, double*);
 
 #if defined(__GNUC__) && !defined(FM_GEMV_PLAIN)  /* GCC and clang */
 
@@ -86,31 +90,79 @@ typedef double fm_f64x8 __attribute__((vector_size(64)));
 #undef FM_NV
 #endif  /* x86 */
 
-static fm_xw_f32_t fm_xw_f32 = fm_xw_f32_base;
-static fm_xw_f64_t fm_xw_f64 = fm_xw_f64_base;
+/* the copy in use (fm_gemv_use), which fm_xw_f32 / fm_xw_f64 below run */
+static fm_xw_copy_f32_t fm_xw_copy_f32 = fm_xw_f32_base;
+static fm_xw_copy_f64_t fm_xw_copy_f64 = fm_xw_f64_base;
 
 /* Use the widest copy of at most ``bytes`` (16, 32 or 64) that the processor and OS
    support; returns its width in bytes. Called once at import with 64, before any
    thread can run the kernels (and by a test hook, with none running). */
 static int fm_gemv_use(int bytes)
 {
-    fm_xw_f32 = fm_xw_f32_base;
-    fm_xw_f64 = fm_xw_f64_base;
+    fm_xw_copy_f32 = fm_xw_f32_base;
+    fm_xw_copy_f64 = fm_xw_f64_base;
 #ifdef FM_GEMV_X86
     __builtin_cpu_init();
     if (bytes >= 64 && __builtin_cpu_supports("avx512f")) {
-        fm_xw_f32 = fm_xw_f32_avx512;
-        fm_xw_f64 = fm_xw_f64_avx512;
+        fm_xw_copy_f32 = fm_xw_f32_avx512;
+        fm_xw_copy_f64 = fm_xw_f64_avx512;
         return 64;
     }
     if (bytes >= 32 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        fm_xw_f32 = fm_xw_f32_avx2;
-        fm_xw_f64 = fm_xw_f64_avx2;
+        fm_xw_copy_f32 = fm_xw_f32_avx2;
+        fm_xw_copy_f64 = fm_xw_f64_avx2;
         return 32;
     }
 #endif
     (void)bytes;
     return 16;
+}
+
+#include "_gemv_pool.h"   /* the second thread, and its hooks */
+
+/* x W, a big W in two parts over n_in (fm_gemv_cut): on two threads when the pool
+   takes the call (_gemv_pool.h), else one after the other, the second added to the
+   first. The copy is read once, so both parts run the same one. */
+static void fm_xw_f32(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const float* x,
+                      const float* W, float* z)
+{
+    const fm_xw_copy_f32_t f = fm_xw_copy_f32;
+    const Py_ssize_t k = fm_gemv_cut(n_in, n_out, sizeof *z);
+    if (k == 0) {
+        f(rows, n_in, n_in, n_out, 0, x, W, z);
+        return;
+    }
+#ifdef FM_GEMV_POOL
+    if (fm_pool_enter()) {
+        const fm_job all = {.f32 = f, .rows = rows, .ldx = n_in, .n_in = n_in,
+                            .n_out = n_out, .x = x, .W = W, .z = z};
+        fm_pool_run(&all, k);
+        return;
+    }
+#endif
+    f(rows, n_in, k, n_out, 0, x, W, z);
+    f(rows, n_in, n_in - k, n_out, 1, x + k, W + k * n_out, z);
+}
+
+static void fm_xw_f64(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const double* x,
+                      const double* W, double* z)
+{
+    const fm_xw_copy_f64_t f = fm_xw_copy_f64;
+    const Py_ssize_t k = fm_gemv_cut(n_in, n_out, sizeof *z);
+    if (k == 0) {
+        f(rows, n_in, n_in, n_out, 0, x, W, z);
+        return;
+    }
+#ifdef FM_GEMV_POOL
+    if (fm_pool_enter()) {
+        const fm_job all = {.f64 = f, .rows = rows, .ldx = n_in, .n_in = n_in,
+                            .n_out = n_out, .x = x, .W = W, .z = z};
+        fm_pool_run(&all, k);
+        return;
+    }
+#endif
+    f(rows, n_in, k, n_out, 0, x, W, z);
+    f(rows, n_in, n_in - k, n_out, 1, x + k, W + k * n_out, z);
 }
 
 #else  /* another compiler: plain loops, which it may vectorise for its baseline */
@@ -136,11 +188,22 @@ FM_PLAIN_XW(float, fm_xw_f32_plain)
 FM_PLAIN_XW(double, fm_xw_f64_plain)
 #undef FM_PLAIN_XW
 
-static fm_xw_f32_t fm_xw_f32 = fm_xw_f32_plain;
-static fm_xw_f64_t fm_xw_f64 = fm_xw_f64_plain;
+static void fm_xw_f32(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const float* x,
+                      const float* W, float* z)
+{
+    fm_xw_f32_plain(rows, n_in, n_out, x, W, z);
+}
+
+static void fm_xw_f64(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const double* x,
+                      const double* W, double* z)
+{
+    fm_xw_f64_plain(rows, n_in, n_out, x, W, z);
+}
 
 /* 0: no vector copies here */
 static int fm_gemv_use(int bytes) { (void)bytes; return 0; }
+
+#include "_gemv_pool.h"   /* one thread here: its hooks say so */
 
 #endif  /* __GNUC__ */
 

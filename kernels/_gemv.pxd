@@ -1,7 +1,8 @@
 # cython: language_level=3
 """x W for a few rows of x, through the loops of _gemv.h (compiled there once per
 instruction set, the widest the processor runs picked at import): the small-batch
-predict's GEMV, which needs no BLAS call and no thread hand-off."""
+predict's GEMV, which needs no BLAS call. A big W's sum over its rows is cut in two
+parts, the second on the worker thread of _gemv_pool.h (the same bits on one thread)."""
 from cython cimport floating
 
 cdef extern from "_gemv.h":
@@ -10,12 +11,21 @@ cdef extern from "_gemv.h":
                    const float* W, float* z) noexcept nogil
     void fm_xw_f64(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const double* x,
                    const double* W, double* z) noexcept nogil
+    # the second thread (_gemv_pool.h): its limit, and test hooks
+    int fm_gemv_threads(int n) noexcept nogil
+    long long fm_gemv_pool_jobs() noexcept nogil
+    long long fm_gemv_pool_naps() noexcept nogil
+    Py_ssize_t fm_gemv_pool_min_bytes(Py_ssize_t nbytes) noexcept nogil
+    long fm_gemv_pool_spin_ns(long ns) noexcept nogil
+    int fm_gemv_pool_leave(int on) noexcept nogil
+    int fm_gemv_pool_state() noexcept nogil
 
 
 cdef inline void xw(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const floating* x,
                     const floating* W, floating* z) noexcept nogil:
     """z (rows, n_out) OVERWRITTEN with x (rows, n_in) W (n_in, n_out), all row-major,
-    rows >= 1. W's rows are streamed once per tile of 1-4 rows of x (see _gemv_impl.h)."""
+    rows >= 1. W's rows are streamed once per tile of 1-4 rows of x (see _gemv_impl.h);
+    a big W's sum in two parts over its rows, one on a worker thread (see _gemv_pool.h)."""
     if floating is float:
         fm_xw_f32(rows, n_in, n_out, x, W, z)
     else:

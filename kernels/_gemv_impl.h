@@ -14,17 +14,19 @@
    dtypes, are left to the includer.
 
    Layout: x (rows, n_in), W (n_in, n_out) and z (rows, n_out), all row-major, as
-   theta and the predict buffers hold them. z[r, :] = sum_i x[r, i] W[i, :], a tile of
-   z (up to 4 rows by up to FM_NV vectors of columns) kept in registers for the whole
-   sum: W is read once per tile of rows (contiguously for a 1-row tile as wide as the
-   layer), which is nearly all the memory traffic there is. */
+   theta and the predict buffers hold them (x's rows may be ldx > n_in apart: a part
+   of the sum over n_in, see xw). z[r, :] = sum_i x[r, i] W[i, :], a tile of z (up to
+   4 rows by up to FM_NV vectors of columns) kept in registers for the whole sum: W is
+   read once per tile of rows (contiguously for a 1-row tile as wide as the layer),
+   which is nearly all the memory traffic there is. */
 
-/* z[r, j0:j0 + NV*FM_W] = x[r, :] W[:, j0:...] for r < R; x, z already offset to
-   the tile's first row, W and z to its first column. R and NV are constants at every
-   call (always inlined), so the loops over them unroll and acc lives in registers. */
+/* z[r, j0:j0 + NV*FM_W] (+)= x[r, :n_in] W[:n_in, j0:...] for r < R, x's rows ldx
+   apart; x, z already offset to the tile's first row, W and z to its first column;
+   add: z += the sum, else z = the sum. R and NV are constants at every call (always
+   inlined), so the loops over them unroll and acc lives in registers. */
 FM_ATTR static inline __attribute__((always_inline)) void
-FM_FN(tile)(const int R, const int NV, Py_ssize_t n_in, Py_ssize_t n_out, const FM_T* x,
-            const FM_T* W, FM_T* z)
+FM_FN(tile)(const int R, const int NV, Py_ssize_t ldx, Py_ssize_t n_in, Py_ssize_t n_out,
+            int add, const FM_T* x, const FM_T* W, FM_T* z)
 {
     FM_V acc[4][FM_NV];
     FM_V w;
@@ -38,22 +40,27 @@ FM_FN(tile)(const int R, const int NV, Py_ssize_t n_in, Py_ssize_t n_out, const 
         for (k = 0; k < NV; k++) {
             memcpy(&w, wi + k * FM_W, sizeof w);   /* an unaligned vector load */
             for (r = 0; r < R; r++)
-                acc[r][k] += x[r * n_in + i] * w;
+                acc[r][k] += x[r * ldx + i] * w;
         }
     }
     for (r = 0; r < R; r++)
-        for (k = 0; k < NV; k++)
+        for (k = 0; k < NV; k++) {
+            if (add) {
+                memcpy(&w, z + r * n_out + k * FM_W, sizeof w);
+                acc[r][k] += w;
+            }
             memcpy(z + r * n_out + k * FM_W, &acc[r][k], sizeof w);
+        }
 }
 
-/* The last cols (< FM_W) columns of one row: z[0:cols] = x W[:, 0:cols], W offset
-   to the first of them. Each vector load reads FM_W columns, those past the row's
-   end belonging to the next W row (their lanes are computed and dropped); the last
-   row is read from a zero-padded copy, so nothing past W is read. Four partial sums
-   over i: one would be a chain of dependent adds. */
+/* The last cols (< FM_W) columns of one row: z[0:cols] (+)= x[:n_in] W[:n_in, 0:cols],
+   W offset to the first of them. Each vector load reads FM_W columns, those past the
+   row's end belonging to the next W row (their lanes are computed and dropped); the
+   last row is read from a zero-padded copy, so nothing past W is read. Four partial
+   sums over i: one would be a chain of dependent adds. */
 FM_ATTR static void
-FM_FN(tail)(Py_ssize_t n_in, Py_ssize_t n_out, Py_ssize_t cols, const FM_T* x, const FM_T* W,
-            FM_T* z)
+FM_FN(tail)(Py_ssize_t n_in, Py_ssize_t n_out, Py_ssize_t cols, int add, const FM_T* x,
+            const FM_T* W, FM_T* z)
 {
     FM_V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, w;
     FM_T last[FM_W] = {0};
@@ -77,7 +84,8 @@ FM_FN(tail)(Py_ssize_t n_in, Py_ssize_t n_out, Py_ssize_t cols, const FM_T* x, c
     a1 += x[n_in - 1] * w;
     a0 = (a0 + a1) + (a2 + a3);
     memcpy(last, &a0, sizeof w);
-    memcpy(z, last, cols * sizeof(FM_T));
+    for (i = 0; i < cols; i++)
+        z[i] = add ? z[i] + last[i] : last[i];
 }
 
 /* R rows (1, 2 or 4) of z, every column: tiles of NV = FM_NV / R vectors, then the
@@ -87,7 +95,7 @@ FM_FN(tail)(Py_ssize_t n_in, Py_ssize_t n_out, Py_ssize_t cols, const FM_T* x, c
    chunks, so that W is read whole chunk by chunk rather than in strips of columns,
    nor software prefetches of the strips helped.) */
 #define FM_TILE(R, NV)                                                                  \
-    FM_FN(tile)((R), (NV), n_in, n_out, x, W + j, z + j);                               \
+    FM_FN(tile)((R), (NV), ldx, n_in, n_out, add, x, W + j, z + j);                     \
     j += (NV) * FM_W
 #define FM_ROWS(R)                                                                      \
     do {                                                                                \
@@ -102,19 +110,24 @@ FM_FN(tail)(Py_ssize_t n_in, Py_ssize_t n_out, Py_ssize_t cols, const FM_T* x, c
         if (nv >= 4 && j + 2 * FM_W <= n_out) { FM_TILE((R), 2); }                      \
         if (nv >= 2 && j + FM_W <= n_out) { FM_TILE((R), 1); }                          \
         for (r = 0; r < (R) && j < n_out; r++)                                          \
-            FM_FN(tail)(n_in, n_out, n_out - j, x + r * n_in, W + j, z + r * n_out + j);  \
+            FM_FN(tail)(n_in, n_out, n_out - j, add, x + r * ldx, W + j,                \
+                        z + r * n_out + j);                                             \
     } while (0)
 
-/* z (rows, n_out) OVERWRITTEN with x (rows, n_in) W (n_in, n_out); rows >= 1. */
+/* z (rows, n_out) OVERWRITTEN (add = 0) or INCREMENTED (add = 1) by x (rows, n_in),
+   its rows ldx >= n_in apart, times W (n_in, n_out); rows, n_in >= 1. So a sum over
+   n_in may be cut in two: xw(.., n_in = k, add = 0) then, on x + k and W + k n_out,
+   xw(.., n_in - k, add = 1), or the second part into a buffer b and z += b: the same
+   bits either way (_gemv_pool.h). */
 FM_ATTR static void
-FM_FN(xw)(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const FM_T* x, const FM_T* W,
-          FM_T* z)
+FM_FN(xw)(Py_ssize_t rows, Py_ssize_t ldx, Py_ssize_t n_in, Py_ssize_t n_out, int add,
+          const FM_T* x, const FM_T* W, FM_T* z)
 {
-    for (; rows >= 4; rows -= 4, x += 4 * n_in, z += 4 * n_out)
+    for (; rows >= 4; rows -= 4, x += 4 * ldx, z += 4 * n_out)
         FM_ROWS(4);
     if (rows >= 2) {
         FM_ROWS(2);
-        rows -= 2, x += 2 * n_in, z += 2 * n_out;
+        rows -= 2, x += 2 * ldx, z += 2 * n_out;
     }
     if (rows == 1)
         FM_ROWS(1);

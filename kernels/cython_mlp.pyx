@@ -1207,11 +1207,73 @@ def _use_gemv(int nbytes):
 
 
 def gemv_addresses():
-    """(float32, float64): the addresses of the small-batch GEMV copies in use (_gemv.h's
-    fm_xw_f32 and fm_xw_f64, picked at import), C functions (rows, n_in, n_out, x, W, z)
-    with Py_ssize_t sizes. The Numba kernels call these same loops by name (see
-    kernels/numba_gemv.py), so both backends run one GEMV code."""
+    """(float32, float64): the addresses of the small-batch GEMV functions (_gemv.h's
+    fm_xw_f32 and fm_xw_f64: the copy in use, and the worker thread for a big W), C
+    functions (rows, n_in, n_out, x, W, z) with Py_ssize_t sizes. The Numba kernels call
+    these same functions by name (see kernels/numba_gemv.py), so both backends run one
+    GEMV code."""
     return <size_t><void*>fm_xw_f32, <size_t><void*>fm_xw_f64
+
+
+from _gemv cimport (fm_gemv_pool_jobs, fm_gemv_pool_leave, fm_gemv_pool_min_bytes,
+                    fm_gemv_pool_naps, fm_gemv_pool_spin_ns, fm_gemv_pool_state,
+                    fm_gemv_threads)
+
+fm_gemv_threads(0)   # the default limit, read at import (it reads the environment)
+
+
+def gemv_threads(int n=0):
+    """The most threads (1 or 2) the small-batch GEMV of a big W uses (_gemv_pool.h):
+    ``n`` >= 1 sets it (more than 2 is 2; fastmlp.set_num_threads does), 0 reads it.
+    Returns the limit in effect; always 1 where the extension has no worker thread.
+    Default: 2 when the process may run on 2 CPUs and OPENBLAS_NUM_THREADS /
+    OMP_NUM_THREADS do not say 1."""
+    if n < 0:
+        raise ValueError(f"number of threads must be >= 0, got {n}")
+    return fm_gemv_threads(n)
+
+
+def _gemv_pool(Py_ssize_t min_bytes=-1, long spin_ns=-1, int leave_to_worker=-1):
+    """Test hook of the GEMV's worker thread (_gemv_pool.h): sets what is given (>= 0)
+    and returns the settings before, with ``jobs`` (parts the worker computed in this
+    process), ``naps`` (times it went to sleep) and ``state`` (1 started, 0 not yet,
+    -1 none: one thread only).
+    min_bytes: the smallest W (bytes) whose sum over n_in is cut in two parts, shared
+    with the worker (which changes the bits of a W moved across it); spin_ns: how long
+    the worker spins for the next part before it sleeps; leave_to_worker: 1 makes the
+    caller wait for the worker to compute every second part (so a test sees the
+    worker's results), never computing it itself. Not while kernels run in other
+    threads."""
+    return {"min_bytes": fm_gemv_pool_min_bytes(min_bytes),
+            "spin_ns": fm_gemv_pool_spin_ns(spin_ns),
+            "leave_to_worker": fm_gemv_pool_leave(leave_to_worker),
+            "jobs": fm_gemv_pool_jobs(), "naps": fm_gemv_pool_naps(),
+            "state": fm_gemv_pool_state()}
+
+
+def _xw(cnp.ndarray x, cnp.ndarray W):
+    """Test hook: x (rows, n_in) W (n_in, n_out) as a new (rows, n_out) array, by
+    _gemv.h's fm_xw_f32 / fm_xw_f64 (the copy in use; the worker thread for a big W),
+    the GIL released as in a predict. x and W: aligned C-contiguous, both float32 or
+    both float64, rows and n_in >= 1."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+        raise TypeError("x must be float32 or float64")
+    if x.ndim != 2 or W.ndim != 2:
+        raise ValueError("x and W must be 2-D")
+    cdef Py_ssize_t rows = x.shape[0], n_in = x.shape[1], n_out = W.shape[1]
+    if rows < 1 or n_in < 1:
+        raise ValueError("x must have rows >= 1 and n_in >= 1")
+    cdef const char* xp = _array(x, typenum, rows, n_in, False, "x")
+    cdef const char* Wp = _array(W, typenum, n_in, n_out, False, "W")
+    cdef cnp.ndarray z = np.full((rows, n_out), np.nan, dtype=x.dtype)   # NaN where missed
+    cdef char* zp = <char*>cnp.PyArray_DATA(z)
+    with nogil:
+        if typenum == cnp.NPY_FLOAT64:
+            fm_xw_f64(rows, n_in, n_out, <const double*>xp, <const double*>Wp, <double*>zp)
+        else:
+            fm_xw_f32(rows, n_in, n_out, <const float*>xp, <const float*>Wp, <float*>zp)
+    return z
 
 
 def _gemm(bint trans_a, bint trans_b, double alpha, cnp.ndarray a, cnp.ndarray b, double beta,

@@ -15,8 +15,9 @@ from the cache, and never baked into the cache. The symbol is ALWAYS bound: to t
 Cython extension's loops (``cython_mlp.gemv_addresses``) when it imports, else to a
 compiled stand-in of the same C signature that runs numba_blas's ``gemm_nn`` (BLAS, or
 its loops for tiny products), what every chunk ran before. :data:`BOUND` says which.
-The copy bound is the one the extension picked at its import (its ``_use_gemv`` test
-hook, called later, moves the Cython kernels only).
+The functions bound read the copy in use (picked at the extension's import, or by its
+``_use_gemv`` test hook) at every call, and a big W's sum is shared with the
+extension's worker thread (kernels/_gemv_pool.h), so both backends give the same bits.
 Never change the C signature behind a registered name (a cached kernel keeps calling
 it): add a new name instead.
 """

@@ -85,12 +85,23 @@ def test_set_num_threads_limits_the_kernels_pool():
     before = kernels_pool()
     numba = pytest.importorskip("numba")
     numba_before = numba.get_num_threads()
+    gemv_before = _gemv_threads()
     try:
         fm.set_num_threads(1)
         assert kernels_pool() == 1
     finally:
         threadpoolctl.threadpool_limits(limits=before, user_api="blas")
         numba.set_num_threads(numba_before)
+        _gemv_threads(gemv_before)
+
+
+def _gemv_threads(n=0):
+    """The small-batch GEMV's thread limit (set if n >= 1), 1 without the extension."""
+    try:
+        from fastmlp.kernels.cython_mlp import gemv_threads
+    except ImportError:
+        return 1
+    return gemv_threads(n)
 
 
 def test_bad_fastmlp_blas_is_a_clear_error():
