@@ -123,47 +123,35 @@ static int fm_gemv_use(int bytes)
 /* x W, a big W in two parts over n_in (fm_gemv_cut): on two threads when the pool
    takes the call (_gemv_pool.h), else one after the other, the second added to the
    first. The copy is read once, so both parts run the same one. */
-static void fm_xw_f32(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const float* x,
-                      const float* W, float* z)
-{
-    const fm_xw_copy_f32_t f = fm_xw_copy_f32;
-    const Py_ssize_t k = fm_gemv_cut(n_in, n_out, sizeof *z);
-    if (k == 0) {
-        f(rows, n_in, n_in, n_out, 0, x, W, z);
-        return;
-    }
 #ifdef FM_GEMV_POOL
-    if (fm_pool_enter()) {
-        const fm_job all = {.f32 = f, .rows = rows, .ldx = n_in, .n_in = n_in,
-                            .n_out = n_out, .x = x, .W = W, .z = z};
-        fm_pool_run(&all, k);
-        return;
+#define FM_XW_SHARE(field)                                                             \
+    if (fm_pool_enter()) {                                                             \
+        const fm_job all = {.field = f, .rows = rows, .ldx = n_in, .n_in = n_in,        \
+                            .n_out = n_out, .x = x, .W = W, .z = z};                   \
+        fm_pool_run(&all, k);                                                          \
+        return;                                                                        \
     }
+#else
+#define FM_XW_SHARE(field)
 #endif
-    f(rows, n_in, k, n_out, 0, x, W, z);
-    f(rows, n_in, n_in - k, n_out, 1, x + k, W + k * n_out, z);
-}
-
-static void fm_xw_f64(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const double* x,
-                      const double* W, double* z)
-{
-    const fm_xw_copy_f64_t f = fm_xw_copy_f64;
-    const Py_ssize_t k = fm_gemv_cut(n_in, n_out, sizeof *z);
-    if (k == 0) {
-        f(rows, n_in, n_in, n_out, 0, x, W, z);
-        return;
+#define FM_XW(T, name, field)                                                          \
+    static void name(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const T* x,    \
+                     const T* W, T* z)                                                  \
+    {                                                                                   \
+        const fm_xw_copy_##field##_t f = fm_xw_copy_##field;                            \
+        const Py_ssize_t k = fm_gemv_cut(n_in, n_out, sizeof *z);                       \
+        if (k == 0) {                                                                   \
+            f(rows, n_in, n_in, n_out, 0, x, W, z);                                     \
+            return;                                                                     \
+        }                                                                               \
+        FM_XW_SHARE(field)                                                              \
+        f(rows, n_in, k, n_out, 0, x, W, z);                                            \
+        f(rows, n_in, n_in - k, n_out, 1, x + k, W + k * n_out, z);                     \
     }
-#ifdef FM_GEMV_POOL
-    if (fm_pool_enter()) {
-        const fm_job all = {.f64 = f, .rows = rows, .ldx = n_in, .n_in = n_in,
-                            .n_out = n_out, .x = x, .W = W, .z = z};
-        fm_pool_run(&all, k);
-        return;
-    }
-#endif
-    f(rows, n_in, k, n_out, 0, x, W, z);
-    f(rows, n_in, n_in - k, n_out, 1, x + k, W + k * n_out, z);
-}
+FM_XW(float, fm_xw_f32, f32)
+FM_XW(double, fm_xw_f64, f64)
+#undef FM_XW
+#undef FM_XW_SHARE
 
 #else  /* another compiler: plain loops, which it may vectorise for its baseline */
 

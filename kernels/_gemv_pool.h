@@ -134,7 +134,53 @@ typedef struct {
     const void* x;
     const void* W;
     void* z;
+    unsigned long fp;   /* the owner's floating-point mode (fm_fp_mode), for the worker */
 } fm_job;
+
+/* The calling thread's floating-point mode, which its sums are rounded in: a thread's
+   own (x86's MXCSR, aarch64's FPCR), inherited by the worker from the thread that
+   created it, and changed by fesetround or a -ffast-math library's flush-to-zero. The
+   worker takes on its owner's before each part (fm_fp_adopt), so both parts are summed
+   as one thread would. x86: rounding (RC, bits 13-14), flush-to-zero (15) and
+   denormals-are-zero (6) only: not the sticky flags, nor the exception masks (a trap
+   in the worker, whose signals are blocked, would kill the process). */
+#if defined(__x86_64__) || (defined(__i386__) && defined(__SSE__))
+#define FM_MXCSR_MODE 0xE040u
+static inline unsigned long fm_fp_mode(void)
+{
+    return __builtin_ia32_stmxcsr() & FM_MXCSR_MODE;
+}
+static inline void fm_fp_adopt(unsigned long mode)
+{
+    const unsigned int csr = __builtin_ia32_stmxcsr();
+    if ((csr & FM_MXCSR_MODE) != mode)
+        __builtin_ia32_ldmxcsr((csr & ~FM_MXCSR_MODE) | (unsigned int)mode);
+}
+#elif defined(__aarch64__)
+/* FPCR: rounding (RMode, bits 22-23), flush-to-zero (FZ, 24), default NaN (DN, 25) */
+#define FM_FPCR_MODE (0xFUL << 22)
+static inline unsigned long fm_fp_mode(void)
+{
+    unsigned long v;
+    __asm__ __volatile__("mrs %0, fpcr" : "=r"(v));
+    return v & FM_FPCR_MODE;
+}
+static inline void fm_fp_adopt(unsigned long mode)
+{
+    unsigned long v;
+    __asm__ __volatile__("mrs %0, fpcr" : "=r"(v));
+    if ((v & FM_FPCR_MODE) != mode)
+        __asm__ __volatile__("msr fpcr, %0" : : "r"((v & ~FM_FPCR_MODE) | mode));
+}
+#else
+#include <fenv.h>
+static inline unsigned long fm_fp_mode(void) { return (unsigned long)fegetround(); }
+static inline void fm_fp_adopt(unsigned long mode)
+{
+    if ((unsigned long)fegetround() != mode)
+        fesetround((int)mode);
+}
+#endif
 
 static void fm_job_run(const fm_job* j, int add)
 {
@@ -300,6 +346,7 @@ static void* fm_pool_main(void* arg)
         last = p;
         expected = p - 1;
         if (FM_CAS(&fm_pool.taken, &expected, p)) {
+            fm_fp_adopt(fm_pool.job.fp);
             fm_job_run(&fm_pool.job, 0);   /* posted before p: stable until done = p */
             FM_STORE(&fm_pool.worker_jobs, fm_pool.worker_jobs + 1, RELAXED);
             FM_STORE(&fm_pool.done, p, RELEASE);
@@ -322,18 +369,28 @@ static void fm_pool_forked(void)
     pthread_cond_init(&fm_pool.wake, NULL);
 }
 
+/* 1 once fm_pool_forked is registered for fork (a child inherits the registration).
+   Called before a caller may own the pool, so that a fork while one owns it always
+   frees it in the child (registered only when the worker starts, a fork in that
+   window left the child's pool owned, and off, for good). Two threads may both
+   register it: the reset then runs twice, to the same effect. */
+static int fm_pool_register(void)
+{
+    static int registered;
+    if (!FM_LOAD(&registered, ACQUIRE) && pthread_atfork(NULL, NULL, fm_pool_forked) == 0)
+        FM_STORE(&registered, 1, RELEASE);
+    return FM_LOAD(&registered, ACQUIRE);
+}
+
 /* Start the worker (the owner only): 1 when it runs; 0, and the pool off for good,
    when it cannot. */
 static int fm_pool_start(void)
 {
-    static int atfork;   /* registered (once: a child inherits the handler) */
     pthread_attr_t attr;
     pthread_t thread;
     sigset_t all, old;
     int ok;
-    if (!atfork && pthread_atfork(NULL, NULL, fm_pool_forked) == 0)
-        atfork = 1;
-    ok = atfork && pthread_attr_init(&attr) == 0;
+    ok = pthread_attr_init(&attr) == 0;
     if (ok) {
         sigfillset(&all);   /* signals go to the interpreter's threads, never here */
         pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -366,7 +423,7 @@ static int fm_pool_enter(void)
     if (limit < 0)
         limit = fm_gemv_threads(0);
     if (limit < 2 || FM_LOAD(&fm_pool.state, RELAXED) < 0 || FM_LOAD(&fm_pool.owned, RELAXED)
-        || !FM_CAS(&fm_pool.owned, &free_, 1))
+        || !fm_pool_register() || !FM_CAS(&fm_pool.owned, &free_, 1))
         return 0;
     if (FM_LOAD(&fm_pool.state, RELAXED) == 0 && !(fm_pool_due() && fm_pool_start())) {
         FM_STORE(&fm_pool.owned, 0, RELEASE);
@@ -500,6 +557,7 @@ static void fm_pool_share(const fm_job* first, const fm_job* second)
     long long t0 = 0, waited;
     fm_pool.job = *second;
     fm_pool.job.z = fm_pool.buffer;
+    fm_pool.job.fp = fm_fp_mode();
     FM_STORE(&fm_pool.posted, p, SEQ_CST);
     if (leave) {   /* the owner will wait: the worker must not sleep through the post */
         pthread_mutex_lock(&fm_pool.mutex);

@@ -1225,7 +1225,9 @@ fm_gemv_threads(0)   # the default limit, read at import (it reads the environme
 def gemv_threads(int n=0):
     """The most threads (1 or 2) the small-batch GEMV of a big W uses (_gemv_pool.h):
     ``n`` >= 1 sets it (more than 2 is 2; fastmlp.set_num_threads does), 0 reads it.
-    Returns the limit in effect; always 1 where the extension has no worker thread.
+    Returns the limit in effect (always 1 where the extension is built without the
+    worker thread; where one could not be started, _gemv_pool()["state"] is -1 and
+    every call runs on the calling thread alone).
     Default: 2 when the process may run on 2 CPUs and OPENBLAS_NUM_THREADS /
     OMP_NUM_THREADS do not say 1."""
     if n < 0:

@@ -1,5 +1,6 @@
 """What several test modules share: finite differences, a thread runner, and ways to
 watch or interrupt a model's backend through its public ``engine``."""
+import contextlib
 import json
 import threading
 
@@ -103,3 +104,18 @@ def saved_arrays(path):
 def saved_header(arrays):
     """The JSON header of a saved model file's members."""
     return json.loads(arrays["header"].tobytes().decode("utf-8"))
+
+
+@contextlib.contextmanager
+def gemv_copy(kernels, nbytes):
+    """Run the Cython extension ``kernels``' small-batch GEMV copy of ``nbytes`` bytes
+    (16, 32 or 64), skipping the test when this processor has none; the widest again
+    after."""
+    import pytest
+    width = kernels._use_gemv(nbytes)
+    try:
+        if width != nbytes:
+            pytest.skip(f"this processor has no {nbytes}-byte GEMV copy")
+        yield width
+    finally:
+        kernels._use_gemv(64)

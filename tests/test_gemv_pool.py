@@ -24,7 +24,7 @@ import pytest
 
 import fastmlp as fm
 
-from helpers import run_in_threads
+from helpers import gemv_copy, run_in_threads
 
 kernels = pytest.importorskip("fastmlp.kernels.cython_mlp")
 
@@ -52,13 +52,8 @@ def pool():
 @pytest.fixture(params=[16, 32, 64])
 def copy(request, pool):
     """Each vector copy of the GEMV loops this processor runs, then the widest again."""
-    width = pool._use_gemv(request.param)
-    try:
-        if width != request.param:
-            pytest.skip(f"this processor has no {request.param}-byte GEMV copy")
+    with gemv_copy(pool, request.param) as width:
         yield width
-    finally:
-        pool._use_gemv(64)
 
 
 def _operands(rows, n_in, n_out, dtype, seed=0):

@@ -20,7 +20,7 @@ import threadpoolctl
 import fastmlp as fm
 from fastmlp import activations, rules, validation
 
-from helpers import run_in_threads
+from helpers import gemv_copy, run_in_threads
 from tolerances import TOLERANCES
 
 CUT = rules.PREDICT_SMALL_ROWS
@@ -226,13 +226,8 @@ def test_threads_predicting_at_once_give_the_single_thread_result(backend, dtype
 def gemv_width(request):
     """Run the Cython small-batch GEMV copy of request.param bytes, then the widest again."""
     kernels = pytest.importorskip("fastmlp.kernels.cython_mlp")
-    width = kernels._use_gemv(request.param)
-    try:
-        if width != request.param:
-            pytest.skip(f"this processor has no {request.param}-byte GEMV copy")
+    with gemv_copy(kernels, request.param) as width:
         yield width
-    finally:
-        kernels._use_gemv(64)
 
 
 @pytest.mark.parametrize("gemv_width", [16, 32, 64], indirect=True)
