@@ -64,7 +64,7 @@ def python_laid_out_xy(X, Y, n_in, n_out, dtype):
 # network's step (~0.35 us of ~1.5). tests/test_laid_out.py holds both to one answer.
 laid_out, laid_out_xy = python_laid_out, python_laid_out_xy
 try:
-    from .kernels.cython_mlp import laid_out, laid_out_xy  # noqa: F811
+    from .kernels.cython_mlp import laid_out, laid_out_xy  # noqa: F401, F811
 except ImportError:
     pass
 
@@ -78,9 +78,8 @@ def ready(a, cols, dtype):
 
 def ready_unit(a, cols, dtype):
     """As :func:`ready`, for targets that must lie in [0, 1] (NaN fails the comparisons)."""
-    return (type(a) is np.ndarray and a.dtype == dtype and a.ndim == 2 and a.shape[0] > 0
-            and a.shape[1] == cols and a.flags.c_contiguous and a.flags.aligned
-            and np.minimum.reduce(a, axis=None) >= 0 and np.maximum.reduce(a, axis=None) <= 1)
+    return (laid_out(a, cols, dtype) and np.minimum.reduce(a, axis=None) >= 0
+            and np.maximum.reduce(a, axis=None) <= 1)
 
 
 def as_array(a, name):

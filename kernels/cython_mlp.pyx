@@ -32,7 +32,9 @@ from _codes cimport (EPS, LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS
                      PLAN_WS_SIZE, PRELU, SGD_CODE, WEIGHT_DECAY, WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD,
                      WS_TB, WS_XB, compiled_codes)
 from _guard cimport Bounds, abs_max, any_negative, below, prove_update
-from _gemv cimport fm_gemv_use, fm_xw_f32, fm_xw_f64
+from _gemv cimport (fm_gemv_pool_jobs, fm_gemv_pool_leave, fm_gemv_pool_min_bytes,
+                    fm_gemv_pool_naps, fm_gemv_pool_spin_ns, fm_gemv_pool_state,
+                    fm_gemv_threads, fm_gemv_use, fm_xw_f32, fm_xw_f64)
 from _layers cimport (activation_backward, bias_activation_forward, dense_backward_input,
                       dense_backward_params, dense_forward, small_dense_forward)
 from _losses cimport loss_forward_backward
@@ -44,6 +46,7 @@ SMALL_GEMM_FLOPS = SMALL_GEMM
 # Bytes per vector of the small-batch GEMV copy in use (_gemv.h): 64 AVX-512F, 32 AVX2
 # with FMA, 16 the SSE2 (or other GNU target's) baseline, 0 plain C.
 GEMV_BYTES = fm_gemv_use(64)
+fm_gemv_threads(0)   # the big GEMVs' default thread limit, read once (it reads the environment)
 # Every code as compiled in here, by its name in fastmlp.codes (tests compare them).
 CODES = compiled_codes()
 
@@ -1213,13 +1216,6 @@ def gemv_addresses():
     these same functions by name (see kernels/numba_gemv.py), so both backends run one
     GEMV code."""
     return <size_t><void*>fm_xw_f32, <size_t><void*>fm_xw_f64
-
-
-from _gemv cimport (fm_gemv_pool_jobs, fm_gemv_pool_leave, fm_gemv_pool_min_bytes,
-                    fm_gemv_pool_naps, fm_gemv_pool_spin_ns, fm_gemv_pool_state,
-                    fm_gemv_threads)
-
-fm_gemv_threads(0)   # the default limit, read at import (it reads the environment)
 
 
 def gemv_threads(int n=0):
