@@ -2,7 +2,9 @@
 watch or interrupt a model's backend through its public ``engine``."""
 import contextlib
 import json
+import os
 import threading
+import time
 
 import numpy as np
 
@@ -40,7 +42,9 @@ def run_in_threads(fns, timeout=300):
         except BaseException as exc:  # surfaced below, not lost in the thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(i, fn)) for i, fn in enumerate(fns)]
+    # daemon: a hung thread fails the test below instead of hanging the interpreter's exit
+    threads = [threading.Thread(target=work, args=(i, fn), daemon=True)
+               for i, fn in enumerate(fns)]
     for t in threads:
         t.start()
     for t in threads:
@@ -119,3 +123,18 @@ def gemv_copy(kernels, nbytes):
         yield width
     finally:
         kernels._use_gemv(64)
+
+
+def wait_for_child(pid, seconds):
+    """The exit code of the forked child ``pid``; kills it (and fails the test) if it
+    has not exited within ``seconds``."""
+    import pytest
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.005)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail(f"the forked child hung (> {seconds} s)")

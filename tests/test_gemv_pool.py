@@ -24,7 +24,7 @@ import pytest
 
 import fastmlp as fm
 
-from helpers import gemv_copy, run_in_threads
+from helpers import gemv_copy, run_in_threads, wait_for_child
 
 kernels = pytest.importorskip("fastmlp.kernels.cython_mlp")
 
@@ -220,19 +220,6 @@ def test_threads_predicting_at_once_give_one_threads_bits(pool, leave):
                 assert all(r == w for r in runs), f"{backend} {dtype}, {len(X)} rows"
 
 
-def _wait_for_child(pid, seconds=120):
-    """The child's exit code; kills it (and fails) if it hangs."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    pytest.fail("the forked child hung")
-
-
 @needs_pool
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -256,7 +243,7 @@ def test_a_forked_child_predicts_with_a_worker_of_its_own(pool, dtype):
                          and after["state"] == 1 and after["jobs"] >= 5) else 1
         finally:
             os._exit(code)
-    assert _wait_for_child(pid) == 0
+    assert wait_for_child(pid, 120) == 0
     assert model.predict(X).tobytes() == want   # and the parent's worker still works
 
 

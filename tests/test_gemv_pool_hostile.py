@@ -34,6 +34,8 @@ import pytest
 
 import fastmlp as fm
 
+from helpers import run_in_threads, wait_for_child
+
 kernels = pytest.importorskip("fastmlp.kernels.cython_mlp")
 
 needs_pool = pytest.mark.skipif(kernels._gemv_pool()["state"] < 0,
@@ -88,26 +90,6 @@ def _alone(model, X):
         return model.predict(X).tobytes()
     finally:
         kernels.gemv_threads(threads)
-
-
-def _run_threads(fns, timeout=60):
-    """Run every fn in its own thread; fail if one hangs or raises."""
-    errors = []
-
-    def guard(fn):
-        try:
-            fn()
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guard, args=(fn,), daemon=True) for fn in fns]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    if errors:
-        raise errors[0]
 
 
 def _python(*parts, timeout=60, env=None):
@@ -187,7 +169,7 @@ def test_many_threads_and_models_while_the_limit_toggles(pool, leave):
             n += 1
             time.sleep(0.002)
 
-    _run_threads([predictor(s) for s in range(14)] + [toggler])
+    run_in_threads([predictor(s) for s in range(14)] + [toggler], timeout=60)
     fm.set_num_threads(2)
     assert not wrong, f"{len(wrong)} of {calls[0]} predicts differ from one thread's bits"
     if leave:
@@ -226,26 +208,13 @@ def test_tiny_cut_sums_race_the_claim(pool, spin_ns, leave):
                     wrong.append(c)
         return run
 
-    _run_threads([caller(s) for s in range(8)])
+    run_in_threads([caller(s) for s in range(8)], timeout=60)
     assert not wrong
     if leave:
         assert pool._gemv_pool()["jobs"] > jobs
 
 
 # -- fork, multiprocessing ---------------------------------------------------------
-
-def _wait(pid, seconds=30):
-    """The child's exit code; kills it and fails if it hangs."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    pytest.fail("a forked child hung")
-
 
 def _fork_and_check(checks):
     """Fork; the child runs checks() (True: exit 0) and never returns; the parent
@@ -257,7 +226,7 @@ def _fork_and_check(checks):
             code = 0 if checks() else 1
         finally:
             os._exit(code)
-    return _wait(pid)
+    return wait_for_child(pid, 30)
 
 
 def test_fork_while_other_threads_predict(pool):
