@@ -25,6 +25,7 @@ import pytest
 import fastmlp as fm
 
 from helpers import gemv_copy, run_in_threads, wait_for_child
+from tolerances import TOLERANCES
 
 kernels = pytest.importorskip("fastmlp.kernels.cython_mlp")
 
@@ -144,9 +145,11 @@ def _x(rows, dtype, seed=1):
 @needs_pool
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_both_backends_predict_one_threads_bits_through_the_worker(pool, dtype):
+    """Through the worker: one thread's bits, and the NumPy reference's outputs."""
     backends = [b for b in ("cython", "numba") if b in fm.available_backends()]
     for backend in backends:
-        model = _net(backend, dtype)
+        model, ref = _net(backend, dtype), _net("numpy", dtype)
+        ref.set_weights(model.get_weights())
         for rows in (1, 2, 5, 8):
             X = _x(rows, dtype, seed=rows)
             pool.gemv_threads(1)
@@ -158,6 +161,8 @@ def test_both_backends_predict_one_threads_bits_through_the_worker(pool, dtype):
             assert pool._gemv_pool(leave_to_worker=0)["jobs"] > jobs, \
                 f"{backend} did not call the pooled GEMV"
             assert got.tobytes() == want.tobytes(), f"{backend}, {rows} rows"
+            np.testing.assert_allclose(got, ref.predict(X), **TOLERANCES[dtype],
+                                       err_msg=f"{backend} against the reference, {rows} rows")
     if len(backends) == 2:   # and agree (relu and linear: the same code in both)
         X = _x(3, dtype)
         np.testing.assert_array_equal(_net("numba", dtype, "linear").predict(X),
