@@ -192,9 +192,11 @@ class Model:
                 f"optimizer={self.optimizer!r}, backend={self.backend!r}, dtype={self.dtype.name!r})")
 
     def get_weights(self):
-        """Copies of [W1 (in, out), b1 (out,), (prelu alpha1 (out,)), W2, b2, ...]."""
-        self._pull()
-        return [v.copy() for v in self.net.split(self._theta)]
+        """Copies of [W1 (in, out), b1 (out,), (prelu alpha1 (out,)), W2, b2, ...],
+        all of one step: taken under the model's lock, which training calls hold."""
+        with self._lock:
+            self._pull()
+            return [v.copy() for v in self.net.split(self._theta)]
 
     def set_weights(self, weights):
         """Replace all parameters; shapes must match :meth:`get_weights`."""
@@ -217,11 +219,14 @@ class Model:
     def get_state(self):
         """Copies of everything training changes: a dict with "theta" (n_params,),
         "opt_buffers" (2, n_params), "opt_step" int64 (1,) and "rng_state" (the
-        generator's bit_generator.state). :meth:`set_state` restores it exactly."""
-        self._pull()
-        return {"theta": self._theta.copy(), "opt_buffers": self._state.buffers.copy(),
-                "opt_step": self._state.step.copy(),
-                "rng_state": self._rng.bit_generator.state}
+        generator's bit_generator.state). :meth:`set_state` restores it exactly.
+        Taken under the model's lock (save, pickle and copy call this), so never a
+        step's update half written by another thread's training call."""
+        with self._lock:
+            self._pull()
+            return {"theta": self._theta.copy(), "opt_buffers": self._state.buffers.copy(),
+                    "opt_step": self._state.step.copy(),
+                    "rng_state": self._rng.bit_generator.state}
 
     def set_state(self, state):
         """Restore a :meth:`get_state` dict (shapes and dtypes checked; values finite)."""
@@ -386,7 +391,12 @@ class Model:
               or out.dtype != self.dtype or not out.flags.c_contiguous or not out.flags.writeable):
             raise ValueError(f"out must be a writeable C-contiguous {self.dtype.name} array of "
                              f"shape ({self.net.n_params},)")
-        loss = self._engine.loss_and_gradient(X, T, out)
+        # an unaligned out (a view into a byte buffer) is filled through an aligned
+        # copy: the compiled kernels take aligned arrays only
+        into = out if out.flags.aligned else np.empty_like(out)
+        loss = self._engine.loss_and_gradient(X, T, into)
+        if into is not out:
+            out[...] = into
         return float(loss), out
 
     def apply_gradient(self, grad):
@@ -475,13 +485,18 @@ class Model:
         generator of the last finite epoch are restored; divergence raises
         TrainingDiverged naming the epoch and layer.
         """
-        X, T = self._data(X, Y, learn=True)
-        epochs = validation.check_count(epochs, "epochs")
-        tol = validation.check_tol(tol)
-        X, T, val = self._validation_rows(X, T, validation_data, validation_split)
-        batch_size = validation.check_batch_size(batch_size, len(X))
-        metric_fns = metric_table.get(metrics)
-        callbacks = self._callbacks(callbacks, verbose)
+        learnt = self.classes_, self.feature_names_in_
+        try:
+            X, T = self._data(X, Y, learn=True)
+            epochs = validation.check_count(epochs, "epochs")
+            tol = validation.check_tol(tol)
+            X, T, val = self._validation_rows(X, T, validation_data, validation_split)
+            batch_size = validation.check_batch_size(batch_size, len(X))
+            metric_fns = metric_table.get(metrics)
+            callbacks = self._callbacks(callbacks, verbose)
+        except BaseException:  # a refused fit has learnt no labels or feature names
+            self.classes_, self.feature_names_in_ = learnt
+            raise
         self._warn_if_untrainable()
         self.history = history = History()
         self.stop_training = False
@@ -576,9 +591,13 @@ class Model:
         while done < epochs:
             k = min(chunk, epochs - done)
             rng_before = self._rng.bit_generator.state
-            if shuffle:
-                orders = self._draw_orders(k, n)
-            snapshot.save()
+            try:
+                if shuffle:
+                    orders = self._draw_orders(k, n)
+                snapshot.save()
+            except BaseException:  # Ctrl-C here: the generator as if nothing was drawn
+                self._rng.bit_generator.state = rng_before
+                raise
             start = time.perf_counter()
             losses, finished, error = self._epochs(X, T, orders[:k], batch_size, tol, done)
             seconds = time.perf_counter() - start
@@ -688,13 +707,16 @@ class Model:
         Y = validation.as_array(Y, "Y")
         if Y.ndim and len(Y) != len(X):  # before labels: their errors would mislead
             raise ValueError(f"Y has {len(Y)} rows but X has {len(X)}")
+        classes = None
         if labels.is_labels(Y, self.net):
             Y, classes = labels.encode(Y, self.net, self.classes_)
-            if learn and self.classes_ is None:
+        T = validation.check_targets(Y, len(X), self.net, self.dtype)
+        if learn:  # only once every check has passed
+            if classes is not None and self.classes_ is None:
                 self.classes_ = classes
-        if learn and names is not None:
-            self.feature_names_in_ = names
-        return X, validation.check_targets(Y, len(X), self.net, self.dtype)
+            if names is not None:
+                self.feature_names_in_ = names
+        return X, T
 
     def _validation_rows(self, X, T, validation_data, validation_split):
         """(X, T, (X_val, T_val) or None): validation_split holds out the last rows."""

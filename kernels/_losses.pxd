@@ -23,7 +23,7 @@ cdef inline double loss_forward_backward(Py_ssize_t rows, Py_ssize_t n, int loss
     the whole batch) for a mean. An unknown loss code gives NaN.
     """
     cdef Py_ssize_t r, j, i
-    cdef double total = 0, m, s, logsum
+    cdef double total = 0, m, s, logs
     cdef floating d, tj, tsum
     if loss == CROSS_ENTROPY:
         # -sum t * log_softmax(z), the log-softmax exact where softmax underflows;
@@ -37,12 +37,14 @@ cdef inline double loss_forward_backward(Py_ssize_t rows, Py_ssize_t n, int loss
             s = 0
             for j in range(n):
                 s += vexp(<double>(z[i + j]) - m)
-            logsum = m + flog(s)
+            logs = flog(s)
             tsum = 0
             for j in range(n):
                 tj = t[i + j]
                 tsum += tj
-                total -= tj * (z[i + j] - logsum)
+                # (z - m) - log s, not z - (m + log s): m + log s rounds to m once
+                # |m| is large (1e17: every loss 0), as the reference's log_softmax
+                total -= tj * ((z[i + j] - m) - logs)
             if dout != NULL:
                 for j in range(n):
                     dout[i + j] = (f[i + j] * tsum - t[i + j]) * scale
@@ -55,7 +57,7 @@ cdef inline double loss_forward_backward(Py_ssize_t rows, Py_ssize_t n, int loss
     elif loss == MSE:
         for i in range(rows * n):
             d = f[i] - t[i]
-            total += <double>d * d
+            total += <double>(d * d)  # squared in the dtype, as the reference: inf past its max
             if dout != NULL:
                 dout[i] = 2 * scale * d
     else:  # no such loss: the Engine refuses its code before any kernel runs

@@ -92,12 +92,12 @@ def loss_forward_backward(Z, A, T, loss, scale, D):
         # one pass per row: the loss, the target sum s, then the row of D
         total = 0.0
         for i in range(n):
-            lse = _logsumexp(Z, i)
+            m, logs = _max_logsumexp(Z, i)
             s = A.dtype.type(0.0)  # in the array dtype: a float32 row stays float32
             for j in range(k):
                 t = T[i, j]
                 s += t
-                total -= t * (Z[i, j] - lse)
+                total -= t * ((Z[i, j] - m) - logs)
             for j in range(k):
                 D[i, j] = scale_ * (A[i, j] * s - T[i, j])
         return total
@@ -115,10 +115,11 @@ def loss_forward_backward(Z, A, T, loss, scale, D):
 
 
 @njit(**INLINE)
-def _logsumexp(Z, i):
-    """log sum_j e^Z[i, j] of row i, shifted by its maximum so nothing overflows.
-    (Row i by index, not as a view Z[i]: a view of a reference-counted array costs
-    two atomic operations.)"""
+def _max_logsumexp(Z, i):
+    """(m, log sum_j e^(Z[i, j] - m)) of row i, m its maximum, so nothing overflows.
+    Kept apart, for log_softmax = (z - m) - log s: z - (m + log s) loses the log
+    once |m| is large (m + log s rounds to m). (Row i by index, not as a view Z[i]:
+    a view of a reference-counted array costs two atomic operations.)"""
     k = Z.shape[1]
     m = Z[i, 0]
     for j in range(k):
@@ -126,7 +127,7 @@ def _logsumexp(Z, i):
     s = 0.0
     for j in range(k):
         s += _exp(Z[i, j] - m)
-    return m + math.log(s)
+    return m, math.log(s)
 
 
 @njit(**INLINE)
@@ -141,9 +142,9 @@ def loss_value(Z, A, T, loss):
                 total += d * d
     elif loss == CROSS_ENTROPY:  # -sum t * log_softmax(z)
         for i in range(n):
-            lse = _logsumexp(Z, i)
+            m, logs = _max_logsumexp(Z, i)
             for j in range(k):
-                total -= T[i, j] * (Z[i, j] - lse)
+                total -= T[i, j] * ((Z[i, j] - m) - logs)
     elif loss == BINARY_CROSS_ENTROPY:  # softplus(z) - t z
         for i in range(n):
             for j in range(k):
