@@ -54,6 +54,27 @@ class Dense:
         self.param = float(params.get(self.activation.param, self.activation.default))
         if not np.isfinite(self.param):
             raise ValueError(f"{self.activation.param} must be finite, got {self.param}")
+        self._frozen = True
+
+    def __setattr__(self, name, value):
+        # A model copies its layers' units, codes and parameters into its plan and
+        # kernels when it is built; a later change would reach save() and to_onnx()
+        # but not the training and predictions, so none is allowed.
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"a Dense layer cannot be changed once made (a model built "
+                                 f"from it would not see {name!r} change): make a new Dense")
+        object.__setattr__(self, name, value)
+
+    def __reduce__(self):
+        # rebuilt from its config: the activation entry holds functions that pickle
+        # cannot name
+        return (Dense.from_config, (self.config(),))
+
+    @classmethod
+    def from_config(cls, cfg):
+        """The Dense that :meth:`config` describes."""
+        cfg = dict(cfg)
+        return cls(cfg.pop("units"), cfg.pop("activation"), **cfg)
 
     def config(self):
         cfg = {"units": self.units, "activation": self.activation.name}
@@ -211,8 +232,4 @@ class Network:
     @staticmethod
     def layers_from_config(config):
         """The Dense layers described by :meth:`config` (used by :func:`fastmlp.load`)."""
-        layers = []
-        for cfg in config["layers"]:
-            cfg = dict(cfg)
-            layers.append(Dense(cfg.pop("units"), cfg.pop("activation"), **cfg))
-        return layers
+        return [Dense.from_config(cfg) for cfg in config["layers"]]
