@@ -17,18 +17,20 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 import fastmlp as fm
+from fastmlp import backends as fm_backends
 from fastmlp.activations import ACTIVATIONS
 
 _SKLEARN_NAMES = {"identity": "linear", "logistic": "sigmoid"}
 _HIDDEN_ACTIVATIONS = (set(ACTIVATIONS) - {"softmax"}) | set(_SKLEARN_NAMES)
-_BACKEND_PREFERENCE = ("cython", "numba", "numpy")
+# the __getstate__ key that holds model_ re-resolved on unpickling (backend="auto")
+_PORTABLE_MODEL = "_model_state_any_backend"
 
 
 def resolve_backend(name):
     """"auto" -> the fastest backend that imports here; other names are checked."""
+    if name == "auto":   # what fm.Model's "auto" picks, so both mean one thing
+        return fm_backends.resolve("auto")
     available = fm.available_backends()
-    if name == "auto":
-        return next(b for b in _BACKEND_PREFERENCE if b in available)
     if name not in available:
         raise ValueError(f"backend {name!r} is not available here; choose 'auto' or one of "
                          f"{available}")
@@ -154,9 +156,13 @@ class BaseMLP(BaseEstimator):
         return self
 
     def _record_loss(self, loss):
-        # scikit-learn's rule: no improvement unless the loss beats the best by tol
-        self._no_improvement = 0 if loss <= self.best_loss_ - self.tol else self._no_improvement + 1
-        self.best_loss_ = min(self.best_loss_, loss)
+        # scikit-learn's rule: no improvement unless the loss beats the best by tol.
+        # best_loss_ is None after a fit with early stopping (scikit-learn's convention).
+        # A partial_fit after it continues (scikit-learn >= 1.3 refuses it) and tracks the
+        # training loss from its own first epoch.
+        best = np.inf if self.best_loss_ is None else self.best_loss_
+        self._no_improvement = 0 if loss <= best - self.tol else self._no_improvement + 1
+        self.best_loss_ = min(best, loss)
 
     def _record_validation(self, score):
         """Append a validation score; True when it is the best so far."""
@@ -221,6 +227,28 @@ class BaseMLP(BaseEstimator):
             elif all(isinstance(c, str) for c in classes):
                 model.classes_ = classes.astype(str)
         return model
+
+    # -- pickling ----------------------------------------------------------------
+    # A Model pickles its concrete backend, which may not import where it is unpickled.
+    # backend="auto" asks for the fastest backend wherever the estimator runs, so its
+    # model_ travels as the Model's own pickled state (what fm.save writes: weights,
+    # optimiser state, generator, classes_, feature names) and is rebuilt on the backend
+    # "auto" picks there. An explicit backend pickles model_ as it is, so a missing one
+    # keeps its clear error.
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        if self.backend == "auto" and "model_" in state:
+            state[_PORTABLE_MODEL] = state.pop("model_").__getstate__()
+        return state
+
+    def __setstate__(self, state):
+        portable = state.pop(_PORTABLE_MODEL, None)
+        super().__setstate__(state)
+        if portable is not None:
+            config = dict(portable["config"], backend=resolve_backend("auto"))
+            model = fm.Model.__new__(fm.Model)
+            model.__setstate__(dict(portable, config=config))
+            self.model_ = model
 
     def _outputs(self, X):
         """Network outputs (n, outputs) as float64, after scikit-learn's input checks."""

@@ -24,11 +24,18 @@ Differences from scikit-learn, and why:
 * ``activation`` is any fastmlp hidden activation; scikit-learn's "identity"
   and "logistic" mean "linear" and "sigmoid".
 * Early stopping restores the best epoch's whole training state (weights,
-  optimiser state, generator), so a later ``partial_fit`` continues from there.
+  optimiser state, generator), so a later ``partial_fit`` continues from there
+  (scikit-learn refuses it), on all the rows given and tracking ``best_loss_``
+  (None after the fit, as in scikit-learn) from its first epoch.
+* An estimator with ``backend="auto"`` (the default) picks its backend again
+  when unpickled, so it loads where the one it trained on does not import;
+  an explicit backend stays that backend, and raises where it is missing.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from fastmlp import validation
 
 try:  # absolute imports: `sklearn` is scikit-learn, not this module
     from sklearn.base import ClassifierMixin, RegressorMixin
@@ -168,7 +175,9 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         """T float (n, n_outputs) in the model dtype, and (n_outputs, "linear", "mse")."""
         if first:
             self._y_1d = y.ndim == 1
-        T = np.ascontiguousarray(y.reshape(len(y), -1), dtype=self.dtype)
+        # checked before the cast, so 1e300 for float32 is named too large (as Model.fit
+        # names it), not cast to inf with an overflow warning and called "inf"
+        T = validation.as_finite(y.reshape(len(y), -1), "Y", self.dtype)
         return T, (T.shape[1], "linear", "mse")
 
     def _validation_score(self, X_val, T_val):

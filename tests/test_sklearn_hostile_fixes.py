@@ -1,0 +1,168 @@
+"""fastmlp.sklearn: the fixes for three defects a hostile QA pass found
+(tests/test_hostile_files_pipelines.py holds its smallest reproducers).
+
+* partial_fit after fit(early_stopping=True) continues from the best epoch's state;
+* a regressor target too large for the model dtype is named as such, before any cast;
+* an estimator with backend="auto" unpickles where its chosen backend is missing,
+  rebuilt on the backend "auto" picks there with the same state.
+"""
+import copy
+import math
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+import fastmlp as fm                                        # noqa: E402
+from fastmlp import backends as fm_backends                 # noqa: E402
+from fastmlp.sklearn import MLPClassifier, MLPRegressor     # noqa: E402
+from tolerances import TOLERANCES                           # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+def _data(kind, n=60, d=4, seed=0):
+    """X float64 (n, d) and y: int labels (n,) for "classifier", floats (n,) for "regressor"."""
+    X = np.random.default_rng(seed).normal(size=(n, d))
+    return X, ((X[:, 0] > 0).astype(int) if kind == "classifier" else X[:, 0] - X[:, 1])
+
+
+def _estimator(kind, **params):
+    cls = MLPClassifier if kind == "classifier" else MLPRegressor
+    return cls(**{"hidden_layer_sizes": (8,), "max_iter": 6, "random_state": 0, **params})
+
+
+# -- 1. partial_fit after early stopping ----------------------------------------------
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_partial_fit_after_early_stopping_continues_from_the_best_epoch(backend, kind):
+    X, y = _data(kind)
+    est = _estimator(kind, early_stopping=True, backend=backend).fit(X, y)
+    assert est.best_loss_ is None   # scikit-learn's convention with early stopping
+    best = est.model_.get_state()
+    curve, scores = list(est.loss_curve_), list(est.validation_scores_)
+    steps = math.ceil(len(X) / min(200, len(X)))   # batch_size="auto"
+
+    est.partial_fit(X, y)
+    # one epoch over all of X, from the restored best state (its optimiser step count)
+    after = est.model_.get_state()
+    assert after["opt_step"][0] == best["opt_step"][0] + steps
+    assert est.loss_curve_[:-1] == curve and est.n_iter_ == len(curve) + 1
+    assert est.validation_scores_ == scores   # partial_fit holds nothing out
+    assert est.best_loss_ == est.loss_curve_[-1]   # training loss tracked from here
+
+    est.partial_fit(X, y)
+    assert est.best_loss_ == min(est.loss_curve_[-2:])
+    assert np.isfinite(est.predict(X).astype(float)).all()
+
+    est.fit(X, y)   # a new fit starts over, with scikit-learn's convention again
+    assert est.best_loss_ is None and est.loss_curve_ == curve
+
+
+# -- 2. regressor targets too large for the model dtype ---------------------------------
+
+@pytest.mark.parametrize("shape", [(6,), (6, 2)], ids=["1-D y", "2-D y"])
+@pytest.mark.parametrize("method", ["fit", "partial_fit"])
+def test_regressor_target_too_large_gets_model_fits_message_and_no_warning(shape, method):
+    X, y = np.random.default_rng(0).normal(size=(6, 2)), np.full(shape, 1e300)
+    model = fm.Model([fm.Dense(4), fm.Dense(y.reshape(6, -1).shape[1])], input_dim=2,
+                     backend="numpy")
+    with pytest.raises(ValueError) as from_model:
+        model.fit(X, y.reshape(6, -1), epochs=1)
+    est = MLPRegressor((4,), max_iter=2, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # no overflow RuntimeWarning from a cast
+        with pytest.raises(ValueError) as from_estimator:
+            getattr(est, method)(X, y)
+    assert "too large for float32" in str(from_estimator.value)
+    assert str(from_estimator.value) == str(from_model.value)
+
+
+def test_regressor_float64_still_takes_large_finite_targets():
+    X, y = np.random.default_rng(0).normal(size=(6, 2)), np.full(6, 1e30)
+    est = MLPRegressor((4,), max_iter=2, backend="numpy", dtype="float64").fit(X, y)
+    assert est.predict(X).shape == (6,)
+
+
+# -- 3. backend="auto" across machines --------------------------------------------------
+
+def _without(monkeypatch, name):
+    """Make backend ``name`` fail to import, as on a machine without it."""
+    real = fm_backends._load
+
+    def load(backend):
+        if backend == name:
+            raise ImportError(f"{backend} removed for this test")
+        return real(backend)
+
+    monkeypatch.setattr(fm_backends, "_load", load)
+
+
+@pytest.fixture
+def two_backends():
+    if len(fm.available_backends()) < 2:
+        pytest.skip("needs two backends")
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_auto_estimator_moves_to_the_backend_auto_picks_there(monkeypatch, two_backends,
+                                                              kind, dtype):
+    pd = pytest.importorskip("pandas")
+    X, y = _data(kind)
+    X = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    if kind == "classifier":
+        y = np.array(["no", "yes"])[y]
+    est = _estimator(kind, dtype=dtype).fit(X, y)
+    chosen = est.model_.backend
+    blob = pickle.dumps(est)
+
+    _without(monkeypatch, chosen)
+    moved = pickle.loads(blob)
+    assert moved.backend == "auto"
+    assert moved.model_.backend == fm_backends.resolve("auto") != chosen
+    # the whole training state, not only the weights
+    state, moved_state = est.model_.get_state(), moved.model_.get_state()
+    for key in ("theta", "opt_buffers", "opt_step"):
+        np.testing.assert_array_equal(moved_state[key], state[key])
+    assert moved_state["rng_state"] == state["rng_state"]
+    np.testing.assert_array_equal(moved.model_.classes_, est.model_.classes_)
+    np.testing.assert_array_equal(moved.model_.feature_names_in_, est.model_.feature_names_in_)
+    for attr in ("classes_", "feature_names_in_"):
+        if hasattr(est, attr):
+            np.testing.assert_array_equal(getattr(moved, attr), getattr(est, attr))
+    assert (moved.n_iter_, moved.loss_curve_, moved.t_) == (est.n_iter_, est.loss_curve_, est.t_)
+
+    predict = est.predict_proba if kind == "classifier" else est.predict
+    np.testing.assert_allclose(getattr(moved, predict.__name__)(X), predict(X),
+                               **TOLERANCES[dtype])
+    if kind == "classifier":
+        np.testing.assert_array_equal(moved.predict(X), est.predict(X))
+    moved.partial_fit(X, y)   # training goes on there
+    assert moved.n_iter_ == est.n_iter_ + 1
+
+
+def test_auto_estimator_pickled_and_copied_here_keeps_its_backend():
+    X, y = _data("classifier")
+    est = _estimator("classifier").fit(X, y)
+    for twin in (pickle.loads(pickle.dumps(est)), copy.deepcopy(est)):
+        assert twin.model_ is not est.model_ and twin.model_.backend == est.model_.backend
+        np.testing.assert_array_equal(twin.predict_proba(X), est.predict_proba(X))
+    assert "model_" in est.__dict__   # pickling leaves the estimator itself alone
+
+
+def test_explicit_backend_that_is_missing_keeps_its_clear_error(monkeypatch, two_backends):
+    X, y = _data("classifier")
+    chosen = fm.available_backends()[-1]
+    blob = pickle.dumps(_estimator("classifier", backend=chosen).fit(X, y))
+    _without(monkeypatch, chosen)
+    with pytest.raises(ValueError, match=f"backend '{chosen}' is not available here"):
+        pickle.loads(blob)
+
+
+def test_unfitted_auto_estimator_pickles():
+    est = pickle.loads(pickle.dumps(_estimator("regressor")))
+    assert not hasattr(est, "model_") and est.backend == "auto"
