@@ -31,8 +31,18 @@ _KINDS = [(stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a fifo"), (stat.S_ISSOCK, "a socket")]
 
 
+def as_str(path):
+    """``path`` (str, bytes or os.PathLike) as str: bytes are decoded as the file system
+    encodes names (os.fsdecode), so one path mixes with str prefixes and patterns."""
+    return os.fsdecode(os.fspath(path))
+
+
 def replace(path, write):
-    """Call ``write(f)`` on a new binary file ``f`` and rename it over ``path``."""
+    """Call ``write(f)`` on a new binary file ``f`` and rename it over ``path`` (str, bytes
+    or os.PathLike)."""
+    path = as_str(path)
+    if not path:  # realpath("") is the working directory: refused as "a directory" otherwise
+        raise ValueError("cannot save: the path is empty")
     target = os.path.realpath(path)
     shown = path if target == os.path.abspath(path) else f"{path} (a link to {target})"
     folder = os.path.dirname(target)

@@ -20,14 +20,21 @@ def _same_file(a, b):
         return False
 
 
+def _refuse_empty(option, path):
+    """An empty path (``--save "$OUT"`` with OUT unset) names no file: say so, not skip it."""
+    if path == "":
+        raise ValueError(f"{option}: the path is empty; give a file name")
+
+
 def check_output_path(option, path, data=None):
     """Refuse, before any training, an output ``path`` that would fail or destroy the input.
 
-    ValueError naming ``option`` ("--save", "--plot") when the path is the --data
+    ValueError naming ``option`` ("--save", "--plot") when the path is empty, the --data
     file (through a symlink or another spelling too), a directory or something
     else that is not a regular file, or in a folder that is missing or where no
     file can be created.
     """
+    _refuse_empty(option, path)
     where = f"{option} {path}"
     real = os.path.realpath(path)
     if data is not None and _same_file(path, data):
@@ -58,7 +65,9 @@ def check_save_path(save, data=None):
 
 def check_plot(plot, data=None, save=None):
     """Refuse, before any training, a --plot that cannot be written: matplotlib missing
-    (an optional extra), the path being the --data or the --save file, or a bad folder."""
+    (an optional extra), the path being empty, the --data or the --save file, or a bad
+    folder."""
+    _refuse_empty("--plot", plot)
     try:  # what fastmlp.plot draws with
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
         from matplotlib.figure import Figure  # noqa: F401

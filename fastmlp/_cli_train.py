@@ -2,6 +2,7 @@
 ``fit`` call whose callbacks report each epoch, then report, save and plot."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import NamedTuple
 
@@ -14,6 +15,11 @@ from fastmlp._cli_options import DEFAULT_LR, OUTPUT_ACTIVATION, check_backend
 from fastmlp._cli_outputs import check_plot, check_save_path, save_model, write_plot
 from fastmlp._cli_tasks import Classification, Regression
 from fastmlp.callbacks import Callback, ProgressBar
+from fastmlp.network import Network
+
+# A model holds at least this many arrays the size of its parameters: theta, the
+# optimiser's two buffers (opt_buffers) and the gradient (more while it initialises).
+PARAMETER_COPIES = 4
 
 
 class Training(NamedTuple):
@@ -65,9 +71,9 @@ def run_train(args, out=None):
     out = out or sys.stdout
     if args.task != "auto":
         _loss(args, args.task)  # a --loss that contradicts --task: say so before reading data
-    if args.save:
+    if args.save is not None:  # "" too: check_save_path refuses it
         check_save_path(args.save, args.data)
-    if args.plot:
+    if args.plot is not None:
         check_plot(args.plot, args.data, args.save)
     data = load_data(args)
     X_train, X_test, y_train, y_test = split(args, data)
@@ -98,13 +104,13 @@ def run_train(args, out=None):
     print(f"training: {len(history.epoch)} epochs x {len(X_train)} rows in {seconds:.2f} s = "
           f"{samples / seconds if seconds > 0 else float('inf'):,.0f} samples/s", file=out)
     predictions = task.predictions(model, X_test) if held_out else None
-    if args.save:
+    if args.save is not None:
         outputs = task.prepare_to_save(model)
         save_model(model, args.save)
         print(f"saved to {args.save}: takes raw features in file column order (the "
               f"standardization is stored in the file and applied by predict); {outputs}",
               file=out)
-    if args.plot:
+    if args.plot is not None:
         write_plot(history, args.plot)
         print(f"curves written to {args.plot}: loss{' and held-out scores' if held_out else ''} "
               "per epoch, per-layer gradient norms", file=out)
@@ -117,11 +123,11 @@ def _fit(args, model, task, X_train, y_train, X_test, y_test, out):
     report = EpochReport(task, X_test, y_test, args.epochs, len(X_train), out,
                          print_lines=not args.progress)
     callbacks = [report, ProgressBar()] if args.progress else [report]
-    plot_held_out = args.plot and len(y_test) > 0
+    plot_held_out = args.plot is not None and len(y_test) > 0
     history = model.fit(X_train, task.targets(y_train), epochs=args.epochs,
                         batch_size=args.batch_size, callbacks=callbacks,
                         validation_data=(X_test, task.targets(y_test)) if plot_held_out else None,
-                        gradient_norms=bool(args.plot))
+                        gradient_norms=args.plot is not None)
     return history, report.seconds
 
 
@@ -144,6 +150,49 @@ def _build(args, n_in, n_out, loss, output):
                  else fm.SGD(lr=lr, momentum=args.momentum))
     layers = [fm.Dense(u, activation=args.activation) for u in args.layers]
     layers.append(fm.Dense(n_out, activation=output))
-    model = fm.Model(layers, input_dim=n_in, loss=loss, optimizer=optimizer,
-                     backend=args.backend, dtype=args.dtype, seed=args.seed)
+    net = Network(layers, n_in, loss)  # counts the parameters, allocates nothing
+    _check_size(net, args.dtype, _physical_memory())
+    try:
+        model = fm.Model(layers, input_dim=n_in, loss=loss, optimizer=optimizer,
+                         backend=args.backend, dtype=args.dtype, seed=args.seed)
+    except MemoryError:
+        raise ValueError(f"--layers: {_too_large(net, args.dtype)}") from None
     return model, f"{type(optimizer).__name__}(lr={lr:g})"
+
+
+def _check_size(net, dtype, memory):
+    """Refuse (ValueError naming --layers) a network whose parameters, held PARAMETER_COPIES
+    times, take more than ``memory`` bytes (None: unknown, not checked), before anything is
+    allocated: otherwise a MemoryError, or the system killing the process mid-training."""
+    if memory is not None and _need(net, dtype) > memory:
+        raise ValueError(f"--layers: {_too_large(net, dtype, f'this machine has {_size(memory)}')}")
+
+
+def _need(net, dtype):
+    """Bytes the model of ``net`` takes at least: PARAMETER_COPIES arrays of its parameters."""
+    return PARAMETER_COPIES * net.n_params * np.dtype(dtype).itemsize
+
+
+def _too_large(net, dtype, memory="more than there is"):
+    """'a 2-100-2 network has 502 parameters, which need at least 7.8 KiB of memory as
+    float32 (<memory>); use smaller layers'."""
+    dims = "-".join(str(d) for d in net.dims)
+    return (f"a {dims} network has {net.n_params:,} parameters, which need at least "
+            f"{_size(_need(net, dtype))} of memory as {np.dtype(dtype).name} ({memory}); use "
+            "smaller layers")
+
+
+def _physical_memory():
+    """This machine's memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # e.g. Windows has no sysconf
+        return None
+
+
+def _size(nbytes):
+    """Bytes as text with a binary unit: 1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{nbytes} B"
+        nbytes /= 1024

@@ -166,3 +166,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"fastmlp {args.command}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as exc:  # e.g. a batch's activations (train checks the network's size)
+        why = f": {exc}" if str(exc) else ""
+        print(f"fastmlp {args.command}: error: out of memory{why}; use smaller --layers or "
+              "--batch-size", file=sys.stderr)
+        return 2

@@ -5,11 +5,13 @@ version, architecture with activation parameters, loss, optimiser and its
 settings, dtype, backend, seed and the random generator's state), the flat
 parameters ``theta`` (n_params,), the optimiser state ``opt_buffers``
 (2, n_params) and ``opt_step`` int64 (1,), and, when the model has them,
-``input_mean`` and ``input_scale`` float64 (input_dim,), ``classes`` (1-D,
-numbers or strings) and ``feature_names`` (input_dim,) strings. A file with any
-of these last four is format version 2 (an older fastmlp would ignore them and
-predict wrongly, so it must refuse the file); one without is version 1, which
-every fastmlp reads.
+``input_mean`` and ``input_scale`` float64 (input_dim,), ``classes`` (k,)
+distinct numbers or strings (k = :func:`fastmlp.labels.n_classes`: one per
+output unit, 2 for one sigmoid unit with binary cross-entropy) and
+``feature_names`` (input_dim,) strings. A file with any of these last four
+is format version 2 (an older fastmlp would ignore them and predict wrongly,
+so it must refuse the file); one without is version 1, which every fastmlp
+reads.
 
 save:
 - refuses (ValueError, nothing written, an existing file kept) non-finite
@@ -31,13 +33,13 @@ the file is never modified.
 from __future__ import annotations
 
 import json
-import os
+import os  # noqa: F401  (tests patch fio.os.replace)
 from collections import namedtuple
 from reprlib import repr as _short
 
 import numpy as np
 
-from . import _atomic, losses, optimizers
+from . import _atomic, labels, losses, optimizers
 from . import activations as act
 from ._npz import Archive, FormatError
 from .network import Dense
@@ -51,17 +53,19 @@ MAX_HEADER_BYTES = 1 << 20
 MAX_STEP = 2 ** 53       # Adam's bias correction takes the step as a float64
 
 # What the arrays must match: from the model on save, from the header on load.
-Spec = namedtuple("Spec", "n_params input_dim dtype adam")
+# n_classes: the length of ``classes`` (labels.n_classes of the output layer and loss).
+Spec = namedtuple("Spec", "n_params input_dim dtype adam n_classes")
 
 
 def save(model, path):
     """Write ``model`` to ``path`` (any name; no suffix is added), atomically."""
-    path = os.fspath(path)
+    path = _atomic.as_str(path)  # bytes too, as load takes them (replace refuses "")
     state = model.get_state()
     arrays = {"theta": state["theta"], "opt_buffers": state["opt_buffers"],
               "opt_step": state["opt_step"], **_optional_arrays(model)}
     spec = Spec(model.net.n_params, model.net.input_dim, model.dtype,
-                isinstance(model.optimizer, optimizers.Adam))
+                isinstance(model.optimizer, optimizers.Adam),
+                labels.n_classes(model.net.output_dim, model.net.loss.code))
     problem = _save_problem(arrays, spec)
     if problem:
         raise ValueError(f"{problem}: not saved to {path}, an existing file there is kept")
@@ -105,14 +109,16 @@ def read(path, backend=None):
     """
     from .backends import available_backends, get_backend
 
-    path = os.fspath(path)
+    path = _atomic.as_str(path)
     if backend is not None:
         get_backend(backend)  # a bad argument is the caller's error, not the file's
     try:
         with Archive(path, REQUIRED, OPTIONAL) as archive:
             header = _read_header(archive)
             spec = Spec(header["n_params"], header["input_dim"], np.dtype(header["dtype"]),
-                        isinstance(header["optimizer"], optimizers.Adam))
+                        isinstance(header["optimizer"], optimizers.Adam),
+                        labels.n_classes(header["layers"][-1].units,
+                                         losses.get(header["loss"]).code))
             arrays = {}
             for name in [n for n in REQUIRED + OPTIONAL if n in archive.names and n != "header"]:
                 problem = _layout_problem(name, *archive.describe(name), spec)
@@ -134,7 +140,7 @@ def read(path, backend=None):
 
 def bad_file(path, why):
     """The one error every unreadable model file gives."""
-    return ValueError(f"{os.fspath(path)} is not a readable fastmlp model file: {why}")
+    return ValueError(f"{_atomic.as_str(path)} is not a readable fastmlp model file: {why}")
 
 
 # -- the header ------------------------------------------------------------------------
@@ -239,9 +245,10 @@ _NAMES = {"theta": "parameters", "opt_buffers": "optimiser state (opt_buffers)",
 
 def _layout_problem(name, dtype, shape, spec):
     """Why an array of this dtype and shape cannot be member ``name``, or None."""
-    n, d = spec.n_params, spec.input_dim
+    n, d, k = spec.n_params, spec.input_dim, spec.n_classes
     if name == "classes":
-        ok, need = dtype.kind in "biufU" and len(shape) == 1 and shape[0] >= 1, "a 1-D array of numbers or strings"
+        ok, need = (dtype.kind in "biufU" and shape == (k,),
+                    f"({k},) numbers or strings, one label per class of its output layer")
     elif name == "feature_names":
         ok, need = dtype.kind == "U" and shape == (d,), f"({d},) strings"
     else:
@@ -283,4 +290,7 @@ def _value_problem(arrays, spec):
     classes = arrays.get("classes")
     if classes is not None and classes.dtype.kind == "f" and not np.isfinite(classes).all():
         return "classes contain NaN or inf"
+    if classes is not None and len(np.unique(classes)) != len(classes):
+        # predict_classes would give two output units the same label
+        return f"classes {_short(classes.tolist())} hold a label twice; each class needs its own"
     return None

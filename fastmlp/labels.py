@@ -24,6 +24,14 @@ def _as_labels(arr):
     return np.asarray(values)
 
 
+def n_classes(output_dim, loss_code):
+    """How many class labels a network with ``output_dim`` outputs and this loss has: one
+    per output unit (a softmax's classes, or the indicator columns of several sigmoid
+    units), except one sigmoid unit with binary cross-entropy, which tells 2 classes apart.
+    ``classes_`` must hold exactly this many distinct labels."""
+    return 2 if loss_code == BINARY_CROSS_ENTROPY and output_dim == 1 else output_dim
+
+
 def is_labels(Y, net):
     """True when Y (an ndarray) holds one label per row for a classification model."""
     k, loss = net.output_dim, net.loss.code
@@ -42,7 +50,7 @@ def encode(Y, net, classes):
     Integer labels all in [0, k) are taken as class indices (classes = 0..k-1), as
     before; any other labels need exactly k distinct values, sorted to give classes.
     """
-    k = net.output_dim if net.loss.code == CROSS_ENTROPY else 2
+    k = n_classes(net.output_dim, net.loss.code)  # is_labels: a softmax or one sigmoid unit
     flat = Y.reshape(-1)
     if flat.dtype != bool and np.issubdtype(flat.dtype, np.number):
         if not np.all(np.isfinite(flat)):
