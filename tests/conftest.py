@@ -10,29 +10,10 @@ simulator (NUMBA_ENABLE_CUDASIM=1, in its own pytest process), whose Python thre
 are far too slow to run every CPU test beside it. A named backend that does not
 import here is an error, not a skip.
 """
-import os
-
 import numpy as np
 import pytest
 
-import fastmlp as fm
-
-
-def _backends():
-    available = fm.available_backends()
-    chosen = [b for b in os.environ.get("FASTMLP_TEST_BACKENDS", "").split(",") if b]
-    if not chosen:
-        return available
-    missing = [b for b in chosen if b not in available]
-    if missing:
-        raise pytest.UsageError(f"FASTMLP_TEST_BACKENDS names {missing}, which do not import "
-                                f"here (available: {available})")
-    return chosen
-
-
-BACKENDS = _backends()
-COMPILED = [b for b in BACKENDS if b != "numpy"]
-
+from backends_under_test import BACKENDS, COMPILED
 from tolerances import TOLERANCES
 
 
