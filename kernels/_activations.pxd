@@ -12,7 +12,9 @@ Each section holds the activation's two passes over a row of n units, side by si
 
 ``p`` is the activation's parameter (slope of linear, alpha of leaky_relu and
 elu); prelu reads its per-unit alpha (n,) instead and ADDS dE/dalpha to
-galpha (n,); others ignore alpha and galpha. Each loop is one branch-free body
+galpha (n,); others ignore alpha and galpha. Every backward multiplies g by the reference's
+derivative (fastmlp.activations), conditions included, never selects g or 0, so an
+inf or NaN g gives what the reference's product gives. Each loop is one branch-free body
 that GCC vectorises (a ternary whose sides are both computed compiles to a
 select under setup.py's -fno-trapping-math). Softmax is row-wise like the
 others. _layers.pxd dispatches on the code (:mod:`fastmlp.codes`, through the
@@ -165,10 +167,11 @@ cdef inline void relu_forward(Py_ssize_t n, floating* z, const floating* b, floa
 cdef inline void relu_backward(Py_ssize_t n, const floating* g, floating* zd, const floating* f,
                                floating p, const floating* alpha, floating* galpha) noexcept nogil:
     cdef Py_ssize_t j
-    cdef floating v, zero = 0
+    cdef floating zero = 0, one = 1
     for j in range(n):
-        v = g[j]  # loaded unconditionally, so the ternary can be a select
-        zd[j] = v if zd[j] > 0 else zero
+        # g times the derivative, not a select of g or 0: an inf g at a dead unit
+        # gives inf * 0 = NaN, as the reference's product, so the step diverges
+        zd[j] = g[j] * (one if zd[j] > 0 else zero)
 
 
 # -- leaky relu: p z below 0 -------------------------------------------------------------
@@ -189,7 +192,7 @@ cdef inline void leaky_relu_backward(Py_ssize_t n, const floating* g, floating* 
     cdef Py_ssize_t j
     cdef floating one = 1
     for j in range(n):
-        zd[j] = g[j] * (p if zd[j] < 0 else one)
+        zd[j] = g[j] * (one if zd[j] >= 0 else p)  # z >= 0 as the reference: NaN z takes p
 
 
 # -- prelu: alpha[j] z below 0, alpha trainable per unit ------------------------------------
@@ -208,14 +211,15 @@ cdef inline void prelu_forward(Py_ssize_t n, floating* z, const floating* b, flo
 cdef inline void prelu_backward(Py_ssize_t n, const floating* g, floating* zd, const floating* f,
                                 floating p, const floating* alpha, floating* galpha) noexcept nogil:
     cdef Py_ssize_t j
-    cdef floating v
+    cdef floating v, a, d, low, gj, zero = 0, one = 1
     for j in range(n):
-        v = zd[j]
-        if v < 0:
-            galpha[j] += g[j] * v  # d prelu / d alpha = min(z, 0)
-            zd[j] = g[j] * alpha[j]
-        else:
-            zd[j] = g[j]
+        gj, v, a = g[j], zd[j], alpha[j]  # all loaded first, so the ternaries are selects
+        # d prelu / d alpha = min(z, 0) (NaN for NaN z), added everywhere as the
+        # reference does: an inf g where z >= 0 gives inf * 0 = NaN, not nothing
+        low = zero if v >= 0 else v
+        d = one if v >= 0 else a
+        galpha[j] += gj * low
+        zd[j] = gj * d
 
 
 # -- elu: p (e^z - 1) below 0, through expm1 so it is accurate near 0 ------------------------
@@ -236,7 +240,7 @@ cdef inline void elu_backward(Py_ssize_t n, const floating* g, floating* zd, con
     cdef floating a, one = 1
     for j in range(n):
         a = f[j] + p  # loaded unconditionally, so the ternary can be a select
-        zd[j] = g[j] * (a if zd[j] < 0 else one)
+        zd[j] = g[j] * (one if zd[j] >= 0 else a)  # z >= 0 as the reference: NaN z takes f + p
 
 
 # -- softplus: ln(1 + e^z), which never overflows -----------------------------------------------

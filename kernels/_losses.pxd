@@ -23,8 +23,8 @@ cdef inline double loss_forward_backward(Py_ssize_t rows, Py_ssize_t n, int loss
     the whole batch) for a mean. An unknown loss code gives NaN.
     """
     cdef Py_ssize_t r, j, i
-    cdef double total = 0, m, s, logs
-    cdef floating d, tj, tsum
+    cdef double total = 0, s, logs
+    cdef floating d, m, tj, tsum
     if loss == CROSS_ENTROPY:
         # -sum t * log_softmax(z), the log-softmax exact where softmax underflows;
         # the target sum is taken in the same pass over the row as the loss.
@@ -34,17 +34,21 @@ cdef inline double loss_forward_backward(Py_ssize_t rows, Py_ssize_t n, int loss
             for j in range(n):
                 if z[i + j] > m:
                     m = z[i + j]
+            # the shift d = z - m in the dtype, as the reference's log_softmax: in
+            # float32 a spread beyond its max is -inf there (then loss inf or NaN)
             s = 0
             for j in range(n):
-                s += vexp(<double>(z[i + j]) - m)
+                d = z[i + j] - m
+                s += vexp(<double>d)
             logs = flog(s)
             tsum = 0
             for j in range(n):
                 tj = t[i + j]
                 tsum += tj
+                d = z[i + j] - m
                 # (z - m) - log s, not z - (m + log s): m + log s rounds to m once
                 # |m| is large (1e17: every loss 0), as the reference's log_softmax
-                total -= tj * ((z[i + j] - m) - logs)
+                total -= tj * (<double>d - logs)
             if dout != NULL:
                 for j in range(n):
                     dout[i + j] = (f[i + j] * tsum - t[i + j]) * scale

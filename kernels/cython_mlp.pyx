@@ -326,14 +326,16 @@ cdef double batch_gradient(const Net* net, const Work* w, floating* theta, const
         else:
             x, t = X + start * n_in, T + start * n_out
         network_forward(net, w, theta, x, c, guard.fmax if guard != NULL else NULL)
+        # each chunk's sum divided by the batch's rows before it is added, as the
+        # reference does: two chunks' raw sums may overflow where their means do not
         total += network_deltas(net, w, theta, t, c, scale, start > 0, grad,
-                                guard.dmax if guard != NULL else NULL)
+                                guard.dmax if guard != NULL else NULL) / rows
         network_params(net, w, theta, x, c, start > 0, grad, False, 0, 1,
                        norms if start + c == rows else NULL)
         if guard != NULL:
             guard_chunk(net, guard, c)
         start += c
-    return total / rows
+    return total
 
 
 cdef double train_batch(const Net* net, const Work* w, floating* theta, const floating* X,
@@ -573,8 +575,9 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
     _gemv.h, a bigger one through gemm (see small_dense_forward).
 
     T NULL (predict): out (n, outputs) is OVERWRITTEN with the outputs; returns 0.
-    Otherwise (evaluate): out and zl are (chunk, outputs) scratch; returns the
-    loss summed over all rows.
+    Otherwise (evaluate): out and zl are (chunk, outputs) scratch; returns the mean
+    loss: each chunk's sum divided by n, then added (the reference's order, so two
+    chunks' sums cannot overflow where the mean does not).
     check (predict): each chunk of X is first checked to be finite, in one pass that
     leaves it in cache for the first layer; at the first one that is not, returns NaN
     (out then undefined).
@@ -616,7 +619,7 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
             a = f
         if T != NULL:
             total += loss_forward_backward(rows, k_out, net.loss, zl, out, T + start * k_out,
-                                           <floating*>NULL, <floating>0)
+                                           <floating*>NULL, <floating>0) / n
         start += chunk
     return total
 
@@ -1198,7 +1201,7 @@ cdef class Engine:
                 total = infer(&self.net, <float*>th, <float*>x, n, chunk, small,
                               <float*>p0, <float*>p1, <float*>zl, <float*>o, <float*>t, check)
         if T is not None:
-            return total / n
+            return total  # infer's mean
         return out if total == 0 else None
 
 

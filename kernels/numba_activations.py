@@ -107,9 +107,11 @@ def bias_act_forward(Z, b, A, code, p, alpha):
     zf, af = flat(Z, 0, n * k), flat(A, 0, n * k)
     m = zf.shape[0]
     if code == RELU:
+        # max(z, 0) as the reference's np.maximum: NaN stays NaN (z <= 0 is False) and
+        # -0 becomes +0
         for t in range(m):
             z = zf[t]
-            af[t] = z if z > 0 else zero
+            af[t] = zero if z <= 0 else z
     elif code == SIGMOID:
         for t in range(m):
             af[t] = _sigmoid(zf[t])
@@ -138,9 +140,10 @@ def bias_act_forward(Z, b, A, code, p, alpha):
             z = zf[t]
             af[t] = one if z > 0 else (zero if z < 0 else half)
     elif code == SIGN:
+        # as np.sign: NaN stays NaN, -0 becomes +0
         for t in range(m):
             z = zf[t]
-            af[t] = one if z > 0 else (-one if z < 0 else zero)
+            af[t] = one if z > 0 else (-one if z < 0 else (zero if z == 0 else z))
     else:
         raise ValueError("unknown activation code")
 
@@ -168,9 +171,12 @@ def act_backward(G, Z, A, code, p, alpha, galpha, beta):
     OVERWRITTEN with delta = dE/dZ (each z's last use is its own derivative). A (n, k):
     the layer's outputs. For prelu galpha (k,) = beta * galpha + sum of dE/dA * min(Z, 0)
     (beta 0 overwrites, 1 accumulates).
-    ReLU's derivative is 0 at z <= 0; step's and sign's are 0 everywhere. G[i, j] is
-    loaded whatever z is, so each ternary stays a select and the loop vectorises
-    (a conditional load made relu's a branchy scalar loop, 1.6x slower).
+    ReLU's derivative is 0 at z <= 0; step's and sign's are 0 everywhere. Every
+    branch MULTIPLIES g by the derivative of fastmlp.activations' table, as the
+    reference does, never selects g or 0: an inf or NaN g where the derivative is 0
+    gives NaN (inf * 0), as there, so an overflowed gradient is not hidden and the step
+    diverges. G[i, j] is loaded whatever z is, so each ternary stays a select and the
+    loop vectorises (a conditional load made relu's a branchy scalar loop, 1.6x slower).
     """
     if code == PRELU:
         for j in range(galpha.shape[0]):
@@ -179,13 +185,13 @@ def act_backward(G, Z, A, code, p, alpha, galpha, beta):
     if code == SOFTMAX:
         _softmax_backward_linked(G, A, Z)
         return
-    zero, one = Z.dtype.type(0.0), Z.dtype.type(1.0)
+    zero, half, one = Z.dtype.type(0.0), Z.dtype.type(0.5), Z.dtype.type(1.0)
     if code == PRELU:  # alpha per unit: row by row
         for i in range(n):
             for j in range(k):
                 g, z = G[i, j], Z[i, j]
                 galpha[j] += g * min(z, zero)  # d prelu / d alpha = min(z, 0)
-                Z[i, j] = g if z >= 0 else g * alpha[j]
+                Z[i, j] = g * (one if z >= 0 else alpha[j])
         return
     # one loop over all n * k elements, as bias_act_forward's
     gf, zf, af = flat(G, 0, n * k), flat(Z, 0, n * k), flat(A, 0, n * k)
@@ -193,7 +199,7 @@ def act_backward(G, Z, A, code, p, alpha, galpha, beta):
     if code == RELU:
         for t in range(m):
             g = gf[t]
-            zf[t] = g if zf[t] > 0 else zero
+            zf[t] = g * (one if zf[t] > 0 else zero)
     elif code == SIGMOID:
         for t in range(m):
             f = af[t]
@@ -208,20 +214,21 @@ def act_backward(G, Z, A, code, p, alpha, galpha, beta):
     elif code == LEAKY_RELU:
         for t in range(m):
             g = gf[t]
-            zf[t] = g if zf[t] >= 0 else g * p
+            zf[t] = g * (one if zf[t] >= 0 else p)
     elif code == ELU:
         for t in range(m):
             g = gf[t]
-            zf[t] = g if zf[t] >= 0 else g * (af[t] + p)
+            zf[t] = g * (one if zf[t] >= 0 else af[t] + p)
     elif code == SOFTPLUS:
         for t in range(m):
             zf[t] = gf[t] * _sigmoid(zf[t])
     elif code == PIECEWISE_LINEAR:
         for t in range(m):
             g = gf[t]
-            zf[t] = g if -0.5 < zf[t] < 0.5 else zero
-    elif code == STEP or code == SIGN:  # no gradient flows
+            z = zf[t]
+            zf[t] = g * (one if (z > -half) & (z < half) else zero)
+    elif code == STEP or code == SIGN:  # no gradient flows: g * 0 (NaN for an inf g)
         for t in range(m):
-            zf[t] = zero
+            zf[t] = gf[t] * zero
     else:
         raise ValueError("unknown activation code")

@@ -164,27 +164,40 @@ def sgd_update(theta, grad, v, lr, momentum, nesterov, decay):
     """theta (p,) -= lr * step, in place; v (p,) is the momentum buffer, updated in place.
 
     g = grad + decay * theta; with momentum v = momentum v + g and the step is v
-    (g + momentum v for Nesterov), else g.
+    (g + momentum v for Nesterov), else g. As fastmlp.optimizers.update, operation for
+    operation, in theta's dtype: the float64 hyper-parameters are rounded to it first
+    (NumPy's weak Python scalars do the same there), so a float32 update overflows, and
+    an lr beyond float32's range is inf, where the reference's does and is. Whether a
+    term is applied is decided on the float64 values, as the reference's ``if``s.
     """
+    lr_, mu_, wd_ = theta.dtype.type(lr), theta.dtype.type(momentum), theta.dtype.type(decay)
     for i in range(theta.shape[0]):
-        g = grad[i] + decay * theta[i] if decay != 0 else grad[i]
+        g = grad[i] + wd_ * theta[i] if decay != 0 else grad[i]
         if momentum != 0:
-            vi = momentum * v[i] + g
+            vi = mu_ * v[i] + g
             v[i] = vi
-            g = g + momentum * vi if nesterov else vi
-        theta[i] -= lr * g
+            g = g + mu_ * vi if nesterov else vi
+        theta[i] -= lr_ * g
 
 
 @njit(**KERNEL)
 def adam_update(theta, grad, m, v, lr, beta1, beta2, eps, decay, t):
-    """Adam step t (1-based) in place on theta, m and v (all (p,)); grad is read only."""
-    c1 = 1.0 / (1.0 - beta1 ** t)
-    c2 = 1.0 / (1.0 - beta2 ** t)
+    """Adam step t (1-based) in place on theta, m and v (all (p,)); grad is read only.
+
+    As fastmlp.optimizers.update (and kernels/_optimizers.pxd), operation for operation
+    in theta's dtype (see sgd_update): 1 - beta and the bias corrections 1 - beta^t are
+    computed in float64 and then rounded, m_hat = m / k1 and v_hat = v / k2 divided,
+    not multiplied by a reciprocal. (beta ** float(t): the C pow that Python's float **
+    int calls, not Numba's repeated multiplication for an integer power.)
+    """
+    dt = theta.dtype.type
+    lr_, wd_, b1, b2, eps_ = dt(lr), dt(decay), dt(beta1), dt(beta2), dt(eps)
+    c1, c2 = dt(1.0 - beta1), dt(1.0 - beta2)
+    k1, k2 = dt(1.0 - beta1 ** float(t)), dt(1.0 - beta2 ** float(t))
     for i in range(theta.shape[0]):
-        g = grad[i] + decay * theta[i] if decay != 0 else grad[i]
-        mi = beta1 * m[i] + (1.0 - beta1) * g
-        vi = beta2 * v[i] + (1.0 - beta2) * g * g
+        g = grad[i] + wd_ * theta[i] if decay != 0 else grad[i]
+        mi = b1 * m[i] + c1 * g
+        vi = b2 * v[i] + c2 * g * g
         m[i] = mi
         v[i] = vi
-        theta[i] -= lr * (mi * c1) / (math.sqrt(vi * c2) + eps)
-
+        theta[i] -= lr_ * (mi / k1) / (math.sqrt(vi / k2) + eps_)

@@ -357,8 +357,10 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
         tol, losses, guard, backup):
     """One epoch per row of orders (k, n): batches of rows orders[e, i:i + batch_size]
     (or of X itself if n == 0), each in chunks of at most cap rows. Returns (value,
-    status): value the last epoch's sum(batch loss * batch rows) / rows, unless losses
-    is given; status the guarded step's (below), 0 without a guard.
+    status): value the last epoch's sum(batch loss * batch rows) / rows (with n == 0
+    and X one batch, that batch's loss itself), unless losses is given; status the
+    guarded step's (below), 0 without a guard. A batch's loss is the sum over its
+    chunks of each chunk's loss sum / the batch's rows, as the reference's.
 
     batch_size: rows per batch; any number >= the rows makes X one batch.
     mode TRAIN: one optimiser step per batch on theta (p,), bufs (2, p), step (1,),
@@ -408,7 +410,11 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
     gather = orders.shape[1] > 0
     n, cap = orders.shape[1] if gather else X.shape[0], plan[PLAN_CAP]
     n_layers, loss_code, fp = plan[PLAN_LAYERS], plan[PLAN_LOSS], plan[WS_ACT_PARAMS]
-    epoch_loss = 0.0
+    # As the reference (backends/reference.py): a batch's loss is the sum over its
+    # chunks of each chunk's loss sum divided by the batch's rows, and an epoch's is
+    # sum(batch loss * batch rows) / rows. Dividing each chunk's sum before adding
+    # keeps a float64 mean finite where the raw sums would overflow.
+    epoch_loss = batch_loss = 0.0
     for e in range(orders.shape[0]):
         perm = orders[e]
         total = 0.0
@@ -426,6 +432,7 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
             fold = mode == TRAIN and bstop - bstart <= plan[PLAN_FOLD_ROWS] and not want_norms
             lr = hyper[LR] if fold else 0.0
             decay = 1.0 - lr * hyper[WEIGHT_DECAY] if fold else 1.0
+            batch_loss = 0.0
             cstart = bstart
             while cstart < bstop:
                 cstop = min(cstart + cap, bstop)
@@ -464,8 +471,8 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                 row = _row(n_layers - 1)
                 k = plan[row + LAYER_N_OUT]
                 D = matrix(ws, plan[WS_D1], rows, k)
-                total += loss_forward_backward(matrix(ws, plan[row + LAYER_Z], rows, k), inp, tc,
-                                               loss_code, scale, D)
+                batch_loss += loss_forward_backward(matrix(ws, plan[row + LAYER_Z], rows, k),
+                                                    inp, tc, loss_code, scale, D) / (bstop - bstart)
                 # The first sweep: every layer's delta, from the old weights, in place of
                 # its z (the fused output layer's stays in WS_D1, D already dE/dz:
                 # fastmlp.rules.fused_output); each dE/df below through WS_D0.
@@ -487,10 +494,10 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                         D = matrix(ws, plan[WS_D0], rows, k_in)
                         gemm_nt(delta, W, D, 1.0, 0.0)
                 if guarded and _guard_linked(theta, bufs, grad, plan, hyper, opt, step, guard,
-                                             total / n, rows, bstop - bstart, backup,
+                                             batch_loss, rows, bstop - bstart, backup,
                                              1 if cstop == bstop else 0) == 2:
                     guard[G_STATUS] = 2
-                    return total / n, 2
+                    return batch_loss, 2
                 # The second sweep: the parameters' gradients, or the folded update.
                 for l in range(n_layers - 1, -1, -1):
                     row = _row(l)
@@ -512,9 +519,10 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                 else:
                     _update_linked(theta, grad, bufs, hyper, step, opt)
                 if guarded and _guard_linked(theta, bufs, grad, plan, hyper, opt,
-                                                        step, guard, total / n, 0,
+                                                        step, guard, batch_loss, 0,
                                                         bstop - bstart, backup, 2) == 2:
                     guard[G_STATUS] = 2
+            total += batch_loss * (bstop - bstart)
             bstart = bstop
         epoch_loss = total / n
         if report:
@@ -525,6 +533,8 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                 return 4.0 * (e + 1) + 1, 0
     if report:
         return 4.0 * orders.shape[0], 0
+    if not gather and batch_size >= n:  # X as one batch (a step, a gradient): its loss
+        epoch_loss = batch_loss
     return epoch_loss, int(guard[G_STATUS]) if guarded else 0
 
 
@@ -607,5 +617,7 @@ def evaluate(theta, X, T, plan, fparams, chunk, small):
         z, a = Z[:stop - start], A[:stop - start]
         _forward_rows_linked(theta, X[start:stop], plan, fparams, buf, a, z,
                              stop - start <= small)
-        total += _loss_value_linked(z, a, T[start:stop], plan[PLAN_LOSS])
-    return total / n
+        # each chunk's sum divided by n before the chunks are added, as the reference
+        # (a float64 mean stays finite where the raw sums would overflow)
+        total += _loss_value_linked(z, a, T[start:stop], plan[PLAN_LOSS]) / n
+    return total
