@@ -138,3 +138,17 @@ def wait_for_child(pid, seconds):
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     pytest.fail(f"the forked child hung (> {seconds} s)")
+
+
+def without_backend(monkeypatch, name):
+    """Make backend ``name`` fail to import for the rest of the test, as on a machine
+    without it."""
+    from fastmlp import backends
+    real = backends._load
+
+    def load(backend):
+        if backend == name:
+            raise ImportError(f"{backend} removed for this test")
+        return real(backend)
+
+    monkeypatch.setattr(backends, "_load", load)

@@ -18,7 +18,6 @@ the guarded step on batches of several chunks with bad values at the chunk edges
 threads training one model, the quiet fit against the per-epoch loop with divergence
 in tiny chunks, and GEMV shapes at the worker's cut.
 """
-import threading
 
 import numpy as np
 import pytest

@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
-from fastmlp import backends as fm_backends
-from helpers import run_cli, saved_arrays, saved_header
+from helpers import run_cli, saved_arrays, saved_header, without_backend
 
 BAD = "not a readable fastmlp model file"
 
@@ -125,14 +124,7 @@ def test_estimator_with_auto_backend_unpickles_where_its_backend_is_missing(monk
     if len(fm.available_backends()) < 2:
         pytest.skip("needs two backends")
     blob = pickle.dumps(est)
-    real = fm_backends._load
-
-    def without_chosen(name):
-        if name == chosen:
-            raise ImportError(f"{name} removed for this test")
-        return real(name)
-
-    monkeypatch.setattr(fm_backends, "_load", without_chosen)
+    without_backend(monkeypatch, chosen)
     restored = pickle.loads(blob)
     np.testing.assert_allclose(restored.predict_proba(X), est.predict_proba(X), rtol=1e-4,
                                atol=1e-6)
@@ -495,14 +487,7 @@ def test_a_symlink_loop_is_an_os_error_on_save_and_load(tmp_path):
 
 def test_a_pickled_model_whose_backend_is_missing_names_it(monkeypatch):
     blob = pickle.dumps(_classifier("numpy"))
-    real = fm_backends._load
-
-    def no_numpy(name):
-        if name == "numpy":
-            raise ImportError("numpy backend removed for this test")
-        return real(name)
-
-    monkeypatch.setattr(fm_backends, "_load", no_numpy)
+    without_backend(monkeypatch, "numpy")
     with pytest.raises(ValueError, match="'numpy' is not available"):
         pickle.loads(blob)
 

@@ -1,12 +1,13 @@
 """Hostile numerics: the compiled backends against the NumPy reference at extreme values.
 
 Each ``test_bug_*`` is a minimal reproducer of a place where a compiled backend
-computes a different number from the reference (fastmlp.activations, losses,
+computed a different number from the reference (fastmlp.activations, losses,
 optimizers, backends.reference), or a finite one where the reference gives inf or
-NaN, or decides divergence differently in train_on_batch / fit. The other tests
+NaN, or decided divergence differently in train_on_batch / fit; each failed until its
+fix (its docstring describes the kernel as it was). The other tests
 cover gaps the existing numerics tests leave (extreme pre-activations through whole
 models, extreme logits, extreme optimiser settings, divergence and tol in fit) and
-pass today.
+passed from the start.
 
 Every model here is tiny and its weights are set by hand, so each case states the
 pre-activations it produces.
@@ -54,7 +55,7 @@ def on_all(fn):
 
 
 # ---------------------------------------------------------------------------------
-# Bugs: each of these fails today.
+# Bugs this pass found: each failed until its fix.
 # ---------------------------------------------------------------------------------
 
 def _nan_pre_activation(dtype, activation):

@@ -19,6 +19,7 @@ pytest.importorskip("sklearn")
 import fastmlp as fm                                        # noqa: E402
 from fastmlp import backends as fm_backends                 # noqa: E402
 from fastmlp.sklearn import MLPClassifier, MLPRegressor     # noqa: E402
+from helpers import without_backend                          # noqa: E402
 from tolerances import TOLERANCES                           # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -89,18 +90,6 @@ def test_regressor_float64_still_takes_large_finite_targets():
 
 # -- 3. backend="auto" across machines --------------------------------------------------
 
-def _without(monkeypatch, name):
-    """Make backend ``name`` fail to import, as on a machine without it."""
-    real = fm_backends._load
-
-    def load(backend):
-        if backend == name:
-            raise ImportError(f"{backend} removed for this test")
-        return real(backend)
-
-    monkeypatch.setattr(fm_backends, "_load", load)
-
-
 @pytest.fixture
 def two_backends():
     if len(fm.available_backends()) < 2:
@@ -120,7 +109,7 @@ def test_auto_estimator_moves_to_the_backend_auto_picks_there(monkeypatch, two_b
     chosen = est.model_.backend
     blob = pickle.dumps(est)
 
-    _without(monkeypatch, chosen)
+    without_backend(monkeypatch, chosen)
     moved = pickle.loads(blob)
     assert moved.backend == "auto"
     assert moved.model_.backend == fm_backends.resolve("auto") != chosen
@@ -158,7 +147,7 @@ def test_explicit_backend_that_is_missing_keeps_its_clear_error(monkeypatch, two
     X, y = _data("classifier")
     chosen = fm.available_backends()[-1]
     blob = pickle.dumps(_estimator("classifier", backend=chosen).fit(X, y))
-    _without(monkeypatch, chosen)
+    without_backend(monkeypatch, chosen)
     with pytest.raises(ValueError, match=f"backend '{chosen}' is not available here"):
         pickle.loads(blob)
 
