@@ -99,3 +99,44 @@ def test_kernels_compile_once_and_later_processes_load_them(tmp_path):
     loaded = _fresh_process(tmp_path, "loaded")
     assert loaded[0] == compiled[0]   # the same numbers, bit for bit
     assert loaded[1] == "0"           # nothing compiled again
+
+
+# Ctrl-C one second into the first compile (an empty cache: it takes several seconds),
+# then the same model again in the same process, as a user re-running a notebook cell.
+_INTERRUPTED_PROCESS = """
+import os, signal, threading
+import numpy as np
+import fastmlp as fm
+X = np.random.default_rng(0).random((20, 4), dtype=np.float32)
+T = np.eye(3, dtype=np.float32)[np.arange(20) % 3]
+def run():
+    m = fm.Model([fm.Dense(5, "tanh"), fm.Dense(3, "softmax")], input_dim=4,
+                 loss="cross_entropy", optimizer=fm.Adam(), backend="numba", seed=1)
+    m.fit(X, T, epochs=2, batch_size=8)
+    m.train_on_batch(X, T)
+    return repr(np.concatenate([m.predict(X).ravel(), [m.evaluate(X, T)]]).tolist())
+threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    run()
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted")
+print(run())
+"""
+
+
+@needs_numba
+def test_ctrl_c_during_the_first_compile_leaves_nothing_broken(tmp_path):
+    """The retry in the interrupted process, and a later process loading what the cache
+    then holds, give the numbers of an uninterrupted run, bit for bit."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "interrupted"))
+    done = subprocess.run([sys.executable, "-c", _INTERRUPTED_PROCESS], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    interrupted, retried = done.stdout.splitlines()
+    assert interrupted == "interrupted"
+    clean = _fresh_process(tmp_path / "clean", "loaded")
+    assert retried == clean[0]
+    later = _fresh_process(tmp_path / "interrupted", "loaded")
+    assert later[0] == clean[0]
+    assert later[1] == "0"  # the retry finished the cache: nothing compiled again
