@@ -79,8 +79,8 @@ def _build(ftype):
     def act(code, z, p, a):
         """f(z) of the elementwise activation ``code`` (every code but SOFTMAX);
         ``p`` its scalar parameter (Network.act_params), ``a`` prelu's alpha for this unit."""
-        if code == RELU:
-            return z if z > zero else zero
+        if code == RELU:   # as np.maximum(z, 0): NaN stays NaN, -0 becomes +0
+            return zero if z <= zero else z
         if code == SIGMOID:
             return sigmoid(z)
         if code == TANH:
@@ -99,8 +99,8 @@ def _build(ftype):
             return min(max(z + half, zero), one)
         if code == STEP:
             return one if z > zero else (zero if z < zero else half)
-        if code == SIGN:
-            return one if z > zero else (-one if z < zero else zero)
+        if code == SIGN:   # as np.sign: NaN stays NaN, -0 becomes +0
+            return one if z > zero else (-one if z < zero else (zero if z == zero else z))
         return z * (zero / zero)  # an unknown code: NaN, which the checks catch
 
     @cuda.jit(device=True)

