@@ -37,11 +37,28 @@ def _symbol(module, name, argtypes):
     return f"fastmlp.{module}.{name}.{key}"
 
 
+def compile_for(dispatcher, argtypes):
+    """``dispatcher.compile(argtypes)``, with a Ctrl-C that llvmlite swallowed raised again.
+
+    A KeyboardInterrupt landing in llvmlite's object-cache callback (a ctypes callback)
+    is printed and ignored there ("Exception ignored on calling ctypes callback"): the
+    kernel compiles and works, but its object code is not kept, and Numba's disk cache
+    then fails to save it with "no compiled object yet". That RuntimeError is the
+    user's Ctrl-C: raise it as one. The kernel stays compiled in this process (a retry
+    uses it); it is not on disk, so a later process compiles it again."""
+    try:
+        return dispatcher.compile(argtypes)
+    except RuntimeError as exc:
+        if "no compiled object yet" not in str(exc) or argtypes not in dispatcher.overloads:
+            raise
+        raise KeyboardInterrupt from exc
+
+
 def bind(module, name, argtypes):
     """Compile (or load) ``module.name`` for ``argtypes`` and bind its symbol; its
     compile result. Also the cache-load hook: a module-level function, so it pickles."""
     dispatcher = getattr(importlib.import_module(module), name)
-    dispatcher.compile(argtypes)
+    compile_for(dispatcher, argtypes)
     cres = dispatcher.overloads[argtypes]
     llvm.add_symbol(_symbol(module, name, argtypes),
                     cres.library.get_pointer_to_function(cres.fndesc.mangled_name))

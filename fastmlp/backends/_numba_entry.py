@@ -16,6 +16,8 @@ import threading
 import numba
 import numpy as np
 
+from ..kernels.numba_link import compile_for
+
 _ENTRIES = {}   # (kernel, signature) -> its compiled entry point, shared by every model
 _ENTRIES_LOCK = threading.Lock()
 
@@ -50,7 +52,7 @@ def entry_point(kernel, signature):
     if entry is None:
         with _ENTRIES_LOCK:
             if key not in _ENTRIES:
-                kernel.compile(signature)
+                compile_for(kernel, signature)
                 _ENTRIES[key] = kernel.overloads[signature].entry_point
             entry = _ENTRIES[key]
     return entry
