@@ -18,6 +18,11 @@ import fastmlp as fm
 from fastmlp.datasets import load_digits
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+# Each README block by a piece of its text: those run here, then those tested elsewhere.
+QUICK_START, LABELS, FEEDBACK, SKLEARN = ("model = fm.Model(\n    [fm.Dense(4",
+                                         "model.fit(frame, species", "EarlyStopping(",
+                                         "GridSearchCV(")
+ELSEWHERE = ("distributed.fit(", 'backend="cuda"')   # test_distributed*.py, test_cuda*.py
 
 
 def _python_blocks():
@@ -42,8 +47,7 @@ def _run(code, namespace, tmp_path, monkeypatch):
 def test_every_block_is_covered_here():
     """A new README example must be added to this file (or to the list of blocks
     tested elsewhere), so none goes untested."""
-    markers = ["model = fm.Model(\n    [fm.Dense(4", "model.fit(frame, species", "EarlyStopping(",
-               "GridSearchCV(", "distributed.fit(", 'backend="cuda"']
+    markers = [QUICK_START, LABELS, FEEDBACK, SKLEARN, *ELSEWHERE]
     blocks = _python_blocks()
     assert len(blocks) == len(markers)
     for marker in markers:
@@ -52,7 +56,7 @@ def test_every_block_is_covered_here():
 
 @pytest.mark.skipif("numba" not in fm.available_backends(), reason="the example uses numba")
 def test_quick_start(tmp_path, monkeypatch):
-    ns = _run(_block("model = fm.Model(\n    [fm.Dense(4"), {}, tmp_path, monkeypatch)
+    ns = _run(_block(QUICK_START), {}, tmp_path, monkeypatch)
     history, model, X, Y = ns["history"], ns["model"], ns["X"], ns["Y"]
     losses = history.history["loss"]
     assert losses[-1] <= 1e-3 and len(losses) < 2000           # "stopped early"
@@ -71,7 +75,7 @@ def test_labels_and_feature_names(tmp_path, monkeypatch):
     iris = datasets.load_iris(as_frame=True)
     frame = iris.data
     species = pd.Series(iris.target_names[iris.target])
-    ns = _run("import fastmlp as fm\n" + _block("model.fit(frame, species"),
+    ns = _run("import fastmlp as fm\n" + _block(LABELS),
               {"frame": frame, "species": species}, tmp_path, monkeypatch)
     model = ns["model"]
     assert model.classes_.tolist() == ["setosa", "versicolor", "virginica"]
@@ -84,7 +88,7 @@ def test_training_feedback(tmp_path, monkeypatch):
     X, y = X[:400] / 16.0, y[:400]
     model = fm.Model([fm.Dense(32, "relu"), fm.Dense(10, "softmax")], input_dim=X.shape[1],
                      loss="cross_entropy", optimizer=fm.Adam(0.01), seed=0)
-    ns = _run(_block("EarlyStopping("), {"model": model, "X": X, "y": y}, tmp_path, monkeypatch)
+    ns = _run(_block(FEEDBACK), {"model": model, "X": X, "y": y}, tmp_path, monkeypatch)
     logs = ns["history"].history
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(logs)
     assert (tmp_path / "best.fastmlp").is_file()
@@ -96,7 +100,7 @@ def test_scikit_learn(tmp_path, monkeypatch):
     pytest.importorskip("sklearn")
     X, y = load_digits()
     X, y = X[:300], y[:300]
-    ns = _run(_block("GridSearchCV("), {"X": X, "y": y}, tmp_path, monkeypatch)
+    ns = _run(_block(SKLEARN), {"X": X, "y": y}, tmp_path, monkeypatch)
     search = ns["search"]
     assert search.best_params_["mlpclassifier__hidden_layer_sizes"] in [(32,), (64, 32)]
     assert search.score(X, y) > 0.9
