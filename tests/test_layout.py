@@ -185,8 +185,15 @@ def test_chunk_sizes():
                  "cross_entropy")
     assert rules.predict_rows(w2, np.float32) == 512   # as both compiled backends had
     assert rules.predict_rows(w2, np.float64) == 256
+    # wider layers: the GEMMs' rows, whatever the dtype (W4's 2048 units in float32 were
+    # 64 rows by the byte rule, 256 by the old floor)
     wide = Network([fm.Dense(4096, "relu"), fm.Dense(10)], 8, "mse")
-    assert rules.predict_rows(wide, np.float64) == rules.PREDICT_MIN_ROWS
+    assert rules.predict_rows(wide, np.float64) == rules.PREDICT_WIDE_ROWS == 512
+    w4 = Network([fm.Dense(2048, "relu"), fm.Dense(2048, "relu"), fm.Dense(10, "softmax")], 2048,
+                 "cross_entropy")
+    assert rules.predict_rows(w4, np.float32) == rules.predict_rows(w4, np.float64) == 512
+    edge = Network([fm.Dense(513, "relu"), fm.Dense(1)], 4, "mse")   # 255 rows by bytes
+    assert rules.predict_rows(edge, np.float32) == 512
     tiny = Network([fm.Dense(4, "sigmoid"), fm.Dense(2, "sigmoid")], 3, "mse")
     assert rules.predict_rows(tiny, np.float32) == rules.PREDICT_BYTES // 16
     assert rules.train_rows(1) == 1 and rules.train_rows(10**6) == rules.TRAIN_ROWS == 1024
