@@ -1,5 +1,7 @@
 """Only the compiled extensions live here; metadata is in pyproject.toml."""
 import ast
+import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,16 +41,35 @@ def write_codes_pxd():
         CODES_PXD.write_text(text)
 
 
-sources = sorted(Path("kernels").glob("*.pyx"))
+# The Cython kernels (kernels/_mlp.pxi) are built once per instruction set, and
+# kernels/cython_mlp.py imports the widest the processor runs: the baseline (the
+# compiler's default target, SSE2 on x86-64) leaves the elementwise passes around the
+# GEMMs 4 floats wide. The flags match kernels/cython_builds.NEEDS. Only for x86-64 with
+# GCC or clang (MSVC and other architectures build the baseline alone).
+ISA_FLAGS = {
+    "base": [],
+    "avx2": ["-mavx2", "-mfma", "-mf16c"],
+    "avx512": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512cd", "-mavx512bw",
+               "-mavx512dq", "-mavx512vl"],
+}
+
+
+def isa_builds():
+    """The instruction-set builds this platform gets (names of ISA_FLAGS)."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    gnu = sys.platform != "win32"
+    return list(ISA_FLAGS) if x86 and gnu else ["base"]
+
+
 ext_modules = []
-if sources:
+if Path("kernels/_mlp.pxi").exists():
     from Cython.Build import cythonize
 
     write_codes_pxd()
     extensions = [
         Extension(
-            f"fastmlp.kernels.{src.stem}",
-            [str(src)],
+            f"fastmlp.kernels._cython_mlp_{isa}",
+            [f"kernels/_cython_mlp_{isa}.pyx"],
             include_dirs=[np.get_include(), "kernels"],
             # C headers the kernels include (_gemv.h: the small-batch predict's GEMV):
             # a change rebuilds, and the sdist ships them (with MANIFEST.in).
@@ -56,10 +77,15 @@ if sources:
             # -fno-trapping-math lets GCC turn a ternary whose sides compute (p * z if
             # z < 0 else z) into a select, which the vectoriser needs; results, NaN and
             # inf are unchanged (unlike -ffast-math); only FP status flags may differ.
-            extra_compile_args=["-O3", "-fno-trapping-math"],
+            # -ffp-contract=off: a * b + c is two roundings, as in the reference, also
+            # where FMA exists (a fused A s - T changed the cross-entropy delta of
+            # logits near 1e17 enough to move a gradient by 1e11); the GEMV loops of
+            # _gemv.h fuse theirs, as BLAS does.
+            extra_compile_args=["-O3", "-fno-trapping-math", "-ffp-contract=off"]
+            + ISA_FLAGS[isa],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         )
-        for src in sources
+        for isa in isa_builds()
     ]
     ext_modules = cythonize(extensions, include_path=["kernels"], language_level=3)
 

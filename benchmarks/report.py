@@ -288,6 +288,11 @@ def environment(threads, columns):
              f"fm.set_num_threads({threads}) (numpy's and scipy's BLAS, Numba), "
              f"torch.set_num_threads({threads}), onnxruntime intra_op_num_threads={threads}; "
              "JAX uses its own pool"]
+    try:  # which build of the Cython kernels ran (kernels/cython_mlp.py)
+        from fastmlp.kernels import cython_mlp
+        lines.append(f"- Cython kernels: the {cython_mlp.ISA} build")
+    except ImportError as exc:
+        lines.append(f"- Cython kernels: not importable ({exc})")
     for info in threadpoolctl.threadpool_info():
         path = info.get("filepath") or "?"
         where = path.split("site-packages/")[-1]   # e.g. numpy.libs/libscipy_openblas64_...so

@@ -1,4 +1,4 @@
-/* z = x W for a few rows of x (the small-batch predict of kernels/cython_mlp.pyx),
+/* z = x W for a few rows of x (the small-batch predict of kernels/_mlp.pxi),
    as wide as the processor allows.
 
    A 1-row predict is one GEMV per layer, for which a BLAS call costs its set-up and
@@ -32,10 +32,22 @@ typedef void (*fm_xw_copy_f64_t)(Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
 #define FM_FN_(name, sfx) fm_##name##_##sfx
 #define FM_FN2(name, sfx) FM_FN_(name, sfx)
 
+/* These loops fuse their multiply-adds (one rounding each, as BLAS's GEMMs do):
+   setup.py compiles the extension with -ffp-contract=off, so that its elementwise passes
+   round as the NumPy reference does in every instruction-set build, and each copy below
+   turns fusing back on for itself. (A function attribute, not #pragma GCC optimize:
+   after the pragma, push_options / pop_options did not turn it off again, and the
+   bias + activation pass fused.) clang has no such attribute: its copies do not fuse. */
+#if defined(__clang__)
+#define FM_FUSE
+#else
+#define FM_FUSE __attribute__((optimize("fp-contract=fast")))
+#endif
+
 /* the baseline copy: 16-byte vectors (SSE2 on x86-64, NEON on aarch64) */
 typedef float fm_f32x4 __attribute__((vector_size(16)));
 typedef double fm_f64x2 __attribute__((vector_size(16)));
-#define FM_ATTR
+#define FM_ATTR FM_FUSE
 #define FM_NV 8
 #define FM_T float
 #define FM_V fm_f32x4
@@ -56,7 +68,7 @@ typedef double fm_f64x2 __attribute__((vector_size(16)));
 /* AVX2 + FMA: 16 ymm registers, 8 of them accumulators */
 typedef float fm_f32x8 __attribute__((vector_size(32)));
 typedef double fm_f64x4 __attribute__((vector_size(32)));
-#define FM_ATTR __attribute__((target("avx2,fma")))
+#define FM_ATTR __attribute__((target("avx2,fma"))) FM_FUSE
 #define FM_NV 8
 #define FM_T float
 #define FM_V fm_f32x8
@@ -74,7 +86,7 @@ typedef double fm_f64x4 __attribute__((vector_size(32)));
 /* AVX-512F: 32 zmm registers, 16 of them accumulators */
 typedef float fm_f32x16 __attribute__((vector_size(64)));
 typedef double fm_f64x8 __attribute__((vector_size(64)));
-#define FM_ATTR __attribute__((target("avx512f")))
+#define FM_ATTR __attribute__((target("avx512f"))) FM_FUSE
 #define FM_NV 16
 #define FM_T float
 #define FM_V fm_f32x16

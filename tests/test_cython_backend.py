@@ -321,7 +321,8 @@ def test_sdist_ships_the_cython_sources(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     (archive,) = tmp_path.glob("*.tar.gz")
     names = {Path(n).name for n in tarfile.open(archive).getnames()}
-    wanted = {p.name for p in (ROOT / "kernels").glob("*.pyx")} | {
-        p.name for p in (ROOT / "kernels").glob("*.pxd")}
-    assert {"cython_mlp.pyx", "_blas.pxd", "_activations.pxd"} <= wanted
+    wanted = {p.name for pattern in ("*.pyx", "*.pxi", "*.pxd", "*.h")
+              for p in (ROOT / "kernels").glob(pattern)}
+    assert {"_mlp.pxi", "_cython_mlp_base.pyx", "_cython_mlp_avx512.pyx", "_blas.pxd",
+            "_activations.pxd", "_gemv.h"} <= wanted
     assert wanted <= names, wanted - names

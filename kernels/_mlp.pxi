@@ -1,4 +1,6 @@
-# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, language_level=3
+# The source of the Cython kernels, included by kernels/_cython_mlp_{base,avx2,avx512}.pyx:
+# one build per instruction set, of which kernels/cython_mlp.py imports the widest this
+# processor runs. (The directives are on those files' first line.)
 """The ``"cython"`` backend: whole train steps, epochs and inference run in C with
 the GIL released, and :class:`Engine`, their checked Python entry point.
 
