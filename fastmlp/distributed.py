@@ -82,6 +82,8 @@ from .model import History, TrainingDiverged, _hook
 
 # Callbacks that write files or the terminal: one writer per job, rank 0.
 RANK_ZERO_ONLY = (ModelCheckpoint, ProgressBar)
+# seconds between the message of a one-rank exception and the job's abort (see fit)
+ABORT_GRACE_S = 0.5
 
 
 class DistributedError(RuntimeError):
@@ -125,6 +127,10 @@ def fit(model, X_local, Y_local, comm, epochs=1, batch_size=32, shuffle=True,
         print(f"fastmlp.distributed: rank {run.rank} of {run.size} stopped by an exception "
               f"the other ranks cannot be told about; aborting the MPI job:\n"
               f"{traceback.format_exc()}", file=sys.stderr, flush=True)
+        # mpiexec forwards a rank's stderr through a pipe and kills every process on an
+        # abort: without a moment for the forwarding, the message was lost once on a
+        # loaded machine (the job ended with no word of why)
+        time.sleep(ABORT_GRACE_S)
         comm.Abort(1)
         raise
 
