@@ -70,6 +70,17 @@ def test_an_unknown_build_in_the_environment_is_a_clear_error():
                          capture_output=True, text=True, timeout=120)
     assert res.returncode != 0
     assert "FASTMLP_CYTHON_ISA='avx1024': choose one of avx512, avx2, base" in res.stderr
+    # asked for by name, the backend says that, not that the kernels are missing
+    code = ("import fastmlp as fm\n"
+            "try:\n    fm.Model([fm.Dense(2)], input_dim=2, backend='cython')\n"
+            "except ValueError as e:\n    print(e)\n")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert ("backend 'cython' is not available here: the Cython extension "
+            "fastmlp.kernels.cython_mlp does not import (FASTMLP_CYTHON_ISA='avx1024': "
+            "choose one of avx512, avx2, base)") in res.stdout, res.stdout
+    assert "source tree" not in res.stdout
 
 
 # Every activation as a hidden layer (prelu's alpha trained too), each loss with its

@@ -85,6 +85,7 @@ each one that is present (``getattr``) and otherwise works on the host arrays:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 
 # name -> "module:Class"; a backend is available when its module imports.
@@ -107,10 +108,13 @@ def _load(name):
 
 
 def _explain(exc):
-    """The import error, or what is really wrong when a source tree shadows the install."""
+    """The import error, or what is really wrong when a source tree shadows the install:
+    then the package fastmlp.kernels itself is missing (it lives in ../kernels, which only
+    an install maps), not merely one of its modules failing (an unknown
+    FASTMLP_CYTHON_ISA, a build that does not load), which is reported as it is."""
     package = Path(__file__).resolve().parents[1]
     source_tree = (package.parent / "kernels").is_dir() and (package.parent / "setup.py").is_file()
-    if "fastmlp.kernels" in str(exc) and source_tree:
+    if source_tree and importlib.util.find_spec("fastmlp.kernels") is None:
         return (f"fastmlp is imported from its source tree ({package}), which has no compiled "
                 "kernels: that folder shadows the installed package. Install the clone with "
                 "`pip install -e .`, or run from another folder")

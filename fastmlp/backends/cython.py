@@ -24,8 +24,9 @@ import numpy as np
 
 try:
     from ..kernels.cython_mlp import Engine
-except ImportError as exc:  # not built: `pip install .` or `python setup.py build_ext --inplace`
-    raise ImportError(f"the Cython extension fastmlp.kernels.cython_mlp is not built ({exc})") from None
+except ImportError as exc:  # not built (`pip install .`), or FASTMLP_CYTHON_ISA refused: exc says
+    raise ImportError(f"the Cython extension fastmlp.kernels.cython_mlp does not import ({exc})"
+                      ) from None
 
 from .. import rules
 
