@@ -31,11 +31,14 @@ def build(name):
 
 def model(module, activation):
     """A W2/W3-shaped model whose engine is ``module``'s (the backend builds the Engine it
-    imported, so it is pointed at this module's for the construction)."""
-    cython_backend.Engine = module.Engine
-    m = fm.Model([fm.Dense(256, activation), fm.Dense(128, activation), fm.Dense(10, "softmax")],
-                 input_dim=784, loss="cross_entropy", optimizer=fm.SGD(0.01), backend="cython",
-                 dtype="float32", seed=0)
+    imported, so it is pointed at this module's for the construction only)."""
+    imported, cython_backend.Engine = cython_backend.Engine, module.Engine
+    try:
+        m = fm.Model([fm.Dense(256, activation), fm.Dense(128, activation),
+                      fm.Dense(10, "softmax")], input_dim=784, loss="cross_entropy",
+                     optimizer=fm.SGD(0.01), backend="cython", dtype="float32", seed=0)
+    finally:
+        cython_backend.Engine = imported
     assert type(m.engine.engine).__module__ == module.__name__
     return m
 

@@ -8,6 +8,7 @@ The rest of the suite tests the build that is imported; each other build is run 
 in a process of its own (FASTMLP_CYTHON_ISA), through fit, train_on_batch (the guarded
 step), gradients, predict (small and BLAS-sized) and evaluate.
 """
+import functools
 import importlib.util
 import json
 import os
@@ -124,7 +125,9 @@ print(json.dumps(out))
 """
 
 
+@functools.lru_cache(maxsize=None)
 def _run(backend, isa=None):
+    """RUN's results for a backend (and a Cython build), once per test session."""
     env = dict(os.environ)
     env.pop(cython_builds.ENV, None)
     if isa:
