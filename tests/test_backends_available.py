@@ -43,3 +43,36 @@ def test_source_tree_shadowing_the_install_is_explained(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "['numpy']" in out.stdout
     assert "imported from its source tree" in out.stdout and "pip install -e ." in out.stdout
+
+
+def test_auto_says_when_it_passes_over_an_installed_backend(monkeypatch):
+    """backend="auto" falling back from a backend that is installed but does not import (a
+    bad FASTMLP_CYTHON_ISA, a numba broken against this NumPy) warns, naming the cause;
+    an absent backend is passed over in silence."""
+    import warnings
+
+    import pytest
+
+    from fastmlp import backends
+    if "numba" not in backends.available_backends():
+        pytest.skip("needs the numba backend to fall back to")
+    monkeypatch.setitem(backends._REGISTRY, "cython", "fastmlp.backends.no_such_module:X")
+    monkeypatch.setitem(backends._INSTALLED_IF, "cython", "numpy")  # "installed"
+    with pytest.warns(RuntimeWarning, match=r"backend='auto' uses 'numba': the faster 'cython' "
+                      r"backend is installed but does not import \(No module named "
+                      r"'fastmlp.backends.no_such_module'\)"):
+        assert fm.Model([fm.Dense(1)], input_dim=1).backend == "numba"
+    monkeypatch.setitem(backends._INSTALLED_IF, "cython", "fastmlp.no_such_package.x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fm.Model([fm.Dense(1)], input_dim=1).backend == "numba"
+
+
+def test_auto_is_silent_when_the_fastest_backend_imports():
+    import warnings
+
+    from fastmlp import backends
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        chosen = backends.resolve("auto")
+    assert chosen == next(b for b in backends.AUTO_ORDER if b in fm.available_backends())

@@ -82,6 +82,15 @@ def test_an_unknown_build_in_the_environment_is_a_clear_error():
             "fastmlp.kernels.cython_mlp does not import (FASTMLP_CYTHON_ISA='avx1024': "
             "choose one of avx512, avx2, base)") in res.stdout, res.stdout
     assert "source tree" not in res.stdout
+    # backend="auto" falls back to numba, and says why
+    res = subprocess.run([sys.executable, "-c", "import fastmlp as fm\n"
+                          "print(fm.Model([fm.Dense(2)], input_dim=2).backend)"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["numba"]
+    assert ("RuntimeWarning: backend='auto' uses 'numba': the faster 'cython' backend is "
+            "installed but does not import (the Cython extension fastmlp.kernels.cython_mlp "
+            "does not import (FASTMLP_CYTHON_ISA='avx1024': ") in res.stderr, res.stderr
 
 
 # Every activation as a hidden layer (prelu's alpha trained too), each loss with its

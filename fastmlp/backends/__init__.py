@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import warnings
 from pathlib import Path
 
 # name -> "module:Class"; a backend is available when its module imports.
@@ -97,6 +98,12 @@ _REGISTRY = {
     "cuda": "fastmlp.backends.cuda:CudaBackend",
 }
 _import_errors: dict[str, str] = {}
+# name -> a module whose presence means the backend is installed here, so that its failing
+# to import is a fault to report, not an absent option ("numpy" is always there)
+_INSTALLED_IF = {
+    "numba": "numba",
+    "cython": "fastmlp.kernels._cython_mlp_base",  # the build made wherever Cython builds
+}
 
 
 def _load(name):
@@ -140,11 +147,29 @@ AUTO_ORDER = ("cython", "numba", "numpy")
 
 
 def resolve(name):
-    """The backend name that ``name`` means here: "auto" -> the first of AUTO_ORDER that imports."""
+    """The backend name that ``name`` means here: "auto" -> the first of AUTO_ORDER that imports.
+
+    A faster backend that is installed but does not import (a bad FASTMLP_CYTHON_ISA, a
+    numba that fails against this NumPy) is passed over with a RuntimeWarning saying why:
+    silently falling back could cost a user a large factor in speed."""
     if name == "auto":
         available = available_backends()
-        return next(b for b in AUTO_ORDER if b in available)
+        chosen = next(b for b in AUTO_ORDER if b in available)
+        for skipped in AUTO_ORDER[:AUTO_ORDER.index(chosen)]:
+            if _installed(skipped):
+                warnings.warn(f"backend='auto' uses {chosen!r}: the faster {skipped!r} backend "
+                              f"is installed but does not import ({_import_errors[skipped]})",
+                              RuntimeWarning, stacklevel=3)
+        return chosen
     return name
+
+
+def _installed(name):
+    """Whether the module that ``name``'s backend is built from is present here."""
+    try:
+        return importlib.util.find_spec(_INSTALLED_IF[name]) is not None
+    except (ImportError, ValueError):  # a parent package missing, or broken
+        return False
 
 
 def get_backend(name):
