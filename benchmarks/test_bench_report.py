@@ -35,6 +35,32 @@ def test_report_prints_tables_and_targets(capsys):
     assert "load average" in out
 
 
+def test_sgemm_rows_time_the_gemms_of_the_call():
+    """The GEMMs timed alone are those of the call, counted as the FLOPs the table divides by."""
+    from workloads import BY_NAME as WORKLOAD, SgemmCase
+    for name in report.GFLOP_WORKLOADS:
+        w = WORKLOAD[name]
+        case = SgemmCase(w)
+        flops = sum(2 * A.shape[0] * A.shape[1] * B.shape[1] for A, B, _ in case.ops)
+        assert flops == w.flops == case.flops
+        assert len(case.ops) == (3 * (len(w.dims) - 1) - 1 if w.trains else len(w.dims) - 1)
+        assert case.ops[0][0].shape == (w.rows, w.dims[0])
+
+
+def test_report_shows_the_gemm_ceiling(capsys):
+    columns = [c for c in ("cython", "numba") if COLUMN[c].available()]
+    report.main(["--workloads", "predict-W2", "--columns", ",".join(columns),
+                 "--min-time", "0.01", "--rounds", "1", "--no-pipeline"])
+    out = capsys.readouterr().out
+    assert "predict-W2 predict: forward GEMMs per call, 0.24 GFLOP" in out
+    assert "| sgemm alone (np.matmul, the BLAS the kernels call" in out
+    import re
+    assert re.search(r"the ceiling \| [\d.]+ \| [\d.]+ \| 100 \| [\d.]+× \|", out)
+    assert re.search(r"\| numpy \| [\d.]+ \| [\d.]+ \| \d+ \| 1\.00× \|", out)
+    for name in columns:
+        assert re.search(rf"\| {name} \| [\d.]+ \| [\d.]+ \| \d+ \| [\d.]+× \|", out)
+
+
 def _cells(**medians):
     return {name: {"per_call": m, "first": m, "spread": 1.0} for name, m in medians.items()}
 

@@ -201,7 +201,7 @@ def predict_flops(dims, rows):
 def train_gemms(dims, rows):
     """The GEMMs of one train step as (m, k, n, trans_a, trans_b), row-major
     C (m, n) = op(A) op(B): forward X W, then dW = Xᵀ delta and dx = delta Wᵀ."""
-    shapes = [(rows, a, b, False, False) for a, b in zip(dims[:-1], dims[1:])]
+    shapes = predict_gemms(dims, rows)
     for i in range(len(dims) - 2, -1, -1):
         a, b = dims[i], dims[i + 1]
         shapes.append((a, rows, b, True, False))
@@ -210,20 +210,28 @@ def train_gemms(dims, rows):
     return shapes
 
 
-class SgemmCase:
-    """The same GEMMs as one train step, through NumPy's ``np.matmul(..., out=)`` —
-    NumPy's own OpenBLAS, the library the compiled backends call (fastmlp.blas_in_use())
-    — on preallocated C-contiguous operands."""
+def predict_gemms(dims, rows):
+    """The forward GEMMs, X W per layer, as train_gemms gives them."""
+    return [(rows, a, b, False, False) for a, b in zip(dims[:-1], dims[1:])]
 
-    def __init__(self, dims, rows, seed=0):
+
+class SgemmCase:
+    """The GEMMs of one call of workload ``w`` (a train step's, or predict's forward ones)
+    and nothing else, through NumPy's ``np.matmul(..., out=)`` — NumPy's own OpenBLAS,
+    the library the compiled backends call (fastmlp.blas_in_use()) — on preallocated
+    C-contiguous operands: the time a call could take if everything around its GEMMs
+    were free."""
+
+    def __init__(self, w, seed=0):
         rng = np.random.default_rng(seed)
         self.ops = []
-        for m, k, n, ta, tb in train_gemms(dims, rows):
+        gemms = train_gemms if w.trains else predict_gemms
+        for m, k, n, ta, tb in gemms(w.dims, w.rows):
             A = rng.standard_normal((k, m) if ta else (m, k)).astype(DTYPE)
             B = rng.standard_normal((n, k) if tb else (k, n)).astype(DTYPE)
             C = np.empty((m, n), dtype=DTYPE)
             self.ops.append((A.T if ta else A, B.T if tb else B, C))
-        self.flops = train_flops(dims, rows)
+        self.flops = w.flops
 
     def run(self):
         for A, B, C in self.ops:
