@@ -36,6 +36,7 @@ SAMPLE_S = 2e-3  # each timing sample lasts at least this long (loops tiny calls
 # the rows whose GEMMs are timed alone too (SgemmCase): their share of the call, and the
 # ratio over NumPy a call made of its GEMMs alone would reach
 GFLOP_WORKLOADS = ("W2", "W3", "W4", "predict-W2", "predict-W4")
+SGEMM_SHARE_MAX = 1.15
 COMPILED = ("cython", "numba")
 NOISY = "†"
 
@@ -167,10 +168,12 @@ def sgemm_table(results, sgemm):
         base = results[wname].get(BASELINE, {}).get("per_call")
         what = ("train step: GEMMs per step (forward, dW of every layer, dx of all but the "
                 "first)" if w.trains else "predict: forward GEMMs per call")
-        out += ["", f"{wname} {what}, {w.flops / 1e9:.2f} GFLOP; elementwise work not counted", "",
+        out += ["", f"{wname} {what}, {w.flops / 1e9:.2f} GFLOP; elementwise work not counted. "
+                "The sgemm row's × NumPy is what a call doing nothing but these GEMMs would "
+                "reach", "",
                 "| | ms/call | GFLOP/s | % of sgemm | × NumPy |", "|---|---:|---:|---:|---:|"]
         rows = [("sgemm alone (np.matmul, the BLAS the kernels call, the same GEMMs, same "
-                 "rounds): the ceiling", sg)] + list(results[wname].items())
+                 "rounds)", sg)] + list(results[wname].items())
         for name, cell in rows:
             gf = w.flops / cell["per_call"] / 1e9
             times = f"{base / cell['per_call']:.2f}×" if base else "–"
@@ -231,10 +234,11 @@ def targets(results, sgemm, pipe):
     for b in COMPILED:
         if "W4" in sgemm and b in results.get("W4", {}):
             share = sgemm["W4"]["per_call"] / results["W4"][b]["per_call"]
-            # The same GEMMs cannot run much faster inside a train step than alone:
-            # a share well over 100 % means load disturbed the sgemm timing.
+            # The step can beat its GEMMs timed alone a little (105-108 % measured: its
+            # dW GEMMs carry the SGD update, beta = 1, with no pass of their own), not
+            # by much: a share over SGEMM_SHARE_MAX means load disturbed the sgemm timing.
             judged[b] = ((None, f"{100 * share:.0f} %: sgemm timing disturbed, rerun")
-                         if share > 1.05 else (share >= 0.95, f"{100 * share:.0f} %"))
+                         if share > SGEMM_SHARE_MAX else (share >= 0.95, f"{100 * share:.0f} %"))
         else:
             judged[b] = (None, "not run")
     rows.append(("W4 ≥ 95 % of the sgemm rate", judged))
