@@ -548,13 +548,16 @@ _bias_act_forward_linked = separate(bias_act_forward)
 
 
 @njit(**KERNEL)
-def _forward_rows(theta, X, plan, fparams, buf, out, zout, small):
+def _forward_rows(theta, X, plan, fparams, buf, out, zout, small, check):
     """Forward X (c, k_0) through three (c * widest) thirds of buf: one for Z, two
     for alternating layer outputs. The output layer's Z goes to zout (c, k_L) and
     its outputs to out (c, k_L). Z and A are never the same array: LLVM will not
     vectorise a pass whose output may overlap its input (in place was 4x slower).
     ``small`` (c <= rules.PREDICT_SMALL_ROWS): each layer's X W by the C GEMV loops
     (numba_gemv.xw, the Cython backend's), else by BLAS (numba_blas.gemm_nn).
+    ``check``: X is checked finite through the first layer's X W, and X itself only
+    when that is not finite (see predict); returns False when X is not (out then
+    undefined), else True.
     """
     n, n_layers = X.shape[0], plan[PLAN_LAYERS]
     third = buf.shape[0] // 3
@@ -570,8 +573,12 @@ def _forward_rows(theta, X, plan, fparams, buf, out, zout, small):
             xw(inp, W, Z)
         else:
             gemm_nn(inp, W, Z, 1.0, 0.0)
+        if check and l == 0 and not (_abs_max_linked(Z, 0, n) < np.inf):
+            if not (_abs_max_linked(X, 0, n) < np.inf):
+                return False
         _bias_act_forward_linked(Z, b, A, plan[row + LAYER_ACT], fparams[l], alpha)
         inp = A
+    return True
 
 
 _forward_rows_linked = separate(_forward_rows)
@@ -582,8 +589,12 @@ _loss_value_linked = separate(loss_value_kernel)
 def predict(theta, X, plan, fparams, chunk, Y, check, small):
     """Y (n, k_L) OVERWRITTEN with the outputs of X (n, k_0), computed ``chunk`` rows
     at a time (fastmlp.rules.predict_rows). Returns True; with ``check``, whether
-    every value of X is finite, each chunk checked just before its first layer reads
-    it, from cache (False: Y is undefined).
+    every value of X is finite (False: Y is undefined). Each chunk is checked just
+    before its first layer reads it, from cache; or, where the first layer has fewer
+    units than inputs, through that layer's X W, smaller and just written: a NaN or inf
+    in a row of X makes every value of that row of X W NaN or inf (NaN * w and inf * 0
+    are NaN, inf * w is inf, and a sum with such a term is never finite: no BLAS skips
+    a non-zero x), so a finite X W proves X finite, and X is read only when it is not.
 
     A chunk of at most ``small`` rows (fastmlp.rules.PREDICT_SMALL_ROWS; 0: none) runs
     each layer's X W through the C GEMV loops the Cython backend runs (numba_gemv),
@@ -593,13 +604,17 @@ def predict(theta, X, plan, fparams, chunk, Y, check, small):
     n = X.shape[0]
     c = min(chunk, n)
     buf = np.empty(3 * c * plan[PLAN_WIDEST], dtype=X.dtype)
+    first = _row(0)
+    check_xw = check and plan[first + LAYER_N_OUT] < plan[first + LAYER_N_IN]
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        if check and not (_abs_max_linked(X, start, stop) < np.inf):
+        if check and not check_xw and not (_abs_max_linked(X, start, stop) < np.inf):
             return False
         y = Y[start:stop]
-        _forward_rows_linked(theta, X[start:stop], plan, fparams, buf, y,
-                             matrix(buf, 0, stop - start, y.shape[1]), stop - start <= small)
+        if not _forward_rows_linked(theta, X[start:stop], plan, fparams, buf, y,
+                                    matrix(buf, 0, stop - start, y.shape[1]),
+                                    stop - start <= small, check_xw):
+            return False
     return True
 
 
@@ -616,7 +631,7 @@ def evaluate(theta, X, T, plan, fparams, chunk, small):
         stop = min(start + chunk, n)
         z, a = Z[:stop - start], A[:stop - start]
         _forward_rows_linked(theta, X[start:stop], plan, fparams, buf, a, z,
-                             stop - start <= small)
+                             stop - start <= small, False)
         # each chunk's sum divided by n before the chunks are added, as the reference
         # (a float64 mean stays finite where the raw sums would overflow)
         total += _loss_value_linked(z, a, T[start:stop], plan[PLAN_LOSS]) / n

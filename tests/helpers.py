@@ -152,3 +152,5 @@ def without_backend(monkeypatch, name):
         return real(backend)
 
     monkeypatch.setattr(backends, "_load", load)
+    if name in backends._INSTALLED_IF:  # not installed, so "auto" passes it over in silence
+        monkeypatch.setitem(backends._INSTALLED_IF, name, "fastmlp_tests_no_such_module")

@@ -9,6 +9,12 @@ NumPy reference: every activation, both dtypes, 1 and 2 rows, the small-batch cu
 (fastmlp.rules.PREDICT_SMALL_ROWS) +-1, and more rows than a predict chunk. Then NaN
 and inf anywhere in X, odd layouts through the Model, threads, and (Cython) every copy
 of the small-batch GEMV loops this processor runs.
+
+A first layer with fewer units than inputs has X checked through its X W (a NaN or inf
+in a row of X leaves no value of that row of X W finite), and X itself only when X W is
+not finite: the refusals run on such a network too (NARROW), with the cases that
+argument rests on (inf times a zero weight, +inf and -inf in one sum) and finite inputs
+whose X W overflows, which must be predicted, not refused.
 """
 import platform
 import sys
@@ -31,19 +37,22 @@ PARAMS = {"linear": {"a": 0.8}, "leaky_relu": {"alpha": 0.1}, "prelu": {"alpha":
 # Widths off every SIMD width: 300 outputs fill whole tiles of 16-float vectors and
 # leave some over, 37 and 5 leave a tail of columns narrower than any vector.
 INPUTS, WIDTHS = 13, (300, 37, 5)
+# a first layer narrower than the input: X is checked through X W
+NARROW = (4, 37, 5)
 
 
-def _layers(name):
+def _layers(name, widths=WIDTHS):
     """Every layer with activation ``name`` (softmax: the output only, behind tanh)."""
     hidden = "tanh" if name == "softmax" else name
-    return ([fm.Dense(k, activation=hidden, **PARAMS.get(hidden, {})) for k in WIDTHS[:-1]]
-            + [fm.Dense(WIDTHS[-1], activation=name, **PARAMS.get(name, {}))])
+    return ([fm.Dense(k, activation=hidden, **PARAMS.get(hidden, {})) for k in widths[:-1]]
+            + [fm.Dense(widths[-1], activation=name, **PARAMS.get(name, {}))])
 
 
-def _pair(backend, dtype, name="tanh", seed=0):
+def _pair(backend, dtype, name="tanh", seed=0, widths=WIDTHS):
     """(model on ``backend``, the NumPy reference model) with the same noisy weights:
     non-zero biases and prelu alphas that differ per unit."""
-    model, ref = (fm.Model(_layers(name), input_dim=INPUTS, backend=b, dtype=dtype, seed=seed)
+    model, ref = (fm.Model(_layers(name, widths), input_dim=INPUTS, backend=b, dtype=dtype,
+                           seed=seed)
                   for b in (backend, "numpy"))
     rng = np.random.default_rng(seed)
     weights = [w + 0.3 * rng.standard_normal(w.shape) for w in model.get_weights()]
@@ -71,9 +80,10 @@ def _run(fn, X, k):
 
 # -- the outputs -----------------------------------------------------------------------
 
+@pytest.mark.parametrize("widths", [WIDTHS, NARROW], ids=["wide", "narrow"])
 @pytest.mark.parametrize("name", list(activations.ACTIVATIONS))
-def test_every_activation_matches_the_reference(backend, dtype, name):
-    model, ref = _pair(backend, dtype, name)
+def test_every_activation_matches_the_reference(backend, dtype, name, widths):
+    model, ref = _pair(backend, dtype, name, widths=widths)
     fn = _checked(model)
     for n in ROWS:
         X = _x(n, dtype, seed=n)
@@ -128,9 +138,10 @@ def _bad_positions(n):
     return sorted({(0, 0), (n - 1, INPUTS - 1), (n // 2, INPUTS // 2), (n - 1, 0)})
 
 
+@pytest.mark.parametrize("widths", [WIDTHS, NARROW], ids=["wide", "narrow"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_inputs_are_refused_with_the_usual_message(backend, dtype, bad):
-    model, _ = _pair(backend, dtype)
+def test_non_finite_inputs_are_refused_with_the_usual_message(backend, dtype, bad, widths):
+    model, _ = _pair(backend, dtype, widths=widths)
     fn = _checked(model)
     big = 2 * rules.predict_rows(model.net, model.dtype) + 5   # a bad value in any chunk
     for n in ROWS + (big,):
@@ -145,6 +156,49 @@ def test_non_finite_inputs_are_refused_with_the_usual_message(backend, dtype, ba
                 model.predict(X)
             assert str(got.value) == str(want.value) == (
                 f"X contains NaN or inf (first at row {r}, column {c})")
+
+
+@pytest.mark.parametrize("n", ROWS + (600,))
+def test_inf_times_a_zero_weight_and_opposite_infs_are_refused(backend, dtype, n):
+    """inf * 0 is NaN and inf - inf is NaN: X W is not finite, so X is read and refused."""
+    model, _ = _pair(backend, dtype, widths=NARROW)
+    fn = _checked(model)
+    weights = model.get_weights()
+    weights[0][2] = 0            # input 2 reaches no unit
+    weights[0][5] = weights[0][7]  # inputs 5 and 7 reach every unit alike
+    model.set_weights(weights)
+    for where in ({2: np.inf}, {2: -np.inf}, {5: np.inf, 7: -np.inf}):
+        X = _x(n, dtype)
+        for c, v in where.items():
+            X[n - 1, c] = v
+        ok, _ = _run(fn, X, NARROW[-1])
+        assert ok is False, where
+        with pytest.raises(ValueError, match=rf"X contains NaN or inf \(first at row {n - 1}, "
+                                             rf"column {min(where)}\)"):
+            model.predict(X)
+
+
+@pytest.mark.parametrize("rows", (1, CUT + 1, "chunks"))
+def test_finite_inputs_whose_first_layer_overflows_are_predicted(backend, dtype, rows):
+    """x W overflowing to inf from a finite X is not an input error: predicted as the
+    reference predicts it; a NaN in a later chunk is still refused."""
+    model, ref = _pair(backend, dtype, "relu", widths=NARROW)
+    fn = _checked(model)
+    chunk = rules.predict_rows(model.net, model.dtype)
+    n = 2 * chunk + 3 if rows == "chunks" else rows
+    X = _x(n, dtype)
+    X[0] = np.finfo(dtype).max / 2   # every x W of row 0 overflows
+    with np.errstate(all="ignore"):
+        want = ref.predict(X)
+        ok, out = _run(fn, X, NARROW[-1])
+        got = model.predict(X)
+    assert ok is True
+    assert not np.isfinite(want[0]).all() and np.isfinite(want[1:]).all()
+    np.testing.assert_allclose(out, want, **TOLERANCES[dtype])
+    np.testing.assert_allclose(got, want, **TOLERANCES[dtype])
+    if n > chunk:
+        X[chunk + 1, 3] = np.nan
+        assert _run(fn, X, NARROW[-1])[0] is False
 
 
 def test_a_refused_call_leaves_the_model_working(backend, dtype):
