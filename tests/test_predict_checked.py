@@ -178,6 +178,22 @@ def test_inf_times_a_zero_weight_and_opposite_infs_are_refused(backend, dtype, n
             model.predict(X)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_bad_value_in_either_part_of_a_split_gemv_is_refused(backend, dtype, bad):
+    """A first layer of >= 256 KB has its small-batch x W summed in two parts over the
+    inputs (kernels/_gemv_pool.h), added at the end: a bad value in either part, or at
+    the cut, still leaves no value of its row of x W finite."""
+    model = fm.Model([fm.Dense(100, "relu"), fm.Dense(10, "softmax")], input_dim=784,
+                     backend=backend, dtype=dtype, seed=0)
+    fn = _checked(model)
+    for n in (1, 4):
+        for c in (0, 391, 392, 783):
+            X = np.random.default_rng(c).standard_normal((n, 784)).astype(dtype)
+            X[n - 1, c] = bad
+            assert _run(fn, X, 10)[0] is False, (n, c)
+        assert _run(fn, np.ones((n, 784), dtype=dtype), 10)[0] is True
+
+
 @pytest.mark.parametrize("rows", (1, CUT + 1, "chunks"))
 def test_finite_inputs_whose_first_layer_overflows_are_predicted(backend, dtype, rows):
     """x W overflowing to inf from a finite X is not an input error: predicted as the
