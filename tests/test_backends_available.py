@@ -76,3 +76,22 @@ def test_auto_is_silent_when_the_fastest_backend_imports():
         warnings.simplefilter("error")
         chosen = backends.resolve("auto")
     assert chosen == next(b for b in backends.AUTO_ORDER if b in fm.available_backends())
+
+
+def test_auto_imports_no_backend_after_the_one_it_picks():
+    """backend="auto" tries cython, numba, numpy in order and stops at the first that
+    imports: a first Model on cython does not import numba (nor numba.cuda), which cost
+    a second of it."""
+    import subprocess
+    import sys
+
+    import pytest
+    if "cython" not in fm.available_backends():
+        pytest.skip("needs the cython backend")
+    code = ("import sys\nimport fastmlp as fm\n"
+            "m = fm.Model([fm.Dense(2)], input_dim=2)\n"
+            "print(m.backend, 'numba' in sys.modules)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["cython", "False"]

@@ -152,16 +152,23 @@ def resolve(name):
     A faster backend that is installed but does not import (a bad FASTMLP_CYTHON_ISA, a
     numba that fails against this NumPy) is passed over with a RuntimeWarning saying why:
     silently falling back could cost a user a large factor in speed."""
-    if name == "auto":
-        available = available_backends()
-        chosen = next(b for b in AUTO_ORDER if b in available)
-        for skipped in AUTO_ORDER[:AUTO_ORDER.index(chosen)]:
+    if name != "auto":
+        return name
+    # In order, stopping at the first that imports: the others are not imported at all
+    # (numba and numba.cuda took a second of a first Model() that ran on cython).
+    for i, chosen in enumerate(AUTO_ORDER):
+        try:
+            _load(chosen)
+        except ImportError as exc:
+            _import_errors[chosen] = str(exc)
+            continue
+        for skipped in AUTO_ORDER[:i]:
             if _installed(skipped):
                 warnings.warn(f"backend='auto' uses {chosen!r}: the faster {skipped!r} backend "
                               f"is installed but does not import ({_import_errors[skipped]})",
                               RuntimeWarning, stacklevel=3)
         return chosen
-    return name
+    raise ImportError(f"no backend imports here: {_import_errors}")
 
 
 def _installed(name):
