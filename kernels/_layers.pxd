@@ -85,6 +85,22 @@ cdef inline int bias_activation_forward(Py_ssize_t rows, Py_ssize_t n, floating*
     return 0
 
 
+cdef inline void dense_product(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,
+                               const floating* x, const floating* W, floating* z,
+                               bint small) noexcept nogil:
+    """z = x W: the GEMM before a layer's bias and activation.
+
+    x (rows, n_in), W (n_in, n_out): IN. z (rows, n_out): OUT, OVERWRITTEN.
+    ``small`` (a few rows: fastmlp.rules.PREDICT_SMALL_ROWS): by the GEMV loops of
+    _gemv.h, which stream W once, instead of a BLAS call.
+    """
+    if small:
+        xw(rows, n_in, n_out, x, W, z)
+    else:
+        gemm(False, False, <int>rows, <int>n_out, <int>n_in, <floating>1, x, <int>n_in,
+             W, <int>n_out, <floating>0, z, <int>n_out)
+
+
 cdef inline void dense_forward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,
                                const floating* x, const floating* W, const floating* b,
                                int code, floating p, const floating* alpha, floating* z,
@@ -96,20 +112,8 @@ cdef inline void dense_forward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_ou
     f (rows, n_out): OUT, OVERWRITTEN with the activation; may be z (z then lost).
     fmax (1,): OUT unless NULL, max |f| (see bias_activation_forward).
     """
-    gemm(False, False, <int>rows, <int>n_out, <int>n_in, <floating>1, x, <int>n_in,
-         W, <int>n_out, <floating>0, z, <int>n_out)
+    dense_product(rows, n_in, n_out, x, W, z, False)
     bias_activation_forward(rows, n_out, z, b, code, p, alpha, f, fmax)
-
-
-cdef inline void small_dense_forward(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,
-                                     const floating* x, const floating* W, const floating* b,
-                                     int code, floating p, const floating* alpha, floating* z,
-                                     floating* f) noexcept nogil:
-    """dense_forward for a few rows (fastmlp.rules.PREDICT_SMALL_ROWS): x W by the GEMV
-    loops of _gemv.h instead of a BLAS call, then the same bias and activation pass.
-    Arguments as dense_forward's (no fmax)."""
-    xw(rows, n_in, n_out, x, W, z)
-    bias_activation_forward(rows, n_out, z, b, code, p, alpha, f, NULL)
 
 
 cdef inline int activation_backward(Py_ssize_t rows, Py_ssize_t n, const floating* dout,

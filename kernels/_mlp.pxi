@@ -36,9 +36,9 @@ from _codes cimport (EPS, LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS
 from _guard cimport Bounds, abs_max, any_negative, below, prove_update
 from _gemv cimport (fm_gemv_pool_jobs, fm_gemv_pool_leave, fm_gemv_pool_min_bytes,
                     fm_gemv_pool_naps, fm_gemv_pool_spin_ns, fm_gemv_pool_state,
-                    fm_gemv_threads, fm_gemv_use, fm_xw_f32, fm_xw_f64, xw)
+                    fm_gemv_threads, fm_gemv_use, fm_xw_f32, fm_xw_f64)
 from _layers cimport (activation_backward, bias_activation_forward, dense_backward_input,
-                      dense_backward_params, dense_forward, small_dense_forward)
+                      dense_backward_params, dense_forward, dense_product)
 from _losses cimport loss_forward_backward
 from _optimizers cimport optimizer_update
 
@@ -568,36 +568,13 @@ cdef int train_guarded(const Net* net, const Work* w, floating* theta, const flo
     return 2
 
 
-cdef bint _first_layer_checked(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out,
-                               const floating* x, const floating* W, const floating* b,
-                               int code, floating p, const floating* alpha, floating* z,
-                               floating* f, bint small) noexcept nogil:
-    """dense_forward (small_dense_forward when ``small``) of the first layer, checking x
-    (rows, n_in) finite through z = x W (rows, n_out), which is smaller and in cache:
-    a NaN or inf in row r of x makes every z[r, j] NaN or inf (NaN * w and inf * 0 are
-    NaN, inf * w is inf; a sum with one NaN or inf term is never finite: no BLAS skips a
-    non-zero x), so a finite z proves x finite. A z that is not finite (x finite but
-    large, or bad) sends us to x itself. False when x is not finite (f then undefined).
-    """
-    if small:
-        xw(rows, n_in, n_out, x, W, z)
-    else:
-        gemm(False, False, <int>rows, <int>n_out, <int>n_in, <floating>1, x, <int>n_in,
-             W, <int>n_out, <floating>0, z, <int>n_out)
-    if (not below(abs_max(rows * n_out, z), INFINITY)
-            and not below(abs_max(rows * n_in, x), INFINITY)):
-        return False
-    bias_activation_forward(rows, n_out, z, b, code, p, alpha, f, NULL)
-    return True
-
-
 cdef double infer(const Net* net, const floating* theta, const floating* X, Py_ssize_t n,
                   Py_ssize_t chunk, Py_ssize_t small, floating* p0, floating* p1, floating* zl,
                   floating* out, const floating* T, bint check) noexcept nogil:
     """Forward pass over X (n, inputs) in chunks of rows, with caller buffers p0, p1
     (chunk, widest layer) so concurrent calls share nothing. A chunk of at most
     ``small`` rows (fastmlp.rules.PREDICT_SMALL_ROWS) goes through the GEMV loops of
-    _gemv.h, a bigger one through gemm (see small_dense_forward).
+    _gemv.h, a bigger one through gemm (see dense_product).
 
     T NULL (predict): out (n, outputs) is OVERWRITTEN with the outputs; returns 0.
     Otherwise (evaluate): out and zl are (chunk, outputs) scratch; returns the mean
@@ -605,9 +582,9 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
     chunks' sums cannot overflow where the mean does not).
     check (predict): each chunk of X is checked to be finite; at the first one that is
     not, returns NaN (out then undefined). Where the first layer has fewer units than
-    inputs, its pre-activations x W (in cache, just written) are checked instead of x
-    (see _first_layer_checked), and x only when they are not finite; otherwise x, in one
-    pass that leaves it in cache for the first layer.
+    inputs, its x W (in cache, just written) is checked instead of x, and x only when
+    x W is not finite; otherwise x, in one pass that leaves it in cache for the first
+    layer.
     """
     cdef int i, L = net.L
     cdef Py_ssize_t start = 0, rows, n_out
@@ -636,20 +613,17 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
             else:
                 z = zl
                 f = out
-            if i == 0 and check_z:
-                if not _first_layer_checked(rows, n_in, n_out, a, theta + row[LAYER_W],
-                                            theta + row[LAYER_B], <int>row[LAYER_ACT],
-                                            <floating>net.params[i], alpha_of(theta, row),
-                                            z, f, rows <= small):
-                    return NAN
-            elif rows <= small:
-                small_dense_forward(rows, row[LAYER_N_IN], n_out, a, theta + row[LAYER_W],
-                                    theta + row[LAYER_B], <int>row[LAYER_ACT],
-                                    <floating>net.params[i], alpha_of(theta, row), z, f)
-            else:
-                dense_forward(rows, row[LAYER_N_IN], n_out, a, theta + row[LAYER_W],
-                              theta + row[LAYER_B], <int>row[LAYER_ACT], <floating>net.params[i],
-                              alpha_of(theta, row), z, f, NULL)
+            dense_product(rows, row[LAYER_N_IN], n_out, a, theta + row[LAYER_W], z,
+                          rows <= small)
+            # x checked through x W (see check above): a NaN or inf in row r of x makes
+            # every z[r, j] NaN or inf (NaN * w and inf * 0 are NaN, inf * w is inf; a sum
+            # with one such term is never finite: no BLAS skips a non-zero x), so a finite
+            # z proves x finite; a z that is not (x bad, or finite but huge) sends us to x
+            if (i == 0 and check_z and not below(abs_max(rows * n_out, z), INFINITY)
+                    and not below(abs_max(rows * n_in, a), INFINITY)):
+                return NAN
+            bias_activation_forward(rows, n_out, z, theta + row[LAYER_B], <int>row[LAYER_ACT],
+                                    <floating>net.params[i], alpha_of(theta, row), f, NULL)
             a = f
         if T != NULL:
             total += loss_forward_backward(rows, k_out, net.loss, zl, out, T + start * k_out,
