@@ -128,17 +128,19 @@ def _explain(exc):
     return str(exc)
 
 
+def _imports(name):
+    """Whether backend ``name`` imports here; if not, why is kept in _import_errors."""
+    try:
+        _load(name)
+    except ImportError as exc:
+        _import_errors[name] = str(exc)
+        return False
+    return True
+
+
 def available_backends():
     """Names of the backends that import on this machine, e.g. ["numpy", "numba"]."""
-    names = []
-    for name in _REGISTRY:
-        try:
-            _load(name)
-        except ImportError as exc:
-            _import_errors[name] = str(exc)
-        else:
-            names.append(name)
-    return names
+    return [name for name in _REGISTRY if _imports(name)]
 
 
 # What backend="auto" picks: the fastest CPU backend that imports here ("cuda" is asked
@@ -157,10 +159,7 @@ def resolve(name):
     # In order, stopping at the first that imports: the others are not imported at all
     # (numba and numba.cuda took a second of a first Model() that ran on cython).
     for i, chosen in enumerate(AUTO_ORDER):
-        try:
-            _load(chosen)
-        except ImportError as exc:
-            _import_errors[chosen] = str(exc)
+        if not _imports(chosen):
             continue
         for skipped in AUTO_ORDER[:i]:
             if _installed(skipped):
