@@ -6,7 +6,10 @@ never half of either. Around that:
 
 - a symbolic link is followed: its target is replaced, the link stays;
 - anything that exists and is not a regular file (a directory, a device, a
-  fifo, a socket) is refused with ValueError, never replaced;
+  fifo, a socket) is refused with ValueError, never replaced; so is a path that
+  names a folder (``models/``: it would otherwise create a file ``models``);
+- an error creating or renaming the temporary file names the caller's path,
+  not the temporary file's;
 - the new file keeps the old file's permission bits; a new file gets
   0666 & ~umask, as ``open(path, "w")`` would give it;
 - the temporary file is named ``.fastmlp-<pid>-<random>.tmp``. A writer killed
@@ -31,6 +34,26 @@ _KINDS = [(stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a fifo"), (stat.S_ISSOCK, "a socket")]
 
 
+def kind(mode):
+    """What a file of ``st_mode`` ``mode`` is, e.g. "a fifo"; None for a regular file."""
+    for is_kind, name in _KINDS:
+        if is_kind(mode):
+            return name
+    return None if stat.S_ISREG(mode) else "a special file"
+
+
+def names_a_folder(path):
+    """Why ``path`` (str) names a folder rather than a file, or None: it ends with a
+    separator or with '.' or '..'. open() refuses such a path, but realpath drops the
+    separator, so without this check ``save("models/")`` would write a file ``models``."""
+    separators = os.sep + (os.altsep or "")
+    if path.endswith(tuple(separators)):
+        return f"it ends with {path[-1]!r}, so it names a folder, not a file"
+    if os.path.basename(path) in (".", ".."):
+        return f"it ends with {os.path.basename(path)!r}, so it names a folder, not a file"
+    return None
+
+
 def as_str(path):
     """``path`` (str, bytes or os.PathLike) as str: bytes are decoded as the file system
     encodes names (os.fsdecode), so one path mixes with str prefixes and patterns."""
@@ -43,6 +66,9 @@ def replace(path, write):
     path = as_str(path)
     if not path:  # realpath("") is the working directory: refused as "a directory" otherwise
         raise ValueError("cannot save: the path is empty")
+    folder_problem = names_a_folder(path)
+    if folder_problem:
+        raise ValueError(f"cannot save to {path}: {folder_problem}; give a file name")
     target = os.path.realpath(path)
     shown = path if target == os.path.abspath(path) else f"{path} (a link to {target})"
     folder = os.path.dirname(target)
@@ -50,14 +76,20 @@ def replace(path, write):
         raise FileNotFoundError(errno.ENOENT, f"cannot save {shown}: no such folder", folder)
     mode = _mode_for(target, shown)
     remove_stale_temporaries(folder)
-    fd, tmp = tempfile.mkstemp(prefix=f".fastmlp-{os.getpid()}-", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".fastmlp-{os.getpid()}-", suffix=".tmp", dir=folder)
+    except OSError as exc:  # e.g. /proc/<pid>: files there can be read, none created
+        raise _naming(exc, f"cannot save {shown}: cannot create a file in {folder}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise _naming(exc, f"cannot save {shown}: cannot replace it") from None
     except BaseException:
         try:
             os.unlink(tmp)
@@ -74,16 +106,24 @@ def replace(path, write):
         pass
 
 
+def _naming(exc, what):
+    """``exc`` (an OSError about the temporary file) as the same kind of error saying
+    ``what`` went wrong with the caller's path: the temporary file's name would only
+    confuse."""
+    message = f"{what} ({exc.strerror or exc})"
+    return type(exc)(message) if exc.errno is None else type(exc)(exc.errno, message)
+
+
 def _mode_for(target, shown):
     """Permission bits for the new file; ValueError if ``target`` is not a regular file."""
     try:
         st = os.stat(target)
     except FileNotFoundError:
         return 0o666 & ~current_umask()
-    for is_kind, kind in _KINDS:
-        if is_kind(st.st_mode):
-            raise ValueError(f"cannot save to {shown}: it is {kind}, not a regular file; "
-                             "save replaces only regular files")
+    what = kind(st.st_mode)
+    if what:
+        raise ValueError(f"cannot save to {shown}: it is {what}, not a regular file; "
+                         "save replaces only regular files")
     return stat.S_IMODE(st.st_mode) & 0o777
 
 

@@ -1,6 +1,7 @@
 """``fastmlp train``'s data: the shipped digits or a CSV, its task, and the held-out split."""
 from __future__ import annotations
 
+import math
 import sys
 from typing import NamedTuple
 
@@ -32,12 +33,22 @@ def choose_task(args, table):
     regression target when it has more than MAX_AUTO_CLASSES (20) distinct
     values, or non-integer values with more than half the rows distinct, and
     class labels when not.
+
+    A column of numbers with some missing (NA, NaN, null, ...) or infinite cells
+    is not text labels: with --loss mse it is a regression target (whose reading
+    names the first bad cell), otherwise a ValueError names that cell. Taken as
+    labels, every distinct number would silently become a class.
     """
     if args.task != "auto":
         return args.task, f"--task {args.task}"
     values = datasets.numeric_target(table, required=False)
     if values is None:
-        return "classification", "text labels in the target column"
+        gap = _first_gap(table)
+        if gap is None:
+            return "classification", "text labels in the target column"
+        if args.loss != "mse":
+            raise ValueError(gap)
+        # --loss mse: regression, whose reading of the target names the bad cell
     if args.loss in ("cross_entropy", "binary_cross_entropy"):
         return "classification", f"--loss {args.loss}"
     if args.loss == "mse":
@@ -51,6 +62,42 @@ def choose_task(args, table):
                               f"{len(values)} rows")
     return "classification", (f"numeric target with {distinct} distinct values, at most "
                               f"{MAX_AUTO_CLASSES}; --task regression to override")
+
+
+# Cells that stand for a missing value (compared in lower case): pandas' default
+# na_values and a few other common spellings.
+MISSING = frozenset({"na", "n/a", "nan", "-nan", "null", "none", "nil", "missing", "#n/a",
+                     "#n/a n/a", "#na", "<na>", "-1.#ind", "-1.#qnan", "1.#ind", "1.#qnan",
+                     "?", "-", "."})
+
+
+def _first_gap(table):
+    """For a target column of numbers in which some cells are missing (see MISSING) or not
+    finite (inf, nan): the error naming the first such cell. None when a cell is text that
+    is neither (the column holds text labels) or when no cell is a finite number."""
+    gap, numbers = None, 0
+    for cell, line in zip(table.cells, table.lines):
+        number = _number(cell)
+        if number is None and cell.lower() not in MISSING:
+            return None
+        if number is not None and math.isfinite(number):
+            numbers += 1
+        elif gap is None:
+            what = ("a missing value" if number is None or math.isnan(number)
+                    else "not a finite number")
+            gap = (f"{table.path}, line {line}, target column {table.target!r}: {cell!r} is "
+                   f"{what}, in a column of numbers; fill or drop the rows whose target is not "
+                   "a finite number (or use --task classification to take every cell as a "
+                   "class label)")
+    return gap if numbers else None
+
+
+def _number(cell):
+    """float(cell), or None when the cell is not a number."""
+    try:
+        return float(cell)
+    except ValueError:
+        return None
 
 
 def load_data(args):

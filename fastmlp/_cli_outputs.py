@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+from fastmlp._atomic import names_a_folder
+
 
 def _same_file(a, b):
     """Whether paths ``a`` and ``b`` name one file (also through a symlink, a hard link or
@@ -31,8 +33,9 @@ def check_output_path(option, path, data=None):
 
     ValueError naming ``option`` ("--save", "--plot") when the path is empty, the --data
     file (through a symlink or another spelling too), a directory or something
-    else that is not a regular file, or in a folder that is missing or where no
-    file can be created.
+    else that is not a regular file, a folder's name (``outdir/``: realpath drops the
+    slash, so it would become a file ``outdir``), or in a folder that is missing or
+    where no file can be created.
     """
     _refuse_empty(option, path)
     where = f"{option} {path}"
@@ -44,6 +47,9 @@ def check_output_path(option, path, data=None):
         example = "model.fastmlp" if option == "--save" else "curves.png"
         raise ValueError(f"{where}: is a directory; give a file name, e.g. "
                          f"{os.path.join(path, example)}")
+    folder_problem = names_a_folder(path)
+    if folder_problem:
+        raise ValueError(f"{where}: {folder_problem}; give a file name")
     if os.path.lexists(real) and not os.path.isfile(real):
         raise ValueError(f"{where}: exists and is not a regular file")
     folder = os.path.dirname(real)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -32,6 +33,23 @@ class Training(NamedTuple):
     predictions: np.ndarray  # the trained model's outputs on X_test, before any saving:
                              # class probabilities (m, k) or targets float64 (m,)
     history: fm.History      # fit's, with the held-out scores of every epoch
+
+
+class OutOfMemory(MemoryError):
+    """Memory ran out in a phase whose advice is not the network's (``str``: while what,
+    and what to do); the command's one-line error prints it."""
+
+
+@contextmanager
+def _memory_advice(doing, advice):
+    """Inside the block, a MemoryError becomes an OutOfMemory saying ``doing`` and
+    ``advice``: "use smaller --layers", right for a batch's activations, is wrong there."""
+    try:
+        yield
+    except OutOfMemory:
+        raise
+    except MemoryError:
+        raise OutOfMemory(f"while {doing}; {advice}") from None
 
 
 class EpochReport(Callback):
@@ -75,9 +93,13 @@ def run_train(args, out=None):
         check_save_path(args.save, args.data)
     if args.plot is not None:
         check_plot(args.plot, args.data, args.save)
-    data = load_data(args)
-    X_train, X_test, y_train, y_test = split(args, data)
-    mean, scale = datasets.standardization(X_train, data.features)
+    source = f"--data {args.data}" if args.data is not None else "the digits"
+    with _memory_advice(f"reading {source}", "the reader holds every cell as a string, "
+                        "many times the CSV text's size: use a smaller file or more "
+                        "memory"):
+        data = load_data(args)
+        X_train, X_test, y_train, y_test = split(args, data)
+        mean, scale = datasets.standardization(X_train, data.features)
     datasets.check_standardizable(X_test, mean, scale, data.features)
     loss = _loss(args, data.task)
     if data.task == "regression":

@@ -13,6 +13,12 @@ header claims. :class:`Archive` checks before it reads a byte of data:
   before :meth:`read` reads exactly that many bytes; the member's size must
   match, and object (pickled) dtypes are refused.
 
+Before any of that, the path must lead to a regular file: it is opened without
+blocking (a fifo with no writer would wait forever) and the opened descriptor's
+``fstat`` decides (``/dev/zero`` or a pipe would be read without end); and the
+zip directory must list as many members as its end record counts (a damaged
+length field makes ``zipfile`` stop early, which would drop members silently).
+
 Every problem raises :class:`FormatError` saying why; ``fastmlp.load``
 turns it into its documented ValueError.
 """
@@ -25,6 +31,8 @@ import zipfile
 import zlib
 
 import numpy as np
+
+from ._atomic import kind, names_a_folder
 
 _fmt = np.lib.format
 
@@ -46,11 +54,13 @@ class Archive:
     """The ``.npy`` members of a zip archive, by name without ``.npy``.
 
     ``required``: names that must be present; ``optional``: names that may be.
-    Opening errors of the file itself (missing, permission) propagate unchanged.
+    A path that leads to no file (missing, a loop of symbolic links) or a denied
+    permission raises what ``open`` raises; anything that is not a regular file (a
+    directory, fifo, device, socket) is a FormatError.
     """
 
     def __init__(self, path, required, optional=()):
-        self._file = open(path, "rb")
+        self._file = _open_regular(path)
         try:
             size = os.fstat(self._file.fileno()).st_size
             try:
@@ -60,6 +70,7 @@ class Archive:
                 if self._file.read(6) == b"\x93NUMPY":
                     raise FormatError("it holds a single NumPy array, not a fastmlp .npz archive") from None
                 raise FormatError(_FOREIGN) from None
+            _check_member_count(self._file, self._zip)
             self._infos = _members(self._zip.infolist(), set(required), set(optional), size)
         except BaseException:
             self._file.close()
@@ -123,6 +134,57 @@ class Archive:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _open_regular(path):
+    """``path`` opened for binary reading, if it is a regular file; else FormatError."""
+    problem = names_a_folder(path)
+    if problem:
+        raise FormatError(problem)
+    fd = _open_without_blocking(path)
+    try:
+        what = kind(os.fstat(fd).st_mode)  # the descriptor's: the path may change meanwhile
+        if what:
+            raise FormatError(f"it is {what}, not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_without_blocking(path):
+    """A read-only descriptor of ``path``, opened with O_NONBLOCK so that a fifo without a
+    writer does not wait for one (no effect on regular files). A path that leads to no file
+    (missing, a loop of symbolic links) or may not be read raises open()'s OSError, as
+    save does for the same paths; a socket, which cannot be opened, is a FormatError."""
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError:
+        try:
+            what = kind(os.stat(path).st_mode)
+        except OSError:
+            what = None
+        if what:
+            raise FormatError(f"it is {what}, not a regular file") from None
+        raise
+
+
+def _check_member_count(file, archive):
+    """FormatError unless ``archive`` (a ZipFile of ``file``) read as many members as the
+    end-of-central-directory record counts. zipfile reads the directory until its byte
+    size is used up, so one damaged name, extra or comment length swallows the entries
+    after it without an error: every member still present would load, and a model whose
+    input scaling or classes vanished would predict different numbers."""
+    try:
+        end = zipfile._EndRecData(file)  # zipfile's own reading of the record (zip64 too)
+    except _DAMAGE:
+        end = None
+    if end is None:
+        raise FormatError(_FOREIGN)
+    counted, found = end[zipfile._ECD_ENTRIES_TOTAL], len(archive.infolist())
+    if counted != found:
+        raise FormatError(f"damaged zip directory: its end record counts {counted} members, "
+                          f"but {found} could be read")
 
 
 def _members(infos, required, optional, file_size):

@@ -29,7 +29,7 @@ import fastmlp as fm
 from fastmlp import _cli_options as opt
 from fastmlp._cli_data import Data, choose_task  # noqa: F401  (the command's public API)
 from fastmlp._cli_outputs import check_output_path, check_save_path  # noqa: F401
-from fastmlp._cli_train import Training, run_train, train  # noqa: F401
+from fastmlp._cli_train import OutOfMemory, Training, run_train, train  # noqa: F401
 from fastmlp._cli_vehicles import vehicles
 
 
@@ -51,7 +51,9 @@ def _add_train(sub):
                    help="auto (default): text labels are classes; a numeric target is "
                    "regressed with --loss mse, or when it has more than "
                    f"{opt.MAX_AUTO_CLASSES} distinct values, or non-integer values with more "
-                   "than half the rows distinct; otherwise its values are classes")
+                   "than half the rows distinct; otherwise its values are classes. "
+                   "Numbers with missing (NA, NaN, null, ...) or infinite cells are an "
+                   "error naming the first such cell")
     t.add_argument("--layers", type=opt.layers, default=[64], metavar="64,32",
                    help="hidden layer sizes (default 64; '' for none)")
     t.add_argument("--activation", type=opt.hidden_activation, default="relu",
@@ -166,8 +168,16 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"fastmlp {args.command}: interrupted", file=sys.stderr)
         return 130
-    except MemoryError as exc:  # e.g. a batch's activations (train checks the network's size)
-        why = f": {exc}" if str(exc) else ""
-        print(f"fastmlp {args.command}: error: out of memory{why}; use smaller --layers or "
-              "--batch-size", file=sys.stderr)
+    except MemoryError as exc:
+        print(f"fastmlp {args.command}: error: {_out_of_memory(exc)}", file=sys.stderr)
         return 2
+
+
+def _out_of_memory(exc):
+    """The one line for a MemoryError: the phase's own advice where the command gave one
+    (reading the data), else the network's (e.g. a batch's activations; train checks the
+    network's size before it builds it)."""
+    if isinstance(exc, OutOfMemory):
+        return f"out of memory {exc}"
+    why = f": {exc}" if str(exc) else ""
+    return f"out of memory{why}; use smaller --layers or --batch-size"

@@ -11,7 +11,9 @@ output unit, 2 for one sigmoid unit with binary cross-entropy) and
 ``feature_names`` (input_dim,) strings. A file with any of these last four
 is format version 2 (an older fastmlp would ignore them and predict wrongly,
 so it must refuse the file); one without is version 1, which every fastmlp
-reads.
+reads. load holds files to that rule too: a version 2 file without optional
+members has lost them (a damaged zip directory can hide members), and a
+version 1 file with them was not written by fastmlp.
 
 save:
 - refuses (ValueError, nothing written, an existing file kept) non-finite
@@ -27,8 +29,11 @@ load reads no pickle and uses memory proportional to the file's real size:
 every header field's type and range, every member's name, dtype and shape and
 the parameter count the architecture implies are checked before any array is
 read or the model built. Every damaged, truncated, foreign, pickled or crafted
-file raises ``ValueError("<path> is not a readable fastmlp model file: ...")``;
-the file is never modified.
+file, and anything that is not a regular file (a fifo, device, socket or
+directory: refused unread, without blocking), raises
+``ValueError("<path> is not a readable fastmlp model file: ...")``; a path that
+leads to no file raises what ``open`` raises (FileNotFoundError when missing).
+The file is never modified.
 """
 from __future__ import annotations
 
@@ -70,7 +75,7 @@ def save(model, path):
     if problem:
         raise ValueError(f"{problem}: not saved to {path}, an existing file there is kept")
     header = {
-        "format": FORMAT, "version": 2 if set(OPTIONAL) & set(arrays) else 1,
+        "format": FORMAT, "version": _version_for(arrays),
         "network": model.net.config(),
         "optimizer": model.optimizer.config(),
         "dtype": model.dtype.name,
@@ -85,6 +90,11 @@ def save(model, path):
         raise ValueError(f"the model's description takes {blob.size} bytes, more than load "
                          f"reads ({MAX_HEADER_BYTES}): not saved to {path}")
     _atomic.replace(path, lambda f: np.savez(f, header=blob, **arrays))
+
+
+def _version_for(members):
+    """The format version of a file holding ``members`` (names): 2 with an optional one."""
+    return 2 if set(OPTIONAL) & set(members) else 1
 
 
 def _optional_arrays(model):
@@ -128,6 +138,7 @@ def read(path, backend=None):
         problem = _value_problem(arrays, spec)
         if problem:
             raise FormatError(problem)
+        _check_version(header["version"], arrays)  # last: a bad member is the clearer news
     except FormatError as exc:
         raise bad_file(path, exc) from None
     if backend is None:
@@ -168,6 +179,18 @@ def _read_header(archive):
         raise FormatError(f"invalid header ({exc})") from None
 
 
+def _check_version(version, members):
+    """FormatError unless ``version`` is the one save writes for ``members``."""
+    if version == _version_for(members):
+        return
+    if version == 2:
+        raise FormatError("format version 2, but it holds none of the members that version "
+                          f"adds ({', '.join(OPTIONAL)}): they are missing")
+    optional = sorted(set(OPTIONAL) & set(members))
+    raise FormatError(f"format version 1, which has no {', '.join(optional)}, but the file "
+                      "holds them")
+
+
 def _check_fields(header):
     net = header["network"]
     _require(isinstance(net, dict), "network must be an object")
@@ -182,7 +205,8 @@ def _check_fields(header):
     _require(backend is None or isinstance(backend, str), f"backend must be a name, got {_short(backend)}")
     _require(seed is None or (type(seed) is int and seed >= 0),
              f"seed must be an integer >= 0 or null, got {_short(seed)}")
-    return {"layers": layers, "input_dim": input_dim, "n_params": n_params,
+    return {"version": header["version"], "layers": layers, "input_dim": input_dim,
+            "n_params": n_params,
             "loss": losses.get(net["loss"]).name, "optimizer": optimizers.from_config(config),
             "dtype": dtype, "backend": backend, "seed": seed,
             "rng_state": _rng_state(header["rng_state"])}
