@@ -12,15 +12,33 @@ import numpy as np
 from .losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY
 
 
+# Label dtypes a saved model can hold (fastmlp.io writes classes of these kinds):
+# bool, integers, floats and fixed-width unicode.
+_SAVEABLE = "biufU"
+
+
 def _as_labels(arr):
-    """A 1-D array of labels in a dtype np.save can store without pickle (numbers or str)."""
+    """A 1-D array of labels in a dtype np.save can store without pickle (numbers or str).
+
+    Python objects become numbers or str; NumPy 2's variable-width strings (StringDType)
+    become fixed-width str. Dates, durations, bytes and complex numbers are refused here,
+    when fit first sees them, rather than by save after training."""
+    if arr.dtype.kind == "T":   # StringDType: np.save cannot store it; its str values can
+        arr = arr.astype(object)   # then read as Python strings below (a missing one is named)
     if arr.dtype != object:
+        if arr.dtype.kind == "c":
+            raise TypeError(f"class labels must be real numbers or strings, got dtype {arr.dtype}")
+        if arr.dtype.kind not in _SAVEABLE:
+            raise TypeError(f"class labels of dtype {arr.dtype} cannot be saved with the model "
+                            "(it holds numbers or strings): convert them first, e.g. "
+                            "Y.astype(str)")
         return arr
     values = arr.tolist()
     kinds = {"str" if isinstance(v, str) else "number" if isinstance(v, (int, float, np.number))
              and not isinstance(v, bool) else type(v).__name__ for v in values}
     if len(kinds) > 1 or not kinds <= {"str", "number", "bool"}:
-        raise TypeError(f"class labels must be all numbers or all strings, got {sorted(kinds)}")
+        raise TypeError(f"class labels must be all numbers or all strings, got {sorted(kinds)}"
+                        " (convert them first, e.g. to str)")
     return np.asarray(values)
 
 
@@ -32,16 +50,34 @@ def n_classes(output_dim, loss_code):
     return 2 if loss_code == BINARY_CROSS_ENTROPY and output_dim == 1 else output_dim
 
 
-def is_labels(Y, net):
-    """True when Y (an ndarray) holds one label per row for a classification model."""
+def is_labels(Y, net, classes=None):
+    """True when Y (an ndarray) holds one label per row for a classification model.
+
+    ``classes``: the model's classes_, if it has them. For one sigmoid unit, numeric Y
+    whose values all lie in [0, 1] are targets (0/1 or soft labels); integers outside
+    [0, 1] are labels when there are exactly two of them, or the model already has
+    numeric classes_ (a batch may hold only one of the two)."""
     k, loss = net.output_dim, net.loss.code
     one_column = Y.ndim == 1 or (Y.ndim == 2 and Y.shape[1] == 1)
     if loss == CROSS_ENTROPY:
         return k > 1 and one_column
-    if loss == BINARY_CROSS_ENTROPY:
-        # 0/1 or probabilities stay targets; strings, bools-as-labels etc. are labels
-        return k == 1 and one_column and not np.issubdtype(Y.dtype, np.number)
+    if loss == BINARY_CROSS_ENTROPY and k == 1 and one_column:
+        if Y.dtype.kind not in "iuf":   # strings, bools, ...: labels (complex: refused later)
+            return Y.dtype.kind != "c"
+        return _two_numeric_labels(Y.reshape(-1), classes)
     return False
+
+
+def _two_numeric_labels(flat, classes):
+    """Whether numeric Y for one sigmoid unit are labels: integers, not all in [0, 1]."""
+    if flat.size == 0 or not np.isfinite(flat).all():
+        return False   # check_targets names the NaN or inf
+    if flat.min() >= 0 and flat.max() <= 1:
+        return False   # targets
+    if flat.dtype.kind == "f" and np.any(flat != np.round(flat)):
+        return False   # check_targets says targets must lie in [0, 1]
+    known = classes is not None and np.asarray(classes).dtype.kind in "iuf"
+    return known or len(np.unique(flat)) == 2
 
 
 def encode(Y, net, classes):
@@ -51,21 +87,22 @@ def encode(Y, net, classes):
     before; any other labels need exactly k distinct values, sorted to give classes.
     """
     k = n_classes(net.output_dim, net.loss.code)  # is_labels: a softmax or one sigmoid unit
-    flat = Y.reshape(-1)
-    if flat.dtype != bool and np.issubdtype(flat.dtype, np.number):
+    flat = _as_labels(Y.reshape(-1))
+    numeric = flat.dtype.kind in "iuf"
+    if numeric:
         if not np.all(np.isfinite(flat)):
             raise ValueError("Y contains NaN or inf")
-        if np.issubdtype(flat.dtype, np.floating) and np.any(flat != np.round(flat)):
+        if flat.dtype.kind == "f" and np.any(flat != np.round(flat)):
             raise ValueError("class labels in Y must be integers (or strings)")
     if classes is None:
-        if flat.dtype != bool and np.issubdtype(flat.dtype, np.number) and _are_indices(flat, k):
-            return Y, np.arange(k)
+        if numeric and _are_indices(flat, k):
+            return flat.reshape(Y.shape), np.arange(k)
         classes = _found(flat, k)
     classes = np.asarray(classes)
-    if (classes.dtype.kind in "iu" and flat.dtype.kind in "iuf"
+    if (classes.dtype.kind in "iu" and numeric
             and np.array_equal(classes, np.arange(len(classes)))):
-        return Y, classes  # already indices; check_targets checks their range
-    codes = _lookup(_as_labels(flat), classes)
+        return flat.reshape(Y.shape), classes  # already indices; check_targets checks their range
+    codes = _lookup(flat, classes)
     if net.loss.code == BINARY_CROSS_ENTROPY:
         codes = codes.reshape(-1, 1)
     return codes, classes
@@ -93,10 +130,7 @@ def _are_indices(flat, k):
 
 
 def _found(flat, k):
-    try:
-        classes = np.unique(_as_labels(flat))
-    except TypeError as exc:
-        raise TypeError(f"Y: {exc}") from None
+    classes = np.unique(flat)
     if len(classes) != k:
         shown = classes.tolist()[:10]
         raise ValueError(f"Y has {len(classes)} distinct labels {shown} but the model has "

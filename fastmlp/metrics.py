@@ -9,8 +9,9 @@ import numpy as np
 
 
 def accuracy(P, T):
-    """Fraction of rows classified right: argmax for several outputs, > 0.5 for one.
-    With several sigmoid (multi-label) outputs, the fraction of outputs right."""
+    """Fraction of rows classified right: argmax for several (softmax) outputs, > 0.5
+    for one. Several sigmoid (multi-label) outputs need :func:`binary_accuracy`, the
+    fraction of outputs right: ``get`` gives it for "accuracy" under binary_cross_entropy."""
     if P.shape[1] == 1:
         return float(np.mean((P[:, 0] > 0.5) == (T[:, 0] > 0.5)))
     return float(np.mean(P.argmax(axis=1) == T.argmax(axis=1)))
@@ -34,8 +35,16 @@ def rmse(P, T):
 METRICS = {f.__name__: f for f in (accuracy, binary_accuracy, mae, rmse)}
 
 
-def get(names):
-    """[(name, function)] for a list of metric names; a clear error for unknown ones."""
+# What "accuracy" means under each loss, where it is not the function of that name: under
+# binary cross-entropy the outputs are independent sigmoids, each right or wrong on its
+# own side of 0.5 (Keras maps "accuracy" to binary accuracy there too).
+_ACCURACY_UNDER = {"binary_cross_entropy": binary_accuracy}
+
+
+def get(names, loss=None):
+    """[(name, function)] for a list of metric names; a clear error for unknown ones.
+    ``loss``: the model's loss name; "accuracy" is binary_accuracy under
+    binary_cross_entropy (the same as accuracy for one sigmoid unit)."""
     if names is None:
         return []
     if isinstance(names, str):
@@ -44,5 +53,6 @@ def get(names):
     for name in names:
         if name not in METRICS:
             raise ValueError(f"unknown metric {name!r}; choose from {sorted(METRICS)}")
-        out.append((name, METRICS[name]))
+        fn = _ACCURACY_UNDER.get(loss, accuracy) if name == "accuracy" else METRICS[name]
+        out.append((name, fn))
     return out

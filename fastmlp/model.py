@@ -37,12 +37,34 @@ def _hook(callback, name, *args):
         method(*args)
 
 
+def _callback_list(callbacks):
+    """fit's callbacks as a new list: None, one callback (as Keras takes it) or several."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, type) or any(hasattr(callbacks, h) for h in _HOOKS):
+        return [callbacks]
+    if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
+        # (a string is iterable, but its characters are no callbacks)
+        raise TypeError(f"callbacks must be a callback or a list of them, got "
+                        f"{type(callbacks).__name__} {callbacks!r}")
+    return list(callbacks)
+
+
 def _feature_names(X):
     """Column names of a DataFrame-like X (as a unicode array), else None."""
     columns = getattr(X, "columns", None)
     if columns is None or not hasattr(X, "shape"):
         return None
     return np.asarray([str(c) for c in columns])
+
+
+def _generator(seed):
+    """np.random.default_rng(seed), with NumPy's error (same type) reworded to name seed."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"seed must be None or an integer >= 0 (or a sequence of them), "
+                        f"got {seed!r} ({exc})") from None
 
 
 def _nothing():
@@ -125,13 +147,13 @@ class Model:
                  dtype="float32", seed=None):
         self.net = Network(layers, input_dim, loss)
         self.dtype = _dtype(dtype)
+        self._rng = _generator(seed)
         self.optimizer = optimizers.get(optimizer)
         self.backend = resolve_backend(backend)
         backend_class = get_backend(self.backend)
         if self.backend == "numba":
             warmup.numba_kernels(self.dtype, model_class=Model)  # once per process; says so if slow
         self.seed = seed
-        self._rng = np.random.default_rng(seed)
         self._theta = self.net.init_params(self._rng, self.dtype)
         self._state = optimizers.OptimizerState.new(self.optimizer, self.net.n_params, self.dtype)
         # The backend owns views of theta and the state: every call passes only data.
@@ -318,6 +340,9 @@ class Model:
         ``__cuda_array_interface__``: a Numba device array, a CuPy array, a PyTorch
         CUDA tensor) of the model dtype: it is read where it is, without a copy, and
         the outputs come back as a Numba device array.
+
+        A DataFrame must have the columns the model was trained with, in the same order
+        (``feature_names_in_``), as for every other call.
         """
         if self._on_device and self._engine.is_device_array(X):
             return self._predict_on_device(X)
@@ -332,6 +357,7 @@ class Model:
             elif validation.finite(X):
                 return self._engine.predict(X, out)
             # not finite: check_inputs raises the usual message, naming the first one
+        self._checked_feature_names(X)
         X = validation.check_inputs(X, self.net.input_dim, self.dtype, self._scaling)
         out = np.empty((len(X), self.net.output_dim), dtype=self.dtype)
         return self._engine.predict(X, out)
@@ -473,12 +499,15 @@ class Model:
         held out for validation, taken from the end of X before any shuffling.
         metrics: names from :mod:`fastmlp.metrics` ("accuracy", "mae", ...), recorded
         per epoch on the training rows and, as "val_<name>", on the validation rows.
-        callbacks: objects with any of set_model, on_train_begin, on_epoch_end,
-        on_train_end (see :mod:`fastmlp.callbacks`). verbose: 0 silent, 1 a progress
-        bar, 2 one line per epoch. gradient_norms: record history["grad_norm"], per epoch
-        the RMS over its steps of each layer's weight-gradient norm ||dE/dW_l|| (summed
-        inside the compiled step; plain SGD then forms dW instead of folding the update
-        into the GEMM) -- vanishing or exploding gradients made visible.
+        callbacks: one object, or a list of objects, with any of set_model,
+        on_train_begin, on_epoch_end, on_train_end (see :mod:`fastmlp.callbacks`).
+        verbose: 0 silent, 1 a progress bar, 2 one line per epoch. gradient_norms: record
+        history["grad_norm"], per epoch the RMS over its steps of each layer's
+        weight-gradient norm ||dE/dW_l|| (summed inside the compiled step; plain SGD then
+        forms dW instead of folding the update into the GEMM) -- vanishing or exploding
+        gradients made visible.
+        metrics=["accuracy"] on a binary_cross_entropy model is binary_accuracy (each
+        sigmoid output right or wrong on its own), as in Keras.
 
         If the loss, a weight or the optimiser state becomes NaN or inf, or the
         epoch is interrupted (Ctrl-C), the weights, optimiser state and shuffling
@@ -492,7 +521,7 @@ class Model:
             tol = validation.check_tol(tol)
             X, T, val = self._validation_rows(X, T, validation_data, validation_split)
             batch_size = validation.check_batch_size(batch_size, len(X))
-            metric_fns = metric_table.get(metrics)
+            metric_fns = metric_table.get(metrics, self.loss)
             callbacks = self._callbacks(callbacks, verbose)
         except BaseException:  # a refused fit has learnt no labels or feature names
             self.classes_, self.feature_names_in_ = learnt
@@ -698,17 +727,13 @@ class Model:
                      else validation.ready(Y, net.output_dim, self.dtype))
                 and len(Y) == len(X)):
             return X, Y  # already checked arrays: no copy, O(1) Python work
-        names = _feature_names(X)
-        if names is not None and self.feature_names_in_ is not None \
-                and not np.array_equal(names, self.feature_names_in_):
-            raise ValueError(f"X has feature names {names.tolist()[:8]} but the model was "
-                             f"trained with {self.feature_names_in_.tolist()[:8]}")
+        names = self._checked_feature_names(X)
         X = validation.check_inputs(X, self.net.input_dim, self.dtype, self._scaling)
         Y = validation.as_array(Y, "Y")
         if Y.ndim and len(Y) != len(X):  # before labels: their errors would mislead
             raise ValueError(f"Y has {len(Y)} rows but X has {len(X)}")
         classes = None
-        if labels.is_labels(Y, self.net):
+        if labels.is_labels(Y, self.net, self.classes_):
             Y, classes = labels.encode(Y, self.net, self.classes_)
         T = validation.check_targets(Y, len(X), self.net, self.dtype)
         if learn:  # only once every check has passed
@@ -717,6 +742,16 @@ class Model:
             if names is not None:
                 self.feature_names_in_ = names
         return X, T
+
+    def _checked_feature_names(self, X):
+        """X's column names (a DataFrame's), or None; refused unless they are the ones the
+        model was trained with: the same columns in another order would be read wrongly."""
+        names = _feature_names(X)
+        if names is not None and self.feature_names_in_ is not None \
+                and not np.array_equal(names, self.feature_names_in_):
+            raise ValueError(f"X has feature names {names.tolist()[:8]} but the model was "
+                             f"trained with {self.feature_names_in_.tolist()[:8]}")
+        return names
 
     def _validation_rows(self, X, T, validation_data, validation_split):
         """(X, T, (X_val, T_val) or None): validation_split holds out the last rows."""
@@ -747,8 +782,11 @@ class Model:
     def _callbacks(self, callbacks, verbose):
         if verbose not in (0, 1, 2, False, True):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
-        callbacks = list(callbacks or [])
+        callbacks = _callback_list(callbacks)
         for cb in callbacks:
+            if isinstance(cb, type):   # its hooks would be called without an instance
+                raise TypeError(f"callbacks: pass an instance, {cb.__name__}(...), not the "
+                                f"class {cb.__name__}")
             if not any(hasattr(cb, h) for h in _HOOKS):
                 raise TypeError(f"callbacks must define one of {_HOOKS}, got {cb!r}")
         if verbose == 1:

@@ -143,9 +143,34 @@ def as_float_matrix(a, name, dtype, scaling=None):
     return out
 
 
+def frame_values(frame, name):
+    """A pandas DataFrame's values as an ndarray; anything else is returned as it is.
+
+    np.asarray gives an object array for a frame mixing bool and number columns or holding
+    pandas' nullable dtypes (Int64, Float64, boolean), so such a frame becomes float64,
+    pd.NA becoming NaN, which the finiteness check then names by row and column. float64
+    rather than the model dtype: input scaling is computed in float64, and a value too
+    large for float32 is reported as such. A column that is not numbers is named."""
+    dtypes = getattr(frame, "dtypes", None)
+    if dtypes is None or not hasattr(frame, "columns") or not hasattr(dtypes, "items"):
+        return frame
+    kinds = [(column, dt, getattr(dt, "kind", "O")) for column, dt in dtypes.items()]
+    bad = [(column, dt) for column, dt, kind in kinds if kind not in "biuf"]
+    if bad:
+        shown = ", ".join(f"{column!r} ({dt})" for column, dt in bad[:5])
+        raise TypeError(f"{name} must be numeric: column{'s' if len(bad) > 1 else ''} "
+                        f"{shown}{' ...' if len(bad) > 5 else ''} "
+                        f"{'are' if len(bad) > 1 else 'is'} not numbers or bools; encode "
+                        "or drop them first")
+    if all(isinstance(dt, np.dtype) and kind in "iuf" for _, dt, kind in kinds):
+        return frame   # np.asarray gives their common numeric dtype, as it always did
+    return frame.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
 def check_inputs(X, input_dim, dtype, scaling=None):
-    """X as (n, input_dim) in ``dtype``; a 1-D X is n samples of one feature."""
-    arr = as_array(X, "X")
+    """X as (n, input_dim) in ``dtype``; a 1-D X is n samples of one feature. A DataFrame's
+    numeric and bool columns, nullable ones included, are taken (see frame_values)."""
+    arr = as_array(frame_values(X, "X"), "X")
     if arr.ndim == 1 and input_dim > 1 and len(arr):
         one = f"; for one sample use X.reshape(1, -1), shape (1, {input_dim})" \
             if len(arr) == input_dim else ""
@@ -183,8 +208,24 @@ def check_targets(Y, n_rows, net, dtype):
     if T.shape[1] != n_out:
         raise ValueError(f"Y has {T.shape[1]} columns but the model has {n_out} outputs")
     if loss in (CROSS_ENTROPY, BINARY_CROSS_ENTROPY) and (T.min() < 0 or T.max() > 1):
-        raise ValueError(f"targets for {net.loss.name} must lie in [0, 1]")
+        raise ValueError(_outside_unit_message(T, net))
     return T
+
+
+def _outside_unit_message(T, net):
+    """Why targets T with values outside [0, 1] are refused, for this loss and output."""
+    seen = f"got values from {T.min():g} to {T.max():g}"
+    if net.loss.code == CROSS_ENTROPY:
+        return f"targets for cross_entropy must lie in [0, 1], {seen}"
+    if net.output_dim > 1:
+        return (f"multi-label targets for binary_cross_entropy ({net.output_dim} sigmoid "
+                f"outputs) must be 0/1 indicators (or probabilities: they must lie in "
+                f"[0, 1]), {seen}")
+    distinct = np.unique(T)
+    shown = ", ".join(f"{v:g}" for v in distinct[:5]) + (", ..." if len(distinct) > 5 else "")
+    return (f"targets for binary_cross_entropy must lie in [0, 1], or be class labels with "
+            f"exactly two values (integers or strings); Y has {len(distinct)} distinct "
+            f"values ({shown})")
 
 
 def check_batch_size(batch_size, n_rows):

@@ -48,9 +48,10 @@ def test_pandas_series_labels_and_feature_names(backend):
     assert m.feature_names_in_.tolist() == ["width", "height"]
     assert m.classes_.tolist() == ["setosa", "versicolor", "virginica"]
     assert np.mean(m.predict_classes(frame) == species.to_numpy()) > 0.95
-    with pytest.raises(ValueError, match="feature names"):
-        m.predict_classes(frame[["height", "width"]]) if False else m.evaluate(
-            frame[["height", "width"]], species)
+    swapped = frame[["height", "width"]]   # the same data, columns in another order
+    for call in (m.predict_classes, m.predict, lambda X: m.evaluate(X, species)):
+        with pytest.raises(ValueError, match="feature names"):
+            call(swapped)
     c = pickle.loads(pickle.dumps(m))
     assert c.classes_.tolist() == m.classes_.tolist()
 
