@@ -37,6 +37,20 @@ def resolve_backend(name):
     return name
 
 
+def _set_weight_decay(model, decay):
+    """Give ``model`` another weight decay, keeping the object and its whole state
+    (weights, optimiser buffers and step, generator, scaling, classes, feature names).
+
+    fm.Model has no setter for an optimiser setting: it is rebuilt in place from its
+    own pickled state (what unpickling does) with the new setting."""
+    if model.optimizer.weight_decay == decay:
+        return
+    pickled = model.__getstate__()
+    config = pickled["config"]
+    optimizer = dict(config["optimizer"], weight_decay=decay)
+    model.__setstate__(dict(pickled, config=dict(config, optimizer=optimizer)))
+
+
 class BaseMLP(BaseEstimator):
     """What both estimators share: parameters, model building and the epoch loop.
 
@@ -113,12 +127,15 @@ class BaseMLP(BaseEstimator):
         if early:
             X, X_val, T, T_val = self._split(X, T, y, rng)
         batch_size = self._batch_size(len(X))
+        decay = self._weight_decay(output, batch_size, incremental)
         if first:
-            self.model_ = self._build(output, batch_size, rng.randint(np.iinfo(np.int32).max))
+            self.model_ = self._build(output, decay, rng.randint(np.iinfo(np.int32).max))
             self.loss_curve_, self.n_iter_, self.t_ = [], 0, 0
             self.best_loss_, self._no_improvement = np.inf, 0
             self.validation_scores_ = [] if early else None
             self.best_validation_score_ = -np.inf if early else None
+        else:   # scikit-learn decays by alpha / the rows of each call's own batches
+            _set_weight_decay(self.model_, decay)
         best_state = None
         for _ in range(1 if incremental else self.max_iter):
             history = self.model_.fit(X, T, epochs=1, batch_size=batch_size,
@@ -193,7 +210,23 @@ class BaseMLP(BaseEstimator):
                           "it is clipped to the sample size")
         return min(self.batch_size, n)
 
-    def _build(self, output, batch_size, seed):
+    def _weight_decay(self, output, batch_size, incremental):
+        """alpha as fastmlp's weight decay for batches of ``batch_size`` rows.
+
+        scikit-learn's step adds alpha * W / rows to the gradient of its loss. For
+        the cross-entropies that gradient is fastmlp's; for mse fastmlp's is twice it
+        (squared errors summed over the outputs, where scikit-learn's backprop takes
+        out - y; only the loss it reports halves their mean), whatever the outputs."""
+        scale = 2 if output[2] == "mse" else 1
+        decay = self.alpha * scale / batch_size
+        if decay >= 1:
+            more = " or more rows per partial_fit call" if incremental else ""
+            raise ValueError(f"alpha={self.alpha} gives a weight decay of {decay:.3g} per "
+                             f"step for batches of {batch_size} rows, which must be < 1: "
+                             f"use a smaller alpha, a larger batch_size{more}")
+        return decay
+
+    def _build(self, output, decay, seed):
         units, act, loss = output
         sizes = self.hidden_layer_sizes
         sizes = [sizes] if isinstance(sizes, Integral) else list(sizes)
@@ -202,12 +235,6 @@ class BaseMLP(BaseEstimator):
                              f"{self.hidden_layer_sizes!r}")
         hidden = _SKLEARN_NAMES.get(self.activation, self.activation)
         layers = [fm.Dense(int(s), activation=hidden) for s in sizes] + [fm.Dense(units, act)]
-        scale = 2 * units if loss == "mse" else 1   # see the module docstring
-        decay = self.alpha * scale / batch_size
-        if decay >= 1:
-            raise ValueError(f"alpha={self.alpha} gives a weight decay of {decay:.3g} per "
-                             "step, which must be < 1: use a smaller alpha or a larger "
-                             "batch_size")
         if self.solver == "adam":
             opt = fm.Adam(lr=self.learning_rate_init, beta1=self.beta_1, beta2=self.beta_2,
                           eps=self.epsilon, weight_decay=decay)

@@ -23,11 +23,15 @@ anywhere, also outside ``fit``.)
 
 Rules
 -----
-* Rank 0's weights, optimiser state, random generator, input scaling and
-  ``classes_`` are broadcast at the start; the ranks stay identical after that
-  (``check_consistency=True`` compares a hash of the whole state every epoch).
+* Rank 0's weights, optimiser state, random generator, input scaling,
+  ``classes_`` and ``feature_names_in_`` are broadcast at the start; the ranks
+  stay identical after that (``check_consistency=True`` compares a hash of the
+  whole state every epoch).
   The architecture, optimiser and dtype, and ``epochs``, ``batch_size`` and
   ``shuffle``, must agree on every rank; the backend may differ.
+* Every DataFrame shard must have the same columns, in the same order (a rank
+  may pass a plain array instead); their names become every rank's
+  ``feature_names_in_``, and must equal those the model already has, if any.
 * Shards may differ in size (an empty one is allowed); rank r's rows are rows
   offset_r .. offset_r + n_r - 1 of the global data, offsets in rank order.
   String labels are encoded with the union of every rank's labels.
@@ -78,7 +82,7 @@ import numpy as np
 
 from . import labels, optimizers, validation
 from .callbacks import ModelCheckpoint, ProgressBar
-from .model import History, TrainingDiverged, _hook
+from .model import History, TrainingDiverged, _feature_names, _hook
 
 # Callbacks that write files or the terminal: one writer per job, rank 0.
 RANK_ZERO_ONLY = (ModelCheckpoint, ProgressBar)
@@ -203,14 +207,20 @@ class _Run:
         return DistributedError(f"distributed fit: {_ranks(list(failures))} of {self.size} "
                                 f"failed {when}: {what}", failures)
 
-    def check_same(self, values, what):
-        """Raise on every rank unless every rank's value equals rank 0's."""
-        differ = [r for r, v in enumerate(values) if v != values[0]]
+    @staticmethod
+    def check_same(values, what):
+        """Raise on every rank unless every value equals the first.
+
+        values: every rank's value in rank order, or {rank: value} for some ranks."""
+        by_rank = values if isinstance(values, dict) else dict(enumerate(values))
+        first, *others = sorted(by_rank)
+        differ = [r for r in others if by_rank[r] != by_rank[first]]
         if differ:
             r = differ[0]
             raise _everywhere(DistributedError(
-                f"distributed fit: {what} differs between rank 0 ({_short(values[0])}) and "
-                f"rank {r} ({_short(values[r])}); every rank must agree"))
+                f"distributed fit: {what} differs between rank {first} "
+                f"({_short(by_rank[first])}) and rank {r} ({_short(by_rank[r])}); every rank "
+                "must agree"))
 
     # -- setting up --------------------------------------------------------------
     def fit(self, X, Y, epochs, batch_size, shuffle, validation_data, callbacks, verbose,
@@ -228,26 +238,34 @@ class _Run:
                     (cfg["network"], cfg["optimizer"], cfg["dtype"]),
                     "(epochs, batch_size, shuffle, check_consistency)":
                     (epochs, batch_size, bool(shuffle), bool(check_consistency))}
-            facts = {"same": same, "rows": self._row_count(X), "labels": self._labels(Y)}
+            facts = {"same": same, "rows": self._row_count(X), "labels": self._labels(Y),
+                     "names": self._names(X)}
         except Exception as exc:
             error = exc
         facts = self.agree(error, "checking the arguments and labels", facts)
         for key in facts[0]["same"]:   # what every rank must have been given alike
             self.check_same([f["same"][key] for f in facts], key)
+        # as Model.fit refuses a frame whose columns are not the model's: rows of shards
+        # with other columns (or another order) are not rows of one data set
+        names = {r: f["names"] for r, f in enumerate(facts) if f["names"] is not None}
+        if names:
+            self.check_same(names, "the list of feature names (DataFrame columns, in order)")
         counts = [f["rows"] for f in facts]
         self.n_global, self.offset = sum(counts), sum(counts[:self.rank])
         if self.n_global == 0:
             raise _everywhere(ValueError("distributed fit: every rank's X is empty (0 rows)"))
         self.batch_size = validation.check_batch_size(batch_size, self.n_global)
 
-        shared = (model.get_state(), model.input_scaling, model.classes_) \
-            if self.rank == 0 else None
+        shared = (model.get_state(), model.input_scaling, model.classes_,
+                  model.feature_names_in_) if self.rank == 0 else None
         shared = self.comm.bcast(shared, root=0)
         error = None
         try:
-            self._take(shared, [f["labels"] for f in facts])
+            self._take(shared, [f["labels"] for f in facts], next(iter(names.values()), None))
             self.X, self.T = self._data(X, Y, "X", "Y")
             self.val = self._validation(validation_data)
+            if self.rank == 0:   # once per job; as an error (-W error) it is agreed on
+                model._warn_if_untrainable()
         except Exception as exc:
             error = exc
         val_rows = self.agree(error, "preparing the data",
@@ -266,6 +284,12 @@ class _Run:
             raise ValueError("X must be 2-D (samples, features), got a scalar")
         return int(X.shape[0])
 
+    @staticmethod
+    def _names(X):
+        """X's column names as a list when X is a DataFrame, else None."""
+        names = _feature_names(X)
+        return None if names is None else names.tolist()
+
     def _labels(self, Y):
         """The distinct labels of Y (when Y holds labels), for the union over ranks."""
         Y = validation.as_array(Y, "Y")
@@ -278,17 +302,24 @@ class _Run:
                              f"{int(np.argmin(np.isfinite(flat)))})")
         return np.unique(flat)
 
-    def _take(self, shared, label_sets):
-        """Start from rank 0's model; classes_ from every rank's labels when unset."""
-        state, scaling, classes = shared
+    def _take(self, shared, label_sets, names):
+        """Start from rank 0's model; classes_ from every rank's labels when unset.
+
+        names: the agreed column names of the DataFrame shards (None without any): a
+        rank given a plain array takes them too, so every rank records the same.
+        When the model has names already, preparing a frame checks them."""
+        state, scaling, classes, model_names = shared
         model = self.model
         if self.rank != 0:
             model.set_state(state)
             model.set_input_scaling(*(scaling or (None, None)))
             model.classes_ = classes
+            model.feature_names_in_ = None if model_names is None else model_names.copy()
         found = [s for s in label_sets if s is not None]
         if model.classes_ is None and found:
             _, model.classes_ = labels.encode(np.concatenate(found), model.net, None)
+        if model.feature_names_in_ is None and names is not None:
+            model.feature_names_in_ = np.asarray(names)
 
     def _data(self, X, Y, x_name, y_name):
         """(X, T) as the backend takes them; an empty shard stays empty."""
@@ -319,8 +350,6 @@ class _Run:
         self.buf = np.zeros(n + 2, dtype=model.dtype)
         model.history = history = History()
         model.stop_training = False
-        if self.rank == 0:
-            model._warn_if_untrainable()
         error = None
         try:
             for cb in callbacks:
@@ -334,11 +363,11 @@ class _Run:
         for epoch in range(epochs):
             logs = self.epoch(epoch, shuffle)
             history.record(epoch, logs)
-            if verbose == 2 and self.rank == 0:
-                print(f"epoch {epoch + 1}/{epochs}  " + "  ".join(
-                    f"{k} {v:.6g}" for k, v in logs.items()), flush=True)
             error = None
-            try:
+            try:   # a print can fail too (a closed stdout) and is agreed on like a callback
+                if verbose == 2 and self.rank == 0:
+                    print(f"epoch {epoch + 1}/{epochs}  " + "  ".join(
+                        f"{k} {v:.6g}" for k, v in logs.items()), flush=True)
                 for cb in callbacks:
                     _hook(cb, "on_epoch_end", epoch, logs)
             except Exception as exc:

@@ -134,11 +134,23 @@ FAILURES = {
                 "agree",
     "drift": "the sha256 of the model state (weights and optimiser) after the callbacks of "
              "epoch 2 differs between rank 0",
+    "columns": "the list of feature names (DataFrame columns, in order) differs between rank "
+               "0 (['x0', 'x1', 'x2', 'x3', 'x4']) and rank 1 (['x4', 'x3', 'x2', 'x1', "
+               "'x0']); every rank must agree",
+    "renamed": "ranks 0, 1 of 2 failed preparing the data: ranks 0, 1: ValueError: X has "
+               "feature names ['x0', 'x1', 'x2', 'x3', 'x4'] but the model was trained with "
+               "['a', 'b', 'c', 'd', 'e']",
+    "closed_stdout": "rank 0 of 2 failed in the callbacks of epoch 1: rank 0: ValueError: "
+                     "I/O operation on closed file",
+    "step_warning": "rank 0 of 2 failed preparing the data: rank 0: RuntimeWarning: layer(s) "
+                    "[1] use step/sign",
 }
 
 
 @pytest.mark.parametrize("mode", sorted(FAILURES))
 def test_a_failing_rank_ends_the_job_on_every_rank_with_its_error(mode, tmp_path):
+    if mode in ("columns", "renamed"):
+        pytest.importorskip("pandas")
     rc, out, err = run_shards(mode, "numpy", tmp_path)
     assert rc != 0
     assert "fit returned" not in out
@@ -148,6 +160,16 @@ def test_a_failing_rank_ends_the_job_on_every_rank_with_its_error(mode, tmp_path
         assert raised.startswith("DistributedError: distributed fit: ")
         assert FAILURES[mode] in raised, raised
     assert "DistributedError" in err and "MPI_Abort" not in err
+
+
+def test_every_rank_records_the_feature_names_of_the_frames(tmp_path):
+    # rank 0 gives a DataFrame, rank 1 a plain array of the same columns: both ranks
+    # end with the frame's names (rank 1's model had none to check its rows against)
+    pytest.importorskip("pandas")
+    rc, out, err = run_shards("frames", "numpy", tmp_path)
+    assert rc == 0, err[-3000:]
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}.names").read_text() == " ".join(shards.COLUMNS)
 
 
 def test_divergence_raises_training_diverged_on_every_rank_and_restores_the_epoch(tmp_path):

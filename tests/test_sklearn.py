@@ -244,8 +244,55 @@ def test_parameters_reach_the_model(digits):
     reg = MLPRegressor(hidden_layer_sizes=3, activation="identity", alpha=0.001,
                        batch_size=400, max_iter=1, backend="numpy").fit(X, X[:, :2])
     assert [l.activation.name for l in reg.model_.layers] == ["linear", "linear"]
-    # mse sums over 2 outputs where scikit-learn halves their mean: 2 * 2 * alpha / batch
-    assert reg.model_.optimizer.config()["weight_decay"] == pytest.approx(4 * 0.001 / 400)
+
+
+@pytest.mark.parametrize("n_outputs", [1, 3])
+def test_the_regressors_alpha_takes_scikit_learns_step(n_outputs):
+    # fastmlp's mse gradient is twice scikit-learn's (squared errors summed, not halved):
+    # with alpha mapped right, every weight's step is exactly twice scikit-learn's, for
+    # any number of outputs (alpha * n_outputs-fold decay made the ratio vary per weight)
+    from sklearn.neural_network import MLPRegressor as SkRegressor
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(20, 4)), rng.normal(size=(20, n_outputs))
+    Y = Y[:, 0] if n_outputs == 1 else Y
+    ratios = sklearn_step_ratios(MLPRegressor, SkRegressor, X, Y, alpha=1.0)
+    np.testing.assert_allclose(ratios, 2.0, rtol=1e-9)
+
+
+def test_the_classifiers_alpha_takes_scikit_learns_step():
+    from sklearn.neural_network import MLPClassifier as SkClassifier
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(20, 4)), rng.integers(0, 3, 20)
+    ratios = sklearn_step_ratios(MLPClassifier, SkClassifier, X, y, alpha=1.0,
+                                 classes=[0, 1, 2])
+    np.testing.assert_allclose(ratios, 1.0, rtol=1e-9)
+
+
+def sklearn_step_ratios(estimator, sklearn_estimator, X, y, alpha, classes=None,
+                        first_rows=None):
+    """fastmlp's step over scikit-learn's for every weight, one full-batch plain-SGD
+    partial_fit on (X, y) from the same weights (float64, numpy backend).
+
+    A first partial_fit on the first ``first_rows`` rows (all by default) builds both
+    models; the biases are then zeroed (fastmlp decays them, scikit-learn does not)."""
+    first = slice(None, first_rows)
+    params = dict(hidden_layer_sizes=(5,), solver="sgd", momentum=0.0, alpha=alpha,
+                  learning_rate_init=0.1, shuffle=False, random_state=0)
+    extra = {} if classes is None else {"classes": classes}
+    ours = estimator(**params, dtype="float64", backend="numpy").partial_fit(
+        X[first], y[first], **extra)
+    theirs = sklearn_estimator(**params).partial_fit(X[first], y[first], **extra)
+    W = ours.model_.get_weights()
+    for b in W[1::2]:
+        b[:] = 0
+    ours.model_.set_weights(W)
+    theirs.coefs_ = [w.copy() for w in W[0::2]]
+    theirs.intercepts_ = [b.copy() for b in W[1::2]]
+    ours.partial_fit(X, y)
+    theirs.partial_fit(X, y)
+    ours_step = [w - w0 for w, w0 in zip(ours.model_.get_weights()[0::2], W[0::2])]
+    theirs_step = [w - w0 for w, w0 in zip(theirs.coefs_, W[0::2])]
+    return np.concatenate([(a / b).ravel() for a, b in zip(ours_step, theirs_step)])
 
 
 def test_auto_backend_prefers_compiled(digits):

@@ -9,11 +9,18 @@ X), "step_fails" (rank 1's gradient raises at the 3rd step), "callback_fails" (a
 callback raises on rank 1 in epoch 2), "drift" (rank 1's weights are changed behind
 fit's back, check_consistency=True), "interrupt" (KeyboardInterrupt on rank 1: no
 agreement possible, the job is aborted), "diverge" (TrainingDiverged), "mismatch"
-(rank 1 asks for one more epoch). The data and the cases are defined here and
-imported by the test, which trains one process on the concatenated rows.
+(rank 1 asks for one more epoch), "columns" (DataFrame shards, rank 1's columns
+in another order), "renamed" (both ranks' frames agree, but the model was trained
+on other columns), "step_warning" (a step layer's warning, turned into an error as
+``python -W error`` does, raised on rank 0 alone), "closed_stdout" (verbose=2
+with rank 0's stdout closed: its epoch line fails to print). "frames" (a DataFrame on rank 0,
+a plain array on rank 1) succeeds and writes OUTDIR/rank<r>.names. The data and the
+cases are defined here and imported by the test, which trains one process on the
+concatenated rows.
 """
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -21,6 +28,7 @@ import fastmlp as fm
 from fastmlp.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 N_ROWS, N_VAL, BATCH, EPOCHS = 63, 20, 10, 3
+COLUMNS = ["x0", "x1", "x2", "x3", "x4"]
 # Rank 0 holds rows [0, 37), rank 1 rows [37, 63): uneven, and batches mix both.
 SPLIT = 37
 CLASSES = np.array(["ant", "bee", "cat"])
@@ -97,7 +105,28 @@ def main(mode, backend, outdir):
                  loss=h.history["loss"], val_loss=h.history["val_loss"],
                  stopped=stop.stopped_epoch, last_saved=str(save.last_saved))
         return
-    callbacks, check = [], False
+    if mode in ("columns", "renamed", "frames"):
+        import pandas as pd
+        columns = COLUMNS[::-1] if mode == "columns" and rank == 1 else COLUMNS
+        frame = pd.DataFrame(X_mine, columns=COLUMNS)[columns]
+        X_mine = X_mine if mode == "frames" and rank == 1 else frame
+        if mode == "renamed" and rank == 0:   # trained before on other columns
+            m.feature_names_in_ = np.array(["a", "b", "c", "d", "e"])
+    if mode == "frames":
+        distributed.fit(m, X_mine, y_mine, comm, epochs=1, batch_size=BATCH)
+        with open(os.path.join(outdir, f"rank{rank}.names"), "w") as file:
+            file.write(" ".join(m.feature_names_in_.tolist()))
+        return
+    if mode == "step_warning":   # python -W error on every rank; rank 0 warns
+        warnings.filterwarnings("error", message="layer", category=RuntimeWarning)
+        m = fm.Model([fm.Dense(7, activation="step"), fm.Dense(3, activation="softmax")],
+                     input_dim=5, loss="cross_entropy", dtype="float64", seed=3)
+    callbacks, check, verbose = [], False, 0
+    if mode == "closed_stdout":
+        verbose = 2
+        if rank == 0:
+            sys.stdout = open(os.devnull, "w")
+            sys.stdout.close()
     if mode == "diverge":   # relu -> linear, MSE, SGD(lr=10): one process diverges in epoch 1
         def regressor():
             return fm.Model([fm.Dense(7, activation="relu"), fm.Dense(1)], input_dim=5,
@@ -136,7 +165,7 @@ def main(mode, backend, outdir):
     try:
         epochs = EPOCHS + 1 if mode == "mismatch" and rank == 1 else EPOCHS
         distributed.fit(m, X_mine, y_mine, comm, epochs=epochs, batch_size=BATCH,
-                        callbacks=callbacks, check_consistency=check)
+                        callbacks=callbacks, check_consistency=check, verbose=verbose)
     except distributed.DistributedError as exc:
         # one file per rank: the two ranks' output interleaves on stdout and stderr
         with open(os.path.join(outdir, f"rank{rank}.error"), "w") as file:
