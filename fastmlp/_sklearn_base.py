@@ -38,17 +38,9 @@ def resolve_backend(name):
 
 
 def _set_weight_decay(model, decay):
-    """Give ``model`` another weight decay, keeping the object and its whole state
-    (weights, optimiser buffers and step, generator, scaling, classes, feature names).
-
-    fm.Model has no setter for an optimiser setting: it is rebuilt in place from its
-    own pickled state (what unpickling does) with the new setting."""
-    if model.optimizer.weight_decay == decay:
-        return
-    pickled = model.__getstate__()
-    config = pickled["config"]
-    optimizer = dict(config["optimizer"], weight_decay=decay)
-    model.__setstate__(dict(pickled, config=dict(config, optimizer=optimizer)))
+    """Give ``model`` another weight decay, keeping its whole training state."""
+    if model.optimizer.weight_decay != decay:
+        model._set_weight_decay(decay)
 
 
 class BaseMLP(BaseEstimator):

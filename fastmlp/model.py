@@ -281,6 +281,19 @@ class Model:
         (X - mean) / scale, computed in float64 before the cast to the model dtype."""
         return None if self._scaling is None else tuple(a.copy() for a in self._scaling)
 
+    def _set_weight_decay(self, weight_decay):
+        """The optimiser's weight decay changed in place, everything else kept (weights,
+        optimiser buffers and step, generator): for the scikit-learn estimators, whose
+        decay follows each partial_fit call's rows. A new optimiser object, as the one
+        given to the constructor may be another model's too."""
+        optimizer = optimizers.from_config(dict(self.optimizer.config(),
+                                                weight_decay=weight_decay))
+        with self._lock:
+            self._pull()
+            self.optimizer = optimizer
+            self._state.hyper[:] = optimizer.hyper()   # the kernels read it at every call
+            self._push()                               # a device backend copies it again
+
     def set_input_scaling(self, mean, scale):
         """Standardise inputs inside the model ((X - mean) / scale in float64); None clears.
 
