@@ -19,7 +19,7 @@ from . import io, labels, optimizers, rules, validation, warmup
 from . import metrics as metric_table
 from .backends import get_backend
 from .backends import resolve as resolve_backend
-from .network import Network
+from .network import Network, param_too_large
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -147,6 +147,9 @@ class Model:
                  dtype="float32", seed=None):
         self.net = Network(layers, input_dim, loss)
         self.dtype = _dtype(dtype)
+        problem = param_too_large(self.net.layers, self.dtype)
+        if problem:
+            raise ValueError(problem)
         self._rng = _generator(seed)
         self.optimizer = optimizers.get(optimizer)
         self.backend = resolve_backend(backend)

@@ -87,6 +87,17 @@ class Dense:
         return f"Dense({self.units}, activation={self.activation.name!r}{extra})"
 
 
+def param_too_large(layers, dtype):
+    """Why a layer's activation parameter cannot be held by ``dtype``, or None: 1e39 is
+    inf in float32, and so would be every output it scales."""
+    largest = float(np.finfo(dtype).max)
+    for i, layer in enumerate(layers, 1):
+        if abs(layer.param) > largest:
+            return (f"layer {i}'s {layer.activation.param}={layer.param!r} is too large for "
+                    f"{np.dtype(dtype).name} (at most {largest:.4g} in magnitude)")
+    return None
+
+
 class Network:
     """A stack of Dense layers, a loss, and the layout of their flat parameters.
 

@@ -1,12 +1,16 @@
 """Fixes for the third round of hostile API testing (/tmp/hostile/api, /tmp/hostile/eco):
 feature names checked by predict, two numeric labels for one sigmoid unit, label dtypes
 a saved model cannot hold, accuracy of multi-label outputs, bad seeds, pandas' nullable
-columns, and a single callback. Each test failed before its fix."""
+columns, a single callback, and activation parameters the dtype cannot hold. Each test
+failed before its fix."""
+import json
+
 import numpy as np
 import pytest
 
 import fastmlp as fm
 from fastmlp import metrics
+from helpers import saved_arrays, saved_header
 
 pd = pytest.importorskip("pandas")
 
@@ -244,3 +248,42 @@ def test_bad_callbacks_are_named(callbacks, match):
     m = fm.Model([fm.Dense(1)], input_dim=3, backend="numpy", seed=0)
     with pytest.raises(TypeError, match=match):
         m.fit(np.zeros((4, 3)), np.zeros((4, 1)), callbacks=callbacks)
+
+
+# -- an activation parameter the model's dtype cannot hold ------------------------------
+
+_PARAMETERS = [("linear", "a"), ("leaky_relu", "alpha"), ("elu", "alpha"), ("prelu", "alpha")]
+
+
+@pytest.mark.parametrize("activation,name", _PARAMETERS)
+@pytest.mark.parametrize("value", [1e39, -1e39, 1e308])
+def test_an_activation_parameter_too_large_for_float32_is_refused(activation, name, value):
+    # in float32 it would be inf, and so would every output it scales (all backends agreed
+    # on -inf and NaN before: nothing refused it)
+    with pytest.raises(ValueError, match=rf"layer 1's {name}=.* is too large for float32"):
+        fm.Model([fm.Dense(3, activation, **{name: value}), fm.Dense(1)], input_dim=2,
+                 dtype="float32", backend="numpy")
+
+
+@pytest.mark.parametrize("activation,name", _PARAMETERS)
+def test_the_same_parameter_is_fine_in_float64(activation, name):
+    model = fm.Model([fm.Dense(3, activation, **{name: 1e39}), fm.Dense(1)], input_dim=2,
+                     dtype="float64", backend="numpy", seed=0)
+    assert model.layers[0].param == 1e39
+
+
+def test_a_file_whose_parameter_its_dtype_cannot_hold_is_refused(tmp_path):
+    path = tmp_path / "m.npz"
+    fm.Model([fm.Dense(3, "leaky_relu", alpha=1e39), fm.Dense(1)], input_dim=2,
+             dtype="float64", backend="numpy", seed=0).save(path)
+    arrays = saved_arrays(path)
+    header = saved_header(arrays)
+    header["dtype"] = "float32"
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    for key in ("theta", "opt_buffers"):
+        arrays[key] = arrays[key].astype(np.float32)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ValueError, match="not a readable fastmlp model file: .*alpha=1e\\+39 "
+                                         "is too large for float32"):
+        fm.load(path)
