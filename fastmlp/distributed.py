@@ -293,7 +293,7 @@ class _Run:
     def _labels(self, Y):
         """The distinct labels of Y (when Y holds labels), for the union over ranks."""
         Y = validation.as_array(Y, "Y")
-        if Y.ndim == 0 or len(Y) == 0 or not labels.is_labels(Y, self.model.net):
+        if Y.ndim == 0 or len(Y) == 0 or not labels.is_labels(Y, self.model.net, part=True):
             return None
         flat = labels._as_labels(Y.reshape(-1))
         if np.issubdtype(flat.dtype, np.floating) and not np.isfinite(flat).all():

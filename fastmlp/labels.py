@@ -50,13 +50,14 @@ def n_classes(output_dim, loss_code):
     return 2 if loss_code == BINARY_CROSS_ENTROPY and output_dim == 1 else output_dim
 
 
-def is_labels(Y, net, classes=None):
+def is_labels(Y, net, classes=None, part=False):
     """True when Y (an ndarray) holds one label per row for a classification model.
 
     ``classes``: the model's classes_, if it has them. For one sigmoid unit, numeric Y
     whose values all lie in [0, 1] are targets (0/1 or soft labels); integers outside
     [0, 1] are labels when there are exactly two of them, or the model already has
-    numeric classes_ (a batch may hold only one of the two)."""
+    numeric classes_ (a batch may hold only one of the two), or Y is ``part`` of the
+    rows (one rank's shard: the union of every part must then hold two)."""
     k, loss = net.output_dim, net.loss.code
     one_column = Y.ndim == 1 or (Y.ndim == 2 and Y.shape[1] == 1)
     if loss == CROSS_ENTROPY:
@@ -64,11 +65,11 @@ def is_labels(Y, net, classes=None):
     if loss == BINARY_CROSS_ENTROPY and k == 1 and one_column:
         if Y.dtype.kind not in "iuf":   # strings, bools, ...: labels (complex: refused later)
             return Y.dtype.kind != "c"
-        return _two_numeric_labels(Y.reshape(-1), classes)
+        return _two_numeric_labels(Y.reshape(-1), classes, part)
     return False
 
 
-def _two_numeric_labels(flat, classes):
+def _two_numeric_labels(flat, classes, part=False):
     """Whether numeric Y for one sigmoid unit are labels: integers, not all in [0, 1]."""
     if flat.size == 0 or not np.isfinite(flat).all():
         return False   # check_targets names the NaN or inf
@@ -77,7 +78,7 @@ def _two_numeric_labels(flat, classes):
     if flat.dtype.kind == "f" and np.any(flat != np.round(flat)):
         return False   # check_targets says targets must lie in [0, 1]
     known = classes is not None and np.asarray(classes).dtype.kind in "iuf"
-    return known or len(np.unique(flat)) == 2
+    return known or part or len(np.unique(flat)) == 2
 
 
 def encode(Y, net, classes):

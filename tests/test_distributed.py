@@ -172,6 +172,16 @@ def test_every_rank_records_the_feature_names_of_the_frames(tmp_path):
         assert (tmp_path / f"rank{rank}.names").read_text() == " ".join(shards.COLUMNS)
 
 
+def test_two_numeric_labels_split_over_the_ranks_are_the_union(tmp_path):
+    # one sigmoid unit and labels 3 and 7, rank 0 holding only 3s and rank 1 only 7s:
+    # neither shard alone has two labels, their union has (each rank judged its own
+    # shard as [0, 1] targets before, and the job failed)
+    rc, out, err = run_shards("bce_split", "numpy", tmp_path)
+    assert rc == 0, err[-3000:]
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}.classes").read_text() == "3 7"
+
+
 def test_divergence_raises_training_diverged_on_every_rank_and_restores_the_epoch(tmp_path):
     rc, out, err = run_shards("diverge", "numpy", tmp_path)
     assert rc == 3, err[-3000:]

@@ -14,7 +14,8 @@ in another order), "renamed" (both ranks' frames agree, but the model was traine
 on other columns), "step_warning" (a step layer's warning, turned into an error as
 ``python -W error`` does, raised on rank 0 alone), "closed_stdout" (verbose=2
 with rank 0's stdout closed: its epoch line fails to print). "frames" (a DataFrame on rank 0,
-a plain array on rank 1) succeeds and writes OUTDIR/rank<r>.names. The data and the
+a plain array on rank 1) succeeds and writes OUTDIR/rank<r>.names; so does "bce_split"
+(two numeric labels for one sigmoid unit, one on each rank) and OUTDIR/rank<r>.classes. The data and the
 cases are defined here and imported by the test, which trains one process on the
 concatenated rows.
 """
@@ -116,6 +117,14 @@ def main(mode, backend, outdir):
         distributed.fit(m, X_mine, y_mine, comm, epochs=1, batch_size=BATCH)
         with open(os.path.join(outdir, f"rank{rank}.names"), "w") as file:
             file.write(" ".join(m.feature_names_in_.tolist()))
+        return
+    if mode == "bce_split":   # one sigmoid unit, labels {3, 7}: each rank holds one of them
+        m = fm.Model([fm.Dense(4, activation="tanh"), fm.Dense(1, activation="sigmoid")],
+                     input_dim=5, loss="binary_cross_entropy", dtype="float64", seed=3)
+        distributed.fit(m, X_mine, np.full(len(X_mine), 3 if rank == 0 else 7), comm,
+                        epochs=1, batch_size=BATCH)
+        with open(os.path.join(outdir, f"rank{rank}.classes"), "w") as file:
+            file.write(" ".join(str(c) for c in m.classes_.tolist()))
         return
     if mode == "step_warning":   # python -W error on every rank; rank 0 warns
         warnings.filterwarnings("error", message="layer", category=RuntimeWarning)
