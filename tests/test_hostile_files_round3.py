@@ -363,3 +363,17 @@ def test_out_of_memory_training_still_advises_smaller_layers(tmp_path, capsys, m
     code, _, err = run_cli(capsys, "train", "--epochs", "1", "--backend", "numpy")
     assert one_line_error(code, err), err
     assert "out of memory; use smaller --layers or --batch-size" in err
+
+
+def test_saving_over_one_name_of_a_hard_link_keeps_the_other(tmp_path):
+    # the README's promise: the new file is a new inode, so the other name keeps the old model
+    first, second = tmp_path / "a.fastmlp", tmp_path / "b.fastmlp"
+    X = np.linspace(-1, 1, 8, dtype=np.float32).reshape(4, 2)
+    old = fm.Model([fm.Dense(2)], input_dim=2, backend="numpy", seed=0)
+    new = fm.Model([fm.Dense(2)], input_dim=2, backend="numpy", seed=1)
+    old.save(first)
+    os.link(first, second)
+    new.save(first)
+    np.testing.assert_array_equal(fm.load(first).predict(X), new.predict(X))
+    np.testing.assert_array_equal(fm.load(second).predict(X), old.predict(X))
+    assert os.stat(first).st_ino != os.stat(second).st_ino
