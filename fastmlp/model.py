@@ -67,6 +67,18 @@ def _generator(seed):
                         f"got {seed!r} ({exc})") from None
 
 
+def _shares_memory(a, *others):
+    """Whether ``a`` may overlap one of ``others`` (bounds only: O(1))."""
+    return any(np.may_share_memory(a, o) for o in others)
+
+
+def _own(a, *model_arrays):
+    """``a``, or a copy when it may share memory with one of the model's own arrays:
+    the model would write those before it has read all of ``a`` (pieces set one by
+    one; momentum scaled before the gradient is read)."""
+    return a.copy() if _shares_memory(a, *model_arrays) else a
+
+
 def _nothing():
     """pull and push of a backend whose parameters live in the host arrays."""
 
@@ -234,7 +246,7 @@ class Model:
             w = validation.as_array(w, f"weight {i}")
             if w.shape != shape:
                 raise ValueError(f"weight {i} has shape {w.shape}, expected {shape}")
-            new.append(validation.as_finite(w, f"weight {i}", self.dtype))
+            new.append(_own(validation.as_finite(w, f"weight {i}", self.dtype), self._theta))
         with self._lock:
             self._pull()   # the host copy of the optimiser state must stay current
             for view, w in zip(self.net.split(self._theta), new):
@@ -433,9 +445,13 @@ class Model:
               or out.dtype != self.dtype or not out.flags.c_contiguous or not out.flags.writeable):
             raise ValueError(f"out must be a writeable C-contiguous {self.dtype.name} array of "
                              f"shape ({self.net.n_params},)")
-        # an unaligned out (a view into a byte buffer) is filled through an aligned
-        # copy: the compiled kernels take aligned arrays only
-        into = out if out.flags.aligned else np.empty_like(out)
+        # Filled through a new array when out is unaligned (a view into a byte buffer: the
+        # compiled kernels take aligned arrays only) or may overlap X, Y or the model's
+        # own arrays (the kernels write the later layers' gradient before they read the
+        # first layer's X; the reference zeroes out first).
+        clear = out.flags.aligned and not _shares_memory(out, X, T, self._theta,
+                                                         self._state.buffers)
+        into = out if clear else np.empty_like(out)
         loss = self._engine.loss_and_gradient(X, T, into)
         if into is not out:
             out[...] = into
@@ -448,6 +464,7 @@ class Model:
         grad = validation.as_finite(validation.as_array(grad, "grad"), "grad", self.dtype)
         if grad.shape != (self.net.n_params,):
             raise ValueError(f"grad must have shape ({self.net.n_params},), got {grad.shape}")
+        grad = _own(grad, self._theta, self._state.buffers)
         with self._lock:
             snapshot = self._rollback()
             snapshot.save()
