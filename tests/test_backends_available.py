@@ -95,3 +95,55 @@ def test_auto_imports_no_backend_after_the_one_it_picks():
                          timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["cython", "False"]
+
+
+def test_a_backend_import_interrupted_half_way_can_be_retried():
+    """Ctrl-C while numba imports (fastmlp imports it on first use) left its finished
+    submodules without their package; every later backend call in that process (a REPL,
+    a notebook) failed inside numba with "module 'numba' has no attribute 'core'". The
+    interrupt is raised here by an import hook, deep inside numba's own import."""
+    import subprocess
+    import sys
+
+    import pytest
+    if "numba" not in fm.available_backends():
+        pytest.skip("needs the numba backend")
+    code = """if True:
+        import sys
+        import fastmlp as fm
+
+        class Interrupt:   # Ctrl-C as numba imports its typing package, after numba.core.config
+            def find_spec(self, name, path=None, target=None):
+                if name == "numba.core.typing":
+                    raise KeyboardInterrupt
+        sys.meta_path.insert(0, Interrupt())
+        try:
+            fm.Model([fm.Dense(2)], input_dim=2, backend="numba")
+        except KeyboardInterrupt:
+            print("interrupted")
+        del sys.meta_path[0]
+        print("numba" in fm.available_backends())
+        m = fm.Model([fm.Dense(2)], input_dim=2, backend="numba", dtype="float64", seed=0)
+        print(m.backend, m.predict([[1.0, 2.0]]).shape)
+        """
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split() == ["interrupted", "True", "numba", "(1,", "2)"]
+
+
+def test_a_backend_whose_import_breaks_is_named_not_raised(monkeypatch, tmp_path):
+    # a dependency failing with something other than ImportError (a numba half imported,
+    # a library built against another NumPy) makes the backend unavailable, saying why
+    import sys
+
+    import pytest
+    from fastmlp import backends
+    (tmp_path / "broken_backend_mod.py").write_text("import sys\nsys.no_such_thing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(backends._REGISTRY, "broken", "broken_backend_mod:Backend")
+    assert "broken" not in fm.available_backends()
+    with pytest.raises(ValueError, match="backend 'broken' is not available here: importing "
+                                         "it raised AttributeError: .*no_such_thing"):
+        backends.get_backend("broken")
+    assert "broken_backend_mod" not in sys.modules

@@ -85,7 +85,9 @@ each one that is present (``getattr``) and otherwise works on the host arrays:
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
+import sys
 import warnings
 from pathlib import Path
 
@@ -108,10 +110,37 @@ _INSTALLED_IF = {
 
 def _load(name):
     module, cls = _REGISTRY[name].split(":")
+    before = set(sys.modules)
     try:
         return getattr(importlib.import_module(module), cls)
     except ImportError as exc:
         raise ImportError(_explain(exc)) from None
+    except BaseException as exc:
+        _drop_orphans(set(sys.modules) - before)
+        if not isinstance(exc, Exception):
+            raise
+        raise ImportError(f"importing it raised {type(exc).__name__}: {exc}") from None
+
+
+def _drop_orphans(added):
+    """Forget the modules in ``added`` whose package is no longer imported.
+
+    Interrupted (Ctrl-C) or broken half-way, an import removes the packages it was still
+    running but keeps their finished submodules: a retry then fails inside numba ("module
+    'numba' has no attribute 'core'", or a type registered twice) for the rest of the
+    process. Without those orphans a retry imports the package afresh. Compiled
+    extension modules stay, orphans or not: some register types with NumPy, which a
+    second import would repeat ("DType ... appears already registered")."""
+    for name in added:
+        parts = name.split(".")
+        orphan = any(".".join(parts[:i]) not in sys.modules for i in range(1, len(parts)))
+        if orphan and not _compiled(sys.modules.get(name)):
+            sys.modules.pop(name, None)
+
+
+def _compiled(module):
+    origin = getattr(getattr(module, "__spec__", None), "origin", None) or ""
+    return origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
 
 
 def _explain(exc):
