@@ -37,12 +37,6 @@ def resolve_backend(name):
     return name
 
 
-def _set_weight_decay(model, decay):
-    """Give ``model`` another weight decay, keeping its whole training state."""
-    if model.optimizer.weight_decay != decay:
-        model._set_weight_decay(decay)
-
-
 class BaseMLP(BaseEstimator):
     """What both estimators share: parameters, model building and the epoch loop.
 
@@ -127,7 +121,7 @@ class BaseMLP(BaseEstimator):
             self.validation_scores_ = [] if early else None
             self.best_validation_score_ = -np.inf if early else None
         else:   # scikit-learn decays by alpha / the rows of each call's own batches
-            _set_weight_decay(self.model_, decay)
+            self.model_._set_weight_decay(decay)
         best_state = None
         for _ in range(1 if incremental else self.max_iter):
             history = self.model_.fit(X, T, epochs=1, batch_size=batch_size,

@@ -300,7 +300,9 @@ class Model:
         """The optimiser's weight decay changed in place, everything else kept (weights,
         optimiser buffers and step, generator): for the scikit-learn estimators, whose
         decay follows each partial_fit call's rows. A new optimiser object, as the one
-        given to the constructor may be another model's too."""
+        given to the constructor may be another model's too. The same decay: nothing."""
+        if weight_decay == self.optimizer.weight_decay:
+            return
         optimizer = optimizers.from_config(dict(self.optimizer.config(),
                                                 weight_decay=weight_decay))
         with self._lock:
