@@ -625,6 +625,7 @@ class Model:
                     break
         for cb in callbacks:
             _hook(cb, "on_train_end", logs)
+        self.history = history  # a fit run from one of this fit's callbacks replaced it
         return history
 
     # Networks up to this many parameters take train_on_batch's one-call checked step on

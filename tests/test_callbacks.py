@@ -378,3 +378,19 @@ def test_fit_verbose_1_shows_one_progress_bar(backend, capsys):
     finals = [line for line in err.splitlines() if line.startswith("epoch 2/2")]
     assert finals and "val_loss" in finals[-1]
     assert err.count("epoch 0/2 |") == 1                  # tqdm's first draw: one bar
+
+
+@fit_has_callbacks
+def test_fit_from_a_callback_leaves_the_outer_fits_history(backend):
+    """A callback that fits the model again (fine-tuning between epochs) set model.history
+    to its inner fit's; the outer fit's History is model.history once it returns."""
+    X, y = _problem()
+    model = _model(backend)
+
+    class FitAgain(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                model.fit(X, y, epochs=1, batch_size=16)
+
+    history = model.fit(X, y, epochs=3, batch_size=16, callbacks=[FitAgain()])
+    assert model.history is history and history.epoch == [0, 1, 2]
