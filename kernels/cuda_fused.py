@@ -163,13 +163,14 @@ def _kernels(dtype):
         mx = sh[zo]
         for j in range(1, k):
             mx = max(mx, sh[zo + j])
-        s = zero
+        s = 0.0  # float64, as on the CPU: a float32 sum of thousands of terms drifts
         for j in range(k):
             e = math.exp(sh[zo + j] - mx)
             sh[fo + j] = e
             s += e
+        s_ = ftype(s)
         for j in range(k):
-            sh[fo + j] = sh[fo + j] / s
+            sh[fo + j] = sh[fo + j] / s_
 
     @cuda.jit(device=True)
     def forward_tile(theta, aparams, table, lay, sh, x_off, nrows, tid, nth):
@@ -244,11 +245,12 @@ def _kernels(dtype):
                         sh[dr + j] = mse_scale * d      # dE/df = 2 (y - t) / n
                 if want_delta:
                     if code == SOFTMAX:      # J^T dE/df = p * (g - sum(g * p))
-                        dot = zero
+                        dot = 0.0   # float64, as on the CPU
                         for j in range(k):
                             dot += sh[dr + j] * sh[fr + j]
+                        dot_ = ftype(dot)
                         for j in range(k):
-                            sh[dr + j] = sh[fr + j] * (sh[dr + j] - dot)
+                            sh[dr + j] = sh[fr + j] * (sh[dr + j] - dot_)
                     else:
                         for j in range(k):
                             g, z = sh[dr + j], sh[zr + j]

@@ -152,13 +152,14 @@ def kernels(dtype, shape=None):
             mx = Z[z_off + base]
             for j in range(1, k):
                 mx = max(mx, Z[z_off + base + j])
-            s = zero
+            s = 0.0  # float64, as on the CPU: a float32 sum of thousands of terms drifts
             for j in range(k):
                 e = math.exp(Z[z_off + base + j] - mx)
                 F[f_off + base + j] = e
                 s += e
+            s_ = ftype(s)
             for j in range(k):
-                F[f_off + base + j] = F[f_off + base + j] / s
+                F[f_off + base + j] = F[f_off + base + j] / s_
 
     @cuda_math.kernel
     def loss_rows(n, k, loss, fused, code, p, Z, z_off, F, f_off, T, t_off, D, d_off,
@@ -176,13 +177,14 @@ def kernels(dtype, shape=None):
                     total += float(d * d)
                 if want_grad:
                     if code == SOFTMAX:   # delta = p * (dout - sum(dout * p))
-                        s = zero
+                        s = 0.0   # float64, as on the CPU
                         for j in range(k):
                             y = F[f_off + base + j]
                             s += two * (y - T[t_off + base + j]) * y
+                        s_ = ftype(s)
                         for j in range(k):
                             y = F[f_off + base + j]
-                            D[d_off + base + j] = y * (two * (y - T[t_off + base + j]) - s)
+                            D[d_off + base + j] = y * (two * (y - T[t_off + base + j]) - s_)
                     else:
                         for j in range(k):
                             y = F[f_off + base + j]
