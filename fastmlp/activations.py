@@ -112,7 +112,9 @@ ACTIVATIONS = {a.name: a for a in [
                param="alpha", default=0.25, init="he"),
     Activation("elu", ELU,
                lambda z, p: _where(z >= 0, z, p * np.expm1(np.minimum(z, 0)), z),
-               lambda z, f, p: _where(z >= 0, 1.0, f + p, z), param="alpha", default=1.0, init="he"),
+               # alpha e^z below zero, not f + alpha, which cancels (f ~ -alpha)
+               lambda z, f, p: _where(z >= 0, 1.0, p * np.exp(np.minimum(z, 0)), z),
+               param="alpha", default=1.0, init="he"),
     Activation("softplus", SOFTPLUS,
                lambda z, p: softplus(z),
                lambda z, f, p: sigmoid(z), init="he"),

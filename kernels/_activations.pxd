@@ -237,10 +237,12 @@ cdef inline void elu_forward(Py_ssize_t n, floating* z, const floating* b, float
 cdef inline void elu_backward(Py_ssize_t n, const floating* g, floating* zd, const floating* f,
                               floating p, const floating* alpha, floating* galpha) noexcept nogil:
     cdef Py_ssize_t j
-    cdef floating a, one = 1
+    cdef floating a, one = 1, zero = 0
     for j in range(n):
-        a = f[j] + p  # loaded unconditionally, so the ternary can be a select
-        zd[j] = g[j] * (one if zd[j] >= 0 else a)  # z >= 0 as the reference: NaN z takes f + p
+        # alpha e^z, not f + alpha: that cancels (0 below z = -17 in float32). Computed
+        # unconditionally, so the ternary can be a select.
+        a = p * vexp(zd[j] if zd[j] < 0 else zero)
+        zd[j] = g[j] * (one if zd[j] >= 0 else a)  # z >= 0 as the reference: NaN z takes alpha e^z
 
 
 # -- softplus: ln(1 + e^z), which never overflows -----------------------------------------------

@@ -120,7 +120,7 @@ def _build(ftype):
         if code == PRELU:
             return one if z >= zero else a
         if code == ELU:
-            return one if z >= zero else f + p
+            return one if z >= zero else p * math.exp(min(z, zero))  # f + p would cancel
         if code == SOFTPLUS:
             return sigmoid(z)
         if code == PIECEWISE_LINEAR:

@@ -218,7 +218,8 @@ def act_backward(G, Z, A, code, p, alpha, galpha, beta):
     elif code == ELU:
         for t in range(m):
             g = gf[t]
-            zf[t] = g * (one if zf[t] >= 0 else af[t] + p)
+            z = zf[t]  # alpha e^z, not f + alpha: that cancels (0 below z = -17 in float32)
+            zf[t] = g * (one if z >= 0 else p * _exp(min(z, zero)))
     elif code == SOFTPLUS:
         for t in range(m):
             zf[t] = gf[t] * _sigmoid(zf[t])

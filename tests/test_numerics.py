@@ -202,3 +202,23 @@ def test_wide_softmax_rows_sum_to_one_in_float32(backend):
                      backend=backend, dtype="float32", seed=0)
     P = model.predict(rng.normal(size=(64, 5)).astype(np.float32))
     assert np.abs(P.astype(np.float64).sum(axis=1) - 1).max() < 5e-7
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_elu_gradient_is_accurate_far_below_zero(backend, dtype):
+    """ELU's derivative below zero is alpha e^z, computed from z: as f + alpha it cancels
+    (f ~ -alpha), so float32 passed no gradient at all below z = -17 on the compiled
+    backends, and float64 none below -37 (an independent check against PyTorch found it)."""
+    alpha = 0.6
+    z = np.array([-3.0, -10.0, -20.0, -30.0, -40.0])
+    model = fm.Model([fm.Dense(1, "elu", alpha=alpha)], input_dim=1, loss="mse",
+                     backend=backend, dtype=dtype, seed=0)
+    model.set_weights([np.ones((1, 1)), np.zeros(1)])
+    for zi in z:
+        _, (gW, gb) = model.gradients(np.array([[zi]], dtype=dtype), np.zeros((1, 1), dtype=dtype))
+        f = alpha * np.expm1(zi)
+        expected = 2 * f * alpha * np.exp(zi)                      # dE/db = 2 (f - 0) f'(z)
+        np.testing.assert_allclose(float(gb[0]), expected, rtol=2e-5 if dtype == "float32"
+                                   else 1e-12, err_msg=f"z = {zi}")
+        np.testing.assert_allclose(float(gW[0, 0]), expected * zi, rtol=2e-5 if
+                                   dtype == "float32" else 1e-12, err_msg=f"z = {zi}")
