@@ -106,7 +106,9 @@ def _add_warmup(sub):
     w = sub.add_parser("warmup", help="compile the Numba kernels ahead of time",
                        description="Compile (or load from the disk cache) the Numba kernels "
                        "for float32 and float64, so that the first model built later starts "
-                       "at once. The cache lives beside the kernels (Numba's cache=True).")
+                       "at once. The cache lives beside the kernels (kernels/__pycache__), or, "
+                       "where that folder is read-only, in NUMBA_CACHE_DIR or the user's cache "
+                       "folder (Numba's cache=True).")
     w.set_defaults(run=warmup)
 
 
@@ -121,6 +123,11 @@ def warmup(args, out=None):
         seconds = _warmup.numba_kernels(dtype, notice=False, model_class=fm.Model,
                                         complete=True)
         print(f"numba kernels for {dtype}: ready in {seconds:.1f} s", file=out, flush=True)
+    from .kernels import numba_math
+    if not numba_math.CACHE:
+        raise ValueError("the kernels compiled, but Numba has no writable folder to cache them "
+                         "in, so the next process compiles them again: set NUMBA_CACHE_DIR to "
+                         "a writable folder")
     return 0
 
 

@@ -28,7 +28,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..blas import kernel_blas, scipy_gemm_addresses
-from .numba_math import INLINE, SCALAR
+from .numba_math import CACHE, INLINE, SCALAR
 
 # Below this many multiply-adds (m * n * k) the loops are about as fast as BLAS or faster.
 SMALL_FLOPS = 512
@@ -117,7 +117,7 @@ def _register_blas():
         llvm.add_symbol(f"fastmlp_{prefix}gemm32", addresses[prefix])
         p = types.CPointer(fl)
         shim = cfunc(types.void(char, char, i64, i64, i64, p, p, i64, p, i64, p, p, i64),
-                     cache=True)(_narrowing_gemm_body)
+                     cache=CACHE)(_narrowing_gemm_body)
         llvm.add_symbol(f"fastmlp_{prefix}gemm64", shim.address)
 
 

@@ -30,7 +30,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .numba_blas import gemm_nn
-from .numba_math import INLINE
+from .numba_math import CACHE, INLINE
 
 _SYMBOLS = {types.float32: "fastmlp_xw_f32", types.float64: "fastmlp_xw_f64"}
 
@@ -70,7 +70,7 @@ def _register():
     BOUND = "cython"
     if addresses is None:
         BOUND = "fallback"
-        addresses = [cfunc(_c_signature(dtype), cache=True)(_fallback_body).address
+        addresses = [cfunc(_c_signature(dtype), cache=CACHE)(_fallback_body).address
                      for dtype in _SYMBOLS]
     for symbol, address in zip(_SYMBOLS.values(), addresses):
         llvm.add_symbol(symbol, address)

@@ -18,12 +18,36 @@ keeps a loop from vectorising.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from .numba_views import flat
+
+
+
+def _cache_folder_found():
+    """Whether Numba finds a writable folder for these kernels' cache: beside them
+    (kernels/__pycache__), else NUMBA_CACHE_DIR, else the user's cache folder. A
+    read-only install with no writable home has none, and ``cache=True`` would then
+    make every kernel's decoration raise: the kernels are compiled uncached instead."""
+    def probe():
+        pass
+    try:
+        njit(cache=True)(probe)  # looks for the folder now, as each kernel would
+    except RuntimeError:
+        print("fastmlp: Numba finds no writable folder to cache its compiled kernels in "
+              "(kernels/__pycache__ is read-only and so is the user's cache folder), so "
+              "each process compiles them again (about 10 s); set NUMBA_CACHE_DIR to a "
+              "writable folder to keep them", file=sys.stderr, flush=True)
+        return False
+    return True
+
+
+CACHE = _cache_folder_found()
 
 # Options of every kernel in kernels/numba_*.py. The entry points that the backend
 # calls add nogil=True, so models (and one model's predict) run in parallel threads;
@@ -32,13 +56,13 @@ from .numba_views import flat
 # (_nrt=False): no increments and decrements of array views to emit, lower and
 # optimise away (that was a sixth of the first compile), and none at run time.
 # predict and evaluate allocate their buffers, so they keep it (ALLOCATING_ENTRY).
-# Every kernel is cached: callers link to it by name (numba_link), so a caller loaded
-# from the cache loads it too.
+# Every kernel is cached (where Numba has a folder for it: CACHE): callers link to it
+# by name (numba_link), so a caller loaded from the cache loads it too.
 # No cfunc wrapper (the C-callable one behind ``.cfunc`` and first-class function
 # calls, which nothing here uses): one function less to lower and optimise per kernel.
 # forceinline set, so that a kernel first compiled from a HELPER's body (numba_link binds
 # it there) does not inherit the helper's.
-KERNEL = {"cache": True, "error_model": "numpy", "_nrt": False, "no_cfunc_wrapper": True,
+KERNEL = {"cache": CACHE, "error_model": "numpy", "_nrt": False, "no_cfunc_wrapper": True,
           "forceinline": False}
 ENTRY = dict(KERNEL, nogil=True)
 ALLOCATING_ENTRY = dict(ENTRY, _nrt=True)

@@ -169,3 +169,42 @@ def test_a_ctrl_c_swallowed_by_llvmlite_is_raised():
     other = _Dispatcher("something else")
     with pytest.raises(RuntimeError, match="something else"):
         compile_for(other, ("f4",))
+
+
+# A read-only install whose user has no writable home: Numba finds no folder for the
+# kernels' cache (no locator), which made every kernel's cache=True decoration raise and
+# the numba backend unavailable. Simulated by leaving Numba no locator to try.
+_NO_CACHE_FOLDER = """
+from numba.core import caching
+(getattr(caching, "CacheImpl", None) or caching._CacheImpl)._locator_classes = []
+import numpy as np
+import fastmlp as fm
+m = fm.Model([fm.Dense(5, "tanh"), fm.Dense(3, "softmax")], input_dim=4,
+             loss="cross_entropy", optimizer=fm.Adam(), backend="numba", seed=1)
+X = np.random.default_rng(0).random((20, 4), dtype=np.float32)
+T = np.eye(3, dtype=np.float32)[np.arange(20) % 3]
+m.fit(X, T, epochs=2, batch_size=8)
+print(repr(m.predict(X).ravel().tolist()))
+"""
+
+
+@needs_numba
+def test_no_writable_cache_folder_compiles_uncached_and_says_so(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    done = subprocess.run([sys.executable, "-c", _NO_CACHE_FOLDER], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "NUMBA_CACHE_DIR" in done.stderr and "compiles them again" in done.stderr
+    m = fm.Model([fm.Dense(5, "tanh"), fm.Dense(3, "softmax")], input_dim=4,
+                 loss="cross_entropy", optimizer=fm.Adam(), backend="numba", seed=1)
+    X = np.random.default_rng(0).random((20, 4), dtype=np.float32)
+    m.fit(X, np.eye(3, dtype=np.float32)[np.arange(20) % 3], epochs=2, batch_size=8)
+    assert done.stdout.strip() == repr(m.predict(X).ravel().tolist())  # the cached kernels'
+
+
+@needs_numba
+def test_warmup_command_says_when_nothing_can_be_cached(monkeypatch, capsys):
+    from fastmlp.kernels import numba_math
+    monkeypatch.setattr(numba_math, "CACHE", False)
+    assert cli.main(["warmup"]) == 2
+    assert "set NUMBA_CACHE_DIR to a writable folder" in capsys.readouterr().err
