@@ -326,3 +326,7 @@ def test_sdist_ships_the_cython_sources(tmp_path):
     assert {"_mlp.pxi", "_cython_mlp_base.pyx", "_cython_mlp_avx512.pyx", "_blas.pxd",
             "_activations.pxd", "_gemv.h"} <= wanted
     assert wanted <= names, wanted - names
+    # the licence, the data set, and the whole test suite (its helpers too, so it can run)
+    tests = {p.name for p in (ROOT / "tests").iterdir() if p.suffix == ".py"}
+    assert {"LICENSE", "digits.csv.gz", "conftest.py", "helpers.py"} | tests <= names
+    assert not any(n.endswith((".nbi", ".nbc", ".pyc")) for n in names)
