@@ -80,6 +80,10 @@ LAYER_Z = 6           # z (cap, n_out) in the workspace
 LAYER_F = 7           # f (cap, n_out) in the workspace
 LAYER_FIELDS = 8
 
+# Columns per block of a chunk's column sums (the bias and prelu alpha gradients), which
+# the compiled kernels hold in float64 on the stack and add to the batch's once per chunk
+SUM_BLOCK = 256
+
 class UnknownCode(ValueError, KeyError):
     """A code that no table row (or no kernel) has: a ValueError, and a KeyError
     for code that looks codes up in a dict."""

@@ -209,7 +209,7 @@ cdef inline void prelu_forward(Py_ssize_t n, floating* z, const floating* b, flo
 
 
 cdef inline void prelu_backward(Py_ssize_t n, const floating* g, floating* zd, const floating* f,
-                                floating p, const floating* alpha, floating* galpha) noexcept nogil:
+                                floating p, const floating* alpha, double* galpha) noexcept nogil:
     cdef Py_ssize_t j
     cdef floating v, a, d, low, gj, zero = 0, one = 1
     for j in range(n):

@@ -30,7 +30,7 @@ from __future__ import annotations
 from numba import njit
 
 from fastmlp.codes import (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, RELU, SIGMOID,
-                           SIGN, SOFTMAX, SOFTPLUS, STEP, TANH)
+                           SIGN, SOFTMAX, SOFTPLUS, STEP, SUM_BLOCK, TANH)
 
 from .numba_link import separate
 from .numba_math import INLINE, KERNEL
@@ -39,7 +39,7 @@ from .numba_math import expm1 as _expm1
 from .numba_math import like
 from .numba_math import log1p as _log1p
 from .numba_math import tanh as _tanh
-from .numba_views import flat
+from .numba_views import column_sums, flat
 
 
 @njit(**INLINE)
@@ -178,20 +178,25 @@ def act_backward(G, Z, A, code, p, alpha, galpha, beta):
     diverges. G[i, j] is loaded whatever z is, so each ternary stays a select and the
     loop vectorises (a conditional load made relu's a branchy scalar loop, 1.6x slower).
     """
-    if code == PRELU:
-        for j in range(galpha.shape[0]):
-            galpha[j] = 0 if beta == 0 else beta * galpha[j]
     n, k = Z.shape
     if code == SOFTMAX:
         _softmax_backward_linked(G, A, Z)
         return
     zero, half, one = Z.dtype.type(0.0), Z.dtype.type(0.5), Z.dtype.type(1.0)
-    if code == PRELU:  # alpha per unit: row by row
-        for i in range(n):
-            for j in range(k):
-                g, z = G[i, j], Z[i, j]
-                galpha[j] += g * min(z, zero)  # d prelu / d alpha = min(z, 0)
-                Z[i, j] = g * (one if z >= 0 else alpha[j])
+    if code == PRELU:  # alpha per unit: row by row, a block of columns at a time
+        acc = column_sums()  # galpha summed in float64, as gb (numba_layers.dense_params)
+        for j0 in range(0, k, SUM_BLOCK):
+            m = min(SUM_BLOCK, k - j0)
+            for j in range(m):
+                acc[j] = 0.0
+            for i in range(n):
+                for j in range(m):
+                    g, z = G[i, j0 + j], Z[i, j0 + j]
+                    acc[j] += g * min(z, zero)  # d prelu / d alpha = min(z, 0)
+                    Z[i, j0 + j] = g * (one if z >= 0 else alpha[j0 + j])
+            for j in range(m):
+                s = galpha.dtype.type(acc[j])
+                galpha[j0 + j] = s if beta == 0 else beta * galpha[j0 + j] + s
         return
     # one loop over all n * k elements, as bias_act_forward's
     gf, zf, af = flat(G, 0, n * k), flat(Z, 0, n * k), flat(A, 0, n * k)

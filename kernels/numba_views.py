@@ -15,6 +15,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 
+from fastmlp.codes import SUM_BLOCK
+
 
 @intrinsic
 def matrix(typingctx, flat, start, n, k):
@@ -65,3 +67,26 @@ def flat(typingctx, a, start, stop):
         return dst._getvalue()
 
     return result(a, start, stop), codegen
+
+
+@intrinsic
+def column_sums(typingctx):
+    """A float64 (SUM_BLOCK,) scratch array on the calling kernel's stack (allocated once,
+    in its entry block; its values are undefined until written), which no reference
+    counting sees: a chunk's column sums are formed there in float64 and added to the
+    batch's once per chunk (see dense_params)."""
+    result = types.Array(types.float64, 1, "C")
+
+    def codegen(context, builder, signature, args):
+        dst = context.make_array(result)(context, builder)
+        data = cgutils.alloca_once(builder, context.get_value_type(types.float64),
+                                   size=SUM_BLOCK)
+        itemsize = context.get_constant(types.intp, 8)
+        populate_array(dst, data=data,
+                       shape=cgutils.pack_array(builder, [context.get_constant(types.intp,
+                                                                               SUM_BLOCK)]),
+                       strides=cgutils.pack_array(builder, [itemsize]),
+                       itemsize=itemsize, meminfo=None)
+        return dst._getvalue()
+
+    return result(), codegen
