@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 import fastmlp as fm
 from fastmlp import backends as fm_backends
+from fastmlp import validation
 from fastmlp.activations import ACTIVATIONS
 
 _SKLEARN_NAMES = {"identity": "linear", "logistic": "sigmoid"}
@@ -105,6 +106,7 @@ class BaseMLP(BaseEstimator):
 
     def _fit(self, X, y, incremental, classes=None):
         first = not (incremental and hasattr(self, "model_"))
+        X, y = validation.refuse_masked(X, "X"), validation.refuse_masked(y, "y")
         X, y = validate_data(self, X, y, reset=first, multi_output=True, order="C",
                              dtype=self.dtype, y_numeric=isinstance(self, RegressorMixin))
         T, output = self._targets(y, first, classes)
@@ -266,7 +268,9 @@ class BaseMLP(BaseEstimator):
     def _outputs(self, X):
         """Network outputs (n, outputs) as float64, after scikit-learn's input checks."""
         check_is_fitted(self, "model_")
-        X = validate_data(self, X, reset=False, order="C", dtype=self.dtype)
+        # scikit-learn's checks drop a mask and would predict from the hidden values
+        X = validate_data(self, validation.refuse_masked(X, "X"), reset=False, order="C",
+                          dtype=self.dtype)
         return self.model_.predict(X).astype(np.float64)
 
 

@@ -82,13 +82,19 @@ def ready_unit(a, cols, dtype):
             and np.maximum.reduce(a, axis=None) <= 1)
 
 
-def as_array(a, name):
-    """np.asarray, refusing masked arrays and rewording NumPy's ragged-list error."""
+def refuse_masked(a, name):
+    """``a`` itself, unless it is a masked array: np.asarray (and scikit-learn's checks)
+    would drop the mask and train on, or predict from, the hidden values."""
     if isinstance(a, np.ma.MaskedArray):
-        # np.asarray would drop the mask and train on the hidden values.
         raise TypeError(f"{name} is a masked array: fastmlp does not honour masks; pass "
                         f"{name}.filled(value) or drop the masked rows "
                         f"({name}[~{name}.mask.any(axis=1)])")
+    return a
+
+
+def as_array(a, name):
+    """np.asarray, refusing masked arrays and rewording NumPy's ragged-list error."""
+    refuse_masked(a, name)
     try:
         return np.asarray(a)
     except ValueError as exc:
@@ -97,6 +103,10 @@ def as_array(a, name):
 
 
 def _check_real(arr, name):
+    if arr.dtype.kind in "mM":  # NumPy counts timedelta64 as an integer: its unit's count
+        raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}: convert times to "
+                        f"numbers in a unit of your choice first (e.g. {name} / "
+                        "np.timedelta64(1, 's'))")
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.complexfloating):

@@ -87,6 +87,8 @@ def test_empty_X(backend, xy, call, X):
     ([["1", "2", "3"]] * 8, TypeError, "X must be numeric"),
     (np.ones((8, 3), dtype=complex), TypeError, "X must be real"),
     (np.zeros((8, 3), dtype="datetime64[s]"), TypeError, "X must be numeric"),
+    # NumPy counts timedelta64 as an integer: seconds and milliseconds predicted differently
+    (np.ones((8, 3), dtype="timedelta64[s]"), TypeError, "convert times to numbers"),
     (np.ones((8, 3, 1)), ValueError, r"X must be 2-D \(samples, features\), got shape \(8, 3, 1\)"),
     (np.float64(1.0), ValueError, "X must be 2-D"),
 ])

@@ -155,3 +155,27 @@ def test_explicit_backend_that_is_missing_keeps_its_clear_error(monkeypatch, two
 def test_unfitted_auto_estimator_pickles():
     est = pickle.loads(pickle.dumps(_estimator("regressor")))
     assert not hasattr(est, "model_") and est.backend == "auto"
+
+
+@pytest.mark.parametrize("where", ["fit", "predict"])
+def test_masked_arrays_are_refused_as_by_model(where):
+    """scikit-learn's input checks drop a mask: the estimators trained on, and predicted
+    from, the hidden values (a masked 1e6 was trained on); Model refuses masked arrays,
+    and so do they now, naming the argument."""
+    from fastmlp.sklearn import MLPRegressor
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(20, 3)), rng.normal(size=20)
+    masked = np.ma.masked_array(X, mask=np.zeros_like(X, dtype=bool))
+    masked[0, 0] = np.ma.masked
+    est = MLPRegressor(hidden_layer_sizes=(4,), max_iter=2)
+    if where == "fit":
+        with pytest.raises(TypeError, match="X is a masked array"):
+            est.fit(masked, y)
+        with pytest.raises(TypeError, match="y is a masked array"):
+            est.fit(X, np.ma.masked_array(y))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est.fit(X, y)
+        with pytest.raises(TypeError, match="X is a masked array"):
+            est.predict(masked)
