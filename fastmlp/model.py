@@ -273,8 +273,11 @@ class Model:
             raise ValueError(f"state does not match this model: theta {theta.shape} and "
                              f"opt_buffers {buffers.shape}, expected {self._theta.shape} "
                              f"and {self._state.buffers.shape}")
-        if step.shape != (1,) or not np.issubdtype(step.dtype, np.integer) or step[0] < 0:
-            raise ValueError(f"opt_step must be one integer >= 0, got {step!r}")
+        # below io.MAX_STEP, as load requires: a step near 2**63 wrapped around in the
+        # compiled counters (Adam then stopped moving the weights) and could not be saved
+        if (step.shape != (1,) or not np.issubdtype(step.dtype, np.integer)
+                or not 0 <= int(step[0]) < io.MAX_STEP):
+            raise ValueError(f"opt_step must be one integer in [0, 2**53), got {step!r}")
         theta = validation.as_finite(theta, "theta", self.dtype)
         buffers = validation.as_finite(buffers, "opt_buffers", self.dtype)
         if self._state.code == optimizers.ADAM_CODE and (buffers[1] < 0).any():

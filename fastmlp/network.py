@@ -28,6 +28,11 @@ from .codes import (LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS, LAYE
 # Columns of Network.offsets.
 W_OFF, B_OFF, ALPHA_OFF = range(3)
 
+# The widest layer (and input) a model may have: BLAS takes 32-bit sizes (the Cython
+# kernels' int GEMM arguments), and every offset into theta must fit int64.
+MAX_UNITS = 2 ** 31 - 1
+MAX_PARAMS = 2 ** 62
+
 
 class Dense:
     """A fully connected layer: f(x W + b) with ``units`` outputs.
@@ -42,8 +47,9 @@ class Dense:
     """
 
     def __init__(self, units, activation="linear", **params):
-        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
-            raise ValueError(f"Dense units must be a positive integer, got {units!r}")
+        if (isinstance(units, bool) or not isinstance(units, (int, np.integer))
+                or not 1 <= units <= MAX_UNITS):
+            raise ValueError(f"Dense units must be an integer in [1, 2**31), got {units!r}")
         self.units = int(units)
         self.activation = act.get(activation)
         allowed = {self.activation.param} - {None}
@@ -115,8 +121,14 @@ class Network:
         layers = list(layers)
         if not layers or not all(isinstance(l, Dense) for l in layers):
             raise TypeError("layers must be a non-empty list of fm.Dense")
-        if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) or input_dim < 1:
-            raise ValueError(f"input_dim must be a positive integer, got {input_dim!r}")
+        if (isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer))
+                or not 1 <= input_dim <= MAX_UNITS):
+            raise ValueError(f"input_dim must be an integer in [1, 2**31), got {input_dim!r}")
+        widths = [int(input_dim)] + [l.units for l in layers]
+        n_params = sum(a * b + b for a, b in zip(widths, widths[1:]))  # Python ints: exact
+        if n_params >= MAX_PARAMS:
+            raise ValueError(f"a network of {widths} has {n_params:.3g} parameters, more "
+                             "than any machine holds")
         self.layers = layers
         self.loss = losses.get(loss)
         for i, layer in enumerate(layers[:-1]):

@@ -266,3 +266,16 @@ def test_set_state_refuses_a_negative_adam_second_moment(backend):
     with pytest.raises(ValueError, match="second-moment estimate and must be >= 0"):
         m.set_state(state)
     np.testing.assert_array_equal(m.get_state()["opt_buffers"], before["opt_buffers"])
+
+
+@pytest.mark.parametrize("step", [-1, 2 ** 53, 2 ** 63 - 1])
+def test_set_state_refuses_a_step_that_load_would_refuse(backend, step):
+    """A step at 2**63 - 1 wrapped to -2**63 in the compiled counters (Adam then froze the
+    weights with no error), and any step from 2**53 on could not be saved: set_state
+    refuses them as load does."""
+    m = fm.Model([fm.Dense(2)], input_dim=3, optimizer=fm.Adam(), backend=backend, seed=0)
+    state = m.get_state()
+    state["opt_step"] = np.array([step], dtype=np.int64)
+    with pytest.raises(ValueError, match=r"opt_step must be one integer in \[0, 2\*\*53\)"):
+        m.set_state(state)
+    assert m.get_state()["opt_step"][0] == 0
