@@ -148,3 +148,30 @@ def test_warm_checked_step_allocates_nothing(compiled_backend, dtype, opt):
     finally:
         tracemalloc.stop()
     assert end - start < 1024 and peak - start < 4096, (end - start, peak - start)
+
+
+def test_reference_checked_step_undoes_a_step_interrupted_mid_update(monkeypatch):
+    """The reference's checked step (train_on_batch's path up to 16,384 parameters)
+    restored its backup only when the step's result was not finite: a Ctrl-C during the
+    update left Adam's buffers and step advanced and the weights not (3 of 22 random
+    interrupts). Here the update runs, then the interrupt lands."""
+    from fastmlp.backends import reference
+    # laid out as the model takes them (float32, C order), so the checked step runs
+    X = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    Y = np.eye(2, dtype=np.float32)[np.arange(16) % 2]
+    model = fm.Model([fm.Dense(4, "tanh"), fm.Dense(2, "softmax")], input_dim=3,
+                     loss="cross_entropy", optimizer=fm.Adam(), backend="numpy", seed=0)
+    model.train_on_batch(X, Y)
+    before = model.get_state()
+    real = reference.optimizers.update
+
+    def update_then_ctrl_c(*args):
+        real(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reference.optimizers, "update", update_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        model.train_on_batch(X, Y)
+    after = model.get_state()
+    for key in ("theta", "opt_buffers", "opt_step"):
+        np.testing.assert_array_equal(after[key], before[key])

@@ -125,14 +125,21 @@ class NumpyBackend:
             backup, step = self._backup, state.step[0]
             backup[0] = self.theta
             backup[1:1 + in_use] = state.buffers[:in_use]
-            loss = self.train_step(X, T)
+            try:
+                loss = self.train_step(X, T)
+            except BaseException:  # Ctrl-C mid-update: the step is undone, as when it diverges
+                self._restore(backup, in_use, step)
+                raise
             if (np.isfinite(loss) and np.isfinite(self.theta).all()
                     and np.isfinite(state.buffers[:in_use]).all()):
                 return loss, 0
-        self.theta[:] = backup[0]
-        state.buffers[:in_use] = backup[1:1 + in_use]
-        state.step[0] = step
+        self._restore(backup, in_use, step)
         return loss, 2
+
+    def _restore(self, backup, in_use, step):
+        self.theta[:] = backup[0]
+        self.state.buffers[:in_use] = backup[1:1 + in_use]
+        self.state.step[0] = step
 
     def train_epoch(self, X, T, perm, batch_size, norms=None):
         """One train_step per batch of rows perm[i:i + batch_size]; mean loss over rows.
