@@ -90,8 +90,8 @@ momentum = _number(lambda v: 0 <= v < 1, "a number in [0, 1)")
 non_negative_float = _number(lambda v: v >= 0, "a finite number >= 0")
 
 
-def add_common(parser):
-    """--backend, --dtype, --seed: shared by every command."""
+def add_common(parser, seeds="initialisation, shuffling, split"):
+    """--backend, --dtype, --seed (``seeds``: what it seeds): shared by every command."""
     # Static text: listing the importable backends here would import numba on every run.
     parser.add_argument("--backend", default="auto",
                         help="auto (default: the fastest here, cython, then numba, then "
@@ -99,7 +99,7 @@ def add_common(parser):
                         "fastmlp.available_backends() lists them")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--seed", type=seed, default=0,
-                        help="initialisation, shuffling, split (default 0)")
+                        help=f"{seeds} (default 0)")
 
 
 def check_backend(name):

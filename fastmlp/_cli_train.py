@@ -179,7 +179,8 @@ def _build(args, n_in, n_out, loss, output):
                          backend=args.backend, dtype=args.dtype, seed=args.seed)
     except MemoryError:
         raise ValueError(f"--layers: {_too_large(net, args.dtype)}") from None
-    return model, f"{type(optimizer).__name__}(lr={lr:g})"
+    momentum = f", momentum={args.momentum:g}" if args.optimizer == "sgd" and args.momentum else ""
+    return model, f"{type(optimizer).__name__}(lr={lr:g}{momentum})"
 
 
 def _check_size(net, dtype, memory):

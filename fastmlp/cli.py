@@ -98,7 +98,7 @@ def _add_vehicles(sub):
                    help="at most this many (default 5000)")
     v.add_argument("--tol", type=opt.non_negative_float, default=1e-3,
                    help="stop when E <= tol (default 0.001)")
-    opt.add_common(v)
+    opt.add_common(v, seeds="initialisation, shuffling")
     v.set_defaults(run=vehicles)
 
 

@@ -120,6 +120,8 @@ def read(path, backend=None):
     from .backends import available_backends, get_backend
 
     path = _atomic.as_str(path)
+    if not path:  # as save and to_onnx say it (open("") would say FileNotFoundError: '')
+        raise ValueError("cannot load: the path is empty")
     if backend is not None:
         get_backend(backend)  # a bad argument is the caller's error, not the file's
     try:

@@ -79,7 +79,7 @@ def test_train_on_csv_and_save(capsys, tmp_path):
                          "--dtype", "float64", "--save", str(saved))
     assert code == 0, err
     assert "60 rows, 3 features, 2 classes; 48 for training, 12 held out" in out
-    assert "3-8-4-2 tanh -> softmax" in out and "float64" in out
+    assert "3-8-4-2 tanh -> softmax" in out and "float64" in out and "SGD(lr=0.1)," in out
     assert held_out_accuracy(out) >= 0.9
     # The saved model takes raw features (its scaler is stored); classes sort no < yes.
     model = fm.load(saved)
@@ -87,6 +87,20 @@ def test_train_on_csv_and_save(capsys, tmp_path):
     assert model.classes_.tolist() == ["no", "yes"]
     assert model.feature_names_in_.tolist() == ["f1", "f2", "f3"]
     assert np.mean(model.predict(X).argmax(axis=1) == y) >= 0.9
+
+
+def test_the_model_line_names_sgd_momentum(capsys, tmp_path):
+    path, _, _ = two_blobs_csv(tmp_path)
+    code, out, err = run(capsys, "train", "--data", str(path), "--target", "species",
+                         "--epochs", "1", "--optimizer", "sgd", "--momentum", "0.9")
+    assert code == 0, err
+    assert "SGD(lr=0.1, momentum=0.9)," in out   # momentum was applied but not shown
+
+
+def test_vehicles_seed_help_names_no_split():
+    help_text = " ".join(cli.make_parser()._subparsers._group_actions[0]
+                         .choices["vehicles"].format_help().split())
+    assert "initialisation, shuffling (default 0)" in help_text
 
 
 @pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy"])

@@ -150,6 +150,8 @@ def test_saving_to_an_empty_path_says_the_path_is_empty(tmp_path, monkeypatch, p
     with pytest.raises(ValueError, match="the path is empty"):
         _atomic.replace(path, lambda f: f.write(b"x"))
     assert os.listdir(tmp_path) == []
+    with pytest.raises(ValueError, match="cannot load: the path is empty"):
+        fm.load(path)   # was FileNotFoundError: ''
 
 
 def test_to_onnx_to_an_empty_path_says_the_path_is_empty(tmp_path, monkeypatch):
