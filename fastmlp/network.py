@@ -203,6 +203,14 @@ class Network:
         plan[PLAN_WS_SIZE] = pos
         return plan
 
+    def workspace_row_elements(self):
+        """Elements of :meth:`plan`'s workspace per row of its cap: two rows of inputs
+        and of targets (WS_XB, WS_TB), two of the widest layer (WS_D0, WS_D1), and
+        every layer's z and f."""
+        units = self.dims[1:]
+        return int(2 * self.input_dim + 2 * self.output_dim + 2 * units.max()
+                   + 2 * units.sum())
+
     @property
     def input_dim(self):
         return int(self.dims[0])

@@ -16,7 +16,11 @@ from .codes import MOMENTUM, SGD_CODE
 # Rows a training workspace holds at most: a bigger batch goes through it in
 # chunks of this many rows, its gradient accumulated, so memory stays bounded
 # however large the batch (one gradients() on a million rows once took 3.2 GB).
+# Fewer where TRAIN_ROWS rows would take more than TRAIN_BYTES: a network with a
+# very wide layer (1-200000-1 took 3.3 GB for 1,024 rows; 2048-2048-2048-10 takes
+# 67 MB in float32, 134 MB in float64, and is not affected).
 TRAIN_ROWS = 1024
+TRAIN_BYTES = 256 << 20
 
 # predict and evaluate take rows in chunks, so memory stays bounded however many
 # rows come. While PREDICT_MIN_ROWS rows of the widest layer's outputs fit in
@@ -35,6 +39,9 @@ TRAIN_ROWS = 1024
 PREDICT_BYTES = 512 * 1024
 PREDICT_MIN_ROWS = 256
 PREDICT_WIDE_ROWS = 512
+# ... and fewer where a chunk's three buffers of the widest layer would take more
+# than this (a 1-2000000-1 net took 7.6 GiB to predict)
+PREDICT_MAX_BYTES = 64 << 20
 
 # A predict (or evaluate) chunk of at most this many rows runs each layer as
 # hand-written GEMV loops (the Cython backend's kernels/_gemv.h: W's rows streamed
@@ -56,18 +63,24 @@ def fused_output(loss):
     return loss.output is not None
 
 
-def train_rows(rows):
-    """Rows of the training workspace for batches of ``rows`` rows: min(rows, TRAIN_ROWS)."""
-    return max(1, min(int(rows), TRAIN_ROWS))
+def train_rows(rows, net, dtype):
+    """Rows of the training workspace of ``net`` (a :class:`fastmlp.network.Network`) in
+    ``dtype`` for batches of ``rows`` rows: min(rows, TRAIN_ROWS, the rows that fit
+    TRAIN_BYTES), at least 1. Every backend chunks a batch by it (the reference too, so
+    that their losses add up over the same chunks)."""
+    row_bytes = net.workspace_row_elements() * np.dtype(dtype).itemsize
+    return max(1, min(int(rows), TRAIN_ROWS, TRAIN_BYTES // row_bytes))
 
 
 def predict_rows(net, dtype):
-    """Rows per predict/evaluate chunk for ``net`` (a :class:`fastmlp.network.Network`)
-    in ``dtype``: PREDICT_BYTES of its widest layer's outputs when that is at least
-    PREDICT_MIN_ROWS rows, else PREDICT_WIDE_ROWS."""
-    widest = int(net.dims[1:].max())
-    rows = PREDICT_BYTES // (np.dtype(dtype).itemsize * widest)
-    return rows if rows >= PREDICT_MIN_ROWS else PREDICT_WIDE_ROWS
+    """Rows per predict/evaluate chunk for ``net`` in ``dtype``: PREDICT_BYTES of its
+    widest layer's outputs when that is at least PREDICT_MIN_ROWS rows, else
+    PREDICT_WIDE_ROWS, or as many as fit PREDICT_MAX_BYTES in the three widest-layer
+    buffers a chunk uses (at least 1)."""
+    widest_bytes = np.dtype(dtype).itemsize * int(net.dims[1:].max())
+    rows = PREDICT_BYTES // widest_bytes
+    rows = rows if rows >= PREDICT_MIN_ROWS else PREDICT_WIDE_ROWS
+    return max(1, min(rows, PREDICT_MAX_BYTES // (3 * widest_bytes)))
 
 
 def buffers_in_use(state):

@@ -131,6 +131,26 @@ def test_batches_larger_than_a_chunk_match_the_reference(backend, dtype, case, o
         np.testing.assert_allclose(g, w, **tol)
 
 
+def test_a_very_wide_layer_trains_in_chunks_that_fit_train_bytes(backend, dtype):
+    """Workspaces hold at most rules.TRAIN_BYTES: a 20,000-unit layer gets chunks of
+    fewer than 1,024 rows (838 in float32, 419 in float64) on every backend, the
+    reference included, and a 1,000-row batch's numbers still match it."""
+    from fastmlp import rules
+    from fastmlp.network import Network
+    layers = [fm.Dense(20_000, "tanh"), fm.Dense(2)]
+    assert rules.train_rows(1000, Network(layers, 3, "mse"), dtype) < 1000
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(1000, 3)), rng.normal(size=(1000, 2))
+    got, ref = (fm.Model(layers, input_dim=3, loss="mse", backend=b, dtype=dtype, seed=0)
+                for b in (backend, "numpy"))
+    tol = {k: 10 * v for k, v in TOLERANCES[dtype].items()}
+    np.testing.assert_allclose(got.gradients(X, Y)[0], ref.gradients(X, Y)[0], **tol)
+    np.testing.assert_allclose(got.train_on_batch(X, Y), ref.train_on_batch(X, Y), **tol)
+    for g, w in zip(got.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(g, w, **tol)
+    np.testing.assert_allclose(got.predict(X), ref.predict(X), **tol)
+
+
 def test_reference_blocks_give_one_blocks_numbers(dtype):
     """The reference's evaluate and gradients over several chunks of rows equal one chunk's."""
     from fastmlp import rules

@@ -196,7 +196,16 @@ def test_chunk_sizes():
     assert rules.predict_rows(edge, np.float32) == 512
     tiny = Network([fm.Dense(4, "sigmoid"), fm.Dense(2, "sigmoid")], 3, "mse")
     assert rules.predict_rows(tiny, np.float32) == rules.PREDICT_BYTES // 16
-    assert rules.train_rows(1) == 1 and rules.train_rows(10**6) == rules.TRAIN_ROWS == 1024
+    assert rules.train_rows(1, w4, np.float64) == 1
+    assert rules.train_rows(10**6, w4, np.float64) == rules.TRAIN_ROWS == 1024
+    # a very wide layer: as many rows as fit TRAIN_BYTES / PREDICT_MAX_BYTES (1,024 rows
+    # of 1-200000-1 took 3.3 GB to train; 512 of 1-2000000-1 7.6 GiB to predict)
+    very_wide = Network([fm.Dense(200_000, "relu"), fm.Dense(1)], 1, "mse")
+    rows = rules.train_rows(10**6, very_wide, np.float32)
+    assert rows * very_wide.workspace_row_elements() * 4 <= rules.TRAIN_BYTES
+    assert rows > 0.8 * rules.TRAIN_BYTES / (very_wide.workspace_row_elements() * 4)
+    assert 3 * rules.predict_rows(very_wide, np.float32) * 200_000 * 4 <= rules.PREDICT_MAX_BYTES
+    assert rules.train_rows(10**6, Network([fm.Dense(10**8)], 10**8, "mse"), np.float64) == 1
 
 
 # -- predict writes into the caller's output ------------------------------------------------

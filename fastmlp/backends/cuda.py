@@ -323,7 +323,7 @@ class CudaBackend:
         return w
 
     def _trainer(self, rows):
-        cap = rules.train_rows(rows)
+        cap = rules.train_rows(rows, self.net, self.dtype)
         if self._train is None or self._train.cap < cap:
             self._train = _Work(self.net, self.dtype, cap)
         return self._train
@@ -619,7 +619,7 @@ class CudaBackend:
         if self.fused and n:
             return self._fused_loss_and_gradient(X, T, grad)
         xd, td = self._source(X, T)
-        w = self._reader(rules.train_rows(n))
+        w = self._reader(rules.train_rows(n, self.net, self.dtype))
         try:
             self._gradient(w, X, T, xd, td, n)
             loss = float(w.sums.copy_to_host()[_BATCH])

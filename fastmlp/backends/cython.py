@@ -3,7 +3,7 @@
 A thin adaptor over :class:`fastmlp.kernels.cython_mlp.Engine`, which fills its
 structs from the network's plan (:meth:`fastmlp.network.Network.plan`, the
 layout the Numba kernels run on too), follows the rules of :mod:`fastmlp.rules`
-(a training workspace of at most ``rules.TRAIN_ROWS`` rows, bigger batches
+(a training workspace of at most ``rules.train_rows`` rows, bigger batches
 going through it in chunks; predict and evaluate in ``rules.predict_rows``
 chunks, those of at most ``rules.PREDICT_SMALL_ROWS`` rows through hand-written
 GEMV loops rather than BLAS; plain SGD folded as ``rules.sgd_fold_rows`` says),
@@ -44,7 +44,8 @@ class CythonBackend:
         self.net = net
         self.dtype = np.dtype(dtype)
         self.theta, self.state = theta, state
-        self.engine = Engine(net, self.dtype, rules.TRAIN_ROWS, rules.predict_rows(net, self.dtype),
+        self.engine = Engine(net, self.dtype, rules.train_rows(rules.TRAIN_ROWS, net, self.dtype),
+                             rules.predict_rows(net, self.dtype),
                              rules.sgd_fold_rows(state), rules.PREDICT_SMALL_ROWS)
         # The compiled methods with this model's arrays bound in: no Python frame per call.
         self.train_step = partial(self.engine.train_step, theta, state)

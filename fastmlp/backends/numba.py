@@ -3,7 +3,7 @@
 A thin adaptor: it keeps the kernels' description of the network (the plan of
 :meth:`fastmlp.network.Network.plan`, which carries the rules of
 :mod:`fastmlp.rules`) and one training workspace per model, grown to the
-largest batch seen (up to ``rules.TRAIN_ROWS`` rows; bigger batches are
+largest batch seen (up to ``rules.train_rows`` rows; bigger batches are
 processed in chunks), and forwards each contract call to one ``@njit``
 function in :mod:`fastmlp.kernels.numba_train`: every training call (train_step
 and train_step_checked too, with the guard record) to ``run``, which checks
@@ -154,12 +154,12 @@ class NumbaBackend:
     def _new_work(self, rows):
         """(plan, ws, grad, cap): a workspace for batches of ``rows`` rows (or
         TRAIN_ROWS-row chunks)."""
-        cap = rules.train_rows(rows)
+        cap = rules.train_rows(rows, self.net, self.dtype)
         return (*kt.new_workspace(self.net, self.dtype, cap, self._fold_rows), cap)
 
     def _train_work(self, rows):
         """The trainers' workspace, grown to hold ``rows`` rows."""
-        if rules.train_rows(rows) > self._train[3]:
+        if rules.train_rows(rows, self.net, self.dtype) > self._train[3]:
             self._train = self._new_work(rows)
             # the step's arguments name the workspace; the bounds are still of theta and
             # the state
@@ -191,7 +191,7 @@ class NumbaBackend:
             work = self._spare.pop()
         except IndexError:
             work = None
-        if work is None or rules.train_rows(len(X)) > work[3]:
+        if work is None or rules.train_rows(len(X), self.net, self.dtype) > work[3]:
             work = self._new_work(len(X))   # none spare, or too small (then dropped)
         run = self._run if fits(grad, 1, self.dtype, True) else kt.run
         try:

@@ -4,7 +4,7 @@ table, matmuls for the backward pass, nothing clever.
 
 It follows the rules of :mod:`fastmlp.rules`, as the compiled backends do:
 predict and evaluate walk the rows in chunks of ``rules.predict_rows``,
-loss_and_gradient in chunks of at most ``rules.TRAIN_ROWS``, adding up each
+loss_and_gradient in chunks of ``rules.train_rows`` (as the compiled backends), adding up each
 chunk's loss and gradient, each divided by the whole batch's row count: memory
 stays bounded by one chunk's activations however many rows there are. The
 output layer's activation derivative is skipped where ``rules.fused_output``
@@ -32,7 +32,7 @@ class NumpyBackend:
         self.acts = [act.BY_CODE[int(c)] for c in net.act_codes]
         self._grad = np.zeros(net.n_params, dtype=self.dtype)
         self._backup = None  # train_step_checked's copy of theta and buffers, on first use
-        self._train_rows = rules.TRAIN_ROWS                      # rows per gradient chunk
+        self._train_rows = rules.train_rows(rules.TRAIN_ROWS, net, self.dtype)  # per gradient chunk
         self._predict_rows = rules.predict_rows(net, self.dtype)  # per predict/evaluate chunk
 
     def _params(self, i, alpha):
