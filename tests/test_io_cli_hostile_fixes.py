@@ -8,6 +8,7 @@
   any MemoryError is one line too;
 - ``--save ""`` and ``--plot ""`` are errors, not silently skipped.
 """
+import gc
 import os
 
 import numpy as np
@@ -220,3 +221,47 @@ def test_check_save_path_refuses_an_empty_path():
         cli.check_save_path("")
     with pytest.raises(ValueError, match="--plot: the path is empty"):
         cli.check_output_path("--plot", "")
+
+
+def test_ctrl_c_right_after_the_temporary_file_is_made_leaves_nothing(tmp_path, monkeypatch):
+    """A real SIGINT arriving inside mkstemp (after it made the file) or before fdopen owned
+    the descriptor left the file and the descriptor behind, unnamed (14-48 of 1,500 saves
+    interrupted at random). It is now held back until both have owners, then raised."""
+    import signal
+    import tempfile
+    path = tmp_path / "m.fastmlp"
+    _model().save(path)
+    before, fds = path.read_bytes(), len(os.listdir("/proc/self/fd"))
+    real = tempfile.mkstemp
+
+    def mkstemp_then_ctrl_c(*args, **kwargs):
+        made = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return made
+
+    monkeypatch.setattr(_atomic.tempfile, "mkstemp", mkstemp_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        _model().save(path)
+    assert os.listdir(tmp_path) == ["m.fastmlp"] and path.read_bytes() == before
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+# np.savez's interrupted ZipFile, collected below, complains in its __del__ (zipfile's own)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ctrl_c_in_a_zip_members_close_is_raised_as_itself(tmp_path, monkeypatch):
+    """Landing in a member's close, the interrupt came out as zipfile's ValueError ("Can't
+    close the ZIP file while there is an open writing handle"), which a caller's
+    ``except KeyboardInterrupt`` never saw."""
+    import zipfile
+    path = tmp_path / "m.fastmlp"
+    real = zipfile._ZipWriteFile.close
+
+    def close(self):
+        monkeypatch.setattr(zipfile._ZipWriteFile, "close", real)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zipfile._ZipWriteFile, "close", close)
+    with pytest.raises(KeyboardInterrupt):
+        _model().save(path)
+    assert os.listdir(tmp_path) == []
+    gc.collect()
