@@ -246,12 +246,17 @@ class Model:
             w = validation.as_array(w, f"weight {i}")
             if w.shape != shape:
                 raise ValueError(f"weight {i} has shape {w.shape}, expected {shape}")
-            new.append(_own(validation.as_finite(w, f"weight {i}", self.dtype), self._theta))
+            new.append(validation.as_finite(w, f"weight {i}", self.dtype).ravel())
+        # One new theta (so also an argument that views this model's theta is read whole
+        # before any is written), copied in by one C call: copied layer by layer, a Ctrl-C
+        # left some layers new and the rest old.
+        theta = np.concatenate(new)
         with self._lock:
             self._pull()   # the host copy of the optimiser state must stay current
-            for view, w in zip(self.net.split(self._theta), new):
-                view[...] = w
-            self._push()
+            try:
+                np.copyto(self._theta, theta)
+            finally:
+                self._push()
 
     def get_state(self):
         """Copies of everything training changes: a dict with "theta" (n_params,),

@@ -279,3 +279,34 @@ def test_set_state_refuses_a_step_that_load_would_refuse(backend, step):
     with pytest.raises(ValueError, match=r"opt_step must be one integer in \[0, 2\*\*53\)"):
         m.set_state(state)
     assert m.get_state()["opt_step"][0] == 0
+
+
+def test_ctrl_c_during_set_weights_leaves_all_old_or_all_new_weights():
+    """set_weights copied layer after layer: a Ctrl-C between two copies left some layers
+    new and the rest old (NNNOOOOO). Now one new theta is copied in by one C call."""
+    import signal
+    import time
+    layers = [fm.Dense(1000, "relu"), fm.Dense(1000, "relu"), fm.Dense(1000, "relu"),
+              fm.Dense(10)]
+    m = fm.Model(layers, 1000, backend="numpy", seed=0)
+    old = m.get_weights()
+    new = [w + 1.0 for w in old]
+    start = time.perf_counter()
+    m.set_weights(new)
+    took = time.perf_counter() - start
+    previous = signal.signal(signal.SIGALRM, signal.default_int_handler)
+    try:
+        for fraction in np.linspace(0.05, 0.95, 19):
+            m.set_weights(old)
+            try:
+                signal.setitimer(signal.ITIMER_REAL, took * fraction)
+                m.set_weights(new)
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            except KeyboardInterrupt:
+                pass
+            now = m.get_weights()
+            assert (all(np.array_equal(a, b) for a, b in zip(now, old))
+                    or all(np.array_equal(a, b) for a, b in zip(now, new)))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
