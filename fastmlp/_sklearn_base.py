@@ -122,42 +122,46 @@ class BaseMLP(BaseEstimator):
             self.best_loss_, self._no_improvement = np.inf, 0
             self.validation_scores_ = [] if early else None
             self.best_validation_score_ = -np.inf if early else None
-        else:   # scikit-learn decays by alpha / the rows of each call's own batches
-            self.model_._set_weight_decay(decay)
-        best_state = None
-        for _ in range(1 if incremental else self.max_iter):
-            history = self.model_.fit(X, T, epochs=1, batch_size=batch_size,
-                                      shuffle=self.shuffle)
-            loss = history.history["loss"][0]
-            self.loss_curve_.append(loss)
-            self.n_iter_ += 1
-            self.t_ += len(X)
-            if self.verbose:
-                print(f"Iteration {self.n_iter_}, loss = {loss:.8f}", flush=True)
-            if early:
-                score = self._validation_score(X_val, T_val)
-                if self._record_validation(score):
-                    best_state = self.model_.get_state()
+        # One hold of the model's lock for the decay and the epochs it applies to: another
+        # thread's partial_fit setting its own decay in between trained steps of this call
+        # with the other call's decay.
+        with self.model_._lock:
+            if not first:   # scikit-learn decays by alpha / the rows of each call's own batches
+                self.model_._set_weight_decay(decay)
+            best_state = None
+            for _ in range(1 if incremental else self.max_iter):
+                history = self.model_.fit(X, T, epochs=1, batch_size=batch_size,
+                                          shuffle=self.shuffle)
+                loss = history.history["loss"][0]
+                self.loss_curve_.append(loss)
+                self.n_iter_ += 1
+                self.t_ += len(X)
                 if self.verbose:
-                    print(f"Validation score: {score:.6f}", flush=True)
+                    print(f"Iteration {self.n_iter_}, loss = {loss:.8f}", flush=True)
+                if early:
+                    score = self._validation_score(X_val, T_val)
+                    if self._record_validation(score):
+                        best_state = self.model_.get_state()
+                    if self.verbose:
+                        print(f"Validation score: {score:.6f}", flush=True)
+                else:
+                    self._record_loss(loss)
+                if incremental:
+                    break
+                if self._no_improvement > self.n_iter_no_change:
+                    what = "Validation score" if early else "Training loss"
+                    if self.verbose:
+                        print(f"{what} did not improve more than tol={self.tol} for "
+                              f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+                    break
             else:
-                self._record_loss(loss)
-            if incremental:
-                break
-            if self._no_improvement > self.n_iter_no_change:
-                what = "Validation score" if early else "Training loss"
-                if self.verbose:
-                    print(f"{what} did not improve more than tol={self.tol} for "
-                          f"{self.n_iter_no_change} consecutive epochs. Stopping.")
-                break
-        else:
-            if not incremental:
-                warnings.warn(f"Stochastic optimizer: maximum iterations ({self.max_iter}) "
-                              "reached and the optimization hasn't converged yet.",
-                              ConvergenceWarning)
-        if early:
-            self.model_.set_state(best_state)
-            self.best_loss_ = None   # scikit-learn's convention with early stopping
+                if not incremental:
+                    warnings.warn(f"Stochastic optimizer: maximum iterations ({self.max_iter}) "
+                                  "reached and the optimization hasn't converged yet.",
+                                  ConvergenceWarning)
+            if early:
+                self.model_.set_state(best_state)
+                self.best_loss_ = None   # scikit-learn's convention with early stopping
         return self
 
     def _record_loss(self, loss):

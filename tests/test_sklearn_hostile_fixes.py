@@ -179,3 +179,38 @@ def test_masked_arrays_are_refused_as_by_model(where):
             est.fit(X, y)
         with pytest.raises(TypeError, match="X is a masked array"):
             est.predict(masked)
+
+
+def test_concurrent_partial_fit_calls_each_train_with_their_own_decay():
+    """partial_fit set its decay (alpha / its rows) and then trained, each under the
+    model's lock separately: another thread's partial_fit could set its own decay in
+    between (27-92 of 800 steps trained with the other call's). Now one hold covers both."""
+    import sys
+    import threading
+    from fastmlp.sklearn import MLPClassifier
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((300, 20)), rng.integers(0, 3, 300)
+    est = MLPClassifier((16,), alpha=0.5, backend="numpy", random_state=0)
+    est.partial_fit(X[:50], y[:50], classes=[0, 1, 2])
+    model, fit, wrong = est.model_, est.model_.fit, []
+
+    def spy_fit(Xc, T, **kw):   # the decay the step trains with
+        with model._lock:
+            if model.optimizer.weight_decay != 0.5 / len(Xc):
+                wrong.append(len(Xc))
+            return fit(Xc, T, **kw)
+
+    model.fit = spy_fit
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=lambda r=r: [est.partial_fit(X[:r], y[:r])
+                                                        for _ in range(100)])
+                   for r in (10, 100, 10, 100)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert wrong == [] and est.n_iter_ == 401
