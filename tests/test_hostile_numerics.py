@@ -63,11 +63,16 @@ def on_all(fn):
 # ---------------------------------------------------------------------------------
 
 def _nan_pre_activation(dtype, activation):
-    """One unit whose pre-activation is big + (-big) = inf - inf = NaN from finite X and W."""
+    """(X, layers, weights): a unit of ``activation`` whose pre-activation is NaN from a
+    finite X and finite weights: a linear layer's two products overflow to inf and -inf
+    (one product each, so no BLAS can round otherwise), and the unit adds them. (The
+    sum big * big + big * -big of one layer is inf or -inf, not NaN, in a BLAS that fuses
+    it into a multiply-add, as NumPy 2.4's OpenBLAS does.)"""
     big = 1e30 if dtype == "float32" else 1e200
-    W = np.array([[big], [-big]], dtype=dtype)
-    X = np.array([[big, big]], dtype=dtype)
-    return X, [W, np.zeros(1, dtype)]
+    X = np.array([[big]], dtype=dtype)
+    weights = [np.array([[big, -big]], dtype=dtype), np.zeros(2, dtype),
+               np.ones((2, 1), dtype), np.zeros(1, dtype)]
+    return X, [fm.Dense(2, "linear"), fm.Dense(1, activation)], weights
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -76,8 +81,8 @@ def _nan_pre_activation(dtype, activation):
 def test_bug_relu_and_sign_forward_keep_nan(backend, dtype, activation):
     """Reference: relu(NaN) = max(NaN, 0) = NaN, sign(NaN) = NaN. Numba's bias_act_forward
     writes ``z if z > 0 else 0`` (relu) and ``... else 0`` (sign): NaN becomes 0."""
-    X, w = _nan_pre_activation(dtype, activation)
-    ref = on_all(lambda b: model(b, dtype, [fm.Dense(1, activation)], 2, w).predict(X))
+    X, layers, w = _nan_pre_activation(dtype, activation)
+    ref = on_all(lambda b: model(b, dtype, layers, 1, w).predict(X))
     assert np.isnan(ref["numpy"]).all()
     assert np.isnan(ref[backend]).all(), ref[backend]
 
@@ -88,12 +93,12 @@ def test_bug_nan_hidden_relu_diverges_as_reference(backend, dtype):
     """A NaN pre-activation in a hidden ReLU layer: the reference's loss is NaN, so
     train_on_batch raises TrainingDiverged; Numba's relu turns it into 0 and trains on
     with loss 0."""
-    X, (W1, b1) = _nan_pre_activation(dtype, "relu")
-    w = [W1, b1, np.ones((1, 1), dtype), np.zeros(1, dtype)]
+    X, layers, w = _nan_pre_activation(dtype, "relu")
+    w = w + [np.ones((1, 1), dtype), np.zeros(1, dtype)]
     T = np.zeros((1, 1), dtype)
-    layers = [fm.Dense(1, "relu"), fm.Dense(1)]
-    out = on_all(lambda b: (model(b, dtype, layers, 2, w).evaluate(X, T),
-                            step_outcome(model(b, dtype, layers, 2, w, optimizer=fm.SGD(0.1)),
+    layers = layers + [fm.Dense(1)]
+    out = on_all(lambda b: (model(b, dtype, layers, 1, w).evaluate(X, T),
+                            step_outcome(model(b, dtype, layers, 1, w, optimizer=fm.SGD(0.1)),
                                          X, T)))
     assert np.isnan(out["numpy"][0]) and out["numpy"][1] == "diverged"
     assert np.isnan(out[backend][0]), out[backend]
@@ -395,10 +400,10 @@ def test_cross_entropy_extreme_logits_agree(dtype):
 def test_nan_pre_activation_agrees(dtype, activation):
     """A NaN pre-activation (inf - inf from finite X and W) gives what the reference
     gives (NaN, or 1/2 for step) on every backend (relu and sign: see the bug test)."""
-    X, w = _nan_pre_activation(dtype, activation)
+    X, layers, w = _nan_pre_activation(dtype, activation)
     if activation == "prelu":
         w = w + [np.full(1, 0.25, dtype)]
-    out = on_all(lambda b: model(b, dtype, [fm.Dense(1, activation)], 2, w).predict(X))
+    out = on_all(lambda b: model(b, dtype, layers, 1, w).predict(X))
     for b in COMPILED:
         assert np.array_equal(out[b], out["numpy"], equal_nan=True), (b, out)
 
