@@ -112,8 +112,10 @@ ACTIVATIONS = {a.name: a for a in [
                param="alpha", default=0.25, init="he"),
     Activation("elu", ELU,
                lambda z, p: _where(z >= 0, z, p * np.expm1(np.minimum(z, 0)), z),
-               # alpha e^z below zero, not f + alpha, which cancels (f ~ -alpha)
-               lambda z, f, p: _where(z >= 0, 1.0, p * np.exp(np.minimum(z, 0)), z),
+               # alpha e^z below zero, not f + alpha, which cancels (f ~ -alpha); e^z in
+               # float64, so that a float32 e^z below 1e-38 keeps its digits for a big alpha
+               lambda z, f, p: _where(z >= 0, 1.0,
+                                      p * np.exp(np.minimum(z, 0), dtype=np.float64), z),
                param="alpha", default=1.0, init="he"),
     Activation("softplus", SOFTPLUS,
                lambda z, p: softplus(z),

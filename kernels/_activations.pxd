@@ -239,9 +239,10 @@ cdef inline void elu_backward(Py_ssize_t n, const floating* g, floating* zd, con
     cdef Py_ssize_t j
     cdef floating a, one = 1, zero = 0
     for j in range(n):
-        # alpha e^z, not f + alpha: that cancels (0 below z = -17 in float32). Computed
+        # alpha e^z, not f + alpha: that cancels (0 below z = -17 in float32); e^z in
+        # double, as the reference (a float32 e^z below 1e-38 loses its digits). Computed
         # unconditionally, so the ternary can be a select.
-        a = p * vexp(zd[j] if zd[j] < 0 else zero)
+        a = <floating>(p * vexp(<double>(zd[j] if zd[j] < 0 else zero)))
         zd[j] = g[j] * (one if zd[j] >= 0 else a)  # z >= 0 as the reference: NaN z takes alpha e^z
 
 

@@ -120,7 +120,8 @@ def _build(ftype):
         if code == PRELU:
             return one if z >= zero else a
         if code == ELU:
-            return one if z >= zero else p * math.exp(min(z, zero))  # f + p would cancel
+            # alpha e^z (f + alpha would cancel), e^z in float64 as the reference
+            return one if z >= zero else ftype(p * math.exp(np.float64(min(z, zero))))
         if code == SOFTPLUS:
             return sigmoid(z)
         if code == PIECEWISE_LINEAR:

@@ -27,13 +27,14 @@ per-unit alpha (k,) instead.
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from fastmlp.codes import (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, RELU, SIGMOID,
                            SIGN, SOFTMAX, SOFTPLUS, STEP, SUM_BLOCK, TANH)
 
 from .numba_link import separate
-from .numba_math import INLINE, KERNEL
+from .numba_math import HELPER, INLINE, KERNEL
 from .numba_math import exp as _exp
 from .numba_math import expm1 as _expm1
 from .numba_math import like
@@ -163,6 +164,17 @@ def _softmax_backward(G, A, Z):
 _softmax_backward_linked = separate(_softmax_backward)
 
 
+@njit(**HELPER)
+def add_sums(acc, m, out, j0, beta):
+    """out[j0:j0 + m] = acc[:m], a chunk's column sums formed in float64 (column_sums),
+    rounded to out's dtype: OVERWRITTEN (beta 0), or added to beta * out (beta 1, the
+    later chunks of a batch), once per chunk (as kernels/_layers.pxd's add_sums)."""
+    beta_ = out.dtype.type(beta)
+    for j in range(m):
+        s = out.dtype.type(acc[j])
+        out[j0 + j] = s if beta == 0 else beta_ * out[j0 + j] + s
+
+
 @njit(**KERNEL)
 def act_backward(G, Z, A, code, p, alpha, galpha, beta):
     """Chain rule through the activation, in one pass over the layer, out of place.
@@ -194,9 +206,7 @@ def act_backward(G, Z, A, code, p, alpha, galpha, beta):
                     g, z = G[i, j0 + j], Z[i, j0 + j]
                     acc[j] += g * min(z, zero)  # d prelu / d alpha = min(z, 0)
                     Z[i, j0 + j] = g * (one if z >= 0 else alpha[j0 + j])
-            for j in range(m):
-                s = galpha.dtype.type(acc[j])
-                galpha[j0 + j] = s if beta == 0 else beta * galpha[j0 + j] + s
+            add_sums(acc, m, galpha, j0, beta)
         return
     # one loop over all n * k elements, as bias_act_forward's
     gf, zf, af = flat(G, 0, n * k), flat(Z, 0, n * k), flat(A, 0, n * k)
@@ -223,8 +233,10 @@ def act_backward(G, Z, A, code, p, alpha, galpha, beta):
     elif code == ELU:
         for t in range(m):
             g = gf[t]
-            z = zf[t]  # alpha e^z, not f + alpha: that cancels (0 below z = -17 in float32)
-            zf[t] = g * (one if z >= 0 else p * _exp(min(z, zero)))
+            # alpha e^z, not f + alpha: that cancels (0 below z = -17 in float32); e^z in
+            # float64, as the reference (a float32 e^z below 1e-38 loses its digits)
+            z = zf[t]
+            zf[t] = g * (one if z >= 0 else Z.dtype.type(p * _exp(np.float64(min(z, zero)))))
     elif code == SOFTPLUS:
         for t in range(m):
             zf[t] = gf[t] * _sigmoid(zf[t])

@@ -18,7 +18,7 @@ from numba import njit
 
 from fastmlp.codes import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MSE, SUM_BLOCK
 
-from .numba_activations import bias_act_forward
+from .numba_activations import add_sums, bias_act_forward
 from .numba_blas import gemm_nn, gemm_tn
 from .numba_link import separate
 from .numba_math import INLINE, KERNEL
@@ -58,7 +58,7 @@ def dense_params(X, D, W, b, alpha, gW, gb, galpha, beta, lr, decay):
     """
     # the scalars in the array dtype, as BLAS takes them: a float64 one would make each
     # float32 element's arithmetic float64, with conversions
-    beta_, lr_, decay_ = gb.dtype.type(beta), gb.dtype.type(lr), gb.dtype.type(decay)
+    lr_, decay_ = gb.dtype.type(lr), gb.dtype.type(decay)
     # gb: the chunk's column sums formed in float64, a block of columns at a time, and
     # added once (added row by row to a float32 gb, a batch of a million rows lost up to
     # 1 % of it to rounding)
@@ -71,9 +71,7 @@ def dense_params(X, D, W, b, alpha, gW, gb, galpha, beta, lr, decay):
         for i in range(n):
             for j in range(m):
                 acc[j] += D[i, j0 + j]
-        for j in range(m):
-            s = gb.dtype.type(acc[j])
-            gb[j0 + j] = s if beta == 0 else beta_ * gb[j0 + j] + s
+        add_sums(acc, m, gb, j0, beta)
     # one call site: gemm_tn is inlined, and each copy costs compile time
     fold = lr != 0
     gemm_tn(X, D, W if fold else gW, -lr if fold else 1.0, decay if fold else beta)

@@ -232,7 +232,12 @@ def test_backends_themselves_accept_unaligned_inputs(backend, dtype):
         return out + [theta]
 
     for got, want in zip(run(_unaligned(X), _unaligned(T), _unaligned(perm)), run(X, T, perm)):
-        np.testing.assert_array_equal(got, want)
+        if backend == "numpy":
+            # NumPy itself may take another loop for an unaligned matmul operand (2.4's
+            # float32 results differ in the last bit): the same results up to rounding
+            np.testing.assert_allclose(got, want, **TOLERANCES[dtype])
+        else:
+            np.testing.assert_array_equal(got, want)
 
 
 def test_cython_says_when_an_output_array_is_unaligned():
