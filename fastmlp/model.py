@@ -371,8 +371,10 @@ class Model:
 
         One backend call writes into one preallocated output, taking X in chunks
         of rows (fastmlp.rules.predict_rows), so memory stays bounded by the
-        output plus one chunk's activations, however many rows X has. Safe to
-        call from several threads at once.
+        output plus one chunk's activations, however many rows X has; an X that is
+        not C-contiguous in the model's dtype (a float64 DataFrame, say) is
+        converted and scaled a block of rows at a time (fastmlp.rules.convert_rows),
+        one backend call per block. Safe to call from several threads at once.
 
         On the "cuda" backend X may also be a device array (anything with
         ``__cuda_array_interface__``: a Numba device array, a CuPy array, a PyTorch
@@ -396,9 +398,24 @@ class Model:
                 return self._engine.predict(X, out)
             # not finite: check_inputs raises the usual message, naming the first one
         self._checked_feature_names(X)
-        X = validation.check_inputs(X, self.net.input_dim, self.dtype, self._scaling)
-        out = np.empty((len(X), self.net.output_dim), dtype=self.dtype)
-        return self._engine.predict(X, out)
+        arr = validation.as_array(validation.frame_values(X, "X"), "X")
+        rows = rules.convert_rows(self.net, self.dtype)
+        if arr.ndim != 2 or len(arr) <= rows:
+            X = validation.check_inputs(arr, self.net.input_dim, self.dtype, self._scaling)
+            out = np.empty((len(X), self.net.output_dim), dtype=self.dtype)
+            return self._engine.predict(X, out)
+        # Converted (and scaled) a block of rows at a time, not copied whole
+        out = np.empty((len(arr), self.net.output_dim), dtype=self.dtype)
+        for start in range(0, len(arr), rows):
+            try:
+                block = validation.check_inputs(arr[start:start + rows], self.net.input_dim,
+                                                self.dtype, self._scaling)
+            except ValueError:
+                # the message for the whole X, whose row numbers are X's (rare: no bound)
+                validation.check_inputs(arr, self.net.input_dim, self.dtype, self._scaling)
+                raise
+            self._engine.predict(block, out[start:start + rows])
+        return out
 
 
     def _predict_on_device(self, X):
