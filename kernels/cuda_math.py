@@ -120,8 +120,11 @@ def _build(ftype):
         if code == PRELU:
             return one if z >= zero else a
         if code == ELU:
-            # alpha e^z (f + alpha would cancel), e^z in float64 as the reference
-            return one if z >= zero else ftype(p * math.exp(np.float64(min(z, zero))))
+            # alpha e^z (f + alpha would cancel), in float64 as the reference (p cast
+            # too: the simulator's NumPy keeps float32 p * a Python float in float32)
+            if z >= zero:
+                return one
+            return ftype(np.float64(p) * math.exp(np.float64(min(z, zero))))
         if code == SOFTPLUS:
             return sigmoid(z)
         if code == PIECEWISE_LINEAR:
