@@ -143,7 +143,10 @@ class Network:
             raise ValueError("cross_entropy with a 1-unit softmax output always has loss 0: for "
                              "two classes use Dense(1, activation='sigmoid') with "
                              "loss='binary_cross_entropy', or Dense(2, activation='softmax')")
-        self.dims = np.array([int(input_dim)] + [l.units for l in layers], dtype=np.int64)
+        units = [l.units for l in layers]
+        self.dims = np.array([int(input_dim)] + units, dtype=np.int64)
+        # workspace_row_elements, counted once: rules.train_rows asks on every gradients()
+        self._row_elements = 2 * int(input_dim) + 2 * units[-1] + 2 * max(units) + 2 * sum(units)
         self.act_params = np.array([l.param for l in layers], dtype=np.float64)
         table = np.full((len(layers), LAYER_FIELDS), -1, dtype=np.int64)
         shapes, pos = [], 0
@@ -207,9 +210,7 @@ class Network:
         """Elements of :meth:`plan`'s workspace per row of its cap: two rows of inputs
         and of targets (WS_XB, WS_TB), two of the widest layer (WS_D0, WS_D1), and
         every layer's z and f."""
-        units = self.dims[1:]
-        return int(2 * self.input_dim + 2 * self.output_dim + 2 * units.max()
-                   + 2 * units.sum())
+        return self._row_elements
 
     @property
     def input_dim(self):
