@@ -17,7 +17,7 @@ import jax_case
 import onnx_case
 import torch_case
 from numpy_case import NumpyMLP
-from workloads import FastmlpCase, make_data, start, start_rng
+from workloads import ADAM, FastmlpCase, make_data, start, start_rng
 
 BASELINE = "numpy"
 # Agreement after the same work, float32: summation orders differ between libraries.
@@ -32,7 +32,8 @@ class NumpyCase:
     def __init__(self, w):
         self.workload = w
         self.mlp = NumpyMLP(w.dims, w.hidden, w.output, w.loss, w.lr, start(w)[0],
-                            max_rows=w.batch_size if w.kind == "fit" else w.rows)
+                            max_rows=w.batch_size if w.kind == "fit" else w.rows,
+                            adam=ADAM if w.optimizer == "adam" else None)
         X, T, _ = make_data(w)
         rng = start_rng(w)
         self.run = {"fit": lambda: self.mlp.fit(X, T, w.epochs, w.batch_size, rng),
@@ -76,7 +77,8 @@ COLUMNS = [
     Column("fastmlp numpy (reference)", _fastmlp("numpy", "api"), lambda: True,
            label="fastmlp's plain NumPy reference backend (the test oracle), public API"),
     Column("torch", lambda w: torch_case.TorchCase(w), torch_case.available,
-           label="PyTorch eager, nn.Sequential + torch.optim.SGD, torch.set_num_threads"),
+           label="PyTorch eager, nn.Sequential + torch.optim.SGD (Adam row: torch.optim.Adam), "
+                 "torch.set_num_threads"),
     Column("jax", lambda w: jax_case.JaxCase(w), jax_case.available,
            label="JAX, jax.jit of the step / predict (fit: jitted lax.scan epoch), "
                  "block_until_ready; its own thread pool"),

@@ -1,7 +1,7 @@
 """The workloads in JAX, for comparison only (jax is optional).
 
 What a competent JAX user writes: the train step (``value_and_grad`` of the
-loss, then the SGD update) and the predict function each compiled once with
+loss, then the SGD update, or Adam's written out) and the predict function each compiled once with
 ``jax.jit``, parameters donated to the step (updated in place), results
 waited for with ``block_until_ready``. A fit row's epoch is one jitted
 ``lax.scan`` over its batches (rows gathered by the permutation inside the
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workloads import make_data, start, start_rng
+from workloads import ADAM, make_data, start, start_rng
 
 
 def available():
@@ -53,6 +53,19 @@ def _functions(w):
         params = jax.tree_util.tree_map(lambda p, g: p - w.lr * g, params, grads)
         return params, value
 
+    def adam_step(carry, X, T):
+        """carry: (params, m, v, t); Adam with bias correction, fastmlp's formula."""
+        params, m, v, t = carry
+        b1, b2, eps = ADAM["beta1"], ADAM["beta2"], ADAM["eps"]
+        value, grads = jax.value_and_grad(loss)(params, X, T)
+        t = t + 1
+        m = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, m, grads)
+        v = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, v, grads)
+        c1, c2 = 1 - b1 ** t, 1 - b2 ** t
+        params = jax.tree_util.tree_map(
+            lambda p, m, v: p - w.lr * (m / c1) / (jnp.sqrt(v / c2) + eps), params, m, v)
+        return (params, m, v, t), value
+
     def epoch(params, X, T, batches):
         """batches: (steps, batch_size) row indices; mean loss over the rows."""
         def body(params, idx):
@@ -61,7 +74,8 @@ def _functions(w):
         params, values = jax.lax.scan(body, params, batches)
         return params, jnp.mean(values)   # equal batches: the mean over rows
 
-    return (jax.jit(step, donate_argnums=0), jax.jit(epoch, donate_argnums=0),
+    one_step = adam_step if w.optimizer == "adam" else step
+    return (jax.jit(one_step, donate_argnums=0), jax.jit(epoch, donate_argnums=0),
             jax.jit(predict))
 
 
@@ -76,12 +90,18 @@ class JaxCase:
         self.workload, self.jax = w, jax
         if w.kind == "fit" and w.rows % w.batch_size:
             raise ValueError("the JAX fit needs rows divisible by batch_size")
+        if w.kind == "fit" and w.optimizer != "sgd":
+            raise ValueError("the JAX fit runs SGD only")
         theta, pos, params = start(w)[0], 0, []
         for a, b in zip(w.dims[:-1], w.dims[1:]):
             params.append((jax.numpy.asarray(theta[pos:pos + a * b].reshape(a, b)),
                            jax.numpy.asarray(theta[pos + a * b:pos + a * b + b])))
             pos += a * b + b
-        self.params = params
+        self.params, self.carry = params, None
+        if w.optimizer == "adam":   # (params, m, v, t): the moments start at zero
+            def zeros():
+                return [tuple(jax.numpy.zeros_like(p) for p in layer) for layer in params]
+            self.carry = (params, zeros(), zeros(), jax.numpy.float32(0))
         X, T, _ = make_data(w)
         self.X, self.T = jax.numpy.asarray(X), jax.numpy.asarray(T)
         self._step, self._epoch, self._predict = _functions(w)
@@ -89,7 +109,11 @@ class JaxCase:
         self.run = {"step": self.step, "fit": self.fit, "predict": self.predict}[w.kind]
 
     def step(self):
-        self.params, value = self._step(self.params, self.X, self.T)
+        if self.carry is not None:
+            self.carry, value = self._step(self.carry, self.X, self.T)
+            self.params = self.carry[0]
+        else:
+            self.params, value = self._step(self.params, self.X, self.T)
         return float(value.block_until_ready())
 
     def fit(self):

@@ -3,13 +3,14 @@
 Not fastmlp's reference backend (the test oracle, written for clarity): this
 one allocates every buffer once, multiplies with ``np.matmul(a, W, out=z)``,
 adds the bias and applies the activation and its derivative in place, and
-updates the parameters in place (plain SGD: ``grad *= lr; theta -= grad``).
+updates the parameters in place (plain SGD: ``grad *= lr; theta -= grad``; Adam:
+its two moment vectors and one scratch vector allocated once, five in-place passes).
 Parameters live in one flat float32 vector in fastmlp's get_weights() order
 ([W1 (in, out), b1, W2, b2, ...]), so its weights can be compared with a
 fastmlp model's after the same work.
 
 Supported: hidden relu, sigmoid or tanh; output sigmoid (with MSE) or softmax
-(with cross-entropy, computed from the logits); SGD without momentum.
+(with cross-entropy, computed from the logits); SGD without momentum, or Adam.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ class NumpyMLP:
     theta: (n_params,) float32, copied. dims: input width, then each layer's units.
     """
 
-    def __init__(self, dims, hidden, output, loss, lr, theta, max_rows):
+    def __init__(self, dims, hidden, output, loss, lr, theta, max_rows, adam=None):
+        """adam: None (SGD) or {"beta1", "beta2", "eps"} for Adam with bias correction."""
         if (loss, output) not in (("cross_entropy", "softmax"), ("mse", "sigmoid")):
             raise ValueError(f"unsupported output/loss pair {output}/{loss}")
         self.dims, self.hidden, self.output, self.loss = tuple(dims), hidden, output, loss
@@ -31,6 +33,10 @@ class NumpyMLP:
         self.grad = np.empty_like(self.theta)
         self.W, self.b = self._views(self.theta)
         self.gW, self.gb = self._views(self.grad)
+        self.adam = adam
+        if adam is not None:
+            self.m, self.v, self.tmp = (np.zeros_like(self.theta) for _ in range(3))
+            self.t = 0
         self._allocate(max_rows)
 
     def _views(self, flat):
@@ -137,9 +143,32 @@ class NumpyMLP:
             np.matmul(delta, self.W[i].T, out=back)
             self._derivative(self.hidden, a_prev, back, i - 1, n)
             delta = back
-        self.grad *= self.lr
-        self.theta -= self.grad
+        if self.adam is None:
+            self.grad *= self.lr
+            self.theta -= self.grad
+        else:
+            self._adam_update()
         return loss
+
+    def _adam_update(self):
+        """theta -= lr * m_hat / (sqrt(v_hat) + eps), the bias corrections folded into
+        two scalars: m_hat = m / (1 - b1^t), sqrt(v_hat) = sqrt(v) / sqrt(1 - b2^t)."""
+        b1, b2, eps = (self.adam[k] for k in ("beta1", "beta2", "eps"))
+        g, m, v, tmp = self.grad, self.m, self.v, self.tmp
+        self.t += 1
+        m *= np.float32(b1)
+        np.multiply(g, np.float32(1 - b1), out=tmp)
+        m += tmp
+        v *= np.float32(b2)
+        np.multiply(g, g, out=tmp)
+        tmp *= np.float32(1 - b2)
+        v += tmp
+        np.sqrt(v, out=tmp)
+        tmp *= np.float32(1 / np.sqrt(1 - b2 ** self.t))
+        tmp += np.float32(eps)
+        np.divide(m, tmp, out=tmp)
+        tmp *= np.float32(self.lr / (1 - b1 ** self.t))
+        self.theta -= tmp
 
     def _derivative(self, name, f, back, i, n):
         """back *= f'(z), written from the activation's output f."""

@@ -370,7 +370,8 @@ def main(argv=None):
                                log=lambda s: print(s, file=sys.stderr, flush=True))
     load_after = os.getloadavg()
     lines = [f"## fastmlp benchmark (float32; SGD, lr {BY_NAME['W2'].lr} for W2-W4, "
-             f"{BY_NAME['vehicles-fit'].lr} for vehicles)", ""]
+             f"{BY_NAME['vehicles-fit'].lr} for vehicles; Adam, lr {BY_NAME['W2-adam'].lr} "
+             "for W2-adam)", ""]
     if warning:
         lines += [warning, ""]
     lines += speed_table(workloads, columns, results, args.stat) + sgemm_table(results, sgemm)

@@ -37,10 +37,12 @@ def test_public_api(time_public, w, column_name):
     ("vehicles-fit", {"epochs": BY_NAME["vehicles-fit"].epochs - 1}),
     ("vehicles-b1", {"batch_size": 2}),
     ("W2", {"lr": 0.99 * BY_NAME["W2"].lr}),
+    ("W2-adam", {"optimizer": "sgd"}),
 ])
 def test_same_work_detects_less_work(name, change):
     """The check is strict enough to see one epoch fewer, batches of 2 instead of 1,
-    or a 1 % smaller learning rate, while the unchanged workload passes it."""
+    a 1 % smaller learning rate or SGD in place of Adam, while the unchanged workload
+    passes it."""
     w = BY_NAME[name]
     changed = dataclasses.replace(w, name=f"{name}-changed", **change)
     baseline = COLUMN[BASELINE]

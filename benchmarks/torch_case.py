@@ -1,8 +1,9 @@
 """The workloads in PyTorch eager mode, for comparison only (torch is optional).
 
 nn.Sequential of Linear layers started from the workload's weights (columns.py
-checks the work is the same), torch.optim.SGD, float32, the same data. Cross-
-entropy takes logits (softmax fused into the loss, as in fastmlp); MSE is
+checks the work is the same), torch.optim.SGD (or torch.optim.Adam with the same
+betas and eps), float32, the same data. Cross-entropy takes logits (softmax
+fused into the loss, as in fastmlp); MSE is
 fastmlp's: mean over rows of the sum over outputs. fit draws each epoch's
 permutation from the same generator state as fastmlp and indexes the batch
 with ``index_select``. Threads: the caller's ``torch.set_num_threads``.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workloads import make_data, start, start_rng
+from workloads import ADAM, make_data, start, start_rng
 
 
 def available():
@@ -44,7 +45,11 @@ class TorchCase:
             if act is not None:
                 mods.append(act())
         self.net = nn.Sequential(*mods)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=w.lr)
+        if w.optimizer == "adam":
+            self.opt = torch.optim.Adam(self.net.parameters(), lr=w.lr,
+                                        betas=(ADAM["beta1"], ADAM["beta2"]), eps=ADAM["eps"])
+        else:
+            self.opt = torch.optim.SGD(self.net.parameters(), lr=w.lr)
         X, T, labels = make_data(w)
         self.X = torch.from_numpy(X.copy())
         if w.loss == "mse":

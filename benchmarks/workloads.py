@@ -2,8 +2,9 @@
 
 A workload is one timed call (``kind``): "fit" (``epochs`` epochs of mini-batch
 SGD over ``rows`` rows in batches of ``batch_size``, each epoch over a fresh
-permutation from the model's generator), "step" (one SGD step on the batch) or
-"predict". Every column (see columns.py) starts from the same weights (those
+permutation from the model's generator), "step" (one step on the batch: plain
+SGD, or Adam with its defaults where ``optimizer="adam"``) or "predict". Every
+column (see columns.py) starts from the same weights (those
 of a fastmlp model built with seed 0), the same generator state and the same
 C-contiguous float32 data, so each does the same work; ``same_work`` in
 columns.py checks it.
@@ -25,6 +26,7 @@ DTYPE = np.float32
 LR = 0.01
 VEHICLES_LR = 0.5   # the README's API example
 SEED = 0
+ADAM = dict(beta1=0.9, beta2=0.999, eps=1e-8)   # every column's Adam: these, bias-corrected
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Workload:
     epochs: int = 1
     batch_size: int = 0    # fit only
     lr: float = LR
+    optimizer: str = "sgd"  # or "adam": fm.Adam(lr) with beta1, beta2, eps at ADAM's values
     data: str = "random"   # or "vehicles": the README's six rows
     about: str = ""
 
@@ -63,10 +66,15 @@ class Workload:
         acts = [self.hidden] * (len(self.dims) - 2) + [self.output]
         return [fm.Dense(u, activation=a) for u, a in zip(self.dims[1:], acts)]
 
+    def make_optimizer(self):
+        if self.optimizer == "adam":
+            return fm.Adam(lr=self.lr, **ADAM)
+        return fm.SGD(lr=self.lr)
+
     def model(self, backend):
-        """The fastmlp model of this workload: seed 0, float32, SGD(lr)."""
+        """The fastmlp model of this workload: seed 0, float32, SGD(lr) or Adam(lr)."""
         return fm.Model(self.layers(), input_dim=self.dims[0], loss=self.loss,
-                        optimizer=fm.SGD(lr=self.lr), backend=backend, dtype="float32",
+                        optimizer=self.make_optimizer(), backend=backend, dtype="float32",
                         seed=SEED)
 
 
@@ -85,6 +93,8 @@ WORKLOADS = [
     Workload("predict-1", **_MNIST, rows=1, kind="predict",
              about="1-row predict, 784-256-128-10 relu/softmax"),
     Workload("W2", **_MNIST, rows=64, about="784-256-128-10 relu/softmax CE, train_on_batch b64"),
+    Workload("W2-adam", **_MNIST, rows=64, lr=1e-3, optimizer="adam",
+             about="W2 with Adam(lr=1e-3): train_on_batch b64"),
     Workload("W3", **_MNIST, rows=512, about="784-256-128-10 relu/softmax CE, train_on_batch b512"),
     Workload("W4", **_WIDE, rows=512, about="2048-2048-2048-10 relu/softmax CE, train_on_batch b512"),
     Workload("predict-W2", **_MNIST, rows=512, kind="predict", about="predict b512, W2 net"),
