@@ -116,11 +116,19 @@ def _sigmoid(g, z, p, alpha):
     return g.node("Div", numerator, g.node("Add", g.const(1.0), e))
 
 
+def _prelu(g, z, slope):
+    """PRelu(z, slope): z where z >= 0, slope * z below. onnxruntime has no float64 PRelu
+    kernel outside opsets 16-18, so float64 spells it out (the same values)."""
+    if g.dtype == np.float32:
+        return g.node("PRelu", z, slope)
+    return g.node("Where", g.node("Less", z, g.const(0.0)), g.node("Mul", z, slope), z)
+
+
 def _leaky_relu(g, z, p, alpha):
     if g.dtype == np.float32 or float(np.float32(p)) == p:
         return g.node("LeakyRelu", z, alpha=p)
     # ONNX attributes are float32; a float64 slope must be a tensor to stay exact
-    return g.node("PRelu", z, g.const(p))
+    return _prelu(g, z, g.const(p))
 
 
 def _expm1(g, x):
@@ -159,7 +167,7 @@ _EMIT = {
     act.TANH: lambda g, z, p, alpha: g.node("Tanh", z),
     act.RELU: lambda g, z, p, alpha: g.node("Relu", z),
     act.LEAKY_RELU: _leaky_relu,
-    act.PRELU: lambda g, z, p, alpha: g.node("PRelu", z, alpha),
+    act.PRELU: lambda g, z, p, alpha: _prelu(g, z, alpha),
     act.ELU: _elu,
     act.SOFTPLUS: _softplus,
     act.SOFTMAX: lambda g, z, p, alpha: g.node("Softmax", z, axis=-1),
