@@ -5,6 +5,7 @@ scikit-learn's parameters map onto fastmlp's.
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from numbers import Integral, Real
 
@@ -25,6 +26,7 @@ _SKLEARN_NAMES = {"identity": "linear", "logistic": "sigmoid"}
 _HIDDEN_ACTIVATIONS = (set(ACTIVATIONS) - {"softmax"}) | set(_SKLEARN_NAMES)
 # the __getstate__ key that holds model_ re-resolved on unpickling (backend="auto")
 _PORTABLE_MODEL = "_model_state_any_backend"
+_LOCK = "_fit_lock"   # the estimator's training lock, in its __dict__ (never pickled)
 
 
 def resolve_backend(name):
@@ -104,7 +106,19 @@ class BaseMLP(BaseEstimator):
         self._validate_params()
         return self._fit(X, y, incremental=False)
 
+    def _training_lock(self):
+        """This estimator's lock, held by every fit and partial_fit and by pickling.
+        Made on first use (scikit-learn's __init__ may set only the parameters); the
+        dict's setdefault is atomic, so two threads' first calls get the same lock."""
+        return self.__dict__.setdefault(_LOCK, threading.RLock())
+
     def _fit(self, X, y, incremental, classes=None):
+        # Under the estimator's lock: two first partial_fit calls would each build a
+        # model_, and one would be lost with the steps trained on it.
+        with self._training_lock():
+            return self._fit_locked(X, y, incremental, classes)
+
+    def _fit_locked(self, X, y, incremental, classes):
         first = not (incremental and hasattr(self, "model_"))
         X, y = validation.refuse_masked(X, "X"), validation.refuse_masked(y, "y")
         X, y = validate_data(self, X, y, reset=first, multi_output=True, order="C",
@@ -248,23 +262,31 @@ class BaseMLP(BaseEstimator):
         return model
 
     # -- pickling ----------------------------------------------------------------
-    # A Model pickles its concrete backend, which may not import where it is unpickled.
-    # backend="auto" asks for the fastest backend wherever the estimator runs, so its
-    # model_ travels as the Model's own pickled state (what fm.save writes: weights,
-    # optimiser state, generator, classes_, feature names) and is rebuilt on the backend
-    # "auto" picks there. An explicit backend pickles model_ as it is, so a missing one
-    # keeps its clear error.
+    # One snapshot, taken under the training lock (a pickle, copy or deepcopy made
+    # during fit waits for it to end): the attributes, the lists they hold and model_'s
+    # own pickled state (what fm.save writes: weights, optimiser state, generator,
+    # classes_, feature names) are all of one moment. model_ is rebuilt from that state:
+    # on the backend "auto" picks where it is unpickled (a Model pickles its concrete
+    # backend, which may not import there), or on its own explicit backend, whose
+    # absence keeps its clear error. So a copy never shares model_ with the original.
     def __getstate__(self):
-        state = dict(super().__getstate__())
-        if self.backend == "auto" and "model_" in state:
-            state[_PORTABLE_MODEL] = state.pop("model_").__getstate__()
+        with self._training_lock():
+            state = dict(super().__getstate__())
+            state.pop(_LOCK, None)
+            for name, value in state.items():
+                if isinstance(value, list):   # loss_curve_, validation_scores_
+                    state[name] = list(value)
+            if "model_" in state:
+                state[_PORTABLE_MODEL] = state.pop("model_").__getstate__()
         return state
 
     def __setstate__(self, state):
         portable = state.pop(_PORTABLE_MODEL, None)
         super().__setstate__(state)
         if portable is not None:
-            config = dict(portable["config"], backend=resolve_backend("auto"))
+            config = portable["config"]
+            if self.backend == "auto":
+                config = dict(config, backend=resolve_backend("auto"))
             model = fm.Model.__new__(fm.Model)
             model.__setstate__(dict(portable, config=config))
             self.model_ = model

@@ -104,13 +104,14 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         self._validate_params()
         if classes is not None:
             _check_classes(classes)
-        if not hasattr(self, "model_") and classes is None:
-            raise ValueError("classes must be passed on the first call to partial_fit")
-        if hasattr(self, "model_") and classes is not None and not np.array_equal(
-                np.unique(classes), self.classes_):
-            raise ValueError(f"classes={classes!r} differs from the classes of the first "
-                             f"call, {self.classes_.tolist()}")
-        return self._fit(X, y, incremental=True, classes=classes)
+        with self._training_lock():   # (whether this is the first call, decided once)
+            if not hasattr(self, "model_") and classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit")
+            if hasattr(self, "model_") and classes is not None and not np.array_equal(
+                    np.unique(classes), self.classes_):
+                raise ValueError(f"classes={classes!r} differs from the classes of the first "
+                                 f"call, {self.classes_.tolist()}")
+            return self._fit(X, y, incremental=True, classes=classes)
 
     def _targets(self, y, first, classes):
         """Encode labels: T float (n, units) in the model dtype, and (units, activation, loss)."""
@@ -124,6 +125,11 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         if first:
             self._multilabel = kind == "multilabel-indicator"
             if self._multilabel:
+                if classes is not None and not np.array_equal(np.unique(classes),
+                                                              np.arange(y.shape[1])):
+                    raise ValueError(f"classes={classes!r}: for a multilabel (indicator) y "
+                                     f"the classes are its column indices, "
+                                     f"{list(range(y.shape[1]))}")
                 self.classes_, self._y_dtype = np.arange(y.shape[1]), y.dtype
             else:
                 self.classes_ = np.unique(y if classes is None else classes)

@@ -214,3 +214,76 @@ def test_concurrent_partial_fit_calls_each_train_with_their_own_decay():
     finally:
         sys.setswitchinterval(interval)
     assert wrong == [] and est.n_iter_ == 401
+
+
+# -- hostile round 5: the estimator's own lock, its snapshots, multilabel classes ---------
+
+def test_first_partial_fit_calls_from_several_threads_all_train_one_model():
+    """Each racing first call saw no model_ and built its own: three of four calls'
+    training was thrown away (20 of 20 trials). Now the estimator's lock decides once."""
+    import threading
+    X, y = _data("classifier", n=400)
+    for _ in range(5):
+        est = _estimator("classifier", backend=fm.available_backends()[-1])
+        barrier = threading.Barrier(4)
+
+        def work():
+            barrier.wait()
+            est.partial_fit(X, y, classes=[0, 1])
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert (est.n_iter_, len(est.loss_curve_), est.t_) == (4, 4, 4 * len(X))
+        assert est.model_.get_state()["opt_step"][0] == 4 * math.ceil(len(X) / 200)
+
+
+@pytest.mark.parametrize("backend", ["auto", "explicit"])
+def test_pickle_taken_during_fit_is_one_moment(backend):
+    """The attributes were copied when pickling began and model_ (under its lock) when fit
+    ended: n_iter_ 5 with 150 losses. Now the snapshot waits for fit and is consistent."""
+    import threading
+    import time
+    X, y = _data("classifier", n=2000, d=10)
+    name = "auto" if backend == "auto" else fm.available_backends()[-1]
+    est = _estimator("classifier", backend=name, max_iter=60, tol=0, n_iter_no_change=1000)
+    worker = threading.Thread(target=est.fit, args=(X, y))
+    worker.start()
+    while getattr(est, "n_iter_", 0) < 2 and worker.is_alive():
+        time.sleep(0.0005)
+    blob = pickle.dumps(est)
+    worker.join()
+    twin = pickle.loads(blob)
+    assert twin.n_iter_ == len(twin.loss_curve_) == 60 and twin.t_ == 60 * len(X)
+    for a, b in zip(twin.model_.get_weights(), est.model_.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_copy_of_an_estimator_never_shares_its_model():
+    """copy.copy shared model_ (and loss_curve_) with an explicit backend, not with "auto":
+    partial_fit on the copy trained the original's weights behind its n_iter_."""
+    X, y = _data("classifier")
+    for backend in ("auto", fm.available_backends()[-1]):
+        est = _estimator("classifier", backend=backend).fit(X, y)
+        before = [w.copy() for w in est.model_.get_weights()]
+        twin = copy.copy(est)
+        twin.partial_fit(X, y)
+        assert twin.model_ is not est.model_ and twin.loss_curve_ is not est.loss_curve_
+        assert len(est.loss_curve_) == est.n_iter_
+        for a, b in zip(est.model_.get_weights(), before, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_multilabel_partial_fit_classes_are_the_column_indices_on_every_call():
+    """classes=[0, 1] was taken silently on the first call (classes_ became [0, 1, 2]) and
+    refused on the second with a message naming a first call's classes never given."""
+    X = np.random.default_rng(0).normal(size=(30, 4))
+    Y = (X[:, :3] > 0).astype(int)
+    for bad in ([0, 1], [7], ["a", "b", "c"]):
+        with pytest.raises(ValueError, match=r"multilabel .*column indices, \[0, 1, 2\]"):
+            _estimator("classifier").partial_fit(X, Y, classes=bad)
+    est = _estimator("classifier").partial_fit(X, Y, classes=[0, 1, 2])
+    est.partial_fit(X, Y, classes=[2, 1, 0])
+    assert est.n_iter_ == 2 and est.classes_.tolist() == [0, 1, 2]
