@@ -82,7 +82,7 @@ import numpy as np
 
 from . import labels, optimizers, validation
 from .callbacks import ModelCheckpoint, ProgressBar
-from .model import History, TrainingDiverged, _feature_names, _hook
+from .model import History, TrainingDiverged, _feature_names, _hook, distinct_names
 
 # Callbacks that write files or the terminal: one writer per job, rank 0.
 RANK_ZERO_ONLY = (ModelCheckpoint, ProgressBar)
@@ -288,7 +288,7 @@ class _Run:
     def _names(X):
         """X's column names as a list when X is a DataFrame, else None."""
         names = _feature_names(X)
-        return None if names is None else names.tolist()
+        return None if names is None else distinct_names(names).tolist()
 
     def _labels(self, Y):
         """The distinct labels of Y (when Y holds labels), for the union over ranks."""

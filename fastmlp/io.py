@@ -333,4 +333,8 @@ def _value_problem(arrays, spec):
     if classes is not None and len(np.unique(classes)) != len(classes):
         # predict_classes would give two output units the same label
         return f"classes {_short(classes.tolist())} hold a label twice; each class needs its own"
+    names = arrays.get("feature_names")
+    if names is not None and len(np.unique(names)) != len(names):
+        # (Model.fit refuses such names) predict could not tell two columns apart
+        return f"feature_names {_short(names.tolist())} hold a name twice"
     return None

@@ -100,13 +100,18 @@ def encode(Y, net, classes):
             return flat.reshape(Y.shape), np.arange(k)
         classes = _found(flat, k)
     classes = np.asarray(classes)
-    if (classes.dtype.kind in "iu" and numeric
-            and np.array_equal(classes, np.arange(len(classes)))):
+    if numeric and are_indices(classes):
         return flat.reshape(Y.shape), classes  # already indices; check_targets checks their range
     codes = _lookup(flat, classes)
     if net.loss.code == BINARY_CROSS_ENTROPY:
         codes = codes.reshape(-1, 1)
     return codes, classes
+
+
+def are_indices(classes):
+    """True when ``classes`` are 0..k-1: labels that are their own class indices."""
+    classes = np.asarray(classes)
+    return classes.dtype.kind in "iu" and np.array_equal(classes, np.arange(len(classes)))
 
 
 def _lookup(flat, classes):

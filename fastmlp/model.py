@@ -58,6 +58,19 @@ def _feature_names(X):
     return np.asarray([str(c) for c in columns])
 
 
+def distinct_names(names):
+    """``names`` (X's columns as str), refused unless distinct: names that repeat (or that
+    only str() makes equal, such as 1 and "1") cannot show that a later frame's columns are
+    in the trained order, so recording them would let predict read columns swapped."""
+    values, counts = np.unique(names, return_counts=True)
+    if (counts > 1).any():
+        twice = values[counts > 1].tolist()[:5]
+        raise ValueError(f"X's column names must be distinct (as strings) for the model to "
+                         f"check a later frame's columns: {twice} appear more than once; "
+                         "rename the columns or pass X.to_numpy()")
+    return names
+
+
 def _generator(seed):
     """np.random.default_rng(seed), with NumPy's error (same type) reworded to name seed."""
     try:
@@ -407,13 +420,8 @@ class Model:
         # Converted (and scaled) a block of rows at a time, not copied whole
         out = np.empty((len(arr), self.net.output_dim), dtype=self.dtype)
         for start in range(0, len(arr), rows):
-            try:
-                block = validation.check_inputs(arr[start:start + rows], self.net.input_dim,
-                                                self.dtype, self._scaling)
-            except ValueError:
-                # the message for the whole X, whose row numbers are X's (rare: no bound)
-                validation.check_inputs(arr, self.net.input_dim, self.dtype, self._scaling)
-                raise
+            block = validation.check_inputs(arr[start:start + rows], self.net.input_dim,
+                                            self.dtype, self._scaling, first_row=start)
             self._engine.predict(block, out[start:start + rows])
         return out
 
@@ -526,7 +534,9 @@ class Model:
                 # 1: X or Y not finite, or targets outside [0, 1]: nothing ran, and the
                 # checks below raise the exact message. 2: the step diverged and was
                 # undone: it runs once more below, to say what went bad, and is undone.
-            X, T = self._data(X, Y)
+            learnt = self.classes_, self.feature_names_in_
+            # learn: labels found here become classes_, so later calls map them alike
+            X, T = self._data(X, Y, learn=True)
             snapshot = self._rollback()
             snapshot.save()
             try:
@@ -534,8 +544,9 @@ class Model:
                     loss = float(self._engine.train_step(X, T))
                 self._check_finite(loss, "in this train_on_batch step", "the model was left "
                                    "as it was before the step")
-            except BaseException:
+            except BaseException:  # ... with nothing learnt either
                 snapshot.restore()
+                self.classes_, self.feature_names_in_ = learnt
                 raise
         return loss
 
@@ -583,10 +594,10 @@ class Model:
             batch_size = validation.check_batch_size(batch_size, len(X))
             metric_fns = metric_table.get(metrics, self.loss)
             callbacks = self._callbacks(callbacks, verbose)
+            self._warn_if_untrainable()   # (an error under warnings-as-errors)
         except BaseException:  # a refused fit has learnt no labels or feature names
             self.classes_, self.feature_names_in_ = learnt
             raise
-        self._warn_if_untrainable()
         self.history = history = History()
         self.stop_training = False
         # A device backend gets the training set once per fit (metrics read the host copy).
@@ -789,6 +800,8 @@ class Model:
                 and len(Y) == len(X)):
             return X, Y  # already checked arrays: no copy, O(1) Python work
         names = self._checked_feature_names(X)
+        if learn and names is not None and self.feature_names_in_ is None:
+            distinct_names(names)
         X = validation.check_inputs(X, self.net.input_dim, self.dtype, self._scaling)
         Y = validation.as_array(Y, "Y")
         if Y.ndim and len(Y) != len(X):  # before labels: their errors would mislead
@@ -796,6 +809,13 @@ class Model:
         classes = None
         if labels.is_labels(Y, self.net, self.classes_):
             Y, classes = labels.encode(Y, self.net, self.classes_)
+            if not learn and self.classes_ is None and not labels.are_indices(classes):
+                # found from this call's labels alone, they could map a label to another
+                # unit in the next call (labels {1, 2} are indices, {1, 2, 3} are not)
+                raise ValueError(f"Y holds labels {classes.tolist()[:10]} that are not class "
+                                 "indices and this model has no classes_ to map them: train "
+                                 "it on them first (fit and train_on_batch record classes_) "
+                                 "or set model.classes_")
         T = validation.check_targets(Y, len(X), self.net, self.dtype)
         if learn:  # only once every check has passed
             if classes is not None and self.classes_ is None:

@@ -22,6 +22,10 @@ import os
 import numpy as np
 
 _NOT_CURVES = ("samples_per_s", "grad_norm")
+# matplotlib's axis limits (with margins) overflow float64 for values near its maximum;
+# NaN and inf are left out of the curves, as matplotlib does
+DRAWABLE = 1e300
+LEGEND_LAYERS = 24   # more layers than this get a colour bar instead of a legend
 
 
 def _matplotlib():
@@ -35,17 +39,44 @@ def _matplotlib():
     return Figure, FigureCanvasAgg
 
 
-def _curves(logs, metrics):
-    """Base metric names to draw, in order: loss first, then the others."""
-    def is_curve(name):
-        values = logs[name]
-        return (name not in _NOT_CURVES and len(values) > 0
-                and all(isinstance(v, numbers.Real) for v in values))
+def _series(logs):
+    """{name: float64 (epochs,)} of the history's per-epoch curves; a value that is not
+    a number is named. grad_norm (per-layer lists) is read by plot_history."""
+    series = {}
+    for name, values in logs.items():
+        if not isinstance(name, str):
+            raise TypeError(f"plot_history: the history's keys are metric names (str), got "
+                            f"{name!r}")
+        if name in _NOT_CURVES:
+            continue
+        try:
+            arr = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"plot_history: history[{name!r}] must hold one number per "
+                             f"epoch, got {_short(values)}") from None
+        if arr.ndim != 1:
+            raise ValueError(f"plot_history: history[{name!r}] must hold one number per "
+                             f"epoch, got an array of shape {arr.shape}")
+        finite = np.abs(arr[np.isfinite(arr)])
+        if finite.size and finite.max() > DRAWABLE:
+            raise ValueError(f"plot_history: history[{name!r}] holds {finite.max():g} in "
+                             f"size, beyond the {DRAWABLE:g} matplotlib's axes can span")
+        if arr.size:
+            series[name] = arr
+    return series
 
+
+def _short(values):
+    text = repr(values)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _curves(series, metrics):
+    """Base metric names to draw, in order: loss first, then the others."""
     bases = []
-    for name in logs:
+    for name in series:
         base = name[4:] if name.startswith("val_") else name
-        if base not in bases and is_curve(name):
+        if base not in bases:
             bases.append(base)
     bases.sort(key=lambda b: b != "loss")
     if metrics is None:
@@ -76,12 +107,9 @@ def plot_history(history, path, metrics=None):
         raise TypeError(f"history must be an fm.History or its .history dict, got "
                         f"{type(history).__name__}")
     path = os.fspath(path)
-    names = _curves(logs, metrics)
-    norms = logs.get("grad_norm")
-    norms = np.asarray(norms, dtype=np.float64) if norms else None   # (epochs, layers)
-    if norms is not None and norms.ndim != 2:
-        raise ValueError(f"history['grad_norm'] must hold one list of per-layer norms per "
-                         f"epoch, got an array of shape {norms.shape}")
+    series = _series(logs)
+    names = _curves(series, metrics)
+    norms = _norms(logs.get("grad_norm"))
     if not names and norms is None:
         raise ValueError("plot_history: the history has no epochs to draw")
 
@@ -100,8 +128,8 @@ def plot_history(history, path, metrics=None):
 
     for ax, base in zip(axes, names):
         for name, style in ((base, "-"), ("val_" + base, "--")):
-            if logs.get(name):
-                ax.plot(x_for(logs[name]), logs[name], style, marker=".", label=name)
+            if name in series:
+                ax.plot(x_for(series[name]), series[name], style, marker=".", label=name)
         ax.set_ylabel(base)
         ax.set_xlabel("epoch")
         ax.legend()
@@ -110,6 +138,20 @@ def plot_history(history, path, metrics=None):
         _plot_norms(axes[-1], x_for(norms), norms)
     fig.savefig(path, format="png", dpi=100)
     return path
+
+
+def _norms(norms):
+    """history["grad_norm"] as float64 (epochs, layers), or None when absent or empty."""
+    if norms is None or len(norms) == 0:
+        return None
+    try:
+        arr = np.asarray(norms, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.ndim != 2:
+        raise ValueError("plot_history: history['grad_norm'] must hold one list of per-layer "
+                         f"norms per epoch, all of one length; got {_short(norms)}")
+    return arr
 
 
 def _plot_norms(ax, x, norms):
@@ -123,7 +165,13 @@ def _plot_norms(ax, x, norms):
     ax.set_xlabel("epoch")
     ax.set_ylabel("gradient norm")
     ax.set_title("per-layer gradient norm (log scale)")
-    # outside the axes: with many layers an inside legend hides the lines
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small",
-              ncols=1 if layers <= 12 else 2)
+    if layers <= LEGEND_LAYERS:
+        # outside the axes: with many layers an inside legend hides the lines
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small",
+                  ncols=1 if layers <= 12 else 2)
+    else:   # a legend this long would not fit the figure: a colour bar of layer numbers
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+        ax.figure.colorbar(ScalarMappable(Normalize(1, layers), colormaps["viridis"]),
+                           ax=ax, label="layer")
     ax.grid(True, which="both", alpha=0.3)

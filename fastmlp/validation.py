@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from .losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY
+from .rules import CONVERT_BYTES
 
 
 # x . 0 is NaN exactly when some x is NaN or inf and, unlike a sum, never overflows; BLAS's
@@ -92,9 +93,20 @@ def refuse_masked(a, name):
     return a
 
 
+def refuse_sparse(a, name):
+    """``a`` itself, unless it is a scipy.sparse matrix or array, which np.asarray would
+    wrap in a 0-d object array."""
+    if type(a).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"{name} is a scipy.sparse {type(a).__name__}: fastmlp takes dense "
+                        f"arrays; pass {name}.toarray()")
+    return a
+
+
 def as_array(a, name):
-    """np.asarray, refusing masked arrays and rewording NumPy's ragged-list error."""
+    """np.asarray, refusing masked and sparse arrays and rewording NumPy's ragged-list
+    error."""
     refuse_masked(a, name)
+    refuse_sparse(a, name)
     try:
         return np.asarray(a)
     except ValueError as exc:
@@ -113,30 +125,58 @@ def _check_real(arr, name):
         raise TypeError(f"{name} must be real, got dtype {arr.dtype}")
 
 
-def as_finite(arr, name, dtype):
+def as_finite(arr, name, dtype, first_row=0):
     """``arr`` (any shape) as a C-contiguous, aligned array of ``dtype`` whose values are
-    finite and representable: values that overflow ``dtype`` (1e39 in float32) are refused."""
+    finite and representable: values that overflow ``dtype`` (1e39 in float32) are refused.
+    ``first_row``: the number of arr's first row in the caller's data, for the message."""
     _check_real(arr, name)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
         out = np.ascontiguousarray(arr, dtype=dtype)
     if not out.flags.aligned:  # e.g. a memmap at an odd offset; compiled code needs alignment
         out = out.copy()
     if not finite(out):
-        src = np.asarray(arr)
-        where = np.unravel_index(int(np.argmin(np.isfinite(out))), out.shape)
-        at = (f"row {where[0]}, column {where[1]}" if out.ndim == 2
-              else f"index {tuple(int(i) for i in where)}")
-        if np.issubdtype(src.dtype, np.floating) and np.isfinite(src[where]):
-            raise ValueError(f"{name} has a value too large for {np.dtype(dtype).name} "
-                             f"({float(src[where])!r} at {at})")
-        raise ValueError(f"{name} contains NaN or inf (first at {at})")
+        _refuse_nonfinite(out, np.asarray(arr), name, first_row)
     return out
 
 
-def as_float_matrix(a, name, dtype, scaling=None):
+def _refuse_nonfinite(out, src, name, first_row, scaling=None):
+    """Raise for the first entry of ``out`` that is not finite; ``src``: what out was
+    converted from (a finite source value means it was too large for out's dtype)."""
+    where = np.unravel_index(int(np.argmin(np.isfinite(out))), out.shape)
+    value = src[where]
+    if scaling is not None and np.isfinite(value):
+        with np.errstate(over="ignore", invalid="ignore"):
+            value = (np.float64(value) - scaling[0][where[1]]) / scaling[1][where[1]]
+    at = (f"row {first_row + where[0]}, column {where[1]}" if out.ndim == 2
+          else f"index {tuple(int(i) for i in where)}")
+    if (np.issubdtype(src.dtype, np.floating) or scaling is not None) and np.isfinite(value):
+        raise ValueError(f"{name} has a value too large for {out.dtype.name} "
+                         f"({float(value)!r} at {at})")
+    raise ValueError(f"{name} contains NaN or inf (first at {at})")
+
+
+def _scaled(arr, name, dtype, scaling, first_row):
+    """(arr - mean) / scale computed in float64, written into a new C-contiguous array of
+    ``dtype`` a block of CONVERT_BYTES at a time: the float64 temporaries stay one block,
+    not two copies of arr (the same values as computing it whole)."""
+    mean, scale = scaling
+    out = np.empty(arr.shape, dtype=dtype)
+    step = max(1, CONVERT_BYTES // (8 * max(1, arr.shape[1])))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, len(arr), step):
+            block = np.subtract(arr[start:start + step], mean, dtype=np.float64)
+            block /= scale
+            out[start:start + step] = block
+    if not finite(out):
+        _refuse_nonfinite(out, arr, name, first_row, scaling)
+    return out
+
+
+def as_float_matrix(a, name, dtype, scaling=None, first_row=0):
     """``a`` as a C-contiguous 2-D array of ``dtype``; rejects non-numeric, empty, NaN/inf.
 
     ``scaling`` (mean, scale), float64 (k,): returns (a - mean) / scale, computed in float64.
+    ``first_row``: the number of a's first row in the caller's data, for messages.
     """
     arr = as_array(a, name)
     _check_real(arr, name)
@@ -147,10 +187,8 @@ def as_float_matrix(a, name, dtype, scaling=None):
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is empty: it has 0 rows")
     if scaling is not None and arr.shape[1] == len(scaling[0]):
-        with np.errstate(over="ignore", invalid="ignore"):
-            arr = (arr.astype(np.float64, copy=False) - scaling[0]) / scaling[1]
-    out = as_finite(arr, name, dtype)
-    return out
+        return _scaled(arr, name, dtype, scaling, first_row)
+    return as_finite(arr, name, dtype, first_row)
 
 
 def frame_values(frame, name):
@@ -177,19 +215,27 @@ def frame_values(frame, name):
     return frame.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def check_inputs(X, input_dim, dtype, scaling=None):
+def check_inputs(X, input_dim, dtype, scaling=None, first_row=0):
     """X as (n, input_dim) in ``dtype``; a 1-D X is n samples of one feature. A DataFrame's
-    numeric and bool columns, nullable ones included, are taken (see frame_values)."""
+    numeric and bool columns, nullable ones included, are taken (see frame_values).
+    ``first_row``: the number of X's first row in the caller's data, for messages."""
     arr = as_array(frame_values(X, "X"), "X")
     if arr.ndim == 1 and input_dim > 1 and len(arr):
         one = f"; for one sample use X.reshape(1, -1), shape (1, {input_dim})" \
             if len(arr) == input_dim else ""
         raise ValueError(f"X must be 2-D (samples, features), got a 1-D array of length "
                          f"{len(arr)} and the model expects input_dim={input_dim}{one}")
-    X = as_float_matrix(arr, "X", dtype, scaling)
+    if arr.ndim == 2 and len(arr) and arr.shape[1] != input_dim:
+        _check_real(arr, "X")  # (a column count is not worth converting X for)
+        _wrong_width(arr.shape[1], input_dim)
+    X = as_float_matrix(arr, "X", dtype, scaling, first_row)
     if X.shape[1] != input_dim:
-        raise ValueError(f"X has {X.shape[1]} columns but the model expects input_dim={input_dim}")
+        _wrong_width(X.shape[1], input_dim)
     return X
+
+
+def _wrong_width(columns, input_dim):
+    raise ValueError(f"X has {columns} columns but the model expects input_dim={input_dim}")
 
 
 def check_targets(Y, n_rows, net, dtype):
