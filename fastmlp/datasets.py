@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._atomic import kind
+
 VEHICLE_FEATURES = ("wheels", "height", "weight")
 VEHICLE_CLASSES = ("car", "bike")
 
@@ -217,12 +219,19 @@ def numeric_target(table, required=True):
 
 
 def class_labels(table):
-    """Class labels -> (indices int64 (n,), class names). Numeric labels sort as numbers."""
-    numbers = numeric_target(table, required=False)
-    if numbers is not None:
+    """Class labels -> (indices int64 (n,), class names). Numeric labels sort as numbers;
+    integer labels are read exactly (20240131 stays itself, 2**53 + 1 stays apart from
+    2**53) and each class is named as the shortest text of its number."""
+    integers = _integers(table.cells)
+    numbers = None if integers is not None else numeric_target(table, required=False)
+    if integers is not None:
+        keys = integers
+        classes = sorted(set(keys))
+        names = [str(c) for c in classes]
+    elif numbers is not None:
         keys = numbers.tolist()
         classes = sorted(set(keys))
-        names = [f"{c:g}" for c in classes]
+        names = [_number_name(c) for c in classes]
     else:
         keys = table.cells
         classes = names = sorted(set(keys))
@@ -233,11 +242,26 @@ def class_labels(table):
     return np.array([index[k] for k in keys], dtype=np.int64), names
 
 
+def _integers(cells):
+    """The cells as Python ints (exact at any size), or None unless every one is one."""
+    try:
+        return [int(cell) for cell in cells]
+    except ValueError:
+        return None
+
+
+def _number_name(x):
+    """1.0 -> "1", 0.5 -> "0.5", 1e+30 -> "1e+30": the shortest text that reads back as x."""
+    return str(int(x)) if x.is_integer() and abs(x) < 2 ** 53 else repr(x)
+
+
 def _read_rows(path):
     """(header, rows, line numbers) of a CSV file; blank lines skipped, ragged rows rejected.
 
     Failures of the file itself become one ValueError naming it.
     """
+    if not path:
+        raise ValueError("cannot read the data: the path is empty")
     try:
         return _parse_rows(path)
     except UnicodeDecodeError as exc:
@@ -258,6 +282,7 @@ def _read_rows(path):
 
 
 def _parse_rows(path):
+    _refuse_devices(path)
     opener = gzip.open if path.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
@@ -277,6 +302,17 @@ def _parse_rows(path):
             rows.append(row)
             lines.append(reader.line_num)
     return header, rows, lines
+
+
+def _refuse_devices(path):
+    """A device or socket is no file of rows: /dev/zero would be read forever, one endless
+    line. A fifo is read (``--data <(zcat big.csv.gz)``); a missing path is left to open."""
+    try:
+        what = kind(os.stat(path).st_mode)
+    except OSError:
+        return
+    if what not in (None, "a fifo", "a directory"):   # (open names a directory itself)
+        raise ValueError(f"{path}: it is {what}, not a CSV file")
 
 
 def _check_header(path, header):

@@ -82,7 +82,8 @@ import numpy as np
 
 from . import labels, optimizers, validation
 from .callbacks import ModelCheckpoint, ProgressBar
-from .model import History, TrainingDiverged, _feature_names, _hook, distinct_names
+from .model import (History, TrainingDiverged, _feature_names, _hook, distinct_names,
+                    validation_data_errors)
 
 # Callbacks that write files or the terminal: one writer per job, rank 0.
 RANK_ZERO_ONLY = (ModelCheckpoint, ProgressBar)
@@ -154,6 +155,22 @@ def _short(value, width=100):
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
+def _difference(a, b, where=""):
+    """(where, a's part, b's part) of the first place a and b differ: dict keys, and the
+    indices of lists of dicts (a config's layers), are followed, so a long config shows
+    the one field that differs; a list of plain values is shown whole."""
+    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+        for key in a:
+            if a[key] != b[key]:
+                return _difference(a[key], b[key], f"{where}[{key!r}]")
+    if (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
+            and all(isinstance(x, dict) for x in a + b)):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return _difference(x, y, f"{where}[{i}]")
+    return where, a, b
+
+
 def _describe(exc):
     return None if exc is None else f"{type(exc).__name__}: {exc}"
 
@@ -217,10 +234,13 @@ class _Run:
         differ = [r for r in others if by_rank[r] != by_rank[first]]
         if differ:
             r = differ[0]
+            where, mine, theirs = _difference(by_rank[first], by_rank[r])
+            part = f": {where} is " if where else " ("
+            end = "" if where else ")"
             raise _everywhere(DistributedError(
-                f"distributed fit: {what} differs between rank {first} "
-                f"({_short(by_rank[first])}) and rank {r} ({_short(by_rank[r])}); every rank "
-                "must agree"))
+                f"distributed fit: {what} differs between rank {first} and rank {r}{part}"
+                f"{_short(mine)} on rank {first} and {_short(theirs)} on rank {r}{end}; "
+                "every rank must agree"))
 
     # -- setting up --------------------------------------------------------------
     def fit(self, X, Y, epochs, batch_size, shuffle, validation_data, callbacks, verbose,
@@ -234,8 +254,9 @@ class _Run:
             callbacks = [cb for cb in model._callbacks(callbacks, verbose)
                          if self.rank == 0 or not self._rank_zero_only(cb)]
             cfg = model._config()
-            same = {"model (network, optimizer, dtype)":
-                    (cfg["network"], cfg["optimizer"], cfg["dtype"]),
+            same = {"the model's network": cfg["network"],
+                    "the model's optimizer": cfg["optimizer"],
+                    "the model's dtype": cfg["dtype"],
                     "(epochs, batch_size, shuffle, check_consistency)":
                     (epochs, batch_size, bool(shuffle), bool(check_consistency))}
             facts = {"same": same, "rows": self._row_count(X), "labels": self._labels(Y),
@@ -340,7 +361,8 @@ class _Run:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data must be a tuple (X_val, Y_val) of this rank's "
                              f"validation rows, or None; got {type(validation_data).__name__}")
-        return self._data(*validation_data, "X_val", "Y_val")
+        with validation_data_errors():
+            return self._data(*validation_data, "X_val", "Y_val")
 
     # -- training ----------------------------------------------------------------
     def train(self, epochs, shuffle, callbacks, verbose, check_consistency):

@@ -157,9 +157,12 @@ def read(path, backend=None):
         raise bad_file(path, exc) from None
     if backend is None:
         backend = header["backend"] or "numpy"
-        if backend not in available_backends():
-            raise ValueError(f"{path} was saved for backend {backend!r}, which is not available "
-                             f"here ({available_backends()}); pass backend= to fm.load")
+        try:   # that backend alone: listing them all imported numba and numba.cuda (1 s)
+            get_backend(backend)
+        except ValueError:
+            raise ValueError(f"{path} was saved for backend {backend!r}, which is not "
+                             f"available here ({available_backends()}); pass backend= to "
+                             "fm.load") from None
     return header, arrays, backend
 
 

@@ -58,6 +58,16 @@ def _feature_names(X):
     return np.asarray([str(c) for c in columns])
 
 
+@contextlib.contextmanager
+def validation_data_errors():
+    """Words a bad validation_data's errors as such: the checks name its arrays X and Y,
+    which read as the training data's."""
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"validation_data: {exc}") from None
+
+
 def distinct_names(names):
     """``names`` (X's columns as str), refused unless distinct: names that repeat (or that
     only str() makes equal, such as 1 and "1") cannot show that a later frame's columns are
@@ -844,7 +854,8 @@ class Model:
                 raise ValueError("validation_data must be a tuple (X_val, Y_val), got "
                                  f"{type(validation_data).__name__} of length "
                                  f"{len(validation_data) if hasattr(validation_data, '__len__') else '?'}")
-            return X, T, self._data(*validation_data)
+            with validation_data_errors():
+                return X, T, self._data(*validation_data)
         if not split:
             return X, T, None
         n_val = int(round(len(X) * split))

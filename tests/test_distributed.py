@@ -130,13 +130,16 @@ FAILURES = {
     "callback_fails": "rank 1 of 2 failed in the callbacks of epoch 2: rank 1: OSError: "
                       "simulated: disk full while writing a log",
     "mismatch": "(epochs, batch_size, shuffle, check_consistency) differs between rank 0 "
-                "((3, 10, True, False)) and rank 1 ((4, 10, True, False)); every rank must "
-                "agree",
+                "and rank 1 ((3, 10, True, False) on rank 0 and (4, 10, True, False) on rank "
+                "1); every rank must agree",
+    # the field that differs, not two long configs cut off before it
+    "lr_mismatch": "the model's optimizer differs between rank 0 and rank 1: ['lr'] is 0.1 on "
+                   "rank 0 and 0.2 on rank 1; every rank must agree",
     "drift": "the sha256 of the model state (weights and optimiser) after the callbacks of "
              "epoch 2 differs between rank 0",
     "columns": "the list of feature names (DataFrame columns, in order) differs between rank "
-               "0 (['x0', 'x1', 'x2', 'x3', 'x4']) and rank 1 (['x4', 'x3', 'x2', 'x1', "
-               "'x0']); every rank must agree",
+               "0 and rank 1 (['x0', 'x1', 'x2', 'x3', 'x4'] on rank 0 and ['x4', 'x3', 'x2', "
+               "'x1', 'x0'] on rank 1); every rank must agree",
     "renamed": "ranks 0, 1 of 2 failed preparing the data: ranks 0, 1: ValueError: X has "
                "feature names ['x0', 'x1', 'x2', 'x3', 'x4'] but the model was trained with "
                "['a', 'b', 'c', 'd', 'e']",

@@ -9,7 +9,8 @@ X), "step_fails" (rank 1's gradient raises at the 3rd step), "callback_fails" (a
 callback raises on rank 1 in epoch 2), "drift" (rank 1's weights are changed behind
 fit's back, check_consistency=True), "interrupt" (KeyboardInterrupt on rank 1: no
 agreement possible, the job is aborted), "diverge" (TrainingDiverged), "mismatch"
-(rank 1 asks for one more epoch), "columns" (DataFrame shards, rank 1's columns
+(rank 1 asks for one more epoch), "lr_mismatch" (rank 1's optimiser has twice the
+learning rate), "columns" (DataFrame shards, rank 1's columns
 in another order), "renamed" (both ranks' frames agree, but the model was trained
 on other columns), "step_warning" (a step layer's warning, turned into an error as
 ``python -W error`` does, raised on rank 0 alone), "closed_stdout" (verbose=2
@@ -159,6 +160,8 @@ def main(mode, backend, outdir):
             y_mine[6] = np.nan
     if mode == "short_y" and rank == 1:
         y_mine = y_mine[:-1]
+    if mode == "lr_mismatch" and rank == 1:
+        m.optimizer.lr = 2 * m.optimizer.lr
     if mode == "step_fails" and rank == 1:
         real, calls = m.engine.loss_and_gradient, []
 
