@@ -88,11 +88,15 @@ def replace(path, write):
                 raise _naming(exc, f"cannot save {shown}: cannot create a file in "
                               f"{folder}") from None
             f = os.fdopen(fd, "wb")
-        with f:
-            os.fchmod(f.fileno(), mode)
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with f:
+                os.fchmod(f.fileno(), mode)
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:   # disk full, a file size limit, an I/O error
+            raise _naming(exc, f"cannot save {shown}: writing it failed; the file there "
+                          "is kept as it was") from None
         try:
             os.replace(tmp, target)
         except OSError as exc:

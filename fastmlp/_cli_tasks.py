@@ -24,6 +24,9 @@ class Classification:
         self.loss = loss
         self.summary = f"{self.n_out} classes"
 
+    def check_savable(self, dtype):
+        """Nothing to check before training: save checks the classes it stores."""
+
     def prepare(self, model):
         """Give the model its classes before fit: all of them (a class may have no training
         row) in the data's order (numeric labels sort as numbers, unlike their names), so
@@ -75,6 +78,15 @@ class Regression:
     def prepare(self, model):
         """Nothing to set before fit (a regressor has no classes)."""
 
+    def check_savable(self, dtype):
+        """Before training: --save folds the target's mean and scale into the output layer
+        (prepare_to_save), which cannot be done in ``dtype`` when they overflow it."""
+        big = np.finfo(dtype).max
+        if not (abs(self.mean) < big and self.scale < big):
+            raise ValueError(f"--save: the target's values (mean {self.mean:.6g}, std "
+                             f"{self.scale:.6g}) are too large for a {np.dtype(dtype).name} "
+                             "model; use --dtype float64")
+
     def targets(self, y):
         """The standardized targets (n, 1) fit takes for y (n,)."""
         return ((y - self.mean) / self.scale)[:, None]
@@ -110,7 +122,10 @@ class Regression:
         weights = model.get_weights()
         W, b = weights[-2].astype(np.float64), weights[-1].astype(np.float64)
         weights[-2], weights[-1] = W * self.scale, b * self.scale + self.mean
-        if not all(np.isfinite(np.asarray(w, dtype=model.dtype)).all() for w in weights[-2:]):
+        with np.errstate(over="ignore"):   # overflow is this check's own message
+            fits = all(np.isfinite(np.asarray(w, dtype=model.dtype)).all()
+                       for w in weights[-2:])
+        if not fits:
             raise ValueError(f"--save: the target's values are too large for a "
                              f"{model.dtype.name} model; use --dtype float64")
         model.set_weights(weights)

@@ -112,6 +112,8 @@ def run_train(args, out=None):
     model.set_input_scaling(mean, scale)
     model.feature_names_in_ = np.array(data.features)
     task.prepare(model)
+    if args.save is not None:
+        task.check_savable(model.dtype)   # not after the whole training
     held_out = len(y_test) > 0
     dims = "-".join(str(d) for d in model.net.dims)
     print(f"data: {data.description}\n      {len(data.X)} rows, {X_train.shape[1]} features, "

@@ -72,6 +72,9 @@ class Archive:
                 raise FormatError(_FOREIGN) from None
             _check_member_count(self._file, self._zip)
             self._infos = _members(self._zip.infolist(), set(required), set(optional), size)
+        except OSError as exc:   # opened, but reading fails (EIO: /proc/self/mem, a bad disk)
+            self._file.close()
+            raise FormatError(f"reading it failed ({exc.strerror or exc})") from None
         except BaseException:
             self._file.close()
             raise

@@ -264,3 +264,51 @@ def test_validation_data_errors_say_so():
     with pytest.raises(ValueError, match=r"^validation_data: X has 4 columns but the model "
                                          r"expects input_dim=3$"):
         model.fit(np.ones((4, 3)), [0, 1, 0, 1], validation_data=(np.ones((2, 4)), [0, 1]))
+
+
+def test_a_save_that_cannot_be_written_names_the_path_and_keeps_the_file(tmp_path):
+    """Disk full (here a file size limit): OSError "[Errno 27] File too large" named no path.
+    The old file stays loadable and no temporary file is left."""
+    import subprocess
+    import sys
+    path = tmp_path / "m.fastmlp"
+    _classifier("numpy").save(path)
+    before = path.read_bytes()
+    code = f"""
+import resource, signal, fastmlp as fm
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+m = fm.Model([fm.Dense(50, activation="softmax")], input_dim=40, loss="cross_entropy",
+             backend="numpy")
+try:
+    m.save({str(path)!r})
+except OSError as exc:
+    print(type(exc).__name__, exc.errno, exc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.startswith(f"OSError 27 [Errno 27] cannot save {path}: "), out
+    assert "writing it failed; the file there is kept as it was (File too large)" in out
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_a_file_that_opens_but_cannot_be_read_is_a_bad_file():
+    """/proc/self/mem is a regular file whose reads fail (EIO): load raised that OSError."""
+    import os
+    if not os.path.exists("/proc/self/mem"):
+        pytest.skip("no /proc/self/mem here")
+    with pytest.raises(ValueError, match=r"/proc/self/mem is not a readable fastmlp model "
+                                         r"file: reading it failed \(Input/output error\)"):
+        fm.load("/proc/self/mem")
+
+
+def test_cli_refuses_a_target_too_large_to_save_before_training(capsys, tmp_path):
+    from helpers import run_cli
+    rng = np.random.default_rng(0)
+    data = tmp_path / "big.csv"
+    data.write_text("a,b,y\n" + "".join(f"{rng.normal()},{rng.normal()},{rng.normal() * 1e300}\n"
+                                        for _ in range(40)))
+    code, out, err = run_cli(capsys, "train", "--data", str(data), "--epochs", "2",
+                             "--save", str(tmp_path / "m.fastmlp"))
+    assert code == 2 and "training:" not in out and err.count("\n") == 1, (out, err)
+    assert "--save: the target's values (mean" in err and "use --dtype float64" in err
