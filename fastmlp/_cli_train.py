@@ -71,9 +71,7 @@ class EpochReport(Callback):
         line = f"epoch {epoch + 1:>{len(str(self.epochs))}}/{self.epochs}  loss {logs['loss']:.4f}"
         if len(self.y_test):
             scores = self.task.scores(self.model, self.X_test, self.y_test)
-            logs.update(scores)
-            for name, value in scores.items():
-                self.model.history.history.setdefault(name, []).append(value)
+            logs.update(scores)   # fit's history records them after the callbacks
             line += "  held-out " + self.task.describe(scores)
         if self.print_lines:
             print(f"{line}  {logs['samples_per_s']:,.0f} samples/s", file=self.out, flush=True)

@@ -3,7 +3,9 @@
 A callback may define any of these methods; ``fit`` calls them in this order:
 
 * ``set_model(model)``, once, before training;
-* ``on_train_begin(logs)``, once, logs ``{"epochs", "samples", "batch_size"}``;
+* ``on_train_begin(logs)``, once, logs ``{"epochs", "samples", "batch_size"}``
+  (every callback's ``set_model`` comes before any ``on_train_begin``);
+* ``on_epoch_begin(epoch, logs)`` before every epoch (logs empty);
 * ``on_epoch_end(epoch, logs)`` after every epoch; ``epoch`` counts from 0 and
   ``logs`` holds floats: ``"loss"``, ``"val_loss"`` (with validation data),
   metrics such as ``"accuracy"`` / ``"val_accuracy"``, ``"samples_per_s"``, and
@@ -11,7 +13,10 @@ A callback may define any of these methods; ``fit`` calls them in this order:
 * ``on_train_end(logs)``, once, also after an early stop (not when an
   exception ends ``fit``).
 
-A callback stops training by setting ``model.stop_training = True``.
+A callback stops training by setting ``model.stop_training = True``. Values it adds
+to ``logs`` in ``on_epoch_end`` (a custom metric) reach the callbacks after it and
+``History``, which records each epoch after every callback, as in Keras. Keras's batch,
+test and predict hooks are refused: fit never calls them.
 
 >>> import numpy as np, fastmlp as fm
 >>> from fastmlp.callbacks import EarlyStopping
@@ -41,6 +46,9 @@ class Callback:
         self.model = model
 
     def on_train_begin(self, logs=None):
+        pass
+
+    def on_epoch_begin(self, epoch, logs=None):
         pass
 
     def on_epoch_end(self, epoch, logs=None):
@@ -85,6 +93,31 @@ def _monitored(logs, monitor, who):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{who}: monitor {monitor!r} must be a number, got {value!r}")
     return float(value)
+
+
+def check_monitors(callbacks, logged):
+    """Before training: refuse an EarlyStopping or ModelCheckpoint(save_best_only) that
+    monitors a value fit logs in other fits but not in this one (val_loss without
+    validation data, a metric not asked for), rather than failing after an epoch.
+    ``logged``: the keys this fit logs. Other names may come from a callback's logs."""
+    from .metrics import METRICS
+    own = ["loss", *METRICS]
+    possible = own + [f"val_{k}" for k in own]
+    for cb in callbacks:
+        if not isinstance(cb, (EarlyStopping, ModelCheckpoint)) or (
+                isinstance(cb, ModelCheckpoint) and not cb.save_best_only):
+            continue
+        monitor = cb.monitor
+        if monitor in logged or monitor not in possible:
+            continue
+        base = monitor[4:] if monitor.startswith("val_") else monitor
+        needs = []
+        if base not in logged:
+            needs.append(f"metrics=[{base!r}]")
+        if monitor.startswith("val_") and "val_loss" not in logged:
+            needs.append("validation_data or validation_split")
+        raise ValueError(f"{type(cb).__name__} monitors {monitor!r}, which this fit does "
+                         f"not log: pass {' and '.join(needs)}")
 
 
 def _improves(value, best, mode, min_delta):
@@ -173,7 +206,9 @@ class ModelCheckpoint(Callback):
     save_best_only : False saves after every epoch, whatever the monitored value.
 
     After ``fit``: ``best``, ``best_epoch`` (0-based) and ``last_saved`` (the path
-    written last, or None).
+    written last, or None). ``best`` is kept from one ``fit`` to the next, as in Keras:
+    one instance reused over several fits keeps the best model of them all in its file
+    (``best_epoch`` counts within the fit that found it); make a new one to start over.
     """
 
     def __init__(self, path, monitor="val_loss", mode="auto", save_best_only=True):
@@ -187,9 +222,6 @@ class ModelCheckpoint(Callback):
         self.best = None
         self.best_epoch = None
         self.last_saved = None
-
-    def on_train_begin(self, logs=None):
-        self.best, self.best_epoch = None, None
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -208,7 +240,7 @@ class ModelCheckpoint(Callback):
         except KeyError as exc:
             raise ValueError(f"ModelCheckpoint path {self.path!r} names {exc.args[0]!r}, which "
                              f"is not logged; available: {['epoch'] + sorted(logs)}") from None
-        except (ValueError, IndexError) as exc:
+        except (ValueError, IndexError, TypeError) as exc:   # TypeError: {grad_norm:.3f}
             raise ValueError(f"ModelCheckpoint path {self.path!r} is not a valid format string "
                              f"({exc}); write a literal brace as {{{{ or }}}}") from None
 

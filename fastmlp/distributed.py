@@ -171,6 +171,14 @@ def _difference(a, b, where=""):
     return where, a, b
 
 
+def _begins_epochs(cb):
+    """Whether ``cb`` has an on_epoch_begin that does something (not Callback's no-op)."""
+    from .callbacks import Callback
+    hook = getattr(type(cb), "on_epoch_begin", None)
+    return (hook is not None and hook is not Callback.on_epoch_begin) or (
+        "on_epoch_begin" in getattr(cb, "__dict__", {}))
+
+
 def _describe(exc):
     return None if exc is None else f"{type(exc).__name__}: {exc}"
 
@@ -374,17 +382,27 @@ class _Run:
         model.stop_training = False
         error = None
         try:
-            for cb in callbacks:
+            for cb in callbacks:   # every set_model before any on_train_begin, as Keras
                 _hook(cb, "set_model", model)
+            for cb in callbacks:
                 _hook(cb, "on_train_begin", {"epochs": epochs, "samples": self.n_global,
                                              "batch_size": self.batch_size})
         except Exception as exc:
             error = exc
-        self.agree(error, "in on_train_begin")
+        # on_epoch_begin's errors are agreed on too, by every rank, when any rank has one
+        begins = any(self.agree(error, "in on_train_begin",
+                                any(_begins_epochs(cb) for cb in callbacks)))
         logs = {}
         for epoch in range(epochs):
+            if begins:
+                error = None
+                try:
+                    for cb in callbacks:
+                        _hook(cb, "on_epoch_begin", epoch, {})
+                except Exception as exc:
+                    error = exc
+                self.agree(error, f"in on_epoch_begin of epoch {epoch + 1}")
             logs = self.epoch(epoch, shuffle)
-            history.record(epoch, logs)
             error = None
             try:   # a print can fail too (a closed stdout) and is agreed on like a callback
                 if verbose == 2 and self.rank == 0:
@@ -396,6 +414,7 @@ class _Run:
                 error = exc
             self.end_of_phase(error, f"the callbacks of epoch {epoch + 1}",
                               check_consistency)
+            history.record(epoch, logs)   # after the callbacks, as Model.fit
             if model.stop_training:
                 break
         error = None

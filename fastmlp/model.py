@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import threading
 import time
 import warnings
@@ -28,13 +29,21 @@ class TrainingDiverged(FloatingPointError):
     """Raised by :meth:`Model.fit` when the loss or a weight stops being finite."""
 
 
-_HOOKS = ("set_model", "on_train_begin", "on_epoch_end", "on_train_end")
+_HOOKS = ("set_model", "on_train_begin", "on_epoch_begin", "on_epoch_end", "on_train_end")
 
 
 def _hook(callback, name, *args):
     method = getattr(callback, name, None)
     if method is not None:
         method(*args)
+
+
+def _logged(metric_fns, validating, gradient_norms):
+    """The keys fit's epoch logs will hold (callbacks may add more)."""
+    keys = ["loss", *(name for name, _ in metric_fns)]
+    if validating:
+        keys += [f"val_{k}" for k in keys]
+    return keys + ["samples_per_s"] + (["grad_norm"] if gradient_norms else [])
 
 
 def _callback_list(callbacks):
@@ -604,6 +613,8 @@ class Model:
             batch_size = validation.check_batch_size(batch_size, len(X))
             metric_fns = metric_table.get(metrics, self.loss)
             callbacks = self._callbacks(callbacks, verbose)
+            from .callbacks import check_monitors
+            check_monitors(callbacks, _logged(metric_fns, val is not None, gradient_norms))
             self._warn_if_untrainable()   # (an error under warnings-as-errors)
         except BaseException:  # a refused fit has learnt no labels or feature names
             self.classes_, self.feature_names_in_ = learnt
@@ -617,8 +628,9 @@ class Model:
             with self._lock:
                 self._fit_quietly(Xd, Td, epochs, batch_size, tol, shuffle, history)
             return history
-        for cb in callbacks:
+        for cb in callbacks:   # every set_model before any on_train_begin, as Keras
             _hook(cb, "set_model", self)
+        for cb in callbacks:
             _hook(cb, "on_train_begin", {"epochs": epochs, "samples": len(X),
                                          "batch_size": batch_size})
         perm = np.arange(len(X), dtype=np.int64)
@@ -628,6 +640,8 @@ class Model:
         with self._lock:
             snapshot = self._rollback()
             for epoch in range(epochs):
+                for cb in callbacks:
+                    _hook(cb, "on_epoch_begin", epoch, {})
                 start = time.perf_counter()
                 saved_rng = self._rng.bit_generator.state
                 snapshot.save()
@@ -661,12 +675,14 @@ class Model:
                 logs["samples_per_s"] = len(X) / seconds if seconds > 0 else float("inf")
                 if norms is not None:
                     logs["grad_norm"] = np.sqrt(norms / steps).tolist()
-                history.record(epoch, logs)
                 if verbose == 2:
                     from .callbacks import format_logs
                     print(f"epoch {epoch + 1}/{epochs}  {format_logs(logs)}", flush=True)
                 for cb in callbacks:
                     _hook(cb, "on_epoch_end", epoch, logs)
+                # after the callbacks (Keras's History is the last): values a callback adds
+                # to logs, a custom metric say, are recorded too
+                history.record(epoch, logs)
                 if self.stop_training or (tol is not None and loss <= tol):
                     break
         for cb in callbacks:
@@ -858,7 +874,8 @@ class Model:
                 return X, T, self._data(*validation_data)
         if not split:
             return X, T, None
-        n_val = int(round(len(X) * split))
+        # Keras's rule: the first floor(n (1 - split)) rows train, the rest validate
+        n_val = len(X) - math.floor(len(X) * (1.0 - split))
         if not 1 <= n_val < len(X):
             raise ValueError(f"validation_split={validation_split} of {len(X)} rows leaves "
                              f"{n_val} for validation and {len(X) - n_val} for training; "
@@ -881,6 +898,12 @@ class Model:
                                 f"class {cb.__name__}")
             if not any(hasattr(cb, h) for h in _HOOKS):
                 raise TypeError(f"callbacks must define one of {_HOOKS}, got {cb!r}")
+            other = sorted(h for h in dir(cb) if h.startswith("on_") and h not in _HOOKS)
+            if other:   # Keras's batch, test and predict hooks: never called here
+                raise TypeError(f"callbacks: {type(cb).__name__} defines {', '.join(other)}, "
+                                f"which fit never calls; it calls {', '.join(_HOOKS)} (a "
+                                "per-batch hook would take every step out of the compiled "
+                                "epoch)")
         if verbose == 1:
             from .callbacks import ProgressBar
             callbacks.append(ProgressBar())

@@ -138,11 +138,12 @@ class Network:
         if self.loss.output and out_act != self.loss.output:
             raise ValueError(f"loss {self.loss.name!r} needs a {self.loss.output} output layer, "
                              f"got {out_act!r}")
-        if self.loss.name == "cross_entropy" and layers[-1].units == 1:
-            # softmax over one unit is always 1, so the loss is 0 and nothing is learnt
-            raise ValueError("cross_entropy with a 1-unit softmax output always has loss 0: for "
-                             "two classes use Dense(1, activation='sigmoid') with "
-                             "loss='binary_cross_entropy', or Dense(2, activation='softmax')")
+        if layers[-1].activation.code == act.SOFTMAX and layers[-1].units == 1:
+            # softmax over one unit is always 1: a constant output, no gradient, under any loss
+            raise ValueError(f"a 1-unit softmax output is always 1 (loss {self.loss.name!r} "
+                             "could learn nothing): for two classes use Dense(1, "
+                             "activation='sigmoid') with loss='binary_cross_entropy', or "
+                             "Dense(2, activation='softmax')")
         units = [l.units for l in layers]
         self.dims = np.array([int(input_dim)] + units, dtype=np.int64)
         # workspace_row_elements, counted once: rules.train_rows asks on every gradients()

@@ -129,6 +129,9 @@ FAILURES = {
                   "for the 3rd step's gradient",
     "callback_fails": "rank 1 of 2 failed in the callbacks of epoch 2: rank 1: OSError: "
                       "simulated: disk full while writing a log",
+    # on_epoch_begin runs on rank 1 alone, and is agreed on by every rank: no hang
+    "epoch_begin_fails": "rank 1 of 2 failed in on_epoch_begin of epoch 2: rank 1: "
+                         "RuntimeError: simulated: a callback fails as epoch 2 begins",
     "mismatch": "(epochs, batch_size, shuffle, check_consistency) differs between rank 0 "
                 "and rank 1 ((3, 10, True, False) on rank 0 and (4, 10, True, False) on rank "
                 "1); every rank must agree",

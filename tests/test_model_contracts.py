@@ -29,9 +29,11 @@ def assert_same_state(a, b):
 
 
 # -- item 4: a 1-unit softmax with cross-entropy has loss 0 whatever it predicts
-def test_one_unit_softmax_cross_entropy_is_refused():
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_one_unit_softmax_is_refused(loss):
+    # under mse too (hostile round 6): a constant output of 1, no gradient, no warning
     with pytest.raises(ValueError, match="1-unit softmax.*binary_cross_entropy"):
-        fm.Model([fm.Dense(1, "softmax")], input_dim=3, loss="cross_entropy")
+        fm.Model([fm.Dense(1, "softmax")], input_dim=3, loss=loss)
 
 
 # -- item 5: the message is true, and the failed step is undone

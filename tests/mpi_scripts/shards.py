@@ -6,7 +6,8 @@ MODE: "equivalence" (every optimiser case; each rank writes OUTDIR/rank<r>.npz),
 "callbacks" (EarlyStopping + ModelCheckpoint), or a failure: "nan_x" / "nan_y"
 (rank 1's X / labels have a NaN), "short_y" (rank 1's Y has a row fewer than its
 X), "step_fails" (rank 1's gradient raises at the 3rd step), "callback_fails" (a
-callback raises on rank 1 in epoch 2), "drift" (rank 1's weights are changed behind
+callback raises on rank 1 in epoch 2), "epoch_begin_fails" (one raises as epoch 2
+begins, on rank 1 alone), "drift" (rank 1's weights are changed behind
 fit's back, check_consistency=True), "interrupt" (KeyboardInterrupt on rank 1: no
 agreement possible, the job is aborted), "diverge" (TrainingDiverged), "mismatch"
 (rank 1 asks for one more epoch), "lr_mismatch" (rank 1's optimiser has twice the
@@ -171,7 +172,7 @@ def main(mode, backend, outdir):
                 raise MemoryError("simulated: no memory for the 3rd step's gradient")
             return real(*args)
         m.engine.loss_and_gradient = failing
-    if mode in ("callback_fails", "interrupt", "drift") and rank == 1:
+    if mode in ("callback_fails", "interrupt", "drift", "epoch_begin_fails") and rank == 1:
         callbacks = [_Trouble(mode)]
     check = mode == "drift"
     try:
@@ -187,10 +188,15 @@ def main(mode, backend, outdir):
 
 
 class _Trouble(Callback):
-    """Misbehaves at the end of epoch 2 (index 1), on the rank that has it."""
+    """Misbehaves at the end of epoch 2 (index 1), on the rank that has it (or at its
+    beginning: "epoch_begin_fails")."""
 
     def __init__(self, mode):
         self.mode = mode
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1 and self.mode == "epoch_begin_fails":
+            raise RuntimeError("simulated: a callback fails as epoch 2 begins")
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch != 1:
