@@ -60,6 +60,10 @@ class Dense:
         self.param = float(params.get(self.activation.param, self.activation.default))
         if not np.isfinite(self.param):
             raise ValueError(f"{self.activation.param} must be finite, got {self.param}")
+        if self.activation.code == act.LINEAR and self.param == 0:
+            # f = 0 z: the layer outputs 0 whatever its input, and passes no gradient back
+            raise ValueError("a linear layer with slope a=0 outputs 0 and learns nothing; "
+                             "give a non-zero a (1 by default)")
         self._frozen = True
 
     def __setattr__(self, name, value):

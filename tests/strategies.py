@@ -8,6 +8,8 @@ def param_of(name, ranges):
     """The activation ``name``'s parameter, drawn from ``ranges`` ({param: (lo, hi)}),
     or None when it has none."""
     p = act.get(name).param
+    if p == "a":   # a linear layer of slope 0 is refused (it outputs 0, learns nothing)
+        return st.floats(*ranges[p]).filter(lambda a: a != 0)
     return st.floats(*ranges[p]) if p else st.none()
 
 

@@ -162,3 +162,10 @@ def test_a_checkpoint_path_formatting_a_list_says_so(tmp_path):
     with pytest.raises(ValueError, match="ModelCheckpoint path .* is not a valid format "
                                          "string"):
         _model().fit(X, y, epochs=1, gradient_norms=True, callbacks=[ckpt])
+
+
+def test_a_linear_layer_of_slope_zero_is_refused(tmp_path):
+    """Dense(k, "linear", a=0) was accepted: it outputs 0 and passes no gradient."""
+    with pytest.raises(ValueError, match="slope a=0 outputs 0 and learns nothing"):
+        fm.Dense(3, "linear", a=0)
+    fm.Dense(3, "linear", a=-0.5)
