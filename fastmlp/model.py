@@ -189,6 +189,18 @@ class Model:
 
     def __init__(self, layers, input_dim, loss="mse", optimizer=None, backend="auto",
                  dtype="float32", seed=None):
+        self._build(layers, input_dim, loss, optimizer, backend, dtype, seed, draw=True)
+
+    @classmethod
+    def _to_restore(cls, layers, input_dim, loss, optimizer, backend, dtype, seed):
+        """A model whose set_state follows at once (load, unpickling, copying): built with
+        zero weights instead of drawing initial ones that restoring overwrites anyway
+        (a third of the time of copying a 784-256-128-10 model)."""
+        model = cls.__new__(cls)
+        model._build(layers, input_dim, loss, optimizer, backend, dtype, seed, draw=False)
+        return model
+
+    def _build(self, layers, input_dim, loss, optimizer, backend, dtype, seed, draw):
         self.net = Network(layers, input_dim, loss)
         self.dtype = _dtype(dtype)
         problem = param_too_large(self.net.layers, self.dtype)
@@ -201,7 +213,8 @@ class Model:
         if self.backend == "numba":
             warmup.numba_kernels(self.dtype, model_class=Model)  # once per process; says so if slow
         self.seed = seed
-        self._theta = self.net.init_params(self._rng, self.dtype)
+        self._theta = (self.net.init_params(self._rng, self.dtype) if draw
+                       else np.zeros(self.net.n_params, dtype=self.dtype))
         self._state = optimizers.OptimizerState.new(self.optimizer, self.net.n_params, self.dtype)
         # The backend owns views of theta and the state: every call passes only data.
         self._engine = backend_class(self.net, self.dtype, self._theta, self._state)
@@ -215,6 +228,7 @@ class Model:
         self._scaling = None          # (mean, scale) float64 (input_dim,), applied by every call
         self.classes_ = None          # class labels, when fit was given labels
         self.feature_names_in_ = None
+        self._columns_seen = None     # (pandas Index, feature_names_in_, names): last check
         # Training mutates theta, the optimiser state and the generator: one trainer at a
         # time per model. Readers (predict, evaluate, gradients) do not take it.
         self._lock = threading.RLock()
@@ -378,10 +392,9 @@ class Model:
 
     def __setstate__(self, pickled):
         cfg = pickled["config"]
-        self.__init__(Network.layers_from_config(cfg["network"]), cfg["network"]["input_dim"],
-                      loss=cfg["network"]["loss"],
-                      optimizer=optimizers.from_config(cfg["optimizer"]),
-                      backend=cfg["backend"], dtype=cfg["dtype"], seed=cfg["seed"])
+        self._build(Network.layers_from_config(cfg["network"]), cfg["network"]["input_dim"],
+                    cfg["network"]["loss"], optimizers.from_config(cfg["optimizer"]),
+                    cfg["backend"], cfg["dtype"], cfg["seed"], draw=False)
         self.set_state(pickled["state"])
         scaling = pickled["input_scaling"]
         if scaling is not None:
@@ -418,17 +431,20 @@ class Model:
         """
         if self._on_device and self._engine.is_device_array(X):
             return self._predict_on_device(X)
-        if self._scaling is None and validation.laid_out(X, self._width[0], self.dtype):
-            # Checked as it is computed (the backend reads X anyway), so a ready array
-            # costs no validation pass: all a 1-row predict can afford.
-            out = np.empty((X.shape[0], self._width[1]), dtype=self.dtype)
-            checked = getattr(self._engine, "predict_checked", None)
-            if checked is not None:
-                if checked(X, out):
-                    return out
-            elif validation.finite(X):
-                return self._engine.predict(X, out)
-            # not finite: check_inputs raises the usual message, naming the first one
+        if self._scaling is None:
+            ready = X if validation.laid_out(X, self._width[0], self.dtype) else \
+                validation.small_real_copy(X, self._width[0], self.dtype)
+            if ready is not None:
+                # Checked as it is computed (the backend reads X anyway), so a ready array
+                # costs no validation pass: all a 1-row predict can afford.
+                out = np.empty((ready.shape[0], self._width[1]), dtype=self.dtype)
+                checked = getattr(self._engine, "predict_checked", None)
+                if checked is not None:
+                    if checked(ready, out):
+                        return out
+                elif validation.finite(ready):
+                    return self._engine.predict(ready, out)
+                # not finite: check_inputs raises the usual message, naming the first one
         self._checked_feature_names(X)
         arr = validation.as_array(validation.frame_values(X, "X"), "X")
         rows = rules.convert_rows(self.net, self.dtype)
@@ -456,6 +472,8 @@ class Model:
                             f"{dtype.name}: convert it on the device first")
         if not X.is_c_contiguous():
             raise ValueError("a device array X must be C-contiguous")
+        if shape[0] == 0:   # as for a host X: the same data, the same answer
+            raise ValueError("X is empty: it has 0 rows")
         if self._scaling is not None:
             raise ValueError("this model standardises its inputs (set_input_scaling), which "
                              "is done on the host: pass X as a NumPy array")
@@ -556,6 +574,13 @@ class Model:
             learnt = self.classes_, self.feature_names_in_
             # learn: labels found here become classes_, so later calls map them alike
             X, T = self._data(X, Y, learn=True)
+            if self._checked_step:
+                # converted (labels, float64 X, scaling): the same one guarded call, not a
+                # backup copy and a finiteness pass over theta around an unguarded step
+                loss, status = self._engine.train_step_checked(X, T)
+                if not status:
+                    return float(loss)
+                # diverged and undone: the step below says what went bad, and undoes it
             snapshot = self._rollback()
             snapshot.save()
             try:
@@ -853,11 +878,17 @@ class Model:
     def _checked_feature_names(self, X):
         """X's column names (a DataFrame's), or None; refused unless they are the ones the
         model was trained with: the same columns in another order would be read wrongly."""
+        columns, known = getattr(X, "columns", None), self.feature_names_in_
+        seen = self._columns_seen
+        if seen is not None and seen[0] is columns and seen[1] is known:
+            return seen[2]   # the same (immutable) pandas Index, checked against these names
         names = _feature_names(X)
-        if names is not None and self.feature_names_in_ is not None \
-                and not np.array_equal(names, self.feature_names_in_):
+        if names is not None and known is not None and not np.array_equal(names, known):
             raise ValueError(f"X has feature names {names.tolist()[:8]} but the model was "
-                             f"trained with {self.feature_names_in_.tolist()[:8]}")
+                             f"trained with {known.tolist()[:8]}")
+        if names is not None and type(columns).__module__.startswith("pandas"):
+            # str() of every name cost a 1-row predict of a 784-column frame 0.25 ms
+            self._columns_seen = (columns, known, names)
         return names
 
     def _validation_rows(self, X, T, validation_data, validation_split):
@@ -956,9 +987,9 @@ def load(path, backend=None):
     """
     header, arrays, backend = io.read(path, backend)
     try:
-        model = Model(header["layers"], header["input_dim"], loss=header["loss"],
-                      optimizer=header["optimizer"], backend=backend, dtype=header["dtype"],
-                      seed=header["seed"])
+        model = Model._to_restore(header["layers"], header["input_dim"], header["loss"],
+                                  header["optimizer"], backend, header["dtype"],
+                                  header["seed"])
     except (TypeError, ValueError) as exc:  # e.g. softmax on a hidden layer
         raise io.bad_file(path, f"invalid header ({exc})") from None
     model.set_state({"theta": arrays["theta"], "opt_buffers": arrays["opt_buffers"],

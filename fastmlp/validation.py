@@ -83,6 +83,22 @@ def ready_unit(a, cols, dtype):
             and np.maximum.reduce(a, axis=None) <= 1)
 
 
+SMALL_COPY_BYTES = 1 << 16
+
+
+def small_real_copy(X, width, dtype):
+    """A C-contiguous copy of X in ``dtype`` when X is a small (<= SMALL_COPY_BYTES) plain
+    2-D ndarray of real numbers or bools ``width`` wide in another dtype or layout (a
+    float64 row for a float32 model), else None. predict's checked kernel then finds
+    NaN, inf and values too large for ``dtype`` (inf after the cast) as it reads it,
+    skipping the validation pass a 1-row call would spend most of its time in."""
+    if (type(X) is not np.ndarray or X.ndim != 2 or X.shape[1] != width
+            or X.dtype.kind not in "fiub" or X.nbytes > SMALL_COPY_BYTES or not len(X)):
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):   # found by the checked kernel
+        return np.array(X, dtype=dtype, order="C")
+
+
 def refuse_masked(a, name):
     """``a`` itself, unless it is a masked array: np.asarray (and scikit-learn's checks)
     would drop the mask and train on, or predict from, the hidden values."""
@@ -202,15 +218,18 @@ def frame_values(frame, name):
     dtypes = getattr(frame, "dtypes", None)
     if dtypes is None or not hasattr(frame, "columns") or not hasattr(dtypes, "items"):
         return frame
-    kinds = [(column, dt, getattr(dt, "kind", "O")) for column, dt in dtypes.items()]
-    bad = [(column, dt) for column, dt, kind in kinds if kind not in "biuf"]
-    if bad:
+    # judged per distinct dtype (a frame of 784 float columns has one), columns only for
+    # the message: walking every column cost a 1-row predict of such a frame 0.4 ms
+    distinct = set(dtypes.tolist())
+    kinds = {dt: getattr(dt, "kind", "O") for dt in distinct}
+    if any(kind not in "biuf" for kind in kinds.values()):
+        bad = [(column, dt) for column, dt in dtypes.items() if kinds[dt] not in "biuf"]
         shown = ", ".join(f"{column!r} ({dt})" for column, dt in bad[:5])
         raise TypeError(f"{name} must be numeric: column{'s' if len(bad) > 1 else ''} "
                         f"{shown}{' ...' if len(bad) > 5 else ''} "
                         f"{'are' if len(bad) > 1 else 'is'} not numbers or bools; encode "
                         "or drop them first")
-    if all(isinstance(dt, np.dtype) and kind in "iuf" for _, dt, kind in kinds):
+    if all(isinstance(dt, np.dtype) and kind in "iuf" for dt, kind in kinds.items()):
         return frame   # np.asarray gives their common numeric dtype, as it always did
     return frame.to_numpy(dtype=np.float64, na_value=np.nan)
 

@@ -53,9 +53,11 @@ def numba_kernels(dtype, notice=True, model_class=None, complete=False):
 
 
 def _notice(dtype):
-    print(f"fastmlp: compiling the Numba kernels for {dtype.name} (first use in this "
-          "environment, a few seconds; cached on disk afterwards; `python -m fastmlp warmup` "
-          "does it ahead of time)...", file=sys.stderr, flush=True)
+    # (it shows after a second: a first use compiling, or a cache load on a busy machine)
+    print(f"fastmlp: loading or compiling the Numba kernels for {dtype.name} (compiling, "
+          "once per environment, takes a few seconds; the disk cache then loads them; "
+          "`python -m fastmlp warmup` compiles ahead of time)...", file=sys.stderr,
+          flush=True)
 
 
 def _exercise(dtype, Model, complete=False):

@@ -253,3 +253,13 @@ def test_cuda_trained_model_saves_loads_and_predicts_alike_on_cpu_backends(tmp_p
         loaded = fm.load(path, backend=backend)
         np.testing.assert_allclose(loaded.predict(X), want, **TOLERANCES["float64"],
                                    err_msg=backend)
+
+
+@needs_cuda
+def test_an_empty_device_array_is_refused_as_an_empty_host_array():
+    """Hostile round 6: a (0, d) device array returned (0, k); on the host it is refused."""
+    m = _model()
+    X = np.zeros((0, 4), dtype=m.dtype)
+    for given in (X, cuda.to_device(X)):
+        with pytest.raises(ValueError, match="X is empty: it has 0 rows"):
+            m.predict(given)
