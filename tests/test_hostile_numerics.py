@@ -297,7 +297,8 @@ def extreme_z(dtype):
     return np.array([s * e for e in edges for s in (1.0, -1.0)], dtype=dtype)
 
 
-PARAMS = {"linear": [1.0, 1e30, -1e30, 0.0], "leaky_relu": [0.01, -1e30, 1e30],
+# (a linear slope of 0 is refused by Dense: it outputs 0 and learns nothing)
+PARAMS = {"linear": [1.0, 1e30, -1e30, -1e-30], "leaky_relu": [0.01, -1e30, 1e30],
           "elu": [1.0, 1e30, -1e30, 0.0], "prelu": [0.25, 0.0, -3.0, 1e30]}
 PARAM_NAME = {"linear": "a", "leaky_relu": "alpha", "elu": "alpha", "prelu": "alpha"}
 
