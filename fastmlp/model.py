@@ -562,6 +562,7 @@ class Model:
             # no copy (a device; guarded_step_is_free). On larger networks of other
             # backends the checks below (BLAS dots) and np.copyto beat the kernel's
             # scalar loops, and the Python around them no longer matters.
+            status = None   # the guarded call has not run
             if (self._checked_step and self._scaling is None
                     and validation.laid_out_xy(X, Y, self._width[0], self._width[1],
                                                self.dtype)):
@@ -574,7 +575,7 @@ class Model:
             learnt = self.classes_, self.feature_names_in_
             # learn: labels found here become classes_, so later calls map them alike
             X, T = self._data(X, Y, learn=True)
-            if self._checked_step:
+            if self._checked_step and status is None:
                 # converted (labels, float64 X, scaling): the same one guarded call, not a
                 # backup copy and a finiteness pass over theta around an unguarded step
                 loss, status = self._engine.train_step_checked(X, T)
