@@ -174,25 +174,26 @@ def test_a_linear_layer_of_slope_zero_is_refused(tmp_path):
 
 # -- speed at the front door (round 6's performance tester): the same results, less work --
 
-def _mnist_like(backend, optimizer=None):
+def _mnist_like(backend, optimizer=None, dtype="float32"):
     return fm.Model([fm.Dense(32, "relu"), fm.Dense(10, "softmax")], input_dim=20,
                     loss="cross_entropy", optimizer=optimizer or fm.Adam(), backend=backend,
-                    seed=0)
+                    dtype=dtype, seed=0)
 
 
-def test_train_on_batch_of_labels_or_float64_takes_the_guarded_step(compiled_backend,
+def test_train_on_batch_of_labels_or_float64_takes_the_guarded_step(compiled_backend, dtype,
                                                                    monkeypatch):
     """Labels and float64 X went through a backup copy of theta (and Adam's buffers) and a
     finiteness pass around an unguarded step: +80-540 us a step. After converting, the
     one guarded call runs, with the same result bit for bit."""
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((8, 20)), rng.integers(0, 10, 8)
-    ready, twin = _mnist_like(compiled_backend), _mnist_like(compiled_backend)
+    ready, twin = (_mnist_like(compiled_backend, dtype=dtype) for _ in range(2))
     ready.classes_ = np.arange(10)
     monkeypatch.setattr(fm.Model, "_rollback", lambda self: pytest.fail("backup taken"))
+    given = X.astype({"float32": np.float64, "float64": np.float32}[dtype])  # to convert
     for _ in range(3):
-        a = twin.train_on_batch(X, y)
-        b = ready.train_on_batch(X.astype(np.float32), np.eye(10, dtype=np.float32)[y])
+        a = twin.train_on_batch(given, y)
+        b = ready.train_on_batch(given.astype(dtype), np.eye(10, dtype=dtype)[y])
         assert a == b
     assert np.array_equal(twin.get_state()["opt_buffers"], ready.get_state()["opt_buffers"])
     assert twin.classes_.tolist() == list(range(10))
@@ -209,10 +210,11 @@ def test_a_diverging_converted_step_is_still_undone_and_named(compiled_backend):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.int32, np.bool_, np.float16, ">f8"])
-def test_small_predict_of_another_dtype_is_the_converted_predict(backend, dtype):
-    model = _mnist_like(backend)
+@pytest.mark.parametrize("model_dtype", ["float32", "float64"])
+def test_small_predict_of_another_dtype_is_the_converted_predict(backend, dtype, model_dtype):
+    model = _mnist_like(backend, dtype=model_dtype)
     X = (np.random.default_rng(0).standard_normal((3, 20)) * 3).astype(dtype)
-    want = model.predict(np.ascontiguousarray(X, dtype=np.float32))
+    want = model.predict(np.ascontiguousarray(X, dtype=model_dtype))
     assert np.array_equal(model.predict(X), want)
     assert np.array_equal(model.predict(np.asfortranarray(X)), want)
 
