@@ -339,3 +339,16 @@ def test_module_name_does_not_shadow_sklearn():
     import fastmlp.sklearn
     assert sklearn.__name__ == "sklearn" and hasattr(sklearn, "__version__")
     assert fastmlp.sklearn.ClassifierMixin.__module__ == "sklearn.base"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("estimator_class", [MLPClassifier, MLPRegressor])
+def test_dtype_given_as_numpys_type_is_the_same_estimator(digits, estimator_class, dtype):
+    X, y = digits
+    by_name = small(estimator_class, "numpy", dtype=dtype, max_iter=3).fit(X, y)
+    by_type = small(estimator_class, "numpy", dtype=getattr(np, dtype), max_iter=3).fit(X, y)
+    assert by_type.model_.dtype == np.dtype(dtype)
+    assert clone(by_type).get_params()["dtype"] is getattr(np, dtype)
+    np.testing.assert_array_equal(by_type.predict(X), by_name.predict(X))
+    with pytest.raises(ValueError, match="dtype"):
+        small(estimator_class, "numpy", dtype=np.float16).fit(X, y)
