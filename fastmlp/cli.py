@@ -154,8 +154,12 @@ def _silence_stdout():
 
 def main(argv=None):
     """Run the command line; returns the exit status (0 ok, 1 vehicles failed, 2 error)."""
-    parser = make_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = make_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("fastmlp: interrupted", file=sys.stderr)
+        return 130
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

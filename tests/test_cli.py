@@ -427,3 +427,42 @@ def test_vehicles_example_script():
     assert result.returncode == 0, result.stderr
     assert "6 of 6 rows classified correctly" in result.stdout
     assert result.stdout.count("(y_hat - y)^2") == 12  # every row, before and after
+
+
+# A Ctrl-C landing while `import fastmlp` runs (NumPy, SciPy: ~0.3 s) is raised from
+# that import; the stand-in below raises it there every time.
+_INTERRUPTED_IMPORT = """
+import sys
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, CtrlC())
+import _fastmlp_command
+sys.exit(_fastmlp_command.main())
+"""
+
+
+@pytest.mark.parametrize("module", ["numpy", "fastmlp.model", "fastmlp._cli_train"])
+def test_ctrl_c_while_the_command_imports_is_one_line_and_status_130(module):
+    """The entry point used to be fastmlp.cli:main, reached only after the package had
+    imported: a Ctrl-C during that import printed Python's traceback."""
+    result = subprocess.run([sys.executable, "-c", _INTERRUPTED_IMPORT.format(module=module),
+                             "train"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "fastmlp: interrupted\n" and result.stdout == ""
+
+
+def test_the_command_is_the_guarded_entry_point():
+    import tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["fastmlp"] == "_fastmlp_command:main"
+    assert "_fastmlp_command" in project["tool"]["setuptools"]["py-modules"]
+
+
+def test_ctrl_c_while_the_parser_is_built_is_one_line(capsys, monkeypatch):
+    def interrupted():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "make_parser", interrupted)
+    assert cli.main(["train"]) == 130
+    assert capsys.readouterr().err == "fastmlp: interrupted\n"
