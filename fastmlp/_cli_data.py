@@ -10,18 +10,22 @@ import numpy as np
 from fastmlp import datasets
 from fastmlp._cli_options import MAX_AUTO_CLASSES
 
+INT64 = np.iinfo(np.int64)
+
 
 class Data(NamedTuple):
     """What ``train`` learns from."""
 
     X: np.ndarray          # raw features, float64 (n, d)
     y: np.ndarray          # class indices int64 (n,), or regression targets float64 (n,)
-    classes: list | None   # class names (classification) or None (regression)
+    classes: list | None   # class names (classification), as printed, or None (regression)
     features: list         # feature names (d,)
     target: str            # the target's name
     task: str              # "classification" or "regression"
     why: str               # why that task, for the model line
     description: str       # for the data line
+    labels: np.ndarray | None = None   # the classes as the model holds them (its classes_):
+                                       # int64 or str (k,); None: the names
 
 
 def choose_task(args, table):
@@ -38,11 +42,15 @@ def choose_task(args, table):
     is not text labels: with --loss mse it is a regression target (whose reading
     names the first bad cell), otherwise a ValueError names that cell. Taken as
     labels, every distinct number would silently become a class.
+
+    Integer labels are counted exactly, as class_labels reads them: float64 would count
+    2**53 and 2**53 + 1 as one value, and integers beyond its range as missing.
     """
     if args.task != "auto":
         return args.task, f"--task {args.task}"
+    integers = datasets._integers(table.cells)
     values = datasets.numeric_target(table, required=False)
-    if values is None:
+    if values is None and integers is None:
         gap = _first_gap(table)
         if gap is None:
             return "classification", "text labels in the target column"
@@ -53,11 +61,11 @@ def choose_task(args, table):
         return "classification", f"--loss {args.loss}"
     if args.loss == "mse":
         return "regression", "numeric target and --loss mse"
-    distinct = len(np.unique(values))
+    distinct = len(set(integers)) if integers is not None else len(np.unique(values))
     if distinct > MAX_AUTO_CLASSES:
         return "regression", (f"numeric target with {distinct} distinct values, more than "
                               f"{MAX_AUTO_CLASSES}")
-    if np.any(values != np.round(values)) and distinct > len(values) / 2:
+    if integers is None and np.any(values != np.round(values)) and distinct > len(values) / 2:
         return "regression", (f"non-integer target with {distinct} distinct values in "
                               f"{len(values)} rows")
     return "classification", (f"numeric target with {distinct} distinct values, at most "
@@ -112,7 +120,8 @@ def load_data(args):
         name = "digits (UCI Optical Recognition of Handwritten Digits, CC BY 4.0)"
         if task == "regression":
             return Data(X, y.astype(np.float64), None, features, "digit", task, why, name)
-        return Data(X, y, [str(c) for c in range(10)], features, "digit", task, why, name)
+        return Data(X, y, [str(c) for c in range(10)], features, "digit", task, why, name,
+                    np.arange(10, dtype=np.int64))
     table = datasets.read_csv(args.data, args.target)
     task, why = choose_task(args, table)
     shown = ", ".join(table.features[:8]) + (", ..." if len(table.features) > 8 else "")
@@ -125,7 +134,21 @@ def load_data(args):
     if len(classes) > len(y) / 2:
         print(f"note: target column {table.target!r} has {len(classes)} distinct values in "
               f"{len(y)} rows; they are treated as class labels", file=sys.stderr)
-    return Data(table.X, y, classes, table.features, table.target, task, why, description)
+    return Data(table.X, y, classes, table.features, table.target, task, why, description,
+                _label_values(table, classes))
+
+
+def _label_values(table, names):
+    """The classes as the model holds them (its classes_, which --save stores), in the order
+    of ``names``: integers as int64, so predict_classes compares equal to the data's labels
+    (the names '0'..'9' compared with the integers 0..9 scored 0 %, silently); read exactly
+    (2**53 + 1 stays itself). Other labels keep their names: text, integers beyond int64
+    (no NumPy number holds them exactly) and other numbers (fit takes no fractional labels).
+    Both orders are class_labels': numbers sort as numbers."""
+    integers = datasets._integers(table.cells)
+    if integers is not None and INT64.min <= min(integers) and max(integers) <= INT64.max:
+        return np.array(sorted(set(integers)), dtype=np.int64)
+    return np.array(names)
 
 
 def _distinct_names(table, names):

@@ -20,6 +20,8 @@ class Classification:
 
     def __init__(self, data, loss):
         self.classes = np.asarray(data.classes)    # names (k,), in the data's class order
+        # the model's classes_: the labels' own values (int64 integers, else the names)
+        self.labels = self.classes if data.labels is None else np.asarray(data.labels)
         self.n_out = len(self.classes)
         self.loss = loss
         self.summary = f"{self.n_out} classes"
@@ -31,13 +33,13 @@ class Classification:
         """Give the model its classes before fit: all of them (a class may have no training
         row) in the data's order (numeric labels sort as numbers, unlike their names), so
         fit's labels map to the same output units as the class indices always did."""
-        model.classes_ = self.classes
+        model.classes_ = self.labels
 
     def targets(self, y):
         """What fit takes for class indices y (n,): labels (n,) for cross_entropy (fit maps
         them through model.classes_), one-hot rows (n, k) for the sigmoid outputs."""
         if self.loss == "cross_entropy":
-            return self.classes[y]
+            return self.labels[y]
         return np.eye(self.n_out)[y]
 
     def scores(self, model, X, y):
