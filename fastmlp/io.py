@@ -47,7 +47,7 @@ import numpy as np
 from . import _atomic, labels, losses, optimizers
 from . import activations as act
 from ._npz import Archive, FormatError
-from .network import Dense, param_too_large
+from .network import Dense, param_out_of_range
 
 FORMAT = "fastmlp-model"
 VERSION = 2              # the newest version written; version 1 files have no optional members
@@ -219,14 +219,17 @@ def _check_fields(header):
              f"optimizer must be an object of numbers, got {_short(config)}")
     dtype, backend, seed = header["dtype"], header["backend"], header["seed"]
     _require(dtype in ("float32", "float64"), f"dtype must be 'float32' or 'float64', got {_short(dtype)}")
-    too_large = param_too_large(layers, dtype)  # it would make every output inf
-    _require(too_large is None, too_large)
+    out_of_range = param_out_of_range(layers, dtype)  # every output inf, or 0
+    _require(out_of_range is None, out_of_range)
     _require(backend is None or isinstance(backend, str), f"backend must be a name, got {_short(backend)}")
     _require(seed is None or (type(seed) is int and seed >= 0),
              f"seed must be an integer >= 0 or null, got {_short(seed)}")
+    optimizer = optimizers.from_config(config)
+    problem = optimizers.problem_in(optimizer, dtype)   # e.g. lr 0 in the file's dtype
+    _require(problem is None, problem)
     return {"version": header["version"], "layers": layers, "input_dim": input_dim,
             "n_params": n_params,
-            "loss": losses.get(net["loss"]).name, "optimizer": optimizers.from_config(config),
+            "loss": losses.get(net["loss"]).name, "optimizer": optimizer,
             "dtype": dtype, "backend": backend, "seed": seed,
             "rng_state": _rng_state(header["rng_state"])}
 

@@ -20,7 +20,7 @@ from . import io, labels, optimizers, rules, validation, warmup
 from . import metrics as metric_table
 from .backends import get_backend
 from .backends import resolve as resolve_backend
-from .network import Network, param_too_large
+from .network import Network, param_out_of_range
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -88,6 +88,15 @@ def distinct_names(names):
                          f"check a later frame's columns: {twice} appear more than once; "
                          "rename the columns or pass X.to_numpy()")
     return names
+
+
+def _optimizer_for(optimizer, dtype):
+    """optimizers.get(optimizer), refused where a setting means nothing in ``dtype``."""
+    optimizer = optimizers.get(optimizer)
+    problem = optimizers.problem_in(optimizer, dtype)
+    if problem:
+        raise ValueError(problem)
+    return optimizer
 
 
 def _generator(seed):
@@ -203,11 +212,11 @@ class Model:
     def _build(self, layers, input_dim, loss, optimizer, backend, dtype, seed, draw):
         self.net = Network(layers, input_dim, loss)
         self.dtype = _dtype(dtype)
-        problem = param_too_large(self.net.layers, self.dtype)
+        problem = param_out_of_range(self.net.layers, self.dtype)
         if problem:
             raise ValueError(problem)
         self._rng = _generator(seed)
-        self.optimizer = optimizers.get(optimizer)
+        self._optimizer = _optimizer_for(optimizer, self.dtype)
         self.backend = resolve_backend(backend)
         backend_class = get_backend(self.backend)
         if self.backend == "numba":
@@ -215,16 +224,9 @@ class Model:
         self.seed = seed
         self._theta = (self.net.init_params(self._rng, self.dtype) if draw
                        else np.zeros(self.net.n_params, dtype=self.dtype))
-        self._state = optimizers.OptimizerState.new(self.optimizer, self.net.n_params, self.dtype)
-        # The backend owns views of theta and the state: every call passes only data.
-        self._engine = backend_class(self.net, self.dtype, self._theta, self._state)
-        # A backend that keeps theta and the state on a device (see fastmlp.backends)
-        # copies them to the host arrays before the Model reads them (pull) and back
-        # after the Model writes them (push); CPU backends work on the host arrays.
-        self._pull = getattr(self._engine, "pull", _nothing)
-        self._push = getattr(self._engine, "push", _nothing)
-        self._to_device = getattr(self._engine, "to_device", None)
-        self._on_device = self._to_device is not None
+        self._state = optimizers.OptimizerState.new(self._optimizer, self.net.n_params,
+                                                    self.dtype)
+        self._bind_engine(backend_class)
         self._scaling = None          # (mean, scale) float64 (input_dim,), applied by every call
         self.classes_ = None          # class labels, when fit was given labels
         self.feature_names_in_ = None
@@ -249,6 +251,47 @@ class Model:
         # Plain SGD never touches the optimiser buffers: nothing there to check.
         self._check_state = rules.buffers_in_use(self._state) > 0
 
+    def _bind_engine(self, backend_class):
+        """A new backend object over theta and the optimiser state (made at build, and
+        again when a new optimiser changes what a backend chooses once: rules.sgd_fold_rows)."""
+        # The backend owns views of theta and the state: every call passes only data.
+        self._engine = backend_class(self.net, self.dtype, self._theta, self._state)
+        # A backend that keeps theta and the state on a device (see fastmlp.backends)
+        # copies them to the host arrays before the Model reads them (pull) and back
+        # after the Model writes them (push); CPU backends work on the host arrays.
+        self._pull = getattr(self._engine, "pull", _nothing)
+        self._push = getattr(self._engine, "push", _nothing)
+        self._to_device = getattr(self._engine, "to_device", None)
+        self._on_device = self._to_device is not None
+
+    @property
+    def optimizer(self):
+        """The optimiser, fm.SGD or fm.Adam (immutable). Assign a new one of the same kind
+        to train on with other settings, a learning-rate schedule say (``model.optimizer =
+        fm.SGD(lr=0.01, momentum=0.9)``): the step count and the momentum or Adam buffers
+        are kept, as when PyTorch's param_groups' lr changes. Another kind is refused (its
+        state would start from nothing: make a new Model and ``set_weights``)."""
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer):
+        optimizer = _optimizer_for(optimizer, self.dtype)
+        if type(optimizer) is not type(self._optimizer):
+            raise TypeError(f"this model trains with {type(self._optimizer).__name__}: it "
+                            f"cannot change to {type(optimizer).__name__}, whose state would "
+                            "start from nothing; make a new Model with it and copy the "
+                            "weights (new.set_weights(model.get_weights()))")
+        with self._lock:   # not between the steps of a fit running in another thread
+            self._pull()
+            folds = rules.sgd_fold_rows(self._state)
+            self._optimizer = optimizer
+            self._state.hyper[:] = optimizer.hyper()   # the kernels read it at every call
+            self._check_state = rules.buffers_in_use(self._state) > 0
+            self._snapshot = None   # its rows are the buffers in use: made again when needed
+            if rules.sgd_fold_rows(self._state) != folds:  # momentum turned on or off
+                self._bind_engine(type(self._engine))
+            self._push()                               # a device backend copies it again
+
     # -- inspection --------------------------------------------------------------
     @property
     def engine(self):
@@ -260,6 +303,8 @@ class Model:
 
     @property
     def layers(self):
+        """The model's fm.Dense layers, a tuple: fixed once the model is built (its
+        parameters and kernels are laid out for them); a different network is a new Model."""
         return self.net.layers
 
     @property
@@ -271,7 +316,7 @@ class Model:
         return self.net.n_params
 
     def __repr__(self):
-        return (f"Model({self.net.layers}, input_dim={self.net.input_dim}, loss={self.loss!r}, "
+        return (f"Model({list(self.net.layers)}, input_dim={self.net.input_dim}, loss={self.loss!r}, "
                 f"optimizer={self.optimizer!r}, backend={self.backend!r}, dtype={self.dtype.name!r})")
 
     def get_weights(self):
@@ -318,6 +363,12 @@ class Model:
 
     def set_state(self, state):
         """Restore a :meth:`get_state` dict (shapes and dtypes checked; values finite)."""
+        keys = ("theta", "opt_buffers", "opt_step", "rng_state")
+        if not isinstance(state, dict) or not all(k in state for k in keys):
+            have = (f"a dict with keys {sorted(map(str, state))}" if isinstance(state, dict)
+                    else type(state).__name__)
+            raise ValueError(f"state must be a dict from get_state() with keys {list(keys)}, "
+                             f"got {have}")
         theta = np.asarray(state["theta"])
         buffers, step = np.asarray(state["opt_buffers"]), np.asarray(state["opt_step"])
         if theta.shape != self._theta.shape or buffers.shape != self._state.buffers.shape:
@@ -336,7 +387,11 @@ class Model:
             raise ValueError("opt_buffers[1] is Adam's second-moment estimate and must be "
                              ">= 0; it has negative values")
         rng = np.random.default_rng()
-        rng.bit_generator.state = state["rng_state"]   # raises on a malformed state
+        try:   # NumPy's own errors ("state must be a dict") do not say whose state
+            rng.bit_generator.state = state["rng_state"]
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"rng_state is not a state of this model's generator "
+                             f"({type(self._rng.bit_generator).__name__}): {exc}") from None
         with self._lock:
             self._theta[...] = theta
             self._state.buffers[...] = buffers
@@ -351,19 +406,12 @@ class Model:
         return None if self._scaling is None else tuple(a.copy() for a in self._scaling)
 
     def _set_weight_decay(self, weight_decay):
-        """The optimiser's weight decay changed in place, everything else kept (weights,
-        optimiser buffers and step, generator): for the scikit-learn estimators, whose
-        decay follows each partial_fit call's rows. A new optimiser object, as the one
-        given to the constructor may be another model's too. The same decay: nothing."""
-        if weight_decay == self.optimizer.weight_decay:
-            return
-        optimizer = optimizers.from_config(dict(self.optimizer.config(),
-                                                weight_decay=weight_decay))
-        with self._lock:
-            self._pull()
-            self.optimizer = optimizer
-            self._state.hyper[:] = optimizer.hyper()   # the kernels read it at every call
-            self._push()                               # a device backend copies it again
+        """The optimiser's weight decay changed, everything else kept (weights, optimiser
+        buffers and step, generator): for the scikit-learn estimators, whose decay follows
+        each partial_fit call's rows. The same decay: nothing."""
+        if weight_decay != self._optimizer.weight_decay:
+            self.optimizer = optimizers.from_config(dict(self._optimizer.config(),
+                                                         weight_decay=weight_decay))
 
     def set_input_scaling(self, mean, scale):
         """Standardise inputs inside the model ((X - mean) / scale in float64); None clears.

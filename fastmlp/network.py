@@ -97,14 +97,19 @@ class Dense:
         return f"Dense({self.units}, activation={self.activation.name!r}{extra})"
 
 
-def param_too_large(layers, dtype):
+def param_out_of_range(layers, dtype):
     """Why a layer's activation parameter cannot be held by ``dtype``, or None: 1e39 is
-    inf in float32, and so would be every output it scales."""
+    inf in float32, and so would be every output it scales; a linear slope of 1e-50 is 0
+    there, the slope a=0 that Dense refuses."""
     largest = float(np.finfo(dtype).max)
     for i, layer in enumerate(layers, 1):
         if abs(layer.param) > largest:
             return (f"layer {i}'s {layer.activation.param}={layer.param!r} is too large for "
                     f"{np.dtype(dtype).name} (at most {largest:.4g} in magnitude)")
+        if layer.activation.code == act.LINEAR and np.dtype(dtype).type(layer.param) == 0:
+            return (f"layer {i}'s linear slope a={layer.param!r} is 0 in "
+                    f"{np.dtype(dtype).name}: the layer would output 0 and learn nothing; "
+                    "give a larger a or dtype='float64'")
     return None
 
 
@@ -122,7 +127,16 @@ class Network:
     """
 
     def __init__(self, layers, input_dim, loss):
-        layers = list(layers)
+        if isinstance(layers, Dense):
+            raise TypeError(f"layers must be a list of fm.Dense, got one Dense: write "
+                            f"[{layers!r}]")
+        if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+            raise TypeError(f"layers must be a non-empty list of fm.Dense, got "
+                            f"{type(layers).__name__}")
+        # A tuple: the kernels, plan and optimiser state are built from these layers once,
+        # so model.layers.append(...) or layers[0] = ... would reach save() and to_onnx()
+        # but not training or predict (Dense layers are immutable for the same reason).
+        layers = tuple(layers)
         if not layers or not all(isinstance(l, Dense) for l in layers):
             raise TypeError("layers must be a non-empty list of fm.Dense")
         if (isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer))

@@ -34,7 +34,28 @@ def _in_unit_interval(name, value):
     return float(value)
 
 
-class SGD:
+class _Settings:
+    """Immutable once made: a model copies an optimiser's settings into its state (and its
+    kernels choose their path from them) when it is built or given the optimiser, so a
+    later change would reach repr() and save() but not the training."""
+
+    def __setattr__(self, name, value):
+        if getattr(self, "_frozen", False):
+            raise AttributeError(
+                f"an optimizer cannot be changed once made (a model using it would not see "
+                f"{name!r} change): give the model a new one, e.g. "
+                f"model.optimizer = {type(self).__name__}({name}=...), which keeps its "
+                "training state (step count, momentum or Adam buffers)")
+        object.__setattr__(self, name, value)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other.config() == self.config()
+
+    def __hash__(self):
+        return hash(tuple(self.config().items()))
+
+
+class SGD(_Settings):
     """Stochastic gradient descent with optional momentum and weight decay.
 
     PyTorch's convention: g <- grad + weight_decay * theta; with momentum,
@@ -55,6 +76,7 @@ class SGD:
         self.weight_decay = _in_unit_interval("weight_decay", weight_decay)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
+        self._frozen = True
 
     def config(self):
         return {"name": "sgd", "lr": self.lr, "momentum": self.momentum,
@@ -70,7 +92,7 @@ class SGD:
         return f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, weight_decay={self.weight_decay})"
 
 
-class Adam:
+class Adam(_Settings):
     """Adam (Kingma & Ba) with bias correction; ``weight_decay`` is L2 added to the gradient.
 
     m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
@@ -90,6 +112,7 @@ class Adam:
         self.beta2 = _in_unit_interval("beta2", beta2)
         self.eps = _positive("eps", eps)
         self.weight_decay = _in_unit_interval("weight_decay", weight_decay)
+        self._frozen = True
 
     def config(self):
         return {"name": "adam", "lr": self.lr, "beta1": self.beta1, "beta2": self.beta2,
@@ -106,6 +129,28 @@ class Adam:
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+
+
+def problem_in(optimizer, dtype):
+    """Why ``optimizer``'s settings lose their meaning in ``dtype``'s arithmetic (the
+    updates compute in the model dtype), or None. In float32, lr=1e-50 is 0 and
+    eps=1e39 inf (no weight ever changes), eps=1e-320 is 0 (0/0 at a zero gradient),
+    and beta2=1-1e-9 is 1 (Adam's v never grows)."""
+    dtype = np.dtype(dtype)
+    for name in ("lr", "eps"):
+        value = getattr(optimizer, name, None)
+        with np.errstate(over="ignore"):   # 1e39 -> inf in float32 is what is checked
+            held = dtype.type(value) if value is not None else None
+        if held is not None and (held == 0 or not np.isfinite(held)):
+            return (f"{name}={value!r} is {float(held)!r} in {dtype.name}, the model's "
+                    f"arithmetic: give a {name} between {float(np.finfo(dtype).tiny):.3g} "
+                    f"and {float(np.finfo(dtype).max):.3g}")
+    for name in ("momentum", "beta1", "beta2"):
+        value = getattr(optimizer, name, None)
+        if value and dtype.type(value) >= 1:
+            return (f"{name}={value!r} rounds to 1 in {dtype.name}, the model's arithmetic, "
+                    f"where it must stay below 1: give a smaller {name} or dtype='float64'")
+    return None
 
 
 def from_config(config: dict):

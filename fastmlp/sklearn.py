@@ -190,7 +190,8 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 class MLPRegressor(RegressorMixin, BaseMLP):
     """Multi-layer perceptron regressor on fastmlp: linear outputs, mse loss.
 
-    ``y`` may be 1-D (predictions are then 1-D) or 2-D (n, n_outputs)."""
+    ``y`` may be 1-D or 2-D (n, n_outputs); predictions of one output are 1-D (n,)
+    whatever y's shape, as scikit-learn's MLPRegressor returns them."""
 
     _stratify = False
 
@@ -201,8 +202,6 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
     def _targets(self, y, first, classes):
         """T float (n, n_outputs) in the model dtype, and (n_outputs, "linear", "mse")."""
-        if first:
-            self._y_1d = y.ndim == 1
         # checked before the cast, so 1e300 for float32 is named too large (as Model.fit
         # names it), not cast to inf with an overflow warning and called "inf"
         T = validation.as_finite(y.reshape(len(y), -1), "Y", self.dtype)
@@ -212,9 +211,11 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         return float(r2_score(T_val, self.model_.predict(X_val)))
 
     def predict(self, X):
-        """Predictions, float64: (n,) when fit saw a 1-D y, else (n, n_outputs)."""
+        """Predictions, float64: (n,) for one output (also when fit saw y of shape
+        (n, 1): scikit-learn's rule, so y - predict(X) never broadcasts to (n, n)), else
+        (n, n_outputs)."""
         P = self._outputs(X)
-        return P.ravel() if self._y_1d else P
+        return P.ravel() if P.shape[1] == 1 else P
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

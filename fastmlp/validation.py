@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY
+from .losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MSE
 from .rules import CONVERT_BYTES
 
 
@@ -160,11 +160,17 @@ def _refuse_nonfinite(out, src, name, first_row, scaling=None):
     converted from (a finite source value means it was too large for out's dtype)."""
     where = np.unravel_index(int(np.argmin(np.isfinite(out))), out.shape)
     value = src[where]
-    if scaling is not None and np.isfinite(value):
-        with np.errstate(over="ignore", invalid="ignore"):
-            value = (np.float64(value) - scaling[0][where[1]]) / scaling[1][where[1]]
     at = (f"row {first_row + where[0]}, column {where[1]}" if out.ndim == 2
           else f"index {tuple(int(i) for i in where)}")
+    if scaling is not None and np.isfinite(value):
+        raw = value
+        with np.errstate(over="ignore", invalid="ignore"):
+            value = (np.float64(value) - scaling[0][where[1]]) / scaling[1][where[1]]
+        if not np.isfinite(value):   # finite data the model's own scaling made inf
+            raise ValueError(f"{name} has a value the model's input scaling takes past "
+                             f"float64's range ({float(raw)!r} at {at}: (x - mean) / scale "
+                             f"with mean {float(scaling[0][where[1]])!r} and scale "
+                             f"{float(scaling[1][where[1]])!r})")
     if (np.issubdtype(src.dtype, np.floating) or scaling is not None) and np.isfinite(value):
         raise ValueError(f"{name} has a value too large for {out.dtype.name} "
                          f"({float(value)!r} at {at})")
@@ -261,6 +267,12 @@ def check_targets(Y, n_rows, net, dtype):
     """Targets as floats (n, outputs); integer class labels become one-hot rows."""
     n_out, loss = net.output_dim, net.loss.code
     arr = as_array(Y, "Y")
+    strings = arr.dtype.kind in "US" or (arr.dtype == object and arr.size > 0
+                                          and isinstance(arr.flat[0], str))
+    if strings and loss == MSE:   # (the cross-entropies map labels before this)
+        raise TypeError(f"Y holds strings (dtype {arr.dtype}), and loss 'mse' takes numbers: "
+                        "class labels need loss='cross_entropy' (softmax outputs) or "
+                        "'binary_cross_entropy'")
     _check_real(arr, "Y")
     if arr.ndim == 0 or arr.shape[0] != n_rows:
         raise ValueError(f"Y has {arr.shape[0] if arr.ndim else 0} rows but X has {n_rows}")
@@ -281,7 +293,10 @@ def check_targets(Y, n_rows, net, dtype):
         return T
     T = as_float_matrix(arr, "Y", dtype)
     if T.shape[1] != n_out:
-        raise ValueError(f"Y has {T.shape[1]} columns but the model has {n_out} outputs")
+        hint = ("; class labels (one per row) need loss='cross_entropy' (softmax outputs) "
+                "or 'binary_cross_entropy', and mse takes one column per output"
+                if T.shape[1] == 1 and loss == MSE else "")
+        raise ValueError(f"Y has {T.shape[1]} columns but the model has {n_out} outputs{hint}")
     if loss in (CROSS_ENTROPY, BINARY_CROSS_ENTROPY) and (T.min() < 0 or T.max() > 1):
         raise ValueError(_outside_unit_message(T, net))
     return T
@@ -289,7 +304,8 @@ def check_targets(Y, n_rows, net, dtype):
 
 def _outside_unit_message(T, net):
     """Why targets T with values outside [0, 1] are refused, for this loss and output."""
-    seen = f"got values from {T.min():g} to {T.max():g}"
+    # NumPy's shortest text, not :g: 1 + 1e-7 shown as 1 read as a refusal of [0, 1]
+    seen = f"got values from {T.min()} to {T.max()}"
     if net.loss.code == CROSS_ENTROPY:
         return f"targets for cross_entropy must lie in [0, 1], {seen}"
     if net.output_dim > 1:
@@ -297,7 +313,7 @@ def _outside_unit_message(T, net):
                 f"outputs) must be 0/1 indicators (or probabilities: they must lie in "
                 f"[0, 1]), {seen}")
     distinct = np.unique(T)
-    shown = ", ".join(f"{v:g}" for v in distinct[:5]) + (", ..." if len(distinct) > 5 else "")
+    shown = ", ".join(str(v) for v in distinct[:5]) + (", ..." if len(distinct) > 5 else "")
     return (f"targets for binary_cross_entropy must lie in [0, 1], or be class labels with "
             f"exactly two values (integers or strings); Y has {len(distinct)} distinct "
             f"values ({shown})")
