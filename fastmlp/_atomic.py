@@ -24,10 +24,11 @@ import contextlib
 import errno
 import os
 import re
-import signal
 import stat
 import tempfile
 import threading
+
+from ._signals import ctrl_c_deferred
 
 _TEMP = re.compile(r"\.fastmlp-(\d+)-[a-z0-9_]+\.tmp\Z")
 _umask_lock = threading.Lock()
@@ -80,7 +81,7 @@ def replace(path, write):
     remove_stale_temporaries(folder)
     f = tmp = None
     try:
-        with _ctrl_c_deferred():  # until the file and its descriptor have owners here
+        with ctrl_c_deferred():  # until the file and its descriptor have owners here
             try:
                 fd, tmp = tempfile.mkstemp(prefix=f".fastmlp-{os.getpid()}-", suffix=".tmp",
                                            dir=folder)
@@ -109,31 +110,15 @@ def replace(path, write):
                 os.unlink(tmp)
         raise
     try:  # make the rename itself durable
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        with ctrl_c_deferred():   # the descriptor closed whatever happens
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
     except OSError:
         pass
     _record_our_save(folder)
-
-
-@contextlib.contextmanager
-def _ctrl_c_deferred():
-    """SIGINT held back (in the main thread, where Python handles it) for the block: a
-    Ctrl-C landing inside mkstemp or before fdopen owned the descriptor left the
-    temporary file and the descriptor behind, unnamed (14-48 files in 1,500 interrupted
-    saves). The KeyboardInterrupt is raised once the block is over."""
-    if (threading.current_thread() is not threading.main_thread()
-            or not hasattr(signal, "pthread_sigmask")):
-        yield
-        return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _naming(exc, what):

@@ -33,6 +33,7 @@ import zlib
 import numpy as np
 
 from ._atomic import kind, names_a_folder
+from ._signals import ctrl_c_deferred
 
 _fmt = np.lib.format
 
@@ -144,15 +145,19 @@ def _open_regular(path):
     problem = names_a_folder(path)
     if problem:
         raise FormatError(problem)
-    fd = _open_without_blocking(path)
-    try:
-        what = kind(os.fstat(fd).st_mode)  # the descriptor's: the path may change meanwhile
-        if what:
-            raise FormatError(f"it is {what}, not a regular file")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    # Ctrl-C held back until the descriptor has its owner: landing inside fdopen, after
+    # the file object owned it, the except below closed it a second time (EBADF, or another
+    # file's descriptor); landing before the try, it was leaked.
+    with ctrl_c_deferred():
+        fd = _open_without_blocking(path)
+        try:
+            what = kind(os.fstat(fd).st_mode)  # the descriptor's: the path may change meanwhile
+            if what:
+                raise FormatError(f"it is {what}, not a regular file")
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
 
 
 def _open_without_blocking(path):

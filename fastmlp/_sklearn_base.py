@@ -121,12 +121,40 @@ class BaseMLP(BaseEstimator):
 
     def _fit_locked(self, X, y, incremental, classes):
         first = not (incremental and hasattr(self, "model_"))
+        fitted = dict(self.__dict__)
+        try:
+            X, X_val, T, T_val, early, batch_size, decay = self._prepare(X, y, first,
+                                                                         incremental, classes)
+        except BaseException:
+            # A refit refused (or interrupted) before its model was built learnt nothing:
+            # the new classes_ beside the old model_ predicted the new labels from the old
+            # network (['apple', 'pear'] from a cat/dog model).
+            self.__dict__.clear()
+            self.__dict__.update(fitted)
+            raise
+        # One hold of the model's lock for the decay and the epochs it applies to: another
+        # thread's partial_fit setting its own decay in between trained steps of this call
+        # with the other call's decay.
+        with self.model_._lock:
+            if not first:   # scikit-learn decays by alpha / the rows of each call's own batches
+                self.model_._set_weight_decay(decay)
+            best_state = self._epochs(X, X_val, T, T_val, early, batch_size, incremental)
+            if early:
+                if best_state is not None:
+                    self.model_.set_state(best_state)
+                self.best_loss_ = None   # scikit-learn's convention with early stopping
+        return self
+
+    def _prepare(self, X, y, first, incremental, classes):
+        """Validate X and y, learn what a first call learns (n_features_in_, classes_, a new
+        model_ and empty curves); returns (X, X_val, T, T_val, early, batch_size, decay)."""
         X, y = validation.refuse_masked(X, "X"), validation.refuse_masked(y, "y")
         X, y = validate_data(self, X, y, reset=first, multi_output=True, order="C",
                              dtype=self.dtype, y_numeric=isinstance(self, RegressorMixin))
         T, output = self._targets(y, first, classes)
         rng = check_random_state(self.random_state)
         early = self.early_stopping and not incremental
+        X_val = T_val = None
         if early:
             X, X_val, T, T_val = self._split(X, T, y, rng)
         batch_size = self._batch_size(len(X))
@@ -137,20 +165,24 @@ class BaseMLP(BaseEstimator):
             self.best_loss_, self._no_improvement = np.inf, 0
             self.validation_scores_ = [] if early else None
             self.best_validation_score_ = -np.inf if early else None
-        # One hold of the model's lock for the decay and the epochs it applies to: another
-        # thread's partial_fit setting its own decay in between trained steps of this call
-        # with the other call's decay.
-        with self.model_._lock:
-            if not first:   # scikit-learn decays by alpha / the rows of each call's own batches
-                self.model_._set_weight_decay(decay)
-            best_state = None
+        return X, X_val, T, T_val, early, batch_size, decay
+
+    def _epochs(self, X, X_val, T, T_val, early, batch_size, incremental):
+        """The training epochs (one for partial_fit), with scikit-learn's stopping rules;
+        returns the best state seen with early stopping (else None).
+
+        Ctrl-C ends them as scikit-learn's MLP does: a warning, the epochs done kept (an
+        interrupted one is undone by Model.fit), the best state restored by the caller
+        with early stopping, and fit returns the estimator."""
+        best_state = None
+        try:
             for _ in range(1 if incremental else self.max_iter):
                 history = self.model_.fit(X, T, epochs=1, batch_size=batch_size,
                                           shuffle=self.shuffle)
                 loss = history.history["loss"][0]
-                self.loss_curve_.append(loss)
                 self.n_iter_ += 1
                 self.t_ += len(X)
+                self.loss_curve_.append(loss)   # last: the one call a Ctrl-C may follow
                 if self.verbose:
                     print(f"Iteration {self.n_iter_}, loss = {loss:.8f}", flush=True)
                 if early:
@@ -174,10 +206,9 @@ class BaseMLP(BaseEstimator):
                     warnings.warn(f"Stochastic optimizer: maximum iterations ({self.max_iter}) "
                                   "reached and the optimization hasn't converged yet.",
                                   ConvergenceWarning)
-            if early:
-                self.model_.set_state(best_state)
-                self.best_loss_ = None   # scikit-learn's convention with early stopping
-        return self
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.")
+        return best_state
 
     def _record_loss(self, loss):
         # scikit-learn's rule: no improvement unless the loss beats the best by tol.

@@ -229,9 +229,12 @@ class ModelCheckpoint(Callback):
             value = _monitored(logs, self.monitor, "ModelCheckpoint")
             if not _improves(value, self.best, self.mode, 0.0):
                 return
-            self.best, self.best_epoch = value, epoch
         path = self._format(epoch, logs)
         self.model.save(path)
+        # the best only once it is on disk: recorded before a save that failed (a full disk,
+        # Ctrl-C), it named a model never written, and no later epoch short of it was saved
+        if self.save_best_only:
+            self.best, self.best_epoch = value, epoch
         self.last_saved = path
 
     def _format(self, epoch, logs):

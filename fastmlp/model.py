@@ -17,6 +17,7 @@ import numpy as np
 
 from . import activations as act
 from . import io, labels, optimizers, rules, validation, warmup
+from ._signals import ctrl_c_deferred
 from . import metrics as metric_table
 from .backends import get_backend
 from .backends import resolve as resolve_backend
@@ -165,6 +166,21 @@ class History:
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
 
+    def _mark(self):
+        """Where the record stands, for :meth:`_undo` (fit's rollback of an interrupted
+        epoch or chunk: a Ctrl-C landing inside record left one epoch half recorded)."""
+        return len(self.epoch), {key: len(values) for key, values in self.history.items()}
+
+    def _undo(self, mark):
+        """Forget what was recorded after ``mark``."""
+        epochs, lengths = mark
+        del self.epoch[epochs:]
+        for key in list(self.history):
+            if key in lengths:
+                del self.history[key][lengths[key]:]
+            else:
+                del self.history[key]
+
     def __repr__(self):
         return f"History(epochs={len(self.epoch)}, loss={self.history['loss'][-1:]})"
 
@@ -281,7 +297,7 @@ class Model:
                             f"cannot change to {type(optimizer).__name__}, whose state would "
                             "start from nothing; make a new Model with it and copy the "
                             "weights (new.set_weights(model.get_weights()))")
-        with self._lock:   # not between the steps of a fit running in another thread
+        with self._lock, ctrl_c_deferred():   # not between another thread's fit steps; whole
             self._pull()
             folds = rules.sgd_fold_rows(self._state)
             self._optimizer = optimizer
@@ -392,12 +408,17 @@ class Model:
         except (TypeError, ValueError, KeyError) as exc:
             raise ValueError(f"rng_state is not a state of this model's generator "
                              f"({type(self._rng.bit_generator).__name__}): {exc}") from None
-        with self._lock:
-            self._theta[...] = theta
-            self._state.buffers[...] = buffers
-            self._state.step[...] = step
-            self._rng.bit_generator.state = state["rng_state"]
-            self._push()
+        # All four written, then push (the guarded step's bounds forgotten), whatever a
+        # Ctrl-C does: landing between them it left new weights with the old generator, and
+        # skipping push it left bounds of the old weights (a step then wrote -inf unchecked).
+        with self._lock, ctrl_c_deferred():
+            try:
+                self._theta[...] = theta
+                self._state.buffers[...] = buffers
+                self._state.step[...] = step
+                self._rng.bit_generator.state = state["rng_state"]
+            finally:
+                self._push()
 
     @property
     def input_scaling(self):
@@ -717,8 +738,9 @@ class Model:
                 for cb in callbacks:
                     _hook(cb, "on_epoch_begin", epoch, {})
                 start = time.perf_counter()
-                saved_rng = self._rng.bit_generator.state
+                saved_rng, recorded_so_far = self._rng.bit_generator.state, history._mark()
                 snapshot.save()
+                trained = recorded = False
                 try:
                     if shuffle:
                         # a fresh permutation (not a reshuffle of the last one), so the order
@@ -736,27 +758,37 @@ class Model:
                     loss = float(loss)
                     self._check_finite(loss, f"in epoch {epoch + 1}", "the weights of the "
                                        "last finite epoch were kept")
-                except BaseException:
-                    # Diverged or interrupted: never leave the model half an epoch updated.
-                    snapshot.restore()
-                    self._rng.bit_generator.state = saved_rng
+                    trained = True
+                    seconds = time.perf_counter() - start
+                    logs = {"loss": loss, **self._scores(metric_fns, X, T)}
+                    if val is not None:
+                        logs["val_loss"] = float(self._engine.evaluate(*val_d))
+                        logs.update({f"val_{k}": v
+                                     for k, v in self._scores(metric_fns, *val).items()})
+                    logs["samples_per_s"] = len(X) / seconds if seconds > 0 else float("inf")
+                    if norms is not None:
+                        logs["grad_norm"] = np.sqrt(norms / steps).tolist()
+                    if verbose == 2:
+                        from .callbacks import format_logs
+                        print(f"epoch {epoch + 1}/{epochs}  {format_logs(logs)}", flush=True)
+                    for cb in callbacks:
+                        _hook(cb, "on_epoch_end", epoch, logs)
+                    # after the callbacks (Keras's History is the last): values a callback
+                    # adds to logs, a custom metric say, are recorded too
+                    history.record(epoch, logs)
+                    recorded = True
+                except BaseException as exc:
+                    # Diverged, or interrupted before the epoch was recorded (in its training
+                    # or its validation, metrics, callbacks or record): never leave the model
+                    # half an epoch updated, nor an epoch trained that the History does not
+                    # show. A callback's or metric's own error keeps the trained epoch, as in
+                    # Keras.
+                    if not recorded and (not trained or isinstance(exc, KeyboardInterrupt)):
+                        with ctrl_c_deferred():   # (a second Ctrl-C: after the undo)
+                            snapshot.restore()
+                            self._rng.bit_generator.state = saved_rng
+                            history._undo(recorded_so_far)
                     raise
-                seconds = time.perf_counter() - start
-                logs = {"loss": loss, **self._scores(metric_fns, X, T)}
-                if val is not None:
-                    logs["val_loss"] = float(self._engine.evaluate(*val_d))
-                    logs.update({f"val_{k}": v for k, v in self._scores(metric_fns, *val).items()})
-                logs["samples_per_s"] = len(X) / seconds if seconds > 0 else float("inf")
-                if norms is not None:
-                    logs["grad_norm"] = np.sqrt(norms / steps).tolist()
-                if verbose == 2:
-                    from .callbacks import format_logs
-                    print(f"epoch {epoch + 1}/{epochs}  {format_logs(logs)}", flush=True)
-                for cb in callbacks:
-                    _hook(cb, "on_epoch_end", epoch, logs)
-                # after the callbacks (Keras's History is the last): values a callback adds
-                # to logs, a custom metric say, are recorded too
-                history.record(epoch, logs)
                 if self.stop_training or (tol is not None and loss <= tol):
                     break
         for cb in callbacks:
@@ -791,39 +823,60 @@ class Model:
         done = 0
         while done < epochs:
             k = min(chunk, epochs - done)
-            rng_before = self._rng.bit_generator.state
+            rng_before, recorded_so_far = self._rng.bit_generator.state, history._mark()
+            saved = recorded = False
             try:
                 if shuffle:
                     orders = self._draw_orders(k, n)
                 snapshot.save()
-            except BaseException:  # Ctrl-C here: the generator as if nothing was drawn
-                self._rng.bit_generator.state = rng_before
+                saved = True
+                start = time.perf_counter()
+                losses, finished, error = self._epochs(X, T, orders[:k], batch_size, tol, done)
+                seconds = time.perf_counter() - start
+                self._settle_chunk(X, T, history, snapshot, rng_before, orders, k, n,
+                                   batch_size, shuffle, done, losses, finished, seconds, error)
+                recorded = True
+                if error is not None:
+                    raise error
+            except BaseException:
+                # Ctrl-C anywhere before the chunk's epochs are recorded (drawing the orders,
+                # as the compiled call returns, redrawing the generator, recording, replaying
+                # after a bad epoch): the whole chunk undone, generator and History included
+                if not recorded:
+                    with ctrl_c_deferred():   # (a second Ctrl-C: after the undo)
+                        if saved:
+                            snapshot.restore()
+                        self._rng.bit_generator.state = rng_before
+                        history._undo(recorded_so_far)
                 raise
-            start = time.perf_counter()
-            losses, finished, error = self._epochs(X, T, orders[:k], batch_size, tol, done)
-            seconds = time.perf_counter() - start
-            if error is not None:
-                # Undo the chunk, then redo its epochs before the bad one.
-                snapshot.restore()
-                self._rng.bit_generator.state = rng_before
-                if finished and shuffle:
-                    orders = self._draw_orders(finished, n)
-                with self._quiet():
-                    if finished and getattr(self._engine, "train_epochs", None) is not None:
-                        self._engine.train_epochs(X, T, orders[:finished], batch_size, -1.0,
-                                                  np.empty(finished))
-                    else:
-                        for e in range(finished):
-                            self._engine.train_epoch(X, T, orders[e], batch_size)
-                self._record(history, done, losses[:finished], n, seconds, len(losses))
-                raise error
-            if shuffle and len(losses) < k:   # stopped at tol: draw only what was used
-                self._rng.bit_generator.state = rng_before
-                self._draw_orders(len(losses), n)
-            self._record(history, done, losses, n, seconds, len(losses))
             done += len(losses)
             if len(losses) < k or (tol is not None and losses[-1] <= tol):
                 break
+
+    def _settle_chunk(self, X, T, history, snapshot, rng_before, orders, k, n, batch_size,
+                      shuffle, done, losses, finished, seconds, error):
+        """After a chunk's compiled call: record its epochs, or, when one diverged or was
+        interrupted (``error``, which the caller raises), undo the chunk, replay the epochs
+        before the bad one and record those."""
+        if error is not None:
+            # Undo the chunk, then redo its epochs before the bad one.
+            snapshot.restore()
+            self._rng.bit_generator.state = rng_before
+            if finished and shuffle:
+                orders = self._draw_orders(finished, n)
+            with self._quiet():
+                if finished and getattr(self._engine, "train_epochs", None) is not None:
+                    self._engine.train_epochs(X, T, orders[:finished], batch_size, -1.0,
+                                              np.empty(finished))
+                else:
+                    for e in range(finished):
+                        self._engine.train_epoch(X, T, orders[e], batch_size)
+            self._record(history, done, losses[:finished], n, seconds, len(losses))
+            return
+        if shuffle and len(losses) < k:   # stopped at tol: draw only what was used
+            self._rng.bit_generator.state = rng_before
+            self._draw_orders(len(losses), n)
+        self._record(history, done, losses, n, seconds, len(losses))
 
     def _draw_orders(self, k, n):
         """k epochs' orders (k, n), the same numbers k calls of permutation(n) would give."""

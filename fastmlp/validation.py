@@ -302,10 +302,16 @@ def check_targets(Y, n_rows, net, dtype):
     return T
 
 
+def _shortest(value):
+    """A NumPy float as the shortest text that reads back as it ('3', '1.0000001',
+    '1e+30'): :g rounded 1 + 1e-7 to '1', and a refusal of values in [0, 1] read so."""
+    text = str(value)
+    return text[:-2] if text.endswith(".0") else text
+
+
 def _outside_unit_message(T, net):
     """Why targets T with values outside [0, 1] are refused, for this loss and output."""
-    # NumPy's shortest text, not :g: 1 + 1e-7 shown as 1 read as a refusal of [0, 1]
-    seen = f"got values from {T.min()} to {T.max()}"
+    seen = f"got values from {_shortest(T.min())} to {_shortest(T.max())}"
     if net.loss.code == CROSS_ENTROPY:
         return f"targets for cross_entropy must lie in [0, 1], {seen}"
     if net.output_dim > 1:
@@ -313,7 +319,7 @@ def _outside_unit_message(T, net):
                 f"outputs) must be 0/1 indicators (or probabilities: they must lie in "
                 f"[0, 1]), {seen}")
     distinct = np.unique(T)
-    shown = ", ".join(str(v) for v in distinct[:5]) + (", ..." if len(distinct) > 5 else "")
+    shown = ", ".join(map(_shortest, distinct[:5])) + (", ..." if len(distinct) > 5 else "")
     return (f"targets for binary_cross_entropy must lie in [0, 1], or be class labels with "
             f"exactly two values (integers or strings); Y has {len(distinct)} distinct "
             f"values ({shown})")

@@ -131,7 +131,7 @@ def test_a_refused_or_undone_train_on_batch_learns_no_classes():
         model.train_on_batch(X, ["a", "b"])          # 2 labels for 3 units
     assert model.classes_ is None
     model.set_weights([np.full((2, 3), 1e38, np.float32), np.zeros(3, np.float32)])
-    model.optimizer.lr = 1e30
+    model.optimizer = fm.SGD(lr=1e30)
     with pytest.raises(fm.TrainingDiverged):
         model.train_on_batch(X * 1e30, ["a", "b", "c"])
     assert model.classes_ is None
@@ -222,10 +222,10 @@ def _labelled_csv(path, labels, rows=60):
 
 @pytest.mark.parametrize("labels, names", [
     # %g text: '1.23457e+06' was saved, a label found nowhere in the data
-    (["1234567", "7654321", "20240131"], ["1234567", "7654321", "20240131"]),
+    # (integer labels are the classes themselves, int64: tests/test_cli_integer_labels.py)
+    (["1234567", "7654321", "20240131"], [1234567, 7654321, 20240131]),
     # through float64, 2**53 and 2**53 + 1 were one class
-    (["9007199254740992", "9007199254740993", "5"], ["5", "9007199254740992",
-                                                     "9007199254740993"]),
+    (["9007199254740992", "9007199254740993", "5"], [5, 9007199254740992, 9007199254740993]),
     (["0.5", "2", "1e30"], ["0.5", "2", "1e+30"]),
 ])
 def test_cli_saves_the_class_labels_of_the_file(capsys, tmp_path, labels, names):

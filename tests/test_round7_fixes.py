@@ -174,7 +174,7 @@ def test_class_labels_for_an_mse_model_say_which_loss_takes_them():
 
 def test_a_target_just_above_1_is_shown_above_1():
     m = fm.Model([fm.Dense(3, "softmax")], input_dim=2, loss="cross_entropy")
-    with pytest.raises(ValueError, match=r"got values from 0.0 to 1.0000001"):
+    with pytest.raises(ValueError, match=r"got values from 0 to 1.0000001"):
         m.train_on_batch(np.ones((2, 2), np.float32),
                          np.array([[1 + 1e-7, 0, 0], [0, 1, 0]], np.float32))
 

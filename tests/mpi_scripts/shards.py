@@ -162,7 +162,7 @@ def main(mode, backend, outdir):
     if mode == "short_y" and rank == 1:
         y_mine = y_mine[:-1]
     if mode == "lr_mismatch" and rank == 1:
-        m.optimizer.lr = 2 * m.optimizer.lr
+        m.optimizer = fm.optimizers.from_config(dict(m.optimizer.config(), lr=2 * m.optimizer.lr))
     if mode == "step_fails" and rank == 1:
         real, calls = m.engine.loss_and_gradient, []
 

@@ -1,0 +1,292 @@
+"""Interrupts and their windows, found by the seventh hostile pass (tests/test_round7_fixes.py
+has the rest). Each Ctrl-C is put where the tester's random SIGINTs landed, deterministically:
+a stand-in raises KeyboardInterrupt there, or sends the process a real SIGINT there.
+
+- fit with feedback: a Ctrl-C in an epoch's validation, metrics or callbacks kept the
+  trained epoch while the History left it out (121 of 200 interrupts), so fit(1) +
+  interrupted fit + fit(1) was not fit(2); the quiet fit's chunk likewise, as its compiled
+  call returned or in its record;
+- save and load: a SIGINT taken by another thread (OpenBLAS's workers) reached the main
+  thread inside mkstemp (the temporary file and descriptor left behind); in load's fdopen
+  it closed the descriptor twice (OSError EBADF instead of KeyboardInterrupt);
+- set_state: new weights with the old generator, and bounds of the old weights kept by the
+  guarded step (which then wrote -inf unchecked);
+- the scikit-learn estimators: a refused refit kept the new classes_ beside the old
+  model_; Ctrl-C ends fit as scikit-learn's does (a warning, the best state restored);
+- ModelCheckpoint recorded a best it then failed to save.
+"""
+import gc
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fastmlp as fm
+from fastmlp import _npz
+from fastmlp import model as model_module
+
+BACKENDS = fm.available_backends()
+
+
+def _model(backend="numpy", dtype="float64"):
+    return fm.Model([fm.Dense(6, "tanh"), fm.Dense(2)], input_dim=3, optimizer=fm.SGD(0.1),
+                    backend=backend, dtype=dtype, seed=3)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(1)
+    return rng.normal(size=(30, 3)), rng.normal(size=(30, 2))
+
+
+def _same(a, b):
+    for x, y in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(x, y)
+    assert a.get_state()["rng_state"] == b.get_state()["rng_state"]
+
+
+class CtrlCAt(fm.Callback):
+    """Raises KeyboardInterrupt at the end of epoch ``epoch``."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+# -- fit ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("where", ["callback", "validation"])
+def test_ctrl_c_in_an_epochs_feedback_undoes_the_epoch(backend, where, data, monkeypatch):
+    X, Y = data
+    resumed, straight = _model(backend), _model(backend)
+    resumed.fit(X, Y, epochs=1, batch_size=8)
+    kwargs = {"validation_data": (X[:5], Y[:5]), "batch_size": 8, "epochs": 4}
+    if where == "callback":
+        kwargs["callbacks"] = [CtrlCAt(1)]
+    else:
+        calls = []
+        real = resumed.engine.evaluate
+
+        def evaluate(*args):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real(*args)
+        monkeypatch.setattr(resumed.engine, "evaluate", evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        resumed.fit(X, Y, **kwargs)
+    monkeypatch.undo()
+    assert len(resumed.history.epoch) == 1 and len(resumed.history.history["val_loss"]) == 1
+    resumed.fit(X, Y, epochs=1, batch_size=8)
+    straight.fit(X, Y, epochs=3, batch_size=8)   # 1 + the interrupted fit's 1 kept + 1
+    _same(resumed, straight)
+
+
+def test_a_callbacks_own_error_keeps_the_trained_epoch(data):
+    """As in Keras: only an interrupt or a divergence undoes an epoch."""
+    X, Y = data
+
+    class Fails(fm.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise ValueError("my callback")
+    m, twin = _model(), _model()
+    with pytest.raises(ValueError, match="my callback"):
+        m.fit(X, Y, epochs=3, batch_size=8, callbacks=[Fails()])
+    twin.fit(X, Y, epochs=1, batch_size=8)
+    _same(m, twin)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("where", ["as the call returns", "in the record"])
+def test_ctrl_c_around_a_quiet_chunk_undoes_the_chunk(backend, where, data, monkeypatch):
+    X, Y = data
+    resumed, straight = _model(backend), _model(backend)
+    resumed.fit(X, Y, epochs=2, batch_size=8)
+    if where == "as the call returns":
+        real = model_module.Model._epochs
+
+        def epochs_then_ctrl_c(self, *args):
+            real(self, *args)
+            raise KeyboardInterrupt
+        monkeypatch.setattr(model_module.Model, "_epochs", epochs_then_ctrl_c)
+    else:
+        def half_recorded(history, done, losses, *args):
+            history.epoch.extend(range(done, done + len(losses)))
+            raise KeyboardInterrupt
+        monkeypatch.setattr(model_module.Model, "_record", staticmethod(half_recorded))
+    with pytest.raises(KeyboardInterrupt):
+        resumed.fit(X, Y, epochs=5, batch_size=8)
+    monkeypatch.undo()
+    assert resumed.history.epoch == [] and resumed.history.history == {"loss": []}
+    resumed.fit(X, Y, epochs=2, batch_size=8)
+    straight.fit(X, Y, epochs=4, batch_size=8)
+    _same(resumed, straight)
+
+
+# -- save and load -------------------------------------------------------------------------
+def _sigint_from(thread):
+    """A SIGINT the operating system hands to ``thread`` (not the main thread)."""
+    signal.pthread_kill(thread.ident, signal.SIGINT)
+    time.sleep(0.05)   # Python's handler runs in the main thread at its next check
+
+
+@pytest.fixture
+def worker():
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, daemon=True)
+    thread.start()
+    yield thread
+    stop.set()
+    thread.join()
+
+
+def test_a_sigint_taken_by_another_thread_inside_mkstemp_leaves_nothing(tmp_path, monkeypatch,
+                                                                        worker):
+    import tempfile
+    from fastmlp import _atomic
+    path = tmp_path / "m.fastmlp"
+    _model().save(path)
+    before, fds = path.read_bytes(), len(os.listdir("/proc/self/fd"))
+    real = tempfile.mkstemp
+
+    def mkstemp_then_sigint(*args, **kwargs):
+        made = real(*args, **kwargs)
+        _sigint_from(worker)
+        return made
+    monkeypatch.setattr(_atomic.tempfile, "mkstemp", mkstemp_then_sigint)
+    with pytest.raises(KeyboardInterrupt):
+        _model().save(path)
+    assert os.listdir(tmp_path) == ["m.fastmlp"] and path.read_bytes() == before
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_a_sigint_inside_loads_fdopen_is_keyboard_interrupt(tmp_path, monkeypatch, worker):
+    path = tmp_path / "m.fastmlp"
+    _model().save(path)
+    gc.collect()
+    fds = len(os.listdir("/proc/self/fd"))
+    real = os.fdopen
+
+    def fdopen_then_sigint(*args, **kwargs):
+        f = real(*args, **kwargs)
+        _sigint_from(worker)
+        return f
+    monkeypatch.setattr(_npz.os, "fdopen", fdopen_then_sigint)
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        fm.load(path)
+    monkeypatch.undo()
+    # The descriptor closed twice: once by load, and again by the file object that owned
+    # it when it is collected, which then closes whatever file took that number meanwhile.
+    other = open(path, "rb")
+    del interrupted   # its traceback holds the stand-in's frame, and the file object
+    gc.collect()
+    assert len(other.read(4)) == 4
+    other.close()
+    assert len(os.listdir("/proc/self/fd")) == fds
+    fm.load(path)
+
+
+# -- set_state -------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_set_state_is_whole_and_pushed_whatever_a_ctrl_c_does(backend, monkeypatch):
+    m, other = _model(backend), _model(backend)
+    other.fit(np.ones((4, 3)), np.zeros((4, 2)), epochs=2, batch_size=2)
+    wanted = other.get_state()
+    pushes = []
+    real_push = m._push
+    monkeypatch.setattr(m, "_push", lambda: (pushes.append(1), real_push()))
+
+    class Interrupting:
+        """The generator's state setter, with a real SIGINT as it runs."""
+
+        def __init__(self, bit_generator):
+            self._inner = bit_generator
+
+        @property
+        def state(self):
+            return self._inner.state
+
+        @state.setter
+        def state(self, value):
+            os.kill(os.getpid(), signal.SIGINT)
+            self._inner.state = value
+
+    rng = m._rng
+    monkeypatch.setattr(m, "_rng", type("Rng", (), {"bit_generator": Interrupting(
+        rng.bit_generator)})())
+    with pytest.raises(KeyboardInterrupt):
+        m.set_state(wanted)
+    monkeypatch.setattr(m, "_rng", rng)
+    assert pushes == [1]
+    got = m.get_state()
+    np.testing.assert_array_equal(got["theta"], wanted["theta"])
+    assert got["rng_state"] == wanted["rng_state"]
+
+
+# -- scikit-learn ------------------------------------------------------------------------------
+sklearn = pytest.importorskip("sklearn")
+from fastmlp.sklearn import MLPClassifier  # noqa: E402
+
+
+def _animals():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 4))
+    return X, np.where(X[:, 0] > 0, "cat", "dog")
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_a_refused_refit_keeps_the_fitted_estimator_whole():
+    X, y = _animals()
+    est = MLPClassifier(hidden_layer_sizes=(5,), max_iter=5, random_state=0,
+                        backend="numpy").fit(X, y)
+    before = est.predict(X)
+    with pytest.raises(ValueError, match="weight decay"):
+        est.set_params(alpha=1e6).fit(X[:40], np.where(y[:40] == "cat", "apple", "pear"))
+    assert est.classes_.tolist() == ["cat", "dog"]
+    np.testing.assert_array_equal(est.predict(X), before)
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_ctrl_c_ends_fit_as_scikit_learns_does(early_stopping, monkeypatch):
+    X, y = _animals()
+    real, calls = fm.Model.fit, []
+
+    def fit(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(fm.Model, "fit", fit)
+    est = MLPClassifier(hidden_layer_sizes=(5,), max_iter=50, random_state=0, backend="numpy",
+                        early_stopping=early_stopping, n_iter_no_change=50)
+    with pytest.warns(UserWarning, match="Training interrupted by user"):
+        assert est.fit(X, y) is est
+    assert est.n_iter_ == 3 and len(est.loss_curve_) == 3
+    est.predict(X)
+    if early_stopping:
+        assert len(est.validation_scores_) == 3
+
+
+# -- ModelCheckpoint -------------------------------------------------------------------------
+def test_checkpoint_records_a_best_only_once_it_is_saved(tmp_path, data, monkeypatch):
+    X, Y = data
+    m = _model()
+    ckpt = fm.ModelCheckpoint(str(tmp_path / "best.fastmlp"), monitor="loss")
+    real = fm.Model.save
+
+    def full_disk(self, path):
+        raise OSError(27, "File too large")
+    monkeypatch.setattr(fm.Model, "save", full_disk)
+    with pytest.raises(OSError):
+        m.fit(X, Y, epochs=2, batch_size=8, callbacks=[ckpt])
+    assert ckpt.best is None and ckpt.last_saved is None
+    monkeypatch.setattr(fm.Model, "save", real)
+    m.fit(X, Y, epochs=1, batch_size=8, callbacks=[ckpt])
+    assert ckpt.last_saved is not None and (tmp_path / "best.fastmlp").exists()
