@@ -195,6 +195,16 @@ class EarlyStopping(Callback):
             self.model.set_state(self.best_state)
 
 
+def _file_identity(path):
+    """(device, inode, mtime) of the file at ``path``, or None: what changes when a save
+    replaces it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
 class ModelCheckpoint(Callback):
     """Save the model with ``model.save`` (atomic) when a monitored value improves.
 
@@ -230,9 +240,20 @@ class ModelCheckpoint(Callback):
             if not _improves(value, self.best, self.mode, 0.0):
                 return
         path = self._format(epoch, logs)
-        self.model.save(path)
-        # the best only once it is on disk: recorded before a save that failed (a full disk,
-        # Ctrl-C), it named a model never written, and no later epoch short of it was saved
+        before = _file_identity(path)
+        try:
+            self.model.save(path)
+        except BaseException:
+            # The best only once it is on disk: recorded before a save that failed (a full
+            # disk), it named a model never written, and no later epoch short of it was
+            # saved. But a Ctrl-C can land after the file was replaced (save then raises
+            # it): a new file (a save makes a new inode) holds this epoch's model.
+            if _file_identity(path) != before:
+                self._saved(epoch, path, value if self.save_best_only else None)
+            raise
+        self._saved(epoch, path, value if self.save_best_only else None)
+
+    def _saved(self, epoch, path, value):
         if self.save_best_only:
             self.best, self.best_epoch = value, epoch
         self.last_saved = path

@@ -132,23 +132,27 @@ class _Snapshot:
 
     def __init__(self, theta, state, pull, push):
         self._live = theta, state
-        self._pull, self._push = pull, push   # the backend's, for parameters on a device
-        rows = rules.buffers_in_use(state)
+        self._pull, self._push = pull, push   # the model's, for parameters on a device
         self._theta = np.empty_like(theta)
-        self._buffers = np.empty_like(state.buffers[:rows])
+        self._buffers = np.empty_like(state.buffers[:rules.buffers_in_use(state)])
+        self._rows = 0
         self._step = state.step.copy()
 
     def save(self):
         theta, state = self._live
         self._pull()
+        # the rows in use now: a callback may have given the model momentum since
+        self._rows = rules.buffers_in_use(state)
+        if len(self._buffers) < self._rows:
+            self._buffers = np.empty_like(state.buffers[:self._rows])
         np.copyto(self._theta, theta)
-        np.copyto(self._buffers, state.buffers[:len(self._buffers)])
+        np.copyto(self._buffers[:self._rows], state.buffers[:self._rows])
         np.copyto(self._step, state.step)
 
     def restore(self):
         theta, state = self._live
         np.copyto(theta, self._theta)
-        np.copyto(state.buffers[:len(self._buffers)], self._buffers)
+        np.copyto(state.buffers[:self._rows], self._buffers[:self._rows])
         np.copyto(state.step, self._step)
         self._push()
 
@@ -303,7 +307,6 @@ class Model:
             self._optimizer = optimizer
             self._state.hyper[:] = optimizer.hyper()   # the kernels read it at every call
             self._check_state = rules.buffers_in_use(self._state) > 0
-            self._snapshot = None   # its rows are the buffers in use: made again when needed
             if rules.sgd_fold_rows(self._state) != folds:  # momentum turned on or off
                 self._bind_engine(type(self._engine))
             self._push()                               # a device backend copies it again
@@ -1046,7 +1049,10 @@ class Model:
         """The model's one :class:`_Snapshot` (made on first use), saved before a step or
         epoch and restored if it goes wrong; only used with the lock held."""
         if self._snapshot is None:
-            self._snapshot = _Snapshot(self._theta, self._state, self._pull, self._push)
+            # the model's pull and push as they are when called: a new optimiser may have
+            # given the model a new backend object since (its guard's bounds are its own)
+            self._snapshot = _Snapshot(self._theta, self._state, lambda: self._pull(),
+                                       lambda: self._push())
         return self._snapshot
 
     def _check_finite(self, loss, where, kept):

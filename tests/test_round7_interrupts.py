@@ -290,3 +290,54 @@ def test_checkpoint_records_a_best_only_once_it_is_saved(tmp_path, data, monkeyp
     monkeypatch.setattr(fm.Model, "save", real)
     m.fit(X, Y, epochs=1, batch_size=8, callbacks=[ckpt])
     assert ckpt.last_saved is not None and (tmp_path / "best.fastmlp").exists()
+
+
+# -- found by the pass over these fixes ------------------------------------------------------
+class MomentumFrom(fm.Callback):
+    """Turns momentum on at the start of epoch ``epoch`` (a warm-up schedule) and, given
+    ``interrupt_at``, stands for a Ctrl-C at the end of that epoch."""
+
+    def __init__(self, epoch, interrupt_at=None):
+        self.epoch, self.interrupt_at = epoch, interrupt_at
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.model.optimizer = fm.SGD(0.05, momentum=0.9)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.interrupt_at:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_epoch_interrupted_after_a_callback_gave_momentum_is_undone_whole(backend, data):
+    """The rollback copy was sized for the buffers in use when fit began (none for plain
+    SGD): momentum's buffer was not put back, and the next epoch differed."""
+    X, Y = data
+    straight, resumed = _model(backend), _model(backend)
+    straight.fit(X, Y, epochs=2, batch_size=8, callbacks=[MomentumFrom(1)])
+    with pytest.raises(KeyboardInterrupt):
+        resumed.fit(X, Y, epochs=3, batch_size=8, callbacks=[MomentumFrom(1, interrupt_at=2)])
+    np.testing.assert_array_equal(resumed.get_state()["opt_buffers"],
+                                  straight.get_state()["opt_buffers"])
+    for model in (straight, resumed):
+        model.fit(X, Y, epochs=1, batch_size=8)
+    _same(resumed, straight)
+
+
+def test_a_ctrl_c_after_the_checkpoint_file_was_replaced_records_its_best(tmp_path, data,
+                                                                          monkeypatch):
+    """save raises a Ctrl-C that lands after the rename; the file then holds this epoch's
+    model, so the checkpoint's best must name it (else a worse epoch overwrote it)."""
+    from fastmlp import _atomic
+    X, Y = data
+    ckpt = fm.ModelCheckpoint(str(tmp_path / "best.fastmlp"), monitor="loss")
+
+    def renamed_then_ctrl_c(folder):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(_atomic, "_record_our_save", renamed_then_ctrl_c)
+    m = _model()
+    with pytest.raises(KeyboardInterrupt):
+        m.fit(X, Y, epochs=1, batch_size=8, shuffle=False, callbacks=[ckpt])
+    assert ckpt.best is not None and ckpt.best_epoch == 0
+    assert ckpt.last_saved == str(tmp_path / "best.fastmlp")
