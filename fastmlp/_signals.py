@@ -3,6 +3,8 @@ import contextlib
 import signal
 import threading
 
+import _signal   # signal.signal without its Python wrapper: see _swap
+
 
 @contextlib.contextmanager
 def ctrl_c_deferred():
@@ -26,10 +28,34 @@ def ctrl_c_deferred():
         yield
         return
     caught = []
-    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+
+    def note(signum, frame):
+        caught.append(frame)
+
     try:
+        _swap(note)
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        _swap(previous)
         if caught:
             previous(signal.SIGINT, caught[0])
+
+
+def _swap(handler):
+    """Install ``handler`` for SIGINT, whatever another signal's handler raises meanwhile.
+
+    Another handler's exception (a SIGALRM timeout raising TimeoutError, say) can come out
+    of any call here. Out of signal.signal's Python wrapper after its C call had swapped
+    the handlers, it left the note-only handler installed for good (every later Ctrl-C
+    swallowed). The C function leaves no Python frame of its own, and the swap is
+    retried until it has run, with the first such exception raised afterwards."""
+    error = None
+    while True:
+        try:
+            _signal.signal(signal.SIGINT, handler)
+            if _signal.getsignal(signal.SIGINT) is handler:
+                break
+        except Exception as exc:   # (a KeyboardInterrupt cannot come while swapping)
+            error = error or exc
+    if error is not None:
+        raise error

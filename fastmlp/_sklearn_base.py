@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 import fastmlp as fm
 from fastmlp import backends as fm_backends
 from fastmlp import validation
+from fastmlp._signals import ctrl_c_deferred
 from fastmlp.activations import ACTIVATIONS
 
 _SKLEARN_NAMES = {"identity": "linear", "logistic": "sigmoid"}
@@ -140,9 +141,10 @@ class BaseMLP(BaseEstimator):
                 self.model_._set_weight_decay(decay)
             best_state = self._epochs(X, X_val, T, T_val, early, batch_size, incremental)
             if early:
-                if best_state is not None:
-                    self.model_.set_state(best_state)
-                self.best_loss_ = None   # scikit-learn's convention with early stopping
+                with ctrl_c_deferred():   # the best restored whole, a Ctrl-C raised after
+                    if best_state is not None:
+                        self.model_.set_state(best_state)
+                    self.best_loss_ = None   # scikit-learn's convention with early stopping
         return self
 
     def _prepare(self, X, y, first, incremental, classes):
@@ -173,26 +175,18 @@ class BaseMLP(BaseEstimator):
 
         Ctrl-C ends them as scikit-learn's MLP does: a warning, the epochs done kept (an
         interrupted one is undone by Model.fit), the best state restored by the caller
-        with early stopping, and fit returns the estimator."""
-        best_state = None
+        with early stopping, and fit returns the estimator. An epoch Model.fit kept is
+        counted whole (n_iter_, t_, loss_curve_, its validation score), also when the
+        interrupt lands between the two."""
+        best = [None]   # the best state so far (early stopping), kept by _count
+        counted = self.model_.history if hasattr(self.model_, "history") else None
         try:
             for _ in range(1 if incremental else self.max_iter):
                 history = self.model_.fit(X, T, epochs=1, batch_size=batch_size,
                                           shuffle=self.shuffle)
-                loss = history.history["loss"][0]
-                self.n_iter_ += 1
-                self.t_ += len(X)
-                self.loss_curve_.append(loss)   # last: the one call a Ctrl-C may follow
-                if self.verbose:
-                    print(f"Iteration {self.n_iter_}, loss = {loss:.8f}", flush=True)
-                if early:
-                    score = self._validation_score(X_val, T_val)
-                    if self._record_validation(score):
-                        best_state = self.model_.get_state()
-                    if self.verbose:
-                        print(f"Validation score: {score:.6f}", flush=True)
-                else:
-                    self._record_loss(loss)
+                with ctrl_c_deferred():
+                    self._count(history, len(X), early, X_val, T_val, best)
+                    counted = history
                 if incremental:
                     break
                 if self._no_improvement > self.n_iter_no_change:
@@ -207,8 +201,30 @@ class BaseMLP(BaseEstimator):
                                   "reached and the optimization hasn't converged yet.",
                                   ConvergenceWarning)
         except KeyboardInterrupt:
+            with ctrl_c_deferred():
+                last = getattr(self.model_, "history", None)
+                if last is not counted and last is not None and len(last.epoch) == 1:
+                    # Model.fit kept its epoch (recorded), and the interrupt came after
+                    self._count(last, len(X), early, X_val, T_val, best)
             warnings.warn("Training interrupted by user.")
-        return best_state
+        return best[0]
+
+    def _count(self, history, rows, early, X_val, T_val, best):
+        """Record one epoch Model.fit trained: counters, loss curve, validation score."""
+        loss = history.history["loss"][0]
+        self.n_iter_ += 1
+        self.t_ += rows
+        self.loss_curve_.append(loss)
+        if self.verbose:
+            print(f"Iteration {self.n_iter_}, loss = {loss:.8f}", flush=True)
+        if early:
+            score = self._validation_score(X_val, T_val)
+            if self._record_validation(score):
+                best[0] = self.model_.get_state()
+            if self.verbose:
+                print(f"Validation score: {score:.6f}", flush=True)
+        else:
+            self._record_loss(loss)
 
     def _record_loss(self, loss):
         # scikit-learn's rule: no improvement unless the loss beats the best by tol.

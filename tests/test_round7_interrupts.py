@@ -341,3 +341,60 @@ def test_a_ctrl_c_after_the_checkpoint_file_was_replaced_records_its_best(tmp_pa
         m.fit(X, Y, epochs=1, batch_size=8, shuffle=False, callbacks=[ckpt])
     assert ckpt.best is not None and ckpt.best_epoch == 0
     assert ckpt.last_saved == str(tmp_path / "best.fastmlp")
+
+
+@pytest.mark.parametrize("where", ["after Model.fit returned", "in the validation score"])
+def test_an_epoch_kept_is_counted_whole_whatever_a_ctrl_c_does(where, monkeypatch):
+    """The epoch Model.fit kept, with the interrupt after it: counted in n_iter_, t_,
+    loss_curve_ and validation_scores_ alike (validation_scores_ lacked it)."""
+    X, y = _animals()
+    est = MLPClassifier(hidden_layer_sizes=(5,), max_iter=20, random_state=0, backend="numpy",
+                        early_stopping=True, n_iter_no_change=50)
+    calls = []
+    if where == "after Model.fit returned":
+        real = fm.Model.fit
+
+        def fit(self, *args, **kwargs):
+            history = real(self, *args, **kwargs)
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return history
+        monkeypatch.setattr(fm.Model, "fit", fit)
+    else:
+        real = MLPClassifier._validation_score
+
+        def score(self, *args):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGINT)   # a real Ctrl-C, while it scores
+            return real(self, *args)
+        monkeypatch.setattr(MLPClassifier, "_validation_score", score)
+    with pytest.warns(UserWarning, match="Training interrupted by user"):
+        est.fit(X, y)
+    assert est.n_iter_ == 3 == len(est.loss_curve_) == len(est.validation_scores_)
+    assert est.t_ == 3 * 72   # 80 rows, 8 held out for validation
+
+
+def test_another_handlers_exception_during_the_swap_leaves_ctrl_c_working(monkeypatch):
+    """A timeout raised by a SIGALRM handler right after the swap came out of the block's
+    entry before its finally was armed: the note-only handler stayed, and every later
+    Ctrl-C was swallowed."""
+    from fastmlp import _signals
+    real, calls = _signals._signal.signal, []
+
+    def swap_then_timeout(signum, handler):
+        done = real(signum, handler)
+        calls.append(1)
+        if len(calls) == 1:
+            raise TimeoutError("my time limit")
+        return done
+    monkeypatch.setattr(_signals._signal, "signal", swap_then_timeout)
+    with pytest.raises(TimeoutError):
+        with _signals.ctrl_c_deferred():
+            pass
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
