@@ -103,11 +103,12 @@ def replace(path, write):
         except OSError as exc:
             raise _naming(exc, f"cannot save {shown}: cannot replace it") from None
     except BaseException:
-        if f is not None:
-            f.close()
-        if tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        with ctrl_c_deferred():   # a second Ctrl-C here left the temporary file behind
+            if f is not None:
+                f.close()
+            if tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
         raise
     try:  # make the rename itself durable
         with ctrl_c_deferred():   # the descriptor closed whatever happens

@@ -197,8 +197,9 @@ def numeric_target(table, required=True):
     When a cell is not a finite number: a ValueError naming its line if
     ``required``, else None (the column holds text labels).
     """
+    plain = _plain_numbers(table.cells)
     try:
-        values = np.array(table.cells).astype(np.float64)
+        values = np.array(table.cells).astype(np.float64) if plain else None
     except ValueError:
         values = None
     if values is not None and np.isfinite(values).all():
@@ -206,7 +207,7 @@ def numeric_target(table, required=True):
     values = np.empty(len(table.cells), dtype=np.float64)
     for k, (cell, line) in enumerate(zip(table.cells, table.lines)):
         try:
-            values[k] = float(cell)
+            values[k] = float(cell) if _plain_numbers([cell]) else np.nan
         except ValueError:
             values[k] = np.nan
         if not np.isfinite(values[k]):
@@ -244,10 +245,20 @@ def class_labels(table):
 
 def _integers(cells):
     """The cells as Python ints (exact at any size), or None unless every one is one."""
+    if not _plain_numbers(cells):
+        return None
     try:
         return [int(cell) for cell in cells]
     except ValueError:
         return None
+
+
+def _plain_numbers(cells):
+    """Whether the cells may be read as numbers: ASCII without underscores. Python's int()
+    and float() (and NumPy's) also read '1_000' and the Arabic-Indic '٣', which made the
+    labels '1_000' and '1000', or '٣' and '3', one class, silently (pandas reads them as
+    text). '007' and '7', or '+5' and '5', are one number, as pandas reads them."""
+    return all(cell.isascii() and "_" not in cell for cell in cells)
 
 
 def _number_name(x):

@@ -225,8 +225,6 @@ def _check_fields(header):
     _require(seed is None or (type(seed) is int and seed >= 0),
              f"seed must be an integer >= 0 or null, got {_short(seed)}")
     optimizer = optimizers.from_config(config)
-    problem = optimizers.problem_in(optimizer, dtype)   # e.g. lr 0 in the file's dtype
-    _require(problem is None, problem)
     return {"version": header["version"], "layers": layers, "input_dim": input_dim,
             "n_params": n_params,
             "loss": losses.get(net["loss"]).name, "optimizer": optimizer,

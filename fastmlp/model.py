@@ -21,7 +21,7 @@ from ._signals import ctrl_c_deferred
 from . import metrics as metric_table
 from .backends import get_backend
 from .backends import resolve as resolve_backend
-from .network import Network, param_out_of_range
+from .network import Network, param_out_of_range, slope_vanishes
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -236,7 +236,17 @@ class Model:
         if problem:
             raise ValueError(problem)
         self._rng = _generator(seed)
-        self._optimizer = _optimizer_for(optimizer, self.dtype)
+        self._optimizer = optimizers.get(optimizer)
+        meaningless = (slope_vanishes(self.net.layers, self.dtype)
+                       or optimizers.problem_in(self._optimizer, self.dtype))
+        if meaningless and draw:   # a new model (draw=False: one being restored)
+            raise ValueError(meaningless)
+        if meaningless:
+            # A file or pickle made before these settings were refused (a model that
+            # trained nothing, or diverged) still loads: no saved model is lost.
+            warnings.warn(f"this saved model's settings mean nothing in {self.dtype.name}: "
+                          f"{meaningless}. It predicts as saved; to train it, give it a new "
+                          "optimizer (model.optimizer = ...)", RuntimeWarning, stacklevel=4)
         self.backend = resolve_backend(backend)
         backend_class = get_backend(self.backend)
         if self.backend == "numba":
@@ -819,7 +829,8 @@ class Model:
         """
         n = len(X)
         per_epoch = max(1, n * self.net.n_params)
-        chunk = int(max(1, min(epochs, 1024, self._CHUNK_WORK // per_epoch, (1 << 20) // n)))
+        work = self._CHUNK_WORK * getattr(self._engine, "chunk_work_share", 1)
+        chunk = int(max(1, min(epochs, 1024, work // per_epoch, (1 << 20) // n)))
         snapshot = self._rollback()
         # writable C arrays, as the shuffled orders are: Numba compiles per array type
         orders = None if shuffle else np.tile(np.arange(n, dtype=np.int64), (chunk, 1))

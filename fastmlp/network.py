@@ -99,17 +99,24 @@ class Dense:
 
 def param_out_of_range(layers, dtype):
     """Why a layer's activation parameter cannot be held by ``dtype``, or None: 1e39 is
-    inf in float32, and so would be every output it scales; a linear slope of 1e-50 is 0
-    there, the slope a=0 that Dense refuses."""
+    inf in float32, and so would be every output it scales."""
     largest = float(np.finfo(dtype).max)
     for i, layer in enumerate(layers, 1):
         if abs(layer.param) > largest:
             return (f"layer {i}'s {layer.activation.param}={layer.param!r} is too large for "
                     f"{np.dtype(dtype).name} (at most {largest:.4g} in magnitude)")
-        if layer.activation.code == act.LINEAR and np.dtype(dtype).type(layer.param) == 0:
-            return (f"layer {i}'s linear slope a={layer.param!r} is 0 in "
-                    f"{np.dtype(dtype).name}: the layer would output 0 and learn nothing; "
-                    "give a larger a or dtype='float64'")
+    return None
+
+
+def slope_vanishes(layers, dtype):
+    """Why a linear layer's slope means nothing in ``dtype``, or None: 1e-50 is 0 in
+    float32, the slope a=0 that Dense refuses."""
+    for i, layer in enumerate(layers, 1):
+        if layer.activation.code == act.LINEAR and abs(layer.param) < np.finfo(dtype).tiny:
+            # 0 there, or subnormal (a z below 1 then makes 0 too)
+            return (f"layer {i}'s linear slope a={layer.param!r} is 0 or below the smallest "
+                    f"normal number in {np.dtype(dtype).name}: the layer would output 0 and "
+                    "learn nothing; give a larger |a| or dtype='float64'")
     return None
 
 

@@ -141,8 +141,12 @@ def problem_in(optimizer, dtype):
         value = getattr(optimizer, name, None)
         with np.errstate(over="ignore"):   # 1e39 -> inf in float32 is what is checked
             held = dtype.type(value) if value is not None else None
-        if held is not None and (held == 0 or not np.isfinite(held)):
-            return (f"{name}={value!r} is {float(held)!r} in {dtype.name}, the model's "
+        # a rate below the smallest normal number (1e-45 is 1.4e-45 in float32) makes
+        # steps that underflow to 0 or vanish beside the weights: nothing would learn
+        smallest = np.finfo(dtype).tiny if name == "lr" else 0
+        if held is not None and not (smallest <= held < np.inf and held > 0):
+            what = "below the smallest normal number" if 0 < held < np.inf else float(held)
+            return (f"{name}={value!r} is {what} in {dtype.name}, the model's "
                     f"arithmetic: give a {name} between {float(np.finfo(dtype).tiny):.3g} "
                     f"and {float(np.finfo(dtype).max):.3g}")
     for name in ("momentum", "beta1", "beta2"):

@@ -114,6 +114,17 @@ def test_text_labels_stay_strings(tmp_path):
     assert result.model.classes_.tolist() == ["10", "no", "yes"]
 
 
+@pytest.mark.parametrize("labels, classes", [
+    (("1_000", "1000", "2000"), ["1000", "1_000", "2000"]),
+    (("\u0663", "3", "4"), ["3", "4", "\u0663"]),      # the Arabic-Indic digit three
+])
+def test_labels_only_pythons_int_reads_as_numbers_stay_text(tmp_path, labels, classes):
+    """int() and float() read '1_000' and the Arabic-Indic three as 1000 and 3: such labels
+    were merged with '1000' and '3' into one class, silently (pandas reads them as text)."""
+    result = train("--data", str(labelled_csv(tmp_path, labels)), "--epochs", "1")
+    assert result.model.classes_.tolist() == classes
+
+
 # -- bug 2: --task auto counts integer labels exactly ----------------------------------------
 
 def test_auto_counts_integer_labels_exactly(capsys, tmp_path):

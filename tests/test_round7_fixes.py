@@ -103,6 +103,7 @@ def test_another_kind_of_optimizer_is_refused():
 
 @pytest.mark.parametrize("optimizer, message", [
     (lambda: fm.SGD(lr=1e-50), "lr=1e-50 is 0.0 in float32"),
+    (lambda: fm.SGD(lr=1e-45), "lr=1e-45 is below the smallest normal number in float32"),
     (lambda: fm.SGD(lr=1e39), "lr=1e+39 is inf in float32"),
     (lambda: fm.Adam(eps=1e-320), "eps=1e-320 is 0.0 in float32"),
     (lambda: fm.Adam(eps=1e39), "eps=1e+39 is inf in float32"),
@@ -122,14 +123,20 @@ def test_settings_the_dtype_cannot_hold_are_refused(optimizer, message):
 
 
 def test_a_linear_slope_that_is_0_in_float32_is_refused():
-    with pytest.raises(ValueError, match="linear slope a=1e-50 is 0 in float32"):
+    with pytest.raises(ValueError, match="linear slope a=1e-50 is 0 or below the smallest normal number in float32"):
         fm.Model([fm.Dense(2, "linear", a=1e-50)], input_dim=2)
     fm.Model([fm.Dense(2, "linear", a=1e-50)], input_dim=2, dtype="float64")
+    with pytest.raises(ValueError, match="a=1e-45 is 0 or below the smallest normal"):
+        fm.Model([fm.Dense(2, "linear", a=1e-45)], input_dim=2)   # subnormal in float32
 
 
-def test_a_file_whose_optimizer_the_dtype_cannot_hold_is_a_bad_file(tmp_path):
+def test_a_file_saved_before_such_settings_were_refused_still_loads(tmp_path):
+    """No saved model is lost: a file (or pickle) of a model built before the refusal loads,
+    predicts as saved, says why its settings mean nothing, and trains once given a new
+    optimiser."""
     path = tmp_path / "m.fastmlp"
-    fm.Model([fm.Dense(2)], input_dim=2, optimizer=fm.SGD(lr=1e-50), dtype="float64").save(path)
+    model = fm.Model([fm.Dense(2)], input_dim=2, optimizer=fm.SGD(lr=1e-50), dtype="float64")
+    model.save(path)
     arrays = dict(np.load(path))
     header = arrays["header"].tobytes().decode().replace('"dtype": "float64"',
                                                           '"dtype": "float32"')
@@ -139,8 +146,18 @@ def test_a_file_whose_optimizer_the_dtype_cannot_hold_is_a_bad_file(tmp_path):
         arrays[name] = arrays[name].astype(np.float32)
     with open(path, "wb") as f:   # (a name not ending .npz: np.savez would add it)
         np.savez(f, **arrays)
+    with pytest.warns(RuntimeWarning, match="lr=1e-50 is 0.0 in float32"):
+        loaded = fm.load(path)
+    X = np.ones((3, 2), np.float32)
+    np.testing.assert_allclose(loaded.predict(X), model.predict(X), rtol=1e-6)
+    with pytest.warns(RuntimeWarning, match="lr=1e-50 is 0.0 in float32"):
+        pickle.loads(pickle.dumps(loaded))
     with pytest.raises(ValueError, match="lr=1e-50 is 0.0 in float32"):
-        fm.load(path)
+        loaded.optimizer = fm.SGD(lr=1e-50)
+    loaded.optimizer = fm.SGD(lr=0.1)
+    before = loaded.get_weights()[0].copy()
+    loaded.train_on_batch(X, np.zeros((3, 2), np.float32) + 5)
+    assert not np.array_equal(loaded.get_weights()[0], before)
 
 
 # -- errors that name the problem ----------------------------------------------------------
