@@ -28,7 +28,7 @@ import stat
 import tempfile
 import threading
 
-from ._signals import ctrl_c_deferred
+from ._signals import ctrl_c_deferred, run_whole
 
 _TEMP = re.compile(r"\.fastmlp-(\d+)-[a-z0-9_]+\.tmp\Z")
 _umask_lock = threading.Lock()
@@ -103,12 +103,13 @@ def replace(path, write):
         except OSError as exc:
             raise _naming(exc, f"cannot save {shown}: cannot replace it") from None
     except BaseException:
-        with ctrl_c_deferred():   # a second Ctrl-C here left the temporary file behind
+        def clean_up():
             if f is not None:
                 f.close()
             if tmp is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
+        run_whole(clean_up)   # a second Ctrl-C here left the temporary file behind
         raise
     try:  # make the rename itself durable
         with ctrl_c_deferred():   # the descriptor closed whatever happens

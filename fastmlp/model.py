@@ -17,7 +17,7 @@ import numpy as np
 
 from . import activations as act
 from . import io, labels, optimizers, rules, validation, warmup
-from ._signals import ctrl_c_deferred
+from ._signals import ctrl_c_deferred, run_whole
 from . import metrics as metric_table
 from .backends import get_backend
 from .backends import resolve as resolve_backend
@@ -629,7 +629,7 @@ class Model:
                 self._check_finite(0.0, "in apply_gradient", "the model was left as it was "
                                    "before the step")
             except BaseException:
-                snapshot.restore()
+                run_whole(snapshot.restore)   # (a second Ctrl-C: raised after it)
                 raise
 
     def train_on_batch(self, X, Y):
@@ -672,8 +672,10 @@ class Model:
                 self._check_finite(loss, "in this train_on_batch step", "the model was left "
                                    "as it was before the step")
             except BaseException:  # ... with nothing learnt either
-                snapshot.restore()
-                self.classes_, self.feature_names_in_ = learnt
+                def undo():
+                    snapshot.restore()
+                    self.classes_, self.feature_names_in_ = learnt
+                run_whole(undo)   # (a second Ctrl-C: raised after the undo)
                 raise
         return loss
 
@@ -797,10 +799,11 @@ class Model:
                     # show. A callback's or metric's own error keeps the trained epoch, as in
                     # Keras.
                     if not recorded and (not trained or isinstance(exc, KeyboardInterrupt)):
-                        with ctrl_c_deferred():   # (a second Ctrl-C: after the undo)
+                        def undo():
                             snapshot.restore()
                             self._rng.bit_generator.state = saved_rng
                             history._undo(recorded_so_far)
+                        run_whole(undo)   # (a second Ctrl-C: raised after the undo)
                     raise
                 if self.stop_training or (tol is not None and loss <= tol):
                     break
@@ -857,11 +860,12 @@ class Model:
                 # as the compiled call returns, redrawing the generator, recording, replaying
                 # after a bad epoch): the whole chunk undone, generator and History included
                 if not recorded:
-                    with ctrl_c_deferred():   # (a second Ctrl-C: after the undo)
+                    def undo():
                         if saved:
                             snapshot.restore()
                         self._rng.bit_generator.state = rng_before
                         history._undo(recorded_so_far)
+                    run_whole(undo)   # (a second Ctrl-C: raised after the undo)
                 raise
             done += len(losses)
             if len(losses) < k or (tol is not None and losses[-1] <= tol):

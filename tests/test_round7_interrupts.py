@@ -416,3 +416,31 @@ def test_the_reference_backends_quiet_chunks_are_short(data, monkeypatch):
         sizes[backend] = calls[0]
     work = fm.Model._CHUNK_WORK // (len(X) * _model().n_params)
     assert sizes["numpy"] == work // 64 and list(sizes.values())[1] == min(1024, work)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_second_ctrl_c_as_the_undo_begins_still_undoes(backend, data, monkeypatch):
+    """Two quick Ctrl-Cs: the second landed as the rollback began, before its deferral was
+    armed, and the epoch was left half undone. The undo is now run again until whole."""
+    from fastmlp import _signals
+    X, Y = data
+    resumed, straight = _model(backend), _model(backend)
+    resumed.fit(X, Y, epochs=1, batch_size=8)
+    real, calls = _signals.ctrl_c_deferred, []
+
+    @__import__("contextlib").contextmanager
+    def second_ctrl_c_first():
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt   # the second Ctrl-C, before the block is entered
+        with real():
+            yield
+    monkeypatch.setattr(_signals, "ctrl_c_deferred", second_ctrl_c_first)
+    monkeypatch.setattr(model_module, "ctrl_c_deferred", second_ctrl_c_first)
+    with pytest.raises(KeyboardInterrupt):
+        resumed.fit(X, Y, epochs=4, batch_size=8, callbacks=[CtrlCAt(1)])
+    monkeypatch.undo()
+    assert len(resumed.history.epoch) == 1
+    resumed.fit(X, Y, epochs=1, batch_size=8)
+    straight.fit(X, Y, epochs=3, batch_size=8)
+    _same(resumed, straight)
