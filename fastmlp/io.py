@@ -47,7 +47,7 @@ import numpy as np
 from . import _atomic, labels, losses, optimizers
 from . import activations as act
 from ._npz import Archive, FormatError
-from .network import Dense, param_out_of_range
+from .network import Dense, param_too_large
 
 FORMAT = "fastmlp-model"
 VERSION = 2              # the newest version written; version 1 files have no optional members
@@ -219,15 +219,14 @@ def _check_fields(header):
              f"optimizer must be an object of numbers, got {_short(config)}")
     dtype, backend, seed = header["dtype"], header["backend"], header["seed"]
     _require(dtype in ("float32", "float64"), f"dtype must be 'float32' or 'float64', got {_short(dtype)}")
-    out_of_range = param_out_of_range(layers, dtype)  # every output inf, or 0
-    _require(out_of_range is None, out_of_range)
+    too_large = param_too_large(layers, dtype)  # it would make every output inf
+    _require(too_large is None, too_large)
     _require(backend is None or isinstance(backend, str), f"backend must be a name, got {_short(backend)}")
     _require(seed is None or (type(seed) is int and seed >= 0),
              f"seed must be an integer >= 0 or null, got {_short(seed)}")
-    optimizer = optimizers.from_config(config)
     return {"version": header["version"], "layers": layers, "input_dim": input_dim,
             "n_params": n_params,
-            "loss": losses.get(net["loss"]).name, "optimizer": optimizer,
+            "loss": losses.get(net["loss"]).name, "optimizer": optimizers.from_config(config),
             "dtype": dtype, "backend": backend, "seed": seed,
             "rng_state": _rng_state(header["rng_state"])}
 

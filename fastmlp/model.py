@@ -21,7 +21,7 @@ from ._signals import ctrl_c_deferred, run_whole
 from . import metrics as metric_table
 from .backends import get_backend
 from .backends import resolve as resolve_backend
-from .network import Network, param_out_of_range, slope_vanishes
+from .network import Network, param_too_large, slope_vanishes
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -232,7 +232,7 @@ class Model:
     def _build(self, layers, input_dim, loss, optimizer, backend, dtype, seed, draw):
         self.net = Network(layers, input_dim, loss)
         self.dtype = _dtype(dtype)
-        problem = param_out_of_range(self.net.layers, self.dtype)
+        problem = param_too_large(self.net.layers, self.dtype)
         if problem:
             raise ValueError(problem)
         self._rng = _generator(seed)
@@ -850,8 +850,18 @@ class Model:
                 start = time.perf_counter()
                 losses, finished, error = self._epochs(X, T, orders[:k], batch_size, tol, done)
                 seconds = time.perf_counter() - start
-                self._settle_chunk(X, T, history, snapshot, rng_before, orders, k, n,
-                                   batch_size, shuffle, done, losses, finished, seconds, error)
+                if error is not None:
+                    # Undo the chunk, then redo its epochs before the bad one.
+                    snapshot.restore()
+                    self._rng.bit_generator.state = rng_before
+                    if finished and shuffle:
+                        orders = self._draw_orders(finished, n)
+                    self._replay(X, T, orders[:finished], batch_size)
+                elif shuffle and len(losses) < k:   # stopped at tol: draw only what was used
+                    self._rng.bit_generator.state = rng_before
+                    self._draw_orders(len(losses), n)
+                kept = losses if error is None else losses[:finished]
+                self._record(history, done, kept, n, seconds, len(losses))
                 recorded = True
                 if error is not None:
                     raise error
@@ -871,30 +881,15 @@ class Model:
             if len(losses) < k or (tol is not None and losses[-1] <= tol):
                 break
 
-    def _settle_chunk(self, X, T, history, snapshot, rng_before, orders, k, n, batch_size,
-                      shuffle, done, losses, finished, seconds, error):
-        """After a chunk's compiled call: record its epochs, or, when one diverged or was
-        interrupted (``error``, which the caller raises), undo the chunk, replay the epochs
-        before the bad one and record those."""
-        if error is not None:
-            # Undo the chunk, then redo its epochs before the bad one.
-            snapshot.restore()
-            self._rng.bit_generator.state = rng_before
-            if finished and shuffle:
-                orders = self._draw_orders(finished, n)
-            with self._quiet():
-                if finished and getattr(self._engine, "train_epochs", None) is not None:
-                    self._engine.train_epochs(X, T, orders[:finished], batch_size, -1.0,
-                                              np.empty(finished))
-                else:
-                    for e in range(finished):
-                        self._engine.train_epoch(X, T, orders[e], batch_size)
-            self._record(history, done, losses[:finished], n, seconds, len(losses))
-            return
-        if shuffle and len(losses) < k:   # stopped at tol: draw only what was used
-            self._rng.bit_generator.state = rng_before
-            self._draw_orders(len(losses), n)
-        self._record(history, done, losses, n, seconds, len(losses))
+    def _replay(self, X, T, orders, batch_size):
+        """Train again the epochs of ``orders`` (k, n) a chunk finished before a bad one:
+        the same data, orders and kernels give the same bits."""
+        with self._quiet():
+            if len(orders) and getattr(self._engine, "train_epochs", None) is not None:
+                self._engine.train_epochs(X, T, orders, batch_size, -1.0, np.empty(len(orders)))
+            else:
+                for order in orders:
+                    self._engine.train_epoch(X, T, order, batch_size)
 
     def _draw_orders(self, k, n):
         """k epochs' orders (k, n), the same numbers k calls of permutation(n) would give."""

@@ -97,7 +97,7 @@ class Dense:
         return f"Dense({self.units}, activation={self.activation.name!r}{extra})"
 
 
-def param_out_of_range(layers, dtype):
+def param_too_large(layers, dtype):
     """Why a layer's activation parameter cannot be held by ``dtype``, or None: 1e39 is
     inf in float32, and so would be every output it scales."""
     largest = float(np.finfo(dtype).max)
