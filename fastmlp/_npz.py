@@ -47,6 +47,18 @@ _DAMAGE = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, KeyError
            NotImplementedError, TypeError, ValueError, struct.error, zlib.error, OverflowError,
            RecursionError)
 
+def raised_by_caller(exc):
+    """The exception behind ``exc`` (one of _DAMAGE) if it says nothing of the file, else
+    None: an OSError without an error number that is not one of io's ValueErrors, such as
+    the TimeoutError a SIGALRM handler raises to time a call out, which was reported as a
+    damaged member. Reading errors (EIO, ETIMEDOUT on a network drive) carry their number."""
+    while exc is not None:   # zipfile raises BadZipFile over an OSError of its reading
+        if isinstance(exc, OSError) and exc.errno is None and not isinstance(exc, ValueError):
+            return exc
+        exc = exc.__context__
+    return None
+
+
 _FOREIGN = ("damaged or truncated, or a foreign format (neither .npz nor a NumPy array; "
             "pickles are never loaded)")
 
@@ -66,7 +78,9 @@ class Archive:
             size = os.fstat(self._file.fileno()).st_size
             try:
                 self._zip = zipfile.ZipFile(self._file)
-            except _DAMAGE:
+            except _DAMAGE as exc:
+                if (caller := raised_by_caller(exc)) is not None:
+                    raise caller from None
                 self._file.seek(0)
                 if self._file.read(6) == b"\x93NUMPY":
                     raise FormatError("it holds a single NumPy array, not a fastmlp .npz archive") from None
@@ -75,6 +89,8 @@ class Archive:
             self._infos = _members(self._zip.infolist(), set(required), set(optional), size)
         except OSError as exc:   # opened, but reading fails (EIO: /proc/self/mem, a bad disk)
             self._file.close()
+            if (caller := raised_by_caller(exc)) is not None:
+                raise caller from None
             raise FormatError(f"reading it failed ({exc.strerror or exc})") from None
         except BaseException:
             self._file.close()
@@ -102,6 +118,8 @@ class Archive:
                 f.close()
             if isinstance(exc, FormatError):
                 raise
+            if (caller := raised_by_caller(exc)) is not None:
+                raise caller from None
             raise FormatError(f"damaged or truncated (member {name!r}: {exc})") from None
         if dtype.hasobject:
             f.close()
@@ -125,6 +143,8 @@ class Archive:
                     raise EOFError("short member")
                 return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
             except _DAMAGE as exc:
+                if (caller := raised_by_caller(exc)) is not None:
+                    raise caller from None
                 raise FormatError(f"damaged or truncated (member {name!r}: {exc})") from None
 
     def close(self):
@@ -145,19 +165,28 @@ def _open_regular(path):
     problem = names_a_folder(path)
     if problem:
         raise FormatError(problem)
-    # Ctrl-C held back until the descriptor has its owner: landing inside fdopen, after
-    # the file object owned it, the except below closed it a second time (EBADF, or another
-    # file's descriptor); landing before the try, it was leaked.
+    # The descriptor is handed to its file object inside open() (C code, where no signal
+    # handler runs), never through a Python variable: an exception from a handler (a
+    # Ctrl-C, a SIGALRM timeout) landing between os.open and fdopen, with an except closing
+    # the descriptor, closed it a second time once the file object owned it (EBADF, or
+    # another file's descriptor closed). A Ctrl-C is held back until open() has returned,
+    # so the opener's descriptor is always closed or owned; another handler's exception can
+    # at worst leak it.
     with ctrl_c_deferred():
-        fd = _open_without_blocking(path)
-        try:
-            what = kind(os.fstat(fd).st_mode)  # the descriptor's: the path may change meanwhile
-            if what:
-                raise FormatError(f"it is {what}, not a regular file")
-            return os.fdopen(fd, "rb")
-        except BaseException:
-            os.close(fd)
-            raise
+        return open(path, "rb", opener=_open_regular_descriptor)
+
+
+def _open_regular_descriptor(path, flags):
+    """open()'s opener: a read-only descriptor of ``path`` if it leads to a regular file."""
+    fd = _open_without_blocking(path)
+    try:
+        what = kind(os.fstat(fd).st_mode)  # the descriptor's: the path may change meanwhile
+        if what:
+            raise FormatError(f"it is {what}, not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _open_without_blocking(path):
@@ -185,7 +214,9 @@ def _check_member_count(file, archive):
     input scaling or classes vanished would predict different numbers."""
     try:
         end = zipfile._EndRecData(file)  # zipfile's own reading of the record (zip64 too)
-    except _DAMAGE:
+    except _DAMAGE as exc:
+        if (caller := raised_by_caller(exc)) is not None:
+            raise caller from None
         end = None
     if end is None:
         raise FormatError(_FOREIGN)

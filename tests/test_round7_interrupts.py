@@ -167,23 +167,24 @@ def test_a_sigint_taken_by_another_thread_inside_mkstemp_leaves_nothing(tmp_path
 
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
-def test_a_sigint_inside_loads_fdopen_is_keyboard_interrupt(tmp_path, monkeypatch, worker):
+def test_a_sigint_once_loads_descriptor_is_open_is_keyboard_interrupt(tmp_path, monkeypatch,
+                                                                     worker):
     path = tmp_path / "m.fastmlp"
     _model().save(path)
     gc.collect()
     fds = len(os.listdir("/proc/self/fd"))
-    real = os.fdopen
+    real = _npz._open_without_blocking
 
-    def fdopen_then_sigint(*args, **kwargs):
-        f = real(*args, **kwargs)
+    def open_then_sigint(*args, **kwargs):
+        fd = real(*args, **kwargs)
         _sigint_from(worker)
-        return f
-    monkeypatch.setattr(_npz.os, "fdopen", fdopen_then_sigint)
+        return fd
+    monkeypatch.setattr(_npz, "_open_without_blocking", open_then_sigint)
     with pytest.raises(KeyboardInterrupt) as interrupted:
         fm.load(path)
     monkeypatch.undo()
-    # The descriptor closed twice: once by load, and again by the file object that owned
-    # it when it is collected, which then closes whatever file took that number meanwhile.
+    # The descriptor closed twice (fdopen's file object had it when the except closed it,
+    # then closed whatever file took that number meanwhile), or leaked.
     other = open(path, "rb")
     del interrupted   # its traceback holds the stand-in's frame, and the file object
     gc.collect()

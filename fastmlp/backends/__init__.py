@@ -110,6 +110,11 @@ _INSTALLED_IF = {
 
 def _load(name):
     module, cls = _REGISTRY[name].split(":")
+    imported = sys.modules.get(module)
+    if imported is not None and not getattr(imported.__spec__, "_initializing", True):
+        # Imported already: an exception from a signal handler (a SIGALRM timeout) landing
+        # in import_module's Python frames was reported as a backend that does not import.
+        return getattr(imported, cls)
     before = set(sys.modules)
     try:
         return getattr(importlib.import_module(module), cls)
