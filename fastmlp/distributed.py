@@ -81,9 +81,9 @@ import traceback
 import numpy as np
 
 from . import labels, optimizers, validation
-from .callbacks import ModelCheckpoint, ProgressBar
-from .model import (History, TrainingDiverged, _feature_names, _hook, distinct_names,
-                    validation_data_errors)
+from .callbacks import ModelCheckpoint, ProgressBar, check_monitors
+from .model import (History, TrainingDiverged, _feature_names, _hook, _logged,
+                    distinct_names, validation_data_errors)
 
 # Callbacks that write files or the terminal: one writer per job, rank 0.
 RANK_ZERO_ONLY = (ModelCheckpoint, ProgressBar)
@@ -300,6 +300,12 @@ class _Run:
         val_rows = self.agree(error, "preparing the data",
                               0 if error is not None or self.val is None else len(self.val[0]))
         self.n_val = sum(val_rows)
+        error = None
+        try:   # before any step, as Model.fit: a monitor no epoch logs is known now
+            check_monitors(callbacks, _logged((), self.n_val > 0, False))
+        except Exception as exc:
+            error = exc
+        self.agree(error, "checking the callbacks")
         return self.train(epochs, bool(shuffle), callbacks, verbose, check_consistency)
 
     @staticmethod

@@ -101,7 +101,14 @@ def _optimizer_for(optimizer, dtype):
 
 
 def _generator(seed):
-    """np.random.default_rng(seed), with NumPy's error (same type) reworded to name seed."""
+    """np.random.default_rng(seed), with NumPy's error (same type) reworded to name seed.
+
+    A Generator of another bit generator than PCG64 (MT19937, Philox, ...) seeds one of
+    PCG64 with its next numbers: get_state, set_state, copies and files hold PCG64's state
+    (such a Generator's state could be neither restored nor loaded: a saved file refused)."""
+    if (isinstance(seed, np.random.Generator)
+            and type(seed.bit_generator) is not np.random.PCG64):
+        return np.random.default_rng(seed.integers(2**63, size=4))
     try:
         return np.random.default_rng(seed)
     except (TypeError, ValueError) as exc:
@@ -265,6 +272,7 @@ class Model:
         # time per model. Readers (predict, evaluate, gradients) do not take it.
         self._lock = threading.RLock()
         self._snapshot = None         # the rollback copy (_rollback), made on first use
+        self._snapshots_in_use = 0    # training calls under way, nested in a callback's
         self._unit_targets = self.net.loss.output is not None  # cross-entropies: t in [0, 1]
         # On a device the backup of the checked step is a device copy, and a backend whose
         # guarded step proves its update finite before writing copies nothing: cheap at any
@@ -418,7 +426,7 @@ class Model:
         rng = np.random.default_rng()
         try:   # NumPy's own errors ("state must be a dict") do not say whose state
             rng.bit_generator.state = state["rng_state"]
-        except (TypeError, ValueError, KeyError) as exc:
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
             raise ValueError(f"rng_state is not a state of this model's generator "
                              f"({type(self._rng.bit_generator).__name__}): {exc}") from None
         # All four written, then push (the guarded step's bounds forgotten), whatever a
@@ -619,8 +627,7 @@ class Model:
         if grad.shape != (self.net.n_params,):
             raise ValueError(f"grad must have shape ({self.net.n_params},), got {grad.shape}")
         grad = _own(grad, self._theta, self._state.buffers)
-        with self._lock:
-            snapshot = self._rollback()
+        with self._lock, self._rollback() as snapshot:
             snapshot.save()
             try:
                 with np.errstate(over="ignore", invalid="ignore"):
@@ -664,19 +671,19 @@ class Model:
                 if not status:
                     return float(loss)
                 # diverged and undone: the step below says what went bad, and undoes it
-            snapshot = self._rollback()
-            snapshot.save()
-            try:
-                with self._quiet():
-                    loss = float(self._engine.train_step(X, T))
-                self._check_finite(loss, "in this train_on_batch step", "the model was left "
-                                   "as it was before the step")
-            except BaseException:  # ... with nothing learnt either
-                def undo():
-                    snapshot.restore()
-                    self.classes_, self.feature_names_in_ = learnt
-                run_whole(undo)   # (a second Ctrl-C: raised after the undo)
-                raise
+            with self._rollback() as snapshot:
+                snapshot.save()
+                try:
+                    with self._quiet():
+                        loss = float(self._engine.train_step(X, T))
+                    self._check_finite(loss, "in this train_on_batch step", "the model was "
+                                       "left as it was before the step")
+                except BaseException:  # ... with nothing learnt either
+                    def undo():
+                        snapshot.restore()
+                        self.classes_, self.feature_names_in_ = learnt
+                    run_whole(undo)   # (a second Ctrl-C: raised after the undo)
+                    raise
         return loss
 
     def predict_classes(self, X):
@@ -714,103 +721,108 @@ class Model:
         generator of the last finite epoch are restored; divergence raises
         TrainingDiverged naming the epoch and layer.
         """
-        learnt = self.classes_, self.feature_names_in_
-        try:
-            X, T = self._data(X, Y, learn=True)
-            epochs = validation.check_count(epochs, "epochs")
-            tol = validation.check_tol(tol)
-            X, T, val = self._validation_rows(X, T, validation_data, validation_split)
-            batch_size = validation.check_batch_size(batch_size, len(X))
-            metric_fns = metric_table.get(metrics, self.loss)
-            callbacks = self._callbacks(callbacks, verbose)
-            from .callbacks import check_monitors
-            check_monitors(callbacks, _logged(metric_fns, val is not None, gradient_norms))
-            self._warn_if_untrainable()   # (an error under warnings-as-errors)
-        except BaseException:  # a refused fit has learnt no labels or feature names
-            self.classes_, self.feature_names_in_ = learnt
-            raise
-        self.history = history = History()
-        self.stop_training = False
-        # A device backend gets the training set once per fit (metrics read the host copy).
-        Xd, Td = (X, T) if self._to_device is None else self._to_device(X, T)
-        val_d = val if val is None or self._to_device is None else self._to_device(*val)
-        if not (callbacks or val or metric_fns or verbose or gradient_norms):
-            with self._lock:
-                self._fit_quietly(Xd, Td, epochs, batch_size, tol, shuffle, history)
-            return history
-        for cb in callbacks:   # every set_model before any on_train_begin, as Keras
-            _hook(cb, "set_model", self)
-        for cb in callbacks:
-            _hook(cb, "on_train_begin", {"epochs": epochs, "samples": len(X),
-                                         "batch_size": batch_size})
-        perm = np.arange(len(X), dtype=np.int64)
-        norms = np.zeros(len(self.net.layers)) if gradient_norms else None
-        steps = -(-len(X) // batch_size)
-        logs = {}
+        # One trainer at a time from the first check on: labels learnt, History and
+        # stop_training reset under the lock (a fit waiting for another's end had its
+        # stop_training set by the other's callback, and two first fits each recorded
+        # its own classes_). The callbacks run under it too: one may call any method of
+        # this model, but not wait for another thread that does.
         with self._lock:
-            snapshot = self._rollback()
-            for epoch in range(epochs):
-                for cb in callbacks:
-                    _hook(cb, "on_epoch_begin", epoch, {})
-                start = time.perf_counter()
-                saved_rng, recorded_so_far = self._rng.bit_generator.state, history._mark()
-                snapshot.save()
-                trained = recorded = False
-                try:
-                    if shuffle:
-                        # a fresh permutation (not a reshuffle of the last one), so the order
-                        # depends only on the generator and fit(1) + save/load + fit(1) == fit(2)
-                        perm = self.permutation(len(X))
-                    # Overflow on the way to divergence is reported once, as TrainingDiverged,
-                    # not as NumPy warnings (which, as errors, would stop mid-epoch).
-                    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                        if norms is None:
-                            loss = self._engine.train_epoch(Xd, Td, perm, batch_size)
-                        else:
-                            norms[:] = 0
-                            loss = self._engine.train_epoch(Xd, Td, perm, batch_size,
-                                                            norms=norms)
-                    loss = float(loss)
-                    self._check_finite(loss, f"in epoch {epoch + 1}", "the weights of the "
-                                       "last finite epoch were kept")
-                    trained = True
-                    seconds = time.perf_counter() - start
-                    logs = {"loss": loss, **self._scores(metric_fns, X, T)}
-                    if val is not None:
-                        logs["val_loss"] = float(self._engine.evaluate(*val_d))
-                        logs.update({f"val_{k}": v
-                                     for k, v in self._scores(metric_fns, *val).items()})
-                    logs["samples_per_s"] = len(X) / seconds if seconds > 0 else float("inf")
-                    if norms is not None:
-                        logs["grad_norm"] = np.sqrt(norms / steps).tolist()
-                    if verbose == 2:
-                        from .callbacks import format_logs
-                        print(f"epoch {epoch + 1}/{epochs}  {format_logs(logs)}", flush=True)
+            learnt = self.classes_, self.feature_names_in_
+            try:
+                X, T = self._data(X, Y, learn=True)
+                epochs = validation.check_count(epochs, "epochs")
+                tol = validation.check_tol(tol)
+                X, T, val = self._validation_rows(X, T, validation_data, validation_split)
+                batch_size = validation.check_batch_size(batch_size, len(X))
+                metric_fns = metric_table.get(metrics, self.loss)
+                callbacks = self._callbacks(callbacks, verbose)
+                from .callbacks import check_monitors
+                check_monitors(callbacks, _logged(metric_fns, val is not None, gradient_norms))
+                self._warn_if_untrainable()   # (an error under warnings-as-errors)
+            except BaseException:  # a refused fit has learnt no labels or feature names
+                self.classes_, self.feature_names_in_ = learnt
+                raise
+            self.history = history = History()
+            self.stop_training = False
+            # A device backend gets the training set once per fit (metrics read the host copy).
+            Xd, Td = (X, T) if self._to_device is None else self._to_device(X, T)
+            val_d = val if val is None or self._to_device is None else self._to_device(*val)
+            if not (callbacks or val or metric_fns or verbose or gradient_norms):
+                self._fit_quietly(Xd, Td, epochs, batch_size, tol, shuffle, history)
+                return history
+            for cb in callbacks:   # every set_model before any on_train_begin, as Keras
+                _hook(cb, "set_model", self)
+            for cb in callbacks:
+                _hook(cb, "on_train_begin", {"epochs": epochs, "samples": len(X),
+                                             "batch_size": batch_size})
+            perm = np.arange(len(X), dtype=np.int64)
+            norms = np.zeros(len(self.net.layers)) if gradient_norms else None
+            steps = -(-len(X) // batch_size)
+            logs = {}
+            with self._rollback() as snapshot:
+                for epoch in range(epochs):
                     for cb in callbacks:
-                        _hook(cb, "on_epoch_end", epoch, logs)
-                    # after the callbacks (Keras's History is the last): values a callback
-                    # adds to logs, a custom metric say, are recorded too
-                    history.record(epoch, logs)
-                    recorded = True
-                except BaseException as exc:
-                    # Diverged, or interrupted before the epoch was recorded (in its training
-                    # or its validation, metrics, callbacks or record): never leave the model
-                    # half an epoch updated, nor an epoch trained that the History does not
-                    # show. A callback's or metric's own error keeps the trained epoch, as in
-                    # Keras.
-                    if not recorded and (not trained or isinstance(exc, KeyboardInterrupt)):
-                        def undo():
-                            snapshot.restore()
-                            self._rng.bit_generator.state = saved_rng
-                            history._undo(recorded_so_far)
-                        run_whole(undo)   # (a second Ctrl-C: raised after the undo)
-                    raise
-                if self.stop_training or (tol is not None and loss <= tol):
-                    break
-        for cb in callbacks:
-            _hook(cb, "on_train_end", logs)
-        self.history = history  # a fit run from one of this fit's callbacks replaced it
-        return history
+                        _hook(cb, "on_epoch_begin", epoch, {})
+                    start = time.perf_counter()
+                    saved_rng, recorded_so_far = self._rng.bit_generator.state, history._mark()
+                    snapshot.save()
+                    trained = recorded = False
+                    try:
+                        if shuffle:
+                            # a fresh permutation (not a reshuffle of the last one), so the
+                            # order depends only on the generator and
+                            # fit(1) + save/load + fit(1) == fit(2)
+                            perm = self.permutation(len(X))
+                        # Overflow on the way to divergence is reported once, as TrainingDiverged,
+                        # not as NumPy warnings (which, as errors, would stop mid-epoch).
+                        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                            if norms is None:
+                                loss = self._engine.train_epoch(Xd, Td, perm, batch_size)
+                            else:
+                                norms[:] = 0
+                                loss = self._engine.train_epoch(Xd, Td, perm, batch_size,
+                                                                norms=norms)
+                        loss = float(loss)
+                        self._check_finite(loss, f"in epoch {epoch + 1}", "the weights of the "
+                                           "last finite epoch were kept")
+                        trained = True
+                        seconds = time.perf_counter() - start
+                        logs = {"loss": loss, **self._scores(metric_fns, X, T)}
+                        if val is not None:
+                            logs["val_loss"] = float(self._engine.evaluate(*val_d))
+                            logs.update({f"val_{k}": v
+                                         for k, v in self._scores(metric_fns, *val).items()})
+                        logs["samples_per_s"] = len(X) / seconds if seconds > 0 else float("inf")
+                        if norms is not None:
+                            logs["grad_norm"] = np.sqrt(norms / steps).tolist()
+                        if verbose == 2:
+                            from .callbacks import format_logs
+                            print(f"epoch {epoch + 1}/{epochs}  {format_logs(logs)}", flush=True)
+                        for cb in callbacks:
+                            _hook(cb, "on_epoch_end", epoch, logs)
+                        # after the callbacks (Keras's History is the last): values a callback
+                        # adds to logs, a custom metric say, are recorded too
+                        history.record(epoch, logs)
+                        recorded = True
+                    except BaseException as exc:
+                        # Diverged, or interrupted before the epoch was recorded (in its training
+                        # or its validation, metrics, callbacks or record): never leave the model
+                        # half an epoch updated, nor an epoch trained that the History does not
+                        # show. A callback's or metric's own error keeps the trained epoch, as in
+                        # Keras.
+                        if not recorded and (not trained or isinstance(exc, KeyboardInterrupt)):
+                            def undo():
+                                snapshot.restore()
+                                self._rng.bit_generator.state = saved_rng
+                                history._undo(recorded_so_far)
+                            run_whole(undo)   # (a second Ctrl-C: raised after the undo)
+                        raise
+                    if self.stop_training or (tol is not None and loss <= tol):
+                        break
+            for cb in callbacks:
+                _hook(cb, "on_train_end", logs)
+            self.history = history  # a fit run from one of this fit's callbacks replaced it
+            return history
 
     # Networks up to this many parameters take train_on_batch's one-call checked step on
     # every backend (above it, only where that step copies nothing: see __init__).
@@ -834,52 +846,52 @@ class Model:
         per_epoch = max(1, n * self.net.n_params)
         work = self._CHUNK_WORK * getattr(self._engine, "chunk_work_share", 1)
         chunk = int(max(1, min(epochs, 1024, work // per_epoch, (1 << 20) // n)))
-        snapshot = self._rollback()
-        # writable C arrays, as the shuffled orders are: Numba compiles per array type
-        orders = None if shuffle else np.tile(np.arange(n, dtype=np.int64), (chunk, 1))
-        done = 0
-        while done < epochs:
-            k = min(chunk, epochs - done)
-            rng_before, recorded_so_far = self._rng.bit_generator.state, history._mark()
-            saved = recorded = False
-            try:
-                if shuffle:
-                    orders = self._draw_orders(k, n)
-                snapshot.save()
-                saved = True
-                start = time.perf_counter()
-                losses, finished, error = self._epochs(X, T, orders[:k], batch_size, tol, done)
-                seconds = time.perf_counter() - start
-                if error is not None:
-                    # Undo the chunk, then redo its epochs before the bad one.
-                    snapshot.restore()
-                    self._rng.bit_generator.state = rng_before
-                    if finished and shuffle:
-                        orders = self._draw_orders(finished, n)
-                    self._replay(X, T, orders[:finished], batch_size)
-                elif shuffle and len(losses) < k:   # stopped at tol: draw only what was used
-                    self._rng.bit_generator.state = rng_before
-                    self._draw_orders(len(losses), n)
-                kept = losses if error is None else losses[:finished]
-                self._record(history, done, kept, n, seconds, len(losses))
-                recorded = True
-                if error is not None:
-                    raise error
-            except BaseException:
-                # Ctrl-C anywhere before the chunk's epochs are recorded (drawing the orders,
-                # as the compiled call returns, redrawing the generator, recording, replaying
-                # after a bad epoch): the whole chunk undone, generator and History included
-                if not recorded:
-                    def undo():
-                        if saved:
-                            snapshot.restore()
+        with self._rollback() as snapshot:
+            # writable C arrays, as the shuffled orders are: Numba compiles per array type
+            orders = None if shuffle else np.tile(np.arange(n, dtype=np.int64), (chunk, 1))
+            done = 0
+            while done < epochs:
+                k = min(chunk, epochs - done)
+                rng_before, recorded_so_far = self._rng.bit_generator.state, history._mark()
+                saved = recorded = False
+                try:
+                    if shuffle:
+                        orders = self._draw_orders(k, n)
+                    snapshot.save()
+                    saved = True
+                    start = time.perf_counter()
+                    losses, finished, error = self._epochs(X, T, orders[:k], batch_size, tol, done)
+                    seconds = time.perf_counter() - start
+                    if error is not None:
+                        # Undo the chunk, then redo its epochs before the bad one.
+                        snapshot.restore()
                         self._rng.bit_generator.state = rng_before
-                        history._undo(recorded_so_far)
-                    run_whole(undo)   # (a second Ctrl-C: raised after the undo)
-                raise
-            done += len(losses)
-            if len(losses) < k or (tol is not None and losses[-1] <= tol):
-                break
+                        if finished and shuffle:
+                            orders = self._draw_orders(finished, n)
+                        self._replay(X, T, orders[:finished], batch_size)
+                    elif shuffle and len(losses) < k:   # stopped at tol: draw only what was used
+                        self._rng.bit_generator.state = rng_before
+                        self._draw_orders(len(losses), n)
+                    kept = losses if error is None else losses[:finished]
+                    self._record(history, done, kept, n, seconds, len(losses))
+                    recorded = True
+                    if error is not None:
+                        raise error
+                except BaseException:
+                    # Ctrl-C anywhere before the chunk's epochs are recorded (drawing the orders,
+                    # as the compiled call returns, redrawing the generator, recording, replaying
+                    # after a bad epoch): the whole chunk undone, generator and History included
+                    if not recorded:
+                        def undo():
+                            if saved:
+                                snapshot.restore()
+                            self._rng.bit_generator.state = rng_before
+                            history._undo(recorded_so_far)
+                        run_whole(undo)   # (a second Ctrl-C: raised after the undo)
+                    raise
+                done += len(losses)
+                if len(losses) < k or (tol is not None and losses[-1] <= tol):
+                    break
 
     def _replay(self, X, T, orders, batch_size):
         """Train again the epochs of ``orders`` (k, n) a chunk finished before a bad one:
@@ -1044,8 +1056,11 @@ class Model:
                                 f"class {cb.__name__}")
             if not any(hasattr(cb, h) for h in _HOOKS):
                 raise TypeError(f"callbacks must define one of {_HOOKS}, got {cb!r}")
-            other = sorted(h for h in dir(cb) if h.startswith("on_") and h not in _HOOKS)
-            if other:   # Keras's batch, test and predict hooks: never called here
+            # Keras's batch, test and predict hooks (methods: a data attribute such as
+            # self.on_rank is none of fit's business)
+            other = sorted(h for h in dir(cb) if h.startswith("on_") and h not in _HOOKS
+                           and callable(getattr(cb, h, None)))
+            if other:
                 raise TypeError(f"callbacks: {type(cb).__name__} defines {', '.join(other)}, "
                                 f"which fit never calls; it calls {', '.join(_HOOKS)} (a "
                                 "per-batch hook would take every step out of the compiled "
@@ -1055,15 +1070,28 @@ class Model:
             callbacks.append(ProgressBar())
         return callbacks
 
+    @contextlib.contextmanager
     def _rollback(self):
-        """The model's one :class:`_Snapshot` (made on first use), saved before a step or
-        epoch and restored if it goes wrong; only used with the lock held."""
-        if self._snapshot is None:
-            # the model's pull and push as they are when called: a new optimiser may have
-            # given the model a new backend object since (its guard's bounds are its own)
-            self._snapshot = _Snapshot(self._theta, self._state, lambda: self._pull(),
-                                       lambda: self._push())
-        return self._snapshot
+        """A :class:`_Snapshot`, saved before a step or epoch and restored if it goes wrong;
+        only used with the lock held. The model's one (made on first use), unless a
+        training call is under way: a callback's ``fit`` or ``apply_gradient`` gets its own
+        (sharing one, its save replaced the epoch start its fit's Ctrl-C then restored)."""
+        if self._snapshots_in_use:
+            snapshot = self._new_snapshot()
+        else:
+            if self._snapshot is None:
+                self._snapshot = self._new_snapshot()
+            snapshot = self._snapshot
+        self._snapshots_in_use += 1
+        try:
+            yield snapshot
+        finally:
+            self._snapshots_in_use -= 1
+
+    def _new_snapshot(self):
+        # the model's pull and push as they are when called: a new optimiser may have
+        # given the model a new backend object since (its guard's bounds are its own)
+        return _Snapshot(self._theta, self._state, lambda: self._pull(), lambda: self._push())
 
     def _check_finite(self, loss, where, kept):
         """Raise TrainingDiverged, saying truly what went non-finite, unless all is finite."""

@@ -174,6 +174,8 @@ def main(mode, backend, outdir):
         m.engine.loss_and_gradient = failing
     if mode in ("callback_fails", "interrupt", "drift", "epoch_begin_fails") and rank == 1:
         callbacks = [_Trouble(mode)]
+    if mode == "bad_monitor":   # no validation rows: refused before any step, as Model.fit
+        callbacks = [EarlyStopping("val_loss")]
     check = mode == "drift"
     try:
         epochs = EPOCHS + 1 if mode == "mismatch" and rank == 1 else EPOCHS

@@ -1,0 +1,216 @@
+"""Round 9 of hostile testing (callbacks, state and threads), each fixed:
+
+- a model seeded with a Generator of another bit generator than PCG64 (MT19937, ...):
+  set_state(get_state()), copies, pickles and EarlyStopping's restore failed, save raised
+  a raw JSON TypeError or (PCG64DXSM) replaced a good file with one load refused;
+- set_state given out-of-range integers in rng_state raised NumPy's raw OverflowError;
+- a callback that trained the model (fit, apply_gradient) before a Ctrl-C: the epoch's
+  rollback restored the nested call's snapshot, keeping the epoch's training;
+- a fit waiting for another's end had its stop_training set by the other's callback (it
+  ran one epoch of ten); two first fits each recorded their own classes_;
+- a callback with a plain attribute named on_... was refused as a hook fit never calls.
+"""
+import copy
+import pickle
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fastmlp as fm
+from fastmlp import labels
+
+BACKENDS = fm.available_backends()
+BIT_GENERATORS = [np.random.MT19937, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64]
+
+
+def _model(backend="numpy", seed=0, optimizer=None):
+    return fm.Model([fm.Dense(6, "tanh"), fm.Dense(1)], input_dim=3, backend=backend,
+                    optimizer=optimizer or fm.SGD(0.05), dtype="float64", seed=seed)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(40, 3))
+    return X, X[:, :1] ** 2
+
+
+# -- seeds of other bit generators ---------------------------------------------------------
+@pytest.mark.parametrize("bit_generator", BIT_GENERATORS, ids=lambda b: b.__name__)
+def test_a_generator_of_another_bit_generator_gives_a_state_that_round_trips(bit_generator,
+                                                                           data, tmp_path):
+    X, Y = data
+    m = _model(seed=np.random.Generator(bit_generator(0)))
+    m.fit(X, Y, epochs=2, batch_size=8)
+    m.set_state(m.get_state())
+    for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert other.get_state()["rng_state"] == m.get_state()["rng_state"]
+    path = tmp_path / "m.fastmlp"
+    m.save(path)
+    loaded, copied = fm.load(path), copy.deepcopy(m)
+    for model in (m, loaded, copied):
+        model.fit(X, Y, epochs=1, batch_size=8)
+    for other in (loaded, copied):
+        np.testing.assert_array_equal(other.get_state()["theta"], m.get_state()["theta"])
+    m = _model(seed=np.random.Generator(bit_generator(0)))
+    m.fit(X, Y, epochs=6, validation_data=(X, Y), batch_size=8,
+          callbacks=[fm.EarlyStopping(patience=1, restore_best_weights=True)])
+
+
+def test_a_generator_of_another_bit_generator_seeds_alike_and_is_drawn_from():
+    a = _model(seed=np.random.Generator(np.random.MT19937(5)))
+    b = _model(seed=np.random.Generator(np.random.MT19937(5)))
+    np.testing.assert_array_equal(a.get_state()["theta"], b.get_state()["theta"])
+    assert type(a._rng.bit_generator) is np.random.PCG64
+    given = np.random.Generator(np.random.MT19937(5))
+    _model(seed=given)
+    untouched = np.random.Generator(np.random.MT19937(5))
+    assert given.random() != untouched.random()   # its numbers drawn
+
+
+def test_a_pcg64_generator_is_still_the_models_own():
+    given = np.random.default_rng(7)
+    m = _model(seed=given)
+    assert m._rng is given
+
+
+@pytest.mark.parametrize("rng_state", [
+    {"bit_generator": "PCG64", "state": {"state": -1, "inc": 1}, "has_uint32": 0, "uinteger": 0},
+    {"bit_generator": "PCG64", "state": {"state": 2**200, "inc": 1}, "has_uint32": 0,
+     "uinteger": 0},
+    {"bit_generator": "PCG64", "state": {"state": 1, "inc": 1}, "has_uint32": 1,
+     "uinteger": 2**40},
+])
+def test_set_state_words_out_of_range_generator_integers(rng_state):
+    m = _model()
+    with pytest.raises(ValueError, match="rng_state is not a state of this model's generator"):
+        m.set_state(dict(m.get_state(), rng_state=rng_state))
+
+
+# -- a callback that trains, then Ctrl-C ----------------------------------------------------
+class _TrainsThenInterrupted(fm.Callback):
+    def __init__(self, how, X, Y):
+        self.how, self.X, self.Y = how, X, Y
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.how == "apply_gradient":
+            self.model.apply_gradient(np.full(self.model.n_params, 0.01))
+        elif self.how == "fit":
+            self.model.fit(self.X[:8], self.Y[:8], epochs=2, batch_size=4)
+        elif self.how == "train_on_batch":
+            self.model.train_on_batch(self.X[:8], self.Y[:8])
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("how", ["apply_gradient", "fit", "train_on_batch"])
+def test_a_ctrl_c_after_a_callbacks_training_undoes_the_whole_epoch(backend, how, data):
+    X, Y = data
+    straight, resumed = _model(backend), _model(backend)
+    straight.fit(X, Y, epochs=2, batch_size=8)
+    resumed.fit(X, Y, epochs=1, batch_size=8)
+    with pytest.raises(KeyboardInterrupt):
+        resumed.fit(X, Y, epochs=1, batch_size=8, callbacks=[_TrainsThenInterrupted(how, X, Y)])
+    resumed.fit(X, Y, epochs=1, batch_size=8)
+    want, got = straight.get_state(), resumed.get_state()
+    for key in ("theta", "opt_buffers", "opt_step"):
+        np.testing.assert_array_equal(got[key], want[key])
+    assert got["rng_state"] == want["rng_state"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_callbacks_training_is_kept_when_nothing_interrupts(backend, data):
+    # the nested calls' own snapshots: a diverging nested step is still undone
+    X, Y = data
+    m = _model(backend, optimizer=fm.SGD(100.0))   # 100 * 1e307 overflows
+
+    class Diverges(fm.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            before = self.model.get_state()["theta"]
+            with pytest.raises(fm.TrainingDiverged):
+                self.model.apply_gradient(np.full(self.model.n_params, 1e307))
+            np.testing.assert_array_equal(self.model.get_state()["theta"], before)
+    m.fit(X, Y, epochs=2, batch_size=8, callbacks=[Diverges()])
+    assert len(m.history.epoch) == 2
+
+
+# -- concurrent fits ----------------------------------------------------------------------
+def test_a_fit_waiting_for_another_is_not_stopped_by_its_callback(data):
+    X, Y = data
+    m = _model("numpy")
+    second = {}
+
+    def fit_b():
+        second["history"] = m.fit(X, Y, epochs=5, batch_size=8)
+
+    class StartsBThenStops(fm.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            second["thread"] = threading.Thread(target=fit_b)
+            second["thread"].start()
+            time.sleep(0.3)   # B waits for the lock (it had reset stop_training before)
+            self.model.stop_training = True
+    first = m.fit(X, Y, epochs=5, batch_size=8, callbacks=[StartsBThenStops()])
+    second["thread"].join()
+    assert len(first.epoch) == 1
+    assert len(second["history"].epoch) == 5
+    assert m.history is second["history"]
+
+
+def test_two_first_fits_with_different_labels_run_one_after_the_other(monkeypatch):
+    real = labels.encode
+
+    def slow_encode(*args, **kwargs):   # both fits find no classes_ yet, unlocked
+        out = real(*args, **kwargs)
+        time.sleep(0.2)
+        return out
+    monkeypatch.setattr(labels, "encode", slow_encode)
+    m = fm.Model([fm.Dense(4, "tanh"), fm.Dense(3, "softmax")], input_dim=2,
+                 loss="cross_entropy", backend="numpy", seed=0)
+    X = np.random.default_rng(0).normal(size=(6, 2))
+    outcome = {}
+
+    def fit(name, y):
+        try:
+            m.fit(X, np.array(y * 2), epochs=1)
+            outcome[name] = "trained"
+        except ValueError as exc:
+            outcome[name] = str(exc)
+    threads = [threading.Thread(target=fit, args=("abc", ["a", "b", "c"])),
+               threading.Thread(target=fit, args=("xyz", ["x", "y", "z"]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    trained = [k for k, v in outcome.items() if v == "trained"]
+    assert len(trained) == 1, outcome
+    refused = outcome["xyz" if trained == ["abc"] else "abc"]
+    assert "labels the model does not know" in refused
+    assert m.classes_.tolist() == list(trained[0])
+
+
+# -- callbacks' attributes ----------------------------------------------------------------
+def test_a_data_attribute_named_on_something_is_not_a_hook(data):
+    X, Y = data
+
+    class Counts(fm.Callback):
+        def __init__(self):
+            self.on_rank = 0
+            self.on_epoch_end_calls = 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.on_epoch_end_calls += 1
+    counts = Counts()
+    _model().fit(X, Y, epochs=3, batch_size=8, callbacks=[counts])
+    assert counts.on_epoch_end_calls == 3
+
+
+def test_a_keras_batch_hook_is_still_refused(data):
+    X, Y = data
+
+    class PerBatch(fm.Callback):
+        def on_batch_end(self, batch, logs=None):
+            pass
+    with pytest.raises(TypeError, match="on_batch_end, which fit never calls"):
+        _model().fit(X, Y, epochs=1, callbacks=[PerBatch()])
