@@ -10,6 +10,7 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
+from scipy.sparse import issparse
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
@@ -103,10 +104,22 @@ class BaseMLP(BaseEstimator):
         self.dtype = dtype
 
     # -- training ----------------------------------------------------------------
-    def fit(self, X, y):
+    def fit(self, X, y, **fit_params):
         """Train a new model for up to ``max_iter`` epochs; returns self."""
+        self._refuse(fit_params, "fit")
         self._validate_params()
         return self._fit(X, y, incremental=False)
+
+    def _refuse(self, fit_params, method):
+        """A clear TypeError for keyword arguments scikit-learn's MLPs take and these do not
+        (sample_weight; Python's own error named the private base class). Not in the
+        signature, so that scikit-learn's checks and metadata routing do not take
+        sample_weight for supported."""
+        if fit_params:
+            raise TypeError(f"{type(self).__name__}.{method}() got unexpected keyword "
+                            f"argument(s) {', '.join(sorted(fit_params))}: fastmlp's "
+                            "estimators take no sample_weight (every row weighs the same; "
+                            "repeat or resample rows to weight them)")
 
     def _training_lock(self):
         """This estimator's lock, held by every fit and partial_fit and by pickling.
@@ -153,6 +166,8 @@ class BaseMLP(BaseEstimator):
         X, y = validation.refuse_masked(X, "X"), validation.refuse_masked(y, "y")
         X, y = validate_data(self, X, y, reset=first, multi_output=True, order="C",
                              dtype=self.dtype, y_numeric=isinstance(self, RegressorMixin))
+        if issparse(y):   # validate_data passes a sparse y (a multilabel indicator, say):
+            y = y.toarray()   # dense as the targets are, as scikit-learn's MLP takes it
         T, output = self._targets(y, first, classes)
         rng = check_random_state(self.random_state)
         early = self.early_stopping and not incremental

@@ -23,7 +23,9 @@ Differences from scikit-learn, and why:
   (cross_entropy, binary_cross_entropy or mse, see the README), without the L2 term.
 * ``solver`` is "adam" or "sgd" with a constant learning rate (no "lbfgs",
   ``learning_rate`` schedules or ``warm_start``). SGD's Nesterov momentum is
-  PyTorch's form.
+  PyTorch's form; Adam's ``epsilon`` is added after the bias corrections, as in
+  PyTorch and Keras (scikit-learn adds it to sqrt(v) before them: a larger epsilon).
+* No ``sample_weight`` (refused, saying so); ``partial_fit`` takes ``classes`` third.
 * ``activation`` is any fastmlp hidden activation; scikit-learn's "identity"
   and "logistic" mean "linear" and "sigmoid".
 * Early stopping restores the best epoch's whole training state (weights,
@@ -43,7 +45,8 @@ from fastmlp import validation
 try:  # absolute imports: `sklearn` is scikit-learn, not this module
     from sklearn.base import ClassifierMixin, RegressorMixin
     from sklearn.metrics import r2_score
-    from sklearn.utils.multiclass import check_classification_targets, type_of_target
+    from sklearn.utils.multiclass import (check_classification_targets, type_of_target,
+                                          unique_labels)
     from sklearn.utils.validation import column_or_1d
 
     from fastmlp._sklearn_base import BaseMLP, resolve_backend
@@ -60,7 +63,7 @@ def expected_failed_checks(estimator):
     For ``check_estimator(est, expected_failed_checks=expected_failed_checks(est))``
     and ``parametrize_with_checks(..., expected_failed_checks=expected_failed_checks)``.
     """
-    if estimator.dtype != "float32":
+    if np.dtype(estimator.dtype) != np.float32:   # "float32" or np.float32
         return {}
     return {"check_methods_subset_invariance":
             "float32 predictions of one row can differ from the same row's in the full "
@@ -72,9 +75,18 @@ def expected_failed_checks(estimator):
 
 
 def _check_classes(classes):
-    """Refuse NaN or inf among partial_fit's ``classes``, as scikit-learn does
-    (np.unique would keep NaN as a class of its own)."""
-    values = np.asarray(classes).ravel()
+    """Refuse what scikit-learn refuses as partial_fit's ``classes``: none, NaN or inf (np.unique
+    would keep NaN as a class of its own), labels of mixed or unknown type (numbers and
+    strings, None, continuous values such as 0.5), with scikit-learn's own words."""
+    values = np.asarray(classes, dtype=object)
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError(f"classes must be a non-empty list of labels, got {classes!r:.200}")
+    try:
+        unique_labels(classes)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"classes: {str(exc):.300} (partial_fit's third argument is classes: "
+                         "fastmlp's estimators take no sample_weight)") from None
+    values = np.asarray(classes).ravel()   # all numbers or all strings now
     if values.dtype.kind in "fc":
         bad = ~np.isfinite(values)
     elif values.dtype == object:
@@ -84,6 +96,13 @@ def _check_classes(classes):
         return
     if bad.any():
         raise ValueError(f"classes must not hold NaN or inf, got {values.tolist()[:10]}")
+
+
+def _short(labels, limit=10):
+    """``labels`` for an error message: the first ``limit``, then how many more."""
+    values = list(labels)
+    more = f" ... ({len(values)} in all)" if len(values) > limit else ""
+    return f"{values[:limit]}{more}"
 
 
 class MLPClassifier(ClassifierMixin, BaseMLP):
@@ -97,10 +116,11 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
     _stratify = property(lambda self: not self._multilabel)
 
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, classes=None, **fit_params):
         """One epoch over (X, y), continuing from the current weights. The first call
         needs ``classes``, every label y will ever hold; for a multilabel (indicator) y
         it must be given too, and classes_ is then the column indices 0..k-1."""
+        self._refuse(fit_params, "partial_fit")
         self._validate_params()
         if classes is not None:
             _check_classes(classes)
@@ -109,8 +129,8 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                 raise ValueError("classes must be passed on the first call to partial_fit")
             if hasattr(self, "model_") and classes is not None and not np.array_equal(
                     np.unique(classes), self.classes_):
-                raise ValueError(f"classes={classes!r} differs from the classes of the first "
-                                 f"call, {self.classes_.tolist()}")
+                raise ValueError(f"classes={_short(classes)} differs from the classes of the "
+                                 f"first call, {_short(self.classes_.tolist())}")
             return self._fit(X, y, incremental=True, classes=classes)
 
     def _targets(self, y, first, classes):
@@ -145,8 +165,9 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                                                                "binary_cross_entropy")
         unknown = ~np.isin(y, self.classes_)
         if unknown.any():
-            raise ValueError(f"y contains labels not in classes_ {self.classes_.tolist()}: "
-                             f"{np.unique(y[unknown]).tolist()[:10]}")
+            raise ValueError(f"y contains labels not in classes_ "
+                             f"{_short(self.classes_.tolist())}: "
+                             f"{_short(np.unique(y[unknown]).tolist())}")
         codes = np.searchsorted(self.classes_, y)
         k = len(self.classes_)
         if k == 2:
@@ -195,8 +216,9 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
     _stratify = False
 
-    def partial_fit(self, X, y):
+    def partial_fit(self, X, y, **fit_params):
         """One epoch over (X, y), continuing from the current weights."""
+        self._refuse(fit_params, "partial_fit")
         self._validate_params()
         return self._fit(X, y, incremental=True)
 
