@@ -327,7 +327,7 @@ class _Run:
 
     def _labels(self, Y):
         """The distinct labels of Y (when Y holds labels), for the union over ranks."""
-        Y = validation.as_array(Y, "Y")
+        Y = labels.exact(validation.as_array(Y, "Y"), Y)   # (then model._data's Y alike)
         if Y.ndim == 0 or len(Y) == 0 or not labels.is_labels(Y, self.model.net, part=True):
             return None
         flat = labels._as_labels(Y.reshape(-1))

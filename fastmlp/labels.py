@@ -39,7 +39,42 @@ def _as_labels(arr):
     if len(kinds) > 1 or not kinds <= {"str", "number", "bool"}:
         raise TypeError(f"class labels must be all numbers or all strings, got {sorted(kinds)}"
                         " (convert them first, e.g. to str)")
-    return np.asarray(values)
+    ints = [v for v in values if isinstance(v, (int, np.integer)) and not isinstance(v, bool)]
+    if ints and len(ints) == len(values):
+        return _integers(values)
+    labels = np.asarray(values)
+    # beside floats, integers become float64: refused where that changes one (2**53 + 1)
+    if labels.dtype.kind == "f" and any(float(v) != v for v in ints):
+        raise TypeError("class labels mix floats with integers float64 cannot hold exactly: "
+                        "convert them first, e.g. to str")
+    return labels
+
+
+def _integers(values):
+    """Python integers as int64, else uint64 (NumPy made those of [2**63, 2**64) float64,
+    turning 2**64 - 1 into 2**64); beyond both, refused: save could not hold them."""
+    for dtype in (np.int64, np.uint64):
+        try:
+            return np.asarray(values, dtype=dtype)
+        except OverflowError:
+            pass
+    raise TypeError("class labels hold integers that no 64-bit integer type holds (beyond "
+                    "64 bits, or both below 0 and above 2**63 - 1), which cannot be saved with "
+                    "the model: convert them first, e.g. to str")
+
+
+def exact(arr, given):
+    """``arr`` (np.asarray(given)), or ``given`` as an object array where NumPy rounded its
+    Python integers: it makes float64 of integers in [2**63, 2**64), or of such beside
+    negative ones, and 2**64 - 1 became the label 2**64. Only a float array made from a
+    sequence, holding magnitudes from 2**53 on, is looked at again."""
+    if isinstance(given, np.ndarray) or arr.dtype.kind != "f" or arr.size == 0:
+        return arr
+    with np.errstate(invalid="ignore"):
+        if not np.nanmax(np.abs(arr)) >= 2.0**53:
+            return arr
+    objects = np.asarray(given, dtype=object)
+    return objects if objects.shape == arr.shape else arr
 
 
 def n_classes(output_dim, loss_code):

@@ -977,11 +977,13 @@ class Model:
                      else validation.ready(Y, net.output_dim, self.dtype))
                 and len(Y) == len(X)):
             return X, Y  # already checked arrays: no copy, O(1) Python work
-        names = self._checked_feature_names(X)
+        names, Y_given = self._checked_feature_names(X), Y
         if learn and names is not None and self.feature_names_in_ is None:
             distinct_names(names)
         X = validation.check_inputs(X, self.net.input_dim, self.dtype, self._scaling)
         Y = validation.as_array(Y, "Y")
+        if self._unit_targets:   # a cross-entropy: Y may hold labels
+            Y = labels.exact(Y, Y_given)
         if Y.ndim and len(Y) != len(X):  # before labels: their errors would mislead
             raise ValueError(f"Y has {len(Y)} rows but X has {len(X)}")
         classes = None

@@ -125,9 +125,10 @@ def _prelu(g, z, slope):
 
 
 def _leaky_relu(g, z, p, alpha):
-    if g.dtype == np.float32 or float(np.float32(p)) == p:
+    if g.dtype == np.float32:
         return g.node("LeakyRelu", z, alpha=p)
-    # ONNX attributes are float32; a float64 slope must be a tensor to stay exact
+    # float64: ONNX attributes are float32 (a slope must be a tensor to stay exact), and
+    # onnxruntime runs a float64 LeakyRelu at opsets 16-18 only, as PRelu
     return _prelu(g, z, g.const(p))
 
 

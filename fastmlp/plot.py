@@ -21,6 +21,8 @@ import os
 
 import numpy as np
 
+from . import _atomic
+
 _NOT_CURVES = ("samples_per_s", "grad_norm")
 # matplotlib's axis limits (with margins) overflow float64 for values near its maximum;
 # NaN and inf are left out of the curves, as matplotlib does
@@ -83,6 +85,9 @@ def _curves(series, metrics):
         return bases
     if isinstance(metrics, str):
         metrics = [metrics]
+    wrong = [m for m in metrics if not isinstance(m, str)]
+    if wrong:
+        raise TypeError(f"plot_history: metrics are names (str), got {_short(wrong)}")
     metrics = [m[4:] if m.startswith("val_") else m for m in metrics]
     unknown = [m for m in metrics if m not in bases]
     if unknown:
@@ -98,7 +103,8 @@ def plot_history(history, path, metrics=None):
     history : the fm.History that fit returns (or its ``.history`` dict:
         name -> one value per epoch; "grad_norm" -> one list of per-layer norms
         per epoch).
-    path : file to write (PNG, whatever the suffix).
+    path : file to write (PNG, whatever the suffix), replaced only once the plot is
+        written whole (as :meth:`fastmlp.Model.save` replaces files).
     metrics : names to draw (e.g. ["loss", "accuracy"]; each with its val_
         curve when recorded); None draws every recorded metric.
     """
@@ -136,7 +142,9 @@ def plot_history(history, path, metrics=None):
         ax.grid(True, alpha=0.3)
     if norms is not None:
         _plot_norms(axes[-1], x_for(norms), norms)
-    fig.savefig(path, format="png", dpi=100)
+    # through a temporary file renamed over path, as save and to_onnx write: a failed
+    # write (a full disk) truncated the plot already there
+    _atomic.replace(path, lambda f: fig.savefig(f, format="png", dpi=100))
     return path
 
 

@@ -81,21 +81,15 @@ def _check_classes(classes):
     values = np.asarray(classes, dtype=object)
     if values.ndim != 1 or len(values) == 0:
         raise ValueError(f"classes must be a non-empty list of labels, got {classes!r:.200}")
+    bad = [v for v in values.tolist() if isinstance(v, (float, np.floating, complex))
+           and not np.isfinite(v)]
+    if bad:
+        raise ValueError(f"classes must not hold NaN or inf, got {_short(values.tolist())}")
     try:
         unique_labels(classes)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"classes: {str(exc):.300} (partial_fit's third argument is classes: "
                          "fastmlp's estimators take no sample_weight)") from None
-    values = np.asarray(classes).ravel()   # all numbers or all strings now
-    if values.dtype.kind in "fc":
-        bad = ~np.isfinite(values)
-    elif values.dtype == object:
-        bad = np.array([isinstance(v, (float, np.floating)) and not np.isfinite(v)
-                        for v in values], dtype=bool)
-    else:
-        return
-    if bad.any():
-        raise ValueError(f"classes must not hold NaN or inf, got {values.tolist()[:10]}")
 
 
 def _short(labels, limit=10):

@@ -183,20 +183,24 @@ def test_operators_chosen_per_activation(ort):
     # a float32 attribute would round 0.1 in a float64 model; 0.25 is exact in both
     # ... and is a tensor in Where(z < 0, z * slope, z): no float64 PRelu kernel at most opsets
     assert ops("float64", activation="leaky_relu", alpha=0.1) == ["Gemm", "Less", "Mul", "Where"]
-    assert ops("float64", activation="leaky_relu", alpha=0.25) == ["Gemm", "LeakyRelu"]
+    # float64 leaky_relu is a Where at every slope, 0.25 (exact in float32) included:
+    # onnxruntime runs a float64 LeakyRelu at opsets 16-18 only
+    assert ops("float64", activation="leaky_relu", alpha=0.25) == ["Gemm", "Less", "Mul", "Where"]
     assert ops("float32", activation="softplus") == ["Gemm", "Softplus"]
     assert "Softplus" not in ops("float64", activation="softplus")       # no float64 kernel
 
 
 @pytest.mark.parametrize("dtype_name", ["float32", "float64"])
 def test_every_activation_runs_at_every_opset(ort, dtype_name, rng):
-    """onnxruntime has no float64 PRelu kernel at opsets 13-15 and 19 on, which the
-    float64 prelu and leaky_relu (slope not exact in float32) used: files that passed
-    onnx's checker but could not be loaded."""
+    """onnxruntime has no float64 PRelu or LeakyRelu kernel at opsets 13-15 and 19 on, which
+    the float64 prelu and leaky_relu used: files that passed onnx's checker but could not
+    be loaded."""
     import onnx
 
-    for name in NON_SOFTMAX:
-        model = fm.Model([fm.Dense(6, activation=name, **PARAMS.get(name, {})),
+    cases = [(name, PARAMS.get(name, {})) for name in NON_SOFTMAX]
+    cases += [("leaky_relu", {"alpha": 0.25}), ("leaky_relu", {"alpha": 0.0})]  # float32-exact
+    for name, params in cases:
+        model = fm.Model([fm.Dense(6, activation=name, **params),
                           fm.Dense(2, activation="softmax")], input_dim=3,
                          loss="cross_entropy", dtype=dtype_name, seed=0)
         randomize(model, rng)

@@ -78,6 +78,39 @@ def test_empty_history_is_refused(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_a_failed_write_keeps_the_plot_already_there(tmp_path, monkeypatch):
+    # the write went straight into the file: a full disk left it truncated
+    from matplotlib.figure import Figure
+    path = tmp_path / "curves.png"
+    plot_history(_history(), path)
+    before = path.read_bytes()
+    real = Figure.savefig
+
+    def half_then_disk_full(self, f, **kwargs):
+        real(self, f, **kwargs)
+        f.truncate(len(before) // 2)
+        raise OSError(27, "File too large")
+    monkeypatch.setattr(Figure, "savefig", half_then_disk_full)
+    with pytest.raises(OSError, match=f"cannot save {path}: writing it failed; the file "
+                                      "there is kept"):
+        plot_history(_history(epochs=9), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]   # no temporary file left
+
+
+def test_metric_names_must_be_strings(tmp_path):
+    with pytest.raises(TypeError, match=r"metrics are names \(str\), got \[None\]"):
+        plot_history(_history(), tmp_path / "x.png", metrics=["loss", None])
+
+
+def test_a_fifo_is_refused_as_save_refuses_it(tmp_path):
+    import os
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="it is a fifo, not a regular file"):
+        plot_history(_history(), fifo)
+
+
 def test_not_a_history_is_refused(tmp_path):
     with pytest.raises(TypeError, match="history must be an fm.History"):
         plot_history([1.0, 0.5], tmp_path / "x.png")

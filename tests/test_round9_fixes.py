@@ -214,3 +214,32 @@ def test_a_keras_batch_hook_is_still_refused(data):
             pass
     with pytest.raises(TypeError, match="on_batch_end, which fit never calls"):
         _model().fit(X, Y, epochs=1, callbacks=[PerBatch()])
+
+
+# -- labels save cannot hold -------------------------------------------------------------
+def _classifier():
+    return fm.Model([fm.Dense(4, "relu"), fm.Dense(2, "softmax")], input_dim=3,
+                    loss="cross_entropy", backend="numpy", seed=0)
+
+
+def test_integer_labels_beyond_64_bits_are_refused_by_fit_not_by_save():
+    X = np.random.default_rng(0).standard_normal((10, 3))
+    m = _classifier()
+    for labels in ([2**70, 5], [-1, 2**63]):
+        with pytest.raises(TypeError, match="integers that no 64-bit integer type holds"):
+            m.fit(X, labels * 5, epochs=1)
+        assert m.classes_ is None
+    with pytest.raises(TypeError, match="mix floats with integers float64 cannot hold"):
+        m.fit(X, np.array([2**53 + 1, 5.0] * 5, dtype=object), epochs=1)
+
+
+def test_integer_labels_up_to_64_bits_train_save_and_load(tmp_path):
+    X = np.random.default_rng(0).standard_normal((10, 3))
+    m = _classifier()
+    for labels in ([2**64 - 1, 5], [-2**63, 2**63 - 1]):   # 2**64 - 1 was made 2**64
+        m = _classifier()
+        m.fit(X, labels * 5, epochs=1)
+        m.save(tmp_path / "m.fastmlp")
+        loaded = fm.load(tmp_path / "m.fastmlp")
+        assert loaded.classes_.tolist() == sorted(labels)
+        assert set(loaded.predict_classes(X).tolist()) <= set(labels)
