@@ -358,14 +358,18 @@ class _Run:
 
     def _data(self, X, Y, x_name, y_name):
         """(X, T) as the backend takes them; an empty shard stays empty."""
-        model = self.model
-        n_x, n_y = (validation.as_array(a, name).shape[:1] for a, name in ((X, x_name),
-                                                                          (Y, y_name)))
+        model, net = self.model, self.model.net
+        x_shape, y_shape = (validation.as_array(a, name).shape for a, name in ((X, x_name),
+                                                                              (Y, y_name)))
+        n_x, n_y = x_shape[:1], y_shape[:1]
         if n_x and n_y and n_x != n_y:   # before labels are looked at: a clear message
             raise ValueError(f"{y_name} has {n_y[0]} rows but {x_name} has {n_x[0]}")
         if n_x != (0,):
             return model.prepare(X, Y)
-        net = model.net
+        if len(x_shape) > 2 or x_shape[1:] not in ((), (net.input_dim,)):
+            # (0, 9) for a model of 5 inputs: another data set's shard, or a bug of the caller
+            raise ValueError(f"{x_name} is empty with shape {x_shape}; this model takes "
+                             f"{net.input_dim} features: (0, {net.input_dim})")
         return (np.empty((0, net.input_dim), model.dtype),
                 np.empty((0, net.output_dim), model.dtype))
 

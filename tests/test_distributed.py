@@ -150,6 +150,8 @@ FAILURES = {
                      "I/O operation on closed file",
     "step_warning": "rank 0 of 2 failed preparing the data: rank 0: RuntimeWarning: layer(s) "
                     "[1] use step/sign",
+    "empty_wide": "rank 1 of 2 failed preparing the data: rank 1: ValueError: X is empty with "
+                  "shape (0, 9); this model takes 5 features: (0, 5)",
     "bad_monitor": "ranks 0, 1 of 2 failed checking the callbacks: ranks 0, 1: ValueError: "
                    "EarlyStopping monitors 'val_loss', which this fit does not log",
 }

@@ -159,6 +159,8 @@ def main(mode, backend, outdir):
         y_mine = np.searchsorted(CLASSES, y_mine).astype(float)
         if rank == 1:
             y_mine[6] = np.nan
+    if mode == "empty_wide" and rank == 1:   # no rows, but the columns of another data set
+        X_mine, y_mine = np.empty((0, 9)), y_mine[:0]
     if mode == "short_y" and rank == 1:
         y_mine = y_mine[:-1]
     if mode == "lr_mismatch" and rank == 1:
