@@ -459,6 +459,8 @@ class _Run:
         except Exception as exc:
             error = exc
         with model._lock:   # one trainer at a time per model, as in Model.fit
+            if model._fit_owner is not None:
+                model._wait_for_fit()
             error, loss = self.steps(epoch, rows, bounds, error)
         seconds = time.perf_counter() - start
         val_sum = 0.0

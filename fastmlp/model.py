@@ -100,6 +100,9 @@ def _optimizer_for(optimizer, dtype):
     return optimizer
 
 
+_NOBODY = object()   # _owning_fit before it owns anything
+
+
 def _generator(seed):
     """np.random.default_rng(seed), with NumPy's error (same type) reworded to name seed.
 
@@ -268,9 +271,14 @@ class Model:
         self.classes_ = None          # class labels, when fit was given labels
         self.feature_names_in_ = None
         self._columns_seen = None     # (pandas Index, feature_names_in_, names): last check
-        # Training mutates theta, the optimiser state and the generator: one trainer at a
-        # time per model. Readers (predict, evaluate, gradients) do not take it.
+        # Training mutates theta, the optimiser state and the generator under _lock, which
+        # the copies of them take too (get_state, get_weights: save, pickle, copy); a fit
+        # owns the model for its whole run (_fit_owner: other threads' training calls wait
+        # for its end) but holds _lock only while it trains, so copies run between its
+        # epochs. predict, evaluate and gradients take neither.
         self._lock = threading.RLock()
+        self._fit_over = threading.Condition(self._lock)
+        self._fit_owner = None        # the thread ident of the fit under way
         self._snapshot = None         # the rollback copy (_rollback), made on first use
         self._snapshots_in_use = 0    # training calls under way, nested in a callback's
         self._unit_targets = self.net.loss.output is not None  # cross-entropies: t in [0, 1]
@@ -320,6 +328,8 @@ class Model:
                             "start from nothing; make a new Model with it and copy the "
                             "weights (new.set_weights(model.get_weights()))")
         with self._lock, ctrl_c_deferred():   # not between another thread's fit steps; whole
+            if self._fit_owner is not None:
+                self._wait_for_fit()
             self._pull()
             folds = rules.sgd_fold_rows(self._state)
             self._optimizer = optimizer
@@ -380,6 +390,8 @@ class Model:
         # left some layers new and the rest old.
         theta = np.concatenate(new)
         with self._lock:
+            if self._fit_owner is not None:
+                self._wait_for_fit()
             self._pull()   # the host copy of the optimiser state must stay current
             try:
                 np.copyto(self._theta, theta)
@@ -391,7 +403,8 @@ class Model:
         "opt_buffers" (2, n_params), "opt_step" int64 (1,) and "rng_state" (the
         generator's bit_generator.state). :meth:`set_state` restores it exactly.
         Taken under the model's lock (save, pickle and copy call this), so never a
-        step's update half written by another thread's training call."""
+        step's update half written by another thread's training call; from another
+        thread during a fit, the state of its last epoch."""
         with self._lock:
             self._pull()
             return {"theta": self._theta.copy(), "opt_buffers": self._state.buffers.copy(),
@@ -433,6 +446,8 @@ class Model:
         # Ctrl-C does: landing between them it left new weights with the old generator, and
         # skipping push it left bounds of the old weights (a step then wrote -inf unchecked).
         with self._lock, ctrl_c_deferred():
+            if self._fit_owner is not None:
+                self._wait_for_fit()
             try:
                 self._theta[...] = theta
                 self._state.buffers[...] = buffers
@@ -627,17 +642,20 @@ class Model:
         if grad.shape != (self.net.n_params,):
             raise ValueError(f"grad must have shape ({self.net.n_params},), got {grad.shape}")
         grad = _own(grad, self._theta, self._state.buffers)
-        with self._lock, self._rollback() as snapshot:
-            snapshot.save()
-            try:
-                with np.errstate(over="ignore", invalid="ignore"):
-                    optimizers.update(self._theta, grad, self._state)
-                self._push()
-                self._check_finite(0.0, "in apply_gradient", "the model was left as it was "
-                                   "before the step")
-            except BaseException:
-                run_whole(snapshot.restore)   # (a second Ctrl-C: raised after it)
-                raise
+        with self._lock:
+            if self._fit_owner is not None:
+                self._wait_for_fit()
+            with self._rollback() as snapshot:
+                snapshot.save()
+                try:
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        optimizers.update(self._theta, grad, self._state)
+                    self._push()
+                    self._check_finite(0.0, "in apply_gradient", "the model was left as it "
+                                       "was before the step")
+                except BaseException:
+                    run_whole(snapshot.restore)   # (a second Ctrl-C: raised after it)
+                    raise
 
     def train_on_batch(self, X, Y):
         """One optimiser step on (X, Y); returns the batch loss before the step.
@@ -646,6 +664,8 @@ class Model:
         (the model is left exactly as before it) and TrainingDiverged says which.
         """
         with self._lock:
+            if self._fit_owner is not None:
+                self._wait_for_fit()
             # Arrays already as the backends take them: one compiled call checks them and
             # steps, guarded (train_step_checked), on a small network or where that costs
             # no copy (a device; guarded_step_is_free). On larger networks of other
@@ -721,35 +741,41 @@ class Model:
         generator of the last finite epoch are restored; divergence raises
         TrainingDiverged naming the epoch and layer.
         """
-        # One trainer at a time from the first check on: labels learnt, History and
-        # stop_training reset under the lock (a fit waiting for another's end had its
-        # stop_training set by the other's callback, and two first fits each recorded
-        # its own classes_). The callbacks run under it too: one may call any method of
-        # this model, but not wait for another thread that does.
-        with self._lock:
-            learnt = self.classes_, self.feature_names_in_
-            try:
-                X, T = self._data(X, Y, learn=True)
-                epochs = validation.check_count(epochs, "epochs")
-                tol = validation.check_tol(tol)
-                X, T, val = self._validation_rows(X, T, validation_data, validation_split)
-                batch_size = validation.check_batch_size(batch_size, len(X))
-                metric_fns = metric_table.get(metrics, self.loss)
-                callbacks = self._callbacks(callbacks, verbose)
-                from .callbacks import check_monitors
-                check_monitors(callbacks, _logged(metric_fns, val is not None, gradient_norms))
-                self._warn_if_untrainable()   # (an error under warnings-as-errors)
-            except BaseException:  # a refused fit has learnt no labels or feature names
-                self.classes_, self.feature_names_in_ = learnt
-                raise
-            self.history = history = History()
-            self.stop_training = False
-            # A device backend gets the training set once per fit (metrics read the host copy).
-            Xd, Td = (X, T) if self._to_device is None else self._to_device(X, T)
-            val_d = val if val is None or self._to_device is None else self._to_device(*val)
-            if not (callbacks or val or metric_fns or verbose or gradient_norms):
-                self._fit_quietly(Xd, Td, epochs, batch_size, tol, shuffle, history)
-                return history
+        # One trainer at a time from the first check on (_owning_fit): labels learnt,
+        # History and stop_training reset while other threads' training calls wait (a fit
+        # waiting for another's end had its stop_training set by the other's callback, and
+        # two first fits each recorded its own classes_). The lock is held while the state
+        # changes; between epochs (callbacks, validation, metrics) copies of the state from
+        # other threads run. A callback may call any method of this model.
+        with self._owning_fit():
+            with self._lock:
+                learnt = self.classes_, self.feature_names_in_
+                try:
+                    X, T = self._data(X, Y, learn=True)
+                    epochs = validation.check_count(epochs, "epochs")
+                    tol = validation.check_tol(tol)
+                    X, T, val = self._validation_rows(X, T, validation_data, validation_split)
+                    batch_size = validation.check_batch_size(batch_size, len(X))
+                    metric_fns = metric_table.get(metrics, self.loss)
+                    callbacks = self._callbacks(callbacks, verbose)
+                    from .callbacks import check_monitors
+                    check_monitors(callbacks, _logged(metric_fns, val is not None,
+                                                      gradient_norms))
+                    self._warn_if_untrainable()   # (an error under warnings-as-errors)
+                except BaseException:  # a refused fit has learnt no labels or feature names
+                    self.classes_, self.feature_names_in_ = learnt
+                    raise
+                self.history = history = History()
+                self.stop_training = False
+                # A device backend gets the training set once per fit (metrics read the
+                # host copy).
+                Xd, Td = (X, T) if self._to_device is None else self._to_device(X, T)
+                val_d = (val if val is None or self._to_device is None
+                         else self._to_device(*val))
+                if not (callbacks or val or metric_fns or verbose or gradient_norms):
+                    # nothing runs between its epochs: copies wait for its end
+                    self._fit_quietly(Xd, Td, epochs, batch_size, tol, shuffle, history)
+                    return history
             for cb in callbacks:   # every set_model before any on_train_begin, as Keras
                 _hook(cb, "set_model", self)
             for cb in callbacks:
@@ -768,24 +794,28 @@ class Model:
                     snapshot.save()
                     trained = recorded = False
                     try:
-                        if shuffle:
-                            # a fresh permutation (not a reshuffle of the last one), so the
-                            # order depends only on the generator and
-                            # fit(1) + save/load + fit(1) == fit(2)
-                            perm = self.permutation(len(X))
-                        # Overflow on the way to divergence is reported once, as TrainingDiverged,
-                        # not as NumPy warnings (which, as errors, would stop mid-epoch).
-                        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                            if norms is None:
-                                loss = self._engine.train_epoch(Xd, Td, perm, batch_size)
-                            else:
-                                norms[:] = 0
-                                loss = self._engine.train_epoch(Xd, Td, perm, batch_size,
-                                                                norms=norms)
-                        loss = float(loss)
-                        self._check_finite(loss, f"in epoch {epoch + 1}", "the weights of the "
-                                           "last finite epoch were kept")
-                        trained = True
+                        # the state written under the lock its copies take (get_state
+                        # from another thread, during the callbacks below, sees this epoch)
+                        with self._lock:
+                            if shuffle:
+                                # a fresh permutation (not a reshuffle of the last one), so the
+                                # order depends only on the generator and
+                                # fit(1) + save/load + fit(1) == fit(2)
+                                perm = self.permutation(len(X))
+                            # Overflow on the way to divergence is reported once, as
+                            # TrainingDiverged, not as NumPy warnings (which, as errors,
+                            # would stop mid-epoch).
+                            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                                if norms is None:
+                                    loss = self._engine.train_epoch(Xd, Td, perm, batch_size)
+                                else:
+                                    norms[:] = 0
+                                    loss = self._engine.train_epoch(Xd, Td, perm, batch_size,
+                                                                    norms=norms)
+                            loss = float(loss)
+                            self._check_finite(loss, f"in epoch {epoch + 1}", "the weights of the "
+                                               "last finite epoch were kept")
+                            trained = True
                         seconds = time.perf_counter() - start
                         logs = {"loss": loss, **self._scores(metric_fns, X, T)}
                         if val is not None:
@@ -812,8 +842,9 @@ class Model:
                         # Keras.
                         if not recorded and (not trained or isinstance(exc, KeyboardInterrupt)):
                             def undo():
-                                snapshot.restore()
-                                self._rng.bit_generator.state = saved_rng
+                                with self._lock:
+                                    snapshot.restore()
+                                    self._rng.bit_generator.state = saved_rng
                                 history._undo(recorded_so_far)
                             run_whole(undo)   # (a second Ctrl-C: raised after the undo)
                         raise
@@ -1071,6 +1102,37 @@ class Model:
             from .callbacks import ProgressBar
             callbacks.append(ProgressBar())
         return callbacks
+
+    @contextlib.contextmanager
+    def _owning_fit(self):
+        """A fit's hold of the model: other threads' training calls wait for its end (they
+        take the lock and wait while _fit_owner is another thread); a fit run from one
+        of its callbacks (this thread) goes on."""
+        previous = _NOBODY
+        try:
+            with self._lock:
+                if self._fit_owner is not None:
+                    self._wait_for_fit()
+                with ctrl_c_deferred():   # owner and previous together
+                    previous, self._fit_owner = self._fit_owner, threading.get_ident()
+            yield
+        finally:
+            if previous is not _NOBODY:
+                run_whole(lambda: self._end_fit(previous))
+
+    def _end_fit(self, previous):
+        with self._lock:
+            self._fit_owner = previous
+            if previous is None:
+                self._fit_over.notify_all()
+
+    def _wait_for_fit(self):
+        """With the lock held: wait while another thread's fit owns the model. A fit holds
+        the lock only while it trains: between its epochs copies of the state go in,
+        other training calls wait here."""
+        me = threading.get_ident()
+        while self._fit_owner is not None and self._fit_owner != me:
+            self._fit_over.wait()
 
     @contextlib.contextmanager
     def _rollback(self):

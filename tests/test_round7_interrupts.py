@@ -427,19 +427,26 @@ def test_a_second_ctrl_c_as_the_undo_begins_still_undoes(backend, data, monkeypa
     X, Y = data
     resumed, straight = _model(backend), _model(backend)
     resumed.fit(X, Y, epochs=1, batch_size=8)
-    real, calls = _signals.ctrl_c_deferred, []
+    real, fired = _signals.ctrl_c_deferred, []
+
+    class FirstCtrlC(CtrlCAt):
+        def on_epoch_end(self, epoch, logs=None):
+            self.armed = epoch == self.epoch   # the undo's deferral is the next one entered
+            super().on_epoch_end(epoch, logs)
+    first = FirstCtrlC(1)
 
     @__import__("contextlib").contextmanager
     def second_ctrl_c_first():
-        calls.append(1)
-        if len(calls) == 1:
+        if getattr(first, "armed", False) and not fired:
+            fired.append(1)
             raise KeyboardInterrupt   # the second Ctrl-C, before the block is entered
         with real():
             yield
     monkeypatch.setattr(_signals, "ctrl_c_deferred", second_ctrl_c_first)
     monkeypatch.setattr(model_module, "ctrl_c_deferred", second_ctrl_c_first)
     with pytest.raises(KeyboardInterrupt):
-        resumed.fit(X, Y, epochs=4, batch_size=8, callbacks=[CtrlCAt(1)])
+        resumed.fit(X, Y, epochs=4, batch_size=8, callbacks=[first])
+    assert fired
     monkeypatch.undo()
     assert len(resumed.history.epoch) == 1
     resumed.fit(X, Y, epochs=1, batch_size=8)

@@ -243,3 +243,51 @@ def test_integer_labels_up_to_64_bits_train_save_and_load(tmp_path):
         loaded = fm.load(tmp_path / "m.fastmlp")
         assert loaded.classes_.tolist() == sorted(labels)
         assert set(loaded.predict_classes(X).tolist()) <= set(labels)
+
+
+# -- copies from other threads during a fit -----------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_another_thread_copies_a_fitting_model_between_epochs(backend, data, tmp_path):
+    """fit held the one lock through its callbacks: a callback handing save to a worker
+    and waiting for it deadlocked, and a copy from another thread waited for the end."""
+    X, Y = data
+    m = _model(backend)
+    copies = {}
+
+    class SavesInAWorker(fm.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            def copy_it():
+                self.model.save(tmp_path / f"epoch{epoch}.fastmlp")
+                copies[epoch] = (copy.deepcopy(self.model).get_state(), self.model.get_state())
+            worker = threading.Thread(target=copy_it)
+            worker.start()
+            worker.join(timeout=60)
+            assert not worker.is_alive(), "the worker waited for the fit: a deadlock"
+    m.fit(X, Y, epochs=3, batch_size=8, callbacks=[SavesInAWorker()])
+    for epoch in range(3):
+        straight = _model(backend)
+        straight.fit(X, Y, epochs=epoch + 1, batch_size=8)
+        want = straight.get_state()
+        for got in (*copies[epoch], fm.load(tmp_path / f"epoch{epoch}.fastmlp").get_state()):
+            for key in ("theta", "opt_buffers", "opt_step"):
+                np.testing.assert_array_equal(got[key], want[key])
+            assert got["rng_state"] == want["rng_state"]
+
+
+def test_another_threads_training_call_still_waits_for_the_fit(data):
+    X, Y = data
+    m = _model()
+    order = []
+
+    class StartsATrainer(fm.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                self.worker = threading.Thread(
+                    target=lambda: (m.train_on_batch(X, Y), order.append("step")))
+                self.worker.start()
+                time.sleep(0.3)
+            order.append(f"epoch {epoch}")
+    cb = StartsATrainer()
+    m.fit(X, Y, epochs=2, batch_size=8, callbacks=[cb])
+    cb.worker.join()
+    assert order == ["epoch 0", "epoch 1", "step"]
