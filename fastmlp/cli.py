@@ -106,9 +106,9 @@ def _add_warmup(sub):
     w = sub.add_parser("warmup", help="compile the Numba kernels ahead of time",
                        description="Compile (or load from the disk cache) the Numba kernels "
                        "for float32 and float64, so that the first model built later starts "
-                       "at once. The cache lives beside the kernels (kernels/__pycache__), or, "
-                       "where that folder is read-only, in NUMBA_CACHE_DIR or the user's cache "
-                       "folder (Numba's cache=True).")
+                       "at once. The cache lives in NUMBA_CACHE_DIR when it is set, else beside "
+                       "the kernels (kernels/__pycache__), or, where that folder is read-only, "
+                       "in the user's cache folder (Numba's cache=True).")
     w.set_defaults(run=warmup)
 
 

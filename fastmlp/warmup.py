@@ -30,8 +30,22 @@ def numba_kernels(dtype, notice=True, model_class=None, complete=False):
     """Compile or load the Numba kernels a model uses for ``dtype``; seconds it took (0 if
     done before). ``model_class``: fastmlp.Model (passed in, so that this module does not
     import it). ``complete``: evaluate's kernel too, which a model's first use leaves to
-    its first evaluate (about half a second), as ``fastmlp warmup`` wants everything."""
+    its first evaluate (about half a second), as ``fastmlp warmup`` wants everything,
+    and all of it in the disk cache: ValueError, naming the folder and the error, where
+    Numba could not write a kernel there (a full disk) in this process, so that the next
+    process would compile it again (the kernels work here all the same)."""
     dtype = np.dtype(dtype)
+    seconds = _ready_kernels(dtype, notice, model_class, complete)
+    if complete:
+        from .kernels.numba_link import CACHE_WRITE_FAILURES
+        for folder, why in list(CACHE_WRITE_FAILURES.items())[:1]:  # the first, if any
+            raise ValueError(f"the kernels compiled, but Numba could not write its cache in "
+                             f"{folder} ({why}), so the next process compiles them again: "
+                             "free space there or set NUMBA_CACHE_DIR to a writable folder")
+    return seconds
+
+
+def _ready_kernels(dtype, notice, model_class, complete):
     with _lock:
         if dtype in _ready:
             return 0.0

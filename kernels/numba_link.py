@@ -18,6 +18,14 @@ whether its callees are linked in or not. On a cache load the caller's
 the caller's machine code is linked, so an unresolved symbol cannot happen.
 Bindings are by argument types only: after changing a kernel's return type,
 delete ``kernels/__pycache__/*.nb[ic]`` (as after any edit of a callee's file).
+
+Numba's disk cache, made safe for these kernels (``guard_cache``, set on every kernel
+``separate`` links and every one ``compile_for`` compiles, and by the numba backend on
+every kernel module): a damaged entry (a file emptied or cut short, as a power loss
+can leave it: Numba writes without fsync) is a cache miss, said in one line naming the
+file, and the kernel compiles again and rewrites it; a cache write that fails (a full
+disk) leaves the kernel compiled, uncached, said in one line naming the folder. Only
+these kernels' dispatchers change, not Numba's; a Ctrl-C still propagates.
 """
 from __future__ import annotations
 
@@ -26,10 +34,108 @@ import functools
 import hashlib
 import importlib
 import inspect
+import sys
+import threading
 
 import llvmlite.binding as llvm
 from numba import types
+from numba.core import caching
+from numba.core.dispatcher import Dispatcher
 from numba.extending import intrinsic
+
+_NOTICES_LOCK = threading.Lock()
+_NOTICED = set()
+# cache folder -> "ErrorType: message" of the first cache write that failed there in this
+# process (`fastmlp warmup` fails naming it: the next process compiles those kernels again)
+CACHE_WRITE_FAILURES = {}
+
+
+def _notice_once(key, message):
+    with _NOTICES_LOCK:
+        if key in _NOTICED:
+            return
+        _NOTICED.add(key)
+    try:
+        print(f"fastmlp: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # no usable stderr: the notice is only a notice
+        pass
+
+
+def _why(exc):
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _damaged(what, exc):
+    _notice_once(("damaged", what), f"Numba's {what} is damaged or unreadable ({_why(exc)}); "
+                 "compiling that kernel again and rewriting the entry")
+
+
+class _CheckedCacheFile(caching.IndexDataCacheFile):
+    """Numba's index and data files of one kernel, where a damaged file is a miss."""
+
+    def _load_index(self):
+        try:
+            return super()._load_index()
+        except Exception as exc:  # pickle's EOFError, UnpicklingError, ...; OSError
+            _damaged(f"cache file {self._index_path}", exc)
+            return {}             # a miss; the next save writes a new index
+
+    def _load_data(self, name):
+        try:
+            return super()._load_data(name)
+        except OSError:
+            raise                 # Numba's load: a data file removed, a miss
+        except Exception as exc:
+            _damaged(f"cache file {self._data_path(name)}", exc)
+            return None           # a miss; the compile's save overwrites the file
+
+
+def _load_overload(load, cache, sig, target_context):
+    """Numba's ``Cache._load_overload``, an entry that unpickles but cannot be rebuilt
+    (damaged machine code) a miss too."""
+    try:
+        return load(sig, target_context)
+    except Exception as exc:
+        _damaged(f"cache entry of {cache._py_func.__qualname__} in {cache.cache_path}", exc)
+        return None
+
+
+def _save_overload(save, cache, sig, data):
+    """Numba's ``Cache.save_overload``; a write that fails (a full disk, a folder made
+    read-only) leaves the kernel compiled and in use, uncached, said once per folder."""
+    try:
+        save(sig, data)
+    except OSError as exc:
+        folder = cache.cache_path
+        CACHE_WRITE_FAILURES.setdefault(folder, _why(exc))
+        _notice_once(("unwritable", folder), f"Numba could not write its cache in {folder} "
+                     f"({_why(exc)}), so kernels it could not save compile again in the next "
+                     "process; free space there or set NUMBA_CACHE_DIR to a writable folder")
+
+
+def guard_cache(dispatcher):
+    """Make ``dispatcher``'s disk cache (if it has one) treat a damaged entry as a miss
+    and a failed write as uncached (see the module docstring). Idempotent; anything
+    that is not a Numba dispatcher with Numba's file cache is left alone."""
+    cache = getattr(dispatcher, "_cache", None) if isinstance(dispatcher, Dispatcher) else None
+    if not isinstance(cache, caching.Cache):
+        return
+    cache_file = getattr(cache, "_cache_file", None)
+    if type(cache_file) is not caching.IndexDataCacheFile:
+        return  # done already (or a cache file this code does not know)
+    cache_file.__class__ = _CheckedCacheFile
+    cache._load_overload = functools.partial(_load_overload, cache._load_overload, cache)
+    cache.save_overload = functools.partial(_save_overload, cache.save_overload, cache)
+
+
+def guard_caches():
+    """``guard_cache`` on every Numba dispatcher of the kernel modules imported so far."""
+    package = __name__.rpartition(".")[0]
+    for name, module in list(sys.modules.items()):
+        if module is not None and name.startswith(f"{package}.numba_"):
+            for value in list(vars(module).values()):
+                guard_cache(value)
 
 
 def _symbol(module, name, argtypes):
@@ -46,6 +152,7 @@ def compile_for(dispatcher, argtypes):
     then fails to save it with "no compiled object yet". That RuntimeError is the
     user's Ctrl-C: raise it as one. The kernel stays compiled in this process (a retry
     uses it); it is not on disk, so a later process compiles it again."""
+    guard_cache(dispatcher)
     try:
         return dispatcher.compile(argtypes)
     except RuntimeError as exc:
@@ -79,6 +186,7 @@ def separate(dispatcher, read_only=False):
     ``dispatcher``, positionally. ``read_only``: the kernel writes none of its array
     arguments; it is compiled for them typed read-only, so writeable and read-only
     arrays share one compile (each signature is a compile of its own)."""
+    guard_cache(dispatcher)
     module = dispatcher.py_func.__module__
     # the module attribute that holds it (bind looks it up again on a cache load)
     name = next(k for k, v in vars(importlib.import_module(module)).items() if v is dispatcher)

@@ -18,7 +18,9 @@ keeps a loop from vectorising.
 """
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 
 import numpy as np
 from llvmlite import ir
@@ -30,21 +32,39 @@ from .numba_views import flat
 
 
 def _cache_folder_found():
-    """Whether Numba finds a writable folder for these kernels' cache: beside them
-    (kernels/__pycache__), else NUMBA_CACHE_DIR, else the user's cache folder. A
-    read-only install with no writable home has none, and ``cache=True`` would then
-    make every kernel's decoration raise: the kernels are compiled uncached instead."""
+    """Whether Numba finds a writable folder for these kernels' cache: NUMBA_CACHE_DIR
+    if set (Numba tries it first), else beside them (kernels/__pycache__), else the
+    user's cache folder. A read-only install with no writable home has none, and
+    ``cache=True`` would then make every kernel's decoration raise: the kernels are
+    compiled uncached instead."""
     def probe():
         pass
     try:
         njit(cache=True)(probe)  # looks for the folder now, as each kernel would
     except RuntimeError:
-        print("fastmlp: Numba finds no writable folder to cache its compiled kernels in "
-              "(kernels/__pycache__ is read-only and so is the user's cache folder), so "
-              "each process compiles them again (about 10 s); set NUMBA_CACHE_DIR to a "
-              "writable folder to keep them", file=sys.stderr, flush=True)
+        print(f"fastmlp: {_no_cache_folder()}", file=sys.stderr, flush=True)
         return False
     return True
+
+
+def _no_cache_folder():
+    """The notice for no writable cache folder; it names NUMBA_CACHE_DIR's folder where
+    that is set and cannot be written."""
+    from numba.core import config
+    folder = config.CACHE_DIR
+    try:  # Numba's own test (caching._CacheLocator.ensure_cache_path), for its reason
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        return (f"Numba cannot cache its compiled kernels in NUMBA_CACHE_DIR={folder} "
+                f"({exc.strerror or exc}), nor in kernels/__pycache__ or the user's cache "
+                "folder, so each process compiles them again (about 10 s); point "
+                "NUMBA_CACHE_DIR at a writable folder to keep them")
+    return ("Numba finds no writable folder to cache its compiled kernels in "
+            "(kernels/__pycache__ is read-only and so is the user's cache folder), so "
+            "each process compiles them again (about 10 s); set NUMBA_CACHE_DIR to a "
+            "writable folder to keep them")
 
 
 CACHE = _cache_folder_found()

@@ -12,7 +12,9 @@ finiteness and tol in compiled code; predict and predict_checked to ``predict``
 rows through the C GEMV loops of kernels/_gemv.h: kernels/numba_gemv.py).
 Kernels compile on first use per dtype, each once (they call one another by
 name: kernels/numba_link.py), and are cached on disk (``cache=True``), so later
-processes load them instead of recompiling.
+processes load them instead of recompiling; a damaged cache entry compiles again and
+is rewritten, and a cache write that fails leaves the kernel compiled, uncached, each
+said in one line (numba_link.guard_cache).
 
 Calls skip Numba's dispatcher (see :mod:`._numba_entry`): each kernel has ONE
 signature per dtype, X and T typed read-only so that a read-only input (a
@@ -39,9 +41,13 @@ import numpy as np
 
 try:
     from ..kernels import numba_train as kt
+    from ..kernels.numba_link import guard_caches
     from ._numba_entry import entry_point_or_stand_in, fits, signature
 except ImportError as exc:  # numba or scipy missing
     raise ImportError(f"the Numba kernels need numba and scipy ({exc})") from None
+
+# every kernel's disk cache: a damaged entry compiles again, a failed write runs uncached
+guard_caches()
 
 from .. import rules
 from ..codes import GRADIENT, TRAIN

@@ -1,0 +1,199 @@
+"""Numba's disk cache when it is damaged or cannot be written (kernels/numba_link.guard_cache).
+
+A cache entry that a power loss left empty or cut short (Numba writes without fsync) is a
+cache miss: the kernel compiles again, the entry is rewritten, one line says so, and no
+traceback. A cache write that fails (a full disk, here a file size limit) leaves the kernel
+compiled and in use, uncached, with one line naming the folder; `fastmlp warmup` fails
+saying so. Each case runs in a fresh process with its own NUMBA_CACHE_DIR (Numba tries that
+folder first), copied from one float64 cache compiled once for the module.
+"""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastmlp as fm
+
+pytestmark = pytest.mark.skipif("numba" not in fm.available_backends(),
+                                reason="the numba backend does not import here")
+
+_TIMEOUT = 600
+
+# The model of every case: float64 (so one dtype's kernels are compiled for the module),
+# trained, then its predictions and loss; and how many kernels were compiled, not loaded.
+_USE = """
+import json, sys
+import numpy as np
+import fastmlp as fm
+from fastmlp.kernels import numba_activations, numba_layers, numba_math, numba_train
+X = np.random.default_rng(0).random((20, 4))
+T = np.eye(3)[np.arange(20) % 3]
+m = fm.Model([fm.Dense(5, "tanh"), fm.Dense(3, "softmax")], input_dim=4, loss="cross_entropy",
+             optimizer=fm.Adam(), backend="numba", dtype="float64", seed=1)
+m.fit(X, T, epochs=2, batch_size=8)
+m.train_on_batch(X, T)
+kernels = [d for mod in (numba_activations, numba_layers, numba_math, numba_train)
+           for d in vars(mod).values()
+           if hasattr(d, "stats") and d.py_func.__module__ == mod.__name__]
+print(json.dumps({"out": np.concatenate([m.predict(X).ravel(), [m.evaluate(X, T)]]).tolist(),
+                  "compiled": sum(sum(d.stats.cache_misses.values()) for d in kernels)}))
+"""
+
+_FILE_LIMIT = ("import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))\n")
+
+# After _USE under the file size limit: `fastmlp warmup`, float32 marked ready so that it
+# compiles nothing more (it checks the cache writes of the whole process)
+_WARMUP_AFTER = """
+from fastmlp import cli, warmup
+warmup._ready.add(np.dtype("float32"))
+print(json.dumps({"warmup": cli.main(["warmup"])}))
+"""
+
+
+def _run(cache, code):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), PYTHONDONTWRITEBYTECODE="1")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=_TIMEOUT, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    result = {}
+    for line in done.stdout.splitlines():
+        result.update(json.loads(line))
+    return result, done.stderr
+
+
+def _expected():
+    backend = "cython" if "cython" in fm.available_backends() else "numpy"
+    X = np.random.default_rng(0).random((20, 4))
+    T = np.eye(3)[np.arange(20) % 3]
+    m = fm.Model([fm.Dense(5, "tanh"), fm.Dense(3, "softmax")], input_dim=4,
+                 loss="cross_entropy", optimizer=fm.Adam(), backend=backend, dtype="float64",
+                 seed=1)
+    m.fit(X, T, epochs=2, batch_size=8)
+    m.train_on_batch(X, T)
+    return np.concatenate([m.predict(X).ravel(), [m.evaluate(X, T)]])
+
+
+@pytest.fixture(scope="module")
+def float64_cache(tmp_path_factory):
+    """A cache holding every float64 kernel (compiled once for the module)."""
+    cache = tmp_path_factory.mktemp("numba_cache") / "complete"
+    result, _ = _run(cache, _USE)
+    assert result["compiled"] > 0
+    return cache
+
+
+def _empty(path):
+    open(path, "wb").close()
+
+
+def _truncate(path):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:len(data) // 2])
+
+
+def _zero_middle(path):
+    data = bytearray(open(path, "rb").read())
+    start = len(data) // 3
+    data[start:start + 2000] = bytes(len(data[start:start + 2000]))
+    open(path, "wb").write(bytes(data))
+
+
+@pytest.mark.parametrize("kernel, suffix, damage", [
+    ("numba_activations._softmax_backward", ".1.nbc", _empty),
+    ("numba_layers.adam_update", ".1.nbc", _truncate),
+    ("numba_layers.sgd_update", ".1.nbc", _zero_middle),   # unpickles, or not; then LLVM
+    ("numba_activations._softmax_forward", ".nbi", _empty),
+], ids=["emptied", "truncated", "zeroed", "emptied-index"])
+def test_a_damaged_entry_compiles_again_and_is_rewritten(float64_cache, tmp_path, kernel,
+                                                         suffix, damage):
+    cache = tmp_path / "cache"
+    shutil.copytree(float64_cache, cache)
+    [victim] = glob.glob(os.path.join(cache, "*", f"{kernel}-*{suffix}"))
+    before = open(victim, "rb").read()
+    damage(victim)
+    result, err = _run(cache, _USE)
+    np.testing.assert_allclose(result["out"], _expected(), rtol=0, atol=1e-6)
+    assert result["compiled"] >= 1
+    # one line naming the damaged file (or, damage found when rebuilding, the kernel)
+    notices = [line for line in err.splitlines() if "damaged" in line]
+    assert len(notices) == 1, err
+    assert os.path.basename(victim) in notices[0] or kernel.split(".")[1] in notices[0]
+    # rewritten: whole again, and the next process loads everything
+    rewritten = open(victim, "rb").read()
+    assert len(rewritten) > len(before) // 2
+    again, err = _run(cache, _USE)
+    assert "damaged" not in err, err
+    assert again["compiled"] == 0
+    assert again["out"] == result["out"]
+
+
+def test_a_cache_that_cannot_be_written_runs_uncached_and_says_so(tmp_path):
+    cache = tmp_path / "full"
+    result, err = _run(cache, _FILE_LIMIT + _USE + _WARMUP_AFTER)
+    np.testing.assert_allclose(result["out"], _expected(), rtol=0, atol=1e-6)
+    notices = [line for line in err.splitlines() if "could not write its cache" in line]
+    assert len(notices) == 2, err   # the kernels' notice, once, and warmup's error
+    assert str(cache) in notices[0] and "File too large" in notices[0]
+    assert notices[1].startswith("fastmlp warmup: error: ") and str(cache) in notices[1]
+    assert result["warmup"] == 2
+
+
+_NOT_WRITABLE = """
+from numba.core import caching
+caching.CacheImpl._locator_classes = [caching.UserProvidedCacheLocator]
+import fastmlp.kernels.numba_math as m
+print('{"cache": %s}' % str(m.CACHE).lower())
+"""
+
+
+def test_an_unwritable_numba_cache_dir_is_named(tmp_path):
+    """NUMBA_CACHE_DIR set to a folder that cannot be made (under a regular file), and no
+    other folder for Numba to fall back on: the notice names the folder that was set."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result, err = _run(blocker / "numba", _NOT_WRITABLE)
+    assert result["cache"] is False
+    assert f"NUMBA_CACHE_DIR={blocker / 'numba'}" in err and "Not a directory" in err, err
+    assert err.count("\n") == 1
+
+
+# --- the guard itself, in this process ------------------------------------------------
+
+def test_only_fastmlp_kernels_are_guarded():
+    import fastmlp.backends.numba  # noqa: F401  (guards every kernel's cache)
+    from numba import njit
+    from numba.core import caching
+    from fastmlp.kernels import numba_train
+    from fastmlp.kernels.numba_link import _CheckedCacheFile
+    assert type(numba_train.run._cache._cache_file) is _CheckedCacheFile
+
+    def other():
+        return 1
+    other = njit(cache=True)(other)
+    assert type(other._cache._cache_file) is caching.IndexDataCacheFile
+
+
+def test_a_ctrl_c_while_loading_still_propagates(tmp_path, monkeypatch):
+    from numba.core import caching
+    from fastmlp.kernels.numba_link import _CheckedCacheFile, _load_overload
+    cache_file = _CheckedCacheFile(str(tmp_path), "k", source_stamp=1)
+    cache_file.save("key", b"data")
+    assert cache_file.load("key") == b"data"
+
+    def interrupted(self, *args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(caching.IndexDataCacheFile, "_load_data", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cache_file.load("key")
+    monkeypatch.setattr(caching.IndexDataCacheFile, "_load_index", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cache_file.load("key")
+    with pytest.raises(KeyboardInterrupt):
+        _load_overload(lambda sig, ctx: interrupted(None), None, None, None)
