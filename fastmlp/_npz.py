@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+import sys
 import zipfile
 import zlib
 
@@ -47,12 +48,14 @@ _DAMAGE = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, KeyError
            NotImplementedError, TypeError, ValueError, struct.error, zlib.error, OverflowError,
            RecursionError)
 
-def raised_by_caller(exc):
+def raised_by_caller(exc, outer):
     """The exception behind ``exc`` (one of _DAMAGE) if it says nothing of the file, else
     None: an OSError without an error number that is not one of io's ValueErrors, such as
     the TimeoutError a SIGALRM handler raises to time a call out, which was reported as a
-    damaged member. Reading errors (EIO, ETIMEDOUT on a network drive) carry their number."""
-    while exc is not None:   # zipfile raises BadZipFile over an OSError of its reading
+    damaged member. Reading errors (EIO, ETIMEDOUT on a network drive) carry their number.
+    ``outer``: the exception the caller was handling when the archive was opened (load
+    called in an ``except TimeoutError:``), where the chain of contexts leaves the file's."""
+    while exc is not None and exc is not outer:   # zipfile's BadZipFile over its OSError
         if isinstance(exc, OSError) and exc.errno is None and not isinstance(exc, ValueError):
             return exc
         exc = exc.__context__
@@ -73,23 +76,24 @@ class Archive:
     """
 
     def __init__(self, path, required, optional=()):
+        self._outer = sys.exc_info()[1]   # what the caller is handling (raised_by_caller)
         self._file = _open_regular(path)
         try:
             size = os.fstat(self._file.fileno()).st_size
             try:
                 self._zip = zipfile.ZipFile(self._file)
             except _DAMAGE as exc:
-                if (caller := raised_by_caller(exc)) is not None:
+                if (caller := raised_by_caller(exc, self._outer)) is not None:
                     raise caller from None
                 self._file.seek(0)
                 if self._file.read(6) == b"\x93NUMPY":
                     raise FormatError("it holds a single NumPy array, not a fastmlp .npz archive") from None
                 raise FormatError(_FOREIGN) from None
-            _check_member_count(self._file, self._zip)
+            _check_member_count(self._file, self._zip, self._outer)
             self._infos = _members(self._zip.infolist(), set(required), set(optional), size)
         except OSError as exc:   # opened, but reading fails (EIO: /proc/self/mem, a bad disk)
             self._file.close()
-            if (caller := raised_by_caller(exc)) is not None:
+            if (caller := raised_by_caller(exc, self._outer)) is not None:
                 raise caller from None
             raise FormatError(f"reading it failed ({exc.strerror or exc})") from None
         except BaseException:
@@ -118,7 +122,7 @@ class Archive:
                 f.close()
             if isinstance(exc, FormatError):
                 raise
-            if (caller := raised_by_caller(exc)) is not None:
+            if (caller := raised_by_caller(exc, self._outer)) is not None:
                 raise caller from None
             raise FormatError(f"damaged or truncated (member {name!r}: {exc})") from None
         if dtype.hasobject:
@@ -143,7 +147,7 @@ class Archive:
                     raise EOFError("short member")
                 return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
             except _DAMAGE as exc:
-                if (caller := raised_by_caller(exc)) is not None:
+                if (caller := raised_by_caller(exc, self._outer)) is not None:
                     raise caller from None
                 raise FormatError(f"damaged or truncated (member {name!r}: {exc})") from None
 
@@ -206,7 +210,7 @@ def _open_without_blocking(path):
         raise
 
 
-def _check_member_count(file, archive):
+def _check_member_count(file, archive, outer):
     """FormatError unless ``archive`` (a ZipFile of ``file``) read as many members as the
     end-of-central-directory record counts. zipfile reads the directory until its byte
     size is used up, so one damaged name, extra or comment length swallows the entries
@@ -215,7 +219,7 @@ def _check_member_count(file, archive):
     try:
         end = zipfile._EndRecData(file)  # zipfile's own reading of the record (zip64 too)
     except _DAMAGE as exc:
-        if (caller := raised_by_caller(exc)) is not None:
+        if (caller := raised_by_caller(exc, outer)) is not None:
             raise caller from None
         end = None
     if end is None:

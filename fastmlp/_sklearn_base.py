@@ -104,22 +104,23 @@ class BaseMLP(BaseEstimator):
         self.dtype = dtype
 
     # -- training ----------------------------------------------------------------
-    def fit(self, X, y, **fit_params):
+    def fit(self, X, y, *args, **fit_params):
         """Train a new model for up to ``max_iter`` epochs; returns self."""
-        self._refuse(fit_params, "fit")
+        self._refuse(args, fit_params, "fit")
         self._validate_params()
         return self._fit(X, y, incremental=False)
 
-    def _refuse(self, fit_params, method):
-        """A clear TypeError for keyword arguments scikit-learn's MLPs take and these do not
-        (sample_weight; Python's own error named the private base class). Not in the
-        signature, so that scikit-learn's checks and metadata routing do not take
-        sample_weight for supported."""
-        if fit_params:
-            raise TypeError(f"{type(self).__name__}.{method}() got unexpected keyword "
-                            f"argument(s) {', '.join(sorted(fit_params))}: fastmlp's "
-                            "estimators take no sample_weight (every row weighs the same; "
-                            "repeat or resample rows to weight them)")
+    def _refuse(self, args, fit_params, method):
+        """A clear TypeError for arguments scikit-learn's MLPs take and these do not
+        (sample_weight, by keyword or third; Python's own error named the private base
+        class). Not in the signature, so that scikit-learn's checks and metadata routing
+        do not take sample_weight for supported."""
+        if args or fit_params:
+            given = (f"{len(args)} positional argument(s) more than it takes" if args else
+                     f"unexpected keyword argument(s) {', '.join(sorted(fit_params))}")
+            raise TypeError(f"{type(self).__name__}.{method}() got {given}: "
+                            "fastmlp's estimators take no sample_weight (every row weighs the "
+                            "same; repeat or resample rows to weight them)")
 
     def _training_lock(self):
         """This estimator's lock, held by every fit and partial_fit and by pickling.

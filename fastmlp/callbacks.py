@@ -95,11 +95,13 @@ def _monitored(logs, monitor, who):
     return float(value)
 
 
-def check_monitors(callbacks, logged):
+def check_monitors(callbacks, logged, takes_metrics=True):
     """Before training: refuse an EarlyStopping or ModelCheckpoint(save_best_only) that
     monitors a value fit logs in other fits but not in this one (val_loss without
     validation data, a metric not asked for), rather than failing after an epoch.
-    ``logged``: the keys this fit logs. Other names may come from a callback's logs."""
+    ``logged``: the keys this fit logs. Other names may come from a callback's logs.
+    ``takes_metrics``: whether the fit has a metrics argument to advise (distributed.fit
+    logs the loss alone)."""
     from .metrics import METRICS
     own = ["loss", *METRICS]
     possible = own + [f"val_{k}" for k in own]
@@ -111,11 +113,14 @@ def check_monitors(callbacks, logged):
         if monitor in logged or monitor not in possible:
             continue
         base = monitor[4:] if monitor.startswith("val_") else monitor
+        if base not in logged and not takes_metrics:
+            raise ValueError(f"{type(cb).__name__} monitors {monitor!r}, which this fit does "
+                             f"not log: it logs {', '.join(logged)} (no metrics)")
         needs = []
         if base not in logged:
             needs.append(f"metrics=[{base!r}]")
         if monitor.startswith("val_") and "val_loss" not in logged:
-            needs.append("validation_data or validation_split")
+            needs.append("validation_data" + (" or validation_split" if takes_metrics else ""))
         raise ValueError(f"{type(cb).__name__} monitors {monitor!r}, which this fit does "
                          f"not log: pass {' and '.join(needs)}")
 

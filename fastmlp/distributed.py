@@ -302,7 +302,7 @@ class _Run:
         self.n_val = sum(val_rows)
         error = None
         try:   # before any step, as Model.fit: a monitor no epoch logs is known now
-            check_monitors(callbacks, _logged((), self.n_val > 0, False))
+            check_monitors(callbacks, _logged((), self.n_val > 0, False), takes_metrics=False)
         except Exception as exc:
             error = exc
         self.agree(error, "checking the callbacks")
@@ -352,7 +352,10 @@ class _Run:
             model.feature_names_in_ = None if model_names is None else model_names.copy()
         found = [s for s in label_sets if s is not None]
         if model.classes_ is None and found:
-            _, model.classes_ = labels.encode(np.concatenate(found), model.net, None)
+            # as objects: int64 labels beside uint64 ones concatenated to float64 (2**64 - 1
+            # became 2**64); labels.encode types them as one process would
+            union = np.concatenate([np.asarray(f, dtype=object) for f in found])
+            _, model.classes_ = labels.encode(union, model.net, None)
         if model.feature_names_in_ is None and names is not None:
             model.feature_names_in_ = np.asarray(names)
 
@@ -366,10 +369,13 @@ class _Run:
             raise ValueError(f"{y_name} has {n_y[0]} rows but {x_name} has {n_x[0]}")
         if n_x != (0,):
             return model.prepare(X, Y)
+        # (0, 9) for a model of 5 inputs: another data set's shard, or a bug of the caller
         if len(x_shape) > 2 or x_shape[1:] not in ((), (net.input_dim,)):
-            # (0, 9) for a model of 5 inputs: another data set's shard, or a bug of the caller
             raise ValueError(f"{x_name} is empty with shape {x_shape}; this model takes "
                              f"{net.input_dim} features: (0, {net.input_dim})")
+        if len(y_shape) > 2 or y_shape[1:] not in ((), (1,), (net.output_dim,)):
+            raise ValueError(f"{y_name} is empty with shape {y_shape}; this model has "
+                             f"{net.output_dim} outputs: (0, {net.output_dim}) or (0,)")
         return (np.empty((0, net.input_dim), model.dtype),
                 np.empty((0, net.output_dim), model.dtype))
 

@@ -228,7 +228,7 @@ def _check_fields(header):
             "n_params": n_params,
             "loss": losses.get(net["loss"]).name, "optimizer": optimizers.from_config(config),
             "dtype": dtype, "backend": backend, "seed": seed,
-            "rng_state": _rng_state(header["rng_state"])}
+            "rng_state": check_rng_state(header["rng_state"])}
 
 
 def _layers(configs, input_dim):
@@ -252,7 +252,7 @@ def _layers(configs, input_dim):
     return layers, n_params
 
 
-def _rng_state(state):
+def check_rng_state(state):
     """numpy's PCG64 state dict, exactly: {'bit_generator': 'PCG64', 'state': {'state': s,
     'inc': i}, 'has_uint32': 0 or 1, 'uinteger': u}, s and i in [0, 2**128), u in [0, 2**32)."""
     def uint(value, bits):

@@ -51,13 +51,16 @@ def _as_labels(arr):
 
 
 def _integers(values):
-    """Python integers as int64, else uint64 (NumPy made those of [2**63, 2**64) float64,
-    turning 2**64 - 1 into 2**64); beyond both, refused: save could not hold them."""
+    """Integers (Python's or NumPy's) as int64, else uint64 (NumPy made those of
+    [2**63, 2**64) float64, turning 2**64 - 1 into 2**64); beyond both, refused: save could
+    not hold them. The range is judged on the values as Python ints: NumPy casts an int64
+    -1 to uint64 2**64 - 1 without a word."""
+    exact = [int(v) for v in values]
+    low, high = min(exact), max(exact)
     for dtype in (np.int64, np.uint64):
-        try:
-            return np.asarray(values, dtype=dtype)
-        except OverflowError:
-            pass
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return np.asarray(exact, dtype=dtype)
     raise TypeError("class labels hold integers that no 64-bit integer type holds (beyond "
                     "64 bits, or both below 0 and above 2**63 - 1), which cannot be saved with "
                     "the model: convert them first, e.g. to str")

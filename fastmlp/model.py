@@ -106,17 +106,17 @@ _NOBODY = object()   # _owning_fit before it owns anything
 def _generator(seed):
     """np.random.default_rng(seed), with NumPy's error (same type) reworded to name seed.
 
-    A Generator of another bit generator than PCG64 (MT19937, Philox, ...) seeds one of
-    PCG64 with its next numbers: get_state, set_state, copies and files hold PCG64's state
-    (such a Generator's state could be neither restored nor loaded: a saved file refused)."""
-    if (isinstance(seed, np.random.Generator)
-            and type(seed.bit_generator) is not np.random.PCG64):
-        return np.random.default_rng(seed.integers(2**63, size=4))
+    A Generator or bit generator other than PCG64 (MT19937, Philox, a RandomState, ...)
+    seeds one of PCG64 with its next numbers: get_state, set_state, copies and files hold
+    PCG64's state (another one could be neither restored nor loaded: a saved file refused)."""
     try:
-        return np.random.default_rng(seed)
+        rng = np.random.default_rng(seed)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"seed must be None or an integer >= 0 (or a sequence of them), "
                         f"got {seed!r} ({exc})") from None
+    if type(rng.bit_generator) is not np.random.PCG64:   # also a bare MT19937(0)
+        return np.random.default_rng(rng.integers(2**63, size=4))
+    return rng
 
 
 def _shares_memory(a, *others):
@@ -439,6 +439,11 @@ class Model:
         rng = np.random.default_rng()
         try:   # NumPy's own errors ("state must be a dict") do not say whose state
             rng.bit_generator.state = state["rng_state"]
+            # as load reads it back: NumPy's setter takes has_uint32 = 5 (a file load then
+            # refused) and truncates 1.5
+            if rng.bit_generator.state != state["rng_state"]:
+                raise ValueError("NumPy would store another state than the one given")
+            io.check_rng_state(rng.bit_generator.state)
         except (TypeError, ValueError, KeyError, OverflowError) as exc:
             raise ValueError(f"rng_state is not a state of this model's generator "
                              f"({type(self._rng.bit_generator).__name__}): {exc}") from None
@@ -839,7 +844,8 @@ class Model:
                         # or its validation, metrics, callbacks or record): never leave the model
                         # half an epoch updated, nor an epoch trained that the History does not
                         # show. A callback's or metric's own error keeps the trained epoch, as in
-                        # Keras.
+                        # Keras. model.history is this fit's (a fit in a callback replaced it).
+                        self.history = history
                         if not recorded and (not trained or isinstance(exc, KeyboardInterrupt)):
                             def undo():
                                 with self._lock:
@@ -850,9 +856,10 @@ class Model:
                         raise
                     if self.stop_training or (tol is not None and loss <= tol):
                         break
+            self.history = history  # a fit run from one of this fit's callbacks replaced it
             for cb in callbacks:
                 _hook(cb, "on_train_end", logs)
-            self.history = history  # a fit run from one of this fit's callbacks replaced it
+            self.history = history
             return history
 
     # Networks up to this many parameters take train_on_batch's one-call checked step on

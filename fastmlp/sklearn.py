@@ -110,11 +110,11 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
     _stratify = property(lambda self: not self._multilabel)
 
-    def partial_fit(self, X, y, classes=None, **fit_params):
+    def partial_fit(self, X, y, classes=None, *args, **fit_params):
         """One epoch over (X, y), continuing from the current weights. The first call
         needs ``classes``, every label y will ever hold; for a multilabel (indicator) y
         it must be given too, and classes_ is then the column indices 0..k-1."""
-        self._refuse(fit_params, "partial_fit")
+        self._refuse(args, fit_params, "partial_fit")
         self._validate_params()
         if classes is not None:
             _check_classes(classes)
@@ -210,9 +210,9 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
     _stratify = False
 
-    def partial_fit(self, X, y, **fit_params):
+    def partial_fit(self, X, y, *args, **fit_params):
         """One epoch over (X, y), continuing from the current weights."""
-        self._refuse(fit_params, "partial_fit")
+        self._refuse(args, fit_params, "partial_fit")
         self._validate_params()
         return self._fit(X, y, incremental=True)
 

@@ -152,6 +152,10 @@ FAILURES = {
                     "[1] use step/sign",
     "empty_wide": "rank 1 of 2 failed preparing the data: rank 1: ValueError: X is empty with "
                   "shape (0, 9); this model takes 5 features: (0, 5)",
+    "empty_wide_y": "rank 1 of 2 failed preparing the data: rank 1: ValueError: Y is empty "
+                    "with shape (0, 9); this model has 3 outputs: (0, 3) or (0,)",
+    "metric_monitor": "ValueError: EarlyStopping monitors 'val_accuracy', which this fit does "
+                      "not log: it logs loss, samples_per_s (no metrics)",
     "bad_monitor": "ranks 0, 1 of 2 failed checking the callbacks: ranks 0, 1: ValueError: "
                    "EarlyStopping monitors 'val_loss', which this fit does not log",
 }
@@ -190,6 +194,16 @@ def test_two_numeric_labels_split_over_the_ranks_are_the_union(tmp_path):
     assert rc == 0, err[-3000:]
     for rank in (0, 1):
         assert (tmp_path / f"rank{rank}.classes").read_text() == "3 7"
+
+
+def test_integer_labels_of_int64_and_uint64_shards_are_their_exact_union(tmp_path):
+    # int64 [0, 1] and uint64 [2**64 - 1, 2**63 + 1] concatenated to float64: 2**64 - 1
+    # became 2**64 (one process keeps them exact, as uint64)
+    rc, out, err = run_shards("big_labels", "numpy", tmp_path)
+    assert rc == 0, err[-3000:]
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}.classes").read_text() == \
+            f"0 1 {2**63 + 1} {2**64 - 1}"
 
 
 def test_divergence_raises_training_diverged_on_every_rank_and_restores_the_epoch(tmp_path):

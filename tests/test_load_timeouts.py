@@ -63,6 +63,19 @@ def test_a_timeout_under_zipfiles_own_error_is_the_callers_timeout(saved, monkey
         fm.load(saved)
 
 
+def test_a_damaged_file_loaded_while_handling_a_timeout_is_a_bad_file(saved):
+    # "the download timed out: load the cached copy": the chain of contexts reached the
+    # caller's TimeoutError, which load then raised again for the damaged file
+    data = saved.read_bytes()
+    for damaged in (b"not a model file" * 10, data[:len(data) // 2]):
+        saved.write_bytes(damaged)
+        try:
+            raise TimeoutError("the download timed out")
+        except TimeoutError:
+            with pytest.raises(ValueError, match="is not a readable fastmlp model file"):
+                fm.load(saved)
+
+
 def test_a_reading_error_with_its_number_is_still_the_files(saved, monkeypatch):
     # ETIMEDOUT from a network drive is also a TimeoutError: it carries its number.
     _raising_at_read(monkeypatch, OSError(errno.ETIMEDOUT, "Connection timed out"), 1)

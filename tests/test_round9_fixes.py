@@ -59,6 +59,38 @@ def test_a_generator_of_another_bit_generator_gives_a_state_that_round_trips(bit
           callbacks=[fm.EarlyStopping(patience=1, restore_best_weights=True)])
 
 
+@pytest.mark.parametrize("make_seed", [
+    lambda: np.random.PCG64DXSM(0), lambda: np.random.MT19937(0),
+    lambda: np.random.RandomState(0),
+], ids=["PCG64DXSM", "MT19937", "RandomState"])
+def test_a_bare_bit_generator_or_random_state_seed_round_trips(make_seed, data, tmp_path):
+    # default_rng wraps these keeping their type: the Generator-only fix missed them
+    X, Y = data
+    m = _model(seed=make_seed())
+    assert type(m._rng.bit_generator) is np.random.PCG64
+    m.fit(X, Y, epochs=1, batch_size=8)
+    m.set_state(m.get_state())
+    copy.deepcopy(m)
+    m.save(tmp_path / "m.fastmlp")
+    np.testing.assert_array_equal(fm.load(tmp_path / "m.fastmlp").get_state()["theta"],
+                                  m.get_state()["theta"])
+
+
+@pytest.mark.parametrize("change", [{"has_uint32": 5}, {"has_uint32": -1},
+                                    {"uinteger": 1.5, "has_uint32": 1}])
+def test_set_state_refuses_a_generator_state_load_would_refuse(change, tmp_path):
+    # NumPy's setter took has_uint32 = 5 (save then replaced a good file with one load
+    # refused) and truncated 1.5
+    m = _model()
+    m.save(tmp_path / "m.fastmlp")
+    state = m.get_state()
+    bad = dict(state, rng_state=dict(state["rng_state"], **change))
+    with pytest.raises(ValueError, match="rng_state is not a state of this model's generator"):
+        m.set_state(bad)
+    m.save(tmp_path / "m.fastmlp")
+    fm.load(tmp_path / "m.fastmlp")
+
+
 def test_a_generator_of_another_bit_generator_seeds_alike_and_is_drawn_from():
     a = _model(seed=np.random.Generator(np.random.MT19937(5)))
     b = _model(seed=np.random.Generator(np.random.MT19937(5)))
@@ -118,6 +150,21 @@ def test_a_ctrl_c_after_a_callbacks_training_undoes_the_whole_epoch(backend, how
     for key in ("theta", "opt_buffers", "opt_step"):
         np.testing.assert_array_equal(got[key], want[key])
     assert got["rng_state"] == want["rng_state"]
+
+
+def test_model_history_is_the_interrupted_fits_own_after_a_nested_fit(data):
+    X, Y = data
+    m = _model()
+    m.fit(X, Y, epochs=1, batch_size=8)
+
+    class NestedThenCtrlC(fm.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.fit(X[:8], Y[:8], epochs=5, batch_size=4)
+                raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        m.fit(X, Y, epochs=3, batch_size=8, callbacks=[NestedThenCtrlC()])
+    assert m.history.epoch == [0]   # its one kept epoch, not the nested fit's five
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -231,6 +278,17 @@ def test_integer_labels_beyond_64_bits_are_refused_by_fit_not_by_save():
         assert m.classes_ is None
     with pytest.raises(TypeError, match="mix floats with integers float64 cannot hold"):
         m.fit(X, np.array([2**53 + 1, 5.0] * 5, dtype=object), epochs=1)
+
+
+@pytest.mark.parametrize("labels", [
+    [np.uint64(2**63), np.int64(-1)], [2**63, np.int64(-1)],
+    np.array([np.uint64(2**63), np.int64(-1)], dtype=object),
+], ids=["numpy-scalars", "mixed", "object-array"])
+def test_numpy_integers_no_64_bit_type_holds_together_are_refused(labels):
+    # NumPy cast the int64 -1 to the uint64 label 2**64 - 1 without a word
+    X = np.random.default_rng(0).standard_normal((10, 3))
+    with pytest.raises(TypeError, match="integers that no 64-bit integer type holds"):
+        _classifier().fit(X, list(labels) * 5, epochs=1)
 
 
 def test_integer_labels_up_to_64_bits_train_save_and_load(tmp_path):

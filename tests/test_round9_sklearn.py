@@ -83,6 +83,21 @@ def test_sample_weight_is_refused_naming_the_estimator(call):
         call(MLPClassifier(max_iter=2, backend="numpy"), np.ones(60))
 
 
+@pytest.mark.parametrize("call", [
+    lambda: MLPClassifier(backend="numpy").fit(X, rng.randint(0, 2, 60), np.ones(60)),
+    lambda: MLPRegressor(backend="numpy").fit(X, rng.randn(60), np.ones(60)),
+    lambda: MLPRegressor(backend="numpy").partial_fit(X, rng.randn(60), np.ones(60)),
+    lambda: MLPClassifier(backend="numpy").partial_fit(X, rng.randint(0, 2, 60), [0, 1],
+                                                       np.ones(60)),
+], ids=["fit", "regressor-fit", "regressor-partial_fit", "partial_fit-fourth"])
+def test_sample_weight_passed_positionally_is_refused_naming_it(call):
+    # scikit-learn's fit(X, y, sample_weight): Python's error named the private base class
+    with pytest.raises(TypeError, match=r"MLP(Classifier|Regressor)\.(partial_)?fit\(\) got 1 "
+                                        r"positional argument\(s\) more than it takes: "
+                                        "fastmlp's estimators take no sample_weight"):
+        call()
+
+
 def test_a_regressors_sample_weight_is_refused_too():
     with pytest.raises(TypeError, match=r"MLPRegressor\.partial_fit\(\) got unexpected"):
         MLPRegressor(backend="numpy").partial_fit(X, rng.randn(60), sample_weight=np.ones(60))

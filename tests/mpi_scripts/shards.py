@@ -128,6 +128,15 @@ def main(mode, backend, outdir):
         with open(os.path.join(outdir, f"rank{rank}.classes"), "w") as file:
             file.write(" ".join(str(c) for c in m.classes_.tolist()))
         return
+    if mode == "big_labels":   # int64 labels on rank 0, uint64 ones on rank 1: their union
+        m = fm.Model([fm.Dense(4, activation="tanh"), fm.Dense(4, activation="softmax")],
+                     input_dim=5, loss="cross_entropy", dtype="float64", seed=3)
+        mine = [0, 1] if rank == 0 else [2**64 - 1, 2**63 + 1]
+        distributed.fit(m, X_mine, np.resize(np.array(mine), len(X_mine)), comm,
+                        epochs=1, batch_size=BATCH)
+        with open(os.path.join(outdir, f"rank{rank}.classes"), "w") as file:
+            file.write(" ".join(str(c) for c in m.classes_.tolist()))
+        return
     if mode == "step_warning":   # python -W error on every rank; rank 0 warns
         warnings.filterwarnings("error", message="layer", category=RuntimeWarning)
         m = fm.Model([fm.Dense(7, activation="step"), fm.Dense(3, activation="softmax")],
@@ -161,6 +170,8 @@ def main(mode, backend, outdir):
             y_mine[6] = np.nan
     if mode == "empty_wide" and rank == 1:   # no rows, but the columns of another data set
         X_mine, y_mine = np.empty((0, 9)), y_mine[:0]
+    if mode == "empty_wide_y" and rank == 1:
+        X_mine, y_mine = np.empty((0, 5)), np.empty((0, 9))
     if mode == "short_y" and rank == 1:
         y_mine = y_mine[:-1]
     if mode == "lr_mismatch" and rank == 1:
@@ -178,6 +189,8 @@ def main(mode, backend, outdir):
         callbacks = [_Trouble(mode)]
     if mode == "bad_monitor":   # no validation rows: refused before any step, as Model.fit
         callbacks = [EarlyStopping("val_loss")]
+    if mode == "metric_monitor":   # distributed.fit logs no metrics: no metrics= advised
+        callbacks = [EarlyStopping("val_accuracy")]
     check = mode == "drift"
     try:
         epochs = EPOCHS + 1 if mode == "mismatch" and rank == 1 else EPOCHS
