@@ -30,6 +30,13 @@ def _model(backend="numpy", seed=0, optimizer=None):
                     optimizer=optimizer or fm.SGD(0.05), dtype="float64", seed=seed)
 
 
+def _same_state(got, want):
+    """get_state() dicts equal, bit for bit."""
+    for key in ("theta", "opt_buffers", "opt_step"):
+        np.testing.assert_array_equal(got[key], want[key])
+    assert got["rng_state"] == want["rng_state"]
+
+
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(2)
@@ -146,10 +153,7 @@ def test_a_ctrl_c_after_a_callbacks_training_undoes_the_whole_epoch(backend, how
     with pytest.raises(KeyboardInterrupt):
         resumed.fit(X, Y, epochs=1, batch_size=8, callbacks=[_TrainsThenInterrupted(how, X, Y)])
     resumed.fit(X, Y, epochs=1, batch_size=8)
-    want, got = straight.get_state(), resumed.get_state()
-    for key in ("theta", "opt_buffers", "opt_step"):
-        np.testing.assert_array_equal(got[key], want[key])
-    assert got["rng_state"] == want["rng_state"]
+    _same_state(resumed.get_state(), straight.get_state())
 
 
 def test_model_history_is_the_interrupted_fits_own_after_a_nested_fit(data):
@@ -325,11 +329,8 @@ def test_another_thread_copies_a_fitting_model_between_epochs(backend, data, tmp
     for epoch in range(3):
         straight = _model(backend)
         straight.fit(X, Y, epochs=epoch + 1, batch_size=8)
-        want = straight.get_state()
         for got in (*copies[epoch], fm.load(tmp_path / f"epoch{epoch}.fastmlp").get_state()):
-            for key in ("theta", "opt_buffers", "opt_step"):
-                np.testing.assert_array_equal(got[key], want[key])
-            assert got["rng_state"] == want["rng_state"]
+            _same_state(got, straight.get_state())
 
 
 def test_another_threads_training_call_still_waits_for_the_fit(data):
