@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
+import zlib
 from typing import NamedTuple
 
 import numpy as np
@@ -26,6 +28,7 @@ class Data(NamedTuple):
     description: str       # for the data line
     labels: np.ndarray | None = None   # the classes as the model holds them (its classes_):
                                        # int64 or str (k,); None: the names
+    lines: list | None = None   # the file line of each row of X (a CSV), for error messages
 
 
 def choose_task(args, table):
@@ -108,12 +111,28 @@ def _number(cell):
         return None
 
 
+def data_file(args):
+    """(path, how messages name it) of the file train reads: --data, or the shipped digits
+    without it (its path None where the package is not in a folder). --save and --plot
+    must not be it: with no --data, --save <the digits file> replaced the data set with a
+    model."""
+    if args.data is not None:
+        return args.data, "the --data file"
+    source = datasets.digits_file()
+    return (os.fspath(source) if isinstance(source, os.PathLike) else None,
+            "the shipped digits file, which train reads without --data")
+
+
 def load_data(args):
     """The data set of --data (a CSV) or the shipped digits, and its task."""
     if args.data is None:
         if args.target is not None:
             raise ValueError("--target needs --data (the digits data set has no named columns)")
-        X, y = datasets.load_digits()
+        try:
+            X, y = datasets.load_digits()
+        except (OSError, EOFError, zlib.error, ValueError) as exc:  # e.g. overwritten
+            raise ValueError(f"{data_file(args)[0]}: the shipped digits cannot be read "
+                             f"({exc}); reinstall fastmlp") from None
         task = "classification" if args.task == "auto" else args.task
         why = "the digits' 10 classes" if args.task == "auto" else f"--task {args.task}"
         features = [f"pixel{i}" for i in range(X.shape[1])]
@@ -124,26 +143,28 @@ def load_data(args):
                     np.arange(10, dtype=np.int64))
     table = datasets.read_csv(args.data, args.target)
     task, why = choose_task(args, table)
-    shown = ", ".join(table.features[:8]) + (", ..." if len(table.features) > 8 else "")
-    description = f"{args.data} (target {table.target}; features {shown})"
+    names = [datasets.shown_name(f) for f in table.features[:8]]   # one line each
+    shown = ", ".join(names) + (", ..." if len(table.features) > 8 else "")
+    description = f"{args.data} (target {datasets.shown_name(table.target)}; features {shown})"
     if task == "regression":
         return Data(table.X, datasets.numeric_target(table), None, table.features,
-                    table.target, task, why, description)
+                    table.target, task, why, description, lines=table.lines)
     y, classes = datasets.class_labels(table)
     classes = _distinct_names(table, classes)
     if len(classes) > len(y) / 2:
         print(f"note: target column {table.target!r} has {len(classes)} distinct values in "
               f"{len(y)} rows; they are treated as class labels", file=sys.stderr)
     return Data(table.X, y, classes, table.features, table.target, task, why, description,
-                _label_values(table, classes))
+                _label_values(table, classes), table.lines)
 
 
 def _label_values(table, names):
     """The classes as the model holds them (its classes_, which --save stores), in the order
     of ``names``: integers as int64, so predict_classes compares equal to the data's labels
     (the names '0'..'9' compared with the integers 0..9 scored 0 %, silently); read exactly
-    (2**53 + 1 stays itself). Other labels keep their names: text, integers beyond int64
-    (no NumPy number holds them exactly) and other numbers (fit takes no fractional labels).
+    (2**53 + 1 stays itself; '2.0' is the integer 2: see datasets._integers). Other labels
+    keep their names: text, integers beyond int64 (no NumPy number holds them exactly) and
+    other numbers (fit takes no fractional labels).
     Both orders are class_labels': numbers sort as numbers."""
     integers = datasets._integers(table.cells)
     if integers is not None and INT64.min <= min(integers) and max(integers) <= INT64.max:
@@ -158,6 +179,31 @@ def _distinct_names(table, names):
     if len(set(names)) == len(names):
         return names
     return [str(float(v)) for v in np.unique(datasets.numeric_target(table))]
+
+
+def check_dtype(data, path, mean, scale, dtype):
+    """Before training: refuse, naming the file's line and column, a feature value the model
+    cannot hold in ``dtype`` once standardized (it casts (x - mean) / scale to its dtype).
+    A training row's standardized value stays within sqrt(rows), so only a held-out row
+    can fail: 1e39 passed the float64 check, then stopped the run after its first epoch
+    with "X has a value too large for float32 (... at row 3, column 0)", a row of the
+    shuffled held-out part. A block of rows at a time: the temporaries stay ~32 MiB."""
+    rows = max(1, (4 << 20) // max(1, data.X.shape[1]))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, len(data.X), rows):
+            bad = ~np.isfinite(((data.X[start:start + rows] - mean) / scale).astype(dtype))
+            if bad.any():
+                break
+        else:
+            return
+    i, j = np.unravel_index(int(np.argmax(bad)), bad.shape)   # the first in file order
+    i += start
+    where = f"line {data.lines[i]}" if data.lines is not None else f"row {i + 1}"
+    value = float(data.X[i, j])
+    raise ValueError(f"{path}, {where}, column {data.features[j]!r}: {value!r} is too large "
+                     f"for a {np.dtype(dtype).name} model once standardized ((x - mean) / "
+                     f"scale = {(value - mean[j]) / scale[j]:.6g}); use --dtype float64 or "
+                     "rescale the column, e.g. divide it by a power of ten")
 
 
 def split(args, data):

@@ -28,11 +28,12 @@ def _refuse_empty(option, path):
         raise ValueError(f"{option}: the path is empty; give a file name")
 
 
-def check_output_path(option, path, data=None):
+def check_output_path(option, path, data=None, data_name="the --data file"):
     """Refuse, before any training, an output ``path`` that would fail or destroy the input.
 
-    ValueError naming ``option`` ("--save", "--plot") when the path is empty, the --data
-    file (through a symlink or another spelling too), a directory or something
+    ValueError naming ``option`` ("--save", "--plot") when the path is empty, the input
+    file ``data`` (``data_name`` in the message: the --data file, or the shipped digits
+    without --data), through a symlink or another spelling too, a directory or something
     else that is not a regular file, a folder's name (``outdir/``: realpath drops the
     slash, so it would become a file ``outdir``), or in a folder that is missing or
     where no file can be created.
@@ -41,7 +42,7 @@ def check_output_path(option, path, data=None):
     where = f"{option} {path}"
     real = os.path.realpath(path)
     if data is not None and _same_file(path, data):
-        raise ValueError(f"{where}: that is the --data file; refusing to overwrite the "
+        raise ValueError(f"{where}: that is {data_name}; refusing to overwrite the "
                          "input (choose another path)")
     if os.path.isdir(real):
         example = "model.fastmlp" if option == "--save" else "curves.png"
@@ -64,12 +65,12 @@ def check_output_path(option, path, data=None):
     os.unlink(probe)
 
 
-def check_save_path(save, data=None):
+def check_save_path(save, data=None, data_name="the --data file"):
     """:func:`check_output_path` for --save."""
-    check_output_path("--save", save, data)
+    check_output_path("--save", save, data, data_name)
 
 
-def check_plot(plot, data=None, save=None):
+def check_plot(plot, data=None, save=None, data_name="the --data file"):
     """Refuse, before any training, a --plot that cannot be written: matplotlib missing
     (an optional extra), the path being empty, the --data or the --save file, or a bad
     folder."""
@@ -82,7 +83,7 @@ def check_plot(plot, data=None, save=None):
                          "pip install fastmlp[plot] (or pip install matplotlib)") from None
     if save is not None and _same_file(plot, save):
         raise ValueError(f"--plot {plot}: that is the --save file; choose another path")
-    check_output_path("--plot", plot, data)
+    check_output_path("--plot", plot, data, data_name)
 
 
 def save_model(model, path):
@@ -99,3 +100,5 @@ def write_plot(history, path):
         plot_history(history, path)
     except OSError as exc:
         raise ValueError(f"--plot {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:   # e.g. a curve beyond what a plot's axis can span
+        raise ValueError(f"--plot {path}: not written: {exc}") from None

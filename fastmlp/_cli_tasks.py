@@ -15,16 +15,22 @@ from fastmlp import datasets
 
 
 class Classification:
-    """A classifier: fit takes the class labels (cross_entropy) or their one-hot rows (the
-    sigmoid losses), and it is scored by accuracy."""
+    """A classifier: fit takes the class labels (cross_entropy), their one-hot rows (the
+    sigmoid losses), or, for two classes with binary_cross_entropy, 0/1 (one sigmoid unit);
+    it is scored by accuracy."""
 
     def __init__(self, data, loss):
         self.classes = np.asarray(data.classes)    # names (k,), in the data's class order
         # the model's classes_: the labels' own values (int64 integers, else the names)
         self.labels = self.classes if data.labels is None else np.asarray(data.labels)
-        self.n_out = len(self.classes)
+        # Two classes with binary_cross_entropy: one sigmoid unit, P(the second class), as
+        # Keras and scikit-learn build a binary classifier. One unit per class made a
+        # multi-label model, whose saved predict_classes gave indicator rows ([0, 0],
+        # [1, 1]) rather than labels.
+        self.binary = loss == "binary_cross_entropy" and len(self.classes) == 2
+        self.n_out = 1 if self.binary else len(self.classes)
         self.loss = loss
-        self.summary = f"{self.n_out} classes"
+        self.summary = f"{len(self.classes)} classes"
 
     def check_savable(self, dtype):
         """Nothing to check before training: save checks the classes it stores."""
@@ -37,14 +43,21 @@ class Classification:
 
     def targets(self, y):
         """What fit takes for class indices y (n,): labels (n,) for cross_entropy (fit maps
-        them through model.classes_), one-hot rows (n, k) for the sigmoid outputs."""
+        them through model.classes_), the indices as 0/1 targets (n, 1) for one sigmoid unit
+        (not the labels: a Y of numeric labels all in [0, 1] is read as targets), one-hot
+        rows (n, k) for several sigmoid outputs."""
         if self.loss == "cross_entropy":
             return self.labels[y]
+        if self.binary:
+            return y.astype(np.float64)[:, None]
         return np.eye(self.n_out)[y]
 
     def scores(self, model, X, y):
-        """{"val_accuracy": fraction of rows X whose most probable class is y}."""
-        return {"val_accuracy": float(np.mean(model.predict(X).argmax(axis=1) == y))}
+        """{"val_accuracy": fraction of rows X whose most probable class is y (for one
+        sigmoid unit: the second class when its output is > 0.5, as predict_classes)}."""
+        P = model.predict(X)
+        guess = (P[:, 0] > 0.5).astype(np.int64) if self.binary else P.argmax(axis=1)
+        return {"val_accuracy": float(np.mean(guess == y))}
 
     def describe(self, scores):
         return f"accuracy {scores['val_accuracy']:.4f}"
@@ -56,14 +69,20 @@ class Classification:
         return f"held-out accuracy: {100 * acc:.2f} % ({int(round(acc * len(y)))}/{len(y)} rows)"
 
     def predictions(self, model, X):
-        """Class probabilities (m, k)."""
+        """Class probabilities (m, k); for one sigmoid unit, P(the second class) (m, 1)."""
         return model.predict(X)
 
     def prepare_to_save(self, model):
         """Nothing to change; returns what the saved model outputs."""
-        names = self.classes.tolist()
+        names = [datasets.shown_name(n) for n in self.classes.tolist()]
+        if self.binary:
+            return (f"outputs the probability of the class {names[1]} (one sigmoid unit; "
+                    f"predict_classes gives {names[0]} or {names[1]})")
         shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
         return f"outputs are the probabilities of the classes {shown}"
+
+    def check_plottable(self, plot):
+        """Nothing to check before training: accuracy lies in [0, 1]."""
 
 
 class Regression:
@@ -88,6 +107,19 @@ class Regression:
             raise ValueError(f"--save: the target's values (mean {self.mean:.6g}, std "
                              f"{self.scale:.6g}) are too large for a {np.dtype(dtype).name} "
                              "model; use --dtype float64")
+
+    def check_plottable(self, plot):
+        """Before training, for --plot ``plot`` with held-out rows: the RMSE curve is in the
+        target's units, and a plot's axes span values up to fastmlp.plot.DRAWABLE (1e300).
+        A model that predicts about the mean has an RMSE about the target's std, so a std
+        beyond that made the plot fail after the whole training (the model saved, no PNG).
+        (An RMSE beyond it from a smaller std is reported after saving: see run_train.)"""
+        from fastmlp.plot import DRAWABLE   # numpy only: matplotlib is imported to draw
+        if not self.scale <= DRAWABLE:
+            raise ValueError(f"--plot {plot}: the target's std ({self.scale:.6g}) is beyond "
+                             f"the {DRAWABLE:g} a plot's axis can span, and so is its RMSE "
+                             "curve; rescale the target (e.g. divide it by a power of ten) "
+                             "or drop --plot")
 
     def targets(self, y):
         """The standardized targets (n, 1) fit takes for y (n,)."""

@@ -74,7 +74,8 @@ def _add_train(sub):
                    help="rows held out for accuracy or RMSE and R^2 (default 0.2; 0 = none)")
     t.add_argument("--save", metavar="PATH",
                    help="save the trained model (fm.load reads it); checked before training: "
-                   "never the --data file, its folder must exist and be writable")
+                   "never the file it reads (--data, or the shipped digits), its folder "
+                   "must exist and be writable")
     t.add_argument("--progress", action="store_true",
                    help="show one progress bar on stderr (epoch, loss, held-out scores, "
                    "samples/s; tqdm if installed, else a plain line per epoch) instead of "

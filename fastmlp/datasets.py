@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import csv
+import decimal
 import gzip
 import os
 import zlib
@@ -27,6 +28,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ._atomic import kind
+
+_INT64 = (int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max))
 
 VEHICLE_FEATURES = ("wheels", "height", "weight")
 VEHICLE_CLASSES = ("car", "bike")
@@ -42,10 +45,15 @@ _VEHICLES = np.array([
 ])
 
 
+def digits_file():
+    """Where the shipped digits are: a path (a Traversable where the package is not in a
+    folder, e.g. a zip)."""
+    return resources.files("fastmlp") / "data" / "digits.csv.gz"
+
+
 def load_digits():
     """The 8x8 digits: X float64 (1797, 64) with values 0..16, y int64 (1797,) in 0..9."""
-    source = resources.files("fastmlp") / "data" / "digits.csv.gz"
-    with source.open("rb") as raw, gzip.open(raw, "rt") as text:
+    with digits_file().open("rb") as raw, gzip.open(raw, "rt") as text:
         table = np.loadtxt(text, delimiter=",", dtype=np.float64)
     return np.ascontiguousarray(table[:, :-1]), table[:, -1].astype(np.int64)
 
@@ -73,7 +81,12 @@ def train_test_split(X, y, test_fraction=0.2, seed=0):
     if n < 2:
         raise ValueError(f"need at least 2 rows to split into training and test sets, got {n}")
     n_test = min(max(int(round(n * float(test_fraction))), 1), n - 1)
-    perm = np.random.default_rng(seed).permutation(n)
+    try:
+        rng = np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:  # NumPy's own words name no argument
+        raise type(exc)(f"seed must be a non-negative integer (or None), got {seed!r}: "
+                        f"{exc}") from None
+    perm = rng.permutation(n)
     test, train = perm[:n_test], perm[n_test:]
     return X[train], X[test], y[train], y[test]
 
@@ -167,14 +180,16 @@ def read_csv(path, target=None):
     header only), is a ValueError starting with the file's name, e.g.
     ``"f.csv, line 2, column 'colour': 'red' is not a number"``.
     """
-    path = os.fspath(path)
+    # str for the messages and the ".gz" test: a bytes path (os.fspath keeps bytes) made
+    # path.lower().endswith(".gz") raise a bare TypeError
+    path = os.fsdecode(path)
     header, rows, lines = _read_rows(path)
     if not rows:
         raise ValueError(f"{path}: has a header but no data rows")
     if target is None:
         target = header[-1]
     if target not in header:
-        shown = ", ".join(header[:20]) + (", ..." if len(header) > 20 else "")
+        shown = ", ".join(map(shown_name, header[:20])) + (", ..." if len(header) > 20 else "")
         raise ValueError(f"{path}: no column {target!r}; its columns are: {shown}")
     if len(header) < 2:
         raise ValueError(f"{path}: has only the target column {target!r}; no feature columns")
@@ -199,7 +214,7 @@ def numeric_target(table, required=True):
     """
     plain = _plain_numbers(table.cells)
     try:
-        values = np.array(table.cells).astype(np.float64) if plain else None
+        values = _floats(table.cells) if plain else None
     except ValueError:
         values = None
     if values is not None and np.isfinite(values).all():
@@ -222,7 +237,8 @@ def numeric_target(table, required=True):
 def class_labels(table):
     """Class labels -> (indices int64 (n,), class names). Numeric labels sort as numbers;
     integer labels are read exactly (20240131 stays itself, 2**53 + 1 stays apart from
-    2**53) and each class is named as the shortest text of its number."""
+    2**53; '2.0' is the integer 2, see _integers) and each class is named as the shortest
+    text of its number."""
     integers = _integers(table.cells)
     numbers = None if integers is not None else numeric_target(table, required=False)
     if integers is not None:
@@ -244,13 +260,41 @@ def class_labels(table):
 
 
 def _integers(cells):
-    """The cells as Python ints (exact at any size), or None unless every one is one."""
+    """The cells as Python ints, or None unless every one is an integer: integer text
+    (exact at any size), or a number written with a fraction or an exponent whose value is
+    an integer int64 holds ('2.0', '-3.00', '1e3': pandas writes an integer column that
+    once held a NaN as 0.0, 1.0, ..., whose classes were saved as the names '0', '1', ...
+    while fit on the same labels learns int64). Those are read as decimal text, exactly:
+    through float, 9007199254740993.0 became 2**53. '2.5' is no integer, and '1e30' is left
+    to the numbers (beyond int64, it is named '1e+30')."""
     if not _plain_numbers(cells):
         return None
     try:
         return [int(cell) for cell in cells]
     except ValueError:
+        pass
+    integers = []
+    for cell in cells:
+        try:
+            integers.append(int(cell))
+        except ValueError:
+            value = _integral(cell)
+            if value is None:
+                return None
+            integers.append(value)
+    return integers
+
+
+def _integral(cell):
+    """The int64 integer a decimal text such as '2.0' or '1e3' stands for, else None. The
+    range is checked before int(): int(Decimal('1e999999999')) would build a billion digits."""
+    try:
+        number = decimal.Decimal(cell)
+    except decimal.InvalidOperation:
         return None
+    if not (number.is_finite() and _INT64[0] <= number <= _INT64[1]):
+        return None
+    return int(number) if number == number.to_integral_value() else None
 
 
 def _plain_numbers(cells):
@@ -298,7 +342,15 @@ def _parse_rows(path):
     with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
-        if header is None or not any(h.strip() for h in header):
+        if header is not None and not any(h.strip() for h in header):
+            # a blank first line before rows: no "empty" file, but the header's place
+            text = next((r for r in reader if any(cell.strip() for cell in r)), None)
+            if text is not None:
+                raise ValueError(f"{path}, line 1: the header line is blank: expected a "
+                                 "header row naming the columns on the first line (the "
+                                 f"first line with text is line {reader.line_num})")
+            header = None   # only blank lines
+        if header is None:
             raise ValueError(f"{path}: the file is empty: expected a header row naming the "
                              "columns")
         header = [h.strip() for h in header]
@@ -326,6 +378,14 @@ def _refuse_devices(path):
         raise ValueError(f"{path}: it is {what}, not a CSV file")
 
 
+def shown_name(name):
+    """A column or class name as a message shows it: as it is, or its repr when it holds a
+    comma, a quote or a character that does not print (a quoted name may hold a newline,
+    which made a one-line error two lines)."""
+    plain = name.isprintable() and not any(c in name for c in ",'\"") and name == name.strip()
+    return name if plain and name else repr(name)
+
+
 def _check_header(path, header):
     for i, name in enumerate(header):
         if not name:
@@ -340,7 +400,7 @@ def _check_header(path, header):
 def _numeric_column(path, name, cells, lines):
     """One feature column as float64 (n,); the first bad cell is named in the error."""
     try:
-        values = np.array(cells).astype(np.float64)
+        values = _floats(cells)
     except ValueError:
         values = None
     if values is not None and np.isfinite(values).all():
@@ -358,3 +418,11 @@ def _numeric_column(path, name, cells, lines):
         if not np.isfinite(out[k]):
             raise ValueError(f"{where}: {cell!r} is not a finite number")
     return out
+
+
+def _floats(cells):
+    """float(cell) for each cell, as float64 (n,); ValueError at the first that is not a
+    number. Cell by cell: np.array(cells).astype(np.float64) first built a fixed-width
+    array of rows x the longest cell x 4 bytes (1.6 GiB for a 148 KB file with one
+    130,000-character number). The numbers are the same: NumPy parses text with float."""
+    return np.fromiter(map(float, cells), dtype=np.float64, count=len(cells))

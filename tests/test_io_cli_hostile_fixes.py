@@ -180,13 +180,13 @@ def _train(capsys, csv, *options):
 
 def test_cli_refuses_a_network_larger_than_the_machine_before_building_it(capsys, csv,
                                                                          monkeypatch):
-    """2-1000-2 float64: 5002 parameters x 4 copies x 8 bytes = 160,064 bytes > 100 KB."""
+    """2-1000-2 float64: 5002 parameters x 12 copies x 8 bytes = 480,192 bytes > 100 KB."""
     monkeypatch.setattr(_cli_train, "_physical_memory", lambda: 100_000)
     monkeypatch.setattr(fm, "Model", None)  # building a model would fail otherwise
     code, out, err = _train(capsys, csv, "--layers", "1000", "--dtype", "float64")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "--layers: a 2-1000-2 network has 5,002 parameters" in err
-    assert "156.3 KiB" in err and "97.7 KiB" in err and "Traceback" not in err
+    assert "468.9 KiB" in err and "97.7 KiB" in err and "Traceback" not in err
 
 
 def test_cli_a_memory_error_building_the_model_names_the_network(capsys, csv, monkeypatch):
