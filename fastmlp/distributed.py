@@ -464,22 +464,25 @@ class _Run:
             rows, bounds = _batch_rows(perm, self.offset, len(self.X), self.batch_size)
         except Exception as exc:
             error = exc
-        with model._lock:   # one trainer at a time per model, as in Model.fit
+        # One trainer at a time per model, as in Model.fit; the lock held until the ranks
+        # agree and a failed epoch is undone, so that a copy from another thread (get_state,
+        # save) never sees the epoch half trained
+        with model._lock:
             if model._fit_owner is not None:
                 model._wait_for_fit()
             error, loss = self.steps(epoch, rows, bounds, error)
-        seconds = time.perf_counter() - start
-        val_sum = 0.0
-        if error is None and self.val is not None and len(self.val[0]):
+            seconds = time.perf_counter() - start
+            val_sum = 0.0
+            if error is None and self.val is not None and len(self.val[0]):
+                try:
+                    val_sum = float(model.engine.evaluate(*self.val)) * len(self.val[0])
+                except Exception as exc:
+                    error = exc
             try:
-                val_sum = float(model.engine.evaluate(*self.val)) * len(self.val[0])
-            except Exception as exc:
-                error = exc
-        try:
-            reports = self.agree(error, f"in epoch {epoch + 1}", (val_sum, seconds))
-        except BaseException:
-            model.set_state(saved)   # never leave the model half an epoch updated
-            raise
+                reports = self.agree(error, f"in epoch {epoch + 1}", (val_sum, seconds))
+            except BaseException:
+                model.set_state(saved)   # never leave the model half an epoch updated
+                raise
         logs = {"loss": loss}
         if self.n_val:
             logs["val_loss"] = sum(v for v, _ in reports) / self.n_val

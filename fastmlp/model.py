@@ -327,17 +327,18 @@ class Model:
                             f"cannot change to {type(optimizer).__name__}, whose state would "
                             "start from nothing; make a new Model with it and copy the "
                             "weights (new.set_weights(model.get_weights()))")
-        with self._lock, ctrl_c_deferred():   # not between another thread's fit steps; whole
+        with self._lock:   # not between another thread's fit steps
             if self._fit_owner is not None:
-                self._wait_for_fit()
-            self._pull()
-            folds = rules.sgd_fold_rows(self._state)
-            self._optimizer = optimizer
-            self._state.hyper[:] = optimizer.hyper()   # the kernels read it at every call
-            self._check_state = rules.buffers_in_use(self._state) > 0
-            if rules.sgd_fold_rows(self._state) != folds:  # momentum turned on or off
-                self._bind_engine(type(self._engine))
-            self._push()                               # a device backend copies it again
+                self._wait_for_fit()   # (a Ctrl-C may end the wait: before the deferral)
+            with ctrl_c_deferred():    # whole
+                self._pull()
+                folds = rules.sgd_fold_rows(self._state)
+                self._optimizer = optimizer
+                self._state.hyper[:] = optimizer.hyper()   # the kernels read it at every call
+                self._check_state = rules.buffers_in_use(self._state) > 0
+                if rules.sgd_fold_rows(self._state) != folds:  # momentum turned on or off
+                    self._bind_engine(type(self._engine))
+                self._push()                           # a device backend copies it again
 
     # -- inspection --------------------------------------------------------------
     @property
@@ -450,16 +451,17 @@ class Model:
         # All four written, then push (the guarded step's bounds forgotten), whatever a
         # Ctrl-C does: landing between them it left new weights with the old generator, and
         # skipping push it left bounds of the old weights (a step then wrote -inf unchecked).
-        with self._lock, ctrl_c_deferred():
+        with self._lock:
             if self._fit_owner is not None:
-                self._wait_for_fit()
-            try:
-                self._theta[...] = theta
-                self._state.buffers[...] = buffers
-                self._state.step[...] = step
-                self._rng.bit_generator.state = state["rng_state"]
-            finally:
-                self._push()
+                self._wait_for_fit()   # (a Ctrl-C may end the wait: before the deferral)
+            with ctrl_c_deferred():
+                try:
+                    self._theta[...] = theta
+                    self._state.buffers[...] = buffers
+                    self._state.step[...] = step
+                    self._rng.bit_generator.state = state["rng_state"]
+                finally:
+                    self._push()
 
     @property
     def input_scaling(self):
@@ -612,8 +614,12 @@ class Model:
 
     def permutation(self, n):
         """The next epoch's order of n rows, drawn from the model's generator exactly as
-        ``fit`` draws it (int64 (n,)), so a custom training loop shuffles the same way."""
-        return self._rng.permutation(n).astype(np.int64, copy=False)
+        ``fit`` draws it (int64 (n,)), so a custom training loop shuffles the same way.
+        A training call: it waits for another thread's fit (whose generator it would move)."""
+        with self._lock:
+            if self._fit_owner is not None:
+                self._wait_for_fit()
+            return self._rng.permutation(n).astype(np.int64, copy=False)
 
     def gradient_vector(self, X, Y, out=None):
         """(loss, grad): the mean loss over (X, Y) and its gradient as ONE flat vector
@@ -801,7 +807,7 @@ class Model:
                     try:
                         # the state written under the lock its copies take (get_state
                         # from another thread, during the callbacks below, sees this epoch)
-                        with self._lock:
+                        with self._lock, self._undone_if_raising(snapshot, saved_rng):
                             if shuffle:
                                 # a fresh permutation (not a reshuffle of the last one), so the
                                 # order depends only on the generator and
@@ -1125,21 +1131,39 @@ class Model:
             yield
         finally:
             if previous is not _NOBODY:
-                run_whole(lambda: self._end_fit(previous))
+                # First, and with no call before it: a signal handler's exception (a SIGALRM
+                # timeout) runs only at a call or a loop's jump, and one landing before this
+                # store left the model owned by an ended fit (other threads waited forever).
+                self._fit_owner = previous
+                if previous is None:
+                    run_whole(self._wake_waiters)
 
-    def _end_fit(self, previous):
+    @contextlib.contextmanager
+    def _undone_if_raising(self, snapshot, rng_state):
+        """With the lock held: restore ``snapshot`` and the generator if the block raises,
+        before the lock is let go (another thread's get_state between an epoch that
+        diverged and its undo copied the NaN weights)."""
+        try:
+            yield
+        except BaseException:
+            def undo():
+                snapshot.restore()
+                self._rng.bit_generator.state = rng_state
+            run_whole(undo)
+            raise
+
+    def _wake_waiters(self):
         with self._lock:
-            self._fit_owner = previous
-            if previous is None:
-                self._fit_over.notify_all()
+            self._fit_over.notify_all()
 
     def _wait_for_fit(self):
         """With the lock held: wait while another thread's fit owns the model. A fit holds
         the lock only while it trains: between its epochs copies of the state go in,
-        other training calls wait here."""
+        other training calls wait here. The wait looks again every 50 ms: a wake-up lost
+        to an exception (a handler's, as the fit ended) costs that, not a hang."""
         me = threading.get_ident()
         while self._fit_owner is not None and self._fit_owner != me:
-            self._fit_over.wait()
+            self._fit_over.wait(0.05)
 
     @contextlib.contextmanager
     def _rollback(self):
