@@ -455,21 +455,22 @@ class _Run:
     def epoch(self, epoch, shuffle):
         """Train one epoch; returns its logs (the same on every rank)."""
         model = self.model
-        saved = model.get_state()
-        start = time.perf_counter()
-        error, rows, bounds = None, None, None
-        try:
-            perm = (model.permutation(self.n_global) if shuffle
-                    else np.arange(self.n_global, dtype=np.int64))
-            rows, bounds = _batch_rows(perm, self.offset, len(self.X), self.batch_size)
-        except Exception as exc:
-            error = exc
-        # One trainer at a time per model, as in Model.fit; the lock held until the ranks
-        # agree and a failed epoch is undone, so that a copy from another thread (get_state,
-        # save) never sees the epoch half trained
+        # One trainer at a time per model, as in Model.fit (the epoch's start saved and its
+        # order drawn after another thread's fit, not before); the lock held until the
+        # ranks agree and a failed epoch is undone, so that a copy from another thread
+        # (get_state, save) never sees the epoch half trained
         with model._lock:
             if model._fit_owner is not None:
                 model._wait_for_fit()
+            saved = model.get_state()
+            start = time.perf_counter()
+            error, rows, bounds = None, None, None
+            try:
+                perm = (model.permutation(self.n_global) if shuffle
+                        else np.arange(self.n_global, dtype=np.int64))
+                rows, bounds = _batch_rows(perm, self.offset, len(self.X), self.batch_size)
+            except Exception as exc:
+                error = exc
             error, loss = self.steps(epoch, rows, bounds, error)
             seconds = time.perf_counter() - start
             val_sum = 0.0

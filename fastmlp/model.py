@@ -100,7 +100,7 @@ def _optimizer_for(optimizer, dtype):
     return optimizer
 
 
-_NOBODY = object()   # _owning_fit before it owns anything
+_NOBODY = object()   # a fit before it owns its model
 
 
 def _generator(seed):
@@ -279,6 +279,7 @@ class Model:
         self._lock = threading.RLock()
         self._fit_over = threading.Condition(self._lock)
         self._fit_owner = None        # the thread ident of the fit under way
+        self._fit_waiters = 0         # threads in _wait_for_fit (changed under the lock)
         self._snapshot = None         # the rollback copy (_rollback), made on first use
         self._snapshots_in_use = 0    # training calls under way, nested in a callback's
         self._unit_targets = self.net.loss.output is not None  # cross-entropies: t in [0, 1]
@@ -752,14 +753,24 @@ class Model:
         generator of the last finite epoch are restored; divergence raises
         TrainingDiverged naming the epoch and layer.
         """
-        # One trainer at a time from the first check on (_owning_fit): labels learnt,
+        # One trainer at a time from the first check on: labels learnt,
         # History and stop_training reset while other threads' training calls wait (a fit
         # waiting for another's end had its stop_training set by the other's callback, and
         # two first fits each recorded its own classes_). The lock is held while the state
         # changes; between epochs (callbacks, validation, metrics) copies of the state from
         # other threads run. A callback may call any method of this model.
-        with self._owning_fit():
+        # Taking the model and giving it back: a signal handler (Ctrl-C's, a SIGALRM
+        # timeout's) runs only at a call or a loop's jump, and the two stores that take it,
+        # and the one that gives it back, first thing in the finally, have none between
+        # them: no handler's exception can leave the model owned by an ended fit (other
+        # threads then waited forever). (A Ctrl-C deferral's handler swaps cost 14 us.)
+        previous, me = _NOBODY, threading.get_ident()
+        try:
             with self._lock:
+                if self._fit_owner is not None:
+                    self._wait_for_fit()
+                previous = self._fit_owner   # None, or this thread (a fit in a callback)
+                self._fit_owner = me
                 learnt = self.classes_, self.feature_names_in_
                 try:
                     X, T = self._data(X, Y, learn=True)
@@ -867,6 +878,11 @@ class Model:
                 _hook(cb, "on_train_end", logs)
             self.history = history
             return history
+        finally:
+            if previous is not _NOBODY:
+                self._fit_owner = previous
+                if previous is None and self._fit_waiters:
+                    self._wake_waiters()   # (lost to an exception: the waiters look again)
 
     # Networks up to this many parameters take train_on_batch's one-call checked step on
     # every backend (above it, only where that step copies nothing: see __init__).
@@ -1117,28 +1133,6 @@ class Model:
         return callbacks
 
     @contextlib.contextmanager
-    def _owning_fit(self):
-        """A fit's hold of the model: other threads' training calls wait for its end (they
-        take the lock and wait while _fit_owner is another thread); a fit run from one
-        of its callbacks (this thread) goes on."""
-        previous = _NOBODY
-        try:
-            with self._lock:
-                if self._fit_owner is not None:
-                    self._wait_for_fit()
-                with ctrl_c_deferred():   # owner and previous together
-                    previous, self._fit_owner = self._fit_owner, threading.get_ident()
-            yield
-        finally:
-            if previous is not _NOBODY:
-                # First, and with no call before it: a signal handler's exception (a SIGALRM
-                # timeout) runs only at a call or a loop's jump, and one landing before this
-                # store left the model owned by an ended fit (other threads waited forever).
-                self._fit_owner = previous
-                if previous is None:
-                    run_whole(self._wake_waiters)
-
-    @contextlib.contextmanager
     def _undone_if_raising(self, snapshot, rng_state):
         """With the lock held: restore ``snapshot`` and the generator if the block raises,
         before the lock is let go (another thread's get_state between an epoch that
@@ -1162,8 +1156,12 @@ class Model:
         other training calls wait here. The wait looks again every 50 ms: a wake-up lost
         to an exception (a handler's, as the fit ended) costs that, not a hang."""
         me = threading.get_ident()
-        while self._fit_owner is not None and self._fit_owner != me:
-            self._fit_over.wait(0.05)
+        self._fit_waiters += 1
+        try:
+            while self._fit_owner is not None and self._fit_owner != me:
+                self._fit_over.wait(0.05)
+        finally:
+            self._fit_waiters -= 1
 
     @contextlib.contextmanager
     def _rollback(self):
