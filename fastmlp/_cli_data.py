@@ -118,9 +118,14 @@ def data_file(args):
     model."""
     if args.data is not None:
         return args.data, "the --data file"
+    return digits_path(), "the shipped digits file, which train reads without --data"
+
+
+def digits_path():
+    """The shipped digits' path, or None where the package is not in a folder (a zip).
+    No --save or --plot may name it, with --data or without: it replaced the data set."""
     source = datasets.digits_file()
-    return (os.fspath(source) if isinstance(source, os.PathLike) else None,
-            "the shipped digits file, which train reads without --data")
+    return os.fspath(source) if isinstance(source, os.PathLike) else None
 
 
 def load_data(args):

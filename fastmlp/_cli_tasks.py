@@ -36,18 +36,27 @@ class Classification:
         """Nothing to check before training: save checks the classes it stores."""
 
     def prepare(self, model):
-        """Give the model its classes before fit: all of them (a class may have no training
-        row) in the data's order (numeric labels sort as numbers, unlike their names), so
-        fit's labels map to the same output units as the class indices always did."""
+        """Give the model its classes before fit: for cross_entropy the class indices
+        0..k-1 while it trains (fit takes the indices themselves: the labels of every row,
+        as NumPy text, cost rows x the longest label x 4 bytes, 915 MiB for 2,400 rows
+        of one 100,000-character label), then :meth:`finish` gives it the labels; for the
+        sigmoid losses the labels themselves, in the data's order (a class may have no
+        training row; numeric labels sort as numbers, unlike their names)."""
+        model.classes_ = (np.arange(len(self.labels)) if self.loss == "cross_entropy"
+                          else self.labels)
+
+    def finish(self, model):
+        """After fit: the model's classes_ are the labels (what predict_classes returns and
+        --save stores)."""
         model.classes_ = self.labels
 
     def targets(self, y):
-        """What fit takes for class indices y (n,): labels (n,) for cross_entropy (fit maps
-        them through model.classes_), the indices as 0/1 targets (n, 1) for one sigmoid unit
-        (not the labels: a Y of numeric labels all in [0, 1] is read as targets), one-hot
-        rows (n, k) for several sigmoid outputs."""
+        """What fit takes for class indices y (n,): the indices for cross_entropy (its
+        classes_ are 0..k-1 while it trains: see prepare), the indices as 0/1 targets (n, 1)
+        for one sigmoid unit (not the labels: a Y of numeric labels all in [0, 1] is read as
+        targets), one-hot rows (n, k) for several sigmoid outputs."""
         if self.loss == "cross_entropy":
-            return self.labels[y]
+            return y
         if self.binary:
             return y.astype(np.float64)[:, None]
         return np.eye(self.n_out)[y]
@@ -98,6 +107,9 @@ class Regression:
 
     def prepare(self, model):
         """Nothing to set before fit (a regressor has no classes)."""
+
+    def finish(self, model):
+        """Nothing to set after fit."""
 
     def check_savable(self, dtype):
         """Before training: --save folds the target's mean and scale into the output layer

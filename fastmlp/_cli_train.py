@@ -11,7 +11,7 @@ import numpy as np
 
 import fastmlp as fm
 from fastmlp import datasets
-from fastmlp._cli_data import Data, check_dtype, data_file, load_data, split
+from fastmlp._cli_data import Data, check_dtype, data_file, digits_path, load_data, split
 from fastmlp._cli_options import DEFAULT_LR, OUTPUT_ACTIVATION, check_backend
 from fastmlp._cli_outputs import check_plot, check_save_path, save_model, write_plot
 from fastmlp._cli_tasks import Classification, Regression
@@ -96,8 +96,10 @@ def run_train(args, out=None):
     source_file, source_name = data_file(args)   # without --data, the shipped digits
     if args.save is not None:  # "" too: check_save_path refuses it
         check_save_path(args.save, source_file, source_name)
+        check_save_path(args.save, digits_path(), "the shipped digits file")
     if args.plot is not None:
         check_plot(args.plot, source_file, args.save, source_name)
+        check_plot(args.plot, digits_path(), None, "the shipped digits file")
     source = f"--data {args.data}" if args.data is not None else "the digits"
     with _memory_advice(f"reading {source}", "the reader holds every cell as a string, "
                         "many times the CSV text's size: use a smaller file or more "
@@ -130,6 +132,7 @@ def run_train(args, out=None):
           f"{args.batch_size}, backend {model.backend}, {args.dtype}; {data.task} ({data.why})",
           file=out)
     history, seconds = _fit(args, model, task, X_train, y_train, X_test, y_test, out)
+    task.finish(model)
     print(task.report(model, *((X_test, y_test) if held_out else (X_train, y_train)), held_out),
           file=out)
     samples = len(history.epoch) * len(X_train)
@@ -244,10 +247,13 @@ def _cgroup_limit(root="/sys/fs/cgroup", own="/proc/self/cgroup"):
         with open(own) as f:   # "0::/path" (v2), "4:memory:/path" (v1)
             for line in f:
                 _, controllers, path = line.rstrip("\n").split(":", 2)
+                # the cgroup and every one above it: a limit on a parent (a systemd
+                # slice's MemoryMax=, a pod's) holds its children too
+                ancestors = [path.rsplit("/", k)[0] or "/" for k in range(path.count("/"))]
                 if not controllers:
-                    folders["memory.max"].append(path)
+                    folders["memory.max"] += ancestors
                 elif "memory" in controllers.split(","):
-                    folders["memory/memory.limit_in_bytes"].append(path)
+                    folders["memory/memory.limit_in_bytes"] += ancestors
     except (OSError, ValueError):
         pass
     limits = []

@@ -61,18 +61,31 @@ def _swap(handler):
         raise error
 
 
+# How often run_whole runs an undo again after one of its own errors (not a Ctrl-C):
+# a signal handler's exception (a SIGALRM timeout) is met again only by chance, a real
+# failure of the undo every time.
+UNDO_RETRIES = 3
+
+
 def run_whole(undo):
     """Call ``undo()`` (idempotent: a rollback) to its end whatever Ctrl-Cs arrive meanwhile,
     then raise the first of them. A second Ctrl-C landing as a rollback began, before its
     ctrl_c_deferred block was entered, skipped the rollback (an epoch left half undone in
-    7 of 379 fits interrupted twice); the rollback is now run again until it has run."""
-    interrupted = None
+    7 of 379 fits interrupted twice); the rollback is now run again until it has run.
+    Another exception (a timeout's, raised by its signal handler, left the weights undone
+    and Adam's buffers, step and generator not) runs it again too, up to UNDO_RETRIES
+    times, then is raised as the first."""
+    first, errors = None, 0
     while True:
         try:
             with ctrl_c_deferred():
                 undo()
             break
         except KeyboardInterrupt as exc:
-            interrupted = interrupted or exc
-    if interrupted is not None:
-        raise interrupted
+            first = first or exc
+        except Exception as exc:
+            first, errors = first or exc, errors + 1
+            if errors > UNDO_RETRIES:
+                raise first from None
+    if first is not None:
+        raise first

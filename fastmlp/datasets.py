@@ -246,9 +246,13 @@ def class_labels(table):
         classes = sorted(set(keys))
         names = [str(c) for c in classes]
     elif numbers is not None:
-        keys = numbers.tolist()
+        # Each integer cell as its exact int, the others as floats: Python compares and
+        # hashes the two exactly, so 2**53 + 1 stays apart from 2**53 beside a 0.5 too (one
+        # label not an integer sent the whole column through float64, merging them)
+        keys = [number if (exact := _integer(cell)) is None else exact
+                for cell, number in zip(table.cells, numbers.tolist())]
         classes = sorted(set(keys))
-        names = [_number_name(c) for c in classes]
+        names = [str(c) if isinstance(c, int) else _number_name(c) for c in classes]
     else:
         keys = table.cells
         classes = names = sorted(set(keys))
@@ -273,16 +277,16 @@ def _integers(cells):
         return [int(cell) for cell in cells]
     except ValueError:
         pass
-    integers = []
-    for cell in cells:
-        try:
-            integers.append(int(cell))
-        except ValueError:
-            value = _integral(cell)
-            if value is None:
-                return None
-            integers.append(value)
-    return integers
+    integers = [_integer(cell) for cell in cells]
+    return None if None in integers else integers
+
+
+def _integer(cell):
+    """The Python int a plain number cell stands for exactly (see _integers), else None."""
+    try:
+        return int(cell)
+    except ValueError:
+        return _integral(cell)
 
 
 def _integral(cell):

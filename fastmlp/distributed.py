@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import threading
 import time
 import traceback
 
@@ -82,7 +83,7 @@ import numpy as np
 
 from . import labels, optimizers, validation
 from .callbacks import ModelCheckpoint, ProgressBar, check_monitors
-from .model import (History, TrainingDiverged, _feature_names, _hook, _logged,
+from .model import (_NOBODY, History, TrainingDiverged, _feature_names, _hook, _logged,
                     distinct_names, validation_data_errors)
 
 # Callbacks that write files or the terminal: one writer per job, rank 0.
@@ -121,7 +122,16 @@ def fit(model, X_local, Y_local, comm, epochs=1, batch_size=32, shuffle=True,
         raise TypeError(f"comm must be an mpi4py communicator such as MPI.COMM_WORLD, "
                         f"got {type(comm).__name__}")
     run = _Run(model, comm, MPI)
+    # The model owned for the whole run, as Model.fit owns it (the same plain stores, no
+    # call between them that a signal handler's exception could split): another thread's
+    # train_on_batch ran between the epochs on one rank, and the ranks ended different.
+    previous, me = _NOBODY, threading.get_ident()
     try:
+        with model._lock:
+            if model._fit_owner is not None:
+                model._wait_for_fit()
+            previous = model._fit_owner
+            model._fit_owner = me
         return run.fit(X_local, Y_local, epochs, batch_size, shuffle, validation_data,
                        callbacks, verbose, check_consistency)
     except BaseException as exc:
@@ -138,6 +148,11 @@ def fit(model, X_local, Y_local, comm, epochs=1, batch_size=32, shuffle=True,
         time.sleep(ABORT_GRACE_S)
         comm.Abort(1)
         raise
+    finally:
+        if previous is not _NOBODY:
+            model._fit_owner = previous
+            if previous is None and model._fit_waiters:
+                model._wake_waiters()
 
 
 def _everywhere(exc):

@@ -196,6 +196,15 @@ def test_two_numeric_labels_split_over_the_ranks_are_the_union(tmp_path):
         assert (tmp_path / f"rank{rank}.classes").read_text() == "3 7"
 
 
+def test_another_threads_step_waits_for_the_whole_distributed_fit(tmp_path):
+    # distributed.fit held the lock one epoch at a time: another thread's train_on_batch
+    # ran between the epochs on one rank, and the ranks ended different without a word
+    rc, out, err = run_shards("owned", "numpy", tmp_path)
+    assert rc == 0, err[-3000:]
+    assert (tmp_path / "rank0.order").read_text() == "epoch 0 epoch 1 epoch 2 step"
+    assert (tmp_path / "rank1.order").read_text() == "epoch 0 epoch 1 epoch 2"
+
+
 def test_integer_labels_of_int64_and_uint64_shards_are_their_exact_union(tmp_path):
     # int64 [0, 1] and uint64 [2**64 - 1, 2**63 + 1] concatenated to float64: 2**64 - 1
     # became 2**64 (one process keeps them exact, as uint64)

@@ -121,9 +121,11 @@ def test_physical_memory_is_the_smaller_of_the_machine_and_the_cgroup(monkeypatc
 
 # -- 3: without --data, --save and --plot must not be the shipped digits file ----------------
 
+@pytest.mark.parametrize("with_data", [False, True], ids=["digits", "--data"])
 @pytest.mark.parametrize("option", ["--save", "--plot"])
 def test_save_or_plot_over_the_shipped_digits_is_refused_before_reading(capsys, monkeypatch,
-                                                                        option):
+                                                                        option, with_data,
+                                                                        tmp_path):
     """`fastmlp train --save <fastmlp/data/digits.csv.gz>` replaced the data set with a model.
     (fm.Model is unset: were the check missing, the run stops before training, the file
     kept.)"""
@@ -131,7 +133,11 @@ def test_save_or_plot_over_the_shipped_digits_is_refused_before_reading(capsys, 
     with open(digits, "rb") as f:
         before = f.read()
     monkeypatch.setattr(fm, "Model", None)
-    code, out, err = run(capsys, "train", "--epochs", "1", option, digits)
+    data = []
+    if with_data:   # round 12: with --data given, the digits file was not protected
+        (tmp_path / "d.csv").write_text("a,y\n1,0\n2,1\n3,0\n4,1\n")
+        data = ["--data", str(tmp_path / "d.csv")]
+    code, out, err = run(capsys, "train", "--epochs", "1", *data, option, digits)
     with open(digits, "rb") as f:
         assert f.read() == before
     assert one_line_error(code, err), err
@@ -341,3 +347,16 @@ def test_a_plot_that_fails_after_saving_says_the_model_is_saved(capsys, tmp_path
     assert f"--plot {png}: not written: plot_history:" in err
     assert f"the model is saved all the same, to {saved}" in err
     assert saved.exists() and fm.load(saved).predict(np.zeros((1, 2))).shape == (1, 1)
+
+
+# -- round 12: exact integers beside labels that are not integers ------------------------------
+
+def test_exact_integer_labels_stay_apart_beside_a_fractional_one(tmp_path):
+    """One label that is no integer (0.5, or beyond int64) sent the whole column through
+    float64: 2**53 + 1 and 2**53 became one class, named 9007199254740992.0."""
+    rows = ["9007199254740993", "9007199254740992", "0.5"] * 4
+    path = tmp_path / "labels.csv"
+    path.write_text("x,y\n" + "".join(f"{i},{label}\n" for i, label in enumerate(rows)))
+    y, names = datasets.class_labels(datasets.read_csv(path))
+    assert names == ["0.5", "9007199254740992", "9007199254740993"]
+    assert y.tolist() == [2, 1, 0] * 4

@@ -152,3 +152,26 @@ def test_permutation_waits_for_another_threads_fit():
     m.fit(X, Y, epochs=2, callbacks=[cb])
     cb.worker.join(10)
     assert order == ["epoch 0", "epoch 1", "permutation"]
+
+
+def test_an_undo_cut_short_by_a_handlers_exception_runs_again():
+    # a SIGALRM timeout landing in fit's undo left the weights undone and Adam's buffers,
+    # step and generator not: run_whole retried only after a Ctrl-C
+    from fastmlp._signals import UNDO_RETRIES, run_whole
+    calls = []
+
+    def undo():
+        calls.append(1)
+        if len(calls) == 1:
+            raise TimeoutError("my time limit")
+    with pytest.raises(TimeoutError, match="my time limit"):
+        run_whole(undo)
+    assert len(calls) == 2
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("always")
+    calls.clear()
+    with pytest.raises(RuntimeError, match="always"):
+        run_whole(broken)
+    assert len(calls) == UNDO_RETRIES + 1

@@ -23,6 +23,7 @@ concatenated rows.
 """
 import os
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -127,6 +128,26 @@ def main(mode, backend, outdir):
                         epochs=1, batch_size=BATCH)
         with open(os.path.join(outdir, f"rank{rank}.classes"), "w") as file:
             file.write(" ".join(str(c) for c in m.classes_.tolist()))
+        return
+    if mode == "owned":   # another thread's step waits for the whole distributed fit
+        import threading
+        m = model(CASES["momentum"](), backend)
+        order = []
+
+        class StartsAStep(Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                order.append(f"epoch {epoch}")
+                if epoch == 0 and rank == 0:
+                    self.worker = threading.Thread(target=lambda: (
+                        m.train_on_batch(X_mine[:4], y_mine[:4]), order.append("step")))
+                    self.worker.start()
+                    time.sleep(0.3)
+        cb = StartsAStep()
+        distributed.fit(m, X_mine, y_mine, comm, epochs=3, batch_size=BATCH, callbacks=[cb])
+        if rank == 0:
+            cb.worker.join(30)
+        with open(os.path.join(outdir, f"rank{rank}.order"), "w") as file:
+            file.write(" ".join(order))
         return
     if mode == "big_labels":   # int64 labels on rank 0, uint64 ones on rank 1: their union
         m = fm.Model([fm.Dense(4, activation="tanh"), fm.Dense(4, activation="softmax")],
