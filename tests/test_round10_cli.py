@@ -360,3 +360,35 @@ def test_exact_integer_labels_stay_apart_beside_a_fractional_one(tmp_path):
     y, names = datasets.class_labels(datasets.read_csv(path))
     assert names == ["0.5", "9007199254740992", "9007199254740993"]
     assert y.tolist() == [2, 1, 0] * 4
+
+
+def test_a_long_text_label_costs_its_own_size_not_rows_times_it(capsys, tmp_path):
+    """One 100,000-character class label among 2,400 rows: cross_entropy's fit was given
+    the label of every row as NumPy text (rows x the longest label x 4 bytes, 915 MiB).
+    It trains on the class indices now and gets its labels after."""
+    long = "x" * 100_000
+    rows = [f"{i % 5},{long if i % 2 else 'short'}" for i in range(400)]
+    path = write(tmp_path, "a,y\n" + "\n".join(rows) + "\n")
+    tracemalloc.start()
+    try:
+        code, out, err = run(capsys, "train", "--data", str(path), "--epochs", "1",
+                             "--backend", "numpy", "--save", str(tmp_path / "m.fastmlp"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 0, err
+    assert peak < 40 * 2 ** 20, f"peak {peak / 2 ** 20:.0f} MiB"   # was 400 x 400 KB
+    saved = fm.load(tmp_path / "m.fastmlp")
+    assert sorted(saved.classes_.tolist()) == sorted(["short", long])
+
+
+def test_a_limit_on_a_parent_cgroup_counts(tmp_path):
+    """A systemd slice's MemoryMax= (or a pod's limit) is set on a cgroup above the
+    process's own: only the root's and the own cgroup's were read."""
+    root, own = tmp_path / "cgroup", tmp_path / "self_cgroup"
+    (root / "limited.slice" / "session.scope").mkdir(parents=True)
+    (root / "memory.max").write_text("max\n")
+    (root / "limited.slice" / "memory.max").write_text("1073741824\n")
+    (root / "limited.slice" / "session.scope" / "memory.max").write_text("max\n")
+    own.write_text("0::/limited.slice/session.scope\n")
+    assert _cli_train._cgroup_limit(str(root), str(own)) == 1073741824
