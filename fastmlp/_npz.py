@@ -48,6 +48,14 @@ _DAMAGE = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, KeyError
            NotImplementedError, TypeError, ValueError, struct.error, zlib.error, OverflowError,
            RecursionError)
 
+def pass_on_callers(exc, outer):
+    """Raise the exception behind ``exc`` if it is the caller's (:func:`raised_by_caller`),
+    as it was raised; else return, for ``exc`` to be read as damage."""
+    caller = raised_by_caller(exc, outer)
+    if caller is not None:
+        raise caller from None
+
+
 def raised_by_caller(exc, outer):
     """The exception behind ``exc`` (one of _DAMAGE) if it says nothing of the file, else
     None: an OSError without an error number that is not one of io's ValueErrors, such as
@@ -83,8 +91,7 @@ class Archive:
             try:
                 self._zip = zipfile.ZipFile(self._file)
             except _DAMAGE as exc:
-                if (caller := raised_by_caller(exc, self._outer)) is not None:
-                    raise caller from None
+                pass_on_callers(exc, self._outer)
                 self._file.seek(0)
                 if self._file.read(6) == b"\x93NUMPY":
                     raise FormatError("it holds a single NumPy array, not a fastmlp .npz archive") from None
@@ -93,8 +100,7 @@ class Archive:
             self._infos = _members(self._zip.infolist(), set(required), set(optional), size)
         except OSError as exc:   # opened, but reading fails (EIO: /proc/self/mem, a bad disk)
             self._file.close()
-            if (caller := raised_by_caller(exc, self._outer)) is not None:
-                raise caller from None
+            pass_on_callers(exc, self._outer)
             raise FormatError(f"reading it failed ({exc.strerror or exc})") from None
         except BaseException:
             self._file.close()
@@ -122,8 +128,7 @@ class Archive:
                 f.close()
             if isinstance(exc, FormatError):
                 raise
-            if (caller := raised_by_caller(exc, self._outer)) is not None:
-                raise caller from None
+            pass_on_callers(exc, self._outer)
             raise FormatError(f"damaged or truncated (member {name!r}: {exc})") from None
         if dtype.hasobject:
             f.close()
@@ -147,8 +152,7 @@ class Archive:
                     raise EOFError("short member")
                 return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
             except _DAMAGE as exc:
-                if (caller := raised_by_caller(exc, self._outer)) is not None:
-                    raise caller from None
+                pass_on_callers(exc, self._outer)
                 raise FormatError(f"damaged or truncated (member {name!r}: {exc})") from None
 
     def close(self):
@@ -219,8 +223,7 @@ def _check_member_count(file, archive, outer):
     try:
         end = zipfile._EndRecData(file)  # zipfile's own reading of the record (zip64 too)
     except _DAMAGE as exc:
-        if (caller := raised_by_caller(exc, outer)) is not None:
-            raise caller from None
+        pass_on_callers(exc, outer)
         end = None
     if end is None:
         raise FormatError(_FOREIGN)

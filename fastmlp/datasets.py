@@ -239,7 +239,8 @@ def class_labels(table):
     integer labels are read exactly (20240131 stays itself, 2**53 + 1 stays apart from
     2**53; '2.0' is the integer 2, see _integers) and each class is named as the shortest
     text of its number."""
-    integers = _integers(table.cells)
+    exact = _exact_integers(table.cells)
+    integers = None if exact is None or None in exact else exact
     numbers = None if integers is not None else numeric_target(table, required=False)
     if integers is not None:
         keys = integers
@@ -249,8 +250,7 @@ def class_labels(table):
         # Each integer cell as its exact int, the others as floats: Python compares and
         # hashes the two exactly, so 2**53 + 1 stays apart from 2**53 beside a 0.5 too (one
         # label not an integer sent the whole column through float64, merging them)
-        keys = [number if (exact := _integer(cell)) is None else exact
-                for cell, number in zip(table.cells, numbers.tolist())]
+        keys = [number if e is None else e for e, number in zip(exact, numbers.tolist())]
         classes = sorted(set(keys))
         names = [str(c) if isinstance(c, int) else _number_name(c) for c in classes]
     else:
@@ -271,14 +271,19 @@ def _integers(cells):
     while fit on the same labels learns int64). Those are read as decimal text, exactly:
     through float, 9007199254740993.0 became 2**53. '2.5' is no integer, and '1e30' is left
     to the numbers (beyond int64, it is named '1e+30')."""
+    exact = _exact_integers(cells)
+    return None if exact is None or None in exact else exact
+
+
+def _exact_integers(cells):
+    """Each cell's exact Python int (see _integers), None for a cell that is no integer;
+    None for them all when the cells are not plain numbers."""
     if not _plain_numbers(cells):
         return None
     try:
-        return [int(cell) for cell in cells]
+        return [int(cell) for cell in cells]   # the common case: one try for the column
     except ValueError:
-        pass
-    integers = [_integer(cell) for cell in cells]
-    return None if None in integers else integers
+        return [_integer(cell) for cell in cells]
 
 
 def _integer(cell):

@@ -128,8 +128,7 @@ def fit(model, X_local, Y_local, comm, epochs=1, batch_size=32, shuffle=True,
     previous, me = _NOBODY, threading.get_ident()
     try:
         with model._lock:
-            if model._fit_owner is not None:
-                model._wait_for_fit()
+            model._wait_for_fit()
             previous = model._fit_owner
             model._fit_owner = me
         return run.fit(X_local, Y_local, epochs, batch_size, shuffle, validation_data,
@@ -475,8 +474,7 @@ class _Run:
         # ranks agree and a failed epoch is undone, so that a copy from another thread
         # (get_state, save) never sees the epoch half trained
         with model._lock:
-            if model._fit_owner is not None:
-                model._wait_for_fit()
+            model._wait_for_fit()
             saved = model.get_state()
             start = time.perf_counter()
             error, rows, bounds = None, None, None
