@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import llvmlite.binding as llvm
 from llvmlite import ir
-from numba import cfunc, njit, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..blas import kernel_blas, scipy_gemm_addresses
+from .numba_link import guarded_cfunc
 from .numba_math import CACHE, INLINE, SCALAR
 
 # Below this many multiply-adds (m * n * k) the loops are about as fast as BLAS or faster.
@@ -116,8 +117,8 @@ def _register_blas():
     for prefix, fl in (("s", types.float32), ("d", types.float64)):
         llvm.add_symbol(f"fastmlp_{prefix}gemm32", addresses[prefix])
         p = types.CPointer(fl)
-        shim = cfunc(types.void(char, char, i64, i64, i64, p, p, i64, p, i64, p, p, i64),
-                     cache=CACHE)(_narrowing_gemm_body)
+        shim = guarded_cfunc(types.void(char, char, i64, i64, i64, p, p, i64, p, i64, p, p, i64),
+                             _narrowing_gemm_body, CACHE)
         llvm.add_symbol(f"fastmlp_{prefix}gemm64", shim.address)
 
 

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import llvmlite.binding as llvm
 from llvmlite import ir
-from numba import carray, cfunc, njit, types
+from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .numba_blas import gemm_nn
+from .numba_link import guarded_cfunc
 from .numba_math import CACHE, INLINE
 
 _SYMBOLS = {types.float32: "fastmlp_xw_f32", types.float64: "fastmlp_xw_f64"}
@@ -70,7 +71,7 @@ def _register():
     BOUND = "cython"
     if addresses is None:
         BOUND = "fallback"
-        addresses = [cfunc(_c_signature(dtype), cache=CACHE)(_fallback_body).address
+        addresses = [guarded_cfunc(_c_signature(dtype), _fallback_body, CACHE).address
                      for dtype in _SYMBOLS]
     for symbol, address in zip(_SYMBOLS.values(), addresses):
         llvm.add_symbol(symbol, address)

@@ -39,7 +39,7 @@ import threading
 
 import llvmlite.binding as llvm
 from numba import types
-from numba.core import caching
+from numba.core import caching, sigutils
 from numba.core.dispatcher import Dispatcher
 from numba.extending import intrinsic
 
@@ -119,6 +119,23 @@ def guard_cache(dispatcher):
     and a failed write as uncached (see the module docstring). Idempotent; anything
     that is not a Numba dispatcher with Numba's file cache is left alone."""
     cache = getattr(dispatcher, "_cache", None) if isinstance(dispatcher, Dispatcher) else None
+    _guard(cache)
+
+
+def guarded_cfunc(signature, body, cache):
+    """``numba.cfunc(signature, cache=cache)(body)``, its disk cache guarded as
+    ``guard_cache`` guards a kernel's: ``cfunc`` compiles (or loads) as it decorates,
+    before a guard could be set on what it returns."""
+    from numba.core.ccallback import CFunc
+    callback = CFunc(body, sigutils.normalize_signature(signature), locals={}, options={})
+    if cache:
+        callback.enable_caching()
+        _guard(callback._cache)
+    callback.compile()
+    return callback
+
+
+def _guard(cache):
     if not isinstance(cache, caching.Cache):
         return
     cache_file = getattr(cache, "_cache_file", None)

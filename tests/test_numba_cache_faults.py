@@ -197,3 +197,40 @@ def test_a_ctrl_c_while_loading_still_propagates(tmp_path, monkeypatch):
         cache_file.load("key")
     with pytest.raises(KeyboardInterrupt):
         _load_overload(lambda sig, ctx: interrupted(None), None, None, None)
+
+
+# --- the C callbacks the kernels compile: the 1-row stand-in when the Cython extension does
+# not load (kernels/numba_gemv.py), the BLAS narrowing shim on an LP64 BLAS (numba_blas.py)
+
+_NO_CYTHON = "import sys; sys.modules['fastmlp.kernels.cython_mlp'] = None\n"
+_BOUND = "from fastmlp.kernels import numba_gemv; print(json.dumps({'bound': numba_gemv.BOUND}))\n"
+
+
+@pytest.mark.parametrize("damage", [_empty, _truncate], ids=["emptied", "truncated"])
+def test_a_damaged_c_callback_entry_compiles_again(tmp_path, damage):
+    cache = tmp_path / "cache"
+    first, _ = _run(cache, _NO_CYTHON + _USE + _BOUND)
+    assert first["bound"] == "fallback"
+    victims = glob.glob(os.path.join(cache, "*", "numba_gemv._fallback_body-*.nbc"))
+    assert len(victims) == 2   # float32, float64
+    for victim in victims:
+        damage(victim)
+    result, err = _run(cache, _NO_CYTHON + _USE + _BOUND)  # no traceback (_run checks)
+    assert result["out"] == first["out"]
+    notices = [line for line in err.splitlines() if "damaged" in line]
+    assert notices and all("_fallback_body" in line for line in notices), err
+    again, err = _run(cache, _NO_CYTHON + _USE + _BOUND)
+    assert "damaged" not in err, err
+    assert again["out"] == first["out"]
+
+
+def test_c_callbacks_are_guarded():
+    from numba.core import caching
+    from fastmlp.kernels.numba_link import _CheckedCacheFile, guarded_cfunc
+
+    def body(x):
+        return x + 1
+    callback = guarded_cfunc("float64(float64)", body, True)
+    assert type(callback._cache._cache_file) is _CheckedCacheFile
+    assert callback.ctypes(2.0) == 3.0
+    assert type(guarded_cfunc("float64(float64)", body, False)._cache) is not caching.Cache
