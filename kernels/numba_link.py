@@ -21,7 +21,8 @@ delete ``kernels/__pycache__/*.nb[ic]`` (as after any edit of a callee's file).
 
 Numba's disk cache, made safe for these kernels (``guard_cache``, set on every kernel
 ``separate`` links and every one ``compile_for`` compiles, and by the numba backend on
-every kernel module): a damaged entry (a file emptied or cut short, as a power loss
+every kernel module; ``guarded_cfunc`` for the C callbacks numba_blas and numba_gemv
+compile): a damaged entry (a file emptied or cut short, as a power loss
 can leave it: Numba writes without fsync) is a cache miss, said in one line naming the
 file, and the kernel compiles again and rewrites it; a cache write that fails (a full
 disk) leaves the kernel compiled, uncached, said in one line naming the folder. Only
