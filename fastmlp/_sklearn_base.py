@@ -227,7 +227,7 @@ class BaseMLP(BaseEstimator):
 
     def _count(self, history, rows, early, X_val, T_val, best):
         """Record one epoch Model.fit trained: counters, loss curve, validation score."""
-        loss = history.history["loss"][0]
+        loss = self._scikit_learn_loss(history.history["loss"][0])
         self.n_iter_ += 1
         self.t_ += rows
         self.loss_curve_.append(loss)
@@ -241,6 +241,12 @@ class BaseMLP(BaseEstimator):
                 print(f"Validation score: {score:.6f}", flush=True)
         else:
             self._record_loss(loss)
+
+    def _scikit_learn_loss(self, loss):
+        """fit's epoch loss on scikit-learn's scale (loss_curve_, best_loss_, and what tol is
+        compared with). Its cross-entropies are fastmlp's (a mean over the rows of a sum
+        over the outputs); scikit-learn also adds the L2 penalty, which is left out."""
+        return loss
 
     def _record_loss(self, loss):
         # scikit-learn's rule: no improvement unless the loss beats the best by tol.

@@ -60,16 +60,25 @@ class Callback:
 
 # -- watching one logged value ---------------------------------------------------------
 
-def _check_mode(monitor, mode):
-    """'min' or 'max' for ``monitor``; 'auto' means 'max' for accuracies, else 'min'."""
+def _check_mode(monitor, mode, who, needed=True):
+    """'min' or 'max' for ``monitor``; "auto" is the way the loss or the metric it names
+    improves (Keras 3: a name whose direction is not known needs ``mode`` given, rather
+    than minimising a score such as a callback's val_r2). ``needed``: False where the
+    mode is never used (a ModelCheckpoint saving every epoch); "auto" is then kept."""
+    from .metrics import IMPROVES
     if not isinstance(monitor, str) or not monitor:
         raise TypeError(f"monitor must be the name of a logged value such as 'val_loss', "
                         f"got {monitor!r}")
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
-    if mode == "auto":
-        return "max" if "acc" in monitor else "min"
-    return mode
+    if mode != "auto" or not needed:
+        return mode
+    base = monitor[4:] if monitor.startswith("val_") else monitor
+    if base not in IMPROVES:
+        raise ValueError(f"{who} cannot tell whether {monitor!r} improves by going down or "
+                         f"up (mode='auto' knows {', '.join(IMPROVES)} and their val_ "
+                         f"values): pass mode='min' or mode='max'")
+    return IMPROVES[base]
 
 
 def _check_number(value, name, allow_none=False):
@@ -126,7 +135,11 @@ def check_monitors(callbacks, logged, takes_metrics=True):
 
 
 def _improves(value, best, mode, min_delta):
-    """Whether ``value`` beats ``best`` by more than ``min_delta`` (any ``value`` beats None)."""
+    """Whether ``value`` beats ``best`` by more than ``min_delta``. NaN never improves (nor
+    becomes the best: Keras starts from an infinite best, which NaN does not beat); any
+    other value beats None."""
+    if value != value:
+        return False
     if best is None:
         return True
     if mode == "min":
@@ -143,7 +156,9 @@ class EarlyStopping(Callback):
     patience : training stops at the ``patience``-th epoch in a row without
         improvement (0 and 1 both stop at the first, as in Keras).
     min_delta : an epoch improves only if it beats the best by more than this.
-    mode : "min", "max", or "auto" ("max" when the name contains "acc", else "min").
+    mode : "min", "max", or "auto": the way the loss or the named metric improves
+        ("max" for accuracy and binary_accuracy, "min" for loss, mae and rmse, with or
+        without "val_"); another name (one a callback logs) needs "min" or "max".
     restore_best_weights : at the end of training (stopped early or not) put the
         model back exactly as it was after the best epoch: the whole
         :meth:`Model.get_state` (weights, optimiser buffers and step, random
@@ -158,7 +173,7 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto",
                  restore_best_weights=False, baseline=None):
-        self.mode = _check_mode(monitor, mode)
+        self.mode = _check_mode(monitor, mode, "EarlyStopping")
         self.monitor = monitor
         if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) \
                 or patience < 0:
@@ -191,6 +206,9 @@ class EarlyStopping(Callback):
                                                   self.min_delta):
                 self.wait = 0
             return
+        if self.restore_best_weights and self.best_state is None:
+            # Keras 3: the first epoch's state stands in until one improves (NaN never does)
+            self.best_state, self.best_epoch = self.model.get_state(), epoch
         if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
             self.model.stop_training = True
@@ -231,9 +249,9 @@ class ModelCheckpoint(Callback):
             self.path = os.fspath(path)
         except TypeError:
             raise TypeError(f"path must be a str or os.PathLike, got {path!r}") from None
-        self.mode = _check_mode(monitor, mode)
-        self.monitor = monitor
         self.save_best_only = bool(save_best_only)
+        self.mode = _check_mode(monitor, mode, "ModelCheckpoint", needed=self.save_best_only)
+        self.monitor = monitor
         self.best = None
         self.best_epoch = None
         self.last_saved = None

@@ -33,6 +33,10 @@ def rmse(P, T):
 
 
 METRICS = {f.__name__: f for f in (accuracy, binary_accuracy, mae, rmse)}
+# Which way the loss and each metric improve: what EarlyStopping's and ModelCheckpoint's
+# mode="auto" uses (a name not here, one a callback logs, needs its mode given).
+IMPROVES = {"loss": "min", "accuracy": "max", "binary_accuracy": "max", "mae": "min",
+            "rmse": "min"}
 
 
 # What "accuracy" means under each loss, where it is not the function of that name: under

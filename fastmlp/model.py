@@ -457,7 +457,9 @@ class Model:
                     self._theta[...] = theta
                     self._state.buffers[...] = buffers
                     self._state.step[...] = step
-                    self._rng.bit_generator.state = state["rng_state"]
+                    # a generator of its own: a seed=Generator given to the model is
+                    # the caller's, whose draws elsewhere must not be rewound
+                    self._rng = rng
                 finally:
                     self._push()
 
@@ -646,6 +648,9 @@ class Model:
         """One optimiser step with a given flat gradient (n_params,) (e.g. the mean of
         several workers'); a step that makes the weights non-finite is undone and raises
         TrainingDiverged."""
+        if isinstance(grad, tuple) and len(grad) == 2 and isinstance(grad[0], float):
+            raise TypeError("apply_gradient takes the gradient vector, not gradient_vector's "
+                            "(loss, grad) pair: pass its second item")
         grad = validation.as_finite(validation.as_array(grad, "grad"), "grad", self.dtype)
         if grad.shape != (self.net.n_params,):
             raise ValueError(f"grad must have shape ({self.net.n_params},), got {grad.shape}")

@@ -77,7 +77,8 @@ def expected_failed_checks(estimator):
 def _check_classes(classes):
     """Refuse what scikit-learn refuses as partial_fit's ``classes``: none, NaN or inf (np.unique
     would keep NaN as a class of its own), labels of mixed or unknown type (numbers and
-    strings, None, continuous values such as 0.5), with scikit-learn's own words."""
+    strings, None, continuous values such as 0.5), with scikit-learn's own words; and a label
+    listed twice, which scikit-learn merges (a weight vector passed third would pass)."""
     values = np.asarray(classes, dtype=object)
     if values.ndim != 1 or len(values) == 0:
         raise ValueError(f"classes must be a non-empty list of labels, got {classes!r:.200}")
@@ -85,11 +86,18 @@ def _check_classes(classes):
            and not np.isfinite(v)]
     if bad:
         raise ValueError(f"classes must not hold NaN or inf, got {_short(values.tolist())}")
+    weights = ("partial_fit's third argument is classes: fastmlp's estimators take no "
+               "sample_weight")
     try:
-        unique_labels(classes)
+        labels = unique_labels(classes)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"classes: {str(exc):.300} (partial_fit's third argument is classes: "
-                         "fastmlp's estimators take no sample_weight)") from None
+        raise ValueError(f"classes: {str(exc):.300} ({weights})") from None
+    if len(labels) != len(values):
+        # each label once: a weight vector read as classes (all ones, a 0/1 mask) would
+        # otherwise pass, its weights ignored
+        raise ValueError(f"classes must list each label once, got {len(values)} values "
+                         f"holding {len(labels)} labels: {_short(values.tolist())} ({weights}; "
+                         "for the labels of y pass np.unique(y))")
 
 
 def _short(labels, limit=10):
@@ -222,6 +230,10 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         # names it), not cast to inf with an overflow warning and called "inf"
         T = validation.as_finite(y.reshape(len(y), -1), "Y", self.dtype)
         return T, (T.shape[1], "linear", "mse")
+
+    def _scikit_learn_loss(self, loss):
+        # scikit-learn's squared loss is the mean over rows AND outputs, halved
+        return loss / (2 * self.model_.layers[-1].units)
 
     def _validation_score(self, X_val, T_val):
         return float(r2_score(T_val, self.model_.predict(X_val)))

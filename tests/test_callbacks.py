@@ -161,7 +161,7 @@ def test_early_stopping_missing_monitor_names_the_logged_keys():
 
 
 def test_early_stopping_non_numeric_monitor_is_refused():
-    stop = EarlyStopping("grad_norm")
+    stop = EarlyStopping("grad_norm", mode="min")
     stop.set_model(FakeModel())
     stop.on_train_begin({})
     with pytest.raises(TypeError, match="grad_norm.*must be a number"):

@@ -109,7 +109,7 @@ def test_values_a_callback_logs_reach_history_and_later_callbacks():
 def test_a_name_only_a_callback_adds_is_still_checked_each_epoch():
     X, y = _data()
     with pytest.raises(ValueError, match="monitor 'val_f2' is not in the epoch logs"):
-        _model().fit(X, y, epochs=2, callbacks=[_F1(), EarlyStopping("val_f2")])
+        _model().fit(X, y, epochs=2, callbacks=[_F1(), EarlyStopping("val_f2", mode="max")])
 
 
 class _Recorder(Callback):

@@ -1,0 +1,157 @@
+"""Hostile round 13 (training semantics, the README read as a new user): EarlyStopping and
+ModelCheckpoint's mode="auto" and NaN values, set_state and a caller's generator, a weight
+vector passed to partial_fit as classes, the regressor's loss_curve_ scale, apply_gradient
+given gradient_vector's pair."""
+import warnings
+
+import numpy as np
+import pytest
+
+import fastmlp as fm
+from fastmlp.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from fastmlp.metrics import IMPROVES, METRICS
+
+X = np.random.default_rng(0).random((24, 3))
+Y = np.random.default_rng(1).random((24, 2))
+
+
+def _model(seed=0):
+    return fm.Model([fm.Dense(4, "tanh"), fm.Dense(2)], input_dim=3, dtype="float64",
+                    backend="numpy", seed=seed)
+
+
+class _Scripted(Callback):
+    """Logs ``name`` = values[epoch] and keeps each epoch's weights."""
+
+    def __init__(self, name, values):
+        self.name, self.values, self.weights = name, values, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs[self.name] = self.values[epoch]
+        self.weights.append(self.model.get_weights())
+
+
+def test_auto_mode_knows_the_loss_and_every_metric():
+    assert set(IMPROVES) == {"loss", *METRICS}
+    for name, direction in IMPROVES.items():
+        assert EarlyStopping(name).mode == direction
+        assert ModelCheckpoint("m.fastmlp", monitor=f"val_{name}").mode == direction
+
+
+@pytest.mark.parametrize("make", [lambda: EarlyStopping("val_r2"),
+                                  lambda: ModelCheckpoint("m.fastmlp", monitor="val_r2"),
+                                  lambda: EarlyStopping("val_acc")])
+def test_auto_mode_refuses_a_name_it_cannot_direct(make):
+    with pytest.raises(ValueError, match=r"cannot tell whether .* pass mode='min' or "
+                                         r"mode='max'"):
+        make()
+
+
+def test_a_score_a_callback_logs_is_maximised_when_asked():
+    scores = [0.2, 0.6, 0.9, 0.95]
+    script = _Scripted("val_r2", scores)
+    stop = EarlyStopping("val_r2", patience=3, mode="max", restore_best_weights=True)
+    model = _model()
+    model.fit(X, Y, epochs=4, batch_size=8, callbacks=[script, stop])
+    assert stop.best_epoch == 3 and stop.best == 0.95
+    # a checkpoint saving every epoch never uses its mode: any name passes
+    assert ModelCheckpoint("m.fastmlp", monitor="val_r2", save_best_only=False).mode == "auto"
+
+
+def test_a_nan_never_becomes_the_best(tmp_path):
+    values = [float("nan"), 0.93, 0.96, 0.98, 0.97]
+    script = _Scripted("val_corr", values)
+    stop = EarlyStopping("val_corr", patience=2, mode="max", restore_best_weights=True)
+    ckpt = ModelCheckpoint(tmp_path / "best.fastmlp", monitor="val_corr", mode="max")
+    model = _model()
+    history = model.fit(X, Y, epochs=5, batch_size=8, callbacks=[script, stop, ckpt])
+    assert len(history.epoch) == 5 and stop.stopped_epoch == 0
+    assert stop.best_epoch == 3 and stop.best == 0.98
+    assert ckpt.best_epoch == 3 and ckpt.best == 0.98
+    for got, want in zip(model.get_weights(), script.weights[3]):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(fm.load(tmp_path / "best.fastmlp").get_weights(), script.weights[3]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_no_epoch_improving_restores_the_first():
+    script = _Scripted("val_corr", [float("nan")] * 4)
+    stop = EarlyStopping("val_corr", patience=2, mode="max", restore_best_weights=True)
+    model = _model()
+    history = model.fit(X, Y, epochs=4, batch_size=8, callbacks=[script, stop])
+    assert len(history.epoch) == 2 and stop.stopped_epoch == 1   # as Keras 3: wait 2 >= 2
+    assert len(history.history["loss"]) == 2
+    assert stop.best is None and stop.best_epoch == 0
+    for got, want in zip(model.get_weights(), script.weights[0]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_set_state_does_not_rewind_the_callers_generator():
+    caller = np.random.default_rng(7)
+    model = _model(seed=caller)
+    state = model.get_state()
+    first = caller.integers(2**32, size=3)
+    model.set_state(state)
+    second = caller.integers(2**32, size=3)
+    assert not np.array_equal(first, second)
+    # and the model's own draws continue from the restored state
+    again = _model(seed=np.random.default_rng(7))
+    again.set_state(state)
+    np.testing.assert_array_equal(model.permutation(10), again.permutation(10))
+
+
+def test_restore_best_weights_leaves_the_callers_generator_alone():
+    caller = np.random.default_rng(3)
+    model = _model(seed=caller)
+    script = _Scripted("score", [0.1, 0.5, 0.9])   # the best is the first epoch
+    seen = []
+    watch = type("Watch", (Callback,), {"on_epoch_end": lambda self, epoch, logs=None:
+                                        seen.append(caller.bit_generator.state)})()
+    stop = EarlyStopping("score", patience=10, mode="min", restore_best_weights=True)
+    model.fit(X, Y, epochs=3, batch_size=8, callbacks=[script, watch, stop])
+    assert stop.best_epoch == 0
+    assert caller.bit_generator.state == seen[-1]   # not rewound to the first epoch's
+    for got, want in zip(model.get_weights(), script.weights[0]):
+        np.testing.assert_array_equal(got, want)
+
+
+def _classifier():
+    from fastmlp.sklearn import MLPClassifier
+    return MLPClassifier(hidden_layer_sizes=(4,), random_state=0, backend="numpy")
+
+
+@pytest.mark.parametrize("weights", [np.ones(24), (np.arange(24) % 3 == 0).astype(float),
+                                     np.arange(24) % 2],
+                         ids=["ones", "mask", "counts"])
+def test_a_weight_vector_passed_as_classes_is_refused(weights):
+    y = np.arange(24) % 2
+    with pytest.raises(ValueError, match=r"classes must list each label once.*"
+                                         r"take no sample_weight.*np\.unique\(y\)"):
+        _classifier().partial_fit(X, y, weights)
+    _classifier().partial_fit(X, y, np.unique(y))   # classes, each once: accepted
+
+
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_regressor_loss_curve_is_on_scikit_learns_scale(outputs):
+    from fastmlp.sklearn import MLPRegressor
+    y = np.random.default_rng(2).random((24, outputs))
+    y = y[:, 0] if outputs == 1 else y
+    # a step too small to move the weights: the epoch's loss is the loss of the weights after
+    est = MLPRegressor(hidden_layer_sizes=(5,), solver="sgd", learning_rate_init=1e-30,
+                       momentum=0.0, alpha=0.0, max_iter=1, random_state=0, dtype="float64",
+                       batch_size=24, shuffle=False, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, y)
+    P = est.predict(X).reshape(24, -1)
+    expected = np.mean((P - y.reshape(24, -1)) ** 2) / 2   # sklearn's squared_loss
+    np.testing.assert_allclose(est.loss_curve_[0], expected, rtol=1e-12)
+    assert est.best_loss_ == est.loss_curve_[0]
+
+
+def test_apply_gradient_given_the_pair_says_so():
+    model = _model()
+    pair = model.gradient_vector(X, Y)
+    with pytest.raises(TypeError, match=r"not gradient_vector's \(loss, grad\) pair"):
+        model.apply_gradient(pair)
+    model.apply_gradient(pair[1])
