@@ -9,6 +9,7 @@ and a saved model resumes training exactly where it stopped.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,22 +17,26 @@ import numpy as np
 # The codes and the positions in OptimizerState.hyper, shared with the compiled kernels.
 from .codes import (ADAM_CODE, BETA1, BETA2, EPS, LR, MOMENTUM, N_HYPER, NESTEROV,
                     SGD_CODE, WEIGHT_DECAY, UnknownCode)
+from .validation import as_float, shown
 
 
 def _positive(name, value):
     if not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    number = as_float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {shown(value)}")
+    return number
 
 
 def _in_unit_interval(name, value):
     if not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    return float(value)
+    number = as_float(value)   # checked as stored: a long double 1 - 2**-60 is 1.0
+    if not 0.0 <= number < 1.0:
+        rounded = f" ({number!r} as a float64)" if number == 1.0 and value != 1.0 else ""
+        raise ValueError(f"{name} must be in [0, 1), got {shown(value)}{rounded}")
+    return number
 
 
 class _Settings:

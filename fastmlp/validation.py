@@ -333,6 +333,26 @@ def check_batch_size(batch_size, n_rows):
     return min(int(batch_size), n_rows)
 
 
+def as_float(value):
+    """float(value) of a real number, an integer too large for a float (10**400) being
+    +-inf (float() raises OverflowError, np.isfinite TypeError), so that the caller's range
+    check names it; a long double rounds to the float64 the model will hold."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def shown(value, limit=60):
+    """repr(value) for an error message, cut to ``limit`` characters; an integer far
+    beyond any float (whose repr may even be refused: over 4,300 digits) by its size."""
+    if isinstance(value, (int, np.integer)) and abs(int(value)).bit_length() > 1100:
+        sign = "a negative" if value < 0 else "an"
+        return f"{sign} integer of about {int(abs(int(value)).bit_length() * 0.30103)} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def check_tol(tol):
     """None, or a finite real number >= 0."""
     if tol is None:
@@ -340,9 +360,10 @@ def check_tol(tol):
     if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, (int, float, np.integer,
                                                                  np.floating)):
         raise TypeError(f"tol must be a number >= 0 or None, got {type(tol).__name__} {tol!r}")
-    if not np.isfinite(tol) or tol < 0:
-        raise ValueError(f"tol must be a finite number >= 0 or None, got {tol!r}")
-    return float(tol)
+    value = as_float(tol)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"tol must be a finite number >= 0 or None, got {shown(tol)}")
+    return value
 
 
 def check_fraction(value, name):

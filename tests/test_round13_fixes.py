@@ -155,3 +155,45 @@ def test_apply_gradient_given_the_pair_says_so():
     with pytest.raises(TypeError, match=r"not gradient_vector's \(loss, grad\) pair"):
         model.apply_gradient(pair)
     model.apply_gradient(pair[1])
+
+
+# --- round 13 (numbers at the edges) ----------------------------------------------------
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: fm.SGD(10**400), r"lr must be a finite number > 0, got an integer of about 400"),
+    (lambda: fm.Adam(-10**400), r"lr must be a finite number > 0, got a negative integer"),
+    (lambda: fm.Adam(eps=10**5000), r"eps must be a finite number > 0, got an integer of "
+                                    r"about 5000 digits"),
+    (lambda: fm.Dense(3, "leaky_relu", alpha=10**400), r"alpha must be finite"),
+    (lambda: fm.Dense(3, "linear", a=-10**400), r"a must be finite"),
+    (lambda: _model().fit(X, Y, tol=10**400), r"tol must be a finite number >= 0"),
+    (lambda: fm.SGD(0.1, momentum=np.longdouble(1) - np.longdouble(2.0) ** -60),
+     r"momentum must be in \[0, 1\), got .*\(1\.0 as a float64\)"),
+    (lambda: fm.Adam(beta2=np.longdouble(1) - np.longdouble(2.0) ** -60),
+     r"beta2 must be in \[0, 1\)"),
+], ids=["lr", "negative-lr", "eps-5000-digits", "alpha", "a", "tol", "longdouble-momentum",
+        "longdouble-beta2"])
+def test_numbers_no_float_holds_are_named(make, message):
+    if np.longdouble(1) - np.longdouble(2.0) ** -60 == 1 and "1.0 as a float64" in message:
+        pytest.skip("this platform's long double is a float64")
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_the_reference_backend_is_as_quiet_as_the_compiled_ones():
+    """An overflowed hidden sum whose tanh is 1: a finite answer on every backend, and no
+    NumPy warning from the reference (an error under -W error)."""
+    X2 = np.array([[3e38, 3e38], [1.0, 2.0]])
+    Y2 = np.array([[1.0], [0.0]])
+    model = fm.Model([fm.Dense(3, "tanh"), fm.Dense(1)], input_dim=2, backend="numpy",
+                     dtype="float32", seed=0)
+    weights = model.get_weights()
+    weights[0][:] = 10.0
+    model.set_weights(weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        P = model.predict(X2)
+        loss = model.evaluate(X2, Y2)
+        grad_loss, _ = model.gradient_vector(X2, Y2)
+    assert np.isfinite(P).all() and P[0, 0] == P[1, 0]
+    assert np.isfinite(loss) and loss == grad_loss
