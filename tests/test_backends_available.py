@@ -1,6 +1,8 @@
 """A backend that fails to import must fail CI, not silently drop out of every test."""
 import os
 
+import pytest
+
 import fastmlp as fm
 
 
@@ -43,6 +45,37 @@ def test_source_tree_shadowing_the_install_is_explained(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "['numpy']" in out.stdout
     assert "imported from its source tree" in out.stdout and "pip install -e ." in out.stdout
+
+
+def test_kernels_of_another_copy_are_refused(tmp_path):
+    """A second copy of fastmlp first on sys.path while an editable install of the first
+    answers for fastmlp.kernels: that copy's code would drive the other's kernels. The
+    compiled backends are refused, naming both folders; the reference still works."""
+    import importlib.util
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(fm.__file__).resolve().parents[1]
+    kernels = Path(list(importlib.util.find_spec("fastmlp.kernels")
+                        .submodule_search_locations)[0]).resolve()
+    if kernels != root / "kernels":
+        pytest.skip("fastmlp is not an editable install of a clone here")
+    shutil.copytree(root / "fastmlp", tmp_path / "fastmlp",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import fastmlp as fm\n"
+            "print(fm.__file__, fm.available_backends())\n"
+            "try:\n    fm.Model([fm.Dense(1)], input_dim=1, backend='cython')\n"
+            "except ValueError as e:\n    print(e)\n"
+            "print(fm.Model([fm.Dense(1)], input_dim=1, backend='numpy').predict([[1.0]]).shape)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    assert out.returncode == 0, out.stderr
+    assert str(tmp_path) in out.stdout.splitlines()[0] and "['numpy']" in out.stdout
+    assert (f"imported from {tmp_path / 'fastmlp'} but its compiled kernels from {kernels}"
+            in out.stdout)
+    assert "(1, 1)" in out.stdout
 
 
 def test_auto_says_when_it_passes_over_an_installed_backend(monkeypatch):

@@ -115,6 +115,10 @@ def _load(name):
         # Imported already: an exception from a signal handler (a SIGALRM timeout) landing
         # in import_module's Python frames was reported as a backend that does not import.
         return getattr(imported, cls)
+    if name != "numpy":   # (the reference alone uses no compiled kernels)
+        elsewhere = _kernels_elsewhere()
+        if elsewhere:
+            raise ImportError(elsewhere)
     before = set(sys.modules)
     try:
         return getattr(importlib.import_module(module), cls)
@@ -160,6 +164,27 @@ def _explain(exc):
                 "kernels: that folder shadows the installed package. Install the clone with "
                 "`pip install -e .`, or run from another folder")
     return str(exc)
+
+
+def _kernels_elsewhere():
+    """Why the compiled kernels must not load, or "": fastmlp.kernels found in another
+    tree than this fastmlp's (installed: fastmlp/kernels; editable or a source tree:
+    ../kernels), as when an editable install of one clone answers for the kernels of a
+    second clone put on sys.path: that clone's code would drive the first one's kernels."""
+    try:
+        spec = importlib.util.find_spec("fastmlp.kernels")
+    except (ImportError, ValueError):
+        return ""
+    if spec is None or not spec.submodule_search_locations:
+        return ""   # no kernels at all: the import says so (_explain)
+    package = Path(__file__).resolve().parents[1]
+    found = Path(list(spec.submodule_search_locations)[0]).resolve()
+    if found in (package / "kernels", package.parent / "kernels"):
+        return ""
+    return (f"fastmlp is imported from {package} but its compiled kernels from {found}, "
+            "another copy of fastmlp (an editable install of another clone answers for "
+            "fastmlp.kernels): install this copy (`pip install -e .` in its folder), or "
+            "import the installed one")
 
 
 def _imports(name):
