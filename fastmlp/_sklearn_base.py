@@ -72,7 +72,8 @@ class BaseMLP(BaseEstimator):
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "backend": [StrOptions({"auto", "numpy", "numba", "cython"})],
         # as a string or as NumPy's scalar type (np.float32), as fm.Model takes it
-        "dtype": [StrOptions({"float32", "float64"}), Options(type, {np.float32, np.float64})],
+        "dtype": [StrOptions({"float32", "float64"}), Options(type, {np.float32, np.float64}),
+                  Options(np.dtype, {np.dtype(np.float32), np.dtype(np.float64)})],
     }
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
@@ -360,6 +361,50 @@ class BaseMLP(BaseEstimator):
             model = fm.Model.__new__(fm.Model)
             model.__setstate__(dict(portable, config=config))
             self.model_ = model
+
+    # scikit-learn's fitted network attributes, read from model_ (copies, as scikit-learn's
+    # arrays are the estimator's own). Not fitted: AttributeError, so hasattr is False.
+    _OUT_ACTIVATIONS = {"linear": "identity", "sigmoid": "logistic", "softmax": "softmax"}
+
+    def _fitted_model(self, name):
+        model = self.__dict__.get("model_")
+        if model is None:
+            raise AttributeError(f"{type(self).__name__} has no {name} before it is fitted")
+        return model
+
+    def _layer_pieces(self, piece):
+        model = self._fitted_model(("coefs_", "intercepts_")[piece])
+        weights = model.get_weights()
+        pieces, at = [], 0
+        for layer in model.layers:
+            pieces.append(weights[at + piece])
+            at += 3 if layer.activation.name == "prelu" else 2
+        return pieces
+
+    @property
+    def coefs_(self):
+        """[W (n_in, n_out) per layer], model_'s weights (copies), as scikit-learn's MLP."""
+        return self._layer_pieces(0)
+
+    @property
+    def intercepts_(self):
+        """[b (n_out,) per layer], model_'s biases (copies), as scikit-learn's MLP."""
+        return self._layer_pieces(1)
+
+    @property
+    def n_layers_(self):
+        """Layers counted as scikit-learn counts them: input, hidden ones, output."""
+        return len(self._fitted_model("n_layers_").layers) + 1
+
+    @property
+    def n_outputs_(self):
+        return self._fitted_model("n_outputs_").layers[-1].units
+
+    @property
+    def out_activation_(self):
+        """The output activation under scikit-learn's name ("identity", "logistic", "softmax")."""
+        name = self._fitted_model("out_activation_").layers[-1].activation.name
+        return self._OUT_ACTIVATIONS.get(name, name)
 
     def _outputs(self, X):
         """Network outputs (n, outputs) as float64, after scikit-learn's input checks."""

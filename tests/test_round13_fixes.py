@@ -197,3 +197,39 @@ def test_the_reference_backend_is_as_quiet_as_the_compiled_ones():
         grad_loss, _ = model.gradient_vector(X2, Y2)
     assert np.isfinite(P).all() and P[0, 0] == P[1, 0]
     assert np.isfinite(loss) and loss == grad_loss
+
+
+# --- scikit-learn's fitted network attributes -------------------------------------------
+
+@pytest.mark.parametrize("kind", ["multiclass", "binary", "multilabel", "regressor-2"])
+def test_fitted_network_attributes_are_scikit_learns(kind):
+    """coefs_, intercepts_, n_layers_, n_outputs_, out_activation_ as scikit-learn's MLP
+    has them: given to scikit-learn's own estimator, they predict what fastmlp predicts."""
+    from sklearn.neural_network import MLPClassifier as SkClassifier
+    from sklearn.neural_network import MLPRegressor as SkRegressor
+    from fastmlp.sklearn import MLPClassifier, MLPRegressor
+    X = np.random.default_rng(4).random((40, 4))
+    y = {"multiclass": np.arange(40) % 3, "binary": np.arange(40) % 2,
+         "multilabel": (np.random.default_rng(5).random((40, 3)) > 0.5).astype(int),
+         "regressor-2": X[:, :2] * 2}[kind]
+    regressor = kind.startswith("regressor")
+    ours = (MLPRegressor if regressor else MLPClassifier)(
+        hidden_layer_sizes=(5, 3), max_iter=3, random_state=0, dtype=np.dtype("float64"),
+        activation="tanh", backend="numpy")
+    theirs = (SkRegressor if regressor else SkClassifier)(
+        hidden_layer_sizes=(5, 3), max_iter=1, random_state=0, activation="tanh")
+    assert not hasattr(ours, "coefs_")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours.fit(X, y)
+        theirs.fit(X, y)
+    for name in ("n_layers_", "n_outputs_", "out_activation_"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert [c.shape for c in ours.coefs_] == [c.shape for c in theirs.coefs_]
+    theirs.coefs_, theirs.intercepts_ = ours.coefs_, ours.intercepts_
+    if regressor:
+        np.testing.assert_allclose(theirs.predict(X), ours.predict(X), rtol=1e-12)
+    else:
+        np.testing.assert_allclose(theirs.predict_proba(X), ours.predict_proba(X), rtol=1e-12)
+    ours.coefs_[0][...] = 0   # copies: the model is not changed through them
+    assert ours.coefs_[0].any()
