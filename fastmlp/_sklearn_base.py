@@ -5,6 +5,7 @@ scikit-learn's parameters map onto fastmlp's.
 """
 from __future__ import annotations
 
+import math
 import threading
 import warnings
 from numbers import Integral, Real
@@ -130,6 +131,12 @@ class BaseMLP(BaseEstimator):
         return self.__dict__.setdefault(_LOCK, threading.RLock())
 
     def _fit(self, X, y, incremental, classes=None):
+        # scikit-learn's Interval takes 10**400 (a Python int compares with its bounds),
+        # which float arithmetic then refuses with a raw OverflowError (tol: after an epoch)
+        for name in ("alpha", "tol", "learning_rate_init", "epsilon"):
+            if not math.isfinite(validation.as_float(getattr(self, name))):
+                raise ValueError(f"The '{name}' parameter of {type(self).__name__} must be "
+                                 f"finite, got {validation.shown(getattr(self, name))}")
         # Under the estimator's lock: two first partial_fit calls would each build a
         # model_, and one would be lost with the steps trained on it.
         with self._training_lock():

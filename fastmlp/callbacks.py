@@ -27,11 +27,14 @@ test and predict hooks are refused: fit never calls them.
 """
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import sys
 
 import numpy as np
+
+from .validation import as_float, shown
 
 # Keys of the epoch logs that are not a metric to print next to the loss.
 _NOT_SHOWN = ("samples_per_s", "grad_norm")
@@ -84,10 +87,12 @@ def _check_mode(monitor, mode, who, needed=True):
 def _check_number(value, name, allow_none=False):
     if allow_none and value is None:
         return None
+    # as_float: 10**400 and a Fraction reach the finiteness check (np.isfinite raised
+    # its own TypeError), a long double 1e4000 is inf there
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not np.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+            or not math.isfinite(as_float(value))):
+        raise ValueError(f"{name} must be a finite number, got {shown(value)}")
+    return as_float(value)
 
 
 def _monitored(logs, monitor, who):

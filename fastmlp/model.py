@@ -103,6 +103,12 @@ def _optimizer_for(optimizer, dtype):
 _NOBODY = object()   # a fit before it owns its model
 
 
+def _whole(call, *args):
+    """call(*args) with a Ctrl-C held until it returns (raised then)."""
+    with ctrl_c_deferred():
+        return call(*args)
+
+
 def _generator(seed):
     """np.random.default_rng(seed), with NumPy's error (same type) reworded to name seed.
 
@@ -310,6 +316,12 @@ class Model:
         self._push = getattr(self._engine, "push", _nothing)
         self._to_device = getattr(self._engine, "to_device", None)
         self._on_device = self._to_device is not None
+        # train_on_batch's guarded step, one compiled call on the CPU; on a device many
+        # Python calls (launches, then the host's step count and "device newer" marks),
+        # where a Ctrl-C left the model between them: there it runs whole, Ctrl-C after.
+        checked = self._engine.train_step_checked
+        self._checked_step_call = (functools.partial(_whole, checked) if self._on_device
+                                   else checked)
 
     @property
     def optimizer(self):
@@ -648,7 +660,8 @@ class Model:
         """One optimiser step with a given flat gradient (n_params,) (e.g. the mean of
         several workers'); a step that makes the weights non-finite is undone and raises
         TrainingDiverged."""
-        if isinstance(grad, tuple) and len(grad) == 2 and isinstance(grad[0], float):
+        if (isinstance(grad, tuple) and len(grad) == 2 and np.ndim(grad[0]) == 0
+                and isinstance(grad[1], np.ndarray) and grad[1].ndim == 1):
             raise TypeError("apply_gradient takes the gradient vector, not gradient_vector's "
                             "(loss, grad) pair: pass its second item")
         grad = validation.as_finite(validation.as_array(grad, "grad"), "grad", self.dtype)
@@ -687,7 +700,7 @@ class Model:
             if (self._checked_step and self._scaling is None
                     and validation.laid_out_xy(X, Y, self._width[0], self._width[1],
                                                self.dtype)):
-                loss, status = self._engine.train_step_checked(X, Y)
+                loss, status = self._checked_step_call(X, Y)
                 if not status:
                     return float(loss)
                 # 1: X or Y not finite, or targets outside [0, 1]: nothing ran, and the
@@ -699,7 +712,7 @@ class Model:
             if self._checked_step and status is None:
                 # converted (labels, float64 X, scaling): the same one guarded call, not a
                 # backup copy and a finiteness pass over theta around an unguarded step
-                loss, status = self._engine.train_step_checked(X, T)
+                loss, status = self._checked_step_call(X, T)
                 if not status:
                     return float(loss)
                 # diverged and undone: the step below says what went bad, and undoes it
@@ -1094,8 +1107,14 @@ class Model:
                 return X, T, self._data(*validation_data)
         if not split:
             return X, T, None
-        # Keras's rule: the first floor(n (1 - split)) rows train, the rest validate
-        n_val = len(X) - math.floor(len(X) * (1.0 - split))
+        # Keras's rule: the first floor(n (1 - split)) rows train, the rest validate,
+        # computed in the split's own type as Keras computes it (np.float32(0.07) of 100
+        # rows: 93 train, where its float64 value gives 92)
+        with np.errstate(over="ignore"):
+            trained = len(X) * (1.0 - validation_split)
+        if not np.isfinite(trained):   # (a float16 product past 65504)
+            trained = len(X) * (1.0 - split)
+        n_val = len(X) - math.floor(trained)
         if not 1 <= n_val < len(X):
             raise ValueError(f"validation_split={validation_split} of {len(X)} rows leaves "
                              f"{n_val} for validation and {len(X) - n_val} for training; "

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import activations as act
 from . import losses, rules
-from .validation import as_float, shown
+from .validation import real_number
 from .codes import (LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS, LAYER_N_IN,
                     LAYER_N_OUT, LAYER_W, LAYER_Z, PLAN_CAP, PLAN_FOLD_ROWS, PLAN_FUSED,
                     PLAN_HEAD, PLAN_LAYERS, PLAN_LOSS, PLAN_N_PARAMS, PLAN_WIDEST, PLAN_WS_SIZE,
@@ -58,10 +58,8 @@ class Dense:
         if unknown:
             raise TypeError(f"activation {activation!r} takes parameters {sorted(allowed) or 'none'}, "
                             f"got {sorted(unknown)}")
-        given = params.get(self.activation.param, self.activation.default)
-        self.param = as_float(given)
-        if not np.isfinite(self.param):
-            raise ValueError(f"{self.activation.param} must be finite, got {shown(given)}")
+        self.param = real_number(params.get(self.activation.param, self.activation.default),
+                                 self.activation.param)
         if self.activation.code == act.LINEAR and self.param == 0:
             # f = 0 z: the layer outputs 0 whatever its input, and passes no gradient back
             raise ValueError("a linear layer with slope a=0 outputs 0 and learns nothing; "

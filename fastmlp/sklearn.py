@@ -77,8 +77,7 @@ def expected_failed_checks(estimator):
 def _check_classes(classes):
     """Refuse what scikit-learn refuses as partial_fit's ``classes``: none, NaN or inf (np.unique
     would keep NaN as a class of its own), labels of mixed or unknown type (numbers and
-    strings, None, continuous values such as 0.5), with scikit-learn's own words; and a label
-    listed twice, which scikit-learn merges (a weight vector passed third would pass)."""
+    strings, None, continuous values such as 0.5), with scikit-learn's own words."""
     values = np.asarray(classes, dtype=object)
     if values.ndim != 1 or len(values) == 0:
         raise ValueError(f"classes must be a non-empty list of labels, got {classes!r:.200}")
@@ -86,18 +85,10 @@ def _check_classes(classes):
            and not np.isfinite(v)]
     if bad:
         raise ValueError(f"classes must not hold NaN or inf, got {_short(values.tolist())}")
-    weights = ("partial_fit's third argument is classes: fastmlp's estimators take no "
-               "sample_weight")
     try:
-        labels = unique_labels(classes)
+        unique_labels(classes)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"classes: {str(exc):.300} ({weights})") from None
-    if len(labels) != len(values):
-        # each label once: a weight vector read as classes (all ones, a 0/1 mask) would
-        # otherwise pass, its weights ignored
-        raise ValueError(f"classes must list each label once, got {len(values)} values "
-                         f"holding {len(labels)} labels: {_short(values.tolist())} ({weights}; "
-                         "for the labels of y pass np.unique(y))")
+        raise ValueError(f"classes: {str(exc):.300}") from None
 
 
 def _short(labels, limit=10):
@@ -118,10 +109,18 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
     _stratify = property(lambda self: not self._multilabel)
 
-    def partial_fit(self, X, y, classes=None, *args, **fit_params):
+    def partial_fit(self, X, y, *args, classes=None, **fit_params):
         """One epoch over (X, y), continuing from the current weights. The first call
-        needs ``classes``, every label y will ever hold; for a multilabel (indicator) y
-        it must be given too, and classes_ is then the column indices 0..k-1."""
+        needs ``classes`` (by keyword), every label y will ever hold; for a multilabel
+        (indicator) y it must be given too, and classes_ is then the column indices 0..k-1."""
+        if args and not fit_params and len(args) == 1:
+            # scikit-learn 1.9's MLPClassifier.partial_fit(X, y, sample_weight, classes):
+            # a third value may be weights or classes, and weights such as arange(n) pass
+            # every check of classes (a model of n classes trained without a word)
+            raise TypeError("MLPClassifier.partial_fit() takes classes by keyword: "
+                            "partial_fit(X, y, classes=[...]) (a third positional argument is "
+                            "sample_weight in scikit-learn's MLPClassifier, and fastmlp's "
+                            "estimators take no sample_weight)")
         self._refuse(args, fit_params, "partial_fit")
         self._validate_params()
         if classes is not None:

@@ -8,6 +8,7 @@ of the model dtype whose shapes match the network.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -349,8 +350,24 @@ def shown(value, limit=60):
     if isinstance(value, (int, np.integer)) and abs(int(value)).bit_length() > 1100:
         sign = "a negative" if value < 0 else "an"
         return f"{sign} integer of about {int(abs(int(value)).bit_length() * 0.30103)} digits"
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:   # a Fraction of such integers
+        return f"a {type(value).__name__} too long to show"
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def real_number(value, name):
+    """``value`` as a float, checked: a real number (bool, None, strings, complex refused
+    with a TypeError naming ``name``), finite once a float64 (10**400, a long double
+    1e4000, a Fraction beyond float range refused with a ValueError)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} "
+                        f"{shown(value)}")
+    number = as_float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {shown(value)}")
+    return number
 
 
 def check_tol(tol):

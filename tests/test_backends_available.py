@@ -68,7 +68,11 @@ def test_kernels_of_another_copy_are_refused(tmp_path):
             "print(fm.__file__, fm.available_backends())\n"
             "try:\n    fm.Model([fm.Dense(1)], input_dim=1, backend='cython')\n"
             "except ValueError as e:\n    print(e)\n"
-            "print(fm.Model([fm.Dense(1)], input_dim=1, backend='numpy').predict([[1.0]]).shape)\n")
+            "print(fm.Model([fm.Dense(1)], input_dim=1, backend='numpy').predict([[1.0]]).shape)\n"
+            "import sys, fastmlp.validation as v\n"
+            "fm.set_num_threads(1)\n"
+            "print('loaded:', [m for m in sys.modules if 'cython_mlp' in m or 'kernels.numba' in m],"
+            " v.laid_out is v.python_laid_out)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(tmp_path)))
     assert out.returncode == 0, out.stderr
@@ -76,6 +80,7 @@ def test_kernels_of_another_copy_are_refused(tmp_path):
     assert (f"imported from {tmp_path / 'fastmlp'} but its compiled kernels from {kernels}"
             in out.stdout)
     assert "(1, 1)" in out.stdout
+    assert "loaded: [] True" in out.stdout   # none of the other copy's compiled code ran
 
 
 def test_auto_says_when_it_passes_over_an_installed_backend(monkeypatch):

@@ -263,3 +263,36 @@ def test_an_empty_device_array_is_refused_as_an_empty_host_array():
     for given in (X, cuda.to_device(X)):
         with pytest.raises(ValueError, match="X is empty: it has 0 rows"):
             m.predict(given)
+
+
+@needs_cuda
+def test_a_ctrl_c_inside_train_on_batch_leaves_the_model_before_or_after(monkeypatch):
+    """A real SIGINT landing inside the device step (after its launch, before the host's
+    step count and "device newer" marks): the step runs whole, then KeyboardInterrupt;
+    predict, get_weights, save and the step count all agree on the step taken."""
+    import signal
+    from fastmlp.kernels import cuda_fused
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
+
+    def make():
+        return fm.Model([fm.Dense(4, "tanh"), fm.Dense(2)], input_dim=3, loss="mse",
+                        optimizer=fm.Adam(0.1), backend="cuda", dtype="float64", seed=0)
+    model, twice = make(), make()
+    model.train_on_batch(X, Y)
+    twice.train_on_batch(X, Y)
+    twice.train_on_batch(X, Y)
+    real = cuda_fused.FusedStep.train
+
+    def interrupted(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return result
+    monkeypatch.setattr(cuda_fused.FusedStep, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        model.train_on_batch(X, Y)
+    monkeypatch.setattr(cuda_fused.FusedStep, "train", real)
+    assert model.get_state()["opt_step"][0] == 2
+    for got, want in zip(model.get_weights(), twice.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(model.predict(X), twice.predict(X))

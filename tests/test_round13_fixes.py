@@ -121,14 +121,15 @@ def _classifier():
 
 
 @pytest.mark.parametrize("weights", [np.ones(24), (np.arange(24) % 3 == 0).astype(float),
-                                     np.arange(24) % 2],
-                         ids=["ones", "mask", "counts"])
-def test_a_weight_vector_passed_as_classes_is_refused(weights):
+                                     np.arange(24)],
+                         ids=["ones", "mask", "arange"])
+def test_a_weight_vector_passed_third_to_partial_fit_is_refused(weights):
+    """scikit-learn 1.9's MLPClassifier.partial_fit(X, y, sample_weight, classes): weights
+    such as arange(n) pass every check of classes (a model of 24 classes trained)."""
     y = np.arange(24) % 2
-    with pytest.raises(ValueError, match=r"classes must list each label once.*"
-                                         r"take no sample_weight.*np\.unique\(y\)"):
+    with pytest.raises(TypeError, match=r"takes classes by keyword.*no sample_weight"):
         _classifier().partial_fit(X, y, weights)
-    _classifier().partial_fit(X, y, np.unique(y))   # classes, each once: accepted
+    assert list(_classifier().partial_fit(X, y, classes=y).classes_) == [0, 1]  # as sklearn
 
 
 @pytest.mark.parametrize("outputs", [1, 3])
@@ -233,3 +234,59 @@ def test_fitted_network_attributes_are_scikit_learns(kind):
         np.testing.assert_allclose(theirs.predict_proba(X), ours.predict_proba(X), rtol=1e-12)
     ours.coefs_[0][...] = 0   # copies: the model is not changed through them
     assert ours.coefs_[0].any()
+
+
+# --- round 14: the round-13 fixes attacked ----------------------------------------------
+
+def test_apply_gradient_takes_a_tuple_of_numbers():
+    model = fm.Model([fm.Dense(1)], input_dim=1, dtype="float64", backend="numpy", seed=0)
+    before = model.get_weights()
+    model.apply_gradient((np.float64(0.1), -0.2))   # a gradient of 2 parameters
+    after = model.get_weights()
+    assert after[0][0, 0] != before[0][0, 0] and after[1][0] != before[1][0]
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: EarlyStopping(min_delta=10**400), ValueError, "min_delta must be a finite"),
+    (lambda: EarlyStopping(baseline=-10**400), ValueError, "baseline must be a finite"),
+    (lambda: EarlyStopping(min_delta=np.longdouble("1e4000")), ValueError,
+     "min_delta must be a finite"),
+    (lambda: fm.Dense(3, "elu", alpha=None), TypeError, "alpha must be a real number"),
+    (lambda: fm.Dense(3, "elu", alpha=True), TypeError, "alpha must be a real number"),
+    (lambda: fm.Dense(3, "elu", alpha="0.5"), TypeError, "alpha must be a real number"),
+    (lambda: fm.Dense(3, "elu", alpha=0.1 + 0j), TypeError, "alpha must be a real number"),
+    (lambda: fm.Dense(3, "elu", alpha=__import__("fractions").Fraction(10**5000)),
+     ValueError, "alpha must be finite, got a Fraction too long to show"),
+], ids=["min_delta-int", "baseline-int", "min_delta-longdouble", "alpha-None", "alpha-bool",
+        "alpha-str", "alpha-complex", "alpha-huge-fraction"])
+def test_callback_and_layer_numbers_are_checked(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_fractions_are_numbers():
+    from fractions import Fraction
+    assert EarlyStopping(min_delta=Fraction(1, 1000)).min_delta == 0.001
+    assert fm.Dense(3, "elu", alpha=Fraction(1, 2)).param == 0.5
+
+
+@pytest.mark.parametrize("name", ["tol", "alpha"])
+def test_scikit_learn_settings_no_float_holds_are_refused_before_training(name):
+    from fastmlp.sklearn import MLPRegressor
+    with pytest.raises(ValueError, match=rf"'{name}' parameter of MLPRegressor must be finite"):
+        MLPRegressor(backend="numpy", **{name: 10**400}).fit(X, Y)
+
+
+@pytest.mark.parametrize("n, split, trained", [
+    (100, np.float32(0.07), 93), (1000, np.float16(0.07), 930), (1000, 0.07, 929),
+    (100000, np.float16(0.5), 50000)])
+def test_validation_split_is_taken_in_its_own_type_as_keras_does(n, split, trained):
+    model = fm.Model([fm.Dense(1)], input_dim=1, backend="numpy", seed=0)
+    data = np.random.default_rng(0).random((n, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        history = model.fit(data, data, epochs=1, batch_size=n, validation_split=split,
+                            shuffle=False)
+    assert len(history.epoch) == 1
+    X_train, _, (X_val, _) = model._validation_rows(data, data, None, split)
+    assert len(X_train) == trained and len(X_val) == n - trained

@@ -115,10 +115,8 @@ def _load(name):
         # Imported already: an exception from a signal handler (a SIGALRM timeout) landing
         # in import_module's Python frames was reported as a backend that does not import.
         return getattr(imported, cls)
-    if name != "numpy":   # (the reference alone uses no compiled kernels)
-        elsewhere = _kernels_elsewhere()
-        if elsewhere:
-            raise ImportError(elsewhere)
+    if name != "numpy" and KERNELS_ELSEWHERE:   # (the reference uses no compiled kernels)
+        raise ImportError(KERNELS_ELSEWHERE)
     before = set(sys.modules)
     try:
         return getattr(importlib.import_module(module), cls)
@@ -185,6 +183,21 @@ def _kernels_elsewhere():
             "another copy of fastmlp (an editable install of another clone answers for "
             "fastmlp.kernels): install this copy (`pip install -e .` in its folder), or "
             "import the installed one")
+
+
+# Set once, as fastmlp is imported (it calls keep_out_kernels_elsewhere first of all).
+KERNELS_ELSEWHERE = ""
+
+
+def keep_out_kernels_elsewhere():
+    """When the kernels found are another copy's (_kernels_elsewhere), keep every import
+    of fastmlp.kernels out (validation's C layout tests and set_num_threads' GEMV pool
+    loaded that copy's extension, for the numpy backend too): each falls back to its
+    Python or says why (a compiled backend names both folders)."""
+    global KERNELS_ELSEWHERE
+    KERNELS_ELSEWHERE = _kernels_elsewhere()
+    if KERNELS_ELSEWHERE:
+        sys.modules.setdefault("fastmlp.kernels", None)   # import raises ImportError
 
 
 def _imports(name):
