@@ -36,6 +36,8 @@ def resolve_backend(name):
     """"auto" -> the fastest backend that imports here; other names are checked."""
     if name == "auto":   # what fm.Model's "auto" picks, so both mean one thing
         return fm_backends.resolve("auto")
+    if fm_backends.imports(name):    # that one only: available_backends() imported every
+        return name                  # backend on each fit (numba for a cython estimator)
     available = fm.available_backends()
     if name not in available:
         raise ValueError(f"backend {name!r} is not available here; choose 'auto' or one of "

@@ -558,17 +558,19 @@ class Model:
         if self._scaling is None:
             ready = X if validation.laid_out(X, self._width[0], self.dtype) else \
                 validation.small_real_copy(X, self._width[0], self.dtype)
-            if ready is not None:
-                # Checked as it is computed (the backend reads X anyway), so a ready array
-                # costs no validation pass: all a 1-row predict can afford.
-                out = np.empty((ready.shape[0], self._width[1]), dtype=self.dtype)
-                checked = getattr(self._engine, "predict_checked", None)
-                if checked is not None:
-                    if checked(ready, out):
-                        return out
-                elif validation.finite(ready):
-                    return self._engine.predict(ready, out)
-                # not finite: check_inputs raises the usual message, naming the first one
+        else:   # (every model `fastmlp train --save` writes has input scaling)
+            ready = validation.small_scaled_copy(X, self._width[0], self.dtype, self._scaling)
+        if ready is not None:
+            # Checked as it is computed (the backend reads X anyway), so a ready array
+            # costs no validation pass: all a 1-row predict can afford.
+            out = np.empty((ready.shape[0], self._width[1]), dtype=self.dtype)
+            checked = getattr(self._engine, "predict_checked", None)
+            if checked is not None:
+                if checked(ready, out):
+                    return out
+            elif validation.finite(ready):
+                return self._engine.predict(ready, out)
+            # not finite: check_inputs raises the usual message, naming the first one
         self._checked_feature_names(X)
         arr = validation.as_array(validation.frame_values(X, "X"), "X")
         rows = rules.convert_rows(self.net, self.dtype)

@@ -100,6 +100,22 @@ def small_real_copy(X, width, dtype):
         return np.array(X, dtype=dtype, order="C")
 
 
+def small_scaled_copy(X, width, dtype, scaling):
+    """:func:`small_real_copy` for a model with input scaling (mean, scale): (X - mean) /
+    scale computed as :func:`_scaled` computes it (float64, then ``dtype``), else None.
+    Non-finite results are found by predict's checked kernel, as there."""
+    if (type(X) is not np.ndarray or X.ndim != 2 or X.shape[1] != width
+            or X.dtype.kind not in "fiub" or X.nbytes > SMALL_COPY_BYTES or not len(X)):
+        return None
+    mean, scale = scaling
+    out = np.empty(X.shape, dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        block = np.subtract(X, mean, dtype=np.float64)
+        block /= scale
+        out[...] = block
+    return out
+
+
 def refuse_masked(a, name):
     """``a`` itself, unless it is a masked array: np.asarray (and scikit-learn's checks)
     would drop the mask and train on, or predict from, the hidden values."""

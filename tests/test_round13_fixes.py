@@ -290,3 +290,50 @@ def test_validation_split_is_taken_in_its_own_type_as_keras_does(n, split, train
     assert len(history.epoch) == 1
     X_train, _, (X_val, _) = model._validation_rows(data, data, None, split)
     assert len(X_train) == trained and len(X_val) == n - trained
+
+
+def test_an_estimator_with_a_named_backend_imports_that_backend_alone():
+    """backend="cython" imported every backend on each fit (numba's import, about a second,
+    on the first): only the one named is imported."""
+    import subprocess
+    import sys
+    if "cython" not in fm.available_backends():
+        pytest.skip("the cython backend does not import here")
+    code = ("import sys, numpy as np\n"
+            "from fastmlp.sklearn import MLPClassifier\n"
+            "MLPClassifier(backend='cython', max_iter=2).fit(np.random.rand(20, 3), "
+            "np.arange(20) % 2)\n"
+            "print(sorted(m for m in ('numba', 'fastmlp.backends.cuda') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("backend", fm.available_backends())
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_scaled_models_small_predict_is_the_checked_path_bit_for_bit(backend, dtype):
+    """Small predicts of a model with input scaling skip the full checks (as a model
+    without does): the same bits as the checked conversion, the same refusals."""
+    from fastmlp import validation
+    if backend == "cuda":
+        pytest.skip("a device model's predict is tested with the cuda backend")
+    rng = np.random.default_rng(6)
+    model = fm.Model([fm.Dense(9, "relu"), fm.Dense(3, "softmax")], input_dim=5,
+                     loss="cross_entropy", backend=backend, dtype=dtype, seed=0)
+    data = rng.normal(size=(50, 5)) * 10
+    model.set_input_scaling(data.mean(axis=0), data.std(axis=0))
+    for X in (rng.normal(size=(1, 5)), rng.normal(size=(7, 5)).astype(np.float32),
+              np.asfortranarray(rng.normal(size=(4, 5))), rng.integers(-3, 3, size=(2, 5)),
+              rng.normal(size=(6, 10))[:, ::2], rng.normal(size=(3, 5)) > 0):
+        slow = validation.check_inputs(X, 5, model.dtype, model._scaling)
+        expected = model._engine.predict(slow, np.empty((len(X), 3), dtype=model.dtype))
+        np.testing.assert_array_equal(model.predict(X), expected)
+    bad = rng.normal(size=(2, 5))
+    bad[1, 2] = np.inf
+    with pytest.raises(ValueError, match=r"row 1, column 2"):
+        model.predict(bad)
+    if dtype == "float32":
+        huge = np.full((1, 5), 1e300)   # finite, but not once scaled into float32
+        with pytest.raises(ValueError, match="too large for float32"):
+            model.predict(huge)

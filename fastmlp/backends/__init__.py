@@ -210,6 +210,11 @@ def _imports(name):
     return True
 
 
+def imports(name):
+    """Whether backend ``name`` (a registered one) imports here, importing it alone."""
+    return _imports(name)
+
+
 def available_backends():
     """Names of the backends that import on this machine, e.g. ["numpy", "numba"]."""
     return [name for name in _REGISTRY if _imports(name)]
