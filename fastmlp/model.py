@@ -699,12 +699,15 @@ class Model:
             # backends the checks below (BLAS dots) and np.copyto beat the kernel's
             # scalar loops, and the Python around them no longer matters.
             status = None   # the guarded call has not run
-            if (self._checked_step and self._scaling is None
-                    and validation.laid_out_xy(X, Y, self._width[0], self._width[1],
-                                               self.dtype)):
-                loss, status = self._checked_step_call(X, Y)
-                if not status:
-                    return float(loss)
+            if self._checked_step and self._scaling is None:
+                pair = ((X, Y) if validation.laid_out_xy(X, Y, self._width[0],
+                                                         self._width[1], self.dtype)
+                        else validation.small_real_pair(X, Y, self._width[0],
+                                                        self._width[1], self.dtype))
+                if pair is not None:
+                    loss, status = self._checked_step_call(*pair)
+                    if not status:
+                        return float(loss)
                 # 1: X or Y not finite, or targets outside [0, 1]: nothing ran, and the
                 # checks below raise the exact message. 2: the step diverged and was
                 # undone: it runs once more below, to say what went bad, and is undone.

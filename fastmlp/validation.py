@@ -100,6 +100,20 @@ def small_real_copy(X, width, dtype):
         return np.array(X, dtype=dtype, order="C")
 
 
+def small_real_pair(X, Y, n_in, n_out, dtype):
+    """(X, Y) for train_on_batch's guarded kernel, copied into ``dtype`` (small_real_copy)
+    when not laid out already, for a small plain X and a float Y (n, n_out) of as many rows
+    (a float64 batch into a float32 model); else None. An integer or bool Y is left to
+    the full path: it may be class labels, which that path maps and learns."""
+    if (type(Y) is not np.ndarray or Y.dtype.kind != "f" or Y.ndim != 2
+            or Y.shape[1] != n_out or type(X) is not np.ndarray or X.ndim != 2
+            or X.shape[0] != Y.shape[0]):
+        return None
+    X = X if laid_out(X, n_in, dtype) else small_real_copy(X, n_in, dtype)
+    Y = Y if laid_out(Y, n_out, dtype) else small_real_copy(Y, n_out, dtype)
+    return None if X is None or Y is None else (X, Y)
+
+
 def small_scaled_copy(X, width, dtype, scaling):
     """:func:`small_real_copy` for a model with input scaling (mean, scale): (X - mean) /
     scale computed as :func:`_scaled` computes it (float64, then ``dtype``), else None.

@@ -337,3 +337,32 @@ def test_a_scaled_models_small_predict_is_the_checked_path_bit_for_bit(backend, 
         huge = np.full((1, 5), 1e300)   # finite, but not once scaled into float32
         with pytest.raises(ValueError, match="too large for float32"):
             model.predict(huge)
+
+
+@pytest.mark.parametrize("backend", [b for b in fm.available_backends() if b != "cuda"])
+def test_a_float64_batch_steps_as_its_float32_copy_does(backend):
+    """train_on_batch of a small float64 (or Fortran-order) batch on a float32 model goes to
+    the guarded kernel through a copy, not the full checks: the same step bit for bit, the
+    same refusals, and integer labels still learnt as classes."""
+    rng = np.random.default_rng(8)
+    X64, Y64 = rng.random((6, 3)), rng.random((6, 2))
+
+    def make():
+        return fm.Model([fm.Dense(4, "sigmoid"), fm.Dense(2, "sigmoid")], input_dim=3,
+                        optimizer=fm.SGD(0.5), backend=backend, seed=0)
+    fast, reference = make(), make()
+    for X in (X64, np.asfortranarray(X64)):
+        loss = fast.train_on_batch(X, Y64)
+        assert loss == reference.train_on_batch(X.astype(np.float32), Y64.astype(np.float32))
+    for got, want in zip(fast.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    bad = Y64.copy()
+    bad[2, 1] = 1e300   # finite in float64, inf in float32
+    with pytest.raises(ValueError, match="too large for float32"):
+        fast.train_on_batch(X64, bad)
+    for got, want in zip(fast.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    labelled = fm.Model([fm.Dense(1, "sigmoid")], input_dim=3, loss="binary_cross_entropy",
+                        backend=backend, seed=0)
+    labelled.train_on_batch(X64, np.array([[1], [3], [3], [1], [1], [3]]))
+    assert list(labelled.classes_) == [1, 3]
