@@ -141,8 +141,8 @@ def check_monitors(callbacks, logged, takes_metrics=True):
 
 def _improves(value, best, mode, min_delta):
     """Whether ``value`` beats ``best`` by more than ``min_delta``. NaN never improves (nor
-    becomes the best: Keras starts from an infinite best, which NaN does not beat); any
-    other value beats None."""
+    becomes the best: Keras 3 takes a NaN first value as its best, and then no later
+    epoch beats it); any other value beats None."""
     if value != value:
         return False
     if best is None:
