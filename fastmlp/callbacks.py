@@ -89,10 +89,11 @@ def _check_number(value, name, allow_none=False):
         return None
     # as_float: 10**400 and a Fraction reach the finiteness check (np.isfinite raised
     # its own TypeError), a long double 1e4000 is inf there
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not math.isfinite(as_float(value))):
+    number = (as_float(value) if isinstance(value, numbers.Real)
+              and not isinstance(value, bool) else math.nan)
+    if not math.isfinite(number):
         raise ValueError(f"{name} must be a finite number, got {shown(value)}")
-    return as_float(value)
+    return number
 
 
 def _monitored(logs, monitor, who):

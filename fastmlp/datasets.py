@@ -240,7 +240,7 @@ def class_labels(table):
     2**53; '2.0' is the integer 2, see _integers) and each class is named as the shortest
     text of its number."""
     exact = _exact_integers(table.cells)
-    integers = None if exact is None or None in exact else exact
+    integers = _every_one(exact)
     numbers = None if integers is not None else numeric_target(table, required=False)
     if integers is not None:
         keys = integers
@@ -271,7 +271,11 @@ def _integers(cells):
     while fit on the same labels learns int64). Those are read as decimal text, exactly:
     through float, 9007199254740993.0 became 2**53. '2.5' is no integer, and '1e30' is left
     to the numbers (beyond int64, it is named '1e+30')."""
-    exact = _exact_integers(cells)
+    return _every_one(_exact_integers(cells))
+
+
+def _every_one(exact):
+    """``exact`` (see _exact_integers) when every cell is an integer, else None."""
     return None if exact is None or None in exact else exact
 
 

@@ -93,11 +93,17 @@ def small_real_copy(X, width, dtype):
     float64 row for a float32 model), else None. predict's checked kernel then finds
     NaN, inf and values too large for ``dtype`` (inf after the cast) as it reads it,
     skipping the validation pass a 1-row call would spend most of its time in."""
-    if (type(X) is not np.ndarray or X.ndim != 2 or X.shape[1] != width
-            or X.dtype.kind not in "fiub" or X.nbytes > SMALL_COPY_BYTES or not len(X)):
+    if not _small_plain(X, width):
         return None
     with np.errstate(over="ignore", invalid="ignore"):   # found by the checked kernel
         return np.array(X, dtype=dtype, order="C")
+
+
+def _small_plain(X, width):
+    """X is a small (<= SMALL_COPY_BYTES) plain 2-D ndarray of real numbers or bools,
+    ``width`` wide, with rows: what the small-call fast paths take."""
+    return (type(X) is np.ndarray and X.ndim == 2 and X.shape[1] == width
+            and X.dtype.kind in "fiub" and X.nbytes <= SMALL_COPY_BYTES and len(X) > 0)
 
 
 def small_real_pair(X, Y, n_in, n_out, dtype):
@@ -116,17 +122,12 @@ def small_real_pair(X, Y, n_in, n_out, dtype):
 
 def small_scaled_copy(X, width, dtype, scaling):
     """:func:`small_real_copy` for a model with input scaling (mean, scale): (X - mean) /
-    scale computed as :func:`_scaled` computes it (float64, then ``dtype``), else None.
+    scale by :func:`_scaled`'s own arithmetic (float64, then ``dtype``), else None.
     Non-finite results are found by predict's checked kernel, as there."""
-    if (type(X) is not np.ndarray or X.ndim != 2 or X.shape[1] != width
-            or X.dtype.kind not in "fiub" or X.nbytes > SMALL_COPY_BYTES or not len(X)):
+    if not _small_plain(X, width):
         return None
-    mean, scale = scaling
     out = np.empty(X.shape, dtype=dtype)
-    with np.errstate(over="ignore", invalid="ignore"):
-        block = np.subtract(X, mean, dtype=np.float64)
-        block /= scale
-        out[...] = block
+    _scale_into(out, X, *scaling)   # one block: no slicing (a 1-row predict's budget)
     return out
 
 
@@ -215,14 +216,20 @@ def _scaled(arr, name, dtype, scaling, first_row):
     mean, scale = scaling
     out = np.empty(arr.shape, dtype=dtype)
     step = max(1, CONVERT_BYTES // (8 * max(1, arr.shape[1])))
-    with np.errstate(over="ignore", invalid="ignore"):
-        for start in range(0, len(arr), step):
-            block = np.subtract(arr[start:start + step], mean, dtype=np.float64)
-            block /= scale
-            out[start:start + step] = block
+    for start in range(0, len(arr), step):
+        _scale_into(out[start:start + step], arr[start:start + step], mean, scale)
     if not finite(out):
         _refuse_nonfinite(out, arr, name, first_row, scaling)
     return out
+
+
+def _scale_into(out, arr, mean, scale):
+    """out[...] = (arr - mean) / scale, in float64 then cast, unchecked (the callers find
+    what is not finite): the one arithmetic of input scaling."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        block = np.subtract(arr, mean, dtype=np.float64)
+        block /= scale
+        out[...] = block
 
 
 def as_float_matrix(a, name, dtype, scaling=None, first_row=0):
