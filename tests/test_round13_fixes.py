@@ -340,25 +340,27 @@ def test_a_scaled_models_small_predict_is_the_checked_path_bit_for_bit(backend, 
 
 
 @pytest.mark.parametrize("backend", [b for b in fm.available_backends() if b != "cuda"])
-def test_a_float64_batch_steps_as_its_float32_copy_does(backend):
-    """train_on_batch of a small float64 (or Fortran-order) batch on a float32 model goes to
-    the guarded kernel through a copy, not the full checks: the same step bit for bit, the
-    same refusals, and integer labels still learnt as classes."""
+@pytest.mark.parametrize("dtype, other", [("float32", np.float64), ("float64", np.float32)])
+def test_a_float64_batch_steps_as_its_float32_copy_does(backend, dtype, other):
+    """train_on_batch of a small batch in the other float dtype (or Fortran order) goes to
+    the guarded kernel through a copy, not the full checks: the same step bit for bit as
+    the batch converted first, the same refusals, and integer labels still learnt."""
     rng = np.random.default_rng(8)
-    X64, Y64 = rng.random((6, 3)), rng.random((6, 2))
+    X64, Y64 = rng.random((6, 3)).astype(other), rng.random((6, 2)).astype(other)
 
     def make():
         return fm.Model([fm.Dense(4, "sigmoid"), fm.Dense(2, "sigmoid")], input_dim=3,
-                        optimizer=fm.SGD(0.5), backend=backend, seed=0)
+                        optimizer=fm.SGD(0.5), backend=backend, dtype=dtype, seed=0)
     fast, reference = make(), make()
     for X in (X64, np.asfortranarray(X64)):
         loss = fast.train_on_batch(X, Y64)
-        assert loss == reference.train_on_batch(X.astype(np.float32), Y64.astype(np.float32))
+        assert loss == reference.train_on_batch(X.astype(dtype), Y64.astype(dtype))
     for got, want in zip(fast.get_weights(), reference.get_weights()):
         np.testing.assert_array_equal(got, want)
     bad = Y64.copy()
-    bad[2, 1] = 1e300   # finite in float64, inf in float32
-    with pytest.raises(ValueError, match="too large for float32"):
+    bad[2, 1] = 1e300 if dtype == "float32" else np.inf   # inf in the model's dtype
+    with pytest.raises(ValueError, match="too large for float32" if dtype == "float32"
+                       else "NaN or inf"):
         fast.train_on_batch(X64, bad)
     for got, want in zip(fast.get_weights(), reference.get_weights()):
         np.testing.assert_array_equal(got, want)
