@@ -135,7 +135,7 @@ def encode(Y, net, classes):
             raise ValueError("class labels in Y must be integers (or strings)")
     if classes is None:
         if numeric and _are_indices(flat, k):
-            return flat.reshape(Y.shape), np.arange(k)
+            return flat.reshape(Y.shape), index_classes(k)
         classes = _found(flat, k)
     classes = np.asarray(classes)
     if numeric and are_indices(classes):
@@ -144,6 +144,11 @@ def encode(Y, net, classes):
     if net.loss.code == BINARY_CROSS_ENTROPY:
         codes = codes.reshape(-1, 1)
     return codes, classes
+
+
+def index_classes(k):
+    """The classes_ of a model trained on class indices: 0..k-1 (int64 (k,))."""
+    return np.arange(k, dtype=np.int64)
 
 
 def are_indices(classes):

@@ -21,6 +21,7 @@ from ._signals import ctrl_c_deferred, run_whole
 from . import metrics as metric_table
 from .backends import get_backend
 from .backends import resolve as resolve_backend
+from .losses import CROSS_ENTROPY
 from .network import Network, param_too_large, slope_vanishes
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -289,6 +290,9 @@ class Model:
         self._snapshot = None         # the rollback copy (_rollback), made on first use
         self._snapshots_in_use = 0    # training calls under way, nested in a callback's
         self._unit_targets = self.net.loss.output is not None  # cross-entropies: t in [0, 1]
+        # a softmax's Y may be class indices (n,): labels.is_labels' first case
+        self._index_labels = self.net.loss.code == CROSS_ENTROPY and self.net.output_dim > 1
+        self._index_bytes = labels.index_classes(self.net.output_dim).tobytes()
         # On a device the backup of the checked step is a device copy, and a backend whose
         # guarded step proves its update finite before writing copies nothing: cheap at any
         # size. Elsewhere the step's backup copy pays only on small networks.
@@ -555,11 +559,12 @@ class Model:
         """
         if self._on_device and self._engine.is_device_array(X):
             return self._predict_on_device(X)
-        if self._scaling is None:
-            ready = X if validation.laid_out(X, self._width[0], self.dtype) else \
-                validation.small_real_copy(X, self._width[0], self.dtype)
-        else:   # (every model `fastmlp train --save` writes has input scaling)
-            ready = validation.small_scaled_copy(X, self._width[0], self.dtype, self._scaling)
+        ready = self._small_ready(X)
+        if ready is None and getattr(X, "columns", None) is not None:
+            # a DataFrame (a row of one, often): its names checked, its values taken once
+            self._checked_feature_names(X)
+            X = validation.frame_values(X, "X")
+            ready = self._small_ready(X)
         if ready is not None:
             # Checked as it is computed (the backend reads X anyway), so a ready array
             # costs no validation pass: all a 1-row predict can afford.
@@ -586,6 +591,16 @@ class Model:
             self._engine.predict(block, out[start:start + rows])
         return out
 
+
+    def _small_ready(self, X):
+        """X as predict's checked kernel takes it (scaled, when the model scales its inputs)
+        when X is laid out already, or small and plain (validation.small_real_copy); else
+        None. Not yet checked for finiteness: the kernel checks as it reads."""
+        if self._scaling is None:
+            return X if validation.laid_out(X, self._width[0], self.dtype) else \
+                validation.small_real_copy(X, self._width[0], self.dtype)
+        # (every model `fastmlp train --save` writes has input scaling)
+        return validation.small_scaled_copy(X, self._width[0], self.dtype, self._scaling)
 
     def _predict_on_device(self, X):
         """predict for a device array X (n, input_dim): checked where it lies."""
@@ -699,14 +714,17 @@ class Model:
             # backends the checks below (BLAS dots) and np.copyto beat the kernel's
             # scalar loops, and the Python around them no longer matters.
             status = None   # the guarded call has not run
-            if self._checked_step and self._scaling is None:
-                pair = ((X, Y) if validation.laid_out_xy(X, Y, self._width[0],
-                                                         self._width[1], self.dtype)
-                        else validation.small_real_pair(X, Y, self._width[0],
-                                                        self._width[1], self.dtype))
+            if self._checked_step:
+                if self._scaling is None and validation.laid_out_xy(
+                        X, Y, self._width[0], self._width[1], self.dtype):
+                    pair, indices = (X, Y), False
+                else:
+                    pair, indices = self._small_pair(X, Y)
                 if pair is not None:
                     loss, status = self._checked_step_call(*pair)
                     if not status:
+                        if indices and self.classes_ is None:   # learnt, as _data learns them
+                            self.classes_ = labels.index_classes(self._width[1])
                         return float(loss)
                 # 1: X or Y not finite, or targets outside [0, 1]: nothing ran, and the
                 # checks below raise the exact message. 2: the step diverged and was
@@ -1050,11 +1068,21 @@ class Model:
         """(X, T) as the backends take them. Labels of any kind become class indices;
         ``learn`` (training calls) records classes_ and feature names the first time."""
         net = self.net
-        if (self._scaling is None and validation.ready(X, net.input_dim, self.dtype)
-                and (validation.ready_unit(Y, net.output_dim, self.dtype) if self._unit_targets
-                     else validation.ready(Y, net.output_dim, self.dtype))
-                and len(Y) == len(X)):
-            return X, Y  # already checked arrays: no copy, O(1) Python work
+        # X laid out already (itself, no copy), or small and plain (copied, scaled): with
+        # ready targets or class indices, O(1) Python work and one finiteness pass
+        ready = self._small_ready(X)
+        if ready is not None and validation.finite(ready):
+            if ((validation.ready_unit(Y, net.output_dim, self.dtype) if self._unit_targets
+                 else validation.ready(Y, net.output_dim, self.dtype)) and len(Y) == len(ready)):
+                return ready, Y
+            if self._index_labels and self._classes_are_indices():
+                # class indices 0..k-1 (what a softmax model learns from most often): one
+                # gather, not the label machinery's dozen passes (5x a 6-row step)
+                T = validation.index_targets(Y, len(ready), net.output_dim, self.dtype)
+                if T is not None:
+                    if learn and self.classes_ is None:
+                        self.classes_ = labels.index_classes(net.output_dim)
+                    return ready, T
         names, Y_given = self._checked_feature_names(X), Y
         if learn and names is not None and self.feature_names_in_ is None:
             distinct_names(names)
@@ -1082,13 +1110,49 @@ class Model:
                 self.feature_names_in_ = names
         return X, T
 
+    def _small_pair(self, X, Y):
+        """((X, T), indices) for train_on_batch's guarded kernel, from a small plain batch
+        in another dtype or layout, or a model that scales its inputs: X as predict takes
+        it (_small_ready), and float targets Y (n, outputs) laid out or copied
+        (validation.small_real_copy), or class indices Y (n,) as one-hot targets (indices
+        True: classes_ is then learnt). (None, False) for anything else: the full checks
+        take it. The kernel finds what is not finite, or targets outside [0, 1]."""
+        if type(Y) is not np.ndarray or type(X) is not np.ndarray or len(Y) != len(X):
+            return None, False
+        indices = Y.dtype.kind in "iu"
+        if indices:   # class labels, taken here when they are their own indices
+            if not (self._index_labels and self._classes_are_indices()):
+                return None, False
+        elif Y.dtype.kind != "f" or Y.ndim != 2 or Y.shape[1] != self._width[1]:
+            return None, False
+        X = self._small_ready(X)
+        if X is None:
+            return None, False
+        if indices:
+            T = validation.index_targets(Y, len(X), self._width[1], self.dtype)
+        else:
+            T = (Y if validation.laid_out(Y, self._width[1], self.dtype)
+                 else validation.small_real_copy(Y, self._width[1], self.dtype))
+        return (None, False) if T is None else ((X, T), indices)
+
+    def _classes_are_indices(self):
+        """classes_ is None or the int64 0..k-1 that class indices give (labels.are_indices,
+        in O(1) for the array the model itself records): labels are then their own
+        indices. Compared by value on every call: classes_ is a public, mutable array."""
+        classes = self.classes_
+        return classes is None or (type(classes) is np.ndarray and classes.dtype == np.int64
+                                   and classes.shape == (self._width[1],)
+                                   and classes.tobytes() == self._index_bytes)
+
     def _checked_feature_names(self, X):
         """X's column names (a DataFrame's), or None; refused unless they are the ones the
         model was trained with: the same columns in another order would be read wrongly."""
         columns, known = getattr(X, "columns", None), self.feature_names_in_
         seen = self._columns_seen
-        if seen is not None and seen[0] is columns and seen[1] is known:
-            return seen[2]   # the same (immutable) pandas Index, checked against these names
+        if seen is not None and seen[1] is known and seen[0].is_(columns):
+            # the same (immutable) pandas Index, or a view of it (Index.is_: the columns of
+            # df.iloc[i:i + 1]), checked against these names
+            return seen[2]
         names = _feature_names(X)
         if names is not None and known is not None and not np.array_equal(names, known):
             raise ValueError(f"X has feature names {names.tolist()[:8]} but the model was "

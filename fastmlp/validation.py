@@ -7,6 +7,7 @@ of the model dtype whose shapes match the network.
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -106,18 +107,34 @@ def _small_plain(X, width):
             and X.dtype.kind in "fiub" and X.nbytes <= SMALL_COPY_BYTES and len(X) > 0)
 
 
-def small_real_pair(X, Y, n_in, n_out, dtype):
-    """(X, Y) for train_on_batch's guarded kernel, copied into ``dtype`` (small_real_copy)
-    when not laid out already, for a small plain X and a float Y (n, n_out) of as many rows
-    (a float64 batch into a float32 model); else None. An integer or bool Y is left to
-    the full path: it may be class labels, which that path maps and learns."""
-    if (type(Y) is not np.ndarray or Y.dtype.kind != "f" or Y.ndim != 2
-            or Y.shape[1] != n_out or type(X) is not np.ndarray or X.ndim != 2
-            or X.shape[0] != Y.shape[0]):
+_EYE_CLASSES = 256   # one-hot rows are taken from a cached identity up to this many classes
+
+
+@functools.lru_cache(maxsize=16)
+def _eye(k, dtype):
+    """The read-only identity (k, k) of ``dtype``: its rows are the one-hot targets."""
+    eye = np.eye(k, dtype=dtype)
+    eye.flags.writeable = False
+    return eye
+
+
+def index_targets(Y, n_rows, k, dtype):
+    """One-hot targets (n_rows, k) of ``dtype`` for class indices Y: a plain integer ndarray
+    (n_rows,) or (n_rows, 1) with every value in [0, k); else None, and the full checks
+    (check_targets, after labels.encode) map other labels or name the problem. O(1) Python
+    work: two reductions and one gather, the cost of a manual ``np.eye(k)[y]``."""
+    if (type(Y) is not np.ndarray or Y.dtype.kind not in "iu" or len(Y) != n_rows
+            or not (Y.ndim == 1 or (Y.ndim == 2 and Y.shape[1] == 1)) or n_rows == 0):
         return None
-    X = X if laid_out(X, n_in, dtype) else small_real_copy(X, n_in, dtype)
-    Y = Y if laid_out(Y, n_out, dtype) else small_real_copy(Y, n_out, dtype)
-    return None if X is None or Y is None else (X, Y)
+    # (a negative index would wrap round in take: refused before it)
+    if np.minimum.reduce(Y, axis=None) < 0 or np.maximum.reduce(Y, axis=None) >= k:
+        return None
+    flat = Y.reshape(-1)
+    if k <= _EYE_CLASSES:
+        return _eye(k, dtype).take(flat, axis=0)
+    T = np.zeros((n_rows, k), dtype=dtype)
+    T[np.arange(n_rows), flat] = 1
+    return T
 
 
 def small_scaled_copy(X, width, dtype, scaling):
@@ -252,7 +269,8 @@ def as_float_matrix(a, name, dtype, scaling=None, first_row=0):
 
 
 def frame_values(frame, name):
-    """A pandas DataFrame's values as an ndarray; anything else is returned as it is.
+    """A pandas DataFrame's values as an ndarray (frame.to_numpy()); anything else is returned
+    as it is.
 
     np.asarray gives an object array for a frame mixing bool and number columns or holding
     pandas' nullable dtypes (Int64, Float64, boolean), so such a frame becomes float64,
@@ -264,7 +282,10 @@ def frame_values(frame, name):
         return frame
     # judged per distinct dtype (a frame of 784 float columns has one), columns only for
     # the message: walking every column cost a 1-row predict of such a frame 0.4 ms
-    distinct = set(dtypes.tolist())
+    listed = dtypes.tolist()
+    # (hashing 784 dtype objects cost 12 us; count compares by identity first: 0.5 us)
+    distinct = ({listed[0]} if listed and listed.count(listed[0]) == len(listed)
+                else set(listed))
     kinds = {dt: getattr(dt, "kind", "O") for dt in distinct}
     if any(kind not in "biuf" for kind in kinds.values()):
         bad = [(column, dt) for column, dt in dtypes.items() if kinds[dt] not in "biuf"]
@@ -274,7 +295,9 @@ def frame_values(frame, name):
                         f"{'are' if len(bad) > 1 else 'is'} not numbers or bools; encode "
                         "or drop them first")
     if all(isinstance(dt, np.dtype) and kind in "iuf" for dt, kind in kinds.items()):
-        return frame   # np.asarray gives their common numeric dtype, as it always did
+        # their common numeric dtype, as np.asarray gives it, in a twentieth of its time
+        # (31 us against 1.3 for one row of 784 float32 columns, pandas 3.1)
+        return frame.to_numpy()
     return frame.to_numpy(dtype=np.float64, na_value=np.nan)
 
 

@@ -1,0 +1,244 @@
+"""Small calls' fast paths beside the full checks, which they must match bit for bit:
+
+- class indices (n,) given to a softmax model's train_on_batch, evaluate and gradients
+  (validation.index_targets: one gather from a cached identity) give exactly what the
+  one-hot targets give, learn classes_ as the label machinery does, and leave every other
+  kind of label, and every bad value, to the full checks;
+- a model with input scaling steps and evaluates small batches through the scaled copy
+  predict uses (Model._small_ready);
+- a DataFrame's predict checks its names once per pandas Index and its views
+  (Index.is_: the columns of df.iloc[i:i + 1]) and takes its values with to_numpy."""
+import numpy as np
+import pytest
+
+import fastmlp as fm
+from fastmlp import validation
+
+K = 3
+
+
+def _model(backend, dtype, width=8, seed=0):
+    return fm.Model([fm.Dense(width, "tanh"), fm.Dense(K, "softmax")], input_dim=4,
+                    loss="cross_entropy", backend=backend, dtype=dtype, seed=seed)
+
+
+def _data(dtype, n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 4)).astype(dtype)
+    y = np.arange(n) % K
+    rng.shuffle(y)
+    return X, y
+
+
+@pytest.mark.parametrize("kind", ["int64", "int8", "uint64", "column"])
+def test_indices_train_exactly_as_one_hot_targets(backend, dtype, kind):
+    X, y = _data(dtype)
+    labels = y.reshape(-1, 1) if kind == "column" else y.astype(kind)
+    by_index, by_one_hot = _model(backend, dtype), _model(backend, dtype)
+    for _ in range(3):
+        loss_i = by_index.train_on_batch(X, labels)
+        loss_t = by_one_hot.train_on_batch(X, np.eye(K, dtype=dtype)[y])
+        assert loss_i == loss_t
+    for a, b in zip(by_index.get_weights(), by_one_hot.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert by_index.classes_.dtype == np.int64
+    np.testing.assert_array_equal(by_index.classes_, np.arange(K))
+    assert by_one_hot.classes_ is None
+    assert by_index.evaluate(X, labels) == by_index.evaluate(X, np.eye(K, dtype=dtype)[y])
+    loss, grads = by_index.gradients(X, labels)
+    loss_t, grads_t = by_index.gradients(X, np.eye(K, dtype=dtype)[y])
+    assert loss == loss_t
+    for a, b in zip(grads, grads_t):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_indices_with_an_x_of_another_dtype_train_as_converted(backend):
+    X, y = _data("float64")
+    converted, given = _model(backend, "float32"), _model(backend, "float32")
+    assert given.train_on_batch(X, y) == converted.train_on_batch(X.astype(np.float32), y)
+    for a, b in zip(given.get_weights(), converted.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_big_networks_and_many_classes_take_the_same_targets(backend):
+    k = 300   # past the cached identity's size: built with zeros and one assignment
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((40, 5)).astype(np.float32)
+    y = rng.integers(0, k, 40)
+    m = fm.Model([fm.Dense(k, "softmax")], input_dim=5, loss="cross_entropy",
+                 backend=backend, seed=1)
+    assert m.evaluate(X, y) == m.evaluate(X, np.eye(k, dtype=np.float32)[y])
+    T = validation.index_targets(y, 40, k, np.dtype(np.float32))
+    np.testing.assert_array_equal(T, np.eye(k, dtype=np.float32)[y])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.array([0, 1, 3, 0]), r"class labels must be in \[0, 3\)"),
+    (np.array([0, -1, 2, 0]), r"class labels must be in \[0, 3\)"),   # not wrapped round
+    (np.array([0, 1, 2]), "Y has 3 rows but X has 4"),
+])
+# (a fresh model given [0, 1, 3, 0] learns classes_ [0, 1, 3], as before: labels, not indices)
+def test_bad_indices_get_the_full_checks_message(backend, bad, message):
+    m = _model(backend, "float32")
+    X = np.ones((4, 4), dtype=np.float32)
+    m.train_on_batch(X, np.array([0, 1, 2, 0]))   # classes_ 0..2: labels are indices
+    before = m.get_weights()
+    for call in (m.train_on_batch, m.evaluate):
+        with pytest.raises(ValueError, match=message):
+            call(X, bad)
+    np.testing.assert_array_equal(m.classes_, np.arange(K))
+    for a, b in zip(before, m.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_labels_that_are_not_indices_are_still_mapped(backend):
+    m = _model(backend, "float64")
+    X, y = _data("float64")
+    m.train_on_batch(X, y * 10 + 10)   # labels 10, 20, 30
+    np.testing.assert_array_equal(m.classes_, [10, 20, 30])
+    with pytest.raises(ValueError, match="labels the model does not know"):
+        m.train_on_batch(X, y)
+
+
+def test_classes_changed_in_place_are_honoured(backend):
+    """classes_ is a public array: the fast path compares its values on every call, so a
+    reordering done in place maps labels through it (labels.encode's lookup)."""
+    X, y = _data("float64")
+    m, reference = _model(backend, "float64"), _model(backend, "float64")
+    m.train_on_batch(X, y)
+    reference.train_on_batch(X, y)
+    m.classes_[:] = [2, 1, 0]   # label 2 is now unit 0
+    assert m.evaluate(X, y) == reference.evaluate(X, np.eye(K)[2 - y])
+    assert m.train_on_batch(X, y) == reference.train_on_batch(X, np.eye(K)[2 - y])
+
+
+def test_non_finite_x_with_indices_is_named(backend):
+    m = _model(backend, "float32")
+    X, y = _data("float32")
+    X[2, 1] = np.nan
+    for call in (m.train_on_batch, m.evaluate):
+        with pytest.raises(ValueError, match="NaN"):
+            call(X, y)
+    assert m.classes_ is None
+
+
+def test_a_diverging_step_on_indices_learns_nothing(backend):
+    m = fm.Model([fm.Dense(K, "softmax")], input_dim=4, loss="cross_entropy",
+                 optimizer=fm.SGD(lr=1e30), backend=backend, dtype="float32", seed=0)
+    X = np.full((4, 4), 1e10, dtype=np.float32)
+    before = m.get_weights()
+    with pytest.raises(fm.TrainingDiverged):
+        m.train_on_batch(X, np.array([0, 1, 2, 0]))
+    assert m.classes_ is None
+    for a, b in zip(before, m.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_cached_identity_cannot_be_written():
+    T = validation.index_targets(np.array([1, 0]), 2, 3, np.dtype(np.float64))
+    T[0, 0] = 5.0   # a gathered copy: writing it leaves the next call's targets alone
+    np.testing.assert_array_equal(validation.index_targets(np.array([1, 0]), 2, 3,
+                                                           np.dtype(np.float64)),
+                                  [[0, 1, 0], [1, 0, 0]])
+    with pytest.raises(ValueError):
+        validation._eye(3, np.dtype(np.float64))[0, 0] = 2.0
+
+
+def _scaled_pair(backend, dtype, loss="mse"):
+    """Two twins: one scaling its inputs, one given the same inputs scaled beforehand."""
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(50, 4)) * 7 + 3
+    mean, scale = data.mean(axis=0), data.std(axis=0)
+    out = "softmax" if loss == "cross_entropy" else "linear"
+    make = lambda: fm.Model([fm.Dense(6, "tanh"), fm.Dense(K, out)], input_dim=4,  # noqa: E731
+                            loss=loss, backend=backend, dtype=dtype, seed=2)
+    scaled, plain = make(), make()
+    scaled.set_input_scaling(mean, scale)
+    return scaled, plain, lambda X: ((np.asarray(X, np.float64) - mean) / scale).astype(dtype)
+
+
+@pytest.mark.parametrize("given", ["float32", "float64", "fortran", "int"])
+def test_a_scaled_models_small_steps_are_the_scaled_inputs_steps(backend, dtype, given):
+    scaled, plain, scale = _scaled_pair(backend, dtype)
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(6, 4)) * 7 + 3
+    X = {"float32": X.astype(np.float32), "float64": X, "fortran": np.asfortranarray(X),
+         "int": X.astype(np.int64)}[given]
+    T = rng.random((6, K)).astype(dtype)
+    for _ in range(3):
+        assert scaled.train_on_batch(X, T) == plain.train_on_batch(scale(X), T)
+    for a, b in zip(scaled.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert scaled.evaluate(X, T) == plain.evaluate(scale(X), T)
+    loss, grads = scaled.gradients(X, T)
+    loss_p, grads_p = plain.gradients(scale(X), T)
+    assert loss == loss_p
+    for a, b in zip(grads, grads_p):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_scaled_models_class_indices_train_as_one_hot(backend, dtype):
+    scaled, plain, scale = _scaled_pair(backend, dtype, "cross_entropy")
+    X, y = _data("float64")
+    assert scaled.train_on_batch(X, y) == plain.train_on_batch(scale(X), np.eye(K)[y])
+    np.testing.assert_array_equal(scaled.classes_, np.arange(K))
+    assert scaled.evaluate(X, y) == plain.evaluate(scale(X), np.eye(K)[y])
+
+
+def test_a_scaled_models_bad_batches_are_named_and_change_nothing(backend):
+    scaled, _, _ = _scaled_pair(backend, "float32")
+    X = np.ones((3, 4))
+    T = np.full((3, K), 0.5, dtype=np.float32)
+    before = scaled.get_weights()
+    bad = X.copy()
+    bad[1, 2] = np.nan
+    huge = X.copy()
+    huge[2, 0] = 1e300   # finite, but not once scaled into float32
+    for call in (scaled.train_on_batch, scaled.evaluate):
+        with pytest.raises(ValueError, match=r"row 1, column 2"):
+            call(bad, T)
+        with pytest.raises(ValueError, match="too large for float32"):
+            call(huge, T)
+        with pytest.raises(ValueError, match="X has 3 columns"):
+            call(X[:, :3], T)
+        with pytest.raises(ValueError, match="Y has 2 rows but X has 3"):
+            call(X, T[:2])
+    for a, b in zip(before, scaled.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_frames_row_views_predict_as_its_values(backend):
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame(rng.normal(size=(20, 4)).astype(np.float32),
+                         columns=["a", "b", "c", "d"])
+    m = _model(backend, "float32")
+    m.fit(frame, np.arange(20) % K, epochs=1)
+    for i in range(3):
+        np.testing.assert_array_equal(m.predict(frame.iloc[i:i + 1]),
+                                      m.predict(frame.to_numpy()[i:i + 1]))
+    np.testing.assert_array_equal(m.predict(frame), m.predict(frame.to_numpy()))
+    # the cached check must not let another frame's columns through: a view of another
+    # Index with the same names is fine, a reordered or renamed one is refused
+    with pytest.raises(ValueError, match="feature names"):
+        m.predict(frame[["b", "a", "c", "d"]].iloc[:1])
+    with pytest.raises(ValueError, match="feature names"):
+        m.predict(frame.rename(columns={"a": "z"}).iloc[:1])
+    renamed_back = frame.rename(columns={"a": "a"}).iloc[:1]
+    np.testing.assert_array_equal(m.predict(renamed_back), m.predict(frame.iloc[:1]))
+    nan_row = frame.iloc[3:5].copy()
+    nan_row.iloc[1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"row 1, column 2"):
+        m.predict(nan_row)
+    with pytest.raises(TypeError, match="'b'"):
+        m.predict(frame.astype({"b": "category"}).iloc[:1])
+
+
+def test_a_scaled_models_frame_rows_predict_as_their_values(backend):
+    pd = pytest.importorskip("pandas")
+    scaled, plain, scale = _scaled_pair(backend, "float32")
+    frame = pd.DataFrame(np.random.default_rng(8).normal(size=(5, 4)), columns=list("wxyz"))
+    scaled.fit(frame, np.full((5, K), 0.5), epochs=1)
+    plain.fit(scale(frame.to_numpy()), np.full((5, K), 0.5), epochs=1)
+    np.testing.assert_array_equal(scaled.predict(frame.iloc[1:2]),
+                                  plain.predict(scale(frame.to_numpy()[1:2])))
