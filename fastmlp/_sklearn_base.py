@@ -199,20 +199,30 @@ class BaseMLP(BaseEstimator):
         """The training epochs (one for partial_fit), with scikit-learn's stopping rules;
         returns the best state seen with early stopping (else None).
 
+        Without early stopping, scikit-learn's rule (stop once the training loss has not
+        improved by tol for more than n_iter_no_change epochs in a row) cannot stop
+        before that many epochs have passed without improvement: so many epochs run as
+        one Model.fit (on small data one compiled call) and are counted after it, the
+        same epochs as one at a time (fit(1) + fit(1) = fit(2)), without the Python
+        around each. With early stopping each epoch's weights are scored, one at a time.
+
         Ctrl-C ends them as scikit-learn's MLP does: a warning, the epochs done kept (an
         interrupted one is undone by Model.fit), the best state restored by the caller
-        with early stopping, and fit returns the estimator. An epoch Model.fit kept is
-        counted whole (n_iter_, t_, loss_curve_, its validation score), also when the
-        interrupt lands between the two."""
+        with early stopping, and fit returns the estimator. Every epoch Model.fit kept
+        is counted whole (n_iter_, t_, loss_curve_, its validation score), also when an
+        interrupt or a TrainingDiverged comes before it was counted."""
         best = [None]   # the best state so far (early stopping), kept by _count
-        counted = self.model_.history if hasattr(self.model_, "history") else None
+        last = getattr(self.model_, "history", None)
+        counted = [last, len(last.epoch) if last is not None else 0]   # (History, epochs)
+        left = 1 if incremental else self.max_iter
         try:
-            for _ in range(1 if incremental else self.max_iter):
-                history = self.model_.fit(X, T, epochs=1, batch_size=batch_size,
-                                          shuffle=self.shuffle)
+            while left > 0:
+                run = 1 if incremental or early else max(
+                    1, min(left, self.n_iter_no_change + 1 - self._no_improvement))
+                self.model_.fit(X, T, epochs=run, batch_size=batch_size, shuffle=self.shuffle)
                 with ctrl_c_deferred():
-                    self._count(history, len(X), early, X_val, T_val, best)
-                    counted = history
+                    self._count_new(counted, len(X), early, X_val, T_val, best)
+                left -= run
                 if incremental:
                     break
                 if self._no_improvement > self.n_iter_no_change:
@@ -226,18 +236,30 @@ class BaseMLP(BaseEstimator):
                     warnings.warn(f"Stochastic optimizer: maximum iterations ({self.max_iter}) "
                                   "reached and the optimization hasn't converged yet.",
                                   ConvergenceWarning)
-        except KeyboardInterrupt:
-            with ctrl_c_deferred():
-                last = getattr(self.model_, "history", None)
-                if last is not counted and last is not None and len(last.epoch) == 1:
-                    # Model.fit kept its epoch (recorded), and the interrupt came after
-                    self._count(last, len(X), early, X_val, T_val, best)
+        except BaseException as exc:
+            with ctrl_c_deferred():   # the epochs Model.fit kept before it raised
+                self._count_new(counted, len(X), early, X_val, T_val, best)
+            if not isinstance(exc, KeyboardInterrupt):
+                raise
             warnings.warn("Training interrupted by user.")
         return best[0]
 
-    def _count(self, history, rows, early, X_val, T_val, best):
-        """Record one epoch Model.fit trained: counters, loss curve, validation score."""
-        loss = self._scikit_learn_loss(history.history["loss"][0])
+    def _count_new(self, counted, rows, early, X_val, T_val, best):
+        """Count the epochs of model_.history not counted yet; ``counted`` is [the History
+        last counted from, how many of its epochs were], updated."""
+        history = getattr(self.model_, "history", None)
+        if history is None:
+            return
+        if history is not counted[0]:   # a new fit's
+            counted[:] = [history, 0]
+        for loss in history.history["loss"][counted[1]:]:
+            counted[1] += 1   # (first: an epoch whose count fails is not counted twice)
+            self._count(loss, rows, early, X_val, T_val, best)
+
+    def _count(self, loss, rows, early, X_val, T_val, best):
+        """Record one epoch Model.fit trained (its mean loss): counters, loss curve,
+        validation score."""
+        loss = self._scikit_learn_loss(loss)
         self.n_iter_ += 1
         self.t_ += rows
         self.loss_curve_.append(loss)

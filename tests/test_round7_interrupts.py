@@ -243,20 +243,28 @@ def test_a_refused_refit_keeps_the_fitted_estimator_whole():
 
 @pytest.mark.parametrize("early_stopping", [False, True])
 def test_ctrl_c_ends_fit_as_scikit_learns_does(early_stopping, monkeypatch):
+    """A Ctrl-C as the fourth Model.fit call starts: the epochs of the three before it
+    (one each with early stopping; up to n_iter_no_change + 1 each without) are kept and
+    counted."""
     X, y = _animals()
     real, calls = fm.Model.fit, []
 
     def fit(self, *args, **kwargs):
-        calls.append(1)
+        calls.append(kwargs["epochs"])
         if len(calls) == 4:
             raise KeyboardInterrupt
         return real(self, *args, **kwargs)
     monkeypatch.setattr(fm.Model, "fit", fit)
     est = MLPClassifier(hidden_layer_sizes=(5,), max_iter=50, random_state=0, backend="numpy",
-                        early_stopping=early_stopping, n_iter_no_change=50)
+                        early_stopping=early_stopping, n_iter_no_change=50 if early_stopping
+                        else 2)
     with pytest.warns(UserWarning, match="Training interrupted by user"):
         assert est.fit(X, y) is est
-    assert est.n_iter_ == 3 and len(est.loss_curve_) == 3
+    assert len(calls) == 4
+    done = sum(calls[:3])
+    # (here every epoch improves the loss by more than tol: three calls of 2 + 1 epochs)
+    assert done == (3 if early_stopping else 9)
+    assert est.n_iter_ == done and len(est.loss_curve_) == done
     est.predict(X)
     if early_stopping:
         assert len(est.validation_scores_) == 3
