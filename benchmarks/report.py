@@ -3,7 +3,8 @@
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/report.py
 
 Rows are the workloads of workloads.py plus the pipeline row (pipeline.py);
-columns are those of columns.py that import here. Each cell: build the case,
+columns are those of columns.py that import here. Then the scikit-learn table
+(sklearn_case.py): fastmlp's MLPClassifier against scikit-learn's own. Each cell: build the case,
 one first call (timed, and checked against the competent-NumPy baseline's
 first call: same weights after the same training, same predictions), then
 timing samples of at least 2 ms each (tiny calls looped) in --rounds passes
@@ -28,6 +29,7 @@ import fastmlp as fm
 
 import onnx_case
 import pipeline
+import sklearn_case
 from columns import BASELINE, BY_NAME as COLUMN, COLUMNS, applies, evidence, same_work
 from workloads import BY_NAME, WORKLOADS, SgemmCase
 
@@ -328,6 +330,8 @@ def main(argv=None):
                         help="per cell: its fastest sample (default: on a shared machine other "
                              "work only adds time), or the median of its fastest round")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the pipeline row")
+    parser.add_argument("--no-sklearn", action="store_true",
+                        help="skip the scikit-learn table (sklearn_case.py)")
     parser.add_argument("--min-time", type=float, default=1.0,
                         help="seconds of timing per cell (default 1)")
     parser.add_argument("--threads", type=int, default=2,
@@ -368,6 +372,11 @@ def main(argv=None):
     results, sgemm, pipe = run(workloads, columns, args.min_time, max(1, args.rounds),
                                args.stat, not args.no_pipeline,
                                log=lambda s: print(s, file=sys.stderr, flush=True))
+    skl = {}
+    if not args.no_sklearn and sklearn_case.available():
+        skl = sklearn_case.measure(args.min_time, max(1, args.rounds), measure)
+        for name, cells in skl.items():
+            print(f"scikit-learn  {name:26s} fit {cells['fit'] * 1e3:.2f} ms", file=sys.stderr)
     load_after = os.getloadavg()
     lines = [f"## fastmlp benchmark (float32; SGD, lr {BY_NAME['W2'].lr} for W2-W4, "
              f"{BY_NAME['vehicles-fit'].lr} for vehicles; Adam, lr {BY_NAME['W2-adam'].lr} "
@@ -375,7 +384,8 @@ def main(argv=None):
     if warning:
         lines += [warning, ""]
     lines += speed_table(workloads, columns, results, args.stat) + sgemm_table(results, sgemm)
-    lines += pipeline_table(pipe) + targets_table(targets(results, sgemm, pipe))
+    lines += pipeline_table(pipe) + sklearn_case.table(skl)
+    lines += targets_table(targets(results, sgemm, pipe))
     lines += ["", "Every column started from the same weights and data; after its first call "
               "its weights (training) or outputs (predict) matched competent NumPy's within "
               "float32 tolerance, so every column does the same work.", ""]
@@ -387,7 +397,7 @@ def main(argv=None):
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"results": results, "sgemm": sgemm, "pipeline": pipe,
+            json.dump({"results": results, "sgemm": sgemm, "pipeline": pipe, "sklearn": skl,
                        "env": environment(args.threads, columns),
                        "load": [load_before, load_after]}, f, indent=1)
 

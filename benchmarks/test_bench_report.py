@@ -1,4 +1,6 @@
 """report.py and the pipeline row run end to end (tiny timings: a smoke test, no numbers)."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -33,6 +35,27 @@ def test_report_prints_tables_and_targets(capsys):
     # a target whose row was not run is not judged
     assert "| W4 ≥ 1.1× NumPy | n/a (not run) | n/a (not run) |" in out
     assert "load average" in out
+    assert "| call | scikit-learn | " in out and "| training accuracy after fit |" in out
+
+
+def test_sklearn_rows_do_the_same_work():
+    """Every column of the scikit-learn table trains EPOCHS epochs over every row and fits
+    them; the check fails for an estimator that stopped early."""
+    import sklearn_case
+    X, y = sklearn_case.data()
+    for column in sklearn_case.COLUMNS:
+        if sklearn_case.estimator(column) is None:
+            continue
+        case = sklearn_case.Case(column, X, y)
+        assert case.check() >= sklearn_case.MIN_ACCURACY
+        assert set(case.calls) == set(sklearn_case.CALLS)
+    ours = next(c for c in sklearn_case.COLUMNS[1:] if sklearn_case.estimator(c) is not None)
+    stopped = sklearn_case.Case(ours, X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stopped.fitted = stopped.fitted.set_params(max_iter=3).fit(X, y)
+    with pytest.raises(AssertionError, match="n_iter_"):
+        stopped.check()
 
 
 def test_sgemm_rows_time_the_gemms_of_the_call():

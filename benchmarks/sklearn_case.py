@@ -1,0 +1,132 @@
+"""The scikit-learn rows: fastmlp.sklearn.MLPClassifier against scikit-learn's own
+MLPClassifier, the estimator a scikit-learn user would pick instead.
+
+The digits set (1,797 × 64, 10 classes), standardised, as a scikit-learn user passes it
+(float64). Both estimators get the same settings: one hidden layer of 64 relu units,
+Adam (learning_rate_init=1e-3), batch_size 200 ("auto"), alpha 1e-4, shuffling, and
+exactly EPOCHS epochs (tol=0 with an n_iter_no_change no run reaches, so neither stops
+early). Timed calls: ``fit`` (the whole call, a new model each time), ``predict_proba``
+of all rows, and ``predict`` of one row.
+
+The same work, checked: both run EPOCHS epochs over every row (n_iter_ and t_ equal)
+and both fit the training rows (accuracy >= MIN_ACCURACY). Their weights cannot match:
+each library draws its own initial weights and shuffles with its own generator.
+fastmlp computes in float32 by default and scikit-learn in the dtype of X (here
+float64); the "cython float64" column runs fastmlp in float64 too.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+EPOCHS = 20
+MIN_ACCURACY = 0.9
+SETTINGS = dict(hidden_layer_sizes=(64,), activation="relu", solver="adam",
+                learning_rate_init=1e-3, alpha=1e-4, batch_size=200, max_iter=EPOCHS,
+                tol=0.0, n_iter_no_change=10 ** 6, shuffle=True, random_state=0)
+# (column, what builds its estimator)
+COLUMNS = ("scikit-learn", "cython", "numba", "cython float64")
+CALLS = ("fit", "predict_proba", "predict-1")
+
+
+def available():
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def data():
+    """(X (1797, 64) float64 standardised, y (1797,) int labels 0..9)."""
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    X = (X - X.mean(axis=0)) / np.where(X.std(axis=0) > 0, X.std(axis=0), 1.0)
+    return np.ascontiguousarray(X), y
+
+
+def estimator(column):
+    """A new, unfitted estimator for ``column``; None if that backend is missing here."""
+    if column == "scikit-learn":
+        from sklearn.neural_network import MLPClassifier
+        return MLPClassifier(**SETTINGS)
+    import fastmlp as fm
+    from fastmlp.sklearn import MLPClassifier
+    backend, _, dtype = column.partition(" ")
+    if backend not in fm.available_backends():
+        return None
+    return MLPClassifier(backend=backend, dtype=dtype or "float32", **SETTINGS)
+
+
+class Case:
+    """One column's estimator, fitted once; ``calls[name]()`` runs one timed call."""
+
+    def __init__(self, column, X, y):
+        self.column, self.X, self.y = column, X, y
+        self.fitted = self.fit()
+        one = X[:1]
+        self.calls = {"fit": self.fit,
+                      "predict_proba": lambda: self.fitted.predict_proba(X),
+                      "predict-1": lambda: self.fitted.predict(one)}
+
+    def fit(self):
+        with warnings.catch_warnings():   # max_iter reached, on purpose
+            warnings.simplefilter("ignore")
+            return estimator(self.column).fit(self.X, self.y)
+
+    def check(self):
+        """The same work as the other columns: EPOCHS epochs over every row, the rows fitted."""
+        est = self.fitted
+        assert est.n_iter_ == EPOCHS and est.t_ == EPOCHS * len(self.X), \
+            f"{self.column}: n_iter_ {est.n_iter_}, t_ {est.t_}"
+        accuracy = float(np.mean(est.predict(self.X) == self.y))
+        assert accuracy >= MIN_ACCURACY, f"{self.column}: training accuracy {accuracy:.3f}"
+        return accuracy
+
+
+def measure(min_time, rounds, timer):
+    """{column: {"accuracy": a, call: seconds per call}} for the columns that run here;
+    ``timer(run, seconds)`` -> (median, fastest) seconds per call (report.measure)."""
+    import time
+    X, y = data()
+    cases = {}
+    for column in COLUMNS:
+        if estimator(column) is not None:
+            cases[column] = Case(column, X, y)
+    out = {column: {"accuracy": case.check()} for column, case in cases.items()}
+    for _ in range(max(1, rounds)):
+        for column, case in cases.items():
+            for call in CALLS:
+                time.sleep(0.1)   # let the last library's spinning threads go to sleep
+                fastest = timer(case.calls[call], min_time / rounds)[1]
+                out[column][call] = min(out[column].get(call, np.inf), fastest)
+    return out
+
+
+def table(results):
+    """Markdown lines: seconds per call and × scikit-learn for each column."""
+    if not results:
+        return []
+    names = list(results)
+    out = ["", f"scikit-learn: `fastmlp.sklearn.MLPClassifier` against scikit-learn's own "
+           f"`MLPClassifier`, digits (1,797 × 64, standardised float64), 64 relu units, Adam, "
+           f"batch 200, {EPOCHS} epochs per `fit` (tol=0: no early stop); time per call "
+           "(× scikit-learn)", "",
+           "| call | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    base = results.get("scikit-learn")
+    for call in CALLS:
+        cells = []
+        for name in names:
+            seconds = results[name][call]
+            shown = (f"{seconds * 1e3:,.2f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:,.1f} µs")
+            if base is not None and name != "scikit-learn":
+                shown += f" ({base[call] / seconds:.2f}×)"
+            cells.append(shown)
+        out.append(f"| {call} | " + " | ".join(cells) + " |")
+    out.append("| training accuracy after fit | " + " | ".join(
+        f"{results[n]['accuracy']:.3f}" for n in names) + " |")
+    out += ["", "Each column trains the same epochs over the same rows (checked: n_iter_ and "
+            "t_); weights differ (each library draws its own start and shuffles). fastmlp "
+            "columns are float32 unless named float64; scikit-learn computes in float64."]
+    return out
