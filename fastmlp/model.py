@@ -1117,7 +1117,8 @@ class Model:
         (validation.small_real_copy), or class indices Y (n,) as one-hot targets (indices
         True: classes_ is then learnt). (None, False) for anything else: the full checks
         take it. The kernel finds what is not finite, or targets outside [0, 1]."""
-        if type(Y) is not np.ndarray or type(X) is not np.ndarray or len(Y) != len(X):
+        if (type(Y) is not np.ndarray or type(X) is not np.ndarray or Y.ndim == 0
+                or X.ndim == 0 or len(Y) != len(X)):
             return None, False
         indices = Y.dtype.kind in "iu"
         if indices:   # class labels, taken here when they are their own indices

@@ -123,8 +123,9 @@ def index_targets(Y, n_rows, k, dtype):
     (n_rows,) or (n_rows, 1) with every value in [0, k); else None, and the full checks
     (check_targets, after labels.encode) map other labels or name the problem. O(1) Python
     work: two reductions and one gather, the cost of a manual ``np.eye(k)[y]``."""
-    if (type(Y) is not np.ndarray or Y.dtype.kind not in "iu" or len(Y) != n_rows
-            or not (Y.ndim == 1 or (Y.ndim == 2 and Y.shape[1] == 1)) or n_rows == 0):
+    if (type(Y) is not np.ndarray or Y.dtype.kind not in "iu"
+            or not (Y.ndim == 1 or (Y.ndim == 2 and Y.shape[1] == 1))
+            or len(Y) != n_rows or n_rows == 0):
         return None
     # (a negative index would wrap round in take: refused before it)
     if np.minimum.reduce(Y, axis=None) < 0 or np.maximum.reduce(Y, axis=None) >= k:

@@ -242,3 +242,11 @@ def test_a_scaled_models_frame_rows_predict_as_their_values(backend):
     plain.fit(scale(frame.to_numpy()), np.full((5, K), 0.5), epochs=1)
     np.testing.assert_array_equal(scaled.predict(frame.iloc[1:2]),
                                   plain.predict(scale(frame.to_numpy()[1:2])))
+
+
+@pytest.mark.parametrize("Y", [np.array(1), np.array(1.0)])
+def test_a_0d_target_is_refused_in_words(backend, Y):
+    m = _model(backend, "float32")
+    for call in (m.train_on_batch, m.evaluate):
+        with pytest.raises(ValueError, match="Y has 0 rows but X has 1"):
+            call(np.ones((1, 4), dtype=np.float32), Y)
