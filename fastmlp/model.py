@@ -833,92 +833,110 @@ class Model:
                     # nothing runs between its epochs: copies wait for its end
                     self._fit_quietly(Xd, Td, epochs, batch_size, tol, shuffle, history)
                     return history
-            for cb in callbacks:   # every set_model before any on_train_begin, as Keras
-                _hook(cb, "set_model", self)
-            for cb in callbacks:
-                _hook(cb, "on_train_begin", {"epochs": epochs, "samples": len(X),
-                                             "batch_size": batch_size})
-            perm = np.arange(len(X), dtype=np.int64)
-            norms = np.zeros(len(self.net.layers)) if gradient_norms else None
-            steps = -(-len(X) // batch_size)
-            logs = {}
-            with self._rollback() as snapshot:
-                for epoch in range(epochs):
-                    for cb in callbacks:
-                        _hook(cb, "on_epoch_begin", epoch, {})
-                    start = time.perf_counter()
-                    saved_rng, recorded_so_far = self._rng.bit_generator.state, history._mark()
-                    snapshot.save()
-                    trained = recorded = False
-                    try:
-                        # the state written under the lock its copies take (get_state
-                        # from another thread, during the callbacks below, sees this epoch)
-                        with self._lock, self._undone_if_raising(snapshot, saved_rng):
-                            if shuffle:
-                                # a fresh permutation (not a reshuffle of the last one), so the
-                                # order depends only on the generator and
-                                # fit(1) + save/load + fit(1) == fit(2)
-                                perm = self.permutation(len(X))
-                            # Overflow on the way to divergence is reported once, as
-                            # TrainingDiverged, not as NumPy warnings (which, as errors,
-                            # would stop mid-epoch).
-                            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                                if norms is None:
-                                    loss = self._engine.train_epoch(Xd, Td, perm, batch_size)
-                                else:
-                                    norms[:] = 0
-                                    loss = self._engine.train_epoch(Xd, Td, perm, batch_size,
-                                                                    norms=norms)
-                            loss = float(loss)
-                            self._check_finite(loss, f"in epoch {epoch + 1}", "the weights of the "
-                                               "last finite epoch were kept")
-                            trained = True
-                        seconds = time.perf_counter() - start
-                        logs = {"loss": loss, **self._scores(metric_fns, X, T)}
-                        if val is not None:
-                            logs["val_loss"] = float(self._engine.evaluate(*val_d))
-                            logs.update({f"val_{k}": v
-                                         for k, v in self._scores(metric_fns, *val).items()})
-                        logs["samples_per_s"] = len(X) / seconds if seconds > 0 else float("inf")
-                        if norms is not None:
-                            logs["grad_norm"] = np.sqrt(norms / steps).tolist()
-                        if verbose == 2:
-                            from .callbacks import format_logs
-                            print(f"epoch {epoch + 1}/{epochs}  {format_logs(logs)}", flush=True)
-                        for cb in callbacks:
-                            _hook(cb, "on_epoch_end", epoch, logs)
-                        # after the callbacks (Keras's History is the last): values a callback
-                        # adds to logs, a custom metric say, are recorded too
-                        history.record(epoch, logs)
-                        recorded = True
-                    except BaseException as exc:
-                        # Diverged, or interrupted before the epoch was recorded (in its training
-                        # or its validation, metrics, callbacks or record): never leave the model
-                        # half an epoch updated, nor an epoch trained that the History does not
-                        # show. A callback's or metric's own error keeps the trained epoch, as in
-                        # Keras. model.history is this fit's (a fit in a callback replaced it).
-                        self.history = history
-                        if not recorded and (not trained or isinstance(exc, KeyboardInterrupt)):
-                            def undo():
-                                if trained:   # (a failed training was undone in its lock)
-                                    with self._lock:
-                                        snapshot.restore()
-                                        self._rng.bit_generator.state = saved_rng
-                                history._undo(recorded_so_far)
-                            run_whole(undo)   # (a second Ctrl-C: raised after the undo)
-                        raise
-                    if self.stop_training or (tol is not None and loss <= tol):
-                        break
-            self.history = history  # a fit run from one of this fit's callbacks replaced it
-            for cb in callbacks:
-                _hook(cb, "on_train_end", logs)
-            self.history = history
-            return history
+            return self._fit_reporting(X, T, Xd, Td, val, val_d, epochs, batch_size, tol,
+                                       shuffle, metric_fns, callbacks, verbose,
+                                       gradient_norms, history)
         finally:
             if previous is not _NOBODY:
                 self._fit_owner = previous
                 if previous is None and self._fit_waiters:
                     self._wake_waiters()   # (lost to an exception: the waiters look again)
+
+    def _fit_reporting(self, X, T, Xd, Td, val, val_d, epochs, batch_size, tol, shuffle,
+                       metric_fns, callbacks, verbose, gradient_norms, history):
+        """fit's epochs when something runs between them (callbacks, validation, metrics,
+        verbose output, gradient norms): one epoch at a time, each recorded in ``history``
+        after its callbacks, or undone whole (weights, optimiser state, generator, record)
+        when it diverges or is interrupted before it was recorded. X, T: the training
+        rows as checked (Xd, Td: where the backend reads them); val, val_d: likewise the
+        validation rows, or None."""
+        for cb in callbacks:   # every set_model before any on_train_begin, as Keras
+            _hook(cb, "set_model", self)
+        for cb in callbacks:
+            _hook(cb, "on_train_begin", {"epochs": epochs, "samples": len(X),
+                                         "batch_size": batch_size})
+        perm = np.arange(len(X), dtype=np.int64)
+        norms = np.zeros(len(self.net.layers)) if gradient_norms else None
+        steps = -(-len(X) // batch_size)
+        logs = {}
+        with self._rollback() as snapshot:
+            for epoch in range(epochs):
+                for cb in callbacks:
+                    _hook(cb, "on_epoch_begin", epoch, {})
+                start = time.perf_counter()
+                saved_rng, recorded_so_far = self._rng.bit_generator.state, history._mark()
+                snapshot.save()
+                trained = recorded = False
+                try:
+                    # the state written under the lock its copies take (get_state
+                    # from another thread, during the callbacks below, sees this epoch)
+                    with self._lock, self._undone_if_raising(snapshot, saved_rng):
+                        if shuffle:
+                            # a fresh permutation (not a reshuffle of the last one), so the
+                            # order depends only on the generator and
+                            # fit(1) + save/load + fit(1) == fit(2)
+                            perm = self.permutation(len(X))
+                        # Overflow on the way to divergence is reported once, as
+                        # TrainingDiverged, not as NumPy warnings (which, as errors,
+                        # would stop mid-epoch).
+                        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                            if norms is None:
+                                loss = self._engine.train_epoch(Xd, Td, perm, batch_size)
+                            else:
+                                norms[:] = 0
+                                loss = self._engine.train_epoch(Xd, Td, perm, batch_size,
+                                                                norms=norms)
+                        loss = float(loss)
+                        self._check_finite(loss, f"in epoch {epoch + 1}", "the weights of the "
+                                           "last finite epoch were kept")
+                        trained = True
+                    logs = self._epoch_logs(loss, time.perf_counter() - start, X, T, val,
+                                            val_d, metric_fns, norms, steps)
+                    if verbose == 2:
+                        from .callbacks import format_logs
+                        print(f"epoch {epoch + 1}/{epochs}  {format_logs(logs)}", flush=True)
+                    for cb in callbacks:
+                        _hook(cb, "on_epoch_end", epoch, logs)
+                    # after the callbacks (Keras's History is the last): values a callback
+                    # adds to logs, a custom metric say, are recorded too
+                    history.record(epoch, logs)
+                    recorded = True
+                except BaseException as exc:
+                    # Diverged, or interrupted before the epoch was recorded (in its training
+                    # or its validation, metrics, callbacks or record): never leave the model
+                    # half an epoch updated, nor an epoch trained that the History does not
+                    # show. A callback's or metric's own error keeps the trained epoch, as in
+                    # Keras. model.history is this fit's (a fit in a callback replaced it).
+                    self.history = history
+                    if not recorded and (not trained or isinstance(exc, KeyboardInterrupt)):
+                        def undo():
+                            if trained:   # (a failed training was undone in its lock)
+                                with self._lock:
+                                    snapshot.restore()
+                                    self._rng.bit_generator.state = saved_rng
+                            history._undo(recorded_so_far)
+                        run_whole(undo)   # (a second Ctrl-C: raised after the undo)
+                    raise
+                if self.stop_training or (tol is not None and loss <= tol):
+                    break
+        self.history = history  # a fit run from one of this fit's callbacks replaced it
+        for cb in callbacks:
+            _hook(cb, "on_train_end", logs)
+        self.history = history
+        return history
+
+    def _epoch_logs(self, loss, seconds, X, T, val, val_d, metric_fns, norms, steps):
+        """An epoch's logs: its loss, the metrics on the training rows, the validation
+        loss and metrics ("val_" names), samples/s, and the per-layer RMS gradient norms
+        from ``norms`` (summed over the epoch's ``steps``) when they were recorded."""
+        logs = {"loss": loss, **self._scores(metric_fns, X, T)}
+        if val is not None:
+            logs["val_loss"] = float(self._engine.evaluate(*val_d))
+            logs.update({f"val_{k}": v for k, v in self._scores(metric_fns, *val).items()})
+        logs["samples_per_s"] = len(X) / seconds if seconds > 0 else float("inf")
+        if norms is not None:
+            logs["grad_norm"] = np.sqrt(norms / steps).tolist()
+        return logs
 
     # Networks up to this many parameters take train_on_batch's one-call checked step on
     # every backend (above it, only where that step copies nothing: see __init__).
