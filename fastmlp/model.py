@@ -1090,9 +1090,17 @@ class Model:
         # ready targets or class indices, O(1) Python work and one finiteness pass
         ready = self._small_ready(X)
         if ready is not None and validation.finite(ready):
-            if ((validation.ready_unit(Y, net.output_dim, self.dtype) if self._unit_targets
-                 else validation.ready(Y, net.output_dim, self.dtype)) and len(Y) == len(ready)):
-                return ready, Y
+            targets = Y
+            if (type(Y) is np.ndarray and Y.dtype.kind == "f" and Y.ndim == 2
+                    and not validation.laid_out(Y, net.output_dim, self.dtype)):
+                # float targets in another dtype or layout (np.eye(k)[y] is float64); not
+                # ready (a value too large for the dtype, say): the full checks name it in Y
+                copied = validation.small_real_copy(Y, net.output_dim, self.dtype)
+                targets = Y if copied is None else copied
+            if ((validation.ready_unit(targets, net.output_dim, self.dtype) if self._unit_targets
+                 else validation.ready(targets, net.output_dim, self.dtype))
+                    and len(targets) == len(ready)):
+                return ready, targets
             if self._index_labels and self._classes_are_indices():
                 # class indices 0..k-1 (what a softmax model learns from most often): one
                 # gather, not the label machinery's dozen passes (5x a 6-row step)
@@ -1124,7 +1132,9 @@ class Model:
         if learn:  # only once every check has passed
             if classes is not None and self.classes_ is None:
                 self.classes_ = classes
-            if names is not None:
+            if names is not None and not (self.feature_names_in_ is not None
+                                          and np.array_equal(names, self.feature_names_in_)):
+                # (kept when equal: the column-name check's cache holds the array itself)
                 self.feature_names_in_ = names
         return X, T
 

@@ -250,3 +250,35 @@ def test_a_0d_target_is_refused_in_words(backend, Y):
     for call in (m.train_on_batch, m.evaluate):
         with pytest.raises(ValueError, match="Y has 0 rows but X has 1"):
             call(np.ones((1, 4), dtype=np.float32), Y)
+
+
+def test_float64_targets_evaluate_as_their_float32_copy(backend):
+    X, y = _data("float32")
+    m = _model(backend, "float32")
+    Y64 = np.eye(K)[y]
+    assert m.evaluate(X, Y64) == m.evaluate(X, Y64.astype(np.float32))
+    loss, grads = m.gradients(X, Y64)
+    loss32, grads32 = m.gradients(X, Y64.astype(np.float32))
+    assert loss == loss32
+    for a, b in zip(grads, grads32):
+        np.testing.assert_array_equal(a, b)
+    bad = Y64.copy()
+    bad[0, 0] = 2.0
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        m.evaluate(X, bad)
+
+
+def test_training_on_the_same_frame_keeps_its_names_array(backend):
+    """Each training call on a frame of the trained columns keeps feature_names_in_ (the
+    column-name check's cache holds it), and a reordered frame is still refused."""
+    pd = pytest.importorskip("pandas")
+    X, y = _data("float32")
+    frame = pd.DataFrame(X, columns=list("abcd"))
+    m = _model(backend, "float32")
+    m.train_on_batch(frame, y)
+    names = m.feature_names_in_
+    m.train_on_batch(frame, y)
+    m.fit(frame, y, epochs=1)
+    assert m.feature_names_in_ is names
+    with pytest.raises(ValueError, match="feature names"):
+        m.train_on_batch(frame[list("dcba")], y)
