@@ -1,14 +1,19 @@
 """Ctrl-C held back over a few statements that must not be split."""
 import contextlib
 import signal
+import sys
 import threading
 
 import _signal   # signal.signal without its Python wrapper: see _swap
 
+_NOTES = set()   # the handlers ctrl_c_deferred blocks have installed, while installed
+
 
 @contextlib.contextmanager
-def ctrl_c_deferred():
+def ctrl_c_deferred(notice=None):
     """A Ctrl-C (SIGINT) arriving in the block is acted on once the block is over.
+    ``notice``: a line written to stderr when the first Ctrl-C arrives (for a block that
+    may take seconds). A block inside another is the outer one's: it changes nothing.
 
     For blocks that must run whole: a descriptor made and handed to its owner (a Ctrl-C
     between the two left the file and the descriptor behind, unnamed), the pieces of a
@@ -24,19 +29,27 @@ def ctrl_c_deferred():
         yield
         return
     previous = signal.getsignal(signal.SIGINT)
-    if not callable(previous):   # SIG_IGN or SIG_DFL: no Python handler to defer
+    if not callable(previous) or previous in _NOTES:
+        # SIG_IGN or SIG_DFL: no Python handler to defer; or deferred by an outer block
         yield
         return
     caught = []
 
     def note(signum, frame):
+        if notice is not None and not caught:
+            try:
+                print(notice, file=sys.stderr, flush=True)
+            except Exception:   # (stderr closed, or busy: a reentrant write) the note is kept
+                pass
         caught.append(frame)
 
+    _NOTES.add(note)
     try:
         _swap(note)
         yield
     finally:
         _swap(previous)
+        _NOTES.discard(note)
         if caught:
             previous(signal.SIGINT, caught[0])
 

@@ -26,7 +26,8 @@ compile): a damaged entry (a file emptied or cut short, as a power loss
 can leave it: Numba writes without fsync) is a cache miss, said in one line naming the
 file, and the kernel compiles again and rewrites it; a cache write that fails (a full
 disk) leaves the kernel compiled, uncached, said in one line naming the folder. Only
-these kernels' dispatchers change, not Numba's; a Ctrl-C still propagates.
+these kernels' dispatchers change, not Numba's; a Ctrl-C still propagates, once the
+compile it arrived in is over (see _compiled_whole).
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ from numba import types
 from numba.core import caching, sigutils
 from numba.core.dispatcher import Dispatcher
 from numba.extending import intrinsic
+
+from fastmlp._signals import ctrl_c_deferred
 
 _NOTICES_LOCK = threading.Lock()
 _NOTICED = set()
@@ -115,12 +118,42 @@ def _save_overload(save, cache, sig, data):
                      "process; free space there or set NUMBA_CACHE_DIR to a writable folder")
 
 
+# What a Ctrl-C held back by a compile says (see _compiled_whole)
+CTRL_C_NOTICE = ("fastmlp: Ctrl-C: stopping once Numba has finished compiling this kernel "
+                 "(stopping LLVM midway can crash Python)")
+
+
+def _compiled_whole(compile):
+    """``compile`` (a dispatcher's or a C callback's) with a Ctrl-C held back until it
+    returns, then raised. A KeyboardInterrupt raised inside llvmlite between an LLVM call
+    that takes a module over (linking it into another, adding it to the JIT) and the
+    line that marks the module so freed the module twice when it was collected: Python
+    crashed with a segmentation fault (1 in 11 runs of Ctrl-C at a random moment of the
+    first compile). Numba compiles a kernel in a few seconds at most, once per
+    environment; the disk cache then loads it."""
+    if getattr(compile, "whole", False):
+        return compile
+
+    @functools.wraps(compile)
+    def compile_whole(*args):
+        with ctrl_c_deferred(CTRL_C_NOTICE):
+            return compile(*args)
+    compile_whole.whole = True
+    return compile_whole
+
+
 def guard_cache(dispatcher):
     """Make ``dispatcher``'s disk cache (if it has one) treat a damaged entry as a miss
-    and a failed write as uncached (see the module docstring). Idempotent; anything
-    that is not a Numba dispatcher with Numba's file cache is left alone."""
-    cache = getattr(dispatcher, "_cache", None) if isinstance(dispatcher, Dispatcher) else None
-    _guard(cache)
+    and a failed write as uncached (see the module docstring), and its compiles hold a
+    Ctrl-C back until they are done (_compiled_whole). Idempotent; anything that is not a
+    Numba dispatcher is left alone."""
+    if not isinstance(dispatcher, Dispatcher):
+        return
+    if not getattr(dispatcher.compile, "whole", False):
+        # Numba's own calls go through the instance's attribute (self.compile), the
+        # compile for a call's argument types and the one a caller's typing asks for alike
+        dispatcher.compile = _compiled_whole(dispatcher.compile)
+    _guard(getattr(dispatcher, "_cache", None))
 
 
 def guarded_cfunc(signature, body, cache):
@@ -132,7 +165,7 @@ def guarded_cfunc(signature, body, cache):
     if cache:
         callback.enable_caching()
         _guard(callback._cache)
-    callback.compile()
+    _compiled_whole(callback.compile)()
     return callback
 
 

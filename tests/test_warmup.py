@@ -1,7 +1,9 @@
 """Numba's first compile: a one-line notice when it is slow, and `fastmlp warmup`."""
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -208,3 +210,62 @@ def test_warmup_command_says_when_nothing_can_be_cached(monkeypatch, capsys):
     monkeypatch.setattr(numba_math, "CACHE", False)
     assert cli.main(["warmup"]) == 2
     assert "set NUMBA_CACHE_DIR to a writable folder" in capsys.readouterr().err
+
+
+# A Ctrl-C in the middle of a compile: raised inside llvmlite between an LLVM call that
+# took a module over and the line marking it so, it freed the module twice (a segfault
+# when collected); raised in Numba's typing, it left the typing registry half made (every
+# later compile of predict failed: "Unknown attribute 'shape' of type readonly array").
+# The compiles of fastmlp's kernels now hold it back until they are done. Here the
+# Ctrl-C is sent from inside the compile, by an intrinsic's typer, every time.
+_CTRL_C_IN_A_COMPILE = """
+import os, signal
+import numba
+from numba.extending import intrinsic
+from fastmlp.kernels.numba_link import guard_cache
+
+@intrinsic
+def ctrl_c_while_typing(typingctx, x):
+    os.kill(os.getpid(), signal.SIGINT)
+    def codegen(context, builder, signature, args):
+        return args[0]
+    return x(x), codegen
+
+@numba.njit(cache=False)
+def kernel(x):
+    return ctrl_c_while_typing(x) + 1
+
+guard_cache(kernel)
+try:
+    kernel(41)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted after", len(kernel.overloads), "compile")
+print(kernel(41))
+"""
+
+
+@needs_numba
+def test_a_ctrl_c_in_a_compile_is_raised_once_the_compile_is_done():
+    done = subprocess.run([sys.executable, "-c", _CTRL_C_IN_A_COMPILE], capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["interrupted after 1 compile", "42"]
+    from fastmlp.kernels.numba_link import CTRL_C_NOTICE
+    assert done.stderr.count(CTRL_C_NOTICE) == 1
+
+
+def test_deferred_blocks_nest_and_say_so_once(capsys):
+    from fastmlp._signals import ctrl_c_deferred
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("Python runs signal handlers in the main thread only")
+    ran = []
+    with pytest.raises(KeyboardInterrupt):
+        with ctrl_c_deferred("held back"):
+            with ctrl_c_deferred("inner"):   # the outer block's: no notice of its own
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+                ran.append("inner")
+            ran.append("outer")
+    assert ran == ["inner", "outer"]
+    assert capsys.readouterr().err == "held back\n"
