@@ -723,8 +723,8 @@ class Model:
                 if pair is not None:
                     loss, status = self._checked_step_call(*pair)
                     if not status:
-                        if indices and self.classes_ is None:   # learnt, as _data learns them
-                            self.classes_ = labels.index_classes(self._width[1])
+                        if indices:   # learnt, as _data learns them
+                            self._learn_index_classes()
                         return float(loss)
                 # 1: X or Y not finite, or targets outside [0, 1]: nothing ran, and the
                 # checks below raise the exact message. 2: the step diverged and was
@@ -1090,13 +1090,10 @@ class Model:
         # ready targets or class indices, O(1) Python work and one finiteness pass
         ready = self._small_ready(X)
         if ready is not None and validation.finite(ready):
-            targets = Y
-            if (type(Y) is np.ndarray and Y.dtype.kind == "f" and Y.ndim == 2
-                    and not validation.laid_out(Y, net.output_dim, self.dtype)):
-                # float targets in another dtype or layout (np.eye(k)[y] is float64); not
-                # ready (a value too large for the dtype, say): the full checks name it in Y
-                copied = validation.small_real_copy(Y, net.output_dim, self.dtype)
-                targets = Y if copied is None else copied
+            # float targets in another dtype or layout (np.eye(k)[y] is float64) copied;
+            # not ready (a value too large for the dtype, say): the full checks name it
+            targets = self._small_float_targets(Y)
+            targets = Y if targets is None else targets
             if ((validation.ready_unit(targets, net.output_dim, self.dtype) if self._unit_targets
                  else validation.ready(targets, net.output_dim, self.dtype))
                     and len(targets) == len(ready)):
@@ -1106,8 +1103,8 @@ class Model:
                 # gather, not the label machinery's dozen passes (5x a 6-row step)
                 T = validation.index_targets(Y, len(ready), net.output_dim, self.dtype)
                 if T is not None:
-                    if learn and self.classes_ is None:
-                        self.classes_ = labels.index_classes(net.output_dim)
+                    if learn:
+                        self._learn_index_classes()
                     return ready, T
         names, Y_given = self._checked_feature_names(X), Y
         if learn and names is not None and self.feature_names_in_ is None:
@@ -1118,10 +1115,12 @@ class Model:
             Y = labels.exact(Y, Y_given)
         if Y.ndim and len(Y) != len(X):  # before labels: their errors would mislead
             raise ValueError(f"Y has {len(Y)} rows but X has {len(X)}")
-        classes = None
-        if labels.is_labels(Y, self.net, self.classes_):
-            Y, classes = labels.encode(Y, self.net, self.classes_)
-            if not learn and self.classes_ is None and not labels.are_indices(classes):
+        # read once: another thread may set classes_ meanwhile (read twice, a label map
+        # found here was then refused as found "with no classes_")
+        classes, known = None, self.classes_
+        if labels.is_labels(Y, self.net, known):
+            Y, classes = labels.encode(Y, self.net, known)
+            if not learn and known is None and not labels.are_indices(classes):
                 # found from this call's labels alone, they could map a label to another
                 # unit in the next call (labels {1, 2} are indices, {1, 2, 3} are not)
                 raise ValueError(f"Y holds labels {classes.tolist()[:10]} that are not class "
@@ -1152,17 +1151,31 @@ class Model:
         if indices:   # class labels, taken here when they are their own indices
             if not (self._index_labels and self._classes_are_indices()):
                 return None, False
-        elif Y.dtype.kind != "f" or Y.ndim != 2 or Y.shape[1] != self._width[1]:
+        elif Y.dtype.kind != "f":
             return None, False
         X = self._small_ready(X)
         if X is None:
             return None, False
-        if indices:
-            T = validation.index_targets(Y, len(X), self._width[1], self.dtype)
-        else:
-            T = (Y if validation.laid_out(Y, self._width[1], self.dtype)
-                 else validation.small_real_copy(Y, self._width[1], self.dtype))
+        T = (validation.index_targets(Y, len(X), self._width[1], self.dtype) if indices
+             else self._small_float_targets(Y))
         return (None, False) if T is None else ((X, T), indices)
+
+    def _small_float_targets(self, Y):
+        """Float targets Y (n, outputs) as the backends take them: Y itself when laid out
+        already, else a copy in the model's dtype when Y is small and plain
+        (validation.small_real_copy); None for anything else (the full checks take it)."""
+        if (type(Y) is not np.ndarray or Y.dtype.kind != "f" or Y.ndim != 2
+                or Y.shape[1] != self._width[1]):
+            return None
+        if validation.laid_out(Y, self._width[1], self.dtype):
+            return Y
+        return validation.small_real_copy(Y, self._width[1], self.dtype)
+
+    def _learn_index_classes(self):
+        """classes_ = 0..k-1 (labels.index_classes) when unset: what a model first trained
+        on class indices records, on the shortcuts as through the label machinery."""
+        if self.classes_ is None:
+            self.classes_ = labels.index_classes(self._width[1])
 
     def _classes_are_indices(self):
         """classes_ is None or the int64 0..k-1 that class indices give (labels.are_indices,
