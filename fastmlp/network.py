@@ -196,6 +196,9 @@ class Network:
         self.act_codes = table[:, LAYER_ACT]
         self.offsets = table[:, LAYER_W:LAYER_ALPHA + 1]
         self.shapes = shapes
+        # (start, stop, shape) of each array in theta, for split: counted once, not per call
+        stops = np.cumsum([int(np.prod(shape)) for shape in shapes]).tolist()
+        self._slices = list(zip([0] + stops[:-1], stops, shapes))
         self.n_params = int(pos)
 
     def plan(self, cap, fold_rows=0):
@@ -248,12 +251,7 @@ class Network:
 
     def split(self, theta):
         """Views of theta in get_weights() order: [W1, b1, (alpha1), W2, ...]."""
-        views, pos = [], 0
-        for shape in self.shapes:
-            size = int(np.prod(shape))
-            views.append(theta[pos:pos + size].reshape(shape))
-            pos += size
-        return views
+        return [theta[start:stop].reshape(shape) for start, stop, shape in self._slices]
 
     def layer_views(self, theta):
         """Per layer, (W (in, out), b (out,), alpha (out,) or None) as views of theta."""

@@ -142,3 +142,27 @@ def test_predict_from_several_threads():
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(one, range(64)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("optimizer", [fm.SGD(lr=0.5, momentum=0.9), fm.Adam(lr=0.01)],
+                         ids=["sgd", "adam"])
+def test_signatures_typed_once_are_the_arguments_types(dtype, optimizer):
+    """The entry points' signatures are typed once per dtype (numba.typeof cost a new
+    model ~220 us): each must still be what numba.typeof gives this model's arguments,
+    after the workspace grew and the optimiser changed too."""
+    from fastmlp.backends._numba_entry import _SIGNATURES, signature
+    m = vehicle_model(dtype, optimizer)
+    m.fit(*data(600, dtype), epochs=1, batch_size=600)   # the workspace grows
+    m.optimizer = fm.Adam(lr=0.02) if isinstance(optimizer, fm.Adam) else fm.SGD(lr=0.1)
+    e = m.engine
+    X = np.zeros((1, 3), dtype=dtype)
+    Y = np.zeros((1, 2), dtype=dtype)
+    typed = {
+        "run": signature((e.theta, e._grad, X, Y) + e._checked, numba_backend._RUN_READ_ONLY),
+        "predict": signature((e.theta, X, e._plan, e._fparams, 1, Y, 0, numba_backend._SMALL),
+                             numba_backend._PREDICT_READ_ONLY),
+        "evaluate": signature((e.theta, X, Y, e._plan, e._fparams, 1, numba_backend._SMALL),
+                              numba_backend._EVALUATE_READ_ONLY)}
+    for name, types in typed.items():
+        assert _SIGNATURES[(name, np.dtype(dtype))] == types

@@ -146,16 +146,19 @@ class NumbaBackend:
         if theta_ok and state_ok:
             self._run = entry_point_or_stand_in(
                 self, "_run", kt.run,
-                signature((theta, grad, X, Y) + self._checked, _RUN_READ_ONLY))
+                signature((theta, grad, X, Y) + self._checked, _RUN_READ_ONLY,
+                          ("run", self.dtype)))
         # predict and evaluate read theta only
         self._predict, self._evaluate = kt.predict, kt.evaluate
         if theta_ok:
             self._predict = entry_point_or_stand_in(
                 self, "_predict", kt.predict,
-                signature((theta, X, plan, self._fparams, 1, Y, 0, _SMALL), _PREDICT_READ_ONLY))
+                signature((theta, X, plan, self._fparams, 1, Y, 0, _SMALL), _PREDICT_READ_ONLY,
+                          ("predict", self.dtype)))
             self._evaluate = entry_point_or_stand_in(
                 self, "_evaluate", kt.evaluate,
-                signature((theta, X, Y, plan, self._fparams, 1, _SMALL), _EVALUATE_READ_ONLY))
+                signature((theta, X, Y, plan, self._fparams, 1, _SMALL), _EVALUATE_READ_ONLY,
+                          ("evaluate", self.dtype)))
 
     def _new_work(self, rows):
         """(plan, ws, grad, cap): a workspace for batches of ``rows`` rows (or
