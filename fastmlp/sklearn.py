@@ -44,7 +44,6 @@ from fastmlp import validation
 
 try:  # absolute imports: `sklearn` is scikit-learn, not this module
     from sklearn.base import ClassifierMixin, RegressorMixin
-    from sklearn.metrics import r2_score
     from sklearn.utils.multiclass import (check_classification_targets, type_of_target,
                                           unique_labels)
     from sklearn.utils.validation import column_or_1d
@@ -55,6 +54,21 @@ except ImportError as exc:  # validate_data and __sklearn_tags__ need scikit-lea
                       "pip install fastmlp[sklearn]") from exc
 
 __all__ = ["MLPClassifier", "MLPRegressor", "expected_failed_checks", "resolve_backend"]
+
+
+def r2(T, P):
+    """scikit-learn's ``r2_score(T, P)`` (outputs averaged uniformly, force_finite) for
+    targets and predictions of one float dtype, shapes (n >= 2, outputs): the same
+    arithmetic, bit for bit (tested), without its input checks, which cost about 200 us
+    an epoch of early stopping (6x a small regressor's fit)."""
+    numerator = np.sum((T - P) ** 2, axis=0)
+    denominator = np.sum((T - np.mean(T, axis=0)) ** 2, axis=0)
+    scores = np.ones(T.shape[1], dtype=numerator.dtype)
+    # a perfect prediction scores 1, a constant target's imperfect one 0 (not -inf)
+    valid = (denominator != 0) & (numerator != 0)
+    scores[valid] = 1 - numerator[valid] / denominator[valid]
+    scores[(numerator != 0) & (denominator == 0)] = 0.0
+    return float(np.mean(scores))
 
 
 def expected_failed_checks(estimator):
@@ -235,7 +249,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         return loss / (2 * self.model_.layers[-1].units)
 
     def _validation_score(self, X_val, T_val):
-        return float(r2_score(T_val, self.model_.predict(X_val)))
+        return r2(T_val, self.model_.predict(X_val))
 
     def predict(self, X):
         """Predictions, float64: (n,) for one output (also when fit saw y of shape

@@ -4,16 +4,19 @@
   (n_iter_no_change + 1 - the epochs already without improvement): the same epochs, bit
   for bit, as one call per epoch, and the same stopping epoch;
 - predict and predict_proba of a plain ndarray skip scikit-learn's validate_data: the
-  same outputs, and scikit-learn's own errors and warnings for what model_ refuses."""
+  same outputs, and scikit-learn's own errors and warnings for what model_ refuses;
+- MLPRegressor's early stopping scores R^2 without r2_score's input checks: the same
+  value, bit for bit."""
 import warnings
 
 import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import r2_score
 
 import fastmlp as fm
-from fastmlp.sklearn import MLPClassifier, MLPRegressor
+from fastmlp.sklearn import MLPClassifier, MLPRegressor, r2
 
 
 def _stop_epoch(curve, tol, patience):
@@ -125,3 +128,43 @@ def test_an_estimator_fitted_on_a_frame_still_warns_for_an_array():
             pd.DataFrame(X, columns=list("abcd")), y)
     with pytest.warns(UserWarning, match="does not have valid feature names"):
         est.predict(X[:1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["random", "constant column", "perfect column",
+                                  "constant and perfect", "one output", "huge", "two rows"])
+def test_r2_is_r2_score_bit_for_bit(dtype, case):
+    rng = np.random.default_rng(len(case))
+    n, k = (2, 3) if case == "two rows" else (37, 1 if case == "one output" else 4)
+    T = rng.normal(size=(n, k)).astype(dtype)
+    P = (T + rng.normal(scale=0.3, size=(n, k))).astype(dtype)
+    if case in ("constant column", "constant and perfect"):
+        T[:, 1] = 2.5
+    if case in ("perfect column", "constant and perfect"):
+        P[:, 0] = T[:, 0]
+    if case == "constant and perfect":
+        P[:, 1] = 2.5
+    if case == "huge":
+        T, P = T * dtype(1e15), P * dtype(1e15)
+    expected = r2_score(T, P)
+    assert r2(T, P) == expected and type(r2(T, P)) is float
+
+
+def test_early_stopping_regressor_scores_as_r2_score(backend, monkeypatch):
+    import fastmlp.sklearn as fsk
+    compared = []
+
+    def checked(T, P):   # every epoch's score, against r2_score on the same arrays
+        compared.append(r2_score(T, P))
+        assert r2(T, P) == compared[-1]
+        return r2(T, P)
+    monkeypatch.setattr(fsk, "r2", checked)
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(80, 3))
+    y = X @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.normal(size=80)
+    est = MLPRegressor(hidden_layer_sizes=(8,), max_iter=15, early_stopping=True,
+                       n_iter_no_change=20, backend=backend, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    assert est.validation_scores_ == compared and len(compared) == est.n_iter_ == 15
