@@ -26,6 +26,7 @@ import sys
 import warnings
 
 import fastmlp as fm
+from fastmlp import datasets
 from fastmlp import _cli_options as opt
 from fastmlp._cli_data import Data, choose_task  # noqa: F401  (the command's public API)
 from fastmlp._cli_outputs import check_output_path, check_save_path  # noqa: F401
@@ -143,7 +144,7 @@ def make_parser():
 
 
 def _one_line_warning(message, category, *args, **kwargs):
-    print(f"fastmlp: warning: {message}", file=sys.stderr)
+    print(f"fastmlp: warning: {datasets.one_line(message)}", file=sys.stderr)
 
 
 def _silence_stdout():
@@ -175,13 +176,14 @@ def main(argv=None):
     except (ValueError, TypeError, OSError, fm.TrainingDiverged) as exc:
         if isinstance(exc, OSError) and exc.filename and exc.strerror:
             exc = f"{exc.filename}: {exc.strerror}"  # not "[Errno 2] ..."
-        print(f"fastmlp {args.command}: error: {exc}", file=sys.stderr)
+        print(f"fastmlp {args.command}: error: {datasets.one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fastmlp {args.command}: interrupted", file=sys.stderr)
         return 130
     except MemoryError as exc:
-        print(f"fastmlp {args.command}: error: {_out_of_memory(exc)}", file=sys.stderr)
+        print(f"fastmlp {args.command}: error: {datasets.one_line(_out_of_memory(exc))}",
+              file=sys.stderr)
         return 2
 
 

@@ -391,6 +391,14 @@ def _refuse_devices(path):
         raise ValueError(f"{path}: it is {what}, not a CSV file")
 
 
+def one_line(message):
+    """``message`` as text on one line: a character that does not print (a newline in a
+    path the user gave, say) written as its escape, as repr writes it."""
+    text = str(message)
+    return text if text.isprintable() else "".join(
+        c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def shown_name(name):
     """A column or class name as a message shows it: as it is, or its repr when it holds a
     comma, a quote or a character that does not print (a quoted name may hold a newline,

@@ -392,3 +392,21 @@ def test_a_limit_on_a_parent_cgroup_counts(tmp_path):
     (root / "limited.slice" / "session.scope" / "memory.max").write_text("max\n")
     own.write_text("0::/limited.slice/session.scope\n")
     assert _cli_train._cgroup_limit(str(root), str(own)) == 1073741824
+
+
+def test_paths_holding_a_newline_keep_every_line_one_line(capsys, tmp_path):
+    """A path the user gave is shown with its non-printing characters escaped: a newline
+    in it made the error, the data line and the saved line two lines each."""
+    folder = tmp_path / "two\nlines"
+    folder.mkdir()
+    code, out, err = run(capsys, "train", "--data", str(folder / "missing.csv"))
+    assert one_line_error(code, err), err
+    assert "two\\nlines" in err
+    path = write(folder, "a,b,y\n1,2,x\n3,4,z\n1,2,x\n3,4,z\n")
+    code, out, err = run(capsys, "train", "--data", str(path), "--backend", "numpy",
+                         "--epochs", "1", "--save", str(folder / "m.npz"))
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(f"data: {tmp_path}/two\\nlines/data.csv (target")
+    saved = [line for line in out.splitlines() if line.startswith("saved to")]
+    assert saved and saved[0].startswith(f"saved to {tmp_path}/two\\nlines/m.npz: takes")
+    assert fm.load(folder / "m.npz").n_params > 0
