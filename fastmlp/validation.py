@@ -118,19 +118,24 @@ def _eye(k, dtype):
     return eye
 
 
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
 def index_targets(Y, n_rows, k, dtype):
     """One-hot targets (n_rows, k) of ``dtype`` for class indices Y: a plain integer ndarray
     (n_rows,) or (n_rows, 1) with every value in [0, k); else None, and the full checks
     (check_targets, after labels.encode) map other labels or name the problem. O(1) Python
-    work: two reductions and one gather, the cost of a manual ``np.eye(k)[y]``."""
-    if (type(Y) is not np.ndarray or Y.dtype.kind not in "iu"
+    work: one reduction and one gather, about the cost of a manual ``np.eye(k)[y]``."""
+    if (type(Y) is not np.ndarray or Y.dtype.kind not in "iu" or not Y.dtype.isnative
             or not (Y.ndim == 1 or (Y.ndim == 2 and Y.shape[1] == 1))
             or len(Y) != n_rows or n_rows == 0):
-        return None
-    # (a negative index would wrap round in take: refused before it)
-    if np.minimum.reduce(Y, axis=None) < 0 or np.maximum.reduce(Y, axis=None) >= k:
-        return None
+        return None   # (byte-swapped: the unsigned view below would misread it)
     flat = Y.reshape(-1)
+    # [0, k) in one reduction: read as unsigned, a negative index is beyond k (it would
+    # wrap round in take); the view costs no copy
+    unsigned = flat.view(_UNSIGNED[flat.dtype.itemsize]) if Y.dtype.kind == "i" else flat
+    if np.maximum.reduce(unsigned) >= k:
+        return None
     if k <= _EYE_CLASSES:
         return _eye(k, dtype).take(flat, axis=0)
     T = np.zeros((n_rows, k), dtype=dtype)

@@ -282,3 +282,25 @@ def test_training_on_the_same_frame_keeps_its_names_array(backend):
     assert m.feature_names_in_ is names
     with pytest.raises(ValueError, match="feature names"):
         m.train_on_batch(frame[list("dcba")], y)
+
+
+@pytest.mark.parametrize("dtype", ["i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", ">i8", ">u4"])
+def test_indices_of_every_integer_type_are_range_checked_in_one_reduction(dtype):
+    """[0, k) checked by one reduction of the indices read as unsigned: a negative index,
+    the most negative one included, is beyond k; byte-swapped indices (which that view
+    would misread: 2**56 swapped reads as 1) are left to the full checks."""
+    k, f32 = 3, np.dtype(np.float32)
+    y = np.array([0, 2, 1], dtype=dtype)
+    T = validation.index_targets(y, 3, k, f32)
+    if np.dtype(dtype).isnative:
+        np.testing.assert_array_equal(T, np.eye(k, dtype=np.float32)[y.astype(int)])
+        np.testing.assert_array_equal(validation.index_targets(y[::-2], 2, k, f32),
+                                      np.eye(k, dtype=np.float32)[[1, 0]])
+    else:
+        assert T is None
+    info = np.iinfo(np.dtype(dtype))
+    for bad in ({info.min, -1, k} if np.dtype(dtype).kind == "i" else {k, info.max}):
+        assert validation.index_targets(np.array([0, bad, 1], dtype=dtype), 3, k, f32) is None
+    if np.dtype(dtype).itemsize == 8:
+        assert validation.index_targets(np.array([0, 2 ** 56, 1], dtype=dtype), 3, k,
+                                        f32) is None
