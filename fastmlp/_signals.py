@@ -54,8 +54,72 @@ def ctrl_c_deferred(notice=None):
             previous(signal.SIGINT, caught[0])
 
 
-def _swap(handler):
-    """Install ``handler`` for SIGINT, whatever another signal's handler raises meanwhile.
+@contextlib.contextmanager
+def signals_deferred(notice=None):
+    """Every signal with a Python handler arriving in the block is handled once the block
+    is over: Ctrl-C's KeyboardInterrupt, a SIGALRM timeout's TimeoutError, any handler.
+    ``notice``: a line written to stderr when the first Ctrl-C arrives.
+
+    For work that an exception at an arbitrary bytecode leaves broken beyond the block (a
+    Numba compile: llvmlite, Numba's typing registry), where holding back Ctrl-C alone let
+    a timeout's exception do the same damage. Each handler is swapped for one that notes
+    the signal; afterwards the handlers are put back and each signal noted is raised again
+    (signal.raise_signal), in the order they came, so the handlers run as Python runs them
+    (the first exception raised after every handler has run). Main thread only, as
+    ctrl_c_deferred; a signal whose handler an outer block already swapped is that block's.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {}
+    for signum in signal.valid_signals():
+        try:
+            handler = signal.getsignal(signum)
+        except (OSError, ValueError):
+            continue
+        if callable(handler) and handler not in _NOTES:
+            handlers[signum] = handler
+    if not handlers:
+        yield
+        return
+    caught = []
+
+    def note(signum, frame):
+        if signum == signal.SIGINT and notice is not None and signum not in caught:
+            try:
+                print(notice, file=sys.stderr, flush=True)
+            except Exception:   # (stderr closed, or busy: a reentrant write) noted anyway
+                pass
+        if signum not in caught:
+            caught.append(signum)
+
+    _NOTES.add(note)
+    swapped = []
+    try:
+        # SIGINT first: a KeyboardInterrupt can then no longer come out of a later swap
+        for signum in sorted(handlers, key=lambda s: s != signal.SIGINT):
+            swapped.append(signum)   # before: restoring one not yet swapped is harmless
+            _swap(note, signum)
+        yield
+    finally:
+        first = None
+        for signum in swapped:
+            try:
+                _swap(handlers[signum], signum)
+            except BaseException as exc:   # noted: its signal was held back too
+                first = first or exc
+        _NOTES.discard(note)
+        for signum in caught:
+            try:
+                signal.raise_signal(signum)   # its handler runs here, as Python runs it
+            except BaseException as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
+
+def _swap(handler, signum=signal.SIGINT):
+    """Install ``handler`` for ``signum``, whatever another signal's handler raises meanwhile.
 
     Another handler's exception (a SIGALRM timeout raising TimeoutError, say) can come out
     of any call here. Out of signal.signal's Python wrapper after its C call had swapped
@@ -65,8 +129,8 @@ def _swap(handler):
     error = None
     while True:
         try:
-            _signal.signal(signal.SIGINT, handler)
-            if _signal.getsignal(signal.SIGINT) is handler:
+            _signal.signal(signum, handler)
+            if _signal.getsignal(signum) is handler:
                 break
         except Exception as exc:   # (a KeyboardInterrupt cannot come while swapping)
             error = error or exc

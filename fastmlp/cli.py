@@ -21,6 +21,7 @@ The command is split by job: option types (``_cli_options``), data and task
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -156,6 +157,35 @@ def _silence_stdout():
 
 def main(argv=None):
     """Run the command line; returns the exit status (0 ok, 1 vehicles failed, 2 error)."""
+    with _any_text_prints():
+        return _main(argv)
+
+
+@contextlib.contextmanager
+def _any_text_prints():
+    """stdout and stderr write what their encoding cannot hold as escapes (café as
+    caf\\xe9 under PYTHONIOENCODING=ascii), not a UnicodeEncodeError: a path the user
+    gave, printed once the model was saved, made a run that worked exit 2. Their error
+    handler is put back afterwards (main may be called from a program)."""
+    changed = []
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+                changed.append(stream)
+            except (ValueError, OSError, AttributeError):   # closed, or not reconfigurable
+                pass
+    try:
+        yield
+    finally:
+        for stream in changed:
+            try:
+                stream.reconfigure(errors="strict")
+            except (ValueError, OSError):
+                pass
+
+
+def _main(argv):
     try:
         parser = make_parser()
         args = parser.parse_args(argv)

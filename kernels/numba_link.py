@@ -45,7 +45,7 @@ from numba.core import caching, sigutils
 from numba.core.dispatcher import Dispatcher
 from numba.extending import intrinsic
 
-from fastmlp._signals import ctrl_c_deferred
+from fastmlp._signals import signals_deferred
 
 _NOTICES_LOCK = threading.Lock()
 _NOTICED = set()
@@ -100,6 +100,11 @@ def _load_overload(load, cache, sig, target_context):
     (damaged machine code) a miss too."""
     try:
         return load(sig, target_context)
+    except OSError as exc:
+        if exc.errno is None:
+            raise   # not the file system's (a signal handler's TimeoutError, say)
+        _damaged(f"cache entry of {cache._py_func.__qualname__} in {cache.cache_path}", exc)
+        return None
     except Exception as exc:
         _damaged(f"cache entry of {cache._py_func.__qualname__} in {cache.cache_path}", exc)
         return None
@@ -111,6 +116,8 @@ def _save_overload(save, cache, sig, data):
     try:
         save(sig, data)
     except OSError as exc:
+        if exc.errno is None:
+            raise   # not the file system's (a signal handler's TimeoutError, say)
         folder = cache.cache_path
         CACHE_WRITE_FAILURES.setdefault(folder, _why(exc))
         _notice_once(("unwritable", folder), f"Numba could not write its cache in {folder} "
@@ -124,21 +131,25 @@ CTRL_C_NOTICE = ("fastmlp: Ctrl-C: stopping once Numba has finished compiling th
 
 
 def _compiled_whole(compile):
-    """``compile`` (a dispatcher's or a C callback's) with a Ctrl-C held back until it
-    returns, then raised. A KeyboardInterrupt raised inside llvmlite between an LLVM call
-    that takes a module over (linking it into another, adding it to the JIT) and the
-    line that marks the module so freed the module twice when it was collected: Python
-    crashed with a segmentation fault; raised in Numba's typing, it left the typing
-    registry half made (predict could not compile again in that process). 2 of 17 runs
-    with a Ctrl-C at a random moment of the first compile failed so; none of 40 since. The wait is the rest of the compile: 1.3-7.9 s
-    measured (the training kernel compiles with the kernels it calls), once per
-    environment; the disk cache then loads it."""
+    """``compile`` (a dispatcher's or a C callback's) with every signal that has a Python
+    handler (Ctrl-C, a SIGALRM timeout) held back until it returns, then handled
+    (_signals.signals_deferred). A KeyboardInterrupt raised inside llvmlite between an
+    LLVM call that takes a module over (linking it into another, adding it to the JIT)
+    and the line that marks the module so freed the module twice when it was collected:
+    Python crashed with a segmentation fault; raised in Numba's typing, it left the
+    typing registry half made (predict could not compile again in that process). 2 of
+    17 runs with a Ctrl-C at a random moment of the first compile failed so; none of 40
+    since. A timeout's exception did the same, or was swallowed by llvmlite's
+    object-cache callback (the timeout lost, or reported as a Ctrl-C by compile_for).
+    The wait is the rest of the compile: 1.3-7.9 s measured (the training kernel
+    compiles with the kernels it calls), once per environment; the disk cache then
+    loads it."""
     if getattr(compile, "whole", False):
         return compile
 
     @functools.wraps(compile)
     def compile_whole(*args):
-        with ctrl_c_deferred(CTRL_C_NOTICE):
+        with signals_deferred(CTRL_C_NOTICE):
             return compile(*args)
     compile_whole.whole = True
     return compile_whole
@@ -204,7 +215,9 @@ def compile_for(dispatcher, argtypes):
     kernel compiles and works, but its object code is not kept, and Numba's disk cache
     then fails to save it with "no compiled object yet". That RuntimeError is the
     user's Ctrl-C: raise it as one. The kernel stays compiled in this process (a retry
-    uses it); it is not on disk, so a later process compiles it again."""
+    uses it); it is not on disk, so a later process compiles it again. (Compiles hold
+    signals back now, _compiled_whole: kept for a compile from a thread other than the
+    main one, where a KeyboardInterrupt never comes, and an asynchronous exception.)"""
     guard_cache(dispatcher)
     try:
         return dispatcher.compile(argtypes)

@@ -410,3 +410,23 @@ def test_paths_holding_a_newline_keep_every_line_one_line(capsys, tmp_path):
     saved = [line for line in out.splitlines() if line.startswith("saved to")]
     assert saved and saved[0].startswith(f"saved to {tmp_path}/two\\nlines/m.npz: takes")
     assert fm.load(folder / "m.npz").n_params > 0
+
+
+def test_a_path_its_stdout_cannot_encode_is_printed_escaped_and_the_run_succeeds(tmp_path):
+    """Under an ASCII stdout (PYTHONIOENCODING=ascii, a C locale) a non-ASCII path made
+    the run exit 2 with a UnicodeEncodeError once the model was saved."""
+    import subprocess
+    data = write(tmp_path, "a,b,y\n1,2,x\n3,4,z\n1,2,x\n3,4,z\n", "dätä.csv")
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    done = subprocess.run([sys.executable, "-m", "fastmlp", "train", "--data", str(data),
+                           "--backend", "numpy", "--epochs", "1",
+                           "--save", str(tmp_path / "café.npz")],
+                          capture_output=True, text=True, encoding="ascii",
+                          errors="strict", env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "d\\xe4t\\xe4.csv (target y" in done.stdout
+    assert "saved to " in done.stdout and "caf\\xe9.npz: takes" in done.stdout
+    assert fm.load(tmp_path / "café.npz").n_params > 0
+    stdout_errors = sys.stdout.errors
+    cli.main(["train", "--data", str(data), "--backend", "numpy", "--epochs", "1"])
+    assert sys.stdout.errors == stdout_errors   # put back after an in-process run

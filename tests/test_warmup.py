@@ -269,3 +269,57 @@ def test_deferred_blocks_nest_and_say_so_once(capsys):
             ran.append("outer")
     assert ran == ["inner", "outer"]
     assert capsys.readouterr().err == "held back\n"
+
+
+# The same with a timeout: a SIGALRM handler raising TimeoutError, from inside the
+# compile. Raised there it was lost in llvmlite's callback, reported as a Ctrl-C, or left
+# Numba's typing half made; held back, it is raised once the compile is done.
+_TIMEOUT_IN_A_COMPILE = _CTRL_C_IN_A_COMPILE.replace(
+    "import os, signal\n", "import os, signal\n"
+    "def timeout(signum, frame):\n    raise TimeoutError('my time limit')\n"
+    "signal.signal(signal.SIGALRM, timeout)\n").replace(
+    "os.kill(os.getpid(), signal.SIGINT)", "os.kill(os.getpid(), signal.SIGALRM)").replace(
+    "except KeyboardInterrupt:", "except TimeoutError:")
+
+
+@needs_numba
+def test_a_timeout_in_a_compile_is_raised_once_the_compile_is_done():
+    done = subprocess.run([sys.executable, "-c", _TIMEOUT_IN_A_COMPILE], capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["interrupted after 1 compile", "42"]
+    assert "fastmlp: Ctrl-C" not in done.stderr   # the notice is Ctrl-C's only
+
+
+def test_signals_held_back_run_their_own_handlers_after_the_block(monkeypatch):
+    from fastmlp._signals import signals_deferred
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("Python runs signal handlers in the main thread only")
+    ran = []
+
+    def timeout(signum, frame):
+        ran.append("timeout")
+        raise TimeoutError("my time limit")
+
+    def hangup(signum, frame):
+        ran.append("hangup")
+
+    previous = signal.signal(signal.SIGALRM, timeout), signal.signal(signal.SIGHUP, hangup)
+    try:
+        with pytest.raises(TimeoutError):
+            with signals_deferred("held"):
+                for signum in (signal.SIGALRM, signal.SIGHUP, signal.SIGALRM):
+                    os.kill(os.getpid(), signum)
+                ran.append("block")
+        assert ran == ["block", "timeout", "hangup"]   # in the order they came, once each
+        assert signal.getsignal(signal.SIGALRM) is timeout
+        assert signal.getsignal(signal.SIGHUP) is hangup
+        with pytest.raises(KeyboardInterrupt):     # Ctrl-C: held back, then raised
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                ran.append("second block")
+        assert ran[-1] == "second block"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGALRM, previous[0])
+        signal.signal(signal.SIGHUP, previous[1])
