@@ -6,14 +6,14 @@ import threading
 
 import _signal   # signal.signal without its Python wrapper: see _swap
 
-_NOTES = set()   # the handlers ctrl_c_deferred blocks have installed, while installed
+_NOTES = set()   # the handlers deferring blocks have installed, while installed
 
 
 @contextlib.contextmanager
-def ctrl_c_deferred(notice=None):
+def ctrl_c_deferred():
     """A Ctrl-C (SIGINT) arriving in the block is acted on once the block is over.
-    ``notice``: a line written to stderr when the first Ctrl-C arrives (for a block that
-    may take seconds). A block inside another is the outer one's: it changes nothing.
+    A block inside another (or inside signals_deferred) is the outer one's: it changes
+    nothing.
 
     For blocks that must run whole: a descriptor made and handed to its owner (a Ctrl-C
     between the two left the file and the descriptor behind, unnamed), the pieces of a
@@ -36,11 +36,6 @@ def ctrl_c_deferred(notice=None):
     caught = []
 
     def note(signum, frame):
-        if notice is not None and not caught:
-            try:
-                print(notice, file=sys.stderr, flush=True)
-            except Exception:   # (stderr closed, or busy: a reentrant write) the note is kept
-                pass
         caught.append(frame)
 
     _NOTES.add(note)

@@ -45,6 +45,7 @@ from numba.core import caching, sigutils
 from numba.core.dispatcher import Dispatcher
 from numba.extending import intrinsic
 
+from fastmlp._npz import raised_by_caller
 from fastmlp._signals import signals_deferred
 
 _NOTICES_LOCK = threading.Lock()
@@ -95,17 +96,21 @@ class _CheckedCacheFile(caching.IndexDataCacheFile):
             return None           # a miss; the compile's save overwrites the file
 
 
+def _raise_if_not_the_files(exc):
+    """Raise what ``exc`` holds that says nothing of the cache's files (a signal handler's
+    TimeoutError: _npz.raised_by_caller, the one rule for load and these hooks alike)."""
+    caller = raised_by_caller(exc, None)
+    if caller is not None:
+        raise caller from None
+
+
 def _load_overload(load, cache, sig, target_context):
     """Numba's ``Cache._load_overload``, an entry that unpickles but cannot be rebuilt
     (damaged machine code) a miss too."""
     try:
         return load(sig, target_context)
-    except OSError as exc:
-        if exc.errno is None:
-            raise   # not the file system's (a signal handler's TimeoutError, say)
-        _damaged(f"cache entry of {cache._py_func.__qualname__} in {cache.cache_path}", exc)
-        return None
     except Exception as exc:
+        _raise_if_not_the_files(exc)
         _damaged(f"cache entry of {cache._py_func.__qualname__} in {cache.cache_path}", exc)
         return None
 
@@ -116,8 +121,7 @@ def _save_overload(save, cache, sig, data):
     try:
         save(sig, data)
     except OSError as exc:
-        if exc.errno is None:
-            raise   # not the file system's (a signal handler's TimeoutError, say)
+        _raise_if_not_the_files(exc)
         folder = cache.cache_path
         CACHE_WRITE_FAILURES.setdefault(folder, _why(exc))
         _notice_once(("unwritable", folder), f"Numba could not write its cache in {folder} "
