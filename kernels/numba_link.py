@@ -117,16 +117,29 @@ def _load_overload(load, cache, sig, target_context):
 
 def _save_overload(save, cache, sig, data):
     """Numba's ``Cache.save_overload``; a write that fails (a full disk, a folder made
-    read-only) leaves the kernel compiled and in use, uncached, said once per folder."""
+    read-only) leaves the kernel compiled and in use, uncached, said once per folder.
+    So does a kernel whose object code Numba never received: an exception raised in
+    llvmlite's object-cache callback (a ctypes callback: Python prints it, "Exception
+    ignored on calling ctypes callback", and goes on) leaves the kernel compiled and
+    working, and Numba's save then raised "no compiled object yet" out of the call that
+    compiled it."""
     try:
         save(sig, data)
     except OSError as exc:
         _raise_if_not_the_files(exc)
-        folder = cache.cache_path
-        CACHE_WRITE_FAILURES.setdefault(folder, _why(exc))
-        _notice_once(("unwritable", folder), f"Numba could not write its cache in {folder} "
-                     f"({_why(exc)}), so kernels it could not save compile again in the next "
-                     "process; free space there or set NUMBA_CACHE_DIR to a writable folder")
+        _unsaved(cache, exc, "free space there or set NUMBA_CACHE_DIR to a writable folder")
+    except RuntimeError as exc:
+        if "no compiled object yet" not in str(exc):
+            raise
+        _unsaved(cache, exc, "the error that stopped it is printed above")
+
+
+def _unsaved(cache, exc, advice):
+    folder = cache.cache_path
+    CACHE_WRITE_FAILURES.setdefault(folder, _why(exc))
+    _notice_once(("unwritable", folder), f"Numba could not write its cache in {folder} "
+                 f"({_why(exc)}), so kernels it could not save compile again in the next "
+                 f"process; {advice}")
 
 
 # What a Ctrl-C held back by a compile says (see _compiled_whole)
@@ -144,7 +157,7 @@ def _compiled_whole(compile):
     typing registry half made (predict could not compile again in that process). 2 of
     17 runs with a Ctrl-C at a random moment of the first compile failed so; none of 40
     since. A timeout's exception did the same, or was swallowed by llvmlite's
-    object-cache callback (the timeout lost, or reported as a Ctrl-C by compile_for).
+    object-cache callback (the timeout lost, or reported as a Ctrl-C).
     The wait is the rest of the compile: 1.3-7.9 s measured (the training kernel
     compiles with the kernels it calls), once per environment; the disk cache then
     loads it."""
@@ -212,23 +225,9 @@ def _symbol(module, name, argtypes):
 
 
 def compile_for(dispatcher, argtypes):
-    """``dispatcher.compile(argtypes)``, with a Ctrl-C that llvmlite swallowed raised again.
-
-    A KeyboardInterrupt landing in llvmlite's object-cache callback (a ctypes callback)
-    is printed and ignored there ("Exception ignored on calling ctypes callback"): the
-    kernel compiles and works, but its object code is not kept, and Numba's disk cache
-    then fails to save it with "no compiled object yet". That RuntimeError is the
-    user's Ctrl-C: raise it as one. The kernel stays compiled in this process (a retry
-    uses it); it is not on disk, so a later process compiles it again. (Compiles hold
-    signals back now, _compiled_whole: kept for a compile from a thread other than the
-    main one, where a KeyboardInterrupt never comes, and an asynchronous exception.)"""
+    """``dispatcher.compile(argtypes)``, its disk cache and compiles guarded (guard_cache)."""
     guard_cache(dispatcher)
-    try:
-        return dispatcher.compile(argtypes)
-    except RuntimeError as exc:
-        if "no compiled object yet" not in str(exc) or argtypes not in dispatcher.overloads:
-            raise
-        raise KeyboardInterrupt from exc
+    return dispatcher.compile(argtypes)
 
 
 def bind(module, name, argtypes):
