@@ -150,7 +150,7 @@ def load_data(args):
     task, why = choose_task(args, table)
     names = [datasets.shown_name(f) for f in table.features[:8]]   # one line each
     shown = ", ".join(names) + (", ..." if len(table.features) > 8 else "")
-    description = (f"{datasets.one_line(args.data)} (target {datasets.shown_name(table.target)}; "
+    description = (f"{datasets.shown_path(args.data)} (target {datasets.shown_name(table.target)}; "
                    f"features {shown})")
     if task == "regression":
         return Data(table.X, datasets.numeric_target(table), None, table.features,

@@ -142,7 +142,7 @@ def run_train(args, out=None):
     if args.save is not None:
         outputs = task.prepare_to_save(model)
         save_model(model, args.save)
-        print(f"saved to {datasets.one_line(args.save)}: takes raw features in file column "
+        print(f"saved to {datasets.shown_path(args.save)}: takes raw features in file column "
               f"order (the standardization is stored in the file and applied by predict); {outputs}",
               file=out)
     if args.plot is not None:
@@ -152,10 +152,10 @@ def run_train(args, out=None):
             if args.save is None:
                 raise
             # still an error (the PNG asked for is missing), but the run is not lost
-            raise ValueError(f"{exc} (the model is saved all the same, to {args.save})") \
+            raise ValueError(f"{exc} (the model is saved all the same, to {datasets.shown_path(args.save)})") \
                 from None
         scores = " and held-out scores" if held_out else ""
-        print(f"curves written to {datasets.one_line(args.plot)}: loss{scores} per epoch, "
+        print(f"curves written to {datasets.shown_path(args.plot)}: loss{scores} per epoch, "
               "per-layer gradient norms", file=out)
     return Training(model, data, X_test, y_test, predictions, history)
 

@@ -399,6 +399,14 @@ def one_line(message):
         c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def shown_path(path):
+    """A path the user gave, as a message shows it: as typed, or its repr when it holds a
+    character that does not print or a backslash (repr's escapes are then unambiguous: a
+    newline shows as \\n, the two characters backslash and n as \\\\n)."""
+    text = str(path)
+    return text if text.isprintable() and "\\" not in text else repr(text)
+
+
 def shown_name(name):
     """A column or class name as a message shows it: as it is, or its repr when it holds a
     comma, a quote or a character that does not print (a quoted name may hold a newline,

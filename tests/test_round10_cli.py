@@ -406,10 +406,24 @@ def test_paths_holding_a_newline_keep_every_line_one_line(capsys, tmp_path):
     code, out, err = run(capsys, "train", "--data", str(path), "--backend", "numpy",
                          "--epochs", "1", "--save", str(folder / "m.npz"))
     assert code == 0, err
-    assert out.splitlines()[0].startswith(f"data: {tmp_path}/two\\nlines/data.csv (target")
+    assert out.splitlines()[0].startswith(f"data: '{tmp_path}/two\\nlines/data.csv' (target")
     saved = [line for line in out.splitlines() if line.startswith("saved to")]
-    assert saved and saved[0].startswith(f"saved to {tmp_path}/two\\nlines/m.npz: takes")
+    assert saved and saved[0].startswith(f"saved to '{tmp_path}/two\\nlines/m.npz': takes")
     assert fm.load(folder / "m.npz").n_params > 0
+
+
+def test_a_path_holding_a_backslash_is_shown_unambiguously(capsys, tmp_path):
+    """The two characters backslash and n in a folder's name are not shown as a newline's
+    escape: a path holding a backslash or a character that does not print is shown as
+    its repr (quoted, every backslash doubled); a plain path as typed."""
+    folder = tmp_path / "back\\nslash"
+    folder.mkdir()
+    path = write(folder, "a,b,y\n1,2,x\n3,4,z\n1,2,x\n3,4,z\n")
+    code, out, err = run(capsys, "train", "--data", str(path), "--backend", "numpy",
+                         "--epochs", "1", "--save", str(tmp_path / "m.npz"))
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(f"data: '{tmp_path}/back\\\\nslash/data.csv' (")
+    assert f"saved to {tmp_path}/m.npz: takes" in out
 
 
 def test_a_path_its_stdout_cannot_encode_is_printed_escaped_and_the_run_succeeds(tmp_path):
