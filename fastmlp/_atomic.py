@@ -28,7 +28,7 @@ import stat
 import tempfile
 import threading
 
-from ._signals import ctrl_c_deferred, run_whole
+from ._signals import signals_deferred, run_whole
 
 _TEMP = re.compile(r"\.fastmlp-(\d+)-[a-z0-9_]+\.tmp\Z")
 _umask_lock = threading.Lock()
@@ -81,7 +81,7 @@ def replace(path, write):
     remove_stale_temporaries(folder)
     f = tmp = None
     try:
-        with ctrl_c_deferred():  # until the file and its descriptor have owners here
+        with signals_deferred():  # until the file and its descriptor have owners here
             try:
                 fd, tmp = tempfile.mkstemp(prefix=f".fastmlp-{os.getpid()}-", suffix=".tmp",
                                            dir=folder)
@@ -112,7 +112,7 @@ def replace(path, write):
         run_whole(clean_up)   # a second Ctrl-C here left the temporary file behind
         raise
     try:  # make the rename itself durable
-        with ctrl_c_deferred():   # the descriptor closed whatever happens
+        with signals_deferred():   # the descriptor closed whatever happens
             dir_fd = os.open(folder, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)

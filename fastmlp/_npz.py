@@ -34,7 +34,7 @@ import zlib
 import numpy as np
 
 from ._atomic import kind, names_a_folder
-from ._signals import ctrl_c_deferred
+from ._signals import signals_deferred
 
 _fmt = np.lib.format
 
@@ -180,7 +180,7 @@ def _open_regular(path):
     # another file's descriptor closed). A Ctrl-C is held back until open() has returned,
     # so the opener's descriptor is always closed or owned; another handler's exception can
     # at worst leak it.
-    with ctrl_c_deferred():
+    with signals_deferred():
         return open(path, "rb", opener=_open_regular_descriptor)
 
 

@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 import fastmlp as fm
 from fastmlp import backends as fm_backends
 from fastmlp import validation
-from fastmlp._signals import ctrl_c_deferred
+from fastmlp._signals import signals_deferred
 from fastmlp.activations import ACTIVATIONS
 
 _SKLEARN_NAMES = {"identity": "linear", "logistic": "sigmoid"}
@@ -165,7 +165,7 @@ class BaseMLP(BaseEstimator):
                 self.model_._set_weight_decay(decay)
             best_state = self._epochs(X, X_val, T, T_val, early, batch_size, incremental)
             if early:
-                with ctrl_c_deferred():   # the best restored whole, a Ctrl-C raised after
+                with signals_deferred():   # the best restored whole, a Ctrl-C raised after
                     if best_state is not None:
                         self.model_.set_state(best_state)
                     self.best_loss_ = None   # scikit-learn's convention with early stopping
@@ -220,7 +220,7 @@ class BaseMLP(BaseEstimator):
                 run = 1 if incremental or early else max(
                     1, min(left, self.n_iter_no_change + 1 - self._no_improvement))
                 self.model_.fit(X, T, epochs=run, batch_size=batch_size, shuffle=self.shuffle)
-                with ctrl_c_deferred():
+                with signals_deferred():
                     self._count_new(counted, len(X), early, X_val, T_val, best)
                 left -= run
                 if incremental:
@@ -237,7 +237,7 @@ class BaseMLP(BaseEstimator):
                                   "reached and the optimization hasn't converged yet.",
                                   ConvergenceWarning)
         except BaseException as exc:
-            with ctrl_c_deferred():   # the epochs Model.fit kept before it raised
+            with signals_deferred():   # the epochs Model.fit kept before it raised
                 self._count_new(counted, len(X), early, X_val, T_val, best)
             if not isinstance(exc, KeyboardInterrupt):
                 raise

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import activations as act
 from . import io, labels, optimizers, rules, validation, warmup
-from ._signals import ctrl_c_deferred, run_whole
+from ._signals import signals_deferred, run_whole
 from . import metrics as metric_table
 from .backends import get_backend
 from .backends import resolve as resolve_backend
@@ -106,7 +106,7 @@ _NOBODY = object()   # a fit before it owns its model
 
 def _whole(call, *args):
     """call(*args) with a Ctrl-C held until it returns (raised then)."""
-    with ctrl_c_deferred():
+    with signals_deferred():
         return call(*args)
 
 
@@ -346,7 +346,7 @@ class Model:
                             "weights (new.set_weights(model.get_weights()))")
         with self._lock:   # not between another thread's fit steps
             self._wait_for_fit()   # (a Ctrl-C may end the wait: before the deferral)
-            with ctrl_c_deferred():    # whole
+            with signals_deferred():    # whole
                 self._pull()
                 folds = rules.sgd_fold_rows(self._state)
                 self._optimizer = optimizer
@@ -468,7 +468,7 @@ class Model:
         # skipping push it left bounds of the old weights (a step then wrote -inf unchecked).
         with self._lock:
             self._wait_for_fit()   # (a Ctrl-C may end the wait: before the deferral)
-            with ctrl_c_deferred():
+            with signals_deferred():
                 try:
                     self._theta[...] = theta
                     self._state.buffers[...] = buffers

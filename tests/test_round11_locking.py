@@ -175,3 +175,29 @@ def test_an_undo_cut_short_by_a_handlers_exception_runs_again():
     with pytest.raises(RuntimeError, match="always"):
         run_whole(broken)
     assert len(calls) == UNDO_RETRIES + 1
+
+
+def test_a_timeout_arriving_during_an_undo_waits_for_the_undo_to_end():
+    """The undo's block holds every signal with a Python handler back, not only Ctrl-C:
+    the timeout's handler runs once the undo has run to its end."""
+    from fastmlp._signals import run_whole
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("Python runs signal handlers in the main thread only")
+    steps = []
+
+    def timeout(signum, frame):
+        steps.append("timeout")
+        raise TimeoutError("my time limit")
+
+    def undo():
+        steps.append("weights")
+        if "timeout" not in steps and steps.count("weights") == 1:
+            os.kill(os.getpid(), signal.SIGALRM)
+        steps.append("buffers")
+    previous = signal.signal(signal.SIGALRM, timeout)
+    try:
+        with pytest.raises(TimeoutError, match="my time limit"):
+            run_whole(undo)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert steps[:3] == ["weights", "buffers", "timeout"], steps

@@ -387,7 +387,7 @@ def test_another_handlers_exception_during_the_swap_leaves_ctrl_c_working(monkey
         return done
     monkeypatch.setattr(_signals._signal, "signal", swap_then_timeout)
     with pytest.raises(TimeoutError):
-        with _signals.ctrl_c_deferred():
+        with _signals.signals_deferred():
             pass
     monkeypatch.undo()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -422,7 +422,7 @@ def test_a_second_ctrl_c_as_the_undo_begins_still_undoes(backend, data, monkeypa
     X, Y = data
     resumed, straight = _model(backend), _model(backend)
     resumed.fit(X, Y, epochs=1, batch_size=8)
-    real, fired = _signals.ctrl_c_deferred, []
+    real, fired = _signals.signals_deferred, []
 
     class FirstCtrlC(CtrlCAt):
         def on_epoch_end(self, epoch, logs=None):
@@ -437,8 +437,8 @@ def test_a_second_ctrl_c_as_the_undo_begins_still_undoes(backend, data, monkeypa
             raise KeyboardInterrupt   # the second Ctrl-C, before the block is entered
         with real():
             yield
-    monkeypatch.setattr(_signals, "ctrl_c_deferred", second_ctrl_c_first)
-    monkeypatch.setattr(model_module, "ctrl_c_deferred", second_ctrl_c_first)
+    monkeypatch.setattr(_signals, "signals_deferred", second_ctrl_c_first)
+    monkeypatch.setattr(model_module, "signals_deferred", second_ctrl_c_first)
     with pytest.raises(KeyboardInterrupt):
         resumed.fit(X, Y, epochs=4, batch_size=8, callbacks=[first])
     assert fired
