@@ -177,9 +177,9 @@ def _open_regular(path):
     # handler runs), never through a Python variable: an exception from a handler (a
     # Ctrl-C, a SIGALRM timeout) landing between os.open and fdopen, with an except closing
     # the descriptor, closed it a second time once the file object owned it (EBADF, or
-    # another file's descriptor closed). A Ctrl-C is held back until open() has returned,
-    # so the opener's descriptor is always closed or owned; another handler's exception can
-    # at worst leak it.
+    # another file's descriptor closed). Signals are held back until open() has returned,
+    # so the opener's descriptor is always closed or owned (a file object the exception
+    # then drops closes it).
     with signals_deferred():
         return open(path, "rb", opener=_open_regular_descriptor)
 
