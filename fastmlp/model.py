@@ -248,31 +248,31 @@ class Model:
 
     def _build(self, layers, input_dim, loss, optimizer, backend, dtype, seed, draw):
         self.net = Network(layers, input_dim, loss)
-        self.dtype = _dtype(dtype)
-        problem = param_too_large(self.net.layers, self.dtype)
+        self._dtype = _dtype(dtype)
+        problem = param_too_large(self.net.layers, self._dtype)
         if problem:
             raise ValueError(problem)
         self._rng = _generator(seed)
         self._optimizer = optimizers.get(optimizer)
-        meaningless = (slope_vanishes(self.net.layers, self.dtype)
-                       or optimizers.problem_in(self._optimizer, self.dtype))
+        meaningless = (slope_vanishes(self.net.layers, self._dtype)
+                       or optimizers.problem_in(self._optimizer, self._dtype))
         if meaningless and draw:   # a new model (draw=False: one being restored)
             raise ValueError(meaningless)
         if meaningless:
             # A file or pickle made before these settings were refused (a model that
             # trained nothing, or diverged) still loads: no saved model is lost.
-            warnings.warn(f"this saved model's settings mean nothing in {self.dtype.name}: "
+            warnings.warn(f"this saved model's settings mean nothing in {self._dtype.name}: "
                           f"{meaningless}. It predicts as saved; to train it, give it a new "
                           "optimizer (model.optimizer = ...)", RuntimeWarning, stacklevel=4)
-        self.backend = resolve_backend(backend)
-        backend_class = get_backend(self.backend)
-        if self.backend == "numba":
-            warmup.numba_kernels(self.dtype, model_class=Model)  # once per process; says so if slow
+        self._backend = resolve_backend(backend)
+        backend_class = get_backend(self._backend)
+        if self._backend == "numba":
+            warmup.numba_kernels(self._dtype, model_class=Model)  # once per process; says so if slow
         self.seed = seed
-        self._theta = (self.net.init_params(self._rng, self.dtype) if draw
-                       else np.zeros(self.net.n_params, dtype=self.dtype))
+        self._theta = (self.net.init_params(self._rng, self._dtype) if draw
+                       else np.zeros(self.net.n_params, dtype=self._dtype))
         self._state = optimizers.OptimizerState.new(self._optimizer, self.net.n_params,
-                                                    self.dtype)
+                                                    self._dtype)
         self._bind_engine(backend_class)
         self._scaling = None          # (mean, scale) float64 (input_dim,), applied by every call
         self.classes_ = None          # class labels, when fit was given labels
@@ -304,7 +304,7 @@ class Model:
         # TrainingDiverged; compiled kernels raise none, so they skip the errstate cost.
         self._quiet = (functools.partial(np.errstate, over="ignore", invalid="ignore",
                                          divide="ignore")
-                       if self.backend == "numpy" else contextlib.nullcontext)
+                       if self._backend == "numpy" else contextlib.nullcontext)
         # Plain SGD never touches the optimiser buffers: nothing there to check.
         self._check_state = rules.buffers_in_use(self._state) > 0
 
@@ -312,7 +312,7 @@ class Model:
         """A new backend object over theta and the optimiser state (made at build, and
         again when a new optimiser changes what a backend chooses once: rules.sgd_fold_rows)."""
         # The backend owns views of theta and the state: every call passes only data.
-        self._engine = backend_class(self.net, self.dtype, self._theta, self._state)
+        self._engine = backend_class(self.net, self._dtype, self._theta, self._state)
         # A backend that keeps theta and the state on a device (see fastmlp.backends)
         # copies them to the host arrays before the Model reads them (pull) and back
         # after the Model writes them (push); CPU backends work on the host arrays.
@@ -338,7 +338,7 @@ class Model:
 
     @optimizer.setter
     def optimizer(self, optimizer):
-        optimizer = _optimizer_for(optimizer, self.dtype)
+        optimizer = _optimizer_for(optimizer, self._dtype)
         if type(optimizer) is not type(self._optimizer):
             raise TypeError(f"this model trains with {type(self._optimizer).__name__}: it "
                             f"cannot change to {type(optimizer).__name__}, whose state would "
@@ -366,10 +366,47 @@ class Model:
         return self._engine
 
     @property
+    def dtype(self):
+        """The NumPy dtype of the weights and of every computation, fixed once the model
+        is built (its parameters, optimiser state and kernels are in it); another dtype
+        is a new Model (fm.Model(..., dtype=...) then set_weights)."""
+        return self._dtype
+
+    @dtype.setter
+    def dtype(self, value):
+        try:
+            value = np.dtype(value).name
+        except Exception:   # noqa: BLE001 -- only for the message: shown as given
+            pass
+        raise AttributeError(f"a model's dtype is fixed once it is built (this one is "
+                             f"{self._dtype.name}): make a Model with dtype={value!r} and "
+                             "copy the weights, new.set_weights(model.get_weights())")
+
+    @property
+    def backend(self):
+        """The backend's name ("numpy", "numba", "cython", "cuda"), fixed once the model is
+        built (its engine is that backend's); fm.load(path, backend=...) or pickling
+        rebuilds a model on another."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value):
+        raise AttributeError(f"a model's backend is fixed once it is built (this one is "
+                             f"{self._backend!r}): save it and fm.load(path, backend="
+                             f"{value!r}), or make a Model with backend={value!r} and copy "
+                             "its state, new.set_state(model.get_state())")
+
+    @property
     def layers(self):
         """The model's fm.Dense layers, a tuple: fixed once the model is built (its
         parameters and kernels are laid out for them); a different network is a new Model."""
         return self.net.layers
+
+    @layers.setter
+    def layers(self, value):
+        raise AttributeError("a model's layers are fixed once it is built (its parameters "
+                             "and kernels are laid out for them): a different network is a "
+                             "new Model")
 
     @property
     def loss(self):
@@ -381,7 +418,7 @@ class Model:
 
     def __repr__(self):
         return (f"Model({list(self.net.layers)}, input_dim={self.net.input_dim}, loss={self.loss!r}, "
-                f"optimizer={self.optimizer!r}, backend={self.backend!r}, dtype={self.dtype.name!r})")
+                f"optimizer={self.optimizer!r}, backend={self._backend!r}, dtype={self._dtype.name!r})")
 
     def get_weights(self):
         """Copies of [W1 (in, out), b1 (out,), (prelu alpha1 (out,)), W2, b2, ...],
@@ -401,7 +438,7 @@ class Model:
             w = validation.as_array(w, f"weight {i}")
             if w.shape != shape:
                 raise ValueError(f"weight {i} has shape {w.shape}, expected {shape}")
-            new.append(validation.as_finite(w, f"weight {i}", self.dtype).ravel())
+            new.append(validation.as_finite(w, f"weight {i}", self._dtype).ravel())
         # One new theta (so also an argument that views this model's theta is read whole
         # before any is written), copied in by one C call: copied layer by layer, a Ctrl-C
         # left some layers new and the rest old.
@@ -446,8 +483,8 @@ class Model:
         if (step.shape != (1,) or not np.issubdtype(step.dtype, np.integer)
                 or not 0 <= int(step[0]) < io.MAX_STEP):
             raise ValueError(f"opt_step must be one integer in [0, 2**53), got {step!r}")
-        theta = validation.as_finite(theta, "theta", self.dtype)
-        buffers = validation.as_finite(buffers, "opt_buffers", self.dtype)
+        theta = validation.as_finite(theta, "theta", self._dtype)
+        buffers = validation.as_finite(buffers, "opt_buffers", self._dtype)
         if self._state.code == optimizers.ADAM_CODE and (buffers[1] < 0).any():
             # sqrt(v) of Adam's step would be NaN (fastmlp.load refuses such files too)
             raise ValueError("opt_buffers[1] is Adam's second-moment estimate and must be "
@@ -534,7 +571,7 @@ class Model:
         """What rebuilds this model (architecture, optimiser, dtype, backend, seed) as JSON types."""
         seed = self.seed
         return {"network": self.net.config(), "optimizer": self.optimizer.config(),
-                "dtype": self.dtype.name, "backend": self.backend,
+                "dtype": self._dtype.name, "backend": self._backend,
                 "seed": int(seed) if isinstance(seed, (int, np.integer))
                 and not isinstance(seed, bool) else None}
 
@@ -568,7 +605,7 @@ class Model:
         if ready is not None:
             # Checked as it is computed (the backend reads X anyway), so a ready array
             # costs no validation pass: all a 1-row predict can afford.
-            out = np.empty((ready.shape[0], self._width[1]), dtype=self.dtype)
+            out = np.empty((ready.shape[0], self._width[1]), dtype=self._dtype)
             checked = getattr(self._engine, "predict_checked", None)
             if checked is not None:
                 if checked(ready, out):
@@ -578,16 +615,16 @@ class Model:
             # not finite: check_inputs raises the usual message, naming the first one
         self._checked_feature_names(X)
         arr = validation.as_array(validation.frame_values(X, "X"), "X")
-        rows = rules.convert_rows(self.net, self.dtype)
+        rows = rules.convert_rows(self.net, self._dtype)
         if arr.ndim != 2 or len(arr) <= rows:
-            X = validation.check_inputs(arr, self.net.input_dim, self.dtype, self._scaling)
-            out = np.empty((len(X), self.net.output_dim), dtype=self.dtype)
+            X = validation.check_inputs(arr, self.net.input_dim, self._dtype, self._scaling)
+            out = np.empty((len(X), self.net.output_dim), dtype=self._dtype)
             return self._engine.predict(X, out)
         # Converted (and scaled) a block of rows at a time, not copied whole
-        out = np.empty((len(arr), self.net.output_dim), dtype=self.dtype)
+        out = np.empty((len(arr), self.net.output_dim), dtype=self._dtype)
         for start in range(0, len(arr), rows):
             block = validation.check_inputs(arr[start:start + rows], self.net.input_dim,
-                                            self.dtype, self._scaling, first_row=start)
+                                            self._dtype, self._scaling, first_row=start)
             self._engine.predict(block, out[start:start + rows])
         return out
 
@@ -597,10 +634,10 @@ class Model:
         when X is laid out already, or small and plain (validation.small_real_copy); else
         None. Not yet checked for finiteness: the kernel checks as it reads."""
         if self._scaling is None:
-            return X if validation.laid_out(X, self._width[0], self.dtype) else \
-                validation.small_real_copy(X, self._width[0], self.dtype)
+            return X if validation.laid_out(X, self._width[0], self._dtype) else \
+                validation.small_real_copy(X, self._width[0], self._dtype)
         # (every model `fastmlp train --save` writes has input scaling)
-        return validation.small_scaled_copy(X, self._width[0], self.dtype, self._scaling)
+        return validation.small_scaled_copy(X, self._width[0], self._dtype, self._scaling)
 
     def _predict_on_device(self, X):
         """predict for a device array X (n, input_dim): checked where it lies."""
@@ -608,8 +645,8 @@ class Model:
         shape, dtype = tuple(X.shape), np.dtype(X.dtype)
         if len(shape) != 2 or shape[1] != self.net.input_dim:
             raise ValueError(f"X must have shape (n, {self.net.input_dim}), got {shape}")
-        if dtype != self.dtype:
-            raise TypeError(f"a device array X must be {self.dtype.name} like the model, got "
+        if dtype != self._dtype:
+            raise TypeError(f"a device array X must be {self._dtype.name} like the model, got "
                             f"{dtype.name}: convert it on the device first")
         if not X.is_c_contiguous():
             raise ValueError("a device array X must be C-contiguous")
@@ -631,7 +668,7 @@ class Model:
         """(loss, grads): the mean loss and its gradient, in get_weights() order. No update.
         Safe to call from several threads at once."""
         X, T = self._data(X, Y)
-        grad = np.empty(self.net.n_params, dtype=self.dtype)
+        grad = np.empty(self.net.n_params, dtype=self._dtype)
         loss = self._engine.loss_and_gradient(X, T, grad)
         return float(loss), self.net.split(grad)
 
@@ -656,10 +693,10 @@ class Model:
         sum the vectors of several workers, then :meth:`apply_gradient`."""
         X, T = self._data(X, Y)
         if out is None:
-            out = np.empty(self.net.n_params, dtype=self.dtype)
+            out = np.empty(self.net.n_params, dtype=self._dtype)
         elif (not isinstance(out, np.ndarray) or out.shape != (self.net.n_params,)
-              or out.dtype != self.dtype or not out.flags.c_contiguous or not out.flags.writeable):
-            raise ValueError(f"out must be a writeable C-contiguous {self.dtype.name} array of "
+              or out.dtype != self._dtype or not out.flags.c_contiguous or not out.flags.writeable):
+            raise ValueError(f"out must be a writeable C-contiguous {self._dtype.name} array of "
                              f"shape ({self.net.n_params},)")
         # Filled through a new array when out is unaligned (a view into a byte buffer: the
         # compiled kernels take aligned arrays only) or may overlap X, Y or the model's
@@ -681,7 +718,7 @@ class Model:
                 and isinstance(grad[1], np.ndarray) and grad[1].ndim == 1):
             raise TypeError("apply_gradient takes the gradient vector, not gradient_vector's "
                             "(loss, grad) pair: pass its second item")
-        grad = validation.as_finite(validation.as_array(grad, "grad"), "grad", self.dtype)
+        grad = validation.as_finite(validation.as_array(grad, "grad"), "grad", self._dtype)
         if grad.shape != (self.net.n_params,):
             raise ValueError(f"grad must have shape ({self.net.n_params},), got {grad.shape}")
         grad = _own(grad, self._theta, self._state.buffers)
@@ -716,7 +753,7 @@ class Model:
             status = None   # the guarded call has not run
             if self._checked_step:
                 if self._scaling is None and validation.laid_out_xy(
-                        X, Y, self._width[0], self._width[1], self.dtype):
+                        X, Y, self._width[0], self._width[1], self._dtype):
                     pair, indices = (X, Y), False
                 else:
                     pair, indices = self._small_pair(X, Y)
@@ -865,6 +902,7 @@ class Model:
                     _hook(cb, "on_epoch_begin", epoch, {})
                 start = time.perf_counter()
                 saved_rng, recorded_so_far = self._rng.bit_generator.state, history._mark()
+                labels = self.classes_, self.feature_names_in_   # (a fit in a callback learns)
                 snapshot.save()
                 trained = recorded = False
                 try:
@@ -914,6 +952,7 @@ class Model:
                                 with self._lock:
                                     snapshot.restore()
                                     self._rng.bit_generator.state = saved_rng
+                            self.classes_, self.feature_names_in_ = labels
                             history._undo(recorded_so_far)
                         run_whole(undo)   # (a second Ctrl-C: raised after the undo)
                     raise
@@ -1094,14 +1133,14 @@ class Model:
             # not ready (a value too large for the dtype, say): the full checks name it
             targets = self._small_float_targets(Y)
             targets = Y if targets is None else targets
-            if ((validation.ready_unit(targets, net.output_dim, self.dtype) if self._unit_targets
-                 else validation.ready(targets, net.output_dim, self.dtype))
+            if ((validation.ready_unit(targets, net.output_dim, self._dtype) if self._unit_targets
+                 else validation.ready(targets, net.output_dim, self._dtype))
                     and len(targets) == len(ready)):
                 return ready, targets
             if self._index_labels and self._classes_are_indices():
                 # class indices 0..k-1 (what a softmax model learns from most often): one
                 # gather, not the label machinery's dozen passes (5x a 6-row step)
-                T = validation.index_targets(Y, len(ready), net.output_dim, self.dtype)
+                T = validation.index_targets(Y, len(ready), net.output_dim, self._dtype)
                 if T is not None:
                     if learn:
                         self._learn_index_classes()
@@ -1109,7 +1148,7 @@ class Model:
         names, Y_given = self._checked_feature_names(X), Y
         if learn and names is not None and self.feature_names_in_ is None:
             distinct_names(names)
-        X = validation.check_inputs(X, self.net.input_dim, self.dtype, self._scaling)
+        X = validation.check_inputs(X, self.net.input_dim, self._dtype, self._scaling)
         Y = validation.as_array(Y, "Y")
         if self._unit_targets:   # a cross-entropy: Y may hold labels
             Y = labels.exact(Y, Y_given)
@@ -1127,7 +1166,7 @@ class Model:
                                  "indices and this model has no classes_ to map them: train "
                                  "it on them first (fit and train_on_batch record classes_) "
                                  "or set model.classes_")
-        T = validation.check_targets(Y, len(X), self.net, self.dtype)
+        T = validation.check_targets(Y, len(X), self.net, self._dtype)
         if learn:  # only once every check has passed
             if classes is not None and self.classes_ is None:
                 self.classes_ = classes
@@ -1156,7 +1195,7 @@ class Model:
         X = self._small_ready(X)
         if X is None:
             return None, False
-        T = (validation.index_targets(Y, len(X), self._width[1], self.dtype) if indices
+        T = (validation.index_targets(Y, len(X), self._width[1], self._dtype) if indices
              else self._small_float_targets(Y))
         return (None, False) if T is None else ((X, T), indices)
 
@@ -1167,9 +1206,9 @@ class Model:
         if (type(Y) is not np.ndarray or Y.dtype.kind != "f" or Y.ndim != 2
                 or Y.shape[1] != self._width[1]):
             return None
-        if validation.laid_out(Y, self._width[1], self.dtype):
+        if validation.laid_out(Y, self._width[1], self._dtype):
             return Y
-        return validation.small_real_copy(Y, self._width[1], self.dtype)
+        return validation.small_real_copy(Y, self._width[1], self._dtype)
 
     def _learn_index_classes(self):
         """classes_ = 0..k-1 (labels.index_classes) when unset: what a model first trained

@@ -242,6 +242,11 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         # checked before the cast, so 1e300 for float32 is named too large (as Model.fit
         # names it), not cast to inf with an overflow warning and called "inf"
         T = validation.as_finite(y.reshape(len(y), -1), "Y", self.dtype)
+        if not first and T.shape[1] != self.n_outputs_:
+            shape = "a 1-D y" if y.ndim == 1 else f"y of shape {y.shape}"
+            raise ValueError(f"{shape} has {T.shape[1]} output(s), but this regressor was "
+                             f"fitted with {self.n_outputs_} (n_outputs_); partial_fit "
+                             "continues the same outputs (fit starts again)")
         return T, (T.shape[1], "linear", "mse")
 
     def _scikit_learn_loss(self, loss):

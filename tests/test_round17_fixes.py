@@ -1,0 +1,108 @@
+"""The seventeenth hostile round's findings: attributes a model is built around could be
+reassigned (its dtype, its backend), a Ctrl-C undoing an epoch kept the labels a fit in
+one of its callbacks had learnt, and a regressor's partial_fit with another number of
+outputs was refused in terms of class labels and a loss the regressor has no parameter
+for."""
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fastmlp as fm
+from backends_under_test import BACKENDS
+
+
+def _model(backend="numpy", dtype="float32"):
+    return fm.Model([fm.Dense(4, "tanh"), fm.Dense(3, "softmax")], input_dim=3,
+                    loss="cross_entropy", backend=backend, dtype=dtype, seed=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name, value, says", [
+    ("dtype", np.float64, "dtype='float64'"),
+    ("dtype", "float64", "dtype='float64'"),
+    ("backend", "numpy", "backend='numpy'"),
+    ("backend", "gpu-9000", "backend='gpu-9000'"),
+    ("layers", (fm.Dense(2, "relu"),), "a new Model"),
+])
+def test_what_a_model_is_built_around_cannot_be_reassigned(backend, name, value, says,
+                                                           tmp_path):
+    # m.dtype = np.float64 on a float32 model raised nothing; then numba raised its raw
+    # "can't unbox array", cython blamed the user's X, numpy predicted float64 from float32
+    # weights, and save refused the trained model; m.backend = "gpu-9000" was saved as is
+    m = _model(backend)
+    X = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    before = m.predict(X)
+    with pytest.raises(AttributeError, match="fixed once it is built") as raised:
+        setattr(m, name, value)
+    assert says in str(raised.value)
+    assert (m.dtype, m.backend) == (np.float32, backend)
+    np.testing.assert_array_equal(m.predict(X), before)
+    assert f"backend={backend!r}, dtype='float32'" in repr(m)
+    m.save(tmp_path / "m.npz")
+    assert fm.load(tmp_path / "m.npz").backend == backend
+
+
+class _FitThenCtrlC(fm.Callback):
+    """A fit in a callback, on a frame of string labels (it learns classes_ and
+    feature_names_in_), then a Ctrl-C before the outer epoch is recorded."""
+
+    def __init__(self, frame, labels):
+        super().__init__()
+        self.frame, self.labels = frame, labels
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.fit(self.frame, self.labels, epochs=1)
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_undone_epoch_undoes_the_labels_a_fit_in_its_callback_learnt(backend):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    frame = pd.DataFrame(X, columns=["p", "q", "r"])
+    m, straight = _model(backend), _model(backend)
+    before = m.get_state()
+    with pytest.raises(KeyboardInterrupt):
+        m.fit(X, np.eye(3)[y], epochs=1,
+              callbacks=[_FitThenCtrlC(frame, np.array(["ant", "bee", "cow"])[y])])
+    np.testing.assert_array_equal(m.get_state()["theta"], before["theta"])
+    assert m.classes_ is None and m.feature_names_in_ is None
+    assert len(m.history.epoch) == 0
+    # it trains on class indices again, as it did before the interrupted fit
+    m.train_on_batch(X, y)
+    straight.train_on_batch(X, y)
+    np.testing.assert_array_equal(m.get_weights()[0], straight.get_weights()[0])
+    np.testing.assert_array_equal(m.classes_, np.arange(3))
+
+
+def test_labels_learnt_before_the_undone_epoch_are_kept():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3)).astype(np.float32)
+    y = np.array(["ant", "bee", "cow"])[rng.integers(0, 3, 40)]
+    frame = pd.DataFrame(X, columns=["p", "q", "r"])
+    m = _model()
+    m.fit(frame, y, epochs=1)
+    with pytest.raises(KeyboardInterrupt):
+        m.fit(frame, y, epochs=2, callbacks=[_FitThenCtrlC(frame, y)])
+    np.testing.assert_array_equal(m.classes_, ["ant", "bee", "cow"])
+    np.testing.assert_array_equal(m.feature_names_in_, ["p", "q", "r"])
+
+
+@pytest.mark.parametrize("y_of", [lambda Y: Y[:, 0], lambda Y: Y[:, :1], lambda Y: np.c_[Y, Y]])
+def test_a_regressors_partial_fit_with_other_outputs_says_so(y_of):
+    from fastmlp.sklearn import MLPRegressor
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(50, 4)), rng.normal(size=(50, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reg = MLPRegressor((8,), max_iter=3, random_state=0).fit(X, Y)
+    weights = reg.model_.get_weights()[0].copy()
+    with pytest.raises(ValueError, match=r"output\(s\), but this regressor was fitted with "
+                                         r"2 \(n_outputs_\); partial_fit continues") as raised:
+        reg.partial_fit(X, y_of(Y))
+    assert "class labels" not in str(raised.value) and "loss=" not in str(raised.value)
+    np.testing.assert_array_equal(reg.model_.get_weights()[0], weights)
+    reg.partial_fit(X, Y)   # the same outputs still train
