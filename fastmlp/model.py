@@ -247,14 +247,14 @@ class Model:
         return model
 
     def _build(self, layers, input_dim, loss, optimizer, backend, dtype, seed, draw):
-        self.net = Network(layers, input_dim, loss)
+        self._net = Network(layers, input_dim, loss)
         self._dtype = _dtype(dtype)
-        problem = param_too_large(self.net.layers, self._dtype)
+        problem = param_too_large(self._net.layers, self._dtype)
         if problem:
             raise ValueError(problem)
         self._rng = _generator(seed)
         self._optimizer = optimizers.get(optimizer)
-        meaningless = (slope_vanishes(self.net.layers, self._dtype)
+        meaningless = (slope_vanishes(self._net.layers, self._dtype)
                        or optimizers.problem_in(self._optimizer, self._dtype))
         if meaningless and draw:   # a new model (draw=False: one being restored)
             raise ValueError(meaningless)
@@ -268,10 +268,10 @@ class Model:
         backend_class = get_backend(self._backend)
         if self._backend == "numba":
             warmup.numba_kernels(self._dtype, model_class=Model)  # once per process; says so if slow
-        self.seed = seed
-        self._theta = (self.net.init_params(self._rng, self._dtype) if draw
-                       else np.zeros(self.net.n_params, dtype=self._dtype))
-        self._state = optimizers.OptimizerState.new(self._optimizer, self.net.n_params,
+        self._seed = seed
+        self._theta = (self._net.init_params(self._rng, self._dtype) if draw
+                       else np.zeros(self._net.n_params, dtype=self._dtype))
+        self._state = optimizers.OptimizerState.new(self._optimizer, self._net.n_params,
                                                     self._dtype)
         self._bind_engine(backend_class)
         self._scaling = None          # (mean, scale) float64 (input_dim,), applied by every call
@@ -289,17 +289,17 @@ class Model:
         self._fit_waiters = 0         # threads in _wait_for_fit (changed under the lock)
         self._snapshot = None         # the rollback copy (_rollback), made on first use
         self._snapshots_in_use = 0    # training calls under way, nested in a callback's
-        self._unit_targets = self.net.loss.output is not None  # cross-entropies: t in [0, 1]
+        self._unit_targets = self._net.loss.output is not None  # cross-entropies: t in [0, 1]
         # a softmax's Y may be class indices (n,): labels.is_labels' first case
-        self._index_labels = self.net.loss.code == CROSS_ENTROPY and self.net.output_dim > 1
-        self._index_bytes = labels.index_classes(self.net.output_dim).tobytes()
+        self._index_labels = self._net.loss.code == CROSS_ENTROPY and self._net.output_dim > 1
+        self._index_bytes = labels.index_classes(self._net.output_dim).tobytes()
         # On a device the backup of the checked step is a device copy, and a backend whose
         # guarded step proves its update finite before writing copies nothing: cheap at any
         # size. Elsewhere the step's backup copy pays only on small networks.
-        self._width = (self.net.input_dim, self.net.output_dim)   # ints, read per call
+        self._width = (self._net.input_dim, self._net.output_dim)   # ints, read per call
         self._checked_step = (self._on_device
                               or getattr(backend_class, "guarded_step_is_free", False)
-                              or self.net.n_params <= self._CHECKED_STEP_PARAMS)
+                              or self._net.n_params <= self._CHECKED_STEP_PARAMS)
         # The reference backend computes with NumPy, whose overflow warnings become one
         # TrainingDiverged; compiled kernels raise none, so they skip the errstate cost.
         self._quiet = (functools.partial(np.errstate, over="ignore", invalid="ignore",
@@ -312,7 +312,7 @@ class Model:
         """A new backend object over theta and the optimiser state (made at build, and
         again when a new optimiser changes what a backend chooses once: rules.sgd_fold_rows)."""
         # The backend owns views of theta and the state: every call passes only data.
-        self._engine = backend_class(self.net, self._dtype, self._theta, self._state)
+        self._engine = backend_class(self._net, self._dtype, self._theta, self._state)
         # A backend that keeps theta and the state on a device (see fastmlp.backends)
         # copies them to the host arrays before the Model reads them (pull) and back
         # after the Model writes them (push); CPU backends work on the host arrays.
@@ -366,6 +366,18 @@ class Model:
         return self._engine
 
     @property
+    def net(self):
+        """The network's description (fastmlp.network.Network: layers, input_dim, loss,
+        the parameter layout), fixed once the model is built."""
+        return self._net
+
+    @property
+    def seed(self):
+        """The seed the model was built with (None: fresh entropy); the generator itself
+        moves on with training and is part of get_state()."""
+        return self._seed
+
+    @property
     def dtype(self):
         """The NumPy dtype of the weights and of every computation, fixed once the model
         is built (its parameters, optimiser state and kernels are in it); another dtype
@@ -400,7 +412,7 @@ class Model:
     def layers(self):
         """The model's fm.Dense layers, a tuple: fixed once the model is built (its
         parameters and kernels are laid out for them); a different network is a new Model."""
-        return self.net.layers
+        return self._net.layers
 
     @layers.setter
     def layers(self, value):
@@ -410,14 +422,14 @@ class Model:
 
     @property
     def loss(self):
-        return self.net.loss.name
+        return self._net.loss.name
 
     @property
     def n_params(self):
-        return self.net.n_params
+        return self._net.n_params
 
     def __repr__(self):
-        return (f"Model({list(self.net.layers)}, input_dim={self.net.input_dim}, loss={self.loss!r}, "
+        return (f"Model({list(self._net.layers)}, input_dim={self._net.input_dim}, loss={self.loss!r}, "
                 f"optimizer={self.optimizer!r}, backend={self._backend!r}, dtype={self._dtype.name!r})")
 
     def get_weights(self):
@@ -425,16 +437,16 @@ class Model:
         all of one step: taken under the model's lock, which training calls hold."""
         with self._lock:
             self._pull()
-            return [v.copy() for v in self.net.split(self._theta)]
+            return [v.copy() for v in self._net.split(self._theta)]
 
     def set_weights(self, weights):
         """Replace all parameters; shapes must match :meth:`get_weights`."""
         weights = list(weights)
-        if len(weights) != len(self.net.shapes):
-            raise ValueError(f"set_weights: expected {len(self.net.shapes)} arrays, got "
-                             f"{len(weights)} (weight shapes {self.net.shapes})")
+        if len(weights) != len(self._net.shapes):
+            raise ValueError(f"set_weights: expected {len(self._net.shapes)} arrays, got "
+                             f"{len(weights)} (weight shapes {self._net.shapes})")
         new = []
-        for i, (w, shape) in enumerate(zip(weights, self.net.shapes)):
+        for i, (w, shape) in enumerate(zip(weights, self._net.shapes)):
             w = validation.as_array(w, f"weight {i}")
             if w.shape != shape:
                 raise ValueError(f"weight {i} has shape {w.shape}, expected {shape}")
@@ -539,7 +551,7 @@ class Model:
         if mean is None and scale is None:
             self._scaling = None
             return
-        d = self.net.input_dim
+        d = self._net.input_dim
         mean = validation.as_finite(validation.as_array(mean, "mean"), "mean", np.float64)
         scale = validation.as_finite(validation.as_array(scale, "scale"), "scale", np.float64)
         if mean.shape != (d,) or scale.shape != (d,):
@@ -569,8 +581,8 @@ class Model:
 
     def _config(self):
         """What rebuilds this model (architecture, optimiser, dtype, backend, seed) as JSON types."""
-        seed = self.seed
-        return {"network": self.net.config(), "optimizer": self.optimizer.config(),
+        seed = self._seed
+        return {"network": self._net.config(), "optimizer": self.optimizer.config(),
                 "dtype": self._dtype.name, "backend": self._backend,
                 "seed": int(seed) if isinstance(seed, (int, np.integer))
                 and not isinstance(seed, bool) else None}
@@ -615,15 +627,15 @@ class Model:
             # not finite: check_inputs raises the usual message, naming the first one
         self._checked_feature_names(X)
         arr = validation.as_array(validation.frame_values(X, "X"), "X")
-        rows = rules.convert_rows(self.net, self._dtype)
+        rows = rules.convert_rows(self._net, self._dtype)
         if arr.ndim != 2 or len(arr) <= rows:
-            X = validation.check_inputs(arr, self.net.input_dim, self._dtype, self._scaling)
-            out = np.empty((len(X), self.net.output_dim), dtype=self._dtype)
+            X = validation.check_inputs(arr, self._net.input_dim, self._dtype, self._scaling)
+            out = np.empty((len(X), self._net.output_dim), dtype=self._dtype)
             return self._engine.predict(X, out)
         # Converted (and scaled) a block of rows at a time, not copied whole
-        out = np.empty((len(arr), self.net.output_dim), dtype=self._dtype)
+        out = np.empty((len(arr), self._net.output_dim), dtype=self._dtype)
         for start in range(0, len(arr), rows):
-            block = validation.check_inputs(arr[start:start + rows], self.net.input_dim,
+            block = validation.check_inputs(arr[start:start + rows], self._net.input_dim,
                                             self._dtype, self._scaling, first_row=start)
             self._engine.predict(block, out[start:start + rows])
         return out
@@ -643,8 +655,8 @@ class Model:
         """predict for a device array X (n, input_dim): checked where it lies."""
         X = self._engine.as_device(X)
         shape, dtype = tuple(X.shape), np.dtype(X.dtype)
-        if len(shape) != 2 or shape[1] != self.net.input_dim:
-            raise ValueError(f"X must have shape (n, {self.net.input_dim}), got {shape}")
+        if len(shape) != 2 or shape[1] != self._net.input_dim:
+            raise ValueError(f"X must have shape (n, {self._net.input_dim}), got {shape}")
         if dtype != self._dtype:
             raise TypeError(f"a device array X must be {self._dtype.name} like the model, got "
                             f"{dtype.name}: convert it on the device first")
@@ -668,9 +680,9 @@ class Model:
         """(loss, grads): the mean loss and its gradient, in get_weights() order. No update.
         Safe to call from several threads at once."""
         X, T = self._data(X, Y)
-        grad = np.empty(self.net.n_params, dtype=self._dtype)
+        grad = np.empty(self._net.n_params, dtype=self._dtype)
         loss = self._engine.loss_and_gradient(X, T, grad)
-        return float(loss), self.net.split(grad)
+        return float(loss), self._net.split(grad)
 
     def prepare(self, X, Y):
         """(X, T): inputs and targets validated and converted once, as the methods above
@@ -693,11 +705,11 @@ class Model:
         sum the vectors of several workers, then :meth:`apply_gradient`."""
         X, T = self._data(X, Y)
         if out is None:
-            out = np.empty(self.net.n_params, dtype=self._dtype)
-        elif (not isinstance(out, np.ndarray) or out.shape != (self.net.n_params,)
+            out = np.empty(self._net.n_params, dtype=self._dtype)
+        elif (not isinstance(out, np.ndarray) or out.shape != (self._net.n_params,)
               or out.dtype != self._dtype or not out.flags.c_contiguous or not out.flags.writeable):
             raise ValueError(f"out must be a writeable C-contiguous {self._dtype.name} array of "
-                             f"shape ({self.net.n_params},)")
+                             f"shape ({self._net.n_params},)")
         # Filled through a new array when out is unaligned (a view into a byte buffer: the
         # compiled kernels take aligned arrays only) or may overlap X, Y or the model's
         # own arrays (the kernels write the later layers' gradient before they read the
@@ -719,8 +731,8 @@ class Model:
             raise TypeError("apply_gradient takes the gradient vector, not gradient_vector's "
                             "(loss, grad) pair: pass its second item")
         grad = validation.as_finite(validation.as_array(grad, "grad"), "grad", self._dtype)
-        if grad.shape != (self.net.n_params,):
-            raise ValueError(f"grad must have shape ({self.net.n_params},), got {grad.shape}")
+        if grad.shape != (self._net.n_params,):
+            raise ValueError(f"grad must have shape ({self._net.n_params},), got {grad.shape}")
         grad = _own(grad, self._theta, self._state.buffers)
         with self._lock:
             self._wait_for_fit()
@@ -795,7 +807,7 @@ class Model:
         """Class labels (n,) for X: ``classes_[argmax]`` for a softmax, > 0.5 for one
         sigmoid unit (indices when the model was never given labels); several sigmoid
         units give a 0/1 indicator (n, k)."""
-        return labels.decode(self.predict(X), self.net, self.classes_)
+        return labels.decode(self.predict(X), self._net, self.classes_)
 
     def fit(self, X, Y, epochs=1, batch_size=32, tol=None, shuffle=True,
             validation_data=None, validation_split=0.0, metrics=None, callbacks=None,
@@ -893,7 +905,7 @@ class Model:
             _hook(cb, "on_train_begin", {"epochs": epochs, "samples": len(X),
                                          "batch_size": batch_size})
         perm = np.arange(len(X), dtype=np.int64)
-        norms = np.zeros(len(self.net.layers)) if gradient_norms else None
+        norms = np.zeros(len(self._net.layers)) if gradient_norms else None
         steps = -(-len(X) // batch_size)
         logs = {}
         with self._rollback() as snapshot:
@@ -996,7 +1008,7 @@ class Model:
         drawn, so the outcome is exactly the per-epoch loop's.
         """
         n = len(X)
-        per_epoch = max(1, n * self.net.n_params)
+        per_epoch = max(1, n * self._net.n_params)
         work = self._CHUNK_WORK * getattr(self._engine, "chunk_work_share", 1)
         chunk = int(max(1, min(epochs, 1024, work // per_epoch, (1 << 20) // n)))
         with self._rollback() as snapshot:
@@ -1124,7 +1136,7 @@ class Model:
     def _data(self, X, Y, learn=False):
         """(X, T) as the backends take them. Labels of any kind become class indices;
         ``learn`` (training calls) records classes_ and feature names the first time."""
-        net = self.net
+        net = self._net
         # X laid out already (itself, no copy), or small and plain (copied, scaled): with
         # ready targets or class indices, O(1) Python work and one finiteness pass
         ready = self._small_ready(X)
@@ -1148,7 +1160,7 @@ class Model:
         names, Y_given = self._checked_feature_names(X), Y
         if learn and names is not None and self.feature_names_in_ is None:
             distinct_names(names)
-        X = validation.check_inputs(X, self.net.input_dim, self._dtype, self._scaling)
+        X = validation.check_inputs(X, self._net.input_dim, self._dtype, self._scaling)
         Y = validation.as_array(Y, "Y")
         if self._unit_targets:   # a cross-entropy: Y may hold labels
             Y = labels.exact(Y, Y_given)
@@ -1157,8 +1169,8 @@ class Model:
         # read once: another thread may set classes_ meanwhile (read twice, a label map
         # found here was then refused as found "with no classes_")
         classes, known = None, self.classes_
-        if labels.is_labels(Y, self.net, known):
-            Y, classes = labels.encode(Y, self.net, known)
+        if labels.is_labels(Y, self._net, known):
+            Y, classes = labels.encode(Y, self._net, known)
             if not learn and known is None and not labels.are_indices(classes):
                 # found from this call's labels alone, they could map a label to another
                 # unit in the next call (labels {1, 2} are indices, {1, 2, 3} are not)
@@ -1166,7 +1178,7 @@ class Model:
                                  "indices and this model has no classes_ to map them: train "
                                  "it on them first (fit and train_on_batch record classes_) "
                                  "or set model.classes_")
-        T = validation.check_targets(Y, len(X), self.net, self._dtype)
+        T = validation.check_targets(Y, len(X), self._net, self._dtype)
         if learn:  # only once every check has passed
             if classes is not None and self.classes_ is None:
                 self.classes_ = classes
@@ -1362,7 +1374,7 @@ class Model:
         bad = []
         self._pull()
         if not validation.finite(self._theta):
-            bad = [i + 1 for i, (W, b, alpha) in enumerate(self.net.layer_views(self._theta))
+            bad = [i + 1 for i, (W, b, alpha) in enumerate(self._net.layer_views(self._theta))
                    if not (np.isfinite(W).all() and np.isfinite(b).all()
                            and (alpha is None or np.isfinite(alpha).all()))]
         # An inf in Adam's v (g^2 overflowed) freezes weights silently: also divergence.
@@ -1380,7 +1392,7 @@ class Model:
                                "(try a smaller learning rate or rescale the data)")
 
     def _warn_if_untrainable(self):
-        dead = [i + 1 for i, l in enumerate(self.net.layers)
+        dead = [i + 1 for i, l in enumerate(self._net.layers)
                 if l.activation.code in (act.STEP, act.SIGN)]
         if dead:
             warnings.warn(f"layer(s) {dead} use step/sign, whose derivative is 0: no gradient "

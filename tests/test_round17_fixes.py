@@ -44,6 +44,15 @@ def test_what_a_model_is_built_around_cannot_be_reassigned(backend, name, value,
     assert fm.load(tmp_path / "m.npz").backend == backend
 
 
+@pytest.mark.parametrize("name", ["net", "seed"])
+def test_the_network_and_seed_are_read_only_too(name):
+    m = _model()
+    kept = getattr(m, name)
+    with pytest.raises(AttributeError):
+        setattr(m, name, None)
+    assert getattr(m, name) is kept
+
+
 class _FitThenCtrlC(fm.Callback):
     """A fit in a callback, on a frame of string labels (it learns classes_ and
     feature_names_in_), then a Ctrl-C before the outer epoch is recorded."""
