@@ -161,6 +161,11 @@ def _lookup(flat, classes):
     """Index of each label of ``flat`` in ``classes`` (any order), vectorised."""
     order = np.argsort(classes, kind="stable")
     ranked = classes[order]
+    twice = ranked[1:][ranked[1:] == ranked[:-1]]
+    if len(twice):
+        # the second unit of a label would never be trained (save refuses such classes_)
+        raise ValueError(f"classes_ {classes.tolist()[:10]} hold the label {twice[:1].tolist()[0]!r} "
+                         "twice; each class needs its own")
     known = np.zeros(len(flat), dtype=bool)
     try:
         pos = np.clip(np.searchsorted(ranked, flat), 0, len(ranked) - 1)

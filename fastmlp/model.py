@@ -293,6 +293,7 @@ class Model:
         # a softmax's Y may be class indices (n,): labels.is_labels' first case
         self._index_labels = self._net.loss.code == CROSS_ENTROPY and self._net.output_dim > 1
         self._index_bytes = labels.index_classes(self._net.output_dim).tobytes()
+        self._sorted_classes = None   # (classes_'s dtype and bytes, argsort, sorted)
         # On a device the backup of the checked step is a device copy, and a backend whose
         # guarded step proves its update finite before writing copies nothing: cheap at any
         # size. Elsewhere the step's backup copy pays only on small networks.
@@ -1157,6 +1158,12 @@ class Model:
                     if learn:
                         self._learn_index_classes()
                     return ready, T
+            elif self._index_labels:
+                # string labels the model knows: their indices by one sorted search
+                codes = self._known_string_codes(Y, len(ready))
+                if codes is not None:
+                    return ready, validation.index_targets(codes, len(ready), net.output_dim,
+                                                           self._dtype)
         names, Y_given = self._checked_feature_names(X), Y
         if learn and names is not None and self.feature_names_in_ is None:
             distinct_names(names)
@@ -1214,13 +1221,39 @@ class Model:
     def _small_float_targets(self, Y):
         """Float targets Y (n, outputs) as the backends take them: Y itself when laid out
         already, else a copy in the model's dtype when Y is small and plain
-        (validation.small_real_copy); None for anything else (the full checks take it)."""
-        if (type(Y) is not np.ndarray or Y.dtype.kind != "f" or Y.ndim != 2
-                or Y.shape[1] != self._width[1]):
-            return None
+        (validation.small_real_copy), integer or bool one-hot rows included; None for
+        anything else (the full checks take it)."""
+        if (type(Y) is not np.ndarray or Y.ndim != 2 or Y.shape[1] != self._width[1]
+                or not (Y.dtype.kind == "f" or Y.dtype.kind in "iub" and Y.shape[1] > 1)):
+            return None   # (integers in one column may be labels: labels.is_labels)
         if validation.laid_out(Y, self._width[1], self._dtype):
             return Y
         return validation.small_real_copy(Y, self._width[1], self._dtype)
+
+    def _known_string_codes(self, Y, rows):
+        """The class indices (int64 (rows,)) of string labels Y, a plain 1-D str ndarray,
+        when every label is one of a softmax model's str classes_; else None
+        (the full path: unknown labels named, other kinds of label). The sorted classes
+        are kept with the bytes of the classes_ they were sorted from, compared on every
+        call: classes_ is a public, mutable array."""
+        classes = self.classes_
+        if (type(Y) is not np.ndarray or Y.ndim != 1 or len(Y) != rows or rows == 0
+                or Y.dtype.kind != "U" or type(classes) is not np.ndarray
+                or classes.dtype.kind != "U" or classes.shape != (self._width[1],)):
+            return None
+        key, sorted_classes = (classes.dtype, classes.tobytes()), self._sorted_classes
+        if sorted_classes is None or sorted_classes[0] != key:
+            order = np.argsort(classes, kind="stable")
+            ranked = classes[order]
+            if (ranked[1:] == ranked[:-1]).any():
+                return None   # a label twice: the full path refuses it
+            self._sorted_classes = sorted_classes = (key, order, ranked)
+        _, order, ranked = sorted_classes
+        at = np.searchsorted(ranked, Y)
+        np.minimum(at, len(ranked) - 1, out=at)
+        if not np.equal(ranked.take(at), Y).all():
+            return None
+        return order.take(at)
 
     def _learn_index_classes(self):
         """classes_ = 0..k-1 (labels.index_classes) when unset: what a model first trained

@@ -304,3 +304,77 @@ def test_indices_of_every_integer_type_are_range_checked_in_one_reduction(dtype)
     if np.dtype(dtype).itemsize == 8:
         assert validation.index_targets(np.array([0, 2 ** 56, 1], dtype=dtype), 3, k,
                                         f32) is None
+
+
+# String labels a softmax model knows (Model._known_string_codes: one sorted search of the
+# classes_, kept with their bytes) and integer or bool one-hot rows (copied as float
+# targets are): the same numbers as one-hot float targets; anything else goes to the full
+# checks, which name it.
+_NAMES = np.array(["cow", "ant", "bee"])   # classes_ as a user may set them: not sorted
+
+
+def _named_model(backend, dtype, classes=_NAMES):
+    m = _model(backend, dtype)
+    m.classes_ = np.array(classes)
+    return m
+
+
+@pytest.mark.parametrize("kind", ["U", "U9"])
+def test_known_string_labels_train_exactly_as_one_hot_targets(backend, dtype, kind):
+    X, y = _data(dtype)
+    labels = _NAMES[y].astype(kind)   # (U9: wider than classes_'s U3)
+    by_label, by_one_hot = _named_model(backend, dtype), _model(backend, dtype)
+    for _ in range(3):
+        assert by_label.train_on_batch(X, labels) == by_one_hot.train_on_batch(
+            X, np.eye(K, dtype=dtype)[y])
+    for a, b in zip(by_label.get_weights(), by_one_hot.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert by_label.evaluate(X, labels) == by_one_hot.evaluate(X, np.eye(K, dtype=dtype)[y])
+    np.testing.assert_array_equal(by_label.classes_, _NAMES)
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.array(["cow", "ant", "gnu"] * 2 + ["bee"] * 2), "labels the model does not know: 'gnu'"),
+    (np.array(["cow", "ant", "bee ", "ant", "cow", "ant", "bee", "cow"]),
+     "labels the model does not know: 'bee '"),
+    (np.array([b"cow"] * 8), "cannot be saved with the model"),
+])
+def test_unknown_string_labels_get_the_full_checks_message(backend, labels, message):
+    m = _named_model(backend, "float32")
+    X, _ = _data("float32")
+    before = m.get_weights()
+    with pytest.raises((ValueError, TypeError), match=message):
+        m.train_on_batch(X, labels)
+    for a, b in zip(before, m.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_string_classes_changed_in_place_are_honoured(backend):
+    """The sorted classes are kept with the bytes of the classes_ they came from: classes_
+    reordered in place maps each label to its new unit."""
+    X, y = _data("float64")
+    m, reference = _named_model(backend, "float64"), _model(backend, "float64")
+    labels = _NAMES[y]
+    assert m.evaluate(X, labels) == reference.evaluate(X, np.eye(K)[y])
+    m.classes_[:] = _NAMES[::-1]   # "cow" is now unit 2
+    assert m.evaluate(X, labels) == reference.evaluate(X, np.eye(K)[2 - y])
+    assert m.train_on_batch(X, labels) == reference.train_on_batch(X, np.eye(K)[2 - y])
+    m.classes_ = np.array(["ant", "ant", "bee"])   # a label twice: the full checks refuse it
+    with pytest.raises(ValueError, match="hold the label 'ant' twice"):
+        m.train_on_batch(X, _NAMES[1:][y % 2])
+
+
+@pytest.mark.parametrize("dtype_of_y", [np.int64, np.uint8, np.bool_])
+def test_integer_one_hot_rows_train_as_float_ones(backend, dtype_of_y):
+    X, y = _data("float32")
+    by_int, by_float = _model(backend, "float32"), _model(backend, "float32")
+    for _ in range(2):
+        assert by_int.train_on_batch(X, np.eye(K, dtype=dtype_of_y)[y]) == \
+            by_float.train_on_batch(X, np.eye(K, dtype=np.float32)[y])
+    for a, b in zip(by_int.get_weights(), by_float.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert by_int.classes_ is None
+    bad = np.eye(K, dtype=np.int64)[y]
+    bad[0, 0] = 2
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        by_int.train_on_batch(X, bad)
