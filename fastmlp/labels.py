@@ -137,13 +137,25 @@ def encode(Y, net, classes):
         if numeric and _are_indices(flat, k):
             return flat.reshape(Y.shape), index_classes(k)
         classes = _found(flat, k)
-    classes = np.asarray(classes)
+    classes = counted(classes, k)
     if numeric and are_indices(classes):
         return flat.reshape(Y.shape), classes  # already indices; check_targets checks their range
     codes = _lookup(flat, classes)
     if net.loss.code == BINARY_CROSS_ENTROPY:
         codes = codes.reshape(-1, 1)
     return codes, classes
+
+
+def counted(classes, k):
+    """``classes`` (a model's classes_, which anyone may assign) as an array, if it holds
+    exactly k labels; else a ValueError naming both counts (a label past the output units
+    was otherwise reported as an index out of range that the user never gave)."""
+    classes = np.asarray(classes)
+    if classes.ndim != 1 or len(classes) != k:
+        raise ValueError(f"classes_ holds {classes.size} label(s) {classes.reshape(-1).tolist()[:10]}"
+                         f" but the model has {k} classes: set classes_ to exactly {k} "
+                         "distinct labels, one per class")
+    return classes
 
 
 def index_classes(k):
@@ -205,4 +217,6 @@ def decode(P, net, classes):
     else:
         raise ValueError(f"predict_classes needs a classification loss (cross_entropy or "
                          f"binary_cross_entropy); this model's loss is {net.loss.name!r}")
-    return idx if classes is None else np.asarray(classes)[idx]
+    if classes is None:
+        return idx
+    return counted(classes, n_classes(net.output_dim, net.loss.code))[idx]

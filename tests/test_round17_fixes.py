@@ -115,3 +115,22 @@ def test_a_regressors_partial_fit_with_other_outputs_says_so(y_of):
     assert "class labels" not in str(raised.value) and "loss=" not in str(raised.value)
     np.testing.assert_array_equal(reg.model_.get_weights()[0], weights)
     reg.partial_fit(X, Y)   # the same outputs still train
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_classes_of_the_wrong_length_is_named_where_it_is_used(backend):
+    # three labels assigned to a two-class model: the label past the units was reported
+    # as "class labels must be in [0, 2), got values from 2 to 2", indices never given
+    m = fm.Model([fm.Dense(4, "tanh"), fm.Dense(2, "softmax")], input_dim=3,
+                 loss="cross_entropy", backend=backend, seed=0)
+    m.classes_ = np.array(["a", "b", "c"])
+    X = np.zeros((2, 3))
+    message = r"classes_ holds 3 label\(s\) \['a', 'b', 'c'\] but the model has 2 classes"
+    for call in (m.evaluate, m.train_on_batch, m.fit):
+        with pytest.raises(ValueError, match=message):
+            call(X, np.array(["c", "c"]))
+    with pytest.raises(ValueError, match=message):
+        m.predict_classes(X)
+    m.classes_ = np.array(["a", "b"])
+    m.train_on_batch(X, np.array(["b", "a"]))
+    assert m.predict_classes(X).tolist() in (["a", "a"], ["a", "b"], ["b", "a"], ["b", "b"])
