@@ -36,12 +36,13 @@ import functools
 import hashlib
 import importlib
 import inspect
+import os
 import sys
 import threading
 
 import llvmlite.binding as llvm
 from numba import types
-from numba.core import caching, sigutils
+from numba.core import caching, config, sigutils
 from numba.core.dispatcher import Dispatcher
 from numba.extending import intrinsic
 
@@ -208,6 +209,20 @@ def _guard(cache):
     cache_file.__class__ = _CheckedCacheFile
     cache._load_overload = functools.partial(_load_overload, cache._load_overload, cache)
     cache.save_overload = functools.partial(_save_overload, cache.save_overload, cache)
+    _say_if_not_in_the_folder_asked_for(cache.cache_path)
+
+
+def _say_if_not_in_the_folder_asked_for(path):
+    """One line when NUMBA_CACHE_DIR is set but the cache is elsewhere: Numba passes over a
+    folder it cannot write (a read-only mount, a typo under /proc) to the next it can,
+    the package's own __pycache__ say, without a word."""
+    asked = config.CACHE_DIR
+    if not asked:
+        return
+    asked = os.path.abspath(asked)
+    if os.path.commonpath([asked, os.path.abspath(path)]) != asked:
+        _notice_once(("elsewhere", asked), f"NUMBA_CACHE_DIR={asked} cannot be written, so "
+                     f"Numba keeps the kernels' cache where it can: {path}")
 
 
 def guard_caches():

@@ -212,6 +212,37 @@ def test_an_error_swallowed_by_llvmlites_callback_leaves_the_kernel_working_unca
                for name in files)
 
 
+_GUARDED_KERNEL = """
+import sys
+sys.path.insert(0, ".")
+import kernel
+from fastmlp.kernels import numba_link
+numba_link.guard_cache(kernel.add_one)
+print(kernel.add_one(41))
+"""
+
+
+@needs_numba
+def test_a_numba_cache_dir_that_cannot_be_written_is_named(tmp_path):
+    # Numba passes over it to the next folder it can write (here the kernel's own
+    # __pycache__) without a word: the user's setting was ignored silently
+    (tmp_path / "kernel.py").write_text(_KERNEL)
+    (tmp_path / "a file").write_text("")
+    asked = tmp_path / "a file" / "cache"   # no folder can be made inside a file
+    done = subprocess.run([sys.executable, "-c", _GUARDED_KERNEL], cwd=tmp_path,
+                          env=dict(os.environ, NUMBA_CACHE_DIR=str(asked)),
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0 and done.stdout == "42\n", done.stderr
+    notices = [line for line in done.stderr.splitlines() if line.startswith("fastmlp:")]
+    assert notices == [f"fastmlp: NUMBA_CACHE_DIR={asked} cannot be written, so Numba keeps "
+                       f"the kernels' cache where it can: {tmp_path / '__pycache__'}"], \
+        done.stderr
+    writable = subprocess.run([sys.executable, "-c", _GUARDED_KERNEL], cwd=tmp_path,
+                              env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "c")),
+                              capture_output=True, text=True, timeout=300, check=False)
+    assert writable.stdout == "42\n" and "fastmlp:" not in writable.stderr, writable.stderr
+
+
 # A read-only install whose user has no writable home: Numba finds no folder for the
 # kernels' cache (no locator), which made every kernel's cache=True decoration raise and
 # the numba backend unavailable. Simulated by leaving Numba no locator to try.
