@@ -96,6 +96,15 @@ def _check_number(value, name, allow_none=False):
     return number
 
 
+def _resolve_mode(callback, who, needed):
+    """Set ``callback.mode`` to _check_mode of its monitor and the mode asked for: the one
+    it was made with ("auto" included), or the one assigned to ``mode`` since."""
+    if callback.mode != getattr(callback, "_resolved", None):
+        callback._asked = callback.mode   # assigned since (or just made)
+    callback.mode = callback._resolved = _check_mode(callback.monitor, callback._asked, who,
+                                                     needed)
+
+
 def _monitored(logs, monitor, who):
     """logs[monitor] as a float; a clear error when the epoch did not log it."""
     logs = logs or {}
@@ -179,16 +188,25 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto",
                  restore_best_weights=False, baseline=None):
-        self.mode = _check_mode(monitor, mode, "EarlyStopping")
-        self.monitor = monitor
+        self.monitor, self.mode = monitor, mode
+        self.patience, self.min_delta, self.baseline = patience, min_delta, baseline
+        self.restore_best_weights = restore_best_weights
+        self._check_settings()
+        self._reset()
+
+    def _check_settings(self):
+        """Check the settings and resolve mode "auto" for the monitor: when made, and again
+        as each fit begins, since they may have been reassigned meanwhile (a monitor
+        changed from "loss" to "accuracy" kept "min", and minimised the accuracy)."""
+        _resolve_mode(self, "EarlyStopping", needed=True)
+        patience = self.patience
         if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) \
                 or patience < 0:
             raise ValueError(f"patience must be an integer >= 0, got {patience!r}")
         self.patience = int(patience)
-        self.min_delta = abs(_check_number(min_delta, "min_delta"))  # Keras: the sign is ignored
-        self.restore_best_weights = bool(restore_best_weights)
-        self.baseline = _check_number(baseline, "baseline", allow_none=True)
-        self._reset()
+        self.min_delta = abs(_check_number(self.min_delta, "min_delta"))  # Keras: sign ignored
+        self.restore_best_weights = bool(self.restore_best_weights)
+        self.baseline = _check_number(self.baseline, "baseline", allow_none=True)
 
     def _reset(self):
         self.wait = 0
@@ -198,6 +216,7 @@ class EarlyStopping(Callback):
         self.best_state = None
 
     def on_train_begin(self, logs=None):
+        self._check_settings()
         self._reset()   # an instance may serve several fits
 
     def on_epoch_end(self, epoch, logs=None):
@@ -255,12 +274,22 @@ class ModelCheckpoint(Callback):
             self.path = os.fspath(path)
         except TypeError:
             raise TypeError(f"path must be a str or os.PathLike, got {path!r}") from None
-        self.save_best_only = bool(save_best_only)
-        self.mode = _check_mode(monitor, mode, "ModelCheckpoint", needed=self.save_best_only)
-        self.monitor = monitor
+        self.monitor, self.mode = monitor, mode
+        self.save_best_only = save_best_only
+        self._check_settings()
         self.best = None
         self.best_epoch = None
         self.last_saved = None
+
+    def _check_settings(self):
+        """As EarlyStopping's: when made and as each fit begins (save_best_only turned on
+        after a ModelCheckpoint was made to save every epoch kept mode "auto", read as
+        "max": it kept the epoch of the worst loss)."""
+        self.save_best_only = bool(self.save_best_only)
+        _resolve_mode(self, "ModelCheckpoint", needed=self.save_best_only)
+
+    def on_train_begin(self, logs=None):
+        self._check_settings()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -367,3 +396,8 @@ class ProgressBar(Callback):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    def __getstate__(self):
+        # without the open tqdm bar (one a fit that raised left open, or a copy made from
+        # a callback mid-fit): deepcopy recursed and pickle failed in tqdm's own state
+        return {**self.__dict__, "_bar": None}

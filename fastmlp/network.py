@@ -75,6 +75,12 @@ class Dense:
                                  f"from it would not see {name!r} change): make a new Dense")
         object.__setattr__(self, name, value)
 
+    def __delattr__(self, name):
+        # as an assignment: del left a model that trained on, but whose repr, save and
+        # pickle then failed
+        self.__setattr__(name, None)
+        object.__delattr__(self, name)
+
     def __reduce__(self):
         # rebuilt from its config: the activation entry holds functions that pickle
         # cannot name

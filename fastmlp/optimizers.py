@@ -53,6 +53,12 @@ class _Settings:
                 "training state (step count, momentum or Adam buffers)")
         object.__setattr__(self, name, value)
 
+    def __delattr__(self, name):
+        # as an assignment: del left a model that trained on, but whose repr, save and
+        # pickle then failed
+        self.__setattr__(name, None)
+        object.__delattr__(self, name)
+
     def __eq__(self, other):
         return type(other) is type(self) and other.config() == self.config()
 

@@ -134,3 +134,106 @@ def test_a_classes_of_the_wrong_length_is_named_where_it_is_used(backend):
     m.classes_ = np.array(["a", "b"])
     m.train_on_batch(X, np.array(["b", "a"]))
     assert m.predict_classes(X).tolist() in (["a", "a"], ["a", "b"], ["b", "a"], ["b", "b"])
+
+
+# Objects as Python objects (round 17's second helper): arrays edited in place, copies,
+# callbacks' settings reassigned, attributes deleted.
+def _frame_model(backend="numpy"):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(12, 4)), columns=list("abcd"))
+    m = fm.Model([fm.Dense(4, "tanh"), fm.Dense(3, "softmax")], input_dim=4,
+                 loss="cross_entropy", backend=backend, seed=0)
+    m.fit(frame, np.arange(12) % 3, epochs=1)
+    return m, frame
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_feature_names_edited_in_place_are_never_read_stale(backend):
+    # the cached check compared identities: after feature_names_in_[:] = [b, a, c, d] the
+    # original frame still passed, and so did df[[b, a, c, d]], read with columns swapped
+    m, frame = _frame_model(backend)
+    m.predict(frame)   # the frame's names cached
+    with pytest.raises(ValueError, match="read-only"):
+        m.feature_names_in_[:] = ["b", "a", "c", "d"]   # the names the model learnt
+    m.feature_names_in_ = np.array(["a", "b", "c", "d"])   # the user's own, writable
+    m.predict(frame)
+    m.feature_names_in_[:] = ["b", "a", "c", "d"]
+    with pytest.raises(ValueError, match="feature names"):
+        m.predict(frame)
+    np.testing.assert_array_equal(m.predict(frame[["b", "a", "c", "d"]]),
+                                  m.predict(frame.to_numpy()[:, [1, 0, 2, 3]]))
+    m.feature_names_in_ = ["a", "b", "c", "e"]   # a list: refused as a ValueError too
+    with pytest.raises(ValueError, match=r"trained with \['a', 'b', 'c', 'e'\]"):
+        m.predict(frame)
+
+
+def test_a_shallow_copy_owns_its_label_arrays():
+    import copy
+    m, frame = _frame_model()
+    twin = copy.copy(m)
+    assert twin.classes_ is not m.classes_
+    assert twin.feature_names_in_ is not m.feature_names_in_
+    twin.classes_[:] = [2, 1, 0]
+    np.testing.assert_array_equal(m.classes_, [0, 1, 2])
+    np.testing.assert_array_equal(twin.predict(frame), m.predict(frame))
+
+
+def _losses_model():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 3))
+    Y = np.eye(3)[rng.integers(0, 3, 30)]
+    m = fm.Model([fm.Dense(6, "tanh"), fm.Dense(3, "softmax")], input_dim=3,
+                 loss="cross_entropy", optimizer=fm.SGD(0.5), seed=0)
+    return m, X, Y
+
+
+def test_a_checkpoints_settings_changed_after_it_was_made_are_used(tmp_path):
+    # save_best_only turned on later kept mode "auto", read as "max": the worst epoch kept
+    m, X, Y = _losses_model()
+    ck = fm.ModelCheckpoint(tmp_path / "best.npz", monitor="loss", save_best_only=False)
+    ck.save_best_only = True
+    history = m.fit(X, Y, epochs=6, callbacks=[ck])
+    losses = history.history["loss"]
+    assert ck.mode == "min" and ck.best == min(losses)
+    assert ck.best_epoch == int(np.argmin(losses))
+
+
+def test_an_early_stoppings_monitor_changed_after_it_was_made_is_judged_its_way():
+    m, X, Y = _losses_model()
+    stop = fm.EarlyStopping(monitor="loss", patience=2)
+    stop.monitor = "accuracy"    # kept "min": minimised the accuracy
+    m.fit(X, Y, epochs=5, metrics=["accuracy"], callbacks=[stop])
+    assert stop.mode == "max"
+    stop.mode = "min"            # an explicit mode assigned later is the one used
+    m.fit(X, Y, epochs=1, metrics=["accuracy"], callbacks=[stop])
+    assert stop.mode == "min"
+    stop.patience = "3"          # failed deep inside with a TypeError
+    with pytest.raises(ValueError, match="patience must be an integer"):
+        m.fit(X, Y, epochs=1, metrics=["accuracy"], callbacks=[stop])
+
+
+@pytest.mark.parametrize("obj, name", [(fm.Dense(3, "relu"), "units"), (fm.SGD(0.1), "lr"),
+                                       (fm.Adam(), "beta1")])
+def test_frozen_objects_refuse_del_as_they_refuse_assignment(obj, name):
+    with pytest.raises(AttributeError, match="cannot be changed once made"):
+        delattr(obj, name)
+    assert getattr(obj, name) is not None and repr(obj)
+
+
+def test_a_progress_bar_left_open_by_a_failed_fit_copies_and_pickles():
+    import copy
+    import io
+    import pickle
+    pytest.importorskip("tqdm")
+    m, X, Y = _losses_model()
+    bar = fm.ProgressBar(file=io.StringIO())
+
+    class Boom(fm.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        m.fit(X, Y, epochs=3, callbacks=[bar, Boom()])
+    assert copy.deepcopy(bar)._bar is None
+    bar.file = None
+    assert pickle.loads(pickle.dumps(bar))._bar is None
+    m.fit(X, Y, epochs=2, callbacks=[bar])   # the open bar closed, a new one made
