@@ -96,13 +96,37 @@ def _check_number(value, name, allow_none=False):
     return number
 
 
-def _resolve_mode(callback, who, needed):
-    """Set ``callback.mode`` to _check_mode of its monitor and the mode asked for: the one
-    it was made with ("auto" included), or the one assigned to ``mode`` since."""
-    if callback.mode != getattr(callback, "_resolved", None):
-        callback._asked = callback.mode   # assigned since (or just made)
-    callback.mode = callback._resolved = _check_mode(callback.monitor, callback._asked, who,
-                                                     needed)
+class _Monitoring(Callback):
+    """A callback judging a logged value (EarlyStopping, ModelCheckpoint). ``mode`` reads
+    as the direction it judges by ("min" or "max"; "auto" only when none is needed) and
+    keeps what was asked for, "auto" included, so that the direction is worked out again,
+    strictly, as each fit begins (_judge): settings reassigned after the callback was made
+    are then judged their way. Resolved once when made and kept, a monitor changed to
+    "accuracy" kept "min", and a mode assigned after the monitor changed was taken for the
+    one resolved before."""
+
+    _needs_mode = True
+
+    @property
+    def mode(self):
+        try:
+            return _check_mode(self.monitor, self._asked, "", self._needs_mode)
+        except (TypeError, ValueError):
+            return self._asked   # (not valid for this monitor: the fit says so)
+
+    @mode.setter
+    def mode(self, value):
+        self._asked = value
+
+    def _judge(self):
+        """The direction for this fit, from the settings as they are now."""
+        self._direction = _check_mode(self.monitor, self._asked, type(self).__name__,
+                                      self._needs_mode)
+
+    def __setstate__(self, state):
+        if "mode" in state:   # pickled before mode was kept as asked
+            state["_asked"] = state.pop("mode")
+        self.__dict__.update(state)
 
 
 def _monitored(logs, monitor, who):
@@ -162,7 +186,7 @@ def _improves(value, best, mode, min_delta):
     return value - min_delta > best
 
 
-class EarlyStopping(Callback):
+class EarlyStopping(_Monitoring):
     """Stop training when a monitored value has stopped improving (Keras 3's semantics).
 
     Parameters
@@ -198,7 +222,7 @@ class EarlyStopping(Callback):
         """Check the settings and resolve mode "auto" for the monitor: when made, and again
         as each fit begins, since they may have been reassigned meanwhile (a monitor
         changed from "loss" to "accuracy" kept "min", and minimised the accuracy)."""
-        _resolve_mode(self, "EarlyStopping", needed=True)
+        self._judge()
         patience = self.patience
         if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) \
                 or patience < 0:
@@ -222,12 +246,12 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, epoch, logs=None):
         value = _monitored(logs, self.monitor, "EarlyStopping")
         self.wait += 1
-        if _improves(value, self.best, self.mode, self.min_delta):
+        if _improves(value, self.best, self._direction, self.min_delta):
             self.best, self.best_epoch = value, epoch
             if self.restore_best_weights:
                 self.best_state = self.model.get_state()
             # The wait restarts only when the value also beats the baseline.
-            if self.baseline is None or _improves(value, self.baseline, self.mode,
+            if self.baseline is None or _improves(value, self.baseline, self._direction,
                                                   self.min_delta):
                 self.wait = 0
             return
@@ -253,7 +277,7 @@ def _file_identity(path):
     return st.st_dev, st.st_ino, st.st_mtime_ns
 
 
-class ModelCheckpoint(Callback):
+class ModelCheckpoint(_Monitoring):
     """Save the model with ``model.save`` (atomic) when a monitored value improves.
 
     Parameters
@@ -286,16 +310,26 @@ class ModelCheckpoint(Callback):
         after a ModelCheckpoint was made to save every epoch kept mode "auto", read as
         "max": it kept the epoch of the worst loss)."""
         self.save_best_only = bool(self.save_best_only)
-        _resolve_mode(self, "ModelCheckpoint", needed=self.save_best_only)
+        self._judge()
+
+    @property
+    def _needs_mode(self):
+        return self.save_best_only
 
     def on_train_begin(self, logs=None):
         self._check_settings()
+        judged_by = self.monitor, self._direction
+        if judged_by != getattr(self, "_judged_by", judged_by):
+            # another value, or the other way: the best of the old one means nothing here
+            # (an accuracy of 0.65 compared with a loss of 0.69 saved nothing)
+            self.best = self.best_epoch = None
+        self._judged_by = judged_by
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if self.save_best_only:
             value = _monitored(logs, self.monitor, "ModelCheckpoint")
-            if not _improves(value, self.best, self.mode, 0.0):
+            if not _improves(value, self.best, self._direction, 0.0):
                 return
         path = self._format(epoch, logs)
         before = _file_identity(path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import decimal
 import gzip
+import math
 import os
 import zlib
 from importlib import resources
@@ -205,19 +206,33 @@ class _TableBuilder:
         """The next ``rows`` (lists of str, as many as the header) and their file lines."""
         if self.header is None:
             self._columns(header)
-        path, t = self.path, self.t
+        t = self.t
         columns = list(zip(*rows))
         X = np.empty((len(rows), len(self.features)), dtype=np.float64)
         for j, i in enumerate(i for i in range(len(header)) if i != t):
-            X[:, j] = _numeric_column(path, header[i], columns[i], lines)
+            values = _finite_floats(columns[i])
+            if values is None:
+                self._first_problem(header, rows, lines)
+            X[:, j] = values
         cells = [c.strip() for c in columns[t]]
-        for cell, line in zip(cells, lines):
-            if not cell:
-                raise ValueError(f"{path}, line {line}, target column {self.target!r}: "
-                                 "missing value")
+        if not all(cells):
+            self._first_problem(header, rows, lines)
         self.parts.append(X)
         self.cells += cells
         self.lines += lines
+
+    def _first_problem(self, header, rows, lines):
+        """Raise the first bad cell of ``rows`` in file order (line, then column), so the
+        error named does not depend on where the chunks fall."""
+        for row, line in zip(rows, lines):
+            for i, cell in enumerate(row):
+                if i == self.t:
+                    if not cell.strip():
+                        raise ValueError(f"{self.path}, line {line}, target column "
+                                         f"{self.target!r}: missing value")
+                else:
+                    _number(f"{self.path}, line {line}, column {header[i]!r}", cell)
+        raise AssertionError("a bad cell was found, then not found again")
 
     def _columns(self, header):
         path, target = self.path, self.target
@@ -409,6 +424,8 @@ def _parse_rows(path, add):
             if not row or all(not cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
+                if rows:   # a bad cell above it is named first: errors in file order
+                    add(header, rows, lines)
                 raise ValueError(f"{path}, line {reader.line_num}: {len(row)} fields but the "
                                  f"header has {len(header)}")
             rows.append(row)
@@ -466,27 +483,27 @@ def _check_header(path, header):
         seen.add(name)
 
 
-def _numeric_column(path, name, cells, lines):
-    """One feature column as float64 (n,); the first bad cell is named in the error."""
+def _finite_floats(cells):
+    """A feature column as float64 (n,), or None when a cell is not a finite number."""
     try:
         values = _floats(cells)
     except ValueError:
-        values = None
-    if values is not None and np.isfinite(values).all():
-        return values
-    out = np.empty(len(cells), dtype=np.float64)
-    for k, (cell, line) in enumerate(zip(cells, lines)):
-        where = f"{path}, line {line}, column {name!r}"
-        if not cell.strip():
-            raise ValueError(f"{where}: missing value")
-        try:
-            out[k] = float(cell)
-        except ValueError:
-            raise ValueError(f"{where}: {cell!r} is not a number (feature columns must be numeric; "
-                             "encode or drop non-numeric columns)") from None
-        if not np.isfinite(out[k]):
-            raise ValueError(f"{where}: {cell!r} is not a finite number")
-    return out
+        return None
+    return values if np.isfinite(values).all() else None
+
+
+def _number(where, cell):
+    """float(cell), or the ValueError naming ``where`` the cell is."""
+    if not cell.strip():
+        raise ValueError(f"{where}: missing value")
+    try:
+        value = float(cell)
+    except ValueError:
+        raise ValueError(f"{where}: {cell!r} is not a number (feature columns must be numeric; "
+                         "encode or drop non-numeric columns)") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: {cell!r} is not a finite number")
+    return value
 
 
 def _floats(cells):

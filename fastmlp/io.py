@@ -93,14 +93,17 @@ def save(model, path):
 
 
 def _savez(f, blob, arrays):
-    """np.savez, with a Ctrl-C raised as itself: landing in a member's close, it became
-    the ValueError zipfile's own close raises over it ("Can't close the ZIP file while
-    there is an open writing handle"), which ``except KeyboardInterrupt`` never sees."""
+    """np.savez, with what stopped a member's write raised as itself: a Ctrl-C, or a
+    signal handler's TimeoutError, landing there became the ValueError zipfile's own
+    close raises over it ("Can't close the ZIP file while there is an open writing
+    handle"), which ``except KeyboardInterrupt`` or ``except TimeoutError`` never sees."""
     try:
         np.savez(f, header=blob, **arrays)
     except Exception as exc:
-        if isinstance(exc.__context__, KeyboardInterrupt):
-            raise exc.__context__ from None
+        cause = exc.__context__
+        if isinstance(cause, KeyboardInterrupt) or (
+                cause is not None and "open writing handle" in str(exc)):
+            raise cause from None
         raise
 
 

@@ -151,7 +151,10 @@ def counted(classes, k):
     exactly k labels; else a ValueError naming both counts (a label past the output units
     was otherwise reported as an index out of range that the user never gave)."""
     classes = np.asarray(classes)
-    if classes.ndim != 1 or len(classes) != k:
+    if classes.ndim != 1:
+        raise ValueError(f"classes_ must be 1-D, one label per class; got shape "
+                         f"{classes.shape}")
+    if len(classes) != k:
         raise ValueError(f"classes_ holds {classes.size} label(s) {classes.reshape(-1).tolist()[:10]}"
                          f" but the model has {k} classes: set classes_ to exactly {k} "
                          "distinct labels, one per class")

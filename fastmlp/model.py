@@ -1258,6 +1258,10 @@ class Model:
             return None
         key, sorted_classes = (classes.dtype, classes.tobytes()), self._sorted_classes
         if sorted_classes is None or sorted_classes[0] != key:
+            # sorted from a copy of the bytes compared: classes_ sorted where it lies, edited
+            # in place by another thread meanwhile, kept one classes_'s order under
+            # another's bytes, and mapped labels to the wrong units from then on
+            classes = np.frombuffer(key[1], dtype=key[0])
             order = np.argsort(classes, kind="stable")
             ranked = classes[order]
             if (ranked[1:] == ranked[:-1]).any():

@@ -248,20 +248,23 @@ def test_ctrl_c_right_after_the_temporary_file_is_made_leaves_nothing(tmp_path, 
 
 # np.savez's interrupted ZipFile, collected below, complains in its __del__ (zipfile's own)
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_ctrl_c_in_a_zip_members_close_is_raised_as_itself(tmp_path, monkeypatch):
-    """Landing in a member's close, the interrupt came out as zipfile's ValueError ("Can't
+@pytest.mark.parametrize("signalled", [KeyboardInterrupt, TimeoutError])
+def test_a_signal_in_a_zip_members_close_is_raised_as_itself(tmp_path, monkeypatch,
+                                                              signalled):
+    """Landing in a member's close, the interrupt (or a SIGALRM handler's TimeoutError:
+    hostile round 18, 14 in 2,998 timed saves) came out as zipfile's ValueError ("Can't
     close the ZIP file while there is an open writing handle"), which a caller's
-    ``except KeyboardInterrupt`` never saw."""
+    ``except KeyboardInterrupt`` (``except TimeoutError``) never saw."""
     import zipfile
     path = tmp_path / "m.fastmlp"
     real = zipfile._ZipWriteFile.close
 
     def close(self):
         monkeypatch.setattr(zipfile._ZipWriteFile, "close", real)
-        raise KeyboardInterrupt
+        raise signalled("the handler's")
 
     monkeypatch.setattr(zipfile._ZipWriteFile, "close", close)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(signalled, match="the handler's"):
         _model().save(path)
     assert os.listdir(tmp_path) == []
     gc.collect()

@@ -283,3 +283,122 @@ def test_reading_a_csv_takes_a_few_times_its_size(tmp_path):
     # 4.3x here (the table itself, X, the target's str cells and the line numbers, is
     # 2.7x), 12.0x when every row was kept as str until the end
     assert peak < 6 * path.stat().st_size, (peak, path.stat().st_size)
+
+
+def test_classes_edited_in_place_by_another_thread_never_leave_a_wrong_label_map():
+    # round 18: the sorted copy was made from classes_ where it lay, after its bytes were
+    # read: an edit in between cached one classes_'s order under another's bytes, and
+    # string labels went to the wrong units from then on (4 runs of 4, after 1-109 calls)
+    import sys
+    import threading
+    import time
+    m = fm.Model([fm.Dense(3, "softmax")], input_dim=2, loss="cross_entropy", seed=1)
+    orders = np.array(["a", "b", "c"]), np.array(["c", "a", "b"])
+    m.classes_ = orders[0].copy()
+    stop, interval = threading.Event(), sys.getswitchinterval()
+
+    def editor(classes=m.classes_):
+        while not stop.is_set():
+            for order in orders:
+                classes[...] = order
+                time.sleep(0)
+    sys.setswitchinterval(1e-6)
+    worker = threading.Thread(target=editor)
+    worker.start()
+    try:
+        X, y = np.zeros((1, 2)), np.array(["a"])
+        for _ in range(3000):
+            m.evaluate(X, y)
+            key, order, ranked = m._sorted_classes or (None, None, None)
+            if key is not None:
+                assert np.array_equal(np.frombuffer(key[1], dtype=key[0])[order], ranked)
+    finally:
+        stop.set()
+        worker.join()
+        sys.setswitchinterval(interval)
+    Xs, ys = np.array([[0.3, -1.0], [1.0, 2.0], [0.5, 0.5]]), np.array(["a", "b", "c"])
+    for classes in orders:
+        m.classes_ = classes.copy()
+        at = [classes.tolist().index(label) for label in ys]
+        assert m.evaluate(Xs, ys) == m.evaluate(Xs, np.eye(3)[at])
+
+
+def test_a_2d_classes_is_named_as_such():
+    m = _model()
+    m.classes_ = np.array([["a", "b", "c"]])
+    for call in (lambda: m.evaluate(np.zeros((1, 3)), np.array(["a"])),
+                 lambda: m.predict_classes(np.zeros((1, 3)))):
+        with pytest.raises(ValueError, match=r"classes_ must be 1-D, one label per class; "
+                                             r"got shape \(1, 3\)"):
+            call()
+
+
+@pytest.mark.parametrize("kind", ["EarlyStopping", "ModelCheckpoint"])
+def test_a_mode_assigned_after_the_monitor_changed_is_the_one_used(kind, tmp_path):
+    # round 18: a mode equal to the one resolved before was taken as "not reassigned", so
+    # monitor="val_accuracy" then mode="min" became "max" at the next fit
+    cb = (fm.EarlyStopping(monitor="loss") if kind == "EarlyStopping"
+          else fm.ModelCheckpoint(tmp_path / "m.npz", monitor="loss"))
+    assert cb.mode == "min"
+    cb.monitor, cb.mode = "val_accuracy", "min"
+    assert cb.mode == "min"
+    cb.monitor, cb.mode = "my_err", "min"   # a name "auto" does not know: mode given
+    m, X, Y = _losses_model()
+    m.fit(X, Y, epochs=2, callbacks=[_Logs(my_err=lambda epoch: 1.0 / (epoch + 1)), cb])
+    assert cb.best == 0.5
+    cb.mode = "auto"
+    assert cb.mode == "auto"   # as asked: "my_err" has no known direction
+    with pytest.raises(ValueError, match="cannot tell whether 'my_err' improves"):
+        m.fit(X, Y, epochs=1, callbacks=[_Logs(my_err=lambda epoch: 1.0), cb])
+
+
+class _Logs(fm.Callback):
+    """Adds values to each epoch's logs (a custom metric), before the others read them."""
+
+    def __init__(self, **values):
+        super().__init__()
+        self.values = values
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in self.values.items():
+            logs[name] = value(epoch)
+
+
+def test_a_checkpoints_best_is_forgotten_when_it_judges_another_value(tmp_path):
+    # round 18: after monitoring loss (best 0.69), accuracies of 0.63-0.65 were compared
+    # with that loss: nothing was saved in the next fit
+    m, X, Y = _losses_model()
+    ck = fm.ModelCheckpoint(tmp_path / "m.npz", monitor="loss")
+    m.fit(X, Y, epochs=2, callbacks=[ck])
+    ck.monitor = "accuracy"
+    history = m.fit(X, Y, epochs=3, metrics=["accuracy"], callbacks=[ck])
+    accuracy = history.history["accuracy"]
+    assert ck.best == max(accuracy) and ck.best_epoch == int(np.argmax(accuracy))
+    again = ck.best
+    m.fit(X, Y, epochs=1, metrics=["accuracy"], callbacks=[ck])   # the same: kept
+    assert ck.best >= again
+
+
+@pytest.mark.parametrize("rows", [6, 7, 8, 15])
+def test_a_csvs_first_problem_in_file_order_is_named_wherever_the_chunks_fall(tmp_path,
+                                                                              monkeypatch,
+                                                                              rows):
+    # round 18: with a non-number on line 2 and a ragged last row, the ragged row was named
+    # below the chunk size and line 2 above it
+    from fastmlp import datasets
+    monkeypatch.setattr(datasets, "_CHUNK_ROWS", 7)
+    body = [f"{r},{r + 1},{r % 2}" for r in range(rows)]
+    body[0] = "x,1,0"
+    body[min(3, rows - 2)] = "1,oops,1"    # later in the file, in an earlier column order
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join(["a,b,y", *body, "1,2"]) + "\n")
+    with pytest.raises(ValueError, match=r"t.csv, line 2, column 'a': 'x' is not a number"):
+        datasets.read_csv(path)
+    body[0] = "0,1,0"
+    path.write_text("\n".join(["a,b,y", *body, "1,2"]) + "\n")
+    with pytest.raises(ValueError, match=rf"line {min(3, rows - 2) + 2}, column 'b': 'oops'"):
+        datasets.read_csv(path)
+    body[min(3, rows - 2)] = "1,2,1"
+    path.write_text("\n".join(["a,b,y", *body, "1,2"]) + "\n")
+    with pytest.raises(ValueError, match=rf"line {rows + 2}: 2 fields but the header has 3"):
+        datasets.read_csv(path)
