@@ -28,7 +28,7 @@ import stat
 import tempfile
 import threading
 
-from ._signals import signals_deferred, run_whole
+from ._signals import raise_if_signalled, run_whole, signals_deferred
 
 _TEMP = re.compile(r"\.fastmlp-(\d+)-[a-z0-9_]+\.tmp\Z")
 _umask_lock = threading.Lock()
@@ -72,10 +72,12 @@ def replace(path, write):
     folder_problem = names_a_folder(path)
     if folder_problem:
         raise ValueError(f"cannot save to {path}: {folder_problem}; give a file name")
-    target = os.path.realpath(path)
+    with signals_deferred():   # realpath and isdir swallow an OSError, a timeout's too
+        target = os.path.realpath(path)
+        folder = os.path.dirname(target)
+        is_folder = os.path.isdir(folder)
     shown = path if target == os.path.abspath(path) else f"{path} (a link to {target})"
-    folder = os.path.dirname(target)
-    if not os.path.isdir(folder):
+    if not is_folder:
         raise FileNotFoundError(errno.ENOENT, f"cannot save {shown}: no such folder", folder)
     mode = _mode_for(target, shown)
     remove_stale_temporaries(folder)
@@ -86,6 +88,7 @@ def replace(path, write):
                 fd, tmp = tempfile.mkstemp(prefix=f".fastmlp-{os.getpid()}-", suffix=".tmp",
                                            dir=folder)
             except OSError as exc:  # e.g. /proc/<pid>: files there can be read, none created
+                raise_if_signalled(exc)
                 raise _naming(exc, f"cannot save {shown}: cannot create a file in "
                               f"{folder}") from None
             f = os.fdopen(fd, "wb")
@@ -96,11 +99,13 @@ def replace(path, write):
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:   # disk full, a file size limit, an I/O error
+            raise_if_signalled(exc)
             raise _naming(exc, f"cannot save {shown}: writing it failed; the file there "
                           "is kept as it was") from None
         try:
             os.replace(tmp, target)
         except OSError as exc:
+            raise_if_signalled(exc)
             raise _naming(exc, f"cannot save {shown}: cannot replace it") from None
     except BaseException:
         def clean_up():
@@ -118,8 +123,8 @@ def replace(path, write):
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        raise_if_signalled(exc)   # (held back over the fsync, raised as the block ends)
     _record_our_save(folder)
 
 
@@ -151,8 +156,8 @@ def current_umask():
             for line in f:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
+    except (OSError, ValueError, IndexError) as exc:
+        raise_if_signalled(exc)
     # Reading it elsewhere means setting it: 0o077 for that instant, so a file another
     # thread creates meanwhile gets stricter permissions, never looser.
     with _umask_lock:
@@ -171,15 +176,16 @@ def _unchanged_since_our_save(folder):
     a killed writer can have appeared, so there is nothing to sweep."""
     try:
         return _AFTER_OUR_SAVE.get(folder) == (os.getpid(), os.stat(folder).st_mtime_ns)
-    except OSError:
+    except OSError as exc:
+        raise_if_signalled(exc)
         return False
 
 
 def _record_our_save(folder):
     try:
         _AFTER_OUR_SAVE[folder] = (os.getpid(), os.stat(folder).st_mtime_ns)
-    except OSError:
-        pass
+    except OSError as exc:
+        raise_if_signalled(exc)
 
 
 def remove_stale_temporaries(folder):
@@ -193,15 +199,16 @@ def remove_stale_temporaries(folder):
         return
     try:
         names = os.listdir(folder)
-    except OSError:
+    except OSError as exc:
+        raise_if_signalled(exc)
         return
     for name in names:
         match = _TEMP.match(name)
         if match and not _alive(int(match.group(1))):
             try:
                 os.unlink(os.path.join(folder, name))
-            except OSError:
-                pass
+            except OSError as exc:
+                raise_if_signalled(exc)
 
 
 def _alive(pid):
@@ -211,6 +218,7 @@ def _alive(pid):
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError, ValueError, OSError):
+    except (PermissionError, OverflowError, ValueError, OSError) as exc:
+        raise_if_signalled(exc)
         return True  # exists but is not ours, or not a pid we can judge: keep its file
     return True

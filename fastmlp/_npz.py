@@ -34,7 +34,7 @@ import zlib
 import numpy as np
 
 from ._atomic import kind, names_a_folder
-from ._signals import signals_deferred
+from ._signals import raise_if_signalled, signals_deferred
 
 _fmt = np.lib.format
 
@@ -204,10 +204,12 @@ def _open_without_blocking(path):
     save does for the same paths; a socket, which cannot be opened, is a FormatError."""
     try:
         return os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except OSError:
+    except OSError as exc:
+        raise_if_signalled(exc)
         try:
             what = kind(os.stat(path).st_mode)
-        except OSError:
+        except OSError as exc:
+            raise_if_signalled(exc)
             what = None
         if what:
             raise FormatError(f"it is {what}, not a regular file") from None

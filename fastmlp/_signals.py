@@ -41,7 +41,7 @@ def signals_deferred(notice=None):
     for signum in _SIGNALS:   # _signal's getsignal: 2 us for all 62, signal's 90 us
         try:
             handler = _signal.getsignal(signum)
-        except (OSError, ValueError):
+        except ValueError:   # (not an OSError: a timeout landing here was swallowed)
             continue
         if callable(handler) and handler not in _NOTES:
             handlers[signum] = handler
@@ -102,6 +102,22 @@ def _swap(handler, signum=signal.SIGINT):
             error = error or exc
     if error is not None:
         raise error
+
+
+def from_a_handler(exc):
+    """Whether ``exc`` came from outside the code it landed in: a KeyboardInterrupt, or an
+    OSError no system call raised, i.e. without an error number (a SIGALRM handler's
+    TimeoutError is an OSError: _npz.raised_by_caller's rule for load)."""
+    return isinstance(exc, KeyboardInterrupt) or (
+        isinstance(exc, OSError) and exc.errno is None and not isinstance(exc, ValueError))
+
+
+def raise_if_signalled(exc):
+    """For an ``except OSError`` meant for the system's errors: raise ``exc`` again when a
+    signal handler raised it (from_a_handler). A timeout landing in such a block was lost
+    (an fsync of the folder after a save, a stat) or became the file's error."""
+    if from_a_handler(exc):
+        raise exc
 
 
 # How often run_whole runs an undo again after one of its own errors (not a Ctrl-C):

@@ -34,6 +34,7 @@ import sys
 
 import numpy as np
 
+from ._signals import raise_if_signalled
 from .validation import as_float, shown
 
 # Keys of the epoch logs that are not a metric to print next to the loss.
@@ -119,9 +120,21 @@ class _Monitoring(Callback):
         self._asked = value
 
     def _judge(self):
-        """The direction for this fit, from the settings as they are now."""
+        """The direction, from the settings as they are now."""
         self._direction = _check_mode(self.monitor, self._asked, type(self).__name__,
                                       self._needs_mode)
+
+    def _settle(self):
+        """Check the settings (_check_settings) and work out the direction from them as
+        they are now, as each fit begins and at each epoch's end: reassigned mid-fit, from
+        another callback, they were read as they had been when the fit began. A change of
+        the value judged, or of its direction, forgets the best of the old one (_forget):
+        an accuracy compared with a loss's best meant nothing."""
+        self._check_settings()
+        judged_by = self.monitor, self._direction
+        if judged_by != getattr(self, "_judged_by", judged_by):
+            self._forget()
+        self._judged_by = judged_by
 
     def __setstate__(self, state):
         if "mode" in state:   # pickled before mode was kept as asked
@@ -240,10 +253,14 @@ class EarlyStopping(_Monitoring):
         self.best_state = None
 
     def on_train_begin(self, logs=None):
-        self._check_settings()
+        self._settle()
         self._reset()   # an instance may serve several fits
 
+    def _forget(self):
+        self.best, self.best_epoch, self.best_state, self.wait = None, 0, None, 0
+
     def on_epoch_end(self, epoch, logs=None):
+        self._settle()
         value = _monitored(logs, self.monitor, "EarlyStopping")
         self.wait += 1
         if _improves(value, self.best, self._direction, self.min_delta):
@@ -272,7 +289,8 @@ def _file_identity(path):
     replaces it."""
     try:
         st = os.stat(path)
-    except OSError:
+    except OSError as exc:
+        raise_if_signalled(exc)
         return None
     return st.st_dev, st.st_ino, st.st_mtime_ns
 
@@ -317,15 +335,13 @@ class ModelCheckpoint(_Monitoring):
         return self.save_best_only
 
     def on_train_begin(self, logs=None):
-        self._check_settings()
-        judged_by = self.monitor, self._direction
-        if judged_by != getattr(self, "_judged_by", judged_by):
-            # another value, or the other way: the best of the old one means nothing here
-            # (an accuracy of 0.65 compared with a loss of 0.69 saved nothing)
-            self.best = self.best_epoch = None
-        self._judged_by = judged_by
+        self._settle()
+
+    def _forget(self):
+        self.best = self.best_epoch = None
 
     def on_epoch_end(self, epoch, logs=None):
+        self._settle()
         logs = logs or {}
         if self.save_best_only:
             value = _monitored(logs, self.monitor, "ModelCheckpoint")

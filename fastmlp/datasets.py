@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._atomic import kind
+from ._signals import raise_if_signalled
 
 _INT64 = (int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max))
 
@@ -395,6 +396,7 @@ def _read_rows(path, add):
     except zlib.error as exc:
         raise ValueError(f"{path}: damaged gzip data ({exc})") from None
     except OSError as exc:  # missing, a directory, no permission, ...
+        raise_if_signalled(exc)
         raise ValueError(f"{path}: {exc.strerror or exc}") from None
     except csv.Error as exc:
         raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
@@ -442,7 +444,8 @@ def _refuse_devices(path):
     line. A fifo is read (``--data <(zcat big.csv.gz)``); a missing path is left to open."""
     try:
         what = kind(os.stat(path).st_mode)
-    except OSError:
+    except OSError as exc:
+        raise_if_signalled(exc)
         return
     if what not in (None, "a fifo", "a directory"):   # (open names a directory itself)
         raise ValueError(f"{path}: it is {what}, not a CSV file")

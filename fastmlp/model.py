@@ -18,7 +18,7 @@ import numpy as np
 
 from . import activations as act
 from . import io, labels, optimizers, rules, validation, warmup
-from ._signals import signals_deferred, run_whole
+from ._signals import from_a_handler, run_whole, signals_deferred
 from . import metrics as metric_table
 from .backends import get_backend
 from .backends import resolve as resolve_backend
@@ -974,7 +974,9 @@ class Model:
                     # show. A callback's or metric's own error keeps the trained epoch, as in
                     # Keras. model.history is this fit's (a fit in a callback replaced it).
                     self.history = history
-                    if not recorded and (not trained or isinstance(exc, KeyboardInterrupt)):
+                    # (a timeout's TimeoutError from a signal handler is an interrupt too:
+                    # kept, it left an epoch trained that the History did not show)
+                    if not recorded and (not trained or from_a_handler(exc)):
                         def undo():
                             if trained:   # (a failed training was undone in its lock)
                                 with self._lock:

@@ -47,7 +47,7 @@ from numba.core.dispatcher import Dispatcher
 from numba.extending import intrinsic
 
 from fastmlp._npz import raised_by_caller
-from fastmlp._signals import signals_deferred
+from fastmlp._signals import raise_if_signalled, signals_deferred
 
 _NOTICES_LOCK = threading.Lock()
 _NOTICED = set()
@@ -63,8 +63,8 @@ def _notice_once(key, message):
         _NOTICED.add(key)
     try:
         print(f"fastmlp: {message}", file=sys.stderr, flush=True)
-    except (OSError, ValueError):  # no usable stderr: the notice is only a notice
-        pass
+    except (OSError, ValueError) as exc:  # no usable stderr: the notice is only a notice
+        raise_if_signalled(exc)
 
 
 def _why(exc):

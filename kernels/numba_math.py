@@ -27,6 +27,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from fastmlp._signals import raise_if_signalled
+
 from .numba_views import flat
 
 
@@ -57,6 +59,7 @@ def _no_cache_folder():
             os.makedirs(folder, exist_ok=True)
             tempfile.TemporaryFile(dir=folder).close()
     except OSError as exc:
+        raise_if_signalled(exc)
         return (f"Numba cannot cache its compiled kernels in NUMBA_CACHE_DIR={folder} "
                 f"({exc.strerror or exc}), nor in kernels/__pycache__ or the user's cache "
                 "folder, so each process compiles them again (about 10 s); point "

@@ -402,3 +402,119 @@ def test_a_csvs_first_problem_in_file_order_is_named_wherever_the_chunks_fall(tm
     path.write_text("\n".join(["a,b,y", *body, "1,2"]) + "\n")
     with pytest.raises(ValueError, match=rf"line {rows + 2}: 2 fields but the header has 3"):
         datasets.read_csv(path)
+
+
+# Round 19: a signal handler's TimeoutError is an OSError (without an errno), and blocks
+# written for the system's errors (except OSError) swallowed it: the call returned and
+# the timeout was lost; a timeout landing after an epoch trained kept that epoch out of
+# the History; callbacks' settings changed mid-fit were read as they were at its start.
+def test_a_timeout_in_the_folders_fsync_after_a_save_is_raised(tmp_path, monkeypatch):
+    import os
+    from fastmlp import _atomic
+    real, calls = os.fsync, []
+
+    def fsync(fd):   # the folder's fsync: the last, after the file's own
+        calls.append(fd)
+        if len(calls) == 2:
+            raise TimeoutError("my time limit")
+        return real(fd)
+    monkeypatch.setattr(_atomic.os, "fsync", fsync)
+    m = _model()
+    with pytest.raises(TimeoutError, match="my time limit"):
+        m.save(tmp_path / "m.npz")
+    monkeypatch.undo()
+    np.testing.assert_array_equal(fm.load(tmp_path / "m.npz").get_weights()[0],
+                                  m.get_weights()[0])
+
+
+def test_a_timeout_in_the_handler_scan_of_a_deferred_block_is_raised(monkeypatch):
+    from fastmlp import _signals
+    real = _signals._signal
+
+    class Scan:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def getsignal(self, signum):
+            if signum == 5:
+                raise TimeoutError("my time limit")
+            return real.getsignal(signum)
+    monkeypatch.setattr(_signals, "_signal", Scan())
+    m = _model()
+    with pytest.raises(TimeoutError, match="my time limit"):
+        m.set_state(m.get_state())
+
+
+@pytest.mark.parametrize("where", ["stat", "listdir", "unlink"])
+def test_timeouts_in_the_saves_housekeeping_are_raised(tmp_path, monkeypatch, where):
+    import os
+    from fastmlp import _atomic
+    (tmp_path / ".fastmlp-999999999-x.tmp").write_bytes(b"")   # a dead writer's file
+    real = getattr(os, where)
+
+    def timed_out(*args, **kwargs):
+        raise TimeoutError("my time limit")
+    monkeypatch.setattr(_atomic.os, where, timed_out)
+    with pytest.raises(TimeoutError, match="my time limit"):
+        _atomic.remove_stale_temporaries(str(tmp_path))
+    monkeypatch.setattr(_atomic.os, where, real)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_timeout_after_an_epoch_trained_undoes_it_as_a_ctrl_c_does(backend):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 3)).astype(np.float32)
+    Y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 30)]
+    timed, straight = _model(backend), _model(backend)
+
+    class TimeoutAtTheThirdEpoch(fm.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise TimeoutError("my time limit")   # as a SIGALRM handler raises it
+    with pytest.raises(TimeoutError):
+        timed.fit(X, Y, epochs=5, batch_size=8, callbacks=[TimeoutAtTheThirdEpoch()])
+    assert len(timed.history.epoch) == 2
+    straight.fit(X, Y, epochs=2, batch_size=8)
+    np.testing.assert_array_equal(timed.get_state()["theta"], straight.get_state()["theta"])
+
+    class OwnError(fm.Callback):   # a callback's own error keeps the epoch, as in Keras
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("mine")
+    with pytest.raises(RuntimeError):
+        timed.fit(X, Y, epochs=1, batch_size=8, callbacks=[OwnError()])
+    straight.fit(X, Y, epochs=1, batch_size=8)
+    np.testing.assert_array_equal(timed.get_state()["theta"], straight.get_state()["theta"])
+
+
+class _Reassign(fm.Callback):
+    """Reassigns a callback's settings after a given epoch (before it judges that one)."""
+
+    def __init__(self, target, epoch, **settings):
+        super().__init__()
+        self.target, self.epoch, self.settings = target, epoch, settings
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            for name, value in self.settings.items():
+                setattr(self.target, name, value)
+
+
+def test_a_checkpoints_save_best_only_turned_on_mid_fit_keeps_the_least_loss(tmp_path):
+    m, X, Y = _losses_model()
+    ck = fm.ModelCheckpoint(tmp_path / "m.npz", monitor="loss", save_best_only=False)
+    history = m.fit(X, Y, epochs=6, callbacks=[_Reassign(ck, 0, save_best_only=True), ck])
+    losses = history.history["loss"]
+    assert ck.mode == "min" and ck.best == min(losses)
+
+
+def test_an_early_stoppings_monitor_changed_mid_fit_is_judged_its_way():
+    m, X, Y = _losses_model()
+    stop = fm.EarlyStopping(monitor="loss", patience=1)
+    m.fit(X, Y, epochs=6, metrics=["accuracy"],
+          callbacks=[_Reassign(stop, 1, monitor="accuracy"), stop])
+    assert stop.mode == "max" and stop._direction == "max"
+    accuracy = m.history.history["accuracy"]
+    assert stop.best == max(accuracy[1:stop.stopped_epoch + 1 or None])
+    stop.min_delta = None
+    with pytest.raises(ValueError, match="min_delta"):
+        m.fit(X, Y, epochs=3, metrics=["accuracy"], callbacks=[stop])
