@@ -1,6 +1,7 @@
 """Ctrl-C, and every other signal with a Python handler, held back over statements that
 must not be split."""
 import contextlib
+import functools
 import signal
 import sys
 import threading
@@ -105,17 +106,48 @@ def _swap(handler, signum=signal.SIGINT):
 
 
 def from_a_handler(exc):
-    """Whether ``exc`` came from outside the code it landed in: a KeyboardInterrupt, or an
-    OSError no system call raised, i.e. without an error number (a SIGALRM handler's
-    TimeoutError is an OSError: _npz.raised_by_caller's rule for load)."""
-    return isinstance(exc, KeyboardInterrupt) or (
-        isinstance(exc, OSError) and exc.errno is None and not isinstance(exc, ValueError))
+    """Whether a signal handler raised ``exc``: a KeyboardInterrupt (Python's own SIGINT
+    handler), or an exception whose traceback passes through a Python function installed
+    as a signal handler now (a SIGALRM handler's TimeoutError, pytest-timeout's Failed).
+    Not told by type or errno: a callback's own socket timeout or urllib error is an
+    OSError without an errno too, and is its own error."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    handlers = _handler_codes()
+    while tb is not None:
+        if tb.tb_frame.f_code in handlers:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _handler_codes():
+    """The code objects of the Python functions installed as signal handlers."""
+    codes = set()
+    for signum in _SIGNALS:
+        try:
+            handler = _signal.getsignal(signum)
+        except ValueError:
+            continue
+        while isinstance(handler, functools.partial):
+            handler = handler.func
+        handler = getattr(handler, "__func__", handler)   # a bound method's function
+        code = getattr(handler, "__code__", None)
+        if code is None:   # a callable object: its __call__'s
+            code = getattr(getattr(type(handler), "__call__", None), "__code__", None)
+        if code is not None:
+            codes.add(code)
+    return codes
 
 
 def raise_if_signalled(exc):
     """For an ``except OSError`` meant for the system's errors: raise ``exc`` again when a
-    signal handler raised it (from_a_handler). A timeout landing in such a block was lost
-    (an fsync of the folder after a save, a stat) or became the file's error."""
+    signal handler raised it (from_a_handler: a handler's TimeoutError is an OSError). A
+    timeout landing in such a block was lost (the folder's fsync after a save, a stat) or
+    became the file's error."""
     if from_a_handler(exc):
         raise exc
 

@@ -219,14 +219,16 @@ def _check_fields(header):
     config = header["optimizer"]
     _require(isinstance(config, dict) and all(type(v) in (int, float, bool) for k, v in
                                               config.items() if k != "name"),
-             f"optimizer must be an object of numbers, got {_short(config)}")
+             lambda: f"optimizer must be an object of numbers, got {_short(config)}")
     dtype, backend, seed = header["dtype"], header["backend"], header["seed"]
-    _require(dtype in ("float32", "float64"), f"dtype must be 'float32' or 'float64', got {_short(dtype)}")
+    _require(dtype in ("float32", "float64"),
+             lambda: f"dtype must be 'float32' or 'float64', got {_short(dtype)}")
     too_large = param_too_large(layers, dtype)  # it would make every output inf
     _require(too_large is None, too_large)
-    _require(backend is None or isinstance(backend, str), f"backend must be a name, got {_short(backend)}")
+    _require(backend is None or isinstance(backend, str),
+             lambda: f"backend must be a name, got {_short(backend)}")
     _require(seed is None or (type(seed) is int and seed >= 0),
-             f"seed must be an integer >= 0 or null, got {_short(seed)}")
+             lambda: f"seed must be an integer >= 0 or null, got {_short(seed)}")
     return {"version": header["version"], "layers": layers, "input_dim": input_dim,
             "n_params": n_params,
             "loss": losses.get(net["loss"]).name, "optimizer": optimizers.from_config(config),
@@ -248,7 +250,8 @@ def _layers(configs, input_dim):
         units = _positive_int(params.pop("units", None), f"layer {i} units")
         activation = act.get(params.pop("activation", None))
         for key, value in params.items():
-            _require(type(value) in (int, float), f"layer {i} {key} must be a number, got {_short(value)}")
+            _require(type(value) in (int, float),
+                     lambda: f"layer {i} {key} must be a number, got {_short(value)}")
         layers.append(Dense(units, activation.name, **params))  # checks names and finiteness
         n_params += (fan_in + (2 if activation.code == act.PRELU else 1)) * units
         fan_in = units
@@ -268,18 +271,22 @@ def check_rng_state(state):
              and isinstance(inner, dict) and set(inner) == {"state", "inc"}
              and uint(inner["state"], 128) and uint(inner["inc"], 128)
              and uint(state["has_uint32"], 1) and uint(state["uinteger"], 32),
-             f"rng_state is not numpy's PCG64 state: {_short(state)}")
+             lambda: f"rng_state is not numpy's PCG64 state: {_short(state)}")
     return state
 
 
 def _positive_int(value, name):
-    _require(type(value) is int and value >= 1, f"{name} must be an integer >= 1, got {_short(value)}")
+    _require(type(value) is int and value >= 1,
+             lambda: f"{name} must be an integer >= 1, got {_short(value)}")
     return value
 
 
 def _require(ok, why):
+    """ValueError(why) unless ``ok``; ``why`` may be a function making the message, so a
+    check that passes builds none (reprlib's repr of a state on every set_state and load
+    cost time, and swallowed a timeout landing in its sorted(): except Exception)."""
     if not ok:
-        raise ValueError(why)
+        raise ValueError(why() if callable(why) else why)
 
 
 # -- the arrays: the same checks on save and on load -----------------------------------

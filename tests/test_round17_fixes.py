@@ -408,7 +408,25 @@ def test_a_csvs_first_problem_in_file_order_is_named_wherever_the_chunks_fall(tm
 # written for the system's errors (except OSError) swallowed it: the call returned and
 # the timeout was lost; a timeout landing after an epoch trained kept that epoch out of
 # the History; callbacks' settings changed mid-fit were read as they were at its start.
-def test_a_timeout_in_the_folders_fsync_after_a_save_is_raised(tmp_path, monkeypatch):
+# The timeouts here come from a real SIGALRM handler (signal.raise_signal where the timer
+# would fire): a handler's exception is told by the handler's frame in its traceback.
+@pytest.fixture
+def alarm():
+    """A SIGALRM handler raising TimeoutError, as signal.alarm users and pytest-timeout
+    install; the function that fires it where a timer would."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("Python runs signal handlers in the main thread only")
+
+    def on_alarm(signum, frame):
+        raise TimeoutError("my time limit")
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    yield lambda *args, **kwargs: signal.raise_signal(signal.SIGALRM)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_timeout_in_the_folders_fsync_after_a_save_is_raised(tmp_path, monkeypatch, alarm):
     import os
     from fastmlp import _atomic
     real, calls = os.fsync, []
@@ -416,7 +434,7 @@ def test_a_timeout_in_the_folders_fsync_after_a_save_is_raised(tmp_path, monkeyp
     def fsync(fd):   # the folder's fsync: the last, after the file's own
         calls.append(fd)
         if len(calls) == 2:
-            raise TimeoutError("my time limit")
+            alarm()
         return real(fd)
     monkeypatch.setattr(_atomic.os, "fsync", fsync)
     m = _model()
@@ -427,7 +445,7 @@ def test_a_timeout_in_the_folders_fsync_after_a_save_is_raised(tmp_path, monkeyp
                                   m.get_weights()[0])
 
 
-def test_a_timeout_in_the_handler_scan_of_a_deferred_block_is_raised(monkeypatch):
+def test_a_timeout_in_the_handler_scan_of_a_deferred_block_is_raised(monkeypatch, alarm):
     from fastmlp import _signals
     real = _signals._signal
 
@@ -436,9 +454,11 @@ def test_a_timeout_in_the_handler_scan_of_a_deferred_block_is_raised(monkeypatch
             return getattr(real, name)
 
         def getsignal(self, signum):
-            if signum == 5:
-                raise TimeoutError("my time limit")
+            if signum == 5 and not fired:
+                fired.append(signum)
+                alarm()
             return real.getsignal(signum)
+    fired = []
     monkeypatch.setattr(_signals, "_signal", Scan())
     m = _model()
     with pytest.raises(TimeoutError, match="my time limit"):
@@ -446,22 +466,20 @@ def test_a_timeout_in_the_handler_scan_of_a_deferred_block_is_raised(monkeypatch
 
 
 @pytest.mark.parametrize("where", ["stat", "listdir", "unlink"])
-def test_timeouts_in_the_saves_housekeeping_are_raised(tmp_path, monkeypatch, where):
+def test_timeouts_in_the_saves_housekeeping_are_raised(tmp_path, monkeypatch, where, alarm):
     import os
     from fastmlp import _atomic
     (tmp_path / ".fastmlp-999999999-x.tmp").write_bytes(b"")   # a dead writer's file
     real = getattr(os, where)
 
-    def timed_out(*args, **kwargs):
-        raise TimeoutError("my time limit")
-    monkeypatch.setattr(_atomic.os, where, timed_out)
+    monkeypatch.setattr(_atomic.os, where, alarm)
     with pytest.raises(TimeoutError, match="my time limit"):
         _atomic.remove_stale_temporaries(str(tmp_path))
     monkeypatch.setattr(_atomic.os, where, real)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_timeout_after_an_epoch_trained_undoes_it_as_a_ctrl_c_does(backend):
+def test_a_timeout_after_an_epoch_trained_undoes_it_as_a_ctrl_c_does(backend, alarm):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(30, 3)).astype(np.float32)
     Y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 30)]
@@ -470,20 +488,27 @@ def test_a_timeout_after_an_epoch_trained_undoes_it_as_a_ctrl_c_does(backend):
     class TimeoutAtTheThirdEpoch(fm.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 2:
-                raise TimeoutError("my time limit")   # as a SIGALRM handler raises it
+                alarm()
     with pytest.raises(TimeoutError):
         timed.fit(X, Y, epochs=5, batch_size=8, callbacks=[TimeoutAtTheThirdEpoch()])
     assert len(timed.history.epoch) == 2
     straight.fit(X, Y, epochs=2, batch_size=8)
     np.testing.assert_array_equal(timed.get_state()["theta"], straight.get_state()["theta"])
 
-    class OwnError(fm.Callback):   # a callback's own error keeps the epoch, as in Keras
-        def on_epoch_end(self, epoch, logs=None):
-            raise RuntimeError("mine")
-    with pytest.raises(RuntimeError):
-        timed.fit(X, Y, epochs=1, batch_size=8, callbacks=[OwnError()])
-    straight.fit(X, Y, epochs=1, batch_size=8)
-    np.testing.assert_array_equal(timed.get_state()["theta"], straight.get_state()["theta"])
+    # a callback's own error keeps the epoch, as in Keras: an OSError without an errno too
+    # (round 20: a socket's timeout, urllib's URLError, shutil's, were undone as timeouts)
+    import socket
+    import urllib.error
+    for own in (RuntimeError("mine"), socket.timeout("the upload timed out"),
+                urllib.error.URLError("no network"), TimeoutError("its own")):
+        class OwnError(fm.Callback):
+            def on_epoch_end(self, epoch, logs=None, own=own):
+                raise own
+        with pytest.raises(type(own)):
+            timed.fit(X, Y, epochs=1, batch_size=8, callbacks=[OwnError()])
+        straight.fit(X, Y, epochs=1, batch_size=8)
+        np.testing.assert_array_equal(timed.get_state()["theta"],
+                                      straight.get_state()["theta"])
 
 
 class _Reassign(fm.Callback):
