@@ -101,10 +101,10 @@ class _Monitoring(Callback):
     """A callback judging a logged value (EarlyStopping, ModelCheckpoint). ``mode`` reads
     as the direction it judges by ("min" or "max"; "auto" only when none is needed) and
     keeps what was asked for, "auto" included, so that the direction is worked out again,
-    strictly, as each fit begins (_judge): settings reassigned after the callback was made
-    are then judged their way. Resolved once when made and kept, a monitor changed to
-    "accuracy" kept "min", and a mode assigned after the monitor changed was taken for the
-    one resolved before."""
+    strictly, as each fit begins and at each epoch's end (_settle): settings reassigned
+    after the callback was made, or mid-fit, are then judged their way. Resolved once when
+    made and kept, a monitor changed to "accuracy" kept "min", and a mode assigned after
+    the monitor changed was taken for the one resolved before."""
 
     _needs_mode = True
 
@@ -233,8 +233,9 @@ class EarlyStopping(_Monitoring):
 
     def _check_settings(self):
         """Check the settings and resolve mode "auto" for the monitor: when made, and again
-        as each fit begins, since they may have been reassigned meanwhile (a monitor
-        changed from "loss" to "accuracy" kept "min", and minimised the accuracy)."""
+        as each fit begins and at each epoch's end (_settle), since they may have been
+        reassigned meanwhile (a monitor changed from "loss" to "accuracy" kept "min", and
+        minimised the accuracy)."""
         self._judge()
         patience = self.patience
         if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) \
@@ -324,9 +325,9 @@ class ModelCheckpoint(_Monitoring):
         self.last_saved = None
 
     def _check_settings(self):
-        """As EarlyStopping's: when made and as each fit begins (save_best_only turned on
-        after a ModelCheckpoint was made to save every epoch kept mode "auto", read as
-        "max": it kept the epoch of the worst loss)."""
+        """As EarlyStopping's: when made, as each fit begins and at each epoch's end
+        (save_best_only turned on after a ModelCheckpoint was made to save every epoch kept
+        mode "auto", read as "max": it kept the epoch of the worst loss)."""
         self.save_best_only = bool(self.save_best_only)
         self._judge()
 
