@@ -38,14 +38,8 @@ def signals_deferred(notice=None):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    handlers = {}
-    for signum in _SIGNALS:   # _signal's getsignal: 2 us for all 62, signal's 90 us
-        try:
-            handler = _signal.getsignal(signum)
-        except ValueError:   # (not an OSError: a timeout landing here was swallowed)
-            continue
-        if callable(handler) and handler not in _NOTES:
-            handlers[signum] = handler
+    handlers = {signum: handler for signum, handler in _python_handlers().items()
+                if handler not in _NOTES}
     if not handlers:
         yield
         return
@@ -124,14 +118,23 @@ def from_a_handler(exc):
     return False
 
 
+def _python_handlers():
+    """{signal number: handler} of every signal whose handler is a Python callable."""
+    handlers = {}
+    for signum in _SIGNALS:   # _signal's getsignal: 2 us for all 62, signal's 90 us
+        try:
+            handler = _signal.getsignal(signum)
+        except ValueError:   # (not an OSError: a timeout landing here was swallowed)
+            continue
+        if callable(handler):
+            handlers[signum] = handler
+    return handlers
+
+
 def _handler_codes():
     """The code objects of the Python functions installed as signal handlers."""
     codes = set()
-    for signum in _SIGNALS:
-        try:
-            handler = _signal.getsignal(signum)
-        except ValueError:
-            continue
+    for handler in _python_handlers().values():
         while isinstance(handler, functools.partial):
             handler = handler.func
         handler = getattr(handler, "__func__", handler)   # a bound method's function

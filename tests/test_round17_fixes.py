@@ -543,3 +543,35 @@ def test_an_early_stoppings_monitor_changed_mid_fit_is_judged_its_way():
     stop.min_delta = None
     with pytest.raises(ValueError, match="min_delta"):
         m.fit(X, Y, epochs=3, metrics=["accuracy"], callbacks=[stop])
+
+
+class _Timer:
+    def __call__(self, signum, frame):
+        raise TimeoutError("my time limit")
+
+    def method(self, signum, frame):
+        raise TimeoutError("my time limit")
+
+
+def _raises(signum, frame, text):
+    raise TimeoutError(text)
+
+
+@pytest.mark.parametrize("handler", [_Timer(), _Timer().method,
+                                     __import__("functools").partial(_raises, text="t")])
+def test_a_handlers_exception_is_told_whatever_callable_the_handler_is(handler):
+    import signal
+    import threading
+    from fastmlp._signals import from_a_handler
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("Python runs signal handlers in the main thread only")
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        with pytest.raises(TimeoutError) as raised:
+            signal.raise_signal(signal.SIGALRM)
+        assert from_a_handler(raised.value)
+        with pytest.raises(TimeoutError) as own:
+            raise TimeoutError("a callback's own")
+        assert not from_a_handler(own.value)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
