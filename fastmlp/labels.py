@@ -172,19 +172,34 @@ def are_indices(classes):
     return classes.dtype.kind in "iu" and np.array_equal(classes, np.arange(len(classes)))
 
 
-def _lookup(flat, classes):
-    """Index of each label of ``flat`` in ``classes`` (any order), vectorised."""
+def sorted_classes(classes):
+    """(order, ranked): the argsort of ``classes`` (1-D) and the classes in that order, as
+    :func:`find` takes them; a ValueError when a label appears twice (the second unit of
+    that label would never be trained; save refuses such classes_)."""
     order = np.argsort(classes, kind="stable")
     ranked = classes[order]
     twice = ranked[1:][ranked[1:] == ranked[:-1]]
     if len(twice):
-        # the second unit of a label would never be trained (save refuses such classes_)
-        raise ValueError(f"classes_ {classes.tolist()[:10]} hold the label {twice[:1].tolist()[0]!r} "
-                         "twice; each class needs its own")
+        raise ValueError(f"classes_ {classes.tolist()[:10]} hold the label "
+                         f"{twice[:1].tolist()[0]!r} twice; each class needs its own")
+    return order, ranked
+
+
+def find(flat, ranked):
+    """(pos, known): where each label of ``flat`` lies in ``ranked`` (sorted_classes'),
+    clipped into it, and whether the label there is that one: order[pos] are the class
+    indices when every label is known. One sorted search."""
+    pos = np.searchsorted(ranked, flat)
+    np.minimum(pos, len(ranked) - 1, out=pos)
+    return pos, ranked.take(pos) == flat
+
+
+def _lookup(flat, classes):
+    """Index of each label of ``flat`` in ``classes`` (any order), vectorised."""
+    order, ranked = sorted_classes(classes)
     known = np.zeros(len(flat), dtype=bool)
     try:
-        pos = np.clip(np.searchsorted(ranked, flat), 0, len(ranked) - 1)
-        known = ranked[pos] == flat
+        pos, known = find(flat, ranked)
     except (TypeError, np.exceptions.DTypePromotionError if hasattr(np, "exceptions") else TypeError):
         pos = np.zeros(len(flat), dtype=np.int64)
     if not np.all(known):

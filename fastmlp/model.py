@@ -1263,18 +1263,14 @@ class Model:
             # sorted from a copy of the bytes compared: classes_ sorted where it lies, edited
             # in place by another thread meanwhile, kept one classes_'s order under
             # another's bytes, and mapped labels to the wrong units from then on
-            classes = np.frombuffer(key[1], dtype=key[0])
-            order = np.argsort(classes, kind="stable")
-            ranked = classes[order]
-            if (ranked[1:] == ranked[:-1]).any():
+            try:
+                order, ranked = labels.sorted_classes(np.frombuffer(key[1], dtype=key[0]))
+            except ValueError:
                 return None   # a label twice: the full path refuses it
             self._sorted_classes = sorted_classes = (key, order, ranked)
         _, order, ranked = sorted_classes
-        at = np.searchsorted(ranked, Y)
-        np.minimum(at, len(ranked) - 1, out=at)
-        if not np.equal(ranked.take(at), Y).all():
-            return None
-        return order.take(at)
+        at, known = labels.find(Y, ranked)
+        return order.take(at) if known.all() else None
 
     def _learn_index_classes(self):
         """classes_ = 0..k-1 (labels.index_classes) when unset: what a model first trained
