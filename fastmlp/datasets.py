@@ -376,7 +376,8 @@ def _number_name(x):
 
 def _read_rows(path, add):
     """``add(header, rows, line numbers)`` for each chunk of a CSV file's rows (at most
-    _CHUNK_ROWS, at least one chunk); blank lines skipped, ragged rows rejected.
+    _CHUNK_ROWS; none for a file with a header only); blank lines skipped, ragged rows
+    rejected.
 
     Failures of the file itself become one ValueError naming it.
     """
