@@ -186,6 +186,60 @@ class _Snapshot:
         np.copyto(state.step, self._step)
         self._push()
 
+class _Orders:
+    """The row orders of fit's chunks of epochs, (k, n) int64 arrays, writable and
+    C-contiguous (Numba compiles per array type): drawn from the model's generator when
+    shuffling (the numbers k calls of permutation(n) give), else 0..n-1 in every row."""
+
+    def __init__(self, model, n, shuffle):
+        self._model, self._n, self._shuffle = model, n, shuffle
+        self._fixed = np.empty((0, n), dtype=np.int64)
+
+    def draw(self, k):
+        if self._shuffle:
+            return self._model._draw_orders(k, self._n)
+        if len(self._fixed) < k:
+            self._fixed = np.tile(np.arange(self._n, dtype=np.int64), (k, 1))
+        return self._fixed[:k]
+
+
+class _Rewind:
+    """The way back to the start of any chunk of epochs fit trained since this saved
+    ``snapshot``: restore it and the generator's state, then replay ``chunks`` (the
+    epochs of each chunk trained since, appended by fit). ``trained``: the seconds they
+    took, which fit adds up to judge when a new snapshot is due."""
+
+    def __init__(self, model, snapshot, history, rng_state):
+        start = time.perf_counter()
+        snapshot.save()
+        self.cost = time.perf_counter() - start
+        self._model, self._snapshot, self._history = model, snapshot, history
+        self._rng_state, self._mark = rng_state, history._mark()
+        self.chunks, self.trained = [], 0.0
+
+    def due(self, share):
+        """Whether copying the snapshot again now costs at most ``share`` of the
+        training since the last copy."""
+        return self.cost <= share * self.trained
+
+    def to_chunk_start(self, X, T, batch_size, orders):
+        """The model (weights, optimiser state, generator) as at the start of the chunk
+        after ``chunks``; idempotent. A replay that fails (no memory for its orders, say)
+        leaves the model as the snapshot has it and the History without the epochs since:
+        consistent, if shorter."""
+        model = self._model
+        try:
+            self._snapshot.restore()
+            model._rng.bit_generator.state = self._rng_state
+            for k in self.chunks:
+                model._replay(X, T, orders.draw(k), batch_size)
+        except Exception:
+            self._snapshot.restore()
+            model._rng.bit_generator.state = self._rng_state
+            self._history._undo(self._mark)
+            self.chunks.clear()
+            raise
+
 
 class History:
     """What :meth:`Model.fit` returns: ``history["loss"]`` is one mean loss per epoch,
@@ -1011,74 +1065,91 @@ class Model:
     # every backend (above it, only where that step copies nothing: see __init__).
     _CHECKED_STEP_PARAMS = 16384
 
-    # Work per chunk of epochs trained between two looks from Python, in multiply-adds:
-    # about 20 ms, so Ctrl-C stays prompt and an undone chunk is cheap to replay.
+    # The first chunk of epochs trained between two looks from Python (one compiled call)
+    # is sized by this much work, in rows x parameters; the next ones by the time the
+    # last took, to take about _CHUNK_SECONDS each: Ctrl-C stays prompt, and an undone
+    # chunk is cheap to replay. (Sized by work alone, a chunk of a 784-256-128-10 net
+    # on 64 rows was one 0.4 ms epoch: a Python round trip and a snapshot per epoch.)
     _CHUNK_WORK = 20_000_000
+    _CHUNK_SECONDS = 0.02
+    # fit copies its undo snapshot again only once the epochs trained since the last copy
+    # took 1 / _SNAPSHOT_SHARE times as long as that copy; a chunk that goes wrong is
+    # undone by going back to the snapshot and replaying the chunks since (_Rewind).
+    # Copying every chunk cost a 2048-2048-2048-10 net 17 % of its 64-row epochs.
+    _SNAPSHOT_SHARE = 0.02
 
     def _fit_quietly(self, X, T, epochs, batch_size, tol, shuffle, history):
         """fit when nothing is reported between epochs: orders drawn for many epochs at
-        once, one snapshot per chunk of epochs instead of one per epoch, and each chunk
-        one compiled call where the backend has train_epochs.
+        once, chunks of epochs that are one compiled call each where the backend has
+        train_epochs, and a snapshot only every so many chunks (_SNAPSHOT_SHARE).
 
-        A chunk that diverges or is interrupted is undone by restoring its snapshot and
-        replaying the epochs before the bad one (the same data, orders and kernels give
-        the same bits), and the generator is left as if only those epochs had been
-        drawn, so the outcome is exactly the per-epoch loop's.
+        A chunk that diverges or is interrupted is undone by restoring the snapshot and
+        replaying the chunks trained since it and the chunk's epochs before the bad one
+        (the same data, orders and kernels give the same bits), and the generator is
+        left as if only those epochs had been drawn, so the outcome is exactly the
+        per-epoch loop's.
         """
         n = len(X)
         per_epoch = max(1, n * self._net.n_params)
         work = self._CHUNK_WORK * getattr(self._engine, "chunk_work_share", 1)
-        chunk = int(max(1, min(epochs, 1024, work // per_epoch, (1 << 20) // n)))
+        most = max(1, min(1024, (1 << 20) // n))   # epochs per chunk: the orders' memory
+        chunk = int(max(1, min(epochs, most, work // per_epoch)))
+        orders = _Orders(self, n, shuffle)
         with self._rollback() as snapshot:
-            # writable C arrays, as the shuffled orders are: Numba compiles per array type
-            orders = None if shuffle else np.tile(np.arange(n, dtype=np.int64), (chunk, 1))
+            back = None            # the snapshot's _Rewind, once it is saved
             done = 0
             while done < epochs:
                 k = min(chunk, epochs - done)
                 rng_before, recorded_so_far = self._rng.bit_generator.state, history._mark()
-                saved = recorded = False
+                started = recorded = False
                 try:
-                    if shuffle:
-                        orders = self._draw_orders(k, n)
-                    snapshot.save()
-                    saved = True
+                    if back is None or back.due(self._SNAPSHOT_SHARE):
+                        back = None   # (interrupted in the copy: nothing trained to undo)
+                        back = _Rewind(self, snapshot, history, rng_before)
+                    chunk_orders = orders.draw(k)
+                    started = True
                     start = time.perf_counter()
-                    losses, finished, error = self._epochs(X, T, orders[:k], batch_size, tol, done)
+                    losses, finished, error = self._epochs(X, T, chunk_orders, batch_size,
+                                                           tol, done)
                     seconds = time.perf_counter() - start
+                    back.trained += seconds
                     if error is not None:
-                        # Undo the chunk, then redo its epochs before the bad one.
-                        snapshot.restore()
-                        self._rng.bit_generator.state = rng_before
-                        if finished and shuffle:
-                            orders = self._draw_orders(finished, n)
-                        self._replay(X, T, orders[:finished], batch_size)
+                        # Back to this chunk's start, then redo its epochs before the bad one.
+                        back.to_chunk_start(X, T, batch_size, orders)
+                        if finished:
+                            self._replay(X, T, orders.draw(finished), batch_size)
                     elif shuffle and len(losses) < k:   # stopped at tol: draw only what was used
                         self._rng.bit_generator.state = rng_before
-                        self._draw_orders(len(losses), n)
+                        orders.draw(len(losses))
                     kept = losses if error is None else losses[:finished]
                     self._record(history, done, kept, n, seconds, len(losses))
                     recorded = True
                     if error is not None:
                         raise error
+                    back.chunks.append(len(losses))
                 except BaseException:
                     # Ctrl-C anywhere before the chunk's epochs are recorded (drawing the orders,
                     # as the compiled call returns, redrawing the generator, recording, replaying
                     # after a bad epoch): the whole chunk undone, generator and History included
                     if not recorded:
                         def undo():
-                            if saved:
-                                snapshot.restore()
-                            self._rng.bit_generator.state = rng_before
+                            if started:
+                                back.to_chunk_start(X, T, batch_size, orders)
+                            else:
+                                self._rng.bit_generator.state = rng_before
                             history._undo(recorded_so_far)
                         run_whole(undo)   # (a second Ctrl-C: raised after the undo)
                     raise
                 done += len(losses)
                 if len(losses) < k or (tol is not None and losses[-1] <= tol):
                     break
+                if seconds > 0:   # the next chunk: about _CHUNK_SECONDS at this one's pace
+                    chunk = int(min(most, 8 * chunk,
+                                    max(1, len(losses) * self._CHUNK_SECONDS / seconds)))
 
     def _replay(self, X, T, orders, batch_size):
-        """Train again the epochs of ``orders`` (k, n) a chunk finished before a bad one:
-        the same data, orders and kernels give the same bits."""
+        """Train again the epochs of ``orders`` (k, n) already trained once: the same
+        data, orders and kernels give the same bits."""
         with self._quiet():
             if len(orders) and getattr(self._engine, "train_epochs", None) is not None:
                 self._engine.train_epochs(X, T, orders, batch_size, -1.0, np.empty(len(orders)))

@@ -299,9 +299,9 @@ class _Noop:
 @pytest.mark.parametrize("lr", [0.3, 3.0])
 @pytest.mark.parametrize("tol", [None, 0.5])
 def test_quiet_fit_with_tiny_chunks_is_the_per_epoch_loop(compiled_backend, lr, tol):
-    """One epoch per chunk (_CHUNK_WORK = 1) and one chunk for all (the default): the
-    compiled multi-epoch fit stops, diverges and rolls back (weights, optimiser step,
-    generator) exactly as the per-epoch loop a callback forces."""
+    """One epoch per chunk (_CHUNK_WORK = 1, no time budget to grow by) and the default
+    chunks: the compiled multi-epoch fit stops, diverges and rolls back (weights,
+    optimiser step, generator) exactly as the per-epoch loop a callback forces."""
     backend = compiled_backend
     rng = np.random.default_rng(0)
     X = rng.standard_normal((23, 4)).astype(np.float32)
@@ -312,7 +312,7 @@ def test_quiet_fit_with_tiny_chunks_is_the_per_epoch_loop(compiled_backend, lr, 
             m = fm.Model([fm.Dense(6, activation="relu"), fm.Dense(2)], input_dim=4,
                          backend=backend, seed=4, optimizer=fm.SGD(lr, momentum=0.9))
             if work:
-                m._CHUNK_WORK = work
+                m._CHUNK_WORK, m._CHUNK_SECONDS = work, 0.0
             res = _outcome(lambda: m.fit(X, Y, epochs=30, batch_size=5, tol=tol,
                                          callbacks=callbacks).history["loss"])
             runs.append((res[0], m.history.history["loss"], _state(m), m.permutation(23)))

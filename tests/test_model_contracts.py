@@ -189,6 +189,7 @@ def test_quiet_fit_chunks_many_small_epochs(backend, monkeypatch):
     X, Y = data()
     a, b = small(backend), small(backend)
     monkeypatch.setattr(fm.Model, "_CHUNK_WORK", 1)
+    monkeypatch.setattr(fm.Model, "_CHUNK_SECONDS", 0.0)   # (not grown by time either)
     a.fit(X, Y, epochs=7, batch_size=8)
     monkeypatch.undo()
     b.fit(X, Y, epochs=7, batch_size=8)
