@@ -186,6 +186,16 @@ class _Snapshot:
         np.copyto(state.step, self._step)
         self._push()
 
+class _BadEpochUnplaced(Exception):
+    """A compiled call of several epochs stopped at ``epoch`` of its orders, its loss not
+    finite or, after its last, its weights or optimiser state; an earlier epoch may have
+    made those non-finite (Model._locate finds it)."""
+
+    def __init__(self, epoch):
+        super().__init__(epoch)
+        self.epoch = epoch
+
+
 class _Orders:
     """The row orders of fit's chunks of epochs, (k, n) int64 arrays, writable and
     C-contiguous (Numba compiles per array type): drawn from the model's generator when
@@ -1111,6 +1121,10 @@ class Model:
                     start = time.perf_counter()
                     losses, finished, error = self._epochs(X, T, chunk_orders, batch_size,
                                                            tol, done)
+                    if isinstance(error, _BadEpochUnplaced):
+                        back.to_chunk_start(X, T, batch_size, orders)
+                        losses, finished, error = self._locate(
+                            X, T, chunk_orders[:error.epoch + 1], batch_size, tol, done)
                     seconds = time.perf_counter() - start
                     back.trained += seconds
                     if error is not None:
@@ -1187,6 +1201,10 @@ class Model:
                 finished_now, status = train_epochs(X, T, orders, batch_size,
                                                     -1.0 if tol is None else tol, out)
             losses, finished = out[:finished_now].tolist(), finished_now
+            if status == 2 and len(orders) > 1:
+                # theta and the optimiser state are checked after the call's last epoch:
+                # one of the epochs before may have made them non-finite (_locate)
+                return losses, finished, _BadEpochUnplaced(finished)
             if status == 2:
                 # the model holds the bad epoch's state: _check_finite names what went bad
                 where = f"in epoch {done + finished + 1}"
@@ -1203,6 +1221,24 @@ class Model:
             # whole chunk is undone
             return [], 0, exc
         return losses, finished, None
+
+    def _locate(self, X, T, orders, batch_size, tol, done):
+        """The chunk of ``orders`` (k, n) a compiled call found bad at its last epoch
+        (_BadEpochUnplaced), trained again from its start one epoch per call, whose one
+        epoch is checked (weights and optimiser state too): _epochs's result for the
+        first bad epoch, as the per-epoch loop finds it. Rare: only a chunk that
+        diverged pays it."""
+        losses = []
+        for e in range(len(orders)):
+            got, finished, error = self._epochs(X, T, orders[e:e + 1], batch_size, tol,
+                                                done + e)
+            losses += got
+            if error is not None:
+                return losses, len(losses), error
+        return losses, len(losses), RuntimeError(
+            "training the chunk of epochs again did not give the same numbers (was the "
+            "number of threads changed during fit?); the weights of the last epoch "
+            "trained were kept")
 
     @staticmethod
     def _record(history, done, losses, n, seconds, epochs_run):

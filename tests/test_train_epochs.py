@@ -1,5 +1,7 @@
 """Backend ``train_epochs``: a chunk of epochs in one call, bit for bit k calls of
-train_epoch, stopping at tol (status 1) or at the first non-finite epoch (status 2);
+train_epoch, stopping at tol (status 1) or at a non-finite epoch (status 2: the first
+whose loss is not finite, or, the weights and optimiser state checked at the end on
+the compiled backends, the last);
 and Model.fit's quiet path built on it, on every backend and dtype."""
 import numpy as np
 import pytest
@@ -105,9 +107,34 @@ def test_plain_sgd_state_is_not_checked_but_theta_is(backend, dtype):
     m.engine.state.buffers[:] = np.nan
     losses = np.zeros(3)
     assert m.engine.train_epochs(X, T, orders_for(3, ROWS, False), 5, -1.0, losses) == (3, 0)
-    m.engine.theta[0] = np.inf
+    m.engine.theta[0] = np.inf   # tanh(inf * x) is +-1: every loss stays finite
     with np.errstate(all="ignore"):
-        assert m.engine.train_epochs(X, T, orders_for(3, ROWS, False), 5, -1.0, losses) == (0, 2)
+        done, status = m.engine.train_epochs(X, T, orders_for(3, ROWS, False), 5, -1.0, losses)
+        # theta checked after every epoch (the reference, cuda) or after the last only
+        assert status == 2 and done == (0 if backend in ("numpy", "cuda") else 2)
+        assert np.isfinite(losses[:done + 1]).all()
+        # one epoch per call: always the first bad epoch
+        assert m.engine.train_epochs(X, T, orders_for(1, ROWS, False), 5, -1.0, losses[:1]) == (0, 2)
+
+
+def test_a_finite_loss_with_bad_weights_mid_chunk_is_found_by_fit(backend, dtype):
+    """Weights gone non-finite in an epoch whose loss, and the next ones', stay finite
+    (an inf weight into tanh): the compiled call sees it only after its last epoch, and
+    fit trains the chunk again an epoch per call to name the first bad epoch, leaving
+    what the per-epoch loop leaves."""
+    X, T = data(dtype)
+    runs = []
+    for callbacks in (None, [_Watch()]):
+        m = model(backend, dtype, fm.SGD(lr=0.05))
+        m.fit(X, T, epochs=2, batch_size=4)
+        m.engine.theta[0] = np.inf   # (set_weights refuses it) W1[0, 0]
+        getattr(m.engine, "push", lambda: None)()   # (cuda: to the device)
+        with np.errstate(all="ignore"), pytest.raises(fm.TrainingDiverged) as exc:
+            m.fit(X, T, epochs=20, batch_size=4, callbacks=callbacks)
+        runs.append((str(exc.value), m.history.history["loss"], state_bits(m),
+                     m.get_state()["rng_state"]))
+    assert runs[0] == runs[1]
+    assert "in epoch 1:" in runs[0][0] and "layer 1's weights" in runs[0][0]
 
 
 def test_fit_trains_a_chunk_in_one_call(backend, dtype, monkeypatch):

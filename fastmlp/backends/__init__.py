@@ -39,13 +39,18 @@ training and predict chunk sizes) and, when compiled, runs on the layout of
     train_epoch once per row of orders, int64 (k, n) C-contiguous (row e is epoch
     e's order), all in ONE call (compiled: no Python between epochs), each epoch
     bit for bit what train_epoch gives. losses float64 (k,) is OVERWRITTEN with
-    each epoch's loss as it finishes. After each epoch the loss, theta and the
-    optimiser buffers in use (plain SGD: none, momentum: v, Adam: m and v) are
-    checked to be finite: at the first epoch where they are not, it stops with
-    status 2, that epoch's loss written and epochs_done counting the clean epochs
-    before it (theta and state are left as that epoch made them). Otherwise it
-    stops after an epoch whose loss is <= tol (tol < 0: none) with status 1, or
-    runs all k: status 0, epochs_done = k.
+    each epoch's loss as it finishes. Each epoch's loss is checked to be finite, and
+    theta and the optimiser buffers in use (plain SGD: none, momentum: v, Adam: m and
+    v) after the last epoch run, at least (the compiled backends check them only
+    there: a pass over them per epoch cost up to 5 % of a big net's small epoch; the
+    reference and cuda after every epoch). It stops with status 2 at an epoch whose
+    loss is not finite, or whose check of theta and the buffers fails: that epoch's
+    loss written, epochs_done counting the epochs before it, theta and state left as
+    that epoch made them. Checked only at the end, theta or the buffers may have gone
+    non-finite in an earlier epoch, with a finite loss (Adam's v overflowing freezes
+    the weights): a call of one epoch (k = 1) always names the first bad epoch, which
+    is how Model.fit finds it. Otherwise it stops after an epoch whose loss is <= tol
+    (tol < 0: none) with status 1, or runs all k: status 0, epochs_done = k.
 
 ``predict``, ``evaluate`` and ``loss_and_gradient`` must be safe from several threads at
 once on one model, each giving the single-thread result bit for bit; ``train_step``,
