@@ -167,6 +167,7 @@ class _Snapshot:
         self._buffers = np.empty_like(state.buffers[:rules.buffers_in_use(state)])
         self._rows = 0
         self._step = state.step.copy()
+        self.fresh = True   # the next save writes memory never written (its pages fault in)
 
     def save(self):
         theta, state = self._live
@@ -175,9 +176,11 @@ class _Snapshot:
         self._rows = rules.buffers_in_use(state)
         if len(self._buffers) < self._rows:
             self._buffers = np.empty_like(state.buffers[:self._rows])
+            self.fresh = True
         np.copyto(self._theta, theta)
         np.copyto(self._buffers[:self._rows], state.buffers[:self._rows])
         np.copyto(self._step, state.step)
+        self.fresh = False
 
     def restore(self):
         theta, state = self._live
@@ -220,6 +223,10 @@ class _Rewind:
     took, which fit adds up to judge when a new snapshot is due."""
 
     def __init__(self, model, snapshot, history, rng_state):
+        # A first copy into fresh memory is no measure of the next ones (the pages fault
+        # in: 226 ms against 8 ms for a 2048-2048-2048-10 net's Adam state): the next
+        # chunk copies again, and times that.
+        self.unmeasured = snapshot.fresh
         start = time.perf_counter()
         snapshot.save()
         self.cost = time.perf_counter() - start
@@ -229,8 +236,8 @@ class _Rewind:
 
     def due(self, share):
         """Whether copying the snapshot again now costs at most ``share`` of the
-        training since the last copy."""
-        return self.cost <= share * self.trained
+        training since the last copy (or that copy's time is unknown)."""
+        return self.unmeasured or self.cost <= share * self.trained
 
     def to_chunk_start(self, X, T, batch_size, orders):
         """The model (weights, optimiser state, generator) as at the start of the chunk
@@ -243,7 +250,9 @@ class _Rewind:
             model._rng.bit_generator.state = self._rng_state
             for k in self.chunks:
                 model._replay(X, T, orders.draw(k), batch_size)
-        except Exception:
+        except Exception as exc:
+            if from_a_handler(exc):
+                raise   # a timeout's: the caller runs this again (run_whole)
             self._snapshot.restore()
             model._rng.bit_generator.state = self._rng_state
             self._history._undo(self._mark)
@@ -1081,12 +1090,23 @@ class Model:
     # chunk is cheap to replay. (Sized by work alone, a chunk of a 784-256-128-10 net
     # on 64 rows was one 0.4 ms epoch: a Python round trip and a snapshot per epoch.)
     _CHUNK_WORK = 20_000_000
+    _STEP_WORK = 250        # a compiled step's own cost, in that unit: ~250 ns per step
     _CHUNK_SECONDS = 0.02
     # fit copies its undo snapshot again only once the epochs trained since the last copy
     # took 1 / _SNAPSHOT_SHARE times as long as that copy; a chunk that goes wrong is
     # undone by going back to the snapshot and replaying the chunks since (_Rewind).
     # Copying every chunk cost a 2048-2048-2048-10 net 17 % of its 64-row epochs.
     _SNAPSHOT_SHARE = 0.02
+
+    def _first_chunk(self, n, batch_size):
+        """Epochs of n rows in batches of batch_size that make _CHUNK_WORK: rows x
+        parameters, plus _STEP_WORK per step (per-sample SGD on a small net is all
+        steps: counted by rows x parameters alone, a first chunk of 20,000 rows of a
+        2-3-1 net took 515 ms)."""
+        steps = -(-n // batch_size)
+        per_epoch = max(1, n * self._net.n_params + steps * self._STEP_WORK)
+        return int(self._CHUNK_WORK * getattr(self._engine, "chunk_work_share", 1)
+                   // per_epoch)
 
     def _fit_quietly(self, X, T, epochs, batch_size, tol, shuffle, history):
         """fit when nothing is reported between epochs: orders drawn for many epochs at
@@ -1100,10 +1120,8 @@ class Model:
         per-epoch loop's.
         """
         n = len(X)
-        per_epoch = max(1, n * self._net.n_params)
-        work = self._CHUNK_WORK * getattr(self._engine, "chunk_work_share", 1)
         most = max(1, min(1024, (1 << 20) // n))   # epochs per chunk: the orders' memory
-        chunk = int(max(1, min(epochs, most, work // per_epoch)))
+        chunk = int(max(1, min(epochs, most, self._first_chunk(n, batch_size))))
         orders = _Orders(self, n, shuffle)
         with self._rollback() as snapshot:
             back = None            # the snapshot's _Rewind, once it is saved
@@ -1122,14 +1140,16 @@ class Model:
                     losses, finished, error = self._epochs(X, T, chunk_orders, batch_size,
                                                            tol, done)
                     if isinstance(error, _BadEpochUnplaced):
-                        back.to_chunk_start(X, T, batch_size, orders)
+                        run_whole(lambda: back.to_chunk_start(X, T, batch_size, orders))
                         losses, finished, error = self._locate(
                             X, T, chunk_orders[:error.epoch + 1], batch_size, tol, done)
                     seconds = time.perf_counter() - start
                     back.trained += seconds
                     if error is not None:
                         # Back to this chunk's start, then redo its epochs before the bad one.
-                        back.to_chunk_start(X, T, batch_size, orders)
+                        # Whole, signals held back (run_whole): a timeout's exception
+                        # between two replayed chunks was taken for a failed replay
+                        run_whole(lambda: back.to_chunk_start(X, T, batch_size, orders))
                         if finished:
                             self._replay(X, T, orders.draw(finished), batch_size)
                     elif shuffle and len(losses) < k:   # stopped at tol: draw only what was used

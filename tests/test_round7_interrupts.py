@@ -397,9 +397,9 @@ def test_another_handlers_exception_during_the_swap_leaves_ctrl_c_working(monkey
 
 
 def test_the_reference_backends_quiet_chunks_are_short(data, monkeypatch):
-    """Chunks are sized by work to take ~20 ms in the compiled kernels; the reference's
-    train_epochs, Python around NumPy, undoes its whole chunk on Ctrl-C, and 1024 epochs
-    were 5 s of training lost. Its chunks get 1/64 of the work."""
+    """First chunks are sized by work to take ~20 ms in the compiled kernels; the
+    reference's train_epochs, Python around NumPy, undoes its whole chunk on Ctrl-C, and
+    1024 epochs were 5 s of training lost. Its chunks get 1/64 of the work."""
     X, Y = data
     sizes = {}
     for backend in ("numpy", "cython" if "cython" in BACKENDS else "numba"):
@@ -410,8 +410,10 @@ def test_the_reference_backends_quiet_chunks_are_short(data, monkeypatch):
                                                          real(X, T, orders, *rest))[1])
         m.fit(X, Y, epochs=2000, batch_size=8)
         sizes[backend] = calls[0]
-    work = fm.Model._CHUNK_WORK // (len(X) * _model().n_params)
-    assert sizes["numpy"] == work // 64 and list(sizes.values())[1] == min(1024, work)
+    per_epoch = len(X) * _model().n_params + -(-len(X) // 8) * fm.Model._STEP_WORK
+    work = fm.Model._CHUNK_WORK // per_epoch
+    assert sizes["numpy"] == fm.Model._CHUNK_WORK // 64 // per_epoch
+    assert list(sizes.values())[1] == min(1024, work)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
