@@ -66,6 +66,21 @@ def reset(seen):
     seen["chunks"].clear()
 
 
+def ctrl_c_in_chunk(m, monkeypatch, chunk=4, before_raising=lambda: None):
+    """m's train_epochs raising KeyboardInterrupt after its ``chunk``-th call has trained,
+    as a Ctrl-C during the compiled call is raised (``before_raising`` runs first)."""
+    real, calls = m.engine.train_epochs, []
+
+    def interrupted(*args):
+        calls.append(1)
+        result = real(*args)
+        if len(calls) == chunk:
+            before_raising()
+            raise KeyboardInterrupt
+        return result
+    monkeypatch.setattr(m.engine, "train_epochs", interrupted)
+
+
 def _outcome(fn):
     try:
         return "ok", fn()
@@ -107,16 +122,7 @@ def test_ctrl_c_chunks_after_the_snapshot_undoes_that_chunk_only(backend, counte
     X, Y = data()
     m, straight = new_model(backend), new_model(backend)
     reset(counted)
-    real = m.engine.train_epochs
-    calls = []
-
-    def ctrl_c_in_the_fourth(*args):
-        calls.append(1)
-        result = real(*args)
-        if len(calls) == 4:
-            raise KeyboardInterrupt   # as a Ctrl-C during the compiled call is raised
-        return result
-    monkeypatch.setattr(m.engine, "train_epochs", ctrl_c_in_the_fourth)
+    ctrl_c_in_chunk(m, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         m.fit(X, Y, epochs=10, batch_size=5)
     assert counted["saves"] == 2 and len(m.history.epoch) == 3
@@ -139,19 +145,11 @@ def test_a_replay_that_fails_leaves_the_snapshot_and_a_history_that_matches(back
     m, untouched = new_model(backend), new_model(backend)
     untouched.fit(X, Y, epochs=1, batch_size=5)
     reset(counted)
-    real = m.engine.train_epochs
-    calls = []
 
-    def ctrl_c_in_the_fourth(*args):
-        calls.append(1)
-        result = real(*args)
-        if len(calls) == 4:
-            def no_memory(*args):
-                raise MemoryError("no memory for the replay")
-            monkeypatch.setattr(m, "_replay", no_memory)
-            raise KeyboardInterrupt
-        return result
-    monkeypatch.setattr(m.engine, "train_epochs", ctrl_c_in_the_fourth)
+    def no_memory(*args):
+        raise MemoryError("no memory for the replay")
+    ctrl_c_in_chunk(m, monkeypatch,
+                    before_raising=lambda: monkeypatch.setattr(m, "_replay", no_memory))
     with pytest.raises((KeyboardInterrupt, MemoryError)):
         m.fit(X, Y, epochs=10, batch_size=5)
     assert m.history.epoch == [0]
@@ -211,20 +209,12 @@ def test_a_timeout_during_the_replay_keeps_the_epochs_before_the_chunk(backend, 
         m, straight = new_model(backend), new_model(backend)
         m.fit(X, Y, epochs=1, batch_size=5)   # (its snapshot no longer fresh: one copy)
         reset(counted)
-        real_epochs, real_replay = m.engine.train_epochs, m._replay
-        calls = []
-
-        def ctrl_c_in_the_fourth(*args):
-            calls.append(1)
-            result = real_epochs(*args)
-            if len(calls) == 4:
-                raise KeyboardInterrupt
-            return result
+        real_replay = m._replay
 
         def replay_then_alarm(*args):
             real_replay(*args)
             signal.raise_signal(signal.SIGALRM)   # its handler runs at once, undeferred
-        monkeypatch.setattr(m.engine, "train_epochs", ctrl_c_in_the_fourth)
+        ctrl_c_in_chunk(m, monkeypatch)
         monkeypatch.setattr(m, "_replay", replay_then_alarm)
         with pytest.raises((KeyboardInterrupt, TimeoutError)):
             m.fit(X, Y, epochs=10, batch_size=5)
