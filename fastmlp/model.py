@@ -189,6 +189,7 @@ class _Snapshot:
         np.copyto(state.step, self._step)
         self._push()
 
+
 class _BadEpochUnplaced(Exception):
     """A compiled call of several epochs stopped at ``epoch`` of its orders, its loss not
     finite or, after its last, its weights or optimiser state; an earlier epoch may have
