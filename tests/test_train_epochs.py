@@ -200,3 +200,26 @@ def test_ctrl_c_during_a_chunk_undoes_the_chunk(backend, dtype, monkeypatch):
     for key in ("theta", "opt_buffers", "opt_step"):
         assert after[key].tobytes() == want[key].tobytes()
     assert after["rng_state"] == want["rng_state"]
+
+
+@pytest.mark.parametrize("bad", ["short", "read-only", "2-D", "float32", "list", "strided"])
+def test_a_bad_losses_array_is_refused_before_any_training(backend, bad):
+    """Every backend refuses, with one message, a losses array train_epochs cannot write
+    its k losses into, before training: the reference trained all epochs, then failed
+    (short) or failed after one (read-only), and Numba raised its own typing error for a
+    read-only one."""
+    X, T = data("float32")
+    m = model(backend, "float32", fm.SGD(lr=0.05))
+    before = state_bits(m)
+    losses = {"short": lambda: np.zeros(2), "2-D": lambda: np.zeros((3, 1)),
+              "float32": lambda: np.zeros(3, np.float32), "list": lambda: [0.0] * 3,
+              "strided": lambda: np.zeros(6)[::2],
+              "read-only": lambda: np.zeros(3).view()}[bad]()
+    if bad == "read-only":
+        losses.flags.writeable = False
+    want = ((TypeError, "losses must be a NumPy array, got list") if bad == "list" else
+            (ValueError, r"losses must be a writable aligned C-contiguous float64 array of "
+                         r"shape \(3\), got "))
+    with pytest.raises(want[0], match=want[1]):
+        m.engine.train_epochs(X, T, orders_for(3, ROWS, False), 5, -1.0, losses)
+    assert state_bits(m) == before

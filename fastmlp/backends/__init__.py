@@ -38,8 +38,9 @@ training and predict chunk sizes) and, when compiled, runs on the layout of
 ``train_epochs(X, T, orders, batch_size, tol, losses) -> (epochs_done, status)``
     train_epoch once per row of orders, int64 (k, n) C-contiguous (row e is epoch
     e's order), all in ONE call (compiled: no Python between epochs), each epoch
-    bit for bit what train_epoch gives. losses float64 (k,) is OVERWRITTEN with
-    each epoch's loss as it finishes. Each epoch's loss is checked to be finite, and
+    bit for bit what train_epoch gives. losses, a writable aligned C-contiguous float64
+    array (k,) (anything else is refused before training: reference.check_losses), is
+    OVERWRITTEN with each epoch's loss as it finishes. Each epoch's loss is checked to be finite, and
     theta and the optimiser buffers in use (plain SGD: none, momentum: v, Adam: m and
     v) after the last epoch run, at least (the compiled backends check them only
     there: a pass over them per epoch cost up to 5 % of a big net's small epoch; the

@@ -183,6 +183,7 @@ class NumpyBackend:
 
     def train_epochs(self, X, T, orders, batch_size, tol, losses):
         """train_epoch per row of orders (k, n); (epochs done, status): see fastmlp.backends."""
+        check_losses(losses, len(orders))
         state = self.state
         in_use = rules.buffers_in_use(state)
         for e, perm in enumerate(orders):
@@ -211,10 +212,17 @@ def check_batch_size(batch_size):
 
 
 def check_losses(losses, k):
-    """A clear ValueError unless losses is float64 (k,): train_epochs writes into it."""
-    if losses.shape != (k,) or losses.dtype != np.float64:
-        raise ValueError(f"losses must be float64 of shape ({k},), got {losses.dtype} "
-                         f"{losses.shape}")
+    """A clear ValueError unless losses is a writable, aligned, C-contiguous float64
+    array (k,), as the Cython backend requires: train_epochs writes into it, before any
+    training (the reference trained, then failed writing a read-only or short one)."""
+    if not isinstance(losses, np.ndarray):   # (the Cython backend's words, kernels/_mlp.pxi)
+        raise TypeError(f"losses must be a NumPy array, got {type(losses).__name__}")
+    fl = losses.flags
+    if not (losses.dtype == np.float64 and losses.shape == (k,) and fl.c_contiguous
+            and fl.aligned and fl.writeable):
+        raise ValueError(f"losses must be a writable aligned C-contiguous float64 array of "
+                         f"shape ({k}), got {losses.dtype} {losses.shape} (C-contiguous: "
+                         f"{fl.c_contiguous}, aligned: {fl.aligned}, writable: {fl.writeable})")
 
 
 def check_norms(norms, n_layers):
