@@ -219,11 +219,12 @@ class _Orders:
 
 class _Rewind:
     """The way back to the start of any chunk of epochs fit trained since this saved
-    ``snapshot``: restore it and the generator's state, then replay ``chunks`` (the
-    epochs of each chunk trained since, appended by fit). ``trained``: the seconds they
-    took, which fit adds up to judge when a new snapshot is due."""
+    ``snapshot``: restore it and the generator ``rng``'s state, then ``replay(k)`` (the
+    next k epochs trained again) for each of ``chunks`` (the epochs of each chunk
+    trained since, appended by fit). ``trained``: the seconds they took, which fit adds
+    up to judge when a new snapshot is due."""
 
-    def __init__(self, model, snapshot, history, rng_state):
+    def __init__(self, snapshot, history, rng, replay):
         # A first copy into fresh memory is no measure of the next ones (the pages fault
         # in: 226 ms against 8 ms for a 2048-2048-2048-10 net's Adam state): the next
         # chunk copies again, and times that.
@@ -231,8 +232,8 @@ class _Rewind:
         start = time.perf_counter()
         snapshot.save()
         self.cost = time.perf_counter() - start
-        self._model, self._snapshot, self._history = model, snapshot, history
-        self._rng_state, self._mark = rng_state, history._mark()
+        self._snapshot, self._history, self._rng, self._replay = snapshot, history, rng, replay
+        self._rng_state, self._mark = rng.bit_generator.state, history._mark()
         self.chunks, self.trained = [], 0.0
 
     def due(self, share):
@@ -240,25 +241,26 @@ class _Rewind:
         training since the last copy (or that copy's time is unknown)."""
         return self.unmeasured or self.cost <= share * self.trained
 
-    def to_chunk_start(self, X, T, batch_size, orders):
+    def to_chunk_start(self):
         """The model (weights, optimiser state, generator) as at the start of the chunk
         after ``chunks``; idempotent. A replay that fails (no memory for its orders, say)
         leaves the model as the snapshot has it and the History without the epochs since:
         consistent, if shorter."""
-        model = self._model
         try:
-            self._snapshot.restore()
-            model._rng.bit_generator.state = self._rng_state
+            self._to_snapshot()
             for k in self.chunks:
-                model._replay(X, T, orders.draw(k), batch_size)
+                self._replay(k)
         except Exception as exc:
             if from_a_handler(exc):
                 raise   # a timeout's: the caller runs this again (run_whole)
-            self._snapshot.restore()
-            model._rng.bit_generator.state = self._rng_state
+            self._to_snapshot()
             self._history._undo(self._mark)
             self.chunks.clear()
             raise
+
+    def _to_snapshot(self):
+        self._snapshot.restore()
+        self._rng.bit_generator.state = self._rng_state
 
 
 class History:
@@ -1124,6 +1126,10 @@ class Model:
         most = max(1, min(1024, (1 << 20) // n))   # epochs per chunk: the orders' memory
         chunk = int(max(1, min(epochs, most, self._first_chunk(n, batch_size))))
         orders = _Orders(self, n, shuffle)
+
+        def replay(k):   # the next k epochs of orders, trained again
+            self._replay(X, T, orders.draw(k), batch_size)
+
         with self._rollback() as snapshot:
             back = None            # the snapshot's _Rewind, once it is saved
             done = 0
@@ -1134,14 +1140,14 @@ class Model:
                 try:
                     if back is None or back.due(self._SNAPSHOT_SHARE):
                         back = None   # (interrupted in the copy: nothing trained to undo)
-                        back = _Rewind(self, snapshot, history, rng_before)
+                        back = _Rewind(snapshot, history, self._rng, replay)
                     chunk_orders = orders.draw(k)
                     started = True
                     start = time.perf_counter()
                     losses, finished, error = self._epochs(X, T, chunk_orders, batch_size,
                                                            tol, done)
                     if isinstance(error, _BadEpochUnplaced):
-                        run_whole(lambda: back.to_chunk_start(X, T, batch_size, orders))
+                        run_whole(back.to_chunk_start)
                         losses, finished, error = self._locate(
                             X, T, chunk_orders[:error.epoch + 1], batch_size, tol, done)
                     seconds = time.perf_counter() - start
@@ -1150,9 +1156,9 @@ class Model:
                         # Back to this chunk's start, then redo its epochs before the bad one.
                         # Whole, signals held back (run_whole): a timeout's exception
                         # between two replayed chunks was taken for a failed replay
-                        run_whole(lambda: back.to_chunk_start(X, T, batch_size, orders))
+                        run_whole(back.to_chunk_start)
                         if finished:
-                            self._replay(X, T, orders.draw(finished), batch_size)
+                            replay(finished)
                     elif shuffle and len(losses) < k:   # stopped at tol: draw only what was used
                         self._rng.bit_generator.state = rng_before
                         orders.draw(len(losses))
@@ -1169,7 +1175,7 @@ class Model:
                     if not recorded:
                         def undo():
                             if started:
-                                back.to_chunk_start(X, T, batch_size, orders)
+                                back.to_chunk_start()
                             else:
                                 self._rng.bit_generator.state = rng_before
                             history._undo(recorded_so_far)
