@@ -6,10 +6,13 @@ The digits set (1,797 × 64, 10 classes), standardised, as a scikit-learn user p
 Adam (learning_rate_init=1e-3), batch_size 200 ("auto"), alpha 1e-4, shuffling, and
 exactly EPOCHS epochs (tol=0 with an n_iter_no_change no run reaches, so neither stops
 early). Timed calls: ``fit`` (the whole call, a new model each time), ``predict_proba``
-of all rows, and ``predict`` of one row.
+of all rows, ``predict`` of one row, and ``partial_fit`` of a 64-row batch (one Adam
+step of a streaming fit, after a first call given ``classes``).
 
 The same work, checked: both run EPOCHS epochs over every row (n_iter_ and t_ equal)
-and both fit the training rows (accuracy >= MIN_ACCURACY). Their weights cannot match:
+and both fit the training rows (accuracy >= MIN_ACCURACY); a partial_fit trains one
+step on STREAM_ROWS rows in each (t_ + STREAM_ROWS; batch_size "auto", so the batch is
+one step in both). Their weights cannot match:
 each library draws its own initial weights and shuffles with its own generator.
 fastmlp computes in float32 by default and scikit-learn in the dtype of X (here
 float64); the "cython float64" column runs fastmlp in float64 too.
@@ -27,7 +30,8 @@ SETTINGS = dict(hidden_layer_sizes=(64,), activation="relu", solver="adam",
                 tol=0.0, n_iter_no_change=10 ** 6, shuffle=True, random_state=0)
 # (column, what builds its estimator)
 COLUMNS = ("scikit-learn", "cython", "numba", "cython float64")
-CALLS = ("fit", "predict_proba", "predict-1")
+CALLS = ("fit", "predict_proba", "predict-1", "partial_fit-64")
+STREAM_ROWS = 64
 
 
 def available():
@@ -66,9 +70,13 @@ class Case:
         self.column, self.X, self.y = column, X, y
         self.fitted = self.fit()
         one = X[:1]
+        self.streaming = estimator(column).set_params(batch_size="auto").partial_fit(
+            X[:STREAM_ROWS], y[:STREAM_ROWS], classes=np.unique(y))
+        batch = X[STREAM_ROWS:2 * STREAM_ROWS], y[STREAM_ROWS:2 * STREAM_ROWS]
         self.calls = {"fit": self.fit,
                       "predict_proba": lambda: self.fitted.predict_proba(X),
-                      "predict-1": lambda: self.fitted.predict(one)}
+                      "predict-1": lambda: self.fitted.predict(one),
+                      "partial_fit-64": lambda: self.streaming.partial_fit(*batch)}
 
     def fit(self):
         with warnings.catch_warnings():   # max_iter reached, on purpose
@@ -82,6 +90,11 @@ class Case:
             f"{self.column}: n_iter_ {est.n_iter_}, t_ {est.t_}"
         accuracy = float(np.mean(est.predict(self.X) == self.y))
         assert accuracy >= MIN_ACCURACY, f"{self.column}: training accuracy {accuracy:.3f}"
+        stream = self.streaming
+        rows = stream.t_
+        self.calls["partial_fit-64"]()
+        assert stream.t_ == rows + STREAM_ROWS, \
+            f"{self.column}: partial_fit went from t_ {rows} to {stream.t_}"
         return accuracy
 
 

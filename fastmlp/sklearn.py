@@ -55,6 +55,8 @@ except ImportError as exc:  # validate_data and __sklearn_tags__ need scikit-lea
 
 __all__ = ["MLPClassifier", "MLPRegressor", "expected_failed_checks", "resolve_backend"]
 
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))   # native byte order only
+
 
 def r2(T, P):
     """scikit-learn's ``r2_score(T, P)`` (outputs averaged uniformly, force_finite) for
@@ -183,13 +185,33 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
             raise ValueError(f"y contains labels not in classes_ "
                              f"{_short(self.classes_.tolist())}: "
                              f"{_short(np.unique(y[unknown]).tolist())}")
-        codes = np.searchsorted(self.classes_, y)
+        return self._encoded(np.searchsorted(self.classes_, y))
+
+    def _ready_targets(self, y):
+        """What _targets makes of labels y (n,) of classes_'s own kind (integers, strings,
+        floats or bools), every one in classes_ (single-label); else None, and the full
+        checks run (and name any label not in classes_). Also None where scikit-learn's
+        check could warn that many distinct labels look like a regression (over 20 rows,
+        more than half of them classes), so that warning is not lost."""
+        classes = self.classes_
+        n, k = len(y), len(classes)
+        if (self._multilabel or y.ndim != 1 or y.dtype.kind != classes.dtype.kind
+                or y.dtype.kind not in "biufU" or (n > 20 and k > round(0.5 * n))):
+            return None
+        codes = np.searchsorted(classes, y)
+        np.minimum(codes, k - 1, out=codes)
+        if not np.array_equal(classes.take(codes), y):
+            return None
+        return self._encoded(codes)
+
+    def _encoded(self, codes):
+        """(T, output) for the class indices ``codes`` (n,) into classes_ (single-label):
+        one sigmoid unit for two classes, else one-hot rows for a softmax."""
         k = len(self.classes_)
         if k == 2:
             return codes.astype(self.dtype).reshape(-1, 1), (1, "sigmoid", "binary_cross_entropy")
-        T = np.zeros((len(y), k), dtype=self.dtype)
-        T[np.arange(len(y)), codes] = 1
-        return T, (k, "softmax", "cross_entropy")
+        return (validation.index_targets(codes, len(codes), k, self.dtype),
+                (k, "softmax", "cross_entropy"))
 
     def _validation_score(self, X_val, T_val):
         """Accuracy on held-out rows (exact match of all labels for multilabel)."""
@@ -248,6 +270,15 @@ class MLPRegressor(RegressorMixin, BaseMLP):
                              f"fitted with {self.n_outputs_} (n_outputs_); partial_fit "
                              "continues the same outputs (fit starts again)")
         return T, (T.shape[1], "linear", "mse")
+
+    def _ready_targets(self, y):
+        """What _targets makes of a y (n,) or (n, outputs) of integers, or of float32 or
+        float64 values all finite; else None (the full checks run)."""
+        if not (y.ndim == 1 or (y.ndim == 2 and y.shape[1] > 0)):
+            return None
+        if not (y.dtype.kind in "iu" or (y.dtype in _FLOATS and validation.finite(y))):
+            return None
+        return self._targets(y, False, None)
 
     def _scikit_learn_loss(self, loss):
         # scikit-learn's squared loss is the mean over rows AND outputs, halved
