@@ -16,7 +16,8 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils._param_validation import (Interval, Options, StrOptions,
+                                            validate_parameter_constraints)
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 import fastmlp as fm
@@ -139,12 +140,17 @@ class BaseMLP(BaseEstimator):
         it checked last time and of a type that cannot change in place (a number, a
         string, a tuple of them): a later partial_fit then pays a tuple of getattr, not
         the 90 us the check costs."""
-        values = tuple(getattr(self, name) for name in _param_names(type(self)))
+        names = _param_names(type(self))
+        values = tuple(getattr(self, name) for name in names)
         last = self.__dict__.get(_VALIDATED)
         if last is not None and len(last) == len(values) and all(
                 a is b for a, b in zip(last, values)):
             return
-        super()._validate_params()
+        # the values read above, not read again (scikit-learn's own _validate_params reads
+        # them through get_params: another thread's set_params in between had a value
+        # never checked taken as checked, for good)
+        validate_parameter_constraints(self._parameter_constraints, dict(zip(names, values)),
+                                       caller_name=type(self).__name__)
         if all(_unchanging(value) for value in values):
             self.__dict__[_VALIDATED] = values
         else:
@@ -216,7 +222,8 @@ class BaseMLP(BaseEstimator):
         else:
             X, y = validation.refuse_masked(X, "X"), validation.refuse_masked(y, "y")
             X, y = validate_data(self, X, y, reset=first, multi_output=True, order="C",
-                                 dtype=self.dtype, y_numeric=isinstance(self, RegressorMixin))
+                                 dtype=self._data_dtype(first),
+                                 y_numeric=isinstance(self, RegressorMixin))
             if issparse(y):   # validate_data passes a sparse y (a multilabel indicator, say):
                 y = y.toarray()   # dense as the targets are, as scikit-learn's MLP takes it
             T, output = self._targets(y, first, classes)
@@ -237,6 +244,13 @@ class BaseMLP(BaseEstimator):
             self.best_validation_score_ = -np.inf if early else None
         return X, X_val, T, T_val, early, batch_size, decay
 
+    def _data_dtype(self, first):
+        """The dtype X and the targets are made in: the ``dtype`` parameter's on a first
+        call (which builds model_ in it), model_'s on a later one (the parameter may have
+        been set since: converting to it first rounded the data twice, and a batch the
+        checks skip was converted once)."""
+        return np.dtype(self.dtype) if first else self.model_.dtype
+
     def _ready_batch(self, X, y):
         """(X, T, output) for a later partial_fit's batch that scikit-learn's checks would
         pass unchanged but for X's conversion to the model's dtype: X a plain 2-D ndarray
@@ -246,7 +260,7 @@ class BaseMLP(BaseEstimator):
         scikit-learn's words. (Those checks, pandas and polars detection and
         type_of_target among them, were 90 % of a 32-row partial_fit.)"""
         if (type(X) is not np.ndarray or type(y) is not np.ndarray or X.ndim != 2
-                or X.dtype.kind not in "fiub" or len(y) != len(X)
+                or y.ndim == 0 or X.dtype.kind not in "fiub" or len(y) != len(X)
                 or self.__dict__.get("feature_names_in_") is not None):
             return None
         dtype = self.model_.dtype
@@ -520,7 +534,7 @@ class BaseMLP(BaseEstimator):
         check_is_fitted(self, "model_")
         # scikit-learn's checks drop a mask and would predict from the hidden values
         X = validate_data(self, validation.refuse_masked(X, "X"), reset=False, order="C",
-                          dtype=self.dtype)
+                          dtype=self.model_.dtype)
         return self.model_.predict(X).astype(np.float64)
 
 

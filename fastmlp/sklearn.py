@@ -178,14 +178,14 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
             raise ValueError(f"y is {kind}, which does not match the targets this model was "
                              "first trained on")
         if self._multilabel:
-            return np.ascontiguousarray(y, dtype=self.dtype), (len(self.classes_), "sigmoid",
-                                                               "binary_cross_entropy")
+            T = np.ascontiguousarray(y, dtype=self._data_dtype(first))
+            return T, (len(self.classes_), "sigmoid", "binary_cross_entropy")
         unknown = ~np.isin(y, self.classes_)
         if unknown.any():
             raise ValueError(f"y contains labels not in classes_ "
                              f"{_short(self.classes_.tolist())}: "
                              f"{_short(np.unique(y[unknown]).tolist())}")
-        return self._encoded(np.searchsorted(self.classes_, y))
+        return self._encoded(np.searchsorted(self.classes_, y), self._data_dtype(first))
 
     def _ready_targets(self, y):
         """What _targets makes of labels y (n,) of classes_'s own kind (integers, strings,
@@ -202,15 +202,15 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         np.minimum(codes, k - 1, out=codes)
         if not np.array_equal(classes.take(codes), y):
             return None
-        return self._encoded(codes)
+        return self._encoded(codes, self.model_.dtype)
 
-    def _encoded(self, codes):
-        """(T, output) for the class indices ``codes`` (n,) into classes_ (single-label):
-        one sigmoid unit for two classes, else one-hot rows for a softmax."""
+    def _encoded(self, codes, dtype):
+        """(T, output) for the class indices ``codes`` (n,) into classes_ (single-label), T
+        in ``dtype``: one sigmoid unit for two classes, else one-hot rows for a softmax."""
         k = len(self.classes_)
         if k == 2:
-            return codes.astype(self.dtype).reshape(-1, 1), (1, "sigmoid", "binary_cross_entropy")
-        return (validation.index_targets(codes, len(codes), k, self.dtype),
+            return codes.astype(dtype).reshape(-1, 1), (1, "sigmoid", "binary_cross_entropy")
+        return (validation.index_targets(codes, len(codes), k, dtype),
                 (k, "softmax", "cross_entropy"))
 
     def _validation_score(self, X_val, T_val):
@@ -263,7 +263,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
         """T float (n, n_outputs) in the model dtype, and (n_outputs, "linear", "mse")."""
         # checked before the cast, so 1e300 for float32 is named too large (as Model.fit
         # names it), not cast to inf with an overflow warning and called "inf"
-        T = validation.as_finite(y.reshape(len(y), -1), "Y", self.dtype)
+        T = validation.as_finite(y.reshape(len(y), -1), "Y", self._data_dtype(first))
         if not first and T.shape[1] != self.n_outputs_:
             shape = "a 1-D y" if y.ndim == 1 else f"y of shape {y.shape}"
             raise ValueError(f"{shape} has {T.shape[1]} output(s), but this regressor was "

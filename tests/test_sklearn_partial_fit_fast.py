@@ -98,7 +98,7 @@ def _fitted(labels=(0, 1, 2), dtype="float32"):
 
 
 @pytest.mark.parametrize("case", ["unknown label", "NaN", "inf", "width", "no rows",
-                                  "lengths", "float labels", "2-D labels"])
+                                  "lengths", "float labels", "2-D labels", "0-d labels"])
 def test_what_the_shortcut_leaves_gets_scikit_learns_words(case):
     est, X, y = _fitted()
     before = [w.copy() for w in est.coefs_]
@@ -122,10 +122,13 @@ def test_what_the_shortcut_leaves_gets_scikit_learns_words(case):
     elif case == "float labels":
         y = y + 0.5
         match = "Unknown label type"
-    else:
+    elif case == "2-D labels":
         y = np.stack([y, y], axis=1)
         match = "multiclass-multioutput targets are not supported"
-    with pytest.raises(ValueError, match=match):
+    else:
+        y = np.array(1)
+        match = "at least 1 dimension"
+    with pytest.raises((ValueError, TypeError), match=match):
         est.partial_fit(X, y)
     for a, b in zip(est.coefs_, before):   # refused before any step
         np.testing.assert_array_equal(a, b)
@@ -190,9 +193,9 @@ def test_parameters_are_checked_on_every_call():
 def test_parameters_that_can_change_in_place_are_checked_each_time(monkeypatch):
     est, X, y = _fitted()
     checks = []
-    real = _sklearn_base.BaseEstimator._validate_params
-    monkeypatch.setattr(_sklearn_base.BaseEstimator, "_validate_params",
-                        lambda self: (checks.append(1), real(self)))
+    real = _sklearn_base.validate_parameter_constraints
+    monkeypatch.setattr(_sklearn_base, "validate_parameter_constraints",
+                        lambda *args, **kwargs: (checks.append(1), real(*args, **kwargs)))
     est.partial_fit(X, y)
     est.partial_fit(X, y)
     assert len(checks) == 0   # every parameter the object checked when _fitted trained
@@ -216,3 +219,51 @@ def test_the_checked_parameters_are_not_pickled():
         warnings.simplefilter("error")
         copy.partial_fit(X, y)
     np.testing.assert_array_equal(copy.predict(X), est.partial_fit(X, y).predict(X))
+
+
+def test_the_values_checked_are_the_values_taken_as_checked(monkeypatch):
+    """Another thread's set_params landing inside the check: what is kept as checked is
+    what was checked, so the value set meanwhile is checked on the next call."""
+    est, X, y = _fitted()
+    real = _sklearn_base.validate_parameter_constraints
+
+    def meanwhile(*args, **kwargs):
+        est.max_iter = 0   # as another thread's set_params(max_iter=0) would, mid-check
+        return real(*args, **kwargs)
+
+    est.max_iter = 7   # a new object: checked on the next call
+    monkeypatch.setattr(_sklearn_base, "validate_parameter_constraints", meanwhile)
+    est.partial_fit(X, y)
+    monkeypatch.setattr(_sklearn_base, "validate_parameter_constraints", real)
+    assert est.max_iter == 0
+    with pytest.raises(ValueError, match="'max_iter' parameter"):
+        est.partial_fit(X, y)
+    with pytest.raises(ValueError, match="'max_iter' parameter"):
+        est.fit(X, y)
+
+
+@pytest.mark.parametrize("estimator", [MLPClassifier, MLPRegressor])
+@pytest.mark.parametrize("first, then", [("float64", "float32"), ("float32", "float64")])
+def test_a_dtype_set_after_fitting_trains_both_paths_alike(estimator, first, then):
+    """model_ keeps the dtype it was built in; a later call converts X (and makes the
+    targets) in model_'s dtype on both paths, not in the parameter's first."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(3, 12, 4)) * np.float64(1 + 1e-9)   # not exact in float32
+    y = rng.integers(0, 3, size=(3, 12)) if estimator is MLPClassifier else rng.normal(
+        size=(3, 12))
+    first_kwargs = {"classes": [0, 1, 2]} if estimator is MLPClassifier else {}
+    quick, full = (estimator(hidden_layer_sizes=(4,), dtype=first, random_state=0)
+                   for _ in range(2))
+    quick.partial_fit(X[0], y[0], **first_kwargs)
+    full.partial_fit(X[0], y[0], **first_kwargs)
+    for est in (quick, full):
+        est.set_params(dtype=then)
+    for Xb, yb in zip(X[1:], y[1:]):
+        quick.partial_fit(Xb, yb)
+        full.partial_fit(Xb.tolist(), yb.tolist())
+        assert quick.model_.dtype == full.model_.dtype == np.dtype(first)
+    assert quick.loss_curve_ == full.loss_curve_
+    for a, b in zip(quick.coefs_, full.coefs_):
+        np.testing.assert_array_equal(a, b)
+    predicted = quick.predict(X[0])
+    np.testing.assert_array_equal(predicted, quick.predict(X[0].tolist()))
