@@ -261,6 +261,9 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
     def _targets(self, y, first, classes):
         """T float (n, n_outputs) in the model dtype, and (n_outputs, "linear", "mse")."""
+        if y.ndim == 2 and y.shape[1] == 1:
+            # one output either way; scikit-learn's MLPRegressor warns that it ravels y
+            column_or_1d(y, warn=True)
         # checked before the cast, so 1e300 for float32 is named too large (as Model.fit
         # names it), not cast to inf with an overflow warning and called "inf"
         T = validation.as_finite(y.reshape(len(y), -1), "Y", self._data_dtype(first))

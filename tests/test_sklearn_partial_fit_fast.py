@@ -267,3 +267,22 @@ def test_a_dtype_set_after_fitting_trains_both_paths_alike(estimator, first, the
         np.testing.assert_array_equal(a, b)
     predicted = quick.predict(X[0])
     np.testing.assert_array_equal(predicted, quick.predict(X[0].tolist()))
+
+
+@pytest.mark.parametrize("column", [False, True])
+def test_a_regressor_column_y_warns_as_scikit_learns_on_both_paths(column):
+    """y of shape (n, 1): scikit-learn's MLPRegressor warns that it ravels it; so do both
+    paths here (one output either way), and a 1-D y warns on neither."""
+    from sklearn.exceptions import DataConversionWarning
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(10, 3)).astype(np.float32)
+    y = rng.normal(size=(10, 1) if column else 10)
+    est = MLPRegressor(hidden_layer_sizes=(3,), random_state=0)
+    for fit in (lambda: est.partial_fit(X, y), lambda: est.partial_fit(X, y),
+                lambda: est.partial_fit(X.tolist(), y.tolist())):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            fit()
+        kinds = [w.category for w in seen]
+        assert kinds == ([DataConversionWarning] if column else []), kinds
+    assert est.n_outputs_ == 1 and est.predict(X).shape == (10,)
