@@ -258,7 +258,7 @@ class BaseMLP(BaseEstimator):
         fitted without feature names; y a plain ndarray the subclass encodes directly
         (_ready_targets). Else None: the full checks run, and name any problem in
         scikit-learn's words. (Those checks, pandas and polars detection and
-        type_of_target among them, were 90 % of a 32-row partial_fit.)"""
+        type_of_target among them, were over 90 % of a 32-row partial_fit.)"""
         if (type(X) is not np.ndarray or type(y) is not np.ndarray or X.ndim != 2
                 or y.ndim == 0 or X.dtype.kind not in "fiub" or len(y) != len(X)
                 or self.__dict__.get("feature_names_in_") is not None):
