@@ -244,6 +244,15 @@ class BaseMLP(BaseEstimator):
             self.best_validation_score_ = -np.inf if early else None
         return X, X_val, T, T_val, early, batch_size, decay
 
+    def _plain_rows(self, X):
+        """Whether X is a plain 2-D ndarray of numbers as wide as the training data, given
+        to an estimator fitted without feature names: what predict and a later partial_fit
+        may take past scikit-learn's checks (which would pass it but for its conversion
+        to the model's dtype)."""
+        return (type(X) is np.ndarray and X.ndim == 2 and X.dtype.kind in "fiub"
+                and X.shape[1] == self.__dict__.get("n_features_in_")
+                and self.__dict__.get("feature_names_in_") is None)
+
     def _data_dtype(self, first):
         """The dtype X and the targets are made in: the ``dtype`` parameter's on a first
         call (which builds model_ in it), model_'s on a later one (the parameter may have
@@ -259,9 +268,8 @@ class BaseMLP(BaseEstimator):
         (_ready_targets). Else None: the full checks run, and name any problem in
         scikit-learn's words. (Those checks, pandas and polars detection and
         type_of_target among them, were over 90 % of a 32-row partial_fit.)"""
-        if (type(X) is not np.ndarray or type(y) is not np.ndarray or X.ndim != 2
-                or y.ndim == 0 or X.dtype.kind not in "fiub" or len(y) != len(X)
-                or self.__dict__.get("feature_names_in_") is not None):
+        if (not self._plain_rows(X) or type(y) is not np.ndarray or y.ndim == 0
+                or len(y) != len(X)):
             return None
         dtype = self.model_.dtype
         with np.errstate(over="ignore", invalid="ignore"):   # an inf made here: refused below
@@ -524,9 +532,7 @@ class BaseMLP(BaseEstimator):
         70 us (pandas and polars detection). Anything model_.predict refuses is then
         checked by scikit-learn, whose words the error has."""
         model = self.__dict__.get("model_")
-        if (model is not None and type(X) is np.ndarray and X.ndim == 2
-                and X.dtype.kind in "fiub" and X.shape[1] == self.__dict__.get("n_features_in_")
-                and self.__dict__.get("feature_names_in_") is None):
+        if model is not None and self._plain_rows(X):
             try:
                 return model.predict(X).astype(np.float64)
             except ValueError:
