@@ -332,6 +332,8 @@ def main(argv=None):
     parser.add_argument("--no-pipeline", action="store_true", help="skip the pipeline row")
     parser.add_argument("--no-sklearn", action="store_true",
                         help="skip the scikit-learn table (sklearn_case.py)")
+    parser.add_argument("--only-sklearn", action="store_true",
+                        help="the scikit-learn table alone (no workload, no pipeline row)")
     parser.add_argument("--min-time", type=float, default=1.0,
                         help="seconds of timing per cell (default 1)")
     parser.add_argument("--threads", type=int, default=2,
@@ -342,6 +344,8 @@ def main(argv=None):
         workloads = [BY_NAME[n] for n in args.workloads.split(",")]
     except KeyError as exc:
         parser.error(f"unknown workload {exc}; choose from {sorted(BY_NAME)}")
+    if args.only_sklearn:
+        workloads, args.no_pipeline, args.no_sklearn = [], True, False
     names = [n.strip() for n in args.columns.split(",") if n.strip()]
     for n in names:
         if n not in COLUMN:
@@ -385,7 +389,8 @@ def main(argv=None):
         lines += [warning, ""]
     lines += speed_table(workloads, columns, results, args.stat) + sgemm_table(results, sgemm)
     lines += pipeline_table(pipe) + sklearn_case.table(skl)
-    lines += targets_table(targets(results, sgemm, pipe))
+    if workloads:
+        lines += targets_table(targets(results, sgemm, pipe))
     lines += ["", "Every column started from the same weights and data; after its first call "
               "its weights (training) or outputs (predict) matched competent NumPy's within "
               "float32 tolerance, so every column does the same work.", ""]

@@ -7,7 +7,9 @@ Adam (learning_rate_init=1e-3), batch_size 200 ("auto"), alpha 1e-4, shuffling, 
 exactly EPOCHS epochs (tol=0 with an n_iter_no_change no run reaches, so neither stops
 early). Timed calls: ``fit`` (the whole call, a new model each time), ``predict_proba``
 of all rows, ``predict`` of one row, and ``partial_fit`` of a 64-row batch (one Adam
-step of a streaming fit, after a first call given ``classes``).
+step of a streaming fit, after a first call given ``classes``); the last two also as a
+pandas user makes them ("frame" rows: estimators fitted on a DataFrame with column
+names, then given a 1-row DataFrame, or a 64-row DataFrame and a Series of labels).
 
 The same work, checked: both run EPOCHS epochs over every row (n_iter_ and t_ equal)
 and both fit the training rows (accuracy >= MIN_ACCURACY); a partial_fit trains one
@@ -31,7 +33,8 @@ SETTINGS = dict(hidden_layer_sizes=(64,), activation="relu", solver="adam",
                 tol=0.0, n_iter_no_change=10 ** 6, shuffle=True, random_state=0)
 # (column, what builds its estimator)
 COLUMNS = ("scikit-learn", "cython", "numba", "cython float64")
-CALLS = ("fit", "predict_proba", "predict-1", "partial_fit-64")
+CALLS = ("fit", "predict_proba", "predict-1", "partial_fit-64", "predict-1 frame",
+         "partial_fit-64 frame")
 STREAM_ROWS = 64
 
 
@@ -77,35 +80,55 @@ class Case:
     """One column's estimator, fitted once; ``calls[name]()`` runs one timed call."""
 
     def __init__(self, column, X, y):
+        import pandas as pd
         self.column, self.X, self.y = column, X, y
         self.fitted = self.fit()
-        one = X[:1]
-        self.streaming = estimator(column).set_params(batch_size="auto").partial_fit(
-            X[:STREAM_ROWS], y[:STREAM_ROWS], classes=np.unique(y))
+        self.streaming = self.stream(X, y)
         batch = X[STREAM_ROWS:2 * STREAM_ROWS], y[STREAM_ROWS:2 * STREAM_ROWS]
+        # the same data as a pandas user has it: named columns, a Series of labels
+        self.frame = frame = pd.DataFrame(X, columns=[f"pixel_{i}" for i in range(X.shape[1])])
+        labels = pd.Series(y, name="digit")
+        self.fitted_frame = self.fit(frame, labels)
+        self.streaming_frame = self.stream(frame, labels)
+        one, one_frame = X[:1], frame.iloc[:1]
+        rows = slice(STREAM_ROWS, 2 * STREAM_ROWS)
+        batch_frame = frame.iloc[rows], labels.iloc[rows]
         self.calls = {"fit": self.fit,
                       "predict_proba": lambda: self.fitted.predict_proba(X),
                       "predict-1": lambda: self.fitted.predict(one),
-                      "partial_fit-64": lambda: self.streaming.partial_fit(*batch)}
+                      "partial_fit-64": lambda: self.streaming.partial_fit(*batch),
+                      "predict-1 frame": lambda: self.fitted_frame.predict(one_frame),
+                      "partial_fit-64 frame":
+                          lambda: self.streaming_frame.partial_fit(*batch_frame)}
 
-    def fit(self):
+    def fit(self, X=None, y=None):
         with warnings.catch_warnings():   # max_iter reached, on purpose
             warnings.simplefilter("ignore")
-            return estimator(self.column).fit(self.X, self.y)
+            return estimator(self.column).fit(self.X if X is None else X,
+                                              self.y if y is None else y)
+
+    def stream(self, X, y):
+        """An estimator after a first partial_fit on X's first STREAM_ROWS rows."""
+        return estimator(self.column).set_params(batch_size="auto").partial_fit(
+            X[:STREAM_ROWS], y[:STREAM_ROWS], classes=np.unique(y))
 
     def check(self):
-        """The same work as the other columns: EPOCHS epochs over every row, the rows fitted."""
-        est = self.fitted
-        assert est.n_iter_ == EPOCHS and est.t_ == EPOCHS * len(self.X), \
-            f"{self.column}: n_iter_ {est.n_iter_}, t_ {est.t_}"
-        accuracy = float(np.mean(est.predict(self.X) == self.y))
-        assert accuracy >= MIN_ACCURACY, f"{self.column}: training accuracy {accuracy:.3f}"
-        stream = self.streaming
-        rows = stream.t_
-        self.calls["partial_fit-64"]()
-        assert stream.t_ == rows + STREAM_ROWS, \
-            f"{self.column}: partial_fit went from t_ {rows} to {stream.t_}"
-        return accuracy
+        """The same work as the other columns: EPOCHS epochs over every row, the rows fitted
+        (from the array and from the frame), and one step per partial_fit."""
+        accuracies = []
+        for est, X in ((self.fitted, self.X), (self.fitted_frame, self.frame)):
+            assert est.n_iter_ == EPOCHS and est.t_ == EPOCHS * len(self.X), \
+                f"{self.column}: n_iter_ {est.n_iter_}, t_ {est.t_}"
+            accuracies.append(float(np.mean(est.predict(X) == self.y)))
+        assert min(accuracies) >= MIN_ACCURACY, \
+            f"{self.column}: training accuracy {accuracies}"
+        for stream, call in ((self.streaming, "partial_fit-64"),
+                             (self.streaming_frame, "partial_fit-64 frame")):
+            rows = stream.t_
+            self.calls[call]()
+            assert stream.t_ == rows + STREAM_ROWS, \
+                f"{self.column}: {call} went from t_ {rows} to {stream.t_}"
+        return accuracies[0]
 
 
 def measure(min_time, rounds, timer):

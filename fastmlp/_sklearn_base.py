@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 import fastmlp as fm
 from fastmlp import backends as fm_backends
-from fastmlp import validation
+from fastmlp import _frames, validation
 from fastmlp._signals import signals_deferred
 from fastmlp.activations import ACTIVATIONS
 
@@ -245,13 +245,21 @@ class BaseMLP(BaseEstimator):
         return X, X_val, T, T_val, early, batch_size, decay
 
     def _plain_rows(self, X):
-        """Whether X is a plain 2-D ndarray of numbers as wide as the training data, given
-        to an estimator fitted without feature names: what predict and a later partial_fit
-        may take past scikit-learn's checks (which would pass it but for its conversion
-        to the model's dtype)."""
-        return (type(X) is np.ndarray and X.ndim == 2 and X.dtype.kind in "fiub"
+        """X as the plain 2-D ndarray of numbers, as wide as the training data, that
+        scikit-learn's checks would make of it with no more than a conversion to the
+        model's dtype: X itself, a plain ndarray given to an estimator fitted without
+        feature names; or a pandas DataFrame's values, its columns the fitted feature
+        names and all of NumPy number dtypes (_frames.frame_rows). Else None: what predict
+        and a later partial_fit may take past those checks."""
+        if type(X) is not np.ndarray:
+            model = self.__dict__.get("model_")
+            return None if model is None else _frames.frame_rows(
+                X, self.__dict__.get("feature_names_in_"), model.dtype)
+        if (X.ndim == 2 and X.dtype.kind in "fiub"
                 and X.shape[1] == self.__dict__.get("n_features_in_")
-                and self.__dict__.get("feature_names_in_") is None)
+                and self.__dict__.get("feature_names_in_") is None):
+            return X
+        return None
 
     def _data_dtype(self, first):
         """The dtype X and the targets are made in: the ``dtype`` parameter's on a first
@@ -262,14 +270,14 @@ class BaseMLP(BaseEstimator):
 
     def _ready_batch(self, X, y):
         """(X, T, output) for a later partial_fit's batch that scikit-learn's checks would
-        pass unchanged but for X's conversion to the model's dtype: X a plain 2-D ndarray
-        of numbers, finite in that dtype and as wide as the training data, for an estimator
-        fitted without feature names; y a plain ndarray the subclass encodes directly
-        (_ready_targets). Else None: the full checks run, and name any problem in
+        pass unchanged but for X's conversion to the model's dtype: X what _plain_rows
+        takes (a plain ndarray, or a DataFrame of the fitted feature names), finite in
+        that dtype; y a plain ndarray, or a pandas Series of a NumPy or string dtype, that
+        the subclass encodes directly (_ready_targets). Else None: the full checks run, and name any problem in
         scikit-learn's words. (Those checks, pandas and polars detection and
         type_of_target among them, were over 90 % of a 32-row partial_fit.)"""
-        if (not self._plain_rows(X) or type(y) is not np.ndarray or y.ndim == 0
-                or len(y) != len(X)):
+        X, y = self._plain_rows(X), _frames.plain_labels(y)
+        if X is None or y is None or y.ndim == 0 or len(y) != len(X):
             return None
         dtype = self.model_.dtype
         with np.errstate(over="ignore", invalid="ignore"):   # an inf made here: refused below
@@ -525,16 +533,18 @@ class BaseMLP(BaseEstimator):
     def _outputs(self, X):
         """Network outputs (n, outputs) as float64, after scikit-learn's input checks.
 
-        A plain 2-D ndarray of numbers as wide as the training data, given to an estimator
-        fitted without feature names, goes straight to model_.predict, whose own checks
+        What _plain_rows takes (a plain ndarray as wide as the training data for an
+        estimator fitted without feature names, or a DataFrame of the fitted feature names
+        and NumPy number columns) goes straight to model_.predict, whose own checks
         (finiteness as its kernel reads, the width, the conversion to the model dtype)
         take what validate_data would: scikit-learn's checks cost a 1-row predict about
-        70 us (pandas and polars detection). Anything model_.predict refuses is then
+        70 us (pandas and polars detection), over 500 us for a DataFrame. Anything model_.predict refuses is then
         checked by scikit-learn, whose words the error has."""
         model = self.__dict__.get("model_")
-        if model is not None and self._plain_rows(X):
+        rows = None if model is None else self._plain_rows(X)
+        if rows is not None:
             try:
-                return model.predict(X).astype(np.float64)
+                return model.predict(rows).astype(np.float64)
             except ValueError:
                 pass   # refused: scikit-learn's checks below say why in its words
         check_is_fitted(self, "model_")

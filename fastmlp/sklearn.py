@@ -189,20 +189,23 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
     def _ready_targets(self, y):
         """What _targets makes of labels y (n,) of classes_'s own kind (integers, strings,
-        floats or bools), every one in classes_ (single-label); else None, and the full
-        checks run (and name any label not in classes_). Also None where scikit-learn's
-        check could warn that many distinct labels look like a regression (over 20 rows,
-        more than half of them classes), so that warning is not lost."""
+        floats, bools, or Python objects such as the str of a pandas column), every one
+        in classes_ (single-label); else None, and the full checks run (and name any
+        label not in classes_). Also None where scikit-learn's check could warn that many
+        distinct labels look like a regression (over 20 rows, more than half of them
+        classes), so that warning is not lost."""
         classes = self.classes_
         n, k = len(y), len(classes)
         if (self._multilabel or y.ndim != 1 or y.dtype.kind != classes.dtype.kind
-                or y.dtype.kind not in "biufU" or (n > 20 and k > round(0.5 * n))):
+                or y.dtype.kind not in "biufUO" or (n > 20 and k > round(0.5 * n))):
             return None
-        codes = np.searchsorted(classes, y)
-        np.minimum(codes, k - 1, out=codes)
-        if not np.array_equal(classes.take(codes), y):
+        try:
+            codes = np.searchsorted(classes, y)
+            np.minimum(codes, k - 1, out=codes)
+            known = np.array_equal(classes.take(codes), y)
+        except TypeError:   # objects that do not compare with the classes (None, NaN, pd.NA)
             return None
-        return self._encoded(codes, self.model_.dtype)
+        return self._encoded(codes, self.model_.dtype) if known else None
 
     def _encoded(self, codes, dtype):
         """(T, output) for the class indices ``codes`` (n,) into classes_ (single-label), T

@@ -11,22 +11,10 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn_checks import counting_checks
 
 from fastmlp import _sklearn_base
 from fastmlp.sklearn import MLPClassifier, MLPRegressor
-
-
-def _counting_checks(monkeypatch):
-    """Count the calls of scikit-learn's validate_data made by the estimators."""
-    calls = []
-    real = _sklearn_base.validate_data
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_sklearn_base, "validate_data", counted)
-    return calls
 
 
 def _batches(labels, dtype, n_batches=5, rows=16, width=5, seed=0):
@@ -49,7 +37,7 @@ def test_classifier_batches_train_as_the_full_checks_do(backend, dtype, labels, 
     X, y = _batches(labels, dtype, n_batches=1 + len(_FORMS))
     kwargs = dict(hidden_layer_sizes=(6,), backend=backend, dtype=dtype, random_state=0)
     quick, full = MLPClassifier(**kwargs), MLPClassifier(**kwargs)
-    calls = _counting_checks(monkeypatch)
+    calls = counting_checks(monkeypatch)
     quick.partial_fit(X[0], y[0], classes=labels)
     full.partial_fit(X[0].tolist(), y[0].tolist(), classes=labels)
     assert len(calls) == 2
@@ -72,7 +60,7 @@ def test_regressor_batches_train_as_the_full_checks_do(backend, dtype, outputs, 
     y = rng.normal(size=shape)
     kwargs = dict(hidden_layer_sizes=(5,), backend=backend, dtype=dtype, random_state=2)
     quick, full = MLPRegressor(**kwargs), MLPRegressor(**kwargs)
-    calls = _counting_checks(monkeypatch)
+    calls = counting_checks(monkeypatch)
     for Xb, yb in zip(X, y):
         quick.partial_fit(Xb, yb)
         full.partial_fit(Xb.tolist(), yb.tolist())
@@ -86,7 +74,7 @@ def test_integer_regression_targets_take_the_shortcut(monkeypatch):
     rng = np.random.default_rng(3)
     X = rng.normal(size=(10, 2)).astype(np.float32)
     est = MLPRegressor(hidden_layer_sizes=(3,), random_state=0).partial_fit(X, np.arange(10))
-    calls = _counting_checks(monkeypatch)
+    calls = counting_checks(monkeypatch)
     est.partial_fit(X, np.arange(10, dtype=np.uint16))
     assert calls == []
 
@@ -136,7 +124,7 @@ def test_what_the_shortcut_leaves_gets_scikit_learns_words(case):
 
 def test_labels_of_another_kind_take_the_full_checks(monkeypatch):
     est, X, y = _fitted(labels=(2, 4, 8))
-    calls = _counting_checks(monkeypatch)
+    calls = counting_checks(monkeypatch)
     est.partial_fit(X, y.astype(np.uint8))      # unsigned beside signed classes_
     est.partial_fit(X, y.tolist())
     est.partial_fit(X, y.astype(np.float64))    # 2.0, 4.0, 8.0: labels all the same
