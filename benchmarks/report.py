@@ -391,9 +391,10 @@ def main(argv=None):
     lines += pipeline_table(pipe) + sklearn_case.table(skl)
     if workloads:
         lines += targets_table(targets(results, sgemm, pipe))
-    lines += ["", "Every column started from the same weights and data; after its first call "
-              "its weights (training) or outputs (predict) matched competent NumPy's within "
-              "float32 tolerance, so every column does the same work.", ""]
+        lines += ["", "Every column started from the same weights and data; after its first "
+                  "call its weights (training) or outputs (predict) matched competent NumPy's "
+                  "within float32 tolerance, so every column does the same work."]
+    lines.append("")
     lines += environment(args.threads, columns)
     lines.append(f"- load average (1, 5, 15 min) {', '.join(f'{x:.2f}' for x in load_before)} "
                  f"before, {', '.join(f'{x:.2f}' for x in load_after)} after; run took "
