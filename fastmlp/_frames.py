@@ -41,8 +41,8 @@ def frame_rows(X, names, dtype):
     # scikit-learn takes column names as feature names only when all are exactly str
     if columns != names.tolist() or set(map(type, columns)) != {str}:
         return None
-    if not all(isinstance(dt, np.dtype) and dt.kind in _NUMBER_KINDS
-               for dt in validation.distinct_dtypes(X.dtypes)):
+    dtypes = validation.distinct_dtypes(X.dtypes)
+    if not all(isinstance(dt, np.dtype) and dt.kind in _NUMBER_KINDS for dt in dtypes):
         return None   # extension (nullable, category, sparse, string) or object columns
     # to_numpy() is DataFrame.__array__'s own first step (the one block, or the columns
     # in their common dtype), then one cast into C order: np.asarray(X, dtype, order="C")
@@ -50,6 +50,11 @@ def frame_rows(X, names, dtype):
     # (A value past the dtype's range becomes inf: the caller's finiteness check refuses
     # it, and scikit-learn's checks then say so, warning once, not twice.)
     with np.errstate(over="ignore", invalid="ignore"):
+        if any(dt.kind == "b" for dt in dtypes):
+            # scikit-learn casts a frame holding bools column by column first (beside
+            # numbers, pandas gives bools as objects, and a Python int reaches float32
+            # through float64: 2**60 + 2**36 + 1 rounded twice)
+            X = X.astype(dtype)
         return np.array(X.to_numpy(), dtype=dtype, order="C")
 
 

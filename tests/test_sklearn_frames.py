@@ -70,6 +70,8 @@ _TAKEN = {
     "int64": lambda X: (X * 1000).astype(np.int64),
     "ints and floats": lambda X: X.assign(a=(X.a * 1e6).astype(np.int64) * 10**11),
     "bools and floats": lambda X: X.assign(b=X.b > 0),
+    # scikit-learn casts each column of a frame with bools: 2**60 + 2**36 + 1 rounds once
+    "bools and big ints": lambda X: X.assign(a=X.a > 0, b=(X.b > 0) * (2**60 + 2**36 + 1)),
     "float16": lambda X: X.astype(np.float16),
     "uint8": lambda X: (X.abs() * 50).astype(np.uint8),
 }
@@ -112,6 +114,16 @@ def test_frames_the_shortcut_takes_predict_as_the_full_checks_do(backend, dtype,
     assert len(calls) == 2
     for q, f in zip(quick, full):
         _same(q, f)
+
+
+@pytest.mark.parametrize("form", list(_TAKEN))
+def test_frame_values_are_what_scikit_learn_makes_of_them(dtype, form):
+    from sklearn.utils.validation import check_array
+    X = _TAKEN[form](_frame())
+    rows = _frames.frame_rows(X, np.asarray(COLUMNS, dtype=object), np.dtype(dtype))
+    expected = check_array(X, dtype=dtype, order="C")
+    assert rows.dtype == expected.dtype and rows.flags.c_contiguous
+    np.testing.assert_array_equal(rows, expected)
 
 
 @pytest.mark.parametrize("form", list(_LEFT))
