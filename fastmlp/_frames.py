@@ -39,7 +39,8 @@ def frame_rows(X, names, dtype):
         return None
     columns = X.columns.tolist()
     # scikit-learn takes column names as feature names only when all are exactly str
-    if columns != names.tolist() or set(map(type, columns)) != {str}:
+    # (asked first: comparing pd.NA with a str raises)
+    if set(map(type, columns)) != {str} or columns != names.tolist():
         return None
     dtypes = validation.distinct_dtypes(X.dtypes)
     if not all(isinstance(dt, np.dtype) and dt.kind in _NUMBER_KINDS for dt in dtypes):

@@ -189,7 +189,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
     def _ready_targets(self, y):
         """What _targets makes of labels y (n,) of classes_'s own kind (integers, strings,
-        floats, bools, or Python objects such as the str of a pandas column), every one
+        floats, bools, or objects that are all exactly str, as a pandas column's), every one
         in classes_ (single-label); else None, and the full checks run (and name any
         label not in classes_). Also None where scikit-learn's check could warn that many
         distinct labels look like a regression (over 20 rows, more than half of them
@@ -199,6 +199,8 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         if (self._multilabel or y.ndim != 1 or y.dtype.kind != classes.dtype.kind
                 or y.dtype.kind not in "biufUO" or (n > 20 and k > round(0.5 * n))):
             return None
+        if y.dtype.kind == "O" and set(map(type, y.tolist())) != {str}:
+            return None   # objects other than str (a 0-d array, None, NaN): the full checks
         try:
             codes = np.searchsorted(classes, y)
             np.minimum(codes, k - 1, out=codes)

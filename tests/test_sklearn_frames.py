@@ -83,6 +83,7 @@ _LEFT = {
     "an extra column": lambda X: X.assign(e=1.0),
     "numpy str names": lambda X: X.set_axis([np.str_(c) for c in COLUMNS], axis=1),
     "int names": lambda X: X.set_axis(range(len(COLUMNS)), axis=1),
+    "a pd.NA name": lambda X: X.set_axis([pd.NA] + COLUMNS[1:], axis=1),
     "nullable Float64": lambda X: X.astype("Float64"),
     "nullable with NA": lambda X: X.astype("Float64").mask(X > 1),
     "nullable Int64": lambda X: (X * 10).round().astype("Int64"),
@@ -186,6 +187,8 @@ _ODD_LABELS = {
     "pd.NA": lambda y: y.astype("string").where(y.index != 3, pd.NA),
     "category": lambda y: y.astype("category"),
     "mixed with a number": lambda y: y.astype(object).where(y.index != 3, 5),
+    # equal to a class, but not a str: scikit-learn's type_of_target refuses it
+    "a 0-d array first": lambda y: pd.Series([np.array(y[0])] + y.tolist()[1:], dtype=object),
     "a frame of one column": lambda y: y.to_frame(),
 }
 
