@@ -83,7 +83,7 @@ _LEFT = {
     "an extra column": lambda X: X.assign(e=1.0),
     "numpy str names": lambda X: X.set_axis([np.str_(c) for c in COLUMNS], axis=1),
     "int names": lambda X: X.set_axis(range(len(COLUMNS)), axis=1),
-    "a pd.NA name": lambda X: X.set_axis([pd.NA] + COLUMNS[1:], axis=1),
+    "a pd.NA name": lambda X: X.set_axis(pd.Index([pd.NA] + COLUMNS[1:], dtype=object), axis=1),
     "nullable Float64": lambda X: X.astype("Float64"),
     "nullable with NA": lambda X: X.astype("Float64").mask(X > 1),
     "nullable Int64": lambda X: (X * 10).round().astype("Int64"),
