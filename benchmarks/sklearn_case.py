@@ -86,7 +86,8 @@ class Case:
         self.streaming = self.stream(X, y)
         batch = X[STREAM_ROWS:2 * STREAM_ROWS], y[STREAM_ROWS:2 * STREAM_ROWS]
         # the same data as a pandas user has it: named columns, a Series of labels
-        self.frame = frame = pd.DataFrame(X, columns=[f"pixel_{i}" for i in range(X.shape[1])])
+        names = [f"pixel_{i}" for i in range(X.shape[1])]
+        self.frame = frame = pd.DataFrame(X, columns=names)
         labels = pd.Series(y, name="digit")
         self.fitted_frame = self.fit(frame, labels)
         self.streaming_frame = self.stream(frame, labels)

@@ -273,9 +273,10 @@ class BaseMLP(BaseEstimator):
         pass unchanged but for X's conversion to the model's dtype: X what _plain_rows
         takes (a plain ndarray, or a DataFrame of the fitted feature names), finite in
         that dtype; y a plain ndarray, or a pandas Series of a NumPy or string dtype, that
-        the subclass encodes directly (_ready_targets). Else None: the full checks run, and name any problem in
-        scikit-learn's words. (Those checks, pandas and polars detection and
-        type_of_target among them, were over 90 % of a 32-row partial_fit.)"""
+        the subclass encodes directly (_ready_targets). Else None: the full checks run,
+        and name any problem in scikit-learn's words. (Those checks, pandas and polars
+        detection and type_of_target among them, were over 90 % of a 32-row
+        partial_fit.)"""
         X, y = self._plain_rows(X), _frames.plain_labels(y)
         if X is None or y is None or y.ndim == 0 or len(y) != len(X):
             return None
@@ -538,8 +539,9 @@ class BaseMLP(BaseEstimator):
         and NumPy number columns) goes straight to model_.predict, whose own checks
         (finiteness as its kernel reads, the width, the conversion to the model dtype)
         take what validate_data would: scikit-learn's checks cost a 1-row predict about
-        70 us (pandas and polars detection), over 500 us for a DataFrame. Anything model_.predict refuses is then
-        checked by scikit-learn, whose words the error has."""
+        70 us (pandas and polars detection), over 500 us for a DataFrame. Anything
+        model_.predict refuses is then checked by scikit-learn, whose words the error
+        has."""
         model = self.__dict__.get("model_")
         rows = None if model is None else self._plain_rows(X)
         if rows is not None:
