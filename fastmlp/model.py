@@ -1289,6 +1289,12 @@ class Model:
         """(X, T) as the backends take them. Labels of any kind become class indices;
         ``learn`` (training calls) records classes_ and feature names the first time."""
         net = self._net
+        if self.feature_names_in_ is not None and getattr(X, "columns", None) is not None:
+            # a DataFrame of the columns learnt (refused here otherwise): its values taken
+            # once, as predict takes them, and int labels of a Series as an array, so that
+            # a small batch takes the shortcuts below (a 64-row train_on_batch: 109 -> 55 us)
+            self._checked_feature_names(X)
+            X, Y = validation.frame_values(X, "X"), validation.int_series_values(Y)
         # X laid out already (itself, no copy), or small and plain (copied, scaled): with
         # ready targets or class indices, O(1) Python work and one finiteness pass
         ready = self._small_ready(X)

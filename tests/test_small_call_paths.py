@@ -7,7 +7,9 @@
 - a model with input scaling steps and evaluates small batches through the scaled copy
   predict uses (Model._small_ready);
 - a DataFrame's predict checks its names once per pandas Index and its views
-  (Index.is_: the columns of df.iloc[i:i + 1]) and takes its values with to_numpy."""
+  (Index.is_: the columns of df.iloc[i:i + 1]) and takes its values with to_numpy; so do
+  the training calls once the model knows its feature names (with a Series of int labels
+  as its array), so that a small frame takes the shortcuts above."""
 import numpy as np
 import pytest
 
@@ -378,3 +380,76 @@ def test_integer_one_hot_rows_train_as_float_ones(backend, dtype_of_y):
     bad[0, 0] = 2
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         by_int.train_on_batch(X, bad)
+
+
+def _frame_forms(pd, X):
+    """One batch as frames of several layouts and dtypes, each with its plain values."""
+    frame = pd.DataFrame(X, columns=list("abcd"))
+    forms = [frame, frame.iloc[1:7:2], frame.astype(np.float64), frame.iloc[:1],
+             frame.assign(b=np.arange(len(frame)))]
+    return [(f, f.to_numpy()) for f in forms]
+
+
+@pytest.mark.parametrize("series", [False, True])
+def test_a_frames_training_calls_step_as_its_values(backend, dtype, series):
+    """Once a model knows its feature names, a DataFrame's values (and a Series of int
+    labels) are taken first, so a small batch takes the small-call shortcuts: every call
+    gives, bit for bit, what the same values as plain arrays give."""
+    pd = pytest.importorskip("pandas")
+    X, y = _data(dtype, n=12)
+    framed, plain = _model(backend, dtype), _model(backend, dtype)
+    framed.fit(pd.DataFrame(X, columns=list("abcd")), y, epochs=1)
+    plain.fit(X, y, epochs=1)
+    for frame, values in _frame_forms(pd, X):
+        labels = y[:len(frame)] if len(frame) != 3 else y[1:7:2]
+        given = pd.Series(labels, index=frame.index) if series else labels
+        assert framed.train_on_batch(frame, given) == plain.train_on_batch(values, labels)
+        assert framed.evaluate(frame, given) == plain.evaluate(values, labels)
+        (la, ga), (lb, gb) = framed.gradients(frame, given), plain.gradients(values, labels)
+        assert la == lb
+        for a, b in zip(ga, gb):
+            np.testing.assert_array_equal(a, b)
+        framed.fit(frame, given, epochs=2, batch_size=2)
+        plain.fit(values, labels, epochs=2, batch_size=2)
+    for a, b in zip(framed.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert list(framed.feature_names_in_) == list("abcd")
+
+
+def test_a_frames_bad_values_and_columns_are_named_on_training_calls(backend):
+    pd = pytest.importorskip("pandas")
+    X, y = _data("float32", n=6)
+    frame = pd.DataFrame(X, columns=list("abcd"))
+    m = _model(backend, "float32")
+    m.fit(frame, y, epochs=1)
+    before = m.get_weights()
+    nan = frame.copy()
+    nan.iloc[4, 1] = np.nan
+    for call in (m.train_on_batch, m.evaluate, m.gradients):
+        with pytest.raises(ValueError, match=r"row 4, column 1"):
+            call(nan, y)
+        with pytest.raises(ValueError, match="feature names"):
+            call(frame[list("dcba")], y)
+        with pytest.raises(TypeError, match="'b'"):
+            call(frame.astype({"b": "category"}), y)
+        with pytest.raises(ValueError, match="Y has 5 rows but X has 6"):
+            call(frame, pd.Series(y[:5]))
+    for a, b in zip(before, m.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_small_frame_of_known_columns_skips_the_full_checks(backend, monkeypatch):
+    pd = pytest.importorskip("pandas")
+    X, y = _data("float32", n=6)
+    frame = pd.DataFrame(X, columns=list("abcd"))
+    m = _model(backend, "float32")
+    m.fit(frame, y, epochs=1)
+    calls = []
+    real = validation.check_inputs
+    monkeypatch.setattr(validation, "check_inputs",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    m.train_on_batch(frame, pd.Series(y))
+    m.evaluate(frame.iloc[:2], y[:2])
+    assert calls == []
+    m.train_on_batch(frame, pd.Series(y).astype(float))   # float labels: the full checks
+    assert calls == [1]
