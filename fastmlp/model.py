@@ -555,8 +555,9 @@ class Model:
 
     def get_state(self):
         """Copies of everything training changes: a dict with "theta" (n_params,),
-        "opt_buffers" (2, n_params), "opt_step" int64 (1,) and "rng_state" (the
-        generator's bit_generator.state). :meth:`set_state` restores it exactly.
+        "opt_buffers" (2, n_params), "opt_step" int64 (1,), "rng_state" (the generator's
+        bit_generator.state) and "optimizer" (the name of the optimiser whose buffers
+        these are, "sgd" or "adam"). :meth:`set_state` restores it exactly.
         Taken under the model's lock (save, pickle and copy call this), so never a
         step's update half written by another thread's training call; from another
         thread during a fit, the state of its last epoch."""
@@ -564,16 +565,26 @@ class Model:
             self._pull()
             return {"theta": self._theta.copy(), "opt_buffers": self._state.buffers.copy(),
                     "opt_step": self._state.step.copy(),
-                    "rng_state": self._rng.bit_generator.state}
+                    "rng_state": self._rng.bit_generator.state,
+                    "optimizer": self._optimizer.config()["name"]}
 
     def set_state(self, state):
-        """Restore a :meth:`get_state` dict (shapes and dtypes checked; values finite)."""
+        """Restore a :meth:`get_state` dict (shapes and dtypes checked; values finite).
+        A state of another optimiser's model is refused: its buffers mean something else
+        (Adam's first moment is no momentum). (A dict without "optimizer", as get_state
+        made them before it said whose state it was, is taken as this model's.)"""
         keys = ("theta", "opt_buffers", "opt_step", "rng_state")
         if not isinstance(state, dict) or not all(k in state for k in keys):
             have = (f"a dict with keys {sorted(map(str, state))}" if isinstance(state, dict)
                     else type(state).__name__)
             raise ValueError(f"state must be a dict from get_state() with keys {list(keys)}, "
                              f"got {have}")
+        mine = self._optimizer.config()["name"]
+        if state.get("optimizer", mine) != mine:
+            raise ValueError(f"state is of a model trained with {state['optimizer']!r}, and "
+                             f"this model trains with {mine!r}: the optimiser's buffers "
+                             "would mean something else; copy the weights instead "
+                             "(model.set_weights(other.get_weights()))")
         theta = np.asarray(state["theta"])
         buffers, step = np.asarray(state["opt_buffers"]), np.asarray(state["opt_step"])
         if theta.shape != self._theta.shape or buffers.shape != self._state.buffers.shape:
@@ -1291,10 +1302,10 @@ class Model:
         net = self._net
         if self.feature_names_in_ is not None and getattr(X, "columns", None) is not None:
             # a DataFrame of the columns learnt (refused here otherwise): its values taken
-            # once, as predict takes them, and int labels of a Series as an array, so that
-            # a small batch takes the shortcuts below (a 64-row train_on_batch: 109 -> 55 us)
+            # once, as predict takes them, and a Series of int or str labels as an array,
+            # so that a small batch takes the shortcuts below
             self._checked_feature_names(X)
-            X, Y = validation.frame_values(X, "X"), validation.int_series_values(Y)
+            X, Y = validation.frame_values(X, "X"), validation.series_labels(Y)
         # X laid out already (itself, no copy), or small and plain (copied, scaled): with
         # ready targets or class indices, O(1) Python work and one finiteness pass
         ready = self._small_ready(X)

@@ -188,6 +188,25 @@ def _check_opset(onnx, opset):
     return int(opset)
 
 
+def _check_scaling_fits(mean, scale, dtype):
+    """Refuse input scaling the graph cannot compute in ``dtype`` (its Sub and Div run in
+    the model's dtype; predict scales in float64): a mean or scale beyond float32's range
+    (inf in the graph: NaN outputs) or a scale below its smallest normal number (a
+    subnormal keeps a few bits: 4e-3 relative error where predict is exact)."""
+    info = np.finfo(dtype)
+    with np.errstate(over="ignore"):
+        mean_d, scale_d = np.asarray(mean).astype(dtype), np.asarray(scale).astype(dtype)
+    bad = ~np.isfinite(mean_d) | ~np.isfinite(scale_d) | (np.abs(scale_d) < info.tiny)
+    if bad.any():
+        j = int(np.argmax(bad))
+        raise ValueError(f"the input scaling of feature {j} (mean {float(mean[j])!r}, scale "
+                         f"{float(scale[j])!r}) does not fit {np.dtype(dtype).name}, in "
+                         "which the graph subtracts and divides (predict scales in float64):"
+                         " export a float64 model with the same weights and scaling "
+                         "(fm.Model(..., dtype='float64'), then set_weights and "
+                         "set_input_scaling)")
+
+
 def build_onnx(model, opset=None):
     """The ONNX ``ModelProto`` of ``model`` (see the module docstring), checked."""
     from . import __version__
@@ -205,6 +224,7 @@ def build_onnx(model, opset=None):
     current = "X"
     if model.input_scaling is not None:
         mean, scale = model.input_scaling
+        _check_scaling_fits(mean, scale, model.dtype)
         g.scope = "input_scaling/"
         current = g.node("Div", g.node("Sub", current, g.initializer("input_mean", mean)),
                          g.initializer("input_scale", scale))

@@ -148,6 +148,26 @@ def test_get_state_set_state_round_trip(backend, dtype):
         b.set_state(bad)
 
 
+def test_a_state_of_another_optimiser_is_refused(backend):
+    """Both optimisers keep two buffers of n_params: an Adam model's state given to an SGD
+    model made Adam's first moment its momentum, without a word. A state dict without
+    "optimizer" (made before get_state named it) is still taken."""
+    X, Y = data()
+    adam = small(backend, "float32", fm.Adam(lr=0.01))
+    adam.fit(X, Y, epochs=1)
+    sgd = small(backend, "float32", fm.SGD(lr=0.01, momentum=0.9))
+    before = sgd.get_state()
+    assert adam.get_state()["optimizer"] == "adam" and before["optimizer"] == "sgd"
+    with pytest.raises(ValueError, match="trained with 'adam'.*trains with 'sgd'"):
+        sgd.set_state(adam.get_state())
+    assert_same_state(sgd.get_state(), before)
+    unnamed = adam.get_state()
+    del unnamed["optimizer"]
+    other = small(backend, "float32", fm.Adam(lr=0.01))
+    other.set_state(unnamed)
+    assert_same_state(other.get_state(), adam.get_state())
+
+
 @pytest.mark.parametrize("clone", [lambda m: pickle.loads(pickle.dumps(m)), copy.copy,
                                    copy.deepcopy], ids=["pickle", "copy", "deepcopy"])
 def test_pickle_and_copy_predict_bit_identically(backend, dtype, clone):

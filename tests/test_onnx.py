@@ -271,3 +271,24 @@ def test_importing_fastmlp_does_not_import_onnx():
     code = "import sys, fastmlp, fastmlp.onnx_export; print('onnx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("mean, scale", [(5e38, 1e38), (0.0, 3e-42), (0.0, 1e39)])
+def test_float32_input_scaling_that_does_not_fit_is_refused(ort, mean, scale, tmp_path):
+    """The graph subtracts and divides in the model's dtype: a float32 mean or scale
+    beyond float32's range made the graph answer NaN, a subnormal scale 4e-3 relative
+    error; refused, naming the feature. The same scaling in a float64 model exports and
+    matches predict."""
+    layers = [fm.Dense(3, activation="tanh"), fm.Dense(2)]
+    m32 = fm.Model(layers, input_dim=2, loss="mse", dtype="float32", seed=0)
+    m32.set_input_scaling([0.0, mean], [1.0, scale])
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ValueError, match="input scaling of feature 1 .* does not fit float32"):
+        to_onnx(m32, path)
+    assert not path.exists()
+    m64 = fm.Model(layers, input_dim=2, loss="mse", dtype="float64", seed=0)
+    m64.set_weights(m32.get_weights())
+    m64.set_input_scaling([0.0, mean], [1.0, scale])
+    X = np.array([[0.5, mean + scale], [-1.0, mean - 2 * scale]])
+    got = run_onnx(ort, m64, X, tmp_path)
+    np.testing.assert_allclose(got, m64.predict(X), rtol=RTOL)

@@ -162,3 +162,13 @@ def test_bad_settings_are_value_errors(make, match):
 def test_non_numeric_settings_are_type_errors(make):
     with pytest.raises(TypeError, match="lr must be a number"):
         make()
+
+
+@pytest.mark.parametrize("value", [0.5, 1.5, float("nan"), "yes", None, 2, -1, 10**300])
+def test_nesterov_must_be_a_bool(value):
+    """nesterov was read by its truth: 0.5, NaN or 10**300 (from a crafted file too)
+    turned Nesterov on; refused now, bools and the ints 0 and 1 taken."""
+    with pytest.raises((TypeError, ValueError), match="nesterov must be True or False"):
+        fm.SGD(lr=0.1, momentum=0.9, nesterov=value)
+    for flag in (True, False, np.bool_(True), 1, 0, np.int8(1)):
+        assert fm.SGD(lr=0.1, momentum=0.9, nesterov=flag).nesterov is bool(flag)

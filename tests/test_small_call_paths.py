@@ -390,19 +390,22 @@ def _frame_forms(pd, X):
     return [(f, f.to_numpy()) for f in forms]
 
 
-@pytest.mark.parametrize("series", [False, True])
+@pytest.mark.parametrize("series", [None, "int", "str"])
 def test_a_frames_training_calls_step_as_its_values(backend, dtype, series):
-    """Once a model knows its feature names, a DataFrame's values (and a Series of int
-    labels) are taken first, so a small batch takes the small-call shortcuts: every call
-    gives, bit for bit, what the same values as plain arrays give."""
+    """Once a model knows its feature names, a DataFrame's values (and a Series of int or
+    str labels) are taken first, so a small batch takes the small-call shortcuts: every
+    call gives, bit for bit, what the same values as plain arrays give."""
     pd = pytest.importorskip("pandas")
     X, y = _data(dtype, n=12)
+    if series == "str":
+        y = np.array(["ant", "bee", "cat"])[y]
     framed, plain = _model(backend, dtype), _model(backend, dtype)
     framed.fit(pd.DataFrame(X, columns=list("abcd")), y, epochs=1)
     plain.fit(X, y, epochs=1)
     for frame, values in _frame_forms(pd, X):
         labels = y[:len(frame)] if len(frame) != 3 else y[1:7:2]
-        given = pd.Series(labels, index=frame.index) if series else labels
+        given = (labels if series is None else
+                 pd.Series(labels, index=frame.index, dtype=series if series == "str" else None))
         assert framed.train_on_batch(frame, given) == plain.train_on_batch(values, labels)
         assert framed.evaluate(frame, given) == plain.evaluate(values, labels)
         (la, ga), (lb, gb) = framed.gradients(frame, given), plain.gradients(values, labels)
@@ -452,4 +455,14 @@ def test_a_small_frame_of_known_columns_skips_the_full_checks(backend, monkeypat
     m.evaluate(frame.iloc[:2], y[:2])
     assert calls == []
     m.train_on_batch(frame, pd.Series(y).astype(float))   # float labels: the full checks
+    assert calls == [1]
+    words = m.classes_.astype(str)
+    text = _model(backend, "float32")
+    text.fit(frame, pd.Series(words[y], dtype="str"), epochs=1)   # (learns the names)
+    calls.clear()
+    text.train_on_batch(frame, pd.Series(words[y], dtype="str"))
+    assert calls == []
+    missing = pd.Series(words[y], dtype="str").where(np.arange(6) != 2)   # NaN: full checks
+    with pytest.raises((TypeError, ValueError)):
+        text.train_on_batch(frame, missing)
     assert calls == [1]
