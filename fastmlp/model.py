@@ -580,10 +580,14 @@ class Model:
             raise ValueError(f"state must be a dict from get_state() with keys {list(keys)}, "
                              f"got {have}")
         mine = self._optimizer.config()["name"]
-        if state.get("optimizer", mine) != mine:
-            raise ValueError(f"state is of a model trained with {state['optimizer']!r}, and "
-                             f"this model trains with {mine!r}: the optimiser's buffers "
-                             "would mean something else; copy the weights instead "
+        theirs = state.get("optimizer", mine)
+        if not isinstance(theirs, str):
+            raise ValueError(f"state['optimizer'] must be the name get_state() gives "
+                             f"('sgd' or 'adam'), got {type(theirs).__name__} {theirs!r:.60}")
+        if theirs != mine:
+            raise ValueError(f"state is of a model trained with {theirs!r}, and this model "
+                             f"trains with {mine!r}: the optimiser's buffers would mean "
+                             "something else; copy the weights instead "
                              "(model.set_weights(other.get_weights()))")
         theta = np.asarray(state["theta"])
         buffers, step = np.asarray(state["opt_buffers"]), np.asarray(state["opt_step"])
@@ -1405,6 +1409,9 @@ class Model:
         are kept with the bytes of the classes_ they were sorted from, compared on every
         call: classes_ is a public, mutable array."""
         classes = self.classes_
+        if (type(Y) is np.ndarray and Y.dtype.kind == "O" and Y.ndim == 1 and rows
+                and set(map(type, Y.tolist())) == {str}):
+            Y = np.array(Y.tolist())   # str objects (a pandas str column's): the same labels
         if (type(Y) is not np.ndarray or Y.ndim != 1 or len(Y) != rows or rows == 0
                 or Y.dtype.kind != "U" or type(classes) is not np.ndarray
                 or classes.dtype.kind != "U" or classes.shape != (self._width[1],)):

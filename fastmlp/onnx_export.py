@@ -192,7 +192,10 @@ def _check_scaling_fits(mean, scale, dtype):
     """Refuse input scaling the graph cannot compute in ``dtype`` (its Sub and Div run in
     the model's dtype; predict scales in float64): a mean or scale beyond float32's range
     (inf in the graph: NaN outputs) or a scale below its smallest normal number (a
-    subnormal keeps a few bits: 4e-3 relative error where predict is exact)."""
+    subnormal keeps a few bits: 4e-3 relative error where predict is exact). A float64
+    graph divides as predict does, subnormal scales included: nothing to refuse."""
+    if np.dtype(dtype) == np.float64:
+        return
     info = np.finfo(dtype)
     with np.errstate(over="ignore"):
         mean_d, scale_d = np.asarray(mean).astype(dtype), np.asarray(scale).astype(dtype)

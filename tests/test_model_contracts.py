@@ -161,6 +161,9 @@ def test_a_state_of_another_optimiser_is_refused(backend):
     with pytest.raises(ValueError, match="trained with 'adam'.*trains with 'sgd'"):
         sgd.set_state(adam.get_state())
     assert_same_state(sgd.get_state(), before)
+    for odd in (np.array(["adam", "sgd"]), {"name": "sgd"}, None, np.array("sgd")):
+        with pytest.raises(ValueError, match=r"state\['optimizer'\] must be the name"):
+            sgd.set_state(dict(adam.get_state(), optimizer=odd))
     unnamed = adam.get_state()
     del unnamed["optimizer"]
     other = small(backend, "float32", fm.Adam(lr=0.01))

@@ -292,3 +292,12 @@ def test_float32_input_scaling_that_does_not_fit_is_refused(ort, mean, scale, tm
     X = np.array([[0.5, mean + scale], [-1.0, mean - 2 * scale]])
     got = run_onnx(ort, m64, X, tmp_path)
     np.testing.assert_allclose(got, m64.predict(X), rtol=RTOL)
+
+
+def test_float64_subnormal_input_scale_exports(ort, tmp_path):
+    """A float64 graph divides as predict does: a subnormal float64 scale is exported."""
+    m = fm.Model([fm.Dense(3, activation="tanh"), fm.Dense(2)], input_dim=2, loss="mse",
+                 dtype="float64", seed=0)
+    m.set_input_scaling([0.0, 0.0], [1.0, 1e-310])
+    X = np.array([[0.5, 3e-310], [-1.0, -1e-310]])
+    np.testing.assert_allclose(run_onnx(ort, m, X, tmp_path), m.predict(X), rtol=1e-12)
