@@ -61,15 +61,6 @@ def frame_rows(X, names, dtype):
 
 def plain_labels(y):
     """y as the ndarray scikit-learn's check makes of it if y is a plain ndarray (itself)
-    or a pandas Series (not a subclass) of a NumPy dtype or of pandas' string dtype (an
-    object array of its values); else None."""
-    if type(y) is np.ndarray:
-        return y
-    pd = _pandas()
-    if pd is None or type(y) is not pd.Series:
-        return None
-    if isinstance(y.dtype, np.dtype):
-        return y.to_numpy()
-    if isinstance(y.dtype, pd.StringDtype):
-        return y.to_numpy(dtype=object)
-    return None
+    or a pandas Series of a NumPy dtype or of pandas' string dtype
+    (validation.series_values); else None."""
+    return y if type(y) is np.ndarray else validation.series_values(y)

@@ -1306,10 +1306,12 @@ class Model:
         net = self._net
         if self.feature_names_in_ is not None and getattr(X, "columns", None) is not None:
             # a DataFrame of the columns learnt (refused here otherwise): its values taken
-            # once, as predict takes them, and a Series of int or str labels as an array,
-            # so that a small batch takes the shortcuts below
+            # once, as predict takes them, and a Series of int or str labels as the array
+            # np.asarray makes, so that a small batch takes the shortcuts below
             self._checked_feature_names(X)
-            X, Y = validation.frame_values(X, "X"), validation.series_labels(Y)
+            X, labels_given = validation.frame_values(X, "X"), validation.series_values(Y)
+            if labels_given is not None and labels_given.dtype.kind in "iuO":
+                Y = labels_given   # (floats stay as given: labels.exact reads them again)
         # X laid out already (itself, no copy), or small and plain (copied, scaled): with
         # ready targets or class indices, O(1) Python work and one finiteness pass
         ready = self._small_ready(X)

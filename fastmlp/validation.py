@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import sys
 
 import numpy as np
 
@@ -313,19 +314,19 @@ def frame_values(frame, name):
     return frame.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def series_labels(Y):
-    """A pandas Series (not a subclass) of labels as the ndarray np.asarray makes of it, at
-    a fraction of its cost: of a NumPy integer dtype, its values; of pandas' string dtype,
-    an object array of its values (str, NaN or pd.NA where missing). Anything else as it
-    is."""
-    if type(Y).__name__ != "Series" or not type(Y).__module__.startswith("pandas"):
-        return Y
-    dtype = Y.dtype
-    if isinstance(dtype, np.dtype):
-        return Y.to_numpy() if dtype.kind in "iu" else Y
-    if type(dtype).__name__ == "StringDtype":
+def series_values(Y):
+    """The ndarray np.asarray makes of a pandas Series (not a subclass) of a NumPy dtype
+    (its values) or of pandas' string dtype (an object array: str, NaN or pd.NA where
+    missing), at a fraction of np.asarray's cost; None for anything else. (pandas is not
+    imported: a Series exists only if whoever made it imported pandas.)"""
+    pd = sys.modules.get("pandas")
+    if pd is None or type(Y) is not pd.Series:
+        return None
+    if isinstance(Y.dtype, np.dtype):
+        return Y.to_numpy()
+    if isinstance(Y.dtype, pd.StringDtype):
         return Y.to_numpy(dtype=object)
-    return Y
+    return None
 
 
 def check_inputs(X, input_dim, dtype, scaling=None, first_row=0):
