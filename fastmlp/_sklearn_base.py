@@ -132,8 +132,15 @@ class BaseMLP(BaseEstimator):
     def fit(self, X, y, *args, **fit_params):
         """Train a new model for up to ``max_iter`` epochs; returns self."""
         self._refuse(args, fit_params, "fit")
-        self._validate_params()
         return self._fit(X, y, incremental=False)
+
+    def set_params(self, **params):
+        """scikit-learn's set_params; it waits for a fit or partial_fit running in another
+        thread, so every call trains with the parameters it checked (set between the
+        check and their use, a value never checked was used: max_iter=0 returned an
+        untrained model, batch_size=0 raised ZeroDivisionError)."""
+        with self._training_lock():
+            return super().set_params(**params)
 
     def _validate_params(self):
         """scikit-learn's check of every parameter, skipped when each is the very object
@@ -175,16 +182,23 @@ class BaseMLP(BaseEstimator):
         return self.__dict__.setdefault(_LOCK, threading.RLock())
 
     def _fit(self, X, y, incremental, classes=None):
-        # scikit-learn's Interval takes 10**400 (a Python int compares with its bounds),
-        # which float arithmetic then refuses with a raw OverflowError (tol: after an epoch)
-        for name in ("alpha", "tol", "learning_rate_init", "epsilon"):
-            if not math.isfinite(validation.as_float(getattr(self, name))):
-                raise ValueError(f"The '{name}' parameter of {type(self).__name__} must be "
-                                 f"finite, got {validation.shown(getattr(self, name))}")
-        # Under the estimator's lock: two first partial_fit calls would each build a
-        # model_, and one would be lost with the steps trained on it.
+        # Under the estimator's lock, which set_params also takes: the parameters checked
+        # are those the call trains with, and two first partial_fit calls cannot each
+        # build a model_ (one would be lost with the steps trained on it).
         with self._training_lock():
+            self._validate_params()
+            # scikit-learn's Interval takes 10**400 (a Python int compares with its
+            # bounds), which float arithmetic then refuses with a raw OverflowError
+            for name in ("alpha", "tol", "learning_rate_init", "epsilon"):
+                if not math.isfinite(validation.as_float(getattr(self, name))):
+                    raise ValueError(f"The '{name}' parameter of {type(self).__name__} must "
+                                     f"be finite, got {validation.shown(getattr(self, name))}")
+            self._check_call(incremental, classes)
             return self._fit_locked(X, y, incremental, classes)
+
+    def _check_call(self, incremental, classes):
+        """The subclass's checks of a call's own arguments (the classifier's classes=),
+        after the parameters', under the training lock."""
 
     def _fit_locked(self, X, y, incremental, classes):
         first = not (incremental and hasattr(self, "model_"))

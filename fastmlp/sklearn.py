@@ -138,17 +138,21 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                             "sample_weight in scikit-learn's MLPClassifier, and fastmlp's "
                             "estimators take no sample_weight)")
         self._refuse(args, fit_params, "partial_fit")
-        self._validate_params()
+        return self._fit(X, y, incremental=True, classes=classes)
+
+    def _check_call(self, incremental, classes):
+        """partial_fit's classes= (under the training lock: whether this is the first
+        call is decided once)."""
+        if not incremental:
+            return
         if classes is not None:
             _check_classes(classes)
-        with self._training_lock():   # (whether this is the first call, decided once)
-            if not hasattr(self, "model_") and classes is None:
-                raise ValueError("classes must be passed on the first call to partial_fit")
-            if hasattr(self, "model_") and classes is not None and not np.array_equal(
-                    np.unique(classes), self.classes_):
-                raise ValueError(f"classes={_short(classes)} differs from the classes of the "
-                                 f"first call, {_short(self.classes_.tolist())}")
-            return self._fit(X, y, incremental=True, classes=classes)
+        if not hasattr(self, "model_") and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit")
+        if hasattr(self, "model_") and classes is not None and not np.array_equal(
+                np.unique(classes), self.classes_):
+            raise ValueError(f"classes={_short(classes)} differs from the classes of the "
+                             f"first call, {_short(self.classes_.tolist())}")
 
     def _targets(self, y, first, classes):
         """Encode labels: T float (n, units) in the model dtype, and (units, activation, loss)."""
@@ -261,7 +265,6 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     def partial_fit(self, X, y, *args, **fit_params):
         """One epoch over (X, y), continuing from the current weights."""
         self._refuse(args, fit_params, "partial_fit")
-        self._validate_params()
         return self._fit(X, y, incremental=True)
 
     def _targets(self, y, first, classes):

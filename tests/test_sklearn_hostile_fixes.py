@@ -287,3 +287,65 @@ def test_multilabel_partial_fit_classes_are_the_column_indices_on_every_call():
     est = _estimator("classifier").partial_fit(X, Y, classes=[0, 1, 2])
     est.partial_fit(X, Y, classes=[2, 1, 0])
     assert est.n_iter_ == 2 and est.classes_.tolist() == [0, 1, 2]
+
+
+# -- set_params from another thread during a call (round 24's race, closed) --------------
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+@pytest.mark.parametrize("method", ["fit", "partial_fit"])
+def test_set_params_waits_for_a_running_call(kind, method, monkeypatch):
+    """Another thread's set_params landing after a call's parameter check was used
+    unchecked by the rest of that call (max_iter=0 returned an untrained model,
+    batch_size=0 raised ZeroDivisionError). Now set_params waits for the call: the call
+    is held just after its check, and the other thread's set_params returns only once
+    the call has trained with the values it checked."""
+    import threading
+    X, y = _data(kind, n=50)
+    est = _estimator(kind, backend=fm.available_backends()[-1], max_iter=3, tol=0,
+                     batch_size=10)
+    kwargs = {"classes": [0, 1]} if (kind, method) == ("classifier", "partial_fit") else {}
+    checked, release, events = threading.Event(), threading.Event(), []
+    validate = type(est)._validate_params
+
+    def held_validate(self):
+        validate(self)
+        events.append("checked")
+        checked.set()
+        release.wait(10)
+
+    monkeypatch.setattr(type(est), "_validate_params", held_validate)
+
+    def other():
+        checked.wait(10)
+        est.set_params(batch_size=0, max_iter=0)   # invalid: the next call refuses them
+        events.append("set")
+
+    setter = threading.Thread(target=other)
+    setter.start()
+    caller = threading.Thread(target=lambda: (getattr(est, method)(X, y, **kwargs),
+                                              events.append("trained")))
+    caller.start()
+    checked.wait(10)
+    setter.join(0.3)
+    assert setter.is_alive(), "set_params did not wait for the running call"
+    release.set()
+    caller.join(10)
+    setter.join(10)
+    assert events == ["checked", "trained", "set"]
+    assert est.n_iter_ == (3 if method == "fit" else 1)
+    assert est.t_ == est.n_iter_ * len(X)
+    assert (est.batch_size, est.max_iter) == (0, 0)
+    monkeypatch.setattr(type(est), "_validate_params", validate)
+    with pytest.raises(ValueError, match="batch_size|max_iter"):
+        getattr(est, method)(X, y)
+
+
+def test_set_params_from_inside_a_call_does_not_deadlock():
+    """The lock is the estimator's re-entrant one: set_params in the training thread
+    itself (a callback, a subclass) goes through."""
+    X, y = _data("classifier", n=40)
+    est = _estimator("classifier", backend=fm.available_backends()[-1], max_iter=2, tol=0)
+    with est._training_lock():
+        est.set_params(max_iter=1)
+        est.fit(X, y)
+    assert est.n_iter_ == 1
