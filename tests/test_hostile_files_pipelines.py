@@ -384,6 +384,30 @@ def test_a_flipped_data_bit_fails_the_crc(saved, tmp_path):
         fm.load(bad)
 
 
+def test_every_flipped_byte_of_every_member_is_refused(saved, tmp_path):
+    """load reads a member's data straight from the file (not through zipfile's reader)
+    and checks its CRC-32 itself, over the .npy header too: a flip anywhere in a member
+    is the documented error, and only the flipped member's name is blamed."""
+    model, path = saved
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        members = [(info.filename, info.header_offset, info.file_size)
+                   for info in archive.infolist()]
+    bad = tmp_path / "flipped.npz"
+    for filename, offset, size in members:
+        name_length, extra_length = struct.unpack("<2H", data[offset + 26:offset + 30])
+        start = offset + 30 + name_length + extra_length
+        for at in sorted({start, start + 9, start + size // 2, start + size - 1}
+                         | set(range(start, start + size, max(1, size // 40)))):
+            flipped = bytearray(data)
+            flipped[at] ^= 0x01
+            bad.write_bytes(bytes(flipped))
+            with pytest.raises(ValueError, match=BAD) as caught:
+                fm.load(bad)
+            text = str(caught.value)
+            assert "CRC" in text or "header" in text or filename[:-4] in text, text
+
+
 def test_junk_before_the_archive_still_loads_the_same_model(saved, tmp_path):
     model, path = saved
     prefixed = tmp_path / "prefixed.npz"
