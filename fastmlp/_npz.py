@@ -143,7 +143,8 @@ class Archive:
 
     def read(self, name):
         """The array of member ``name``, after :meth:`describe` (whose dtype and shape
-        the caller has accepted); read-only, in a buffer of its own size."""
+        the caller has accepted), in a buffer of its own size that only it uses (the
+        caller may keep it: load's model takes its weights as they are read)."""
         f, shape, fortran, dtype = self._described.pop(name)
         info = self._infos[name]
         with f:
@@ -158,7 +159,6 @@ class Archive:
             except _DAMAGE as exc:   # (reshape: a crafted header's shape of bools)
                 pass_on_callers(exc, self._outer)
                 raise FormatError(f"damaged or truncated (member {name!r}: {exc})") from None
-        array.flags.writeable = False
         return array
 
     def _stored_data(self, info, header_bytes, nbytes):

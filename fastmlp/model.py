@@ -151,6 +151,21 @@ def _own(a, *model_arrays):
     return a.copy() if _shares_memory(a, *model_arrays) else a
 
 
+def _own(array, shape, dtype):
+    """``array`` itself if it is a C-contiguous, aligned, writable ``dtype`` array of
+    ``shape`` (a restored model takes it as its own); a copy in that form if not; zeros
+    for None."""
+    if array is None:
+        return np.zeros(shape, dtype=dtype)
+    flags = array.flags
+    if (array.dtype == dtype and array.shape == shape and flags.c_contiguous
+            and flags.aligned and flags.writeable):
+        return array
+    owned = np.empty(shape, dtype=dtype)
+    owned[...] = array
+    return owned
+
+
 def _nothing():
     """pull and push of a backend whose parameters live in the host arrays."""
 
@@ -327,15 +342,20 @@ class Model:
         self._build(layers, input_dim, loss, optimizer, backend, dtype, seed, draw=True)
 
     @classmethod
-    def _to_restore(cls, layers, input_dim, loss, optimizer, backend, dtype, seed):
-        """A model whose set_state follows at once (load, unpickling, copying): built with
+    def _to_restore(cls, layers, input_dim, loss, optimizer, backend, dtype, seed,
+                    arrays=None):
+        """A model whose state is restored at once (load, unpickling, copying): built with
         zero weights instead of drawing initial ones that restoring overwrites anyway
-        (a third of the time of copying a 784-256-128-10 model)."""
+        (a third of the time of copying a 784-256-128-10 model). ``arrays``: (theta,
+        opt_buffers), checked by the caller (load), taken as the model's own where they are
+        C-contiguous, aligned and writable in its dtype (else copied)."""
         model = cls.__new__(cls)
-        model._build(layers, input_dim, loss, optimizer, backend, dtype, seed, draw=False)
+        model._build(layers, input_dim, loss, optimizer, backend, dtype, seed, draw=False,
+                     arrays=arrays)
         return model
 
-    def _build(self, layers, input_dim, loss, optimizer, backend, dtype, seed, draw):
+    def _build(self, layers, input_dim, loss, optimizer, backend, dtype, seed, draw,
+               arrays=None):
         self._net = Network(layers, input_dim, loss)
         self._dtype = _dtype(dtype)
         problem = param_too_large(self._net.layers, self._dtype)
@@ -358,10 +378,12 @@ class Model:
         if self._backend == "numba":
             warmup.numba_kernels(self._dtype, model_class=Model)  # once per process; says so if slow
         self._seed = seed
+        n = self._net.n_params
+        theta, buffers = arrays if arrays is not None else (None, None)
         self._theta = (self._net.init_params(self._rng, self._dtype) if draw
-                       else np.zeros(self._net.n_params, dtype=self._dtype))
-        self._state = optimizers.OptimizerState.new(self._optimizer, self._net.n_params,
-                                                    self._dtype)
+                       else _own(theta, (n,), self._dtype))
+        self._state = optimizers.OptimizerState.new(self._optimizer, n, self._dtype,
+                                                    _own(buffers, (2, n), self._dtype))
         self._bind_engine(backend_class)
         self._scaling = None          # (mean, scale) float64 (input_dim,), applied by every call
         self.classes_ = None          # class labels, when fit was given labels
@@ -606,29 +628,38 @@ class Model:
             # sqrt(v) of Adam's step would be NaN (fastmlp.load refuses such files too)
             raise ValueError("opt_buffers[1] is Adam's second-moment estimate and must be "
                              ">= 0; it has negative values")
+        self._install(self._generator_from(state["rng_state"]), step, theta, buffers)
+
+    def _generator_from(self, rng_state):
+        """A new generator in ``rng_state`` (a model's own: a seed=Generator given to the
+        model is the caller's, whose draws elsewhere must not be rewound)."""
         rng = np.random.default_rng()
         try:   # NumPy's own errors ("state must be a dict") do not say whose state
-            rng.bit_generator.state = state["rng_state"]
+            rng.bit_generator.state = rng_state
             # as load reads it back: NumPy's setter takes has_uint32 = 5 (a file load then
             # refused) and truncates 1.5
-            if rng.bit_generator.state != state["rng_state"]:
+            if rng.bit_generator.state != rng_state:
                 raise ValueError("NumPy would store another state than the one given")
             io.check_rng_state(rng.bit_generator.state)
         except (TypeError, ValueError, KeyError, OverflowError) as exc:
             raise ValueError(f"rng_state is not a state of this model's generator "
                              f"({type(self._rng.bit_generator).__name__}): {exc}") from None
-        # All four written, then push (the guarded step's bounds forgotten), whatever a
-        # Ctrl-C does: landing between them it left new weights with the old generator, and
-        # skipping push it left bounds of the old weights (a step then wrote -inf unchecked).
+        return rng
+
+    def _install(self, rng, step, theta=None, buffers=None):
+        """Write checked state: the generator, the step count, and theta and the optimiser
+        buffers unless None (load built the model on its own). All written, then push
+        (the guarded step's bounds forgotten), whatever a Ctrl-C does: landing between
+        them it left new weights with the old generator, and skipping push it left
+        bounds of the old weights (a step then wrote -inf unchecked)."""
         with self._lock:
             self._wait_for_fit()   # (a Ctrl-C may end the wait: before the deferral)
             with signals_deferred():
                 try:
-                    self._theta[...] = theta
-                    self._state.buffers[...] = buffers
+                    if theta is not None:
+                        self._theta[...] = theta
+                        self._state.buffers[...] = buffers
                     self._state.step[...] = step
-                    # a generator of its own: a seed=Generator given to the model is
-                    # the caller's, whose draws elsewhere must not be rewound
                     self._rng = rng
                 finally:
                     self._push()
@@ -1624,17 +1655,16 @@ def load(path, backend=None):
     ValueError; the file is never modified.
     """
     header, arrays, backend = io.read(path, backend)
-    try:
+    try:   # (the model takes the arrays read, checked by io.read, as its own)
         model = Model._to_restore(header["layers"], header["input_dim"], header["loss"],
                                   header["optimizer"], backend, header["dtype"],
-                                  header["seed"])
+                                  header["seed"], (arrays["theta"], arrays["opt_buffers"]))
     except (TypeError, ValueError) as exc:  # e.g. softmax on a hidden layer
         raise io.bad_file(path, f"invalid header ({exc})") from None
-    model.set_state({"theta": arrays["theta"], "opt_buffers": arrays["opt_buffers"],
-                     "opt_step": arrays["opt_step"], "rng_state": header["rng_state"]})
+    model._install(model._generator_from(header["rng_state"]), arrays["opt_step"])
     if "input_mean" in arrays:
         model.set_input_scaling(arrays["input_mean"], arrays["input_scale"])
     for attr, name in (("classes_", "classes"), ("feature_names_in_", "feature_names")):
         if name in arrays:
-            setattr(model, attr, arrays[name].copy())  # the archive's arrays are read-only
+            setattr(model, attr, arrays[name])
     return model

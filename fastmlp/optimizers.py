@@ -216,9 +216,12 @@ class OptimizerState:
     step: np.ndarray
 
     @classmethod
-    def new(cls, optimizer, n_params, dtype):
-        return cls(optimizer.code, optimizer.hyper(), np.zeros((2, n_params), dtype=dtype),
-                   np.zeros(1, dtype=np.int64))
+    def new(cls, optimizer, n_params, dtype, buffers=None):
+        """A fresh state (step 0) for ``optimizer``; buffers zeros, or the (2, n_params)
+        array given, taken as is (a restored model's own)."""
+        if buffers is None:
+            buffers = np.zeros((2, n_params), dtype=dtype)
+        return cls(optimizer.code, optimizer.hyper(), buffers, np.zeros(1, dtype=np.int64))
 
     def copy_from(self, other):
         np.copyto(self.buffers, other.buffers)

@@ -408,6 +408,40 @@ def test_every_flipped_byte_of_every_member_is_refused(saved, tmp_path):
             assert "CRC" in text or "header" in text or filename[:-4] in text, text
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_loaded_model_owns_the_arrays_read_in_any_member_order(backend, dtype, tmp_path):
+    """load gives the model the arrays it read as its own weights and optimiser buffers
+    (no copy) when they are C-ordered; a member stored Fortran-ordered (a valid .npy) is
+    copied into C order. Either way the same model, training the same steps, each load
+    independent of the others."""
+    model = _classifier(backend, dtype)
+    y = np.array(["a", "b", "c"] * 8)
+    model.fit(_X(), y, epochs=2, batch_size=8)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    members = _members(path)
+    buffers = saved_arrays(path)["opt_buffers"]
+    fortran = tmp_path / "fortran.npz"
+    _zip(fortran, _replace(members, "opt_buffers.npy", _npy(np.asfortranarray(buffers))))
+    assert np.lib.format.read_array_header_1_0(
+        io.BytesIO(dict(_replace(members, "opt_buffers.npy", _npy(
+            np.asfortranarray(buffers))))["opt_buffers.npy"][8:]))[1] is True
+    loaded = [fm.load(path), fm.load(fortran), fm.load(path)]
+    for twin in loaded:
+        state, want = twin.get_state(), model.get_state()
+        for key in ("theta", "opt_buffers", "opt_step"):
+            np.testing.assert_array_equal(state[key], want[key])
+    model.fit(_X(), y, epochs=2, batch_size=8)
+    loaded[0].fit(_X(), y, epochs=2, batch_size=8)
+    loaded[1].fit(_X(), y, epochs=2, batch_size=8)
+    for twin in loaded[:2]:
+        for key in ("theta", "opt_buffers", "opt_step"):
+            np.testing.assert_array_equal(twin.get_state()[key], model.get_state()[key])
+    # the third load, untrained, still holds the file's state
+    np.testing.assert_array_equal(loaded[2].get_state()["theta"],
+                                  saved_arrays(path)["theta"])
+
+
 def test_junk_before_the_archive_still_loads_the_same_model(saved, tmp_path):
     model, path = saved
     prefixed = tmp_path / "prefixed.npz"
