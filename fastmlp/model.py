@@ -355,7 +355,7 @@ class Model:
         return model
 
     def _build(self, layers, input_dim, loss, optimizer, backend, dtype, seed, draw,
-               arrays=None):
+               arrays=None, strict=False):
         self._net = Network(layers, input_dim, loss)
         self._dtype = _dtype(dtype)
         problem = param_too_large(self._net.layers, self._dtype)
@@ -365,7 +365,7 @@ class Model:
         self._optimizer = optimizers.get(optimizer)
         meaningless = (slope_vanishes(self._net.layers, self._dtype)
                        or optimizers.problem_in(self._optimizer, self._dtype))
-        if meaningless and draw:   # a new model (draw=False: one being restored)
+        if meaningless and (draw or strict):   # a new model, or to() with new settings
             raise ValueError(meaningless)
         if meaningless:
             # A file or pickle made before these settings were refused (a model that
@@ -445,7 +445,7 @@ class Model:
         to train on with other settings, a learning-rate schedule say (``model.optimizer =
         fm.SGD(lr=0.01, momentum=0.9)``): the step count and the momentum or Adam buffers
         are kept, as when PyTorch's param_groups' lr changes. Another kind is refused (its
-        state would start from nothing: make a new Model and ``set_weights``)."""
+        state would start from nothing: ``model.to(optimizer=...)`` makes a new model)."""
         return self._optimizer
 
     @optimizer.setter
@@ -454,8 +454,9 @@ class Model:
         if type(optimizer) is not type(self._optimizer):
             raise TypeError(f"this model trains with {type(self._optimizer).__name__}: it "
                             f"cannot change to {type(optimizer).__name__}, whose state would "
-                            "start from nothing; make a new Model with it and copy the "
-                            "weights (new.set_weights(model.get_weights()))")
+                            "start from nothing; model.to(optimizer=...) gives a new "
+                            "model with it, this one's weights, input scaling and labels, "
+                            "and a fresh optimiser state")
         with self._lock:   # not between another thread's fit steps
             self._wait_for_fit()   # (a Ctrl-C may end the wait: before the deferral)
             with signals_deferred():    # whole
@@ -493,7 +494,7 @@ class Model:
     def dtype(self):
         """The NumPy dtype of the weights and of every computation, fixed once the model
         is built (its parameters, optimiser state and kernels are in it); another dtype
-        is a new Model (fm.Model(..., dtype=...) then set_weights)."""
+        is a new Model: ``model.to(dtype=...)``."""
         return self._dtype
 
     @dtype.setter
@@ -503,22 +504,22 @@ class Model:
         except Exception:   # noqa: BLE001 -- only for the message: shown as given
             pass
         raise AttributeError(f"a model's dtype is fixed once it is built (this one is "
-                             f"{self._dtype.name}): make a Model with dtype={value!r} and "
-                             "copy the weights, new.set_weights(model.get_weights())")
+                             f"{self._dtype.name}): model.to(dtype={value!r}) gives a new "
+                             "model in that dtype with everything this one has")
 
     @property
     def backend(self):
         """The backend's name ("numpy", "numba", "cython", "cuda"), fixed once the model is
-        built (its engine is that backend's); fm.load(path, backend=...) or pickling
-        rebuilds a model on another."""
+        built (its engine is that backend's); ``model.to(backend=...)``,
+        fm.load(path, backend=...) or pickling rebuilds a model on another."""
         return self._backend
 
     @backend.setter
     def backend(self, value):
         raise AttributeError(f"a model's backend is fixed once it is built (this one is "
-                             f"{self._backend!r}): save it and fm.load(path, backend="
-                             f"{value!r}), or make a Model with backend={value!r} and copy "
-                             "its state, new.set_state(model.get_state())")
+                             f"{self._backend!r}): model.to(backend={value!r}) gives a new "
+                             "model on that backend with everything this one has (or "
+                             f"fm.load(path, backend={value!r}) for a saved one)")
 
     @property
     def layers(self):
@@ -706,16 +707,50 @@ class Model:
                 "feature_names_in_": copy.copy(self.feature_names_in_)}
 
     def __setstate__(self, pickled):
+        self._restore(pickled)
+
+    def _restore(self, pickled, backend=None, dtype=None, optimizer=None):
+        """Build this (new) model from a __getstate__ dict, on ``backend``, in ``dtype`` and
+        with ``optimizer`` where given (see :meth:`to`)."""
         cfg = pickled["config"]
+        state = pickled["state"]
+        kept = optimizers.from_config(cfg["optimizer"])
+        optimizer = kept if optimizer is None else optimizers.get(optimizer)
         self._build(Network.layers_from_config(cfg["network"]), cfg["network"]["input_dim"],
-                    cfg["network"]["loss"], optimizers.from_config(cfg["optimizer"]),
-                    cfg["backend"], cfg["dtype"], cfg["seed"], draw=False)
-        self.set_state(pickled["state"])
+                    cfg["network"]["loss"], optimizer,
+                    cfg["backend"] if backend is None else backend,
+                    cfg["dtype"] if dtype is None else dtype, cfg["seed"], draw=False,
+                    strict=(backend, dtype, optimizer) != (None, None, None))
+        if type(optimizer) is not type(kept):   # its state starts from nothing
+            state = {"theta": state["theta"], "opt_buffers": np.zeros_like(self._state.buffers),
+                     "opt_step": np.zeros(1, dtype=np.int64), "rng_state": state["rng_state"]}
+        self.set_state(state)
         scaling = pickled["input_scaling"]
         if scaling is not None:
             self.set_input_scaling(*scaling)
         self.classes_ = pickled["classes_"]
         self.feature_names_in_ = pickled["feature_names_in_"]
+
+    def to(self, backend=None, dtype=None, optimizer=None):
+        """A new Model: this one on another ``backend`` ("auto" too), in another ``dtype``
+        or with another ``optimizer`` (each kept where not given). It has everything this
+        one has: the weights (converted to the dtype), optimiser buffers and step,
+        shuffling generator, input scaling, ``classes_`` and ``feature_names_in_``
+        (``set_state(get_state())`` carries only what training changes). An optimiser of
+        another kind starts its buffers and step from nothing. The model itself is
+        unchanged; a weight the new dtype cannot hold is refused (ValueError)."""
+        if backend is not None:
+            get_backend(resolve_backend(backend))   # a bad name: the caller's error first
+        if dtype is not None:
+            dtype = _dtype(dtype)
+        if optimizer is not None:
+            optimizer = optimizers.get(optimizer)
+        with self._lock:   # one moment's state, never between another thread's steps
+            self._wait_for_fit()
+            pickled = self.__getstate__()
+        model = Model.__new__(Model)
+        model._restore(pickled, backend, dtype, optimizer)
+        return model
 
     def _config(self):
         """What rebuilds this model (architecture, optimiser, dtype, backend, seed) as JSON types."""

@@ -188,6 +188,103 @@ def test_pickle_and_copy_predict_bit_identically(backend, dtype, clone):
     assert c.predict(X).tobytes() == m.predict(X).tobytes()  # same data, same generator
 
 
+# -- Model.to: another backend, dtype or optimiser, with everything the model has --------
+# (round 28: the errors' old advice, new.set_state(model.get_state()), dropped the input
+# scaling, classes_ and feature names: other probabilities, labels gone)
+
+def _labelled(backend, dtype="float32"):
+    rng = np.random.default_rng(32)
+    X = rng.normal(size=(40, 2)) * 1000 + 5e4
+    y = np.where(X[:, 0] > 5e4, "big", "small")
+    m = fm.Model([fm.Dense(4, "tanh"), fm.Dense(2, "softmax")], input_dim=2,
+                 loss="cross_entropy", optimizer=fm.Adam(lr=0.01), backend=backend,
+                 dtype=dtype, seed=0)
+    m.set_input_scaling(X.mean(0), X.std(0))
+    m.fit(X, y, epochs=20)
+    m.feature_names_in_ = np.array(["a", "b"])
+    return m, X, y
+
+
+def _assert_carried(new, m):
+    np.testing.assert_array_equal(new.classes_, m.classes_)
+    np.testing.assert_array_equal(new.feature_names_in_, m.feature_names_in_)
+    for a, b in zip(new.input_scaling, m.input_scaling, strict=True):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_to_the_same_settings_is_a_copy_that_trains_the_same(backend, dtype):
+    m, X, y = _labelled(backend, dtype)
+    before = m.get_state()
+    new = m.to()
+    assert (new.backend, new.dtype) == (m.backend, m.dtype) and new is not m
+    _assert_carried(new, m)
+    assert_same_state(new.get_state(), before)
+    assert new.predict(X).tobytes() == m.predict(X).tobytes()
+    new.fit(X, y, epochs=2)
+    assert_same_state(m.get_state(), before)   # the original is left alone
+    m.fit(X, y, epochs=2)
+    assert_same_state(new.get_state(), m.get_state())
+
+
+@pytest.mark.parametrize("target", ["numpy", "numba", "cython", "auto"])
+def test_to_another_backend_or_dtype_carries_everything(target, dtype):
+    if target != "auto" and target not in fm.available_backends():
+        pytest.skip(f"{target} is not available here")
+    m, X, y = _labelled("numpy")
+    new = m.to(backend=target, dtype=dtype)
+    assert new.backend == (fm.available_backends()[-1] if target == "auto" else target)
+    assert new.dtype == np.dtype(dtype)
+    _assert_carried(new, m)
+    state, want = new.get_state(), m.get_state()
+    np.testing.assert_array_equal(state["theta"], want["theta"].astype(dtype))
+    np.testing.assert_array_equal(state["opt_buffers"], want["opt_buffers"].astype(dtype))
+    assert state["opt_step"][0] == want["opt_step"][0] and state["rng_state"] == want["rng_state"]
+    np.testing.assert_allclose(new.predict(X), m.predict(X), rtol=1e-5, atol=1e-6)
+    assert (new.predict_classes(X) == m.predict_classes(X)).all()
+    with pytest.raises(ValueError, match="feature names"):   # the names are checked
+        import pandas as pd
+        new.predict(pd.DataFrame(X, columns=["b", "a"]))
+
+
+def test_to_another_optimiser(backend):
+    m, X, y = _labelled(backend)
+    same_kind = m.to(optimizer=fm.Adam(lr=0.001))   # as model.optimizer = ...: state kept
+    m2 = copy.deepcopy(m)
+    m2.optimizer = fm.Adam(lr=0.001)
+    assert_same_state(same_kind.get_state(), m2.get_state())
+    other = m.to(optimizer="sgd")
+    assert isinstance(other.optimizer, fm.SGD)
+    state = other.get_state()
+    assert state["theta"].tobytes() == m.get_state()["theta"].tobytes()
+    assert not state["opt_buffers"].any() and state["opt_step"][0] == 0
+    _assert_carried(other, m)
+    other.fit(X, y, epochs=1)
+
+
+def test_to_refuses_what_the_model_cannot_be(backend):
+    m, X, y = _labelled(backend, "float64")
+    for kwargs, match in [({"backend": "nope"}, "unknown backend"),
+                          ({"dtype": "int8"}, "dtype"),
+                          ({"optimizer": "rmsprop"}, "unknown optimizer"),
+                          ({"optimizer": fm.SGD(lr=1e-45), "dtype": "float32"}, "lr")]:
+        with pytest.raises(ValueError, match=match):
+            m.to(**kwargs)
+    weights = m.get_weights()
+    weights[0][0, 0] = 1e300
+    m.set_weights(weights)
+    with pytest.raises(ValueError, match="too large for float32"):
+        m.to(dtype="float32")
+
+
+@pytest.mark.parametrize("attr, value", [("backend", "numpy"), ("dtype", "float64")])
+def test_fixed_settings_point_at_to(attr, value):
+    m = small("numpy")
+    with pytest.raises(AttributeError, match=rf"model.to\({attr}="):
+        setattr(m, attr, value)
+    with pytest.raises(TypeError, match=r"model.to\(optimizer="):
+        m.optimizer = fm.Adam()
+
+
 # -- fit's quiet path (many epochs between looks from Python) equals the per-epoch loop
 class _NoOp:
     def on_epoch_end(self, epoch, logs):
