@@ -94,6 +94,12 @@ class Classification:
         """Nothing to check before training: accuracy lies in [0, 1]."""
 
 
+# The coarsest spacing of the model dtype's values near the target that --save accepts,
+# as a fraction of the target's std: rounding to it changes a prediction by at most
+# std / 512 (the saved model's R^2 by under 1e-5).
+TARGET_SPACING = 2.0 ** -8
+
+
 class Regression:
     """A regressor's targets y float64 (n,), standardized in float64 for training (so the
     linear output unit starts at the right scale), and scores (RMSE, R^2)."""
@@ -113,12 +119,26 @@ class Regression:
 
     def check_savable(self, dtype):
         """Before training: --save folds the target's mean and scale into the output layer
-        (prepare_to_save), which cannot be done in ``dtype`` when they overflow it."""
+        (prepare_to_save), which cannot be done in ``dtype`` when they overflow it, nor
+        when the dtype's values near the mean are too far apart to tell the target's
+        values apart: the saved model's outputs are rounded to that spacing (a target of
+        1e9 + a few units in float32, whose values there are 64 apart, saved a model that
+        answered 1e9 for every row while the run reported R^2 0.999)."""
+        dtype = np.dtype(dtype)
         big = np.finfo(dtype).max
         if not (abs(self.mean) < big and self.scale < big):
             raise ValueError(f"--save: the target's values (mean {self.mean:.6g}, std "
-                             f"{self.scale:.6g}) are too large for a {np.dtype(dtype).name} "
+                             f"{self.scale:.6g}) are too large for a {dtype.name} "
                              "model; use --dtype float64")
+        spacing = float(np.spacing(dtype.type(abs(self.mean) + 4 * self.scale)))
+        if spacing > self.scale * TARGET_SPACING:
+            advice = ("use --dtype float64" if dtype != np.float64 else
+                      "subtract a constant near the mean from the target column")
+            raise ValueError(
+                f"--save: the saved model outputs the target in its own units, and "
+                f"{dtype.name} values near the target's mean ({self.mean:.6g}) are "
+                f"{spacing:.3g} apart, too coarse for its std ({self.scale:.6g}): its "
+                f"predictions would be rounded to that spacing; {advice}")
 
     def check_plottable(self, plot):
         """Before training, for --plot ``plot`` with held-out rows: the RMSE curve is in the
@@ -163,8 +183,8 @@ class Regression:
 
     def prepare_to_save(self, model):
         """Fold y = mean + scale * output into the linear output layer, so the saved model
-        outputs the target in its own units. Exact to the output's float tolerance: unlike
-        folding the input scaling, this involves no cancellation."""
+        outputs the target in its own units, to the output dtype's spacing near the
+        target, which check_savable has held below std * TARGET_SPACING."""
         weights = model.get_weights()
         W, b = weights[-2].astype(np.float64), weights[-1].astype(np.float64)
         weights[-2], weights[-1] = W * self.scale, b * self.scale + self.mean

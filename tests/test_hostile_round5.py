@@ -312,3 +312,39 @@ def test_cli_refuses_a_target_too_large_to_save_before_training(capsys, tmp_path
                              "--save", str(tmp_path / "m.fastmlp"))
     assert code == 2 and "training:" not in out and err.count("\n") == 1, (out, err)
     assert "--save: the target's values (mean" in err and "use --dtype float64" in err
+
+
+@pytest.mark.parametrize("dtype, offset, refused", [
+    ("float32", 1e9, True), ("float32", 1e4, False), ("float64", 1e9, False),
+    ("float64", 1e17, True)])
+def test_cli_refuses_a_target_the_saved_dtype_cannot_resolve(capsys, tmp_path, dtype, offset,
+                                                             refused):
+    """Round 28: --save folds the target's mean and scale into the output unit, so the
+    saved model's outputs are rounded to the dtype's spacing near the mean: 1e9 + a few
+    units in float32 (values 64 apart there) saved a model answering 1e9 for every row,
+    after a run that reported R^2 0.999. Refused before training unless the spacing is
+    below std / 256; a target the dtype resolves saves a model that reproduces the run's
+    held-out error."""
+    from helpers import run_cli
+    from fastmlp import datasets
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=200), rng.normal(size=200)
+    t = offset + 3 * a + b
+    data = tmp_path / "offset.csv"
+    data.write_text("a,b,t\n" + "".join(f"{float(x)!r},{float(z)!r},{float(v)!r}\n"
+                                         for x, z, v in zip(a, b, t)))
+    saved = tmp_path / "m.fastmlp"
+    code, out, err = run_cli(capsys, "train", "--data", str(data), "--target", "t", "--loss",
+                             "mse", "--epochs", "60", "--seed", "1", "--dtype", dtype,
+                             "--save", str(saved))
+    if refused:
+        assert code == 2 and "training:" not in out and not saved.exists(), (out, err)
+        assert "apart, too coarse for its std" in err
+        assert ("use --dtype float64" if dtype == "float32" else "subtract a constant") in err
+        return
+    assert code == 0, err
+    rmse = float(out.split("held-out RMSE: ")[1].split()[0])
+    X = np.column_stack([a, b])
+    _, X_te, _, t_te = datasets.train_test_split(X, t, 0.2, 1)   # the CLI's split
+    predicted = fm.load(saved).predict(X_te)[:, 0].astype(np.float64)
+    assert np.sqrt(np.mean((predicted - t_te) ** 2)) == pytest.approx(rmse, rel=0.05, abs=1e-3)
