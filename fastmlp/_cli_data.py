@@ -104,7 +104,10 @@ def _first_gap(table):
 
 
 def _number(cell):
-    """float(cell), or None when the cell is not a number."""
+    """float(cell), or None when the cell is not a number (or not a plain one:
+    datasets._plain_numbers, the labels' rule: '1_000' is text)."""
+    if not datasets._plain_numbers([cell]):
+        return None
     try:
         return float(cell)
     except ValueError:

@@ -365,8 +365,10 @@ def _plain_numbers(cells):
     """Whether the cells may be read as numbers: ASCII without underscores. Python's int()
     and float() (and NumPy's) also read '1_000' and the Arabic-Indic '٣', which made the
     labels '1_000' and '1000', or '٣' and '3', one class, silently (pandas reads them as
-    text). '007' and '7', or '+5' and '5', are one number, as pandas reads them."""
-    return all(cell.isascii() and "_" not in cell for cell in cells)
+    text). '007' and '7', or '+5' and '5', are one number, as pandas reads them. The one
+    rule for labels, feature cells and the CLI's reading of a target column."""
+    joined = "".join(cells)   # (one pass in C over a column's cells)
+    return joined.isascii() and "_" not in joined
 
 
 def _number_name(x):
@@ -488,7 +490,10 @@ def _check_header(path, header):
 
 
 def _finite_floats(cells):
-    """A feature column as float64 (n,), or None when a cell is not a finite number."""
+    """A feature column as float64 (n,), or None when a cell is not a finite number
+    (or not a plain number: _plain_numbers)."""
+    if not _plain_numbers(cells):
+        return None
     try:
         values = _floats(cells)
     except ValueError:
@@ -501,6 +506,8 @@ def _number(where, cell):
     if not cell.strip():
         raise ValueError(f"{where}: missing value")
     try:
+        if not _plain_numbers([cell]):   # '1_000', '٣': text, as for labels and pandas
+            raise ValueError
         value = float(cell)
     except ValueError:
         raise ValueError(f"{where}: {cell!r} is not a number (feature columns must be numeric; "

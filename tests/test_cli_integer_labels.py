@@ -125,6 +125,31 @@ def test_labels_only_pythons_int_reads_as_numbers_stay_text(tmp_path, labels, cl
     assert result.model.classes_.tolist() == classes
 
 
+@pytest.mark.parametrize("cell", ["1_000", "\u0663", "\uff11\uff12"])
+def test_feature_cells_follow_the_labels_number_rule(tmp_path, cell):
+    """Round 28: a feature cell was read with float(), which takes '1_000', the
+    Arabic-Indic three and full-width digits as 1000, 3 and 12, while the same cells as
+    labels are text (as pandas reads both): a feature column holding one is refused,
+    naming the cell, in read_csv and in the CLI."""
+    path = tmp_path / "f.csv"
+    path.write_text("a,b,y\n" + f"{cell},1,0\n" + "".join(f"{i},{i % 3},{i % 2}\n"
+                                                           for i in range(20)),
+                    encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"line 2, column 'a': '{cell}' is not a number"):
+        datasets.read_csv(path)
+    with pytest.raises(ValueError, match=rf"line 2, column 'a': '{cell}' is not a number"):
+        train("--data", str(path), "--epochs", "1")
+
+
+def test_a_target_with_a_non_plain_number_is_not_a_column_of_numbers(capsys, tmp_path):
+    """The CLI's reading of a target column used float() too: with '1_000' beside 'NA'
+    the column was a column of numbers with a gap; now '1_000' is text there as well, as
+    the labels' rule and pandas read it."""
+    from fastmlp import _cli_data
+    assert _cli_data._number("1_000") is None and _cli_data._number("1000") == 1000.0
+    assert _cli_data._number("\u0663") is None and _cli_data._number(" 2.5 ") == 2.5
+
+
 # -- bug 2: --task auto counts integer labels exactly ----------------------------------------
 
 def test_auto_counts_integer_labels_exactly(capsys, tmp_path):
