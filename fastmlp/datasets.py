@@ -307,6 +307,11 @@ def class_labels(table):
     else:
         keys = table.cells
         classes = names = sorted(set(keys))
+        for cell, line in zip(keys, table.lines) if "\0" in "".join(classes) else ():
+            if "\0" in cell:   # NumPy's str arrays drop trailing NULs: 'x\0' became 'x'
+                raise ValueError(f"{table.path}, line {line}, target column {table.target!r}: "
+                                 f"the label {cell!r} holds a NUL character, which a model's "
+                                 "classes_ (a NumPy str array) cannot keep")
     if len(classes) < 2:
         raise ValueError(f"{table.path}: target column {table.target!r} has only one class "
                          f"({names[0]!r}); a classifier needs at least 2")

@@ -150,6 +150,17 @@ def test_a_target_with_a_non_plain_number_is_not_a_column_of_numbers(capsys, tmp
     assert _cli_data._number("\u0663") is None and _cli_data._number(" 2.5 ") == 2.5
 
 
+@pytest.mark.parametrize("labels", [("x", "x\0"), ("y\0", "x\0"), ("a\0b", "c")])
+def test_a_label_holding_a_nul_is_refused_before_training(capsys, tmp_path, labels):
+    """Round 28: 'x' and 'x\0' trained as two classes, then --save failed (NumPy's str
+    array drops trailing NULs: classes ['x', 'x']); 'x\0' and 'y\0' saved classes_ that
+    were not the file's labels. Refused before training, naming the line."""
+    path = labelled_csv(tmp_path, labels)
+    code, out, err = run(capsys, "train", "--data", str(path), "--epochs", "1")
+    assert code == 2 and "training:" not in out, (out, err)
+    assert "holds a NUL character" in err and "line " in err
+
+
 # -- bug 2: --task auto counts integer labels exactly ----------------------------------------
 
 def test_auto_counts_integer_labels_exactly(capsys, tmp_path):
