@@ -102,8 +102,8 @@ def run_train(args, out=None):
         check_plot(args.plot, digits_path(), None, "the shipped digits file")
     source = f"--data {args.data}" if args.data is not None else "the digits"
     with _memory_advice(f"reading {source}", "the table takes about 2.5 times the CSV "
-                        "text's size while it is read: use a smaller file or more "
-                        "memory"):
+                        "text's size while it is read (8 bytes per cell where cells are "
+                        "short): use a smaller file or more memory"):
         data = load_data(args)
         X_train, X_test, y_train, y_test = split(args, data)
         mean, scale = datasets.standardization(X_train, data.features)

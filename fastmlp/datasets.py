@@ -192,8 +192,12 @@ def read_csv(path, target=None):
 
 # Rows converted a chunk at a time: every row kept as a list of str until the end took
 # 13x the file's size (473 MB for a 37 MB CSV of 400,000 rows x 11), and under a memory
-# limit CPython's allocator then crawled for minutes instead of failing.
+# limit CPython's allocator then crawled for minutes instead of failing. A chunk holds at
+# most _CHUNK_CELLS cells (each a str of about 50 bytes, held twice while its columns are
+# converted): 8,192 rows whatever the width made a 30 MB file of 2,000 one-digit columns
+# peak at 12 times its size.
 _CHUNK_ROWS = 8192
+_CHUNK_CELLS = 8192 * 12
 
 
 class _TableBuilder:
@@ -201,7 +205,11 @@ class _TableBuilder:
 
     def __init__(self, path, target):
         self.path, self.target, self.header = path, target, None
-        self.parts, self.cells, self.lines = [], [], []
+        # X (capacity, features) float64 grown in place (ndarray.resize: realloc, which
+        # for a large block remaps its pages rather than copying them), its first rows
+        # filled: parts concatenated at the end held the table twice at the peak.
+        self.X, self.rows = None, 0
+        self.cells, self.lines = [], []
 
     def add(self, header, rows, lines):
         """The next ``rows`` (lists of str, as many as the header) and their file lines."""
@@ -218,9 +226,19 @@ class _TableBuilder:
         cells = [c.strip() for c in columns[t]]
         if not all(cells):
             self._first_problem(header, rows, lines)
-        self.parts.append(X)
+        self._append(X)
         self.cells += cells
         self.lines += lines
+
+    def _append(self, rows):
+        """Copy ``rows`` (k, features) float64 after the rows already read."""
+        end = self.rows + len(rows)
+        if self.X is None:
+            self.X = np.empty((end, rows.shape[1]), dtype=np.float64)
+        elif end > len(self.X):
+            self.X.resize((max(end, len(self.X) * 5 // 4), rows.shape[1]), refcheck=False)
+        self.X[self.rows:end] = rows
+        self.rows = end
 
     def _first_problem(self, header, rows, lines):
         """Raise the first bad cell of ``rows`` in file order (line, then column), so the
@@ -252,8 +270,8 @@ class _TableBuilder:
     def built(self):
         if self.header is None:
             raise ValueError(f"{self.path}: has a header but no data rows")
-        X = self.parts[0] if len(self.parts) == 1 else np.concatenate(self.parts)
-        self.parts = []
+        X, self.X = self.X, None
+        X.resize((self.rows, X.shape[1]), refcheck=False)   # (no view of X exists yet)
         return Table(self.path, X, self.features, self.target, self.cells, self.lines)
 
 
@@ -383,7 +401,8 @@ def _number_name(x):
 
 def _read_rows(path, add):
     """``add(header, rows, line numbers)`` for each chunk of a CSV file's rows (at most
-    _CHUNK_ROWS; none for a file with a header only); blank lines skipped, ragged rows
+    _CHUNK_ROWS, and _CHUNK_CELLS cells; none for a file with a header only); blank lines
+    skipped, ragged rows
     rejected.
 
     Failures of the file itself become one ValueError naming it.
@@ -430,6 +449,7 @@ def _parse_rows(path, add):
         header = [h.strip() for h in header]
         _check_header(path, header)
         rows, lines = [], []
+        chunk = max(1, min(_CHUNK_ROWS, _CHUNK_CELLS // len(header)))
         for row in reader:
             if not row or all(not cell.strip() for cell in row):
                 continue
@@ -440,7 +460,7 @@ def _parse_rows(path, add):
                                  f"header has {len(header)}")
             rows.append(row)
             lines.append(reader.line_num)
-            if len(rows) == _CHUNK_ROWS:
+            if len(rows) == chunk:
                 add(header, rows, lines)
                 rows, lines = [], []
         if rows:

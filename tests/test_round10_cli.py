@@ -68,6 +68,29 @@ def test_read_csv_memory_stays_proportional_to_a_file_with_one_long_number(tmp_p
     assert table.X[1:, 0].tolist() == [float(i % 7) for i in range(199)]
 
 
+@pytest.mark.parametrize("cell", ["7", "0.123456789"])
+def test_read_csv_memory_of_a_wide_file_stays_near_its_table(tmp_path, cell):
+    """Round 28: a chunk was 8,192 rows whatever the width, every cell a str held twice,
+    and the chunks' tables were joined at the end (the table held twice): 3,000 rows x
+    1,000 columns took over 10 times the text. Now a chunk holds at most 98,304 cells and
+    the table grows in place: the peak stays below the float64 table's 1.25 x growth
+    step plus a chunk's text, and the numbers are the same."""
+    rows, width = 3000, 1000
+    line = ",".join([cell] * width) + ",1\n"
+    path = write(tmp_path, ",".join(f"c{j}" for j in range(width)) + ",y\n" + line * rows)
+    table_bytes = rows * width * 8
+    tracemalloc.start()
+    try:
+        table = datasets.read_csv(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert table.X.shape == (rows, width) and (table.X == float(cell)).all()
+    assert peak < 1.25 * table_bytes + 16 * 2 ** 20, (
+        f"peak {peak / 2 ** 20:.0f} MiB, table {table_bytes / 2 ** 20:.0f} MiB, "
+        f"file {os.path.getsize(path) / 2 ** 20:.0f} MiB")
+
+
 # -- 2: the network size check counts what a run holds, and the cgroup's limit ---------------
 
 def test_parameter_copies_covers_what_a_train_run_holds(tmp_path):
