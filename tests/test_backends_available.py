@@ -185,3 +185,23 @@ def test_a_backend_whose_import_breaks_is_named_not_raised(monkeypatch, tmp_path
                                          "it raised AttributeError: .*no_such_thing"):
         backends.get_backend("broken")
     assert "broken_backend_mod" not in sys.modules
+
+
+def test_numba_with_its_jit_switched_off_says_so():
+    """Round 28: NUMBA_DISABLE_JIT=1 (Numba's debugging switch) made the numba backend's
+    import fail with an internal AttributeError ('function' object has no attribute
+    'py_func'); it is named as the reason, and the other backends still serve."""
+    pytest.importorskip("numba")
+    import subprocess
+    import sys
+    code = ("import fastmlp as fm\n"
+            "assert 'numba' not in fm.available_backends()\n"
+            "assert fm.Model([fm.Dense(2)], input_dim=2).backend != 'numba'\n"
+            "try:\n"
+            "    fm.Model([fm.Dense(2)], input_dim=2, backend='numba')\n"
+            "except ValueError as exc:\n"
+            "    print(exc)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, NUMBA_DISABLE_JIT="1"), timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "Numba's JIT is switched off (NUMBA_DISABLE_JIT is set)" in res.stdout

@@ -40,6 +40,16 @@ from __future__ import annotations
 import numpy as np
 
 try:
+    from numba.core import config as _numba_config
+except ImportError as exc:  # numba missing
+    raise ImportError(f"the Numba kernels need numba and scipy ({exc})") from None
+if _numba_config.DISABLE_JIT:
+    # the kernels are compiled code calling one another by symbol name: there is no
+    # Python fallback to run (importing them failed with an AttributeError on py_func)
+    raise ImportError("Numba's JIT is switched off (NUMBA_DISABLE_JIT is set): the numba "
+                      "backend runs only compiled kernels; unset it, or use another backend")
+
+try:
     from ..kernels import numba_train as kt
     from ..kernels.numba_link import guard_caches
     from ._numba_entry import entry_point_or_stand_in, fits, signature
