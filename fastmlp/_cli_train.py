@@ -167,10 +167,18 @@ def _fit(args, model, task, X_train, y_train, X_test, y_test, out):
                          print_lines=not args.progress)
     callbacks = [report, ProgressBar()] if args.progress else [report]
     plot_held_out = args.plot is not None and len(y_test) > 0
-    history = model.fit(X_train, task.targets(y_train), epochs=args.epochs,
-                        batch_size=args.batch_size, callbacks=callbacks,
-                        validation_data=(X_test, task.targets(y_test)) if plot_held_out else None,
-                        gradient_norms=args.plot is not None)
+    try:
+        history = model.fit(X_train, task.targets(y_train), epochs=args.epochs,
+                            batch_size=args.batch_size, callbacks=callbacks,
+                            validation_data=(X_test, task.targets(y_test)) if plot_held_out
+                            else None, gradient_norms=args.plot is not None)
+    finally:
+        # a fit that raised (Ctrl-C, divergence) leaves its bar open, as Keras does: closed
+        # here, its line ends before the command's one line ("fastmlp train: interrupted"),
+        # which tqdm's own close at exit then drew a bar after
+        for callback in callbacks:
+            if isinstance(callback, ProgressBar):
+                callback.on_train_end()
     return history, report.seconds
 
 

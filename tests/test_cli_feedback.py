@@ -202,6 +202,28 @@ def test_progress_shows_one_bar_instead_of_the_epoch_lines(capsys, tmp_path):
     assert err.count("\n") == 1   # one bar, closed once
 
 
+def test_an_interrupted_progress_bar_ends_before_the_interrupted_line(capsys, tmp_path,
+                                                                     monkeypatch):
+    """Round 28: a Ctrl-C during `train --progress` printed "interrupted" inside the
+    bar's line, and tqdm's close at exit drew the bar again after it: the terminal's last
+    line was a bar. The bar is closed (its line ended) before the command's one line."""
+    pytest.importorskip("tqdm")
+    from fastmlp import _cli_train
+    real = _cli_train.EpochReport.on_epoch_end
+
+    def interrupt_at_the_third(self, epoch, logs=None):
+        real(self, epoch, logs)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_cli_train.EpochReport, "on_epoch_end", interrupt_at_the_third)
+    code, out, err = run(capsys, "train", "--data", str(blobs_csv(tmp_path)), "--epochs", "50",
+                         "--progress")
+    assert code == 130
+    assert err.endswith("\nfastmlp train: interrupted\n"), repr(err[-200:])
+    assert err.count("fastmlp train: interrupted") == 1
+
+
 def test_progress_without_tqdm_prints_plain_lines(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("fastmlp.callbacks._import_tqdm", lambda: None)
     code, out, err = run(capsys, "train", "--data", str(blobs_csv(tmp_path)), "--epochs", "4",
