@@ -150,6 +150,12 @@ def load_data(args):
         return Data(X, y, [str(c) for c in range(10)], features, "digit", task, why, name,
                     np.arange(10, dtype=np.int64))
     table = datasets.read_csv(args.data, args.target)
+    header = [*table.features, table.target]
+    if all(_number(name) is not None for name in header):
+        # pandas takes the first row for names too, silently; a row of data lost is said
+        print(f"note: every column name of {datasets.shown_path(args.data)}'s header row is a "
+              "number; the first row is read as the names of the columns (a CSV needs a "
+              "header row), not as data", file=sys.stderr)
     task, why = choose_task(args, table)
     names = [datasets.shown_name(f) for f in table.features[:8]]   # one line each
     shown = ", ".join(names) + (", ..." if len(table.features) > 8 else "")

@@ -188,6 +188,21 @@ def test_explicit_backend_is_named(capsys, tmp_path, backend):
     assert f", backend {backend}, float32;" in out
 
 
+def test_a_header_row_of_numbers_is_noted(capsys, tmp_path):
+    """Round 28: a CSV without a header row lost its first row to the column names, with
+    exit 0 and no word (pandas does the same, silently). A header whose every name is a
+    number is noted, once, on stderr; a header of words is not."""
+    headerless = tmp_path / "nohdr.csv"
+    headerless.write_text("".join(f"{i * 0.1 + 0.5:.3f},{(i % 7) * 0.3:.3f},{i % 2}\n"
+                                  for i in range(40)))
+    code, out, err = run(capsys, "train", "--data", str(headerless), "--epochs", "1")
+    assert code == 0, err
+    assert err.count("header row is a number; the first row is read as the names") == 1
+    assert "39 rows" in out
+    code, out, err = run(capsys, "train", "--data", str(blobs_csv(tmp_path)), "--epochs", "1")
+    assert code == 0 and "header row" not in err, err
+
+
 # -- --progress ----------------------------------------------------------------------------------
 
 def test_progress_shows_one_bar_instead_of_the_epoch_lines(capsys, tmp_path):
