@@ -1552,8 +1552,8 @@ class Model:
         if not split:
             return X, T, None
         # Keras's rule: the first floor(n (1 - split)) rows train, the rest validate,
-        # computed in the split's own type as Keras computes it (np.float32(0.07) of 100
-        # rows: 93 train, where its float64 value gives 92)
+        # computed in the split's own type as Keras computes it (np.float32(0.07) of 1,000
+        # rows: 930 train, where its float64 value gives 929)
         with np.errstate(over="ignore"):
             trained = len(X) * (1.0 - validation_split)
         if not np.isfinite(trained):   # (a float16 product past 65504)

@@ -421,6 +421,13 @@ def test_vehicles_classifies_all_six_rows(capsys, backend, dtype):
     assert "all 6 rows classified correctly" in after
 
 
+def test_backend_and_dtype_take_any_case(capsys):
+    """Round 28: --loss and --optimizer took any case, --backend NUMPY was refused."""
+    code, out, err = run(capsys, "vehicles", "--backend", "NumPy", "--dtype", "FLOAT64")
+    assert code == 0, err
+    assert "backend numpy" in out and "float64" in out
+
+
 def test_vehicles_example_script():
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "vehicles.py")],
                             capture_output=True, text=True, timeout=120)
