@@ -151,7 +151,7 @@ def _own(a, *model_arrays):
     return a.copy() if _shares_memory(a, *model_arrays) else a
 
 
-def _own(array, shape, dtype):
+def _taken(array, shape, dtype):
     """``array`` itself if it is a C-contiguous, aligned, writable ``dtype`` array of
     ``shape`` (a restored model takes it as its own); a copy in that form if not; zeros
     for None."""
@@ -381,9 +381,9 @@ class Model:
         n = self._net.n_params
         theta, buffers = arrays if arrays is not None else (None, None)
         self._theta = (self._net.init_params(self._rng, self._dtype) if draw
-                       else _own(theta, (n,), self._dtype))
+                       else _taken(theta, (n,), self._dtype))
         self._state = optimizers.OptimizerState.new(self._optimizer, n, self._dtype,
-                                                    _own(buffers, (2, n), self._dtype))
+                                                    _taken(buffers, (2, n), self._dtype))
         self._bind_engine(backend_class)
         self._scaling = None          # (mean, scale) float64 (input_dim,), applied by every call
         self.classes_ = None          # class labels, when fit was given labels
