@@ -714,13 +714,17 @@ class Model:
         with ``optimizer`` where given (see :meth:`to`)."""
         cfg = pickled["config"]
         state = pickled["state"]
+        # settings the dtype cannot hold are refused where the caller gives a dtype or an
+        # optimiser (to()); a pickle, copy or move to another backend of a model loaded with
+        # such settings warns, as load does
+        strict = (dtype, optimizer) != (None, None)
         kept = optimizers.from_config(cfg["optimizer"])
         optimizer = kept if optimizer is None else optimizers.get(optimizer)
         self._build(Network.layers_from_config(cfg["network"]), cfg["network"]["input_dim"],
                     cfg["network"]["loss"], optimizer,
                     cfg["backend"] if backend is None else backend,
                     cfg["dtype"] if dtype is None else dtype, cfg["seed"], draw=False,
-                    strict=(backend, dtype, optimizer) != (None, None, None))
+                    strict=strict)
         if type(optimizer) is not type(kept):   # its state starts from nothing
             state = {"theta": state["theta"], "opt_buffers": np.zeros_like(self._state.buffers),
                      "opt_step": np.zeros(1, dtype=np.int64), "rng_state": state["rng_state"]}
@@ -731,7 +735,7 @@ class Model:
         self.classes_ = pickled["classes_"]
         self.feature_names_in_ = pickled["feature_names_in_"]
 
-    def to(self, backend=None, dtype=None, optimizer=None):
+    def to(self, *, backend=None, dtype=None, optimizer=None):
         """A new Model: this one on another ``backend`` ("auto" too), in another ``dtype``
         or with another ``optimizer`` (each kept where not given). It has everything this
         one has: the weights (converted to the dtype), optimiser buffers and step,

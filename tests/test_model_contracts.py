@@ -269,6 +269,8 @@ def test_to_refuses_what_the_model_cannot_be(backend):
                           ({"optimizer": fm.SGD(lr=1e-45), "dtype": "float32"}, "lr")]:
         with pytest.raises(ValueError, match=match):
             m.to(**kwargs)
+    with pytest.raises(TypeError):   # by keyword: a PyTorch habit, to(torch.float64)
+        m.to("float64")
     weights = m.get_weights()
     weights[0][0, 0] = 1e300
     m.set_weights(weights)

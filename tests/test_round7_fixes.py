@@ -155,6 +155,12 @@ def test_a_file_saved_before_such_settings_were_refused_still_loads(tmp_path):
     np.testing.assert_allclose(loaded.predict(X), model.predict(X), rtol=1e-6, atol=1e-6)
     with pytest.warns(RuntimeWarning, match="lr=1e-50 is 0.0 in float32"):
         pickle.loads(pickle.dumps(loaded))
+    import copy   # (round 29: Model.to's refusal reached every copy for a while)
+    for clone in (copy.copy, copy.deepcopy, lambda m: m.to(), lambda m: m.to(backend="auto")):
+        with pytest.warns(RuntimeWarning, match="lr=1e-50 is 0.0 in float32"):
+            clone(loaded)
+    with pytest.raises(ValueError, match="lr=1e-50 is 0.0 in float32"):
+        loaded.to(dtype="float32")   # a change asked for: refused as a new model's settings
     with pytest.raises(ValueError, match="lr=1e-50 is 0.0 in float32"):
         loaded.optimizer = fm.SGD(lr=1e-50)
     loaded.optimizer = fm.SGD(lr=0.1)
