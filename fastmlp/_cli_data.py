@@ -103,6 +103,17 @@ def _first_gap(table):
     return gap if numbers else None
 
 
+def _header_looks_like_data(features):
+    """Whether every feature column's name is a number, other than the column indices
+    0..d-1 or 1..d (pandas writes a frame of unnamed columns with those names): a file
+    without a header row, whose first row of data became the names (the target's name
+    may be a class label: '5.1,3.5,Iris-setosa')."""
+    if not all(_number(name) is not None for name in features):
+        return False
+    d = len(features)
+    return features not in ([str(i) for i in range(d)], [str(i + 1) for i in range(d)])
+
+
 def _number(cell):
     """float(cell), or None when the cell is not a number (or not a plain one:
     datasets._plain_numbers, the labels' rule: '1_000' is text)."""
@@ -150,12 +161,13 @@ def load_data(args):
         return Data(X, y, [str(c) for c in range(10)], features, "digit", task, why, name,
                     np.arange(10, dtype=np.int64))
     table = datasets.read_csv(args.data, args.target)
-    header = [*table.features, table.target]
-    if all(_number(name) is not None for name in header):
+    if _header_looks_like_data(table.features):
         # pandas takes the first row for names too, silently; a row of data lost is said
-        print(f"note: every column name of {datasets.shown_path(args.data)}'s header row is a "
-              "number; the first row is read as the names of the columns (a CSV needs a "
-              "header row), not as data", file=sys.stderr)
+        shown_names = ", ".join(datasets.shown_name(f) for f in table.features[:3])
+        print(f"note: every feature column's name in {datasets.shown_path(args.data)}'s "
+              f"header row is a number ({shown_names}{', ...' if len(table.features) > 3 else ''}): "
+              "the first row is read as the names of the columns, not as data (a CSV needs "
+              "a header row)", file=sys.stderr)
     task, why = choose_task(args, table)
     names = [datasets.shown_name(f) for f in table.features[:8]]   # one line each
     shown = ", ".join(names) + (", ..." if len(table.features) > 8 else "")

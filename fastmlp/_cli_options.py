@@ -70,6 +70,12 @@ def name_from(names, what):
     return parse
 
 
+def _ascii_lower(text):
+    """--backend's name in lower case, if ASCII: an error then names what was typed
+    ('İ'.lower() is 'i̇', two characters)."""
+    return text.lower() if text.isascii() else text
+
+
 def hidden_activation(text):
     try:
         activations.get(text)
@@ -93,12 +99,12 @@ non_negative_float = _number(lambda v: v >= 0, "a finite number >= 0")
 def add_common(parser, seeds="initialisation, shuffling, split"):
     """--backend, --dtype, --seed (``seeds``: what it seeds): shared by every command."""
     # Static text: listing the importable backends here would import numba on every run.
-    parser.add_argument("--backend", default="auto", type=str.lower,   # any case, as --loss
+    parser.add_argument("--backend", default="auto", type=_ascii_lower,   # any case, as --loss
                         help="auto (default: the fastest here, cython, then numba, then "
                         "numpy), numpy (the reference), numba or cython where installed; "
                         "fastmlp.available_backends() lists them")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"],
-                        type=str.lower)
+    parser.add_argument("--dtype", default="float32", metavar="{float32,float64}",
+                        type=name_from({"float32", "float64"}, "dtype"))
     parser.add_argument("--seed", type=seed, default=0,
                         help=f"{seeds} (default 0)")
 

@@ -140,7 +140,8 @@ def run_train(args, out=None):
           f"{samples / seconds if seconds > 0 else float('inf'):,.0f} samples/s", file=out)
     predictions = task.predictions(model, X_test) if held_out else None
     if args.save is not None:
-        outputs = task.prepare_to_save(model)
+        outputs = task.prepare_to_save(model, *((X_test, y_test) if held_out
+                                                 else (X_train, y_train)))
         save_model(model, args.save)
         print(f"saved to {datasets.shown_path(args.save)}: takes raw features in file column "
               f"order (the standardization is stored in the file and applied by predict); {outputs}",

@@ -22,8 +22,10 @@ import decimal
 import gzip
 import math
 import os
+import re
 import zlib
 from importlib import resources
+from itertools import chain
 from typing import NamedTuple
 
 import numpy as np
@@ -216,16 +218,16 @@ class _TableBuilder:
         if self.header is None:
             self._columns(header)
         t = self.t
-        columns = list(zip(*rows))
-        X = np.empty((len(rows), len(self.features)), dtype=np.float64)
-        for j, i in enumerate(i for i in range(len(header)) if i != t):
-            values = _finite_floats(columns[i])
-            if values is None:
-                self._first_problem(header, rows, lines)
-            X[:, j] = values
-        cells = [c.strip() for c in columns[t]]
+        # the feature cells of every row in one flat list, converted in one pass: a pass
+        # per column per chunk cost 2.5 us a column, 29 s for a 200 x 50,000 file
+        flat = list(chain.from_iterable(row[:t] + row[t + 1:] for row in rows))
+        X = _finite_floats(flat)
+        if X is None:
+            self._first_problem(header, rows, lines)
+        cells = [_stripped(row[t]) for row in rows]
         if not all(cells):
             self._first_problem(header, rows, lines)
+        X = X.reshape(len(rows), len(self.features))
         self._append(X)
         self.cells += cells
         self.lines += lines
@@ -246,7 +248,7 @@ class _TableBuilder:
         for row, line in zip(rows, lines):
             for i, cell in enumerate(row):
                 if i == self.t:
-                    if not cell.strip():
+                    if not _stripped(cell):
                         raise ValueError(f"{self.path}, line {line}, target column "
                                          f"{self.target!r}: missing value")
                 else:
@@ -384,14 +386,27 @@ def _integral(cell):
     return int(number) if number == number.to_integral_value() else None
 
 
+def _stripped(cell):
+    """``cell`` without the ASCII spaces, tabs and line ends around it. (str.strip also
+    takes Unicode spaces and the separators \\x1c-\\x1f: a label '\\xa02' joined the
+    class 2, 'a\\x1c' the class 'a', where pandas keeps them apart.)"""
+    return cell.strip(" \t\r\n")
+
+
+# Characters no plain number holds: underscores (int('1_000')), control characters
+# (float() skips '\x1c' as white space), anything past ASCII (checked apart).
+_NOT_PLAIN = re.compile(r"[_\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def _plain_numbers(cells):
-    """Whether the cells may be read as numbers: ASCII without underscores. Python's int()
+    """Whether the cells may be read as numbers: ASCII without underscores or control
+    characters but tabs and line ends (which float() skips around a number). Python's int()
     and float() (and NumPy's) also read '1_000' and the Arabic-Indic '٣', which made the
     labels '1_000' and '1000', or '٣' and '3', one class, silently (pandas reads them as
     text). '007' and '7', or '+5' and '5', are one number, as pandas reads them. The one
     rule for labels, feature cells and the CLI's reading of a target column."""
-    joined = "".join(cells)   # (one pass in C over a column's cells)
-    return joined.isascii() and "_" not in joined
+    joined = "".join(cells)   # (one pass in C over the cells)
+    return joined.isascii() and _NOT_PLAIN.search(joined) is None
 
 
 def _number_name(x):
@@ -528,7 +543,7 @@ def _finite_floats(cells):
 
 def _number(where, cell):
     """float(cell), or the ValueError naming ``where`` the cell is."""
-    if not cell.strip():
+    if not _stripped(cell):
         raise ValueError(f"{where}: missing value")
     try:
         if not _plain_numbers([cell]):   # '1_000', '٣': text, as for labels and pandas

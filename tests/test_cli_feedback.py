@@ -197,10 +197,20 @@ def test_a_header_row_of_numbers_is_noted(capsys, tmp_path):
                                   for i in range(40)))
     code, out, err = run(capsys, "train", "--data", str(headerless), "--epochs", "1")
     assert code == 0, err
-    assert err.count("header row is a number; the first row is read as the names") == 1
+    assert err.count("header row is a number (0.500, 0.000): the first row is read as the "
+                     "names") == 1, err
     assert "39 rows" in out
-    code, out, err = run(capsys, "train", "--data", str(blobs_csv(tmp_path)), "--epochs", "1")
-    assert code == 0 and "header row" not in err, err
+    iris = tmp_path / "iris.csv"   # the target's name a class label (round 29)
+    iris.write_text("".join(f"{5 + i * 0.1:.1f},{3 + (i % 7) * 0.1:.1f},"
+                            f"{'Iris-setosa' if i % 2 else 'Iris-virginica'}\n"
+                            for i in range(40)))
+    code, out, err = run(capsys, "train", "--data", str(iris), "--epochs", "1")
+    assert code == 0 and err.count("header row is a number (5.0, 3.0)") == 1, err
+    for header in ("f1,f2,f3,species", "0,1,2,species", "1,2,3,species"):
+        named = blobs_csv(tmp_path)   # column names, or pandas' indices of unnamed columns
+        named.write_text(header + "\n" + named.read_text().split("\n", 1)[1])
+        code, out, err = run(capsys, "train", "--data", str(named), "--epochs", "1")
+        assert code == 0 and "header row" not in err, (header, err)
 
 
 # -- --progress ----------------------------------------------------------------------------------

@@ -150,6 +150,29 @@ def test_a_target_with_a_non_plain_number_is_not_a_column_of_numbers(capsys, tmp
     assert _cli_data._number("\u0663") is None and _cli_data._number(" 2.5 ") == 2.5
 
 
+@pytest.mark.parametrize("labels, classes", [
+    (("1", "2", "\xa02"), ["1", "2", "\xa02"]),      # a no-break space before 2
+    (("a", "a\x1c", "b"), ["a", "a\x1c", "b"]),      # an ASCII separator after a
+    (("a", " a\t", "b"), ["a", "b"]),                # ASCII spaces and tabs are stripped
+])
+def test_labels_are_stripped_of_ascii_spaces_only(tmp_path, labels, classes):
+    """Round 29: str.strip took Unicode spaces and the separators \\x1c-\\x1f off a
+    label, so '\\xa02' joined the class 2 and 'a\\x1c' the class 'a', silently (pandas
+    keeps them apart)."""
+    result = train("--data", str(labelled_csv(tmp_path, labels)), "--epochs", "1")
+    assert sorted(result.data.classes) == sorted(classes)
+
+
+@pytest.mark.parametrize("cell", ["\x1c2", "2\x1f", "\x0b2"])
+def test_a_feature_cell_with_a_control_character_is_not_a_number(tmp_path, cell):
+    """float() skips \\x1c-\\x1f and \\x0b as white space; pandas reads such cells as text."""
+    path = tmp_path / "f.csv"
+    path.write_text("a,b,y\n" + f"{cell},1,0\n" + "".join(f"{i},{i % 3},{i % 2}\n"
+                                                           for i in range(20)))
+    with pytest.raises(ValueError, match=r"line 2, column 'a': .* is not a number"):
+        datasets.read_csv(path)
+
+
 @pytest.mark.parametrize("labels", [("x", "x\0"), ("y\0", "x\0"), ("a\0b", "c")])
 def test_a_label_holding_a_nul_is_refused_before_training(capsys, tmp_path, labels):
     """Round 28: 'x' and 'x\0' trained as two classes, then --save failed (NumPy's str

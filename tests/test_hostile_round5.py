@@ -348,3 +348,49 @@ def test_cli_refuses_a_target_the_saved_dtype_cannot_resolve(capsys, tmp_path, d
     _, X_te, _, t_te = datasets.train_test_split(X, t, 0.2, 1)   # the CLI's split
     predicted = fm.load(saved).predict(X_te)[:, 0].astype(np.float64)
     assert np.sqrt(np.mean((predicted - t_te) ** 2)) == pytest.approx(rmse, rel=0.05, abs=1e-3)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cli_save_line_gives_the_saved_models_own_scores_where_rounding_moves_them(
+        capsys, tmp_path, dtype):
+    """Round 29: a 1e6-offset linear target passes the spacing check (float32 values there
+    are 0.0625 apart, std 20), but a fit to 3e-6 saved a model 0.02 off on the held-out
+    rows the run scored: the save line now gives the folded model's own RMSE where it
+    differs from the run's by more than 1 %, naming the spacing and --dtype float64; the
+    figure is the loaded file's own."""
+    from helpers import run_cli
+    from fastmlp import datasets
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((500, 3))
+    t = 1e6 + 17 * (X @ [1.0, -0.5, 0.25])
+    data = tmp_path / "lin.csv"
+    data.write_text("a,b,c,t\n" + "".join(",".join(repr(float(v)) for v in (*row, y)) + "\n"
+                                          for row, y in zip(X, t)))
+    saved = tmp_path / "lin.fastmlp"
+    code, out, err = run_cli(capsys, "train", "--data", str(data), "--loss", "mse", "--layers",
+                             "", "--epochs", "100", "--dtype", dtype, "--save", str(saved))
+    assert code == 0, err
+    _, X_te, _, t_te = datasets.train_test_split(X, t, 0.2, 0)
+    rmse = np.sqrt(np.mean((fm.load(saved).predict(X_te)[:, 0].astype(np.float64) - t_te) ** 2))
+    reported = float(out.split("held-out RMSE: ")[1].split()[0])
+    line = next(line for line in out.splitlines() if line.startswith("saved to"))
+    if dtype == "float64":
+        assert "its outputs score" not in line and rmse == pytest.approx(reported, rel=0.01)
+        return
+    assert abs(rmse - reported) > 0.01 * reported   # the rounding this reports
+    assert "rounded to float32 near the target (values 0.0625 apart)" in line
+    assert f"its outputs score RMSE {rmse:.6g}," in line and "--dtype float64" in line
+
+
+def test_cli_a_constant_target_the_dtype_holds_saves(capsys, tmp_path):
+    """Round 29: a constant target of 1e9 (exact in float32) was refused as "too coarse
+    for its std (1)", the stand-in scale of a column with no spread; it saves, and the
+    file answers 1e9 exactly."""
+    from helpers import run_cli
+    data = tmp_path / "const.csv"
+    data.write_text("a,b,t\n" + "".join(f"{i * 0.1},{i % 3},1000000000\n" for i in range(50)))
+    saved = tmp_path / "c.fastmlp"
+    code, out, err = run_cli(capsys, "train", "--data", str(data), "--loss", "mse", "--epochs",
+                             "5", "--save", str(saved))
+    assert code == 0, err
+    assert (fm.load(saved).predict(np.ones((3, 2)))[:, 0] == np.float32(1e9)).all()

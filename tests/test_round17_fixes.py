@@ -269,6 +269,35 @@ def test_a_csv_read_in_chunks_is_the_whole_file(tmp_path, monkeypatch):
         datasets.read_csv(bad)
 
 
+@pytest.mark.parametrize("cells, target", [(6, 0), (6, 2), (6, 5), (4, 5), (1, 5)])
+def test_a_csv_read_in_chunks_of_cells_is_the_whole_file(tmp_path, monkeypatch, cells, target):
+    """Round 29: chunks are bounded in cells (a wide file's chunk is few rows, down to one)
+    and converted in one pass over the chunk's feature cells: the same table, the target
+    column anywhere, the first bad cell named in file order."""
+    from fastmlp import datasets
+    monkeypatch.setattr(datasets, "_CHUNK_CELLS", cells * 6)   # 6 columns a row
+    rng = np.random.default_rng(3)
+    X = np.round(rng.normal(size=(30, 6)), 4)
+    names = list("abcdef")
+    lines = [",".join(names)] + [",".join(repr(float(v)) for v in row) for row in X]
+    path = tmp_path / "w.csv"
+    path.write_text("\n".join(lines) + "\n")
+    table = datasets.read_csv(path, names[target])
+    np.testing.assert_array_equal(table.X, np.delete(X, target, axis=1))
+    assert table.cells == [repr(float(v)) for v in X[:, target]]
+    assert table.features == [n for n in names if n != names[target]]
+    assert table.lines == list(range(2, 32))
+    rows = lines[1:]
+    for at in (0, 13, 29):
+        bad = rows[at].split(",")
+        bad[(target + 1) % 6] = "oops"
+        broken = [*rows[:at], ",".join(bad), *rows[at + 1:]]
+        path.write_text("\n".join([lines[0], *broken]) + "\n")
+        with pytest.raises(ValueError, match=rf"line {at + 2}, column "
+                                             rf"'{names[(target + 1) % 6]}': 'oops'"):
+            datasets.read_csv(path, names[target])
+
+
 def test_reading_a_csv_takes_a_few_times_its_size(tmp_path):
     import tracemalloc
     from fastmlp import datasets
