@@ -103,15 +103,17 @@ def _first_gap(table):
     return gap if numbers else None
 
 
-def _header_looks_like_data(features):
-    """Whether every feature column's name is a number, other than the column indices
-    0..d-1 or 1..d (pandas writes a frame of unnamed columns with those names): a file
+def _header_looks_like_data(features, target):
+    """Whether every feature column's name is a finite number, other than column indices
+    (pandas writes a frame of unnamed columns with the names 0..n-1; 1..n too): a file
     without a header row, whose first row of data became the names (the target's name
     may be a class label: '5.1,3.5,Iris-setosa')."""
-    if not all(_number(name) is not None for name in features):
+    numbers = [_number(name) for name in features]
+    if not all(v is not None and math.isfinite(v) for v in numbers):
         return False
-    d = len(features)
-    return features not in ([str(i) for i in range(d)], [str(i + 1) for i in range(d)])
+    names = {*features, target} if _number(target) is not None else set(features)
+    n = len(names)
+    return names not in ({str(i) for i in range(n)}, {str(i + 1) for i in range(n)})
 
 
 def _number(cell):
@@ -161,7 +163,7 @@ def load_data(args):
         return Data(X, y, [str(c) for c in range(10)], features, "digit", task, why, name,
                     np.arange(10, dtype=np.int64))
     table = datasets.read_csv(args.data, args.target)
-    if _header_looks_like_data(table.features):
+    if _header_looks_like_data(table.features, table.target):
         # pandas takes the first row for names too, silently; a row of data lost is said
         shown_names = ", ".join(datasets.shown_name(f) for f in table.features[:3])
         print(f"note: every feature column's name in {datasets.shown_path(args.data)}'s "

@@ -96,8 +96,10 @@ class Classification:
 
 # The coarsest spacing of the model dtype's values near the target that --save accepts,
 # as a fraction of the target's std: rounding to it changes a prediction by at most
-# std / 512 (the saved model's R^2 by under 1e-5).
-TARGET_SPACING = 2.0 ** -8
+# std / 32 (the saved model's R^2 by about 1e-3 at most). Finer rounding that still
+# moves the reported rows' RMSE is told on the save line (prepare_to_save): refusing at
+# std / 256 refused runs whose saved model scored within 0.1 % of the run.
+TARGET_SPACING = 2.0 ** -4
 
 
 class Regression:
@@ -191,7 +193,7 @@ class Regression:
         outputs the target in its own units, to the output dtype's spacing near the
         target, which check_savable has held below std * TARGET_SPACING. Then score the
         folded model on the rows the run reported (X, y): where its rounding moved the
-        RMSE by more than 1 % (a fit far better than std / 512: a 1e6-offset target
+        RMSE by more than 1 % (a fit far better than std / 32: a 1e6-offset target
         fitted to 3e-6 saved a model 0.02 off), the line says so, with its own scores."""
         before = self.scores(model, X, y)
         weights = model.get_weights()
@@ -207,11 +209,11 @@ class Regression:
         outputs = f"outputs the target {self.target!r} in its own units"
         saved = model.predict(X)[:, 0].astype(np.float64)
         rmse = math.sqrt(float(np.mean((saved - y) ** 2)))
-        if abs(rmse - before["val_rmse"]) > 0.01 * before["val_rmse"] + 1e-300:
+        if rmse > 1.01 * before["val_rmse"] + 1e-300:   # (rounding may also help)
             sst = float(np.sum((y - y.mean()) ** 2))
-            r2 = 1.0 - rmse ** 2 * len(y) / sst if sst > 0 else math.nan
+            r2 = f", R^2 {1.0 - rmse ** 2 * len(y) / sst:.4f}" if sst > 0 else ""
             outputs += (f"; rounded to {model.dtype.name} near the target (values "
                         f"{self._spacing(model.dtype):.3g} apart), its outputs score RMSE "
-                        f"{rmse:.6g}, R^2 {r2:.4f} on those rows, not the run's "
+                        f"{rmse:.6g}{r2} on those rows, not the run's "
                         f"{before['val_rmse']:.6g}: --dtype float64 keeps them")
         return outputs

@@ -450,9 +450,9 @@ def _parse_rows(path, add):
     with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
-        if header is not None and not any(h.strip() for h in header):
+        if header is not None and not any(_stripped(h) for h in header):
             # a blank first line before rows: no "empty" file, but the header's place
-            text = next((r for r in reader if any(cell.strip() for cell in r)), None)
+            text = next((r for r in reader if any(_stripped(cell) for cell in r)), None)
             if text is not None:
                 raise ValueError(f"{path}, line 1: the header line is blank: expected a "
                                  "header row naming the columns on the first line (the "
@@ -461,12 +461,12 @@ def _parse_rows(path, add):
         if header is None:
             raise ValueError(f"{path}: the file is empty: expected a header row naming the "
                              "columns")
-        header = [h.strip() for h in header]
+        header = [_stripped(h) for h in header]
         _check_header(path, header)
         rows, lines = [], []
         chunk = max(1, min(_CHUNK_ROWS, _CHUNK_CELLS // len(header)))
         for row in reader:
-            if not row or all(not cell.strip() for cell in row):
+            if not row or all(not _stripped(cell) for cell in row):
                 continue
             if len(row) != len(header):
                 if rows:   # a bad cell above it is named first: errors in file order

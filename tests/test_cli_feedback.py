@@ -206,10 +206,16 @@ def test_a_header_row_of_numbers_is_noted(capsys, tmp_path):
                             for i in range(40)))
     code, out, err = run(capsys, "train", "--data", str(iris), "--epochs", "1")
     assert code == 0 and err.count("header row is a number (5.0, 3.0)") == 1, err
-    for header in ("f1,f2,f3,species", "0,1,2,species", "1,2,3,species"):
+    for header, target in [("f1,f2,f3,species", []), ("0,1,2,species", []),
+                           ("1,2,3,species", []), ("0,1,2,3", ["--target", "1"]),
+                           ("nan,inf,2,species", [])]:
         named = blobs_csv(tmp_path)   # column names, or pandas' indices of unnamed columns
-        named.write_text(header + "\n" + named.read_text().split("\n", 1)[1])
-        code, out, err = run(capsys, "train", "--data", str(named), "--epochs", "1")
+        rows = named.read_text().split("\n", 1)[1]
+        if target:   # the labels in the second column (round 30: the indices' note)
+            rows = "\n".join(",".join([r.split(",")[0], r.split(",")[3], *r.split(",")[1:3]])
+                             for r in rows.strip().split("\n")) + "\n"
+        named.write_text(header + "\n" + rows)
+        code, out, err = run(capsys, "train", "--data", str(named), "--epochs", "1", *target)
         assert code == 0 and "header row" not in err, (header, err)
 
 

@@ -163,6 +163,19 @@ def test_labels_are_stripped_of_ascii_spaces_only(tmp_path, labels, classes):
     assert sorted(result.data.classes) == sorted(classes)
 
 
+def test_only_ascii_spaces_make_a_row_blank_or_a_name_shorter(tmp_path):
+    """Round 30: a row of no-break spaces was skipped as blank, and a header name 'a\\xa0'
+    became 'a', where cells kept them (pandas keeps both)."""
+    path = tmp_path / "f.csv"
+    rows = "".join(f"{i},{i % 3},{i % 2}\n" for i in range(20))
+    path.write_text("a\xa0,b,y\n" + rows + " , \t,\n", encoding="utf-8")
+    table = datasets.read_csv(path)
+    assert table.features == ["a\xa0", "b"] and len(table.cells) == 20   # blank: skipped
+    path.write_text("a,b,y\n" + rows + "\xa0,\xa0,\xa0\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"line 22, column 'a': '\\xa0' is not a number"):
+        datasets.read_csv(path)
+
+
 @pytest.mark.parametrize("cell", ["\x1c2", "2\x1f", "\x0b2"])
 def test_a_feature_cell_with_a_control_character_is_not_a_number(tmp_path, cell):
     """float() skips \\x1c-\\x1f and \\x0b as white space; pandas reads such cells as text."""

@@ -315,16 +315,17 @@ def test_cli_refuses_a_target_too_large_to_save_before_training(capsys, tmp_path
 
 
 @pytest.mark.parametrize("dtype, offset, refused", [
-    ("float32", 1e9, True), ("float32", 1e4, False), ("float64", 1e9, False),
-    ("float64", 1e17, True)])
+    ("float32", 1e9, True), ("float32", 1e4, False), ("float32", 1e6, False),
+    ("float64", 1e9, False), ("float64", 1e17, True)])
 def test_cli_refuses_a_target_the_saved_dtype_cannot_resolve(capsys, tmp_path, dtype, offset,
                                                              refused):
     """Round 28: --save folds the target's mean and scale into the output unit, so the
     saved model's outputs are rounded to the dtype's spacing near the mean: 1e9 + a few
     units in float32 (values 64 apart there) saved a model answering 1e9 for every row,
     after a run that reported R^2 0.999. Refused before training unless the spacing is
-    below std / 256; a target the dtype resolves saves a model that reproduces the run's
-    held-out error."""
+    below std / 16 (round 30: std / 256 refused runs whose file scored within 0.1 % of
+    the run); a target the dtype resolves saves a model that reproduces the run's
+    held-out error, or whose save line gives the file's own."""
     from helpers import run_cli
     from fastmlp import datasets
     rng = np.random.default_rng(1)
@@ -347,7 +348,12 @@ def test_cli_refuses_a_target_the_saved_dtype_cannot_resolve(capsys, tmp_path, d
     X = np.column_stack([a, b])
     _, X_te, _, t_te = datasets.train_test_split(X, t, 0.2, 1)   # the CLI's split
     predicted = fm.load(saved).predict(X_te)[:, 0].astype(np.float64)
-    assert np.sqrt(np.mean((predicted - t_te) ** 2)) == pytest.approx(rmse, rel=0.05, abs=1e-3)
+    own = np.sqrt(np.mean((predicted - t_te) ** 2))
+    line = next(line for line in out.splitlines() if line.startswith("saved to"))
+    if own > 1.01 * rmse:
+        assert f"its outputs score RMSE {own:.6g}" in line and own < 1.5 * rmse + 0.05
+    else:
+        assert "its outputs score" not in line
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -394,3 +400,4 @@ def test_cli_a_constant_target_the_dtype_holds_saves(capsys, tmp_path):
                              "5", "--save", str(saved))
     assert code == 0, err
     assert (fm.load(saved).predict(np.ones((3, 2)))[:, 0] == np.float32(1e9)).all()
+    assert "its outputs score" not in out   # rounding that helps is not reported
