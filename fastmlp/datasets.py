@@ -195,7 +195,7 @@ def read_csv(path, target=None):
 # Rows converted a chunk at a time: every row kept as a list of str until the end took
 # 13x the file's size (473 MB for a 37 MB CSV of 400,000 rows x 11), and under a memory
 # limit CPython's allocator then crawled for minutes instead of failing. A chunk holds at
-# most _CHUNK_CELLS cells (each a str of about 50 bytes, held twice while its columns are
+# most _CHUNK_CELLS cells (each a str of about 50 bytes, held twice while they are
 # converted): 8,192 rows whatever the width made a 30 MB file of 2,000 one-digit columns
 # peak at 12 times its size.
 _CHUNK_ROWS = 8192
@@ -530,8 +530,8 @@ def _check_header(path, header):
 
 
 def _finite_floats(cells):
-    """A feature column as float64 (n,), or None when a cell is not a finite number
-    (or not a plain number: _plain_numbers)."""
+    """Feature cells (a chunk's, row by row) as float64 (n,), or None when a cell is not
+    a finite number (or not a plain number: _plain_numbers)."""
     if not _plain_numbers(cells):
         return None
     try:

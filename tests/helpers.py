@@ -88,6 +88,17 @@ def interrupt_epoch(monkeypatch, engine, on_call):
     monkeypatch.setattr(engine, "train_epochs", None, raising=False)
 
 
+def traced_peak(call):
+    """(call(), the peak of memory tracemalloc saw Python allocate during it, bytes)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def run_cli(capsys, *argv):
     """(exit status, stdout, stderr) of the fastmlp command; usage errors exit via argparse."""
     from fastmlp import cli

@@ -22,7 +22,7 @@ import pytest
 
 import fastmlp as fm
 from fastmlp import _cli_train, cli, datasets
-from helpers import run_cli
+from helpers import run_cli, traced_peak
 
 
 run = run_cli
@@ -56,13 +56,11 @@ def test_read_csv_memory_stays_proportional_to_a_file_with_one_long_number(tmp_p
     rows = [f"{long_one},3,{long_two}"] + [f"{i % 7},{i % 5},{i * 0.5}" for i in range(199)]
     path = write(tmp_path, "a,b,y\n" + "\n".join(rows) + "\n")
     assert os.path.getsize(path) < 300_000
-    tracemalloc.start()
-    try:
+    def read():
         table = datasets.read_csv(path)
-        target = datasets.numeric_target(table)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+        return table, datasets.numeric_target(table)
+
+    (table, target), peak = traced_peak(read)
     assert peak < 20 * 2 ** 20, f"peak {peak / 2 ** 20:.0f} MiB"
     assert table.X[0].tolist() == [1.0, 3.0] and target[0] == 2.5   # the same numbers
     assert table.X[1:, 0].tolist() == [float(i % 7) for i in range(199)]
@@ -79,12 +77,7 @@ def test_read_csv_memory_of_a_wide_file_stays_near_its_table(tmp_path, cell):
     line = ",".join([cell] * width) + ",1\n"
     path = write(tmp_path, ",".join(f"c{j}" for j in range(width)) + ",y\n" + line * rows)
     table_bytes = rows * width * 8
-    tracemalloc.start()
-    try:
-        table = datasets.read_csv(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    table, peak = traced_peak(lambda: datasets.read_csv(path))
     assert table.X.shape == (rows, width) and (table.X == float(cell)).all()
     assert peak < 1.25 * table_bytes + 16 * 2 ** 20, (
         f"peak {peak / 2 ** 20:.0f} MiB, table {table_bytes / 2 ** 20:.0f} MiB, "

@@ -299,15 +299,10 @@ def test_a_csv_read_in_chunks_of_cells_is_the_whole_file(tmp_path, monkeypatch, 
 
 
 def test_reading_a_csv_takes_a_few_times_its_size(tmp_path):
-    import tracemalloc
     from fastmlp import datasets
+    from helpers import traced_peak
     path, X, _ = _csv(tmp_path, 40_000)
-    tracemalloc.start()
-    try:
-        table = datasets.read_csv(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    table, peak = traced_peak(lambda: datasets.read_csv(path))
     np.testing.assert_array_equal(table.X, X)
     # 4.3x here (the table itself, X, the target's str cells and the line numbers, is
     # 2.7x), 12.0x when every row was kept as str until the end
