@@ -90,11 +90,17 @@ def predict_rows(net, dtype):
     """Rows per predict/evaluate chunk for ``net`` in ``dtype``: PREDICT_BYTES of its
     widest layer's outputs when that is at least PREDICT_MIN_ROWS rows, else
     PREDICT_WIDE_ROWS, or as many as fit PREDICT_MAX_BYTES in the three widest-layer
-    buffers a chunk uses (at least 1)."""
+    buffers a chunk uses, or CONVERT_BYTES of float64 inputs, whichever is fewest (at
+    least 1)."""
     widest_bytes = np.dtype(dtype).itemsize * int(net.dims[1:].max())
     rows = PREDICT_BYTES // widest_bytes
     rows = rows if rows >= PREDICT_MIN_ROWS else PREDICT_WIDE_ROWS
-    return max(1, min(rows, PREDICT_MAX_BYTES // (3 * widest_bytes)))
+    # A chunk is also the least predict converts of an X in another dtype or layout
+    # (convert_rows), so no more rows than CONVERT_BYTES of float64 inputs: sized by
+    # its outputs alone, a 784-1 net's chunk was 131,072 rows, and a float64 X was
+    # converted 411 MB at a time.
+    return max(1, min(rows, PREDICT_MAX_BYTES // (3 * widest_bytes),
+                      CONVERT_BYTES // (8 * int(net.input_dim))))
 
 
 def buffers_in_use(state):

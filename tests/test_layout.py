@@ -196,6 +196,11 @@ def test_chunk_sizes():
     assert rules.predict_rows(edge, np.float32) == 512
     tiny = Network([fm.Dense(4, "sigmoid"), fm.Dense(2, "sigmoid")], 3, "mse")
     assert rules.predict_rows(tiny, np.float32) == rules.PREDICT_BYTES // 16
+    # a narrow net on wide inputs: no more rows than CONVERT_BYTES of float64 inputs,
+    # the least predict converts at a time (131,072 rows by its 1-unit output alone)
+    logistic = Network([fm.Dense(1, "sigmoid")], 784, "binary_cross_entropy")
+    assert rules.predict_rows(logistic, np.float32) == rules.CONVERT_BYTES // (8 * 784)
+    assert rules.convert_rows(logistic, np.float32) == rules.CONVERT_BYTES // (8 * 784)
     assert rules.train_rows(1, w4, np.float64) == 1
     assert rules.train_rows(10**6, w4, np.float64) == rules.TRAIN_ROWS == 1024
     # a very wide layer: as many rows as fit TRAIN_BYTES / PREDICT_MAX_BYTES (1,024 rows

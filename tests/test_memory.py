@@ -168,19 +168,23 @@ def test_model_predict_chunks_match_one_call(backend, dtype):
 
 
 @pytest.mark.parametrize("scaled", [False, True])
-def test_predict_converts_a_float64_x_a_block_at_a_time(backend, scaled):
+@pytest.mark.parametrize("layers, inputs", [([fm.Dense(16, "tanh"), fm.Dense(1)], 4),
+                                            # a chunk sized by its 1-unit layer alone was
+                                            # 131,072 rows: X converted 411 MB at a time
+                                            ([fm.Dense(1, "sigmoid")], 784)],
+                         ids=["4-16-1", "784-1"])
+def test_predict_converts_a_float64_x_a_block_at_a_time(backend, scaled, layers, inputs):
     """A float64 X for a float32 model (a pandas frame, say) was converted whole, with
     input scaling through two float64 temporaries of X's size: 10 million rows of 20
     features took 0.8 GB more, 3 GB scaled. Now converted a block of rows at a time
     (rules.convert_rows, a multiple of the predict chunk): the same outputs bit for bit,
     a NaN still named by its row in X."""
-    model = fm.Model([fm.Dense(16, "tanh"), fm.Dense(1)], input_dim=4, backend=backend,
-                     seed=0)
+    model = fm.Model(layers, input_dim=inputs, backend=backend, seed=0)
     if scaled:
-        model.set_input_scaling(np.ones(4), np.full(4, 2.0))
+        model.set_input_scaling(np.ones(inputs), np.full(inputs, 2.0))
     X = np.random.default_rng(0).normal(size=(4 * rules.convert_rows(model.net, model.dtype)
-                                              + 5, 4))
-    whole = validation.check_inputs(X, 4, model.dtype, model.input_scaling)
+                                              + 5, inputs))
+    whole = validation.check_inputs(X, inputs, model.dtype, model.input_scaling)
     want = model.engine.predict(whole)
     del whole
     model.predict(X[:10])
