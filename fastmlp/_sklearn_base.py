@@ -466,7 +466,9 @@ class BaseMLP(BaseEstimator):
             # the Model keeps numbers or unicode strings (what fm.save can write)
             if classes.dtype.kind in "biufU":
                 model.classes_ = classes.copy()
-            elif all(isinstance(c, str) for c in classes):
+            elif all(isinstance(c, str) and not c.endswith("\0") for c in classes):
+                # (a NumPy str array drops trailing NULs: 'x\0' and 'x' would merge there,
+                # so such classes stay the estimator's own, as labels save cannot write)
                 model.classes_ = classes.astype(str)
         return model
 

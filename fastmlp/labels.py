@@ -42,12 +42,25 @@ def _as_labels(arr):
     ints = [v for v in values if isinstance(v, (int, np.integer)) and not isinstance(v, bool)]
     if ints and len(ints) == len(values):
         return _integers(values)
+    if kinds == {"str"}:
+        _refuse_trailing_nul(values)
     labels = np.asarray(values)
     # beside floats, integers become float64: refused where that changes one (2**53 + 1)
     if labels.dtype.kind == "f" and any(float(v) != v for v in ints):
         raise TypeError("class labels mix floats with integers float64 cannot hold exactly: "
                         "convert them first, e.g. to str")
     return labels
+
+
+def _refuse_trailing_nul(values):
+    """A ValueError naming the first str label that ends in NUL: NumPy's str arrays (a
+    model's classes_, what save writes) drop trailing NULs, so 'x\\0' would silently
+    train as the class 'x'."""
+    for v in values:
+        if v.endswith("\0"):
+            raise ValueError(f"the class label {v!r} ends in a NUL character, which a model's "
+                             f"classes_ (a NumPy str array) drops: it would train as "
+                             f"{v.rstrip(chr(0))!r}; remove or replace the NULs first")
 
 
 def _integers(values):

@@ -1481,9 +1481,11 @@ class Model:
         are kept with the bytes of the classes_ they were sorted from, compared on every
         call: classes_ is a public, mutable array."""
         classes = self.classes_
-        if (type(Y) is np.ndarray and Y.dtype.kind == "O" and Y.ndim == 1 and rows
-                and set(map(type, Y.tolist())) == {str}):
-            Y = np.array(Y.tolist())   # str objects (a pandas str column's): the same labels
+        if type(Y) is np.ndarray and Y.dtype.kind == "O" and Y.ndim == 1 and rows:
+            values = Y.tolist()
+            if set(map(type, values)) != {str} or "\0" in "".join(values):
+                return None   # (a str array drops trailing NULs: 'x\0' would pass as 'x')
+            Y = np.array(values)   # str objects (a pandas str column's): the same labels
         if (type(Y) is not np.ndarray or Y.ndim != 1 or len(Y) != rows or rows == 0
                 or Y.dtype.kind != "U" or type(classes) is not np.ndarray
                 or classes.dtype.kind != "U" or classes.shape != (self._width[1],)):

@@ -188,8 +188,9 @@ def as_array(a, name):
 
 def _check_real(arr, name):
     if arr.dtype.kind in "mM":  # NumPy counts timedelta64 as an integer: its unit's count
+        since = "(" + name + " - np.datetime64('1970-01-01'))" if arr.dtype.kind == "M" else name
         raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}: convert times to "
-                        f"numbers in a unit of your choice first (e.g. {name} / "
+                        f"numbers in a unit of your choice first (e.g. {since} / "
                         "np.timedelta64(1, 's'))")
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
@@ -218,7 +219,9 @@ def _refuse_nonfinite(out, src, name, first_row, scaling=None):
     value = src[where]
     at = (f"row {first_row + where[0]}, column {where[1]}" if out.ndim == 2
           else f"index {tuple(int(i) for i in where)}")
-    if scaling is not None and np.isfinite(value):
+    with np.errstate(over="ignore"):
+        in_float64 = np.isfinite(np.float64(value))   # False for inf and NaN too
+    if scaling is not None and in_float64:
         raw = value
         with np.errstate(over="ignore", invalid="ignore"):
             value = (np.float64(value) - scaling[0][where[1]]) / scaling[1][where[1]]
@@ -228,9 +231,20 @@ def _refuse_nonfinite(out, src, name, first_row, scaling=None):
                              f"with mean {float(scaling[0][where[1]])!r} and scale "
                              f"{float(scaling[1][where[1]])!r})")
     if (np.issubdtype(src.dtype, np.floating) or scaling is not None) and np.isfinite(value):
-        raise ValueError(f"{name} has a value too large for {out.dtype.name} "
-                         f"({float(value)!r} at {at})")
+        # (a long double past float64's range is too large for float64 whatever the dtype:
+        # scaling is computed in float64, and float() would show it as inf)
+        too_large_for = out.dtype.name if in_float64 else "float64"
+        raise ValueError(f"{name} has a value too large for {too_large_for} "
+                         f"({_shown(value)} at {at})")
     raise ValueError(f"{name} contains NaN or inf (first at {at})")
+
+
+def _shown(value):
+    """A finite number as the message shows it: float's repr, or NumPy's own text for a
+    long double float() would turn into inf (1e+400)."""
+    with np.errstate(over="ignore"):
+        as_float = float(value)
+    return repr(as_float) if np.isfinite(as_float) else str(value)
 
 
 def _scaled(arr, name, dtype, scaling, first_row):

@@ -1,0 +1,111 @@
+"""Hostile round 31's findings, each the smallest reproducer of one defect (each failed
+on the code as it was found): labels ending in NUL merged with the label without it,
+two misleading error messages. (Its memory finding, a narrow network's predict chunk
+converting a float64 X 411 MB at a time, is in test_memory.py and test_layout.py.)
+"""
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fastmlp as fm
+
+NUL = "ends in a NUL character"
+
+
+def _softmax(k=3, backend="cython"):
+    return fm.Model([fm.Dense(4, "tanh"), fm.Dense(k, "softmax")], input_dim=2,
+                    loss="cross_entropy", backend=backend, seed=0)
+
+
+def _x(rows=8):
+    return np.random.default_rng(0).normal(size=(rows, 2))
+
+
+@pytest.mark.parametrize("kind", ["object", "series", "stringdtype"])
+def test_fit_refuses_a_label_ending_in_nul(kind):
+    """'x\\0' and 'x' are two labels, but NumPy's str arrays (classes_) drop trailing NULs:
+    a 3-unit softmax given 4 distinct labels trained 'x\\0' as 'x', without a word."""
+    values = ["x", "x\0", "y", "z"] * 2
+    y = {"object": lambda: np.array(values, dtype=object),
+         "series": lambda: pd.Series(values),
+         "stringdtype": lambda: np.array(values, dtype=np.dtypes.StringDType())}[kind]()
+    model = _softmax()
+    with pytest.raises(ValueError, match=NUL + r".*would train as 'x'"):
+        model.fit(_x(), y, epochs=1)
+    assert model.classes_ is None
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cython", "numba"])
+def test_a_known_classes_shortcut_refuses_a_label_ending_in_nul(backend):
+    """A model that knows its str classes maps str objects by one sorted search, after
+    making them a str array: 'x\\0' passed there as the known class 'x'."""
+    model = _softmax(backend=backend)
+    model.fit(_x(), np.array(["x", "y", "z", "x", "y", "z", "x", "y"]), epochs=1)
+    before = model.get_weights()
+    with pytest.raises(ValueError, match=NUL):
+        model.train_on_batch(_x(2), np.array(["x\0", "y"], dtype=object))
+    for got, want in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
+    # the labels it knows still take the shortcut's answer
+    model.train_on_batch(_x(2), np.array(["x", "y"], dtype=object))
+
+
+def test_a_nul_inside_a_label_is_kept(tmp_path):
+    """Only trailing NULs are lost: 'a\\0b' is a label of its own, saved and loaded."""
+    model = fm.Model([fm.Dense(3, "tanh"), fm.Dense(1, "sigmoid")], input_dim=2,
+                     loss="binary_cross_entropy", seed=0)
+    model.fit(_x(), np.array(["a\0b", "a"] * 4, dtype=object), epochs=1)
+    assert model.classes_.tolist() == ["a", "a\0b"]
+    model.save(tmp_path / "m.npz")
+    assert fm.load(tmp_path / "m.npz").classes_.tolist() == ["a", "a\0b"]
+
+
+def test_estimator_keeps_labels_ending_in_nul_apart(tmp_path):
+    """scikit-learn keeps 'x\\0' and 'x' apart (object classes_), and so does the
+    estimator; its model_ got classes_ ['x', 'x', 'y'], which save refused. Such classes
+    now stay the estimator's own (model_ has none), as other labels save cannot write."""
+    from fastmlp.sklearn import MLPClassifier
+    X = _x()
+    y = np.array(["x", "x\0", "y", "x", "x\0", "y", "x", "x\0"], dtype=object)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # few iterations: not converged
+        est = MLPClassifier(hidden_layer_sizes=(4,), max_iter=5, random_state=0).fit(X, y)
+    assert est.classes_.tolist() == ["x", "x\0", "y"]
+    assert est.model_.classes_ is None
+    est.model_.save(tmp_path / "m.npz")
+    assert set(est.predict(X).tolist()) <= {"x", "x\0", "y"}
+    np.testing.assert_array_equal(est.predict(X),
+                                  est.classes_[est.predict_proba(X).argmax(axis=1)])
+
+
+def test_a_datetime_hint_that_runs():
+    """The hint for datetime64 X was X / np.timedelta64(1, 's'), which NumPy refuses for
+    datetimes; it now subtracts an epoch first, and what it suggests runs."""
+    model = fm.Model([fm.Dense(1)], input_dim=3, seed=0)
+    X = np.array([["2024-01-01"] * 3], dtype="datetime64[s]")
+    with pytest.raises(TypeError, match=r"\(X - np.datetime64\('1970-01-01'\)\) / "
+                                        r"np.timedelta64\(1, 's'\)"):
+        model.predict(X)
+    model.predict((X - np.datetime64("1970-01-01")) / np.timedelta64(1, "s"))
+    with pytest.raises(TypeError, match=r"e.g. X / np.timedelta64\(1, 's'\)"):
+        model.predict(X - np.datetime64("1970-01-01"))   # a timedelta64's own hint
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).max <= np.finfo(np.float64).max,
+                    reason="long double is float64 here")
+@pytest.mark.parametrize("scaled", [False, True])
+def test_a_long_double_past_float64_is_named_as_such(scaled):
+    """A long double of 1e400 was reported as 'inf', and with input scaling blamed on the
+    scaling; it is a value too large for float64 itself."""
+    model = fm.Model([fm.Dense(1)], input_dim=3, seed=0)
+    if scaled:
+        model.set_input_scaling(np.zeros(3), np.ones(3))
+    X = np.ones((1, 3), dtype=np.longdouble)
+    X[0, 1] = np.longdouble("1e400")
+    with pytest.raises(ValueError, match=r"too large for float64 \(1e\+400 at row 0, column 1\)"):
+        model.predict(X)
+    X[0, 1] = np.longdouble("1e300")   # within float64: the float32 model's own limit
+    with pytest.raises(ValueError, match=r"too large for float32 \(1e\+300 at row 0"):
+        model.predict(X)
