@@ -271,6 +271,8 @@ class _Run:
         error, facts = None, None
         try:
             epochs = validation.check_count(epochs, "epochs")
+            shuffle = validation.check_flag(shuffle, "shuffle")
+            check_consistency = validation.check_flag(check_consistency, "check_consistency")
             if batch_size is not None:
                 validation.check_batch_size(batch_size, 1)
             callbacks = [cb for cb in model._callbacks(callbacks, verbose)
@@ -280,7 +282,7 @@ class _Run:
                     "the model's optimizer": cfg["optimizer"],
                     "the model's dtype": cfg["dtype"],
                     "(epochs, batch_size, shuffle, check_consistency)":
-                    (epochs, batch_size, bool(shuffle), bool(check_consistency))}
+                    (epochs, batch_size, shuffle, check_consistency)}
             facts = {"same": same, "rows": self._row_count(X), "labels": self._labels(Y),
                      "names": self._names(X)}
         except Exception as exc:

@@ -1005,8 +1005,9 @@ class Model:
         verbose: 0 silent, 1 a progress bar, 2 one line per epoch. gradient_norms: record
         history["grad_norm"], per epoch the RMS over its steps of each layer's
         weight-gradient norm ||dE/dW_l|| (summed inside the compiled step; plain SGD then
-        forms dW instead of folding the update into the GEMM) -- vanishing or exploding
-        gradients made visible.
+        forms dW instead of folding the update into the GEMM, so with weight decay its
+        steps round differently in the last bits) -- vanishing or exploding gradients
+        made visible. shuffle and gradient_norms: True or False.
         metrics=["accuracy"] on a binary_cross_entropy model is binary_accuracy (each
         sigmoid output right or wrong on its own), as in Keras.
 
@@ -1034,6 +1035,9 @@ class Model:
                 self._fit_owner = me
                 learnt = self.classes_, self.feature_names_in_
                 try:
+                    # the arguments first: a refused one learns no labels or names
+                    shuffle = validation.check_flag(shuffle, "shuffle")
+                    gradient_norms = validation.check_flag(gradient_norms, "gradient_norms")
                     X, T = self._data(X, Y, learn=True)
                     epochs = validation.check_count(epochs, "epochs")
                     tol = validation.check_tol(tol)
@@ -1578,8 +1582,8 @@ class Model:
         return {name: fn(P, T) for name, fn in metric_fns}
 
     def _callbacks(self, callbacks, verbose):
-        if verbose not in (0, 1, 2, False, True):
-            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+        if not isinstance(verbose, (bool, np.bool_, int, np.integer)) or verbose not in (0, 1, 2):
+            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r:.60}")
         callbacks = _callback_list(callbacks)
         for cb in callbacks:
             if isinstance(cb, type):   # its hooks would be called without an instance

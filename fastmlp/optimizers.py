@@ -17,7 +17,7 @@ import numpy as np
 # The codes and the positions in OptimizerState.hyper, shared with the compiled kernels.
 from .codes import (ADAM_CODE, BETA1, BETA2, EPS, LR, MOMENTUM, N_HYPER, NESTEROV,
                     SGD_CODE, WEIGHT_DECAY, UnknownCode)
-from .validation import as_float, shown
+from .validation import as_float, check_flag, shown
 
 
 def _positive(name, value):
@@ -27,17 +27,6 @@ def _positive(name, value):
     if not math.isfinite(number) or number <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {shown(value)}")
     return number
-
-
-def _flag(name, value):
-    """``value`` as a bool: True or False (NumPy's bools and the ints 0 and 1 too); anything
-    else refused, rather than read by its truth (nesterov=0.5 turned Nesterov on)."""
-    if not isinstance(value, (bool, np.bool_, int, np.integer)):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__} "
-                        f"{value!r:.60}")
-    if value not in (0, 1):
-        raise ValueError(f"{name} must be True or False, got {value!r:.60}")
-    return bool(value)
 
 
 def _in_unit_interval(name, value):
@@ -94,7 +83,7 @@ class SGD(_Settings):
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
         self.lr = _positive("lr", lr)
         self.momentum = _in_unit_interval("momentum", momentum)
-        self.nesterov = _flag("nesterov", nesterov)
+        self.nesterov = check_flag(nesterov, "nesterov")
         self.weight_decay = _in_unit_interval("weight_decay", weight_decay)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")

@@ -485,6 +485,19 @@ def check_tol(tol):
     return value
 
 
+def check_flag(value, name):
+    """``value`` as a bool: True or False (NumPy's bools and the ints 0 and 1 too); anything
+    else refused, naming ``name``, rather than read by its truth (nesterov=0.5 turned
+    Nesterov on, shuffle="no" shuffled, and an array raised NumPy's "truth value of an
+    array is ambiguous", naming nothing)."""
+    if not isinstance(value, (bool, np.bool_, int, np.integer)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} "
+                        f"{value!r:.60}")
+    if value not in (0, 1):
+        raise ValueError(f"{name} must be True or False, got {value!r:.60}")
+    return bool(value)
+
+
 def check_fraction(value, name):
     """A number in [0, 1)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,

@@ -1,8 +1,10 @@
 """Hostile round 31's findings, each the smallest reproducer of one defect (each failed
 on the code as it was found): labels ending in NUL merged with the label without it,
-two misleading error messages. (Its memory finding, a narrow network's predict chunk
+two misleading error messages, fit's flags read by their truth. (Its memory finding, a narrow network's predict chunk
 converting a float64 X 411 MB at a time, is in test_memory.py and test_layout.py.)
 """
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -109,3 +111,76 @@ def test_a_long_double_past_float64_is_named_as_such(scaled):
     X[0, 1] = np.longdouble("1e300")   # within float64: the float32 model's own limit
     with pytest.raises(ValueError, match=r"too large for float32 \(1e\+300 at row 0"):
         model.predict(X)
+
+
+@pytest.mark.parametrize("name, value", [("shuffle", np.array([True, False])),
+                                         ("shuffle", "no"), ("shuffle", 0.5),
+                                         ("gradient_norms", "no"), ("gradient_norms", 2)])
+def test_fit_refuses_a_flag_that_is_not_a_bool_before_learning_anything(name, value):
+    """shuffle was never checked: an array raised NumPy's 'truth value of an array is
+    ambiguous' after fit had learnt the labels and feature names, and shuffle="no"
+    shuffled (gradient_norms="no" recorded norms), as nesterov=0.5 once turned Nesterov on."""
+    X = pd.DataFrame(_x(6), columns=["a", "b"])
+    model = _softmax()
+    with pytest.raises((TypeError, ValueError), match=f"^{name} must be True or False"):
+        model.fit(X, np.array(["x", "y", "z"] * 2), epochs=2, **{name: value})
+    assert model.classes_ is None and model.feature_names_in_ is None
+
+
+def test_fit_takes_numpy_bools_and_0_1_as_flags():
+    model = _softmax()
+    model.fit(_x(6), np.array([0, 1, 2] * 2), shuffle=np.False_, gradient_norms=1)
+    assert "grad_norm" in model.history.history
+
+
+def test_verbose_that_is_not_0_1_or_2_is_named():
+    with pytest.raises(ValueError, match="^verbose must be 0, 1 or 2"):
+        _softmax().fit(_x(6), np.array([0, 1, 2] * 2), verbose=np.array([1, 2]))
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba"])
+@pytest.mark.parametrize("optimizer", [fm.SGD(0.02), fm.SGD(0.005, momentum=0.5, weight_decay=0.01),
+                                       fm.Adam(0.01, weight_decay=0.01)],
+                         ids=["sgd", "momentum-decay", "adam-decay"])
+def test_gradient_norms_leave_the_weights_alone(backend, optimizer):
+    """The README: with gradient_norms=True plain SGD with weight decay rounds its step
+    in the reference's order instead of the fold's (the last bits move); every other
+    optimiser gives the same bits with or without norms."""
+    rng = np.random.default_rng(1)
+    X, Y = rng.normal(size=(32, 6)), rng.normal(size=(32, 3))
+    weights = []
+    for norms in (False, True):
+        model = fm.Model([fm.Dense(20, "relu"), fm.Dense(3)], input_dim=6,
+                         optimizer=optimizer, backend=backend, seed=5)
+        model.fit(X, Y, epochs=3, batch_size=1, gradient_norms=norms)
+        weights.append(model.get_weights())
+    for got, want in zip(*weights):
+        np.testing.assert_array_equal(got, want)
+
+
+DISTRIBUTED_FLAGS = """
+from mpi4py import MPI
+import numpy as np, fastmlp as fm
+from fastmlp import distributed
+model = fm.Model([fm.Dense(3, "softmax")], input_dim=2, loss="cross_entropy", seed=0)
+X, y = np.random.default_rng(0).random((6, 2)), np.array([0, 1, 2] * 2)
+for name, value in (("shuffle", "no"), ("check_consistency", np.array([1, 0]))):
+    try:
+        distributed.fit(model, X, y, MPI.COMM_WORLD, epochs=1, **{name: value})
+    except distributed.DistributedError as exc:
+        print(exc)
+distributed.fit(model, X, y, MPI.COMM_WORLD, epochs=1, shuffle=np.True_)
+print("trained", model.classes_.tolist())
+"""
+
+
+def test_distributed_fit_refuses_a_flag_that_is_not_a_bool():
+    """distributed.fit read shuffle and check_consistency by their truth as well."""
+    pytest.importorskip("mpi4py", reason="fastmlp.distributed needs mpi4py")
+    out = subprocess.run([sys.executable, "-c", DISTRIBUTED_FLAGS], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert "TypeError: shuffle must be True or False, got str 'no'" in lines[0]
+    assert "TypeError: check_consistency must be True or False, got ndarray" in lines[1]
+    assert lines[2] == "trained [0, 1, 2]"
