@@ -32,8 +32,6 @@ import numbers
 import os
 import sys
 
-import numpy as np
-
 from ._signals import raise_if_signalled
 from .validation import as_float, shown
 

@@ -16,7 +16,6 @@ safe in scripts, servers and threads.
 """
 from __future__ import annotations
 
-import numbers
 import os
 
 import numpy as np

@@ -14,7 +14,6 @@ import pytest
 
 import fastmlp as fm
 from fastmlp import activations
-from fastmlp.network import Network
 from fastmlp.optimizers import OptimizerState, update
 from fastmlp.backends.reference import NumpyBackend
 from tolerances import TOLERANCES

@@ -9,7 +9,6 @@ that closed a fresh descriptor landed after fdopen's file object owned it).
 """
 import errno
 import gc
-import os
 import signal
 import sys
 import zipfile
@@ -18,7 +17,6 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
-from fastmlp import _npz
 from fastmlp import backends
 
 
