@@ -33,7 +33,7 @@ import os
 import sys
 
 from ._signals import raise_if_signalled
-from .validation import as_float, shown
+from .validation import as_float, check_flag, shown
 
 # Keys of the epoch logs that are not a metric to print next to the loss.
 _NOT_SHOWN = ("samples_per_s", "grad_norm")
@@ -165,6 +165,8 @@ def check_monitors(callbacks, logged, takes_metrics=True):
     own = ["loss", *METRICS]
     possible = own + [f"val_{k}" for k in own]
     for cb in callbacks:
+        if isinstance(cb, (EarlyStopping, ModelCheckpoint)):
+            cb._check_settings()   # reassigned since made: refused before training too
         if not isinstance(cb, (EarlyStopping, ModelCheckpoint)) or (
                 isinstance(cb, ModelCheckpoint) and not cb.save_best_only):
             continue
@@ -241,7 +243,8 @@ class EarlyStopping(_Monitoring):
             raise ValueError(f"patience must be an integer >= 0, got {patience!r}")
         self.patience = int(patience)
         self.min_delta = abs(_check_number(self.min_delta, "min_delta"))  # Keras: sign ignored
-        self.restore_best_weights = bool(self.restore_best_weights)
+        self.restore_best_weights = check_flag(self.restore_best_weights,
+                                               "restore_best_weights")
         self.baseline = _check_number(self.baseline, "baseline", allow_none=True)
 
     def _reset(self):
@@ -326,7 +329,7 @@ class ModelCheckpoint(_Monitoring):
         """As EarlyStopping's: when made, as each fit begins and at each epoch's end
         (save_best_only turned on after a ModelCheckpoint was made to save every epoch kept
         mode "auto", read as "max": it kept the epoch of the worst loss)."""
-        self.save_best_only = bool(self.save_best_only)
+        self.save_best_only = check_flag(self.save_best_only, "save_best_only")
         self._judge()
 
     @property

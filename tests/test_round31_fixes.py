@@ -184,3 +184,20 @@ def test_distributed_fit_refuses_a_flag_that_is_not_a_bool():
     assert "TypeError: shuffle must be True or False, got str 'no'" in lines[0]
     assert "TypeError: check_consistency must be True or False, got ndarray" in lines[1]
     assert lines[2] == "trained [0, 1, 2]"
+
+
+def test_callbacks_refuse_flags_that_are_not_bools():
+    """EarlyStopping(restore_best_weights='no') restored, ModelCheckpoint(save_best_only=
+    'no') kept only the best: read by their truth, as fit's shuffle was. Reassigned after
+    the callback was made, the flag is refused by fit before anything is learnt."""
+    with pytest.raises(TypeError, match="^restore_best_weights must be True or False"):
+        fm.EarlyStopping(restore_best_weights="no")
+    with pytest.raises(TypeError, match="^save_best_only must be True or False"):
+        fm.ModelCheckpoint("m.npz", save_best_only="no")
+    checkpoint = fm.ModelCheckpoint("never-written.npz", monitor="loss")
+    checkpoint.save_best_only = np.array([1, 0])
+    model = _softmax()
+    with pytest.raises(TypeError, match="^save_best_only must be True or False"):
+        model.fit(_x(6), np.array(["a", "b", "c"] * 2), callbacks=[checkpoint])
+    assert model.classes_ is None
+    fm.EarlyStopping(monitor="loss", restore_best_weights=np.True_)
