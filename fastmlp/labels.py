@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY
+from .validation import finite
 
 
 # Label dtypes a saved model can hold (fastmlp.io writes classes of these kinds):
@@ -238,7 +239,10 @@ def _found(flat, k):
 
 def decode(P, net, classes):
     """Labels (n,) for network outputs P (n, k): the most probable class of a softmax,
-    P > 0.5 for one sigmoid unit; several sigmoid units give a 0/1 indicator (n, k)."""
+    P > 0.5 for one sigmoid unit; several sigmoid units give a 0/1 indicator (n, k).
+    A ValueError where an output is NaN (refuse_nan_outputs)."""
+    if net.loss.code in (CROSS_ENTROPY, BINARY_CROSS_ENTROPY):
+        refuse_nan_outputs(P)
     if net.loss.code == CROSS_ENTROPY:
         idx = P.argmax(axis=1)
     elif net.loss.code == BINARY_CROSS_ENTROPY:
@@ -251,3 +255,13 @@ def decode(P, net, classes):
     if classes is None:
         return idx
     return counted(classes, n_classes(net.output_dim, net.loss.code))[idx]
+
+
+def refuse_nan_outputs(P):
+    """A ValueError naming the first row of outputs P (n, k) that holds NaN: no class can
+    be chosen there (argmax took a NaN for the largest output, P > 0.5 read it as no,
+    so overflowed outputs were class 0, silently)."""
+    if not finite(P):
+        row = int(np.argmax(~np.isfinite(P).all(axis=1)))
+        raise ValueError(f"the model's outputs are not finite for row {row} (its weights or "
+                         "inputs overflowed: predict shows them), so no class can be chosen")

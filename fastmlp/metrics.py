@@ -7,18 +7,28 @@ from __future__ import annotations
 
 import numpy as np
 
+from .validation import finite
+
 
 def accuracy(P, T):
     """Fraction of rows classified right: argmax for several (softmax) outputs, > 0.5
     for one. Several sigmoid (multi-label) outputs need :func:`binary_accuracy`, the
-    fraction of outputs right: ``get`` gives it for "accuracy" under binary_cross_entropy."""
+    fraction of outputs right: ``get`` gives it for "accuracy" under binary_cross_entropy.
+    NaN when an output is NaN (argmax takes a NaN for the largest, and NaN > 0.5 is
+    False: overflowed outputs scored as class 0, and an EarlyStopping on the accuracy
+    took that score for a real one)."""
+    if not finite(P):
+        return float("nan")
     if P.shape[1] == 1:
         return float(np.mean((P[:, 0] > 0.5) == (T[:, 0] > 0.5)))
     return float(np.mean(P.argmax(axis=1) == T.argmax(axis=1)))
 
 
 def binary_accuracy(P, T):
-    """Fraction of outputs on the right side of 0.5 (multi-label)."""
+    """Fraction of outputs on the right side of 0.5 (multi-label); NaN when an output is
+    NaN, as :func:`accuracy`."""
+    if not finite(P):
+        return float("nan")
     return float(np.mean((P > 0.5) == (T > 0.5)))
 
 

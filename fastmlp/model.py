@@ -870,7 +870,10 @@ class Model:
     def permutation(self, n):
         """The next epoch's order of n rows, drawn from the model's generator exactly as
         ``fit`` draws it (int64 (n,)), so a custom training loop shuffles the same way.
-        A training call: it waits for another thread's fit (whose generator it would move)."""
+        A training call: it waits for another thread's fit (whose generator it would move).
+        ``n``: an integer >= 0 (NumPy's permutation would shuffle an array or list given
+        instead, and take True for 1), checked before the generator moves."""
+        n = validation.check_count(n, "n")
         with self._lock:
             self._wait_for_fit()
             return self._rng.permutation(n).astype(np.int64, copy=False)
@@ -907,6 +910,12 @@ class Model:
                 and isinstance(grad[1], np.ndarray) and grad[1].ndim == 1):
             raise TypeError("apply_gradient takes the gradient vector, not gradient_vector's "
                             "(loss, grad) pair: pass its second item")
+        layers = grad[1] if isinstance(grad, tuple) and len(grad) == 2 else grad
+        if isinstance(layers, list) and layers and all(isinstance(g, np.ndarray) for g in layers) \
+                and len({g.shape for g in layers}) > 1:   # gradients()'s, or its second item
+            raise TypeError("apply_gradient takes one flat gradient vector (n_params,), not "
+                            "gradients()'s per-layer arrays: use gradient_vector(X, Y)[1], or "
+                            "np.concatenate([g.ravel() for g in grads])")
         grad = validation.as_finite(validation.as_array(grad, "grad"), "grad", self._dtype)
         if grad.shape != (self._net.n_params,):
             raise ValueError(f"grad must have shape ({self._net.n_params},), got {grad.shape}")

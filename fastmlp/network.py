@@ -120,9 +120,10 @@ def slope_vanishes(layers, dtype):
     for i, layer in enumerate(layers, 1):
         if layer.activation.code == act.LINEAR and abs(layer.param) < np.finfo(dtype).tiny:
             # 0 there, or subnormal (a z below 1 then makes 0 too)
+            wider = " or dtype='float64'" if np.dtype(dtype) != np.float64 else ""
             return (f"layer {i}'s linear slope a={layer.param!r} is 0 or below the smallest "
                     f"normal number in {np.dtype(dtype).name}: the layer would output 0 and "
-                    "learn nothing; give a larger |a| or dtype='float64'")
+                    f"learn nothing; give a larger |a|{wider}")
     return None
 
 

@@ -163,8 +163,9 @@ def problem_in(optimizer, dtype):
     for name in ("momentum", "beta1", "beta2"):
         value = getattr(optimizer, name, None)
         if value and dtype.type(value) >= 1:
+            wider = " or dtype='float64'" if dtype != np.float64 else ""
             return (f"{name}={value!r} rounds to 1 in {dtype.name}, the model's arithmetic, "
-                    f"where it must stay below 1: give a smaller {name} or dtype='float64'")
+                    f"where it must stay below 1: give a smaller {name}{wider}")
     return None
 
 

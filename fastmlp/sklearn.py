@@ -41,6 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastmlp import validation
+from fastmlp.labels import refuse_nan_outputs
 
 try:  # absolute imports: `sklearn` is scikit-learn, not this module
     from sklearn.base import ClassifierMixin, RegressorMixin
@@ -244,6 +245,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     def predict(self, X):
         """Predicted labels (n,); for multilabel a 0/1 matrix (n, n_classes) of y's dtype."""
         P = self.predict_proba(X)
+        refuse_nan_outputs(P)
         if self._multilabel:
             return (P > 0.5).astype(self._y_dtype)
         return self.classes_[P.argmax(axis=1)]

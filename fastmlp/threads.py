@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import threadpoolctl
 
 from . import blas
@@ -19,13 +20,21 @@ blas.choice()  # a bad FASTMLP_BLAS fails `import fastmlp`, not a kernel call la
 _limiter = None
 
 
+_MOST_THREADS = 2**31 - 1   # what a C int holds: OpenBLAS, Numba and the GEMV take one
+
+
 def set_num_threads(n):
     """Use at most ``n`` threads in every BLAS (numpy's, which the kernels use, and
     scipy's), in Numba, and in the small-batch predict's GEMV (its one worker thread,
     kernels/_gemv_pool.h: used when n >= 2)."""
     global _limiter
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"number of threads must be a positive integer, got {n!r}")
+    # checked before anything changes (a count past a C int raised OverflowError once
+    # BLAS had taken it); NumPy's integers are integers
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) \
+            or not 1 <= n <= _MOST_THREADS:
+        raise ValueError(f"number of threads must be an integer from 1 to {_MOST_THREADS}, "
+                         f"got {n!r:.60}")
+    n = int(n)
     # threadpoolctl limits only the BLAS libraries already loaded: load scipy's
     # (Numba's np.dot, and the kernels' fallback) now, or one loaded later ignores n.
     import scipy.linalg.cython_blas  # noqa: F401

@@ -23,6 +23,7 @@ from .rules import CONVERT_BYTES
 # np.vdot (unlike @ and np.dot) raises no FP error under np.errstate(all="raise"):
 # test_divergence checks that. Large arrays go block by block against one zero block.
 _BLOCK = 1 << 18  # 1 MiB of float32 zeros, 2 MiB of float64
+_FEW = 16         # values finite() checks in Python (0.4 us for 3, the dot 0.9 us)
 _ZEROS = {np.dtype(t): np.zeros(_BLOCK, dtype=t) for t in (np.float32, np.float64)}
 
 
@@ -33,6 +34,8 @@ def finite(a):
         return (math.isfinite(np.maximum.reduce(a, axis=None))
                 and math.isfinite(np.minimum.reduce(a, axis=None)))
     flat, zeros = a.reshape(-1), _ZEROS[a.dtype]
+    if flat.size <= _FEW:   # a 1-row softmax's outputs: a BLAS call's set-up costs more
+        return all(map(math.isfinite, flat.tolist()))
     if flat.size <= _BLOCK:
         return math.isfinite(np.vdot(flat, zeros[:flat.size]))
     for start in range(0, flat.size, _BLOCK):

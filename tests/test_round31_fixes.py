@@ -201,3 +201,112 @@ def test_callbacks_refuse_flags_that_are_not_bools():
         model.fit(_x(6), np.array(["a", "b", "c"] * 2), callbacks=[checkpoint])
     assert model.classes_ is None
     fm.EarlyStopping(monitor="loss", restore_best_weights=np.True_)
+
+
+# -- round 31's less-used API ------------------------------------------------------------
+
+def _overflowing_inputs():
+    """Finite float32 inputs that overflow a small relu net: NaN outputs."""
+    X = np.full((10, 3), 3e38, dtype=np.float32)
+    X[:, 1] = -3e38
+    return X
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cython", "numba"])
+def test_nan_outputs_are_no_class(backend):
+    """argmax takes a NaN for the largest output and NaN > 0.5 is False, so NaN outputs
+    were scored and predicted as class 0: val_accuracy 0.8 beside a NaN val_loss, which an
+    EarlyStopping on the accuracy took for a real score."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 3)).astype(np.float32), rng.integers(0, 3, 40)
+    Xv, yv = _overflowing_inputs(), np.array([0] * 8 + [1, 2])
+    model = fm.Model([fm.Dense(8, "relu"), fm.Dense(3, "softmax")], input_dim=3,
+                     loss="cross_entropy", backend=backend, seed=0)
+    stop = fm.EarlyStopping("val_accuracy", patience=5)
+    history = model.fit(X, y, epochs=2, validation_data=(Xv, yv), metrics=["accuracy"],
+                        callbacks=[stop]).history
+    assert np.isnan(history["val_loss"]).all() and np.isnan(history["val_accuracy"]).all()
+    assert stop.best is None   # a NaN never becomes the best
+    assert np.isnan(model.predict(Xv[:1])).all()
+    with pytest.raises(ValueError, match="outputs are not finite for row 0"):
+        model.predict_classes(Xv[:3])
+    assert model.predict_classes(X[:3]).shape == (3,)
+
+
+def test_metrics_of_nan_outputs_are_nan():
+    from fastmlp import metrics
+    assert np.isnan(metrics.accuracy(np.array([[np.nan, 0.1]]), np.array([[1.0, 0.0]])))
+    assert np.isnan(metrics.accuracy(np.array([[np.nan]]), np.array([[0.0]])))
+    assert np.isnan(metrics.binary_accuracy(np.array([[np.nan, 0.1]]), np.array([[0.0, 0.0]])))
+    assert metrics.accuracy(np.array([[0.9, 0.1]]), np.array([[1.0, 0.0]])) == 1.0
+
+
+def test_estimator_predict_of_nan_outputs_is_refused():
+    from fastmlp.sklearn import MLPClassifier
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 3)).astype(np.float32), rng.integers(0, 3, 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = MLPClassifier(hidden_layer_sizes=(8,), activation="relu", max_iter=2,
+                            random_state=0).fit(X, y)
+    assert np.isnan(est.predict_proba(_overflowing_inputs())).all()
+    with pytest.raises(ValueError, match="outputs are not finite for row 0"):
+        est.predict(_overflowing_inputs())
+
+
+THREADS = """
+import json, numpy as np, fastmlp as fm
+fm.set_num_threads(1)
+fm.set_num_threads(np.int64(1))       # NumPy's integers are integers
+before = [e["num_threads"] for e in fm.thread_info()]
+out = []
+for n in (2**31, 10**20, np.True_, 1.0):
+    try:
+        fm.set_num_threads(n)
+    except ValueError as exc:
+        out.append(str(exc))
+print(json.dumps({"errors": out, "unchanged": [e["num_threads"] for e in fm.thread_info()] == before}))
+"""
+
+
+def test_set_num_threads_refuses_before_changing_anything():
+    """A count past a C int raised a bare OverflowError once BLAS had taken it (BLAS on 2
+    threads, Numba on 1); np.int64(2) was refused as not an integer."""
+    import json
+    out = subprocess.run([sys.executable, "-c", THREADS], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["unchanged"]
+    assert len(result["errors"]) == 4
+    assert all(e.startswith("number of threads must be an integer from 1 to 2147483647")
+               for e in result["errors"])
+
+
+@pytest.mark.parametrize("n", [-5, True, [3], np.array([10, 20, 30]), 2.5, "3"])
+def test_permutation_takes_a_row_count_only(n):
+    """NumPy's permutation shuffled an array or list given instead, took True for 1 and -5
+    for an empty order, or raised an AxisError naming nothing; the generator must not move."""
+    model = _softmax()
+    untouched = model.to()
+    with pytest.raises(ValueError, match="^n must be an integer >= 0"):
+        model.permutation(n)
+    # (an integer of NumPy's is taken, as the int it is)
+    np.testing.assert_array_equal(model.permutation(np.int64(7)), untouched.permutation(7))
+
+
+def test_apply_gradient_names_gradients_per_layer_form():
+    model = fm.Model([fm.Dense(4, "tanh"), fm.Dense(2)], input_dim=3, seed=0)
+    X, Y = np.ones((5, 3)), np.ones((5, 2))
+    for given in (model.gradients(X, Y), model.gradients(X, Y)[1]):
+        with pytest.raises(TypeError, match=r"not gradients\(\)'s per-layer arrays: use "
+                                            r"gradient_vector\(X, Y\)\[1\]"):
+            model.apply_gradient(given)
+    model.apply_gradient(np.concatenate([g.ravel() for g in model.gradients(X, Y)[1]]))
+
+
+def test_no_float64_advice_for_a_float64_model():
+    with pytest.raises(ValueError, match=r"give a larger \|a\|$"):
+        fm.Model([fm.Dense(3, "linear", a=1e-320)], input_dim=2, dtype="float64")
+    with pytest.raises(ValueError, match=r"give a larger \|a\| or dtype='float64'$"):
+        fm.Model([fm.Dense(3, "linear", a=1e-40)], input_dim=2, dtype="float32")
