@@ -219,8 +219,15 @@ def _lookup(flat, classes):
     if not np.all(known):
         unknown = sorted({repr(v) for v in flat[~np.asarray(known, bool)].tolist()})[:5]
         raise ValueError(f"Y has labels the model does not know: {', '.join(unknown)} "
-                         f"(classes_ = {classes.tolist()})")
+                         f"(classes_ = {_shown_classes(classes)})")
     return order[pos]
+
+
+def _shown_classes(classes, most=10):
+    """classes_ as an error message shows them: the first ``most`` and how many more (a
+    model of 100,000 classes put 1.4 million characters into one message)."""
+    more = len(classes) - most
+    return f"{classes[:most].tolist()}" + (f" and {more} more" if more > 0 else "")
 
 
 def _are_indices(flat, k):

@@ -207,11 +207,33 @@ def as_finite(arr, name, dtype, first_row=0):
     ``first_row``: the number of arr's first row in the caller's data, for the message."""
     _check_real(arr, name)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
-        out = np.ascontiguousarray(arr, dtype=dtype)
+        out = c_copy(arr, dtype)
     if not out.flags.aligned:  # e.g. a memmap at an odd offset; compiled code needs alignment
         out = out.copy()
     if not finite(out):
         _refuse_nonfinite(out, np.asarray(arr), name, first_row)
+    return out
+
+
+# A column-major source is copied in tiles of this many rows and columns: NumPy's own
+# copy walks it a row at a time, each element a cache line apart (a DataFrame's values,
+# 8,192 x 784 float32: 38 ms, tiled 8.7 ms, a plain copy 1.7 ms).
+_TILE_ROWS, _TILE_COLS = 256, 64
+
+
+def c_copy(arr, dtype):
+    """``np.ascontiguousarray(arr, dtype=dtype)`` (the same values, cast alike), a 2-D
+    column-major ``arr`` (a DataFrame's values, Fortran order) copied a tile at a time."""
+    if (arr.ndim != 2 or arr.shape[1] <= _TILE_COLS or arr.shape[0] <= _TILE_ROWS
+            or arr.flags.c_contiguous or abs(arr.strides[0]) >= abs(arr.strides[1])):
+        # (a narrow one NumPy copies well: 100,000 x 3 took 0.34 ms, tiled 0.74)
+        return np.ascontiguousarray(arr, dtype=dtype)
+    out = np.empty(arr.shape, dtype=dtype)
+    rows, cols = arr.shape
+    for r in range(0, rows, _TILE_ROWS):
+        for c in range(0, cols, _TILE_COLS):
+            np.copyto(out[r:r + _TILE_ROWS, c:c + _TILE_COLS],
+                      arr[r:r + _TILE_ROWS, c:c + _TILE_COLS], casting="unsafe")
     return out
 
 

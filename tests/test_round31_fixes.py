@@ -310,3 +310,60 @@ def test_no_float64_advice_for_a_float64_model():
         fm.Model([fm.Dense(3, "linear", a=1e-320)], input_dim=2, dtype="float64")
     with pytest.raises(ValueError, match=r"give a larger \|a\| or dtype='float64'$"):
         fm.Model([fm.Dense(3, "linear", a=1e-40)], input_dim=2, dtype="float32")
+
+
+# -- round 31's speed and memory cliffs ---------------------------------------------------
+
+@pytest.mark.parametrize("shape, source, dtype", [((600, 200), np.float32, np.float32),
+                                                  ((300, 70), np.float64, np.float32),
+                                                  ((257, 65), np.int64, np.float64),
+                                                  ((1000, 3), np.float64, np.float32)])
+def test_c_copy_equals_numpys_copy(shape, source, dtype):
+    """A column-major X (a DataFrame's values) is copied in tiles (NumPy's own copy of
+    8,192 x 784 float32 took 38 ms, the tiles 9): the same values, cast alike, for every
+    view of it."""
+    from fastmlp import validation
+    X = np.asfortranarray(np.random.default_rng(0).normal(size=shape) * 1e3).astype(source)
+    for view in (X, X[::-1], X[:, ::-1], X[::3], X[:, 1:], X[5:-7, 2:]):
+        got = validation.c_copy(view, dtype)
+        assert got.flags.c_contiguous and got.dtype == dtype
+        np.testing.assert_array_equal(got, np.ascontiguousarray(view, dtype=dtype))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cython", "numba"])
+def test_fortran_x_predicts_as_c_x(backend):
+    model = fm.Model([fm.Dense(16, "relu"), fm.Dense(10, "softmax")], input_dim=300,
+                     loss="cross_entropy", backend=backend, seed=0)
+    X = np.random.default_rng(0).normal(size=(700, 300)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(np.asfortranarray(X)), model.predict(X))
+    F = np.asfortranarray(X)
+    F[650, 7] = np.nan
+    with pytest.raises(ValueError, match="row 650, column 7"):
+        model.predict(F)
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba"])
+@pytest.mark.parametrize("loss, activation", [("mse", "linear"),
+                                              ("binary_cross_entropy", "sigmoid")])
+def test_a_1d_float_y_of_a_one_output_model_takes_the_guarded_call(backend, loss, activation,
+                                                                   monkeypatch):
+    """train_on_batch with y of shape (n,), the usual binary or regression target, went
+    through the full checks (28 us, 13x y[:, None]'s); now it is that column, a view."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(8, 4)).astype(np.float32), (rng.random(8) > 0.5).astype(np.float32)
+    model = fm.Model([fm.Dense(16, "tanh"), fm.Dense(1, activation)], input_dim=4, loss=loss,
+                     backend=backend, seed=0)
+    twin = model.to()
+    want = twin.train_on_batch(X, y[:, None])
+    monkeypatch.setattr(model, "_data", None)   # the full checks: not called
+    assert model.train_on_batch(X, y) == want
+    for got, expected in zip(model.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_an_unknown_label_error_shows_ten_classes():
+    """The message listed every class: 1.4 million characters for 100,000 classes."""
+    model = fm.Model([fm.Dense(30, "softmax")], input_dim=2, loss="cross_entropy")
+    model.classes_ = np.array([f"c{i}" for i in range(30)])
+    with pytest.raises(ValueError, match=r"'nope' \(classes_ = \['c0', .*'c9'\] and 20 more\)$"):
+        model.train_on_batch(np.ones((1, 2)), np.array(["nope"]))
