@@ -712,9 +712,28 @@ class Model:
     def __setstate__(self, pickled):
         self._restore(pickled)
 
-    def _restore(self, pickled, backend=None, dtype=None, optimizer=None):
+    def __copy__(self):
+        return self._copied()
+
+    def __deepcopy__(self, memo):
+        memo[id(self)] = model = self._copied()
+        return model
+
+    def _copied(self):
+        """copy.copy and copy.deepcopy alike: a model that shares nothing with this one,
+        taking get_state's copy of theta and the optimiser buffers as its own. Through
+        pickling's protocol deepcopy copied them twice more (the state dict deep-copied,
+        then set_state): a 2048-4096-4096-10 Adam model's copy peaked at three copies of
+        its 289 MiB state and took 1.7 s."""
+        model = type(self).__new__(type(self))
+        model._restore(self.__getstate__(), own=True)
+        return model
+
+    def _restore(self, pickled, backend=None, dtype=None, optimizer=None, own=False):
         """Build this (new) model from a __getstate__ dict, on ``backend``, in ``dtype`` and
-        with ``optimizer`` where given (see :meth:`to`)."""
+        with ``optimizer`` where given (see :meth:`to`). ``own``: the dict's theta and
+        optimiser buffers are this process's fresh copies (a live model's get_state), taken
+        as the new model's own where neither the dtype nor the optimiser changes."""
         cfg = pickled["config"]
         state = pickled["state"]
         # settings the dtype cannot hold are refused where the caller gives a dtype or an
@@ -723,15 +742,21 @@ class Model:
         strict = (dtype, optimizer) != (None, None)
         kept = optimizers.from_config(cfg["optimizer"])
         optimizer = kept if optimizer is None else optimizers.get(optimizer)
+        same = type(optimizer) is type(kept) and (dtype is None
+                                                   or _dtype(dtype) == _dtype(cfg["dtype"]))
+        arrays = (state["theta"], state["opt_buffers"]) if own and same else None
         self._build(Network.layers_from_config(cfg["network"]), cfg["network"]["input_dim"],
                     cfg["network"]["loss"], optimizer,
                     cfg["backend"] if backend is None else backend,
                     cfg["dtype"] if dtype is None else dtype, cfg["seed"], draw=False,
-                    strict=strict)
+                    strict=strict, arrays=arrays)
         if type(optimizer) is not type(kept):   # its state starts from nothing
             state = {"theta": state["theta"], "opt_buffers": np.zeros_like(self._state.buffers),
                      "opt_step": np.zeros(1, dtype=np.int64), "rng_state": state["rng_state"]}
-        self.set_state(state)
+        if arrays is not None:   # (checked when the live model wrote them)
+            self._install(self._generator_from(state["rng_state"]), state["opt_step"])
+        else:
+            self.set_state(state)
         scaling = pickled["input_scaling"]
         if scaling is not None:
             self.set_input_scaling(*scaling)
@@ -756,7 +781,7 @@ class Model:
             self._wait_for_fit()
             pickled = self.__getstate__()
         model = Model.__new__(Model)
-        model._restore(pickled, backend, dtype, optimizer)
+        model._restore(pickled, backend, dtype, optimizer, own=True)
         return model
 
     def _config(self):
