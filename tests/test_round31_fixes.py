@@ -404,3 +404,54 @@ def test_a_copy_holds_one_copy_of_the_state(how):
     np.testing.assert_array_equal(twin.predict(X), model.predict(X))
     twin.train_on_batch(X, np.arange(32) % 10 * 3)
     np.testing.assert_array_equal(model.get_state()["theta"], state["theta"])
+
+
+def _drawn_whole(net, seed, dtype):
+    """The initial weights as init_params drew them before: each W whole in float64,
+    theta in float64, then cast: the values a seed has always given."""
+    rng = np.random.default_rng(seed)
+    theta = np.zeros(net.n_params, dtype=np.float64)
+    for layer, (W, b, alpha) in zip(net.layers, net.layer_views(theta)):
+        fan_in, fan_out = W.shape
+        limit = np.sqrt(6.0 / (fan_in if layer.activation.init == "he" else fan_in + fan_out))
+        W[...] = rng.uniform(-limit, limit, size=W.shape)
+        if alpha is not None:
+            alpha[...] = layer.param
+    return theta.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("layers, inputs", [
+    ([fm.Dense(300, "relu"), fm.Dense(700, "prelu"), fm.Dense(3, "softmax")], 500),
+    ([fm.Dense(1, "sigmoid")], 300_000), ([fm.Dense(300_000, "tanh"), fm.Dense(1)], 1)],
+    ids=["3-layer", "wide-input", "wide-layer"])
+def test_initial_weights_drawn_in_blocks_are_the_seeds_weights(layers, inputs, dtype):
+    """init_params draws a block of rows at a time (a whole W in float64 and theta in
+    float64 peaked at 5 times the float32 parameters): the same numbers, bit for bit."""
+    from fastmlp.network import Network
+    net = Network(layers, inputs, "mse")
+    for seed in (0, 7):
+        np.testing.assert_array_equal(net.init_params(np.random.default_rng(seed), dtype),
+                                      _drawn_whole(net, seed, dtype))
+
+
+INIT_PEAK = """
+import numpy as np, fastmlp as fm
+def rss(field):
+    return int(open("/proc/self/status").read().split(field + ":")[1].split()[0]) * 1024
+fm.Model([fm.Dense(4, "relu"), fm.Dense(10)], input_dim=4, backend="cython", seed=0)
+open("/proc/self/clear_refs", "w").write("5")
+base = rss("VmRSS")
+m = fm.Model([fm.Dense(4096, "relu"), fm.Dense(10)], input_dim=4096, backend="cython", seed=0)
+print((rss("VmHWM") - base) / m.engine.theta.nbytes)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_building_a_model_peaks_near_its_parameters():
+    out = subprocess.run([sys.executable, "-c", INIT_PEAK], capture_output=True, text=True,
+                         timeout=300)
+    if out.returncode != 0 and "clear_refs" in out.stderr:
+        pytest.skip("this kernel does not let a process reset its peak RSS")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert float(out.stdout.split()[-1]) < 1.5   # 4 before: float64 draws and casts
