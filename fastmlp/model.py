@@ -713,11 +713,26 @@ class Model:
         self._restore(pickled)
 
     def __copy__(self):
+        if not self._own_state_protocol():
+            model = type(self).__new__(type(self))
+            model.__setstate__(self.__getstate__())   # what copy.copy did before
+            return model
         return self._copied()
 
     def __deepcopy__(self, memo):
+        if not self._own_state_protocol():
+            memo[id(self)] = model = type(self).__new__(type(self))
+            model.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+            return model
         memo[id(self)] = model = self._copied()
         return model
+
+    def _own_state_protocol(self):
+        """Whether this class pickles as Model does: a subclass with a __getstate__ or
+        __setstate__ of its own is copied through them, as pickling and the copy module
+        copied it (_copied skipped them, and lost the subclass's attributes)."""
+        cls = type(self)
+        return cls.__getstate__ is Model.__getstate__ and cls.__setstate__ is Model.__setstate__
 
     def _copied(self):
         """copy.copy and copy.deepcopy alike: a model that shares nothing with this one,

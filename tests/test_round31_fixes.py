@@ -25,18 +25,25 @@ def _x(rows=8):
     return np.random.default_rng(0).normal(size=(rows, 2))
 
 
-@pytest.mark.parametrize("kind", ["object", "series", "stringdtype"])
+@pytest.mark.parametrize("kind", ["object", "series", "stringdtype", "list", "tuple"])
 def test_fit_refuses_a_label_ending_in_nul(kind):
     """'x\\0' and 'x' are two labels, but NumPy's str arrays (classes_) drop trailing NULs:
-    a 3-unit softmax given 4 distinct labels trained 'x\\0' as 'x', without a word."""
+    a 3-unit softmax given 4 distinct labels trained 'x\\0' as 'x', without a word (a
+    list or tuple of str, which np.asarray makes a str array, still did: round 32)."""
     values = ["x", "x\0", "y", "z"] * 2
     y = {"object": lambda: np.array(values, dtype=object),
          "series": lambda: pd.Series(values),
-         "stringdtype": lambda: np.array(values, dtype=np.dtypes.StringDType())}[kind]()
+         "stringdtype": lambda: np.array(values, dtype=np.dtypes.StringDType()),
+         "list": lambda: values, "tuple": lambda: tuple(values)}[kind]()
     model = _softmax()
     with pytest.raises(ValueError, match=NUL + r".*would train as 'x'"):
         model.fit(_x(), y, epochs=1)
     assert model.classes_ is None
+    with pytest.raises(ValueError, match=NUL):
+        model.train_on_batch(_x(), y)
+    model.fit(_x(), ["x", "y", "z", "y"] * 2, epochs=1)
+    with pytest.raises(ValueError, match=NUL):
+        model.evaluate(_x(), y)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "cython", "numba"])
@@ -455,3 +462,31 @@ def test_building_a_model_peaks_near_its_parameters():
         pytest.skip("this kernel does not let a process reset its peak RSS")
     assert out.returncode == 0, out.stderr[-3000:]
     assert float(out.stdout.split()[-1]) < 1.5   # 4 before: float64 draws and casts
+
+
+class _Named(fm.Model):
+    """A subclass that pickles an attribute of its own."""
+
+    def __init__(self, *args, name="x", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.name = name
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "name": self.name}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.name = state["name"]
+
+
+@pytest.mark.parametrize("how", ["copy", "deepcopy"])
+def test_a_subclass_is_copied_through_its_own_state_protocol(how):
+    """Model's own copy (which takes get_state's arrays) skipped a subclass's
+    __getstate__ and __setstate__: its attributes were lost, where pickling kept them
+    (round 32)."""
+    import copy
+    model = _Named([fm.Dense(3, "relu"), fm.Dense(1)], 4, seed=0, name="mine")
+    twin = getattr(copy, how)(model)
+    assert type(twin) is _Named and twin.name == "mine"
+    np.testing.assert_array_equal(twin.get_weights()[0], model.get_weights()[0])
+    assert not np.shares_memory(twin.engine.theta, model.engine.theta)
