@@ -83,9 +83,10 @@ def _integers(values):
 def exact(arr, given):
     """``arr`` (np.asarray(given)), or ``given`` as an object array where NumPy rounded its
     Python integers (a ValueError where a str label of a list ends in NUL, which
-    np.asarray dropped: _refuse_trailing_nul): it makes float64 of integers in [2**63, 2**64), or of such beside
-    negative ones, and 2**64 - 1 became the label 2**64. Only a float array made from a
-    sequence, holding magnitudes from 2**53 on, is looked at again."""
+    np.asarray dropped: _refuse_trailing_nul): it makes float64 of integers in
+    [2**63, 2**64), or of such beside negative ones, and 2**64 - 1 became the label 2**64.
+    Only a float array made from a sequence, holding magnitudes from 2**53 on, is looked
+    at again."""
     if arr.dtype.kind == "U" and not isinstance(given, np.ndarray) and arr.size:
         # a list of str: np.asarray dropped the trailing NULs of its labels ('x\0' -> 'x')
         objects = np.asarray(given, dtype=object)

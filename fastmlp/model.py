@@ -713,35 +713,27 @@ class Model:
         self._restore(pickled)
 
     def __copy__(self):
-        if not self._own_state_protocol():
-            model = type(self).__new__(type(self))
-            model.__setstate__(self.__getstate__())   # what copy.copy did before
-            return model
-        return self._copied()
+        return self._copy()
 
     def __deepcopy__(self, memo):
-        if not self._own_state_protocol():
-            memo[id(self)] = model = type(self).__new__(type(self))
-            model.__setstate__(copy.deepcopy(self.__getstate__(), memo))
-            return model
-        memo[id(self)] = model = self._copied()
-        return model
+        return self._copy(memo)
 
-    def _own_state_protocol(self):
-        """Whether this class pickles as Model does: a subclass with a __getstate__ or
-        __setstate__ of its own is copied through them, as pickling and the copy module
-        copied it (_copied skipped them, and lost the subclass's attributes)."""
+    def _copy(self, memo=None):
+        """copy.copy (memo None) and copy.deepcopy: a model that shares nothing with this
+        one. A Model takes get_state's copy of theta and the optimiser buffers as its own:
+        through pickling's protocol deepcopy copied them twice more (the state dict
+        deep-copied, then set_state), and a 2048-4096-4096-10 Adam model's copy peaked at
+        three copies of its 289 MiB state and took 1.7 s. A subclass with a __getstate__
+        or __setstate__ of its own is copied through them, as pickling copies it."""
         cls = type(self)
-        return cls.__getstate__ is Model.__getstate__ and cls.__setstate__ is Model.__setstate__
-
-    def _copied(self):
-        """copy.copy and copy.deepcopy alike: a model that shares nothing with this one,
-        taking get_state's copy of theta and the optimiser buffers as its own. Through
-        pickling's protocol deepcopy copied them twice more (the state dict deep-copied,
-        then set_state): a 2048-4096-4096-10 Adam model's copy peaked at three copies of
-        its 289 MiB state and took 1.7 s."""
-        model = type(self).__new__(type(self))
-        model._restore(self.__getstate__(), own=True)
+        model = cls.__new__(cls)
+        if memo is not None:
+            memo[id(self)] = model
+        pickled = self.__getstate__()
+        if cls.__getstate__ is Model.__getstate__ and cls.__setstate__ is Model.__setstate__:
+            model._restore(pickled, own=True)
+        else:
+            model.__setstate__(pickled if memo is None else copy.deepcopy(pickled, memo))
         return model
 
     def _restore(self, pickled, backend=None, dtype=None, optimizer=None, own=False):

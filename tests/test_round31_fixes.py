@@ -1,7 +1,8 @@
 """Hostile round 31's findings, each the smallest reproducer of one defect (each failed
 on the code as it was found): labels ending in NUL merged with the label without it,
-two misleading error messages, fit's flags read by their truth. (Its memory finding, a narrow network's predict chunk
-converting a float64 X 411 MB at a time, is in test_memory.py and test_layout.py.)
+two misleading error messages, fit's flags read by their truth. (Its memory finding, a
+narrow network's predict chunk converting a float64 X 411 MB at a time, is in
+test_memory.py and test_layout.py.)
 """
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 
 import fastmlp as fm
+from helpers import traced_peak
 
 NUL = "ends in a NUL character"
 
@@ -272,7 +274,8 @@ for n in (2**31, 10**20, np.True_, 1.0):
         fm.set_num_threads(n)
     except ValueError as exc:
         out.append(str(exc))
-print(json.dumps({"errors": out, "unchanged": [e["num_threads"] for e in fm.thread_info()] == before}))
+after = [e["num_threads"] for e in fm.thread_info()]
+print(json.dumps({"errors": out, "unchanged": after == before}))
 """
 
 
@@ -383,7 +386,6 @@ def test_a_copy_holds_one_copy_of_the_state(how):
     4096-10 Adam model's 289 MiB took 866 MiB and 1.7 s); copy.copy and to() two. Now the
     copy takes get_state's arrays as its own, and shares nothing with the model."""
     import copy
-    import tracemalloc
     model = fm.Model([fm.Dense(1024, "relu"), fm.Dense(1024, "relu"), fm.Dense(10, "softmax")],
                      input_dim=1024, loss="cross_entropy", optimizer=fm.Adam(), seed=0)
     X = np.random.default_rng(0).random((32, 1024)).astype(np.float32)
@@ -393,12 +395,7 @@ def test_a_copy_holds_one_copy_of_the_state(how):
     state = model.get_state()
     state_bytes = state["theta"].nbytes + state["opt_buffers"].nbytes
     make = {"deepcopy": copy.deepcopy, "copy": copy.copy, "to": lambda m: m.to()}[how]
-    tracemalloc.start()
-    try:
-        twin = make(model)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    twin, peak = traced_peak(lambda: make(model))
     assert peak < 1.8 * state_bytes, (peak / 2**20, state_bytes / 2**20)
     got = twin.get_state()
     for key in ("theta", "opt_buffers", "opt_step"):
