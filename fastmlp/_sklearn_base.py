@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 import fastmlp as fm
 from fastmlp import backends as fm_backends
 from fastmlp import _frames, validation
-from fastmlp._signals import signals_deferred
+from fastmlp._signals import run_whole, signals_deferred
 from fastmlp.activations import ACTIVATIONS
 
 _SKLEARN_NAMES = {"identity": "linear", "logistic": "sigmoid"}
@@ -213,19 +213,31 @@ class BaseMLP(BaseEstimator):
             self.__dict__.clear()
             self.__dict__.update(fitted)
             raise
-        # One hold of the model's lock for the decay and the epochs it applies to: another
-        # thread's partial_fit setting its own decay in between trained steps of this call
-        # with the other call's decay.
-        with self.model_._lock:
-            if not first:   # scikit-learn decays by alpha / the rows of each call's own batches
-                self.model_._set_weight_decay(decay)
-            best_state = self._epochs(X, X_val, T, T_val, early, batch_size, incremental)
-            if early:
-                with signals_deferred():   # the best restored whole, a Ctrl-C raised after
-                    if best_state is not None:
-                        self.model_.set_state(best_state)
-                    self.best_loss_ = None   # scikit-learn's convention with early stopping
+        best = [None]   # the best state seen with early stopping, kept by _count_new
+        try:
+            # One hold of the model's lock for the decay and the epochs it applies to:
+            # another thread's partial_fit setting its own decay in between trained steps
+            # of this call with the other call's decay.
+            with self.model_._lock:
+                try:
+                    if not first:   # scikit-learn decays by alpha / the rows of each call's batches
+                        self.model_._set_weight_decay(decay)
+                    self._epochs(X, X_val, T, T_val, early, batch_size, incremental, best)
+                finally:
+                    if early:   # run whole, also when a Ctrl-C lands just before it
+                        run_whole(lambda: self._restore_best(best[0]))
+        except KeyboardInterrupt:
+            # Ctrl-C ends fit as scikit-learn's MLP does, wherever it lands once the model
+            # is built (before the first epoch, or as the best is restored, too; a
+            # Ctrl-C there had come out of fit, the best not restored)
+            warnings.warn("Training interrupted by user.")
         return self
+
+    def _restore_best(self, best_state):
+        """Early stopping's end: the best state seen (None: none scored) back in model_."""
+        if best_state is not None:
+            self.model_.set_state(best_state)
+        self.best_loss_ = None   # scikit-learn's convention with early stopping
 
     def _prepare(self, X, y, first, incremental, classes):
         """Validate X and y, learn what a first call learns (n_features_in_, classes_, a new
@@ -302,9 +314,9 @@ class BaseMLP(BaseEstimator):
         ready = self._ready_targets(y)
         return None if ready is None else (X, *ready)
 
-    def _epochs(self, X, X_val, T, T_val, early, batch_size, incremental):
+    def _epochs(self, X, X_val, T, T_val, early, batch_size, incremental, best):
         """The training epochs (one for partial_fit), with scikit-learn's stopping rules;
-        returns the best state seen with early stopping (else None).
+        ``best``: [the best state seen with early stopping], updated.
 
         Without early stopping, scikit-learn's rule (stop once the training loss has not
         improved by tol for more than n_iter_no_change epochs in a row) cannot stop
@@ -313,12 +325,11 @@ class BaseMLP(BaseEstimator):
         same epochs as one at a time (fit(1) + fit(1) = fit(2)), without the Python
         around each. With early stopping each epoch's weights are scored, one at a time.
 
-        Ctrl-C ends them as scikit-learn's MLP does: a warning, the epochs done kept (an
-        interrupted one is undone by Model.fit), the best state restored by the caller
-        with early stopping, and fit returns the estimator. Every epoch Model.fit kept
-        is counted whole (n_iter_, t_, loss_curve_, its validation score), also when an
-        interrupt or a TrainingDiverged comes before it was counted."""
-        best = [None]   # the best state so far (early stopping), kept by _count
+        Ctrl-C ends them as scikit-learn's MLP does: the epochs done kept (an interrupted
+        one is undone by Model.fit), then the caller restores the best state with early
+        stopping, warns and returns the estimator. Every epoch Model.fit kept is counted
+        whole (n_iter_, t_, loss_curve_, its validation score), also when an interrupt
+        or a TrainingDiverged comes before it was counted."""
         last = getattr(self.model_, "history", None)
         counted = [last, len(last.epoch) if last is not None else 0]   # (History, epochs)
         left = 1 if incremental else self.max_iter
@@ -343,13 +354,10 @@ class BaseMLP(BaseEstimator):
                     warnings.warn(f"Stochastic optimizer: maximum iterations ({self.max_iter}) "
                                   "reached and the optimization hasn't converged yet.",
                                   ConvergenceWarning)
-        except BaseException as exc:
+        except BaseException:
             with signals_deferred():   # the epochs Model.fit kept before it raised
                 self._count_new(counted, len(X), early, X_val, T_val, best)
-            if not isinstance(exc, KeyboardInterrupt):
-                raise
-            warnings.warn("Training interrupted by user.")
-        return best[0]
+            raise
 
     def _count_new(self, counted, rows, early, X_val, T_val, best):
         """Count the epochs of model_.history not counted yet; ``counted`` is [the History

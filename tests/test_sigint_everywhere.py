@@ -1,0 +1,293 @@
+"""A Ctrl-C at every point of fastmlp's Python where a signal can be handled, not at
+random moments.
+
+The README's rule: an interrupted epoch is rolled back wherever the signal lands, so
+fit(k) + interrupted fit + the rest = one fit, bit for bit (weights, optimiser state,
+step, generator). Timer-driven SIGINTs (test_hostile_files_pipelines.py) land where
+the time goes, in the compiled calls; here a trace function raises SIGINT at the n-th
+point where fastmlp's own code checks for signals, for every n (or every few), so the
+handler runs at each point Python can run it, held back where fastmlp holds signals
+back. Fit, train_on_batch, set_state and save. A quiet fit's
+timing-driven choices (chunk sizes, when to copy the undo snapshot) are driven by a
+clock that jumps at random, so the replays after a snapshot run too.
+"""
+import dis
+import os
+import signal
+import sys
+import types
+import warnings
+
+import numpy as np
+import pytest
+
+import fastmlp as fm
+import fastmlp.model as model_module
+from fastmlp.callbacks import EarlyStopping
+
+PACKAGE = os.path.dirname(fm.__file__)
+ROWS, BATCH = 64, 16
+STEPS_PER_EPOCH = ROWS // BATCH
+
+_rng = np.random.default_rng(0)
+X = _rng.normal(size=(ROWS, 5)).astype(np.float32)
+Y = np.arange(ROWS) % 3
+
+
+def _model(backend, optimizer):
+    return fm.Model([fm.Dense(8, "tanh"), fm.Dense(3, "softmax")], input_dim=5,
+                    loss="cross_entropy", optimizer=optimizer, backend=backend, seed=0)
+
+
+# Where CPython runs a signal's Python handler: at a function's start, after a call
+# returns and after a backward jump (its eval breaker); never at other instructions (a
+# `try:` line's NOP, say, where an exception raised by a trace function escapes the
+# try's own handler, as no signal ever does).
+_CHECKS = {dis.opmap[name] for name in ("CALL", "CALL_FUNCTION_EX", "JUMP_BACKWARD")}
+
+
+class _SigintAt:
+    """A trace function raising SIGINT at the ``at``-th point where fastmlp's Python
+    checks for signals (never if ``at`` is 0); ``points``: how many it passed."""
+
+    def __init__(self, at):
+        self.at, self.points = at, 0
+
+    def _point(self):
+        self.points += 1
+        if self.points == self.at:
+            signal.raise_signal(signal.SIGINT)
+
+    def __call__(self, frame, event, arg):
+        if not frame.f_code.co_filename.startswith(PACKAGE):
+            return None
+        frame.f_trace_opcodes = True
+        self._point()   # the function's start
+        code, last = frame.f_code.co_code, [None]
+
+        def after_checks(frame, event, arg):
+            if event == "opcode":
+                if last[0] in _CHECKS:   # the instruction after a call or a jump back
+                    self._point()
+                last[0] = code[frame.f_lasti]
+            return after_checks
+
+        return after_checks
+
+
+def _fit_under(trace, model, **kwargs):
+    """model.fit(X, Y, **kwargs) traced; True if it raised KeyboardInterrupt."""
+    sys.settrace(trace)
+    try:
+        model.fit(X, Y, batch_size=BATCH, verbose=0, **kwargs)
+    except KeyboardInterrupt:
+        return True
+    finally:
+        sys.settrace(None)
+    return False
+
+
+def _state(model):
+    s = model.get_state()
+    return s["theta"], s["opt_buffers"], s["opt_step"], s["rng_state"]
+
+
+def _assert_same_state(got, want, where):
+    for a, b, name in zip(got[:3], want[:3], ("theta", "opt_buffers", "opt_step")):
+        assert np.array_equal(a, b), f"{name} differs after a SIGINT at {where}"
+    assert got[3] == want[3], f"the generator differs after a SIGINT at {where}"
+
+
+def _every_point(backend, optimizer, epochs, fit_kwargs, most_trials, clock=None,
+                monkeypatch=None):
+    """SIGINT at point n of fit(epochs) for every n (at most ``most_trials``,
+    evenly spread): the interrupt is raised, the model keeps the epochs its History
+    records, and trained on to ``epochs`` epochs and one more, it equals one that was
+    never interrupted. ``clock``: a function
+    making a new ``time`` for fastmlp.model, the same moments in every run, so that
+    every run takes the same steps up to its SIGINT."""
+    want = _model(backend, optimizer)
+    losses = want.fit(X, Y, epochs=epochs, batch_size=BATCH, verbose=0,
+                      **fit_kwargs).history["loss"]
+    want.fit(X, Y, epochs=1, batch_size=BATCH, verbose=0)
+    want = _state(want)
+
+    def fit_under(trace, model):
+        if clock is not None:   # and a first chunk of 2 epochs, the next ones by the clock
+            monkeypatch.setattr(model_module, "time", clock())
+            monkeypatch.setattr(model_module.Model, "_first_chunk", lambda *args: 2)
+        try:
+            return _fit_under(trace, model, epochs=epochs, **fit_kwargs)
+        finally:
+            if clock is not None:
+                monkeypatch.undo()
+
+    count = _SigintAt(0)
+    assert not fit_under(count, _model(backend, optimizer))
+    stride = max(1, count.points // most_trials)
+    for at in range(1, count.points + 1, stride):
+        model = _model(backend, optimizer)
+        assert fit_under(_SigintAt(at), model), f"no KeyboardInterrupt at point {at}"
+        steps = int(model.get_state()["opt_step"][0])
+        kept = steps // STEPS_PER_EPOCH
+        assert steps % STEPS_PER_EPOCH == 0, f"half an epoch kept at point {at}"
+        # the epochs kept are the epochs recorded: none lost to a rollback gone too far
+        # (no History at all: interrupted before training began)
+        recorded = model.history.history["loss"] if hasattr(model, "history") else []
+        assert recorded == losses[:kept], f"the History differs at point {at}"
+        if epochs - kept:
+            model.fit(X, Y, epochs=epochs - kept, batch_size=BATCH, verbose=0, **fit_kwargs)
+        model.fit(X, Y, epochs=1, batch_size=BATCH, verbose=0)
+        _assert_same_state(_state(model), want, f"point {at}")
+    return count.points
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_sigint_anywhere_in_a_quiet_fit_keeps_whole_epochs(backend, optimizer):
+    points = _every_point(backend, fm.Adam(1e-2) if optimizer == "adam" else
+                        fm.SGD(0.05, momentum=0.9), 3, {}, most_trials=400)
+    assert points > 50   # the trace saw fit's own code
+
+
+def test_a_sigint_anywhere_in_a_fit_with_validation_and_callbacks(backend):
+    fit_kwargs = dict(validation_data=(X[:10], Y[:10]), metrics=["accuracy"],
+                      callbacks=[EarlyStopping(monitor="val_loss", patience=50)])
+    _every_point(backend, fm.Adam(1e-2), 3, fit_kwargs, most_trials=300)
+
+
+class _JumpingClock:
+    """time.perf_counter that jumps by 0.1 us to 2 s at random (``seed``'s moments):
+    chunks of 1 epoch to the most, snapshots copied at every chunk or rarely."""
+
+    def __init__(self, seed):
+        self._rng, self._now = np.random.default_rng(seed), 0.0
+
+    def perf_counter(self):
+        self._now += float(self._rng.choice([1e-7, 1e-4, 3e-3, 0.05, 2.0, 2.0]))
+        return self._now
+
+
+def test_a_sigint_anywhere_in_a_quiet_fit_of_many_chunks(backend, monkeypatch):
+    epochs = 100 if backend == "numpy" else 300   # (the reference: one call per epoch)
+
+    def clock():
+        return types.SimpleNamespace(perf_counter=_JumpingClock(0).perf_counter)
+
+    points = _every_point(backend, fm.Adam(1e-2), epochs, {},
+                        most_trials=50 if backend == "numpy" else 2000,
+                        clock=clock, monkeypatch=monkeypatch)
+    assert points > 1000   # many chunks, snapshots and replays ran
+
+
+def _calls_under_sigint(call, reset, most_trials=1000):
+    """Run ``call()`` (no arguments) with a SIGINT at each point of fastmlp it passes,
+    in turn, each after ``reset()``; yield (point, whether KeyboardInterrupt came out)
+    after each run (at most ``most_trials`` points, evenly spread). The points are
+    counted on a warm run (a first call caches)."""
+    for _ in range(2):
+        reset()
+        count = _SigintAt(0)
+        sys.settrace(count)
+        try:
+            call()
+        finally:
+            sys.settrace(None)
+    assert count.points > 5
+    for at in range(1, count.points + 1, max(1, count.points // most_trials)):
+        reset()
+        sys.settrace(_SigintAt(at))
+        try:
+            call()
+            interrupted = False
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            sys.settrace(None)
+        yield at, interrupted
+
+
+def _as_state(values, optimizer):
+    return dict(zip(("theta", "opt_buffers", "opt_step", "rng_state"), values),
+                optimizer=optimizer)
+
+
+def test_a_sigint_anywhere_in_train_on_batch_leaves_one_step_or_none(backend):
+    model = _model(backend, fm.Adam(1e-2))
+    model.fit(X, Y, epochs=1, batch_size=BATCH, verbose=0)
+    before = _state(model)
+    stepped = model.to()
+    stepped.train_on_batch(X[:BATCH], Y[:BATCH])
+    after = _state(stepped)
+    for at, interrupted in _calls_under_sigint(
+            lambda: model.train_on_batch(X[:BATCH], Y[:BATCH]),
+            lambda: model.set_state(_as_state(before, "adam"))):
+        assert interrupted, f"no KeyboardInterrupt at point {at}"
+        got = _state(model)
+        kept = np.array_equal(got[0], after[0])
+        _assert_same_state(got, after if kept else before, f"point {at}")
+
+
+def test_a_sigint_anywhere_in_set_state_leaves_the_old_state_or_the_new(backend):
+    model = _model(backend, fm.Adam(1e-2))
+    old = model.get_state()
+    trained = model.to()
+    trained.fit(X, Y, epochs=2, batch_size=BATCH, verbose=0)
+    new = trained.get_state()
+    for at, interrupted in _calls_under_sigint(lambda: model.set_state(new),
+                                               lambda: model.set_state(old)):
+        assert interrupted, f"no KeyboardInterrupt at point {at}"
+        got = _state(model)
+        want = new if np.array_equal(got[0], new["theta"]) else old
+        _assert_same_state(got, tuple(want[k] for k in ("theta", "opt_buffers", "opt_step",
+                                                         "rng_state")), f"point {at}")
+
+
+def test_a_sigint_anywhere_in_save_leaves_the_old_file_or_the_new(tmp_path):
+    path = tmp_path / "model.npz"
+    old = _model("auto", fm.Adam(1e-2))   # (saving is the same code on every backend)
+    new = old.to()
+    new.fit(X, Y, epochs=1, batch_size=BATCH, verbose=0)
+    thetas = [m.get_state()["theta"] for m in (old, new)]
+    for at, interrupted in _calls_under_sigint(lambda: new.save(path),
+                                               lambda: old.save(path), most_trials=400):
+        assert interrupted, f"no KeyboardInterrupt at point {at}"
+        assert os.listdir(tmp_path) == ["model.npz"], f"files left at point {at}"
+        theta = fm.load(path).get_state()["theta"]
+        assert any(np.array_equal(theta, t) for t in thetas), f"point {at}"
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_a_sigint_anywhere_in_an_estimators_fit_keeps_its_whole_epochs(early_stopping):
+    """scikit-learn's rule: Ctrl-C ends fit with a warning, the epochs done kept (the
+    best restored with early stopping), the estimator returned; interrupted before
+    training, the estimator is left as it was (here unfitted)."""
+    pytest.importorskip("sklearn")
+    from fastmlp.sklearn import MLPClassifier
+
+    def make(max_iter):
+        return MLPClassifier((8,), max_iter=max_iter, batch_size=BATCH, random_state=0,
+                             early_stopping=early_stopping, validation_fraction=0.25,
+                             n_iter_no_change=2, tol=0.0)
+
+    held = {}
+    twins = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for at, interrupted in _calls_under_sigint(
+                lambda: held["estimator"].fit(X, Y),
+                lambda: held.update(estimator=make(4)), most_trials=400):
+            estimator = held["estimator"]
+            if not hasattr(estimator, "model_"):   # interrupted before its model was built
+                assert interrupted and not hasattr(estimator, "classes_"), f"point {at}"
+                continue
+            # else fitted, whether the interrupt came out (before the first epoch, or once
+            # the best was restored) or fit returned: as if max_iter had been n_iter_
+            k = estimator.n_iter_
+            if k not in twins:   # (none trained: the first such outcome stands for all)
+                twins[k] = make(k).fit(X, Y) if k else estimator
+            assert estimator.loss_curve_ == twins[k].loss_curve_, f"point {at}"
+            state = estimator.model_.get_state()
+            assert np.array_equal(state["theta"], twins[k].model_.get_state()["theta"]), \
+                f"point {at}"
+            assert k or state["opt_step"][0] == 0, f"point {at}"
+            assert list(estimator.classes_) == [0, 1, 2], f"point {at}"
