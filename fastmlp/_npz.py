@@ -93,6 +93,7 @@ class Archive:
         self._file = _open_regular(path)
         try:
             size = os.fstat(self._file.fileno()).st_size
+            _refuse_many_members(self._file, len(set(required) | set(optional)), self._outer)
             try:
                 self._zip = zipfile.ZipFile(self._file)
             except _DAMAGE as exc:
@@ -246,6 +247,30 @@ def _open_without_blocking(path):
         if what:
             raise FormatError(f"it is {what}, not a regular file") from None
         raise
+
+
+# A generous bound on one member's entry in the zip directory: 46 bytes, a name such as
+# "feature_names.npy", and np.savez's zip64 extra field (about 100 bytes in all)
+_DIRECTORY_BYTES_PER_MEMBER = 1024
+
+
+def _refuse_many_members(file, most, outer):
+    """FormatError if the end-of-central-directory record of ``file`` counts more than
+    ``most`` members, or a directory larger than so many take, before zipfile reads the
+    directory: it keeps a ZipInfo of some hundreds of bytes per entry, so a 46 MB file
+    listing a million empty entries took 320 MB to refuse. Files without a readable
+    record are left to zipfile's checks."""
+    try:
+        end = zipfile._EndRecData(file)  # zipfile's own reading of the record (zip64 too)
+    except _DAMAGE as exc:
+        pass_on_callers(exc, outer)
+        return
+    if end is None:
+        return
+    members, size = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
+    if members > most or size > most * _DIRECTORY_BYTES_PER_MEMBER:
+        raise FormatError(f"its zip directory lists {members} members in {size} bytes; a "
+                          f"fastmlp file holds at most {most} members")
 
 
 def _check_member_count(file, archive, outer):

@@ -65,9 +65,13 @@ Spec = namedtuple("Spec", "n_params input_dim dtype adam n_classes")
 def save(model, path):
     """Write ``model`` to ``path`` (any name; no suffix is added), atomically."""
     path = _atomic.as_str(path)  # bytes too, as load takes them (replace refuses "")
-    state = model.get_state()
+    # What a pickle holds, read at one moment under the model's lock: the optimiser's
+    # settings read apart from the state, after the checks below, were those of a later
+    # step beside a partial_fit setting its weight decay (98 saves in 100)
+    held = model.__getstate__()
+    state = held["state"]
     arrays = {"theta": state["theta"], "opt_buffers": state["opt_buffers"],
-              "opt_step": state["opt_step"], **_optional_arrays(model)}
+              "opt_step": state["opt_step"], **_optional_arrays(held)}
     spec = Spec(model.net.n_params, model.net.input_dim, model.dtype,
                 isinstance(model.optimizer, optimizers.Adam),
                 labels.n_classes(model.net.output_dim, model.net.loss.code))
@@ -77,7 +81,7 @@ def save(model, path):
     header = {
         "format": FORMAT, "version": _version_for(arrays),
         "network": model.net.config(),
-        "optimizer": model.optimizer.config(),
+        "optimizer": held["config"]["optimizer"],
         "dtype": model.dtype.name,
         "backend": model.backend,
         # JSON cannot hold np.int64 or a SeedSequence; rng_state restores the stream anyway
@@ -112,13 +116,15 @@ def _version_for(members):
     return 2 if set(OPTIONAL) & set(members) else 1
 
 
-def _optional_arrays(model):
+def _optional_arrays(held):
+    """The input scaling and labels of a model's __getstate__ dict as the file's members."""
     arrays = {}
-    if model.input_scaling is not None:
-        mean, scale = model.input_scaling
+    if held["input_scaling"] is not None:
+        mean, scale = held["input_scaling"]
         arrays["input_mean"] = np.asarray(mean, dtype=np.float64)
         arrays["input_scale"] = np.asarray(scale, dtype=np.float64)
-    for name, value in (("classes", model.classes_), ("feature_names", model.feature_names_in_)):
+    for name, value in (("classes", held["classes_"]),
+                        ("feature_names", held["feature_names_in_"])):
         if value is not None:
             arrays[name] = np.asarray(value)
     return arrays

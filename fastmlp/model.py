@@ -689,8 +689,19 @@ class Model:
         Unix time of 1.7e9 has a float32 spacing of 128: folded into float32
         weights its signal would be lost)."""
         if mean is None and scale is None:
-            self._scaling = None
-            return
+            scaling = None
+        else:
+            scaling = self._checked_scaling(mean, scale)
+        # Under the lock, after another thread's fit, as the other writes of what training
+        # reads (a fit's training and validation rows were scaled apart, one each way);
+        # calls that do not lock read it once (a big predict read it per block of rows
+        # and scaled its rows two ways)
+        with self._lock:
+            self._wait_for_fit()
+            self._scaling = scaling
+
+    def _checked_scaling(self, mean, scale):
+        """(mean, scale) as set_input_scaling keeps them: float64 (input_dim,) copies."""
         d = self._net.input_dim
         mean = validation.as_finite(validation.as_array(mean, "mean"), "mean", np.float64)
         scale = validation.as_finite(validation.as_array(scale, "scale"), "scale", np.float64)
@@ -699,15 +710,18 @@ class Model:
                              f"and {scale.shape}")
         if not (scale > 0).all():
             raise ValueError("scale must be > 0 everywhere (use 1 for constant features)")
-        self._scaling = (mean.copy(), scale.copy())
+        return mean.copy(), scale.copy()
 
     def __getstate__(self):
         # The same data save() writes; the backend engine is rebuilt on unpickling. The
         # label arrays copied: copy.copy(model) shared them, so relabelling the copy in
-        # place relabelled the original.
-        return {"config": self._config(), "state": self.get_state(),
-                "input_scaling": self._scaling, "classes_": copy.copy(self.classes_),
-                "feature_names_in_": copy.copy(self.feature_names_in_)}
+        # place relabelled the original. Read at one moment, under the lock: the
+        # optimiser's settings read before it held those of one step and the state of
+        # a later one, beside a partial_fit setting its weight decay (hostile round 33).
+        with self._lock:
+            return {"config": self._config(), "state": self.get_state(),
+                    "input_scaling": self._scaling, "classes_": copy.copy(self.classes_),
+                    "feature_names_in_": copy.copy(self.feature_names_in_)}
 
     def __setstate__(self, pickled):
         self._restore(pickled)
@@ -784,9 +798,10 @@ class Model:
             dtype = _dtype(dtype)
         if optimizer is not None:
             optimizer = optimizers.get(optimizer)
-        with self._lock:   # one moment's state, never between another thread's steps
-            self._wait_for_fit()
-            pickled = self.__getstate__()
+        # one moment's state, never between another thread's steps; from another thread
+        # during a fit, its last epoch's, as a copy's (a callback handing to() to a
+        # worker and waiting for it waited forever while to() waited for the fit's end)
+        pickled = self.__getstate__()
         model = Model.__new__(Model)
         model._restore(pickled, backend, dtype, optimizer, own=True)
         return model
@@ -820,12 +835,13 @@ class Model:
         """
         if self._on_device and self._engine.is_device_array(X):
             return self._predict_on_device(X)
-        ready = self._small_ready(X)
+        scaling = self._scaling   # read once: another thread may set it meanwhile
+        ready = self._small_ready(X, scaling)
         if ready is None and getattr(X, "columns", None) is not None:
             # a DataFrame (a row of one, often): its names checked, its values taken once
             self._checked_feature_names(X)
             X = validation.frame_values(X, "X")
-            ready = self._small_ready(X)
+            ready = self._small_ready(X, scaling)
         if ready is not None:
             # Checked as it is computed (the backend reads X anyway), so a ready array
             # costs no validation pass: all a 1-row predict can afford.
@@ -841,27 +857,28 @@ class Model:
         arr = validation.as_array(validation.frame_values(X, "X"), "X")
         rows = rules.convert_rows(self._net, self._dtype)
         if arr.ndim != 2 or len(arr) <= rows:
-            X = validation.check_inputs(arr, self._net.input_dim, self._dtype, self._scaling)
+            X = validation.check_inputs(arr, self._net.input_dim, self._dtype, scaling)
             out = np.empty((len(X), self._net.output_dim), dtype=self._dtype)
             return self._engine.predict(X, out)
         # Converted (and scaled) a block of rows at a time, not copied whole
         out = np.empty((len(arr), self._net.output_dim), dtype=self._dtype)
         for start in range(0, len(arr), rows):
             block = validation.check_inputs(arr[start:start + rows], self._net.input_dim,
-                                            self._dtype, self._scaling, first_row=start)
+                                            self._dtype, scaling, first_row=start)
             self._engine.predict(block, out[start:start + rows])
         return out
 
 
-    def _small_ready(self, X):
-        """X as predict's checked kernel takes it (scaled, when the model scales its inputs)
-        when X is laid out already, or small and plain (validation.small_real_copy); else
-        None. Not yet checked for finiteness: the kernel checks as it reads."""
-        if self._scaling is None:
+    def _small_ready(self, X, scaling):
+        """X as predict's checked kernel takes it (scaled by ``scaling``, the model's input
+        scaling as the caller read it) when X is laid out already, or small and plain
+        (validation.small_real_copy); else None. Not yet checked for finiteness: the
+        kernel checks as it reads."""
+        if scaling is None:
             return X if validation.laid_out(X, self._width[0], self._dtype) else \
                 validation.small_real_copy(X, self._width[0], self._dtype)
         # (every model `fastmlp train --save` writes has input scaling)
-        return validation.small_scaled_copy(X, self._width[0], self._dtype, self._scaling)
+        return validation.small_scaled_copy(X, self._width[0], self._dtype, scaling)
 
     def _predict_on_device(self, X):
         """predict for a device array X (n, input_dim): checked where it lies."""
@@ -1430,9 +1447,10 @@ class Model:
             X, labels_given = validation.frame_values(X, "X"), validation.series_values(Y)
             if labels_given is not None and labels_given.dtype.kind in "iuO":
                 Y = labels_given   # (floats stay as given: labels.exact reads them again)
+        scaling = self._scaling   # read once: another thread may set it meanwhile
         # X laid out already (itself, no copy), or small and plain (copied, scaled): with
         # ready targets or class indices, O(1) Python work and one finiteness pass
-        ready = self._small_ready(X)
+        ready = self._small_ready(X, scaling)
         if ready is not None and validation.finite(ready):
             # float targets in another dtype or layout (np.eye(k)[y] is float64) copied;
             # not ready (a value too large for the dtype, say): the full checks name it
@@ -1459,7 +1477,7 @@ class Model:
         names, Y_given = self._checked_feature_names(X), Y
         if learn and names is not None and self.feature_names_in_ is None:
             distinct_names(names)
-        X = validation.check_inputs(X, self._net.input_dim, self._dtype, self._scaling)
+        X = validation.check_inputs(X, self._net.input_dim, self._dtype, scaling)
         Y = validation.as_array(Y, "Y")
         if self._unit_targets:   # a cross-entropy: Y may hold labels
             Y = labels.exact(Y, Y_given)
@@ -1503,7 +1521,7 @@ class Model:
                 return None, False
         elif Y.dtype.kind != "f":
             return None, False
-        X = self._small_ready(X)
+        X = self._small_ready(X, self._scaling)   # (under the lock: set_input_scaling waits)
         if X is None:
             return None, False
         T = (validation.index_targets(Y, len(X), self._width[1], self._dtype) if indices
