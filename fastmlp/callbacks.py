@@ -216,8 +216,11 @@ class EarlyStopping(_Monitoring):
         :meth:`Model.get_state` (weights, optimiser buffers and step, random
         generator), so predictions, a further ``fit`` and ``save`` all continue
         from the best epoch, not from a mix of best weights and later optimiser state.
-    baseline : training also stops if the value has not beaten ``baseline``
-        within ``patience`` epochs (the best epoch is still tracked).
+    baseline : as in Keras 3: an epoch that improves on the best but not on
+        ``baseline`` does not restart the wait, and the wait is judged only at epochs
+        that do not improve on the best. So a value flat or worse above a "min"
+        baseline stops training after ``patience`` epochs, while one that keeps
+        improving, even without reaching the baseline, does not stop it.
 
     After ``fit``: ``best`` (the best value), ``best_epoch`` (0-based) and
     ``stopped_epoch`` (0-based epoch at which it stopped training; 0 if it did not).

@@ -55,7 +55,8 @@ def _add_train(sub):
                    f"{opt.MAX_AUTO_CLASSES} distinct values, or non-integer values with more "
                    "than half the rows distinct; otherwise its values are classes. "
                    "Numbers with missing (NA, NaN, null, ...) or infinite cells are an "
-                   "error naming the first such cell")
+                   "error naming the first such cell. The shipped digits (no --data) are "
+                   "classes with any --loss (mse: the lessons' one-hot targets)")
     t.add_argument("--layers", type=opt.layers, default=[64], metavar="64,32",
                    help="hidden layer sizes (default 64; '' for none)")
     t.add_argument("--activation", type=opt.hidden_activation, default="relu",

@@ -82,7 +82,7 @@ import traceback
 import numpy as np
 
 from . import labels, optimizers, validation
-from .callbacks import ModelCheckpoint, ProgressBar, check_monitors
+from .callbacks import ModelCheckpoint, ProgressBar, check_monitors, format_logs
 from .model import (_NOBODY, History, TrainingDiverged, _feature_names, _hook, _logged,
                     distinct_names, validation_data_errors)
 
@@ -437,9 +437,8 @@ class _Run:
             logs = self.epoch(epoch, shuffle)
             error = None
             try:   # a print can fail too (a closed stdout) and is agreed on like a callback
-                if verbose == 2 and self.rank == 0:
-                    print(f"epoch {epoch + 1}/{epochs}  " + "  ".join(
-                        f"{k} {v:.6g}" for k, v in logs.items()), flush=True)
+                if verbose == 2 and self.rank == 0:   # Model.fit's line
+                    print(f"epoch {epoch + 1}/{epochs}  {format_logs(logs)}", flush=True)
                 for cb in callbacks:
                     _hook(cb, "on_epoch_end", epoch, logs)
             except Exception as exc:

@@ -186,6 +186,19 @@ def test_every_rank_records_the_feature_names_of_the_frames(tmp_path):
         assert (tmp_path / f"rank{rank}.names").read_text() == " ".join(shards.COLUMNS)
 
 
+def test_verbose_2_prints_model_fits_epoch_lines_on_rank_0(tmp_path):
+    # callbacks.format_logs, as Model.fit prints them (they showed the raw logs:
+    # "samples_per_s 5584.19")
+    import re
+    rc, out, err = run_shards("verbose", "numpy", tmp_path)
+    assert rc == 0, err[-3000:]
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == shards.EPOCHS, out
+    for epoch, line in enumerate(lines, 1):
+        assert re.fullmatch(rf"epoch {epoch}/{shards.EPOCHS}  loss [0-9.e+-]+  "
+                            r"[0-9,]+ samples/s", line), line
+
+
 def test_two_numeric_labels_split_over_the_ranks_are_the_union(tmp_path):
     # one sigmoid unit and labels 3 and 7, rank 0 holding only 3s and rank 1 only 7s:
     # neither shard alone has two labels, their union has (each rank judged its own

@@ -198,3 +198,13 @@ def test_to_another_dtype_or_optimiser_converts_the_state_once(change):
     np.testing.assert_array_equal(moved.get_state()["theta"],
                                   model.get_state()["theta"].astype(moved.dtype))
 
+
+def test_the_shipped_digits_are_classes_with_mse_as_the_help_says(capsys):
+    """--task auto regresses a CSV's numeric target with --loss mse, but the shipped digits
+    are their 10 classes with any loss: as the README and --help now say."""
+    from helpers import run_cli
+    code, out, err = run_cli(capsys, "train", "--loss", "mse", "--epochs", "1")
+    assert code == 0, err
+    assert "-> sigmoid, loss mse" in out and "classification (the digits' 10 classes)" in out
+    code, out, err = run_cli(capsys, "train", "--help")
+    assert "shipped digits" in " ".join(out.split())

@@ -15,7 +15,8 @@ learning rate), "columns" (DataFrame shards, rank 1's columns
 in another order), "renamed" (both ranks' frames agree, but the model was trained
 on other columns), "step_warning" (a step layer's warning, turned into an error as
 ``python -W error`` does, raised on rank 0 alone), "closed_stdout" (verbose=2
-with rank 0's stdout closed: its epoch line fails to print). "frames" (a DataFrame on rank 0,
+with rank 0's stdout closed: its epoch line fails to print). "verbose" (verbose=2:
+rank 0 prints Model.fit's epoch lines) succeeds. "frames" (a DataFrame on rank 0,
 a plain array on rank 1) succeeds and writes OUTDIR/rank<r>.names; so does "bce_split"
 (two numeric labels for one sigmoid unit, one on each rank) and OUTDIR/rank<r>.classes. The data and the
 cases are defined here and imported by the test, which trains one process on the
@@ -163,9 +164,9 @@ def main(mode, backend, outdir):
         m = fm.Model([fm.Dense(7, activation="step"), fm.Dense(3, activation="softmax")],
                      input_dim=5, loss="cross_entropy", dtype="float64", seed=3)
     callbacks, check, verbose = [], False, 0
-    if mode == "closed_stdout":
+    if mode in ("closed_stdout", "verbose"):
         verbose = 2
-        if rank == 0:
+        if mode == "closed_stdout" and rank == 0:
             sys.stdout = open(os.devnull, "w")
             sys.stdout.close()
     if mode == "diverge":   # relu -> linear, MSE, SGD(lr=10): one process diverges in epoch 1
