@@ -23,7 +23,7 @@ import pytest
 
 import fastmlp as fm
 import fastmlp.model as model_module
-from fastmlp.callbacks import EarlyStopping
+from fastmlp.callbacks import EarlyStopping, ModelCheckpoint
 
 PACKAGE = os.path.dirname(fm.__file__)
 ROWS, BATCH = 64, 16
@@ -291,3 +291,80 @@ def test_a_sigint_anywhere_in_an_estimators_fit_keeps_its_whole_epochs(early_sto
                 f"point {at}"
             assert k or state["opt_step"][0] == 0, f"point {at}"
             assert list(estimator.classes_) == [0, 1, 2], f"point {at}"
+
+
+def test_a_sigint_anywhere_in_apply_gradient_or_set_weights_leaves_old_or_new():
+    model = _model("auto", fm.Adam(1e-2))
+    model.fit(X, Y, epochs=1, batch_size=BATCH, verbose=0)
+    grad = model.gradient_vector(X, Y)[1].copy()
+    before = _state(model)
+    stepped = model.to()
+    stepped.apply_gradient(grad)
+    after = _state(stepped)
+    for at, interrupted in _calls_under_sigint(
+            lambda: model.apply_gradient(grad),
+            lambda: model.set_state(_as_state(before, "adam"))):
+        got = _state(model)
+        _assert_same_state(got, after if np.array_equal(got[0], after[0]) else before,
+                           f"apply_gradient, point {at}")
+    old, new = model.get_weights(), stepped.get_weights()
+    for at, interrupted in _calls_under_sigint(lambda: model.set_weights(new),
+                                               lambda: model.set_weights(old)):
+        got = model.get_weights()
+        assert any(all(np.array_equal(a, b) for a, b in zip(got, w)) for w in (old, new)), \
+            f"set_weights, point {at}"
+
+
+def _descriptors():
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_sigint_anywhere_in_load_or_a_checkpointed_fit_leaks_no_file(tmp_path):
+    """load leaves no descriptor open; a fit with ModelCheckpoint(save_best_only) and
+    EarlyStopping(restore_best_weights) leaves the best file whole or none, and no
+    temporary file or descriptor."""
+    path = tmp_path / "best.npz"
+    model = _model("auto", fm.Adam(1e-2))
+    model.classes_ = np.array([0, 1, 2])
+    model.set_input_scaling(np.zeros(5), np.ones(5))
+    model.save(path)
+    opened = _descriptors()
+    for at, interrupted in _calls_under_sigint(lambda: fm.load(path), lambda: None):
+        assert _descriptors() == opened, f"load, point {at}"
+
+    def checkpointed_fit():
+        _model("auto", fm.Adam(1e-2)).fit(
+            X, Y, epochs=3, batch_size=BATCH, verbose=0, validation_data=(X[:10], Y[:10]),
+            callbacks=[ModelCheckpoint(path, monitor="val_loss", save_best_only=True),
+                       EarlyStopping(monitor="val_loss", patience=1,
+                                     restore_best_weights=True)])
+
+    for at, interrupted in _calls_under_sigint(checkpointed_fit, lambda: path.unlink(True),
+                                               most_trials=600):
+        assert sorted(os.listdir(tmp_path)) in ([], ["best.npz"]), f"fit, point {at}"
+        if path.exists():
+            fm.load(path)
+        assert _descriptors() == opened, f"fit, point {at}"
+
+
+def test_a_sigint_anywhere_in_partial_fit_keeps_the_step_or_not():
+    pytest.importorskip("sklearn")
+    import pickle
+    from fastmlp.sklearn import MLPClassifier
+    first = MLPClassifier((8,), batch_size=BATCH, random_state=0).partial_fit(
+        X, Y, classes=[0, 1, 2])
+    blob = pickle.dumps(first)
+    second = pickle.loads(blob).partial_fit(X, Y)
+    held = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for at, interrupted in _calls_under_sigint(
+                lambda: held["estimator"].partial_fit(X, Y),
+                lambda: held.update(estimator=pickle.loads(blob)), most_trials=600):
+            estimator = held["estimator"]
+            want = first if estimator.n_iter_ == 1 else second
+            assert estimator.n_iter_ in (1, 2) and estimator.t_ == want.t_, f"point {at}"
+            assert estimator.loss_curve_ == want.loss_curve_, f"point {at}"
+            np.testing.assert_array_equal(estimator.model_.get_state()["theta"],
+                                          want.model_.get_state()["theta"], f"point {at}")
