@@ -1,15 +1,18 @@
-"""A Ctrl-C at every point of fastmlp's Python where a signal can be handled, not at
-random moments.
+"""A Ctrl-C, or a timeout, at every point of fastmlp's Python where a signal can be
+handled, not at random moments.
 
 The README's rule: an interrupted epoch is rolled back wherever the signal lands, so
 fit(k) + interrupted fit + the rest = one fit, bit for bit (weights, optimiser state,
-step, generator). Timer-driven SIGINTs (test_hostile_files_pipelines.py) land where
-the time goes, in the compiled calls; here a trace function raises SIGINT at the n-th
-point where fastmlp's own code checks for signals, for every n (or every few), so the
-handler runs at each point Python can run it, held back where fastmlp holds signals
-back. Fit, train_on_batch, set_state and save. A quiet fit's
-timing-driven choices (chunk sizes, when to copy the undo snapshot) are driven by a
-clock that jumps at random, so the replays after a snapshot run too.
+step, generator); a timeout's TimeoutError, raised by a SIGALRM handler, is undone as a
+Ctrl-C is. Timer-driven SIGINTs (test_hostile_files_pipelines.py) land where the time
+goes, in the compiled calls; here a trace function raises the signal at the n-th point
+where fastmlp's own code checks for signals, for every n (or an even spread of them),
+so the handler runs at each point Python can run it, held back where fastmlp holds
+signals back. Fit, train_on_batch, apply_gradient, set_state, set_weights, save, load,
+checkpoints, and the scikit-learn estimators' fit and partial_fit (Ctrl-C only: they
+turn it into scikit-learn's warning). A quiet fit's timing-driven choices (chunk sizes,
+when to copy the undo snapshot) are driven by a clock that jumps at random, so the
+replays after a snapshot run too.
 """
 import dis
 import os
@@ -46,9 +49,35 @@ def _model(backend, optimizer):
 _CHECKS = {dis.opmap[name] for name in ("CALL", "CALL_FUNCTION_EX", "JUMP_BACKWARD")}
 
 
+# The signal raised: SIGINT (Ctrl-C), or SIGALRM with a handler raising TimeoutError (a
+# timeout, which the README says is undone as a Ctrl-C is) under the `interrupt` fixture
+_SIGNAL = [signal.SIGINT]
+_INTERRUPTS = (KeyboardInterrupt, TimeoutError)
+
+
+def _timeout(signum, frame):
+    raise TimeoutError("a timeout's signal handler")
+
+
+@pytest.fixture(params=["ctrl-c", "timeout"])
+def interrupt(request):
+    """Each test taking it runs with SIGINT, then with a SIGALRM timeout."""
+    if request.param == "ctrl-c":
+        yield request.param
+        return
+    previous = signal.signal(signal.SIGALRM, _timeout)
+    _SIGNAL[0] = signal.SIGALRM
+    try:
+        yield request.param
+    finally:
+        _SIGNAL[0] = signal.SIGINT
+        signal.signal(signal.SIGALRM, previous)
+
+
 class _SigintAt:
-    """A trace function raising SIGINT at the ``at``-th point where fastmlp's Python
-    checks for signals (never if ``at`` is 0); ``points``: how many it passed."""
+    """A trace function raising the signal (SIGINT, or the timeout's) at the ``at``-th
+    point where fastmlp's Python checks for signals (never if ``at`` is 0);
+    ``points``: how many it passed."""
 
     def __init__(self, at):
         self.at, self.points = at, 0
@@ -56,7 +85,7 @@ class _SigintAt:
     def _point(self):
         self.points += 1
         if self.points == self.at:
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(_SIGNAL[0])
 
     def __call__(self, frame, event, arg):
         if not frame.f_code.co_filename.startswith(PACKAGE):
@@ -76,11 +105,11 @@ class _SigintAt:
 
 
 def _fit_under(trace, model, **kwargs):
-    """model.fit(X, Y, **kwargs) traced; True if it raised KeyboardInterrupt."""
+    """model.fit(X, Y, **kwargs) traced; True if the interrupt came out of it."""
     sys.settrace(trace)
     try:
         model.fit(X, Y, batch_size=BATCH, verbose=0, **kwargs)
-    except KeyboardInterrupt:
+    except _INTERRUPTS:
         return True
     finally:
         sys.settrace(None)
@@ -127,7 +156,7 @@ def _every_point(backend, optimizer, epochs, fit_kwargs, most_trials, clock=None
     stride = max(1, count.points // most_trials)
     for at in range(1, count.points + 1, stride):
         model = _model(backend, optimizer)
-        assert fit_under(_SigintAt(at), model), f"no KeyboardInterrupt at point {at}"
+        assert fit_under(_SigintAt(at), model), f"no interrupt at point {at}"
         steps = int(model.get_state()["opt_step"][0])
         kept = steps // STEPS_PER_EPOCH
         assert steps % STEPS_PER_EPOCH == 0, f"half an epoch kept at point {at}"
@@ -143,13 +172,13 @@ def _every_point(backend, optimizer, epochs, fit_kwargs, most_trials, clock=None
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_a_sigint_anywhere_in_a_quiet_fit_keeps_whole_epochs(backend, optimizer):
+def test_an_interrupt_anywhere_in_a_quiet_fit_keeps_whole_epochs(interrupt, backend, optimizer):
     points = _every_point(backend, fm.Adam(1e-2) if optimizer == "adam" else
                         fm.SGD(0.05, momentum=0.9), 3, {}, most_trials=400)
     assert points > 50   # the trace saw fit's own code
 
 
-def test_a_sigint_anywhere_in_a_fit_with_validation_and_callbacks(backend):
+def test_an_interrupt_anywhere_in_a_fit_with_validation_and_callbacks(interrupt, backend):
     fit_kwargs = dict(validation_data=(X[:10], Y[:10]), metrics=["accuracy"],
                       callbacks=[EarlyStopping(monitor="val_loss", patience=50)])
     _every_point(backend, fm.Adam(1e-2), 3, fit_kwargs, most_trials=300)
@@ -167,7 +196,7 @@ class _JumpingClock:
         return self._now
 
 
-def test_a_sigint_anywhere_in_a_quiet_fit_of_many_chunks(backend, monkeypatch):
+def test_an_interrupt_anywhere_in_a_quiet_fit_of_many_chunks(interrupt, backend, monkeypatch):
     epochs = 100 if backend == "numpy" else 300   # (the reference: one call per epoch)
 
     def clock():
@@ -181,8 +210,9 @@ def test_a_sigint_anywhere_in_a_quiet_fit_of_many_chunks(backend, monkeypatch):
 
 def _calls_under_sigint(call, reset, most_trials=1000):
     """Run ``call()`` (no arguments) with a SIGINT at each point of fastmlp it passes,
-    in turn, each after ``reset()``; yield (point, whether KeyboardInterrupt came out)
-    after each run (at most ``most_trials`` points, evenly spread). The points are
+    in turn, each after ``reset()``; yield (point, whether the interrupt came out)
+    after each run (at most ``most_trials`` points, evenly spread), or TimeoutError
+    under the `interrupt` fixture's timeout. The points are
     counted on a warm run (a first call caches)."""
     for _ in range(2):
         reset()
@@ -199,7 +229,7 @@ def _calls_under_sigint(call, reset, most_trials=1000):
         try:
             call()
             interrupted = False
-        except KeyboardInterrupt:
+        except _INTERRUPTS:
             interrupted = True
         finally:
             sys.settrace(None)
@@ -211,7 +241,7 @@ def _as_state(values, optimizer):
                 optimizer=optimizer)
 
 
-def test_a_sigint_anywhere_in_train_on_batch_leaves_one_step_or_none(backend):
+def test_an_interrupt_anywhere_in_train_on_batch_leaves_one_step_or_none(interrupt, backend):
     model = _model(backend, fm.Adam(1e-2))
     model.fit(X, Y, epochs=1, batch_size=BATCH, verbose=0)
     before = _state(model)
@@ -221,13 +251,13 @@ def test_a_sigint_anywhere_in_train_on_batch_leaves_one_step_or_none(backend):
     for at, interrupted in _calls_under_sigint(
             lambda: model.train_on_batch(X[:BATCH], Y[:BATCH]),
             lambda: model.set_state(_as_state(before, "adam"))):
-        assert interrupted, f"no KeyboardInterrupt at point {at}"
+        assert interrupted, f"no interrupt at point {at}"
         got = _state(model)
         kept = np.array_equal(got[0], after[0])
         _assert_same_state(got, after if kept else before, f"point {at}")
 
 
-def test_a_sigint_anywhere_in_set_state_leaves_the_old_state_or_the_new(backend):
+def test_an_interrupt_anywhere_in_set_state_leaves_the_old_state_or_the_new(interrupt, backend):
     model = _model(backend, fm.Adam(1e-2))
     old = model.get_state()
     trained = model.to()
@@ -235,14 +265,14 @@ def test_a_sigint_anywhere_in_set_state_leaves_the_old_state_or_the_new(backend)
     new = trained.get_state()
     for at, interrupted in _calls_under_sigint(lambda: model.set_state(new),
                                                lambda: model.set_state(old)):
-        assert interrupted, f"no KeyboardInterrupt at point {at}"
+        assert interrupted, f"no interrupt at point {at}"
         got = _state(model)
         want = new if np.array_equal(got[0], new["theta"]) else old
         _assert_same_state(got, tuple(want[k] for k in ("theta", "opt_buffers", "opt_step",
                                                          "rng_state")), f"point {at}")
 
 
-def test_a_sigint_anywhere_in_save_leaves_the_old_file_or_the_new(tmp_path):
+def test_an_interrupt_anywhere_in_save_leaves_the_old_file_or_the_new(interrupt, tmp_path):
     path = tmp_path / "model.npz"
     old = _model("auto", fm.Adam(1e-2))   # (saving is the same code on every backend)
     new = old.to()
@@ -250,14 +280,14 @@ def test_a_sigint_anywhere_in_save_leaves_the_old_file_or_the_new(tmp_path):
     thetas = [m.get_state()["theta"] for m in (old, new)]
     for at, interrupted in _calls_under_sigint(lambda: new.save(path),
                                                lambda: old.save(path), most_trials=400):
-        assert interrupted, f"no KeyboardInterrupt at point {at}"
+        assert interrupted, f"no interrupt at point {at}"
         assert os.listdir(tmp_path) == ["model.npz"], f"files left at point {at}"
         theta = fm.load(path).get_state()["theta"]
         assert any(np.array_equal(theta, t) for t in thetas), f"point {at}"
 
 
 @pytest.mark.parametrize("early_stopping", [False, True])
-def test_a_sigint_anywhere_in_an_estimators_fit_keeps_its_whole_epochs(early_stopping):
+def test_an_interrupt_anywhere_in_an_estimators_fit_keeps_its_whole_epochs(early_stopping):
     """scikit-learn's rule: Ctrl-C ends fit with a warning, the epochs done kept (the
     best restored with early stopping), the estimator returned; interrupted before
     training, the estimator is left as it was (here unfitted)."""
@@ -293,7 +323,7 @@ def test_a_sigint_anywhere_in_an_estimators_fit_keeps_its_whole_epochs(early_sto
             assert list(estimator.classes_) == [0, 1, 2], f"point {at}"
 
 
-def test_a_sigint_anywhere_in_apply_gradient_or_set_weights_leaves_old_or_new():
+def test_an_interrupt_anywhere_in_apply_gradient_or_set_weights_leaves_old_or_new(interrupt):
     model = _model("auto", fm.Adam(1e-2))
     model.fit(X, Y, epochs=1, batch_size=BATCH, verbose=0)
     grad = model.gradient_vector(X, Y)[1].copy()
@@ -320,7 +350,7 @@ def _descriptors():
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
-def test_a_sigint_anywhere_in_load_or_a_checkpointed_fit_leaks_no_file(tmp_path):
+def test_an_interrupt_anywhere_in_load_or_a_checkpointed_fit_leaks_no_file(interrupt, tmp_path):
     """load leaves no descriptor open; a fit with ModelCheckpoint(save_best_only) and
     EarlyStopping(restore_best_weights) leaves the best file whole or none, and no
     temporary file or descriptor."""
@@ -348,7 +378,7 @@ def test_a_sigint_anywhere_in_load_or_a_checkpointed_fit_leaks_no_file(tmp_path)
         assert _descriptors() == opened, f"fit, point {at}"
 
 
-def test_a_sigint_anywhere_in_partial_fit_keeps_the_step_or_not():
+def test_an_interrupt_anywhere_in_partial_fit_keeps_the_step_or_not():
     pytest.importorskip("sklearn")
     import pickle
     from fastmlp.sklearn import MLPClassifier
