@@ -214,6 +214,7 @@ class BaseMLP(BaseEstimator):
             self.__dict__.update(fitted)
             raise
         best = [None]   # the best state seen with early stopping, kept by _count_new
+        interrupted = None
         try:
             # One hold of the model's lock for the decay and the epochs it applies to:
             # another thread's partial_fit setting its own decay in between trained steps
@@ -224,9 +225,18 @@ class BaseMLP(BaseEstimator):
                         self.model_._set_weight_decay(decay)
                     self._epochs(X, X_val, T, T_val, early, batch_size, incremental, best)
                 finally:
-                    if early:   # run whole, also when a Ctrl-C lands just before it
-                        run_whole(lambda: self._restore_best(best[0]))
-        except KeyboardInterrupt:
+                    # The best restored whatever ends the epochs (a Ctrl-C, an error, their
+                    # end), whole: a Ctrl-C landing as run_whole begins, before its own
+                    # deferral, runs it again (inline: any call's start is such a point)
+                    while early:
+                        try:
+                            run_whole(lambda: self._restore_best(best[0]))
+                            break
+                        except KeyboardInterrupt as late:
+                            interrupted = interrupted or late
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+        if interrupted is not None:
             # Ctrl-C ends fit as scikit-learn's MLP does, wherever it lands once the model
             # is built (before the first epoch, or as the best is restored, too; a
             # Ctrl-C there had come out of fit, the best not restored)

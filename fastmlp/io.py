@@ -67,8 +67,9 @@ def save(model, path):
     path = _atomic.as_str(path)  # bytes too, as load takes them (replace refuses "")
     # What a pickle holds, read at one moment under the model's lock: the optimiser's
     # settings read apart from the state, after the checks below, were those of a later
-    # step beside a partial_fit setting its weight decay (98 saves in 100)
-    held = model.__getstate__()
+    # step beside a partial_fit setting its weight decay (98 saves in 100). The Model's
+    # own, not a subclass's __getstate__ (one saving itself recursed forever)
+    held = model._held()
     state = held["state"]
     arrays = {"theta": state["theta"], "opt_buffers": state["opt_buffers"],
               "opt_step": state["opt_step"], **_optional_arrays(held)}
@@ -117,7 +118,7 @@ def _version_for(members):
 
 
 def _optional_arrays(held):
-    """The input scaling and labels of a model's __getstate__ dict as the file's members."""
+    """The input scaling and labels of a model's _held() dict as the file's members."""
     arrays = {}
     if held["input_scaling"] is not None:
         mean, scale = held["input_scaling"]

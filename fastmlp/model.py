@@ -727,11 +727,16 @@ class Model:
         return mean.copy(), scale.copy()
 
     def __getstate__(self):
-        # The same data save() writes; the backend engine is rebuilt on unpickling. The
-        # label arrays copied: copy.copy(model) shared them, so relabelling the copy in
-        # place relabelled the original. Read at one moment, under the lock: the
-        # optimiser's settings read before it held those of one step and the state of
-        # a later one, beside a partial_fit setting its weight decay (hostile round 33).
+        # The backend engine is rebuilt on unpickling.
+        return self._held()
+
+    def _held(self):
+        """What a pickle, a copy and save hold (io.save writes it; a subclass's own
+        __getstate__ is not save's): the configuration, get_state, the input scaling and
+        the labels, copied (copy.copy(model) shared the label arrays, so relabelling the
+        copy in place relabelled the original). Read at one moment, under the lock: the
+        optimiser's settings read before it held those of one step and the state of a
+        later one, beside a partial_fit setting its weight decay (hostile round 33)."""
         with self._lock:
             return {"config": self._config(), "state": self.get_state(),
                     "input_scaling": self._scaling, "classes_": copy.copy(self.classes_),
@@ -819,7 +824,7 @@ class Model:
         # one moment's state, never between another thread's steps; from another thread
         # during a fit, its last epoch's, as a copy's (a callback handing to() to a
         # worker and waiting for it waited forever while to() waited for the fit's end)
-        pickled = self.__getstate__()
+        pickled = self._held()
         model = Model.__new__(Model)
         model._restore(pickled, backend, dtype, optimizer, own=True)
         return model

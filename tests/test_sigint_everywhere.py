@@ -294,10 +294,10 @@ def test_an_interrupt_anywhere_in_an_estimators_fit_keeps_its_whole_epochs(early
     pytest.importorskip("sklearn")
     from fastmlp.sklearn import MLPClassifier
 
-    def make(max_iter):
+    def make(max_iter):   # (with early stopping the best of the 5 epochs is the 2nd)
         return MLPClassifier((8,), max_iter=max_iter, batch_size=BATCH, random_state=0,
                              early_stopping=early_stopping, validation_fraction=0.25,
-                             n_iter_no_change=2, tol=0.0)
+                             n_iter_no_change=10, tol=0.0, learning_rate_init=0.01)
 
     held = {}
     twins = {}
@@ -305,7 +305,7 @@ def test_an_interrupt_anywhere_in_an_estimators_fit_keeps_its_whole_epochs(early
         warnings.simplefilter("ignore")
         for at, interrupted in _calls_under_sigint(
                 lambda: held["estimator"].fit(X, Y),
-                lambda: held.update(estimator=make(4)), most_trials=400):
+                lambda: held.update(estimator=make(5)), most_trials=5000):
             estimator = held["estimator"]
             if not hasattr(estimator, "model_"):   # interrupted before its model was built
                 assert interrupted and not hasattr(estimator, "classes_"), f"point {at}"
