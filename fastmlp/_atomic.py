@@ -114,7 +114,12 @@ def replace(path, write):
             if tmp is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
-        run_whole(clean_up)   # a second Ctrl-C here left the temporary file behind
+        while True:   # again after a second Ctrl-C (see _signals.run_whole): it left the
+            try:      # temporary file behind
+                run_whole(clean_up)
+                break
+            except KeyboardInterrupt:
+                pass
         raise
     try:  # make the rename itself durable
         with signals_deferred():   # the descriptor closed whatever happens

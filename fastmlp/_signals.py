@@ -168,7 +168,23 @@ def run_whole(undo):
     7 of 379 fits interrupted twice); the rollback is now run again until it has run.
     Another exception (a timeout's, raised by its signal handler, left the weights undone
     and Adam's buffers, step and generator not) runs it again too, up to UNDO_RETRIES
-    times, then is raised as the first."""
+    times, then is raised as the first.
+
+    A Ctrl-C can land as this function itself begins (Python runs handlers at a
+    function's start, after a call returns and at a loop's jump back), before any of it
+    runs: a caller undoing after a first Ctrl-C calls it as
+
+        while True:
+            try:
+                run_whole(undo)
+                break
+            except KeyboardInterrupt:
+                pass
+        raise
+
+    inline (a helper would have the same first moment), so a second Ctrl-C runs the
+    undo again; the first exception is then raised. Only a third, landing at the loop's
+    jump back, could still skip it."""
     first, errors = None, 0
     while True:
         try:

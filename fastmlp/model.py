@@ -43,7 +43,7 @@ def _hook(callback, name, *args):
 
 def _logged(metric_fns, validating, gradient_norms):
     """The keys fit's epoch logs will hold (callbacks may add more)."""
-    keys = ["loss", *(name for name, _ in metric_fns)]
+    keys = ["loss"] + [name for name, _ in metric_fns]
     if validating:
         keys += [f"val_{k}" for k in keys]
     return keys + ["samples_per_s"] + (["grad_norm"] if gradient_norms else [])
@@ -53,7 +53,9 @@ def _callback_list(callbacks):
     """fit's callbacks as a new list: None, one callback (as Keras takes it) or several."""
     if callbacks is None:
         return []
-    if isinstance(callbacks, type) or any(hasattr(callbacks, h) for h in _HOOKS):
+    # (lists, not generators, in fit's path: a generator any() leaves is closed at once,
+    # and a Ctrl-C landing as it closes is ignored, 'Exception ignored in: <generator>')
+    if isinstance(callbacks, type) or any([hasattr(callbacks, h) for h in _HOOKS]):
         return [callbacks]
     if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
         # (a string is iterable, but its characters are no callbacks)
@@ -1006,7 +1008,12 @@ class Model:
                     self._check_finite(0.0, "in apply_gradient", "the model was left as it "
                                        "was before the step")
                 except BaseException:
-                    run_whole(snapshot.restore)   # (a second Ctrl-C: raised after it)
+                    while True:   # again after a second Ctrl-C (see _signals.run_whole)
+                        try:
+                            run_whole(snapshot.restore)
+                            break
+                        except KeyboardInterrupt:
+                            pass
                     raise
 
     def train_on_batch(self, X, Y):
@@ -1060,7 +1067,12 @@ class Model:
                     def undo():
                         snapshot.restore()
                         self.classes_, self.feature_names_in_ = learnt
-                    run_whole(undo)   # (a second Ctrl-C: raised after the undo)
+                    while True:   # again after a second Ctrl-C (see _signals.run_whole)
+                        try:
+                            run_whole(undo)
+                            break
+                        except KeyboardInterrupt:
+                            pass
                     raise
         return loss
 
@@ -1222,18 +1234,24 @@ class Model:
                     # half an epoch updated, nor an epoch trained that the History does not
                     # show. A callback's or metric's own error keeps the trained epoch, as in
                     # Keras. model.history is this fit's (a fit in a callback replaced it).
-                    self.history = history
                     # (a timeout's TimeoutError from a signal handler is an interrupt too:
                     # kept, it left an epoch trained that the History did not show)
-                    if not recorded and (not trained or from_a_handler(exc)):
-                        def undo():
-                            if trained:   # (a failed training was undone in its lock)
-                                with self._lock:
-                                    snapshot.restore()
-                                    self._rng.bit_generator.state = saved_rng
-                            self.classes_, self.feature_names_in_ = labels
-                            history._undo(recorded_so_far)
-                        run_whole(undo)   # (a second Ctrl-C: raised after the undo)
+                    def undo():
+                        # (a failed training was undone in its lock already, unless a
+                        # second Ctrl-C skipped that: restored again, the same state)
+                        with self._lock:
+                            snapshot.restore()
+                            self._rng.bit_generator.state = saved_rng
+                        self.classes_, self.feature_names_in_ = labels
+                        history._undo(recorded_so_far)
+                    while True:   # again after a second Ctrl-C (see _signals.run_whole)
+                        try:
+                            self.history = history
+                            if not recorded and (not trained or from_a_handler(exc)):
+                                run_whole(undo)
+                            break
+                        except KeyboardInterrupt:
+                            pass
                     raise
                 if self.stop_training or (tol is not None and loss <= tol):
                     break
@@ -1345,14 +1363,18 @@ class Model:
                     # Ctrl-C anywhere before the chunk's epochs are recorded (drawing the orders,
                     # as the compiled call returns, redrawing the generator, recording, replaying
                     # after a bad epoch): the whole chunk undone, generator and History included
-                    if not recorded:
-                        def undo():
-                            if started:
-                                back.to_chunk_start()
-                            else:
-                                self._rng.bit_generator.state = rng_before
-                            history._undo(recorded_so_far)
-                        run_whole(undo)   # (a second Ctrl-C: raised after the undo)
+                    def undo():
+                        if started:
+                            back.to_chunk_start()
+                        else:
+                            self._rng.bit_generator.state = rng_before
+                        history._undo(recorded_so_far)
+                    while not recorded:   # again after a second Ctrl-C (_signals.run_whole)
+                        try:
+                            run_whole(undo)
+                            break
+                        except KeyboardInterrupt:
+                            pass
                     raise
                 done += len(losses)
                 if len(losses) < k or (tol is not None and losses[-1] <= tol):
@@ -1678,7 +1700,7 @@ class Model:
             if isinstance(cb, type):   # its hooks would be called without an instance
                 raise TypeError(f"callbacks: pass an instance, {cb.__name__}(...), not the "
                                 f"class {cb.__name__}")
-            if not any(hasattr(cb, h) for h in _HOOKS):
+            if not any([hasattr(cb, h) for h in _HOOKS]):   # (a list: see _callback_list)
                 raise TypeError(f"callbacks must define one of {_HOOKS}, got {cb!r}")
             # Keras's batch, test and predict hooks (methods: a data attribute such as
             # self.on_rank is none of fit's business)

@@ -398,3 +398,79 @@ def test_an_interrupt_anywhere_in_partial_fit_keeps_the_step_or_not():
             assert estimator.loss_curve_ == want.loss_curve_, f"point {at}"
             np.testing.assert_array_equal(estimator.model_.get_state()["theta"],
                                           want.model_.get_state()["theta"], f"point {at}")
+
+
+# -- a second Ctrl-C during the undo of the first -----------------------------------------
+
+class _TwoSigints(_SigintAt):
+    """SIGINT at check point ``at`` (raised from the trace function, which unsets it),
+    then another at the ``gap``-th start of a fastmlp function after it (from a profile
+    function): at run_whole's own start, say, before its deferral, which a second Ctrl-C
+    skipped, leaving the epoch trained and the History without it."""
+
+    def __init__(self, at, gap):
+        super().__init__(at)
+        self.gap, self.starts = gap, 0
+
+    def _point(self):
+        self.points += 1
+        if self.points == self.at:
+            sys.setprofile(self._second)
+            signal.raise_signal(signal.SIGINT)
+
+    def _second(self, frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.startswith(PACKAGE):
+            self.starts += 1
+            if self.starts == self.gap:
+                sys.setprofile(None)
+                signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_a_second_ctrl_c_during_the_undo_still_keeps_whole_epochs(backend, quiet):
+    fit_kwargs = {} if quiet else dict(validation_data=(X[:10], Y[:10]), metrics=["accuracy"],
+                                       callbacks=[EarlyStopping(monitor="val_loss", patience=50)])
+    want = _model(backend, fm.Adam(1e-2))
+    losses = want.fit(X, Y, epochs=3, batch_size=BATCH, verbose=0, **fit_kwargs).history["loss"]
+    want.fit(X, Y, epochs=1, batch_size=BATCH, verbose=0)
+    want = _state(want)
+    count = _SigintAt(0)
+    _fit_under(count, _model(backend, fm.Adam(1e-2)), epochs=3, **fit_kwargs)
+    for at in range(1, count.points + 1, max(1, count.points // 40)):
+        for gap in range(1, 9):
+            model = _model(backend, fm.Adam(1e-2))
+            try:
+                assert _fit_under(_TwoSigints(at, gap), model, epochs=3, **fit_kwargs)
+            finally:
+                sys.setprofile(None)
+            kept = int(model.get_state()["opt_step"][0]) // STEPS_PER_EPOCH
+            recorded = model.history.history["loss"] if hasattr(model, "history") else []
+            assert recorded == losses[:kept], f"the History differs at point {at}, gap {gap}"
+            if 3 - kept:
+                model.fit(X, Y, epochs=3 - kept, batch_size=BATCH, verbose=0, **fit_kwargs)
+            model.fit(X, Y, epochs=1, batch_size=BATCH, verbose=0)
+            _assert_same_state(_state(model), want, f"point {at}, gap {gap}")
+
+
+def test_a_second_ctrl_c_during_a_saves_clean_up_leaves_no_file(tmp_path):
+    path = tmp_path / "model.npz"
+    model = _model("auto", fm.Adam(1e-2))
+    count = _SigintAt(0)
+    sys.settrace(count)
+    try:
+        model.save(path)
+    finally:
+        sys.settrace(None)
+    for at in range(1, count.points + 1, max(1, count.points // 60)):
+        for gap in range(1, 9):
+            sys.settrace(_TwoSigints(at, gap))
+            try:
+                model.save(path)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                sys.settrace(None)
+                sys.setprofile(None)
+            assert os.listdir(tmp_path) in ([], ["model.npz"]), f"point {at}, gap {gap}"
+            if path.exists():
+                fm.load(path)
