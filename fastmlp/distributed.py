@@ -283,8 +283,9 @@ class _Run:
                     "the model's dtype": cfg["dtype"],
                     "(epochs, batch_size, shuffle, check_consistency)":
                     (epochs, batch_size, shuffle, check_consistency)}
-            facts = {"same": same, "rows": self._row_count(X), "labels": self._labels(Y),
-                     "names": self._names(X)}
+            found, candidates = self._labels(Y)
+            facts = {"same": same, "rows": self._row_count(X), "labels": found,
+                     "candidates": candidates, "names": self._names(X)}
         except Exception as exc:
             error = exc
         facts = self.agree(error, "checking the arguments and labels", facts)
@@ -306,7 +307,8 @@ class _Run:
         shared = self.comm.bcast(shared, root=0)
         error = None
         try:
-            self._take(shared, [f["labels"] for f in facts], next(iter(names.values()), None))
+            self._take(shared, [f["labels"] for f in facts], [f["candidates"] for f in facts],
+                       next(iter(names.values()), None))
             self.X, self.T = self._data(X, Y, "X", "Y")
             self.val = self._validation(validation_data)
             if self.rank == 0:   # once per job; as an error (-W error) it is agreed on
@@ -342,19 +344,25 @@ class _Run:
         return None if names is None else distinct_names(names).tolist()
 
     def _labels(self, Y):
-        """The distinct labels of Y (when Y holds labels), for the union over ranks."""
+        """(the distinct labels of Y when Y holds labels, else None; its values that are
+        labels if another rank's are: labels.label_candidates), for the union over
+        ranks."""
         Y = labels.exact(validation.as_array(Y, "Y"), Y)   # (then model._data's Y alike)
-        if Y.ndim == 0 or len(Y) == 0 or not labels.is_labels(Y, self.model.net, part=True):
-            return None
+        if Y.ndim == 0 or len(Y) == 0:
+            return None, None
+        if not labels.is_labels(Y, self.model.net, self.model.classes_, part=True):
+            return None, labels.label_candidates(Y, self.model.net)
         flat = labels._as_labels(Y.reshape(-1))
         if np.issubdtype(flat.dtype, np.floating) and not np.isfinite(flat).all():
             # here, so the error names this rank rather than every rank's union
             raise ValueError(f"Y contains NaN or inf (first at row "
                              f"{int(np.argmin(np.isfinite(flat)))})")
-        return np.unique(flat)
+        return np.unique(flat), None
 
-    def _take(self, shared, label_sets, names):
-        """Start from rank 0's model; classes_ from every rank's labels when unset.
+    def _take(self, shared, label_sets, candidates, names):
+        """Start from rank 0's model; classes_ from every rank's labels when unset (and
+        from every rank's label candidates, when some rank holds labels: the rows
+        together hold labels, as one process reads them).
 
         names: the agreed column names of the DataFrame shards (None without any): a
         rank given a plain array takes them too, so every rank records the same.
@@ -367,6 +375,8 @@ class _Run:
             model.classes_ = classes
             model.feature_names_in_ = None if model_names is None else model_names.copy()
         found = [s for s in label_sets if s is not None]
+        if found:
+            found += [c for c in candidates if c is not None]
         if model.classes_ is None and found:
             # as objects: int64 labels beside uint64 ones concatenated to float64 (2**64 - 1
             # became 2**64); labels.encode types them as one process would

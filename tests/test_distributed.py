@@ -209,6 +209,21 @@ def test_two_numeric_labels_split_over_the_ranks_are_the_union(tmp_path):
         assert (tmp_path / f"rank{rank}.classes").read_text() == "3 7"
 
 
+@pytest.mark.parametrize("mode", ["bce_12", "bce_1_2"])
+def test_labels_one_and_two_split_over_the_ranks_train_as_one_process(mode, tmp_path):
+    # one sigmoid unit, labels {1, 2}, rank 0 holding only 1s: its shard was read as
+    # targets 1 (class 2) while rank 1's 1s were class 1 (47.5 % accuracy against 100 %)
+    rc, out, err = run_shards(mode, "numpy", tmp_path)
+    assert rc == 0, err[-3000:]
+    X, _, _, _ = shards.data()
+    one = shards.bce_12_model()
+    one.fit(X, shards.bce_12_labels(mode), epochs=2, batch_size=shards.BATCH)
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}.classes").read_text() == "1 2"
+        np.testing.assert_allclose(np.load(tmp_path / f"rank{rank}.npy"),
+                                   one.get_state()["theta"], rtol=1e-12, atol=1e-12)
+
+
 def test_another_threads_step_waits_for_the_whole_distributed_fit(tmp_path):
     # distributed.fit held the lock one epoch at a time: another thread's train_on_batch
     # ran between the epochs on one rank, and the ranks ended different without a word

@@ -282,3 +282,25 @@ def test_save_writes_the_models_own_state_whatever_a_subclass_pickles(cls, tmp_p
     model.save(tmp_path / "plain.fastmlp")
     np.testing.assert_array_equal(fm.load(tmp_path / "plain.fastmlp").get_state()["theta"],
                                   model.get_state()["theta"])
+
+
+@pytest.mark.parametrize("classes", [[1, 2], [-1, 0], [0, 3]])
+def test_a_batch_holding_only_the_known_label_in_0_1_is_labels(backend, classes):
+    """One sigmoid unit whose classes_ are numbers, one of them in [0, 1]: a batch of only
+    that label is labels (class index 0 or 1), not the target of that value (a batch of
+    1s of labels {1, 2} trained as class 2; round 34)."""
+    model = fm.Model([fm.Dense(4, "tanh"), fm.Dense(1, "sigmoid")], input_dim=3,
+                     loss="binary_cross_entropy", backend=backend, seed=0)
+    X = np.random.default_rng(0).normal(size=(8, 3))
+    model.fit(X, np.array(classes * 4), epochs=1)
+    assert model.classes_.tolist() == classes
+    label = next(c for c in classes if 0 <= c <= 1)
+    index = classes.index(label)
+    twin = copy.deepcopy(model)
+    assert model.evaluate(X, np.full(8, label)) == twin.evaluate(X, np.full((8, 1), index,
+                                                                            float))
+    model.train_on_batch(X, np.full(8, label))
+    twin.train_on_batch(X, np.full((8, 1), index, float))
+    np.testing.assert_array_equal(model.get_state()["theta"], twin.get_state()["theta"])
+    # a value that is no label stays a target, as before
+    assert model.evaluate(X, np.full(8, 0.5)) != model.evaluate(X, np.full(8, label))

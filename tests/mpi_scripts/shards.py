@@ -18,7 +18,8 @@ on other columns), "step_warning" (a step layer's warning, turned into an error 
 with rank 0's stdout closed: its epoch line fails to print). "verbose" (verbose=2:
 rank 0 prints Model.fit's epoch lines) succeeds. "frames" (a DataFrame on rank 0,
 a plain array on rank 1) succeeds and writes OUTDIR/rank<r>.names; so does "bce_split"
-(two numeric labels for one sigmoid unit, one on each rank) and OUTDIR/rank<r>.classes. The data and the
+(two numeric labels for one sigmoid unit, one on each rank) and OUTDIR/rank<r>.classes,
+and "bce_12" / "bce_1_2" (labels {1, 2}, rank 0 holding only 1s) OUTDIR/rank<r>.npy too. The data and the
 cases are defined here and imported by the test, which trains one process on the
 concatenated rows.
 """
@@ -62,6 +63,19 @@ def model(optimizer, backend="numpy"):
     return fm.Model([fm.Dense(7, activation="tanh"), fm.Dense(3, activation="softmax")],
                     input_dim=5, loss="cross_entropy", optimizer=optimizer, backend=backend,
                     dtype="float64", seed=3)
+
+
+def bce_12_model():
+    return fm.Model([fm.Dense(4, activation="tanh"), fm.Dense(1, activation="sigmoid")],
+                    input_dim=5, loss="binary_cross_entropy", dtype="float64", seed=3)
+
+
+def bce_12_labels(mode):
+    """Labels {1, 2} for the N_ROWS rows: 1 on rank 0's, on rank 1's alternating
+    (bce_12) or all 2 (bce_1_2)."""
+    y = np.ones(N_ROWS, dtype=np.int64)
+    y[SPLIT:] = 2 if mode == "bce_1_2" else 1 + np.arange(N_ROWS - SPLIT) % 2
+    return y
 
 
 def main(mode, backend, outdir):
@@ -127,6 +141,16 @@ def main(mode, backend, outdir):
                      input_dim=5, loss="binary_cross_entropy", dtype="float64", seed=3)
         distributed.fit(m, X_mine, np.full(len(X_mine), 3 if rank == 0 else 7), comm,
                         epochs=1, batch_size=BATCH)
+        with open(os.path.join(outdir, f"rank{rank}.classes"), "w") as file:
+            file.write(" ".join(str(c) for c in m.classes_.tolist()))
+        return
+    if mode in ("bce_12", "bce_1_2"):
+        # one sigmoid unit, labels {1, 2}, 1 lying in [0, 1]: rank 0 holds only 1s, rank 1
+        # both (bce_12) or only 2s (bce_1_2); a shard of 1s was read as targets 1
+        m = bce_12_model()
+        distributed.fit(m, X_mine, bce_12_labels(mode)[rows], comm, epochs=2,
+                        batch_size=BATCH)
+        np.save(os.path.join(outdir, f"rank{rank}.npy"), m.get_state()["theta"])
         with open(os.path.join(outdir, f"rank{rank}.classes"), "w") as file:
             file.write(" ".join(str(c) for c in m.classes_.tolist()))
         return
