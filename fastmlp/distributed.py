@@ -74,6 +74,7 @@ per epoch.
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import threading
 import time
@@ -83,6 +84,7 @@ import numpy as np
 
 from . import labels, optimizers, validation
 from .callbacks import ModelCheckpoint, ProgressBar, check_monitors, format_logs
+from ._signals import run_whole
 from .model import (_NOBODY, History, TrainingDiverged, _feature_names, _hook, _logged,
                     distinct_names, validation_data_errors)
 
@@ -121,6 +123,10 @@ def fit(model, X_local, Y_local, comm, epochs=1, batch_size=32, shuffle=True,
                                                 "allgather", "bcast")):
         raise TypeError(f"comm must be an mpi4py communicator such as MPI.COMM_WORLD, "
                         f"got {type(comm).__name__}")
+    if getattr(comm, "Is_inter", None) is not None and comm.Is_inter():
+        # (its collectives join two groups: every rank waited in the first bcast forever)
+        raise TypeError("comm is an intercommunicator; fastmlp.distributed trains over the "
+                        "ranks of one group: pass an intracommunicator (comm.Merge())")
     run = _Run(model, comm, MPI)
     # The model owned for the whole run, as Model.fit owns it (the same plain stores, no
     # call between them that a signal handler's exception could split): another thread's
@@ -138,14 +144,18 @@ def fit(model, X_local, Y_local, comm, epochs=1, batch_size=32, shuffle=True,
             raise
         # Raised on this rank alone, where the others cannot hear of it: they would wait
         # in the next collective forever. Say what happened, then end the whole job.
-        print(f"fastmlp.distributed: rank {run.rank} of {run.size} stopped by an exception "
-              f"the other ranks cannot be told about; aborting the MPI job:\n"
-              f"{traceback.format_exc()}", file=sys.stderr, flush=True)
-        # mpiexec forwards a rank's stderr through a pipe and kills every process on an
-        # abort: without a moment for the forwarding, the message was lost once on a
-        # loaded machine (the job ended with no word of why)
-        time.sleep(ABORT_GRACE_S)
-        comm.Abort(1)
+        try:
+            print(f"fastmlp.distributed: rank {run.rank} of {run.size} stopped by an "
+                  f"exception the other ranks cannot be told about; aborting the MPI "
+                  f"job:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            # mpiexec forwards a rank's stderr through a pipe and kills every process on
+            # an abort: without a moment for the forwarding, the message was lost once on
+            # a loaded machine (the job ended with no word of why)
+            time.sleep(ABORT_GRACE_S)
+        except KeyboardInterrupt:   # a second Ctrl-C: abort now (it skipped the abort,
+            pass                    # and the other ranks waited in their next collective)
+        finally:
+            comm.Abort(1)
         raise
     finally:
         if previous is not _NOBODY:
@@ -198,11 +208,14 @@ def _describe(exc):
 
 
 def _state_digest(model):
-    """sha256 of everything training changes (weights, optimiser buffers and step)."""
+    """sha256 of everything training changes (weights, optimiser buffers and step, and
+    the generator: moved on one rank, it drew other batches there while the weights
+    still agreed)."""
     state = model.get_state()
     digest = hashlib.sha256()
     for key in ("theta", "opt_buffers", "opt_step"):
         digest.update(np.ascontiguousarray(state[key]).tobytes())
+    digest.update(json.dumps(state["rng_state"], sort_keys=True, default=int).encode())
     return digest.hexdigest()
 
 
@@ -305,6 +318,21 @@ class _Run:
         shared = (model.get_state(), model.input_scaling, model.classes_,
                   model.feature_names_in_) if self.rank == 0 else None
         shared = self.comm.bcast(shared, root=0)
+        # A fit refused from here on learns nothing, as Model.fit: this rank's own model
+        # back (rank 0's weights, classes_ and names had stayed on every rank)
+        own = {"state": model.get_state() if self.rank != 0 else None,
+               "scaling": model.input_scaling, "classes_": model.classes_,
+               "feature_names_in_": model.feature_names_in_}
+        try:
+            self._prepare(shared, facts, names, X, Y, validation_data, callbacks)
+        except BaseException:
+            run_whole(lambda: self._give_back(own))
+            raise
+        return self.train(epochs, bool(shuffle), callbacks, verbose, check_consistency)
+
+    def _prepare(self, shared, facts, names, X, Y, validation_data, callbacks):
+        """Take rank 0's model, encode the data, check the callbacks: every rank agreeing."""
+        model = self.model
         error = None
         try:
             self._take(shared, [f["labels"] for f in facts], [f["candidates"] for f in facts],
@@ -324,7 +352,16 @@ class _Run:
         except Exception as exc:
             error = exc
         self.agree(error, "checking the callbacks")
-        return self.train(epochs, bool(shuffle), callbacks, verbose, check_consistency)
+
+    def _give_back(self, own):
+        """This rank's model as it was before a refused fit took rank 0's (``own``: its
+        state, input scaling, classes_ and feature names then; no state on rank 0,
+        whose weights it keeps)."""
+        model = self.model
+        if own["state"] is not None:
+            model.set_state(own["state"])
+            model.set_input_scaling(*(own["scaling"] or (None, None)))
+        model.classes_, model.feature_names_in_ = own["classes_"], own["feature_names_in_"]
 
     @staticmethod
     def _rank_zero_only(cb):
@@ -464,6 +501,15 @@ class _Run:
                 _hook(cb, "on_train_end", logs)
         except Exception as exc:
             error = exc
+        # Rank 0's end state on every rank, before it is checked: a callback given on
+        # rank 0 alone (an EarlyStopping restoring the best weights) left the ranks with
+        # other models
+        state = self.comm.bcast(model.get_state() if self.rank == 0 else None, root=0)
+        if self.rank != 0 and error is None:
+            try:
+                model.set_state(state)
+            except Exception as exc:
+                error = exc
         self.end_of_phase(error, "on_train_end", check_consistency)
         return history
 
@@ -474,8 +520,8 @@ class _Run:
         reports = self.agree(error, f"in {phase}", (model.stop_training, digest))
         model.stop_training = bool(reports[0][0])
         if check_consistency:
-            self.check_same([d for _, d in reports], "the sha256 of the model state (weights "
-                            f"and optimiser) after {phase}")
+            self.check_same([d for _, d in reports], "the sha256 of the model state (weights, "
+                            f"optimiser and generator) after {phase}")
 
     def epoch(self, epoch, shuffle):
         """Train one epoch; returns its logs (the same on every rank)."""

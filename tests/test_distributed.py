@@ -138,8 +138,11 @@ FAILURES = {
     # the field that differs, not two long configs cut off before it
     "lr_mismatch": "the model's optimizer differs between rank 0 and rank 1: ['lr'] is 0.1 on "
                    "rank 0 and 0.2 on rank 1; every rank must agree",
-    "drift": "the sha256 of the model state (weights and optimiser) after the callbacks of "
-             "epoch 2 differs between rank 0",
+    "drift": "the sha256 of the model state (weights, optimiser and generator) after the "
+             "callbacks of epoch 2 differs between rank 0",
+    # the generator too: moved on one rank, it drew other batches while the weights agreed
+    "rng_drift": "the sha256 of the model state (weights, optimiser and generator) after "
+                 "the callbacks of epoch 2 differs between rank 0",
     "columns": "the list of feature names (DataFrame columns, in order) differs between rank "
                "0 and rank 1 (['x0', 'x1', 'x2', 'x3', 'x4'] on rank 0 and ['x4', 'x3', 'x2', "
                "'x1', 'x0'] on rank 1); every rank must agree",
@@ -262,6 +265,36 @@ def test_an_exception_that_cannot_be_agreed_on_aborts_the_job(tmp_path):
     assert "KeyboardInterrupt: simulated Ctrl-C on one rank" in err
     # (MPICH's own "MPI_Abort" line races with the job's end: not checked)
     assert not list(tmp_path.glob("*.error"))   # no rank reached an agreement
+
+
+def test_a_second_ctrl_c_during_the_abort_still_aborts(tmp_path):
+    # it landed in the abort's grace sleep and skipped comm.Abort: the other rank
+    # waited in its next collective forever
+    rc, out, err = run_shards("interrupt_twice", "numpy", tmp_path)
+    assert rc != 0
+    assert "aborting the MPI job" in err, err
+
+
+def test_a_refused_fit_learns_nothing_on_any_rank(tmp_path):
+    # rank 0's classes_ and names stayed on every rank, and its weights on rank 1
+    rc, out, err = run_shards("bad_monitor", "numpy", tmp_path)
+    assert rc != 0
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}.after").read_text() == "None None True"
+
+
+def test_early_stopping_on_rank_0_alone_leaves_every_rank_its_best_weights(tmp_path):
+    rc, out, err = run_shards("es_rank0", "numpy", tmp_path)
+    assert rc == 0, err[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "rank0.npy"),
+                                  np.load(tmp_path / "rank1.npy"))
+
+
+def test_an_intercommunicator_is_refused_on_every_rank(tmp_path):
+    # its collectives join two groups: every rank waited in the first bcast
+    rc, out, err = run_shards("inter", "numpy", tmp_path)
+    for rank in (0, 1):
+        assert "intercommunicator" in (tmp_path / f"rank{rank}.error").read_text()
 
 
 def test_the_example_reaches_the_single_process_accuracy():

@@ -15,7 +15,10 @@ learning rate), "columns" (DataFrame shards, rank 1's columns
 in another order), "renamed" (both ranks' frames agree, but the model was trained
 on other columns), "step_warning" (a step layer's warning, turned into an error as
 ``python -W error`` does, raised on rank 0 alone), "closed_stdout" (verbose=2
-with rank 0's stdout closed: its epoch line fails to print). "verbose" (verbose=2:
+with rank 0's stdout closed: its epoch line fails to print), "interrupt_twice" (and a
+second Ctrl-C during the abort), "rng_drift" (rank 1's generator moved, check_consistency),
+"inter" (an intercommunicator: refused on every rank), "es_rank0" (EarlyStopping
+restoring the best weights on rank 0 alone; OUTDIR/rank<r>.npy). "verbose" (verbose=2:
 rank 0 prints Model.fit's epoch lines) succeeds. "frames" (a DataFrame on rank 0,
 a plain array on rank 1) succeeds and writes OUTDIR/rank<r>.names; so does "bce_split"
 (two numeric labels for one sigmoid unit, one on each rank) and OUTDIR/rank<r>.classes,
@@ -231,13 +234,33 @@ def main(mode, backend, outdir):
                 raise MemoryError("simulated: no memory for the 3rd step's gradient")
             return real(*args)
         m.engine.loss_and_gradient = failing
-    if mode in ("callback_fails", "interrupt", "drift", "epoch_begin_fails") and rank == 1:
+    if mode in ("callback_fails", "interrupt", "interrupt_twice", "drift", "rng_drift",
+                "epoch_begin_fails") and rank == 1:
         callbacks = [_Trouble(mode)]
+    if mode == "es_rank0":   # restores the best weights on rank 0 alone
+        val = (X_val, y_val) if rank == 0 else None
+        callbacks = [EarlyStopping("val_loss", patience=1, restore_best_weights=True)] \
+            if rank == 0 else []
+        m.optimizer = fm.SGD(lr=2.0)   # (overshoots: the best epoch is not the last)
+        distributed.fit(m, X_mine, y_mine, comm, epochs=EPOCHS + 3, batch_size=BATCH,
+                        validation_data=val, callbacks=callbacks)
+        np.save(os.path.join(outdir, f"rank{rank}.npy"), m.get_state()["theta"])
+        return
+    if mode == "inter":   # an intercommunicator between two one-rank groups
+        group = comm.Split(rank, 0)
+        inter = group.Create_intercomm(0, comm, 1 - rank, tag=7)
+        try:
+            distributed.fit(m, X_mine, y_mine, inter, epochs=1, batch_size=BATCH)
+        except TypeError as exc:
+            with open(os.path.join(outdir, f"rank{rank}.error"), "w") as file:
+                file.write(f"{type(exc).__name__}: {exc}")
+        return
     if mode == "bad_monitor":   # no validation rows: refused before any step, as Model.fit
         callbacks = [EarlyStopping("val_loss")]
     if mode == "metric_monitor":   # distributed.fit logs no metrics: no metrics= advised
         callbacks = [EarlyStopping("val_accuracy")]
-    check = mode == "drift"
+    check = mode in ("drift", "rng_drift")
+    before = m.get_state()["theta"]
     try:
         epochs = EPOCHS + 1 if mode == "mismatch" and rank == 1 else EPOCHS
         distributed.fit(m, X_mine, y_mine, comm, epochs=epochs, batch_size=BATCH,
@@ -246,6 +269,10 @@ def main(mode, backend, outdir):
         # one file per rank: the two ranks' output interleaves on stdout and stderr
         with open(os.path.join(outdir, f"rank{rank}.error"), "w") as file:
             file.write(f"{type(exc).__name__}: {exc}")
+        # a refused fit learns nothing: no classes_, no names, this rank's own weights
+        with open(os.path.join(outdir, f"rank{rank}.after"), "w") as file:
+            file.write(f"{m.classes_} {m.feature_names_in_} "
+                       f"{np.array_equal(m.get_state()['theta'], before)}")
         raise
     print(f"rank {rank}: fit returned", flush=True)
 
@@ -268,6 +295,14 @@ class _Trouble(Callback):
             raise OSError("simulated: disk full while writing a log")
         if self.mode == "interrupt":
             raise KeyboardInterrupt("simulated Ctrl-C on one rank")
+        if self.mode == "interrupt_twice":   # and a real one during the abort's grace
+            import signal
+            import threading
+            threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+            raise KeyboardInterrupt("simulated Ctrl-C on one rank")
+        if self.mode == "rng_drift":   # the generator moved on this rank alone
+            self.model.permutation(10)
+            return
         self.model.set_weights([w * 1.5 for w in self.model.get_weights()])
 
 
