@@ -237,6 +237,7 @@ class _Run:
     def __init__(self, model, comm, MPI):
         self.model, self.comm, self.MPI = model, comm, MPI
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.labelled = False   # some rank's Y holds labels (_take)
 
     # -- agreement ---------------------------------------------------------------
     def agree(self, error, when, extra=None):
@@ -387,7 +388,7 @@ class _Run:
         Y = labels.exact(validation.as_array(Y, "Y"), Y)   # (then model._data's Y alike)
         if Y.ndim == 0 or len(Y) == 0:
             return None, None
-        if not labels.is_labels(Y, self.model.net, self.model.classes_, part=True):
+        if not labels.is_labels(Y, self.model.net, part=True):   # (rank 0's classes_ rule)
             return None, labels.label_candidates(Y, self.model.net)
         flat = labels._as_labels(Y.reshape(-1))
         if np.issubdtype(flat.dtype, np.floating) and not np.isfinite(flat).all():
@@ -412,6 +413,8 @@ class _Run:
             model.classes_ = classes
             model.feature_names_in_ = None if model_names is None else model_names.copy()
         found = [s for s in label_sets if s is not None]
+        # some rank holds labels: so do the ranks whose values all lie in [0, 1]
+        self.labelled = bool(found)
         if found:
             found += [c for c in candidates if c is not None]
         if model.classes_ is None and found:
@@ -431,6 +434,8 @@ class _Run:
         if n_x and n_y and n_x != n_y:   # before labels are looked at: a clear message
             raise ValueError(f"{y_name} has {n_y[0]} rows but {x_name} has {n_x[0]}")
         if n_x != (0,):
+            if self.labelled:
+                Y = self._as_unit_targets(Y)
             return model.prepare(X, Y)
         # (0, 9) for a model of 5 inputs: another data set's shard, or a bug of the caller
         if len(x_shape) > 2 or x_shape[1:] not in ((), (net.input_dim,)):
@@ -441,6 +446,31 @@ class _Run:
                              f"{net.output_dim} outputs: (0, {net.output_dim}) or (0,)")
         return (np.empty((0, net.input_dim), model.dtype),
                 np.empty((0, net.output_dim), model.dtype))
+
+    def _as_unit_targets(self, Y):
+        """Y of a shard whose values all lie in [0, 1] (label_candidates), beside shards
+        of labels: as the 0/1 targets of its labels (class indices of classes_), which
+        is how one process reads their rows together; any other Y as it is. (Read alone,
+        a shard of 1s beside a shard of 1s and 2s was the target 1, class 2, while the
+        other rank's 1s were class 1.)"""
+        values = validation.as_array(Y, "Y")
+        net = self.model.net
+        if labels.label_candidates(values, net) is None:
+            if (values.dtype.kind in "iuf" and values.size and net.output_dim == 1
+                    and np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+                # soft targets beside other ranks' labels: one process refuses their rows
+                raise ValueError("Y holds targets in [0, 1] that are no class labels, while "
+                                 "another rank's Y holds labels: give every rank labels, or "
+                                 "every rank targets")
+            return Y
+        classes = np.asarray(self.model.classes_)
+        flat = values.reshape(-1)
+        unknown = ~np.isin(flat, classes)
+        if unknown.any():
+            raise ValueError(f"Y has labels the model does not know: "
+                             f"{np.unique(flat[unknown]).tolist()[:10]} (classes_ "
+                             f"{classes.tolist()})")
+        return (flat == classes[1]).astype(np.float64).reshape(-1, 1)
 
     def _validation(self, validation_data):
         if validation_data is None:

@@ -115,12 +115,10 @@ def is_labels(Y, net, classes=None, part=False):
     """True when Y (an ndarray) holds one label per row for a classification model.
 
     ``classes``: the model's classes_, if it has them. For one sigmoid unit, numeric Y
-    whose values all lie in [0, 1] are targets (0/1 or soft labels), unless the model
-    has numeric classes_ holding every one of them (labels {1, 2}: a batch of 1s);
-    integers outside [0, 1] are labels when there are exactly two of them, or the model
-    already has numeric classes_ (a batch may hold only one of the two), or Y is
-    ``part`` of the rows (one rank's shard: the union of every part must then hold
-    two)."""
+    whose values all lie in [0, 1] are targets (0/1 or soft labels); integers outside
+    [0, 1] are labels when there are exactly two of them, or the model already has
+    numeric classes_ (a batch may hold only one of the two), or Y is ``part`` of the
+    rows (one rank's shard: the union of every part must then hold two)."""
     k, loss = net.output_dim, net.loss.code
     one_column = Y.ndim == 1 or (Y.ndim == 2 and Y.shape[1] == 1)
     if loss == CROSS_ENTROPY:
@@ -136,22 +134,22 @@ def _two_numeric_labels(flat, classes, part=False):
     """Whether numeric Y for one sigmoid unit are labels: integers, not all in [0, 1]."""
     if flat.size == 0 or not np.isfinite(flat).all():
         return False   # check_targets names the NaN or inf
-    known = classes is not None and np.asarray(classes).dtype.kind in "iuf"
     if flat.min() >= 0 and flat.max() <= 1:
-        # targets, unless they are all labels the model knows: with classes_ [1, 2], a
-        # batch of 1s read as the target 1 trained them as class 2 (a rank's shard of 1s
-        # too, beside a shard of both: the same label meant opposite classes)
-        return known and bool(np.isin(flat, np.asarray(classes)).all())
+        # targets, always (the fast paths of every call read such a Y so; the CLI passes
+        # 0/1 targets beside classes_ [1, 2]); a rank's shard of them beside shards of
+        # labels is labels (fastmlp.distributed: label_candidates)
+        return False
     if flat.dtype.kind == "f" and np.any(flat != np.round(flat)):
         return False   # check_targets says targets must lie in [0, 1]
+    known = classes is not None and np.asarray(classes).dtype.kind in "iuf"
     return known or part or len(np.unique(flat)) == 2
 
 
 def label_candidates(Y, net):
-    """For one sigmoid unit, the distinct values of numeric Y that lie in [0, 1] and are
-    integers (0 and 1): labels if another part of the rows holds labels outside [0, 1]
-    (one rank holding only 1s, another only 2s: labels {1, 2} in one process), else
-    targets. None for anything else."""
+    """For one sigmoid unit, the distinct values of numeric Y that all lie in [0, 1]
+    and are integers (0 and 1): labels if another part of the rows holds labels outside
+    [0, 1] (one rank holding only 1s beside one holding 2s: labels {1, 2}, as one process
+    reads their rows together), else targets. None for anything else."""
     if not (net.loss.code == BINARY_CROSS_ENTROPY and net.output_dim == 1
             and Y.dtype.kind in "iuf" and Y.size and np.isfinite(Y).all()):
         return None

@@ -22,7 +22,8 @@ restoring the best weights on rank 0 alone; OUTDIR/rank<r>.npy). "verbose" (verb
 rank 0 prints Model.fit's epoch lines) succeeds. "frames" (a DataFrame on rank 0,
 a plain array on rank 1) succeeds and writes OUTDIR/rank<r>.names; so does "bce_split"
 (two numeric labels for one sigmoid unit, one on each rank) and OUTDIR/rank<r>.classes,
-and "bce_12" / "bce_1_2" (labels {1, 2}, rank 0 holding only 1s) OUTDIR/rank<r>.npy too. The data and the
+and "bce_12", "bce_12_float" / "bce_1_2" (labels {1, 2}, rank 0 holding only 1s)
+OUTDIR/rank<r>.npy too ("bce_12_soft": rank 0's soft targets beside labels, refused). The data and the
 cases are defined here and imported by the test, which trains one process on the
 concatenated rows.
 """
@@ -75,9 +76,13 @@ def bce_12_model():
 
 def bce_12_labels(mode):
     """Labels {1, 2} for the N_ROWS rows: 1 on rank 0's, on rank 1's alternating
-    (bce_12) or all 2 (bce_1_2)."""
+    (bce_12; as floats: bce_12_float) or all 2 (bce_1_2); bce_12_soft: rank 0's 0.3."""
     y = np.ones(N_ROWS, dtype=np.int64)
     y[SPLIT:] = 2 if mode == "bce_1_2" else 1 + np.arange(N_ROWS - SPLIT) % 2
+    if mode in ("bce_12_float", "bce_12_soft"):
+        y = y.astype(np.float64)
+    if mode == "bce_12_soft":
+        y[:SPLIT] = 0.3
     return y
 
 
@@ -147,12 +152,18 @@ def main(mode, backend, outdir):
         with open(os.path.join(outdir, f"rank{rank}.classes"), "w") as file:
             file.write(" ".join(str(c) for c in m.classes_.tolist()))
         return
-    if mode in ("bce_12", "bce_1_2"):
+    if mode in ("bce_12", "bce_12_float", "bce_1_2", "bce_12_soft"):
         # one sigmoid unit, labels {1, 2}, 1 lying in [0, 1]: rank 0 holds only 1s, rank 1
-        # both (bce_12) or only 2s (bce_1_2); a shard of 1s was read as targets 1
+        # both (bce_12, and as floats) or only 2s (bce_1_2); a shard of 1s was read as
+        # targets 1. bce_12_soft: rank 0's targets 0.3 beside rank 1's labels (refused)
         m = bce_12_model()
-        distributed.fit(m, X_mine, bce_12_labels(mode)[rows], comm, epochs=2,
-                        batch_size=BATCH)
+        y_all = bce_12_labels(mode)
+        try:
+            distributed.fit(m, X_mine, y_all[rows], comm, epochs=2, batch_size=BATCH)
+        except distributed.DistributedError as exc:
+            with open(os.path.join(outdir, f"rank{rank}.error"), "w") as file:
+                file.write(f"{type(exc).__name__}: {exc}")
+            raise
         np.save(os.path.join(outdir, f"rank{rank}.npy"), m.get_state()["theta"])
         with open(os.path.join(outdir, f"rank{rank}.classes"), "w") as file:
             file.write(" ".join(str(c) for c in m.classes_.tolist()))
