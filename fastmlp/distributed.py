@@ -237,7 +237,8 @@ class _Run:
     def __init__(self, model, comm, MPI):
         self.model, self.comm, self.MPI = model, comm, MPI
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        self.labelled = False   # some rank's Y holds labels (_take)
+        # some rank's Y, or Y_val, holds labels (_take): a shard of 0/1 values is labels
+        self.labelled = self.val_labelled = False
 
     # -- agreement ---------------------------------------------------------------
     def agree(self, error, when, extra=None):
@@ -299,7 +300,8 @@ class _Run:
                     (epochs, batch_size, shuffle, check_consistency)}
             found, candidates = self._labels(Y)
             facts = {"same": same, "rows": self._row_count(X), "labels": found,
-                     "candidates": candidates, "names": self._names(X)}
+                     "candidates": candidates, "names": self._names(X),
+                     "val_labels": self._holds_labels(validation_data)}
         except Exception as exc:
             error = exc
         facts = self.agree(error, "checking the arguments and labels", facts)
@@ -338,6 +340,7 @@ class _Run:
         try:
             self._take(shared, [f["labels"] for f in facts], [f["candidates"] for f in facts],
                        next(iter(names.values()), None))
+            self.val_labelled = any(f["val_labels"] for f in facts)
             self.X, self.T = self._data(X, Y, "X", "Y")
             self.val = self._validation(validation_data)
             if self.rank == 0:   # once per job; as an error (-W error) it is agreed on
@@ -397,6 +400,15 @@ class _Run:
                              f"{int(np.argmin(np.isfinite(flat)))})")
         return np.unique(flat), None
 
+    def _holds_labels(self, validation_data):
+        """Whether this rank's validation Y holds labels (read alone, as _labels reads
+        it): the validation rows of every rank together are labels when one rank's are,
+        as one process reads them. False for anything _validation refuses later."""
+        try:
+            return self._labels(validation_data[1])[0] is not None
+        except Exception:   # (no validation data, or data _validation names the problem of)
+            return False
+
     def _take(self, shared, label_sets, candidates, names):
         """Start from rank 0's model; classes_ from every rank's labels when unset (and
         from every rank's label candidates, when some rank holds labels: the rows
@@ -434,7 +446,7 @@ class _Run:
         if n_x and n_y and n_x != n_y:   # before labels are looked at: a clear message
             raise ValueError(f"{y_name} has {n_y[0]} rows but {x_name} has {n_x[0]}")
         if n_x != (0,):
-            if self.labelled:
+            if self.labelled if y_name == "Y" else self.val_labelled:
                 Y = self._as_unit_targets(Y)
             return model.prepare(X, Y)
         # (0, 9) for a model of 5 inputs: another data set's shard, or a bug of the caller

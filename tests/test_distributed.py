@@ -216,15 +216,23 @@ def test_two_numeric_labels_split_over_the_ranks_are_the_union(tmp_path):
         assert (tmp_path / f"rank{rank}.classes").read_text() == "3 7"
 
 
-@pytest.mark.parametrize("mode", ["bce_12", "bce_12_float", "bce_1_2"])
+@pytest.mark.parametrize("mode", ["bce_12", "bce_12_float", "bce_1_2", "bce_12_val",
+                                  "bce_12_val1"])
 def test_labels_one_and_two_split_over_the_ranks_train_as_one_process(mode, tmp_path):
     # one sigmoid unit, labels {1, 2}, rank 0 holding only 1s: its shard was read as
     # targets 1 (class 2) while rank 1's 1s were class 1 (47.5 % accuracy against 100 %)
     rc, out, err = run_shards(mode, "numpy", tmp_path)
     assert rc == 0, err[-3000:]
-    X, _, _, _ = shards.data()
+    X, _, X_val, _ = shards.data()
     one = shards.bce_12_model()
-    one.fit(X, shards.bce_12_labels(mode), epochs=2, batch_size=shards.BATCH)
+    val = None
+    if mode.startswith("bce_12_val"):
+        val = (X_val, np.repeat([1, 2 if mode == "bce_12_val" else 1], 10))
+    history = one.fit(X, shards.bce_12_labels(mode), epochs=2, batch_size=shards.BATCH,
+                      validation_data=val)
+    if val is not None:
+        np.testing.assert_allclose(np.load(tmp_path / "rank0.val.npy"),
+                                   history.history["val_loss"], rtol=1e-12)
     for rank in (0, 1):
         assert (tmp_path / f"rank{rank}.classes").read_text() == " ".join(
             str(c) for c in one.classes_.tolist())

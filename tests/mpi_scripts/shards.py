@@ -152,14 +152,23 @@ def main(mode, backend, outdir):
         with open(os.path.join(outdir, f"rank{rank}.classes"), "w") as file:
             file.write(" ".join(str(c) for c in m.classes_.tolist()))
         return
-    if mode in ("bce_12", "bce_12_float", "bce_1_2", "bce_12_soft"):
+    if mode in ("bce_12", "bce_12_float", "bce_1_2", "bce_12_soft", "bce_12_val",
+                "bce_12_val1"):
         # one sigmoid unit, labels {1, 2}, 1 lying in [0, 1]: rank 0 holds only 1s, rank 1
         # both (bce_12, and as floats) or only 2s (bce_1_2); a shard of 1s was read as
         # targets 1. bce_12_soft: rank 0's targets 0.3 beside rank 1's labels (refused)
         m = bce_12_model()
         y_all = bce_12_labels(mode)
+        # validation labels 1 on rank 0 and 2 on rank 1 (bce_12_val: together labels, as
+        # one process reads them), or 1 on both (bce_12_val1: targets 1, as one process
+        # reads a Y of only 1s)
+        val = None
+        if mode.startswith("bce_12_val"):
+            val = (X_val[:10] if rank == 0 else X_val[10:],
+                   np.full(10, 2 if rank == 1 and mode == "bce_12_val" else 1, np.int64))
         try:
-            distributed.fit(m, X_mine, y_all[rows], comm, epochs=2, batch_size=BATCH)
+            history = distributed.fit(m, X_mine, y_all[rows], comm, epochs=2,
+                                      batch_size=BATCH, validation_data=val)
         except distributed.DistributedError as exc:
             with open(os.path.join(outdir, f"rank{rank}.error"), "w") as file:
                 file.write(f"{type(exc).__name__}: {exc}")
@@ -167,6 +176,8 @@ def main(mode, backend, outdir):
         np.save(os.path.join(outdir, f"rank{rank}.npy"), m.get_state()["theta"])
         with open(os.path.join(outdir, f"rank{rank}.classes"), "w") as file:
             file.write(" ".join(str(c) for c in m.classes_.tolist()))
+        if val is not None:
+            np.save(os.path.join(outdir, f"rank{rank}.val.npy"), history.history["val_loss"])
         return
     if mode == "owned":   # another thread's step waits for the whole distributed fit
         import threading
