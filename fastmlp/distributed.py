@@ -448,7 +448,9 @@ class _Run:
         if n_x != (0,):
             if self.labelled if y_name == "Y" else self.val_labelled:
                 Y = self._as_unit_targets(Y)
-            return model.prepare(X, Y)
+            # validation rows learn nothing, as Model.fit's (labels there taught the rank
+            # holding them alone a classes_, and the ranks ended with different ones)
+            return model.prepare(X, Y) if y_name == "Y" else model._data(X, Y)
         # (0, 9) for a model of 5 inputs: another data set's shard, or a bug of the caller
         if len(x_shape) > 2 or x_shape[1:] not in ((), (net.input_dim,)):
             raise ValueError(f"{x_name} is empty with shape {x_shape}; this model takes "

@@ -161,6 +161,9 @@ FAILURES = {
     "bce_12_soft": "rank 0 of 2 failed preparing the data: rank 0: ValueError: Y holds "
                    "targets in [0, 1] that are no class labels, while another rank's Y "
                    "holds labels",
+    "val_labels_only": "rank 0 of 2 failed preparing the data: rank 0: ValueError: "
+                       "validation_data: Y holds labels [1, 2] that are not class indices "
+                       "and this model has no classes_ to map them",
     "metric_monitor": "ValueError: EarlyStopping monitors 'val_accuracy', which this fit does "
                       "not log: it logs loss, samples_per_s (no metrics)",
     "bad_monitor": "ranks 0, 1 of 2 failed checking the callbacks: ranks 0, 1: ValueError: "

@@ -179,6 +179,19 @@ def main(mode, backend, outdir):
         if val is not None:
             np.save(os.path.join(outdir, f"rank{rank}.val.npy"), history.history["val_loss"])
         return
+    if mode == "val_labels_only":
+        # 0/1 targets to train on, labels {1, 2} in rank 0's validation rows: refused on
+        # every rank, as Model.fit refuses them (rank 0 learnt classes_ [1, 2] alone)
+        m = bce_12_model()
+        try:
+            distributed.fit(m, X_mine, (X_mine[:, 0] > 0).astype(np.int64), comm, epochs=1,
+                            batch_size=BATCH, validation_data=(X_val, np.repeat([1, 2], 10))
+                            if rank == 0 else None)
+        except distributed.DistributedError as exc:
+            with open(os.path.join(outdir, f"rank{rank}.error"), "w") as file:
+                file.write(f"{type(exc).__name__}: {exc} (classes_ {m.classes_})")
+            raise
+        return
     if mode == "owned":   # another thread's step waits for the whole distributed fit
         import threading
         m = model(CASES["momentum"](), backend)
