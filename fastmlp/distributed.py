@@ -323,9 +323,7 @@ class _Run:
         shared = self.comm.bcast(shared, root=0)
         # A fit refused from here on learns nothing, as Model.fit: this rank's own model
         # back (rank 0's weights, classes_ and names had stayed on every rank)
-        own = {"state": model.get_state() if self.rank != 0 else None,
-               "scaling": model.input_scaling, "classes_": model.classes_,
-               "feature_names_in_": model.feature_names_in_}
+        own = model._held()
         try:
             self._prepare(shared, facts, names, X, Y, validation_data, callbacks)
         except BaseException:
@@ -359,12 +357,11 @@ class _Run:
 
     def _give_back(self, own):
         """This rank's model as it was before a refused fit took rank 0's (``own``: its
-        state, input scaling, classes_ and feature names then; no state on rank 0,
-        whose weights it keeps)."""
+        Model._held() then; rank 0 kept its weights and scaling)."""
         model = self.model
-        if own["state"] is not None:
+        if self.rank != 0:
             model.set_state(own["state"])
-            model.set_input_scaling(*(own["scaling"] or (None, None)))
+            model.set_input_scaling(*(own["input_scaling"] or (None, None)))
         model.classes_, model.feature_names_in_ = own["classes_"], own["feature_names_in_"]
 
     @staticmethod
@@ -467,24 +464,17 @@ class _Run:
         is how one process reads their rows together; any other Y as it is. (Read alone,
         a shard of 1s beside a shard of 1s and 2s was the target 1, class 2, while the
         other rank's 1s were class 1.)"""
-        values = validation.as_array(Y, "Y")
-        net = self.model.net
-        if labels.label_candidates(values, net) is None:
-            if (values.dtype.kind in "iuf" and values.size and net.output_dim == 1
-                    and np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
-                # soft targets beside other ranks' labels: one process refuses their rows
-                raise ValueError("Y holds targets in [0, 1] that are no class labels, while "
-                                 "another rank's Y holds labels: give every rank labels, or "
-                                 "every rank targets")
+        flat = labels.unit_values(validation.as_array(Y, "Y"), self.model.net)
+        if flat is None:
             return Y
-        classes = np.asarray(self.model.classes_)
-        flat = values.reshape(-1)
-        unknown = ~np.isin(flat, classes)
-        if unknown.any():
-            raise ValueError(f"Y has labels the model does not know: "
-                             f"{np.unique(flat[unknown]).tolist()[:10]} (classes_ "
-                             f"{classes.tolist()})")
-        return (flat == classes[1]).astype(np.float64).reshape(-1, 1)
+        if np.any(flat != np.round(flat)):
+            # soft targets beside other ranks' labels: one process refuses their rows
+            raise ValueError("Y holds targets in [0, 1] that are no class labels, while "
+                             "another rank's Y holds labels: give every rank labels, or "
+                             "every rank targets")
+        # (n, 1) class indices, 0 or 1: the targets; an unknown label named as one process
+        # names it
+        return labels.encode(flat, self.model.net, self.model.classes_)[0]
 
     def _validation(self, validation_data):
         if validation_data is None:

@@ -145,16 +145,23 @@ def _two_numeric_labels(flat, classes, part=False):
     return known or part or len(np.unique(flat)) == 2
 
 
-def label_candidates(Y, net):
-    """For one sigmoid unit, the distinct values of numeric Y that all lie in [0, 1]
-    and are integers (0 and 1): labels if another part of the rows holds labels outside
-    [0, 1] (one rank holding only 1s beside one holding 2s: labels {1, 2}, as one process
-    reads their rows together), else targets. None for anything else."""
+def unit_values(Y, net):
+    """For one sigmoid unit, numeric Y's values (flat) when they are finite and all lie
+    in [0, 1], the Y that is_labels reads as targets; None for anything else."""
     if not (net.loss.code == BINARY_CROSS_ENTROPY and net.output_dim == 1
             and Y.dtype.kind in "iuf" and Y.size and np.isfinite(Y).all()):
         return None
     flat = Y.reshape(-1)
-    if flat.min() < 0 or flat.max() > 1 or np.any(flat != np.round(flat)):
+    return None if flat.min() < 0 or flat.max() > 1 else flat
+
+
+def label_candidates(Y, net):
+    """For one sigmoid unit, the distinct values of unit_values(Y) when they are integers
+    (0 and 1): labels if another part of the rows holds labels outside [0, 1] (one rank
+    holding only 1s beside one holding 2s: labels {1, 2}, as one process reads their rows
+    together), else targets. None for anything else."""
+    flat = unit_values(Y, net)
+    if flat is None or np.any(flat != np.round(flat)):
         return None
     return np.unique(flat)
 
