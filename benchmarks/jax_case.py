@@ -103,6 +103,8 @@ class JaxCase:
                 return [tuple(jax.numpy.zeros_like(p) for p in layer) for layer in params]
             self.carry = (params, zeros(), zeros(), jax.numpy.float32(0))
         X, T, _ = make_data(w)
+        # (on the device, in JAX's own row-major layout, once: a Fortran X is converted
+        # here, before the timed calls)
         self.X, self.T = jax.numpy.asarray(X), jax.numpy.asarray(T)
         self._step, self._epoch, self._predict = _functions(w)
         self.rng = start_rng(w)

@@ -320,7 +320,8 @@ def environment(threads, columns):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS),
-                        help="comma-separated subset of %(default)s (also: W3-tanh, W3-sigmoid)")
+                        help="comma-separated subset of %(default)s (also: W3-tanh, W3-sigmoid, "
+                             "predict-8192, predict-8192-F)")
     parser.add_argument("--columns", default=",".join(c.name for c in COLUMNS if c.available()),
                         help="comma-separated subset of the columns that import here "
                              "(default %(default)s); numpy, the baseline, is always run")

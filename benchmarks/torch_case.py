@@ -51,7 +51,7 @@ class TorchCase:
         else:
             self.opt = torch.optim.SGD(self.net.parameters(), lr=w.lr)
         X, T, labels = make_data(w)
-        self.X = torch.from_numpy(X.copy())
+        self.X = torch.from_numpy(X.copy(order="K"))   # (a Fortran X stays so: strided)
         if w.loss == "mse":
             self.target = torch.from_numpy(T.copy())
             self.loss = lambda y, t: ((y - t) ** 2).sum(dim=1).mean()

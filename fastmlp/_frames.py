@@ -28,10 +28,14 @@ def _pandas():
 
 
 def frame_rows(X, names, dtype):
-    """``np.asarray(X, dtype=dtype, order="C")``, as scikit-learn's check makes it, if X is
+    """``np.asarray(X, dtype=dtype)``, the values scikit-learn's check makes of it, if X is
     a pandas DataFrame (not a subclass) whose columns are ``names`` (the fitted
     ``feature_names_in_``, an object ndarray of str), in order, and whose column dtypes
-    are all NumPy numbers or bools; else None. (Finiteness is the caller's to check.)"""
+    are all NumPy numbers or bools; else None. (Finiteness is the caller's to check.)
+    In the layout pandas gives them, not copied into rows as the check copies them: a
+    frame of one dtype gives Fortran order, which predict reads where it lies (a copy
+    into rows took 38 ms for 8,192 rows of 784 float32 columns, the predict of a
+    784-16-10 net 2.3 ms)."""
     pd = _pandas()
     if pd is None or type(X) is not pd.DataFrame or names is None:
         return None
@@ -46,8 +50,8 @@ def frame_rows(X, names, dtype):
     if not all(isinstance(dt, np.dtype) and dt.kind in _NUMBER_KINDS for dt in dtypes):
         return None   # extension (nullable, category, sparse, string) or object columns
     # to_numpy() is DataFrame.__array__'s own first step (the one block, or the columns
-    # in their common dtype), then one cast into C order: np.asarray(X, dtype, order="C")
-    # gives these very values, at 80 us rather than 14 for 512 rows of 64 float64 columns.
+    # in their common dtype), then one cast: np.asarray(X, dtype) gives these very
+    # values, at 80 us rather than 14 for 512 rows of 64 float64 columns.
     # (A value past the dtype's range becomes inf: the caller's finiteness check refuses
     # it, and scikit-learn's checks then say so, warning once, not twice.)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -56,7 +60,7 @@ def frame_rows(X, names, dtype):
             # numbers, pandas gives bools as objects, and a Python int reaches float32
             # through float64: 2**60 + 2**36 + 1 rounded twice)
             X = X.astype(dtype)
-        return np.array(X.to_numpy(), dtype=dtype, order="C")
+        return np.asarray(X.to_numpy(), dtype=dtype)
 
 
 def plain_labels(y):

@@ -318,7 +318,7 @@ class BaseMLP(BaseEstimator):
             return None
         dtype = self.model_.dtype
         with np.errstate(over="ignore", invalid="ignore"):   # an inf made here: refused below
-            X = np.asarray(X, dtype=dtype, order="C")
+            X = validation.c_copy(X, dtype)   # (a DataFrame's Fortran order: tiled)
         if not validation.ready(X, self.n_features_in_, dtype):
             return None
         ready = self._ready_targets(y)

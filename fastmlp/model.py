@@ -867,6 +867,10 @@ class Model:
             self._checked_feature_names(X)
             X = validation.frame_values(X, "X")
             ready = self._small_ready(X, scaling)
+        columns = getattr(self._engine, "reads_columns", False)
+        if (ready is None and columns and scaling is None
+                and validation.laid_out_columns(X, self._width[0], self._dtype)):
+            ready = X   # Fortran order (a DataFrame's values): read where it lies
         if ready is not None:
             # Checked as it is computed (the backend reads X anyway), so a ready array
             # costs no validation pass: all a 1-row predict can afford.
@@ -881,15 +885,20 @@ class Model:
         self._checked_feature_names(X)
         arr = validation.as_array(validation.frame_values(X, "X"), "X")
         rows = rules.convert_rows(self._net, self._dtype)
+        # a Fortran-ordered X is cast and scaled down its columns, where a copy into rows
+        # would cross them (8,192 x 784 float32: 2.5 ms a copy into rows)
+        columns = columns and validation.column_major(arr)
         if arr.ndim != 2 or len(arr) <= rows:
-            X = validation.check_inputs(arr, self._net.input_dim, self._dtype, scaling)
+            X = validation.check_inputs(arr, self._net.input_dim, self._dtype, scaling,
+                                        columns=columns)
             out = np.empty((len(X), self._net.output_dim), dtype=self._dtype)
             return self._engine.predict(X, out)
         # Converted (and scaled) a block of rows at a time, not copied whole
         out = np.empty((len(arr), self._net.output_dim), dtype=self._dtype)
         for start in range(0, len(arr), rows):
             block = validation.check_inputs(arr[start:start + rows], self._net.input_dim,
-                                            self._dtype, scaling, first_row=start)
+                                            self._dtype, scaling, first_row=start,
+                                            columns=columns)
             self._engine.predict(block, out[start:start + rows])
         return out
 

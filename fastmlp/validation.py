@@ -76,6 +76,20 @@ except ImportError:
     pass
 
 
+def column_major(a):
+    """``a`` (an ndarray) is 2-D with each column's values adjacent and its rows not:
+    Fortran order, as a DataFrame's values are, or a block of rows of such an array."""
+    return (a.ndim == 2 and a.shape[0] > 1 and a.shape[1] > 1 and a.strides[0] == a.itemsize
+            and a.strides[1] >= a.shape[0] * a.itemsize)
+
+
+def laid_out_columns(a, cols, dtype):
+    """:func:`laid_out`, but Fortran-ordered (and not also C-contiguous): the layout the
+    backends that read columns (``reads_columns``) take as it is. O(1)."""
+    return (type(a) is np.ndarray and a.ndim == 2 and a.shape[1] == cols and a.shape[0] > 1
+            and cols > 1 and a.flags.f_contiguous and a.flags.aligned and a.dtype == dtype)
+
+
 def ready(a, cols, dtype):
     """True when ``a`` is already what the backends take: :func:`laid_out`, and all
     finite. O(1) Python work and one vectorised pass; anything else goes through
@@ -201,15 +215,16 @@ def _check_real(arr, name):
         raise TypeError(f"{name} must be real, got dtype {arr.dtype}")
 
 
-def as_finite(arr, name, dtype, first_row=0):
+def as_finite(arr, name, dtype, first_row=0, columns=False):
     """``arr`` (any shape) as a C-contiguous, aligned array of ``dtype`` whose values are
     finite and representable: values that overflow ``dtype`` (1e39 in float32) are refused.
-    ``first_row``: the number of arr's first row in the caller's data, for the message."""
+    ``first_row``: the number of arr's first row in the caller's data, for the message.
+    ``columns``: a Fortran-ordered array instead (see check_inputs)."""
     _check_real(arr, name)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
-        out = c_copy(arr, dtype)
+        out = np.asfortranarray(arr, dtype=dtype) if columns else c_copy(arr, dtype)
     if not out.flags.aligned:  # e.g. a memmap at an odd offset; compiled code needs alignment
-        out = out.copy()
+        out = out.copy(order="K")
     if not finite(out):
         _refuse_nonfinite(out, np.asarray(arr), name, first_row)
     return out
@@ -272,12 +287,13 @@ def _shown(value):
     return repr(as_float) if np.isfinite(as_float) else str(value)
 
 
-def _scaled(arr, name, dtype, scaling, first_row):
-    """(arr - mean) / scale computed in float64, written into a new C-contiguous array of
-    ``dtype`` a block of CONVERT_BYTES at a time: the float64 temporaries stay one block,
-    not two copies of arr (the same values as computing it whole)."""
+def _scaled(arr, name, dtype, scaling, first_row, columns=False):
+    """(arr - mean) / scale computed in float64, written into a new C-contiguous (or, with
+    ``columns``, Fortran-ordered) array of ``dtype`` a block of CONVERT_BYTES at a time:
+    the float64 temporaries stay one block, not two copies of arr (the same values as
+    computing it whole)."""
     mean, scale = scaling
-    out = np.empty(arr.shape, dtype=dtype)
+    out = np.empty(arr.shape, dtype=dtype, order="F" if columns else "C")
     step = max(1, CONVERT_BYTES // (8 * max(1, arr.shape[1])))
     for start in range(0, len(arr), step):
         _scale_into(out[start:start + step], arr[start:start + step], mean, scale)
@@ -295,11 +311,12 @@ def _scale_into(out, arr, mean, scale):
         out[...] = block
 
 
-def as_float_matrix(a, name, dtype, scaling=None, first_row=0):
+def as_float_matrix(a, name, dtype, scaling=None, first_row=0, columns=False):
     """``a`` as a C-contiguous 2-D array of ``dtype``; rejects non-numeric, empty, NaN/inf.
 
     ``scaling`` (mean, scale), float64 (k,): returns (a - mean) / scale, computed in float64.
     ``first_row``: the number of a's first row in the caller's data, for messages.
+    ``columns``: a Fortran-ordered array instead (see check_inputs).
     """
     arr = as_array(a, name)
     _check_real(arr, name)
@@ -310,8 +327,8 @@ def as_float_matrix(a, name, dtype, scaling=None, first_row=0):
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is empty: it has 0 rows")
     if scaling is not None and arr.shape[1] == len(scaling[0]):
-        return _scaled(arr, name, dtype, scaling, first_row)
-    return as_finite(arr, name, dtype, first_row)
+        return _scaled(arr, name, dtype, scaling, first_row, columns)
+    return as_finite(arr, name, dtype, first_row, columns)
 
 
 def distinct_dtypes(dtypes):
@@ -368,10 +385,13 @@ def series_values(Y):
     return None
 
 
-def check_inputs(X, input_dim, dtype, scaling=None, first_row=0):
+def check_inputs(X, input_dim, dtype, scaling=None, first_row=0, columns=False):
     """X as (n, input_dim) in ``dtype``; a 1-D X is n samples of one feature. A DataFrame's
     numeric and bool columns, nullable ones included, are taken (see frame_values).
-    ``first_row``: the number of X's first row in the caller's data, for messages."""
+    ``first_row``: the number of X's first row in the caller's data, for messages.
+    ``columns``: Fortran-ordered (for a predict of a Fortran-ordered X, which the backends
+    read where it lies: a cast or scaling then streams down its columns, where a copy
+    into rows would cross them), else C-contiguous."""
     arr = as_array(frame_values(X, "X"), "X")
     if arr.ndim == 1 and input_dim > 1 and len(arr):
         one = f"; for one sample use X.reshape(1, -1), shape (1, {input_dim})" \
@@ -381,7 +401,7 @@ def check_inputs(X, input_dim, dtype, scaling=None, first_row=0):
     if arr.ndim == 2 and len(arr) and arr.shape[1] != input_dim:
         _check_real(arr, "X")  # (a column count is not worth converting X for)
         _wrong_width(arr.shape[1], input_dim)
-    X = as_float_matrix(arr, "X", dtype, scaling, first_row)
+    X = as_float_matrix(arr, "X", dtype, scaling, first_row, columns)
     if X.shape[1] != input_dim:
         _wrong_width(X.shape[1], input_dim)
     return X

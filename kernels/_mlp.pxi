@@ -573,13 +573,34 @@ cdef int train_guarded(const Net* net, const Work* w, floating* theta, const flo
     return 2
 
 
+cdef inline double x_abs_max(Py_ssize_t rows, Py_ssize_t n_in, const floating* x,
+                             Py_ssize_t ldx) noexcept nogil:
+    """max |x| over a chunk x (rows, n_in) of X, inf if one is NaN or inf: its rows
+    adjacent (ldx 0), or its columns ``ldx`` elements apart (column-major X)."""
+    if ldx == 0:
+        return abs_max(rows * n_in, x)
+    cdef Py_ssize_t c
+    cdef double m = 0
+    for c in range(n_in):
+        m = nan_max(m, abs_max(rows, x + c * ldx))
+    return m
+
+
 cdef double infer(const Net* net, const floating* theta, const floating* X, Py_ssize_t n,
-                  Py_ssize_t chunk, Py_ssize_t small, floating* p0, floating* p1, floating* zl,
-                  floating* out, const floating* T, bint check) noexcept nogil:
+                  Py_ssize_t ldx, Py_ssize_t chunk, Py_ssize_t small, floating* p0,
+                  floating* p1, floating* zl, floating* out, const floating* T,
+                  bint check) noexcept nogil:
     """Forward pass over X (n, inputs) in chunks of rows, with caller buffers p0, p1
     (chunk, widest layer) so concurrent calls share nothing. A chunk of at most
     ``small`` rows (fastmlp.rules.PREDICT_SMALL_ROWS) goes through the GEMV loops of
     _gemv.h, a bigger one through gemm (see dense_product).
+
+    ldx 0: X is row-major. Otherwise X is column-major, its columns ``ldx`` >= n
+    elements apart (a DataFrame's values: Fortran order), and the first layer's gemm
+    reads each chunk transposed where it lies, at no extra cost (a copy into rows cost
+    more than the whole predict of a narrow first layer). Its outputs then agree with
+    those of the same values in rows to rounding: BLAS may sum a transposed operand in
+    another order, and every chunk goes through gemm, not the GEMV loops.
 
     T NULL (predict): out (n, outputs) is OVERWRITTEN with the outputs; returns 0.
     Otherwise (evaluate): out and zl are (chunk, outputs) scratch; returns the mean
@@ -603,8 +624,8 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
     cdef double total = 0
     while start < n:
         rows = min(chunk, n - start)
-        a = X + start * n_in
-        if check and not check_z and not below(abs_max(rows * n_in, a), INFINITY):
+        a = X + (start if ldx else start * n_in)
+        if check and not check_z and not below(x_abs_max(rows, n_in, a, ldx), INFINITY):
             return NAN
         for i in range(L):
             row = layer_row(net.layers, i)
@@ -618,14 +639,18 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
             else:
                 z = zl
                 f = out
-            dense_product(rows, row[LAYER_N_IN], n_out, a, theta + row[LAYER_W], z,
-                          rows <= small)
+            if i == 0 and ldx:
+                gemm(True, False, <int>rows, <int>n_out, <int>n_in, <floating>1, a, <int>ldx,
+                     theta + row[LAYER_W], <int>n_out, <floating>0, z, <int>n_out)
+            else:
+                dense_product(rows, row[LAYER_N_IN], n_out, a, theta + row[LAYER_W], z,
+                              rows <= small)
             # x checked through x W (see check above): a NaN or inf in row r of x makes
             # every z[r, j] NaN or inf (NaN * w and inf * 0 are NaN, inf * w is inf; a sum
             # with one such term is never finite: no BLAS skips a non-zero x), so a finite
             # z proves x finite; a z that is not (x bad, or finite but huge) sends us to x
             if (i == 0 and check_z and not below(abs_max(rows * n_out, z), INFINITY)
-                    and not below(abs_max(rows * n_in, a), INFINITY)):
+                    and not below(x_abs_max(rows, n_in, a, ldx), INFINITY)):
                 return NAN
             bias_activation_forward(rows, n_out, z, theta + row[LAYER_B], <int>row[LAYER_ACT],
                                     <floating>net.params[i], alpha_of(theta, row), f, NULL)
@@ -682,6 +707,26 @@ cdef char* _array(object obj, int typenum, Py_ssize_t d0, Py_ssize_t d1, bint wr
                          f"(C-contiguous: {fl.c_contiguous}, aligned: {fl.aligned}, "
                          f"writable: {fl.writeable})")
     return <char*>cnp.PyArray_DATA(a)
+
+
+cdef Py_ssize_t _column_major(object obj, int typenum, Py_ssize_t cols):
+    """ldx when obj is an aligned column-major 2-D array of typenum, ``cols`` columns
+    and 1 <= rows <= ldx < 2**31 rows, its columns ``ldx`` elements apart (Fortran
+    order, or a block of rows of such an array) and its rows not adjacent; else 0 (C
+    order, or anything _array then checks and names)."""
+    if not cnp.PyArray_Check(obj):
+        return 0
+    cdef cnp.ndarray a = <cnp.ndarray>obj
+    if (cnp.PyArray_NDIM(a) != 2 or cnp.PyArray_TYPE(a) != typenum
+            or not (cnp.PyArray_FLAGS(a) & cnp.NPY_ARRAY_ALIGNED)
+            or (cnp.PyArray_FLAGS(a) & cnp.NPY_ARRAY_C_CONTIGUOUS)
+            or cnp.PyArray_DIMS(a)[1] != cols or cols < 2):
+        return 0
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(a), rows = cnp.PyArray_DIMS(a)[0]
+    cdef Py_ssize_t s0 = cnp.PyArray_STRIDES(a)[0], s1 = cnp.PyArray_STRIDES(a)[1]
+    if s0 != item or s1 % item or not (1 <= rows <= s1 // item < _INT_MAX):
+        return 0
+    return s1 // item
 
 
 cdef int _check_rows(const int64_t* pm, Py_ssize_t count, Py_ssize_t n_rows,
@@ -1161,7 +1206,9 @@ cdef class Engine:
 
     def predict(self, theta, X, out=None):
         """The outputs of X (n, inputs): ``out`` (n, outputs), OVERWRITTEN and returned
-        (a new array when None); X processed ``predict_rows`` rows at a time."""
+        (a new array when None); X processed ``predict_rows`` rows at a time. X may be
+        row-major or column-major (Fortran order, or a block of rows of such an array),
+        read where it lies (see infer)."""
         return self._infer(theta, _aligned(X), None, out, False)
 
     def predict_checked(self, theta, X, out):
@@ -1169,8 +1216,8 @@ cdef class Engine:
         inputs) is finite: returns True when it is, False when X holds NaN or inf (out is
         then undefined). Each chunk of X is checked just before the first layer reads it,
         while it is in cache, so no separate pass over X is made. X and out must be
-        aligned C-contiguous arrays of the dtype (X is not copied); the same outputs as
-        predict, bit for bit."""
+        aligned arrays of the dtype, out C-contiguous, X C-contiguous or column-major as
+        predict takes it (X is not copied); the same outputs as predict, bit for bit."""
         return self._infer(theta, X, None, out, True) is out
 
     def evaluate(self, theta, X, T):
@@ -1179,9 +1226,11 @@ cdef class Engine:
 
     cdef object _infer(self, theta, X, T, out, bint check):
         """predict (T None) or evaluate; with ``check``, predict returns None instead of
-        out when X is not finite."""
+        out when X is not finite. predict also takes a column-major X (see infer)."""
         cdef char* th = _array(theta, self.typenum, self.net.n_params, -1, False, "theta")
-        cdef char* x = _array(X, self.typenum, -1, self.n_in, False, "X")
+        cdef Py_ssize_t ldx = 0 if T is not None else _column_major(X, self.typenum, self.n_in)
+        cdef char* x = (<char*>cnp.PyArray_DATA(<cnp.ndarray>X) if ldx
+                        else _array(X, self.typenum, -1, self.n_in, False, "X"))
         cdef Py_ssize_t n = cnp.PyArray_DIMS(<cnp.ndarray>X)[0]
         cdef Py_ssize_t n_out = self.n_out
         cdef Py_ssize_t chunk = min(self.predict_rows, n)
@@ -1209,11 +1258,11 @@ cdef class Engine:
         cdef double total
         with nogil:
             if self.typenum == cnp.NPY_FLOAT64:
-                total = infer(&self.net, <double*>th, <double*>x, n, chunk, small,
+                total = infer(&self.net, <double*>th, <double*>x, n, ldx, chunk, small,
                               <double*>p0, <double*>p1, <double*>zl, <double*>o, <double*>t,
                               check)
             else:
-                total = infer(&self.net, <float*>th, <float*>x, n, chunk, small,
+                total = infer(&self.net, <float*>th, <float*>x, n, ldx, chunk, small,
                               <float*>p0, <float*>p1, <float*>zl, <float*>o, <float*>t, check)
         if T is not None:
             return total  # infer's mean

@@ -30,6 +30,7 @@ from numba.extending import intrinsic
 from ..blas import kernel_blas, scipy_gemm_addresses
 from .numba_link import guarded_cfunc
 from .numba_math import CACHE, INLINE, SCALAR
+from .numba_views import flat
 
 # Below this many multiply-adds (m * n * k) the loops are about as fast as BLAS or faster.
 SMALL_FLOPS = 512
@@ -182,6 +183,25 @@ def gemm_tn(A, B, C, alpha, beta):
             for p in range(k):
                 s = _mad(A[p, i], B[p, j], s)
             _store(C, i, j, s, al, be)
+
+
+@njit(**INLINE)
+def gemm_tn_from(A, c0, B, C):
+    """C (m, n) = A[:, c0:c0 + m].T @ B (k, n), OVERWRITTEN; A (k, lda): the transpose of
+    a column-major input (predict's first layer reads a Fortran-ordered X where it lies,
+    its transpose a C-contiguous array: no copy into rows)."""
+    k, lda = A.shape
+    m, n = C.shape
+    if m * n * k >= SMALL_FLOPS:
+        _xgemm(_N, _T, n, m, k, 1.0, B, n, flat(A, c0, A.size), lda, 0.0, C, n)
+        return
+    zero = C.dtype.type(0.0)
+    for i in range(m):
+        for j in range(n):
+            s = zero
+            for p in range(k):
+                s = _mad(A[p, c0 + i], B[p, j], s)
+            C[i, j] = s
 
 
 @njit(**INLINE)

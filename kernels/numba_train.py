@@ -49,13 +49,13 @@ from fastmlp.codes import (ADAM_CODE, BETA1, BETA2, EPS, GRADIENT, NESTEROV as _
                            WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD, WS_TB, WS_XB)
 
 from .numba_activations import act_backward, bias_act_forward
-from .numba_blas import gemm_nn, gemm_nt
+from .numba_blas import gemm_nn, gemm_nt, gemm_tn_from
 from .numba_gemv import xw
 from .numba_layers import (adam_update, dense_forward, dense_params, loss_forward_backward,
                            loss_value_kernel, sgd_update)
 from .numba_link import separate
 from .numba_math import ALLOCATING_ENTRY, ENTRY, HELPER, KERNEL, abs_max
-from .numba_views import matrix
+from .numba_views import flat, matrix
 
 
 def new_workspace(net, dtype, cap, fold_rows=0):
@@ -553,19 +553,33 @@ def epochs_result(code):
 _bias_act_forward_linked = separate(bias_act_forward)
 
 
+@njit(**HELPER)
+def _columns_abs_max(XT, c0, c1):
+    """max |XT[:, c0:c1]| (float64), inf when one is NaN or inf: rows c0..c1 of a
+    column-major X, XT its transpose (k_0, n), a contiguous run of each column."""
+    whole, n, m = flat(XT, 0, XT.size), XT.shape[1], 0.0
+    for p in range(XT.shape[0]):
+        v = _abs_max_linked(matrix(whole, p * n + c0, 1, c1 - c0), 0, 1)
+        m = v if v > m else m
+    return m
+
+
 @njit(**KERNEL)
-def _forward_rows(theta, X, plan, fparams, buf, out, zout, small, check):
-    """Forward X (c, k_0) through three (c * widest) thirds of buf: one for Z, two
-    for alternating layer outputs. The output layer's Z goes to zout (c, k_L) and
-    its outputs to out (c, k_L). Z and A are never the same array: LLVM will not
-    vectorise a pass whose output may overlap its input (in place was 4x slower).
+def _forward_rows(theta, X, x0, plan, fparams, buf, out, zout, small, check):
+    """Forward a chunk of c rows of inputs through three (c * widest) thirds of buf:
+    one for Z, two for alternating layer outputs. The output layer's Z goes to zout
+    (c, k_L) and its outputs to out (c, k_L). Z and A are never the same array: LLVM
+    will not vectorise a pass whose output may overlap its input (in place was 4x
+    slower). x0 < 0: X (c, k_0) is the chunk. x0 >= 0: X (k_0, n) is the transpose of
+    a column-major input, the chunk its columns x0..x0 + c, which the first layer's
+    GEMM reads transposed where they lie (numba_blas.gemm_tn_from).
     ``small`` (c <= rules.PREDICT_SMALL_ROWS): each layer's X W by the C GEMV loops
     (numba_gemv.xw, the Cython backend's), else by BLAS (numba_blas.gemm_nn).
     ``check``: X is checked finite through the first layer's X W, and X itself only
     when that is not finite (see predict); returns False when X is not (out then
     undefined), else True.
     """
-    n, n_layers = X.shape[0], plan[PLAN_LAYERS]
+    n, n_layers = out.shape[0], plan[PLAN_LAYERS]
     third = buf.shape[0] // 3
     inp = X
     for l in range(n_layers):
@@ -575,12 +589,15 @@ def _forward_rows(theta, X, plan, fparams, buf, out, zout, small, check):
         last = l == n_layers - 1
         Z = zout if last else matrix(buf, 0, n, k)
         A = out if last else matrix(buf, (1 + l % 2) * third, n, k)
-        if small:
+        if l == 0 and x0 >= 0:
+            gemm_tn_from(X, x0, W, Z)
+        elif small:
             xw(inp, W, Z)
         else:
             gemm_nn(inp, W, Z, 1.0, 0.0)
         if check and l == 0 and not (_abs_max_linked(Z, 0, n) < np.inf):
-            if not (_abs_max_linked(X, 0, n) < np.inf):
+            if not ((_columns_abs_max(X, x0, x0 + n) if x0 >= 0
+                     else _abs_max_linked(X, 0, n)) < np.inf):
                 return False
         _bias_act_forward_linked(Z, b, A, plan[row + LAYER_ACT], fparams[l], alpha)
         inp = A
@@ -592,9 +609,11 @@ _loss_value_linked = separate(loss_value_kernel)
 
 
 @njit(**ALLOCATING_ENTRY)
-def predict(theta, X, plan, fparams, chunk, Y, check, small):
+def predict(theta, X, plan, fparams, chunk, Y, check, small, columns):
     """Y (n, k_L) OVERWRITTEN with the outputs of X (n, k_0), computed ``chunk`` rows
-    at a time (fastmlp.rules.predict_rows). Returns True; with ``check``, whether
+    at a time (fastmlp.rules.predict_rows); with ``columns``, X is given as its
+    transpose (k_0, n), C-contiguous (X Fortran-ordered: a DataFrame's values), and
+    read where it lies (see _forward_rows). Returns True; with ``check``, whether
     every value of X is finite (False: Y is undefined). Each chunk is checked just
     before its first layer reads it, from cache; or, where the first layer has fewer
     units than inputs, through that layer's X W, smaller and just written: a NaN or inf
@@ -607,17 +626,19 @@ def predict(theta, X, plan, fparams, chunk, Y, check, small):
     a bigger one through BLAS: a BLAS call's set-up and thread hand-off dominate a
     1-row predict, and the GEMV loops written in Numba lost to BLAS (12.6 us against
     9.5 for 784-256-128-10 float32: Numba's loops keep the sums in memory)."""
-    n = X.shape[0]
+    n = Y.shape[0]
     c = min(chunk, n)
     buf = np.empty(3 * c * plan[PLAN_WIDEST], dtype=X.dtype)
     first = _row(0)
     check_xw = check and plan[first + LAYER_N_OUT] < plan[first + LAYER_N_IN]
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        if check and not check_xw and not (_abs_max_linked(X, start, stop) < np.inf):
+        if check and not check_xw and not ((_columns_abs_max(X, start, stop) if columns
+                                            else _abs_max_linked(X, start, stop)) < np.inf):
             return False
         y = Y[start:stop]
-        if not _forward_rows_linked(theta, X[start:stop], plan, fparams, buf, y,
+        if not _forward_rows_linked(theta, X if columns else X[start:stop],
+                                    start if columns else -1, plan, fparams, buf, y,
                                     matrix(buf, 0, stop - start, y.shape[1]),
                                     stop - start <= small, check_xw):
             return False
@@ -636,7 +657,7 @@ def evaluate(theta, X, T, plan, fparams, chunk, small):
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         z, a = Z[:stop - start], A[:stop - start]
-        _forward_rows_linked(theta, X[start:stop], plan, fparams, buf, a, z,
+        _forward_rows_linked(theta, X[start:stop], -1, plan, fparams, buf, a, z,
                              stop - start <= small, False)
         # each chunk's sum divided by n before the chunks are added, as the reference
         # (a float64 mean stays finite where the raw sums would overflow)

@@ -116,6 +116,13 @@ def _engine_args(m):
     return m.net, m.dtype, rules.TRAIN_ROWS, rules.predict_rows(m.net, m.dtype), 0
 
 
+def _unaligned_fortran(X):
+    raw = np.zeros(X.nbytes + 1, np.uint8)
+    view = np.frombuffer(raw.data, X.dtype, X.size, offset=1).reshape(X.shape[::-1]).T
+    view[...] = X
+    return view
+
+
 def _bad_calls(m):
     e, theta, state = m.engine, m.engine.theta, m.engine.state
     X, T = _data(m, 4)
@@ -128,7 +135,11 @@ def _bad_calls(m):
     return {
         "X other dtype": lambda: e.engine.train_step(theta, state, X.astype(f32), T),
         "X wrong width": lambda: e.engine.train_step(theta, state, X[:, :-1].copy(), T),
-        "X Fortran order": lambda: e.engine.predict(theta, np.asfortranarray(X)),
+        # (predict reads a Fortran-ordered X: tests/test_column_major.py)
+        "X Fortran order, train": lambda: e.engine.train_step(theta, state, np.asfortranarray(X), T),
+        "X Fortran order, evaluate": lambda: e.engine.evaluate(theta, np.asfortranarray(X), T),
+        "X Fortran, other dtype": lambda: e.engine.predict(theta, np.asfortranarray(X, f32)),
+        "X Fortran, unaligned": lambda: e.engine.predict(theta, _unaligned_fortran(X)),
         "X strided": lambda: e.engine.predict(theta, np.repeat(X, 2, axis=0)[::2]),
         "X 1-D": lambda: e.engine.predict(theta, X[0]),
         "X list": lambda: e.engine.predict(theta, X.tolist()),

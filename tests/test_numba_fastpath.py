@@ -160,7 +160,7 @@ def test_signatures_typed_once_are_the_arguments_types(dtype, optimizer):
     Y = np.zeros((1, 2), dtype=dtype)
     typed = {
         "run": signature((e.theta, e._grad, X, Y) + e._checked, numba_backend._RUN_READ_ONLY),
-        "predict": signature((e.theta, X, e._plan, e._fparams, 1, Y, 0, numba_backend._SMALL),
+        "predict": signature((e.theta, X, e._plan, e._fparams, 1, Y, 0, numba_backend._SMALL, 0),
                              numba_backend._PREDICT_READ_ONLY),
         "evaluate": signature((e.theta, X, Y, e._plan, e._fparams, 1, numba_backend._SMALL),
                               numba_backend._EVALUATE_READ_ONLY)}

@@ -70,7 +70,7 @@ def test_the_small_path_is_the_gemv_and_bigger_chunks_are_blas(dtype):
     def kernel(X, small):
         out = np.empty((len(X), WIDTHS[-1]), dtype=dtype)
         engine._predict(engine.theta, X, engine._plan, engine._fparams, engine._predict_rows,
-                        out, 0, small)
+                        out, 0, small, 0)
         return out
 
     small = [kernel(X[:n], CUT) for n in range(1, CUT + 1)]
@@ -123,7 +123,7 @@ for dtype in sys.argv[2].split(","):
     for n in range(1, 10):
         y = models["numba"].predict(X[:n])
         blas = np.empty_like(y)
-        e._predict(e.theta, X[:n], e._plan, e._fparams, e._predict_rows, blas, 0, 0)
+        e._predict(e.theta, X[:n], e._plan, e._fparams, e._predict_rows, blas, 0, 0, 0)
         same.append(bool(np.array_equal(y, blas)))
         ref = models["numpy"].predict(X[:n])
         err = max(err, float(np.max(np.abs(y - ref) / (np.abs(ref) + 1e-6))))

@@ -66,6 +66,12 @@ Optional, for a compiled backend (``"cython"``, ``"numba"``); the Model uses it 
     runs inside the compiled call, on each chunk just before the first layer reads it,
     so a ready array costs the Model no separate validation pass. The caller still
     guarantees the layout (C-contiguous, aligned, the model dtype and width).
+``reads_columns = True``                     predict (and predict_checked) also take X
+    Fortran-ordered (aligned, the model dtype and width, at least 2 rows and 2 columns),
+    reading it where it lies: the Model then passes a DataFrame's values, and a cast or
+    scaled copy of them, without turning them into rows. The outputs agree with those
+    of the same values in rows to rounding (BLAS may sum a transposed operand in
+    another order).
 
 Optional, for a backend whose parameters live on a device (``"cuda"``); the Model uses
 each one that is present (``getattr``) and otherwise works on the host arrays:

@@ -35,6 +35,9 @@ class CythonBackend:
     """Backend contract (see fastmlp.backends) over compiled Cython kernels."""
 
     name = "cython"
+    # predict and predict_checked read a Fortran-ordered X where it lies (the first
+    # layer's gemm takes it transposed): see the contract
+    reads_columns = True
     # train_step_checked costs what train_step costs (no copy of theta: the Engine
     # keeps bounds on theta and the optimiser buffers and proves each update finite
     # before it writes), so the Model takes it for every network size.

@@ -82,6 +82,9 @@ class NumbaBackend:
     """Backend contract (see fastmlp.backends) over Numba kernels."""
 
     name = "numba"
+    # predict and predict_checked read a Fortran-ordered X where it lies (kt.predict
+    # takes its transpose, C-contiguous: one compiled signature for both layouts)
+    reads_columns = True
     # train_step_checked costs what train_step costs (no copy of theta: the kernels keep
     # bounds on theta and the optimiser buffers and prove each update finite before
     # writing it, kt.run's guard), so the Model takes it for every network size.
@@ -163,7 +166,7 @@ class NumbaBackend:
         if theta_ok:
             self._predict = entry_point_or_stand_in(
                 self, "_predict", kt.predict,
-                signature((theta, X, plan, self._fparams, 1, Y, 0, _SMALL), _PREDICT_READ_ONLY,
+                signature((theta, X, plan, self._fparams, 1, Y, 0, _SMALL, 0), _PREDICT_READ_ONLY,
                           ("predict", self.dtype)))
             self._evaluate = entry_point_or_stand_in(
                 self, "_evaluate", kt.evaluate,
@@ -188,17 +191,30 @@ class NumbaBackend:
     def predict(self, X, out=None):
         if out is None:
             out = np.empty((len(X), self._outputs), dtype=self.dtype)
-        self._predict(self._theta, X, self._plan, self._fparams, self._predict_rows, out, 0,
-                      _SMALL)
+        if X.flags.c_contiguous:
+            self._predict(self._theta, X, self._plan, self._fparams, self._predict_rows, out,
+                          0, _SMALL, 0)
+        else:
+            self._predict_columns(X, out, 0)
         return out
 
     def predict_checked(self, X, out):
         """predict into out (n, outputs), OVERWRITTEN, checking X (n, inputs) on the way:
         True when every value of X is finite; False when X holds NaN or inf (out is then
         undefined). Each chunk of X is checked just before the first layer reads it, in
-        the same compiled call (kt.predict)."""
-        return self._predict(self._theta, X, self._plan, self._fparams, self._predict_rows,
-                             out, 1, _SMALL)
+        the same compiled call (kt.predict). X Fortran-ordered: see predict."""
+        if X.flags.c_contiguous:
+            return self._predict(self._theta, X, self._plan, self._fparams,
+                                 self._predict_rows, out, 1, _SMALL, 0)
+        return self._predict_columns(X, out, 1)
+
+    def _predict_columns(self, X, out, check):
+        """predict (or predict_checked) of a Fortran-ordered X (reads_columns), through its
+        transpose, C-contiguous; any other layout is copied so first: the entry point
+        unboxes arrays without checking their layout."""
+        X = X if X.flags.f_contiguous else np.asfortranarray(X)
+        return self._predict(self._theta, X.T, self._plan, self._fparams, self._predict_rows,
+                             out, check, _SMALL, 1)
 
     def evaluate(self, X, T):
         return self._evaluate(self._theta, X, T, self._plan, self._fparams,

@@ -38,6 +38,8 @@ class NumpyBackend:
     """Reference implementation of the backend contract (see fastmlp.backends)."""
 
     name = "numpy"
+    # predict takes a Fortran-ordered X as it is (X @ W reads any layout)
+    reads_columns = True
     # Model.fit's quiet chunks are sized by work to take ~20 ms in compiled kernels; this
     # reference, Python around NumPy, is ~50-100x slower per multiply-add on small layers,
     # and a Ctrl-C inside its train_epochs undoes the whole chunk: 1024 epochs were 5 s of
