@@ -867,8 +867,8 @@ class Model:
             self._checked_feature_names(X)
             X = validation.frame_values(X, "X")
             ready = self._small_ready(X, scaling)
-        columns = getattr(self._engine, "reads_columns", False)
-        if (ready is None and columns and scaling is None
+        if (ready is None and scaling is None
+                and getattr(self._engine, "reads_columns", False)
                 and validation.laid_out_columns(X, self._width[0], self._dtype)):
             ready = X   # Fortran order (a DataFrame's values): read where it lies
         if ready is not None:
@@ -886,8 +886,9 @@ class Model:
         arr = validation.as_array(validation.frame_values(X, "X"), "X")
         rows = rules.convert_rows(self._net, self._dtype)
         # a Fortran-ordered X is cast and scaled down its columns, where a copy into rows
-        # would cross them (8,192 x 784 float32: 2.5 ms a copy into rows)
-        columns = columns and validation.column_major(arr)
+        # crosses them (tiled, it was 6.5 of the 8.8 ms of a 784-16-10 net's predict of
+        # 8,192 rows of 784 float32 columns)
+        columns = getattr(self._engine, "reads_columns", False) and validation.column_major(arr)
         if arr.ndim != 2 or len(arr) <= rows:
             X = validation.check_inputs(arr, self._net.input_dim, self._dtype, scaling,
                                         columns=columns)
