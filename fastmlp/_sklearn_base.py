@@ -5,6 +5,8 @@ scikit-learn's parameters map onto fastmlp's.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import threading
 import warnings
@@ -66,6 +68,19 @@ def resolve_backend(name):
     return name
 
 
+# scikit-learn's MLP parameters these estimators do not take (see the README)
+_SKLEARN_ONLY = frozenset({"learning_rate", "power_t", "warm_start", "max_fun"})
+
+
+@functools.cache
+def _init_parameters(cls):
+    """(every parameter, those also taken by position) of ``cls.__init__``, self left out
+    (scikit-learn's get_params reads the signature)."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return (frozenset(p.name for p in params),
+            [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD])
+
+
 class BaseMLP(BaseEstimator):
     """What both estimators share: parameters, model building and the epoch loop.
 
@@ -99,6 +114,23 @@ class BaseMLP(BaseEstimator):
         "dtype": [StrOptions({"float32", "float64"}), Options(type, {np.float32, np.float64}),
                   Options(np.dtype, {np.dtype(np.float32), np.dtype(np.float64)})],
     }
+
+    def __new__(cls, *args, **params):
+        """Refuse, naming the estimator, a parameter scikit-learn's MLPs take and these do
+        not (warm_start, learning_rate, ...): Python's own error named the private base
+        class. (Not in __init__, whose signature scikit-learn reads for get_params.)"""
+        taken, positional = _init_parameters(cls)
+        unknown = [name for name in params if name not in taken]
+        if unknown:
+            name = unknown[0]
+            why = (f": fastmlp's estimators do not support scikit-learn's {name!r} (see the "
+                   "README's scikit-learn section)" if name in _SKLEARN_ONLY else "")
+            raise TypeError(f"{cls.__name__}() got an unexpected keyword argument "
+                            f"{name!r}{why}")
+        if len(args) > len(positional):
+            raise TypeError(f"{cls.__name__}() takes {' and '.join(positional)} by position, "
+                            f"the rest by keyword; got {len(args)} positional arguments")
+        return super().__new__(cls)
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate_init=0.001, max_iter=200,
@@ -585,7 +617,9 @@ class BaseMLP(BaseEstimator):
                 pass   # refused: scikit-learn's checks below say why in its words
         check_is_fitted(self, "model_")
         # scikit-learn's checks drop a mask and would predict from the hidden values
-        X = validate_data(self, validation.refuse_masked(X, "X"), reset=False, order="C",
+        # (in the layout the checks give, as the shortcut keeps pandas': predict reads a
+        # Fortran-ordered X where it lies)
+        X = validate_data(self, validation.refuse_masked(X, "X"), reset=False,
                           dtype=self.model_.dtype)
         return self.model_.predict(X).astype(np.float64)
 

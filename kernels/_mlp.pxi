@@ -586,9 +586,18 @@ cdef inline double x_abs_max(Py_ssize_t rows, Py_ssize_t n_in, const floating* x
     return m
 
 
+cdef inline void to_rows(Py_ssize_t rows, Py_ssize_t n_in, const floating* x, Py_ssize_t ldx,
+                         floating* xs) noexcept nogil:
+    """xs (rows, n_in) OVERWRITTEN with x (rows, n_in), its columns ``ldx`` apart."""
+    cdef Py_ssize_t r, c
+    for r in range(rows):
+        for c in range(n_in):
+            xs[r * n_in + c] = x[r + c * ldx]
+
+
 cdef double infer(const Net* net, const floating* theta, const floating* X, Py_ssize_t n,
                   Py_ssize_t ldx, Py_ssize_t chunk, Py_ssize_t small, floating* p0,
-                  floating* p1, floating* zl, floating* out, const floating* T,
+                  floating* p1, floating* xs, floating* zl, floating* out, const floating* T,
                   bint check) noexcept nogil:
     """Forward pass over X (n, inputs) in chunks of rows, with caller buffers p0, p1
     (chunk, widest layer) so concurrent calls share nothing. A chunk of at most
@@ -599,8 +608,11 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
     elements apart (a DataFrame's values: Fortran order), and the first layer's gemm
     reads each chunk transposed where it lies, at no extra cost (a copy into rows cost
     more than the whole predict of a narrow first layer). Its outputs then agree with
-    those of the same values in rows to rounding: BLAS may sum a transposed operand in
-    another order, and every chunk goes through gemm, not the GEMV loops.
+    those of the same values in rows to rounding (BLAS may sum a transposed operand in
+    another order; OpenBLAS gave the same bits in every test). A chunk of at most
+    ``small`` rows is copied into rows in xs (small, inputs) and goes through the GEMV
+    loops as in rows, so that the last rows, predicted alone or in a DataFrame, get
+    the same bits either way.
 
     T NULL (predict): out (n, outputs) is OVERWRITTEN with the outputs; returns 0.
     Otherwise (evaluate): out and zl are (chunk, outputs) scratch; returns the mean
@@ -613,7 +625,7 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
     layer.
     """
     cdef int i, L = net.L
-    cdef Py_ssize_t start = 0, rows, n_out
+    cdef Py_ssize_t start = 0, rows, n_out, lda
     cdef Py_ssize_t n_in = layer_row(net.layers, 0)[LAYER_N_IN]
     cdef Py_ssize_t k_out = layer_row(net.layers, L - 1)[LAYER_N_OUT]
     cdef bint check_z = check and layer_row(net.layers, 0)[LAYER_N_OUT] < n_in
@@ -625,7 +637,11 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
     while start < n:
         rows = min(chunk, n - start)
         a = X + (start if ldx else start * n_in)
-        if check and not check_z and not below(x_abs_max(rows, n_in, a, ldx), INFINITY):
+        lda = ldx
+        if ldx and rows <= small:
+            to_rows(rows, n_in, a, ldx, xs)
+            a, lda = xs, 0
+        if check and not check_z and not below(x_abs_max(rows, n_in, a, lda), INFINITY):
             return NAN
         for i in range(L):
             row = layer_row(net.layers, i)
@@ -639,8 +655,8 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
             else:
                 z = zl
                 f = out
-            if i == 0 and ldx:
-                gemm(True, False, <int>rows, <int>n_out, <int>n_in, <floating>1, a, <int>ldx,
+            if i == 0 and lda:
+                gemm(True, False, <int>rows, <int>n_out, <int>n_in, <floating>1, a, <int>lda,
                      theta + row[LAYER_W], <int>n_out, <floating>0, z, <int>n_out)
             else:
                 dense_product(rows, row[LAYER_N_IN], n_out, a, theta + row[LAYER_W], z,
@@ -650,7 +666,7 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
             # with one such term is never finite: no BLAS skips a non-zero x), so a finite
             # z proves x finite; a z that is not (x bad, or finite but huge) sends us to x
             if (i == 0 and check_z and not below(abs_max(rows * n_out, z), INFINITY)
-                    and not below(x_abs_max(rows, n_in, a, ldx), INFINITY)):
+                    and not below(x_abs_max(rows, n_in, a, lda), INFINITY)):
                 return NAN
             bias_activation_forward(rows, n_out, z, theta + row[LAYER_B], <int>row[LAYER_ACT],
                                     <floating>net.params[i], alpha_of(theta, row), f, NULL)
@@ -1239,7 +1255,10 @@ cdef class Engine:
         # they fit (the small predicts, whose time a NumPy allocation would show in).
         cdef double stack[_STACK_DOUBLES]
         cdef char* p0 = <char*>stack
-        cdef Py_ssize_t need = 2 * chunk * self.widest * self.itemsize
+        cdef Py_ssize_t small = self.small_rows
+        # (and, for a column-major X, a short chunk copied into rows: see infer)
+        cdef Py_ssize_t xs_items = min(small, chunk) * self.n_in if ldx else 0
+        cdef Py_ssize_t need = (2 * chunk * self.widest + xs_items) * self.itemsize
         scratch = None
         if T is not None:
             t = _array(T, self.typenum, n, n_out, False, "T")
@@ -1249,21 +1268,22 @@ cdef class Engine:
         else:
             _array(out, self.typenum, n, n_out, True, "out")
         if need > _STACK_DOUBLES * <Py_ssize_t>sizeof(double):
-            scratch = np.empty(2 * chunk * self.widest, dtype=self.dtype)
+            scratch = np.empty(2 * chunk * self.widest + xs_items, dtype=self.dtype)
             p0 = <char*>cnp.PyArray_DATA(scratch)
         cdef char* p1 = p0 + chunk * self.widest * self.itemsize
+        cdef char* xs = p1 + chunk * self.widest * self.itemsize
         cdef char* o = <char*>cnp.PyArray_DATA(<cnp.ndarray>out)
         cdef char* zl = o + chunk * n_out * self.itemsize  # evaluate only
-        cdef Py_ssize_t small = self.small_rows
         cdef double total
         with nogil:
             if self.typenum == cnp.NPY_FLOAT64:
                 total = infer(&self.net, <double*>th, <double*>x, n, ldx, chunk, small,
-                              <double*>p0, <double*>p1, <double*>zl, <double*>o, <double*>t,
-                              check)
+                              <double*>p0, <double*>p1, <double*>xs, <double*>zl, <double*>o,
+                              <double*>t, check)
             else:
                 total = infer(&self.net, <float*>th, <float*>x, n, ldx, chunk, small,
-                              <float*>p0, <float*>p1, <float*>zl, <float*>o, <float*>t, check)
+                              <float*>p0, <float*>p1, <float*>xs, <float*>zl, <float*>o,
+                              <float*>t, check)
         if T is not None:
             return total  # infer's mean
         return out if total == 0 else None

@@ -564,6 +564,16 @@ def _columns_abs_max(XT, c0, c1):
     return m
 
 
+@njit(**HELPER)
+def _to_rows(XT, c0, c1, xs):
+    """xs[:(c1 - c0) * k_0] OVERWRITTEN with rows c0..c1 of a column-major X, one row
+    after another; XT (k_0, n) its transpose."""
+    k = XT.shape[0]
+    for r in range(c1 - c0):
+        for p in range(k):
+            xs[r * k + p] = XT[p, c0 + r]
+
+
 @njit(**KERNEL)
 def _forward_rows(theta, X, x0, plan, fparams, buf, out, zout, small, check):
     """Forward a chunk of c rows of inputs through three (c * widest) thirds of buf:
@@ -625,20 +635,29 @@ def predict(theta, X, plan, fparams, chunk, Y, check, small, columns):
     each layer's X W through the C GEMV loops the Cython backend runs (numba_gemv),
     a bigger one through BLAS: a BLAS call's set-up and thread hand-off dominate a
     1-row predict, and the GEMV loops written in Numba lost to BLAS (12.6 us against
-    9.5 for 784-256-128-10 float32: Numba's loops keep the sums in memory)."""
+    9.5 for 784-256-128-10 float32: Numba's loops keep the sums in memory). With
+    ``columns``, such a chunk is copied into rows first (at most ``small`` rows) and
+    runs as in rows, so that the last rows of a DataFrame get the same bits as the same
+    rows given alone."""
     n = Y.shape[0]
     c = min(chunk, n)
     buf = np.empty(3 * c * plan[PLAN_WIDEST], dtype=X.dtype)
     first = _row(0)
-    check_xw = check and plan[first + LAYER_N_OUT] < plan[first + LAYER_N_IN]
+    k_in = plan[first + LAYER_N_IN]
+    check_xw = check and plan[first + LAYER_N_OUT] < k_in
+    xs = np.empty((min(small, c) * k_in) if columns else 0, dtype=X.dtype)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        if check and not check_xw and not ((_columns_abs_max(X, start, stop) if columns
-                                            else _abs_max_linked(X, start, stop)) < np.inf):
+        x0, inp = (start, X) if columns else (-1, X[start:stop])
+        if columns and stop - start <= small:
+            _to_rows(X, start, stop, xs)
+            x0, inp = -1, matrix(xs, 0, stop - start, k_in)
+        if check and not check_xw and not ((_columns_abs_max(X, start, stop) if x0 >= 0
+                                            else _abs_max_linked(inp, 0, stop - start))
+                                           < np.inf):
             return False
         y = Y[start:stop]
-        if not _forward_rows_linked(theta, X if columns else X[start:stop],
-                                    start if columns else -1, plan, fparams, buf, y,
+        if not _forward_rows_linked(theta, inp, x0, plan, fparams, buf, y,
                                     matrix(buf, 0, stop - start, y.shape[1]),
                                     stop - start <= small, check_xw):
             return False

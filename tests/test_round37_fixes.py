@@ -1,0 +1,74 @@
+"""Hostile round 37 (a Fortran-ordered X read where it lies; the estimators in pandas
+pipelines):
+
+- the last short chunk of a Fortran-ordered X (at most PREDICT_SMALL_ROWS rows) went
+  through the transposed GEMM, where the same rows in row order go through the GEMV
+  loops: a DataFrame's last rows differed in the last bits from the same rows predicted
+  alone or from a C-ordered frame; it is now copied into rows and takes the GEMV loops;
+- scikit-learn parameters these estimators do not take (warm_start, learning_rate,
+  max_fun, ...) raised Python's error naming the private base class.
+"""
+import numpy as np
+import pytest
+
+import fastmlp as fm
+from fastmlp import rules
+
+
+def _model(backend, dtype, n_in=9):
+    return fm.Model([fm.Dense(6, "tanh"), fm.Dense(1)], input_dim=n_in, backend=backend,
+                    dtype=dtype, seed=0)
+
+
+@pytest.mark.parametrize("tail", [1, rules.PREDICT_SMALL_ROWS])
+def test_a_fortran_xs_last_rows_get_the_bits_they_get_alone(backend, dtype, tail):
+    model = _model(backend, dtype)
+    chunk = rules.predict_rows(model._net, model._dtype)
+    X = np.random.default_rng(tail).normal(size=(chunk + tail, 9)).astype(dtype)
+    whole = model.predict(np.asfortranarray(X))
+    np.testing.assert_array_equal(whole[chunk:], model.predict(X[chunk:]))
+    np.testing.assert_array_equal(whole[chunk:], model.predict(X)[chunk:])
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba"])
+def test_the_engines_copy_a_short_column_major_chunk_into_rows(backend, dtype):
+    """Engine level, every chunk short (n <= PREDICT_SMALL_ROWS, which the Model copies
+    before it calls the engine), and a block of rows of a bigger Fortran array."""
+    if backend not in fm.available_backends():
+        pytest.skip(f"{backend} not available")
+    model = _model(backend, dtype, n_in=300)
+    engine = model._engine
+    big = np.asfortranarray(np.random.default_rng(0).normal(size=(40, 300)).astype(dtype))
+    for X in (big[:5], big[3:11], np.asfortranarray(big[:7])):
+        want = engine.predict(np.ascontiguousarray(X), np.empty((len(X), 1), dtype))
+        np.testing.assert_array_equal(engine.predict(X, np.empty((len(X), 1), dtype)), want)
+        out = np.empty((len(X), 1), dtype)
+        assert engine.predict_checked(X, out) is True
+        np.testing.assert_array_equal(out, want)
+    bad = big.copy(order="F")
+    bad[9, 299] = np.inf
+    assert engine.predict_checked(bad[3:11], np.empty((8, 1), dtype)) is False
+
+
+@pytest.mark.parametrize("name", ["warm_start", "learning_rate", "max_fun", "power_t"])
+def test_scikit_learns_other_parameters_are_refused_naming_the_estimator(name):
+    from fastmlp.sklearn import MLPClassifier, MLPRegressor
+    for cls in (MLPClassifier, MLPRegressor):
+        with pytest.raises(TypeError, match=rf"^{cls.__name__}\(\) got an unexpected keyword "
+                                            rf"argument '{name}': fastmlp's estimators do not "
+                                            "support"):
+            cls(**{name: 1})
+
+
+def test_a_misspelt_parameter_and_too_many_positions_name_the_estimator():
+    from sklearn.base import clone
+
+    from fastmlp.sklearn import MLPRegressor
+    with pytest.raises(TypeError, match=r"^MLPRegressor\(\) got an unexpected keyword "
+                                        r"argument 'hidden_sizes'$"):
+        MLPRegressor(hidden_sizes=(3,))
+    with pytest.raises(TypeError, match=r"^MLPRegressor\(\) takes hidden_layer_sizes and "
+                                        "activation by position"):
+        MLPRegressor((3,), "relu", "adam")
+    est = MLPRegressor((3,), "tanh", max_iter=4)   # what scikit-learn builds still builds
+    assert clone(est).get_params() == est.get_params()
