@@ -160,6 +160,9 @@ class BaseMLP(BaseEstimator):
         self.backend = backend
         self.dtype = dtype
 
+    # the class's signature is __init__'s (inspect.signature(cls) prefers __new__'s)
+    __new__.__signature__ = inspect.signature(__init__)
+
     # -- training ----------------------------------------------------------------
     def fit(self, X, y, *args, **fit_params):
         """Train a new model for up to ``max_iter`` epochs; returns self."""
