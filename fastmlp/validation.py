@@ -302,6 +302,25 @@ def _scaled(arr, name, dtype, scaling, first_row, columns=False):
     return out
 
 
+def plain_numbers(a, width):
+    """``a`` (an ndarray) is 2-D, ``width`` wide, with rows, of real numbers or bools:
+    what :func:`convert_into` converts as the full checks would."""
+    return (a.ndim == 2 and a.shape[1] == width and len(a) > 0 and a.dtype.kind in "fiub"
+            and a.dtype.isnative)
+
+
+def convert_into(out, arr, scaling=None):
+    """out[...] = arr in out's dtype, or (arr - mean) / scale by input scaling's
+    arithmetic (``scaling`` (mean, scale)): the values the full checks make of a
+    :func:`plain_numbers` array, unchecked (NaN, inf and values too large for out's
+    dtype, inf after the cast, are the caller's to find)."""
+    if scaling is not None:
+        _scale_into(out, arr, *scaling)
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.copyto(out, arr, casting="unsafe")
+
+
 def _scale_into(out, arr, mean, scale):
     """out[...] = (arr - mean) / scale, in float64 then cast, unchecked (the callers find
     what is not finite): the one arithmetic of input scaling."""

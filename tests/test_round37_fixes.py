@@ -98,3 +98,28 @@ def test_an_estimator_casts_a_float64_frame_a_block_at_a_time(compiled_backend):
     np.testing.assert_array_equal(got, want)
     whole = n * k * 4   # a float32 copy of X: 30.5 MiB
     assert peak < got.nbytes + (rules.CONVERT_BYTES + whole) // 2, peak / 2**20
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_predict_converts_blocks_into_one_buffer_as_the_full_checks_do(
+        backend, dtype, order, scaled, monkeypatch):
+    """An X in another dtype (or scaled) is cast a block at a time into one buffer, each
+    block predicted by the checked kernel: the outputs of the full checks' conversion
+    bit for bit, and a bad value in a later block named by its row in X."""
+    from fastmlp import validation
+    monkeypatch.setattr(rules, "CONVERT_BYTES", 1 << 13)   # blocks of a few chunks
+    model = _model(backend, dtype, n_in=30)
+    other = np.float64 if dtype == "float32" else np.float32
+    X = np.asarray(np.random.default_rng(5).normal(size=(2001, 30)), dtype=other, order=order)
+    if scaled:
+        model.set_input_scaling(X.mean(axis=0), X.std(axis=0) + 0.5)
+    got = model.predict(X)
+    monkeypatch.setattr(validation, "plain_numbers", lambda a, width: False)   # full checks
+    np.testing.assert_array_equal(got, model.predict(X))
+    monkeypatch.undo()
+    monkeypatch.setattr(rules, "CONVERT_BYTES", 1 << 13)
+    X = X.copy(order="K")
+    X[1990, 7] = np.nan
+    with pytest.raises(ValueError, match=r"X contains NaN or inf \(first at row 1990, column 7\)"):
+        model.predict(X)
