@@ -70,8 +70,10 @@ def python_laid_out_xy(X, Y, n_in, n_out, dtype):
 # these Python attribute reads are most of the Python around a 1-row predict or a tiny
 # network's step (~0.35 us of ~1.5). tests/test_laid_out.py holds both to one answer.
 laid_out, laid_out_xy = python_laid_out, python_laid_out_xy
+_compiled_scale_into = None   # input scaling in one pass (see _scale_into)
 try:
     from .kernels.cython_mlp import laid_out, laid_out_xy  # noqa: F401, F811
+    from .kernels.cython_mlp import scale_into as _compiled_scale_into  # noqa: F811
 except ImportError:
     pass
 
@@ -323,7 +325,11 @@ def convert_into(out, arr, scaling=None):
 
 def _scale_into(out, arr, mean, scale):
     """out[...] = (arr - mean) / scale, in float64 then cast, unchecked (the callers find
-    what is not finite): the one arithmetic of input scaling."""
+    what is not finite): the one arithmetic of input scaling. In one compiled pass when
+    the Cython extension is built and the arrays are float32/float64 in rows or in
+    columns (kernels/_scaling.pxd: the same bits), else by NumPy."""
+    if _compiled_scale_into is not None and _compiled_scale_into(out, arr, mean, scale):
+        return
     with np.errstate(over="ignore", invalid="ignore"):
         block = np.subtract(arr, mean, dtype=np.float64)
         block /= scale

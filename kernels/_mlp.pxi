@@ -34,6 +34,7 @@ from _codes cimport (EPS, LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS
                      PLAN_WS_SIZE, PRELU, SGD_CODE, WEIGHT_DECAY, WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD,
                      WS_TB, WS_XB, compiled_codes)
 from _guard cimport Bounds, abs_max, any_negative, below, prove_update
+from _scaling cimport fm_scale_f32_f32, fm_scale_f32_f64, fm_scale_f64_f32, fm_scale_f64_f64
 from _gemv cimport (fm_gemv_pool_jobs, fm_gemv_pool_leave, fm_gemv_pool_min_bytes,
                     fm_gemv_pool_naps, fm_gemv_pool_spin_ns, fm_gemv_pool_state,
                     fm_gemv_threads, fm_gemv_use, fm_xw_f32, fm_xw_f64)
@@ -790,6 +791,77 @@ def laid_out_xy(X, Y, Py_ssize_t n_in, Py_ssize_t n_out, cnp.dtype dtype):
     backends as it is."""
     cdef Py_ssize_t n = _laid_out_rows(X, n_in, dtype)
     return n > 0 and _laid_out_rows(Y, n_out, dtype) == n
+
+
+cdef Py_ssize_t _lead(cnp.ndarray a, bint columns):
+    """a's leading dimension in elements when each of its rows (or, with ``columns``,
+    its columns) is contiguous, the next one at least as far on; else -1. (The stride
+    of an axis of length 1 is never used, and NumPy leaves it arbitrary.)"""
+    cdef int inner_axis = 0 if columns else 1
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(a)
+    cdef Py_ssize_t count = cnp.PyArray_DIMS(a)[inner_axis]
+    cdef Py_ssize_t inner = (cnp.PyArray_STRIDES(a)[inner_axis] if count > 1 else item)
+    cdef Py_ssize_t outer = (cnp.PyArray_STRIDES(a)[1 - inner_axis]
+                             if cnp.PyArray_DIMS(a)[1 - inner_axis] > 1 else count * item)
+    if inner != item or outer % item or outer < count * item:
+        return -1
+    return outer // item
+
+
+def scale_into(out, X, mean, scale):
+    """out[...] = (X - mean) / scale, each value in float64, then cast to out's dtype
+    (fastmlp.validation._scale_into's arithmetic, bit for bit; see _scaling.h), the
+    GIL released. X and out (n, k): aligned float32 or float64 arrays with rows, both
+    with each row's values adjacent (C order) or both with each column's (Fortran
+    order, or a block of rows of such an array), out writable; mean and scale float64
+    (k,), C-contiguous. Returns True; False, writing nothing, for anything else (NumPy
+    then computes it)."""
+    if not (cnp.PyArray_Check(out) and cnp.PyArray_Check(X) and cnp.PyArray_Check(mean)
+            and cnp.PyArray_Check(scale)):
+        return False
+    cdef cnp.ndarray o = <cnp.ndarray>out, x = <cnp.ndarray>X
+    cdef cnp.ndarray mu = <cnp.ndarray>mean, sd = <cnp.ndarray>scale
+    if (cnp.PyArray_NDIM(o) != 2 or cnp.PyArray_NDIM(x) != 2
+            or cnp.PyArray_DIMS(o)[0] != cnp.PyArray_DIMS(x)[0]
+            or cnp.PyArray_DIMS(o)[1] != cnp.PyArray_DIMS(x)[1]
+            or cnp.PyArray_DIMS(x)[0] < 1 or cnp.PyArray_DIMS(x)[1] < 1):
+        return False
+    cdef Py_ssize_t rows = cnp.PyArray_DIMS(x)[0], cols = cnp.PyArray_DIMS(x)[1]
+    cdef int vectors = cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED
+    for v in (mu, sd):
+        if (cnp.PyArray_NDIM(<cnp.ndarray>v) != 1 or cnp.PyArray_DIMS(<cnp.ndarray>v)[0] != cols
+                or cnp.PyArray_TYPE(<cnp.ndarray>v) != cnp.NPY_FLOAT64
+                or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>v)
+                or (cnp.PyArray_FLAGS(<cnp.ndarray>v) & vectors) != vectors):
+            return False
+    cdef int xt = cnp.PyArray_TYPE(x), ot = cnp.PyArray_TYPE(o)
+    if (xt not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64) or ot not in (cnp.NPY_FLOAT32, cnp.NPY_FLOAT64)
+            or not cnp.PyArray_ISNOTSWAPPED(x) or not cnp.PyArray_ISNOTSWAPPED(o)
+            or not cnp.PyArray_ISALIGNED(x) or not cnp.PyArray_ISALIGNED(o)
+            or not cnp.PyArray_ISWRITEABLE(o)):
+        return False
+    cdef bint columns = False
+    cdef Py_ssize_t ldx = _lead(x, False), ldo = _lead(o, False)
+    if ldx < 0 or ldo < 0:
+        columns = True
+        ldx, ldo = _lead(x, True), _lead(o, True)
+        if ldx < 0 or ldo < 0:
+            return False
+    cdef const double* m = <const double*>cnp.PyArray_DATA(mu)
+    cdef const double* s = <const double*>cnp.PyArray_DATA(sd)
+    cdef void* xp = cnp.PyArray_DATA(x)
+    cdef void* op = cnp.PyArray_DATA(o)
+    with nogil:
+        if xt == cnp.NPY_FLOAT32 and ot == cnp.NPY_FLOAT32:
+            fm_scale_f32_f32(rows, cols, <const float*>xp, ldx, m, s, <float*>op, ldo, columns)
+        elif xt == cnp.NPY_FLOAT32:
+            fm_scale_f32_f64(rows, cols, <const float*>xp, ldx, m, s, <double*>op, ldo, columns)
+        elif ot == cnp.NPY_FLOAT32:
+            fm_scale_f64_f32(rows, cols, <const double*>xp, ldx, m, s, <float*>op, ldo, columns)
+        else:
+            fm_scale_f64_f64(rows, cols, <const double*>xp, ldx, m, s, <double*>op, ldo,
+                             columns)
+    return True
 
 
 cdef class Engine:

@@ -1,0 +1,94 @@
+"""Input scaling in one compiled pass (kernels/_scaling.h, cython_mlp.scale_into):
+the bits of NumPy's subtract, divide and cast (validation._scale_into's arithmetic)
+for every pair of float32/float64 input and output, in rows and in columns, at the
+edges of both dtypes (values past float32's range become inf, tiny ones subnormal or
+zero, NaN and the signs of zeros kept); anything else is left to NumPy; and the model
+paths that scale (predict large and small, train_on_batch, fit) go through it."""
+import itertools
+
+import numpy as np
+import pytest
+
+import fastmlp as fm
+from fastmlp import validation
+
+scale_into = pytest.importorskip("fastmlp.kernels.cython_mlp").scale_into
+
+
+def _numpy(out, X, mean, scale):
+    with np.errstate(all="ignore"):
+        block = np.subtract(X, mean, dtype=np.float64)
+        block /= scale
+        out[...] = block
+
+
+def _same(a, b):
+    return np.array_equal(a, b, equal_nan=True) and np.array_equal(np.signbit(a), np.signbit(b))
+
+
+@pytest.mark.parametrize("source, target", list(itertools.product(["float32", "float64"],
+                                                                   repeat=2)))
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("shape", [(1, 5), (7, 1), (33, 17), (300, 64)])
+def test_the_bits_of_numpys_arithmetic(source, target, order, shape):
+    rng = np.random.default_rng(sum(shape))
+    with np.errstate(over="ignore"):
+        X = np.asarray(rng.standard_normal(shape) * 10.0 ** rng.integers(-45, 45, shape),
+                       dtype=source, order=order)
+    flat = X.reshape(-1, order="A")
+    flat[:6:2] = [np.nan, np.inf, -0.0][:len(flat[:6:2])]
+    mean = rng.standard_normal(shape[1]) * 1e3
+    mean[0] = 0.0
+    scale = np.abs(rng.standard_normal(shape[1])) * 10.0 ** rng.integers(-300, 300, shape[1])
+    scale[-1] = 5e-324   # a subnormal scale: most results overflow
+    got = np.empty(shape, dtype=target, order=order)
+    want = np.empty(shape, dtype=target, order=order)
+    assert scale_into(got, X, mean, scale) is True
+    _numpy(want, X, mean, scale)
+    assert _same(got, want)
+    if order == "F" and shape[0] > 10:   # a block of rows of a Fortran array
+        block = np.zeros(shape, dtype=target, order="F")[3:9]
+        assert scale_into(block, X[3:9], mean, scale) is True
+        assert _same(block, want[3:9])
+
+
+def test_anything_else_is_left_to_numpy():
+    X, mean, scale = np.ones((4, 3)), np.zeros(3), np.ones(3)
+    read_only = np.empty((4, 3))
+    read_only.flags.writeable = False
+    for out, x, m, s in [
+            (np.empty((4, 3), order="F"), X, mean, scale),        # layouts differ
+            (np.empty((4, 3)), X.astype(np.int64), mean, scale),  # not a float
+            (np.empty((4, 3), np.float16), X, mean, scale),
+            (np.empty((4, 3)), X, mean.astype(np.float32), scale),
+            (np.empty((4, 3)), X, mean[:2], scale),
+            (np.empty((4, 3))[:, ::-1], X, mean, scale),
+            (np.empty((4, 3)), X.astype(">f8"), mean, scale),
+            (read_only, X, mean, scale),
+            (np.empty((4, 2)), X, mean, scale),
+            (np.empty((0, 3)), X[:0], mean, scale),
+            ([[0.0] * 3] * 4, X, mean, scale)]:
+        before = np.array(out, copy=True)
+        assert scale_into(out, x, m, s) is False
+        np.testing.assert_array_equal(np.asarray(out), before)
+
+
+def test_the_models_scaling_goes_through_it(compiled_backend, dtype, monkeypatch):
+    calls = []
+    compiled = validation._compiled_scale_into
+    monkeypatch.setattr(validation, "_compiled_scale_into",
+                        lambda *a: calls.append(a[1].shape) or compiled(*a))
+    X = np.random.default_rng(0).normal(size=(5000, 12))
+    y = np.arange(5000) % 3
+    m = fm.Model([fm.Dense(8, "tanh"), fm.Dense(3, "softmax")], input_dim=12,
+                 loss="cross_entropy", backend=compiled_backend, dtype=dtype, seed=0)
+    m.set_input_scaling(X.mean(axis=0), X.std(axis=0))
+    m.fit(X, y, epochs=1)
+    m.train_on_batch(X[:8], y[:8])
+    m.predict(X[:1])
+    m.predict(np.asfortranarray(X))
+    assert len(calls) >= 4
+    # and the same outputs as NumPy's arithmetic
+    want = m.predict(X)
+    monkeypatch.setattr(validation, "_compiled_scale_into", None)
+    np.testing.assert_array_equal(m.predict(X), want)
