@@ -808,14 +808,34 @@ cdef Py_ssize_t _lead(cnp.ndarray a, bint columns):
     return outer // item
 
 
+cdef bint _overlap(cnp.ndarray a, cnp.ndarray b):
+    """Whether the bytes a and b span (first to last element) meet, a and b 1-D or 2-D
+    with non-negative strides on their axes longer than 1."""
+    cdef char* lo_a = <char*>cnp.PyArray_DATA(a)
+    cdef char* lo_b = <char*>cnp.PyArray_DATA(b)
+    return lo_a < lo_b + _extent(b) and lo_b < lo_a + _extent(a)
+
+
+cdef Py_ssize_t _extent(cnp.ndarray a):
+    """Bytes from a's first element to the end of its last (a's axes longer than 1 have
+    non-negative strides)."""
+    cdef Py_ssize_t end = cnp.PyArray_ITEMSIZE(a)
+    cdef int axis
+    for axis in range(cnp.PyArray_NDIM(a)):
+        if cnp.PyArray_DIMS(a)[axis] > 1:
+            end += (cnp.PyArray_DIMS(a)[axis] - 1) * cnp.PyArray_STRIDES(a)[axis]
+    return end
+
+
 def scale_into(out, X, mean, scale):
     """out[...] = (X - mean) / scale, each value in float64, then cast to out's dtype
     (fastmlp.validation._scale_into's arithmetic, bit for bit; see _scaling.h), the
     GIL released. X and out (n, k): aligned float32 or float64 arrays with rows, both
     with each row's values adjacent (C order) or both with each column's (Fortran
-    order, or a block of rows of such an array), out writable; mean and scale float64
-    (k,), C-contiguous. Returns True; False, writing nothing, for anything else (NumPy
-    then computes it)."""
+    order, or a block of rows of such an array), out writable and sharing no memory
+    with the others (the pass reads and writes through restrict pointers); mean and
+    scale float64 (k,), C-contiguous. Returns True; False, writing nothing, for
+    anything else (NumPy then computes it)."""
     if not (cnp.PyArray_Check(out) and cnp.PyArray_Check(X) and cnp.PyArray_Check(mean)
             and cnp.PyArray_Check(scale)):
         return False
@@ -847,6 +867,8 @@ def scale_into(out, X, mean, scale):
         ldx, ldo = _lead(x, True), _lead(o, True)
         if ldx < 0 or ldo < 0:
             return False
+    if _overlap(o, x) or _overlap(o, mu) or _overlap(o, sd):
+        return False
     cdef const double* m = <const double*>cnp.PyArray_DATA(mu)
     cdef const double* s = <const double*>cnp.PyArray_DATA(sd)
     cdef void* xp = cnp.PyArray_DATA(x)

@@ -92,3 +92,18 @@ def test_the_models_scaling_goes_through_it(compiled_backend, dtype, monkeypatch
     want = m.predict(X)
     monkeypatch.setattr(validation, "_compiled_scale_into", None)
     np.testing.assert_array_equal(m.predict(X), want)
+
+
+def test_an_out_sharing_memory_is_left_to_numpy():
+    """The pass reads and writes through restrict pointers: an out that shares memory
+    with X, mean or scale goes to NumPy, which handles the overlap."""
+    base = np.arange(40, dtype=np.float64).reshape(8, 5)
+    mean, scale = np.full(5, 1.0), np.full(5, 2.0)
+    for out, X in [(base, base), (base[1:], base[:-1]), (base[:, :4], base[:, 1:])]:
+        assert scale_into(out, X, mean[:out.shape[1]], scale[:out.shape[1]]) is False
+    vectors = np.zeros(20)
+    out = vectors[:10].reshape(2, 5)
+    assert scale_into(out, np.ones((2, 5)), vectors[5:10], np.ones(5)) is False
+    assert scale_into(out, np.ones((2, 5)), np.zeros(5), vectors[:5]) is False
+    X = np.ones((2, 5))
+    assert scale_into(np.empty((2, 5)), X, np.zeros(5), np.ones(5)) is True
