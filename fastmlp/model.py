@@ -909,30 +909,32 @@ class Model:
             self._engine.predict(block, out[start:start + rows])
         return out
 
-
     def _predict_converted(self, arr, scaling, columns, checked):
         """predict of a plain 2-D ndarray of numbers that is not laid out (another dtype, or
         input scaling): converted (and scaled) a block of rows (rules.convert_rows) at a
         time into one buffer, reused, in the order of arr's rows or, with ``columns``, of
         its columns; each block predicted by the checked kernel, which finds NaN, inf and
         values too large for the dtype as it reads, and the full checks then name them.
-        (Each block a fresh array, then a pass to check it: 5.0 ms of a 7.6 ms predict of
-        8,192 float64 rows on a 784-16-10 float32 net.) The outputs of the full checks'
-        conversion, bit for bit: the same values, chunked alike."""
+        (A fresh array per block, then a pass to check it: 8.6 ms against 5.6 for a
+        predict of 8,192 float64 rows on a 784-16-10 float32 net.) The outputs of the full
+        checks' conversion, bit for bit: the same values, chunked alike."""
         n, rows = len(arr), rules.convert_rows(self._net, self._dtype)
         order = "F" if columns else "C"
         out = np.empty((n, self._net.output_dim), dtype=self._dtype)
         buffer = np.empty((min(rows, n), arr.shape[1]), dtype=self._dtype, order=order)
         for start in range(0, n, rows):
             part = arr[start:start + rows]
-            block = buffer if len(part) == len(buffer) else buffer[:len(part)]
-            if columns and len(part) < len(buffer):
-                block = np.empty(part.shape, dtype=self._dtype, order=order)   # the last
+            if len(part) == len(buffer):
+                block = buffer
+            elif columns:   # the last, shorter block: Fortran-ordered itself
+                block = np.empty(part.shape, dtype=self._dtype, order=order)
+            else:
+                block = buffer[:len(part)]
             validation.convert_into(block, part, scaling)
             if not checked(block, out[start:start + rows]):
                 # not finite: the full checks name the first value that is not
-                block = validation.check_inputs(part, self._net.input_dim, self._dtype, scaling,
-                                                first_row=start, columns=columns)
+                block = validation.check_inputs(part, self._net.input_dim, self._dtype,
+                                                scaling, first_row=start, columns=columns)
                 self._engine.predict(block, out[start:start + rows])
         return out
 
