@@ -849,8 +849,9 @@ class Model:
         X in the model's dtype (a DataFrame's values) is read where it lies by the
         backends that read columns (all but cuda); any other X (a float64 DataFrame,
         say), and every X of a model with input scaling, is converted and scaled a block
-        of rows at a time (fastmlp.rules.convert_rows) into one buffer, one backend call
-        per block. Safe to call from several threads at once.
+        of rows at a time (fastmlp.rules.convert_rows), one backend call per block (on
+        the compiled backends, a plain array into one buffer reused for every block).
+        Safe to call from several threads at once.
 
         On the "cuda" backend X may also be a device array (anything with
         ``__cuda_array_interface__``: a Numba device array, a CuPy array, a PyTorch
