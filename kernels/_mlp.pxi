@@ -726,9 +726,24 @@ cdef char* _array(object obj, int typenum, Py_ssize_t d0, Py_ssize_t d1, bint wr
     return <char*>cnp.PyArray_DATA(a)
 
 
+cdef Py_ssize_t _lead(cnp.ndarray a, bint columns):
+    """a's leading dimension in elements when each of its rows (or, with ``columns``,
+    its columns) is contiguous, the next one at least as far on; else -1. (The stride
+    of an axis of length 1 is never used, and NumPy leaves it arbitrary.)"""
+    cdef int inner_axis = 0 if columns else 1
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(a)
+    cdef Py_ssize_t count = cnp.PyArray_DIMS(a)[inner_axis]
+    cdef Py_ssize_t inner = (cnp.PyArray_STRIDES(a)[inner_axis] if count > 1 else item)
+    cdef Py_ssize_t outer = (cnp.PyArray_STRIDES(a)[1 - inner_axis]
+                             if cnp.PyArray_DIMS(a)[1 - inner_axis] > 1 else count * item)
+    if inner != item or outer % item or outer < count * item:
+        return -1
+    return outer // item
+
+
 cdef Py_ssize_t _column_major(object obj, int typenum, Py_ssize_t cols):
-    """ldx when obj is an aligned column-major 2-D array of typenum, ``cols`` columns
-    and 1 <= rows <= ldx < 2**31 rows, its columns ``ldx`` elements apart (Fortran
+    """ldx when obj is an aligned column-major 2-D array of typenum, ``cols`` >= 2 columns
+    and 2 <= rows <= ldx < 2**31 rows, its columns ``ldx`` elements apart (Fortran
     order, or a block of rows of such an array) and its rows not adjacent; else 0 (C
     order, or anything _array then checks and names)."""
     if not cnp.PyArray_Check(obj):
@@ -737,13 +752,10 @@ cdef Py_ssize_t _column_major(object obj, int typenum, Py_ssize_t cols):
     if (cnp.PyArray_NDIM(a) != 2 or cnp.PyArray_TYPE(a) != typenum
             or not (cnp.PyArray_FLAGS(a) & cnp.NPY_ARRAY_ALIGNED)
             or (cnp.PyArray_FLAGS(a) & cnp.NPY_ARRAY_C_CONTIGUOUS)
-            or cnp.PyArray_DIMS(a)[1] != cols or cols < 2):
+            or cnp.PyArray_DIMS(a)[1] != cols or cols < 2 or cnp.PyArray_DIMS(a)[0] < 2):
         return 0
-    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(a), rows = cnp.PyArray_DIMS(a)[0]
-    cdef Py_ssize_t s0 = cnp.PyArray_STRIDES(a)[0], s1 = cnp.PyArray_STRIDES(a)[1]
-    if s0 != item or s1 % item or not (1 <= rows <= s1 // item < _INT_MAX):
-        return 0
-    return s1 // item
+    cdef Py_ssize_t ldx = _lead(a, True)   # (2 rows and columns or more: both strides count)
+    return ldx if 0 < ldx < _INT_MAX else 0
 
 
 cdef int _check_rows(const int64_t* pm, Py_ssize_t count, Py_ssize_t n_rows,
@@ -791,21 +803,6 @@ def laid_out_xy(X, Y, Py_ssize_t n_in, Py_ssize_t n_out, cnp.dtype dtype):
     backends as it is."""
     cdef Py_ssize_t n = _laid_out_rows(X, n_in, dtype)
     return n > 0 and _laid_out_rows(Y, n_out, dtype) == n
-
-
-cdef Py_ssize_t _lead(cnp.ndarray a, bint columns):
-    """a's leading dimension in elements when each of its rows (or, with ``columns``,
-    its columns) is contiguous, the next one at least as far on; else -1. (The stride
-    of an axis of length 1 is never used, and NumPy leaves it arbitrary.)"""
-    cdef int inner_axis = 0 if columns else 1
-    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(a)
-    cdef Py_ssize_t count = cnp.PyArray_DIMS(a)[inner_axis]
-    cdef Py_ssize_t inner = (cnp.PyArray_STRIDES(a)[inner_axis] if count > 1 else item)
-    cdef Py_ssize_t outer = (cnp.PyArray_STRIDES(a)[1 - inner_axis]
-                             if cnp.PyArray_DIMS(a)[1 - inner_axis] > 1 else count * item)
-    if inner != item or outer % item or outer < count * item:
-        return -1
-    return outer // item
 
 
 cdef bint _overlap(cnp.ndarray a, cnp.ndarray b):
