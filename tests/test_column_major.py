@@ -46,12 +46,15 @@ SHAPES = [(40, (64, 3)), (300, (16, 5)), (3, (8, 2))]
 
 
 @pytest.mark.parametrize("n_in, widths", SHAPES)
-def test_fortran_order_predicts_as_rows(backend, dtype, n_in, widths):
+def test_fortran_order_predicts_as_rows(backend, dtype, tol, n_in, widths):
     model = _model(backend, dtype, n_in, widths)
+    reference = _model("numpy", dtype, n_in, widths)   # the oracle, on X in rows
+    reference.set_weights(model.get_weights())
     for n in _rows_of(model):
         X = np.random.default_rng(n).standard_normal((n, n_in)).astype(dtype)
         F = np.asfortranarray(X)
         _close(model.predict(F), model.predict(X), dtype)
+        np.testing.assert_allclose(model.predict(F), reference.predict(X), **tol)
         # the classes too (argmax of the same outputs)
         np.testing.assert_array_equal(model.predict_classes(F), model.predict_classes(X))
 
