@@ -16,8 +16,8 @@ import fastmlp as fm
 import jax_case
 import onnx_case
 import torch_case
-from numpy_case import NumpyMLP
-from workloads import ADAM, FastmlpCase, make_data, start, start_rng
+from numpy_case import Inputs, NumpyMLP
+from workloads import ADAM, FastmlpCase, make_data, scaling, start, start_rng
 
 BASELINE = "numpy"
 # Agreement after the same work, float32: summation orders differ between libraries.
@@ -36,6 +36,10 @@ class NumpyCase:
                             adam=ADAM if w.optimizer == "adam" else None)
         X, T, _ = make_data(w)
         rng = start_rng(w)
+        if w.converts:  # (predict rows only) X cast or scaled into a buffer, per call
+            inputs = Inputs(w.rows, w.dims[0], scaling(w) if w.scaled else None)
+            self.run = lambda: self.mlp.predict(inputs(X))
+            return
         self.run = {"fit": lambda: self.mlp.fit(X, T, w.epochs, w.batch_size, rng),
                     "step": lambda: self.mlp.train_step(X, T),
                     "predict": lambda: self.mlp.predict(X)}[w.kind]
@@ -50,6 +54,7 @@ class Column:
     make: callable          # Workload -> case
     available: callable     # () -> bool
     trains: bool = True     # False: inference rows only
+    converts: bool = True   # False: takes X only as the network reads it (float32, unscaled)
     label: str = ""         # what the column times, for the report's legend
 
 
@@ -69,10 +74,10 @@ COLUMNS = [
            label="fastmlp, backend='cython', public API (fit / train_on_batch / predict)"),
     Column("numba", _fastmlp("numba", "api"), _has("numba"),
            label="fastmlp, backend='numba', public API"),
-    Column("cython kernel", _fastmlp("cython", "kernel"), _has("cython"),
+    Column("cython kernel", _fastmlp("cython", "kernel"), _has("cython"), converts=False,
            label="kernel level: model.engine.train_step / train_epoch / predict on "
                  "validated data, below the public API (fit = a Python loop of train_epoch)"),
-    Column("numba kernel", _fastmlp("numba", "kernel"), _has("numba"),
+    Column("numba kernel", _fastmlp("numba", "kernel"), _has("numba"), converts=False,
            label="kernel level, numba backend"),
     Column("fastmlp numpy (reference)", _fastmlp("numpy", "api"), lambda: True,
            label="fastmlp's plain NumPy reference backend (the test oracle), public API"),
@@ -89,7 +94,7 @@ BY_NAME = {c.name: c for c in COLUMNS}
 
 
 def applies(column, w):
-    return column.trains or not w.trains
+    return (column.trains or not w.trains) and (column.converts or not w.converts)
 
 
 def evidence(w, case):

@@ -9,6 +9,9 @@ Parameters live in one flat float32 vector in fastmlp's get_weights() order
 ([W1 (in, out), b1, W2, b2, ...]), so its weights can be compared with a
 fastmlp model's after the same work.
 
+``Inputs`` converts X as such a user would before the network reads it: a float64 X
+cast, a standardised model's (X - mean) / scale, into one preallocated float32 buffer.
+
 Supported: hidden relu, sigmoid or tanh; output sigmoid (with MSE) or softmax
 (with cross-entropy, computed from the logits); SGD without momentum, or Adam.
 """
@@ -203,3 +206,25 @@ class NumpyMLP:
                 total += self.train_step(Xb, Tb) * m
             loss = total / n
         return loss
+
+
+class Inputs:
+    """X (rows, width) as the network reads it: float32 rows, written per call into one
+    buffer allocated here. ``scaling``: None, or (mean, scale) (width,) arrays, applied as
+    (X - mean) / scale in float32 (two in-place passes); otherwise X is cast (float64 to
+    float32, or Fortran order to rows) in one pass."""
+
+    def __init__(self, rows, width, scaling=None):
+        self.buf = np.empty((rows, width), np.float32)
+        self.scaling = None if scaling is None else tuple(
+            np.asarray(a, dtype=np.float32) for a in scaling)
+
+    def __call__(self, X):
+        buf = self.buf[:len(X)]
+        if self.scaling is None:
+            np.copyto(buf, X, casting="same_kind")
+        else:
+            mean, scale = self.scaling
+            np.subtract(X, mean, out=buf)
+            buf /= scale
+        return buf

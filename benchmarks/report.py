@@ -31,7 +31,7 @@ import onnx_case
 import pipeline
 import sklearn_case
 from columns import BASELINE, BY_NAME as COLUMN, COLUMNS, applies, evidence, same_work
-from workloads import BY_NAME, WORKLOADS, SgemmCase
+from workloads import BY_NAME, EXTRA_WORKLOADS, WORKLOADS, SgemmCase
 
 PAUSE_S = 0.2
 SAMPLE_S = 2e-3  # each timing sample lasts at least this long (loops tiny calls)
@@ -320,8 +320,8 @@ def environment(threads, columns):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS),
-                        help="comma-separated subset of %(default)s (also: W3-tanh, W3-sigmoid, "
-                             "predict-8192, predict-8192-F)")
+                        help="comma-separated subset of %(default)s (also: "
+                             f"{', '.join(w.name for w in EXTRA_WORKLOADS)})")
     parser.add_argument("--columns", default=",".join(c.name for c in COLUMNS if c.available()),
                         help="comma-separated subset of the columns that import here "
                              "(default %(default)s); numpy, the baseline, is always run")

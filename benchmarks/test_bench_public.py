@@ -7,10 +7,13 @@ import pytest
 
 from columns import BASELINE, BY_NAME as COLUMN, COLUMNS, applies, evidence, run_once, same_work
 from conftest import baseline_evidence, require
-from workloads import BY_NAME, WORKLOADS, start
+from workloads import BY_NAME, CONVERSION_WORKLOADS, WORKLOADS, start
 
 PUBLIC = [BASELINE, "cython", "numba"]
-CHECKED = [(w, c) for w in WORKLOADS for c in COLUMNS if c.name != BASELINE and applies(c, w)]
+# the default run's rows and the conversion rows (float64 X, input scaling), whose
+# columns each convert X their own way
+CHECKED = [(w, c) for w in WORKLOADS + CONVERSION_WORKLOADS for c in COLUMNS
+           if c.name != BASELINE and applies(c, w)]
 
 
 @pytest.mark.parametrize("w, column", CHECKED, ids=[f"{w.name}-{c.name}" for w, c in CHECKED])
@@ -38,11 +41,12 @@ def test_public_api(time_public, w, column_name):
     ("vehicles-b1", {"batch_size": 2}),
     ("W2", {"lr": 0.99 * BY_NAME["W2"].lr}),
     ("W2-adam", {"optimizer": "sgd"}),
+    ("narrow-8192-scaled", {"scaled": False}),
 ])
 def test_same_work_detects_less_work(name, change):
     """The check is strict enough to see one epoch fewer, batches of 2 instead of 1,
-    a 1 % smaller learning rate or SGD in place of Adam, while the unchanged workload
-    passes it."""
+    a 1 % smaller learning rate, SGD in place of Adam or the raw features predicted
+    unscaled, while the unchanged workload passes it."""
     w = BY_NAME[name]
     changed = dataclasses.replace(w, name=f"{name}-changed", **change)
     baseline = COLUMN[BASELINE]

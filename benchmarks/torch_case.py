@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workloads import ADAM, make_data, start, start_rng
+from workloads import ADAM, make_data, scaling, start, start_rng
 
 
 def available():
@@ -51,7 +51,10 @@ class TorchCase:
         else:
             self.opt = torch.optim.SGD(self.net.parameters(), lr=w.lr)
         X, T, labels = make_data(w)
-        self.X = torch.from_numpy(X.copy(order="K"))   # (a Fortran X stays so: strided)
+        # (a Fortran X stays so: strided; a float64 X stays float64, cast in every predict)
+        self.X = torch.from_numpy(X.copy(order="K"))
+        self.scaling = None if not w.scaled else tuple(
+            torch.from_numpy(a.astype(np.float32)) for a in scaling(w))
         if w.loss == "mse":
             self.target = torch.from_numpy(T.copy())
             self.loss = lambda y, t: ((y - t) ** 2).sum(dim=1).mean()
@@ -86,7 +89,10 @@ class TorchCase:
 
     def _predict(self):
         with self.torch.inference_mode():
-            y = self.net(self.X)
+            X = self.X.float()   # no copy for a float32 X
+            if self.scaling is not None:
+                X = (X - self.scaling[0]) / self.scaling[1]
+            y = self.net(X)
             y = self.torch.softmax(y, dim=1) if self.workload.output == "softmax" else y
             return y.numpy()
 

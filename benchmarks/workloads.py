@@ -45,8 +45,17 @@ class Workload:
     lr: float = LR
     optimizer: str = "sgd"  # or "adam": fm.Adam(lr) with beta1, beta2, eps at ADAM's values
     data: str = "random"   # or "vehicles": the README's six rows; or "fortran": random,
-                           # X Fortran-ordered (a DataFrame's values), for every column
+                           # X Fortran-ordered (a DataFrame's values), for every column;
+                           # or "float64": random, X float64 (for the float32 network);
+                           # or "raw": random, each column of X shifted and stretched
+    scaled: bool = False   # the model standardises its inputs (set_input_scaling): every
+                           # column computes (X - mean) / scale per call (see scaling)
     about: str = ""
+
+    @property
+    def converts(self):
+        """Whether a call converts X before the network reads it (float64 X, scaling)."""
+        return self.data == "float64" or self.scaled
 
     @property
     def samples(self):
@@ -73,15 +82,20 @@ class Workload:
         return fm.SGD(lr=self.lr)
 
     def model(self, backend):
-        """The fastmlp model of this workload: seed 0, float32, SGD(lr) or Adam(lr)."""
-        return fm.Model(self.layers(), input_dim=self.dims[0], loss=self.loss,
-                        optimizer=self.make_optimizer(), backend=backend, dtype="float32",
-                        seed=SEED)
+        """The fastmlp model of this workload: seed 0, float32, SGD(lr) or Adam(lr), with
+        input scaling (``scaling``) where ``scaled``."""
+        model = fm.Model(self.layers(), input_dim=self.dims[0], loss=self.loss,
+                         optimizer=self.make_optimizer(), backend=backend, dtype="float32",
+                         seed=SEED)
+        if self.scaled:
+            model.set_input_scaling(*scaling(self))
+        return model
 
 
 _VEHICLES = dict(dims=(3, 4, 2), hidden="sigmoid", output="sigmoid", loss="mse", rows=6,
                  lr=VEHICLES_LR, data="vehicles")
 _MNIST = dict(dims=(784, 256, 128, 10), hidden="relu", output="softmax", loss="cross_entropy")
+_NARROW = dict(dims=(784, 16, 10), hidden="relu", output="softmax", loss="cross_entropy")
 _WIDE = dict(dims=(2048, 2048, 2048, 10), hidden="relu", output="softmax", loss="cross_entropy")
 VEHICLES_EPOCHS = 1000
 WORKLOADS = [
@@ -116,7 +130,30 @@ LAYOUT_WORKLOADS = [
     Workload("predict-8192-F", **_MNIST, rows=8192, kind="predict", data="fortran",
              about="the same X Fortran-ordered (a DataFrame's values)"),
 ]
-BY_NAME = {w.name: w for w in WORKLOADS + ACTIVATION_WORKLOADS + LAYOUT_WORKLOADS}
+# A big predict of X as users often hold it: float64 (for the float32 network), or raw
+# features for a model that standardises them (set_input_scaling, as a `fastmlp train
+# --save` model does), on the W2 net and on a narrow one where converting X is most of
+# the call; and the narrow net on float32 rows, C- and Fortran-ordered, beside them.
+# Every column converts per call (fastmlp inside predict). Not in the default run:
+# report.py --workloads predict-8192-f64,predict-8192-scaled,narrow-8192,...
+CONVERSION_WORKLOADS = [
+    Workload("predict-8192-f64", **_MNIST, rows=8192, kind="predict", data="float64",
+             about="predict of 8,192 float64 rows, W2 net (float32)"),
+    Workload("predict-8192-scaled", **_MNIST, rows=8192, kind="predict", data="raw",
+             scaled=True,
+             about="predict of 8,192 raw rows, W2 net with input scaling"),
+    Workload("narrow-8192", **_NARROW, rows=8192, kind="predict",
+             about="predict of 8,192 rows, 784-16-10 relu/softmax, X C-ordered"),
+    Workload("narrow-8192-F", **_NARROW, rows=8192, kind="predict", data="fortran",
+             about="the same, X Fortran-ordered (a DataFrame's values)"),
+    Workload("narrow-8192-f64", **_NARROW, rows=8192, kind="predict", data="float64",
+             about="the same, X float64"),
+    Workload("narrow-8192-scaled", **_NARROW, rows=8192, kind="predict", data="raw",
+             scaled=True,
+             about="the same net with input scaling, raw float32 rows"),
+]
+EXTRA_WORKLOADS = ACTIVATION_WORKLOADS + LAYOUT_WORKLOADS + CONVERSION_WORKLOADS
+BY_NAME = {w.name: w for w in WORKLOADS + EXTRA_WORKLOADS}
 
 
 def vehicles_data():
@@ -136,7 +173,10 @@ def _data(w):
         rng = np.random.default_rng(SEED)
         X = rng.standard_normal((w.rows, w.dims[0]))
         labels = rng.integers(0, w.dims[-1], w.rows)
-    X = (np.asfortranarray if w.data == "fortran" else np.ascontiguousarray)(X, dtype=DTYPE)
+        if w.data == "raw":  # features each of its own offset and spread
+            X = X * rng.uniform(0.5, 4.0, w.dims[0]) + rng.uniform(-10.0, 10.0, w.dims[0])
+    dtype = np.float64 if w.data == "float64" else DTYPE
+    X = (np.asfortranarray if w.data == "fortran" else np.ascontiguousarray)(X, dtype=dtype)
     T = np.ascontiguousarray(np.eye(w.dims[-1], dtype=DTYPE)[labels])
     for a in (X, T, labels):
         a.flags.writeable = False  # shared by every column: nobody may change them
@@ -145,9 +185,24 @@ def _data(w):
 
 def make_data(w):
     """(X (rows, in), one-hot T (rows, out), labels (rows,)): C-contiguous float32 (X
-    Fortran-ordered where ``w.data`` is "fortran"), read-only, the same arrays for every
-    column."""
+    Fortran-ordered where ``w.data`` is "fortran", float64 where it is "float64"),
+    read-only, the same arrays for every column."""
     return _data(w)
+
+
+@cache
+def _scaling(w):
+    X = make_data(w)[0].astype(np.float64)
+    mean, scale = X.mean(axis=0), X.std(axis=0)
+    for a in (mean, scale):
+        a.flags.writeable = False
+    return mean, scale
+
+
+def scaling(w):
+    """(mean, scale), float64 (in,): the input scaling of a ``scaled`` workload's model,
+    X's column means and standard deviations; every column standardises X with them."""
+    return _scaling(w)
 
 
 @cache
