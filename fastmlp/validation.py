@@ -276,8 +276,13 @@ def _refuse_nonfinite(out, src, name, first_row, scaling=None):
         # (a long double past float64's range is too large for float64 whatever the dtype:
         # scaling is computed in float64, and float() would show it as inf)
         too_large_for = out.dtype.name if in_float64 else "float64"
+        made = ""
+        if scaling is not None and in_float64 and value != np.float64(raw):   # not X's
+            made = (f", which the model's input scaling made of {_shown(raw)}: (x - mean) "
+                    f"/ scale with mean {float(scaling[0][where[1]])!r} and scale "
+                    f"{float(scaling[1][where[1]])!r}")
         raise ValueError(f"{name} has a value too large for {too_large_for} "
-                         f"({_shown(value)} at {at})")
+                         f"({_shown(value)} at {at}{made})")
     raise ValueError(f"{name} contains NaN or inf (first at {at})")
 
 
