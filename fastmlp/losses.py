@@ -11,7 +11,9 @@ a probability underflows to 0:
   softmax and loss derivatives fuse to delta = (p s - t) / n, where
   s = sum_c t_c is the row's target sum (PyTorch's general formula): any
   targets in [0, 1] are accepted, and one-hot or soft-label rows (s = 1) give
-  the familiar (p - t) / n. A row of zeros has loss 0 and gradient 0.
+  the familiar (p - t) / n. A row of zeros has loss 0 and gradient 0. A target
+  of 0 adds nothing to the loss, also where log_softmax is -inf (logits further
+  apart than the dtype's largest number: 0 * -inf would be NaN).
 * ``binary_cross_entropy`` with sigmoid outputs: softplus(z) - t z per output,
   and delta = (p - t) / n, exact for any t (each output is its own Bernoulli).
 
@@ -43,7 +45,9 @@ def _mse_output_gradient(y, t, n=None):
 
 
 def _ce_value(z, y, t, n=None):
-    return -float(np.sum(t * act.log_softmax(z), dtype=np.float64)) / (n or len(y))
+    log_p = act.log_softmax(z)
+    log_p[t == 0] = 0   # a 0 target's term is 0, even where log p is -inf
+    return -float(np.sum(t * log_p, dtype=np.float64)) / (n or len(y))
 
 
 def _ce_delta(y, t, n=None):

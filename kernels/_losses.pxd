@@ -47,8 +47,11 @@ cdef inline double loss_forward_backward(Py_ssize_t rows, Py_ssize_t n, int loss
                 tsum += tj
                 d = z[i + j] - m
                 # (z - m) - log s, not z - (m + log s): m + log s rounds to m once
-                # |m| is large (1e17: every loss 0), as the reference's log_softmax
-                total -= tj * (<double>d - logs)
+                # |m| is large (1e17: every loss 0), as the reference's log_softmax;
+                # a 0 target adds nothing, also where d is -inf (a float32 spread
+                # beyond its max: 0 * -inf would be NaN)
+                if tj != 0:
+                    total -= tj * (<double>d - logs)
             if dout != NULL:
                 for j in range(n):
                     dout[i + j] = (f[i + j] * tsum - t[i + j]) * scale

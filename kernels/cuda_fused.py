@@ -227,7 +227,8 @@ def _kernels(dtype):
                 for j in range(k):
                     t = T[src, j]
                     t_sum += t
-                    total -= t * ((sh[zr + j] - mx) - lse)
+                    if t != zero:   # nothing, even where z - mx is -inf (0 * -inf: NaN)
+                        total -= t * ((sh[zr + j] - mx) - lse)
                 if want_delta:               # (p * sum(t) - t) / n
                     for j in range(k):
                         sh[dr + j] = (sh[fr + j] * t_sum - T[src, j]) / n_f

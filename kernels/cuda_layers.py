@@ -203,7 +203,9 @@ def kernels(dtype, shape=None):
                     ts += T[t_off + base + j]
                 lse = math.log(s)
                 for j in range(k):
-                    total -= float(T[t_off + base + j] * ((Z[z_off + base + j] - mx) - lse))
+                    t = T[t_off + base + j]
+                    if t != zero:   # nothing, even where z - mx is -inf (0 * -inf: NaN)
+                        total -= float(t * ((Z[z_off + base + j] - mx) - lse))
                 if want_grad:
                     for j in range(k):
                         D[d_off + base + j] = (F[f_off + base + j] * ts

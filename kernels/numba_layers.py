@@ -105,7 +105,8 @@ def loss_forward_backward(Z, A, T, loss, scale, D):
             for j in range(k):
                 t = T[i, j]
                 s += t
-                total -= t * ((Z[i, j] - m) - logs)
+                if t != 0:  # nothing, even where z - m is -inf (0 * -inf: NaN)
+                    total -= t * ((Z[i, j] - m) - logs)
             for j in range(k):
                 D[i, j] = scale_ * (A[i, j] * s - T[i, j])
         return total
@@ -152,7 +153,8 @@ def loss_value(Z, A, T, loss):
         for i in range(n):
             m, logs = _max_logsumexp(Z, i)
             for j in range(k):
-                total -= T[i, j] * ((Z[i, j] - m) - logs)
+                if T[i, j] != 0:  # nothing, even where z - m is -inf (0 * -inf: NaN)
+                    total -= T[i, j] * ((Z[i, j] - m) - logs)
     elif loss == BINARY_CROSS_ENTROPY:  # softplus(z) - t z
         for i in range(n):
             for j in range(k):

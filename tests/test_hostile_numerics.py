@@ -224,9 +224,11 @@ def test_folded_sgd_weight_decay_steps_where_the_reference_overflows(backend):
 @pytest.mark.parametrize("backend", COMPILED)
 def test_bug_float32_cross_entropy_logit_spread_beyond_max(backend, target):
     """float32 logits [max, 0, -max]: the reference's log_softmax shifts in float32,
-    -max - max = -inf, so the loss is NaN (0 * -inf) or inf. Cython's
-    loss_forward_backward (_losses.pxd) keeps the row max m as a double, so z - m is
-    computed in double (-6.8e38, finite) and the loss comes out finite."""
+    -max - max = -inf, so the loss is inf where that output's target is not 0. Cython's
+    loss_forward_backward (_losses.pxd) kept the row max m as a double, so z - m was
+    computed in double (-6.8e38, finite) and the loss came out finite; it shifts in the
+    dtype now. A target of 0 adds nothing there (0 * -inf was NaN: round 38a): a row
+    that puts no weight on the -inf output has its finite loss, 0 for [1, 0, 0]."""
     dtype = "float32"
     M = float(np.finfo(dtype).max)
     X, T = np.array([[M, 0.0, -M]], dtype), np.array([target], dtype)
@@ -234,9 +236,32 @@ def test_bug_float32_cross_entropy_logit_spread_beyond_max(backend, target):
     out = on_all(lambda b: (
         model(b, dtype, [fm.Dense(3, "softmax")], 3, w, "cross_entropy").evaluate(X, T),
         model(b, dtype, [fm.Dense(3, "softmax")], 3, w, "cross_entropy").gradient_vector(X, T)[0]))
-    assert not np.isfinite(out["numpy"][0])
+    assert np.isfinite(out["numpy"][0]) == (target[2] == 0)
+    assert not np.isnan(out["numpy"][0])
+    if target[:2] == [1, 0]:
+        assert out["numpy"][0] == 0
     for got, ref in zip(out[backend], out["numpy"]):
         assert np.array_equal(got, ref, equal_nan=True), (out[backend], out["numpy"])
+
+
+@pytest.mark.parametrize("dtype, big", [("float32", 2e38), ("float64", 1e308)])
+@pytest.mark.parametrize("backend", COMPILED)
+def test_cross_entropy_of_zero_targets_beside_a_minus_inf_log_softmax(backend, dtype, big):
+    """Hostile round 38a: logits [big, -big], further apart than the dtype's largest
+    number, make log_softmax of the second -inf; its target 0 then made the loss 0 * -inf
+    = NaN on every backend (and train_on_batch raised TrainingDiverged) where the exact
+    loss is 0: a correctly classified row, or a row of zeros. A 0 target adds nothing."""
+    w = [np.zeros((1, 2), dtype), np.array([big, -big], dtype)]
+    X = np.ones((1, 1), dtype)
+    for T, want in [([[0.0, 0.0]], 0.0), ([[1.0, 0.0]], 0.0), ([[0.0, 1.0]], np.inf)]:
+        T = np.array(T, dtype)
+        for b in ("numpy", backend):
+            m = model(b, dtype, [fm.Dense(2, "softmax")], 1, w, "cross_entropy")
+            assert m.evaluate(X, T) == want, (b, T)
+            if np.isfinite(want):
+                m.train_on_batch(X, T)   # no divergence; dE/dz = p s - t = 0
+                for got, start in zip(m.get_weights(), w):
+                    np.testing.assert_array_equal(got, start)
 
 
 # The cuda backend's fused kernels sum a whole batch's row losses (in float64) and divide
