@@ -5,13 +5,49 @@
    apart, each row's values adjacent; or, with ``columns``, each column's (Fortran
    order). The pointers are restrict: Python extensions are compiled with
    -fno-strict-aliasing, under which GCC did not vectorise the row loop (out might
-   have been mean or scale), and it ran slower than NumPy's three passes. */
+   have been mean or scale), and it ran slower than NumPy's three passes.
+
+   A float output is computed faster with the same bits: q = (x - mean) * (1 / scale)
+   in double is within 3 units in the last place (ulp) of the quotient (two roundings
+   of relative size 2^-53 each, the reciprocal's and the product's, while 1 / scale is
+   a normal double), so q and the rounded quotient lie on one side of every point where
+   rounding to float changes (the midpoints between floats), and convert to the same
+   float, unless q is within FM_NEAR_TIE doubles of such a midpoint, or outside float's
+   normal range (where those points lie elsewhere), or not finite. A row (a column, in
+   column order) with any such value is computed again with the division; in random
+   data that is one row in about 5,000 of 784 values. The division dominated the pass
+   (the AVX-512 build, 8,192 rows of 784 float32 values in blocks of 512 rows: 3.5 ms
+   with the division, 2.4 ms through the reciprocal; copying them took 1.7 ms). */
+
 #ifndef FASTMLP_SCALING_H
 #define FASTMLP_SCALING_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #if defined(_MSC_VER)
 #define restrict __restrict
 #endif
+
+/* Doubles either side of a midpoint between floats where q's float may not be the
+   quotient's: q is at most 3 ulp from it, 6 doubles when they straddle a power of 2. */
+#define FM_NEAR_TIE 64u
+
+/* Whether q (a double about to be converted to float) may convert to another float
+   than a value within FM_NEAR_TIE doubles of it: q is not finite, or nonzero and
+   below float's smallest normal 2^-126 (its double exponent outside [897, 1150]: at
+   and above 2^128 the check of the low bits covers the rounding to infinity), or its
+   29 bits below float's 24-bit precision are within FM_NEAR_TIE of 2^28 (a midpoint). */
+static inline uint64_t fm_float_may_differ(double q)
+{
+    uint64_t bits;
+    memcpy(&bits, &q, sizeof bits);
+    const uint64_t exponent = (bits >> 52) & 0x7FF, low = bits & 0x1FFFFFFF;
+    const uint64_t outside = (exponent - 897u > 253u) & ((bits << 1) != 0);
+    const uint64_t near_tie = low - ((1u << 28) - FM_NEAR_TIE) <= 2 * FM_NEAR_TIE;
+    return outside | near_tie;
+}
 
 #define FM_SCALE(NAME, XT, OT)                                                            \
 static void NAME(Py_ssize_t rows, Py_ssize_t cols, const XT *restrict x, Py_ssize_t ldx,  \
@@ -37,10 +73,76 @@ static void NAME(Py_ssize_t rows, Py_ssize_t cols, const XT *restrict x, Py_ssiz
     }                                                                                    \
 }
 
-FM_SCALE(fm_scale_f32_f32, float, float)
+/* The float output's pass: the division's bits through a multiplication (see the top).
+   The reciprocals take a buffer of cols doubles; without it, or with a reciprocal that
+   is not a normal double (a scale that is 0, subnormal, beyond 2^1022, inf or NaN),
+   the exact pass runs. */
+#define FM_SCALE_TO_FLOAT(NAME, EXACT, XT)                                               \
+static void NAME(Py_ssize_t rows, Py_ssize_t cols, const XT *restrict x, Py_ssize_t ldx,  \
+                 const double *restrict mean, const double *restrict scale,              \
+                 float *restrict out, Py_ssize_t ldo, int columns)                       \
+{                                                                                        \
+    Py_ssize_t i, j;                                                                     \
+    double *restrict inv = (double *)malloc((size_t)cols * sizeof(double));              \
+    if (inv == NULL) {                                                                   \
+        EXACT(rows, cols, x, ldx, mean, scale, out, ldo, columns);                       \
+        return;                                                                          \
+    }                                                                                    \
+    for (j = 0; j < cols; j++) {                                                         \
+        inv[j] = 1.0 / scale[j];                                                         \
+        const double a = inv[j] < 0 ? -inv[j] : inv[j];                                  \
+        if (!(a >= 2.2250738585072014e-308 && a <= 1.7976931348623157e308)) {           \
+            free(inv);                                                                   \
+            EXACT(rows, cols, x, ldx, mean, scale, out, ldo, columns);                   \
+            return;                                                                      \
+        }                                                                                \
+    }                                                                                    \
+    if (columns) {                                                                       \
+        for (j = 0; j < cols; j++) {                                                     \
+            const double m = mean[j], r = inv[j];                                        \
+            const XT *restrict xc = x + j * ldx;                                         \
+            float *restrict oc = out + j * ldo;                                          \
+            uint64_t differ = 0;                                                         \
+            for (i = 0; i < rows; i++) {                                                 \
+                const double q = ((double)xc[i] - m) * r;                                \
+                oc[i] = (float)q;                                                        \
+                differ |= fm_float_may_differ(q);                                        \
+            }                                                                            \
+            if (differ)                                                                  \
+                EXACT(rows, 1, xc, ldx, mean + j, scale + j, oc, ldo, 1);                \
+        }                                                                                \
+    } else {                                                                             \
+        for (i = 0; i < rows; i++) {                                                     \
+            const XT *restrict xr = x + i * ldx;                                         \
+            float *restrict orow = out + i * ldo;                                        \
+            uint64_t differ = 0;                                                         \
+            for (j = 0; j < cols; j++) {                                                 \
+                const double q = ((double)xr[j] - mean[j]) * inv[j];                     \
+                orow[j] = (float)q;                                                      \
+                differ |= fm_float_may_differ(q);                                        \
+            }                                                                            \
+            if (differ)                                                                  \
+                EXACT(1, cols, xr, ldx, mean, scale, orow, ldo, 0);                      \
+        }                                                                                \
+    }                                                                                    \
+    free(inv);                                                                           \
+}
+
 FM_SCALE(fm_scale_f32_f64, float, double)
-FM_SCALE(fm_scale_f64_f32, double, float)
 FM_SCALE(fm_scale_f64_f64, double, double)
+#if defined(__AVX512F__)
+FM_SCALE(fm_scale_exact_f32_f32, float, float)
+FM_SCALE(fm_scale_exact_f64_f32, double, float)
+FM_SCALE_TO_FLOAT(fm_scale_f32_f32, fm_scale_exact_f32_f32, float)
+FM_SCALE_TO_FLOAT(fm_scale_f64_f32, fm_scale_exact_f64_f32, double)
+#else
+/* Only the AVX-512 build takes the reciprocal: GCC's AVX2 and SSE2 code for its checks
+   (64-bit lanes beside 32-bit floats) ran slower than the division, 5.5 and 13 ms
+   against 3.4 and 4.3 ms for 8,192 rows of 784 values in blocks of 512 rows. */
+FM_SCALE(fm_scale_f32_f32, float, float)
+FM_SCALE(fm_scale_f64_f32, double, float)
+#endif
 
 #undef FM_SCALE
+#undef FM_SCALE_TO_FLOAT
 #endif

@@ -2,8 +2,12 @@
 the bits of NumPy's subtract, divide and cast (validation._scale_into's arithmetic)
 for every pair of float32/float64 input and output, in rows and in columns, at the
 edges of both dtypes (values past float32's range become inf, tiny ones subnormal or
-zero, NaN and the signs of zeros kept); anything else is left to NumPy; and the model
-paths that scale (predict large and small, train_on_batch, fit) go through it."""
+zero, NaN and the signs of zeros kept); a float32 output too, which the AVX-512 build
+computes through the reciprocal of the scale (every build this processor runs is
+tested), where a plain product would round to another float; anything else is left to
+NumPy; and the model paths that scale (predict large and small, train_on_batch, fit) go
+through it."""
+import importlib
 import itertools
 
 import numpy as np
@@ -50,6 +54,112 @@ def test_the_bits_of_numpys_arithmetic(source, target, order, shape):
         block = np.zeros(shape, dtype=target, order="F")[3:9]
         assert scale_into(block, X[3:9], mean, scale) is True
         assert _same(block, want[3:9])
+
+
+def _builds():
+    from fastmlp.kernels import cython_builds
+    names = [b for b in cython_builds.runnable()
+             if importlib.util.find_spec(f"fastmlp.kernels._cython_mlp_{b}") is not None]
+    return names or ["imported"]
+
+
+def _build(name):
+    if name == "imported":
+        return importlib.import_module("fastmlp.kernels.cython_mlp")
+    return importlib.import_module(f"fastmlp.kernels._cython_mlp_{name}")
+
+
+def _near_float_midpoints(rng, n, k, exponents=(-120, 127)):
+    """(X float64 (n, k), scale (k,)): X / scale within a few doubles of a midpoint
+    between two float32 numbers of binary exponents in ``exponents``: those of normal
+    numbers, or subnormal ones (below -126), whose midpoints lie at other bits."""
+    with np.errstate(under="ignore"):
+        f = (rng.standard_normal((n, k)) * 2.0 ** rng.integers(*exponents, (n, k))).astype(
+            np.float32)
+    mid = (f.astype(np.float64) + np.nextafter(f, np.float32(np.inf)).astype(np.float64)) / 2
+    scale = np.abs(rng.standard_normal(k)) * 2.0 ** rng.integers(-20, 20, k) + 0.1
+    X = mid * scale
+    return X + rng.integers(-3, 4, (n, k)) * np.spacing(X), scale
+
+
+def _product_differs(X, scale):
+    """The share of X / scale a plain product (no check) rounds to another float32."""
+    with np.errstate(all="ignore"):
+        product = (X * (1 / scale)).astype(np.float32)
+        quotient = (X / scale).astype(np.float32)
+    return (product.view(np.uint32) != quotient.view(np.uint32)).mean()
+
+
+@pytest.mark.parametrize("build", _builds())
+@pytest.mark.parametrize("source", ["float32", "float64"])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_a_float32_output_through_the_reciprocal_keeps_numpys_bits(build, source, order):
+    """A float32 output is (x - mean) * (1 / scale) where that rounds to the quotient's
+    float (kernels/_scaling.h, the AVX-512 build): values a plain product rounds to another float32 (it
+    does for a few percent of these), values at float32's edges and beyond, NaN, inf
+    and zeros of both signs, all get NumPy's bits, in rows, columns and blocks of rows."""
+    into = _build(build).scale_into
+    rng = np.random.default_rng(7)
+    X, scale = _near_float_midpoints(rng, 300, 40)
+    mean = np.zeros(40)
+    assert _product_differs(X, scale) > 0.01
+    # float32's edges: subnormal, its smallest normal, its largest and past it (the
+    # midpoint to infinity), in X and, through the scale of 3, in X / scale
+    edges = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-40, 2.0 ** -126,
+                      1.1754942e-38, 3.4028235e38, -3.4028236e38, 3.5e38, 1e300, 1e-300,
+                      5e-324, (2 - 2.0 ** -23) * 2.0 ** 127 + 2.0 ** 103,
+                      (2 - 2.0 ** -23) * 2.0 ** 127 + 2.0 ** 103 - 2.0 ** 75, 1.0])
+    X[:len(edges), :len(edges)] = np.add.outer(edges, np.zeros(len(edges)))
+    X[-len(edges):, :len(edges)] = np.add.outer(edges, np.zeros(len(edges))).T * 3
+    scale[:3] = [1.0, 3.0, 1.0]
+    mean[2] = -1e-300
+    X = np.asarray(X, dtype=source, order=order)
+    want = np.empty(X.shape, np.float32, order=order)
+    _numpy(want, X, mean, scale)
+    got = np.empty(X.shape, np.float32, order=order)
+    assert into(got, X, mean, scale) is True
+    assert _same(got, want)
+    block = np.empty(X.shape, np.float32, order=order)[5:77]
+    assert into(block, X[5:77], mean, scale) is True
+    assert _same(block, want[5:77])
+
+
+@pytest.mark.parametrize("build", _builds())
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_results_in_float32s_subnormal_range_keep_numpys_bits(build, order):
+    """Below float32's smallest normal number its midpoints lie at other bits of a
+    double than above it: such a product is computed again with the division."""
+    into = _build(build).scale_into
+    X, scale = _near_float_midpoints(np.random.default_rng(5), 200, 30, (-150, -126))
+    assert _product_differs(X, scale) > 0.01
+    X = np.asarray(X, order=order)
+    mean = np.zeros(30)
+    want = np.empty(X.shape, np.float32, order=order)
+    _numpy(want, X, mean, scale)
+    got = np.empty(X.shape, np.float32, order=order)
+    assert into(got, X, mean, scale) is True
+    assert _same(got, want)
+
+
+@pytest.mark.parametrize("build", _builds())
+def test_random_bit_patterns_through_the_reciprocal(build):
+    """Any float64 bit pattern in X, mean and scale (NaN payloads, subnormals, huge and
+    tiny values) into float32: NumPy's bits, through the reciprocal or not."""
+    into = _build(build).scale_into
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        X = rng.integers(0, 2 ** 64, (64, 24), dtype=np.uint64).view(np.float64)
+        mean = rng.integers(0, 2 ** 64, 24, dtype=np.uint64).view(np.float64)
+        # mostly normal scales (the reciprocal's path), sometimes any pattern
+        scale = np.abs(rng.standard_normal(24)) * 2.0 ** rng.integers(-900, 900, 24)
+        if rng.random() < 0.3:
+            scale = rng.integers(0, 2 ** 64, 24, dtype=np.uint64).view(np.float64)
+        mean[rng.random(24) < 0.5] = 0.0
+        want = np.empty(X.shape, np.float32)
+        _numpy(want, X, mean, scale)
+        got = np.empty(X.shape, np.float32)
+        assert into(got, X, mean, scale) is True
+        assert _same(got, want)
 
 
 def test_anything_else_is_left_to_numpy():
