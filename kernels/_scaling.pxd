@@ -1,6 +1,7 @@
 """Input scaling compiled (kernels/_scaling.h): (x - mean) / scale, each value in
 float64, then cast to the output's dtype, the one arithmetic of
-fastmlp.validation._scale_into, bit for bit, in one pass with no temporary (NumPy's
+fastmlp.validation._scale_into, bit for bit (the AVX-512 build reaches a float32
+output's bits through the reciprocal of scale), in one pass with no temporary (NumPy's
 three passes over a float64 temporary took 12 ms of a 784-16-10 net's 14.6 ms predict
 of 8,192 rows of 784 columns). The caller checks every pointer, shape and stride.
 
