@@ -7,8 +7,12 @@ computes through the reciprocal of the scale (every build this processor runs is
 tested), where a plain product would round to another float; anything else is left to
 NumPy; and the model paths that scale (predict large and small, train_on_batch, fit) go
 through it."""
+import ctypes
+import ctypes.util
 import importlib
 import itertools
+import platform
+import sys
 
 import numpy as np
 import pytest
@@ -139,6 +143,40 @@ def test_results_in_float32s_subnormal_range_keep_numpys_bits(build, order):
     got = np.empty(X.shape, np.float32, order=order)
     assert into(got, X, mean, scale) is True
     assert _same(got, want)
+
+
+# x86-64 <fenv.h> (glibc): FE_TONEAREST 0, FE_DOWNWARD 0x400, FE_UPWARD 0x800,
+# FE_TOWARDZERO 0xC00
+_DIRECTED = {"downward": 0x400, "upward": 0x800, "toward zero": 0xC00}
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.machine() == "x86_64"),
+                    reason="the rounding modes' values are those of x86-64 glibc")
+@pytest.mark.parametrize("build", _builds())
+@pytest.mark.parametrize("mode", list(_DIRECTED))
+def test_a_directed_rounding_mode_keeps_numpys_bits(build, mode):
+    """Hostile round 38b: the reciprocal's test knows the points where rounding to
+    nearest changes; in a directed mode (fesetround) those are the floats themselves,
+    and 3 * (1/3 rounded toward zero) gave 0.99999994 where NumPy gives 1.0. Any mode
+    but the default takes the division."""
+    into = _build(build).scale_into
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    X = np.arange(1.0, 301.0).reshape(30, 10) * 3.0
+    scale = np.full(10, 3.0)
+    mean = np.zeros(10)
+    assert libm.fesetround(_DIRECTED[mode]) == 0
+    try:
+        for source in ("float32", "float64"):
+            x = X.astype(source)
+            want = np.empty(X.shape, np.float32)
+            _numpy(want, x, mean, scale)
+            got = np.empty(X.shape, np.float32)
+            assert into(got, x, mean, scale) is True
+            same = _same(got, want)
+            assert same, (mode, source)
+    finally:
+        libm.fesetround(0)
+    np.testing.assert_array_equal(want, X.astype(np.float32) / 3)   # exact in every mode
 
 
 @pytest.mark.parametrize("build", _builds())
