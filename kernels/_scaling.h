@@ -102,8 +102,9 @@ static void NAME(Py_ssize_t rows, Py_ssize_t cols, const XT *restrict x, Py_ssiz
 {                                                                                        \
     Py_ssize_t i, j;                                                                     \
     /* round to nearest, the mode the reasoning at the top assumes (a directed mode       \
-       rounds at the floats themselves: 3 * RZ(1/3) fell below 1.0) */                    \
-    double *restrict inv = columns || fegetround() != FE_TONEAREST ? NULL                \
+       rounds at the floats themselves: 3 * RZ(1/3) fell below 1.0); and two rows or      \
+       more: the reciprocals cost one division per column, as one row's pass does */      \
+    double *restrict inv = columns || rows < 2 || fegetround() != FE_TONEAREST ? NULL    \
                            : (double *)malloc((size_t)cols * sizeof(double));            \
     if (inv == NULL) {                                                                   \
         EXACT(rows, cols, x, ldx, mean, scale, out, ldo, columns);                       \
