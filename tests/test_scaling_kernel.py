@@ -9,7 +9,7 @@ NumPy; and the model paths that scale (predict large and small, train_on_batch, 
 through it."""
 import ctypes
 import ctypes.util
-import importlib
+import importlib.util
 import itertools
 import platform
 import sys
@@ -19,6 +19,7 @@ import pytest
 
 import fastmlp as fm
 from fastmlp import validation
+from fastmlp.kernels import cython_builds
 
 scale_into = pytest.importorskip("fastmlp.kernels.cython_mlp").scale_into
 
@@ -60,17 +61,9 @@ def test_the_bits_of_numpys_arithmetic(source, target, order, shape):
         assert _same(block, want[3:9])
 
 
-def _builds():
-    from fastmlp.kernels import cython_builds
-    names = [b for b in cython_builds.runnable()
-             if importlib.util.find_spec(f"fastmlp.kernels._cython_mlp_{b}") is not None]
-    return names or ["imported"]
-
-
-def _build(name):
-    if name == "imported":
-        return importlib.import_module("fastmlp.kernels.cython_mlp")
-    return importlib.import_module(f"fastmlp.kernels._cython_mlp_{name}")
+# every build of the extension this processor runs (cython_builds.load imports one)
+BUILDS = [b for b in cython_builds.runnable()
+          if importlib.util.find_spec(f"fastmlp.kernels._cython_mlp_{b}") is not None]
 
 
 def _near_float_midpoints(rng, n, k, exponents=(-120, 127)):
@@ -94,7 +87,7 @@ def _product_differs(X, scale):
     return (product.view(np.uint32) != quotient.view(np.uint32)).mean()
 
 
-@pytest.mark.parametrize("build", _builds())
+@pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("source", ["float32", "float64"])
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_a_float32_output_through_the_reciprocal_keeps_numpys_bits(build, source, order):
@@ -102,7 +95,7 @@ def test_a_float32_output_through_the_reciprocal_keeps_numpys_bits(build, source
     float (kernels/_scaling.h, the AVX-512 build): values a plain product rounds to another float32 (it
     does for a few percent of these), values at float32's edges and beyond, NaN, inf
     and zeros of both signs, all get NumPy's bits, in rows, columns and blocks of rows."""
-    into = _build(build).scale_into
+    into = cython_builds.load(build).scale_into
     rng = np.random.default_rng(7)
     X, scale = _near_float_midpoints(rng, 300, 40)
     mean = np.zeros(40)
@@ -128,12 +121,12 @@ def test_a_float32_output_through_the_reciprocal_keeps_numpys_bits(build, source
     assert _same(block, want[5:77])
 
 
-@pytest.mark.parametrize("build", _builds())
+@pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_results_in_float32s_subnormal_range_keep_numpys_bits(build, order):
     """Below float32's smallest normal number its midpoints lie at other bits of a
     double than above it: such a product is computed again with the division."""
-    into = _build(build).scale_into
+    into = cython_builds.load(build).scale_into
     X, scale = _near_float_midpoints(np.random.default_rng(5), 200, 30, (-150, -126))
     assert _product_differs(X, scale) > 0.01
     X = np.asarray(X, order=order)
@@ -152,14 +145,14 @@ _DIRECTED = {"downward": 0x400, "upward": 0x800, "toward zero": 0xC00}
 
 @pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.machine() == "x86_64"),
                     reason="the rounding modes' values are those of x86-64 glibc")
-@pytest.mark.parametrize("build", _builds())
+@pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("mode", list(_DIRECTED))
 def test_a_directed_rounding_mode_keeps_numpys_bits(build, mode):
     """Hostile round 38b: the reciprocal's test knows the points where rounding to
     nearest changes; in a directed mode (fesetround) those are the floats themselves,
     and 3 * (1/3 rounded toward zero) gave 0.99999994 where NumPy gives 1.0. Any mode
     but the default takes the division."""
-    into = _build(build).scale_into
+    into = cython_builds.load(build).scale_into
     libm = ctypes.CDLL(ctypes.util.find_library("m"))
     X = np.arange(1.0, 301.0).reshape(30, 10) * 3.0
     scale = np.full(10, 3.0)
@@ -179,11 +172,11 @@ def test_a_directed_rounding_mode_keeps_numpys_bits(build, mode):
     np.testing.assert_array_equal(want, X.astype(np.float32) / 3)   # exact in every mode
 
 
-@pytest.mark.parametrize("build", _builds())
+@pytest.mark.parametrize("build", BUILDS)
 def test_random_bit_patterns_through_the_reciprocal(build):
     """Any float64 bit pattern in X, mean and scale (NaN payloads, subnormals, huge and
     tiny values) into float32: NumPy's bits, through the reciprocal or not."""
-    into = _build(build).scale_into
+    into = cython_builds.load(build).scale_into
     rng = np.random.default_rng(11)
     for _ in range(30):
         X = rng.integers(0, 2 ** 64, (64, 24), dtype=np.uint64).view(np.float64)
