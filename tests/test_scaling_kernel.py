@@ -92,9 +92,10 @@ def _product_differs(X, scale):
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_a_float32_output_through_the_reciprocal_keeps_numpys_bits(build, source, order):
     """A float32 output is (x - mean) * (1 / scale) where that rounds to the quotient's
-    float (kernels/_scaling.h, the AVX-512 build): values a plain product rounds to another float32 (it
-    does for a few percent of these), values at float32's edges and beyond, NaN, inf
-    and zeros of both signs, all get NumPy's bits, in rows, columns and blocks of rows."""
+    float (kernels/_scaling.h, the AVX-512 build): values a plain product rounds to
+    another float32 (it does for a few percent of these), values at float32's edges and
+    beyond, NaN, inf and zeros of both signs, all get NumPy's bits, in rows, columns and
+    blocks of rows."""
     into = cython_builds.load(build).scale_into
     rng = np.random.default_rng(7)
     X, scale = _near_float_midpoints(rng, 300, 40)
