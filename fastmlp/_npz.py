@@ -33,6 +33,7 @@ import zlib
 
 import numpy as np
 
+from ._aligned import aligned_empty
 from ._atomic import kind, names_a_folder
 from ._signals import raise_if_signalled, signals_deferred
 
@@ -177,7 +178,7 @@ class Archive:
             raise zipfile.BadZipFile("bad magic number for file header")
         self._file.seek(info.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
         crc = zlib.crc32(self._file.read(header_bytes))
-        data = np.empty(nbytes, dtype=np.uint8)
+        data = aligned_empty(nbytes, np.uint8)   # (theta: see fastmlp._aligned)
         view, done = memoryview(data), 0
         while done < nbytes:
             got = self._file.readinto(view[done:])

@@ -23,6 +23,7 @@ from . import metrics as metric_table
 from .backends import get_backend
 from .backends import resolve as resolve_backend
 from .losses import CROSS_ENTROPY
+from ._aligned import CACHE_LINE, aligned_zeros
 from .network import Network, param_too_large, slope_vanishes
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -173,15 +174,18 @@ def _own_arrays(state, dtype, same_kind):
 def _taken(array, shape, dtype):
     """``array`` itself if it is a C-contiguous, aligned, writable ``dtype`` array of
     ``shape`` (a restored model takes it as its own); a copy in that form if not; zeros
-    for None."""
-    if array is None:
-        return np.zeros(shape, dtype=dtype)
-    flags = array.flags
-    if (array.dtype == dtype and array.shape == shape and flags.c_contiguous
-            and flags.aligned and flags.writeable):
-        return array
-    owned = np.empty(shape, dtype=dtype)
-    owned[...] = array
+    for None. A 1-D array (theta) must also start on a cache line (fastmlp._aligned: a
+    file's is read so, a pickle's is copied)."""
+    if array is not None:
+        flags = array.flags
+        if (array.dtype == dtype and array.shape == shape and flags.c_contiguous
+                and flags.aligned and flags.writeable
+                and (len(shape) > 1 or array.ctypes.data % CACHE_LINE == 0)):
+            return array
+    owned = (aligned_zeros(shape[0], dtype) if len(shape) == 1
+             else np.zeros(shape, dtype=dtype))
+    if array is not None:
+        owned[...] = array
     return owned
 
 

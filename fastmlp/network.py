@@ -20,6 +20,7 @@ import numpy as np
 
 from . import activations as act
 from . import losses, rules
+from ._aligned import aligned_zeros
 from .validation import real_number
 from .codes import (LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS, LAYER_N_IN,
                     LAYER_N_OUT, LAYER_W, LAYER_Z, PLAN_CAP, PLAN_FOLD_ROWS, PLAN_FUSED,
@@ -280,7 +281,7 @@ class Network:
         whole W in float64, then theta in float64 cast to float32, peaked at 5 times
         the float32 parameters (an 8192-8192 layer's 256 MiB took 1 GiB).
         """
-        theta = np.zeros(self.n_params, dtype=dtype)
+        theta = aligned_zeros(self.n_params, dtype)
         for layer, (W, b, alpha) in zip(self.layers, self.layer_views(theta)):
             fan_in, fan_out = W.shape
             if layer.activation.init == "he":
