@@ -30,3 +30,12 @@ cdef inline void xw(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const fl
         fm_xw_f32(rows, n_in, n_out, x, W, z)
     else:
         fm_xw_f64(rows, n_in, n_out, x, W, z)
+
+cdef extern from "_sgemm.h":
+    ctypedef void (*fm_rows_t)(void* ctx, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
+    void fm_split(fm_rows_t range, void* ctx, Py_ssize_t rows) noexcept nogil
+    # predict's float32 GEMM in registers (AVX-512 build; elsewhere fm_sgemm_ok is 0)
+    int fm_sgemm_use(int on) noexcept nogil
+    int fm_sgemm_ok(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out) noexcept nogil
+    void fm_sgemm(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const float* x,
+                  const float* W, float* z) noexcept nogil

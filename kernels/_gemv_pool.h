@@ -125,9 +125,17 @@ static Py_ssize_t fm_gemv_pool_min_bytes(Py_ssize_t nbytes) { (void)nbytes; retu
 #define FM_CAS(p, expected, v) \
     __atomic_compare_exchange_n((p), (expected), (v), 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)
 
+/* A part of a batch's rows (r0 to r1), whatever `ctx` says to do with them (_sgemm.h's
+   fm_split: predict's forward pass on two threads). */
+typedef void (*fm_rows_t)(void* ctx, Py_ssize_t r0, Py_ssize_t r1);
+
 /* z (rows, n_out) (+)= x (rows, n_in; rows ldx apart) W (n_in, n_out) by one copy's
-   loops, the one of the job's dtype (the other pointer NULL): _gemv_impl.h's xw. */
+   loops, the one of the job's dtype (the other pointer NULL): _gemv_impl.h's xw.
+   Or, with `range` set, range(ctx, r0, r1) (no buffer, nothing added). */
 typedef struct {
+    fm_rows_t range;
+    void* ctx;
+    Py_ssize_t r0, r1;
     fm_xw_copy_f32_t f32;
     fm_xw_copy_f64_t f64;
     Py_ssize_t rows, ldx, n_in, n_out;
@@ -184,7 +192,9 @@ static inline void fm_fp_adopt(unsigned long mode)
 
 static void fm_job_run(const fm_job* j, int add)
 {
-    if (j->f32)
+    if (j->range)
+        j->range(j->ctx, j->r0, j->r1);
+    else if (j->f32)
         j->f32(j->rows, j->ldx, j->n_in, j->n_out, add, (const float*)j->x,
                (const float*)j->W, (float*)j->z);
     else
@@ -416,8 +426,10 @@ static int fm_pool_due(void)
 }
 
 /* 1 when the calling thread now owns the pool, a worker started: it must call
-   fm_pool_run next. 0 when it must run alone: limit 1, pool busy, no worker (yet). */
-static int fm_pool_enter(void)
+   fm_pool_run (or release it) next. 0 when it must run alone: limit 1, pool busy, no
+   worker (yet). `now`: start the worker at once, not only in a burst of calls (a part
+   of hundreds of microseconds pays for its start). */
+static int fm_pool_enter_now(int now)
 {
     int free_ = 0, limit = FM_LOAD(&fm_pool.limit, RELAXED);
     if (limit < 0)
@@ -425,12 +437,15 @@ static int fm_pool_enter(void)
     if (limit < 2 || FM_LOAD(&fm_pool.state, RELAXED) < 0 || FM_LOAD(&fm_pool.owned, RELAXED)
         || !fm_pool_register() || !FM_CAS(&fm_pool.owned, &free_, 1))
         return 0;
-    if (FM_LOAD(&fm_pool.state, RELAXED) == 0 && !(fm_pool_due() && fm_pool_start())) {
+    if (FM_LOAD(&fm_pool.state, RELAXED) == 0
+        && !((now || fm_pool_due()) && fm_pool_start())) {
         FM_STORE(&fm_pool.owned, 0, RELEASE);
         return 0;
     }
     return 1;
 }
+
+static int fm_pool_enter(void) { return fm_pool_enter_now(0); }
 
 /* The owner waits for the worker to finish job p; returns how long (ns; 0 when at
    once). It yields its core after a while: the worker may be waiting for it. */

@@ -25,6 +25,7 @@ from cython cimport floating
 from libc.float cimport DBL_MAX, FLT_MAX
 from libc.math cimport INFINITY, NAN
 from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 from _blas cimport SMALL_GEMM, blas_gemm, gemm, small_gemm
@@ -37,7 +38,9 @@ from _guard cimport Bounds, abs_max, any_negative, below, prove_update
 from _scaling cimport fm_scale_f32_f32, fm_scale_f32_f64, fm_scale_f64_f32, fm_scale_f64_f64
 from _gemv cimport (fm_gemv_pool_jobs, fm_gemv_pool_leave, fm_gemv_pool_min_bytes,
                     fm_gemv_pool_naps, fm_gemv_pool_spin_ns, fm_gemv_pool_state,
-                    fm_gemv_threads, fm_gemv_use, fm_xw_f32, fm_xw_f64)
+                    fm_gemv_threads, fm_gemv_use, fm_sgemm, fm_sgemm_ok, fm_sgemm_use, fm_split,
+                    fm_xw_f32,
+                    fm_xw_f64)
 from _layers cimport (activation_backward, bias_activation_forward, dense_backward_input,
                       dense_backward_params, dense_forward, dense_product)
 from _losses cimport loss_forward_backward
@@ -596,6 +599,100 @@ cdef inline void to_rows(Py_ssize_t rows, Py_ssize_t n_in, const floating* x, Py
             xs[r * n_in + c] = x[r + c * ldx]
 
 
+cdef struct Rows:
+    # predict's forward pass over some rows of a float32 chunk (forward_rows): the network,
+    # the chunk's x (rows, inputs), the hidden layers' outputs p0, p1 (chunk, widest), the
+    # outputs (rows, outputs), the finiteness checks asked (see infer); bad[part] set to 1
+    # where that part's x is not finite (part 0 the rows from 0, 1 the others)
+    const Net* net
+    const float* theta
+    const float* x
+    float* p0
+    float* p1
+    float* out
+    bint check
+    bint check_z
+    int bad[2]
+
+
+cdef void forward_rows(void* ctx, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """Rows r0 to r1 of a Rows chunk through every layer, in place in its buffers: each
+    GEMM by _sgemm.h's loops, then its bias and activation while the rows are in cache.
+    A row's outputs are the same bits whichever rows share its call (fm_split's
+    contract): the GEMM sums each output in one chain over k, and the bias and
+    activation pass works element by element (softmax row by row)."""
+    cdef Rows* c = <Rows*>ctx
+    cdef const Net* net = c.net
+    cdef int i, part = 1 if r0 > 0 else 0
+    cdef Py_ssize_t rows = r1 - r0, n_out
+    cdef Py_ssize_t n_in = layer_row(net.layers, 0)[LAYER_N_IN]
+    cdef const int64_t* row
+    cdef const float* a = c.x + r0 * n_in
+    cdef float* z
+    if c.check and not c.check_z and not below(x_abs_max(rows, n_in, a, 0), INFINITY):
+        c.bad[part] = 1
+        return
+    for i in range(net.L):
+        row = layer_row(net.layers, i)
+        n_out = row[LAYER_N_OUT]
+        z = ((c.p0 if i % 2 == 0 else c.p1) if i < net.L - 1 else c.out) + r0 * n_out
+        fm_sgemm(rows, row[LAYER_N_IN], n_out, a, c.theta + row[LAYER_W], z)
+        if (i == 0 and c.check_z and not below(abs_max(rows * n_out, z), INFINITY)
+                and not below(x_abs_max(rows, n_in, a, 0), INFINITY)):
+            c.bad[part] = 1
+            return
+        bias_activation_forward(rows, n_out, z, c.theta + row[LAYER_B], <int>row[LAYER_ACT],
+                                <float>net.params[i], alpha_of(c.theta, row), z, NULL)
+        a = z
+
+
+cdef bint sgemm_all(const Net* net, Py_ssize_t rows) noexcept nogil:
+    """Whether every layer's GEMM of a float32 chunk of ``rows`` rows can run _sgemm.h's
+    loops (fm_sgemm_ok)."""
+    cdef int i
+    cdef const int64_t* row
+    for i in range(net.L):
+        row = layer_row(net.layers, i)
+        if not fm_sgemm_ok(rows, row[LAYER_N_IN], row[LAYER_N_OUT]):
+            return False
+    return True
+
+
+cdef int forward_f32(const int64_t* plan, const float* fparams, const float* theta,
+                     const float* x, Py_ssize_t rows, float* p0, float* p1, float* out,
+                     int check, int check_z) noexcept nogil:
+    """A float32 predict chunk through forward_rows on two threads, for the Numba
+    backend's predict, which calls it by a symbol (kernels/numba_gemv.py): the same
+    code, so the same bits, as this extension's predict. plan: a Network.plan's int64
+    layout; fparams (layers,): each layer's activation parameter; x (rows, inputs);
+    p0, p1 (rows, widest layer) scratch; out (rows, outputs) OVERWRITTEN. check and
+    check_z as infer's check (check_z: x checked through x W). Returns -1 where the
+    chunk is not for _sgemm.h's loops (fm_sgemm_ok: the caller runs its own path), 1
+    when x is not finite (out then undefined), else 0."""
+    cdef Net net
+    cdef Rows part
+    cdef int i
+    cdef double* params
+    net.L = <int>plan[PLAN_LAYERS]
+    net.loss = <int>plan[PLAN_LOSS]
+    net.fused = plan[PLAN_FUSED] != 0
+    net.n_params = plan[PLAN_N_PARAMS]
+    net.layers = plan + PLAN_HEAD
+    if not sgemm_all(&net, rows):
+        return -1
+    params = <double*>malloc(net.L * sizeof(double))
+    if params == NULL:
+        return -1
+    for i in range(net.L):
+        params[i] = fparams[i]
+    net.params = params
+    part = Rows(net=&net, theta=theta, x=x, p0=p0, p1=p1, out=out, check=check,
+                check_z=check_z, bad=[0, 0])
+    fm_split(forward_rows, &part, rows)
+    free(params)
+    return 1 if part.bad[0] or part.bad[1] else 0
+
+
 cdef double infer(const Net* net, const floating* theta, const floating* X, Py_ssize_t n,
                   Py_ssize_t ldx, Py_ssize_t chunk, Py_ssize_t small, floating* p0,
                   floating* p1, floating* xs, floating* zl, floating* out, const floating* T,
@@ -635,9 +732,21 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
     cdef floating* z
     cdef floating* f
     cdef double total = 0
+    cdef Rows part
     while start < n:
         rows = min(chunk, n - start)
         a = X + (start if ldx else start * n_in)
+        if floating is float:
+            # predict's float32 rows in the AVX-512 build: the whole forward pass of each
+            # part of the rows on a thread of its own (fm_split), one hand-off per chunk
+            if T == NULL and ldx == 0 and sgemm_all(net, rows):
+                part = Rows(net=net, theta=theta, x=a, p0=p0, p1=p1, out=out + start * k_out,
+                            check=check, check_z=check_z, bad=[0, 0])
+                fm_split(forward_rows, &part, rows)
+                if part.bad[0] or part.bad[1]:
+                    return NAN
+                start += chunk
+                continue
         lda = ldx
         if ldx and rows <= small:
             to_rows(rows, n_in, a, ldx, xs)
@@ -1385,6 +1494,21 @@ def _use_gemv(int nbytes):
     this processor supports; returns its width (see _gemv.h), which GEMV_BYTES keeps
     naming the import-time choice of. Not while kernels run in other threads."""
     return fm_gemv_use(nbytes)
+
+
+def _use_sgemm(int on=-1):
+    """Test hook: whether predict's float32 batches go through _sgemm.h's loops (1) or
+    BLAS (0); ``on`` -1 only asks. Returns the setting before; always 0 in a build
+    without AVX-512. Not while kernels run in other threads."""
+    return fm_sgemm_use(on)
+
+
+def forward_address():
+    """The address of forward_f32, the float32 predict chunk on _sgemm.h's loops, which
+    the Numba backend's predict calls by name (kernels/numba_gemv.py): a C function
+    int (const int64_t* plan, const float* fparams, const float* theta, const float* x,
+    Py_ssize_t rows, float* p0, float* p1, float* out, int check, int check_z)."""
+    return <size_t><void*>forward_f32
 
 
 def gemv_addresses():
