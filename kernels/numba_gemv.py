@@ -1,4 +1,5 @@
-"""x W for a few rows of x in the Numba kernels, through the Cython backend's GEMV loops.
+"""x W for a few rows of x in the Numba kernels, through the Cython backend's GEMV loops
+(and a float32 predict chunk through its GEMM loops).
 
 A predict (or evaluate) chunk of at most ``fastmlp.rules.PREDICT_SMALL_ROWS`` rows
 computes each layer's x W with the C loops of kernels/_gemv.h (compiled there once per
@@ -20,6 +21,13 @@ The functions bound read the copy in use (picked at the extension's import, or b
 extension's worker thread (kernels/_gemv_pool.h), so both backends give the same bits.
 Never change the C signature behind a registered name (a cached kernel keeps calling
 it): add a new name instead.
+
+``forward`` does the same for a float32 predict chunk of 24 rows or more: the symbol
+``fastmlp_forward_f32`` is the extension's forward_f32 (its _sgemm.h GEMM loops and its
+bias and activation passes, the rows split between two threads, as its own predict
+runs them: the same bits), or, without the extension, a stand-in that takes no chunk
+(-1), as does forward_f32 itself in a build without AVX-512; predict then runs its own
+path.
 """
 from __future__ import annotations
 
@@ -54,12 +62,30 @@ def _fallback_body(rows, n_in, n_out, x, W, z):
             1.0, 0.0)
 
 
+# predict's float32 chunk on the extension's _sgemm.h loops, both threads
+# (cython_mlp.forward_address): int (plan, fparams, theta, x, rows, p0, p1, out, check,
+# check_z), -1 where it does not take the chunk
+_FORWARD = "fastmlp_forward_f32"
+
+
+def _forward_signature():
+    """forward_f32's C signature as Numba types."""
+    f, i64 = types.CPointer(types.float32), types.CPointer(types.int64)
+    return types.int32(i64, f, f, f, types.intp, f, f, f, types.int32, types.int32)
+
+
+def _no_forward(plan, fparams, theta, x, rows, p0, p1, out, check, check_z):
+    """The stand-in without the extension (or in a build without AVX-512, whose own
+    forward_f32 says the same): -1, never taken."""
+    return -1
+
+
 def _cython_addresses():
     """(float32, float64) addresses of the Cython extension's GEMV copies in use, or None
     when the extension (or its address function) is not there."""
     try:
-        from .cython_mlp import gemv_addresses
-        return gemv_addresses()
+        from .cython_mlp import forward_address, gemv_addresses
+        return (*gemv_addresses(), forward_address())
     except Exception:  # not built, stale or broken: the Numba backend must not depend
         return None    # on the extension loading, only run faster with it
 
@@ -73,7 +99,8 @@ def _register():
         BOUND = "fallback"
         addresses = [guarded_cfunc(_c_signature(dtype), _fallback_body, CACHE).address
                      for dtype in _SYMBOLS]
-    for symbol, address in zip(_SYMBOLS.values(), addresses):
+        addresses.append(guarded_cfunc(_forward_signature(), _no_forward, CACHE).address)
+    for symbol, address in zip((*_SYMBOLS.values(), _FORWARD), addresses):
         llvm.add_symbol(symbol, address)
 
 
@@ -112,3 +139,40 @@ def xw(x, W, z):
     at most rules.PREDICT_SMALL_ROWS rows: W is read once per 4 rows of x. Multiply-adds
     may be fused; every call on the same data gives the same bits."""
     _xw_call(x, W, z)
+
+
+@intrinsic
+def forward(typingctx, plan, fparams, theta, x, p0, p1, out, check, check_z):
+    """A float32 predict chunk x (rows, inputs) through every layer into out (rows,
+    outputs) by the Cython extension's _sgemm.h loops on two threads (fastmlp_forward_f32:
+    its predict's code, so its bits); p0, p1 scratch of rows * widest layer each; check,
+    check_z as numba_train.predict's (x checked itself, or through x W). Returns -1
+    where that path does not take the chunk (float64; no extension, a build without
+    AVX-512, a W over 1 MiB, under 24 rows: the caller runs its own), 1 when x is not
+    finite, else 0. No bounds check: the caller's plan and buffers must agree."""
+    arrays = (fparams, theta, x, p0, p1, out)
+    if not (isinstance(plan, types.Array) and plan.dtype == types.int64
+            and all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == x.dtype
+                    for a in arrays)
+            and x.dtype in _SYMBOLS and x.ndim == 2 and out.ndim == 2):
+        return None
+    sig = types.int32(plan, fparams, theta, x, p0, p1, out, check, check_z)
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        if x.dtype != types.float32:
+            return ir.Constant(i32, -1)
+        arrays = [context.make_array(t)(context, builder, v)
+                  for t, v in zip(signature.args[:7], args[:7])]
+        rows = cgutils.unpack_tuple(builder, arrays[3].shape, 2)[0]
+        flags = [context.cast(builder, v, t, types.int32)
+                 for v, t in zip(args[7:], signature.args[7:])]
+        p32 = ir.FloatType().as_pointer()
+        intp = context.get_value_type(types.intp)
+        fnty = ir.FunctionType(i32, [ir.IntType(64).as_pointer()] + [p32] * 3 + [intp]
+                               + [p32] * 3 + [i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _FORWARD)
+        data = [a.data for a in arrays]
+        return builder.call(fn, data[:4] + [rows] + data[4:] + flags)
+
+    return sig, codegen

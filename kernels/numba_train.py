@@ -50,7 +50,7 @@ from fastmlp.codes import (ADAM_CODE, BETA1, BETA2, EPS, GRADIENT, NESTEROV as _
 
 from .numba_activations import act_backward, bias_act_forward
 from .numba_blas import gemm_nn, gemm_nt, gemm_tn_from
-from .numba_gemv import xw
+from .numba_gemv import forward, xw
 from .numba_layers import (adam_update, dense_forward, dense_params, loss_forward_backward,
                            loss_value_kernel, sgd_update)
 from .numba_link import separate
@@ -657,6 +657,16 @@ def predict(theta, X, plan, fparams, chunk, Y, check, small, columns):
                                            < np.inf):
             return False
         y = Y[start:stop]
+        if x0 < 0 and stop - start > small:
+            # a float32 chunk by the Cython extension's _sgemm.h loops, where it has them
+            # (numba_gemv.forward: -1 where not); x already checked unless through x W
+            third = c * plan[PLAN_WIDEST]
+            done = forward(plan, fparams, theta, inp, flat(buf, third, 2 * third),
+                           flat(buf, 2 * third, 3 * third), y, False, check_xw)
+            if done == 1:
+                return False
+            if done == 0:
+                continue
         if not _forward_rows_linked(theta, inp, x0, plan, fparams, buf, y,
                                     matrix(buf, 0, stop - start, y.shape[1]),
                                     stop - start <= small, check_xw):
