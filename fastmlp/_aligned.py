@@ -27,3 +27,12 @@ def aligned_zeros(n, dtype):
     a = aligned_empty(n, dtype)
     a[...] = 0
     return a
+
+
+def aligned_copy(a, dtype=None):
+    """A 1-D array's copy on a cache line, cast to ``dtype`` if given (unsafely: the
+    caller checks the values)."""
+    out = aligned_empty(a.shape[0], a.dtype if dtype is None else dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.copyto(out, a, casting="unsafe")
+    return out

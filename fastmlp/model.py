@@ -23,7 +23,7 @@ from . import metrics as metric_table
 from .backends import get_backend
 from .backends import resolve as resolve_backend
 from .losses import CROSS_ENTROPY
-from ._aligned import CACHE_LINE, aligned_zeros
+from ._aligned import CACHE_LINE, aligned_copy, aligned_zeros
 from .network import Network, param_too_large, slope_vanishes
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -165,7 +165,11 @@ def _own_arrays(state, dtype, same_kind):
     arrays twice: to(dtype="float64") of a 24 MiB float32 Adam state peaked at 139 MiB.)"""
     theta, buffers = state["theta"], state["opt_buffers"] if same_kind else None
     if theta.dtype != dtype:
-        theta = validation.as_finite(theta, "theta", dtype)
+        # cast once, straight into memory on a cache line (as _taken wants theta)
+        cast = aligned_copy(theta, dtype)
+        if not validation.finite(cast):
+            validation.as_finite(theta, "theta", dtype)   # refused, naming the value
+        theta = cast
         if buffers is not None:
             buffers = validation.as_finite(buffers, "opt_buffers", dtype)
     return theta, buffers
@@ -609,7 +613,8 @@ class Model:
         thread during a fit, the state of its last epoch."""
         with self._lock:
             self._pull()
-            return {"theta": self._theta.copy(), "opt_buffers": self._state.buffers.copy(),
+            return {"theta": aligned_copy(self._theta),
+                    "opt_buffers": self._state.buffers.copy(),
                     "opt_step": self._state.step.copy(),
                     "rng_state": self._rng.bit_generator.state,
                     "optimizer": self._optimizer.config()["name"]}
