@@ -18,7 +18,9 @@
    - fm_pool_enter: a caller that finds the pool free (a try-lock) and the thread limit
      at 2 owns it; other callers run both parts alone. The worker is started by the
      owner of the second of two calls less than spin_ns apart (and again so in a
-     forked child, which has none).
+     forked child, which has none), or at once by a caller with a long part
+     (fm_pool_enter_now: _sgemm.h's fm_split, predict's float32 batches cut in two
+     parts of rows, a job with a `range` function instead of a GEMV part).
    - fm_pool_run: the owner posts the second part (job number p), wakes the worker if
      it sleeps, sums the first part into z, then claims the second (compare-and-swap
      of `taken` from p - 1 to p): won, it adds the second part into z itself, so it

@@ -603,13 +603,17 @@ cdef struct Rows:
     # predict's forward pass over some rows of a float32 chunk (forward_rows): the network,
     # the chunk's x (rows, inputs), the hidden layers' outputs p0, p1 (chunk, widest), the
     # outputs (rows, outputs), the finiteness checks asked (see infer); bad[part] set to 1
-    # where that part's x is not finite (part 0 the rows from 0, 1 the others)
+    # where that part's x is not finite (part 0 the rows from 0, 1 the others). widest:
+    # the widest layer's units, the stride of each row's place in p0 and p1, so that the
+    # parts' places never overlap (layer i + 2 writes over layer i's outputs there: with
+    # rows of each layer's own width the other thread's rows were overwritten)
     const Net* net
     const float* theta
     const float* x
     float* p0
     float* p1
     float* out
+    Py_ssize_t widest
     bint check
     bint check_z
     int bad[2]
@@ -635,7 +639,9 @@ cdef void forward_rows(void* ctx, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
     for i in range(net.L):
         row = layer_row(net.layers, i)
         n_out = row[LAYER_N_OUT]
-        z = ((c.p0 if i % 2 == 0 else c.p1) if i < net.L - 1 else c.out) + r0 * n_out
+        # this part's own place: rows r0.. of p0 or p1 (widest apart), or of out
+        z = ((c.p0 if i % 2 == 0 else c.p1) + r0 * c.widest if i < net.L - 1
+             else c.out + r0 * n_out)
         fm_sgemm(rows, row[LAYER_N_IN], n_out, a, c.theta + row[LAYER_W], z)
         if (i == 0 and c.check_z and not below(abs_max(rows * n_out, z), INFINITY)
                 and not below(x_abs_max(rows, n_in, a, 0), INFINITY)):
@@ -646,16 +652,18 @@ cdef void forward_rows(void* ctx, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
         a = z
 
 
-cdef bint sgemm_all(const Net* net, Py_ssize_t rows) noexcept nogil:
-    """Whether every layer's GEMM of a float32 chunk of ``rows`` rows can run _sgemm.h's
-    loops (fm_sgemm_ok)."""
+cdef Py_ssize_t sgemm_all(const Net* net, Py_ssize_t rows) noexcept nogil:
+    """The widest layer's units when every layer's GEMM of a float32 chunk of ``rows``
+    rows can run _sgemm.h's loops (fm_sgemm_ok), else 0."""
     cdef int i
     cdef const int64_t* row
+    cdef Py_ssize_t widest = 0
     for i in range(net.L):
         row = layer_row(net.layers, i)
         if not fm_sgemm_ok(rows, row[LAYER_N_IN], row[LAYER_N_OUT]):
-            return False
-    return True
+            return 0
+        widest = max(widest, row[LAYER_N_OUT])
+    return widest
 
 
 cdef int forward_f32(const int64_t* plan, const float* fparams, const float* theta,
@@ -673,12 +681,14 @@ cdef int forward_f32(const int64_t* plan, const float* fparams, const float* the
     cdef Rows part
     cdef int i
     cdef double* params
+    cdef Py_ssize_t widest
     net.L = <int>plan[PLAN_LAYERS]
     net.loss = <int>plan[PLAN_LOSS]
     net.fused = plan[PLAN_FUSED] != 0
     net.n_params = plan[PLAN_N_PARAMS]
     net.layers = plan + PLAN_HEAD
-    if not sgemm_all(&net, rows):
+    widest = sgemm_all(&net, rows)
+    if widest == 0:
         return -1
     params = <double*>malloc(net.L * sizeof(double))
     if params == NULL:
@@ -686,8 +696,8 @@ cdef int forward_f32(const int64_t* plan, const float* fparams, const float* the
     for i in range(net.L):
         params[i] = fparams[i]
     net.params = params
-    part = Rows(net=&net, theta=theta, x=x, p0=p0, p1=p1, out=out, check=check,
-                check_z=check_z, bad=[0, 0])
+    part = Rows(net=&net, theta=theta, x=x, p0=p0, p1=p1, out=out, widest=widest,
+                check=check, check_z=check_z, bad=[0, 0])
     fm_split(forward_rows, &part, rows)
     free(params)
     return 1 if part.bad[0] or part.bad[1] else 0
@@ -733,15 +743,17 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
     cdef floating* f
     cdef double total = 0
     cdef Rows part
+    cdef Py_ssize_t widest
     while start < n:
         rows = min(chunk, n - start)
         a = X + (start if ldx else start * n_in)
         if floating is float:
             # predict's float32 rows in the AVX-512 build: the whole forward pass of each
             # part of the rows on a thread of its own (fm_split), one hand-off per chunk
-            if T == NULL and ldx == 0 and sgemm_all(net, rows):
+            widest = sgemm_all(net, rows) if T == NULL and ldx == 0 else 0
+            if widest:
                 part = Rows(net=net, theta=theta, x=a, p0=p0, p1=p1, out=out + start * k_out,
-                            check=check, check_z=check_z, bad=[0, 0])
+                            widest=widest, check=check, check_z=check_z, bad=[0, 0])
                 fm_split(forward_rows, &part, rows)
                 if part.bad[0] or part.bad[1]:
                     return NAN
