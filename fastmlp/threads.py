@@ -25,8 +25,9 @@ _MOST_THREADS = 2**31 - 1   # what a C int holds: OpenBLAS, Numba and the GEMV t
 
 def set_num_threads(n):
     """Use at most ``n`` threads in every BLAS (numpy's, which the kernels use, and
-    scipy's), in Numba, and in the small-batch predict's GEMV (its one worker thread,
-    kernels/_gemv_pool.h: used when n >= 2)."""
+    scipy's), in Numba, and in the Cython extension's worker thread (kernels/_gemv_pool.h,
+    used when n >= 2: the small-batch predict's GEMV, and the second part of the rows of
+    a float32 batch predict, kernels/_sgemm.h)."""
     global _limiter
     # checked before anything changes (a count past a C int raised OverflowError once
     # BLAS had taken it); NumPy's integers are integers
