@@ -38,9 +38,8 @@ from _guard cimport Bounds, abs_max, any_negative, below, prove_update
 from _scaling cimport fm_scale_f32_f32, fm_scale_f32_f64, fm_scale_f64_f32, fm_scale_f64_f64
 from _gemv cimport (fm_gemv_pool_jobs, fm_gemv_pool_leave, fm_gemv_pool_min_bytes,
                     fm_gemv_pool_naps, fm_gemv_pool_spin_ns, fm_gemv_pool_state,
-                    fm_gemv_threads, fm_gemv_use, fm_sgemm, fm_sgemm_ok, fm_sgemm_use, fm_split,
-                    fm_xw_f32,
-                    fm_xw_f64)
+                    fm_gemv_threads, fm_gemv_use, fm_sgemm, fm_sgemm_ok, fm_sgemm_use,
+                    fm_split, fm_xw_f32, fm_xw_f64)
 from _layers cimport (activation_backward, bias_activation_forward, dense_backward_input,
                       dense_backward_params, dense_forward, dense_product)
 from _losses cimport loss_forward_backward
@@ -590,6 +589,19 @@ cdef inline double x_abs_max(Py_ssize_t rows, Py_ssize_t n_in, const floating* x
     return m
 
 
+cdef inline bint x_finite(Py_ssize_t rows, Py_ssize_t n_in, const floating* x,
+                          Py_ssize_t ldx, const floating* z, Py_ssize_t n_z) noexcept nogil:
+    """Whether a chunk x (rows, n_in; ldx as x_abs_max's) holds no NaN or inf, judged
+    through its first layer's x W, z (rows, n_z) just written, unless z is NULL: a NaN or
+    inf in row r of x makes every z[r, j] NaN or inf (NaN * w and inf * 0 are NaN, inf *
+    w is inf; a sum with one such term is never finite: no GEMM skips a non-zero x), so
+    a finite z proves x finite; a z that is not (x bad, or finite but huge) sends us to
+    x itself."""
+    if z != NULL and below(abs_max(rows * n_z, z), INFINITY):
+        return True
+    return below(x_abs_max(rows, n_in, x, ldx), INFINITY)
+
+
 cdef inline void to_rows(Py_ssize_t rows, Py_ssize_t n_in, const floating* x, Py_ssize_t ldx,
                          floating* xs) noexcept nogil:
     """xs (rows, n_in) OVERWRITTEN with x (rows, n_in), its columns ``ldx`` apart."""
@@ -633,7 +645,7 @@ cdef void forward_rows(void* ctx, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
     cdef const int64_t* row
     cdef const float* a = c.x + r0 * n_in
     cdef float* z
-    if c.check and not c.check_z and not below(x_abs_max(rows, n_in, a, 0), INFINITY):
+    if c.check and not c.check_z and not x_finite(rows, n_in, a, 0, <float*>NULL, 0):
         c.bad[part] = 1
         return
     for i in range(net.L):
@@ -643,8 +655,7 @@ cdef void forward_rows(void* ctx, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
         z = ((c.p0 if i % 2 == 0 else c.p1) + r0 * c.widest if i < net.L - 1
              else c.out + r0 * n_out)
         fm_sgemm(rows, row[LAYER_N_IN], n_out, a, c.theta + row[LAYER_W], z)
-        if (i == 0 and c.check_z and not below(abs_max(rows * n_out, z), INFINITY)
-                and not below(x_abs_max(rows, n_in, a, 0), INFINITY)):
+        if i == 0 and c.check_z and not x_finite(rows, n_in, a, 0, z, n_out):
             c.bad[part] = 1
             return
         bias_activation_forward(rows, n_out, z, c.theta + row[LAYER_B], <int>row[LAYER_ACT],
@@ -763,7 +774,7 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
         if ldx and rows <= small:
             to_rows(rows, n_in, a, ldx, xs)
             a, lda = xs, 0
-        if check and not check_z and not below(x_abs_max(rows, n_in, a, lda), INFINITY):
+        if check and not check_z and not x_finite(rows, n_in, a, lda, <floating*>NULL, 0):
             return NAN
         for i in range(L):
             row = layer_row(net.layers, i)
@@ -783,12 +794,8 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
             else:
                 dense_product(rows, row[LAYER_N_IN], n_out, a, theta + row[LAYER_W], z,
                               rows <= small)
-            # x checked through x W (see check above): a NaN or inf in row r of x makes
-            # every z[r, j] NaN or inf (NaN * w and inf * 0 are NaN, inf * w is inf; a sum
-            # with one such term is never finite: no BLAS skips a non-zero x), so a finite
-            # z proves x finite; a z that is not (x bad, or finite but huge) sends us to x
-            if (i == 0 and check_z and not below(abs_max(rows * n_out, z), INFINITY)
-                    and not below(x_abs_max(rows, n_in, a, lda), INFINITY)):
+            # x checked through x W (see check above)
+            if i == 0 and check_z and not x_finite(rows, n_in, a, lda, z, n_out):
                 return NAN
             bias_activation_forward(rows, n_out, z, theta + row[LAYER_B], <int>row[LAYER_ACT],
                                     <floating>net.params[i], alpha_of(theta, row), f, NULL)
