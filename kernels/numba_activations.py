@@ -2,12 +2,13 @@
 
 Same codes (:mod:`fastmlp.codes`) and the same formulas as
 :mod:`fastmlp.activations` (the reference), element by element. Each pass
-branches on the code once and then runs that activation's own loop over the
-layer's n * k elements as one flat array (prelu and softmax row by row), which
-LLVM vectorises; a branch on the code per element is about 100 times slower for
-ReLU, and a loop per row of a narrow layer (2 or 4 units) is too short to vectorise. Both passes list the activations in the same order,
-so an activation's forward loop and its derivative loop are found at the same
-place in each; a code that has no loop raises ValueError.
+branches on the code once per block of rows (ACT_BLOCK elements) and then runs
+that activation's own loop over the block's elements as one flat array (prelu
+and softmax row by row), which LLVM vectorises; a branch on the code per element
+is about 100 times slower for ReLU, and a loop per row of a narrow layer (2 or 4
+units) is too short to vectorise. Both passes list the activations in the same
+order, so an activation's forward loop and its derivative loop are found at the
+same place in each; a code that has no loop raises ValueError.
 
 The loops are written out in the two passes. Measured alternatives, each
 giving one function per activation with its forward beside its derivative:
@@ -34,7 +35,7 @@ from fastmlp.codes import (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, REL
                            SIGN, SOFTMAX, SOFTPLUS, STEP, SUM_BLOCK, TANH)
 
 from .numba_link import separate
-from .numba_math import HELPER, INLINE, KERNEL
+from .numba_math import HELPER, INLINE, KERNEL, abs_max
 from .numba_math import exp as _exp
 from .numba_math import expm1 as _expm1
 from .numba_math import like
@@ -78,75 +79,90 @@ def _softmax_forward(Z, b, A):
 
 
 _softmax_forward_linked = separate(_softmax_forward)
+_abs_max_linked = separate(abs_max, read_only=True)
+# elements per block of rows (bias_act_forward, act_backward): a float64 block of Z and
+# one of A take 32 KiB, in L1 between the block's passes
+ACT_BLOCK = 2048
 
 
 @njit(**KERNEL)
-def bias_act_forward(Z, b, A, code, p, alpha):
+def bias_act_forward(Z, b, A, code, p, alpha, want_max):
     """Z (n, k) += b (k,) in place; A (n, k) = f(Z), OVERWRITTEN. A may be Z itself.
-    Both C-contiguous.
+    Both C-contiguous. Returns max |A| (float64; inf if one is NaN or inf) when
+    ``want_max`` (the guarded step's bound), else 0.
 
     ``alpha`` (k,) is prelu's per-unit parameter (any array for other codes).
-    The bias goes in row by row; the activation then runs as one loop over all n * k
-    elements (prelu, whose alpha is per unit, row by row): a narrow layer's rows of 2
-    or 4 elements are too short to vectorise (a 3-4-2 sigmoid net's forward pass took
-    twice as long row by row), and the second pass over Z costs a wide layer little.
+    Rows go in blocks of about ACT_BLOCK elements: the bias goes in row by row, then
+    the activation runs as one loop over the block's elements (prelu, whose alpha is
+    per unit, row by row), then the block's max |A|, all while the block is in L1 (as
+    three passes over the layer, each from L2, they cost W3's step 4 % beside the
+    Cython kernels' fused rows). A narrow layer's rows of 2 or 4 elements are too
+    short to vectorise one by one (a 3-4-2 sigmoid net's forward pass took twice as
+    long row by row); a block of them is not.
     """
+    n, k = Z.shape
     if code == SOFTMAX:
         _softmax_forward_linked(Z, b, A)
-        return
-    n, k = Z.shape
+        return _abs_max_linked(A, 0, n) if want_max else 0.0
     zero, half, one = Z.dtype.type(0.0), Z.dtype.type(0.5), Z.dtype.type(1.0)
-    for i in range(n):
-        for j in range(k):
-            Z[i, j] += b[j]
-    if code == PRELU:
-        for i in range(n):
+    step = max(1, ACT_BLOCK // max(k, 1))
+    top = 0.0
+    for r0 in range(0, n, step):
+        r1 = min(r0 + step, n)
+        for i in range(r0, r1):
             for j in range(k):
-                z = Z[i, j]
-                A[i, j] = z if z >= 0 else alpha[j] * z
-        return
-    zf, af = flat(Z, 0, n * k), flat(A, 0, n * k)
-    m = zf.shape[0]
-    if code == RELU:
-        # max(z, 0) as the reference's np.maximum: NaN stays NaN (z <= 0 is False) and
-        # -0 becomes +0
-        for t in range(m):
-            z = zf[t]
-            af[t] = zero if z <= 0 else z
-    elif code == SIGMOID:
-        for t in range(m):
-            af[t] = _sigmoid(zf[t])
-    elif code == TANH:
-        for t in range(m):
-            af[t] = _tanh(zf[t])
-    elif code == LINEAR:
-        for t in range(m):
-            af[t] = p * zf[t]
-    elif code == LEAKY_RELU:
-        for t in range(m):
-            z = zf[t]
-            af[t] = z if z >= 0 else p * z
-    elif code == ELU:
-        for t in range(m):
-            z = zf[t]
-            af[t] = z if z >= 0 else p * _expm1(min(z, zero))
-    elif code == SOFTPLUS:
-        for t in range(m):
-            af[t] = _softplus(zf[t])
-    elif code == PIECEWISE_LINEAR:
-        for t in range(m):
-            af[t] = min(max(zf[t] + half, zero), one)
-    elif code == STEP:
-        for t in range(m):
-            z = zf[t]
-            af[t] = one if z > 0 else (zero if z < 0 else half)
-    elif code == SIGN:
-        # as np.sign: NaN stays NaN, -0 becomes +0
-        for t in range(m):
-            z = zf[t]
-            af[t] = one if z > 0 else (-one if z < 0 else (zero if z == 0 else z))
-    else:
-        raise ValueError("unknown activation code")
+                Z[i, j] += b[j]
+        zf, af = flat(Z, r0 * k, r1 * k), flat(A, r0 * k, r1 * k)
+        m = zf.shape[0]
+        if code == RELU:
+            # max(z, 0) as the reference's np.maximum: NaN stays NaN (z <= 0 is False) and
+            # -0 becomes +0
+            for t in range(m):
+                z = zf[t]
+                af[t] = zero if z <= 0 else z
+        elif code == PRELU:
+            for i in range(r0, r1):
+                for j in range(k):
+                    z = Z[i, j]
+                    A[i, j] = z if z >= 0 else alpha[j] * z
+        elif code == SIGMOID:
+            for t in range(m):
+                af[t] = _sigmoid(zf[t])
+        elif code == TANH:
+            for t in range(m):
+                af[t] = _tanh(zf[t])
+        elif code == LINEAR:
+            for t in range(m):
+                af[t] = p * zf[t]
+        elif code == LEAKY_RELU:
+            for t in range(m):
+                z = zf[t]
+                af[t] = z if z >= 0 else p * z
+        elif code == ELU:
+            for t in range(m):
+                z = zf[t]
+                af[t] = z if z >= 0 else p * _expm1(min(z, zero))
+        elif code == SOFTPLUS:
+            for t in range(m):
+                af[t] = _softplus(zf[t])
+        elif code == PIECEWISE_LINEAR:
+            for t in range(m):
+                af[t] = min(max(zf[t] + half, zero), one)
+        elif code == STEP:
+            for t in range(m):
+                z = zf[t]
+                af[t] = one if z > 0 else (zero if z < 0 else half)
+        elif code == SIGN:
+            # as np.sign: NaN stays NaN, -0 becomes +0
+            for t in range(m):
+                z = zf[t]
+                af[t] = one if z > 0 else (-one if z < 0 else (zero if z == 0 else z))
+        else:
+            raise ValueError("unknown activation code")
+        if want_max:
+            v = _abs_max_linked(A, r0, r1)
+            top = v if not (v <= top) else top  # NaN and inf win
+    return top
 
 
 @njit(**KERNEL)
@@ -176,13 +192,14 @@ def add_sums(acc, m, out, j0, beta):
 
 
 @njit(**KERNEL)
-def act_backward(G, Z, A, code, p, alpha, galpha, beta):
+def act_backward(G, Z, A, code, p, alpha, galpha, beta, want_max):
     """Chain rule through the activation, in one pass over the layer, out of place.
 
     G (n, k): dE/dA, read only. Z (n, k): IN the layer's pre-activations, OUT
     OVERWRITTEN with delta = dE/dZ (each z's last use is its own derivative). A (n, k):
     the layer's outputs. For prelu galpha (k,) = beta * galpha + sum of dE/dA * min(Z, 0)
-    (beta 0 overwrites, 1 accumulates).
+    (beta 0 overwrites, 1 accumulates). Returns max |delta| (float64; inf if one is NaN
+    or inf) when ``want_max``, else 0: taken block by block as bias_act_forward's.
     ReLU's derivative is 0 at z <= 0; step's and sign's are 0 everywhere. Every
     branch MULTIPLIES g by the derivative of fastmlp.activations' table, as the
     reference does, never selects g or 0: an inf or NaN g where the derivative is 0
@@ -193,7 +210,7 @@ def act_backward(G, Z, A, code, p, alpha, galpha, beta):
     n, k = Z.shape
     if code == SOFTMAX:
         _softmax_backward_linked(G, A, Z)
-        return
+        return _abs_max_linked(Z, 0, n) if want_max else 0.0
     zero, half, one = Z.dtype.type(0.0), Z.dtype.type(0.5), Z.dtype.type(1.0)
     if code == PRELU:  # alpha per unit: row by row, a block of columns at a time
         acc = column_sums()  # galpha summed in float64, as gb (numba_layers.dense_params)
@@ -201,52 +218,62 @@ def act_backward(G, Z, A, code, p, alpha, galpha, beta):
             m = min(SUM_BLOCK, k - j0)
             for j in range(m):
                 acc[j] = 0.0
+            a = flat(alpha, j0, j0 + m)
             for i in range(n):
+                # views indexed from 0, so no negative-index check (see dense_params)
+                gr, zr = flat(G, i * k + j0, i * k + j0 + m), flat(Z, i * k + j0, i * k + j0 + m)
                 for j in range(m):
-                    g, z = G[i, j0 + j], Z[i, j0 + j]
+                    g, z = gr[j], zr[j]
                     acc[j] += g * min(z, zero)  # d prelu / d alpha = min(z, 0)
-                    Z[i, j0 + j] = g * (one if z >= 0 else alpha[j0 + j])
+                    zr[j] = g * (one if z >= 0 else a[j])
             add_sums(acc, m, galpha, j0, beta)
-        return
-    # one loop over all n * k elements, as bias_act_forward's
-    gf, zf, af = flat(G, 0, n * k), flat(Z, 0, n * k), flat(A, 0, n * k)
-    m = zf.shape[0]
-    if code == RELU:
-        for t in range(m):
-            g = gf[t]
-            zf[t] = g * (one if zf[t] > 0 else zero)
-    elif code == SIGMOID:
-        for t in range(m):
-            f = af[t]
-            zf[t] = gf[t] * (f * (one - f))
-    elif code == TANH:
-        for t in range(m):
-            f = af[t]
-            zf[t] = gf[t] * (one - f * f)
-    elif code == LINEAR:
-        for t in range(m):
-            zf[t] = gf[t] * p
-    elif code == LEAKY_RELU:
-        for t in range(m):
-            g = gf[t]
-            zf[t] = g * (one if zf[t] >= 0 else p)
-    elif code == ELU:
-        for t in range(m):
-            g = gf[t]
-            # alpha e^z, not f + alpha: that cancels (0 below z = -17 in float32); e^z in
-            # float64, as the reference (a float32 e^z below 1e-38 loses its digits)
-            z = zf[t]
-            zf[t] = g * (one if z >= 0 else Z.dtype.type(p * _exp(np.float64(min(z, zero)))))
-    elif code == SOFTPLUS:
-        for t in range(m):
-            zf[t] = gf[t] * _sigmoid(zf[t])
-    elif code == PIECEWISE_LINEAR:
-        for t in range(m):
-            g = gf[t]
-            z = zf[t]
-            zf[t] = g * (one if (z > -half) & (z < half) else zero)
-    elif code == STEP or code == SIGN:  # no gradient flows: g * 0 (NaN for an inf g)
-        for t in range(m):
-            zf[t] = gf[t] * zero
-    else:
-        raise ValueError("unknown activation code")
+        return _abs_max_linked(Z, 0, n) if want_max else 0.0
+    step = max(1, ACT_BLOCK // max(k, 1))
+    top = 0.0
+    for r0 in range(0, n, step):
+        r1 = min(r0 + step, n)
+        gf, zf, af = flat(G, r0 * k, r1 * k), flat(Z, r0 * k, r1 * k), flat(A, r0 * k, r1 * k)
+        m = zf.shape[0]
+        if code == RELU:
+            for t in range(m):
+                g = gf[t]
+                zf[t] = g * (one if zf[t] > 0 else zero)
+        elif code == SIGMOID:
+            for t in range(m):
+                f = af[t]
+                zf[t] = gf[t] * (f * (one - f))
+        elif code == TANH:
+            for t in range(m):
+                f = af[t]
+                zf[t] = gf[t] * (one - f * f)
+        elif code == LINEAR:
+            for t in range(m):
+                zf[t] = gf[t] * p
+        elif code == LEAKY_RELU:
+            for t in range(m):
+                g = gf[t]
+                zf[t] = g * (one if zf[t] >= 0 else p)
+        elif code == ELU:
+            for t in range(m):
+                g = gf[t]
+                # alpha e^z, not f + alpha: that cancels (0 below z = -17 in float32); e^z
+                # in float64, as the reference (a float32 e^z below 1e-38 loses its digits)
+                z = zf[t]
+                zf[t] = g * (one if z >= 0 else Z.dtype.type(p * _exp(np.float64(min(z, zero)))))
+        elif code == SOFTPLUS:
+            for t in range(m):
+                zf[t] = gf[t] * _sigmoid(zf[t])
+        elif code == PIECEWISE_LINEAR:
+            for t in range(m):
+                g = gf[t]
+                z = zf[t]
+                zf[t] = g * (one if (z > -half) & (z < half) else zero)
+        elif code == STEP or code == SIGN:  # no gradient flows: g * 0 (NaN for an inf g)
+            for t in range(m):
+                zf[t] = gf[t] * zero
+        else:
+            raise ValueError("unknown activation code")
+        if want_max:
+            v = _abs_max_linked(Z, r0, r1)
+            top = v if not (v <= top) else top  # NaN and inf win
+    return top

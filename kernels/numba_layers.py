@@ -31,13 +31,14 @@ _bias_act_forward_linked = separate(bias_act_forward)
 
 
 @njit(**INLINE)
-def dense_forward(X, W, b, alpha, Z, A, code, p):
-    """Z (n, k) = X (n, k_in) @ W + b and A (n, k) = f(Z), both OVERWRITTEN.
+def dense_forward(X, W, b, alpha, Z, A, code, p, want_max):
+    """Z (n, k) = X (n, k_in) @ W + b and A (n, k) = f(Z), both OVERWRITTEN; returns
+    max |A| when ``want_max``, else 0 (bias_act_forward).
 
     A may be Z, but LLVM keeps a pass whose arrays may overlap scalar: 4x slower.
     """
     gemm_nn(X, W, Z, 1.0, 0.0)
-    _bias_act_forward_linked(Z, b, A, code, p, alpha)
+    return _bias_act_forward_linked(Z, b, A, code, p, alpha, want_max)
 
 
 @njit(**INLINE)
@@ -69,8 +70,12 @@ def dense_params(X, D, W, b, alpha, gW, gb, galpha, beta, lr, decay):
         for j in range(m):
             acc[j] = 0.0
         for i in range(n):
+            # the row's block as a view indexed from 0: D[i, j0 + j] kept Numba's check
+            # for a negative index in, and LLVM made the loop a gather (a third of the
+            # numba W3 step's own time)
+            d = flat(D, i * k + j0, i * k + j0 + m)
             for j in range(m):
-                acc[j] += D[i, j0 + j]
+                acc[j] += d[j]
         add_sums(acc, m, gb, j0, beta)
     # one call site: gemm_tn is inlined, and each copy costs compile time
     fold = lr != 0

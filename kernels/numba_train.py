@@ -465,11 +465,12 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                     k = plan[row + LAYER_N_OUT]
                     W, b, alpha = _params(theta, plan, l)
                     A = matrix(ws, plan[row + LAYER_F], rows, k)
-                    dense_forward(inp, W, b, alpha, matrix(ws, plan[row + LAYER_Z], rows, k), A,
-                                  plan[row + LAYER_ACT], ws[fp + l])
-                    if guarded:  # max |f| of the hidden layers (the output feeds no GEMM)
-                        guard[G_HEAD + l] = (_abs_max_linked(A, 0, rows) if l < n_layers - 1
-                                             else 0.0)
+                    # guarded: max |f| of the hidden layers (the output feeds no GEMM)
+                    top = dense_forward(inp, W, b, alpha, matrix(ws, plan[row + LAYER_Z], rows, k),
+                                        A, plan[row + LAYER_ACT], ws[fp + l],
+                                        guarded and l < n_layers - 1)
+                    if guarded:
+                        guard[G_HEAD + l] = top
                     inp = A
                 row = _row(n_layers - 1)
                 k = plan[row + LAYER_N_OUT]
@@ -484,15 +485,18 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                     k_in, k = plan[row + LAYER_N_IN], plan[row + LAYER_N_OUT]
                     W, b, alpha = _params(theta, plan, l)
                     delta = matrix(ws, plan[row + LAYER_Z], rows, k)
+                    # guarded: max |delta|, taken while it is written (act_backward)
                     if l == n_layers - 1 and plan[PLAN_FUSED]:
                         delta = D
+                        top = _abs_max_linked(D, 0, rows) if guarded else 0.0
                     else:
                         gW, gb, galpha = _params(grad, plan, l)
-                        _act_backward_linked(D, delta, matrix(ws, plan[row + LAYER_F], rows, k),
-                                             plan[row + LAYER_ACT], ws[fp + l], alpha, galpha,
-                                             beta)
-                    if guarded:  # max |delta|, while still in cache (L2 at W2's sizes)
-                        guard[G_HEAD + n_layers + l] = _abs_max_linked(delta, 0, rows)
+                        top = _act_backward_linked(D, delta,
+                                                   matrix(ws, plan[row + LAYER_F], rows, k),
+                                                   plan[row + LAYER_ACT], ws[fp + l], alpha,
+                                                   galpha, beta, guarded)
+                    if guarded:
+                        guard[G_HEAD + n_layers + l] = top
                     if l > 0:
                         D = matrix(ws, plan[WS_D0], rows, k_in)
                         gemm_nt(delta, W, D, 1.0, 0.0)
@@ -609,7 +613,7 @@ def _forward_rows(theta, X, x0, plan, fparams, buf, out, zout, small, check):
             if not ((_columns_abs_max(X, x0, x0 + n) if x0 >= 0
                      else _abs_max_linked(X, 0, n)) < np.inf):
                 return False
-        _bias_act_forward_linked(Z, b, A, plan[row + LAYER_ACT], fparams[l], alpha)
+        _bias_act_forward_linked(Z, b, A, plan[row + LAYER_ACT], fparams[l], alpha, False)
         inp = A
     return True
 
