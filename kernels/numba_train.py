@@ -194,11 +194,14 @@ def _copy_state(theta, bufs, rows, backup, save):
         else:
             theta[i] = backup[i]
     for r in range(rows):
+        # views indexed from 0: backup[(r + 1) * p + i] kept Numba's check for a negative
+        # index in each element's address (numba_layers.dense_params says what that cost)
+        saved, live = flat(backup, (r + 1) * p, (r + 2) * p), flat(bufs, r * p, (r + 1) * p)
         for i in range(p):
             if save:
-                backup[(r + 1) * p + i] = bufs[r, i]
+                saved[i] = live[i]
             else:
-                bufs[r, i] = backup[(r + 1) * p + i]
+                live[i] = saved[i]
 
 
 # linked, not compiled into each caller again (tests/test_warmup checks that run's
