@@ -43,8 +43,8 @@ from numba import njit
 
 from fastmlp.codes import (ADAM_CODE, BETA1, BETA2, EPS, GRADIENT, NESTEROV as _NESTEROV, LAYER_ACT, LAYER_ALPHA,
                            LAYER_B, LAYER_F, LAYER_FIELDS, LAYER_N_IN, LAYER_N_OUT, LAYER_W,
-                           LAYER_Z, LINEAR, LR, MOMENTUM, NESTEROV, PLAN_CAP, PLAN_FOLD_ROWS,
-                           PLAN_FUSED, PLAN_HEAD, PLAN_LAYERS, PLAN_LOSS, PLAN_N_PARAMS,
+                           LAYER_Z, LR, MOMENTUM, NESTEROV, PLAN_CAP, PLAN_FOLD_ROWS,
+                           PLAN_FUSED, PLAN_HEAD, PLAN_LAYERS, PLAN_LOSS,
                            PLAN_WIDEST, PLAN_WS_SIZE, SGD_CODE, TRAIN, WEIGHT_DECAY,
                            WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD, WS_TB, WS_XB)
 
