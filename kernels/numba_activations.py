@@ -95,10 +95,10 @@ def bias_act_forward(Z, b, A, code, p, alpha, want_max):
     Rows go in blocks of about ACT_BLOCK elements: the bias goes in row by row, then
     the activation runs as one loop over the block's elements (prelu, whose alpha is
     per unit, row by row), then the block's max |A|, all while the block is in L1 (as
-    three passes over the layer, each from L2, they cost W3's step 4 % beside the
-    Cython kernels' fused rows). A narrow layer's rows of 2 or 4 elements are too
-    short to vectorise one by one (a 3-4-2 sigmoid net's forward pass took twice as
-    long row by row); a block of them is not.
+    three passes over the layer, each from L2, they cost the W3 step about 2 %; the
+    Cython kernels fuse the three row by row). A narrow layer's rows of 2 or 4
+    elements are too short to vectorise one by one (a 3-4-2 sigmoid net's forward pass
+    took twice as long row by row); a block of them is not.
     """
     n, k = Z.shape
     if code == SOFTMAX:
