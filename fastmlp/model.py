@@ -220,16 +220,42 @@ class _Snapshot:
             self._buffers = np.empty_like(state.buffers[:self._rows])
             self.fresh = True
         np.copyto(self._theta, theta)
-        np.copyto(self._buffers[:self._rows], state.buffers[:self._rows])
+        if self._rows:   # (none for plain SGD: two slices and a call saved per fit)
+            np.copyto(self._buffers[:self._rows], state.buffers[:self._rows])
         np.copyto(self._step, state.step)
         self.fresh = False
 
     def restore(self):
         theta, state = self._live
         np.copyto(theta, self._theta)
-        np.copyto(state.buffers[:self._rows], self._buffers[:self._rows])
+        if self._rows:
+            np.copyto(state.buffers[:self._rows], self._buffers[:self._rows])
         np.copyto(state.step, self._step)
         self._push()
+
+
+class _SnapshotLease:
+    """Model._rollback's context (a class: contextlib's generator cost a 6-row fit 1 us)."""
+
+    __slots__ = ("_model",)
+
+    def __init__(self, model):
+        self._model = model
+
+    def __enter__(self):
+        model = self._model
+        if model._snapshots_in_use:
+            snapshot = model._new_snapshot()
+        else:
+            if model._snapshot is None:
+                model._snapshot = model._new_snapshot()
+            snapshot = model._snapshot
+        model._snapshots_in_use += 1
+        return snapshot
+
+    def __exit__(self, *exc_info):
+        self._model._snapshots_in_use -= 1
+        return False
 
 
 class _BadEpochUnplaced(Exception):
@@ -264,9 +290,10 @@ class _Rewind:
     ``snapshot``: restore it and the generator ``rng``'s state, then ``replay(k)`` (the
     next k epochs trained again) for each of ``chunks`` (the epochs of each chunk
     trained since, appended by fit). ``trained``: the seconds they took, which fit adds
-    up to judge when a new snapshot is due."""
+    up to judge when a new snapshot is due. ``rng_state`` and ``mark``: the generator's
+    state and the History's mark (History._mark) now, as the caller has just read them."""
 
-    def __init__(self, snapshot, history, rng, replay):
+    def __init__(self, snapshot, history, rng, replay, rng_state, mark):
         # A first copy into fresh memory is no measure of the next ones (the pages fault
         # in: 226 ms against 8 ms for a 2048-2048-2048-10 net's Adam state): the next
         # chunk copies again, and times that.
@@ -275,7 +302,7 @@ class _Rewind:
         snapshot.save()
         self.cost = time.perf_counter() - start
         self._snapshot, self._history, self._rng, self._replay = snapshot, history, rng, replay
-        self._rng_state, self._mark = rng.bit_generator.state, history._mark()
+        self._rng_state, self._mark = rng_state, mark
         self.chunks, self.trained = [], 0.0
 
     def due(self, share):
@@ -428,6 +455,9 @@ class Model:
         self._snapshot = None         # the rollback copy (_rollback), made on first use
         self._snapshots_in_use = 0    # training calls under way, nested in a callback's
         self._unit_targets = self._net.loss.output is not None  # cross-entropies: t in [0, 1]
+        # layers through which no gradient flows (warned of by every fit)
+        self._dead_layers = [i + 1 for i, layer in enumerate(self._net.layers)
+                             if layer.activation.code in (act.STEP, act.SIGN)]
         # a softmax's Y may be class indices (n,): labels.is_labels' first case
         self._index_labels = self._net.loss.code == CROSS_ENTROPY and self._net.output_dim > 1
         self._index_bytes = labels.index_classes(self._net.output_dim).tobytes()
@@ -1196,9 +1226,10 @@ class Model:
                     batch_size = validation.check_batch_size(batch_size, len(X))
                     metric_fns = metric_table.get(metrics, self.loss)
                     callbacks = self._callbacks(callbacks, verbose)
-                    from .callbacks import check_monitors
-                    check_monitors(callbacks, _logged(metric_fns, val is not None,
-                                                      gradient_norms))
+                    if callbacks:
+                        from .callbacks import check_monitors
+                        check_monitors(callbacks, _logged(metric_fns, val is not None,
+                                                          gradient_norms))
                     self._warn_if_untrainable()   # (an error under warnings-as-errors)
                 except BaseException:  # a refused fit has learnt no labels or feature names
                     self.classes_, self.feature_names_in_ = learnt
@@ -1386,7 +1417,8 @@ class Model:
                 try:
                     if back is None or back.due(self._SNAPSHOT_SHARE):
                         back = None   # (interrupted in the copy: nothing trained to undo)
-                        back = _Rewind(snapshot, history, self._rng, replay)
+                        back = _Rewind(snapshot, history, self._rng, replay, rng_before,
+                                       recorded_so_far)
                     chunk_orders = orders.draw(k)
                     started = True
                     start = time.perf_counter()
@@ -1450,7 +1482,8 @@ class Model:
 
     def _draw_orders(self, k, n):
         """k epochs' orders (k, n), the same numbers k calls of permutation(n) would give."""
-        orders = np.tile(np.arange(n, dtype=np.int64), (k, 1))
+        orders = np.empty((k, n), dtype=np.int64)
+        orders[...] = np.arange(n, dtype=np.int64)   # (np.tile: twice the Python work)
         return self._rng.permuted(orders, axis=1, out=orders)
 
     def _epochs(self, X, T, orders, batch_size, tol, done):
@@ -1748,6 +1781,8 @@ class Model:
         return {name: fn(P, T) for name, fn in metric_fns}
 
     def _callbacks(self, callbacks, verbose):
+        if callbacks is None and type(verbose) is int and verbose == 0:   # the default
+            return []
         if not isinstance(verbose, (bool, np.bool_, int, np.integer)) or verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r:.60}")
         callbacks = _callback_list(callbacks)
@@ -1804,23 +1839,13 @@ class Model:
         finally:
             self._fit_waiters -= 1
 
-    @contextlib.contextmanager
     def _rollback(self):
-        """A :class:`_Snapshot`, saved before a step or epoch and restored if it goes wrong;
-        only used with the lock held. The model's one (made on first use), unless a
-        training call is under way: a callback's ``fit`` or ``apply_gradient`` gets its own
-        (sharing one, its save replaced the epoch start its fit's Ctrl-C then restored)."""
-        if self._snapshots_in_use:
-            snapshot = self._new_snapshot()
-        else:
-            if self._snapshot is None:
-                self._snapshot = self._new_snapshot()
-            snapshot = self._snapshot
-        self._snapshots_in_use += 1
-        try:
-            yield snapshot
-        finally:
-            self._snapshots_in_use -= 1
+        """A context giving a :class:`_Snapshot`, saved before a step or epoch and restored
+        if it goes wrong; only used with the lock held. The model's one (made on first use),
+        unless a training call is under way: a callback's ``fit`` or ``apply_gradient`` gets
+        its own (sharing one, its save replaced the epoch start its fit's Ctrl-C then
+        restored)."""
+        return _SnapshotLease(self)
 
     def _new_snapshot(self):
         # the model's pull and push as they are when called: a new optimiser may have
@@ -1850,8 +1875,7 @@ class Model:
                                "(try a smaller learning rate or rescale the data)")
 
     def _warn_if_untrainable(self):
-        dead = [i + 1 for i, l in enumerate(self._net.layers)
-                if l.activation.code in (act.STEP, act.SIGN)]
+        dead = self._dead_layers
         if dead:
             warnings.warn(f"layer(s) {dead} use step/sign, whose derivative is 0: no gradient "
                           "flows through them, so the layers before them cannot learn",
