@@ -1012,16 +1012,72 @@ class Model:
 
     def evaluate(self, X, Y):
         """Mean loss over (X, Y), a float. Safe to call from several threads at once."""
+        blocks = self._index_blocks(X, Y)
+        if blocks is not None:
+            return self._blocked_loss(*blocks)
         X, T = self._data(X, Y)
         return float(self._engine.evaluate(X, T))
 
     def gradients(self, X, Y):
         """(loss, grads): the mean loss and its gradient, in get_weights() order. No update.
         Safe to call from several threads at once."""
-        X, T = self._data(X, Y)
         grad = np.empty(self._net.n_params, dtype=self._dtype)
+        blocks = self._index_blocks(X, Y)
+        if blocks is not None:
+            return self._blocked_loss(*blocks, grad), self._net.split(grad)
+        X, T = self._data(X, Y)
         loss = self._engine.loss_and_gradient(X, T, grad)
         return float(loss), self._net.split(grad)
+
+    # Class indices whose one-hot targets (n, k) would pass _ONE_HOT_BYTES are taken by
+    # evaluate, gradients and gradient_vector about _ONE_HOT_BLOCK_BYTES of targets at a
+    # time, in whole workspaces of rows (the kernels take float targets only: 200,000
+    # indices of 1,000 classes peaked at 766 MB, made one-hot in one piece).
+    _ONE_HOT_BYTES = 64 << 20
+    _ONE_HOT_BLOCK_BYTES = 16 << 20
+
+    def _index_blocks(self, X, Y):
+        """(X, Y, rows) for _blocked_loss when Y is class indices of a softmax model
+        (classes_ unset or 0..k-1: validation.class_indices) whose one-hot targets would
+        pass _ONE_HOT_BYTES: X checked as the kernels take it, Y (n,) and the rows of
+        a block; else None (the usual path: one array of targets, or the error)."""
+        k, itemsize = self._width[1], self._dtype.itemsize
+        if not (self._index_labels and type(Y) is np.ndarray and Y.ndim in (1, 2)
+                and len(Y) * k * itemsize > self._ONE_HOT_BYTES
+                and self._classes_are_indices()):
+            return None
+        indices = validation.class_indices(Y, len(Y), k)
+        if indices is None:
+            return None
+        self._checked_feature_names(X)   # (a DataFrame's columns, as _data checks them)
+        X = validation.check_inputs(X, self._width[0], self._dtype, self._scaling)
+        if len(X) != len(indices):
+            return None   # (_data names the mismatch)
+        step = rules.TRAIN_ROWS   # whole chunks of the kernels' own
+        rows = max(step, self._ONE_HOT_BLOCK_BYTES // (k * itemsize) // step * step)
+        return X, indices, rows
+
+    def _blocked_loss(self, X, indices, rows, grad=None):
+        """The mean loss over X (n, input_dim) and class ``indices`` (n,), ``rows`` at a
+        time (their one-hot targets made per block), and its gradient written into
+        ``grad`` (n_params,) when given: the blocks' means weighted by their rows, summed
+        in float64."""
+        n, k = len(X), self._width[1]
+        loss, total = 0.0, None if grad is None else np.zeros(len(grad))
+        for start in range(0, n, rows):
+            block = X[start:start + rows]
+            T = validation.index_targets(indices[start:start + rows], len(block), k,
+                                         self._dtype)
+            share = len(block) / n
+            if grad is None:
+                loss += share * float(self._engine.evaluate(block, T))
+            else:
+                loss += share * float(self._engine.loss_and_gradient(block, T, grad))
+                total += share * grad
+            del T   # (before the next block's targets are made: one block's at a time)
+        if grad is not None:
+            grad[...] = total
+        return loss
 
     def prepare(self, X, Y):
         """(X, T): inputs and targets validated and converted once, as the methods above
@@ -1045,7 +1101,8 @@ class Model:
         (n_params,) in get_weights() order, written into ``out`` when given (a
         C-contiguous array of the model dtype). No update. For data-parallel training:
         sum the vectors of several workers, then :meth:`apply_gradient`."""
-        X, T = self._data(X, Y)
+        blocks = self._index_blocks(X, Y)
+        X, T = blocks[:2] if blocks is not None else self._data(X, Y)   # (T: indices)
         if out is None:
             out = np.empty(self._net.n_params, dtype=self._dtype)
         elif (not isinstance(out, np.ndarray) or out.shape != (self._net.n_params,)
@@ -1059,7 +1116,8 @@ class Model:
         clear = out.flags.aligned and not _shares_memory(out, X, T, self._theta,
                                                          self._state.buffers)
         into = out if clear else np.empty_like(out)
-        loss = self._engine.loss_and_gradient(X, T, into)
+        loss = (self._engine.loss_and_gradient(X, T, into) if blocks is None
+                else self._blocked_loss(*blocks, into))
         if into is not out:
             out[...] = into
         return float(loss), out

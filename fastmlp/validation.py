@@ -141,11 +141,11 @@ def _eye(k, dtype):
 _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
-def index_targets(Y, n_rows, k, dtype):
-    """One-hot targets (n_rows, k) of ``dtype`` for class indices Y: a plain integer ndarray
+def class_indices(Y, n_rows, k):
+    """Y as a 1-D integer array (n_rows,) (a view) when it is a plain integer ndarray
     (n_rows,) or (n_rows, 1) with every value in [0, k); else None, and the full checks
-    (check_targets, after labels.encode) map other labels or name the problem. O(1) Python
-    work: one reduction and one gather, about the cost of a manual ``np.eye(k)[y]``."""
+    (check_targets, after labels.encode) map other labels or name the problem. One
+    reduction."""
     if (type(Y) is not np.ndarray or Y.dtype.kind not in "iu" or not Y.dtype.isnative
             or not (Y.ndim == 1 or (Y.ndim == 2 and Y.shape[1] == 1))
             or len(Y) != n_rows or n_rows == 0):
@@ -154,7 +154,15 @@ def index_targets(Y, n_rows, k, dtype):
     # [0, k) in one reduction: read as unsigned, a negative index is beyond k (it would
     # wrap round in take); the view costs no copy
     unsigned = flat.view(_UNSIGNED[flat.dtype.itemsize]) if Y.dtype.kind == "i" else flat
-    if np.maximum.reduce(unsigned) >= k:
+    return None if np.maximum.reduce(unsigned) >= k else flat
+
+
+def index_targets(Y, n_rows, k, dtype):
+    """One-hot targets (n_rows, k) of ``dtype`` for class indices Y (see
+    :func:`class_indices`); else None. O(1) Python work: one reduction and one gather,
+    about the cost of a manual ``np.eye(k)[y]``."""
+    flat = class_indices(Y, n_rows, k)
+    if flat is None:
         return None
     if k <= _EYE_CLASSES:
         return _eye(k, dtype).take(flat, axis=0)
