@@ -225,6 +225,21 @@ class _Snapshot:
         np.copyto(self._step, state.step)
         self.fresh = False
 
+    def cover(self):
+        """Save the optimiser-buffer rows save() left out, as they are now: not in use
+        since (the optimiser's kind and settings then used fewer), they are unchanged, and
+        restore() must put them back once a new optimiser (a callback's, say) puts them in
+        use or set_state writes them. Model calls it before either changes them."""
+        state = self._live[1]
+        rows = len(state.buffers)
+        if self._rows < rows:
+            if len(self._buffers) < rows:
+                grown = np.empty_like(state.buffers)
+                grown[:self._rows] = self._buffers[:self._rows]
+                self._buffers = grown
+            np.copyto(self._buffers[self._rows:], state.buffers[self._rows:])
+            self._rows = rows
+
     def restore(self):
         theta, state = self._live
         np.copyto(theta, self._theta)
@@ -237,24 +252,25 @@ class _Snapshot:
 class _SnapshotLease:
     """Model._rollback's context (a class: contextlib's generator cost a 6-row fit 1 us)."""
 
-    __slots__ = ("_model",)
+    __slots__ = ("_model", "_snapshot")
 
     def __init__(self, model):
         self._model = model
 
     def __enter__(self):
         model = self._model
-        if model._snapshots_in_use:
+        if model._leases:
             snapshot = model._new_snapshot()
         else:
             if model._snapshot is None:
                 model._snapshot = model._new_snapshot()
             snapshot = model._snapshot
-        model._snapshots_in_use += 1
+        self._snapshot = snapshot
+        model._leases.append(snapshot)
         return snapshot
 
     def __exit__(self, *exc_info):
-        self._model._snapshots_in_use -= 1
+        self._model._leases.remove(self._snapshot)
         return False
 
 
@@ -453,7 +469,7 @@ class Model:
         self._fit_owner = None        # the thread ident of the fit under way
         self._fit_waiters = 0         # threads in _wait_for_fit (changed under the lock)
         self._snapshot = None         # the rollback copy (_rollback), made on first use
-        self._snapshots_in_use = 0    # training calls under way, nested in a callback's
+        self._leases = []             # the snapshots of training calls under way (_rollback)
         self._unit_targets = self._net.loss.output is not None  # cross-entropies: t in [0, 1]
         # layers through which no gradient flows (warned of by every fit)
         self._dead_layers = [i + 1 for i, layer in enumerate(self._net.layers)
@@ -518,6 +534,8 @@ class Model:
             self._wait_for_fit()   # (a Ctrl-C may end the wait: before the deferral)
             with signals_deferred():    # whole
                 self._pull()
+                for snapshot in self._leases:   # a callback's: its fit's undo keeps them
+                    snapshot.cover()
                 folds = rules.sgd_fold_rows(self._state)
                 self._optimizer = optimizer
                 self._state.hyper[:] = optimizer.hyper()   # the kernels read it at every call
@@ -716,6 +734,8 @@ class Model:
             with signals_deferred():
                 try:
                     if theta is not None:
+                        for snapshot in self._leases:   # (a callback's set_state)
+                            snapshot.cover()
                         self._theta[...] = theta
                         self._state.buffers[...] = buffers
                     self._state.step[...] = step
