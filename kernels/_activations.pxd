@@ -268,21 +268,47 @@ cdef inline void softplus_backward(Py_ssize_t n, const floating* g, floating* zd
 
 # -- softmax: over the row, shifted by its maximum --------------------------------------------
 
+cdef enum:
+    # The row's max and sum go in this many independent lanes, each a chain of its own:
+    # as one chain, each compare or add waiting for the last, they cost a 1,000-class
+    # row about 2 ns an element, ten times its exp. The lanes vectorise with no lane's
+    # adds reordered (no -ffast-math); the max is the same whatever the order.
+    SOFTMAX_LANES = 8
+
+
 cdef inline void softmax_forward(Py_ssize_t n, floating* z, const floating* b, floating p,
                                  const floating* alpha, floating* f) noexcept nogil:
     # The row's sum in double, as the Numba kernel: a float32 sum drifts with the row's
-    # length (a 3,000-class row summed to 1 +- 3e-6, against 6e-8).
-    cdef Py_ssize_t j
-    cdef floating v, t, m = z[0] + b[0]
+    # length (a 3,000-class row summed to 1 +- 3e-6, against 6e-8). A NaN anywhere makes
+    # the whole row NaN (through the sum, or through m when it is z[0]), whichever lane
+    # sees it: the max's lanes may skip it.
+    cdef Py_ssize_t i, j, l, whole = n - n % SOFTMAX_LANES
+    cdef floating v, t, m
+    cdef floating top[SOFTMAX_LANES]
     cdef double s = 0
+    cdef double sums[SOFTMAX_LANES]
     for j in range(n):
-        v = z[j] + b[j]
-        z[j] = v
-        if v > m:
-            m = v
+        z[j] = z[j] + b[j]
+    m = z[0]
+    for l in range(SOFTMAX_LANES):
+        top[l] = m
+        sums[l] = 0
+    for i in range(0, whole // SOFTMAX_LANES):
+        for l in range(SOFTMAX_LANES):
+            v = z[i * SOFTMAX_LANES + l]
+            top[l] = v if v > top[l] else top[l]
+    for l in range(SOFTMAX_LANES):
+        m = top[l] if top[l] > m else m
+    for j in range(whole, n):
+        m = z[j] if z[j] > m else m
     for j in range(n):
         f[j] = vexp(z[j] - m)
-    for j in range(n):
+    for i in range(0, whole // SOFTMAX_LANES):
+        for l in range(SOFTMAX_LANES):
+            sums[l] += f[i * SOFTMAX_LANES + l]
+    for l in range(SOFTMAX_LANES):
+        s += sums[l]
+    for j in range(whole, n):
         s += f[j]
     t = <floating>s
     for j in range(n):

@@ -62,20 +62,50 @@ def _softplus(z):
 @njit(**KERNEL)
 def _softmax_forward(Z, b, A):
     n, k = Z.shape
+    whole = k - k % 8
     for i in range(n):
-        m = Z[i, 0] + b[0]
+        # each row through 1-D views indexed from 0: indexed as Z[i, j + 1], each element
+        # kept Numba's negative-index check and the lanes below did not vectorise
+        z, a = flat(Z, i * k, i * k + k), flat(A, i * k, i * k + k)
         for j in range(k):
-            z = Z[i, j] + b[j]
-            Z[i, j] = z
-            m = max(m, z)
-        for j in range(k):  # apart from the sum, which would keep it from vectorising
-            A[i, j] = _exp(Z[i, j] - m)
-        s = 0.0
+            z[j] = z[j] + b[j]
+        # The max and the float64 sum in eight lanes, then the lanes and the tail in
+        # order, as the Cython kernel sums (_activations.pxd, SOFTMAX_LANES): as one
+        # chain of dependent compares or adds, this pass cost a 1,000-class row 2.9 ns an
+        # element in float32, 1.6 ns in lanes. A NaN anywhere makes the row NaN.
+        m = z[0]
+        m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = m
+        for j in range(0, whole, 8):
+            m0 = z[j] if z[j] > m0 else m0
+            m1 = z[j + 1] if z[j + 1] > m1 else m1
+            m2 = z[j + 2] if z[j + 2] > m2 else m2
+            m3 = z[j + 3] if z[j + 3] > m3 else m3
+            m4 = z[j + 4] if z[j + 4] > m4 else m4
+            m5 = z[j + 5] if z[j + 5] > m5 else m5
+            m6 = z[j + 6] if z[j + 6] > m6 else m6
+            m7 = z[j + 7] if z[j + 7] > m7 else m7
+        for t in (m0, m1, m2, m3, m4, m5, m6, m7):
+            m = t if t > m else m
+        for j in range(whole, k):
+            m = z[j] if z[j] > m else m
         for j in range(k):
-            s += A[i, j]
+            a[j] = _exp(z[j] - m)
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+        for j in range(0, whole, 8):
+            s0 += a[j]
+            s1 += a[j + 1]
+            s2 += a[j + 2]
+            s3 += a[j + 3]
+            s4 += a[j + 4]
+            s5 += a[j + 5]
+            s6 += a[j + 6]
+            s7 += a[j + 7]
+        s = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7
+        for j in range(whole, k):
+            s += a[j]
         s_ = like(s, m)  # m is in the array dtype
         for j in range(k):
-            A[i, j] = A[i, j] / s_
+            a[j] = a[j] / s_
 
 
 _softmax_forward_linked = separate(_softmax_forward)
