@@ -13,6 +13,7 @@ import math
 import threading
 import time
 import warnings
+import weakref
 
 import numpy as np
 
@@ -252,7 +253,7 @@ class _Snapshot:
 class _SnapshotLease:
     """Model._rollback's context (a class: contextlib's generator cost a 6-row fit 1 us)."""
 
-    __slots__ = ("_model", "_snapshot")
+    __slots__ = ("_model", "snapshot", "__weakref__")
 
     def __init__(self, model):
         self._model = model
@@ -265,13 +266,39 @@ class _SnapshotLease:
             if model._snapshot is None:
                 model._snapshot = model._new_snapshot()
             snapshot = model._snapshot
-        self._snapshot = snapshot
-        model._leases.append(snapshot)
+        self.snapshot = snapshot
+        model._leases.add(self)
         return snapshot
 
     def __exit__(self, *exc_info):
-        self._model._leases.remove(self._snapshot)
+        self._model._leases.discard(self)
         return False
+
+
+class _UndoneIfRaising:
+    """Model._undone_if_raising's context. A class, not a contextlib generator: a signal
+    landing as the generator's __exit__ began left it suspended at its yield, and its
+    ``except BaseException`` undo then ran on the GeneratorExit of its garbage collection,
+    after the fit, over the training done since (hostile round 43: the weights of 33 of
+    2,991 interrupted fits changed when the exception was dropped). Cut short so, this
+    one does nothing: the fit's own handler undoes the epoch."""
+
+    __slots__ = ("_model", "_snapshot", "_rng_state")
+
+    def __init__(self, model, snapshot, rng_state):
+        self._model, self._snapshot, self._rng_state = model, snapshot, rng_state
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is not None:
+            run_whole(self._undo)
+        return False
+
+    def _undo(self):
+        self._snapshot.restore()
+        self._model._rng.bit_generator.state = self._rng_state
 
 
 class _BadEpochUnplaced(Exception):
@@ -469,7 +496,10 @@ class Model:
         self._fit_owner = None        # the thread ident of the fit under way
         self._fit_waiters = 0         # threads in _wait_for_fit (changed under the lock)
         self._snapshot = None         # the rollback copy (_rollback), made on first use
-        self._leases = []             # the snapshots of training calls under way (_rollback)
+        # the leases (_SnapshotLease) of the training calls under way; weak, so that one whose
+        # __exit__ a signal cut short (the with statement then never removed it: every
+        # later fit made a new snapshot) goes once its frame is freed (hostile round 43)
+        self._leases = weakref.WeakSet()
         self._unit_targets = self._net.loss.output is not None  # cross-entropies: t in [0, 1]
         # layers through which no gradient flows (warned of by every fit)
         self._dead_layers = [i + 1 for i, layer in enumerate(self._net.layers)
@@ -534,8 +564,8 @@ class Model:
             self._wait_for_fit()   # (a Ctrl-C may end the wait: before the deferral)
             with signals_deferred():    # whole
                 self._pull()
-                for snapshot in self._leases:   # a callback's: its fit's undo keeps them
-                    snapshot.cover()
+                for lease in list(self._leases):   # a callback's: its fit's undo keeps them
+                    lease.snapshot.cover()
                 folds = rules.sgd_fold_rows(self._state)
                 self._optimizer = optimizer
                 self._state.hyper[:] = optimizer.hyper()   # the kernels read it at every call
@@ -734,8 +764,8 @@ class Model:
             with signals_deferred():
                 try:
                     if theta is not None:
-                        for snapshot in self._leases:   # (a callback's set_state)
-                            snapshot.cover()
+                        for lease in list(self._leases):   # (a callback's set_state)
+                            lease.snapshot.cover()
                         self._theta[...] = theta
                         self._state.buffers[...] = buffers
                     self._state.step[...] = step
@@ -1340,90 +1370,94 @@ class Model:
         when it diverges or is interrupted before it was recorded. X, T: the training
         rows as checked (Xd, Td: where the backend reads them); val, val_d: likewise the
         validation rows, or None."""
-        for cb in callbacks:   # every set_model before any on_train_begin, as Keras
-            _hook(cb, "set_model", self)
-        for cb in callbacks:
-            _hook(cb, "on_train_begin", {"epochs": epochs, "samples": len(X),
-                                         "batch_size": batch_size})
-        perm = np.arange(len(X), dtype=np.int64)
-        norms = np.zeros(len(self._net.layers)) if gradient_norms else None
-        steps = -(-len(X) // batch_size)
-        logs = {}
-        with self._rollback() as snapshot:
-            for epoch in range(epochs):
-                for cb in callbacks:
-                    _hook(cb, "on_epoch_begin", epoch, {})
-                start = time.perf_counter()
-                saved_rng, recorded_so_far = self._rng.bit_generator.state, history._mark()
-                labels = self.classes_, self.feature_names_in_   # (a fit in a callback learns)
-                snapshot.save()
-                trained = recorded = False
-                try:
-                    # the state written under the lock its copies take (get_state
-                    # from another thread, during the callbacks below, sees this epoch)
-                    with self._lock, self._undone_if_raising(snapshot, saved_rng):
-                        if shuffle:
-                            # a fresh permutation (not a reshuffle of the last one), so the
-                            # order depends only on the generator and
-                            # fit(1) + save/load + fit(1) == fit(2)
-                            perm = self.permutation(len(X))
-                        # Overflow on the way to divergence is reported once, as
-                        # TrainingDiverged, not as NumPy warnings (which, as errors,
-                        # would stop mid-epoch).
-                        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                            if norms is None:
-                                loss = self._engine.train_epoch(Xd, Td, perm, batch_size)
-                            else:
-                                norms[:] = 0
-                                loss = self._engine.train_epoch(Xd, Td, perm, batch_size,
-                                                                norms=norms)
-                        loss = float(loss)
-                        self._check_finite(loss, f"in epoch {epoch + 1}", "the weights of the "
-                                           "last finite epoch were kept")
-                        trained = True
-                    logs = self._epoch_logs(loss, time.perf_counter() - start, X, T, val,
-                                            val_d, metric_fns, norms, steps)
-                    if verbose == 2:
-                        from .callbacks import format_logs
-                        print(f"epoch {epoch + 1}/{epochs}  {format_logs(logs)}", flush=True)
+        # model.history is this fit's however it ends: a fit a callback ran replaced it, and
+        # an exception before an epoch's own handler below (in on_epoch_begin, say) left
+        # the callback's there (hostile round 43)
+        try:
+            for cb in callbacks:   # every set_model before any on_train_begin, as Keras
+                _hook(cb, "set_model", self)
+            for cb in callbacks:
+                _hook(cb, "on_train_begin", {"epochs": epochs, "samples": len(X),
+                                             "batch_size": batch_size})
+            perm = np.arange(len(X), dtype=np.int64)
+            norms = np.zeros(len(self._net.layers)) if gradient_norms else None
+            steps = -(-len(X) // batch_size)
+            logs = {}
+            with self._rollback() as snapshot:
+                for epoch in range(epochs):
                     for cb in callbacks:
-                        _hook(cb, "on_epoch_end", epoch, logs)
-                    # after the callbacks (Keras's History is the last): values a callback
-                    # adds to logs, a custom metric say, are recorded too
-                    history.record(epoch, logs)
-                    recorded = True
-                except BaseException as exc:
-                    # Diverged, or interrupted before the epoch was recorded (in its training
-                    # or its validation, metrics, callbacks or record): never leave the model
-                    # half an epoch updated, nor an epoch trained that the History does not
-                    # show. A callback's or metric's own error keeps the trained epoch, as in
-                    # Keras. model.history is this fit's (a fit in a callback replaced it).
-                    # (a timeout's TimeoutError from a signal handler is an interrupt too:
-                    # kept, it left an epoch trained that the History did not show)
-                    def undo():
-                        # (a failed training was undone in its lock already, unless a
-                        # second Ctrl-C skipped that: restored again, the same state)
-                        with self._lock:
-                            snapshot.restore()
-                            self._rng.bit_generator.state = saved_rng
-                        self.classes_, self.feature_names_in_ = labels
-                        history._undo(recorded_so_far)
-                    while True:   # again after a second Ctrl-C (see _signals.run_whole)
-                        try:
-                            self.history = history
-                            if not recorded and (not trained or from_a_handler(exc)):
-                                run_whole(undo)
-                            break
-                        except KeyboardInterrupt:
-                            pass
-                    raise
-                if self.stop_training or (tol is not None and loss <= tol):
-                    break
-        self.history = history  # a fit run from one of this fit's callbacks replaced it
-        for cb in callbacks:
-            _hook(cb, "on_train_end", logs)
-        self.history = history
-        return history
+                        _hook(cb, "on_epoch_begin", epoch, {})
+                    start = time.perf_counter()
+                    saved_rng, recorded_so_far = self._rng.bit_generator.state, history._mark()
+                    labels = self.classes_, self.feature_names_in_   # (a fit in a callback learns)
+                    snapshot.save()
+                    trained = recorded = False
+                    try:
+                        # the state written under the lock its copies take (get_state
+                        # from another thread, during the callbacks below, sees this epoch)
+                        with self._lock, self._undone_if_raising(snapshot, saved_rng):
+                            if shuffle:
+                                # a fresh permutation (not a reshuffle of the last one), so the
+                                # order depends only on the generator and
+                                # fit(1) + save/load + fit(1) == fit(2)
+                                perm = self.permutation(len(X))
+                            # Overflow on the way to divergence is reported once, as
+                            # TrainingDiverged, not as NumPy warnings (which, as errors,
+                            # would stop mid-epoch).
+                            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                                if norms is None:
+                                    loss = self._engine.train_epoch(Xd, Td, perm, batch_size)
+                                else:
+                                    norms[:] = 0
+                                    loss = self._engine.train_epoch(Xd, Td, perm, batch_size,
+                                                                    norms=norms)
+                            loss = float(loss)
+                            self._check_finite(loss, f"in epoch {epoch + 1}", "the weights of the "
+                                               "last finite epoch were kept")
+                            trained = True
+                        logs = self._epoch_logs(loss, time.perf_counter() - start, X, T, val,
+                                                val_d, metric_fns, norms, steps)
+                        if verbose == 2:
+                            from .callbacks import format_logs
+                            print(f"epoch {epoch + 1}/{epochs}  {format_logs(logs)}", flush=True)
+                        for cb in callbacks:
+                            _hook(cb, "on_epoch_end", epoch, logs)
+                        # after the callbacks (Keras's History is the last): values a callback
+                        # adds to logs, a custom metric say, are recorded too
+                        history.record(epoch, logs)
+                        recorded = True
+                    except BaseException as exc:
+                        # Diverged, or interrupted before the epoch was recorded (in its training
+                        # or its validation, metrics, callbacks or record): never leave the model
+                        # half an epoch updated, nor an epoch trained that the History does not
+                        # show. A callback's or metric's own error keeps the trained epoch, as in
+                        # Keras. model.history is this fit's (a fit in a callback replaced it).
+                        # (a timeout's TimeoutError from a signal handler is an interrupt too:
+                        # kept, it left an epoch trained that the History did not show)
+                        def undo():
+                            # (a failed training was undone in its lock already, unless a
+                            # second Ctrl-C skipped that: restored again, the same state)
+                            with self._lock:
+                                snapshot.restore()
+                                self._rng.bit_generator.state = saved_rng
+                            self.classes_, self.feature_names_in_ = labels
+                            history._undo(recorded_so_far)
+                        while True:   # again after a second Ctrl-C (see _signals.run_whole)
+                            try:
+                                self.history = history
+                                if not recorded and (not trained or from_a_handler(exc)):
+                                    run_whole(undo)
+                                break
+                            except KeyboardInterrupt:
+                                pass
+                        raise
+                    if self.stop_training or (tol is not None and loss <= tol):
+                        break
+            for cb in callbacks:
+                _hook(cb, "on_train_end", logs)
+            return history
+        finally:
+            self.history = history
 
     def _epoch_logs(self, loss, seconds, X, T, val, val_d, metric_fns, norms, steps):
         """An epoch's logs: its loss, the metrics on the training rows, the validation
@@ -1884,19 +1918,11 @@ class Model:
             callbacks.append(ProgressBar())
         return callbacks
 
-    @contextlib.contextmanager
     def _undone_if_raising(self, snapshot, rng_state):
         """With the lock held: restore ``snapshot`` and the generator if the block raises,
         before the lock is let go (another thread's get_state between an epoch that
-        diverged and its undo copied the NaN weights)."""
-        try:
-            yield
-        except BaseException:
-            def undo():
-                snapshot.restore()
-                self._rng.bit_generator.state = rng_state
-            run_whole(undo)
-            raise
+        diverged and its undo copied the NaN weights). See :class:`_UndoneIfRaising`."""
+        return _UndoneIfRaising(self, snapshot, rng_state)
 
     def _wake_waiters(self):
         with self._lock:
