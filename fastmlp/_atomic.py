@@ -28,7 +28,7 @@ import stat
 import tempfile
 import threading
 
-from ._signals import raise_if_signalled, run_whole, signals_deferred
+from ._signals import from_a_handler, raise_if_signalled, run_whole, signals_deferred
 
 _TEMP = re.compile(r"\.fastmlp-(\d+)-[a-z0-9_]+\.tmp\Z")
 _umask_lock = threading.Lock()
@@ -114,12 +114,13 @@ def replace(path, write):
             if tmp is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
-        while True:   # again after a second Ctrl-C (see _signals.run_whole): it left the
+        while True:   # again after a second signal (_signals.run_whole): it left the
             try:      # temporary file behind
                 run_whole(clean_up)
                 break
-            except KeyboardInterrupt:
-                pass
+            except BaseException as late:   # a second Ctrl-C, or a timeout's error
+                if not from_a_handler(late):   # (the undo's own: raised)
+                    raise
         raise
     try:  # make the rename itself durable
         with signals_deferred():   # the descriptor closed whatever happens

@@ -178,13 +178,17 @@ def run_whole(undo):
             try:
                 run_whole(undo)
                 break
-            except KeyboardInterrupt:
-                pass
+            except BaseException as late:
+                if not from_a_handler(late):
+                    raise
         raise
 
-    inline (a helper would have the same first moment), so a second Ctrl-C runs the
-    undo again; the first exception is then raised. Only a third, landing at the loop's
-    jump back, could still skip it."""
+    inline (a helper would have the same first moment), so a second signal runs the
+    undo again, a Ctrl-C's or a timeout's (catching KeyboardInterrupt alone, a
+    TimeoutError there skipped the undo: hostile round 44); the first exception is then
+    raised, and an error of the undo's own (not from a handler) is raised at once. Only
+    a third signal, landing at the loop's jump back or in from_a_handler, could still
+    skip it."""
     first, errors = None, 0
     while True:
         try:

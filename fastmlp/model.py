@@ -1201,12 +1201,13 @@ class Model:
                     self._check_finite(0.0, "in apply_gradient", "the model was left as it "
                                        "was before the step")
                 except BaseException:
-                    while True:   # again after a second Ctrl-C (see _signals.run_whole)
+                    while True:   # again after a second signal (_signals.run_whole)
                         try:
                             run_whole(snapshot.restore)
                             break
-                        except KeyboardInterrupt:
-                            pass
+                        except BaseException as late:   # a second Ctrl-C, or a timeout's error
+                            if not from_a_handler(late):   # (the undo's own: raised)
+                                raise
                     raise
 
     def train_on_batch(self, X, Y):
@@ -1260,12 +1261,13 @@ class Model:
                     def undo():
                         snapshot.restore()
                         self.classes_, self.feature_names_in_ = learnt
-                    while True:   # again after a second Ctrl-C (see _signals.run_whole)
+                    while True:   # again after a second signal (_signals.run_whole)
                         try:
                             run_whole(undo)
                             break
-                        except KeyboardInterrupt:
-                            pass
+                        except BaseException as late:   # a second Ctrl-C, or a timeout's error
+                            if not from_a_handler(late):   # (the undo's own: raised)
+                                raise
                     raise
         return loss
 
@@ -1442,14 +1444,15 @@ class Model:
                                 self._rng.bit_generator.state = saved_rng
                             self.classes_, self.feature_names_in_ = labels
                             history._undo(recorded_so_far)
-                        while True:   # again after a second Ctrl-C (see _signals.run_whole)
+                        while True:   # again after a second signal (_signals.run_whole)
                             try:
                                 self.history = history
                                 if not recorded and (not trained or from_a_handler(exc)):
                                     run_whole(undo)
                                 break
-                            except KeyboardInterrupt:
-                                pass
+                            except BaseException as late:   # a second Ctrl-C, or a timeout's error
+                                if not from_a_handler(late):   # (the undo's own: raised)
+                                    raise
                         raise
                     if self.stop_training or (tol is not None and loss <= tol):
                         break
@@ -1568,12 +1571,13 @@ class Model:
                         else:
                             self._rng.bit_generator.state = rng_before
                         history._undo(recorded_so_far)
-                    while not recorded:   # again after a second Ctrl-C (_signals.run_whole)
+                    while not recorded:   # again after a second signal (see _signals)
                         try:
                             run_whole(undo)
                             break
-                        except KeyboardInterrupt:
-                            pass
+                        except BaseException as late:   # a second Ctrl-C, or a timeout's error
+                            if not from_a_handler(late):   # (the undo's own: raised)
+                                raise
                     raise
                 done += len(losses)
                 if len(losses) < k or (tol is not None and losses[-1] <= tol):

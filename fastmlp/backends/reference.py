@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import activations as act
 from .. import losses, optimizers, rules
+from .._signals import from_a_handler, run_whole
 
 
 def _ieee_quiet(method):
@@ -152,7 +153,15 @@ class NumpyBackend:
             try:
                 loss = self.train_step(X, T)
             except BaseException:  # Ctrl-C mid-update: the step is undone, as when it diverges
-                self._restore(backup, in_use, step)
+                def undo():
+                    self._restore(backup, in_use, step)
+                while True:   # whole, and again after a second signal (see _signals.run_whole)
+                    try:
+                        run_whole(undo)
+                        break
+                    except BaseException as late:
+                        if not from_a_handler(late):
+                            raise
                 raise
             if (np.isfinite(loss) and np.isfinite(self.theta).all()
                     and np.isfinite(state.buffers[:in_use]).all()):
