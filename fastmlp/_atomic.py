@@ -28,7 +28,8 @@ import stat
 import tempfile
 import threading
 
-from ._signals import from_a_handler, raise_if_signalled, run_whole, signals_deferred
+from ._signals import (UNDO_SIGNALS, from_a_handler, raise_after_undo, raise_if_signalled,
+                       run_whole, signals_deferred)
 
 _TEMP = re.compile(r"\.fastmlp-(\d+)-[a-z0-9_]+\.tmp\Z")
 _umask_lock = threading.Lock()
@@ -107,21 +108,24 @@ def replace(path, write):
         except OSError as exc:
             raise_if_signalled(exc)
             raise _naming(exc, f"cannot save {shown}: cannot replace it") from None
-    except BaseException:
+    except BaseException as exc:
         def clean_up():
             if f is not None:
                 f.close()
             if tmp is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
-        while True:   # again after a second signal (_signals.run_whole): it left the
-            try:      # temporary file behind
+        late, tries = None, 0   # (no call before the try: a signal after it escaped)
+        while tries < UNDO_SIGNALS:   # again after a second signal (see run_whole): it
+            tries += 1
+            try:                        # left the temporary file behind
                 run_whole(clean_up)
                 break
-            except BaseException as late:   # a second Ctrl-C, or a timeout's error
-                if not from_a_handler(late):   # (the undo's own: raised)
+            except BaseException as signalled:   # a Ctrl-C's or a timeout's
+                if not from_a_handler(signalled):   # (the clean-up's own: raised)
                     raise
-        raise
+                late = late or signalled
+        raise_after_undo(exc, late)
     try:  # make the rename itself durable
         with signals_deferred():   # the descriptor closed whatever happens
             dir_fd = os.open(folder, os.O_RDONLY)

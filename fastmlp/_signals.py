@@ -159,47 +159,71 @@ def raise_if_signalled(exc):
 # a signal handler's exception (a SIGALRM timeout) is met again only by chance, a real
 # failure of the undo every time.
 UNDO_RETRIES = 3
+# How many Ctrl-Cs (or other handlers' exceptions) an undo is run again for, in run_whole
+# and in its callers' loops, before it gives up and raises: far more than anyone presses,
+# and an undo that raised KeyboardInterrupt itself on every call looped forever (hostile
+# round 45).
+UNDO_SIGNALS = 100
 
 
 def run_whole(undo):
     """Call ``undo()`` (idempotent: a rollback) to its end whatever Ctrl-Cs arrive meanwhile,
     then raise the first of them. A second Ctrl-C landing as a rollback began, before its
     signals_deferred block was entered, skipped the rollback (an epoch left half undone in
-    7 of 379 fits interrupted twice); the rollback is now run again until it has run.
-    Another exception (a timeout's, raised by its signal handler, left the weights undone
-    and Adam's buffers, step and generator not) runs it again too, up to UNDO_RETRIES
-    times, then is raised as the first.
+    7 of 379 fits interrupted twice); the rollback is now run again until it has run, up
+    to UNDO_SIGNALS times. Another exception (a timeout's, raised by its signal handler,
+    left the weights undone and Adam's buffers, step and generator not) runs it again
+    too, up to UNDO_RETRIES times, then is raised as the first.
 
     A Ctrl-C can land as this function itself begins (Python runs handlers at a
     function's start, after a call returns and at a loop's jump back), before any of it
-    runs: a caller undoing after a first Ctrl-C calls it as
+    runs: a caller undoing after an exception ``exc`` calls it as
 
-        while True:
+        late, tries = None, 0   # (no call before the try: a signal after it escaped)
+        while tries < UNDO_SIGNALS:
+            tries += 1
             try:
                 run_whole(undo)
                 break
-            except BaseException as late:
-                if not from_a_handler(late):
+            except BaseException as exc_late:
+                if not from_a_handler(exc_late):
                     raise
-        raise
+                late = late or exc_late
+        raise_after_undo(exc, late)
 
     inline (a helper would have the same first moment), so a second signal runs the
     undo again, a Ctrl-C's or a timeout's (catching KeyboardInterrupt alone, a
-    TimeoutError there skipped the undo: hostile round 44); the first exception is then
-    raised, and an error of the undo's own (not from a handler) is raised at once. Only
-    a third signal, landing at the loop's jump back or in from_a_handler, could still
-    skip it."""
-    first, errors = None, 0
+    TimeoutError there skipped the undo: hostile round 44), and an error of the undo's
+    own (not from a handler) is raised at once. Only a third signal, landing at the
+    loop's jump back or in from_a_handler, could still skip it."""
+    first, errors, signals = None, 0, 0
     while True:
         try:
             with signals_deferred():
                 undo()
             break
         except KeyboardInterrupt as exc:
-            first = first or exc
+            first, signals = first or exc, signals + 1
+            if signals > UNDO_SIGNALS:
+                raise first from None
         except Exception as exc:
             first, errors = first or exc, errors + 1
             if errors > UNDO_RETRIES:
                 raise first from None
     if first is not None:
         raise first
+
+
+def raise_after_undo(exc, late):
+    """Raise what an undo's loop (see run_whole) leaves: ``exc``, the exception that made
+    the caller undo (None: an undo of its own, a diverged step's), unless ``late``, the
+    first signal handler's exception that came during the undo, must go instead: when
+    there is no ``exc``, or ``exc`` is a KeyboardInterrupt and ``late`` a timeout's
+    TimeoutError (or any other handler's exception), so that a timeout is never lost
+    behind a Ctrl-C (an estimator's fit turns a Ctrl-C into a warning and returns:
+    hostile round 45). Returns when both are None."""
+    if late is not None and (exc is None or (isinstance(exc, KeyboardInterrupt)
+                                             and not isinstance(late, KeyboardInterrupt))):
+        raise late from exc
+    if exc is not None:
+        raise exc

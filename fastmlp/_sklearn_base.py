@@ -25,7 +25,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 import fastmlp as fm
 from fastmlp import backends as fm_backends
 from fastmlp import _frames, validation
-from fastmlp._signals import run_whole, signals_deferred
+from fastmlp._signals import UNDO_SIGNALS, from_a_handler, run_whole, signals_deferred
 from fastmlp.activations import ACTIVATIONS
 
 _SKLEARN_NAMES = {"identity": "linear", "logistic": "sigmoid"}
@@ -261,14 +261,24 @@ class BaseMLP(BaseEstimator):
                     self._epochs(X, X_val, T, T_val, early, batch_size, incremental, best)
                 finally:
                     # The best restored whatever ends the epochs (a Ctrl-C, an error, their
-                    # end), whole: a Ctrl-C landing as run_whole begins, before its own
-                    # deferral, runs it again (inline: any call's start is such a point)
-                    while early:
+                    # end), whole: a signal landing as run_whole begins, before its own
+                    # deferral, runs it again (inline: any call's start is such a point); a
+                    # timeout's exception then is raised once the best is back (it skipped
+                    # the restore, or was lost behind the Ctrl-C's warning: hostile round 45)
+                    late, tries = None, 0   # (no call before the try: a signal after it escaped)
+                    while early and tries < UNDO_SIGNALS:
+                        tries += 1
                         try:
                             run_whole(lambda: self._restore_best(best[0]))
                             break
-                        except KeyboardInterrupt as late:
-                            interrupted = interrupted or late
+                        except KeyboardInterrupt as signalled:
+                            interrupted = interrupted or signalled
+                        except BaseException as signalled:
+                            if not from_a_handler(signalled):   # (the restore's own: raised)
+                                raise
+                            late = late or signalled
+                    if late is not None:
+                        raise late
         except KeyboardInterrupt as exc:
             interrupted = exc
         if interrupted is not None:

@@ -19,7 +19,8 @@ import numpy as np
 
 from . import activations as act
 from . import io, labels, optimizers, rules, validation, warmup
-from ._signals import from_a_handler, run_whole, signals_deferred
+from ._signals import (UNDO_SIGNALS, from_a_handler, raise_after_undo, run_whole,
+                       signals_deferred)
 from . import metrics as metric_table
 from .backends import get_backend
 from .backends import resolve as resolve_backend
@@ -1200,15 +1201,18 @@ class Model:
                     self._push()
                     self._check_finite(0.0, "in apply_gradient", "the model was left as it "
                                        "was before the step")
-                except BaseException:
-                    while True:   # again after a second signal (_signals.run_whole)
+                except BaseException as exc:
+                    late, tries = None, 0   # (no call before the try: a signal after it escaped)
+                    while tries < UNDO_SIGNALS:   # again after a second signal (see run_whole)
+                        tries += 1
                         try:
                             run_whole(snapshot.restore)
                             break
-                        except BaseException as late:   # a second Ctrl-C, or a timeout's error
-                            if not from_a_handler(late):   # (the undo's own: raised)
+                        except BaseException as signalled:   # a Ctrl-C's or a timeout's
+                            if not from_a_handler(signalled):   # (the undo's own: raised)
                                 raise
-                    raise
+                            late = late or signalled
+                    raise_after_undo(exc, late)
 
     def train_on_batch(self, X, Y):
         """One optimiser step on (X, Y); returns the batch loss before the step.
@@ -1257,18 +1261,21 @@ class Model:
                         loss = float(self._engine.train_step(X, T))
                     self._check_finite(loss, "in this train_on_batch step", "the model was "
                                        "left as it was before the step")
-                except BaseException:  # ... with nothing learnt either
+                except BaseException as exc:  # ... with nothing learnt either
                     def undo():
                         snapshot.restore()
                         self.classes_, self.feature_names_in_ = learnt
-                    while True:   # again after a second signal (_signals.run_whole)
+                    late, tries = None, 0   # (no call before the try: a signal after it escaped)
+                    while tries < UNDO_SIGNALS:   # again after a second signal (see run_whole)
+                        tries += 1
                         try:
                             run_whole(undo)
                             break
-                        except BaseException as late:   # a second Ctrl-C, or a timeout's error
-                            if not from_a_handler(late):   # (the undo's own: raised)
+                        except BaseException as signalled:   # a Ctrl-C's or a timeout's
+                            if not from_a_handler(signalled):   # (the undo's own: raised)
                                 raise
-                    raise
+                            late = late or signalled
+                    raise_after_undo(exc, late)
         return loss
 
     def predict_classes(self, X):
@@ -1444,16 +1451,19 @@ class Model:
                                 self._rng.bit_generator.state = saved_rng
                             self.classes_, self.feature_names_in_ = labels
                             history._undo(recorded_so_far)
-                        while True:   # again after a second signal (_signals.run_whole)
+                        late, tries = None, 0   # (no call before the try)
+                        while tries < UNDO_SIGNALS:   # again after a second signal
+                            tries += 1
                             try:
                                 self.history = history
                                 if not recorded and (not trained or from_a_handler(exc)):
                                     run_whole(undo)
                                 break
-                            except BaseException as late:   # a second Ctrl-C, or a timeout's error
-                                if not from_a_handler(late):   # (the undo's own: raised)
+                            except BaseException as signalled:   # a Ctrl-C's or a timeout's
+                                if not from_a_handler(signalled):   # (the undo's own: raised)
                                     raise
-                        raise
+                                late = late or signalled
+                        raise_after_undo(exc, late)
                     if self.stop_training or (tol is not None and loss <= tol):
                         break
             for cb in callbacks:
@@ -1561,7 +1571,7 @@ class Model:
                     if error is not None:
                         raise error
                     back.chunks.append(len(losses))
-                except BaseException:
+                except BaseException as exc:
                     # Ctrl-C anywhere before the chunk's epochs are recorded (drawing the orders,
                     # as the compiled call returns, redrawing the generator, recording, replaying
                     # after a bad epoch): the whole chunk undone, generator and History included
@@ -1571,14 +1581,17 @@ class Model:
                         else:
                             self._rng.bit_generator.state = rng_before
                         history._undo(recorded_so_far)
-                    while not recorded:   # again after a second signal (see _signals)
+                    late, tries = None, 0   # (no call before the try: a signal after it escaped)
+                    while not recorded and tries < UNDO_SIGNALS:
+                        tries += 1
                         try:
                             run_whole(undo)
                             break
-                        except BaseException as late:   # a second Ctrl-C, or a timeout's error
-                            if not from_a_handler(late):   # (the undo's own: raised)
+                        except BaseException as signalled:   # a Ctrl-C's or a timeout's
+                            if not from_a_handler(signalled):   # (the undo's own: raised)
                                 raise
-                    raise
+                            late = late or signalled
+                    raise_after_undo(exc, late)
                 done += len(losses)
                 if len(losses) < k or (tol is not None and losses[-1] <= tol):
                     break

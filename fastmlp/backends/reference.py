@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import activations as act
 from .. import losses, optimizers, rules
-from .._signals import from_a_handler, run_whole
+from .._signals import UNDO_SIGNALS, from_a_handler, raise_after_undo, run_whole
 
 
 def _ieee_quiet(method):
@@ -150,23 +150,29 @@ class NumpyBackend:
             backup, step = self._backup, state.step[0]
             backup[0] = self.theta
             backup[1:1 + in_use] = state.buffers[:in_use]
+            exc = None
             try:
                 loss = self.train_step(X, T)
-            except BaseException:  # Ctrl-C mid-update: the step is undone, as when it diverges
-                def undo():
-                    self._restore(backup, in_use, step)
-                while True:   # whole, and again after a second signal (see _signals.run_whole)
-                    try:
-                        run_whole(undo)
-                        break
-                    except BaseException as late:
-                        if not from_a_handler(late):
-                            raise
-                raise
-            if (np.isfinite(loss) and np.isfinite(self.theta).all()
-                    and np.isfinite(state.buffers[:in_use]).all()):
-                return loss, 0
-        self._restore(backup, in_use, step)
+                if (np.isfinite(loss) and np.isfinite(self.theta).all()
+                        and np.isfinite(state.buffers[:in_use]).all()):
+                    return loss, 0
+            except BaseException as raised:  # Ctrl-C mid-update: undone, as when it diverges
+                exc = raised
+            # Undone whole (run_whole), and again after a second signal, also on
+            # divergence: restored in plain Python, a Ctrl-C or timeout between its
+            # statements left theta back and Adam's buffers non-finite, the model refusing
+            # every later step (hostile rounds 44 and 45).
+            late, tries = None, 0   # (no call before the try: a signal after it escaped)
+            while tries < UNDO_SIGNALS:
+                tries += 1
+                try:
+                    run_whole(functools.partial(self._restore, backup, in_use, step))
+                    break
+                except BaseException as signalled:   # a Ctrl-C's or a timeout's
+                    if not from_a_handler(signalled):   # (the undo's own: raised)
+                        raise
+                    late = late or signalled
+            raise_after_undo(exc, late)
         return loss, 2
 
     def _restore(self, backup, in_use, step):
