@@ -28,7 +28,7 @@ import stat
 import tempfile
 import threading
 
-from ._signals import (UNDO_SIGNALS, from_a_handler, raise_after_undo, raise_if_signalled,
+from ._signals import (UNDO_FAILED, UNDO_SIGNALS, raise_after_undo, raise_if_signalled,
                        run_whole, signals_deferred)
 
 _TEMP = re.compile(r"\.fastmlp-(\d+)-[a-z0-9_]+\.tmp\Z")
@@ -122,7 +122,7 @@ def replace(path, write):
                 run_whole(clean_up)
                 break
             except BaseException as signalled:   # a Ctrl-C's or a timeout's
-                if not from_a_handler(signalled):   # (the clean-up's own: raised)
+                if UNDO_FAILED in signalled.__dict__:   # (the clean-up's own; no call)
                     raise
                 late = late or signalled
         raise_after_undo(exc, late)

@@ -166,6 +166,13 @@ UNDO_RETRIES = 3
 UNDO_SIGNALS = 100
 
 
+# The mark run_whole sets on an undo's own error (not a signal handler's) before raising
+# it: its callers' retry loops test for it with no call (``UNDO_FAILED in exc.__dict__``),
+# as a call's start is a point where a signal lands (from_a_handler there let a third
+# signal of a burst escape the loop, the undo skipped: hostile round 47).
+UNDO_FAILED = "_fastmlp_undo_failed"
+
+
 def run_whole(undo):
     """Call ``undo()`` (idempotent: a rollback) to its end whatever Ctrl-Cs arrive meanwhile,
     then raise the first of them. A second Ctrl-C landing as a rollback began, before its
@@ -173,7 +180,8 @@ def run_whole(undo):
     7 of 379 fits interrupted twice); the rollback is now run again until it has run, up
     to UNDO_SIGNALS times. Another exception (a timeout's, raised by its signal handler,
     left the weights undone and Adam's buffers, step and generator not) runs it again
-    too, up to UNDO_RETRIES times, then is raised as the first.
+    too, up to UNDO_RETRIES times, then is raised as the first; when that first is the
+    undo's own error (no handler raised it), marked with UNDO_FAILED.
 
     A Ctrl-C can land as this function itself begins (Python runs handlers at a
     function's start, after a call returns and at a loop's jump back), before any of it
@@ -186,7 +194,7 @@ def run_whole(undo):
                 run_whole(undo)
                 break
             except BaseException as exc_late:
-                if not from_a_handler(exc_late):
+                if UNDO_FAILED in exc_late.__dict__:   # (no call here)
                     raise
                 late = late or exc_late
         raise_after_undo(exc, late)
@@ -194,8 +202,8 @@ def run_whole(undo):
     inline (a helper would have the same first moment), so a second signal runs the
     undo again, a Ctrl-C's or a timeout's (catching KeyboardInterrupt alone, a
     TimeoutError there skipped the undo: hostile round 44), and an error of the undo's
-    own (not from a handler) is raised at once. Only a third signal, landing at the
-    loop's jump back or in from_a_handler, could still skip it."""
+    own is raised at once. The except clause makes no call, so a third signal can skip
+    the undo only by landing at the loop's jump back, a point of one bytecode."""
     first, errors, signals = None, 0, 0
     while True:
         try:
@@ -209,6 +217,8 @@ def run_whole(undo):
         except Exception as exc:
             first, errors = first or exc, errors + 1
             if errors > UNDO_RETRIES:
+                if not from_a_handler(first):   # (a signal here: the caller runs this again)
+                    first.__dict__[UNDO_FAILED] = True
                 raise first from None
     if first is not None:
         raise first

@@ -25,7 +25,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 import fastmlp as fm
 from fastmlp import backends as fm_backends
 from fastmlp import _frames, validation
-from fastmlp._signals import UNDO_SIGNALS, from_a_handler, run_whole, signals_deferred
+from fastmlp._signals import UNDO_FAILED, UNDO_SIGNALS, run_whole, signals_deferred
 from fastmlp.activations import ACTIVATIONS
 
 _SKLEARN_NAMES = {"identity": "linear", "logistic": "sigmoid"}
@@ -244,9 +244,11 @@ class BaseMLP(BaseEstimator):
         except BaseException:
             # A refit refused (or interrupted) before its model was built learnt nothing:
             # the new classes_ beside the old model_ predicted the new labels from the old
-            # network (['apple', 'pear'] from a cat/dog model).
-            self.__dict__.clear()
-            self.__dict__.update(fitted)
+            # network (['apple', 'pear'] from a cat/dog model). One store, no call (a
+            # signal lands only at a call's start or a loop's jump back): cleared and
+            # refilled in two calls, a timeout between them left the estimator empty,
+            # parameters and model_ gone (hostile round 47).
+            self.__dict__ = fitted
             raise
         best = [None]   # the best state seen with early stopping, kept by _count_new
         interrupted = None
@@ -274,7 +276,7 @@ class BaseMLP(BaseEstimator):
                         except KeyboardInterrupt as signalled:
                             interrupted = interrupted or signalled
                         except BaseException as signalled:
-                            if not from_a_handler(signalled):   # (the restore's own: raised)
+                            if UNDO_FAILED in signalled.__dict__:   # (the restore's own; no call)
                                 raise
                             late = late or signalled
                     if late is not None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import activations as act
 from . import io, labels, optimizers, rules, validation, warmup
-from ._signals import (UNDO_SIGNALS, from_a_handler, raise_after_undo, run_whole,
+from ._signals import (UNDO_FAILED, UNDO_SIGNALS, from_a_handler, raise_after_undo, run_whole,
                        signals_deferred)
 from . import metrics as metric_table
 from .backends import get_backend
@@ -675,12 +675,16 @@ class Model:
         # left some layers new and the rest old.
         theta = np.concatenate(new)
         with self._lock:
-            self._wait_for_fit()
-            self._pull()   # the host copy of the optimiser state must stay current
-            try:
-                np.copyto(self._theta, theta)
-            finally:
-                self._push()
+            self._wait_for_fit()   # (a Ctrl-C may end the wait: before the deferral)
+            # Written and pushed (the guarded step's bounds forgotten) whatever a signal
+            # does, as _install: a timeout landing as push began skipped it, and the
+            # guarded step kept the old weights' bounds (hostile round 47)
+            with signals_deferred():
+                self._pull()   # the host copy of the optimiser state must stay current
+                try:
+                    np.copyto(self._theta, theta)
+                finally:
+                    self._push()
 
     def get_state(self):
         """Copies of everything training changes: a dict with "theta" (n_params,),
@@ -1209,7 +1213,7 @@ class Model:
                             run_whole(snapshot.restore)
                             break
                         except BaseException as signalled:   # a Ctrl-C's or a timeout's
-                            if not from_a_handler(signalled):   # (the undo's own: raised)
+                            if UNDO_FAILED in signalled.__dict__:   # (the undo's own; no call)
                                 raise
                             late = late or signalled
                     raise_after_undo(exc, late)
@@ -1272,7 +1276,7 @@ class Model:
                             run_whole(undo)
                             break
                         except BaseException as signalled:   # a Ctrl-C's or a timeout's
-                            if not from_a_handler(signalled):   # (the undo's own: raised)
+                            if UNDO_FAILED in signalled.__dict__:   # (the undo's own; no call)
                                 raise
                             late = late or signalled
                     raise_after_undo(exc, late)
@@ -1460,7 +1464,7 @@ class Model:
                                     run_whole(undo)
                                 break
                             except BaseException as signalled:   # a Ctrl-C's or a timeout's
-                                if not from_a_handler(signalled):   # (the undo's own: raised)
+                                if UNDO_FAILED in signalled.__dict__:   # (the undo's own; no call)
                                     raise
                                 late = late or signalled
                         raise_after_undo(exc, late)
@@ -1588,7 +1592,7 @@ class Model:
                             run_whole(undo)
                             break
                         except BaseException as signalled:   # a Ctrl-C's or a timeout's
-                            if not from_a_handler(signalled):   # (the undo's own: raised)
+                            if UNDO_FAILED in signalled.__dict__:   # (the undo's own; no call)
                                 raise
                             late = late or signalled
                     raise_after_undo(exc, late)

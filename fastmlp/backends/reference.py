@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import activations as act
 from .. import losses, optimizers, rules
-from .._signals import UNDO_SIGNALS, from_a_handler, raise_after_undo, run_whole
+from .._signals import UNDO_FAILED, UNDO_SIGNALS, raise_after_undo, run_whole
 
 
 def _ieee_quiet(method):
@@ -169,7 +169,7 @@ class NumpyBackend:
                     run_whole(functools.partial(self._restore, backup, in_use, step))
                     break
                 except BaseException as signalled:   # a Ctrl-C's or a timeout's
-                    if not from_a_handler(signalled):   # (the undo's own: raised)
+                    if UNDO_FAILED in signalled.__dict__:   # (the undo's own; no call)
                         raise
                     late = late or signalled
             raise_after_undo(exc, late)
