@@ -214,7 +214,7 @@ def run_whole(undo):
             first, signals = first or exc, signals + 1
             if signals > UNDO_SIGNALS:
                 raise first from None
-        except Exception as exc:
+        except BaseException as exc:   # (a SystemExit too: a SIGTERM handler's, or the undo's)
             first, errors = first or exc, errors + 1
             if errors > UNDO_RETRIES:
                 if not from_a_handler(first):   # (a signal here: the caller runs this again)
@@ -227,13 +227,14 @@ def run_whole(undo):
 def raise_after_undo(exc, late):
     """Raise what an undo's loop (see run_whole) leaves: ``exc``, the exception that made
     the caller undo (None: an undo of its own, a diverged step's), unless ``late``, the
-    first signal handler's exception that came during the undo, must go instead: when
-    there is no ``exc``, or ``exc`` is a KeyboardInterrupt and ``late`` a timeout's
-    TimeoutError (or any other handler's exception), so that a timeout is never lost
-    behind a Ctrl-C (an estimator's fit turns a Ctrl-C into a warning and returns:
-    hostile round 45). Returns when both are None."""
-    if late is not None and (exc is None or (isinstance(exc, KeyboardInterrupt)
-                                             and not isinstance(late, KeyboardInterrupt))):
+    first signal handler's exception that came during the undo, must go instead, chained
+    to it: always, but when both are a stop already asked for (a second Ctrl-C after a
+    Ctrl-C or a timeout). So a timeout or a SIGTERM handler's SystemExit that arrives as a
+    diverged step, a failed save or a Ctrl-C is undone is raised, not lost behind
+    TrainingDiverged, the OSError or the Ctrl-C (an estimator's fit turns a Ctrl-C into a
+    warning and returns: hostile rounds 45 and 48). Returns when both are None."""
+    if late is not None and (exc is None or not isinstance(late, KeyboardInterrupt)
+                             or not from_a_handler(exc)):
         raise late from exc
     if exc is not None:
         raise exc
