@@ -18,7 +18,7 @@ import weakref
 import numpy as np
 
 from . import activations as act
-from . import io, labels, optimizers, rules, validation, warmup
+from . import io, labels, optimizers, rules, validation
 from ._signals import (UNDO_FAILED, UNDO_SIGNALS, from_a_handler, raise_after_undo, run_whole,
                        signals_deferred)
 from . import metrics as metric_table
@@ -473,8 +473,6 @@ class Model:
                           "optimizer (model.optimizer = ...)", RuntimeWarning, stacklevel=4)
         self._backend = resolve_backend(backend)
         backend_class = get_backend(self._backend)
-        if self._backend == "numba":
-            warmup.numba_kernels(self._dtype, model_class=Model)  # once per process; says so if slow
         self._seed = seed
         n = self._net.n_params
         theta, buffers = arrays if arrays is not None else (None, None)

@@ -1,17 +1,18 @@
 """Numba's first compile, made visible and movable.
 
-The Numba kernels compile on first use per dtype (about half of the 13-15 s on 2
-cores it took before the kernels were linked by name, kernels/numba_link.py) and are then
-cached on disk, so later processes load them in a fraction of a second. A model on
-the "numba" backend calls :func:`numba_kernels` when it is built: every kernel that
-fit, predict, gradients and train_on_batch call is compiled (or loaded) there, on a
-tiny network, and one line goes to stderr if that takes more than a second.
-``evaluate``'s own kernel compiles on its first call (half a second), so that a
-model that never evaluates never waits for it. ``python -m fastmlp warmup`` does
-the same ahead of time for both dtypes.
+The Numba kernels compile on first use per dtype and are then cached on disk, so later
+processes load them in a fraction of a second. Each of a numba model's three entry
+points compiles (or loads) at its first call, with the kernels it links
+(kernels/numba_link.py): ``predict`` at the first predict, ``run`` (every training call
+and ``gradients``) at the first of those, ``evaluate`` at the first evaluate; one line goes
+to stderr when one takes more than a second (:func:`compiling`). So a model that only
+predicts never waits for the training kernels (a third of the time, against all of it
+when a model's construction compiled everything). ``python -m fastmlp warmup`` compiles
+them all ahead of time for both dtypes (:func:`numba_kernels`).
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -23,15 +24,36 @@ from .optimizers import Adam
 
 _ready = set()          # dtypes whose kernels this process has compiled or loaded
 _lock = threading.RLock()  # the tiny model built while holding it asks again
+_quiet = [0]   # numba_kernels runs (they say it once, or not at all): compiling says nothing
 NOTICE_AFTER_S = 1.0
+
+# what a user knows an entry point as, for the notice
+_CALLS = {"run": "fit, train_on_batch and gradients", "predict": "predict",
+          "evaluate": "evaluate"}   # ("... for float32 used by predict")
+
+
+@contextlib.contextmanager
+def compiling(kernel, dtype):
+    """A numba model's first call of entry point ``kernel`` (its name) for ``dtype`` (its
+    name) compiling or loading it: one line on stderr once that has taken NOTICE_AFTER_S,
+    unless :func:`numba_kernels` is running (it says so itself, or is asked not to)."""
+    timer = None
+    if not _quiet[0]:
+        timer = threading.Timer(NOTICE_AFTER_S, _notice, args=(dtype, _CALLS.get(kernel, kernel)))
+        timer.daemon = True
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def numba_kernels(dtype, notice=True, model_class=None, complete=False):
-    """Compile or load the Numba kernels a model uses for ``dtype``; seconds it took (0 if
-    done before). ``model_class``: fastmlp.Model (passed in, so that this module does not
-    import it). ``complete``: evaluate's kernel too, which a model's first use leaves to
-    its first evaluate (about half a second), as ``fastmlp warmup`` wants everything,
-    and all of it in the disk cache: ValueError, naming the folder and the error, where
+    """Compile or load the Numba kernels of fit, predict, gradients and train_on_batch for
+    ``dtype``; seconds it took (0 if done before). ``model_class``: fastmlp.Model (passed
+    in, so that this module does not import it). ``complete``: evaluate's kernel too,
+    as ``fastmlp warmup`` wants everything, and all of it in the disk cache: ValueError, naming the folder and the error, where
     Numba could not write a kernel there (a full disk) in this process, so that the next
     process would compile it again (the kernels work here all the same)."""
     dtype = np.dtype(dtype)
@@ -55,20 +77,24 @@ def _ready_kernels(dtype, notice, model_class, complete):
             timer.daemon = True
             timer.start()
         start = time.perf_counter()
+        _quiet[0] += 1
         try:
             _exercise(dtype, model_class, complete)
         except BaseException:
             _ready.discard(dtype)
             raise
         finally:
+            _quiet[0] -= 1
             if timer is not None:
                 timer.cancel()
         return time.perf_counter() - start
 
 
-def _notice(dtype):
+def _notice(dtype, calls=None):
     # (it shows after a second: a first use compiling, or a cache load on a busy machine)
-    print(f"fastmlp: loading or compiling the Numba kernels for {dtype.name} (compiling, "
+    name = np.dtype(dtype).name
+    which = f" used by {calls}" if calls else ""
+    print(f"fastmlp: loading or compiling the Numba kernels for {name}{which} (compiling, "
           "once per environment, takes a few seconds; the disk cache then loads them; "
           "`python -m fastmlp warmup` compiles ahead of time)...", file=sys.stderr,
           flush=True)

@@ -397,3 +397,32 @@ def test_signals_held_back_run_their_own_handlers_after_the_block(monkeypatch):
     finally:
         signal.signal(signal.SIGALRM, previous[0])
         signal.signal(signal.SIGHUP, previous[1])
+
+
+# A fresh process, an empty cache: building a numba model compiles nothing, and its
+# first predict compiles predict's kernels alone, saying so once (a model that only
+# predicts never waits for the training kernels).
+_PREDICT_ONLY = """
+import numpy as np
+import fastmlp as fm
+from fastmlp import warmup
+from fastmlp.kernels import numba_train
+warmup.NOTICE_AFTER_S = 0.0
+m = fm.Model([fm.Dense(5, "tanh"), fm.Dense(3, "softmax")], input_dim=4,
+             loss="cross_entropy", backend="numba", seed=1)
+print(len(numba_train.predict.overloads), len(numba_train.run.overloads))
+m.predict(np.ones((2, 4), dtype=np.float32))
+m.predict(np.ones((3, 4), dtype=np.float32))
+print(len(numba_train.predict.overloads), len(numba_train.run.overloads))
+"""
+
+
+@needs_numba
+def test_each_entry_point_compiles_at_its_first_call(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", _PREDICT_ONLY], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "0", "1", "0"]
+    notices = [line for line in done.stderr.splitlines() if line.startswith("fastmlp:")]
+    assert notices == [notices[0]] and "for float32 used by predict (" in notices[0]

@@ -16,6 +16,7 @@ import threading
 import numba
 import numpy as np
 
+from .. import warmup
 from ..kernels.numba_link import compile_for
 
 _ENTRIES = {}   # (kernel, signature) -> its compiled entry point, shared by every model
@@ -64,7 +65,8 @@ def entry_point(kernel, signature):
     if entry is None:
         with _ENTRIES_LOCK:
             if key not in _ENTRIES:
-                compile_for(kernel, signature)
+                with warmup.compiling(kernel.__name__, str(signature[0].dtype)):
+                    compile_for(kernel, signature)
                 _ENTRIES[key] = kernel.overloads[signature].entry_point
             entry = _ENTRIES[key]
     return entry
