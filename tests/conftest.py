@@ -10,6 +10,9 @@ simulator (NUMBA_ENABLE_CUDASIM=1, in its own pytest process), whose Python thre
 are far too slow to run every CPU test beside it. A named backend that does not
 import here is an error, not a skip.
 """
+import signal
+import sys
+
 import numpy as np
 import pytest
 
@@ -41,3 +44,17 @@ def tol(dtype):
 def rng():
     return np.random.default_rng(12345)
 
+
+
+@pytest.fixture
+def timeout_handler():
+    """A SIGALRM handler raising TimeoutError, as pytest-timeout's signal method does (the
+    signal tests raise SIGALRM themselves); the handler, profile and trace hooks put back
+    after the test."""
+    def timeout(signum, frame):
+        raise TimeoutError("timed out")
+    previous = signal.signal(signal.SIGALRM, timeout)
+    yield timeout
+    sys.setprofile(None)
+    sys.settrace(None)
+    signal.signal(signal.SIGALRM, previous)

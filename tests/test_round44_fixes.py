@@ -15,17 +15,6 @@ from fastmlp import _signals, optimizers
 from fastmlp.backends import reference
 
 
-@pytest.fixture
-def timeout_handler():
-    def timeout(signum, frame):
-        raise TimeoutError("timed out")
-    previous = signal.signal(signal.SIGALRM, timeout)
-    yield
-    sys.setprofile(None)
-    sys.settrace(None)
-    signal.signal(signal.SIGALRM, previous)
-
-
 def make(backend, optimizer=None):
     return fm.Model([fm.Dense(8, "tanh"), fm.Dense(2, "sigmoid")], input_dim=3, loss="mse",
                     optimizer=optimizer or fm.Adam(lr=0.01), backend=backend,

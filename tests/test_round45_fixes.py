@@ -13,17 +13,6 @@ from fastmlp import _signals, model as model_module
 from fastmlp.backends import reference
 
 
-@pytest.fixture
-def timeout_handler():
-    def timeout(signum, frame):
-        raise TimeoutError("timed out")
-    previous = signal.signal(signal.SIGALRM, timeout)
-    yield timeout
-    sys.setprofile(None)
-    sys.settrace(None)
-    signal.signal(signal.SIGALRM, previous)
-
-
 def signal_at_start_of(code, signum):
     def profile(frame, event, arg):
         if event == "call" and frame.f_code is code:

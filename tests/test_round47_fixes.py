@@ -13,16 +13,6 @@ import fastmlp as fm
 from fastmlp import _signals, model as model_module
 
 
-@pytest.fixture
-def timeout_handler():
-    def timeout(signum, frame):
-        raise TimeoutError("timed out")
-    previous = signal.signal(signal.SIGALRM, timeout)
-    yield timeout
-    sys.setprofile(None)
-    signal.signal(signal.SIGALRM, previous)
-
-
 def signal_at(first, then, nth, signum=signal.SIGALRM):
     """A profile hook: once ``first`` (a code object) is called, a signal at the start of
     the ``nth`` call after it, of one of the code objects ``then`` (Python functions) or,
