@@ -124,7 +124,9 @@ def replace(path, write):
             except BaseException as signalled:   # a Ctrl-C's or a timeout's
                 if UNDO_FAILED in signalled.__dict__:   # (the clean-up's own; no call)
                     raise
-                late = late or signalled
+                # (kept's rule, no call: a Ctrl-C gives way to what follows)
+                late = (signalled if late is None
+                        or late.__class__ is KeyboardInterrupt else late)
         raise_after_undo(exc, late)
     try:  # make the rename itself durable
         with signals_deferred():   # the descriptor closed whatever happens

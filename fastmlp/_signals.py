@@ -12,6 +12,21 @@ _NOTES = set()   # the handlers deferring blocks have installed, while installed
 _SIGNALS = tuple(signal.valid_signals())
 
 
+def kept(first, exc):
+    """Which of two signal handlers' exceptions goes on (None: none yet): the first, unless
+    it is a Ctrl-C's and the other is not. A timeout's TimeoutError or a SIGTERM handler's
+    SystemExit held back beside a Ctrl-C was lost behind it, and an estimator's fit turns a
+    Ctrl-C into a warning and returns (hostile round 49); the other then carries the
+    Ctrl-C as its context."""
+    if first is None:
+        return exc
+    if isinstance(first, KeyboardInterrupt) and not isinstance(exc, KeyboardInterrupt):
+        if exc.__context__ is None and exc is not first:
+            exc.__context__ = first
+        return exc
+    return first
+
+
 @contextlib.contextmanager
 def signals_deferred(notice=None):
     """Every signal with a Python handler arriving in the block is handled once the block
@@ -31,7 +46,8 @@ def signals_deferred(notice=None):
     files in 1,532 interrupted saves). So each handler is swapped for one that notes the
     signal; afterwards the handlers are put back and each signal noted is raised again
     (signal.raise_signal), in the order they came, so the handlers run as Python runs
-    them (the first exception raised after every handler has run). In other threads no
+    them (the first exception raised after every handler has run, but a Ctrl-C's gives way
+    to another handler's: see kept). In other threads no
     handler ever runs: nothing to hold back. A signal whose handler an outer block
     already swapped is that block's.
     """
@@ -68,13 +84,13 @@ def signals_deferred(notice=None):
             try:
                 _swap(handlers[signum], signum)
             except BaseException as exc:   # noted: its signal was held back too
-                first = first or exc
+                first = kept(first, exc)
         _NOTES.discard(note)
         for signum in caught:
             try:
                 signal.raise_signal(signum)   # its handler runs here, as Python runs it
             except BaseException as exc:
-                first = first or exc
+                first = kept(first, exc)
         if first is not None:
             raise first
 
@@ -196,7 +212,9 @@ def run_whole(undo):
             except BaseException as exc_late:
                 if UNDO_FAILED in exc_late.__dict__:   # (no call here)
                     raise
-                late = late or exc_late
+                # (kept's rule, no call: a Ctrl-C gives way to what follows)
+                late = (exc_late if late is None
+                        or late.__class__ is KeyboardInterrupt else late)
         raise_after_undo(exc, late)
 
     inline (a helper would have the same first moment), so a second signal runs the
@@ -211,11 +229,11 @@ def run_whole(undo):
                 undo()
             break
         except KeyboardInterrupt as exc:
-            first, signals = first or exc, signals + 1
+            first, signals = kept(first, exc), signals + 1
             if signals > UNDO_SIGNALS:
                 raise first from None
         except BaseException as exc:   # (a SystemExit too: a SIGTERM handler's, or the undo's)
-            first, errors = first or exc, errors + 1
+            first, errors = kept(first, exc), errors + 1
             if errors > UNDO_RETRIES:
                 if not from_a_handler(first):   # (a signal here: the caller runs this again)
                     first.__dict__[UNDO_FAILED] = True

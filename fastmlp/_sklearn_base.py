@@ -278,7 +278,9 @@ class BaseMLP(BaseEstimator):
                         except BaseException as signalled:
                             if UNDO_FAILED in signalled.__dict__:   # (the restore's own; no call)
                                 raise
-                            late = late or signalled
+                            # (kept's rule, no call: a Ctrl-C gives way to what follows)
+                            late = (signalled if late is None
+                                    or late.__class__ is KeyboardInterrupt else late)
                     if late is not None:
                         raise late
         except KeyboardInterrupt as exc:

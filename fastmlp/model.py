@@ -532,6 +532,7 @@ class Model:
         # after the Model writes them (push); CPU backends work on the host arrays.
         self._pull = getattr(self._engine, "pull", _nothing)
         self._push = getattr(self._engine, "push", _nothing)
+        self._ready_to_train = getattr(self._engine, "ready_to_train", None)
         self._to_device = getattr(self._engine, "to_device", None)
         self._on_device = self._to_device is not None
         # train_on_batch's guarded step, one compiled call on the CPU; on a device many
@@ -1213,7 +1214,9 @@ class Model:
                         except BaseException as signalled:   # a Ctrl-C's or a timeout's
                             if UNDO_FAILED in signalled.__dict__:   # (the undo's own; no call)
                                 raise
-                            late = late or signalled
+                            # (kept's rule, no call: a Ctrl-C gives way to what follows)
+                            late = (signalled if late is None
+                                    or late.__class__ is KeyboardInterrupt else late)
                     raise_after_undo(exc, late)
 
     def train_on_batch(self, X, Y):
@@ -1246,6 +1249,10 @@ class Model:
                 # 1: X or Y not finite, or targets outside [0, 1]: nothing ran, and the
                 # checks below raise the exact message. 2: the step diverged and was
                 # undone: it runs once more below, to say what went bad, and is undone.
+            # A first call compiles the training kernel before labels are learnt: a
+            # Ctrl-C held back through that compile (seconds) left classes_ with no step
+            if self._ready_to_train is not None:
+                self._ready_to_train()
             learnt = self.classes_, self.feature_names_in_
             # learn: labels found here become classes_, so later calls map them alike
             X, T = self._data(X, Y, learn=True)
@@ -1276,7 +1283,9 @@ class Model:
                         except BaseException as signalled:   # a Ctrl-C's or a timeout's
                             if UNDO_FAILED in signalled.__dict__:   # (the undo's own; no call)
                                 raise
-                            late = late or signalled
+                            # (kept's rule, no call: a Ctrl-C gives way to what follows)
+                            late = (signalled if late is None
+                                    or late.__class__ is KeyboardInterrupt else late)
                     raise_after_undo(exc, late)
         return loss
 
@@ -1350,6 +1359,10 @@ class Model:
                         check_monitors(callbacks, _logged(metric_fns, val is not None,
                                                           gradient_norms))
                     self._warn_if_untrainable()   # (an error under warnings-as-errors)
+                    # a first fit's compile here, so that a Ctrl-C held back through it
+                    # (seconds) leaves no labels learnt, as a refused fit
+                    if self._ready_to_train is not None:
+                        self._ready_to_train()
                 except BaseException:  # a refused fit has learnt no labels or feature names
                     self.classes_, self.feature_names_in_ = learnt
                     raise
@@ -1464,7 +1477,9 @@ class Model:
                             except BaseException as signalled:   # a Ctrl-C's or a timeout's
                                 if UNDO_FAILED in signalled.__dict__:   # (the undo's own; no call)
                                     raise
-                                late = late or signalled
+                                # (kept's rule, no call: a Ctrl-C gives way to what follows)
+                                late = (signalled if late is None
+                                        or late.__class__ is KeyboardInterrupt else late)
                         raise_after_undo(exc, late)
                     if self.stop_training or (tol is not None and loss <= tol):
                         break
@@ -1552,7 +1567,14 @@ class Model:
                     losses, finished, error = self._epochs(X, T, chunk_orders, batch_size,
                                                            tol, done)
                     if isinstance(error, _BadEpochUnplaced):
-                        run_whole(back.to_chunk_start)
+                        try:
+                            run_whole(back.to_chunk_start)
+                        except BaseException as signalled:   # (raised after the undo)
+                            # a timeout there: the divergence said too, not lost
+                            raise signalled from TrainingDiverged(
+                                f"training diverged at or before epoch "
+                                f"{done + error.epoch + 1} (not located: interrupted as "
+                                f"its chunk was undone; the model is as after epoch {done})")
                         losses, finished, error = self._locate(
                             X, T, chunk_orders[:error.epoch + 1], batch_size, tol, done)
                     seconds = time.perf_counter() - start
@@ -1560,10 +1582,15 @@ class Model:
                     if error is not None:
                         # Back to this chunk's start, then redo its epochs before the bad one.
                         # Whole, signals held back (run_whole): a timeout's exception
-                        # between two replayed chunks was taken for a failed replay
-                        run_whole(back.to_chunk_start)
-                        if finished:
-                            replay(finished)
+                        # between two replayed chunks was taken for a failed replay. One
+                        # raised after it goes on chained to the divergence, as elsewhere
+                        # (it came bare: hostile round 49; no call in the except clause)
+                        try:
+                            run_whole(back.to_chunk_start)
+                            if finished:
+                                replay(finished)
+                        except BaseException as signalled:
+                            raise signalled from error
                     elif shuffle and len(losses) < k:   # stopped at tol: draw only what was used
                         self._rng.bit_generator.state = rng_before
                         orders.draw(len(losses))
@@ -1592,7 +1619,9 @@ class Model:
                         except BaseException as signalled:   # a Ctrl-C's or a timeout's
                             if UNDO_FAILED in signalled.__dict__:   # (the undo's own; no call)
                                 raise
-                            late = late or signalled
+                            # (kept's rule, no call: a Ctrl-C gives way to what follows)
+                            late = (signalled if late is None
+                                    or late.__class__ is KeyboardInterrupt else late)
                     raise_after_undo(exc, late)
                 done += len(losses)
                 if len(losses) < k or (tol is not None and losses[-1] <= tol):

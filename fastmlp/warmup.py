@@ -41,8 +41,9 @@ def compiling(kernel, dtype):
     if not _quiet[0]:
         timer = threading.Timer(NOTICE_AFTER_S, _notice, args=(dtype, _CALLS.get(kernel, kernel)))
         timer.daemon = True
-        timer.start()
-    try:
+    try:   # (started inside: a signal as start() returned left it to print, nothing compiling)
+        if timer is not None:
+            timer.start()
         yield
     finally:
         if timer is not None:
@@ -75,10 +76,11 @@ def _ready_kernels(dtype, notice, model_class, complete):
         timer = threading.Timer(NOTICE_AFTER_S, _notice, args=(dtype,)) if notice else None
         if timer is not None:
             timer.daemon = True
-            timer.start()
         start = time.perf_counter()
         _quiet[0] += 1
         try:
+            if timer is not None:
+                timer.start()
             _exercise(dtype, model_class, complete)
         except BaseException:
             _ready.discard(dtype)

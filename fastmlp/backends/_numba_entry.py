@@ -80,10 +80,22 @@ def entry_point_or_stand_in(owner, name, kernel, signature):
     if entry is not None:
         return entry
 
-    def first_call(*args):
+    def ready():
         entry = entry_point(kernel, signature)
         if getattr(owner, name) is first_call:
             setattr(owner, name, entry)
-        return entry(*args)
+        return entry
 
+    def first_call(*args):
+        return ready()(*args)
+
+    first_call.ready = ready   # compiles (or loads) it without a call: see ready_entries
     return first_call
+
+
+def ready_entries(*entries):
+    """Compile (or load) those of ``entries`` that are stand-ins still, calling nothing."""
+    for entry in entries:
+        ready = getattr(entry, "ready", None)
+        if ready is not None:
+            ready()

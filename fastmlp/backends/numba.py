@@ -52,7 +52,7 @@ if _numba_config.DISABLE_JIT:
 try:
     from ..kernels import numba_train as kt
     from ..kernels.numba_link import guard_caches
-    from ._numba_entry import entry_point_or_stand_in, fits, signature
+    from ._numba_entry import entry_point_or_stand_in, fits, ready_entries, signature
 except ImportError as exc:  # numba or scipy missing
     raise ImportError(f"the Numba kernels need numba and scipy ({exc})") from None
 
@@ -235,6 +235,13 @@ class NumbaBackend:
                        _NO_NORMS, _NO_NORMS, self._backup)[0]
         finally:
             self._spare.append(work)
+
+    def ready_to_train(self):
+        """The training kernel compiled (or loaded), its first call's compile done now: the
+        Model calls this before a training call learns labels, so that a Ctrl-C held back
+        through the compile leaves nothing learnt (hostile round 49: a first
+        train_on_batch of labels, interrupted there, kept its classes_ with no step)."""
+        ready_entries(self._run)
 
     def push(self):
         """The Model wrote theta or the optimiser state (set_weights, set_state, load, a

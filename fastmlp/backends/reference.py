@@ -171,7 +171,9 @@ class NumpyBackend:
                 except BaseException as signalled:   # a Ctrl-C's or a timeout's
                     if UNDO_FAILED in signalled.__dict__:   # (the undo's own; no call)
                         raise
-                    late = late or signalled
+                    # (kept's rule, no call: a Ctrl-C gives way to what follows)
+                    late = (signalled if late is None
+                            or late.__class__ is KeyboardInterrupt else late)
             raise_after_undo(exc, late)
         return loss, 2
 
