@@ -1589,8 +1589,11 @@ class Model:
                             run_whole(back.to_chunk_start)
                             if finished:
                                 replay(finished)
-                        except BaseException as signalled:
-                            raise signalled from error
+                        except BaseException as signalled:   # (the chunk is then undone)
+                            raise signalled from TrainingDiverged(
+                                f"training diverged in epoch {done + finished + 1} "
+                                f"(interrupted as its chunk was undone; the model is as "
+                                f"after epoch {done})")
                     elif shuffle and len(losses) < k:   # stopped at tol: draw only what was used
                         self._rng.bit_generator.state = rng_before
                         orders.draw(len(losses))

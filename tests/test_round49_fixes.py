@@ -89,21 +89,28 @@ def test_the_compile_notice_never_outlives_its_compile(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("nth, says", [(1, "at or before epoch"), (2, "in epoch")],
+                         ids=["before the bad epoch is found", "after"])
 def test_a_timeout_in_a_quiet_fits_divergence_undo_names_the_divergence(
-        backend, monkeypatch, timeout_handler):
+        backend, nth, says, monkeypatch, timeout_handler):
     m = fm.Model([fm.Dense(4, "linear"), fm.Dense(1)], input_dim=3, loss="mse",
                  optimizer=fm.SGD(lr=1e30), backend=backend, dtype="float64", seed=0)
     X, Y = np.ones((8, 3)), np.ones((8, 1))
     before = m.get_state()
-    to_chunk_start, signals = model_module._Rewind.to_chunk_start, [1]
+    to_chunk_start, calls = model_module._Rewind.to_chunk_start, []
 
-    def signalled(self):   # one timeout, as the divergence's undo runs
-        if signals.pop() if signals else 0:
+    def signalled(self):   # one timeout, as the divergence's nth undo runs (the first
+        calls.append(1)    # before the bad epoch is located, the second after)
+        if len(calls) == nth:
             signal.raise_signal(signal.SIGALRM)
         to_chunk_start(self)
     monkeypatch.setattr(model_module._Rewind, "to_chunk_start", signalled)
     with pytest.raises(TimeoutError) as caught:
         m.fit(X, Y, epochs=50, batch_size=8)
     monkeypatch.undo()
-    assert isinstance(caught.value.__cause__, fm.TrainingDiverged)
+    cause = caught.value.__cause__
+    assert isinstance(cause, fm.TrainingDiverged)
+    # what the model is, not "the weights of the last finite epoch were kept" (round 50)
+    assert says in str(cause) and str(cause).endswith("the model is as after epoch 0)")
     np.testing.assert_array_equal(m.get_state()["theta"], before["theta"])
+    assert len(m.history.history["loss"]) == 0
