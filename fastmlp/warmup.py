@@ -32,31 +32,35 @@ _CALLS = {"run": "fit, train_on_batch and gradients", "predict": "predict",
           "evaluate": "evaluate"}   # ("... for float32 used by predict")
 
 
-@contextlib.contextmanager
 def compiling(kernel, dtype):
     """A numba model's first call of entry point ``kernel`` (its name) for ``dtype`` (its
     name) compiling or loading it: one line on stderr once that has taken NOTICE_AFTER_S,
     unless :func:`numba_kernels` is running (it says so itself, or is asked not to)."""
-    timer = None
-    if not _quiet[0]:
-        timer = threading.Timer(NOTICE_AFTER_S, _notice, args=(dtype, _CALLS.get(kernel, kernel)))
-        timer.daemon = True
+    if _quiet[0]:
+        return contextlib.nullcontext()
+    return _noticed(dtype, _CALLS.get(kernel, kernel))
+
+
+@contextlib.contextmanager
+def _noticed(dtype, calls=None):
+    """The block, with :func:`_notice` printed once it has taken NOTICE_AFTER_S."""
+    timer = threading.Timer(NOTICE_AFTER_S, _notice, args=(dtype, calls))
+    timer.daemon = True
     try:   # (started inside: a signal as start() returned left it to print, nothing compiling)
-        if timer is not None:
-            timer.start()
+        timer.start()
         yield
     finally:
-        if timer is not None:
-            timer.cancel()
+        timer.cancel()
 
 
 def numba_kernels(dtype, notice=True, model_class=None, complete=False):
     """Compile or load the Numba kernels of fit, predict, gradients and train_on_batch for
     ``dtype``; seconds it took (0 if done before). ``model_class``: fastmlp.Model (passed
     in, so that this module does not import it). ``complete``: evaluate's kernel too,
-    as ``fastmlp warmup`` wants everything, and all of it in the disk cache: ValueError, naming the folder and the error, where
-    Numba could not write a kernel there (a full disk) in this process, so that the next
-    process would compile it again (the kernels work here all the same)."""
+    as ``fastmlp warmup`` wants everything, and all of it in the disk cache: ValueError,
+    naming the folder and the error, where Numba could not write a kernel there (a full
+    disk) in this process, so that the next process would compile it again (the kernels
+    work here all the same)."""
     dtype = np.dtype(dtype)
     seconds = _ready_kernels(dtype, notice, model_class, complete)
     if complete:
@@ -73,22 +77,16 @@ def _ready_kernels(dtype, notice, model_class, complete):
         if dtype in _ready:
             return 0.0
         _ready.add(dtype)  # first, so the tiny model built below does not recurse here
-        timer = threading.Timer(NOTICE_AFTER_S, _notice, args=(dtype,)) if notice else None
-        if timer is not None:
-            timer.daemon = True
         start = time.perf_counter()
         _quiet[0] += 1
         try:
-            if timer is not None:
-                timer.start()
-            _exercise(dtype, model_class, complete)
+            with _noticed(dtype) if notice else contextlib.nullcontext():
+                _exercise(dtype, model_class, complete)
         except BaseException:
             _ready.discard(dtype)
             raise
         finally:
             _quiet[0] -= 1
-            if timer is not None:
-                timer.cancel()
         return time.perf_counter() - start
 
 
