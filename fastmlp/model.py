@@ -564,8 +564,7 @@ class Model:
             self._wait_for_fit()   # (a Ctrl-C may end the wait: before the deferral)
             with signals_deferred():    # whole
                 self._pull()
-                for lease in list(self._leases):   # a callback's: its fit's undo keeps them
-                    lease.snapshot.cover()
+                self._cover_leases()   # a callback's: its fit's undo keeps them
                 folds = rules.sgd_fold_rows(self._state)
                 self._optimizer = optimizer
                 self._state.hyper[:] = optimizer.hyper()   # the kernels read it at every call
@@ -757,6 +756,13 @@ class Model:
                              f"({type(self._rng.bit_generator).__name__}): {exc}") from None
         return rng
 
+    def _cover_leases(self):
+        """Before optimiser-buffer rows are put in use or written: the snapshots of the
+        training calls under way save them as they are (_Snapshot.cover), so that their
+        undo puts them back."""
+        for lease in list(self._leases):
+            lease.snapshot.cover()
+
     def _install(self, rng, step, theta=None, buffers=None):
         """Write checked state: the generator, the step count, and theta and the optimiser
         buffers unless None (load built the model on its own). All written, then push
@@ -768,8 +774,7 @@ class Model:
             with signals_deferred():
                 try:
                     if theta is not None:
-                        for lease in list(self._leases):   # (a callback's set_state)
-                            lease.snapshot.cover()
+                        self._cover_leases()   # (a callback's set_state)
                         self._theta[...] = theta
                         self._state.buffers[...] = buffers
                     self._state.step[...] = step
