@@ -3,6 +3,8 @@ watch or interrupt a model's backend through its public ``engine``."""
 import contextlib
 import json
 import os
+import signal
+import sys
 import threading
 import time
 
@@ -165,3 +167,58 @@ def without_backend(monkeypatch, name):
     monkeypatch.setattr(backends, "_load", load)
     if name in backends._INSTALLED_IF:  # not installed, so "auto" passes it over in silence
         monkeypatch.setitem(backends._INSTALLED_IF, name, "fastmlp_tests_no_such_module")
+
+
+# -- signals at chosen moments: Python runs a handler at a call's start (a profile hook's
+#    "call" event), after a call returns and at a loop's jump back
+
+def signal_at(first, then, nth, signum=signal.SIGALRM):
+    """A profile hook: once ``first`` (a code object) is called, a signal at the start of
+    the ``nth`` call after it, of one of the code objects ``then`` (Python functions) or,
+    when ``then`` is None, of a C function; at ``first``'s own start when nth is 0. (One
+    signal: the hook is unset when it raises.)"""
+    state = {"armed": False, "left": nth}
+
+    def profile(frame, event, arg):
+        if not state["armed"]:
+            if event != "call" or frame.f_code is not first:
+                return
+            state["armed"] = True
+        elif event != ("c_call" if then is None else "call") \
+                or (then is not None and frame.f_code not in then):
+            return
+        state["left"] -= 1
+        if state["left"] < 0:
+            sys.setprofile(None)
+            signal.raise_signal(signum)
+    return profile
+
+
+def signal_at_start_of(code, signum):
+    """A profile hook raising ``signum`` as a function with ``code`` begins, once."""
+    return signal_at(code, None, 0, signum)
+
+
+def signalling(function, budget, signum=signal.SIGALRM):
+    """``function`` with a signal at its start while ``budget[0]`` > 0 (one used a call)."""
+    def wrapper(*args, **kwargs):
+        if budget[0] > 0:
+            budget[0] -= 1
+            signal.raise_signal(signum)
+        return function(*args, **kwargs)
+    return wrapper
+
+
+def ctrl_c_at_line(code, text, then, signum):
+    """Trace ``code``: as its line containing ``text`` runs, a Ctrl-C, and a profile hook
+    raising ``signum`` as the code object ``then`` next begins (its undo, say). The caller
+    unsets both hooks (sys.settrace(None), sys.setprofile(None)) afterwards."""
+    lines = open(code.co_filename).readlines()
+
+    def trace(frame, event, arg):
+        if frame.f_code is code and event == "line" and text in lines[frame.f_lineno - 1]:
+            sys.settrace(None)
+            sys.setprofile(signal_at_start_of(then, signum))
+            signal.raise_signal(signal.SIGINT)
+        return trace
+    sys.settrace(lambda frame, event, arg: trace if frame.f_code is code else None)

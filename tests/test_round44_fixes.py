@@ -13,6 +13,7 @@ import pytest
 import fastmlp as fm
 from fastmlp import _signals, optimizers
 from fastmlp.backends import reference
+from helpers import ctrl_c_at_line, signal_at_start_of
 
 
 def make(backend, optimizer=None):
@@ -24,15 +25,6 @@ def make(backend, optimizer=None):
 def data(rows=16):
     return (np.random.default_rng(0).normal(size=(rows, 3)),
             np.random.default_rng(1).random((rows, 2)))
-
-
-def signal_at_start_of(code, signum):
-    """A profile function raising ``signum`` as a function with ``code`` begins, once."""
-    def profile(frame, event, arg):
-        if event == "call" and frame.f_code is code:
-            sys.setprofile(None)
-            signal.raise_signal(signum)
-    return profile
 
 
 def test_a_timeout_as_the_undo_of_an_interrupted_epoch_begins(backend, timeout_handler):
@@ -62,18 +54,9 @@ def test_a_timeout_as_the_undo_of_an_interrupted_quiet_fit_begins(backend, timeo
     X, Y = data(8)
     m = make(backend)
     start = m.get_state()
-    fit_code = fm.Model._fit_quietly.__code__
-
-    def trace(frame, event, arg):   # Ctrl-C as the first chunk's compiled call returns
-        if frame.f_code is fit_code and event == "line":
-            line = open(fit_code.co_filename).readlines()[frame.f_lineno - 1]
-            if "seconds = time.perf_counter() - start" in line:
-                sys.settrace(None)
-                sys.setprofile(signal_at_start_of(_signals.run_whole.__code__,
-                                                  signal.SIGALRM))
-                signal.raise_signal(signal.SIGINT)
-        return trace
-    sys.settrace(lambda frame, event, arg: trace if frame.f_code is fit_code else None)
+    # Ctrl-C as the first chunk's compiled call returns, a timeout as the undo begins
+    ctrl_c_at_line(fm.Model._fit_quietly.__code__, "seconds = time.perf_counter() - start",
+                   _signals.run_whole.__code__, signal.SIGALRM)
     with pytest.raises(TimeoutError):
         m.fit(X, Y, epochs=50)
     sys.settrace(None)
@@ -90,18 +73,9 @@ def test_a_timeout_as_apply_gradients_undo_begins(backend, timeout_handler):
     m = make(backend)
     grad = m.gradient_vector(X, Y)[1]
     before = m.get_state()
-    update = optimizers.update.__code__
-
-    def trace(frame, event, arg):   # Ctrl-C inside the Adam update, then the timeout
-        if frame.f_code is update and event == "line":
-            line = open(update.co_filename).readlines()[frame.f_lineno - 1]
-            if "v *= b2" in line:
-                sys.settrace(None)
-                sys.setprofile(signal_at_start_of(_signals.run_whole.__code__,
-                                                  signal.SIGALRM))
-                signal.raise_signal(signal.SIGINT)
-        return trace
-    sys.settrace(lambda frame, event, arg: trace if frame.f_code is update else None)
+    # Ctrl-C inside the Adam update, then the timeout as the undo begins
+    ctrl_c_at_line(optimizers.update.__code__, "v *= b2", _signals.run_whole.__code__,
+                   signal.SIGALRM)
     with pytest.raises(TimeoutError):
         m.apply_gradient(grad)
     sys.settrace(None)
@@ -117,18 +91,9 @@ def test_the_references_train_on_batch_undone_whole_after_a_second_signal(second
     X, Y = data(6)
     m = make("numpy", fm.Adam(lr=0.1))
     before = m.get_state()
-    update = optimizers.update.__code__
-
-    def trace(frame, event, arg):
-        if frame.f_code is update and event == "line":
-            line = open(update.co_filename).readlines()[frame.f_lineno - 1]
-            if "v *= b2" in line:
-                sys.settrace(None)
-                sys.setprofile(signal_at_start_of(reference.NumpyBackend._restore.__code__,
-                                                  second))
-                signal.raise_signal(signal.SIGINT)
-        return trace
-    sys.settrace(lambda frame, event, arg: trace if frame.f_code is update else None)
+    # Ctrl-C inside the Adam update, then the second signal as the restore begins
+    ctrl_c_at_line(optimizers.update.__code__, "v *= b2",
+                   reference.NumpyBackend._restore.__code__, second)
     with pytest.raises(TimeoutError if second == signal.SIGALRM else KeyboardInterrupt):
         m.train_on_batch(X, Y)
     sys.settrace(None)

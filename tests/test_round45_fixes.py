@@ -11,14 +11,7 @@ import pytest
 import fastmlp as fm
 from fastmlp import _signals, model as model_module
 from fastmlp.backends import reference
-
-
-def signal_at_start_of(code, signum):
-    def profile(frame, event, arg):
-        if event == "call" and frame.f_code is code:
-            sys.setprofile(None)
-            signal.raise_signal(signum)
-    return profile
+from helpers import signal_at_start_of
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGALRM], ids=["ctrl-c", "timeout"])

@@ -3,7 +3,6 @@ estimator left empty); set_weights' push skipped by a signal (the guarded step k
 old weights' bounds); a third signal of a burst skipping an undo in the retry loop's
 except clause. Each signal is raised at a chosen call's start (a profile hook), where
 Python runs handlers."""
-import signal
 import sys
 
 import numpy as np
@@ -11,38 +10,7 @@ import pytest
 
 import fastmlp as fm
 from fastmlp import _signals, model as model_module
-
-
-def signal_at(first, then, nth, signum=signal.SIGALRM):
-    """A profile hook: once ``first`` (a code object) is called, a signal at the start of
-    the ``nth`` call after it, of one of the code objects ``then`` (Python functions) or,
-    when ``then`` is None, of a C function; at ``first``'s own start when nth is 0. (One
-    signal: the hook is unset when it raises.)"""
-    state = {"armed": False, "left": nth}
-
-    def profile(frame, event, arg):
-        if not state["armed"]:
-            if event != "call" or frame.f_code is not first:
-                return
-            state["armed"] = True
-        elif event != ("c_call" if then is None else "call") \
-                or (then is not None and frame.f_code not in then):
-            return
-        state["left"] -= 1
-        if state["left"] < 0:
-            sys.setprofile(None)
-            signal.raise_signal(signum)
-    return profile
-
-
-def signalling(function, budget, signum=signal.SIGALRM):
-    """``function`` with a signal at its start while ``budget[0]`` > 0 (one used a call)."""
-    def wrapper(*args, **kwargs):
-        if budget[0] > 0:
-            budget[0] -= 1
-            signal.raise_signal(signum)
-        return function(*args, **kwargs)
-    return wrapper
+from helpers import signal_at, signalling
 
 
 @pytest.mark.parametrize("nth", [1, 2, 3, 4])
