@@ -20,6 +20,15 @@ from backends_under_test import BACKENDS, COMPILED
 from tolerances import TOLERANCES
 
 
+def pytest_configure(config):
+    """Ctrl-C as a user's terminal gives it: Python's KeyboardInterrupt handler. A process
+    started in the background by a non-interactive shell (``cmd &`` in a script, as
+    .ci/run starts the simulator's suite) inherits SIGINT ignored, and Python then installs
+    no handler: every test sending itself a real SIGINT failed there."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     return request.param
