@@ -85,8 +85,9 @@ import numpy as np
 from . import labels, optimizers, validation
 from .callbacks import ModelCheckpoint, ProgressBar, check_monitors, format_logs
 from ._signals import run_whole
-from .model import (_NOBODY, History, TrainingDiverged, _feature_names, _hook, _logged,
-                    distinct_names, validation_data_errors)
+from ._fitting import (_NOBODY, History, TrainingDiverged, _hook, _logged,
+                       validation_data_errors)
+from .model import _feature_names, distinct_names
 
 # Callbacks that write files or the terminal: one writer per job, rank 0.
 RANK_ZERO_ONLY = (ModelCheckpoint, ProgressBar)

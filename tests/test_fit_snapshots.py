@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
-from fastmlp import model as model_module
+from fastmlp import _undo, model as model_module
 
 ROWS = 23
 NEVER, EVERY_CHUNK = float("-inf"), float("inf")   # _SNAPSHOT_SHARE: 1 copy per fit, 1 per chunk
@@ -45,7 +45,7 @@ def counted(monkeypatch):
     fits run with one-epoch chunks (_CHUNK_WORK 1, _CHUNK_SECONDS 0), counted from the
     test's last reset(counted) (a first numba model warms its kernels up by a fit)."""
     seen = {"saves": 0, "chunks": []}
-    save, real_epochs = model_module._Snapshot.save, model_module.Model._epochs
+    save, real_epochs = _undo.Snapshot.save, model_module.Model._epochs
 
     def counting_save(self):
         seen["saves"] += 1
@@ -54,7 +54,7 @@ def counted(monkeypatch):
     def counting_epochs(self, X, T, orders, *rest):
         seen["chunks"].append(len(orders))
         return real_epochs(self, X, T, orders, *rest)
-    monkeypatch.setattr(model_module._Snapshot, "save", counting_save)
+    monkeypatch.setattr(_undo.Snapshot, "save", counting_save)
     monkeypatch.setattr(model_module.Model, "_epochs", counting_epochs)
     monkeypatch.setattr(fm.Model, "_CHUNK_WORK", 1)
     monkeypatch.setattr(fm.Model, "_CHUNK_SECONDS", 0.0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
-from fastmlp import model as model_module
+from fastmlp import _undo
 
 
 def make(backend):
@@ -43,7 +43,7 @@ def test_an_undo_cut_short_does_not_run_when_the_exception_is_freed(backend):
     m = make(backend)
     m.fit(X, Y, epochs=1)
     before = m.get_state()
-    sys.settrace(interrupt_at_exit_of(model_module._UndoneIfRaising))
+    sys.settrace(interrupt_at_exit_of(_undo.UndoneIfRaising))
     try:
         with pytest.raises(KeyboardInterrupt) as caught:
             m.fit(X, Y, epochs=3, callbacks=[Log()])
@@ -82,7 +82,7 @@ def test_model_history_is_the_fits_own_after_an_exception_between_epochs(backend
 def test_a_lease_cut_short_is_forgotten_with_its_frame(backend):
     X, Y = data()
     m = make(backend)
-    sys.settrace(interrupt_at_exit_of(model_module._SnapshotLease))
+    sys.settrace(interrupt_at_exit_of(_undo.SnapshotLease))
     try:
         with pytest.raises(KeyboardInterrupt):
             m.fit(X, Y, epochs=2)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
-from fastmlp import _signals, model as model_module
+from fastmlp import _signals, _undo
 from fastmlp.backends import reference
 from helpers import signal_at_start_of
 
@@ -118,7 +118,7 @@ def test_an_undo_that_always_fails_gives_up(how, timeout_handler, monkeypatch):
         if how == "keyboard_interrupt":
             raise KeyboardInterrupt("the undo's own")
         timeout_handler(signal.SIGALRM, None)   # fails through the handler's function
-    monkeypatch.setattr(model_module._Snapshot, "restore", failing_restore)
+    monkeypatch.setattr(_undo.Snapshot, "restore", failing_restore)
 
     class CtrlC(fm.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):

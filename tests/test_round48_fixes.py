@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
-from fastmlp import _signals, model as model_module
+from fastmlp import _signals, _undo
 
 
 @pytest.fixture
@@ -35,12 +35,12 @@ def test_a_signal_during_a_diverged_steps_undo_is_raised(backend, signum, raised
     m = fm.Model([fm.Dense(4, "linear"), fm.Dense(2)], input_dim=3, loss="mse",
                  optimizer=fm.SGD(lr=10.0), backend=backend, dtype="float64", seed=0)
     before = m.get_state()
-    restore = model_module._Snapshot.restore
+    restore = _undo.Snapshot.restore
 
     def signalled(self):   # the signal arrives as the step is undone (held back there)
         signal.raise_signal(signum)
         restore(self)
-    monkeypatch.setattr(model_module._Snapshot, "restore", signalled)
+    monkeypatch.setattr(_undo.Snapshot, "restore", signalled)
     with pytest.raises(raised) as caught:
         m.apply_gradient(np.full(m.get_state()["theta"].shape, 1e308))   # theta overflows
     assert isinstance(caught.value.__cause__, fm.TrainingDiverged)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
-from fastmlp import _signals, model as model_module, warmup
+from fastmlp import _signals, _undo, warmup
 
 
 @pytest.mark.parametrize("order", [(signal.SIGINT, signal.SIGALRM),
@@ -39,13 +39,13 @@ def test_a_ctrl_c_and_a_timeout_during_a_diverged_steps_undo(backend, monkeypatc
     m = fm.Model([fm.Dense(4, "linear"), fm.Dense(2)], input_dim=3, loss="mse",
                  optimizer=fm.SGD(lr=10.0), backend=backend, dtype="float64", seed=0)
     before = m.get_state()
-    restore = model_module._Snapshot.restore
+    restore = _undo.Snapshot.restore
 
     def signalled(self):   # both arrive as the step is undone (held back there)
         signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGALRM)
         restore(self)
-    monkeypatch.setattr(model_module._Snapshot, "restore", signalled)
+    monkeypatch.setattr(_undo.Snapshot, "restore", signalled)
     with pytest.raises(TimeoutError) as caught:
         m.apply_gradient(np.full(before["theta"].shape, 1e308))
     monkeypatch.undo()
@@ -97,14 +97,14 @@ def test_a_timeout_in_a_quiet_fits_divergence_undo_names_the_divergence(
                  optimizer=fm.SGD(lr=1e30), backend=backend, dtype="float64", seed=0)
     X, Y = np.ones((8, 3)), np.ones((8, 1))
     before = m.get_state()
-    to_chunk_start, calls = model_module._Rewind.to_chunk_start, []
+    to_chunk_start, calls = _undo.Rewind.to_chunk_start, []
 
     def signalled(self):   # one timeout, as the divergence's nth undo runs (the first
         calls.append(1)    # before the bad epoch is located, the second after)
         if len(calls) == nth:
             signal.raise_signal(signal.SIGALRM)
         to_chunk_start(self)
-    monkeypatch.setattr(model_module._Rewind, "to_chunk_start", signalled)
+    monkeypatch.setattr(_undo.Rewind, "to_chunk_start", signalled)
     with pytest.raises(TimeoutError) as caught:
         m.fit(X, Y, epochs=50, batch_size=8)
     monkeypatch.undo()

@@ -26,6 +26,7 @@ import pytest
 
 import fastmlp as fm
 import fastmlp.model as model_module
+from fastmlp import _fitting, _undo
 from fastmlp.callbacks import EarlyStopping, ModelCheckpoint
 
 PACKAGE = os.path.dirname(fm.__file__)
@@ -133,7 +134,7 @@ def _every_point(backend, optimizer, epochs, fit_kwargs, most_trials, clock=None
     evenly spread): the interrupt is raised, the model keeps the epochs its History
     records, and trained on to ``epochs`` epochs and one more, it equals one that was
     never interrupted. ``clock``: a function
-    making a new ``time`` for fastmlp.model, the same moments in every run, so that
+    making a new ``time`` for fastmlp._fitting and fastmlp._undo, the same moments in every run, so that
     every run takes the same steps up to its SIGINT."""
     want = _model(backend, optimizer)
     losses = want.fit(X, Y, epochs=epochs, batch_size=BATCH, verbose=0,
@@ -143,7 +144,9 @@ def _every_point(backend, optimizer, epochs, fit_kwargs, most_trials, clock=None
 
     def fit_under(trace, model):
         if clock is not None:   # and a first chunk of 2 epochs, the next ones by the clock
-            monkeypatch.setattr(model_module, "time", clock())
+            fake = clock()   # one clock for fit's chunks and its undo snapshots
+            monkeypatch.setattr(_fitting, "time", fake)
+            monkeypatch.setattr(_undo, "time", fake)
             monkeypatch.setattr(model_module.Model, "_first_chunk", lambda *args: 2)
         try:
             return _fit_under(trace, model, epochs=epochs, **fit_kwargs)
