@@ -85,9 +85,9 @@ if _WHY is not None:
     raise ImportError(_WHY)
 
 from .. import rules  # noqa: E402
-from ..codes import (LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_N_IN,  # noqa: E402
-                     LAYER_N_OUT, LAYER_W, LAYER_Z, MSE, PLAN_HEAD, PLAN_WS_SIZE, PRELU,
-                     SOFTMAX, WS_D0, WS_D1, WS_GRAD, WS_TB, WS_XB, LAYER_FIELDS)
+from ..codes import (LAYER_ACT, LAYER_ALPHA, LAYER_F, LAYER_FIELDS, LAYER_Z,  # noqa: E402
+                     MSE, PLAN_HEAD, PLAN_WS_SIZE, PRELU, SOFTMAX, WS_D0, WS_D1, WS_GRAD,
+                     WS_TB, WS_XB)
 from ..kernels import cuda_fused as cf  # noqa: E402
 from ..kernels import cuda_layers as cl  # noqa: E402
 from ..kernels import cuda_math  # noqa: E402
