@@ -25,6 +25,10 @@ from ._undo import Rewind, UndoneIfRaising
 class TrainingDiverged(FloatingPointError):
     """Raised by :meth:`Model.fit` when the loss or a weight stops being finite."""
 
+    # Named as before fit had a module of its own (fastmlp.model exports it): pickles (an
+    # exception sent between processes) and tracebacks say fastmlp.model.TrainingDiverged
+    __module__ = "fastmlp.model"
+
 
 _HOOKS = ("set_model", "on_train_begin", "on_epoch_begin", "on_epoch_end", "on_train_end")
 
@@ -101,6 +105,8 @@ class _Orders:
 class History:
     """What :meth:`Model.fit` returns: ``history["loss"]`` is one mean loss per epoch,
     and every other logged value (val_loss, metrics, samples_per_s) a list beside it."""
+
+    __module__ = "fastmlp.model"   # as TrainingDiverged's: an estimator's pickled history_
 
     def __init__(self):
         self.history = {"loss": []}

@@ -316,3 +316,21 @@ def test_quiet_fit_chunks_many_small_epochs(backend, monkeypatch):
     monkeypatch.undo()
     b.fit(X, Y, epochs=7, batch_size=8)
     assert_same_state(a.get_state(), b.get_state())
+
+
+def test_history_and_training_diverged_pickle_under_their_public_module():
+    """fit lives in fastmlp._fitting, but History and TrainingDiverged keep the names they
+    had (fastmlp.model's): a pickled History (an estimator's history_) or exception (sent
+    between processes) loads where either name resolves, and tracebacks read as before."""
+    from fastmlp import model as model_module
+    model = fm.Model([fm.Dense(3, "tanh"), fm.Dense(1)], input_dim=2, seed=0)
+    history = model.fit(np.ones((4, 2)), np.zeros((4, 1)), epochs=2, verbose=0)
+    for obj in (history, fm.TrainingDiverged("training diverged in epoch 3")):
+        assert type(obj).__module__ == "fastmlp.model"
+        assert getattr(model_module, type(obj).__name__) is type(obj)
+        data = pickle.dumps(obj)
+        assert b"fastmlp.model" in data and b"_fitting" not in data
+        back = pickle.loads(data)
+        assert type(back) is type(obj)
+    assert back.args == ("training diverged in epoch 3",)
+    assert pickle.loads(pickle.dumps(history)).history == history.history
