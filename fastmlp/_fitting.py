@@ -347,10 +347,6 @@ class Fitting:
             logs["grad_norm"] = np.sqrt(norms / steps).tolist()
         return logs
 
-    # Networks up to this many parameters take train_on_batch's one-call checked step on
-    # every backend (above it, only where that step copies nothing: see __init__).
-    _CHECKED_STEP_PARAMS = 16384
-
     # The first chunk of epochs trained between two looks from Python (one compiled call)
     # is sized by this much work, in rows x parameters; the next ones by the time the
     # last took, to take about _CHUNK_SECONDS each: Ctrl-C stays prompt, and an undone

@@ -177,6 +177,10 @@ class Model(Fitting):
     (3, 1)
     """
 
+    # Networks up to this many parameters take train_on_batch's one-call checked step on
+    # every backend (above it, only where that step copies nothing: see _build).
+    _CHECKED_STEP_PARAMS = 16384
+
     def __init__(self, layers, input_dim, loss="mse", optimizer=None, backend="auto",
                  dtype="float32", seed=None):
         self._build(layers, input_dim, loss, optimizer, backend, dtype, seed, draw=True)
