@@ -933,6 +933,109 @@ def laid_out_xy(X, Y, Py_ssize_t n_in, Py_ssize_t n_out, cnp.dtype dtype):
     return n > 0 and _laid_out_rows(Y, n_out, dtype) == n
 
 
+cdef inline bint _class_index(const char* p, int typenum, Py_ssize_t k,
+                              Py_ssize_t* index) noexcept nogil:
+    """The integer of NumPy type ``typenum`` at p (native byte order, maybe unaligned) as
+    index[0] when it lies in [0, k): True; else False (and for any other type)."""
+    cdef long long v
+    cdef unsigned long long u
+    if typenum == cnp.NPY_BYTE or typenum == cnp.NPY_SHORT or typenum == cnp.NPY_INT \
+            or typenum == cnp.NPY_LONG or typenum == cnp.NPY_LONGLONG:
+        if typenum == cnp.NPY_BYTE:
+            v = (<const signed char*>p)[0]
+        elif typenum == cnp.NPY_SHORT:
+            v = _load_short(p)
+        elif typenum == cnp.NPY_INT:
+            v = _load_int(p)
+        elif typenum == cnp.NPY_LONG:
+            v = _load_long(p)
+        else:
+            v = _load_longlong(p)
+        if v < 0 or v >= k:
+            return False
+        index[0] = <Py_ssize_t>v
+        return True
+    if typenum == cnp.NPY_UBYTE:
+        u = (<const unsigned char*>p)[0]
+    elif typenum == cnp.NPY_USHORT:
+        u = <unsigned short>_load_short(p)
+    elif typenum == cnp.NPY_UINT:
+        u = <unsigned int>_load_int(p)
+    elif typenum == cnp.NPY_ULONG:
+        u = <unsigned long>_load_long(p)
+    elif typenum == cnp.NPY_ULONGLONG:
+        u = <unsigned long long>_load_longlong(p)
+    else:
+        return False
+    if u >= <unsigned long long>k:
+        return False
+    index[0] = <Py_ssize_t>u
+    return True
+
+
+# loads through memcpy: an integer array's data need not be aligned
+cdef inline short _load_short(const char* p) noexcept nogil:
+    cdef short v
+    memcpy(&v, p, sizeof(short))
+    return v
+
+
+cdef inline int _load_int(const char* p) noexcept nogil:
+    cdef int v
+    memcpy(&v, p, sizeof(int))
+    return v
+
+
+cdef inline long _load_long(const char* p) noexcept nogil:
+    cdef long v
+    memcpy(&v, p, sizeof(long))
+    return v
+
+
+cdef inline long long _load_longlong(const char* p) noexcept nogil:
+    cdef long long v
+    memcpy(&v, p, sizeof(long long))
+    return v
+
+
+def index_targets(Y, Py_ssize_t n_rows, Py_ssize_t k, cnp.dtype dtype):
+    """fastmlp.validation.index_targets in C (the same answer for every object; tested
+    so): one-hot targets (n_rows, k) of ``dtype`` (float32 or float64), C-contiguous,
+    for class indices Y, a plain ndarray (n_rows,) or (n_rows, 1) of a native-order
+    integer dtype with every value in [0, k); else None. One pass over Y, read where it
+    lies (any stride)."""
+    if type(Y) is not np.ndarray or n_rows <= 0 or k <= 0:
+        return None
+    cdef cnp.ndarray y = <cnp.ndarray>Y
+    cdef int nd = cnp.PyArray_NDIM(y)
+    if nd < 1 or nd > 2 or cnp.PyArray_DIMS(y)[0] != n_rows:
+        return None
+    if nd == 2 and cnp.PyArray_DIMS(y)[1] != 1:
+        return None
+    if not cnp.PyArray_ISNOTSWAPPED(y):
+        return None
+    cdef int typenum = cnp.PyArray_TYPE(y)
+    cdef int out_type = dtype.type_num
+    if out_type != cnp.NPY_FLOAT32 and out_type != cnp.NPY_FLOAT64:
+        return None
+    cdef cnp.npy_intp dims[2]
+    dims[0], dims[1] = n_rows, k
+    cdef cnp.ndarray T = cnp.PyArray_ZEROS(2, dims, out_type, 0)
+    cdef const char* p = <const char*>cnp.PyArray_DATA(y)
+    cdef Py_ssize_t stride = cnp.PyArray_STRIDES(y)[0]
+    cdef Py_ssize_t i, j
+    cdef float* t32 = <float*>cnp.PyArray_DATA(T)
+    cdef double* t64 = <double*>cnp.PyArray_DATA(T)
+    for i in range(n_rows):
+        if not _class_index(p + i * stride, typenum, k, &j):
+            return None
+        if out_type == cnp.NPY_FLOAT32:
+            t32[i * k + j] = 1
+        else:
+            t64[i * k + j] = 1
+    return T
+
+
 cdef bint _overlap(cnp.ndarray a, cnp.ndarray b):
     """Whether the bytes a and b span (first to last element) meet, a and b 1-D or 2-D
     with non-negative strides on their axes longer than 1."""
