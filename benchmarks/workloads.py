@@ -152,7 +152,16 @@ CONVERSION_WORKLOADS = [
              scaled=True,
              about="the same net with input scaling, raw float32 rows"),
 ]
-EXTRA_WORKLOADS = ACTIVATION_WORKLOADS + LAYOUT_WORKLOADS + CONVERSION_WORKLOADS
+# Micro-batches, as a server batching a few requests predicts: the W2 net on 9 rows (the
+# fewest _sgemm.h's loops take, one more than the GEMV loops), 16 and 32. Not in the
+# default run: report.py --workloads predict-9,predict-16,predict-32
+MICRO_BATCH_WORKLOADS = [
+    Workload(f"predict-{rows}", **_MNIST, rows=rows, kind="predict",
+             about=f"predict of {rows} rows, W2 net")
+    for rows in (9, 16, 32)
+]
+EXTRA_WORKLOADS = (ACTIVATION_WORKLOADS + LAYOUT_WORKLOADS + CONVERSION_WORKLOADS
+                   + MICRO_BATCH_WORKLOADS)
 BY_NAME = {w.name: w for w in WORKLOADS + EXTRA_WORKLOADS}
 
 

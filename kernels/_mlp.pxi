@@ -760,8 +760,9 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
         a = X + (start if ldx else start * n_in)
         if floating is float:
             # predict's float32 rows in the AVX-512 build: the whole forward pass of each
-            # part of the rows on a thread of its own (fm_split), one hand-off per chunk
-            widest = sgemm_all(net, rows) if T == NULL and ldx == 0 else 0
+            # part of the rows on a thread of its own (fm_split), one hand-off per chunk;
+            # a chunk of at most ``small`` rows goes to the GEMV loops below instead
+            widest = sgemm_all(net, rows) if T == NULL and ldx == 0 and rows > small else 0
             if widest:
                 part = Rows(net=net, theta=theta, x=a, p0=p0, p1=p1, out=out + start * k_out,
                             widest=widest, check=check, check_z=check_z, bad=[0, 0])

@@ -21,13 +21,16 @@
 
    fm_sgemm_ok(rows, n_in, n_out): 1 where fm_sgemm may run (this build has AVX-512F,
    the loops are on (fm_sgemm_use, a test hook), W at most FM_SGEMM_MAX_BYTES, at least
-   FM_SGEMM_MIN_ROWS rows); else the caller calls BLAS. */
+   FM_SGEMM_MIN_ROWS rows); else the caller calls BLAS. Callers send a chunk of a few
+   rows (rules.PREDICT_SMALL_ROWS) to _gemv.h's loops first, so these take every float32
+   chunk above that: from 9 rows, where they once took 24 (9-23 rows went to BLAS, 2.7x
+   slower at 9 rows through the W2 net than here). */
 #ifndef FASTMLP_SGEMM_H
 #define FASTMLP_SGEMM_H
 
 #include "_gemv.h"
 
-/* rows per block of x (a multiple of them goes to each thread: fm_split) */
+/* rows per block of x */
 #define FM_SGEMM_MR 12
 
 #if defined(__AVX512F__) && defined(__GNUC__)
@@ -36,7 +39,7 @@
 /* W's bytes at most: a W that fits an L2 of 1 MB next to x's block (784x256 float32 is
    784 KB); bigger ones need packing, which BLAS does */
 #define FM_SGEMM_MAX_BYTES ((Py_ssize_t)1 << 20)
-#define FM_SGEMM_MIN_ROWS 2 * FM_SGEMM_MR
+#define FM_SGEMM_MIN_ROWS 2   /* a row for each thread (fm_split) */
 
 /* z[0:MR, j0:j0 + 16 * NV] = x[0:MR] W[:, j0:...], x's rows ldx apart; unless FULL, the
    columns past n_out masked off. MR, NV and FULL are constants at every call
@@ -162,16 +165,19 @@ static void fm_sgemm(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const f
 #endif
 
 /* range(ctx, 0, rows): the rows cut in two where fm_gemv_threads allows two threads and
-   the pool is free, the calling thread the first part (h rows, a multiple of
-   FM_SGEMM_MR) and _gemv_pool.h's worker the rest, else all on this thread. The
-   worker is woken if it sleeps (a part here is hundreds of microseconds, its wake-up
-   tens); a part it has not claimed when the caller's is done, the caller runs itself.
-   `range` must give each row the same bits whichever part it is in. */
+   the pool is free, the calling thread the first half (h = ceil(rows / 2)) and
+   _gemv_pool.h's worker the rest, else all on this thread. Halves, not a multiple of
+   FM_SGEMM_MR rows for the first part as before: 512 rows went 264 / 248 and 32 rows
+   24 / 8, and a part's tail block costs less than a full one (32 rows through the W2
+   net: 111 -> 74 us; 512 rows 3.5 % faster). The worker is woken if it sleeps (its
+   wake-up takes tens of microseconds); a part it has not claimed when the caller's is
+   done, the caller runs itself. `range` must give each row the same bits whichever
+   part it is in. */
 static void fm_split(fm_rows_t range, void* ctx, Py_ssize_t rows)
 {
 #ifdef FM_GEMV_POOL
-    if (fm_pool_enter_now(1)) {
-        const Py_ssize_t h = (rows / 2 + FM_SGEMM_MR - 1) / FM_SGEMM_MR * FM_SGEMM_MR;
+    if (rows >= 2 && fm_pool_enter_now(1)) {
+        const Py_ssize_t h = (rows + 1) / 2;
         const unsigned long p = FM_LOAD(&fm_pool.posted, RELAXED) + 1;
         unsigned long expected = p - 1;
         fm_job second;

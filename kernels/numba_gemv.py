@@ -22,7 +22,8 @@ extension's worker thread (kernels/_gemv_pool.h), so both backends give the same
 Never change the C signature behind a registered name (a cached kernel keeps calling
 it): add a new name instead.
 
-``forward`` does the same for a float32 predict chunk of 24 rows or more: the symbol
+``forward`` does the same for a float32 predict chunk of more rows than the GEMV
+loops take (rules.PREDICT_SMALL_ROWS): the symbol
 ``fastmlp_forward_f32`` is the extension's forward_f32 (its _sgemm.h GEMM loops and its
 bias and activation passes, the rows split between two threads, as its own predict
 runs them: the same bits), or, without the extension, a stand-in that takes no chunk
@@ -148,7 +149,7 @@ def forward(typingctx, plan, fparams, theta, x, p0, p1, out, check, check_z):
     its predict's code, so its bits); p0, p1 scratch of rows * widest layer each; check,
     check_z as numba_train.predict's (x checked itself, or through x W). Returns -1
     where that path does not take the chunk (float64; no extension, a build without
-    AVX-512, a W over 1 MiB, under 24 rows: the caller runs its own), 1 when x is not
+    AVX-512, a W over 1 MiB, a single row: the caller runs its own), 1 when x is not
     finite, else 0. No bounds check: the caller's plan and buffers must agree."""
     arrays = (fparams, theta, x, p0, p1, out)
     if not (isinstance(plan, types.Array) and plan.dtype == types.int64

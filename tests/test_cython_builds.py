@@ -187,7 +187,7 @@ def test_every_build_gives_the_baseline_builds_bits():
     """The builds differ in vector width only: -ffp-contract=off keeps every a * b + c two
     roundings, and no sum is reordered, so results are the same bits (the GEMV loops pick
     their copy at run time in every build). But for one thing: the AVX-512 build's
-    float32 predict of 24 rows or more sums its GEMMs in _sgemm.h's loops, in another
+    float32 predict of more than 8 rows sums its GEMMs in _sgemm.h's loops, in another
     order than BLAS: those agree to rounding, and with the loops off, bit for bit."""
     if "base" not in RUNNABLE_BUILT or len(RUNNABLE_BUILT) == 1:
         pytest.skip("one build only here")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
+from fastmlp import rules
 from fastmlp._aligned import CACHE_LINE as THETA_ALIGN
 from fastmlp._aligned import aligned_empty, aligned_zeros
 
@@ -84,7 +85,7 @@ def _blas(m, X):
     (3, 48, 2),            # 48 = 32 + 16 (the second panel one full vector)
     (100, 64, 64, 64),     # every panel full
 ])
-@pytest.mark.parametrize("rows", [24, 25, 35, 36, 37, 48, 511, 1000])
+@pytest.mark.parametrize("rows", [9, 10, 13, 23, 24, 25, 32, 35, 36, 37, 48, 511, 1000])
 def test_the_loops_compute_the_forward_pass(sizes, rows):
     output = "linear" if sizes[-1] == 1 else "softmax"
     loss = "mse" if sizes[-1] == 1 else "cross_entropy"
@@ -201,9 +202,9 @@ def test_a_model_keeps_its_theta_on_a_cache_line_when_built_or_restored(tmp_path
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_float64_and_small_batches_and_big_weights_keep_their_paths(dtype):
-    # float64 (BLAS), fewer than 24 rows (the GEMV loops, BLAS), a W over 1 MiB (BLAS):
-    # the same as with the loops off, bit for bit
-    cases = [((30, 17, 5), 23), ((600, 600, 5), 100)]
+    # float64 (BLAS), a chunk the GEMV loops take (rules.PREDICT_SMALL_ROWS rows), a W
+    # over 1 MiB (BLAS): the same as with the loops off, bit for bit
+    cases = [((30, 17, 5), rules.PREDICT_SMALL_ROWS), ((600, 600, 5), 100)]
     for sizes, rows in cases:
         m = _model(sizes, dtype=dtype)
         X = np.random.default_rng(7).standard_normal((rows, sizes[0])).astype(dtype)
@@ -213,9 +214,9 @@ def test_float64_and_small_batches_and_big_weights_keep_their_paths(dtype):
 @needs_loops
 @pytest.mark.parametrize("sizes", [(784, 256, 128, 10), (33, 17, 47, 1), (5, 16, 31, 3)])
 def test_the_numba_backend_runs_the_same_code_to_the_bit(sizes):
-    # numba's predict hands each float32 chunk of 24 rows or more to the extension's
-    # forward_f32 (kernels/numba_gemv.forward): the same bits as the Cython backend's,
-    # activations included; fewer rows run its own path
+    # numba's predict hands each float32 chunk of more than rules.PREDICT_SMALL_ROWS
+    # rows to the extension's forward_f32 (kernels/numba_gemv.forward): the same bits as
+    # the Cython backend's, activations included; fewer rows run its own path
     pytest.importorskip("numba")
     output = "linear" if sizes[-1] == 1 else "softmax"
     loss = "mse" if sizes[-1] == 1 else "cross_entropy"
@@ -223,8 +224,10 @@ def test_the_numba_backend_runs_the_same_code_to_the_bit(sizes):
     n = c.to(backend="numba")
     X = np.random.default_rng(8).standard_normal((300, sizes[0])).astype(np.float32)
     np.testing.assert_array_equal(n.predict(X), c.predict(X))
-    np.testing.assert_array_equal(n.predict(X[:24]), c.predict(X[:24]))
-    np.testing.assert_allclose(n.predict(X[:23]), c.predict(X[:23]), rtol=1e-5, atol=1e-6)
+    small = rules.PREDICT_SMALL_ROWS
+    for rows in (small + 1, 24):
+        np.testing.assert_array_equal(n.predict(X[:rows]), c.predict(X[:rows]))
+    np.testing.assert_allclose(n.predict(X[:small]), c.predict(X[:small]), rtol=1e-5, atol=1e-6)
     X[250, 0] = np.nan   # in the worker's part
     with pytest.raises(ValueError, match=r"NaN or inf \(first at row 250, "):
         n.predict(X)
