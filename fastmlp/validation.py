@@ -492,9 +492,8 @@ def check_targets(Y, n_rows, net, dtype):
         if flat.min() < 0 or flat.max() >= n_out:
             raise ValueError(f"class labels must be in [0, {n_out}), got values from "
                              f"{flat.min()} to {flat.max()}")
-        T = np.zeros((n_rows, n_out), dtype=dtype)
-        T[np.arange(n_rows), flat.astype(np.int64)] = 1
-        return T
+        # in [0, n_out) as checked just above: the shortcut's one-hot rows, never None
+        return index_targets(flat.astype(np.int64), n_rows, n_out, dtype)
     T = as_float_matrix(arr, "Y", dtype)
     if T.shape[1] != n_out:
         hint = ("; class labels (one per row) need loss='cross_entropy' (softmax outputs) "
