@@ -13,10 +13,11 @@ from .callbacks import Callback, EarlyStopping, ModelCheckpoint, ProgressBar  # 
 from .model import History, Model, TrainingDiverged, load  # noqa: E402
 from .network import Dense  # noqa: E402
 from .optimizers import SGD, Adam  # noqa: E402
-from .threads import blas_in_use, set_num_threads, thread_info  # noqa: E402
+from .threads import blas_in_use, set_gemm_loops, set_num_threads, thread_info  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["Model", "Dense", "SGD", "Adam", "History", "TrainingDiverged", "load",
            "Callback", "EarlyStopping", "ModelCheckpoint", "ProgressBar",
-           "available_backends", "set_num_threads", "thread_info", "blas_in_use", "__version__"]
+           "available_backends", "set_gemm_loops", "set_num_threads", "thread_info",
+           "blas_in_use", "__version__"]

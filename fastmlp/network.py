@@ -20,7 +20,7 @@ import numpy as np
 
 from . import activations as act
 from . import losses, rules
-from ._aligned import aligned_zeros
+from ._aligned import CACHE_LINE, aligned_zeros
 from .validation import real_number
 from .codes import (LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS, LAYER_N_IN,
                     LAYER_N_OUT, LAYER_W, LAYER_Z, PLAN_CAP, PLAN_FOLD_ROWS, PLAN_FUSED,
@@ -34,6 +34,9 @@ W_OFF, B_OFF, ALPHA_OFF = range(3)
 # kernels' int GEMM arguments), and every offset into theta must fit int64.
 MAX_UNITS = 2 ** 31 - 1
 MAX_PARAMS = 2 ** 62
+# plan's workspace buffers start a multiple of this many elements in: a cache line of
+# float32 (two of float64)
+LINE_ELEMENTS = CACHE_LINE // 4
 _DRAW_VALUES = 1 << 17   # initial weights drawn 1 MiB of float64 at a time (init_params)
 
 
@@ -103,6 +106,11 @@ class Dense:
     def __repr__(self):
         extra = f", {self.activation.param}={self.param}" if self.activation.param else ""
         return f"Dense({self.units}, activation={self.activation.name!r}{extra})"
+
+
+def _line_up(n):
+    """n rounded up to a multiple of LINE_ELEMENTS."""
+    return -(-n // LINE_ELEMENTS) * LINE_ELEMENTS
 
 
 def param_too_large(layers, dtype):
@@ -220,7 +228,11 @@ class Network:
         in the one flat workspace of WS_ACT_PARAMS (L,), WS_GRAD (n_params,),
         WS_XB (2, cap, inputs), WS_TB (2, cap, outputs), WS_D0 and WS_D1 (cap, widest).
         Then layer_table's rows, with LAYER_Z and LAYER_F: each layer's z and f
-        (cap, n_out) in the workspace. Built from the current codes and loss.
+        (cap, n_out) in the workspace. Built from the current codes and loss. Every
+        buffer starts a multiple of LINE_ELEMENTS elements in, so on a cache line of a
+        workspace that starts on one (the backends allocate it so, fastmlp/_aligned.py):
+        the float32 GEMM loops (kernels/_sgemm_blas.h) load deltas and store gradients
+        and activations a cache line at a time.
         """
         cap = int(cap)
         if cap < 1:
@@ -235,11 +247,11 @@ class Network:
         for field, size in ((WS_ACT_PARAMS, n_layers), (WS_GRAD, self.n_params),
                             (WS_XB, 2 * cap * self.input_dim), (WS_TB, 2 * cap * self.output_dim),
                             (WS_D0, cap * widest), (WS_D1, cap * widest)):
-            plan[field], pos = pos, pos + size
+            plan[field], pos = pos, _line_up(pos + size)
         rows = plan[PLAN_HEAD:].reshape(n_layers, LAYER_FIELDS)
         rows[...] = self.layer_table
         for row in rows:
-            size = cap * int(row[LAYER_N_OUT])
+            size = _line_up(cap * int(row[LAYER_N_OUT]))
             row[LAYER_Z], row[LAYER_F], pos = pos, pos + size, pos + 2 * size
         plan[PLAN_WS_SIZE] = pos
         return plan

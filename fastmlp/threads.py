@@ -48,6 +48,33 @@ def set_num_threads(n):
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
+GEMM_LOOPS = ("never", "fit", "always")
+
+
+def set_gemm_loops(where):
+    """Where float32 products run on fastmlp's own GEMM loops instead of BLAS (the
+    Cython extension's AVX-512 build, kernels/_sgemm_blas.h; both compiled backends):
+    ``"fit"`` (the default) inside ``fit``'s compiled epochs, ``"always"`` in every call
+    (``train_on_batch``, ``gradients``, ``evaluate`` too), ``"never"``. Returns the
+    setting before; ``"never"`` wherever the loops are not built (the setting then
+    changes nothing).
+
+    The loops beat OpenBLAS at these shapes, but their second thread is not OpenBLAS's:
+    right after NumPy's own BLAS work OpenBLAS's threads spin on for up to 0.1 s, on the
+    core that thread needs. Inside fit's epochs nothing runs between the products;
+    ``"always"`` suits loops of ``train_on_batch`` with no NumPy BLAS between the calls
+    (see the README's Speed section). Process-wide; not while kernels run in other
+    threads."""
+    if where not in GEMM_LOOPS:
+        raise ValueError(f"where must be one of {GEMM_LOOPS}, got {where!r:.60}")
+    try:
+        from .kernels.cython_mlp import gemm_policy
+    except ImportError:
+        return "never"
+    was = gemm_policy(GEMM_LOOPS.index(where))
+    return GEMM_LOOPS[was]
+
+
 def _limit_gemv(n):
     """At most ``n`` threads in the GEMV loops of kernels/_gemv.h, which the Cython
     extension holds and the Numba kernels call too (none to limit without it)."""

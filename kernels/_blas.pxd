@@ -53,6 +53,17 @@ cdef extern from *:
     void fastmlp_gemm_int_bits_set(int bits) noexcept nogil
 
 
+cdef extern from "_sgemm_blas.h":
+    # float32 products on _sgemm.h's loops, both threads: 1 when taken, else 0
+    int fm_gemm_f32(int ta, int tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
+                    const float* A, Py_ssize_t lda, const float* B, Py_ssize_t ldb,
+                    float beta, float* C, Py_ssize_t ldc) noexcept nogil
+    int fm_gemm_built() noexcept nogil
+    int fm_gemm_use(int policy) noexcept nogil     # 0 never, 1 in fit's epochs, 2 always
+    int fm_gemm_scope(int on) noexcept nogil       # this thread in fit's epochs (1) or not
+    void* fm_own_sgemm64(void* next) noexcept nogil
+
+
 cdef inline int load_kernel_blas() noexcept nogil:
     """Read fastmlp.blas.kernel_blas()'s addresses into the pointers; returns the
     integer width. Takes the GIL, once per process (a dict look-up after the first
@@ -127,10 +138,15 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating 
     """C (m, n) = alpha op(A) op(B) + beta C, all row-major; op(A) is (m, k), op(B) (k, n).
 
     beta = 0 OVERWRITES C (its old contents are never read); beta = 1 accumulates.
+    float32 products run on _sgemm_blas.h's loops where they take them (a C element's
+    bits do not depend on which rows share the call), else on BLAS.
     """
     if m <= 0 or n <= 0:
         return
     if <long long>m * n * k <= SMALL_GEMM or k <= 0:
         small_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    elif floating is float and fm_gemm_f32(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
+                                           beta, c, ldc):
+        pass  # _sgemm_blas.h's loops took it (an AVX-512 build, B within their size)
     else:
         blas_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)

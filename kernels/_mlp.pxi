@@ -17,6 +17,8 @@ ACCUMULATES into.
 """
 import numpy as np
 
+from fastmlp._aligned import aligned_empty
+
 cimport numpy as cnp
 from cpython.pythread cimport (NOWAIT_LOCK, WAIT_LOCK, PyThread_acquire_lock,
                                PyThread_allocate_lock, PyThread_free_lock,
@@ -28,7 +30,8 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
-from _blas cimport SMALL_GEMM, blas_gemm, gemm, small_gemm
+from _blas cimport (SMALL_GEMM, blas_gemm, fm_gemm_built, fm_gemm_scope, fm_gemm_use,
+                   fm_own_sgemm64, gemm, small_gemm)
 from _codes cimport (EPS, LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS, LAYER_N_IN,
                      LAYER_N_OUT, LAYER_W, LAYER_Z, LR, MOMENTUM, N_HYPER, PLAN_CAP, PLAN_FOLD_ROWS,
                      PLAN_FUSED, PLAN_HEAD, PLAN_LAYERS, PLAN_LOSS, PLAN_N_PARAMS, PLAN_WIDEST,
@@ -1244,7 +1247,7 @@ cdef class Engine:
         cdef Py_ssize_t cap = max(1, min(rows, self.train_rows))
         plan = self._plan(cap)
         cdef const int64_t* p = <int64_t*>cnp.PyArray_DATA(<cnp.ndarray>plan)
-        ws = np.empty(p[PLAN_WS_SIZE], dtype=self.dtype)
+        ws = aligned_empty(p[PLAN_WS_SIZE], self.dtype)   # every buffer on a cache line (plan)
         cdef char* base = <char*>cnp.PyArray_DATA(<cnp.ndarray>ws)
         cdef Py_ssize_t size = self.itemsize
         w.ws = base
@@ -1481,7 +1484,7 @@ cdef class Engine:
         cdef double* h
         cdef int64_t* step
         cdef int code = self._state(state, &buf, &h, &step)
-        cdef int status = 0
+        cdef int status = 0, scoped
         cdef Py_ssize_t done = 0
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -1496,6 +1499,7 @@ cdef class Engine:
             self._reserve(batch_size)
             self.bounds.known = False  # theta and the state change unguarded
             with nogil:
+                scoped = fm_gemm_scope(1)   # fit's epochs: the float32 GEMM loops' scope
                 if self.typenum == cnp.NPY_FLOAT64:
                     status = train_epochs(&self.net, &self.work, <double*>th, <double*>x,
                                           <double*>t, pm, k, n, batch_size, <double*>buf, code,
@@ -1504,6 +1508,7 @@ cdef class Engine:
                     status = train_epochs(&self.net, &self.work, <float*>th, <float*>x,
                                           <float*>t, pm, k, n, batch_size, <float*>buf, code,
                                           h, step, tol, out, &done)
+                fm_gemm_scope(scoped)
         finally:
             PyThread_release_lock(self.lock)
         return done, status
@@ -1620,10 +1625,39 @@ def _use_gemv(int nbytes):
 
 
 def _use_sgemm(int on=-1):
-    """Test hook: whether predict's float32 batches go through _sgemm.h's loops (1) or
-    BLAS (0); ``on`` -1 only asks. Returns the setting before; always 0 in a build
-    without AVX-512. Not while kernels run in other threads."""
+    """Test hook: whether predict's float32 batches and the other float32 products
+    (_sgemm_blas.h; the Numba kernels' too, through own_sgemm64_address) go through
+    _sgemm.h's loops (1) or BLAS (0); ``on`` -1 only asks. Returns the setting before;
+    always 0 in a build without AVX-512. Not while kernels run in other threads."""
     return fm_sgemm_use(on)
+
+
+def own_sgemm64_address(size_t blas_sgemm64):
+    """The address of _sgemm_blas.h's fm_sgemm64_own: the Fortran sgemm ABI with 64-bit
+    integers, a product on this extension's float32 GEMM loops where they take it (both
+    threads, as its own train steps run them: the same bits), else on ``blas_sgemm64``
+    (an sgemm of that ABI, the one the Numba kernels called before: kernels/numba_blas.py
+    binds its symbol to the address returned). 0 in a build without those loops (no
+    AVX-512). Every call sets the fallback for the whole process."""
+    if not fm_gemm_built():
+        return 0
+    return <size_t>fm_own_sgemm64(<void*>blas_sgemm64)
+
+
+def gemm_policy(int policy=-1):
+    """Where float32 products run on this build's GEMM loops (_sgemm_blas.h): 0 never,
+    1 inside fit's compiled epochs only (the default), 2 every call; -1 only asks.
+    Returns the setting before (always 0 in a build without those loops). Both backends'
+    kernels follow it (the Numba kernels' through own_sgemm64_address, their epochs
+    through gemm_scope). fastmlp.set_gemm_loops is the public switch."""
+    return fm_gemm_use(policy)
+
+
+def gemm_scope(bint on):
+    """The calling thread inside (True) or outside fit's compiled epochs, for policy 1
+    (gemm_policy); returns the setting before. The Numba backend's train_epochs calls it
+    around its kernel (the Cython kernels' own do so themselves)."""
+    return fm_gemm_scope(on) != 0
 
 
 def forward_address():

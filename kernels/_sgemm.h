@@ -41,13 +41,17 @@
 #define FM_SGEMM_MAX_BYTES ((Py_ssize_t)1 << 20)
 #define FM_SGEMM_MIN_ROWS 2   /* a row for each thread (fm_split) */
 
-/* z[0:MR, j0:j0 + 16 * NV] = x[0:MR] W[:, j0:...], x's rows ldx apart; unless FULL, the
-   columns past n_out masked off. MR, NV and FULL are constants at every call
-   (fm_sgemm_block's switch), so the accumulators are registers. */
+/* z[0:MR, j0:j0 + 16 * NV] = x[0:MR] W[:, j0:...] (EPI 0), alpha times that (EPI 1),
+   or alpha times that + beta z (EPI 2, z read); unless FULL, the columns past n_out
+   masked off. x's element (r, k) is x[r * ldx + k], or x[k * ldx + r] where TA (x given
+   transposed: a weight gradient's x^T delta reads x where it lies); W's rows ldw apart,
+   z's ldz. MR, NV, FULL and TA are constants at every call (fm_sgemm_block's switch),
+   so the accumulators are registers; EPI is read once per tile, after the sums. */
 static inline __attribute__((always_inline)) void
-fm_sgemm_tile(const int MR, const int NV, const int FULL, Py_ssize_t n_in, Py_ssize_t n_out,
-              Py_ssize_t ldx, const float* x, const float* W, float* z, __mmask16 m0,
-              __mmask16 m1)
+fm_sgemm_tile(const int MR, const int NV, const int FULL, const int TA, int EPI,
+              Py_ssize_t n_in, Py_ssize_t ldx, Py_ssize_t ldw, Py_ssize_t ldz,
+              const float* x, const float* W, float* z, __mmask16 m0, __mmask16 m1,
+              float alpha, float beta)
 {
     __m512 acc[FM_SGEMM_MR][2];
     Py_ssize_t k;
@@ -58,45 +62,71 @@ fm_sgemm_tile(const int MR, const int NV, const int FULL, Py_ssize_t n_in, Py_ss
         acc[r][1] = _mm512_setzero_ps();
     }
     for (k = 0; k < n_in; k++) {
-        const float* w = W + k * n_out;
+        const float* w = W + k * ldw;
+        const float* xk = TA ? x + k * ldx : x + k;
         /* a masked load costs more: 7 % of the whole at 784x256 */
         const __m512 b0 = FULL ? _mm512_loadu_ps(w) : _mm512_maskz_loadu_ps(m0, w);
         const __m512 b1 = NV == 1 ? b0 : FULL ? _mm512_loadu_ps(w + 16)
                                               : _mm512_maskz_loadu_ps(m1, w + 16);
 #pragma GCC unroll 12
         for (r = 0; r < MR; r++) {
-            const __m512 a = _mm512_set1_ps(x[r * ldx + k]);
+            const __m512 a = _mm512_set1_ps(TA ? xk[r] : xk[r * ldx]);
             acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
             if (NV == 2)
                 acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
         }
     }
+    if (EPI) {
+        const __m512 al = _mm512_set1_ps(alpha), be = _mm512_set1_ps(beta);
+#pragma GCC unroll 12
+        for (r = 0; r < MR; r++) {
+            float* zr = z + r * ldz;
+            acc[r][0] = _mm512_mul_ps(al, acc[r][0]);
+            acc[r][1] = _mm512_mul_ps(al, acc[r][1]);
+            if (EPI == 2) {
+                acc[r][0] = _mm512_fmadd_ps(be, _mm512_maskz_loadu_ps(m0, zr), acc[r][0]);
+                if (NV == 2)
+                    acc[r][1] = _mm512_fmadd_ps(be, _mm512_maskz_loadu_ps(m1, zr + 16),
+                                                acc[r][1]);
+            }
+        }
+    }
 #pragma GCC unroll 12
     for (r = 0; r < MR; r++) {
-        _mm512_mask_storeu_ps(z + r * n_out, m0, acc[r][0]);
+        _mm512_mask_storeu_ps(z + r * ldz, m0, acc[r][0]);
         if (NV == 2)
-            _mm512_mask_storeu_ps(z + r * n_out + 16, m1, acc[r][1]);
+            _mm512_mask_storeu_ps(z + r * ldz + 16, m1, acc[r][1]);
     }
 }
 
+#define FM_SGEMM_TILE(MR, NV, FULL)                                                         \
+    if (ta)                                                                                 \
+        fm_sgemm_tile(MR, NV, FULL, 1, epi, n_in, ldx, ldw, ldz, x, W, z, m0, m1, alpha,    \
+                      beta);                                                                \
+    else                                                                                    \
+        fm_sgemm_tile(MR, NV, FULL, 0, epi, n_in, ldx, ldw, ldz, x, W, z, m0, m1, alpha,    \
+                      beta);
+
 #define FM_SGEMM_CASE(MR)                                                                   \
     case MR:                                                                                \
-        if (nv == 2 && full)                                                                \
-            fm_sgemm_tile(MR, 2, 1, n_in, n_out, ldx, x, W, z, m0, m1);                     \
-        else if (nv == 2)                                                                   \
-            fm_sgemm_tile(MR, 2, 0, n_in, n_out, ldx, x, W, z, m0, m1);                     \
-        else if (full)                                                                      \
-            fm_sgemm_tile(MR, 1, 1, n_in, n_out, ldx, x, W, z, m0, m1);                     \
-        else                                                                                \
-            fm_sgemm_tile(MR, 1, 0, n_in, n_out, ldx, x, W, z, m0, m1);                     \
+        if (nv == 2 && full) {                                                              \
+            FM_SGEMM_TILE(MR, 2, 1)                                                         \
+        } else if (nv == 2) {                                                               \
+            FM_SGEMM_TILE(MR, 2, 0)                                                         \
+        } else if (full) {                                                                  \
+            FM_SGEMM_TILE(MR, 1, 1)                                                         \
+        } else {                                                                            \
+            FM_SGEMM_TILE(MR, 1, 0)                                                         \
+        }                                                                                   \
         break;
 
 /* One tile: mr (1..FM_SGEMM_MR) rows, the columns j0.. of z (x, W and z already offset
    to them); nv 16-column vectors, the last masked by m0 (nv 1) or m1 (nv 2) unless
-   `full` (every column in: no mask). */
-static void fm_sgemm_block(int mr, int nv, int full, Py_ssize_t n_in, Py_ssize_t n_out,
-                           Py_ssize_t ldx, const float* x, const float* W, float* z,
-                           __mmask16 m0, __mmask16 m1)
+   `full` (every column in: no mask); ta, epi, alpha and beta as fm_sgemm_tile's. */
+static void fm_sgemm_block(int mr, int nv, int full, int ta, int epi, Py_ssize_t n_in,
+                           Py_ssize_t ldx, Py_ssize_t ldw, Py_ssize_t ldz, const float* x,
+                           const float* W, float* z, __mmask16 m0, __mmask16 m1,
+                           float alpha, float beta)
 {
     switch (mr) {
         FM_SGEMM_CASE(1) FM_SGEMM_CASE(2) FM_SGEMM_CASE(3) FM_SGEMM_CASE(4)
@@ -120,9 +150,9 @@ static void fm_sgemm(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const f
         const int mr = (int)(rows - i < FM_SGEMM_MR ? rows - i : FM_SGEMM_MR);
         for (j = 0; j < n_out; j += 32) {
             const Py_ssize_t cols = n_out - j;
-            fm_sgemm_block(mr, cols > 16 ? 2 : 1, cols == 16 || cols >= 32, n_in, n_out, n_in,
-                           x + i * n_in, W + j, z + i * n_out + j, fm_sgemm_mask(cols),
-                           fm_sgemm_mask(cols - 16));
+            fm_sgemm_block(mr, cols > 16 ? 2 : 1, cols == 16 || cols >= 32, 0, 0, n_in, n_in,
+                           n_out, n_out, x + i * n_in, W + j, z + i * n_out + j,
+                           fm_sgemm_mask(cols), fm_sgemm_mask(cols - 16), 1.0f, 0.0f);
         }
     }
 }

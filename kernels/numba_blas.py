@@ -8,6 +8,9 @@ its update into the weight-gradient product: ``W <- beta W - lr x^T delta``.
 
 BLAS is the one ``fastmlp.blas.kernel_blas()`` names: NumPy's own (ILP64 on NumPy's
 wheels), so NumPy and the kernels share one thread pool, or SciPy's as the fallback.
+Where the Cython extension's AVX-512 build imports, float32 products first go to its
+GEMM loops (kernels/_sgemm_blas.h, :data:`OWN_SGEMM`), which take those whose B fits
+1 MiB, as its own kernels' products do: both backends give the same bits.
 The kernels always call ``fastmlp_sgemm64``/``fastmlp_dgemm64`` with 64-bit integers,
 by symbol name so ``cache=True`` works: the address is registered with LLVM at every
 import, never baked into the cache, and a cache compiled under one choice stays valid
@@ -32,6 +35,12 @@ from .numba_link import guarded_cfunc
 from .numba_math import CACHE, INLINE, SCALAR
 from .numba_views import flat
 
+# Whether float32 products go through the Cython extension's GEMM loops first
+# (kernels/_sgemm_blas.h, an AVX-512 build), as its own kernels' do; and its
+# cython_mlp.gemm_scope, which the backend's train_epochs calls around its kernel (the
+# loops take products there: cython_mlp.gemm_policy), else None.
+OWN_SGEMM = False
+GEMM_SCOPE = None
 # Below this many multiply-adds (m * n * k) the loops are about as fast as BLAS or faster.
 SMALL_FLOPS = 512
 _N, _T = ord("N"), ord("T")
@@ -110,17 +119,32 @@ def _register_blas():
     for prefix, address in zip("sd", scipy_gemm_addresses()):
         llvm.add_symbol(f"fastmlp_{prefix}gemm", address)
     addresses = {"s": blas.sgemm_address, "d": blas.dgemm_address}
-    if blas.int_bits == 64:
-        for prefix, address in addresses.items():
-            llvm.add_symbol(f"fastmlp_{prefix}gemm64", address)
-        return
-    char, i64 = types.CPointer(types.int8), types.CPointer(types.int64)
-    for prefix, fl in (("s", types.float32), ("d", types.float64)):
-        llvm.add_symbol(f"fastmlp_{prefix}gemm32", addresses[prefix])
-        p = types.CPointer(fl)
-        shim = guarded_cfunc(types.void(char, char, i64, i64, i64, p, p, i64, p, i64, p, p, i64),
-                             _narrowing_gemm_body, CACHE)
-        llvm.add_symbol(f"fastmlp_{prefix}gemm64", shim.address)
+    if blas.int_bits != 64:
+        char, i64 = types.CPointer(types.int8), types.CPointer(types.int64)
+        for prefix, fl in (("s", types.float32), ("d", types.float64)):
+            llvm.add_symbol(f"fastmlp_{prefix}gemm32", addresses[prefix])
+            p = types.CPointer(fl)
+            shim = guarded_cfunc(types.void(char, char, i64, i64, i64, p, p, i64, p, i64, p, p,
+                                            i64), _narrowing_gemm_body, CACHE)
+            addresses[prefix] = shim.address
+    addresses["s"] = _own_sgemm64(addresses["s"]) or addresses["s"]
+    for prefix, address in addresses.items():
+        llvm.add_symbol(f"fastmlp_{prefix}gemm64", address)
+
+
+def _own_sgemm64(blas_sgemm64):
+    """The Cython extension's float32 GEMM loops in front of ``blas_sgemm64``, in the
+    same ABI (cython_mlp.own_sgemm64_address: its train steps' code, so its bits), or 0
+    without the extension or in a build without those loops (no AVX-512)."""
+    global OWN_SGEMM, GEMM_SCOPE
+    try:
+        from .cython_mlp import gemm_scope, own_sgemm64_address
+        address = own_sgemm64_address(blas_sgemm64)
+    except Exception:  # not built, stale or broken: the Numba backend must not depend
+        return 0       # on the extension loading, only run faster with it
+    OWN_SGEMM = bool(address)
+    GEMM_SCOPE = gemm_scope if address else None
+    return address
 
 
 def _narrowing_gemm_body(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):

@@ -41,6 +41,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from fastmlp._aligned import aligned_zeros
 from fastmlp.codes import (ADAM_CODE, BETA1, BETA2, EPS, GRADIENT, NESTEROV as _NESTEROV, LAYER_ACT, LAYER_ALPHA,
                            LAYER_B, LAYER_F, LAYER_FIELDS, LAYER_N_IN, LAYER_N_OUT, LAYER_W,
                            LAYER_Z, LR, MOMENTUM, NESTEROV, PLAN_CAP, PLAN_FOLD_ROWS,
@@ -64,7 +65,7 @@ def new_workspace(net, dtype, cap, fold_rows=0):
     the activation parameters and every buffer; grad (p,) is its gradient vector, a
     view of ws."""
     plan = net.plan(cap, fold_rows)
-    ws = np.zeros(plan[PLAN_WS_SIZE], dtype=dtype)
+    ws = aligned_zeros(plan[PLAN_WS_SIZE], dtype)   # every buffer on a cache line (plan)
     fp, grad = plan[WS_ACT_PARAMS], plan[WS_GRAD]
     ws[fp:fp + len(net.act_params)] = net.act_params
     return plan, ws, ws[grad:grad + net.n_params]

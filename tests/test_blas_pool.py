@@ -141,6 +141,12 @@ _PROBE = textwrap.dedent("""
                                real.int_bits, real.reason)
         blas.kernel_blas = lambda: fake
 
+    try:   # float32 products to BLAS too: the AVX-512 build's own GEMM loops take them
+        from fastmlp.kernels import cython_mlp   # (kernels/_sgemm_blas.h), Numba's also
+        cython_mlp._use_sgemm(0)
+    except ImportError:
+        pass
+
     def mapping_of(address):
         with open("/proc/self/maps") as maps:
             for line in maps:

@@ -20,6 +20,7 @@ import pytest
 import fastmlp as fm
 from fastmlp import activations, codes, optimizers, rules
 from fastmlp.backends.reference import NumpyBackend
+from fastmlp.network import LINE_ELEMENTS
 
 kernels = pytest.importorskip("fastmlp.kernels.cython_mlp")
 
@@ -193,7 +194,7 @@ def test_engine_refuses_a_layout_that_does_not_fit_theta(change, monkeypatch):
 
         def short(cap, fold_rows=0):
             p = plan(cap, fold_rows)
-            p[codes.PLAN_WS_SIZE] -= 1
+            p[codes.PLAN_WS_SIZE] -= LINE_ELEMENTS   # past the last buffer's padding
             return p
         monkeypatch.setattr(net, "plan", short)
     else:

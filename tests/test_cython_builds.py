@@ -95,7 +95,9 @@ def test_an_unknown_build_in_the_environment_is_a_clear_error():
 
 # Every activation as a hidden layer (prelu's alpha trained too), each loss with its
 # output, both dtypes: fit (shuffled mini-batches), the guarded step, the gradient, predict
-# of 3 rows (the GEMV loops) and of 40 (BLAS), evaluate. Prints a JSON of the results.
+# of 3 rows (the GEMV loops) and of 40 (BLAS), evaluate, all with _sgemm.h's loops off
+# (BLAS's bits in every build); then predict of 40 rows and the training with them on.
+# Prints a JSON of the results.
 RUN = r"""
 import json, sys, warnings
 import numpy as np
@@ -107,13 +109,24 @@ out = {"isa": cython_mlp.ISA if backend == "cython" else None, "runs": {},
        "sgemm": cython_mlp._use_sgemm() if backend == "cython" else 0}
 
 
+def loops(on):   # _sgemm.h's loops (the AVX-512 build's float32 GEMMs) on or off; was
+    return cython_mlp._use_sgemm(on) if backend == "cython" else -1
+
+
 def blas_only(m, X):   # predict, every GEMM by BLAS (_sgemm.h's loops off where built)
-    was = cython_mlp._use_sgemm(0) if backend == "cython" else None
+    was = loops(0)
     try:
         return m.predict(X).astype(float).ravel().tolist()
     finally:
-        if was is not None:
-            cython_mlp._use_sgemm(was)
+        loops(was)
+
+
+def trained(X, T, loss, hidden, output, k, dtype):
+    m = fm.Model([fm.Dense(37, hidden), fm.Dense(k, output)], input_dim=11, loss=loss,
+                 optimizer=fm.Adam(lr=0.01), backend=backend, dtype=dtype, seed=3)
+    h = m.fit(X, T, epochs=3, batch_size=16)
+    step = m.train_on_batch(X[:16], T[:16])
+    return m, [float(v) for v in h.history["loss"]] + [float(step)]
 
 
 warnings.simplefilter("ignore")   # step and sign pass no gradient, and say so
@@ -125,24 +138,25 @@ cases += [("tanh", "sigmoid", "binary_cross_entropy"), ("sigmoid", "linear", "ms
 for dtype in ("float32", "float64"):
     for hidden, output, loss in cases:
         k = 1 if loss == "binary_cross_entropy" else 3
-        m = fm.Model([fm.Dense(37, hidden), fm.Dense(k, output)], input_dim=11, loss=loss,
-                     optimizer=fm.Adam(lr=0.01), backend=backend, dtype=dtype, seed=3)
         X = rng.normal(size=(40, 11)).astype(dtype)
         T = rng.uniform(size=(40, k)).astype(dtype)
         if loss == "cross_entropy":
             T = np.eye(k, dtype=dtype)[rng.integers(0, k, 40)]
-        h = m.fit(X, T, epochs=3, batch_size=16)
-        step = m.train_on_batch(X[:16], T[:16])
+        was = loops(0)   # every product by BLAS (or the small loops): the builds' own bits
+        m, losses = trained(X, T, loss, hidden, output, k, dtype)
         g_loss, g = m.gradient_vector(X, T)   # (loss, flat gradient)
-        out["runs"][f"{dtype} {hidden} {output} {loss}"] = {
-            "losses": [float(v) for v in h.history["loss"]] + [float(step)],
+        run = {
+            "losses": losses,
             "weights": [w.astype(float).ravel().tolist() for w in m.get_weights()],
             "grads": [[float(g_loss)] + np.asarray(g, float).tolist()],
             "small": m.predict(X[:3]).astype(float).ravel().tolist(),
-            "blas": m.predict(X).astype(float).ravel().tolist(),
-            "blas_only": blas_only(m, X),
             "evaluate": float(m.evaluate(X, T)),
         }
+        loops(was)
+        run["blas"] = m.predict(X).astype(float).ravel().tolist()   # 40 rows: loops where built
+        run["blas_only"] = blas_only(m, X)
+        run["own_losses"] = trained(X, T, loss, hidden, output, k, dtype)[1]   # loops on
+        out["runs"][f"{dtype} {hidden} {output} {loss}"] = run
 print(json.dumps(out))
 """
 
@@ -187,8 +201,9 @@ def test_every_build_gives_the_baseline_builds_bits():
     """The builds differ in vector width only: -ffp-contract=off keeps every a * b + c two
     roundings, and no sum is reordered, so results are the same bits (the GEMV loops pick
     their copy at run time in every build). But for one thing: the AVX-512 build's
-    float32 predict of more than 8 rows sums its GEMMs in _sgemm.h's loops, in another
-    order than BLAS: those agree to rounding, and with the loops off, bit for bit."""
+    float32 GEMMs (predict's batches of more than 8 rows, and training's products,
+    _sgemm_blas.h) sum in _sgemm.h's loops, in another order than BLAS: those agree to
+    rounding, and with the loops off, bit for bit."""
     if "base" not in RUNNABLE_BUILT or len(RUNNABLE_BUILT) == 1:
         pytest.skip("one build only here")
     base = _run("cython", "base")["runs"]
@@ -198,20 +213,21 @@ def test_every_build_gives_the_baseline_builds_bits():
             continue
         run = _run("cython", isa)
         assert run["sgemm"] == (isa == "avx512")
-        differ = 0
+        differ = set()
         got = run["runs"]
         for case, want in base.items():
             for field, value in want.items():
-                if field == "blas" and run["sgemm"] and case.startswith("float32"):
+                if (field in ("blas", "own_losses") and run["sgemm"]
+                        and case.startswith("float32")):
                     np.testing.assert_allclose(got[case][field], value, rtol=1e-5, atol=1e-6,
                                                err_msg=f"{isa}: {case} {field}")
-                    differ += got[case][field] != value
+                    differ |= {field} if got[case][field] != value else set()
                     continue
                 np.testing.assert_array_equal(np.asarray(got[case][field], dtype=object),
                                               np.asarray(value, dtype=object),
                                               err_msg=f"{isa}: {case} {field}")
         if run["sgemm"]:
-            assert differ, "predict's float32 batches did not run _sgemm.h's loops"
+            assert differ == {"blas", "own_losses"}, f"only {differ} ran _sgemm.h's loops"
 
 
 def test_the_cases_cover_every_activation_and_loss(reference):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
-from fastmlp import activations, codes, losses, rules
+from fastmlp import activations, codes, losses, network, rules
 from fastmlp.backends import available_backends, get_backend
 from fastmlp.network import Network
 from fastmlp.optimizers import OptimizerState
@@ -89,9 +89,12 @@ def test_plan_describes_the_network_and_a_disjoint_workspace(seed, cap):
     spans += [(row[f], cap * row[codes.LAYER_N_OUT]) for row in rows
               for f in (codes.LAYER_Z, codes.LAYER_F)]
     spans.sort()
-    assert spans[0][0] >= 0 and sum(size for _, size in spans) == plan[codes.PLAN_WS_SIZE]
-    for (start, size), (after, _) in zip(spans, spans[1:]):
-        assert start + size <= after
+    # each on a cache line (a multiple of 16 elements in), padded by less than one
+    line = network.LINE_ELEMENTS
+    assert spans[0][0] == 0 and all(start % line == 0 for start, _ in spans)
+    ends = [after for after, _ in spans[1:]] + [plan[codes.PLAN_WS_SIZE]]
+    for (start, size), end in zip(spans, ends):
+        assert start + size <= end < start + size + line
 
 
 def test_codes_and_offsets_are_views_of_the_one_table():

@@ -203,8 +203,9 @@ def test_a_model_keeps_its_theta_on_a_cache_line_when_built_or_restored(tmp_path
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_float64_and_small_batches_and_big_weights_keep_their_paths(dtype):
     # float64 (BLAS), a chunk the GEMV loops take (rules.PREDICT_SMALL_ROWS rows), a W
-    # over 1 MiB (BLAS): the same as with the loops off, bit for bit
-    cases = [((30, 17, 5), rules.PREDICT_SMALL_ROWS), ((600, 600, 5), 100)]
+    # over 1 MiB (BLAS): the same as with the loops off, bit for bit. (A net's smaller
+    # layers beside a big one take the loops through _sgemm_blas.h: test_sgemm_blas.py.)
+    cases = [((30, 17, 5), rules.PREDICT_SMALL_ROWS), ((600, 600), 100)]
     for sizes, rows in cases:
         m = _model(sizes, dtype=dtype)
         X = np.random.default_rng(7).standard_normal((rows, sizes[0])).astype(dtype)

@@ -50,6 +50,7 @@ if _numba_config.DISABLE_JIT:
                       "backend runs only compiled kernels; unset it, or use another backend")
 
 try:
+    from ..kernels import numba_blas
     from ..kernels import numba_train as kt
     from ..kernels.numba_link import guard_caches
     from ._numba_entry import entry_point_or_stand_in, fits, ready_entries, signature
@@ -307,7 +308,13 @@ class NumbaBackend:
         run = self._run
         if not (fits(losses, 1, np.float64, True) and fits(orders, 2, np.int64, False)):
             run = kt.run
-        return kt.epochs_result(run(self._theta, grad, X, T, orders, batch_size, state.buffers,
-                                    state.hyper, state.step, state.code, ws, plan, TRAIN,
-                                    _NO_NORMS, float(tol), losses, _NO_NORMS,
-                                    self._backup)[0])
+        scope = numba_blas.GEMM_SCOPE   # fit's epochs: the extension's float32 GEMM loops
+        scoped = scope(True) if scope is not None else False
+        try:
+            return kt.epochs_result(run(self._theta, grad, X, T, orders, batch_size,
+                                        state.buffers, state.hyper, state.step, state.code,
+                                        ws, plan, TRAIN, _NO_NORMS, float(tol), losses,
+                                        _NO_NORMS, self._backup)[0])
+        finally:
+            if scope is not None:
+                scope(scoped)
