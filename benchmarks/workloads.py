@@ -112,6 +112,11 @@ WORKLOADS = [
              about="W2 with Adam(lr=1e-3): train_on_batch b64"),
     Workload("W3", **_MNIST, rows=512, about="784-256-128-10 relu/softmax CE, train_on_batch b512"),
     Workload("W4", **_WIDE, rows=512, about="2048-2048-2048-10 relu/softmax CE, train_on_batch b512"),
+    # fit's epochs: where the AVX-512 build's float32 GEMM loops run by default
+    Workload("W2-fit", **_MNIST, rows=4096, kind="fit", epochs=1, batch_size=64,
+             about="784-256-128-10 relu/softmax CE, fit(epochs=1, batch_size=64) over 4,096 rows"),
+    Workload("W3-fit", **_MNIST, rows=4096, kind="fit", epochs=1, batch_size=512,
+             about="784-256-128-10 relu/softmax CE, fit(epochs=1, batch_size=512) over 4,096 rows"),
     Workload("predict-W2", **_MNIST, rows=512, kind="predict", about="predict b512, W2 net"),
     Workload("predict-W4", **_WIDE, rows=512, kind="predict", about="predict b512, W4 net"),
 ]
