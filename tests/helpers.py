@@ -138,6 +138,18 @@ def gemv_copy(kernels, nbytes):
         kernels._use_gemv(64)
 
 
+@contextlib.contextmanager
+def pool_threads(kernels, n):
+    """At most ``n`` threads for the Cython extension ``kernels``' worker pool (the
+    GEMV's, which predict's and the GEMM loops' split use too), as before afterwards."""
+    was = kernels.gemv_threads(0)
+    kernels.gemv_threads(n)
+    try:
+        yield
+    finally:
+        kernels.gemv_threads(was)
+
+
 def wait_for_child(pid, seconds):
     """The exit code of the forked child ``pid``; kills it (and fails the test) if it
     has not exited within ``seconds``."""

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
+from helpers import pool_threads
 
 cython_mlp = pytest.importorskip("fastmlp.kernels.cython_mlp")
 
@@ -35,15 +36,9 @@ def _loops_in_every_call():
     fm.set_gemm_loops(was)
 
 
-@contextlib.contextmanager
 def _threads(n):
-    """At most n threads for the loops' split (the GEMV pool's limit)."""
-    was = cython_mlp.gemv_threads(0)
-    cython_mlp.gemv_threads(n)
-    try:
-        yield
-    finally:
-        cython_mlp.gemv_threads(was)
+    """At most n threads for the pool's split (helpers.pool_threads)."""
+    return pool_threads(cython_mlp, n)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ parts of the rows (the calling thread's and the worker's), the same bits whichev
 share a call and on one thread or two, non-finite X in either part, and a theta that
 does not start on a cache line.
 """
-import contextlib
 import copy
 import pickle
 
@@ -19,6 +18,7 @@ import fastmlp as fm
 from fastmlp import rules
 from fastmlp._aligned import CACHE_LINE as THETA_ALIGN
 from fastmlp._aligned import aligned_empty, aligned_zeros
+from helpers import pool_threads
 
 cython_mlp = pytest.importorskip("fastmlp.kernels.cython_mlp")
 
@@ -58,15 +58,9 @@ def _numpy_forward(m, X):
     return a
 
 
-@contextlib.contextmanager
 def _pool_threads(n):
-    """At most n threads for fm_split (the GEMV pool's limit), as before afterwards."""
-    was = cython_mlp.gemv_threads(0)
-    cython_mlp.gemv_threads(n)
-    try:
-        yield
-    finally:
-        cython_mlp.gemv_threads(was)
+    """At most n threads for the pool's split (helpers.pool_threads)."""
+    return pool_threads(cython_mlp, n)
 
 
 def _blas(m, X):
