@@ -140,21 +140,36 @@ static inline __mmask16 fm_sgemm_mask(Py_ssize_t cols)
     return cols >= 16 ? (__mmask16)0xFFFF : cols <= 0 ? 0 : (__mmask16)((1u << cols) - 1);
 }
 
+/* z[r0:r1, j0:j1] = alpha * x W (+ beta * z where beta != 0; z never read otherwise),
+   the sum over n_in, on this thread, in tiles of FM_SGEMM_MR rows by 32 columns. x's
+   rows ldx apart, or x given transposed (ta: x (n_in, rows), ldx apart); W (n_in, ...)
+   ldw apart; z ldz apart. The tiles of every product: predict's (fm_sgemm) and
+   training's (_sgemm_blas.h). */
+static void fm_sgemm_tiles(int ta, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t j0,
+                           Py_ssize_t j1, Py_ssize_t n_in, const float* x, Py_ssize_t ldx,
+                           const float* W, Py_ssize_t ldw, float* z, Py_ssize_t ldz,
+                           float alpha, float beta)
+{
+    const int epi = beta != 0.0f ? 2 : alpha != 1.0f ? 1 : 0;
+    Py_ssize_t i, j;
+    for (i = r0; i < r1; i += FM_SGEMM_MR) {
+        const int mr = (int)(r1 - i < FM_SGEMM_MR ? r1 - i : FM_SGEMM_MR);
+        const float* a = ta ? x + i : x + i * ldx;
+        for (j = j0; j < j1; j += 32) {
+            const Py_ssize_t cols = j1 - j;
+            fm_sgemm_block(mr, cols > 16 ? 2 : 1, cols == 16 || cols >= 32, ta, epi, n_in, ldx,
+                           ldw, ldz, a, W + j, z + i * ldz + j, fm_sgemm_mask(cols),
+                           fm_sgemm_mask(cols - 16), alpha, beta);
+        }
+    }
+}
+
 /* z (rows, n_out) OVERWRITTEN with x (rows, n_in) W (n_in, n_out), all row-major
    (fm_sgemm_ok must hold), on this thread. */
 static void fm_sgemm(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const float* x,
                      const float* W, float* z)
 {
-    Py_ssize_t i, j;
-    for (i = 0; i < rows; i += FM_SGEMM_MR) {
-        const int mr = (int)(rows - i < FM_SGEMM_MR ? rows - i : FM_SGEMM_MR);
-        for (j = 0; j < n_out; j += 32) {
-            const Py_ssize_t cols = n_out - j;
-            fm_sgemm_block(mr, cols > 16 ? 2 : 1, cols == 16 || cols >= 32, 0, 0, n_in, n_in,
-                           n_out, n_out, x + i * n_in, W + j, z + i * n_out + j,
-                           fm_sgemm_mask(cols), fm_sgemm_mask(cols - 16), 1.0f, 0.0f);
-        }
-    }
+    fm_sgemm_tiles(0, 0, rows, 0, n_out, n_in, x, n_in, W, n_out, z, n_out, 1.0f, 0.0f);
 }
 
 static int fm_sgemm_on = 1;   /* a test hook (fm_sgemm_use) turns these loops off */

@@ -69,18 +69,8 @@ static void fm_gemm_transpose(const float* B, Py_ssize_t ldb, Py_ssize_t k, Py_s
 static void fm_gemm_part(const fm_gemm_args* g, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t j0,
                          Py_ssize_t j1)
 {
-    const int epi = g->beta != 0.0f ? 2 : g->alpha != 1.0f ? 1 : 0;
-    Py_ssize_t i, j;
-    for (i = r0; i < r1; i += FM_SGEMM_MR) {
-        const int mr = (int)(r1 - i < FM_SGEMM_MR ? r1 - i : FM_SGEMM_MR);
-        const float* a = g->ta ? g->A + i : g->A + i * g->lda;
-        for (j = j0; j < j1; j += 32) {
-            const Py_ssize_t cols = j1 - j;
-            fm_sgemm_block(mr, cols > 16 ? 2 : 1, cols == 16 || cols >= 32, g->ta, epi, g->k,
-                           g->lda, g->ldb, g->ldc, a, g->B + j, g->C + i * g->ldc + j,
-                           fm_sgemm_mask(cols), fm_sgemm_mask(cols - 16), g->alpha, g->beta);
-        }
-    }
+    fm_sgemm_tiles(g->ta, r0, r1, j0, j1, g->k, g->A, g->lda, g->B, g->ldb, g->C, g->ldc,
+                   g->alpha, g->beta);
 }
 
 /* C's rows r0..r1 (fm_rows_t) */
