@@ -62,6 +62,9 @@ cdef extern from "_sgemm_blas.h":
     int fm_gemm_use(int policy) noexcept nogil     # 0 never, 1 in fit's epochs, 2 always
     int fm_gemm_scope(int on) noexcept nogil       # this thread in fit's epochs (1) or not
     void* fm_own_sgemm64(void* next) noexcept nogil
+    # this thread's buffer for op(B) = B^T's copy, and its size in floats (kept between calls)
+    float* fm_gemm_scratch
+    Py_ssize_t fm_gemm_scratch_floats
 
 
 cdef inline int load_kernel_blas() noexcept nogil:

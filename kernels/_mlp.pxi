@@ -30,8 +30,8 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
-from _blas cimport (SMALL_GEMM, blas_gemm, fm_gemm_built, fm_gemm_scope, fm_gemm_use,
-                   fm_own_sgemm64, gemm, small_gemm)
+from _blas cimport (SMALL_GEMM, blas_gemm, fm_gemm_built, fm_gemm_scope, fm_gemm_scratch,
+                   fm_gemm_scratch_floats, fm_gemm_use, fm_own_sgemm64, gemm, small_gemm)
 from _codes cimport (EPS, LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS, LAYER_N_IN,
                      LAYER_N_OUT, LAYER_W, LAYER_Z, LR, MOMENTUM, N_HYPER, PLAN_CAP, PLAN_FOLD_ROWS,
                      PLAN_FUSED, PLAN_HEAD, PLAN_LAYERS, PLAN_LOSS, PLAN_N_PARAMS, PLAN_WIDEST,
@@ -1651,6 +1651,15 @@ def gemm_policy(int policy=-1):
     kernels follow it (the Numba kernels' through own_sgemm64_address, their epochs
     through gemm_scope). fastmlp.set_gemm_loops is the public switch."""
     return fm_gemm_use(policy)
+
+
+def _gemm_scratch():
+    """Test hook: (address, floats) of the calling thread's buffer for op(B) = B^T's copy
+    in the float32 GEMM loops (_sgemm_blas.h), which the thread keeps between products;
+    (0, 0) before its first such product, and always in a build without those loops."""
+    if not fm_gemm_built():
+        return 0, 0
+    return <size_t>fm_gemm_scratch, fm_gemm_scratch_floats
 
 
 def gemm_scope(bint on):

@@ -15,7 +15,7 @@
    FM_SGEMM_MAX_BYTES (as predict's W: it streams from L2 for every block of 12 rows of
    C) and returns 1, else 0 and the caller calls BLAS. op(A) = A^T is read where it lies
    (the tile's TA); op(B) = B^T is first copied into its transpose (k x n), each thread
-   its own columns. The two parts are columns of C (rows where C is narrow).
+   its own columns, in a buffer the calling thread keeps (fm_gemm_scratch_of). The two parts are columns of C (rows where C is narrow).
 
    Bits: every C[i, j] is one chain of fused multiply-adds over p = 0 .. k - 1 in order,
    from 0, then times alpha and plus beta C[i, j] (one rounding each): the same whichever
@@ -91,6 +91,56 @@ static void fm_gemm_columns(void* ctx, Py_ssize_t g0, Py_ssize_t g1)
     fm_gemm_part(g, 0, g->m, j0, j1);
 }
 
+/* op(B) = B^T's copy: one buffer per calling thread, kept between calls and grown to the
+   largest copy that thread has made (at most FM_SGEMM_MAX_BYTES), so that a training step
+   allocates nothing (an _mm_malloc and _mm_free per delta W^T product, before). The
+   worker writes its columns into the caller's buffer, for the caller's call only. Where
+   threads can say so (pthreads: FM_GEMV_POOL), a thread's buffer is freed when it ends,
+   so threads that come and go leave nothing behind. */
+static __thread float* fm_gemm_scratch = NULL;
+static __thread Py_ssize_t fm_gemm_scratch_floats = 0;
+
+#ifdef FM_GEMV_POOL
+static pthread_key_t fm_gemm_scratch_key;
+static pthread_once_t fm_gemm_scratch_once = PTHREAD_ONCE_INIT;
+static int fm_gemm_scratch_keyed = 0;   /* 1 once the key exists */
+
+static void fm_gemm_scratch_free(void* buffer) { _mm_free(buffer); }
+
+static void fm_gemm_scratch_key_make(void)
+{
+    fm_gemm_scratch_keyed = pthread_key_create(&fm_gemm_scratch_key,
+                                               fm_gemm_scratch_free) == 0;
+}
+#endif
+
+/* this thread's buffer of at least `floats` floats, on a cache line (the loops load its
+   rows 64 bytes at a time); NULL where no memory is left (the caller then calls BLAS) */
+static float* fm_gemm_scratch_of(Py_ssize_t floats)
+{
+    float* grown;
+    if (floats <= fm_gemm_scratch_floats)
+        return fm_gemm_scratch;
+#ifdef FM_GEMV_POOL
+    pthread_once(&fm_gemm_scratch_once, fm_gemm_scratch_key_make);
+    if (!fm_gemm_scratch_keyed)
+        return NULL;   /* it could not be freed at the thread's end: BLAS, allocating nothing */
+#endif
+    grown = (float*)_mm_malloc((size_t)floats * sizeof(float), 64);
+    if (grown == NULL)
+        return NULL;
+#ifdef FM_GEMV_POOL
+    if (pthread_setspecific(fm_gemm_scratch_key, grown) != 0) {
+        _mm_free(grown);
+        return NULL;
+    }
+#endif
+    _mm_free(fm_gemm_scratch);
+    fm_gemm_scratch = grown;
+    fm_gemm_scratch_floats = floats;
+    return grown;
+}
+
 /* 1: this build has the loops (fm_gemm_f32 may take products) */
 static int fm_gemm_built(void) { return 1; }
 
@@ -146,8 +196,7 @@ static int fm_gemm_f32(int ta, int tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
     if (!fm_gemm_ok(m, n, k, alpha))
         return 0;
     if (tb) {
-        /* on a cache line: the loops load its rows 64 bytes at a time */
-        T = (float*)_mm_malloc((size_t)(k * n) * sizeof(float), 64);
+        T = fm_gemm_scratch_of(k * n);
         if (T == NULL)
             return 0;
     }
@@ -179,12 +228,13 @@ static int fm_gemm_f32(int ta, int tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
         fm_split(fm_gemm_rows, &g, m);
     else
         fm_gemm_columns(&g, 0, (n + 15) / 16);
-    _mm_free(T);
     return 1;
 }
 
 #else  /* no AVX-512 in this build: BLAS does every product */
 
+static float* fm_gemm_scratch = NULL;   /* (read by a test hook: never allocated here) */
+static Py_ssize_t fm_gemm_scratch_floats = 0;
 static int fm_gemm_built(void) { return 0; }
 static int fm_gemm_use(int policy) { (void)policy; return FM_GEMM_NEVER; }
 static int fm_gemm_scope(int on) { (void)on; return 0; }

@@ -11,6 +11,7 @@ transposed or not; the Numba kernels' gemm_nn / gemm_tn / gemm_nt giving the Cyt
 extension's bits; train steps on both backends against each other and the loops off.
 """
 import contextlib
+import threading
 
 import numpy as np
 import pytest
@@ -143,6 +144,57 @@ def test_non_finite_values_propagate_as_in_blas():
     c = np.zeros((30, 40), np.float32)
     own, blas = _gemm(False, False, 1.0, a, b, 0.0, c), _gemm(False, False, 1.0, a, b, 0.0, c, 1)
     np.testing.assert_array_equal(np.isfinite(own), np.isfinite(blas))
+
+
+def test_a_transposed_b_is_copied_into_a_buffer_the_thread_keeps():
+    """op(B) = B^T is copied into a buffer of the calling thread's, allocated once and
+    grown only for a bigger copy: a training step allocates nothing. Another thread has
+    a buffer of its own, so two threads' products never share one."""
+    rng = np.random.default_rng(11)
+    a, bt = _operands(rng, False, True, 64, 128, 200)
+    c = np.zeros((64, 128), np.float32)
+    base = _gemm(False, True, 1.0, a, bt, 0.0, c)
+    address, floats = cython_mlp._gemm_scratch()
+    assert address != 0 and floats >= 200 * 128
+    small_a, small_bt = _operands(rng, False, True, 8, 16, 30)
+    _gemm(False, True, 1.0, small_a, small_bt, 0.0, np.zeros((8, 16), np.float32))
+    np.testing.assert_array_equal(_gemm(False, True, 1.0, a, bt, 0.0, c), base)
+    assert cython_mlp._gemm_scratch() == (address, floats)   # kept, not allocated again
+    big_a, big_bt = _operands(rng, False, True, 16, 256, 300)
+    _gemm(False, True, 1.0, big_a, big_bt, 0.0, np.zeros((16, 256), np.float32))
+    grown, more = cython_mlp._gemm_scratch()
+    assert more >= 300 * 256 > floats
+    np.testing.assert_array_equal(_gemm(False, True, 1.0, a, bt, 0.0, c), base)
+    assert cython_mlp._gemm_scratch() == (grown, more)
+
+    theirs = {}
+
+    def other():
+        theirs["before"] = cython_mlp._gemm_scratch()
+        theirs["product"] = _gemm(False, True, 1.0, a, bt, 0.0, c)
+        theirs["after"] = cython_mlp._gemm_scratch()
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert theirs["before"] == (0, 0)
+    assert theirs["after"][0] not in (0, grown)
+    np.testing.assert_array_equal(theirs["product"], base)
+    assert cython_mlp._gemm_scratch() == (grown, more)
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba"])
+def test_train_steps_allocate_no_buffer_for_their_products(backend):
+    """Steps after the first reuse the thread's buffer for delta W^T's copy of W^T."""
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((64, 784)).astype(np.float32)
+    T = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 64)]
+    m = _net(backend)
+    m.train_on_batch(X, T)
+    kept = cython_mlp._gemm_scratch()
+    assert kept[1] >= 256 * 128   # the second layer's W^T (the first needs no delta W^T)
+    for _ in range(3):
+        m.train_on_batch(X, T)
+        assert cython_mlp._gemm_scratch() == kept
 
 
 numba_blas = pytest.importorskip("fastmlp.kernels.numba_blas")
