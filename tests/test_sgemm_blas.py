@@ -146,40 +146,59 @@ def test_non_finite_values_propagate_as_in_blas():
     np.testing.assert_array_equal(np.isfinite(own), np.isfinite(blas))
 
 
+def _in_a_new_thread(work):
+    """work() run in a thread of its own (whose buffer starts empty, whatever earlier
+    tests left in this one's); its return value, or its exception raised here."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = work()
+        except BaseException as exc:   # re-raised in the test's thread
+            out["error"] = exc
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
 def test_a_transposed_b_is_copied_into_a_buffer_the_thread_keeps():
-    """op(B) = B^T is copied into a buffer of the calling thread's, allocated once and
-    grown only for a bigger copy: a training step allocates nothing. Another thread has
-    a buffer of its own, so two threads' products never share one."""
+    """op(B) = B^T is copied into a buffer of the calling thread's, allocated at its first
+    such product and grown only for a bigger copy: a training step allocates nothing.
+    Another thread has a buffer of its own, so two threads' products never share one."""
     rng = np.random.default_rng(11)
     a, bt = _operands(rng, False, True, 64, 128, 200)
     c = np.zeros((64, 128), np.float32)
-    base = _gemm(False, True, 1.0, a, bt, 0.0, c)
-    address, floats = cython_mlp._gemm_scratch()
-    assert address != 0 and floats >= 200 * 128
     small_a, small_bt = _operands(rng, False, True, 8, 16, 30)
-    _gemm(False, True, 1.0, small_a, small_bt, 0.0, np.zeros((8, 16), np.float32))
-    np.testing.assert_array_equal(_gemm(False, True, 1.0, a, bt, 0.0, c), base)
-    assert cython_mlp._gemm_scratch() == (address, floats)   # kept, not allocated again
     big_a, big_bt = _operands(rng, False, True, 16, 256, 300)
-    _gemm(False, True, 1.0, big_a, big_bt, 0.0, np.zeros((16, 256), np.float32))
-    grown, more = cython_mlp._gemm_scratch()
-    assert more >= 300 * 256 > floats
+
+    def products():
+        empty = cython_mlp._gemm_scratch()
+        base = _gemm(False, True, 1.0, a, bt, 0.0, c)
+        first = cython_mlp._gemm_scratch()
+        _gemm(False, True, 1.0, small_a, small_bt, 0.0, np.zeros((8, 16), np.float32))
+        again = _gemm(False, True, 1.0, a, bt, 0.0, c)
+        kept = cython_mlp._gemm_scratch()
+        _gemm(False, True, 1.0, big_a, big_bt, 0.0, np.zeros((16, 256), np.float32))
+        grown = cython_mlp._gemm_scratch()
+        after = _gemm(False, True, 1.0, a, bt, 0.0, c)
+        return empty, base, first, again, kept, grown, after, cython_mlp._gemm_scratch()
+
+    empty, base, first, again, kept, grown, after, last = _in_a_new_thread(products)
+    assert empty == (0, 0)
+    assert first[0] != 0 and first[1] == 200 * 128
+    assert kept == first                       # the smaller copy used it as it was
+    assert grown[1] == 300 * 256               # grown once, for the bigger copy
+    assert last == grown                       # and kept at that size
+    np.testing.assert_array_equal(again, base)
+    np.testing.assert_array_equal(after, base)
     np.testing.assert_array_equal(_gemm(False, True, 1.0, a, bt, 0.0, c), base)
-    assert cython_mlp._gemm_scratch() == (grown, more)
-
-    theirs = {}
-
-    def other():
-        theirs["before"] = cython_mlp._gemm_scratch()
-        theirs["product"] = _gemm(False, True, 1.0, a, bt, 0.0, c)
-        theirs["after"] = cython_mlp._gemm_scratch()
-    thread = threading.Thread(target=other)
-    thread.start()
-    thread.join()
-    assert theirs["before"] == (0, 0)
-    assert theirs["after"][0] not in (0, grown)
-    np.testing.assert_array_equal(theirs["product"], base)
-    assert cython_mlp._gemm_scratch() == (grown, more)
+    other = _in_a_new_thread(lambda: (_gemm(False, True, 1.0, a, bt, 0.0, c),
+                                      cython_mlp._gemm_scratch()))
+    np.testing.assert_array_equal(other[0], base)
+    assert other[1][0] != 0 and other[1][0] != cython_mlp._gemm_scratch()[0]
 
 
 @pytest.mark.parametrize("backend", ["cython", "numba"])
