@@ -9,7 +9,7 @@ its update into the weight-gradient product: ``W <- beta W - lr x^T delta``.
 BLAS is the one ``fastmlp.blas.kernel_blas()`` names: NumPy's own (ILP64 on NumPy's
 wheels), so NumPy and the kernels share one thread pool, or SciPy's as the fallback.
 Where the Cython extension's AVX-512 build imports, float32 products first go to its
-GEMM loops (kernels/_sgemm_blas.h, :data:`OWN_SGEMM`), which take those whose B fits
+GEMM loops (kernels/_sgemm_blas.h; :data:`GEMM_SCOPE` set), which take those whose B fits
 1 MiB, as its own kernels' products do: both backends give the same bits.
 The kernels always call ``fastmlp_sgemm64``/``fastmlp_dgemm64`` with 64-bit integers,
 by symbol name so ``cache=True`` works: the address is registered with LLVM at every
@@ -35,11 +35,10 @@ from .numba_link import guarded_cfunc
 from .numba_math import CACHE, INLINE, SCALAR
 from .numba_views import flat
 
-# Whether float32 products go through the Cython extension's GEMM loops first
-# (kernels/_sgemm_blas.h, an AVX-512 build), as its own kernels' do; and its
-# cython_mlp.gemm_scope, which the backend's train_epochs calls around its kernel (the
-# loops take products there: cython_mlp.gemm_policy), else None.
-OWN_SGEMM = False
+# The Cython extension's cython_mlp.gemm_scope where float32 products go through its
+# GEMM loops first (kernels/_sgemm_blas.h, an AVX-512 build), as its own kernels' do, else
+# None: the backend's train_epochs calls it around its kernel (the loops take products
+# there: cython_mlp.gemm_policy).
 GEMM_SCOPE = None
 # Below this many multiply-adds (m * n * k) the loops are about as fast as BLAS or faster.
 SMALL_FLOPS = 512
@@ -136,13 +135,12 @@ def _own_sgemm64(blas_sgemm64):
     """The Cython extension's float32 GEMM loops in front of ``blas_sgemm64``, in the
     same ABI (cython_mlp.own_sgemm64_address: its train steps' code, so its bits), or 0
     without the extension or in a build without those loops (no AVX-512)."""
-    global OWN_SGEMM, GEMM_SCOPE
+    global GEMM_SCOPE
     try:
         from .cython_mlp import gemm_scope, own_sgemm64_address
         address = own_sgemm64_address(blas_sgemm64)
     except Exception:  # not built, stale or broken: the Numba backend must not depend
         return 0       # on the extension loading, only run faster with it
-    OWN_SGEMM = bool(address)
     GEMM_SCOPE = gemm_scope if address else None
     return address
 
