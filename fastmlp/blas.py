@@ -89,6 +89,37 @@ def _numpy_blas():
     return None, f"no known ?gemm symbol ({', '.join(p.format('s') for p, _ in _NAMES)}) in {path}"
 
 
+# OpenBLAS's thread-count and threading-model functions, by the symbol prefix and
+# suffix of each build kernel_blas may find (scipy-openblas64, scipy-openblas32, plain)
+_OPENBLAS_API = (("scipy_openblas_", "64_"), ("scipy_openblas_", ""), ("openblas_", "64_"),
+                 ("openblas_", ""))
+_PTHREADS = 1   # openblas_get_parallel(): 0 sequential, 1 pthreads, 2 OpenMP
+
+
+@lru_cache(maxsize=None)
+def worker_pool():
+    """The thread pool of the BLAS the kernels call, for the Cython extension's two-part
+    loops (kernels/_blas_pool.h): the addresses (``gotoblas_pthread``, its
+    ``openblas_get_num_threads``, its ``blas_num_threads``) where that BLAS is an
+    OpenBLAS on pthreads that exports them, else None."""
+    try:
+        lib = ctypes.CDLL(kernel_blas().filepath, mode=os.RTLD_NOLOAD | os.RTLD_LOCAL)
+    except OSError:
+        return None
+    for prefix, suffix in _OPENBLAS_API:
+        threads, parallel = (f"{prefix}get_{what}{suffix}" for what in ("num_threads", "parallel"))
+        if not all(hasattr(lib, name) for name in (threads, parallel, "gotoblas_pthread",
+                                                   "blas_num_threads")):
+            continue
+        get_parallel = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.cast(getattr(lib, parallel),
+                                                                  ctypes.c_void_p).value)
+        if get_parallel() != _PTHREADS:
+            return None
+        return tuple(ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+                     for name in ("gotoblas_pthread", threads, "blas_num_threads"))
+    return None
+
+
 def _numpy_library_paths():
     """The BLAS NumPy uses: the one its wheel bundles (numpy.libs/ on Linux and
     Windows, numpy/.dylibs/ on macOS), else the loaded BLAS libraries that are not

@@ -49,23 +49,25 @@ def set_num_threads(n):
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
-GEMM_LOOPS = ("never", "fit", "always")
+GEMM_LOOPS = ("never", "fit", "always", "auto")
 
 
 def set_gemm_loops(where):
     """Where float32 products run on fastmlp's own GEMM loops instead of BLAS (the
     Cython extension's AVX-512 build, kernels/_sgemm_blas.h; both compiled backends):
-    ``"fit"`` (the default) inside ``fit``'s compiled epochs, ``"always"`` in every call
-    (``train_on_batch``, ``gradients``, ``evaluate`` too), ``"never"``. Returns the
-    setting before; ``"never"`` wherever the loops are not built (the setting then
-    changes nothing).
+    ``"auto"`` (the default) in every call where the loops' second thread is the one
+    of the BLAS itself (an OpenBLAS on pthreads, as NumPy's wheels bundle:
+    kernels/_blas_pool.h), else inside ``fit``'s compiled epochs only; ``"fit"`` inside
+    ``fit``'s compiled epochs only; ``"always"`` in every call (``train_on_batch``,
+    ``gradients``, ``evaluate`` too); ``"never"``. Returns the setting before;
+    ``"never"`` wherever the loops are not built (the setting then changes nothing).
 
-    The loops beat OpenBLAS at these shapes, but their second thread is not OpenBLAS's:
-    right after NumPy's own BLAS work OpenBLAS's threads spin on for up to 0.1 s, on the
-    core that thread needs. Inside fit's epochs nothing runs between the products;
-    ``"always"`` suits loops of ``train_on_batch`` with no NumPy BLAS between the calls
-    (see the README's Speed section). Process-wide; not while kernels run in other
-    threads."""
+    The loops beat OpenBLAS at these shapes. Where their second thread is not
+    OpenBLAS's (another BLAS), right after NumPy's own BLAS work OpenBLAS's threads
+    may spin on for up to 0.1 s, on the core that thread needs; inside fit's epochs
+    nothing runs between the products. The loops sum in their own order: a product's
+    bits differ from BLAS's (see the README's Speed section). Process-wide; not while
+    kernels run in other threads."""
     if where not in GEMM_LOOPS:
         raise ValueError(f"where must be one of {GEMM_LOOPS}, got {where!r:.60}")
     try:

@@ -59,7 +59,7 @@ cdef extern from "_sgemm_blas.h":
                     const float* A, Py_ssize_t lda, const float* B, Py_ssize_t ldb,
                     float beta, float* C, Py_ssize_t ldc) noexcept nogil
     int fm_gemm_built() noexcept nogil
-    int fm_gemm_use(int policy) noexcept nogil     # 0 never, 1 in fit's epochs, 2 always
+    int fm_gemm_use(int policy) noexcept nogil     # 0 never, 1 fit's epochs, 2 always, 3 auto
     int fm_gemm_scope(int on) noexcept nogil       # this thread in fit's epochs (1) or not
     void* fm_own_sgemm64(void* next) noexcept nogil
     # this thread's buffer for op(B) = B^T's copy, and its size in floats (kept between calls)

@@ -39,7 +39,7 @@ from _codes cimport (EPS, LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS
                      WS_TB, WS_XB, compiled_codes)
 from _guard cimport Bounds, abs_max, any_negative, below, prove_update
 from _scaling cimport fm_scale_f32_f32, fm_scale_f32_f64, fm_scale_f64_f32, fm_scale_f64_f64
-from _gemv cimport (fm_gemv_pool_jobs, fm_gemv_pool_leave, fm_gemv_pool_min_bytes,
+from _gemv cimport (fm_blas_pool_jobs, fm_blas_pool_ok, fm_blas_pool_set, fm_gemv_pool_jobs, fm_gemv_pool_leave, fm_gemv_pool_min_bytes,
                     fm_gemv_pool_naps, fm_gemv_pool_spin_ns, fm_gemv_pool_state,
                     fm_gemv_threads, fm_gemv_use, fm_sgemm, fm_sgemm_ok, fm_sgemm_use,
                     fm_split, fm_xw_f32, fm_xw_f64)
@@ -55,6 +55,24 @@ SMALL_GEMM_FLOPS = SMALL_GEMM
 # with FMA, 16 the SSE2 (or other GNU target's) baseline, 0 plain C.
 GEMV_BYTES = fm_gemv_use(64)
 fm_gemv_threads(0)   # the big GEMVs' default thread limit, read once (it reads the environment)
+
+
+def _use_blas_pool(bint on=True):
+    """Whether fm_split (float32 batches of predict, products on the GEMM loops) hands its
+    second part to the thread pool of the BLAS the kernels call (kernels/_blas_pool.h,
+    fastmlp.blas.worker_pool) rather than to _gemv_pool.h's worker; returns whether it
+    does now (False where that BLAS has no such pool). Set at import; a test hook after.
+    Not while kernels run in other threads."""
+    from fastmlp.blas import worker_pool
+    pool = worker_pool() if on else None
+    cdef size_t a = pool[0] if pool else 0, b = pool[1] if pool else 0, c = pool[2] if pool else 0
+    return fm_blas_pool_set(<void*>a, <void*>b, <void*>c) != 0
+
+
+try:
+    _use_blas_pool()
+except Exception:   # (a BLAS fastmlp.blas cannot look into: the pool of _gemv_pool.h)
+    pass
 # Every code as compiled in here, by its name in fastmlp.codes (tests compare them).
 CODES = compiled_codes()
 
@@ -1646,7 +1664,8 @@ def own_sgemm64_address(size_t blas_sgemm64):
 
 def gemm_policy(int policy=-1):
     """Where float32 products run on this build's GEMM loops (_sgemm_blas.h): 0 never,
-    1 inside fit's compiled epochs only (the default), 2 every call; -1 only asks.
+    1 inside fit's compiled epochs only, 2 every call, 3 (the default) every call where
+    their second thread is the BLAS's own (_blas_pool.h), else as 1; -1 only asks.
     Returns the setting before (always 0 in a build without those loops). Both backends'
     kernels follow it (the Numba kernels' through own_sgemm64_address, their epochs
     through gemm_scope). fastmlp.set_gemm_loops is the public switch."""
@@ -1715,6 +1734,13 @@ def _gemv_pool(Py_ssize_t min_bytes=-1, long spin_ns=-1, int leave_to_worker=-1)
             "leave_to_worker": fm_gemv_pool_leave(leave_to_worker),
             "jobs": fm_gemv_pool_jobs(), "naps": fm_gemv_pool_naps(),
             "state": fm_gemv_pool_state()}
+
+
+def _blas_pool():
+    """Test hook of fm_split's hand-off to the BLAS's worker (_blas_pool.h): ``on``
+    (whether a split now goes there: the pool set, 2 threads allowed by both the BLAS
+    and fm_gemv_threads) and ``jobs`` (parts a BLAS worker ran, in this process)."""
+    return {"on": fm_blas_pool_ok() != 0, "jobs": fm_blas_pool_jobs()}
 
 
 def _xw(cnp.ndarray x, cnp.ndarray W):

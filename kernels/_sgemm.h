@@ -29,6 +29,7 @@
 #define FASTMLP_SGEMM_H
 
 #include "_gemv.h"
+#include "_blas_pool.h"
 
 /* rows per block of x */
 #define FM_SGEMM_MR 12
@@ -209,18 +210,27 @@ static void fm_sgemm(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const f
 
 #endif
 
-/* range(ctx, 0, rows): the rows cut in two where fm_gemv_threads allows two threads and
-   the pool is free, the calling thread the first half (h = ceil(rows / 2)) and
-   _gemv_pool.h's worker the rest, else all on this thread. Halves, not a multiple of
-   FM_SGEMM_MR rows for the first part as before: 512 rows went 264 / 248 and 32 rows
-   24 / 8, and a part's tail block costs less than a full one (32 rows through the W2
-   net: 111 -> 74 us; 512 rows 3.5 % faster). The worker is woken if it sleeps (its
-   wake-up takes tens of microseconds); a part it has not claimed when the caller's is
-   done, the caller runs itself. `range` must give each row the same bits whichever
-   part it is in. */
+/* range(ctx, 0, rows): the rows cut in two where fm_gemv_threads allows two threads, the
+   calling thread the first half (h = ceil(rows / 2)) and a worker the rest, else all on
+   this thread. The worker is the BLAS's own where the kernels' BLAS is an OpenBLAS on
+   pthreads (_blas_pool.h: while it allows two threads too); elsewhere _gemv_pool.h's,
+   when that pool is free. Halves, not a multiple of FM_SGEMM_MR rows for the first part
+   as before: 512 rows went 264 / 248 and 32 rows 24 / 8, and a part's tail block costs
+   less than a full one (32 rows through the W2 net: 111 -> 74 us; 512 rows 3.5 %
+   faster). Either worker is woken if it sleeps (its wake-up takes tens of
+   microseconds); a part _gemv_pool.h's has not claimed when the caller's is done, the
+   caller runs itself (the BLAS's, the caller waits for). `range` must give each row the
+   same bits whichever part it is in, and must not call BLAS. */
 static void fm_split(fm_rows_t range, void* ctx, Py_ssize_t rows)
 {
 #ifdef FM_GEMV_POOL
+    if (fm_blas_pool_known()) {   /* the BLAS's own worker, or this thread: _blas_pool.h */
+        if (rows >= 2 && fm_blas_pool_ok())
+            fm_blas_pool_split(range, ctx, (rows + 1) / 2, rows);
+        else
+            range(ctx, 0, rows);
+        return;
+    }
     if (rows >= 2 && fm_pool_enter_now(1)) {
         const Py_ssize_t h = (rows + 1) / 2;
         const unsigned long p = FM_LOAD(&fm_pool.posted, RELAXED) + 1;

@@ -34,6 +34,7 @@
 #define FM_GEMM_NEVER 0
 #define FM_GEMM_EPOCHS 1
 #define FM_GEMM_ALWAYS 2
+#define FM_GEMM_AUTO 3
 
 #if defined(__AVX512F__) && defined(__GNUC__)
 
@@ -146,19 +147,21 @@ static int fm_gemm_built(void) { return 1; }
 
 /* Where fm_gemm_f32 takes products (fm_gemm_use): FM_GEMM_EPOCHS only on a thread inside
    fm_gemm_scope (the compiled epoch loop of fit), FM_GEMM_ALWAYS every call, FM_GEMM_NEVER
-   none. Why not always: the loops' second thread is not OpenBLAS's, and right after
-   NumPy's own GEMM OpenBLAS's threads spin on for up to 0.1 s, on the core the loops'
-   worker needs. A W3 train_on_batch between NumPy GEMMs took 23-39 % longer than alone
-   on the loops, 7-9 % on BLAS, one pool (alone, the loops were 8 % faster). Inside
-   fit's epochs no other code runs between the products: the loops there, BLAS for a
-   lone call unless asked (fastmlp.set_gemm_loops). */
-static int fm_gemm_policy = FM_GEMM_EPOCHS;
+   none, and FM_GEMM_AUTO (the default) every call where fm_split's second part goes to
+   the BLAS's own worker (_blas_pool.h), else as FM_GEMM_EPOCHS. Why not always: where
+   the loops' second thread is _gemv_pool.h's, right after NumPy's own GEMM OpenBLAS's
+   threads spin on for up to 0.1 s, on the core that worker needs. A W3 train_on_batch
+   between NumPy GEMMs took 23-39 % longer than alone on the loops, 7-9 % on BLAS, one
+   pool (alone, the loops were 8 % faster). Inside fit's epochs no other code runs
+   between the products. On the BLAS's worker, one pool again: the same step 2 % longer
+   between NumPy GEMMs, and 7 % (W3) to 12 % (W2) faster than on BLAS alone. */
+static int fm_gemm_policy = FM_GEMM_AUTO;
 static __thread int fm_gemm_scoped = 0;
 
 static int fm_gemm_use(int policy)
 {
     const int was = fm_gemm_policy;
-    if (policy >= FM_GEMM_NEVER && policy <= FM_GEMM_ALWAYS)
+    if (policy >= FM_GEMM_NEVER && policy <= FM_GEMM_AUTO)
         fm_gemm_policy = policy;
     return was;
 }
@@ -177,7 +180,8 @@ static int fm_gemm_ok(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha)
 {
     return fm_sgemm_on && m >= 1 && n >= 1 && k >= 1 && alpha != 0.0f
            && (fm_gemm_policy == FM_GEMM_ALWAYS
-               || (fm_gemm_policy == FM_GEMM_EPOCHS && fm_gemm_scoped))
+               || (fm_gemm_policy == FM_GEMM_AUTO && fm_blas_pool_known())
+               || (fm_gemm_policy != FM_GEMM_NEVER && fm_gemm_scoped))
            && k * n <= FM_SGEMM_MAX_BYTES / (Py_ssize_t)sizeof(float);
 }
 

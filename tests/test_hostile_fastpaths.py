@@ -239,11 +239,14 @@ def test_two_trainers_and_two_readers_on_one_model(compiled_backend, width):
     assert results[2] and results[3]
     assert np.array_equal(_state(shared), _state(alone))
 
-    # fit's epochs and train_on_batch on one product code (by default fit's float32
-    # products run on the AVX-512 build's own GEMM loops, a lone step on BLAS: the same
+    # fit's epochs and train_on_batch on one product code, BLAS's (fit's float32 products
+    # may run on the AVX-512 build's own GEMM loops where a lone step does not: the same
     # to rounding, not to the bit), so that the order of their steps cannot matter
     was = fm.set_gemm_loops("never")
     try:
+        alone = make()
+        for _ in range(2 * N):
+            alone.train_on_batch(X, Y)
         raced = make()
         run_in_threads([lambda: raced.fit(X, Y, epochs=N, batch_size=None, shuffle=False),
                         lambda: [raced.train_on_batch(X, Y) for _ in range(N)]])

@@ -2,7 +2,8 @@
 the AVX-512 Cython build, and the Numba kernels' calls to them (numba_blas's
 fastmlp_sgemm64, cython_mlp.own_sgemm64_address).
 
-Checked: where they run (fastmlp.set_gemm_loops: by default inside fit's epochs only);
+Checked: where they run (fastmlp.set_gemm_loops: "fit" inside fit's epochs only;
+"auto", the default, is checked in test_blas_worker.py);
 all four transpositions against float64 maths, every tail of rows (blocks of
 12) and columns (vectors of 16, masked), alpha and beta as a training step uses them
 (beta 0 never reads C), a B over 1 MiB and alpha 0 left to BLAS; the bits the same
@@ -30,8 +31,9 @@ pytestmark = needs_loops
 
 @pytest.fixture(autouse=True)
 def _loops_in_every_call():
-    """The loops take products in every call here, not only in fit's epochs (the
-    default: fastmlp.set_gemm_loops), so each kernel's products can be checked."""
+    """The loops take products in every call here, whatever the default does where the
+    BLAS has no pool of its own to share (fastmlp.set_gemm_loops), so each kernel's
+    products can be checked."""
     was = fm.set_gemm_loops("always")
     yield
     fm.set_gemm_loops(was)
@@ -292,9 +294,9 @@ def _fitted(backend, X, y, epochs=2):
 
 
 @pytest.mark.parametrize("backend", ["cython", "numba"])
-def test_by_default_the_loops_run_in_fits_epochs_only(backend):
-    """set_gemm_loops("fit"), the default: fit's epochs on the loops (bits differ from the
-    loops off), train_on_batch on BLAS (the same bits as the loops off); "always" puts
+def test_fit_puts_the_loops_in_fits_epochs_only(backend):
+    """set_gemm_loops("fit"): fit's epochs on the loops (bits differ from the loops off),
+    train_on_batch on BLAS (the same bits as the loops off); "always" puts
     train_on_batch on the loops too, and "never" fit on BLAS."""
     rng = np.random.default_rng(9)
     X = rng.standard_normal((64, 784)).astype(np.float32)
