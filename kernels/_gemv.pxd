@@ -36,6 +36,7 @@ cdef extern from "_sgemm.h":
     void fm_split(fm_rows_t range, void* ctx, Py_ssize_t rows) noexcept nogil
     # its second part on the BLAS's own worker (_blas_pool.h): the addresses, a test hook
     int fm_blas_pool_set(void* pthread_fn, void* threads_fn, void* workers) noexcept nogil
+    int fm_blas_pool_known() noexcept nogil
     int fm_blas_pool_ok() noexcept nogil
     long long fm_blas_pool_jobs() noexcept nogil
     # predict's float32 GEMM in registers (AVX-512 build; elsewhere fm_sgemm_ok is 0)

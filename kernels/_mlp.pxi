@@ -39,7 +39,7 @@ from _codes cimport (EPS, LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS
                      WS_TB, WS_XB, compiled_codes)
 from _guard cimport Bounds, abs_max, any_negative, below, prove_update
 from _scaling cimport fm_scale_f32_f32, fm_scale_f32_f64, fm_scale_f64_f32, fm_scale_f64_f64
-from _gemv cimport (fm_blas_pool_jobs, fm_blas_pool_ok, fm_blas_pool_set, fm_gemv_pool_jobs, fm_gemv_pool_leave, fm_gemv_pool_min_bytes,
+from _gemv cimport (fm_blas_pool_jobs, fm_blas_pool_known, fm_blas_pool_ok, fm_blas_pool_set, fm_gemv_pool_jobs, fm_gemv_pool_leave, fm_gemv_pool_min_bytes,
                     fm_gemv_pool_naps, fm_gemv_pool_spin_ns, fm_gemv_pool_state,
                     fm_gemv_threads, fm_gemv_use, fm_sgemm, fm_sgemm_ok, fm_sgemm_use,
                     fm_split, fm_xw_f32, fm_xw_f64)
@@ -60,13 +60,15 @@ fm_gemv_threads(0)   # the big GEMVs' default thread limit, read once (it reads 
 def _use_blas_pool(bint on=True):
     """Whether fm_split (float32 batches of predict, products on the GEMM loops) hands its
     second part to the thread pool of the BLAS the kernels call (kernels/_blas_pool.h,
-    fastmlp.blas.worker_pool) rather than to _gemv_pool.h's worker; returns whether it
-    does now (False where that BLAS has no such pool). Set at import; a test hook after.
+    fastmlp.blas.worker_pool) rather than to _gemv_pool.h's worker (never where that BLAS
+    has no such pool); returns the setting before. Set at import; a test hook after.
     Not while kernels run in other threads."""
     from fastmlp.blas import worker_pool
     pool = worker_pool() if on else None
     cdef size_t a = pool[0] if pool else 0, b = pool[1] if pool else 0, c = pool[2] if pool else 0
-    return fm_blas_pool_set(<void*>a, <void*>b, <void*>c) != 0
+    was = fm_blas_pool_known() != 0
+    fm_blas_pool_set(<void*>a, <void*>b, <void*>c)
+    return was
 
 
 try:

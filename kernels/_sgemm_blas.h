@@ -1,7 +1,8 @@
 /* C = alpha op(A) op(B) + beta C in float32 on _sgemm.h's loops, split between two
-   threads (fm_split): the products of training, in the AVX-512 build, by default inside
-   fit's compiled epochs only (fm_gemm_use, below); and the Fortran ?gemm ABI around it,
-   for the Numba kernels (fm_sgemm64_own).
+   threads (fm_split): the products of training, in the AVX-512 build, by default in every
+   call where fm_split's second thread is the BLAS's own, else inside fit's compiled
+   epochs only (fm_gemm_use, below); and the Fortran ?gemm ABI around it, for the Numba
+   kernels (fm_sgemm64_own).
 
    Why: a step's GEMMs had one choice, OpenBLAS. On the AMD EPYC (Zen 4) of issue 10,
    one core, at the W3 net's shapes, OpenBLAS's SkylakeX kernels reached 104 GF/s and
@@ -9,7 +10,9 @@
    these loops (_sgemm.h) gained as much; but with only the forward pass on them, a
    step's other GEMMs still ran on OpenBLAS, two thread pools taking turns on 2 cores,
    which cost more than the loops saved (benchmarks/RESULTS.md). Here every product of
-   a step that the loops take runs on _gemv_pool.h's worker, none on OpenBLAS's.
+   a step that the loops take runs on fm_split's worker: OpenBLAS's own where the BLAS
+   is an OpenBLAS on pthreads (_blas_pool.h: one pool for the step's BLAS products and
+   these), else _gemv_pool.h's.
 
    What: fm_gemm_f32 takes a product where B (k x n, or its transpose) fits
    FM_SGEMM_MAX_BYTES (as predict's W: it streams from L2 for every block of 12 rows of

@@ -83,6 +83,12 @@ def test_worker_pool_names_the_kernels_blas():
     assert len(info) == 1 and count == info[0]["num_threads"] == 2
     assert ctypes.c_int.from_address(workers).value >= 2   # a worker exists
     assert kernels._blas_pool()["on"]
+    assert kernels._use_blas_pool(False) is True   # the setting before
+    try:
+        assert not kernels._blas_pool()["on"]
+    finally:
+        assert kernels._use_blas_pool(True) is False
+    assert kernels._blas_pool()["on"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -103,13 +109,14 @@ def test_the_blas_worker_the_extensions_worker_and_one_thread_give_one_set_of_bi
     m = _net(backend, seed=4)
     got = {}
     was = fm.set_gemm_loops("always")   # ("auto" puts a step on BLAS without this pool)
+    pooled = kernels._use_blas_pool()
     try:
         for where in ("blas", "own", "one"):
             kernels._use_blas_pool(where == "blas")
             with pool_threads(kernels, 1 if where == "one" else 2):
                 got[where] = (m.predict(X).tobytes(), _stepped(backend, X[:64], T[:64]))
     finally:
-        kernels._use_blas_pool(True)
+        kernels._use_blas_pool(pooled)
         fm.set_gemm_loops(was)
     assert got["blas"] == got["own"] == got["one"]
 

@@ -111,21 +111,27 @@ def test_a_rows_outputs_are_the_same_bits_in_any_batch_and_on_one_thread_or_two(
 
 @needs_loops
 def test_the_workers_part_is_computed_by_the_worker():
+    """The GEMV's worker (_gemv_pool.h), which the split uses where the BLAS has no
+    worker of its own to share (test_blas_worker.py checks that one)."""
     m = _model((64, 48, 10))
     X = np.random.default_rng(3).standard_normal((300, 64)).astype(np.float32)
     with _pool_threads(1):
         want = m.predict(X)
-    with _pool_threads(2):
-        m.predict(X)
-        if cython_mlp._gemv_pool()["state"] != 1:
-            pytest.skip("no worker thread here (one CPU, or none could start)")
-        before = cython_mlp._gemv_pool(leave_to_worker=1)
-        try:
-            jobs = before["jobs"]
-            got = m.predict(X)
-            assert cython_mlp._gemv_pool()["jobs"] == jobs + 1
-        finally:
-            cython_mlp._gemv_pool(leave_to_worker=before["leave_to_worker"])
+    pooled = cython_mlp._use_blas_pool(False)
+    try:
+        with _pool_threads(2):
+            m.predict(X)
+            if cython_mlp._gemv_pool()["state"] != 1:
+                pytest.skip("no worker thread here (one CPU, or none could start)")
+            before = cython_mlp._gemv_pool(leave_to_worker=1)
+            try:
+                jobs = before["jobs"]
+                got = m.predict(X)
+                assert cython_mlp._gemv_pool()["jobs"] == jobs + 1
+            finally:
+                cython_mlp._gemv_pool(leave_to_worker=before["leave_to_worker"])
+    finally:
+        cython_mlp._use_blas_pool(pooled)
     np.testing.assert_array_equal(got, want)
 
 
