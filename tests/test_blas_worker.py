@@ -140,9 +140,12 @@ def test_a_blas_limited_to_one_thread_keeps_every_part_on_the_caller(backend, ho
     assert got == want
 
 
-def test_threads_predict_and_train_while_another_runs_numpy_gemms():
+@pytest.mark.parametrize("toggle", [False, True])
+def test_threads_predict_and_train_while_another_runs_numpy_gemms(toggle):
     """4 threads on 4 models (predict 300 rows, train 64) and one of np.matmul, all on the
-    one OpenBLAS pool, with a single worker: every result the bits of the same call alone."""
+    one OpenBLAS pool, with a single worker: every result the bits of the same call alone;
+    with ``toggle``, the matmul thread also switches the BLAS and the extension between 1
+    and 2 threads after every product (a split then runs on one thread or two)."""
     X, T = _data(300)
     models = [_net(b, seed=s) for s in (0, 1) for b in BACKENDS]
     want = [(m.predict(X).tobytes(), _stepped(m.backend, X[:64], T[:64])) for m in models]
@@ -151,8 +154,13 @@ def test_threads_predict_and_train_while_another_runs_numpy_gemms():
 
     def gemms():
         Z = np.empty((300, 784), np.float32)
+        n = 2
         while not stop.is_set():
             np.matmul(X, P, out=Z)
+            if toggle:
+                n = 3 - n
+                threadpoolctl.threadpool_limits(limits=n, user_api="blas")
+                kernels.gemv_threads(n)
         return True
 
     done = []
