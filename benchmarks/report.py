@@ -302,6 +302,12 @@ def environment(threads, columns):
     try:  # which build of the Cython kernels ran (kernels/cython_mlp.py)
         from fastmlp.kernels import cython_mlp
         lines.append(f"- Cython kernels: the {cython_mlp.ISA} build")
+        was = fm.set_gemm_loops("auto")   # (reads the setting: set it back at once)
+        fm.set_gemm_loops(was)
+        pooled = cython_mlp._blas_pool()["on"]
+        lines.append(f"- GEMM loops: fm.set_gemm_loops({was!r}); their second part on "
+                     + ("the BLAS's own worker (kernels/_blas_pool.h)" if pooled
+                        else "the extension's worker (kernels/_gemv_pool.h) or none"))
     except ImportError as exc:
         lines.append(f"- Cython kernels: not importable ({exc})")
     for info in threadpoolctl.threadpool_info():
