@@ -39,7 +39,8 @@ from _codes cimport (EPS, LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS
                      WS_TB, WS_XB, compiled_codes)
 from _guard cimport Bounds, abs_max, any_negative, below, prove_update
 from _scaling cimport fm_scale_f32_f32, fm_scale_f32_f64, fm_scale_f64_f32, fm_scale_f64_f64
-from _gemv cimport (fm_blas_pool_jobs, fm_blas_pool_known, fm_blas_pool_ok, fm_blas_pool_set, fm_gemv_pool_jobs, fm_gemv_pool_leave, fm_gemv_pool_min_bytes,
+from _gemv cimport (fm_blas_pool_jobs, fm_blas_pool_known, fm_blas_pool_ok, fm_blas_pool_set,
+                    fm_gemv_pool_jobs, fm_gemv_pool_leave, fm_gemv_pool_min_bytes,
                     fm_gemv_pool_naps, fm_gemv_pool_spin_ns, fm_gemv_pool_state,
                     fm_gemv_threads, fm_gemv_use, fm_sgemm, fm_sgemm_ok, fm_sgemm_use,
                     fm_split, fm_xw_f32, fm_xw_f64)
@@ -75,6 +76,7 @@ try:
     _use_blas_pool()
 except Exception:   # (a BLAS fastmlp.blas cannot look into: the pool of _gemv_pool.h)
     pass
+
 # Every code as compiled in here, by its name in fastmlp.codes (tests compare them).
 CODES = compiled_codes()
 
