@@ -55,9 +55,10 @@ GEMM_LOOPS = ("never", "fit", "always", "auto")
 def set_gemm_loops(where):
     """Where float32 products run on fastmlp's own GEMM loops instead of BLAS (the
     Cython extension's AVX-512 build, kernels/_sgemm_blas.h; both compiled backends):
-    ``"auto"`` (the default) in every call where the loops' second thread is the one
-    of the BLAS itself (an OpenBLAS on pthreads, as NumPy's wheels bundle:
-    kernels/_blas_pool.h), else inside ``fit``'s compiled epochs only; ``"fit"`` inside
+    ``"auto"`` (the default) in every call where the loops' other threads are those of
+    the BLAS itself (an OpenBLAS on pthreads, as NumPy's wheels bundle:
+    kernels/_blas_pool.h) and it runs at most 2 threads (where this was measured), else
+    inside ``fit``'s compiled epochs only; ``"fit"`` inside
     ``fit``'s compiled epochs only; ``"always"`` in every call (``train_on_batch``,
     ``gradients``, ``evaluate`` too); ``"never"``. Returns the setting before;
     ``"never"`` wherever the loops are not built (the setting then changes nothing).

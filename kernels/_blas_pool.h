@@ -1,5 +1,5 @@
-/* fm_split's second part on the BLAS's own worker thread, where the BLAS the kernels
-   call (fastmlp/blas.py: NumPy's OpenBLAS) is an OpenBLAS on pthreads.
+/* fm_split's parts but the first on the BLAS's own worker threads, where the BLAS the
+   kernels call (fastmlp/blas.py: NumPy's OpenBLAS) is an OpenBLAS on pthreads.
 
    Why: one thread pool. After each multi-threaded GEMM, OpenBLAS's worker spins on its
    core for up to 0.1 s (2^28 cycles of nop and rdtsc, no sched_yield: read from
@@ -12,18 +12,26 @@
    How: OpenBLAS's gotoblas_pthread(n, f, args, stride), exported by its pthreads
    server since GotoBLAS: it runs f(args) on the calling thread and f(args + stride) ..
    on n - 1 of its workers (mode BLAS_PTHREAD: no buffers), and returns when all are
-   done. Used only while the BLAS says 2 threads or more (its get_num_threads, which
-   threadpoolctl and fastmlp.set_num_threads set) and has a worker (its blas_num_threads
-   >= 2: with none, exec_blas would hand the part to a thread that does not exist and
-   wait for ever), and fastmlp's own limit (fm_gemv_threads) is 2. A part never calls
-   BLAS (the worker running it would wait for itself): fm_split's ranges are loops.
+   done. As many parts as the BLAS's threads (its get_num_threads, which threadpoolctl
+   and fastmlp.set_num_threads set; the most its own GEMM would use), within the
+   caller's least work per part; none while the BLAS says one thread, has no worker (its
+   blas_num_threads: with none, exec_blas would hand a part to a thread that does not
+   exist and wait for ever), or fastmlp's own limit (fm_gemv_threads) is 1. On this
+   project's 2-core machines that is 2 parts, as _gemv_pool.h's; more are tested for
+   their bits (4 threads on 2 cores), not timed. A part never calls BLAS (the worker
+   running it would wait for itself): fm_split's ranges are loops.
 
-   Bits: the parts are fm_split's, whichever thread runs the second; the worker takes
-   on the caller's floating-point mode for the part (fm_fp_adopt) and restores its own. */
+   Bits: fm_split's ranges give every row the same bits whichever part it is in; a
+   worker takes on the caller's floating-point mode for its part (fm_fp_adopt) and
+   restores its own. */
 #ifndef FASTMLP_BLAS_POOL_H
 #define FASTMLP_BLAS_POOL_H
 
 #ifdef FM_GEMV_POOL
+
+/* parts at most: gotoblas_pthread's queue holds the build's MAX_CPU_NUMBER (NumPy's: 64),
+   which its blas_num_threads never passes either */
+#define FM_BLAS_POOL_MOST 64
 
 typedef int (*fm_blas_pthread_t)(int n, void* routine, void* args, int stride);
 typedef int (*fm_blas_threads_t)(void);
@@ -67,9 +75,19 @@ static int fm_blas_pool_set(void* pthread_fn, void* threads_fn, void* workers)
     return 1;
 }
 
-/* 1 once the pool is set: fm_split's second part then goes to the BLAS's worker (both
-   limits at 2) or nowhere (runs on the caller), never to _gemv_pool.h's worker */
+/* 1 once the pool is set: fm_split's parts then go to the BLAS's workers or nowhere
+   (all on the caller), never to _gemv_pool.h's worker */
 static int fm_blas_pool_known(void) { return fm_blas_pthread != NULL; }
+
+/* 1 where the pool is set and the BLAS runs at most FM_BLAS_POOL_MEASURED threads: where
+   _sgemm_blas.h's FM_GEMM_AUTO puts every call on the loops, as measured (2 cores: 7-12 %
+   faster than BLAS, one pool). A BLAS of more threads was not timed against the loops
+   on as many cores: there FM_GEMM_AUTO keeps them to fit's epochs, as before. */
+#define FM_BLAS_POOL_MEASURED 2
+static int fm_blas_pool_auto(void)
+{
+    return fm_blas_pthread != NULL && fm_blas_threads() <= FM_BLAS_POOL_MEASURED;
+}
 
 /* 1 where fm_split's parts go to the BLAS's worker now (see the top) */
 static int fm_blas_pool_ok(void)
@@ -78,19 +96,42 @@ static int fm_blas_pool_ok(void)
            && __atomic_load_n(fm_blas_workers, __ATOMIC_RELAXED) >= 2;
 }
 
-/* range(ctx, 0, h) on this thread and range(ctx, h, rows) on a BLAS worker; returns when
-   both are done */
-static void fm_blas_pool_split(fm_rows_t range, void* ctx, Py_ssize_t h, Py_ssize_t rows)
+/* The parts a split of `rows` takes: as many as the BLAS's threads (a GEMM of its own
+   would take as many), at most `most` (the caller's rule for a part's least work) and
+   `rows`; 1 means no split. Never more than its workers + 1, nor FM_BLAS_POOL_MOST. */
+static int fm_blas_pool_parts_for(Py_ssize_t rows, Py_ssize_t most)
 {
-    fm_blas_part parts[2];
-    parts[0].range = parts[1].range = range;
-    parts[0].ctx = parts[1].ctx = ctx;
-    parts[0].r0 = 0;
-    parts[0].r1 = parts[1].r0 = h;
-    parts[1].r1 = rows;
-    parts[0].fp = parts[1].fp = fm_fp_mode();
-    parts[0].caller = parts[1].caller = pthread_self();
-    fm_blas_pthread(2, (void*)fm_blas_part_run, parts, (int)sizeof parts[0]);
+    Py_ssize_t k = fm_blas_threads();
+    const Py_ssize_t workers = __atomic_load_n(fm_blas_workers, __ATOMIC_RELAXED);
+    if (k > workers)
+        k = workers;
+    if (k > most)
+        k = most;
+    if (k > rows)
+        k = rows;
+    if (k > FM_BLAS_POOL_MOST)
+        k = FM_BLAS_POOL_MOST;
+    return k < 1 ? 1 : (int)k;
+}
+
+/* range(ctx, r_i, r_(i+1)) for the k parts r_i = ceil(rows i / k) (k = 2: the first
+   ceil(rows / 2) rows, then the rest, as _gemv_pool.h's halves): part 0 on this thread,
+   the others on BLAS workers; returns when all are done. */
+static void fm_blas_pool_split(fm_rows_t range, void* ctx, Py_ssize_t rows, int k)
+{
+    fm_blas_part parts[FM_BLAS_POOL_MOST];
+    const unsigned long fp = fm_fp_mode();
+    const pthread_t caller = pthread_self();
+    int i;
+    for (i = 0; i < k; i++) {
+        parts[i].range = range;
+        parts[i].ctx = ctx;
+        parts[i].r0 = (rows * i + k - 1) / k;
+        parts[i].r1 = (rows * (i + 1) + k - 1) / k;
+        parts[i].fp = fp;
+        parts[i].caller = caller;
+    }
+    fm_blas_pthread(k, (void*)fm_blas_part_run, parts, (int)sizeof parts[0]);
 }
 
 /* Test hook: how many parts a BLAS worker ran (in this process) */
@@ -107,6 +148,7 @@ static int fm_blas_pool_set(void* pthread_fn, void* threads_fn, void* workers)
     return 0;
 }
 static int fm_blas_pool_known(void) { return 0; }
+static int fm_blas_pool_auto(void) { return 0; }
 static int fm_blas_pool_ok(void) { return 0; }
 static long long fm_blas_pool_jobs(void) { return 0; }
 

@@ -43,7 +43,7 @@ from _gemv cimport (fm_blas_pool_jobs, fm_blas_pool_known, fm_blas_pool_ok, fm_b
                     fm_gemv_pool_jobs, fm_gemv_pool_leave, fm_gemv_pool_min_bytes,
                     fm_gemv_pool_naps, fm_gemv_pool_spin_ns, fm_gemv_pool_state,
                     fm_gemv_threads, fm_gemv_use, fm_sgemm, fm_sgemm_ok, fm_sgemm_use,
-                    fm_split, fm_xw_f32, fm_xw_f64)
+                    FM_SGEMM_MR, fm_split, fm_xw_f32, fm_xw_f64)
 from _layers cimport (activation_backward, bias_activation_forward, dense_backward_input,
                       dense_backward_params, dense_forward, dense_product)
 from _losses cimport loss_forward_backward
@@ -688,6 +688,12 @@ cdef void forward_rows(void* ctx, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
         a = z
 
 
+cdef inline Py_ssize_t split_most(Py_ssize_t rows) noexcept nogil:
+    """The most parts (fm_split) for a chunk of ``rows`` rows through forward_rows: two
+    from 2 rows, more only where each gets a block of _sgemm.h's FM_SGEMM_MR rows."""
+    return max(2, rows // FM_SGEMM_MR)
+
+
 cdef Py_ssize_t sgemm_all(const Net* net, Py_ssize_t rows) noexcept nogil:
     """The widest layer's units when every layer's GEMM of a float32 chunk of ``rows``
     rows can run _sgemm.h's loops (fm_sgemm_ok), else 0."""
@@ -734,7 +740,7 @@ cdef int forward_f32(const int64_t* plan, const float* fparams, const float* the
     net.params = params
     part = Rows(net=&net, theta=theta, x=x, p0=p0, p1=p1, out=out, widest=widest,
                 check=check, check_z=check_z, bad=[0, 0])
-    fm_split(forward_rows, &part, rows)
+    fm_split(forward_rows, &part, rows, split_most(rows))
     free(params)
     return 1 if part.bad[0] or part.bad[1] else 0
 
@@ -791,7 +797,7 @@ cdef double infer(const Net* net, const floating* theta, const floating* X, Py_s
             if widest:
                 part = Rows(net=net, theta=theta, x=a, p0=p0, p1=p1, out=out + start * k_out,
                             widest=widest, check=check, check_z=check_z, bad=[0, 0])
-                fm_split(forward_rows, &part, rows)
+                fm_split(forward_rows, &part, rows, split_most(rows))
                 if part.bad[0] or part.bad[1]:
                     return NAN
                 start += chunk
@@ -1669,7 +1675,8 @@ def own_sgemm64_address(size_t blas_sgemm64):
 def gemm_policy(int policy=-1):
     """Where float32 products run on this build's GEMM loops (_sgemm_blas.h): 0 never,
     1 inside fit's compiled epochs only, 2 every call, 3 (the default) every call where
-    their second thread is the BLAS's own (_blas_pool.h), else as 1; -1 only asks.
+    their other threads are the BLAS's own and it runs at most 2 threads (_blas_pool.h),
+    else as 1; -1 only asks.
     Returns the setting before (always 0 in a build without those loops). Both backends'
     kernels follow it (the Numba kernels' through own_sgemm64_address, their epochs
     through gemm_scope). fastmlp.set_gemm_loops is the public switch."""

@@ -150,8 +150,9 @@ static int fm_gemm_built(void) { return 1; }
 
 /* Where fm_gemm_f32 takes products (fm_gemm_use): FM_GEMM_EPOCHS only on a thread inside
    fm_gemm_scope (the compiled epoch loop of fit), FM_GEMM_ALWAYS every call, FM_GEMM_NEVER
-   none, and FM_GEMM_AUTO (the default) every call where fm_split's second part goes to
-   the BLAS's own worker (_blas_pool.h), else as FM_GEMM_EPOCHS. Why not always: where
+   none, and FM_GEMM_AUTO (the default) every call where fm_split's parts go to the
+   BLAS's own workers and it runs at most 2 threads (_blas_pool.h's fm_blas_pool_auto:
+   where this was measured), else as FM_GEMM_EPOCHS. Why not always: where
    the loops' second thread is _gemv_pool.h's, right after NumPy's own GEMM OpenBLAS's
    threads spin on for up to 0.1 s, on the core that worker needs. A W3 train_on_batch
    between NumPy GEMMs took 23-39 % longer than alone on the loops, 7-9 % on BLAS, one
@@ -183,9 +184,18 @@ static int fm_gemm_ok(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha)
 {
     return fm_sgemm_on && m >= 1 && n >= 1 && k >= 1 && alpha != 0.0f
            && (fm_gemm_policy == FM_GEMM_ALWAYS
-               || (fm_gemm_policy == FM_GEMM_AUTO && fm_blas_pool_known())
+               || (fm_gemm_policy == FM_GEMM_AUTO && fm_blas_pool_auto())
                || (fm_gemm_policy != FM_GEMM_NEVER && fm_gemm_scoped))
            && k * n <= FM_SGEMM_MAX_BYTES / (Py_ssize_t)sizeof(float);
+}
+
+/* the most parts (fm_split) for a product of `macs` multiply-adds whose units allow
+   `by_size` parts; never under 2 */
+static Py_ssize_t fm_gemm_most(Py_ssize_t by_size, long long macs)
+{
+    const long long by_work = macs / FM_GEMM_SPLIT_MACS;
+    const Py_ssize_t most = by_size < by_work ? by_size : (Py_ssize_t)by_work;
+    return most < 2 ? 2 : most;
 }
 
 /* C (m, n) = alpha op(A) op(B) + beta C, all row-major: op(A) (m, k) is A (m, k), lda
@@ -229,10 +239,13 @@ static int fm_gemm_f32(int ta, int tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
        OpenBLAS's (gradient_vector 342 against 417 us). By columns: 515 us; plain SGD
        366 against 394 by rows (OpenBLAS 399); W3 2.78 against 3.03 ms (3.15). (One
        process each, interleaved, best of 4.) */
+    /* more parts (_blas_pool.h: a BLAS of more threads) only where each keeps 2 groups
+       of 16 columns (or 12 rows) and FM_GEMM_SPLIT_MACS multiply-adds */
     if (split && n >= 64)
-        fm_split(fm_gemm_columns, &g, (n + 15) / 16);
+        fm_split(fm_gemm_columns, &g, (n + 15) / 16,
+                 fm_gemm_most((n + 15) / 32, (long long)m * n * k));
     else if (split && !tb)
-        fm_split(fm_gemm_rows, &g, m);
+        fm_split(fm_gemm_rows, &g, m, fm_gemm_most(m / FM_SGEMM_MR, (long long)m * n * k));
     else
         fm_gemm_columns(&g, 0, (n + 15) / 16);
     return 1;

@@ -6,14 +6,16 @@ OpenBLAS's worker thread (gotoblas_pthread), not to the extension's own worker: 
 thread pool. Checked, on both compiled backends:
 - fastmlp.blas.worker_pool names the kernels' BLAS (its thread count is threadpoolctl's);
 - a predict and a train step give their second part to a BLAS worker, none to the
-  extension's, with the bits of one thread and of the extension's worker;
+  extension's, with the bits of one thread and of the extension's worker; a BLAS of 3
+  or 4 threads takes that many parts, with the same bits;
 - a BLAS limited to one thread (threadpoolctl, fm.set_num_threads(1)) keeps every part
   on the caller, the same bits;
 - threads predicting and training while another runs NumPy GEMMs on the same pool: the
   bits of one thread, no hang; a forked child and FASTMLP_BLAS=scipy; the caller's
   rounding mode, which the worker takes on for the part and gives back after;
 - set_gemm_loops("auto"), the default: train_on_batch on the loops where this pool is
-  known (its bits are the loops', not BLAS's).
+  known and the BLAS runs 2 threads (its bits are the loops', not BLAS's); on BLAS
+  where it runs more.
 Anything that could hang runs in a subprocess or a forked child with a timeout.
 """
 import ctypes
@@ -119,6 +121,30 @@ def test_the_blas_worker_the_extensions_worker_and_one_thread_give_one_set_of_bi
         kernels._use_blas_pool(pooled)
         fm.set_gemm_loops(was)
     assert got["blas"] == got["own"] == got["one"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("threads", [3, 4])
+def test_a_blas_of_more_threads_takes_more_parts_with_the_same_bits(backend, threads):
+    """A BLAS of 3 or 4 threads (on this 2-core machine: the bits, not the speed): a
+    300-row predict in that many parts (each of at least 12 rows), all but the first on
+    its workers, and a W2 step's products likewise, with one thread's bits."""
+    X, T = _data(300)
+    m = _net(backend, seed=6)
+    was = fm.set_gemm_loops("always")
+    try:
+        with pool_threads(kernels, 1):
+            want = (m.predict(X).tobytes(), _stepped(backend, X[:64], T[:64]))
+        with threadpoolctl.threadpool_limits(limits=threads, user_api="blas"):
+            assert kernels._blas_pool()["on"]
+            jobs = _jobs()
+            got_predict = m.predict(X).tobytes()
+            assert _jobs() == (jobs[0] + threads - 1, jobs[1])
+            got = (got_predict, _stepped(backend, X[:64], T[:64]))
+            assert _jobs()[0] > jobs[0] + threads - 1
+    finally:
+        fm.set_gemm_loops(was)
+    assert got == want
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -260,6 +286,21 @@ def test_a_caller_rounding_upward_gets_one_threads_bits_and_the_worker_its_own_m
         sys.exit(1 if bad else 0)
     """)
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_auto_keeps_a_lone_step_on_blas_where_the_blas_runs_more_threads(backend):
+    """Where the BLAS runs more than 2 threads (not timed against the loops), "auto" is
+    "fit": a lone step on BLAS, as with "never"."""
+    X, T = _data(64)
+    with threadpoolctl.threadpool_limits(limits=3, user_api="blas"):
+        auto = _stepped(backend, X, T)
+        fm.set_gemm_loops("never")
+        try:
+            blas = _stepped(backend, X, T)
+        finally:
+            fm.set_gemm_loops("auto")
+    assert auto == blas
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
