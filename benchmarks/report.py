@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 import fastmlp as fm
+from fastmlp.threads import GEMM_LOOPS
 
 import onnx_case
 import pipeline
@@ -302,10 +303,9 @@ def environment(threads, columns):
     try:  # which build of the Cython kernels ran (kernels/cython_mlp.py)
         from fastmlp.kernels import cython_mlp
         lines.append(f"- Cython kernels: the {cython_mlp.ISA} build")
-        was = fm.set_gemm_loops("auto")   # (reads the setting: set it back at once)
-        fm.set_gemm_loops(was)
+        where = GEMM_LOOPS[cython_mlp.gemm_policy()]   # (-1: only asks)
         pooled = cython_mlp._blas_pool()["on"]
-        lines.append(f"- GEMM loops: fm.set_gemm_loops({was!r}); their second part on "
+        lines.append(f"- GEMM loops: fm.set_gemm_loops({where!r}); their second part on "
                      + ("the BLAS's own worker (kernels/_blas_pool.h)" if pooled
                         else "the extension's worker (kernels/_gemv_pool.h) or none"))
     except ImportError as exc:

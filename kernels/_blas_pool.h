@@ -39,7 +39,7 @@ typedef int (*fm_blas_threads_t)(void);
 /* set once per process (fm_blas_pool_set), before any kernel may run */
 static fm_blas_pthread_t fm_blas_pthread = NULL;   /* gotoblas_pthread */
 static fm_blas_threads_t fm_blas_threads = NULL;   /* openblas_get_num_threads */
-static const int* fm_blas_workers = NULL;         /* &blas_num_threads */
+static const int* fm_blas_workers = NULL;         /* &blas_num_threads: its workers + 1 */
 static long long fm_blas_pool_parts = 0;           /* parts run by a BLAS worker */
 
 typedef struct {
@@ -84,27 +84,25 @@ static int fm_blas_pool_known(void) { return fm_blas_pthread != NULL; }
    faster than BLAS, one pool). A BLAS of more threads was not timed against the loops
    on as many cores: there FM_GEMM_AUTO keeps them to fit's epochs, as before. */
 #define FM_BLAS_POOL_MEASURED 2
-static int fm_blas_pool_auto(void)
+static inline int fm_blas_pool_auto(void)   /* (inline: the AVX-512 build alone calls it) */
 {
     return fm_blas_pthread != NULL && fm_blas_threads() <= FM_BLAS_POOL_MEASURED;
 }
 
-/* 1 where fm_split's parts go to the BLAS's worker now (see the top) */
-static int fm_blas_pool_ok(void)
-{
-    return fm_blas_pthread != NULL && fm_gemv_threads(0) >= 2 && fm_blas_threads() >= 2
-           && __atomic_load_n(fm_blas_workers, __ATOMIC_RELAXED) >= 2;
-}
-
-/* The parts a split of `rows` takes: as many as the BLAS's threads (a GEMM of its own
-   would take as many), at most `most` (the caller's rule for a part's least work) and
-   `rows`; 1 means no split. Never more than its workers + 1, nor FM_BLAS_POOL_MOST. */
+/* The parts a split of `rows` takes now: as many as the BLAS's threads (a GEMM of its
+   own would take as many), at most `most` (the caller's rule for a part's least work),
+   `rows`, the threads the BLAS has started (blas_num_threads, the caller's place
+   included) and FM_BLAS_POOL_MOST; 1, no split, without the pool or while fastmlp's
+   own limit (fm_gemv_threads) is 1. The one rule of the split (see the top). */
 static int fm_blas_pool_parts_for(Py_ssize_t rows, Py_ssize_t most)
 {
-    Py_ssize_t k = fm_blas_threads();
-    const Py_ssize_t workers = __atomic_load_n(fm_blas_workers, __ATOMIC_RELAXED);
-    if (k > workers)
-        k = workers;
+    Py_ssize_t k, started;
+    if (fm_blas_pthread == NULL || fm_gemv_threads(0) < 2)
+        return 1;
+    k = fm_blas_threads();
+    started = __atomic_load_n(fm_blas_workers, __ATOMIC_RELAXED);
+    if (k > started)
+        k = started;
     if (k > most)
         k = most;
     if (k > rows)
@@ -113,6 +111,9 @@ static int fm_blas_pool_parts_for(Py_ssize_t rows, Py_ssize_t most)
         k = FM_BLAS_POOL_MOST;
     return k < 1 ? 1 : (int)k;
 }
+
+/* 1 where a split of 2 rows or more goes to the BLAS's workers now (a test hook) */
+static int fm_blas_pool_ok(void) { return fm_blas_pool_parts_for(2, 2) >= 2; }
 
 /* range(ctx, r_i, r_(i+1)) for the k parts r_i = ceil(rows i / k) (k = 2: the first
    ceil(rows / 2) rows, then the rest, as _gemv_pool.h's halves): part 0 on this thread,
@@ -148,7 +149,7 @@ static int fm_blas_pool_set(void* pthread_fn, void* threads_fn, void* workers)
     return 0;
 }
 static int fm_blas_pool_known(void) { return 0; }
-static int fm_blas_pool_auto(void) { return 0; }
+static inline int fm_blas_pool_auto(void) { return 0; }
 static int fm_blas_pool_ok(void) { return 0; }
 static long long fm_blas_pool_jobs(void) { return 0; }
 

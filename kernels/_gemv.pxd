@@ -35,7 +35,7 @@ cdef extern from "_sgemm.h":
     ctypedef void (*fm_rows_t)(void* ctx, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil
     enum: FM_SGEMM_MR   # rows per block of the GEMM loops' tiles
     void fm_split(fm_rows_t range, void* ctx, Py_ssize_t rows, Py_ssize_t most) noexcept nogil
-    # its second part on the BLAS's own worker (_blas_pool.h): the addresses, a test hook
+    # its other parts on the BLAS's own workers (_blas_pool.h): the addresses, test hooks
     int fm_blas_pool_set(void* pthread_fn, void* threads_fn, void* workers) noexcept nogil
     int fm_blas_pool_known() noexcept nogil
     int fm_blas_pool_ok() noexcept nogil

@@ -1,7 +1,7 @@
-/* C = alpha op(A) op(B) + beta C in float32 on _sgemm.h's loops, split between two
-   threads (fm_split): the products of training, in the AVX-512 build, by default in every
-   call where fm_split's second thread is the BLAS's own, else inside fit's compiled
-   epochs only (fm_gemm_use, below); and the Fortran ?gemm ABI around it, for the Numba
+/* C = alpha op(A) op(B) + beta C in float32 on _sgemm.h's loops, split between threads
+   (fm_split): the products of training, in the AVX-512 build, by default in every call
+   where fm_split's other threads are the BLAS's own, else inside fit's compiled epochs
+   only (fm_gemm_use, below); and the Fortran ?gemm ABI around it, for the Numba
    kernels (fm_sgemm64_own).
 
    Why: a step's GEMMs had one choice, OpenBLAS. On the AMD EPYC (Zen 4) of issue 10,
@@ -18,7 +18,8 @@
    FM_SGEMM_MAX_BYTES (as predict's W: it streams from L2 for every block of 12 rows of
    C) and returns 1, else 0 and the caller calls BLAS. op(A) = A^T is read where it lies
    (the tile's TA); op(B) = B^T is first copied into its transpose (k x n), each thread
-   its own columns, in a buffer the calling thread keeps (fm_gemm_scratch_of). The two parts are columns of C (rows where C is narrow).
+   its own columns, in a buffer the calling thread keeps (fm_gemm_scratch_of). The parts
+   are columns of C (rows where C is narrow).
 
    Bits: every C[i, j] is one chain of fused multiply-adds over p = 0 .. k - 1 in order,
    from 0, then times alpha and plus beta C[i, j] (one rounding each): the same whichever
