@@ -4,7 +4,9 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -148,6 +150,18 @@ def pool_threads(kernels, n):
         yield
     finally:
         kernels.gemv_threads(was)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_python(*parts, timeout=120, env=None):
+    """Run the code parts (each dedented, joined by newlines) in a fresh interpreter,
+    cwd the repository, os.environ updated with ``env``; its CompletedProcess (text).
+    A hang fails the test (TimeoutExpired kills the child)."""
+    code = "\n".join(textwrap.dedent(part) for part in parts)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
 
 
 def wait_for_child(pid, seconds):

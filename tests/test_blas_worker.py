@@ -20,9 +20,7 @@ Anything that could hang runs in a subprocess or a forked child with a timeout.
 """
 import ctypes
 import os
-import subprocess
 import sys
-import textwrap
 import threading
 
 import numpy as np
@@ -32,7 +30,7 @@ import threadpoolctl
 import fastmlp as fm
 from fastmlp.blas import kernel_blas, worker_pool
 
-from helpers import pool_threads, run_in_threads, wait_for_child
+from helpers import pool_threads, run_in_threads, run_python, wait_for_child
 
 kernels = pytest.importorskip("fastmlp.kernels.cython_mlp")
 
@@ -43,7 +41,6 @@ needs_worker_pool = pytest.mark.skipif(
 pytestmark = needs_worker_pool
 
 BACKENDS = [b for b in ("cython", "numba") if b in fm.available_backends()]
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
@@ -226,13 +223,8 @@ def test_a_forked_child_hands_its_parts_to_its_own_blas_worker():
     assert m.predict(X).tobytes() == want
 
 
-def _python(code, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
-
-
 def test_fastmlp_blas_scipy_uses_scipys_pool_or_none():
-    res = _python("""
+    res = run_python("""
         import numpy as np, fastmlp as fm
         from fastmlp.blas import kernel_blas, worker_pool
         from fastmlp.kernels import cython_mlp as k
@@ -252,7 +244,7 @@ def test_fastmlp_blas_scipy_uses_scipys_pool_or_none():
 @pytest.mark.skipif(not (sys.platform.startswith("linux") and os.uname().machine == "x86_64"),
                     reason="the FE_ values of x86-64 glibc")
 def test_a_caller_rounding_upward_gets_one_threads_bits_and_the_worker_its_own_mode_back():
-    res = _python("""
+    res = run_python("""
         import ctypes, sys
         import numpy as np, fastmlp as fm
         from fastmlp.kernels import cython_mlp as k

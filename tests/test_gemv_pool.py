@@ -16,7 +16,6 @@ limit follows the CPUs and the environment.
 import os
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -24,7 +23,7 @@ import pytest
 
 import fastmlp as fm
 
-from helpers import gemv_copy, run_in_threads, wait_for_child
+from helpers import gemv_copy, run_in_threads, run_python, wait_for_child
 from tolerances import TOLERANCES
 
 kernels = pytest.importorskip("fastmlp.kernels.cython_mlp")
@@ -266,14 +265,9 @@ def test_the_worker_sleeps_after_its_spin(pool):
     assert pool._gemv_pool()["naps"] > naps
 
 
-def _python(code, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
-
-
 @needs_pool
 def test_the_interpreter_exits_with_the_worker_alive():
-    res = _python("""
+    res = run_python("""
         import numpy as np
         from fastmlp.kernels import cython_mlp as k
         x, W = np.ones((1, 784), np.float32), np.ones((784, 256), np.float32)
@@ -288,7 +282,7 @@ def test_the_interpreter_exits_with_the_worker_alive():
 
 @needs_pool
 def test_the_worker_starts_with_a_burst_of_calls_only():
-    res = _python("""
+    res = run_python("""
         import time
         import numpy as np
         from fastmlp.kernels import cython_mlp as k
@@ -315,5 +309,5 @@ def test_the_default_limit_follows_the_cpus_and_the_environment():
                          timeout=120, env=clean)
     assert res.stdout.strip() == ("2" if len(os.sched_getaffinity(0)) >= 2 else "1"), res.stderr
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        res = _python(read, {name: "1"})
+        res = run_python(read, env={name: "1"})
         assert res.stdout.strip() == "1", res.stderr

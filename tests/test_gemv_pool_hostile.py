@@ -34,7 +34,7 @@ import pytest
 
 import fastmlp as fm
 
-from helpers import run_in_threads, wait_for_child
+from helpers import ROOT, run_in_threads, run_python, wait_for_child
 
 kernels = pytest.importorskip("fastmlp.kernels.cython_mlp")
 
@@ -46,7 +46,6 @@ pytestmark = [needs_pool, linux_only]
 
 BACKENDS = [b for b in ("cython", "numba") if b in fm.available_backends()]
 DTYPES = ("float32", "float64")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -93,12 +92,8 @@ def _alone(model, X):
 
 
 def _python(*parts, timeout=60, env=None):
-    """Run the code parts (each dedented) in a fresh interpreter (cwd: the repository);
-    its CompletedProcess. A hang fails the test (TimeoutExpired kills the child)."""
-    code = "\n".join(textwrap.dedent(part) for part in parts)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, **(env or {})})
+    """helpers.run_python, with this module's shorter timeout by default."""
+    return run_python(*parts, timeout=timeout, env=env)
 
 
 # A prelude for the subprocess scripts: the net, its inputs, one thread's bits.

@@ -12,13 +12,12 @@ transposed or not; the Numba kernels' gemm_nn / gemm_tn / gemm_nt giving the Cyt
 extension's bits; train steps on both backends against each other and the loops off.
 """
 import contextlib
-import threading
 
 import numpy as np
 import pytest
 
 import fastmlp as fm
-from helpers import pool_threads
+from helpers import pool_threads, run_in_threads
 
 cython_mlp = pytest.importorskip("fastmlp.kernels.cython_mlp")
 
@@ -150,20 +149,8 @@ def test_non_finite_values_propagate_as_in_blas():
 
 def _in_a_new_thread(work):
     """work() run in a thread of its own (whose buffer starts empty, whatever earlier
-    tests left in this one's); its return value, or its exception raised here."""
-    out = {}
-
-    def run():
-        try:
-            out["value"] = work()
-        except BaseException as exc:   # re-raised in the test's thread
-            out["error"] = exc
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
+    tests left in this one's): its return value, or its exception raised here."""
+    return run_in_threads([work])[0]
 
 
 def test_a_transposed_b_is_copied_into_a_buffer_the_thread_keeps():
