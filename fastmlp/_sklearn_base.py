@@ -57,6 +57,9 @@ def _unchanging(value):
 
 def resolve_backend(name):
     """"auto" -> the fastest backend that imports here; other names are checked."""
+    if not isinstance(name, str):
+        raise ValueError(f"backend must be 'auto' or one of {fm.available_backends()}, "
+                         f"got {name!r:.60}")
     if name == "auto":   # what fm.Model's "auto" picks, so both mean one thing
         return fm_backends.resolve("auto")
     if fm_backends.imports(name):    # that one only: available_backends() imported every

@@ -71,7 +71,7 @@ def _check_mode(monitor, mode, who, needed=True):
     if not isinstance(monitor, str) or not monitor:
         raise TypeError(f"monitor must be the name of a logged value such as 'val_loss', "
                         f"got {monitor!r}")
-    if mode not in ("auto", "min", "max"):
+    if not isinstance(mode, str) or mode not in ("auto", "min", "max"):  # an array: per element
         raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
     if mode != "auto" or not needed:
         return mode
@@ -418,6 +418,9 @@ class ProgressBar(Callback):
     """
 
     def __init__(self, file=None):
+        if file is not None and not callable(getattr(file, "write", None)):
+            raise TypeError(f"file must be None or a text stream with a write method "
+                            f"(sys.stdout, an open file), got {file!r:.60}")
         self.file = file
         self._bar = None
         self._epochs = None

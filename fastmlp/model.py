@@ -151,7 +151,10 @@ def _nothing():
 
 
 def _dtype(dtype):
-    key = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    try:
+        key = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    except (TypeError, ValueError):  # not a dtype at all: an array, a list
+        key = None
     if key not in _DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return np.dtype(_DTYPES[key])

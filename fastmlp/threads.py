@@ -69,7 +69,7 @@ def set_gemm_loops(where):
     nothing runs between the products. The loops sum in their own order: a product's
     bits differ from BLAS's (see the README's Speed section). Process-wide; not while
     kernels run in other threads."""
-    if where not in GEMM_LOOPS:
+    if not isinstance(where, str) or where not in GEMM_LOOPS:  # an array compares per element
         raise ValueError(f"where must be one of {GEMM_LOOPS}, got {where!r:.60}")
     try:
         from .kernels.cython_mlp import gemm_policy

@@ -188,6 +188,14 @@ def test_bad_fit_arguments(backend, xy, kwargs, match):
      ValueError, "lr must be a finite number > 0"),
     (lambda b: fm.Model([fm.Dense(2)], input_dim=3, dtype="float16", backend=b), ValueError,
      "dtype must be 'float32' or 'float64'"),
+    # an array of names compared element by element: NumPy's "truth value of an array is
+    # ambiguous" (backend), or its "Cannot construct a dtype from an array" (dtype)
+    (lambda b: fm.Model([fm.Dense(2)], input_dim=3, backend=np.array(["auto", "numpy"])),
+     ValueError, r"unknown backend array\(\['auto', 'numpy'\]"),
+    (lambda b: fm.Model([fm.Dense(2)], input_dim=3, dtype=np.array(["float32"]), backend=b),
+     ValueError, r"dtype must be 'float32' or 'float64', got array\(\['float32'\]"),
+    (lambda b: fm.Model([fm.Dense(2)], input_dim=3, dtype=[1], backend=b), ValueError,
+     r"dtype must be 'float32' or 'float64', got \[1\]"),
     (lambda b: fm.Model([fm.Dense(2)], input_dim=0, backend=b), ValueError,
      r"input_dim must be an integer in \[1, 2\*\*31\), got 0"),
     # past int64 these were a raw OverflowError naming nothing

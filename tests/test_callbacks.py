@@ -175,12 +175,23 @@ def test_early_stopping_non_numeric_monitor_is_refused():
     ({"min_delta": float("nan")}, ValueError, "min_delta must be a finite number"),
     ({"min_delta": "0.1"}, ValueError, "min_delta must be a finite number"),
     ({"mode": "maximum"}, ValueError, "mode must be 'auto', 'min' or 'max'"),
+    # an array of names: compared per element, NumPy's ambiguous truth value before
+    ({"mode": np.array(["min", "max"])}, ValueError, "mode must be 'auto', 'min' or 'max'"),
     ({"monitor": None}, TypeError, "monitor must be the name"),
     ({"baseline": float("inf")}, ValueError, "baseline must be a finite number"),
 ])
 def test_early_stopping_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         EarlyStopping(**kwargs)
+
+
+def test_checkpoint_and_progress_bar_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="mode must be 'auto', 'min' or 'max'"):
+        ModelCheckpoint(str(tmp_path / "m.npz"), mode=np.array(["min", "max"]))
+    # refused when made, not at the fit's first epoch as an AttributeError ('write')
+    for bad in ("out.txt", 3, np.array(["a"])):
+        with pytest.raises(TypeError, match="file must be None or a text stream"):
+            ProgressBar(file=bad)
 
 
 # -- ModelCheckpoint ---------------------------------------------------------------------

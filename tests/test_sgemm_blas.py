@@ -310,7 +310,7 @@ def test_fit_puts_the_loops_in_fits_epochs_only(backend):
 
 
 def test_set_gemm_loops_refuses_what_it_does_not_know():
-    for bad in ("sometimes", None, 1, True, ""):
+    for bad in ("sometimes", None, 1, True, "", np.array(["auto", "fit"]), ["auto"]):
         with pytest.raises(ValueError, match="where must be one of"):
             fm.set_gemm_loops(bad)
     assert fm.set_gemm_loops("always") == "always"   # unchanged by the refusals

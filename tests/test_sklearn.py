@@ -352,3 +352,13 @@ def test_dtype_given_as_numpys_type_is_the_same_estimator(digits, estimator_clas
     np.testing.assert_array_equal(by_type.predict(X), by_name.predict(X))
     with pytest.raises(ValueError, match="dtype"):
         small(estimator_class, "numpy", dtype=np.float16).fit(X, y)
+
+
+def test_resolve_backend_names_what_is_not_a_backend_name():
+    from fastmlp.sklearn import resolve_backend
+    for bad in (np.array(["auto", "numpy"]), ["numpy"], None, 3):  # an array: no ambiguity error
+        with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
+            resolve_backend(bad)
+    with pytest.raises(ValueError, match="backend 'nope' is not available here"):
+        resolve_backend("nope")
+    assert resolve_backend("numpy") == "numpy"

@@ -223,8 +223,9 @@ def _imports(name):
 
 
 def imports(name):
-    """Whether backend ``name`` (a registered one) imports here, importing it alone."""
-    return _imports(name)
+    """Whether backend ``name`` imports here, importing it alone (False for a name that
+    is no backend's)."""
+    return isinstance(name, str) and name in _REGISTRY and _imports(name)
 
 
 def available_backends():
@@ -243,7 +244,7 @@ def resolve(name):
     A faster backend that is installed but does not import (a bad FASTMLP_CYTHON_ISA, a
     numba that fails against this NumPy) is passed over with a RuntimeWarning saying why:
     silently falling back could cost a user a large factor in speed."""
-    if name != "auto":
+    if not (isinstance(name, str) and name == "auto"):  # get_backend refuses the others
         return name
     # In order, stopping at the first that imports: the others are not imported at all
     # (numba and numba.cuda took a second of a first Model() that ran on cython).
