@@ -10,6 +10,7 @@ import math
 
 from fastmlp import activations
 from fastmlp.backends import get_backend, resolve
+from fastmlp.network import MAX_UNITS
 
 DEFAULT_LR = {"adam": 3e-3, "sgd": 0.1}
 OUTPUT_ACTIVATION = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid", "mse": "sigmoid"}
@@ -33,6 +34,8 @@ def layers(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 64,32, got {text!r}")
     if any(u < 1 for u in units):
         raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
+    if any(u > MAX_UNITS for u in units):  # named here, not as a Dense's error after the data
+        raise argparse.ArgumentTypeError(f"layer sizes must be below 2**31, got {text!r}")
     return units
 
 

@@ -224,6 +224,7 @@ def test_bad_csv_from_the_shell_has_no_traceback(tmp_path):
     (["--optimizer", "rmsprop"], "argument --optimizer: unknown optimizer 'rmsprop'"),
     (["--momentum", "0.9"], "--momentum applies to --optimizer sgd only"),
     (["--loss", "hinge"], "argument --loss: unknown loss 'hinge'"),
+    (["--layers", "99999999999"], "argument --layers: layer sizes must be below 2**31"),
     (["--lr", "-1"], "argument --lr: expected a finite number > 0, got '-1'"),
     (["--lr", "nan"], "argument --lr:"),
     (["--test-fraction", "1.5"], "argument --test-fraction: expected a number from 0"),
