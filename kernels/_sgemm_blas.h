@@ -31,9 +31,14 @@
 #include <stdlib.h>
 #include "_sgemm.h"
 
-/* a product of fewer multiply-adds runs on the calling thread alone: a hand-off to the
-   worker costs about a microsecond */
-#define FM_GEMM_SPLIT_MACS ((long long)1 << 17)
+/* a product of fewer multiply-adds runs on the calling thread alone, and a split gives
+   each part at least as many. A hand-off to a running worker costs about a microsecond,
+   but a split waits for the other core, and where that core is busy (a busy loop on it,
+   or this project's VM at times) a scikit-learn fit of digits (200 x 64 x 64 products,
+   819k multiply-adds each) took 29.7-30.2 ms split at the old limit, 2^17, against
+   15.9-16.1 ms on one thread; with both cores free, 15.4-16.2 against 15.9-16.6 ms (one
+   process each, alternated). Products from 2^20 up (W2's and W3's) split as before. */
+#define FM_GEMM_SPLIT_MACS ((long long)1 << 20)
 
 #define FM_GEMM_NEVER 0
 #define FM_GEMM_EPOCHS 1
