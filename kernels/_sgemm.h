@@ -218,10 +218,11 @@ static void fm_sgemm(Py_ssize_t rows, Py_ssize_t n_in, Py_ssize_t n_out, const f
    worker, when that pool is free: the first ceil(rows / 2) rows here, the rest there.
    Halves, not a multiple of FM_SGEMM_MR rows for the first part as before: 512 rows
    went 264 / 248 and 32 rows 24 / 8, and a part's tail block costs less than a full one
-   (32 rows through the W2 net: 111 -> 74 us; 512 rows 3.5 % faster). Either worker is woken if it sleeps (its wake-up takes tens of
-   microseconds); a part _gemv_pool.h's has not claimed when the caller's is done, the
-   caller runs itself (the BLAS's, the caller waits for). `range` must give each row the
-   same bits whichever part it is in, and must not call BLAS. */
+   (32 rows through the W2 net: 111 -> 74 us; 512 rows 3.5 % faster). Either worker is
+   woken if it sleeps (its wake-up takes tens of microseconds); a part _gemv_pool.h's
+   has not claimed when the caller's is done, the caller runs itself (the BLAS's, the
+   caller waits for). `range` must give each row the same bits whichever part it is in,
+   and must not call BLAS. */
 static void fm_split(fm_rows_t range, void* ctx, Py_ssize_t rows, Py_ssize_t most)
 {
 #ifdef FM_GEMV_POOL
