@@ -61,6 +61,7 @@ cdef extern from "_sgemm_blas.h":
     int fm_gemm_built() noexcept nogil
     int fm_gemm_use(int policy) noexcept nogil     # 0 never, 1 fit's epochs, 2 always, 3 auto
     int fm_gemm_scope(int on) noexcept nogil       # this thread in fit's epochs (1) or not
+    int fm_gemm_packed_use(int mode) noexcept nogil  # packed products: 0 none, 1 big B, 2 all
     void* fm_own_sgemm64(void* next) noexcept nogil
     # this thread's buffer for op(B) = B^T's copy, and its size in floats (kept between calls)
     float* fm_gemm_scratch

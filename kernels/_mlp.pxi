@@ -30,8 +30,9 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
-from _blas cimport (SMALL_GEMM, blas_gemm, fm_gemm_built, fm_gemm_scope, fm_gemm_scratch,
-                   fm_gemm_scratch_floats, fm_gemm_use, fm_own_sgemm64, gemm, small_gemm)
+from _blas cimport (SMALL_GEMM, blas_gemm, fm_gemm_built, fm_gemm_packed_use, fm_gemm_scope,
+                   fm_gemm_scratch, fm_gemm_scratch_floats, fm_gemm_use, fm_own_sgemm64, gemm,
+                   small_gemm)
 from _codes cimport (EPS, LAYER_ACT, LAYER_ALPHA, LAYER_B, LAYER_F, LAYER_FIELDS, LAYER_N_IN,
                      LAYER_N_OUT, LAYER_W, LAYER_Z, LR, MOMENTUM, N_HYPER, PLAN_CAP, PLAN_FOLD_ROWS,
                      PLAN_FUSED, PLAN_HEAD, PLAN_LAYERS, PLAN_LOSS, PLAN_N_PARAMS, PLAN_WIDEST,
@@ -1683,9 +1684,19 @@ def gemm_policy(int policy=-1):
     return fm_gemm_use(policy)
 
 
+def _pack_gemm(int mode=-1):
+    """Test hook: which float32 products on the GEMM loops (_sgemm_blas.h) copy their
+    operands into panels first: 1 (the default) those whose B is over 1 MiB (else BLAS
+    takes them), 0 none (BLAS takes those), 2 every product the loops take; -1 only
+    asks. Returns the setting before (always 0 in a build without those loops). Not
+    while kernels run in other threads."""
+    return fm_gemm_packed_use(mode)
+
+
 def _gemm_scratch():
     """Test hook: (address, floats) of the calling thread's buffer for op(B) = B^T's copy
-    in the float32 GEMM loops (_sgemm_blas.h), which the thread keeps between products;
+    and the packed copies in the float32 GEMM loops (_sgemm_blas.h), which the thread
+    keeps between products;
     (0, 0) before its first such product, and always in a build without those loops."""
     if not fm_gemm_built():
         return 0, 0

@@ -219,7 +219,8 @@ def _numba_products():
     return products
 
 
-@pytest.mark.parametrize("m,n,k", [(2, 16, 33), (13, 33, 64), (64, 10, 128), (100, 70, 90)])
+@pytest.mark.parametrize("m,n,k", [(2, 16, 33), (13, 33, 64), (64, 10, 128), (100, 70, 90),
+                                   (64, 600, 500)])
 @pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (-0.01, 1.0)])
 def test_numba_kernels_call_the_same_loops(m, n, k, alpha, beta):
     """numba_blas's gemm_nn, gemm_tn and gemm_nt (Fortran ABI, column-major) reach the
@@ -314,3 +315,125 @@ def test_set_gemm_loops_refuses_what_it_does_not_know():
         with pytest.raises(ValueError, match="where must be one of"):
             fm.set_gemm_loops(bad)
     assert fm.set_gemm_loops("always") == "always"   # unchanged by the refusals
+
+
+# --- products whose B is over 1 MiB: copied into panels first (fm_gemm_packed) --------
+
+@contextlib.contextmanager
+def _packing(mode):
+    """cython_mlp._pack_gemm: 2 packs every product the loops take, 1 (the default) those
+    whose B is over 1 MiB, 0 none (BLAS takes those)."""
+    was = cython_mlp._pack_gemm(mode)
+    try:
+        yield
+    finally:
+        cython_mlp._pack_gemm(was)
+
+
+# tails of every kind: blocks of 12 rows (37 = 3 x 12 + 1), 16 and 32 columns, groups of
+# 8 panels (290 = 256 + 32 + 2 columns), 16 k at a time in the 16 x 16 transposes (31)
+PACKED_SHAPES = [(1, 17, 9), (12, 32, 40), (13, 33, 7), (25, 70, 100), (40, 10, 128),
+                 (64, 1, 300), (50, 300, 17), (37, 290, 31), (11, 256, 16)]
+
+
+@pytest.mark.parametrize("ta,tb", TRANSPOSES)
+@pytest.mark.parametrize("m,n,k", PACKED_SHAPES)
+@pytest.mark.parametrize("alpha,beta", SCALARS)
+def test_packed_products_have_the_direct_loops_bits(ta, tb, m, n, k, alpha, beta):
+    """Packing copies the operands, not the sums: every C[i, j] is the same chain of fused
+    multiply-adds as the direct loops', on one thread or two, and within rounding of
+    float64 maths; beta 0 never reads C."""
+    rng = np.random.default_rng(m * 1000 + n * 10 + k + 7)
+    a, b = _operands(rng, ta, tb, m, n, k)
+    c = rng.standard_normal((m, n)).astype(np.float32)
+    if beta == 0.0:
+        c[0, 0] = np.nan
+    direct = _gemm(ta, tb, alpha, a, b, beta, c)
+    with _packing(2):
+        with _threads(2):
+            packed = _gemm(ta, tb, alpha, a, b, beta, c)
+        with _threads(1):
+            alone = _gemm(ta, tb, alpha, a, b, beta, c)
+    np.testing.assert_array_equal(packed, direct)
+    np.testing.assert_array_equal(alone, direct)
+    a64, b64 = _op(a, ta).astype(np.float64), _op(b, tb).astype(np.float64)
+    c64 = c.astype(np.float64) if beta else np.zeros_like(c, np.float64)
+    want = alpha * (a64 @ b64) + beta * c64
+    bound = (abs(alpha) * (np.abs(a64) @ np.abs(b64)) * (k + 2)
+             + abs(beta) * np.abs(c64) * 2) * np.finfo(np.float32).eps
+    assert np.all(np.abs(packed - want) <= bound + 1e-30)
+
+
+@pytest.mark.parametrize("ta,tb", TRANSPOSES)
+def test_a_big_b_goes_to_the_packed_loops_from_48_rows(ta, tb):
+    """B of 1.2 MB (over the direct loops' 1 MiB): from 48 rows of C the loops take it,
+    packed (bits of their own, within rounding of BLAS's; the same with packing forced);
+    47 rows, or packing off, stay with BLAS, to the bit."""
+    rng = np.random.default_rng(21)
+    for m, packed in [(48, True), (47, False), (130, True)]:
+        a, b = _operands(rng, ta, tb, m, 600, 500)
+        c = rng.standard_normal((m, 600)).astype(np.float32)
+        got = _gemm(ta, tb, 0.5, a, b, 1.0, c)
+        blas = _gemm(ta, tb, 0.5, a, b, 1.0, c, 1)
+        assert (not np.array_equal(got, blas)) == packed, m
+        np.testing.assert_allclose(got, blas, rtol=1e-4, atol=1e-3)
+        if packed:
+            with _packing(2):
+                np.testing.assert_array_equal(_gemm(ta, tb, 0.5, a, b, 1.0, c), got)
+            with _packing(0):
+                np.testing.assert_array_equal(_gemm(ta, tb, 0.5, a, b, 1.0, c), blas)
+
+
+def test_a_product_whose_packed_copies_would_pass_64_mib_goes_to_blas():
+    """Each part packs all of op(A): 4,096 rows by 2,100 (34 MB) on two threads would hold
+    69 MB of copies, so BLAS takes it."""
+    rng = np.random.default_rng(22)
+    a, b = _operands(rng, False, False, 4096, 128, 2100)
+    c = np.zeros((4096, 128), np.float32)
+    with _threads(2):
+        np.testing.assert_array_equal(_gemm(False, False, 1.0, a, b, 0.0, c),
+                                      _gemm(False, False, 1.0, a, b, 0.0, c, 1))
+
+
+def test_packed_products_from_many_threads_each_get_their_own_buffers():
+    """Four threads' packed products at once, each in its calling thread's buffer: each
+    gives the bits of the same product alone."""
+    rng = np.random.default_rng(23)
+    cases = [_operands(rng, ta, tb, 60 + 7 * i, 600, 500) + (ta, tb)
+             for i, (ta, tb) in enumerate(TRANSPOSES)]
+    c = {i: np.zeros((60 + 7 * i, 600), np.float32) for i in range(4)}
+    alone = [_gemm(ta, tb, 1.0, a, b, 0.0, c[i]) for i, (a, b, ta, tb) in enumerate(cases)]
+
+    def work(i):
+        a, b, ta, tb = cases[i]
+        return [_gemm(ta, tb, 1.0, a, b, 0.0, c[i]) for _ in range(5)]
+
+    for i, outs in enumerate(run_in_threads([lambda i=i: work(i) for i in range(4)])):
+        for out in outs:
+            np.testing.assert_array_equal(out, alone[i])
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba"])
+def test_steps_of_a_wide_net_pack_into_a_buffer_the_thread_keeps(backend):
+    """A 600-700-10 net (W1 1.7 MB): its big products are packed, into the calling
+    thread's buffer, allocated at the first step and kept: later steps allocate nothing.
+    The weights agree with BLAS's steps up to rounding, with bits of their own."""
+    rng = np.random.default_rng(24)
+    X = rng.standard_normal((64, 600)).astype(np.float32)
+    y = rng.integers(0, 10, 64)
+
+    def steps(packing):
+        with _packing(packing):
+            m = _net(backend, sizes=(600, 700, 10))
+            m.train_on_batch(X, y)
+            kept = cython_mlp._gemm_scratch()
+            for _ in range(3):
+                m.train_on_batch(X, y)
+                assert cython_mlp._gemm_scratch() == kept
+            return m.get_weights(), kept
+
+    (own, kept), (blas, _) = run_in_threads([lambda: steps(1)])[0], steps(0)
+    assert kept[1] >= 64 * 600 + 8 * 32 * 600   # x's blocks and 8 panels of W1
+    assert not np.array_equal(own[0], blas[0])
+    for o, b in zip(own, blas):
+        np.testing.assert_allclose(o, b, rtol=1e-3, atol=1e-5)

@@ -203,13 +203,24 @@ def test_a_model_keeps_its_theta_on_a_cache_line_when_built_or_restored(tmp_path
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_float64_and_small_batches_and_big_weights_keep_their_paths(dtype):
     # float64 (BLAS), a chunk the GEMV loops take (rules.PREDICT_SMALL_ROWS rows), a W
-    # over 1 MiB (BLAS): the same as with the loops off, bit for bit. (A net's smaller
-    # layers beside a big one take the loops through _sgemm_blas.h: test_sgemm_blas.py.)
-    cases = [((30, 17, 5), rules.PREDICT_SMALL_ROWS), ((600, 600), 100)]
+    # over 1 MiB for fewer than 48 rows (BLAS): the same as with the loops off, bit for
+    # bit. From 48 rows a float32 W over 1 MiB takes the packed loops of _sgemm_blas.h
+    # (as a net's smaller layers beside a big one take its direct loops:
+    # test_sgemm_blas.py): bits of their own, within rounding of BLAS's.
+    cases = [((30, 17, 5), rules.PREDICT_SMALL_ROWS), ((600, 600), 47)]
     for sizes, rows in cases:
         m = _model(sizes, dtype=dtype)
         X = np.random.default_rng(7).standard_normal((rows, sizes[0])).astype(dtype)
         np.testing.assert_array_equal(m.predict(X), _blas(m, X))
+    m = _model((600, 600), dtype=dtype)
+    X = np.random.default_rng(7).standard_normal((100, 600)).astype(dtype)
+    packed = dtype == "float32" and cython_mlp._use_sgemm() == 1
+    was = fm.set_gemm_loops("always")   # "auto" would keep BLAS where it runs > 2 threads
+    try:
+        assert np.array_equal(m.predict(X), _blas(m, X)) != packed
+        np.testing.assert_allclose(m.predict(X), _blas(m, X), rtol=1e-5, atol=1e-5)
+    finally:
+        fm.set_gemm_loops(was)
 
 
 @needs_loops
