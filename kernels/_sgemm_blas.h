@@ -111,13 +111,14 @@ static void fm_gemm_columns(void* ctx, Py_ssize_t g0, Py_ssize_t g1)
    core at 512 x 2048 x 2048, where OpenBLAS ran 99-103. So B is copied, FM_GEMM_PACK_PANELS
    panels of 32 columns at a time, each panel (k, 32) contiguous (zeros past n), and each
    block of 12 rows of op(A) into (k, 12), once per product: 105-107 GF/s (x W) against
-   OpenBLAS's 95-103 on one core; W4's three products on both cores 202-209 GF/s against
-   184-195 (2026-12-06, AMD EPYC; benchmarks/RESULTS.md). 8 panels at a time did best of
+   OpenBLAS's 95-103 on one core; W4's three products on both cores 210-214 GF/s against
+   194-200 (2026-12-06, AMD EPYC; benchmarks/RESULTS.md). 8 panels at a time did best of
    1-16 (a group of 2 MB does not stay in L2, but streams well); blocking k as well (A's
    block in L1, C's partial sums reloaded: BLIS's loops) gained nothing (97-106 GF/s).
    Each part of a split packs its own columns of B and the whole of op(A), into a buffer
-   of its own (the `slot`s the calling thread's scratch holds). The tiles and the order
-   of every sum are the direct loops': the same bits. */
+   of its own (the `slot`s the calling thread's scratch holds); a product to split whose
+   C has fewer than 64 columns (no two parts of 32) stays with BLAS, which splits it its
+   own way. The tiles and the order of every sum are the direct loops': the same bits. */
 #define FM_GEMM_PACK_PANELS 8
 #define FM_GEMM_PACK_MIN_ROWS 48   /* fewer rows of C would not repay copying B */
 /* the packed copies of one product at most (its parts' together): each part copies all
@@ -427,6 +428,8 @@ static int fm_gemm_f32(int ta, int tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
     if (how == 0)
         return 0;
     if (how == FM_GEMM_PACKED) {   /* a buffer for each part fm_split may make */
+        if (split && n < 64 && fm_gemm_packed_on != 2)
+            return 0;   /* one thread here would leave the other core idle */
         most = split && n >= 64 ? fm_gemm_parts_now((n + 15) / 16,
                                                     fm_gemm_most((n + 15) / 32,
                                                                  (long long)m * n * k))
@@ -458,7 +461,7 @@ static int fm_gemm_f32(int ta, int tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
     g.Bt = tb ? B : NULL;
     g.C = C;
     if (how == FM_GEMM_PACKED) {   /* by columns, each part packing its own (see above) */
-        g.B = B;
+        g.B = tb ? NULL : B;   /* (op(B) = B^T is packed from g.Bt) */
         if (most >= 2)
             fm_split(fm_gemm_packed, &g, (n + 15) / 16, most);
         else

@@ -368,11 +368,14 @@ def test_packed_products_have_the_direct_loops_bits(ta, tb, m, n, k, alpha, beta
 def test_a_big_b_goes_to_the_packed_loops_from_48_rows(ta, tb):
     """B of 1.2 MB (over the direct loops' 1 MiB): from 48 rows of C the loops take it,
     packed (bits of their own, within rounding of BLAS's; the same with packing forced);
-    47 rows, or packing off, stay with BLAS, to the bit."""
+    47 rows, or packing off, stay with BLAS, to the bit. So does a C of 40 columns (1.1 MB
+    of B), which would not split into two parts of 32 columns: on one thread the loops
+    would leave the other core idle."""
     rng = np.random.default_rng(21)
-    for m, packed in [(48, True), (47, False), (130, True)]:
-        a, b = _operands(rng, ta, tb, m, 600, 500)
-        c = rng.standard_normal((m, 600)).astype(np.float32)
+    for m, n, k, packed in [(48, 600, 500, True), (47, 600, 500, False),
+                            (130, 600, 500, True), (100, 40, 7000, False)]:
+        a, b = _operands(rng, ta, tb, m, n, k)
+        c = rng.standard_normal((m, n)).astype(np.float32)
         got = _gemm(ta, tb, 0.5, a, b, 1.0, c)
         blas = _gemm(ta, tb, 0.5, a, b, 1.0, c, 1)
         assert (not np.array_equal(got, blas)) == packed, m
