@@ -147,24 +147,38 @@ def test_verbose_that_is_not_0_1_or_2_is_named():
         _softmax().fit(_x(6), np.array([0, 1, 2] * 2), verbose=np.array([1, 2]))
 
 
+def _fit_weights(backend, optimizer, units, norms):
+    rng = np.random.default_rng(1)
+    X, Y = rng.normal(size=(32, 6)), rng.normal(size=(32, 3))
+    model = fm.Model([fm.Dense(units, "relu"), fm.Dense(3)], input_dim=6, optimizer=optimizer,
+                     backend=backend, seed=5)
+    model.fit(X, Y, epochs=3, batch_size=1, gradient_norms=norms)
+    return model.get_weights()
+
+
 @pytest.mark.parametrize("backend", ["cython", "numba"])
+@pytest.mark.parametrize("units", [4, 20])
 @pytest.mark.parametrize("optimizer", [fm.SGD(0.02), fm.SGD(0.005, momentum=0.5, weight_decay=0.01),
                                        fm.Adam(0.01, weight_decay=0.01)],
                          ids=["sgd", "momentum-decay", "adam-decay"])
-def test_gradient_norms_leave_the_weights_alone(backend, optimizer):
+def test_gradient_norms_leave_the_weights_alone(backend, units, optimizer):
     """The README: with gradient_norms=True plain SGD with weight decay rounds its step
     in the reference's order instead of the fold's (the last bits move); every other
-    optimiser gives the same bits with or without norms."""
-    rng = np.random.default_rng(1)
-    X, Y = rng.normal(size=(32, 6)), rng.normal(size=(32, 3))
-    weights = []
-    for norms in (False, True):
-        model = fm.Model([fm.Dense(20, "relu"), fm.Dense(3)], input_dim=6,
-                         optimizer=optimizer, backend=backend, seed=5)
-        model.fit(X, Y, epochs=3, batch_size=1, gradient_norms=norms)
-        weights.append(model.get_weights())
-    for got, want in zip(*weights):
-        np.testing.assert_array_equal(got, want)
+    optimiser gives the same bits with or without norms, and so does plain SGD without
+    decay where fastmlp's own loops form the folded product: a product of at most 96
+    multiply-adds (the 4-unit net; every backend, every build). The 20-unit net's 6 x 20
+    weight product (120) goes to the GEMM loops of the AVX-512 build, else to BLAS, whose
+    kernel may round the fold's W - lr x^T delta once, as a fused multiply-add
+    (OpenBLAS's Haswell kernels do: on an AVX2 EPYC 146 of the 203 parameters moved by
+    an ulp or two), where W - lr g rounds twice: there the weights agree to rounding."""
+    without, with_norms = (_fit_weights(backend, optimizer, units, norms) for norms in (False, True))
+    plain_sgd = isinstance(optimizer, fm.SGD) and optimizer.momentum == 0
+    blas_may_fuse = plain_sgd and units == 20
+    for got, want in zip(with_norms, without):
+        if blas_may_fuse:
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(got, want)
 
 
 DISTRIBUTED_FLAGS = """
