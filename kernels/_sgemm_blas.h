@@ -457,11 +457,10 @@ static int fm_gemm_f32(int ta, int tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
     g.alpha = alpha;
     g.beta = beta;
     g.A = A;
-    g.B = tb ? T : B;
+    g.B = tb ? T : B;   /* packed: T stays NULL, op(B) = B^T is packed from g.Bt */
     g.Bt = tb ? B : NULL;
     g.C = C;
     if (how == FM_GEMM_PACKED) {   /* by columns, each part packing its own (see above) */
-        g.B = tb ? NULL : B;   /* (op(B) = B^T is packed from g.Bt) */
         if (most >= 2)
             fm_split(fm_gemm_packed, &g, (n + 15) / 16, most);
         else
