@@ -1006,7 +1006,7 @@ class Model(Fitting):
             # A first call compiles the training kernel before labels are learnt: a
             # Ctrl-C held back through that compile (seconds) left classes_ with no step
             if self._ready_to_train is not None:
-                self._ready_to_train()
+                self._ready_to_train(guarded=self._checked_step)
             learnt = self.classes_, self.feature_names_in_
             # learn: labels found here become classes_, so later calls map them alike
             X, T = self._data(X, Y, learn=True)

@@ -29,7 +29,8 @@ NOTICE_AFTER_S = 1.0
 
 # what a user knows an entry point as, for the notice
 _CALLS = {"run": "fit, train_on_batch and gradients", "predict": "predict",
-          "evaluate": "evaluate"}   # ("... for float32 used by predict")
+          "evaluate": "evaluate", "activations": "this network's activations",
+          "guard": "train_on_batch"}   # ("... for float32 used by predict")
 
 
 def compiling(kernel, dtype):
@@ -114,3 +115,8 @@ def _exercise(dtype, Model, complete=False):
     m.fit(X, T, epochs=1, batch_size=2, gradient_norms=True, shuffle=False)
     if complete:
         m.evaluate(X, T)
+    # every activation's passes, which compile per activation (for the networks that use
+    # them: numba_activations.activation_addresses)
+    from .activations import BY_CODE
+    from .kernels.numba_activations import activation_addresses
+    activation_addresses(sorted(BY_CODE), dtype)

@@ -29,13 +29,15 @@ per-unit alpha (k,) instead.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core.errors import TypingError
+from numba.extending import overload
 
 from fastmlp.codes import (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, RELU, SIGMOID,
                            SIGN, SOFTMAX, SOFTPLUS, STEP, SUM_BLOCK, TANH)
 
-from .numba_link import separate
-from .numba_math import HELPER, INLINE, KERNEL, abs_max
+from .numba_link import Late, separate
+from .numba_math import _OVERLOAD, HELPER, INLINE, KERNEL, abs_max
 from .numba_math import exp as _exp
 from .numba_math import expm1 as _expm1
 from .numba_math import like
@@ -115,6 +117,188 @@ _abs_max_linked = separate(abs_max, read_only=True)
 ACT_BLOCK = 2048
 
 
+# One loop per activation and pass, each over a block of rows: Z and A (n, k), zf and af
+# the same rows r0:r1 flat (r1 - r0) * k; prelu alone reads them row by row, with alpha
+# (k,). In the array dtype throughout (see the module docstring).
+
+@njit(**HELPER)
+def _relu(Z, A, zf, af, r0, r1, p, alpha):
+    # max(z, 0) as the reference's np.maximum: NaN stays NaN (z <= 0 is False) and -0
+    # becomes +0
+    zero = zf.dtype.type(0.0)
+    for t in range(zf.shape[0]):
+        z = zf[t]
+        af[t] = zero if z <= 0 else z
+
+
+@njit(**HELPER)
+def _prelu(Z, A, zf, af, r0, r1, p, alpha):
+    for i in range(r0, r1):
+        for j in range(Z.shape[1]):
+            z = Z[i, j]
+            A[i, j] = z if z >= 0 else alpha[j] * z
+
+
+@njit(**HELPER)
+def _sigmoid_loop(Z, A, zf, af, r0, r1, p, alpha):
+    for t in range(zf.shape[0]):
+        af[t] = _sigmoid(zf[t])
+
+
+@njit(**HELPER)
+def _tanh_loop(Z, A, zf, af, r0, r1, p, alpha):
+    for t in range(zf.shape[0]):
+        af[t] = _tanh(zf[t])
+
+
+@njit(**HELPER)
+def _linear(Z, A, zf, af, r0, r1, p, alpha):
+    for t in range(zf.shape[0]):
+        af[t] = p * zf[t]
+
+
+@njit(**HELPER)
+def _leaky_relu(Z, A, zf, af, r0, r1, p, alpha):
+    for t in range(zf.shape[0]):
+        z = zf[t]
+        af[t] = z if z >= 0 else p * z
+
+
+@njit(**HELPER)
+def _elu(Z, A, zf, af, r0, r1, p, alpha):
+    zero = zf.dtype.type(0.0)
+    for t in range(zf.shape[0]):
+        z = zf[t]
+        af[t] = z if z >= 0 else p * _expm1(min(z, zero))
+
+
+@njit(**HELPER)
+def _softplus_loop(Z, A, zf, af, r0, r1, p, alpha):
+    for t in range(zf.shape[0]):
+        af[t] = _softplus(zf[t])
+
+
+@njit(**HELPER)
+def _piecewise_linear(Z, A, zf, af, r0, r1, p, alpha):
+    zero, half, one = zf.dtype.type(0.0), zf.dtype.type(0.5), zf.dtype.type(1.0)
+    for t in range(zf.shape[0]):
+        af[t] = min(max(zf[t] + half, zero), one)
+
+
+@njit(**HELPER)
+def _step(Z, A, zf, af, r0, r1, p, alpha):
+    zero, half, one = zf.dtype.type(0.0), zf.dtype.type(0.5), zf.dtype.type(1.0)
+    for t in range(zf.shape[0]):
+        z = zf[t]
+        af[t] = one if z > 0 else (zero if z < 0 else half)
+
+
+@njit(**HELPER)
+def _sign(Z, A, zf, af, r0, r1, p, alpha):
+    # as np.sign: NaN stays NaN, -0 becomes +0
+    zero, one = zf.dtype.type(0.0), zf.dtype.type(1.0)
+    for t in range(zf.shape[0]):
+        z = zf[t]
+        af[t] = one if z > 0 else (-one if z < 0 else (zero if z == 0 else z))
+
+
+_FORWARD_LOOPS = {RELU: _relu, PRELU: _prelu, SIGMOID: _sigmoid_loop, TANH: _tanh_loop,
+                  LINEAR: _linear, LEAKY_RELU: _leaky_relu, ELU: _elu,
+                  SOFTPLUS: _softplus_loop, PIECEWISE_LINEAR: _piecewise_linear,
+                  STEP: _step, SIGN: _sign}
+
+
+def _forward_loop(code, Z, A, zf, af, r0, r1, p, alpha):
+    """The forward loop of activation ``code`` (not softmax) over one block (see above)."""
+
+
+@overload(_forward_loop, jit_options=_OVERLOAD, prefer_literal=True)
+def _forward_loop_for(code, Z, A, zf, af, r0, r1, p, alpha):
+    # a code known when the caller compiles (a literal: bias_act_forward specialised,
+    # numba_late): that activation's loop alone is typed and compiled; else every loop,
+    # picked per block
+    loop = _known(code, _FORWARD_LOOPS, (SOFTMAX,))
+    if loop is not None:
+        def known(code, Z, A, zf, af, r0, r1, p, alpha):
+            loop(Z, A, zf, af, r0, r1, p, alpha)
+        return known
+
+    def any_code(code, Z, A, zf, af, r0, r1, p, alpha):
+        if code == RELU:
+            _relu(Z, A, zf, af, r0, r1, p, alpha)
+        elif code == PRELU:
+            _prelu(Z, A, zf, af, r0, r1, p, alpha)
+        elif code == SIGMOID:
+            _sigmoid_loop(Z, A, zf, af, r0, r1, p, alpha)
+        elif code == TANH:
+            _tanh_loop(Z, A, zf, af, r0, r1, p, alpha)
+        elif code == LINEAR:
+            _linear(Z, A, zf, af, r0, r1, p, alpha)
+        elif code == LEAKY_RELU:
+            _leaky_relu(Z, A, zf, af, r0, r1, p, alpha)
+        elif code == ELU:
+            _elu(Z, A, zf, af, r0, r1, p, alpha)
+        elif code == SOFTPLUS:
+            _softplus_loop(Z, A, zf, af, r0, r1, p, alpha)
+        elif code == PIECEWISE_LINEAR:
+            _piecewise_linear(Z, A, zf, af, r0, r1, p, alpha)
+        elif code == STEP:
+            _step(Z, A, zf, af, r0, r1, p, alpha)
+        elif code == SIGN:
+            _sign(Z, A, zf, af, r0, r1, p, alpha)
+        else:
+            raise ValueError("unknown activation code")
+    return any_code
+
+
+def _known(code, table, own):
+    """table[code] where ``code`` is typed as a literal (a kernel specialised on it); a
+    stand-in never called where that code's pass is a branch of its own (``own``: softmax,
+    prelu's derivative); None where the code is known only at run time, or has no loop
+    here (every loop then, and the ValueError of an unknown code)."""
+    if not isinstance(code, types.IntegerLiteral):
+        return None
+    if code.literal_value in own:
+        return _nothing
+    return table.get(code.literal_value)
+
+
+@njit(**HELPER)
+def _nothing(*args):
+    pass
+
+
+def _is_softmax(code):
+    """Whether ``code`` is softmax (inside @njit code; see the overload)."""
+
+
+@overload(_is_softmax, jit_options=_OVERLOAD, prefer_literal=True)
+def _is_softmax_for(code):
+    # a literal code answers while the caller is typed
+    if isinstance(code, types.IntegerLiteral):
+        answer = code.literal_value == SOFTMAX
+        return lambda code: answer
+    return lambda code: code == SOFTMAX
+
+
+def _softmax_pass(code, Z, b, A, want_max):
+    """Softmax's forward pass (Z += b; A = softmax(Z) by rows; max |A| if want_max): only
+    called where _is_softmax(code)."""
+
+
+@overload(_softmax_pass, jit_options=_OVERLOAD, prefer_literal=True)
+def _softmax_pass_for(code, Z, b, A, want_max):
+    # Typing types both sides of a branch: a kernel specialised on another literal code
+    # gets a stand-in here, so it never types, links or compiles the softmax kernels.
+    if isinstance(code, types.IntegerLiteral) and code.literal_value != SOFTMAX:
+        return lambda code, Z, b, A, want_max: 0.0
+
+    def softmax(code, Z, b, A, want_max):
+        _softmax_forward_linked(Z, b, A)
+        return _abs_max_linked(A, 0, Z.shape[0]) if want_max else 0.0
+    return softmax
+
+
 @njit(**KERNEL)
 def bias_act_forward(Z, b, A, code, p, alpha, want_max):
     """Z (n, k) += b (k,) in place; A (n, k) = f(Z), OVERWRITTEN. A may be Z itself.
@@ -129,12 +313,12 @@ def bias_act_forward(Z, b, A, code, p, alpha, want_max):
     Cython kernels fuse the three row by row). A narrow layer's rows of 2 or 4
     elements are too short to vectorise one by one (a 3-4-2 sigmoid net's forward pass
     took twice as long row by row); a block of them is not.
+    Compiled for a literal ``code`` (numba_late.activation_kernels), it holds that
+    activation's code alone.
     """
     n, k = Z.shape
-    if code == SOFTMAX:
-        _softmax_forward_linked(Z, b, A)
-        return _abs_max_linked(A, 0, n) if want_max else 0.0
-    zero, half, one = Z.dtype.type(0.0), Z.dtype.type(0.5), Z.dtype.type(1.0)
+    if _is_softmax(code):
+        return _softmax_pass(code, Z, b, A, want_max)
     step = max(1, ACT_BLOCK // max(k, 1))
     top = 0.0
     for r0 in range(0, n, step):
@@ -142,53 +326,8 @@ def bias_act_forward(Z, b, A, code, p, alpha, want_max):
         for i in range(r0, r1):
             for j in range(k):
                 Z[i, j] += b[j]
-        zf, af = flat(Z, r0 * k, r1 * k), flat(A, r0 * k, r1 * k)
-        m = zf.shape[0]
-        if code == RELU:
-            # max(z, 0) as the reference's np.maximum: NaN stays NaN (z <= 0 is False) and
-            # -0 becomes +0
-            for t in range(m):
-                z = zf[t]
-                af[t] = zero if z <= 0 else z
-        elif code == PRELU:
-            for i in range(r0, r1):
-                for j in range(k):
-                    z = Z[i, j]
-                    A[i, j] = z if z >= 0 else alpha[j] * z
-        elif code == SIGMOID:
-            for t in range(m):
-                af[t] = _sigmoid(zf[t])
-        elif code == TANH:
-            for t in range(m):
-                af[t] = _tanh(zf[t])
-        elif code == LINEAR:
-            for t in range(m):
-                af[t] = p * zf[t]
-        elif code == LEAKY_RELU:
-            for t in range(m):
-                z = zf[t]
-                af[t] = z if z >= 0 else p * z
-        elif code == ELU:
-            for t in range(m):
-                z = zf[t]
-                af[t] = z if z >= 0 else p * _expm1(min(z, zero))
-        elif code == SOFTPLUS:
-            for t in range(m):
-                af[t] = _softplus(zf[t])
-        elif code == PIECEWISE_LINEAR:
-            for t in range(m):
-                af[t] = min(max(zf[t] + half, zero), one)
-        elif code == STEP:
-            for t in range(m):
-                z = zf[t]
-                af[t] = one if z > 0 else (zero if z < 0 else half)
-        elif code == SIGN:
-            # as np.sign: NaN stays NaN, -0 becomes +0
-            for t in range(m):
-                z = zf[t]
-                af[t] = one if z > 0 else (-one if z < 0 else (zero if z == 0 else z))
-        else:
-            raise ValueError("unknown activation code")
+        _forward_loop(code, Z, A, flat(Z, r0 * k, r1 * k), flat(A, r0 * k, r1 * k), r0, r1,
+                      p, alpha)
         if want_max:
             v = _abs_max_linked(A, r0, r1)
             top = v if not (v <= top) else top  # NaN and inf win
@@ -238,72 +377,238 @@ def act_backward(G, Z, A, code, p, alpha, galpha, beta, want_max):
     loop vectorises (a conditional load made relu's a branchy scalar loop, 1.6x slower).
     """
     n, k = Z.shape
-    if code == SOFTMAX:
-        _softmax_backward_linked(G, A, Z)
-        return _abs_max_linked(Z, 0, n) if want_max else 0.0
-    zero, half, one = Z.dtype.type(0.0), Z.dtype.type(0.5), Z.dtype.type(1.0)
-    if code == PRELU:  # alpha per unit: row by row, a block of columns at a time
-        acc = column_sums()  # galpha summed in float64, as gb (numba_layers.dense_params)
-        for j0 in range(0, k, SUM_BLOCK):
-            m = min(SUM_BLOCK, k - j0)
-            for j in range(m):
-                acc[j] = 0.0
-            a = flat(alpha, j0, j0 + m)
-            for i in range(n):
-                # views indexed from 0, so no negative-index check (see dense_params)
-                gr, zr = flat(G, i * k + j0, i * k + j0 + m), flat(Z, i * k + j0, i * k + j0 + m)
-                for j in range(m):
-                    g, z = gr[j], zr[j]
-                    acc[j] += g * min(z, zero)  # d prelu / d alpha = min(z, 0)
-                    zr[j] = g * (one if z >= 0 else a[j])
-            add_sums(acc, m, galpha, j0, beta)
-        return _abs_max_linked(Z, 0, n) if want_max else 0.0
+    if _is_softmax(code):
+        return _softmax_backward_pass(code, G, A, Z, want_max)
+    if _is_prelu(code):  # alpha per unit: row by row, a block of columns at a time
+        return _prelu_backward_pass(code, G, Z, alpha, galpha, beta, want_max)
     step = max(1, ACT_BLOCK // max(k, 1))
     top = 0.0
     for r0 in range(0, n, step):
         r1 = min(r0 + step, n)
-        gf, zf, af = flat(G, r0 * k, r1 * k), flat(Z, r0 * k, r1 * k), flat(A, r0 * k, r1 * k)
-        m = zf.shape[0]
-        if code == RELU:
-            for t in range(m):
-                g = gf[t]
-                zf[t] = g * (one if zf[t] > 0 else zero)
-        elif code == SIGMOID:
-            for t in range(m):
-                f = af[t]
-                zf[t] = gf[t] * (f * (one - f))
-        elif code == TANH:
-            for t in range(m):
-                f = af[t]
-                zf[t] = gf[t] * (one - f * f)
-        elif code == LINEAR:
-            for t in range(m):
-                zf[t] = gf[t] * p
-        elif code == LEAKY_RELU:
-            for t in range(m):
-                g = gf[t]
-                zf[t] = g * (one if zf[t] >= 0 else p)
-        elif code == ELU:
-            for t in range(m):
-                g = gf[t]
-                # alpha e^z, not f + alpha: that cancels (0 below z = -17 in float32); e^z
-                # in float64, as the reference (a float32 e^z below 1e-38 loses its digits)
-                z = zf[t]
-                zf[t] = g * (one if z >= 0 else Z.dtype.type(p * _exp(np.float64(min(z, zero)))))
-        elif code == SOFTPLUS:
-            for t in range(m):
-                zf[t] = gf[t] * _sigmoid(zf[t])
-        elif code == PIECEWISE_LINEAR:
-            for t in range(m):
-                g = gf[t]
-                z = zf[t]
-                zf[t] = g * (one if (z > -half) & (z < half) else zero)
-        elif code == STEP or code == SIGN:  # no gradient flows: g * 0 (NaN for an inf g)
-            for t in range(m):
-                zf[t] = gf[t] * zero
-        else:
-            raise ValueError("unknown activation code")
+        _backward_loop(code, flat(G, r0 * k, r1 * k), flat(Z, r0 * k, r1 * k),
+                       flat(A, r0 * k, r1 * k), p)
         if want_max:
             v = _abs_max_linked(Z, r0, r1)
             top = v if not (v <= top) else top  # NaN and inf win
     return top
+
+
+# The derivative loops, one per activation (prelu's and softmax's: whole passes above),
+# over one block: gf (dE/dA), zf (IN z, OUT delta) and af (f), the same rows flat.
+
+@njit(**HELPER)
+def _relu_backward(gf, zf, af, p):
+    zero, one = zf.dtype.type(0.0), zf.dtype.type(1.0)
+    for t in range(zf.shape[0]):
+        g = gf[t]
+        zf[t] = g * (one if zf[t] > 0 else zero)
+
+
+@njit(**HELPER)
+def _sigmoid_backward(gf, zf, af, p):
+    one = zf.dtype.type(1.0)
+    for t in range(zf.shape[0]):
+        f = af[t]
+        zf[t] = gf[t] * (f * (one - f))
+
+
+@njit(**HELPER)
+def _tanh_backward(gf, zf, af, p):
+    one = zf.dtype.type(1.0)
+    for t in range(zf.shape[0]):
+        f = af[t]
+        zf[t] = gf[t] * (one - f * f)
+
+
+@njit(**HELPER)
+def _linear_backward(gf, zf, af, p):
+    for t in range(zf.shape[0]):
+        zf[t] = gf[t] * p
+
+
+@njit(**HELPER)
+def _leaky_relu_backward(gf, zf, af, p):
+    one = zf.dtype.type(1.0)
+    for t in range(zf.shape[0]):
+        g = gf[t]
+        zf[t] = g * (one if zf[t] >= 0 else p)
+
+
+@njit(**HELPER)
+def _elu_backward(gf, zf, af, p):
+    zero, one = zf.dtype.type(0.0), zf.dtype.type(1.0)
+    for t in range(zf.shape[0]):
+        g = gf[t]
+        # alpha e^z, not f + alpha: that cancels (0 below z = -17 in float32); e^z in
+        # float64, as the reference (a float32 e^z below 1e-38 loses its digits)
+        z = zf[t]
+        zf[t] = g * (one if z >= 0 else zf.dtype.type(p * _exp(np.float64(min(z, zero)))))
+
+
+@njit(**HELPER)
+def _softplus_backward(gf, zf, af, p):
+    for t in range(zf.shape[0]):
+        zf[t] = gf[t] * _sigmoid(zf[t])
+
+
+@njit(**HELPER)
+def _piecewise_linear_backward(gf, zf, af, p):
+    zero, half, one = zf.dtype.type(0.0), zf.dtype.type(0.5), zf.dtype.type(1.0)
+    for t in range(zf.shape[0]):
+        g = gf[t]
+        z = zf[t]
+        zf[t] = g * (one if (z > -half) & (z < half) else zero)
+
+
+@njit(**HELPER)
+def _flat_backward(gf, zf, af, p):
+    """step's and sign's: no gradient flows, g * 0 (NaN for an inf g)."""
+    zero = zf.dtype.type(0.0)
+    for t in range(zf.shape[0]):
+        zf[t] = gf[t] * zero
+
+
+_BACKWARD_LOOPS = {RELU: _relu_backward, SIGMOID: _sigmoid_backward, TANH: _tanh_backward,
+                   LINEAR: _linear_backward, LEAKY_RELU: _leaky_relu_backward,
+                   ELU: _elu_backward, SOFTPLUS: _softplus_backward,
+                   PIECEWISE_LINEAR: _piecewise_linear_backward, STEP: _flat_backward,
+                   SIGN: _flat_backward}
+
+
+def _backward_loop(code, gf, zf, af, p):
+    """The derivative loop of activation ``code`` (not prelu, not softmax) over a block."""
+
+
+@overload(_backward_loop, jit_options=_OVERLOAD, prefer_literal=True)
+def _backward_loop_for(code, gf, zf, af, p):
+    # as _forward_loop_for
+    loop = _known(code, _BACKWARD_LOOPS, (SOFTMAX, PRELU))
+    if loop is not None:
+        def known(code, gf, zf, af, p):
+            loop(gf, zf, af, p)
+        return known
+
+    def any_code(code, gf, zf, af, p):
+        if code == RELU:
+            _relu_backward(gf, zf, af, p)
+        elif code == SIGMOID:
+            _sigmoid_backward(gf, zf, af, p)
+        elif code == TANH:
+            _tanh_backward(gf, zf, af, p)
+        elif code == LINEAR:
+            _linear_backward(gf, zf, af, p)
+        elif code == LEAKY_RELU:
+            _leaky_relu_backward(gf, zf, af, p)
+        elif code == ELU:
+            _elu_backward(gf, zf, af, p)
+        elif code == SOFTPLUS:
+            _softplus_backward(gf, zf, af, p)
+        elif code == PIECEWISE_LINEAR:
+            _piecewise_linear_backward(gf, zf, af, p)
+        elif code == STEP or code == SIGN:
+            _flat_backward(gf, zf, af, p)
+        else:
+            raise ValueError("unknown activation code")
+    return any_code
+
+
+def _is_prelu(code):
+    """Whether ``code`` is prelu (inside @njit code; see the overload)."""
+
+
+@overload(_is_prelu, jit_options=_OVERLOAD, prefer_literal=True)
+def _is_prelu_for(code):
+    if isinstance(code, types.IntegerLiteral):
+        answer = code.literal_value == PRELU
+        return lambda code: answer
+    return lambda code: code == PRELU
+
+
+def _softmax_backward_pass(code, G, A, Z, want_max):
+    """Softmax's derivative pass (act_backward's contract): only where _is_softmax(code)."""
+
+
+@overload(_softmax_backward_pass, jit_options=_OVERLOAD, prefer_literal=True)
+def _softmax_backward_pass_for(code, G, A, Z, want_max):
+    if isinstance(code, types.IntegerLiteral) and code.literal_value != SOFTMAX:
+        return lambda code, G, A, Z, want_max: 0.0   # never called (see _softmax_pass_for)
+
+    def softmax(code, G, A, Z, want_max):
+        _softmax_backward_linked(G, A, Z)
+        return _abs_max_linked(Z, 0, Z.shape[0]) if want_max else 0.0
+    return softmax
+
+
+def _prelu_backward_pass(code, G, Z, alpha, galpha, beta, want_max):
+    """Prelu's derivative pass (act_backward's contract): only where _is_prelu(code)."""
+
+
+@overload(_prelu_backward_pass, jit_options=_OVERLOAD, prefer_literal=True)
+def _prelu_backward_pass_for(code, G, Z, alpha, galpha, beta, want_max):
+    if isinstance(code, types.IntegerLiteral) and code.literal_value != PRELU:
+        return lambda code, G, Z, alpha, galpha, beta, want_max: 0.0   # never called
+    return lambda code, G, Z, alpha, galpha, beta, want_max: _prelu_backward(
+        G, Z, alpha, galpha, beta, want_max)
+
+
+@njit(**HELPER)
+def _prelu_backward(G, Z, alpha, galpha, beta, want_max):
+    """act_backward for prelu: alpha per unit, so row by row, a block of columns at a time."""
+    n, k = Z.shape
+    zero, one = Z.dtype.type(0.0), Z.dtype.type(1.0)
+    acc = column_sums()  # galpha summed in float64, as gb (numba_layers.dense_params)
+    for j0 in range(0, k, SUM_BLOCK):
+        m = min(SUM_BLOCK, k - j0)
+        for j in range(m):
+            acc[j] = 0.0
+        a = flat(alpha, j0, j0 + m)
+        for i in range(n):
+            # views indexed from 0, so no negative-index check (see dense_params)
+            gr, zr = flat(G, i * k + j0, i * k + j0 + m), flat(Z, i * k + j0, i * k + j0 + m)
+            for j in range(m):
+                g, z = gr[j], zr[j]
+                acc[j] += g * min(z, zero)  # d prelu / d alpha = min(z, 0)
+                zr[j] = g * (one if z >= 0 else a[j])
+        add_sums(acc, m, galpha, j0, beta)
+    return _abs_max_linked(Z, 0, n) if want_max else 0.0
+
+
+def _forward_types(dtype):
+    """bias_act_forward's argument types, as its callers pass them, in ``dtype``."""
+    rows, vector = types.Array(dtype, 2, "C"), types.Array(dtype, 1, "C")
+    return (rows, vector, rows, types.int64, dtype, vector, types.boolean)
+
+
+def _backward_types(dtype):
+    """act_backward's argument types, as its callers pass them, in ``dtype``."""
+    rows, vector = types.Array(dtype, 2, "C"), types.Array(dtype, 1, "C")
+    return (rows, rows, rows, types.int64, dtype, vector, vector, types.float64, types.boolean)
+
+
+# The two passes as the training and predict kernels call them: by address, each
+# compiled for one activation code (argument 3, a literal) when a network with that
+# activation first asks for it (activation_addresses), so a first compile holds the
+# loops of the network's own activations only (a sigmoid pair took 1.4 s to compile,
+# all eleven in one pair of kernels 4.1 s).
+FORWARD = Late(bias_act_forward, _forward_types, 3, types.float64)
+BACKWARD = Late(act_backward, _backward_types, 3, types.float64)
+
+
+def _numba_dtype(dtype):
+    return types.float32 if np.dtype(dtype) == np.float32 else types.float64
+
+
+def activations_ready(codes, dtype):
+    """Whether :func:`activation_addresses` of ``codes`` in ``dtype`` has nothing to
+    compile or load (every code asked for before in this process)."""
+    nb = _numba_dtype(dtype)
+    return all(late.ready(nb, code) for code in codes for late in (FORWARD, BACKWARD))
+
+
+def activation_addresses(codes, dtype):
+    """int64 (2 L,): for each layer's activation code in ``codes``, the addresses of its
+    forward and derivative passes (FORWARD, BACKWARD) in ``dtype`` (a NumPy dtype),
+    compiled or loaded for the codes not asked for before in this process."""
+    nb = _numba_dtype(dtype)
+    return np.array([late.address(nb, code) for code in codes for late in (FORWARD, BACKWARD)],
+                    dtype=np.int64)

@@ -18,27 +18,27 @@ from numba import njit
 
 from fastmlp.codes import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MSE, SUM_BLOCK
 
-from .numba_activations import add_sums, bias_act_forward
+from .numba_activations import FORWARD, add_sums
 from .numba_blas import gemm_nn, gemm_tn
-from .numba_link import separate
 from .numba_math import INLINE, KERNEL
 from .numba_math import exp as _exp
 from .numba_math import log1p as _log1p
 from .numba_views import column_sums, flat
 
 
-_bias_act_forward_linked = separate(bias_act_forward)
+_bias_act_forward_at = FORWARD.call
 
 
 @njit(**INLINE)
-def dense_forward(X, W, b, alpha, Z, A, code, p, want_max):
+def dense_forward(X, W, b, alpha, Z, A, code, p, want_max, at):
     """Z (n, k) = X (n, k_in) @ W + b and A (n, k) = f(Z), both OVERWRITTEN; returns
-    max |A| when ``want_max``, else 0 (bias_act_forward).
+    max |A| when ``want_max``, else 0 (bias_act_forward, for activation ``code``, at
+    ``at``: numba_activations.FORWARD).
 
     A may be Z, but LLVM keeps a pass whose arrays may overlap scalar: 4x slower.
     """
     gemm_nn(X, W, Z, 1.0, 0.0)
-    return _bias_act_forward_linked(Z, b, A, code, p, alpha, want_max)
+    return _bias_act_forward_at(at, Z, b, A, code, p, alpha, want_max)
 
 
 @njit(**INLINE)

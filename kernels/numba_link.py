@@ -42,7 +42,8 @@ import threading
 
 import llvmlite.binding as llvm
 from numba import types
-from numba.core import caching, config, sigutils
+from numba.core import caching, cgutils, config, sigutils
+from numba.core.errors import TypingError
 from numba.core.dispatcher import Dispatcher
 from numba.extending import intrinsic
 
@@ -297,3 +298,86 @@ def separate(dispatcher, read_only=False):
     call = intrinsic(scope["call"])
     call.__name__ = call.__qualname__ = f"separate_{name}"
     return call
+
+
+
+class Late:
+    """``dispatcher`` called from @njit code through an address known only at run time,
+    so that the caller's compile neither compiles nor links it. ``call(address, *args)``
+    (an intrinsic) runs the code at ``address``: :meth:`address` of ``(dtype, code)``,
+    ``dispatcher`` compiled for ``argtypes_of(dtype)`` with argument ``literal`` typed
+    as the literal integer ``code`` (an integer literal passes as an int64). So a kernel
+    specialised on a code (an activation's) compiles for the codes a network has, when
+    a network first asks for them, and its caller, which passes that argument as an
+    int64, serves every code. The call is Numba's own, as :func:`separate`'s (return
+    value ``restype``, status, exceptions). ``literal`` None: no code, one compile per
+    dtype, when first asked for (``code`` 0). ``args`` must have exactly the types
+    ``argtypes_of(dtype)`` names, ``dtype`` the first argument's (an array): else a
+    typing error naming both, as code compiled for other types would be called wrongly.
+    """
+
+    def __init__(self, dispatcher, argtypes_of, literal, restype):
+        guard_cache(dispatcher)
+        self.dispatcher, self.argtypes_of = dispatcher, argtypes_of
+        self.literal, self.restype = literal, restype
+        self._addresses = {}
+        self._lock = threading.Lock()
+        self.call = self._intrinsic()
+
+    def argtypes(self, dtype, code):
+        """The types ``dispatcher`` is compiled for, for ``code`` in ``dtype``."""
+        argtypes = list(self.argtypes_of(dtype))
+        if self.literal is not None:
+            argtypes[self.literal] = types.IntegerLiteral(int(code))
+        return tuple(argtypes)
+
+    def ready(self, dtype, code):
+        """Whether :meth:`address` of ``(dtype, code)`` is known (nothing to compile)."""
+        return (dtype, int(code)) in self._addresses
+
+    def address(self, dtype, code):
+        """The address of ``dispatcher``'s code for ``code`` and the dtype ``dtype`` (a
+        Numba type), compiled or loaded on the first request (compile_for), then kept:
+        the code lives as long as the dispatcher, for the process."""
+        key = (dtype, int(code))
+        with self._lock:   # one compile per key, however many threads ask
+            if key not in self._addresses:
+                argtypes = self.argtypes(dtype, code)
+                compile_for(self.dispatcher, argtypes)
+                cres = self.dispatcher.overloads[argtypes]
+                if cres.signature.return_type != self.restype:
+                    raise TypeError(f"{self.dispatcher.py_func.__name__} returns "
+                                    f"{cres.signature.return_type}, not {self.restype}")
+                self._addresses[key] = cres.library.get_pointer_to_function(
+                    cres.fndesc.mangled_name)
+            return self._addresses[key]
+
+    def _intrinsic(self):
+        name, restype = self.dispatcher.py_func.__name__, self.restype
+
+        def typer(address, *args):
+            argtypes = tuple(_argtype(a, False) for a in args)
+            want = tuple(self.argtypes_of(args[0].dtype))
+            if argtypes != want:
+                raise TypingError(f"{name} is called by address with {argtypes}, but its "
+                                  f"addresses are of {want}")
+
+            def codegen(context, builder, signature, llargs):
+                at = context.cast(builder, llargs[0], signature.args[0], types.int64)
+                fnty = context.call_conv.get_function_type(restype, argtypes)
+                fn = builder.inttoptr(at, fnty.as_pointer())
+                status, res = context.call_conv.call_function(builder, fn, restype,
+                                                              argtypes, list(llargs[1:]))
+                with cgutils.if_unlikely(builder, status.is_error):
+                    context.call_conv.return_status_propagate(builder, status)
+                return res
+
+            return restype(address, *argtypes), codegen
+
+        params = ", ".join(inspect.signature(self.dispatcher.py_func).parameters)
+        scope = {"typer": typer}
+        exec(f"def call(typingctx, address, {params}):\n"
+             f"    return typer(address, {params})\n", scope)
+        call = intrinsic(scope["call"])
+        call.__name__ = call.__qualname__ = f"late_{name}"
+        return call

@@ -39,7 +39,7 @@ users never see stale code.)
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 
 from fastmlp._aligned import aligned_zeros
 from fastmlp.codes import (ADAM_CODE, BETA1, BETA2, EPS, GRADIENT, NESTEROV as _NESTEROV, LAYER_ACT, LAYER_ALPHA,
@@ -49,22 +49,29 @@ from fastmlp.codes import (ADAM_CODE, BETA1, BETA2, EPS, GRADIENT, NESTEROV as _
                            PLAN_WIDEST, PLAN_WS_SIZE, SGD_CODE, TRAIN, WEIGHT_DECAY,
                            WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD, WS_TB, WS_XB)
 
-from .numba_activations import act_backward, bias_act_forward
+from .numba_activations import (BACKWARD, FORWARD, _numba_dtype, activation_addresses,
+                                 activations_ready)
 from .numba_blas import gemm_nn, gemm_nt, gemm_tn_from
 from .numba_gemv import forward, xw
 from .numba_layers import (adam_update, dense_forward, dense_params, loss_forward_backward,
                            loss_value_kernel, sgd_update)
-from .numba_link import separate
+from .numba_link import Late, separate
 from .numba_math import ALLOCATING_ENTRY, ENTRY, HELPER, KERNEL, abs_max
 from .numba_views import flat, matrix
 
 
 def new_workspace(net, dtype, cap, fold_rows=0):
     """(plan, ws, grad) for ``net`` (a :class:`fastmlp.network.Network`) trained at most
-    ``cap`` rows at a time: plan = net.plan(cap, fold_rows); ws, laid out by it, holds
+    ``cap`` rows at a time: plan = net.plan(cap, fold_rows), then for each layer the
+    addresses of its activation's forward and derivative passes (:func:`_calls`; the
+    passes compiled for the net's activations: numba_activations.activation_addresses);
+    ws, laid out by it, holds
     the activation parameters and every buffer; grad (p,) is its gradient vector, a
     view of ws."""
-    plan = net.plan(cap, fold_rows)
+    # then, after the layer rows, each layer's activation passes' addresses (_calls)
+    # and the guard's, 0 until it is compiled (guard_address)
+    plan = np.concatenate([net.plan(cap, fold_rows), activation_addresses(net.act_codes, dtype),
+                           [guard_address(dtype) if guard_ready(dtype) else 0]])
     ws = aligned_zeros(plan[PLAN_WS_SIZE], dtype)   # every buffer on a cache line (plan)
     fp, grad = plan[WS_ACT_PARAMS], plan[WS_GRAD]
     ws[fp:fp + len(net.act_params)] = net.act_params
@@ -97,6 +104,22 @@ def new_guard(net, dtype):
 def _row(l):
     """Start of layer l's row in a plan."""
     return PLAN_HEAD + LAYER_FIELDS * l
+
+
+def calls_index(plan, l):
+    """Where layer l's activation pass addresses lie in a plan of new_workspace: forward,
+    then derivative (numba_activations.FORWARD and BACKWARD), after the layer rows; at
+    l = L, the guard's (GUARD)."""
+    return PLAN_HEAD + LAYER_FIELDS * plan[PLAN_LAYERS] + 2 * l
+
+
+_calls = njit(**HELPER)(calls_index)
+
+
+def arm_guard(plan, dtype):
+    """The guard kernel compiled (or loaded) for ``dtype``, and its address written to
+    ``plan`` (new_workspace's), so that run may guard a step with it."""
+    plan[calls_index(plan, plan[PLAN_LAYERS])] = guard_address(dtype)
 
 
 @njit(**HELPER)
@@ -328,8 +351,33 @@ def _guard(theta, bufs, grad, plan, h, opt, step, guard, loss, rows, batch_rows,
     return 0
 
 
-_guard_linked = separate(_guard)
-_act_backward_linked = separate(act_backward)
+
+
+def _guard_types(dtype):
+    """_guard's argument types, as run passes them, in ``dtype``."""
+    vector, rows = types.Array(dtype, 1, "C"), types.Array(dtype, 2, "C")
+    ints, floats = types.Array(types.int64, 1, "C"), types.Array(types.float64, 1, "C")
+    return (vector, rows, vector, ints, floats, types.int64, ints, floats, types.float64,
+            types.int64, types.int64, vector, types.int64)
+
+
+# run calls the guard by address (the plan's, _calls(plan, L)), so that a fit, which never
+# guards a step, does not compile it with run (a sixth of run's first compile): the
+# numba backend asks for it on the first guarded step (guard_address)
+GUARD = Late(_guard, _guard_types, None, types.int64)
+_guard_at = GUARD.call
+
+
+def guard_address(dtype):
+    """The address of the guard kernel in ``dtype`` (a NumPy dtype), compiled or loaded on
+    the first request in this process."""
+    return GUARD.address(_numba_dtype(dtype), 0)
+
+
+def guard_ready(dtype):
+    """Whether :func:`guard_address` of ``dtype`` has nothing to compile."""
+    return GUARD.ready(_numba_dtype(dtype), 0)
+_act_backward_at = BACKWARD.call
 
 
 @njit(**HELPER)
@@ -409,6 +457,9 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
     elif mode != GRADIENT:
         raise ValueError("unknown run mode")
     guarded = guard.shape[0] > 0
+    guard_at = plan[_calls(plan, plan[PLAN_LAYERS])]
+    if guarded and guard_at == 0:
+        raise ValueError("the guard kernel is not compiled (numba_train.guard_address)")
     if guarded and not _inputs_ok(X, T, plan, guard):
         return np.nan, 1
     want_norms, report = norms.shape[0] > 0, losses.shape[0] > 0
@@ -472,7 +523,7 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                     # guarded: max |f| of the hidden layers (the output feeds no GEMM)
                     top = dense_forward(inp, W, b, alpha, matrix(ws, plan[row + LAYER_Z], rows, k),
                                         A, plan[row + LAYER_ACT], ws[fp + l],
-                                        guarded and l < n_layers - 1)
+                                        guarded and l < n_layers - 1, plan[_calls(plan, l)])
                     if guarded:
                         guard[G_HEAD + l] = top
                     inp = A
@@ -495,7 +546,7 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                         top = _abs_max_linked(D, 0, rows) if guarded else 0.0
                     else:
                         gW, gb, galpha = _params(grad, plan, l)
-                        top = _act_backward_linked(D, delta,
+                        top = _act_backward_at(plan[_calls(plan, l) + 1], D, delta,
                                                    matrix(ws, plan[row + LAYER_F], rows, k),
                                                    plan[row + LAYER_ACT], ws[fp + l], alpha,
                                                    galpha, beta, guarded)
@@ -504,7 +555,7 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                     if l > 0:
                         D = matrix(ws, plan[WS_D0], rows, k_in)
                         gemm_nt(delta, W, D, 1.0, 0.0)
-                if guarded and _guard_linked(theta, bufs, grad, plan, hyper, opt, step, guard,
+                if guarded and _guard_at(guard_at, theta, bufs, grad, plan, hyper, opt, step, guard,
                                              batch_loss, rows, bstop - bstart, backup,
                                              1 if cstop == bstop else 0) == 2:
                     guard[G_STATUS] = 2
@@ -529,7 +580,7 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                     step[0] += 1
                 else:
                     _update_linked(theta, grad, bufs, hyper, step, opt)
-                if guarded and _guard_linked(theta, bufs, grad, plan, hyper, opt,
+                if guarded and _guard_at(guard_at, theta, bufs, grad, plan, hyper, opt,
                                                         step, guard, batch_loss, 0,
                                                         bstop - bstart, backup, 2) == 2:
                     guard[G_STATUS] = 2
@@ -558,7 +609,7 @@ def epochs_result(code):
     return done, status
 
 
-_bias_act_forward_linked = separate(bias_act_forward)
+_bias_act_forward_at = FORWARD.call
 
 
 @njit(**HELPER)
@@ -617,7 +668,8 @@ def _forward_rows(theta, X, x0, plan, fparams, buf, out, zout, small, check):
             if not ((_columns_abs_max(X, x0, x0 + n) if x0 >= 0
                      else _abs_max_linked(X, 0, n)) < np.inf):
                 return False
-        _bias_act_forward_linked(Z, b, A, plan[row + LAYER_ACT], fparams[l], alpha, False)
+        _bias_act_forward_at(plan[_calls(plan, l)], Z, b, A, plan[row + LAYER_ACT], fparams[l],
+                             alpha, False)
         inp = A
     return True
 

@@ -60,7 +60,7 @@ def test_a_ctrl_c_in_the_first_compile_learns_no_labels(compiled_backend, call):
     X, y = np.ones((4, 3)), np.array(["cat", "dog", "cat", "dog"])
     before = m.get_weights()
 
-    def compiling():   # a Ctrl-C held back through the compile, raised at its end
+    def compiling(**_):   # a Ctrl-C held back through the compile, raised at its end
         raise KeyboardInterrupt
     m._ready_to_train = compiling
     with pytest.raises(KeyboardInterrupt):

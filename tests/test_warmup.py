@@ -399,14 +399,15 @@ def test_signals_held_back_run_their_own_handlers_after_the_block(monkeypatch):
         signal.signal(signal.SIGHUP, previous[1])
 
 
-# A fresh process, an empty cache: building a numba model compiles nothing, and its
-# first predict compiles predict's kernels alone, saying so once (a model that only
-# predicts never waits for the training kernels).
+# A fresh process, an empty cache: building a numba model compiles its activations'
+# passes alone (tanh's and softmax's, each for its own code), and its first predict
+# compiles predict's kernels alone, each saying so once (a model that only predicts
+# never waits for the training kernels, nor for the guard or other activations').
 _PREDICT_ONLY = """
 import numpy as np
 import fastmlp as fm
 from fastmlp import warmup
-from fastmlp.kernels import numba_train
+from fastmlp.kernels import numba_activations, numba_train
 warmup.NOTICE_AFTER_S = 0.0
 m = fm.Model([fm.Dense(5, "tanh"), fm.Dense(3, "softmax")], input_dim=4,
              loss="cross_entropy", backend="numba", seed=1)
@@ -414,6 +415,8 @@ print(len(numba_train.predict.overloads), len(numba_train.run.overloads))
 m.predict(np.ones((2, 4), dtype=np.float32))
 m.predict(np.ones((3, 4), dtype=np.float32))
 print(len(numba_train.predict.overloads), len(numba_train.run.overloads))
+codes = sorted(str(s[3]) for s in numba_activations.bias_act_forward.signatures)
+print(*codes, len(numba_activations.act_backward.signatures), len(numba_train._guard.overloads))
 """
 
 
@@ -423,6 +426,13 @@ def test_each_entry_point_compiles_at_its_first_call(tmp_path):
     done = subprocess.run([sys.executable, "-c", _PREDICT_ONLY], env=env,
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["0", "0", "1", "0"]
+    lines = done.stdout.splitlines()
+    assert lines[0].split() + lines[1].split() == ["0", "0", "1", "0"]
+    from fastmlp.activations import get
+    tanh, softmax = get("tanh").code, get("softmax").code
+    assert lines[2].split() == [f"Literal[int]({c})" for c in sorted([tanh, softmax], key=str)] \
+        + ["2", "0"]
     notices = [line for line in done.stderr.splitlines() if line.startswith("fastmlp:")]
-    assert notices == [notices[0]] and "for float32 used by predict (" in notices[0]
+    assert len(notices) == 2
+    assert "for float32 used by this network's activations (" in notices[0]
+    assert "for float32 used by predict (" in notices[1]

@@ -60,7 +60,7 @@ except ImportError as exc:  # numba or scipy missing
 # every kernel's disk cache: a damaged entry compiles again, a failed write runs uncached
 guard_caches()
 
-from .. import rules
+from .. import rules, warmup
 from ..codes import GRADIENT, TRAIN
 from ..optimizers import SGD_CODE
 from .reference import check_batch_size, check_losses, check_norms
@@ -106,6 +106,7 @@ class NumbaBackend:
         self._guard = kt.new_guard(net, self.dtype)
         # Workspaces are (plan, ws, grad, cap) tuples, replaced whole, never mutated.
         self._train = self._new_work(1)     # the trainers'
+        self._armed = False   # the guard kernel's address in the trainers' plan (_arm)
         self._spare = []                    # loss_and_gradient's, not in use right now
         # predict and evaluate read only the plan's layer rows, the same for every cap.
         self._plan = self._train[0]
@@ -178,12 +179,17 @@ class NumbaBackend:
         """(plan, ws, grad, cap): a workspace for batches of ``rows`` rows (or
         TRAIN_ROWS-row chunks)."""
         cap = rules.train_rows(rows, self.net, self.dtype)
-        return (*kt.new_workspace(self.net, self.dtype, cap, self._fold_rows), cap)
+        if kt.activations_ready(self.net.act_codes, self.dtype):
+            return (*kt.new_workspace(self.net, self.dtype, cap, self._fold_rows), cap)
+        # the network's activation passes compile (or load) here, for the whole process
+        with warmup.compiling("activations", self.dtype.name):
+            return (*kt.new_workspace(self.net, self.dtype, cap, self._fold_rows), cap)
 
     def _train_work(self, rows):
         """The trainers' workspace, grown to hold ``rows`` rows."""
         if rules.train_rows(rows, self.net, self.dtype) > self._train[3]:
             self._train = self._new_work(rows)
+            self._armed = False
             # the step's arguments name the workspace; the bounds are still of theta and
             # the state
             self._bind(keep_bounds=True)
@@ -237,12 +243,25 @@ class NumbaBackend:
         finally:
             self._spare.append(work)
 
-    def ready_to_train(self):
-        """The training kernel compiled (or loaded), its first call's compile done now: the
-        Model calls this before a training call learns labels, so that a Ctrl-C held back
+    def ready_to_train(self, guarded=False):
+        """The training kernel compiled (or loaded), and the guard kernel too if
+        ``guarded`` (a train_on_batch), their first call's compile done now: the Model
+        calls this before a training call learns labels, so that a Ctrl-C held back
         through the compile leaves nothing learnt (hostile round 49: a first
         train_on_batch of labels, interrupted there, kept its classes_ with no step)."""
         ready_entries(self._run)
+        if guarded and not self._armed:
+            self._arm()
+
+    def _arm(self):
+        """The guard kernel's address in the trainers' plan (compiled, or loaded, on a
+        process's first guarded step: a fit never needs it; kt.arm_guard)."""
+        if kt.guard_ready(self.dtype):
+            kt.arm_guard(self._train[0], self.dtype)
+        else:
+            with warmup.compiling("guard", self.dtype.name):
+                kt.arm_guard(self._train[0], self.dtype)
+        self._armed = True
 
     def push(self):
         """The Model wrote theta or the optimiser state (set_weights, set_state, load, a
@@ -270,6 +289,8 @@ class NumbaBackend:
         """One guarded run (see kt.run's guard): (loss, status)."""
         if len(X) > self._cap or self._state.code != self._code:
             self._refresh(len(X))
+        if not self._armed:
+            self._arm()
         # one tuple built (a call written f(*a, X, T, *b) builds a list, then a tuple:
         # 0.1 us more, a tenth of the vehicle net's step)
         return self._run(*((self._theta, self._grad, X, T) + self._checked))
