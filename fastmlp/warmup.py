@@ -29,7 +29,7 @@ NOTICE_AFTER_S = 1.0
 
 # what a user knows an entry point as, for the notice
 _CALLS = {"run": "fit, train_on_batch and gradients", "predict": "predict",
-          "evaluate": "evaluate", "activations": "this network's activations",
+          "evaluate": "evaluate", "activations": "this network's activations and loss",
           "guard": "train_on_batch"}   # ("... for float32 used by predict")
 
 
@@ -118,5 +118,9 @@ def _exercise(dtype, Model, complete=False):
     # every activation's passes, which compile per activation (for the networks that use
     # them: numba_activations.activation_addresses)
     from .activations import BY_CODE
-    from .kernels.numba_activations import activation_addresses
+    from .kernels.numba_activations import _numba_dtype, activation_addresses
+    from .kernels.numba_layers import LOSS
+    from .losses import LOSSES
     activation_addresses(sorted(BY_CODE), dtype)
+    for loss in LOSSES.values():
+        LOSS.address(_numba_dtype(dtype), loss.code)

@@ -37,7 +37,7 @@ from fastmlp.codes import (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, REL
                            SIGN, SOFTMAX, SOFTPLUS, STEP, SUM_BLOCK, TANH)
 
 from .numba_link import Late, separate
-from .numba_math import _OVERLOAD, HELPER, INLINE, KERNEL, abs_max
+from .numba_math import HELPER, INLINE, KERNEL, OVERLOAD, abs_max, is_code
 from .numba_math import exp as _exp
 from .numba_math import expm1 as _expm1
 from .numba_math import like
@@ -212,7 +212,7 @@ def _forward_loop(code, Z, A, zf, af, r0, r1, p, alpha):
     """The forward loop of activation ``code`` (not softmax) over one block (see above)."""
 
 
-@overload(_forward_loop, jit_options=_OVERLOAD, prefer_literal=True)
+@overload(_forward_loop, jit_options=OVERLOAD, prefer_literal=True)
 def _forward_loop_for(code, Z, A, zf, af, r0, r1, p, alpha):
     # a code known when the caller compiles (a literal: bias_act_forward specialised,
     # numba_late): that activation's loop alone is typed and compiled; else every loop,
@@ -268,25 +268,12 @@ def _nothing(*args):
     pass
 
 
-def _is_softmax(code):
-    """Whether ``code`` is softmax (inside @njit code; see the overload)."""
-
-
-@overload(_is_softmax, jit_options=_OVERLOAD, prefer_literal=True)
-def _is_softmax_for(code):
-    # a literal code answers while the caller is typed
-    if isinstance(code, types.IntegerLiteral):
-        answer = code.literal_value == SOFTMAX
-        return lambda code: answer
-    return lambda code: code == SOFTMAX
-
-
 def _softmax_pass(code, Z, b, A, want_max):
     """Softmax's forward pass (Z += b; A = softmax(Z) by rows; max |A| if want_max): only
-    called where _is_softmax(code)."""
+    called where is_code(code, SOFTMAX)."""
 
 
-@overload(_softmax_pass, jit_options=_OVERLOAD, prefer_literal=True)
+@overload(_softmax_pass, jit_options=OVERLOAD, prefer_literal=True)
 def _softmax_pass_for(code, Z, b, A, want_max):
     # Typing types both sides of a branch: a kernel specialised on another literal code
     # gets a stand-in here, so it never types, links or compiles the softmax kernels.
@@ -317,7 +304,7 @@ def bias_act_forward(Z, b, A, code, p, alpha, want_max):
     activation's code alone.
     """
     n, k = Z.shape
-    if _is_softmax(code):
+    if is_code(code, SOFTMAX):
         return _softmax_pass(code, Z, b, A, want_max)
     step = max(1, ACT_BLOCK // max(k, 1))
     top = 0.0
@@ -377,9 +364,9 @@ def act_backward(G, Z, A, code, p, alpha, galpha, beta, want_max):
     loop vectorises (a conditional load made relu's a branchy scalar loop, 1.6x slower).
     """
     n, k = Z.shape
-    if _is_softmax(code):
+    if is_code(code, SOFTMAX):
         return _softmax_backward_pass(code, G, A, Z, want_max)
-    if _is_prelu(code):  # alpha per unit: row by row, a block of columns at a time
+    if is_code(code, PRELU):  # alpha per unit: row by row, a block of columns at a time
         return _prelu_backward_pass(code, G, Z, alpha, galpha, beta, want_max)
     step = max(1, ACT_BLOCK // max(k, 1))
     top = 0.0
@@ -479,7 +466,7 @@ def _backward_loop(code, gf, zf, af, p):
     """The derivative loop of activation ``code`` (not prelu, not softmax) over a block."""
 
 
-@overload(_backward_loop, jit_options=_OVERLOAD, prefer_literal=True)
+@overload(_backward_loop, jit_options=OVERLOAD, prefer_literal=True)
 def _backward_loop_for(code, gf, zf, af, p):
     # as _forward_loop_for
     loop = _known(code, _BACKWARD_LOOPS, (SOFTMAX, PRELU))
@@ -512,23 +499,11 @@ def _backward_loop_for(code, gf, zf, af, p):
     return any_code
 
 
-def _is_prelu(code):
-    """Whether ``code`` is prelu (inside @njit code; see the overload)."""
-
-
-@overload(_is_prelu, jit_options=_OVERLOAD, prefer_literal=True)
-def _is_prelu_for(code):
-    if isinstance(code, types.IntegerLiteral):
-        answer = code.literal_value == PRELU
-        return lambda code: answer
-    return lambda code: code == PRELU
-
-
 def _softmax_backward_pass(code, G, A, Z, want_max):
-    """Softmax's derivative pass (act_backward's contract): only where _is_softmax(code)."""
+    """Softmax's derivative pass (act_backward's contract): only where is_code(code, SOFTMAX)."""
 
 
-@overload(_softmax_backward_pass, jit_options=_OVERLOAD, prefer_literal=True)
+@overload(_softmax_backward_pass, jit_options=OVERLOAD, prefer_literal=True)
 def _softmax_backward_pass_for(code, G, A, Z, want_max):
     if isinstance(code, types.IntegerLiteral) and code.literal_value != SOFTMAX:
         return lambda code, G, A, Z, want_max: 0.0   # never called (see _softmax_pass_for)
@@ -540,10 +515,10 @@ def _softmax_backward_pass_for(code, G, A, Z, want_max):
 
 
 def _prelu_backward_pass(code, G, Z, alpha, galpha, beta, want_max):
-    """Prelu's derivative pass (act_backward's contract): only where _is_prelu(code)."""
+    """Prelu's derivative pass (act_backward's contract): only where is_code(code, PRELU)."""
 
 
-@overload(_prelu_backward_pass, jit_options=_OVERLOAD, prefer_literal=True)
+@overload(_prelu_backward_pass, jit_options=OVERLOAD, prefer_literal=True)
 def _prelu_backward_pass_for(code, G, Z, alpha, galpha, beta, want_max):
     if isinstance(code, types.IntegerLiteral) and code.literal_value != PRELU:
         return lambda code, G, Z, alpha, galpha, beta, want_max: 0.0   # never called

@@ -1,11 +1,13 @@
 """One dense layer forward and backward, the losses, and the fused optimiser passes.
 
 Every kernel writes into buffers the caller owns; docstrings say which
-arguments are overwritten and which accumulate. The layer and loss kernels are
-inlined into the training chunk, which runs them once per batch (a call each
-made the vehicle net's epoch 1.6x slower); ``loss_value`` is also compiled on its own
-as ``loss_value_kernel`` for evaluate, which calls it by name (:mod:`numba_link`)
-instead of compiling a second copy. (The forward pass of predict and evaluate runs
+arguments are overwritten and which accumulate. The layer kernels are inlined into
+the training chunk, which runs them once per batch; the loss is a kernel of its own,
+compiled for the network's loss code alone and called by address (LOSS): its three
+losses inlined into the training kernel were 1.3 s of its 7 s first compile, and the
+call costs the vehicle net's epoch 0.04 us of 0.8 (measured 2026-12-07).
+``loss_value`` is also compiled on its own, for every code, as ``loss_value_kernel``
+for evaluate, which calls it by name (:mod:`numba_link`). (The forward pass of predict and evaluate runs
 numba_blas.gemm_nn and the linked bias_act_forward itself: a compiled dense_forward of
 its own cost a third of a second of the first compile.) Shapes: n rows, k_in inputs,
 k outputs; W (k_in, k) row-major as in ``theta``. Sums of losses are float64.
@@ -14,13 +16,15 @@ from __future__ import annotations
 
 import math
 
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from fastmlp.codes import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MSE, SUM_BLOCK
 
 from .numba_activations import FORWARD, add_sums
 from .numba_blas import gemm_nn, gemm_tn
-from .numba_math import INLINE, KERNEL
+from .numba_link import Late
+from .numba_math import HELPER, INLINE, KERNEL, OVERLOAD, is_code, literal_code
 from .numba_math import exp as _exp
 from .numba_math import log1p as _log1p
 from .numba_views import column_sums, flat
@@ -88,7 +92,7 @@ def dense_params(X, D, W, b, alpha, gW, gb, galpha, beta, lr, decay):
         alpha[j] = decay_ * alpha[j] - lr_ * galpha[j]
 
 
-@njit(**INLINE)
+@njit(**KERNEL)
 def loss_forward_backward(Z, A, T, loss, scale, D):
     """Sum over rows of the loss, and D (n, k) OVERWRITTEN with scale * dE_sum/d(output).
 
@@ -97,35 +101,72 @@ def loss_forward_backward(Z, A, T, loss, scale, D):
     the row's target sum (s = 1 for one-hot and soft-label rows; targets need
     not sum to 1); sigmoid + binary cross-entropy gives scale (A - T).
     Pass scale = 1 / (rows in the whole batch) for the mean loss.
-    An unknown loss code raises ValueError.
+    An unknown loss code raises ValueError. Compiled for a literal ``loss`` (LOSS: the
+    training kernel calls it so), it holds that loss's code alone.
     """
+    if is_code(loss, CROSS_ENTROPY):
+        return _cross_entropy_pass(loss, Z, A, T, scale, D)
     n, k = A.shape
-    scale_ = A.dtype.type(scale)  # D's arithmetic in its dtype (see dense_params)
-    if loss == CROSS_ENTROPY:
-        # one pass per row: the loss, the target sum s, then the row of D
-        total = 0.0
-        for i in range(n):
-            m, logs = _max_logsumexp(Z, i)
-            s = A.dtype.type(0.0)  # in the array dtype: a float32 row stays float32
-            for j in range(k):
-                t = T[i, j]
-                s += t
-                if t != 0:  # nothing, even where z - m is -inf (0 * -inf: NaN)
-                    total -= t * ((Z[i, j] - m) - logs)
-            for j in range(k):
-                D[i, j] = scale_ * (A[i, j] * s - T[i, j])
-        return total
-    if loss == MSE:
-        c = A.dtype.type(2.0 * scale)
-    elif loss == BINARY_CROSS_ENTROPY:
-        c = scale_
-    else:
-        raise ValueError("unknown loss code")
+    c = _delta_scale(loss, scale, A)
     total = loss_value(Z, A, T, loss)
     a, t, d = flat(A, 0, n * k), flat(T, 0, n * k), flat(D, 0, n * k)
     for i in range(n * k):
         d[i] = c * (a[i] - t[i])
     return total
+
+
+def _cross_entropy_pass(loss, Z, A, T, scale, D):
+    """loss_forward_backward for the cross-entropy: only where is_code(loss, CROSS_ENTROPY)."""
+
+
+@overload(_cross_entropy_pass, jit_options=OVERLOAD, prefer_literal=True)
+def _cross_entropy_pass_for(loss, Z, A, T, scale, D):
+    # a kernel compiled for another literal loss gets a stand-in, never called: the branch
+    # to it is typed all the same (numba_math.is_code)
+    if literal_code(loss) not in (None, CROSS_ENTROPY):
+        return lambda loss, Z, A, T, scale, D: 0.0
+    return lambda loss, Z, A, T, scale, D: _cross_entropy_forward_backward(Z, A, T, scale, D)
+
+
+@njit(**HELPER)
+def _cross_entropy_forward_backward(Z, A, T, scale, D):
+    """One pass per row: the loss, the target sum s, then the row of D (see
+    loss_forward_backward)."""
+    n, k = A.shape
+    scale_ = A.dtype.type(scale)  # D's arithmetic in its dtype (see dense_params)
+    total = 0.0
+    for i in range(n):
+        m, logs = _max_logsumexp(Z, i)
+        s = A.dtype.type(0.0)  # in the array dtype: a float32 row stays float32
+        for j in range(k):
+            t = T[i, j]
+            s += t
+            if t != 0:  # nothing, even where z - m is -inf (0 * -inf: NaN)
+                total -= t * ((Z[i, j] - m) - logs)
+        for j in range(k):
+            D[i, j] = scale_ * (A[i, j] * s - T[i, j])
+    return total
+
+
+def _delta_scale(loss, scale, A):
+    """c, in A's dtype, of D = c (A - T): 2 scale for mse, scale for the binary
+    cross-entropy (the float64 ``scale`` rounded once); ValueError for another code."""
+
+
+@overload(_delta_scale, jit_options=OVERLOAD, prefer_literal=True)
+def _delta_scale_for(loss, scale, A):
+    if literal_code(loss) == MSE:
+        return lambda loss, scale, A: A.dtype.type(2.0 * scale)
+    if literal_code(loss) in (BINARY_CROSS_ENTROPY, CROSS_ENTROPY):  # (CE: never called)
+        return lambda loss, scale, A: A.dtype.type(scale)
+
+    def any_code(loss, scale, A):
+        if loss == MSE:
+            return A.dtype.type(2.0 * scale)
+        elif loss == BINARY_CROSS_ENTROPY:
+            return A.dtype.type(scale)
+        raise ValueError("unknown loss code")
+    return any_code
 
 
 @njit(**INLINE)
@@ -146,28 +187,83 @@ def _max_logsumexp(Z, i):
 
 @njit(**INLINE)
 def loss_value(Z, A, T, loss):
-    """Sum over rows (float64) of the loss, computed stably from the pre-activations Z."""
+    """Sum over rows (float64) of the loss, computed stably from the pre-activations Z
+    (ValueError for an unknown code; for a literal one, its own sum alone compiles)."""
+    return _loss_sum(loss, Z, A, T)
+
+
+@njit(**HELPER)
+def _mse_sum(Z, A, T):
     n, k = A.shape
     total = 0.0
-    if loss == MSE:
-        for i in range(n):
-            for j in range(k):
-                d = A[i, j] - T[i, j]
-                total += d * d
-    elif loss == CROSS_ENTROPY:  # -sum t * log_softmax(z)
-        for i in range(n):
-            m, logs = _max_logsumexp(Z, i)
-            for j in range(k):
-                if T[i, j] != 0:  # nothing, even where z - m is -inf (0 * -inf: NaN)
-                    total -= T[i, j] * ((Z[i, j] - m) - logs)
-    elif loss == BINARY_CROSS_ENTROPY:  # softplus(z) - t z
-        for i in range(n):
-            for j in range(k):
-                z = Z[i, j]
-                total += max(z, 0.0) + _log1p(_exp(-abs(z))) - T[i, j] * z
-    else:
-        raise ValueError("unknown loss code")
+    for i in range(n):
+        for j in range(k):
+            d = A[i, j] - T[i, j]
+            total += d * d
     return total
+
+
+@njit(**HELPER)
+def _cross_entropy_sum(Z, A, T):
+    """-sum t * log_softmax(z)."""
+    n, k = A.shape
+    total = 0.0
+    for i in range(n):
+        m, logs = _max_logsumexp(Z, i)
+        for j in range(k):
+            if T[i, j] != 0:  # nothing, even where z - m is -inf (0 * -inf: NaN)
+                total -= T[i, j] * ((Z[i, j] - m) - logs)
+    return total
+
+
+@njit(**HELPER)
+def _binary_cross_entropy_sum(Z, A, T):
+    """sum softplus(z) - t z."""
+    n, k = A.shape
+    total = 0.0
+    for i in range(n):
+        for j in range(k):
+            z = Z[i, j]
+            total += max(z, 0.0) + _log1p(_exp(-abs(z))) - T[i, j] * z
+    return total
+
+
+_LOSS_SUMS = {MSE: _mse_sum, CROSS_ENTROPY: _cross_entropy_sum,
+              BINARY_CROSS_ENTROPY: _binary_cross_entropy_sum}
+
+
+def _loss_sum(loss, Z, A, T):
+    """The sum over rows of loss ``loss`` (see loss_value)."""
+
+
+@overload(_loss_sum, jit_options=OVERLOAD, prefer_literal=True)
+def _loss_sum_for(loss, Z, A, T):
+    if literal_code(loss) in _LOSS_SUMS:
+        known = _LOSS_SUMS[literal_code(loss)]
+        return lambda loss, Z, A, T: known(Z, A, T)
+
+    def any_code(loss, Z, A, T):
+        if loss == MSE:
+            return _mse_sum(Z, A, T)
+        elif loss == CROSS_ENTROPY:
+            return _cross_entropy_sum(Z, A, T)
+        elif loss == BINARY_CROSS_ENTROPY:
+            return _binary_cross_entropy_sum(Z, A, T)
+        raise ValueError("unknown loss code")
+    return any_code
+
+
+def _loss_types(dtype):
+    """loss_forward_backward's argument types, as the training kernel passes them."""
+    rows = types.Array(dtype, 2, "C")
+    read = rows.copy(readonly=True)   # (A is typed as the inputs are, which may be read-only)
+    return (rows, read, read, types.int64, types.float64, rows)
+
+
+# The training kernel calls the loss by address, compiled for the network's loss code
+# alone (argument 3, a literal) when the network's workspace is made (numba_train): the
+# three losses inlined into it were a sixth of its first compile.
+LOSS = Late(loss_forward_backward, _loss_types, 3, types.float64)
 
 
 # Compiled on its own, once per dtype, for evaluate, which calls it by name.

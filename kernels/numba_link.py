@@ -356,8 +356,10 @@ class Late:
         name, restype = self.dispatcher.py_func.__name__, self.restype
 
         def typer(address, *args):
-            argtypes = tuple(_argtype(a, False) for a in args)
             want = tuple(self.argtypes_of(args[0].dtype))
+            # a writeable array passes where a read-only one is declared (one data model)
+            argtypes = tuple(_argtype(a, isinstance(w, types.Array) and not w.mutable)
+                             for a, w in zip(args, want))
             if argtypes != want:
                 raise TypingError(f"{name} is called by address with {argtypes}, but its "
                                   f"addresses are of {want}")

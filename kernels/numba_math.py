@@ -101,7 +101,7 @@ SCALAR = {"error_model": "numpy"}
 # inliner (INLINE) types their body again at every call site. No reference counting,
 # as the kernels; not cached on their own: the caller's cached code holds them.
 HELPER = {"error_model": "numpy", "_nrt": False, "forceinline": True, "no_cfunc_wrapper": True}
-_OVERLOAD = {"error_model": "numpy"}
+OVERLOAD = {"error_model": "numpy"}
 
 
 def _dispatch(stub, f64, f32):
@@ -113,7 +113,7 @@ def _dispatch(stub, f64, f32):
     compiles the float body as it is, so the helper's argument is named ``x``.
     """
 
-    @overload(stub, jit_options=_OVERLOAD)
+    @overload(stub, jit_options=OVERLOAD)
     def _typed(x):
         if x == types.float32:
             return f32.py_func
@@ -333,7 +333,29 @@ _dispatch(tanh, _tanh64, _tanh32)
 _dispatch(log1p, _log1p64, _log1p32)
 
 
-@overload(like, jit_options=_OVERLOAD)
+def is_code(code, value):
+    """``code == value`` inside @njit code, answered while the caller is typed where both
+    are literal integers (a kernel compiled for one code: numba_link.Late), so that
+    helpers which pick a code's own code by the same rule (the per-code overloads of
+    numba_activations and numba_layers) can replace the other branches by stand-ins:
+    a branch on it is typed whole either way."""
+
+
+@overload(is_code, jit_options=OVERLOAD, prefer_literal=True)
+def _is_code(code, value):
+    if isinstance(code, types.IntegerLiteral) and isinstance(value, types.IntegerLiteral):
+        answer = code.literal_value == value.literal_value
+        return lambda code, value: answer
+    return lambda code, value: code == value
+
+
+def literal_code(code):
+    """The literal integer ``code`` is typed as inside an overload, else None (a code known
+    only at run time)."""
+    return code.literal_value if isinstance(code, types.IntegerLiteral) else None
+
+
+@overload(like, jit_options=OVERLOAD)
 def _like(c, z):
     if z == types.float32:
         return lambda c, z: np.float32(c)

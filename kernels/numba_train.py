@@ -49,11 +49,10 @@ from fastmlp.codes import (ADAM_CODE, BETA1, BETA2, EPS, GRADIENT, NESTEROV as _
                            PLAN_WIDEST, PLAN_WS_SIZE, SGD_CODE, TRAIN, WEIGHT_DECAY,
                            WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD, WS_TB, WS_XB)
 
-from .numba_activations import (BACKWARD, FORWARD, _numba_dtype, activation_addresses,
-                                 activations_ready)
+from .numba_activations import BACKWARD, FORWARD, _numba_dtype, activation_addresses, activations_ready
 from .numba_blas import gemm_nn, gemm_nt, gemm_tn_from
 from .numba_gemv import forward, xw
-from .numba_layers import (adam_update, dense_forward, dense_params, loss_forward_backward,
+from .numba_layers import (LOSS, adam_update, dense_forward, dense_params,
                            loss_value_kernel, sgd_update)
 from .numba_link import Late, separate
 from .numba_math import ALLOCATING_ENTRY, ENTRY, HELPER, KERNEL, abs_max
@@ -68,10 +67,11 @@ def new_workspace(net, dtype, cap, fold_rows=0):
     ws, laid out by it, holds
     the activation parameters and every buffer; grad (p,) is its gradient vector, a
     view of ws."""
-    # then, after the layer rows, each layer's activation passes' addresses (_calls)
-    # and the guard's, 0 until it is compiled (guard_address)
+    # then, after the layer rows, each layer's activation passes' addresses (_calls), the
+    # guard's, 0 until it is compiled (guard_address), and the loss's
     plan = np.concatenate([net.plan(cap, fold_rows), activation_addresses(net.act_codes, dtype),
-                           [guard_address(dtype) if guard_ready(dtype) else 0]])
+                           [guard_address(dtype) if guard_ready(dtype) else 0,
+                            LOSS.address(_numba_dtype(dtype), net.loss.code)]])
     ws = aligned_zeros(plan[PLAN_WS_SIZE], dtype)   # every buffer on a cache line (plan)
     fp, grad = plan[WS_ACT_PARAMS], plan[WS_GRAD]
     ws[fp:fp + len(net.act_params)] = net.act_params
@@ -109,11 +109,18 @@ def _row(l):
 def calls_index(plan, l):
     """Where layer l's activation pass addresses lie in a plan of new_workspace: forward,
     then derivative (numba_activations.FORWARD and BACKWARD), after the layer rows; at
-    l = L, the guard's (GUARD)."""
+    l = L, the guard's (GUARD), then the loss's (numba_layers.LOSS)."""
     return PLAN_HEAD + LAYER_FIELDS * plan[PLAN_LAYERS] + 2 * l
 
 
 _calls = njit(**HELPER)(calls_index)
+
+
+def kernels_ready(net, dtype):
+    """Whether new_workspace of ``net`` in ``dtype`` has nothing to compile or load: its
+    activation passes and its loss compiled (or loaded) in this process already."""
+    return (activations_ready(net.act_codes, dtype)
+            and LOSS.ready(_numba_dtype(dtype), net.loss.code))
 
 
 def arm_guard(plan, dtype):
@@ -378,6 +385,7 @@ def guard_ready(dtype):
     """Whether :func:`guard_address` of ``dtype`` has nothing to compile."""
     return GUARD.ready(_numba_dtype(dtype), 0)
 _act_backward_at = BACKWARD.call
+_loss_at = LOSS.call
 
 
 @njit(**HELPER)
@@ -458,6 +466,7 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
         raise ValueError("unknown run mode")
     guarded = guard.shape[0] > 0
     guard_at = plan[_calls(plan, plan[PLAN_LAYERS])]
+    loss_at = plan[_calls(plan, plan[PLAN_LAYERS]) + 1]
     if guarded and guard_at == 0:
         raise ValueError("the guard kernel is not compiled (numba_train.guard_address)")
     if guarded and not _inputs_ok(X, T, plan, guard):
@@ -530,8 +539,8 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                 row = _row(n_layers - 1)
                 k = plan[row + LAYER_N_OUT]
                 D = matrix(ws, plan[WS_D1], rows, k)
-                batch_loss += loss_forward_backward(matrix(ws, plan[row + LAYER_Z], rows, k),
-                                                    inp, tc, loss_code, scale, D) / (bstop - bstart)
+                batch_loss += _loss_at(loss_at, matrix(ws, plan[row + LAYER_Z], rows, k), inp, tc,
+                                       loss_code, scale, D) / (bstop - bstart)
                 # The first sweep: every layer's delta, from the old weights, in place of
                 # its z (the fused output layer's stays in WS_D1, D already dE/dz:
                 # fastmlp.rules.fused_output); each dE/df below through WS_D0.

@@ -124,11 +124,11 @@ def test_both_compiled_backends_run_on_the_networks_plan(seed, optimizer):
             want = net.plan(cap, fold)
             if backend == "numba":
                 plan, ws, grad, _ = engine._train
-                # then each layer's activation pass addresses and the guard's (0 until a
-                # guarded step asks for it: numba_train.new_workspace)
+                # then each layer's activation pass addresses, the guard's (0 until a
+                # guarded step asks for it) and the loss's: numba_train.new_workspace
                 np.testing.assert_array_equal(plan[:len(want)], want)
-                assert len(plan) == len(want) + 2 * len(net.layers) + 1
-                assert np.all(plan[len(want):-1] != 0)
+                assert len(plan) == len(want) + 2 * len(net.layers) + 2
+                assert np.all(plan[len(want):-2] != 0) and plan[-1] != 0
                 assert len(ws) == want[codes.PLAN_WS_SIZE]
                 assert np.shares_memory(grad, ws) and len(grad) == net.n_params
             else:

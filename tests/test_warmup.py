@@ -400,7 +400,7 @@ def test_signals_held_back_run_their_own_handlers_after_the_block(monkeypatch):
 
 
 # A fresh process, an empty cache: building a numba model compiles its activations'
-# passes alone (tanh's and softmax's, each for its own code), and its first predict
+# passes (tanh's and softmax's, each for its own code) and its loss alone, and its first predict
 # compiles predict's kernels alone, each saying so once (a model that only predicts
 # never waits for the training kernels, nor for the guard or other activations').
 _PREDICT_ONLY = """
@@ -434,5 +434,5 @@ def test_each_entry_point_compiles_at_its_first_call(tmp_path):
         + ["2", "0"]
     notices = [line for line in done.stderr.splitlines() if line.startswith("fastmlp:")]
     assert len(notices) == 2
-    assert "for float32 used by this network's activations (" in notices[0]
+    assert "for float32 used by this network's activations and loss (" in notices[0]
     assert "for float32 used by predict (" in notices[1]

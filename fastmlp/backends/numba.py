@@ -179,9 +179,9 @@ class NumbaBackend:
         """(plan, ws, grad, cap): a workspace for batches of ``rows`` rows (or
         TRAIN_ROWS-row chunks)."""
         cap = rules.train_rows(rows, self.net, self.dtype)
-        if kt.activations_ready(self.net.act_codes, self.dtype):
+        if kt.kernels_ready(self.net, self.dtype):
             return (*kt.new_workspace(self.net, self.dtype, cap, self._fold_rows), cap)
-        # the network's activation passes compile (or load) here, for the whole process
+        # the network's activation passes and loss compile (or load) here, for the process
         with warmup.compiling("activations", self.dtype.name):
             return (*kt.new_workspace(self.net, self.dtype, cap, self._fold_rows), cap)
 
