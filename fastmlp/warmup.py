@@ -29,8 +29,8 @@ NOTICE_AFTER_S = 1.0
 
 # what a user knows an entry point as, for the notice
 _CALLS = {"run": "fit, train_on_batch and gradients", "predict": "predict",
-          "evaluate": "evaluate", "activations": "this network's activations and loss",
-          "guard": "train_on_batch"}   # ("... for float32 used by predict")
+          "evaluate": "evaluate", "layers": "this network's layers",
+          "guard": "train_on_batch"}
 
 
 def compiling(kernel, dtype):
@@ -115,12 +115,12 @@ def _exercise(dtype, Model, complete=False):
     m.fit(X, T, epochs=1, batch_size=2, gradient_norms=True, shuffle=False)
     if complete:
         m.evaluate(X, T)
-    # every activation's passes, which compile per activation (for the networks that use
-    # them: numba_activations.activation_addresses)
+    # every activation's passes and every loss, which compile per code for the networks
+    # that use them (numba_train.arm)
     from .activations import BY_CODE
-    from .kernels.numba_activations import _numba_dtype, activation_addresses
+    from .kernels.numba_activations import BACKWARD, FORWARD, numba_dtype
     from .kernels.numba_layers import LOSS
-    from .losses import LOSSES
-    activation_addresses(sorted(BY_CODE), dtype)
-    for loss in LOSSES.values():
-        LOSS.address(_numba_dtype(dtype), loss.code)
+    from .losses import BY_CODE as LOSS_CODES
+    for late, codes in ((FORWARD, BY_CODE), (BACKWARD, BY_CODE), (LOSS, LOSS_CODES)):
+        for code in sorted(codes):
+            late.address(numba_dtype(dtype), code)

@@ -562,28 +562,13 @@ def _backward_types(dtype):
 
 # The two passes as the training and predict kernels call them: by address, each
 # compiled for one activation code (argument 3, a literal) when a network with that
-# activation first asks for it (activation_addresses), so a first compile holds the
-# loops of the network's own activations only (a sigmoid pair took 1.4 s to compile,
-# all eleven in one pair of kernels 4.1 s).
+# activation first needs it (numba_train.arm), so a first compile holds the loops of
+# the network's own activations only (a sigmoid pair took 1.4 s to compile, all eleven
+# in one pair of kernels 4.1 s).
 FORWARD = Late(bias_act_forward, _forward_types, 3, types.float64)
 BACKWARD = Late(act_backward, _backward_types, 3, types.float64)
 
 
-def _numba_dtype(dtype):
+def numba_dtype(dtype):
+    """The Numba type of the NumPy float dtype ``dtype``."""
     return types.float32 if np.dtype(dtype) == np.float32 else types.float64
-
-
-def activations_ready(codes, dtype):
-    """Whether :func:`activation_addresses` of ``codes`` in ``dtype`` has nothing to
-    compile or load (every code asked for before in this process)."""
-    nb = _numba_dtype(dtype)
-    return all(late.ready(nb, code) for code in codes for late in (FORWARD, BACKWARD))
-
-
-def activation_addresses(codes, dtype):
-    """int64 (2 L,): for each layer's activation code in ``codes``, the addresses of its
-    forward and derivative passes (FORWARD, BACKWARD) in ``dtype`` (a NumPy dtype),
-    compiled or loaded for the codes not asked for before in this process."""
-    nb = _numba_dtype(dtype)
-    return np.array([late.address(nb, code) for code in codes for late in (FORWARD, BACKWARD)],
-                    dtype=np.int64)

@@ -335,6 +335,10 @@ class Late:
         """Whether :meth:`address` of ``(dtype, code)`` is known (nothing to compile)."""
         return (dtype, int(code)) in self._addresses
 
+    def known(self, dtype, code):
+        """:meth:`address` of ``(dtype, code)`` if it is known, else 0 (compiling nothing)."""
+        return self._addresses.get((dtype, int(code)), 0)
+
     def address(self, dtype, code):
         """The address of ``dispatcher``'s code for ``code`` and the dtype ``dtype`` (a
         Numba type), compiled or loaded on the first request (compile_for), then kept:

@@ -49,7 +49,7 @@ from fastmlp.codes import (ADAM_CODE, BETA1, BETA2, EPS, GRADIENT, NESTEROV as _
                            PLAN_WIDEST, PLAN_WS_SIZE, SGD_CODE, TRAIN, WEIGHT_DECAY,
                            WS_ACT_PARAMS, WS_D0, WS_D1, WS_GRAD, WS_TB, WS_XB)
 
-from .numba_activations import BACKWARD, FORWARD, _numba_dtype, activation_addresses, activations_ready
+from .numba_activations import BACKWARD, FORWARD, numba_dtype
 from .numba_blas import gemm_nn, gemm_nt, gemm_tn_from
 from .numba_gemv import forward, xw
 from .numba_layers import (LOSS, adam_update, dense_forward, dense_params,
@@ -61,17 +61,17 @@ from .numba_views import flat, matrix
 
 def new_workspace(net, dtype, cap, fold_rows=0):
     """(plan, ws, grad) for ``net`` (a :class:`fastmlp.network.Network`) trained at most
-    ``cap`` rows at a time: plan = net.plan(cap, fold_rows), then for each layer the
-    addresses of its activation's forward and derivative passes (:func:`_calls`; the
-    passes compiled for the net's activations: numba_activations.activation_addresses);
-    ws, laid out by it, holds
+    ``cap`` rows at a time: plan = net.plan(cap, fold_rows), then the addresses of the
+    kernels compiled for this network that the entry points call (:func:`calls_index`),
+    each 0 until :func:`arm` has compiled it in this process; ws, laid out by it, holds
     the activation parameters and every buffer; grad (p,) is its gradient vector, a
     view of ws."""
-    # then, after the layer rows, each layer's activation passes' addresses (_calls), the
-    # guard's, 0 until it is compiled (guard_address), and the loss's
-    plan = np.concatenate([net.plan(cap, fold_rows), activation_addresses(net.act_codes, dtype),
-                           [guard_address(dtype) if guard_ready(dtype) else 0,
-                            LOSS.address(_numba_dtype(dtype), net.loss.code)]])
+    base = net.plan(cap, fold_rows)
+    plan = np.zeros(len(base) + 2 * len(net.layers) + 2, dtype=np.int64)
+    plan[:len(base)] = base
+    nb = numba_dtype(dtype)
+    for offset, late, code in _late_kernels(net, ("predict", "train", "guard")):
+        plan[len(base) + offset] = late.known(nb, code)
     ws = aligned_zeros(plan[PLAN_WS_SIZE], dtype)   # every buffer on a cache line (plan)
     fp, grad = plan[WS_ACT_PARAMS], plan[WS_GRAD]
     ws[fp:fp + len(net.act_params)] = net.act_params
@@ -107,26 +107,56 @@ def _row(l):
 
 
 def calls_index(plan, l):
-    """Where layer l's activation pass addresses lie in a plan of new_workspace: forward,
-    then derivative (numba_activations.FORWARD and BACKWARD), after the layer rows; at
-    l = L, the guard's (GUARD), then the loss's (numba_layers.LOSS)."""
+    """Where layer l's kernel addresses lie in a plan of new_workspace, after the layer
+    rows: its activation's forward pass (numba_activations.FORWARD), then its derivative
+    (BACKWARD); at l = L, the guard's (GUARD), then the loss's (numba_layers.LOSS)."""
     return PLAN_HEAD + LAYER_FIELDS * plan[PLAN_LAYERS] + 2 * l
 
 
 _calls = njit(**HELPER)(calls_index)
 
 
-def kernels_ready(net, dtype):
-    """Whether new_workspace of ``net`` in ``dtype`` has nothing to compile or load: its
-    activation passes and its loss compiled (or loaded) in this process already."""
-    return (activations_ready(net.act_codes, dtype)
-            and LOSS.ready(_numba_dtype(dtype), net.loss.code))
+def _late_kernels(net, parts):
+    """(offset from calls_index(plan, 0), Late, code) of the kernels ``net``'s entry points
+    call by address, for each of ``parts``: "predict" (the forward passes), "train" (the
+    derivatives and the loss; run needs the forward passes too) and "guard"."""
+    layers = len(net.layers)
+    kernels = []
+    if "predict" in parts:
+        kernels += [(2 * l, FORWARD, code) for l, code in enumerate(net.act_codes)]
+    if "train" in parts:
+        kernels += [(2 * l + 1, BACKWARD, code) for l, code in enumerate(net.act_codes)]
+        kernels.append((2 * layers + 1, LOSS, net.loss.code))
+    if "guard" in parts:
+        kernels.append((2 * layers, GUARD, 0))
+    return kernels
 
 
-def arm_guard(plan, dtype):
-    """The guard kernel compiled (or loaded) for ``dtype``, and its address written to
-    ``plan`` (new_workspace's), so that run may guard a step with it."""
-    plan[calls_index(plan, plan[PLAN_LAYERS])] = guard_address(dtype)
+def armed(net, dtype, parts):
+    """Whether :func:`arm` of ``parts`` has nothing to compile or load in this process."""
+    nb = numba_dtype(dtype)
+    return all(late.ready(nb, code) for _, late, code in _late_kernels(net, parts))
+
+
+def arm(plan, net, dtype, parts):
+    """The kernels of ``parts`` (see _late_kernels) compiled (or loaded) for ``net`` in
+    ``dtype``, those not compiled before in this process, and their addresses written to
+    ``plan`` (new_workspace's): predict and evaluate need "predict", run "predict" and
+    "train" (each raises ValueError without them), and a guarded run "guard" too."""
+    nb, base = numba_dtype(dtype), calls_index(plan, 0)
+    for offset, late, code in _late_kernels(net, parts):
+        plan[base + offset] = late.address(nb, code)
+
+
+@njit(**HELPER)
+def _armed(plan, passes):
+    """Whether each layer's first ``passes`` activation pass addresses (1: forward, 2:
+    and derivative) are armed (non-zero)."""
+    for l in range(plan[PLAN_LAYERS]):
+        for i in range(passes):
+            if plan[_calls(plan, l) + i] == 0:
+                return False
+    return True
 
 
 @njit(**HELPER)
@@ -370,20 +400,9 @@ def _guard_types(dtype):
 
 # run calls the guard by address (the plan's, _calls(plan, L)), so that a fit, which never
 # guards a step, does not compile it with run (a sixth of run's first compile): the
-# numba backend asks for it on the first guarded step (guard_address)
+# numba backend arms it on the first guarded step (arm)
 GUARD = Late(_guard, _guard_types, None, types.int64)
 _guard_at = GUARD.call
-
-
-def guard_address(dtype):
-    """The address of the guard kernel in ``dtype`` (a NumPy dtype), compiled or loaded on
-    the first request in this process."""
-    return GUARD.address(_numba_dtype(dtype), 0)
-
-
-def guard_ready(dtype):
-    """Whether :func:`guard_address` of ``dtype`` has nothing to compile."""
-    return GUARD.ready(_numba_dtype(dtype), 0)
 _act_backward_at = BACKWARD.call
 _loss_at = LOSS.call
 
@@ -467,8 +486,9 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
     guarded = guard.shape[0] > 0
     guard_at = plan[_calls(plan, plan[PLAN_LAYERS])]
     loss_at = plan[_calls(plan, plan[PLAN_LAYERS]) + 1]
-    if guarded and guard_at == 0:
-        raise ValueError("the guard kernel is not compiled (numba_train.guard_address)")
+    # every kernel called by address armed (arm): a call to address 0 would crash
+    if not _armed(plan, 2) or loss_at == 0 or (guarded and guard_at == 0):
+        raise ValueError("the kernels this network calls are not compiled (numba_train.arm)")
     if guarded and not _inputs_ok(X, T, plan, guard):
         return np.nan, 1
     want_norms, report = norms.shape[0] > 0, losses.shape[0] > 0
@@ -708,6 +728,8 @@ def predict(theta, X, plan, fparams, chunk, Y, check, small, columns):
     ``columns``, such a chunk is copied into rows first (at most ``small`` rows) and
     runs as in rows, so that the last rows of a DataFrame get the same bits as the same
     rows given alone."""
+    if not _armed(plan, 1):
+        raise ValueError("the kernels this network calls are not compiled (numba_train.arm)")
     n = Y.shape[0]
     c = min(chunk, n)
     buf = np.empty(3 * c * plan[PLAN_WIDEST], dtype=X.dtype)
@@ -747,6 +769,8 @@ def predict(theta, X, plan, fparams, chunk, Y, check, small, columns):
 def evaluate(theta, X, T, plan, fparams, chunk, small):
     """Mean loss over X (n, k_0), T (n, k_L), computed ``chunk`` rows at a time, a chunk
     of at most ``small`` rows through the C GEMV loops (as :func:`predict`)."""
+    if not _armed(plan, 1):
+        raise ValueError("the kernels this network calls are not compiled (numba_train.arm)")
     n, k_out = X.shape[0], T.shape[1]
     c = min(chunk, n)
     buf = np.empty(3 * c * plan[PLAN_WIDEST], dtype=X.dtype)

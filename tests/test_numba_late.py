@@ -69,20 +69,29 @@ def test_a_call_by_address_with_other_types_is_refused_while_compiling():
         wrong(0, Z, np.zeros(2, np.float32), Z)
 
 
-def test_a_guarded_run_without_the_guards_address_raises():
+@pytest.mark.parametrize("slot", ["forward", "derivative", "guard", "loss"])
+def test_a_call_without_an_armed_kernel_raises_not_crashes(slot):
     import fastmlp as fm
     m = fm.Model([fm.Dense(3, "tanh"), fm.Dense(2)], input_dim=2, loss="mse",
                  backend="numba", dtype="float32", seed=0)
     engine = m._engine
     ones = np.ones((2, 2), np.float32)
-    engine.train_step_checked(ones, ones)   # arms the guard
+    engine.train_step_checked(ones, ones)   # arms the layers, the loss and the guard
     plan = engine._train[0]
-    slot = kt.calls_index(plan, len(m.layers))
-    assert plan[slot] == kt.guard_address(np.float32) != 0
-    plan[slot] = 0
-    with pytest.raises(ValueError, match="the guard kernel is not compiled"):
-        engine._run(*((engine.theta, engine._grad, ones, ones) + engine._checked))
-    plan[slot] = kt.guard_address(np.float32)
+    index = {"forward": kt.calls_index(plan, 1), "derivative": kt.calls_index(plan, 0) + 1,
+             "guard": kt.calls_index(plan, 2), "loss": kt.calls_index(plan, 2) + 1}[slot]
+    assert plan[index] != 0
+    kept, plan[index] = plan[index], 0
+    try:
+        with pytest.raises(ValueError, match="the kernels this network calls are not compiled"):
+            engine._run(*((engine.theta, engine._grad, ones, ones) + engine._checked))
+        if slot == "forward":
+            with pytest.raises(ValueError, match="not compiled"):
+                engine._predict(engine.theta, ones, plan, engine._fparams, 2,
+                                np.empty((2, 2), np.float32), 0, 8, 0)
+    finally:
+        plan[index] = kept
+    assert np.isfinite(engine.train_step_checked(ones, ones)[0])
 
 
 _FIT_ONLY = """

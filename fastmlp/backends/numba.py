@@ -106,7 +106,10 @@ class NumbaBackend:
         self._guard = kt.new_guard(net, self.dtype)
         # Workspaces are (plan, ws, grad, cap) tuples, replaced whole, never mutated.
         self._train = self._new_work(1)     # the trainers'
-        self._armed = False   # the guard kernel's address in the trainers' plan (_arm)
+        # which of the kernels the entry points call by address (kt.arm) are compiled and in
+        # the plans in use: built, a model compiles none of them; a first predict compiles
+        # the forward passes, a first training call the rest, a first guarded step the guard
+        self._armed = set()
         self._spare = []                    # loss_and_gradient's, not in use right now
         # predict and evaluate read only the plan's layer rows, the same for every cap.
         self._plan = self._train[0]
@@ -156,7 +159,9 @@ class NumbaBackend:
                        state.code, ws, plan, TRAIN, _NO_NORMS, -1.0, _NO_NORMS, _NO_NORMS,
                        self._backup)
         self._checked = self._plain[:12] + (self._guard, self._backup)
-        self._code, self._cap = state.code, cap
+        # (-1 until the training kernels are armed: train_step's first call arms them
+        # through _refresh, which costs that hot path no test of its own)
+        self._code, self._cap = state.code, cap if "train" in self._armed else -1
         self._run = kt.run
         if theta_ok and state_ok:
             self._run = entry_point_or_stand_in(
@@ -179,23 +184,36 @@ class NumbaBackend:
         """(plan, ws, grad, cap): a workspace for batches of ``rows`` rows (or
         TRAIN_ROWS-row chunks)."""
         cap = rules.train_rows(rows, self.net, self.dtype)
-        if kt.kernels_ready(self.net, self.dtype):
-            return (*kt.new_workspace(self.net, self.dtype, cap, self._fold_rows), cap)
-        # the network's activation passes and loss compile (or load) here, for the process
-        with warmup.compiling("activations", self.dtype.name):
-            return (*kt.new_workspace(self.net, self.dtype, cap, self._fold_rows), cap)
+        return (*kt.new_workspace(self.net, self.dtype, cap, self._fold_rows), cap)
 
     def _train_work(self, rows):
         """The trainers' workspace, grown to hold ``rows`` rows."""
         if rules.train_rows(rows, self.net, self.dtype) > self._train[3]:
-            self._train = self._new_work(rows)
-            self._armed = False
+            self._train = self._new_work(rows)   # (its plan takes the armed addresses)
             # the step's arguments name the workspace; the bounds are still of theta and
             # the state
             self._bind(keep_bounds=True)
         return self._train
 
+    def _arm(self, part):
+        """The kernels of ``part`` ("predict", "train" or "guard": kt.arm) compiled, or
+        loaded, for this network, and their addresses in every plan in use; the first
+        time in a process, with the compile notice."""
+        if part == "train" and "predict" not in self._armed:
+            self._arm("predict")   # run needs the forward passes too
+        plans = {id(p): p for p in (self._plan, self._train[0])}.values()
+        if kt.armed(self.net, self.dtype, part):
+            for plan in plans:
+                kt.arm(plan, self.net, self.dtype, part)
+        else:
+            with warmup.compiling(part if part == "guard" else "layers", self.dtype.name):
+                for plan in plans:
+                    kt.arm(plan, self.net, self.dtype, part)
+        self._armed.add(part)
+
     def predict(self, X, out=None):
+        if "predict" not in self._armed:
+            self._arm("predict")
         if out is None:
             out = np.empty((len(X), self._outputs), dtype=self.dtype)
         if X.flags.c_contiguous:
@@ -210,6 +228,8 @@ class NumbaBackend:
         True when every value of X is finite; False when X holds NaN or inf (out is then
         undefined). Each chunk of X is checked just before the first layer reads it, in
         the same compiled call (kt.predict). X Fortran-ordered: see predict."""
+        if "predict" not in self._armed:
+            self._arm("predict")
         if X.flags.c_contiguous:
             return self._predict(self._theta, X, self._plan, self._fparams,
                                  self._predict_rows, out, 1, _SMALL, 0)
@@ -224,10 +244,14 @@ class NumbaBackend:
                              out, check, _SMALL, 1)
 
     def evaluate(self, X, T):
+        if "predict" not in self._armed:
+            self._arm("predict")
         return self._evaluate(self._theta, X, T, self._plan, self._fparams,
                               self._predict_rows, _SMALL)
 
     def loss_and_gradient(self, X, T, grad):
+        if "train" not in self._armed:
+            self._arm("train")   # (workspaces made from now on take its addresses)
         # list.pop and list.append are atomic: no two calls ever hold one workspace
         try:
             work = self._spare.pop()
@@ -250,18 +274,10 @@ class NumbaBackend:
         through the compile leaves nothing learnt (hostile round 49: a first
         train_on_batch of labels, interrupted there, kept its classes_ with no step)."""
         ready_entries(self._run)
-        if guarded and not self._armed:
-            self._arm()
-
-    def _arm(self):
-        """The guard kernel's address in the trainers' plan (compiled, or loaded, on a
-        process's first guarded step: a fit never needs it; kt.arm_guard)."""
-        if kt.guard_ready(self.dtype):
-            kt.arm_guard(self._train[0], self.dtype)
-        else:
-            with warmup.compiling("guard", self.dtype.name):
-                kt.arm_guard(self._train[0], self.dtype)
-        self._armed = True
+        if "train" not in self._armed:
+            self._refresh(1)
+        if guarded and "guard" not in self._armed:
+            self._arm("guard")
 
     def push(self):
         """The Model wrote theta or the optimiser state (set_weights, set_state, load, a
@@ -289,17 +305,21 @@ class NumbaBackend:
         """One guarded run (see kt.run's guard): (loss, status)."""
         if len(X) > self._cap or self._state.code != self._code:
             self._refresh(len(X))
-        if not self._armed:
-            self._arm()
+        if "guard" not in self._armed:
+            self._arm("guard")
         # one tuple built (a call written f(*a, X, T, *b) builds a list, then a tuple:
         # 0.1 us more, a tenth of the vehicle net's step)
         return self._run(*((self._theta, self._grad, X, T) + self._checked))
 
     def _refresh(self, rows):
         """The step's arguments after a batch bigger than the workspace or a change of
-        the optimiser code (a test's: a Model never changes it)."""
+        the optimiser code (a test's: a Model never changes it); on the first training
+        call, with the training kernels armed (_arm)."""
         self._train_work(rows)
-        if self._state.code != self._code:
+        if "train" not in self._armed:
+            self._arm("train")
+            self._bind(keep_bounds=True)
+        elif self._state.code != self._code:
             self._bind(keep_bounds=True)
 
     def train_epoch(self, X, T, perm, batch_size, norms=None):
@@ -309,7 +329,8 @@ class NumbaBackend:
             norms = _NO_NORMS
         else:
             check_norms(norms, len(self.net.layers))
-        plan, ws, grad, _ = self._train_work(min(batch_size, perm.shape[1]))
+        self._refresh(min(batch_size, perm.shape[1]))
+        plan, ws, grad, _ = self._train
         state = self._state
         self._guard[kt.G_KNOWN] = 0  # theta and the state change unguarded
         run = self._run if perm.flags.aligned else kt.run
@@ -323,7 +344,8 @@ class NumbaBackend:
         check_losses(losses, k)
         if k == 0:
             return 0, 0
-        plan, ws, grad, _ = self._train_work(min(batch_size, orders.shape[1]))
+        self._refresh(min(batch_size, orders.shape[1]))
+        plan, ws, grad, _ = self._train
         state = self._state
         self._guard[kt.G_KNOWN] = 0  # theta and the state change unguarded
         run = self._run
