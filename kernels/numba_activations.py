@@ -2,23 +2,21 @@
 
 Same codes (:mod:`fastmlp.codes`) and the same formulas as
 :mod:`fastmlp.activations` (the reference), element by element. Each pass
-branches on the code once per block of rows (ACT_BLOCK elements) and then runs
-that activation's own loop over the block's elements as one flat array (prelu
-and softmax row by row), which LLVM vectorises; a branch on the code per element
-is about 100 times slower for ReLU, and a loop per row of a narrow layer (2 or 4
-units) is too short to vectorise. Both passes list the activations in the same
-order, so an activation's forward loop and its derivative loop are found at the
-same place in each; a code that has no loop raises ValueError.
+goes through blocks of rows (ACT_BLOCK elements) and runs one activation's own loop
+over the block's elements as one flat array (prelu and softmax row by row), which LLVM
+vectorises; a branch on the code per element is about 100 times slower for ReLU, and a
+loop per row of a narrow layer (2 or 4 units) is too short to vectorise. Each
+activation's forward loop and derivative loop are helpers of their own, listed in the
+same order in _FORWARD_LOOPS and _BACKWARD_LOOPS; a code that has no loop raises
+ValueError.
 
-The loops are written out in the two passes. Measured alternatives, each
-giving one function per activation with its forward beside its derivative:
-scalar helpers inlined into shared loops (by Numba or by LLVM), or a
-whole-layer function per activation and pass, both raised the first compile
-from 13.5 s to 17.5-19.5 s per dtype (every @njit function costs its own
-compile); generating the loops from one scalar table through
-``inline="always"`` tripled it. (Then every caller also re-optimised the code
-of every kernel it called; since callers link to kernels by name
-(:mod:`numba_link`), the two passes here compile once per dtype, about 1.5 s.)
+The training and predict kernels call the two passes by address, each compiled for one
+activation code (FORWARD, BACKWARD): overloads on the code, typed as a literal there,
+pick that activation's loop alone, so a network's first compile holds its own
+activations' loops. Called with a code known only at run time (as tests do), the passes
+hold every loop, picked per block, the same helpers. (Measured before: every
+activation compiled into one pair of kernels took 4 s of a first compile, a whole-layer
+function per activation and pass compiled for all of them 17.5-19.5 s per dtype.)
 
 exp, expm1, log1p and tanh are :mod:`numba_math`'s vectorisable versions. Every
 constant is in the array dtype (``zero``, ``one``, ``like``): a float64 literal
@@ -37,7 +35,7 @@ from fastmlp.codes import (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, REL
                            SIGN, SOFTMAX, SOFTPLUS, STEP, SUM_BLOCK, TANH)
 
 from .numba_link import Late, separate
-from .numba_math import HELPER, INLINE, KERNEL, OVERLOAD, abs_max, is_code
+from .numba_math import HELPER, INLINE, KERNEL, OVERLOAD, abs_max, code_chain, is_code
 from .numba_math import exp as _exp
 from .numba_math import expm1 as _expm1
 from .numba_math import like
@@ -206,6 +204,7 @@ _FORWARD_LOOPS = {RELU: _relu, PRELU: _prelu, SIGMOID: _sigmoid_loop, TANH: _tan
                   LINEAR: _linear, LEAKY_RELU: _leaky_relu, ELU: _elu,
                   SOFTPLUS: _softplus_loop, PIECEWISE_LINEAR: _piecewise_linear,
                   STEP: _step, SIGN: _sign}
+_FORWARD_CHAIN = code_chain(_FORWARD_LOOPS, "Z, A, zf, af, r0, r1, p, alpha", "activation")
 
 
 def _forward_loop(code, Z, A, zf, af, r0, r1, p, alpha):
@@ -215,7 +214,7 @@ def _forward_loop(code, Z, A, zf, af, r0, r1, p, alpha):
 @overload(_forward_loop, jit_options=OVERLOAD, prefer_literal=True)
 def _forward_loop_for(code, Z, A, zf, af, r0, r1, p, alpha):
     # a code known when the caller compiles (a literal: bias_act_forward specialised,
-    # numba_late): that activation's loop alone is typed and compiled; else every loop,
+    # numba_link.Late): that activation's loop alone is typed and compiled; else every loop,
     # picked per block
     loop = _known(code, _FORWARD_LOOPS, (SOFTMAX,))
     if loop is not None:
@@ -223,32 +222,7 @@ def _forward_loop_for(code, Z, A, zf, af, r0, r1, p, alpha):
             loop(Z, A, zf, af, r0, r1, p, alpha)
         return known
 
-    def any_code(code, Z, A, zf, af, r0, r1, p, alpha):
-        if code == RELU:
-            _relu(Z, A, zf, af, r0, r1, p, alpha)
-        elif code == PRELU:
-            _prelu(Z, A, zf, af, r0, r1, p, alpha)
-        elif code == SIGMOID:
-            _sigmoid_loop(Z, A, zf, af, r0, r1, p, alpha)
-        elif code == TANH:
-            _tanh_loop(Z, A, zf, af, r0, r1, p, alpha)
-        elif code == LINEAR:
-            _linear(Z, A, zf, af, r0, r1, p, alpha)
-        elif code == LEAKY_RELU:
-            _leaky_relu(Z, A, zf, af, r0, r1, p, alpha)
-        elif code == ELU:
-            _elu(Z, A, zf, af, r0, r1, p, alpha)
-        elif code == SOFTPLUS:
-            _softplus_loop(Z, A, zf, af, r0, r1, p, alpha)
-        elif code == PIECEWISE_LINEAR:
-            _piecewise_linear(Z, A, zf, af, r0, r1, p, alpha)
-        elif code == STEP:
-            _step(Z, A, zf, af, r0, r1, p, alpha)
-        elif code == SIGN:
-            _sign(Z, A, zf, af, r0, r1, p, alpha)
-        else:
-            raise ValueError("unknown activation code")
-    return any_code
+    return _FORWARD_CHAIN
 
 
 def _known(code, table, own):
@@ -460,6 +434,7 @@ _BACKWARD_LOOPS = {RELU: _relu_backward, SIGMOID: _sigmoid_backward, TANH: _tanh
                    ELU: _elu_backward, SOFTPLUS: _softplus_backward,
                    PIECEWISE_LINEAR: _piecewise_linear_backward, STEP: _flat_backward,
                    SIGN: _flat_backward}
+_BACKWARD_CHAIN = code_chain(_BACKWARD_LOOPS, "gf, zf, af, p", "activation")
 
 
 def _backward_loop(code, gf, zf, af, p):
@@ -475,28 +450,7 @@ def _backward_loop_for(code, gf, zf, af, p):
             loop(gf, zf, af, p)
         return known
 
-    def any_code(code, gf, zf, af, p):
-        if code == RELU:
-            _relu_backward(gf, zf, af, p)
-        elif code == SIGMOID:
-            _sigmoid_backward(gf, zf, af, p)
-        elif code == TANH:
-            _tanh_backward(gf, zf, af, p)
-        elif code == LINEAR:
-            _linear_backward(gf, zf, af, p)
-        elif code == LEAKY_RELU:
-            _leaky_relu_backward(gf, zf, af, p)
-        elif code == ELU:
-            _elu_backward(gf, zf, af, p)
-        elif code == SOFTPLUS:
-            _softplus_backward(gf, zf, af, p)
-        elif code == PIECEWISE_LINEAR:
-            _piecewise_linear_backward(gf, zf, af, p)
-        elif code == STEP or code == SIGN:
-            _flat_backward(gf, zf, af, p)
-        else:
-            raise ValueError("unknown activation code")
-    return any_code
+    return _BACKWARD_CHAIN
 
 
 def _softmax_backward_pass(code, G, A, Z, want_max):

@@ -24,7 +24,7 @@ from fastmlp.codes import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MSE, SUM_BLOCK
 from .numba_activations import FORWARD, add_sums
 from .numba_blas import gemm_nn, gemm_tn
 from .numba_link import Late
-from .numba_math import HELPER, INLINE, KERNEL, OVERLOAD, is_code, literal_code
+from .numba_math import HELPER, INLINE, KERNEL, OVERLOAD, code_chain, is_code, literal_code
 from .numba_math import exp as _exp
 from .numba_math import log1p as _log1p
 from .numba_views import column_sums, flat
@@ -230,6 +230,7 @@ def _binary_cross_entropy_sum(Z, A, T):
 
 _LOSS_SUMS = {MSE: _mse_sum, CROSS_ENTROPY: _cross_entropy_sum,
               BINARY_CROSS_ENTROPY: _binary_cross_entropy_sum}
+_LOSS_CHAIN = code_chain(_LOSS_SUMS, "Z, A, T", "loss", name="loss")
 
 
 def _loss_sum(loss, Z, A, T):
@@ -242,15 +243,7 @@ def _loss_sum_for(loss, Z, A, T):
         known = _LOSS_SUMS[literal_code(loss)]
         return lambda loss, Z, A, T: known(Z, A, T)
 
-    def any_code(loss, Z, A, T):
-        if loss == MSE:
-            return _mse_sum(Z, A, T)
-        elif loss == CROSS_ENTROPY:
-            return _cross_entropy_sum(Z, A, T)
-        elif loss == BINARY_CROSS_ENTROPY:
-            return _binary_cross_entropy_sum(Z, A, T)
-        raise ValueError("unknown loss code")
-    return any_code
+    return _LOSS_CHAIN
 
 
 def _loss_types(dtype):

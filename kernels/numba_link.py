@@ -19,6 +19,11 @@ the caller's machine code is linked, so an unresolved symbol cannot happen.
 Bindings are by argument types only: after changing a kernel's return type,
 delete ``kernels/__pycache__/*.nb[ic]`` (as after any edit of a callee's file).
 
+``Late`` is the other way to call a kernel: through an address read at run time (from
+the plan), so that the caller's compile neither compiles nor links it. The per-network
+kernels (each activation's passes and the loss, compiled for one code, and the guarded
+step's guard) are called so, and compiled at the first call of a model that needs them.
+
 Numba's disk cache, made safe for these kernels (``guard_cache``, set on every kernel
 ``separate`` links and every one ``compile_for`` compiles, and by the numba backend on
 every kernel module; ``guarded_cfunc`` for the C callbacks numba_blas and numba_gemv
@@ -298,7 +303,6 @@ def separate(dispatcher, read_only=False):
     call = intrinsic(scope["call"])
     call.__name__ = call.__qualname__ = f"separate_{name}"
     return call
-
 
 
 class Late:

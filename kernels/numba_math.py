@@ -349,6 +349,22 @@ def _is_code(code, value):
     return lambda code, value: code == value
 
 
+def code_chain(table, params, what, name="code"):
+    """An overload implementation ``(<name>, <params>)`` that calls ``table[<name>](<params>)``
+    for a code known only at run time (a branch per entry, in the table's order; an unknown
+    code raises ValueError("unknown <what> code")): built from the table, so that the
+    table stays the one list of which code runs which helper. ``params``: the helpers'
+    parameter names, comma-separated; ``name``: the code's, as the overloaded stub has it."""
+    lines = [f"def any_code({name}, {params}):"]
+    for i, code in enumerate(table):
+        lines += [f"    {'if' if i == 0 else 'elif'} {name} == {int(code)}:",
+                  f"        return helper_{i}({params})"]
+    lines.append(f"    raise ValueError('unknown {what} code')")
+    scope = {f"helper_{i}": helper for i, helper in enumerate(table.values())}
+    exec("\n".join(lines), scope)
+    return scope["any_code"]
+
+
 def literal_code(code):
     """The literal integer ``code`` is typed as inside an overload, else None (a code known
     only at run time)."""
