@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, types
-from numba.core.errors import TypingError
 from numba.extending import overload
 
 from fastmlp.codes import (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, RELU, SIGMOID,
                            SIGN, SOFTMAX, SOFTPLUS, STEP, SUM_BLOCK, TANH)
 
 from .numba_link import Late, separate
-from .numba_math import HELPER, INLINE, KERNEL, OVERLOAD, abs_max, code_chain, is_code
+from .numba_math import HELPER, INLINE, KERNEL, OVERLOAD, abs_max, code_chain, is_code, only_for
 from .numba_math import exp as _exp
 from .numba_math import expm1 as _expm1
 from .numba_math import like
@@ -242,22 +241,15 @@ def _nothing(*args):
     pass
 
 
-def _softmax_pass(code, Z, b, A, want_max):
-    """Softmax's forward pass (Z += b; A = softmax(Z) by rows; max |A| if want_max): only
-    called where is_code(code, SOFTMAX)."""
+@njit(**HELPER)
+def _softmax_whole(Z, b, A, want_max):
+    """Softmax's forward pass (Z += b; A = softmax(Z) by rows), then max |A| if want_max."""
+    _softmax_forward_linked(Z, b, A)
+    return _abs_max_linked(A, 0, Z.shape[0]) if want_max else 0.0
 
 
-@overload(_softmax_pass, jit_options=OVERLOAD, prefer_literal=True)
-def _softmax_pass_for(code, Z, b, A, want_max):
-    # Typing types both sides of a branch: a kernel specialised on another literal code
-    # gets a stand-in here, so it never types, links or compiles the softmax kernels.
-    if isinstance(code, types.IntegerLiteral) and code.literal_value != SOFTMAX:
-        return lambda code, Z, b, A, want_max: 0.0
-
-    def softmax(code, Z, b, A, want_max):
-        _softmax_forward_linked(Z, b, A)
-        return _abs_max_linked(A, 0, Z.shape[0]) if want_max else 0.0
-    return softmax
+# (a kernel compiled for another code never types, links or compiles the softmax kernels)
+_softmax_pass = only_for(SOFTMAX, _softmax_whole)
 
 
 @njit(**KERNEL)
@@ -274,7 +266,7 @@ def bias_act_forward(Z, b, A, code, p, alpha, want_max):
     Cython kernels fuse the three row by row). A narrow layer's rows of 2 or 4
     elements are too short to vectorise one by one (a 3-4-2 sigmoid net's forward pass
     took twice as long row by row); a block of them is not.
-    Compiled for a literal ``code`` (numba_late.activation_kernels), it holds that
+    Compiled for a literal ``code`` (FORWARD: numba_link.Late), it holds that
     activation's code alone.
     """
     n, k = Z.shape
@@ -453,31 +445,11 @@ def _backward_loop_for(code, gf, zf, af, p):
     return _BACKWARD_CHAIN
 
 
-def _softmax_backward_pass(code, G, A, Z, want_max):
-    """Softmax's derivative pass (act_backward's contract): only where is_code(code, SOFTMAX)."""
-
-
-@overload(_softmax_backward_pass, jit_options=OVERLOAD, prefer_literal=True)
-def _softmax_backward_pass_for(code, G, A, Z, want_max):
-    if isinstance(code, types.IntegerLiteral) and code.literal_value != SOFTMAX:
-        return lambda code, G, A, Z, want_max: 0.0   # never called (see _softmax_pass_for)
-
-    def softmax(code, G, A, Z, want_max):
-        _softmax_backward_linked(G, A, Z)
-        return _abs_max_linked(Z, 0, Z.shape[0]) if want_max else 0.0
-    return softmax
-
-
-def _prelu_backward_pass(code, G, Z, alpha, galpha, beta, want_max):
-    """Prelu's derivative pass (act_backward's contract): only where is_code(code, PRELU)."""
-
-
-@overload(_prelu_backward_pass, jit_options=OVERLOAD, prefer_literal=True)
-def _prelu_backward_pass_for(code, G, Z, alpha, galpha, beta, want_max):
-    if isinstance(code, types.IntegerLiteral) and code.literal_value != PRELU:
-        return lambda code, G, Z, alpha, galpha, beta, want_max: 0.0   # never called
-    return lambda code, G, Z, alpha, galpha, beta, want_max: _prelu_backward(
-        G, Z, alpha, galpha, beta, want_max)
+@njit(**HELPER)
+def _softmax_backward_whole(G, A, Z, want_max):
+    """Softmax's derivative pass (act_backward's contract)."""
+    _softmax_backward_linked(G, A, Z)
+    return _abs_max_linked(Z, 0, Z.shape[0]) if want_max else 0.0
 
 
 @njit(**HELPER)
@@ -500,6 +472,10 @@ def _prelu_backward(G, Z, alpha, galpha, beta, want_max):
                 zr[j] = g * (one if z >= 0 else a[j])
         add_sums(acc, m, galpha, j0, beta)
     return _abs_max_linked(Z, 0, n) if want_max else 0.0
+
+
+_softmax_backward_pass = only_for(SOFTMAX, _softmax_backward_whole)
+_prelu_backward_pass = only_for(PRELU, _prelu_backward)
 
 
 def _forward_types(dtype):

@@ -24,7 +24,8 @@ from fastmlp.codes import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MSE, SUM_BLOCK
 from .numba_activations import FORWARD, add_sums
 from .numba_blas import gemm_nn, gemm_tn
 from .numba_link import Late
-from .numba_math import HELPER, INLINE, KERNEL, OVERLOAD, code_chain, is_code, literal_code
+from .numba_math import (HELPER, INLINE, KERNEL, OVERLOAD, code_chain, is_code, literal_code,
+                         only_for)
 from .numba_math import exp as _exp
 from .numba_math import log1p as _log1p
 from .numba_views import column_sums, flat
@@ -115,19 +116,6 @@ def loss_forward_backward(Z, A, T, loss, scale, D):
     return total
 
 
-def _cross_entropy_pass(loss, Z, A, T, scale, D):
-    """loss_forward_backward for the cross-entropy: only where is_code(loss, CROSS_ENTROPY)."""
-
-
-@overload(_cross_entropy_pass, jit_options=OVERLOAD, prefer_literal=True)
-def _cross_entropy_pass_for(loss, Z, A, T, scale, D):
-    # a kernel compiled for another literal loss gets a stand-in, never called: the branch
-    # to it is typed all the same (numba_math.is_code)
-    if literal_code(loss) not in (None, CROSS_ENTROPY):
-        return lambda loss, Z, A, T, scale, D: 0.0
-    return lambda loss, Z, A, T, scale, D: _cross_entropy_forward_backward(Z, A, T, scale, D)
-
-
 @njit(**HELPER)
 def _cross_entropy_forward_backward(Z, A, T, scale, D):
     """One pass per row: the loss, the target sum s, then the row of D (see
@@ -146,6 +134,10 @@ def _cross_entropy_forward_backward(Z, A, T, scale, D):
         for j in range(k):
             D[i, j] = scale_ * (A[i, j] * s - T[i, j])
     return total
+
+
+# (a kernel compiled for another loss never types it)
+_cross_entropy_pass = only_for(CROSS_ENTROPY, _cross_entropy_forward_backward)
 
 
 def _delta_scale(loss, scale, A):

@@ -19,6 +19,8 @@ keeps a loop from vectorising.
 """
 from __future__ import annotations
 
+import inspect
+
 import os
 import sys
 import tempfile
@@ -363,6 +365,24 @@ def code_chain(table, params, what, name="code"):
     scope = {f"helper_{i}": helper for i, helper in enumerate(table.values())}
     exec("\n".join(lines), scope)
     return scope["any_code"]
+
+
+def only_for(value, helper):
+    """``f(code, <helper's parameters>)`` to call inside @njit code where
+    ``is_code(code, value)`` holds: ``helper(<parameters>)``. In a kernel compiled for
+    another literal code it is a stand-in that returns 0.0 and is never called, so that
+    kernel never types (nor links, nor compiles) ``helper``: a branch is typed whole,
+    whether or not it can run."""
+    params = ", ".join(inspect.signature(helper.py_func).parameters)
+    scope = {"helper": helper, "other": lambda code: literal_code(code) not in (None, value)}
+    exec(f"def stub(code, {params}):\n    pass\n"
+         f"def real(code, {params}):\n    return helper({params})\n"
+         f"def stand_in(code, {params}):\n    return 0.0\n"
+         f"def typer(code, {params}):\n    return stand_in if other(code) else real\n", scope)
+    stub = scope["stub"]
+    stub.__name__ = stub.__qualname__ = f"{helper.py_func.__name__}_only_for_{value}"
+    overload(stub, jit_options=OVERLOAD, prefer_literal=True)(scope["typer"])
+    return stub
 
 
 def literal_code(code):

@@ -388,8 +388,6 @@ def _guard(theta, bufs, grad, plan, h, opt, step, guard, loss, rows, batch_rows,
     return 0
 
 
-
-
 def _guard_types(dtype):
     """_guard's argument types, as run passes them, in ``dtype``."""
     vector, rows = types.Array(dtype, 1, "C"), types.Array(dtype, 2, "C")
@@ -576,17 +574,17 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                     else:
                         gW, gb, galpha = _params(grad, plan, l)
                         top = _act_backward_at(plan[_calls(plan, l) + 1], D, delta,
-                                                   matrix(ws, plan[row + LAYER_F], rows, k),
-                                                   plan[row + LAYER_ACT], ws[fp + l], alpha,
-                                                   galpha, beta, guarded)
+                                               matrix(ws, plan[row + LAYER_F], rows, k),
+                                               plan[row + LAYER_ACT], ws[fp + l], alpha,
+                                               galpha, beta, guarded)
                     if guarded:
                         guard[G_HEAD + n_layers + l] = top
                     if l > 0:
                         D = matrix(ws, plan[WS_D0], rows, k_in)
                         gemm_nt(delta, W, D, 1.0, 0.0)
-                if guarded and _guard_at(guard_at, theta, bufs, grad, plan, hyper, opt, step, guard,
-                                             batch_loss, rows, bstop - bstart, backup,
-                                             1 if cstop == bstop else 0) == 2:
+                if guarded and _guard_at(guard_at, theta, bufs, grad, plan, hyper, opt, step,
+                                         guard, batch_loss, rows, bstop - bstart, backup,
+                                         1 if cstop == bstop else 0) == 2:
                     guard[G_STATUS] = 2
                     return batch_loss, 2
                 # The second sweep: the parameters' gradients, or the folded update.
@@ -609,9 +607,9 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                     step[0] += 1
                 else:
                     _update_linked(theta, grad, bufs, hyper, step, opt)
-                if guarded and _guard_at(guard_at, theta, bufs, grad, plan, hyper, opt,
-                                                        step, guard, batch_loss, 0,
-                                                        bstop - bstart, backup, 2) == 2:
+                if guarded and _guard_at(guard_at, theta, bufs, grad, plan, hyper, opt, step,
+                                         guard, batch_loss, 0, bstop - bstart, backup,
+                                         2) == 2:
                     guard[G_STATUS] = 2
             total += batch_loss * (bstop - bstart)
             bstart = bstop
