@@ -30,7 +30,7 @@ NOTICE_AFTER_S = 1.0
 # what a user knows an entry point as, for the notice
 _CALLS = {"run": "fit, train_on_batch and gradients", "predict": "predict",
           "evaluate": "evaluate", "layers": "this network's layers",
-          "guard": "train_on_batch"}
+          "guard": "train_on_batch", "norms": "gradient norms"}
 
 
 def compiling(kernel, dtype):
@@ -115,12 +115,14 @@ def _exercise(dtype, Model, complete=False):
     m.fit(X, T, epochs=1, batch_size=2, gradient_norms=True, shuffle=False)
     if complete:
         m.evaluate(X, T)
-    # every activation's passes and every loss, which compile per code for the networks
-    # that use them (numba_train.arm)
+    # every activation's passes, every loss and every optimiser's update, which compile
+    # per code for the networks that use them (numba_train.arm)
     from .activations import BY_CODE
     from .kernels.numba_activations import BACKWARD, FORWARD, numba_dtype
     from .kernels.numba_layers import LOSS
+    from .kernels.numba_train import UPDATES
     from .losses import BY_CODE as LOSS_CODES
-    for late, codes in ((FORWARD, BY_CODE), (BACKWARD, BY_CODE), (LOSS, LOSS_CODES)):
+    for late, codes in ((FORWARD, BY_CODE), (BACKWARD, BY_CODE), (LOSS, LOSS_CODES),
+                        *((update, [0]) for update in UPDATES.values())):
         for code in sorted(codes):
             late.address(numba_dtype(dtype), code)

@@ -34,7 +34,8 @@ from fastmlp.codes import (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, REL
                            SIGN, SOFTMAX, SOFTPLUS, STEP, SUM_BLOCK, TANH)
 
 from .numba_link import Late, separate
-from .numba_math import HELPER, INLINE, KERNEL, OVERLOAD, abs_max, code_chain, is_code, only_for
+from .numba_math import (INLINE, OVERLOAD, abs_max, code_chain, helper, is_code, kernel,
+                         only_for)
 from .numba_math import exp as _exp
 from .numba_math import expm1 as _expm1
 from .numba_math import like
@@ -58,7 +59,7 @@ def _softplus(z):
     return max(z, like(0.0, z)) + _log1p(_exp(-abs(z)))
 
 
-@njit(**KERNEL)
+@kernel
 def _softmax_forward(Z, b, A):
     n, k = Z.shape
     whole = k - k % 8
@@ -118,7 +119,7 @@ ACT_BLOCK = 2048
 # the same rows r0:r1 flat (r1 - r0) * k; prelu alone reads them row by row, with alpha
 # (k,). In the array dtype throughout (see the module docstring).
 
-@njit(**HELPER)
+@helper
 def _relu(Z, A, zf, af, r0, r1, p, alpha):
     # max(z, 0) as the reference's np.maximum: NaN stays NaN (z <= 0 is False) and -0
     # becomes +0
@@ -128,7 +129,7 @@ def _relu(Z, A, zf, af, r0, r1, p, alpha):
         af[t] = zero if z <= 0 else z
 
 
-@njit(**HELPER)
+@helper
 def _prelu(Z, A, zf, af, r0, r1, p, alpha):
     for i in range(r0, r1):
         for j in range(Z.shape[1]):
@@ -136,32 +137,32 @@ def _prelu(Z, A, zf, af, r0, r1, p, alpha):
             A[i, j] = z if z >= 0 else alpha[j] * z
 
 
-@njit(**HELPER)
+@helper
 def _sigmoid_loop(Z, A, zf, af, r0, r1, p, alpha):
     for t in range(zf.shape[0]):
         af[t] = _sigmoid(zf[t])
 
 
-@njit(**HELPER)
+@helper
 def _tanh_loop(Z, A, zf, af, r0, r1, p, alpha):
     for t in range(zf.shape[0]):
         af[t] = _tanh(zf[t])
 
 
-@njit(**HELPER)
+@helper
 def _linear(Z, A, zf, af, r0, r1, p, alpha):
     for t in range(zf.shape[0]):
         af[t] = p * zf[t]
 
 
-@njit(**HELPER)
+@helper
 def _leaky_relu(Z, A, zf, af, r0, r1, p, alpha):
     for t in range(zf.shape[0]):
         z = zf[t]
         af[t] = z if z >= 0 else p * z
 
 
-@njit(**HELPER)
+@helper
 def _elu(Z, A, zf, af, r0, r1, p, alpha):
     zero = zf.dtype.type(0.0)
     for t in range(zf.shape[0]):
@@ -169,20 +170,20 @@ def _elu(Z, A, zf, af, r0, r1, p, alpha):
         af[t] = z if z >= 0 else p * _expm1(min(z, zero))
 
 
-@njit(**HELPER)
+@helper
 def _softplus_loop(Z, A, zf, af, r0, r1, p, alpha):
     for t in range(zf.shape[0]):
         af[t] = _softplus(zf[t])
 
 
-@njit(**HELPER)
+@helper
 def _piecewise_linear(Z, A, zf, af, r0, r1, p, alpha):
     zero, half, one = zf.dtype.type(0.0), zf.dtype.type(0.5), zf.dtype.type(1.0)
     for t in range(zf.shape[0]):
         af[t] = min(max(zf[t] + half, zero), one)
 
 
-@njit(**HELPER)
+@helper
 def _step(Z, A, zf, af, r0, r1, p, alpha):
     zero, half, one = zf.dtype.type(0.0), zf.dtype.type(0.5), zf.dtype.type(1.0)
     for t in range(zf.shape[0]):
@@ -190,7 +191,7 @@ def _step(Z, A, zf, af, r0, r1, p, alpha):
         af[t] = one if z > 0 else (zero if z < 0 else half)
 
 
-@njit(**HELPER)
+@helper
 def _sign(Z, A, zf, af, r0, r1, p, alpha):
     # as np.sign: NaN stays NaN, -0 becomes +0
     zero, one = zf.dtype.type(0.0), zf.dtype.type(1.0)
@@ -236,12 +237,12 @@ def _known(code, table, own):
     return table.get(code.literal_value)
 
 
-@njit(**HELPER)
+@helper
 def _nothing(*args):
     pass
 
 
-@njit(**HELPER)
+@helper
 def _softmax_whole(Z, b, A, want_max):
     """Softmax's forward pass (Z += b; A = softmax(Z) by rows), then max |A| if want_max."""
     _softmax_forward_linked(Z, b, A)
@@ -252,7 +253,7 @@ def _softmax_whole(Z, b, A, want_max):
 _softmax_pass = only_for(SOFTMAX, _softmax_whole)
 
 
-@njit(**KERNEL)
+@kernel
 def bias_act_forward(Z, b, A, code, p, alpha, want_max):
     """Z (n, k) += b (k,) in place; A (n, k) = f(Z), OVERWRITTEN. A may be Z itself.
     Both C-contiguous. Returns max |A| (float64; inf if one is NaN or inf) when
@@ -287,7 +288,7 @@ def bias_act_forward(Z, b, A, code, p, alpha, want_max):
     return top
 
 
-@njit(**KERNEL)
+@kernel
 def _softmax_backward(G, A, Z):
     """Z OVERWRITTEN with delta = J^T g per row without forming J: f * (g - sum(g * f))."""
     n, k = G.shape
@@ -302,7 +303,7 @@ def _softmax_backward(G, A, Z):
 _softmax_backward_linked = separate(_softmax_backward)
 
 
-@njit(**HELPER)
+@helper
 def add_sums(acc, m, out, j0, beta):
     """out[j0:j0 + m] = acc[:m], a chunk's column sums formed in float64 (column_sums),
     rounded to out's dtype: OVERWRITTEN (beta 0), or added to beta * out (beta 1, the
@@ -313,7 +314,7 @@ def add_sums(acc, m, out, j0, beta):
         out[j0 + j] = s if beta == 0 else beta_ * out[j0 + j] + s
 
 
-@njit(**KERNEL)
+@kernel
 def act_backward(G, Z, A, code, p, alpha, galpha, beta, want_max):
     """Chain rule through the activation, in one pass over the layer, out of place.
 
@@ -349,7 +350,7 @@ def act_backward(G, Z, A, code, p, alpha, galpha, beta, want_max):
 # The derivative loops, one per activation (prelu's and softmax's: whole passes above),
 # over one block: gf (dE/dA), zf (IN z, OUT delta) and af (f), the same rows flat.
 
-@njit(**HELPER)
+@helper
 def _relu_backward(gf, zf, af, p):
     zero, one = zf.dtype.type(0.0), zf.dtype.type(1.0)
     for t in range(zf.shape[0]):
@@ -357,7 +358,7 @@ def _relu_backward(gf, zf, af, p):
         zf[t] = g * (one if zf[t] > 0 else zero)
 
 
-@njit(**HELPER)
+@helper
 def _sigmoid_backward(gf, zf, af, p):
     one = zf.dtype.type(1.0)
     for t in range(zf.shape[0]):
@@ -365,7 +366,7 @@ def _sigmoid_backward(gf, zf, af, p):
         zf[t] = gf[t] * (f * (one - f))
 
 
-@njit(**HELPER)
+@helper
 def _tanh_backward(gf, zf, af, p):
     one = zf.dtype.type(1.0)
     for t in range(zf.shape[0]):
@@ -373,13 +374,13 @@ def _tanh_backward(gf, zf, af, p):
         zf[t] = gf[t] * (one - f * f)
 
 
-@njit(**HELPER)
+@helper
 def _linear_backward(gf, zf, af, p):
     for t in range(zf.shape[0]):
         zf[t] = gf[t] * p
 
 
-@njit(**HELPER)
+@helper
 def _leaky_relu_backward(gf, zf, af, p):
     one = zf.dtype.type(1.0)
     for t in range(zf.shape[0]):
@@ -387,7 +388,7 @@ def _leaky_relu_backward(gf, zf, af, p):
         zf[t] = g * (one if zf[t] >= 0 else p)
 
 
-@njit(**HELPER)
+@helper
 def _elu_backward(gf, zf, af, p):
     zero, one = zf.dtype.type(0.0), zf.dtype.type(1.0)
     for t in range(zf.shape[0]):
@@ -398,13 +399,13 @@ def _elu_backward(gf, zf, af, p):
         zf[t] = g * (one if z >= 0 else zf.dtype.type(p * _exp(np.float64(min(z, zero)))))
 
 
-@njit(**HELPER)
+@helper
 def _softplus_backward(gf, zf, af, p):
     for t in range(zf.shape[0]):
         zf[t] = gf[t] * _sigmoid(zf[t])
 
 
-@njit(**HELPER)
+@helper
 def _piecewise_linear_backward(gf, zf, af, p):
     zero, half, one = zf.dtype.type(0.0), zf.dtype.type(0.5), zf.dtype.type(1.0)
     for t in range(zf.shape[0]):
@@ -413,7 +414,7 @@ def _piecewise_linear_backward(gf, zf, af, p):
         zf[t] = g * (one if (z > -half) & (z < half) else zero)
 
 
-@njit(**HELPER)
+@helper
 def _flat_backward(gf, zf, af, p):
     """step's and sign's: no gradient flows, g * 0 (NaN for an inf g)."""
     zero = zf.dtype.type(0.0)
@@ -445,14 +446,14 @@ def _backward_loop_for(code, gf, zf, af, p):
     return _BACKWARD_CHAIN
 
 
-@njit(**HELPER)
+@helper
 def _softmax_backward_whole(G, A, Z, want_max):
     """Softmax's derivative pass (act_backward's contract)."""
     _softmax_backward_linked(G, A, Z)
     return _abs_max_linked(Z, 0, Z.shape[0]) if want_max else 0.0
 
 
-@njit(**HELPER)
+@helper
 def _prelu_backward(G, Z, alpha, galpha, beta, want_max):
     """act_backward for prelu: alpha per unit, so row by row, a block of columns at a time."""
     n, k = Z.shape

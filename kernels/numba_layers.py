@@ -24,8 +24,8 @@ from fastmlp.codes import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, MSE, SUM_BLOCK
 from .numba_activations import FORWARD, add_sums
 from .numba_blas import gemm_nn, gemm_tn
 from .numba_link import Late
-from .numba_math import (HELPER, INLINE, KERNEL, OVERLOAD, code_chain, is_code, literal_code,
-                         only_for)
+from .numba_math import (INLINE, OVERLOAD, code_chain, helper, is_code, kernel,
+                         literal_code, only_for)
 from .numba_math import exp as _exp
 from .numba_math import log1p as _log1p
 from .numba_views import column_sums, flat
@@ -93,7 +93,7 @@ def dense_params(X, D, W, b, alpha, gW, gb, galpha, beta, lr, decay):
         alpha[j] = decay_ * alpha[j] - lr_ * galpha[j]
 
 
-@njit(**KERNEL)
+@kernel
 def loss_forward_backward(Z, A, T, loss, scale, D):
     """Sum over rows of the loss, and D (n, k) OVERWRITTEN with scale * dE_sum/d(output).
 
@@ -116,7 +116,7 @@ def loss_forward_backward(Z, A, T, loss, scale, D):
     return total
 
 
-@njit(**HELPER)
+@helper
 def _cross_entropy_forward_backward(Z, A, T, scale, D):
     """One pass per row: the loss, the target sum s, then the row of D (see
     loss_forward_backward)."""
@@ -184,7 +184,7 @@ def loss_value(Z, A, T, loss):
     return _loss_sum(loss, Z, A, T)
 
 
-@njit(**HELPER)
+@helper
 def _mse_sum(Z, A, T):
     n, k = A.shape
     total = 0.0
@@ -195,7 +195,7 @@ def _mse_sum(Z, A, T):
     return total
 
 
-@njit(**HELPER)
+@helper
 def _cross_entropy_sum(Z, A, T):
     """-sum t * log_softmax(z)."""
     n, k = A.shape
@@ -208,7 +208,7 @@ def _cross_entropy_sum(Z, A, T):
     return total
 
 
-@njit(**HELPER)
+@helper
 def _binary_cross_entropy_sum(Z, A, T):
     """sum softplus(z) - t z."""
     n, k = A.shape
@@ -252,10 +252,10 @@ LOSS = Late(loss_forward_backward, _loss_types, 3, types.float64)
 
 
 # Compiled on its own, once per dtype, for evaluate, which calls it by name.
-loss_value_kernel = njit(**KERNEL)(loss_value.py_func)
+loss_value_kernel = kernel(loss_value.py_func)
 
 
-@njit(**KERNEL)
+@kernel
 def sgd_update(theta, grad, v, lr, momentum, nesterov, decay):
     """theta (p,) -= lr * step, in place; v (p,) is the momentum buffer, updated in place.
 
@@ -276,7 +276,7 @@ def sgd_update(theta, grad, v, lr, momentum, nesterov, decay):
         theta[i] -= lr_ * g
 
 
-@njit(**KERNEL)
+@kernel
 def adam_update(theta, grad, m, v, lr, beta1, beta2, eps, decay, t):
     """Adam step t (1-based) in place on theta, m and v (all (p,)); grad is read only.
 

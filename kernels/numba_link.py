@@ -21,8 +21,9 @@ delete ``kernels/__pycache__/*.nb[ic]`` (as after any edit of a callee's file).
 
 ``Late`` is the other way to call a kernel: through an address read at run time (from
 the plan), so that the caller's compile neither compiles nor links it. The per-network
-kernels (each activation's passes and the loss, compiled for one code, and the guarded
-step's guard) are called so, and compiled at the first call of a model that needs them.
+kernels (each activation's passes and the loss, compiled for one code, the optimiser's
+update, the guarded step's guard and the gradient norms) are called so, and compiled at
+the first call of a model that needs them.
 
 Numba's disk cache, made safe for these kernels (``guard_cache``, set on every kernel
 ``separate`` links and every one ``compile_for`` compiles, and by the numba backend on

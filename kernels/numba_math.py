@@ -28,6 +28,7 @@ import tempfile
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core.registry import CPUDispatcher
 from numba.extending import intrinsic, overload
 
 from fastmlp._signals import raise_if_signalled
@@ -87,23 +88,60 @@ CACHE = _cache_folder_found()
 # No cfunc wrapper (the C-callable one behind ``.cfunc`` and first-class function
 # calls, which nothing here uses): one function less to lower and optimise per kernel.
 # forceinline set, so that a kernel first compiled from a HELPER's body (numba_link binds
-# it there) does not inherit the helper's.
+# it there) does not inherit the helper's. Kernels (the @kernel decorator) are called from
+# other kernels only, so they have no CPython wrapper either; the entry points the
+# backend calls (ENTRY) have one.
 KERNEL = {"cache": CACHE, "error_model": "numpy", "_nrt": False, "no_cfunc_wrapper": True,
-          "forceinline": False}
-ENTRY = dict(KERNEL, nogil=True)
+          "forceinline": False, "no_cpython_wrapper": True}
+ENTRY = dict(KERNEL, nogil=True, no_cpython_wrapper=False)
 ALLOCATING_ENTRY = dict(ENTRY, _nrt=True)
 # Numba's IR inliner copies the callee's IR block by block, each copy with the whole
 # variable scope: keep it to small bodies (a big one cost seconds to inline).
 INLINE = {"inline": "always", "error_model": "numpy"}
 # Small scalar helpers: compiled once each, then inlined by LLVM (not by Numba's
-# IR inliner, which repeats type inference at every call site).
-SCALAR = {"error_model": "numpy"}
-# Helpers of the kernels: typed and lowered once per signature, and inlined by LLVM
-# (forceinline: LLVM's alwaysinline) into the caller when it is optimised; Numba's IR
-# inliner (INLINE) types their body again at every call site. No reference counting,
-# as the kernels; not cached on their own: the caller's cached code holds them.
-HELPER = {"error_model": "numpy", "_nrt": False, "forceinline": True, "no_cfunc_wrapper": True}
-OVERLOAD = {"error_model": "numpy"}
+# IR inliner, which repeats type inference at every call site). No cfunc wrapper, as
+# the kernels, nor for the overloads (which Numba never gives a CPython wrapper).
+SCALAR = {"error_model": "numpy", "no_cfunc_wrapper": True}
+OVERLOAD = {"error_model": "numpy", "no_cfunc_wrapper": True}
+# Helpers of the kernels (the @helper decorator): typed and lowered once per signature,
+# and inlined by LLVM (forceinline: LLVM's alwaysinline) into the caller when it is
+# optimised; Numba's IR inliner (INLINE) types their body again at every call site. No
+# reference counting, as the kernels; not cached on their own: the caller's cached code
+# holds them. No wrapper of either kind: a helper is only ever called from compiled
+# code, and the two wrappers were a twentieth of a new user's first compile.
+HELPER = {"error_model": "numpy", "_nrt": False, "forceinline": True, "no_cfunc_wrapper": True,
+          "no_cpython_wrapper": True}
+
+
+class _CompiledOnly(CPUDispatcher):
+    """The dispatcher of a kernel or helper (:func:`kernel`, :func:`helper`). Compiled
+    without a CPython wrapper, its Python entry point would be address 0 (a crash), so a
+    call from Python raises instead."""
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"{self.py_func.__name__} is compiled for the Numba kernels, without "
+                        "a Python entry point: call it from @njit code")
+
+
+def _compiled_only(options, function):
+    dispatcher = njit(**options)(function)
+    dispatcher.__class__ = _CompiledOnly
+    return dispatcher
+
+
+def helper(function):
+    """``function`` compiled as a helper of the kernels (HELPER): callable from @njit code
+    only (from Python it raises TypeError)."""
+    return _compiled_only(HELPER, function)
+
+
+def kernel(function=None, **options):
+    """``function`` compiled as a kernel (KERNEL, with ``options`` added): its own code,
+    cached, callable from @njit code only (from Python it raises TypeError). Also
+    ``@kernel(**options)``."""
+    if function is None:
+        return lambda function: _compiled_only(dict(KERNEL, **options), function)
+    return _compiled_only(dict(KERNEL, **options), function)
 
 
 def _dispatch(stub, f64, f32):
@@ -430,7 +468,7 @@ def _from_magnitude(typingctx, m):
     return kind(m), codegen
 
 
-@njit(**KERNEL)
+@kernel
 def abs_max(A, r0, r1):
     """max |A[r0:r1]| (float64) over rows r0..r1 of A (n, k) C-contiguous, 0 when empty; inf when
     one is NaN or inf. An integer max over the magnitudes' bits (_magnitude), which

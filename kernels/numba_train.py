@@ -55,7 +55,7 @@ from .numba_gemv import forward, xw
 from .numba_layers import (LOSS, adam_update, dense_forward, dense_params,
                            loss_value_kernel, sgd_update)
 from .numba_link import Late, separate
-from .numba_math import ALLOCATING_ENTRY, ENTRY, HELPER, KERNEL, abs_max
+from .numba_math import ALLOCATING_ENTRY, ENTRY, abs_max, helper, kernel
 from .numba_views import flat, matrix
 
 
@@ -67,10 +67,11 @@ def new_workspace(net, dtype, cap, fold_rows=0):
     the activation parameters and every buffer; grad (p,) is its gradient vector, a
     view of ws."""
     base = net.plan(cap, fold_rows)
-    plan = np.zeros(len(base) + 2 * len(net.layers) + 2, dtype=np.int64)
+    plan = np.zeros(len(base) + 2 * len(net.layers) + _NORMS_SLOT + 1, dtype=np.int64)
     plan[:len(base)] = base
     nb = numba_dtype(dtype)
-    for offset, late, code in _late_kernels(net, ("predict", "train", "guard")):
+    for offset, late, code in _late_kernels(net, ("predict", "train", "guard", "norms")
+                                            + tuple(("update", c) for c in UPDATES)):
         plan[len(base) + offset] = late.known(nb, code)
     ws = aligned_zeros(plan[PLAN_WS_SIZE], dtype)   # every buffer on a cache line (plan)
     fp, grad = plan[WS_ACT_PARAMS], plan[WS_GRAD]
@@ -100,7 +101,7 @@ def new_guard(net, dtype):
     return guard
 
 
-@njit(**HELPER)
+@helper
 def _row(l):
     """Start of layer l's row in a plan."""
     return PLAN_HEAD + LAYER_FIELDS * l
@@ -109,17 +110,21 @@ def _row(l):
 def calls_index(plan, l):
     """Where layer l's kernel addresses lie in a plan of new_workspace, after the layer
     rows: its activation's forward pass (numba_activations.FORWARD), then its derivative
-    (BACKWARD); at l = L, the guard's (GUARD), then the loss's (numba_layers.LOSS)."""
+    (BACKWARD); at l = L, the guard's (GUARD), then the loss's (numba_layers.LOSS), then
+    each optimiser's update (UPDATES), at L + 2 + its code, then the gradient norms'
+    (SUM_SQUARES)."""
     return PLAN_HEAD + LAYER_FIELDS * plan[PLAN_LAYERS] + 2 * l
 
 
-_calls = njit(**HELPER)(calls_index)
+_calls = helper(calls_index)
 
 
 def _late_kernels(net, parts):
     """(offset from calls_index(plan, 0), Late, code) of the kernels ``net``'s entry points
     call by address, for each of ``parts``: "predict" (the forward passes), "train" (the
-    derivatives and the loss; run needs the forward passes too) and "guard"."""
+    derivatives and the loss; run needs the forward passes too), "guard", "norms" (a
+    training run given norms needs them), and ("update", code), the update of the
+    optimiser of that code (a training run needs its own)."""
     layers = len(net.layers)
     kernels = []
     if "predict" in parts:
@@ -129,6 +134,13 @@ def _late_kernels(net, parts):
         kernels.append((2 * layers + 1, LOSS, net.loss.code))
     if "guard" in parts:
         kernels.append((2 * layers, GUARD, 0))
+    if "norms" in parts:
+        kernels.append((2 * layers + _NORMS_SLOT, SUM_SQUARES, 0))
+    for part in parts:
+        if isinstance(part, tuple) and part[0] == "update":
+            if part[1] not in UPDATES:   # (as run would say)
+                raise ValueError("unknown optimizer code")
+            kernels.append((2 * layers + 2 + part[1], UPDATES[part[1]], 0))
     return kernels
 
 
@@ -142,13 +154,14 @@ def arm(plan, net, dtype, parts):
     """The kernels of ``parts`` (see _late_kernels) compiled (or loaded) for ``net`` in
     ``dtype``, those not compiled before in this process, and their addresses written to
     ``plan`` (new_workspace's): predict and evaluate need "predict", run "predict" and
-    "train" (each raises ValueError without them), and a guarded run "guard" too."""
+    "train" (each raises ValueError without them), a training run ("update", its
+    optimiser's code) too, a guarded run "guard", and a run given norms "norms"."""
     nb, base = numba_dtype(dtype), calls_index(plan, 0)
     for offset, late, code in _late_kernels(net, parts):
         plan[base + offset] = late.address(nb, code)
 
 
-@njit(**HELPER)
+@helper
 def _armed(plan, passes):
     """Whether each layer's first ``passes`` activation pass addresses (1: forward, 2:
     and derivative) are armed (non-zero)."""
@@ -159,7 +172,7 @@ def _armed(plan, passes):
     return True
 
 
-@njit(**HELPER)
+@helper
 def _params(theta, plan, l):
     """Views of layer l's W (k_in, k), b (k,) and alpha (k,), or (0,) if it has none."""
     row = _row(l)
@@ -169,7 +182,7 @@ def _params(theta, plan, l):
     return matrix(theta, w, k_in, k), theta[b:b + k], alpha
 
 
-@njit(**dict(KERNEL, fastmath={"reassoc", "contract"}))
+@kernel(fastmath={"reassoc", "contract"})
 def _sum_squares(a):
     """sum of a (n,) squared, in float64. Its own function, reassociated so the sum
     vectorises: one strict float64 sum is a chain of dependent adds, and that chain
@@ -181,31 +194,37 @@ def _sum_squares(a):
     return total
 
 
-_sum_squares_linked = separate(_sum_squares)
+# run calls it by address, compiled when a model first asks for gradient norms (arm's
+# "norms"): in every run it was a twentieth of a new user's first fit
+SUM_SQUARES = Late(_sum_squares, lambda dtype: (types.Array(dtype, 1, "C"),), None,
+                   types.float64)
+_sum_squares_at = SUM_SQUARES.call
 
 
-_adam_update_linked = separate(adam_update)
-_sgd_update_linked = separate(sgd_update)
+def _sgd_types(dtype):
+    """sgd_update's argument types, as run passes them, in ``dtype``."""
+    vector = types.Array(dtype, 1, "C")
+    return (vector, vector, vector, types.float64, types.float64, types.boolean, types.float64)
 
 
-@njit(**KERNEL)
-def _update(theta, grad, bufs, hyper, step, opt):
-    if opt == ADAM_CODE:
-        step[0] += 1
-        _adam_update_linked(theta, grad, bufs[0], bufs[1], hyper[LR], hyper[BETA1], hyper[BETA2],
-                            hyper[EPS], hyper[WEIGHT_DECAY], step[0])
-    elif opt == SGD_CODE:
-        step[0] += 1
-        _sgd_update_linked(theta, grad, bufs[0], hyper[LR], hyper[MOMENTUM],
-                           hyper[NESTEROV] != 0, hyper[WEIGHT_DECAY])
-    else:
-        raise ValueError("unknown optimizer code")
+def _adam_types(dtype):
+    """adam_update's argument types, as run passes them, in ``dtype``."""
+    return (types.Array(dtype, 1, "C"),) * 4 + (types.float64,) * 5 + (types.int64,)
 
 
-_update_linked = separate(_update)
+# run calls the optimiser's update by address, compiled for the model's optimiser alone at
+# its first training call (kt.arm): both compiled with run were a twentieth of a new
+# user's first fit. UPDATES: each optimiser's by its code, which is its slot after the
+# guard's and the loss's (calls_index).
+UPDATES = {SGD_CODE: Late(sgd_update, _sgd_types, None, types.none),
+           ADAM_CODE: Late(adam_update, _adam_types, None, types.none)}
+assert tuple(UPDATES) == tuple(range(len(UPDATES)))
+_sgd_at, _adam_at = UPDATES[SGD_CODE].call, UPDATES[ADAM_CODE].call
+# the gradient norms' slot, after the guard's, the loss's and the updates' (calls_index)
+_NORMS_SLOT = 2 + len(UPDATES)
 
 
-@njit(**HELPER)
+@helper
 def _gather(X, T, perm, start, stop, ws, plan, half):
     """Rows perm[start:stop] of X and T into gather buffer ``half`` (0 or 1)."""
     k_in, k_out, cap = X.shape[1], T.shape[1], plan[PLAN_CAP]
@@ -220,7 +239,7 @@ def _gather(X, T, perm, start, stop, ws, plan, half):
     return xb, tb
 
 
-@njit(**HELPER)
+@helper
 def _buffers_in_use(opt, hyper):
     """Rows of bufs the optimiser's update uses: plain SGD 0, momentum 1 (v), Adam 2 (m, v);
     the same rule as fastmlp.rules.buffers_in_use (checked and backed up)."""
@@ -229,21 +248,21 @@ def _buffers_in_use(opt, hyper):
     return 1 if hyper[MOMENTUM] != 0 else 0
 
 
-@njit(**HELPER)
+# linked, not compiled into each caller again (tests/test_warmup checks that run's
+# module holds its own code only)
+_abs_max_linked = separate(abs_max, read_only=True)
+
+
+@helper
 def _finite(loss, theta, bufs, rows):
-    """Whether loss, theta (p,) and bufs[:rows] (2, p) are all finite: x - x is 0 for
-    every finite x and NaN otherwise, so one OR over lanes, which vectorises (a
-    branch per element would not)."""
-    bad = (loss - loss) != 0.0
-    for i in range(theta.shape[0]):
-        bad |= (theta[i] - theta[i]) != 0
-    for r in range(rows):
-        for i in range(bufs.shape[1]):
-            bad |= (bufs[r, i] - bufs[r, i]) != 0
-    return not bad
+    """Whether loss, theta (p,) and bufs[:rows] (2, p) are all finite: by abs_max, which
+    run links for the guard anyway (loops of their own here were a fiftieth of a new
+    user's first fit)."""
+    return ((loss - loss) == 0 and _abs_max_linked(matrix(theta, 0, 1, theta.shape[0]), 0, 1)
+            < np.inf and _abs_max_linked(bufs, 0, rows) < np.inf)
 
 
-@njit(**HELPER)
+@helper
 def _copy_state(theta, bufs, rows, backup, save):
     """backup (>= 3p,) = theta (p,), then bufs[:rows] (2, p) if save, else the reverse.
     Loops, not slice assignments: those compile a shape-mismatch error message,
@@ -265,16 +284,38 @@ def _copy_state(theta, bufs, rows, backup, save):
                 live[i] = saved[i]
 
 
-# linked, not compiled into each caller again (tests/test_warmup checks that run's
-# module holds its own code only)
-_abs_max_linked = separate(abs_max, read_only=True)
+@helper
+def _inputs_ok(X, T, plan, guard):
+    """The guarded step's check of X (n, k_0) and T (n, k_L): False when X or T is not
+    finite, or guard[G_TARGETS] and T is outside [0, 1]. Else X's maximum and the
+    per-step fields of guard are reset for the step, and True."""
+    xmax = _abs_max_linked(X, 0, X.shape[0])
+    # NaN fails both range comparisons
+    bad = not (xmax < np.inf)
+    unit = guard[G_TARGETS] != 0
+    for i in range(T.shape[0]):
+        if unit:
+            for j in range(T.shape[1]):
+                bad |= not ((T[i, j] >= 0) & (T[i, j] <= 1))
+        else:
+            for j in range(T.shape[1]):
+                bad |= (T[i, j] - T[i, j]) != 0
+    if bad:
+        return False
+    guard[G_XMAX], guard[G_STATUS], guard[G_FINITE] = xmax, 0.0, 1.0
+    for i in range(G_HEAD + 2 * plan[PLAN_LAYERS], guard.shape[0]):
+        guard[i] = 0.0
+    return True
 
 
-@njit(**KERNEL)
+@kernel
 def _guard(theta, bufs, grad, plan, h, opt, step, guard, loss, rows, batch_rows, backup,
-           phase):
+           phase, X, T):
     """The guarded step's bookkeeping and two decisions (see run's guard); returns 2 to
     stop, else 0.
+
+    phase 3, before the step: _inputs_ok's check of X (n, k_0) and T (n, k_L), 1 when
+    they fail it, else 0 (X and T are read in no other phase).
 
     phase 0, after a chunk of ``rows`` rows' deltas: its maxima are added to the
     gradient bounds (|dE/dW| = |x^T delta| <= rows max|x| max|delta|, |dE/db| <= rows
@@ -289,6 +330,8 @@ def _guard(theta, bufs, grad, plan, h, opt, step, guard, loss, rows, batch_rows,
     bounds. rows: the chunk's (phases 0, 1); batch_rows: the batch's (the proof's). The proof is the Cython kernels' prove_update (kernels/_guard.pxd says why
     each bound holds, rounding included), written out once here: every @njit function
     and every call site of one costs first-compile time."""
+    if phase == 3:
+        return 0 if _inputs_ok(X, T, plan, guard) else 1
     n_layers = plan[PLAN_LAYERS]
     if phase < 2:
         for l in range(n_layers):
@@ -392,8 +435,9 @@ def _guard_types(dtype):
     """_guard's argument types, as run passes them, in ``dtype``."""
     vector, rows = types.Array(dtype, 1, "C"), types.Array(dtype, 2, "C")
     ints, floats = types.Array(types.int64, 1, "C"), types.Array(types.float64, 1, "C")
+    read = rows.copy(readonly=True)   # (X and T: run's inputs, which may be read-only)
     return (vector, rows, vector, ints, floats, types.int64, ints, floats, types.float64,
-            types.int64, types.int64, vector, types.int64)
+            types.int64, types.int64, vector, types.int64, read, read)
 
 
 # run calls the guard by address (the plan's, _calls(plan, L)), so that a fit, which never
@@ -403,30 +447,6 @@ GUARD = Late(_guard, _guard_types, None, types.int64)
 _guard_at = GUARD.call
 _act_backward_at = BACKWARD.call
 _loss_at = LOSS.call
-
-
-@njit(**HELPER)
-def _inputs_ok(X, T, plan, guard):
-    """The guarded step's check of X (n, k_0) and T (n, k_L): False when X or T is not
-    finite, or guard[G_TARGETS] and T is outside [0, 1]. Else X's maximum and the
-    per-step fields of guard are reset for the step, and True."""
-    xmax = _abs_max_linked(X, 0, X.shape[0])
-    # NaN fails both range comparisons
-    bad = not (xmax < np.inf)
-    unit = guard[G_TARGETS] != 0
-    for i in range(T.shape[0]):
-        if unit:
-            for j in range(T.shape[1]):
-                bad |= not ((T[i, j] >= 0) & (T[i, j] <= 1))
-        else:
-            for j in range(T.shape[1]):
-                bad |= (T[i, j] - T[i, j]) != 0
-    if bad:
-        return False
-    guard[G_XMAX], guard[G_STATUS], guard[G_FINITE] = xmax, 0.0, 1.0
-    for i in range(G_HEAD + 2 * plan[PLAN_LAYERS], guard.shape[0]):
-        guard[i] = 0.0
-    return True
 
 
 @njit(**ENTRY)
@@ -484,12 +504,16 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
     guarded = guard.shape[0] > 0
     guard_at = plan[_calls(plan, plan[PLAN_LAYERS])]
     loss_at = plan[_calls(plan, plan[PLAN_LAYERS]) + 1]
-    # every kernel called by address armed (arm): a call to address 0 would crash
-    if not _armed(plan, 2) or loss_at == 0 or (guarded and guard_at == 0):
-        raise ValueError("the kernels this network calls are not compiled (numba_train.arm)")
-    if guarded and not _inputs_ok(X, T, plan, guard):
-        return np.nan, 1
+    update_at = plan[_calls(plan, plan[PLAN_LAYERS]) + 2 + opt] if mode == TRAIN else 0
+    norms_at = plan[_calls(plan, plan[PLAN_LAYERS]) + _NORMS_SLOT]
     want_norms, report = norms.shape[0] > 0, losses.shape[0] > 0
+    # every kernel called by address armed (arm): a call to address 0 would crash
+    if (not _armed(plan, 2) or loss_at == 0 or (guarded and guard_at == 0)
+            or (mode == TRAIN and update_at == 0) or (want_norms and norms_at == 0)):
+        raise ValueError("the kernels this network calls are not compiled (numba_train.arm)")
+    if guarded and _guard_at(guard_at, theta, bufs, grad, plan, hyper, opt, step, guard, 0.0,
+                             0, 0, backup, 3, X, T) != 0:
+        return np.nan, 1
     # the optimiser buffers in use, for the finiteness check
     in_use = _buffers_in_use(opt, hyper)
     gather = orders.shape[1] > 0
@@ -503,13 +527,7 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
     for e in range(orders.shape[0]):
         perm = orders[e]
         total = 0.0
-        # Rows are gathered one chunk ahead, into the other half of the gather buffer:
-        # reading rows just written stalls on store-to-load forwarding (that cost a
-        # third of a per-sample step at the vehicle net's size).
         xb, tb = X[0:0], T[0:0]
-        if gather:  # int64 0s, not literal 0s: those would compile _gather a second time
-            xb, tb = _gather(X, T, perm, np.int64(0), min(cap, batch_size, n), ws, plan,
-                             np.int64(0))
         half = 0
         bstart = 0
         while bstart < n:
@@ -522,12 +540,23 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
             while cstart < bstop:
                 cstop = min(cstart + cap, bstop)
                 if gather:
+                    # Rows are gathered one chunk ahead, into the other half of the gather
+                    # buffer: reading rows just written stalls on store-to-load forwarding
+                    # (that cost a third of a per-sample step at the vehicle net's size).
+                    # So the chunk's rows are those gathered last, and the next chunk's
+                    # are gathered now; at the epoch's first chunk, its own first. (One
+                    # call site: a second inlined copy of _gather's loops was a twelfth of
+                    # a new user's first compile.)
                     xc, tc = xb, tb
-                    next_stop = min(cstop + cap,
-                                    bstop if cstop < bstop else min(cstop + batch_size, n))
-                    if cstop < n:
+                    at = cstart if cstart == 0 else cstop
+                    while at < n:
+                        # the chunk from row at: cap rows at most, within at's batch
+                        to = min(at + cap, bstop if at < bstop else min(at + batch_size, n))
                         half = 1 - half
-                        xb, tb = _gather(X, T, perm, cstop, next_stop, ws, plan, half)
+                        xb, tb = _gather(X, T, perm, at, to, ws, plan, half)
+                        if at == cstop:
+                            break
+                        xc, tc, at = xb, tb, cstop
                 else:
                     xc, tc = X[cstart:cstop], T[cstart:cstop]
                 # One chunk, forward and backward (written out here: as a function
@@ -584,7 +613,7 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                         gemm_nt(delta, W, D, 1.0, 0.0)
                 if guarded and _guard_at(guard_at, theta, bufs, grad, plan, hyper, opt, step,
                                          guard, batch_loss, rows, bstop - bstart, backup,
-                                         1 if cstop == bstop else 0) == 2:
+                                         1 if cstop == bstop else 0, X, T) == 2:
                     guard[G_STATUS] = 2
                     return batch_loss, 2
                 # The second sweep: the parameters' gradients, or the folded update.
@@ -600,16 +629,21 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                     dense_params(inp, delta, W, b, alpha, gW, gb, galpha, beta, lr, decay)
                     if last:
                         w = plan[row + LAYER_W]
-                        norms[l] += _sum_squares_linked(grad[w:w + k_in * k])
+                        norms[l] += _sum_squares_at(norms_at, flat(grad, w, w + k_in * k))
                 cstart = cstop
             if mode == TRAIN:
-                if fold:
-                    step[0] += 1
-                else:
-                    _update_linked(theta, grad, bufs, hyper, step, opt)
+                step[0] += 1
+                if not fold:   # (a folded update is done: in the weight-gradient GEMMs)
+                    if opt == ADAM_CODE:
+                        _adam_at(update_at, theta, grad, bufs[0], bufs[1], hyper[LR],
+                                 hyper[BETA1], hyper[BETA2], hyper[EPS], hyper[WEIGHT_DECAY],
+                                 step[0])
+                    else:
+                        _sgd_at(update_at, theta, grad, bufs[0], hyper[LR], hyper[MOMENTUM],
+                                hyper[NESTEROV] != 0, hyper[WEIGHT_DECAY])
                 if guarded and _guard_at(guard_at, theta, bufs, grad, plan, hyper, opt, step,
                                          guard, batch_loss, 0, bstop - bstart, backup,
-                                         2) == 2:
+                                         2, X, T) == 2:
                     guard[G_STATUS] = 2
             total += batch_loss * (bstop - bstart)
             bstart = bstop
@@ -639,7 +673,7 @@ def epochs_result(code):
 _bias_act_forward_at = FORWARD.call
 
 
-@njit(**HELPER)
+@helper
 def _columns_abs_max(XT, c0, c1):
     """max |XT[:, c0:c1]| (float64), inf when one is NaN or inf: rows c0..c1 of a
     column-major X, XT its transpose (k_0, n), a contiguous run of each column."""
@@ -650,7 +684,7 @@ def _columns_abs_max(XT, c0, c1):
     return m
 
 
-@njit(**HELPER)
+@helper
 def _to_rows(XT, c0, c1, xs):
     """xs[:(c1 - c0) * k_0] OVERWRITTEN with rows c0..c1 of a column-major X, one row
     after another; XT (k_0, n) its transpose."""
@@ -660,7 +694,7 @@ def _to_rows(XT, c0, c1, xs):
             xs[r * k + p] = XT[p, c0 + r]
 
 
-@njit(**KERNEL)
+@kernel
 def _forward_rows(theta, X, x0, plan, fparams, buf, out, zout, small, check):
     """Forward a chunk of c rows of inputs through three (c * widest) thirds of buf:
     one for Z, two for alternating layer outputs. The output layer's Z goes to zout

@@ -125,10 +125,17 @@ def test_both_compiled_backends_run_on_the_networks_plan(seed, optimizer):
             if backend == "numba":
                 plan, ws, grad, _ = engine._train
                 # then each layer's activation pass addresses, the guard's (0 until a
-                # guarded step asks for it) and the loss's: numba_train.new_workspace
+                # guarded step asks for it), the loss's, each optimiser's update's and the
+                # gradient norms': numba_train.new_workspace; after a step, those it
+                # needs are armed
+                from fastmlp.kernels.numba_train import UPDATES
                 np.testing.assert_array_equal(plan[:len(want)], want)
-                assert len(plan) == len(want) + 2 * len(net.layers) + 2
-                assert np.all(plan[len(want):-2] != 0) and plan[-1] != 0
+                layers = 2 * len(net.layers)
+                assert len(plan) == len(want) + layers + 2 + len(UPDATES) + 1
+                if cap == 37:
+                    assert np.all(plan[len(want):len(want) + layers] != 0)
+                    loss, updates = plan[len(want) + layers + 1], plan[len(want) + layers + 2:-1]
+                    assert loss != 0 and updates[OPTIMIZERS[optimizer]().code] != 0
                 assert len(ws) == want[codes.PLAN_WS_SIZE]
                 assert np.shares_memory(grad, ws) and len(grad) == net.n_params
             else:

@@ -12,6 +12,18 @@ from fastmlp.codes import SUM_BLOCK
 na = pytest.importorskip("fastmlp.kernels.numba_activations")
 nl = pytest.importorskip("fastmlp.kernels.numba_layers")
 nt = pytest.importorskip("fastmlp.kernels.numba_train")
+from numba import njit  # noqa: E402  (numba is there: the kernels imported)
+
+
+# the passes are kernels, with no Python entry point: called from @njit code
+@njit
+def _forward(Z, b, A, code, p, alpha, want_max):
+    return na.bias_act_forward(Z, b, A, code, p, alpha, want_max)
+
+
+@njit
+def _backward(G, Z, A, code, p, alpha, galpha, beta, want_max):
+    return na.act_backward(G, Z, A, code, p, alpha, galpha, beta, want_max)
 
 BLOCK = na.ACT_BLOCK
 # (rows, units): one row wider than a block, a block's width exactly and either side,
@@ -46,11 +58,11 @@ def test_forward_blocks_match_the_reference_and_return_the_maximum(name, shape, 
     want_z = Z + b
     want = act.forward(want_z, alpha if name == "prelu" else p)
     A = np.empty_like(Z)
-    top = na.bias_act_forward(Z, b, A, act.code, p, alpha, True)
+    top = _forward(Z, b, A, act.code, p, alpha, True)
     np.testing.assert_array_equal(Z, want_z)   # the bias, in place, element by element
     np.testing.assert_allclose(A, want, **_tol(dtype))
     assert top == _abs_max(A)
-    assert na.bias_act_forward(Z.copy(), b, A, act.code, p, alpha, False) == 0.0
+    assert _forward(Z.copy(), b, A, act.code, p, alpha, False) == 0.0
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -66,7 +78,7 @@ def test_backward_blocks_match_the_reference_and_return_the_maximum(name, shape,
         want = G * act.derivative(Z, A, alpha if name == "prelu" else p)
     galpha = np.zeros(shape[1], dtype)
     delta = Z.copy()
-    top = na.act_backward(G, delta, A, act.code, p, alpha, galpha, 0.0, True)
+    top = _backward(G, delta, A, act.code, p, alpha, galpha, 0.0, True)
     np.testing.assert_allclose(delta, want, **_tol(dtype))
     assert top == _abs_max(delta)
     if name == "prelu":   # d/d alpha = sum over rows of g * min(z, 0)
@@ -82,13 +94,13 @@ def test_a_bad_value_in_any_block_makes_the_maximum_inf(where, bad):
     i = {"first": 0, "middle": rows // 2, "last": rows - 1}[where]
     Z[i, k - 1] = bad
     A = np.empty_like(Z)
-    assert na.bias_act_forward(Z, b, A, act.code, p, alpha, True) == np.inf
+    assert _forward(Z, b, A, act.code, p, alpha, True) == np.inf
     G = np.ones_like(Z)
     G[i, 0] = bad
     relu = ACTIVATIONS["relu"]
     Zr = np.abs(Z) + 1     # relu's derivative 1 everywhere but the bad element
-    assert na.act_backward(G, Zr, A, relu.code, p, alpha, np.zeros(k, np.float32), 0.0,
-                           True) == np.inf
+    assert _backward(G, Zr, A, relu.code, p, alpha, np.zeros(k, np.float32), 0.0,
+                     True) == np.inf
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -96,8 +108,6 @@ def test_a_bad_value_in_any_block_makes_the_maximum_inf(where, bad):
 def test_bias_gradient_column_sums_across_blocks(k, dtype):
     """dense_params' gb: every column's sum over the rows, formed in float64 (blocks of
     SUM_BLOCK columns read through row views)."""
-    from numba import njit
-
     @njit
     def grads(X, D, W, b, alpha, gW, gb, galpha):
         nl.dense_params(X, D, W, b, alpha, gW, gb, galpha, 0.0, 0.0, 1.0)
@@ -118,15 +128,29 @@ def test_bias_gradient_column_sums_across_blocks(k, dtype):
 
 def test_guard_backup_copy_round_trip():
     """_copy_state saves theta and the optimiser buffers in use and puts them back."""
+    @njit
+    def copy_state(theta, bufs, rows, backup, save):   # (a helper: no Python entry point)
+        nt._copy_state(theta, bufs, rows, backup, save)
+
     rng = np.random.default_rng(4)
     p = 1000
     theta, bufs = rng.standard_normal(p), rng.standard_normal((2, p))
     keep_theta, keep_bufs = theta.copy(), bufs.copy()
     backup = np.full(3 * p, np.nan)
-    nt._copy_state(theta, bufs, 2, backup, True)
+    copy_state(theta, bufs, 2, backup, True)
     np.testing.assert_array_equal(backup, np.concatenate([keep_theta, keep_bufs.ravel()]))
     theta[:], bufs[:] = 0.0, 0.0
-    nt._copy_state(theta, bufs, 1, backup, False)   # theta and the first buffer only
+    copy_state(theta, bufs, 1, backup, False)   # theta and the first buffer only
     np.testing.assert_array_equal(theta, keep_theta)
     np.testing.assert_array_equal(bufs[0], keep_bufs[0])
     assert not bufs[1].any()
+
+
+def test_helper_called_from_python_raises():
+    """Helpers and kernels have no Python entry point (numba_math.helper, kernel): called
+    from Python they raise a TypeError naming them, never jump to address 0."""
+    with pytest.raises(TypeError, match="_copy_state is compiled for the Numba kernels"):
+        nt._copy_state(np.zeros(3), np.zeros((2, 3)), 0, np.zeros(9), True)
+    Z = np.zeros((2, 2))
+    with pytest.raises(TypeError, match="bias_act_forward is compiled for the Numba kernels"):
+        na.bias_act_forward(Z, Z[0], Z, 0, 0.0, Z[0], False)

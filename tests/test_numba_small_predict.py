@@ -110,6 +110,7 @@ if sys.argv[1] == "blocked":
 import numpy as np
 import fastmlp as fm
 from fastmlp.kernels import numba_activations, numba_gemv, numba_layers, numba_train
+from numba.core.dispatcher import Dispatcher
 print(numba_gemv.BOUND, "cython" in fm.available_backends())
 results = []
 for dtype in sys.argv[2].split(","):
@@ -132,7 +133,7 @@ for dtype in sys.argv[2].split(","):
     print(dtype, *same, err)
 print(repr(results))
 kernels = [d for mod in (numba_activations, numba_layers, numba_train) for d in vars(mod).values()
-           if hasattr(d, "stats") and d.py_func.__module__ == mod.__name__]
+           if isinstance(d, Dispatcher) and d.py_func.__module__ == mod.__name__]
 print(sum(sum(d.stats.cache_misses.values()) for d in kernels))
 """
 

@@ -63,6 +63,7 @@ import numpy as np
 import fastmlp as fm
 from fastmlp import warmup
 from fastmlp.kernels import numba_activations, numba_layers, numba_train
+from numba.core.dispatcher import Dispatcher
 warmup.numba_kernels("float32", notice=False, model_class=fm.Model)
 m = fm.Model([fm.Dense(5, "tanh"), fm.Dense(3, "softmax")], input_dim=4,
              loss="cross_entropy", optimizer=fm.Adam(), backend="numba", seed=1)
@@ -72,7 +73,7 @@ m.fit(X, T, epochs=2, batch_size=8)
 m.train_on_batch(X, T)
 print(repr(np.concatenate([m.predict(X).ravel(), [m.evaluate(X, T)]]).tolist()))
 kernels = [d for mod in (numba_activations, numba_layers, numba_train) for d in vars(mod).values()
-           if hasattr(d, "stats") and d.py_func.__module__ == mod.__name__]
+           if isinstance(d, Dispatcher) and d.py_func.__module__ == mod.__name__]
 print(sum(sum(d.stats.cache_misses.values()) for d in kernels))
 if sys.argv[1] == "compiled":
     for d in (numba_train.run, numba_train.predict):

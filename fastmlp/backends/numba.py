@@ -108,7 +108,9 @@ class NumbaBackend:
         self._train = self._new_work(1)     # the trainers'
         # which of the kernels the entry points call by address (kt.arm) are compiled and in
         # the plans in use: built, a model compiles none of them; a first predict compiles
-        # the forward passes, a first training call the rest, a first guarded step the guard
+        # the forward passes, a first training call the rest and its optimiser's update
+        # (("update", code)), a first guarded step the guard, a first asking for gradient
+        # norms their kernel ("norms")
         self._armed = set()
         self._spare = []                    # loss_and_gradient's, not in use right now
         # predict and evaluate read only the plan's layer rows, the same for every cap.
@@ -161,7 +163,7 @@ class NumbaBackend:
         self._checked = self._plain[:12] + (self._guard, self._backup)
         # (-1 until the training kernels are armed: train_step's first call arms them
         # through _refresh, which costs that hot path no test of its own)
-        self._code, self._cap = state.code, cap if "train" in self._armed else -1
+        self._code, self._cap = state.code, cap if self._can_train() else -1
         self._run = kt.run
         if theta_ok and state_ok:
             self._run = entry_point_or_stand_in(
@@ -195,21 +197,27 @@ class NumbaBackend:
             self._bind(keep_bounds=True)
         return self._train
 
-    def _arm(self, part):
-        """The kernels of ``part`` ("predict", "train" or "guard": kt.arm) compiled, or
-        loaded, for this network, and their addresses in every plan in use; the first
-        time in a process, with the compile notice."""
-        if part == "train" and "predict" not in self._armed:
-            self._arm("predict")   # run needs the forward passes too
+    def _can_train(self):
+        """Whether run's kernels for a training call are armed: the network's and the
+        update of the optimiser the state has now."""
+        return "train" in self._armed and ("update", self._state.code) in self._armed
+
+    def _arm(self, *parts):
+        """The kernels of ``parts`` ("predict", "train", "guard", "norms" or ("update",
+        code): kt.arm) compiled, or loaded, for this network, and their addresses in every plan
+        in use; the first time in a process, with the compile notice."""
+        if "train" in parts and "predict" not in self._armed:
+            parts = ("predict",) + parts   # run needs the forward passes too
         plans = {id(p): p for p in (self._plan, self._train[0])}.values()
-        if kt.armed(self.net, self.dtype, part):
+        if kt.armed(self.net, self.dtype, parts):
             for plan in plans:
-                kt.arm(plan, self.net, self.dtype, part)
+                kt.arm(plan, self.net, self.dtype, parts)
         else:
-            with warmup.compiling(part if part == "guard" else "layers", self.dtype.name):
+            with warmup.compiling(parts[0] if parts[0] in ("guard", "norms") else "layers",
+                                  self.dtype.name):
                 for plan in plans:
-                    kt.arm(plan, self.net, self.dtype, part)
-        self._armed.add(part)
+                    kt.arm(plan, self.net, self.dtype, parts)
+        self._armed.update(parts)
 
     def predict(self, X, out=None):
         if "predict" not in self._armed:
@@ -274,7 +282,7 @@ class NumbaBackend:
         through the compile leaves nothing learnt (hostile round 49: a first
         train_on_batch of labels, interrupted there, kept its classes_ with no step)."""
         ready_entries(self._run)
-        if "train" not in self._armed:
+        if not self._can_train():
             self._refresh(1)
         if guarded and "guard" not in self._armed:
             self._arm("guard")
@@ -314,10 +322,11 @@ class NumbaBackend:
     def _refresh(self, rows):
         """The step's arguments after a batch bigger than the workspace or a change of
         the optimiser code (a test's: a Model never changes it); on the first training
-        call, with the training kernels armed (_arm)."""
+        call with an optimiser, with the training kernels armed (_arm)."""
         self._train_work(rows)
-        if "train" not in self._armed:
-            self._arm("train")
+        if not self._can_train():
+            update = ("update", self._state.code)
+            self._arm(*(part for part in ("train", update) if part not in self._armed))
             self._bind(keep_bounds=True)
         elif self._state.code != self._code:
             self._bind(keep_bounds=True)
@@ -329,6 +338,8 @@ class NumbaBackend:
             norms = _NO_NORMS
         else:
             check_norms(norms, len(self.net.layers))
+            if "norms" not in self._armed:
+                self._arm("norms")
         self._refresh(min(batch_size, perm.shape[1]))
         plan, ws, grad, _ = self._train
         state = self._state
