@@ -56,7 +56,7 @@ from .numba_layers import (LOSS, adam_update, dense_forward, dense_params,
                            loss_value_kernel, sgd_update)
 from .numba_link import Late, separate
 from .numba_math import ALLOCATING_ENTRY, ENTRY, abs_max, helper, kernel
-from .numba_views import flat, matrix
+from .numba_views import flat, matrix, row_span
 
 
 def new_workspace(net, dtype, cap, fold_rows=0):
@@ -178,8 +178,10 @@ def _params(theta, plan, l):
     row = _row(l)
     k_in, k = plan[row + LAYER_N_IN], plan[row + LAYER_N_OUT]
     w, b, a = plan[row + LAYER_W], plan[row + LAYER_B], plan[row + LAYER_ALPHA]
-    alpha = theta[a:a + k] if a >= 0 else theta[0:0]
-    return matrix(theta, w, k_in, k), theta[b:b + k], alpha
+    # (flat views: a slice compiles Numba's general slicing, negative bounds and all, and
+    # _params is inlined five times into run)
+    alpha = flat(theta, a, a + k) if a >= 0 else flat(theta, 0, 0)
+    return matrix(theta, w, k_in, k), flat(theta, b, b + k), alpha
 
 
 @kernel(fastmath={"reassoc", "contract"})
@@ -527,7 +529,7 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
     for e in range(orders.shape[0]):
         perm = orders[e]
         total = 0.0
-        xb, tb = X[0:0], T[0:0]
+        xb, tb = row_span(X, 0, 0), row_span(T, 0, 0)
         half = 0
         bstart = 0
         while bstart < n:
@@ -558,7 +560,7 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                             break
                         xc, tc, at = xb, tb, cstop
                 else:
-                    xc, tc = X[cstart:cstop], T[cstart:cstop]
+                    xc, tc = row_span(X, cstart, cstop), row_span(T, cstart, cstop)
                 # One chunk, forward and backward (written out here: as a function
                 # of its own it cost a call per batch, a quarter of a per-sample
                 # epoch, and as Numba-inlined code seconds of first compile).

@@ -46,6 +46,29 @@ def matrix(typingctx, flat, start, n, k):
 
 
 @intrinsic
+def row_span(typingctx, a, r0, r1):
+    """Rows r0..r1 of a C-contiguous 2-D array ``a`` as a borrowed (r1 - r0, k) view: what
+    a[r0:r1] gives, without the general slice's code (negative and clipped bounds), which
+    the training kernel would compile at every such slice. No bounds check: the caller's
+    loop guarantees 0 <= r0 <= r1 <= rows."""
+    if not (isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C"):
+        return None
+
+    def codegen(context, builder, signature, args):
+        src = context.make_array(a)(context, builder, args[0])
+        dst = context.make_array(a)(context, builder)
+        r0_, r1_ = (context.cast(builder, args[i], signature.args[i], types.intp)
+                    for i in (1, 2))
+        k = builder.extract_value(src.shape, 1)
+        populate_array(dst, data=builder.gep(src.data, [builder.mul(r0_, k)]),
+                       shape=cgutils.pack_array(builder, [builder.sub(r1_, r0_), k]),
+                       strides=src.strides, itemsize=src.itemsize, meminfo=None)
+        return dst._getvalue()
+
+    return a(a, r0, r1), codegen
+
+
+@intrinsic
 def flat(typingctx, a, start, stop):
     """Elements start..stop of a C-contiguous array ``a`` (any dimensions) in memory
     order, as a borrowed 1-D view (a 2-D array's rows r0..r1 are elements r0 * k..r1 * k).
