@@ -67,7 +67,7 @@ def new_workspace(net, dtype, cap, fold_rows=0):
     the activation parameters and every buffer; grad (p,) is its gradient vector, a
     view of ws."""
     base = net.plan(cap, fold_rows)
-    plan = np.zeros(len(base) + 2 * len(net.layers) + _NORMS_SLOT + 1, dtype=np.int64)
+    plan = np.zeros(len(base) + 2 * len(net.layers) + _INPUTS_SLOT + 1, dtype=np.int64)
     plan[:len(base)] = base
     nb = numba_dtype(dtype)
     for offset, late, code in _late_kernels(net, ("predict", "train", "guard", "norms")
@@ -112,7 +112,7 @@ def calls_index(plan, l):
     rows: its activation's forward pass (numba_activations.FORWARD), then its derivative
     (BACKWARD); at l = L, the guard's (GUARD), then the loss's (numba_layers.LOSS), then
     each optimiser's update (UPDATES), at L + 2 + its code, then the gradient norms'
-    (SUM_SQUARES)."""
+    (SUM_SQUARES) and the guarded step's input check's (INPUTS_OK)."""
     return PLAN_HEAD + LAYER_FIELDS * plan[PLAN_LAYERS] + 2 * l
 
 
@@ -133,7 +133,7 @@ def _late_kernels(net, parts):
         kernels += [(2 * l + 1, BACKWARD, code) for l, code in enumerate(net.act_codes)]
         kernels.append((2 * layers + 1, LOSS, net.loss.code))
     if "guard" in parts:
-        kernels.append((2 * layers, GUARD, 0))
+        kernels += [(2 * layers, GUARD, 0), (2 * layers + _INPUTS_SLOT, INPUTS_OK, 0)]
     if "norms" in parts:
         kernels.append((2 * layers + _NORMS_SLOT, SUM_SQUARES, 0))
     for part in parts:
@@ -222,8 +222,10 @@ UPDATES = {SGD_CODE: Late(sgd_update, _sgd_types, None, types.none),
            ADAM_CODE: Late(adam_update, _adam_types, None, types.none)}
 assert tuple(UPDATES) == tuple(range(len(UPDATES)))
 _sgd_at, _adam_at = UPDATES[SGD_CODE].call, UPDATES[ADAM_CODE].call
-# the gradient norms' slot, after the guard's, the loss's and the updates' (calls_index)
+# the gradient norms' slot, after the guard's, the loss's and the updates', then the
+# guarded step's input check's (calls_index)
 _NORMS_SLOT = 2 + len(UPDATES)
+_INPUTS_SLOT = _NORMS_SLOT + 1
 
 
 @helper
@@ -286,7 +288,7 @@ def _copy_state(theta, bufs, rows, backup, save):
                 live[i] = saved[i]
 
 
-@helper
+@kernel
 def _inputs_ok(X, T, plan, guard):
     """The guarded step's check of X (n, k_0) and T (n, k_L): False when X or T is not
     finite, or guard[G_TARGETS] and T is outside [0, 1]. Else X's maximum and the
@@ -312,12 +314,9 @@ def _inputs_ok(X, T, plan, guard):
 
 @kernel
 def _guard(theta, bufs, grad, plan, h, opt, step, guard, loss, rows, batch_rows, backup,
-           phase, X, T):
+           phase):
     """The guarded step's bookkeeping and two decisions (see run's guard); returns 2 to
     stop, else 0.
-
-    phase 3, before the step: _inputs_ok's check of X (n, k_0) and T (n, k_L), 1 when
-    they fail it, else 0 (X and T are read in no other phase).
 
     phase 0, after a chunk of ``rows`` rows' deltas: its maxima are added to the
     gradient bounds (|dE/dW| = |x^T delta| <= rows max|x| max|delta|, |dE/db| <= rows
@@ -332,8 +331,6 @@ def _guard(theta, bufs, grad, plan, h, opt, step, guard, loss, rows, batch_rows,
     bounds. rows: the chunk's (phases 0, 1); batch_rows: the batch's (the proof's). The proof is the Cython kernels' prove_update (kernels/_guard.pxd says why
     each bound holds, rounding included), written out once here: every @njit function
     and every call site of one costs first-compile time."""
-    if phase == 3:
-        return 0 if _inputs_ok(X, T, plan, guard) else 1
     n_layers = plan[PLAN_LAYERS]
     if phase < 2:
         for l in range(n_layers):
@@ -437,9 +434,8 @@ def _guard_types(dtype):
     """_guard's argument types, as run passes them, in ``dtype``."""
     vector, rows = types.Array(dtype, 1, "C"), types.Array(dtype, 2, "C")
     ints, floats = types.Array(types.int64, 1, "C"), types.Array(types.float64, 1, "C")
-    read = rows.copy(readonly=True)   # (X and T: run's inputs, which may be read-only)
     return (vector, rows, vector, ints, floats, types.int64, ints, floats, types.float64,
-            types.int64, types.int64, vector, types.int64, read, read)
+            types.int64, types.int64, vector, types.int64)
 
 
 # run calls the guard by address (the plan's, _calls(plan, L)), so that a fit, which never
@@ -447,6 +443,18 @@ def _guard_types(dtype):
 # numba backend arms it on the first guarded step (arm)
 GUARD = Late(_guard, _guard_types, None, types.int64)
 _guard_at = GUARD.call
+
+
+def _inputs_types(dtype):
+    """_inputs_ok's argument types, as run passes them, in ``dtype``."""
+    read = types.Array(dtype, 2, "C", readonly=True)   # (run's X and T may be read-only)
+    return (read, read, types.Array(types.int64, 1, "C"), types.Array(types.float64, 1, "C"))
+
+
+# and the guarded step's check of its inputs, armed with the guard: a kernel of its own,
+# with four arguments (as a phase of the guard's, its call cost the vehicle net's step 6 %)
+INPUTS_OK = Late(_inputs_ok, _inputs_types, None, types.boolean)
+_inputs_ok_at = INPUTS_OK.call
 _act_backward_at = BACKWARD.call
 _loss_at = LOSS.call
 
@@ -508,13 +516,14 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
     loss_at = plan[_calls(plan, plan[PLAN_LAYERS]) + 1]
     update_at = plan[_calls(plan, plan[PLAN_LAYERS]) + 2 + opt] if mode == TRAIN else 0
     norms_at = plan[_calls(plan, plan[PLAN_LAYERS]) + _NORMS_SLOT]
+    inputs_at = plan[_calls(plan, plan[PLAN_LAYERS]) + _INPUTS_SLOT]
     want_norms, report = norms.shape[0] > 0, losses.shape[0] > 0
     # every kernel called by address armed (arm): a call to address 0 would crash
-    if (not _armed(plan, 2) or loss_at == 0 or (guarded and guard_at == 0)
-            or (mode == TRAIN and update_at == 0) or (want_norms and norms_at == 0)):
+    if (not _armed(plan, 2) or loss_at == 0 or (mode == TRAIN and update_at == 0)
+            or (guarded and (guard_at == 0 or inputs_at == 0))
+            or (want_norms and norms_at == 0)):
         raise ValueError("the kernels this network calls are not compiled (numba_train.arm)")
-    if guarded and _guard_at(guard_at, theta, bufs, grad, plan, hyper, opt, step, guard, 0.0,
-                             0, 0, backup, 3, X, T) != 0:
+    if guarded and not _inputs_ok_at(inputs_at, X, T, plan, guard):
         return np.nan, 1
     # the optimiser buffers in use, for the finiteness check
     in_use = _buffers_in_use(opt, hyper)
@@ -615,7 +624,7 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                         gemm_nt(delta, W, D, 1.0, 0.0)
                 if guarded and _guard_at(guard_at, theta, bufs, grad, plan, hyper, opt, step,
                                          guard, batch_loss, rows, bstop - bstart, backup,
-                                         1 if cstop == bstop else 0, X, T) == 2:
+                                         1 if cstop == bstop else 0) == 2:
                     guard[G_STATUS] = 2
                     return batch_loss, 2
                 # The second sweep: the parameters' gradients, or the folded update.
@@ -645,7 +654,7 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
                                 hyper[NESTEROV] != 0, hyper[WEIGHT_DECAY])
                 if guarded and _guard_at(guard_at, theta, bufs, grad, plan, hyper, opt, step,
                                          guard, batch_loss, 0, bstop - bstart, backup,
-                                         2, X, T) == 2:
+                                         2) == 2:
                     guard[G_STATUS] = 2
             total += batch_loss * (bstop - bstart)
             bstart = bstop

@@ -125,16 +125,16 @@ def test_both_compiled_backends_run_on_the_networks_plan(seed, optimizer):
             if backend == "numba":
                 plan, ws, grad, _ = engine._train
                 # then each layer's activation pass addresses, the guard's (0 until a
-                # guarded step asks for it), the loss's, each optimiser's update's and the
-                # gradient norms': numba_train.new_workspace; after a step, those it
-                # needs are armed
+                # guarded step asks for it), the loss's, each optimiser's update's, the
+                # gradient norms' and the guarded step's input check's:
+                # numba_train.new_workspace; after a step, those it needs are armed
                 from fastmlp.kernels.numba_train import UPDATES
                 np.testing.assert_array_equal(plan[:len(want)], want)
                 layers = 2 * len(net.layers)
-                assert len(plan) == len(want) + layers + 2 + len(UPDATES) + 1
+                assert len(plan) == len(want) + layers + 2 + len(UPDATES) + 2
                 if cap == 37:
                     assert np.all(plan[len(want):len(want) + layers] != 0)
-                    loss, updates = plan[len(want) + layers + 1], plan[len(want) + layers + 2:-1]
+                    loss, updates = plan[len(want) + layers + 1], plan[len(want) + layers + 2:-2]
                     assert loss != 0 and updates[OPTIMIZERS[optimizer]().code] != 0
                 assert len(ws) == want[codes.PLAN_WS_SIZE]
                 assert np.shares_memory(grad, ws) and len(grad) == net.n_params
