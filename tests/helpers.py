@@ -1,6 +1,7 @@
 """What several test modules share: finite differences, a thread runner, and ways to
 watch or interrupt a model's backend through its public ``engine``."""
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -248,3 +249,24 @@ def ctrl_c_at_line(code, text, then, signum):
             signal.raise_signal(signal.SIGINT)
         return trace
     sys.settrace(lambda frame, event, arg: trace if frame.f_code is code else None)
+
+
+@functools.lru_cache(maxsize=None)
+def numba_passes():
+    """(forward, backward): @njit functions calling the Numba backend's activation passes
+    for any code, bias_act_forward(Z, b, A, code, p, alpha, want_max) and act_backward(G,
+    Z, A, code, p, alpha, galpha, beta, want_max): kernels, which have no Python entry
+    point (numba_math.kernel). Built at the first call, so that importing this module
+    needs no numba."""
+    from numba import njit
+    from fastmlp.kernels import numba_activations as na
+
+    @njit
+    def forward(Z, b, A, code, p, alpha, want_max):
+        return na.bias_act_forward(Z, b, A, code, p, alpha, want_max)
+
+    @njit
+    def backward(G, Z, A, code, p, alpha, galpha, beta, want_max):
+        return na.act_backward(G, Z, A, code, p, alpha, galpha, beta, want_max)
+
+    return forward, backward

@@ -14,16 +14,9 @@ nl = pytest.importorskip("fastmlp.kernels.numba_layers")
 nt = pytest.importorskip("fastmlp.kernels.numba_train")
 from numba import njit  # noqa: E402  (numba is there: the kernels imported)
 
+from helpers import numba_passes  # noqa: E402
 
-# the passes are kernels, with no Python entry point: called from @njit code
-@njit
-def _forward(Z, b, A, code, p, alpha, want_max):
-    return na.bias_act_forward(Z, b, A, code, p, alpha, want_max)
-
-
-@njit
-def _backward(G, Z, A, code, p, alpha, galpha, beta, want_max):
-    return na.act_backward(G, Z, A, code, p, alpha, galpha, beta, want_max)
+_forward, _backward = numba_passes()   # (the passes have no Python entry point)
 
 BLOCK = na.ACT_BLOCK
 # (rows, units): one row wider than a block, a block's width exactly and either side,

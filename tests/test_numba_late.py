@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fastmlp.backends import available_backends
+from helpers import numba_passes
 
 pytestmark = pytest.mark.skipif("numba" not in available_backends(),
                                 reason="the numba backend is not available here")
@@ -32,13 +33,7 @@ if "numba" in available_backends():
         return _backward_call(at, G, Z, A, code, p, alpha, galpha, beta, want_max)
 
     # the passes for every code (kernels, with no Python entry point)
-    @njit
-    def _forward(Z, b, A, code, p, alpha, want_max):
-        return na.bias_act_forward(Z, b, A, code, p, alpha, want_max)
-
-    @njit
-    def _backward(G, Z, A, code, p, alpha, galpha, beta, want_max):
-        return na.act_backward(G, Z, A, code, p, alpha, galpha, beta, want_max)
+    _forward, _backward = numba_passes()
 
 
 def _nb(dtype):
