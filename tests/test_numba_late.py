@@ -73,22 +73,31 @@ def test_a_call_by_address_with_other_types_is_refused_while_compiling():
         wrong(0, Z, np.zeros(2, np.float32), Z)
 
 
-@pytest.mark.parametrize("slot", ["forward", "derivative", "guard", "loss"])
+@pytest.mark.parametrize("slot", ["forward", "derivative", "guard", "loss", "update",
+                                  "input check", "norms"])
 def test_a_call_without_an_armed_kernel_raises_not_crashes(slot):
     import fastmlp as fm
     m = fm.Model([fm.Dense(3, "tanh"), fm.Dense(2)], input_dim=2, loss="mse",
-                 backend="numba", dtype="float32", seed=0)
+                 optimizer=fm.SGD(0.1, momentum=0.5), backend="numba", dtype="float32",
+                 seed=0)
     engine = m._engine
     ones = np.ones((2, 2), np.float32)
-    engine.train_step_checked(ones, ones)   # arms the layers, the loss and the guard
+    engine.train_step_checked(ones, ones)   # arms the layers, the loss, the update, the guard
+    norms = np.zeros(2)
+    engine.train_epoch(ones, ones, np.arange(2), 2, norms)   # and the norms
     plan = engine._train[0]
+    end = kt.calls_index(plan, 2)   # the slots after the layers' (kt.calls_index)
     index = {"forward": kt.calls_index(plan, 1), "derivative": kt.calls_index(plan, 0) + 1,
-             "guard": kt.calls_index(plan, 2), "loss": kt.calls_index(plan, 2) + 1}[slot]
+             "guard": end, "loss": end + 1, "update": end + 2 + fm.SGD.code,
+             "norms": end + 2 + len(kt.UPDATES), "input check": end + 3 + len(kt.UPDATES)}[slot]
     assert plan[index] != 0
     kept, plan[index] = plan[index], 0
+    args = (engine.theta, engine._grad, ones, ones) + engine._checked
+    if slot == "norms":   # a plain epoch asking for norms (run's arguments, as train_epoch's)
+        args = args[:13] + (norms,) + args[14:16] + (np.zeros(0), engine._backup)
     try:
         with pytest.raises(ValueError, match="the kernels this network calls are not compiled"):
-            engine._run(*((engine.theta, engine._grad, ones, ones) + engine._checked))
+            engine._run(*args)
         if slot == "forward":
             with pytest.raises(ValueError, match="not compiled"):
                 engine._predict(engine.theta, ones, plan, engine._fparams, 2,
