@@ -20,7 +20,6 @@ keeps a loop from vectorising.
 from __future__ import annotations
 
 import inspect
-
 import os
 import sys
 import tempfile

@@ -110,9 +110,10 @@ def _row(l):
 def calls_index(plan, l):
     """Where layer l's kernel addresses lie in a plan of new_workspace, after the layer
     rows: its activation's forward pass (numba_activations.FORWARD), then its derivative
-    (BACKWARD); at l = L, the guard's (GUARD), then the loss's (numba_layers.LOSS), then
-    each optimiser's update (UPDATES), at L + 2 + its code, then the gradient norms'
-    (SUM_SQUARES) and the guarded step's input check's (INPUTS_OK)."""
+    (BACKWARD); at l = L, the other kernels', each at its slot (_GUARD_SLOT ...
+    _INPUTS_SLOT): the guard's (GUARD), the loss's (numba_layers.LOSS), each optimiser's
+    update (UPDATES), the gradient norms' (SUM_SQUARES), the guarded step's input
+    check's (INPUTS_OK)."""
     return PLAN_HEAD + LAYER_FIELDS * plan[PLAN_LAYERS] + 2 * l
 
 
@@ -131,16 +132,17 @@ def _late_kernels(net, parts):
         kernels += [(2 * l, FORWARD, code) for l, code in enumerate(net.act_codes)]
     if "train" in parts:
         kernels += [(2 * l + 1, BACKWARD, code) for l, code in enumerate(net.act_codes)]
-        kernels.append((2 * layers + 1, LOSS, net.loss.code))
+        kernels.append((2 * layers + _LOSS_SLOT, LOSS, net.loss.code))
     if "guard" in parts:
-        kernels += [(2 * layers, GUARD, 0), (2 * layers + _INPUTS_SLOT, INPUTS_OK, 0)]
+        kernels += [(2 * layers + _GUARD_SLOT, GUARD, 0),
+                    (2 * layers + _INPUTS_SLOT, INPUTS_OK, 0)]
     if "norms" in parts:
         kernels.append((2 * layers + _NORMS_SLOT, SUM_SQUARES, 0))
     for part in parts:
         if isinstance(part, tuple) and part[0] == "update":
             if part[1] not in UPDATES:   # (as run would say)
                 raise ValueError("unknown optimizer code")
-            kernels.append((2 * layers + 2 + part[1], UPDATES[part[1]], 0))
+            kernels.append((2 * layers + _UPDATE_SLOT + part[1], UPDATES[part[1]], 0))
     return kernels
 
 
@@ -222,10 +224,14 @@ UPDATES = {SGD_CODE: Late(sgd_update, _sgd_types, None, types.none),
            ADAM_CODE: Late(adam_update, _adam_types, None, types.none)}
 assert tuple(UPDATES) == tuple(range(len(UPDATES)))
 _sgd_at, _adam_at = UPDATES[SGD_CODE].call, UPDATES[ADAM_CODE].call
-# the gradient norms' slot, after the guard's, the loss's and the updates', then the
-# guarded step's input check's (calls_index)
-_NORMS_SLOT = 2 + len(UPDATES)
+# The plan's slots after the layers' pairs (at calls_index(plan, L) + slot): the guard's,
+# the loss's, each optimiser's update at _UPDATE_SLOT + its code, the gradient norms', the
+# guarded step's input check's
+_GUARD_SLOT, _LOSS_SLOT, _UPDATE_SLOT = 0, 1, 2
+_NORMS_SLOT = _UPDATE_SLOT + len(UPDATES)
 _INPUTS_SLOT = _NORMS_SLOT + 1
+# what the entry points raise when a kernel they would call by address is not armed
+_NOT_ARMED = "the kernels this network calls are not compiled (numba_train.arm)"
 
 
 @helper
@@ -512,17 +518,16 @@ def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan,
     elif mode != GRADIENT:
         raise ValueError("unknown run mode")
     guarded = guard.shape[0] > 0
-    guard_at = plan[_calls(plan, plan[PLAN_LAYERS])]
-    loss_at = plan[_calls(plan, plan[PLAN_LAYERS]) + 1]
-    update_at = plan[_calls(plan, plan[PLAN_LAYERS]) + 2 + opt] if mode == TRAIN else 0
-    norms_at = plan[_calls(plan, plan[PLAN_LAYERS]) + _NORMS_SLOT]
-    inputs_at = plan[_calls(plan, plan[PLAN_LAYERS]) + _INPUTS_SLOT]
+    slots = _calls(plan, plan[PLAN_LAYERS])   # the kernels' addresses after the layers'
+    guard_at, loss_at = plan[slots + _GUARD_SLOT], plan[slots + _LOSS_SLOT]
+    update_at = plan[slots + _UPDATE_SLOT + opt] if mode == TRAIN else 0
+    norms_at, inputs_at = plan[slots + _NORMS_SLOT], plan[slots + _INPUTS_SLOT]
     want_norms, report = norms.shape[0] > 0, losses.shape[0] > 0
     # every kernel called by address armed (arm): a call to address 0 would crash
     if (not _armed(plan, 2) or loss_at == 0 or (mode == TRAIN and update_at == 0)
             or (guarded and (guard_at == 0 or inputs_at == 0))
             or (want_norms and norms_at == 0)):
-        raise ValueError("the kernels this network calls are not compiled (numba_train.arm)")
+        raise ValueError(_NOT_ARMED)
     if guarded and not _inputs_ok_at(inputs_at, X, T, plan, guard):
         return np.nan, 1
     # the optimiser buffers in use, for the finiteness check
@@ -772,7 +777,7 @@ def predict(theta, X, plan, fparams, chunk, Y, check, small, columns):
     runs as in rows, so that the last rows of a DataFrame get the same bits as the same
     rows given alone."""
     if not _armed(plan, 1):
-        raise ValueError("the kernels this network calls are not compiled (numba_train.arm)")
+        raise ValueError(_NOT_ARMED)
     n = Y.shape[0]
     c = min(chunk, n)
     buf = np.empty(3 * c * plan[PLAN_WIDEST], dtype=X.dtype)
@@ -813,7 +818,7 @@ def evaluate(theta, X, T, plan, fparams, chunk, small):
     """Mean loss over X (n, k_0), T (n, k_L), computed ``chunk`` rows at a time, a chunk
     of at most ``small`` rows through the C GEMV loops (as :func:`predict`)."""
     if not _armed(plan, 1):
-        raise ValueError("the kernels this network calls are not compiled (numba_train.arm)")
+        raise ValueError(_NOT_ARMED)
     n, k_out = X.shape[0], T.shape[1]
     c = min(chunk, n)
     buf = np.empty(3 * c * plan[PLAN_WIDEST], dtype=X.dtype)
