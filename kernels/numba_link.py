@@ -31,17 +31,21 @@ every kernel module; ``guarded_cfunc`` for the C callbacks numba_blas and numba_
 compile): a damaged entry (a file emptied or cut short, as a power loss
 can leave it: Numba writes without fsync) is a cache miss, said in one line naming the
 file, and the kernel compiles again and rewrites it; a cache write that fails (a full
-disk) leaves the kernel compiled, uncached, said in one line naming the folder. Only
-these kernels' dispatchers change, not Numba's; a Ctrl-C still propagates, once the
-compile it arrived in is over (see _compiled_whole).
+disk) leaves the kernel compiled, uncached, said in one line naming the folder;
+processes saving into one folder at once each keep their entries whole (a lock per
+folder: _CheckedCacheFile.save), and an entry holding code for other argument types is
+a miss. Only these kernels' dispatchers change, not Numba's; a Ctrl-C still
+propagates, once the compile it arrived in is over (see _compiled_whole).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
 import importlib
 import inspect
+import itertools
 import os
 import sys
 import threading
@@ -84,8 +88,55 @@ def _damaged(what, exc):
                  "compiling that kernel again and rewriting the entry")
 
 
+# the file in a cache folder whose lock makes each save there whole (_CheckedCacheFile.save)
+SAVE_LOCK_NAME = "fastmlp-save.lock"
+
+
+@contextlib.contextmanager
+def _folder_locked(folder):
+    """The block run holding ``folder``'s save lock (flock: released when the process
+    dies), or without it where there is none to take (no fcntl, as on Windows; a folder
+    that cannot be written, where the save itself then fails and says so)."""
+    try:
+        import fcntl
+        fd = os.open(os.path.join(folder, SAVE_LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+    except (ImportError, OSError):
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:   # a file system without locks: Numba's own, unlocked save
+                pass
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)      # (and the lock with it)
+
+
 class _CheckedCacheFile(caching.IndexDataCacheFile):
-    """Numba's index and data files of one kernel, where a damaged file is a miss."""
+    """Numba's index and data files of one kernel, where a damaged file is a miss and
+    saves from several processes at once are each kept whole (save)."""
+
+    def save(self, key, data):
+        """Numba's save (the entry's data file, and the index naming it), made safe for
+        processes saving at once (two first compiles, `fastmlp warmup`'s dtypes side by
+        side). Numba's reads the index, picks a data file and writes both, unlocked: of
+        4 processes saving 30 entries each into one index, 33 entries survived, 32 of
+        them naming another entry's data, so a kernel would have loaded code compiled
+        for other argument types. Here the folder's lock is held throughout, and the
+        data is written before the index names it."""
+        with _folder_locked(self._cache_path):
+            overloads = self._load_index()
+            data_name = overloads.get(key)
+            if data_name is None:
+                taken = set(overloads.values())
+                data_name = next(name for name in map(self._data_name, itertools.count(1))
+                                 if name not in taken)
+            self._save_data(data_name, data)
+            if overloads.get(key) != data_name:
+                overloads[key] = data_name
+                self._save_index(overloads)
 
     def _load_index(self):
         try:
@@ -116,11 +167,19 @@ def _load_overload(load, cache, sig, target_context):
     """Numba's ``Cache._load_overload``, an entry that unpickles but cannot be rebuilt
     (damaged machine code) a miss too."""
     try:
-        return load(sig, target_context)
+        loaded = load(sig, target_context)
     except Exception as exc:
         _raise_if_not_the_files(exc)
         _damaged(f"cache entry of {cache._py_func.__qualname__} in {cache.cache_path}", exc)
         return None
+    # an entry holding code compiled for other argument types (an index written by
+    # processes saving at once, unlocked: _CheckedCacheFile.save) is a miss, not a crash
+    found = getattr(getattr(loaded, "signature", None), "args", None)
+    if found is not None and tuple(found) != tuple(sigutils.normalize_signature(sig)[0]):
+        _damaged(f"cache entry of {cache._py_func.__qualname__} in {cache.cache_path}",
+                 TypeError(f"it holds code for the argument types {tuple(found)}"))
+        return None
+    return loaded
 
 
 def _save_overload(save, cache, sig, data):

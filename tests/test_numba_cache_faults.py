@@ -235,3 +235,81 @@ def test_c_callbacks_are_guarded():
     assert type(callback._cache._cache_file) is _CheckedCacheFile
     assert callback.ctypes(2.0) == 3.0
     assert type(guarded_cfunc("float64(float64)", body, False)._cache) is not caching.Cache
+
+
+# --- processes saving into one cache at once (two first compiles; `fastmlp warmup`'s
+# dtypes side by side): each entry kept, each naming its own data
+
+def _save_entries(folder, worker, delay):
+    import time
+    from fastmlp.kernels.numba_link import _CheckedCacheFile
+
+    class Slow(_CheckedCacheFile):
+        def _save_index(self, overloads):   # widens the window between reading and writing
+            time.sleep(delay)
+            super()._save_index(overloads)
+    cache_file = Slow(folder, "kernel", source_stamp=1)
+    for i in range(15):
+        cache_file.save((worker, i), {"key": (worker, i)})
+
+
+def test_processes_saving_at_once_keep_every_entry_whole(tmp_path):
+    import multiprocessing
+    from fastmlp.kernels.numba_link import SAVE_LOCK_NAME, _CheckedCacheFile
+    if not hasattr(os, "fork"):
+        pytest.skip("needs fork, to start the savers quickly")
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_save_entries, args=(str(tmp_path), w, 0.002))
+               for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=_TIMEOUT)
+        assert w.exitcode == 0
+    cache_file = _CheckedCacheFile(str(tmp_path), "kernel", source_stamp=1)
+    index = cache_file._load_index()
+    # (Numba's own unlocked save kept 33 of 120 here, 32 naming another entry's data)
+    assert sorted(index) == [(w, i) for w in range(4) for i in range(15)]
+    assert all(cache_file._load_data(name)["key"] == key for key, name in index.items())
+    assert (tmp_path / SAVE_LOCK_NAME).exists()
+
+
+def test_an_entry_holding_other_argument_types_is_a_miss(tmp_path, capsys):
+    """An index naming the data of another signature (as unlocked saves at once leave it):
+    the kernel compiles again, and no code for the wrong types is called."""
+    import pickle
+    from numba import njit
+    from fastmlp.kernels.numba_link import guard_cache
+    source = tmp_path / "swapped_kernel.py"
+    source.write_text("def total(a):\n    s = 0.0\n    for x in a:\n        s += x\n"
+                      "    return s\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import swapped_kernel
+    finally:
+        sys.path.remove(str(tmp_path))
+
+    def compiled():
+        kernel = njit(cache=True)(swapped_kernel.total)
+        guard_cache(kernel)
+        return kernel
+    first = compiled()
+    a32, a64 = np.arange(4, dtype=np.float32), np.arange(4, dtype=np.float64)
+    assert first(a32) == first(a64) == 6.0
+    index_path = first._cache._cache_file._index_path
+    with open(index_path, "rb") as f:
+        version = pickle.load(f)
+        stamp, overloads = pickle.loads(f.read())
+    k32, k64 = overloads
+    overloads[k32], overloads[k64] = overloads[k64], overloads[k32]
+    with open(index_path, "wb") as f:
+        pickle.dump(version, f, protocol=-1)
+        f.write(pickle.dumps((stamp, overloads)))
+    capsys.readouterr()
+    again = compiled()
+    assert again(a32) == 6.0 and again(a64) == 6.0
+    assert sum(again.stats.cache_misses.values()) == 2   # both compiled again, not loaded
+    assert "holds code for the argument types" in capsys.readouterr().err
+    third = compiled()   # the entries were rewritten: now both load, each its own code
+    assert third(a32) == 6.0 and third(a64) == 6.0
+    assert sum(third.stats.cache_hits.values()) == 2
