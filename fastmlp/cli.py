@@ -113,20 +113,48 @@ def _add_warmup(sub):
                        "at once. The cache lives in NUMBA_CACHE_DIR when it is set, else beside "
                        "the kernels (kernels/__pycache__), or, where that folder is read-only, "
                        "in the user's cache folder (Numba's cache=True).")
+    w.add_argument("--dtype", action="append", choices=DTYPES,
+                   help="a dtype to compile for (repeatable; default: both)")
+    w.add_argument("--jobs", type=opt.positive_int, default=None,
+                   help="processes compiling side by side, one dtype each (default: one per "
+                   "dtype, up to the CPUs this process may use)")
     w.set_defaults(run=warmup)
 
 
+DTYPES = ("float32", "float64")
+
+
 def warmup(args, out=None):
-    """The warmup command: compile every Numba kernel for both dtypes, saying how long it took."""
+    """The warmup command: compile every Numba kernel for each dtype asked for (both by
+    default), saying how long each took. With more than one job, the dtypes after the first
+    compile side by side in processes of their own (each writes the disk cache; Numba's
+    compile runs on one core), and this process then loads what they compiled, which
+    also proves the cache holds it."""
     from fastmlp import warmup as _warmup
     out = out or sys.stdout
     if "numba" not in fm.available_backends():
         raise ValueError("the numba backend is not available here: "
                          f"{fm.backends._import_errors.get('numba', 'numba is not installed')}")
-    for dtype in ("float32", "float64"):
-        seconds = _warmup.numba_kernels(dtype, notice=False, model_class=fm.Model,
-                                        complete=True)
-        print(f"numba kernels for {dtype}: ready in {seconds:.1f} s", file=out, flush=True)
+    dtypes = list(dict.fromkeys(getattr(args, "dtype", None) or DTYPES))
+    jobs = getattr(args, "jobs", None) or min(len(dtypes), _warmup.usable_cpus())
+    elsewhere = {dtype: _warmup.start_elsewhere(dtype) for dtype in dtypes[1:jobs]}
+    try:
+        for dtype in dtypes:
+            child = elsewhere.get(dtype)
+            seconds = _warmup.numba_kernels(dtype, notice=False, model_class=fm.Model,
+                                            complete=True) if child is None else None
+            if child is not None:
+                said, failed = _warmup.finish_elsewhere(child, dtype)
+                # this process loads what it compiled (a failed one: compiles it here)
+                here = _warmup.numba_kernels(dtype, notice=False, model_class=fm.Model,
+                                             complete=True)
+                seconds = here if failed else said
+            print(f"numba kernels for {dtype}: ready in {seconds:.1f} s", file=out, flush=True)
+    finally:
+        for child in elsewhere.values():
+            if child is not None and child.poll() is None:   # (interrupted here)
+                child.kill()
+                child.wait()
     from .kernels import numba_math
     if not numba_math.CACHE:
         raise ValueError("the kernels compiled, but Numba has no writable folder to cache them "

@@ -8,11 +8,16 @@ and ``gradients``) at the first of those, ``evaluate`` at the first evaluate; on
 to stderr when one takes more than a second (:func:`compiling`). So a model that only
 predicts never waits for the training kernels (a third of the time, against all of it
 when a model's construction compiled everything). ``python -m fastmlp warmup`` compiles
-them all ahead of time for both dtypes (:func:`numba_kernels`).
+them all ahead of time for both dtypes (:func:`numba_kernels`), side by side in processes
+of their own where there are CPUs for them (:func:`start_elsewhere`): Numba compiles on
+one core.
 """
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import subprocess
 import sys
 import threading
 import time
@@ -126,3 +131,52 @@ def _exercise(dtype, Model, complete=False):
                         *((update, [0]) for update in UPDATES.values())):
         for code in sorted(codes):
             late.address(numba_dtype(dtype), code)
+
+
+def usable_cpus():
+    """The CPUs this process may run on (its affinity where the system says, else all)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# The warmup of one dtype in another process: the same fastmlp, or it stops (exit 3)
+_ELSEWHERE = """import sys, fastmlp, fastmlp.kernels
+if [fastmlp.__file__, fastmlp.kernels.__file__] != sys.argv[2:4]:
+    sys.exit(f"fastmlp: that Python imports another fastmlp ({fastmlp.__file__})")
+from fastmlp.cli import main
+sys.exit(main(["warmup", "--dtype", sys.argv[1], "--jobs", "1"]))
+"""
+
+
+def start_elsewhere(dtype):
+    """A process of this Python running `fastmlp warmup` for ``dtype`` alone (its output
+    captured: :func:`finish_elsewhere`), or None where none starts (no interpreter to
+    run, say when embedded)."""
+    from . import kernels
+    import fastmlp
+    if not sys.executable:
+        return None
+    try:
+        return subprocess.Popen([sys.executable, "-c", _ELSEWHERE, dtype, fastmlp.__file__,
+                                 kernels.__file__], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                errors="backslashreplace")
+    except OSError:
+        return None
+
+
+def finish_elsewhere(child, dtype):
+    """(seconds it said it took, whether it failed) of ``child`` (start_elsewhere's), once
+    it has ended; what it wrote to stderr is written to this one's, and a failure says
+    so in a line of its own (the caller then compiles ``dtype`` itself)."""
+    said, err = child.communicate()
+    if err:
+        sys.stderr.write(err)
+    found = re.search(r"ready in ([0-9.]+) s", said)
+    if child.returncode == 0 and found:
+        return float(found.group(1)), False
+    print(f"fastmlp: the process compiling the {dtype} kernels ended with status "
+          f"{child.returncode}; compiling them here", file=sys.stderr, flush=True)
+    return None, True

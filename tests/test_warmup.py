@@ -54,6 +54,95 @@ def test_warmup_command_readies_both_dtypes(capsys):
     assert {np.dtype("float32"), np.dtype("float64")} <= warmup._ready
 
 
+
+# --- `fastmlp warmup`'s dtypes side by side, each in a process of its own ----------------
+
+class _Ended:
+    """A stand-in for warmup.start_elsewhere's process: already ended, with its output."""
+
+    def __init__(self, status, out="", err=""):
+        self.returncode, self._said = status, (out, err)
+
+    def communicate(self):
+        return self._said
+
+    def poll(self):
+        return self.returncode
+
+
+def _both_ready(monkeypatch):
+    """Both dtypes marked compiled in this process, so that a warmup here compiles nothing."""
+    monkeypatch.setattr(warmup, "_ready", {np.dtype("float32"), np.dtype("float64")})
+
+
+@needs_numba
+def test_warmup_runs_the_second_dtype_elsewhere_and_loads_it(monkeypatch, capsys):
+    _both_ready(monkeypatch)
+    started = []
+
+    def start(dtype):
+        started.append(dtype)
+        return _Ended(0, f"numba kernels for {dtype}: ready in 12.5 s\n", "a notice\n")
+    monkeypatch.setattr(warmup, "start_elsewhere", start)
+    assert cli.main(["warmup", "--jobs", "2"]) == 0
+    captured = capsys.readouterr()
+    assert started == ["float64"]
+    assert captured.out.splitlines() == ["numba kernels for float32: ready in 0.0 s",
+                                         "numba kernels for float64: ready in 12.5 s"]
+    assert captured.err == "a notice\n"   # (the other process's stderr, passed on)
+
+
+@needs_numba
+def test_a_failed_warmup_elsewhere_compiles_here_and_says_so(monkeypatch, capsys):
+    _both_ready(monkeypatch)
+    monkeypatch.setattr(warmup, "start_elsewhere", lambda dtype: _Ended(1, "", "boom\n"))
+    assert cli.main(["warmup", "--jobs", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[1] == "numba kernels for float64: ready in 0.0 s"
+    assert "boom" in captured.err
+    assert ("the process compiling the float64 kernels ended with status 1; compiling them "
+            "here") in captured.err
+
+
+@needs_numba
+def test_warmup_of_one_dtype_and_one_job_starts_no_process(monkeypatch, capsys):
+    _both_ready(monkeypatch)
+    monkeypatch.setattr(warmup, "start_elsewhere", lambda dtype: pytest.fail("started"))
+    assert cli.main(["warmup", "--dtype", "float64"]) == 0
+    assert cli.main(["warmup", "--jobs", "1"]) == 0
+    assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()] == [
+        "numba kernels for float64", "numba kernels for float32", "numba kernels for float64"]
+
+
+@pytest.mark.parametrize("argv, wording", [(["--jobs", "0"], "a positive integer"),
+                                           (["--dtype", "int8"], "invalid choice")])
+def test_warmup_refuses_bad_options(argv, wording, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["warmup", *argv])
+    assert exited.value.code == 2 and wording in capsys.readouterr().err
+
+
+@needs_numba
+def test_the_process_elsewhere_refuses_another_fastmlp():
+    done = subprocess.run([sys.executable, "-c", warmup._ELSEWHERE, "float32", "/elsewhere/a",
+                           "/elsewhere/b"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "imports another fastmlp" in done.stderr
+
+
+@needs_numba
+def test_warmup_side_by_side_fills_the_cache_for_a_later_process(tmp_path):
+    """Two processes compiling into one empty cache at once (their saves meet in the same
+    index files: numba_link._CheckedCacheFile.save), then later processes load every
+    kernel, both dtypes, compiling none."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "fastmlp", "warmup", "--jobs", "2"], env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "compiling them here" not in done.stderr
+    for role in ("loaded", "loaded64"):
+        assert _fresh_process(tmp_path, role)[1] == "0"
+
+
 # Run in fresh processes with an empty cache: the first compiles the kernels, the second
 # loads them. It prints the results of one model, the cache misses (kernels compiled, not
 # loaded) and, for each entry point, which fastmlp kernels its compiled module defines.
@@ -64,11 +153,12 @@ import fastmlp as fm
 from fastmlp import warmup
 from fastmlp.kernels import numba_activations, numba_layers, numba_train
 from numba.core.dispatcher import Dispatcher
-warmup.numba_kernels("float32", notice=False, model_class=fm.Model)
+dtype = "float64" if sys.argv[1].endswith("64") else "float32"
+warmup.numba_kernels(dtype, notice=False, model_class=fm.Model)
 m = fm.Model([fm.Dense(5, "tanh"), fm.Dense(3, "softmax")], input_dim=4,
-             loss="cross_entropy", optimizer=fm.Adam(), backend="numba", seed=1)
-X = np.random.default_rng(0).random((20, 4), dtype=np.float32)
-T = np.eye(3, dtype=np.float32)[np.arange(20) % 3]
+             loss="cross_entropy", optimizer=fm.Adam(), backend="numba", seed=1, dtype=dtype)
+X = np.random.default_rng(0).random((20, 4), dtype=dtype)
+T = np.eye(3, dtype=dtype)[np.arange(20) % 3]
 m.fit(X, T, epochs=2, batch_size=8)
 m.train_on_batch(X, T)
 print(repr(np.concatenate([m.predict(X).ravel(), [m.evaluate(X, T)]]).tolist()))
