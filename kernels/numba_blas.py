@@ -152,12 +152,14 @@ def _narrowing_gemm_body(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c
 _register_blas()
 
 
-@njit(**SCALAR)
+@njit(**dict(SCALAR, fastmath={"contract"}))
 def _mad(a, b, s):
-    """s + a * b rounded once to s's type, as an FMA: the float64 product of two
-    float32 values is exact, and its sum rounds once more, to float32 (float64 values:
-    a plain multiply and add)."""
-    return type(s)(float(s) + float(a) * float(b))
+    """s + a * b rounded once, in s's type: one FMA (``contract`` lets LLVM fuse the
+    multiply and the add), as BLAS's kernels and the Cython loops (their C compiler
+    fuses them) do, so a product's bits are the same on both backends. (Written as
+    float64 arithmetic with ``float()``, it rounded twice: Numba's float() of a float32
+    is a float32.)"""
+    return s + a * b
 
 
 @njit(**INLINE)

@@ -193,8 +193,8 @@ def _sum_squares(a):
     made norms cost a 64-128-10 net's Adam epoch (batch 32) 24 % instead of 3 %."""
     total = 0.0
     for i in range(a.shape[0]):
-        v = float(a[i])
-        total += v * v
+        v = np.float64(a[i])   # (float() of a float32 is a float32 in Numba: squared there,
+        total += v * v         # a gradient of 1e25 gave inf and one of 1e-25 gave 0)
     return total
 
 
@@ -389,10 +389,13 @@ def _guard(theta, bufs, grad, plan, h, opt, step, guard, loss, rows, batch_rows,
         b1, b2, eps = h[BETA1], h[BETA2], h[EPS]
         k1 = 1 - h[BETA1] ** float(step[0] + 1)
         k2 = 1 - h[BETA2] ** float(step[0] + 1)
-        if unit > 1e-10:  # float32: the values the float kernels compute with
-            lr, wd, mu = float(np.float32(lr)), float(np.float32(wd)), float(np.float32(mu))
-            b1, b2, eps = float(np.float32(b1)), float(np.float32(b2)), float(np.float32(eps))
-            k1, k2 = float(np.float32(k1)), float(np.float32(k2))
+        if unit > 1e-10:  # float32: the values the float kernels compute with, as float64
+            # (so the bounds below are float64 arithmetic: Numba's float() of a float32 is
+            # a float32)
+            f64, f32 = np.float64, np.float32
+            lr, wd, mu = f64(f32(lr)), f64(f32(wd)), f64(f32(mu))
+            b1, b2, eps = f64(f32(b1)), f64(f32(b2)), f64(f32(eps))
+            k1, k2 = f64(f32(k1)), f64(f32(k2))
         theta_b, buf0, buf1 = guard[G_THETA], guard[G_BUF0], guard[G_BUF1]
         g = (G + wd * theta_b) * s
         if not (lr < limit and g < limit):
