@@ -44,10 +44,13 @@ def signals_deferred(notice=None):
     system gave the signal to (OpenBLAS's and the GEMV pool's workers take it too, so
     blocking it in the main thread with pthread_sigmask was not enough: 12 temporary
     files in 1,532 interrupted saves). So each handler is swapped for one that notes the
-    signal; afterwards the handlers are put back and each signal noted is raised again
-    (signal.raise_signal), in the order they came, so the handlers run as Python runs
-    them (the first exception raised after every handler has run, but a Ctrl-C's gives way
-    to another handler's: see kept). In other threads no
+    signal; afterwards the handlers are put back and each handler whose signal was noted
+    is called, in the order they came, as Python calls it (the first exception raised
+    after every handler has run, but a Ctrl-C's gives way to another handler's: see
+    kept). Called, not the signal raised again: the signal itself came once, and its
+    wakeup byte (signal.set_wakeup_fd, asyncio's loop.add_signal_handler) was written
+    then; raised again, it wrote a second, and asyncio ran the callback of one signal
+    twice (a server's "second Ctrl-C forces the stop" forced by one). In other threads no
     handler ever runs: nothing to hold back. A signal whose handler an outer block
     already swapped is that block's.
     """
@@ -88,7 +91,7 @@ def signals_deferred(notice=None):
         _NOTES.discard(note)
         for signum in caught:
             try:
-                signal.raise_signal(signum)   # its handler runs here, as Python runs it
+                handlers[signum](signum, sys._getframe())   # as Python would have called it
             except BaseException as exc:
                 first = kept(first, exc)
         if first is not None:

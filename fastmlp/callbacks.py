@@ -30,8 +30,10 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import string
 import sys
 
+from ._atomic import as_str
 from ._signals import raise_if_signalled
 from .validation import as_float, check_flag, shown
 
@@ -317,10 +319,11 @@ class ModelCheckpoint(_Monitoring):
     """
 
     def __init__(self, path, monitor="val_loss", mode="auto", save_best_only=True):
-        try:
-            self.path = os.fspath(path)
+        try:   # bytes decoded as the file system names files (as save takes them)
+            self.path = as_str(path)
         except TypeError:
-            raise TypeError(f"path must be a str or os.PathLike, got {path!r}") from None
+            raise TypeError(f"path must be a str, bytes or os.PathLike, got {path!r}") from None
+        self._check_pattern()
         self.monitor, self.mode = monitor, mode
         self.save_best_only = save_best_only
         self._check_settings()
@@ -370,6 +373,22 @@ class ModelCheckpoint(_Monitoring):
         if self.save_best_only:
             self.best, self.best_epoch = value, epoch
         self.last_saved = path
+
+    def _check_pattern(self):
+        """The path's braces checked when the callback is made, not after an epoch has
+        trained: each names a logged value (``{}`` or ``{0}`` names none), and each opens
+        and closes."""
+        try:
+            fields = [field for _, field, _, _ in string.Formatter().parse(self.path)
+                      if field is not None]
+        except ValueError as exc:
+            raise ValueError(f"ModelCheckpoint path {self.path!r} is not a valid format string "
+                             f"({exc}); write a literal brace as {{{{ or }}}}") from None
+        for field in fields:
+            if not field or field[0].isdigit():
+                raise ValueError(f"ModelCheckpoint path {self.path!r} has the field "
+                                 f"{{{field}}}, which names no logged value; name one, e.g. "
+                                 "{epoch} or {val_loss:.3f}")
 
     def _format(self, epoch, logs):
         try:

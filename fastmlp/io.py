@@ -139,12 +139,13 @@ def read(path, backend=None):
     Damaged, truncated, foreign, pickled or crafted files raise ValueError; the file is
     never modified.
     """
-    from .backends import available_backends, get_backend
+    from .backends import available_backends, get_backend, resolve
 
     path = _atomic.as_str(path)
     if not path:  # as save and to_onnx say it (open("") would say FileNotFoundError: '')
         raise ValueError("cannot load: the path is empty")
     if backend is not None:
+        backend = resolve(backend)   # "auto": the fastest here, as Model(backend="auto")
         get_backend(backend)  # a bad argument is the caller's error, not the file's
     try:
         with Archive(path, REQUIRED, OPTIONAL) as archive:
@@ -172,7 +173,7 @@ def read(path, backend=None):
         except ValueError:
             raise ValueError(f"{path} was saved for backend {backend!r}, which is not "
                              f"available here ({available_backends()}); pass backend= to "
-                             "fm.load") from None
+                             "fm.load (backend='auto': the fastest here)") from None
     return header, arrays, backend
 
 

@@ -898,8 +898,9 @@ class Model(Fitting):
         ``fit`` draws it (int64 (n,)), so a custom training loop shuffles the same way.
         A training call: it waits for another thread's fit (whose generator it would move).
         ``n``: an integer >= 0 (NumPy's permutation would shuffle an array or list given
-        instead, and take True for 1), checked before the generator moves."""
-        n = validation.check_count(n, "n")
+        instead, and take True for 1), checked before the generator moves; at most the
+        largest array length (NumPy's gave an empty order for n >= 2**63)."""
+        n = validation.check_count(n, "n", maximum=np.iinfo(np.intp).max)
         with self._lock:
             self._wait_for_fit()
             return self._rng.permutation(n).astype(np.int64, copy=False)
@@ -1304,7 +1305,7 @@ def load(path, backend=None):
     """Read a model written by :meth:`Model.save` (never unpickles; see fastmlp.io).
 
     ``backend`` overrides the saved backend name (a model saved on "numba" can be
-    loaded on "numpy"). Damaged, truncated, foreign, pickled or crafted files raise
+    loaded on "numpy"; "auto", as in Model, the fastest here). Damaged, truncated, foreign, pickled or crafted files raise
     ValueError; the file is never modified.
     """
     header, arrays, backend = io.read(path, backend)

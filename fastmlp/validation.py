@@ -608,7 +608,9 @@ def check_fraction(value, name):
     return float(value)
 
 
-def check_count(value, name, minimum=0):
+def check_count(value, name, minimum=0, maximum=None):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an integer <= {maximum}, got {value!r}")
     return int(value)

@@ -235,7 +235,7 @@ def test_checkpoint_missing_monitor_is_a_clear_error(tmp_path):
 
 
 def test_checkpoint_bad_path_type():
-    with pytest.raises(TypeError, match="path must be a str or os.PathLike"):
+    with pytest.raises(TypeError, match="path must be a str, bytes or os.PathLike"):
         ModelCheckpoint(3)
 
 
