@@ -144,7 +144,7 @@ def warmup(args, out=None):
             seconds = _warmup.numba_kernels(dtype, notice=False, model_class=fm.Model,
                                             complete=True) if child is None else None
             if child is not None:
-                said, failed = _warmup.finish_elsewhere(child, dtype)
+                said, failed = child.finish()
                 # this process loads what it compiled (a failed one: compiles it here)
                 here = _warmup.numba_kernels(dtype, notice=False, model_class=fm.Model,
                                              complete=True)
@@ -152,9 +152,8 @@ def warmup(args, out=None):
             print(f"numba kernels for {dtype}: ready in {seconds:.1f} s", file=out, flush=True)
     finally:
         for child in elsewhere.values():
-            if child is not None and child.poll() is None:   # (interrupted here)
-                child.kill()
-                child.wait()
+            if child is not None:
+                child.stop()   # (interrupted here: it stops too)
     from .kernels import numba_math
     if not numba_math.CACHE:
         raise ValueError("the kernels compiled, but Numba has no writable folder to cache them "

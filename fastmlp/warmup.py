@@ -141,42 +141,93 @@ def usable_cpus():
         return os.cpu_count() or 1
 
 
-# The warmup of one dtype in another process: the same fastmlp, or it stops (exit 3)
-_ELSEWHERE = """import sys, fastmlp, fastmlp.kernels
+# The warmup of one dtype in another process: the same fastmlp, or it stops (exit 3). It
+# stops as at a Ctrl-C (once the kernel compiling is done: no file torn) when its lifeline,
+# a pipe whose other end the warmup that started it holds, closes: that warmup has ended,
+# interrupted or killed.
+_ELSEWHERE = """import os, signal, sys, threading
+lifeline = int(sys.argv[4])
+def orphaned():
+    while os.read(lifeline, 1):
+        pass
+    os.kill(os.getpid(), signal.SIGINT)
+if lifeline >= 0:
+    threading.Thread(target=orphaned, daemon=True).start()
+import fastmlp, fastmlp.kernels
 if [fastmlp.__file__, fastmlp.kernels.__file__] != sys.argv[2:4]:
     sys.exit(f"fastmlp: that Python imports another fastmlp ({fastmlp.__file__})")
 from fastmlp.cli import main
 sys.exit(main(["warmup", "--dtype", sys.argv[1], "--jobs", "1"]))
 """
+# How long an interrupted warmup waits for the process it started to stop (its kernel's
+# compile to end) before killing it
+STOP_WAIT_S = 15.0
+
+
+class Elsewhere:
+    """`fastmlp warmup` of one dtype running in a process of its own (start_elsewhere):
+    ``process``, a subprocess.Popen whose output is captured, and ``lifeline``, the end
+    of its lifeline this process holds (None: it has none)."""
+
+    def __init__(self, dtype, process, lifeline=None):
+        self.dtype, self.process, self.lifeline = dtype, process, lifeline
+
+    def finish(self):
+        """(seconds it said it took, whether it failed), once it has ended; what it wrote
+        to stderr is written to this one's, and a failure says so in a line of its own
+        (the caller then compiles the dtype itself)."""
+        said, err = self.process.communicate()
+        self._let_go()
+        if err:
+            sys.stderr.write(err)
+        found = re.search(r"ready in ([0-9.]+) s", said)
+        if self.process.returncode == 0 and found:
+            return float(found.group(1)), False
+        print(f"fastmlp: the process compiling the {self.dtype} kernels ended with status "
+              f"{self.process.returncode}; compiling them here", file=sys.stderr, flush=True)
+        return None, True
+
+    def stop(self):
+        """Stop it if it still runs (this warmup was interrupted): as at a Ctrl-C, once
+        its kernel has compiled, or killed after STOP_WAIT_S."""
+        self._let_go()
+        if self.process.poll() is None:
+            try:
+                self.process.wait(timeout=STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def _let_go(self):
+        if self.lifeline is not None:
+            os.close(self.lifeline)
+            self.lifeline = None
 
 
 def start_elsewhere(dtype):
-    """A process of this Python running `fastmlp warmup` for ``dtype`` alone (its output
-    captured: :func:`finish_elsewhere`), or None where none starts (no interpreter to
-    run, say when embedded)."""
+    """An :class:`Elsewhere` running `fastmlp warmup` for ``dtype`` alone in a process of
+    this Python, or None where none starts (no interpreter to run, say when embedded)."""
     from . import kernels
     import fastmlp
     if not sys.executable:
         return None
     try:
-        return subprocess.Popen([sys.executable, "-c", _ELSEWHERE, dtype, fastmlp.__file__,
-                                 kernels.__file__], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                errors="backslashreplace")
+        theirs, ours = os.pipe() if os.name == "posix" else (-1, None)   # (read, write)
     except OSError:
+        theirs, ours = -1, None
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _ELSEWHERE, dtype, fastmlp.__file__, kernels.__file__,
+             str(theirs)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, errors="backslashreplace",
+            pass_fds=(theirs,) if ours is not None else ())
+    except OSError:
+        process = None
+    finally:
+        if ours is not None:
+            os.close(theirs)   # (the child's copy is its own)
+    if process is None:
+        if ours is not None:
+            os.close(ours)
         return None
-
-
-def finish_elsewhere(child, dtype):
-    """(seconds it said it took, whether it failed) of ``child`` (start_elsewhere's), once
-    it has ended; what it wrote to stderr is written to this one's, and a failure says
-    so in a line of its own (the caller then compiles ``dtype`` itself)."""
-    said, err = child.communicate()
-    if err:
-        sys.stderr.write(err)
-    found = re.search(r"ready in ([0-9.]+) s", said)
-    if child.returncode == 0 and found:
-        return float(found.group(1)), False
-    print(f"fastmlp: the process compiling the {dtype} kernels ended with status "
-          f"{child.returncode}; compiling them here", file=sys.stderr, flush=True)
-    return None, True
+    return Elsewhere(dtype, process, ours)

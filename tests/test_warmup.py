@@ -58,7 +58,7 @@ def test_warmup_command_readies_both_dtypes(capsys):
 # --- `fastmlp warmup`'s dtypes side by side, each in a process of its own ----------------
 
 class _Ended:
-    """A stand-in for warmup.start_elsewhere's process: already ended, with its output."""
+    """A stand-in for the process of warmup.start_elsewhere: ended, with its output."""
 
     def __init__(self, status, out="", err=""):
         self.returncode, self._said = status, (out, err)
@@ -68,6 +68,10 @@ class _Ended:
 
     def poll(self):
         return self.returncode
+
+
+def _ended(dtype, status, out="", err=""):
+    return warmup.Elsewhere(dtype, _Ended(status, out, err))
 
 
 def _both_ready(monkeypatch):
@@ -82,7 +86,8 @@ def test_warmup_runs_the_second_dtype_elsewhere_and_loads_it(monkeypatch, capsys
 
     def start(dtype):
         started.append(dtype)
-        return _Ended(0, f"numba kernels for {dtype}: ready in 12.5 s\n", "a notice\n")
+        return _ended(dtype, 0, f"numba kernels for {dtype}: ready in 12.5 s\n",
+                      "a notice\n")
     monkeypatch.setattr(warmup, "start_elsewhere", start)
     assert cli.main(["warmup", "--jobs", "2"]) == 0
     captured = capsys.readouterr()
@@ -95,7 +100,7 @@ def test_warmup_runs_the_second_dtype_elsewhere_and_loads_it(monkeypatch, capsys
 @needs_numba
 def test_a_failed_warmup_elsewhere_compiles_here_and_says_so(monkeypatch, capsys):
     _both_ready(monkeypatch)
-    monkeypatch.setattr(warmup, "start_elsewhere", lambda dtype: _Ended(1, "", "boom\n"))
+    monkeypatch.setattr(warmup, "start_elsewhere", lambda dtype: _ended(dtype, 1, "", "boom\n"))
     assert cli.main(["warmup", "--jobs", "2"]) == 0
     captured = capsys.readouterr()
     assert captured.out.splitlines()[1] == "numba kernels for float64: ready in 0.0 s"
@@ -125,8 +130,51 @@ def test_warmup_refuses_bad_options(argv, wording, capsys):
 @needs_numba
 def test_the_process_elsewhere_refuses_another_fastmlp():
     done = subprocess.run([sys.executable, "-c", warmup._ELSEWHERE, "float32", "/elsewhere/a",
-                           "/elsewhere/b"], capture_output=True, text=True, timeout=300)
+                           "/elsewhere/b", "-1"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "imports another fastmlp" in done.stderr
+
+
+@needs_numba
+def test_a_warmup_elsewhere_stops_when_asked(tmp_path, monkeypatch):
+    """stop() (the warmup that started it interrupted): it stops as at a Ctrl-C, once the
+    kernel it is compiling is done, well before its compile would have ended."""
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))   # (empty: it compiles, 20 s)
+    child = warmup.start_elsewhere("float64")
+    time.sleep(3)
+    start = time.perf_counter()
+    child.stop()
+    assert time.perf_counter() - start < warmup.STOP_WAIT_S
+    assert child.process.returncode == 130   # `fastmlp warmup: interrupted`
+
+
+_STARTS_ONE_AND_DIES = """
+import os, sys
+from fastmlp import warmup
+child = warmup.start_elsewhere("float64")
+print(child.process.pid, flush=True)
+os._exit(1)   # as if killed: no finally runs
+"""
+
+
+def _running(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] != "Z"
+    except OSError:
+        return False
+
+
+@needs_numba
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc to watch the process")
+def test_a_warmup_elsewhere_stops_when_its_starter_dies(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", _STARTS_ONE_AND_DIES], env=env,
+                          capture_output=True, text=True, timeout=300)
+    pid = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(pid)
 
 
 @needs_numba
