@@ -96,10 +96,27 @@ cdef enum:
     SMALL_GEMM = 96
 
 
+cdef extern from *:
+    """
+    /* One multiply-add of the small products, rounded once (as BLAS's kernels, the GEMV
+       loops of _gemv.h and the Numba loops, numba_blas._mad), in every build, so the
+       builds and both backends agree bit for bit: the FMA instruction where the build
+       has it, else a call to libm's fma (exact too; in the baseline build, run only by
+       processors without AVX2). A plain s + a * b would not fuse: setup.py's
+       -ffp-contract=off. */
+    #include <math.h>
+    #define fm_mad_f(a, b, s) fmaf((a), (b), (s))
+    #define fm_mad_d(a, b, s) fma((a), (b), (s))
+    """
+    float fm_mad_f(float a, float b, float s) noexcept nogil
+    double fm_mad_d(double a, double b, double s) noexcept nogil
+
+
 cdef inline void small_gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
                             const floating* a, int lda, const floating* b, int ldb,
                             floating beta, floating* c, int ldc) noexcept nogil:
-    """gemm's contract as plain dot products over strides: no call, no set-up."""
+    """gemm's contract as plain dot products over strides: no call, no set-up; each
+    multiply-add rounded once (fm_mad_f above)."""
     cdef Py_ssize_t i, j, p
     cdef Py_ssize_t ai = 1 if trans_a else lda, ap = lda if trans_a else 1
     cdef Py_ssize_t bp = 1 if trans_b else ldb, bj = ldb if trans_b else 1
@@ -108,7 +125,10 @@ cdef inline void small_gemm(bint trans_a, bint trans_b, int m, int n, int k, flo
         for j in range(n):
             s = 0
             for p in range(k):
-                s += a[i * ai + p * ap] * b[p * bp + j * bj]
+                if floating is float:
+                    s = fm_mad_f(a[i * ai + p * ap], b[p * bp + j * bj], s)
+                else:
+                    s = fm_mad_d(a[i * ai + p * ap], b[p * bp + j * bj], s)
             c[i * ldc + j] = alpha * s if beta == 0 else beta * c[i * ldc + j] + alpha * s
 
 

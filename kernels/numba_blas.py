@@ -152,14 +152,25 @@ def _narrowing_gemm_body(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c
 _register_blas()
 
 
-@njit(**dict(SCALAR, fastmath={"contract"}))
+@intrinsic
+def _fma(typingctx, a, b, s):
+    """a * b + s rounded once (LLVM's fma: the instruction where the CPU has FMA, else
+    libm's fma, exact too), all three of one float type."""
+    if not (a == b == s and s in _FLOATS):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+    return s(a, b, s), codegen
+
+
+@njit(**SCALAR)
 def _mad(a, b, s):
-    """s + a * b rounded once, in s's type: one FMA (``contract`` lets LLVM fuse the
-    multiply and the add), as BLAS's kernels and the Cython loops (their C compiler
-    fuses them) do, so a product's bits are the same on both backends. (Written as
-    float64 arithmetic with ``float()``, it rounded twice: Numba's float() of a float32
-    is a float32.)"""
-    return s + a * b
+    """s + a * b rounded once, in s's type: one FMA, as BLAS's kernels and the Cython
+    loops (_blas.pxd's small_gemm, every build) do, so a product's bits are the same on
+    both backends. (Written as float64 arithmetic with ``float()``, it rounded twice:
+    Numba's float() of a float32 is a float32.)"""
+    return _fma(a, b, s)
 
 
 @njit(**INLINE)

@@ -199,7 +199,8 @@ def test_every_build_computes_what_the_reference_computes(isa, reference):
 
 def test_every_build_gives_the_baseline_builds_bits():
     """The builds differ in vector width only: -ffp-contract=off keeps every a * b + c two
-    roundings, and no sum is reordered, so results are the same bits (the GEMV loops pick
+    roundings (but the tiny products' loops, one fmaf in every build), and no sum is
+    reordered, so results are the same bits (the GEMV loops pick
     their copy at run time in every build). But for one thing: the AVX-512 build's
     float32 GEMMs (predict's batches of more than 8 rows, and training's products,
     _sgemm_blas.h) sum in _sgemm.h's loops, in another order than BLAS: those agree to
