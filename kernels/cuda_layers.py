@@ -264,7 +264,7 @@ def kernels(dtype, shape=None):
         t = cuda.threadIdx.x
         s = 0.0
         for i in range(t, size, reduce_threads):
-            v = float(x[off + i])
+            v = float64(x[off + i])   # (float() of a float32 is a float32 in Numba)
             s += v * v if squared else v
         part[t] = s
         cuda.syncthreads()
