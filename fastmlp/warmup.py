@@ -15,6 +15,7 @@ one core.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import subprocess
@@ -141,11 +142,14 @@ def usable_cpus():
         return os.cpu_count() or 1
 
 
-# The warmup of one dtype in another process: the same fastmlp, or it stops (exit 3). It
-# stops as at a Ctrl-C (once the kernel compiling is done: no file torn) when its lifeline,
-# a pipe whose other end the warmup that started it holds, closes: that warmup has ended,
-# interrupted or killed.
-_ELSEWHERE = """import os, signal, sys, threading
+# The warmup of one dtype in another process. It imports fastmlp by the import path of
+# the process that started it (`python -I`: nothing of the working folder's, then that
+# path), and stops, saying why (exit 1), where that is not this fastmlp; a working folder
+# holding another copy made `-c`'s import fail with a traceback. It stops as at a Ctrl-C
+# (once the kernel compiling is done: no file torn) when its lifeline, a pipe whose other
+# end the warmup that started it holds, closes: that warmup has ended, interrupted or
+# killed.
+_ELSEWHERE = """import json, os, signal, sys, threading
 lifeline = int(sys.argv[4])
 def orphaned():
     while os.read(lifeline, 1):
@@ -153,8 +157,13 @@ def orphaned():
     os.kill(os.getpid(), signal.SIGINT)
 if lifeline >= 0:
     threading.Thread(target=orphaned, daemon=True).start()
-import fastmlp, fastmlp.kernels
-if [fastmlp.__file__, fastmlp.kernels.__file__] != sys.argv[2:4]:
+sys.path[:] = json.loads(sys.argv[5])
+try:
+    import fastmlp, fastmlp.kernels
+    same = [fastmlp.__file__, fastmlp.kernels.__file__] == sys.argv[2:4]
+except Exception as exc:
+    sys.exit(f"fastmlp: cannot import fastmlp there ({type(exc).__name__}: {exc})")
+if not same:
     sys.exit(f"fastmlp: that Python imports another fastmlp ({fastmlp.__file__})")
 from fastmlp.cli import main
 sys.exit(main(["warmup", "--dtype", sys.argv[1], "--jobs", "1"]))
@@ -217,8 +226,8 @@ def start_elsewhere(dtype):
         theirs, ours = -1, None
     try:
         process = subprocess.Popen(
-            [sys.executable, "-c", _ELSEWHERE, dtype, fastmlp.__file__, kernels.__file__,
-             str(theirs)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            [sys.executable, "-I", "-c", _ELSEWHERE, dtype, fastmlp.__file__,
+             kernels.__file__, str(theirs), json.dumps(sys.path)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, errors="backslashreplace",
             pass_fds=(theirs,) if ours is not None else ())
     except OSError:

@@ -1,4 +1,5 @@
 """Numba's first compile: a one-line notice when it is slow, and `fastmlp warmup`."""
+import json
 import os
 import signal
 import subprocess
@@ -129,9 +130,26 @@ def test_warmup_refuses_bad_options(argv, wording, capsys):
 
 @needs_numba
 def test_the_process_elsewhere_refuses_another_fastmlp():
-    done = subprocess.run([sys.executable, "-c", warmup._ELSEWHERE, "float32", "/elsewhere/a",
-                           "/elsewhere/b", "-1"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-I", "-c", warmup._ELSEWHERE, "float32",
+                           "/elsewhere/a", "/elsewhere/b", "-1", json.dumps(sys.path)],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "imports another fastmlp" in done.stderr
+
+
+@needs_numba
+def test_warmup_elsewhere_imports_this_fastmlp_whatever_the_working_folder(tmp_path,
+                                                                             monkeypatch):
+    """A working folder holding another copy of fastmlp (its -c put that folder first)."""
+    (tmp_path / "fastmlp").mkdir()
+    (tmp_path / "fastmlp" / "__init__.py").write_text("raise ImportError('the other copy')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    child = warmup.start_elsewhere("float64")
+    try:
+        seconds, failed = child.finish()
+    finally:
+        child.stop()
+    assert not failed and seconds >= 0
 
 
 @needs_numba
