@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import NamedTuple
 
 import numpy as np
@@ -168,11 +168,13 @@ def _fit(args, model, task, X_train, y_train, X_test, y_test, out):
                          print_lines=not args.progress)
     callbacks = [report, ProgressBar()] if args.progress else [report]
     plot_held_out = args.plot is not None and len(y_test) > 0
+    advice = _one_hot_advice(model, task, len(X_train) + (len(X_test) if plot_held_out else 0))
     try:
-        history = model.fit(X_train, task.targets(y_train), epochs=args.epochs,
-                            batch_size=args.batch_size, callbacks=callbacks,
-                            validation_data=(X_test, task.targets(y_test)) if plot_held_out
-                            else None, gradient_norms=args.plot is not None)
+        with advice:
+            history = model.fit(X_train, task.targets(y_train), epochs=args.epochs,
+                                batch_size=args.batch_size, callbacks=callbacks,
+                                validation_data=(X_test, task.targets(y_test)) if plot_held_out
+                                else None, gradient_norms=args.plot is not None)
     finally:
         # a fit that raised (Ctrl-C, divergence) leaves its bar open, as Keras does: closed
         # here, its line ends before the command's one line ("fastmlp train: interrupted"),
@@ -190,6 +192,34 @@ def _loss(args, task):
         raise ValueError(f"--loss {args.loss}: regression trains with mse (the only "
                          "regression loss); drop --loss or use --task classification")
     return "mse"
+
+
+# One-hot targets smaller than this (or than the network) are not what a MemoryError in
+# fit is blamed on
+ONE_HOT_NOTABLE = 1 << 26
+
+
+def _one_hot_advice(model, task, rows):
+    """What a MemoryError in fit means when a classifier's one-hot targets (rows x classes,
+    which fit builds whole) are the largest thing it allocates: a context that says so
+    (not "use smaller --layers": 80,000 rows of 100,000 classes, 29.8 GiB, ran out with
+    --layers 1 --batch-size 1); else a context that changes nothing. One-hot targets larger
+    than this machine's memory are refused here, before training (ValueError)."""
+    if not isinstance(task, Classification) or task.binary:
+        return nullcontext()
+    # (fit's float targets in the model's dtype; several sigmoid outputs: float64 rows)
+    itemsize = model.dtype.itemsize if task.loss == "cross_entropy" else 8
+    need = rows * task.n_out * itemsize
+    what = (f"{rows:,} rows x {task.n_out:,} classes: the one-hot targets fit trains on need "
+            f"{_size(need)}")
+    memory = _physical_memory()
+    if memory is not None and need > memory:
+        raise ValueError(f"{what} (this machine has {_size(memory)}); use fewer classes or "
+                         "fewer rows")
+    if need <= max(_need(model.net, model.dtype), ONE_HOT_NOTABLE):
+        return nullcontext()
+    return _memory_advice(f"training ({what})", "use fewer classes, fewer rows or a machine "
+                          "with more memory")
 
 
 def _build(args, n_in, n_out, loss, output):

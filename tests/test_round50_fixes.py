@@ -172,3 +172,40 @@ def test_the_small_products_of_both_compiled_backends_agree_bit_for_bit(dtype):
                           dtype=dtype, seed=seed).gradient_vector(X, Y)[1]
                  for backend in ("numba", "cython")]
         np.testing.assert_array_equal(*grads)
+
+
+# --- `fastmlp train`'s out-of-memory advice for many classes ------------------------------
+
+def _many_classes_csv(path, rows, classes):
+    path.write_text("a,y\n" + "".join(f"{i},c{i % classes}\n" for i in range(rows)))
+    return str(path)
+
+
+def test_train_refuses_one_hot_targets_larger_than_memory(tmp_path, monkeypatch, capsys):
+    """Refused before training, naming rows, classes and the targets' size (the network
+    itself fits): it was a MemoryError advising smaller --layers or --batch-size."""
+    from fastmlp import _cli_train, cli
+    monkeypatch.setattr(_cli_train, "_physical_memory", lambda: 100 << 10)
+    data = _many_classes_csv(tmp_path / "many.csv", 500, 100)
+    assert cli.main(["train", "--data", data, "--epochs", "1", "--layers", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert err == ("fastmlp train: error: 400 rows x 100 classes: the one-hot targets fit "
+                   "trains on need 156.2 KiB (this machine has 100.0 KiB); use fewer classes "
+                   "or fewer rows\n")
+    assert "epoch" not in out
+
+
+def test_train_blames_a_memory_error_on_large_one_hot_targets(tmp_path, monkeypatch, capsys):
+    from fastmlp import _cli_train, cli
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 29.8 GiB")
+    monkeypatch.setattr(_cli_train, "ONE_HOT_NOTABLE", 1)
+    monkeypatch.setattr(fm.Model, "fit", out_of_memory)
+    data = _many_classes_csv(tmp_path / "many.csv", 500, 100)
+    assert cli.main(["train", "--data", data, "--epochs", "1", "--layers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert ("out of memory while training (400 rows x 100 classes: the one-hot targets fit "
+            "trains on need 156.2 KiB); use fewer classes, fewer rows or a machine with more "
+            "memory") in err
+    assert "--layers" not in err
