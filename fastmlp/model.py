@@ -1305,8 +1305,8 @@ def load(path, backend=None):
     """Read a model written by :meth:`Model.save` (never unpickles; see fastmlp.io).
 
     ``backend`` overrides the saved backend name (a model saved on "numba" can be
-    loaded on "numpy"; "auto", as in Model, the fastest here). Damaged, truncated, foreign, pickled or crafted files raise
-    ValueError; the file is never modified.
+    loaded on "numpy"; "auto", as in Model, the fastest here). Damaged, truncated,
+    foreign, pickled or crafted files raise ValueError; the file is never modified.
     """
     header, arrays, backend = io.read(path, backend)
     try:   # (the model takes the arrays read, checked by io.read, as its own)

@@ -227,8 +227,9 @@ def start_elsewhere(dtype):
     try:
         process = subprocess.Popen(
             [sys.executable, "-I", "-c", _ELSEWHERE, dtype, fastmlp.__file__,
-             kernels.__file__, str(theirs), json.dumps(sys.path)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, errors="backslashreplace",
+             kernels.__file__, str(theirs), json.dumps(sys.path)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, errors="backslashreplace",
             pass_fds=(theirs,) if ours is not None else ())
     except OSError:
         process = None
