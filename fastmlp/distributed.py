@@ -175,6 +175,21 @@ def _ranks(ranks):
     return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
 
 
+def _whose_labels(label_sets, net):
+    """Whose labels make their union fail to encode (each rank's, ``label_sets`` in rank
+    order, None for none): the ranks whose own labels fail alone, else all of them
+    together (float labels on rank 1 alone read "ranks 0, 1 failed", naming no one)."""
+    bad = []
+    for rank, found in enumerate(label_sets):
+        if found is None:
+            continue
+        try:
+            labels.encode(np.asarray(found, dtype=object), net, None)
+        except ValueError:
+            bad.append(rank)
+    return f"in the Y of {_ranks(bad)}" if bad else "the ranks' labels together"
+
+
 def _short(value, width=100):
     text = repr(value)
     return text if len(text) <= width else text[:width - 3] + "..."
@@ -431,7 +446,10 @@ class _Run:
             # as objects: int64 labels beside uint64 ones concatenated to float64 (2**64 - 1
             # became 2**64); labels.encode types them as one process would
             union = np.concatenate([np.asarray(f, dtype=object) for f in found])
-            _, model.classes_ = labels.encode(union, model.net, None)
+            try:
+                _, model.classes_ = labels.encode(union, model.net, None)
+            except ValueError as exc:   # every rank fails alike: say whose labels it was
+                raise ValueError(f"{exc} ({_whose_labels(label_sets, model.net)})") from None
         if model.feature_names_in_ is None and names is not None:
             model.feature_names_in_ = np.asarray(names)
 

@@ -123,6 +123,9 @@ FAILURES = {
              "(first at row 4, column 2)",
     "nan_y": "rank 1 of 2 failed checking the arguments and labels: rank 1: ValueError: Y "
              "contains NaN or inf (first at row 6)",
+    # every rank fails on the union of the labels: the message names whose they were
+    "float_labels": "failed preparing the data: ranks 0, 1: ValueError: class labels in Y "
+                    "must be integers (or strings) (in the Y of rank 1)",
     "short_y": "rank 1 of 2 failed preparing the data: rank 1: ValueError: Y has 25 rows but "
                "X has 26",
     "step_fails": "rank 1 of 2 failed in epoch 1: rank 1: MemoryError: simulated: no memory "

@@ -248,6 +248,8 @@ def main(mode, backend, outdir):
     if mode == "nan_x" and rank == 1:
         X_mine = X_mine.copy()
         X_mine[4, 2] = np.nan
+    if mode == "float_labels":   # integer class labels on rank 0, halves on rank 1
+        y_mine = np.searchsorted(CLASSES, y_mine) + (0.5 if rank == 1 else 0)
     if mode == "nan_y":   # numeric labels on both ranks, a NaN on rank 1
         y_mine = np.searchsorted(CLASSES, y_mine).astype(float)
         if rank == 1:
