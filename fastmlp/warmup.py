@@ -187,7 +187,7 @@ class Elsewhere:
         (the caller then compiles the dtype itself)."""
         said, err = self.process.communicate()
         self._let_go()
-        if err:
+        if err and sys.stderr is not None:   # (None: this process's stderr closed)
             sys.stderr.write(err)
         found = re.search(r"ready in ([0-9.]+) s", said)
         if self.process.returncode == 0 and found:
@@ -213,6 +213,32 @@ class Elsewhere:
             self.lifeline = None
 
 
+def _lifeline():
+    """(read end, write end) of a new pipe, both descriptors 3 or above, or (-1, None)
+    where there is none (not POSIX, or no descriptor left). With stdout or stderr closed,
+    os.pipe handed out 1 or 2, which the child's own stdout or stderr pipe then replaced:
+    its lifeline gone (a traceback, and it outlived a killed warmup)."""
+    if os.name != "posix":
+        return -1, None
+    import fcntl
+    try:
+        low = os.pipe()
+    except OSError:
+        return -1, None
+    high = []
+    try:
+        for end in low:
+            high.append(fcntl.fcntl(end, fcntl.F_DUPFD_CLOEXEC, 3))
+    except OSError:
+        for end in high:
+            os.close(end)
+        return -1, None
+    finally:
+        for end in low:
+            os.close(end)
+    return high[0], high[1]
+
+
 def start_elsewhere(dtype):
     """An :class:`Elsewhere` running `fastmlp warmup` for ``dtype`` alone in a process of
     this Python, or None where none starts (no interpreter to run, say when embedded)."""
@@ -220,10 +246,7 @@ def start_elsewhere(dtype):
     import fastmlp
     if not sys.executable:
         return None
-    try:
-        theirs, ours = os.pipe() if os.name == "posix" else (-1, None)   # (read, write)
-    except OSError:
-        theirs, ours = -1, None
+    theirs, ours = _lifeline()
     try:
         process = subprocess.Popen(
             [sys.executable, "-I", "-c", _ELSEWHERE, dtype, fastmlp.__file__,

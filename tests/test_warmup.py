@@ -165,6 +165,26 @@ def test_a_warmup_elsewhere_stops_when_asked(tmp_path, monkeypatch):
     assert child.process.returncode == 130   # `fastmlp warmup: interrupted`
 
 
+
+@needs_numba
+@pytest.mark.parametrize("closed", [1, 2], ids=["stdout closed", "stderr closed"])
+def test_warmup_side_by_side_with_stdout_or_stderr_closed(closed):
+    """os.pipe handed the lifeline descriptor 1 or 2, which the other process's own stdout
+    or stderr pipe then replaced: a traceback (stdout closed), or a crash with the second
+    dtype never reported (stderr closed: sys.stderr is None)."""
+    done = subprocess.run([sys.executable, "-m", "fastmlp", "warmup", "--jobs", "2"],
+                          text=True,
+                          stdout=None if closed == 1 else subprocess.PIPE,
+                          stderr=subprocess.PIPE if closed == 1 else None,
+                          preexec_fn=lambda: os.close(closed), timeout=900)
+    assert done.returncode == 0
+    if closed == 1:
+        assert "Traceback" not in done.stderr and "Bad file descriptor" not in done.stderr, \
+            done.stderr
+    else:
+        assert [line.split(":")[0] for line in done.stdout.splitlines()] == [
+            "numba kernels for float32", "numba kernels for float64"]
+
 _STARTS_ONE_AND_DIES = """
 import os, sys
 from fastmlp import warmup
