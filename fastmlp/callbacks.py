@@ -382,8 +382,7 @@ class ModelCheckpoint(_Monitoring):
             fields = [field for _, field, _, _ in string.Formatter().parse(self.path)
                       if field is not None]
         except ValueError as exc:
-            raise ValueError(f"ModelCheckpoint path {self.path!r} is not a valid format string "
-                             f"({exc}); write a literal brace as {{{{ or }}}}") from None
+            raise self._not_a_format(exc) from None
         for field in fields:
             if not field or field[0].isdigit():
                 raise ValueError(f"ModelCheckpoint path {self.path!r} has the field "
@@ -397,8 +396,11 @@ class ModelCheckpoint(_Monitoring):
             raise ValueError(f"ModelCheckpoint path {self.path!r} names {exc.args[0]!r}, which "
                              f"is not logged; available: {['epoch'] + sorted(logs)}") from None
         except (ValueError, IndexError, TypeError) as exc:   # TypeError: {grad_norm:.3f}
-            raise ValueError(f"ModelCheckpoint path {self.path!r} is not a valid format string "
-                             f"({exc}); write a literal brace as {{{{ or }}}}") from None
+            raise self._not_a_format(exc) from None
+
+    def _not_a_format(self, exc):
+        return ValueError(f"ModelCheckpoint path {self.path!r} is not a valid format string "
+                          f"({exc}); write a literal brace as {{{{ or }}}}")
 
 
 # -- progress ---------------------------------------------------------------------------

@@ -141,14 +141,11 @@ def warmup(args, out=None):
     try:
         for dtype in dtypes:
             child = elsewhere.get(dtype)
-            seconds = _warmup.numba_kernels(dtype, notice=False, model_class=fm.Model,
-                                            complete=True) if child is None else None
-            if child is not None:
-                said, failed = child.finish()
-                # this process loads what it compiled (a failed one: compiles it here)
-                here = _warmup.numba_kernels(dtype, notice=False, model_class=fm.Model,
-                                             complete=True)
-                seconds = here if failed else said
+            said, failed = child.finish() if child is not None else (None, True)
+            # compiled here, or loaded here from what the other process compiled
+            here = _warmup.numba_kernels(dtype, notice=False, model_class=fm.Model,
+                                         complete=True)
+            seconds = here if failed else said
             print(f"numba kernels for {dtype}: ready in {seconds:.1f} s", file=out, flush=True)
     finally:
         for child in elsewhere.values():

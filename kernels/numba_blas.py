@@ -32,7 +32,7 @@ from numba.extending import intrinsic
 
 from ..blas import kernel_blas, scipy_gemm_addresses
 from .numba_link import guarded_cfunc
-from .numba_math import CACHE, INLINE, SCALAR
+from .numba_math import CACHE, INLINE
 from .numba_views import flat
 
 # The Cython extension's cython_mlp.gemm_scope where float32 products go through its
@@ -153,24 +153,19 @@ _register_blas()
 
 
 @intrinsic
-def _fma(typingctx, a, b, s):
-    """a * b + s rounded once (LLVM's fma: the instruction where the CPU has FMA, else
-    libm's fma, exact too), all three of one float type."""
+def _mad(typingctx, a, b, s):
+    """s + a * b rounded once, in s's type (all three of one float type): LLVM's fma,
+    the instruction where the CPU has FMA, else libm's fma, exact too. As BLAS's kernels
+    and the Cython loops (_blas.pxd's small_gemm, every build) do, so a product's bits
+    are the same on both backends. (An intrinsic, not a function compiled of its own: one
+    function less per dtype at the first compile. Written as float64 arithmetic with
+    ``float()``, it rounded twice: Numba's float() of a float32 is a float32.)"""
     if not (a == b == s and s in _FLOATS):
         return None
 
     def codegen(context, builder, signature, args):
         return builder.fma(*args)
     return s(a, b, s), codegen
-
-
-@njit(**SCALAR)
-def _mad(a, b, s):
-    """s + a * b rounded once, in s's type: one FMA, as BLAS's kernels and the Cython
-    loops (_blas.pxd's small_gemm, every build) do, so a product's bits are the same on
-    both backends. (Written as float64 arithmetic with ``float()``, it rounded twice:
-    Numba's float() of a float32 is a float32.)"""
-    return _fma(a, b, s)
 
 
 @njit(**INLINE)
