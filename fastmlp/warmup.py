@@ -165,9 +165,28 @@ except Exception as exc:
     sys.exit(f"fastmlp: cannot import fastmlp there ({type(exc).__name__}: {exc})")
 if not same:
     sys.exit(f"fastmlp: that Python imports another fastmlp ({fastmlp.__file__})")
-from fastmlp.cli import main
-sys.exit(main(["warmup", "--dtype", sys.argv[1], "--jobs", "1"]))
+from fastmlp.warmup import elsewhere
+sys.exit(elsewhere(sys.argv[1]))
 """
+
+
+def elsewhere(job):
+    """What a process of :func:`start_elsewhere` runs, its exit status: `fastmlp warmup` of
+    the dtype ``job`` names, or, for a job of :func:`compile_aside` (JSON: [dtype,
+    [[Late.name, code], ...]]), those kernels compiled into the disk cache."""
+    if not job.startswith("["):
+        from .cli import main
+        return main(["warmup", "--dtype", job, "--jobs", "1"])
+    dtype, kernels = json.loads(job)
+    import fastmlp.backends.numba  # noqa: F401 (the kernel modules: every Late named)
+    from .kernels.numba_activations import numba_dtype
+    from .kernels.numba_link import LATE
+    nb = numba_dtype(np.dtype(dtype))
+    for name, code in kernels:
+        LATE[name].address(nb, code)
+    return 0
+
+
 # How long an interrupted warmup waits for the process it started to stop (its kernel's
 # compile to end) before killing it
 STOP_WAIT_S = 15.0
@@ -195,6 +214,39 @@ class Elsewhere:
         print(f"fastmlp: the process compiling the {self.dtype} kernels ended with status "
               f"{self.process.returncode}; compiling them here", file=sys.stderr, flush=True)
         return None, True
+
+    def join(self, timeout):
+        """Whether it ended well, waiting for it at most ``timeout`` s (then it is killed:
+        the caller compiles what it was compiling). A failure says so in a line of its
+        own, after what it wrote to stderr. (Ended well, what it said is not repeated: a
+        notice of the cache, say, this process gives itself where it applies here.)
+        Interrupted while waiting, it is killed."""
+        try:
+            _, err = self.process.communicate(timeout=timeout)
+            ended = f"ended with status {self.process.returncode}"
+        except subprocess.TimeoutExpired:
+            self.kill()
+            err, ended = "", f"had not ended after {timeout:g} s"
+        except BaseException:   # a Ctrl-C
+            self.kill()
+            raise
+        finally:
+            self._let_go()
+        if self.process.returncode == 0:
+            return True
+        if err and sys.stderr is not None:
+            sys.stderr.write(err)
+        print(f"fastmlp: the process compiling {self.dtype} kernels beside this one {ended}; "
+              "compiling them here", file=sys.stderr, flush=True)
+        return False
+
+    def kill(self):
+        """Kill it now if it still runs, and collect it (a kernel it was saving is lost,
+        not torn: Numba writes each cache file whole, then renames it)."""
+        self._let_go()
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.communicate()
 
     def stop(self):
         """Stop it if it still runs (this warmup was interrupted): as at a Ctrl-C, once
@@ -239,21 +291,36 @@ def _lifeline():
     return high[0], high[1]
 
 
-def start_elsewhere(dtype):
-    """An :class:`Elsewhere` running `fastmlp warmup` for ``dtype`` alone in a process of
-    this Python, or None where none starts (no interpreter to run, say when embedded)."""
+def _python():
+    """This process's Python interpreter, to run another, or None: no executable known,
+    or one that is not Python (a frozen app, an application server embedding Python,
+    whose own options `-I -c` are not Python's)."""
+    if getattr(sys, "frozen", False) or not sys.executable:
+        return None
+    name = os.path.basename(sys.executable).lower()
+    return sys.executable if re.fullmatch(r"python[0-9.]*[a-z]?(\.exe)?", name) else None
+
+
+def start_elsewhere(job, what=None, own_session=False):
+    """An :class:`Elsewhere` running :func:`elsewhere` of ``job`` (a dtype's name: `fastmlp
+    warmup` of that dtype alone) in a process of this Python, or None where none starts
+    (no Python to run, say when embedded). ``what``: the dtype it is said to compile
+    (default ``job``). ``own_session``: in a session of its own (POSIX), so that a Ctrl-C
+    at the terminal reaches only this process, which then stops it."""
     from . import kernels
     import fastmlp
-    if not sys.executable:
+    python = _python()
+    if python is None:
         return None
     theirs, ours = _lifeline()
     try:
         process = subprocess.Popen(
-            [sys.executable, "-I", "-c", _ELSEWHERE, dtype, fastmlp.__file__,
+            [python, "-I", "-c", _ELSEWHERE, job, fastmlp.__file__,
              kernels.__file__, str(theirs), json.dumps(sys.path)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, errors="backslashreplace",
-            pass_fds=(theirs,) if ours is not None else ())
+            pass_fds=(theirs,) if ours is not None else (),
+            start_new_session=own_session and os.name == "posix")
     except OSError:
         process = None
     finally:
@@ -263,4 +330,29 @@ def start_elsewhere(dtype):
         if ours is not None:
             os.close(ours)
         return None
-    return Elsewhere(dtype, process, ours)
+    return Elsewhere(what or job, process, ours)
+
+
+# How long a first training call waits for the process compiling its kernels beside it
+# (compile_aside), once its own compile is done, before compiling them itself
+ASIDE_WAIT_S = 60.0
+
+
+def compile_aside(dtype, kernels):
+    """An :class:`Elsewhere` compiling ``kernels`` ([(Late.name, code)]:
+    numba_train.to_compile) for ``dtype`` into the disk cache, in a process of its own,
+    while this one compiles the training kernel (Numba compiles on one core, one compile
+    at a time per process); this process then loads them (join them first). The first
+    fit of a new user's 3-4-2 net took 5.6 s, and 4.3 s so. None where it does not start:
+    nothing to compile, no disk cache to pass them through, fewer than two CPUs to use,
+    FASTMLP_COMPILE_ASIDE=0, MPI
+    started (MPI libraries warn of processes started under them), no Python to run, or
+    :func:`numba_kernels` running (`fastmlp warmup` runs its dtypes side by side)."""
+    from .kernels import numba_math
+    if (not kernels or _quiet[0] or not numba_math.CACHE or usable_cpus() < 2
+            or os.environ.get("FASTMLP_COMPILE_ASIDE", "1") == "0"
+            or "mpi4py.MPI" in sys.modules):
+        return None
+    name = np.dtype(dtype).name
+    job = json.dumps([name, [list(k) for k in dict.fromkeys(kernels)]])
+    return start_elsewhere(job, name, own_session=True)

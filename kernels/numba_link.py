@@ -305,6 +305,19 @@ def _symbol(module, name, argtypes):
     return f"fastmlp.{module}.{name}.{key}"
 
 
+def in_disk_cache(dispatcher, argtypes):
+    """Whether ``dispatcher``'s disk cache holds an entry for ``argtypes`` (as compile_for
+    is given them), valid for the source as it is: compile_for would then load it, not
+    compile (an entry found damaged only then compiles after all). False where the
+    dispatcher has no disk cache. Reads the kernel's index, a few hundred bytes."""
+    cache = getattr(dispatcher, "_cache", None)
+    if not isinstance(cache, caching.Cache) or not getattr(cache, "_enabled", False):
+        return False
+    guard_cache(dispatcher)   # (a damaged index is a miss, said once)
+    key = cache._index_key(tuple(argtypes), dispatcher.targetctx.codegen())
+    return key in cache._cache_file._load_index()
+
+
 def compile_for(dispatcher, argtypes):
     """``dispatcher.compile(argtypes)``, its disk cache and compiles guarded (guard_cache)."""
     guard_cache(dispatcher)
@@ -365,6 +378,11 @@ def separate(dispatcher, read_only=False):
     return call
 
 
+# "module.function" of each Late's dispatcher -> that Late: how another process is told
+# which to compile (fastmlp.warmup.compile_aside)
+LATE = {}
+
+
 class Late:
     """``dispatcher`` called from @njit code through an address known only at run time,
     so that the caller's compile neither compiles nor links it. ``call(address, *args)``
@@ -387,6 +405,8 @@ class Late:
         self._addresses = {}
         self._lock = threading.Lock()
         self.call = self._intrinsic()
+        self.name = f"{dispatcher.py_func.__module__}.{dispatcher.py_func.__name__}"
+        LATE[self.name] = self
 
     def argtypes(self, dtype, code):
         """The types ``dispatcher`` is compiled for, for ``code`` in ``dtype``."""
@@ -398,6 +418,11 @@ class Late:
     def ready(self, dtype, code):
         """Whether :meth:`address` of ``(dtype, code)`` is known (nothing to compile)."""
         return (dtype, int(code)) in self._addresses
+
+    def cached(self, dtype, code):
+        """Whether :meth:`address` of ``(dtype, code)`` would load it from the disk cache
+        (in_disk_cache), not compile it."""
+        return in_disk_cache(self.dispatcher, self.argtypes(dtype, code))
 
     def known(self, dtype, code):
         """:meth:`address` of ``(dtype, code)`` if it is known, else 0 (compiling nothing)."""

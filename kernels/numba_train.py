@@ -152,6 +152,15 @@ def armed(net, dtype, parts):
     return all(late.ready(nb, code) for _, late, code in _late_kernels(net, parts))
 
 
+def to_compile(net, dtype, parts):
+    """[(Late.name, code)] of the kernels :func:`arm` of ``parts`` would compile, not
+    load: neither in this process nor in the disk cache (another process can compile
+    them meanwhile: fastmlp.warmup.compile_aside)."""
+    nb = numba_dtype(dtype)
+    return [(late.name, int(code)) for _, late, code in _late_kernels(net, parts)
+            if not late.ready(nb, code) and not late.cached(nb, code)]
+
+
 def arm(plan, net, dtype, parts):
     """The kernels of ``parts`` (see _late_kernels) compiled (or loaded) for ``net`` in
     ``dtype``, those not compiled before in this process, and their addresses written to

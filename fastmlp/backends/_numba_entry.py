@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 from .. import warmup
-from ..kernels.numba_link import compile_for
+from ..kernels.numba_link import compile_for, in_disk_cache
 
 _ENTRIES = {}   # (kernel, signature) -> its compiled entry point, shared by every model
 _ENTRIES_LOCK = threading.Lock()
@@ -89,8 +89,20 @@ def entry_point_or_stand_in(owner, name, kernel, signature):
     def first_call(*args):
         return ready()(*args)
 
+    def compiles():
+        return ((kernel, signature) not in _ENTRIES and signature not in kernel.overloads
+                and not in_disk_cache(kernel, signature))
+
     first_call.ready = ready   # compiles (or loads) it without a call: see ready_entries
+    first_call.compiles = compiles   # see will_compile
     return first_call
+
+
+def will_compile(entry):
+    """Whether ``entry`` is a stand-in whose first call compiles its kernel: compiled
+    neither in this process nor in the disk cache."""
+    compiles = getattr(entry, "compiles", None)
+    return compiles is not None and compiles()
 
 
 def ready_entries(*entries):

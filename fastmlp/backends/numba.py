@@ -53,7 +53,8 @@ try:
     from ..kernels import numba_blas
     from ..kernels import numba_train as kt
     from ..kernels.numba_link import guard_caches
-    from ._numba_entry import entry_point_or_stand_in, fits, ready_entries, signature
+    from ._numba_entry import (entry_point_or_stand_in, fits, ready_entries, signature,
+                               will_compile)
 except ImportError as exc:  # numba or scipy missing
     raise ImportError(f"the Numba kernels need numba and scipy ({exc})") from None
 
@@ -259,7 +260,7 @@ class NumbaBackend:
 
     def loss_and_gradient(self, X, T, grad):
         if "train" not in self._armed:
-            self._arm("train")   # (workspaces made from now on take its addresses)
+            self._ready(("train",))  # (workspaces made from now on take its addresses)
         # list.pop and list.append are atomic: no two calls ever hold one workspace
         try:
             work = self._spare.pop()
@@ -281,11 +282,32 @@ class NumbaBackend:
         calls this before a training call learns labels, so that a Ctrl-C held back
         through the compile leaves nothing learnt (hostile round 49: a first
         train_on_batch of labels, interrupted there, kept its classes_ with no step)."""
-        ready_entries(self._run)
         if not self._can_train():
-            self._refresh(1)
+            self._refresh(1, guarded)
+        ready_entries(self._run)
         if guarded and "guard" not in self._armed:
             self._arm("guard")
+
+    def _ready(self, parts):
+        """run compiled (or loaded), then the kernels of ``parts`` armed (_arm). Where run
+        and some of those kernels must both compile, those compile in another process
+        meanwhile (warmup.compile_aside), and this one then loads them from the disk
+        cache."""
+        aside = None
+        try:
+            if parts and will_compile(self._run):
+                wanted = parts if "predict" in self._armed else ("predict",) + parts
+                aside = warmup.compile_aside(self.dtype,
+                                             kt.to_compile(self.net, self.dtype, wanted))
+            ready_entries(self._run)
+        except BaseException:
+            if aside is not None:
+                aside.kill()
+            raise
+        if aside is not None:
+            aside.join(warmup.ASIDE_WAIT_S)
+        if parts:
+            self._arm(*parts)
 
     def push(self):
         """The Model wrote theta or the optimiser state (set_weights, set_state, load, a
@@ -312,21 +334,22 @@ class NumbaBackend:
     def train_step_checked(self, X, T):
         """One guarded run (see kt.run's guard): (loss, status)."""
         if len(X) > self._cap or self._state.code != self._code:
-            self._refresh(len(X))
+            self._refresh(len(X), guarded=True)
         if "guard" not in self._armed:
             self._arm("guard")
         # one tuple built (a call written f(*a, X, T, *b) builds a list, then a tuple:
         # 0.1 us more, a tenth of the vehicle net's step)
         return self._run(*((self._theta, self._grad, X, T) + self._checked))
 
-    def _refresh(self, rows):
+    def _refresh(self, rows, guarded=False):
         """The step's arguments after a batch bigger than the workspace or a change of
         the optimiser code (a test's: a Model never changes it); on the first training
-        call with an optimiser, with the training kernels armed (_arm)."""
+        call with an optimiser, with run and the training kernels ready (_ready), and the
+        guard too if ``guarded``."""
         self._train_work(rows)
         if not self._can_train():
-            update = ("update", self._state.code)
-            self._arm(*(part for part in ("train", update) if part not in self._armed))
+            parts = ("train", ("update", self._state.code)) + (("guard",) if guarded else ())
+            self._ready(tuple(part for part in parts if part not in self._armed))
             self._bind(keep_bounds=True)
         elif self._state.code != self._code:
             self._bind(keep_bounds=True)
