@@ -345,9 +345,9 @@ def compile_aside(dtype, kernels):
     at a time per process); this process then loads them (join them first). The first
     fit of a new user's 3-4-2 net took 5.6 s, and 4.3 s so. None where it does not start:
     nothing to compile, no disk cache to pass them through, fewer than two CPUs to use,
-    FASTMLP_COMPILE_ASIDE=0, MPI
-    started (MPI libraries warn of processes started under them), no Python to run, or
-    :func:`numba_kernels` running (`fastmlp warmup` runs its dtypes side by side)."""
+    FASTMLP_COMPILE_ASIDE=0, MPI started (MPI libraries warn of processes started under
+    them), no Python to run, or :func:`numba_kernels` running (`fastmlp warmup` runs its
+    dtypes side by side)."""
     from .kernels import numba_math
     if (not kernels or _quiet[0] or not numba_math.CACHE or usable_cpus() < 2
             or os.environ.get("FASTMLP_COMPILE_ASIDE", "1") == "0"
