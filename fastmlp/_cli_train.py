@@ -11,6 +11,7 @@ import numpy as np
 
 import fastmlp as fm
 from fastmlp import datasets
+from fastmlp._cgroup import memory_limit as _cgroup_limit
 from fastmlp._cli_data import Data, check_dtype, data_file, digits_path, load_data, split
 from fastmlp._cli_options import DEFAULT_LR, OUTPUT_ACTIVATION, check_backend
 from fastmlp._cli_outputs import check_plot, check_save_path, save_model, write_plot
@@ -275,39 +276,6 @@ def _physical_memory():
         machine = None
     sizes = [size for size in (machine, _cgroup_limit()) if size is not None]
     return min(sizes) if sizes else None
-
-
-def _cgroup_limit(root="/sys/fs/cgroup", own="/proc/self/cgroup"):
-    """The smallest memory limit set on the cgroup root as this process sees it (in a
-    container, the container's) or on the process's own cgroup: memory.max (cgroup v2,
-    "max" when unlimited) and memory/memory.limit_in_bytes (v1, a huge number when
-    unlimited); None where none is set or readable."""
-    folders = {"memory.max": ["/"], "memory/memory.limit_in_bytes": ["/"]}
-    try:
-        with open(own) as f:   # "0::/path" (v2), "4:memory:/path" (v1)
-            for line in f:
-                _, controllers, path = line.rstrip("\n").split(":", 2)
-                # the cgroup and every one above it: a limit on a parent (a systemd
-                # slice's MemoryMax=, a pod's) holds its children too
-                ancestors = [path.rsplit("/", k)[0] or "/" for k in range(path.count("/"))]
-                if not controllers:
-                    folders["memory.max"] += ancestors
-                elif "memory" in controllers.split(","):
-                    folders["memory/memory.limit_in_bytes"] += ancestors
-    except (OSError, ValueError):
-        pass
-    limits = []
-    for name, paths in folders.items():
-        folder, file = os.path.split(name)
-        for path in paths:
-            try:
-                with open(os.path.join(root, folder, path.lstrip("/"), file)) as f:
-                    text = f.read().strip()
-            except OSError:   # not this cgroup version, not Linux, or not readable
-                continue
-            if text.isdigit():
-                limits.append(int(text))
-    return min(limits) if limits else None
 
 
 def _size(nbytes):

@@ -8,6 +8,8 @@ import threading
 
 import _signal   # signal.signal without its Python wrapper: see _swap
 
+from ._stderr import say
+
 _NOTES = set()   # the handlers deferring blocks have installed, while installed
 _SIGNALS = tuple(signal.valid_signals())
 
@@ -67,7 +69,7 @@ def signals_deferred(notice=None):
     def note(signum, frame):
         if signum == signal.SIGINT and notice is not None and signum not in caught:
             try:
-                print(notice, file=sys.stderr, flush=True)
+                say(notice)
             except Exception:   # (stderr closed, or busy: a reentrant write) noted anyway
                 pass
         if signum not in caught:

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from ._cgroup import cpu_limit
+from ._stderr import say
 from .network import Dense
 from .optimizers import Adam
 
@@ -101,10 +103,9 @@ def _notice(dtype, calls=None):
     # (it shows after a second: a first use compiling, or a cache load on a busy machine)
     name = np.dtype(dtype).name
     which = f" used by {calls}" if calls else ""
-    print(f"fastmlp: loading or compiling the Numba kernels for {name}{which} (compiling, "
-          "once per environment, takes a few seconds; the disk cache then loads them; "
-          "`python -m fastmlp warmup` compiles ahead of time)...", file=sys.stderr,
-          flush=True)
+    say(f"fastmlp: loading or compiling the Numba kernels for {name}{which} (compiling, "
+        "once per environment, takes a few seconds; the disk cache then loads them; "
+        "`python -m fastmlp warmup` compiles ahead of time)...")
 
 
 def _exercise(dtype, Model, complete=False):
@@ -135,11 +136,24 @@ def _exercise(dtype, Model, complete=False):
 
 
 def usable_cpus():
-    """The CPUs this process may run on (its affinity where the system says, else all)."""
+    """The CPUs this process may run on (its affinity where the system says, else all),
+    fewer where its cgroup allows it less CPU time (a container's `--cpus`): the whole
+    CPUs of that quota, at least one."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = cpu_limit()
+    return max(1, min(cpus, int(quota))) if quota is not None else cpus
+
+
+def _busy(cpus):
+    """Whether the machine's last minute kept ``cpus`` CPUs busy or more (its load
+    average; False where the system does not say)."""
+    try:
+        return os.getloadavg()[0] >= cpus
+    except (AttributeError, OSError):
+        return False
 
 
 # The warmup of one dtype in another process. It imports fastmlp by the import path of
@@ -150,6 +164,7 @@ def usable_cpus():
 # end the warmup that started it holds, closes: that warmup has ended, interrupted or
 # killed.
 _ELSEWHERE = """import json, os, signal, sys, threading
+signal.signal(signal.SIGINT, signal.default_int_handler)   # (its starter's may ignore it)
 lifeline = int(sys.argv[4])
 def orphaned():
     while os.read(lifeline, 1):
@@ -211,8 +226,8 @@ class Elsewhere:
         found = re.search(r"ready in ([0-9.]+) s", said)
         if self.process.returncode == 0 and found:
             return float(found.group(1)), False
-        print(f"fastmlp: the process compiling the {self.dtype} kernels ended with status "
-              f"{self.process.returncode}; compiling them here", file=sys.stderr, flush=True)
+        say(f"fastmlp: the process compiling the {self.dtype} kernels ended with status "
+            f"{self.process.returncode}; compiling them here")
         return None, True
 
     def join(self, timeout):
@@ -236,8 +251,8 @@ class Elsewhere:
             return True
         if err and sys.stderr is not None:
             sys.stderr.write(err)
-        print(f"fastmlp: the process compiling {self.dtype} kernels beside this one {ended}; "
-              "compiling them here", file=sys.stderr, flush=True)
+        say(f"fastmlp: the process compiling {self.dtype} kernels beside this one {ended}; "
+            "compiling them here")
         return False
 
     def kill(self):
@@ -246,7 +261,10 @@ class Elsewhere:
         self._let_go()
         if self.process.poll() is None:
             self.process.kill()
-        self.process.communicate()
+        self.process.wait()
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
 
     def stop(self):
         """Stop it if it still runs (this warmup was interrupted): as at a Ctrl-C, once
@@ -258,6 +276,12 @@ class Elsewhere:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def __del__(self):   # (dropped unjoined: a signal between its start and the caller's try)
+        try:
+            self._let_go()
+        except Exception:   # (at exit, os may be gone)
+            pass
 
     def _let_go(self):
         if self.lifeline is not None:
@@ -301,6 +325,28 @@ def _python():
     return sys.executable if re.fullmatch(r"python[0-9.]*[a-z]?(\.exe)?", name) else None
 
 
+def _import_path():
+    """The import path for a process of :func:`start_elsewhere`: this one's absolute
+    folders (a pathlib.Path or bytes entry as text; other entries dropped, as imports
+    skip them), then the folders this process's fastmlp, NumPy and Numba came from. A
+    relative entry ('' for `python -c` or a REPL) names the working folder, which may
+    have changed since those were imported: there the other process ran a numpy.py of
+    the new folder."""
+    found = []
+    for entry in sys.path:
+        try:
+            entry = os.fsdecode(entry)
+        except TypeError:
+            continue
+        if os.path.isabs(entry):
+            found.append(entry)
+    for name in ("fastmlp", "numpy", "numba", "llvmlite"):
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file:
+            found.append(os.path.dirname(os.path.dirname(os.path.abspath(file))))
+    return list(dict.fromkeys(found))
+
+
 def start_elsewhere(job, what=None, own_session=False):
     """An :class:`Elsewhere` running :func:`elsewhere` of ``job`` (a dtype's name: `fastmlp
     warmup` of that dtype alone) in a process of this Python, or None where none starts
@@ -316,13 +362,17 @@ def start_elsewhere(job, what=None, own_session=False):
     try:
         process = subprocess.Popen(
             [python, "-I", "-c", _ELSEWHERE, job, fastmlp.__file__,
-             kernels.__file__, str(theirs), json.dumps(sys.path)],
+             kernels.__file__, str(theirs), json.dumps(_import_path())],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, errors="backslashreplace",
             pass_fds=(theirs,) if ours is not None else (),
             start_new_session=own_session and os.name == "posix")
     except OSError:
         process = None
+    except BaseException:   # a Ctrl-C as it started: its lifeline's end closed, it stops
+        if ours is not None:
+            os.close(ours)
+        raise
     finally:
         if ours is not None:
             os.close(theirs)   # (the child's copy is its own)
@@ -344,14 +394,18 @@ def compile_aside(dtype, kernels):
     while this one compiles the training kernel (Numba compiles on one core, one compile
     at a time per process); this process then loads them (join them first). The first
     fit of a new user's 3-4-2 net took 5.6 s, and 4.3 s so. None where it does not start:
-    nothing to compile, no disk cache to pass them through, fewer than two CPUs to use,
+    nothing to compile, no disk cache to pass them through, fewer than two CPUs to use
+    (affinity, cgroup quota) or a load average as high as their number,
     FASTMLP_COMPILE_ASIDE=0, MPI started (MPI libraries warn of processes started under
     them), no Python to run, or :func:`numba_kernels` running (`fastmlp warmup` runs its
     dtypes side by side)."""
     from .kernels import numba_math
-    if (not kernels or _quiet[0] or not numba_math.CACHE or usable_cpus() < 2
+    if (not kernels or _quiet[0] or not numba_math.CACHE
             or os.environ.get("FASTMLP_COMPILE_ASIDE", "1") == "0"
             or "mpi4py.MPI" in sys.modules):
+        return None
+    cpus = usable_cpus()
+    if cpus < 2 or _busy(cpus):
         return None
     name = np.dtype(dtype).name
     job = json.dumps([name, [list(k) for k in dict.fromkeys(kernels)]])

@@ -59,6 +59,7 @@ from numba.extending import intrinsic
 
 from fastmlp._npz import raised_by_caller
 from fastmlp._signals import raise_if_signalled, signals_deferred
+from fastmlp._stderr import say
 
 _NOTICES_LOCK = threading.Lock()
 _NOTICED = set()
@@ -73,7 +74,7 @@ def _notice_once(key, message):
             return
         _NOTICED.add(key)
     try:
-        print(f"fastmlp: {message}", file=sys.stderr, flush=True)
+        say(f"fastmlp: {message}")
     except (OSError, ValueError) as exc:  # no usable stderr: the notice is only a notice
         raise_if_signalled(exc)
 

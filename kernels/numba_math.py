@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import sys
 import tempfile
 
 import numpy as np
@@ -31,6 +30,7 @@ from numba.core.registry import CPUDispatcher
 from numba.extending import intrinsic, overload
 
 from fastmlp._signals import raise_if_signalled
+from fastmlp._stderr import say
 
 from .numba_views import flat
 
@@ -47,7 +47,7 @@ def _cache_folder_found():
     try:
         njit(cache=True)(probe)  # looks for the folder now, as each kernel would
     except RuntimeError:
-        print(f"fastmlp: {_no_cache_folder()}", file=sys.stderr, flush=True)
+        say(f"fastmlp: {_no_cache_folder()}")
         return False
     return True
 

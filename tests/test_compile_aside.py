@@ -174,3 +174,134 @@ def test_no_process_aside_where_it_is_not_worth_it(why, monkeypatch):
 def test_only_a_python_interpreter_is_run(name, runs, monkeypatch):
     monkeypatch.setattr(sys, "executable", f"/opt/bin/{name}" if name else "")
     assert (warmup._python() is not None) == runs
+
+
+# hostile round 51: the process beside a first training call
+
+_AFTER_CHDIR = textwrap.dedent("""
+    import os, sys
+    import numpy as np
+    from fastmlp import Model, Dense
+    os.chdir(sys.argv[1])   # a folder holding a numpy.py, after numpy was imported
+    X = np.random.default_rng(0).random((6, 3)); Y = X[:, :2].copy()
+    m = Model([Dense(4, "elu"), Dense(2, "sigmoid")], input_dim=3, loss="mse",
+              backend="numba", dtype="float64", seed=0)
+    m.fit(X, Y, epochs=2, batch_size=6)
+    print("fitted")
+""")
+
+
+@needs_numba
+@pytest.mark.skipif(warmup.usable_cpus() < 2, reason="compile_aside needs two CPUs")
+def test_the_process_beside_runs_nothing_of_a_working_folder_changed_since(tmp_path):
+    """`python -c` puts '' on sys.path: the other process took it too, and resolved it
+    against the folder the first process had moved to since, running its numpy.py."""
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    marker = tmp_path / "ran"
+    (folder / "numpy.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
+                                     "raise ImportError('the numpy of the working folder')\n")
+    done = subprocess.run([sys.executable, "-c", _AFTER_CHDIR, str(folder)],
+                          capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+                                   PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
+    assert done.returncode == 0 and done.stdout.strip() == "fitted", done.stderr
+    assert not marker.exists()
+    assert "beside this one" not in done.stderr, done.stderr
+
+
+def test_the_import_path_passed_on_is_absolute_text(monkeypatch, tmp_path):
+    import pathlib
+    monkeypatch.setattr(sys, "path", ["", "relative/dir", pathlib.Path(tmp_path), b"/b/dir",
+                                      None, str(tmp_path)] + sys.path)
+    path = warmup._import_path()
+    assert path[:2] == [str(tmp_path), "/b/dir"]
+    assert all(isinstance(p, str) and os.path.isabs(p) for p in path)
+    json.dumps(path)
+    # the folders this process's own fastmlp and numpy came from are on it
+    assert os.path.dirname(os.path.dirname(os.path.abspath(fm.__file__))) in path
+    assert os.path.dirname(os.path.dirname(os.path.abspath(np.__file__))) in path
+
+
+@needs_numba
+@pytest.mark.skipif(warmup.usable_cpus() < 2, reason="compile_aside needs two CPUs")
+def test_a_path_object_on_sys_path_does_not_stop_a_first_fit(tmp_path):
+    """json.dumps(sys.path) raised TypeError out of every cold first fit, every process."""
+    script = ("import pathlib, sys; sys.path.insert(0, pathlib.Path('/nowhere'))\n"
+              + _FIRST_CALL)
+    done = subprocess.run([sys.executable, "-c", script, "fit"], capture_output=True,
+                          text=True, timeout=600,
+                          env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path)))
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout.splitlines()[-1])["started"]) == 1
+
+
+@needs_numba
+def test_a_process_beside_stops_when_its_starter_dies_with_sigint_ignored(tmp_path,
+                                                                          monkeypatch):
+    """SIGINT ignored (`cmd &` from a script) is inherited: the lifeline's SIGINT did
+    nothing, and an orphan compiled on to its end."""
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))   # (empty: it compiles, seconds)
+    from fastmlp.kernels.numba_activations import BACKWARD, FORWARD
+    kernels = [[late.name, code] for late in (FORWARD, BACKWARD) for code in range(12)]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        aside = warmup.start_elsewhere(json.dumps(["float64", kernels]), "float64",
+                                       own_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        import time
+        time.sleep(2)
+        stopped = time.perf_counter()
+        aside._let_go()   # as when its starter dies
+        aside.process.wait(timeout=60)
+        assert time.perf_counter() - stopped < 10
+        assert aside.process.returncode != 0
+    finally:
+        aside.kill()
+
+
+def test_a_failure_beside_says_nothing_on_stdout_with_stderr_gone(monkeypatch, capfd):
+    class Failed:
+        returncode = 1
+        stdout = stderr = None
+
+        def communicate(self, timeout=None):
+            return "", "boom\n"
+
+    monkeypatch.setattr(sys, "stderr", None)
+    assert not warmup.Elsewhere("float32", Failed()).join(1)
+    assert capfd.readouterr().out == ""
+
+
+def test_cgroup_cpu_quotas_are_read_v1_v2_and_own_cgroup(tmp_path):
+    from fastmlp import _cgroup
+    root, own = tmp_path / "cgroup", tmp_path / "self_cgroup"
+    (root / "cpu" / "job").mkdir(parents=True)
+    (root / "cpu.max").write_text("max 100000\n")                  # v2, unlimited
+    (root / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")         # v1, unlimited
+    own.write_text("1:cpu,cpuacct:/job\n0::/\n")
+    assert _cgroup.cpu_limit(str(root), str(own)) is None
+    (root / "cpu" / "job" / "cpu.cfs_quota_us").write_text("300000\n")
+    (root / "cpu" / "job" / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cgroup.cpu_limit(str(root), str(own)) == 3.0
+    (root / "cpu.max").write_text("150000 100000\n")                # v2's own, smaller
+    assert _cgroup.cpu_limit(str(root), str(own)) == 1.5
+    assert _cgroup.cpu_limit(str(tmp_path / "none"), str(tmp_path / "none")) is None
+
+
+@pytest.mark.parametrize("quota, cpus", [(None, 8), (1.5, 1), (0.5, 1), (4.0, 4), (16.0, 8)])
+def test_usable_cpus_heed_the_cgroup_quota(quota, cpus, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(warmup, "cpu_limit", lambda: quota)
+    assert warmup.usable_cpus() == cpus
+
+
+@needs_numba
+def test_no_process_beside_on_a_machine_already_busy(monkeypatch):
+    monkeypatch.setattr(warmup, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 1.0, 1.0))
+    monkeypatch.setattr(warmup, "start_elsewhere",
+                        lambda *args, **kwargs: pytest.fail("started"))
+    assert warmup.compile_aside(np.float32, [("a.b", 1)]) is None

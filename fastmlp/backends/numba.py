@@ -300,12 +300,12 @@ class NumbaBackend:
                 aside = warmup.compile_aside(self.dtype,
                                              kt.to_compile(self.net, self.dtype, wanted))
             ready_entries(self._run)
+            if aside is not None:
+                aside.join(warmup.ASIDE_WAIT_S)
         except BaseException:
             if aside is not None:
                 aside.kill()
             raise
-        if aside is not None:
-            aside.join(warmup.ASIDE_WAIT_S)
         if parts:
             self._arm(*parts)
 
