@@ -395,18 +395,19 @@ def compile_aside(dtype, kernels):
     at a time per process); this process then loads them (join them first). The first
     fit of a new user's 3-4-2 net took 5.6 s, and 4.3 s so. None where it does not start:
     nothing to compile, no disk cache to pass them through, fewer than two CPUs to use
-    (affinity, cgroup quota) or a load average as high as their number,
-    FASTMLP_COMPILE_ASIDE=0, MPI started (MPI libraries warn of processes started under
+    (affinity, cgroup quota) or a load average as high as their number (unless
+    FASTMLP_COMPILE_ASIDE=1), FASTMLP_COMPILE_ASIDE=0, MPI started (MPI libraries warn of processes started under
     them), no Python to run, or :func:`numba_kernels` running (`fastmlp warmup` runs its
     dtypes side by side)."""
     from .kernels import numba_math
-    if (not kernels or _quiet[0] or not numba_math.CACHE
-            or os.environ.get("FASTMLP_COMPILE_ASIDE", "1") == "0"
+    switch = os.environ.get("FASTMLP_COMPILE_ASIDE", "")
+    if (not kernels or _quiet[0] or not numba_math.CACHE or switch == "0"
             or "mpi4py.MPI" in sys.modules):
         return None
-    cpus = usable_cpus()
-    if cpus < 2 or _busy(cpus):
-        return None
+    if switch != "1":   # (1: whatever the CPUs and the load)
+        cpus = usable_cpus()
+        if cpus < 2 or _busy(cpus):
+            return None
     name = np.dtype(dtype).name
     job = json.dumps([name, [list(k) for k in dict.fromkeys(kernels)]])
     return start_elsewhere(job, name, own_session=True)

@@ -53,9 +53,10 @@ _FIRST_CALL = textwrap.dedent("""
 
 
 def _first_call(cache, call="fit", **env):
+    """(FASTMLP_COMPILE_ASIDE=1: whatever the load, CI's two suites side by side say)"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), **{"FASTMLP_COMPILE_ASIDE": "1", **env})
     done = subprocess.run([sys.executable, "-c", _FIRST_CALL, call], capture_output=True,
-                          text=True, timeout=600,
-                          env=dict(os.environ, NUMBA_CACHE_DIR=str(cache), **env))
+                          text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1]), done.stderr
 
@@ -117,6 +118,7 @@ def test_an_interrupted_first_call_kills_the_process_aside(tmp_path, monkeypatch
     from fastmlp.backends import numba as numba_backend
     from fastmlp.kernels.numba_activations import BACKWARD
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))   # (empty: it compiles, seconds)
+    monkeypatch.setenv("FASTMLP_COMPILE_ASIDE", "1")       # (whatever the load)
     started = []
     real = warmup.compile_aside
 
@@ -144,6 +146,7 @@ def test_an_interrupted_first_call_kills_the_process_aside(tmp_path, monkeypatch
                                  "not Python", "frozen"])
 def test_no_process_aside_where_it_is_not_worth_it(why, monkeypatch):
     kernels = [("fastmlp.kernels.numba_activations.act_backward", 1)]
+    monkeypatch.delenv("FASTMLP_COMPILE_ASIDE", raising=False)
     monkeypatch.setattr(warmup, "start_elsewhere",
                         lambda *args, **kwargs: pytest.fail("started"))
     if why == "nothing to compile":
@@ -204,6 +207,7 @@ def test_the_process_beside_runs_nothing_of_a_working_folder_changed_since(tmp_p
     done = subprocess.run([sys.executable, "-c", _AFTER_CHDIR, str(folder)],
                           capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+                                   FASTMLP_COMPILE_ASIDE="1",
                                    PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
     assert done.returncode == 0 and done.stdout.strip() == "fitted", done.stderr
     assert not marker.exists()
@@ -231,7 +235,8 @@ def test_a_path_object_on_sys_path_does_not_stop_a_first_fit(tmp_path):
               + _FIRST_CALL)
     done = subprocess.run([sys.executable, "-c", script, "fit"], capture_output=True,
                           text=True, timeout=600,
-                          env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path)))
+                          env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path),
+                                   FASTMLP_COMPILE_ASIDE="1"))
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout.splitlines()[-1])["started"]) == 1
 
@@ -299,9 +304,11 @@ def test_usable_cpus_heed_the_cgroup_quota(quota, cpus, monkeypatch):
 
 
 @needs_numba
-def test_no_process_beside_on_a_machine_already_busy(monkeypatch):
+@pytest.mark.parametrize("switch", ["", "auto", "1"])
+def test_no_process_beside_on_a_machine_already_busy_unless_asked(switch, monkeypatch):
+    monkeypatch.setenv("FASTMLP_COMPILE_ASIDE", switch)
     monkeypatch.setattr(warmup, "usable_cpus", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 1.0, 1.0))
-    monkeypatch.setattr(warmup, "start_elsewhere",
-                        lambda *args, **kwargs: pytest.fail("started"))
-    assert warmup.compile_aside(np.float32, [("a.b", 1)]) is None
+    monkeypatch.setattr(warmup, "start_elsewhere", lambda *args, **kwargs: "started")
+    assert warmup.compile_aside(np.float32, [("a.b", 1)]) == (
+        "started" if switch == "1" else None)
