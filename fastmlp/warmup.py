@@ -156,13 +156,13 @@ def _busy(cpus):
         return False
 
 
-# The warmup of one dtype in another process. It imports fastmlp by the import path of
-# the process that started it (`python -I`: nothing of the working folder's, then that
-# path), and stops, saying why (exit 1), where that is not this fastmlp; a working folder
-# holding another copy made `-c`'s import fail with a traceback. It stops as at a Ctrl-C
-# (once the kernel compiling is done: no file torn) when its lifeline, a pipe whose other
-# end the warmup that started it holds, closes: that warmup has ended, interrupted or
-# killed.
+# The warmup of one dtype in another process (for a JSON job, compile_job's kernels). It
+# imports fastmlp by the import path of the process that started it (`python -I`: nothing
+# of the working folder's, then that path: _import_path), and stops, saying why (exit 1),
+# where that is not this fastmlp; a working folder holding another copy made `-c`'s import
+# fail with a traceback. It stops as at a Ctrl-C (once the kernel compiling is done: no
+# file torn) when its lifeline, a pipe whose other end the process that started it holds,
+# closes: that process has ended, interrupted or killed.
 _ELSEWHERE = """import json, os, signal, sys, threading
 signal.signal(signal.SIGINT, signal.default_int_handler)   # (its starter's may ignore it)
 lifeline = int(sys.argv[4])
@@ -180,20 +180,19 @@ except Exception as exc:
     sys.exit(f"fastmlp: cannot import fastmlp there ({type(exc).__name__}: {exc})")
 if not same:
     sys.exit(f"fastmlp: that Python imports another fastmlp ({fastmlp.__file__})")
-from fastmlp.warmup import elsewhere
-sys.exit(elsewhere(sys.argv[1]))
+if sys.argv[1].startswith("["):
+    from fastmlp.warmup import compile_job
+    sys.exit(compile_job(sys.argv[1]))
+from fastmlp.cli import main
+sys.exit(main(["warmup", "--dtype", sys.argv[1], "--jobs", "1"]))
 """
 
 
-def elsewhere(job):
-    """What a process of :func:`start_elsewhere` runs, its exit status: `fastmlp warmup` of
-    the dtype ``job`` names, or, for a job of :func:`compile_aside` (JSON: [dtype,
-    [[Late.name, code], ...]]), those kernels compiled into the disk cache."""
-    if not job.startswith("["):
-        from .cli import main
-        return main(["warmup", "--dtype", job, "--jobs", "1"])
+def compile_job(job):
+    """What a process of :func:`compile_aside` runs, its exit status: the kernels of
+    ``job`` (JSON: [dtype, [[Late.name, code], ...]]) compiled into the disk cache."""
     dtype, kernels = json.loads(job)
-    import fastmlp.backends.numba  # noqa: F401 (the kernel modules: every Late named)
+    from .kernels import numba_train  # noqa: F401 (it imports every module naming a Late)
     from .kernels.numba_activations import numba_dtype
     from .kernels.numba_link import LATE
     nb = numba_dtype(np.dtype(dtype))
@@ -348,9 +347,9 @@ def _import_path():
 
 
 def start_elsewhere(job, what=None, own_session=False):
-    """An :class:`Elsewhere` running :func:`elsewhere` of ``job`` (a dtype's name: `fastmlp
-    warmup` of that dtype alone) in a process of this Python, or None where none starts
-    (no Python to run, say when embedded). ``what``: the dtype it is said to compile
+    """An :class:`Elsewhere` running ``job`` in a process of this Python (a dtype's name:
+    `fastmlp warmup` of that dtype alone; JSON: :func:`compile_job`), or None where none
+    starts (no Python to run, say when embedded). ``what``: the dtype it is said to compile
     (default ``job``). ``own_session``: in a session of its own (POSIX), so that a Ctrl-C
     at the terminal reaches only this process, which then stops it."""
     from . import kernels
@@ -394,11 +393,11 @@ def compile_aside(dtype, kernels):
     while this one compiles the training kernel (Numba compiles on one core, one compile
     at a time per process); this process then loads them (join them first). The first
     fit of a new user's 3-4-2 net took 5.6 s, and 4.3 s so. None where it does not start:
-    nothing to compile, no disk cache to pass them through, fewer than two CPUs to use
-    (affinity, cgroup quota) or a load average as high as their number (unless
-    FASTMLP_COMPILE_ASIDE=1), FASTMLP_COMPILE_ASIDE=0, MPI started (MPI libraries warn of processes started under
-    them), no Python to run, or :func:`numba_kernels` running (`fastmlp warmup` runs its
-    dtypes side by side)."""
+    nothing to compile, no disk cache to pass them through, MPI started (MPI libraries
+    warn of processes started under them), no Python to run, :func:`numba_kernels`
+    running (`fastmlp warmup` runs its dtypes side by side), FASTMLP_COMPILE_ASIDE=0, or,
+    unless FASTMLP_COMPILE_ASIDE=1, fewer than two CPUs to use (affinity, cgroup quota)
+    or a load average as high as their number."""
     from .kernels import numba_math
     switch = os.environ.get("FASTMLP_COMPILE_ASIDE", "")
     if (not kernels or _quiet[0] or not numba_math.CACHE or switch == "0"
