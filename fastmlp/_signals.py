@@ -8,8 +8,6 @@ import threading
 
 import _signal   # signal.signal without its Python wrapper: see _swap
 
-from ._stderr import say
-
 _NOTES = set()   # the handlers deferring blocks have installed, while installed
 _SIGNALS = tuple(signal.valid_signals())
 
@@ -165,6 +163,21 @@ def _handler_codes():
         if code is not None:
             codes.add(code)
     return codes
+
+
+def say(line):
+    """``line`` on stderr, flushed: the library's one-line notices. Nothing where this
+    process has no stderr (sys.stderr None: pythonw, or descriptor 2 closed when Python
+    started; ``print(file=None)`` writes to stdout, which may be a program's data), nor
+    where writing it fails (a closed or broken stream: a notice is only a notice), but a
+    signal handler's exception raised meanwhile goes on."""
+    stream = sys.stderr
+    if stream is None:
+        return
+    try:
+        print(line, file=stream, flush=True)
+    except (OSError, ValueError) as exc:
+        raise_if_signalled(exc)
 
 
 def raise_if_signalled(exc):

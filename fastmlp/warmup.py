@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from ._cgroup import cpu_limit
-from ._stderr import say
+from ._signals import raise_if_signalled, say
 from .network import Dense
 from .optimizers import Adam
 
@@ -56,7 +56,10 @@ def _noticed(dtype, calls=None):
     timer = threading.Timer(NOTICE_AFTER_S, _notice, args=(dtype, calls))
     timer.daemon = True
     try:   # (started inside: a signal as start() returned left it to print, nothing compiling)
-        timer.start()
+        try:
+            timer.start()
+        except RuntimeError:   # no thread to be had (a process limit): no notice, that is all
+            pass
         yield
     finally:
         timer.cancel()
@@ -164,7 +167,9 @@ def _busy(cpus):
 # file torn) when its lifeline, a pipe whose other end the process that started it holds,
 # closes: that process has ended, interrupted or killed.
 _ELSEWHERE = """import json, os, signal, sys, threading
-signal.signal(signal.SIGINT, signal.default_int_handler)   # (its starter's may ignore it)
+signal.signal(signal.SIGINT, signal.default_int_handler)   # (its starter's may ignore it,
+if hasattr(signal, "pthread_sigmask"):                     # or block it: both inherited)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 lifeline = int(sys.argv[4])
 def orphaned():
     while os.read(lifeline, 1):
@@ -220,8 +225,8 @@ class Elsewhere:
         (the caller then compiles the dtype itself)."""
         said, err = self.process.communicate()
         self._let_go()
-        if err and sys.stderr is not None:   # (None: this process's stderr closed)
-            sys.stderr.write(err)
+        if err:
+            say(err.rstrip("\n"))
         found = re.search(r"ready in ([0-9.]+) s", said)
         if self.process.returncode == 0 and found:
             return float(found.group(1)), False
@@ -248,8 +253,8 @@ class Elsewhere:
             self._let_go()
         if self.process.returncode == 0:
             return True
-        if err and sys.stderr is not None:
-            sys.stderr.write(err)
+        if err:
+            say(err.rstrip("\n"))
         say(f"fastmlp: the process compiling {self.dtype} kernels beside this one {ended}; "
             "compiling them here")
         return False
@@ -335,7 +340,8 @@ def _import_path():
     for entry in sys.path:
         try:
             entry = os.fsdecode(entry)
-        except TypeError:
+        except Exception as exc:   # (not a path; or its __fspath__ failed)
+            raise_if_signalled(exc)
             continue
         if os.path.isabs(entry):
             found.append(entry)
@@ -344,6 +350,19 @@ def _import_path():
         if file:
             found.append(os.path.dirname(os.path.dirname(os.path.abspath(file))))
     return list(dict.fromkeys(found))
+
+
+def _environment():
+    """The other process's environment: this one's, with the Numba cache folder this
+    process's Numba read at its import (NUMBA_CACHE_DIR set or unset since leaves this
+    one's kernels where they were: the other's would be in a folder this one never
+    reads)."""
+    from numba.core import config
+    environment = dict(os.environ)
+    environment.pop("NUMBA_CACHE_DIR", None)
+    if config.CACHE_DIR:
+        environment["NUMBA_CACHE_DIR"] = config.CACHE_DIR
+    return environment
 
 
 def start_elsewhere(job, what=None, own_session=False):
@@ -360,11 +379,12 @@ def start_elsewhere(job, what=None, own_session=False):
     theirs, ours = _lifeline()
     try:
         process = subprocess.Popen(
-            [python, "-I", "-c", _ELSEWHERE, job, fastmlp.__file__,
+            [python, "-I", *["-O"] * sys.flags.optimize, "-c", _ELSEWHERE, job,
+             fastmlp.__file__,
              kernels.__file__, str(theirs), json.dumps(_import_path())],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, errors="backslashreplace",
-            pass_fds=(theirs,) if ours is not None else (),
+            pass_fds=(theirs,) if ours is not None else (), env=_environment(),
             start_new_session=own_session and os.name == "posix")
     except OSError:
         process = None
@@ -387,6 +407,20 @@ def start_elsewhere(job, what=None, own_session=False):
 ASIDE_WAIT_S = 60.0
 
 
+ASIDE_ENV = "FASTMLP_COMPILE_ASIDE"
+ASIDE_CHOICES = ("auto", "0", "1")
+
+
+def aside_switch():
+    """``FASTMLP_COMPILE_ASIDE``: "auto" (the default; also when empty), "0" (never) or "1"
+    (whatever the CPUs and the load); anything else is a ValueError."""
+    value = os.environ.get(ASIDE_ENV, "auto").strip().lower() or "auto"
+    if value not in ASIDE_CHOICES:
+        raise ValueError(f"{ASIDE_ENV} must be one of {ASIDE_CHOICES}, got "
+                         f"{os.environ[ASIDE_ENV]!r}")
+    return value
+
+
 def compile_aside(dtype, kernels):
     """An :class:`Elsewhere` compiling ``kernels`` ([(Late.name, code)]:
     numba_train.to_compile) for ``dtype`` into the disk cache, in a process of its own,
@@ -399,11 +433,11 @@ def compile_aside(dtype, kernels):
     unless FASTMLP_COMPILE_ASIDE=1, fewer than two CPUs to use (affinity, cgroup quota)
     or a load average as high as their number."""
     from .kernels import numba_math
-    switch = os.environ.get("FASTMLP_COMPILE_ASIDE", "")
+    switch = aside_switch()
     if (not kernels or _quiet[0] or not numba_math.CACHE or switch == "0"
             or "mpi4py.MPI" in sys.modules):
         return None
-    if switch != "1":   # (1: whatever the CPUs and the load)
+    if switch == "auto":   # (1: whatever the CPUs and the load)
         cpus = usable_cpus()
         if cpus < 2 or _busy(cpus):
             return None

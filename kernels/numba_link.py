@@ -58,8 +58,7 @@ from numba.core.dispatcher import Dispatcher
 from numba.extending import intrinsic
 
 from fastmlp._npz import raised_by_caller
-from fastmlp._signals import raise_if_signalled, signals_deferred
-from fastmlp._stderr import say
+from fastmlp._signals import raise_if_signalled, say, signals_deferred
 
 _NOTICES_LOCK = threading.Lock()
 _NOTICED = set()

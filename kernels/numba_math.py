@@ -29,8 +29,7 @@ from numba import njit, types
 from numba.core.registry import CPUDispatcher
 from numba.extending import intrinsic, overload
 
-from fastmlp._signals import raise_if_signalled
-from fastmlp._stderr import say
+from fastmlp._signals import raise_if_signalled, say
 
 from .numba_views import flat
 

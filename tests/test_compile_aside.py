@@ -52,6 +52,13 @@ _FIRST_CALL = textwrap.dedent("""
 """)
 
 
+def _empty_cache_beside(folder, monkeypatch):
+    """The processes started from now on use ``folder`` for their Numba cache: they are
+    given the folder this process's Numba read at its import (warmup._environment)."""
+    from numba.core import config
+    monkeypatch.setattr(config, "CACHE_DIR", str(folder))
+
+
 def _first_call(cache, call="fit", **env):
     """(FASTMLP_COMPILE_ASIDE=1: whatever the load, CI's two suites side by side say)"""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), **{"FASTMLP_COMPILE_ASIDE": "1", **env})
@@ -96,7 +103,7 @@ def test_a_process_aside_that_fails_is_said_and_its_kernels_compile_here(capsys)
 
 @needs_numba
 def test_a_process_aside_that_outlasts_the_wait_is_killed(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))   # (empty: it compiles, seconds)
+    _empty_cache_beside(tmp_path, monkeypatch)   # (it compiles, seconds)
     from fastmlp.kernels.numba_activations import BACKWARD
     aside = warmup.start_elsewhere(json.dumps(["float64", [[BACKWARD.name, 1]]]), "float64",
                                    own_session=True)
@@ -117,7 +124,7 @@ def test_an_interrupted_first_call_kills_the_process_aside(tmp_path, monkeypatch
     from fastmlp import Dense, Model
     from fastmlp.backends import numba as numba_backend
     from fastmlp.kernels.numba_activations import BACKWARD
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))   # (empty: it compiles, seconds)
+    _empty_cache_beside(tmp_path, monkeypatch)   # (it compiles, seconds)
     monkeypatch.setenv("FASTMLP_COMPILE_ASIDE", "1")       # (whatever the load)
     started = []
     real = warmup.compile_aside
@@ -242,19 +249,26 @@ def test_a_path_object_on_sys_path_does_not_stop_a_first_fit(tmp_path):
 
 
 @needs_numba
-def test_a_process_beside_stops_when_its_starter_dies_with_sigint_ignored(tmp_path,
-                                                                          monkeypatch):
-    """SIGINT ignored (`cmd &` from a script) is inherited: the lifeline's SIGINT did
-    nothing, and an orphan compiled on to its end."""
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))   # (empty: it compiles, seconds)
+@pytest.mark.parametrize("how", ["ignored", "blocked"])
+def test_a_process_beside_stops_when_its_starter_dies_with_sigint_off(how, tmp_path,
+                                                                      monkeypatch):
+    """SIGINT ignored (`cmd &` from a script) or blocked is inherited: the lifeline's
+    SIGINT did nothing, and an orphan compiled on to its end."""
+    _empty_cache_beside(tmp_path, monkeypatch)   # (it compiles, seconds)
     from fastmlp.kernels.numba_activations import BACKWARD, FORWARD
     kernels = [[late.name, code] for late in (FORWARD, BACKWARD) for code in range(12)]
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if how == "ignored":
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    else:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         aside = warmup.start_elsewhere(json.dumps(["float64", kernels]), "float64",
                                        own_session=True)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if how == "ignored":
+            signal.signal(signal.SIGINT, previous)
+        else:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     try:
         import time
         time.sleep(2)
@@ -312,3 +326,82 @@ def test_no_process_beside_on_a_machine_already_busy_unless_asked(switch, monkey
     monkeypatch.setattr(warmup, "start_elsewhere", lambda *args, **kwargs: "started")
     assert warmup.compile_aside(np.float32, [("a.b", 1)]) == (
         "started" if switch == "1" else None)
+
+
+# hostile round 52
+
+def test_no_thread_for_the_notice_is_no_error(monkeypatch):
+    """A process limit (`ulimit -u`) the other process had reached: the notice's timer
+    could not start, and that raised out of the first fit."""
+    def refused(self):
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(warmup.threading.Timer, "start", refused)
+    with warmup._noticed("float32"):
+        pass
+
+
+def test_a_failure_beside_with_a_broken_stderr_is_no_error(monkeypatch):
+    import io
+    stream = io.StringIO()
+    stream.close()
+    monkeypatch.setattr(sys, "stderr", stream)
+
+    class Failed:
+        returncode = 1
+        stdout = stderr = None
+
+        def communicate(self, timeout=None):
+            return "", "boom\n"
+
+    assert not warmup.Elsewhere("float32", Failed()).join(1)
+
+
+def test_a_path_entry_whose_fspath_fails_is_dropped(monkeypatch):
+    class Broken:
+        def __fspath__(self):
+            raise RuntimeError("no path here")
+    monkeypatch.setattr(sys, "path", [Broken(), "/a/dir"] + sys.path)
+    assert warmup._import_path()[0] == "/a/dir"
+
+
+@needs_numba
+@pytest.mark.parametrize("optimize", [0, 1, 2])
+def test_the_process_beside_runs_with_this_ones_optimisation_flags(optimize, monkeypatch):
+    """Under `python -OO` its cache entries were another's: the first process loaded
+    none of them and compiled them all again."""
+    import types
+    started = []
+
+    class Started:
+        def __init__(self, args, **kwargs):
+            started.append((args, kwargs))
+
+    monkeypatch.setattr(warmup.subprocess, "Popen", Started)
+    monkeypatch.setattr(sys, "flags", types.SimpleNamespace(optimize=optimize))
+    warmup.start_elsewhere("float32")._let_go()
+    [(args, kwargs)] = started
+    assert args[1:2 + optimize] == ["-I"] + ["-O"] * optimize and args[2 + optimize] == "-c"
+
+
+@needs_numba
+def test_the_process_beside_uses_the_cache_folder_this_one_read(monkeypatch):
+    """NUMBA_CACHE_DIR set after Numba's import: the other process wrote its kernels
+    where this one never looks."""
+    from numba.core import config
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "/set/after/import")
+    assert warmup._environment().get("NUMBA_CACHE_DIR") == (config.CACHE_DIR or None)
+
+
+@pytest.mark.parametrize("value, switch", [(None, "auto"), ("", "auto"), (" Auto ", "auto"),
+                                           ("0", "0"), ("1 ", "1"), ("off", None),
+                                           ("yes", None)])
+def test_the_switch_is_auto_0_or_1(value, switch, monkeypatch):
+    if value is None:
+        monkeypatch.delenv("FASTMLP_COMPILE_ASIDE", raising=False)
+    else:
+        monkeypatch.setenv("FASTMLP_COMPILE_ASIDE", value)
+    if switch is None:
+        with pytest.raises(ValueError, match="FASTMLP_COMPILE_ASIDE must be one of"):
+            warmup.aside_switch()
+    else:
+        assert warmup.aside_switch() == switch
