@@ -380,8 +380,7 @@ def start_elsewhere(job, what=None, own_session=False):
     try:
         process = subprocess.Popen(
             [python, "-I", *["-O"] * sys.flags.optimize, "-c", _ELSEWHERE, job,
-             fastmlp.__file__,
-             kernels.__file__, str(theirs), json.dumps(_import_path())],
+             fastmlp.__file__, kernels.__file__, str(theirs), json.dumps(_import_path())],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, errors="backslashreplace",
             pass_fds=(theirs,) if ours is not None else (), env=_environment(),
@@ -405,10 +404,8 @@ def start_elsewhere(job, what=None, own_session=False):
 # How long a first training call waits for the process compiling its kernels beside it
 # (compile_aside), once its own compile is done, before compiling them itself
 ASIDE_WAIT_S = 60.0
-
-
-ASIDE_ENV = "FASTMLP_COMPILE_ASIDE"
-ASIDE_CHOICES = ("auto", "0", "1")
+# compile_aside's switch: automatic, never, or whatever the CPUs and the load
+ASIDE_ENV, ASIDE_CHOICES = "FASTMLP_COMPILE_ASIDE", ("auto", "0", "1")
 
 
 def aside_switch():
