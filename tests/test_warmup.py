@@ -156,7 +156,8 @@ def test_warmup_elsewhere_imports_this_fastmlp_whatever_the_working_folder(tmp_p
 def test_a_warmup_elsewhere_stops_when_asked(tmp_path, monkeypatch):
     """stop() (the warmup that started it interrupted): it stops as at a Ctrl-C, once the
     kernel it is compiling is done, well before its compile would have ended."""
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))   # (empty: it compiles, 20 s)
+    from numba.core import config   # (the folder this process's Numba read is passed on)
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))   # (empty: it compiles, 20 s)
     child = warmup.start_elsewhere("float64")
     time.sleep(3)
     start = time.perf_counter()
