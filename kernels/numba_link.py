@@ -58,7 +58,7 @@ from numba.core.dispatcher import Dispatcher
 from numba.extending import intrinsic
 
 from fastmlp._npz import raised_by_caller
-from fastmlp._signals import raise_if_signalled, say, signals_deferred
+from fastmlp._signals import say, signals_deferred
 
 _NOTICES_LOCK = threading.Lock()
 _NOTICED = set()
@@ -72,10 +72,7 @@ def _notice_once(key, message):
         if key in _NOTICED:
             return
         _NOTICED.add(key)
-    try:
-        say(f"fastmlp: {message}")
-    except (OSError, ValueError) as exc:  # no usable stderr: the notice is only a notice
-        raise_if_signalled(exc)
+    say(f"fastmlp: {message}")   # (nothing where stderr is gone: a notice is only a notice)
 
 
 def _why(exc):

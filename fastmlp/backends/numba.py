@@ -203,12 +203,18 @@ class NumbaBackend:
         update of the optimiser the state has now."""
         return "train" in self._armed and ("update", self._state.code) in self._armed
 
+    def _with_forward(self, parts):
+        """``parts`` (of _arm), with "predict" first where they hold "train" and the
+        forward passes are not armed yet: run needs them too."""
+        if "train" in parts and "predict" not in self._armed:
+            return ("predict",) + tuple(parts)
+        return tuple(parts)
+
     def _arm(self, *parts):
         """The kernels of ``parts`` ("predict", "train", "guard", "norms" or ("update",
         code): kt.arm) compiled, or loaded, for this network, and their addresses in every plan
         in use; the first time in a process, with the compile notice."""
-        if "train" in parts and "predict" not in self._armed:
-            parts = ("predict",) + parts   # run needs the forward passes too
+        parts = self._with_forward(parts)
         plans = {id(p): p for p in (self._plan, self._train[0])}.values()
         if kt.armed(self.net, self.dtype, parts):
             for plan in plans:
@@ -296,9 +302,8 @@ class NumbaBackend:
         aside = None
         try:
             if parts and will_compile(self._run):
-                wanted = parts if "predict" in self._armed else ("predict",) + parts
-                aside = warmup.compile_aside(self.dtype,
-                                             kt.to_compile(self.net, self.dtype, wanted))
+                aside = warmup.compile_aside(
+                    self.dtype, kt.to_compile(self.net, self.dtype, self._with_forward(parts)))
             ready_entries(self._run)
             if aside is not None:
                 aside.join(warmup.ASIDE_WAIT_S)
