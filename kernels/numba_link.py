@@ -211,7 +211,39 @@ CTRL_C_NOTICE = ("fastmlp: Ctrl-C: stopping once Numba has finished compiling th
                  "(stopping LLVM midway can crash Python)")
 
 
-def _compiled_whole(compile):
+# NUMBA_OPT as this process read it: the level of every kernel but the entry points
+# (numba_math.ENTRY_OPT), also when one compiles inside an entry point's compile
+_PROCESS_OPT = config.OPT
+
+
+def compile_level(dispatcher):
+    """The LLVM optimisation level ``dispatcher`` compiles at: the process's (NUMBA_OPT),
+    or, for an entry point (``llvm_opt`` set: numba_math.entry), the lower of that and
+    its own, unless NUMBA_OPT is "max" (the user trading compile time for speed)."""
+    own = getattr(dispatcher, "llvm_opt", None)
+    if own is None or _PROCESS_OPT.is_opt_max or own >= _PROCESS_OPT:
+        return _PROCESS_OPT
+    return type(_PROCESS_OPT)(own)
+
+
+@contextlib.contextmanager
+def _optimised_at(level):
+    """The block run with Numba's codegen at LLVM optimisation ``level`` (its passes read
+    config.OPT as each function and module is optimised), holding Numba's compiler lock
+    so that no other thread's compile runs at it."""
+    from numba.core.compiler_lock import global_compiler_lock
+    from numba.core.registry import cpu_target
+    with global_compiler_lock:
+        # the codegen made first, so that its target machine keeps the process's level
+        cpu_target.target_context.codegen()
+        saved, config.OPT = config.OPT, level
+        try:
+            yield
+        finally:
+            config.OPT = saved
+
+
+def _compiled_whole(compile, dispatcher=None):
     """``compile`` (a dispatcher's or a C callback's) with every signal that has a Python
     handler (Ctrl-C, a SIGALRM timeout) held back until it returns, then handled
     (_signals.signals_deferred). A KeyboardInterrupt raised inside llvmlite between an
@@ -224,14 +256,17 @@ def _compiled_whole(compile):
     object-cache callback (the timeout lost, or reported as a Ctrl-C).
     The wait is the rest of the compile: 1.3-7.9 s measured (the training kernel
     compiles with the kernels it calls), once per environment; the disk cache then
-    loads it."""
+    loads it. A ``dispatcher``'s compile runs at its level (compile_level)."""
     if getattr(compile, "whole", False):
         return compile
 
     @functools.wraps(compile)
     def compile_whole(*args):
         with signals_deferred(CTRL_C_NOTICE):
-            return compile(*args)
+            if dispatcher is None:
+                return compile(*args)
+            with _optimised_at(compile_level(dispatcher)):
+                return compile(*args)
     compile_whole.whole = True
     return compile_whole
 
@@ -246,7 +281,7 @@ def guard_cache(dispatcher):
     if not getattr(dispatcher.compile, "whole", False):
         # Numba's own calls go through the instance's attribute (self.compile), the
         # compile for a call's argument types and the one a caller's typing asks for alike
-        dispatcher.compile = _compiled_whole(dispatcher.compile)
+        dispatcher.compile = _compiled_whole(dispatcher.compile, dispatcher)
     _guard(getattr(dispatcher, "_cache", None))
 
 

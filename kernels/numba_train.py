@@ -39,7 +39,7 @@ users never see stale code.)
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
 from fastmlp._aligned import aligned_zeros
 from fastmlp.codes import (ADAM_CODE, BETA1, BETA2, EPS, GRADIENT, NESTEROV as _NESTEROV, LAYER_ACT, LAYER_ALPHA,
@@ -55,7 +55,7 @@ from .numba_gemv import forward, xw
 from .numba_layers import (LOSS, adam_update, dense_forward, dense_params,
                            loss_value_kernel, sgd_update)
 from .numba_link import Late, separate
-from .numba_math import ALLOCATING_ENTRY, ENTRY, abs_max, helper, kernel
+from .numba_math import abs_max, entry, helper, kernel
 from .numba_views import flat, matrix, row_span
 
 
@@ -477,7 +477,7 @@ _act_backward_at = BACKWARD.call
 _loss_at = LOSS.call
 
 
-@njit(**ENTRY)
+@entry
 def run(theta, grad, X, T, orders, batch_size, bufs, hyper, step, opt, ws, plan, mode, norms,
         tol, losses, guard, backup):
     """One epoch per row of orders (k, n): batches of rows orders[e, i:i + batch_size]
@@ -767,7 +767,7 @@ _forward_rows_linked = separate(_forward_rows)
 _loss_value_linked = separate(loss_value_kernel)
 
 
-@njit(**ALLOCATING_ENTRY)
+@entry(allocating=True)
 def predict(theta, X, plan, fparams, chunk, Y, check, small, columns):
     """Y (n, k_L) OVERWRITTEN with the outputs of X (n, k_0), computed ``chunk`` rows
     at a time (fastmlp.rules.predict_rows); with ``columns``, X is given as its
@@ -825,7 +825,7 @@ def predict(theta, X, plan, fparams, chunk, Y, check, small, columns):
     return True
 
 
-@njit(**ALLOCATING_ENTRY)
+@entry(allocating=True)
 def evaluate(theta, X, T, plan, fparams, chunk, small):
     """Mean loss over X (n, k_0), T (n, k_L), computed ``chunk`` rows at a time, a chunk
     of at most ``small`` rows through the C GEMV loops (as :func:`predict`)."""
