@@ -401,8 +401,9 @@ def start_elsewhere(job, what=None, own_session=False):
     return Elsewhere(what or job, process, ours)
 
 
-# How long a first training call waits for the process compiling its kernels beside it
-# (compile_aside), once its own compile is done, before compiling them itself
+# How long a first call (training, predict, evaluate) waits for the process compiling
+# its kernels beside it (compile_aside), once its own compile is done, before compiling
+# them itself
 ASIDE_WAIT_S = 60.0
 # compile_aside's switch: automatic, never, or whatever the CPUs and the load
 ASIDE_ENV, ASIDE_CHOICES = "FASTMLP_COMPILE_ASIDE", ("auto", "0", "1")
@@ -421,9 +422,10 @@ def aside_switch():
 def compile_aside(dtype, kernels):
     """An :class:`Elsewhere` compiling ``kernels`` ([(Late.name, code)]:
     numba_train.to_compile) for ``dtype`` into the disk cache, in a process of its own,
-    while this one compiles the training kernel (Numba compiles on one core, one compile
-    at a time per process); this process then loads them (join them first). The first
-    fit of a new user's 3-4-2 net took 5.6 s, and 4.3 s so. None where it does not start:
+    while this one compiles an entry point (the training kernel, predict or evaluate:
+    Numba compiles on one core, one compile at a time per process); this process then
+    loads them (join them first). The first fit of a new user's 3-4-2 net took 5.6 s,
+    and 4.3 s so. None where it does not start:
     nothing to compile, no disk cache to pass them through, MPI started (MPI libraries
     warn of processes started under them), no Python to run, :func:`numba_kernels`
     running (`fastmlp warmup` runs its dtypes side by side), FASTMLP_COMPILE_ASIDE=0, or,

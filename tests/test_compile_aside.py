@@ -38,17 +38,25 @@ _FIRST_CALL = textwrap.dedent("""
         m.fit(X, Y, epochs=3, batch_size=6)
     elif call == "train_on_batch":
         m.train_on_batch(X, Y)
-    else:
+    elif call == "gradients":
         m.gradients(X, Y)
+    elif call == "predict":
+        out = m.predict(X)
+    else:
+        out = m.evaluate(X, Y)
+    entry = {"predict": kt.predict, "evaluate": kt.evaluate}.get(call, kt.run)
     def stats(dispatcher):
         s = dispatcher.stats
         return sum(s.cache_hits.values()), sum(s.cache_misses.values())
-    late = [LATE["fastmlp.kernels.numba_activations." + name].dispatcher
-            for name in ("bias_act_forward", "act_backward")]
-    late.append(LATE["fastmlp.kernels.numba_layers.loss_forward_backward"].dispatcher)
-    print(json.dumps({"started": started, "run": stats(kt.run),
+    late = [LATE["fastmlp.kernels.numba_activations.bias_act_forward"].dispatcher]
+    if entry is kt.run:
+        late.append(LATE["fastmlp.kernels.numba_activations.act_backward"].dispatcher)
+        late.append(LATE["fastmlp.kernels.numba_layers.loss_forward_backward"].dispatcher)
+        out = m.get_weights()
+    print(json.dumps({"started": started, "run": stats(entry),
                       "late": [stats(d) for d in late],
-                      "weights": [w.tolist() for w in m.get_weights()]}))
+                      "weights": np.asarray(out).tolist() if entry is not kt.run
+                      else [w.tolist() for w in out]}))
 """)
 
 
@@ -70,8 +78,10 @@ def _first_call(cache, call="fit", **env):
 
 @needs_numba
 @pytest.mark.skipif(warmup.usable_cpus() < 2, reason="compile_aside needs two CPUs")
-@pytest.mark.parametrize("call", ["fit", "train_on_batch", "gradients"])
-def test_a_first_training_call_compiles_its_kernels_aside_then_loads_them(tmp_path, call):
+@pytest.mark.parametrize("call", ["fit", "train_on_batch", "gradients", "predict",
+                                  "evaluate"])
+def test_a_first_call_compiles_its_kernels_aside_then_loads_them(tmp_path, call):
+    """(the training kernel, or predict's or evaluate's, here: "run" below)"""
     result, err = _first_call(tmp_path / "cache", call)
     assert len(result["started"]) == 1 and result["started"][0].startswith('["float64"')
     assert result["run"] == [0, 1]                  # compiled here, meanwhile ...
@@ -405,3 +415,47 @@ def test_the_switch_is_auto_0_or_1(value, switch, monkeypatch):
             warmup.aside_switch()
     else:
         assert warmup.aside_switch() == switch
+
+
+# First predicts and evaluates of one model in 4 threads at once, in a process of its own
+_FIRST_IN_THREADS = textwrap.dedent("""
+    import json, subprocess, threading
+    started = []
+    class Counted(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            started.append(1)
+            super().__init__(*args, **kwargs)
+    subprocess.Popen = Counted
+    import numpy as np
+    from fastmlp import Model, Dense
+    X = np.random.default_rng(0).random((50, 3))
+    m = Model([Dense(4, "tanh"), Dense(2, "sigmoid")], input_dim=3, backend="numba",
+              dtype="float64", seed=0)
+    outs = [None] * 4
+    def first(i):
+        outs[i] = m.predict(X).tolist() if i % 2 == 0 else m.evaluate(X, X[:, :2])
+    threads = [threading.Thread(target=first, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(json.dumps({"started": len(started), "outs": outs}))
+""")
+
+
+@needs_numba
+@pytest.mark.skipif(warmup.usable_cpus() < 2, reason="compile_aside needs two CPUs")
+def test_first_predicts_in_several_threads_start_one_process_aside(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), FASTMLP_COMPILE_ASIDE="1")
+    done = subprocess.run([sys.executable, "-c", _FIRST_IN_THREADS], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["started"] == 1   # (each thread had started its own)
+    outs = result["outs"]
+    assert outs[0] == outs[2] and outs[1] == outs[3]
+    reference = fm.Model([fm.Dense(4, "tanh"), fm.Dense(2, "sigmoid")], input_dim=3,
+                         backend="numpy", dtype="float64", seed=0)
+    X = np.random.default_rng(0).random((50, 3))
+    np.testing.assert_allclose(outs[0], reference.predict(X), rtol=1e-12)
+    assert outs[1] == pytest.approx(reference.evaluate(X, X[:, :2]), rel=1e-12)

@@ -37,6 +37,8 @@ per-sample step of the vehicle net.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 try:
@@ -113,6 +115,8 @@ class NumbaBackend:
         # (("update", code)), a first guarded step the guard, a first asking for gradient
         # norms their kernel ("norms")
         self._armed = set()
+        # held by a first predict or evaluate while it readies its kernels (_ready_forward)
+        self._arming = threading.Lock()
         self._spare = []                    # loss_and_gradient's, not in use right now
         # predict and evaluate read only the plan's layer rows, the same for every cap.
         self._plan = self._train[0]
@@ -226,9 +230,17 @@ class NumbaBackend:
                     kt.arm(plan, self.net, self.dtype, parts)
         self._armed.update(parts)
 
+    def _ready_forward(self, entry):
+        """The forward passes readied with the entry point ``entry`` ("_predict" or
+        "_evaluate": _ready), by one thread at a time: first predicts in 4 threads at once
+        had started 4 processes compiling the same kernels on 2 CPUs."""
+        with self._arming:
+            if "predict" not in self._armed:
+                self._ready(("predict",), entry)
+
     def predict(self, X, out=None):
         if "predict" not in self._armed:
-            self._arm("predict")
+            self._ready_forward("_predict")
         if out is None:
             out = np.empty((len(X), self._outputs), dtype=self.dtype)
         if X.flags.c_contiguous:
@@ -244,7 +256,7 @@ class NumbaBackend:
         undefined). Each chunk of X is checked just before the first layer reads it, in
         the same compiled call (kt.predict). X Fortran-ordered: see predict."""
         if "predict" not in self._armed:
-            self._arm("predict")
+            self._ready_forward("_predict")
         if X.flags.c_contiguous:
             return self._predict(self._theta, X, self._plan, self._fparams,
                                  self._predict_rows, out, 1, _SMALL, 0)
@@ -260,7 +272,7 @@ class NumbaBackend:
 
     def evaluate(self, X, T):
         if "predict" not in self._armed:
-            self._arm("predict")
+            self._ready_forward("_evaluate")
         return self._evaluate(self._theta, X, T, self._plan, self._fparams,
                               self._predict_rows, _SMALL)
 
@@ -294,17 +306,18 @@ class NumbaBackend:
         if guarded and "guard" not in self._armed:
             self._arm("guard")
 
-    def _ready(self, parts):
-        """run compiled (or loaded), then the kernels of ``parts`` armed (_arm). Where run
-        and some of those kernels must both compile, those compile in another process
+    def _ready(self, parts, entry="_run"):
+        """The entry point ``entry`` (run, or "_predict" or "_evaluate") compiled (or
+        loaded), then the kernels of ``parts`` armed (_arm). Where the entry point and
+        some of those kernels must both compile, those compile in another process
         meanwhile (warmup.compile_aside), and this one then loads them from the disk
         cache."""
         aside = None
         try:
-            if parts and will_compile(self._run):
+            if parts and will_compile(getattr(self, entry)):
                 aside = warmup.compile_aside(
                     self.dtype, kt.to_compile(self.net, self.dtype, self._with_forward(parts)))
-            ready_entries(self._run)
+            ready_entries(getattr(self, entry))
             if aside is not None:
                 aside.join(warmup.ASIDE_WAIT_S)
         except BaseException:
