@@ -211,15 +211,16 @@ CTRL_C_NOTICE = ("fastmlp: Ctrl-C: stopping once Numba has finished compiling th
                  "(stopping LLVM midway can crash Python)")
 
 
-# NUMBA_OPT as this process read it: the level of every kernel but the entry points
-# (numba_math.ENTRY_OPT), also when one compiles inside an entry point's compile
+# NUMBA_OPT as this process read it: the level of every kernel but the entry points and
+# helpers (numba_math.ENTRY_OPT), also when one compiles inside an entry point's compile
 _PROCESS_OPT = config.OPT
 
 
 def compile_level(dispatcher):
     """The LLVM optimisation level ``dispatcher`` compiles at: the process's (NUMBA_OPT),
-    or, for an entry point (``llvm_opt`` set: numba_math.entry), the lower of that and
-    its own, unless NUMBA_OPT is "max" (the user trading compile time for speed)."""
+    or, for an entry point or a helper (``llvm_opt`` set: numba_math.entry, helper), the
+    lower of that and its own, unless NUMBA_OPT is "max" (the user trading compile time
+    for speed)."""
     own = getattr(dispatcher, "llvm_opt", None)
     if own is None or _PROCESS_OPT.is_opt_max or own >= _PROCESS_OPT:
         return _PROCESS_OPT

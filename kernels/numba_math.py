@@ -93,11 +93,12 @@ KERNEL = {"cache": CACHE, "error_model": "numpy", "_nrt": False, "no_cfunc_wrapp
           "forceinline": False, "no_cpython_wrapper": True}
 ENTRY = dict(KERNEL, nogil=True, no_cpython_wrapper=False)
 ALLOCATING_ENTRY = dict(ENTRY, _nrt=True)
-# The LLVM optimisation level of the entry points (run, predict, evaluate), the process's
-# own (NUMBA_OPT, 3 unless set) for every other kernel: numba_link.compile_level. The
+# The LLVM optimisation level of the entry points (run, predict, evaluate) and of the
+# helpers (only ever inlined: their caller's module is optimised again at its own level);
+# the process's own (NUMBA_OPT, 3 unless set) for every other kernel: numba_link.compile_level. The
 # entry points are loops over batches and chunks that call the kernels doing the
-# arithmetic, which keep the full level; at level 3, LLVM's loop unswitching copies
-# run's loops once per flag they test (guarded, gather, fold, norms). A new user's first
+# arithmetic, which keep the full level; level 3's extra passes (loop unswitching among
+# them) grew run's optimised IR by a fifth (4,806 lines against 4,017). A new user's first
 # fit on the AVX2 EPYC (2026-12-07, 4 processes each, run compiled alone): run's LLVM
 # time 2.2-2.4 s at 3, 1.3-1.9 s at 2, its compile 5.8-6.2 s against 4.4-4.9 s; the
 # vehicle net's epochs and steps ran as fast (best of 15: fit 1.53 / 1.51 ms, per-sample
