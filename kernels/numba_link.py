@@ -211,37 +211,52 @@ CTRL_C_NOTICE = ("fastmlp: Ctrl-C: stopping once Numba has finished compiling th
                  "(stopping LLVM midway can crash Python)")
 
 
-# NUMBA_OPT as this process read it: the level of every kernel but the entry points and
-# helpers (numba_math.ENTRY_OPT), also when one compiles inside an entry point's compile
-_PROCESS_OPT = config.OPT
+# Numba's levels, outermost first, that the compiles in progress (one thread's, nested:
+# each holds the compiler lock) found and put back: the first is the process's own
+_LEVELS_FOUND = []
 
 
-def compile_level(dispatcher):
-    """The LLVM optimisation level ``dispatcher`` compiles at: the process's (NUMBA_OPT),
-    or, for an entry point or a helper (``llvm_opt`` set: numba_math.entry, helper), the
-    lower of that and its own, unless NUMBA_OPT is "max" (the user trading compile time
-    for speed)."""
+def _as_level(value):
+    """``value`` as Numba's level type (config.OPT; a user may have assigned an int)."""
+    level_type = getattr(config, "_OptLevel", None)
+    if level_type is None or isinstance(value, level_type):
+        return value
+    return level_type(value)
+
+
+def compile_level(dispatcher, process=None):
+    """The LLVM optimisation level ``dispatcher`` compiles at: the process's (``process``,
+    else NUMBA_OPT as Numba holds it now), or, for an entry point or a helper
+    (``llvm_opt`` set: numba_math.entry, helper), the lower of that and its own, unless
+    the process's is "max" (the user trading compile time for speed)."""
+    process = _as_level(config.OPT if process is None else process)
     own = getattr(dispatcher, "llvm_opt", None)
-    if own is None or _PROCESS_OPT.is_opt_max or own >= _PROCESS_OPT:
-        return _PROCESS_OPT
-    return type(_PROCESS_OPT)(own)
+    if own is None or getattr(process, "is_opt_max", False) or own >= process:
+        return process
+    return _as_level(own)
 
 
 @contextlib.contextmanager
-def _optimised_at(level):
-    """The block run with Numba's codegen at LLVM optimisation ``level`` (its passes read
-    config.OPT as each function and module is optimised), holding Numba's compiler lock
-    so that no other thread's compile runs at it."""
+def _optimised_at(dispatcher):
+    """The block run with Numba's codegen at ``dispatcher``'s LLVM optimisation level
+    (compile_level; Numba's passes read config.OPT as each function and module is
+    optimised), holding Numba's compiler lock so that no other thread's compile runs at
+    it. Numba reads a NUMBA_* variable changed since at a compile's start, so it is read
+    first here: read inside, its level was put back by the old one, for good."""
     from numba.core.compiler_lock import global_compiler_lock
     from numba.core.registry import cpu_target
     with global_compiler_lock:
+        config.reload_config()
         # the codegen made first, so that its target machine keeps the process's level
         cpu_target.target_context.codegen()
-        saved, config.OPT = config.OPT, level
+        found = config.OPT
+        process = _LEVELS_FOUND[0] if _LEVELS_FOUND else found
+        _LEVELS_FOUND.append(found)
+        config.OPT = compile_level(dispatcher, process)
         try:
             yield
         finally:
-            config.OPT = saved
+            config.OPT = _LEVELS_FOUND.pop()
 
 
 def _compiled_whole(compile, dispatcher=None):
@@ -266,7 +281,7 @@ def _compiled_whole(compile, dispatcher=None):
         with signals_deferred(CTRL_C_NOTICE):
             if dispatcher is None:
                 return compile(*args)
-            with _optimised_at(compile_level(dispatcher)):
+            with _optimised_at(dispatcher):
                 return compile(*args)
     compile_whole.whole = True
     return compile_whole

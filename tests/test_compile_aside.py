@@ -417,7 +417,8 @@ def test_the_switch_is_auto_0_or_1(value, switch, monkeypatch):
         assert warmup.aside_switch() == switch
 
 
-# First predicts and evaluates of one model in 4 threads at once, in a process of its own
+# First predicts and evaluates in 4 threads at once, of one model or of 4, in a process
+# of its own
 _FIRST_IN_THREADS = textwrap.dedent("""
     import json, subprocess, threading
     started = []
@@ -428,12 +429,15 @@ _FIRST_IN_THREADS = textwrap.dedent("""
     subprocess.Popen = Counted
     import numpy as np
     from fastmlp import Model, Dense
+    import copy, sys
     X = np.random.default_rng(0).random((50, 3))
-    m = Model([Dense(4, "tanh"), Dense(2, "sigmoid")], input_dim=3, backend="numba",
-              dtype="float64", seed=0)
+    models = [Model([Dense(4, "tanh"), Dense(2, "sigmoid")], input_dim=3, backend="numba",
+                    dtype="float64", seed=0) for _ in range(4 if sys.argv[1] == "4" else 1)]
     outs = [None] * 4
     def first(i):
+        m = models[i % len(models)]
         outs[i] = m.predict(X).tolist() if i % 2 == 0 else m.evaluate(X, X[:, :2])
+        copy.deepcopy(m._engine)   # (a lock on the backend had made that a TypeError)
     threads = [threading.Thread(target=first, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
@@ -445,10 +449,12 @@ _FIRST_IN_THREADS = textwrap.dedent("""
 
 @needs_numba
 @pytest.mark.skipif(warmup.usable_cpus() < 2, reason="compile_aside needs two CPUs")
-def test_first_predicts_in_several_threads_start_one_process_aside(tmp_path):
+@pytest.mark.parametrize("models", ["1", "4"])
+def test_first_predicts_in_several_threads_start_one_process_aside(models, tmp_path):
+    """(hostile round 53: 4 models' first predicts started 4 processes on 2 CPUs)"""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), FASTMLP_COMPILE_ASIDE="1")
-    done = subprocess.run([sys.executable, "-c", _FIRST_IN_THREADS], capture_output=True,
-                          text=True, timeout=600, env=env)
+    done = subprocess.run([sys.executable, "-c", _FIRST_IN_THREADS, models],
+                          capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["started"] == 1   # (each thread had started its own)

@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 
+import numpy as np
 import pytest
 
 numba = pytest.importorskip("numba")
@@ -24,14 +25,15 @@ def _level(value):
 
 @pytest.mark.parametrize("process, entry, kernel", [(3, 2, 3), (2, 2, 2), (1, 1, 1),
                                                     (0, 0, 0), ("max", "max", "max")])
-def test_entry_points_compile_at_the_lower_level_unless_max(process, entry, kernel,
-                                                            monkeypatch):
-    monkeypatch.setattr(numba_link, "_PROCESS_OPT", _level(process))
-    for dispatcher in (numba_train.run, numba_train.predict, numba_train.evaluate):
-        level = numba_link.compile_level(dispatcher)
-        assert int(level) == int(_level(entry)) and level.is_opt_max == (entry == "max")
-    level = numba_link.compile_level(FORWARD.dispatcher)
-    assert int(level) == int(_level(kernel)) and level.is_opt_max == (kernel == "max")
+def test_entry_points_compile_at_the_lower_level_unless_max(process, entry, kernel):
+    # (a user may assign config.OPT an int; "max" is Numba's level type's alone)
+    for given in [_level(process)] + ([int(process)] if process != "max" else []):
+        for dispatcher in (numba_train.run, numba_train.predict, numba_train.evaluate):
+            level = numba_link.compile_level(dispatcher, given)
+            assert int(level) == int(_level(entry))
+            assert level.is_opt_max == (entry == "max")
+        level = numba_link.compile_level(FORWARD.dispatcher, given)
+        assert int(level) == int(_level(kernel))
     assert numba_train.run.llvm_opt == numba_math.ENTRY_OPT == 2
 
 
@@ -39,8 +41,8 @@ def test_the_level_is_set_holding_the_compiler_lock_and_put_back(monkeypatch):
     from numba.core.compiler_lock import global_compiler_lock
     before = config.OPT
     taken = []
-    with numba_link._optimised_at(_level(1)):
-        assert int(config.OPT) == 1
+    with numba_link._optimised_at(numba_train.run):
+        assert int(config.OPT) == min(int(before), 2)
         other = threading.Thread(target=lambda: taken.append(
             global_compiler_lock._lock.acquire(timeout=0.2)))
         other.start()
@@ -48,8 +50,14 @@ def test_the_level_is_set_holding_the_compiler_lock_and_put_back(monkeypatch):
     assert taken == [False]          # no other thread compiles at that level meanwhile
     assert config.OPT is before
     with pytest.raises(ZeroDivisionError):
-        with numba_link._optimised_at(_level(1)):
+        with numba_link._optimised_at(numba_train.run):
             1 / 0
+    assert config.OPT is before
+    # a kernel compiled inside an entry point's compile: at the process's level
+    with numba_link._optimised_at(numba_train.run):
+        with numba_link._optimised_at(FORWARD.dispatcher):
+            assert config.OPT == before
+        assert int(config.OPT) == min(int(before), 2)
     assert config.OPT is before
 
 
@@ -96,3 +104,45 @@ def test_a_first_compile_optimises_entry_points_at_their_level(numba_opt, tmp_pa
     for kernel in ("_forward_rows", "bias_act_forward", "act_backward",
                    "loss_forward_backward", "_guard"):
         assert levels[kernel] == {process}, (kernel, levels)
+
+
+# hostile round 53: the level a user sets while the process runs (NUMBA_OPT changed, or
+# config.OPT assigned an int) is the one their own code compiles at after fastmlp's
+_USER_LEVEL = textwrap.dedent("""
+    import json, os, sys
+    import numba
+    import numpy as np
+    from numba.core import config
+    import fastmlp as fm
+    how = sys.argv[1]
+    if how == "environment":
+        os.environ["NUMBA_OPT"] = "1"          # (%env NUMBA_OPT=1 in a notebook)
+    else:
+        @numba.njit
+        def first(x):
+            return x + 1
+        first(1)
+        config.OPT = 1                          # a plain int
+    m = fm.Model([fm.Dense(4, "tanh"), fm.Dense(2, "sigmoid")], input_dim=3,
+                 backend="numba", dtype="float32", seed=0)
+    out = m.predict(np.zeros((5, 3), np.float32))
+    after_fastmlp = repr(config.OPT)
+    @numba.njit
+    def users(x):
+        return x + 2
+    users(1)
+    print(json.dumps([after_fastmlp, repr(config.OPT), out.tolist()]))
+""")
+
+
+@pytest.mark.parametrize("how", ["environment", "assigned"])
+def test_a_level_the_user_sets_meanwhile_is_kept(how, tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), FASTMLP_COMPILE_ASIDE="0")
+    env.pop("NUMBA_OPT", None)
+    done = subprocess.run([sys.executable, "-c", _USER_LEVEL, how], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    after_fastmlp, after_users, out = json.loads(done.stdout.splitlines()[-1])
+    expected = "_OptLevel(1)" if how == "environment" else "1"
+    assert after_fastmlp == after_users == expected   # (it had been put back to 3)
+    assert np.asarray(out).shape == (5, 2) and np.isfinite(out).all()

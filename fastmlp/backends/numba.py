@@ -82,6 +82,14 @@ _SMALL = rules.PREDICT_SMALL_ROWS
 _RUN_READ_ONLY, _PREDICT_READ_ONLY, _EVALUATE_READ_ONLY = (2, 3, 4), (1,), (1, 2)
 
 
+# Held by a first call readying its entry point and kernels (NumbaBackend._ready), so that
+# one process compiles beside this one at a time (warmup.compile_aside): first predicts
+# of 4 models in 4 threads at once had started 4 such processes on 2 CPUs, each compiling
+# the same kernels (the compiles here take turns on Numba's own lock anyway). Reentrant:
+# a signal handler's predict, run as a first compile ends, readies in the same thread.
+_READYING = threading.RLock()
+
+
 class NumbaBackend:
     """Backend contract (see fastmlp.backends) over Numba kernels."""
 
@@ -115,8 +123,6 @@ class NumbaBackend:
         # (("update", code)), a first guarded step the guard, a first asking for gradient
         # norms their kernel ("norms")
         self._armed = set()
-        # held by a first predict or evaluate while it readies its kernels (_ready_forward)
-        self._arming = threading.Lock()
         self._spare = []                    # loss_and_gradient's, not in use right now
         # predict and evaluate read only the plan's layer rows, the same for every cap.
         self._plan = self._train[0]
@@ -232,9 +238,8 @@ class NumbaBackend:
 
     def _ready_forward(self, entry):
         """The forward passes readied with the entry point ``entry`` ("_predict" or
-        "_evaluate": _ready), by one thread at a time: first predicts in 4 threads at once
-        had started 4 processes compiling the same kernels on 2 CPUs."""
-        with self._arming:
+        "_evaluate": _ready), unless another thread did meanwhile."""
+        with _READYING:
             if "predict" not in self._armed:
                 self._ready(("predict",), entry)
 
@@ -311,21 +316,23 @@ class NumbaBackend:
         loaded), then the kernels of ``parts`` armed (_arm). Where the entry point and
         some of those kernels must both compile, those compile in another process
         meanwhile (warmup.compile_aside), and this one then loads them from the disk
-        cache."""
-        aside = None
-        try:
-            if parts and will_compile(getattr(self, entry)):
-                aside = warmup.compile_aside(
-                    self.dtype, kt.to_compile(self.net, self.dtype, self._with_forward(parts)))
-            ready_entries(getattr(self, entry))
-            if aside is not None:
-                aside.join(warmup.ASIDE_WAIT_S)
-        except BaseException:
-            if aside is not None:
-                aside.kill()
-            raise
-        if parts:
-            self._arm(*parts)
+        cache. One thread at a time (_READYING)."""
+        with _READYING:
+            aside = None
+            try:
+                if parts and will_compile(getattr(self, entry)):
+                    aside = warmup.compile_aside(
+                        self.dtype,
+                        kt.to_compile(self.net, self.dtype, self._with_forward(parts)))
+                ready_entries(getattr(self, entry))
+                if aside is not None:
+                    aside.join(warmup.ASIDE_WAIT_S)
+            except BaseException:
+                if aside is not None:
+                    aside.kill()
+                raise
+            if parts:
+                self._arm(*parts)
 
     def push(self):
         """The Model wrote theta or the optimiser state (set_weights, set_state, load, a
