@@ -312,8 +312,8 @@ class NumbaBackend:
             self._arm("guard")
 
     def _ready(self, parts, entry="_run"):
-        """The entry point ``entry`` (run, or "_predict" or "_evaluate") compiled (or
-        loaded), then the kernels of ``parts`` armed (_arm). Where the entry point and
+        """The entry point held in attribute ``entry`` ("_run", "_predict" or "_evaluate")
+        compiled (or loaded), then the kernels of ``parts`` armed (_arm). Where the entry point and
         some of those kernels must both compile, those compile in another process
         meanwhile (warmup.compile_aside), and this one then loads them from the disk
         cache. One thread at a time (_READYING)."""
