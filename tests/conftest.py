@@ -55,6 +55,17 @@ def rng():
 
 
 
+@pytest.fixture(scope="module")
+def joblib_workers_stopped():
+    """For tests running joblib with n_jobs > 1: joblib's worker processes stopped after
+    their module (reused until then). Left idle, they end after 300 s, and the pipes this
+    process held to them close in the middle of whichever test runs then (CI, 2026-12-07:
+    one closed while test_sigint_everywhere.py counted this process's descriptors)."""
+    yield
+    from joblib.externals.loky import get_reusable_executor
+    get_reusable_executor().shutdown(wait=True, kill_workers=True)
+
+
 @pytest.fixture
 def timeout_handler():
     """A SIGALRM handler raising TimeoutError, as pytest-timeout's signal method does (the

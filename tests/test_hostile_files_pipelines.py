@@ -565,7 +565,8 @@ def test_copies_of_an_unfitted_model_with_labels_train_like_the_original(backend
 # -- fastmlp.sklearn --------------------------------------------------------------------
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-def test_grid_search_two_processes_on_pandas_with_string_labels(backend, tmp_path):
+def test_grid_search_two_processes_on_pandas_with_string_labels(backend, tmp_path,
+                                                                joblib_workers_stopped):
     pd = pytest.importorskip("pandas")
     pytest.importorskip("sklearn")
     from sklearn.model_selection import GridSearchCV

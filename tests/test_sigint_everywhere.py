@@ -360,14 +360,14 @@ def _descriptors():
     return names
 
 
-def _assert_as_many_descriptors(opened, where):
-    """As many descriptors open as in ``opened``; if not, the message names those
-    opened since and those closed since."""
+def _assert_none_opened_since(opened, where):
+    """No descriptor open that was not open (naming the same thing) in ``opened``; if
+    one is, the message names it. (Those closed since are not counted: another library's
+    may close at any moment, as joblib's idle worker processes' pipes did in CI, and a
+    descriptor closed twice is test_round7_interrupts.py's test.)"""
     now = _descriptors()
-    assert len(now) == len(opened), (
-        f"{where}: {len(now)} descriptors open, {len(opened)} before; opened since: "
-        f"{ {fd: name for fd, name in now.items() if opened.get(fd) != name} }, closed "
-        f"since: { {fd: name for fd, name in opened.items() if now.get(fd) != name} }")
+    leaked = {fd: name for fd, name in now.items() if opened.get(fd) != name}
+    assert not leaked, f"{where}: open since: {leaked}"
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
@@ -386,7 +386,7 @@ def test_an_interrupt_anywhere_in_load_or_a_checkpointed_fit_leaks_no_file(inter
     gc.collect()
     opened = _descriptors()
     for at, interrupted in _calls_under_sigint(lambda: fm.load(path), lambda: None):
-        _assert_as_many_descriptors(opened, f"load, point {at}")
+        _assert_none_opened_since(opened, f"load, point {at}")
 
     def checkpointed_fit():
         _model("auto", fm.Adam(1e-2)).fit(
@@ -400,7 +400,7 @@ def test_an_interrupt_anywhere_in_load_or_a_checkpointed_fit_leaks_no_file(inter
         assert sorted(os.listdir(tmp_path)) in ([], ["best.npz"]), f"fit, point {at}"
         if path.exists():
             fm.load(path)
-        _assert_as_many_descriptors(opened, f"fit, point {at}")
+        _assert_none_opened_since(opened, f"fit, point {at}")
 
 
 def test_an_interrupt_anywhere_in_partial_fit_keeps_the_step_or_not():

@@ -67,7 +67,7 @@ def test_pipeline_with_scaler(backend, digits):
     assert pipe.score(X[300:], y[300:]) > 0.85
 
 
-def test_grid_search_in_two_processes(backend, digits):
+def test_grid_search_in_two_processes(backend, digits, joblib_workers_stopped):
     X, y = digits
     search = GridSearchCV(small(MLPClassifier, backend, max_iter=20),
                           {"hidden_layer_sizes": [(4,), (16,)]}, cv=2, n_jobs=2)
@@ -77,7 +77,7 @@ def test_grid_search_in_two_processes(backend, digits):
     assert search.best_score_ > 0.7
 
 
-def test_cross_val_score_in_two_processes(backend, digits):
+def test_cross_val_score_in_two_processes(backend, digits, joblib_workers_stopped):
     X, y = digits
     scores = cross_val_score(small(MLPClassifier, backend, max_iter=20), X, y, cv=3, n_jobs=2)
     assert scores.shape == (3,) and scores.min() > 0.7
