@@ -207,10 +207,20 @@ _NO_CYTHON = "import sys; sys.modules['fastmlp.kernels.cython_mlp'] = None\n"
 _BOUND = "from fastmlp.kernels import numba_gemv; print(json.dumps({'bound': numba_gemv.BOUND}))\n"
 
 
-@pytest.mark.parametrize("damage", [_empty, _truncate], ids=["emptied", "truncated"])
-def test_a_damaged_c_callback_entry_compiles_again(tmp_path, damage):
-    cache = tmp_path / "cache"
+@pytest.fixture(scope="module")
+def no_cython_cache(tmp_path_factory):
+    """(cache, its process's output): a cache filled by a process without the Cython
+    extension, whose GEMV is then Numba's C callback (compiled once for the module)."""
+    cache = tmp_path_factory.mktemp("numba_cache") / "no_cython"
     first, _ = _run(cache, _NO_CYTHON + _USE + _BOUND)
+    return cache, first
+
+
+@pytest.mark.parametrize("damage", [_empty, _truncate], ids=["emptied", "truncated"])
+def test_a_damaged_c_callback_entry_compiles_again(no_cython_cache, tmp_path, damage):
+    cache = tmp_path / "cache"
+    shutil.copytree(no_cython_cache[0], cache)
+    first = no_cython_cache[1]
     assert first["bound"] == "fallback"
     victims = glob.glob(os.path.join(cache, "*", "numba_gemv._fallback_body-*.nbc"))
     assert len(victims) == 2   # float32, float64

@@ -130,13 +130,14 @@ def _assert_same_state(got, want, where):
 
 
 def _every_point(backend, optimizer, epochs, fit_kwargs, most_trials, clock=None,
-                monkeypatch=None):
+                monkeypatch=None, share=(0, 1)):
     """SIGINT at point n of fit(epochs) for every n (at most ``most_trials``,
     evenly spread): the interrupt is raised, the model keeps the epochs its History
     records, and trained on to ``epochs`` epochs and one more, it equals one that was
     never interrupted. ``clock``: a function
     making a new ``time`` for fastmlp._fitting and fastmlp._undo, the same moments in every run, so that
-    every run takes the same steps up to its SIGINT."""
+    every run takes the same steps up to its SIGINT. ``share``: (k, n), the k-th of
+    every n of those points only (n runs with k = 0 to n-1 try them all)."""
     want = _model(backend, optimizer)
     losses = want.fit(X, Y, epochs=epochs, batch_size=BATCH, verbose=0,
                       **fit_kwargs).history["loss"]
@@ -158,7 +159,8 @@ def _every_point(backend, optimizer, epochs, fit_kwargs, most_trials, clock=None
     count = _SigintAt(0)
     assert not fit_under(count, _model(backend, optimizer))
     stride = max(1, count.points // most_trials)
-    for at in range(1, count.points + 1, stride):
+    which, of = share
+    for at in range(1 + which * stride, count.points + 1, of * stride):
         model = _model(backend, optimizer)
         assert fit_under(_SigintAt(at), model), f"no interrupt at point {at}"
         steps = int(model.get_state()["opt_step"][0])
@@ -206,9 +208,12 @@ def test_an_interrupt_anywhere_in_a_quiet_fit_of_many_chunks(interrupt, backend,
     def clock():
         return types.SimpleNamespace(perf_counter=_JumpingClock(0).perf_counter)
 
+    # A Ctrl-C at every other point, a timeout at the others: the same code undoes both
+    # (the tests above try both exceptions at the same points)
     points = _every_point(backend, fm.Adam(1e-2), epochs, {},
                         most_trials=50 if backend == "numpy" else 2000,
-                        clock=clock, monkeypatch=monkeypatch)
+                        clock=clock, monkeypatch=monkeypatch,
+                        share=(["ctrl-c", "timeout"].index(interrupt), 2))
     assert points > 1000   # many chunks, snapshots and replays ran
 
 

@@ -269,14 +269,22 @@ def _fresh_process(cache_dir, role):
     return done.stdout.splitlines()
 
 
+@pytest.fixture(scope="module")
+def compiled_from_empty(tmp_path_factory):
+    """(cache folder, output) of _FRESH_PROCESS "compiled" in an empty cache, which
+    compiles every kernel: one such process for the tests comparing with it."""
+    folder = tmp_path_factory.mktemp("compiled")
+    return folder, _fresh_process(folder, "compiled")
+
+
 @needs_numba
-def test_kernels_compile_once_and_later_processes_load_them(tmp_path):
-    compiled = _fresh_process(tmp_path, "compiled")
+def test_kernels_compile_once_and_later_processes_load_them(compiled_from_empty):
+    cache_dir, compiled = compiled_from_empty
     # each entry point's module holds its own code only: the kernels it calls are linked
     # by name (kernels/numba_link), not compiled into it again
     assert compiled[2:] == ["run numba_train3run", "predict numba_train7predict"]
     assert int(compiled[1]) > 0
-    loaded = _fresh_process(tmp_path, "loaded")
+    loaded = _fresh_process(cache_dir, "loaded")
     assert loaded[0] == compiled[0]   # the same numbers, bit for bit
     assert loaded[1] == "0"           # nothing compiled again
 
@@ -306,7 +314,7 @@ print(run())
 
 
 @needs_numba
-def test_ctrl_c_during_the_first_compile_leaves_nothing_broken(tmp_path):
+def test_ctrl_c_during_the_first_compile_leaves_nothing_broken(tmp_path, compiled_from_empty):
     """The retry in the interrupted process, and a later process loading what the cache
     then holds, give the numbers of an uninterrupted run, bit for bit."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "interrupted"))
@@ -317,7 +325,7 @@ def test_ctrl_c_during_the_first_compile_leaves_nothing_broken(tmp_path):
     # A Ctrl-C that lands in one of llvmlite's ctypes callbacks can be swallowed there
     # whole (the compile then finishes): rare, and outside fastmlp; both are fine here.
     assert interrupted in ("interrupted", "not interrupted")
-    clean = _fresh_process(tmp_path / "clean", "loaded")  # an empty cache: compiles it all
+    clean = compiled_from_empty[1]   # an empty cache: it compiled it all
     assert retried == clean[0]
     later = _fresh_process(tmp_path / "interrupted", "loaded")
     assert later[0] == clean[0]
