@@ -99,8 +99,10 @@ def standardization(train, names=None):
     """Column statistics for standardizing: ``(mean, scale)``, both float64 (d,).
 
     ``train`` (n, d). ``scale`` is the standard deviation, or 1 for a constant
-    column (std 0, e.g. the digits' always-blank corner pixels), so it becomes 0
-    instead of NaN. The statistics are computed on each column divided by a power
+    column (one value in every row, e.g. the digits' always-blank corner pixels), whose
+    mean is then that value, so it becomes 0 instead of NaN. (Computed, a column of 0.1
+    had a mean off by one rounding and a std of 1.7e-16: that column then swung every
+    prediction.) The statistics are computed on each column divided by a power
     of two near its largest |value|: bit for bit what the plain formulas give
     where they do not overflow, and finite for values up to float64's maximum
     (1.8e308). A ValueError naming
@@ -117,7 +119,8 @@ def standardization(train, names=None):
     scaled = train / unit
     mean = scaled.mean(axis=0) * unit
     scale = scaled.std(axis=0) * unit
-    scale[scale == 0] = 1.0
+    constant = (train == train[0]).all(axis=0)
+    mean[constant], scale[constant | (scale == 0)] = train[0, constant], 1.0
     check_standardizable(train, mean, scale, names)
     return mean, scale
 

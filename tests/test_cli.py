@@ -175,13 +175,14 @@ def test_scaler_is_the_training_rows_statistics_kept_in_the_model(tmp_path):
     assert not hasattr(cli, "fold_standardization")
 
 
-def test_constant_feature_gets_scale_1(tmp_path):
-    lines = ["c,x,y"] + [f"7,{i},{i % 2}" for i in range(20)]
+@pytest.mark.parametrize("value", ["7", "0.1"])   # (0.1's computed std was 1.7e-16)
+def test_constant_feature_gets_scale_1(tmp_path, value):
+    lines = ["c,x,y"] + [f"{value},{i},{i % 2}" for i in range(20)]
     path = tmp_path / "const.csv"
     path.write_text("\n".join(lines) + "\n")
     args = cli.make_parser().parse_args(["train", "--data", str(path), "--epochs", "1"])
     mean, scale = cli.run_train(args, out=open(os.devnull, "w")).model.input_scaling
-    assert mean[0] == 7 and scale[0] == 1
+    assert mean[0] == float(value) and scale[0] == 1
 
 
 # -- errors: one line on stderr, exit status 2 ------------------------------------------

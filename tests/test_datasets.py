@@ -143,6 +143,18 @@ def test_standardization_matches_the_plain_formulas_bit_for_bit(rng):
     np.testing.assert_array_equal(scale, X.std(axis=0))
 
 
+@pytest.mark.parametrize("value", [0.1, 1e30, -3e-300, 5.0, 1.7e308])
+def test_a_constant_column_is_its_value_with_scale_1(rng, value):
+    """Hostile README audit, 2026-12-07: a column of 0.1 in every row got a mean one
+    rounding off 0.1 and a scale of 1.7e-16 (1.4e14 for 1e30), which made that column
+    swing every prediction (only a std of exactly 0 was given scale 1)."""
+    X = np.c_[rng.normal(size=50), np.full(50, value)]
+    mean, scale = datasets.standardization(X)
+    assert mean[1] == value and scale[1] == 1
+    assert mean[0] == X.mean(axis=0)[0] and scale[0] == X.std(axis=0)[0]
+    assert np.array_equal(datasets.standardize(X)[0][:, 1], np.zeros(50))
+
+
 def test_standardization_of_values_near_float64_max(rng):
     """Issue 8.19: the plain mean/std overflow to inf for finite values near 1.7e308."""
     X = rng.uniform(0.5, 1.0, size=(50, 2)) * 1.7e308
