@@ -193,6 +193,10 @@ class Fitting:
                     shuffle = validation.check_flag(shuffle, "shuffle")
                     gradient_norms = validation.check_flag(gradient_norms, "gradient_norms")
                     X, T = self._data(X, Y, learn=True)
+                    # rows in the model's own memory (views of engine.theta) would change
+                    # as the steps write it: trained on as they were, on every backend
+                    # (numba's weights had differed from the others' by 1e-2)
+                    X, T = self._unshared(X), self._unshared(T)
                     epochs = validation.check_count(epochs, "epochs")
                     tol = validation.check_tol(tol)
                     X, T, val = self._validation_rows(X, T, validation_data, validation_split)

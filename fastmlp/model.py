@@ -948,7 +948,7 @@ class Model(Fitting):
         grad = validation.as_finite(validation.as_array(grad, "grad"), "grad", self._dtype)
         if grad.shape != (self._net.n_params,):
             raise ValueError(f"grad must have shape ({self._net.n_params},), got {grad.shape}")
-        grad = _own(grad, self._theta, self._state.buffers)
+        grad = self._unshared(grad)
         with self._lock:
             self._wait_for_fit()
             with self._rollback() as snapshot:
@@ -1061,6 +1061,11 @@ class Model(Fitting):
         io.save(self, path)
 
     # -- helpers -----------------------------------------------------------------
+    def _unshared(self, a):
+        """``a``, or a copy where it may share memory with this model's theta or
+        optimiser state (_own; bounds only, O(1))."""
+        return _own(a, self._theta, self._state.buffers)
+
     def _data(self, X, Y, learn=False):
         """(X, T) as the backends take them. Labels of any kind become class indices;
         ``learn`` (training calls) records classes_ and feature names the first time."""
