@@ -465,3 +465,14 @@ def test_first_predicts_in_several_threads_start_one_process_aside(models, tmp_p
     X = np.random.default_rng(0).random((50, 3))
     np.testing.assert_allclose(outs[0], reference.predict(X), rtol=1e-12)
     assert outs[1] == pytest.approx(reference.evaluate(X, X[:, :2]), rel=1e-12)
+
+
+@needs_numba
+def test_a_refused_switch_is_refused_when_a_numba_model_is_made(monkeypatch):
+    """README audit, 2026-12-07: read only at a call that compiled, a refused value passed
+    unseen while every kernel was cached, then stopped a later network mid-run. Another
+    backend does not read it."""
+    monkeypatch.setenv("FASTMLP_COMPILE_ASIDE", "true")
+    with pytest.raises(ValueError, match="FASTMLP_COMPILE_ASIDE must be one of"):
+        fm.Model([fm.Dense(2, "sigmoid")], input_dim=3, backend="numba")
+    fm.Model([fm.Dense(2, "sigmoid")], input_dim=3, backend="numpy")

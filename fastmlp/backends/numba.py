@@ -103,6 +103,10 @@ class NumbaBackend:
     guarded_step_is_free = True
 
     def __init__(self, net, dtype, theta, state):
+        # FASTMLP_COMPILE_ASIDE checked now, not only at a call that compiles: a value it
+        # refuses had passed unseen with every kernel cached, then stopped a later network
+        # in the middle of its run (README audit, 2026-12-07)
+        warmup.aside_switch()
         self.net = net
         self.dtype = np.dtype(dtype)
         self._fparams = net.act_params.astype(self.dtype)
