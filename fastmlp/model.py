@@ -337,11 +337,25 @@ class Model(Fitting):
         the parameter layout), fixed once the model is built."""
         return self._net
 
+    @net.setter
+    def net(self, value):
+        raise AttributeError("a model's network is fixed once it is built (its parameters "
+                             "and kernels are laid out for it): a different network is a "
+                             "new Model")
+
     @property
     def seed(self):
         """The seed the model was built with (None: fresh entropy); the generator itself
         moves on with training and is part of get_state()."""
         return self._seed
+
+    @seed.setter
+    def seed(self, value):
+        raise AttributeError(f"a model's seed is the one it was built with (this one's is "
+                             f"{self._seed!r}): a new fm.Model(..., seed={value!r}) draws its "
+                             "weights and shuffles from that seed; this model's generator, "
+                             "moved on by training, is get_state()['rng_state'] (set_state "
+                             "takes another's)")
 
     @property
     def dtype(self):

@@ -44,12 +44,17 @@ def test_what_a_model_is_built_around_cannot_be_reassigned(backend, name, value,
     assert fm.load(tmp_path / "m.npz").backend == backend
 
 
-@pytest.mark.parametrize("name", ["net", "seed"])
-def test_the_network_and_seed_are_read_only_too(name):
+@pytest.mark.parametrize("name, says", [("net", "a different network is a new Model"),
+                                        ("seed", "fm.Model(..., seed=None)")])
+def test_the_network_and_seed_are_read_only_too(name, says):
+    # (round 54: Python's "property 'seed' of 'Model' object has no setter", where the
+    # README promised the others' words, saying how to get another)
     m = _model()
     kept = getattr(m, name)
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="fixed once it is built|the one it was built"
+                       ) as raised:
         setattr(m, name, None)
+    assert says in str(raised.value)
     assert getattr(m, name) is kept
 
 
