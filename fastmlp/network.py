@@ -284,6 +284,20 @@ class Network:
             out.append((theta[w:w + n_in * n_out].reshape(n_in, n_out), theta[b:b + n_out], alpha))
         return out
 
+    def parameter_at(self, index):
+        """What theta[index] is, in words: "layer 2's W[3, 0]", "layer 1's b[4]" or
+        "layer 1's prelu alpha[0]" (layers counted from 1); None for padding."""
+        for i in range(len(self.layers)):
+            n_in, n_out = int(self.dims[i]), int(self.dims[i + 1])
+            w, b, a = (int(o) for o in self.offsets[i])
+            if w <= index < w + n_in * n_out:
+                return f"layer {i + 1}'s W[{(index - w) // n_out}, {(index - w) % n_out}]"
+            if b <= index < b + n_out:
+                return f"layer {i + 1}'s b[{index - b}]"
+            if a >= 0 and a <= index < a + n_out:
+                return f"layer {i + 1}'s prelu alpha[{index - a}]"
+        return None
+
     def init_params(self, rng, dtype):
         """Glorot-uniform weights (He-uniform for the ReLU family), zero biases.
 

@@ -27,3 +27,24 @@ def test_fit_on_rows_of_the_models_own_memory_trains_on_them_as_they_were(backen
     model.fit(X, Y, epochs=3, batch_size=2)
     for got, want in zip(model.get_weights(), copied.get_weights()):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_weight_the_dtype_cannot_hold_is_refused_naming_its_layer():
+    """A float64 prelu model's alpha of 1e39 taken to float32 was refused as "theta has a
+    value too large for float32 (1e+39 at index (9,))", where the README promised the
+    layer; set_state's refusals name it too."""
+    prelu = fm.Model([fm.Dense(3, "prelu", alpha=1e39)], input_dim=2, dtype="float64")
+    with pytest.raises(ValueError, match=r"1e\+39 at index \(9,\)\): layer 1's prelu alpha\[0\]"):
+        prelu.to(dtype="float32")
+    model = fm.Model([fm.Dense(3, "tanh"), fm.Dense(2, "linear")], input_dim=2, loss="mse",
+                     dtype="float32")
+    for index, value, says in [(10, 1e300, "too large for float32"), (10, np.nan, "NaN or inf"),
+                               (3, np.inf, "NaN or inf"), (7, -1e39, "too large")]:
+        state = model.get_state()
+        state["theta"] = state["theta"].astype(np.float64)
+        state["theta"][index] = value
+        with pytest.raises(ValueError, match=says) as refused:
+            model.set_state(state)
+        # W1 (2, 3) is theta[0:6], b1 theta[6:9], W2 (3, 2) theta[9:15]
+        where = {10: "layer 2's W[0, 1]", 3: "layer 1's W[1, 0]", 7: "layer 1's b[1]"}[index]
+        assert str(refused.value).endswith(f": {where}")
