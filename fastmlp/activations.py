@@ -30,27 +30,44 @@ from .codes import (ELU, LEAKY_RELU, LINEAR, PIECEWISE_LINEAR, PRELU, RELU, SIGM
                     SOFTMAX, SOFTPLUS, STEP, TANH, UnknownCode)
 
 
+def _real(z):
+    """The dtype these functions compute ``z`` in: its own if floating (float32 stays
+    float32), else float64 (sigmoid of integers had been cast back to integers: 0)."""
+    dtype = np.asarray(z).dtype
+    return dtype if dtype.kind == "f" else np.dtype(np.float64)
+
+
+def _as_real(z):
+    return np.asarray(z, dtype=_real(z))
+
+
 def sigmoid(z):
-    """Logistic 1 / (1 + e^-z), finite and warning-free for any z."""
+    """Logistic 1 / (1 + e^-z), finite and warning-free for any z (an array of any
+    shape; integers and bools computed in float64)."""
+    z = _as_real(z)
     e = np.exp(-np.abs(z))
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
 
 
 def softplus(z):
     """ln(1 + e^z) computed as max(z, 0) + log1p(e^-|z|), so it never overflows."""
+    z = _as_real(z)
     return (np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))).astype(z.dtype, copy=False)
 
 
 def softmax(z):
-    """Row-wise e^z_i / sum_j e^z_j of z (n, k), shifted by the row max for stability."""
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    """Row-wise e^z_i / sum_j e^z_j of z (n, k) (a vector (k,) is one row), shifted
+    by the row max for stability."""
+    z = _as_real(z)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def log_softmax(z):
     """Row-wise log of :func:`softmax`, exact even where softmax underflows to 0."""
-    shifted = z - z.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    z = _as_real(z)
+    shifted = z - z.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def softmax_jacobian(p):
@@ -65,7 +82,7 @@ def softmax_vjp(p, dp):
 
 
 def _where(cond, a, b, like):
-    return np.where(cond, a, b).astype(like.dtype, copy=False)
+    return np.where(cond, a, b).astype(_real(like), copy=False)
 
 
 @dataclass(frozen=True)
@@ -84,24 +101,24 @@ class Activation:
 ACTIVATIONS = {a.name: a for a in [
     Activation("step", STEP,
                lambda z, p: _where(z > 0, 1.0, _where(z < 0, 0.0, 0.5, z), z),
-               lambda z, f, p: np.zeros_like(z)),
+               lambda z, f, p: np.zeros_like(z, dtype=_real(z))),
     Activation("sign", SIGN,
-               lambda z, p: np.sign(z),
-               lambda z, f, p: np.zeros_like(z)),
+               lambda z, p: np.sign(_as_real(z)),
+               lambda z, f, p: np.zeros_like(z, dtype=_real(z))),
     Activation("linear", LINEAR,
-               lambda z, p: (p * z).astype(z.dtype, copy=False),
-               lambda z, f, p: np.full_like(z, p), param="a", default=1.0),
+               lambda z, p: (p * z).astype(_real(z), copy=False),
+               lambda z, f, p: np.full_like(z, p, dtype=_real(z)), param="a", default=1.0),
     Activation("piecewise_linear", PIECEWISE_LINEAR,
-               lambda z, p: np.clip(z + 0.5, 0.0, 1.0).astype(z.dtype, copy=False),
+               lambda z, p: np.clip(z + 0.5, 0.0, 1.0).astype(_real(z), copy=False),
                lambda z, f, p: _where((z > -0.5) & (z < 0.5), 1.0, 0.0, z)),
     Activation("sigmoid", SIGMOID,
                lambda z, p: sigmoid(z),
                lambda z, f, p: f * (1 - f)),
     Activation("tanh", TANH,
-               lambda z, p: np.tanh(z),
+               lambda z, p: np.tanh(_as_real(z)),
                lambda z, f, p: 1 - f * f),
     Activation("relu", RELU,
-               lambda z, p: np.maximum(z, 0),
+               lambda z, p: np.maximum(_as_real(z), 0),
                lambda z, f, p: _where(z > 0, 1.0, 0.0, z), init="he"),
     Activation("leaky_relu", LEAKY_RELU,
                lambda z, p: _where(z >= 0, z, p * z, z),
@@ -111,7 +128,7 @@ ACTIVATIONS = {a.name: a for a in [
                lambda z, f, p: _where(z >= 0, 1.0, np.broadcast_to(p, z.shape), z),
                param="alpha", default=0.25, init="he"),
     Activation("elu", ELU,
-               lambda z, p: _where(z >= 0, z, p * np.expm1(np.minimum(z, 0)), z),
+               lambda z, p: _where(z >= 0, z, p * np.expm1(np.minimum(_as_real(z), 0)), z),
                # alpha e^z below zero, not f + alpha, which cancels (f ~ -alpha); e^z in
                # float64, so that a float32 e^z below 1e-38 keeps its digits for a big alpha
                lambda z, f, p: _where(z >= 0, 1.0,

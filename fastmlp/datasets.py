@@ -127,8 +127,11 @@ def standardization(train, names=None):
 
 def check_standardizable(X, mean, scale, names=None):
     """ValueError naming the first column of X (n, d) that holds NaN or inf, or whose
-    ``(X - mean) / scale`` overflows."""
+    ``(X - mean) / scale`` overflows, or that X is not (n, d) for the d statistics."""
     X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != len(mean):
+        raise ValueError(f"the data to standardize must have {len(mean)} columns, as the "
+                         f"statistics' rows, got shape {X.shape}")
     with np.errstate(over="ignore", invalid="ignore"):
         finite = np.isfinite((X - mean) / scale).all(axis=0)
     if not finite.all():

@@ -110,6 +110,11 @@ def cross_entropy(p, q, base=np.e):
     exactly 0 gives a large, finite value. ``base=2`` gives bits, as in the
     lessons (p = {0.9, 0.1}, q = {0.6, 0.4} -> 1.42 bits).
     """
+    base = float(base)
+    if not (np.isfinite(base) and base > 0 and base != 1):
+        raise ValueError(f"base must be a finite number above 0 other than 1, got {base!r}")
     p, q = np.asarray(p, dtype=float), np.asarray(q, dtype=float)
+    if p.shape != q.shape:
+        raise ValueError(f"p and q must have one shape, got {p.shape} and {q.shape}")
     logp = np.log(np.clip(p, np.finfo(float).tiny, None)) / np.log(base)
     return -np.sum(q * logp, axis=-1)

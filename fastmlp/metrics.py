@@ -10,6 +10,15 @@ import numpy as np
 from .validation import finite
 
 
+def _check_pair(P, T, name):
+    """ValueError unless P and T are (n, k) arrays of one shape (a 1-D pair had raised
+    a raw IndexError)."""
+    P, T = np.asarray(P), np.asarray(T)
+    if P.ndim != 2 or P.shape != T.shape:
+        raise ValueError(f"{name} takes outputs P and targets T of one shape (n, k), got "
+                         f"{P.shape} and {T.shape}")
+
+
 def accuracy(P, T):
     """Fraction of rows classified right: argmax for several (softmax) outputs, > 0.5
     for one. Several sigmoid (multi-label) outputs need :func:`binary_accuracy`, the
@@ -17,6 +26,7 @@ def accuracy(P, T):
     NaN when an output is NaN (argmax takes a NaN for the largest, and NaN > 0.5 is
     False: overflowed outputs scored as class 0, and an EarlyStopping on the accuracy
     took that score for a real one)."""
+    _check_pair(P, T, "accuracy")
     if not finite(P):
         return float("nan")
     if P.shape[1] == 1:

@@ -48,3 +48,55 @@ def test_a_weight_the_dtype_cannot_hold_is_refused_naming_its_layer():
         # W1 (2, 3) is theta[0:6], b1 theta[6:9], W2 (3, 2) theta[9:15]
         where = {10: "layer 2's W[0, 1]", 3: "layer 1's W[1, 0]", 7: "layer 1's b[1]"}[index]
         assert str(refused.value).endswith(f": {where}")
+
+
+# -- the plain NumPy functions of the public modules (the docstring audit) -----------------
+
+@pytest.mark.parametrize("z", [np.array([-3, 0, 2]), np.array([True, False]),
+                               np.array([[-1, 0, 2]], dtype=np.int8)], ids=["int", "bool", "int8"])
+def test_activations_of_integers_and_bools_are_computed_in_float64(z):
+    """sigmoid of [-1, 0, 1] was [0, 0, 0] (cast back to the input's integers), elu and
+    softplus alike; sigmoid of bools raised NumPy's "boolean negative" TypeError."""
+    from fastmlp import activations as A
+    real = z.astype(np.float64)
+    assert np.array_equal(A.sigmoid(z), A.sigmoid(real))
+    assert np.array_equal(A.softplus(z), A.softplus(real))
+    for name, row in A.ACTIVATIONS.items():
+        p = np.full(real.shape[-1], 0.5) if name == "prelu" else 0.5
+        got = row.forward(np.atleast_2d(z), p)
+        want = row.forward(np.atleast_2d(real), p)
+        assert got.dtype == np.float64 and np.array_equal(got, want), name
+        if row.derivative is not None:
+            got = row.derivative(np.atleast_2d(z), want, p)
+            assert got.dtype == np.float64, name
+            assert np.array_equal(got, row.derivative(np.atleast_2d(real), want, p)), name
+
+
+def test_float32_activations_stay_float32():
+    from fastmlp import activations as A
+    z = np.array([[-2.0, 0.5]], dtype=np.float32)
+    for name, row in A.ACTIVATIONS.items():
+        p = np.float32([0.1, 0.1]) if name == "prelu" else np.float32(0.1)
+        assert row.forward(z, p).dtype == np.float32, name
+
+
+def test_softmax_of_a_vector_is_its_one_rows():
+    from fastmlp import activations as A
+    z = np.array([1.0, 2.0, -1.0])
+    np.testing.assert_array_equal(A.softmax(z), A.softmax(z[None])[0])
+    np.testing.assert_array_equal(A.log_softmax(z), A.log_softmax(z[None])[0])
+
+
+def test_helper_functions_refuse_what_they_cannot_compute_by_name():
+    from fastmlp import datasets, losses, metrics
+    with pytest.raises(ValueError, match=r"one shape \(n, k\), got \(2,\) and \(2,\)"):
+        metrics.accuracy(np.array([0.7, 0.2]), np.array([1.0, 1.0]))   # (IndexError)
+    with pytest.raises(ValueError, match=r"got \(2, 2\) and \(2, 3\)"):
+        metrics.accuracy(np.eye(2), np.ones((2, 3)))
+    for base in (1, -1, 0, np.inf, np.nan):   # (inf, NaN with warnings)
+        with pytest.raises(ValueError, match="base must be a finite number above 0"):
+            losses.cross_entropy([0.9, 0.1], [0.6, 0.4], base=base)
+    with pytest.raises(ValueError, match=r"p and q must have one shape"):
+        losses.cross_entropy([0.9, 0.1], [0.6, 0.3, 0.1])
+    with pytest.raises(ValueError, match=r"must have 2 columns.*got shape \(1, 3\)"):
+        datasets.standardize(np.array([[1.0, 2.0], [3.0, 4.0]]), np.zeros((1, 3)))
