@@ -184,7 +184,7 @@ def encode(Y, net, classes):
         if numeric and _are_indices(flat, k):
             return flat.reshape(Y.shape), index_classes(k)
         classes = _found(flat, k)
-    classes = counted(classes, k)
+    classes = checked_classes(classes, k)
     if numeric and are_indices(classes):
         return flat.reshape(Y.shape), classes  # already indices; check_targets checks their range
     codes = _lookup(flat, classes)
@@ -294,7 +294,22 @@ def decode(P, net, classes):
                          f"binary_cross_entropy); this model's loss is {net.loss.name!r}")
     if classes is None:
         return idx
-    return counted(classes, n_classes(net.output_dim, net.loss.code))[idx]
+    return checked_classes(classes, n_classes(net.output_dim, net.loss.code))[idx]
+
+
+def checked_classes(classes, k):
+    """``classes`` (a model's classes_, which anyone may assign or edit) as an array of k
+    labels it can answer with, as evaluate, fit and save take them: numbers or strings
+    (_as_labels), no NaN, none twice (sorted_classes); else the error naming the problem
+    (predict_classes had answered 'a' for two units of classes_ ['a', 'a', 'b'], and
+    NaN or None as labels)."""
+    classes = _as_labels(counted(classes, k))
+    if classes.dtype.kind == "f" and not finite(classes):
+        raise ValueError(f"classes_ {_shown_classes(classes)} hold NaN or inf, which no "
+                         "prediction can be; each class needs a label")
+    if not are_indices(classes):   # (the classes_ of class indices: distinct already)
+        sorted_classes(classes)
+    return classes
 
 
 def refuse_nan_outputs(P):

@@ -100,3 +100,23 @@ def test_helper_functions_refuse_what_they_cannot_compute_by_name():
         losses.cross_entropy([0.9, 0.1], [0.6, 0.3, 0.1])
     with pytest.raises(ValueError, match=r"must have 2 columns.*got shape \(1, 3\)"):
         datasets.standardize(np.array([[1.0, 2.0], [3.0, 4.0]]), np.zeros((1, 3)))
+
+
+@pytest.mark.parametrize("classes, error, says", [
+    (["a", "a", "b"], ValueError, "hold the label 'a' twice"),
+    ([1.0, np.nan, 2.0], ValueError, "hold NaN or inf"),
+    ([None, 1, 2], TypeError, "all numbers or all strings"),
+])
+def test_predict_classes_refuses_classes_it_cannot_answer_with(classes, error, says):
+    """An assigned classes_ that evaluate, fit and save refuse: predict_classes answered
+    'a' for two units, NaN or None as labels; fit raised NumPy's raw '<' TypeError for
+    [None, 1, 2]."""
+    model = fm.Model([fm.Dense(3, "softmax")], input_dim=2, loss="cross_entropy", seed=0)
+    model.classes_ = classes
+    with pytest.raises(error, match=says):
+        model.predict_classes(np.eye(2) * 5)
+    with pytest.raises(error, match=says):
+        model.fit(np.zeros((3, 2)), np.array([0, 1, 2]))
+    model.classes_ = ["c", "a", "b"]   # distinct, in any order: its units' labels
+    assert model.predict_classes(np.eye(2) * 5).tolist() \
+        == ["cab"[i] for i in model.predict(np.eye(2) * 5).argmax(axis=1)]
