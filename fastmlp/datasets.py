@@ -129,9 +129,10 @@ def check_standardizable(X, mean, scale, names=None):
     """ValueError naming the first column of X (n, d) that holds NaN or inf, or whose
     ``(X - mean) / scale`` overflows, or that X is not (n, d) for the d statistics."""
     X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[1] != len(mean):
-        raise ValueError(f"the data to standardize must have {len(mean)} columns, as the "
-                         f"statistics' rows, got shape {X.shape}")
+    width = np.size(mean)   # (a scalar mean: one column's)
+    if X.ndim != 2 or X.shape[1] != width:
+        raise ValueError(f"the data to standardize must have {width} column(s), as the "
+                         f"statistics have, got shape {X.shape}")
     with np.errstate(over="ignore", invalid="ignore"):
         finite = np.isfinite((X - mean) / scale).all(axis=0)
     if not finite.all():
@@ -450,12 +451,32 @@ def _read_rows(path, add):
         raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
 
 
+def _ends_unclosed(path, ended, start):
+    """A ValueError when the file ended while the csv reader still wanted lines for the
+    record that began on line ``start`` (``ended``: the flag _parse_rows's lines set
+    once the file is read): a quote opened there and never closed. Python's reader took
+    the rest of the file as that one cell (a label of 'x\n6,y\n7,x', rows lost, exit 0)."""
+    if ended:
+        raise ValueError(f"{path}, line {start}: a quoted cell opened on this line is never "
+                         "closed (the file ends inside it); close the quote, or write a "
+                         "quote inside a quoted cell as \"\"")
+
+
+def _file_read(flag):
+    """Lines after a file's last: none, and ``flag`` set (a generator: chained after the
+    file, it costs the lines read before it nothing)."""
+    flag.append(True)
+    yield from ()
+
+
 def _parse_rows(path, add):
     _refuse_devices(path)
     opener = gzip.open if path.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
+        ended = []
+        reader = csv.reader(chain(f, _file_read(ended)))
         header = next(reader, None)
+        _ends_unclosed(path, ended and header, 1)
         if header is not None and not any(_stripped(h) for h in header):
             # a blank first line before rows: no "empty" file, but the header's place
             text = next((r for r in reader if any(_stripped(cell) for cell in r)), None)
@@ -471,7 +492,13 @@ def _parse_rows(path, add):
         _check_header(path, header)
         rows, lines = [], []
         chunk = max(1, min(_CHUNK_ROWS, _CHUNK_CELLS // len(header)))
+        last = reader.line_num
         for row in reader:
+            if ended:   # (a bad cell above it is named first: errors in file order)
+                if rows:
+                    add(header, rows, lines)
+                _ends_unclosed(path, True, last + 1)
+            last = reader.line_num
             if not row or all(not _stripped(cell) for cell in row):
                 continue
             if len(row) != len(header):

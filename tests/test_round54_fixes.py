@@ -98,7 +98,7 @@ def test_helper_functions_refuse_what_they_cannot_compute_by_name():
             losses.cross_entropy([0.9, 0.1], [0.6, 0.4], base=base)
     with pytest.raises(ValueError, match=r"p and q must have one shape"):
         losses.cross_entropy([0.9, 0.1], [0.6, 0.3, 0.1])
-    with pytest.raises(ValueError, match=r"must have 2 columns.*got shape \(1, 3\)"):
+    with pytest.raises(ValueError, match=r"must have 2 column\(s\).*got shape \(1, 3\)"):
         datasets.standardize(np.array([[1.0, 2.0], [3.0, 4.0]]), np.zeros((1, 3)))
 
 
@@ -120,3 +120,33 @@ def test_predict_classes_refuses_classes_it_cannot_answer_with(classes, error, s
     model.classes_ = ["c", "a", "b"]   # distinct, in any order: its units' labels
     assert model.predict_classes(np.eye(2) * 5).tolist() \
         == ["cab"[i] for i in model.predict(np.eye(2) * 5).argmax(axis=1)]
+
+
+# -- the command line and its CSV reader (the CLI audit) ---------------------------------
+
+@pytest.mark.parametrize("text, line", [
+    ('a,label\n1,x\n2,y\n3,x\n4,y\n5,"x\n6,y\n7,x\n8,y\n', 6),   # in the labels
+    ('a,label\n1,x\n2,y\n"3,x\n4,y\n', 4),                       # in a feature
+    ('a,"label\n1,x\n2,y\n', 1),                                 # in the header
+    ('a,label\n1,x\n\n\n2,"y', 5),                               # after blank lines, no \n
+], ids=["label", "feature", "header", "last line"])
+def test_a_quote_never_closed_is_named_not_the_rest_of_the_file_read_as_one_cell(
+        tmp_path, text, line):
+    """Python's csv reader takes the rest of the file as the cell of a quote never
+    closed: `fastmlp train` had trained on 5 of 8 rows, with a class 'x\\n6,y\\n7,x\\n8,y',
+    and exited 0."""
+    from fastmlp import datasets
+    path = tmp_path / "d.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"d.csv, line {line}: a quoted cell opened on "
+                                         "this line is never closed"):
+        datasets.load_csv(str(path), "label")
+
+
+def test_quoted_cells_over_several_lines_still_read(tmp_path):
+    from fastmlp import datasets
+    path = tmp_path / "d.csv"
+    path.write_text('a,label\n1,"x\ny"\n2,y\n3,"several\nlines"')   # (no final newline)
+    table = datasets.load_csv(str(path), "label")
+    assert table[0].ravel().tolist() == [1.0, 2.0, 3.0]
+    assert sorted(table[2]) == ["several\nlines", "x\ny", "y"]
