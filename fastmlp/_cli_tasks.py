@@ -102,6 +102,14 @@ class Classification:
 TARGET_SPACING = 2.0 ** -4
 
 
+def _r2_text(r2, short=False):
+    """R^2 as the run prints it; NaN (targets all one value: no variance to explain)
+    said in words (``short``: in an epoch's line)."""
+    if not math.isnan(r2):
+        return f"{r2:.4f}"
+    return "undefined" if short else "undefined (the targets scored are all one value)"
+
+
 class Regression:
     """A regressor's targets y float64 (n,), standardized in float64 for training (so the
     linear output unit starts at the right scale), and scores (RMSE, R^2)."""
@@ -112,7 +120,9 @@ class Regression:
         self.constant = not np.ptp(y_train) > 0   # (scale is then a stand-in 1)
         datasets.check_standardizable(y_test[:, None], self.mean, self.scale, [data.target])
         self.n_out = 1
-        self.summary = f"numeric target (mean {self.mean:.6g}, std {self.scale:.6g})"
+        # a constant target's std is 0, whatever scale stands in for it
+        std = "0: constant" if self.constant else f"{self.scale:.6g}"
+        self.summary = f"numeric target (mean {self.mean:.6g}, std {std})"
 
     def prepare(self, model):
         """Nothing to set before fit (a regressor has no classes)."""
@@ -171,14 +181,15 @@ class Regression:
                 "val_r2": 1.0 - sse / sst if sst > 0 else math.nan}
 
     def describe(self, scores):
-        return f"RMSE {scores['val_rmse']:.6g}  R^2 {scores['val_r2']:.4f}"
+        return f"RMSE {scores['val_rmse']:.6g}  R^2 {_r2_text(scores['val_r2'], short=True)}"
 
     def report(self, model, X, y, held_out):
         scores = self.scores(model, X, y)
         which, rows = ("held-out", f"{len(y)} rows") if held_out else \
             ("training", f"{len(y)} rows, none held out")
-        return (f"{which} RMSE: {scores['val_rmse']:.6g} (target std {self.scale:.6g}), "
-                f"R^2: {scores['val_r2']:.4f} ({rows})")
+        std = 0.0 if self.constant else self.scale   # (1 stands in for a constant's 0)
+        return (f"{which} RMSE: {scores['val_rmse']:.6g} (target std {std:.6g}), "
+                f"R^2: {_r2_text(scores['val_r2'])} ({rows})")
 
     def predictions(self, model, X):
         """Targets float64 (m,), in the target's units."""

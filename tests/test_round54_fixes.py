@@ -150,3 +150,20 @@ def test_quoted_cells_over_several_lines_still_read(tmp_path):
     table = datasets.load_csv(str(path), "label")
     assert table[0].ravel().tolist() == [1.0, 2.0, 3.0]
     assert sorted(table[2]) == ["several\nlines", "x\ny", "y"]
+
+
+def test_a_constant_regression_target_is_said_to_be_so(tmp_path):
+    """The run printed "std 1" (the stand-in scale) and "R^2: nan" for a target of one
+    value."""
+    import subprocess
+    import sys
+    path = tmp_path / "t.csv"
+    path.write_text("a,t\n" + "".join(f"{i},0.1\n" for i in range(8)))
+    done = subprocess.run([sys.executable, "-m", "fastmlp", "train", "--data", str(path),
+                           "--task", "regression", "--epochs", "1"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "numeric target (mean 0.1, std 0: constant)" in done.stdout
+    assert "(target std 0), R^2: undefined (the targets scored are all one value)" \
+        in done.stdout
+    assert "nan" not in done.stdout
