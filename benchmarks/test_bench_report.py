@@ -108,3 +108,19 @@ def test_targets_are_judged_from_the_run():
     assert judged["pipeline penalty ≤ 10 %"] == {"cython": (True, "+5 %"), "numba": (False, "+50 %")}
     assert judged["W2 ≥ 1.4× NumPy"]["cython"] == (None, "not run")
     assert judged["predict-W2 ≥ onnxruntime"]["cython"] == (None, "not run")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--threads", "0"], "argument --threads: expected a number above 0"),
+    (["--rounds", "-5"], "argument --rounds: expected a number above 0"),
+    (["--min-time", "nan"], "argument --min-time: expected a number above 0"),
+    (["--json", "."], "--json .: that is a folder"),
+    (["--json", "no/such/folder/r.json"], "does not exist"),
+])
+def test_bad_options_are_usage_errors_before_anything_runs(argv, says, capsys):
+    """(round 54: --threads 0 was a ValueError traceback, --json naming a folder failed
+    with the run's timings after the whole run, --min-time nan was taken)"""
+    with pytest.raises(SystemExit) as ended:
+        report.main(argv + ["--workloads", "vehicles-step"])
+    assert ended.value.code == 2
+    assert says in capsys.readouterr().err
