@@ -35,13 +35,26 @@ def deep_net(activation, backend, seed):
                     optimizer=fm.SGD(lr=0.01, momentum=0.9), backend=backend, seed=seed)
 
 
+def _at_least(low):
+    """An argparse type: an integer >= ``low`` (--epochs 0 had been a KeyError, --seed -1
+    a ValueError traceback)."""
+    def integer(text):   # (argparse names a type by its function: "invalid integer value")
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer of {low} or more, got {text!r}")
+        return value
+    return integer
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="numpy", choices=fm.available_backends())
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=_at_least(1), default=15)
+    parser.add_argument("--seed", type=_at_least(0), default=0)
     parser.add_argument("--out", default="docs", help="folder for the two PNGs")
     args = parser.parse_args(argv)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out}: not a folder")
 
     X, y = datasets.load_digits()
     X_train, X_test, y_train, y_test = datasets.train_test_split(X, y, 0.2, seed=args.seed)

@@ -438,6 +438,20 @@ def test_vehicles_example_script():
     assert result.stdout.count("(y_hat - y)^2") == 12  # every row, before and after
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["--epochs", "0"], "argument --epochs: expected an integer of 1 or more"),
+    (["--seed", "-1"], "argument --seed: expected an integer of 0 or more"),
+    (["--out", __file__], "not a folder"),
+])
+def test_gradient_norms_example_refuses_bad_options(argv, says):
+    """Round 54: --epochs 0 was a KeyError, --seed -1 a ValueError, --out a file a
+    FileExistsError, each a traceback."""
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "gradient_norms.py"),
+                             *argv], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and says in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # A Ctrl-C landing while `import fastmlp` runs (NumPy, SciPy: ~0.3 s) is raised from
 # that import; the stand-in below raises it there every time.
 _INTERRUPTED_IMPORT = """
