@@ -55,7 +55,8 @@ def check_output_path(option, path, data=None, data_name="the --data file"):
         raise ValueError(f"{where}: exists and is not a regular file")
     folder = os.path.dirname(real)
     if not os.path.isdir(folder):
-        raise ValueError(f"{where}: the folder {folder} does not exist")
+        raise ValueError(f"{where}: " + (f"{folder} is not a folder" if os.path.lexists(folder)
+                                         else f"the folder {folder} does not exist"))
     try:  # the truth about writability (ACLs, read-only mounts, root): create a file there
         fd, probe = tempfile.mkstemp(prefix=".fastmlp-check-", dir=folder)
     except OSError as exc:

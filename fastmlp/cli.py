@@ -231,6 +231,9 @@ def _main(argv):
     except (ValueError, TypeError, OSError, fm.TrainingDiverged) as exc:
         if isinstance(exc, OSError) and exc.filename and exc.strerror:
             exc = f"{exc.filename}: {exc.strerror}"  # not "[Errno 2] ..."
+        if isinstance(exc, fm.TrainingDiverged) and getattr(args, "save", None):
+            # (its "weights ... were kept" are the run's, never written: it had read as saved)
+            exc = f"{exc}; nothing was saved to {args.save}"
         print(f"fastmlp {args.command}: error: {datasets.one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -243,6 +243,15 @@ def test_bad_options_exit_2(capsys, argv, message):
     assert "test_fraction" not in err
 
 
+def test_a_diverged_run_with_save_says_nothing_was_saved(capsys, tmp_path):
+    """Round 54: its "the weights of the last finite epoch were kept" read as saved."""
+    path = tmp_path / "m.npz"
+    code, out, err = run(capsys, "train", "--epochs", "1", "--optimizer", "sgd", "--lr",
+                         "1e6", "--save", str(path))
+    assert code == 2 and "training diverged" in err, err
+    assert err.rstrip().endswith(f"; nothing was saved to {path}") and not path.exists()
+
+
 def test_vehicles_options_are_named(capsys):
     for argv, message in ([["--tol", "-1"], "argument --tol:"], [["--lr", "0"], "argument --lr:"],
                           [["--seed", "-2"], "argument --seed:"],
@@ -348,7 +357,7 @@ def test_bad_save_path_is_refused_before_training(capsys, tmp_path, case):
     data, _, _ = two_blobs_csv(tmp_path)
     save, message = {
         "missing_folder": (tmp_path / "nope" / "m.npz", "does not exist"),
-        "folder_is_a_file": (data / "m.npz", "does not exist"),
+        "folder_is_a_file": (data / "m.npz", f"{data} is not a folder"),   # (round 54)
         "is_a_directory": (tmp_path, "is a directory"),
         "device": ("/dev/null", "not a regular file"),
     }.get(case, (None, "cannot create a file in"))
