@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 import fastmlp as fm
+from fastmlp._cli_options import positive_float, positive_int   # (the CLI's option types)
 from fastmlp.threads import GEMM_LOOPS
 
 import onnx_case
@@ -323,21 +324,6 @@ def environment(threads, columns):
     return lines
 
 
-def _positive(kind):
-    """An argparse type: a ``kind`` (int or float) above 0, else a usage error (exit 2;
-    --threads 0 had been a traceback, --min-time nan accepted)."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}") \
-                from None
-        if not value > 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
-        return value
-    return parse
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS),
@@ -346,7 +332,7 @@ def main(argv=None):
     parser.add_argument("--columns", default=",".join(c.name for c in COLUMNS if c.available()),
                         help="comma-separated subset of the columns that import here "
                              "(default %(default)s); numpy, the baseline, is always run")
-    parser.add_argument("--rounds", type=_positive(int), default=3,
+    parser.add_argument("--rounds", type=positive_int, default=3,
                         help="passes over the columns per workload; the fastest counts (default 3)")
     parser.add_argument("--stat", choices=("min", "median"), default="min",
                         help="per cell: its fastest sample (default: on a shared machine other "
@@ -356,9 +342,9 @@ def main(argv=None):
                         help="skip the scikit-learn table (sklearn_case.py)")
     parser.add_argument("--only-sklearn", action="store_true",
                         help="the scikit-learn table alone (no workload, no pipeline row)")
-    parser.add_argument("--min-time", type=_positive(float), default=1.0,
+    parser.add_argument("--min-time", type=positive_float, default=1.0,
                         help="seconds of timing per cell (default 1)")
-    parser.add_argument("--threads", type=_positive(int), default=2,
+    parser.add_argument("--threads", type=positive_int, default=2,
                         help="BLAS, Numba, torch and onnxruntime threads (default 2)")
     parser.add_argument("--json", help="also write the raw timings to this file")
     args = parser.parse_args(argv)

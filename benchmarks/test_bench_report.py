@@ -111,9 +111,9 @@ def test_targets_are_judged_from_the_run():
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--threads", "0"], "argument --threads: expected a number above 0"),
-    (["--rounds", "-5"], "argument --rounds: expected a number above 0"),
-    (["--min-time", "nan"], "argument --min-time: expected a number above 0"),
+    (["--threads", "0"], "argument --threads: expected a positive integer"),
+    (["--rounds", "-5"], "argument --rounds: expected a positive integer"),
+    (["--min-time", "nan"], "argument --min-time: expected a finite number > 0"),
     (["--json", "."], "--json .: that is a folder"),
     (["--json", "no/such/folder/r.json"], "does not exist"),
 ])

@@ -15,7 +15,7 @@ import numpy as np
 from mpi4py import MPI
 
 import fastmlp as fm
-from fastmlp import datasets, distributed
+from fastmlp import _cli_options, datasets, distributed  # (the CLI's option types)
 
 
 def digits_model(backend, dtype):
@@ -28,22 +28,11 @@ def accuracy(model, X, y):
     return float(np.mean(model.predict_classes(X) == y))
 
 
-def _at_least(low):
-    """An argparse type: an integer >= ``low`` (--epochs 0 had ended every rank in an
-    IndexError and MPI_Abort)."""
-    def integer(text):   # (argparse names a type by its function: "invalid integer value")
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer of {low} or more, got {text!r}")
-        return value
-    return integer
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="numpy")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--epochs", type=_at_least(1), default=20)
+    parser.add_argument("--epochs", type=_cli_options.positive_int, default=20)
     args = parser.parse_args()
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()

@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 import fastmlp as fm
-from fastmlp import datasets
+from fastmlp import _cli_options, datasets   # (_cli_options: the CLI's option types)
 from fastmlp.plot import plot_history
 
 NETS = {"vanishing_sigmoid": "sigmoid", "relu_he": "relu"}   # file name -> hidden activation
@@ -35,22 +35,11 @@ def deep_net(activation, backend, seed):
                     optimizer=fm.SGD(lr=0.01, momentum=0.9), backend=backend, seed=seed)
 
 
-def _at_least(low):
-    """An argparse type: an integer >= ``low`` (--epochs 0 had been a KeyError, --seed -1
-    a ValueError traceback)."""
-    def integer(text):   # (argparse names a type by its function: "invalid integer value")
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer of {low} or more, got {text!r}")
-        return value
-    return integer
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="numpy", choices=fm.available_backends())
-    parser.add_argument("--epochs", type=_at_least(1), default=15)
-    parser.add_argument("--seed", type=_at_least(0), default=0)
+    parser.add_argument("--epochs", type=_cli_options.positive_int, default=15)
+    parser.add_argument("--seed", type=_cli_options.seed, default=0)
     parser.add_argument("--out", default="docs", help="folder for the two PNGs")
     args = parser.parse_args(argv)
     if os.path.exists(args.out) and not os.path.isdir(args.out):

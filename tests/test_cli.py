@@ -448,8 +448,8 @@ def test_vehicles_example_script():
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--epochs", "0"], "argument --epochs: expected an integer of 1 or more"),
-    (["--seed", "-1"], "argument --seed: expected an integer of 0 or more"),
+    (["--epochs", "0"], "argument --epochs: expected a positive integer"),
+    (["--seed", "-1"], "argument --seed: expected a non-negative integer"),
     (["--out", __file__], "not a folder"),
 ])
 def test_gradient_norms_example_refuses_bad_options(argv, says):
