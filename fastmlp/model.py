@@ -110,25 +110,9 @@ def _own(a, *model_arrays):
     return a.copy() if _shares_memory(a, *model_arrays) else a
 
 
-def _finite_theta(theta, dtype, network):
-    """validation.as_finite(theta, "theta", dtype), its refusal also naming the layer
-    and the parameter of ``network()``, a function giving the Network (built only for
-    the message) (a prelu alpha of 1e39 converted to float32 was "index (9,)")."""
-    try:
-        return validation.as_finite(theta, "theta", dtype)
-    except ValueError as exc:
-        with np.errstate(over="ignore", invalid="ignore"):
-            bad = np.asarray(theta).astype(dtype, copy=False)
-        if bad.ndim == 1 and bad.size and not np.isfinite(bad).all():
-            what = network().parameter_at(int(np.argmin(np.isfinite(bad))))
-            if what:
-                raise ValueError(f"{exc}: {what}") from None
-        raise
-
-
-def _own_arrays(state, dtype, same_kind, network):
+def _own_arrays(state, dtype, same_kind, what_at):
     """(theta, buffers) of a live model's get_state dict for a new model of ``dtype``
-    (``network``: a function giving its Network, for a refusal's message):
+    (``what_at``: validation.as_finite's, naming theta's parameters in a refusal):
     the dict's own arrays where they are of that dtype, else converted once (a weight the
     dtype cannot hold refused, as set_state refuses it); buffers None (zeros) for an
     optimiser of another kind. (Through set_state a conversion held the new dtype's
@@ -138,7 +122,8 @@ def _own_arrays(state, dtype, same_kind, network):
         # cast once, straight into memory on a cache line (as _taken wants theta)
         cast = aligned_copy(theta, dtype)
         if not validation.finite(cast):
-            _finite_theta(theta, dtype, network)   # refused, naming the value and layer
+            # refused, naming the value and which parameter it is
+            validation.as_finite(theta, "theta", dtype, what_at=what_at)
         theta = cast
         if buffers is not None:
             buffers = validation.as_finite(buffers, "opt_buffers", dtype)
@@ -512,7 +497,8 @@ class Model(Fitting):
         if (step.shape != (1,) or not np.issubdtype(step.dtype, np.integer)
                 or not 0 <= int(step[0]) < io.MAX_STEP):
             raise ValueError(f"opt_step must be one integer in [0, 2**53), got {step!r}")
-        theta = _finite_theta(theta, self._dtype, lambda: self._net)
+        theta = validation.as_finite(theta, "theta", self._dtype,
+                                     what_at=self._net.parameter_at)
         buffers = validation.as_finite(buffers, "opt_buffers", self._dtype)
         if self._state.code == optimizers.ADAM_CODE and (buffers[1] < 0).any():
             # sqrt(v) of Adam's step would be NaN (fastmlp.load refuses such files too)
@@ -665,10 +651,11 @@ class Model(Fitting):
         same_kind = type(optimizer) is type(kept)
         arrays = None
         if own:   # a live model's checked state: taken, or converted once, as the new one's
-            arrays = _own_arrays(state, _dtype(cfg["dtype"] if dtype is None else dtype),
-                                 same_kind, lambda: Network(
-                                     Network.layers_from_config(cfg["network"]),
-                                     cfg["network"]["input_dim"], cfg["network"]["loss"]))
+            arrays = _own_arrays(   # (its Network built only for a refusal's words)
+                state, _dtype(cfg["dtype"] if dtype is None else dtype), same_kind,
+                lambda i: Network(Network.layers_from_config(cfg["network"]),
+                                  cfg["network"]["input_dim"],
+                                  cfg["network"]["loss"]).parameter_at(i))
         self._build(Network.layers_from_config(cfg["network"]), cfg["network"]["input_dim"],
                     cfg["network"]["loss"], optimizer,
                     cfg["backend"] if backend is None else backend,

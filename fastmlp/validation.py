@@ -243,18 +243,20 @@ def _check_real(arr, name):
         raise TypeError(f"{name} must be real, got dtype {arr.dtype}")
 
 
-def as_finite(arr, name, dtype, first_row=0, columns=False):
+def as_finite(arr, name, dtype, first_row=0, columns=False, what_at=None):
     """``arr`` (any shape) as a C-contiguous, aligned array of ``dtype`` whose values are
     finite and representable: values that overflow ``dtype`` (1e39 in float32) are refused.
     ``first_row``: the number of arr's first row in the caller's data, for the message.
-    ``columns``: a Fortran-ordered array instead (see check_inputs)."""
+    ``columns``: a Fortran-ordered array instead (see check_inputs). ``what_at``: for a
+    1-D arr, a function naming what its element i is (theta's: Network.parameter_at), or
+    None, said after the refusal's index."""
     _check_real(arr, name)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
         out = np.asfortranarray(arr, dtype=dtype) if columns else c_copy(arr, dtype)
     if not out.flags.aligned:  # e.g. a memmap at an odd offset; compiled code needs alignment
         out = out.copy(order="K")
     if not finite(out):
-        _refuse_nonfinite(out, np.asarray(arr), name, first_row)
+        _refuse_nonfinite(out, np.asarray(arr), name, first_row, what_at=what_at)
     return out
 
 
@@ -280,13 +282,16 @@ def c_copy(arr, dtype):
     return out
 
 
-def _refuse_nonfinite(out, src, name, first_row, scaling=None):
+def _refuse_nonfinite(out, src, name, first_row, scaling=None, what_at=None):
     """Raise for the first entry of ``out`` that is not finite; ``src``: what out was
-    converted from (a finite source value means it was too large for out's dtype)."""
+    converted from (a finite source value means it was too large for out's dtype);
+    ``what_at``: as_finite's."""
     where = np.unravel_index(int(np.argmin(np.isfinite(out))), out.shape)
     value = src[where]
     at = (f"row {first_row + where[0]}, column {where[1]}" if out.ndim == 2
           else f"index {tuple(int(i) for i in where)}")
+    what = what_at(int(where[0])) if what_at is not None and out.ndim == 1 else None
+    said = f": {what}" if what else ""
     with np.errstate(over="ignore"):
         in_float64 = np.isfinite(np.float64(value))   # False for inf and NaN too
     if scaling is not None and in_float64:
@@ -308,8 +313,8 @@ def _refuse_nonfinite(out, src, name, first_row, scaling=None):
                     f"/ scale with mean {float(scaling[0][where[1]])!r} and scale "
                     f"{float(scaling[1][where[1]])!r}")
         raise ValueError(f"{name} has a value too large for {too_large_for} "
-                         f"({_shown(value)} at {at}{made})")
-    raise ValueError(f"{name} contains NaN or inf (first at {at})")
+                         f"({_shown(value)} at {at}{made}){said}")
+    raise ValueError(f"{name} contains NaN or inf (first at {at}){said}")
 
 
 def _shown(value):
