@@ -451,15 +451,14 @@ def _read_rows(path, add):
         raise ValueError(f"{path}: not a readable CSV file ({exc})") from None
 
 
-def _ends_unclosed(path, ended, start):
-    """A ValueError when the file ended while the csv reader still wanted lines for the
-    record that began on line ``start`` (``ended``: the flag _parse_rows's lines set
-    once the file is read): a quote opened there and never closed. Python's reader took
-    the rest of the file as that one cell (a label of 'x\n6,y\n7,x', rows lost, exit 0)."""
-    if ended:
-        raise ValueError(f"{path}, line {start}: a quoted cell opened on this line is never "
-                         "closed (the file ends inside it); close the quote, or write a "
-                         "quote inside a quoted cell as \"\"")
+def _unclosed(path, start):
+    """The ValueError for a record, begun on line ``start``, that the csv reader returned
+    once the file was read (_parse_rows's flag): a quote opened there and never closed.
+    Python's reader took the rest of the file as that one cell (a label of
+    'x\n6,y\n7,x', rows lost, exit 0)."""
+    return ValueError(f"{path}, line {start}: a quoted cell opened on this line is never "
+                      "closed (the file ends inside it); close the quote, or write a quote "
+                      "inside a quoted cell as \"\"")
 
 
 def _file_read(flag):
@@ -476,7 +475,8 @@ def _parse_rows(path, add):
         ended = []
         reader = csv.reader(chain(f, _file_read(ended)))
         header = next(reader, None)
-        _ends_unclosed(path, ended and header, 1)
+        if ended and header:
+            raise _unclosed(path, 1)
         if header is not None and not any(_stripped(h) for h in header):
             # a blank first line before rows: no "empty" file, but the header's place
             text = next((r for r in reader if any(_stripped(cell) for cell in r)), None)
@@ -497,7 +497,7 @@ def _parse_rows(path, add):
             if ended:   # (a bad cell above it is named first: errors in file order)
                 if rows:
                     add(header, rows, lines)
-                _ends_unclosed(path, True, last + 1)
+                raise _unclosed(path, last + 1)
             last = reader.line_num
             if not row or all(not _stripped(cell) for cell in row):
                 continue
