@@ -183,8 +183,9 @@ def encode(Y, net, classes):
     if classes is None:
         if numeric and _are_indices(flat, k):
             return flat.reshape(Y.shape), index_classes(k)
-        classes = _found(flat, k)
-    classes = checked_classes(classes, k)
+        classes = _found(flat, k)   # (k distinct labels of Y's, finite, sorted: as checked)
+    else:
+        classes = checked_classes(classes, k)
     if numeric and are_indices(classes):
         return flat.reshape(Y.shape), classes  # already indices; check_targets checks their range
     codes = _lookup(flat, classes)
