@@ -12,7 +12,8 @@ from .validation import finite
 
 def _check_pair(P, T, name):
     """ValueError unless P and T are (n, k) arrays of one shape (a 1-D pair had raised
-    a raw IndexError)."""
+    a raw IndexError in accuracy; other shapes broadcast, into a wrong number, in the
+    others)."""
     P, T = np.asarray(P), np.asarray(T)
     if P.ndim != 2 or P.shape != T.shape:
         raise ValueError(f"{name} takes outputs P and targets T of one shape (n, k), got "
@@ -37,6 +38,7 @@ def accuracy(P, T):
 def binary_accuracy(P, T):
     """Fraction of outputs on the right side of 0.5 (multi-label); NaN when an output is
     NaN, as :func:`accuracy`."""
+    _check_pair(P, T, "binary_accuracy")
     if not finite(P):
         return float("nan")
     return float(np.mean((P > 0.5) == (T > 0.5)))
@@ -44,11 +46,13 @@ def binary_accuracy(P, T):
 
 def mae(P, T):
     """Mean absolute error over every output."""
+    _check_pair(P, T, "mae")
     return float(np.mean(np.abs(P.astype(np.float64) - T)))
 
 
 def rmse(P, T):
     """Root of the mean squared error over every output."""
+    _check_pair(P, T, "rmse")
     return float(np.sqrt(np.mean(np.square(P.astype(np.float64) - T))))
 
 

@@ -93,6 +93,9 @@ def test_helper_functions_refuse_what_they_cannot_compute_by_name():
         metrics.accuracy(np.array([0.7, 0.2]), np.array([1.0, 1.0]))   # (IndexError)
     with pytest.raises(ValueError, match=r"got \(2, 2\) and \(2, 3\)"):
         metrics.accuracy(np.eye(2), np.ones((2, 3)))
+    for name in ("binary_accuracy", "mae", "rmse"):   # (they broadcast (2, 3) with (2, 1))
+        with pytest.raises(ValueError, match=rf"{name} takes .* got \(2, 3\) and \(2, 1\)"):
+            metrics.METRICS[name](np.ones((2, 3)), np.ones((2, 1)))
     for base in (1, -1, 0, np.inf, np.nan):   # (inf, NaN with warnings)
         with pytest.raises(ValueError, match="base must be a finite number above 0"):
             losses.cross_entropy([0.9, 0.1], [0.6, 0.4], base=base)
