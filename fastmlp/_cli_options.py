@@ -80,14 +80,15 @@ def _ascii_lower(text):
 
 
 def hidden_activation(text):
-    try:
-        activations.get(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if text == "softmax":
+    """--activation's name, any case (as --loss and --backend take theirs)."""
+    name = _ascii_lower(text)
+    if name not in activations.ACTIVATIONS:   # the error names what was typed
+        raise argparse.ArgumentTypeError(f"unknown activation {text!r}; choose one of "
+                                         f"{sorted(activations.ACTIVATIONS)}")
+    if name == "softmax":
         raise argparse.ArgumentTypeError("softmax is only allowed on the output layer "
                                          "(--loss cross_entropy gives a softmax output)")
-    return text
+    return name
 
 
 positive_int = _integer(1, "a positive integer")

@@ -439,6 +439,21 @@ def test_backend_and_dtype_take_any_case(capsys):
     assert "backend numpy" in out and "float64" in out
 
 
+@pytest.mark.parametrize("typed, says", [("RELU", None), ("Tanh", None),
+                                         ("SOFTMAX", "softmax is only allowed on the output"),
+                                         ("WIGGLE", "unknown activation 'WIGGLE'")])
+def test_activation_takes_any_case(capsys, typed, says):
+    """Round 55: --activation RELU was refused while the other names took any case."""
+    parser = cli.make_parser()
+    if says is None:
+        args = parser.parse_args(["train", "--activation", typed])
+        assert args.activation == typed.lower()
+        return
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(["train", "--activation", typed])
+    assert stop.value.code == 2 and says in capsys.readouterr().err
+
+
 def test_vehicles_example_script():
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "vehicles.py")],
                             capture_output=True, text=True, timeout=120)
