@@ -87,6 +87,16 @@ def check_plot(plot, data=None, save=None, data_name="the --data file"):
     check_output_path("--plot", plot, data, data_name)
 
 
+def check_plot_format(plot):
+    """Refuse, before any training, a --plot whose suffix names no image format
+    (fastmlp.plot.image_format); after check_plot, whose words about the file say more."""
+    from fastmlp.plot import image_format
+    try:
+        image_format(plot)
+    except ValueError as exc:
+        raise ValueError(f"--plot {plot}: {exc}") from None
+
+
 def save_model(model, path):
     try:
         model.save(path)
@@ -95,7 +105,8 @@ def save_model(model, path):
 
 
 def write_plot(history, path):
-    """The loss/metric curves and per-layer gradient norms of ``history`` to a PNG."""
+    """The loss/metric curves and per-layer gradient norms of ``history`` to an image
+    (its format from the suffix: fastmlp.plot.image_format)."""
     from fastmlp.plot import plot_history  # imports matplotlib: only when --plot is given
     try:
         plot_history(history, path)

@@ -14,7 +14,8 @@ from fastmlp import datasets
 from fastmlp._cgroup import memory_limit as _cgroup_limit
 from fastmlp._cli_data import Data, check_dtype, data_file, digits_path, load_data, split
 from fastmlp._cli_options import DEFAULT_LR, OUTPUT_ACTIVATION, check_backend
-from fastmlp._cli_outputs import check_plot, check_save_path, save_model, write_plot
+from fastmlp._cli_outputs import (check_plot, check_plot_format, check_save_path, save_model,
+                                  write_plot)
 from fastmlp._cli_tasks import Classification, Regression
 from fastmlp.callbacks import Callback, ProgressBar
 from fastmlp.network import Network
@@ -101,6 +102,7 @@ def run_train(args, out=None):
     if args.plot is not None:
         check_plot(args.plot, source_file, args.save, source_name)
         check_plot(args.plot, digits_path(), None, "the shipped digits file")
+        check_plot_format(args.plot)
     source = f"--data {args.data}" if args.data is not None else "the digits"
     with _memory_advice(f"reading {source}", "the table takes about 2.5 times the CSV "
                         "text's size while it is read (8 bytes per cell where cells are "

@@ -83,10 +83,11 @@ def _add_train(sub):
                    help="show one progress bar on stderr (epoch, loss, held-out scores, "
                    "samples/s; tqdm if installed, else a plain line per epoch) instead of "
                    "the per-epoch lines")
-    t.add_argument("--plot", metavar="PNG",
+    t.add_argument("--plot", metavar="IMAGE",
                    help="write the loss and held-out score curves and the per-layer gradient "
-                   "norms per epoch to this PNG (needs matplotlib: pip install fastmlp[plot]); "
-                   "checked before training, like --save")
+                   "norms per epoch to this image, in the format its suffix names (.png, "
+                   ".pdf, .svg, ...; PNG without one; needs matplotlib: pip install "
+                   "fastmlp[plot]); checked before training, like --save")
     opt.add_common(t)
     t.set_defaults(run=train)
 

@@ -1,4 +1,4 @@
-"""Training curves and per-layer gradient norms to PNG (matplotlib, an optional extra).
+"""Training curves and per-layer gradient norms to an image (matplotlib, an optional extra).
 
 :func:`plot_history` draws one panel per metric (the training curve and, when
 recorded, its ``val_`` twin, per epoch) and, when ``fit(gradient_norms=True)``
@@ -27,6 +27,25 @@ _NOT_CURVES = ("samples_per_s", "grad_norm")
 # NaN and inf are left out of the curves, as matplotlib does
 DRAWABLE = 1e300
 LEGEND_LAYERS = 24   # more layers than this get a colour bar instead of a legend
+# the formats the path's suffix may name (matplotlib's savefig writes each from an Agg
+# figure; pgf, raw and rgba left out: LaTeX or bare pixels); no suffix writes PNG
+IMAGE_FORMATS = ("png", "pdf", "svg", "svgz", "eps", "ps", "jpg", "jpeg", "tif", "tiff",
+                 "webp")
+
+
+def image_format(path):
+    """The image format ``path``'s suffix names ("curves.pdf": "pdf"; no suffix: "png"),
+    as matplotlib's savefig reads it; ValueError for a suffix that is none of
+    IMAGE_FORMATS (a PNG written as "curves.out" would open as nothing)."""
+    suffix = os.path.splitext(os.fspath(path))[1]
+    if not suffix:
+        return "png"
+    fmt = suffix[1:].lower()
+    if fmt not in IMAGE_FORMATS:
+        raise ValueError(f"the suffix {suffix!r} names no image format written here; "
+                         f"end the path with one of "
+                         f"{', '.join('.' + f for f in IMAGE_FORMATS)} (none: PNG)")
+    return fmt
 
 
 def _matplotlib():
@@ -95,15 +114,17 @@ def _curves(series, metrics):
 
 
 def plot_history(history, path, metrics=None):
-    """Write the history's curves to a PNG at ``path`` and return ``path``.
+    """Write the history's curves to an image at ``path`` and return ``path``.
 
     Parameters
     ----------
     history : the fm.History that fit returns (or its ``.history`` dict:
         name -> one value per epoch; "grad_norm" -> one list of per-layer norms
         per epoch).
-    path : file to write (PNG, whatever the suffix), replaced only once the plot is
-        written whole (as :meth:`fastmlp.Model.save` replaces files).
+    path : file to write, in the format its suffix names (".png", ".pdf", ".svg", ...:
+        IMAGE_FORMATS; PNG without a suffix; another suffix is refused before anything
+        is drawn), replaced only once the plot is written whole (as
+        :meth:`fastmlp.Model.save` replaces files).
     metrics : names to draw (e.g. ["loss", "accuracy"]; each with its val_
         curve when recorded); None draws every recorded metric.
     """
@@ -112,6 +133,10 @@ def plot_history(history, path, metrics=None):
         raise TypeError(f"history must be an fm.History or its .history dict, got "
                         f"{type(history).__name__}")
     path = os.fspath(path)
+    try:
+        fmt = image_format(path)
+    except ValueError as exc:
+        raise ValueError(f"plot_history: {path!r}: {exc}") from None
     series = _series(logs)
     names = _curves(series, metrics)
     norms = _norms(logs.get("grad_norm"))
@@ -143,7 +168,7 @@ def plot_history(history, path, metrics=None):
         _plot_norms(axes[-1], x_for(norms), norms)
     # through a temporary file renamed over path, as save and to_onnx write: a failed
     # write (a full disk) truncated the plot already there
-    _atomic.replace(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    _atomic.replace(path, lambda f: fig.savefig(f, format=fmt, dpi=100))
     return path
 
 

@@ -269,6 +269,15 @@ def test_progress_without_tqdm_prints_plain_lines(capsys, tmp_path, monkeypatch)
 
 # -- --plot ----------------------------------------------------------------------------------------
 
+def test_plot_writes_the_format_its_suffix_names(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    pdf = tmp_path / "curves.pdf"
+    code, out, err = run(capsys, "train", "--data", str(blobs_csv(tmp_path)), "--epochs", "2",
+                         "--plot", str(pdf))
+    assert code == 0, err
+    with open(pdf, "rb") as f:
+        assert f.read(5) == b"%PDF-"   # PNG data under that name before round 55
+
 def test_plot_writes_the_curves_and_gradient_norms(capsys, tmp_path, backend):
     image = pytest.importorskip("matplotlib.image")
     png = tmp_path / "curves.png"
@@ -301,7 +310,8 @@ def test_plot_without_matplotlib_fails_before_training(capsys, tmp_path, monkeyp
     assert fit_calls == [] and "epoch" not in out and not png.exists()
 
 
-@pytest.mark.parametrize("case", ["missing_folder", "directory", "data_file", "save_file"])
+@pytest.mark.parametrize("case", ["missing_folder", "directory", "data_file", "save_file",
+                                  "suffix"])
 def test_bad_plot_path_is_refused_before_training(capsys, tmp_path, fit_calls, case):
     pytest.importorskip("matplotlib")
     data = blobs_csv(tmp_path)
@@ -311,6 +321,8 @@ def test_bad_plot_path_is_refused_before_training(capsys, tmp_path, fit_calls, c
         "data_file": (data, "that is the --data file", []),
         "save_file": (tmp_path / "m.png", "that is the --save file",
                       ["--save", str(tmp_path / "." / "m.png")]),
+        # it had written PNG data under any name (round 55)
+        "suffix": (tmp_path / "c.out", "the suffix '.out' names no image format", []),
     }[case]
     code, out, err = run(capsys, "train", "--data", str(data), "--plot", str(plot), *extra)
     assert code == 2 and err.count("\n") == 1, err

@@ -1,4 +1,4 @@
-"""fastmlp.plot: curves and per-layer gradient norms to PNG; and lesson 13 in numbers:
+"""fastmlp.plot: curves and per-layer gradient norms to an image; and lesson 13 in numbers:
 a deep sigmoid network's first layers get vanishing gradients, a ReLU/He one's do not."""
 import inspect
 import subprocess
@@ -61,9 +61,33 @@ def test_metrics_selects_panels_and_accepts_the_dict(tmp_path):
     assert _read_png(path).shape == (PANEL_PX[0], PANEL_PX[1], 4)
 
 
-def test_png_whatever_the_suffix(tmp_path):
-    path = plot_history(_history(epochs=1), tmp_path / "curves.out")
-    _read_png(path)
+# each format's first bytes, as the suffix names it (matplotlib's savefig reads suffixes
+# so; the plot had been PNG data under any name, "curves.pdf" too)
+MAGIC = {"png": PNG_MAGIC, "PNG": PNG_MAGIC, "pdf": b"%PDF", "svg": b"<?xml",
+         "svgz": b"\x1f\x8b", "eps": b"%!PS", "ps": b"%!PS", "jpg": b"\xff\xd8\xff",
+         "jpeg": b"\xff\xd8\xff", "tif": b"II*\x00", "tiff": b"II*\x00", "webp": b"RIFF"}
+
+
+@pytest.mark.parametrize("suffix", sorted(MAGIC))
+def test_the_suffix_names_the_format(tmp_path, suffix):
+    path = plot_history(_history(epochs=1), tmp_path / f"curves.{suffix}")
+    with open(path, "rb") as f:
+        assert f.read(len(MAGIC[suffix])) == MAGIC[suffix]
+
+
+def test_no_suffix_is_png(tmp_path):
+    _read_png(plot_history(_history(epochs=1), tmp_path / "curves"))
+
+
+@pytest.mark.parametrize("name", ["curves.out", "curves.pgf", "run.1", "curves.png.bak"])
+def test_a_suffix_naming_no_format_is_refused_before_drawing(tmp_path, name):
+    (tmp_path / name).write_bytes(b"kept")
+    suffix = "." + name.rsplit(".", 1)[1]
+    with pytest.raises(ValueError, match=rf"plot_history: '.*{name}': the suffix "
+                                         rf"'\{suffix}' names no image format .*\.png, "
+                                         rf"\.pdf, \.svg.* \(none: PNG\)"):
+        plot_history(_history(epochs=1), tmp_path / name)
+    assert (tmp_path / name).read_bytes() == b"kept"
 
 
 def test_unknown_metric_names_the_recorded_ones(tmp_path):
