@@ -11,7 +11,9 @@ never half of either. Around that:
 - an error creating or renaming the temporary file names the caller's path,
   not the temporary file's;
 - the new file keeps the old file's permission bits; a new file gets
-  0666 & ~umask, as ``open(path, "w")`` would give it;
+  0666 & ~umask, as ``open(path, "w")`` would give it; a file this user may not
+  write (``os.access``: read-only, as root may still write it) is refused with
+  PermissionError and kept, as ``open(path, "wb")`` refuses it;
 - the temporary file is named ``.fastmlp-<pid>-<random>.tmp``. A writer killed
   mid-save leaves it behind; every save first deletes such files whose writer
   process is gone, so repeated crashes leave at most one per folder.
@@ -70,6 +72,8 @@ def replace(path, write):
     path = as_str(path)
     if not path:  # realpath("") is the working directory: refused as "a directory" otherwise
         raise ValueError("cannot save: the path is empty")
+    if "\0" in path:   # (os calls say only "embedded null byte", naming no path)
+        raise ValueError(f"cannot save to {path!r}: the path holds a NUL character")
     folder_problem = names_a_folder(path)
     if folder_problem:
         raise ValueError(f"cannot save to {path}: {folder_problem}; give a file name")
@@ -79,6 +83,9 @@ def replace(path, write):
         is_folder = os.path.isdir(folder)
     shown = path if target == os.path.abspath(path) else f"{path} (a link to {target})"
     if not is_folder:
+        if os.path.lexists(folder):   # e.g. save("notes.txt/m.fastmlp")
+            raise NotADirectoryError(errno.ENOTDIR, f"cannot save {shown}: {folder} is not "
+                                     "a folder", folder)
         raise FileNotFoundError(errno.ENOENT, f"cannot save {shown}: no such folder", folder)
     mode = _mode_for(target, shown)
     remove_stale_temporaries(folder)
@@ -158,6 +165,13 @@ def _mode_for(target, shown):
     if what:
         raise ValueError(f"cannot save to {shown}: it is {what}, not a regular file; "
                          "save replaces only regular files")
+    # The rename needs only the folder's write permission; open(path, "wb") and np.save
+    # refuse a file this user may not write (root may), and so does save: a model made
+    # read-only (chmod a-w) to keep it is not replaced by the next checkpoint.
+    if not os.access(target, os.W_OK):
+        raise PermissionError(errno.EACCES, f"cannot save {shown}: the file there is "
+                              "read-only for this user and is kept; make it writable "
+                              "(chmod u+w) or choose another path", target)
     return stat.S_IMODE(st.st_mode) & 0o777
 
 

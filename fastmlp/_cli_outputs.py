@@ -34,9 +34,9 @@ def check_output_path(option, path, data=None, data_name="the --data file"):
     ValueError naming ``option`` ("--save", "--plot") when the path is empty, the input
     file ``data`` (``data_name`` in the message: the --data file, or the shipped digits
     without --data), through a symlink or another spelling too, a directory or something
-    else that is not a regular file, a folder's name (``outdir/``: realpath drops the
-    slash, so it would become a file ``outdir``), or in a folder that is missing or
-    where no file can be created.
+    else that is not a regular file, a file this user may not write, a folder's name
+    (``outdir/``: realpath drops the slash, so it would become a file ``outdir``), or in
+    a folder that is missing or where no file can be created.
     """
     _refuse_empty(option, path)
     where = f"{option} {path}"
@@ -45,7 +45,7 @@ def check_output_path(option, path, data=None, data_name="the --data file"):
         raise ValueError(f"{where}: that is {data_name}; refusing to overwrite the "
                          "input (choose another path)")
     if os.path.isdir(real):
-        example = "model.fastmlp" if option == "--save" else "curves.png"
+        example = {"--save": "model.fastmlp", "--plot": "curves.png"}.get(option, "out.json")
         raise ValueError(f"{where}: is a directory; give a file name, e.g. "
                          f"{os.path.join(path, example)}")
     folder_problem = names_a_folder(path)
@@ -53,6 +53,9 @@ def check_output_path(option, path, data=None, data_name="the --data file"):
         raise ValueError(f"{where}: {folder_problem}; give a file name")
     if os.path.lexists(real) and not os.path.isfile(real):
         raise ValueError(f"{where}: exists and is not a regular file")
+    if os.path.isfile(real) and not os.access(real, os.W_OK):   # as save refuses it
+        raise ValueError(f"{where}: the file there is read-only for this user and is kept; "
+                         "make it writable (chmod u+w) or choose another path")
     folder = os.path.dirname(real)
     if not os.path.isdir(folder):
         raise ValueError(f"{where}: " + (f"{folder} is not a folder" if os.path.lexists(folder)

@@ -377,7 +377,10 @@ class ModelCheckpoint(_Monitoring):
     def _check_pattern(self):
         """The path's braces checked when the callback is made, not after an epoch has
         trained: each names a logged value (``{}`` or ``{0}`` names none), and each opens
-        and closes."""
+        and closes; and a NUL, which no file name holds (save refuses it)."""
+        if "\0" in self.path:
+            raise ValueError(f"ModelCheckpoint path {self.path!r} holds a NUL character, "
+                             "which no file name can hold")
         try:
             fields = [field for _, field, _, _ in string.Formatter().parse(self.path)
                       if field is not None]
