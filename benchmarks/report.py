@@ -26,7 +26,9 @@ import time
 import numpy as np
 
 import fastmlp as fm
+from fastmlp import _atomic
 from fastmlp._cli_options import positive_float, positive_int   # (the CLI's option types)
+from fastmlp._cli_outputs import check_output_path   # (what fastmlp train checks --save by)
 from fastmlp.threads import GEMM_LOOPS
 
 import onnx_case
@@ -361,11 +363,11 @@ def main(argv=None):
         if not COLUMN[n].available():
             parser.error(f"column {n!r} does not import here")
     columns = [COLUMN[BASELINE]] + [COLUMN[n] for n in names if n != BASELINE]
-    if args.json:   # checked now, not after the whole run (its timings were lost)
-        folder = os.path.dirname(os.path.abspath(args.json))
-        if os.path.isdir(args.json) or not os.path.isdir(folder):
-            parser.error(f"--json {args.json}: " + ("that is a folder" if os.path.isdir(
-                args.json) else f"the folder {folder} does not exist"))
+    if args.json is not None:   # checked now, not after the whole run (its timings were
+        try:                    # lost), as fastmlp train checks --save ("" too: an error)
+            check_output_path("--json", args.json)
+        except ValueError as exc:
+            parser.error(str(exc))
 
     import scipy.linalg.blas  # noqa: F401  load scipy's BLAS so its threads are set and shown
     fm.set_num_threads(args.threads)
@@ -414,11 +416,15 @@ def main(argv=None):
                  f"{time.perf_counter() - began:.0f} s. The machine is shared with other "
                  "work: a load well above 0 means the numbers are noisy.")
     print("\n".join(lines))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"results": results, "sgemm": sgemm, "pipeline": pipe, "sklearn": skl,
-                       "env": environment(args.threads, columns),
-                       "load": [load_before, load_after]}, f, indent=1)
+    if args.json is not None:
+        raw = json.dumps({"results": results, "sgemm": sgemm, "pipeline": pipe, "sklearn": skl,
+                          "env": environment(args.threads, columns),
+                          "load": [load_before, load_after]}, indent=1)
+        try:   # as save writes a model: a failed write (a full disk) keeps the file there
+            _atomic.replace(args.json, lambda f: f.write(raw.encode()))
+        except (OSError, ValueError) as exc:
+            sys.exit(f"report.py: --json {args.json}: not written ({exc}); the tables above "
+                     "are this run's")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
 """report.py and the pipeline row run end to end (tiny timings: a smoke test, no numbers)."""
+import json
+import os
 import warnings
 
 import numpy as np
@@ -114,8 +116,11 @@ def test_targets_are_judged_from_the_run():
     (["--threads", "0"], "argument --threads: expected a positive integer"),
     (["--rounds", "-5"], "argument --rounds: expected a positive integer"),
     (["--min-time", "nan"], "argument --min-time: expected a finite number > 0"),
-    (["--json", "."], "--json .: that is a folder"),
+    (["--json", "."], "--json .: is a directory; give a file name"),
     (["--json", "no/such/folder/r.json"], "does not exist"),
+    # round 55: "" was skipped silently, a folder's name failed after the whole run
+    (["--json", ""], "--json: the path is empty; give a file name"),
+    (["--json", "nodir/"], "--json nodir/: "),
 ])
 def test_bad_options_are_usage_errors_before_anything_runs(argv, says, capsys):
     """(round 54: --threads 0 was a ValueError traceback, --json naming a folder failed
@@ -124,3 +129,26 @@ def test_bad_options_are_usage_errors_before_anything_runs(argv, says, capsys):
         report.main(argv + ["--workloads", "vehicles-step"])
     assert ended.value.code == 2
     assert says in capsys.readouterr().err
+
+
+def test_a_json_that_cannot_be_written_keeps_the_file_there(tmp_path, capsys):
+    """Round 55: --json was written with open(path, "w"): a failed write (a file size
+    limit here, a full disk) had emptied the last run's file and left a cut-off one, with
+    a traceback after the whole run. (Python ignores SIGXFSZ: the write fails with EFBIG.)"""
+    import resource
+    path = tmp_path / "r.json"
+    path.write_text('{"old": "timings"}')
+    argv = ["--workloads", "vehicles-step", "--columns", "numpy", "--rounds", "1",
+            "--min-time", "0.01", "--no-pipeline", "--no-sklearn", "--json", str(path)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100, hard))
+    try:
+        with pytest.raises(SystemExit) as ended:
+            report.main(argv)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert f"--json {path}: not written (" in str(ended.value.code)
+    assert "the tables above are this run's" in str(ended.value.code)
+    assert path.read_text() == '{"old": "timings"}' and os.listdir(tmp_path) == ["r.json"]
+    report.main(argv)
+    assert "vehicles-step" in json.loads(path.read_text())["results"]

@@ -44,11 +44,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         parser.error(f"--out {args.out}: not a folder")
+    try:   # before training: "" or a folder under a file would fail only after it
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--out {args.out!r}: cannot make that folder ({exc.strerror or exc})")
 
     X, y = datasets.load_digits()
     X_train, X_test, y_train, y_test = datasets.train_test_split(X, y, 0.2, seed=args.seed)
     X_train, X_test, _, _ = datasets.standardize(X_train, X_test)
-    os.makedirs(args.out, exist_ok=True)
     for name, activation in NETS.items():
         model = deep_net(activation, args.backend, args.seed)
         history = model.fit(X_train, y_train, epochs=args.epochs,

@@ -466,6 +466,9 @@ def test_vehicles_example_script():
     (["--epochs", "0"], "argument --epochs: expected a positive integer"),
     (["--seed", "-1"], "argument --seed: expected a non-negative integer"),
     (["--out", __file__], "not a folder"),
+    # round 55: these failed in os.makedirs, a traceback after the digits had loaded
+    (["--out", ""], "--out '': cannot make that folder"),
+    (["--out", __file__ + "/sub"], "cannot make that folder (Not a directory)"),
 ])
 def test_gradient_norms_example_refuses_bad_options(argv, says):
     """Round 54: --epochs 0 was a KeyError, --seed -1 a ValueError, --out a file a
