@@ -493,26 +493,39 @@ def _parse_rows(path, add):
         rows, lines = [], []
         chunk = max(1, min(_CHUNK_ROWS, _CHUNK_CELLS // len(header)))
         last = reader.line_num
-        for row in reader:
-            if ended:   # (a bad cell above it is named first: errors in file order)
-                if rows:
+        try:
+            for row in reader:
+                if ended:   # (a bad cell above it is named first: errors in file order)
+                    if rows:
+                        add(header, rows, lines)
+                    raise _unclosed(path, last + 1)
+                last = reader.line_num
+                if not row or all(not _stripped(cell) for cell in row):
+                    continue
+                if len(row) != len(header):
+                    if rows:   # a bad cell above it is named first: errors in file order
+                        add(header, rows, lines)
+                    raise ValueError(f"{path}, line {reader.line_num}: {len(row)} fields "
+                                     f"but the header has {len(header)}")
+                rows.append(row)
+                lines.append(reader.line_num)
+                if len(rows) == chunk:
                     add(header, rows, lines)
-                raise _unclosed(path, last + 1)
-            last = reader.line_num
-            if not row or all(not _stripped(cell) for cell in row):
-                continue
-            if len(row) != len(header):
-                if rows:   # a bad cell above it is named first: errors in file order
-                    add(header, rows, lines)
-                raise ValueError(f"{path}, line {reader.line_num}: {len(row)} fields but the "
-                                 f"header has {len(header)}")
-            rows.append(row)
-            lines.append(reader.line_num)
-            if len(rows) == chunk:
+                    rows, lines = [], []
+        except csv.Error as exc:   # a bad cell above it is named first: errors in file order
+            if rows:
                 add(header, rows, lines)
-                rows, lines = [], []
+            raise ValueError(f"{path}, line {reader.line_num}: {_csv_problem(exc)}") from None
         if rows:
             add(header, rows, lines)
+
+
+def _csv_problem(exc):
+    """What Python's csv reader refused (a csv.Error), in words naming the limit."""
+    if "field limit" in str(exc):
+        return (f"a cell longer than {csv.field_size_limit():,} characters, the most "
+                "Python's csv reader takes")
+    return f"not readable as CSV ({exc})"
 
 
 def _refuse_devices(path):
@@ -555,6 +568,10 @@ def _check_header(path, header):
     for i, name in enumerate(header):
         if not name:
             raise ValueError(f"{path}: column {i + 1} of the header has no name")
+        if "\0" in name:   # NumPy's str arrays drop trailing NULs: 'a\0' would become 'a'
+            raise ValueError(f"{path}: column {i + 1} of the header, {name!r}, holds a NUL "
+                             "character, which a model's feature names (a NumPy str array) "
+                             "cannot keep")
     seen = set()
     for name in header:
         if name in seen:

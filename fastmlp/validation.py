@@ -28,12 +28,17 @@ _ZEROS = {np.dtype(t): np.zeros(_BLOCK, dtype=t) for t in (np.float32, np.float6
 
 
 def finite(a):
-    """True when every entry of ``a`` (float32/float64, any layout) is finite; quick, silent."""
+    """True when every entry of ``a`` (a float array, any layout) is finite; quick, silent
+    for float32 and float64 (another float dtype, e.g. a loaded model's float16 classes_,
+    by np.isfinite)."""
+    zeros = _ZEROS.get(a.dtype)
+    if zeros is None:
+        return bool(np.isfinite(a).all())
     if not a.flags.c_contiguous:
         # NaN propagates through max and min without a warning; inf shows as the max or min
         return (math.isfinite(np.maximum.reduce(a, axis=None))
                 and math.isfinite(np.minimum.reduce(a, axis=None)))
-    flat, zeros = a.reshape(-1), _ZEROS[a.dtype]
+    flat = a.reshape(-1)
     if flat.size <= _FEW:   # a 1-row softmax's outputs: a BLAS call's set-up costs more
         return all(map(math.isfinite, flat.tolist()))
     if flat.size <= _BLOCK:
