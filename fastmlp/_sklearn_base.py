@@ -20,7 +20,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (Interval, Options, StrOptions,
                                             validate_parameter_constraints)
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 import fastmlp as fm
 from fastmlp import backends as fm_backends
@@ -639,8 +639,12 @@ class BaseMLP(BaseEstimator):
         # scikit-learn's checks drop a mask and would predict from the hidden values
         # (in the layout the checks give, as the shortcut keeps pandas': predict reads a
         # Fortran-ordered X where it lies)
+        # dtype "numeric" first, as scikit-learn's MLP predicts: text is refused in its
+        # words (the model's float dtype alone had parsed "1_0" as 10); then the cast, whose
+        # check names a value too large for the dtype in its words too
         X = validate_data(self, validation.refuse_masked(X, "X"), reset=False,
-                          dtype=self.model_.dtype)
+                          dtype="numeric")
+        X = check_array(X, dtype=self.model_.dtype, input_name="X")
         return self.model_.predict(X).astype(np.float64)
 
 
