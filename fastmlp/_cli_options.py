@@ -10,6 +10,7 @@ import math
 
 from fastmlp import activations
 from fastmlp.backends import get_backend, resolve
+from fastmlp.datasets import _plain_numbers
 from fastmlp.network import MAX_UNITS
 
 DEFAULT_LR = {"adam": 3e-3, "sgd": 0.1}
@@ -26,10 +27,24 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _plain(text, read):
+    """``read(text)`` (int or float) of a number as a person types one, by the rule a CSV
+    cell is read by (datasets._plain_numbers); ValueError otherwise: int() and float()
+    also take '1_0' (10) and other scripts' digits ('٣', '１２')."""
+    if not _plain_numbers([text]):
+        raise ValueError(text)
+    return read(text)
+
+
+def _as_int(text):
+    return _plain(text, int)
+
+
 def layers(text):
-    """'64,32' -> [64, 32]; '' -> [] (no hidden layer)."""
+    """'64,32' -> [64, 32]; '' -> [] (no hidden layer); an empty entry ('64,,32', a typo)
+    is refused, not dropped."""
     try:
-        units = [int(u) for u in text.split(",") if u.strip()]
+        units = [_as_int(u) for u in text.split(",")] if text.strip() else []
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 64,32, got {text!r}")
     if any(u < 1 for u in units):
@@ -42,7 +57,7 @@ def layers(text):
 def _integer(minimum, wording):
     def parse(text):
         try:
-            value = int(text)
+            value = _as_int(text)
         except ValueError:
             value = minimum - 1
         if value < minimum:
@@ -54,7 +69,7 @@ def _integer(minimum, wording):
 def _number(accept, wording):
     def parse(text):
         try:
-            value = float(text)
+            value = _plain(text, float)
         except ValueError:
             value = math.nan
         if not (math.isfinite(value) and accept(value)):

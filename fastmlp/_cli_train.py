@@ -131,7 +131,9 @@ def run_train(args, out=None):
     dims = "-".join(str(d) for d in model.net.dims)
     print(f"data: {data.description}\n      {len(data.X)} rows, {X_train.shape[1]} features, "
           f"{task.summary}; {len(X_train)} for training, {len(X_test)} held out", file=out)
-    print(f"model: {dims} {args.activation} -> {output}, loss {loss}, {optimizer}, batch "
+    # (no hidden layer, --layers '': no hidden activation to name)
+    activations = f"{args.activation} -> {output}" if args.layers else output
+    print(f"model: {dims} {activations}, loss {loss}, {optimizer}, batch "
           f"{args.batch_size}, backend {model.backend}, {args.dtype}; {data.task} ({data.why})",
           file=out)
     history, seconds = _fit(args, model, task, X_train, y_train, X_test, y_test, out)
