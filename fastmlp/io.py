@@ -235,6 +235,9 @@ def _check_fields(header):
     _require(too_large is None, too_large)
     _require(backend is None or isinstance(backend, str),
              lambda: f"backend must be a name, got {_short(backend)}")
+    # save writes the backend a model ran on; "auto" names none (its load error's advice,
+    # backend='auto', contradicted it)
+    _require(backend != "auto", "backend must be the one the model ran on, got 'auto'")
     _require(seed is None or (type(seed) is int and seed >= 0),
              lambda: f"seed must be an integer >= 0 or null, got {_short(seed)}")
     return {"version": header["version"], "layers": layers, "input_dim": input_dim,

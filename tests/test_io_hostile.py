@@ -348,6 +348,7 @@ CRAFTED_HEADERS = {
     "seed float": _set(["seed"], 1.5),
     "seed bool": _set(["seed"], True),
     "backend number": _set(["backend"], 5),
+    "backend auto": _set(["backend"], "auto"),   # round 55: advice contradicting itself
     "input_dim 0": _set(["network", "input_dim"], 0),
     "input_dim bool": _set(["network", "input_dim"], True),
     "input_dim string": _set(["network", "input_dim"], "4"),
