@@ -209,7 +209,7 @@ LONG = "a,y\n" + "1,0\n2,1\n" * 500
     ("crc.csv.gz", _gz(LONG)[:-8] + b"\0\0\0\0" + _gz(LONG)[-4:], "not a valid gzip file"),
     ("flipped.csv.gz", _gz(LONG)[:30] + b"\xff" * 40 + _gz(LONG)[70:], "gzip"),
     ("latin1.csv", "a,y\n1,caf\xe9\n".encode("latin-1"), r"not UTF-8 text \(byte 0xe9"),
-    ("long.csv", b"a,y\n1," + b"x" * 200_000 + b"\n", r"not a readable CSV file \(field larger"),
+    ("long.csv", b"a,y\n1," + b"x" * 200_000 + b"\n", r"long.csv, line 2: a cell longer than 131,072 characters, the most Python.s csv"),
 ])
 def test_damaged_files_are_a_value_error_naming_the_file(tmp_path, name, content, message):
     """Issue 8.18: these gave EOFError, zlib.error or an error without the file's name."""
