@@ -594,7 +594,13 @@ class Model(Fitting):
 
     def __getstate__(self):
         # The backend engine is rebuilt on unpickling.
-        return self._held()
+        held = self._held()
+        step = int(held["state"]["opt_step"][0])
+        if step >= io.MAX_STEP:   # (set_state and load refuse it: a pickle no one can load)
+            raise ValueError(f"cannot pickle this model: its optimiser step count {step} is "
+                             "not below 2**53, as a model's state must be (load, set_state "
+                             "and unpickling refuse it); set_state a smaller opt_step first")
+        return held
 
     def _held(self):
         """What a pickle, a copy and save hold (io.save writes it; a subclass's own
@@ -628,7 +634,10 @@ class Model(Fitting):
         model = cls.__new__(cls)
         if memo is not None:
             memo[id(self)] = model
-        pickled = self.__getstate__()
+        # (a copy is of this process: _held, where __getstate__ is Model's, copies a model
+        # whose step count a pickle cannot hold)
+        pickled = self._held() if cls.__getstate__ is Model.__getstate__ else \
+            self.__getstate__()
         if cls.__getstate__ is Model.__getstate__ and cls.__setstate__ is Model.__setstate__:
             model._restore(pickled, own=True)
         else:
