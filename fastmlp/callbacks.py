@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 import string
 import sys
 
@@ -169,23 +170,33 @@ def check_monitors(callbacks, logged, takes_metrics=True):
     for cb in callbacks:
         if isinstance(cb, (EarlyStopping, ModelCheckpoint)):
             cb._check_settings()   # reassigned since made: refused before training too
-        if not isinstance(cb, (EarlyStopping, ModelCheckpoint)) or (
-                isinstance(cb, ModelCheckpoint) and not cb.save_best_only):
-            continue
-        monitor = cb.monitor
-        if monitor in logged or monitor not in possible:
-            continue
-        base = monitor[4:] if monitor.startswith("val_") else monitor
-        if base not in logged and not takes_metrics:
-            raise ValueError(f"{type(cb).__name__} monitors {monitor!r}, which this fit does "
-                             f"not log: it logs {', '.join(logged)} (no metrics)")
-        needs = []
-        if base not in logged:
-            needs.append(f"metrics=[{base!r}]")
-        if monitor.startswith("val_") and "val_loss" not in logged:
-            needs.append("validation_data" + (" or validation_split" if takes_metrics else ""))
-        raise ValueError(f"{type(cb).__name__} monitors {monitor!r}, which this fit does "
-                         f"not log: pass {' and '.join(needs)}")
+        for what, name in _names_read(cb):
+            if name in logged or name not in possible:
+                continue
+            base = name[4:] if name.startswith("val_") else name
+            if base not in logged and not takes_metrics:
+                raise ValueError(f"{type(cb).__name__} {what} {name!r}, which this fit does "
+                                 f"not log: it logs {', '.join(logged)} (no metrics)")
+            needs = []
+            if base not in logged:
+                needs.append(f"metrics=[{base!r}]")
+            if name.startswith("val_") and "val_loss" not in logged:
+                needs.append("validation_data"
+                             + (" or validation_split" if takes_metrics else ""))
+            raise ValueError(f"{type(cb).__name__} {what} {name!r}, which this fit does "
+                             f"not log: pass {' and '.join(needs)}")
+
+
+def _names_read(callback):
+    """(what, name) of each logged value ``callback`` reads at an epoch's end: the monitor
+    of an EarlyStopping or a ModelCheckpoint(save_best_only), and the values a
+    ModelCheckpoint's path names ({val_loss:.3f}: found only after an epoch had trained)."""
+    if isinstance(callback, EarlyStopping) or (isinstance(callback, ModelCheckpoint)
+                                               and callback.save_best_only):
+        yield "monitors", callback.monitor
+    if isinstance(callback, ModelCheckpoint):
+        for name in callback._path_fields():
+            yield "path names", name
 
 
 def _improves(value, best, mode, min_delta):
@@ -391,6 +402,12 @@ class ModelCheckpoint(_Monitoring):
                 raise ValueError(f"ModelCheckpoint path {self.path!r} has the field "
                                  f"{{{field}}}, which names no logged value; name one, e.g. "
                                  "{epoch} or {val_loss:.3f}")
+
+    def _path_fields(self):
+        """The logged values the path names ({val_loss:.3f}: 'val_loss'), epoch aside."""
+        names = (re.split(r"[.\[]", field, maxsplit=1)[0] for _, field, _, _ in
+                 string.Formatter().parse(self.path) if field)
+        return [name for name in names if name != "epoch"]
 
     def _format(self, epoch, logs):
         try:
