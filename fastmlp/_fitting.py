@@ -335,6 +335,14 @@ class Fitting:
             for cb in callbacks:
                 _hook(cb, "on_train_end", logs)
             return history
+        except BaseException:
+            # a progress bar's on_train_end will not run: closed now, it no longer draws
+            # over what the caller prints next (a tqdm bar had stayed open till collected)
+            from .callbacks import ProgressBar
+            for cb in callbacks:
+                if isinstance(cb, ProgressBar):
+                    cb._close()
+            raise
         finally:
             self.history = history
 
