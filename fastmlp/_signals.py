@@ -73,6 +73,7 @@ def signals_deferred(notice=None):
         if signum not in caught:
             caught.append(signum)
 
+    note.caught = caught   # (what signal_held_back reads)
     _NOTES.add(note)
     swapped = []
     try:
@@ -96,6 +97,13 @@ def signals_deferred(notice=None):
                 first = kept(first, exc)
         if first is not None:
             raise first
+
+
+def signal_held_back():
+    """Whether a signal has arrived in a signals_deferred block still running, its handler
+    waiting for the block's end: a block that waits on something else (another process's
+    lock) can stop waiting, so that the Ctrl-C it announced comes."""
+    return any(note.caught for note in list(_NOTES))
 
 
 def _swap(handler, signum=signal.SIGINT):

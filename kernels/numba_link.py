@@ -49,6 +49,7 @@ import itertools
 import os
 import sys
 import threading
+import time
 
 import llvmlite.binding as llvm
 from numba import types
@@ -58,7 +59,7 @@ from numba.core.dispatcher import Dispatcher
 from numba.extending import intrinsic
 
 from fastmlp._npz import raised_by_caller
-from fastmlp._signals import say, signals_deferred
+from fastmlp._signals import say, signal_held_back, signals_deferred
 
 _NOTICES_LOCK = threading.Lock()
 _NOTICED = set()
@@ -89,11 +90,23 @@ def _damaged(what, exc):
 SAVE_LOCK_NAME = "fastmlp-save.lock"
 
 
+# How long a save waits for another process's save lock (a save holds it well under a
+# second) before the kernel stays uncached (SaveLockHeld)
+SAVE_LOCK_WAIT = 30.0
+
+
+class SaveLockHeld(Exception):
+    """The cache folder's save lock stayed taken (its holder stopped: Ctrl-Z, a debugger,
+    a lock hung on a network file system), or a Ctrl-C came while waiting for it."""
+
+
 @contextlib.contextmanager
 def _folder_locked(folder):
     """The block run holding ``folder``'s save lock (flock: released when the process
     dies), or without it where there is none to take (no fcntl, as on Windows; a folder
-    that cannot be written, where the save itself then fails and says so)."""
+    that cannot be written, where the save itself then fails and says so). The wait is
+    bounded: flock without a limit hung every other first compile for as long as a
+    stopped process held the lock, and the Ctrl-C the compile announced never came."""
     try:
         import fcntl
         fd = os.open(os.path.join(folder, SAVE_LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
@@ -101,14 +114,35 @@ def _folder_locked(folder):
         fd = None
     try:
         if fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError:   # a file system without locks: Numba's own, unlocked save
-                pass
+            _lock_within(fd, fcntl, SAVE_LOCK_WAIT)
         yield
     finally:
         if fd is not None:
             os.close(fd)      # (and the lock with it)
+
+
+def _lock_within(fd, fcntl, seconds):
+    """flock(fd, LOCK_EX) within ``seconds``, or SaveLockHeld: sooner where a signal the
+    compile holds back has come (_signals.signal_held_back)."""
+    deadline = time.monotonic() + seconds
+    pause = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        except OSError:   # a file system without locks: Numba's own, unlocked save
+            return
+        if signal_held_back():
+            raise SaveLockHeld("a Ctrl-C came while it waited for another process's "
+                                "save lock")
+        if time.monotonic() >= deadline:
+            raise SaveLockHeld(f"another process held its save lock, {SAVE_LOCK_NAME}, "
+                                f"for {seconds:g} s: stopped (Ctrl-Z, a debugger) or a "
+                                "lock hung on a network file system")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 class _CheckedCacheFile(caching.IndexDataCacheFile):
@@ -189,6 +223,8 @@ def _save_overload(save, cache, sig, data):
     compiled it."""
     try:
         save(sig, data)
+    except SaveLockHeld as exc:
+        _unsaved(cache, exc, "the kernel is compiled and in use in this process")
     except OSError as exc:
         _raise_if_not_the_files(exc)
         _unsaved(cache, exc, "free space there or set NUMBA_CACHE_DIR to a writable folder")
