@@ -3,7 +3,8 @@
 Importing ``fastmlp`` (NumPy, SciPy, the kernels) takes about a third of a second, and
 an entry point inside the package runs only after that import: a Ctrl-C during it
 printed Python's traceback. Here the import itself is guarded, so an interrupt at any
-moment ends the command the same way, with one line on stderr and status 130.
+moment ends the command the same way, with one line on stderr and status 130, and a
+setting the import refuses (a bad FASTMLP_BLAS) is one line and status 2, as a bad option.
 """
 import sys
 
@@ -15,4 +16,7 @@ def main():
     except KeyboardInterrupt:
         print("fastmlp: interrupted", file=sys.stderr)
         return 130
+    except ValueError as exc:   # a setting the import refuses (FASTMLP_BLAS=foo): one line
+        print(f"fastmlp: error: {exc}", file=sys.stderr)   # as for a bad option, status 2
+        return 2
     return command()
