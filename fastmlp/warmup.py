@@ -38,7 +38,8 @@ NOTICE_AFTER_S = 1.0
 # what a user knows an entry point as, for the notice
 _CALLS = {"run": "fit, train_on_batch and gradients", "predict": "predict",
           "evaluate": "evaluate", "layers": "this network's layers",
-          "guard": "train_on_batch", "norms": "gradient norms"}
+          "guard": "train_on_batch", "norms": "gradient norms",
+          "update": "the optimiser's update"}
 
 
 def compiling(kernel, dtype):

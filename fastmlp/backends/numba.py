@@ -90,6 +90,19 @@ _RUN_READ_ONLY, _PREDICT_READ_ONLY, _EVALUATE_READ_ONLY = (2, 3, 4), (1,), (1, 2
 _READYING = threading.RLock()
 
 
+def _named(parts):
+    """What the compile notice calls the kernels of ``parts`` (see NumbaBackend._arm):
+    the call that needs them (the guard: train_on_batch), else the optimiser's update, else
+    the network's layers (an update armed with the guard had been called "layers" too, the
+    same words as the layers' own notice)."""
+    for part in ("guard", "norms"):
+        if part in parts:
+            return part
+    if all(isinstance(part, tuple) and part[0] == "update" for part in parts):
+        return "update"
+    return "layers"
+
+
 class NumbaBackend:
     """Backend contract (see fastmlp.backends) over Numba kernels."""
 
@@ -234,8 +247,7 @@ class NumbaBackend:
             for plan in plans:
                 kt.arm(plan, self.net, self.dtype, parts)
         else:
-            with warmup.compiling(parts[0] if parts[0] in ("guard", "norms") else "layers",
-                                  self.dtype.name):
+            with warmup.compiling(_named(parts), self.dtype.name):
                 for plan in plans:
                     kt.arm(plan, self.net, self.dtype, parts)
         self._armed.update(parts)
