@@ -2,13 +2,17 @@
 backends and BLAS settings): what they found, each fixed."""
 import copy
 import io
+import os
 import pickle
+import signal
+import time
 
 import numpy as np
 import pytest
 
 import fastmlp as fm
 from fastmlp import callbacks
+from fastmlp._signals import signals_deferred
 
 
 def _model(backend="numpy", **kw):
@@ -92,3 +96,106 @@ def test_a_progress_bar_is_closed_when_a_callback_raises(monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         _model().fit(X, Y, epochs=3, verbose=1, callbacks=[_Boom()])   # fit's own bar
     assert closed[-1] is True   # an open bar, closed as the fit raised
+
+
+# -- compiling and caches ----------------------------------------------------------------------
+
+@pytest.fixture
+def save_lock_held(tmp_path):
+    """The cache folder's save lock held by another open file (flock locks belong to the
+    open file: this process's second open waits for it as another process's would)."""
+    fcntl = pytest.importorskip("fcntl")
+    numba_link = pytest.importorskip("fastmlp.kernels.numba_link")
+    fd = os.open(tmp_path / numba_link.SAVE_LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield numba_link, tmp_path
+    os.close(fd)
+
+
+def test_a_save_lock_held_elsewhere_is_waited_for_a_bounded_time(save_lock_held,
+                                                                 monkeypatch):
+    """flock had no limit: a process stopped holding it (Ctrl-Z, a debugger) hung every
+    other first compile into the cache."""
+    numba_link, folder = save_lock_held
+    monkeypatch.setattr(numba_link, "SAVE_LOCK_WAIT", 0.3)
+    began = time.monotonic()
+    with pytest.raises(numba_link.SaveLockHeld, match="another process held its save lock"):
+        with numba_link._folder_locked(str(folder)):
+            pytest.fail("ran without the lock")
+    assert 0.3 <= time.monotonic() - began < 5
+
+
+def test_a_ctrl_c_stops_the_wait_for_a_save_lock(save_lock_held):
+    """The compile holds the Ctrl-C back and announces it; the wait for the lock now ends
+    at once, so the KeyboardInterrupt comes once the compile is done."""
+    numba_link, folder = save_lock_held
+    began = time.monotonic()
+    stopped = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            try:
+                with numba_link._folder_locked(str(folder)):
+                    pytest.fail("ran without the lock")
+            except numba_link.SaveLockHeld as exc:
+                stopped.append(str(exc))
+    assert stopped == ["a Ctrl-C came while it waited for another process's save lock"]
+    assert time.monotonic() - began < numba_link.SAVE_LOCK_WAIT / 3
+
+
+def test_a_free_save_lock_is_taken(tmp_path):
+    numba_link = pytest.importorskip("fastmlp.kernels.numba_link")
+    with numba_link._folder_locked(str(tmp_path)):
+        pass
+    with numba_link._folder_locked(str(tmp_path)):   # released, taken again
+        pass
+
+
+def test_a_save_that_cannot_take_the_lock_leaves_the_kernel_uncached(save_lock_held,
+                                                                    monkeypatch, capfd):
+    """The save gives up and says so once, as for a full disk; the compile's result stays
+    in use (nothing raised), and `fastmlp warmup` counts the folder as a failed write."""
+    numba_link, folder = save_lock_held
+    monkeypatch.setattr(numba_link, "SAVE_LOCK_WAIT", 0.1)
+    monkeypatch.setattr(numba_link, "CACHE_WRITE_FAILURES", {})
+    cache_file = numba_link._CheckedCacheFile(str(folder), "kernel", source_stamp=1)
+
+    class Cache:
+        cache_path = str(folder)
+    numba_link._save_overload(lambda sig, data: cache_file.save(sig, data), Cache(),
+                              ("sig",), {"code": 1})
+    assert str(folder) in numba_link.CACHE_WRITE_FAILURES
+    err = capfd.readouterr().err
+    assert f"Numba could not write its cache in {folder} (SaveLockHeld: another process " \
+           "held its save lock" in err and "compiled and in use in this process" in err
+    assert sorted(p.name for p in folder.iterdir()) == [numba_link.SAVE_LOCK_NAME]
+
+
+def test_the_command_says_a_bad_fastmlp_blas_in_one_line():
+    """`FASTMLP_BLAS=foo fastmlp --version` printed the import's traceback, status 1."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    code = "import sys, _fastmlp_command; sys.exit(_fastmlp_command.main())"
+    result = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True,
+                            text=True, timeout=120, cwd=root,
+                            env={**os.environ, "FASTMLP_BLAS": "foo"})
+    assert result.returncode == 2
+    assert result.stderr == ("fastmlp: error: FASTMLP_BLAS must be one of ('numpy', "
+                             "'scipy'), got 'foo'\n")
+
+
+def test_the_compile_notice_names_what_is_compiled():
+    """A train_on_batch's guard and optimiser update were called "this network's layers",
+    the words of the layers' own notice just before: one line twice, word for word."""
+    pytest.importorskip("numba")
+    from fastmlp import warmup
+    from fastmlp.backends.numba import _named
+    said = {parts: warmup._CALLS[_named(parts)] for parts in [
+        ("train",), ("predict",), (("update", 1), "guard"), (("update", 0),), ("norms",),
+        ("predict", "train", ("update", 1))]}
+    assert said == {("train",): "this network's layers", ("predict",): "this network's layers",
+                    (("update", 1), "guard"): "train_on_batch",
+                    (("update", 0),): "the optimiser's update", ("norms",): "gradient norms",
+                    ("predict", "train", ("update", 1)): "this network's layers"}
