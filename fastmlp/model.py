@@ -235,6 +235,8 @@ class Model(Fitting):
         self._scaling = None          # (mean, scale) float64 (input_dim,), applied by every call
         self.classes_ = None          # class labels, when fit was given labels
         self.feature_names_in_ = None
+        self.stop_training = False    # a callback's "stop after this epoch" (each fit resets
+        # it), there from the start, as in Keras (code reading it before a fit found none)
         self._columns_seen = None     # (pandas Index, its names): the last frame's
         # Training mutates theta, the optimiser state and the generator under _lock, which
         # the copies of them take too (get_state, get_weights: save, pickle, copy); a fit

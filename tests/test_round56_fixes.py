@@ -199,3 +199,11 @@ def test_the_compile_notice_names_what_is_compiled():
                     (("update", 1), "guard"): "train_on_batch",
                     (("update", 0),): "the optimiser's update", ("norms",): "gradient norms",
                     ("predict", "train", ("update", 1)): "this network's layers"}
+
+
+def test_stop_training_is_there_from_the_start(backend):
+    """As in Keras: it did not exist until a first fit (AttributeError)."""
+    model = _model(backend)
+    assert model.stop_training is False
+    assert copy.deepcopy(model).stop_training is False
+    assert pickle.loads(pickle.dumps(model)).stop_training is False
