@@ -26,10 +26,15 @@ _MOST_THREADS = 2**31 - 1   # what a C int holds: OpenBLAS, Numba and the GEMV t
 def set_num_threads(n):
     """Use at most ``n`` threads in every BLAS (numpy's, which the kernels use, and
     scipy's), in Numba (in the calling thread only: numba.set_num_threads is per thread;
-    the kernels use no Numba thread pool), and in the Cython extension's worker thread (kernels/_gemv_pool.h,
-    used when n >= 2: the small-batch predict's GEMV, the second part of the rows of a
-    float32 batch predict, kernels/_sgemm.h, and of a float32 product on the GEMM loops,
-    kernels/_sgemm_blas.h: see set_gemm_loops)."""
+    the kernels use no Numba thread pool), and in the Cython extension's worker thread
+    (kernels/_gemv_pool.h, used when n >= 2: the small-batch predict's GEMV, the second
+    part of the rows of a float32 batch predict, kernels/_sgemm.h, and of a float32
+    product on the GEMM loops, kernels/_sgemm_blas.h: see set_gemm_loops).
+
+    Call it while no other thread computes (fastmlp, or NumPy's BLAS): OpenBLAS resizes
+    its pool under a product another thread is running, whose result can then be wrong
+    (a fit in one thread while another called this in a loop ended 2e-4 from the same
+    fit alone, NumPy's reference backend too: hostile round 56)."""
     global _limiter
     # checked before anything changes (a count past a C int raised OverflowError once
     # BLAS had taken it); NumPy's integers are integers
