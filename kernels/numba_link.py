@@ -97,7 +97,8 @@ SAVE_LOCK_WAIT = 30.0
 
 class SaveLockHeld(Exception):
     """The cache folder's save lock stayed taken (its holder stopped: Ctrl-Z, a debugger,
-    a lock hung on a network file system), or a Ctrl-C came while waiting for it."""
+    a lock hung on a network file system), or a signal the compile holds back (Ctrl-C, a
+    timeout) came while waiting for it."""
 
 
 @contextlib.contextmanager
@@ -135,12 +136,12 @@ def _lock_within(fd, fcntl, seconds):
         except OSError:   # a file system without locks: Numba's own, unlocked save
             return
         if signal_held_back():
-            raise SaveLockHeld("a Ctrl-C came while it waited for another process's "
-                                "save lock")
+            raise SaveLockHeld("a signal (Ctrl-C, a timeout) came while it waited for "
+                               "another process's save lock")
         if time.monotonic() >= deadline:
             raise SaveLockHeld(f"another process held its save lock, {SAVE_LOCK_NAME}, "
-                                f"for {seconds:g} s: stopped (Ctrl-Z, a debugger) or a "
-                                "lock hung on a network file system")
+                               f"for {seconds:g} s: stopped (Ctrl-Z, a debugger) or a "
+                               "lock hung on a network file system")
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
 
