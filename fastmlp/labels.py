@@ -237,9 +237,31 @@ def find(flat, ranked):
     """(pos, known): where each label of ``flat`` lies in ``ranked`` (sorted_classes'),
     clipped into it, and whether the label there is that one: order[pos] are the class
     indices when every label is known. One sorted search."""
+    flat, ranked = exactly_comparable(flat, ranked)
     pos = np.searchsorted(ranked, flat)
     np.minimum(pos, len(ranked) - 1, out=pos)
-    return pos, ranked.take(pos) == flat
+    return pos, np.asarray(ranked.take(pos) == flat, dtype=bool)
+
+
+_EXACT_IN_FLOAT64 = 2 ** 53
+
+
+def exactly_comparable(flat, ranked):
+    """``flat`` and ``ranked`` as arrays whose comparisons are exact. NumPy compares an
+    int64 or uint64 with a float, or int64 with uint64, as float64, which holds integers
+    beyond 2**53 only approximately: a label 2.0**53 matched the class 2**53 + 1, and a
+    label of uint64 missed its own class of int64. Such a pair becomes Python ints and
+    floats, which compare exactly; other labels keep NumPy's search."""
+    kinds = flat.dtype.kind + ranked.dtype.kind
+    if (flat.dtype == ranked.dtype or not set(kinds) <= set("iuf")
+            or np.result_type(flat.dtype, ranked.dtype).kind != "f"):
+        return flat, ranked
+    inexact = any(a.dtype.kind in "iu" and a.dtype.itemsize == 8 and a.size
+                  and (a.max() > _EXACT_IN_FLOAT64 or a.min() < -_EXACT_IN_FLOAT64)
+                  for a in (flat, ranked))
+    if not inexact:
+        return flat, ranked
+    return np.array(flat.tolist(), dtype=object), np.array(ranked.tolist(), dtype=object)
 
 
 def _lookup(flat, classes):

@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastmlp import validation
-from fastmlp.labels import refuse_nan_outputs
+from fastmlp.labels import exactly_comparable, refuse_nan_outputs
 
 try:  # absolute imports: `sklearn` is scikit-learn, not this module
     from sklearn.base import ClassifierMixin, RegressorMixin
@@ -185,12 +185,15 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         if self._multilabel:
             T = np.ascontiguousarray(y, dtype=self._data_dtype(first))
             return T, (len(self.classes_), "sigmoid", "binary_cross_entropy")
-        unknown = ~np.isin(y, self.classes_)
+        # (compared exactly: an int64 class beyond 2**53 against a float label, as float64,
+        # had taken 2.0**53 for the class 2**53 + 1)
+        y_exact, classes = exactly_comparable(y, self.classes_)
+        unknown = ~np.isin(y_exact, classes)
         if unknown.any():
             raise ValueError(f"y contains labels not in classes_ "
                              f"{_short(self.classes_.tolist())}: "
                              f"{_short(np.unique(y[unknown]).tolist())}")
-        return self._encoded(np.searchsorted(self.classes_, y), self._data_dtype(first))
+        return self._encoded(np.searchsorted(classes, y_exact), self._data_dtype(first))
 
     def _ready_targets(self, y):
         """What _targets makes of labels y (n,) of classes_'s own kind (integers, strings,
