@@ -30,7 +30,7 @@ def accuracy(model, X, y):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default="numpy")
+    parser.add_argument("--backend", default="numpy", choices=fm.available_backends())
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--epochs", type=_cli_options.positive_int, default=20)
     args = parser.parse_args()
