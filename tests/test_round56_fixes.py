@@ -208,3 +208,78 @@ def test_stop_training_is_there_from_the_start(backend):
     assert model.stop_training is False
     assert copy.deepcopy(model).stop_training is False
     assert pickle.loads(pickle.dumps(model)).stop_training is False
+
+
+# -- round 57: labels beyond 2**53 ---------------------------------------------------------
+
+def _two_classes(backend):
+    return fm.Model([fm.Dense(2, "softmax")], input_dim=3, loss="cross_entropy", seed=0,
+                    backend=backend)
+
+
+def test_a_label_float64_cannot_tell_apart_is_not_taken_for_a_class(backend):
+    """NumPy compared int64 classes_ with float labels (and the reverse) as float64: a
+    label 2.0**53, no class, was trained and evaluated as the class 2**53 + 1."""
+    X = np.random.default_rng(0).normal(size=(2, 3))
+    model = _two_classes(backend)
+    model.fit(X, np.array([2**53 + 1, 2**53 + 3]), epochs=1)
+    for call in (model.evaluate, model.train_on_batch, model.gradients):
+        with pytest.raises(ValueError, match=r"labels the model does not know: "
+                                             r"9007199254740992\.0"):
+            call(X, np.array([2.0**53, 2.0**53]))
+    model.classes_ = np.array([2.0**53, 2.0**53 + 4])
+    with pytest.raises(ValueError, match="labels the model does not know: 9007199254740993"):
+        model.evaluate(X, np.array([2**53 + 1, 2**53 + 1]))
+    want = model.evaluate(X, np.eye(2)[[0, 1]])
+    assert model.evaluate(X, np.array([2**53, 2**53 + 4])) == want
+
+
+def test_a_label_of_another_integer_kind_finds_its_class(backend):
+    """uint64 labels against int64 classes_ beyond 2**53: refused as unknown, the class
+    shown in the same message."""
+    X = np.random.default_rng(0).normal(size=(2, 3))
+    model = _two_classes(backend)
+    model.fit(X, np.array([2**53 + 1, 2**53 + 3]), epochs=1)
+    want = model.evaluate(X, np.eye(2)[[1, 0]])
+    assert model.evaluate(X, np.array([2**53 + 3, 2**53 + 1], dtype=np.uint64)) == want
+
+
+def test_the_distributed_example_refuses_an_unknown_backend_as_a_usage_error():
+    """It ended in a ValueError traceback (and MPI_Abort under mpiexec), where the other
+    examples give argparse's choices."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    pytest.importorskip("mpi4py")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "examples" / "distributed.py"),
+                             "--backend", "nope"], capture_output=True, text=True,
+                            timeout=120, cwd=root)
+    assert result.returncode == 2, result.stderr
+    assert "argument --backend: invalid choice: 'nope'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_distributed_validation_data_of_one_array_says_its_length():
+    """It said "must be a tuple (X_val, Y_val) ...; got tuple"."""
+    MPI = pytest.importorskip("mpi4py.MPI")
+    from fastmlp import distributed
+    X, Y = _data()
+    with pytest.raises(Exception, match=r"validation rows, or None; got tuple of length 1"):
+        distributed.fit(_model(), X, Y, MPI.COMM_SELF, epochs=1, validation_data=(X,))
+
+
+def test_the_classifier_compares_labels_beyond_2_53_exactly():
+    """partial_fit took a float label 2.0**53 for the int64 class 2**53 + 1 (np.isin and
+    searchsorted compared them as float64)."""
+    import warnings
+    from fastmlp.sklearn import MLPClassifier
+    X = np.random.default_rng(0).normal(size=(4, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = MLPClassifier(hidden_layer_sizes=(3,), max_iter=2, random_state=0).fit(
+            X, np.array([2**53 + 1, 2**53 + 3] * 2))
+        with pytest.raises(ValueError, match=r"y contains labels not in classes_ .*: "
+                                             r"\[9007199254740992\.0\]"):
+            est.partial_fit(X, np.array([2.0**53] * 4))
+        est.partial_fit(X, np.array([2**53 + 1, 2**53 + 3] * 2, dtype=np.uint64))
