@@ -579,10 +579,8 @@ class Fitting:
         if validation_data is not None:
             if split:
                 raise ValueError("give validation_data or validation_split, not both")
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("validation_data must be a tuple (X_val, Y_val), got "
-                                 f"{type(validation_data).__name__} of length "
-                                 f"{len(validation_data) if hasattr(validation_data, '__len__') else '?'}")
+            validation.check_pair(validation_data, "validation_data must be a tuple "
+                                  "(X_val, Y_val),")
             with validation_data_errors():
                 return X, T, self._data(*validation_data)
         if not split:

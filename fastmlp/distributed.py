@@ -498,12 +498,8 @@ class _Run:
     def _validation(self, validation_data):
         if validation_data is None:
             return None
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            length = (f" of length {len(validation_data)}"
-                      if isinstance(validation_data, (tuple, list)) else "")
-            raise ValueError("validation_data must be a tuple (X_val, Y_val) of this rank's "
-                             f"validation rows, or None; got "
-                             f"{type(validation_data).__name__}{length}")
+        validation.check_pair(validation_data, "validation_data must be a tuple (X_val, "
+                              "Y_val) of this rank's validation rows, or None;")
         with validation_data_errors():
             return self._data(*validation_data, "X_val", "Y_val")
 

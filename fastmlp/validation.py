@@ -608,6 +608,19 @@ def check_flag(value, name):
     return bool(value)
 
 
+def check_pair(value, must):
+    """ValueError unless ``value`` is a tuple or list of two (validation_data's (X, Y)):
+    ``must`` says what it must be, and the error what it got (its length where it has
+    one: len() of a 0-d array raises TypeError, which had escaped raw)."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return
+    try:
+        length = len(value)
+    except TypeError:
+        length = "?"
+    raise ValueError(f"{must} got {type(value).__name__} of length {length}")
+
+
 def check_fraction(value, name):
     """A number in [0, 1)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,

@@ -283,3 +283,14 @@ def test_the_classifier_compares_labels_beyond_2_53_exactly():
                                              r"\[9007199254740992\.0\]"):
             est.partial_fit(X, np.array([2.0**53] * 4))
         est.partial_fit(X, np.array([2**53 + 1, 2**53 + 3] * 2, dtype=np.uint64))
+
+
+@pytest.mark.parametrize("given, got", [(np.array(5.0), "ndarray of length ?"),
+                                        ((np.ones((2, 2)),), "tuple of length 1"),
+                                        ([1, 2, 3], "list of length 3")])
+def test_validation_data_that_is_no_pair_says_what_it_got(given, got):
+    """A 0-d array had raised len()'s raw TypeError (fit's check asked hasattr(__len__))."""
+    X, Y = _data()
+    with pytest.raises(ValueError, match=r"validation_data must be a tuple \(X_val, Y_val\), "
+                                         f"got {got}"):
+        _model().fit(X, Y, validation_data=given)
