@@ -94,12 +94,12 @@ def _ascii_lower(text):
     return text.lower() if text.isascii() else text
 
 
+_activation_name = name_from(activations.ACTIVATIONS, "activation")
+
+
 def hidden_activation(text):
-    """--activation's name, any case (as --loss and --backend take theirs)."""
-    name = _ascii_lower(text)
-    if name not in activations.ACTIVATIONS:   # the error names what was typed
-        raise argparse.ArgumentTypeError(f"unknown activation {text!r}; choose one of "
-                                         f"{sorted(activations.ACTIVATIONS)}")
+    """--activation's name, any case (as --loss and --optimizer take theirs)."""
+    name = _activation_name(text)
     if name == "softmax":
         raise argparse.ArgumentTypeError("softmax is only allowed on the output layer "
                                          "(--loss cross_entropy gives a softmax output)")
