@@ -175,19 +175,24 @@ def _ranks(ranks):
     return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
 
 
-def _whose_labels(label_sets, net):
-    """Whose labels make their union fail to encode (each rank's, ``label_sets`` in rank
-    order, None for none): the ranks whose own labels fail alone, else all of them
-    together (float labels on rank 1 alone read "ranks 0, 1 failed", naming no one)."""
-    bad = []
+def _whose_labels(label_sets, net, error):
+    """Whose labels make their union fail to encode with ``error`` (each rank's,
+    ``label_sets`` in rank order, None for none): the ranks whose own labels fail alone
+    with an error of that type, else all of them together, with each rank's kinds of
+    label (float labels on rank 1 alone read "ranks 0, 1 failed", naming no one)."""
+    bad, kinds = [], []
     for rank, found in enumerate(label_sets):
         if found is None:
             continue
+        kinds.append(f"rank {rank}: {', '.join(sorted(labels.kinds_of(np.asarray(found))))}")
         try:
             labels.encode(np.asarray(found, dtype=object), net, None)
-        except ValueError:
-            bad.append(rank)
-    return f"in the Y of {_ranks(bad)}" if bad else "the ranks' labels together"
+        except (ValueError, TypeError) as exc:
+            if type(exc) is type(error):   # (not a rank's too few classes, say)
+                bad.append(rank)
+    # labels of one kind on each rank but different kinds across them name each rank's
+    return (f"in the Y of {_ranks(bad)}" if bad
+            else f"the ranks' labels together ({'; '.join(kinds)})")
 
 
 def _short(value, width=100):
@@ -448,8 +453,8 @@ class _Run:
             union = np.concatenate([np.asarray(f, dtype=object) for f in found])
             try:
                 _, model.classes_ = labels.encode(union, model.net, None)
-            except ValueError as exc:   # every rank fails alike: say whose labels it was
-                raise ValueError(f"{exc} ({_whose_labels(label_sets, model.net)})") from None
+            except (ValueError, TypeError) as exc:   # every rank fails alike: say whose
+                raise type(exc)(f"{exc} ({_whose_labels(label_sets, model.net, exc)})") from None
         if model.feature_names_in_ is None and names is not None:
             model.feature_names_in_ = np.asarray(names)
 

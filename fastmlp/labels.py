@@ -18,6 +18,16 @@ from .validation import finite
 _SAVEABLE = "biufU"
 
 
+def kinds_of(values):
+    """The kinds of label among ``values`` (a list of Python objects or an array):
+    "str", "number", "bool", else the type's name."""
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        return {{"U": "str", "S": "bytes", "b": "bool"}.get(values.dtype.kind, "number")
+                if values.dtype.kind in "USbiuf" else str(values.dtype)} if values.size else set()
+    return {"str" if isinstance(v, str) else "number" if isinstance(v, (int, float, np.number))
+            and not isinstance(v, bool) else type(v).__name__ for v in values}
+
+
 def _as_labels(arr):
     """A 1-D array of labels in a dtype np.save can store without pickle (numbers or str).
 
@@ -35,8 +45,7 @@ def _as_labels(arr):
                             "Y.astype(str)")
         return arr
     values = arr.tolist()
-    kinds = {"str" if isinstance(v, str) else "number" if isinstance(v, (int, float, np.number))
-             and not isinstance(v, bool) else type(v).__name__ for v in values}
+    kinds = kinds_of(values)
     if len(kinds) > 1 or not kinds <= {"str", "number", "bool"}:
         raise TypeError(f"class labels must be all numbers or all strings, got {sorted(kinds)}"
                         " (convert them first, e.g. to str)")

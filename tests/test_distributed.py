@@ -126,6 +126,10 @@ FAILURES = {
     # every rank fails on the union of the labels: the message names whose they were
     "float_labels": "failed preparing the data: ranks 0, 1: ValueError: class labels in Y "
                     "must be integers (or strings) (in the Y of rank 1)",
+    # each rank's labels are fine alone, of different kinds together: each rank's named
+    "mixed_labels": "failed preparing the data: ranks 0, 1: TypeError: class labels must be "
+                    "all numbers or all strings, got ['number', 'str'] (convert them first, "
+                    "e.g. to str) (the ranks' labels together (rank 0: number; rank 1: str))",
     "short_y": "rank 1 of 2 failed preparing the data: rank 1: ValueError: Y has 25 rows but "
                "X has 26",
     "step_fails": "rank 1 of 2 failed in epoch 1: rank 1: MemoryError: simulated: no memory "

@@ -250,6 +250,8 @@ def main(mode, backend, outdir):
         X_mine[4, 2] = np.nan
     if mode == "float_labels":   # integer class labels on rank 0, halves on rank 1
         y_mine = np.searchsorted(CLASSES, y_mine) + (0.5 if rank == 1 else 0)
+    if mode == "mixed_labels" and rank == 0:   # integer labels on rank 0, str on rank 1
+        y_mine = np.searchsorted(CLASSES, y_mine)
     if mode == "nan_y":   # numeric labels on both ranks, a NaN on rank 1
         y_mine = np.searchsorted(CLASSES, y_mine).astype(float)
         if rank == 1:
