@@ -168,11 +168,19 @@ def _mode_for(target, shown):
     # The rename needs only the folder's write permission; open(path, "wb") and np.save
     # refuse a file this user may not write (root may), and so does save: a model made
     # read-only (chmod a-w) to keep it is not replaced by the next checkpoint.
-    if not os.access(target, os.W_OK):
-        raise PermissionError(errno.EACCES, f"cannot save {shown}: the file there is "
-                              "read-only for this user and is kept; make it writable "
-                              "(chmod u+w) or choose another path", target)
+    if read_only(target):
+        raise PermissionError(errno.EACCES, f"cannot save {shown}: {READ_ONLY}", target)
     return stat.S_IMODE(st.st_mode) & 0o777
+
+
+READ_ONLY = ("the file there is read-only for this user and is kept; make it writable "
+             "(chmod u+w) or choose another path")
+
+
+def read_only(path):
+    """Whether the existing file ``path`` is one this user may not write (``os.access``:
+    root may write a read-only file, as ``open`` lets it): save refuses to replace it."""
+    return not os.access(path, os.W_OK)
 
 
 def current_umask():

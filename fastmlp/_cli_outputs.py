@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from fastmlp._atomic import names_a_folder
+from fastmlp._atomic import READ_ONLY, names_a_folder, read_only
 
 
 def _same_file(a, b):
@@ -53,9 +53,8 @@ def check_output_path(option, path, data=None, data_name="the --data file"):
         raise ValueError(f"{where}: {folder_problem}; give a file name")
     if os.path.lexists(real) and not os.path.isfile(real):
         raise ValueError(f"{where}: exists and is not a regular file")
-    if os.path.isfile(real) and not os.access(real, os.W_OK):   # as save refuses it
-        raise ValueError(f"{where}: the file there is read-only for this user and is kept; "
-                         "make it writable (chmod u+w) or choose another path")
+    if os.path.isfile(real) and read_only(real):   # as save refuses it
+        raise ValueError(f"{where}: {READ_ONLY}")
     folder = os.path.dirname(real)
     if not os.path.isdir(folder):
         raise ValueError(f"{where}: " + (f"{folder} is not a folder" if os.path.lexists(folder)
