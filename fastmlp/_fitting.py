@@ -142,7 +142,7 @@ class Fitting:
 
     def fit(self, X, Y, epochs=1, batch_size=32, tol=None, shuffle=True,
             validation_data=None, validation_split=0.0, metrics=None, callbacks=None,
-            verbose=0, gradient_norms=False):
+            verbose=0, gradient_norms=False, initial_epoch=0):
         """Train by mini-batch gradient descent; returns the :class:`History`.
 
         Each epoch visits every row once in batches of ``batch_size`` (None =
@@ -164,6 +164,11 @@ class Fitting:
         made visible. shuffle and gradient_norms: True or False.
         metrics=["accuracy"] on a binary_cross_entropy model is binary_accuracy (each
         sigmoid output right or wrong on its own), as in Keras.
+        initial_epoch: the epoch to start at, as in Keras, to go on with an earlier
+        fit's count: epochs ``initial_epoch`` to ``epochs - 1`` are trained (none when
+        ``initial_epoch >= epochs``), and the History, the callbacks, ``{epoch}`` in a
+        checkpoint's path and the messages number them from there. It changes only the
+        numbering: the generator goes on from where the model's is.
 
         If the loss, a weight or the optimiser state becomes NaN or inf, or the
         epoch is interrupted (Ctrl-C), the weights, optimiser state and shuffling
@@ -198,6 +203,7 @@ class Fitting:
                     # (numba's weights had differed from the others' by 1e-2)
                     X, T = self._unshared(X), self._unshared(T)
                     epochs = validation.check_count(epochs, "epochs")
+                    first = validation.check_count(initial_epoch, "initial_epoch")
                     tol = validation.check_tol(tol)
                     X, T, val = self._validation_rows(X, T, validation_data, validation_split)
                     batch_size = validation.check_batch_size(batch_size, len(X))
@@ -224,10 +230,11 @@ class Fitting:
                          else self._to_device(*val))
                 if not (callbacks or val or metric_fns or verbose or gradient_norms):
                     # nothing runs between its epochs: copies wait for its end
-                    self._fit_quietly(Xd, Td, epochs, batch_size, tol, shuffle, history)
+                    self._fit_quietly(Xd, Td, first, epochs, batch_size, tol, shuffle,
+                                      history)
                     return history
-            return self._fit_reporting(X, T, Xd, Td, val, val_d, epochs, batch_size, tol,
-                                       shuffle, metric_fns, callbacks, verbose,
+            return self._fit_reporting(X, T, Xd, Td, val, val_d, first, epochs, batch_size,
+                                       tol, shuffle, metric_fns, callbacks, verbose,
                                        gradient_norms, history)
         finally:
             if previous is not _NOBODY:
@@ -235,14 +242,14 @@ class Fitting:
                 if previous is None and self._fit_waiters:
                     self._wake_waiters()   # (lost to an exception: the waiters look again)
 
-    def _fit_reporting(self, X, T, Xd, Td, val, val_d, epochs, batch_size, tol, shuffle,
-                       metric_fns, callbacks, verbose, gradient_norms, history):
+    def _fit_reporting(self, X, T, Xd, Td, val, val_d, first, epochs, batch_size, tol,
+                       shuffle, metric_fns, callbacks, verbose, gradient_norms, history):
         """fit's epochs when something runs between them (callbacks, validation, metrics,
         verbose output, gradient norms): one epoch at a time, each recorded in ``history``
         after its callbacks, or undone whole (weights, optimiser state, generator, record)
         when it diverges or is interrupted before it was recorded. X, T: the training
         rows as checked (Xd, Td: where the backend reads them); val, val_d: likewise the
-        validation rows, or None."""
+        validation rows, or None. Epochs ``first`` to ``epochs - 1`` (initial_epoch's)."""
         # model.history is this fit's however it ends: a fit a callback ran replaced it, and
         # an exception before an epoch's own handler below (in on_epoch_begin, say) left
         # the callback's there (hostile round 43)
@@ -250,14 +257,14 @@ class Fitting:
             for cb in callbacks:   # every set_model before any on_train_begin, as Keras
                 _hook(cb, "set_model", self)
             for cb in callbacks:
-                _hook(cb, "on_train_begin", {"epochs": epochs, "samples": len(X),
-                                             "batch_size": batch_size})
+                _hook(cb, "on_train_begin", {"epochs": epochs, "initial_epoch": first,
+                                             "samples": len(X), "batch_size": batch_size})
             perm = np.arange(len(X), dtype=np.int64)
             norms = np.zeros(len(self._net.layers)) if gradient_norms else None
             steps = -(-len(X) // batch_size)
             logs = {}
             with self._rollback() as snapshot:
-                for epoch in range(epochs):
+                for epoch in range(first, epochs):
                     for cb in callbacks:
                         _hook(cb, "on_epoch_begin", epoch, {})
                     start = time.perf_counter()
@@ -383,7 +390,7 @@ class Fitting:
         return int(self._CHUNK_WORK * getattr(self._engine, "chunk_work_share", 1)
                    // per_epoch)
 
-    def _fit_quietly(self, X, T, epochs, batch_size, tol, shuffle, history):
+    def _fit_quietly(self, X, T, first, epochs, batch_size, tol, shuffle, history):
         """fit when nothing is reported between epochs: orders drawn for many epochs at
         once, chunks of epochs that are one compiled call each where the backend has
         train_epochs, and a snapshot only every so many chunks (_SNAPSHOT_SHARE).
@@ -392,11 +399,11 @@ class Fitting:
         replaying the chunks trained since it and the chunk's epochs before the bad one
         (the same data, orders and kernels give the same bits), and the generator is
         left as if only those epochs had been drawn, so the outcome is exactly the
-        per-epoch loop's.
+        per-epoch loop's. Epochs ``first`` to ``epochs - 1`` (initial_epoch's).
         """
         n = len(X)
         most = max(1, min(1024, (1 << 20) // n))   # epochs per chunk: the orders' memory
-        chunk = int(max(1, min(epochs, most, self._first_chunk(n, batch_size))))
+        chunk = int(max(1, min(epochs - first, most, self._first_chunk(n, batch_size))))
         orders = _Orders(self, n, shuffle)
 
         def replay(k):   # the next k epochs of orders, trained again
@@ -404,7 +411,7 @@ class Fitting:
 
         with self._rollback() as snapshot:
             back = None            # the snapshot's Rewind, once it is saved
-            done = 0
+            done = first           # epochs numbered from initial_epoch
             while done < epochs:
                 k = min(chunk, epochs - done)
                 rng_before, recorded_so_far = self._rng.bit_generator.state, history._mark()

@@ -3,10 +3,12 @@
 A callback may define any of these methods; ``fit`` calls them in this order:
 
 * ``set_model(model)``, once, before training;
-* ``on_train_begin(logs)``, once, logs ``{"epochs", "samples", "batch_size"}``
+* ``on_train_begin(logs)``, once, logs ``{"epochs", "initial_epoch", "samples",
+  "batch_size"}``
   (every callback's ``set_model`` comes before any ``on_train_begin``);
 * ``on_epoch_begin(epoch, logs)`` before every epoch (logs empty);
-* ``on_epoch_end(epoch, logs)`` after every epoch; ``epoch`` counts from 0 and
+* ``on_epoch_end(epoch, logs)`` after every epoch; ``epoch`` counts from 0 (from
+  ``fit(initial_epoch=...)``) and
   ``logs`` holds floats: ``"loss"``, ``"val_loss"`` (with validation data),
   metrics such as ``"accuracy"`` / ``"val_accuracy"``, ``"samples_per_s"``, and
   ``"grad_norm"`` (a list of per-layer floats) when ``fit(gradient_norms=True)``;
@@ -318,15 +320,19 @@ class ModelCheckpoint(_Monitoring):
 
     Parameters
     ----------
-    path : file name; may hold ``{epoch}`` (1-based, like Keras) and logged
-        values, e.g. ``"ckpt-{epoch:03d}-{val_loss:.3f}.fastmlp"``.
+    path : file name; may hold ``{epoch}`` (1-based, like Keras; from
+        ``fit(initial_epoch=...)``) and logged values, e.g.
+        ``"ckpt-{epoch:03d}-{val_loss:.3f}.fastmlp"``. A missing folder is made, as
+        Keras makes it: when each fit begins (before any training), or at the save for
+        a folder whose name holds fields.
     monitor, mode : as in :class:`EarlyStopping` (any strict improvement saves).
     save_best_only : False saves after every epoch, whatever the monitored value.
 
     After ``fit``: ``best``, ``best_epoch`` (0-based) and ``last_saved`` (the path
     written last, or None). ``best`` is kept from one ``fit`` to the next, as in Keras:
     one instance reused over several fits keeps the best model of them all in its file
-    (``best_epoch`` counts within the fit that found it); make a new one to start over.
+    (``best_epoch`` counts within the fit that found it, from its ``initial_epoch``);
+    make a new one to start over.
     """
 
     def __init__(self, path, monitor="val_loss", mode="auto", save_best_only=True):
@@ -355,6 +361,25 @@ class ModelCheckpoint(_Monitoring):
 
     def on_train_begin(self, logs=None):
         self._settle()
+        if not self._folder_has_fields():
+            self._make_folder(self.path)
+
+    def _folder_has_fields(self):
+        folder = os.path.dirname(self.path)
+        return any(field is not None for _, field, _, _ in string.Formatter().parse(folder))
+
+    def _make_folder(self, path):
+        """The folder of ``path`` made when missing (as Keras's ModelCheckpoint makes it),
+        or an OSError naming the checkpoint (a file in the way, no permission)."""
+        folder = os.path.dirname(path)
+        if not folder or os.path.isdir(folder):
+            return
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise_if_signalled(exc)
+            raise type(exc)(exc.errno, f"ModelCheckpoint cannot make the folder {folder!r} "
+                            f"for {path!r}: {exc.strerror or exc}") from None
 
     def _forget(self):
         self.best = self.best_epoch = None
@@ -367,6 +392,7 @@ class ModelCheckpoint(_Monitoring):
             if not _improves(value, self.best, self._direction, 0.0):
                 return
         path = self._format(epoch, logs)
+        self._make_folder(path)
         before = _file_identity(path)
         try:
             self.model.save(path)
@@ -473,8 +499,9 @@ class ProgressBar(Callback):
         self._close()   # a bar left open by a fit that raised
         self._epochs = (logs or {}).get("epochs")
         tqdm = _import_tqdm()
-        if tqdm is not None:
-            self._bar = tqdm(total=self._epochs, file=self._out(), leave=True, unit="epoch",
+        if tqdm is not None:   # (from fit's initial_epoch: "epoch 6/8" after 5 earlier)
+            self._bar = tqdm(total=self._epochs, initial=(logs or {}).get("initial_epoch", 0),
+                             file=self._out(), leave=True, unit="epoch",
                              dynamic_ncols=True,
                              bar_format="epoch {n_fmt}/{total_fmt} |{bar:20}| "
                                         "[{elapsed}<{remaining}{postfix}]")

@@ -45,7 +45,7 @@ class Dense:
 
     ``params`` set the activation's parameter: ``a`` for linear (slope),
     ``alpha`` for leaky_relu, elu and prelu (prelu's is the initial value of
-    its trainable per-unit alpha).
+    its trainable per-unit alpha). ``activation=None`` is linear, as in Keras.
 
     >>> import fastmlp as fm
     >>> fm.Dense(16, activation="leaky_relu", alpha=0.1)
@@ -57,7 +57,8 @@ class Dense:
                 or not 1 <= units <= MAX_UNITS):
             raise ValueError(f"Dense units must be an integer in [1, 2**31), got {units!r}")
         self.units = int(units)
-        self.activation = act.get(activation)
+        # None is linear, as in Keras's Dense
+        self.activation = act.get("linear" if activation is None else activation)
         allowed = {self.activation.param} - {None}
         unknown = set(params) - allowed
         if unknown:

@@ -343,7 +343,7 @@ def test_fit_protocol_begin_logs_and_stop_training(backend):
     model, spy = _model(backend), Spy()
     history = model.fit(X, y, epochs=4, batch_size=16, callbacks=[spy, EarlyStopping(
         "loss", patience=0, min_delta=1e9)])             # nothing improves by 1e9: stop at 2
-    assert spy.begin == {"epochs": 4, "samples": 120, "batch_size": 16}
+    assert spy.begin == {"epochs": 4, "initial_epoch": 0, "samples": 120, "batch_size": 16}
     assert len(spy.logs) == 2 and history.epoch == [0, 1]
     assert spy.logs[0]["loss"] == history.history["loss"][0]
     assert spy.logs[0]["samples_per_s"] > 0

@@ -1,0 +1,103 @@
+"""Hostile round 58 (three audits: an independent oracle, the scikit-learn contract, fit's
+options and callbacks as a Keras user uses them): what they found, each fixed."""
+import os
+
+import numpy as np
+import pytest
+
+import fastmlp as fm
+from fastmlp.callbacks import Callback, ModelCheckpoint, ProgressBar
+
+
+def _model(backend="numpy"):
+    return fm.Model([fm.Dense(5, "tanh"), fm.Dense(2)], input_dim=3, loss="mse", seed=0,
+                    backend=backend, optimizer=fm.SGD(0.05, momentum=0.9))
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 3))
+    return X, np.tanh(X[:, :2])
+
+
+class _Epochs(Callback):
+    def on_train_begin(self, logs=None):
+        self.begin, self.seen = dict(logs), []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen.append(epoch)
+
+
+@pytest.mark.parametrize("reporting", [False, True], ids=["quiet", "callbacks"])
+def test_initial_epoch_goes_on_with_an_earlier_fit_count(backend, reporting):
+    """fit had no initial_epoch (Keras's): a second fit numbered its epochs from 0 again,
+    so a ModelCheckpoint's {epoch} replaced the first fit's files."""
+    X, Y = _data()
+    whole, parts = _model(backend), _model(backend)
+    full = whole.fit(X, Y, epochs=5, batch_size=4)
+    spy = _Epochs()
+    parts.fit(X, Y, epochs=2, batch_size=4)
+    history = parts.fit(X, Y, epochs=5, batch_size=4, initial_epoch=2,
+                        callbacks=[spy] if reporting else None)
+    # only the numbering changes: the same epochs as one fit, bit for bit
+    assert np.array_equal(parts.get_state()["theta"], whole.get_state()["theta"])
+    assert history.epoch == [2, 3, 4]
+    assert history.history["loss"] == full.history["loss"][2:]
+    if reporting:
+        assert spy.seen == [2, 3, 4]
+        assert spy.begin["epochs"] == 5 and spy.begin["initial_epoch"] == 2
+
+
+def test_initial_epoch_numbers_checkpoints_and_output(tmp_path, capsys):
+    X, Y = _data()
+    model = _model()
+    ck = ModelCheckpoint(str(tmp_path / "m-{epoch}.fastmlp"), monitor="loss",
+                         save_best_only=False)
+    model.fit(X, Y, epochs=2, callbacks=ck)
+    first = (tmp_path / "m-1.fastmlp").read_bytes()
+    model.fit(X, Y, epochs=4, initial_epoch=2, callbacks=[ck, ProgressBar(file=None)],
+              verbose=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"m-{e}.fastmlp" for e in (1, 2, 3, 4)]
+    assert (tmp_path / "m-1.fastmlp").read_bytes() == first   # the first fit's file kept
+    out = capsys.readouterr()
+    assert "epoch 3/4" in out.out and "epoch 4/4" in out.out and "epoch 1/" not in out.out
+
+
+def test_initial_epoch_at_or_past_epochs_trains_nothing_and_bad_values_are_refused():
+    X, Y = _data()
+    model = _model()
+    before = model.get_state()["theta"].copy()
+    for reporting in (None, [_Epochs()]):
+        history = model.fit(X, Y, epochs=3, initial_epoch=3, callbacks=reporting)
+        assert history.epoch == [] and history.history["loss"] == []   # as Keras
+    assert np.array_equal(model.get_state()["theta"], before)
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=r"initial_epoch must be an integer >= 0"):
+            model.fit(X, Y, epochs=3, initial_epoch=bad)
+
+
+def test_a_checkpoint_makes_its_missing_folder_before_training(tmp_path):
+    """A ModelCheckpoint into a missing folder failed only after the first epoch had
+    trained; Keras makes the folder."""
+    X, Y = _data()
+    model = _model()
+    path = tmp_path / "runs" / "a" / "best.fastmlp"
+    model.fit(X, Y, epochs=2, callbacks=ModelCheckpoint(str(path), monitor="loss"))
+    assert fm.load(path).get_state()["theta"].shape == model.get_state()["theta"].shape
+    # a folder named by a logged value: made at the save
+    model.fit(X, Y, epochs=1, callbacks=ModelCheckpoint(
+        str(tmp_path / "e{epoch}" / "m.fastmlp"), monitor="loss"))
+    assert (tmp_path / "e1" / "m.fastmlp").is_file()
+    # a file in the way: refused before any training, naming the checkpoint
+    (tmp_path / "taken").write_text("notes")
+    before = model.get_state()["theta"].copy()
+    with pytest.raises(OSError, match=r"ModelCheckpoint cannot make the folder .*taken/sub"):
+        model.fit(X, Y, epochs=2, callbacks=ModelCheckpoint(
+            str(tmp_path / "taken" / "sub" / "m.fastmlp"), monitor="loss"))
+    assert np.array_equal(model.get_state()["theta"], before)
+    assert (tmp_path / "taken").read_text() == "notes"
+
+
+def test_dense_activation_none_is_linear_as_in_keras():
+    assert fm.Dense(3, activation=None).activation is fm.Dense(3, "linear").activation
+    assert repr(fm.Dense(3, activation=None)) == repr(fm.Dense(3))
