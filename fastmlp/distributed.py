@@ -521,7 +521,8 @@ class _Run:
             for cb in callbacks:   # every set_model before any on_train_begin, as Keras
                 _hook(cb, "set_model", model)
             for cb in callbacks:
-                _hook(cb, "on_train_begin", {"epochs": epochs, "samples": self.n_global,
+                _hook(cb, "on_train_begin", {"epochs": epochs, "initial_epoch": 0,
+                                             "samples": self.n_global,
                                              "batch_size": self.batch_size})
         except Exception as exc:
             error = exc
