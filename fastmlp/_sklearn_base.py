@@ -5,9 +5,11 @@ scikit-learn's parameters map onto fastmlp's.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
+import re
 import threading
 import warnings
 from numbers import Integral, Real
@@ -27,6 +29,7 @@ from fastmlp import backends as fm_backends
 from fastmlp import _frames, validation
 from fastmlp._signals import UNDO_FAILED, UNDO_SIGNALS, run_whole, signals_deferred
 from fastmlp.activations import ACTIVATIONS
+from fastmlp.network import MAX_UNITS
 
 _SKLEARN_NAMES = {"identity": "linear", "logistic": "sigmoid"}
 _HIDDEN_ACTIVATIONS = (set(ACTIVATIONS) - {"softmax"}) | set(_SKLEARN_NAMES)
@@ -75,6 +78,23 @@ def resolve_backend(name):
 _SKLEARN_ONLY = frozenset({"learning_rate", "power_t", "warm_start", "max_fun"})
 
 
+# fastmlp's optimiser settings by the estimators' parameter names
+_ESTIMATOR_WORDS = {"lr": "learning_rate_init", "beta1": "beta_1", "beta2": "beta_2",
+                    "eps": "epsilon"}
+
+
+@contextlib.contextmanager
+def _in_estimator_words():
+    """An optimiser's or model's refusal (TypeError, ValueError) said with the estimator's
+    parameter names: "learning_rate_init=1e-50 is 0.0 in float32", not "lr=1e-50"."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        words = re.sub(r"\b(" + "|".join(_ESTIMATOR_WORDS) + r")\b",
+                       lambda m: _ESTIMATOR_WORDS[m.group(1)], str(exc))
+        raise type(exc)(words) from None
+
+
 @functools.cache
 def _init_parameters(cls):
     """(every parameter, those also taken by position) of ``cls.__init__``, self left out
@@ -107,11 +127,14 @@ class BaseMLP(BaseEstimator):
         "momentum": [Interval(Real, 0, 1, closed="left")],
         "nesterovs_momentum": ["boolean"],
         "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        # 0 as in scikit-learn: refused only with early_stopping (_split)
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "beta_1": [Interval(Real, 0, 1, closed="left")],
         "beta_2": [Interval(Real, 0, 1, closed="left")],
         "epsilon": [Interval(Real, 0, None, closed="neither")],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        # inf as in scikit-learn: never stop on tol
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"),
+                             Options(Real, {np.inf})],
         "backend": [StrOptions({"auto", "numpy", "numba", "cython"})],
         # as a string or as NumPy's scalar type (np.float32), as fm.Model takes it
         "dtype": [StrOptions({"float32", "float64"}), Options(type, {np.float32, np.float64}),
@@ -477,23 +500,31 @@ class BaseMLP(BaseEstimator):
         return False
 
     def _split(self, X, T, y, rng):
-        """scikit-learn's held-out split (stratified by label for single-label classifiers)."""
-        X, X_val, T, T_val = train_test_split(X, T, random_state=rng,
-                                              stratify=y if self._stratify else None,
-                                              test_size=self.validation_fraction)
-        if len(X_val) < 2:
-            raise ValueError(f"The validation set is too small: {len(X_val)} sample(s) with "
+        """scikit-learn's held-out split (stratified by label for binary classifiers, as
+        scikit-learn's: not for more classes, nor multilabel or regression)."""
+        # train_test_split's own rounding of the held-out rows: up
+        n_val = math.ceil(float(self.validation_fraction) * len(X))
+        if n_val < 2:
+            raise ValueError(f"The validation set is too small: {n_val} sample(s) with "
                              f"validation_fraction={self.validation_fraction}; increase it "
                              "or use early_stopping=False")
+        try:
+            X, X_val, T, T_val = train_test_split(X, T, random_state=rng,
+                                                  stratify=y if self._stratify else None,
+                                                  test_size=self.validation_fraction)
+        except ValueError as exc:   # (it named its own test_size and train_size)
+            raise ValueError(f"early_stopping cannot hold out validation_fraction="
+                             f"{self.validation_fraction} of the {len(X)} rows: {exc}") from None
         return np.ascontiguousarray(X), np.ascontiguousarray(X_val), T, T_val
 
     def _batch_size(self, n):
         if self.batch_size == "auto":
             return min(200, n)
-        if self.batch_size > n:
+        size = int(self.batch_size)   # (True, which scikit-learn's check passes: 1)
+        if size > n:
             warnings.warn(f"Got batch_size={self.batch_size} larger than the {n} samples; "
                           "it is clipped to the sample size")
-        return min(self.batch_size, n)
+        return min(size, n)
 
     def _weight_decay(self, output, batch_size, incremental):
         """alpha as fastmlp's weight decay for batches of ``batch_size`` rows.
@@ -515,20 +546,26 @@ class BaseMLP(BaseEstimator):
         units, act, loss = output
         sizes = self.hidden_layer_sizes
         sizes = [sizes] if isinstance(sizes, Integral) else list(sizes)
-        if any(isinstance(s, bool) or not isinstance(s, Integral) or s < 1 for s in sizes):
-            raise ValueError(f"hidden_layer_sizes must be positive integers, got "
-                             f"{self.hidden_layer_sizes!r}")
+        if any(isinstance(s, bool) or not isinstance(s, Integral) or not 1 <= s <= MAX_UNITS
+               for s in sizes):
+            raise ValueError(f"hidden_layer_sizes must be positive integers below 2**31, "
+                             f"got {self.hidden_layer_sizes!r}")
         hidden = _SKLEARN_NAMES.get(self.activation, self.activation)
         layers = [fm.Dense(int(s), activation=hidden) for s in sizes] + [fm.Dense(units, act)]
-        if self.solver == "adam":
-            opt = fm.Adam(lr=self.learning_rate_init, beta1=self.beta_1, beta2=self.beta_2,
-                          eps=self.epsilon, weight_decay=decay)
-        else:
-            opt = fm.SGD(lr=self.learning_rate_init, momentum=self.momentum,
-                         nesterov=self.nesterovs_momentum and self.momentum > 0,
-                         weight_decay=decay)
-        model = fm.Model(layers, input_dim=self.n_features_in_, loss=loss, optimizer=opt,
-                         backend=resolve_backend(self.backend), dtype=self.dtype, seed=seed)
+        # Real parameters as floats, as scikit-learn's arithmetic takes them (True is 1.0);
+        # the optimiser's refusals (a rate that is 0 in float32, say) in these names
+        rate, momentum = float(self.learning_rate_init), float(self.momentum)
+        with _in_estimator_words():
+            if self.solver == "adam":
+                opt = fm.Adam(lr=rate, beta1=float(self.beta_1), beta2=float(self.beta_2),
+                              eps=float(self.epsilon), weight_decay=decay)
+            else:
+                opt = fm.SGD(lr=rate, momentum=momentum,
+                             nesterov=bool(self.nesterovs_momentum) and momentum > 0,
+                             weight_decay=decay)
+            model = fm.Model(layers, input_dim=self.n_features_in_, loss=loss, optimizer=opt,
+                             backend=resolve_backend(self.backend), dtype=self.dtype,
+                             seed=seed)
         if hasattr(self, "feature_names_in_"):
             model.feature_names_in_ = np.asarray(self.feature_names_in_, dtype=str)
         classes = getattr(self, "classes_", None)

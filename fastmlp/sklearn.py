@@ -124,7 +124,8 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     0/1 indicator ``y`` (multilabel) one sigmoid unit per column.
     """
 
-    _stratify = property(lambda self: not self._multilabel)
+    # scikit-learn's rule: stratified for two classes only (one output unit)
+    _stratify = property(lambda self: not self._multilabel and len(self.classes_) == 2)
 
     def partial_fit(self, X, y, *args, classes=None, **fit_params):
         """One epoch over (X, y), continuing from the current weights. The first call

@@ -101,3 +101,85 @@ def test_a_checkpoint_makes_its_missing_folder_before_training(tmp_path):
 def test_dense_activation_none_is_linear_as_in_keras():
     assert fm.Dense(3, activation=None).activation is fm.Dense(3, "linear").activation
     assert repr(fm.Dense(3, activation=None)) == repr(fm.Dense(3))
+
+
+# -- the scikit-learn estimators ---------------------------------------------------------
+
+def _iris_like(n=150, classes=3):
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(classes), n // classes)
+    X = rng.normal(size=(len(y), 4)) + y[:, None]
+    return X, y
+
+
+def test_estimator_batch_size_true_trains_with_batches_of_one_and_keeps_a_refit(backend):
+    """batch_size=True passed scikit-learn's check (a bool is an Integral), then Model.fit
+    refused it after the new model was built: a refit lost the trained estimator."""
+    from sklearn.neural_network import MLPClassifier as SkMLP
+    from fastmlp.sklearn import MLPClassifier
+    X, y = _iris_like(30)
+    params = dict(hidden_layer_sizes=(4,), max_iter=3, random_state=0, backend=backend)
+    with pytest.warns(Warning):   # (three epochs do not converge)
+        clf = MLPClassifier(batch_size=True, **params).fit(X, y)
+        one = MLPClassifier(batch_size=1, **params).fit(X, y)
+        SkMLP(batch_size=True, max_iter=3).fit(X, y)   # scikit-learn's reading of True: 1
+    assert clf.n_iter_ == 3
+    np.testing.assert_array_equal(clf.predict_proba(X), one.predict_proba(X))
+
+
+def test_estimator_refusals_name_the_estimator_parameters():
+    """The optimiser's refusals named fastmlp's lr, beta2 and Dense units."""
+    from fastmlp.sklearn import MLPClassifier
+    X, y = _iris_like(30)
+    cases = [({"learning_rate_init": 1e-50}, r"learning_rate_init=1e-50 is 0\.0 in float32.*"
+              r"give a learning_rate_init between"),
+             ({"beta_2": 1 - 1e-12}, r"beta_2=0\.999999999999 rounds to 1 in float32.*"
+              r"smaller beta_2"),
+             ({"hidden_layer_sizes": (2**31,)}, r"hidden_layer_sizes must be positive "
+              r"integers below 2\*\*31")]
+    for params, message in cases:
+        fitted = MLPClassifier(hidden_layer_sizes=(3,), max_iter=2, dtype="float32",
+                               random_state=0)
+        with pytest.warns(Warning):
+            fitted.fit(X, y)
+        before = fitted.predict_proba(X)
+        with pytest.raises(ValueError, match=message):
+            fitted.set_params(**params).fit(X, y)
+        np.testing.assert_array_equal(fitted.predict_proba(X), before)   # kept
+    # True for a real parameter is 1.0, as scikit-learn's arithmetic reads it
+    with pytest.warns(Warning):
+        MLPClassifier(hidden_layer_sizes=(3,), max_iter=1, learning_rate_init=True,
+                      epsilon=True).fit(X, y)
+
+
+def test_estimator_parameter_ranges_are_scikit_learns():
+    """validation_fraction=0 (without early stopping) and n_iter_no_change=inf were
+    refused; scikit-learn takes both."""
+    from fastmlp.sklearn import MLPRegressor
+    X, y = _iris_like(30)
+    reg = MLPRegressor(hidden_layer_sizes=(3,), max_iter=40, tol=10.0, validation_fraction=0.0,
+                       n_iter_no_change=np.inf, random_state=0)
+    with pytest.warns(Warning, match="maximum iterations"):
+        reg.fit(X, y.astype(float))
+    assert reg.n_iter_ == 40   # never stopped on tol
+    with pytest.raises(ValueError, match=r"The validation set is too small: 0 sample"):
+        reg.set_params(early_stopping=True).fit(X, y.astype(float))
+
+
+def test_early_stopping_splits_as_scikit_learn_stratified_for_two_classes_only():
+    """Every single-label classifier's split was stratified, where scikit-learn stratifies
+    two classes only: iris-sized data with validation_fraction=0.01 was refused in
+    train_test_split's words (test_size), which the user never set."""
+    from fastmlp.sklearn import MLPClassifier
+    X, y = _iris_like(150)
+    clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=5, early_stopping=True,
+                        validation_fraction=0.02, n_iter_no_change=100, random_state=0)
+    with pytest.warns(Warning):
+        clf.fit(X, y)   # 3 rows held out for 3 classes: fine unstratified
+    assert len(clf.validation_scores_) == 5
+    # two classes: stratified, as scikit-learn; too few rows per class names the parameter
+    X2, y2 = X[:100], y[:100]
+    with pytest.raises(ValueError, match=r"early_stopping cannot hold out "
+                                         r"validation_fraction=0\.99 of the 100 rows: .*"):
+        MLPClassifier(hidden_layer_sizes=(4,), early_stopping=True,
+                      validation_fraction=0.99).fit(X2, y2)
