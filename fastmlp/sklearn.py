@@ -19,13 +19,18 @@ Differences from scikit-learn, and why:
   ``partial_fit`` decays by its own rows, as scikit-learn does; within an
   epoch the last, smaller batch keeps the decay of the full ones. The biases
   are decayed too, which scikit-learn leaves alone. It must come out below 1.
-* ``loss_curve_`` and ``best_loss_`` are fastmlp's mean training loss
-  (cross_entropy, binary_cross_entropy or mse, see the README), without the L2 term.
+* ``loss_curve_`` and ``best_loss_`` are on scikit-learn's scale, without its L2
+  term: the classifier's is fastmlp's cross-entropy (a mean over the rows of a sum over
+  the outputs), the regressor's fastmlp's mse divided by 2 x outputs (half the mean
+  squared error over rows and outputs, scikit-learn's squared loss).
 * ``solver`` is "adam" or "sgd" with a constant learning rate (no "lbfgs",
   ``learning_rate`` schedules or ``warm_start``). SGD's Nesterov momentum is
   PyTorch's form; Adam's ``epsilon`` is added after the bias corrections, as in
   PyTorch and Keras (scikit-learn adds it to sqrt(v) before them: a larger epsilon).
-* No ``sample_weight`` (refused, saying so); ``partial_fit`` takes ``classes`` third.
+* No ``sample_weight`` (refused, saying so); ``partial_fit`` takes ``classes`` by
+  keyword only (scikit-learn 1.9's MLP takes ``sample_weight`` third).
+* ``momentum`` must be below 1 (scikit-learn takes 1.0); the early-stopping split is
+  stratified for two classes only, as scikit-learn's.
 * ``activation`` is any fastmlp hidden activation; scikit-learn's "identity"
   and "logistic" mean "linear" and "sigmoid".
 * Early stopping restores the best epoch's whole training state (weights,
