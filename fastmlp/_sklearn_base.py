@@ -511,7 +511,8 @@ class BaseMLP(BaseEstimator):
         try:
             X, X_val, T, T_val = train_test_split(X, T, random_state=rng,
                                                   stratify=y if self._stratify else None,
-                                                  test_size=self.validation_fraction)
+                                                  # (a NumPy float refused there)
+                                                  test_size=float(self.validation_fraction))
         except ValueError as exc:   # (it named its own test_size and train_size)
             raise ValueError(f"early_stopping cannot hold out validation_fraction="
                              f"{self.validation_fraction} of the {len(X)} rows: {exc}") from None

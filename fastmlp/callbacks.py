@@ -36,7 +36,7 @@ import re
 import string
 import sys
 
-from ._atomic import as_str
+from ._atomic import as_str, names_a_folder
 from ._signals import raise_if_signalled
 from .validation import as_float, check_flag, shown
 
@@ -361,25 +361,29 @@ class ModelCheckpoint(_Monitoring):
 
     def on_train_begin(self, logs=None):
         self._settle()
-        if not self._folder_has_fields():
-            self._make_folder(self.path)
-
-    def _folder_has_fields(self):
         folder = os.path.dirname(self.path)
-        return any(field is not None for _, field, _, _ in string.Formatter().parse(folder))
+        if not any(field is not None for _, field, _, _ in string.Formatter().parse(folder)):
+            self._make_folder(folder.format())   # ("{{" read as the "{" it saves to)
 
-    def _make_folder(self, path):
-        """The folder of ``path`` made when missing (as Keras's ModelCheckpoint makes it),
-        or an OSError naming the checkpoint (a file in the way, no permission)."""
-        folder = os.path.dirname(path)
+    def _make_folder(self, folder):
+        """``folder`` (of a path formatted) made when missing, as Keras's ModelCheckpoint
+        makes it, or an OSError naming it (a file in the way, no permission)."""
         if not folder or os.path.isdir(folder):
             return
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:
             raise_if_signalled(exc)
+            why = exc.strerror or str(exc)
+            # the deepest part of it that exists: when no folder (a file, a broken link),
+            # named ("File exists" said only that something was in the way)
+            part = folder
+            while part not in ("", os.path.dirname(part)) and not os.path.lexists(part):
+                part = os.path.dirname(part)
+            if os.path.lexists(part) and not os.path.isdir(part):
+                why = f"{part} is not a folder (a file, or a link to nothing)"
             raise type(exc)(exc.errno, f"ModelCheckpoint cannot make the folder {folder!r} "
-                            f"for {path!r}: {exc.strerror or exc}") from None
+                            f"for {self.path!r}: {why}") from None
 
     def _forget(self):
         self.best = self.best_epoch = None
@@ -392,7 +396,7 @@ class ModelCheckpoint(_Monitoring):
             if not _improves(value, self.best, self._direction, 0.0):
                 return
         path = self._format(epoch, logs)
-        self._make_folder(path)
+        self._make_folder(os.path.dirname(path))
         before = _file_identity(path)
         try:
             self.model.save(path)
@@ -418,6 +422,10 @@ class ModelCheckpoint(_Monitoring):
         if "\0" in self.path:
             raise ValueError(f"ModelCheckpoint path {self.path!r} holds a NUL character, "
                              "which no file name can hold")
+        folder_problem = names_a_folder(self.path)
+        if folder_problem:   # (refused by the first save, after an epoch had trained)
+            raise ValueError(f"ModelCheckpoint path {self.path!r}: {folder_problem}; give "
+                             "a file name")
         try:
             fields = [field for _, field, _, _ in string.Formatter().parse(self.path)
                       if field is not None]
@@ -500,7 +508,9 @@ class ProgressBar(Callback):
         self._epochs = (logs or {}).get("epochs")
         tqdm = _import_tqdm()
         if tqdm is not None:   # (from fit's initial_epoch: "epoch 6/8" after 5 earlier)
-            self._bar = tqdm(total=self._epochs, initial=(logs or {}).get("initial_epoch", 0),
+            # (tqdm drops a total below initial: "epoch 5/?" for no epoch to train)
+            first = min((logs or {}).get("initial_epoch", 0), self._epochs or 0)
+            self._bar = tqdm(total=self._epochs, initial=first,
                              file=self._out(), leave=True, unit="epoch",
                              dynamic_ncols=True,
                              bar_format="epoch {n_fmt}/{total_fmt} |{bar:20}| "

@@ -175,16 +175,21 @@ def _ranks(ranks):
     return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
 
 
-def _whose_labels(label_sets, net, error):
+def _whose_labels(label_sets, candidates, net, error):
     """Whose labels make their union fail to encode with ``error`` (each rank's,
     ``label_sets`` in rank order, None for none): the ranks whose own labels fail alone
     with an error of that type, else all of them together, with each rank's kinds of
-    label (float labels on rank 1 alone read "ranks 0, 1 failed", naming no one)."""
+    label (float labels on rank 1 alone read "ranks 0, 1 failed", naming no one).
+    ``candidates``: each rank's values read as labels because another rank's are (0/1
+    targets beside a rank's labels), or None: their kinds are named too."""
     bad, kinds = [], []
-    for rank, found in enumerate(label_sets):
+    for rank, (found, candidate) in enumerate(zip(label_sets, candidates)):
+        joined = found if found is not None else candidate
+        if joined is not None:
+            kinds.append(f"rank {rank}: "
+                         f"{', '.join(sorted(labels.kinds_of(np.asarray(joined))))}")
         if found is None:
             continue
-        kinds.append(f"rank {rank}: {', '.join(sorted(labels.kinds_of(np.asarray(found))))}")
         try:
             labels.encode(np.asarray(found, dtype=object), net, None)
         except (ValueError, TypeError) as exc:
@@ -454,7 +459,8 @@ class _Run:
             try:
                 _, model.classes_ = labels.encode(union, model.net, None)
             except (ValueError, TypeError) as exc:   # every rank fails alike: say whose
-                raise type(exc)(f"{exc} ({_whose_labels(label_sets, model.net, exc)})") from None
+                whose = _whose_labels(label_sets, candidates, model.net, exc)
+                raise type(exc)(f"{exc} ({whose})") from None
         if model.feature_names_in_ is None and names is not None:
             model.feature_names_in_ = np.asarray(names)
 

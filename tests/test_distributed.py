@@ -130,6 +130,10 @@ FAILURES = {
     "mixed_labels": "failed preparing the data: ranks 0, 1: TypeError: class labels must be "
                     "all numbers or all strings, got ['number', 'str'] (convert them first, "
                     "e.g. to str) (the ranks' labels together (rank 0: number; rank 1: str))",
+    # rank 1's 0/1 targets join rank 0's labels as labels: both ranks' kinds named
+    "bce_str_01": "TypeError: class labels must be all numbers or all strings, got "
+                  "['number', 'str'] (convert them first, e.g. to str) (the ranks' labels "
+                  "together (rank 0: str; rank 1: number))",
     "short_y": "rank 1 of 2 failed preparing the data: rank 1: ValueError: Y has 25 rows but "
                "X has 26",
     "step_fails": "rank 1 of 2 failed in epoch 1: rank 1: MemoryError: simulated: no memory "

@@ -183,3 +183,47 @@ def test_early_stopping_splits_as_scikit_learn_stratified_for_two_classes_only()
                                          r"validation_fraction=0\.99 of the 100 rows: .*"):
         MLPClassifier(hidden_layer_sizes=(4,), early_stopping=True,
                       validation_fraction=0.99).fit(X2, y2)
+
+
+def test_checkpoint_folders_round_59(tmp_path):
+    """Round 59 on round 58's folder making: escaped braces made a junk folder "{{a}}"
+    beside the "{a}" saved to; a path naming a folder made it and failed after an epoch;
+    a file in the way said only "File exists"."""
+    X, Y = _data()
+    model = _model()
+    model.fit(X, Y, epochs=1, callbacks=ModelCheckpoint(
+        str(tmp_path / "runs{{a}}" / "m.fastmlp"), monitor="loss"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs{a}"]
+    for named in ("newdir/", "newdir/.", "x/.."):
+        with pytest.raises(ValueError, match="names a folder, not a file; give a file name"):
+            ModelCheckpoint(f"{tmp_path}/{named}")   # (pathlib drops a trailing "/")
+    assert not (tmp_path / "newdir").exists()
+    (tmp_path / "afile").write_text("")
+    os.symlink(tmp_path / "nowhere", tmp_path / "broken")
+    for blocked in ("afile", "broken"):
+        with pytest.raises(OSError, match=rf"{blocked} is not a folder \(a file, or a link to "
+                                          r"nothing\)"):
+            model.fit(X, Y, epochs=1, callbacks=ModelCheckpoint(
+                str(tmp_path / blocked / "sub" / "m.fastmlp"), monitor="loss"))
+
+
+def test_progress_bar_with_nothing_to_train_keeps_its_total():
+    tqdm = pytest.importorskip("tqdm")
+    import io
+    X, Y = _data()
+    out = io.StringIO()
+    _model().fit(X, Y, epochs=3, initial_epoch=5, callbacks=[ProgressBar(file=out)])
+    assert "epoch 3/3" in out.getvalue() and "?" not in out.getvalue().split("|")[0]
+    assert tqdm
+
+
+def test_estimator_early_stopping_takes_a_numpy_float_fraction():
+    """validation_fraction=np.float32(0.1) passed scikit-learn's check, then
+    train_test_split refused it (it takes Python floats)."""
+    from fastmlp.sklearn import MLPClassifier
+    X, y = _iris_like(60)
+    clf = MLPClassifier(hidden_layer_sizes=(3,), max_iter=2, early_stopping=True,
+                        validation_fraction=np.float32(0.1), random_state=0)
+    with pytest.warns(Warning):
+        clf.fit(X, y)
+    assert len(clf.validation_scores_) == 2

@@ -153,7 +153,7 @@ def main(mode, backend, outdir):
             file.write(" ".join(str(c) for c in m.classes_.tolist()))
         return
     if mode in ("bce_12", "bce_12_float", "bce_1_2", "bce_12_soft", "bce_12_val",
-                "bce_12_val1"):
+                "bce_12_val1", "bce_str_01"):
         # one sigmoid unit, labels {1, 2}, 1 lying in [0, 1]: rank 0 holds only 1s, rank 1
         # both (bce_12, and as floats) or only 2s (bce_1_2); a shard of 1s was read as
         # targets 1. bce_12_soft: rank 0's targets 0.3 beside rank 1's labels (refused)
@@ -166,8 +166,12 @@ def main(mode, backend, outdir):
         if mode.startswith("bce_12_val"):
             val = (X_val[:10] if rank == 0 else X_val[10:],
                    np.full(10, 2 if rank == 1 and mode == "bce_12_val" else 1, np.int64))
+        y_mine = y_all[rows]
+        if mode == "bce_str_01":   # labels "a"/"b" on rank 0, 0/1 floats on rank 1
+            odd = np.arange(len(y_mine)) % 2
+            y_mine = np.where(odd, "b", "a") if rank == 0 else odd.astype(np.float64)
         try:
-            history = distributed.fit(m, X_mine, y_all[rows], comm, epochs=2,
+            history = distributed.fit(m, X_mine, y_mine, comm, epochs=2,
                                       batch_size=BATCH, validation_data=val)
         except distributed.DistributedError as exc:
             with open(os.path.join(outdir, f"rank{rank}.error"), "w") as file:
