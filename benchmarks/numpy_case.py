@@ -4,7 +4,7 @@ Not fastmlp's reference backend (the test oracle, written for clarity): this
 one allocates every buffer once, multiplies with ``np.matmul(a, W, out=z)``,
 adds the bias and applies the activation and its derivative in place, and
 updates the parameters in place (plain SGD: ``grad *= lr; theta -= grad``; Adam:
-its two moment vectors and one scratch vector allocated once, five in-place passes).
+its two moment vectors and one scratch vector allocated once, 13 in-place elementwise passes).
 Parameters live in one flat float32 vector in fastmlp's get_weights() order
 ([W1 (in, out), b1, W2, b2, ...]), so its weights can be compared with a
 fastmlp model's after the same work.
