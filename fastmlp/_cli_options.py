@@ -123,7 +123,8 @@ def add_common(parser, seeds="initialisation, shuffling, split"):
                         "numpy), numpy (the reference), numba or cython where installed; "
                         "fastmlp.available_backends() lists them")
     parser.add_argument("--dtype", default="float32", metavar="{float32,float64}",
-                        type=name_from({"float32", "float64"}, "dtype"))
+                        type=name_from({"float32", "float64"}, "dtype"),
+                        help="the model's float type, in any case (default float32)")
     parser.add_argument("--seed", type=seed, default=0,
                         help=f"{seeds} (default 0)")
 

@@ -14,6 +14,19 @@ import numpy as np
 from fastmlp import datasets
 
 
+def _not_finite(P, which):
+    """Why rows' scores are undefined, or None: the outputs P (m, k) of some rows are not
+    finite (a feature value the model can hold once standardized, 4e39 in float32, can
+    still overflow its first layer). Such a row is no class (predict_classes refuses it)
+    and has no error: its scores are NaN, as fm.metrics gives them, not a guess."""
+    bad = int(np.count_nonzero(~np.isfinite(P).all(axis=1)))
+    if not bad:
+        return None
+    return (f"the model's outputs are not finite for {bad} of the {len(P)} {which} rows (a "
+            "feature value too large for the model overflows its first layer: rescale the "
+            "column, e.g. divide it by a power of ten, or use --dtype float64)")
+
+
 class Classification:
     """A classifier: fit takes the class labels (cross_entropy), their one-hot rows (the
     sigmoid losses), or, for two classes with binary_cross_entropy, 0/1 (one sigmoid unit);
@@ -65,6 +78,8 @@ class Classification:
         """{"val_accuracy": fraction of rows X whose most probable class is y (for one
         sigmoid unit: the second class when its output is > 0.5, as predict_classes)}."""
         P = model.predict(X)
+        if not np.isfinite(P).all():   # (argmax took a NaN row for class 0)
+            return {"val_accuracy": math.nan}
         guess = (P[:, 0] > 0.5).astype(np.int64) if self.binary else P.argmax(axis=1)
         return {"val_accuracy": float(np.mean(guess == y))}
 
@@ -73,6 +88,9 @@ class Classification:
 
     def report(self, model, X, y, held_out):
         acc = self.scores(model, X, y)["val_accuracy"]
+        if math.isnan(acc):
+            why = _not_finite(model.predict(X), "held-out" if held_out else "training")
+            return f"{'held-out' if held_out else 'training'} accuracy: undefined: {why}"
         if not held_out:
             return f"training accuracy: {100 * acc:.2f} % (no rows held out)"
         return f"held-out accuracy: {100 * acc:.2f} % ({int(round(acc * len(y)))}/{len(y)} rows)"
@@ -102,12 +120,12 @@ class Classification:
 TARGET_SPACING = 2.0 ** -4
 
 
-def _r2_text(r2, short=False):
-    """R^2 as the run prints it; NaN (targets all one value: no variance to explain)
-    said in words (``short``: in an epoch's line)."""
+def _r2_text(r2, short=False, why="the targets scored are all one value"):
+    """R^2 as the run prints it; NaN said in words, ``why`` (by default targets all one
+    value: no variance to explain; ``short``: in an epoch's line)."""
     if not math.isnan(r2):
         return f"{r2:.4f}"
-    return "undefined" if short else "undefined (the targets scored are all one value)"
+    return "undefined" if short else f"undefined ({why})"
 
 
 class Regression:
@@ -188,6 +206,9 @@ class Regression:
         which, rows = ("held-out", f"{len(y)} rows") if held_out else \
             ("training", f"{len(y)} rows, none held out")
         std = 0.0 if self.constant else self.scale   # (1 stands in for a constant's 0)
+        why = _not_finite(model.predict(X), which)
+        if why is not None:   # (not "the targets scored are all one value")
+            return f"{which} RMSE and R^2: undefined: {why}"
         return (f"{which} RMSE: {scores['val_rmse']:.6g} (target std {std:.6g}), "
                 f"R^2: {_r2_text(scores['val_r2'])} ({rows})")
 

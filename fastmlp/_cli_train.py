@@ -60,6 +60,36 @@ def _memory_advice(doing, advice):
         raise OutOfMemory(f"while {doing}; {advice}") from None
 
 
+class _Output:
+    """The stream the run prints to, whose write errors say so: stdout on a full disk had
+    said only "[Errno 28] No space left on device" (BrokenPipeError, a reader gone, is
+    left as it is: the command stops quietly)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OSError(f"cannot write to stdout ({exc.strerror or exc})") \
+                from None
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OSError(f"cannot write to stdout ({exc.strerror or exc})") \
+                from None
+
+    def __getattr__(self, name):   # (encoding, isatty, ...) the stream's own
+        return getattr(self._stream, name)
+
+
 class EpochReport(Callback):
     """After each epoch: score the held-out rows, put the scores in the epoch's logs (so a
     ProgressBar after this callback shows them) and in ``model.history`` (fit records the
@@ -92,7 +122,7 @@ def train(args, out=None):
 
 def run_train(args, out=None):
     """The whole ``train`` command; returns a :class:`Training`."""
-    out = out or sys.stdout
+    out = _Output(out or sys.stdout)
     if args.task != "auto":
         _loss(args, args.task)  # a --loss that contradicts --task: say so before reading data
     source_file, source_name = data_file(args)   # without --data, the shipped digits
@@ -128,6 +158,7 @@ def run_train(args, out=None):
     if args.save is not None:
         task.check_savable(model.dtype)   # not after the whole training
     held_out = len(y_test) > 0
+    args.started = True   # (an error from here on: the CLI says whether the model was saved)
     dims = "-".join(str(d) for d in model.net.dims)
     print(f"data: {data.description}\n      {len(data.X)} rows, {X_train.shape[1]} features, "
           f"{task.summary}; {len(X_train)} for training, {len(X_test)} held out", file=out)
@@ -148,6 +179,7 @@ def run_train(args, out=None):
         outputs = task.prepare_to_save(model, *((X_test, y_test) if held_out
                                                  else (X_train, y_train)))
         save_model(model, args.save)
+        args.saved = True
         print(f"saved to {datasets.shown_path(args.save)}: takes raw features in file column "
               f"order (the standardization is stored in the file and applied by predict); {outputs}",
               file=out)

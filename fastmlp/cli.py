@@ -89,7 +89,7 @@ def _add_train(sub):
                    ".pdf, .svg, ...; PNG without one; needs matplotlib: pip install "
                    "fastmlp[plot]); checked before training, like --save")
     opt.add_common(t)
-    t.set_defaults(run=train)
+    t.set_defaults(run=train, parser=t)
 
 
 def _add_vehicles(sub):
@@ -104,7 +104,7 @@ def _add_vehicles(sub):
     v.add_argument("--tol", type=opt.non_negative_float, default=1e-3,
                    help="stop when E <= tol (default 0.001)")
     opt.add_common(v, seeds="initialisation, shuffling")
-    v.set_defaults(run=vehicles)
+    v.set_defaults(run=vehicles, parser=v)
 
 
 def _add_warmup(sub):
@@ -114,12 +114,13 @@ def _add_warmup(sub):
                        "at once. The cache lives in NUMBA_CACHE_DIR when it is set, else beside "
                        "the kernels (kernels/__pycache__), or, where that folder is read-only, "
                        "in the user's cache folder (Numba's cache=True).")
-    w.add_argument("--dtype", action="append", choices=DTYPES,
+    w.add_argument("--dtype", action="append", metavar="{float32,float64}",
+                   type=opt.name_from(set(DTYPES), "dtype"),   # any case, as train's
                    help="a dtype to compile for (repeatable; default: both)")
     w.add_argument("--jobs", type=opt.positive_int, default=None,
                    help="processes compiling side by side, one dtype each (default: one per "
                    "dtype, up to the CPUs this process may use)")
-    w.set_defaults(run=warmup)
+    w.set_defaults(run=warmup, parser=w)
 
 
 DTYPES = ("float32", "float64")
@@ -214,7 +215,10 @@ def _any_text_prints():
 def _main(argv):
     try:
         parser = make_parser()
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:   # said by the subcommand's parser, as its other usage errors are
+            getattr(args, "parser", parser).error(
+                f"unrecognized arguments: {' '.join(unknown)}")
     except KeyboardInterrupt:
         print("fastmlp: interrupted", file=sys.stderr)
         return 130
@@ -226,14 +230,21 @@ def _main(argv):
             warnings.showwarning = _one_line_warning
             return args.run(args)
     except BrokenPipeError:
-        # The reader went away (e.g. `| head`): stop quietly, as Unix tools do.
+        # The reader went away (e.g. `| head`): stop quietly, as Unix tools do, but not
+        # about a model never saved (a long run whose --save was the point)
         _silence_stdout()
+        if getattr(args, "save", None) and not getattr(args, "saved", False):
+            print(f"fastmlp {args.command}: stdout closed (its reader ended): stopped; "
+                  f"nothing was saved to {datasets.shown_path(args.save)}", file=sys.stderr)
         return 141
     except (ValueError, TypeError, OSError, fm.TrainingDiverged) as exc:
         if isinstance(exc, OSError) and exc.filename and exc.strerror:
             exc = f"{exc.filename}: {exc.strerror}"  # not "[Errno 2] ..."
-        if isinstance(exc, fm.TrainingDiverged) and getattr(args, "save", None):
-            # (its "weights ... were kept" are the run's, never written: it had read as saved)
+
+        if (isinstance(exc, (fm.TrainingDiverged, OSError)) and getattr(args, "save", None)
+                and getattr(args, "started", False) and not getattr(args, "saved", False)):
+            # (its "weights ... were kept" are the run's, never written: it had read as
+            # saved; stdout on a full disk said only "No space left on device")
             exc = f"{exc}; nothing was saved to {args.save}"
         print(f"fastmlp {args.command}: error: {datasets.one_line(exc)}", file=sys.stderr)
         return 2

@@ -434,6 +434,10 @@ def _read_rows(path, add):
     try:
         return _parse_rows(path, add)
     except UnicodeDecodeError as exc:
+        if exc.start == 1 and bytes(exc.object[:2]) == b"\x1f\x8b":   # gzip's first bytes
+            raise ValueError(f"{path}: gzip data (it starts with the bytes 1f 8b) in a file "
+                             "whose name does not end with .gz: name it so, or decompress "
+                             "it") from None
         bad = exc.object[exc.start:exc.start + 1].hex()
         raise ValueError(f"{path}: not UTF-8 text (byte 0x{bad}: {exc.reason}); save it as "
                          "UTF-8") from None

@@ -1,6 +1,10 @@
-"""Hostile round 58 (three audits: an independent oracle, the scikit-learn contract, fit's
-options and callbacks as a Keras user uses them): what they found, each fixed."""
+"""Hostile rounds 58 (three audits: an independent oracle, the scikit-learn contract, fit's
+options and callbacks as a Keras user uses them) and 59 (round 58's changes attacked, the
+command line end to end, the benchmarks' honesty): what they found, each fixed."""
 import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -227,3 +231,83 @@ def test_estimator_early_stopping_takes_a_numpy_float_fraction():
     with pytest.warns(Warning):
         clf.fit(X, y)
     assert len(clf.validation_scores_) == 2
+
+
+# -- the command line (round 59) -----------------------------------------------------------
+
+def _csv_with_an_overflowing_held_out_row(tmp_path, regression=False, n=50):
+    """A CSV whose one held-out row (by the split of --seed 0, --test-fraction 0.2) has a
+    feature of 4e39: it fits a float32 model once standardized, then overflows its first
+    layer."""
+    from fastmlp import datasets
+    test_rows = datasets.train_test_split(np.zeros((n, 1)), np.arange(n), 0.2, 0)[3]
+    bad = int(test_rows[0])
+    path = tmp_path / "data.csv"
+    with open(path, "w") as f:
+        f.write("a,b,y\n")
+        for i in range(n):
+            y = f"{i * 1.37 + (i % 3):.2f}" if regression else "xz"[i % 2]
+            f.write(f"{'4e39' if i == bad else i},{i % 7},{y}\n")
+    return str(path)
+
+
+def test_cli_scores_of_rows_whose_outputs_are_not_finite_are_undefined(capsys, tmp_path):
+    """The command's accuracy took a NaN output for class 0 (40.00 %, exit 0), and its
+    regression said "the targets scored are all one value" of 12 distinct targets."""
+    from helpers import run_cli
+    why = (r"the model's outputs are not finite for 1 of the 10 held-out rows \(a feature "
+           r"value too large for the model overflows its first layer")
+    code, out, err = run_cli(capsys, "train", "--data",
+                             _csv_with_an_overflowing_held_out_row(tmp_path), "--epochs", "2")
+    assert code == 0, err
+    assert "held-out accuracy nan" in out
+    assert re.search(r"held-out accuracy: undefined: " + why, out), out
+    code, out, err = run_cli(capsys, "train", "--data", _csv_with_an_overflowing_held_out_row(
+        tmp_path, regression=True), "--epochs", "2")
+    assert code == 0, err
+    assert re.search(r"held-out RMSE and R\^2: undefined: " + why, out), out
+    assert "all one value" not in out
+
+
+def test_cli_usage_errors_and_gzip_data_round_59(capsys, tmp_path):
+    from helpers import run_cli
+    from fastmlp import cli
+    code, out, err = run_cli(capsys, "warmup", "extra")
+    assert code == 2
+    assert err.startswith("fastmlp warmup: error: unrecognized arguments: extra (see "
+                          "fastmlp warmup --help)")
+    assert cli.make_parser().parse_args(["warmup", "--dtype", "FLOAT32"]).dtype == ["float32"]
+    import gzip
+    path = tmp_path / "data.csv"
+    path.write_bytes(gzip.compress(b"a,b,y\n1,2,x\n3,4,z\n5,6,x\n7,8,z\n"))
+    code, out, err = run_cli(capsys, "train", "--data", str(path))
+    assert code == 2
+    assert "data.csv: gzip data (it starts with the bytes 1f 8b) in a file whose name does " \
+           "not end with .gz: name it so, or decompress it" in err
+
+
+def _fastmlp(args, tmp_path, stdout):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.path.dirname(os.path.dirname(fm.__file__)), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "fastmlp", *args], cwd=tmp_path, env=env,
+                          stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300)
+
+
+def test_cli_says_a_model_was_not_saved_when_stdout_fails(tmp_path):
+    """`fastmlp train --save m.npz | head -1` trained, then ended at the next line with
+    nothing on stderr and no model saved; stdout on a full disk said only "No space left
+    on device"."""
+    read, write = os.pipe()
+    os.close(read)   # a reader already gone: the first epoch line breaks the pipe
+    with os.fdopen(write, "w") as pipe:
+        run = _fastmlp(["train", "--epochs", "3", "--save", "m.npz"], tmp_path, pipe)
+    assert run.returncode == 141
+    assert "fastmlp train: stdout closed (its reader ended): stopped; nothing was saved to " \
+           "m.npz" in run.stderr
+    assert not (tmp_path / "m.npz").exists()
+    if os.path.exists("/dev/full"):
+        with open("/dev/full", "w") as full:
+            run = _fastmlp(["train", "--epochs", "3", "--save", "m.npz"], tmp_path, full)
+        assert run.returncode == 2
+        assert "fastmlp train: error: cannot write to stdout (No space left on device); " \
+               "nothing was saved to m.npz" in run.stderr
