@@ -120,8 +120,9 @@ def test_warmup_of_one_dtype_and_one_job_starts_no_process(monkeypatch, capsys):
         "numba kernels for float64", "numba kernels for float32", "numba kernels for float64"]
 
 
-@pytest.mark.parametrize("argv, wording", [(["--jobs", "0"], "a positive integer"),
-                                           (["--dtype", "int8"], "unknown dtype 'int8'; choose one of")])
+@pytest.mark.parametrize("argv, wording", [
+    (["--jobs", "0"], "a positive integer"),
+    (["--dtype", "int8"], "unknown dtype 'int8'; choose one of")])
 def test_warmup_refuses_bad_options(argv, wording, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main(["warmup", *argv])
