@@ -155,7 +155,8 @@ class Fitting:
         metrics: names from :mod:`fastmlp.metrics` ("accuracy", "mae", ...), recorded
         per epoch on the training rows and, as "val_<name>", on the validation rows.
         callbacks: one object, or a list of objects, with any of set_model,
-        on_train_begin, on_epoch_end, on_train_end (see :mod:`fastmlp.callbacks`).
+        on_train_begin, on_epoch_begin, on_epoch_end, on_train_end (see
+        :mod:`fastmlp.callbacks`).
         verbose: 0 silent, 1 a progress bar, 2 one line per epoch. gradient_norms: record
         history["grad_norm"], per epoch the RMS over its steps of each layer's
         weight-gradient norm ||dE/dW_l|| (summed inside the compiled step; plain SGD then

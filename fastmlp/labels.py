@@ -175,11 +175,13 @@ def label_candidates(Y, net):
     return np.unique(flat)
 
 
-def encode(Y, net, classes):
+def encode(Y, net, classes, learn=True):
     """(targets, classes): labels Y (n,) as indices into ``classes`` (found when None).
 
     Integer labels all in [0, k) are taken as class indices (classes = 0..k-1), as
-    before; any other labels need exactly k distinct values, sorted to give classes.
+    before; any other labels need exactly k distinct values, sorted to give classes
+    (``learn``: the call may learn them; evaluate's and gradients' refusal does not
+    advise giving k distinct labels, which they refuse to map).
     """
     k = n_classes(net.output_dim, net.loss.code)  # is_labels: a softmax or one sigmoid unit
     flat = _as_labels(Y.reshape(-1))
@@ -192,7 +194,7 @@ def encode(Y, net, classes):
     if classes is None:
         if numeric and _are_indices(flat, k):
             return flat.reshape(Y.shape), index_classes(k)
-        classes = _found(flat, k)   # (k distinct labels of Y's, finite, sorted: as checked)
+        classes = _found(flat, k, learn)   # (k distinct labels of Y's, finite, sorted)
     else:
         classes = checked_classes(classes, k)
     if numeric and are_indices(classes):
@@ -299,10 +301,15 @@ def _are_indices(flat, k):
     return bool(flat.min() >= 0 and flat.max() < k)
 
 
-def _found(flat, k):
+def _found(flat, k, learn=True):
     classes = np.unique(flat)
     if len(classes) != k:
         shown = classes.tolist()[:10]
+        if not learn:   # (k distinct labels would be refused next: no classes_ to map them)
+            raise ValueError(f"Y has {len(classes)} distinct labels {shown} but the model "
+                             f"has {k} classes and no classes_: give class indices "
+                             f"0..{k - 1}, or train it on its labels first (fit and "
+                             "train_on_batch record classes_) or set model.classes_")
         raise ValueError(f"Y has {len(classes)} distinct labels {shown} but the model has "
                          f"{k} classes: give labels 0..{k - 1}, or exactly {k} distinct labels, "
                          "or set model.classes_ first")

@@ -174,7 +174,8 @@ class Model(Fitting):
     backend : "auto" (default: the fastest available, cython, then numba, then numpy) or a
         name from fm.available_backends(); ``model.backend`` is the one chosen.
     dtype : "float32" (default) or "float64", kept end to end.
-    seed : int or None; makes initialisation and shuffling reproducible.
+    seed : None, an int >= 0 or a sequence of them, or a NumPy SeedSequence or Generator
+        (a PCG64 one used as given); makes initialisation and shuffling reproducible.
 
     >>> import numpy as np, fastmlp as fm
     >>> m = fm.Model([fm.Dense(4, activation="tanh"), fm.Dense(1)], input_dim=2, seed=0)
@@ -565,7 +566,8 @@ class Model(Fitting):
                                                          weight_decay=weight_decay))
 
     def set_input_scaling(self, mean, scale):
-        """Standardise inputs inside the model ((X - mean) / scale in float64); None clears.
+        """Standardise inputs inside the model ((X - mean) / scale in float64);
+        ``set_input_scaling(None, None)`` clears it.
 
         Keeping the scaler apart from the weights keeps large offsets exact (a
         Unix time of 1.7e9 has a float32 spacing of 128: folded into float32
@@ -1149,7 +1151,7 @@ class Model(Fitting):
         # found here was then refused as found "with no classes_")
         classes, known = None, self.classes_
         if labels.is_labels(Y, self._net, known):
-            Y, classes = labels.encode(Y, self._net, known)
+            Y, classes = labels.encode(Y, self._net, known, learn)
             if not learn and known is None and not labels.are_indices(classes):
                 # found from this call's labels alone, they could map a label to another
                 # unit in the next call (labels {1, 2} are indices, {1, 2, 3} are not)

@@ -183,7 +183,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                 self.classes_ = np.unique(y if classes is None else classes)
             if len(self.classes_) < 2:
                 raise ValueError(f"MLPClassifier needs samples of at least 2 classes, got 1 "
-                                 f"class: {self.classes_[0]!r}")
+                                 f"class: {self.classes_[0].item()!r}")
         elif self._multilabel != (kind == "multilabel-indicator") or (
                 self._multilabel and y.shape[1] != len(self.classes_)):
             raise ValueError(f"y is {kind}, which does not match the targets this model was "

@@ -311,3 +311,17 @@ def test_cli_says_a_model_was_not_saved_when_stdout_fails(tmp_path):
         assert run.returncode == 2
         assert "fastmlp train: error: cannot write to stdout (No space left on device); " \
                "nothing was saved to m.npz" in run.stderr
+
+
+def test_evaluate_without_classes_does_not_advise_labels_it_refuses():
+    """Round 60: evaluate and gradients on a model without classes_ advised giving
+    "exactly k distinct labels", which they then refused (no classes_ to map them)."""
+    X = np.random.default_rng(0).normal(size=(8, 3))
+    m = fm.Model([fm.Dense(3, "softmax")], input_dim=3, loss="cross_entropy", seed=0)
+    for call in (m.evaluate, m.gradients):
+        with pytest.raises(ValueError, match=r"Y has 4 distinct labels \[-1, 0, 1, 2\] but "
+                                             r"the model has 3 classes and no classes_: give "
+                                             r"class indices 0\.\.2, or train it"):
+            call(X, np.array([-1, 0, 1, 2] * 2))
+    with pytest.raises(ValueError, match=r"exactly 3 distinct labels"):   # fit learns them
+        m.fit(X, np.array([-1, 0, 1, 2] * 2))
