@@ -215,7 +215,8 @@ def best(run, rounds):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    from fastmlp._cli_options import positive_int   # (0 or negative: a usage error)
+    parser.add_argument("--rounds", type=positive_int, default=5)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, fastmlp only")
     parser.add_argument("--only", default="", help="comma-separated row names")
     args = parser.parse_args(argv)
@@ -232,6 +233,10 @@ def main(argv=None):
           + (" | vs eager | vs compile |" if len(columns) > 1 else " |"))
     print("|---" * (2 + len(columns) + (2 if len(columns) > 1 else 0)) + "|")
     only = set(filter(None, args.only.split(",")))
+    unknown = only - {row[0] for row in rows_of(args.smoke)}
+    if unknown:
+        parser.error(f"--only: unknown rows {sorted(unknown)}; choose from "
+                     f"{[row[0] for row in rows_of(args.smoke)]}")
     for row in rows_of(args.smoke):
         name, dims, hidden, output, loss, rows, batch, kind, epochs, lr = row
         if only and name not in only:

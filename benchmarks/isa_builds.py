@@ -78,7 +78,9 @@ def median_times(calls):
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def main():
+def main(argv=None):
+    import argparse   # (no options: --help says what it does, anything else is refused)
+    argparse.ArgumentParser(description=__doc__.strip().splitlines()[0]).parse_args(argv)
     fm.set_num_threads(2)
     wide = next((b for b in cython_builds.runnable() if b != "base"), None)
     if wide is None:

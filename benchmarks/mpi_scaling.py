@@ -210,8 +210,9 @@ def report(one, two, comm_times, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=5)
+    from fastmlp._cli_options import positive_int   # (0 or negative: a usage error)
+    parser.add_argument("--steps", type=positive_int, default=30)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--worker", choices=["train", "allreduce"])
     parser.add_argument("--w3-bytes", type=int, default=0)

@@ -109,11 +109,17 @@ def blas_lines():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    # (the CLI's option types: 0, negative, NaN refused as usage errors, not tracebacks)
+    from fastmlp._cli_options import positive_float, positive_int
     parser.add_argument("--backends", default="cython,numba")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=6.0, help="per backend")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--seconds", type=positive_float, default=6.0, help="per backend")
+    parser.add_argument("--rounds", type=positive_int, default=3)
     args = parser.parse_args(argv)
+    for backend in args.backends.split(","):
+        if backend not in fm.available_backends():
+            parser.error(f"--backends: {backend!r} is not available here; choose from "
+                         f"{fm.available_backends()}")
     fm.set_num_threads(args.threads)
     results = {b: measure(b, args.seconds, args.rounds) for b in args.backends.split(",")}
     if blas_in_use is not None:

@@ -326,6 +326,22 @@ def environment(threads, columns):
     return lines
 
 
+# how every --json file this script writes begins (json.dumps of its dict, "results" first)
+JSON_START = b'{\n "results":'
+
+
+def _check_replaceable(path):
+    """Refuse a --json path holding a file that no earlier run wrote: it replaced the
+    shipped digits, or this script, with its timings (hostile round 60)."""
+    if not os.path.isfile(path):
+        return
+    with open(path, "rb") as f:
+        start = f.read(len(JSON_START))
+    if start != JSON_START:
+        raise ValueError(f"--json {path}: the file there is not a report.py JSON file; "
+                         "refusing to replace it (choose another path, or remove it)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS),
@@ -355,7 +371,12 @@ def main(argv=None):
     except KeyError as exc:
         parser.error(f"unknown workload {exc}; choose from {sorted(BY_NAME)}")
     if args.only_sklearn:
+        if args.no_sklearn:
+            parser.error("--only-sklearn and --no-sklearn contradict each other")
         workloads, args.no_pipeline, args.no_sklearn = [], True, False
+    elif not workloads:
+        parser.error("--workloads names no workload (give --only-sklearn for the "
+                     "scikit-learn table alone)")
     names = [n.strip() for n in args.columns.split(",") if n.strip()]
     for n in names:
         if n not in COLUMN:
@@ -366,6 +387,7 @@ def main(argv=None):
     if args.json is not None:   # checked now, not after the whole run (its timings were
         try:                    # lost), as fastmlp train checks --save ("" too: an error)
             check_output_path("--json", args.json)
+            _check_replaceable(args.json)
         except ValueError as exc:
             parser.error(str(exc))
 
@@ -402,7 +424,8 @@ def main(argv=None):
              "for W2-adam)", ""]
     if warning:
         lines += [warning, ""]
-    lines += speed_table(workloads, columns, results, args.stat) + sgemm_table(results, sgemm)
+    if workloads:   # (--only-sklearn: its table alone, not two tables of headers)
+        lines += speed_table(workloads, columns, results, args.stat) + sgemm_table(results, sgemm)
     lines += pipeline_table(pipe) + sklearn_case.table(skl)
     if workloads:
         lines += targets_table(targets(results, sgemm, pipe))

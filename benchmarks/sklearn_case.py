@@ -177,3 +177,10 @@ def table(results):
             "t_); weights differ (each library draws its own start and shuffles). fastmlp "
             "columns are float32 unless named float64; scikit-learn computes in float64."]
     return out
+
+
+if __name__ == "__main__":   # the table is report.py's: run it alone there
+    import sys
+
+    import report
+    report.main(["--only-sklearn", *sys.argv[1:]])

@@ -121,6 +121,8 @@ def test_targets_are_judged_from_the_run():
     # round 55: "" was skipped silently, a folder's name failed after the whole run
     (["--json", ""], "--json: the path is empty; give a file name"),
     (["--json", "nodir/"], "--json nodir/: "),
+    # round 60: these ran nothing, or printed tables of headers, and exited 0
+    (["--only-sklearn", "--no-sklearn"], "--only-sklearn and --no-sklearn contradict"),
 ])
 def test_bad_options_are_usage_errors_before_anything_runs(argv, says, capsys):
     """(round 54: --threads 0 was a ValueError traceback, --json naming a folder failed
@@ -137,7 +139,7 @@ def test_a_json_that_cannot_be_written_keeps_the_file_there(tmp_path, capsys):
     a traceback after the whole run. (Python ignores SIGXFSZ: the write fails with EFBIG.)"""
     import resource
     path = tmp_path / "r.json"
-    path.write_text('{"old": "timings"}')
+    path.write_text('{\n "results": {"old": "timings"}}')   # an earlier run's
     argv = ["--workloads", "vehicles-step", "--columns", "numpy", "--rounds", "1",
             "--min-time", "0.01", "--no-pipeline", "--no-sklearn", "--json", str(path)]
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -149,6 +151,46 @@ def test_a_json_that_cannot_be_written_keeps_the_file_there(tmp_path, capsys):
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert f"--json {path}: not written (" in str(ended.value.code)
     assert "the tables above are this run's" in str(ended.value.code)
-    assert path.read_text() == '{"old": "timings"}' and os.listdir(tmp_path) == ["r.json"]
+    assert path.read_text() == '{\n "results": {"old": "timings"}}'
+    assert os.listdir(tmp_path) == ["r.json"]
     report.main(argv)
     assert "vehicles-step" in json.loads(path.read_text())["results"]
+
+
+def test_json_refuses_to_replace_a_file_no_run_wrote(tmp_path, capsys):
+    """Round 60: --json replaced any file with the timings: the shipped digits, or this
+    script itself."""
+    path = tmp_path / "digits.csv.gz"
+    path.write_bytes(b"\x1f\x8b precious data")
+    with pytest.raises(SystemExit) as ended:
+        report.main(["--workloads", "vehicles-step", "--json", str(path)])
+    assert ended.value.code == 2
+    assert (f"--json {path}: the file there is not a report.py JSON file; refusing to "
+            "replace it") in capsys.readouterr().err
+    assert path.read_bytes() == b"\x1f\x8b precious data"
+
+
+def test_benchmark_scripts_refuse_bad_options_before_running(capsys):
+    """Round 60: 0 rounds, steps or threads, an unknown backend or row were tracebacks
+    (or an empty table and exit 0); no workload at all ran nothing and exited 0."""
+    import gpu
+    import mpi_scaling
+    import pipeline_penalty
+    cases = [(report.main, ["--workloads", ","], "--workloads names no workload"),
+             (pipeline_penalty.main, ["--rounds", "0"], "expected a positive integer"),
+             (pipeline_penalty.main, ["--seconds", "nan"], "expected a finite number > 0"),
+             (pipeline_penalty.main, ["--backends", "nope"], "'nope' is not available"),
+             (gpu.main, ["--smoke", "--only", "W9"], "--only: unknown rows ['W9']")]
+    for main, argv, says in cases:
+        with pytest.raises(SystemExit) as ended:
+            main(argv)
+        assert ended.value.code == 2 and says in capsys.readouterr().err, argv
+    import sys
+    saved = sys.argv
+    sys.argv = ["mpi_scaling.py", "--steps", "0"]
+    try:
+        with pytest.raises(SystemExit) as ended:
+            mpi_scaling.main()
+    finally:
+        sys.argv = saved
+    assert ended.value.code == 2 and "expected a positive integer" in capsys.readouterr().err

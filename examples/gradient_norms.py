@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 import fastmlp as fm
-from fastmlp import _cli_options, datasets   # (_cli_options: the CLI's option types)
+from fastmlp import _cli_options, _cli_outputs, datasets   # (the CLI's option types, checks)
 from fastmlp.plot import plot_history
 
 NETS = {"vanishing_sigmoid": "sigmoid", "relu_he": "relu"}   # file name -> hidden activation
@@ -48,6 +48,11 @@ def main(argv=None):
         os.makedirs(args.out, exist_ok=True)
     except OSError as exc:
         parser.error(f"--out {args.out!r}: cannot make that folder ({exc.strerror or exc})")
+    for name in NETS:   # each PNG as fastmlp train checks --plot: matplotlib, a folder in
+        try:            # the way, a folder where no file can be made (round 60: after training)
+            _cli_outputs.check_plot(os.path.join(args.out, name + ".png"))
+        except ValueError as exc:
+            parser.error(str(exc).replace("--plot", "--out", 1))
 
     X, y = datasets.load_digits()
     X_train, X_test, y_train, y_test = datasets.train_test_split(X, y, 0.2, seed=args.seed)
