@@ -77,7 +77,10 @@ class Classification:
     def scores(self, model, X, y):
         """{"val_accuracy": fraction of rows X whose most probable class is y (for one
         sigmoid unit: the second class when its output is > 0.5, as predict_classes)}."""
-        P = model.predict(X)
+        return self._scored(model.predict(X), y)
+
+    def _scored(self, P, y):
+        """scores' dict for the model's outputs P (m, k)."""
         if not np.isfinite(P).all():   # (argmax took a NaN row for class 0)
             return {"val_accuracy": math.nan}
         guess = (P[:, 0] > 0.5).astype(np.int64) if self.binary else P.argmax(axis=1)
@@ -87,9 +90,10 @@ class Classification:
         return f"accuracy {scores['val_accuracy']:.4f}"
 
     def report(self, model, X, y, held_out):
-        acc = self.scores(model, X, y)["val_accuracy"]
+        P = model.predict(X)
+        acc = self._scored(P, y)["val_accuracy"]
         if math.isnan(acc):
-            why = _not_finite(model.predict(X), "held-out" if held_out else "training")
+            why = _not_finite(P, "held-out" if held_out else "training")
             return f"{'held-out' if held_out else 'training'} accuracy: undefined: {why}"
         if not held_out:
             return f"training accuracy: {100 * acc:.2f} % (no rows held out)"
@@ -192,8 +196,12 @@ class Regression:
         """{"val_rmse": RMSE in the target's units, "val_r2": R^2}, computed in standardized
         units (no overflow for huge targets). R^2 uses y's own mean, as sklearn's r2_score
         does; NaN if y is constant."""
+        return self._scored(model.predict(X), y)
+
+    def _scored(self, P, y):
+        """scores' dict for the model's outputs P (m, 1)."""
         t = (y - self.mean) / self.scale
-        sse = float(np.sum((model.predict(X)[:, 0].astype(np.float64) - t) ** 2))
+        sse = float(np.sum((P[:, 0].astype(np.float64) - t) ** 2))
         sst = float(np.sum((t - t.mean()) ** 2))
         return {"val_rmse": math.sqrt(sse / len(t)) * self.scale,
                 "val_r2": 1.0 - sse / sst if sst > 0 else math.nan}
@@ -202,11 +210,12 @@ class Regression:
         return f"RMSE {scores['val_rmse']:.6g}  R^2 {_r2_text(scores['val_r2'], short=True)}"
 
     def report(self, model, X, y, held_out):
-        scores = self.scores(model, X, y)
+        P = model.predict(X)   # (once: scored, and checked for outputs not finite)
+        scores = self._scored(P, y)
         which, rows = ("held-out", f"{len(y)} rows") if held_out else \
             ("training", f"{len(y)} rows, none held out")
         std = 0.0 if self.constant else self.scale   # (1 stands in for a constant's 0)
-        why = _not_finite(model.predict(X), which)
+        why = _not_finite(P, which)
         if why is not None:   # (not "the targets scored are all one value")
             return f"{which} RMSE and R^2: undefined: {why}"
         return (f"{which} RMSE: {scores['val_rmse']:.6g} (target std {std:.6g}), "

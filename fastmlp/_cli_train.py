@@ -69,22 +69,19 @@ class _Output:
         self._stream = stream
 
     def write(self, text):
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OSError(f"cannot write to stdout ({exc.strerror or exc})") \
-                from None
+        return self._named(self._stream.write, text)
 
     def flush(self):
+        self._named(self._stream.flush)
+
+    @staticmethod
+    def _named(call, *args):
         try:
-            self._stream.flush()
+            return call(*args)
         except BrokenPipeError:
             raise
         except OSError as exc:
-            raise OSError(f"cannot write to stdout ({exc.strerror or exc})") \
-                from None
+            raise OSError(f"cannot write to stdout ({exc.strerror or exc})") from None
 
     def __getattr__(self, name):   # (encoding, isatty, ...) the stream's own
         return getattr(self._stream, name)

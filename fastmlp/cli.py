@@ -240,7 +240,6 @@ def _main(argv):
     except (ValueError, TypeError, OSError, fm.TrainingDiverged) as exc:
         if isinstance(exc, OSError) and exc.filename and exc.strerror:
             exc = f"{exc.filename}: {exc.strerror}"  # not "[Errno 2] ..."
-
         if (isinstance(exc, (fm.TrainingDiverged, OSError)) and getattr(args, "save", None)
                 and getattr(args, "started", False) and not getattr(args, "saved", False)):
             # (its "weights ... were kept" are the run's, never written: it had read as
