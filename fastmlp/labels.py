@@ -21,9 +21,8 @@ _SAVEABLE = "biufU"
 def kinds_of(values):
     """The kinds of label among ``values`` (a list of Python objects or an array):
     "str", "number", "bool", else the type's name."""
-    if isinstance(values, np.ndarray) and values.dtype != object:
-        return {{"U": "str", "S": "bytes", "b": "bool"}.get(values.dtype.kind, "number")
-                if values.dtype.kind in "USbiuf" else str(values.dtype)} if values.size else set()
+    if isinstance(values, np.ndarray):   # (as Python objects: one rule for both)
+        values = values.tolist()
     return {"str" if isinstance(v, str) else "number" if isinstance(v, (int, float, np.number))
             and not isinstance(v, bool) else type(v).__name__ for v in values}
 
