@@ -37,6 +37,7 @@ import time
 import numpy as np
 
 import fastmlp as fm
+from fastmlp._cli_options import positive_int   # (the CLI's option types)
 
 ROWS_TCNN = 1 << 18
 ROWS_MNIST = 1 << 16
@@ -215,7 +216,6 @@ def best(run, rounds):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    from fastmlp._cli_options import positive_int   # (0 or negative: a usage error)
     parser.add_argument("--rounds", type=positive_int, default=5)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, fastmlp only")
     parser.add_argument("--only", default="", help="comma-separated row names")

@@ -11,6 +11,7 @@ of them on two cores disturb each other (every build runs the same GEMV copy any
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import statistics
 import time
@@ -79,7 +80,7 @@ def median_times(calls):
 
 
 def main(argv=None):
-    import argparse   # (no options: --help says what it does, anything else is refused)
+    # no options: --help says what it does, anything else is refused
     argparse.ArgumentParser(description=__doc__.strip().splitlines()[0]).parse_args(argv)
     fm.set_num_threads(2)
     wide = next((b for b in cython_builds.runnable() if b != "base"), None)

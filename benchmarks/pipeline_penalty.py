@@ -27,6 +27,7 @@ import numpy as np
 import threadpoolctl
 
 import fastmlp as fm
+from fastmlp._cli_options import positive_float, positive_int   # (the CLI's option types)
 
 try:
     from fastmlp.threads import blas_in_use
@@ -109,8 +110,6 @@ def blas_lines():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    # (the CLI's option types: 0, negative, NaN refused as usage errors, not tracebacks)
-    from fastmlp._cli_options import positive_float, positive_int
     parser.add_argument("--backends", default="cython,numba")
     parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--seconds", type=positive_float, default=6.0, help="per backend")
