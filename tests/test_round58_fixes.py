@@ -1,6 +1,8 @@
 """Hostile rounds 58 (three audits: an independent oracle, the scikit-learn contract, fit's
 options and callbacks as a Keras user uses them) and 59 (round 58's changes attacked, the
 command line end to end, the benchmarks' honesty): what they found, each fixed."""
+import gzip
+import io
 import os
 import re
 import subprocess
@@ -10,7 +12,9 @@ import numpy as np
 import pytest
 
 import fastmlp as fm
+from fastmlp import cli
 from fastmlp.callbacks import Callback, ModelCheckpoint, ProgressBar
+from helpers import run_cli
 
 
 def _model(backend="numpy"):
@@ -212,13 +216,11 @@ def test_checkpoint_folders_round_59(tmp_path):
 
 
 def test_progress_bar_with_nothing_to_train_keeps_its_total():
-    tqdm = pytest.importorskip("tqdm")
-    import io
+    pytest.importorskip("tqdm")
     X, Y = _data()
     out = io.StringIO()
     _model().fit(X, Y, epochs=3, initial_epoch=5, callbacks=[ProgressBar(file=out)])
     assert "epoch 3/3" in out.getvalue() and "?" not in out.getvalue().split("|")[0]
-    assert tqdm
 
 
 def test_estimator_early_stopping_takes_a_numpy_float_fraction():
@@ -254,7 +256,6 @@ def _csv_with_an_overflowing_held_out_row(tmp_path, regression=False, n=50):
 def test_cli_scores_of_rows_whose_outputs_are_not_finite_are_undefined(capsys, tmp_path):
     """The command's accuracy took a NaN output for class 0 (40.00 %, exit 0), and its
     regression said "the targets scored are all one value" of 12 distinct targets."""
-    from helpers import run_cli
     why = (r"the model's outputs are not finite for 1 of the 10 held-out rows \(a feature "
            r"value too large for the model overflows its first layer")
     code, out, err = run_cli(capsys, "train", "--data",
@@ -270,14 +271,11 @@ def test_cli_scores_of_rows_whose_outputs_are_not_finite_are_undefined(capsys, t
 
 
 def test_cli_usage_errors_and_gzip_data_round_59(capsys, tmp_path):
-    from helpers import run_cli
-    from fastmlp import cli
     code, out, err = run_cli(capsys, "warmup", "extra")
     assert code == 2
     assert err.startswith("fastmlp warmup: error: unrecognized arguments: extra (see "
                           "fastmlp warmup --help)")
     assert cli.make_parser().parse_args(["warmup", "--dtype", "FLOAT32"]).dtype == ["float32"]
-    import gzip
     path = tmp_path / "data.csv"
     path.write_bytes(gzip.compress(b"a,b,y\n1,2,x\n3,4,z\n5,6,x\n7,8,z\n"))
     code, out, err = run_cli(capsys, "train", "--data", str(path))
@@ -287,8 +285,8 @@ def test_cli_usage_errors_and_gzip_data_round_59(capsys, tmp_path):
 
 
 def _fastmlp(args, tmp_path, stdout):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [os.path.dirname(os.path.dirname(fm.__file__)), os.environ.get("PYTHONPATH", "")])}
+    paths = [os.path.dirname(os.path.dirname(fm.__file__)), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     return subprocess.run([sys.executable, "-m", "fastmlp", *args], cwd=tmp_path, env=env,
                           stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300)
 
